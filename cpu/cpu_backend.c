@@ -1,0 +1,597 @@
+/*
+ * cpu_backend.c - the fast CPU backend: OpenBLAS sgemm, OpenMP threads, AVX-512 / AVX2 / generic
+ * kernels chosen at run time (cpu/simd.h compiled once per instruction set).
+ *
+ * defines: lt_cpu_backend_create, lt_cpu_backend_create_isa, lt_cpu_kernels_get.
+ *
+ * Threads: every parallel region names num_threads(be->n_threads) (or fewer for small work); nothing
+ * touches the global OpenMP settings. openblas_set_num_threads is process-wide (OpenBLAS has no
+ * per-call setting), so the last backend created or resized decides it.
+ * Results do not depend on the thread count: reductions split work into fixed pieces summed in order.
+ * Errors: the only failure an op can meet here is a bad gemm argument (which OpenBLAS would print
+ * about); it is recorded and returned by sync().
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* sched_getaffinity, CPU_COUNT */
+#endif
+#include <immintrin.h>
+#include <math.h>
+#include <omp.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cblas.h>
+
+#include "backend.h"
+#include "cpu_kernels.h"
+#include "ref_ops.h"
+
+void openblas_set_num_threads(int num_threads);
+
+#define LT_STR_(x) #x
+#define LT_STR(x) LT_STR_(x)
+
+/* ---- the kernels, once per instruction set -------------------------------------------------------- */
+
+#if defined(__x86_64__) || defined(__i386__)
+#define LT_HAVE_X86 1
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,avx512f,avx512bw,avx512vl,avx512dq")
+#define LT_ISA avx512
+#define LT_W 16
+#define LT_RBA 6
+#define LT_RBB 4
+#define LT_CBB 4
+#include "simd.h"
+#undef LT_ISA
+#undef LT_W
+#undef LT_RBA
+#undef LT_RBB
+#undef LT_CBB
+#pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+#define LT_ISA avx2
+#define LT_W 8
+#define LT_RBA 3
+#define LT_RBB 2
+#define LT_CBB 4
+#include "simd.h"
+#undef LT_ISA
+#undef LT_W
+#undef LT_RBA
+#undef LT_RBB
+#undef LT_CBB
+#pragma GCC pop_options
+#endif
+
+#define LT_ISA generic
+#define LT_W 4
+#define LT_RBA 2
+#define LT_RBB 2
+#define LT_CBB 2
+#include "simd.h"
+#undef LT_ISA
+#undef LT_W
+#undef LT_RBA
+#undef LT_RBB
+#undef LT_CBB
+
+const lt_cpu_kernels *lt_cpu_kernels_get(lt_cpu_isa isa) {
+#ifdef LT_HAVE_X86
+    __builtin_cpu_init();
+    int has512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                 __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+    int has2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    switch (isa) {
+    case LT_CPU_ISA_AUTO: return has512 ? &lt_cpu_kernels_avx512 : has2 ? &lt_cpu_kernels_avx2 : &lt_cpu_kernels_generic;
+    case LT_CPU_ISA_AVX512: return has512 ? &lt_cpu_kernels_avx512 : NULL;
+    case LT_CPU_ISA_AVX2: return has2 ? &lt_cpu_kernels_avx2 : NULL;
+    case LT_CPU_ISA_GENERIC: return &lt_cpu_kernels_generic;
+    }
+    return NULL;
+#else
+    return isa == LT_CPU_ISA_AUTO || isa == LT_CPU_ISA_GENERIC ? &lt_cpu_kernels_generic : NULL;
+#endif
+}
+
+/* ---- the backend ---------------------------------------------------------------------------------- */
+
+typedef struct cpu_impl {
+    const lt_cpu_kernels *k;
+    lt_status first_error; /* since the last sync */
+} cpu_impl;
+
+static inline const lt_cpu_kernels *K(const lt_backend *be) { return ((const cpu_impl *)be->impl)->k; }
+
+static void cpu_record_error(lt_backend *be, lt_status st) {
+    cpu_impl *im = be->impl;
+    if (im->first_error == LT_OK) im->first_error = st;
+}
+
+/* Online cores this process may run on. */
+static int cpu_default_threads(void) {
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+#ifdef CPU_COUNT
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) == 0) {
+        int c = CPU_COUNT(&set);
+        if (c > 0 && (n <= 0 || c < n)) n = c;
+    }
+#endif
+    return n > 0 ? (int)n : 1;
+}
+
+/* Threads worth using for `work` units when each thread should get at least `grain` of them. */
+static int cpu_threads_for(const lt_backend *be, size_t work, size_t grain) {
+    size_t t = grain ? work / grain : work;
+    if (t < 1) t = 1;
+    return t < (size_t)be->n_threads ? (int)t : be->n_threads;
+}
+
+/* Slice i of nt over [0, n), boundaries on multiples of 16 elements (64 bytes). */
+static inline void cpu_slice(size_t n, int i, int nt, size_t *lo, size_t *hi) {
+    size_t per = (n + (size_t)nt - 1) / (size_t)nt;
+    per = (per + 15) & ~(size_t)15;
+    size_t a = per * (size_t)i, b = a + per;
+    *lo = a < n ? a : n;
+    *hi = b < n ? b : n;
+}
+
+/* Run STMT over [lo, hi) slices of n elements on up to be->n_threads threads. */
+#define LT_GRAIN 16384
+#define CPU_PAR_SLICES(be, n, STMT)                                                                 \
+    do {                                                                                            \
+        int nt_ = cpu_threads_for(be, n, LT_GRAIN);                                                 \
+        if (nt_ <= 1) {                                                                             \
+            size_t lo = 0, hi = (n);                                                                \
+            STMT;                                                                                   \
+        } else {                                                                                    \
+            _Pragma("omp parallel num_threads(nt_)") {                                              \
+                size_t lo, hi;                                                                      \
+                cpu_slice(n, omp_get_thread_num(), omp_get_num_threads(), &lo, &hi);                \
+                if (hi > lo) STMT;                                                                  \
+            }                                                                                       \
+        }                                                                                           \
+    } while (0)
+
+static void cpu_destroy(lt_backend *be) {
+    if (!be) return;
+    free(be->impl);
+    free(be);
+}
+
+static void cpu_set_threads(lt_backend *be, int n_threads) {
+    be->n_threads = n_threads > 0 ? n_threads : cpu_default_threads();
+    openblas_set_num_threads(be->n_threads);
+}
+
+static void *cpu_alloc(lt_backend *be, size_t bytes) {
+    (void)be;
+    if (bytes > SIZE_MAX - 63) return NULL;
+    size_t n = (bytes + 63) & ~(size_t)63;
+    return aligned_alloc(64, n ? n : 64);
+}
+
+static void cpu_free(lt_backend *be, void *ptr) { (void)be; free(ptr); }
+
+static void cpu_upload(lt_backend *be, void *dst, const void *src, size_t bytes) {
+    (void)be;
+    if (bytes) memcpy(dst, src, bytes);
+}
+static void cpu_download(lt_backend *be, void *dst, const void *src, size_t bytes) {
+    (void)be;
+    if (bytes) memcpy(dst, src, bytes);
+}
+static void cpu_copy(lt_backend *be, void *dst, const void *src, size_t bytes) {
+    (void)be;
+    if (bytes && dst != src) memmove(dst, src, bytes);
+}
+static void cpu_zero(lt_backend *be, void *dst, size_t bytes) {
+    (void)be;
+    if (bytes) memset(dst, 0, bytes);
+}
+
+static lt_status cpu_sync(lt_backend *be) {
+    cpu_impl *im = be->impl;
+    lt_status st = im->first_error;
+    im->first_error = LT_OK;
+    return st;
+}
+
+/* ---- gemm ----------------------------------------------------------------------------------------- */
+
+/* C (M,N) = alpha op(A) (M,K) op(B) (K,N) + beta C; see backend.h */
+static void cpu_gemm(lt_backend *be, int transA, int transB, int M, int N, int K_, float alpha,
+                     const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc) {
+    if (M < 0 || N < 0 || K_ < 0 || ldc < (N > 1 ? N : 1) ||
+        (K_ > 0 && (lda < ((transA ? M : K_) > 1 ? (transA ? M : K_) : 1) ||
+                    ldb < ((transB ? K_ : N) > 1 ? (transB ? K_ : N) : 1)))) {
+        cpu_record_error(be, LT_ERR_INTERNAL); /* OpenBLAS would print and return */
+        return;
+    }
+    if (M == 0 || N == 0) return;
+    if (K_ == 0 || alpha == 0.0f) { /* C = beta C (BLAS: beta == 0 clears C, NaN included) */
+        for (int i = 0; i < M; i++) {
+            float *c = C + (size_t)i * ldc;
+            if (beta == 0.0f) memset(c, 0, (size_t)N * sizeof(float));
+            else if (beta != 1.0f)
+                for (int j = 0; j < N; j++) c[j] *= beta;
+        }
+        return;
+    }
+    cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans,
+                M, N, K_, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+/* ---- elementwise ---------------------------------------------------------------------------------- */
+
+/* y (n) += a x (n) */
+static void cpu_axpy(lt_backend *be, size_t n, float a, const float *x, float *y) {
+    const lt_cpu_kernels *k = K(be);
+    CPU_PAR_SLICES(be, n, k->axpy(hi - lo, a, x + lo, y + lo));
+}
+
+/* x (n) *= a */
+static void cpu_scale(lt_backend *be, size_t n, float a, float *x) {
+    const lt_cpu_kernels *k = K(be);
+    CPU_PAR_SLICES(be, n, k->scale(hi - lo, a, x + lo));
+}
+
+/* Fixed pieces (independent of the thread count) summed in order: deterministic. */
+#define LT_SUM_PIECES 64
+static double cpu_sumsq(lt_backend *be, size_t n, const float *x) {
+    const lt_cpu_kernels *k = K(be);
+    if (n < 4 * (size_t)LT_GRAIN) return k->sumsq(n, x);
+    double part[LT_SUM_PIECES];
+    int nt = cpu_threads_for(be, n, LT_GRAIN);
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+    for (int i = 0; i < LT_SUM_PIECES; i++) {
+        size_t lo, hi;
+        cpu_slice(n, i, LT_SUM_PIECES, &lo, &hi);
+        part[i] = hi > lo ? k->sumsq(hi - lo, x + lo) : 0.0;
+    }
+    double s = 0.0;
+    for (int i = 0; i < LT_SUM_PIECES; i++) s += part[i];
+    return s;
+}
+
+static int cpu_all_finite(lt_backend *be, size_t n, const float *x) {
+    const lt_cpu_kernels *k = K(be);
+    int ok = 1;
+    int nt = cpu_threads_for(be, n, LT_GRAIN);
+    if (nt <= 1) return k->all_finite(n, x);
+#pragma omp parallel num_threads(nt) reduction(&& : ok)
+    {
+        size_t lo, hi;
+        cpu_slice(n, omp_get_thread_num(), omp_get_num_threads(), &lo, &hi);
+        ok = hi > lo ? k->all_finite(hi - lo, x + lo) : 1;
+    }
+    return ok;
+}
+
+/* ---- embedding ------------------------------------------------------------------------------------ */
+
+/* out (N,C), ids (N), table (vocab,C) */
+static void cpu_embedding_forward(lt_backend *be, float *out, const int32_t *ids, const float *table,
+                                  int N, int C) {
+    int nt = cpu_threads_for(be, (size_t)N * C, LT_GRAIN);
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+    for (int n = 0; n < N; n++)
+        memcpy(out + (size_t)n * C, table + (size_t)ids[n] * C, (size_t)C * sizeof(float));
+}
+
+/* ---- RMSNorm -------------------------------------------------------------------------------------- */
+
+/* Rows [lo, hi) of slice i of nt over N rows. */
+static inline void cpu_rows(int N, int i, int nt, int *lo, int *hi) {
+    long per = ((long)N + nt - 1) / nt, a = per * i, b = a + per;
+    *lo = (int)(a < N ? a : N);
+    *hi = (int)(b < N ? b : N);
+}
+
+/* out (N,C), rstd (N), inp (N,C), weight (C) */
+static void cpu_rmsnorm_forward(lt_backend *be, float *out, float *rstd, const float *inp,
+                                const float *weight, int N, int C, float eps) {
+    const lt_cpu_kernels *k = K(be);
+    int nt = cpu_threads_for(be, (size_t)N * C, LT_GRAIN);
+    if (nt > N) nt = N > 0 ? N : 1;
+    if (nt <= 1) {
+        k->rmsnorm_fwd(out, rstd, inp, weight, 0, N, C, eps);
+        return;
+    }
+#pragma omp parallel num_threads(nt)
+    {
+        int lo, hi;
+        cpu_rows(N, omp_get_thread_num(), omp_get_num_threads(), &lo, &hi);
+        k->rmsnorm_fwd(out, rstd, inp, weight, lo, hi, C, eps);
+    }
+}
+
+/* dinp (N,C) accumulates, dweight (C) accumulates or NULL, dout, inp (N,C), weight (C), rstd (N) */
+static void cpu_rmsnorm_backward(lt_backend *be, float *dinp, float *dweight, const float *dout,
+                                 const float *inp, const float *weight, const float *rstd, int N,
+                                 int C) {
+    const lt_cpu_kernels *k = K(be);
+    int nt = cpu_threads_for(be, (size_t)N * C, LT_GRAIN);
+    if (nt <= 1) {
+        k->rmsnorm_bwd(dinp, dout, inp, weight, rstd, 0, N, C);
+        if (dweight) k->rmsnorm_dw(dweight, dout, inp, rstd, N, C, 0, C);
+        return;
+    }
+#pragma omp parallel num_threads(nt)
+    {
+        int lo, hi;
+        cpu_rows(N, omp_get_thread_num(), omp_get_num_threads(), &lo, &hi);
+        k->rmsnorm_bwd(dinp, dout, inp, weight, rstd, lo, hi, C);
+        if (dweight) {
+            /* dweight by column blocks of 64 (each summing every row in order) */
+            int nblk = (C + 63) / 64;
+#pragma omp for schedule(static)
+            for (int blk = 0; blk < nblk; blk++) {
+                int c0 = blk * 64, c1 = c0 + 64 < C ? c0 + 64 : C;
+                k->rmsnorm_dw(dweight, dout, inp, rstd, N, C, c0, c1);
+            }
+        }
+    }
+}
+
+/* ---- RoPE ----------------------------------------------------------------------------------------- */
+
+static void cpu_rope(lt_backend *be, float *x, const int32_t *pos, const float *inv_freq, int N,
+                     int n_heads, int head_dim, int rot_dim, int inverse) {
+    const lt_cpu_kernels *k = K(be);
+    int nt = cpu_threads_for(be, (size_t)N * n_heads * rot_dim, LT_GRAIN / 2);
+    if (nt > N) nt = N > 0 ? N : 1;
+    if (nt <= 1) {
+        k->rope(x, pos, inv_freq, 0, N, n_heads, head_dim, rot_dim, inverse);
+        return;
+    }
+#pragma omp parallel num_threads(nt)
+    {
+        int lo, hi;
+        cpu_rows(N, omp_get_thread_num(), omp_get_num_threads(), &lo, &hi);
+        k->rope(x, pos, inv_freq, lo, hi, n_heads, head_dim, rot_dim, inverse);
+    }
+}
+
+/* x (N, n_heads, head_dim) in place, pos (N), inv_freq (rot_dim/2) */
+static void cpu_rope_forward(lt_backend *be, float *x, const int32_t *pos, const float *inv_freq,
+                             int N, int n_heads, int head_dim, int rot_dim) {
+    cpu_rope(be, x, pos, inv_freq, N, n_heads, head_dim, rot_dim, 0);
+}
+static void cpu_rope_backward(lt_backend *be, float *dx, const int32_t *pos, const float *inv_freq,
+                              int N, int n_heads, int head_dim, int rot_dim) {
+    cpu_rope(be, dx, pos, inv_freq, N, n_heads, head_dim, rot_dim, 1);
+}
+
+/* ---- attention ------------------------------------------------------------------------------------ */
+
+static int cpu_att_args_ok(lt_backend *be, int B, int T, int NH, int NKV, int HD) {
+    if (B <= 0 || T <= 0 || NH <= 0 || HD <= 0) return 0;
+    if (NKV <= 0 || NH % NKV != 0) {
+        cpu_record_error(be, LT_ERR_INTERNAL);
+        return 0;
+    }
+    return 1;
+}
+
+/* out (B,T,NH,HD), lse (B,NH,T), q (B,T,NH,HD), k, v (B,T,NKV,HD), kv_start (B*T).
+ * Work items: (query tile, b, h), the longest (last) tiles first. */
+static void cpu_attention_forward(lt_backend *be, float *out, float *lse, const float *q,
+                                  const float *k, const float *v, const int32_t *kv_start, int B,
+                                  int T, int NH, int NKV, int HD, float scale) {
+    if (!cpu_att_args_ok(be, B, T, NH, NKV, HD)) return;
+    const lt_cpu_kernels *kk = K(be);
+    long nbh = (long)B * NH;
+    if (HD > LT_ATT_MAX_HD) {
+        int nt = nbh < be->n_threads ? (int)nbh : be->n_threads;
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+        for (long it = 0; it < nbh; it++)
+            lt_ref_attention_forward_head(out, lse, q, k, v, kv_start, B, T, NH, NKV, HD, scale,
+                                          (int)(it / NH), (int)(it % NH));
+        return;
+    }
+    long ntile = (T + LT_ATT_QT - 1) / LT_ATT_QT, items = nbh * ntile;
+    int nt = items < be->n_threads ? (int)items : be->n_threads;
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (nt > 1)
+    for (long it = 0; it < items; it++) {
+        long tile = ntile - 1 - it / nbh, bh = it % nbh;
+        int t0 = (int)tile * LT_ATT_QT, t1 = t0 + LT_ATT_QT < T ? t0 + LT_ATT_QT : T;
+        kk->att_fwd_tile(out, lse, q, k, v, kv_start, T, NH, NKV, HD, scale, (int)(bh / NH),
+                         (int)(bh % NH), t0, t1);
+    }
+}
+
+/* B*NH * lt_cpu_att_item_floats(T, HD) floats: per (b, h) the D term, key/value tiles and, for
+ * grouped-query attention, the head's share of dk and dv (backend.h does not pass NKV here, so the
+ * size always allows for it). */
+static size_t cpu_attention_backward_scratch(lt_backend *be, int B, int T, int NH, int HD) {
+    (void)be;
+    if (B <= 0 || T <= 0 || NH <= 0 || HD <= 0) return 0;
+    return (size_t)B * NH * lt_cpu_att_item_floats(T, HD);
+}
+
+/* dq (B,T,NH,HD), dk, dv (B,T,NKV,HD) assigned; dout, q, out (B,T,NH,HD); k, v (B,T,NKV,HD);
+ * lse (B,NH,T); scratch: cpu_attention_backward_scratch floats.
+ * Work items: (b, h); with NKV < NH the heads of a group are summed into dk, dv at the end. */
+static void cpu_attention_backward(lt_backend *be, float *dq, float *dk, float *dv, const float *dout,
+                                   const float *q, const float *k, const float *v, const float *out,
+                                   const float *lse, const int32_t *kv_start, int B, int T, int NH,
+                                   int NKV, int HD, float scale, float *scratch) {
+    if (!cpu_att_args_ok(be, B, T, NH, NKV, HD)) return;
+    const lt_cpu_kernels *kk = K(be);
+    const size_t item = lt_cpu_att_item_floats(T, HD);
+    const int gqa = NKV != NH;
+    long nbh = (long)B * NH;
+    int nt = nbh < be->n_threads ? (int)nbh : be->n_threads;
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (nt > 1)
+    for (long it = 0; it < nbh; it++) {
+        int b = (int)(it / NH), h = (int)(it % NH);
+        float *ws = scratch + (size_t)it * item;
+        float *dkh, *dvh;
+        size_t ld;
+        if (gqa) {
+            dkh = ws + LT_ATT_OFF_DK(T, HD);
+            dvh = ws + LT_ATT_OFF_DV(T, HD);
+            ld = (size_t)HD;
+        } else {
+            dkh = dk + ((size_t)b * T * NKV + h) * HD;
+            dvh = dv + ((size_t)b * T * NKV + h) * HD;
+            ld = (size_t)NKV * HD;
+        }
+        kk->att_bwd_head(dq, dkh, dvh, ld, dout, q, k, v, out, lse, kv_start, T, NH, NKV, HD, scale, b,
+                         h, ws);
+    }
+    if (!gqa) return;
+    /* dk[b,t,g] = sum over the heads h of group g of their shares (in head order) */
+    const int G = NH / NKV;
+    long rows = (long)B * T;
+    int nt2 = cpu_threads_for(be, (size_t)rows * NH * HD, LT_GRAIN);
+#pragma omp parallel for num_threads(nt2) schedule(static) if (nt2 > 1)
+    for (long r = 0; r < rows; r++) {
+        int b = (int)(r / T), t = (int)(r % T);
+        for (int g = 0; g < NKV; g++) {
+            float *dkr = dk + (((size_t)b * T + t) * NKV + g) * HD;
+            float *dvr = dv + (((size_t)b * T + t) * NKV + g) * HD;
+            for (int x = 0; x < G; x++) {
+                const float *ws = scratch + ((size_t)b * NH + (size_t)g * G + x) * item;
+                const float *pk = ws + LT_ATT_OFF_DK(T, HD) + (size_t)t * HD;
+                const float *pv = ws + LT_ATT_OFF_DV(T, HD) + (size_t)t * HD;
+                if (x == 0) {
+                    memcpy(dkr, pk, (size_t)HD * sizeof(float));
+                    memcpy(dvr, pv, (size_t)HD * sizeof(float));
+                } else {
+                    for (int d = 0; d < HD; d++) {
+                        dkr[d] += pk[d];
+                        dvr[d] += pv[d];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/* ---- SwiGLU --------------------------------------------------------------------------------------- */
+
+/* out, gate, up (n) */
+static void cpu_swiglu_forward(lt_backend *be, float *out, const float *gate, const float *up, size_t n) {
+    const lt_cpu_kernels *k = K(be);
+    CPU_PAR_SLICES(be, n, k->swiglu_fwd(out + lo, gate + lo, up + lo, hi - lo));
+}
+
+/* dgate, dup, dout, gate, up (n); dgate/dup may alias gate/up */
+static void cpu_swiglu_backward(lt_backend *be, float *dgate, float *dup, const float *dout,
+                                const float *gate, const float *up, size_t n) {
+    const lt_cpu_kernels *k = K(be);
+    CPU_PAR_SLICES(be, n, k->swiglu_bwd(dgate + lo, dup + lo, dout + lo, gate + lo, up + lo, hi - lo));
+}
+
+/* ---- cross-entropy -------------------------------------------------------------------------------- */
+
+/* logits (n,V), losses (n), targets (n) */
+static void cpu_cross_entropy(lt_backend *be, float *logits, float *losses, const int32_t *targets,
+                              int n, int V, float grad_scale) {
+    const lt_cpu_kernels *k = K(be);
+    if (n <= 0 || V <= 0) return;
+    int nt = cpu_threads_for(be, (size_t)n * V, LT_GRAIN);
+    if (nt > n) nt = n;
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+    for (int i = 0; i < n; i++) k->ce_row(logits + (size_t)i * V, losses + i, targets[i], V, grad_scale);
+}
+
+/* ---- dropout -------------------------------------------------------------------------------------- */
+
+/* out, inp (n); out may alias inp */
+static void cpu_dropout(lt_backend *be, float *out, const float *inp, size_t n, float p, uint64_t seed,
+                        uint64_t offset) {
+    const lt_cpu_kernels *k = K(be);
+    CPU_PAR_SLICES(be, n, k->dropout(out + lo, inp + lo, hi - lo, p, seed, offset + lo));
+}
+
+/* ---- AdamW ---------------------------------------------------------------------------------------- */
+
+/* param, grad, m, v (n) */
+static void cpu_adamw_step(lt_backend *be, float *param, const float *grad, float *m, float *v, size_t n,
+                           float step_size, float beta1, float beta2, float eps, float bc2_sqrt,
+                           float decay) {
+    const lt_cpu_kernels *k = K(be);
+    CPU_PAR_SLICES(be, n, k->adamw(param + lo, grad + lo, m + lo, v + lo, hi - lo, step_size, beta1,
+                                   beta2, eps, bc2_sqrt, decay));
+}
+
+/* ---- the table ------------------------------------------------------------------------------------ */
+
+static const lt_backend_ops cpu_ops = {
+    .name = "cpu",
+    .host_memory = 1,
+    .destroy = cpu_destroy,
+    .set_threads = cpu_set_threads,
+    .alloc = cpu_alloc,
+    .free = cpu_free,
+    .upload = cpu_upload,
+    .download = cpu_download,
+    .copy = cpu_copy,
+    .zero = cpu_zero,
+    .sync = cpu_sync,
+    .gemm = cpu_gemm,
+    .axpy = cpu_axpy,
+    .scale = cpu_scale,
+    .sumsq = cpu_sumsq,
+    .all_finite = cpu_all_finite,
+    .embedding_forward = cpu_embedding_forward,
+    .rmsnorm_forward = cpu_rmsnorm_forward,
+    .rmsnorm_backward = cpu_rmsnorm_backward,
+    .rope_forward = cpu_rope_forward,
+    .rope_backward = cpu_rope_backward,
+    .attention_forward = cpu_attention_forward,
+    .attention_backward_scratch = cpu_attention_backward_scratch,
+    .attention_backward = cpu_attention_backward,
+    .swiglu_forward = cpu_swiglu_forward,
+    .swiglu_backward = cpu_swiglu_backward,
+    .cross_entropy = cpu_cross_entropy,
+    .dropout = cpu_dropout,
+    .adamw_step = cpu_adamw_step,
+};
+
+static void cpu_set_err(char *err, size_t errlen, const char *msg) {
+    if (err && errlen) snprintf(err, errlen, "%s", msg);
+}
+
+lt_status lt_cpu_backend_create_isa(int n_threads, lt_cpu_isa isa, lt_backend **out, char *err,
+                                    size_t errlen) {
+    if (!out) {
+        cpu_set_err(err, errlen, "cpu backend: NULL output pointer");
+        return LT_ERR_ARGUMENT;
+    }
+    *out = NULL;
+    const lt_cpu_kernels *k = lt_cpu_kernels_get(isa);
+    if (!k) {
+        cpu_set_err(err, errlen, "cpu backend: this CPU does not support the requested instruction set");
+        return LT_ERR_UNSUPPORTED;
+    }
+    lt_backend *be = calloc(1, sizeof *be);
+    cpu_impl *im = calloc(1, sizeof *im);
+    if (!be || !im) {
+        free(be);
+        free(im);
+        cpu_set_err(err, errlen, "cpu backend: out of memory");
+        return LT_ERR_NOMEM;
+    }
+    im->k = k;
+    im->first_error = LT_OK;
+    be->ops = &cpu_ops;
+    be->impl = im;
+    cpu_set_threads(be, n_threads);
+    *out = be;
+    return LT_OK;
+}
+
+lt_status lt_cpu_backend_create(int n_threads, lt_backend **out, char *err, size_t errlen) {
+    return lt_cpu_backend_create_isa(n_threads, LT_CPU_ISA_AUTO, out, err, errlen);
+}

@@ -1,0 +1,329 @@
+/*
+ * ref_ops.c - the reference kernels (see ref_ops.h). Plain loops, obviously correct, slow.
+ * Every function opens with the shapes of its arguments; forward and backward sit side by side.
+ */
+#include "ref_ops.h"
+
+#include <math.h>
+#include <string.h>
+
+#include "backend.h" /* lt_hash_uniform */
+
+/* ---- dense linear algebra ----------------------------------------------------------------------- */
+
+/* C (M,N) with leading dimension ldc; op(A) (M,K): A stored (M,K) lda, or (K,M) lda if transA;
+ * op(B) (K,N): B stored (K,N) ldb, or (N,K) ldb if transB. */
+void lt_ref_gemm(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
+                 const float *B, int ldb, float beta, float *C, int ldc) {
+    for (int i = 0; i < M; i++) {
+        for (int j = 0; j < N; j++) {
+            double sum = 0.0;
+            for (int p = 0; p < K; p++) {
+                float a = transA ? A[(size_t)p * lda + i] : A[(size_t)i * lda + p];
+                float b = transB ? B[(size_t)j * ldb + p] : B[(size_t)p * ldb + j];
+                sum += (double)a * (double)b;
+            }
+            float *c = &C[(size_t)i * ldc + j];
+            double r = (double)alpha * sum;
+            if (beta != 0.0f) r += (double)beta * (double)*c;
+            *c = (float)r;
+        }
+    }
+}
+
+/* ---- elementwise -------------------------------------------------------------------------------- */
+
+/* y (n) += a * x (n) */
+void lt_ref_axpy(size_t n, float a, const float *x, float *y) {
+    for (size_t i = 0; i < n; i++) y[i] += a * x[i];
+}
+
+/* x (n) *= a */
+void lt_ref_scale(size_t n, float a, float *x) {
+    for (size_t i = 0; i < n; i++) x[i] *= a;
+}
+
+/* x (n) */
+double lt_ref_sumsq(size_t n, const float *x) {
+    double s = 0.0;
+    for (size_t i = 0; i < n; i++) s += (double)x[i] * (double)x[i];
+    return s;
+}
+
+/* x (n) */
+int lt_ref_all_finite(size_t n, const float *x) {
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(x[i])) return 0;
+    return 1;
+}
+
+/* ---- embedding ---------------------------------------------------------------------------------- */
+
+/* out (N,C), ids (N), table (vocab,C) */
+void lt_ref_embedding_forward(float *out, const int32_t *ids, const float *table, int N, int C) {
+    for (int n = 0; n < N; n++)
+        memcpy(out + (size_t)n * C, table + (size_t)ids[n] * C, (size_t)C * sizeof(float));
+}
+
+/* ---- RMSNorm ------------------------------------------------------------------------------------ */
+
+/* out (N,C), rstd (N), inp (N,C), weight (C) */
+void lt_ref_rmsnorm_forward(float *out, float *rstd, const float *inp, const float *weight, int N,
+                            int C, float eps) {
+    for (int n = 0; n < N; n++) {
+        const float *x = inp + (size_t)n * C;
+        float *o = out + (size_t)n * C;
+        double ss = 0.0;
+        for (int c = 0; c < C; c++) ss += (double)x[c] * x[c];
+        double r = 1.0 / sqrt(ss / C + (double)eps);
+        for (int c = 0; c < C; c++) o[c] = (float)((double)x[c] * r * weight[c]);
+        rstd[n] = (float)r;
+    }
+}
+
+/* dinp (N,C) accumulates, dweight (C) accumulates or NULL, dout (N,C), inp (N,C), weight (C), rstd (N)
+ *   out_c = x_c r w_c, r = (mean(x^2) + eps)^-1/2, dr/dx_c = -r^3 x_c / C
+ *   dx_c  = r w_c g_c - (r^3 / C) x_c sum_i(g_i w_i x_i);   dw_c = sum_n g_c x_c r */
+void lt_ref_rmsnorm_backward(float *dinp, float *dweight, const float *dout, const float *inp,
+                             const float *weight, const float *rstd, int N, int C) {
+    for (int n = 0; n < N; n++) {
+        const float *x = inp + (size_t)n * C, *g = dout + (size_t)n * C;
+        float *dx = dinp + (size_t)n * C;
+        double r = rstd[n];
+        double dot = 0.0;
+        for (int c = 0; c < C; c++) dot += (double)g[c] * weight[c] * x[c];
+        double k = r * r * r * dot / C;
+        for (int c = 0; c < C; c++) dx[c] += (float)(r * weight[c] * g[c] - k * x[c]);
+    }
+    if (dweight) {
+        for (int c = 0; c < C; c++) {
+            double s = 0.0;
+            for (int n = 0; n < N; n++)
+                s += (double)dout[(size_t)n * C + c] * inp[(size_t)n * C + c] * rstd[n];
+            dweight[c] += (float)s;
+        }
+    }
+}
+
+/* ---- RoPE --------------------------------------------------------------------------------------- */
+
+/* x (N, n_heads, head_dim) in place; pos (N); inv_freq (rot_dim/2). dir = +1 rotates by +angle
+ * (forward), -1 by -angle (the inverse = transpose, used by backward). */
+static void ref_rope(float *x, const int32_t *pos, const float *inv_freq, int N, int n_heads,
+                     int head_dim, int rot_dim, int dir) {
+    int half = rot_dim / 2;
+    for (int n = 0; n < N; n++) {
+        for (int j = 0; j < half; j++) {
+            float ang = (float)pos[n] * inv_freq[j];
+            double c = cos((double)ang), s = dir * sin((double)ang);
+            for (int h = 0; h < n_heads; h++) {
+                float *xh = x + ((size_t)n * n_heads + h) * head_dim;
+                double x1 = xh[j], x2 = xh[j + half];
+                xh[j] = (float)(x1 * c - x2 * s);
+                xh[j + half] = (float)(x2 * c + x1 * s);
+            }
+        }
+    }
+}
+
+void lt_ref_rope_forward(float *x, const int32_t *pos, const float *inv_freq, int N, int n_heads,
+                         int head_dim, int rot_dim) {
+    ref_rope(x, pos, inv_freq, N, n_heads, head_dim, rot_dim, +1);
+}
+
+/* dx (N, n_heads, head_dim) in place: the rotation is orthogonal, so its gradient is the inverse. */
+void lt_ref_rope_backward(float *dx, const int32_t *pos, const float *inv_freq, int N, int n_heads,
+                          int head_dim, int rot_dim) {
+    ref_rope(dx, pos, inv_freq, N, n_heads, head_dim, rot_dim, -1);
+}
+
+/* ---- causal grouped-query attention ------------------------------------------------------------- */
+
+static double ref_dot(const float *a, const float *b, int n) {
+    double s = 0.0;
+    for (int i = 0; i < n; i++) s += (double)a[i] * b[i];
+    return s;
+}
+
+/* q (B,T,NH,HD), k, v (B,T,NKV,HD), out (B,T,NH,HD), lse (B,NH,T), kv_start (B*T); one head (b,h). */
+void lt_ref_attention_forward_head(float *out, float *lse, const float *q, const float *k,
+                                   const float *v, const int32_t *kv_start, int B, int T, int NH,
+                                   int NKV, int HD, float scale, int b, int h) {
+    (void)B;
+    int kvh = h / (NH / NKV);
+    const int32_t *ks = kv_start + (size_t)b * T;
+    for (int t = 0; t < T; t++) {
+        const float *qt = q + (((size_t)b * T + t) * NH + h) * HD;
+        int lo = lt_att_kv_lo(ks, t);
+        /* pass 1: lse = log sum_j exp(scale q.k_j) */
+        double mx = -INFINITY;
+        for (int j = lo; j <= t; j++) {
+            double s = scale * ref_dot(qt, k + (((size_t)b * T + j) * NKV + kvh) * HD, HD);
+            if (s > mx) mx = s;
+        }
+        double sum = 0.0;
+        for (int j = lo; j <= t; j++)
+            sum += exp(scale * ref_dot(qt, k + (((size_t)b * T + j) * NKV + kvh) * HD, HD) - mx);
+        double l = mx + log(sum);
+        lse[((size_t)b * NH + h) * T + t] = (float)l;
+        /* pass 2: out = sum_j p_j v_j */
+        double acc[HD];
+        for (int d = 0; d < HD; d++) acc[d] = 0.0;
+        for (int j = lo; j <= t; j++) {
+            double p = exp(scale * ref_dot(qt, k + (((size_t)b * T + j) * NKV + kvh) * HD, HD) - l);
+            const float *vj = v + (((size_t)b * T + j) * NKV + kvh) * HD;
+            for (int d = 0; d < HD; d++) acc[d] += p * vj[d];
+        }
+        float *ot = out + (((size_t)b * T + t) * NH + h) * HD;
+        for (int d = 0; d < HD; d++) ot[d] = (float)acc[d];
+    }
+}
+
+void lt_ref_attention_forward(float *out, float *lse, const float *q, const float *k, const float *v,
+                              const int32_t *kv_start, int B, int T, int NH, int NKV, int HD,
+                              float scale) {
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < NH; h++)
+            lt_ref_attention_forward_head(out, lse, q, k, v, kv_start, B, T, NH, NKV, HD, scale, b, h);
+}
+
+size_t lt_ref_attention_backward_scratch(int B, int T, int NH, int HD) {
+    (void)B; (void)T; (void)NH; (void)HD;
+    return 0;
+}
+
+/* dq, dout, q, out (B,T,NH,HD); dk, dv, k, v (B,T,NKV,HD); lse (B,NH,T); kv_start (B*T).
+ *   p_tj = exp(scale q_t.k_j - lse_t), D_t = dout_t.out_t, ds_tj = p_tj (dout_t.v_j - D_t)
+ *   dv_j = sum_t p_tj dout_t;  dk_j = scale sum_t ds_tj q_t;  dq_t = scale sum_j ds_tj k_j */
+void lt_ref_attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q,
+                               const float *k, const float *v, const float *out, const float *lse,
+                               const int32_t *kv_start, int B, int T, int NH, int NKV, int HD,
+                               float scale, float *scratch) {
+    (void)scratch;
+    memset(dk, 0, (size_t)B * T * NKV * HD * sizeof(float));
+    memset(dv, 0, (size_t)B * T * NKV * HD * sizeof(float));
+    double acc_k[HD], acc_v[HD];
+    for (int b = 0; b < B; b++) {
+        const int32_t *ks = kv_start + (size_t)b * T;
+        for (int h = 0; h < NH; h++) {
+            int kvh = h / (NH / NKV);
+#define Q_(t) (q + (((size_t)b * T + (t)) * NH + h) * HD)
+#define DO_(t) (dout + (((size_t)b * T + (t)) * NH + h) * HD)
+#define O_(t) (out + (((size_t)b * T + (t)) * NH + h) * HD)
+#define K_(j) (k + (((size_t)b * T + (j)) * NKV + kvh) * HD)
+#define V_(j) (v + (((size_t)b * T + (j)) * NKV + kvh) * HD)
+#define LSE_(t) ((double)lse[((size_t)b * NH + h) * T + (t)])
+            /* key-major: dk_j, dv_j (this head's share, added to the kv head's gradient) */
+            for (int j = 0; j < T; j++) {
+                for (int d = 0; d < HD; d++) acc_k[d] = acc_v[d] = 0.0;
+                for (int t = j; t < T; t++) {
+                    if (lt_att_kv_lo(ks, t) > j) continue;
+                    double p = exp(scale * ref_dot(Q_(t), K_(j), HD) - LSE_(t));
+                    double D = ref_dot(DO_(t), O_(t), HD);
+                    double ds = p * (ref_dot(DO_(t), V_(j), HD) - D);
+                    for (int d = 0; d < HD; d++) {
+                        acc_v[d] += p * DO_(t)[d];
+                        acc_k[d] += scale * ds * Q_(t)[d];
+                    }
+                }
+                float *dkj = dk + (((size_t)b * T + j) * NKV + kvh) * HD;
+                float *dvj = dv + (((size_t)b * T + j) * NKV + kvh) * HD;
+                for (int d = 0; d < HD; d++) {
+                    dkj[d] += (float)acc_k[d];
+                    dvj[d] += (float)acc_v[d];
+                }
+            }
+            /* query-major: dq_t */
+            for (int t = 0; t < T; t++) {
+                double D = ref_dot(DO_(t), O_(t), HD);
+                for (int d = 0; d < HD; d++) acc_k[d] = 0.0;
+                for (int j = lt_att_kv_lo(ks, t); j <= t; j++) {
+                    double p = exp(scale * ref_dot(Q_(t), K_(j), HD) - LSE_(t));
+                    double ds = p * (ref_dot(DO_(t), V_(j), HD) - D);
+                    for (int d = 0; d < HD; d++) acc_k[d] += scale * ds * K_(j)[d];
+                }
+                float *dqt = dq + (((size_t)b * T + t) * NH + h) * HD;
+                for (int d = 0; d < HD; d++) dqt[d] = (float)acc_k[d];
+            }
+#undef Q_
+#undef DO_
+#undef O_
+#undef K_
+#undef V_
+#undef LSE_
+        }
+    }
+}
+
+/* ---- SwiGLU ------------------------------------------------------------------------------------- */
+
+/* out, gate, up (n): out = gate sigmoid(gate) up */
+void lt_ref_swiglu_forward(float *out, const float *gate, const float *up, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        double g = gate[i], sig = 1.0 / (1.0 + exp(-g));
+        out[i] = (float)(g * sig * up[i]);
+    }
+}
+
+/* dgate, dup, dout, gate, up (n); dgate/dup may alias gate/up.
+ *   d silu(g)/dg = sig (1 + g (1 - sig)) */
+void lt_ref_swiglu_backward(float *dgate, float *dup, const float *dout, const float *gate,
+                            const float *up, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        double g = gate[i], u = up[i], go = dout[i];
+        double sig = 1.0 / (1.0 + exp(-g));
+        dgate[i] = (float)(go * u * sig * (1.0 + g * (1.0 - sig)));
+        dup[i] = (float)(go * g * sig);
+    }
+}
+
+/* ---- cross-entropy ------------------------------------------------------------------------------ */
+
+/* logits (n,V) (overwritten by the gradient if grad_scale != 0), losses (n), targets (n) */
+void lt_ref_cross_entropy(float *logits, float *losses, const int32_t *targets, int n, int V,
+                          float grad_scale) {
+    for (int i = 0; i < n; i++) {
+        float *x = logits + (size_t)i * V;
+        int tgt = targets[i];
+        if (tgt < 0 || tgt >= V) {
+            losses[i] = 0.0f;
+            if (grad_scale != 0.0f) memset(x, 0, (size_t)V * sizeof(float));
+            continue;
+        }
+        double mx = -INFINITY;
+        for (int c = 0; c < V; c++)
+            if (x[c] > mx) mx = x[c];
+        double sum = 0.0;
+        for (int c = 0; c < V; c++) sum += exp((double)x[c] - mx);
+        double lse = mx + log(sum);
+        losses[i] = (float)(lse - x[tgt]);
+        if (grad_scale != 0.0f)
+            for (int c = 0; c < V; c++)
+                x[c] = (float)(grad_scale * (exp((double)x[c] - lse) - (c == tgt ? 1.0 : 0.0)));
+    }
+}
+
+/* ---- dropout ------------------------------------------------------------------------------------ */
+
+/* out, inp (n); out may alias inp */
+void lt_ref_dropout(float *out, const float *inp, size_t n, float p, uint64_t seed, uint64_t offset) {
+    float keep_scale = p < 1.0f ? 1.0f / (1.0f - p) : 0.0f;
+    for (size_t i = 0; i < n; i++) {
+        int keep = p < 1.0f && lt_hash_uniform(seed, offset + i) >= p;
+        out[i] = keep ? inp[i] * keep_scale : 0.0f;
+    }
+}
+
+/* ---- AdamW -------------------------------------------------------------------------------------- */
+
+/* param, grad, m, v (n) */
+void lt_ref_adamw_step(float *param, const float *grad, float *m, float *v, size_t n, float step_size,
+                       float beta1, float beta2, float eps, float bc2_sqrt, float decay) {
+    for (size_t i = 0; i < n; i++) {
+        float g = grad[i];
+        param[i] *= 1.0f - decay;
+        m[i] = beta1 * m[i] + (1.0f - beta1) * g;
+        v[i] = beta2 * v[i] + (1.0f - beta2) * g * g;
+        param[i] -= step_size * m[i] / (sqrtf(v[i]) / bc2_sqrt + eps);
+    }
+}

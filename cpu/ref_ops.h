@@ -1,0 +1,95 @@
+/*
+ * ref_ops.h - the reference kernels: plain loops, one function per backend op, the oracle for the
+ * fast CPU kernels (cpu_backend.c) and for the CUDA backend.
+ *
+ * defines: lt_ref_<op> for every op of lt_backend_ops (backend.h), with the op's arguments minus the
+ * `lt_backend *be`. Semantics, shapes and gradient conventions are those written in backend.h;
+ * the comments here only add what the reference decides where backend.h is silent.
+ *
+ * Favour clarity over speed: single-threaded, sums of many terms in double, no allocation (a few
+ * small variable-length arrays of head_dim doubles on the stack).
+ */
+#ifndef LT_REF_OPS_H
+#define LT_REF_OPS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* First key a query attends to, shared by every attention kernel: kv_start clamped to [0, t], so
+ * that a bad kv_start can never index outside the row or leave a query with no key at all. */
+static inline int lt_att_kv_lo(const int32_t *kv_start_row, int t) {
+    int lo = kv_start_row[t];
+    if (lo < 0) lo = 0;
+    if (lo > t) lo = t;
+    return lo;
+}
+
+/* ---- dense linear algebra ---- */
+/* C (M,N) = alpha op(A) op(B) + beta C (sums in double). beta == 0 ignores C's old contents (BLAS). */
+void lt_ref_gemm(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
+                 const float *B, int ldb, float beta, float *C, int ldc);
+
+/* ---- elementwise ---- */
+void lt_ref_axpy(size_t n, float a, const float *x, float *y);
+void lt_ref_scale(size_t n, float a, float *x);
+double lt_ref_sumsq(size_t n, const float *x);
+int lt_ref_all_finite(size_t n, const float *x);
+
+/* ---- embedding ---- */
+void lt_ref_embedding_forward(float *out, const int32_t *ids, const float *table, int N, int C);
+
+/* ---- RMSNorm ---- */
+void lt_ref_rmsnorm_forward(float *out, float *rstd, const float *inp, const float *weight, int N,
+                            int C, float eps);
+void lt_ref_rmsnorm_backward(float *dinp, float *dweight, const float *dout, const float *inp,
+                             const float *weight, const float *rstd, int N, int C);
+
+/* ---- RoPE ---- */
+/* The angle is computed in float as Hugging Face does, (float)pos * inv_freq[j]; cos and sin of it
+ * in double. */
+void lt_ref_rope_forward(float *x, const int32_t *pos, const float *inv_freq, int N, int n_heads,
+                         int head_dim, int rot_dim);
+void lt_ref_rope_backward(float *dx, const int32_t *pos, const float *inv_freq, int N, int n_heads,
+                          int head_dim, int rot_dim);
+
+/* ---- causal grouped-query attention ---- */
+/* Two passes per query: (1) max and sum of exp of the scaled scores -> lse; (2) out = sum_j
+ * exp(s_j - lse) v_j. No score row is stored. kv_start is clamped by lt_att_kv_lo. */
+void lt_ref_attention_forward(float *out, float *lse, const float *q, const float *k, const float *v,
+                              const int32_t *kv_start, int B, int T, int NH, int NKV, int HD,
+                              float scale);
+/* One (b, h) of the above (out and lse rows of that head only); used by the fast backend as its
+ * fallback for very large head_dim. */
+void lt_ref_attention_forward_head(float *out, float *lse, const float *q, const float *k,
+                                   const float *v, const int32_t *kv_start, int B, int T, int NH,
+                                   int NKV, int HD, float scale, int b, int h);
+/* The reference backward needs no scratch: returns 0; the scratch argument is unused (may be NULL). */
+size_t lt_ref_attention_backward_scratch(int B, int T, int NH, int HD);
+/* Recomputes p = exp(s - lse) from q, k and the saved lse. Key-major pass for dk, dv (sums over
+ * queries in double), then query-major pass for dq (sums over keys in double). */
+void lt_ref_attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q,
+                               const float *k, const float *v, const float *out, const float *lse,
+                               const int32_t *kv_start, int B, int T, int NH, int NKV, int HD,
+                               float scale, float *scratch);
+
+/* ---- SwiGLU ---- */
+void lt_ref_swiglu_forward(float *out, const float *gate, const float *up, size_t n);
+void lt_ref_swiglu_backward(float *dgate, float *dup, const float *dout, const float *gate,
+                            const float *up, size_t n);
+
+/* ---- cross-entropy ---- */
+/* Targets outside [0, V) (-100 in particular) are ignored rows. */
+void lt_ref_cross_entropy(float *logits, float *losses, const int32_t *targets, int n, int V,
+                          float grad_scale);
+
+/* ---- dropout ---- */
+/* keep(i) = lt_hash_uniform(seed, offset + i) >= p; kept values are multiplied by 1/(1-p) (computed
+ * once in float). p >= 1 drops everything (out = 0). */
+void lt_ref_dropout(float *out, const float *inp, size_t n, float p, uint64_t seed, uint64_t offset);
+
+/* ---- AdamW ---- */
+/* In float, exactly the formula of backend.h. */
+void lt_ref_adamw_step(float *param, const float *grad, float *m, float *v, size_t n, float step_size,
+                       float beta1, float beta2, float eps, float bc2_sqrt, float decay);
+
+#endif /* LT_REF_OPS_H */

@@ -1,0 +1,27 @@
+/*
+ * loratune_experimental.h - API with NO stability promise: it may change or go in any release,
+ * within the same SONAME (docs/ABI.md). Include it only if you accept that.
+ */
+#ifndef LORATUNE_EXPERIMENTAL_H
+#define LORATUNE_EXPERIMENTAL_H
+
+#include "loratune.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/**
+ * Create a model with random weights from a config.json text (benchmarks, demos, tests):
+ * linear and embedding weights ~ N(0, init_std^2), norm weights 1. Deterministic for a seed.
+ */
+LT_API lt_status lt_model_create_random(lt_context *ctx, const char *config_json, uint64_t seed, float init_std,
+                                        lt_model **out);
+
+/** Write the model's weights as a Hugging Face model directory (f32 safetensors + config.json). */
+LT_API lt_status lt_model_save(lt_model *model, const char *dir);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

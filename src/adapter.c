@@ -1,0 +1,628 @@
+/*
+ * adapter.c - LoRA adapters: creation and initialisation, the PEFT directory format (save / load),
+ * merging into the base weights and exporting a merged Hugging Face model.
+ *
+ * defines: lt_adapter_* (public), lt_adapter_alloc
+ *
+ * PEFT layout (shared/spec/formats.md): adapter_config.json + adapter_model.safetensors with keys
+ *   base_model.model.model.layers.{l}.{self_attn|mlp}.{proj}.lora_A.weight  (r, in)
+ *   base_model.model.model.layers.{l}.{self_attn|mlp}.{proj}.lora_B.weight  (out, r)
+ * delta W = scaling * B @ A, scaling = alpha / r (rsLoRA: alpha / sqrt(r)).
+ */
+#include <jansson.h>
+#include <math.h>
+#include <regex.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "model.h"
+
+#define KEY_PREFIX "base_model.model.model.layers."
+
+LT_API void lt_adapter_params_init(lt_adapter_params *p) {
+    if (!p) return;
+    memset(p, 0, sizeof *p);
+    p->size = sizeof *p;
+    p->rank = 8;
+    p->alpha = 8.0f;
+    p->dropout = 0.0f;
+    p->targets = LT_TARGET_ALL;
+    p->init = LT_INIT_DEFAULT;
+}
+
+static float adapter_scaling(const lt_adapter_params *p) {
+    return p->use_rslora ? p->alpha / sqrtf((float)p->rank) : p->alpha / (float)p->rank;
+}
+
+lt_status lt_adapter_alloc(lt_model *m, const lt_adapter_params *p, lt_adapter **out, lt_error *err) {
+    *out = NULL;
+    if (p->rank <= 0 || p->rank > 4096) return lt_fail(err, LT_ERR_ARGUMENT, "adapter: rank %d is not in [1, 4096]", p->rank);
+    if (!(p->alpha > 0) || !isfinite(p->alpha)) return lt_fail(err, LT_ERR_ARGUMENT, "adapter: alpha %g must be positive", p->alpha);
+    if (!(p->dropout >= 0 && p->dropout < 1)) return lt_fail(err, LT_ERR_ARGUMENT, "adapter: dropout %g is not in [0, 1)", p->dropout);
+    if (!(p->targets & LT_TARGET_ALL) || (p->targets & ~(unsigned)LT_TARGET_ALL))
+        return lt_fail(err, LT_ERR_ARGUMENT, "adapter: target mask 0x%x names no known projection", p->targets);
+    lt_adapter *a = calloc(1, sizeof *a);
+    const int L = (int)m->cfg.num_hidden_layers;
+    if (!a || !(a->lora = calloc((size_t)L * P_COUNT, sizeof *a->lora))) {
+        free(a);
+        return lt_fail(err, LT_ERR_NOMEM, "adapter: out of memory");
+    }
+    a->model = m;
+    a->p = *p;
+    a->p.size = sizeof a->p;
+    a->scaling = adapter_scaling(p);
+    size_t n = 0;
+    for (int q = 0; q < P_COUNT; q++) {
+        if (!(p->targets & (1u << q))) continue;
+        int in, o;
+        lt_proj_dims(&m->cfg, (lt_proj)q, &in, &o);
+        n += (size_t)p->rank * (in + o);
+    }
+    n *= (size_t)L;
+    a->n_params = n;
+    a->params = m->be->ops->alloc(m->be, n * sizeof(float));
+    a->grads = m->be->ops->alloc(m->be, n * sizeof(float));
+    if (!a->params || !a->grads) {
+        lt_adapter_free(a);
+        return lt_fail(err, LT_ERR_NOMEM, "adapter: cannot allocate %zu parameters", n);
+    }
+    m->be->ops->zero(m->be, a->params, n * sizeof(float));
+    m->be->ops->zero(m->be, a->grads, n * sizeof(float));
+    size_t off = 0;
+    for (int l = 0; l < L; l++)
+        for (int q = 0; q < P_COUNT; q++) {
+            if (!(p->targets & (1u << q))) continue;
+            int in, o;
+            lt_proj_dims(&m->cfg, (lt_proj)q, &in, &o);
+            lt_lora *lo = &a->lora[l * P_COUNT + q];
+            lo->A = a->params + off;
+            lo->dA = a->grads + off;
+            off += (size_t)p->rank * in;
+            lo->B = a->params + off;
+            lo->dB = a->grads + off;
+            off += (size_t)o * p->rank;
+        }
+    *out = a;
+    return LT_OK;
+}
+
+/* xoshiro256** seeded by splitmix64: the adapter's own generator (no global state). */
+typedef struct { uint64_t s[4]; } rng_t;
+static uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+static void rng_seed(rng_t *r, uint64_t seed) {
+    for (int i = 0; i < 4; i++) {
+        uint64_t z = (seed += 0x9E3779B97F4A7C15ull);
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+        r->s[i] = z ^ (z >> 31);
+    }
+}
+static uint64_t rng_next(rng_t *r) {
+    uint64_t *s = r->s, res = rotl(s[1] * 5, 7) * 9, t = s[1] << 17;
+    s[2] ^= s[0]; s[3] ^= s[1]; s[1] ^= s[2]; s[0] ^= s[3]; s[2] ^= t; s[3] = rotl(s[3], 45);
+    return res;
+}
+static double rng_uniform(rng_t *r) { return (double)(rng_next(r) >> 11) * (1.0 / 9007199254740992.0); }
+static double rng_normal(rng_t *r) {
+    double u1 = rng_uniform(r), u2 = rng_uniform(r);
+    if (u1 < 1e-300) u1 = 1e-300;
+    return sqrt(-2.0 * log(u1)) * cos(2.0 * M_PI * u2);
+}
+
+LT_API lt_status lt_adapter_create(lt_model *m, const lt_adapter_params *params, lt_adapter **out) {
+    lt_error *terr = lt_thread_error();
+    lt_error_clear(terr);
+    if (!out) return lt_fail(terr, LT_ERR_ARGUMENT, "lt_adapter_create: out is NULL");
+    *out = NULL;
+    if (!m) return lt_fail(terr, LT_ERR_ARGUMENT, "lt_adapter_create: model is NULL");
+    lt_adapter_params p;
+    lt_adapter_params_init(&p);
+    if (params) {
+        if (params->size < offsetof(lt_adapter_params, seed) || params->size > sizeof p)
+            return lt_fail(terr, LT_ERR_ARGUMENT, "lt_adapter_create: params->size %zu is not a size this "
+                           "library knows (call lt_adapter_params_init)", params->size);
+        memcpy(&p, params, params->size);
+    }
+    if (p.init != LT_INIT_DEFAULT && p.init != LT_INIT_GAUSSIAN)
+        return lt_fail(terr, LT_ERR_ARGUMENT, "lt_adapter_create: unknown init %d", (int)p.init);
+    lt_adapter *a;
+    lt_status st = lt_adapter_alloc(m, &p, &a, terr);
+    if (st != LT_OK) return st;
+    /* A: kaiming_uniform(a=sqrt 5) = U(-1/sqrt(in), 1/sqrt(in)) (PEFT default) or N(0, 1/r) ("gaussian");
+     * B: zeros, so the adapter starts as the identity. */
+    rng_t rng;
+    rng_seed(&rng, p.seed);
+    float *host = NULL;
+    for (int l = 0; l < m->cfg.num_hidden_layers; l++)
+        for (int q = 0; q < P_COUNT; q++) {
+            lt_lora *lo = lt_adapter_lora(a, l, (lt_proj)q);
+            if (!lo) continue;
+            int in, o;
+            lt_proj_dims(&m->cfg, (lt_proj)q, &in, &o);
+            size_t n = (size_t)p.rank * in;
+            float *h = realloc(host, n * sizeof *h);
+            if (!h) { free(host); lt_adapter_free(a); return lt_fail(terr, LT_ERR_NOMEM, "out of memory"); }
+            host = h;
+            double bound = 1.0 / sqrt((double)in);
+            for (size_t i = 0; i < n; i++)
+                h[i] = p.init == LT_INIT_GAUSSIAN ? (float)(rng_normal(&rng) / p.rank)
+                                                  : (float)((2.0 * rng_uniform(&rng) - 1.0) * bound);
+            m->be->ops->upload(m->be, lo->A, h, n * sizeof *h);
+        }
+    free(host);
+    *out = a;
+    return LT_OK;
+}
+
+LT_API void lt_adapter_free(lt_adapter *a) {
+    if (!a) return;
+    lt_backend *be = a->model->be;
+    if (a->params) be->ops->free(be, a->params);
+    if (a->grads) be->ops->free(be, a->grads);
+    free(a->lora);
+    free(a);
+}
+
+LT_API const char *lt_adapter_last_error(const lt_adapter *a) {
+    return a ? a->err.msg : "lt_adapter_last_error: adapter is NULL";
+}
+
+LT_API lt_status lt_adapter_get_params(const lt_adapter *a, lt_adapter_params *p) {
+    if (!a || !p || p->size < sizeof(size_t)) return LT_ERR_ARGUMENT;
+    size_t n = p->size < sizeof a->p ? p->size : sizeof a->p;
+    memcpy(p, &a->p, n);
+    p->size = n;
+    return LT_OK;
+}
+
+LT_API int64_t lt_adapter_n_params(const lt_adapter *a) { return a ? (int64_t)a->n_params : 0; }
+
+/* ---- PEFT save ------------------------------------------------------------------------------------ */
+
+static void key_of(char *buf, size_t len, int l, int q, char ab) {
+    snprintf(buf, len, KEY_PREFIX "%d.%s.%s.lora_%c.weight", l, lt_proj_parent[q], lt_proj_names[q], ab);
+}
+
+/* Download all adapter parameters to a host buffer. */
+static float *params_to_host(const lt_adapter *a) {
+    float *h = malloc(a->n_params * sizeof(float));
+    if (h) a->model->be->ops->download(a->model->be, h, a->params, a->n_params * sizeof(float));
+    return h;
+}
+
+static lt_status write_adapter_config(const lt_adapter *a, const char *dir, lt_error *err) {
+    json_t *o = json_object(), *t = json_array();
+    for (int q = 0; q < P_COUNT; q++)
+        if (a->p.targets & (1u << q)) json_array_append_new(t, json_string(lt_proj_names[q]));
+    json_object_set_new(o, "peft_type", json_string("LORA"));
+    json_object_set_new(o, "task_type", json_string("CAUSAL_LM"));
+    json_object_set_new(o, "base_model_name_or_path", json_string(a->model->dir));
+    json_object_set_new(o, "r", json_integer(a->p.rank));
+    json_object_set_new(o, "lora_alpha", json_real(a->p.alpha));
+    json_object_set_new(o, "target_modules", t);
+    json_object_set_new(o, "lora_dropout", json_real(a->p.dropout));
+    json_object_set_new(o, "bias", json_string("none"));
+    json_object_set_new(o, "use_rslora", json_boolean(a->p.use_rslora));
+    json_object_set_new(o, "use_dora", json_false());
+    json_object_set_new(o, "fan_in_fan_out", json_false());
+    json_object_set_new(o, "init_lora_weights", a->p.init == LT_INIT_GAUSSIAN ? json_string("gaussian") : json_true());
+    json_object_set_new(o, "modules_to_save", json_null());
+    json_object_set_new(o, "rank_pattern", json_object());
+    json_object_set_new(o, "alpha_pattern", json_object());
+    json_object_set_new(o, "inference_mode", json_true());
+    json_object_set_new(o, "library", json_string("libloratune " LT_VERSION_STRING));
+    char *s = json_dumps(o, JSON_INDENT(2) | JSON_SORT_KEYS | JSON_REAL_PRECISION(9));
+    json_decref(o);
+    if (!s) return lt_fail(err, LT_ERR_NOMEM, "out of memory");
+    char path[4200];
+    lt_path_join(path, sizeof path, dir, "adapter_config.json");
+    lt_status st = lt_write_file_atomic(path, s, strlen(s), err);
+    free(s);
+    return st;
+}
+
+static lt_status adapter_save(lt_adapter *a, const char *dir, lt_error *err) {
+    lt_status st = lt_mkdir_p(dir, err);
+    if (st != LT_OK) return st;
+    const int L = (int)a->model->cfg.num_hidden_layers;
+    float *h = params_to_host(a);
+    int n = 0;
+    lt_st_entry *e = calloc((size_t)L * P_COUNT * 2, sizeof *e);
+    char *names = calloc((size_t)L * P_COUNT * 2, 160);
+    if (!h || !e || !names) { free(h); free(e); free(names); return lt_fail(err, LT_ERR_NOMEM, "out of memory"); }
+    for (int l = 0; l < L; l++)
+        for (int q = 0; q < P_COUNT; q++) {
+            lt_lora *lo = lt_adapter_lora(a, l, (lt_proj)q);
+            if (!lo) continue;
+            int in, o;
+            lt_proj_dims(&a->model->cfg, (lt_proj)q, &in, &o);
+            for (int k = 0; k < 2; k++) {
+                char *nm = names + (size_t)n * 160;
+                key_of(nm, 160, l, q, k ? 'B' : 'A');
+                e[n].name = nm;
+                e[n].dtype = LT_DT_F32;
+                e[n].ndim = 2;
+                e[n].shape[0] = k ? o : a->p.rank;
+                e[n].shape[1] = k ? a->p.rank : in;
+                e[n].data = h + ((k ? lo->B : lo->A) - a->params);
+                n++;
+            }
+        }
+    char path[4200];
+    lt_path_join(path, sizeof path, dir, "adapter_model.safetensors");
+    static const char *const meta[] = {"format", "pt", NULL};
+    st = lt_st_write(path, e, n, meta, err);
+    free(h); free(e); free(names);
+    if (st != LT_OK) return st;
+    return write_adapter_config(a, dir, err);
+}
+
+LT_API lt_status lt_adapter_save(lt_adapter *a, const char *dir) {
+    if (!a) return LT_ERR_ARGUMENT;
+    lt_error_clear(&a->err);
+    if (!dir) return lt_fail(&a->err, LT_ERR_ARGUMENT, "lt_adapter_save: dir is NULL");
+    if (a->merged) return lt_fail(&a->err, LT_ERR_STATE, "lt_adapter_save: the adapter is merged; unmerge it first");
+    return adapter_save(a, dir, &a->err);
+}
+
+/* ---- PEFT load ------------------------------------------------------------------------------------ */
+
+/* target_modules: a list of names, "all-linear", or a regex matched against full module names. */
+static lt_status parse_targets(json_t *tm, const lt_model *m, unsigned *targets, const char *path, lt_error *err) {
+    *targets = 0;
+    if (json_is_array(tm)) {
+        size_t i;
+        json_t *v;
+        json_array_foreach(tm, i, v) {
+            if (!json_is_string(v)) return lt_fail(err, LT_ERR_JSON, "%s: target_modules[%zu] is not a string", path, i);
+            const char *s = json_string_value(v);
+            int q = 0;
+            while (q < P_COUNT && strcmp(s, lt_proj_names[q])) q++;
+            if (q == P_COUNT)
+                return lt_fail(err, LT_ERR_UNSUPPORTED, "%s: target module \"%s\" is not one of q_proj, k_proj, "
+                               "v_proj, o_proj, gate_proj, up_proj, down_proj", path, s);
+            *targets |= 1u << q;
+        }
+    } else if (json_is_string(tm)) {
+        const char *s = json_string_value(tm);
+        if (!strcmp(s, "all-linear")) {
+            *targets = LT_TARGET_ALL;
+        } else {
+            regex_t re;
+            char pat[1024];
+            snprintf(pat, sizeof pat, "^(%s)$", s); /* PEFT uses re.fullmatch */
+            if (regcomp(&re, pat, REG_EXTENDED | REG_NOSUB))
+                return lt_fail(err, LT_ERR_UNSUPPORTED, "%s: target_modules regex \"%s\" is not a POSIX "
+                               "extended regex this library can evaluate", path, s);
+            char name[256];
+            for (int q = 0; q < P_COUNT; q++) {
+                unsigned hit = 0;
+                for (int l = 0; l < m->cfg.num_hidden_layers; l++) {
+                    snprintf(name, sizeof name, "model.layers.%d.%s.%s", l, lt_proj_parent[q], lt_proj_names[q]);
+                    if (!regexec(&re, name, 0, NULL, 0)) hit++;
+                }
+                if (hit && hit != (unsigned)m->cfg.num_hidden_layers) {
+                    regfree(&re);
+                    return lt_fail(err, LT_ERR_UNSUPPORTED, "%s: target_modules regex \"%s\" selects %s in only "
+                                   "some layers; per-layer targets are not supported", path, s, lt_proj_names[q]);
+                }
+                if (hit) *targets |= 1u << q;
+            }
+            regfree(&re);
+        }
+    } else {
+        return lt_fail(err, LT_ERR_JSON, "%s: target_modules must be a list of names or a string", path);
+    }
+    if (!*targets) return lt_fail(err, LT_ERR_FORMAT, "%s: target_modules selects no projection of this model", path);
+    return LT_OK;
+}
+
+static lt_status read_adapter_config(const char *dir, const lt_model *m, lt_adapter_params *p, lt_error *err) {
+    char path[4200];
+    lt_path_join(path, sizeof path, dir, "adapter_config.json");
+    json_error_t je;
+    json_t *o = json_load_file(path, 0, &je);
+    if (!o) {
+        FILE *f = fopen(path, "r");
+        if (!f) return lt_fail(err, LT_ERR_MISSING, "%s: cannot open: not a PEFT adapter directory", path);
+        fclose(f);
+        return lt_fail(err, LT_ERR_JSON, "%s:%d: %s", path, je.line, je.text);
+    }
+    lt_status st = LT_OK;
+    lt_adapter_params_init(p);
+    json_t *v;
+    if (!json_is_object(o)) { st = lt_fail(err, LT_ERR_JSON, "%s: not a JSON object", path); goto out; }
+    v = json_object_get(o, "peft_type");
+    if (v && (!json_is_string(v) || strcmp(json_string_value(v), "LORA"))) {
+        st = lt_fail(err, LT_ERR_UNSUPPORTED, "%s: peft_type %s is not LORA", path, json_is_string(v) ? json_string_value(v) : "?");
+        goto out;
+    }
+    v = json_object_get(o, "r");
+    if (v && !json_is_integer(v)) { st = lt_fail(err, LT_ERR_JSON, "%s: \"r\" is not an integer", path); goto out; }
+    p->rank = v ? (int)json_integer_value(v) : 8;
+    v = json_object_get(o, "lora_alpha");
+    if (v && !json_is_number(v)) { st = lt_fail(err, LT_ERR_JSON, "%s: \"lora_alpha\" is not a number", path); goto out; }
+    p->alpha = v ? (float)json_number_value(v) : 8.0f;
+    v = json_object_get(o, "lora_dropout");
+    if (v && !json_is_number(v)) { st = lt_fail(err, LT_ERR_JSON, "%s: \"lora_dropout\" is not a number", path); goto out; }
+    p->dropout = v ? (float)json_number_value(v) : 0.0f;
+    v = json_object_get(o, "use_rslora");
+    p->use_rslora = v && json_is_true(v);
+    v = json_object_get(o, "use_dora");
+    if (v && json_is_true(v)) { st = lt_fail(err, LT_ERR_UNSUPPORTED, "%s: DoRA adapters (use_dora) are not supported yet", path); goto out; }
+    v = json_object_get(o, "bias");
+    if (v && json_is_string(v) && strcmp(json_string_value(v), "none")) {
+        st = lt_fail(err, LT_ERR_UNSUPPORTED, "%s: bias \"%s\" is not supported (only \"none\")", path, json_string_value(v));
+        goto out;
+    }
+    v = json_object_get(o, "modules_to_save");
+    if (v && !json_is_null(v) && !(json_is_array(v) && json_array_size(v) == 0)) {
+        st = lt_fail(err, LT_ERR_UNSUPPORTED, "%s: modules_to_save is not supported yet", path);
+        goto out;
+    }
+    const char *pats[] = {"rank_pattern", "alpha_pattern"};
+    for (int i = 0; i < 2; i++) {
+        v = json_object_get(o, pats[i]);
+        if (v && json_is_object(v) && json_object_size(v) > 0) {
+            st = lt_fail(err, LT_ERR_UNSUPPORTED, "%s: a non-empty %s is not supported", path, pats[i]);
+            goto out;
+        }
+    }
+    v = json_object_get(o, "layers_to_transform");
+    if (v && !json_is_null(v)) { st = lt_fail(err, LT_ERR_UNSUPPORTED, "%s: layers_to_transform is not supported", path); goto out; }
+    v = json_object_get(o, "target_modules");
+    if (!v) { st = lt_fail(err, LT_ERR_MISSING, "%s: target_modules is missing", path); goto out; }
+    st = parse_targets(v, m, &p->targets, path, err);
+    v = json_object_get(o, "init_lora_weights");
+    if (v && json_is_string(v) && !strcmp(json_string_value(v), "gaussian")) p->init = LT_INIT_GAUSSIAN;
+out:
+    json_decref(o);
+    return st;
+}
+
+LT_API lt_status lt_adapter_load(lt_model *m, const char *dir, lt_adapter **out) {
+    lt_error *err = lt_thread_error();
+    lt_error_clear(err);
+    if (!out) return lt_fail(err, LT_ERR_ARGUMENT, "lt_adapter_load: out is NULL");
+    *out = NULL;
+    if (!m || !dir) return lt_fail(err, LT_ERR_ARGUMENT, "lt_adapter_load: model and dir must not be NULL");
+    lt_adapter_params p;
+    lt_status st = read_adapter_config(dir, m, &p, err);
+    if (st != LT_OK) return st;
+    char path[4200];
+    lt_path_join(path, sizeof path, dir, "adapter_model.safetensors");
+    lt_st_file *f = NULL;
+    if ((st = lt_st_open(path, 1, &f, err)) != LT_OK) {
+        if (st == LT_ERR_IO) {
+            char bin[4200];
+            lt_path_join(bin, sizeof bin, dir, "adapter_model.bin");
+            FILE *bf = fopen(bin, "rb");
+            if (bf) {
+                fclose(bf);
+                return lt_fail(err, LT_ERR_UNSUPPORTED, "%s: only adapter_model.safetensors is supported, not the "
+                               "pickle adapter_model.bin (re-save it with safe_serialization=True)", dir);
+            }
+        }
+        return st;
+    }
+    lt_adapter *a = NULL;
+    if ((st = lt_adapter_alloc(m, &p, &a, err)) != LT_OK) { lt_st_close(f); return st; }
+    const int L = (int)m->cfg.num_hidden_layers;
+    float *host = malloc(a->n_params * sizeof(float));
+    if (!host) { st = lt_fail(err, LT_ERR_NOMEM, "out of memory"); goto fail; }
+    /* every key in the file must be one we expect ... */
+    for (int i = 0; i < lt_st_count(f); i++) {
+        const char *name = lt_st_tensors(f)[i].name;
+        int l, q, matched = 0;
+        char key[256];
+        for (l = 0; l < L && !matched; l++)
+            for (q = 0; q < P_COUNT && !matched; q++)
+                for (int k = 0; k < 2 && !matched; k++) {
+                    key_of(key, sizeof key, l, q, k ? 'B' : 'A');
+                    matched = !strcmp(key, name) && lt_adapter_lora(a, l, (lt_proj)q);
+                }
+        if (!matched) {
+            st = lt_fail(err, LT_ERR_FORMAT, "%s: unexpected tensor \"%s\" (not a LoRA weight of a targeted "
+                         "projection of this %d-layer model; an adapter for another model?)", path, name, L);
+            goto fail;
+        }
+    }
+    /* ... and every expected key must be there with the right shape */
+    for (int l = 0; l < L; l++)
+        for (int q = 0; q < P_COUNT; q++) {
+            lt_lora *lo = lt_adapter_lora(a, l, (lt_proj)q);
+            if (!lo) continue;
+            int in, o;
+            lt_proj_dims(&m->cfg, (lt_proj)q, &in, &o);
+            for (int k = 0; k < 2; k++) {
+                char key[256];
+                key_of(key, sizeof key, l, q, k ? 'B' : 'A');
+                const lt_st_tensor *t = lt_st_find(f, key);
+                if (!t) { st = lt_fail(err, LT_ERR_MISSING, "%s: tensor \"%s\" is missing", path, key); goto fail; }
+                int64_t d0 = k ? o : p.rank, d1 = k ? p.rank : in;
+                if (t->ndim != 2 || t->shape[0] != d0 || t->shape[1] != d1) {
+                    st = lt_fail(err, LT_ERR_SHAPE, "%s: tensor \"%s\" has shape [%lld, %lld], expected [%lld, %lld] "
+                                 "(r = %d in adapter_config.json; an adapter for another model?)", path, key,
+                                 (long long)t->shape[0], (long long)(t->ndim > 1 ? t->shape[1] : -1),
+                                 (long long)d0, (long long)d1, p.rank);
+                    goto fail;
+                }
+                float *dst = host + ((k ? lo->B : lo->A) - a->params);
+                if (lt_convert_to_f32(dst, t->data, t->dtype, (size_t)t->numel) != 0) {
+                    st = lt_fail(err, LT_ERR_DTYPE, "%s: tensor \"%s\" has dtype %s (need F32, F16 or BF16)", path,
+                                 key, lt_dtype_name(t->dtype));
+                    goto fail;
+                }
+            }
+        }
+    for (size_t i = 0; i < a->n_params; i++)
+        if (!isfinite(host[i])) { st = lt_fail(err, LT_ERR_NUMERIC, "%s: the adapter contains NaN or Inf", path); goto fail; }
+    m->be->ops->upload(m->be, a->params, host, a->n_params * sizeof(float));
+    free(host);
+    lt_st_close(f);
+    *out = a;
+    return LT_OK;
+fail:
+    free(host);
+    lt_st_close(f);
+    lt_adapter_free(a);
+    return st;
+}
+
+/* ---- merge ---------------------------------------------------------------------------------------- */
+
+/* Make the model's copy of weight w writable (weights may point into a read-only file mapping). */
+static lt_status weight_writable(lt_model *m, float **w, size_t n, lt_error *err) {
+    for (int i = 0; i < m->n_owned; i++)
+        if (m->owned[i] == *w) return LT_OK;
+    float *c = m->be->ops->alloc(m->be, n * sizeof(float));
+    if (!c) return lt_fail(err, LT_ERR_NOMEM, "merge: out of memory copying a weight");
+    if (m->n_owned == m->cap_owned) {
+        int cap = m->cap_owned ? 2 * m->cap_owned : 64;
+        void **o = realloc(m->owned, (size_t)cap * sizeof *o);
+        if (!o) { m->be->ops->free(m->be, c); return lt_fail(err, LT_ERR_NOMEM, "out of memory"); }
+        m->owned = o;
+        m->cap_owned = cap;
+    }
+    m->be->ops->copy(m->be, c, *w, n * sizeof(float));
+    m->owned[m->n_owned++] = c;
+    *w = c;
+    return LT_OK;
+}
+
+/* W (out,in) += sign * s * B (out,r) @ A (r,in) for every targeted projection */
+static lt_status merge_sign(lt_adapter *a, float sign) {
+    lt_model *m = a->model;
+    for (int l = 0; l < m->cfg.num_hidden_layers; l++)
+        for (int q = 0; q < P_COUNT; q++) {
+            lt_lora *lo = lt_adapter_lora(a, l, (lt_proj)q);
+            if (!lo) continue;
+            int in, o;
+            lt_proj_dims(&m->cfg, (lt_proj)q, &in, &o);
+            lt_status st = weight_writable(m, &m->layers[l].w[q], (size_t)in * o, &a->err);
+            if (st != LT_OK) return st;
+            m->be->ops->gemm(m->be, 0, 0, o, in, a->p.rank, sign * a->scaling, lo->B, a->p.rank, lo->A, in,
+                             1.0f, m->layers[l].w[q], in);
+        }
+    return m->be->ops->sync(m->be);
+}
+
+LT_API lt_status lt_adapter_merge(lt_adapter *a) {
+    if (!a) return LT_ERR_ARGUMENT;
+    lt_error_clear(&a->err);
+    if (a->merged) return lt_fail(&a->err, LT_ERR_STATE, "lt_adapter_merge: already merged");
+    lt_status st = merge_sign(a, 1.0f);
+    if (st == LT_OK) { a->merged = 1; a->model->n_merged++; }
+    return st;
+}
+
+LT_API lt_status lt_adapter_unmerge(lt_adapter *a) {
+    if (!a) return LT_ERR_ARGUMENT;
+    lt_error_clear(&a->err);
+    if (!a->merged) return lt_fail(&a->err, LT_ERR_STATE, "lt_adapter_unmerge: the adapter is not merged");
+    lt_status st = merge_sign(a, -1.0f);
+    if (st == LT_OK) { a->merged = 0; a->model->n_merged--; }
+    return st;
+}
+
+/* ---- merged export -------------------------------------------------------------------------------- */
+
+static const char *const copied_files[] = {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                                           "generation_config.json", "tokenizer.model"};
+
+/* Weights are exported in f32 (the compute dtype); config.json says so. */
+lt_status lt_model_export(lt_model *m, const lt_adapter *a, const char *dir, uint64_t max_shard_bytes,
+                          lt_error *err) {
+    const lt_model_config *c = &m->cfg;
+    const int L = (int)c->num_hidden_layers;
+    const int64_t V = c->vocab_size, H = c->hidden_size;
+    lt_status st = lt_mkdir_p(dir, err);
+    if (st != LT_OK) return st;
+    int cap = 3 + L * (2 + P_COUNT), n = 0;
+    lt_st_entry *e = calloc((size_t)cap, sizeof *e);
+    char *names = calloc((size_t)cap, 128);
+    float **bufs = calloc((size_t)cap, sizeof *bufs);
+    if (!e || !names || !bufs) { st = lt_fail(err, LT_ERR_NOMEM, "out of memory"); goto out; }
+    /* host copies of every weight, merged where the adapter targets them */
+#define ADD(nm_fmt, ptr, d0, d1, ...)                                                                  \
+    do {                                                                                              \
+        char *nm = names + (size_t)n * 128;                                                           \
+        snprintf(nm, 128, nm_fmt, __VA_ARGS__);                                                      \
+        size_t cnt = (size_t)(d0) * ((d1) > 0 ? (d1) : 1);                                            \
+        bufs[n] = malloc(cnt * sizeof(float));                                                        \
+        if (!bufs[n]) { st = lt_fail(err, LT_ERR_NOMEM, "out of memory exporting %s", nm); goto out; }\
+        m->be->ops->download(m->be, bufs[n], ptr, cnt * sizeof(float));                               \
+        e[n].name = nm; e[n].dtype = LT_DT_F32; e[n].ndim = (d1) > 0 ? 2 : 1;                         \
+        e[n].shape[0] = d0; e[n].shape[1] = d1; e[n].data = bufs[n];                                  \
+        n++;                                                                                          \
+    } while (0)
+    ADD("%s", m->embed, V, H, "model.embed_tokens.weight");
+    for (int l = 0; l < L; l++) {
+        ADD("model.layers.%d.input_layernorm.weight", m->layers[l].attn_norm, H, 0, l);
+        ADD("model.layers.%d.post_attention_layernorm.weight", m->layers[l].mlp_norm, H, 0, l);
+        for (int q = 0; q < P_COUNT; q++) {
+            int in, o;
+            lt_proj_dims(c, (lt_proj)q, &in, &o);
+            ADD("model.layers.%d.%s.%s.weight", m->layers[l].w[q], o, in, l, lt_proj_parent[q], lt_proj_names[q]);
+            lt_lora *lo = a ? lt_adapter_lora(a, l, (lt_proj)q) : NULL;
+            if (lo && !a->merged) {
+                /* host-side merge: W += s B A */
+                float *A = malloc((size_t)a->p.rank * in * sizeof(float)), *B = malloc((size_t)o * a->p.rank * sizeof(float));
+                if (!A || !B) { free(A); free(B); st = lt_fail(err, LT_ERR_NOMEM, "out of memory"); goto out; }
+                m->be->ops->download(m->be, A, lo->A, (size_t)a->p.rank * in * sizeof(float));
+                m->be->ops->download(m->be, B, lo->B, (size_t)o * a->p.rank * sizeof(float));
+                float *W = bufs[n - 1];
+                for (int i = 0; i < o; i++)
+                    for (int k = 0; k < a->p.rank; k++) {
+                        float bik = a->scaling * B[(size_t)i * a->p.rank + k];
+                        const float *Ak = A + (size_t)k * in;
+                        float *Wi = W + (size_t)i * in;
+                        for (int j = 0; j < in; j++) Wi[j] += bik * Ak[j];
+                    }
+                free(A);
+                free(B);
+            }
+        }
+    }
+    ADD("%s", m->final_norm, H, 0, "model.norm.weight");
+    if (!c->tie_word_embeddings) ADD("%s", m->lm_head, V, H, "lm_head.weight");
+#undef ADD
+    st = lt_st_write_sharded(dir, e, n, max_shard_bytes, err);
+    if (st != LT_OK) goto out;
+    {
+        lt_model_config out_cfg = *c;
+        snprintf(out_cfg.torch_dtype, sizeof out_cfg.torch_dtype, "float32");
+        char path[4200];
+        lt_path_join(path, sizeof path, dir, "config.json");
+        st = lt_config_write(&out_cfg, path, err);
+        if (st != LT_OK) goto out;
+    }
+    for (size_t i = 0; i < sizeof copied_files / sizeof *copied_files; i++) {
+        char src[4200], dst[4200];
+        lt_path_join(src, sizeof src, m->dir, copied_files[i]);
+        lt_path_join(dst, sizeof dst, dir, copied_files[i]);
+        char *data;
+        size_t len;
+        lt_error ignore;
+        if (lt_read_file(src, &data, &len, &ignore) != LT_OK) continue; /* optional files */
+        st = lt_write_file_atomic(dst, data, len, err);
+        free(data);
+        if (st != LT_OK) goto out;
+    }
+out:
+    if (bufs)
+        for (int i = 0; i < n; i++) free(bufs[i]);
+    free(bufs);
+    free(e);
+    free(names);
+    return st;
+}
+
+LT_API lt_status lt_adapter_export_merged(lt_adapter *a, const char *dir, int64_t max_shard_bytes) {
+    if (!a) return LT_ERR_ARGUMENT;
+    lt_error_clear(&a->err);
+    if (!dir) return lt_fail(&a->err, LT_ERR_ARGUMENT, "lt_adapter_export_merged: dir is NULL");
+    if (max_shard_bytes < 0) return lt_fail(&a->err, LT_ERR_ARGUMENT, "lt_adapter_export_merged: max_shard_bytes < 0");
+    return lt_model_export(a->model, a, dir, max_shard_bytes > 0 ? (uint64_t)max_shard_bytes : (2ull << 30), &a->err);
+}

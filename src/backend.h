@@ -1,0 +1,164 @@
+/*
+ * backend.h - the dispatch table every compute backend fills (internal; not part of the public ABI).
+ *
+ * The core (src/) never touches tensor memory directly: it holds "device pointers" (float * that may
+ * live on a GPU), does pointer arithmetic on them, and calls these ops. The CPU backend (cpu/) is
+ * always present and its reference kernels (cpu/ref_ops.c) are the oracle for every fast kernel and for
+ * the CUDA backend (cuda/).
+ *
+ * Conventions for every op:
+ *  - fp32, row-major, contiguous. N = number of tokens (B*T rows), C/H = channels.
+ *  - Shapes are in the comment above each op, e.g. `out (N,C), inp (N,C), weight (C)`.
+ *  - Forward and backward of an op sit side by side.
+ *  - Gradients: parameter gradients ACCUMULATE (+=) so that gradient accumulation is free;
+ *    activation gradients are ASSIGNED (=) unless the op says "accumulates".
+ *  - Compute ops return void; a backend that can fail asynchronously (CUDA) records the first error
+ *    and reports it from sync().
+ *  - No op allocates memory: scratch is passed in by the caller (planned once per shape).
+ */
+#ifndef LT_BACKEND_H
+#define LT_BACKEND_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include "loratune.h"
+
+typedef struct lt_backend lt_backend;
+
+typedef struct lt_backend_ops {
+    const char *name;
+    /* 1 if pointers returned by alloc are host pointers (CPU): the core may then use memory-mapped
+     * f32 weights in place and read results without download. */
+    int host_memory;
+
+    /* ---- lifetime and memory ---------------------------------------------------------------- */
+    void (*destroy)(lt_backend *be);
+    void (*set_threads)(lt_backend *be, int n_threads);
+    /* Returns NULL on failure. Alignment >= 64 bytes. */
+    void *(*alloc)(lt_backend *be, size_t bytes);
+    void (*free)(lt_backend *be, void *ptr);
+    void (*upload)(lt_backend *be, void *dst, const void *host_src, size_t bytes);
+    void (*download)(lt_backend *be, void *host_dst, const void *src, size_t bytes);
+    void (*copy)(lt_backend *be, void *dst, const void *src, size_t bytes);
+    void (*zero)(lt_backend *be, void *dst, size_t bytes);
+    /* Waits for queued work; returns the first error since the last sync, LT_OK if none. */
+    lt_status (*sync)(lt_backend *be);
+
+    /* ---- dense linear algebra ---------------------------------------------------------------- */
+    /* C (M,N) = alpha * op(A) @ op(B) + beta * C, row-major; op(A) is (M,K), op(B) is (K,N).
+     * transA: A is stored (K,M) with leading dimension lda; likewise transB: B stored (N,K). */
+    void (*gemm)(lt_backend *be, int transA, int transB, int M, int N, int K, float alpha,
+                 const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc);
+
+    /* ---- elementwise ------------------------------------------------------------------------- */
+    /* y (n) += a * x (n) */
+    void (*axpy)(lt_backend *be, size_t n, float a, const float *x, float *y);
+    /* x (n) *= a */
+    void (*scale)(lt_backend *be, size_t n, float a, float *x);
+    /* returns sum of x[i]^2 in double (synchronising) */
+    double (*sumsq)(lt_backend *be, size_t n, const float *x);
+    /* returns 1 if every x[i] is finite (synchronising) */
+    int (*all_finite)(lt_backend *be, size_t n, const float *x);
+
+    /* ---- embedding: out (N,C) = table[ids[i]] (ids already validated by the core) ------------- */
+    void (*embedding_forward)(lt_backend *be, float *out, const int32_t *ids, const float *table,
+                              int N, int C);
+
+    /* ---- RMSNorm: out = inp * rstd * weight, rstd = 1/sqrt(mean(inp^2) + eps) ------------------ */
+    /* out (N,C), rstd (N) saved for backward, inp (N,C), weight (C) */
+    void (*rmsnorm_forward)(lt_backend *be, float *out, float *rstd, const float *inp,
+                            const float *weight, int N, int C, float eps);
+    /* dinp (N,C) ACCUMULATES (it is always a residual-stream gradient); dweight (C) accumulates and
+     * may be NULL (frozen norm); dout (N,C); inp, weight, rstd as saved by forward. */
+    void (*rmsnorm_backward)(lt_backend *be, float *dinp, float *dweight, const float *dout,
+                             const float *inp, const float *weight, const float *rstd, int N, int C);
+
+    /* ---- RoPE (Hugging Face rotate_half convention), in place --------------------------------- */
+    /* x (N, n_heads, head_dim); pos (N) position ids; inv_freq (rot_dim/2); only the first rot_dim
+     * channels of each head rotate, pairing channel j with j + rot_dim/2:
+     *   x'[j]          = x[j] cos(p f_j) - x[j+d/2] sin(p f_j)
+     *   x'[j+d/2]      = x[j+d/2] cos(p f_j) + x[j] sin(p f_j)
+     * backward applies the inverse rotation to the gradient in place. */
+    void (*rope_forward)(lt_backend *be, float *x, const int32_t *pos, const float *inv_freq,
+                         int N, int n_heads, int head_dim, int rot_dim);
+    void (*rope_backward)(lt_backend *be, float *dx, const int32_t *pos, const float *inv_freq,
+                          int N, int n_heads, int head_dim, int rot_dim);
+
+    /* ---- causal grouped-query attention ------------------------------------------------------- */
+    /* q (B,T,NH,HD), k and v (B,T,NKV,HD), out (B,T,NH,HD), lse (B,NH,T) log-sum-exp of the scaled
+     * scores, saved for backward. kv_start (B*T): token t of a row attends to keys
+     * kv_start[t] .. t of the same row (causal; kv_start > 0 for packed sequences or a window).
+     * Query head h uses kv head h / (NH/NKV). scale = 1/sqrt(HD). */
+    void (*attention_forward)(lt_backend *be, float *out, float *lse, const float *q, const float *k,
+                              const float *v, const int32_t *kv_start, int B, int T, int NH, int NKV,
+                              int HD, float scale);
+    /* dq (B,T,NH,HD), dk and dv (B,T,NKV,HD) assigned; dout, out, lse from forward.
+     * scratch: at least attention_backward_scratch(B,T,NH,HD) floats. */
+    size_t (*attention_backward_scratch)(lt_backend *be, int B, int T, int NH, int HD);
+    void (*attention_backward)(lt_backend *be, float *dq, float *dk, float *dv, const float *dout,
+                               const float *q, const float *k, const float *v, const float *out,
+                               const float *lse, const int32_t *kv_start, int B, int T, int NH,
+                               int NKV, int HD, float scale, float *scratch);
+
+    /* ---- attention of one new token per row against a KV cache (generation) ------------------ */
+    /* out, q (B,NH,HD); kcache, vcache (B,S_cap,NKV,HD) hold positions 0..len-1 of every row, the
+     * new token's k and v already written at len-1; each row attends to keys 0..len-1. */
+    void (*attention_decode)(lt_backend *be, float *out, const float *q, const float *kcache,
+                             const float *vcache, int B, int S_cap, int len, int NH, int NKV, int HD,
+                             float scale);
+
+    /* ---- SwiGLU: out = silu(gate) * up -------------------------------------------------------- */
+    /* out, gate, up (N,I) */
+    void (*swiglu_forward)(lt_backend *be, float *out, const float *gate, const float *up, size_t n);
+    /* dgate, dup (N,I) assigned; dout (N,I). dgate/dup may alias gate/up (in place). */
+    void (*swiglu_backward)(lt_backend *be, float *dgate, float *dup, const float *dout,
+                            const float *gate, const float *up, size_t n);
+
+    /* ---- cross-entropy over one chunk of rows ------------------------------------------------- */
+    /* logits (n,V) in; targets (n) with -100 = ignored. losses (n) receives -log softmax[target]
+     * (0 for ignored rows). If grad_scale != 0, logits is overwritten with
+     * grad_scale * (softmax - onehot(target)) (a zero row for ignored rows). */
+    void (*cross_entropy)(lt_backend *be, float *logits, float *losses, const int32_t *targets,
+                          int n, int V, float grad_scale);
+
+    /* ---- dropout with a counter-based mask (recomputable in backward, nothing stored) --------- */
+    /* out (n) = inp * keep(i) / (1-p), keep(i) = hash(seed, offset + i) >= p. out may alias inp. */
+    void (*dropout)(lt_backend *be, float *out, const float *inp, size_t n, float p, uint64_t seed,
+                    uint64_t offset);
+
+    /* ---- optimizers (torch semantics, algorithms.md) ----------------------------------------- */
+    /* param, grad, m, v (n). step_size = lr / (1 - b1^t); bc2_sqrt = sqrt(1 - b2^t). decay = lr*wd
+     *   p *= 1 - decay; m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2; p -= step_size * m / (sqrt(v)/bc2_sqrt + eps) */
+    void (*adamw_step)(lt_backend *be, float *param, const float *grad, float *m, float *v, size_t n,
+                       float step_size, float beta1, float beta2, float eps, float bc2_sqrt,
+                       float decay);
+} lt_backend_ops;
+
+struct lt_backend {
+    const lt_backend_ops *ops;
+    void *impl;      /* backend-private state */
+    int n_threads;
+};
+
+/* Registry (src/backend.c). name: "cpu", "cuda" or "auto". Writes a message into err on failure. */
+lt_status lt_backend_create(const char *name, int n_threads, lt_backend **out, char *err, size_t errlen);
+void lt_backend_destroy(lt_backend *be);
+
+/* Backend constructors; each lives in its own folder. */
+lt_status lt_cpu_backend_create(int n_threads, lt_backend **out, char *err, size_t errlen);
+#ifdef LT_HAVE_CUDA
+lt_status lt_cuda_backend_create(int n_threads, lt_backend **out, char *err, size_t errlen);
+int lt_cuda_backend_available(void);
+#endif
+
+/* The counter-based hash behind dropout (splitmix64 of seed ^ index); shared by every backend so
+ * that masks agree bit for bit. Returns a uniform float in [0,1). */
+static inline float lt_hash_uniform(uint64_t seed, uint64_t index) {
+    uint64_t z = seed + 0x9E3779B97F4A7C15ull * (index + 1);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    return (float)(z >> 40) * (1.0f / 16777216.0f);
+}
+
+#endif /* LT_BACKEND_H */

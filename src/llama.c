@@ -1,0 +1,361 @@
+/*
+ * llama.c - forward and backward of a Llama-family decoder with LoRA, through the backend ops.
+ *
+ * defines: lt_workspace_create, lt_workspace_free, lt_stage_batch, lt_forward_backward
+ *
+ * One layer (x is the residual stream, (N,H)):
+ *   ln1 = rmsnorm(x) ; q,k,v = lin(ln1) ; rope(q,k) ; att = attention(q,k,v) ; x_mid = x + lin_o(att)
+ *   ln2 = rmsnorm(x_mid) ; act = silu(lin_gate(ln2)) * lin_up(ln2) ; x_out = x_mid + lin_down(act)
+ * lin_p(x) = x W_p^T + s * (dropout(x) A_p^T) B_p^T  when projection p carries LoRA.
+ * Loss: h = rmsnorm_final(x_L); logits = h W_lm^T in chunks of rows; token CE against the shifted
+ * labels; the logits of a chunk are turned into their gradient in place and folded into dh at once,
+ * so the (N, V) logits never exist.
+ * Backward runs the layers in reverse; with gradient checkpointing each layer's forward is recomputed
+ * from its saved input into a single set of activation buffers first.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "model.h"
+
+#define OPS (m->be->ops)
+#define BE (m->be)
+
+/* ---- workspace -------------------------------------------------------------------------------- */
+
+/* Reserve n floats (or int32s: same size) in the block, 64-byte aligned; records the offset into *slot
+ * (as a fake pointer) to be relocated once the block exists. */
+static void carve(size_t *total, void **slot, size_t n) {
+    *slot = (void *)(uintptr_t)(*total + 1); /* +1: distinguishes "reserved" from NULL */
+    *total += (n * 4 + 63) & ~(size_t)63;
+}
+
+static void relocate(void **slot, char *base) {
+    if (*slot) *slot = base + ((uintptr_t)*slot - 1);
+}
+
+#define CARVE(ptr, n) carve(&total, (void **)&(ptr), (size_t)(n))
+
+lt_status lt_workspace_create(lt_model *m, int B, int T, int rank, int checkpointing,
+                              lt_workspace **out, lt_error *err) {
+    const lt_model_config *c = &m->cfg;
+    *out = NULL;
+    if (B <= 0 || T <= 0) return lt_fail(err, LT_ERR_ARGUMENT, "workspace: batch %d x %d is empty", B, T);
+    lt_workspace *ws = calloc(1, sizeof *ws);
+    if (!ws) return lt_fail(err, LT_ERR_NOMEM, "workspace: out of memory");
+    const int L = (int)c->num_hidden_layers, H = (int)c->hidden_size, I = (int)c->intermediate_size;
+    const int QD = (int)(c->num_attention_heads * c->head_dim), KD = (int)(c->num_key_value_heads * c->head_dim);
+    const int V = (int)c->vocab_size, NH = (int)c->num_attention_heads;
+    const size_t N = (size_t)B * T;
+    ws->be = m->be;
+    ws->B = ws->B_cap = B; ws->T = T; ws->N = (int)N;
+    ws->rank = rank;
+    ws->checkpointing = checkpointing;
+    ws->n_acts = checkpointing ? 1 : L;
+    ws->acts = calloc((size_t)ws->n_acts, sizeof *ws->acts);
+    ws->x_saved = calloc((size_t)L + 1, sizeof *ws->x_saved);
+    if (!ws->acts || !ws->x_saved) { lt_workspace_free(ws); return lt_fail(err, LT_ERR_NOMEM, "workspace: out of memory"); }
+
+    /* logits chunk: bound the (chunk, V) buffer to ~16 MiB but keep at least 16 rows */
+    int chunk = (int)((4u << 20) / (unsigned)V);
+    if (chunk < 16) chunk = 16;
+    if ((size_t)chunk > N) chunk = (int)N;
+    ws->chunk = chunk;
+
+    size_t total = 0;
+    for (int l = 0; l <= L; l++) CARVE(ws->x_saved[l], N * H);
+    for (int a = 0; a < ws->n_acts; a++) {
+        lt_layer_acts *A = &ws->acts[a];
+        CARVE(A->ln1, N * H); CARVE(A->rstd1, N);
+        CARVE(A->q, N * QD); CARVE(A->k, N * KD); CARVE(A->v, N * KD);
+        CARVE(A->att, N * QD); CARVE(A->lse, (size_t)B * NH * T);
+        CARVE(A->x_mid, N * H);
+        CARVE(A->ln2, N * H); CARVE(A->rstd2, N);
+        CARVE(A->gate, N * I); CARVE(A->up, N * I); CARVE(A->act, N * I);
+        if (rank > 0)
+            for (int p = 0; p < P_COUNT; p++) CARVE(A->xa[p], N * rank);
+    }
+    CARVE(ws->final_ln, N * H); CARVE(ws->final_rstd, N);
+    CARVE(ws->ids, N); CARVE(ws->targets, N); CARVE(ws->pos, N); CARVE(ws->kv_start, N);
+    CARVE(ws->logits, (size_t)chunk * V);
+    CARVE(ws->losses, N);
+    CARVE(ws->dres, N * H); CARVE(ws->dln, N * H);
+    CARVE(ws->dI1, N * I); CARVE(ws->dI2, N * I); CARVE(ws->dI3, N * I);
+    CARVE(ws->dq, N * QD); CARVE(ws->dk, N * KD); CARVE(ws->dv, N * KD); CARVE(ws->datt, N * QD);
+    if (rank > 0) {
+        CARVE(ws->dr, N * rank);
+        CARVE(ws->drop, N * (size_t)(H > I ? (H > QD ? H : QD) : (I > QD ? I : QD)));
+    }
+    CARVE(ws->att_scratch, OPS->attention_backward_scratch(BE, B, T, NH, (int)c->head_dim));
+
+    ws->block = OPS->alloc(BE, total);
+    ws->block_bytes = total;
+    ws->host_losses = malloc(N * sizeof(float));
+    if (!ws->block || !ws->host_losses) {
+        lt_workspace_free(ws);
+        return lt_fail(err, LT_ERR_NOMEM, "workspace: cannot allocate %.1f MiB for a %d x %d batch",
+                       (double)total / (1 << 20), B, T);
+    }
+    char *base = ws->block;
+    for (int l = 0; l <= L; l++) relocate((void **)&ws->x_saved[l], base);
+    for (int a = 0; a < ws->n_acts; a++) {
+        lt_layer_acts *A = &ws->acts[a];
+        void **f[] = {(void **)&A->ln1, (void **)&A->rstd1, (void **)&A->q, (void **)&A->k, (void **)&A->v,
+                      (void **)&A->att, (void **)&A->lse, (void **)&A->x_mid, (void **)&A->ln2,
+                      (void **)&A->rstd2, (void **)&A->gate, (void **)&A->up, (void **)&A->act};
+        for (size_t i = 0; i < sizeof f / sizeof *f; i++) relocate(f[i], base);
+        for (int p = 0; p < P_COUNT; p++) relocate((void **)&A->xa[p], base);
+    }
+    void **g[] = {(void **)&ws->final_ln, (void **)&ws->final_rstd, (void **)&ws->ids, (void **)&ws->targets,
+                  (void **)&ws->pos, (void **)&ws->kv_start, (void **)&ws->logits, (void **)&ws->losses,
+                  (void **)&ws->dres, (void **)&ws->dln, (void **)&ws->dI1, (void **)&ws->dI2,
+                  (void **)&ws->dI3, (void **)&ws->dq, (void **)&ws->dk, (void **)&ws->dv,
+                  (void **)&ws->datt, (void **)&ws->dr, (void **)&ws->drop, (void **)&ws->att_scratch};
+    for (size_t i = 0; i < sizeof g / sizeof *g; i++) relocate(g[i], base);
+    /* every layer's activations alias x_in to the saved input of that layer */
+    *out = ws;
+    return LT_OK;
+}
+
+void lt_workspace_free(lt_workspace *ws) {
+    if (!ws) return;
+    if (ws->block) ws->be->ops->free(ws->be, ws->block);
+    free(ws->host_losses);
+    free(ws->acts);
+    free(ws->x_saved);
+    free(ws);
+}
+
+/* ---- batch staging ------------------------------------------------------------------------------ */
+
+lt_status lt_stage_batch(lt_model *m, lt_workspace *ws, const lt_batch *b, int64_t *n_valid, lt_error *err) {
+    if (!b || b->size < sizeof(lt_batch) - sizeof(b->position_ids) || !b->input_ids)
+        return lt_fail(err, LT_ERR_ARGUMENT, "batch: NULL batch or input_ids (call lt_batch_init)");
+    if (b->n_rows <= 0 || b->seq_len <= 0)
+        return lt_fail(err, LT_ERR_SHAPE, "batch: %d rows x %d tokens is empty", b->n_rows, b->seq_len);
+    if (b->n_rows > ws->B_cap || b->seq_len != ws->T)
+        return lt_fail(err, LT_ERR_SHAPE, "batch: %d x %d does not fit the planned %d x %d",
+                       b->n_rows, b->seq_len, ws->B_cap, ws->T);
+    const int B = b->n_rows, T = b->seq_len, N = B * T, V = (int)m->cfg.vocab_size;
+    int32_t *tmp = malloc((size_t)N * 4 * sizeof(int32_t));
+    if (!tmp) return lt_fail(err, LT_ERR_NOMEM, "batch: out of memory");
+    int32_t *ids = tmp, *tg = tmp + N, *pos = tmp + 2 * N, *kvs = tmp + 3 * N;
+    int64_t valid = 0;
+    for (int r = 0; r < B; r++) {
+        int seg = 0;
+        for (int t = 0; t < T; t++) {
+            int i = r * T + t;
+            int32_t id = b->input_ids[i];
+            if (id < 0 || id >= V) {
+                free(tmp);
+                return lt_fail(err, LT_ERR_DATA, "batch: token id %d at row %d position %d is outside the "
+                               "vocabulary [0, %d)", id, r, t, V);
+            }
+            ids[i] = id;
+            int32_t p = b->position_ids ? b->position_ids[i] : t;
+            if (p < 0) {
+                free(tmp);
+                return lt_fail(err, LT_ERR_DATA, "batch: negative position id %d at row %d position %d", p, r, t);
+            }
+            if (b->position_ids && t > 0 && p == 0) seg = t; /* a packed sequence starts here */
+            pos[i] = p;
+            kvs[i] = seg;
+        }
+        for (int t = 0; t < T; t++) {
+            int i = r * T + t;
+            int32_t target = -100;
+            if (t + 1 < T && !(b->position_ids && b->position_ids[i + 1] == 0)) {
+                int32_t lab = b->labels ? b->labels[i + 1] : b->input_ids[i + 1];
+                if (lab != -100 && (lab < 0 || lab >= V)) {
+                    free(tmp);
+                    return lt_fail(err, LT_ERR_DATA, "batch: label %d at row %d position %d is neither -100 "
+                                   "nor a token id below %d", lab, r, t + 1, V);
+                }
+                target = lab;
+            }
+            tg[i] = target;
+            if (target != -100) valid++;
+        }
+    }
+    OPS->upload(BE, ws->ids, ids, (size_t)N * 4);
+    OPS->upload(BE, ws->targets, tg, (size_t)N * 4);
+    OPS->upload(BE, ws->pos, pos, (size_t)N * 4);
+    OPS->upload(BE, ws->kv_start, kvs, (size_t)N * 4);
+    free(tmp);
+    ws->B = B;
+    ws->N = N;
+    *n_valid = valid;
+    return LT_OK;
+}
+
+/* ---- linear with LoRA ----------------------------------------------------------------------------- */
+
+/* y (N,out) = x (N,in) W^T + s * (dropout(x) A^T) B^T ; xa (N,r) keeps dropout(x) A^T for backward. */
+void lt_linear_forward(lt_model *m, lt_workspace *ws, const lt_adapter *ad, const lt_lora *lo,
+                       const lt_dropout_state *drop, uint64_t drop_stream, float *y, const float *x,
+                       const float *W, float *xa, int N, int in, int out) {
+    OPS->gemm(BE, 0, 1, N, out, in, 1.0f, x, in, W, in, 0.0f, y, out);
+    if (!lo) return;
+    const int r = ad->p.rank;
+    const float *xd = x;
+    if (drop && drop->p > 0) {
+        OPS->dropout(BE, ws->drop, x, (size_t)N * in, drop->p, drop->seed, drop_stream);
+        xd = ws->drop;
+    }
+    OPS->gemm(BE, 0, 1, N, r, in, 1.0f, xd, in, lo->A, in, 0.0f, xa, r);
+    OPS->gemm(BE, 0, 1, N, out, r, ad->scaling, xa, r, lo->B, r, 1.0f, y, out);
+}
+
+/* dx (N,in) = (accumulate ? dx : 0) + dy W + s (dy B) A ;  dB += s dy^T xa ; dA += s (dy B)^T dropout(x) */
+static void linear_backward(lt_model *m, lt_workspace *ws, const lt_adapter *ad, const lt_lora *lo,
+                            const lt_dropout_state *drop, uint64_t drop_stream, float *dx, int accumulate,
+                            const float *dy, const float *x, const float *W, const float *xa, int N, int in,
+                            int out) {
+    OPS->gemm(BE, 0, 0, N, in, out, 1.0f, dy, out, W, in, accumulate ? 1.0f : 0.0f, dx, in);
+    if (!lo) return;
+    const int r = ad->p.rank;
+    const float s = ad->scaling;
+    OPS->gemm(BE, 0, 0, N, r, out, 1.0f, dy, out, lo->B, r, 0.0f, ws->dr, r);           /* dr = dy B */
+    OPS->gemm(BE, 1, 0, out, r, N, s, dy, out, xa, r, 1.0f, lo->dB, r);                 /* dB        */
+    if (drop && drop->p > 0) {
+        /* the path is x -> dropout -> A: dx gets the same mask and 1/(1-p) applied to s dr A */
+        OPS->gemm(BE, 0, 0, N, in, r, s, ws->dr, r, lo->A, in, 0.0f, ws->drop, in);
+        OPS->dropout(BE, ws->drop, ws->drop, (size_t)N * in, drop->p, drop->seed, drop_stream);
+        OPS->axpy(BE, (size_t)N * in, 1.0f, ws->drop, dx);
+        OPS->dropout(BE, ws->drop, x, (size_t)N * in, drop->p, drop->seed, drop_stream); /* recompute */
+        OPS->gemm(BE, 1, 0, r, in, N, s, ws->dr, r, ws->drop, in, 1.0f, lo->dA, in);     /* dA        */
+    } else {
+        OPS->gemm(BE, 0, 0, N, in, r, s, ws->dr, r, lo->A, in, 1.0f, dx, in);           /* dx += s dr A */
+        OPS->gemm(BE, 1, 0, r, in, N, s, ws->dr, r, x, in, 1.0f, lo->dA, in);           /* dA        */
+    }
+}
+
+/* ---- one layer ------------------------------------------------------------------------------------ */
+
+static uint64_t stream_id(int layer, lt_proj p, int N, int width) {
+    /* distinct, non-overlapping counter ranges per (layer, projection) */
+    return ((uint64_t)(layer * P_COUNT + p) << 40);
+}
+
+static void layer_forward(lt_model *m, lt_workspace *ws, const lt_adapter *ad, const lt_dropout_state *drop,
+                          int l, const float *x, lt_layer_acts *A, float *x_out) {
+    const lt_model_config *c = &m->cfg;
+    const lt_layer *W = &m->layers[l];
+    const int B = ws->B, T = ws->T, N = B * T, H = (int)c->hidden_size, I = (int)c->intermediate_size;
+    const int NH = (int)c->num_attention_heads, NKV = (int)c->num_key_value_heads, HD = (int)c->head_dim;
+    const int QD = NH * HD, KD = NKV * HD;
+    lt_lora *lo[P_COUNT];
+    for (int p = 0; p < P_COUNT; p++) lo[p] = ad ? lt_adapter_lora(ad, l, (lt_proj)p) : NULL;
+
+    OPS->rmsnorm_forward(BE, A->ln1, A->rstd1, x, W->attn_norm, N, H, (float)c->rms_norm_eps);
+    lt_linear_forward(m, ws, ad, lo[P_Q], drop, stream_id(l, P_Q, N, H), A->q, A->ln1, W->w[P_Q], A->xa[P_Q], N, H, QD);
+    lt_linear_forward(m, ws, ad, lo[P_K], drop, stream_id(l, P_K, N, H), A->k, A->ln1, W->w[P_K], A->xa[P_K], N, H, KD);
+    lt_linear_forward(m, ws, ad, lo[P_V], drop, stream_id(l, P_V, N, H), A->v, A->ln1, W->w[P_V], A->xa[P_V], N, H, KD);
+    OPS->rope_forward(BE, A->q, ws->pos, m->inv_freq, N, NH, HD, m->rot_dim);
+    OPS->rope_forward(BE, A->k, ws->pos, m->inv_freq, N, NKV, HD, m->rot_dim);
+    OPS->attention_forward(BE, A->att, A->lse, A->q, A->k, A->v, ws->kv_start, B, T, NH, NKV, HD,
+                           1.0f / sqrtf((float)HD));
+    /* x_mid = x + o(att) */
+    lt_linear_forward(m, ws, ad, lo[P_O], drop, stream_id(l, P_O, N, QD), A->x_mid, A->att, W->w[P_O], A->xa[P_O], N, QD, H);
+    OPS->axpy(BE, (size_t)N * H, 1.0f, x, A->x_mid);
+    OPS->rmsnorm_forward(BE, A->ln2, A->rstd2, A->x_mid, W->mlp_norm, N, H, (float)c->rms_norm_eps);
+    lt_linear_forward(m, ws, ad, lo[P_GATE], drop, stream_id(l, P_GATE, N, H), A->gate, A->ln2, W->w[P_GATE], A->xa[P_GATE], N, H, I);
+    lt_linear_forward(m, ws, ad, lo[P_UP], drop, stream_id(l, P_UP, N, H), A->up, A->ln2, W->w[P_UP], A->xa[P_UP], N, H, I);
+    OPS->swiglu_forward(BE, A->act, A->gate, A->up, (size_t)N * I);
+    /* x_out = x_mid + down(act) */
+    lt_linear_forward(m, ws, ad, lo[P_DOWN], drop, stream_id(l, P_DOWN, N, I), x_out, A->act, W->w[P_DOWN], A->xa[P_DOWN], N, I, H);
+    OPS->axpy(BE, (size_t)N * H, 1.0f, A->x_mid, x_out);
+}
+
+/* ws->dres (N,H) holds d loss / d x_out on entry and d loss / d x on return. */
+static void layer_backward(lt_model *m, lt_workspace *ws, const lt_adapter *ad, const lt_dropout_state *drop,
+                           int l, const float *x, lt_layer_acts *A) {
+    const lt_model_config *c = &m->cfg;
+    const lt_layer *W = &m->layers[l];
+    const int B = ws->B, T = ws->T, N = B * T, H = (int)c->hidden_size, I = (int)c->intermediate_size;
+    const int NH = (int)c->num_attention_heads, NKV = (int)c->num_key_value_heads, HD = (int)c->head_dim;
+    const int QD = NH * HD, KD = NKV * HD;
+    lt_lora *lo[P_COUNT];
+    for (int p = 0; p < P_COUNT; p++) lo[p] = ad ? lt_adapter_lora(ad, l, (lt_proj)p) : NULL;
+
+    /* MLP: x_out = x_mid + down(silu(gate(ln2)) * up(ln2)) */
+    linear_backward(m, ws, ad, lo[P_DOWN], drop, stream_id(l, P_DOWN, N, I), ws->dI1, 0, ws->dres, A->act,
+                    W->w[P_DOWN], A->xa[P_DOWN], N, I, H);
+    OPS->swiglu_backward(BE, ws->dI2, ws->dI3, ws->dI1, A->gate, A->up, (size_t)N * I);
+    linear_backward(m, ws, ad, lo[P_GATE], drop, stream_id(l, P_GATE, N, H), ws->dln, 0, ws->dI2, A->ln2,
+                    W->w[P_GATE], A->xa[P_GATE], N, H, I);
+    linear_backward(m, ws, ad, lo[P_UP], drop, stream_id(l, P_UP, N, H), ws->dln, 1, ws->dI3, A->ln2,
+                    W->w[P_UP], A->xa[P_UP], N, H, I);
+    OPS->rmsnorm_backward(BE, ws->dres, NULL, ws->dln, A->x_mid, W->mlp_norm, A->rstd2, N, H);
+
+    /* attention: x_mid = x + o(attention(rope(q(ln1)), rope(k(ln1)), v(ln1))) */
+    linear_backward(m, ws, ad, lo[P_O], drop, stream_id(l, P_O, N, QD), ws->datt, 0, ws->dres, A->att,
+                    W->w[P_O], A->xa[P_O], N, QD, H);
+    OPS->attention_backward(BE, ws->dq, ws->dk, ws->dv, ws->datt, A->q, A->k, A->v, A->att, A->lse,
+                            ws->kv_start, B, T, NH, NKV, HD, 1.0f / sqrtf((float)HD), ws->att_scratch);
+    OPS->rope_backward(BE, ws->dq, ws->pos, m->inv_freq, N, NH, HD, m->rot_dim);
+    OPS->rope_backward(BE, ws->dk, ws->pos, m->inv_freq, N, NKV, HD, m->rot_dim);
+    linear_backward(m, ws, ad, lo[P_Q], drop, stream_id(l, P_Q, N, H), ws->dln, 0, ws->dq, A->ln1,
+                    W->w[P_Q], A->xa[P_Q], N, H, QD);
+    linear_backward(m, ws, ad, lo[P_K], drop, stream_id(l, P_K, N, H), ws->dln, 1, ws->dk, A->ln1,
+                    W->w[P_K], A->xa[P_K], N, H, KD);
+    linear_backward(m, ws, ad, lo[P_V], drop, stream_id(l, P_V, N, H), ws->dln, 1, ws->dv, A->ln1,
+                    W->w[P_V], A->xa[P_V], N, H, KD);
+    OPS->rmsnorm_backward(BE, ws->dres, NULL, ws->dln, x, W->attn_norm, A->rstd1, N, H);
+}
+
+/* ---- the whole model ---------------------------------------------------------------------------- */
+
+lt_status lt_forward_backward(lt_model *m, const lt_adapter *ad, lt_workspace *ws,
+                              const lt_dropout_state *drop, float grad_scale, double *loss_sum,
+                              float *logits_out, lt_error *err) {
+    const lt_model_config *c = &m->cfg;
+    const int L = (int)c->num_hidden_layers, H = (int)c->hidden_size, V = (int)c->vocab_size;
+    const int N = ws->B * ws->T;
+    const int backward = grad_scale != 0.0f && !logits_out;
+    if (ad && ad->p.rank > ws->rank)
+        return lt_fail(err, LT_ERR_INTERNAL, "workspace planned for rank %d, adapter has rank %d", ws->rank, ad->p.rank);
+    if (ad && ad->merged)
+        return lt_fail(err, LT_ERR_STATE, "the adapter is merged into the base weights; unmerge it first");
+
+    /* forward: embeddings, then each layer; checkpointing keeps only each layer's input */
+    OPS->embedding_forward(BE, ws->x_saved[0], ws->ids, m->embed, N, H);
+    for (int l = 0; l < L; l++) {
+        lt_layer_acts *A = &ws->acts[ws->checkpointing ? 0 : l];
+        layer_forward(m, ws, ad, drop, l, ws->x_saved[l], A, ws->x_saved[l + 1]);
+    }
+    OPS->rmsnorm_forward(BE, ws->final_ln, ws->final_rstd, ws->x_saved[L], m->final_norm, N, H,
+                         (float)c->rms_norm_eps);
+
+    /* chunked LM head + cross-entropy; dln accumulates d loss / d final_ln */
+    double total = 0.0;
+    for (int r0 = 0; r0 < N; r0 += ws->chunk) {
+        int n = N - r0 < ws->chunk ? N - r0 : ws->chunk;
+        OPS->gemm(BE, 0, 1, n, V, H, 1.0f, ws->final_ln + (size_t)r0 * H, H, m->lm_head, H, 0.0f, ws->logits, V);
+        if (logits_out) OPS->download(BE, logits_out + (size_t)r0 * V, ws->logits, (size_t)n * V * sizeof(float));
+        OPS->cross_entropy(BE, ws->logits, ws->losses + r0, ws->targets + r0, n, V, backward ? grad_scale : 0.0f);
+        if (backward)
+            OPS->gemm(BE, 0, 0, n, H, V, 1.0f, ws->logits, V, m->lm_head, H, 0.0f, ws->dln + (size_t)r0 * H, H);
+    }
+    OPS->download(BE, ws->host_losses, ws->losses, (size_t)N * sizeof(float));
+    lt_status st = OPS->sync(BE);
+    if (st != LT_OK) return lt_fail(err, st, "backend %s failed during the forward pass", OPS->name);
+    for (int i = 0; i < N; i++) total += ws->host_losses[i];
+    *loss_sum = total;
+    if (!isfinite(total)) return lt_fail(err, LT_ERR_NUMERIC, "the loss is not finite (%g)", total);
+    if (!backward) return LT_OK;
+
+    /* backward */
+    OPS->zero(BE, ws->dres, (size_t)N * H * sizeof(float));
+    OPS->rmsnorm_backward(BE, ws->dres, NULL, ws->dln, ws->x_saved[L], m->final_norm, ws->final_rstd, N, H);
+    for (int l = L - 1; l >= 0; l--) {
+        lt_layer_acts *A = &ws->acts[ws->checkpointing ? 0 : l];
+        if (ws->checkpointing) /* recompute this layer's activations; its output goes to a scratch */
+            layer_forward(m, ws, ad, drop, l, ws->x_saved[l], A, ws->dln);
+        layer_backward(m, ws, ad, drop, l, ws->x_saved[l], A);
+    }
+    st = OPS->sync(BE);
+    if (st != LT_OK) return lt_fail(err, st, "backend %s failed during the backward pass", OPS->name);
+    return LT_OK;
+}

@@ -1,0 +1,214 @@
+/*
+ * optimizer.c - AdamW and SGD with momentum over an adapter's parameters, learning-rate schedules,
+ * global-norm clipping, and optimizer state files.
+ *
+ * defines: lt_optimizer_* (public), lt_optimizer_update, lt_schedule_lambda
+ *
+ * Semantics follow torch.optim and transformers' schedulers (shared/spec/algorithms.md):
+ *   AdamW: t += 1; p *= 1 - lr wd; m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
+ *          p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
+ *   SGD:   g += wd p; buf = mu buf + g (buf = g at the first step); p -= lr buf
+ *   clip:  total = ||g||_2 over all parameters; g *= min(1, max_norm / (total + 1e-6))
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "optimizer.h"
+
+LT_API void lt_optimizer_params_init(lt_optimizer_params *p) {
+    if (!p) return;
+    memset(p, 0, sizeof *p);
+    p->size = sizeof *p;
+    p->kind = LT_OPT_ADAMW;
+    p->lr = 1e-4f;
+    p->beta1 = 0.9f;
+    p->beta2 = 0.999f;
+    p->eps = 1e-8f;
+    p->weight_decay = 0.0f;
+    p->momentum = 0.9f;
+    p->schedule = LT_SCHED_CONSTANT;
+    p->max_grad_norm = 1.0f;
+}
+
+/* lambda(s) for s updates already taken; W warmup, T total */
+double lt_schedule_lambda(const lt_optimizer_params *p, int64_t s) {
+    int64_t T = p->total_steps;
+    int64_t W = p->warmup_steps;
+    if (W == 0 && p->warmup_ratio > 0 && T > 0) W = (int64_t)ceil((double)T * p->warmup_ratio);
+    if (s < W) return (double)s / (double)(W > 1 ? W : 1);
+    switch (p->schedule) {
+    case LT_SCHED_CONSTANT: return 1.0;
+    case LT_SCHED_LINEAR: {
+        double r = (double)(T - s) / (double)(T - W > 1 ? T - W : 1);
+        return r > 0 ? r : 0.0;
+    }
+    case LT_SCHED_COSINE: {
+        double prog = (double)(s - W) / (double)(T - W > 1 ? T - W : 1);
+        double r = 0.5 * (1.0 + cos(M_PI * 2.0 * 0.5 * prog));
+        return r > 0 ? r : 0.0;
+    }
+    }
+    return 1.0;
+}
+
+LT_API lt_status lt_optimizer_create(lt_adapter *a, const lt_optimizer_params *params, lt_optimizer **out) {
+    lt_error *err = lt_thread_error();
+    lt_error_clear(err);
+    if (!out) return lt_fail(err, LT_ERR_ARGUMENT, "lt_optimizer_create: out is NULL");
+    *out = NULL;
+    if (!a) return lt_fail(err, LT_ERR_ARGUMENT, "lt_optimizer_create: adapter is NULL");
+    lt_optimizer_params p;
+    lt_optimizer_params_init(&p);
+    if (params) {
+        if (params->size < offsetof(lt_optimizer_params, max_grad_norm) || params->size > sizeof p)
+            return lt_fail(err, LT_ERR_ARGUMENT, "lt_optimizer_create: params->size %zu is not a size this library "
+                           "knows (call lt_optimizer_params_init)", params->size);
+        memcpy(&p, params, params->size);
+    }
+    if (p.kind != LT_OPT_ADAMW && p.kind != LT_OPT_SGD) return lt_fail(err, LT_ERR_ARGUMENT, "optimizer: unknown kind %d", (int)p.kind);
+    if (!(p.lr >= 0) || !isfinite(p.lr)) return lt_fail(err, LT_ERR_ARGUMENT, "optimizer: lr %g must be >= 0", p.lr);
+    if (!(p.beta1 >= 0 && p.beta1 < 1) || !(p.beta2 >= 0 && p.beta2 < 1))
+        return lt_fail(err, LT_ERR_ARGUMENT, "optimizer: betas (%g, %g) must be in [0, 1)", p.beta1, p.beta2);
+    if (!(p.eps >= 0) || !(p.weight_decay >= 0) || !(p.max_grad_norm >= 0) || !(p.momentum >= 0))
+        return lt_fail(err, LT_ERR_ARGUMENT, "optimizer: eps, weight_decay, momentum and max_grad_norm must be >= 0");
+    if (p.schedule != LT_SCHED_CONSTANT && p.schedule != LT_SCHED_LINEAR && p.schedule != LT_SCHED_COSINE)
+        return lt_fail(err, LT_ERR_ARGUMENT, "optimizer: unknown schedule %d", (int)p.schedule);
+    if (p.schedule != LT_SCHED_CONSTANT && p.total_steps <= 0)
+        return lt_fail(err, LT_ERR_ARGUMENT, "optimizer: linear and cosine schedules need total_steps > 0");
+    if (p.warmup_steps < 0 || !(p.warmup_ratio >= 0 && p.warmup_ratio <= 1))
+        return lt_fail(err, LT_ERR_ARGUMENT, "optimizer: warmup_steps must be >= 0 and warmup_ratio in [0, 1]");
+    lt_optimizer *o = calloc(1, sizeof *o);
+    if (!o) return lt_fail(err, LT_ERR_NOMEM, "optimizer: out of memory");
+    o->adapter = a;
+    o->p = p;
+    o->p.size = sizeof o->p;
+    lt_backend *be = a->model->be;
+    size_t bytes = a->n_params * sizeof(float);
+    o->m = be->ops->alloc(be, bytes);
+    o->v = be->ops->alloc(be, bytes);
+    if (!o->m || !o->v) {
+        lt_optimizer_free(o);
+        return lt_fail(err, LT_ERR_NOMEM, "optimizer: cannot allocate state for %zu parameters", a->n_params);
+    }
+    be->ops->zero(be, o->m, bytes);
+    be->ops->zero(be, o->v, bytes);
+    *out = o;
+    return LT_OK;
+}
+
+LT_API void lt_optimizer_free(lt_optimizer *o) {
+    if (!o) return;
+    lt_backend *be = o->adapter->model->be;
+    if (o->m) be->ops->free(be, o->m);
+    if (o->v) be->ops->free(be, o->v);
+    free(o);
+}
+
+LT_API const char *lt_optimizer_last_error(const lt_optimizer *o) {
+    return o ? o->err.msg : "lt_optimizer_last_error: optimizer is NULL";
+}
+
+LT_API double lt_optimizer_lr(const lt_optimizer *o) {
+    return o ? o->p.lr * lt_schedule_lambda(&o->p, o->step) : 0.0;
+}
+
+LT_API int64_t lt_optimizer_step_count(const lt_optimizer *o) { return o ? o->step : 0; }
+
+lt_status lt_optimizer_update(lt_optimizer *o, double *grad_norm, double *lr_used, lt_error *err) {
+    lt_adapter *a = o->adapter;
+    lt_backend *be = a->model->be;
+    const size_t n = a->n_params;
+    double norm = sqrt(be->ops->sumsq(be, n, a->grads));
+    if (!isfinite(norm)) return lt_fail(err, LT_ERR_NUMERIC, "the gradient norm is not finite (%g); no update made", norm);
+    if (o->p.max_grad_norm > 0) {
+        double coef = o->p.max_grad_norm / (norm + 1e-6);
+        if (coef < 1.0) be->ops->scale(be, n, (float)coef, a->grads);
+    }
+    const double lr = o->p.lr * lt_schedule_lambda(&o->p, o->step);
+    o->step++;
+    if (o->p.kind == LT_OPT_ADAMW) {
+        const double t = (double)o->step;
+        const double bc1 = 1.0 - pow(o->p.beta1, t), bc2 = 1.0 - pow(o->p.beta2, t);
+        be->ops->adamw_step(be, a->params, a->grads, o->m, o->v, n, (float)(lr / bc1), o->p.beta1, o->p.beta2,
+                            o->p.eps, (float)sqrt(bc2), (float)(lr * o->p.weight_decay));
+    } else {
+        if (o->p.weight_decay > 0) be->ops->axpy(be, n, o->p.weight_decay, a->params, a->grads);
+        if (o->p.momentum > 0) {
+            be->ops->scale(be, n, o->p.momentum, o->m);
+            be->ops->axpy(be, n, 1.0f, a->grads, o->m); /* buf = g on the first step: m starts at 0 */
+            be->ops->axpy(be, n, (float)-lr, o->m, a->params);
+        } else {
+            be->ops->axpy(be, n, (float)-lr, a->grads, a->params);
+        }
+    }
+    *grad_norm = norm;
+    *lr_used = lr;
+    return be->ops->sync(be);
+}
+
+/* ---- state files ----------------------------------------------------------------------------------
+ * "LTOPT\0\0\1" | u32 kind | u32 reserved | i64 step | u64 n | f32 m[n] | f32 v[n], little-endian. */
+
+static const char opt_magic[8] = {'L', 'T', 'O', 'P', 'T', 0, 0, 1};
+
+LT_API lt_status lt_optimizer_save(lt_optimizer *o, const char *path) {
+    if (!o) return LT_ERR_ARGUMENT;
+    lt_error_clear(&o->err);
+    if (!path) return lt_fail(&o->err, LT_ERR_ARGUMENT, "lt_optimizer_save: path is NULL");
+    lt_backend *be = o->adapter->model->be;
+    const size_t n = o->adapter->n_params, hdr = 32;
+    size_t bytes = hdr + 2 * n * sizeof(float);
+    char *buf = malloc(bytes);
+    if (!buf) return lt_fail(&o->err, LT_ERR_NOMEM, "lt_optimizer_save: out of memory");
+    uint32_t kind = (uint32_t)o->p.kind, zero = 0;
+    uint64_t n64 = n;
+    memcpy(buf, opt_magic, 8);
+    memcpy(buf + 8, &kind, 4);
+    memcpy(buf + 12, &zero, 4);
+    memcpy(buf + 16, &o->step, 8);
+    memcpy(buf + 24, &n64, 8);
+    be->ops->download(be, buf + hdr, o->m, n * sizeof(float));
+    be->ops->download(be, buf + hdr + n * sizeof(float), o->v, n * sizeof(float));
+    lt_status st = lt_write_file_atomic(path, buf, bytes, &o->err);
+    free(buf);
+    return st;
+}
+
+LT_API lt_status lt_optimizer_load(lt_optimizer *o, const char *path) {
+    if (!o) return LT_ERR_ARGUMENT;
+    lt_error_clear(&o->err);
+    if (!path) return lt_fail(&o->err, LT_ERR_ARGUMENT, "lt_optimizer_load: path is NULL");
+    char *buf;
+    size_t len;
+    lt_status st = lt_read_file(path, &buf, &len, &o->err);
+    if (st != LT_OK) return st;
+    const size_t n = o->adapter->n_params, hdr = 32;
+    uint32_t kind;
+    int64_t step;
+    uint64_t n64;
+    if (len < hdr || memcmp(buf, opt_magic, 8)) {
+        free(buf);
+        return lt_fail(&o->err, LT_ERR_FORMAT, "%s: not a libloratune optimizer state file", path);
+    }
+    memcpy(&kind, buf + 8, 4);
+    memcpy(&step, buf + 16, 8);
+    memcpy(&n64, buf + 24, 8);
+    if (kind != (uint32_t)o->p.kind || n64 != n || step < 0) {
+        free(buf);
+        return lt_fail(&o->err, LT_ERR_SHAPE, "%s: state for %s with %llu parameters does not match this %s "
+                       "optimizer of %zu parameters", path, kind ? "SGD" : "AdamW", (unsigned long long)n64,
+                       o->p.kind ? "SGD" : "AdamW", n);
+    }
+    if (len != hdr + 2 * n * sizeof(float)) {
+        free(buf);
+        return lt_fail(&o->err, LT_ERR_TRUNCATED, "%s: %zu bytes, expected %zu", path, len, hdr + 2 * n * sizeof(float));
+    }
+    lt_backend *be = o->adapter->model->be;
+    be->ops->upload(be, o->m, buf + hdr, n * sizeof(float));
+    be->ops->upload(be, o->v, buf + hdr + n * sizeof(float), n * sizeof(float));
+    o->step = step;
+    free(buf);
+    return be->ops->sync(be);
+}

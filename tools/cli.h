@@ -1,0 +1,49 @@
+/* cli.h - shared pieces of the command-line tool. */
+#ifndef LT_TOOL_CLI_H
+#define LT_TOOL_CLI_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+#include "loratune.h"
+
+/* Options: "--name value" pairs and "--flag" switches. */
+typedef struct opt_spec {
+    const char *name;  /* without the dashes */
+    int takes_value;
+} opt_spec;
+
+typedef struct opts {
+    const opt_spec *spec;
+    int n_spec;
+    const char *values[64]; /* value, or "1" for a present flag, NULL if absent */
+} opts;
+
+/* Parses argv[1..]; prints a one-line error and returns -1 on an unknown or incomplete option. */
+int opts_parse(opts *o, const opt_spec *spec, int n_spec, int argc, char **argv, const char *cmd);
+const char *opt_str(const opts *o, const char *name, const char *def);
+int opt_flag(const opts *o, const char *name);
+/* Numeric options: print an error and return -1 if malformed. */
+int opt_int(const opts *o, const char *name, long long def, long long lo, long long hi, long long *out);
+int opt_double(const opts *o, const char *name, double def, double *out);
+
+/* Monotonic seconds. */
+double now_seconds(void);
+/* mkdir -p; 0 on success, -1 with errno set. */
+int mkdir_p(const char *dir);
+
+/* Print "loratune CMD: message" to stderr and return 1. */
+int fail(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Create a context ("cpu" or $LORATUNE_BACKEND) and load a model; prints the error on failure. */
+int open_model(const char *cmd, const char *dir, int threads, const char *backend, lt_context **ctx,
+               lt_model **model);
+
+int cmd_info(int argc, char **argv);
+int cmd_eval(int argc, char **argv);
+int cmd_train(int argc, char **argv);
+int cmd_merge(int argc, char **argv);
+int cmd_generate(int argc, char **argv);
+int cmd_bench(int argc, char **argv);
+
+#endif

@@ -1,0 +1,209 @@
+/* commands.c - `loratune merge`, `generate` and `bench`. */
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+
+#include "cli.h"
+#include "loratune_experimental.h"
+
+/* ---- merge ------------------------------------------------------------------------------------ */
+
+int cmd_merge(int argc, char **argv) {
+    static const opt_spec spec[] = {{"model", 1}, {"adapter", 1}, {"out", 1}, {"max-shard-mb", 1}, {"threads", 1}};
+    opts o;
+    if (opts_parse(&o, spec, 5, argc, argv, "merge")) return 2;
+    const char *mdir = opt_str(&o, "model", NULL), *adir = opt_str(&o, "adapter", NULL), *out = opt_str(&o, "out", NULL);
+    if (!mdir || !adir || !out) return fail("merge", "--model DIR, --adapter DIR and --out DIR are required");
+    long long shard_mb, threads;
+    if (opt_int(&o, "max-shard-mb", 2048, 1, 1 << 30, &shard_mb) || opt_int(&o, "threads", 0, 0, 1024, &threads)) return 2;
+    lt_context *ctx;
+    lt_model *m;
+    if (open_model("merge", mdir, (int)threads, NULL, &ctx, &m)) return 1;
+    lt_adapter *ad = NULL;
+    int rc = 0;
+    if (lt_adapter_load(m, adir, &ad) != LT_OK) rc = fail("merge", "%s", lt_last_error());
+    else if (lt_adapter_export_merged(ad, out, shard_mb << 20) != LT_OK) rc = fail("merge", "%s", lt_adapter_last_error(ad));
+    else printf("merged %s + %s -> %s\n", mdir, adir, out);
+    lt_adapter_free(ad);
+    lt_model_free(m);
+    lt_context_free(ctx);
+    return rc;
+}
+
+/* ---- generate ----------------------------------------------------------------------------------- */
+
+static int parse_ids(const char *s, int32_t **out, int *n) {
+    int cap = 16;
+    *n = 0;
+    *out = malloc(cap * sizeof **out);
+    while (*out && *s) {
+        char *end;
+        errno = 0;
+        long v = strtol(s, &end, 10);
+        if (end == s || errno || v < 0 || v > INT32_MAX) return -1;
+        if (*n == cap && !(*out = realloc(*out, (cap *= 2) * sizeof **out))) return -1;
+        (*out)[(*n)++] = (int32_t)v;
+        s = end;
+        if (*s == ',') s++;
+        else if (*s) return -1;
+    }
+    return *out && *n > 0 ? 0 : -1;
+}
+
+int cmd_generate(int argc, char **argv) {
+    static const opt_spec spec[] = {{"model", 1}, {"adapter", 1}, {"prompt-ids", 1}, {"max-new-tokens", 1},
+                                    {"temperature", 1}, {"top-k", 1}, {"top-p", 1}, {"seed", 1}, {"threads", 1},
+                                    {"json", 0}, {"no-eos", 0}};
+    opts o;
+    if (opts_parse(&o, spec, 11, argc, argv, "generate")) return 2;
+    const char *mdir = opt_str(&o, "model", NULL), *ps = opt_str(&o, "prompt-ids", NULL);
+    if (!mdir || !ps) return fail("generate", "--model DIR and --prompt-ids 1,2,3 are required (several prompts: separate with ';')");
+    long long maxnew, topk, seed, threads;
+    double temp, topp;
+    if (opt_int(&o, "max-new-tokens", 32, 1, 1 << 20, &maxnew) || opt_int(&o, "top-k", 0, 0, 1 << 30, &topk) ||
+        opt_int(&o, "seed", 0, 0, 1LL << 62, &seed) || opt_int(&o, "threads", 0, 0, 1024, &threads) ||
+        opt_double(&o, "temperature", 0, &temp) || opt_double(&o, "top-p", 1, &topp))
+        return 2;
+    /* prompts: "1,2,3;4,5" */
+    int n_prompts = 0, total = 0, *lens_i = NULL;
+    int32_t *all = NULL, *lens = NULL;
+    char *copy = strdup(ps), *save = NULL;
+    for (char *tok = strtok_r(copy, ";", &save); tok; tok = strtok_r(NULL, ";", &save)) {
+        int32_t *ids;
+        int n;
+        if (parse_ids(tok, &ids, &n)) { free(copy); free(all); free(lens); return fail("generate", "--prompt-ids: \"%s\" is not a comma-separated list of token ids", tok); }
+        all = realloc(all, (size_t)(total + n) * sizeof *all);
+        lens = realloc(lens, (size_t)(n_prompts + 1) * sizeof *lens);
+        memcpy(all + total, ids, (size_t)n * sizeof *ids);
+        lens[n_prompts++] = n;
+        total += n;
+        free(ids);
+    }
+    free(copy);
+    (void)lens_i;
+    lt_context *ctx;
+    lt_model *m;
+    if (open_model("generate", mdir, (int)threads, NULL, &ctx, &m)) { free(all); free(lens); return 1; }
+    lt_adapter *ad = NULL;
+    int rc = 0;
+    const char *adir = opt_str(&o, "adapter", NULL);
+    int32_t *out = malloc((size_t)n_prompts * maxnew * sizeof *out), *out_lens = malloc((size_t)n_prompts * sizeof *out_lens);
+    lt_generate_params gp;
+    lt_generate_params_init(&gp);
+    gp.max_new_tokens = (int)maxnew;
+    gp.temperature = (float)temp;
+    gp.top_k = (int)topk;
+    gp.top_p = (float)topp;
+    gp.seed = (uint64_t)seed;
+    if (opt_flag(&o, "no-eos")) gp.eos_token_id = -1;
+    if (adir && lt_adapter_load(m, adir, &ad) != LT_OK) rc = fail("generate", "%s", lt_last_error());
+    else if (!out || !out_lens) rc = fail("generate", "out of memory");
+    else if (lt_generate(m, ad, all, lens, n_prompts, &gp, out, out_lens) != LT_OK) rc = fail("generate", "%s", lt_model_last_error(m));
+    else {
+        for (int b = 0; b < n_prompts; b++) {
+            if (opt_flag(&o, "json")) printf("{\"prompt\": %d, \"ids\": [", b);
+            for (int i = 0; i < out_lens[b]; i++) printf(i ? ",%d" : "%d", out[(size_t)b * maxnew + i]);
+            printf(opt_flag(&o, "json") ? "]}\n" : "\n");
+        }
+    }
+    free(out); free(out_lens); free(all); free(lens);
+    lt_adapter_free(ad);
+    lt_model_free(m);
+    lt_context_free(ctx);
+    return rc;
+}
+
+/* ---- bench -------------------------------------------------------------------------------------- */
+
+/* bench-s (shared/spec/performance.md): Llama, vocab 32000, hidden 512, intermediate 1376, 8 layers,
+ * 8 heads, 8 kv heads, rope_theta 500000, f32; LoRA r=16 alpha=32 on all 7 projections; AdamW;
+ * batch 4 x 256. */
+static const char bench_s_config[] =
+    "{\"architectures\": [\"LlamaForCausalLM\"], \"model_type\": \"llama\", \"vocab_size\": 32000,"
+    " \"hidden_size\": 512, \"intermediate_size\": 1376, \"num_hidden_layers\": 8,"
+    " \"num_attention_heads\": 8, \"num_key_value_heads\": 8, \"rope_theta\": 500000.0,"
+    " \"rms_norm_eps\": 1e-5, \"max_position_embeddings\": 2048, \"tie_word_embeddings\": false}";
+
+int cmd_bench(int argc, char **argv) {
+    static const opt_spec spec[] = {{"config", 1}, {"threads", 1}, {"json", 0}, {"steps", 1}, {"warmup", 1},
+                                    {"checkpointing", 1}, {"backend", 1}};
+    opts o;
+    if (opts_parse(&o, spec, 7, argc, argv, "bench")) return 2;
+    const char *cfg = opt_str(&o, "config", "bench-s");
+    if (strcmp(cfg, "bench-s")) return fail("bench", "unknown --config \"%s\" (this build knows bench-s)", cfg);
+    long long threads, steps, warm;
+    if (opt_int(&o, "threads", 0, 0, 1024, &threads) || opt_int(&o, "steps", 5, 1, 100000, &steps) ||
+        opt_int(&o, "warmup", 2, 0, 1000, &warm))
+        return 2;
+    const char *ck = opt_str(&o, "checkpointing", "off");
+    if (strcmp(ck, "on") && strcmp(ck, "off")) return fail("bench", "--checkpointing must be on or off");
+    const int B = 4, T = 256, V = 32000;
+    lt_context_params cp;
+    lt_context_params_init(&cp);
+    cp.backend = opt_str(&o, "backend", "cpu");
+    cp.n_threads = (int)threads;
+    lt_context *ctx = NULL;
+    lt_model *m = NULL;
+    lt_adapter *ad = NULL;
+    lt_optimizer *opt = NULL;
+    lt_trainer *tr = NULL;
+    int rc = 0;
+    if (lt_context_create(&cp, &ctx) != LT_OK || lt_model_create_random(ctx, bench_s_config, 1, 0.02f, &m) != LT_OK) {
+        rc = fail("bench", "%s", lt_last_error());
+        goto done;
+    }
+    lt_adapter_params ap;
+    lt_adapter_params_init(&ap);
+    ap.rank = 16;
+    ap.alpha = 32;
+    ap.targets = LT_TARGET_ALL;
+    lt_optimizer_params op;
+    lt_optimizer_params_init(&op);
+    op.lr = 1e-4f;
+    lt_trainer_params tp;
+    lt_trainer_params_init(&tp);
+    tp.gradient_checkpointing = !strcmp(ck, "on");
+    if (lt_adapter_create(m, &ap, &ad) != LT_OK || lt_optimizer_create(ad, &op, &opt) != LT_OK ||
+        lt_trainer_create(m, ad, opt, &tp, &tr) != LT_OK) {
+        rc = fail("bench", "%s", lt_last_error());
+        goto done;
+    }
+    int32_t *ids = malloc((size_t)B * T * sizeof *ids);
+    uint64_t s = 12345;
+    for (int i = 0; i < B * T; i++) { s = s * 6364136223846793005ull + 1442695040888963407ull; ids[i] = (int32_t)((s >> 33) % V); }
+    lt_batch b;
+    lt_batch_init(&b);
+    b.n_rows = B;
+    b.seq_len = T;
+    b.input_ids = ids;
+    double t0 = 0, loss = 0;
+    for (long long i = 0; i < warm + steps; i++) {
+        if (i == warm) t0 = now_seconds();
+        lt_step_result r = {.size = sizeof r};
+        if (lt_trainer_step(tr, &b, &r) != LT_OK) { rc = fail("bench", "%s", lt_trainer_last_error(tr)); break; }
+        loss = r.loss;
+    }
+    double dt = now_seconds() - t0;
+    free(ids);
+    if (rc == 0) {
+        struct rusage ru;
+        getrusage(RUSAGE_SELF, &ru);
+        double tps = (double)steps * B * T / dt, rss = ru.ru_maxrss / 1024.0;
+        if (opt_flag(&o, "json"))
+            printf("{\"config\": \"bench-s\", \"threads\": %d, \"checkpointing\": \"%s\", \"steps\": %lld, "
+                   "\"loss\": %.6f, \"tokens_per_s\": %.1f, \"peak_rss_mb\": %.1f}\n",
+                   (int)threads, ck, steps, loss, tps, rss);
+        else
+            printf("bench-s: %.1f training tokens/s (%lld steps of %d tokens, %.3f s/step), peak RSS %.1f MiB, "
+                   "checkpointing %s\n", tps, steps, B * T, dt / steps, rss, ck);
+    }
+done:
+    lt_trainer_free(tr);
+    lt_optimizer_free(opt);
+    lt_adapter_free(ad);
+    lt_model_free(m);
+    lt_context_free(ctx);
+    return rc;
+}
