@@ -477,6 +477,25 @@ static void cpu_attention_backward(lt_backend *be, float *dq, float *dk, float *
     }
 }
 
+/* out, q (B,NH,HD); kcache, vcache (B,S_cap,NKV,HD); keys 0..len-1. Work items: (b, h). */
+static void cpu_attention_decode(lt_backend *be, float *out, const float *q, const float *kcache,
+                                 const float *vcache, int B, int S_cap, int len, int NH, int NKV,
+                                 int HD, float scale) {
+    if (!cpu_att_args_ok(be, B, 1, NH, NKV, HD)) return;
+    if (len > S_cap) {
+        cpu_record_error(be, LT_ERR_INTERNAL);
+        return;
+    }
+    const lt_cpu_kernels *kk = K(be);
+    long nbh = (long)B * NH;
+    int nt = cpu_threads_for(be, (size_t)nbh * (len > 0 ? len : 1) * HD, LT_GRAIN);
+    if (nt > nbh) nt = (int)nbh;
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+    for (long it = 0; it < nbh; it++)
+        kk->att_decode_head(out, q, kcache, vcache, S_cap, len, NH, NKV, HD, scale, (int)(it / NH),
+                            (int)(it % NH));
+}
+
 /* ---- SwiGLU --------------------------------------------------------------------------------------- */
 
 /* out, gate, up (n) */
@@ -552,6 +571,7 @@ static const lt_backend_ops cpu_ops = {
     .attention_forward = cpu_attention_forward,
     .attention_backward_scratch = cpu_attention_backward_scratch,
     .attention_backward = cpu_attention_backward,
+    .attention_decode = cpu_attention_decode,
     .swiglu_forward = cpu_swiglu_forward,
     .swiglu_backward = cpu_swiglu_backward,
     .cross_entropy = cpu_cross_entropy,

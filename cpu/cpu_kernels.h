@@ -90,6 +90,9 @@ typedef struct lt_cpu_kernels {
                          const float *q, const float *k, const float *v, const float *out,
                          const float *lse, const int32_t *kv_start, int T, int NH, int NKV, int HD,
                          float scale, int b, int h, float *ws);
+    /* attention_decode of head (b, h): out, q (B,NH,HD); kcache, vcache (B,S_cap,NKV,HD); keys 0..len-1 */
+    void (*att_decode_head)(float *out, const float *q, const float *kcache, const float *vcache,
+                            int S_cap, int len, int NH, int NKV, int HD, float scale, int b, int h);
 } lt_cpu_kernels;
 
 /* The kernels of an ISA, NULL if this CPU (or this build) lacks it. AUTO picks the best. */

@@ -255,6 +255,35 @@ void lt_ref_attention_backward(float *dq, float *dk, float *dv, const float *dou
     }
 }
 
+/* out, q (B,NH,HD); kcache, vcache (B,S_cap,NKV,HD); keys 0..len-1 */
+void lt_ref_attention_decode(float *out, const float *q, const float *kcache, const float *vcache,
+                             int B, int S_cap, int len, int NH, int NKV, int HD, float scale) {
+    for (int b = 0; b < B; b++) {
+        for (int h = 0; h < NH; h++) {
+            int kvh = h / (NH / NKV);
+            const float *qh = q + ((size_t)b * NH + h) * HD;
+            float *oh = out + ((size_t)b * NH + h) * HD;
+#define KC_(j) (kcache + (((size_t)b * S_cap + (j)) * NKV + kvh) * HD)
+#define VC_(j) (vcache + (((size_t)b * S_cap + (j)) * NKV + kvh) * HD)
+            double mx = -INFINITY, sum = 0.0;
+            for (int j = 0; j < len; j++) {
+                double s = scale * ref_dot(qh, KC_(j), HD);
+                if (s > mx) mx = s;
+            }
+            for (int j = 0; j < len; j++) sum += exp(scale * ref_dot(qh, KC_(j), HD) - mx);
+            double acc[HD];
+            for (int d = 0; d < HD; d++) acc[d] = 0.0;
+            for (int j = 0; j < len; j++) {
+                double p = exp(scale * ref_dot(qh, KC_(j), HD) - mx) / sum;
+                for (int d = 0; d < HD; d++) acc[d] += p * VC_(j)[d];
+            }
+            for (int d = 0; d < HD; d++) oh[d] = (float)acc[d];
+#undef KC_
+#undef VC_
+        }
+    }
+}
+
 /* ---- SwiGLU ------------------------------------------------------------------------------------- */
 
 /* out, gate, up (n): out = gate sigmoid(gate) up */

@@ -72,6 +72,11 @@ void lt_ref_attention_backward(float *dq, float *dk, float *dv, const float *dou
                                const int32_t *kv_start, int B, int T, int NH, int NKV, int HD,
                                float scale, float *scratch);
 
+/* One new token per row against a KV cache: out, q (B,NH,HD); kcache, vcache (B,S_cap,NKV,HD); keys
+ * 0..len-1 of every row. Two passes per (b, h) like the forward. len <= 0 gives out = 0. */
+void lt_ref_attention_decode(float *out, const float *q, const float *kcache, const float *vcache,
+                             int B, int S_cap, int len, int NH, int NKV, int HD, float scale);
+
 /* ---- SwiGLU ---- */
 void lt_ref_swiglu_forward(float *out, const float *gate, const float *up, size_t n);
 void lt_ref_swiglu_backward(float *dgate, float *dup, const float *dout, const float *gate,

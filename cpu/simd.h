@@ -633,6 +633,52 @@ static void F(k_att_bwd_head)(float *dq, float *dk_h, float *dv_h, size_t ld_kv,
     }
 }
 
+/* ---- attention decode ----------------------------------------------------------------------------- */
+
+/* out, q (B,NH,HD); kcache, vcache (B,S_cap,NKV,HD): head (b, h) of one new token against keys
+ * 0..len-1, online softmax over tiles of KB keys (scores by dot products; the output row is the
+ * accumulator). */
+static void F(k_att_decode_head)(float *out, const float *q, const float *kcache, const float *vcache,
+                                 int S_cap, int len, int NH, int NKV, int HD, float scale, int b, int h) {
+    const int kvh = h / (NH / NKV);
+    const size_t skv = (size_t)NKV * HD;
+    const float *qh = q + ((size_t)b * NH + h) * HD;
+    float *oh = out + ((size_t)b * NH + h) * HD;
+    const float *kb = kcache + ((size_t)b * S_cap * NKV + kvh) * HD;
+    const float *vb = vcache + ((size_t)b * S_cap * NKV + kvh) * HD;
+    float s[KB];
+    float m = -INFINITY;
+    double l = 0.0;
+    memset(oh, 0, (size_t)HD * sizeof(float));
+    if (len <= 0) return;
+    for (int j0 = 0; j0 < len; j0 += KB) {
+        int jn = len - j0 < KB ? len - j0 : KB;
+        float mt = -INFINITY;
+        for (int jj = 0; jj < jn; jj++) {
+            const float *kr = kb + (size_t)(j0 + jj) * skv;
+            vf acc = F(set1)(0.0f);
+            int d = 0;
+            for (; d + LT_W <= HD; d += LT_W) acc += F(ld)(qh + d) * F(ld)(kr + d);
+            float dot = F(hsum)(acc);
+            for (; d < HD; d++) dot += qh[d] * kr[d];
+            s[jj] = dot * scale;
+            mt = s[jj] > mt ? s[jj] : mt;
+        }
+        float mnew = mt > m ? mt : m;
+        float alpha = expf(m - mnew);
+        double ps = 0.0;
+        for (int jj = 0; jj < jn; jj++) {
+            s[jj] = expf(s[jj] - mnew);
+            ps += s[jj];
+        }
+        l = l * alpha + ps;
+        if (alpha != 1.0f) F(k_scale)((size_t)HD, alpha, oh);
+        m = mnew;
+        F(mm_acc)(oh, 0, s, 0, 1, vb + (size_t)j0 * skv, skv, 1, jn, HD);
+    }
+    F(k_scale)((size_t)HD, (float)(1.0 / l), oh);
+}
+
 const lt_cpu_kernels F(lt_cpu_kernels) = {
     .isa = LT_STR(LT_ISA),
     .axpy = F(k_axpy),
@@ -650,6 +696,7 @@ const lt_cpu_kernels F(lt_cpu_kernels) = {
     .adamw = F(k_adamw),
     .att_fwd_tile = F(k_att_fwd_tile),
     .att_bwd_head = F(k_att_bwd_head),
+    .att_decode_head = F(k_att_decode_head),
 };
 
 #undef vf

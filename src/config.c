@@ -211,7 +211,16 @@ static lt_status parse_rope(parse_ctx *c, json_t *root, lt_model_config *cfg) {
 
     const char *tkey = field(rope, "rope_type") ? "rope_type" : "type"; /* "type": legacy spelling */
     json_t *t = field(rope, tkey);
-    if (!t) return LT_OK; /* no type: default */
+    if (!t) { /* no type: default, unless this is a per-layer-type map (transformers v5, e.g. Gemma 3) */
+        const char *k;
+        json_t *v;
+        json_object_foreach(rope, k, v) {
+            if (json_is_object(v))
+                return lt_fail(c->err, LT_ERR_UNSUPPORTED, "%s: \"%s\" per layer type (\"%s\") is not supported",
+                               c->src, rname, k);
+        }
+        return LT_OK;
+    }
     if (!json_is_string(t))
         return lt_fail(c->err, LT_ERR_JSON, "%s: field \"%s.%s\" must be a string", c->src, rname, tkey);
     const char *type = json_string_value(t);

@@ -1099,6 +1099,10 @@ START_TEST(test_config_errors) {
                      LT_ERR_MISSING, "factor");
     expect_cfg_fails("e_act.json", "{\"architectures\":[\"LlamaForCausalLM\"],\"hidden_act\":\"relu\"}",
                      LT_ERR_UNSUPPORTED, "relu");
+    expect_cfg_fails("e_nested.json",
+                     "{\"architectures\":[\"LlamaForCausalLM\"],\"rope_parameters\":{\"full_attention\":"
+                     "{\"rope_type\":\"default\"}}}",
+                     LT_ERR_UNSUPPORTED, "full_attention");
     expect_cfg_fails("e_prf.json", "{\"architectures\":[\"LlamaForCausalLM\"],\"partial_rotary_factor\":0}",
                      LT_ERR_FORMAT, "partial_rotary_factor");
     lt_model_config cfg;

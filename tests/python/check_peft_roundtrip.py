@@ -156,7 +156,7 @@ def load_peft(model_dir, adapter_dir, log):
     pm.set_adapter("default")
     pm.eval()
 
-    model_sd = get_peft_model_state_dict(pm, adapter_name="default")
+    model_sd = get_peft_model_state_dict(pm, adapter_name="default", save_embedding_layers=False)
     extra = sorted(set(file_sd) - set(model_sd))
     missing = sorted(set(model_sd) - set(file_sd))
     if extra or missing:

@@ -1,0 +1,558 @@
+/*
+ * test_lora.c - LoRA training: gradients (finite differences, PyTorch+PEFT goldens), N AdamW steps vs
+ * PyTorch, PEFT adapter files both ways, merge/unmerge, resume, packing, generation, bad inputs.
+ *
+ * Goldens: tests/python/make_lora_goldens.py writes LT_TEST_DATA_DIR/models/<name>/lora/ with an
+ * adapter saved by peft (nonzero A and B), grads.safetensors (loss, logits and d(mean loss)/d(LoRA) from
+ * torch autograd through PeftModel) and train.safetensors + train.json (6 AdamW updates with
+ * accumulation 2, linear warmup schedule and clipping, run by torch.optim). Tolerance 1e-4 relative.
+ */
+#include <check.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "model.h"
+#include "optimizer.h"
+#include "test_util.h"
+
+static void model_dir(char *buf, size_t len, const char *name) {
+    snprintf(buf, len, "%s/models/%s", LT_TEST_DATA_DIR, name);
+}
+
+static lt_model *load_model(lt_context *ctx, const char *name) {
+    char dir[1024];
+    model_dir(dir, sizeof dir, name);
+    lt_model *m = NULL;
+    ck_assert_msg(lt_model_load(ctx, dir, NULL, &m) == LT_OK, "%s", lt_last_error());
+    return m;
+}
+
+/* deterministic pseudo-random ids */
+static void fill_ids(int32_t *ids, int n, int V, uint64_t seed) {
+    for (int i = 0; i < n; i++) {
+        seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+        ids[i] = (int32_t)((seed >> 33) % (uint64_t)V);
+    }
+}
+
+/* host copy of all adapter parameters or gradients */
+static float *host_copy(const lt_adapter *a, const float *dev) {
+    float *h = malloc(a->n_params * sizeof *h);
+    a->model->be->ops->download(a->model->be, h, dev, a->n_params * sizeof *h);
+    return h;
+}
+
+/* Gradient of grad_scale * summed loss with respect to the adapter; returns the summed loss. */
+static double loss_and_grads(lt_model *m, lt_adapter *a, const lt_batch *b, int ckpt, const lt_dropout_state *drop,
+                             float grad_scale, int64_t *n_valid) {
+    lt_workspace *ws = NULL;
+    lt_error err;
+    ck_assert_int_eq(lt_workspace_create(m, b->n_rows, b->seq_len, a->p.rank, ckpt, &ws, &err), LT_OK);
+    int64_t nv;
+    ck_assert_msg(lt_stage_batch(m, ws, b, &nv, &err) == LT_OK, "%s", err.msg);
+    m->be->ops->zero(m->be, a->grads, a->n_params * sizeof(float));
+    double loss;
+    lt_status st = lt_forward_backward(m, a, ws, drop, grad_scale, &loss, NULL, &err);
+    ck_assert_msg(st == LT_OK, "%s", err.msg);
+    lt_workspace_free(ws);
+    if (n_valid) *n_valid = nv;
+    return loss;
+}
+
+static lt_adapter *make_adapter(lt_model *m, int rank, float alpha, float dropout, unsigned targets, int gaussian_b) {
+    lt_adapter_params ap;
+    lt_adapter_params_init(&ap);
+    ap.rank = rank;
+    ap.alpha = alpha;
+    ap.dropout = dropout;
+    ap.targets = targets;
+    ap.seed = 7;
+    lt_adapter *a = NULL;
+    ck_assert_msg(lt_adapter_create(m, &ap, &a) == LT_OK, "%s", lt_last_error());
+    if (gaussian_b) { /* B = 0 at init would hide half of the gradient paths: make it nonzero */
+        float *h = host_copy(a, a->params);
+        uint64_t s = 99;
+        for (size_t i = 0; i < a->n_params; i++) {
+            s = s * 6364136223846793005ull + 1442695040888963407ull;
+            h[i] += (float)(((double)(s >> 40) / 16777216.0 - 0.5) * 0.2);
+        }
+        m->be->ops->upload(m->be, a->params, h, a->n_params * sizeof *h);
+        free(h);
+    }
+    return a;
+}
+
+/* ---- finite differences ------------------------------------------------------------------------- */
+
+static void check_finite_differences(float dropout, int packed) {
+    lt_context *ctx = tu_context();
+    lt_model *m = load_model(ctx, "llama-gqa");
+    lt_adapter *a = make_adapter(m, 4, 8, dropout, LT_TARGET_ALL, 1);
+    const int B = 2, T = 9, V = (int)m->cfg.vocab_size;
+    int32_t ids[18], labels[18], pos[18];
+    fill_ids(ids, B * T, V, 3);
+    memcpy(labels, ids, sizeof ids);
+    labels[4] = -100;
+    for (int i = 0; i < B * T; i++) pos[i] = packed ? (i % T < 4 ? i % T : i % T - 4) : i % T;
+    lt_batch b;
+    lt_batch_init(&b);
+    b.n_rows = B; b.seq_len = T; b.input_ids = ids; b.labels = labels; b.position_ids = packed ? pos : NULL;
+    lt_dropout_state drop = {dropout, 1234};
+    loss_and_grads(m, a, &b, 1, &drop, 1.0f, NULL);
+    float *g = host_copy(a, a->grads), *p = host_copy(a, a->params);
+    /* probe parameters spread over the buffer: A and B of several layers and projections */
+    int checked = 0;
+    for (size_t k = 0; k < 24; k++) {
+        size_t i = (k * 7919 * 13 + 17) % a->n_params;
+        const double h = 1e-2;
+        double lp, lm;
+        float orig = p[i];
+        p[i] = orig + (float)h;
+        m->be->ops->upload(m->be, a->params, p, a->n_params * sizeof *p);
+        lp = loss_and_grads(m, a, &b, 1, &drop, 0.0f, NULL);
+        p[i] = orig - (float)h;
+        m->be->ops->upload(m->be, a->params, p, a->n_params * sizeof *p);
+        lm = loss_and_grads(m, a, &b, 1, &drop, 0.0f, NULL);
+        p[i] = orig;
+        m->be->ops->upload(m->be, a->params, p, a->n_params * sizeof *p);
+        double fd = (lp - lm) / (2 * h);
+        double tol = 2e-2 * fabs(fd) + 2e-3;
+        ck_assert_msg(fabs(fd - g[i]) <= tol, "param %zu: analytic %.6g vs finite difference %.6g (dropout %g)", i,
+                      g[i], fd, dropout);
+        checked += fabs(fd) > 1e-3;
+    }
+    ck_assert_msg(checked >= 8, "too few probes with a visible gradient (%d)", checked);
+    free(g);
+    free(p);
+    lt_adapter_free(a);
+    lt_model_free(m);
+    lt_context_free(ctx);
+}
+
+START_TEST(test_fd_plain) { check_finite_differences(0.0f, 0); }
+END_TEST
+START_TEST(test_fd_dropout) { check_finite_differences(0.3f, 0); }
+END_TEST
+START_TEST(test_fd_packed) { check_finite_differences(0.0f, 1); }
+END_TEST
+
+/* checkpointing must not change anything: same loss and gradients bit for bit */
+START_TEST(test_checkpointing_identical) {
+    lt_context *ctx = tu_context();
+    lt_model *m = load_model(ctx, "llama-basic");
+    lt_adapter *a = make_adapter(m, 4, 8, 0.1f, LT_TARGET_ALL, 1);
+    int32_t ids[40];
+    fill_ids(ids, 40, 257, 5);
+    lt_batch b;
+    lt_batch_init(&b);
+    b.n_rows = 2; b.seq_len = 20; b.input_ids = ids;
+    lt_dropout_state drop = {0.1f, 77};
+    double l1 = loss_and_grads(m, a, &b, 1, &drop, 1.0f, NULL);
+    float *g1 = host_copy(a, a->grads);
+    double l2 = loss_and_grads(m, a, &b, 0, &drop, 1.0f, NULL);
+    float *g2 = host_copy(a, a->grads);
+    ck_assert(l1 == l2);
+    ck_assert_int_eq(memcmp(g1, g2, a->n_params * sizeof(float)), 0);
+    free(g1); free(g2);
+    lt_adapter_free(a);
+    lt_model_free(m);
+    lt_context_free(ctx);
+}
+END_TEST
+
+/* a packed row gives the same loss and gradients as its sequences in separate rows */
+START_TEST(test_packing_equals_unpacked) {
+    lt_context *ctx = tu_context();
+    lt_model *m = load_model(ctx, "llama-gqa");
+    lt_adapter *a = make_adapter(m, 4, 8, 0, LT_TARGET_ALL, 1);
+    const int T = 15, lens[3] = {6, 5, 4};
+    int32_t packed[15], ppos[15], plab[15], rows[45], rlab[45];
+    fill_ids(packed, T, 300, 11);
+    for (int s = 0, o = 0; s < 3; o += lens[s], s++)
+        for (int t = 0; t < lens[s]; t++) {
+            ppos[o + t] = t;
+            plab[o + t] = packed[o + t];
+        }
+    for (int s = 0, o = 0; s < 3; o += lens[s], s++)
+        for (int t = 0; t < T; t++) {
+            rows[s * T + t] = t < lens[s] ? packed[o + t] : 0;
+            rlab[s * T + t] = t < lens[s] ? packed[o + t] : -100;
+        }
+    lt_batch bp, bu;
+    lt_batch_init(&bp);
+    bp.n_rows = 1; bp.seq_len = T; bp.input_ids = packed; bp.labels = plab; bp.position_ids = ppos;
+    lt_batch_init(&bu);
+    bu.n_rows = 3; bu.seq_len = T; bu.input_ids = rows; bu.labels = rlab;
+    int64_t n1, n2;
+    double l1 = loss_and_grads(m, a, &bp, 1, NULL, 1.0f, &n1);
+    float *g1 = host_copy(a, a->grads);
+    double l2 = loss_and_grads(m, a, &bu, 1, NULL, 1.0f, &n2);
+    float *g2 = host_copy(a, a->grads);
+    ck_assert_int_eq(n1, 12);
+    ck_assert_int_eq(n2, 12);
+    ck_assert_msg(fabs(l1 - l2) <= 1e-5 * fabs(l2), "packed loss %.8f vs separate %.8f", l1, l2);
+    double rel = tu_max_rel_err(g1, g2, a->n_params);
+    ck_assert_msg(rel <= 1e-5, "packed gradients differ from separate rows by %.3g", rel);
+    free(g1); free(g2);
+    lt_adapter_free(a);
+    lt_model_free(m);
+    lt_context_free(ctx);
+}
+END_TEST
+
+/* ---- merge, save/load, resume --------------------------------------------------------------------- */
+
+START_TEST(test_merge_unmerge_export) {
+    lt_context *ctx = tu_context();
+    lt_model *m = load_model(ctx, "llama-tied");
+    lt_adapter *a = make_adapter(m, 4, 16, 0, LT_TARGET_ALL, 1);
+    const int T = 12, V = (int)m->cfg.vocab_size;
+    int32_t ids[24];
+    fill_ids(ids, 24, V, 21);
+    lt_batch b;
+    lt_batch_init(&b);
+    b.n_rows = 2; b.seq_len = T; b.input_ids = ids;
+    size_t n = (size_t)2 * T * V;
+    float *base = malloc(n * 4), *with = malloc(n * 4), *merged = malloc(n * 4), *after = malloc(n * 4);
+    ck_assert_int_eq(lt_model_logits(m, NULL, &b, base, n), LT_OK);
+    ck_assert_int_eq(lt_model_logits(m, a, &b, with, n), LT_OK);
+    ck_assert_msg(tu_max_rel_err(base, with, n) > 1e-3, "the adapter should change the logits");
+    char dir[512];
+    tu_tempdir(dir, sizeof dir);
+    strcat(dir, "/merged");
+    ck_assert_msg(lt_adapter_export_merged(a, dir, 0) == LT_OK, "%s", lt_adapter_last_error(a));
+    ck_assert_int_eq(lt_adapter_merge(a), LT_OK);
+    ck_assert_int_eq(lt_model_logits(m, NULL, &b, merged, n), LT_OK);
+    ck_assert_msg(tu_max_rel_err(merged, with, n) <= 1e-5, "merged logits differ: %g", tu_max_rel_err(merged, with, n));
+    ck_assert_int_eq(lt_adapter_merge(a), LT_ERR_STATE);
+    ck_assert_int_eq(lt_model_logits(m, a, &b, after, n), LT_ERR_STATE); /* merged adapter cannot be applied twice */
+    ck_assert_int_eq(lt_adapter_unmerge(a), LT_OK);
+    ck_assert_int_eq(lt_model_logits(m, NULL, &b, after, n), LT_OK);
+    ck_assert_msg(tu_max_rel_err(after, base, n) <= 1e-5, "unmerge did not restore the base: %g", tu_max_rel_err(after, base, n));
+    /* the exported directory is a plain HF model with the merged weights */
+    lt_model *mm = NULL;
+    ck_assert_msg(lt_model_load(ctx, dir, NULL, &mm) == LT_OK, "%s", lt_last_error());
+    ck_assert_int_eq(lt_model_logits(mm, NULL, &b, merged, n), LT_OK);
+    ck_assert_msg(tu_max_rel_err(merged, with, n) <= 1e-5, "exported model differs: %g", tu_max_rel_err(merged, with, n));
+    lt_model_free(mm);
+    free(base); free(with); free(merged); free(after);
+    lt_adapter_free(a);
+    lt_model_free(m);
+    lt_context_free(ctx);
+}
+END_TEST
+
+START_TEST(test_save_load_roundtrip) {
+    lt_context *ctx = tu_context();
+    lt_model *m = load_model(ctx, "llama-headdim");
+    lt_adapter *a = make_adapter(m, 3, 6, 0.05f, LT_TARGET_Q | LT_TARGET_V | LT_TARGET_DOWN, 1);
+    char dir[512];
+    tu_tempdir(dir, sizeof dir);
+    ck_assert_int_eq(lt_adapter_save(a, dir), LT_OK);
+    lt_adapter *b = NULL;
+    ck_assert_msg(lt_adapter_load(m, dir, &b) == LT_OK, "%s", lt_last_error());
+    lt_adapter_params pa = {.size = sizeof pa}, pb = {.size = sizeof pb};
+    lt_adapter_get_params(a, &pa);
+    lt_adapter_get_params(b, &pb);
+    ck_assert_int_eq(pa.rank, pb.rank);
+    ck_assert_uint_eq(pa.targets, pb.targets);
+    ck_assert(fabsf(pa.alpha - pb.alpha) < 1e-6f && fabsf(pa.dropout - pb.dropout) < 1e-6f);
+    ck_assert_uint_eq(a->n_params, b->n_params);
+    float *ha = host_copy(a, a->params), *hb = host_copy(b, b->params);
+    ck_assert_int_eq(memcmp(ha, hb, a->n_params * sizeof(float)), 0);
+    free(ha); free(hb);
+    lt_adapter_free(b);
+    lt_adapter_free(a);
+    lt_model_free(m);
+    lt_context_free(ctx);
+}
+END_TEST
+
+/* training 6 updates straight equals 3 + checkpoint + a fresh trainer resuming for 3, bit for bit */
+static float *train_run(lt_context *ctx, const char *ckpt_dir, int phase) {
+    lt_model *m = load_model(ctx, "llama-basic");
+    lt_adapter *a = make_adapter(m, 4, 8, 0.2f, LT_TARGET_ALL, 0);
+    lt_optimizer_params op;
+    lt_optimizer_params_init(&op);
+    op.lr = 5e-3f;
+    op.weight_decay = 0.01f;
+    op.schedule = LT_SCHED_COSINE;
+    op.warmup_steps = 2;
+    op.total_steps = 6;
+    lt_optimizer *o = NULL;
+    ck_assert_int_eq(lt_optimizer_create(a, &op, &o), LT_OK);
+    lt_trainer_params tp;
+    lt_trainer_params_init(&tp);
+    tp.grad_accum = 2;
+    tp.seed = 5;
+    lt_trainer *t = NULL;
+    ck_assert_int_eq(lt_trainer_create(m, a, o, &tp, &t), LT_OK);
+    int first = 0, last = 6;
+    if (phase == 1) last = 3;
+    if (phase == 2) {
+        first = 3;
+        ck_assert_msg(lt_trainer_load_checkpoint(t, ckpt_dir) == LT_OK, "%s", lt_trainer_last_error(t));
+        ck_assert_int_eq(lt_optimizer_step_count(o), 3);
+    }
+    int32_t ids[3 * 16];
+    for (int step = first; step < last; step++)
+        for (int k = 0; k < 2; k++) {
+            fill_ids(ids, 3 * 16, 257, (uint64_t)(100 + step * 2 + k));
+            lt_batch b;
+            lt_batch_init(&b);
+            b.n_rows = 3; b.seq_len = 16; b.input_ids = ids;
+            lt_step_result r = {.size = sizeof r};
+            ck_assert_msg(lt_trainer_step(t, &b, &r) == LT_OK, "%s", lt_trainer_last_error(t));
+            ck_assert_int_eq(r.updated, k == 1);
+        }
+    if (phase == 1) ck_assert_msg(lt_trainer_save_checkpoint(t, ckpt_dir) == LT_OK, "%s", lt_trainer_last_error(t));
+    float *p = host_copy(a, a->params);
+    lt_trainer_free(t);
+    lt_optimizer_free(o);
+    lt_adapter_free(a);
+    lt_model_free(m);
+    return p;
+}
+
+START_TEST(test_resume_bit_exact) {
+    lt_context *ctx = tu_context();
+    char dir[512];
+    tu_tempdir(dir, sizeof dir);
+    strcat(dir, "/ckpt");
+    float *straight = train_run(ctx, NULL, 0);
+    float *first = train_run(ctx, dir, 1);
+    float *resumed = train_run(ctx, dir, 2);
+    lt_model *m = load_model(ctx, "llama-basic");
+    lt_adapter *a = make_adapter(m, 4, 8, 0.2f, LT_TARGET_ALL, 0);
+    size_t n = a->n_params;
+    ck_assert_msg(memcmp(straight, first, n * 4) != 0, "the first half should differ from the full run");
+    ck_assert_msg(memcmp(straight, resumed, n * 4) == 0, "resume is not bit-exact (max diff %g)",
+                  tu_max_rel_err(resumed, straight, n));
+    lt_adapter_free(a);
+    lt_model_free(m);
+    free(straight); free(first); free(resumed);
+    lt_context_free(ctx);
+}
+END_TEST
+
+/* ---- bad inputs leave everything as it was --------------------------------------------------------- */
+
+START_TEST(test_bad_steps_leave_adapter) {
+    lt_context *ctx = tu_context();
+    lt_model *m = load_model(ctx, "llama-basic");
+    lt_adapter *a = make_adapter(m, 4, 8, 0, LT_TARGET_ALL, 1);
+    lt_optimizer_params op;
+    lt_optimizer_params_init(&op);
+    op.lr = 1e-2f;
+    lt_optimizer *o = NULL;
+    lt_trainer *t = NULL;
+    ck_assert_int_eq(lt_optimizer_create(a, &op, &o), LT_OK);
+    lt_trainer_params tp;
+    lt_trainer_params_init(&tp);
+    ck_assert_int_eq(lt_trainer_create(m, a, o, &tp, &t), LT_OK);
+    float *before = host_copy(a, a->params);
+    int32_t ids[16], labels[16];
+    fill_ids(ids, 16, 257, 1);
+    for (int i = 0; i < 16; i++) labels[i] = -100;
+    lt_batch b;
+    lt_batch_init(&b);
+    b.n_rows = 2; b.seq_len = 8; b.input_ids = ids; b.labels = labels;
+    lt_step_result r = {.size = sizeof r};
+    ck_assert_int_eq(lt_trainer_step(t, &b, &r), LT_ERR_DATA);         /* all labels masked */
+    ck_assert_ptr_nonnull(strstr(lt_trainer_last_error(t), "masked"));
+    b.labels = NULL;
+    ids[3] = 9999;
+    ck_assert_int_eq(lt_trainer_step(t, &b, &r), LT_ERR_DATA);         /* id out of range */
+    ids[3] = 3;
+    b.n_rows = 0;
+    ck_assert_int_eq(lt_trainer_step(t, &b, &r), LT_ERR_SHAPE);        /* empty batch */
+    b.n_rows = 2;
+    /* a NaN in the adapter makes the loss NaN: the step fails and nothing is updated */
+    float *poisoned = host_copy(a, a->params);
+    poisoned[5] = NAN;
+    m->be->ops->upload(m->be, a->params, poisoned, a->n_params * 4);
+    ck_assert_int_eq(lt_trainer_step(t, &b, &r), LT_ERR_NUMERIC);
+    float *after = host_copy(a, a->params);
+    ck_assert_int_eq(memcmp(after, poisoned, a->n_params * 4), 0);
+    ck_assert_int_eq(lt_optimizer_step_count(o), 0);
+    m->be->ops->upload(m->be, a->params, before, a->n_params * 4);
+    free(after);
+    free(poisoned);
+    after = host_copy(a, a->params);
+    ck_assert_int_eq(memcmp(after, before, a->n_params * 4), 0);
+    ck_assert_int_eq(lt_trainer_step(t, &b, &r), LT_OK);               /* and training goes on */
+    ck_assert_int_eq(lt_optimizer_step_count(o), 1);
+    free(after);
+    free(before);
+    lt_trainer_free(t);
+    lt_optimizer_free(o);
+    lt_adapter_free(a);
+    lt_model_free(m);
+    lt_context_free(ctx);
+}
+END_TEST
+
+/* write an adapter dir by hand: tensors of `src` minus/plus some, with the given config r */
+static void tamper_adapter(const char *src, const char *dst, const char *drop_key, int add_extra, int config_r) {
+    char a[1200], b[1200];
+    mkdir(dst, 0755);
+    snprintf(a, sizeof a, "%s/adapter_config.json", src);
+    json_t *cfg = json_load_file(a, 0, NULL);
+    ck_assert_ptr_nonnull(cfg);
+    if (config_r > 0) json_object_set_new(cfg, "r", json_integer(config_r));
+    snprintf(b, sizeof b, "%s/adapter_config.json", dst);
+    ck_assert_int_eq(json_dump_file(cfg, b, 0), 0);
+    json_decref(cfg);
+    snprintf(a, sizeof a, "%s/adapter_model.safetensors", src);
+    snprintf(b, sizeof b, "%s/adapter_model.safetensors", dst);
+    lt_error err;
+    lt_st_file *f = NULL;
+    ck_assert_int_eq(lt_st_open(a, 1, &f, &err), LT_OK);
+    int n = lt_st_count(f), k = 0;
+    lt_st_entry *e = calloc((size_t)n + 1, sizeof *e);
+    for (int i = 0; i < n; i++) {
+        const lt_st_tensor *t = &lt_st_tensors(f)[i];
+        if (drop_key && !strcmp(t->name, drop_key)) continue;
+        e[k].name = t->name; e[k].dtype = t->dtype; e[k].ndim = t->ndim;
+        memcpy(e[k].shape, t->shape, sizeof t->shape);
+        e[k].data = t->data;
+        k++;
+    }
+    if (add_extra) {
+        e[k] = e[0];
+        e[k].name = "base_model.model.lm_head.lora_A.weight";
+        k++;
+    }
+    ck_assert_int_eq(lt_st_write(b, e, k, NULL, &err), LT_OK);
+    free(e);
+    lt_st_close(f);
+}
+
+START_TEST(test_bad_adapters) {
+    lt_context *ctx = tu_context();
+    lt_model *m = load_model(ctx, "llama-basic"), *other = load_model(ctx, "llama-gqa");
+    lt_adapter *a = make_adapter(m, 4, 8, 0, LT_TARGET_ALL, 1), *x = NULL;
+    char root[512], good[600], bad[600];
+    tu_tempdir(root, sizeof root);
+    snprintf(good, sizeof good, "%s/good", root);
+    ck_assert_int_eq(lt_adapter_save(a, good), LT_OK);
+    /* an adapter for another model */
+    lt_status st = lt_adapter_load(other, good, &x);
+    ck_assert_msg(st == LT_ERR_SHAPE || st == LT_ERR_FORMAT, "got %s", lt_status_string(st));
+    ck_assert_ptr_null(x);
+    /* missing key */
+    snprintf(bad, sizeof bad, "%s/missing", root);
+    tamper_adapter(good, bad, "base_model.model.model.layers.1.mlp.up_proj.lora_B.weight", 0, 0);
+    ck_assert_int_eq(lt_adapter_load(m, bad, &x), LT_ERR_MISSING);
+    ck_assert_ptr_nonnull(strstr(lt_last_error(), "layers.1.mlp.up_proj.lora_B"));
+    /* extra key */
+    snprintf(bad, sizeof bad, "%s/extra", root);
+    tamper_adapter(good, bad, NULL, 1, 0);
+    ck_assert_int_eq(lt_adapter_load(m, bad, &x), LT_ERR_FORMAT);
+    ck_assert_ptr_nonnull(strstr(lt_last_error(), "lm_head"));
+    /* rank mismatch between config and tensors */
+    snprintf(bad, sizeof bad, "%s/rank", root);
+    tamper_adapter(good, bad, NULL, 0, 8);
+    ck_assert_int_eq(lt_adapter_load(m, bad, &x), LT_ERR_SHAPE);
+    /* no adapter at all, bad JSON */
+    ck_assert_int_eq(lt_adapter_load(m, root, &x), LT_ERR_MISSING);
+    snprintf(bad, sizeof bad, "%s/rank/adapter_config.json", root);
+    tu_write_text(bad, "{\"r\": 4,");
+    snprintf(bad, sizeof bad, "%s/rank", root);
+    ck_assert_int_eq(lt_adapter_load(m, bad, &x), LT_ERR_JSON);
+    ck_assert_ptr_null(x);
+    /* bad parameters */
+    lt_adapter_params ap;
+    lt_adapter_params_init(&ap);
+    ap.rank = 0;
+    ck_assert_int_eq(lt_adapter_create(m, &ap, &x), LT_ERR_ARGUMENT);
+    ap.rank = 4;
+    ap.dropout = 1.0f;
+    ck_assert_int_eq(lt_adapter_create(m, &ap, &x), LT_ERR_ARGUMENT);
+    lt_adapter_free(a);
+    lt_model_free(other);
+    lt_model_free(m);
+    lt_context_free(ctx);
+}
+END_TEST
+
+/* ---- generation --------------------------------------------------------------------------------- */
+
+/* greedy generation with the KV cache equals argmax over full forward passes */
+START_TEST(test_generate_greedy_matches_forward) {
+    lt_context *ctx = tu_context();
+    lt_model *m = load_model(ctx, "llama-gqa");
+    lt_adapter *a = make_adapter(m, 4, 8, 0, LT_TARGET_ALL, 1);
+    const int V = (int)m->cfg.vocab_size, NEW = 6;
+    int32_t prompts[9] = {5, 17, 33, 2, 250, 7, 8, 9, 10}, lens[2] = {3, 6};
+    int32_t out[2 * NEW], out_lens[2];
+    lt_generate_params gp;
+    lt_generate_params_init(&gp);
+    gp.max_new_tokens = NEW;
+    gp.eos_token_id = -1;
+    ck_assert_msg(lt_generate(m, a, prompts, lens, 2, &gp, out, out_lens) == LT_OK, "%s", lt_model_last_error(m));
+    for (int r = 0; r < 2; r++) {
+        ck_assert_int_eq(out_lens[r], NEW);
+        int32_t seq[32];
+        int n = lens[r];
+        memcpy(seq, prompts + (r ? lens[0] : 0), (size_t)n * 4);
+        for (int k = 0; k < NEW; k++) {
+            lt_batch b;
+            lt_batch_init(&b);
+            b.n_rows = 1; b.seq_len = n; b.input_ids = seq;
+            float *lg = malloc((size_t)n * V * 4);
+            ck_assert_int_eq(lt_model_logits(m, a, &b, lg, (size_t)n * V), LT_OK);
+            int best = 0;
+            for (int v = 1; v < V; v++)
+                if (lg[(size_t)(n - 1) * V + v] > lg[(size_t)(n - 1) * V + best]) best = v;
+            free(lg);
+            ck_assert_msg(out[r * NEW + k] == best, "row %d token %d: generated %d, full forward argmax %d", r, k,
+                          out[r * NEW + k], best);
+            seq[n++] = best;
+        }
+    }
+    /* sampling is deterministic for a seed and stays within top-k */
+    gp.temperature = 0.8f;
+    gp.top_k = 5;
+    gp.top_p = 0.9f;
+    gp.seed = 3;
+    int32_t o2[2 * NEW], l2[2];
+    ck_assert_int_eq(lt_generate(m, a, prompts, lens, 2, &gp, out, out_lens), LT_OK);
+    ck_assert_int_eq(lt_generate(m, a, prompts, lens, 2, &gp, o2, l2), LT_OK);
+    ck_assert_int_eq(memcmp(out, o2, sizeof out), 0);
+    gp.top_p = 0.0f;
+    ck_assert_int_eq(lt_generate(m, a, prompts, lens, 2, &gp, out, out_lens), LT_ERR_ARGUMENT);
+    lt_adapter_free(a);
+    lt_model_free(m);
+    lt_context_free(ctx);
+}
+END_TEST
+
+Suite *lora_suite(void);
+Suite *lora_golden_suite(void);
+
+Suite *lora_suite(void) {
+    Suite *s = suite_create("lora");
+    TCase *tc = tcase_create("core");
+    tcase_set_timeout(tc, 300);
+    tcase_add_test(tc, test_fd_plain);
+    tcase_add_test(tc, test_fd_dropout);
+    tcase_add_test(tc, test_fd_packed);
+    tcase_add_test(tc, test_checkpointing_identical);
+    tcase_add_test(tc, test_packing_equals_unpacked);
+    tcase_add_test(tc, test_merge_unmerge_export);
+    tcase_add_test(tc, test_save_load_roundtrip);
+    tcase_add_test(tc, test_resume_bit_exact);
+    tcase_add_test(tc, test_bad_steps_leave_adapter);
+    tcase_add_test(tc, test_bad_adapters);
+    tcase_add_test(tc, test_generate_greedy_matches_forward);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+TU_MAIN(lora_suite)
