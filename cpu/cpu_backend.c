@@ -43,7 +43,7 @@ void openblas_set_num_threads(int num_threads);
 #pragma GCC target("avx2,fma,avx512f,avx512bw,avx512vl,avx512dq")
 #define LT_ISA avx512
 #define LT_W 16
-#define LT_RBA 6
+#define LT_RBA 8
 #define LT_RBB 4
 #define LT_CBB 4
 #include "simd.h"
@@ -58,7 +58,7 @@ void openblas_set_num_threads(int num_threads);
 #pragma GCC target("avx2,fma")
 #define LT_ISA avx2
 #define LT_W 8
-#define LT_RBA 3
+#define LT_RBA 2
 #define LT_RBB 2
 #define LT_CBB 4
 #include "simd.h"

@@ -61,15 +61,33 @@ LT_AI vf F(vsqrt)(vf a) {
 }
 
 LT_AI float F(hsum)(vf v) {
+#if LT_W == 16
+    return _mm512_reduce_add_ps(v);
+#elif LT_W == 8
+    __m128 a = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    a = _mm_add_ps(a, _mm_movehl_ps(a, a));
+    a = _mm_add_ss(a, _mm_movehdup_ps(a));
+    return _mm_cvtss_f32(a);
+#else
     float s = 0.0f;
     for (int i = 0; i < LT_W; i++) s += v[i];
     return s;
+#endif
 }
 
 LT_AI float F(hmax)(vf v) {
+#if LT_W == 16
+    return _mm512_reduce_max_ps(v);
+#elif LT_W == 8
+    __m128 a = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    a = _mm_max_ps(a, _mm_movehl_ps(a, a));
+    a = _mm_max_ss(a, _mm_movehdup_ps(a));
+    return _mm_cvtss_f32(a);
+#else
     float m = v[0];
     for (int i = 1; i < LT_W; i++) m = v[i] > m ? v[i] : m;
     return m;
+#endif
 }
 
 /* lo += x[0 .. W/2), hi += x[W/2 .. W) in double */
@@ -238,9 +256,15 @@ static void F(k_rope)(float *x, const int32_t *pos, const float *inv_freq, int n
         for (int j0 = 0; j0 < half; j0 += LT_ROPE_CHUNK) {
             int nj = half - j0 < LT_ROPE_CHUNK ? half - j0 : LT_ROPE_CHUNK;
             for (int j = 0; j < nj; j++) {
-                float ang = (float)pos[n] * inv_freq[j0 + j];
-                cs[j] = (float)cos((double)ang);
-                sn[j] = inverse ? -(float)sin((double)ang) : (float)sin((double)ang);
+                float ang = (float)pos[n] * inv_freq[j0 + j], c, s;
+#ifdef __GLIBC__
+                sincosf(ang, &s, &c); /* < 1 ulp, ~3x cheaper than cos + sin in double */
+#else
+                c = cosf(ang);
+                s = sinf(ang);
+#endif
+                cs[j] = c;
+                sn[j] = inverse ? -s : s;
             }
             for (int h = 0; h < n_heads; h++) {
                 float *x1 = x + ((size_t)n * n_heads + h) * head_dim + j0, *x2 = x1 + half;
@@ -535,8 +559,10 @@ static void F(k_att_fwd_tile)(float *out, float *lse, const float *q, const floa
                 continue;
             }
             F(mask_row)(s, a, e, -INFINITY);
-            float mt = s[a];
-            for (int jj = a + 1; jj <= e; jj++) mt = s[jj] > mt ? s[jj] : mt;
+            vf vmx = F(ld)(s);
+#pragma GCC unroll 16
+            for (int u = 1; u < NVK; u++) vmx = F(vmax)(vmx, F(ld)(s + u * LT_W));
+            float mt = F(hmax)(vmx);
             float mnew = mt > m[i] ? mt : m[i];
             float alpha = expf(m[i] - mnew);
             vf vm = F(set1)(mnew), ps = F(set1)(0.0f);

@@ -39,6 +39,11 @@ echo "== live cross-checks against PyTorch on held-out models"
 "$py" tests/python/crosscheck_eval.py --cli build/loratune --workdir build/crosscheck || failed=1
 for s in tests/python/crosscheck_*.sh; do [ -f "$s" ] && { bash "$s" "$py" || failed=1; }; done
 
+if [ -f tests/bindings.sh ]; then
+  echo "== bindings, packaging and ABI"
+  bash tests/bindings.sh "$py" || failed=1
+fi
+
 if [ "${LT_SKIP_ASAN:-0}" != 1 ]; then
   echo "== Check suites under AddressSanitizer + UBSan"
   cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DLT_SANITIZE=ON -DLT_CUDA=OFF -DLT_TESTS=ON >/dev/null

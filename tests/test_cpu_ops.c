@@ -398,6 +398,34 @@ START_TEST(test_attention) {
 }
 END_TEST
 
+/* kv_start semantics: a packed row gives, on each of its sequences, what that sequence gives alone */
+START_TEST(test_attention_packed_semantics) {
+    const int T = 50, NH = 4, NKV = 2, HD = 16, starts[] = {0, 13, 14, 40, 50};
+    float scale = 0.25f;
+    size_t nq = (size_t)T * NH * HD, nkv = (size_t)T * NKV * HD;
+    float *q = frand(nq, -2, 2), *k = frand(nkv, -2, 2), *v = frand(nkv, -1, 1);
+    int32_t ks[50];
+    for (int s = 0; s < 4; s++)
+        for (int t = starts[s]; t < starts[s + 1]; t++) ks[t] = starts[s];
+    float *out = fnew(nq), *lse = fnew((size_t)NH * T), *o1 = fnew(nq), *l1 = fnew((size_t)NH * T);
+    int32_t zero[50] = {0};
+    for (int which = -1; which < n_bes; which++) {
+        lt_backend *be = which < 0 ? NULL : bes[which];
+        if (be) be->ops->attention_forward(be, out, lse, q, k, v, ks, 1, T, NH, NKV, HD, scale);
+        else lt_ref_attention_forward(out, lse, q, k, v, ks, 1, T, NH, NKV, HD, scale);
+        for (int s = 0; s < 4; s++) {
+            int a = starts[s], L = starts[s + 1] - a;
+            const float *qs = q + (size_t)a * NH * HD, *kk = k + (size_t)a * NKV * HD, *vv = v + (size_t)a * NKV * HD;
+            lt_ref_attention_forward(o1, l1, qs, kk, vv, zero, 1, L, NH, NKV, HD, scale);
+            CLOSE(out + (size_t)a * NH * HD, o1, (size_t)L * NH * HD, 1e-5, "%s packed segment %d out", be ? isa_name(be) : "ref", s);
+            for (int h = 0; h < NH; h++)
+                CLOSE(lse + (size_t)h * T + a, l1 + (size_t)h * L, (size_t)L, 1e-5, "%s packed segment %d lse", be ? isa_name(be) : "ref", s);
+        }
+    }
+    free(q); free(k); free(v); free(out); free(lse); free(o1); free(l1);
+}
+END_TEST
+
 /* decode: vs the reference, and vs the last row of a causal forward over the same keys */
 START_TEST(test_attention_decode) {
     static const int shapes[][6] = {{1, 1, 1, 1, 1, 8}, {2, 50, 37, 4, 2, 16}, {3, 100, 100, 6, 2, 64},
@@ -807,6 +835,7 @@ static Suite *cpu_ops_suite(void) {
     tcase_add_test(tc, test_rmsnorm);
     tcase_add_test(tc, test_rope);
     tcase_add_loop_test(tc, test_attention, 0, (int)(sizeof att_cases / sizeof att_cases[0]));
+    tcase_add_test(tc, test_attention_packed_semantics);
     tcase_add_test(tc, test_attention_decode);
     tcase_add_test(tc, test_swiglu);
     tcase_add_test(tc, test_cross_entropy);

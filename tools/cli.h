@@ -45,5 +45,6 @@ int cmd_train(int argc, char **argv);
 int cmd_merge(int argc, char **argv);
 int cmd_generate(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
+int cmd_demo(int argc, char **argv);
 
 #endif

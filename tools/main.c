@@ -20,6 +20,7 @@ static void usage(FILE *f) {
             "  generate  --model DIR [--adapter DIR] --prompt-ids 1,2,3 [--max-new-tokens N]\n"
             "            [--temperature T --top-k K --top-p P --seed S]\n"
             "  bench     --config bench-s [--threads N] [--json]\n"
+            "  demo      [--out DIR] [--steps N]                fine-tune a small model end to end\n"
             "  version\n");
 }
 
@@ -33,7 +34,7 @@ int main(int argc, char **argv) {
     }
     static const struct { const char *name; int (*fn)(int, char **); } cmds[] = {
         {"info", cmd_info}, {"eval", cmd_eval}, {"train", cmd_train}, {"merge", cmd_merge},
-        {"generate", cmd_generate}, {"bench", cmd_bench},
+        {"generate", cmd_generate}, {"bench", cmd_bench}, {"demo", cmd_demo},
     };
     for (size_t i = 0; i < sizeof cmds / sizeof *cmds; i++)
         if (!strcmp(cmd, cmds[i].name)) return cmds[i].fn(argc - 1, argv + 1);

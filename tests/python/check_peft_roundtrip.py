@@ -277,7 +277,7 @@ def main():
                 results.append(("merged", f"unexpected {type(e).__name__}: {e}"))
     for name, err in results:
         if err is not None:
-            print(f"FAIL {name}: {err}", flush=True)
+            print(f"FAIL {name}: {' '.join(str(err).split())[:2000]}", flush=True)
     failed = sum(err is not None for _, err in results)
     passed = len(results) - failed
     print(f"peft-roundtrip: {passed} passed, {failed} failed", flush=True)

@@ -232,7 +232,6 @@ def grads_goldens(d, adapter_dir, g, V):
     })
     for k, p in params.items():
         res["packed_grad." + k] = p.grad.detach().clone()
-    base_logits = None
     with torch.no_grad(), pm.disable_adapter():
         base_logits = pm(input_ids=ids).logits.float()
     effect = rel_err(res["logits"], base_logits)

@@ -1,0 +1,57 @@
+#!/usr/bin/env python3
+"""The PyTorch peer of `loratune bench --config bench-s`: the same LoRA training step with
+transformers + peft on the CPU (shared/spec/performance.md, bench-s).
+
+Llama (vocab 32000, hidden 512, intermediate 1376, 8 layers, 8 heads, 8 kv heads, rope_theta 5e5),
+fp32 weights; LoRA r=16 alpha=32 on q,k,v,o,gate,up,down; AdamW; batch 4 x 256 tokens; N threads.
+Prints one JSON object as the last line: {"tokens_per_s": X, "peak_rss_mb": Y, ...}.
+"""
+import argparse, json, resource, time
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+from peft import LoraConfig, get_peft_model
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--checkpointing", choices=["on", "off"], default="off")
+    ap.add_argument("--attn", default="sdpa", help="attn_implementation: sdpa (default) or eager")
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=32000, hidden_size=512, intermediate_size=1376, num_hidden_layers=8,
+                      num_attention_heads=8, num_key_value_heads=8, rope_theta=500000.0,
+                      max_position_embeddings=2048, rms_norm_eps=1e-5, tie_word_embeddings=False)
+    model = LlamaForCausalLM._from_config(cfg, attn_implementation=a.attn, torch_dtype=torch.float32)
+    if a.checkpointing == "on":
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, task_type="CAUSAL_LM",
+                                             target_modules=["q_proj", "k_proj", "v_proj", "o_proj",
+                                                             "gate_proj", "up_proj", "down_proj"]))
+    model.train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    g = torch.Generator().manual_seed(12345)
+    ids = torch.randint(0, 32000, (4, 256), generator=g)
+    loss = None
+    for i in range(a.warmup + a.steps):
+        if i == a.warmup:
+            t0 = time.perf_counter()
+        out = model(input_ids=ids, labels=ids)
+        out.loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        loss = out.loss.item()
+    dt = time.perf_counter() - t0
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    print(json.dumps({"peer": f"torch {torch.__version__} + peft", "config": "bench-s", "threads": a.threads,
+                      "checkpointing": a.checkpointing, "attn": a.attn, "steps": a.steps, "loss": loss,
+                      "tokens_per_s": a.steps * 4 * 256 / dt, "peak_rss_mb": rss}))
+
+
+if __name__ == "__main__":
+    main()
