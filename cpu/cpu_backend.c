@@ -397,12 +397,12 @@ static void cpu_attention_forward(lt_backend *be, float *out, float *lse, const 
                                           (int)(it / NH), (int)(it % NH));
         return;
     }
-    long ntile = (T + LT_ATT_QT - 1) / LT_ATT_QT, items = nbh * ntile;
+    long ntile = (T + LT_ATT_QT_FWD - 1) / LT_ATT_QT_FWD, items = nbh * ntile;
     int nt = items < be->n_threads ? (int)items : be->n_threads;
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (nt > 1)
     for (long it = 0; it < items; it++) {
         long tile = ntile - 1 - it / nbh, bh = it % nbh;
-        int t0 = (int)tile * LT_ATT_QT, t1 = t0 + LT_ATT_QT < T ? t0 + LT_ATT_QT : T;
+        int t0 = (int)tile * LT_ATT_QT_FWD, t1 = t0 + LT_ATT_QT_FWD < T ? t0 + LT_ATT_QT_FWD : T;
         kk->att_fwd_tile(out, lse, q, k, v, kv_start, T, NH, NKV, HD, scale, (int)(bh / NH),
                          (int)(bh % NH), t0, t1);
     }

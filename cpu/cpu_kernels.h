@@ -24,9 +24,13 @@ typedef enum lt_cpu_isa {
     LT_CPU_ISA_AVX512 = 3   /* AVX-512 F, BW, VL, DQ */
 } lt_cpu_isa;
 
-/* Attention tiles: LT_ATT_QT queries x LT_ATT_KB keys, the same for every ISA. */
+/* Attention tiles: LT_ATT_QT queries x LT_ATT_KB keys, the same for every ISA. The forward uses
+ * taller query tiles (LT_ATT_QT_FWD) to amortise the transposition of each key tile. */
 #define LT_ATT_QT 32
 #define LT_ATT_KB 32
+#ifndef LT_ATT_QT_FWD
+#define LT_ATT_QT_FWD 64
+#endif
 /* The tiled forward keeps a (head_dim x KB) transposed key tile on the stack; larger heads use the
  * reference kernel (parallel over heads) instead. */
 #define LT_ATT_MAX_HD 256

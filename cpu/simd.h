@@ -112,8 +112,27 @@ LT_AI double F(hsum_d)(vd v) {
     return s;
 }
 
-/* exp(x): Cephes expf range reduction and polynomial; x < -87.34 gives 0, x > 88.38 gives +inf,
- * NaN stays NaN. */
+/* exp(x): Cephes expf range reduction and polynomial (within ~2 ulp of expf); NaN stays NaN.
+ * AVX-512: vscalefps applies 2^n with correct overflow to +inf and gradual underflow to 0 (x is
+ * clamped to [-150, 88.8] first, so exp(-inf) is exactly 0).
+ * Otherwise: x < -87.34 gives 0, x > 88.38 gives +inf, 2^n built in the exponent bits. */
+#if LT_W == 16
+LT_AI vf F(vexp)(vf x) {
+    x = _mm512_max_ps(_mm512_set1_ps(-150.0f), x); /* (lo, x): a NaN x is kept */
+    x = _mm512_min_ps(_mm512_set1_ps(88.8f), x);
+    vf fx = _mm512_roundscale_ps(x * 1.44269504088896341f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    vf r = x - fx * 0.693359375f;
+    r = r + fx * 2.12194440e-4f;
+    vf p = F(set1)(1.9875691500E-4f);
+    p = p * r + 1.3981999507E-3f;
+    p = p * r + 8.3334519073E-3f;
+    p = p * r + 4.1665795894E-2f;
+    p = p * r + 1.6666665459E-1f;
+    p = p * r + 5.0000001201E-1f;
+    vf y = p * (r * r) + r + 1.0f;
+    return _mm512_scalef_ps(y, fx);
+}
+#else
 LT_AI vf F(vexp)(vf x) {
     const float hi = 88.3762626647949f, lo = -87.3365447504f;
     vi big = x > hi, small = x < lo;
@@ -137,6 +156,7 @@ LT_AI vf F(vexp)(vf x) {
     y = F(sel)(big, F(set1)(INFINITY), y);
     return y;
 }
+#endif
 
 /* ---- elementwise ---------------------------------------------------------------------------------- */
 
@@ -340,22 +360,29 @@ static void F(k_ce_row)(float *x, float *loss, int32_t tgt, int V, float grad_sc
     float mx = F(hmax)(F(vmax)(m0, m1));
     for (; c < V; c++) mx = x[c] > mx ? x[c] : mx;
     float xt = x[tgt];
-    /* sum of exp (in double); the exps are kept in logits when a gradient is wanted */
+    /* sum of exp: in float over blocks of 512, the blocks in double; the exps are kept in logits when
+     * a gradient is wanted */
     vd s0 = {0}, s1 = {0}, s2 = {0}, s3 = {0};
     c = 0;
-    if (grad_scale != 0.0f) {
-        for (; c + 2 * LT_W <= V; c += 2 * LT_W) {
-            vf e0 = F(vexp)(F(ld)(x + c) - mx), e1 = F(vexp)(F(ld)(x + c + LT_W) - mx);
-            F(st)(x + c, e0);
-            F(st)(x + c + LT_W, e1);
-            F(acc_d)(&s0, &s1, e0);
-            F(acc_d)(&s2, &s3, e1);
+    while (c + 2 * LT_W <= V) {
+        int cend = V - c > 512 ? c + 512 : V;
+        vf f0 = F(set1)(0.0f), f1 = f0;
+        if (grad_scale != 0.0f) {
+            for (; c + 2 * LT_W <= cend; c += 2 * LT_W) {
+                vf e0 = F(vexp)(F(ld)(x + c) - mx), e1 = F(vexp)(F(ld)(x + c + LT_W) - mx);
+                F(st)(x + c, e0);
+                F(st)(x + c + LT_W, e1);
+                f0 += e0;
+                f1 += e1;
+            }
+        } else {
+            for (; c + 2 * LT_W <= cend; c += 2 * LT_W) {
+                f0 += F(vexp)(F(ld)(x + c) - mx);
+                f1 += F(vexp)(F(ld)(x + c + LT_W) - mx);
+            }
         }
-    } else {
-        for (; c + 2 * LT_W <= V; c += 2 * LT_W) {
-            F(acc_d)(&s0, &s1, F(vexp)(F(ld)(x + c) - mx));
-            F(acc_d)(&s2, &s3, F(vexp)(F(ld)(x + c + LT_W) - mx));
-        }
+        F(acc_d)(&s0, &s1, f0);
+        F(acc_d)(&s2, &s3, f1);
     }
     double sum = F(hsum_d)((s0 + s1) + (s2 + s3));
     for (; c < V; c++) {
@@ -524,7 +551,7 @@ LT_AI void F(mask_row)(float *row, int a, int e, float fill) {
 
 /* out (B,T,NH,HD), lse (B,NH,T), q (B,T,NH,HD), k, v (B,T,NKV,HD), kv_start (B*T): queries
  * [t0, t1) of head (b, h). Flash-style: key tiles of KB with an online softmax; the output rows are
- * the accumulators. Stack: HD*KB + QT*KB floats. */
+ * the accumulators. Stack: HD*KB + QT_FWD*KB floats. */
 static void F(k_att_fwd_tile)(float *out, float *lse, const float *q, const float *k, const float *v,
                               const int32_t *kv_start, int T, int NH, int NKV, int HD, float scale,
                               int b, int h, int t0, int t1) {
@@ -535,10 +562,10 @@ static void F(k_att_fwd_tile)(float *out, float *lse, const float *q, const floa
     const float *kb = k + ((size_t)b * T * NKV + kvh) * HD, *vb = v + ((size_t)b * T * NKV + kvh) * HD;
     const int32_t *ks = kv_start + (size_t)b * T;
     float Kt[HD * KB] __attribute__((aligned(64)));
-    float S[QT * KB] __attribute__((aligned(64)));
-    float m[QT];
-    double l[QT];
-    int lo[QT], jmin = t1;
+    float S[LT_ATT_QT_FWD * KB] __attribute__((aligned(64)));
+    float m[LT_ATT_QT_FWD];
+    double l[LT_ATT_QT_FWD];
+    int lo[LT_ATT_QT_FWD], jmin = t1;
     for (int i = 0; i < R; i++) {
         lo[i] = lt_att_kv_lo(ks, t0 + i);
         if (lo[i] < jmin) jmin = lo[i];

@@ -211,7 +211,6 @@ static lt_status write_adapter_config(const lt_adapter *a, const char *dir, lt_e
     json_object_set_new(o, "rank_pattern", json_object());
     json_object_set_new(o, "alpha_pattern", json_object());
     json_object_set_new(o, "inference_mode", json_true());
-    json_object_set_new(o, "library", json_string("libloratune " LT_VERSION_STRING));
     char *s = json_dumps(o, JSON_INDENT(2) | JSON_SORT_KEYS | JSON_REAL_PRECISION(9));
     json_decref(o);
     if (!s) return lt_fail(err, LT_ERR_NOMEM, "out of memory");

@@ -533,8 +533,226 @@ START_TEST(test_generate_greedy_matches_forward) {
 }
 END_TEST
 
+
+/* ---- against PyTorch + PEFT (goldens from tests/python/make_lora_goldens.py) ------------------------ */
+
+static const char *const golden_models[] = {"llama-basic", "llama-gqa", "llama-headdim", "llama-tied"};
+#define N_GOLDEN 4
+
+/* host pointer into `h` (a host copy of a->params or a->grads) for the PEFT key of (l, q, A/B) */
+static const float *peft_slot(const lt_adapter *a, const float *h, const float *dev_base, int l, int q, int isB) {
+    lt_lora *lo = lt_adapter_lora(a, l, (lt_proj)q);
+    if (!lo) return NULL;
+    const float *p = dev_base == a->params ? (isB ? lo->B : lo->A) : (isB ? lo->dB : lo->dA);
+    return h + (p - dev_base);
+}
+
+/* compare every LoRA tensor of the adapter (params or grads) with "<prefix><peft key>" in f */
+static void compare_lora_tensors(const lt_adapter *a, const float *dev_base, const lt_st_file *f, const char *prefix,
+                                 double tol, const char *what) {
+    float *h = host_copy(a, dev_base);
+    int n = 0;
+    for (int l = 0; l < a->model->cfg.num_hidden_layers; l++)
+        for (int q = 0; q < P_COUNT; q++)
+            for (int isB = 0; isB < 2; isB++) {
+                const float *mine = peft_slot(a, h, dev_base, l, q, isB);
+                if (!mine) continue;
+                char key[256];
+                snprintf(key, sizeof key, "%sbase_model.model.model.layers.%d.%s.%s.lora_%c.weight", prefix, l,
+                         lt_proj_parent[q], lt_proj_names[q], isB ? 'B' : 'A');
+                const lt_st_tensor *t = lt_st_find(f, key);
+                ck_assert_msg(t, "%s: golden %s missing", what, key);
+                double rel = tu_max_rel_err(mine, t->data, (size_t)t->numel);
+                ck_assert_msg(rel <= tol, "%s: %s differs by %.3g (tolerance %g)", what, key, rel, tol);
+                n++;
+            }
+    ck_assert_msg(n > 0, "%s: nothing compared", what);
+    free(h);
+}
+
+START_TEST(test_golden_peft_gradients) {
+    const char *name = golden_models[_i];
+    char dir[1024], path[1200];
+    model_dir(dir, sizeof dir, name);
+    lt_context *ctx = tu_context();
+    lt_model *m = load_model(ctx, name);
+    lt_adapter *a = NULL;
+    snprintf(path, sizeof path, "%s/lora/adapter", dir);
+    ck_assert_msg(lt_adapter_load(m, path, &a) == LT_OK, "%s: loading the adapter saved by peft: %s", name, lt_last_error());
+    snprintf(path, sizeof path, "%s/lora/grads.safetensors", dir);
+    lt_error err;
+    lt_st_file *g = NULL;
+    ck_assert_msg(lt_st_open(path, 1, &g, &err) == LT_OK, "%s", err.msg);
+    const int V = (int)m->cfg.vocab_size;
+    for (int packed = 0; packed < 2; packed++) {
+        const char *pre = packed ? "packed_" : "";
+        char k[64];
+        snprintf(k, sizeof k, "%sinput_ids", pre);
+        const lt_st_tensor *ids = lt_st_find(g, k);
+        snprintf(k, sizeof k, "%slabels", pre);
+        const lt_st_tensor *lab = lt_st_find(g, k);
+        snprintf(k, sizeof k, "%sposition_ids", pre);
+        const lt_st_tensor *pos = lt_st_find(g, k);
+        snprintf(k, sizeof k, "%sloss", pre);
+        const lt_st_tensor *loss = lt_st_find(g, k);
+        ck_assert(ids && lab && loss && (!packed || pos));
+        lt_batch b;
+        lt_batch_init(&b);
+        b.n_rows = (int)ids->shape[0]; b.seq_len = (int)ids->shape[1];
+        b.input_ids = ids->data; b.position_ids = packed ? pos->data : NULL;
+        if (!packed) {
+            const lt_st_tensor *ref = lt_st_find(g, "logits");
+            size_t n = (size_t)b.n_rows * b.seq_len * V;
+            float *out = malloc(n * 4);
+            ck_assert_int_eq(lt_model_logits(m, a, &b, out, n), LT_OK);
+            double rel = tu_max_rel_err(out, ref->data, n);
+            ck_assert_msg(rel <= 1e-4, "%s: logits with the PEFT adapter differ by %.3g", name, rel);
+            free(out);
+        }
+        b.labels = lab->data;
+        for (int ckpt = 0; ckpt < 2; ckpt++) {
+            int64_t nv;
+            lt_workspace *ws = NULL;
+            ck_assert_int_eq(lt_workspace_create(m, b.n_rows, b.seq_len, a->p.rank, ckpt, &ws, &err), LT_OK);
+            ck_assert_int_eq(lt_stage_batch(m, ws, &b, &nv, &err), LT_OK);
+            m->be->ops->zero(m->be, a->grads, a->n_params * 4);
+            double sum;
+            ck_assert_int_eq(lt_forward_backward(m, a, ws, NULL, 1.0f / (float)nv, &sum, NULL, &err), LT_OK);
+            lt_workspace_free(ws);
+            double want = *(const float *)loss->data;
+            ck_assert_msg(fabs(sum / nv - want) <= 1e-4 * fabs(want), "%s: %sloss %.8f vs torch %.8f", name, pre,
+                          sum / nv, want);
+            char what[128];
+            snprintf(what, sizeof what, "%s %sgradients (checkpointing %d)", name, pre, ckpt);
+            compare_lora_tensors(a, a->grads, g, packed ? "packed_grad." : "grad.", 1e-4, what);
+        }
+    }
+    lt_st_close(g);
+    lt_adapter_free(a);
+    lt_model_free(m);
+    lt_context_free(ctx);
+}
+END_TEST
+
+START_TEST(test_golden_adamw_training) {
+    const char *name = golden_models[_i];
+    char dir[1024], path[1200];
+    model_dir(dir, sizeof dir, name);
+    lt_context *ctx = tu_context();
+    lt_model *m = load_model(ctx, name);
+    lt_adapter *a = NULL;
+    snprintf(path, sizeof path, "%s/lora/adapter", dir);
+    ck_assert_msg(lt_adapter_load(m, path, &a) == LT_OK, "%s", lt_last_error());
+    snprintf(path, sizeof path, "%s/lora/train.json", dir);
+    json_t *js = json_load_file(path, 0, NULL);
+    ck_assert_ptr_nonnull(js);
+    json_t *oj = json_object_get(js, "optimizer");
+    lt_optimizer_params op;
+    lt_optimizer_params_init(&op);
+    op.lr = (float)json_number_value(json_object_get(oj, "lr"));
+    op.beta1 = (float)json_number_value(json_array_get(json_object_get(oj, "betas"), 0));
+    op.beta2 = (float)json_number_value(json_array_get(json_object_get(oj, "betas"), 1));
+    op.eps = (float)json_number_value(json_object_get(oj, "eps"));
+    op.weight_decay = (float)json_number_value(json_object_get(oj, "weight_decay"));
+    op.schedule = LT_SCHED_LINEAR;
+    ck_assert_str_eq(json_string_value(json_object_get(oj, "schedule")), "linear");
+    op.warmup_steps = json_integer_value(json_object_get(oj, "warmup_steps"));
+    op.total_steps = json_integer_value(json_object_get(oj, "total_steps"));
+    op.max_grad_norm = (float)json_number_value(json_object_get(oj, "max_grad_norm"));
+    lt_optimizer *o = NULL;
+    ck_assert_int_eq(lt_optimizer_create(a, &op, &o), LT_OK);
+    lt_trainer_params tp;
+    lt_trainer_params_init(&tp);
+    tp.grad_accum = (int)json_integer_value(json_object_get(js, "grad_accum"));
+    lt_trainer *t = NULL;
+    ck_assert_int_eq(lt_trainer_create(m, a, o, &tp, &t), LT_OK);
+    snprintf(path, sizeof path, "%s/lora/train.safetensors", dir);
+    lt_error err;
+    lt_st_file *f = NULL;
+    ck_assert_int_eq(lt_st_open(path, 1, &f, &err), LT_OK);
+    const lt_st_tensor *mi = lt_st_find(f, "micro_input_ids"), *ml = lt_st_find(f, "micro_labels");
+    const int n_micro = (int)mi->shape[0], B = (int)mi->shape[1], T = (int)mi->shape[2];
+    int upd = 0;
+    for (int k = 0; k < n_micro; k++) {
+        lt_batch b;
+        lt_batch_init(&b);
+        b.n_rows = B; b.seq_len = T;
+        b.input_ids = (const int32_t *)mi->data + (size_t)k * B * T;
+        b.labels = (const int32_t *)ml->data + (size_t)k * B * T;
+        lt_step_result r = {.size = sizeof r};
+        ck_assert_msg(lt_trainer_step(t, &b, &r) == LT_OK, "%s", lt_trainer_last_error(t));
+        if (!r.updated) continue;
+        double lr = json_number_value(json_array_get(json_object_get(js, "lr"), upd));
+        double loss = json_number_value(json_array_get(json_object_get(js, "loss"), upd));
+        double gn = json_number_value(json_array_get(json_object_get(js, "grad_norm"), upd));
+        ck_assert_msg(fabs(r.lr - lr) <= 1e-7 + 1e-6 * lr, "%s update %d: lr %g vs torch %g", name, upd, r.lr, lr);
+        ck_assert_msg(fabs(r.loss - loss) <= 1e-4 * loss, "%s update %d: loss %.8f vs torch %.8f", name, upd, r.loss, loss);
+        ck_assert_msg(fabs(r.grad_norm - gn) <= 1e-4 * gn, "%s update %d: grad norm %.8f vs torch %.8f", name, upd, r.grad_norm, gn);
+        upd++;
+    }
+    ck_assert_int_eq(upd, (int)json_integer_value(json_object_get(js, "steps")));
+    compare_lora_tensors(a, a->params, f, "final.", 1e-4, "weights after AdamW training");
+    lt_st_close(f);
+    json_decref(js);
+    lt_trainer_free(t);
+    lt_optimizer_free(o);
+    lt_adapter_free(a);
+    lt_model_free(m);
+    lt_context_free(ctx);
+}
+END_TEST
+
+/* our adapter directory loads in PeftModel.from_pretrained with the same logits, and our merged export
+ * loads in LlamaForCausalLM with the same logits (tests/python/check_peft_roundtrip.py) */
+START_TEST(test_peft_loads_our_adapter) {
+    const char *py = getenv("LORATUNE_REF_PYTHON");
+    char defpy[1024];
+    if (!py) {
+        snprintf(defpy, sizeof defpy, "%s/.cache/loratune/ref-venv/bin/python", getenv("HOME") ? getenv("HOME") : "");
+        py = defpy;
+    }
+    ck_assert_msg(access(py, X_OK) == 0, "the reference python %s is missing (run tests/run.sh, or set LORATUNE_REF_PYTHON)", py);
+    lt_context *ctx = tu_context();
+    const char *names[] = {"llama-gqa", "llama-tied"};
+    for (int k = 0; k < 2; k++) {
+        lt_model *m = load_model(ctx, names[k]);
+        lt_adapter *a = make_adapter(m, 4, 16, 0, k ? (LT_TARGET_Q | LT_TARGET_O | LT_TARGET_UP) : LT_TARGET_ALL, 1);
+        if (k) a->p.use_rslora = 1, a->scaling = 16.0f / 2.0f;
+        char root[512], adir[600], mdir[600], lpath[600], cmd[4096], base[1024];
+        tu_tempdir(root, sizeof root);
+        snprintf(adir, sizeof adir, "%s/adapter", root);
+        snprintf(mdir, sizeof mdir, "%s/merged", root);
+        snprintf(lpath, sizeof lpath, "%s/logits.safetensors", root);
+        ck_assert_int_eq(lt_adapter_save(a, adir), LT_OK);
+        ck_assert_int_eq(lt_adapter_export_merged(a, mdir, 0), LT_OK);
+        const int B = 2, T = 10, V = (int)m->cfg.vocab_size;
+        int32_t ids[20];
+        fill_ids(ids, B * T, V, 77);
+        lt_batch b;
+        lt_batch_init(&b);
+        b.n_rows = B; b.seq_len = T; b.input_ids = ids;
+        float *lg = malloc((size_t)B * T * V * 4);
+        ck_assert_int_eq(lt_model_logits(m, a, &b, lg, (size_t)B * T * V), LT_OK);
+        lt_st_entry e[2] = {{.name = "input_ids", .dtype = LT_DT_I32, .ndim = 2, .shape = {B, T}, .data = ids},
+                            {.name = "logits", .dtype = LT_DT_F32, .ndim = 3, .shape = {B, T, V}, .data = lg}};
+        lt_error err;
+        ck_assert_int_eq(lt_st_write(lpath, e, 2, NULL, &err), LT_OK);
+        free(lg);
+        model_dir(base, sizeof base, names[k]);
+        snprintf(cmd, sizeof cmd, "%s %s/tests/python/check_peft_roundtrip.py --model %s --adapter %s --logits %s "
+                 "--merged %s --tol 1e-4 2>&1", py, LT_SOURCE_DIR, base, adir, lpath, mdir);
+        int status;
+        char *out = tu_run_capture(cmd, &status, 0);
+        ck_assert_msg(status == 0, "%s: PEFT/transformers rejected our files:\n%s", names[k], out);
+        free(out);
+        lt_adapter_free(a);
+        lt_model_free(m);
+    }
+    lt_context_free(ctx);
+}
+END_TEST
+
 Suite *lora_suite(void);
-Suite *lora_golden_suite(void);
 
 Suite *lora_suite(void) {
     Suite *s = suite_create("lora");
@@ -552,6 +770,12 @@ Suite *lora_suite(void) {
     tcase_add_test(tc, test_bad_adapters);
     tcase_add_test(tc, test_generate_greedy_matches_forward);
     suite_add_tcase(s, tc);
+    TCase *gold = tcase_create("pytorch");
+    tcase_set_timeout(gold, 600);
+    tcase_add_loop_test(gold, test_golden_peft_gradients, 0, N_GOLDEN);
+    tcase_add_loop_test(gold, test_golden_adamw_training, 0, N_GOLDEN);
+    tcase_add_test(gold, test_peft_loads_our_adapter);
+    suite_add_tcase(s, gold);
     return s;
 }
 
