@@ -5,8 +5,9 @@
  * defines: lt_cpu_backend_create, lt_cpu_backend_create_isa, lt_cpu_kernels_get.
  *
  * Threads: every parallel region names num_threads(be->n_threads) (or fewer for small work); nothing
- * touches the global OpenMP settings. openblas_set_num_threads is process-wide (OpenBLAS has no
- * per-call setting), so the last backend created or resized decides it.
+ * touches the global OpenMP settings. OpenBLAS is asked for one thread (process-wide: OpenBLAS has no
+ * per-call setting) and cpu_gemm splits each GEMM over our own threads: with one pool of workers
+ * instead of two, idle spinning of one pool no longer starves the other (3.8x on bench-s).
  * Results do not depend on the thread count: reductions split work into fixed pieces summed in order.
  * Errors: the only failure an op can meet here is a bad gemm argument (which OpenBLAS would print
  * about); it is recorded and returned by sync().
@@ -14,7 +15,9 @@
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE /* sched_getaffinity, CPU_COUNT */
 #endif
+#if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
+#endif
 #include <math.h>
 #include <omp.h>
 #include <sched.h>
@@ -39,8 +42,12 @@ void openblas_set_num_threads(int num_threads);
 #if defined(__x86_64__) || defined(__i386__)
 #define LT_HAVE_X86 1
 
+#ifdef __clang__
+#pragma clang attribute push(__attribute__((target("avx2,fma,avx512f,avx512bw,avx512vl,avx512dq"))), apply_to = function)
+#else
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,avx512f,avx512bw,avx512vl,avx512dq")
+#endif
 #define LT_ISA avx512
 #define LT_W 16
 #define LT_RBA 8
@@ -52,10 +59,18 @@ void openblas_set_num_threads(int num_threads);
 #undef LT_RBA
 #undef LT_RBB
 #undef LT_CBB
+#ifdef __clang__
+#pragma clang attribute pop
+#else
 #pragma GCC pop_options
+#endif
 
+#ifdef __clang__
+#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
+#else
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
+#endif
 #define LT_ISA avx2
 #define LT_W 8
 #define LT_RBA 2
@@ -67,7 +82,11 @@ void openblas_set_num_threads(int num_threads);
 #undef LT_RBA
 #undef LT_RBB
 #undef LT_CBB
+#ifdef __clang__
+#pragma clang attribute pop
+#else
 #pragma GCC pop_options
+#endif
 #endif
 
 #define LT_ISA generic
@@ -168,7 +187,7 @@ static void cpu_destroy(lt_backend *be) {
 
 static void cpu_set_threads(lt_backend *be, int n_threads) {
     be->n_threads = n_threads > 0 ? n_threads : cpu_default_threads();
-    openblas_set_num_threads(be->n_threads);
+    openblas_set_num_threads(1); /* cpu_gemm parallelises the GEMM itself */
 }
 
 static void *cpu_alloc(lt_backend *be, size_t bytes) {
@@ -225,8 +244,35 @@ static void cpu_gemm(lt_backend *be, int transA, int transB, int M, int N, int K
         }
         return;
     }
-    cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans,
-                M, N, K_, alpha, A, lda, B, ldb, beta, C, ldc);
+    /* OpenBLAS runs single-threaded (see cpu_set_threads): the GEMM is split here into one block of C
+     * per thread, along its longer side, so our OpenMP team is the only pool of worker threads. Two
+     * pools (OpenBLAS pthreads + OpenMP) spin against each other on a small machine. */
+    const CBLAS_TRANSPOSE ta = transA ? CblasTrans : CblasNoTrans, tb = transB ? CblasTrans : CblasNoTrans;
+    int nt = be->n_threads;
+    const double work = (double)M * N * K_;
+    if (nt > 1 && work < 2.0e6) nt = 1;
+    if (nt <= 1) {
+        cblas_sgemm(CblasRowMajor, ta, tb, M, N, K_, alpha, A, lda, B, ldb, beta, C, ldc);
+        return;
+    }
+    const int split_rows = M >= N;
+    const int len = split_rows ? M : N;
+    if (nt > (len + 15) / 16) nt = (len + 15) / 16;
+#pragma omp parallel num_threads(nt)
+    {
+        const int t = omp_get_thread_num(), n = omp_get_num_threads();
+        /* blocks of whole 16s, so every block but the last starts aligned */
+        const int units = (len + 15) / 16, u0 = (int)((long)units * t / n), u1 = (int)((long)units * (t + 1) / n);
+        const int lo = u0 * 16, hi = u1 * 16 < len ? u1 * 16 : len;
+        if (hi > lo) {
+            if (split_rows) /* rows lo..hi of C and of op(A) */
+                cblas_sgemm(CblasRowMajor, ta, tb, hi - lo, N, K_, alpha, transA ? A + lo : A + (size_t)lo * lda, lda,
+                            B, ldb, beta, C + (size_t)lo * ldc, ldc);
+            else /* columns lo..hi of C and of op(B) */
+                cblas_sgemm(CblasRowMajor, ta, tb, M, hi - lo, K_, alpha, A, lda,
+                            transB ? B + (size_t)lo * ldb : B + lo, ldb, beta, C + lo, ldc);
+        }
+    }
 }
 
 /* ---- elementwise ---------------------------------------------------------------------------------- */

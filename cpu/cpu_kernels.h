@@ -29,7 +29,7 @@ typedef enum lt_cpu_isa {
 #define LT_ATT_QT 32
 #define LT_ATT_KB 32
 #ifndef LT_ATT_QT_FWD
-#define LT_ATT_QT_FWD 64
+#define LT_ATT_QT_FWD 128
 #endif
 /* The tiled forward keeps a (head_dim x KB) transposed key tile on the stack; larger heads use the
  * reference kernel (parallel over heads) instead. */

@@ -575,9 +575,11 @@ static void F(k_att_fwd_tile)(float *out, float *lse, const float *q, const floa
     }
     for (int j0 = jmin; j0 < t1; j0 += KB) {
         int jn = t1 - j0 < KB ? t1 - j0 : KB;
+        /* rows before j0 see none of these keys (causal): skip them */
+        const int i1 = j0 > t0 ? j0 - t0 : 0, R1 = R - i1;
         F(transpose_tile)(Kt, kb + (size_t)j0 * skv, skv, jn, HD);
-        F(mm_s)(S, qb, sq, R, Kt, HD, scale);
-        for (int i = 0; i < R; i++) {
+        F(mm_s)(S + (size_t)i1 * KB, qb + i1 * sq, sq, R1, Kt, HD, scale);
+        for (int i = i1; i < R; i++) {
             float *s = S + (size_t)i * KB;
             int a = lo[i] > j0 ? lo[i] - j0 : 0, e = t0 + i - j0;
             if (e > jn - 1) e = jn - 1;
@@ -603,7 +605,7 @@ static void F(k_att_fwd_tile)(float *out, float *lse, const float *q, const floa
             if (alpha != 1.0f) F(k_scale)((size_t)HD, alpha, ob + i * sq);
             m[i] = mnew;
         }
-        F(mm_acc)(ob, sq, S, KB, 1, vb + (size_t)j0 * skv, skv, R, jn, HD);
+        F(mm_acc)(ob + i1 * sq, sq, S + (size_t)i1 * KB, KB, 1, vb + (size_t)j0 * skv, skv, R1, jn, HD);
     }
     for (int i = 0; i < R; i++) {
         F(k_scale)((size_t)HD, (float)(1.0 / l[i]), ob + i * sq);

@@ -1,0 +1,452 @@
+"""Low-level ctypes layer: finding libloratune, the struct mirrors and one declaration per C function.
+
+Every struct here mirrors include/loratune.h field by field (the leading `size_t size` included);
+every function is declared once, with the C declaration as a comment above it. tests/test_abi_sync.py
+checks both against the header (function names, and sizes/offsets via a C compiler when there is one).
+
+Finding the library, in this order:
+  1. $LORATUNE_LIBRARY: a path to the shared library (or to a directory holding libloratune.so.0);
+  2. the package directory (a wheel built with LORATUNE_BUNDLE_LIBRARY carries the library there);
+  3. the system loader: libloratune.so.0, then ctypes.util.find_library("loratune").
+The library is loaded on first use, so `import loratune` works without it.
+"""
+import ctypes
+import ctypes.util
+import os
+import sys
+import threading
+from ctypes import (CFUNCTYPE, POINTER, Structure, c_char, c_char_p, c_double, c_float, c_int, c_int32,
+                    c_int64, c_size_t, c_uint, c_uint64, c_void_p)
+from typing import Callable, List, Optional
+
+#: The library version these bindings were written against (LT_VERSION_NUMBER of the header).
+BINDING_VERSION_NUMBER = 100  # 0.1.0
+BINDING_VERSION_MAJOR = 0
+
+# ---- opaque handles ---------------------------------------------------------------------------------
+
+
+class lt_context(Structure):
+    """Opaque `struct lt_context`."""
+
+
+class lt_model(Structure):
+    """Opaque `struct lt_model`."""
+
+
+class lt_adapter(Structure):
+    """Opaque `struct lt_adapter`."""
+
+
+class lt_optimizer(Structure):
+    """Opaque `struct lt_optimizer`."""
+
+
+class lt_trainer(Structure):
+    """Opaque `struct lt_trainer`."""
+
+
+lt_context_p = POINTER(lt_context)
+lt_model_p = POINTER(lt_model)
+lt_adapter_p = POINTER(lt_adapter)
+lt_optimizer_p = POINTER(lt_optimizer)
+lt_trainer_p = POINTER(lt_trainer)
+
+lt_status = c_int  # typedef enum lt_status
+lt_log_level = c_int
+lt_lora_init = c_int
+lt_optimizer_kind = c_int
+lt_schedule = c_int
+lt_objective = c_int
+
+# typedef void (*lt_log_fn)(void *user, lt_log_level level, const char *message);
+lt_log_fn = CFUNCTYPE(None, c_void_p, lt_log_level, c_char_p)
+
+# ---- parameter and result structs (mirrors of include/loratune.h) -------------------------------------
+
+
+class lt_context_params(Structure):
+    _fields_ = [
+        ("size", c_size_t),
+        ("backend", c_char_p),
+        ("n_threads", c_int),
+        ("log_fn", lt_log_fn),
+        ("log_user", c_void_p),
+        ("log_level", lt_log_level),
+    ]
+
+
+class lt_model_params(Structure):
+    _fields_ = [
+        ("size", c_size_t),
+        ("use_mmap", c_int),
+    ]
+
+
+class lt_model_info(Structure):
+    _fields_ = [
+        ("size", c_size_t),
+        ("architecture", c_char * 64),
+        ("dtype", c_char * 16),
+        ("vocab_size", c_int64),
+        ("hidden_size", c_int64),
+        ("intermediate_size", c_int64),
+        ("n_layers", c_int64),
+        ("n_heads", c_int64),
+        ("n_kv_heads", c_int64),
+        ("head_dim", c_int64),
+        ("max_position_embeddings", c_int64),
+        ("rope_theta", c_double),
+        ("rms_norm_eps", c_double),
+        ("tied_embeddings", c_int),
+        ("n_params", c_int64),
+        ("weight_bytes", c_int64),
+    ]
+
+
+class lt_batch(Structure):
+    _fields_ = [
+        ("size", c_size_t),
+        ("n_rows", c_int32),
+        ("seq_len", c_int32),
+        ("input_ids", POINTER(c_int32)),
+        ("labels", POINTER(c_int32)),
+        ("position_ids", POINTER(c_int32)),
+    ]
+
+
+class lt_adapter_params(Structure):
+    _fields_ = [
+        ("size", c_size_t),
+        ("rank", c_int),
+        ("alpha", c_float),
+        ("dropout", c_float),
+        ("targets", c_uint),
+        ("use_rslora", c_int),
+        ("init", lt_lora_init),
+        ("seed", c_uint64),
+    ]
+
+
+class lt_optimizer_params(Structure):
+    _fields_ = [
+        ("size", c_size_t),
+        ("kind", lt_optimizer_kind),
+        ("lr", c_float),
+        ("beta1", c_float),
+        ("beta2", c_float),
+        ("eps", c_float),
+        ("weight_decay", c_float),
+        ("momentum", c_float),
+        ("schedule", lt_schedule),
+        ("warmup_steps", c_int64),
+        ("warmup_ratio", c_float),
+        ("total_steps", c_int64),
+        ("max_grad_norm", c_float),
+    ]
+
+
+class lt_trainer_params(Structure):
+    _fields_ = [
+        ("size", c_size_t),
+        ("objective", lt_objective),
+        ("grad_accum", c_int),
+        ("gradient_checkpointing", c_int),
+        ("seed", c_uint64),
+    ]
+
+
+class lt_step_result(Structure):
+    _fields_ = [
+        ("size", c_size_t),
+        ("loss", c_double),
+        ("grad_norm", c_double),
+        ("lr", c_double),
+        ("tokens", c_int64),
+        ("tokens_per_s", c_double),
+        ("step", c_int64),
+        ("updated", c_int),
+    ]
+
+
+class lt_generate_params(Structure):
+    _fields_ = [
+        ("size", c_size_t),
+        ("max_new_tokens", c_int),
+        ("temperature", c_float),
+        ("top_k", c_int),
+        ("top_p", c_float),
+        ("seed", c_uint64),
+        ("eos_token_id", c_int32),
+    ]
+
+
+# typedef void (*lt_progress_fn)(void *user, const lt_step_result *result);
+lt_progress_fn = CFUNCTYPE(None, c_void_p, POINTER(lt_step_result))
+
+#: Every struct of the stable header, by C name (used by the sync test).
+STRUCTS = {cls.__name__: cls for cls in (lt_context_params, lt_model_params, lt_model_info, lt_batch,
+                                         lt_adapter_params, lt_optimizer_params, lt_trainer_params,
+                                         lt_step_result, lt_generate_params)}
+
+# ---- function declarations ------------------------------------------------------------------------------
+# (name, restype, argtypes). The C declaration is the comment above each entry.
+
+_DECLS = [
+    # unsigned lt_version_number(void);
+    ("lt_version_number", c_uint, []),
+    # const char *lt_version_string(void);
+    ("lt_version_string", c_char_p, []),
+    # const char *lt_status_string(lt_status status);
+    ("lt_status_string", c_char_p, [lt_status]),
+    # const char *lt_last_error(void);
+    ("lt_last_error", c_char_p, []),
+
+    # void lt_context_params_init(lt_context_params *params);
+    ("lt_context_params_init", None, [c_void_p]),
+    # lt_status lt_context_create(const lt_context_params *params, lt_context **out);
+    ("lt_context_create", lt_status, [POINTER(lt_context_params), POINTER(lt_context_p)]),
+    # void lt_context_free(lt_context *ctx);
+    ("lt_context_free", None, [lt_context_p]),
+    # const char *lt_context_last_error(const lt_context *ctx);
+    ("lt_context_last_error", c_char_p, [lt_context_p]),
+    # const char *lt_context_backend(const lt_context *ctx);
+    ("lt_context_backend", c_char_p, [lt_context_p]),
+    # lt_status lt_context_set_threads(lt_context *ctx, int n_threads);
+    ("lt_context_set_threads", lt_status, [lt_context_p, c_int]),
+    # int lt_backend_available(const char *name);
+    ("lt_backend_available", c_int, [c_char_p]),
+
+    # void lt_model_params_init(lt_model_params *params);
+    ("lt_model_params_init", None, [c_void_p]),
+    # lt_status lt_model_load(lt_context *ctx, const char *dir, const lt_model_params *params, lt_model **out);
+    ("lt_model_load", lt_status, [lt_context_p, c_char_p, POINTER(lt_model_params), POINTER(lt_model_p)]),
+    # void lt_model_free(lt_model *model);
+    ("lt_model_free", None, [lt_model_p]),
+    # const char *lt_model_last_error(const lt_model *model);
+    ("lt_model_last_error", c_char_p, [lt_model_p]),
+    # lt_status lt_model_get_info(const lt_model *model, lt_model_info *info);
+    ("lt_model_get_info", lt_status, [lt_model_p, POINTER(lt_model_info)]),
+    # void lt_batch_init(lt_batch *batch);
+    ("lt_batch_init", None, [c_void_p]),
+    # lt_status lt_model_loss(lt_model *model, const lt_adapter *adapter, const lt_batch *batch,
+    #                         double *loss_sum, int64_t *n_tokens);
+    ("lt_model_loss", lt_status, [lt_model_p, lt_adapter_p, POINTER(lt_batch), POINTER(c_double),
+                                  POINTER(c_int64)]),
+    # lt_status lt_model_logits(lt_model *model, const lt_adapter *adapter, const lt_batch *batch,
+    #                           float *out, size_t out_count);
+    ("lt_model_logits", lt_status, [lt_model_p, lt_adapter_p, POINTER(lt_batch), POINTER(c_float), c_size_t]),
+
+    # void lt_adapter_params_init(lt_adapter_params *params);
+    ("lt_adapter_params_init", None, [c_void_p]),
+    # lt_status lt_adapter_create(lt_model *model, const lt_adapter_params *params, lt_adapter **out);
+    ("lt_adapter_create", lt_status, [lt_model_p, POINTER(lt_adapter_params), POINTER(lt_adapter_p)]),
+    # lt_status lt_adapter_load(lt_model *model, const char *dir, lt_adapter **out);
+    ("lt_adapter_load", lt_status, [lt_model_p, c_char_p, POINTER(lt_adapter_p)]),
+    # lt_status lt_adapter_save(lt_adapter *adapter, const char *dir);
+    ("lt_adapter_save", lt_status, [lt_adapter_p, c_char_p]),
+    # void lt_adapter_free(lt_adapter *adapter);
+    ("lt_adapter_free", None, [lt_adapter_p]),
+    # const char *lt_adapter_last_error(const lt_adapter *adapter);
+    ("lt_adapter_last_error", c_char_p, [lt_adapter_p]),
+    # lt_status lt_adapter_get_params(const lt_adapter *adapter, lt_adapter_params *params);
+    ("lt_adapter_get_params", lt_status, [lt_adapter_p, POINTER(lt_adapter_params)]),
+    # int64_t lt_adapter_n_params(const lt_adapter *adapter);
+    ("lt_adapter_n_params", c_int64, [lt_adapter_p]),
+    # lt_status lt_adapter_export_merged(lt_adapter *adapter, const char *dir, int64_t max_shard_bytes);
+    ("lt_adapter_export_merged", lt_status, [lt_adapter_p, c_char_p, c_int64]),
+    # lt_status lt_adapter_merge(lt_adapter *adapter);
+    ("lt_adapter_merge", lt_status, [lt_adapter_p]),
+    # lt_status lt_adapter_unmerge(lt_adapter *adapter);
+    ("lt_adapter_unmerge", lt_status, [lt_adapter_p]),
+
+    # void lt_optimizer_params_init(lt_optimizer_params *params);
+    ("lt_optimizer_params_init", None, [c_void_p]),
+    # lt_status lt_optimizer_create(lt_adapter *adapter, const lt_optimizer_params *params, lt_optimizer **out);
+    ("lt_optimizer_create", lt_status, [lt_adapter_p, POINTER(lt_optimizer_params), POINTER(lt_optimizer_p)]),
+    # void lt_optimizer_free(lt_optimizer *opt);
+    ("lt_optimizer_free", None, [lt_optimizer_p]),
+    # const char *lt_optimizer_last_error(const lt_optimizer *opt);
+    ("lt_optimizer_last_error", c_char_p, [lt_optimizer_p]),
+    # double lt_optimizer_lr(const lt_optimizer *opt);
+    ("lt_optimizer_lr", c_double, [lt_optimizer_p]),
+    # int64_t lt_optimizer_step_count(const lt_optimizer *opt);
+    ("lt_optimizer_step_count", c_int64, [lt_optimizer_p]),
+    # lt_status lt_optimizer_save(lt_optimizer *opt, const char *path);
+    ("lt_optimizer_save", lt_status, [lt_optimizer_p, c_char_p]),
+    # lt_status lt_optimizer_load(lt_optimizer *opt, const char *path);
+    ("lt_optimizer_load", lt_status, [lt_optimizer_p, c_char_p]),
+
+    # void lt_trainer_params_init(lt_trainer_params *params);
+    ("lt_trainer_params_init", None, [c_void_p]),
+    # lt_status lt_trainer_create(lt_model *model, lt_adapter *adapter, lt_optimizer *opt,
+    #                             const lt_trainer_params *params, lt_trainer **out);
+    ("lt_trainer_create", lt_status, [lt_model_p, lt_adapter_p, lt_optimizer_p, POINTER(lt_trainer_params),
+                                      POINTER(lt_trainer_p)]),
+    # void lt_trainer_free(lt_trainer *trainer);
+    ("lt_trainer_free", None, [lt_trainer_p]),
+    # const char *lt_trainer_last_error(const lt_trainer *trainer);
+    ("lt_trainer_last_error", c_char_p, [lt_trainer_p]),
+    # void lt_trainer_set_progress(lt_trainer *trainer, lt_progress_fn fn, void *user);
+    ("lt_trainer_set_progress", None, [lt_trainer_p, lt_progress_fn, c_void_p]),
+    # lt_status lt_trainer_step(lt_trainer *trainer, const lt_batch *batch, lt_step_result *result);
+    ("lt_trainer_step", lt_status, [lt_trainer_p, POINTER(lt_batch), POINTER(lt_step_result)]),
+    # lt_status lt_trainer_evaluate(lt_trainer *trainer, const lt_batch *batch, double *loss_sum,
+    #                               int64_t *n_tokens);
+    ("lt_trainer_evaluate", lt_status, [lt_trainer_p, POINTER(lt_batch), POINTER(c_double), POINTER(c_int64)]),
+    # lt_status lt_trainer_save_checkpoint(lt_trainer *trainer, const char *dir);
+    ("lt_trainer_save_checkpoint", lt_status, [lt_trainer_p, c_char_p]),
+    # lt_status lt_trainer_load_checkpoint(lt_trainer *trainer, const char *dir);
+    ("lt_trainer_load_checkpoint", lt_status, [lt_trainer_p, c_char_p]),
+
+    # void lt_generate_params_init(lt_generate_params *params);
+    ("lt_generate_params_init", None, [c_void_p]),
+    # lt_status lt_generate(lt_model *model, const lt_adapter *adapter, const int32_t *prompts,
+    #                       const int32_t *prompt_lens, int n_prompts, const lt_generate_params *params,
+    #                       int32_t *out, int32_t *out_lens);
+    ("lt_generate", lt_status, [lt_model_p, lt_adapter_p, POINTER(c_int32), POINTER(c_int32), c_int,
+                                POINTER(lt_generate_params), POINTER(c_int32), POINTER(c_int32)]),
+]
+
+# include/loratune_experimental.h: no ABI promise (docs/ABI.md).
+_EXPERIMENTAL_DECLS = [
+    # lt_status lt_model_create_random(lt_context *ctx, const char *config_json, uint64_t seed, float init_std,
+    #                                  lt_model **out);
+    ("lt_model_create_random", lt_status, [lt_context_p, c_char_p, c_uint64, c_float, POINTER(lt_model_p)]),
+    # lt_status lt_model_save(lt_model *model, const char *dir);
+    ("lt_model_save", lt_status, [lt_model_p, c_char_p]),
+]
+
+#: Names of the declared functions (used by the sync test).
+DECLARED = [d[0] for d in _DECLS]
+DECLARED_EXPERIMENTAL = [d[0] for d in _EXPERIMENTAL_DECLS]
+
+
+class LibraryNotFoundError(OSError):
+    """libloratune could not be found or loaded."""
+
+
+def _candidates() -> List[str]:
+    out = []
+    env = os.environ.get("LORATUNE_LIBRARY")
+    if env:
+        if os.path.isdir(env):
+            out += [os.path.join(env, n) for n in _lib_names()]
+        else:
+            out.append(env)
+    here = os.path.dirname(os.path.abspath(__file__))
+    out += [os.path.join(here, n) for n in _lib_names() if os.path.exists(os.path.join(here, n))]
+    out += _lib_names()  # the system loader (LD_LIBRARY_PATH, ld.so.cache, rpath of the interpreter)
+    found = ctypes.util.find_library("loratune")
+    if found:
+        out.append(found)
+    return out
+
+
+def _lib_names() -> List[str]:
+    if sys.platform == "darwin":
+        return ["libloratune.0.dylib", "libloratune.dylib"]
+    if sys.platform == "win32":
+        return ["loratune.dll", "libloratune.dll"]
+    return ["libloratune.so.0", "libloratune.so"]
+
+
+class _Missing:
+    """Stands in for a function the loaded library lacks (an older library than these bindings)."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __call__(self, *args):
+        raise _unsupported(self.name)
+
+
+def _unsupported(name):
+    from ._errors import LoratuneError, Status
+    return LoratuneError(Status.ERR_UNSUPPORTED, f"{name} is not in the loaded libloratune ({path()})")
+
+
+class _Lib:
+    """The loaded library: one attribute per declared function."""
+
+    def __init__(self, cdll: ctypes.CDLL, path: str):
+        self.cdll = cdll
+        self.path = path
+        self.missing = []  # type: List[str]
+        for name, restype, argtypes in _DECLS + _EXPERIMENTAL_DECLS:
+            try:
+                fn = getattr(cdll, name)
+            except AttributeError:
+                self.missing.append(name)
+                setattr(self, name, _Missing(name))
+                continue
+            fn.restype = restype
+            fn.argtypes = argtypes
+            setattr(self, name, fn)
+
+
+_loaded = None  # type: Optional[_Lib]
+_load_lock = threading.Lock()
+
+
+def lib() -> _Lib:
+    """The loaded library (loaded on first call). Raises LibraryNotFoundError."""
+    global _loaded
+    if _loaded is not None:
+        return _loaded
+    with _load_lock:
+        if _loaded is not None:
+            return _loaded
+        errors = []
+        for cand in _candidates():
+            try:
+                cdll = ctypes.CDLL(cand)
+            except OSError as e:
+                errors.append(f"  {cand}: {e}")
+                continue
+            if not hasattr(cdll, "lt_version_number"):
+                errors.append(f"  {cand}: not libloratune (no lt_version_number)")
+                continue
+            number = cdll.lt_version_number
+            number.restype = c_uint
+            number.argtypes = []
+            major = number() // 10000
+            if major != BINDING_VERSION_MAJOR:
+                errors.append(f"  {cand}: libloratune major version {major}, these bindings need "
+                              f"{BINDING_VERSION_MAJOR}")
+                continue
+            _loaded = _Lib(cdll, cand)
+            return _loaded
+        raise LibraryNotFoundError(
+            "libloratune not found; set LORATUNE_LIBRARY to the path of libloratune.so.0, put the library "
+            "in the package directory, or install it where the system loader finds it. Tried:\n"
+            + "\n".join(errors))
+
+
+def path() -> str:
+    """The path of the loaded library."""
+    return lib().path
+
+
+def init_struct(init_fn: Callable, cls):
+    """Fill a params struct with the library's defaults through its *_params_init.
+
+    The init functions write sizeof(the library's struct) bytes, which is more than a mirror of an
+    older header holds once fields are appended; they write into a generous scratch buffer first,
+    and the mirror keeps `size` = the smaller of the two sizes (a newer library ignores nothing, an
+    older one is never told about fields it does not know).
+    """
+    scratch = ctypes.create_string_buffer(max(4096, 4 * ctypes.sizeof(cls)))
+    init_fn(ctypes.cast(scratch, c_void_p))
+    obj = cls()
+    ctypes.memmove(ctypes.addressof(obj), scratch, ctypes.sizeof(cls))
+    lib_size = c_size_t.from_buffer(scratch).value
+    obj.size = min(lib_size, ctypes.sizeof(cls)) if lib_size else ctypes.sizeof(cls)
+    return obj
+
+
+def decode(s: Optional[bytes]) -> str:
+    return s.decode("utf-8", "replace") if s is not None else ""
+
+
+__all__ = ["lib", "path", "init_struct", "LibraryNotFoundError", "STRUCTS", "DECLARED", "DECLARED_EXPERIMENTAL"]
