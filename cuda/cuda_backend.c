@@ -1,12 +1,31 @@
 /*
- * cuda_backend.c - entry points of the CUDA backend: device discovery and creation.
- * The CUDA runtime is probed at run time, so a library built with CUDA still loads and runs its CPU
- * backend on a machine without a GPU or driver; asking for "cuda" there is LT_ERR_BACKEND.
+ * cuda_backend.c - the CUDA backend: device discovery, creation, memory, sync and the dispatch table.
+ * The kernels live in cuda/<family>.cu (cuda_impl.h lists them).
+ *
+ * defines: lt_cuda_backend_available, lt_cuda_backend_create, lt_cuda_record, lt_cuda_check.
+ *
+ * The CUDA runtime is only touched inside these functions (never at load time), so a library built
+ * with CUDA still loads and runs its CPU backend on a machine without a GPU or driver; asking for
+ * "cuda" there is LT_ERR_BACKEND.
+ *
+ * Memory: device memory (host_memory = 0). alloc/free are stream-ordered (cudaMallocAsync /
+ * cudaFreeAsync on the backend's stream) where the device supports memory pools, else
+ * cudaMalloc/cudaFree. upload/copy/zero are queued on the stream; download waits for it (the host
+ * reads the data right after).
+ *
+ * Environment (read at creation): LT_CUDA_DEVICE=<i> picks the device (default: the current one,
+ * 0 unless the application chose another); LT_CUDA_SYNC=1 synchronises after every op (errors are
+ * then reported against the op that caused them); LT_CUDA_DEBUG=1 prints recorded errors.
  */
-#include <cuda_runtime.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
 
 #include "backend.h"
+#include "cuda_impl.h"
 
 int lt_cuda_backend_available(void) {
     int n = 0;
@@ -17,18 +36,270 @@ int lt_cuda_backend_available(void) {
     return n > 0;
 }
 
+/* ---- errors ----------------------------------------------------------------------------------- */
+
+void lt_cuda_record(lt_backend *be, lt_status st, const char *what, int cuda_err) {
+    lt_cuda_impl *im = lt_cuda(be);
+    if (im->first_error != LT_OK) return;
+    im->first_error = st;
+    if (cuda_err)
+        snprintf(im->error_msg, sizeof im->error_msg, "cuda backend: %s: %s (%d)", what,
+                 cudaGetErrorString((cudaError_t)cuda_err), cuda_err);
+    else
+        snprintf(im->error_msg, sizeof im->error_msg, "cuda backend: %s", what);
+    if (im->debug_print) fprintf(stderr, "libloratune: %s\n", im->error_msg);
+}
+
+void lt_cuda_check(lt_backend *be, const char *what) {
+    cudaError_t e = cudaGetLastError();
+    if (e != cudaSuccess) lt_cuda_record(be, LT_ERR_BACKEND, what, (int)e);
+    if (lt_cuda(be)->debug_sync) {
+        e = cudaStreamSynchronize(lt_cuda(be)->stream);
+        if (e != cudaSuccess) lt_cuda_record(be, LT_ERR_BACKEND, what, (int)e);
+    }
+}
+
+static int env_flag(const char *name) {
+    const char *s = getenv(name);
+    return s && *s && strcmp(s, "0") != 0;
+}
+
+/* ---- lifetime --------------------------------------------------------------------------------- */
+
+static void cuda_release(lt_cuda_impl *im) {
+    if (!im) return;
+    if (im->stream) cudaStreamSynchronize(im->stream);
+    if (im->ws) cudaFree(im->ws);
+    if (im->red) cudaFree(im->red);
+    if (im->flag) cudaFree(im->flag);
+    if (im->cublas) cublasDestroy(im->cublas);
+    if (im->stream) cudaStreamDestroy(im->stream);
+    cudaGetLastError();
+    free(im);
+}
+
+static void cuda_destroy(lt_backend *be) {
+    if (!be) return;
+    cuda_release(lt_cuda(be));
+    free(be);
+}
+
+/* The kernels pick their own parallelism; the host thread count has no meaning here. */
+static void cuda_set_threads(lt_backend *be, int n_threads) { be->n_threads = n_threads > 0 ? n_threads : 1; }
+
+/* ---- memory ----------------------------------------------------------------------------------- */
+
+/* cudaMalloc memory is aligned to at least 256 bytes; pool allocations are checked. */
+static void *cuda_alloc(lt_backend *be, size_t bytes) {
+    lt_cuda_impl *im = lt_cuda(be);
+    if (bytes > SIZE_MAX - 255) return NULL;
+    size_t n = bytes ? (bytes + 255) & ~(size_t)255 : 256;
+    void *p = NULL;
+    cudaError_t e = im->use_pool ? cudaMallocAsync(&p, n, im->stream) : cudaMalloc(&p, n);
+    if (e != cudaSuccess) {
+        cudaGetLastError(); /* out of memory is not sticky: clear it so the next op's check passes */
+        return NULL;
+    }
+    if ((uintptr_t)p % 64 != 0) { /* never seen; the contract promises 64 */
+        if (im->use_pool) cudaFreeAsync(p, im->stream);
+        else cudaFree(p);
+        lt_cuda_record(be, LT_ERR_BACKEND, "alloc: the allocator returned memory aligned to less than 64 bytes", 0);
+        return NULL;
+    }
+    return p;
+}
+
+static void cuda_free(lt_backend *be, void *ptr) {
+    lt_cuda_impl *im = lt_cuda(be);
+    if (!ptr) return;
+    cudaError_t e = im->use_pool ? cudaFreeAsync(ptr, im->stream) : cudaFree(ptr);
+    if (e != cudaSuccess) lt_cuda_record(be, LT_ERR_BACKEND, "free", (int)e);
+}
+
+/* The source may be reused as soon as this returns: a copy from pageable memory is staged before
+ * cudaMemcpyAsync returns; from page-locked memory it is truly asynchronous, so then we wait. */
+static void cuda_upload(lt_backend *be, void *dst, const void *src, size_t bytes) {
+    lt_cuda_impl *im = lt_cuda(be);
+    if (!bytes) return;
+    struct cudaPointerAttributes at;
+    int pinned = 0;
+    if (cudaPointerGetAttributes(&at, src) == cudaSuccess) pinned = at.type == cudaMemoryTypeHost;
+    else cudaGetLastError();
+    cudaError_t e = cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, im->stream);
+    if (e == cudaSuccess && pinned) e = cudaStreamSynchronize(im->stream);
+    if (e != cudaSuccess) lt_cuda_record(be, LT_ERR_BACKEND, "upload", (int)e);
+    lt_cuda_check(be, "upload");
+}
+
+static void cuda_download(lt_backend *be, void *dst, const void *src, size_t bytes) {
+    lt_cuda_impl *im = lt_cuda(be);
+    if (!bytes) return;
+    cudaError_t e = cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, im->stream);
+    if (e == cudaSuccess) e = cudaStreamSynchronize(im->stream);
+    if (e != cudaSuccess) lt_cuda_record(be, LT_ERR_BACKEND, "download", (int)e);
+}
+
+/* memmove semantics: overlapping ranges go through the workspace, one chunk at a time, in the
+ * direction that never reads a byte already overwritten. */
+static void cuda_copy(lt_backend *be, void *dst, const void *src, size_t bytes) {
+    lt_cuda_impl *im = lt_cuda(be);
+    if (!bytes || dst == src) return;
+    char *d = dst;
+    const char *s = src;
+    cudaError_t e = cudaSuccess;
+    if (d + bytes <= s || s + bytes <= d) {
+        e = cudaMemcpyAsync(d, s, bytes, cudaMemcpyDeviceToDevice, im->stream);
+    } else {
+        const size_t chunk = LT_CUDA_WS_FLOATS * sizeof(float);
+        size_t nchunk = (bytes + chunk - 1) / chunk;
+        for (size_t i = 0; i < nchunk && e == cudaSuccess; i++) {
+            size_t c = d < s ? i : nchunk - 1 - i; /* forward when moving down, backward when up */
+            size_t off = c * chunk, len = bytes - off < chunk ? bytes - off : chunk;
+            e = cudaMemcpyAsync(im->ws, s + off, len, cudaMemcpyDeviceToDevice, im->stream);
+            if (e == cudaSuccess) e = cudaMemcpyAsync(d + off, im->ws, len, cudaMemcpyDeviceToDevice, im->stream);
+        }
+    }
+    if (e != cudaSuccess) lt_cuda_record(be, LT_ERR_BACKEND, "copy", (int)e);
+    lt_cuda_check(be, "copy");
+}
+
+static void cuda_zero(lt_backend *be, void *dst, size_t bytes) {
+    lt_cuda_impl *im = lt_cuda(be);
+    if (!bytes) return;
+    cudaError_t e = cudaMemsetAsync(dst, 0, bytes, im->stream);
+    if (e != cudaSuccess) lt_cuda_record(be, LT_ERR_BACKEND, "zero", (int)e);
+    lt_cuda_check(be, "zero");
+}
+
+static lt_status cuda_sync(lt_backend *be) {
+    lt_cuda_impl *im = lt_cuda(be);
+    cudaError_t e = cudaStreamSynchronize(im->stream);
+    if (e != cudaSuccess) lt_cuda_record(be, LT_ERR_BACKEND, "sync (an earlier op failed on the device)", (int)e);
+    e = cudaGetLastError();
+    if (e != cudaSuccess) lt_cuda_record(be, LT_ERR_BACKEND, "sync", (int)e);
+    lt_status st = im->first_error;
+    im->first_error = LT_OK;
+    return st;
+}
+
+/* ---- the table -------------------------------------------------------------------------------- */
+
+static const lt_backend_ops cuda_ops = {
+    .name = "cuda",
+    .host_memory = 0,
+    .destroy = cuda_destroy,
+    .set_threads = cuda_set_threads,
+    .alloc = cuda_alloc,
+    .free = cuda_free,
+    .upload = cuda_upload,
+    .download = cuda_download,
+    .copy = cuda_copy,
+    .zero = cuda_zero,
+    .sync = cuda_sync,
+    .gemm = lt_cuda_gemm,
+    .axpy = lt_cuda_axpy,
+    .scale = lt_cuda_scale,
+    .sumsq = lt_cuda_sumsq,
+    .all_finite = lt_cuda_all_finite,
+    .embedding_forward = lt_cuda_embedding_forward,
+    .rmsnorm_forward = lt_cuda_rmsnorm_forward,
+    .rmsnorm_backward = lt_cuda_rmsnorm_backward,
+    .rope_forward = lt_cuda_rope_forward,
+    .rope_backward = lt_cuda_rope_backward,
+    .attention_forward = lt_cuda_attention_forward,
+    .attention_backward_scratch = lt_cuda_attention_backward_scratch,
+    .attention_backward = lt_cuda_attention_backward,
+    .attention_decode = lt_cuda_attention_decode,
+    .swiglu_forward = lt_cuda_swiglu_forward,
+    .swiglu_backward = lt_cuda_swiglu_backward,
+    .cross_entropy = lt_cuda_cross_entropy,
+    .dropout = lt_cuda_dropout,
+    .adamw_step = lt_cuda_adamw_step,
+};
+
+static lt_status create_fail(lt_cuda_impl *im, lt_backend *be, char *err, size_t errlen, const char *what,
+                             cudaError_t e) {
+    if (err && errlen)
+        snprintf(err, errlen, "backend \"cuda\": %s%s%s", what, e != cudaSuccess ? ": " : "",
+                 e != cudaSuccess ? cudaGetErrorString(e) : "");
+    cuda_release(im);
+    free(be);
+    cudaGetLastError();
+    return e == cudaErrorMemoryAllocation ? LT_ERR_NOMEM : LT_ERR_BACKEND;
+}
+
 lt_status lt_cuda_backend_create(int n_threads, lt_backend **out, char *err, size_t errlen) {
-    (void)n_threads;
+    if (!out) {
+        if (err && errlen) snprintf(err, errlen, "backend \"cuda\": NULL output pointer");
+        return LT_ERR_ARGUMENT;
+    }
     *out = NULL;
     int n = 0;
     cudaError_t e = cudaGetDeviceCount(&n);
     if (e != cudaSuccess || n == 0) {
-        snprintf(err, errlen, "backend \"cuda\": no usable CUDA device (%s)",
-                 e != cudaSuccess ? cudaGetErrorString(e) : "no device found");
+        if (err && errlen)
+            snprintf(err, errlen, "backend \"cuda\": no usable CUDA device (%s)",
+                     e != cudaSuccess ? cudaGetErrorString(e) : "no device found");
         cudaGetLastError();
         return LT_ERR_BACKEND;
     }
-    snprintf(err, errlen, "backend \"cuda\": the CUDA kernels are not part of this build yet (issue: CUDA backend); "
-                          "use \"cpu\"");
-    return LT_ERR_BACKEND;
+    lt_backend *be = calloc(1, sizeof *be);
+    lt_cuda_impl *im = calloc(1, sizeof *im);
+    if (!be || !im) {
+        free(be);
+        free(im);
+        if (err && errlen) snprintf(err, errlen, "backend \"cuda\": out of memory");
+        return LT_ERR_NOMEM;
+    }
+    be->impl = im;
+    be->ops = &cuda_ops;
+    im->first_error = LT_OK;
+    im->debug_sync = env_flag("LT_CUDA_SYNC");
+    im->debug_print = env_flag("LT_CUDA_DEBUG");
+
+    int dev = 0;
+    const char *ds = getenv("LT_CUDA_DEVICE");
+    if (ds && *ds) {
+        dev = atoi(ds);
+        if (dev < 0 || dev >= n) return create_fail(im, be, err, errlen, "LT_CUDA_DEVICE is not a device index", cudaSuccess);
+    } else if ((e = cudaGetDevice(&dev)) != cudaSuccess) {
+        return create_fail(im, be, err, errlen, "cudaGetDevice", e);
+    }
+    if ((e = cudaSetDevice(dev)) != cudaSuccess) return create_fail(im, be, err, errlen, "cudaSetDevice", e);
+    im->device = dev;
+    int v = 0;
+    if ((e = cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev)) != cudaSuccess)
+        return create_fail(im, be, err, errlen, "device attributes", e);
+    im->sm_count = v;
+    if ((e = cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev)) != cudaSuccess)
+        return create_fail(im, be, err, errlen, "device attributes", e);
+    im->smem_optin = (size_t)v;
+    if (cudaDeviceGetAttribute(&v, cudaDevAttrMemoryPoolsSupported, dev) != cudaSuccess) {
+        cudaGetLastError();
+        v = 0;
+    }
+    im->use_pool = v != 0;
+
+    if ((e = cudaStreamCreateWithFlags(&im->stream, cudaStreamNonBlocking)) != cudaSuccess)
+        return create_fail(im, be, err, errlen, "cudaStreamCreate", e);
+    cublasStatus_t cs = cublasCreate(&im->cublas);
+    if (cs != CUBLAS_STATUS_SUCCESS) {
+        im->cublas = NULL;
+        return create_fail(im, be, err, errlen, "cublasCreate failed", cudaSuccess);
+    }
+    /* plain fp32 (no TF32) so that results agree with the CPU oracle */
+    if (cublasSetStream(im->cublas, im->stream) != CUBLAS_STATUS_SUCCESS ||
+        cublasSetMathMode(im->cublas, CUBLAS_DEFAULT_MATH) != CUBLAS_STATUS_SUCCESS ||
+        cublasSetPointerMode(im->cublas, CUBLAS_POINTER_MODE_HOST) != CUBLAS_STATUS_SUCCESS)
+        return create_fail(im, be, err, errlen, "cuBLAS setup failed", cudaSuccess);
+    if ((e = cudaMalloc((void **)&im->ws, LT_CUDA_WS_FLOATS * sizeof(float))) != cudaSuccess ||
+        (e = cudaMalloc((void **)&im->red, (LT_CUDA_RED_BLOCKS + 1) * sizeof(double))) != cudaSuccess ||
+        (e = cudaMalloc((void **)&im->flag, sizeof(int))) != cudaSuccess)
+        return create_fail(im, be, err, errlen, "workspace", e);
+    if ((e = lt_cuda_attention_setup(be)) != cudaSuccess)
+        return create_fail(im, be, err, errlen, "attention kernel setup", e);
+    cudaGetLastError();
+    cuda_set_threads(be, n_threads);
+    *out = be;
+    return LT_OK;
 }

@@ -53,8 +53,21 @@ static inline int lt_mul_overflow_u64(uint64_t a, uint64_t b, uint64_t *out) {
 }
 
 /* ---- files -------------------------------------------------------------------------------------- */
-/* Write a whole file atomically: <path>.tmp.<pid> then fsync + rename. */
+/* Atomic file writing, streamed: open creates <path>.tmp.<pid>; commit fsyncs, renames it over path
+ * and fsyncs the directory; abort (or any failed call) removes the temporary file. A reader of path
+ * sees the old file or the whole new one, never a part. */
+typedef struct lt_atomic_file {
+    int fd;
+    char *path, *tmp;
+} lt_atomic_file;
+lt_status lt_atomic_open(lt_atomic_file *f, const char *path, lt_error *err);
+lt_status lt_atomic_write(lt_atomic_file *f, const void *data, size_t n, lt_error *err); /* aborts on failure */
+lt_status lt_atomic_commit(lt_atomic_file *f, lt_error *err);                         /* aborts on failure */
+void lt_atomic_abort(lt_atomic_file *f);
+/* The whole file in one call. */
 lt_status lt_write_file_atomic(const char *path, const void *data, size_t n, lt_error *err);
+/* fsync a directory so that renames in it survive a crash (best effort). */
+void lt_fsync_dir(const char *dir);
 /* Read a whole file into a NUL-terminated malloc'd buffer. */
 lt_status lt_read_file(const char *path, char **data, size_t *n, lt_error *err);
 /* Join dir and name into buf; returns 0, or -1 if too long. */

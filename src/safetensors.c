@@ -61,33 +61,6 @@ static int pread_all(int fd, void *buf, size_t n, uint64_t off) {
     return 0;
 }
 
-static int write_all(int fd, const void *data, size_t n) {
-    const unsigned char *p = (const unsigned char *)data;
-    while (n > 0) {
-        size_t chunk = n > ST_IO_CHUNK ? ST_IO_CHUNK : n;
-        ssize_t w = write(fd, p, chunk);
-        if (w < 0) {
-            if (errno == EINTR) continue;
-            return -1;
-        }
-        if (w == 0) {
-            errno = EIO;
-            return -1;
-        }
-        p += w;
-        n -= (size_t)w;
-    }
-    return 0;
-}
-
-static void fsync_dir(const char *dir) {
-    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd >= 0) {
-        (void)fsync(fd);
-        close(fd);
-    }
-}
-
 static int cmp_tensor_name(const void *a, const void *b) {
     return strcmp(((const lt_st_tensor *)a)->name, ((const lt_st_tensor *)b)->name);
 }
@@ -898,8 +871,7 @@ lt_status lt_st_write(const char *path, const lt_st_entry *entries, int n, const
     if (!path || n < 0 || (n > 0 && !entries)) return lt_fail(err, LT_ERR_ARGUMENT, "lt_st_write: bad argument");
     lt_status st = LT_OK;
     st_witem *items = calloc((size_t)n + 1, sizeof *items);
-    char *header = NULL, *tmp = NULL;
-    int fd = -1;
+    char *header = NULL;
     if (!items) return lt_fail(err, LT_ERR_NOMEM, "%s: out of memory", path);
     for (int i = 0; i < n; i++) {
         items[i].e = &entries[i];
@@ -909,58 +881,17 @@ lt_status lt_st_write(const char *path, const lt_st_entry *entries, int n, const
     size_t hlen = 0;
     if ((st = build_header(path, items, n, metadata_kv, &header, &hlen, err)) != LT_OK) goto done;
 
-    size_t tl = strlen(path) + 32;
-    if (!(tmp = malloc(tl))) {
-        st = lt_fail(err, LT_ERR_NOMEM, "%s: out of memory", path);
-        goto done;
-    }
-    snprintf(tmp, tl, "%s.tmp.%ld", path, (long)getpid());
-    fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) {
-        st = lt_fail(err, LT_ERR_IO, "%s: cannot create temporary file %s: %s", path, tmp, strerror(errno));
-        free(tmp);
-        tmp = NULL; /* nothing to remove */
-        goto done;
-    }
+    lt_atomic_file f;
+    if ((st = lt_atomic_open(&f, path, err)) != LT_OK) goto done;
     unsigned char lenb[8];
     for (int i = 0; i < 8; i++) lenb[i] = (unsigned char)((uint64_t)hlen >> (8 * i));
-    const char *what = NULL;
-    if (write_all(fd, lenb, 8) != 0 || write_all(fd, header, hlen) != 0) what = "write";
-    for (int i = 0; !what && i < n; i++)
-        if (items[i].nbytes && write_all(fd, items[i].e->data, (size_t)items[i].nbytes) != 0) what = "write";
-    if (!what && fsync(fd) != 0) what = "fsync";
-    int e = errno;
-    if (close(fd) != 0 && !what) {
-        e = errno;
-        what = "close";
-    }
-    fd = -1;
-    if (!what && rename(tmp, path) != 0) {
-        e = errno;
-        what = "rename";
-    }
-    if (what) {
-        st = lt_fail(err, LT_ERR_IO, "%s: %s failed: %s", path, what, strerror(e));
+    if ((st = lt_atomic_write(&f, lenb, 8, err)) != LT_OK || (st = lt_atomic_write(&f, header, hlen, err)) != LT_OK)
         goto done;
-    }
-    free(tmp);
-    tmp = NULL;
-    {
-        char *d = xstrdup(path);
-        if (d) {
-            char *slash = strrchr(d, '/');
-            if (slash == d) slash[1] = '\0';
-            else if (slash) *slash = '\0';
-            fsync_dir(slash ? d : ".");
-            free(d);
-        }
-    }
+    for (int i = 0; i < n; i++)
+        if (items[i].nbytes && (st = lt_atomic_write(&f, items[i].e->data, (size_t)items[i].nbytes, err)) != LT_OK)
+            goto done;
+    st = lt_atomic_commit(&f, err);
 done:
-    if (fd >= 0) close(fd);
-    if (tmp) {
-        unlink(tmp);
-        free(tmp);
-    }
     free(header);
     free(items);
     return st;
@@ -1047,7 +978,7 @@ lt_status lt_st_write_sharded(const char *dir, const lt_st_entry *entries, int n
         uint64_t cur = 0;
         int n_prov = 0, open_id = -1;
         for (int i = 0; i < n && st == LT_OK; i++) {
-            uint64_t nb;
+            uint64_t nb = 0;
             if ((st = check_entry(dir, &entries[i], i, &nb, err)) != LT_OK) break;
             total += nb;
             if (nb > max_shard_bytes) {
@@ -1078,7 +1009,7 @@ lt_status lt_st_write_sharded(const char *dir, const lt_st_entry *entries, int n
         if ((st = lt_st_write(path, entries, n, NULL, err)) != LT_OK) goto done;
         char *keep[1] = {(char *)ST_SINGLE_NAME};
         remove_stale(dir, keep, 1);
-        fsync_dir(dir);
+        lt_fsync_dir(dir);
         goto done;
     }
     names = calloc((size_t)n_shards + 1, sizeof *names);
@@ -1135,7 +1066,7 @@ lt_status lt_st_write_sharded(const char *dir, const lt_st_entry *entries, int n
     names[n_shards] = (char *)ST_INDEX_NAME; /* not freed: see below */
     remove_stale(dir, names, n_shards + 1);
     names[n_shards] = NULL;
-    fsync_dir(dir);
+    lt_fsync_dir(dir);
 done:
     if (names) {
         for (int s = 0; s < n_shards; s++) free(names[s]);

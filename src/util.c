@@ -195,59 +195,100 @@ static int write_all(int fd, const void *data, size_t n) {
     return 0;
 }
 
-/* fsync the directory holding path so that a rename survives a crash (best effort). */
-static void fsync_parent_dir(const char *path) {
-    size_t len = strlen(path);
-    char *copy = malloc(len + 1);
-    if (!copy) return;
-    memcpy(copy, path, len + 1);
-    const char *dir = dirname(copy);
+void lt_fsync_dir(const char *dir) {
     int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fd >= 0) {
         (void)fsync(fd);
         close(fd);
     }
+}
+
+/* fsync the directory holding path (best effort). */
+static void fsync_parent_dir(const char *path) {
+    size_t len = strlen(path);
+    char *copy = malloc(len + 1);
+    if (!copy) return;
+    memcpy(copy, path, len + 1);
+    lt_fsync_dir(dirname(copy));
     free(copy);
 }
 
-lt_status lt_write_file_atomic(const char *path, const void *data, size_t n, lt_error *err) {
-    if (!path || (!data && n > 0)) return lt_fail(err, LT_ERR_ARGUMENT, "lt_write_file_atomic: NULL argument");
+lt_status lt_atomic_open(lt_atomic_file *f, const char *path, lt_error *err) {
+    f->fd = -1;
+    f->path = f->tmp = NULL;
+    if (!path) return lt_fail(err, LT_ERR_ARGUMENT, "lt_atomic_open: path is NULL");
     size_t len = strlen(path) + 32;
-    char *tmp = malloc(len);
-    if (!tmp) return lt_fail(err, LT_ERR_NOMEM, "%s: out of memory", path);
-    snprintf(tmp, len, "%s.tmp.%ld", path, (long)getpid());
-
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) {
+    f->path = malloc(len);
+    f->tmp = malloc(len);
+    if (!f->path || !f->tmp) {
+        lt_atomic_abort(f);
+        return lt_fail(err, LT_ERR_NOMEM, "%s: out of memory", path);
+    }
+    memcpy(f->path, path, strlen(path) + 1);
+    snprintf(f->tmp, len, "%s.tmp.%ld", path, (long)getpid());
+    f->fd = open(f->tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (f->fd < 0) {
         int e = errno;
-        free(tmp);
+        free(f->tmp);
+        f->tmp = NULL; /* nothing to remove */
+        lt_atomic_abort(f);
         return lt_fail(err, LT_ERR_IO, "%s: cannot create temporary file: %s", path, strerror(e));
     }
+    return LT_OK;
+}
+
+void lt_atomic_abort(lt_atomic_file *f) {
+    if (f->fd >= 0) close(f->fd);
+    if (f->tmp) unlink(f->tmp);
+    free(f->tmp);
+    free(f->path);
+    f->fd = -1;
+    f->tmp = f->path = NULL;
+}
+
+lt_status lt_atomic_write(lt_atomic_file *f, const void *data, size_t n, lt_error *err) {
+    if (write_all(f->fd, data, n) == 0) return LT_OK;
+    int e = errno;
+    lt_status st = lt_fail(err, LT_ERR_IO, "%s: write failed: %s", f->path, strerror(e));
+    lt_atomic_abort(f);
+    return st;
+}
+
+lt_status lt_atomic_commit(lt_atomic_file *f, lt_error *err) {
     const char *what = NULL;
     int e = 0;
-    if (write_all(fd, data, n) != 0) {
-        e = errno;
-        what = "write";
-    } else if (fsync(fd) != 0) {
+    if (fsync(f->fd) != 0) {
         e = errno;
         what = "fsync";
     }
-    if (close(fd) != 0 && !what) {
+    if (close(f->fd) != 0 && !what) {
         e = errno;
         what = "close";
     }
-    if (!what && rename(tmp, path) != 0) {
+    f->fd = -1;
+    if (!what && rename(f->tmp, f->path) != 0) {
         e = errno;
         what = "rename";
     }
     if (what) {
-        unlink(tmp);
-        free(tmp);
-        return lt_fail(err, LT_ERR_IO, "%s: %s failed: %s", path, what, strerror(e));
+        lt_status st = lt_fail(err, LT_ERR_IO, "%s: %s failed: %s", f->path, what, strerror(e));
+        lt_atomic_abort(f);
+        return st;
     }
-    free(tmp);
-    fsync_parent_dir(path);
+    fsync_parent_dir(f->path);
+    free(f->tmp);
+    free(f->path);
+    f->tmp = f->path = NULL;
     return LT_OK;
+}
+
+lt_status lt_write_file_atomic(const char *path, const void *data, size_t n, lt_error *err) {
+    if (!path || (!data && n > 0)) return lt_fail(err, LT_ERR_ARGUMENT, "lt_write_file_atomic: NULL argument");
+    lt_atomic_file f;
+    lt_status st = lt_atomic_open(&f, path, err);
+    if (st == LT_OK) st = lt_atomic_write(&f, data, n, err);
+    if (st == LT_OK) st = lt_atomic_commit(&f, err);
+    return st;
 }
 
 lt_status lt_read_file(const char *path, char **data, size_t *n, lt_error *err) {

@@ -58,7 +58,8 @@ def test_library_in_package_directory(tmp_path):
 
 
 def test_missing_library_message(tmp_path):
-    env = dict(os.environ, LORATUNE_LIBRARY=str(tmp_path / "nowhere.so"))
+    env = dict(os.environ, LORATUNE_LIBRARY=str(tmp_path / "nowhere.so"),
+               PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(lt.__file__))))
     env.pop("LD_LIBRARY_PATH", None)
     code = ("import loratune, sys\n"
             "try:\n    loratune.library_version()\nexcept loratune.LibraryNotFoundError as e:\n"

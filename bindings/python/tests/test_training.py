@@ -71,7 +71,7 @@ def test_labels_mask(model):
     ids = rows()
     labels = [[-100] * 8 + r[8:] for r in ids]
     r = model.loss(ids, labels=labels)
-    assert r.n_tokens == 4 * 7
+    assert r.n_tokens == 4 * 8  # labels[8:] are predicted from positions 7..14
     with pytest.raises(lt.LoratuneError) as e:
         t, a, o = make_trainer(model)
         t.step(ids, labels=[[-100] * 16] * 4)
@@ -235,7 +235,7 @@ def test_numpy_batches(model):
     assert r64 == r32 == model.loss(rows())
     labels = ids.copy()
     labels[:, :8] = -100
-    assert model.loss(ids, labels=labels).n_tokens == 4 * 7
+    assert model.loss(ids, labels=labels).n_tokens == 4 * 8
     b = lt.Batch(np.asfortranarray(ids))  # non-contiguous input is copied
     assert model.loss(b) == r64
     with pytest.raises(TypeError):

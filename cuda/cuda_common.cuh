@@ -1,0 +1,68 @@
+/*
+ * cuda_common.cuh - device helpers shared by the kernels of the CUDA backend (C++ only).
+ *
+ * Reductions are written so that every thread ends with bit-identical results and the summation
+ * order depends only on the launch shape (never on timing): the backend is deterministic.
+ */
+#ifndef LT_CUDA_COMMON_CUH
+#define LT_CUDA_COMMON_CUH
+
+#include <math.h>
+#include <stdint.h>
+
+#include "cuda_impl.h"
+
+#define LT_FULL_MASK 0xffffffffu
+
+/* Blocks for a grid-stride loop over n elements with `threads` per block (at least 1, capped:
+ * the loop covers the rest). */
+static inline unsigned lt_grid_1d(size_t n, int threads) {
+    size_t b = (n + (size_t)threads - 1) / (size_t)threads;
+    if (b < 1) b = 1;
+    if (b > 65536) b = 65536;
+    return (unsigned)b;
+}
+
+/* Sum over the 32 lanes of a warp; every lane gets the same bits (xor butterfly: both partners of
+ * each step add the same two numbers). */
+template <typename T> __device__ __forceinline__ T lt_warp_sum(T v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(LT_FULL_MASK, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float lt_warp_max(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(LT_FULL_MASK, v, o));
+    return v;
+}
+
+/* Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets the result.
+ * Contains __syncthreads: call it from all threads. Safe to call repeatedly. */
+template <typename T> __device__ T lt_block_sum(T v) {
+    __shared__ T part[32];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+    v = lt_warp_sum(v);
+    __syncthreads(); /* a previous call may still be reading part[] */
+    if (lane == 0) part[warp] = v;
+    __syncthreads();
+    T r = lane < nwarps ? part[lane] : T(0);
+    return lt_warp_sum(r);
+}
+
+/* First key a query attends to (ref_ops.h lt_att_kv_lo): kv_start clamped to [0, t]. */
+__device__ __forceinline__ int lt_att_lo(const int32_t *kv_start_row, int t) {
+    int lo = kv_start_row[t];
+    return lo < 0 ? 0 : lo > t ? t : lo;
+}
+
+/* The dropout hash of backend.h (lt_hash_uniform), bit for bit. */
+__device__ __forceinline__ float lt_hash_uniform_dev(uint64_t seed, uint64_t index) {
+    uint64_t z = seed + 0x9E3779B97F4A7C15ull * (index + 1);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    return (float)(z >> 40) * (1.0f / 16777216.0f);
+}
+
+#endif /* LT_CUDA_COMMON_CUH */
