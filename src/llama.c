@@ -37,7 +37,7 @@ static void relocate(void **slot, char *base) {
 
 #define CARVE(ptr, n) carve(&total, (void **)&(ptr), (size_t)(n))
 
-lt_status lt_workspace_create(lt_model *m, int B, int T, int rank, int checkpointing,
+lt_status lt_workspace_create(lt_model *m, int B, int T, int rank, int mode,
                               lt_workspace **out, lt_error *err) {
     const lt_model_config *c = &m->cfg;
     *out = NULL;
@@ -51,8 +51,9 @@ lt_status lt_workspace_create(lt_model *m, int B, int T, int rank, int checkpoin
     ws->be = m->be;
     ws->B = ws->B_cap = B; ws->T = T; ws->N = (int)N;
     ws->rank = rank;
-    ws->checkpointing = checkpointing;
-    ws->n_acts = checkpointing ? 1 : L;
+    ws->checkpointing = mode != LT_WS_FULL;
+    ws->forward_only = mode == LT_WS_FORWARD;
+    ws->n_acts = mode == LT_WS_FULL ? L : 1;
     ws->acts = calloc((size_t)ws->n_acts, sizeof *ws->acts);
     ws->x_saved = calloc((size_t)L + 1, sizeof *ws->x_saved);
     if (!ws->acts || !ws->x_saved) { lt_workspace_free(ws); return lt_fail(err, LT_ERR_NOMEM, "workspace: out of memory"); }
@@ -64,7 +65,8 @@ lt_status lt_workspace_create(lt_model *m, int B, int T, int rank, int checkpoin
     ws->chunk = chunk;
 
     size_t total = 0;
-    for (int l = 0; l <= L; l++) CARVE(ws->x_saved[l], N * H);
+    /* forward only: the residual stream ping-pongs between two buffers */
+    for (int l = 0; l <= (ws->forward_only ? 1 : L); l++) CARVE(ws->x_saved[l], N * H);
     for (int a = 0; a < ws->n_acts; a++) {
         lt_layer_acts *A = &ws->acts[a];
         CARVE(A->ln1, N * H); CARVE(A->rstd1, N);
@@ -80,25 +82,31 @@ lt_status lt_workspace_create(lt_model *m, int B, int T, int rank, int checkpoin
     CARVE(ws->ids, N); CARVE(ws->targets, N); CARVE(ws->pos, N); CARVE(ws->kv_start, N);
     CARVE(ws->logits, (size_t)chunk * V);
     CARVE(ws->losses, N);
-    CARVE(ws->dres, N * H); CARVE(ws->dln, N * H);
-    CARVE(ws->dI1, N * I); CARVE(ws->dI2, N * I); CARVE(ws->dI3, N * I);
-    CARVE(ws->dq, N * QD); CARVE(ws->dk, N * KD); CARVE(ws->dv, N * KD); CARVE(ws->datt, N * QD);
-    if (rank > 0) {
-        CARVE(ws->dr, N * rank);
-        CARVE(ws->drop, N * (size_t)(H > I ? (H > QD ? H : QD) : (I > QD ? I : QD)));
+    if (!ws->forward_only) {
+        CARVE(ws->dres, N * H); CARVE(ws->dln, N * H);
+        CARVE(ws->dI1, N * I); CARVE(ws->dI2, N * I); CARVE(ws->dI3, N * I);
+        CARVE(ws->dq, N * QD); CARVE(ws->dk, N * KD); CARVE(ws->dv, N * KD); CARVE(ws->datt, N * QD);
+        if (rank > 0) {
+            CARVE(ws->dr, N * rank);
+            CARVE(ws->drop, N * (size_t)(H > I ? (H > QD ? H : QD) : (I > QD ? I : QD)));
+        }
+        CARVE(ws->att_scratch, OPS->attention_backward_scratch(BE, B, T, NH, (int)c->head_dim));
     }
-    CARVE(ws->att_scratch, OPS->attention_backward_scratch(BE, B, T, NH, (int)c->head_dim));
 
     ws->block = OPS->alloc(BE, total);
     ws->block_bytes = total;
     ws->host_losses = malloc(N * sizeof(float));
-    if (!ws->block || !ws->host_losses) {
+    ws->host_stage = malloc(4 * N * sizeof(int32_t));
+    if (!ws->block || !ws->host_losses || !ws->host_stage) {
         lt_workspace_free(ws);
         return lt_fail(err, LT_ERR_NOMEM, "workspace: cannot allocate %.1f MiB for a %d x %d batch",
                        (double)total / (1 << 20), B, T);
     }
     char *base = ws->block;
-    for (int l = 0; l <= L; l++) relocate((void **)&ws->x_saved[l], base);
+    for (int l = 0; l <= L; l++) {
+        if (ws->forward_only && l > 1) ws->x_saved[l] = ws->x_saved[l % 2];
+        else relocate((void **)&ws->x_saved[l], base);
+    }
     for (int a = 0; a < ws->n_acts; a++) {
         lt_layer_acts *A = &ws->acts[a];
         void **f[] = {(void **)&A->ln1, (void **)&A->rstd1, (void **)&A->q, (void **)&A->k, (void **)&A->v,
@@ -122,6 +130,7 @@ void lt_workspace_free(lt_workspace *ws) {
     if (!ws) return;
     if (ws->block) ws->be->ops->free(ws->be, ws->block);
     free(ws->host_losses);
+    free(ws->host_stage);
     free(ws->acts);
     free(ws->x_saved);
     free(ws);
@@ -138,8 +147,7 @@ lt_status lt_stage_batch(lt_model *m, lt_workspace *ws, const lt_batch *b, int64
         return lt_fail(err, LT_ERR_SHAPE, "batch: %d x %d does not fit the planned %d x %d",
                        b->n_rows, b->seq_len, ws->B_cap, ws->T);
     const int B = b->n_rows, T = b->seq_len, N = B * T, V = (int)m->cfg.vocab_size;
-    int32_t *tmp = malloc((size_t)N * 4 * sizeof(int32_t));
-    if (!tmp) return lt_fail(err, LT_ERR_NOMEM, "batch: out of memory");
+    int32_t *tmp = ws->host_stage; /* planned with the workspace: no allocation per step */
     int32_t *ids = tmp, *tg = tmp + N, *pos = tmp + 2 * N, *kvs = tmp + 3 * N;
     int64_t valid = 0;
     for (int r = 0; r < B; r++) {
@@ -148,14 +156,12 @@ lt_status lt_stage_batch(lt_model *m, lt_workspace *ws, const lt_batch *b, int64
             int i = r * T + t;
             int32_t id = b->input_ids[i];
             if (id < 0 || id >= V) {
-                free(tmp);
                 return lt_fail(err, LT_ERR_DATA, "batch: token id %d at row %d position %d is outside the "
                                "vocabulary [0, %d)", id, r, t, V);
             }
             ids[i] = id;
             int32_t p = b->position_ids ? b->position_ids[i] : t;
             if (p < 0) {
-                free(tmp);
                 return lt_fail(err, LT_ERR_DATA, "batch: negative position id %d at row %d position %d", p, r, t);
             }
             if (b->position_ids && t > 0 && p == 0) seg = t; /* a packed sequence starts here */
@@ -168,7 +174,6 @@ lt_status lt_stage_batch(lt_model *m, lt_workspace *ws, const lt_batch *b, int64
             if (t + 1 < T && !(b->position_ids && b->position_ids[i + 1] == 0)) {
                 int32_t lab = b->labels ? b->labels[i + 1] : b->input_ids[i + 1];
                 if (lab != -100 && (lab < 0 || lab >= V)) {
-                    free(tmp);
                     return lt_fail(err, LT_ERR_DATA, "batch: label %d at row %d position %d is neither -100 "
                                    "nor a token id below %d", lab, r, t + 1, V);
                 }
@@ -182,7 +187,6 @@ lt_status lt_stage_batch(lt_model *m, lt_workspace *ws, const lt_batch *b, int64
     OPS->upload(BE, ws->targets, tg, (size_t)N * 4);
     OPS->upload(BE, ws->pos, pos, (size_t)N * 4);
     OPS->upload(BE, ws->kv_start, kvs, (size_t)N * 4);
-    free(tmp);
     ws->B = B;
     ws->N = N;
     *n_valid = valid;
@@ -314,6 +318,8 @@ lt_status lt_forward_backward(lt_model *m, const lt_adapter *ad, lt_workspace *w
     const int L = (int)c->num_hidden_layers, H = (int)c->hidden_size, V = (int)c->vocab_size;
     const int N = ws->B * ws->T;
     const int backward = grad_scale != 0.0f && !logits_out;
+    if (backward && ws->forward_only)
+        return lt_fail(err, LT_ERR_INTERNAL, "a forward-only workspace cannot run a backward pass");
     if (ad && ad->p.rank > ws->rank)
         return lt_fail(err, LT_ERR_INTERNAL, "workspace planned for rank %d, adapter has rank %d", ws->rank, ad->p.rank);
     if (ad && ad->merged)

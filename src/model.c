@@ -240,7 +240,7 @@ static lt_status eval_batch(lt_model *m, const lt_adapter *ad, const lt_batch *b
                        (long long)b->n_rows * b->seq_len * m->cfg.vocab_size);
     lt_workspace *ws = NULL;
     lt_status st = lt_workspace_create(m, b->n_rows > 0 ? b->n_rows : 1, b->seq_len > 0 ? b->seq_len : 1,
-                                       ad ? ad->p.rank : 0, 1, &ws, &m->err);
+                                       ad ? ad->p.rank : 0, LT_WS_FORWARD, &ws, &m->err);
     if (st != LT_OK) return st;
     int64_t valid = 0;
     double sum = 0;

@@ -96,7 +96,8 @@ typedef struct lt_workspace {
     int B, T, N;              /* rows of the staged batch (<= B_cap), tokens per row, B*T */
     int B_cap;                /* rows planned for; a smaller batch reuses the workspace */
     int rank;                 /* LoRA rank it was planned for (0: none) */
-    int checkpointing;
+    int checkpointing;        /* 1: recompute each layer in backward */
+    int forward_only;         /* no backward buffers were planned */
     int n_acts;               /* L without checkpointing, 1 with */
     lt_layer_acts *acts;
     float **x_saved;          /* (L) layer inputs (N,H) kept by checkpointing; x_saved[L] = final */
@@ -113,11 +114,15 @@ typedef struct lt_workspace {
     float *drop;              /* (N,max(H,I)) dropout-masked inputs */
     float *att_scratch;
     float *host_losses;       /* host copy of losses (N) */
+    int32_t *host_stage;      /* (4N) host staging of ids, targets, positions, kv_start */
     void *block;              /* the one allocation everything above lives in */
     size_t block_bytes;
 } lt_workspace;
 
-lt_status lt_workspace_create(lt_model *m, int B, int T, int rank, int checkpointing,
+/* mode: LT_WS_FULL keeps every layer's activations, LT_WS_CHECKPOINT keeps layer inputs and
+ * recomputes in backward, LT_WS_FORWARD plans no backward at all (evaluation, logits). */
+enum { LT_WS_FULL = 0, LT_WS_CHECKPOINT = 1, LT_WS_FORWARD = 2 };
+lt_status lt_workspace_create(lt_model *m, int B, int T, int rank, int mode,
                               lt_workspace **out, lt_error *err);
 void lt_workspace_free(lt_workspace *ws);
 
