@@ -3,16 +3,17 @@
 # same machine, same thread count, run alternately (ours, theirs, ours, theirs, ...) so that background
 # load affects both. Prints each run's JSON and a summary with the ratio of the medians.
 #   bash bench/compare_bench_s.sh [THREADS] [REPEATS]
-# Needs build/loratune and the reference venv (tests/run.sh creates it; LT_REF_VENV to override).
+# Needs build/loratune (LT_BUILD=DIR for another build directory) and the reference venv (tests/run.sh creates it; LT_REF_VENV to override).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 threads=${1:-2}
 repeats=${2:-3}
+bin=${LT_BUILD:-build}/loratune
 py=${LT_REF_VENV:-$HOME/.cache/loratune/ref-venv}/bin/python
 ours=(); theirs=(); ours_ck=()
 for i in $(seq "$repeats"); do
-  o=$(./build/loratune bench --config bench-s --threads "$threads" --steps 5 --warmup 2 --json | tail -1)
-  c=$(./build/loratune bench --config bench-s --threads "$threads" --steps 5 --warmup 2 --checkpointing on --json | tail -1)
+  o=$("$bin" bench --config bench-s --threads "$threads" --steps 5 --warmup 2 --json | tail -1)
+  c=$("$bin" bench --config bench-s --threads "$threads" --steps 5 --warmup 2 --checkpointing on --json | tail -1)
   t=$("$py" bench/bench_torch.py --threads "$threads" --steps 5 --warmup 2 2>/dev/null | tail -1)
   echo "libloratune:               $o"
   echo "libloratune (checkpoint.): $c"

@@ -534,6 +534,61 @@ START_TEST(test_generate_greedy_matches_forward) {
 END_TEST
 
 
+/* several adapters on one loaded base: each call picks one (or none), nothing is reloaded */
+static int progress_calls, progress_updates;
+static void on_progress(void *user, const lt_step_result *r) {
+    (void)user;
+    progress_calls++;
+    progress_updates += r->updated;
+}
+
+START_TEST(test_hot_swap_and_progress) {
+    lt_context *ctx = tu_context();
+    lt_model *m = load_model(ctx, "llama-basic");
+    lt_adapter *a1 = make_adapter(m, 4, 8, 0, LT_TARGET_ALL, 1), *a2 = make_adapter(m, 2, 4, 0, LT_TARGET_Q | LT_TARGET_V, 1);
+    const int T = 9, V = (int)m->cfg.vocab_size;
+    int32_t ids[9];
+    fill_ids(ids, T, V, 4);
+    lt_batch b;
+    lt_batch_init(&b);
+    b.n_rows = 1; b.seq_len = T; b.input_ids = ids;
+    size_t n = (size_t)T * V;
+    float *l0 = malloc(n * 4), *l1 = malloc(n * 4), *l2 = malloc(n * 4), *again = malloc(n * 4);
+    ck_assert_int_eq(lt_model_logits(m, NULL, &b, l0, n), LT_OK);
+    ck_assert_int_eq(lt_model_logits(m, a1, &b, l1, n), LT_OK);
+    ck_assert_int_eq(lt_model_logits(m, a2, &b, l2, n), LT_OK);
+    ck_assert(tu_max_rel_err(l1, l0, n) > 1e-3 && tu_max_rel_err(l2, l0, n) > 1e-3 && tu_max_rel_err(l1, l2, n) > 1e-3);
+    ck_assert_int_eq(lt_model_logits(m, NULL, &b, again, n), LT_OK);
+    ck_assert_int_eq(memcmp(again, l0, n * 4), 0); /* disabling is exact: the base is untouched */
+    /* training a1 leaves a2 and the base as they were; the progress callback sees every call */
+    lt_optimizer *o = NULL;
+    lt_trainer *t = NULL;
+    ck_assert_int_eq(lt_optimizer_create(a1, NULL, &o), LT_OK);
+    lt_trainer_params tp;
+    lt_trainer_params_init(&tp);
+    tp.grad_accum = 2;
+    ck_assert_int_eq(lt_trainer_create(m, a1, o, &tp, &t), LT_OK);
+    lt_trainer_set_progress(t, on_progress, NULL);
+    progress_calls = progress_updates = 0;
+    for (int k = 0; k < 4; k++) ck_assert_int_eq(lt_trainer_step(t, &b, NULL), LT_OK);
+    ck_assert_int_eq(progress_calls, 4);
+    ck_assert_int_eq(progress_updates, 2);
+    ck_assert_int_eq(lt_model_logits(m, a2, &b, again, n), LT_OK);
+    ck_assert_int_eq(memcmp(again, l2, n * 4), 0);
+    ck_assert_int_eq(lt_model_logits(m, NULL, &b, again, n), LT_OK);
+    ck_assert_int_eq(memcmp(again, l0, n * 4), 0);
+    ck_assert_int_eq(lt_model_logits(m, a1, &b, again, n), LT_OK);
+    ck_assert(tu_max_rel_err(again, l1, n) > 0); /* a1 did train */
+    free(l0); free(l1); free(l2); free(again);
+    lt_trainer_free(t);
+    lt_optimizer_free(o);
+    lt_adapter_free(a2);
+    lt_adapter_free(a1);
+    lt_model_free(m);
+    lt_context_free(ctx);
+}
+END_TEST
+
 /* ---- against PyTorch + PEFT (goldens from tests/python/make_lora_goldens.py) ------------------------ */
 
 static const char *const golden_models[] = {"llama-basic", "llama-gqa", "llama-headdim", "llama-tied"};
@@ -769,6 +824,7 @@ Suite *lora_suite(void) {
     tcase_add_test(tc, test_bad_steps_leave_adapter);
     tcase_add_test(tc, test_bad_adapters);
     tcase_add_test(tc, test_generate_greedy_matches_forward);
+    tcase_add_test(tc, test_hot_swap_and_progress);
     suite_add_tcase(s, tc);
     TCase *gold = tcase_create("pytorch");
     tcase_set_timeout(gold, 600);
