@@ -22,6 +22,7 @@
 #include <omp.h>
 #include <sched.h>
 #include <stdio.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -123,14 +124,15 @@ const lt_cpu_kernels *lt_cpu_kernels_get(lt_cpu_isa isa) {
 
 typedef struct cpu_impl {
     const lt_cpu_kernels *k;
-    lt_status first_error; /* since the last sync */
+    _Atomic int first_error; /* lt_status since the last sync; atomic: threads sharing a model share it */
 } cpu_impl;
 
 static inline const lt_cpu_kernels *K(const lt_backend *be) { return ((const cpu_impl *)be->impl)->k; }
 
 static void cpu_record_error(lt_backend *be, lt_status st) {
     cpu_impl *im = be->impl;
-    if (im->first_error == LT_OK) im->first_error = st;
+    int expected = LT_OK;
+    atomic_compare_exchange_strong(&im->first_error, &expected, (int)st);
 }
 
 /* Online cores this process may run on. */
@@ -218,8 +220,7 @@ static void cpu_zero(lt_backend *be, void *dst, size_t bytes) {
 
 static lt_status cpu_sync(lt_backend *be) {
     cpu_impl *im = be->impl;
-    lt_status st = im->first_error;
-    im->first_error = LT_OK;
+    lt_status st = (lt_status)atomic_exchange(&im->first_error, LT_OK);
     return st;
 }
 
@@ -650,7 +651,7 @@ lt_status lt_cpu_backend_create_isa(int n_threads, lt_cpu_isa isa, lt_backend **
         return LT_ERR_NOMEM;
     }
     im->k = k;
-    im->first_error = LT_OK;
+    atomic_init(&im->first_error, LT_OK);
     be->ops = &cpu_ops;
     be->impl = im;
     cpu_set_threads(be, n_threads);

@@ -62,9 +62,9 @@ extern "C" double lt_cuda_sumsq(lt_backend *be, size_t n, const float *x) {
     double *result = im->red + LT_CUDA_RED_BLOCKS;
     sumsq_partial_kernel<<<(unsigned)nb, EW_THREADS, 0, im->stream>>>(x, n, im->red);
     sumsq_final_kernel<<<1, 1024, 0, im->stream>>>(im->red, (int)nb, result);
-    lt_cuda_check(be, "sumsq");
     double s = NAN;
-    cudaError_t e = cudaMemcpyAsync(&s, result, sizeof s, cudaMemcpyDeviceToHost, im->stream);
+    cudaError_t e = cudaGetLastError(); /* a failed launch must not return a stale result */
+    if (e == cudaSuccess) e = cudaMemcpyAsync(&s, result, sizeof s, cudaMemcpyDeviceToHost, im->stream);
     if (e == cudaSuccess) e = cudaStreamSynchronize(im->stream);
     if (e != cudaSuccess) {
         lt_cuda_record(be, LT_ERR_BACKEND, "sumsq", (int)e);
@@ -87,8 +87,8 @@ extern "C" int lt_cuda_all_finite(lt_backend *be, size_t n, const float *x) {
     cudaError_t e = cudaMemsetAsync(im->flag, 0, sizeof(int), im->stream);
     if (e == cudaSuccess) {
         all_finite_kernel<<<lt_grid_1d(n, EW_THREADS), EW_THREADS, 0, im->stream>>>(x, n, im->flag);
-        lt_cuda_check(be, "all_finite");
-        e = cudaMemcpyAsync(&bad, im->flag, sizeof bad, cudaMemcpyDeviceToHost, im->stream);
+        e = cudaGetLastError();
+        if (e == cudaSuccess) e = cudaMemcpyAsync(&bad, im->flag, sizeof bad, cudaMemcpyDeviceToHost, im->stream);
     }
     if (e == cudaSuccess) e = cudaStreamSynchronize(im->stream);
     if (e != cudaSuccess) {

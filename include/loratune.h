@@ -8,7 +8,9 @@
  *    A create/load that fails has no handle yet; its message is kept per thread: lt_last_error().
  *    Messages stay valid until the next call on the same handle (or thread, for lt_last_error).
  *  - Parameter structs are passed by pointer, start with a `size` field, and are filled with defaults
- *    by lt_*_params_init(). Fields may be appended in later minor versions; never reordered.
+ *    by lt_*_params_init(&p, sizeof p): the library writes exactly sizeof p bytes (its defaults for
+ *    the fields it knows, zeros beyond) and sets p.size. Fields may be appended in later minor
+ *    versions, never reordered; a program built against an older header keeps working.
  *  - Threads: one handle is used by one thread at a time. A loaded lt_model is read-only after load
  *    and may be shared by several trainers/threads as long as no adapter is merged into it.
  *  - The library never aborts, exits or prints; messages go to the optional log callback.
@@ -25,8 +27,10 @@
 extern "C" {
 #endif
 
-#if defined(_WIN32)
+#if defined(_WIN32) && defined(LT_BUILDING_LIBRARY)
 #  define LT_API __declspec(dllexport)
+#elif defined(_WIN32)
+#  define LT_API __declspec(dllimport)
 #elif defined(__GNUC__)
 #  define LT_API __attribute__((visibility("default")))
 #else
@@ -100,7 +104,7 @@ typedef struct lt_context_params {
     lt_log_level log_level; /* minimum level passed to log_fn (default LT_LOG_INFO)         */
 } lt_context_params;
 
-LT_API void lt_context_params_init(lt_context_params *params);
+LT_API void lt_context_params_init(lt_context_params *params, size_t size);
 LT_API lt_status lt_context_create(const lt_context_params *params, lt_context **out);
 LT_API void lt_context_free(lt_context *ctx);
 LT_API const char *lt_context_last_error(const lt_context *ctx);
@@ -131,7 +135,7 @@ typedef struct lt_model_info {
     int64_t weight_bytes;      /* bytes the weights occupy in the backend                   */
 } lt_model_info;
 
-LT_API void lt_model_params_init(lt_model_params *params);
+LT_API void lt_model_params_init(lt_model_params *params, size_t size);
 /** Load a Hugging Face model directory (config.json + safetensors, sharded or not). */
 LT_API lt_status lt_model_load(lt_context *ctx, const char *dir, const lt_model_params *params,
                                lt_model **out);
@@ -151,7 +155,7 @@ typedef struct lt_batch {
                                  /* crosses, and no token is predicted across it.          */
 } lt_batch;
 
-LT_API void lt_batch_init(lt_batch *batch);
+LT_API void lt_batch_init(lt_batch *batch, size_t size);
 
 /**
  * Causal-LM loss of a batch: the SUM of token cross-entropies over predicted tokens and their count
@@ -187,7 +191,7 @@ typedef struct lt_adapter_params {
     uint64_t seed;       /* initialisation seed (default 0)                                */
 } lt_adapter_params;
 
-LT_API void lt_adapter_params_init(lt_adapter_params *params);
+LT_API void lt_adapter_params_init(lt_adapter_params *params, size_t size);
 LT_API lt_status lt_adapter_create(lt_model *model, const lt_adapter_params *params, lt_adapter **out);
 /** Load a PEFT adapter directory (adapter_config.json + adapter_model.safetensors). */
 LT_API lt_status lt_adapter_load(lt_model *model, const char *dir, lt_adapter **out);
@@ -228,7 +232,7 @@ typedef struct lt_optimizer_params {
     float max_grad_norm;   /* global-norm clipping; 0 = off (default 1.0)                    */
 } lt_optimizer_params;
 
-LT_API void lt_optimizer_params_init(lt_optimizer_params *params);
+LT_API void lt_optimizer_params_init(lt_optimizer_params *params, size_t size);
 LT_API lt_status lt_optimizer_create(lt_adapter *adapter, const lt_optimizer_params *params,
                                      lt_optimizer **out);
 LT_API void lt_optimizer_free(lt_optimizer *opt);
@@ -265,7 +269,7 @@ typedef struct lt_step_result {
 
 typedef void (*lt_progress_fn)(void *user, const lt_step_result *result);
 
-LT_API void lt_trainer_params_init(lt_trainer_params *params);
+LT_API void lt_trainer_params_init(lt_trainer_params *params, size_t size);
 LT_API lt_status lt_trainer_create(lt_model *model, lt_adapter *adapter, lt_optimizer *opt,
                                    const lt_trainer_params *params, lt_trainer **out);
 LT_API void lt_trainer_free(lt_trainer *trainer);
@@ -299,7 +303,7 @@ typedef struct lt_generate_params {
 
 #define LT_EOS_FROM_CONFIG (-2) /* use config.json's eos_token_id */
 
-LT_API void lt_generate_params_init(lt_generate_params *params);
+LT_API void lt_generate_params_init(lt_generate_params *params, size_t size);
 /**
  * Generate continuations for n_prompts prompts (each prompt_lens[i] ids, concatenated in prompts),
  * with a KV cache; `adapter` may be NULL (base model). out receives n_prompts rows of

@@ -20,8 +20,8 @@
 
 #define KEY_PREFIX "base_model.model.model.layers."
 
-LT_API void lt_adapter_params_init(lt_adapter_params *p) {
-    if (!p) return;
+LT_API void lt_adapter_params_init(lt_adapter_params *out, size_t size) {
+    lt_adapter_params d, *p = &d;
     memset(p, 0, sizeof *p);
     p->size = sizeof *p;
     p->rank = 8;
@@ -29,6 +29,7 @@ LT_API void lt_adapter_params_init(lt_adapter_params *p) {
     p->dropout = 0.0f;
     p->targets = LT_TARGET_ALL;
     p->init = LT_INIT_DEFAULT;
+    lt_fill_struct(out, size, p, sizeof *p);
 }
 
 static float adapter_scaling(const lt_adapter_params *p) {
@@ -117,7 +118,7 @@ LT_API lt_status lt_adapter_create(lt_model *m, const lt_adapter_params *params,
     *out = NULL;
     if (!m) return lt_fail(terr, LT_ERR_ARGUMENT, "lt_adapter_create: model is NULL");
     lt_adapter_params p;
-    lt_adapter_params_init(&p);
+    lt_adapter_params_init(&p, sizeof p);
     if (params) {
         if (params->size < offsetof(lt_adapter_params, seed) || params->size > sizeof p)
             return lt_fail(terr, LT_ERR_ARGUMENT, "lt_adapter_create: params->size %zu is not a size this "
@@ -329,7 +330,7 @@ static lt_status read_adapter_config(const char *dir, const lt_model *m, lt_adap
         return lt_fail(err, LT_ERR_JSON, "%s:%d: %s", path, je.line, je.text);
     }
     lt_status st = LT_OK;
-    lt_adapter_params_init(p);
+    lt_adapter_params_init(p, sizeof *p);
     json_t *v;
     if (!json_is_object(o)) { st = lt_fail(err, LT_ERR_JSON, "%s: not a JSON object", path); goto out; }
     v = json_object_get(o, "peft_type");

@@ -86,13 +86,14 @@ void lt_backend_destroy(lt_backend *be) {
 
 /* ---- context -------------------------------------------------------------------------------- */
 
-LT_API void lt_context_params_init(lt_context_params *p) {
-    if (!p) return;
+LT_API void lt_context_params_init(lt_context_params *out, size_t size) {
+    lt_context_params d, *p = &d;
     memset(p, 0, sizeof *p);
     p->size = sizeof *p;
     p->backend = "auto";
     p->n_threads = 0;
     p->log_level = LT_LOG_INFO;
+    lt_fill_struct(out, size, p, sizeof *p);
 }
 
 LT_API lt_status lt_context_create(const lt_context_params *params, lt_context **out) {
@@ -101,7 +102,7 @@ LT_API lt_status lt_context_create(const lt_context_params *params, lt_context *
     if (!out) return lt_fail(terr, LT_ERR_ARGUMENT, "lt_context_create: out is NULL");
     *out = NULL;
     lt_context_params p;
-    lt_context_params_init(&p);
+    lt_context_params_init(&p, sizeof p);
     if (params) {
         if (params->size < offsetof(lt_context_params, log_level) || params->size > sizeof p)
             return lt_fail(terr, LT_ERR_ARGUMENT, "lt_context_create: params->size %zu is not a size this "
@@ -146,8 +147,9 @@ LT_API lt_status lt_context_set_threads(lt_context *ctx, int n) {
     return LT_OK;
 }
 
-LT_API void lt_batch_init(lt_batch *b) {
-    if (!b) return;
+LT_API void lt_batch_init(lt_batch *out, size_t size) {
+    lt_batch d, *b = &d;
     memset(b, 0, sizeof *b);
     b->size = sizeof *b;
+    lt_fill_struct(out, size, b, sizeof *b);
 }

@@ -15,8 +15,8 @@
 
 #include "model.h"
 
-LT_API void lt_generate_params_init(lt_generate_params *p) {
-    if (!p) return;
+LT_API void lt_generate_params_init(lt_generate_params *out, size_t size) {
+    lt_generate_params d, *p = &d;
     memset(p, 0, sizeof *p);
     p->size = sizeof *p;
     p->max_new_tokens = 32;
@@ -24,6 +24,7 @@ LT_API void lt_generate_params_init(lt_generate_params *p) {
     p->top_k = 0;
     p->top_p = 1.0f;
     p->eos_token_id = LT_EOS_FROM_CONFIG;
+    lt_fill_struct(out, size, p, sizeof *p);
 }
 
 typedef struct { uint64_t s; } gen_rng;
@@ -80,15 +81,14 @@ static int32_t sample(const float *logits, int V, const lt_generate_params *p, g
 LT_API lt_status lt_generate(lt_model *m, const lt_adapter *ad, const int32_t *prompts, const int32_t *prompt_lens,
                              int n_prompts, const lt_generate_params *params, int32_t *out, int32_t *out_lens) {
     if (!m) return LT_ERR_ARGUMENT;
-    lt_error *err = &m->err;
-    lt_error_clear(err);
+    lt_error *err = lt_model_error(m);
     if (!prompts || !prompt_lens || !out || !out_lens || n_prompts <= 0)
         return lt_fail(err, LT_ERR_ARGUMENT, "lt_generate: prompts, prompt_lens, out and out_lens are required and "
                        "n_prompts must be positive");
     if (ad && ad->model != m) return lt_fail(err, LT_ERR_ARGUMENT, "lt_generate: the adapter belongs to another model");
     if (ad && ad->merged) return lt_fail(err, LT_ERR_STATE, "lt_generate: the adapter is merged; pass NULL to use the merged weights");
     lt_generate_params p;
-    lt_generate_params_init(&p);
+    lt_generate_params_init(&p, sizeof p);
     if (params) {
         if (params->size < sizeof(size_t) || params->size > sizeof p)
             return lt_fail(err, LT_ERR_ARGUMENT, "lt_generate: params->size %zu unknown (call lt_generate_params_init)", params->size);
@@ -110,8 +110,9 @@ LT_API lt_status lt_generate(lt_model *m, const lt_adapter *ad, const int32_t *p
         starts[b] = prompts + off;
         for (int t = 0; t < prompt_lens[b]; t++)
             if (starts[b][t] < 0 || starts[b][t] >= V) {
+                int32_t bad = starts[b][t];
                 free(starts);
-                return lt_fail(err, LT_ERR_DATA, "lt_generate: prompt %d token %d is %d, outside [0, %d)", b, t, starts[b][t], V);
+                return lt_fail(err, LT_ERR_DATA, "lt_generate: prompt %d token %d is %d, outside [0, %d)", b, t, bad, V);
             }
         if (prompt_lens[b] > max_prompt) max_prompt = prompt_lens[b];
     }

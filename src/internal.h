@@ -47,6 +47,13 @@ uint16_t lt_f32_to_bf16(float f); /* round to nearest even, NaN kept */
 float lt_bf16_to_f32(uint16_t h);
 float lt_f16_to_f32(uint16_t h);
 
+/* ---- params structs ----------------------------------------------------------------------------
+ * Copy library defaults into a caller's struct of dst_size bytes (its sizeof, from the header it was
+ * built with): min(dst_size, def_size) bytes are copied, any bytes beyond are zeroed, and the leading
+ * size field is set to the number of bytes the library knows. An older, smaller caller struct is
+ * never written past its end. */
+void lt_fill_struct(void *dst, size_t dst_size, const void *defaults, size_t def_size);
+
 /* ---- checked arithmetic ------------------------------------------------------------------------- */
 static inline int lt_mul_overflow_u64(uint64_t a, uint64_t b, uint64_t *out) {
     return __builtin_mul_overflow(a, b, out);

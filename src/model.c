@@ -88,11 +88,12 @@ static lt_status load_weight(lt_model *m, int use_mmap, const char *name, int64_
     return LT_OK;
 }
 
-LT_API void lt_model_params_init(lt_model_params *p) {
-    if (!p) return;
+LT_API void lt_model_params_init(lt_model_params *out, size_t size) {
+    lt_model_params d, *p = &d;
     memset(p, 0, sizeof *p);
     p->size = sizeof *p;
     p->use_mmap = 1;
+    lt_fill_struct(out, size, p, sizeof *p);
 }
 
 static lt_status model_load(lt_model *m, const lt_model_params *p, lt_error *err) {
@@ -159,7 +160,7 @@ LT_API lt_status lt_model_load(lt_context *ctx, const char *dir, const lt_model_
     *out = NULL;
     if (!ctx || !dir) return lt_fail(terr, LT_ERR_ARGUMENT, "lt_model_load: ctx and dir must not be NULL");
     lt_model_params p;
-    lt_model_params_init(&p);
+    lt_model_params_init(&p, sizeof p);
     if (params) {
         if (params->size < sizeof(size_t) || params->size > sizeof p)
             return lt_fail(terr, LT_ERR_ARGUMENT, "lt_model_load: params->size %zu is not a size this library "
@@ -196,12 +197,25 @@ LT_API void lt_model_free(lt_model *m) {
     free(m);
 }
 
+/* per thread: the last failed call on a model from this thread, and which model it was */
+static _Thread_local struct { const lt_model *model; lt_error err; } model_errors;
+
+lt_error *lt_model_error(const lt_model *m) {
+    model_errors.model = m;
+    lt_error_clear(&model_errors.err);
+    return &model_errors.err;
+}
+
 LT_API const char *lt_model_last_error(const lt_model *m) {
-    return m ? m->err.msg : "lt_model_last_error: model is NULL";
+    if (!m) return "lt_model_last_error: model is NULL";
+    return model_errors.model == m ? model_errors.err.msg : "";
 }
 
 LT_API lt_status lt_model_get_info(const lt_model *m, lt_model_info *info) {
-    if (!m || !info || info->size < sizeof(size_t)) return LT_ERR_ARGUMENT;
+    if (!m) return LT_ERR_ARGUMENT;
+    lt_error *err = lt_model_error(m);
+    if (!info || info->size < sizeof(size_t))
+        return lt_fail(err, LT_ERR_ARGUMENT, "lt_model_get_info: info is NULL or info->size is not set");
     lt_model_info o;
     memset(&o, 0, sizeof o);
     o.size = sizeof o;
@@ -232,20 +246,20 @@ LT_API lt_status lt_model_get_info(const lt_model *m, lt_model_info *info) {
 
 static lt_status eval_batch(lt_model *m, const lt_adapter *ad, const lt_batch *b, double *loss_sum,
                             int64_t *n_tokens, float *logits, size_t logits_count) {
-    lt_error_clear(&m->err);
-    if (!b) return lt_fail(&m->err, LT_ERR_ARGUMENT, "batch is NULL");
-    if (ad && ad->model != m) return lt_fail(&m->err, LT_ERR_ARGUMENT, "the adapter belongs to another model");
+    lt_error *err = lt_model_error(m);
+    if (!b) return lt_fail(err, LT_ERR_ARGUMENT, "batch is NULL");
+    if (ad && ad->model != m) return lt_fail(err, LT_ERR_ARGUMENT, "the adapter belongs to another model");
     if (logits && logits_count < (size_t)b->n_rows * b->seq_len * m->cfg.vocab_size)
-        return lt_fail(&m->err, LT_ERR_ARGUMENT, "logits buffer holds %zu floats, need %lld", logits_count,
+        return lt_fail(err, LT_ERR_ARGUMENT, "logits buffer holds %zu floats, need %lld", logits_count,
                        (long long)b->n_rows * b->seq_len * m->cfg.vocab_size);
     lt_workspace *ws = NULL;
     lt_status st = lt_workspace_create(m, b->n_rows > 0 ? b->n_rows : 1, b->seq_len > 0 ? b->seq_len : 1,
-                                       ad ? ad->p.rank : 0, LT_WS_FORWARD, &ws, &m->err);
+                                       ad ? ad->p.rank : 0, LT_WS_FORWARD, &ws, err);
     if (st != LT_OK) return st;
     int64_t valid = 0;
     double sum = 0;
-    st = lt_stage_batch(m, ws, b, &valid, &m->err);
-    if (st == LT_OK) st = lt_forward_backward(m, ad, ws, NULL, 0.0f, &sum, logits, &m->err);
+    st = lt_stage_batch(m, ws, b, &valid, err);
+    if (st == LT_OK) st = lt_forward_backward(m, ad, ws, NULL, 0.0f, &sum, logits, err);
     lt_workspace_free(ws);
     if (st != LT_OK) return st;
     if (loss_sum) *loss_sum = sum;
@@ -256,13 +270,13 @@ static lt_status eval_batch(lt_model *m, const lt_adapter *ad, const lt_batch *b
 LT_API lt_status lt_model_loss(lt_model *m, const lt_adapter *ad, const lt_batch *b, double *loss_sum,
                                int64_t *n_tokens) {
     if (!m) return LT_ERR_ARGUMENT;
-    if (!loss_sum || !n_tokens) return lt_fail(&m->err, LT_ERR_ARGUMENT, "lt_model_loss: NULL output");
+    if (!loss_sum || !n_tokens) return lt_fail(lt_model_error(m), LT_ERR_ARGUMENT, "lt_model_loss: NULL output");
     return eval_batch(m, ad, b, loss_sum, n_tokens, NULL, 0);
 }
 
 LT_API lt_status lt_model_logits(lt_model *m, const lt_adapter *ad, const lt_batch *b, float *out, size_t count) {
     if (!m) return LT_ERR_ARGUMENT;
-    if (!out) return lt_fail(&m->err, LT_ERR_ARGUMENT, "lt_model_logits: out is NULL");
+    if (!out) return lt_fail(lt_model_error(m), LT_ERR_ARGUMENT, "lt_model_logits: out is NULL");
     return eval_batch(m, ad, b, NULL, NULL, out, count);
 }
 
@@ -353,7 +367,7 @@ LT_API lt_status lt_model_create_random(lt_context *ctx, const char *config_json
 
 LT_API lt_status lt_model_save(lt_model *m, const char *dir) {
     if (!m) return LT_ERR_ARGUMENT;
-    lt_error_clear(&m->err);
-    if (!dir) return lt_fail(&m->err, LT_ERR_ARGUMENT, "lt_model_save: dir is NULL");
-    return lt_model_export(m, NULL, dir, 2ull << 30, &m->err);
+    lt_error *err = lt_model_error(m);
+    if (!dir) return lt_fail(err, LT_ERR_ARGUMENT, "lt_model_save: dir is NULL");
+    return lt_model_export(m, NULL, dir, 2ull << 30, err);
 }

@@ -32,7 +32,6 @@ typedef struct lt_layer {
 } lt_layer;
 
 struct lt_model {
-    lt_error err;
     lt_context *ctx;
     lt_backend *be;
     lt_model_config cfg;
@@ -49,6 +48,13 @@ struct lt_model {
     int64_t n_params, weight_bytes;
     int n_merged;           /* adapters currently merged into the weights         */
 };
+
+/*
+ * A model is shared read-only by every thread that uses it, so its calls never write to it: the
+ * message of a failed call is kept per thread, tagged with the model (lt_model_last_error). This
+ * clears and returns that record for model m.
+ */
+lt_error *lt_model_error(const lt_model *m);
 
 /* Input and output width of projection p. */
 void lt_proj_dims(const lt_model_config *cfg, lt_proj p, int *in, int *out);

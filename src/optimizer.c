@@ -17,8 +17,8 @@
 
 #include "optimizer.h"
 
-LT_API void lt_optimizer_params_init(lt_optimizer_params *p) {
-    if (!p) return;
+LT_API void lt_optimizer_params_init(lt_optimizer_params *out, size_t size) {
+    lt_optimizer_params d, *p = &d;
     memset(p, 0, sizeof *p);
     p->size = sizeof *p;
     p->kind = LT_OPT_ADAMW;
@@ -30,6 +30,7 @@ LT_API void lt_optimizer_params_init(lt_optimizer_params *p) {
     p->momentum = 0.9f;
     p->schedule = LT_SCHED_CONSTANT;
     p->max_grad_norm = 1.0f;
+    lt_fill_struct(out, size, p, sizeof *p);
 }
 
 /* lambda(s) for s updates already taken; W warmup, T total */
@@ -60,7 +61,7 @@ LT_API lt_status lt_optimizer_create(lt_adapter *a, const lt_optimizer_params *p
     *out = NULL;
     if (!a) return lt_fail(err, LT_ERR_ARGUMENT, "lt_optimizer_create: adapter is NULL");
     lt_optimizer_params p;
-    lt_optimizer_params_init(&p);
+    lt_optimizer_params_init(&p, sizeof p);
     if (params) {
         if (params->size < offsetof(lt_optimizer_params, max_grad_norm) || params->size > sizeof p)
             return lt_fail(err, LT_ERR_ARGUMENT, "lt_optimizer_create: params->size %zu is not a size this library "

@@ -37,13 +37,14 @@ struct lt_trainer {
     void *progress_user;
 };
 
-LT_API void lt_trainer_params_init(lt_trainer_params *p) {
-    if (!p) return;
+LT_API void lt_trainer_params_init(lt_trainer_params *out, size_t size) {
+    lt_trainer_params d, *p = &d;
     memset(p, 0, sizeof *p);
     p->size = sizeof *p;
     p->objective = LT_OBJ_SFT;
     p->grad_accum = 1;
     p->gradient_checkpointing = 1;
+    lt_fill_struct(out, size, p, sizeof *p);
 }
 
 LT_API lt_status lt_trainer_create(lt_model *m, lt_adapter *a, lt_optimizer *o, const lt_trainer_params *params,
@@ -57,7 +58,7 @@ LT_API lt_status lt_trainer_create(lt_model *m, lt_adapter *a, lt_optimizer *o, 
         return lt_fail(err, LT_ERR_ARGUMENT, "lt_trainer_create: the adapter must belong to the model and the "
                        "optimizer to the adapter");
     lt_trainer_params p;
-    lt_trainer_params_init(&p);
+    lt_trainer_params_init(&p, sizeof p);
     if (params) {
         if (params->size < offsetof(lt_trainer_params, seed) || params->size > sizeof p)
             return lt_fail(err, LT_ERR_ARGUMENT, "lt_trainer_create: params->size %zu is not a size this library "
@@ -179,7 +180,7 @@ LT_API lt_status lt_trainer_evaluate(lt_trainer *t, const lt_batch *b, double *l
     if (!t) return LT_ERR_ARGUMENT;
     lt_error_clear(&t->err);
     lt_status st = lt_model_loss(t->model, t->adapter, b, loss_sum, n_tokens);
-    if (st != LT_OK) lt_fail(&t->err, st, "%s", t->model->err.msg);
+    if (st != LT_OK) lt_fail(&t->err, st, "%s", lt_model_last_error(t->model));
     return st;
 }
 

@@ -195,6 +195,14 @@ static int write_all(int fd, const void *data, size_t n) {
     return 0;
 }
 
+void lt_fill_struct(void *dst, size_t dst_size, const void *defaults, size_t def_size) {
+    if (!dst || dst_size < sizeof(size_t)) return;
+    size_t n = dst_size < def_size ? dst_size : def_size;
+    memcpy(dst, defaults, n);
+    if (dst_size > n) memset((char *)dst + n, 0, dst_size - n);
+    memcpy(dst, &n, sizeof n);
+}
+
 void lt_fsync_dir(const char *dir) {
     int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fd >= 0) {

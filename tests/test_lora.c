@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <pthread.h>
 #include <unistd.h>
 
 #include "model.h"
@@ -66,7 +67,7 @@ static double loss_and_grads(lt_model *m, lt_adapter *a, const lt_batch *b, int 
 
 static lt_adapter *make_adapter(lt_model *m, int rank, float alpha, float dropout, unsigned targets, int gaussian_b) {
     lt_adapter_params ap;
-    lt_adapter_params_init(&ap);
+    lt_adapter_params_init(&ap, sizeof ap);
     ap.rank = rank;
     ap.alpha = alpha;
     ap.dropout = dropout;
@@ -100,7 +101,7 @@ static void check_finite_differences(float dropout, int packed) {
     labels[4] = -100;
     for (int i = 0; i < B * T; i++) pos[i] = packed ? (i % T < 4 ? i % T : i % T - 4) : i % T;
     lt_batch b;
-    lt_batch_init(&b);
+    lt_batch_init(&b, sizeof b);
     b.n_rows = B; b.seq_len = T; b.input_ids = ids; b.labels = labels; b.position_ids = packed ? pos : NULL;
     lt_dropout_state drop = {dropout, 1234};
     loss_and_grads(m, a, &b, 1, &drop, 1.0f, NULL);
@@ -149,7 +150,7 @@ START_TEST(test_checkpointing_identical) {
     int32_t ids[40];
     fill_ids(ids, 40, 257, 5);
     lt_batch b;
-    lt_batch_init(&b);
+    lt_batch_init(&b, sizeof b);
     b.n_rows = 2; b.seq_len = 20; b.input_ids = ids;
     lt_dropout_state drop = {0.1f, 77};
     double l1 = loss_and_grads(m, a, &b, 1, &drop, 1.0f, NULL);
@@ -184,9 +185,9 @@ START_TEST(test_packing_equals_unpacked) {
             rlab[s * T + t] = t < lens[s] ? packed[o + t] : -100;
         }
     lt_batch bp, bu;
-    lt_batch_init(&bp);
+    lt_batch_init(&bp, sizeof bp);
     bp.n_rows = 1; bp.seq_len = T; bp.input_ids = packed; bp.labels = plab; bp.position_ids = ppos;
-    lt_batch_init(&bu);
+    lt_batch_init(&bu, sizeof bu);
     bu.n_rows = 3; bu.seq_len = T; bu.input_ids = rows; bu.labels = rlab;
     int64_t n1, n2;
     double l1 = loss_and_grads(m, a, &bp, 1, NULL, 1.0f, &n1);
@@ -215,7 +216,7 @@ START_TEST(test_merge_unmerge_export) {
     int32_t ids[24];
     fill_ids(ids, 24, V, 21);
     lt_batch b;
-    lt_batch_init(&b);
+    lt_batch_init(&b, sizeof b);
     b.n_rows = 2; b.seq_len = T; b.input_ids = ids;
     size_t n = (size_t)2 * T * V;
     float *base = malloc(n * 4), *with = malloc(n * 4), *merged = malloc(n * 4), *after = malloc(n * 4);
@@ -278,7 +279,7 @@ static float *train_run(lt_context *ctx, const char *ckpt_dir, int phase) {
     lt_model *m = load_model(ctx, "llama-basic");
     lt_adapter *a = make_adapter(m, 4, 8, 0.2f, LT_TARGET_ALL, 0);
     lt_optimizer_params op;
-    lt_optimizer_params_init(&op);
+    lt_optimizer_params_init(&op, sizeof op);
     op.lr = 5e-3f;
     op.weight_decay = 0.01f;
     op.schedule = LT_SCHED_COSINE;
@@ -287,7 +288,7 @@ static float *train_run(lt_context *ctx, const char *ckpt_dir, int phase) {
     lt_optimizer *o = NULL;
     ck_assert_int_eq(lt_optimizer_create(a, &op, &o), LT_OK);
     lt_trainer_params tp;
-    lt_trainer_params_init(&tp);
+    lt_trainer_params_init(&tp, sizeof tp);
     tp.grad_accum = 2;
     tp.seed = 5;
     lt_trainer *t = NULL;
@@ -304,7 +305,7 @@ static float *train_run(lt_context *ctx, const char *ckpt_dir, int phase) {
         for (int k = 0; k < 2; k++) {
             fill_ids(ids, 3 * 16, 257, (uint64_t)(100 + step * 2 + k));
             lt_batch b;
-            lt_batch_init(&b);
+            lt_batch_init(&b, sizeof b);
             b.n_rows = 3; b.seq_len = 16; b.input_ids = ids;
             lt_step_result r = {.size = sizeof r};
             ck_assert_msg(lt_trainer_step(t, &b, &r) == LT_OK, "%s", lt_trainer_last_error(t));
@@ -347,20 +348,20 @@ START_TEST(test_bad_steps_leave_adapter) {
     lt_model *m = load_model(ctx, "llama-basic");
     lt_adapter *a = make_adapter(m, 4, 8, 0, LT_TARGET_ALL, 1);
     lt_optimizer_params op;
-    lt_optimizer_params_init(&op);
+    lt_optimizer_params_init(&op, sizeof op);
     op.lr = 1e-2f;
     lt_optimizer *o = NULL;
     lt_trainer *t = NULL;
     ck_assert_int_eq(lt_optimizer_create(a, &op, &o), LT_OK);
     lt_trainer_params tp;
-    lt_trainer_params_init(&tp);
+    lt_trainer_params_init(&tp, sizeof tp);
     ck_assert_int_eq(lt_trainer_create(m, a, o, &tp, &t), LT_OK);
     float *before = host_copy(a, a->params);
     int32_t ids[16], labels[16];
     fill_ids(ids, 16, 257, 1);
     for (int i = 0; i < 16; i++) labels[i] = -100;
     lt_batch b;
-    lt_batch_init(&b);
+    lt_batch_init(&b, sizeof b);
     b.n_rows = 2; b.seq_len = 8; b.input_ids = ids; b.labels = labels;
     lt_step_result r = {.size = sizeof r};
     ck_assert_int_eq(lt_trainer_step(t, &b, &r), LT_ERR_DATA);         /* all labels masked */
@@ -468,7 +469,7 @@ START_TEST(test_bad_adapters) {
     ck_assert_ptr_null(x);
     /* bad parameters */
     lt_adapter_params ap;
-    lt_adapter_params_init(&ap);
+    lt_adapter_params_init(&ap, sizeof ap);
     ap.rank = 0;
     ck_assert_int_eq(lt_adapter_create(m, &ap, &x), LT_ERR_ARGUMENT);
     ap.rank = 4;
@@ -492,7 +493,7 @@ START_TEST(test_generate_greedy_matches_forward) {
     int32_t prompts[9] = {5, 17, 33, 2, 250, 7, 8, 9, 10}, lens[2] = {3, 6};
     int32_t out[2 * NEW], out_lens[2];
     lt_generate_params gp;
-    lt_generate_params_init(&gp);
+    lt_generate_params_init(&gp, sizeof gp);
     gp.max_new_tokens = NEW;
     gp.eos_token_id = -1;
     ck_assert_msg(lt_generate(m, a, prompts, lens, 2, &gp, out, out_lens) == LT_OK, "%s", lt_model_last_error(m));
@@ -503,7 +504,7 @@ START_TEST(test_generate_greedy_matches_forward) {
         memcpy(seq, prompts + (r ? lens[0] : 0), (size_t)n * 4);
         for (int k = 0; k < NEW; k++) {
             lt_batch b;
-            lt_batch_init(&b);
+            lt_batch_init(&b, sizeof b);
             b.n_rows = 1; b.seq_len = n; b.input_ids = seq;
             float *lg = malloc((size_t)n * V * 4);
             ck_assert_int_eq(lt_model_logits(m, a, &b, lg, (size_t)n * V), LT_OK);
@@ -550,7 +551,7 @@ START_TEST(test_hot_swap_and_progress) {
     int32_t ids[9];
     fill_ids(ids, T, V, 4);
     lt_batch b;
-    lt_batch_init(&b);
+    lt_batch_init(&b, sizeof b);
     b.n_rows = 1; b.seq_len = T; b.input_ids = ids;
     size_t n = (size_t)T * V;
     float *l0 = malloc(n * 4), *l1 = malloc(n * 4), *l2 = malloc(n * 4), *again = malloc(n * 4);
@@ -565,7 +566,7 @@ START_TEST(test_hot_swap_and_progress) {
     lt_trainer *t = NULL;
     ck_assert_int_eq(lt_optimizer_create(a1, NULL, &o), LT_OK);
     lt_trainer_params tp;
-    lt_trainer_params_init(&tp);
+    lt_trainer_params_init(&tp, sizeof tp);
     tp.grad_accum = 2;
     ck_assert_int_eq(lt_trainer_create(m, a1, o, &tp, &t), LT_OK);
     lt_trainer_set_progress(t, on_progress, NULL);
@@ -584,6 +585,72 @@ START_TEST(test_hot_swap_and_progress) {
     lt_optimizer_free(o);
     lt_adapter_free(a2);
     lt_adapter_free(a1);
+    lt_model_free(m);
+    lt_context_free(ctx);
+}
+END_TEST
+
+/* two threads train their own adapters on ONE shared model at the same time: each result equals the
+ * same training run alone (docs/API.md: a loaded model may be shared read-only) */
+typedef struct { lt_model *m; int seed; float *result; lt_status st; } share_job;
+
+static void *share_train(void *arg) {
+    share_job *j = arg;
+    lt_adapter *a = NULL;
+    lt_optimizer *o = NULL;
+    lt_trainer *t = NULL;
+    lt_adapter_params ap;
+    lt_adapter_params_init(&ap, sizeof ap);
+    ap.rank = 4;
+    ap.seed = (uint64_t)j->seed;
+    j->st = lt_adapter_create(j->m, &ap, &a);
+    if (j->st == LT_OK) j->st = lt_optimizer_create(a, NULL, &o);
+    if (j->st == LT_OK) j->st = lt_trainer_create(j->m, a, o, NULL, &t);
+    int32_t ids[2 * 12];
+    for (int step = 0; j->st == LT_OK && step < 4; step++) {
+        fill_ids(ids, 24, 257, (uint64_t)(j->seed * 100 + step));
+        lt_batch b;
+        lt_batch_init(&b, sizeof b);
+        b.n_rows = 2; b.seq_len = 12; b.input_ids = ids;
+        j->st = lt_trainer_step(t, &b, NULL);
+        double s;
+        int64_t n;
+        if (j->st == LT_OK) j->st = lt_model_loss(j->m, a, &b, &s, &n); /* concurrent reads of the model */
+    }
+    if (j->st == LT_OK) j->result = host_copy(a, a->params);
+    lt_trainer_free(t);
+    lt_optimizer_free(o);
+    lt_adapter_free(a);
+    return NULL;
+}
+
+START_TEST(test_shared_model_two_threads) {
+    lt_context_params cp;
+    lt_context_params_init(&cp, sizeof cp);
+    cp.backend = "cpu";
+    cp.n_threads = 1;
+    lt_context *ctx = NULL;
+    ck_assert_int_eq(lt_context_create(&cp, &ctx), LT_OK);
+    lt_model *m = load_model(ctx, "llama-basic");
+    share_job alone[2] = {{m, 1, NULL, LT_OK}, {m, 2, NULL, LT_OK}}, both[2] = {{m, 1, NULL, LT_OK}, {m, 2, NULL, LT_OK}};
+    share_train(&alone[0]);
+    share_train(&alone[1]);
+    pthread_t th[2];
+    for (int k = 0; k < 2; k++) ck_assert_int_eq(pthread_create(&th[k], NULL, share_train, &both[k]), 0);
+    for (int k = 0; k < 2; k++) pthread_join(th[k], NULL);
+    lt_adapter_params ap;
+    lt_adapter_params_init(&ap, sizeof ap);
+    ap.rank = 4;
+    lt_adapter *probe = NULL;
+    ck_assert_int_eq(lt_adapter_create(m, &ap, &probe), LT_OK);
+    for (int k = 0; k < 2; k++) {
+        ck_assert_msg(alone[k].st == LT_OK && both[k].st == LT_OK, "%s", lt_status_string(both[k].st));
+        ck_assert_msg(memcmp(alone[k].result, both[k].result, probe->n_params * 4) == 0,
+                      "thread %d: concurrent training differs from the same run alone", k);
+        free(alone[k].result);
+        free(both[k].result);
+    }
+    lt_adapter_free(probe);
     lt_model_free(m);
     lt_context_free(ctx);
 }
@@ -652,7 +719,7 @@ START_TEST(test_golden_peft_gradients) {
         const lt_st_tensor *loss = lt_st_find(g, k);
         ck_assert(ids && lab && loss && (!packed || pos));
         lt_batch b;
-        lt_batch_init(&b);
+        lt_batch_init(&b, sizeof b);
         b.n_rows = (int)ids->shape[0]; b.seq_len = (int)ids->shape[1];
         b.input_ids = ids->data; b.position_ids = packed ? pos->data : NULL;
         if (!packed) {
@@ -703,7 +770,7 @@ START_TEST(test_golden_adamw_training) {
     ck_assert_ptr_nonnull(js);
     json_t *oj = json_object_get(js, "optimizer");
     lt_optimizer_params op;
-    lt_optimizer_params_init(&op);
+    lt_optimizer_params_init(&op, sizeof op);
     op.lr = (float)json_number_value(json_object_get(oj, "lr"));
     op.beta1 = (float)json_number_value(json_array_get(json_object_get(oj, "betas"), 0));
     op.beta2 = (float)json_number_value(json_array_get(json_object_get(oj, "betas"), 1));
@@ -717,7 +784,7 @@ START_TEST(test_golden_adamw_training) {
     lt_optimizer *o = NULL;
     ck_assert_int_eq(lt_optimizer_create(a, &op, &o), LT_OK);
     lt_trainer_params tp;
-    lt_trainer_params_init(&tp);
+    lt_trainer_params_init(&tp, sizeof tp);
     tp.grad_accum = (int)json_integer_value(json_object_get(js, "grad_accum"));
     lt_trainer *t = NULL;
     ck_assert_int_eq(lt_trainer_create(m, a, o, &tp, &t), LT_OK);
@@ -730,7 +797,7 @@ START_TEST(test_golden_adamw_training) {
     int upd = 0;
     for (int k = 0; k < n_micro; k++) {
         lt_batch b;
-        lt_batch_init(&b);
+        lt_batch_init(&b, sizeof b);
         b.n_rows = B; b.seq_len = T;
         b.input_ids = (const int32_t *)mi->data + (size_t)k * B * T;
         b.labels = (const int32_t *)ml->data + (size_t)k * B * T;
@@ -784,7 +851,7 @@ START_TEST(test_peft_loads_our_adapter) {
         int32_t ids[20];
         fill_ids(ids, B * T, V, 77);
         lt_batch b;
-        lt_batch_init(&b);
+        lt_batch_init(&b, sizeof b);
         b.n_rows = B; b.seq_len = T; b.input_ids = ids;
         float *lg = malloc((size_t)B * T * V * 4);
         ck_assert_int_eq(lt_model_logits(m, a, &b, lg, (size_t)B * T * V), LT_OK);
@@ -825,6 +892,7 @@ Suite *lora_suite(void) {
     tcase_add_test(tc, test_bad_adapters);
     tcase_add_test(tc, test_generate_greedy_matches_forward);
     tcase_add_test(tc, test_hot_swap_and_progress);
+    tcase_add_test(tc, test_shared_model_two_threads);
     suite_add_tcase(s, tc);
     TCase *gold = tcase_create("pytorch");
     tcase_set_timeout(gold, 600);

@@ -53,7 +53,7 @@ static void check_model(const char *name) {
         ck_assert_msg(ids && lab && ref && loss && ntok, "%s: golden tensors missing", name);
         ck_assert_msg(!packed || pos, "%s: packed_position_ids missing", name);
         lt_batch b;
-        lt_batch_init(&b);
+        lt_batch_init(&b, sizeof b);
         b.n_rows = (int)ids->shape[0];
         b.seq_len = (int)ids->shape[1];
         b.input_ids = ids->data;
@@ -203,7 +203,7 @@ START_TEST(test_bad_token_ids) {
     ck_assert_int_eq(lt_model_load(ctx, dir, NULL, &m), LT_OK);
     int32_t ids[4] = {1, 2, 257, 3}, labels[4] = {1, 2, 3, -7};
     lt_batch b;
-    lt_batch_init(&b);
+    lt_batch_init(&b, sizeof b);
     b.n_rows = 1;
     b.seq_len = 4;
     b.input_ids = ids;
@@ -230,7 +230,7 @@ START_TEST(test_api_basics) {
     ck_assert_ptr_nonnull(strstr(lt_status_string(LT_ERR_FORMAT), "LT_ERR_FORMAT"));
     ck_assert_ptr_nonnull(lt_status_string((lt_status)999));
     lt_context_params cp;
-    lt_context_params_init(&cp);
+    lt_context_params_init(&cp, sizeof cp);
     cp.backend = "tpu";
     lt_context *ctx = NULL;
     ck_assert_int_eq(lt_context_create(&cp, &ctx), LT_ERR_BACKEND);

@@ -29,7 +29,7 @@ START_TEST(test_schedules) {
         for (long W = 0; W <= 7; W += 7)
             for (long s = 0; s <= 40; s++) {
                 lt_optimizer_params p;
-                lt_optimizer_params_init(&p);
+                lt_optimizer_params_init(&p, sizeof p);
                 p.schedule = (lt_schedule)kinds[k];
                 p.warmup_steps = W;
                 p.total_steps = 40;
@@ -38,7 +38,7 @@ START_TEST(test_schedules) {
             }
     /* warmup_ratio: W = ceil(T * ratio) */
     lt_optimizer_params p;
-    lt_optimizer_params_init(&p);
+    lt_optimizer_params_init(&p, sizeof p);
     p.schedule = LT_SCHED_LINEAR;
     p.total_steps = 10;
     p.warmup_ratio = 0.25f; /* ceil(2.5) = 3 */
@@ -55,13 +55,13 @@ START_TEST(test_sgd_momentum) {
     lt_model *m = NULL;
     ck_assert_int_eq(lt_model_load(ctx, dir, NULL, &m), LT_OK);
     lt_adapter_params ap;
-    lt_adapter_params_init(&ap);
+    lt_adapter_params_init(&ap, sizeof ap);
     ap.rank = 2;
     ap.targets = LT_TARGET_Q;
     lt_adapter *a = NULL;
     ck_assert_int_eq(lt_adapter_create(m, &ap, &a), LT_OK);
     lt_optimizer_params op;
-    lt_optimizer_params_init(&op);
+    lt_optimizer_params_init(&op, sizeof op);
     op.kind = LT_OPT_SGD;
     op.lr = 0.1f;
     op.momentum = 0.9f;

@@ -15,7 +15,7 @@
 /* A CPU context (threads from LT_TEST_THREADS, default 2). */
 static inline lt_context *tu_context(void) {
     lt_context_params cp;
-    lt_context_params_init(&cp);
+    lt_context_params_init(&cp, sizeof cp);
     cp.backend = getenv("LT_TEST_BACKEND") ? getenv("LT_TEST_BACKEND") : "cpu";
     cp.n_threads = getenv("LT_TEST_THREADS") ? atoi(getenv("LT_TEST_THREADS")) : 2;
     lt_context *ctx = NULL;

@@ -113,7 +113,7 @@ int opt_double(const opts *o, const char *name, double def, double *out) {
 int open_model(const char *cmd, const char *dir, int threads, const char *backend, lt_context **ctx,
                lt_model **model) {
     lt_context_params cp;
-    lt_context_params_init(&cp);
+    lt_context_params_init(&cp, sizeof cp);
     cp.backend = backend ? backend : (getenv("LORATUNE_BACKEND") ? getenv("LORATUNE_BACKEND") : "cpu");
     cp.n_threads = threads;
     lt_status st = lt_context_create(&cp, ctx);
@@ -204,7 +204,7 @@ int cmd_eval(int argc, char **argv) {
         int n = ds.n - first < batch ? ds.n - first : (int)batch;
         int T = dataset_batch(&ds, NULL, first, n, 0, ids, labels);
         lt_batch b;
-        lt_batch_init(&b);
+        lt_batch_init(&b, sizeof b);
         b.n_rows = n;
         b.seq_len = T;
         b.input_ids = ids;

@@ -91,7 +91,7 @@ int cmd_generate(int argc, char **argv) {
     const char *adir = opt_str(&o, "adapter", NULL);
     int32_t *out = malloc((size_t)n_prompts * maxnew * sizeof *out), *out_lens = malloc((size_t)n_prompts * sizeof *out_lens);
     lt_generate_params gp;
-    lt_generate_params_init(&gp);
+    lt_generate_params_init(&gp, sizeof gp);
     gp.max_new_tokens = (int)maxnew;
     gp.temperature = (float)temp;
     gp.top_k = (int)topk;
@@ -141,7 +141,7 @@ int cmd_bench(int argc, char **argv) {
     if (strcmp(ck, "on") && strcmp(ck, "off")) return fail("bench", "--checkpointing must be on or off");
     const int B = 4, T = 256, V = 32000;
     lt_context_params cp;
-    lt_context_params_init(&cp);
+    lt_context_params_init(&cp, sizeof cp);
     cp.backend = opt_str(&o, "backend", "cpu");
     cp.n_threads = (int)threads;
     lt_context *ctx = NULL;
@@ -155,15 +155,15 @@ int cmd_bench(int argc, char **argv) {
         goto done;
     }
     lt_adapter_params ap;
-    lt_adapter_params_init(&ap);
+    lt_adapter_params_init(&ap, sizeof ap);
     ap.rank = 16;
     ap.alpha = 32;
     ap.targets = LT_TARGET_ALL;
     lt_optimizer_params op;
-    lt_optimizer_params_init(&op);
+    lt_optimizer_params_init(&op, sizeof op);
     op.lr = 1e-4f;
     lt_trainer_params tp;
-    lt_trainer_params_init(&tp);
+    lt_trainer_params_init(&tp, sizeof tp);
     tp.gradient_checkpointing = !strcmp(ck, "on");
     if (lt_adapter_create(m, &ap, &ad) != LT_OK || lt_optimizer_create(ad, &op, &opt) != LT_OK ||
         lt_trainer_create(m, ad, opt, &tp, &tr) != LT_OK) {
@@ -174,7 +174,7 @@ int cmd_bench(int argc, char **argv) {
     uint64_t s = 12345;
     for (int i = 0; i < B * T; i++) { s = s * 6364136223846793005ull + 1442695040888963407ull; ids[i] = (int32_t)((s >> 33) % V); }
     lt_batch b;
-    lt_batch_init(&b);
+    lt_batch_init(&b, sizeof b);
     b.n_rows = B;
     b.seq_len = T;
     b.input_ids = ids;

@@ -70,7 +70,7 @@ static void generate_all(lt_model *m, lt_adapter *ad, const char *title) {
         off += lens[i];
     }
     lt_generate_params gp;
-    lt_generate_params_init(&gp);
+    lt_generate_params_init(&gp, sizeof gp);
     gp.max_new_tokens = 24;
     if (lt_generate(m, ad, prompts, lens, 5, &gp, out, out_lens) != LT_OK) {
         fprintf(stderr, "loratune demo: generation failed: %s\n", lt_model_last_error(m));
@@ -91,7 +91,7 @@ static double mean_loss(lt_model *m, lt_adapter *ad, int first, int last) {
         int32_t ids[160];
         int len = encode(ids, facts[i][0], facts[i][1], 1);
         lt_batch b;
-        lt_batch_init(&b);
+        lt_batch_init(&b, sizeof b);
         b.n_rows = 1;
         b.seq_len = len;
         b.input_ids = ids;
@@ -120,7 +120,7 @@ int cmd_demo(int argc, char **argv) {
     if (mkdir_p(out) != 0) return fail("demo", "%s: cannot create the output directory", out);
 
     lt_context_params cp;
-    lt_context_params_init(&cp);
+    lt_context_params_init(&cp, sizeof cp);
     cp.backend = "cpu";
     cp.n_threads = (int)threads;
     lt_context *ctx = NULL;
@@ -144,20 +144,20 @@ int cmd_demo(int argc, char **argv) {
     if (lt_model_load(ctx, base_dir, NULL, &m) != LT_OK) { rc = fail("demo", "%s", lt_last_error()); goto done; }
 
     lt_adapter_params ap;
-    lt_adapter_params_init(&ap);
+    lt_adapter_params_init(&ap, sizeof ap);
     ap.rank = 16;
     ap.alpha = 32;
     ap.targets = LT_TARGET_ALL;
     ap.seed = (uint64_t)seed;
     lt_optimizer_params op;
-    lt_optimizer_params_init(&op);
+    lt_optimizer_params_init(&op, sizeof op);
     op.lr = 3e-3f;
     op.schedule = LT_SCHED_COSINE;
     op.warmup_steps = 20;
     op.total_steps = steps;
     op.weight_decay = 0.0f;
     lt_trainer_params tp;
-    lt_trainer_params_init(&tp);
+    lt_trainer_params_init(&tp, sizeof tp);
     tp.seed = (uint64_t)seed;
     if (lt_adapter_create(m, &ap, &ad) != LT_OK || lt_optimizer_create(ad, &op, &opt) != LT_OK ||
         lt_trainer_create(m, ad, opt, &tp, &tr) != LT_OK) {
@@ -188,7 +188,7 @@ int cmd_demo(int argc, char **argv) {
             }
         }
         lt_batch b;
-        lt_batch_init(&b);
+        lt_batch_init(&b, sizeof b);
         b.n_rows = B;
         b.seq_len = T;
         b.input_ids = ids;

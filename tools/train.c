@@ -129,7 +129,7 @@ static double eval_file(lt_model *m, lt_adapter *ad, const dataset *ds, int T_ca
         int n = ds->n - first < batch ? ds->n - first : batch;
         int T = dataset_batch(ds, NULL, first, n, T_cap, ids, lab);
         lt_batch b;
-        lt_batch_init(&b);
+        lt_batch_init(&b, sizeof b);
         b.n_rows = n; b.seq_len = T; b.input_ids = ids; b.labels = lab;
         double s;
         int64_t k;
@@ -232,7 +232,7 @@ int cmd_train(int argc, char **argv) {
         if (lt_adapter_load(m, init_dir, &ad) != LT_OK) { rc = fail("train", "%s", lt_last_error()); goto done; }
     } else {
         lt_adapter_params ap;
-        lt_adapter_params_init(&ap);
+        lt_adapter_params_init(&ap, sizeof ap);
         ap.rank = (int)rank;
         ap.alpha = (float)alpha;
         ap.dropout = (float)dropout;
@@ -267,7 +267,7 @@ int cmd_train(int argc, char **argv) {
     if (total < 1) total = 1;
 
     lt_optimizer_params op;
-    lt_optimizer_params_init(&op);
+    lt_optimizer_params_init(&op, sizeof op);
     const char *oname = opt_str(&o, "optimizer", "adamw"), *sname = opt_str(&o, "scheduler", "constant");
     if (!strcmp(oname, "adamw")) op.kind = LT_OPT_ADAMW;
     else if (!strcmp(oname, "sgd")) op.kind = LT_OPT_SGD;
@@ -284,7 +284,7 @@ int cmd_train(int argc, char **argv) {
     op.total_steps = total;
     if (lt_optimizer_create(ad, &op, &opt) != LT_OK) { rc = fail("train", "%s", lt_last_error()); goto done; }
     lt_trainer_params tp;
-    lt_trainer_params_init(&tp);
+    lt_trainer_params_init(&tp, sizeof tp);
     tp.grad_accum = (int)accum;
     tp.seed = (uint64_t)seed;
     tp.gradient_checkpointing = !opt_flag(&o, "no-checkpointing");
@@ -337,7 +337,7 @@ int cmd_train(int argc, char **argv) {
                 }
             }
             lt_batch b;
-            lt_batch_init(&b);
+            lt_batch_init(&b, sizeof b);
             b.n_rows = (int)batch;
             b.seq_len = T;
             b.input_ids = ids;

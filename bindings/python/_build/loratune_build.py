@@ -38,6 +38,7 @@ def _metadata():
         f"Version: {_version()}\n"
         "Summary: Python bindings (ctypes) for libloratune, LoRA fine-tuning of LLMs in C\n"
         "Requires-Python: >=3.8\n"
+        "License: MIT\n"
         "Provides-Extra: numpy\n"
         'Requires-Dist: numpy; extra == "numpy"\n'
         "Classifier: Programming Language :: Python :: 3\n"

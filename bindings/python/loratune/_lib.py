@@ -6,6 +6,7 @@ checks both against the header (function names, and sizes/offsets via a C compil
 
 Finding the library, in this order:
   1. $LORATUNE_LIBRARY: a path to the shared library (or to a directory holding libloratune.so.0);
+     when it is set, no other place is tried;
   2. the package directory (a wheel built with LORATUNE_BUNDLE_LIBRARY carries the library there);
   3. the system loader: libloratune.so.0, then ctypes.util.find_library("loratune").
 The library is loaded on first use, so `import loratune` works without it.
@@ -202,8 +203,8 @@ _DECLS = [
     # const char *lt_last_error(void);
     ("lt_last_error", c_char_p, []),
 
-    # void lt_context_params_init(lt_context_params *params);
-    ("lt_context_params_init", None, [c_void_p]),
+    # void lt_context_params_init(lt_context_params *params, size_t size);
+    ("lt_context_params_init", None, [c_void_p, c_size_t]),
     # lt_status lt_context_create(const lt_context_params *params, lt_context **out);
     ("lt_context_create", lt_status, [POINTER(lt_context_params), POINTER(lt_context_p)]),
     # void lt_context_free(lt_context *ctx);
@@ -217,8 +218,8 @@ _DECLS = [
     # int lt_backend_available(const char *name);
     ("lt_backend_available", c_int, [c_char_p]),
 
-    # void lt_model_params_init(lt_model_params *params);
-    ("lt_model_params_init", None, [c_void_p]),
+    # void lt_model_params_init(lt_model_params *params, size_t size);
+    ("lt_model_params_init", None, [c_void_p, c_size_t]),
     # lt_status lt_model_load(lt_context *ctx, const char *dir, const lt_model_params *params, lt_model **out);
     ("lt_model_load", lt_status, [lt_context_p, c_char_p, POINTER(lt_model_params), POINTER(lt_model_p)]),
     # void lt_model_free(lt_model *model);
@@ -227,8 +228,8 @@ _DECLS = [
     ("lt_model_last_error", c_char_p, [lt_model_p]),
     # lt_status lt_model_get_info(const lt_model *model, lt_model_info *info);
     ("lt_model_get_info", lt_status, [lt_model_p, POINTER(lt_model_info)]),
-    # void lt_batch_init(lt_batch *batch);
-    ("lt_batch_init", None, [c_void_p]),
+    # void lt_batch_init(lt_batch *batch, size_t size);
+    ("lt_batch_init", None, [c_void_p, c_size_t]),
     # lt_status lt_model_loss(lt_model *model, const lt_adapter *adapter, const lt_batch *batch,
     #                         double *loss_sum, int64_t *n_tokens);
     ("lt_model_loss", lt_status, [lt_model_p, lt_adapter_p, POINTER(lt_batch), POINTER(c_double),
@@ -237,8 +238,8 @@ _DECLS = [
     #                           float *out, size_t out_count);
     ("lt_model_logits", lt_status, [lt_model_p, lt_adapter_p, POINTER(lt_batch), POINTER(c_float), c_size_t]),
 
-    # void lt_adapter_params_init(lt_adapter_params *params);
-    ("lt_adapter_params_init", None, [c_void_p]),
+    # void lt_adapter_params_init(lt_adapter_params *params, size_t size);
+    ("lt_adapter_params_init", None, [c_void_p, c_size_t]),
     # lt_status lt_adapter_create(lt_model *model, const lt_adapter_params *params, lt_adapter **out);
     ("lt_adapter_create", lt_status, [lt_model_p, POINTER(lt_adapter_params), POINTER(lt_adapter_p)]),
     # lt_status lt_adapter_load(lt_model *model, const char *dir, lt_adapter **out);
@@ -260,8 +261,8 @@ _DECLS = [
     # lt_status lt_adapter_unmerge(lt_adapter *adapter);
     ("lt_adapter_unmerge", lt_status, [lt_adapter_p]),
 
-    # void lt_optimizer_params_init(lt_optimizer_params *params);
-    ("lt_optimizer_params_init", None, [c_void_p]),
+    # void lt_optimizer_params_init(lt_optimizer_params *params, size_t size);
+    ("lt_optimizer_params_init", None, [c_void_p, c_size_t]),
     # lt_status lt_optimizer_create(lt_adapter *adapter, const lt_optimizer_params *params, lt_optimizer **out);
     ("lt_optimizer_create", lt_status, [lt_adapter_p, POINTER(lt_optimizer_params), POINTER(lt_optimizer_p)]),
     # void lt_optimizer_free(lt_optimizer *opt);
@@ -277,8 +278,8 @@ _DECLS = [
     # lt_status lt_optimizer_load(lt_optimizer *opt, const char *path);
     ("lt_optimizer_load", lt_status, [lt_optimizer_p, c_char_p]),
 
-    # void lt_trainer_params_init(lt_trainer_params *params);
-    ("lt_trainer_params_init", None, [c_void_p]),
+    # void lt_trainer_params_init(lt_trainer_params *params, size_t size);
+    ("lt_trainer_params_init", None, [c_void_p, c_size_t]),
     # lt_status lt_trainer_create(lt_model *model, lt_adapter *adapter, lt_optimizer *opt,
     #                             const lt_trainer_params *params, lt_trainer **out);
     ("lt_trainer_create", lt_status, [lt_model_p, lt_adapter_p, lt_optimizer_p, POINTER(lt_trainer_params),
@@ -299,8 +300,8 @@ _DECLS = [
     # lt_status lt_trainer_load_checkpoint(lt_trainer *trainer, const char *dir);
     ("lt_trainer_load_checkpoint", lt_status, [lt_trainer_p, c_char_p]),
 
-    # void lt_generate_params_init(lt_generate_params *params);
-    ("lt_generate_params_init", None, [c_void_p]),
+    # void lt_generate_params_init(lt_generate_params *params, size_t size);
+    ("lt_generate_params_init", None, [c_void_p, c_size_t]),
     # lt_status lt_generate(lt_model *model, const lt_adapter *adapter, const int32_t *prompts,
     #                       const int32_t *prompt_lens, int n_prompts, const lt_generate_params *params,
     #                       int32_t *out, int32_t *out_lens);
@@ -327,13 +328,12 @@ class LibraryNotFoundError(OSError):
 
 
 def _candidates() -> List[str]:
-    out = []
     env = os.environ.get("LORATUNE_LIBRARY")
-    if env:
+    if env:  # an explicit choice: that library or nothing (never silently another one)
         if os.path.isdir(env):
-            out += [os.path.join(env, n) for n in _lib_names()]
-        else:
-            out.append(env)
+            return [os.path.join(env, n) for n in _lib_names()]
+        return [env]
+    out = []
     here = os.path.dirname(os.path.abspath(__file__))
     out += [os.path.join(here, n) for n in _lib_names() if os.path.exists(os.path.join(here, n))]
     out += _lib_names()  # the system loader (LD_LIBRARY_PATH, ld.so.cache, rpath of the interpreter)
@@ -429,19 +429,10 @@ def path() -> str:
 
 
 def init_struct(init_fn: Callable, cls):
-    """Fill a params struct with the library's defaults through its *_params_init.
-
-    The init functions write sizeof(the library's struct) bytes, which is more than a mirror of an
-    older header holds once fields are appended; they write into a generous scratch buffer first,
-    and the mirror keeps `size` = the smaller of the two sizes (a newer library ignores nothing, an
-    older one is never told about fields it does not know).
-    """
-    scratch = ctypes.create_string_buffer(max(4096, 4 * ctypes.sizeof(cls)))
-    init_fn(ctypes.cast(scratch, c_void_p))
+    """Fill a params struct with the library's defaults: *_params_init(p, sizeof p) writes exactly
+    sizeof(cls) bytes (defaults for the fields the library knows, zeros beyond) and sets `size`."""
     obj = cls()
-    ctypes.memmove(ctypes.addressof(obj), scratch, ctypes.sizeof(cls))
-    lib_size = c_size_t.from_buffer(scratch).value
-    obj.size = min(lib_size, ctypes.sizeof(cls)) if lib_size else ctypes.sizeof(cls)
+    init_fn(ctypes.addressof(obj), ctypes.sizeof(cls))
     return obj
 
 

@@ -1,0 +1,339 @@
+//! Raw FFI declarations of libloratune's public C API (`include/loratune.h`), written by hand and kept
+//! in sync with the header by `tests/header_sync.rs` (function names and signatures, struct fields,
+//! sizes and offsets measured with the C compiler, and constants).
+//!
+//! Everything here is `unsafe` and mirrors C exactly; the `loratune` crate is the safe layer.
+//! Enums are plain integer type aliases with constants (a newer library may return values this crate
+//! does not know, which a Rust `enum` could not hold).
+//!
+//! The functions of `include/loratune_experimental.h` are in [`experimental`]: they carry no ABI promise.
+#![allow(non_camel_case_types)]
+#![allow(clippy::upper_case_acronyms)]
+
+use std::os::raw::{c_char, c_double, c_float, c_int, c_uint, c_void};
+
+// ---- version ---------------------------------------------------------------------------------------
+
+pub const LT_VERSION_MAJOR: u32 = 0;
+pub const LT_VERSION_MINOR: u32 = 1;
+pub const LT_VERSION_PATCH: u32 = 0;
+pub const LT_VERSION_NUMBER: u32 = LT_VERSION_MAJOR * 10000 + LT_VERSION_MINOR * 100 + LT_VERSION_PATCH;
+pub const LT_VERSION_STRING: &str = "0.1.0";
+
+// ---- status ----------------------------------------------------------------------------------------
+
+pub type lt_status = c_int;
+pub const LT_OK: lt_status = 0;
+pub const LT_ERR_ARGUMENT: lt_status = 1;
+pub const LT_ERR_NOMEM: lt_status = 2;
+pub const LT_ERR_IO: lt_status = 3;
+pub const LT_ERR_TRUNCATED: lt_status = 4;
+pub const LT_ERR_FORMAT: lt_status = 5;
+pub const LT_ERR_JSON: lt_status = 6;
+pub const LT_ERR_DTYPE: lt_status = 7;
+pub const LT_ERR_SHAPE: lt_status = 8;
+pub const LT_ERR_MISSING: lt_status = 9;
+pub const LT_ERR_ARCH: lt_status = 10;
+pub const LT_ERR_BACKEND: lt_status = 11;
+pub const LT_ERR_NUMERIC: lt_status = 12;
+pub const LT_ERR_DATA: lt_status = 13;
+pub const LT_ERR_STATE: lt_status = 14;
+pub const LT_ERR_UNSUPPORTED: lt_status = 15;
+pub const LT_ERR_INTERNAL: lt_status = 16;
+
+// ---- handles (opaque) ------------------------------------------------------------------------------
+
+macro_rules! opaque {
+    ($($name:ident),*) => {$(
+        #[repr(C)]
+        pub struct $name {
+            _private: [u8; 0],
+            // not Send, not Sync, not Unpin: the safe crate decides what may cross threads
+            _marker: core::marker::PhantomData<(*mut u8, core::marker::PhantomPinned)>,
+        }
+    )*};
+}
+opaque!(lt_context, lt_model, lt_adapter, lt_optimizer, lt_trainer);
+
+// ---- context ---------------------------------------------------------------------------------------
+
+pub type lt_log_level = c_int;
+pub const LT_LOG_DEBUG: lt_log_level = 0;
+pub const LT_LOG_INFO: lt_log_level = 1;
+pub const LT_LOG_WARN: lt_log_level = 2;
+pub const LT_LOG_ERROR: lt_log_level = 3;
+
+pub type lt_log_fn = Option<unsafe extern "C" fn(user: *mut c_void, level: lt_log_level, message: *const c_char)>;
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct lt_context_params {
+    pub size: usize,
+    pub backend: *const c_char,
+    pub n_threads: c_int,
+    pub log_fn: lt_log_fn,
+    pub log_user: *mut c_void,
+    pub log_level: lt_log_level,
+}
+
+// ---- model -----------------------------------------------------------------------------------------
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct lt_model_params {
+    pub size: usize,
+    pub use_mmap: c_int,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct lt_model_info {
+    pub size: usize,
+    pub architecture: [c_char; 64],
+    pub dtype: [c_char; 16],
+    pub vocab_size: i64,
+    pub hidden_size: i64,
+    pub intermediate_size: i64,
+    pub n_layers: i64,
+    pub n_heads: i64,
+    pub n_kv_heads: i64,
+    pub head_dim: i64,
+    pub max_position_embeddings: i64,
+    pub rope_theta: c_double,
+    pub rms_norm_eps: c_double,
+    pub tied_embeddings: c_int,
+    pub n_params: i64,
+    pub weight_bytes: i64,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct lt_batch {
+    pub size: usize,
+    pub n_rows: i32,
+    pub seq_len: i32,
+    pub input_ids: *const i32,
+    pub labels: *const i32,
+    pub position_ids: *const i32,
+}
+
+// ---- adapters --------------------------------------------------------------------------------------
+
+pub const LT_TARGET_Q: c_uint = 1 << 0;
+pub const LT_TARGET_K: c_uint = 1 << 1;
+pub const LT_TARGET_V: c_uint = 1 << 2;
+pub const LT_TARGET_O: c_uint = 1 << 3;
+pub const LT_TARGET_GATE: c_uint = 1 << 4;
+pub const LT_TARGET_UP: c_uint = 1 << 5;
+pub const LT_TARGET_DOWN: c_uint = 1 << 6;
+pub const LT_TARGET_ALL: c_uint = 0x7f;
+
+pub type lt_lora_init = c_int;
+pub const LT_INIT_DEFAULT: lt_lora_init = 0;
+pub const LT_INIT_GAUSSIAN: lt_lora_init = 1;
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct lt_adapter_params {
+    pub size: usize,
+    pub rank: c_int,
+    pub alpha: c_float,
+    pub dropout: c_float,
+    pub targets: c_uint,
+    pub use_rslora: c_int,
+    pub init: lt_lora_init,
+    pub seed: u64,
+}
+
+// ---- optimizers ------------------------------------------------------------------------------------
+
+pub type lt_optimizer_kind = c_int;
+pub const LT_OPT_ADAMW: lt_optimizer_kind = 0;
+pub const LT_OPT_SGD: lt_optimizer_kind = 1;
+
+pub type lt_schedule = c_int;
+pub const LT_SCHED_CONSTANT: lt_schedule = 0;
+pub const LT_SCHED_LINEAR: lt_schedule = 1;
+pub const LT_SCHED_COSINE: lt_schedule = 2;
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct lt_optimizer_params {
+    pub size: usize,
+    pub kind: lt_optimizer_kind,
+    pub lr: c_float,
+    pub beta1: c_float,
+    pub beta2: c_float,
+    pub eps: c_float,
+    pub weight_decay: c_float,
+    pub momentum: c_float,
+    pub schedule: lt_schedule,
+    pub warmup_steps: i64,
+    pub warmup_ratio: c_float,
+    pub total_steps: i64,
+    pub max_grad_norm: c_float,
+}
+
+// ---- trainer ---------------------------------------------------------------------------------------
+
+pub type lt_objective = c_int;
+pub const LT_OBJ_SFT: lt_objective = 0;
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct lt_trainer_params {
+    pub size: usize,
+    pub objective: lt_objective,
+    pub grad_accum: c_int,
+    pub gradient_checkpointing: c_int,
+    pub seed: u64,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct lt_step_result {
+    pub size: usize,
+    pub loss: c_double,
+    pub grad_norm: c_double,
+    pub lr: c_double,
+    pub tokens: i64,
+    pub tokens_per_s: c_double,
+    pub step: i64,
+    pub updated: c_int,
+}
+
+pub type lt_progress_fn = Option<unsafe extern "C" fn(user: *mut c_void, result: *const lt_step_result)>;
+
+// ---- generation ------------------------------------------------------------------------------------
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct lt_generate_params {
+    pub size: usize,
+    pub max_new_tokens: c_int,
+    pub temperature: c_float,
+    pub top_k: c_int,
+    pub top_p: c_float,
+    pub seed: u64,
+    pub eos_token_id: i32,
+}
+
+pub const LT_EOS_FROM_CONFIG: i32 = -2;
+
+// ---- functions -------------------------------------------------------------------------------------
+
+extern "C" {
+    pub fn lt_version_number() -> c_uint;
+    pub fn lt_version_string() -> *const c_char;
+    pub fn lt_status_string(status: lt_status) -> *const c_char;
+    pub fn lt_last_error() -> *const c_char;
+
+    pub fn lt_context_params_init(params: *mut lt_context_params, size: usize);
+    pub fn lt_context_create(params: *const lt_context_params, out: *mut *mut lt_context) -> lt_status;
+    pub fn lt_context_free(ctx: *mut lt_context);
+    pub fn lt_context_last_error(ctx: *const lt_context) -> *const c_char;
+    pub fn lt_context_backend(ctx: *const lt_context) -> *const c_char;
+    pub fn lt_context_set_threads(ctx: *mut lt_context, n_threads: c_int) -> lt_status;
+    pub fn lt_backend_available(name: *const c_char) -> c_int;
+
+    pub fn lt_model_params_init(params: *mut lt_model_params, size: usize);
+    pub fn lt_model_load(
+        ctx: *mut lt_context,
+        dir: *const c_char,
+        params: *const lt_model_params,
+        out: *mut *mut lt_model,
+    ) -> lt_status;
+    pub fn lt_model_free(model: *mut lt_model);
+    pub fn lt_model_last_error(model: *const lt_model) -> *const c_char;
+    pub fn lt_model_get_info(model: *const lt_model, info: *mut lt_model_info) -> lt_status;
+    pub fn lt_batch_init(batch: *mut lt_batch, size: usize);
+    pub fn lt_model_loss(
+        model: *mut lt_model,
+        adapter: *const lt_adapter,
+        batch: *const lt_batch,
+        loss_sum: *mut c_double,
+        n_tokens: *mut i64,
+    ) -> lt_status;
+    pub fn lt_model_logits(
+        model: *mut lt_model,
+        adapter: *const lt_adapter,
+        batch: *const lt_batch,
+        out: *mut c_float,
+        out_count: usize,
+    ) -> lt_status;
+
+    pub fn lt_adapter_params_init(params: *mut lt_adapter_params, size: usize);
+    pub fn lt_adapter_create(model: *mut lt_model, params: *const lt_adapter_params, out: *mut *mut lt_adapter)
+        -> lt_status;
+    pub fn lt_adapter_load(model: *mut lt_model, dir: *const c_char, out: *mut *mut lt_adapter) -> lt_status;
+    pub fn lt_adapter_save(adapter: *mut lt_adapter, dir: *const c_char) -> lt_status;
+    pub fn lt_adapter_free(adapter: *mut lt_adapter);
+    pub fn lt_adapter_last_error(adapter: *const lt_adapter) -> *const c_char;
+    pub fn lt_adapter_get_params(adapter: *const lt_adapter, params: *mut lt_adapter_params) -> lt_status;
+    pub fn lt_adapter_n_params(adapter: *const lt_adapter) -> i64;
+    pub fn lt_adapter_export_merged(adapter: *mut lt_adapter, dir: *const c_char, max_shard_bytes: i64) -> lt_status;
+    pub fn lt_adapter_merge(adapter: *mut lt_adapter) -> lt_status;
+    pub fn lt_adapter_unmerge(adapter: *mut lt_adapter) -> lt_status;
+
+    pub fn lt_optimizer_params_init(params: *mut lt_optimizer_params, size: usize);
+    pub fn lt_optimizer_create(
+        adapter: *mut lt_adapter,
+        params: *const lt_optimizer_params,
+        out: *mut *mut lt_optimizer,
+    ) -> lt_status;
+    pub fn lt_optimizer_free(opt: *mut lt_optimizer);
+    pub fn lt_optimizer_last_error(opt: *const lt_optimizer) -> *const c_char;
+    pub fn lt_optimizer_lr(opt: *const lt_optimizer) -> c_double;
+    pub fn lt_optimizer_step_count(opt: *const lt_optimizer) -> i64;
+    pub fn lt_optimizer_save(opt: *mut lt_optimizer, path: *const c_char) -> lt_status;
+    pub fn lt_optimizer_load(opt: *mut lt_optimizer, path: *const c_char) -> lt_status;
+
+    pub fn lt_trainer_params_init(params: *mut lt_trainer_params, size: usize);
+    pub fn lt_trainer_create(
+        model: *mut lt_model,
+        adapter: *mut lt_adapter,
+        opt: *mut lt_optimizer,
+        params: *const lt_trainer_params,
+        out: *mut *mut lt_trainer,
+    ) -> lt_status;
+    pub fn lt_trainer_free(trainer: *mut lt_trainer);
+    pub fn lt_trainer_last_error(trainer: *const lt_trainer) -> *const c_char;
+    pub fn lt_trainer_set_progress(trainer: *mut lt_trainer, fn_: lt_progress_fn, user: *mut c_void);
+    pub fn lt_trainer_step(trainer: *mut lt_trainer, batch: *const lt_batch, result: *mut lt_step_result) -> lt_status;
+    pub fn lt_trainer_evaluate(
+        trainer: *mut lt_trainer,
+        batch: *const lt_batch,
+        loss_sum: *mut c_double,
+        n_tokens: *mut i64,
+    ) -> lt_status;
+    pub fn lt_trainer_save_checkpoint(trainer: *mut lt_trainer, dir: *const c_char) -> lt_status;
+    pub fn lt_trainer_load_checkpoint(trainer: *mut lt_trainer, dir: *const c_char) -> lt_status;
+
+    pub fn lt_generate_params_init(params: *mut lt_generate_params, size: usize);
+    pub fn lt_generate(
+        model: *mut lt_model,
+        adapter: *const lt_adapter,
+        prompts: *const i32,
+        prompt_lens: *const i32,
+        n_prompts: c_int,
+        params: *const lt_generate_params,
+        out: *mut i32,
+        out_lens: *mut i32,
+    ) -> lt_status;
+}
+
+/// `include/loratune_experimental.h`: no stability promise (docs/ABI.md).
+pub mod experimental {
+    use super::*;
+
+    extern "C" {
+        pub fn lt_model_create_random(
+            ctx: *mut lt_context,
+            config_json: *const c_char,
+            seed: u64,
+            init_std: c_float,
+            out: *mut *mut lt_model,
+        ) -> lt_status;
+        pub fn lt_model_save(model: *mut lt_model, dir: *const c_char) -> lt_status;
+    }
+}
