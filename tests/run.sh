@@ -29,7 +29,8 @@ cmake --build build -j"$jobs"
 echo "== reference checkpoints and goldens (transformers, peft)"
 rm -rf build/testdata/models && mkdir -p build/testdata
 "$py" tests/python/make_models.py build/testdata/models >/dev/null
-if [ -f tests/python/make_lora_goldens.py ]; then "$py" tests/python/make_lora_goldens.py build/testdata/models >/dev/null; fi
+"$py" tests/python/make_lora_goldens.py build/testdata/models >/dev/null
+if [ -f tests/python/make_op_goldens.py ]; then "$py" tests/python/make_op_goldens.py build/testdata/ops >/dev/null; fi
 
 failed=0
 stages_ok=0; stages_bad=0
@@ -39,6 +40,9 @@ stage bash -c "cd build && LORATUNE_REF_PYTHON='$py' ctest --output-on-failure -
 
 echo "== live cross-checks against PyTorch on held-out models"
 stage "$py" tests/python/crosscheck_eval.py --cli build/loratune --workdir build/crosscheck
+if [ -f tests/python/crosscheck_train.py ]; then
+  stage "$py" tests/python/crosscheck_train.py --cli build/loratune --workdir build/crosscheck-train
+fi
 
 if [ -f tests/bindings.sh ]; then
   echo "== bindings, packaging and ABI"

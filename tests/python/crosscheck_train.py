@@ -76,8 +76,9 @@ TIE_GAP = 1e-4
 TOL_W, TOL_LOSS, TOL_LR, TOL_GN, TOL_MERGE = 1e-4, 1e-4, 1e-6, 1e-4, 1e-4
 # fp64 fallback for runs that fp32 cannot resolve (see run_case): a gradient entry below THETA times
 # its tensor's largest is "undetermined" (the CLI's and torch's fp32 gradients are ~1e-6 of the
-# largest entry away from float64); N_JITTER float64 runs redraw those entries at random.
-THETA, N_JITTER = 1e-5, 3
+# largest entry away from float64); N_JITTER float64 runs redraw those entries at random, N_NOISE more
+# add Gaussian noise of SIGMA * max|g| (per tensor) to every gradient entry.
+THETA, N_JITTER, N_NOISE, SIGMA = 1e-5, 3, 2, 3e-7
 
 
 # ------------------------------------------------------------------------------------------------
@@ -224,11 +225,13 @@ def token_ce_sum(logits, labels):
     return torch.nn.functional.cross_entropy(lg, tgt, ignore_index=IGNORE, reduction="sum")
 
 
-def torch_train(mdir, adir, mbs, tr, dtype=torch.float32, track=None, jitter_seed=None, per_row=False):
+def torch_train(mdir, adir, mbs, tr, dtype=torch.float32, track=None, jitter_seed=None, per_row=False,
+                noise_seed=None):
     """The S updates in PyTorch; dtype float32 is the oracle. For the fp64 fallback only: `track` (a
     dict) receives per LoRA tensor the elementwise min over updates of |g| / max|g|; with
     `jitter_seed` every gradient entry below THETA * max|g| of its tensor is replaced by a uniform
     draw from that band before clipping (its sign and size are not determined at fp32 precision).
+    With `noise_seed`, N(0, (SIGMA * max|g|)^2) is added to every gradient entry (before clipping).
     `per_row` runs every row of a micro-batch through its own forward/backward (same math, other
     rounding). Returns ({PEFT key: final weight}, {"loss", "lr", "grad_norm": per update})."""
     from transformers import (get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup,
@@ -273,6 +276,12 @@ def torch_train(mdir, adir, mbs, tr, dtype=torch.float32, track=None, jitter_see
                     band = THETA * p.grad.abs().max()
                     u = (2 * torch.rand(p.shape, generator=g, dtype=torch.float64) - 1).to(dtype) * band
                     p.grad.copy_(torch.where(p.grad.abs() < band, u, p.grad))
+        if noise_seed is not None:
+            g = torch.Generator().manual_seed(noise_seed * 1000 + 500 + s)
+            with torch.no_grad():
+                for p in plist:
+                    z = torch.randn(p.shape, generator=g, dtype=torch.float64).to(dtype)
+                    p.grad += SIGMA * p.grad.abs().max() * z
         if tr["mgn"] > 0:
             gn = float(torch.nn.utils.clip_grad_norm_(plist, max_norm=tr["mgn"]))
         else:
@@ -429,8 +438,9 @@ def run_case(cli, seed, cdir, timeout, edge_cases=False, strict=False):
         # gradient entry that is ~1e-7 of its tensor's largest (rounding-level in fp32) into a step of
         # up to ~lr of either sign, and what that does to the rest of the run can grow. So: the oracle
         # in float64 (the truth) records which entries ever had |g| < THETA * max|g| ("undetermined");
-        # N_JITTER float64 runs redraw exactly those gradient entries at random inside that band, and a
-        # second fp32 oracle sums in another order (per row). A value failing against fp32 passes if
+        # N_JITTER float64 runs redraw exactly those gradient entries at random inside that band, N_NOISE
+        # float64 runs add fp32-sized noise (SIGMA * max|g|) to every entry, and a second fp32 oracle
+        # sums in another order (per row). A value failing against fp32 passes if
         # its error against float64 is within max(tol, 2 x the largest deviation of an fp32 oracle or
         # of a jittered run from float64), separately for the determined and the undetermined entries
         # of a tensor. Update-1 loss and grad_norm can only move by fp32 rounding (the jitter comes
@@ -439,6 +449,7 @@ def run_case(cli, seed, cdir, timeout, edge_cases=False, strict=False):
         w64, log64 = torch_train(mdir, adir, mbs, tr, torch.float64, track=trk)
         alt = [(ref_w, ref_log), torch_train(mdir, adir, mbs, tr, per_row=True)]
         alt += [torch_train(mdir, adir, mbs, tr, torch.float64, jitter_seed=n + 1) for n in range(N_JITTER)]
+        alt += [torch_train(mdir, adir, mbs, tr, torch.float64, noise_seed=n + 1) for n in range(N_NOISE)]
         still = []
         for i in bad:
             name, tol, c, get = checks[i]
