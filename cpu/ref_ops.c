@@ -220,7 +220,7 @@ void lt_ref_attention_backward(float *dq, float *dk, float *dv, const float *dou
                     if (lt_att_kv_lo(ks, t) > j) continue;
                     double p = exp(scale * ref_dot(Q_(t), K_(j), HD) - LSE_(t));
                     double D = ref_dot(DO_(t), O_(t), HD);
-                    double ds = p * (ref_dot(DO_(t), V_(j), HD) - D);
+                    double ds = lt_att_kv_lo(ks, t) == t ? 0.0 /* one key: constant softmax */ : p * (ref_dot(DO_(t), V_(j), HD) - D);
                     for (int d = 0; d < HD; d++) {
                         acc_v[d] += p * DO_(t)[d];
                         acc_k[d] += scale * ds * Q_(t)[d];
@@ -239,7 +239,7 @@ void lt_ref_attention_backward(float *dq, float *dk, float *dv, const float *dou
                 for (int d = 0; d < HD; d++) acc_k[d] = 0.0;
                 for (int j = lt_att_kv_lo(ks, t); j <= t; j++) {
                     double p = exp(scale * ref_dot(Q_(t), K_(j), HD) - LSE_(t));
-                    double ds = p * (ref_dot(DO_(t), V_(j), HD) - D);
+                    double ds = lt_att_kv_lo(ks, t) == t ? 0.0 /* one key: constant softmax */ : p * (ref_dot(DO_(t), V_(j), HD) - D);
                     for (int d = 0; d < HD; d++) acc_k[d] += scale * ds * K_(j)[d];
                 }
                 float *dqt = dq + (((size_t)b * T + t) * NH + h) * HD;

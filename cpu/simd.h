@@ -679,6 +679,9 @@ static void F(k_att_bwd_head)(float *dq, float *dk_h, float *dv_h, size_t ld_kv,
                     F(st)(p + u * LT_W, pu);
                     F(st)(ds + u * LT_W, pu * (F(ld)(ds + u * LT_W) - vD) * scale);
                 }
+                /* a query that sees one key has a constant softmax: dS is exactly 0, while P (dP - D)
+                 * would leave rounding noise that Adam turns into steps of ~lr on q/k LoRA weights */
+                if (lo == t) memset(ds, 0, KB * sizeof(float));
             }
             /* dv (jn, HD) += P^T dout;  dk += dS^T q;  dq (R, HD) += dS k */
             F(mm_acc)(dv_h + j0 * ld_kv, ld_kv, P, 1, KB, doh + i0 * sq, sq, jn, R, HD);

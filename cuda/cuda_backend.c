@@ -40,8 +40,9 @@ int lt_cuda_backend_available(void) {
 
 void lt_cuda_record(lt_backend *be, lt_status st, const char *what, int cuda_err) {
     lt_cuda_impl *im = lt_cuda(be);
-    if (im->first_error != LT_OK) return;
-    im->first_error = st;
+    int expected = LT_OK;
+    if (!__atomic_compare_exchange_n(&im->first_error, &expected, (int)st, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST))
+        return; /* an earlier error is pending */
     if (cuda_err)
         snprintf(im->error_msg, sizeof im->error_msg, "cuda backend: %s: %s (%d)", what,
                  cudaGetErrorString((cudaError_t)cuda_err), cuda_err);
@@ -75,6 +76,7 @@ static void cuda_release(lt_cuda_impl *im) {
     if (im->cublas) cublasDestroy(im->cublas);
     if (im->stream) cudaStreamDestroy(im->stream);
     cudaGetLastError();
+    pthread_mutex_destroy(&im->lock);
     free(im);
 }
 
@@ -152,12 +154,14 @@ static void cuda_copy(lt_backend *be, void *dst, const void *src, size_t bytes) 
     } else {
         const size_t chunk = LT_CUDA_WS_FLOATS * sizeof(float);
         size_t nchunk = (bytes + chunk - 1) / chunk;
+        lt_cuda_lock(be); /* the workspace */
         for (size_t i = 0; i < nchunk && e == cudaSuccess; i++) {
             size_t c = d < s ? i : nchunk - 1 - i; /* forward when moving down, backward when up */
             size_t off = c * chunk, len = bytes - off < chunk ? bytes - off : chunk;
             e = cudaMemcpyAsync(im->ws, s + off, len, cudaMemcpyDeviceToDevice, im->stream);
             if (e == cudaSuccess) e = cudaMemcpyAsync(d + off, im->ws, len, cudaMemcpyDeviceToDevice, im->stream);
         }
+        lt_cuda_unlock(be);
     }
     if (e != cudaSuccess) lt_cuda_record(be, LT_ERR_BACKEND, "copy", (int)e);
     lt_cuda_check(be, "copy");
@@ -177,9 +181,7 @@ static lt_status cuda_sync(lt_backend *be) {
     if (e != cudaSuccess) lt_cuda_record(be, LT_ERR_BACKEND, "sync (an earlier op failed on the device)", (int)e);
     e = cudaGetLastError();
     if (e != cudaSuccess) lt_cuda_record(be, LT_ERR_BACKEND, "sync", (int)e);
-    lt_status st = im->first_error;
-    im->first_error = LT_OK;
-    return st;
+    return (lt_status)__atomic_exchange_n(&im->first_error, (int)LT_OK, __ATOMIC_SEQ_CST);
 }
 
 /* ---- the table -------------------------------------------------------------------------------- */
@@ -254,6 +256,7 @@ lt_status lt_cuda_backend_create(int n_threads, lt_backend **out, char *err, siz
     be->impl = im;
     be->ops = &cuda_ops;
     im->first_error = LT_OK;
+    pthread_mutex_init(&im->lock, NULL);
     im->debug_sync = env_flag("LT_CUDA_SYNC");
     im->debug_print = env_flag("LT_CUDA_DEBUG");
 

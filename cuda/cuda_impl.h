@@ -14,10 +14,16 @@
  *
  * Streams: one non-blocking stream per backend; every copy, kernel and cuBLAS call goes on it, so
  * the ops are ordered exactly as they are called. Nothing here may be touched at library load time.
+ *
+ * Threads: several host threads may call the ops of one backend at once (threads sharing a model,
+ * docs/API.md). Launching onto the shared stream is thread-safe; what is not (the cuBLAS handle, the
+ * workspace, the reduction buffers) is used under `lock`, for the whole sequence of launches that
+ * shares it. The first error is kept with atomic operations.
  */
 #ifndef LT_CUDA_IMPL_H
 #define LT_CUDA_IMPL_H
 
+#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -44,8 +50,9 @@ typedef struct lt_cuda_impl {
     float *ws;          /* LT_CUDA_WS_FLOATS floats */
     double *red;        /* LT_CUDA_RED_BLOCKS + 1 doubles */
     int *flag;          /* one int (all_finite) */
-    lt_status first_error; /* since the last sync */
-    char error_msg[256];
+    pthread_mutex_t lock; /* guards cublas, ws, red, flag (see Threads above) */
+    int first_error;    /* lt_status since the last sync; __atomic builtins only */
+    char error_msg[256]; /* written by the thread that recorded first_error */
 } lt_cuda_impl;
 
 #ifdef __cplusplus
@@ -53,6 +60,8 @@ extern "C" {
 #endif
 
 static inline lt_cuda_impl *lt_cuda(const lt_backend *be) { return (lt_cuda_impl *)be->impl; }
+static inline void lt_cuda_lock(const lt_backend *be) { pthread_mutex_lock(&lt_cuda(be)->lock); }
+static inline void lt_cuda_unlock(const lt_backend *be) { pthread_mutex_unlock(&lt_cuda(be)->lock); }
 
 /* Record st (with what and, when cuda_err != 0, the CUDA error string) unless an error is pending. */
 void lt_cuda_record(lt_backend *be, lt_status st, const char *what, int cuda_err);

@@ -60,12 +60,14 @@ extern "C" double lt_cuda_sumsq(lt_backend *be, size_t n, const float *x) {
     if (nb < 1) nb = 1;
     if (nb > LT_CUDA_RED_BLOCKS) nb = LT_CUDA_RED_BLOCKS;
     double *result = im->red + LT_CUDA_RED_BLOCKS;
+    lt_cuda_lock(be); /* the reduction buffer, until the result is read */
     sumsq_partial_kernel<<<(unsigned)nb, EW_THREADS, 0, im->stream>>>(x, n, im->red);
     sumsq_final_kernel<<<1, 1024, 0, im->stream>>>(im->red, (int)nb, result);
     double s = NAN;
     cudaError_t e = cudaGetLastError(); /* a failed launch must not return a stale result */
     if (e == cudaSuccess) e = cudaMemcpyAsync(&s, result, sizeof s, cudaMemcpyDeviceToHost, im->stream);
     if (e == cudaSuccess) e = cudaStreamSynchronize(im->stream);
+    lt_cuda_unlock(be);
     if (e != cudaSuccess) {
         lt_cuda_record(be, LT_ERR_BACKEND, "sumsq", (int)e);
         return NAN;
@@ -84,6 +86,7 @@ extern "C" int lt_cuda_all_finite(lt_backend *be, size_t n, const float *x) {
     lt_cuda_impl *im = lt_cuda(be);
     if (!n) return 1;
     int bad = 1;
+    lt_cuda_lock(be); /* the flag, until it is read */
     cudaError_t e = cudaMemsetAsync(im->flag, 0, sizeof(int), im->stream);
     if (e == cudaSuccess) {
         all_finite_kernel<<<lt_grid_1d(n, EW_THREADS), EW_THREADS, 0, im->stream>>>(x, n, im->flag);
@@ -91,6 +94,7 @@ extern "C" int lt_cuda_all_finite(lt_backend *be, size_t n, const float *x) {
         if (e == cudaSuccess) e = cudaMemcpyAsync(&bad, im->flag, sizeof bad, cudaMemcpyDeviceToHost, im->stream);
     }
     if (e == cudaSuccess) e = cudaStreamSynchronize(im->stream);
+    lt_cuda_unlock(be);
     if (e != cudaSuccess) {
         lt_cuda_record(be, LT_ERR_BACKEND, "all_finite", (int)e);
         return 0;

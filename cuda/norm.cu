@@ -97,8 +97,10 @@ extern "C" void lt_cuda_rmsnorm_backward(lt_backend *be, float *dinp, float *dwe
     if (R == 1) {
         rmsnorm_dweight_partial_kernel<<<grid, block, 0, im->stream>>>(dweight, 1, dout, inp, rstd, N, C, rows_per);
     } else {
+        lt_cuda_lock(be); /* the workspace, until both kernels are queued */
         rmsnorm_dweight_partial_kernel<<<grid, block, 0, im->stream>>>(im->ws, 0, dout, inp, rstd, N, C, rows_per);
         rmsnorm_dweight_final_kernel<<<(C + 255) / 256, 256, 0, im->stream>>>(dweight, im->ws, (int)R, C);
+        lt_cuda_unlock(be);
     }
     lt_cuda_check(be, "rmsnorm_backward (dweight)");
 }

@@ -93,6 +93,8 @@ typedef struct lt_backend_ops {
                               const float *v, const int32_t *kv_start, int B, int T, int NH, int NKV,
                               int HD, float scale);
     /* dq (B,T,NH,HD), dk and dv (B,T,NKV,HD) assigned; dout, out, lse from forward.
+     * A query that sees a single key (kv_start[t] == t) contributes exactly 0 to dq and dk (its
+     * softmax is constant); backends must not leave rounding noise there.
      * scratch: at least attention_backward_scratch(B,T,NH,HD) floats. */
     size_t (*attention_backward_scratch)(lt_backend *be, int B, int T, int NH, int HD);
     void (*attention_backward)(lt_backend *be, float *dq, float *dk, float *dv, const float *dout,

@@ -130,18 +130,20 @@ LT_API lt_status lt_trainer_step(lt_trainer *t, const lt_batch *b, lt_step_resul
     lt_workspace *ws = t->ws;
     int64_t valid = 0;
     if ((st = lt_stage_batch(m, ws, b, &valid, &t->err)) != LT_OK) return st;
-    if (valid == 0)
+    if (valid == 0 && t->p.grad_accum == 1)
         return lt_fail(&t->err, LT_ERR_DATA, "lt_trainer_step: every label of the batch is masked (-100): nothing to learn");
-    if (t->micro > 0) be->ops->copy(be, t->grads_backup, a->grads, a->n_params * sizeof(float));
-    lt_dropout_state drop = {a->p.dropout, mix64(t->p.seed ^ mix64(t->micro_total + 1))};
     double loss_sum = 0;
-    st = lt_forward_backward(m, a, ws, &drop, 1.0f, &loss_sum, NULL, &t->err);
-    if (st == LT_OK && !be->ops->all_finite(be, a->n_params, a->grads))
-        st = lt_fail(&t->err, LT_ERR_NUMERIC, "lt_trainer_step: the gradients are not finite; the step was discarded");
-    if (st != LT_OK) {
-        if (t->micro > 0) be->ops->copy(be, a->grads, t->grads_backup, a->n_params * sizeof(float));
-        else be->ops->zero(be, a->grads, a->n_params * sizeof(float));
-        return st;
+    if (valid > 0) { /* a fully masked micro-batch of an accumulation adds nothing: no compute */
+        if (t->micro > 0) be->ops->copy(be, t->grads_backup, a->grads, a->n_params * sizeof(float));
+        lt_dropout_state drop = {a->p.dropout, mix64(t->p.seed ^ mix64(t->micro_total + 1))};
+        st = lt_forward_backward(m, a, ws, &drop, 1.0f, &loss_sum, NULL, &t->err);
+        if (st == LT_OK && !be->ops->all_finite(be, a->n_params, a->grads))
+            st = lt_fail(&t->err, LT_ERR_NUMERIC, "lt_trainer_step: the gradients are not finite; the step was discarded");
+        if (st != LT_OK) {
+            if (t->micro > 0) be->ops->copy(be, a->grads, t->grads_backup, a->n_params * sizeof(float));
+            else be->ops->zero(be, a->grads, a->n_params * sizeof(float));
+            return st;
+        }
     }
     t->micro_total++;
     t->micro++;
@@ -151,9 +153,15 @@ LT_API lt_status lt_trainer_step(lt_trainer *t, const lt_batch *b, lt_step_resul
     lt_step_result r;
     memset(&r, 0, sizeof r);
     r.size = sizeof r;
-    r.loss = t->accum_loss / (double)t->accum_tokens;
+    r.loss = t->accum_tokens > 0 ? t->accum_loss / (double)t->accum_tokens : 0.0;
     r.tokens = valid;
     r.lr = lt_optimizer_lr(t->opt);
+    if (t->micro == t->p.grad_accum && t->accum_tokens == 0) {
+        t->micro = 0;
+        t->accum_loss = 0;
+        return lt_fail(&t->err, LT_ERR_DATA, "lt_trainer_step: every label of the %d accumulated micro-batches is "
+                       "masked (-100): nothing to learn; no update was made", t->p.grad_accum);
+    }
     if (t->micro == t->p.grad_accum) {
         be->ops->scale(be, a->n_params, (float)(1.0 / (double)t->accum_tokens), a->grads);
         st = lt_optimizer_update(t->opt, &r.grad_norm, &r.lr, &t->err);

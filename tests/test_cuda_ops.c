@@ -6,7 +6,8 @@
  * compared with lt_ref_* on the host: relative tolerance 1e-4 (1e-5 for plain elementwise ops) with a
  * floor of the same fraction of the reference's RMS (see close_msg); dropout and embedding bit for
  * bit. Plus: the memory ops (alignment, memmove semantics of copy), errors reported by sync and
- * cleared by it, determinism of the reductions and of the attention backward.
+ * cleared by it, determinism of the reductions and of the attention backward, and several host
+ * threads using one backend at once (threads sharing a model do).
  *
  * Without a CUDA device (or in a build without CUDA) it prints one line and passes. Runs in Check's
  * no-fork mode: CUDA cannot be used in a child forked after the parent initialised it.
@@ -14,6 +15,7 @@
  */
 #include <check.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -746,6 +748,74 @@ START_TEST(test_stream_order) {
 }
 END_TEST
 
+/* ---- several host threads on one backend ---------------------------------------------------------- */
+
+/* Each worker repeats ops that use the backend's shared state (cuBLAS handle, workspace, reduction
+ * buffers) on its own buffers; every result must equal the single-threaded one bit for bit. */
+#define CONC_THREADS 4
+#define CONC_ITERS 25
+#define CONC_N 257
+#define CONC_C 1030
+typedef struct {
+    const float *g, *x, *w, *rs; /* shared inputs (device) */
+    float *dinp, *dw, *C;        /* this worker's outputs (device) */
+    double want_ss;
+    int bad;
+} conc_arg;
+
+static void conc_step(conc_arg *a) {
+    OPS->zero(be, a->dinp, (size_t)CONC_N * CONC_C * sizeof(float));
+    OPS->zero(be, a->dw, CONC_C * sizeof(float));
+    OPS->rmsnorm_backward(be, a->dinp, a->dw, a->g, a->x, a->w, a->rs, CONC_N, CONC_C);
+    OPS->gemm(be, 0, 1, 64, 64, CONC_C, 1.0f, a->g, CONC_C, a->x, CONC_C, 0.0f, a->C, 64);
+}
+static void *conc_worker(void *p) {
+    conc_arg *a = p;
+    for (int it = 0; it < CONC_ITERS; it++) {
+        conc_step(a);
+        if (OPS->sumsq(be, (size_t)CONC_N * CONC_C, a->g) != a->want_ss) a->bad++;
+        if (OPS->all_finite(be, CONC_C, a->dw) != 1) a->bad++;
+    }
+    return NULL;
+}
+
+START_TEST(test_concurrent_threads) {
+    size_t nc = (size_t)CONC_N * CONC_C;
+    float *g = frand(nc, -1, 1), *x = frand(nc, -1, 1), *w = frand(CONC_C, 0.5f, 1.5f), *rs = frand(CONC_N, 0.5f, 2);
+    float *dg = dput(g, nc), *dx = dput(x, nc), *dw = dput(w, CONC_C), *drs = dput(rs, CONC_N);
+    conc_arg args[CONC_THREADS + 1];
+    for (int i = 0; i <= CONC_THREADS; i++) {
+        args[i] = (conc_arg){dg, dx, dw, drs, dalloc(nc * sizeof(float)), dalloc(CONC_C * sizeof(float)),
+                             dalloc(64 * 64 * sizeof(float)), 0.0, 0};
+    }
+    /* the single-threaded result (args[CONC_THREADS]) */
+    conc_step(&args[CONC_THREADS]);
+    double ss = OPS->sumsq(be, nc, dg);
+    float *want_di = hget(args[CONC_THREADS].dinp, nc), *want_dw = hget(args[CONC_THREADS].dw, CONC_C);
+    float *want_c = hget(args[CONC_THREADS].C, 64 * 64);
+    pthread_t th[CONC_THREADS];
+    for (int i = 0; i < CONC_THREADS; i++) {
+        args[i].want_ss = ss;
+        ck_assert_int_eq(pthread_create(&th[i], NULL, conc_worker, &args[i]), 0);
+    }
+    for (int i = 0; i < CONC_THREADS; i++) pthread_join(th[i], NULL);
+    SYNC_OK("concurrent threads");
+    for (int i = 0; i < CONC_THREADS; i++) {
+        ck_assert_msg(args[i].bad == 0, "thread %d: %d sumsq/all_finite results differ from one thread alone", i, args[i].bad);
+        float *di = hget(args[i].dinp, nc), *dwv = hget(args[i].dw, CONC_C), *c = hget(args[i].C, 64 * 64);
+        SAME(di, want_di, nc, "thread %d rmsnorm dinp", i);
+        SAME(dwv, want_dw, (size_t)CONC_C, "thread %d rmsnorm dweight", i);
+        SAME(c, want_c, 64 * 64, "thread %d gemm", i);
+        free(di); free(dwv); free(c);
+    }
+    for (int i = 0; i <= CONC_THREADS; i++) {
+        dfree(args[i].dinp); dfree(args[i].dw); dfree(args[i].C);
+    }
+    free(g); free(x); free(w); free(rs); free(want_di); free(want_dw); free(want_c);
+    dfree(dg); dfree(dx); dfree(dw); dfree(drs);
+}
+END_TEST
+
 /* ---- suite ---------------------------------------------------------------------------------------- */
 
 static void setup(void) { rng_seed(1234); }
@@ -770,6 +840,7 @@ static Suite *cuda_suite(void) {
     tcase_add_test(tc, test_dropout);
     tcase_add_test(tc, test_adamw);
     tcase_add_test(tc, test_stream_order);
+    tcase_add_test(tc, test_concurrent_threads);
     suite_add_tcase(s, tc);
     return s;
 }

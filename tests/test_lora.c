@@ -366,6 +366,31 @@ START_TEST(test_bad_steps_leave_adapter) {
     lt_step_result r = {.size = sizeof r};
     ck_assert_int_eq(lt_trainer_step(t, &b, &r), LT_ERR_DATA);         /* all labels masked */
     ck_assert_ptr_nonnull(strstr(lt_trainer_last_error(t), "masked"));
+    /* with accumulation, a masked micro-batch contributes nothing; an update with no token fails */
+    {
+        lt_optimizer *o2 = NULL;
+        lt_trainer *t2 = NULL;
+        lt_trainer_params tp2;
+        lt_trainer_params_init(&tp2, sizeof tp2);
+        tp2.grad_accum = 2;
+        ck_assert_int_eq(lt_optimizer_create(a, &op, &o2), LT_OK);
+        ck_assert_int_eq(lt_trainer_create(m, a, o2, &tp2, &t2), LT_OK);
+        ck_assert_int_eq(lt_trainer_step(t2, &b, &r), LT_OK);           /* masked: accepted */
+        ck_assert_int_eq(lt_trainer_step(t2, &b, &r), LT_ERR_DATA);     /* the whole update is masked */
+        float *mid = host_copy(a, a->params);
+        ck_assert_int_eq(memcmp(mid, before, a->n_params * 4), 0);
+        ck_assert_int_eq(lt_optimizer_step_count(o2), 0);
+        b.labels = NULL;
+        ck_assert_int_eq(lt_trainer_step(t2, &b, &r), LT_OK);           /* real tokens ... */
+        b.labels = labels;
+        ck_assert_int_eq(lt_trainer_step(t2, &b, &r), LT_OK);           /* ... plus a masked one: update */
+        ck_assert_int_eq(r.updated, 1);
+        ck_assert_int_eq(lt_optimizer_step_count(o2), 1);
+        m->be->ops->upload(m->be, a->params, before, a->n_params * 4); /* undo for the checks below */
+        free(mid);
+        lt_trainer_free(t2);
+        lt_optimizer_free(o2);
+    }
     b.labels = NULL;
     ids[3] = 9999;
     ck_assert_int_eq(lt_trainer_step(t, &b, &r), LT_ERR_DATA);         /* id out of range */
