@@ -750,17 +750,20 @@ END_TEST
 
 /* ---- several host threads on one backend ---------------------------------------------------------- */
 
-/* Each worker repeats ops that use the backend's shared state (cuBLAS handle, workspace, reduction
- * buffers) on its own buffers; every result must equal the single-threaded one bit for bit. */
+/* Each worker repeats, on its own inputs and outputs, ops that use the backend's shared state (cuBLAS
+ * handle, workspace, reduction buffers); every result must equal what the same calls give with one
+ * thread, bit for bit. Inputs differ per worker (worker 0 has a NaN in y) so that a result computed
+ * from another worker's data would show. */
 #define CONC_THREADS 4
 #define CONC_ITERS 25
 #define CONC_N 257
 #define CONC_C 1030
 typedef struct {
-    const float *g, *x, *w, *rs; /* shared inputs (device) */
-    float *dinp, *dw, *C;        /* this worker's outputs (device) */
+    const float *g, *w, *rs;  /* shared inputs (device) */
+    float *x, *y;             /* this worker's inputs (device) */
+    float *dinp, *dw, *C;     /* this worker's outputs (device) */
     double want_ss;
-    int bad;
+    int want_finite, bad;
 } conc_arg;
 
 static void conc_step(conc_arg *a) {
@@ -773,46 +776,50 @@ static void *conc_worker(void *p) {
     conc_arg *a = p;
     for (int it = 0; it < CONC_ITERS; it++) {
         conc_step(a);
-        if (OPS->sumsq(be, (size_t)CONC_N * CONC_C, a->g) != a->want_ss) a->bad++;
-        if (OPS->all_finite(be, CONC_C, a->dw) != 1) a->bad++;
+        if (OPS->sumsq(be, (size_t)CONC_N * CONC_C, a->x) != a->want_ss) a->bad++;
+        if (OPS->all_finite(be, CONC_C, a->y) != a->want_finite) a->bad++;
     }
     return NULL;
 }
 
 START_TEST(test_concurrent_threads) {
     size_t nc = (size_t)CONC_N * CONC_C;
-    float *g = frand(nc, -1, 1), *x = frand(nc, -1, 1), *w = frand(CONC_C, 0.5f, 1.5f), *rs = frand(CONC_N, 0.5f, 2);
-    float *dg = dput(g, nc), *dx = dput(x, nc), *dw = dput(w, CONC_C), *drs = dput(rs, CONC_N);
-    conc_arg args[CONC_THREADS + 1];
-    for (int i = 0; i <= CONC_THREADS; i++) {
-        args[i] = (conc_arg){dg, dx, dw, drs, dalloc(nc * sizeof(float)), dalloc(CONC_C * sizeof(float)),
-                             dalloc(64 * 64 * sizeof(float)), 0.0, 0};
-    }
-    /* the single-threaded result (args[CONC_THREADS]) */
-    conc_step(&args[CONC_THREADS]);
-    double ss = OPS->sumsq(be, nc, dg);
-    float *want_di = hget(args[CONC_THREADS].dinp, nc), *want_dw = hget(args[CONC_THREADS].dw, CONC_C);
-    float *want_c = hget(args[CONC_THREADS].C, 64 * 64);
-    pthread_t th[CONC_THREADS];
+    float *g = frand(nc, -1, 1), *w = frand(CONC_C, 0.5f, 1.5f), *rs = frand(CONC_N, 0.5f, 2);
+    float *dg = dput(g, nc), *dw = dput(w, CONC_C), *drs = dput(rs, CONC_N);
+    conc_arg args[CONC_THREADS];
+    float *want_di[CONC_THREADS], *want_dw[CONC_THREADS], *want_c[CONC_THREADS];
     for (int i = 0; i < CONC_THREADS; i++) {
-        args[i].want_ss = ss;
-        ck_assert_int_eq(pthread_create(&th[i], NULL, conc_worker, &args[i]), 0);
+        float *x = frand(nc, -1, 1), *y = frand(CONC_C, -1, 1);
+        if (i == 0) y[CONC_C / 2] = NAN;
+        args[i] = (conc_arg){dg, dw, drs, dput(x, nc), dput(y, CONC_C), dalloc(nc * sizeof(float)),
+                             dalloc(CONC_C * sizeof(float)), dalloc(64 * 64 * sizeof(float)), 0.0, 0, 0};
+        free(x);
+        free(y);
+        /* one thread alone */
+        conc_step(&args[i]);
+        args[i].want_ss = OPS->sumsq(be, nc, args[i].x);
+        args[i].want_finite = OPS->all_finite(be, CONC_C, args[i].y);
+        ck_assert_int_eq(args[i].want_finite, i != 0);
+        want_di[i] = hget(args[i].dinp, nc);
+        want_dw[i] = hget(args[i].dw, CONC_C);
+        want_c[i] = hget(args[i].C, 64 * 64);
     }
+    pthread_t th[CONC_THREADS];
+    for (int i = 0; i < CONC_THREADS; i++) ck_assert_int_eq(pthread_create(&th[i], NULL, conc_worker, &args[i]), 0);
     for (int i = 0; i < CONC_THREADS; i++) pthread_join(th[i], NULL);
     SYNC_OK("concurrent threads");
     for (int i = 0; i < CONC_THREADS; i++) {
         ck_assert_msg(args[i].bad == 0, "thread %d: %d sumsq/all_finite results differ from one thread alone", i, args[i].bad);
         float *di = hget(args[i].dinp, nc), *dwv = hget(args[i].dw, CONC_C), *c = hget(args[i].C, 64 * 64);
-        SAME(di, want_di, nc, "thread %d rmsnorm dinp", i);
-        SAME(dwv, want_dw, (size_t)CONC_C, "thread %d rmsnorm dweight", i);
-        SAME(c, want_c, 64 * 64, "thread %d gemm", i);
+        SAME(di, want_di[i], nc, "thread %d rmsnorm dinp", i);
+        SAME(dwv, want_dw[i], (size_t)CONC_C, "thread %d rmsnorm dweight", i);
+        SAME(c, want_c[i], 64 * 64, "thread %d gemm", i);
         free(di); free(dwv); free(c);
+        free(want_di[i]); free(want_dw[i]); free(want_c[i]);
+        dfree(args[i].x); dfree(args[i].y); dfree(args[i].dinp); dfree(args[i].dw); dfree(args[i].C);
     }
-    for (int i = 0; i <= CONC_THREADS; i++) {
-        dfree(args[i].dinp); dfree(args[i].dw); dfree(args[i].C);
-    }
-    free(g); free(x); free(w); free(rs); free(want_di); free(want_dw); free(want_c);
-    dfree(dg); dfree(dx); dfree(dw); dfree(drs);
+    free(g); free(w); free(rs);
+    dfree(dg); dfree(dw); dfree(drs);
 }
 END_TEST
 
