@@ -7,7 +7,8 @@
  *
  * Math (the reference's, cpu/ref_ops.c):
  *   s_tj = scale q_t.k_j,  lse_t = log sum_j exp(s_tj),  p_tj = exp(s_tj - lse_t),  out_t = sum_j p_tj v_j
- *   D_t = dout_t.out_t,  ds_tj = p_tj (dout_t.v_j - D_t)
+ *   D_t = dout_t.out_t,  ds_tj = p_tj (dout_t.v_j - D_t), except ds_tj = 0 exactly when query t sees
+ *   a single key (lo(t) == t: its softmax is constant; backend.h forbids leaving rounding noise there)
  *   dv_j = sum_t p_tj dout_t,  dk_j = scale sum_t ds_tj q_t,  dq_t = scale sum_j ds_tj k_j
  *
  * Two kernel families:
@@ -273,6 +274,7 @@ __global__ void att_bwd_D_kernel(float *D, const float *dout, const float *out, 
  * are complete sums written once (no atomics, fixed order).
  * Thread (ty, tx): keys ty*4+i; queries tx+16jj (jj < QC) of the transposed score tile; channels tx+16c.
  *   pT[j][t] = exp(scale q_t.k_j - lse_t) (0 where masked), dsT[j][t] = pT (dout_t.v_j - D_t)
+ *   (dsT = 0 for a query that sees a single key)
  *   dv_j += sum_t pT dout_t,  dk_j += sum_t dsT q_t  (times scale at the end)
  * smem: Ks, Vs (64, HDP+1); Qs, dOs (BQ, HDP+1); Ps, dSs (64, BQ+1). */
 template <int HDP, int QC>
@@ -359,7 +361,7 @@ att_bwd_kv_kernel(float *dk, float *dv, const float *dout, const float *q, const
                     const bool ok = t < T && j <= t && j >= lo[jj];
                     const float p = ok ? expf(st[i][jj] * scale - lse_c[jj]) : 0.0f;
                     Ps[(ty * 4 + i) * LDP + tx + 16 * jj] = p;
-                    dSs[(ty * 4 + i) * LDP + tx + 16 * jj] = p * (dpt[i][jj] - D_c[jj]);
+                    dSs[(ty * 4 + i) * LDP + tx + 16 * jj] = lo[jj] == t ? 0.0f : p * (dpt[i][jj] - D_c[jj]);
                 }
             __syncthreads();
             /* accV[i][c] += sum_t pT[i][t] dout_t[tx+16c], accK likewise with dsT and q */
@@ -403,7 +405,7 @@ att_bwd_kv_kernel(float *dk, float *dv, const float *dout, const float *q, const
  * grid (ceil(T/64), NH, B), block 256: 64 queries of head h of row b against the key tiles
  * (BK = 16 KC keys) they see.
  * Thread (ty, tx): queries ty*4+i; keys tx+16jj (jj < KC) of the score tile; channels tx+16c.
- *   ds[t][j] = p (dout_t.v_j - D_t),  dq_t = scale sum_j ds[t][j] k_j
+ *   ds[t][j] = p (dout_t.v_j - D_t) (0 for a query that sees a single key),  dq_t = scale sum_j ds[t][j] k_j
  * smem: Qs, dOs (64, HDP+1); Ks, Vs (BK, HDP+1); dSs (64, BK+1). */
 template <int HDP, int KC>
 __global__ void __launch_bounds__(ATT_THREADS)
@@ -482,7 +484,7 @@ att_bwd_q_kernel(float *dq, const float *dout, const float *q, const float *k, c
                 const int t = trow[i], j = k0 + tx + 16 * jj;
                 const bool ok = t < T && j >= lo[i] && j <= t;
                 const float p = ok ? expf(s[i][jj] * scale - lse_r[i]) : 0.0f;
-                dSs[(ty * 4 + i) * LDS + tx + 16 * jj] = p * (dp[i][jj] - D_r[i]);
+                dSs[(ty * 4 + i) * LDS + tx + 16 * jj] = lo[i] == t ? 0.0f : p * (dp[i][jj] - D_r[i]);
             }
         __syncthreads();
         /* acc[i][c] += sum_j ds[i][j] k_j[tx+16c] */
@@ -534,7 +536,8 @@ __global__ void att_bwd_q_rowwise_kernel(float *dq, const float *dout, const flo
     const float *kb = k + (size_t)b * T * kvstride + (size_t)kvh * HD;
     const float *vb = v + (size_t)b * T * kvstride + (size_t)kvh * HD;
     const float L = lse[((size_t)b * NH + h) * T + t], Dt = Dbuf[((size_t)b * NH + h) * T + t];
-    for (int j = lt_att_lo(kv_start + (size_t)b * T, t); j <= t; j++) {
+    const int lo = lt_att_lo(kv_start + (size_t)b * T, t);
+    for (int j = lo; j <= t && lo < t; j++) { /* a single key (lo == t): dq = 0 exactly */
         const float *kj = kb + (size_t)j * kvstride, *vj = vb + (size_t)j * kvstride;
         float sq = 0.0f, sv = 0.0f;
         for (int d = lane; d < HD; d += 32) {
@@ -574,7 +577,8 @@ __global__ void att_bwd_kv_rowwise_kernel(float *dk, float *dv, const float *dou
         const int h = kvh * G + g;
         const float *lseb = lse + ((size_t)b * NH + h) * T, *Db = Dbuf + ((size_t)b * NH + h) * T;
         for (int t = j; t < T; t++) {
-            if (lt_att_lo(ks, t) > j) continue;
+            const int lo = lt_att_lo(ks, t);
+            if (lo > j) continue;
             const float *qt = q + ((size_t)b * T + t) * qstride + (size_t)h * HD;
             const float *ot = dout + ((size_t)b * T + t) * qstride + (size_t)h * HD;
             float sq = 0.0f, sv = 0.0f;
@@ -584,7 +588,7 @@ __global__ void att_bwd_kv_rowwise_kernel(float *dk, float *dv, const float *dou
             }
             sq = lt_warp_sum(sq);
             sv = lt_warp_sum(sv);
-            const float p = expf(sq * scale - lseb[t]), ds = p * (sv - Db[t]);
+            const float p = expf(sq * scale - lseb[t]), ds = lo == t ? 0.0f : p * (sv - Db[t]);
             for (int d = lane; d < HD; d += 32) {
                 accv[d] += p * ot[d];
                 acck[d] += ds * qt[d];

@@ -469,6 +469,16 @@ static void att_compare(const att_case *c) {
     CLOSE_F(dqf, dqr, nq, RTOL, 1e-2, "%s dq", what);
     CLOSE_F(dkf, dkr, nkv, RTOL, 1e-2, "%s dk", what);
     CLOSE_F(dvf, dvr, nkv, RTOL, 1e-2, "%s dv", what);
+    /* a query that sees a single key contributes exactly 0 (backend.h): its dq row is 0, and with
+     * T = 1 so is all of dk */
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++)
+            if (lt_att_kv_lo(ks + (size_t)b * T, t) == t)
+                for (size_t i = 0; i < (size_t)NH * HD; i++)
+                    ck_assert_msg(dqf[((size_t)b * T + t) * NH * HD + i] == 0.0f, "%s: dq of single-key query b=%d t=%d is %g",
+                                  what, b, t, dqf[((size_t)b * T + t) * NH * HD + i]);
+    if (T == 1)
+        for (size_t i = 0; i < nkv; i++) ck_assert_msg(dkf[i] == 0.0f, "%s: dk with T = 1 is %g", what, dkf[i]);
 
     /* deterministic: a second backward (over the previous results) is bit-identical */
     OPS->attention_backward(be, gq, gk, gv, ddo, dq_, dk_, dv_, ro, rl, dks, B, T, NH, NKV, HD, scale, scratch);
