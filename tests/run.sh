@@ -12,10 +12,14 @@ bash tools/install-deps.sh
 
 # ---- reference stack (torch CPU, transformers, peft) in a virtualenv outside the repo ----
 venv=${LT_REF_VENV:-$HOME/.cache/loratune/ref-venv}
-if ! "$venv/bin/python" -c "import torch, transformers, peft, safetensors" 2>/dev/null; then
-  echo "== creating the reference virtualenv in $venv (torch, transformers, peft)"
+if [ ! -x "$venv/bin/python" ]; then
+  echo "== creating the reference virtualenv in $venv"
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q --upgrade pip
+fi
+# (re)install when a requirement is missing, e.g. after requirements.txt gained a package
+if ! "$venv/bin/python" -c "import torch, transformers, peft, safetensors, trl, bitsandbytes, tokenizers, mistral_common, sentencepiece" 2>/dev/null; then
+  echo "== installing the reference stack into $venv (tests/python/requirements.txt)"
   "$venv/bin/pip" install -q -r tests/python/requirements.txt
 fi
 py="$venv/bin/python"
