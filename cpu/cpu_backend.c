@@ -290,6 +290,13 @@ static void cpu_scale(lt_backend *be, size_t n, float a, float *x) {
     CPU_PAR_SLICES(be, n, k->scale(hi - lo, a, x + lo));
 }
 
+/* x (n,C): row i *= w[i]; rows are independent, so any split is exact */
+static void cpu_row_scale(lt_backend *be, float *x, const float *w, int n, int C) {
+    const lt_cpu_kernels *k = K(be);
+    for (int i = 0; i < n; i++)
+        if (w[i] != 1.0f) k->scale((size_t)C, w[i], x + (size_t)i * C);
+}
+
 /* Fixed pieces (independent of the thread count) summed in order: deterministic. */
 #define LT_SUM_PIECES 64
 static double cpu_sumsq(lt_backend *be, size_t n, const float *x) {
@@ -624,6 +631,7 @@ static const lt_backend_ops cpu_ops = {
     .cross_entropy = cpu_cross_entropy,
     .dropout = cpu_dropout,
     .adamw_step = cpu_adamw_step,
+    .row_scale = cpu_row_scale,
 };
 
 static void cpu_set_err(char *err, size_t errlen, const char *msg) {

@@ -43,6 +43,12 @@ void lt_ref_scale(size_t n, float a, float *x) {
     for (size_t i = 0; i < n; i++) x[i] *= a;
 }
 
+/* x (n,C), w (n) */
+void lt_ref_row_scale(float *x, const float *w, int n, int C) {
+    for (int i = 0; i < n; i++)
+        for (int c = 0; c < C; c++) x[(size_t)i * C + c] *= w[i];
+}
+
 /* x (n) */
 double lt_ref_sumsq(size_t n, const float *x) {
     double s = 0.0;

@@ -32,6 +32,8 @@ void lt_ref_gemm(int transA, int transB, int M, int N, int K, float alpha, const
 /* ---- elementwise ---- */
 void lt_ref_axpy(size_t n, float a, const float *x, float *y);
 void lt_ref_scale(size_t n, float a, float *x);
+/* x (n,C): row i *= w[i] */
+void lt_ref_row_scale(float *x, const float *w, int n, int C);
 double lt_ref_sumsq(size_t n, const float *x);
 int lt_ref_all_finite(size_t n, const float *x);
 

@@ -79,6 +79,7 @@ void lt_cuda_gemm(lt_backend *be, int transA, int transB, int M, int N, int K, f
 /* ---- elementwise.cu --------------------------------------------------------------------------- */
 void lt_cuda_axpy(lt_backend *be, size_t n, float a, const float *x, float *y);
 void lt_cuda_scale(lt_backend *be, size_t n, float a, float *x);
+void lt_cuda_row_scale(lt_backend *be, float *x, const float *w, int n, int C);
 double lt_cuda_sumsq(lt_backend *be, size_t n, const float *x);
 int lt_cuda_all_finite(lt_backend *be, size_t n, const float *x);
 void lt_cuda_embedding_forward(lt_backend *be, float *out, const int32_t *ids, const float *table,

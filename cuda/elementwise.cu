@@ -34,6 +34,19 @@ extern "C" void lt_cuda_scale(lt_backend *be, size_t n, float a, float *x) {
     lt_cuda_check(be, "scale");
 }
 
+/* x (n,C): row i *= w[i]; grid-stride over all n*C elements */
+__global__ void row_scale_kernel(float *x, const float *w, size_t total, int C) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x)
+        x[i] *= w[i / (size_t)C];
+}
+
+extern "C" void lt_cuda_row_scale(lt_backend *be, float *x, const float *w, int n, int C) {
+    const size_t total = (size_t)n * C;
+    if (!total) return;
+    row_scale_kernel<<<lt_grid_1d(total, EW_THREADS), EW_THREADS, 0, lt_cuda(be)->stream>>>(x, w, total, C);
+    lt_cuda_check(be, "row_scale");
+}
+
 /* ---- sumsq, all_finite ------------------------------------------------------------------------ */
 
 /* x (n) -> part (gridDim.x): each block's share of sum x^2, in double */

@@ -246,7 +246,15 @@ LT_API lt_status lt_optimizer_load(lt_optimizer *opt, const char *path);
 /* ---------------------------------------------------------------------------------------------- */
 /* Trainer                                                                                        */
 
-typedef enum lt_objective { LT_OBJ_SFT = 0 } lt_objective;
+/* Objectives (definitions as TRL's: docs/API.md). SFT takes lt_batch (lt_trainer_step); DPO, IPO, KTO
+ * and ORPO take lt_pref_batch (lt_trainer_step_preference); GRPO uses lt_grpo_generate + lt_grpo_step. */
+typedef enum lt_objective {
+    LT_OBJ_SFT = 0, LT_OBJ_DPO = 1, LT_OBJ_IPO = 2, LT_OBJ_KTO = 3, LT_OBJ_ORPO = 4, LT_OBJ_GRPO = 5
+} lt_objective;
+
+/* GRPO advantage scaling and loss aggregation (TRL's scale_rewards and loss_type). */
+typedef enum lt_grpo_scale { LT_GRPO_SCALE_GROUP = 0, LT_GRPO_SCALE_BATCH = 1, LT_GRPO_SCALE_NONE = 2 } lt_grpo_scale;
+typedef enum lt_grpo_loss { LT_GRPO_LOSS_DAPO = 0, LT_GRPO_LOSS_GRPO = 1, LT_GRPO_LOSS_BNPO = 2, LT_GRPO_LOSS_DR_GRPO = 3 } lt_grpo_loss;
 
 typedef struct lt_trainer_params {
     size_t size;                 /* sizeof(lt_trainer_params)                              */
@@ -254,6 +262,21 @@ typedef struct lt_trainer_params {
     int grad_accum;              /* micro-batches per optimizer update (default 1)         */
     int gradient_checkpointing;  /* 1 (default): keep layer inputs, recompute in backward  */
     uint64_t seed;               /* dropout RNG seed (default 0)                           */
+    /* ---- preference objectives (0.1 additions) ---- */
+    float beta;                  /* DPO/IPO/KTO beta, ORPO lambda (default 0.1)            */
+    float label_smoothing;       /* DPO: conservative-DPO eps in [0, 0.5) (default 0)      */
+    float desirable_weight;      /* KTO (default 1)                                        */
+    float undesirable_weight;    /* KTO (default 1)                                        */
+    const lt_adapter *ref_adapter; /* frozen reference adapter of the same model; NULL     */
+                                 /* (default): the base model with the adapter disabled    */
+    int32_t max_length;          /* longest prompt + completion accepted; 0 = no limit     */
+    /* ---- GRPO ---- */
+    int32_t num_generations;     /* G completions per prompt (default 8, >= 2)             */
+    float epsilon;               /* lower clip (default 0.2)                               */
+    float epsilon_high;          /* upper clip; 0 (default) = epsilon                      */
+    float kl_beta;               /* k3 KL coefficient against the reference (default 0)    */
+    lt_grpo_scale scale_rewards; /* default group                                          */
+    lt_grpo_loss loss_type;      /* default dapo                                           */
 } lt_trainer_params;
 
 typedef struct lt_step_result {
@@ -265,6 +288,16 @@ typedef struct lt_step_result {
     double tokens_per_s;         /* input tokens / wall time of this call                   */
     int64_t step;                /* optimizer updates done so far                           */
     int updated;                 /* 1 if this call finished an accumulation and updated     */
+    /* ---- preference objectives (0.1 additions); NaN where not defined ---- */
+    double rewards_chosen;       /* mean beta (lp_c - ref_c) (ORPO: beta * mean-token lp_c) */
+    double rewards_rejected;     /* the same for the rejected (KTO: undesirable) completions */
+    double rewards_accuracies;   /* mean(chosen > rejected); NaN for KTO                    */
+    double rewards_margins;      /* mean(chosen - rejected) (KTO: difference of the means)  */
+    double kl;                   /* KTO: the batch KL estimate; GRPO: mean k3 KL per token  */
+    /* ---- GRPO ---- */
+    double reward_mean, reward_std; /* of the host's rewards over the generation batch      */
+    double clip_fraction;        /* fraction of completion tokens whose ratio was clipped   */
+    double completion_length;    /* mean completion tokens                                  */
 } lt_step_result;
 
 typedef void (*lt_progress_fn)(void *user, const lt_step_result *result);
@@ -284,6 +317,44 @@ LT_API lt_status lt_trainer_step(lt_trainer *trainer, const lt_batch *batch, lt_
 /** Loss on held-out data with the trainer's adapter (no dropout, no gradients). */
 LT_API lt_status lt_trainer_evaluate(lt_trainer *trainer, const lt_batch *batch, double *loss_sum,
                                      int64_t *n_tokens);
+/*
+ * Preference data: n_rows examples; each has a prompt and a chosen and a rejected completion (DPO,
+ * IPO, ORPO), or a prompt, one completion (in chosen_*) and a label (KTO). Token ids of each kind are
+ * concatenated: example i's prompt is prompt_lens[i] ids in prompt_ids after those of examples < i.
+ * Completions are used as given (append EOS yourself if you want it scored; the CLI does). Prompts
+ * and completions must not be empty. The reference log-probs (summed over the completion) may be
+ * given, e.g. from lt_trainer_reference_logps once per dataset; NULL = computed in the step.
+ */
+typedef struct lt_pref_batch {
+    size_t size;                      /* sizeof(lt_pref_batch)                              */
+    int32_t n_rows;
+    const int32_t *prompt_ids, *prompt_lens;
+    const int32_t *chosen_ids, *chosen_lens;     /* KTO: the completions                  */
+    const int32_t *rejected_ids, *rejected_lens; /* unused by KTO                         */
+    const int32_t *labels;            /* KTO: 1 desirable, 0 undesirable (n_rows)           */
+    const double *ref_chosen_logps;   /* optional (n_rows)                                  */
+    const double *ref_rejected_logps; /* optional (n_rows); unused by KTO                   */
+    const double *ref_kl_logps;       /* KTO, optional (n_rows): prompt i + completion i-1  */
+} lt_pref_batch;
+
+LT_API void lt_pref_batch_init(lt_pref_batch *batch, size_t size);
+/**
+ * One micro-batch of a preference objective (DPO, IPO, KTO, ORPO): reference and policy forward,
+ * the loss (mean over the examples), backward, and every grad_accum calls an update (gradients
+ * averaged over the micro-batches). result->loss and the rewards_* metrics describe this call.
+ */
+LT_API lt_status lt_trainer_step_preference(lt_trainer *trainer, const lt_pref_batch *batch,
+                                            lt_step_result *result);
+/** The objective's loss and metrics on held-out preference data (no gradients, no update). */
+LT_API lt_status lt_trainer_evaluate_preference(lt_trainer *trainer, const lt_pref_batch *batch,
+                                                lt_step_result *result);
+/**
+ * Reference log-probs of a batch, summed over each completion: chosen (n_rows), rejected (n_rows;
+ * DPO/IPO) and, for KTO, kl (n_rows: prompt i with completion i-1, cyclic). Unused outputs may be NULL.
+ */
+LT_API lt_status lt_trainer_reference_logps(lt_trainer *trainer, const lt_pref_batch *batch, double *chosen,
+                                            double *rejected, double *kl);
+
 /** Checkpoint: adapter (PEFT layout) + optimizer + trainer state, written atomically into dir. */
 LT_API lt_status lt_trainer_save_checkpoint(lt_trainer *trainer, const char *dir);
 LT_API lt_status lt_trainer_load_checkpoint(lt_trainer *trainer, const char *dir);
@@ -314,6 +385,24 @@ LT_API void lt_generate_params_init(lt_generate_params *params, size_t size);
 LT_API lt_status lt_generate(lt_model *model, const lt_adapter *adapter, const int32_t *prompts,
                              const int32_t *prompt_lens, int n_prompts, const lt_generate_params *params,
                              int32_t *out, int32_t *out_lens);
+
+/* ---------------------------------------------------------------------------------------------- */
+/* GRPO (reinforcement learning with rewards computed by the host)                                */
+
+/*
+ * GRPO with host rewards, in two phases. lt_grpo_generate samples num_generations completions for
+ * each prompt with the current adapter (KV cache; gen->temperature, top_k, top_p, seed, eos;
+ * gen->max_new_tokens is max_completion_length) and keeps them: completions holds
+ * n_prompts * G rows of max_new_tokens ids (row p*G + g), completion_lens their lengths. The host
+ * scores them and calls lt_grpo_step with one reward per completion (same order): advantages, the
+ * clipped-ratio loss (one update per generation: the old log-probs are the current ones), optional
+ * KL, an optimizer update. Errors: G < 2, an empty prompt, a prompt of max_length or more tokens,
+ * a NaN reward, a step without a generation.
+ */
+LT_API lt_status lt_grpo_generate(lt_trainer *trainer, const int32_t *prompts, const int32_t *prompt_lens,
+                                  int n_prompts, const lt_generate_params *gen, int32_t *completions,
+                                  int32_t *completion_lens);
+LT_API lt_status lt_grpo_step(lt_trainer *trainer, const float *rewards, lt_step_result *result);
 
 #ifdef __cplusplus
 }

@@ -134,6 +134,10 @@ typedef struct lt_backend_ops {
     void (*adamw_step)(lt_backend *be, float *param, const float *grad, float *m, float *v, size_t n,
                        float step_size, float beta1, float beta2, float eps, float bc2_sqrt,
                        float decay);
+
+    /* ---- per-row scaling (objectives other than SFT weight each token's CE gradient) ---------- */
+    /* x (n,C): row i *= w[i]; w (n) on the device. */
+    void (*row_scale)(lt_backend *be, float *x, const float *w, int n, int C);
 } lt_backend_ops;
 
 struct lt_backend {

@@ -1,7 +1,8 @@
 /*
  * llama.c - forward and backward of a Llama-family decoder with LoRA, through the backend ops.
  *
- * defines: lt_workspace_create, lt_workspace_free, lt_stage_batch, lt_forward_backward
+ * defines: lt_workspace_create, lt_workspace_free, lt_stage_batch, lt_forward_backward, lt_forward_logp,
+ *          lt_backward_weighted
  *
  * One layer (x is the residual stream, (N,H)):
  *   ln1 = rmsnorm(x) ; q,k,v = lin(ln1) ; rope(q,k) ; att = attention(q,k,v) ; x_mid = x + lin_o(att)
@@ -91,6 +92,7 @@ lt_status lt_workspace_create(lt_model *m, int B, int T, int rank, int mode,
             CARVE(ws->drop, N * (size_t)(H > I ? (H > QD ? H : QD) : (I > QD ? I : QD)));
         }
         CARVE(ws->att_scratch, OPS->attention_backward_scratch(BE, B, T, NH, (int)c->head_dim));
+        CARVE(ws->row_w, N);
     }
 
     ws->block = OPS->alloc(BE, total);
@@ -119,7 +121,8 @@ lt_status lt_workspace_create(lt_model *m, int B, int T, int rank, int mode,
                   (void **)&ws->pos, (void **)&ws->kv_start, (void **)&ws->logits, (void **)&ws->losses,
                   (void **)&ws->dres, (void **)&ws->dln, (void **)&ws->dI1, (void **)&ws->dI2,
                   (void **)&ws->dI3, (void **)&ws->dq, (void **)&ws->dk, (void **)&ws->dv,
-                  (void **)&ws->datt, (void **)&ws->dr, (void **)&ws->drop, (void **)&ws->att_scratch};
+                  (void **)&ws->datt, (void **)&ws->dr, (void **)&ws->drop, (void **)&ws->att_scratch,
+                  (void **)&ws->row_w};
     for (size_t i = 0; i < sizeof g / sizeof *g; i++) relocate(g[i], base);
     /* every layer's activations alias x_in to the saved input of that layer */
     *out = ws;
@@ -311,6 +314,24 @@ static void layer_backward(lt_model *m, lt_workspace *ws, const lt_adapter *ad, 
 
 /* ---- the whole model ---------------------------------------------------------------------------- */
 
+/* From ws->dln = d loss / d final_ln back through the final norm and every layer (reverse order);
+ * adapter grads accumulate. */
+static lt_status backward_layers(lt_model *m, const lt_adapter *ad, lt_workspace *ws, const lt_dropout_state *drop,
+                                 lt_error *err) {
+    const int L = (int)m->cfg.num_hidden_layers, H = (int)m->cfg.hidden_size, N = ws->B * ws->T;
+    OPS->zero(BE, ws->dres, (size_t)N * H * sizeof(float));
+    OPS->rmsnorm_backward(BE, ws->dres, NULL, ws->dln, ws->x_saved[L], m->final_norm, ws->final_rstd, N, H);
+    for (int l = L - 1; l >= 0; l--) {
+        lt_layer_acts *A = &ws->acts[ws->checkpointing ? 0 : l];
+        if (ws->checkpointing) /* recompute this layer's activations; its output goes to a scratch */
+            layer_forward(m, ws, ad, drop, l, ws->x_saved[l], A, ws->dln);
+        layer_backward(m, ws, ad, drop, l, ws->x_saved[l], A);
+    }
+    lt_status st = OPS->sync(BE);
+    if (st != LT_OK) return lt_fail(err, st, "backend %s failed during the backward pass", OPS->name);
+    return LT_OK;
+}
+
 lt_status lt_forward_backward(lt_model *m, const lt_adapter *ad, lt_workspace *ws,
                               const lt_dropout_state *drop, float grad_scale, double *loss_sum,
                               float *logits_out, lt_error *err) {
@@ -352,16 +373,57 @@ lt_status lt_forward_backward(lt_model *m, const lt_adapter *ad, lt_workspace *w
     if (!isfinite(total)) return lt_fail(err, LT_ERR_NUMERIC, "the loss is not finite (%g)", total);
     if (!backward) return LT_OK;
 
-    /* backward */
-    OPS->zero(BE, ws->dres, (size_t)N * H * sizeof(float));
-    OPS->rmsnorm_backward(BE, ws->dres, NULL, ws->dln, ws->x_saved[L], m->final_norm, ws->final_rstd, N, H);
-    for (int l = L - 1; l >= 0; l--) {
+    return backward_layers(m, ad, ws, drop, err);
+}
+
+/* ---- objectives other than SFT: forward to per-token log-probs, then a weighted backward ---------- */
+
+lt_status lt_forward_logp(lt_model *m, const lt_adapter *ad, lt_workspace *ws, const lt_dropout_state *drop,
+                          float logit_scale, lt_error *err) {
+    const lt_model_config *c = &m->cfg;
+    const int L = (int)c->num_hidden_layers, H = (int)c->hidden_size, V = (int)c->vocab_size;
+    const int N = ws->B * ws->T;
+    if (ad && ad->p.rank > ws->rank)
+        return lt_fail(err, LT_ERR_INTERNAL, "workspace planned for rank %d, adapter has rank %d", ws->rank, ad->p.rank);
+    if (ad && ad->merged)
+        return lt_fail(err, LT_ERR_STATE, "the adapter is merged into the base weights; unmerge it first");
+    OPS->embedding_forward(BE, ws->x_saved[0], ws->ids, m->embed, N, H);
+    for (int l = 0; l < L; l++) {
         lt_layer_acts *A = &ws->acts[ws->checkpointing ? 0 : l];
-        if (ws->checkpointing) /* recompute this layer's activations; its output goes to a scratch */
-            layer_forward(m, ws, ad, drop, l, ws->x_saved[l], A, ws->dln);
-        layer_backward(m, ws, ad, drop, l, ws->x_saved[l], A);
+        layer_forward(m, ws, ad, drop, l, ws->x_saved[l], A, ws->x_saved[l + 1]);
     }
-    st = OPS->sync(BE);
-    if (st != LT_OK) return lt_fail(err, st, "backend %s failed during the backward pass", OPS->name);
+    OPS->rmsnorm_forward(BE, ws->final_ln, ws->final_rstd, ws->x_saved[L], m->final_norm, N, H,
+                         (float)c->rms_norm_eps);
+    for (int r0 = 0; r0 < N; r0 += ws->chunk) {
+        int n = N - r0 < ws->chunk ? N - r0 : ws->chunk;
+        OPS->gemm(BE, 0, 1, n, V, H, logit_scale, ws->final_ln + (size_t)r0 * H, H, m->lm_head, H, 0.0f, ws->logits, V);
+        OPS->cross_entropy(BE, ws->logits, ws->losses + r0, ws->targets + r0, n, V, 0.0f);
+    }
+    OPS->download(BE, ws->host_losses, ws->losses, (size_t)N * sizeof(float));
+    lt_status st = OPS->sync(BE);
+    if (st != LT_OK) return lt_fail(err, st, "backend %s failed during the forward pass", OPS->name);
+    for (int i = 0; i < N; i++)
+        if (!isfinite(ws->host_losses[i]))
+            return lt_fail(err, LT_ERR_NUMERIC, "the log-probability of token %d of row %d is not finite",
+                           i % ws->T, i / ws->T);
     return LT_OK;
+}
+
+lt_status lt_backward_weighted(lt_model *m, const lt_adapter *ad, lt_workspace *ws, const lt_dropout_state *drop,
+                               float logit_scale, const float *host_w, lt_error *err) {
+    const int H = (int)m->cfg.hidden_size, V = (int)m->cfg.vocab_size;
+    const int N = ws->B * ws->T;
+    if (ws->forward_only)
+        return lt_fail(err, LT_ERR_INTERNAL, "a forward-only workspace cannot run a backward pass");
+    OPS->upload(BE, ws->row_w, host_w, (size_t)N * sizeof(float));
+    /* d loss / d final_ln, chunk by chunk: logits again (one extra LM-head GEMM), softmax - onehot
+     * scaled per row by w, then through the LM head (and the logit scale) */
+    for (int r0 = 0; r0 < N; r0 += ws->chunk) {
+        int n = N - r0 < ws->chunk ? N - r0 : ws->chunk;
+        OPS->gemm(BE, 0, 1, n, V, H, logit_scale, ws->final_ln + (size_t)r0 * H, H, m->lm_head, H, 0.0f, ws->logits, V);
+        OPS->cross_entropy(BE, ws->logits, ws->losses + r0, ws->targets + r0, n, V, 1.0f);
+        OPS->row_scale(BE, ws->logits, ws->row_w + r0, n, V);
+        OPS->gemm(BE, 0, 0, n, H, V, logit_scale, ws->logits, V, m->lm_head, H, 0.0f, ws->dln + (size_t)r0 * H, H);
+    }
+    return backward_layers(m, ad, ws, drop, err);
 }

@@ -123,6 +123,7 @@ typedef struct lt_workspace {
     int32_t *host_stage;      /* (4N) host staging of ids, targets, positions, kv_start */
     void *block;              /* the one allocation everything above lives in */
     size_t block_bytes;
+    float *row_w;             /* (N) per-token CE-gradient weights of lt_backward_weighted */
 } lt_workspace;
 
 /* mode: LT_WS_FULL keeps every layer's activations, LT_WS_CHECKPOINT keeps layer inputs and
@@ -150,6 +151,19 @@ lt_status lt_stage_batch(lt_model *m, lt_workspace *ws, const lt_batch *b, int64
 lt_status lt_forward_backward(lt_model *m, const lt_adapter *ad, lt_workspace *ws,
                               const lt_dropout_state *drop, float grad_scale, double *loss_sum,
                               float *logits_out, lt_error *err);
+
+/*
+ * Objectives other than SFT (src/objectives.c) in two halves, with the host in between:
+ * lt_forward_logp runs the forward and leaves -log p of every target token in ws->host_losses (0 where
+ * the target is -100), keeping what the backward needs; logit_scale multiplies the logits (GRPO:
+ * 1/temperature; 1 otherwise). lt_backward_weighted then accumulates into the adapter grads the
+ * gradient of sum_t w[t] * CE_t, w = host_w (N) (= -d loss / d log p_t), recomputing the LM-head
+ * logits chunk by chunk. The adapter, dropout and logit_scale must be those of the forward.
+ */
+lt_status lt_forward_logp(lt_model *m, const lt_adapter *ad, lt_workspace *ws, const lt_dropout_state *drop,
+                          float logit_scale, lt_error *err);
+lt_status lt_backward_weighted(lt_model *m, const lt_adapter *ad, lt_workspace *ws, const lt_dropout_state *drop,
+                               float logit_scale, const float *host_w, lt_error *err);
 
 /*
  * y (N,out) = x (N,in) W^T + s * (dropout(x) A^T) B^T for one projection; xa (N,r) receives

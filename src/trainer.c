@@ -19,23 +19,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "optimizer.h"
-
-struct lt_trainer {
-    lt_error err;
-    lt_model *model;
-    lt_adapter *adapter;
-    lt_optimizer *opt;
-    lt_trainer_params p;
-    lt_workspace *ws;
-    float *grads_backup;     /* (n_params) gradients before the current micro-batch */
-    int micro;               /* micro-batches accumulated towards the next update */
-    int64_t accum_tokens;    /* predicted tokens in them */
-    double accum_loss;       /* summed token loss in them */
-    uint64_t micro_total;    /* micro-batches ever run: the dropout stream counter */
-    lt_progress_fn progress;
-    void *progress_user;
-};
+#include "trainer.h"
 
 LT_API void lt_trainer_params_init(lt_trainer_params *out, size_t size) {
     lt_trainer_params d, *p = &d;
@@ -44,6 +28,13 @@ LT_API void lt_trainer_params_init(lt_trainer_params *out, size_t size) {
     p->objective = LT_OBJ_SFT;
     p->grad_accum = 1;
     p->gradient_checkpointing = 1;
+    p->beta = 0.1f;
+    p->desirable_weight = 1.0f;
+    p->undesirable_weight = 1.0f;
+    p->num_generations = 8;
+    p->epsilon = 0.2f;
+    p->scale_rewards = LT_GRPO_SCALE_GROUP;
+    p->loss_type = LT_GRPO_LOSS_DAPO;
     lt_fill_struct(out, size, p, sizeof *p);
 }
 
@@ -65,7 +56,10 @@ LT_API lt_status lt_trainer_create(lt_model *m, lt_adapter *a, lt_optimizer *o, 
                            "knows (call lt_trainer_params_init)", params->size);
         memcpy(&p, params, params->size);
     }
-    if (p.objective != LT_OBJ_SFT) return lt_fail(err, LT_ERR_UNSUPPORTED, "lt_trainer_create: unknown objective %d", (int)p.objective);
+    if ((int)p.objective < LT_OBJ_SFT || p.objective > LT_OBJ_GRPO)
+        return lt_fail(err, LT_ERR_UNSUPPORTED, "lt_trainer_create: unknown objective %d", (int)p.objective);
+    lt_status pst = lt_objective_check_params(m, a, &p, err);
+    if (pst != LT_OK) return pst;
     if (p.grad_accum < 1) return lt_fail(err, LT_ERR_ARGUMENT, "lt_trainer_create: grad_accum %d < 1", p.grad_accum);
     lt_trainer *t = calloc(1, sizeof *t);
     if (!t) return lt_fail(err, LT_ERR_NOMEM, "lt_trainer_create: out of memory");
@@ -84,6 +78,7 @@ LT_API lt_status lt_trainer_create(lt_model *m, lt_adapter *a, lt_optimizer *o, 
 LT_API void lt_trainer_free(lt_trainer *t) {
     if (!t) return;
     lt_workspace_free(t->ws);
+    lt_objective_free_state(t);
     if (t->grads_backup) t->model->be->ops->free(t->model->be, t->grads_backup);
     free(t);
 }
@@ -124,6 +119,9 @@ LT_API lt_status lt_trainer_step(lt_trainer *t, const lt_batch *b, lt_step_resul
     lt_adapter *a = t->adapter;
     const double t0 = lt_now_seconds();
     lt_status st;
+    if (t->p.objective != LT_OBJ_SFT)
+        return lt_fail(&t->err, LT_ERR_STATE, "lt_trainer_step: the trainer's objective is not SFT; use "
+                       "lt_trainer_step_preference (DPO, IPO, KTO, ORPO) or lt_grpo_step (GRPO)");
     if (b->n_rows <= 0 || b->seq_len <= 0 || !b->input_ids)
         return lt_fail(&t->err, LT_ERR_SHAPE, "lt_trainer_step: empty batch (%d rows x %d tokens)", b->n_rows, b->seq_len);
     if ((st = ensure_workspace(t, b)) != LT_OK) return st;

@@ -173,9 +173,10 @@ int cmd_info(int argc, char **argv) {
 
 int cmd_eval(int argc, char **argv) {
     static const opt_spec spec[] = {{"model", 1}, {"data", 1}, {"adapter", 1}, {"json", 0},
-                                    {"threads", 1}, {"batch", 1}, {"backend", 1}};
+                                    {"threads", 1}, {"batch", 1}, {"backend", 1}, {"objective", 1}};
+    if (wants_objective(argc, argv)) return cmd_eval_pref(argc, argv);
     opts o;
-    if (opts_parse(&o, spec, 7, argc, argv, "eval")) return 2;
+    if (opts_parse(&o, spec, 8, argc, argv, "eval")) return 2;
     const char *dir = opt_str(&o, "model", NULL), *data = opt_str(&o, "data", NULL);
     if (!dir || !data) return fail("eval", "--model DIR and --data FILE.jsonl are required");
     long long threads, batch;

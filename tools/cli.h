@@ -42,6 +42,11 @@ int open_model(const char *cmd, const char *dir, int threads, const char *backen
 int cmd_info(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
 int cmd_train(int argc, char **argv);
+/* pref.c: train / eval with --objective dpo|ipo|kto|orpo */
+int cmd_train_pref(int argc, char **argv);
+int cmd_eval_pref(int argc, char **argv);
+/* 1 when argv holds --objective with a value other than sft */
+int wants_objective(int argc, char **argv);
 int cmd_merge(int argc, char **argv);
 int cmd_generate(int argc, char **argv);
 int cmd_bench(int argc, char **argv);

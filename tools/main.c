@@ -15,6 +15,7 @@ static void usage(FILE *f) {
             "commands:\n"
             "  info      --model DIR                         architecture, shapes, parameters\n"
             "  eval      --model DIR --data FILE.jsonl [--adapter DIR] [--batch N] [--json] [--threads N]\n"
+            "            [--objective sft|dpo|ipo|kto|orpo --beta B]   (preference data: see train --objective dpo --help)\n"
             "  train     --model DIR --data FILE.jsonl --out DIR [options]   (loratune train --help)\n"
             "  merge     --model DIR --adapter DIR --out DIR\n"
             "  generate  --model DIR [--adapter DIR] --prompt-ids 1,2,3 [--max-new-tokens N]\n"

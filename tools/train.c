@@ -15,7 +15,7 @@ static const opt_spec train_spec[] = {
     {"steps", 1}, {"epochs", 1}, {"batch", 1}, {"grad-accum", 1}, {"max-grad-norm", 1}, {"weight-decay", 1},
     {"optimizer", 1}, {"seed", 1}, {"no-shuffle", 0}, {"seq", 1}, {"pack", 0}, {"eval-data", 1},
     {"eval-every", 1}, {"save-every", 1}, {"resume", 1}, {"threads", 1}, {"json", 0}, {"quiet", 0},
-    {"no-checkpointing", 0}, {"backend", 1}, {"help", 0},
+    {"no-checkpointing", 0}, {"backend", 1}, {"help", 0}, {"objective", 1},
 };
 #define N_TRAIN_SPEC ((int)(sizeof train_spec / sizeof *train_spec))
 
@@ -28,7 +28,8 @@ static void train_usage(void) {
            "  length:    --steps N | --epochs E (1)   --batch B (4) --grad-accum K (1) --seq T (512) --pack\n"
            "  data:      --seed S --no-shuffle (rows in file order)\n"
            "  eval/save: --eval-data FILE --eval-every N --save-every N --resume DIR\n"
-           "  other:     --threads N --json --quiet --no-checkpointing\n");
+           "  other:     --threads N --json --quiet --no-checkpointing\n"
+           "  --objective sft (default) | dpo | ipo | kto | orpo: preference data (loratune train --objective dpo --help)\n");
 }
 
 /* xorshift-based generator for data order; state is a pure function of (seed, epoch) */
@@ -185,6 +186,7 @@ static void fmt_eta(char *buf, size_t len, double s) {
 }
 
 int cmd_train(int argc, char **argv) {
+    if (wants_objective(argc, argv)) return cmd_train_pref(argc, argv);
     opts o;
     if (opts_parse(&o, train_spec, N_TRAIN_SPEC, argc, argv, "train")) return 2;
     if (opt_flag(&o, "help")) { train_usage(); return 0; }
