@@ -116,7 +116,7 @@ void lt_obj_kto(const lt_trainer_params *p, int B, const double *lp, const doubl
 void lt_obj_grpo_advantages(const float *rewards, int n_prompts, int G, lt_grpo_scale scale, double *adv,
                             double *reward_mean, double *reward_std) {
     const int n = n_prompts * G;
-    double all = 0, all2 = 0, std_sum = 0;
+    double all = 0, all2 = 0;
     for (int i = 0; i < n; i++) all += rewards[i];
     const double mean_all = all / n;
     for (int i = 0; i < n; i++) all2 += (rewards[i] - mean_all) * (rewards[i] - mean_all);
@@ -128,7 +128,6 @@ void lt_obj_grpo_advantages(const float *rewards, int n_prompts, int G, lt_grpo_
         m /= G;
         for (int g = 0; g < G; g++) v += (r[g] - m) * (r[g] - m);
         const double sd = G > 1 ? sqrt(v / (G - 1)) : NAN;
-        std_sum += sd;
         for (int g = 0; g < G; g++) {
             double a = r[g] - m;
             if (scale == LT_GRPO_SCALE_GROUP) a /= sd + 1e-4;
@@ -137,7 +136,7 @@ void lt_obj_grpo_advantages(const float *rewards, int n_prompts, int G, lt_grpo_
         }
     }
     *reward_mean = mean_all;
-    *reward_std = std_sum / n_prompts;
+    *reward_std = std_all; /* TRL logs the std of all rewards of the batch */
 }
 
 void lt_obj_grpo_loss(const lt_trainer_params *p, int S, const int32_t *lens, const double *adv, const float *lp,

@@ -33,7 +33,7 @@ void lt_obj_kto(const lt_trainer_params *p, int B, const double *lp, const doubl
 
 /* GRPO advantages of n_prompts groups of G rewards (group-major): A = (r - mean_group) / (std + 1e-4),
  * std with Bessel's correction over the group (SCALE_GROUP) or the whole batch (SCALE_BATCH), or no
- * division (SCALE_NONE); a NaN becomes 0. reward_std receives the mean of the groups' std. */
+ * division (SCALE_NONE); a NaN becomes 0. reward_mean, reward_std: over all the rewards (Bessel). */
 void lt_obj_grpo_advantages(const float *rewards, int n_prompts, int G, lt_grpo_scale scale, double *adv,
                             double *reward_mean, double *reward_std);
 
