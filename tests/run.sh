@@ -35,6 +35,7 @@ rm -rf build/testdata/models && mkdir -p build/testdata
 "$py" tests/python/make_models.py build/testdata/models >/dev/null
 "$py" tests/python/make_lora_goldens.py build/testdata/models >/dev/null
 if [ -f tests/python/make_op_goldens.py ]; then "$py" tests/python/make_op_goldens.py build/testdata/ops >/dev/null; fi
+"$py" tests/python/make_objective_goldens.py build/testdata/objectives >/dev/null
 
 failed=0
 stages_ok=0; stages_bad=0
@@ -47,6 +48,9 @@ stage "$py" tests/python/crosscheck_eval.py --cli build/loratune --workdir build
 if [ -f tests/python/crosscheck_train.py ]; then
   stage "$py" tests/python/crosscheck_train.py --cli build/loratune --workdir build/crosscheck-train
 fi
+
+echo "== preference objectives against PyTorch + TRL (DPO, IPO, KTO, ORPO; N-step DPO training)"
+stage "$py" tests/python/crosscheck_pref.py --cli build/loratune --workdir build/crosscheck-pref
 
 if [ -f tests/bindings.sh ]; then
   echo "== bindings, packaging and ABI"

@@ -2,7 +2,7 @@
  * grpo_toy.c - GRPO with a reward computed by the host, on a verifiable toy task.
  *
  * Task ("exact output format"): whatever the prompt, answer with digits only. The vocabulary's
- * "digits" are the token ids DIGIT_LO .. DIGIT_LO+9; the reward of a completion is the fraction of
+ * "digits" are the token ids TOY_DIGIT_LO .. TOY_DIGIT_LO+9; the reward of a completion is the fraction of
  * its tokens that are digits (a verifier, no reward model). The loop is the two-phase GRPO API:
  *   lt_grpo_generate (G completions per prompt, sampled with the KV cache)
  *   -> the host scores every completion -> lt_grpo_step (advantages, clipped loss, update).
@@ -19,15 +19,15 @@
 #include "loratune.h"
 #include "loratune_experimental.h"
 
-#define DIGIT_LO 10
-#define N_PROMPTS 4
-#define G 8
-#define MAX_NEW 6
+#define TOY_DIGIT_LO 10
+#define TOY_PROMPTS 4
+#define TOY_G 8
+#define TOY_MAX_NEW 6
 
 /* the verifier: fraction of the completion's tokens that are digits */
 static float reward_of(const int32_t *completion, int len) {
     int digits = 0;
-    for (int i = 0; i < len; i++) digits += completion[i] >= DIGIT_LO && completion[i] < DIGIT_LO + 10;
+    for (int i = 0; i < len; i++) digits += completion[i] >= TOY_DIGIT_LO && completion[i] < TOY_DIGIT_LO + 10;
     return len > 0 ? (float)digits / (float)len : 0.0f;
 }
 
@@ -64,7 +64,7 @@ static int grpo_toy_run(const char *model_dir, int steps, int verbose, double *f
     lt_trainer_params tp;
     lt_trainer_params_init(&tp, sizeof tp);
     tp.objective = LT_OBJ_GRPO;
-    tp.num_generations = G;            /* epsilon 0.2, scale_rewards group, loss dapo: the defaults */
+    tp.num_generations = TOY_G;            /* epsilon 0.2, scale_rewards group, loss dapo: the defaults */
     if (lt_adapter_create(model, &ap, &adapter) != LT_OK || lt_optimizer_create(adapter, &op, &opt) != LT_OK ||
         lt_trainer_create(model, adapter, opt, &tp, &trainer) != LT_OK) {
         fprintf(stderr, "setup: %s\n", lt_last_error());
@@ -72,30 +72,30 @@ static int grpo_toy_run(const char *model_dir, int steps, int verbose, double *f
     }
     lt_generate_params gp;
     lt_generate_params_init(&gp, sizeof gp);
-    gp.max_new_tokens = MAX_NEW;
+    gp.max_new_tokens = TOY_MAX_NEW;
     gp.temperature = 1.0f;
     gp.eos_token_id = -1;              /* fixed-length completions */
 
-    int32_t prompts[N_PROMPTS * 3], prompt_lens[N_PROMPTS];
-    int32_t completions[N_PROMPTS * G * MAX_NEW], lens[N_PROMPTS * G];
-    float rewards[N_PROMPTS * G];
+    int32_t prompts[TOY_PROMPTS * 3], prompt_lens[TOY_PROMPTS];
+    int32_t completions[TOY_PROMPTS * TOY_G * TOY_MAX_NEW], lens[TOY_PROMPTS * TOY_G];
+    float rewards[TOY_PROMPTS * TOY_G];
     double first = 0, last = 0;
     for (int step = 0; step < steps; step++) {
-        for (int p = 0; p < N_PROMPTS; p++) { /* prompts: three "letters" (ids 30..59) */
+        for (int p = 0; p < TOY_PROMPTS; p++) { /* prompts: three "letters" (ids 30..59) */
             prompt_lens[p] = 3;
             for (int k = 0; k < 3; k++) prompts[p * 3 + k] = 30 + (step * 7 + p * 5 + k * 3) % 30;
         }
         gp.seed = (uint64_t)step + 1;
-        if (lt_grpo_generate(trainer, prompts, prompt_lens, N_PROMPTS, &gp, completions, lens) != LT_OK) {
+        if (lt_grpo_generate(trainer, prompts, prompt_lens, TOY_PROMPTS, &gp, completions, lens) != LT_OK) {
             fprintf(stderr, "generate: %s\n", lt_trainer_last_error(trainer));
             goto done;
         }
         double mean = 0;
-        for (int i = 0; i < N_PROMPTS * G; i++) {
-            rewards[i] = reward_of(completions + (size_t)i * MAX_NEW, lens[i]);
+        for (int i = 0; i < TOY_PROMPTS * TOY_G; i++) {
+            rewards[i] = reward_of(completions + (size_t)i * TOY_MAX_NEW, lens[i]);
             mean += rewards[i];
         }
-        mean /= N_PROMPTS * G;
+        mean /= TOY_PROMPTS * TOY_G;
         lt_step_result r = {.size = sizeof r};
         if (lt_grpo_step(trainer, rewards, &r) != LT_OK) {
             fprintf(stderr, "step: %s\n", lt_trainer_last_error(trainer));
