@@ -328,9 +328,12 @@ LT_API lt_status lt_trainer_evaluate(lt_trainer *trainer, const lt_batch *batch,
 typedef struct lt_pref_batch {
     size_t size;                      /* sizeof(lt_pref_batch)                              */
     int32_t n_rows;
-    const int32_t *prompt_ids, *prompt_lens;
-    const int32_t *chosen_ids, *chosen_lens;     /* KTO: the completions                  */
-    const int32_t *rejected_ids, *rejected_lens; /* unused by KTO                         */
+    const int32_t *prompt_ids;        /* sum(prompt_lens) ids                               */
+    const int32_t *prompt_lens;       /* (n_rows)                                           */
+    const int32_t *chosen_ids;        /* KTO: the completions                               */
+    const int32_t *chosen_lens;       /* (n_rows)                                           */
+    const int32_t *rejected_ids;      /* unused by KTO                                      */
+    const int32_t *rejected_lens;     /* (n_rows)                                           */
     const int32_t *labels;            /* KTO: 1 desirable, 0 undesirable (n_rows)           */
     const double *ref_chosen_logps;   /* optional (n_rows)                                  */
     const double *ref_rejected_logps; /* optional (n_rows); unused by KTO                   */

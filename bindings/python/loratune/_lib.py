@@ -59,6 +59,8 @@ lt_lora_init = c_int
 lt_optimizer_kind = c_int
 lt_schedule = c_int
 lt_objective = c_int
+lt_grpo_scale = c_int
+lt_grpo_loss = c_int
 
 # typedef void (*lt_log_fn)(void *user, lt_log_level level, const char *message);
 lt_log_fn = CFUNCTYPE(None, c_void_p, lt_log_level, c_char_p)
@@ -154,6 +156,35 @@ class lt_trainer_params(Structure):
         ("grad_accum", c_int),
         ("gradient_checkpointing", c_int),
         ("seed", c_uint64),
+        ("beta", c_float),
+        ("label_smoothing", c_float),
+        ("desirable_weight", c_float),
+        ("undesirable_weight", c_float),
+        ("ref_adapter", lt_adapter_p),
+        ("max_length", c_int32),
+        ("num_generations", c_int32),
+        ("epsilon", c_float),
+        ("epsilon_high", c_float),
+        ("kl_beta", c_float),
+        ("scale_rewards", lt_grpo_scale),
+        ("loss_type", lt_grpo_loss),
+    ]
+
+
+class lt_pref_batch(Structure):
+    _fields_ = [
+        ("size", c_size_t),
+        ("n_rows", c_int32),
+        ("prompt_ids", POINTER(c_int32)),
+        ("prompt_lens", POINTER(c_int32)),
+        ("chosen_ids", POINTER(c_int32)),
+        ("chosen_lens", POINTER(c_int32)),
+        ("rejected_ids", POINTER(c_int32)),
+        ("rejected_lens", POINTER(c_int32)),
+        ("labels", POINTER(c_int32)),
+        ("ref_chosen_logps", POINTER(c_double)),
+        ("ref_rejected_logps", POINTER(c_double)),
+        ("ref_kl_logps", POINTER(c_double)),
     ]
 
 
@@ -167,6 +198,15 @@ class lt_step_result(Structure):
         ("tokens_per_s", c_double),
         ("step", c_int64),
         ("updated", c_int),
+        ("rewards_chosen", c_double),
+        ("rewards_rejected", c_double),
+        ("rewards_accuracies", c_double),
+        ("rewards_margins", c_double),
+        ("kl", c_double),
+        ("reward_mean", c_double),
+        ("reward_std", c_double),
+        ("clip_fraction", c_double),
+        ("completion_length", c_double),
     ]
 
 
@@ -188,7 +228,7 @@ lt_progress_fn = CFUNCTYPE(None, c_void_p, POINTER(lt_step_result))
 #: Every struct of the stable header, by C name (used by the sync test).
 STRUCTS = {cls.__name__: cls for cls in (lt_context_params, lt_model_params, lt_model_info, lt_batch,
                                          lt_adapter_params, lt_optimizer_params, lt_trainer_params,
-                                         lt_step_result, lt_generate_params)}
+                                         lt_pref_batch, lt_step_result, lt_generate_params)}
 
 # ---- function declarations ------------------------------------------------------------------------------
 # (name, restype, argtypes). The C declaration is the comment above each entry.
@@ -295,6 +335,18 @@ _DECLS = [
     # lt_status lt_trainer_evaluate(lt_trainer *trainer, const lt_batch *batch, double *loss_sum,
     #                               int64_t *n_tokens);
     ("lt_trainer_evaluate", lt_status, [lt_trainer_p, POINTER(lt_batch), POINTER(c_double), POINTER(c_int64)]),
+    # void lt_pref_batch_init(lt_pref_batch *batch, size_t size);
+    ("lt_pref_batch_init", None, [c_void_p, c_size_t]),
+    # lt_status lt_trainer_step_preference(lt_trainer *trainer, const lt_pref_batch *batch,
+    #                                      lt_step_result *result);
+    ("lt_trainer_step_preference", lt_status, [lt_trainer_p, POINTER(lt_pref_batch), POINTER(lt_step_result)]),
+    # lt_status lt_trainer_evaluate_preference(lt_trainer *trainer, const lt_pref_batch *batch,
+    #                                          lt_step_result *result);
+    ("lt_trainer_evaluate_preference", lt_status, [lt_trainer_p, POINTER(lt_pref_batch), POINTER(lt_step_result)]),
+    # lt_status lt_trainer_reference_logps(lt_trainer *trainer, const lt_pref_batch *batch, double *chosen,
+    #                                      double *rejected, double *kl);
+    ("lt_trainer_reference_logps", lt_status, [lt_trainer_p, POINTER(lt_pref_batch), POINTER(c_double),
+                                               POINTER(c_double), POINTER(c_double)]),
     # lt_status lt_trainer_save_checkpoint(lt_trainer *trainer, const char *dir);
     ("lt_trainer_save_checkpoint", lt_status, [lt_trainer_p, c_char_p]),
     # lt_status lt_trainer_load_checkpoint(lt_trainer *trainer, const char *dir);
@@ -307,6 +359,14 @@ _DECLS = [
     #                       int32_t *out, int32_t *out_lens);
     ("lt_generate", lt_status, [lt_model_p, lt_adapter_p, POINTER(c_int32), POINTER(c_int32), c_int,
                                 POINTER(lt_generate_params), POINTER(c_int32), POINTER(c_int32)]),
+
+    # lt_status lt_grpo_generate(lt_trainer *trainer, const int32_t *prompts, const int32_t *prompt_lens,
+    #                            int n_prompts, const lt_generate_params *gen, int32_t *completions,
+    #                            int32_t *completion_lens);
+    ("lt_grpo_generate", lt_status, [lt_trainer_p, POINTER(c_int32), POINTER(c_int32), c_int,
+                                     POINTER(lt_generate_params), POINTER(c_int32), POINTER(c_int32)]),
+    # lt_status lt_grpo_step(lt_trainer *trainer, const float *rewards, lt_step_result *result);
+    ("lt_grpo_step", lt_status, [lt_trainer_p, POINTER(c_float), POINTER(lt_step_result)]),
 ]
 
 # include/loratune_experimental.h: no ABI promise (docs/ABI.md).

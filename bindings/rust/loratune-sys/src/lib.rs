@@ -178,6 +178,21 @@ pub struct lt_optimizer_params {
 
 pub type lt_objective = c_int;
 pub const LT_OBJ_SFT: lt_objective = 0;
+pub const LT_OBJ_DPO: lt_objective = 1;
+pub const LT_OBJ_IPO: lt_objective = 2;
+pub const LT_OBJ_KTO: lt_objective = 3;
+pub const LT_OBJ_ORPO: lt_objective = 4;
+pub const LT_OBJ_GRPO: lt_objective = 5;
+
+pub type lt_grpo_scale = c_int;
+pub const LT_GRPO_SCALE_GROUP: lt_grpo_scale = 0;
+pub const LT_GRPO_SCALE_BATCH: lt_grpo_scale = 1;
+pub const LT_GRPO_SCALE_NONE: lt_grpo_scale = 2;
+pub type lt_grpo_loss = c_int;
+pub const LT_GRPO_LOSS_DAPO: lt_grpo_loss = 0;
+pub const LT_GRPO_LOSS_GRPO: lt_grpo_loss = 1;
+pub const LT_GRPO_LOSS_BNPO: lt_grpo_loss = 2;
+pub const LT_GRPO_LOSS_DR_GRPO: lt_grpo_loss = 3;
 
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
@@ -187,6 +202,35 @@ pub struct lt_trainer_params {
     pub grad_accum: c_int,
     pub gradient_checkpointing: c_int,
     pub seed: u64,
+    pub beta: c_float,
+    pub label_smoothing: c_float,
+    pub desirable_weight: c_float,
+    pub undesirable_weight: c_float,
+    pub ref_adapter: *const lt_adapter,
+    pub max_length: i32,
+    pub num_generations: i32,
+    pub epsilon: c_float,
+    pub epsilon_high: c_float,
+    pub kl_beta: c_float,
+    pub scale_rewards: lt_grpo_scale,
+    pub loss_type: lt_grpo_loss,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct lt_pref_batch {
+    pub size: usize,
+    pub n_rows: i32,
+    pub prompt_ids: *const i32,
+    pub prompt_lens: *const i32,
+    pub chosen_ids: *const i32,
+    pub chosen_lens: *const i32,
+    pub rejected_ids: *const i32,
+    pub rejected_lens: *const i32,
+    pub labels: *const i32,
+    pub ref_chosen_logps: *const c_double,
+    pub ref_rejected_logps: *const c_double,
+    pub ref_kl_logps: *const c_double,
 }
 
 #[repr(C)]
@@ -200,6 +244,15 @@ pub struct lt_step_result {
     pub tokens_per_s: c_double,
     pub step: i64,
     pub updated: c_int,
+    pub rewards_chosen: c_double,
+    pub rewards_rejected: c_double,
+    pub rewards_accuracies: c_double,
+    pub rewards_margins: c_double,
+    pub kl: c_double,
+    pub reward_mean: c_double,
+    pub reward_std: c_double,
+    pub clip_fraction: c_double,
+    pub completion_length: c_double,
 }
 
 pub type lt_progress_fn = Option<unsafe extern "C" fn(user: *mut c_void, result: *const lt_step_result)>;
@@ -306,6 +359,24 @@ extern "C" {
         loss_sum: *mut c_double,
         n_tokens: *mut i64,
     ) -> lt_status;
+    pub fn lt_pref_batch_init(batch: *mut lt_pref_batch, size: usize);
+    pub fn lt_trainer_step_preference(
+        trainer: *mut lt_trainer,
+        batch: *const lt_pref_batch,
+        result: *mut lt_step_result,
+    ) -> lt_status;
+    pub fn lt_trainer_evaluate_preference(
+        trainer: *mut lt_trainer,
+        batch: *const lt_pref_batch,
+        result: *mut lt_step_result,
+    ) -> lt_status;
+    pub fn lt_trainer_reference_logps(
+        trainer: *mut lt_trainer,
+        batch: *const lt_pref_batch,
+        chosen: *mut c_double,
+        rejected: *mut c_double,
+        kl: *mut c_double,
+    ) -> lt_status;
     pub fn lt_trainer_save_checkpoint(trainer: *mut lt_trainer, dir: *const c_char) -> lt_status;
     pub fn lt_trainer_load_checkpoint(trainer: *mut lt_trainer, dir: *const c_char) -> lt_status;
 
@@ -320,6 +391,17 @@ extern "C" {
         out: *mut i32,
         out_lens: *mut i32,
     ) -> lt_status;
+
+    pub fn lt_grpo_generate(
+        trainer: *mut lt_trainer,
+        prompts: *const i32,
+        prompt_lens: *const i32,
+        n_prompts: c_int,
+        gen: *const lt_generate_params,
+        completions: *mut i32,
+        completion_lens: *mut i32,
+    ) -> lt_status;
+    pub fn lt_grpo_step(trainer: *mut lt_trainer, rewards: *const c_float, result: *mut lt_step_result) -> lt_status;
 }
 
 /// `include/loratune_experimental.h`: no stability promise (docs/ABI.md).
