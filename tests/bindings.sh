@@ -158,6 +158,7 @@ mkdir -p "$tmp/out"
 run c-pkgconfig ex_make c "" finetune c-pkgconfig
 run cpp-pkgconfig ex_make cpp "" finetune cpp-pkgconfig
 run c-cmake ex_cmake c c-cmake
+run c-grpo-toy "$tmp/examples/c/grpo_toy" - 20   # GRPO example: learns its toy task (exit 0) or fails
 run cpp-cmake ex_cmake cpp cpp-cmake
 if nm "$libdir/libloratune.a" 2>/dev/null | grep ' U cuda' >/dev/null; then  # (no -q: pipefail)
   note "static example skipped: this libloratune.a has the CUDA backend, whose libraries loratune.pc does not list"

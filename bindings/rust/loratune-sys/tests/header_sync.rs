@@ -356,8 +356,14 @@ fn rust_layouts() -> Vec<(String, usize, Vec<(String, usize)>)> {
         lt_adapter_params { size, rank, alpha, dropout, targets, use_rslora, init, seed }
         lt_optimizer_params { size, kind, lr, beta1, beta2, eps, weight_decay, momentum, schedule, warmup_steps,
                               warmup_ratio, total_steps, max_grad_norm }
-        lt_trainer_params { size, objective, grad_accum, gradient_checkpointing, seed }
-        lt_step_result { size, loss, grad_norm, lr, tokens, tokens_per_s, step, updated }
+        lt_trainer_params { size, objective, grad_accum, gradient_checkpointing, seed, beta, label_smoothing,
+                            desirable_weight, undesirable_weight, ref_adapter, max_length, num_generations, epsilon,
+                            epsilon_high, kl_beta, scale_rewards, loss_type }
+        lt_pref_batch { size, n_rows, prompt_ids, prompt_lens, chosen_ids, chosen_lens, rejected_ids, rejected_lens,
+                        labels, ref_chosen_logps, ref_rejected_logps, ref_kl_logps }
+        lt_step_result { size, loss, grad_norm, lr, tokens, tokens_per_s, step, updated, rewards_chosen,
+                         rewards_rejected, rewards_accuracies, rewards_margins, kl, reward_mean, reward_std,
+                         clip_fraction, completion_length }
         lt_generate_params { size, max_new_tokens, temperature, top_k, top_p, seed, eos_token_id }
     }
 }
