@@ -13,6 +13,8 @@ every completion that does not end with it; the reference does the same. Then fo
 (DPO with a random label_smoothing in {0, 0.1, 0.3}, IPO, KTO with random desirable/undesirable
 weights, ORPO) and a random beta:
 
+For DPO, IPO and KTO the reference is, at random, a second nonzero adapter (`--ref-adapter R`, torch:
+PeftModel(base, R)) instead of the disabled adapter.
 1. `loratune eval --objective X --adapter A --batch n --json` (one batch of all n examples) against the
    PyTorch loss and the metrics rewards/chosen, rewards/rejected, rewards/accuracies (not KTO),
    rewards/margins (and kl for KTO): |diff| <= 1e-4 * max(1, |ref|).
@@ -26,7 +28,7 @@ weights, ORPO) and a random beta:
    same loss, per LoRA tensor max|diff| / max|torch| <= 2e-4.
 3. DPO training: `loratune train --objective dpo` for S = 3 AdamW updates (lr 1e-3, batch 2, grad-accum
    1..2, max-grad-norm 1, constant schedule, --no-shuffle: micro-batch j holds examples (j*B + i) mod n)
-   equals the same PyTorch run (torch.optim.AdamW, clip_grad_norm_, loss = mean of the micro-batch
+   (also with --precompute-ref) equals the same PyTorch run (torch.optim.AdamW, clip_grad_norm_, loss = mean of the micro-batch
    losses): adapter tensors max|diff| / max|torch| <= 1e-4 and the per-step loss within 1e-4 relative.
 Prints one line per case and objective; exits 1 if anything failed.
 """
@@ -92,7 +94,25 @@ def forward_logps(model, seqs):
     return out
 
 
-def torch_objective(pm, rows, obj, prm):
+class _Disabled:
+    """The reference: the policy with its adapter disabled (TRL with a PEFT model), or another model."""
+
+    def __init__(self, pm, ref_model):
+        self.pm, self.ref_model = pm, ref_model
+
+    def __enter__(self):
+        if self.ref_model is not None:
+            return self.ref_model
+        self.ctx = self.pm.disable_adapter()
+        self.ctx.__enter__()
+        return self.pm
+
+    def __exit__(self, *a):
+        if self.ref_model is None:
+            self.ctx.__exit__(*a)
+
+
+def torch_objective(pm, rows, obj, prm, ref_model=None):
     """Loss (a tensor with grad through the policy) and metrics, as TRL defines them."""
     beta = prm["beta"]
     if obj == "kto":
@@ -102,9 +122,9 @@ def torch_objective(pm, rows, obj, prm):
         pol = forward_logps(pm, seqs)
         with torch.no_grad():
             pol_kl = forward_logps(pm, kl_seqs)
-            with pm.disable_adapter():
-                ref = forward_logps(pm, seqs)
-                ref_kl = forward_logps(pm, kl_seqs)
+            with _Disabled(pm, ref_model) as rm:
+                ref = forward_logps(rm, seqs)
+                ref_kl = forward_logps(rm, kl_seqs)
         kl = torch.stack([a[0] - b[0] for a, b in zip(pol_kl, ref_kl)]).mean().detach().clamp(min=0)
         ch = [i for i in range(n) if rows[i]["label"]]
         rj = [i for i in range(n) if not rows[i]["label"]]
@@ -114,8 +134,8 @@ def torch_objective(pm, rows, obj, prm):
         losses = torch.cat([prm["dw"] * torch.stack(cl) if cl else torch.zeros(0),
                             prm["uw"] * torch.stack(rl) if rl else torch.zeros(0)])
         loss = losses.nanmean()
-        rc = sum(float(beta * lr[i]) for i in ch) / len(ch) if ch else float("nan")
-        rr = sum(float(beta * lr[i]) for i in rj) / len(rj) if rj else float("nan")
+        rc = sum(float(beta * lr[i].detach()) for i in ch) / len(ch) if ch else float("nan")
+        rr = sum(float(beta * lr[i].detach()) for i in rj) / len(rj) if rj else float("nan")
         met = {"rewards/chosen": rc, "rewards/rejected": rr, "rewards/margins": rc - rr, "kl": float(kl)}
         return loss, met
     orpo = obj == "orpo"
@@ -133,8 +153,8 @@ def torch_objective(pm, rows, obj, prm):
         nll = torch.stack([x[2] for x in both[:len(rows)]]).sum() / sum(x[3] for x in both[:len(rows)])
         loss = nll - losses.mean()
     else:
-        with torch.no_grad(), pm.disable_adapter():
-            ref = forward_logps(pm, seqs_c + seqs_r)
+        with torch.no_grad(), _Disabled(pm, ref_model) as rm:
+            ref = forward_logps(rm, seqs_c + seqs_r)
         rc = torch.stack([x[0] for x in ref[:len(rows)]])
         rr = torch.stack([x[0] for x in ref[len(rows):]])
         if obj == "ipo":
@@ -178,7 +198,7 @@ def close(a, b, tol):
     return a is not None and abs(a - b) <= tol * max(1.0, abs(b))
 
 
-def check_objective(cli, cdir, mdir, adir, rng, obj, eos):
+def check_objective(cli, cdir, mdir, adir, rng, obj, eos, ref_adir=None):
     prm = dict(beta=rng.choice([0.1, 0.5, 2.0]), ls=rng.choice([0.0, 0.1, 0.3]), dw=rng.choice([1.0, 1.5]),
                uw=rng.choice([1.0, 0.7]))
     V = json.load(open(os.path.join(mdir, "config.json")))["vocab_size"]
@@ -196,13 +216,16 @@ def check_objective(cli, cdir, mdir, adir, rng, obj, eos):
                 r[k] = with_eos(r[k], eos)
         ref_rows.append(r)
     pm = load_peft(mdir, adir, trainable=True)
-    loss, met = torch_objective(pm, ref_rows, obj, prm)
+    use_ref = ref_adir is not None and obj != "orpo" and rng.random() < 0.5  # a frozen reference adapter
+    ref_model = load_peft(mdir, ref_adir) if use_ref else None
+    extra = ["--ref-adapter", ref_adir] if use_ref else []
+    loss, met = torch_objective(pm, ref_rows, obj, prm, ref_model)
     loss.backward()
     grads = {k: p.grad.detach().clone() for k, p in lora_params(pm).items()}
     w0 = {k: p.detach().clone() for k, p in lora_params(pm).items()}
     # 1. eval
     out = json.loads(run([cli, "eval", "--model", mdir, "--data", data, "--adapter", adir, "--batch", str(n),
-                          "--json"] + obj_flags(obj, prm)).strip().splitlines()[-1])
+                          "--json"] + obj_flags(obj, prm) + extra).strip().splitlines()[-1])
     errs = []
     loss = loss.detach()
     if not close(out["loss"], float(loss), TOL_LOSS):
@@ -214,14 +237,14 @@ def check_objective(cli, cdir, mdir, adir, rng, obj, eos):
     odir = os.path.join(cdir, f"{obj}-sgd")
     run([cli, "train", "--model", mdir, "--data", data, "--out", odir, "--adapter-init", adir, "--optimizer", "sgd",
          "--momentum", "0", "--lr", "1", "--max-grad-norm", "0", "--steps", "1", "--batch", str(n), "--no-shuffle",
-         "--quiet"] + obj_flags(obj, prm))
+         "--quiet"] + obj_flags(obj, prm) + extra)
     w1 = read_adapter(odir)
     worst = 0.0
     for k, g in grads.items():
         worst = max(worst, rel_max(w0[k] - w1[k], g))
     if worst > TOL_GRAD:
         errs.append(f"grad rel {worst:.2e}")
-    return errs, f"{obj}: n={n} beta={prm['beta']} loss {out['loss']:.6f} vs {float(loss):.6f} grad rel {worst:.1e}"
+    return errs, f"{obj}{' (ref adapter)' if use_ref else ''}: n={n} beta={prm['beta']} loss {out['loss']:.6f} vs {float(loss):.6f} grad rel {worst:.1e}"
 
 
 def dpo_train(cli, cdir, mdir, adir, rng, eos):
@@ -238,6 +261,11 @@ def dpo_train(cli, cdir, mdir, adir, rng, eos):
          "--grad-accum", str(K), "--no-shuffle", "--quiet"])
     cli_w = read_adapter(odir)
     cli_loss = [json.loads(l)["loss"] for l in open(os.path.join(odir, "metrics.jsonl"))]
+    # the same run with reference log-probs computed once for the dataset
+    run([cli, "train", "--model", mdir, "--data", data, "--out", odir + "-pre", "--adapter-init", adir, "--objective",
+         "dpo", "--beta", repr(beta), "--lr", repr(lr), "--max-grad-norm", repr(mgn), "--steps", str(S), "--batch",
+         str(B), "--grad-accum", str(K), "--no-shuffle", "--quiet", "--precompute-ref"])
+    pre_w = read_adapter(odir + "-pre")
     ref_rows = [dict(r, chosen_ids=with_eos(r["chosen_ids"], eos), rejected_ids=with_eos(r["rejected_ids"], eos))
                 for r in rows]
     pm = load_peft(mdir, adir, trainable=True)
@@ -257,7 +285,7 @@ def dpo_train(cli, cdir, mdir, adir, rng, eos):
         opt.step()
         losses.append(last)
     errs = []
-    worst = max(rel_max(cli_w[k], p.detach()) for k, p in lora_params(pm).items())
+    worst = max(max(rel_max(cli_w[k], p.detach()), rel_max(pre_w[k], p.detach())) for k, p in lora_params(pm).items())
     if worst > TOL_W:
         errs.append(f"weights rel {worst:.2e}")
     for s, (a, b) in enumerate(zip(cli_loss, losses)):
@@ -286,9 +314,12 @@ def main():
         cfg, opts = draw_model(rng)
         mdir, adir = os.path.join(cdir, "model"), os.path.join(cdir, "adapter")
         write_model(mdir, cfg, opts, seed)
-        write_init_adapter(mdir, draw_lora(rng), adir, seed)
+        lo = draw_lora(rng)
+        write_init_adapter(mdir, lo, adir, seed)
+        ref_adir = os.path.join(cdir, "ref-adapter")
+        write_init_adapter(mdir, lo, ref_adir, seed + 100000)  # another adapter: a frozen reference
         eos = cfg["eos_token_id"]
-        checks = [lambda o=o: check_objective(cli, cdir, mdir, adir, rng, o, eos) for o in ("dpo", "ipo", "kto", "orpo")]
+        checks = [lambda o=o: check_objective(cli, cdir, mdir, adir, rng, o, eos, ref_adir) for o in ("dpo", "ipo", "kto", "orpo")]
         checks.append(lambda: dpo_train(cli, cdir, mdir, adir, rng, eos))
         for c in checks:
             try:
