@@ -445,6 +445,55 @@ START_TEST(test_grpo_toy_learns) {
 }
 END_TEST
 
+/* the CLI: --objective on train and eval; JSON last line; bad rows name their problem */
+START_TEST(test_cli_objectives) {
+    char dir[256], path[512], cmd[4096], mdir[1024];
+    tu_tempdir(dir, sizeof dir);
+    snprintf(mdir, sizeof mdir, "%s/models/llama-basic", LT_TEST_DATA_DIR);
+    snprintf(path, sizeof path, "%s/pref.jsonl", dir);
+    tu_write_text(path, "{\"prompt_ids\": [5, 9], \"chosen_ids\": [40, 41], \"rejected_ids\": [12]}\n"
+                        "{\"prompt_ids\": [3], \"chosen_ids\": [7, 2], \"rejected_ids\": [60, 61, 62]}\n");
+    snprintf(cmd, sizeof cmd, "%s eval --objective dpo --beta 0.5 --model %s --data %s --batch 2 --json", LT_CLI, mdir, path);
+    int st;
+    char *out = tu_run(cmd, &st);
+    ck_assert_msg(st == 0, "%s", cmd);
+    json_t *js = json_loads(tu_last_line(out), 0, NULL);
+    ck_assert_msg(js && json_is_real(json_object_get(js, "loss")), "not a JSON last line: %s", out);
+    /* no adapter: the policy is the base model, the reference too: loss log 2, margins 0 */
+    ck_assert(fabs(json_real_value(json_object_get(js, "loss")) - log(2.0)) < 1e-6);
+    ck_assert(json_object_get(js, "rewards/margins") && json_object_get(js, "rewards/accuracies"));
+    json_decref(js);
+    free(out);
+    snprintf(cmd, sizeof cmd, "%s train --objective orpo --model %s --data %s --out %s/o --steps 2 --batch 2 --quiet",
+             LT_CLI, mdir, path, dir);
+    free(tu_run(cmd, &st));
+    ck_assert_msg(st == 0, "%s", cmd);
+    snprintf(path, sizeof path, "%s/o/metrics.jsonl", dir);
+    ck_assert_int_eq(access(path, R_OK), 0);
+    /* bad rows */
+    snprintf(path, sizeof path, "%s/bad.jsonl", dir);
+    tu_write_text(path, "{\"prompt_ids\": [5, 9], \"chosen_ids\": [40, 41]}\n");
+    snprintf(cmd, sizeof cmd, "%s eval --objective ipo --model %s --data %s", LT_CLI, mdir, path);
+    char *err = tu_run_stderr(cmd, &st);
+    ck_assert_int_eq(st, 1);
+    ck_assert_msg(strstr(err, "bad.jsonl:1") && strstr(err, "rejected_ids"), "%s", err);
+    free(err);
+    tu_write_text(path, "{\"prompt_ids\": [5], \"completion_ids\": [40, 41], \"label\": 1}\n");
+    snprintf(cmd, sizeof cmd, "%s train --objective kto --model %s --data %s --out %s/k", LT_CLI, mdir, path, dir);
+    err = tu_run_stderr(cmd, &st);
+    ck_assert_int_eq(st, 1);
+    ck_assert_msg(strstr(err, "label"), "%s", err);
+    free(err);
+    snprintf(cmd, sizeof cmd, "%s train --objective xpo --model %s --data %s --out %s/k", LT_CLI, mdir, path, dir);
+    err = tu_run_stderr(cmd, &st);
+    ck_assert_int_eq(st, 1);
+    ck_assert_msg(strstr(err, "--objective"), "%s", err);
+    free(err);
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    ck_assert_int_eq(system(cmd), 0);
+}
+END_TEST
+
 Suite *objectives_suite(void);
 
 Suite *objectives_suite(void) {
@@ -458,6 +507,7 @@ Suite *objectives_suite(void) {
     tcase_add_test(tc, test_preference_steps);
     tcase_add_test(tc, test_grpo_bad_inputs);
     tcase_add_test(tc, test_grpo_toy_learns);
+    tcase_add_test(tc, test_cli_objectives);
     suite_add_tcase(s, tc);
     return s;
 }
