@@ -375,14 +375,14 @@ static lt_status pref_run(lt_trainer *t, const lt_pref_batch *b, int mode, lt_ob
     lt_backend *be = m->be;
     lt_adapter *a = t->adapter;
     if (a->merged) return lt_fail(&t->err, LT_ERR_STATE, "%s: the adapter is merged; unmerge it first", fn);
-    int T;
+    int T = 0;
     lt_status st = check_pref(t, b, fn, &T);
     if (st != LT_OK) return st;
     const int B = b->n_rows, kto = t->p.objective == LT_OBJ_KTO, orpo = t->p.objective == LT_OBJ_ORPO;
     if ((st = ensure_ws(t, 2 * B, T)) != LT_OK) return st;
     if ((st = reserve(t, 2 * B, T, 2 * B, 0)) != LT_OK) return st;
     lt_objective_state *s = &t->obj;
-    pref_item *it = (pref_item *)s->ints; /* 4 ints per row of 2B rows >= 6 ints per example */
+    pref_item *it = (pref_item *)s->ints; /* 8B ints: 6 per example here, then 2B completion lengths */
     _Static_assert(sizeof(pref_item) == 6 * sizeof(int), "pref_item fits the scratch");
     if ((st = build_pref_rows(t, b, T, it)) != LT_OK) return st;
     double *pol = s->seq, *ref = s->seq + 2 * B, *g = s->seq + 4 * B;
@@ -553,14 +553,11 @@ LT_API lt_status lt_trainer_reference_logps(lt_trainer *t, const lt_pref_batch *
     if (!t) return LT_ERR_ARGUMENT;
     lt_error_clear(&t->err);
     if (!chosen && !rejected && !kl) return lt_fail(&t->err, LT_ERR_ARGUMENT, "lt_trainer_reference_logps: no output given");
+    if (!b || b->n_rows <= 0) return lt_fail(&t->err, LT_ERR_SHAPE, "lt_trainer_reference_logps: empty batch");
     lt_obj_metrics met;
-    /* the result lands in the sequence scratch; copied out below */
-    lt_status st = check_pref(t, b, "lt_trainer_reference_logps", &(int){0});
-    if (st != LT_OK) return st;
-    if ((st = reserve(t, 2 * b->n_rows, 16, 2 * b->n_rows, 0)) != LT_OK) return st;
-    double *tmp = malloc(2 * (size_t)b->n_rows * sizeof *tmp);
+    double *tmp = malloc(2 * (size_t)b->n_rows * sizeof *tmp); /* outside the step: an allocation is fine */
     if (!tmp) return lt_fail(&t->err, LT_ERR_NOMEM, "lt_trainer_reference_logps: out of memory");
-    st = pref_run(t, b, 2, &met, tmp);
+    lt_status st = pref_run(t, b, 2, &met, tmp);
     if (st == LT_OK) {
         const int B = b->n_rows, kto = t->p.objective == LT_OBJ_KTO;
         if (chosen) memcpy(chosen, tmp, (size_t)B * sizeof *tmp);
