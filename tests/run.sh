@@ -51,6 +51,8 @@ fi
 
 echo "== preference objectives against PyTorch + TRL (DPO, IPO, KTO, ORPO; N-step DPO training)"
 stage "$py" tests/python/crosscheck_pref.py --cli build/loratune --workdir build/crosscheck-pref
+echo "== GRPO step against PyTorch (TRL's loss on the library's own completions)"
+stage "$py" tests/python/crosscheck_grpo.py --lib build/libloratune.so.0
 
 if [ -f tests/bindings.sh ]; then
   echo "== bindings, packaging and ABI"

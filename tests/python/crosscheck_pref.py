@@ -45,6 +45,8 @@ import types
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
@@ -280,7 +282,7 @@ def dpo_train(cli, cdir, mdir, adir, rng, eos):
             mb = [ref_rows[(j * B + i) % n] for i in range(B)]
             loss, _ = torch_objective(pm, mb, "dpo", dict(beta=beta, ls=0.0))
             (loss / K).backward()
-            last = float(loss)
+            last = float(loss.detach())
         torch.nn.utils.clip_grad_norm_(plist, max_norm=mgn)
         opt.step()
         losses.append(last)

@@ -130,7 +130,7 @@ def pair_case(rng, obj):
         rc, rr = beta * c.detach(), beta * r.detach()
     loss.backward()
     return dict(obj=obj, B=B, beta=beta, label_smoothing=ls, n_c=n_c, n_r=n_r, lp_c=lp_c.tolist(), lp_r=lp_r.tolist(),
-                ref_c=ref_c.tolist(), ref_r=ref_r.tolist(), loss=float(loss), g_c=lp_c.grad.tolist(),
+                ref_c=ref_c.tolist(), ref_r=ref_r.tolist(), loss=float(loss.detach()), g_c=lp_c.grad.tolist(),
                 g_r=lp_r.grad.tolist(), rewards_chosen=float(rc.mean()), rewards_rejected=float(rr.mean()),
                 accuracies=float((rc > rr).double().mean()), margins=float((rc - rr).mean()))
 
