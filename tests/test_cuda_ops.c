@@ -300,6 +300,21 @@ START_TEST(test_elementwise) {
         free(x); free(y0); free(yr); free(yf);
         dfree(dx); dfree(dy);
     }
+    /* row_scale (objectives.c's per-token CE weights): exact, a product per element */
+    static const int rs[][2] = {{1, 1}, {7, 33}, {300, 1001}, {64, 32000}};
+    for (size_t s = 0; s < sizeof rs / sizeof rs[0]; s++) {
+        const int n = rs[s][0], C = rs[s][1];
+        float *x = frand((size_t)n * C, -3, 3), *w = frand((size_t)n, -2, 2), *xr = fdup(x, (size_t)n * C);
+        w[0] = 0.0f;
+        float *dx = dput(x, (size_t)n * C), *dw = dput(w, (size_t)n);
+        OPS->row_scale(be, dx, dw, n, C);
+        lt_ref_row_scale(xr, w, n, C);
+        float *xf = hget(dx, (size_t)n * C);
+        ck_assert_msg(memcmp(xf, xr, (size_t)n * C * sizeof(float)) == 0, "row_scale %d x %d differs", n, C);
+        SYNC_OK("row_scale");
+        free(x); free(w); free(xr); free(xf);
+        dfree(dx); dfree(dw);
+    }
 }
 END_TEST
 
