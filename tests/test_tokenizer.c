@@ -1,0 +1,156 @@
+/* test_tokenizer.c - tokenizers, chat templates and text rows against goldens from the reference
+ * Python stack (tests/python/make_tokenizer_goldens.py: Hugging Face `tokenizers`, transformers'
+ * chat template rendering with jinja2). Exact equality everywhere: ids, decoded text, rendered text,
+ * assistant masks. */
+#include <jansson.h>
+
+#include "test_util.h"
+
+static const char *k_toks[] = {"bl-llama3", "bl-gpt2", "bl-qwen", "sp-mistral-v1", "sp-mistral-v3", "tekken"};
+#define N_TOKS ((int)(sizeof k_toks / sizeof *k_toks))
+
+static json_t *load_json(const char *path) {
+    json_error_t je;
+    json_t *j = json_load_file(path, JSON_ALLOW_NUL, &je);
+    ck_assert_msg(j != NULL, "%s: %s (run tests/python/make_tokenizer_goldens.py)", path, je.text);
+    return j;
+}
+
+static lt_tokenizer *load_tok(const char *name) {
+    char dir[1024];
+    snprintf(dir, sizeof dir, "%s/tokenizers/%s", LT_TEST_DATA_DIR, name);
+    lt_tokenizer *t = NULL;
+    ck_assert_msg(lt_tokenizer_load(dir, &t) == LT_OK, "%s: %s", dir, lt_last_error());
+    return t;
+}
+
+static void print_ids(const char *what, const int32_t *ids, size_t n) {
+    fprintf(stderr, "%s:", what);
+    for (size_t i = 0; i < n; i++) fprintf(stderr, " %d", ids[i]);
+    fprintf(stderr, "\n");
+}
+
+START_TEST(test_goldens) {
+    const char *name = k_toks[_i];
+    lt_tokenizer *t = load_tok(name);
+    char path[1024];
+    snprintf(path, sizeof path, "%s/tokenizers/%s/goldens.json", LT_TEST_DATA_DIR, name);
+    json_t *g = load_json(path), *c;
+    size_t i;
+    int bad = 0;
+    int32_t *ids = malloc(1 << 20);
+    char *text = malloc(1 << 20);
+    json_array_foreach(json_object_get(g, "cases"), i, c) {
+        json_t *want = json_object_get(c, "ids");
+        size_t nw = json_array_size(want), n = 0;
+        int32_t *w = malloc((nw + 1) * sizeof *w);
+        for (size_t k = 0; k < nw; k++) w[k] = (int32_t)json_integer_value(json_array_get(want, k));
+        const char *txt = json_string_value(json_object_get(c, "text"));
+        if (txt) {
+            size_t tl = json_string_length(json_object_get(c, "text"));
+            lt_status st = lt_tokenizer_encode(t, txt, tl, json_is_true(json_object_get(c, "add_special")), ids, 1 << 18, &n);
+            ck_assert_msg(st == LT_OK, "%s: %s", name, lt_tokenizer_last_error(t));
+            if (n != nw || memcmp(ids, w, n * sizeof *w)) {
+                if (bad++ < 5) {
+                    fprintf(stderr, "%s case %zu: encode mismatch for \"%s\" (add_special %d)\n", name, i, txt,
+                            json_is_true(json_object_get(c, "add_special")));
+                    print_ids("  want", w, nw);
+                    print_ids("  got ", ids, n);
+                }
+            }
+        }
+        for (int skip = 0; skip < 2; skip++) {
+            const char *dw = json_string_value(json_object_get(c, skip ? "decoded_skip" : "decoded"));
+            size_t dl = json_string_length(json_object_get(c, skip ? "decoded_skip" : "decoded")), len = 0;
+            lt_status st = lt_tokenizer_decode(t, w, nw, skip, text, 1 << 20, &len);
+            ck_assert_msg(st == LT_OK, "%s: %s", name, lt_tokenizer_last_error(t));
+            if (len != dl || memcmp(text, dw, dl)) {
+                if (bad++ < 5) {
+                    fprintf(stderr, "%s case %zu: decode (skip %d) mismatch\n  want \"%s\"\n  got  \"%s\"\n", name, i, skip, dw, text);
+                    print_ids("  ids", w, nw);
+                }
+            }
+        }
+        free(w);
+    }
+    free(ids);
+    free(text);
+    json_decref(g);
+    lt_tokenizer_free(t);
+    ck_assert_msg(bad == 0, "%s: %d mismatches against tokenizers", name, bad);
+}
+END_TEST
+
+START_TEST(test_api_edges) {
+    lt_tokenizer *t = load_tok("bl-llama3");
+    size_t n = 0, len = 0;
+    /* counting, too-small buffers, invalid UTF-8, bad ids */
+    size_t n0 = 0;
+    ck_assert_int_eq(lt_tokenizer_encode(t, "hello world", 11, 0, NULL, 0, &n0), LT_OK);
+    ck_assert_int_eq(lt_tokenizer_encode(t, "hello world", 11, 1, NULL, 0, &n), LT_OK);
+    ck_assert_uint_eq(n, n0 + 1); /* + BOS */
+    int32_t ids[2];
+    ck_assert_int_eq(lt_tokenizer_encode(t, "hello world", 11, 1, ids, 1, &n), LT_ERR_SHAPE);
+    ck_assert_int_eq(lt_tokenizer_encode(t, "a\xC3(b", 4, 0, NULL, 0, &n), LT_ERR_ARGUMENT);
+    ck_assert_msg(strstr(lt_tokenizer_last_error(t), "UTF-8"), "%s", lt_tokenizer_last_error(t));
+    ck_assert_int_eq(lt_tokenizer_encode(t, "\xED\xA0\x80", 3, 0, NULL, 0, &n), LT_ERR_ARGUMENT); /* surrogate */
+    int32_t badid = 1 << 20;
+    ck_assert_int_eq(lt_tokenizer_decode(t, &badid, 1, 0, NULL, 0, &len), LT_ERR_ARGUMENT);
+    ck_assert_msg(strstr(lt_tokenizer_last_error(t), "not in the vocabulary"), "%s", lt_tokenizer_last_error(t));
+    ck_assert_int_eq(lt_tokenizer_special_id(t, LT_SPECIAL_BOS), lt_tokenizer_token_to_id(t, "<|begin_of_text|>"));
+    ck_assert_int_eq(lt_tokenizer_special_id(t, LT_SPECIAL_EOS), lt_tokenizer_token_to_id(t, "<|eot_id|>"));
+    ck_assert_int_eq(lt_tokenizer_special_id(t, LT_SPECIAL_PAD), -1);
+    ck_assert(lt_tokenizer_is_special(t, lt_tokenizer_token_to_id(t, "<|eot_id|>")));
+    ck_assert_str_eq(lt_tokenizer_id_to_token(t, lt_tokenizer_token_to_id(t, "<|eot_id|>")), "<|eot_id|>");
+    ck_assert_int_eq(lt_tokenizer_vocab_size(t), 3005);
+    lt_tokenizer_free(t);
+    lt_tokenizer_free(NULL);
+}
+END_TEST
+
+/* malformed tokenizer.json files give clear statuses */
+START_TEST(test_malformed) {
+    char dir[256], path[512];
+    tu_tempdir(dir, sizeof dir);
+    snprintf(path, sizeof path, "%s/tokenizer.json", dir);
+    static const struct { const char *json; lt_status st; const char *msg; } cases[] = {
+        {"{\"model\": ", LT_ERR_JSON, "line"},
+        {"[1,2]", LT_ERR_FORMAT, "not a JSON object"},
+        {"{}", LT_ERR_FORMAT, "\"model\""},
+        {"{\"model\": {\"type\": \"Unigram\", \"vocab\": []}}", LT_ERR_UNSUPPORTED, "Unigram"},
+        {"{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 1}, \"merges\": [\"a c\"]}}", LT_ERR_FORMAT, "merges[0]"},
+        {"{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": \"x\"}, \"merges\": []}}", LT_ERR_FORMAT, "\"b\""},
+        {"{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": []}, \"pre_tokenizer\": {\"type\": \"Split\", "
+         "\"pattern\": {\"Regex\": \"(\"}, \"behavior\": \"Isolated\"}}", LT_ERR_FORMAT, "does not compile"},
+        {"{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": []}, \"normalizer\": {\"type\": \"BertNormalizer\"}}",
+         LT_ERR_UNSUPPORTED, "BertNormalizer"},
+        {"{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": []}, \"added_tokens\": [{\"id\": -1, \"content\": \"x\"}]}",
+         LT_ERR_FORMAT, "added_tokens[0]"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        tu_write_text(path, cases[i].json);
+        lt_tokenizer *t = NULL;
+        lt_status st = lt_tokenizer_load(dir, &t);
+        ck_assert_msg(st == cases[i].st, "case %zu: status %d (%s)", i, st, lt_last_error());
+        ck_assert_ptr_null(t);
+        ck_assert_msg(strstr(lt_last_error(), cases[i].msg), "case %zu: \"%s\" lacks \"%s\"", i, lt_last_error(), cases[i].msg);
+    }
+    lt_tokenizer *t = NULL;
+    snprintf(path, sizeof path, "%s/missing", dir);
+    ck_assert_int_eq(lt_tokenizer_load(path, &t), LT_ERR_IO);
+    ck_assert_int_eq(lt_tokenizer_load(NULL, &t), LT_ERR_ARGUMENT);
+}
+END_TEST
+
+static Suite *suite(void) {
+    Suite *s = suite_create("tokenizer");
+    TCase *tc = tcase_create("tokenizer");
+    tcase_set_timeout(tc, 300);
+    tcase_add_loop_test(tc, test_goldens, 0, N_TOKS);
+    tcase_add_test(tc, test_api_edges);
+    tcase_add_test(tc, test_malformed);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+TU_MAIN(suite)
