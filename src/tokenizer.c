@@ -302,6 +302,7 @@ struct lt_tokenizer {
 };
 
 lt_error *lt_tok_error(struct lt_tokenizer *t) { return &t->err; }
+lt_buf *lt_tok_text_buf(struct lt_tokenizer *t) { return &t->text; }
 const char *lt_tok_chat_template(const struct lt_tokenizer *t) { return t->chat_template; }
 const char *lt_tok_special_str(const struct lt_tokenizer *t, const char *name) {
     const char *s = !strcmp(name, "bos_token") ? t->bos : !strcmp(name, "eos_token") ? t->eos
@@ -1541,4 +1542,32 @@ LT_API int32_t lt_tokenizer_special_id(const lt_tokenizer *t, lt_special_token w
 
 LT_API int lt_tokenizer_is_special(const lt_tokenizer *t, int32_t id) {
     return t && id >= 0 && id < t->n_ids && t->is_special[id];
+}
+
+/* The text bytes one token stands for, for aligning tokens with rendered text (assistant masks):
+ * byte-level vocabularies map back through the byte table; SentencePiece ones turn the metaspace
+ * into a space and <0xXX> into its byte. Added tokens are their content. */
+lt_status lt_tok_token_bytes(const lt_tokenizer *t, int32_t id, lt_buf *out) {
+    if (id < 0 || id >= t->n_ids || !t->name[id]) return LT_ERR_ARGUMENT;
+    const char *s = t->name[id];
+    size_t n = t->name_len[id];
+    if (strmap_get(&t->added_map, s, n) == id) return lt_buf_put(out, s, n) ? LT_ERR_NOMEM : LT_OK;
+    int bytelevel = 0;
+    for (int k = 0; k < t->n_dec; k++) bytelevel |= t->dec[k].kind == DEC_BYTELEVEL;
+    int rc = 0;
+    if (bytelevel) {
+        const unsigned char *u = (const unsigned char *)s;
+        for (size_t i = 0; i < n;) {
+            uint32_t cp;
+            int len = lt_utf8_next(u + i, n - i, &cp);
+            if (cp < 512 && t->u2b[cp] >= 0) rc |= lt_buf_putc(out, (char)t->u2b[cp]);
+            else rc |= lt_buf_put(out, u + i, (size_t)len);
+            i += (size_t)len;
+        }
+    } else if (n == 6 && !memcmp(s, "<0x", 3) && s[5] == '>' && t->byte_fallback) {
+        unsigned v = 0;
+        sscanf(s + 3, "%2x", &v);
+        rc |= lt_buf_putc(out, (char)v);
+    } else rc |= replace_all(out, s, n, "\xE2\x96\x81", " ");
+    return rc ? LT_ERR_NOMEM : LT_OK;
 }

@@ -39,6 +39,16 @@ lt_status lt_tok_encode_into(struct lt_tokenizer *t, const char *text, size_t le
 const char *lt_tok_special_str(const struct lt_tokenizer *t, const char *name);
 const char *lt_tok_chat_template(const struct lt_tokenizer *t);
 lt_error *lt_tok_error(struct lt_tokenizer *t);
+/* A text buffer owned by the handle (results returned by pointer; valid until the next call). */
+lt_buf *lt_tok_text_buf(struct lt_tokenizer *t);
+/* The text bytes a token stands for (see tokenizer.c); appended to out. */
+lt_status lt_tok_token_bytes(const struct lt_tokenizer *t, int32_t id, lt_buf *out);
+/* Render the tokenizer's chat template for messages (a JSON array); mask: 1 per byte of assistant
+ * text (generation blocks, else per-message prefix differences). */
+lt_status lt_tok_render(struct lt_tokenizer *t, json_t *messages, int add_generation_prompt, lt_buf *text, lt_buf *mask);
+/* Token-level mask from a byte mask of text: 1 where a token covers a masked byte. */
+lt_status lt_tok_align_mask(struct lt_tokenizer *t, const char *text, size_t n, const char *bytemask,
+                            const int32_t *ids, size_t n_ids, int32_t *tokmask);
 
 /* Chat templates (chat_template.c). Renders template `tmpl` with `ctx` (a JSON object whose keys are
  * the template's variables). out receives the text; mask (optional) one byte per output byte, 1

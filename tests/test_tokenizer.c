@@ -142,6 +142,68 @@ START_TEST(test_malformed) {
 }
 END_TEST
 
+/* chat templates: rendered text, raise_exception errors, and assistant token masks equal transformers' */
+START_TEST(test_chat_goldens) {
+    char path[1024];
+    snprintf(path, sizeof path, "%s/tokenizers/chat/goldens.json", LT_TEST_DATA_DIR);
+    json_t *g = load_json(path), *c;
+    size_t i;
+    int bad = 0, n_cases = 0, n_masks = 0;
+    json_array_foreach(json_object_get(g, "cases"), i, c) {
+        const char *name = json_string_value(json_object_get(c, "template"));
+        char dir[1024];
+        snprintf(dir, sizeof dir, "%s/tokenizers/chat/%s", LT_TEST_DATA_DIR, name);
+        lt_tokenizer *t = NULL;
+        ck_assert_msg(lt_tokenizer_load(dir, &t) == LT_OK, "%s", lt_last_error());
+        char *msgs = json_dumps(json_object_get(c, "messages"), JSON_ENCODE_ANY);
+        int agp = json_is_true(json_object_get(c, "add_generation_prompt"));
+        const char *text = NULL;
+        size_t len = 0;
+        lt_status st = lt_tokenizer_render_chat(t, msgs, agp, &text, &len);
+        json_t *want = json_object_get(c, "text");
+        n_cases++;
+        if (json_object_get(c, "error")) {
+            if (st != LT_ERR_DATA || !strstr(lt_tokenizer_last_error(t), json_string_value(json_object_get(c, "error")))) {
+                bad++;
+                fprintf(stderr, "%s conv %d agp %d: expected the error \"%s\", got status %d: %s\n", name,
+                        (int)json_integer_value(json_object_get(c, "conversation")), agp,
+                        json_string_value(json_object_get(c, "error")), st, st ? lt_tokenizer_last_error(t) : text);
+            }
+        } else if (st != LT_OK || len != json_string_length(want) || memcmp(text, json_string_value(want), len)) {
+            bad++;
+            fprintf(stderr, "%s conv %d agp %d: render mismatch (status %d %s)\n--- want\n%s\n--- got\n%s\n---\n", name,
+                    (int)json_integer_value(json_object_get(c, "conversation")), agp, st, st ? lt_tokenizer_last_error(t) : "",
+                    json_string_value(want), st ? "" : text);
+        } else if (json_object_get(c, "assistant_masks")) {
+            json_t *wi = json_object_get(c, "ids"), *wm = json_object_get(c, "assistant_masks");
+            size_t n = json_array_size(wi), got = 0;
+            int32_t *ids = malloc((n + 1) * sizeof *ids), *mask = malloc((n + 1) * sizeof *mask);
+            st = lt_tokenizer_encode_chat(t, msgs, agp, ids, mask, n, &got);
+            int ok = st == LT_OK && got == n;
+            for (size_t k = 0; ok && k < n; k++)
+                ok = ids[k] == json_integer_value(json_array_get(wi, k)) && mask[k] == json_integer_value(json_array_get(wm, k));
+            if (!ok) {
+                bad++;
+                fprintf(stderr, "%s conv %d agp %d: encode_chat ids/mask mismatch (status %d %s)\n", name,
+                        (int)json_integer_value(json_object_get(c, "conversation")), agp, st, st ? lt_tokenizer_last_error(t) : "");
+                for (size_t k = 0; st == LT_OK && k < n && k < got; k++)
+                    fprintf(stderr, " %d/%d:%d/%d", ids[k], (int)json_integer_value(json_array_get(wi, k)), mask[k],
+                            (int)json_integer_value(json_array_get(wm, k)));
+                fprintf(stderr, "\n");
+            }
+            n_masks++;
+            free(ids);
+            free(mask);
+        }
+        free(msgs);
+        lt_tokenizer_free(t);
+    }
+    json_decref(g);
+    ck_assert_msg(n_cases > 100 && n_masks > 20, "too few cases (%d, %d masks)", n_cases, n_masks);
+    ck_assert_msg(bad == 0, "%d of %d chat cases differ from transformers", bad, n_cases);
+}
+END_TEST
+
 static Suite *suite(void) {
     Suite *s = suite_create("tokenizer");
     TCase *tc = tcase_create("tokenizer");
@@ -149,6 +211,7 @@ static Suite *suite(void) {
     tcase_add_loop_test(tc, test_goldens, 0, N_TOKS);
     tcase_add_test(tc, test_api_edges);
     tcase_add_test(tc, test_malformed);
+    tcase_add_test(tc, test_chat_goldens);
     suite_add_tcase(s, tc);
     return s;
 }
