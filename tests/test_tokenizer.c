@@ -204,6 +204,101 @@ START_TEST(test_chat_goldens) {
 }
 END_TEST
 
+/* dataset rows -> ids + labels, as TRL's SFTTrainer prepares them (make_row_goldens) */
+START_TEST(test_row_goldens) {
+    char path[1024], dir[1024];
+    snprintf(path, sizeof path, "%s/tokenizers/chat/rows.json", LT_TEST_DATA_DIR);
+    snprintf(dir, sizeof dir, "%s/tokenizers/chat/llama3_training", LT_TEST_DATA_DIR);
+    json_t *g = load_json(path), *c;
+    lt_tokenizer *t = NULL;
+    ck_assert_msg(lt_tokenizer_load(dir, &t) == LT_OK, "%s", lt_last_error());
+    size_t i;
+    int bad = 0;
+    json_array_foreach(json_object_get(g, "cases"), i, c) {
+        char *row = json_dumps(json_object_get(c, "row"), 0);
+        json_t *wi = json_object_get(c, "ids"), *wl = json_object_get(c, "labels");
+        size_t n = json_array_size(wi), got = 0;
+        int32_t ids[4096], labels[4096];
+        lt_status st = lt_tokenizer_encode_row(t, row, NULL, ids, labels, 4096, &got);
+        int ok = st == LT_OK && got == n;
+        for (size_t k = 0; ok && k < n; k++)
+            ok = ids[k] == json_integer_value(json_array_get(wi, k)) && labels[k] == json_integer_value(json_array_get(wl, k));
+        if (!ok) {
+            bad++;
+            fprintf(stderr, "row %s: mismatch (status %d %s, %zu vs %zu tokens)\n", row, st, st ? lt_tokenizer_last_error(t) : "", got, n);
+            for (size_t k = 0; st == LT_OK && k < got && k < n; k++)
+                fprintf(stderr, " %d/%d:%d/%d", ids[k], (int)json_integer_value(json_array_get(wi, k)), labels[k],
+                        (int)json_integer_value(json_array_get(wl, k)));
+            fprintf(stderr, "\n");
+        }
+        if (st == LT_OK && n > 3) { /* truncation keeps the start */
+            lt_text_params p;
+            lt_text_params_init(&p, sizeof p);
+            p.max_len = 3;
+            int32_t i3[3], l3[3];
+            ck_assert_int_eq(lt_tokenizer_encode_row(t, row, &p, i3, l3, 3, &got), LT_OK);
+            ck_assert_uint_eq(got, 3);
+            ck_assert(!memcmp(i3, ids, sizeof i3) && !memcmp(l3, labels, sizeof l3));
+        }
+        free(row);
+    }
+    /* bad rows */
+    size_t got;
+    ck_assert_int_eq(lt_tokenizer_encode_row(t, "{\"foo\": 1}", NULL, NULL, NULL, 0, &got), LT_ERR_DATA);
+    ck_assert_msg(strstr(lt_tokenizer_last_error(t), "none of the dataset shapes"), "%s", lt_tokenizer_last_error(t));
+    ck_assert_int_eq(lt_tokenizer_encode_row(t, "{\"text\": ", NULL, NULL, NULL, 0, &got), LT_ERR_JSON);
+    ck_assert_int_eq(lt_tokenizer_encode_row(t, "{\"prompt\": \"a\", \"completion\": [1]}", NULL, NULL, NULL, 0, &got), LT_ERR_DATA);
+    ck_assert_int_eq(lt_tokenizer_encode_row(t, "{\"messages\": [{\"content\": \"x\"}]}", NULL, NULL, NULL, 0, &got), LT_ERR_DATA);
+    ck_assert_int_eq(lt_tokenizer_encode_row(t, "{\"text\": \"\\udc00\"}", NULL, NULL, NULL, 0, &got), LT_ERR_JSON);
+    lt_tokenizer_free(t);
+    json_decref(g);
+    ck_assert_msg(bad == 0, "%d rows differ from the TRL preparation", bad);
+}
+END_TEST
+
+/* templates this engine cannot render are clear errors */
+START_TEST(test_chat_unsupported) {
+    char dir[256], path[512];
+    tu_tempdir(dir, sizeof dir);
+    snprintf(path, sizeof path, "%s/tokenizer.json", dir);
+    char src[1024];
+    snprintf(src, sizeof src, "%s/tokenizers/bl-llama3/tokenizer.json", LT_TEST_DATA_DIR);
+    tu_copy_file(src, path);
+    static const struct { const char *tmpl; lt_status st; const char *msg; } cases[] = {
+        {"{% macro f(x) %}{{ x }}{% endmacro %}{{ f(1) }}", LT_ERR_UNSUPPORTED, "macro"},
+        {"{{ messages | wordcount }}", LT_ERR_UNSUPPORTED, "wordcount"},
+        {"{% for m in messages %}{{ m.role }}", LT_ERR_UNSUPPORTED, "endfor"},
+        {"{{ raise_exception('no way') }}", LT_ERR_DATA, "no way"},
+        {"{{ messages[0].content.zfill(3) }}", LT_ERR_UNSUPPORTED, "zfill"},
+        {"{% include 'x' %}", LT_ERR_UNSUPPORTED, "include"},
+        {"{{ 1 + 'a' }}", LT_ERR_DATA, "unsupported operand"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        json_t *cfg = json_pack("{s:s}", "chat_template", cases[i].tmpl);
+        snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
+        json_dump_file(cfg, path, 0);
+        json_decref(cfg);
+        lt_tokenizer *t = NULL;
+        ck_assert_int_eq(lt_tokenizer_load(dir, &t), LT_OK);
+        const char *text;
+        size_t len;
+        lt_status st = lt_tokenizer_render_chat(t, "[{\"role\": \"user\", \"content\": \"hi\"}]", 0, &text, &len);
+        ck_assert_msg(st == cases[i].st && strstr(lt_tokenizer_last_error(t), cases[i].msg), "case %zu: status %d, \"%s\"", i, st,
+                      lt_tokenizer_last_error(t));
+        lt_tokenizer_free(t);
+    }
+    /* no chat template at all */
+    snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
+    unlink(path);
+    lt_tokenizer *t = NULL;
+    ck_assert_int_eq(lt_tokenizer_load(dir, &t), LT_OK);
+    const char *text;
+    ck_assert_int_eq(lt_tokenizer_render_chat(t, "[]", 0, &text, NULL), LT_ERR_MISSING);
+    ck_assert_int_eq(lt_tokenizer_render_chat(t, "[", 0, &text, NULL), LT_ERR_JSON);
+    lt_tokenizer_free(t);
+}
+END_TEST
+
 static Suite *suite(void) {
     Suite *s = suite_create("tokenizer");
     TCase *tc = tcase_create("tokenizer");
@@ -212,6 +307,8 @@ static Suite *suite(void) {
     tcase_add_test(tc, test_api_edges);
     tcase_add_test(tc, test_malformed);
     tcase_add_test(tc, test_chat_goldens);
+    tcase_add_test(tc, test_row_goldens);
+    tcase_add_test(tc, test_chat_unsupported);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -299,6 +299,67 @@ def make_chat_goldens(out):
     print(f"chat: {len(cases)} cases, {sum('error' in c for c in cases)} expected errors")
 
 
+ROWS = [
+    {"text": "Plain language-modelling text. 日本語 too."},
+    {"text": "Already ends with EOS<|eot_id|>"},
+    {"prompt": "Translate to French: cat ->", "completion": " chat"},
+    {"prompt": "Q: 2+2?\nA:", "completion": "4"},
+    {"messages": CONVERSATIONS[0]},
+    {"messages": CONVERSATIONS[1]},
+    {"prompt": [{"role": "user", "content": "Say hi"}], "completion": [{"role": "assistant", "content": "hi!"}]},
+    {"prompt": "Pick one:", "chosen": " the good answer", "rejected": " the bad answer"},
+    {"prompt": "Rate:", "completion": " bad answer", "label": False},
+    {"prompt": "Rate:", "completion": " good answer", "label": True},
+]
+
+
+def make_row_goldens(out):
+    """TRL SFTTrainer's preparation of each dataset shape, re-done with the reference tokenizer and
+    transformers' apply_chat_template: EOS appended to text and string completions, the completion
+    starting after the common prefix of prompt and prompt+completion ids, assistant-only masks from
+    {% generation %} blocks. Tokenizer: the llama3_training chat directory."""
+    from transformers import PreTrainedTokenizerFast
+    d = os.path.join(out, "chat", "llama3_training")
+    with open(os.path.join(d, "tokenizer_config.json")) as f:
+        cfg = json.load(f)
+    tok = PreTrainedTokenizerFast(tokenizer_file=os.path.join(d, "tokenizer.json"), **cfg)
+    eos = cfg["eos_token"]
+
+    def prefix(a, b):
+        n = 0
+        while n < len(a) and n < len(b) and a[n] == b[n]:
+            n += 1
+        return n
+
+    cases = []
+    for row in ROWS:
+        if "text" in row:
+            t = row["text"] if row["text"].endswith(eos) else row["text"] + eos
+            ids = tok(t)["input_ids"]
+            labels = list(ids)
+        elif "messages" in row:
+            enc = tok.apply_chat_template(row["messages"], tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+            ids = list(enc["input_ids"])
+            labels = [i if m else -100 for i, m in zip(ids, enc["assistant_masks"])]
+        else:
+            comp = row.get("completion", row.get("chosen"))
+            if isinstance(comp, str):
+                comp = comp if comp.endswith(eos) else comp + eos
+                p_ids = tok(row["prompt"])["input_ids"]
+                ids = tok(row["prompt"] + comp)["input_ids"]
+            else:
+                p_ids = list(tok.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"])
+                ids = list(tok.apply_chat_template(row["prompt"] + comp, tokenize=True, return_dict=True)["input_ids"])
+            n = prefix(p_ids, ids)
+            labels = [-100] * n + ids[n:]
+            if row.get("label") is False:
+                labels = [-100] * len(ids)
+        cases.append({"row": row, "ids": ids, "labels": labels})
+    with open(os.path.join(out, "chat", "rows.json"), "w") as f:
+        json.dump({"cases": cases}, f, ensure_ascii=False, indent=0)
+    print(f"rows: {len(cases)} cases")
+
+
 def main():
     out = sys.argv[1] if len(sys.argv) > 1 else "build/testdata/tokenizers"
     os.makedirs(out, exist_ok=True)
@@ -312,6 +373,7 @@ def main():
     tok, cfg = tekken()
     write(out, "tekken", tok, cfg, TEXTS)
     make_chat_goldens(out)
+    make_row_goldens(out)
 
 
 if __name__ == "__main__":
