@@ -988,6 +988,12 @@ static lt_status bpe_cached(lt_tokenizer *t, const char *w, size_t n, lt_ivec *o
     return LT_OK;
 }
 
+/* Rust char::is_numeric: Nd, Nl, No */
+static int is_numeric(uint32_t cp) {
+    utf8proc_category_t c = utf8proc_category((utf8proc_int32_t)cp);
+    return c == UTF8PROC_CATEGORY_ND || c == UTF8PROC_CATEGORY_NL || c == UTF8PROC_CATEGORY_NO;
+}
+
 /* ---- normalization ------------------------------------------------------------------------------ */
 
 static lt_status normalize(lt_tokenizer *t, const char *s, size_t n, lt_buf *out) {
@@ -1010,7 +1016,9 @@ static lt_status normalize(lt_tokenizer *t, const char *s, size_t n, lt_buf *out
             for (size_t i = 0; i < cur.n && !st;) {
                 uint32_t cp;
                 i += (size_t)lt_utf8_next(u + i, cur.n - i, &cp);
-                if (utf8_put(&nxt, (uint32_t)utf8proc_tolower((utf8proc_int32_t)cp))) st = lt_fail(&t->err, LT_ERR_NOMEM, "out of memory");
+                /* Rust char::to_lowercase: U+0130 is the one code point with a two-character lower case */
+                if (cp == 0x130 ? lt_buf_put(&nxt, "i\xCC\x87", 3) : utf8_put(&nxt, (uint32_t)utf8proc_tolower((utf8proc_int32_t)cp)))
+                    st = lt_fail(&t->err, LT_ERR_NOMEM, "out of memory");
             }
         } else if (z->kind == NORM_PREPEND) {
             if (cur.n && (lt_buf_puts(&nxt, z->content) || lt_buf_put(&nxt, cur.p, cur.n))) st = lt_fail(&t->err, LT_ERR_NOMEM, "out of memory");
@@ -1216,16 +1224,22 @@ static lt_status pre_tokenize(lt_tokenizer *t, const char *s, size_t n, int at_s
                 } else if (tmp.n) rc |= pieces_add(nxt, tmp.p, tmp.n, pst);
                 break;
             }
-            case PRE_DIGITS: {
+            case PRE_DIGITS: { /* numeric characters (Unicode N*) one by one, or in runs */
                 nm = 0;
+                const unsigned char *u = (const unsigned char *)ps;
                 for (size_t q = 0; q < pn && !rc;) {
-                    if (ps[q] >= '0' && ps[q] <= '9') {
-                        size_t e = q + 1;
-                        if (!z->individual) while (e < pn && ps[e] >= '0' && ps[e] <= '9') e++;
-                        if (nm == mcap) { mcap = mcap ? mcap * 2 : 64; ms = realloc(ms, mcap * sizeof *ms); me = realloc(me, mcap * sizeof *me); if (!ms || !me) { rc = -1; break; } }
-                        ms[nm] = q; me[nm] = e; nm++;
-                        q = e;
-                    } else q++;
+                    uint32_t cp;
+                    int l = lt_utf8_next(u + q, pn - q, &cp);
+                    if (!is_numeric(cp)) { q += (size_t)l; continue; }
+                    size_t e = q + (size_t)l;
+                    while (!z->individual && e < pn) {
+                        int l2 = lt_utf8_next(u + e, pn - e, &cp);
+                        if (!is_numeric(cp)) break;
+                        e += (size_t)l2;
+                    }
+                    if (nm == mcap) { mcap = mcap ? mcap * 2 : 64; ms = realloc(ms, mcap * sizeof *ms); me = realloc(me, mcap * sizeof *me); if (!ms || !me) { rc = -1; break; } }
+                    ms[nm] = q; me[nm] = e; nm++;
+                    q = e;
                 }
                 if (!rc) rc |= split_spans(nxt, ps, pn, pst, ms, me, nm, BEH_ISOLATED);
                 break;
@@ -1260,7 +1274,15 @@ static lt_status pre_tokenize(lt_tokenizer *t, const char *s, size_t n, int at_s
  * single_word rejects matches inside a word. Calls fn(text span) and fn(token) in order. */
 typedef lt_status (*seg_fn)(lt_tokenizer *t, const char *s, size_t n, int32_t id, int at_start, void *user);
 
-static int is_word_char(uint32_t cp) { return utf8proc_category((utf8proc_int32_t)cp) <= UTF8PROC_CATEGORY_NO || cp == '_'; }
+/* A word character as the Unicode \w of Rust's regex crate, which tokenizers uses to decide whether a
+ * single_word added token stands alone: Alphabetic (letters, letter numbers, and the Other_Alphabetic
+ * circled/squared letters), marks, decimal digits, connector punctuation, ZWNJ/ZWJ. */
+static int is_word_char(uint32_t cp) {
+    utf8proc_category_t c = utf8proc_category((utf8proc_int32_t)cp);
+    return (c >= UTF8PROC_CATEGORY_LU && c <= UTF8PROC_CATEGORY_ME) || c == UTF8PROC_CATEGORY_ND || c == UTF8PROC_CATEGORY_NL ||
+           c == UTF8PROC_CATEGORY_PC || cp == 0x200C || cp == 0x200D || (cp >= 0x24B6 && cp <= 0x24E9) ||
+           (cp >= 0x1F130 && cp <= 0x1F149) || (cp >= 0x1F150 && cp <= 0x1F169) || (cp >= 0x1F170 && cp <= 0x1F189);
+}
 
 static lt_status split_added(lt_tokenizer *t, const char *s, size_t n, int normalized, int at_start, seg_fn fn, void *user) {
     size_t prev = 0, i = 0;
@@ -1268,20 +1290,23 @@ static lt_status split_added(lt_tokenizer *t, const char *s, size_t n, int norma
     int any = 0;
     for (int k = 0; k < t->n_added; k++) any |= t->added[k].normalized == normalized;
     while (any && i < n) {
+        /* the leftmost-longest match; a single_word token that sits inside a word is skipped whole,
+         * and the search goes on after it (Aho-Corasick find_iter does not retry inside a match) */
         const added_tok *best = NULL;
         for (int k = 0; k < t->n_added; k++) {
             const added_tok *a = &t->added[k];
             if (a->normalized != normalized || (unsigned char)a->content[0] != u[i] || a->len > n - i) continue;
             if (memcmp(s + i, a->content, a->len)) continue;
-            if (best && best->len >= a->len) continue;
-            if (a->single_word) {
-                uint32_t cp;
-                if (i > 0) { size_t q = i - 1; while (q > 0 && (u[q] & 0xC0) == 0x80) q--; lt_utf8_next(u + q, n - q, &cp); if (is_word_char(cp)) continue; }
-                if (i + a->len < n) { lt_utf8_next(u + i + a->len, n - i - a->len, &cp); if (is_word_char(cp)) continue; }
-            }
-            best = a;
+            if (!best || a->len > best->len) best = a;
         }
         if (!best) { i++; continue; }
+        if (best->single_word) {
+            uint32_t cp;
+            int inside = 0;
+            if (i > 0) { size_t q = i - 1; while (q > 0 && (u[q] & 0xC0) == 0x80) q--; lt_utf8_next(u + q, n - q, &cp); inside |= is_word_char(cp); }
+            if (i + best->len < n) { lt_utf8_next(u + i + best->len, n - i - best->len, &cp); inside |= is_word_char(cp); }
+            if (inside) { i += best->len; continue; }
+        }
         size_t a0 = i, a1 = i + best->len;
         if (best->lstrip)
             while (a0 > prev) {
