@@ -271,6 +271,9 @@ struct lt_tokenizer {
     added_tok *added;
     int n_added;
     strmap added_map; /* content -> id */
+    int16_t *added_by_byte[256]; /* indices of the added tokens starting with each byte, -1 terminated */
+    int n_added_kind[2];       /* added tokens matched on raw text [0] and on normalized text [1] */
+    int can_split_metaspace;   /* no vocab token has "▁" after another character: words split before "▁" */
     unsigned char *is_special; /* [n_ids] */
     /* pipeline */
     normalizer *norm;
@@ -730,6 +733,27 @@ static lt_status load_model(lt_tokenizer *t, json_t *root, lt_error *err) {
         t->name_len[a->id] = (uint32_t)a->len;
         strmap_put(&t->added_map, a->content, a->len, a->id);
         if (a->special) t->is_special[a->id] = 1;
+        t->n_added_kind[a->normalized != 0]++;
+    }
+    for (int b = 0; b < 256; b++) {
+        int cnt = 0;
+        for (int k = 0; k < t->n_added; k++) cnt += (unsigned char)t->added[k].content[0] == b;
+        if (!cnt) continue;
+        if (!(t->added_by_byte[b] = malloc((size_t)(cnt + 1) * sizeof(int16_t)))) return lt_fail(err, LT_ERR_NOMEM, "out of memory");
+        cnt = 0;
+        for (int k = 0; k < t->n_added && k < 32767; k++)
+            if ((unsigned char)t->added[k].content[0] == b) t->added_by_byte[b][cnt++] = (int16_t)k;
+        t->added_by_byte[b][cnt] = -1;
+    }
+    /* SentencePiece vocabularies keep "▁" at the start of pieces (or in runs of "▁"); then no merge can
+     * join a character to a following "▁", and a long word may be cut before each such "▁" without
+     * changing the result. Checked here on the whole vocabulary, not assumed. */
+    t->can_split_metaspace = 1;
+    for (int32_t id = 0; id < t->n_ids && t->can_split_metaspace; id++) {
+        const char *v = t->tok_str[id];
+        if (!v) continue;
+        for (const char *q = strstr(v, "\xE2\x96\x81"); q; q = strstr(q + 3, "\xE2\x96\x81"))
+            if (q > v && !(q - v >= 3 && !memcmp(q - 3, "\xE2\x96\x81", 3))) { t->can_split_metaspace = 0; break; }
     }
     return LT_OK;
 }
@@ -747,6 +771,7 @@ static void tokenizer_free_parts(lt_tokenizer *t) {
     free(t->merges.key); free(t->merges.rank); free(t->merges.id);
     for (int i = 0; i < t->n_added; i++) free(t->added[i].content);
     free(t->added);
+    for (int b = 0; b < 256; b++) free(t->added_by_byte[b]);
     for (int i = 0; i < t->n_norm; i++) { free(t->norm[i].pattern); free(t->norm[i].content); if (t->norm[i].re) pcre2_code_free(t->norm[i].re); }
     free(t->norm);
     for (int i = 0; i < t->n_pre; i++) { free(t->pre[i].literal); if (t->pre[i].re) pcre2_code_free(t->pre[i].re); }
@@ -952,6 +977,19 @@ static lt_status bpe_word(lt_tokenizer *t, const char *w, size_t n, lt_ivec *out
 /* BPE with a per-handle cache of recent pre-tokens (most English words repeat). */
 static lt_status bpe_cached(lt_tokenizer *t, const char *w, size_t n, lt_ivec *out) {
     if (n == 0) return LT_OK;
+    if (n > 64 && t->can_split_metaspace) { /* cut before each "▁" that follows another character */
+        size_t s = 0;
+        for (size_t i = 3; i + 3 <= n; i++)
+            if (!memcmp(w + i, "\xE2\x96\x81", 3) && memcmp(w + i - 3, "\xE2\x96\x81", 3) && (i - s) > 0) {
+                size_t q = i - 1; /* the character before must not itself be part of a "▁" */
+                while (q > s && ((unsigned char)w[q] & 0xC0) == 0x80) q--;
+                if (q + 3 == i && !memcmp(w + q, "\xE2\x96\x81", 3)) continue;
+                lt_status st = bpe_cached(t, w + s, i - s, out);
+                if (st) return st;
+                s = i;
+            }
+        if (s > 0) return bpe_cached(t, w + s, n - s, out);
+    }
     if (n > 64) return bpe_word(t, w, n, out);
     size_t i = hash_bytes(w, n) & (t->cache_cap - 1);
     for (size_t probe = 0; probe < 8; probe++, i = (i + 1) & (t->cache_cap - 1)) {
@@ -1287,15 +1325,15 @@ static int is_word_char(uint32_t cp) {
 static lt_status split_added(lt_tokenizer *t, const char *s, size_t n, int normalized, int at_start, seg_fn fn, void *user) {
     size_t prev = 0, i = 0;
     const unsigned char *u = (const unsigned char *)s;
-    int any = 0;
-    for (int k = 0; k < t->n_added; k++) any |= t->added[k].normalized == normalized;
+    int any = t->n_added_kind[normalized != 0];
     while (any && i < n) {
         /* the leftmost-longest match; a single_word token that sits inside a word is skipped whole,
          * and the search goes on after it (Aho-Corasick find_iter does not retry inside a match) */
         const added_tok *best = NULL;
-        for (int k = 0; k < t->n_added; k++) {
-            const added_tok *a = &t->added[k];
-            if (a->normalized != normalized || (unsigned char)a->content[0] != u[i] || a->len > n - i) continue;
+        const int16_t *cand = t->added_by_byte[u[i]];
+        for (int c = 0; cand && cand[c] >= 0; c++) {
+            const added_tok *a = &t->added[cand[c]];
+            if (a->normalized != normalized || a->len > n - i) continue;
             if (memcmp(s + i, a->content, a->len)) continue;
             if (!best || a->len > best->len) best = a;
         }

@@ -3,6 +3,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "cli.h"
 
@@ -31,9 +32,9 @@ static char *read_all(const char *path, size_t *n) {
 /* ---- tokenize / detokenize ------------------------------------------------------------------------ */
 
 int cmd_tokenize(int argc, char **argv) {
-    static const opt_spec spec[] = {{"tokenizer", 1}, {"text-file", 1}, {"text", 1}, {"add-special", 0}};
+    static const opt_spec spec[] = {{"tokenizer", 1}, {"text-file", 1}, {"text", 1}, {"add-special", 0}, {"bench", 0}};
     opts o;
-    if (opts_parse(&o, spec, 4, argc, argv, "tokenize")) return 2;
+    if (opts_parse(&o, spec, 5, argc, argv, "tokenize")) return 2;
     const char *dir = opt_str(&o, "tokenizer", NULL), *file = opt_str(&o, "text-file", NULL), *text = opt_str(&o, "text", NULL);
     if (!dir || (!file && !text)) return fail("tokenize", "--tokenizer DIR and --text-file FILE (one text per line; - = stdin) or --text STRING are required");
     lt_tokenizer *t = open_tokenizer("tokenize", dir);
@@ -42,8 +43,9 @@ int cmd_tokenize(int argc, char **argv) {
     char *data = text ? strdup(text) : read_all(file, &n);
     if (!data) { lt_tokenizer_free(t); return fail("tokenize", "%s: cannot read", file); }
     if (text) n = strlen(data);
-    int rc = 0, add = opt_flag(&o, "add-special"), line = 0;
-    size_t cap = 1 << 12;
+    int rc = 0, add = opt_flag(&o, "add-special"), line = 0, bench = opt_flag(&o, "bench");
+    size_t cap = 1 << 12, total_ids = 0;
+    double t0 = now_seconds(), c0 = (double)clock() / CLOCKS_PER_SEC;
     int32_t *ids = malloc(cap * sizeof *ids);
     /* each line is one text (without its \n); --text is one text as given */
     for (size_t s = 0; s < n || (text && s == 0 && n == 0); ) {
@@ -59,11 +61,20 @@ int cmd_tokenize(int argc, char **argv) {
             st = ids ? lt_tokenizer_encode(t, data + s, e - s, add, ids, cap, &k) : LT_ERR_NOMEM;
         }
         if (st != LT_OK) { rc = fail("tokenize", "line %d: %s", line, lt_tokenizer_last_error(t)); break; }
-        putchar('[');
-        for (size_t i = 0; i < k; i++) printf(i ? ", %d" : "%d", ids[i]);
-        puts("]");
+        total_ids += k;
+        if (!bench) {
+            putchar('[');
+            for (size_t i = 0; i < k; i++) printf(i ? ", %d" : "%d", ids[i]);
+            puts("]");
+        }
         s = e + 1;
         if (text) break;
+    }
+    if (bench && !rc) { /* --bench: encode only, report the speed (one thread) */
+        /* CPU time of this single-threaded process: the speed of one core, even on a busy machine */
+        double dt = now_seconds() - t0, ct = (double)clock() / CLOCKS_PER_SEC - c0;
+        printf("{\"bytes\": %zu, \"lines\": %d, \"tokens\": %zu, \"wall_s\": %.3f, \"cpu_s\": %.3f, \"MB_per_cpu_s\": %.2f, "
+               "\"bytes_per_token\": %.2f}\n", n, line, total_ids, dt, ct, n / ct / 1e6, total_ids ? (double)n / total_ids : 0.0);
     }
     free(ids);
     free(data);
