@@ -1666,9 +1666,13 @@ lt_status lt_tok_align_mask(struct lt_tokenizer *t, const char *text, size_t n, 
         else if (b.n && b.p[0] == ' ' && pos + b.n - 1 <= n && !memcmp(text + pos, b.p + 1, b.n - 1)) e = pos + b.n - 1; /* prepended ▁ */
         else if (b.n == 0) e = pos;
         else {
-            st = lt_fail(lt_tok_error(t), LT_ERR_UNSUPPORTED, "assistant mask: token %zu (id %d) does not line up with the rendered "
-                                                               "text (a normalizer changes it)", i, ids[i]);
-            break;
+            /* characters the vocabulary cannot encode were dropped, or the normalizer changed a few:
+             * resynchronise on the token's bytes a little further on; an unknown token (<unk>) covers
+             * nothing and takes the mask of where it stands */
+            size_t win = n - pos < 64 ? n - pos : 64;
+            const char *q = memmem(text + pos, win, b.p, b.n);
+            if (q) { s = (size_t)(q - text); e = s + b.n; }
+            else { e = pos; tokmask[i] = pos < n ? bytemask[pos] != 0 : 0; continue; }
         }
         int hit = 0;
         for (size_t k = s; k < e; k++) hit |= bytemask[k] != 0;

@@ -299,6 +299,116 @@ START_TEST(test_chat_unsupported) {
 }
 END_TEST
 
+/* the CLI: tokenize / detokenize / render / data check, and train + eval on each text row shape */
+START_TEST(test_cli) {
+    char dir[256], cmd[4096], path[512];
+    tu_tempdir(dir, sizeof dir);
+    const char *T = LT_TEST_DATA_DIR "/tokenizers";
+    snprintf(path, sizeof path, "%s/texts.txt", dir);
+    tu_write_text(path, "Hello world\n<|eot_id|> x \xE6\x97\xA5\n\nlast");
+    int status;
+    snprintf(cmd, sizeof cmd, "%s tokenize --tokenizer %s/bl-llama3 --text-file %s --add-special", LT_CLI, T, path);
+    char *out = tu_run(cmd, &status);
+    ck_assert_int_eq(status, 0);
+    /* one JSON array per line (4 lines, the empty one gives the BOS only), matching the API */
+    int lines = 0;
+    for (char *p = out; *p; p++) lines += *p == '\n';
+    ck_assert_int_eq(lines, 4);
+    lt_tokenizer *t = load_tok("bl-llama3");
+    int32_t ids[64];
+    size_t n;
+    ck_assert_int_eq(lt_tokenizer_encode(t, "Hello world", 11, 1, ids, 64, &n), LT_OK);
+    char want[512] = "[";
+    for (size_t i = 0; i < n; i++) snprintf(want + strlen(want), sizeof want - strlen(want), i ? ", %d" : "%d", ids[i]);
+    strcat(want, "]\n");
+    ck_assert_msg(!strncmp(out, want, strlen(want)), "%s vs %s", out, want);
+    ck_assert_msg(strstr(out, "\n[3000]\n"), "%s", out); /* the empty line: BOS only */
+    free(out);
+    /* round trip through detokenize */
+    snprintf(cmd, sizeof cmd, "%s tokenize --tokenizer %s/bl-llama3 --text-file %s | %s detokenize --tokenizer %s/bl-llama3 --ids-file -",
+             LT_CLI, T, path, LT_CLI, T);
+    out = tu_run(cmd, &status);
+    ck_assert_int_eq(status, 0);
+    ck_assert_str_eq(out, "\"Hello world\"\n\"<|eot_id|> x \xE6\x97\xA5\"\n\"\"\n\"last\"\n");
+    free(out);
+    lt_tokenizer_free(t);
+    /* invalid UTF-8 is a clear error naming the line */
+    tu_write_text(path, "ok\nbad \xC3(\n");
+    snprintf(cmd, sizeof cmd, "%s tokenize --tokenizer %s/bl-llama3 --text-file %s", LT_CLI, T, path);
+    out = tu_run_stderr(cmd, &status);
+    ck_assert_int_ne(status, 0);
+    ck_assert_msg(strstr(out, "line 2") && strstr(out, "UTF-8"), "%s", out);
+    free(out);
+    /* render */
+    snprintf(path, sizeof path, "%s/m.json", dir);
+    tu_write_text(path, "[{\"role\": \"user\", \"content\": \"hi\"}]");
+    snprintf(cmd, sizeof cmd, "%s render --tokenizer %s/chat/llama3 --messages %s --add-generation-prompt", LT_CLI, T, path);
+    out = tu_run(cmd, &status);
+    ck_assert_int_eq(status, 0);
+    ck_assert_str_eq(out, "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nhi<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n");
+    free(out);
+    snprintf(cmd, sizeof cmd, "%s render --tokenizer %s/chat/gemma --messages %s", LT_CLI, T, path);
+    tu_write_text(path, "[{\"role\": \"system\", \"content\": \"x\"}]");
+    out = tu_run_stderr(cmd, &status);
+    ck_assert_int_ne(status, 0);
+    ck_assert_msg(strstr(out, "System role not supported"), "%s", out);
+    free(out);
+    /* train and eval on every text shape, tokenizer given with --tokenizer */
+    char data[512];
+    snprintf(data, sizeof data, "%s/d.jsonl", dir);
+    tu_write_text(data,
+        "{\"text\": \"The quick brown fox jumps over the lazy dog.\"}\n"
+        "{\"prompt\": \"What is 2+2?\", \"completion\": \" 4.\"}\n"
+        "{\"messages\": [{\"role\": \"user\", \"content\": \"Say hi\"}, {\"role\": \"assistant\", \"content\": \"Hello!\"}]}\n"
+        "{\"prompt\": \"Translate: cat ->\", \"chosen\": \" chat\", \"rejected\": \" dog\"}\n"
+        "{\"prompt\": \"How can I help?\", \"completion\": \" no\", \"label\": false}\n"
+        "{\"prompt\": [{\"role\": \"user\", \"content\": \"What is 2+2?\"}], \"completion\": [{\"role\": \"assistant\", \"content\": \"4\"}]}\n");
+    snprintf(cmd, sizeof cmd, "%s train --model %s/models/llama-basic --tokenizer %s/tiny --data %s --eval-data %s --out %s/o --steps 3 "
+             "--batch 2 --threads 1 --pack --seq 64 --json", LT_CLI, LT_TEST_DATA_DIR, T, data, data, dir);
+    out = tu_run(cmd, &status);
+    ck_assert_msg(status == 0 && strstr(out, "\"loss\""), "%s", out);
+    free(out);
+    snprintf(cmd, sizeof cmd, "%s eval --model %s/models/llama-basic --tokenizer %s/tiny --data %s --threads 1 --json", LT_CLI,
+             LT_TEST_DATA_DIR, T, data);
+    out = tu_run(cmd, &status);
+    ck_assert_msg(status == 0 && strstr(out, "\"tokens\""), "%s", out);
+    free(out);
+    /* a text file with a model directory that has no tokenizer: clear error */
+    snprintf(cmd, sizeof cmd, "%s train --model %s/models/llama-basic --data %s --out %s/o2 --steps 1", LT_CLI, LT_TEST_DATA_DIR, data, dir);
+    out = tu_run_stderr(cmd, &status);
+    ck_assert_int_ne(status, 0);
+    ck_assert_msg(strstr(out, "tokenizer.json"), "%s", out);
+    free(out);
+    /* data check: duplicates, near duplicates, eval overlap, long rows, template problems */
+    char ev[512];
+    snprintf(ev, sizeof ev, "%s/e.jsonl", dir);
+    tu_write_text(data,
+        "{\"text\": \"alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi\"}\n"
+        "{\"text\": \"alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi\"}\n"
+        "{\"text\": \"alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron rho\"}\n"
+        "{\"text\": \"one two three four five six seven eight nine ten eleven twelve thirteen fourteen\"}\n"
+        "{\"messages\": [{\"role\": \"user\", \"content\": \"a\"}, {\"role\": \"user\", \"content\": \"b\"}]}\n"
+        "{\"question\": \"?\"}\n");
+    tu_write_text(ev, "{\"text\": \"zero one two three four five six seven eight nine ten eleven twelve thirteen\"}\n");
+    snprintf(cmd, sizeof cmd, "%s data check --data %s --eval %s --tokenizer %s/tiny --seq 20 --json", LT_CLI, data, ev, T);
+    out = tu_run(cmd, &status);
+    ck_assert_int_eq(status, 0);
+    json_t *j = json_loads(out, 0, NULL);
+    ck_assert_msg(j != NULL, "%s", out);
+    ck_assert_int_eq(json_integer_value(json_object_get(j, "rows")), 6);
+    ck_assert_int_eq(json_integer_value(json_object_get(j, "exact_duplicates")), 1);
+    ck_assert_int_ge(json_integer_value(json_object_get(j, "near_duplicate_pairs")), 1);
+    ck_assert_int_eq(json_integer_value(json_object_get(j, "eval_overlap_rows")), 1);
+    ck_assert_int_ge(json_integer_value(json_object_get(j, "rows_over_seq")), 3);
+    char *probs = json_dumps(json_object_get(j, "problems"), 0);
+    ck_assert_msg(strstr(probs, "line 5") && strstr(probs, "no assistant message") && strstr(probs, "line 6") &&
+                  strstr(probs, "no known dataset shape"), "%s", probs);
+    free(probs);
+    json_decref(j);
+    free(out);
+}
+END_TEST
+
 static Suite *suite(void) {
     Suite *s = suite_create("tokenizer");
     TCase *tc = tcase_create("tokenizer");
@@ -309,6 +419,7 @@ static Suite *suite(void) {
     tcase_add_test(tc, test_chat_goldens);
     tcase_add_test(tc, test_row_goldens);
     tcase_add_test(tc, test_chat_unsupported);
+    tcase_add_test(tc, test_cli);
     suite_add_tcase(s, tc);
     return s;
 }

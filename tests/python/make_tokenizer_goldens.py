@@ -360,6 +360,28 @@ def make_row_goldens(out):
     print(f"rows: {len(cases)} cases")
 
 
+def make_tiny(out):
+    """A byte-level BPE small enough for the test models (vocab <= 250) with the Llama 3 training chat
+    template: `loratune train` on text JSONL rows in tests/test_tokenizer.c."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=240, show_progress=False,
+                                  special_tokens=["<|begin_of_text|>", "<|eot_id|>", "<|start_header_id|>", "<|end_header_id|>"])
+    tok.train_from_iterator(CORPUS_EXTRA[:2] * 20 + ["Hello! How can I help? What is 2+2? 4. Say hi.\n\nTranslate: cat -> chat"] * 20, trainer)
+    bos = tok.token_to_id("<|begin_of_text|>")
+    tok.post_processor = processors.TemplateProcessing(single="<|begin_of_text|> $A", special_tokens=[("<|begin_of_text|>", bos)])
+    d = os.path.join(out, "tiny")
+    os.makedirs(d, exist_ok=True)
+    tok.save(os.path.join(d, "tokenizer.json"))
+    import trl
+    with open(os.path.join(os.path.dirname(trl.__file__), "chat_templates", "llama3_training.jinja")) as f:
+        tmpl = f.read()
+    with open(os.path.join(d, "tokenizer_config.json"), "w") as f:
+        json.dump({"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>", "chat_template": tmpl}, f, indent=1)
+    assert tok.get_vocab_size() <= 250, tok.get_vocab_size()
+
+
 def main():
     out = sys.argv[1] if len(sys.argv) > 1 else "build/testdata/tokenizers"
     os.makedirs(out, exist_ok=True)
@@ -374,6 +396,7 @@ def main():
     write(out, "tekken", tok, cfg, TEXTS)
     make_chat_goldens(out)
     make_row_goldens(out)
+    make_tiny(out)
 
 
 if __name__ == "__main__":
