@@ -100,7 +100,7 @@ static lt_status lex(parser *ps) {
 /* ---- AST --------------------------------------------------------------------------------------- */
 
 enum {
-    N_TEXT, N_OUT, N_IF, N_FOR, N_SET, N_SETBLOCK, N_GEN, N_BREAK, N_CONTINUE,
+    N_TEXT, N_OUT, N_IF, N_FOR, N_SET, N_SETBLOCK, N_GEN, N_BREAK, N_CONTINUE, N_MACRO,
     E_LIT, E_NAME, E_ATTR, E_ITEM, E_SLICE, E_CALL, E_FILTER, E_TEST, E_NOT, E_NEG, E_BIN, E_AND, E_OR,
     E_COND, E_LIST, E_DICT
 };
@@ -120,6 +120,9 @@ struct node {
     char *targets[4]; /* for-loop targets */
     int ntargets;
     int negate;       /* `is not` */
+    char **pnames;    /* N_MACRO parameters and their default expressions (NULL: none) */
+    node **pdefs;
+    int np;
 };
 
 static void node_free(node *n);
@@ -138,6 +141,9 @@ static void node_free(node *n) {
     nodes_free(&n->body);
     nodes_free(&n->orelse);
     for (int i = 0; i < n->ntargets; i++) free(n->targets[i]);
+    for (int i = 0; i < n->np; i++) { free(n->pnames[i]); node_free(n->pdefs[i]); }
+    free(n->pnames);
+    free(n->pdefs);
     free(n);
 }
 
@@ -617,12 +623,34 @@ static node *parse_stmt(parser *ps, const jtok *t) {
         if (parse_body(ps, &n->body, stops, 1) >= 0) expect_end(ps);
         return n;
     }
+    if (accept_kw(ps, "macro")) {
+        node *n = mk(ps, N_MACRO);
+        if (!n) return NULL;
+        n->s = ident(ps);
+        expect(ps, "(");
+        while (!ps->failed && !accept_op(ps, ")")) {
+            char *pn = ident(ps);
+            node *def = accept_op(ps, "=") ? parse_expr(ps) : NULL;
+            char **np_ = realloc(n->pnames, (size_t)(n->np + 1) * sizeof *np_);
+            node **nd = np_ ? realloc(n->pdefs, (size_t)(n->np + 1) * sizeof *nd) : NULL;
+            if (np_) n->pnames = np_;
+            if (nd) n->pdefs = nd;
+            if (!np_ || !nd) { free(pn); node_free(def); ps->failed = 1; break; }
+            n->pnames[n->np] = pn;
+            n->pdefs[n->np++] = def;
+            if (!accept_op(ps, ",")) { expect(ps, ")"); break; }
+        }
+        expect_end(ps);
+        static const char *const stops[] = {"endmacro"};
+        if (parse_body(ps, &n->body, stops, 1) >= 0) expect_end(ps);
+        return n;
+    }
     if (accept_kw(ps, "break")) { expect_end(ps); return mk(ps, N_BREAK); }
     if (accept_kw(ps, "continue")) { expect_end(ps); return mk(ps, N_CONTINUE); }
     skip_ws(ps);
     const char *w = ps->p;
     while (ps->p < ps->end && is_ident(*ps->p)) ps->p++;
-    PERR("chat template: line %d: the tag \"%.*s\" is not supported (supported: if, for, set, generation, break, continue)",
+    PERR("chat template: line %d: the tag \"%.*s\" is not supported (supported: if, for, set, macro, generation, break, continue)",
          ps->line, (int)(ps->p - w), w);
     return NULL;
 }
@@ -650,7 +678,7 @@ static int parse_body(parser *ps, nodes *out, const char *const *stops, int nsto
             for (int k = 0; k < nstops; k++)
                 if (accept_kw(ps, stops[k])) return k;
             if (peek_kw(ps, "endif") || peek_kw(ps, "endfor") || peek_kw(ps, "else") || peek_kw(ps, "elif") ||
-                peek_kw(ps, "endset") || peek_kw(ps, "endgeneration")) {
+                peek_kw(ps, "endset") || peek_kw(ps, "endgeneration") || peek_kw(ps, "endmacro")) {
                 PERR("chat template: line %d: unexpected {%% %.*s %%}", ps->line, (int)t->n, t->s);
                 return -1;
             }
@@ -672,6 +700,9 @@ typedef struct render {
     int brk, cont;     /* loop control */
     json_t *namespaces; /* array of namespace objects (identity marks them) */
     long steps;
+    struct scope *top;  /* the template's globals: what a macro body sees besides its arguments */
+    node *macros[32];
+    int n_macros, depth;
 } render;
 
 #define RERR(st, ...) (r->failed ? NULL : (r->failed = 1, lt_fail(r->err, st, __VA_ARGS__), (json_t *)NULL))
@@ -858,6 +889,7 @@ static size_t utf8_offset(const char *s, size_t n, size_t k) {
 }
 
 static json_t *eval(render *r, scope *sc, node *n);
+static void exec_nodes(render *r, scope *sc, nodes *v);
 
 static json_t *lookup(scope *sc, const char *name) {
     for (; sc; sc = sc->up) {
@@ -1217,6 +1249,38 @@ static json_t *call_fn(render *r, scope *sc, node *call) {
     }
     if (fn->kind != E_NAME) return RERR(LT_ERR_UNSUPPORTED, "chat template: line %d: this call is not supported", call->line);
     const char *name = fn->s;
+    for (int m = r->n_macros - 1; m >= 0; m--) {
+        node *mac = r->macros[m];
+        if (strcmp(mac->s, name)) continue;
+        if (r->depth > 50) return RERR(LT_ERR_DATA, "chat template: macro %s recurses too deep", name);
+        scope ms = {json_object(), r->top};
+        int pos = 0;
+        for (int i = 0; i < call->args.n && !r->failed; i++) {
+            int k = -1;
+            if (call->kw && call->kw[i]) { for (int q = 0; q < mac->np; q++) if (!strcmp(mac->pnames[q], call->kw[i])) k = q; }
+            else k = pos++ < mac->np ? pos - 1 : -1;
+            if (k < 0) { json_decref(ms.vars); return RERR(LT_ERR_DATA, "chat template: line %d: macro %s got an unexpected argument", call->line, name); }
+            json_t *v = eval(r, sc, call->args.v[i]);
+            if (v) json_object_set_new(ms.vars, mac->pnames[k], v);
+        }
+        for (int q = 0; q < mac->np && !r->failed; q++)
+            if (!json_object_get(ms.vars, mac->pnames[q]) && mac->pdefs[q]) {
+                json_t *v = eval(r, &ms, mac->pdefs[q]);
+                if (v) json_object_set_new(ms.vars, mac->pnames[q], v);
+            }
+        lt_buf tmp = {0}, *save = r->out, *savem = r->mask;
+        r->out = &tmp;
+        r->mask = NULL;
+        r->depth++;
+        exec_nodes(r, &ms, &mac->body);
+        r->depth--;
+        r->out = save;
+        r->mask = savem;
+        json_decref(ms.vars);
+        json_t *res = r->failed ? NULL : json_stringn_nocheck(tmp.p ? tmp.p : "", tmp.n);
+        free(tmp.p);
+        return res;
+    }
     if (!strcmp(name, "raise_exception")) {
         json_t *m = kwarg(r, sc, call, "message", 0);
         lt_buf b = {0};
@@ -1503,6 +1567,11 @@ static void exec_node(render *r, scope *sc, node *n) {
         exec_nodes(r, sc, &n->body);
         r->gen--;
         return;
+    case N_MACRO:
+        if (r->n_macros == 32) { RERR(LT_ERR_UNSUPPORTED, "chat template: more than 32 macros"); return; }
+        r->macros[r->n_macros++] = n;
+        set_var(sc, n->s, json_sprintf("<macro %s>", n->s));
+        return;
     case N_BREAK: r->brk = 1; return;
     case N_CONTINUE: r->cont = 1; return;
     case N_FOR: {
@@ -1575,6 +1644,7 @@ lt_status lt_jinja_render(const char *tmpl, json_t *ctx, lt_buf *out, lt_buf *ma
     if (!st) {
         render r = {.out = out, .mask = mask, .err = err, .namespaces = json_array()};
         scope top = {json_deep_copy(ctx), NULL};
+        r.top = &top;
         exec_nodes(&r, &top, &root);
         json_decref(top.vars);
         json_decref(r.namespaces);

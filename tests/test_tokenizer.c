@@ -265,7 +265,8 @@ START_TEST(test_chat_unsupported) {
     snprintf(src, sizeof src, "%s/tokenizers/bl-llama3/tokenizer.json", LT_TEST_DATA_DIR);
     tu_copy_file(src, path);
     static const struct { const char *tmpl; lt_status st; const char *msg; } cases[] = {
-        {"{% macro f(x) %}{{ x }}{% endmacro %}{{ f(1) }}", LT_ERR_UNSUPPORTED, "macro"},
+        {"{% filter upper %}x{% endfilter %}", LT_ERR_UNSUPPORTED, "filter"},
+        {"{% macro f(x) %}{{ x }}{% endmacro %}{{ f(1, 2) }}", LT_ERR_DATA, "unexpected argument"},
         {"{{ messages | wordcount }}", LT_ERR_UNSUPPORTED, "wordcount"},
         {"{% for m in messages %}{{ m.role }}", LT_ERR_UNSUPPORTED, "endfor"},
         {"{{ raise_exception('no way') }}", LT_ERR_DATA, "no way"},
