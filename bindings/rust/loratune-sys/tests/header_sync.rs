@@ -359,6 +359,7 @@ fn rust_layouts() -> Vec<(String, usize, Vec<(String, usize)>)> {
         lt_trainer_params { size, objective, grad_accum, gradient_checkpointing, seed }
         lt_step_result { size, loss, grad_norm, lr, tokens, tokens_per_s, step, updated }
         lt_generate_params { size, max_new_tokens, temperature, top_k, top_p, seed, eos_token_id }
+        lt_text_params { size, max_len, completion_only, assistant_only, add_special, add_eos }
     }
 }
 
