@@ -798,7 +798,8 @@ LT_API void lt_tokenizer_free(lt_tokenizer *t) {
 static lt_status load_config(lt_tokenizer *t, const char *path, lt_error *err) {
     char *data;
     size_t n;
-    if (lt_read_file(path, &data, &n, err) != LT_OK) return LT_OK; /* optional file */
+    lt_error quiet;
+    if (lt_read_file(path, &data, &n, &quiet) != LT_OK) return LT_OK; /* optional file */
     json_error_t je;
     json_t *cfg = json_loadb(data, n, 0, &je);
     free(data);
@@ -1397,8 +1398,7 @@ lt_status lt_tok_encode_into(lt_tokenizer *t, const char *text, size_t len, int 
     lt_status st = split_added(t, text, len, 0, 1, raw_piece, out);
     if (st || !add_special || !t->has_post) return st;
     /* TemplateProcessing "single": the specials around the sequence (marked -1) */
-    size_t n = out->n - start, total = n;
-    for (int i = 0; i < t->n_post; i++) if (t->post_single[i] >= 0) total++;
+    size_t n = out->n - start;
     int32_t *seq = malloc((n ? n : 1) * sizeof *seq);
     if (!seq) return lt_fail(&t->err, LT_ERR_NOMEM, "out of memory");
     memcpy(seq, out->p + start, n * sizeof *seq);
@@ -1408,7 +1408,6 @@ lt_status lt_tok_encode_into(lt_tokenizer *t, const char *text, size_t len, int 
         else for (size_t k = 0; k < n && !st; k++) if (lt_ivec_push(out, seq[k])) st = LT_ERR_NOMEM;
     }
     free(seq);
-    (void)total;
     return st ? lt_fail(&t->err, LT_ERR_NOMEM, "out of memory") : LT_OK;
 }
 
