@@ -402,6 +402,20 @@ LT_API void lt_text_params_init(lt_text_params *params, size_t size);
 LT_API lt_status lt_tokenizer_encode_row(lt_tokenizer *tok, const char *row_json, const lt_text_params *params,
                                          int32_t *ids, int32_t *labels, size_t capacity, size_t *n);
 
+/**
+ * Pack n_seqs sequences (lens[i] tokens each, concatenated in ids and labels; labels may be NULL =
+ * ids) into rows of seq_len tokens, best-fit decreasing (longest first, each into the fullest row it
+ * fits). A sequence longer than seq_len is truncated, keeping its start. In the output, position ids
+ * restart at 0 for every sequence (an lt_batch never attends or predicts across that boundary), the
+ * first token of every sequence has label -100, and the padding at the end of a row has id pad_id
+ * and label -100. *n_rows receives the row count; rows are written when n_rows <= capacity_rows
+ * (outputs of capacity_rows * seq_len entries each, else LT_ERR_SHAPE); NULL outputs with
+ * capacity_rows 0 only count. Deterministic. Errors: lt_last_error().
+ */
+LT_API lt_status lt_pack_sequences(const int32_t *ids, const int32_t *labels, const int32_t *lens, int32_t n_seqs,
+                                   int32_t seq_len, int32_t pad_id, int32_t *out_ids, int32_t *out_labels,
+                                   int32_t *out_position_ids, int32_t capacity_rows, int32_t *n_rows);
+
 #ifdef __cplusplus
 }
 #endif

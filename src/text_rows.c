@@ -141,3 +141,72 @@ LT_API lt_status lt_tokenizer_encode_row(lt_tokenizer *t, const char *row_json, 
     free(vl.p);
     return st;
 }
+
+/* ---- packing ------------------------------------------------------------------------------------- */
+
+typedef struct pack_item { int32_t len; int32_t idx; } pack_item;
+static int cmp_pack(const void *a, const void *b) {
+    const pack_item *x = a, *y = b;
+    return x->len != y->len ? (x->len > y->len ? -1 : 1) : (x->idx > y->idx) - (x->idx < y->idx);
+}
+
+LT_API lt_status lt_pack_sequences(const int32_t *ids, const int32_t *labels, const int32_t *lens, int32_t n_seqs,
+                                   int32_t seq_len, int32_t pad_id, int32_t *out_ids, int32_t *out_labels,
+                                   int32_t *out_pos, int32_t capacity_rows, int32_t *n_rows) {
+    lt_error *err = lt_thread_error();
+    lt_error_clear(err);
+    if (!lens || !n_rows || (n_seqs > 0 && !ids)) return lt_fail(err, LT_ERR_ARGUMENT, "lt_pack_sequences: NULL argument");
+    if (n_seqs < 0 || seq_len < 1) return lt_fail(err, LT_ERR_ARGUMENT, "lt_pack_sequences: n_seqs must be >= 0 and seq_len >= 1");
+    if (capacity_rows > 0 && (!out_ids || !out_labels || !out_pos))
+        return lt_fail(err, LT_ERR_ARGUMENT, "lt_pack_sequences: output arrays are NULL");
+    pack_item *it = malloc(((size_t)n_seqs + 1) * sizeof *it);
+    int64_t *start = malloc(((size_t)n_seqs + 1) * sizeof *start);
+    int32_t *fill = calloc((size_t)n_seqs + 1, sizeof *fill), *row_of = malloc(((size_t)n_seqs + 1) * sizeof *row_of);
+    lt_status st = LT_OK;
+    if (!it || !start || !fill || !row_of) { st = lt_fail(err, LT_ERR_NOMEM, "out of memory"); goto done; }
+    int64_t off = 0;
+    for (int32_t i = 0; i < n_seqs; i++) {
+        if (lens[i] < 0) { st = lt_fail(err, LT_ERR_ARGUMENT, "lt_pack_sequences: lens[%d] = %d is negative", i, lens[i]); goto done; }
+        start[i] = off;
+        off += lens[i];
+        it[i] = (pack_item){lens[i] < seq_len ? lens[i] : seq_len, i};
+    }
+    qsort(it, (size_t)n_seqs, sizeof *it, cmp_pack);
+    /* best fit: the fullest row with room (linear scan; rows are few next to the tokens they hold) */
+    int32_t rows = 0;
+    for (int32_t k = 0; k < n_seqs; k++) {
+        if (it[k].len == 0) { row_of[k] = -1; continue; }
+        int32_t best = -1;
+        for (int32_t r = 0; r < rows; r++)
+            if (fill[r] + it[k].len <= seq_len && (best < 0 || fill[r] > fill[best])) best = r;
+        if (best < 0) best = rows++;
+        row_of[k] = best;
+        fill[best] += it[k].len;
+    }
+    *n_rows = rows;
+    if (!out_ids && capacity_rows == 0) goto done;
+    if (rows > capacity_rows) { st = lt_fail(err, LT_ERR_SHAPE, "%d packed rows do not fit in %d", rows, capacity_rows); goto done; }
+    memset(fill, 0, (size_t)(rows + 1) * sizeof *fill);
+    for (int32_t k = 0; k < n_seqs; k++) {
+        if (row_of[k] < 0) continue;
+        int32_t r = row_of[k], len = it[k].len;
+        const int32_t *src = ids + start[it[k].idx], *lab = (labels ? labels : ids) + start[it[k].idx];
+        for (int32_t t = 0; t < len; t++) {
+            size_t o = (size_t)r * seq_len + fill[r] + t;
+            out_ids[o] = src[t];
+            out_labels[o] = t == 0 ? -100 : lab[t];
+            out_pos[o] = t;
+        }
+        fill[r] += len;
+    }
+    for (int32_t r = 0; r < rows; r++)
+        for (int32_t t = fill[r]; t < seq_len; t++) {
+            size_t o = (size_t)r * seq_len + t;
+            out_ids[o] = pad_id;
+            out_labels[o] = -100;
+            out_pos[o] = t - fill[r];
+        }
+done:
+    free(it); free(start); free(fill); free(row_of);
+    return st;
+}

@@ -410,6 +410,37 @@ START_TEST(test_cli) {
 }
 END_TEST
 
+/* packing: every token of every (truncated) sequence lands once, positions restart, rows are full first */
+START_TEST(test_pack) {
+    int32_t lens[] = {5, 3, 9, 1, 0, 4, 7};
+    const int n = 7, T = 8;
+    int32_t ids[64], labels[64], total = 0;
+    for (int i = 0; i < n; i++) for (int t = 0; t < lens[i]; t++) { ids[total] = 1000 * (i + 1) + t; labels[total] = ids[total] + 1; total++; }
+    int32_t rows = 0;
+    ck_assert_int_eq(lt_pack_sequences(ids, labels, lens, n, T, 0, NULL, NULL, NULL, 0, &rows), LT_OK);
+    ck_assert_int_eq(rows, 4); /* 8 (9 truncated), 7+1, 5+3, 4 */
+    int32_t oi[64], ol[64], op[64];
+    ck_assert_int_eq(lt_pack_sequences(ids, labels, lens, n, T, 0, oi, ol, op, rows - 1, &rows), LT_ERR_SHAPE);
+    ck_assert_int_eq(lt_pack_sequences(ids, labels, lens, n, T, 7, oi, ol, op, rows, &rows), LT_OK);
+    int seen[8] = {0};
+    for (int r = 0; r < rows; r++)
+        for (int t = 0; t < T; t++) {
+            int32_t id = oi[r * T + t], pos = op[r * T + t];
+            if (id == 7 && ol[r * T + t] == -100) continue; /* padding */
+            int seq = id / 1000 - 1, k = id % 1000;
+            ck_assert_int_eq(pos, k);
+            ck_assert_int_eq(ol[r * T + t], k == 0 ? -100 : id + 1);
+            ck_assert_int_lt(k, T);
+            seen[seq]++;
+        }
+    for (int i = 0; i < n; i++) ck_assert_int_eq(seen[i], lens[i] < T ? lens[i] : T);
+    ck_assert_int_eq(lt_pack_sequences(ids, NULL, lens, n, 0, 0, NULL, NULL, NULL, 0, &rows), LT_ERR_ARGUMENT);
+    int32_t neg = -1;
+    ck_assert_int_eq(lt_pack_sequences(ids, NULL, &neg, 1, 4, 0, NULL, NULL, NULL, 0, &rows), LT_ERR_ARGUMENT);
+    ck_assert_msg(strstr(lt_last_error(), "negative"), "%s", lt_last_error());
+}
+END_TEST
+
 static Suite *suite(void) {
     Suite *s = suite_create("tokenizer");
     TCase *tc = tcase_create("tokenizer");
@@ -421,6 +452,7 @@ static Suite *suite(void) {
     tcase_add_test(tc, test_row_goldens);
     tcase_add_test(tc, test_chat_unsupported);
     tcase_add_test(tc, test_cli);
+    tcase_add_test(tc, test_pack);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -906,3 +906,25 @@ class Tokenizer(_Handle):
             ids, labels = (c_int32 * max(1, n.value))(), (c_int32 * max(1, n.value))()
             self._check(L.lib().lt_tokenizer_encode_row(self._h, js, byref(p), ids, labels, n.value, byref(n)))
             return list(ids[:n.value]), list(labels[:n.value])
+
+
+def pack_sequences(rows: Sequence[Tuple[Sequence[int], Sequence[int]]], seq_len: int, pad_id: int = 0
+                   ) -> Tuple[List[List[int]], List[List[int]], List[List[int]]]:
+    """Pack (ids, labels) rows into rows of seq_len tokens (lt_pack_sequences): (ids, labels, position_ids)."""
+    lens = [len(r[0]) for r in rows]
+    flat_i = [int(x) for r in rows for x in r[0]]
+    flat_l = [int(x) for r in rows for x in r[1]]
+    n = len(rows)
+    ai, al, an = (c_int32 * max(1, len(flat_i)))(*flat_i), (c_int32 * max(1, len(flat_l)))(*flat_l), (c_int32 * max(1, n))(*lens)
+    count = c_int32()
+    st = L.lib().lt_pack_sequences(ai, al, an, n, int(seq_len), int(pad_id), None, None, None, 0, byref(count))
+    if st != 0:
+        raise _thread_error(st)
+    size = max(1, count.value * int(seq_len))
+    oi, ol, op = (c_int32 * size)(), (c_int32 * size)(), (c_int32 * size)()
+    st = L.lib().lt_pack_sequences(ai, al, an, n, int(seq_len), int(pad_id), oi, ol, op, count.value, byref(count))
+    if st != 0:
+        raise _thread_error(st)
+    T = int(seq_len)
+    cut = lambda a: [list(a[r * T:(r + 1) * T]) for r in range(count.value)]
+    return cut(oi), cut(ol), cut(op)

@@ -362,6 +362,11 @@ _DECLS = [
     #                                   int32_t *ids, int32_t *labels, size_t capacity, size_t *n);
     ("lt_tokenizer_encode_row", lt_status, [lt_tokenizer_p, c_char_p, POINTER(lt_text_params), POINTER(c_int32),
                                             POINTER(c_int32), c_size_t, POINTER(c_size_t)]),
+    # lt_status lt_pack_sequences(const int32_t *ids, const int32_t *labels, const int32_t *lens, int32_t n_seqs,
+    #                             int32_t seq_len, int32_t pad_id, int32_t *out_ids, int32_t *out_labels,
+    #                             int32_t *out_position_ids, int32_t capacity_rows, int32_t *n_rows);
+    ("lt_pack_sequences", lt_status, [POINTER(c_int32), POINTER(c_int32), POINTER(c_int32), c_int32, c_int32, c_int32,
+                                      POINTER(c_int32), POINTER(c_int32), POINTER(c_int32), c_int32, POINTER(c_int32)]),
 ]
 
 # include/loratune_experimental.h: no ABI promise (docs/ABI.md).

@@ -392,6 +392,19 @@ extern "C" {
         capacity: usize,
         n: *mut usize,
     ) -> lt_status;
+    pub fn lt_pack_sequences(
+        ids: *const i32,
+        labels: *const i32,
+        lens: *const i32,
+        n_seqs: i32,
+        seq_len: i32,
+        pad_id: i32,
+        out_ids: *mut i32,
+        out_labels: *mut i32,
+        out_position_ids: *mut i32,
+        capacity_rows: i32,
+        n_rows: *mut i32,
+    ) -> lt_status;
 }
 
 /// `include/loratune_experimental.h`: no stability promise (docs/ABI.md).
