@@ -295,8 +295,11 @@ def make_chat_goldens(out):
                     case["error"] = str(e)
                 cases.append(case)
     os.makedirs(os.path.join(out, "chat"), exist_ok=True)
+    import datetime
+    # Llama 3.1/3.2 templates print strftime_now("%d %b %Y"): the test replaces this date by its own day
+    today = datetime.datetime.now().strftime("%d %b %Y")
     with open(os.path.join(out, "chat", "goldens.json"), "w") as f:
-        json.dump({"cases": cases}, f, ensure_ascii=False, indent=0)
+        json.dump({"today": today, "cases": cases}, f, ensure_ascii=False, indent=0)
     print(f"chat: {len(cases)} cases, {sum('error' in c for c in cases)} expected errors")
 
 
