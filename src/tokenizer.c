@@ -1035,7 +1035,9 @@ static int is_numeric(uint32_t cp) {
 
 /* ---- normalization ------------------------------------------------------------------------------ */
 
-static lt_status normalize(lt_tokenizer *t, const char *s, size_t n, lt_buf *out) {
+/* *lead_removed: a normalizer deleted the first characters, so the result no longer starts at
+ * offset 0 of the original text (Metaspace prepend_scheme "first" then does not prepend). */
+static lt_status normalize(lt_tokenizer *t, const char *s, size_t n, lt_buf *out, int *lead_removed) {
     lt_buf cur = {0}, nxt = {0};
     if (lt_buf_put(&cur, s, n)) return lt_fail(&t->err, LT_ERR_NOMEM, "out of memory");
     lt_status st = LT_OK;
@@ -1074,8 +1076,14 @@ static lt_status normalize(lt_tokenizer *t, const char *s, size_t n, lt_buf *out
                 b = q;
             }
             if (lt_buf_put(&nxt, cur.p + a, b - a)) st = lt_fail(&t->err, LT_ERR_NOMEM, "out of memory");
+            if (a > 0) *lead_removed = 1;
         } else if (z->kind == NORM_REPLACE) {
             size_t i = 0;
+            if (!*z->content && cur.n) { /* deleting matches: is there one at the very start? */
+                if (z->pattern) *lead_removed |= *z->pattern && !strncmp(cur.p, z->pattern, strlen(z->pattern));
+                else if (pcre2_match(z->re, (PCRE2_SPTR)cur.p, cur.n, 0, PCRE2_NO_UTF_CHECK | PCRE2_ANCHORED, t->md, NULL) >= 0)
+                    *lead_removed |= pcre2_get_ovector_pointer(t->md)[1] > 0;
+            }
             if (z->pattern) {
                 size_t pl = strlen(z->pattern);
                 while (i < cur.n && !st) {
@@ -1385,8 +1393,9 @@ static lt_status raw_piece(lt_tokenizer *t, const char *s, size_t n, int32_t id,
     if (id >= 0) return lt_ivec_push(out, id) ? lt_fail(&t->err, LT_ERR_NOMEM, "out of memory") : LT_OK;
     if (!t->n_norm) return split_added(t, s, n, 1, at_start, model_piece, out);
     lt_buf nb = {0};
-    lt_status st = normalize(t, s, n, &nb);
-    if (!st) st = split_added(t, nb.p ? nb.p : "", nb.n, 1, at_start, model_piece, out);
+    int lead_removed = 0;
+    lt_status st = normalize(t, s, n, &nb, &lead_removed);
+    if (!st) st = split_added(t, nb.p ? nb.p : "", nb.n, 1, at_start && !lead_removed, model_piece, out);
     free(nb.p);
     return st;
 }

@@ -63,7 +63,7 @@ def corpus(rng, n):
 
 def random_tokenizer(rng, train_text):
     kind = rng.choice(["bytelevel", "split", "split", "metaspace"])
-    norm = rng.choice([None, "NFC", "NFKC", "lower"])
+    norm = rng.choice([None, "NFC", "NFKC", "lower", "strip-squeeze", "nfd"])
     if kind == "metaspace":
         tok = Tokenizer(models.BPE(unk_token="<unk>", fuse_unk=True, byte_fallback=True))
     else:
@@ -74,6 +74,10 @@ def random_tokenizer(rng, train_text):
         tok.normalizer = normalizers.NFKC()
     elif norm == "lower":
         tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+    elif norm == "strip-squeeze":  # Strip, then whitespace runs squeezed by a regex Replace
+        tok.normalizer = normalizers.Sequence([normalizers.Strip(), normalizers.Replace(Regex(r"\s+"), " ")])
+    elif norm == "nfd":
+        tok.normalizer = normalizers.Sequence([normalizers.NFD(), normalizers.Replace("\u0301", "")])
     desc = {"kind": kind, "normalizer": norm}
     if kind == "bytelevel":
         aps = rng.random() < 0.5
@@ -82,6 +86,9 @@ def random_tokenizer(rng, train_text):
     elif kind == "split":
         name = rng.choice(sorted(REGEXES))
         pts = [pre_tokenizers.Split(Regex(REGEXES[name]), behavior=rng.choice(["isolated", "isolated", "merged_with_previous"]), invert=False)]
+        if rng.random() < 0.3:  # a string pattern with another behavior first
+            pts.insert(0, pre_tokenizers.Split(rng.choice([" ", ".", "e"]), behavior=rng.choice(
+                ["removed", "contiguous", "merged_with_next", "merged_with_previous", "isolated"]), invert=False))
         if rng.random() < 0.3:
             pts.insert(0, pre_tokenizers.Digits(individual_digits=rng.random() < 0.5))
         pts.append(pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False))
