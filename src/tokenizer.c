@@ -1410,7 +1410,7 @@ lt_status lt_tok_encode_into(lt_tokenizer *t, const char *text, size_t len, int 
     size_t n = out->n - start;
     int32_t *seq = malloc((n ? n : 1) * sizeof *seq);
     if (!seq) return lt_fail(&t->err, LT_ERR_NOMEM, "out of memory");
-    memcpy(seq, out->p + start, n * sizeof *seq);
+    if (n) memcpy(seq, out->p + start, n * sizeof *seq);
     out->n = start;
     for (int i = 0; i < t->n_post && !st; i++) {
         if (t->post_single[i] >= 0) { if (lt_ivec_push(out, t->post_single[i])) st = LT_ERR_NOMEM; }

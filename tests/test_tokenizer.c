@@ -85,6 +85,11 @@ END_TEST
 START_TEST(test_api_edges) {
     lt_tokenizer *t = load_tok("bl-llama3");
     size_t n = 0, len = 0;
+    /* the first call of a fresh handle on empty text: only the BOS */
+    int32_t one[2];
+    ck_assert_int_eq(lt_tokenizer_encode(t, "", 0, 1, one, 2, &n), LT_OK);
+    ck_assert_uint_eq(n, 1);
+    ck_assert_int_eq(one[0], lt_tokenizer_token_to_id(t, "<|begin_of_text|>"));
     /* counting, too-small buffers, invalid UTF-8, bad ids */
     size_t n0 = 0;
     ck_assert_int_eq(lt_tokenizer_encode(t, "hello world", 11, 0, NULL, 0, &n0), LT_OK);
