@@ -407,6 +407,107 @@ LT_API lt_status lt_grpo_generate(lt_trainer *trainer, const int32_t *prompts, c
                                   int32_t *completion_lens);
 LT_API lt_status lt_grpo_step(lt_trainer *trainer, const float *rewards, lt_step_result *result);
 
+/* ---------------------------------------------------------------------------------------------- */
+/* Tokenizer                                                                                      */
+/*
+ * A Hugging Face tokenizer.json (+ tokenizer_config.json beside it): BPE with byte-level
+ * pre-tokenization (GPT-2, Llama 3, Qwen, Mistral tekken) or SentencePiece-style BPE (Llama 2,
+ * Mistral: metaspace, byte fallback). Encode and decode give the ids and text of the `tokenizers`
+ * library. Special tokens written in the text (e.g. "<|eot_id|>") are recognised as single tokens.
+ * Text must be valid UTF-8 (else LT_ERR_ARGUMENT).
+ */
+
+typedef struct lt_tokenizer lt_tokenizer;
+
+typedef enum lt_special_token {
+    LT_SPECIAL_BOS = 0, LT_SPECIAL_EOS = 1, LT_SPECIAL_PAD = 2, LT_SPECIAL_UNK = 3
+} lt_special_token;
+
+/** Load from a directory holding tokenizer.json (and optionally tokenizer_config.json, which gives
+ *  the BOS/EOS/PAD tokens and the chat template), or from a path to a tokenizer.json file. */
+LT_API lt_status lt_tokenizer_load(const char *path, lt_tokenizer **out);
+LT_API void lt_tokenizer_free(lt_tokenizer *tok);
+LT_API const char *lt_tokenizer_last_error(const lt_tokenizer *tok);
+/** 1 + the largest token id (vocabulary and added tokens). */
+LT_API int32_t lt_tokenizer_vocab_size(const lt_tokenizer *tok);
+/**
+ * Encode len bytes of UTF-8 text. add_special = 1 adds what the post-processor adds (BOS/EOS), as
+ * tokenizers' add_special_tokens=True. *n_ids receives the number of ids; they are written to ids
+ * when they fit in capacity (else LT_ERR_SHAPE). ids = NULL with capacity 0 only counts.
+ */
+LT_API lt_status lt_tokenizer_encode(lt_tokenizer *tok, const char *text, size_t len, int add_special,
+                                     int32_t *ids, size_t capacity, size_t *n_ids);
+/**
+ * Decode ids to UTF-8 text (the decoder chain of tokenizer.json; invalid byte sequences become
+ * U+FFFD). skip_special = 1 drops special tokens. *len receives the text length without the NUL;
+ * text (NUL-terminated) is written when len + 1 <= capacity (else LT_ERR_SHAPE). text = NULL with
+ * capacity 0 only measures.
+ */
+LT_API lt_status lt_tokenizer_decode(lt_tokenizer *tok, const int32_t *ids, size_t n, int skip_special,
+                                     char *text, size_t capacity, size_t *len);
+/** Id of a token string (added tokens first, then the vocabulary); -1 if absent. */
+LT_API int32_t lt_tokenizer_token_to_id(const lt_tokenizer *tok, const char *token);
+/** Token string of an id (valid while the tokenizer lives); NULL if absent. */
+LT_API const char *lt_tokenizer_id_to_token(const lt_tokenizer *tok, int32_t id);
+/** Id of the BOS/EOS/PAD/UNK token named in tokenizer_config.json; -1 when it names none. */
+LT_API int32_t lt_tokenizer_special_id(const lt_tokenizer *tok, lt_special_token which);
+/** 1 if the id is a special added token (skipped by decode with skip_special), else 0. */
+LT_API int lt_tokenizer_is_special(const lt_tokenizer *tok, int32_t id);
+
+/**
+ * Render a conversation with the chat_template of tokenizer_config.json (a Jinja subset that covers
+ * the Llama 3, ChatML/Qwen, Mistral, Gemma and Phi-3 templates; a template that uses anything else
+ * fails with LT_ERR_UNSUPPORTED, a raise_exception() in the template with LT_ERR_DATA).
+ * messages_json: a JSON array of {"role": ..., "content": ...} objects (other keys are passed on).
+ * *text points to the rendered NUL-terminated text, *len its length; valid until the next call on
+ * the tokenizer.
+ */
+LT_API lt_status lt_tokenizer_render_chat(lt_tokenizer *tok, const char *messages_json, int add_generation_prompt,
+                                          const char **text, size_t *len);
+/**
+ * Render and encode a conversation (no special tokens added beyond the template's own), with an
+ * assistant mask: mask[i] = 1 when token i belongs to an assistant turn (the {% generation %}
+ * blocks of the template when it has them, else the text each assistant message adds to the
+ * rendering). ids/mask as in lt_tokenizer_encode (mask may be NULL).
+ */
+LT_API lt_status lt_tokenizer_encode_chat(lt_tokenizer *tok, const char *messages_json, int add_generation_prompt,
+                                          int32_t *ids, int32_t *mask, size_t capacity, size_t *n_ids);
+
+/* Text datasets: one JSONL row -> input ids + labels (-100 = no loss). */
+typedef struct lt_text_params {
+    size_t size;          /* sizeof(lt_text_params)                                             */
+    int32_t max_len;      /* truncate to this many tokens, keeping the start; 0 = no limit       */
+    int completion_only;  /* {"prompt","completion"}: loss on the completion only (default 1)    */
+    int assistant_only;   /* {"messages"}: loss on assistant turns only (default 1)              */
+    int add_special;      /* plain text: add the post-processor's BOS/EOS (default 1)            */
+    int add_eos;          /* plain text / completions: end with the EOS token if absent (default 1) */
+} lt_text_params;
+
+LT_API void lt_text_params_init(lt_text_params *params, size_t size);
+/**
+ * Tokenize one dataset row given as a JSON object: {"text"}, {"prompt","completion"} (strings or
+ * message lists), {"messages"}, {"prompt","chosen","rejected"} (SFT on the chosen answer), or
+ * {"prompt","completion","label"} (label false: every label is -100, nothing to learn).
+ * Writes *n ids and labels (capacity as in lt_tokenizer_encode; ids/labels NULL with capacity 0
+ * only counts). A row of none of these shapes is LT_ERR_DATA.
+ */
+LT_API lt_status lt_tokenizer_encode_row(lt_tokenizer *tok, const char *row_json, const lt_text_params *params,
+                                         int32_t *ids, int32_t *labels, size_t capacity, size_t *n);
+
+/**
+ * Pack n_seqs sequences (lens[i] tokens each, concatenated in ids and labels; labels may be NULL =
+ * ids) into rows of seq_len tokens, best-fit decreasing (longest first, each into the fullest row it
+ * fits). A sequence longer than seq_len is truncated, keeping its start. In the output, position ids
+ * restart at 0 for every sequence (an lt_batch never attends or predicts across that boundary), the
+ * first token of every sequence has label -100, and the padding at the end of a row has id pad_id
+ * and label -100. *n_rows receives the row count; rows are written when n_rows <= capacity_rows
+ * (outputs of capacity_rows * seq_len entries each, else LT_ERR_SHAPE); NULL outputs with
+ * capacity_rows 0 only count. Deterministic. Errors: lt_last_error().
+ */
+LT_API lt_status lt_pack_sequences(const int32_t *ids, const int32_t *labels, const int32_t *lens, int32_t n_seqs,
+                                   int32_t seq_len, int32_t pad_id, int32_t *out_ids, int32_t *out_labels,
+                                   int32_t *out_position_ids, int32_t capacity_rows, int32_t *n_rows);
+
 #ifdef __cplusplus
 }
 #endif

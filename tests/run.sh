@@ -36,12 +36,17 @@ rm -rf build/testdata/models && mkdir -p build/testdata
 "$py" tests/python/make_lora_goldens.py build/testdata/models >/dev/null
 if [ -f tests/python/make_op_goldens.py ]; then "$py" tests/python/make_op_goldens.py build/testdata/ops >/dev/null; fi
 "$py" tests/python/make_objective_goldens.py build/testdata/objectives >/dev/null
+echo "== tokenizer, chat template and dataset-row goldens (tokenizers, transformers, jinja2)"
+"$py" tests/python/make_tokenizer_goldens.py build/testdata/tokenizers >/dev/null
 
 failed=0
 stages_ok=0; stages_bad=0
 stage() { if "$@"; then stages_ok=$((stages_ok+1)); else stages_bad=$((stages_bad+1)); failed=1; fi; }
 echo "== Check suites (Release)"
 stage bash -c "cd build && LORATUNE_REF_PYTHON='$py' ctest --output-on-failure -j1"
+
+echo "== live cross-check of loratune tokenize/detokenize against tokenizers (random configurations and text)"
+stage "$py" tests/python/crosscheck_tokenize.py --cli build/loratune --workdir build/crosscheck-tok --configs 12
 
 echo "== live cross-checks against PyTorch on held-out models"
 stage "$py" tests/python/crosscheck_eval.py --cli build/loratune --workdir build/crosscheck

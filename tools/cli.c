@@ -10,6 +10,7 @@
 #include <time.h>
 
 #include "jsonl.h"
+#include "textdata.h"
 
 int fail(const char *cmd, const char *fmt, ...) {
     va_list ap;
@@ -173,17 +174,18 @@ int cmd_info(int argc, char **argv) {
 
 int cmd_eval(int argc, char **argv) {
     static const opt_spec spec[] = {{"model", 1}, {"data", 1}, {"adapter", 1}, {"json", 0},
-                                    {"threads", 1}, {"batch", 1}, {"backend", 1}, {"objective", 1}};
+                                    {"threads", 1}, {"batch", 1}, {"backend", 1}, {"objective", 1},
+                                    {"tokenizer", 1}};
     if (wants_objective(argc, argv)) return cmd_eval_pref(argc, argv);
     opts o;
-    if (opts_parse(&o, spec, 8, argc, argv, "eval")) return 2;
+    if (opts_parse(&o, spec, (int)(sizeof spec / sizeof *spec), argc, argv, "eval")) return 2;
     const char *dir = opt_str(&o, "model", NULL), *data = opt_str(&o, "data", NULL);
     if (!dir || !data) return fail("eval", "--model DIR and --data FILE.jsonl are required");
     long long threads, batch;
     if (opt_int(&o, "threads", 0, 0, 1024, &threads) || opt_int(&o, "batch", 8, 1, 4096, &batch)) return 2;
     dataset ds;
     char msg[512];
-    if (dataset_load(data, &ds, msg, sizeof msg)) return fail("eval", "%s", msg);
+    if (dataset_load_any(data, opt_str(&o, "tokenizer", dir), &ds, NULL, msg, sizeof msg)) return fail("eval", "%s", msg);
     lt_context *ctx;
     lt_model *m;
     if (open_model("eval", dir, (int)threads, opt_str(&o, "backend", NULL), &ctx, &m)) { dataset_free(&ds); return 1; }

@@ -22,6 +22,10 @@ static void usage(FILE *f) {
             "            [--temperature T --top-k K --top-p P --seed S]\n"
             "  bench     --config bench-s [--threads N] [--json]\n"
             "  demo      [--out DIR] [--steps N]                fine-tune a small model end to end\n"
+            "  tokenize  --tokenizer DIR --text-file F [--add-special]   one JSON array of ids per line\n"
+            "  detokenize --tokenizer DIR --ids-file F [--skip-special]  one JSON string per line\n"
+            "  render    --tokenizer DIR --messages FILE.json [--add-generation-prompt] [--ids]\n"
+            "  data check --data FILE.jsonl [--eval FILE] [--tokenizer DIR] [--seq N]   dataset hygiene\n"
             "  version\n");
 }
 
@@ -35,7 +39,8 @@ int main(int argc, char **argv) {
     }
     static const struct { const char *name; int (*fn)(int, char **); } cmds[] = {
         {"info", cmd_info}, {"eval", cmd_eval}, {"train", cmd_train}, {"merge", cmd_merge},
-        {"generate", cmd_generate}, {"bench", cmd_bench}, {"demo", cmd_demo},
+        {"generate", cmd_generate}, {"bench", cmd_bench}, {"demo", cmd_demo}, {"tokenize", cmd_tokenize},
+        {"detokenize", cmd_detokenize}, {"render", cmd_render}, {"data", cmd_data},
     };
     for (size_t i = 0; i < sizeof cmds / sizeof *cmds; i++)
         if (!strcmp(cmd, cmds[i].name)) return cmds[i].fn(argc - 1, argv + 1);

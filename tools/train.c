@@ -8,6 +8,7 @@
 
 #include "cli.h"
 #include "jsonl.h"
+#include "textdata.h"
 
 static const opt_spec train_spec[] = {
     {"model", 1}, {"data", 1}, {"out", 1}, {"adapter-init", 1}, {"rank", 1}, {"alpha", 1}, {"dropout", 1},
@@ -15,7 +16,7 @@ static const opt_spec train_spec[] = {
     {"steps", 1}, {"epochs", 1}, {"batch", 1}, {"grad-accum", 1}, {"max-grad-norm", 1}, {"weight-decay", 1},
     {"optimizer", 1}, {"seed", 1}, {"no-shuffle", 0}, {"seq", 1}, {"pack", 0}, {"eval-data", 1},
     {"eval-every", 1}, {"save-every", 1}, {"resume", 1}, {"threads", 1}, {"json", 0}, {"quiet", 0},
-    {"no-checkpointing", 0}, {"backend", 1}, {"help", 0}, {"objective", 1},
+    {"no-checkpointing", 0}, {"backend", 1}, {"help", 0}, {"objective", 1}, {"tokenizer", 1},
 };
 #define N_TRAIN_SPEC ((int)(sizeof train_spec / sizeof *train_spec))
 
@@ -27,6 +28,8 @@ static void train_usage(void) {
            "             --scheduler constant|linear|cosine --warmup N | --warmup-ratio F\n"
            "  length:    --steps N | --epochs E (1)   --batch B (4) --grad-accum K (1) --seq T (512) --pack\n"
            "  data:      --seed S --no-shuffle (rows in file order)\n"
+           "             text rows ({\"text\"}, {\"prompt\",\"completion\"}, {\"messages\"}, ...) are tokenized with\n"
+           "             --tokenizer DIR (default: the model directory); {\"input_ids\"} rows are used as they are\n"
            "  eval/save: --eval-data FILE --eval-every N --save-every N --resume DIR\n"
            "  other:     --threads N --json --quiet --no-checkpointing\n"
            "  --objective sft (default) | dpo | ipo | kto | orpo: preference data (loratune train --objective dpo --help)\n");
@@ -211,9 +214,12 @@ int cmd_train(int argc, char **argv) {
 
     dataset ds = {0}, eds = {0};
     char msg[1024];
-    if (dataset_load(data, &ds, msg, sizeof msg)) return fail("train", "%s", msg);
+    const char *tokdir = opt_str(&o, "tokenizer", mdir);
+    int dropped = 0;
+    if (dataset_load_any(data, tokdir, &ds, &dropped, msg, sizeof msg)) return fail("train", "%s", msg);
+    if (dropped && !quiet) fprintf(log, "%s: %d rows with nothing to learn (label false or fully masked) left out\n", data, dropped);
     const char *edata = opt_str(&o, "eval-data", NULL);
-    if (edata && dataset_load(edata, &eds, msg, sizeof msg)) { dataset_free(&ds); return fail("train", "%s", msg); }
+    if (edata && dataset_load_any(edata, tokdir, &eds, NULL, msg, sizeof msg)) { dataset_free(&ds); return fail("train", "%s", msg); }
 
     lt_context *ctx = NULL;
     lt_model *m = NULL;

@@ -19,14 +19,14 @@ from ._errors import LoratuneError, Status
 from ._lib import LibraryNotFoundError
 from ._core import (EOS_FROM_CONFIG, IGNORE_INDEX, Adapter, AdapterParams, Batch, Context, LogLevel, LoraInit,
                     LossResult, Model, ModelInfo, Objective, Optimizer, OptimizerKind, Schedule, StepResult,
-                    Target, Trainer, backend_available, library_path, library_version, library_version_number,
-                    read_jsonl, status_string)
+                    Target, Tokenizer, Trainer, backend_available, library_path, library_version, library_version_number,
+                    pack_sequences, read_jsonl, status_string)
 from . import experimental
 
 __all__ = [
     "__version__", "LoratuneError", "Status", "LibraryNotFoundError", "EOS_FROM_CONFIG", "IGNORE_INDEX",
     "Adapter", "AdapterParams", "Batch", "Context", "LogLevel", "LoraInit", "LossResult", "Model", "ModelInfo",
-    "Objective", "Optimizer", "OptimizerKind", "Schedule", "StepResult", "Target", "Trainer",
-    "backend_available", "library_path", "library_version", "library_version_number", "read_jsonl",
+    "Objective", "Optimizer", "OptimizerKind", "Schedule", "StepResult", "Target", "Tokenizer", "Trainer",
+    "backend_available", "library_path", "library_version", "library_version_number", "pack_sequences", "read_jsonl",
     "status_string", "experimental",
 ]

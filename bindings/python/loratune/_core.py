@@ -825,3 +825,106 @@ class Trainer(_Handle):
         with self._lock:
             L.lib().lt_trainer_set_progress(self._h, cb, None)
         self._progress_cb = cb if fn is not None else None
+
+
+class Tokenizer(_Handle):
+    """A Hugging Face tokenizer (tokenizer.json + tokenizer_config.json) with chat templates and the
+    dataset-row preparation of libloratune (lt_tokenizer_*)."""
+
+    _free = "lt_tokenizer_free"
+    _last_error = "lt_tokenizer_last_error"
+
+    @classmethod
+    def load(cls, path: PathLike) -> "Tokenizer":
+        out = L.lt_tokenizer_p()
+        st = L.lib().lt_tokenizer_load(_path(path), byref(out))
+        if st != 0:
+            raise _thread_error(st)
+        return cls(out, threading.RLock())
+
+    @property
+    def vocab_size(self) -> int:
+        return int(L.lib().lt_tokenizer_vocab_size(self._h))
+
+    def encode(self, text: str, add_special: bool = False) -> List[int]:
+        data = text.encode("utf-8")
+        with self._lock:
+            n = ctypes.c_size_t()
+            self._check(L.lib().lt_tokenizer_encode(self._h, data, len(data), int(add_special), None, 0, byref(n)))
+            ids = (c_int32 * max(1, n.value))()
+            self._check(L.lib().lt_tokenizer_encode(self._h, data, len(data), int(add_special), ids, n.value, byref(n)))
+            return list(ids[:n.value])
+
+    def decode(self, ids: Sequence[int], skip_special: bool = False) -> str:
+        arr = (c_int32 * max(1, len(ids)))(*ids)
+        with self._lock:
+            n = ctypes.c_size_t()
+            self._check(L.lib().lt_tokenizer_decode(self._h, arr, len(ids), int(skip_special), None, 0, byref(n)))
+            buf = ctypes.create_string_buffer(n.value + 1)
+            self._check(L.lib().lt_tokenizer_decode(self._h, arr, len(ids), int(skip_special), buf, n.value + 1, byref(n)))
+            return buf.raw[:n.value].decode("utf-8")
+
+    def token_to_id(self, token: str) -> int:
+        return int(L.lib().lt_tokenizer_token_to_id(self._h, token.encode("utf-8")))
+
+    def id_to_token(self, id: int) -> Optional[str]:
+        s = L.lib().lt_tokenizer_id_to_token(self._h, int(id))
+        return None if s is None else s.decode("utf-8")
+
+    def special_id(self, which: str) -> int:
+        """'bos', 'eos', 'pad' or 'unk': the id named in tokenizer_config.json, or -1."""
+        return int(L.lib().lt_tokenizer_special_id(self._h, ["bos", "eos", "pad", "unk"].index(which)))
+
+    def render_chat(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = False) -> str:
+        text, n = ctypes.c_void_p(), ctypes.c_size_t()
+        with self._lock:
+            self._check(L.lib().lt_tokenizer_render_chat(self._h, json.dumps(list(messages)).encode("utf-8"),
+                                                         int(add_generation_prompt), byref(text), byref(n)))
+            return ctypes.string_at(text, n.value).decode("utf-8")
+
+    def encode_chat(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = False) -> Tuple[List[int], List[int]]:
+        """(ids, assistant mask) of the rendered conversation."""
+        js = json.dumps(list(messages)).encode("utf-8")
+        with self._lock:
+            n = ctypes.c_size_t()
+            self._check(L.lib().lt_tokenizer_encode_chat(self._h, js, int(add_generation_prompt), None, None, 0, byref(n)))
+            ids, mask = (c_int32 * max(1, n.value))(), (c_int32 * max(1, n.value))()
+            self._check(L.lib().lt_tokenizer_encode_chat(self._h, js, int(add_generation_prompt), ids, mask, n.value, byref(n)))
+            return list(ids[:n.value]), list(mask[:n.value])
+
+    def encode_row(self, row: Mapping[str, Any], max_len: int = 0, completion_only: bool = True,
+                   assistant_only: bool = True, add_special: bool = True, add_eos: bool = True) -> Tuple[List[int], List[int]]:
+        """(input ids, labels) of one dataset row ({"text"}, {"prompt","completion"}, {"messages"}, ...)."""
+        p = L.lt_text_params()
+        L.lib().lt_text_params_init(byref(p), ctypes.sizeof(p))
+        p.max_len, p.completion_only, p.assistant_only = int(max_len), int(completion_only), int(assistant_only)
+        p.add_special, p.add_eos = int(add_special), int(add_eos)
+        js = json.dumps(dict(row)).encode("utf-8")
+        with self._lock:
+            n = ctypes.c_size_t()
+            self._check(L.lib().lt_tokenizer_encode_row(self._h, js, byref(p), None, None, 0, byref(n)))
+            ids, labels = (c_int32 * max(1, n.value))(), (c_int32 * max(1, n.value))()
+            self._check(L.lib().lt_tokenizer_encode_row(self._h, js, byref(p), ids, labels, n.value, byref(n)))
+            return list(ids[:n.value]), list(labels[:n.value])
+
+
+def pack_sequences(rows: Sequence[Tuple[Sequence[int], Sequence[int]]], seq_len: int, pad_id: int = 0
+                   ) -> Tuple[List[List[int]], List[List[int]], List[List[int]]]:
+    """Pack (ids, labels) rows into rows of seq_len tokens (lt_pack_sequences): (ids, labels, position_ids)."""
+    lens = [len(r[0]) for r in rows]
+    flat_i = [int(x) for r in rows for x in r[0]]
+    flat_l = [int(x) for r in rows for x in r[1]]
+    n = len(rows)
+    ai, al, an = (c_int32 * max(1, len(flat_i)))(*flat_i), (c_int32 * max(1, len(flat_l)))(*flat_l), (c_int32 * max(1, n))(*lens)
+    count = c_int32()
+    st = L.lib().lt_pack_sequences(ai, al, an, n, int(seq_len), int(pad_id), None, None, None, 0, byref(count))
+    if st != 0:
+        raise _thread_error(st)
+    size = max(1, count.value * int(seq_len))
+    oi, ol, op = (c_int32 * size)(), (c_int32 * size)(), (c_int32 * size)()
+    st = L.lib().lt_pack_sequences(ai, al, an, n, int(seq_len), int(pad_id), oi, ol, op, count.value, byref(count))
+    if st != 0:
+        raise _thread_error(st)
+    T = int(seq_len)
+    cut = lambda a: [list(a[r * T:(r + 1) * T]) for r in range(count.value)]
+    return cut(oi), cut(ol), cut(op)

@@ -47,11 +47,16 @@ class lt_trainer(Structure):
     """Opaque `struct lt_trainer`."""
 
 
+class lt_tokenizer(Structure):
+    """Opaque `struct lt_tokenizer`."""
+
+
 lt_context_p = POINTER(lt_context)
 lt_model_p = POINTER(lt_model)
 lt_adapter_p = POINTER(lt_adapter)
 lt_optimizer_p = POINTER(lt_optimizer)
 lt_trainer_p = POINTER(lt_trainer)
+lt_tokenizer_p = POINTER(lt_tokenizer)
 
 lt_status = c_int  # typedef enum lt_status
 lt_log_level = c_int
@@ -61,6 +66,7 @@ lt_schedule = c_int
 lt_objective = c_int
 lt_grpo_scale = c_int
 lt_grpo_loss = c_int
+lt_special_token = c_int
 
 # typedef void (*lt_log_fn)(void *user, lt_log_level level, const char *message);
 lt_log_fn = CFUNCTYPE(None, c_void_p, lt_log_level, c_char_p)
@@ -222,13 +228,24 @@ class lt_generate_params(Structure):
     ]
 
 
+class lt_text_params(Structure):
+    _fields_ = [
+        ("size", c_size_t),
+        ("max_len", c_int32),
+        ("completion_only", c_int),
+        ("assistant_only", c_int),
+        ("add_special", c_int),
+        ("add_eos", c_int),
+    ]
+
+
 # typedef void (*lt_progress_fn)(void *user, const lt_step_result *result);
 lt_progress_fn = CFUNCTYPE(None, c_void_p, POINTER(lt_step_result))
 
 #: Every struct of the stable header, by C name (used by the sync test).
 STRUCTS = {cls.__name__: cls for cls in (lt_context_params, lt_model_params, lt_model_info, lt_batch,
                                          lt_adapter_params, lt_optimizer_params, lt_trainer_params,
-                                         lt_pref_batch, lt_step_result, lt_generate_params)}
+                                         lt_pref_batch, lt_step_result, lt_generate_params, lt_text_params)}
 
 # ---- function declarations ------------------------------------------------------------------------------
 # (name, restype, argtypes). The C declaration is the comment above each entry.
@@ -367,6 +384,48 @@ _DECLS = [
                                      POINTER(lt_generate_params), POINTER(c_int32), POINTER(c_int32)]),
     # lt_status lt_grpo_step(lt_trainer *trainer, const float *rewards, lt_step_result *result);
     ("lt_grpo_step", lt_status, [lt_trainer_p, POINTER(c_float), POINTER(lt_step_result)]),
+    # lt_status lt_tokenizer_load(const char *path, lt_tokenizer **out);
+    ("lt_tokenizer_load", lt_status, [c_char_p, POINTER(lt_tokenizer_p)]),
+    # void lt_tokenizer_free(lt_tokenizer *tok);
+    ("lt_tokenizer_free", None, [lt_tokenizer_p]),
+    # const char *lt_tokenizer_last_error(const lt_tokenizer *tok);
+    ("lt_tokenizer_last_error", c_char_p, [lt_tokenizer_p]),
+    # int32_t lt_tokenizer_vocab_size(const lt_tokenizer *tok);
+    ("lt_tokenizer_vocab_size", c_int32, [lt_tokenizer_p]),
+    # lt_status lt_tokenizer_encode(lt_tokenizer *tok, const char *text, size_t len, int add_special,
+    #                               int32_t *ids, size_t capacity, size_t *n_ids);
+    ("lt_tokenizer_encode", lt_status, [lt_tokenizer_p, c_char_p, c_size_t, c_int, POINTER(c_int32), c_size_t,
+                                        POINTER(c_size_t)]),
+    # lt_status lt_tokenizer_decode(lt_tokenizer *tok, const int32_t *ids, size_t n, int skip_special,
+    #                               char *text, size_t capacity, size_t *len);
+    ("lt_tokenizer_decode", lt_status, [lt_tokenizer_p, POINTER(c_int32), c_size_t, c_int, c_void_p, c_size_t,
+                                        POINTER(c_size_t)]),
+    # int32_t lt_tokenizer_token_to_id(const lt_tokenizer *tok, const char *token);
+    ("lt_tokenizer_token_to_id", c_int32, [lt_tokenizer_p, c_char_p]),
+    # const char *lt_tokenizer_id_to_token(const lt_tokenizer *tok, int32_t id);
+    ("lt_tokenizer_id_to_token", c_char_p, [lt_tokenizer_p, c_int32]),
+    # int32_t lt_tokenizer_special_id(const lt_tokenizer *tok, lt_special_token which);
+    ("lt_tokenizer_special_id", c_int32, [lt_tokenizer_p, lt_special_token]),
+    # int lt_tokenizer_is_special(const lt_tokenizer *tok, int32_t id);
+    ("lt_tokenizer_is_special", c_int, [lt_tokenizer_p, c_int32]),
+    # lt_status lt_tokenizer_render_chat(lt_tokenizer *tok, const char *messages_json, int add_generation_prompt,
+    #                                    const char **text, size_t *len);
+    ("lt_tokenizer_render_chat", lt_status, [lt_tokenizer_p, c_char_p, c_int, POINTER(c_void_p), POINTER(c_size_t)]),
+    # lt_status lt_tokenizer_encode_chat(lt_tokenizer *tok, const char *messages_json, int add_generation_prompt,
+    #                                    int32_t *ids, int32_t *mask, size_t capacity, size_t *n_ids);
+    ("lt_tokenizer_encode_chat", lt_status, [lt_tokenizer_p, c_char_p, c_int, POINTER(c_int32), POINTER(c_int32),
+                                             c_size_t, POINTER(c_size_t)]),
+    # void lt_text_params_init(lt_text_params *params, size_t size);
+    ("lt_text_params_init", None, [c_void_p, c_size_t]),
+    # lt_status lt_tokenizer_encode_row(lt_tokenizer *tok, const char *row_json, const lt_text_params *params,
+    #                                   int32_t *ids, int32_t *labels, size_t capacity, size_t *n);
+    ("lt_tokenizer_encode_row", lt_status, [lt_tokenizer_p, c_char_p, POINTER(lt_text_params), POINTER(c_int32),
+                                            POINTER(c_int32), c_size_t, POINTER(c_size_t)]),
+    # lt_status lt_pack_sequences(const int32_t *ids, const int32_t *labels, const int32_t *lens, int32_t n_seqs,
+    #                             int32_t seq_len, int32_t pad_id, int32_t *out_ids, int32_t *out_labels,
+    #                             int32_t *out_position_ids, int32_t capacity_rows, int32_t *n_rows);
+    ("lt_pack_sequences", lt_status, [POINTER(c_int32), POINTER(c_int32), POINTER(c_int32), c_int32, c_int32, c_int32,
+                                      POINTER(c_int32), POINTER(c_int32), POINTER(c_int32), c_int32, POINTER(c_int32)]),
 ]
 
 # include/loratune_experimental.h: no ABI promise (docs/ABI.md).

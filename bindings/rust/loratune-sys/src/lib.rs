@@ -53,7 +53,7 @@ macro_rules! opaque {
         }
     )*};
 }
-opaque!(lt_context, lt_model, lt_adapter, lt_optimizer, lt_trainer);
+opaque!(lt_context, lt_model, lt_adapter, lt_optimizer, lt_trainer, lt_tokenizer);
 
 // ---- context ---------------------------------------------------------------------------------------
 
@@ -273,6 +273,25 @@ pub struct lt_generate_params {
 
 pub const LT_EOS_FROM_CONFIG: i32 = -2;
 
+// ---- tokenizer -------------------------------------------------------------------------------------
+
+pub type lt_special_token = c_int;
+pub const LT_SPECIAL_BOS: lt_special_token = 0;
+pub const LT_SPECIAL_EOS: lt_special_token = 1;
+pub const LT_SPECIAL_PAD: lt_special_token = 2;
+pub const LT_SPECIAL_UNK: lt_special_token = 3;
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct lt_text_params {
+    pub size: usize,
+    pub max_len: i32,
+    pub completion_only: c_int,
+    pub assistant_only: c_int,
+    pub add_special: c_int,
+    pub add_eos: c_int,
+}
+
 // ---- functions -------------------------------------------------------------------------------------
 
 extern "C" {
@@ -402,6 +421,71 @@ extern "C" {
         completion_lens: *mut i32,
     ) -> lt_status;
     pub fn lt_grpo_step(trainer: *mut lt_trainer, rewards: *const c_float, result: *mut lt_step_result) -> lt_status;
+    pub fn lt_tokenizer_load(path: *const c_char, out: *mut *mut lt_tokenizer) -> lt_status;
+    pub fn lt_tokenizer_free(tok: *mut lt_tokenizer);
+    pub fn lt_tokenizer_last_error(tok: *const lt_tokenizer) -> *const c_char;
+    pub fn lt_tokenizer_vocab_size(tok: *const lt_tokenizer) -> i32;
+    pub fn lt_tokenizer_encode(
+        tok: *mut lt_tokenizer,
+        text: *const c_char,
+        len: usize,
+        add_special: c_int,
+        ids: *mut i32,
+        capacity: usize,
+        n_ids: *mut usize,
+    ) -> lt_status;
+    pub fn lt_tokenizer_decode(
+        tok: *mut lt_tokenizer,
+        ids: *const i32,
+        n: usize,
+        skip_special: c_int,
+        text: *mut c_char,
+        capacity: usize,
+        len: *mut usize,
+    ) -> lt_status;
+    pub fn lt_tokenizer_token_to_id(tok: *const lt_tokenizer, token: *const c_char) -> i32;
+    pub fn lt_tokenizer_id_to_token(tok: *const lt_tokenizer, id: i32) -> *const c_char;
+    pub fn lt_tokenizer_special_id(tok: *const lt_tokenizer, which: lt_special_token) -> i32;
+    pub fn lt_tokenizer_is_special(tok: *const lt_tokenizer, id: i32) -> c_int;
+    pub fn lt_tokenizer_render_chat(
+        tok: *mut lt_tokenizer,
+        messages_json: *const c_char,
+        add_generation_prompt: c_int,
+        text: *mut *const c_char,
+        len: *mut usize,
+    ) -> lt_status;
+    pub fn lt_tokenizer_encode_chat(
+        tok: *mut lt_tokenizer,
+        messages_json: *const c_char,
+        add_generation_prompt: c_int,
+        ids: *mut i32,
+        mask: *mut i32,
+        capacity: usize,
+        n_ids: *mut usize,
+    ) -> lt_status;
+    pub fn lt_text_params_init(params: *mut lt_text_params, size: usize);
+    pub fn lt_tokenizer_encode_row(
+        tok: *mut lt_tokenizer,
+        row_json: *const c_char,
+        params: *const lt_text_params,
+        ids: *mut i32,
+        labels: *mut i32,
+        capacity: usize,
+        n: *mut usize,
+    ) -> lt_status;
+    pub fn lt_pack_sequences(
+        ids: *const i32,
+        labels: *const i32,
+        lens: *const i32,
+        n_seqs: i32,
+        seq_len: i32,
+        pad_id: i32,
+        out_ids: *mut i32,
+        out_labels: *mut i32,
+        out_position_ids: *mut i32,
+        capacity_rows: i32,
+        n_rows: *mut i32,
+    ) -> lt_status;
 }
 
 /// `include/loratune_experimental.h`: no stability promise (docs/ABI.md).

@@ -365,6 +365,7 @@ fn rust_layouts() -> Vec<(String, usize, Vec<(String, usize)>)> {
                          rewards_rejected, rewards_accuracies, rewards_margins, kl, reward_mean, reward_std,
                          clip_fraction, completion_length }
         lt_generate_params { size, max_new_tokens, temperature, top_k, top_p, seed, eos_token_id }
+        lt_text_params { size, max_len, completion_only, assistant_only, add_special, add_eos }
     }
 }
 

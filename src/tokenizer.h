@@ -1,0 +1,58 @@
+/*
+ * tokenizer.h - internals shared by tokenizer.c (Hugging Face tokenizer.json: BPE, byte-level and
+ * SentencePiece-style), chat_template.c (a Jinja subset for chat_template strings) and textdata.c
+ * (JSONL rows -> ids + labels). Not installed; not part of the ABI.
+ */
+#ifndef LT_TOKENIZER_H
+#define LT_TOKENIZER_H
+
+#include <jansson.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "internal.h"
+
+/* A growable byte string and int array (used by the three files). */
+typedef struct lt_buf {
+    char *p;
+    size_t n, cap;
+} lt_buf;
+typedef struct lt_ivec {
+    int32_t *p;
+    size_t n, cap;
+} lt_ivec;
+
+int lt_buf_put(lt_buf *b, const void *s, size_t n); /* 0, or -1 when out of memory */
+int lt_buf_putc(lt_buf *b, char c);
+int lt_buf_puts(lt_buf *b, const char *s);
+int lt_ivec_push(lt_ivec *v, int32_t x);
+
+/* 1 if s[0..n) is well-formed UTF-8; otherwise 0 and *bad = offset of the first bad byte. */
+int lt_utf8_valid(const char *s, size_t n, size_t *bad);
+/* Decode one code point at s (n bytes left, valid UTF-8); returns its byte length. */
+int lt_utf8_next(const unsigned char *s, size_t n, uint32_t *cp);
+
+struct lt_tokenizer;
+/* Encode text[0..len) into ids (appended to out). add_special: post-processor BOS/EOS. */
+lt_status lt_tok_encode_into(struct lt_tokenizer *t, const char *text, size_t len, int add_special, lt_ivec *out);
+/* Token string of a special token named in tokenizer_config.json ("bos_token", ...); "" if none. */
+const char *lt_tok_special_str(const struct lt_tokenizer *t, const char *name);
+const char *lt_tok_chat_template(const struct lt_tokenizer *t);
+lt_error *lt_tok_error(struct lt_tokenizer *t);
+/* A text buffer owned by the handle (results returned by pointer; valid until the next call). */
+lt_buf *lt_tok_text_buf(struct lt_tokenizer *t);
+/* The text bytes a token stands for (see tokenizer.c); appended to out. */
+lt_status lt_tok_token_bytes(const struct lt_tokenizer *t, int32_t id, lt_buf *out);
+/* Render the tokenizer's chat template for messages (a JSON array); mask: 1 per byte of assistant
+ * text (generation blocks, else per-message prefix differences). */
+lt_status lt_tok_render(struct lt_tokenizer *t, json_t *messages, int add_generation_prompt, lt_buf *text, lt_buf *mask);
+/* Token-level mask from a byte mask of text: 1 where a token covers a masked byte. */
+lt_status lt_tok_align_mask(struct lt_tokenizer *t, const char *text, size_t n, const char *bytemask,
+                            const int32_t *ids, size_t n_ids, int32_t *tokmask);
+
+/* Chat templates (chat_template.c). Renders template `tmpl` with `ctx` (a JSON object whose keys are
+ * the template's variables). out receives the text; mask (optional) one byte per output byte, 1
+ * inside {% generation %} ... {% endgeneration %}. */
+lt_status lt_jinja_render(const char *tmpl, json_t *ctx, lt_buf *out, lt_buf *mask, lt_error *err);
+
+#endif
