@@ -35,6 +35,7 @@ rm -rf build/testdata/models && mkdir -p build/testdata
 "$py" tests/python/make_models.py build/testdata/models >/dev/null
 "$py" tests/python/make_lora_goldens.py build/testdata/models >/dev/null
 if [ -f tests/python/make_op_goldens.py ]; then "$py" tests/python/make_op_goldens.py build/testdata/ops >/dev/null; fi
+"$py" tests/python/make_quant_goldens.py build/testdata/quant >/dev/null 2>&1  # bitsandbytes (CPU) quantization goldens
 
 failed=0
 stages_ok=0; stages_bad=0
