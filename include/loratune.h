@@ -198,6 +198,9 @@ typedef struct lt_model_info {
     int tied_embeddings;
     int64_t n_params;          /* parameters of the base model                              */
     int64_t weight_bytes;      /* bytes the weights occupy in the backend                   */
+    lt_quant_format quantization; /* format of the quantized projections (NONE: all f32)    */
+    int64_t quantized_params;  /* parameters stored quantized                               */
+    int64_t quantized_bytes;   /* their bytes (codes + statistics): 8 * bytes / params bits */
 } lt_model_info;
 
 LT_API void lt_model_params_init(lt_model_params *params, size_t size);

@@ -92,6 +92,8 @@ lt_status lt_workspace_create(lt_model *m, int B, int T, int rank, int mode,
         }
         CARVE(ws->att_scratch, OPS->attention_backward_scratch(BE, B, T, NH, (int)c->head_dim));
     }
+    const size_t wtile = lt_weight_tile_floats(m); /* quantized weights: dequantization scratch */
+    if (wtile) CARVE(ws->wtile, wtile);
 
     ws->block = OPS->alloc(BE, total);
     ws->block_bytes = total;
@@ -119,7 +121,8 @@ lt_status lt_workspace_create(lt_model *m, int B, int T, int rank, int mode,
                   (void **)&ws->pos, (void **)&ws->kv_start, (void **)&ws->logits, (void **)&ws->losses,
                   (void **)&ws->dres, (void **)&ws->dln, (void **)&ws->dI1, (void **)&ws->dI2,
                   (void **)&ws->dI3, (void **)&ws->dq, (void **)&ws->dk, (void **)&ws->dv,
-                  (void **)&ws->datt, (void **)&ws->dr, (void **)&ws->drop, (void **)&ws->att_scratch};
+                  (void **)&ws->datt, (void **)&ws->dr, (void **)&ws->drop, (void **)&ws->att_scratch,
+                  (void **)&ws->wtile};
     for (size_t i = 0; i < sizeof g / sizeof *g; i++) relocate(g[i], base);
     /* every layer's activations alias x_in to the saved input of that layer */
     *out = ws;
@@ -198,8 +201,8 @@ lt_status lt_stage_batch(lt_model *m, lt_workspace *ws, const lt_batch *b, int64
 /* y (N,out) = x (N,in) W^T + s * (dropout(x) A^T) B^T ; xa (N,r) keeps dropout(x) A^T for backward. */
 void lt_linear_forward(lt_model *m, lt_workspace *ws, const lt_adapter *ad, const lt_lora *lo,
                        const lt_dropout_state *drop, uint64_t drop_stream, float *y, const float *x,
-                       const float *W, float *xa, int N, int in, int out) {
-    OPS->gemm(BE, 0, 1, N, out, in, 1.0f, x, in, W, in, 0.0f, y, out);
+                       const lt_weight *W, float *xa, int N, int in, int out) {
+    lt_weight_forward(m, ws ? ws->wtile : NULL, W, y, x, N, in, out, 0.0f);
     if (!lo) return;
     const int r = ad->p.rank;
     const float *xd = x;
@@ -214,9 +217,9 @@ void lt_linear_forward(lt_model *m, lt_workspace *ws, const lt_adapter *ad, cons
 /* dx (N,in) = (accumulate ? dx : 0) + dy W + s (dy B) A ;  dB += s dy^T xa ; dA += s (dy B)^T dropout(x) */
 static void linear_backward(lt_model *m, lt_workspace *ws, const lt_adapter *ad, const lt_lora *lo,
                             const lt_dropout_state *drop, uint64_t drop_stream, float *dx, int accumulate,
-                            const float *dy, const float *x, const float *W, const float *xa, int N, int in,
+                            const float *dy, const float *x, const lt_weight *W, const float *xa, int N, int in,
                             int out) {
-    OPS->gemm(BE, 0, 0, N, in, out, 1.0f, dy, out, W, in, accumulate ? 1.0f : 0.0f, dx, in);
+    lt_weight_backward(m, ws->wtile, W, dx, dy, N, in, out, accumulate ? 1.0f : 0.0f);
     if (!lo) return;
     const int r = ad->p.rank;
     const float s = ad->scaling;
@@ -253,22 +256,22 @@ static void layer_forward(lt_model *m, lt_workspace *ws, const lt_adapter *ad, c
     for (int p = 0; p < P_COUNT; p++) lo[p] = ad ? lt_adapter_lora(ad, l, (lt_proj)p) : NULL;
 
     OPS->rmsnorm_forward(BE, A->ln1, A->rstd1, x, W->attn_norm, N, H, (float)c->rms_norm_eps);
-    lt_linear_forward(m, ws, ad, lo[P_Q], drop, stream_id(l, P_Q, N, H), A->q, A->ln1, W->w[P_Q], A->xa[P_Q], N, H, QD);
-    lt_linear_forward(m, ws, ad, lo[P_K], drop, stream_id(l, P_K, N, H), A->k, A->ln1, W->w[P_K], A->xa[P_K], N, H, KD);
-    lt_linear_forward(m, ws, ad, lo[P_V], drop, stream_id(l, P_V, N, H), A->v, A->ln1, W->w[P_V], A->xa[P_V], N, H, KD);
+    lt_linear_forward(m, ws, ad, lo[P_Q], drop, stream_id(l, P_Q, N, H), A->q, A->ln1, &W->w[P_Q], A->xa[P_Q], N, H, QD);
+    lt_linear_forward(m, ws, ad, lo[P_K], drop, stream_id(l, P_K, N, H), A->k, A->ln1, &W->w[P_K], A->xa[P_K], N, H, KD);
+    lt_linear_forward(m, ws, ad, lo[P_V], drop, stream_id(l, P_V, N, H), A->v, A->ln1, &W->w[P_V], A->xa[P_V], N, H, KD);
     OPS->rope_forward(BE, A->q, ws->pos, m->inv_freq, N, NH, HD, m->rot_dim);
     OPS->rope_forward(BE, A->k, ws->pos, m->inv_freq, N, NKV, HD, m->rot_dim);
     OPS->attention_forward(BE, A->att, A->lse, A->q, A->k, A->v, ws->kv_start, B, T, NH, NKV, HD,
                            1.0f / sqrtf((float)HD));
     /* x_mid = x + o(att) */
-    lt_linear_forward(m, ws, ad, lo[P_O], drop, stream_id(l, P_O, N, QD), A->x_mid, A->att, W->w[P_O], A->xa[P_O], N, QD, H);
+    lt_linear_forward(m, ws, ad, lo[P_O], drop, stream_id(l, P_O, N, QD), A->x_mid, A->att, &W->w[P_O], A->xa[P_O], N, QD, H);
     OPS->axpy(BE, (size_t)N * H, 1.0f, x, A->x_mid);
     OPS->rmsnorm_forward(BE, A->ln2, A->rstd2, A->x_mid, W->mlp_norm, N, H, (float)c->rms_norm_eps);
-    lt_linear_forward(m, ws, ad, lo[P_GATE], drop, stream_id(l, P_GATE, N, H), A->gate, A->ln2, W->w[P_GATE], A->xa[P_GATE], N, H, I);
-    lt_linear_forward(m, ws, ad, lo[P_UP], drop, stream_id(l, P_UP, N, H), A->up, A->ln2, W->w[P_UP], A->xa[P_UP], N, H, I);
+    lt_linear_forward(m, ws, ad, lo[P_GATE], drop, stream_id(l, P_GATE, N, H), A->gate, A->ln2, &W->w[P_GATE], A->xa[P_GATE], N, H, I);
+    lt_linear_forward(m, ws, ad, lo[P_UP], drop, stream_id(l, P_UP, N, H), A->up, A->ln2, &W->w[P_UP], A->xa[P_UP], N, H, I);
     OPS->swiglu_forward(BE, A->act, A->gate, A->up, (size_t)N * I);
     /* x_out = x_mid + down(act) */
-    lt_linear_forward(m, ws, ad, lo[P_DOWN], drop, stream_id(l, P_DOWN, N, I), x_out, A->act, W->w[P_DOWN], A->xa[P_DOWN], N, I, H);
+    lt_linear_forward(m, ws, ad, lo[P_DOWN], drop, stream_id(l, P_DOWN, N, I), x_out, A->act, &W->w[P_DOWN], A->xa[P_DOWN], N, I, H);
     OPS->axpy(BE, (size_t)N * H, 1.0f, A->x_mid, x_out);
 }
 
@@ -285,27 +288,27 @@ static void layer_backward(lt_model *m, lt_workspace *ws, const lt_adapter *ad, 
 
     /* MLP: x_out = x_mid + down(silu(gate(ln2)) * up(ln2)) */
     linear_backward(m, ws, ad, lo[P_DOWN], drop, stream_id(l, P_DOWN, N, I), ws->dI1, 0, ws->dres, A->act,
-                    W->w[P_DOWN], A->xa[P_DOWN], N, I, H);
+                    &W->w[P_DOWN], A->xa[P_DOWN], N, I, H);
     OPS->swiglu_backward(BE, ws->dI2, ws->dI3, ws->dI1, A->gate, A->up, (size_t)N * I);
     linear_backward(m, ws, ad, lo[P_GATE], drop, stream_id(l, P_GATE, N, H), ws->dln, 0, ws->dI2, A->ln2,
-                    W->w[P_GATE], A->xa[P_GATE], N, H, I);
+                    &W->w[P_GATE], A->xa[P_GATE], N, H, I);
     linear_backward(m, ws, ad, lo[P_UP], drop, stream_id(l, P_UP, N, H), ws->dln, 1, ws->dI3, A->ln2,
-                    W->w[P_UP], A->xa[P_UP], N, H, I);
+                    &W->w[P_UP], A->xa[P_UP], N, H, I);
     OPS->rmsnorm_backward(BE, ws->dres, NULL, ws->dln, A->x_mid, W->mlp_norm, A->rstd2, N, H);
 
     /* attention: x_mid = x + o(attention(rope(q(ln1)), rope(k(ln1)), v(ln1))) */
     linear_backward(m, ws, ad, lo[P_O], drop, stream_id(l, P_O, N, QD), ws->datt, 0, ws->dres, A->att,
-                    W->w[P_O], A->xa[P_O], N, QD, H);
+                    &W->w[P_O], A->xa[P_O], N, QD, H);
     OPS->attention_backward(BE, ws->dq, ws->dk, ws->dv, ws->datt, A->q, A->k, A->v, A->att, A->lse,
                             ws->kv_start, B, T, NH, NKV, HD, 1.0f / sqrtf((float)HD), ws->att_scratch);
     OPS->rope_backward(BE, ws->dq, ws->pos, m->inv_freq, N, NH, HD, m->rot_dim);
     OPS->rope_backward(BE, ws->dk, ws->pos, m->inv_freq, N, NKV, HD, m->rot_dim);
     linear_backward(m, ws, ad, lo[P_Q], drop, stream_id(l, P_Q, N, H), ws->dln, 0, ws->dq, A->ln1,
-                    W->w[P_Q], A->xa[P_Q], N, H, QD);
+                    &W->w[P_Q], A->xa[P_Q], N, H, QD);
     linear_backward(m, ws, ad, lo[P_K], drop, stream_id(l, P_K, N, H), ws->dln, 1, ws->dk, A->ln1,
-                    W->w[P_K], A->xa[P_K], N, H, KD);
+                    &W->w[P_K], A->xa[P_K], N, H, KD);
     linear_backward(m, ws, ad, lo[P_V], drop, stream_id(l, P_V, N, H), ws->dln, 1, ws->dv, A->ln1,
-                    W->w[P_V], A->xa[P_V], N, H, KD);
+                    &W->w[P_V], A->xa[P_V], N, H, KD);
     OPS->rmsnorm_backward(BE, ws->dres, NULL, ws->dln, x, W->attn_norm, A->rstd1, N, H);
 }
 

@@ -8,7 +8,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <jansson.h>
+
 #include "model.h"
+#include "quant.h"
 
 const char *const lt_proj_names[P_COUNT] = {"q_proj", "k_proj", "v_proj", "o_proj",
                                             "gate_proj", "up_proj", "down_proj"};
@@ -88,11 +91,160 @@ static lt_status load_weight(lt_model *m, int use_mmap, const char *name, int64_
     return LT_OK;
 }
 
+/* ---- quantized projections ------------------------------------------------------------------- */
+
+/* remove p from the owned list and free it (a converted f32 copy replaced by its quantized form) */
+static void untrack_free(lt_model *m, void *p) {
+    for (int i = 0; i < m->n_owned; i++)
+        if (m->owned[i] == p) {
+            m->owned[i] = m->owned[--m->n_owned];
+            m->be->ops->free(m->be, p);
+            return;
+        }
+}
+
+/* a backend copy of host bytes, owned by the model */
+static lt_status upload_owned(lt_model *m, const void *host, size_t bytes, void **out, lt_error *err) {
+    void *d = m->be->ops->alloc(m->be, bytes ? bytes : 1);
+    if (!d) return lt_fail(err, LT_ERR_NOMEM, "%s: cannot allocate %zu bytes for quantized weights", m->dir, bytes);
+    lt_status st = track(m, d, err);
+    if (st != LT_OK) { m->be->ops->free(m->be, d); return st; }
+    m->be->ops->upload(m->be, d, host, bytes);
+    *out = d;
+    return LT_OK;
+}
+
+/* the 8-bit map of double quantization, once per model on the backend */
+static lt_status model_code8(lt_model *m, lt_error *err) {
+    if (m->code8) return LT_OK;
+    return upload_owned(m, lt_quant_code8(), 256 * sizeof(float), (void **)&m->code8, err);
+}
+
+/* Point W at backend copies of the parts of host tensor q (rows = out). */
+static lt_status weight_from_qtensor(lt_model *m, lt_weight *W, const lt_qtensor *q, lt_error *err) {
+    lt_qdesc d = lt_qtensor_desc(q);
+    lt_status st = upload_owned(m, q->data, lt_qtensor_data_bytes(q), (void **)&d.data, err);
+    if (st == LT_OK && q->double_quant) {
+        st = upload_owned(m, q->qabsmax, (size_t)q->n_blocks, (void **)&d.qabsmax, err);
+        if (st == LT_OK) st = upload_owned(m, q->absmax2, (size_t)q->n_blocks2 * 4, (void **)&d.absmax2, err);
+        if (st == LT_OK) st = model_code8(m, err);
+        d.code8 = m->code8;
+    } else if (st == LT_OK) {
+        st = upload_owned(m, q->absmax, (size_t)q->n_blocks * 4, (void **)&d.absmax, err);
+    }
+    if (st != LT_OK) return st;
+    W->format = LT_WEIGHT_QUANT;
+    W->f32 = NULL;
+    W->q = d;
+    W->double_quant = q->double_quant;
+    m->weight_bytes += lt_qtensor_bytes(q);
+    m->quant_bytes += lt_qtensor_bytes(q);
+    m->quant_params += q->numel;
+    m->quant = q->format;
+    m->quant_blocksize = q->blocksize;
+    m->quant_double = q->double_quant;
+    return LT_OK;
+}
+
+/* Quantize a loaded f32 projection (out, in) in place of its f32 form. */
+static lt_status quantize_weight(lt_model *m, lt_weight *W, int out, int in, const lt_model_params *p,
+                                 const char *name, lt_error *err) {
+    const size_t n = (size_t)out * in;
+    float *host = W->f32, *tmp = NULL;
+    if (!m->be->ops->host_memory) {
+        tmp = host = malloc(n * sizeof(float));
+        if (!tmp) return lt_fail(err, LT_ERR_NOMEM, "%s: out of memory quantizing \"%s\"", m->dir, name);
+        m->be->ops->download(m->be, tmp, W->f32, n * sizeof(float));
+    }
+    lt_quant_params qp = {.size = sizeof qp, .format = p->quantization, .blocksize = p->quant_blocksize,
+                          .double_quant = p->double_quant};
+    const int64_t shape[2] = {out, in};
+    lt_qtensor *q = NULL;
+    lt_status st = lt_qtensor_quantize_ex(host, shape, 2, &qp, NULL, &q, err);
+    free(tmp);
+    if (st != LT_OK) return lt_fail_prefix(err, "%s: quantizing \"%s\"", m->dir, name);
+    float *f32 = W->f32;
+    m->weight_bytes -= (int64_t)(n * sizeof(float));
+    st = weight_from_qtensor(m, W, q, err);
+    lt_qtensor_free(q);
+    if (st == LT_OK) untrack_free(m, f32); /* a no-op for weights used in place from the mapping */
+    return st;
+}
+
+/* bitsandbytes 4-bit serialization of weight `name` (transformers' Linear4bit state dict):
+ *   name (U8 packed, any shape), name.absmax (F32, or U8 with nested), name.quant_map (F32 16),
+ *   name.nested_absmax (F32), name.nested_quant_map (F32 256), name.quant_state.bitsandbytes__nf4|fp4
+ *   (U8: JSON {quant_type, blocksize, dtype, shape, nested_blocksize, nested_dtype, nested_offset}).
+ * Returns LT_ERR_MISSING (without a message) when name is not stored that way. */
+static lt_status load_bnb_weight(lt_model *m, const char *name, int out, int in, lt_weight *W, lt_error *err) {
+    char key[320];
+    const lt_st_tensor *qs = NULL;
+    const char *qtype = NULL;
+    static const char *const types[] = {"nf4", "fp4"};
+    for (int i = 0; i < 2 && !qs; i++) {
+        snprintf(key, sizeof key, "%s.quant_state.bitsandbytes__%s", name, types[i]);
+        if ((qs = lt_st_set_find(m->st, key))) qtype = types[i];
+    }
+    if (!qs) return LT_ERR_MISSING;
+    json_error_t je;
+    json_t *js = json_loadb(qs->data, (size_t)qs->nbytes, 0, &je);
+    if (!js) return lt_fail(err, LT_ERR_JSON, "%s: %s does not parse: %s", m->dir, key, je.text);
+    lt_status st = LT_OK;
+    json_t *bs = json_object_get(js, "blocksize"), *shape = json_object_get(js, "shape");
+    json_t *noff = json_object_get(js, "nested_offset"), *nbs = json_object_get(js, "nested_blocksize");
+    if (!json_is_integer(bs) || !json_is_array(shape) || json_array_size(shape) != 2 ||
+        json_integer_value(json_array_get(shape, 0)) != out || json_integer_value(json_array_get(shape, 1)) != in) {
+        st = lt_fail(err, LT_ERR_SHAPE, "%s: %s: blocksize or shape missing, or shape is not [%d, %d]", m->dir, key, out, in);
+    } else if (noff && nbs && json_integer_value(nbs) != LT_NESTED_BLOCK) {
+        st = lt_fail(err, LT_ERR_UNSUPPORTED, "%s: %s: nested_blocksize %lld (only 256 is supported)", m->dir, key,
+                     (long long)json_integer_value(nbs));
+    }
+    const int dq = noff != NULL;
+    lt_qtensor *q = NULL;
+    const int64_t sh[2] = {out, in};
+    if (st == LT_OK)
+        st = lt_qtensor_alloc(sh, 2, !strcmp(qtype, "nf4") ? LT_QUANT_NF4 : LT_QUANT_FP4, (int)json_integer_value(bs),
+                              dq, &q, err);
+    if (st == LT_OK && dq) q->offset = (float)json_number_value(noff);
+    json_decref(js);
+    /* the parts, each checked for dtype and byte count */
+    struct { const char *suffix; lt_dtype dt; void *dst; size_t bytes; const void *expect; } parts[] = {
+        {"", LT_DT_U8, q ? q->data : NULL, q ? lt_qtensor_data_bytes(q) : 0, NULL},
+        {".absmax", dq ? LT_DT_U8 : LT_DT_F32, q ? (dq ? (void *)q->qabsmax : (void *)q->absmax) : NULL,
+         q ? (size_t)q->n_blocks * (dq ? 1 : 4) : 0, NULL},
+        {".quant_map", LT_DT_F32, NULL, 64, q ? lt_quant_code4(q->format) : NULL},
+        {".nested_absmax", LT_DT_F32, q ? q->absmax2 : NULL, q ? (size_t)q->n_blocks2 * 4 : 0, NULL},
+        {".nested_quant_map", LT_DT_F32, NULL, 1024, lt_quant_code8()},
+    };
+    for (int i = 0; st == LT_OK && i < (dq ? 5 : 3); i++) {
+        snprintf(key, sizeof key, "%s%s", name, parts[i].suffix);
+        const lt_st_tensor *t = lt_st_set_find(m->st, key);
+        if (!t) st = lt_fail(err, LT_ERR_MISSING, "%s: tensor \"%s\" of a bitsandbytes %s weight is missing", m->dir, key, qtype);
+        else if (t->dtype != parts[i].dt || t->nbytes != parts[i].bytes)
+            st = lt_fail(err, LT_ERR_SHAPE, "%s: tensor \"%s\" is %s with %llu bytes, expected %s with %zu", m->dir, key,
+                         lt_dtype_name(t->dtype), (unsigned long long)t->nbytes, lt_dtype_name(parts[i].dt), parts[i].bytes);
+        else if (parts[i].expect && memcmp(t->data, parts[i].expect, parts[i].bytes))
+            st = lt_fail(err, LT_ERR_UNSUPPORTED, "%s: tensor \"%s\" is not the standard bitsandbytes %s code", m->dir,
+                         key, i == 2 ? qtype : "dynamic 8-bit");
+        else if (parts[i].dst) memcpy(parts[i].dst, t->data, parts[i].bytes);
+    }
+    if (st == LT_OK) {
+        m->n_params += (int64_t)out * in;
+        st = weight_from_qtensor(m, W, q, err);
+    }
+    lt_qtensor_free(q);
+    return st;
+}
+
 LT_API void lt_model_params_init(lt_model_params *out, size_t size) {
     lt_model_params d, *p = &d;
     memset(p, 0, sizeof *p);
     p->size = sizeof *p;
     p->use_mmap = 1;
+    p->quantization = LT_QUANT_NONE;
+    p->double_quant = 1;
+    p->quant_blocksize = 64;
+    p->quantize_lm_head = 0;
     lt_fill_struct(out, size, p, sizeof *p);
 }
 
@@ -102,6 +254,14 @@ static lt_status model_load(lt_model *m, const lt_model_params *p, lt_error *err
     lt_status st = lt_config_load(path, &m->cfg, err);
     if (st != LT_OK) return st;
     const lt_model_config *c = &m->cfg;
+    if (p->quantization != LT_QUANT_NONE) {
+        lt_quant_params qp = {.size = sizeof qp, .format = p->quantization, .blocksize = p->quant_blocksize,
+                              .double_quant = p->double_quant};
+        if ((st = lt_quant_check_params(&qp, err)) != LT_OK) return lt_fail_prefix(err, "lt_model_load");
+        if (p->quantize_lm_head)
+            return lt_fail(err, LT_ERR_UNSUPPORTED, "lt_model_load: quantize_lm_head is not supported yet "
+                           "(the LM head stays f32)");
+    }
     st = lt_st_set_open_dir(m->dir, p->use_mmap, &m->st, err);
     if (st != LT_OK) return st;
 
@@ -129,7 +289,12 @@ static lt_status model_load(lt_model *m, const lt_model_params *p, lt_error *err
             int in, out;
             lt_proj_dims(c, (lt_proj)q, &in, &out);
             snprintf(name, sizeof name, "model.layers.%d.%s.%s.weight", l, lt_proj_parent[q], lt_proj_names[q]);
-            if ((st = load_weight(m, p->use_mmap, name, out, in, &L->w[q], err))) return st;
+            st = load_bnb_weight(m, name, out, in, &L->w[q], err); /* a pre-quantized checkpoint */
+            if (st == LT_OK) continue;
+            if (st != LT_ERR_MISSING) return st;
+            if ((st = load_weight(m, p->use_mmap, name, out, in, &L->w[q].f32, err))) return st;
+            if (p->quantization != LT_QUANT_NONE && (st = quantize_weight(m, &L->w[q], out, in, p, name, err)))
+                return st;
         }
     }
     (void)QD; (void)KD; (void)I;
@@ -236,6 +401,9 @@ LT_API lt_status lt_model_get_info(const lt_model *m, lt_model_info *info) {
     o.tied_embeddings = c->tie_word_embeddings;
     o.n_params = m->n_params;
     o.weight_bytes = m->weight_bytes;
+    o.quantization = m->quant;
+    o.quantized_params = m->quant_params;
+    o.quantized_bytes = m->quant_bytes;
     size_t n = info->size < sizeof o ? info->size : sizeof o;
     memcpy(info, &o, n);
     info->size = n;
@@ -347,7 +515,7 @@ LT_API lt_status lt_model_create_random(lt_context *ctx, const char *config_json
         for (int q = 0; st == LT_OK && q < P_COUNT; q++) {
             int in, o;
             lt_proj_dims(c, (lt_proj)q, &in, &o);
-            st = random_weight(m, (size_t)in * o, init_std, 0, &rng, &Ly->w[q], err);
+            st = random_weight(m, (size_t)in * o, init_std, 0, &rng, &Ly->w[q].f32, err);
         }
     }
     if (st == LT_OK) {

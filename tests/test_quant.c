@@ -51,7 +51,7 @@ START_TEST(test_goldens_bit_exact) {
     int offset_exact = 0, n_dq = 0;
     int64_t n_search_diff = 0, n_codes = 0;
     for (int c = 0; c < n_cases; c++) {
-        char path[1024];
+        char path[8400];
         snprintf(path, sizeof path, "%s/%s.safetensors", GOLDEN_DIR, cases[c]);
         lt_st_file *f;
         lt_error err = {0};
