@@ -211,6 +211,19 @@ LT_API void lt_model_free(lt_model *model);
 LT_API const char *lt_model_last_error(const lt_model *model);
 LT_API lt_status lt_model_get_info(const lt_model *model, lt_model_info *info);
 
+/**
+ * Quantize the 7 linear projections of every block of a loaded model in place (those still f32), as
+ * lt_model_params.quantization does on load. Not while an adapter is merged into the model.
+ */
+LT_API lt_status lt_model_quantize(lt_model *model, const lt_quant_params *params);
+/**
+ * Write the model as a Hugging Face directory in the bitsandbytes 4-bit layout transformers reads
+ * (config.json with a quantization_config block; per quantized weight `<name>` packed uint8,
+ * `.absmax`, `.quant_map`, `.nested_absmax`, `.nested_quant_map`, `.quant_state.bitsandbytes__nf4|fp4`);
+ * embeddings, norms and lm_head in f32. The projections must be NF4 or FP4 (LT_ERR_UNSUPPORTED for int8).
+ */
+LT_API lt_status lt_model_save_quantized(lt_model *model, const char *dir);
+
 /* A batch of B rows of T tokens, row-major [B*T]. */
 typedef struct lt_batch {
     size_t size;                 /* sizeof(lt_batch)                                        */

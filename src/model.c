@@ -410,6 +410,173 @@ LT_API lt_status lt_model_get_info(const lt_model *m, lt_model_info *info) {
     return LT_OK;
 }
 
+/* ---- quantizing a loaded model and saving it in the bitsandbytes layout ------------------------- */
+
+LT_API lt_status lt_model_quantize(lt_model *m, const lt_quant_params *params) {
+    if (!m) return LT_ERR_ARGUMENT;
+    lt_error *err = lt_model_error(m);
+    lt_quant_params qp;
+    lt_quant_params_init(&qp, sizeof qp);
+    if (params) {
+        if (params->size < sizeof(size_t) || params->size > sizeof qp)
+            return lt_fail(err, LT_ERR_ARGUMENT, "lt_model_quantize: params->size %zu is not a size this library knows",
+                           params->size);
+        memcpy(&qp, params, params->size);
+    }
+    lt_status st = lt_quant_check_params(&qp, err);
+    if (st != LT_OK) return lt_fail_prefix(err, "lt_model_quantize");
+    if (m->n_merged) return lt_fail(err, LT_ERR_STATE, "lt_model_quantize: an adapter is merged into the weights");
+    lt_model_params mp;
+    lt_model_params_init(&mp, sizeof mp);
+    mp.quantization = qp.format;
+    mp.quant_blocksize = qp.blocksize;
+    mp.double_quant = qp.double_quant;
+    char name[256];
+    for (int l = 0; l < m->cfg.num_hidden_layers; l++)
+        for (int q = 0; q < P_COUNT; q++) {
+            lt_weight *W = &m->layers[l].w[q];
+            if (W->format != LT_WEIGHT_F32) continue;
+            int in, out;
+            lt_proj_dims(&m->cfg, (lt_proj)q, &in, &out);
+            snprintf(name, sizeof name, "model.layers.%d.%s.%s.weight", l, lt_proj_parent[q], lt_proj_names[q]);
+            if ((st = quantize_weight(m, W, out, in, &mp, name, err)) != LT_OK) return st;
+        }
+    return m->be->ops->sync(m->be);
+}
+
+/* host copy of n bytes of backend memory (malloc'd; NULL when out of memory) */
+static void *host_copy(lt_model *m, const void *dev, size_t n) {
+    void *h = malloc(n ? n : 1);
+    if (h && n) m->be->ops->download(m->be, h, dev, n);
+    return h;
+}
+
+LT_API lt_status lt_model_save_quantized(lt_model *m, const char *dir) {
+    if (!m) return LT_ERR_ARGUMENT;
+    lt_error *err = lt_model_error(m);
+    if (!dir) return lt_fail(err, LT_ERR_ARGUMENT, "lt_model_save_quantized: dir is NULL");
+    if (m->quant != LT_QUANT_NF4 && m->quant != LT_QUANT_FP4)
+        return lt_fail(err, LT_ERR_UNSUPPORTED, "lt_model_save_quantized: the projections are %s; the bitsandbytes "
+                       "checkpoint layout is written for nf4 and fp4", lt_quant_format_name(m->quant));
+    const lt_model_config *c = &m->cfg;
+    const int L = (int)c->num_hidden_layers;
+    const int64_t V = c->vocab_size, H = c->hidden_size;
+    const int cap = 3 + L * (2 + 6 * P_COUNT);
+    lt_st_entry *e = calloc((size_t)cap, sizeof *e);
+    char *names = calloc((size_t)cap, 160);
+    void **bufs = calloc((size_t)cap, sizeof *bufs);
+    int n = 0;
+    lt_status st = lt_mkdir_p(dir, err);
+    if (!e || !names || !bufs) st = lt_fail(err, LT_ERR_NOMEM, "lt_model_save_quantized: out of memory");
+    /* one entry: a host copy of `bytes` at dev (or of host data when dev is NULL and host given) */
+#define ENTRY(dt, nd, d0, d1, src, bytes, ...)                                                          \
+    do {                                                                                               \
+        char *nm_ = names + (size_t)n * 160;                                                           \
+        snprintf(nm_, 160, __VA_ARGS__);                                                               \
+        bufs[n] = host_copy(m, src, bytes);                                                            \
+        if (!bufs[n]) { st = lt_fail(err, LT_ERR_NOMEM, "out of memory saving %s", nm_); break; }      \
+        e[n] = (lt_st_entry){.name = nm_, .dtype = dt, .ndim = nd, .shape = {d0, d1}, .data = bufs[n]}; \
+        n++;                                                                                           \
+    } while (0)
+    if (st == LT_OK) do {
+        ENTRY(LT_DT_F32, 2, V, H, m->embed, (size_t)V * H * 4, "model.embed_tokens.weight");
+        ENTRY(LT_DT_F32, 1, H, 0, m->final_norm, (size_t)H * 4, "model.norm.weight");
+        if (!c->tie_word_embeddings) ENTRY(LT_DT_F32, 2, V, H, m->lm_head, (size_t)V * H * 4, "lm_head.weight");
+        for (int l = 0; l < L && st == LT_OK; l++) {
+            ENTRY(LT_DT_F32, 1, H, 0, m->layers[l].attn_norm, (size_t)H * 4, "model.layers.%d.input_layernorm.weight", l);
+            ENTRY(LT_DT_F32, 1, H, 0, m->layers[l].mlp_norm, (size_t)H * 4, "model.layers.%d.post_attention_layernorm.weight", l);
+            for (int q = 0; q < P_COUNT && st == LT_OK; q++) {
+                const lt_weight *W = &m->layers[l].w[q];
+                int in, out;
+                lt_proj_dims(c, (lt_proj)q, &in, &out);
+                char base[128];
+                snprintf(base, sizeof base, "model.layers.%d.%s.%s.weight", l, lt_proj_parent[q], lt_proj_names[q]);
+                if (W->format != LT_WEIGHT_QUANT) {
+                    ENTRY(LT_DT_F32, 2, out, in, W->f32, (size_t)out * in * 4, "%s", base);
+                    continue;
+                }
+                const int64_t numel = (int64_t)out * in, nb = (numel + W->q.blocksize - 1) / W->q.blocksize;
+                const int64_t nb2 = (nb + LT_NESTED_BLOCK - 1) / LT_NESTED_BLOCK;
+                ENTRY(LT_DT_U8, 2, (numel + 1) / 2, 1, W->q.data, (size_t)(numel + 1) / 2, "%s", base);
+                if (W->double_quant) {
+                    ENTRY(LT_DT_U8, 1, nb, 0, W->q.qabsmax, (size_t)nb, "%s.absmax", base);
+                    ENTRY(LT_DT_F32, 1, nb2, 0, W->q.absmax2, (size_t)nb2 * 4, "%s.nested_absmax", base);
+                    ENTRY(LT_DT_F32, 1, 256, 0, m->code8, 1024, "%s.nested_quant_map", base);
+                } else {
+                    ENTRY(LT_DT_F32, 1, nb, 0, W->q.absmax, (size_t)nb * 4, "%s.absmax", base);
+                }
+                /* quant_map and the JSON state are host data: copy them through a small host buffer */
+                char *nm = names + (size_t)n * 160;
+                snprintf(nm, 160, "%s.quant_map", base);
+                bufs[n] = malloc(64);
+                if (!bufs[n]) { st = lt_fail(err, LT_ERR_NOMEM, "out of memory"); break; }
+                memcpy(bufs[n], lt_quant_code4(m->quant), 64);
+                e[n] = (lt_st_entry){.name = nm, .dtype = LT_DT_F32, .ndim = 1, .shape = {16}, .data = bufs[n]};
+                n++;
+                json_t *js = json_object();
+                json_object_set_new(js, "quant_type", json_string(lt_quant_format_name(m->quant)));
+                json_object_set_new(js, "blocksize", json_integer(W->q.blocksize));
+                json_object_set_new(js, "dtype", json_string("float32"));
+                json_object_set_new(js, "shape", json_pack("[I,I]", (json_int_t)out, (json_int_t)in));
+                if (W->double_quant) {
+                    json_object_set_new(js, "nested_blocksize", json_integer(LT_NESTED_BLOCK));
+                    json_object_set_new(js, "nested_dtype", json_string("float32"));
+                    json_object_set_new(js, "nested_offset", json_real(W->q.offset));
+                }
+                char *text = json_dumps(js, JSON_COMPACT | JSON_REAL_PRECISION(9));
+                json_decref(js);
+                if (!text) { st = lt_fail(err, LT_ERR_NOMEM, "out of memory"); break; }
+                nm = names + (size_t)n * 160;
+                snprintf(nm, 160, "%s.quant_state.bitsandbytes__%s", base, lt_quant_format_name(m->quant));
+                bufs[n] = text;
+                e[n] = (lt_st_entry){.name = nm, .dtype = LT_DT_U8, .ndim = 1, .shape = {(int64_t)strlen(text)}, .data = text};
+                n++;
+            }
+        }
+    } while (0);
+#undef ENTRY
+    if (st == LT_OK) st = lt_st_write_sharded(dir, e, n, 2ull << 30, err);
+    char path[4200];
+    lt_path_join(path, sizeof path, dir, "config.json");
+    if (st == LT_OK) {
+        lt_model_config oc = *c;
+        snprintf(oc.torch_dtype, sizeof oc.torch_dtype, "float32");
+        st = lt_config_write(&oc, path, err);
+    }
+    if (st == LT_OK) {
+        /* add the quantization_config block transformers writes for bitsandbytes 4-bit */
+        json_error_t je;
+        json_t *cfg = json_load_file(path, 0, &je);
+        if (!cfg) st = lt_fail(err, LT_ERR_JSON, "%s: %s", path, je.text);
+        else {
+            json_t *qc = json_object();
+            json_object_set_new(qc, "quant_method", json_string("bitsandbytes"));
+            json_object_set_new(qc, "_load_in_4bit", json_true());
+            json_object_set_new(qc, "_load_in_8bit", json_false());
+            json_object_set_new(qc, "load_in_4bit", json_true());
+            json_object_set_new(qc, "load_in_8bit", json_false());
+            json_object_set_new(qc, "bnb_4bit_compute_dtype", json_string("float32"));
+            json_object_set_new(qc, "bnb_4bit_quant_storage", json_string("uint8"));
+            json_object_set_new(qc, "bnb_4bit_quant_type", json_string(lt_quant_format_name(m->quant)));
+            json_object_set_new(qc, "bnb_4bit_use_double_quant", json_boolean(m->quant_double));
+            json_object_set_new(qc, "llm_int8_enable_fp32_cpu_offload", json_false());
+            json_object_set_new(qc, "llm_int8_has_fp16_weight", json_false());
+            json_object_set_new(qc, "llm_int8_skip_modules", json_null());
+            json_object_set_new(qc, "llm_int8_threshold", json_real(6.0));
+            json_object_set_new(cfg, "quantization_config", qc);
+            char *text = json_dumps(cfg, JSON_INDENT(2) | JSON_REAL_PRECISION(17));
+            json_decref(cfg);
+            st = text ? lt_write_file_atomic(path, text, strlen(text), err) : lt_fail(err, LT_ERR_NOMEM, "out of memory");
+            free(text);
+        }
+    }
+    for (int i = 0; bufs && i < n; i++) free(bufs[i]);
+    free(bufs);
+    free(e);
+    free(names);
+    return st;
+}
+
 /* ---- evaluation entry points ------------------------------------------------------------------ */
 
 static lt_status eval_batch(lt_model *m, const lt_adapter *ad, const lt_batch *b, double *loss_sum,

@@ -100,6 +100,73 @@ static inline uint8_t code4_index(const code4_bounds *b, float v) {
     return b->order[k];
 }
 
+/* ---- torch's fp32 sum (the mean behind the double-quantization offset) -------------------------
+ * bitsandbytes takes offset = absmax.mean(), which torch computes on the CPU as an fp32 "cascade" sum
+ * divided by n. Reproducing its order gives the same offset bit for bit, and so the same nested
+ * statistics (checked against torch 2.x on random lengths and the goldens). Past 32768 values torch
+ * splits the sum over its threads: there we follow the one-thread order and can differ from a
+ * multi-threaded torch in the last bits of the offset (bitsandbytes' own result then depends on
+ * the machine's thread count). */
+
+static int64_t ceil_log2(int64_t x) {
+    if (x <= 2) return 1;
+    int64_t f = 63 - __builtin_clzll((unsigned long long)(x - 1)); /* floor(log2(x - 1)) */
+    return f + 1;
+}
+
+/* sum of `size` rows of 4 items (an item is w lanes; item k of row i at data + (i*4 + k)*w), kept
+ * per item and lane in 4 levels of partial sums (torch's multi_row_sum) */
+static void multi_row_sum(const float *data, int64_t size, int w, float out[4][16]) {
+    const int64_t lp = ceil_log2(size) / 4 > 4 ? ceil_log2(size) / 4 : 4;
+    const int64_t step = (int64_t)1 << lp, mask = step - 1;
+    float acc[4][4][16];
+    memset(acc, 0, sizeof acc);
+    int64_t i = 0;
+    while (i + step <= size) {
+        for (int64_t j = 0; j < step; j++, i++)
+            for (int k = 0; k < 4; k++)
+                for (int l = 0; l < w; l++) acc[0][k][l] += data[(i * 4 + k) * w + l];
+        for (int j = 1; j < 4; j++) {
+            for (int k = 0; k < 4; k++)
+                for (int l = 0; l < w; l++) { acc[j][k][l] += acc[j - 1][k][l]; acc[j - 1][k][l] = 0; }
+            if (i & (mask << (j * lp))) break;
+        }
+    }
+    for (; i < size; i++)
+        for (int k = 0; k < 4; k++)
+            for (int l = 0; l < w; l++) acc[0][k][l] += data[(i * 4 + k) * w + l];
+    for (int j = 1; j < 4; j++)
+        for (int k = 0; k < 4; k++)
+            for (int l = 0; l < w; l++) acc[0][k][l] += acc[j][k][l];
+    memcpy(out, acc[0], sizeof acc[0]);
+}
+
+/* n items of w lanes, 4 interleaved partial sums (torch's row_sum); result per lane in out[w] */
+static void row_sum(const float *data, int64_t n, int w, float *out) {
+    float part[4][16];
+    const int64_t size_ilp = n / 4;
+    multi_row_sum(data, size_ilp, w, part);
+    for (int64_t i = size_ilp * 4; i < n; i++)
+        for (int l = 0; l < w; l++) part[0][l] += data[i * w + l];
+    for (int k = 1; k < 4; k++)
+        for (int l = 0; l < w; l++) part[0][l] += part[k][l];
+    memcpy(out, part[0], (size_t)w * sizeof(float));
+}
+
+static float torch_sum_f32(const float *x, int64_t n) {
+    const int W = 8; /* torch's vector of floats here (measured: 8 lanes even on AVX-512 machines) */
+    float lanes[16], acc = 0.0f;
+    if (n < W) { /* too short for a vector: the scalar cascade */
+        row_sum(x, n, 1, lanes);
+        return 0.0f + lanes[0];
+    }
+    const int64_t nv = n / W;
+    row_sum(x, nv, W, lanes);
+    for (int64_t k = nv * W; k < n; k++) acc += x[k];
+    for (int l = 0; l < W; l++) acc += lanes[l];
+    return 0.0f + acc;
+}
+
 /* ---- params ------------------------------------------------------------------------------------ */
 
 LT_API void lt_quant_params_init(lt_quant_params *out, size_t size) {
@@ -286,11 +353,8 @@ lt_status lt_qtensor_quantize_ex(const float *x, const int64_t *shape, int ndim,
     }
     quantize_4bit(x, n, q->blocksize, q->format, q->data, am);
     if (q->double_quant) {
-        /* offset = mean(absmax), summed in double and rounded once (torch sums in fp32 with a cascade:
-         * the two may differ in the last bit; tests pin torch's offset through forced_offset) */
-        double sum = 0;
-        for (int64_t b = 0; b < q->n_blocks; b++) sum += am[b];
-        q->offset = forced_offset ? *forced_offset : (float)(sum / (double)q->n_blocks);
+        /* offset = mean(absmax) as torch computes it (fp32 cascade sum / n) */
+        q->offset = forced_offset ? *forced_offset : torch_sum_f32(am, q->n_blocks) / (float)q->n_blocks;
         for (int64_t b = 0; b < q->n_blocks; b++) am[b] -= q->offset;
         quantize_blockwise8(am, q->n_blocks, LT_NESTED_BLOCK, q->qabsmax, q->absmax2);
         free(am);

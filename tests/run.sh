@@ -46,6 +46,7 @@ stage bash -c "cd build && LORATUNE_REF_PYTHON='$py' ctest --output-on-failure -
 
 echo "== live cross-checks against PyTorch on held-out models"
 stage "$py" tests/python/crosscheck_eval.py --cli build/loratune --workdir build/crosscheck
+stage "$py" tests/python/check_bnb_checkpoint.py --cli build/loratune --workdir build/bnb-checkpoint
 if [ -f tests/python/crosscheck_train.py ]; then
   stage "$py" tests/python/crosscheck_train.py --cli build/loratune --workdir build/crosscheck-train
 fi
