@@ -358,6 +358,57 @@ START_TEST(test_qlora_learns) {
 }
 END_TEST
 
+/* the command line: train --method qlora records the quantization; merge uses it and writes the
+ * dequantized base + delta in f32, the same bytes as the library's export from the quantized model */
+START_TEST(test_cli_qlora_train_merge) {
+    char tmp[64], cmd[2048], dir[512], run[600], merged[600], ref[600];
+    tu_tempdir(tmp, sizeof tmp);
+    snprintf(dir, sizeof dir, "%s/llama-gqa", MODELS);
+    snprintf(run, sizeof run, "%s/run", tmp);
+    snprintf(merged, sizeof merged, "%s/merged", tmp);
+    snprintf(ref, sizeof ref, "%s/ref", tmp);
+    snprintf(cmd, sizeof cmd, "%s train --model %s --data %s/data.jsonl --out %s --method qlora --steps 2 --batch 2 "
+             "--seq 32 --lr 1e-2 --quiet --threads 2", LT_CLI, dir, dir, run);
+    int st;
+    free(tu_run(cmd, &st));
+    ck_assert_int_eq(st, 0);
+    snprintf(cmd, sizeof cmd, "%s merge --model %s --adapter %s --out %s --threads 2", LT_CLI, dir, run, merged);
+    char *o = tu_run(cmd, &st);
+    ck_assert_int_eq(st, 0);
+    ck_assert_ptr_nonnull(strstr(o, "dequantized"));
+    free(o);
+    snprintf(cmd, sizeof cmd, "%s train --model %s --data %s/data.jsonl --out %s/x --method qlora --quant nf5 --quiet",
+             LT_CLI, dir, dir, tmp);
+    o = tu_run_stderr(cmd, &st);
+    ck_assert_int_ne(st, 0);
+    ck_assert_ptr_nonnull(strstr(o, "nf5"));
+    free(o);
+
+    lt_context *ctx = tu_context();
+    lt_model *mq = load_q(ctx, dir, LT_QUANT_NF4, 1), *mm;
+    lt_adapter *ad;
+    ck_assert_int_eq(lt_adapter_load(mq, run, &ad), LT_OK);
+    ck_assert_int_eq(lt_adapter_export_merged(ad, ref, 0), LT_OK);
+    ck_assert_int_eq(lt_model_load(ctx, merged, NULL, &mm), LT_OK);
+    lt_model *mr;
+    ck_assert_int_eq(lt_model_load(ctx, ref, NULL, &mr), LT_OK);
+    for (int l = 0; l < mm->cfg.num_hidden_layers; l++)
+        for (int p = 0; p < P_COUNT; p++) {
+            int in, out;
+            lt_proj_dims(&mm->cfg, (lt_proj)p, &in, &out);
+            ck_assert_int_eq(mm->layers[l].w[p].format, LT_WEIGHT_F32);
+            ck_assert_mem_eq(mm->layers[l].w[p].f32, mr->layers[l].w[p].f32, (size_t)in * out * 4);
+        }
+    lt_model_free(mr);
+    lt_model_free(mm);
+    lt_adapter_free(ad);
+    lt_model_free(mq);
+    lt_context_free(ctx);
+    snprintf(cmd, sizeof cmd, "rm -rf %s", tmp);
+    ck_assert_int_eq(system(cmd), 0);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("qlora");
     TCase *tc = tcase_create("qlora");
@@ -368,6 +419,7 @@ int main(void) {
     tcase_add_test(tc, test_bad_load_params);
     tcase_add_test(tc, test_save_quantized_roundtrip);
     tcase_add_test(tc, test_qlora_learns);
+    tcase_add_test(tc, test_cli_qlora_train_merge);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
