@@ -120,17 +120,30 @@ static lt_status model_code8(lt_model *m, lt_error *err) {
     return upload_owned(m, lt_quant_code8(), 256 * sizeof(float), (void **)&m->code8, err);
 }
 
-/* Point W at backend copies of the parts of host tensor q (rows = out). */
+/* Point W at a backend copy of the parts of host tensor q (rows = out): one allocation per weight,
+ * statistics first (their f32 parts stay aligned), then the codes. */
 static lt_status weight_from_qtensor(lt_model *m, lt_weight *W, const lt_qtensor *q, lt_error *err) {
     lt_qdesc d = lt_qtensor_desc(q);
-    lt_status st = upload_owned(m, q->data, lt_qtensor_data_bytes(q), (void **)&d.data, err);
-    if (st == LT_OK && q->double_quant) {
-        st = upload_owned(m, q->qabsmax, (size_t)q->n_blocks, (void **)&d.qabsmax, err);
-        if (st == LT_OK) st = upload_owned(m, q->absmax2, (size_t)q->n_blocks2 * 4, (void **)&d.absmax2, err);
-        if (st == LT_OK) st = model_code8(m, err);
-        d.code8 = m->code8;
-    } else if (st == LT_OK) {
-        st = upload_owned(m, q->absmax, (size_t)q->n_blocks * 4, (void **)&d.absmax, err);
+    const size_t nd = lt_qtensor_data_bytes(q);
+    const size_t na = q->double_quant ? (size_t)q->n_blocks2 * 4 : (size_t)q->n_blocks * 4; /* f32 part */
+    const size_t nq = q->double_quant ? (size_t)q->n_blocks : 0;                         /* u8 codes  */
+    char *blk = NULL;
+    lt_status st = q->double_quant ? model_code8(m, err) : LT_OK;
+    if (st == LT_OK) {
+        blk = m->be->ops->alloc(m->be, na + nq + nd);
+        if (!blk) return lt_fail(err, LT_ERR_NOMEM, "%s: cannot allocate %zu bytes for quantized weights", m->dir, na + nq + nd);
+        if ((st = track(m, blk, err)) != LT_OK) { m->be->ops->free(m->be, blk); return st; }
+        m->be->ops->upload(m->be, blk, q->double_quant ? (const void *)q->absmax2 : (const void *)q->absmax, na);
+        if (nq) m->be->ops->upload(m->be, blk + na, q->qabsmax, nq);
+        m->be->ops->upload(m->be, blk + na + nq, q->data, nd);
+        d.data = (const uint8_t *)(blk + na + nq);
+        if (q->double_quant) {
+            d.absmax2 = (const float *)blk;
+            d.qabsmax = (const uint8_t *)(blk + na);
+            d.code8 = m->code8;
+        } else {
+            d.absmax = (const float *)blk;
+        }
     }
     if (st != LT_OK) return st;
     W->format = LT_WEIGHT_QUANT;
