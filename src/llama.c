@@ -327,6 +327,9 @@ lt_status lt_forward_backward(lt_model *m, const lt_adapter *ad, lt_workspace *w
         return lt_fail(err, LT_ERR_INTERNAL, "workspace planned for rank %d, adapter has rank %d", ws->rank, ad->p.rank);
     if (ad && ad->merged)
         return lt_fail(err, LT_ERR_STATE, "the adapter is merged into the base weights; unmerge it first");
+    if (!ws->wtile && lt_weight_tile_floats(m) > 0)
+        return lt_fail(err, LT_ERR_STATE, "the model was quantized after this trainer planned its memory; "
+                       "quantize the model before creating trainers");
 
     /* forward: embeddings, then each layer; checkpointing keeps only each layer's input */
     OPS->embedding_forward(BE, ws->x_saved[0], ws->ids, m->embed, N, H);

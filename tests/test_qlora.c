@@ -409,6 +409,47 @@ START_TEST(test_cli_qlora_train_merge) {
 }
 END_TEST
 
+/* quantizing a model under a trainer that planned f32 memory is a clear state error, not a crash */
+START_TEST(test_quantize_after_trainer) {
+    lt_context *ctx = tu_context();
+    char dir[512];
+    snprintf(dir, sizeof dir, "%s/llama-gqa", MODELS);
+    lt_model *m;
+    ck_assert_int_eq(lt_model_load(ctx, dir, NULL, &m), LT_OK);
+    lt_adapter *ad;
+    lt_optimizer *opt;
+    lt_trainer *tr;
+    ck_assert_int_eq(lt_adapter_create(m, NULL, &ad), LT_OK);
+    ck_assert_int_eq(lt_optimizer_create(ad, NULL, &opt), LT_OK);
+    ck_assert_int_eq(lt_trainer_create(m, ad, opt, NULL, &tr), LT_OK);
+    int32_t ids[16];
+    for (int i = 0; i < 16; i++) ids[i] = i * 5 % (int)m->cfg.vocab_size;
+    lt_batch b;
+    lt_batch_init(&b, sizeof b);
+    b.n_rows = 2;
+    b.seq_len = 8;
+    b.input_ids = ids;
+    lt_step_result r = {.size = sizeof r};
+    ck_assert_int_eq(lt_trainer_step(tr, &b, &r), LT_OK);
+    ck_assert_int_eq(lt_model_quantize(m, NULL), LT_OK);
+    ck_assert_int_eq(lt_trainer_step(tr, &b, &r), LT_ERR_STATE);
+    ck_assert_ptr_nonnull(strstr(lt_trainer_last_error(tr), "quantized"));
+    lt_trainer_free(tr);
+    /* a new trainer on the quantized model works */
+    ck_assert_int_eq(lt_trainer_create(m, ad, opt, NULL, &tr), LT_OK);
+    ck_assert_int_eq(lt_trainer_step(tr, &b, &r), LT_OK);
+    lt_quant_params bad;
+    lt_quant_params_init(&bad, sizeof bad);
+    bad.blocksize = 32;
+    ck_assert_int_eq(lt_model_quantize(m, &bad), LT_ERR_ARGUMENT);
+    lt_trainer_free(tr);
+    lt_optimizer_free(opt);
+    lt_adapter_free(ad);
+    lt_model_free(m);
+    lt_context_free(ctx);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("qlora");
     TCase *tc = tcase_create("qlora");
@@ -420,6 +461,7 @@ int main(void) {
     tcase_add_test(tc, test_save_quantized_roundtrip);
     tcase_add_test(tc, test_qlora_learns);
     tcase_add_test(tc, test_cli_qlora_train_merge);
+    tcase_add_test(tc, test_quantize_after_trainer);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
