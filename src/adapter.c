@@ -594,7 +594,12 @@ lt_status lt_model_export(lt_model *m, const lt_adapter *a, const char *dir, uin
         }
     }
     ADD("%s", m->final_norm, H, 0, "model.norm.weight");
-    if (!c->tie_word_embeddings) ADD("%s", m->lm_head, V, H, "lm_head.weight");
+    if (!c->tie_word_embeddings) {
+        const lt_weight head = lt_model_lm_head(m); /* exported dequantized when quantized */
+        ADD("%s", NULL, V, H, "lm_head.weight");
+        st = lt_weight_download(m, &head, bufs[n - 1], (int)V, (int)H, err);
+        if (st != LT_OK) goto out;
+    }
 #undef ADD
     st = lt_st_write_sharded(dir, e, n, max_shard_bytes, err);
     if (st != LT_OK) goto out;

@@ -177,7 +177,8 @@ LT_API lt_status lt_generate(lt_model *m, const lt_adapter *ad, const int32_t *p
             be->ops->axpy(be, (size_t)B * H, 1.0f, xmid, x);
         }
         be->ops->rmsnorm_forward(be, ln, rstd, x, m->final_norm, B, H, eps);
-        be->ops->gemm(be, 0, 1, B, V, H, 1.0f, ln, H, m->lm_head, H, 0.0f, logits, V);
+        const lt_weight head = lt_model_lm_head(m);
+        lt_weight_forward(m, gws.wtile, &head, logits, ln, B, H, V, 0.0f);
         be->ops->download(be, hlog, logits, (size_t)B * V * sizeof(float));
         if ((st = be->ops->sync(be)) != LT_OK) { lt_fail(err, st, "lt_generate: backend %s failed", be->ops->name); break; }
         done = 1;

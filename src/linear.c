@@ -33,6 +33,11 @@ size_t lt_weight_tile_floats(const lt_model *m) {
             size_t t = (size_t)tile_rows(m, (int)W->q.cols, (int)W->q.rows) * (size_t)W->q.cols;
             if (t > need) need = t;
         }
+    const lt_weight *h = &m->lm_head_q;
+    if (h->format != LT_WEIGHT_F32) {
+        size_t t = (size_t)tile_rows(m, (int)h->q.cols, (int)h->q.rows) * (size_t)h->q.cols;
+        if (t > need) need = t;
+    }
     return need;
 }
 

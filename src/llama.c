@@ -342,13 +342,14 @@ lt_status lt_forward_backward(lt_model *m, const lt_adapter *ad, lt_workspace *w
 
     /* chunked LM head + cross-entropy; dln accumulates d loss / d final_ln */
     double total = 0.0;
+    const lt_weight head = lt_model_lm_head(m);
     for (int r0 = 0; r0 < N; r0 += ws->chunk) {
         int n = N - r0 < ws->chunk ? N - r0 : ws->chunk;
-        OPS->gemm(BE, 0, 1, n, V, H, 1.0f, ws->final_ln + (size_t)r0 * H, H, m->lm_head, H, 0.0f, ws->logits, V);
+        lt_weight_forward(m, ws->wtile, &head, ws->logits, ws->final_ln + (size_t)r0 * H, n, H, V, 0.0f);
         if (logits_out) OPS->download(BE, logits_out + (size_t)r0 * V, ws->logits, (size_t)n * V * sizeof(float));
         OPS->cross_entropy(BE, ws->logits, ws->losses + r0, ws->targets + r0, n, V, backward ? grad_scale : 0.0f);
         if (backward)
-            OPS->gemm(BE, 0, 0, n, H, V, 1.0f, ws->logits, V, m->lm_head, H, 0.0f, ws->dln + (size_t)r0 * H, H);
+            lt_weight_backward(m, ws->wtile, &head, ws->dln + (size_t)r0 * H, ws->logits, n, H, V, 0.0f);
     }
     OPS->download(BE, ws->host_losses, ws->losses, (size_t)N * sizeof(float));
     lt_status st = OPS->sync(BE);

@@ -4,6 +4,7 @@
  * defines: lt_model_load, lt_model_free, lt_model_get_info, lt_model_loss, lt_model_logits
  */
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -271,9 +272,9 @@ static lt_status model_load(lt_model *m, const lt_model_params *p, lt_error *err
         lt_quant_params qp = {.size = sizeof qp, .format = p->quantization, .blocksize = p->quant_blocksize,
                               .double_quant = p->double_quant};
         if ((st = lt_quant_check_params(&qp, err)) != LT_OK) return lt_fail_prefix(err, "lt_model_load");
-        if (p->quantize_lm_head)
-            return lt_fail(err, LT_ERR_UNSUPPORTED, "lt_model_load: quantize_lm_head is not supported yet "
-                           "(the LM head stays f32)");
+        if (p->quantize_lm_head && c->tie_word_embeddings)
+            return lt_fail(err, LT_ERR_UNSUPPORTED, "lt_model_load: quantize_lm_head: the LM head is tied to the "
+                           "embeddings, which stay f32 (the lookup needs them)");
     }
     st = lt_st_set_open_dir(m->dir, p->use_mmap, &m->st, err);
     if (st != LT_OK) return st;
@@ -284,10 +285,18 @@ static lt_status model_load(lt_model *m, const lt_model_params *p, lt_error *err
     if ((st = load_weight(m, p->use_mmap, "model.norm.weight", H, 0, &m->final_norm, err))) return st;
     if (c->tie_word_embeddings) {
         m->lm_head = m->embed;
+    } else if ((st = load_bnb_weight(m, "lm_head.weight", (int)V, (int)H, &m->lm_head_q, err)) == LT_OK) {
+        m->lm_head = NULL; /* a pre-quantized LM head */
+    } else if (st != LT_ERR_MISSING) {
+        return st;
     } else if ((st = load_weight(m, p->use_mmap, "lm_head.weight", V, H, &m->lm_head, err))) {
         if (st == LT_ERR_MISSING)
             lt_fail_prefix(err, "config.json has tie_word_embeddings false");
         return st;
+    } else if (p->quantization != LT_QUANT_NONE && p->quantize_lm_head) {
+        m->lm_head_q = (lt_weight){.format = LT_WEIGHT_F32, .f32 = m->lm_head};
+        if ((st = quantize_weight(m, &m->lm_head_q, (int)V, (int)H, p, "lm_head.weight", err))) return st;
+        m->lm_head = NULL;
     }
     m->layers = calloc((size_t)c->num_hidden_layers, sizeof *m->layers);
     if (!m->layers) return lt_fail(err, LT_ERR_NOMEM, "out of memory");
@@ -457,11 +466,73 @@ LT_API lt_status lt_model_quantize(lt_model *m, const lt_quant_params *params) {
     return m->be->ops->sync(m->be);
 }
 
-/* host copy of n bytes of backend memory (malloc'd; NULL when out of memory) */
-static void *host_copy(lt_model *m, const void *dev, size_t n) {
-    void *h = malloc(n ? n : 1);
-    if (h && n) m->be->ops->download(m->be, h, dev, n);
-    return h;
+/* the entries of one tensor list being written: names, host copies, count */
+typedef struct save_list {
+    lt_st_entry *e;
+    char *names;   /* 160 bytes per entry */
+    void **bufs;
+    int n, cap;
+} save_list;
+
+/* add entry NAME (printf format) of dtype dt and shape (d0[, d1]) holding `bytes` copied from backend
+ * memory dev, or from host memory when host != NULL */
+static lt_status save_add(lt_model *m, save_list *L, lt_dtype dt, int nd, int64_t d0, int64_t d1, const void *dev,
+                          const void *host, size_t bytes, lt_error *err, const char *fmt, ...)
+    __attribute__((format(printf, 11, 12)));
+static lt_status save_add(lt_model *m, save_list *L, lt_dtype dt, int nd, int64_t d0, int64_t d1, const void *dev,
+                          const void *host, size_t bytes, lt_error *err, const char *fmt, ...) {
+    if (L->n == L->cap) return lt_fail(err, LT_ERR_INTERNAL, "lt_model_save_quantized: too many tensors");
+    char *nm = L->names + (size_t)L->n * 160;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(nm, 160, fmt, ap);
+    va_end(ap);
+    void *buf = malloc(bytes ? bytes : 1);
+    if (!buf) return lt_fail(err, LT_ERR_NOMEM, "out of memory saving %s", nm);
+    if (host) memcpy(buf, host, bytes);
+    else if (bytes) m->be->ops->download(m->be, buf, dev, bytes);
+    L->bufs[L->n] = buf;
+    L->e[L->n] = (lt_st_entry){.name = nm, .dtype = dt, .ndim = nd, .shape = {d0, d1}, .data = buf};
+    L->n++;
+    return LT_OK;
+}
+
+/* a weight (out, in): f32 as is, or its bitsandbytes 4-bit tensors */
+static lt_status save_weight(lt_model *m, save_list *L, const char *base, const lt_weight *W, int out, int in,
+                             lt_error *err) {
+    if (W->format != LT_WEIGHT_QUANT)
+        return save_add(m, L, LT_DT_F32, 2, out, in, W->f32, NULL, (size_t)out * in * 4, err, "%s", base);
+    const int64_t numel = (int64_t)out * in, nb = (numel + W->q.blocksize - 1) / W->q.blocksize;
+    const int64_t nb2 = (nb + LT_NESTED_BLOCK - 1) / LT_NESTED_BLOCK;
+    const lt_quant_format f = (lt_quant_format)W->q.format;
+    lt_status st = save_add(m, L, LT_DT_U8, 2, (numel + 1) / 2, 1, W->q.data, NULL, (size_t)(numel + 1) / 2, err, "%s", base);
+    if (st == LT_OK && W->double_quant) {
+        st = save_add(m, L, LT_DT_U8, 1, nb, 0, W->q.qabsmax, NULL, (size_t)nb, err, "%s.absmax", base);
+        if (st == LT_OK) st = save_add(m, L, LT_DT_F32, 1, nb2, 0, W->q.absmax2, NULL, (size_t)nb2 * 4, err, "%s.nested_absmax", base);
+        if (st == LT_OK) st = save_add(m, L, LT_DT_F32, 1, 256, 0, NULL, lt_quant_code8(), 1024, err, "%s.nested_quant_map", base);
+    } else if (st == LT_OK) {
+        st = save_add(m, L, LT_DT_F32, 1, nb, 0, W->q.absmax, NULL, (size_t)nb * 4, err, "%s.absmax", base);
+    }
+    if (st == LT_OK) st = save_add(m, L, LT_DT_F32, 1, 16, 0, NULL, lt_quant_code4(f), 64, err, "%s.quant_map", base);
+    if (st != LT_OK) return st;
+    /* the non-tensor state as bitsandbytes packs it: UTF-8 JSON in a uint8 tensor */
+    json_t *js = json_object();
+    json_object_set_new(js, "quant_type", json_string(lt_quant_format_name(f)));
+    json_object_set_new(js, "blocksize", json_integer(W->q.blocksize));
+    json_object_set_new(js, "dtype", json_string("float32"));
+    json_object_set_new(js, "shape", json_pack("[I,I]", (json_int_t)out, (json_int_t)in));
+    if (W->double_quant) {
+        json_object_set_new(js, "nested_blocksize", json_integer(LT_NESTED_BLOCK));
+        json_object_set_new(js, "nested_dtype", json_string("float32"));
+        json_object_set_new(js, "nested_offset", json_real(W->q.offset));
+    }
+    char *text = json_dumps(js, JSON_COMPACT | JSON_REAL_PRECISION(9));
+    json_decref(js);
+    if (!text) return lt_fail(err, LT_ERR_NOMEM, "out of memory");
+    st = save_add(m, L, LT_DT_U8, 1, (int64_t)strlen(text), 0, NULL, text, strlen(text), err,
+                  "%s.quant_state.bitsandbytes__%s", base, lt_quant_format_name(f));
+    free(text);
+    return st;
 }
 
 LT_API lt_status lt_model_save_quantized(lt_model *m, const char *dir) {
@@ -472,82 +543,38 @@ LT_API lt_status lt_model_save_quantized(lt_model *m, const char *dir) {
         return lt_fail(err, LT_ERR_UNSUPPORTED, "lt_model_save_quantized: the projections are %s; the bitsandbytes "
                        "checkpoint layout is written for nf4 and fp4", lt_quant_format_name(m->quant));
     const lt_model_config *c = &m->cfg;
-    const int L = (int)c->num_hidden_layers;
+    const int L_ = (int)c->num_hidden_layers;
     const int64_t V = c->vocab_size, H = c->hidden_size;
-    const int cap = 3 + L * (2 + 6 * P_COUNT);
-    lt_st_entry *e = calloc((size_t)cap, sizeof *e);
-    char *names = calloc((size_t)cap, 160);
-    void **bufs = calloc((size_t)cap, sizeof *bufs);
-    int n = 0;
+    save_list L = {.cap = 3 + (L_ + 1) * (2 + 6 * P_COUNT)};
+    L.e = calloc((size_t)L.cap, sizeof *L.e);
+    L.names = calloc((size_t)L.cap, 160);
+    L.bufs = calloc((size_t)L.cap, sizeof *L.bufs);
     lt_status st = lt_mkdir_p(dir, err);
-    if (!e || !names || !bufs) st = lt_fail(err, LT_ERR_NOMEM, "lt_model_save_quantized: out of memory");
-    /* one entry: a host copy of `bytes` at dev (or of host data when dev is NULL and host given) */
-#define ENTRY(dt, nd, d0, d1, src, bytes, ...)                                                          \
-    do {                                                                                               \
-        char *nm_ = names + (size_t)n * 160;                                                           \
-        snprintf(nm_, 160, __VA_ARGS__);                                                               \
-        bufs[n] = host_copy(m, src, bytes);                                                            \
-        if (!bufs[n]) { st = lt_fail(err, LT_ERR_NOMEM, "out of memory saving %s", nm_); break; }      \
-        e[n] = (lt_st_entry){.name = nm_, .dtype = dt, .ndim = nd, .shape = {d0, d1}, .data = bufs[n]}; \
-        n++;                                                                                           \
-    } while (0)
-    if (st == LT_OK) do {
-        ENTRY(LT_DT_F32, 2, V, H, m->embed, (size_t)V * H * 4, "model.embed_tokens.weight");
-        ENTRY(LT_DT_F32, 1, H, 0, m->final_norm, (size_t)H * 4, "model.norm.weight");
-        if (!c->tie_word_embeddings) ENTRY(LT_DT_F32, 2, V, H, m->lm_head, (size_t)V * H * 4, "lm_head.weight");
-        for (int l = 0; l < L && st == LT_OK; l++) {
-            ENTRY(LT_DT_F32, 1, H, 0, m->layers[l].attn_norm, (size_t)H * 4, "model.layers.%d.input_layernorm.weight", l);
-            ENTRY(LT_DT_F32, 1, H, 0, m->layers[l].mlp_norm, (size_t)H * 4, "model.layers.%d.post_attention_layernorm.weight", l);
-            for (int q = 0; q < P_COUNT && st == LT_OK; q++) {
-                const lt_weight *W = &m->layers[l].w[q];
-                int in, out;
-                lt_proj_dims(c, (lt_proj)q, &in, &out);
-                char base[128];
-                snprintf(base, sizeof base, "model.layers.%d.%s.%s.weight", l, lt_proj_parent[q], lt_proj_names[q]);
-                if (W->format != LT_WEIGHT_QUANT) {
-                    ENTRY(LT_DT_F32, 2, out, in, W->f32, (size_t)out * in * 4, "%s", base);
-                    continue;
-                }
-                const int64_t numel = (int64_t)out * in, nb = (numel + W->q.blocksize - 1) / W->q.blocksize;
-                const int64_t nb2 = (nb + LT_NESTED_BLOCK - 1) / LT_NESTED_BLOCK;
-                ENTRY(LT_DT_U8, 2, (numel + 1) / 2, 1, W->q.data, (size_t)(numel + 1) / 2, "%s", base);
-                if (W->double_quant) {
-                    ENTRY(LT_DT_U8, 1, nb, 0, W->q.qabsmax, (size_t)nb, "%s.absmax", base);
-                    ENTRY(LT_DT_F32, 1, nb2, 0, W->q.absmax2, (size_t)nb2 * 4, "%s.nested_absmax", base);
-                    ENTRY(LT_DT_F32, 1, 256, 0, m->code8, 1024, "%s.nested_quant_map", base);
-                } else {
-                    ENTRY(LT_DT_F32, 1, nb, 0, W->q.absmax, (size_t)nb * 4, "%s.absmax", base);
-                }
-                /* quant_map and the JSON state are host data: copy them through a small host buffer */
-                char *nm = names + (size_t)n * 160;
-                snprintf(nm, 160, "%s.quant_map", base);
-                bufs[n] = malloc(64);
-                if (!bufs[n]) { st = lt_fail(err, LT_ERR_NOMEM, "out of memory"); break; }
-                memcpy(bufs[n], lt_quant_code4(m->quant), 64);
-                e[n] = (lt_st_entry){.name = nm, .dtype = LT_DT_F32, .ndim = 1, .shape = {16}, .data = bufs[n]};
-                n++;
-                json_t *js = json_object();
-                json_object_set_new(js, "quant_type", json_string(lt_quant_format_name(m->quant)));
-                json_object_set_new(js, "blocksize", json_integer(W->q.blocksize));
-                json_object_set_new(js, "dtype", json_string("float32"));
-                json_object_set_new(js, "shape", json_pack("[I,I]", (json_int_t)out, (json_int_t)in));
-                if (W->double_quant) {
-                    json_object_set_new(js, "nested_blocksize", json_integer(LT_NESTED_BLOCK));
-                    json_object_set_new(js, "nested_dtype", json_string("float32"));
-                    json_object_set_new(js, "nested_offset", json_real(W->q.offset));
-                }
-                char *text = json_dumps(js, JSON_COMPACT | JSON_REAL_PRECISION(9));
-                json_decref(js);
-                if (!text) { st = lt_fail(err, LT_ERR_NOMEM, "out of memory"); break; }
-                nm = names + (size_t)n * 160;
-                snprintf(nm, 160, "%s.quant_state.bitsandbytes__%s", base, lt_quant_format_name(m->quant));
-                bufs[n] = text;
-                e[n] = (lt_st_entry){.name = nm, .dtype = LT_DT_U8, .ndim = 1, .shape = {(int64_t)strlen(text)}, .data = text};
-                n++;
-            }
+    if (!L.e || !L.names || !L.bufs) st = lt_fail(err, LT_ERR_NOMEM, "lt_model_save_quantized: out of memory");
+    if (st == LT_OK) st = save_add(m, &L, LT_DT_F32, 2, V, H, m->embed, NULL, (size_t)V * H * 4, err, "model.embed_tokens.weight");
+    if (st == LT_OK) st = save_add(m, &L, LT_DT_F32, 1, H, 0, m->final_norm, NULL, (size_t)H * 4, err, "model.norm.weight");
+    if (st == LT_OK && !c->tie_word_embeddings) {
+        const lt_weight head = lt_model_lm_head(m);
+        st = save_weight(m, &L, "lm_head.weight", &head, (int)V, (int)H, err);
+    }
+    for (int l = 0; l < L_ && st == LT_OK; l++) {
+        st = save_add(m, &L, LT_DT_F32, 1, H, 0, m->layers[l].attn_norm, NULL, (size_t)H * 4, err,
+                      "model.layers.%d.input_layernorm.weight", l);
+        if (st == LT_OK)
+            st = save_add(m, &L, LT_DT_F32, 1, H, 0, m->layers[l].mlp_norm, NULL, (size_t)H * 4, err,
+                          "model.layers.%d.post_attention_layernorm.weight", l);
+        for (int q = 0; q < P_COUNT && st == LT_OK; q++) {
+            int in, out;
+            lt_proj_dims(c, (lt_proj)q, &in, &out);
+            char base[128];
+            snprintf(base, sizeof base, "model.layers.%d.%s.%s.weight", l, lt_proj_parent[q], lt_proj_names[q]);
+            st = save_weight(m, &L, base, &m->layers[l].w[q], out, in, err);
         }
-    } while (0);
-#undef ENTRY
+    }
+    lt_st_entry *e = L.e;
+    int n = L.n;
+    void **bufs = L.bufs;
+    char *names = L.names;
     if (st == LT_OK) st = lt_st_write_sharded(dir, e, n, 2ull << 30, err);
     char path[4200];
     lt_path_join(path, sizeof path, dir, "config.json");
@@ -574,7 +601,8 @@ LT_API lt_status lt_model_save_quantized(lt_model *m, const char *dir) {
             json_object_set_new(qc, "bnb_4bit_use_double_quant", json_boolean(m->quant_double));
             json_object_set_new(qc, "llm_int8_enable_fp32_cpu_offload", json_false());
             json_object_set_new(qc, "llm_int8_has_fp16_weight", json_false());
-            json_object_set_new(qc, "llm_int8_skip_modules", json_null());
+            /* transformers leaves lm_head unquantized unless the skip list is given: [] when ours is */
+            json_object_set_new(qc, "llm_int8_skip_modules", m->lm_head_q.format != LT_WEIGHT_F32 ? json_array() : json_null());
             json_object_set_new(qc, "llm_int8_threshold", json_real(6.0));
             json_object_set_new(cfg, "quantization_config", qc);
             char *text = json_dumps(cfg, JSON_INDENT(2) | JSON_REAL_PRECISION(17));

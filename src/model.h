@@ -68,7 +68,15 @@ struct lt_model {
     float *code8;           /* (256) backend copy of the 8-bit map (double quant)  */
     int64_t quant_bytes, quant_params; /* bytes and elements of quantized weights */
     size_t tile_floats;     /* dequantization tile size (0: the default, ~1 MiB); tests shrink it */
+    lt_weight lm_head_q;    /* the LM head when quantized (quantize_lm_head; lm_head is then NULL) */
 };
+
+/* The LM head (V, H) as a weight of the seam: quantized, or the f32 lm_head. */
+static inline lt_weight lt_model_lm_head(const lt_model *m) {
+    if (m->lm_head_q.format != LT_WEIGHT_F32) return m->lm_head_q;
+    lt_weight w = {.format = LT_WEIGHT_F32, .f32 = m->lm_head};
+    return w;
+}
 
 /*
  * A model is shared read-only by every thread that uses it, so its calls never write to it: the

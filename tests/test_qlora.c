@@ -218,7 +218,10 @@ START_TEST(test_bad_load_params) {
     ck_assert_ptr_nonnull(strstr(lt_last_error(), "blocksize"));
     mp.quant_blocksize = 64;
     mp.quantize_lm_head = 1;
-    ck_assert_int_eq(lt_model_load(ctx, dir, &mp, &m), LT_ERR_UNSUPPORTED);
+    char tied[512];
+    snprintf(tied, sizeof tied, "%s/llama-tied", MODELS);
+    ck_assert_int_eq(lt_model_load(ctx, tied, &mp, &m), LT_ERR_UNSUPPORTED);
+    ck_assert_ptr_nonnull(strstr(lt_last_error(), "tied"));
     /* an older lt_model_params (only size + use_mmap) still loads, unquantized */
     lt_model_params old;
     lt_model_params_init(&old, sizeof old);
@@ -450,6 +453,61 @@ START_TEST(test_quantize_after_trainer) {
 }
 END_TEST
 
+/* quantize_lm_head: the LM head goes through the seam too; logits equal those of the f32 model of the
+ * dequantized weights (1e-5), and a saved bitsandbytes directory keeps the head quantized */
+START_TEST(test_quantized_lm_head) {
+    lt_context *ctx = tu_context();
+    char dir[512], tmp[64], deq[600], qdir[600];
+    snprintf(dir, sizeof dir, "%s/llama-gqa", MODELS);
+    lt_model_params mp;
+    lt_model_params_init(&mp, sizeof mp);
+    mp.quantization = LT_QUANT_NF4;
+    mp.quantize_lm_head = 1;
+    lt_model *m, *f, *r;
+    ck_assert_msg(lt_model_load(ctx, dir, &mp, &m) == LT_OK, "%s", lt_last_error());
+    ck_assert_ptr_null(m->lm_head);
+    ck_assert_int_eq(m->lm_head_q.format, LT_WEIGHT_QUANT);
+    m->tile_floats = 1000; /* several tiles of the (V, H) head */
+    tu_tempdir(tmp, sizeof tmp);
+    snprintf(deq, sizeof deq, "%s/deq", tmp);
+    snprintf(qdir, sizeof qdir, "%s/q", tmp);
+    ck_assert_int_eq(lt_model_save(m, deq), LT_OK);
+    ck_assert_int_eq(lt_model_save_quantized(m, qdir), LT_OK);
+    ck_assert_int_eq(lt_model_load(ctx, deq, NULL, &f), LT_OK);
+    ck_assert_int_eq(lt_model_load(ctx, qdir, NULL, &r), LT_OK);
+    ck_assert_int_eq(r->lm_head_q.format, LT_WEIGHT_QUANT);
+    const int V = (int)m->cfg.vocab_size, T = 9;
+    int32_t ids[9] = {3, 1, 4, 1, 5, 9, 2, 6, 5};
+    lt_batch bt;
+    lt_batch_init(&bt, sizeof bt);
+    bt.n_rows = 1;
+    bt.seq_len = T;
+    bt.input_ids = ids;
+    float *a = malloc((size_t)T * V * 4), *b = malloc((size_t)T * V * 4), *c = malloc((size_t)T * V * 4);
+    ck_assert_int_eq(lt_model_logits(m, NULL, &bt, a, (size_t)T * V), LT_OK);
+    ck_assert_int_eq(lt_model_logits(f, NULL, &bt, b, (size_t)T * V), LT_OK);
+    ck_assert_int_eq(lt_model_logits(r, NULL, &bt, c, (size_t)T * V), LT_OK);
+    ck_assert_double_le(tu_max_rel_err(a, b, (size_t)T * V), 1e-5);
+    ck_assert_double_le(tu_max_rel_err(c, b, (size_t)T * V), 1e-5);
+    /* training through the quantized head: gradients flow back through it */
+    lt_adapter *ad;
+    snprintf(deq, sizeof deq, "%s/lora/adapter", dir);
+    ck_assert_int_eq(lt_adapter_load(m, deq, &ad), LT_OK);
+    double l1 = loss_and_grads(m, ad, ids, ids, 1, T);
+    ck_assert(isfinite(l1));
+    ck_assert_double_gt(m->be->ops->sumsq(m->be, ad->n_params, ad->grads), 0);
+    lt_adapter_free(ad);
+    free(a); free(b); free(c);
+    lt_model_free(m);
+    lt_model_free(f);
+    lt_model_free(r);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", tmp);
+    ck_assert_int_eq(system(cmd), 0);
+    lt_context_free(ctx);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("qlora");
     TCase *tc = tcase_create("qlora");
@@ -462,6 +520,7 @@ int main(void) {
     tcase_add_test(tc, test_qlora_learns);
     tcase_add_test(tc, test_cli_qlora_train_merge);
     tcase_add_test(tc, test_quantize_after_trainer);
+    tcase_add_test(tc, test_quantized_lm_head);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
