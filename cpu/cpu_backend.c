@@ -598,6 +598,42 @@ static void cpu_adamw_step(lt_backend *be, float *param, const float *grad, floa
                                    beta2, eps, bc2_sqrt, decay));
 }
 
+/* ---- quantized weights ------------------------------------------------------------------------------ */
+
+/* out (r1-r0, cols): rows split over the threads; per block the 16 codes are scaled once (the same
+ * fp32 product code * absmax the reference forms per element) and looked up per nibble. */
+static void cpu_dequantize_rows(lt_backend *be, float *out, const lt_qdesc *q, int64_t r0, int64_t r1) {
+    const int64_t i0 = r0 * q->cols, n = (r1 - r0) * q->cols;
+    if (n <= 0) return;
+    const int bs = q->blocksize;
+    const float *code = q->format == LT_QF_NF4 ? lt_nf4_code : lt_fp4_code;
+    int nt = cpu_threads_for(be, (size_t)n, LT_GRAIN);
+#pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        size_t lo, hi;
+        cpu_slice((size_t)n, omp_get_thread_num(), omp_get_num_threads(), &lo, &hi);
+        for (int64_t i = i0 + (int64_t)lo, end = i0 + (int64_t)hi; i < end;) {
+            const int64_t b = i / bs, e = (b + 1) * bs < end ? (b + 1) * bs : end;
+            const float am = lt_qdesc_absmax(q, b);
+            float *o = out - i0;
+            if (q->format == LT_QF_INT8) {
+                const int8_t *d = (const int8_t *)q->data;
+                for (; i < e; i++) o[i] = ((float)d[i] * am) * LT_INT8_INV127;
+                continue;
+            }
+            float s[16];
+            for (int k = 0; k < 16; k++) s[k] = code[k] * am;
+            if (i & 1) { o[i] = s[q->data[i >> 1] & 15]; i++; }
+            for (; i + 1 < e; i += 2) {
+                const uint8_t byte = q->data[i >> 1];
+                o[i] = s[byte >> 4];
+                o[i + 1] = s[byte & 15];
+            }
+            if (i < e) { o[i] = s[q->data[i >> 1] >> 4]; i++; }
+        }
+    }
+}
+
 /* ---- the table ------------------------------------------------------------------------------------ */
 
 static const lt_backend_ops cpu_ops = {
@@ -632,6 +668,7 @@ static const lt_backend_ops cpu_ops = {
     .dropout = cpu_dropout,
     .adamw_step = cpu_adamw_step,
     .row_scale = cpu_row_scale,
+    .dequantize_rows = cpu_dequantize_rows,
 };
 
 static void cpu_set_err(char *err, size_t errlen, const char *msg) {

@@ -362,3 +362,20 @@ void lt_ref_adamw_step(float *param, const float *grad, float *m, float *v, size
         param[i] -= step_size * m[i] / (sqrtf(v[i]) / bc2_sqrt + eps);
     }
 }
+
+/* ---- quantized weights ---------------------------------------------------------------------------- */
+
+void lt_ref_dequantize_rows(float *out, const lt_qdesc *q, int64_t r0, int64_t r1) {
+    const float *code = q->format == LT_QF_NF4 ? lt_nf4_code : lt_fp4_code;
+    for (int64_t i = r0 * q->cols; i < r1 * q->cols; i++) {
+        const float am = lt_qdesc_absmax(q, i / q->blocksize);
+        float v;
+        if (q->format == LT_QF_INT8) {
+            v = ((float)(int8_t)q->data[i] * am) * LT_INT8_INV127;
+        } else {
+            const int nibble = (i % 2 == 0) ? q->data[i / 2] >> 4 : q->data[i / 2] & 0x0f;
+            v = code[nibble] * am;
+        }
+        out[i - r0 * q->cols] = v;
+    }
+}

@@ -99,4 +99,9 @@ void lt_ref_dropout(float *out, const float *inp, size_t n, float p, uint64_t se
 void lt_ref_adamw_step(float *param, const float *grad, float *m, float *v, size_t n, float step_size,
                        float beta1, float beta2, float eps, float bc2_sqrt, float decay);
 
+/* ---- quantized weights ---- */
+/* out (r1-r0, q->cols): element by element, absmax decoded for every element (backend.h lt_qdesc). */
+struct lt_qdesc;
+void lt_ref_dequantize_rows(float *out, const struct lt_qdesc *q, int64_t r0, int64_t r1);
+
 #endif /* LT_REF_OPS_H */

@@ -218,6 +218,7 @@ static const lt_backend_ops cuda_ops = {
     .dropout = lt_cuda_dropout,
     .adamw_step = lt_cuda_adamw_step,
     .row_scale = lt_cuda_row_scale,
+    .dequantize_rows = lt_cuda_dequantize_rows,
 };
 
 static lt_status create_fail(lt_cuda_impl *im, lt_backend *be, char *err, size_t errlen, const char *what,

@@ -120,6 +120,7 @@ void lt_cuda_cross_entropy(lt_backend *be, float *logits, float *losses, const i
                            int V, float grad_scale);
 
 /* ---- optim.cu --------------------------------------------------------------------------------- */
+void lt_cuda_dequantize_rows(lt_backend *be, float *out, const lt_qdesc *q, int64_t r0, int64_t r1);
 void lt_cuda_adamw_step(lt_backend *be, float *param, const float *grad, float *m, float *v, size_t n,
                         float step_size, float beta1, float beta2, float eps, float bc2_sqrt,
                         float decay);

@@ -115,11 +115,76 @@ LT_API lt_status lt_context_set_threads(lt_context *ctx, int n_threads);
 LT_API int lt_backend_available(const char *name);
 
 /* ---------------------------------------------------------------------------------------------- */
+/* Quantized tensors (bitsandbytes NF4 / FP4 / int8 layouts, byte for byte)                      */
+
+typedef enum lt_quant_format {
+    LT_QUANT_NONE = 0,  /* not quantized (f32)                                                   */
+    LT_QUANT_NF4 = 1,   /* 4-bit normal-float, blockwise absmax (QLoRA)                          */
+    LT_QUANT_FP4 = 2,   /* 4-bit float (bitsandbytes fp4), blockwise absmax                      */
+    LT_QUANT_INT8 = 3   /* int8 round(x * 127 / absmax), blockwise absmax (LLM.int8 when the     */
+                        /* block is a row)                                                       */
+} lt_quant_format;
+
+typedef struct lt_qtensor lt_qtensor;     /* a quantized tensor in host memory           */
+
+typedef struct lt_quant_params {
+    size_t size;            /* sizeof(lt_quant_params)                                        */
+    lt_quant_format format; /* default LT_QUANT_NF4                                            */
+    int blocksize;          /* elements per absmax block: a power of two in 64..4096 (default 64) */
+    int double_quant;       /* 4-bit only: quantize the absmax values to 8 bits in blocks of 256 */
+                            /* around their mean (default 1)                                     */
+} lt_quant_params;
+
+typedef struct lt_qtensor_info {
+    size_t size;            /* sizeof(lt_qtensor_info), set by the caller                      */
+    lt_quant_format format;
+    int blocksize;
+    int double_quant;
+    int ndim;
+    int64_t shape[8];
+    int64_t numel;
+    int64_t n_blocks;       /* absmax blocks                                                   */
+    int64_t bytes;          /* memory of the quantized representation (codes + statistics)     */
+    float nested_offset;    /* double quantization: the mean of the absmax values              */
+} lt_qtensor_info;
+
+/* The parts of a quantized tensor, named as bitsandbytes serializes them. */
+typedef enum lt_qpart {
+    LT_QPART_DATA = 0,             /* packed 4-bit codes (uint8) or int8 values                 */
+    LT_QPART_ABSMAX = 1,           /* f32 per block, or uint8 codes with double quantization    */
+    LT_QPART_NESTED_ABSMAX = 2,    /* f32 per 256 blocks (double quantization only)             */
+    LT_QPART_QUANT_MAP = 3,        /* the 16 f32 values of the 4-bit code (4-bit only)          */
+    LT_QPART_NESTED_QUANT_MAP = 4  /* the 256 f32 values of the 8-bit dynamic map (double quant) */
+} lt_qpart;
+
+LT_API void lt_quant_params_init(lt_quant_params *params, size_t size);
+/**
+ * Quantize n = prod(shape) f32 values (row-major, ndim 1..8). NaN or Inf in data -> LT_ERR_NUMERIC.
+ * The codes and statistics equal bitsandbytes' quantize_4bit (CPU) for the same input.
+ */
+LT_API lt_status lt_qtensor_quantize(const float *data, const int64_t *shape, int ndim,
+                                     const lt_quant_params *params, lt_qtensor **out);
+LT_API void lt_qtensor_free(lt_qtensor *q);
+LT_API const char *lt_qtensor_last_error(const lt_qtensor *q);
+LT_API lt_status lt_qtensor_get_info(const lt_qtensor *q, lt_qtensor_info *info);
+/** Dequantize into out (count >= numel floats / bf16 values), row-major. */
+LT_API lt_status lt_qtensor_dequantize(const lt_qtensor *q, float *out, size_t count);
+LT_API lt_status lt_qtensor_dequantize_bf16(const lt_qtensor *q, uint16_t *out, size_t count);
+/** Borrow one part (valid until lt_qtensor_free); LT_ERR_MISSING if the tensor has no such part. */
+LT_API lt_status lt_qtensor_part(const lt_qtensor *q, lt_qpart part, const void **data, size_t *bytes);
+
+/* ---------------------------------------------------------------------------------------------- */
 /* Model                                                                                          */
 
 typedef struct lt_model_params {
     size_t size;         /* sizeof(lt_model_params)                                       */
     int use_mmap;        /* 1 (default): map safetensors files, use f32 weights in place  */
+    /* quantization on load (QLoRA): the 7 linear projections of every block; embeddings and norms
+     * stay f32. A pre-quantized bitsandbytes checkpoint is read as it is stored whatever these say. */
+    lt_quant_format quantization; /* default LT_QUANT_NONE                                  */
+    int double_quant;    /* 4-bit: also quantize the absmax values (default 1)            */
+    int quant_blocksize; /* default 64                                                     */
+    int quantize_lm_head;/* 1: quantize lm_head too (untied models only; default 0)       */
 } lt_model_params;
 
 typedef struct lt_model_info {
@@ -133,6 +198,9 @@ typedef struct lt_model_info {
     int tied_embeddings;
     int64_t n_params;          /* parameters of the base model                              */
     int64_t weight_bytes;      /* bytes the weights occupy in the backend                   */
+    lt_quant_format quantization; /* format of the quantized projections (NONE: all f32)    */
+    int64_t quantized_params;  /* parameters stored quantized                               */
+    int64_t quantized_bytes;   /* their bytes (codes + statistics): 8 * bytes / params bits */
 } lt_model_info;
 
 LT_API void lt_model_params_init(lt_model_params *params, size_t size);
@@ -142,6 +210,19 @@ LT_API lt_status lt_model_load(lt_context *ctx, const char *dir, const lt_model_
 LT_API void lt_model_free(lt_model *model);
 LT_API const char *lt_model_last_error(const lt_model *model);
 LT_API lt_status lt_model_get_info(const lt_model *model, lt_model_info *info);
+
+/**
+ * Quantize the 7 linear projections of every block of a loaded model in place (those still f32), as
+ * lt_model_params.quantization does on load. Not while an adapter is merged into the model.
+ */
+LT_API lt_status lt_model_quantize(lt_model *model, const lt_quant_params *params);
+/**
+ * Write the model as a Hugging Face directory in the bitsandbytes 4-bit layout transformers reads
+ * (config.json with a quantization_config block; per quantized weight `<name>` packed uint8,
+ * `.absmax`, `.quant_map`, `.nested_absmax`, `.nested_quant_map`, `.quant_state.bitsandbytes__nf4|fp4`);
+ * embeddings, norms and lm_head in f32. The projections must be NF4 or FP4 (LT_ERR_UNSUPPORTED for int8).
+ */
+LT_API lt_status lt_model_save_quantized(lt_model *model, const char *dir);
 
 /* A batch of B rows of T tokens, row-major [B*T]. */
 typedef struct lt_batch {

@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include "model.h"
+#include "quant.h"
 
 #define KEY_PREFIX "base_model.model.model.layers."
 
@@ -500,10 +501,14 @@ static lt_status merge_sign(lt_adapter *a, float sign) {
             if (!lo) continue;
             int in, o;
             lt_proj_dims(&m->cfg, (lt_proj)q, &in, &o);
-            lt_status st = weight_writable(m, &m->layers[l].w[q], (size_t)in * o, &a->err);
+            if (m->layers[l].w[q].format != LT_WEIGHT_F32)
+                return lt_fail(&a->err, LT_ERR_UNSUPPORTED, "merge: the base weights are quantized (%s); merging in "
+                               "place needs f32 weights: export a merged model instead (lt_adapter_export_merged)",
+                               lt_quant_format_name(m->quant));
+            lt_status st = weight_writable(m, &m->layers[l].w[q].f32, (size_t)in * o, &a->err);
             if (st != LT_OK) return st;
             m->be->ops->gemm(m->be, 0, 0, o, in, a->p.rank, sign * a->scaling, lo->B, a->p.rank, lo->A, in,
-                             1.0f, m->layers[l].w[q], in);
+                             1.0f, m->layers[l].w[q].f32, in);
         }
     return m->be->ops->sync(m->be);
 }
@@ -552,7 +557,7 @@ lt_status lt_model_export(lt_model *m, const lt_adapter *a, const char *dir, uin
         size_t cnt = (size_t)(d0) * ((d1) > 0 ? (d1) : 1);                                            \
         bufs[n] = malloc(cnt * sizeof(float));                                                        \
         if (!bufs[n]) { st = lt_fail(err, LT_ERR_NOMEM, "out of memory exporting %s", nm); goto out; }\
-        m->be->ops->download(m->be, bufs[n], ptr, cnt * sizeof(float));                               \
+        if (ptr) m->be->ops->download(m->be, bufs[n], ptr, cnt * sizeof(float));                      \
         e[n].name = nm; e[n].dtype = LT_DT_F32; e[n].ndim = (d1) > 0 ? 2 : 1;                         \
         e[n].shape[0] = d0; e[n].shape[1] = d1; e[n].data = bufs[n];                                  \
         n++;                                                                                          \
@@ -564,7 +569,10 @@ lt_status lt_model_export(lt_model *m, const lt_adapter *a, const char *dir, uin
         for (int q = 0; q < P_COUNT; q++) {
             int in, o;
             lt_proj_dims(c, (lt_proj)q, &in, &o);
-            ADD("model.layers.%d.%s.%s.weight", m->layers[l].w[q], o, in, l, lt_proj_parent[q], lt_proj_names[q]);
+            /* quantized weights are exported dequantized: the merged model is f32 */
+            ADD("model.layers.%d.%s.%s.weight", NULL, o, in, l, lt_proj_parent[q], lt_proj_names[q]);
+            st = lt_weight_download(m, &m->layers[l].w[q], bufs[n - 1], o, in, err);
+            if (st != LT_OK) goto out;
             lt_lora *lo = a ? lt_adapter_lora(a, l, (lt_proj)q) : NULL;
             if (lo && !a->merged) {
                 /* host-side merge: W += s B A */
@@ -586,7 +594,12 @@ lt_status lt_model_export(lt_model *m, const lt_adapter *a, const char *dir, uin
         }
     }
     ADD("%s", m->final_norm, H, 0, "model.norm.weight");
-    if (!c->tie_word_embeddings) ADD("%s", m->lm_head, V, H, "lm_head.weight");
+    if (!c->tie_word_embeddings) {
+        const lt_weight head = lt_model_lm_head(m); /* exported dequantized when quantized */
+        ADD("%s", NULL, V, H, "lm_head.weight");
+        st = lt_weight_download(m, &head, bufs[n - 1], (int)V, (int)H, err);
+        if (st != LT_OK) goto out;
+    }
 #undef ADD
     st = lt_st_write_sharded(dir, e, n, max_shard_bytes, err);
     if (st != LT_OK) goto out;

@@ -25,6 +25,50 @@
 
 typedef struct lt_backend lt_backend;
 
+/* ---- blockwise-quantized weights (bitsandbytes layouts; src/quant.c makes them) ----------------
+ * A (rows, cols) weight flattened row-major into numel = rows*cols elements, cut into blocks of
+ * `blocksize` consecutive elements (the last may be partial). Element i belongs to block i/blocksize.
+ *  NF4/FP4: data holds ceil(numel/2) bytes, element 2j in the HIGH nibble of byte j, 2j+1 in the low;
+ *           value = code4[nibble] * absmax[block].
+ *  INT8:    data holds numel int8 values; value = (q * absmax[block]) * (1/127) (bitsandbytes'
+ *           LLM.int8 vector-wise layout when blocksize == cols).
+ *  Double quantization (4-bit only): absmax[b] = code8[qabsmax[b]] * absmax2[b/256] + offset, each
+ *  step rounded to fp32 in that order (no fused multiply-add), exactly as bitsandbytes decodes it. */
+enum { LT_QF_NF4 = 1, LT_QF_FP4 = 2, LT_QF_INT8 = 3 }; /* == lt_quant_format */
+
+typedef struct lt_qdesc {
+    int format;              /* LT_QF_*                                                         */
+    int blocksize;
+    int64_t rows, cols;
+    const uint8_t *data;     /* see above                                                       */
+    const float *absmax;     /* (n_blocks) f32, or NULL with double quantization               */
+    const uint8_t *qabsmax;  /* (n_blocks) 8-bit codes of absmax - offset (double quantization) */
+    const float *absmax2;    /* (ceil(n_blocks/256)) scales of the codes                        */
+    const float *code8;      /* (256) the signed dynamic map the codes index                    */
+    float offset;            /* mean of the original absmax                                     */
+} lt_qdesc;
+
+#define LT_INT8_INV127 7.874015718698502e-3f /* bitsandbytes' 1/127 */
+
+/* NF4 (normal-float) and FP4 code books, index = nibble. FP4 is bitsandbytes' list / 12 in fp32 (its
+ * "-0" at index 8 is a Python int: +0.0). */
+static const float lt_nf4_code[16] = {
+    -1.0f, -0.6961928009986877f, -0.5250730514526367f, -0.39491748809814453f, -0.28444138169288635f,
+    -0.18477343022823334f, -0.09105003625154495f, 0.0f, 0.07958029955625534f, 0.16093020141124725f,
+    0.24611230194568634f, 0.33791524171829224f, 0.44070982933044434f, 0.5626170039176941f,
+    0.7229568362236023f, 1.0f};
+static const float lt_fp4_code[16] = {
+    0.0f / 12.0f, 0.0625f / 12.0f, 8.0f / 12.0f, 12.0f / 12.0f, 4.0f / 12.0f, 6.0f / 12.0f,
+    2.0f / 12.0f, 3.0f / 12.0f, 0.0f / 12.0f, -0.0625f / 12.0f, -8.0f / 12.0f, -12.0f / 12.0f,
+    -4.0f / 12.0f, -6.0f / 12.0f, -2.0f / 12.0f, -3.0f / 12.0f};
+
+/* The decoded absmax of block b (host-readable descriptors only: the CPU backend and src/quant.c). */
+static inline float lt_qdesc_absmax(const lt_qdesc *q, int64_t b) {
+    if (q->absmax) return q->absmax[b];
+    volatile float s = q->code8[q->qabsmax[b]] * q->absmax2[b / 256]; /* volatile: no fma contraction */
+    return s + q->offset;
+}
+
 typedef struct lt_backend_ops {
     const char *name;
     /* 1 if pointers returned by alloc are host pointers (CPU): the core may then use memory-mapped
@@ -138,6 +182,10 @@ typedef struct lt_backend_ops {
     /* ---- per-row scaling (objectives other than SFT weight each token's CE gradient) ---------- */
     /* x (n,C): row i *= w[i]; w (n) on the device. */
     void (*row_scale)(lt_backend *be, float *x, const float *w, int n, int C);
+    /* ---- quantized weights ------------------------------------------------------------------- */
+    /* out (r1-r0, cols) = the dequantized rows r0 .. r1-1 of q (lt_qdesc above), bit for bit the
+     * values bitsandbytes' dequantization gives. q is a host struct holding backend pointers. */
+    void (*dequantize_rows)(lt_backend *be, float *out, const lt_qdesc *q, int64_t r0, int64_t r1);
 } lt_backend_ops;
 
 struct lt_backend {

@@ -120,7 +120,8 @@ LT_API lt_status lt_generate(lt_model *m, const lt_adapter *ad, const int32_t *p
     const int r = ad ? ad->p.rank : 1;
     lt_backend *be = m->be;
     /* one allocation: activations for B tokens + the KV cache */
-    size_t nf = (size_t)B * (4 * H + 2 * QD + 2 * KD + 3 * I + r + V) + (size_t)B + 2 * (size_t)L * B * S * KD;
+    const size_t wt = lt_weight_tile_floats(m); /* dequantization scratch of quantized weights */
+    size_t nf = (size_t)B * (4 * H + 2 * QD + 2 * KD + 3 * I + r + V) + (size_t)B + 2 * (size_t)L * B * S * KD + wt;
     float *blk = be->ops->alloc(be, nf * sizeof(float) + 2 * (size_t)B * sizeof(int32_t));
     float *hlog = malloc((size_t)B * V * sizeof(float));
     cand *cands = malloc((size_t)V * sizeof *cands);
@@ -134,7 +135,11 @@ LT_API lt_status lt_generate(lt_model *m, const lt_adapter *ad, const int32_t *p
     float *q = tmpH + (size_t)B * H, *att = q + (size_t)B * QD, *k = att + (size_t)B * QD, *v = k + (size_t)B * KD;
     float *gate = v + (size_t)B * KD, *up = gate + (size_t)B * I, *act = up + (size_t)B * I, *xa = act + (size_t)B * I;
     float *logits = xa + (size_t)B * r, *rstd = logits + (size_t)B * V, *kc = rstd + B, *vc = kc + (size_t)L * B * S * KD;
-    int32_t *dtok = (int32_t *)(vc + (size_t)L * B * S * KD), *dpos = dtok + B;
+    float *wtile = vc + (size_t)L * B * S * KD;
+    int32_t *dtok = (int32_t *)(wtile + wt), *dpos = dtok + B;
+    lt_workspace gws; /* only the weight scratch is used (no dropout, no backward) */
+    memset(&gws, 0, sizeof gws);
+    gws.wtile = wtile;
     int32_t *tok = htok, *posv = htok + B;
     for (int b = 0; b < B; b++) { tok[b] = starts[b][0]; out_lens[b] = 0; }
     gen_rng rng = {p.seed ^ 0x5DEECE66Dull};
@@ -152,9 +157,9 @@ LT_API lt_status lt_generate(lt_model *m, const lt_adapter *ad, const int32_t *p
             for (int pj = 0; pj < P_COUNT; pj++) lo[pj] = ad ? lt_adapter_lora(ad, l, (lt_proj)pj) : NULL;
             float *kcl = kc + (size_t)l * B * S * KD, *vcl = vc + (size_t)l * B * S * KD;
             be->ops->rmsnorm_forward(be, ln, rstd, x, W->attn_norm, B, H, eps);
-            lt_linear_forward(m, NULL, ad, lo[P_Q], NULL, 0, q, ln, W->w[P_Q], xa, B, H, QD);
-            lt_linear_forward(m, NULL, ad, lo[P_K], NULL, 0, k, ln, W->w[P_K], xa, B, H, KD);
-            lt_linear_forward(m, NULL, ad, lo[P_V], NULL, 0, v, ln, W->w[P_V], xa, B, H, KD);
+            lt_linear_forward(m, &gws, ad, lo[P_Q], NULL, 0, q, ln, &W->w[P_Q], xa, B, H, QD);
+            lt_linear_forward(m, &gws, ad, lo[P_K], NULL, 0, k, ln, &W->w[P_K], xa, B, H, KD);
+            lt_linear_forward(m, &gws, ad, lo[P_V], NULL, 0, v, ln, &W->w[P_V], xa, B, H, KD);
             be->ops->rope_forward(be, q, dpos, m->inv_freq, B, NH, HD, m->rot_dim);
             be->ops->rope_forward(be, k, dpos, m->inv_freq, B, NKV, HD, m->rot_dim);
             for (int b = 0; b < B; b++) {
@@ -162,17 +167,18 @@ LT_API lt_status lt_generate(lt_model *m, const lt_adapter *ad, const int32_t *p
                 be->ops->copy(be, vcl + ((size_t)b * S + s) * KD, v + (size_t)b * KD, (size_t)KD * sizeof(float));
             }
             be->ops->attention_decode(be, att, q, kcl, vcl, B, S, s + 1, NH, NKV, HD, scale);
-            lt_linear_forward(m, NULL, ad, lo[P_O], NULL, 0, xmid, att, W->w[P_O], xa, B, QD, H);
+            lt_linear_forward(m, &gws, ad, lo[P_O], NULL, 0, xmid, att, &W->w[P_O], xa, B, QD, H);
             be->ops->axpy(be, (size_t)B * H, 1.0f, x, xmid);
             be->ops->rmsnorm_forward(be, ln, rstd, xmid, W->mlp_norm, B, H, eps);
-            lt_linear_forward(m, NULL, ad, lo[P_GATE], NULL, 0, gate, ln, W->w[P_GATE], xa, B, H, I);
-            lt_linear_forward(m, NULL, ad, lo[P_UP], NULL, 0, up, ln, W->w[P_UP], xa, B, H, I);
+            lt_linear_forward(m, &gws, ad, lo[P_GATE], NULL, 0, gate, ln, &W->w[P_GATE], xa, B, H, I);
+            lt_linear_forward(m, &gws, ad, lo[P_UP], NULL, 0, up, ln, &W->w[P_UP], xa, B, H, I);
             be->ops->swiglu_forward(be, act, gate, up, (size_t)B * I);
-            lt_linear_forward(m, NULL, ad, lo[P_DOWN], NULL, 0, x, act, W->w[P_DOWN], xa, B, I, H);
+            lt_linear_forward(m, &gws, ad, lo[P_DOWN], NULL, 0, x, act, &W->w[P_DOWN], xa, B, I, H);
             be->ops->axpy(be, (size_t)B * H, 1.0f, xmid, x);
         }
         be->ops->rmsnorm_forward(be, ln, rstd, x, m->final_norm, B, H, eps);
-        be->ops->gemm(be, 0, 1, B, V, H, 1.0f, ln, H, m->lm_head, H, 0.0f, logits, V);
+        const lt_weight head = lt_model_lm_head(m);
+        lt_weight_forward(m, gws.wtile, &head, logits, ln, B, H, V, 0.0f);
         be->ops->download(be, hlog, logits, (size_t)B * V * sizeof(float));
         if ((st = be->ops->sync(be)) != LT_OK) { lt_fail(err, st, "lt_generate: backend %s failed", be->ops->name); break; }
         done = 1;

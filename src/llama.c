@@ -94,6 +94,8 @@ lt_status lt_workspace_create(lt_model *m, int B, int T, int rank, int mode,
         CARVE(ws->att_scratch, OPS->attention_backward_scratch(BE, B, T, NH, (int)c->head_dim));
         CARVE(ws->row_w, N);
     }
+    const size_t wtile = lt_weight_tile_floats(m); /* quantized weights: dequantization scratch */
+    if (wtile) CARVE(ws->wtile, wtile);
 
     ws->block = OPS->alloc(BE, total);
     ws->block_bytes = total;
@@ -122,7 +124,7 @@ lt_status lt_workspace_create(lt_model *m, int B, int T, int rank, int mode,
                   (void **)&ws->dres, (void **)&ws->dln, (void **)&ws->dI1, (void **)&ws->dI2,
                   (void **)&ws->dI3, (void **)&ws->dq, (void **)&ws->dk, (void **)&ws->dv,
                   (void **)&ws->datt, (void **)&ws->dr, (void **)&ws->drop, (void **)&ws->att_scratch,
-                  (void **)&ws->row_w};
+                  (void **)&ws->row_w, (void **)&ws->wtile};
     for (size_t i = 0; i < sizeof g / sizeof *g; i++) relocate(g[i], base);
     /* every layer's activations alias x_in to the saved input of that layer */
     *out = ws;
@@ -201,8 +203,8 @@ lt_status lt_stage_batch(lt_model *m, lt_workspace *ws, const lt_batch *b, int64
 /* y (N,out) = x (N,in) W^T + s * (dropout(x) A^T) B^T ; xa (N,r) keeps dropout(x) A^T for backward. */
 void lt_linear_forward(lt_model *m, lt_workspace *ws, const lt_adapter *ad, const lt_lora *lo,
                        const lt_dropout_state *drop, uint64_t drop_stream, float *y, const float *x,
-                       const float *W, float *xa, int N, int in, int out) {
-    OPS->gemm(BE, 0, 1, N, out, in, 1.0f, x, in, W, in, 0.0f, y, out);
+                       const lt_weight *W, float *xa, int N, int in, int out) {
+    lt_weight_forward(m, ws ? ws->wtile : NULL, W, y, x, N, in, out, 0.0f);
     if (!lo) return;
     const int r = ad->p.rank;
     const float *xd = x;
@@ -217,9 +219,9 @@ void lt_linear_forward(lt_model *m, lt_workspace *ws, const lt_adapter *ad, cons
 /* dx (N,in) = (accumulate ? dx : 0) + dy W + s (dy B) A ;  dB += s dy^T xa ; dA += s (dy B)^T dropout(x) */
 static void linear_backward(lt_model *m, lt_workspace *ws, const lt_adapter *ad, const lt_lora *lo,
                             const lt_dropout_state *drop, uint64_t drop_stream, float *dx, int accumulate,
-                            const float *dy, const float *x, const float *W, const float *xa, int N, int in,
+                            const float *dy, const float *x, const lt_weight *W, const float *xa, int N, int in,
                             int out) {
-    OPS->gemm(BE, 0, 0, N, in, out, 1.0f, dy, out, W, in, accumulate ? 1.0f : 0.0f, dx, in);
+    lt_weight_backward(m, ws->wtile, W, dx, dy, N, in, out, accumulate ? 1.0f : 0.0f);
     if (!lo) return;
     const int r = ad->p.rank;
     const float s = ad->scaling;
@@ -256,22 +258,22 @@ static void layer_forward(lt_model *m, lt_workspace *ws, const lt_adapter *ad, c
     for (int p = 0; p < P_COUNT; p++) lo[p] = ad ? lt_adapter_lora(ad, l, (lt_proj)p) : NULL;
 
     OPS->rmsnorm_forward(BE, A->ln1, A->rstd1, x, W->attn_norm, N, H, (float)c->rms_norm_eps);
-    lt_linear_forward(m, ws, ad, lo[P_Q], drop, stream_id(l, P_Q, N, H), A->q, A->ln1, W->w[P_Q], A->xa[P_Q], N, H, QD);
-    lt_linear_forward(m, ws, ad, lo[P_K], drop, stream_id(l, P_K, N, H), A->k, A->ln1, W->w[P_K], A->xa[P_K], N, H, KD);
-    lt_linear_forward(m, ws, ad, lo[P_V], drop, stream_id(l, P_V, N, H), A->v, A->ln1, W->w[P_V], A->xa[P_V], N, H, KD);
+    lt_linear_forward(m, ws, ad, lo[P_Q], drop, stream_id(l, P_Q, N, H), A->q, A->ln1, &W->w[P_Q], A->xa[P_Q], N, H, QD);
+    lt_linear_forward(m, ws, ad, lo[P_K], drop, stream_id(l, P_K, N, H), A->k, A->ln1, &W->w[P_K], A->xa[P_K], N, H, KD);
+    lt_linear_forward(m, ws, ad, lo[P_V], drop, stream_id(l, P_V, N, H), A->v, A->ln1, &W->w[P_V], A->xa[P_V], N, H, KD);
     OPS->rope_forward(BE, A->q, ws->pos, m->inv_freq, N, NH, HD, m->rot_dim);
     OPS->rope_forward(BE, A->k, ws->pos, m->inv_freq, N, NKV, HD, m->rot_dim);
     OPS->attention_forward(BE, A->att, A->lse, A->q, A->k, A->v, ws->kv_start, B, T, NH, NKV, HD,
                            1.0f / sqrtf((float)HD));
     /* x_mid = x + o(att) */
-    lt_linear_forward(m, ws, ad, lo[P_O], drop, stream_id(l, P_O, N, QD), A->x_mid, A->att, W->w[P_O], A->xa[P_O], N, QD, H);
+    lt_linear_forward(m, ws, ad, lo[P_O], drop, stream_id(l, P_O, N, QD), A->x_mid, A->att, &W->w[P_O], A->xa[P_O], N, QD, H);
     OPS->axpy(BE, (size_t)N * H, 1.0f, x, A->x_mid);
     OPS->rmsnorm_forward(BE, A->ln2, A->rstd2, A->x_mid, W->mlp_norm, N, H, (float)c->rms_norm_eps);
-    lt_linear_forward(m, ws, ad, lo[P_GATE], drop, stream_id(l, P_GATE, N, H), A->gate, A->ln2, W->w[P_GATE], A->xa[P_GATE], N, H, I);
-    lt_linear_forward(m, ws, ad, lo[P_UP], drop, stream_id(l, P_UP, N, H), A->up, A->ln2, W->w[P_UP], A->xa[P_UP], N, H, I);
+    lt_linear_forward(m, ws, ad, lo[P_GATE], drop, stream_id(l, P_GATE, N, H), A->gate, A->ln2, &W->w[P_GATE], A->xa[P_GATE], N, H, I);
+    lt_linear_forward(m, ws, ad, lo[P_UP], drop, stream_id(l, P_UP, N, H), A->up, A->ln2, &W->w[P_UP], A->xa[P_UP], N, H, I);
     OPS->swiglu_forward(BE, A->act, A->gate, A->up, (size_t)N * I);
     /* x_out = x_mid + down(act) */
-    lt_linear_forward(m, ws, ad, lo[P_DOWN], drop, stream_id(l, P_DOWN, N, I), x_out, A->act, W->w[P_DOWN], A->xa[P_DOWN], N, I, H);
+    lt_linear_forward(m, ws, ad, lo[P_DOWN], drop, stream_id(l, P_DOWN, N, I), x_out, A->act, &W->w[P_DOWN], A->xa[P_DOWN], N, I, H);
     OPS->axpy(BE, (size_t)N * H, 1.0f, A->x_mid, x_out);
 }
 
@@ -288,27 +290,27 @@ static void layer_backward(lt_model *m, lt_workspace *ws, const lt_adapter *ad, 
 
     /* MLP: x_out = x_mid + down(silu(gate(ln2)) * up(ln2)) */
     linear_backward(m, ws, ad, lo[P_DOWN], drop, stream_id(l, P_DOWN, N, I), ws->dI1, 0, ws->dres, A->act,
-                    W->w[P_DOWN], A->xa[P_DOWN], N, I, H);
+                    &W->w[P_DOWN], A->xa[P_DOWN], N, I, H);
     OPS->swiglu_backward(BE, ws->dI2, ws->dI3, ws->dI1, A->gate, A->up, (size_t)N * I);
     linear_backward(m, ws, ad, lo[P_GATE], drop, stream_id(l, P_GATE, N, H), ws->dln, 0, ws->dI2, A->ln2,
-                    W->w[P_GATE], A->xa[P_GATE], N, H, I);
+                    &W->w[P_GATE], A->xa[P_GATE], N, H, I);
     linear_backward(m, ws, ad, lo[P_UP], drop, stream_id(l, P_UP, N, H), ws->dln, 1, ws->dI3, A->ln2,
-                    W->w[P_UP], A->xa[P_UP], N, H, I);
+                    &W->w[P_UP], A->xa[P_UP], N, H, I);
     OPS->rmsnorm_backward(BE, ws->dres, NULL, ws->dln, A->x_mid, W->mlp_norm, A->rstd2, N, H);
 
     /* attention: x_mid = x + o(attention(rope(q(ln1)), rope(k(ln1)), v(ln1))) */
     linear_backward(m, ws, ad, lo[P_O], drop, stream_id(l, P_O, N, QD), ws->datt, 0, ws->dres, A->att,
-                    W->w[P_O], A->xa[P_O], N, QD, H);
+                    &W->w[P_O], A->xa[P_O], N, QD, H);
     OPS->attention_backward(BE, ws->dq, ws->dk, ws->dv, ws->datt, A->q, A->k, A->v, A->att, A->lse,
                             ws->kv_start, B, T, NH, NKV, HD, 1.0f / sqrtf((float)HD), ws->att_scratch);
     OPS->rope_backward(BE, ws->dq, ws->pos, m->inv_freq, N, NH, HD, m->rot_dim);
     OPS->rope_backward(BE, ws->dk, ws->pos, m->inv_freq, N, NKV, HD, m->rot_dim);
     linear_backward(m, ws, ad, lo[P_Q], drop, stream_id(l, P_Q, N, H), ws->dln, 0, ws->dq, A->ln1,
-                    W->w[P_Q], A->xa[P_Q], N, H, QD);
+                    &W->w[P_Q], A->xa[P_Q], N, H, QD);
     linear_backward(m, ws, ad, lo[P_K], drop, stream_id(l, P_K, N, H), ws->dln, 1, ws->dk, A->ln1,
-                    W->w[P_K], A->xa[P_K], N, H, KD);
+                    &W->w[P_K], A->xa[P_K], N, H, KD);
     linear_backward(m, ws, ad, lo[P_V], drop, stream_id(l, P_V, N, H), ws->dln, 1, ws->dv, A->ln1,
-                    W->w[P_V], A->xa[P_V], N, H, KD);
+                    &W->w[P_V], A->xa[P_V], N, H, KD);
     OPS->rmsnorm_backward(BE, ws->dres, NULL, ws->dln, x, W->attn_norm, A->rstd1, N, H);
 }
 
@@ -332,21 +334,19 @@ static lt_status backward_layers(lt_model *m, const lt_adapter *ad, lt_workspace
     return LT_OK;
 }
 
-lt_status lt_forward_backward(lt_model *m, const lt_adapter *ad, lt_workspace *ws,
-                              const lt_dropout_state *drop, float grad_scale, double *loss_sum,
-                              float *logits_out, lt_error *err) {
+/* Checks shared by every pass, then embeddings, each layer and the final norm into ws->final_ln;
+ * checkpointing keeps only each layer's input. */
+static lt_status forward_layers(lt_model *m, const lt_adapter *ad, lt_workspace *ws, const lt_dropout_state *drop,
+                                lt_error *err) {
     const lt_model_config *c = &m->cfg;
-    const int L = (int)c->num_hidden_layers, H = (int)c->hidden_size, V = (int)c->vocab_size;
-    const int N = ws->B * ws->T;
-    const int backward = grad_scale != 0.0f && !logits_out;
-    if (backward && ws->forward_only)
-        return lt_fail(err, LT_ERR_INTERNAL, "a forward-only workspace cannot run a backward pass");
+    const int L = (int)c->num_hidden_layers, H = (int)c->hidden_size, N = ws->B * ws->T;
     if (ad && ad->p.rank > ws->rank)
         return lt_fail(err, LT_ERR_INTERNAL, "workspace planned for rank %d, adapter has rank %d", ws->rank, ad->p.rank);
     if (ad && ad->merged)
         return lt_fail(err, LT_ERR_STATE, "the adapter is merged into the base weights; unmerge it first");
-
-    /* forward: embeddings, then each layer; checkpointing keeps only each layer's input */
+    if (!ws->wtile && lt_weight_tile_floats(m) > 0)
+        return lt_fail(err, LT_ERR_STATE, "the model was quantized after this trainer planned its memory; "
+                       "quantize the model before creating trainers");
     OPS->embedding_forward(BE, ws->x_saved[0], ws->ids, m->embed, N, H);
     for (int l = 0; l < L; l++) {
         lt_layer_acts *A = &ws->acts[ws->checkpointing ? 0 : l];
@@ -354,19 +354,40 @@ lt_status lt_forward_backward(lt_model *m, const lt_adapter *ad, lt_workspace *w
     }
     OPS->rmsnorm_forward(BE, ws->final_ln, ws->final_rstd, ws->x_saved[L], m->final_norm, N, H,
                          (float)c->rms_norm_eps);
+    return LT_OK;
+}
+
+/* logits (n,V) = logit_scale * final_ln[r0 .. r0+n) W_lm^T */
+static void lm_head_forward(lt_model *m, lt_workspace *ws, const lt_weight *head, int r0, int n, float logit_scale) {
+    const int H = (int)m->cfg.hidden_size, V = (int)m->cfg.vocab_size;
+    lt_weight_forward(m, ws->wtile, head, ws->logits, ws->final_ln + (size_t)r0 * H, n, H, V, 0.0f);
+    if (logit_scale != 1.0f) OPS->scale(BE, (size_t)n * V, logit_scale, ws->logits);
+}
+
+lt_status lt_forward_backward(lt_model *m, const lt_adapter *ad, lt_workspace *ws,
+                              const lt_dropout_state *drop, float grad_scale, double *loss_sum,
+                              float *logits_out, lt_error *err) {
+    const int H = (int)m->cfg.hidden_size, V = (int)m->cfg.vocab_size;
+    const int N = ws->B * ws->T;
+    const int backward = grad_scale != 0.0f && !logits_out;
+    if (backward && ws->forward_only)
+        return lt_fail(err, LT_ERR_INTERNAL, "a forward-only workspace cannot run a backward pass");
+    lt_status st = forward_layers(m, ad, ws, drop, err);
+    if (st != LT_OK) return st;
 
     /* chunked LM head + cross-entropy; dln accumulates d loss / d final_ln */
     double total = 0.0;
+    const lt_weight head = lt_model_lm_head(m);
     for (int r0 = 0; r0 < N; r0 += ws->chunk) {
         int n = N - r0 < ws->chunk ? N - r0 : ws->chunk;
-        OPS->gemm(BE, 0, 1, n, V, H, 1.0f, ws->final_ln + (size_t)r0 * H, H, m->lm_head, H, 0.0f, ws->logits, V);
+        lm_head_forward(m, ws, &head, r0, n, 1.0f);
         if (logits_out) OPS->download(BE, logits_out + (size_t)r0 * V, ws->logits, (size_t)n * V * sizeof(float));
         OPS->cross_entropy(BE, ws->logits, ws->losses + r0, ws->targets + r0, n, V, backward ? grad_scale : 0.0f);
         if (backward)
-            OPS->gemm(BE, 0, 0, n, H, V, 1.0f, ws->logits, V, m->lm_head, H, 0.0f, ws->dln + (size_t)r0 * H, H);
+            lt_weight_backward(m, ws->wtile, &head, ws->dln + (size_t)r0 * H, ws->logits, n, H, V, 0.0f);
     }
     OPS->download(BE, ws->host_losses, ws->losses, (size_t)N * sizeof(float));
-    lt_status st = OPS->sync(BE);
+    st = OPS->sync(BE);
     if (st != LT_OK) return lt_fail(err, st, "backend %s failed during the forward pass", OPS->name);
     for (int i = 0; i < N; i++) total += ws->host_losses[i];
     *loss_sum = total;
@@ -380,27 +401,17 @@ lt_status lt_forward_backward(lt_model *m, const lt_adapter *ad, lt_workspace *w
 
 lt_status lt_forward_logp(lt_model *m, const lt_adapter *ad, lt_workspace *ws, const lt_dropout_state *drop,
                           float logit_scale, lt_error *err) {
-    const lt_model_config *c = &m->cfg;
-    const int L = (int)c->num_hidden_layers, H = (int)c->hidden_size, V = (int)c->vocab_size;
-    const int N = ws->B * ws->T;
-    if (ad && ad->p.rank > ws->rank)
-        return lt_fail(err, LT_ERR_INTERNAL, "workspace planned for rank %d, adapter has rank %d", ws->rank, ad->p.rank);
-    if (ad && ad->merged)
-        return lt_fail(err, LT_ERR_STATE, "the adapter is merged into the base weights; unmerge it first");
-    OPS->embedding_forward(BE, ws->x_saved[0], ws->ids, m->embed, N, H);
-    for (int l = 0; l < L; l++) {
-        lt_layer_acts *A = &ws->acts[ws->checkpointing ? 0 : l];
-        layer_forward(m, ws, ad, drop, l, ws->x_saved[l], A, ws->x_saved[l + 1]);
-    }
-    OPS->rmsnorm_forward(BE, ws->final_ln, ws->final_rstd, ws->x_saved[L], m->final_norm, N, H,
-                         (float)c->rms_norm_eps);
+    const int V = (int)m->cfg.vocab_size, N = ws->B * ws->T;
+    lt_status st = forward_layers(m, ad, ws, drop, err);
+    if (st != LT_OK) return st;
+    const lt_weight head = lt_model_lm_head(m);
     for (int r0 = 0; r0 < N; r0 += ws->chunk) {
         int n = N - r0 < ws->chunk ? N - r0 : ws->chunk;
-        OPS->gemm(BE, 0, 1, n, V, H, logit_scale, ws->final_ln + (size_t)r0 * H, H, m->lm_head, H, 0.0f, ws->logits, V);
+        lm_head_forward(m, ws, &head, r0, n, logit_scale);
         OPS->cross_entropy(BE, ws->logits, ws->losses + r0, ws->targets + r0, n, V, 0.0f);
     }
     OPS->download(BE, ws->host_losses, ws->losses, (size_t)N * sizeof(float));
-    lt_status st = OPS->sync(BE);
+    st = OPS->sync(BE);
     if (st != LT_OK) return lt_fail(err, st, "backend %s failed during the forward pass", OPS->name);
     for (int i = 0; i < N; i++)
         if (!isfinite(ws->host_losses[i]))
@@ -418,12 +429,15 @@ lt_status lt_backward_weighted(lt_model *m, const lt_adapter *ad, lt_workspace *
     OPS->upload(BE, ws->row_w, host_w, (size_t)N * sizeof(float));
     /* d loss / d final_ln, chunk by chunk: logits again (one extra LM-head GEMM), softmax - onehot
      * scaled per row by w, then through the LM head (and the logit scale) */
+    const lt_weight head = lt_model_lm_head(m);
     for (int r0 = 0; r0 < N; r0 += ws->chunk) {
         int n = N - r0 < ws->chunk ? N - r0 : ws->chunk;
-        OPS->gemm(BE, 0, 1, n, V, H, logit_scale, ws->final_ln + (size_t)r0 * H, H, m->lm_head, H, 0.0f, ws->logits, V);
+        float *dln = ws->dln + (size_t)r0 * H;
+        lm_head_forward(m, ws, &head, r0, n, logit_scale);
         OPS->cross_entropy(BE, ws->logits, ws->losses + r0, ws->targets + r0, n, V, 1.0f);
         OPS->row_scale(BE, ws->logits, ws->row_w + r0, n, V);
-        OPS->gemm(BE, 0, 0, n, H, V, logit_scale, ws->logits, V, m->lm_head, H, 0.0f, ws->dln + (size_t)r0 * H, H);
+        lt_weight_backward(m, ws->wtile, &head, dln, ws->logits, n, H, V, 0.0f);
+        if (logit_scale != 1.0f) OPS->scale(BE, (size_t)n * H, logit_scale, dln);
     }
     return backward_layers(m, ad, ws, drop, err);
 }

@@ -4,11 +4,15 @@
  * defines: lt_model_load, lt_model_free, lt_model_get_info, lt_model_loss, lt_model_logits
  */
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include <jansson.h>
+
 #include "model.h"
+#include "quant.h"
 
 const char *const lt_proj_names[P_COUNT] = {"q_proj", "k_proj", "v_proj", "o_proj",
                                             "gate_proj", "up_proj", "down_proj"};
@@ -88,11 +92,173 @@ static lt_status load_weight(lt_model *m, int use_mmap, const char *name, int64_
     return LT_OK;
 }
 
+/* ---- quantized projections ------------------------------------------------------------------- */
+
+/* remove p from the owned list and free it (a converted f32 copy replaced by its quantized form) */
+static void untrack_free(lt_model *m, void *p) {
+    for (int i = 0; i < m->n_owned; i++)
+        if (m->owned[i] == p) {
+            m->owned[i] = m->owned[--m->n_owned];
+            m->be->ops->free(m->be, p);
+            return;
+        }
+}
+
+/* a backend copy of host bytes, owned by the model */
+static lt_status upload_owned(lt_model *m, const void *host, size_t bytes, void **out, lt_error *err) {
+    void *d = m->be->ops->alloc(m->be, bytes ? bytes : 1);
+    if (!d) return lt_fail(err, LT_ERR_NOMEM, "%s: cannot allocate %zu bytes for quantized weights", m->dir, bytes);
+    lt_status st = track(m, d, err);
+    if (st != LT_OK) { m->be->ops->free(m->be, d); return st; }
+    m->be->ops->upload(m->be, d, host, bytes);
+    *out = d;
+    return LT_OK;
+}
+
+/* the 8-bit map of double quantization, once per model on the backend */
+static lt_status model_code8(lt_model *m, lt_error *err) {
+    if (m->code8) return LT_OK;
+    return upload_owned(m, lt_quant_code8(), 256 * sizeof(float), (void **)&m->code8, err);
+}
+
+/* Point W at a backend copy of the parts of host tensor q (rows = out): one allocation per weight,
+ * statistics first (their f32 parts stay aligned), then the codes. */
+static lt_status weight_from_qtensor(lt_model *m, lt_weight *W, const lt_qtensor *q, lt_error *err) {
+    lt_qdesc d = lt_qtensor_desc(q);
+    const size_t nd = lt_qtensor_data_bytes(q);
+    const size_t na = q->double_quant ? (size_t)q->n_blocks2 * 4 : (size_t)q->n_blocks * 4; /* f32 part */
+    const size_t nq = q->double_quant ? (size_t)q->n_blocks : 0;                         /* u8 codes  */
+    char *blk = NULL;
+    lt_status st = q->double_quant ? model_code8(m, err) : LT_OK;
+    if (st == LT_OK) {
+        blk = m->be->ops->alloc(m->be, na + nq + nd);
+        if (!blk) return lt_fail(err, LT_ERR_NOMEM, "%s: cannot allocate %zu bytes for quantized weights", m->dir, na + nq + nd);
+        if ((st = track(m, blk, err)) != LT_OK) { m->be->ops->free(m->be, blk); return st; }
+        m->be->ops->upload(m->be, blk, q->double_quant ? (const void *)q->absmax2 : (const void *)q->absmax, na);
+        if (nq) m->be->ops->upload(m->be, blk + na, q->qabsmax, nq);
+        m->be->ops->upload(m->be, blk + na + nq, q->data, nd);
+        d.data = (const uint8_t *)(blk + na + nq);
+        if (q->double_quant) {
+            d.absmax2 = (const float *)blk;
+            d.qabsmax = (const uint8_t *)(blk + na);
+            d.code8 = m->code8;
+        } else {
+            d.absmax = (const float *)blk;
+        }
+    }
+    if (st != LT_OK) return st;
+    W->format = LT_WEIGHT_QUANT;
+    W->f32 = NULL;
+    W->q = d;
+    W->double_quant = q->double_quant;
+    m->weight_bytes += lt_qtensor_bytes(q);
+    m->quant_bytes += lt_qtensor_bytes(q);
+    m->quant_params += q->numel;
+    m->quant = q->format;
+    m->quant_blocksize = q->blocksize;
+    m->quant_double = q->double_quant;
+    return LT_OK;
+}
+
+/* Quantize a loaded f32 projection (out, in) in place of its f32 form. */
+static lt_status quantize_weight(lt_model *m, lt_weight *W, int out, int in, const lt_model_params *p,
+                                 const char *name, lt_error *err) {
+    const size_t n = (size_t)out * in;
+    float *host = W->f32, *tmp = NULL;
+    if (!m->be->ops->host_memory) {
+        tmp = host = malloc(n * sizeof(float));
+        if (!tmp) return lt_fail(err, LT_ERR_NOMEM, "%s: out of memory quantizing \"%s\"", m->dir, name);
+        m->be->ops->download(m->be, tmp, W->f32, n * sizeof(float));
+    }
+    lt_quant_params qp = {.size = sizeof qp, .format = p->quantization, .blocksize = p->quant_blocksize,
+                          .double_quant = p->double_quant};
+    const int64_t shape[2] = {out, in};
+    lt_qtensor *q = NULL;
+    lt_status st = lt_qtensor_quantize_ex(host, shape, 2, &qp, NULL, &q, err);
+    free(tmp);
+    if (st != LT_OK) return lt_fail_prefix(err, "%s: quantizing \"%s\"", m->dir, name);
+    float *f32 = W->f32;
+    m->weight_bytes -= (int64_t)(n * sizeof(float));
+    st = weight_from_qtensor(m, W, q, err);
+    lt_qtensor_free(q);
+    if (st == LT_OK) untrack_free(m, f32); /* a no-op for weights used in place from the mapping */
+    return st;
+}
+
+/* bitsandbytes 4-bit serialization of weight `name` (transformers' Linear4bit state dict):
+ *   name (U8 packed, any shape), name.absmax (F32, or U8 with nested), name.quant_map (F32 16),
+ *   name.nested_absmax (F32), name.nested_quant_map (F32 256), name.quant_state.bitsandbytes__nf4|fp4
+ *   (U8: JSON {quant_type, blocksize, dtype, shape, nested_blocksize, nested_dtype, nested_offset}).
+ * Returns LT_ERR_MISSING (without a message) when name is not stored that way. */
+static lt_status load_bnb_weight(lt_model *m, const char *name, int out, int in, lt_weight *W, lt_error *err) {
+    char key[320];
+    const lt_st_tensor *qs = NULL;
+    const char *qtype = NULL;
+    static const char *const types[] = {"nf4", "fp4"};
+    for (int i = 0; i < 2 && !qs; i++) {
+        snprintf(key, sizeof key, "%s.quant_state.bitsandbytes__%s", name, types[i]);
+        if ((qs = lt_st_set_find(m->st, key))) qtype = types[i];
+    }
+    if (!qs) return LT_ERR_MISSING;
+    json_error_t je;
+    json_t *js = json_loadb(qs->data, (size_t)qs->nbytes, 0, &je);
+    if (!js) return lt_fail(err, LT_ERR_JSON, "%s: %s does not parse: %s", m->dir, key, je.text);
+    lt_status st = LT_OK;
+    json_t *bs = json_object_get(js, "blocksize"), *shape = json_object_get(js, "shape");
+    json_t *noff = json_object_get(js, "nested_offset"), *nbs = json_object_get(js, "nested_blocksize");
+    if (!json_is_integer(bs) || !json_is_array(shape) || json_array_size(shape) != 2 ||
+        json_integer_value(json_array_get(shape, 0)) != out || json_integer_value(json_array_get(shape, 1)) != in) {
+        st = lt_fail(err, LT_ERR_SHAPE, "%s: %s: blocksize or shape missing, or shape is not [%d, %d]", m->dir, key, out, in);
+    } else if (noff && nbs && json_integer_value(nbs) != LT_NESTED_BLOCK) {
+        st = lt_fail(err, LT_ERR_UNSUPPORTED, "%s: %s: nested_blocksize %lld (only 256 is supported)", m->dir, key,
+                     (long long)json_integer_value(nbs));
+    }
+    const int dq = noff != NULL;
+    lt_qtensor *q = NULL;
+    const int64_t sh[2] = {out, in};
+    if (st == LT_OK)
+        st = lt_qtensor_alloc(sh, 2, !strcmp(qtype, "nf4") ? LT_QUANT_NF4 : LT_QUANT_FP4, (int)json_integer_value(bs),
+                              dq, &q, err);
+    if (st == LT_OK && dq) q->offset = (float)json_number_value(noff);
+    json_decref(js);
+    /* the parts, each checked for dtype and byte count */
+    struct { const char *suffix; lt_dtype dt; void *dst; size_t bytes; const void *expect; } parts[] = {
+        {"", LT_DT_U8, q ? q->data : NULL, q ? lt_qtensor_data_bytes(q) : 0, NULL},
+        {".absmax", dq ? LT_DT_U8 : LT_DT_F32, q ? (dq ? (void *)q->qabsmax : (void *)q->absmax) : NULL,
+         q ? (size_t)q->n_blocks * (dq ? 1 : 4) : 0, NULL},
+        {".quant_map", LT_DT_F32, NULL, 64, q ? lt_quant_code4(q->format) : NULL},
+        {".nested_absmax", LT_DT_F32, q ? q->absmax2 : NULL, q ? (size_t)q->n_blocks2 * 4 : 0, NULL},
+        {".nested_quant_map", LT_DT_F32, NULL, 1024, lt_quant_code8()},
+    };
+    for (int i = 0; st == LT_OK && i < (dq ? 5 : 3); i++) {
+        snprintf(key, sizeof key, "%s%s", name, parts[i].suffix);
+        const lt_st_tensor *t = lt_st_set_find(m->st, key);
+        if (!t) st = lt_fail(err, LT_ERR_MISSING, "%s: tensor \"%s\" of a bitsandbytes %s weight is missing", m->dir, key, qtype);
+        else if (t->dtype != parts[i].dt || t->nbytes != parts[i].bytes)
+            st = lt_fail(err, LT_ERR_SHAPE, "%s: tensor \"%s\" is %s with %llu bytes, expected %s with %zu", m->dir, key,
+                         lt_dtype_name(t->dtype), (unsigned long long)t->nbytes, lt_dtype_name(parts[i].dt), parts[i].bytes);
+        else if (parts[i].expect && memcmp(t->data, parts[i].expect, parts[i].bytes))
+            st = lt_fail(err, LT_ERR_UNSUPPORTED, "%s: tensor \"%s\" is not the standard bitsandbytes %s code", m->dir,
+                         key, i == 2 ? qtype : "dynamic 8-bit");
+        else if (parts[i].dst) memcpy(parts[i].dst, t->data, parts[i].bytes);
+    }
+    if (st == LT_OK) {
+        m->n_params += (int64_t)out * in;
+        st = weight_from_qtensor(m, W, q, err);
+    }
+    lt_qtensor_free(q);
+    return st;
+}
+
 LT_API void lt_model_params_init(lt_model_params *out, size_t size) {
     lt_model_params d, *p = &d;
     memset(p, 0, sizeof *p);
     p->size = sizeof *p;
     p->use_mmap = 1;
+    p->quantization = LT_QUANT_NONE;
+    p->double_quant = 1;
+    p->quant_blocksize = 64;
+    p->quantize_lm_head = 0;
     lt_fill_struct(out, size, p, sizeof *p);
 }
 
@@ -102,6 +268,14 @@ static lt_status model_load(lt_model *m, const lt_model_params *p, lt_error *err
     lt_status st = lt_config_load(path, &m->cfg, err);
     if (st != LT_OK) return st;
     const lt_model_config *c = &m->cfg;
+    if (p->quantization != LT_QUANT_NONE) {
+        lt_quant_params qp = {.size = sizeof qp, .format = p->quantization, .blocksize = p->quant_blocksize,
+                              .double_quant = p->double_quant};
+        if ((st = lt_quant_check_params(&qp, err)) != LT_OK) return lt_fail_prefix(err, "lt_model_load");
+        if (p->quantize_lm_head && c->tie_word_embeddings)
+            return lt_fail(err, LT_ERR_UNSUPPORTED, "lt_model_load: quantize_lm_head: the LM head is tied to the "
+                           "embeddings, which stay f32 (the lookup needs them)");
+    }
     st = lt_st_set_open_dir(m->dir, p->use_mmap, &m->st, err);
     if (st != LT_OK) return st;
 
@@ -111,10 +285,18 @@ static lt_status model_load(lt_model *m, const lt_model_params *p, lt_error *err
     if ((st = load_weight(m, p->use_mmap, "model.norm.weight", H, 0, &m->final_norm, err))) return st;
     if (c->tie_word_embeddings) {
         m->lm_head = m->embed;
+    } else if ((st = load_bnb_weight(m, "lm_head.weight", (int)V, (int)H, &m->lm_head_q, err)) == LT_OK) {
+        m->lm_head = NULL; /* a pre-quantized LM head */
+    } else if (st != LT_ERR_MISSING) {
+        return st;
     } else if ((st = load_weight(m, p->use_mmap, "lm_head.weight", V, H, &m->lm_head, err))) {
         if (st == LT_ERR_MISSING)
             lt_fail_prefix(err, "config.json has tie_word_embeddings false");
         return st;
+    } else if (p->quantization != LT_QUANT_NONE && p->quantize_lm_head) {
+        m->lm_head_q = (lt_weight){.format = LT_WEIGHT_F32, .f32 = m->lm_head};
+        if ((st = quantize_weight(m, &m->lm_head_q, (int)V, (int)H, p, "lm_head.weight", err))) return st;
+        m->lm_head = NULL;
     }
     m->layers = calloc((size_t)c->num_hidden_layers, sizeof *m->layers);
     if (!m->layers) return lt_fail(err, LT_ERR_NOMEM, "out of memory");
@@ -129,7 +311,12 @@ static lt_status model_load(lt_model *m, const lt_model_params *p, lt_error *err
             int in, out;
             lt_proj_dims(c, (lt_proj)q, &in, &out);
             snprintf(name, sizeof name, "model.layers.%d.%s.%s.weight", l, lt_proj_parent[q], lt_proj_names[q]);
-            if ((st = load_weight(m, p->use_mmap, name, out, in, &L->w[q], err))) return st;
+            st = load_bnb_weight(m, name, out, in, &L->w[q], err); /* a pre-quantized checkpoint */
+            if (st == LT_OK) continue;
+            if (st != LT_ERR_MISSING) return st;
+            if ((st = load_weight(m, p->use_mmap, name, out, in, &L->w[q].f32, err))) return st;
+            if (p->quantization != LT_QUANT_NONE && (st = quantize_weight(m, &L->w[q], out, in, p, name, err)))
+                return st;
         }
     }
     (void)QD; (void)KD; (void)I;
@@ -236,10 +423,199 @@ LT_API lt_status lt_model_get_info(const lt_model *m, lt_model_info *info) {
     o.tied_embeddings = c->tie_word_embeddings;
     o.n_params = m->n_params;
     o.weight_bytes = m->weight_bytes;
+    o.quantization = m->quant;
+    o.quantized_params = m->quant_params;
+    o.quantized_bytes = m->quant_bytes;
     size_t n = info->size < sizeof o ? info->size : sizeof o;
     memcpy(info, &o, n);
     info->size = n;
     return LT_OK;
+}
+
+/* ---- quantizing a loaded model and saving it in the bitsandbytes layout ------------------------- */
+
+LT_API lt_status lt_model_quantize(lt_model *m, const lt_quant_params *params) {
+    if (!m) return LT_ERR_ARGUMENT;
+    lt_error *err = lt_model_error(m);
+    lt_quant_params qp;
+    lt_quant_params_init(&qp, sizeof qp);
+    if (params) {
+        if (params->size < sizeof(size_t) || params->size > sizeof qp)
+            return lt_fail(err, LT_ERR_ARGUMENT, "lt_model_quantize: params->size %zu is not a size this library knows",
+                           params->size);
+        memcpy(&qp, params, params->size);
+    }
+    lt_status st = lt_quant_check_params(&qp, err);
+    if (st != LT_OK) return lt_fail_prefix(err, "lt_model_quantize");
+    if (m->n_merged) return lt_fail(err, LT_ERR_STATE, "lt_model_quantize: an adapter is merged into the weights");
+    lt_model_params mp;
+    lt_model_params_init(&mp, sizeof mp);
+    mp.quantization = qp.format;
+    mp.quant_blocksize = qp.blocksize;
+    mp.double_quant = qp.double_quant;
+    char name[256];
+    for (int l = 0; l < m->cfg.num_hidden_layers; l++)
+        for (int q = 0; q < P_COUNT; q++) {
+            lt_weight *W = &m->layers[l].w[q];
+            if (W->format != LT_WEIGHT_F32) continue;
+            int in, out;
+            lt_proj_dims(&m->cfg, (lt_proj)q, &in, &out);
+            snprintf(name, sizeof name, "model.layers.%d.%s.%s.weight", l, lt_proj_parent[q], lt_proj_names[q]);
+            if ((st = quantize_weight(m, W, out, in, &mp, name, err)) != LT_OK) return st;
+        }
+    return m->be->ops->sync(m->be);
+}
+
+/* the entries of one tensor list being written: names, host copies, count */
+typedef struct save_list {
+    lt_st_entry *e;
+    char *names;   /* 160 bytes per entry */
+    void **bufs;
+    int n, cap;
+} save_list;
+
+/* add entry NAME (printf format) of dtype dt and shape (d0[, d1]) holding `bytes` copied from backend
+ * memory dev, or from host memory when host != NULL */
+static lt_status save_add(lt_model *m, save_list *L, lt_dtype dt, int nd, int64_t d0, int64_t d1, const void *dev,
+                          const void *host, size_t bytes, lt_error *err, const char *fmt, ...)
+    __attribute__((format(printf, 11, 12)));
+static lt_status save_add(lt_model *m, save_list *L, lt_dtype dt, int nd, int64_t d0, int64_t d1, const void *dev,
+                          const void *host, size_t bytes, lt_error *err, const char *fmt, ...) {
+    if (L->n == L->cap) return lt_fail(err, LT_ERR_INTERNAL, "lt_model_save_quantized: too many tensors");
+    char *nm = L->names + (size_t)L->n * 160;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(nm, 160, fmt, ap);
+    va_end(ap);
+    void *buf = malloc(bytes ? bytes : 1);
+    if (!buf) return lt_fail(err, LT_ERR_NOMEM, "out of memory saving %s", nm);
+    if (host) memcpy(buf, host, bytes);
+    else if (bytes) m->be->ops->download(m->be, buf, dev, bytes);
+    L->bufs[L->n] = buf;
+    L->e[L->n] = (lt_st_entry){.name = nm, .dtype = dt, .ndim = nd, .shape = {d0, d1}, .data = buf};
+    L->n++;
+    return LT_OK;
+}
+
+/* a weight (out, in): f32 as is, or its bitsandbytes 4-bit tensors */
+static lt_status save_weight(lt_model *m, save_list *L, const char *base, const lt_weight *W, int out, int in,
+                             lt_error *err) {
+    if (W->format != LT_WEIGHT_QUANT)
+        return save_add(m, L, LT_DT_F32, 2, out, in, W->f32, NULL, (size_t)out * in * 4, err, "%s", base);
+    const int64_t numel = (int64_t)out * in, nb = (numel + W->q.blocksize - 1) / W->q.blocksize;
+    const int64_t nb2 = (nb + LT_NESTED_BLOCK - 1) / LT_NESTED_BLOCK;
+    const lt_quant_format f = (lt_quant_format)W->q.format;
+    lt_status st = save_add(m, L, LT_DT_U8, 2, (numel + 1) / 2, 1, W->q.data, NULL, (size_t)(numel + 1) / 2, err, "%s", base);
+    if (st == LT_OK && W->double_quant) {
+        st = save_add(m, L, LT_DT_U8, 1, nb, 0, W->q.qabsmax, NULL, (size_t)nb, err, "%s.absmax", base);
+        if (st == LT_OK) st = save_add(m, L, LT_DT_F32, 1, nb2, 0, W->q.absmax2, NULL, (size_t)nb2 * 4, err, "%s.nested_absmax", base);
+        if (st == LT_OK) st = save_add(m, L, LT_DT_F32, 1, 256, 0, NULL, lt_quant_code8(), 1024, err, "%s.nested_quant_map", base);
+    } else if (st == LT_OK) {
+        st = save_add(m, L, LT_DT_F32, 1, nb, 0, W->q.absmax, NULL, (size_t)nb * 4, err, "%s.absmax", base);
+    }
+    if (st == LT_OK) st = save_add(m, L, LT_DT_F32, 1, 16, 0, NULL, lt_quant_code4(f), 64, err, "%s.quant_map", base);
+    if (st != LT_OK) return st;
+    /* the non-tensor state as bitsandbytes packs it: UTF-8 JSON in a uint8 tensor */
+    json_t *js = json_object();
+    json_object_set_new(js, "quant_type", json_string(lt_quant_format_name(f)));
+    json_object_set_new(js, "blocksize", json_integer(W->q.blocksize));
+    json_object_set_new(js, "dtype", json_string("float32"));
+    json_object_set_new(js, "shape", json_pack("[I,I]", (json_int_t)out, (json_int_t)in));
+    if (W->double_quant) {
+        json_object_set_new(js, "nested_blocksize", json_integer(LT_NESTED_BLOCK));
+        json_object_set_new(js, "nested_dtype", json_string("float32"));
+        json_object_set_new(js, "nested_offset", json_real(W->q.offset));
+    }
+    char *text = json_dumps(js, JSON_COMPACT | JSON_REAL_PRECISION(9));
+    json_decref(js);
+    if (!text) return lt_fail(err, LT_ERR_NOMEM, "out of memory");
+    st = save_add(m, L, LT_DT_U8, 1, (int64_t)strlen(text), 0, NULL, text, strlen(text), err,
+                  "%s.quant_state.bitsandbytes__%s", base, lt_quant_format_name(f));
+    free(text);
+    return st;
+}
+
+LT_API lt_status lt_model_save_quantized(lt_model *m, const char *dir) {
+    if (!m) return LT_ERR_ARGUMENT;
+    lt_error *err = lt_model_error(m);
+    if (!dir) return lt_fail(err, LT_ERR_ARGUMENT, "lt_model_save_quantized: dir is NULL");
+    if (m->quant != LT_QUANT_NF4 && m->quant != LT_QUANT_FP4)
+        return lt_fail(err, LT_ERR_UNSUPPORTED, "lt_model_save_quantized: the projections are %s; the bitsandbytes "
+                       "checkpoint layout is written for nf4 and fp4", lt_quant_format_name(m->quant));
+    const lt_model_config *c = &m->cfg;
+    const int L_ = (int)c->num_hidden_layers;
+    const int64_t V = c->vocab_size, H = c->hidden_size;
+    save_list L = {.cap = 3 + (L_ + 1) * (2 + 6 * P_COUNT)};
+    L.e = calloc((size_t)L.cap, sizeof *L.e);
+    L.names = calloc((size_t)L.cap, 160);
+    L.bufs = calloc((size_t)L.cap, sizeof *L.bufs);
+    lt_status st = lt_mkdir_p(dir, err);
+    if (!L.e || !L.names || !L.bufs) st = lt_fail(err, LT_ERR_NOMEM, "lt_model_save_quantized: out of memory");
+    if (st == LT_OK) st = save_add(m, &L, LT_DT_F32, 2, V, H, m->embed, NULL, (size_t)V * H * 4, err, "model.embed_tokens.weight");
+    if (st == LT_OK) st = save_add(m, &L, LT_DT_F32, 1, H, 0, m->final_norm, NULL, (size_t)H * 4, err, "model.norm.weight");
+    if (st == LT_OK && !c->tie_word_embeddings) {
+        const lt_weight head = lt_model_lm_head(m);
+        st = save_weight(m, &L, "lm_head.weight", &head, (int)V, (int)H, err);
+    }
+    for (int l = 0; l < L_ && st == LT_OK; l++) {
+        st = save_add(m, &L, LT_DT_F32, 1, H, 0, m->layers[l].attn_norm, NULL, (size_t)H * 4, err,
+                      "model.layers.%d.input_layernorm.weight", l);
+        if (st == LT_OK)
+            st = save_add(m, &L, LT_DT_F32, 1, H, 0, m->layers[l].mlp_norm, NULL, (size_t)H * 4, err,
+                          "model.layers.%d.post_attention_layernorm.weight", l);
+        for (int q = 0; q < P_COUNT && st == LT_OK; q++) {
+            int in, out;
+            lt_proj_dims(c, (lt_proj)q, &in, &out);
+            char base[128];
+            snprintf(base, sizeof base, "model.layers.%d.%s.%s.weight", l, lt_proj_parent[q], lt_proj_names[q]);
+            st = save_weight(m, &L, base, &m->layers[l].w[q], out, in, err);
+        }
+    }
+    lt_st_entry *e = L.e;
+    int n = L.n;
+    void **bufs = L.bufs;
+    char *names = L.names;
+    if (st == LT_OK) st = lt_st_write_sharded(dir, e, n, 2ull << 30, err);
+    char path[4200];
+    lt_path_join(path, sizeof path, dir, "config.json");
+    if (st == LT_OK) {
+        lt_model_config oc = *c;
+        snprintf(oc.torch_dtype, sizeof oc.torch_dtype, "float32");
+        st = lt_config_write(&oc, path, err);
+    }
+    if (st == LT_OK) {
+        /* add the quantization_config block transformers writes for bitsandbytes 4-bit */
+        json_error_t je;
+        json_t *cfg = json_load_file(path, 0, &je);
+        if (!cfg) st = lt_fail(err, LT_ERR_JSON, "%s: %s", path, je.text);
+        else {
+            json_t *qc = json_object();
+            json_object_set_new(qc, "quant_method", json_string("bitsandbytes"));
+            json_object_set_new(qc, "_load_in_4bit", json_true());
+            json_object_set_new(qc, "_load_in_8bit", json_false());
+            json_object_set_new(qc, "load_in_4bit", json_true());
+            json_object_set_new(qc, "load_in_8bit", json_false());
+            json_object_set_new(qc, "bnb_4bit_compute_dtype", json_string("float32"));
+            json_object_set_new(qc, "bnb_4bit_quant_storage", json_string("uint8"));
+            json_object_set_new(qc, "bnb_4bit_quant_type", json_string(lt_quant_format_name(m->quant)));
+            json_object_set_new(qc, "bnb_4bit_use_double_quant", json_boolean(m->quant_double));
+            json_object_set_new(qc, "llm_int8_enable_fp32_cpu_offload", json_false());
+            json_object_set_new(qc, "llm_int8_has_fp16_weight", json_false());
+            /* transformers leaves lm_head unquantized unless the skip list is given: [] when ours is */
+            json_object_set_new(qc, "llm_int8_skip_modules", m->lm_head_q.format != LT_WEIGHT_F32 ? json_array() : json_null());
+            json_object_set_new(qc, "llm_int8_threshold", json_real(6.0));
+            json_object_set_new(cfg, "quantization_config", qc);
+            char *text = json_dumps(cfg, JSON_INDENT(2) | JSON_REAL_PRECISION(17));
+            json_decref(cfg);
+            st = text ? lt_write_file_atomic(path, text, strlen(text), err) : lt_fail(err, LT_ERR_NOMEM, "out of memory");
+            free(text);
+        }
+    }
+    for (int i = 0; bufs && i < n; i++) free(bufs[i]);
+    free(bufs);
+    free(e);
+    free(names);
+    return st;
 }
 
 /* ---- evaluation entry points ------------------------------------------------------------------ */
@@ -347,7 +723,7 @@ LT_API lt_status lt_model_create_random(lt_context *ctx, const char *config_json
         for (int q = 0; st == LT_OK && q < P_COUNT; q++) {
             int in, o;
             lt_proj_dims(c, (lt_proj)q, &in, &o);
-            st = random_weight(m, (size_t)in * o, init_std, 0, &rng, &Ly->w[q], err);
+            st = random_weight(m, (size_t)in * o, init_std, 0, &rng, &Ly->w[q].f32, err);
         }
     }
     if (st == LT_OK) {

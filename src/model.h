@@ -25,10 +25,26 @@ typedef enum lt_proj { P_Q, P_K, P_V, P_O, P_GATE, P_UP, P_DOWN, P_COUNT } lt_pr
 extern const char *const lt_proj_names[P_COUNT];   /* "q_proj", ...               */
 extern const char *const lt_proj_parent[P_COUNT];  /* "self_attn" or "mlp"        */
 
+/* ---- the weight seam: a frozen (out, in) base weight in one of several storage formats ---------
+ * Every product with a base projection goes through lt_weight_forward / lt_weight_backward
+ * (src/linear.c), which switch on the format. Quantized weights are dequantized a tile of output rows
+ * at a time into the workspace's scratch (ws->wtile), never as a whole layer. */
+typedef enum lt_weight_format {
+    LT_WEIGHT_F32 = 0,   /* f32: a backend pointer                                            */
+    LT_WEIGHT_QUANT = 1  /* blockwise NF4 / FP4 / int8 (bitsandbytes layout): q                */
+} lt_weight_format;
+
+typedef struct lt_weight {
+    lt_weight_format format;
+    float *f32;          /* (out, in), LT_WEIGHT_F32                                            */
+    lt_qdesc q;          /* LT_WEIGHT_QUANT: backend pointers, rows = out, cols = in            */
+    int double_quant;    /* LT_WEIGHT_QUANT: q.absmax == NULL                                   */
+} lt_weight;
+
 typedef struct lt_layer {
     float *attn_norm; /* (H)        input_layernorm.weight             */
     float *mlp_norm;  /* (H)        post_attention_layernorm.weight    */
-    float *w[P_COUNT];/* (out, in)  q (NH*HD,H) k,v (NKV*HD,H) o (H,NH*HD) gate,up (I,H) down (H,I) */
+    lt_weight w[P_COUNT]; /* (out, in)  q (NH*HD,H) k,v (NKV*HD,H) o (H,NH*HD) gate,up (I,H) down (H,I) */
 } lt_layer;
 
 struct lt_model {
@@ -47,7 +63,20 @@ struct lt_model {
     int n_owned, cap_owned;
     int64_t n_params, weight_bytes;
     int n_merged;           /* adapters currently merged into the weights         */
+    lt_quant_format quant;  /* format of the quantized projections (NONE: all f32) */
+    int quant_blocksize, quant_double;
+    float *code8;           /* (256) backend copy of the 8-bit map (double quant)  */
+    int64_t quant_bytes, quant_params; /* bytes and elements of quantized weights */
+    size_t tile_floats;     /* dequantization tile size (0: the default, ~1 MiB); tests shrink it */
+    lt_weight lm_head_q;    /* the LM head when quantized (quantize_lm_head; lm_head is then NULL) */
 };
+
+/* The LM head (V, H) as a weight of the seam: quantized, or the f32 lm_head. */
+static inline lt_weight lt_model_lm_head(const lt_model *m) {
+    if (m->lm_head_q.format != LT_WEIGHT_F32) return m->lm_head_q;
+    lt_weight w = {.format = LT_WEIGHT_F32, .f32 = m->lm_head};
+    return w;
+}
 
 /*
  * A model is shared read-only by every thread that uses it, so its calls never write to it: the
@@ -119,6 +148,7 @@ typedef struct lt_workspace {
     float *dr;                /* (N,r) */
     float *drop;              /* (N,max(H,I)) dropout-masked inputs */
     float *att_scratch;
+    float *wtile;             /* (lt_weight_tile_floats) dequantized rows of a quantized weight */
     float *host_losses;       /* host copy of losses (N) */
     int32_t *host_stage;      /* (4N) host staging of ids, targets, positions, kv_start */
     void *block;              /* the one allocation everything above lives in */
@@ -171,7 +201,19 @@ lt_status lt_backward_weighted(lt_model *m, const lt_adapter *ad, lt_workspace *
  */
 void lt_linear_forward(lt_model *m, lt_workspace *ws, const lt_adapter *ad, const lt_lora *lo,
                        const lt_dropout_state *drop, uint64_t drop_stream, float *y, const float *x,
-                       const float *W, float *xa, int N, int in, int out);
+                       const lt_weight *W, float *xa, int N, int in, int out);
+
+/* ---- the weight seam (src/linear.c) ------------------------------------------------------------ */
+/* Floats of dequantization scratch a workspace must plan for this model (0: nothing quantized). */
+size_t lt_weight_tile_floats(const lt_model *m);
+/* y (N,out) = x (N,in) W^T + beta * y.  tile: ws->wtile (unused for f32 weights). */
+void lt_weight_forward(lt_model *m, float *tile, const lt_weight *W, float *y, const float *x, int N, int in,
+                       int out, float beta);
+/* dx (N,in) = dy (N,out) W + beta * dx. */
+void lt_weight_backward(lt_model *m, float *tile, const lt_weight *W, float *dx, const float *dy, int N, int in,
+                        int out, float beta);
+/* The weight as f32 (out, in) in host memory (dequantized when quantized). */
+lt_status lt_weight_download(lt_model *m, const lt_weight *W, float *host, int out, int in, lt_error *err);
 
 /* Write a Hugging Face model directory of the model's weights (merged with `ad` when not NULL). */
 lt_status lt_model_export(lt_model *m, const lt_adapter *ad, const char *dir, uint64_t max_shard_bytes,

@@ -34,10 +34,12 @@ echo "== reference checkpoints and goldens (transformers, peft)"
 rm -rf build/testdata/models && mkdir -p build/testdata
 "$py" tests/python/make_models.py build/testdata/models >/dev/null
 "$py" tests/python/make_lora_goldens.py build/testdata/models >/dev/null
+"$py" tests/python/make_qlora_goldens.py build/testdata/models >/dev/null 2>&1  # LoRA grads through bitsandbytes NF4 weights
 if [ -f tests/python/make_op_goldens.py ]; then "$py" tests/python/make_op_goldens.py build/testdata/ops >/dev/null; fi
 "$py" tests/python/make_objective_goldens.py build/testdata/objectives >/dev/null
 echo "== tokenizer, chat template and dataset-row goldens (tokenizers, transformers, jinja2)"
 "$py" tests/python/make_tokenizer_goldens.py build/testdata/tokenizers >/dev/null
+"$py" tests/python/make_quant_goldens.py build/testdata/quant >/dev/null 2>&1  # bitsandbytes (CPU) quantization goldens
 
 failed=0
 stages_ok=0; stages_bad=0
@@ -50,6 +52,7 @@ stage "$py" tests/python/crosscheck_tokenize.py --cli build/loratune --workdir b
 
 echo "== live cross-checks against PyTorch on held-out models"
 stage "$py" tests/python/crosscheck_eval.py --cli build/loratune --workdir build/crosscheck
+stage "$py" tests/python/check_bnb_checkpoint.py --cli build/loratune --workdir build/bnb-checkpoint
 if [ -f tests/python/crosscheck_train.py ]; then
   stage "$py" tests/python/crosscheck_train.py --cli build/loratune --workdir build/crosscheck-train
 fi

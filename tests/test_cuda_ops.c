@@ -23,6 +23,7 @@
 
 #include "backend.h"
 #include "ref_ops.h"
+#include "quant.h"
 
 /* ---- helpers -------------------------------------------------------------------------------------- */
 
@@ -630,6 +631,50 @@ START_TEST(test_swiglu) {
 }
 END_TEST
 
+/* ---- quantized weights ---------------------------------------------------------------------------- */
+
+/* dequantize_rows: bit for bit the reference (NF4/FP4/int8, with and without double quantization) */
+START_TEST(test_dequantize_rows) {
+    const int rows = 37, cols = 192;
+    const size_t n = (size_t)rows * cols;
+    float *x = frand(n, -2, 2);
+    const lt_quant_format fmts[] = {LT_QUANT_NF4, LT_QUANT_FP4, LT_QUANT_INT8};
+    for (int f = 0; f < 3; f++)
+        for (int dq = 0; dq < 2; dq++) {
+            lt_quant_params p = {.size = sizeof p, .format = fmts[f], .blocksize = 64, .double_quant = dq};
+            const int64_t shape[2] = {rows, cols};
+            lt_qtensor *q;
+            lt_error e = {0};
+            ck_assert_int_eq(lt_qtensor_quantize_ex(x, shape, 2, &p, NULL, &q, &e), LT_OK);
+            lt_qdesc h = lt_qtensor_desc(q), d = h;
+            size_t nd = lt_qtensor_data_bytes(q);
+            d.data = dalloc(nd);
+            OPS->upload(be, (void *)d.data, q->data, nd);
+            if (q->double_quant) {
+                d.qabsmax = dalloc((size_t)q->n_blocks);
+                OPS->upload(be, (void *)d.qabsmax, q->qabsmax, (size_t)q->n_blocks);
+                d.absmax2 = dput(q->absmax2, (size_t)q->n_blocks2);
+                d.code8 = dput(lt_quant_code8(), 256);
+            } else {
+                d.absmax = dput(q->absmax, (size_t)q->n_blocks);
+            }
+            const int r0 = 3, r1 = 31;
+            float *dout = dnan((size_t)(r1 - r0) * cols), *ref = fnew((size_t)(r1 - r0) * cols);
+            OPS->dequantize_rows(be, dout, &d, r0, r1);
+            lt_ref_dequantize_rows(ref, &h, r0, r1);
+            float *got = hget(dout, (size_t)(r1 - r0) * cols);
+            SAME(got, ref, (size_t)(r1 - r0) * cols, "dequantize_rows format %d dq %d", (int)fmts[f], dq);
+            SYNC_OK("dequantize_rows");
+            free(got); free(ref); dfree(dout);
+            dfree((void *)d.data);
+            if (q->double_quant) { dfree((void *)d.qabsmax); dfree((void *)d.absmax2); dfree((void *)d.code8); }
+            else dfree((void *)d.absmax);
+            lt_qtensor_free(q);
+        }
+    free(x);
+}
+END_TEST
+
 /* ---- cross-entropy -------------------------------------------------------------------------------- */
 
 START_TEST(test_cross_entropy) {
@@ -868,6 +913,7 @@ static Suite *cuda_suite(void) {
     tcase_add_test(tc, test_attention_packed_semantics);
     tcase_add_test(tc, test_attention_decode);
     tcase_add_test(tc, test_swiglu);
+    tcase_add_test(tc, test_dequantize_rows);
     tcase_add_test(tc, test_cross_entropy);
     tcase_add_test(tc, test_dropout);
     tcase_add_test(tc, test_adamw);

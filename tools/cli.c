@@ -129,6 +129,50 @@ int open_model(const char *cmd, const char *dir, int threads, const char *backen
     return 0;
 }
 
+/* ---- quantization options ------------------------------------------------------------------------ */
+
+int quant_options(const char *cmd, const opts *o, lt_quant_params *qp) {
+    lt_quant_params_init(qp, sizeof *qp);
+    const char *f = opt_str(o, "quant", opt_str(o, "format", "nf4"));
+    if (!strcmp(f, "nf4")) qp->format = LT_QUANT_NF4;
+    else if (!strcmp(f, "fp4")) qp->format = LT_QUANT_FP4;
+    else if (!strcmp(f, "int8")) qp->format = LT_QUANT_INT8;
+    else { fail(cmd, "quantization format \"%s\" is not nf4, fp4 or int8", f); return -1; }
+    qp->double_quant = !opt_flag(o, "no-double-quant");
+    long long bs;
+    const char *bname = opt_str(o, "quant-blocksize", NULL) ? "quant-blocksize" : "blocksize";
+    if (opt_int(o, bname, 64, 64, 4096, &bs)) return -1;
+    qp->blocksize = (int)bs;
+    return 0;
+}
+
+void write_quant_note(const char *dir, const lt_quant_params *qp) {
+    char path[4200];
+    snprintf(path, sizeof path, "%s/quantization.json", dir);
+    FILE *f = fopen(path, "w");
+    if (!f) return;
+    fprintf(f, "{\"format\": \"%s\", \"double_quant\": %s, \"blocksize\": %d}\n",
+            qp->format == LT_QUANT_FP4 ? "fp4" : qp->format == LT_QUANT_INT8 ? "int8" : "nf4",
+            qp->double_quant ? "true" : "false", qp->blocksize);
+    fclose(f);
+}
+
+int read_quant_note(const char *dir, lt_quant_params *qp) {
+    char path[4200], buf[512];
+    snprintf(path, sizeof path, "%s/quantization.json", dir);
+    FILE *f = fopen(path, "r");
+    if (!f) return 0;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    lt_quant_params_init(qp, sizeof *qp);
+    qp->format = strstr(buf, "\"fp4\"") ? LT_QUANT_FP4 : strstr(buf, "\"int8\"") ? LT_QUANT_INT8 : LT_QUANT_NF4;
+    qp->double_quant = strstr(buf, "\"double_quant\": false") == NULL;
+    const char *b = strstr(buf, "\"blocksize\":");
+    if (b) qp->blocksize = atoi(b + 12);
+    return 1;
+}
+
 /* ---- info ------------------------------------------------------------------------------------- */
 
 int cmd_info(int argc, char **argv) {

@@ -39,7 +39,15 @@ int fail(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2,
 int open_model(const char *cmd, const char *dir, int threads, const char *backend, lt_context **ctx,
                lt_model **model);
 
+/* --quant nf4|fp4|int8 (nf4), --double-quant / --no-double-quant (on), --quant-blocksize N (64) into *qp;
+ * prints an error and returns -1 when malformed. */
+int quant_options(const char *cmd, const opts *o, lt_quant_params *qp);
+/* <dir>/quantization.json records how the base was quantized for training (read back by merge) */
+void write_quant_note(const char *dir, const lt_quant_params *qp);
+int read_quant_note(const char *dir, lt_quant_params *qp); /* 1 if found */
+
 int cmd_info(int argc, char **argv);
+int cmd_quantize(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
 int cmd_train(int argc, char **argv);
 /* pref.c: train / eval with --objective dpo|ipo|kto|orpo */

@@ -4,6 +4,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
+#include <unistd.h>
 
 #include "cli.h"
 #include "loratune_experimental.h"
@@ -11,22 +15,66 @@
 /* ---- merge ------------------------------------------------------------------------------------ */
 
 int cmd_merge(int argc, char **argv) {
-    static const opt_spec spec[] = {{"model", 1}, {"adapter", 1}, {"out", 1}, {"max-shard-mb", 1}, {"threads", 1}};
+    static const opt_spec spec[] = {{"model", 1}, {"adapter", 1}, {"out", 1}, {"max-shard-mb", 1}, {"threads", 1},
+                                    {"quant", 1}, {"double-quant", 0}, {"no-double-quant", 0}, {"quant-blocksize", 1}};
     opts o;
-    if (opts_parse(&o, spec, 5, argc, argv, "merge")) return 2;
+    if (opts_parse(&o, spec, 9, argc, argv, "merge")) return 2;
     const char *mdir = opt_str(&o, "model", NULL), *adir = opt_str(&o, "adapter", NULL), *out = opt_str(&o, "out", NULL);
     if (!mdir || !adir || !out) return fail("merge", "--model DIR, --adapter DIR and --out DIR are required");
     long long shard_mb, threads;
     if (opt_int(&o, "max-shard-mb", 2048, 1, 1 << 30, &shard_mb) || opt_int(&o, "threads", 0, 0, 1024, &threads)) return 2;
     lt_context *ctx;
     lt_model *m;
+    /* a QLoRA adapter was trained on the quantized base: merge into the same dequantized weights.
+     * --quant says how; without it the adapter's quantization.json (written by train) does. */
+    lt_quant_params qp;
+    int quantize = 0;
+    if (opt_str(&o, "quant", NULL)) {
+        if (quant_options("merge", &o, &qp)) return 2;
+        quantize = 1;
+    } else {
+        quantize = read_quant_note(adir, &qp);
+    }
     if (open_model("merge", mdir, (int)threads, NULL, &ctx, &m)) return 1;
     lt_adapter *ad = NULL;
     int rc = 0;
-    if (lt_adapter_load(m, adir, &ad) != LT_OK) rc = fail("merge", "%s", lt_last_error());
+    if (quantize && lt_model_quantize(m, &qp) != LT_OK) rc = fail("merge", "%s", lt_model_last_error(m));
+    else if (lt_adapter_load(m, adir, &ad) != LT_OK) rc = fail("merge", "%s", lt_last_error());
     else if (lt_adapter_export_merged(ad, out, shard_mb << 20) != LT_OK) rc = fail("merge", "%s", lt_adapter_last_error(ad));
-    else printf("merged %s + %s -> %s\n", mdir, adir, out);
+    else printf("merged %s%s + %s -> %s (f32)\n", mdir, quantize ? " (dequantized)" : "", adir, out);
     lt_adapter_free(ad);
+    lt_model_free(m);
+    lt_context_free(ctx);
+    return rc;
+}
+
+/* ---- quantize ----------------------------------------------------------------------------------- */
+
+int cmd_quantize(int argc, char **argv) {
+    static const opt_spec spec[] = {{"model", 1}, {"out", 1}, {"format", 1}, {"double-quant", 0}, {"blocksize", 1},
+                                    {"threads", 1}};
+    opts o;
+    if (opts_parse(&o, spec, 6, argc, argv, "quantize")) return 2;
+    const char *mdir = opt_str(&o, "model", NULL), *out = opt_str(&o, "out", NULL);
+    if (!mdir || !out) return fail("quantize", "--model DIR and --out DIR are required");
+    lt_quant_params qp;
+    if (quant_options("quantize", &o, &qp)) return 2;
+    qp.double_quant = opt_flag(&o, "double-quant"); /* as bitsandbytes: off unless asked */
+    long long threads;
+    if (opt_int(&o, "threads", 0, 0, 1024, &threads)) return 2;
+    lt_context *ctx;
+    lt_model *m;
+    if (open_model("quantize", mdir, (int)threads, NULL, &ctx, &m)) return 1;
+    int rc = 0;
+    lt_model_info info = {.size = sizeof info};
+    if (lt_model_quantize(m, &qp) != LT_OK || lt_model_save_quantized(m, out) != LT_OK) {
+        rc = fail("quantize", "%s", lt_model_last_error(m));
+    } else {
+        lt_model_get_info(m, &info);
+        printf("quantized %s -> %s: %lld projection parameters in %s%s, %.3f bits/parameter\n", mdir, out,
+               (long long)info.quantized_params, opt_str(&o, "format", "nf4"), qp.double_quant ? " + double quant" : "",
+               8.0 * (double)info.quantized_bytes / (double)info.quantized_params);
+    }
     lt_model_free(m);
     lt_context_free(ctx);
     return rc;
@@ -126,11 +174,31 @@ static const char bench_s_config[] =
     " \"num_attention_heads\": 8, \"num_key_value_heads\": 8, \"rope_theta\": 500000.0,"
     " \"rms_norm_eps\": 1e-5, \"max_position_embeddings\": 2048, \"tie_word_embeddings\": false}";
 
+/* resident bytes of this process now (/proc/self/statm), 0 where unknown; freed heap memory is handed
+ * back to the system first so that it does not count */
+static double resident_bytes(void) {
+#ifdef __GLIBC__
+    malloc_trim(0);
+#endif
+    FILE *f = fopen("/proc/self/statm", "r");
+    long long size = 0, res = 0;
+    if (!f) return 0;
+    if (fscanf(f, "%lld %lld", &size, &res) != 2) res = 0;
+    fclose(f);
+    return (double)res * (double)sysconf(_SC_PAGESIZE);
+}
+
 int cmd_bench(int argc, char **argv) {
     static const opt_spec spec[] = {{"config", 1}, {"threads", 1}, {"json", 0}, {"steps", 1}, {"warmup", 1},
-                                    {"checkpointing", 1}, {"backend", 1}};
+                                    {"checkpointing", 1}, {"backend", 1}, {"method", 1}, {"quant", 1},
+                                    {"no-double-quant", 0}};
     opts o;
-    if (opts_parse(&o, spec, 7, argc, argv, "bench")) return 2;
+    if (opts_parse(&o, spec, 10, argc, argv, "bench")) return 2;
+    const char *method = opt_str(&o, "method", "lora");
+    if (strcmp(method, "lora") && strcmp(method, "qlora")) return fail("bench", "--method must be lora or qlora");
+    const int qlora = !strcmp(method, "qlora");
+    lt_quant_params qp;
+    if (quant_options("bench", &o, &qp)) return 2;
     const char *cfg = opt_str(&o, "config", "bench-s");
     if (strcmp(cfg, "bench-s")) return fail("bench", "unknown --config \"%s\" (this build knows bench-s)", cfg);
     long long threads, steps, warm;
@@ -154,6 +222,24 @@ int cmd_bench(int argc, char **argv) {
         rc = fail("bench", "%s", lt_last_error());
         goto done;
     }
+    /* QLoRA: the same random model with its projections quantized (NF4 + double quant by default).
+     * The memory of the quantized weights is measured: resident memory after quantizing minus before,
+     * plus the f32 projections quantizing released (large blocks go back to the system). */
+    lt_model_info info = {.size = sizeof info};
+    lt_model_get_info(m, &info);
+    double measured_bits = 32.0;
+    if (qlora) {
+        const double r0 = resident_bytes();
+        if (lt_model_quantize(m, &qp) != LT_OK) {
+            rc = fail("bench", "%s", lt_model_last_error(m));
+            goto done;
+        }
+        const double r1 = resident_bytes();
+        lt_model_get_info(m, &info);
+        const double n_q = (double)info.quantized_params; /* their f32 copies (4 bytes each) were released */
+        measured_bits = 8.0 * (r1 - r0 + 4.0 * n_q) / n_q;
+    }
+    const double qbits = info.quantized_params ? 8.0 * (double)info.quantized_bytes / (double)info.quantized_params : 32.0;
     lt_adapter_params ap;
     lt_adapter_params_init(&ap, sizeof ap);
     ap.rank = 16;
@@ -192,12 +278,15 @@ int cmd_bench(int argc, char **argv) {
         getrusage(RUSAGE_SELF, &ru);
         double tps = (double)steps * B * T / dt, rss = ru.ru_maxrss / 1024.0;
         if (opt_flag(&o, "json"))
-            printf("{\"config\": \"bench-s\", \"threads\": %d, \"checkpointing\": \"%s\", \"steps\": %lld, "
-                   "\"loss\": %.6f, \"tokens_per_s\": %.1f, \"peak_rss_mb\": %.1f}\n",
-                   (int)threads, ck, steps, loss, tps, rss);
+            printf("{\"config\": \"bench-s\", \"method\": \"%s\", \"threads\": %d, \"checkpointing\": \"%s\", "
+                   "\"steps\": %lld, \"loss\": %.6f, \"tokens_per_s\": %.1f, \"peak_rss_mb\": %.1f, "
+                   "\"weight_bytes\": %lld, \"projection_bits_per_param\": %.4f, "
+                   "\"measured_projection_bits_per_param\": %.4f}\n",
+                   method, (int)threads, ck, steps, loss, tps, rss, (long long)info.weight_bytes, qbits, measured_bits);
         else
-            printf("bench-s: %.1f training tokens/s (%lld steps of %d tokens, %.3f s/step), peak RSS %.1f MiB, "
-                   "checkpointing %s\n", tps, steps, B * T, dt / steps, rss, ck);
+            printf("bench-s (%s): %.1f training tokens/s (%lld steps of %d tokens, %.3f s/step), peak RSS %.1f MiB, "
+                   "checkpointing %s, weights %.1f MiB, projections %.3f bits/param (measured resident: %.3f)\n",
+                   method, tps, steps, B * T, dt / steps, rss, ck, info.weight_bytes / 1048576.0, qbits, measured_bits);
     }
 done:
     lt_trainer_free(tr);

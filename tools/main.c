@@ -17,7 +17,8 @@ static void usage(FILE *f) {
             "  eval      --model DIR --data FILE.jsonl [--adapter DIR] [--batch N] [--json] [--threads N]\n"
             "            [--objective sft|dpo|ipo|kto|orpo --beta B]   (preference data: see train --objective dpo --help)\n"
             "  train     --model DIR --data FILE.jsonl --out DIR [options]   (loratune train --help)\n"
-            "  merge     --model DIR --adapter DIR --out DIR\n"
+            "  merge     --model DIR --adapter DIR --out DIR [--quant nf4|fp4|int8 [--no-double-quant]]\n"
+            "  quantize  --model DIR --out DIR [--format nf4|fp4] [--double-quant] [--blocksize N]\n"
             "  generate  --model DIR [--adapter DIR] --prompt-ids 1,2,3 [--max-new-tokens N]\n"
             "            [--temperature T --top-k K --top-p P --seed S]\n"
             "  bench     --config bench-s [--threads N] [--json]\n"
@@ -39,8 +40,8 @@ int main(int argc, char **argv) {
     }
     static const struct { const char *name; int (*fn)(int, char **); } cmds[] = {
         {"info", cmd_info}, {"eval", cmd_eval}, {"train", cmd_train}, {"merge", cmd_merge},
-        {"generate", cmd_generate}, {"bench", cmd_bench}, {"demo", cmd_demo}, {"tokenize", cmd_tokenize},
-        {"detokenize", cmd_detokenize}, {"render", cmd_render}, {"data", cmd_data},
+        {"generate", cmd_generate}, {"quantize", cmd_quantize}, {"bench", cmd_bench}, {"demo", cmd_demo},
+        {"tokenize", cmd_tokenize}, {"detokenize", cmd_detokenize}, {"render", cmd_render}, {"data", cmd_data},
     };
     for (size_t i = 0; i < sizeof cmds / sizeof *cmds; i++)
         if (!strcmp(cmd, cmds[i].name)) return cmds[i].fn(argc - 1, argv + 1);

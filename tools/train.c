@@ -16,7 +16,8 @@ static const opt_spec train_spec[] = {
     {"steps", 1}, {"epochs", 1}, {"batch", 1}, {"grad-accum", 1}, {"max-grad-norm", 1}, {"weight-decay", 1},
     {"optimizer", 1}, {"seed", 1}, {"no-shuffle", 0}, {"seq", 1}, {"pack", 0}, {"eval-data", 1},
     {"eval-every", 1}, {"save-every", 1}, {"resume", 1}, {"threads", 1}, {"json", 0}, {"quiet", 0},
-    {"no-checkpointing", 0}, {"backend", 1}, {"help", 0}, {"objective", 1}, {"tokenizer", 1},
+    {"no-checkpointing", 0}, {"backend", 1}, {"help", 0}, {"objective", 1}, {"tokenizer", 1}, {"method", 1}, {"quant", 1},
+    {"double-quant", 0}, {"no-double-quant", 0}, {"quant-blocksize", 1},
 };
 #define N_TRAIN_SPEC ((int)(sizeof train_spec / sizeof *train_spec))
 
@@ -31,6 +32,9 @@ static void train_usage(void) {
            "             text rows ({\"text\"}, {\"prompt\",\"completion\"}, {\"messages\"}, ...) are tokenized with\n"
            "             --tokenizer DIR (default: the model directory); {\"input_ids\"} rows are used as they are\n"
            "  eval/save: --eval-data FILE --eval-every N --save-every N --resume DIR\n"
+           "  method:    --method lora|qlora (lora); qlora quantizes the base projections on load:\n"
+           "             --quant nf4|fp4|int8 (nf4) --double-quant | --no-double-quant (on for qlora)\n"
+           "             --quant-blocksize N (64); `loratune merge` then merges into the dequantized base\n"
            "  other:     --threads N --json --quiet --no-checkpointing\n"
            "  --objective sft (default) | dpo | ipo | kto | orpo: preference data (loratune train --objective dpo --help)\n");
 }
@@ -233,6 +237,27 @@ int cmd_train(int argc, char **argv) {
     int n_ev = 0, rc = 0;
     FILE *metrics = NULL;
     if (open_model("train", mdir, (int)threads, opt_str(&o, "backend", NULL), &ctx, &m)) { rc = 1; goto done; }
+    {
+        /* QLoRA: the frozen base projections are quantized (NF4 + double quantization by default) */
+        const char *method = opt_str(&o, "method", "lora");
+        lt_quant_params qp;
+        if (strcmp(method, "lora") && strcmp(method, "qlora")) { rc = fail("train", "--method must be lora or qlora"); goto done; }
+        if (!strcmp(method, "lora") && (opt_str(&o, "quant", NULL) || opt_flag(&o, "double-quant"))) {
+            rc = fail("train", "--quant and --double-quant go with --method qlora");
+            goto done;
+        }
+        if (quant_options("train", &o, &qp)) { rc = 2; goto done; }
+        if (!strcmp(method, "qlora")) {
+            if (lt_model_quantize(m, &qp) != LT_OK) { rc = fail("train", "%s", lt_model_last_error(m)); goto done; }
+            if (mkdir_p(out) == 0) write_quant_note(out, &qp);
+            lt_model_info qi = {.size = sizeof qi};
+            lt_model_get_info(m, &qi);
+            if (!quiet)
+                fprintf(log, "qlora: base projections in %s%s, %.3f bits/parameter (%.1f MiB)\n",
+                        opt_str(&o, "quant", "nf4"), qp.double_quant ? " + double quantization" : "",
+                        8.0 * (double)qi.quantized_bytes / (double)qi.quantized_params, qi.quantized_bytes / 1048576.0);
+        }
+    }
 
     /* adapter */
     const char *init_dir = opt_str(&o, "adapter-init", NULL);

@@ -17,7 +17,7 @@ import os
 import sys
 import threading
 from ctypes import (CFUNCTYPE, POINTER, Structure, c_char, c_char_p, c_double, c_float, c_int, c_int32,
-                    c_int64, c_size_t, c_uint, c_uint64, c_void_p)
+                    c_int64, c_size_t, c_uint, c_uint16, c_uint64, c_void_p)
 from typing import Callable, List, Optional
 
 #: The library version these bindings were written against (LT_VERSION_NUMBER of the header).
@@ -51,7 +51,12 @@ class lt_tokenizer(Structure):
     """Opaque `struct lt_tokenizer`."""
 
 
+class lt_qtensor(Structure):
+    """Opaque `struct lt_qtensor`."""
+
+
 lt_context_p = POINTER(lt_context)
+lt_qtensor_p = POINTER(lt_qtensor)
 lt_model_p = POINTER(lt_model)
 lt_adapter_p = POINTER(lt_adapter)
 lt_optimizer_p = POINTER(lt_optimizer)
@@ -67,6 +72,8 @@ lt_objective = c_int
 lt_grpo_scale = c_int
 lt_grpo_loss = c_int
 lt_special_token = c_int
+lt_quant_format = c_int
+lt_qpart = c_int
 
 # typedef void (*lt_log_fn)(void *user, lt_log_level level, const char *message);
 lt_log_fn = CFUNCTYPE(None, c_void_p, lt_log_level, c_char_p)
@@ -85,10 +92,38 @@ class lt_context_params(Structure):
     ]
 
 
+class lt_quant_params(Structure):
+    _fields_ = [
+        ("size", c_size_t),
+        ("format", lt_quant_format),
+        ("blocksize", c_int),
+        ("double_quant", c_int),
+    ]
+
+
+class lt_qtensor_info(Structure):
+    _fields_ = [
+        ("size", c_size_t),
+        ("format", lt_quant_format),
+        ("blocksize", c_int),
+        ("double_quant", c_int),
+        ("ndim", c_int),
+        ("shape", c_int64 * 8),
+        ("numel", c_int64),
+        ("n_blocks", c_int64),
+        ("bytes", c_int64),
+        ("nested_offset", c_float),
+    ]
+
+
 class lt_model_params(Structure):
     _fields_ = [
         ("size", c_size_t),
         ("use_mmap", c_int),
+        ("quantization", lt_quant_format),
+        ("double_quant", c_int),
+        ("quant_blocksize", c_int),
+        ("quantize_lm_head", c_int),
     ]
 
 
@@ -110,6 +145,9 @@ class lt_model_info(Structure):
         ("tied_embeddings", c_int),
         ("n_params", c_int64),
         ("weight_bytes", c_int64),
+        ("quantization", lt_quant_format),
+        ("quantized_params", c_int64),
+        ("quantized_bytes", c_int64),
     ]
 
 
@@ -243,7 +281,8 @@ class lt_text_params(Structure):
 lt_progress_fn = CFUNCTYPE(None, c_void_p, POINTER(lt_step_result))
 
 #: Every struct of the stable header, by C name (used by the sync test).
-STRUCTS = {cls.__name__: cls for cls in (lt_context_params, lt_model_params, lt_model_info, lt_batch,
+STRUCTS = {cls.__name__: cls for cls in (lt_context_params, lt_quant_params, lt_qtensor_info,
+                                         lt_model_params, lt_model_info, lt_batch,
                                          lt_adapter_params, lt_optimizer_params, lt_trainer_params,
                                          lt_pref_batch, lt_step_result, lt_generate_params, lt_text_params)}
 
@@ -275,6 +314,25 @@ _DECLS = [
     # int lt_backend_available(const char *name);
     ("lt_backend_available", c_int, [c_char_p]),
 
+    # void lt_quant_params_init(lt_quant_params *params, size_t size);
+    ("lt_quant_params_init", None, [c_void_p, c_size_t]),
+    # lt_status lt_qtensor_quantize(const float *data, const int64_t *shape, int ndim,
+    #                               const lt_quant_params *params, lt_qtensor **out);
+    ("lt_qtensor_quantize", lt_status, [POINTER(c_float), POINTER(c_int64), c_int, POINTER(lt_quant_params),
+                                        POINTER(lt_qtensor_p)]),
+    # void lt_qtensor_free(lt_qtensor *q);
+    ("lt_qtensor_free", None, [lt_qtensor_p]),
+    # const char *lt_qtensor_last_error(const lt_qtensor *q);
+    ("lt_qtensor_last_error", c_char_p, [lt_qtensor_p]),
+    # lt_status lt_qtensor_get_info(const lt_qtensor *q, lt_qtensor_info *info);
+    ("lt_qtensor_get_info", lt_status, [lt_qtensor_p, POINTER(lt_qtensor_info)]),
+    # lt_status lt_qtensor_dequantize(const lt_qtensor *q, float *out, size_t count);
+    ("lt_qtensor_dequantize", lt_status, [lt_qtensor_p, POINTER(c_float), c_size_t]),
+    # lt_status lt_qtensor_dequantize_bf16(const lt_qtensor *q, uint16_t *out, size_t count);
+    ("lt_qtensor_dequantize_bf16", lt_status, [lt_qtensor_p, POINTER(c_uint16), c_size_t]),
+    # lt_status lt_qtensor_part(const lt_qtensor *q, lt_qpart part, const void **data, size_t *bytes);
+    ("lt_qtensor_part", lt_status, [lt_qtensor_p, lt_qpart, POINTER(c_void_p), POINTER(c_size_t)]),
+
     # void lt_model_params_init(lt_model_params *params, size_t size);
     ("lt_model_params_init", None, [c_void_p, c_size_t]),
     # lt_status lt_model_load(lt_context *ctx, const char *dir, const lt_model_params *params, lt_model **out);
@@ -285,6 +343,10 @@ _DECLS = [
     ("lt_model_last_error", c_char_p, [lt_model_p]),
     # lt_status lt_model_get_info(const lt_model *model, lt_model_info *info);
     ("lt_model_get_info", lt_status, [lt_model_p, POINTER(lt_model_info)]),
+    # lt_status lt_model_quantize(lt_model *model, const lt_quant_params *params);
+    ("lt_model_quantize", lt_status, [lt_model_p, POINTER(lt_quant_params)]),
+    # lt_status lt_model_save_quantized(lt_model *model, const char *dir);
+    ("lt_model_save_quantized", lt_status, [lt_model_p, c_char_p]),
     # void lt_batch_init(lt_batch *batch, size_t size);
     ("lt_batch_init", None, [c_void_p, c_size_t]),
     # lt_status lt_model_loss(lt_model *model, const lt_adapter *adapter, const lt_batch *batch,

@@ -53,7 +53,7 @@ macro_rules! opaque {
         }
     )*};
 }
-opaque!(lt_context, lt_model, lt_adapter, lt_optimizer, lt_trainer, lt_tokenizer);
+opaque!(lt_context, lt_model, lt_adapter, lt_optimizer, lt_trainer, lt_tokenizer, lt_qtensor);
 
 // ---- context ---------------------------------------------------------------------------------------
 
@@ -76,6 +76,45 @@ pub struct lt_context_params {
     pub log_level: lt_log_level,
 }
 
+// ---- quantized tensors -----------------------------------------------------------------------------
+
+pub type lt_quant_format = c_int;
+pub const LT_QUANT_NONE: lt_quant_format = 0;
+pub const LT_QUANT_NF4: lt_quant_format = 1;
+pub const LT_QUANT_FP4: lt_quant_format = 2;
+pub const LT_QUANT_INT8: lt_quant_format = 3;
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct lt_quant_params {
+    pub size: usize,
+    pub format: lt_quant_format,
+    pub blocksize: c_int,
+    pub double_quant: c_int,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct lt_qtensor_info {
+    pub size: usize,
+    pub format: lt_quant_format,
+    pub blocksize: c_int,
+    pub double_quant: c_int,
+    pub ndim: c_int,
+    pub shape: [i64; 8],
+    pub numel: i64,
+    pub n_blocks: i64,
+    pub bytes: i64,
+    pub nested_offset: c_float,
+}
+
+pub type lt_qpart = c_int;
+pub const LT_QPART_DATA: lt_qpart = 0;
+pub const LT_QPART_ABSMAX: lt_qpart = 1;
+pub const LT_QPART_NESTED_ABSMAX: lt_qpart = 2;
+pub const LT_QPART_QUANT_MAP: lt_qpart = 3;
+pub const LT_QPART_NESTED_QUANT_MAP: lt_qpart = 4;
+
 // ---- model -----------------------------------------------------------------------------------------
 
 #[repr(C)]
@@ -83,6 +122,10 @@ pub struct lt_context_params {
 pub struct lt_model_params {
     pub size: usize,
     pub use_mmap: c_int,
+    pub quantization: lt_quant_format,
+    pub double_quant: c_int,
+    pub quant_blocksize: c_int,
+    pub quantize_lm_head: c_int,
 }
 
 #[repr(C)]
@@ -104,6 +147,9 @@ pub struct lt_model_info {
     pub tied_embeddings: c_int,
     pub n_params: i64,
     pub weight_bytes: i64,
+    pub quantization: lt_quant_format,
+    pub quantized_params: i64,
+    pub quantized_bytes: i64,
 }
 
 #[repr(C)]
@@ -308,6 +354,21 @@ extern "C" {
     pub fn lt_context_set_threads(ctx: *mut lt_context, n_threads: c_int) -> lt_status;
     pub fn lt_backend_available(name: *const c_char) -> c_int;
 
+    pub fn lt_quant_params_init(params: *mut lt_quant_params, size: usize);
+    pub fn lt_qtensor_quantize(
+        data: *const c_float,
+        shape: *const i64,
+        ndim: c_int,
+        params: *const lt_quant_params,
+        out: *mut *mut lt_qtensor,
+    ) -> lt_status;
+    pub fn lt_qtensor_free(q: *mut lt_qtensor);
+    pub fn lt_qtensor_last_error(q: *const lt_qtensor) -> *const c_char;
+    pub fn lt_qtensor_get_info(q: *const lt_qtensor, info: *mut lt_qtensor_info) -> lt_status;
+    pub fn lt_qtensor_dequantize(q: *const lt_qtensor, out: *mut c_float, count: usize) -> lt_status;
+    pub fn lt_qtensor_dequantize_bf16(q: *const lt_qtensor, out: *mut u16, count: usize) -> lt_status;
+    pub fn lt_qtensor_part(q: *const lt_qtensor, part: lt_qpart, data: *mut *const c_void, bytes: *mut usize) -> lt_status;
+
     pub fn lt_model_params_init(params: *mut lt_model_params, size: usize);
     pub fn lt_model_load(
         ctx: *mut lt_context,
@@ -318,6 +379,8 @@ extern "C" {
     pub fn lt_model_free(model: *mut lt_model);
     pub fn lt_model_last_error(model: *const lt_model) -> *const c_char;
     pub fn lt_model_get_info(model: *const lt_model, info: *mut lt_model_info) -> lt_status;
+    pub fn lt_model_quantize(model: *mut lt_model, params: *const lt_quant_params) -> lt_status;
+    pub fn lt_model_save_quantized(model: *mut lt_model, dir: *const c_char) -> lt_status;
     pub fn lt_batch_init(batch: *mut lt_batch, size: usize);
     pub fn lt_model_loss(
         model: *mut lt_model,

@@ -83,6 +83,7 @@ fn c_type_to_rust(ty: &str) -> String {
         "uint64_t" => "u64".to_string(),
         "int32_t" => "i32".to_string(),
         "uint32_t" => "u32".to_string(),
+        "uint16_t" => "u16".to_string(),
         other if other.starts_with("lt_") => other.to_string(),
         other => panic!("header_sync: no Rust mapping for C type '{}'", other),
     };
@@ -348,10 +349,12 @@ macro_rules! layout {
 fn rust_layouts() -> Vec<(String, usize, Vec<(String, usize)>)> {
     layout! {
         lt_context_params { size, backend, n_threads, log_fn, log_user, log_level }
-        lt_model_params { size, use_mmap }
+        lt_quant_params { size, format, blocksize, double_quant }
+        lt_qtensor_info { size, format, blocksize, double_quant, ndim, shape, numel, n_blocks, bytes, nested_offset }
+        lt_model_params { size, use_mmap, quantization, double_quant, quant_blocksize, quantize_lm_head }
         lt_model_info { size, architecture, dtype, vocab_size, hidden_size, intermediate_size, n_layers, n_heads,
                         n_kv_heads, head_dim, max_position_embeddings, rope_theta, rms_norm_eps, tied_embeddings,
-                        n_params, weight_bytes }
+                        n_params, weight_bytes, quantization, quantized_params, quantized_bytes }
         lt_batch { size, n_rows, seq_len, input_ids, labels, position_ids }
         lt_adapter_params { size, rank, alpha, dropout, targets, use_rslora, init, seed }
         lt_optimizer_params { size, kind, lr, beta1, beta2, eps, weight_decay, momentum, schedule, warmup_steps,
