@@ -133,6 +133,10 @@ typedef struct lt_model_info {
     int tied_embeddings;
     int64_t n_params;          /* parameters of the base model                              */
     int64_t weight_bytes;      /* bytes the weights occupy in the backend                   */
+    /* since 0.2 (model families) */
+    char family[32];           /* "Llama", "Qwen2", "Qwen3", "Mistral", "Gemma", ...        */
+    int64_t sliding_window;    /* attention window of the windowed layers; 0 = none         */
+    int32_t n_sliding_layers;  /* how many layers use that window                           */
 } lt_model_info;
 
 LT_API void lt_model_params_init(lt_model_params *params, size_t size);

@@ -539,7 +539,7 @@ lt_status lt_model_export(lt_model *m, const lt_adapter *a, const char *dir, uin
     const int64_t V = c->vocab_size, H = c->hidden_size;
     lt_status st = lt_mkdir_p(dir, err);
     if (st != LT_OK) return st;
-    int cap = 3 + L * (2 + P_COUNT), n = 0;
+    int cap = 3 + L * (4 + 2 * P_COUNT), n = 0;
     lt_st_entry *e = calloc((size_t)cap, sizeof *e);
     char *names = calloc((size_t)cap, 128);
     float **bufs = calloc((size_t)cap, sizeof *bufs);
@@ -559,8 +559,19 @@ lt_status lt_model_export(lt_model *m, const lt_adapter *a, const char *dir, uin
     } while (0)
     ADD("%s", m->embed, V, H, "model.embed_tokens.weight");
     for (int l = 0; l < L; l++) {
-        ADD("model.layers.%d.input_layernorm.weight", m->layers[l].attn_norm, H, 0, l);
-        ADD("model.layers.%d.post_attention_layernorm.weight", m->layers[l].mlp_norm, H, 0, l);
+        const lt_layer *Ly = &m->layers[l];
+        ADD("model.layers.%d.input_layernorm.weight", Ly->attn_norm_file ? Ly->attn_norm_file : Ly->attn_norm, H, 0, l);
+        ADD("model.layers.%d.post_attention_layernorm.weight", Ly->mlp_norm_file ? Ly->mlp_norm_file : Ly->mlp_norm,
+            H, 0, l);
+        if (Ly->q_norm) {
+            ADD("model.layers.%d.self_attn.q_norm.weight", Ly->q_norm_file, c->head_dim, 0, l);
+            ADD("model.layers.%d.self_attn.k_norm.weight", Ly->k_norm_file, c->head_dim, 0, l);
+        }
+        for (int q = 0; q < P_COUNT; q++) {
+            int in, o;
+            lt_proj_dims(c, (lt_proj)q, &in, &o);
+            if (Ly->bias[q]) ADD("model.layers.%d.%s.%s.bias", Ly->bias[q], o, 0, l, lt_proj_parent[q], lt_proj_names[q]);
+        }
         for (int q = 0; q < P_COUNT; q++) {
             int in, o;
             lt_proj_dims(c, (lt_proj)q, &in, &o);
@@ -585,7 +596,7 @@ lt_status lt_model_export(lt_model *m, const lt_adapter *a, const char *dir, uin
             }
         }
     }
-    ADD("%s", m->final_norm, H, 0, "model.norm.weight");
+    ADD("%s", m->final_norm_file ? m->final_norm_file : m->final_norm, H, 0, "model.norm.weight");
     if (!c->tie_word_embeddings) ADD("%s", m->lm_head, V, H, "lm_head.weight");
 #undef ADD
     st = lt_st_write_sharded(dir, e, n, max_shard_bytes, err);

@@ -17,6 +17,11 @@
 
 #define ACT_BIT(a) (1u << (a))
 
+/* how a family decides which layers slide (config "layer_types" overrides every mode) */
+enum { SLIDE_NONE = 0, SLIDE_QWEN = 1, SLIDE_ALL = 2, SLIDE_ALTERNATE = 3 };
+/* which projections carry biases */
+enum { BIAS_LLAMA = 0, BIAS_QWEN2 = 1, BIAS_NONE = 2 };
+
 typedef struct lt_arch_desc {
     const char *name;       /* architectures[0]                                               */
     lt_arch_id id;
@@ -25,12 +30,32 @@ typedef struct lt_arch_desc {
     int qk_norm;
     float norm_offset;
     int embed_scale_sqrt_hidden;
+    int64_t default_head_dim;  /* head_dim when config.json has none: 0 = hidden / heads      */
+    int default_tied;          /* tie_word_embeddings default of the transformers config class */
+    int bias_mode;             /* BIAS_*                                                     */
+    int slide_mode;            /* SLIDE_*                                                    */
+    int64_t default_window;    /* sliding_window when config.json has none                   */
+    const char *act_key;       /* the key holding the activation name                        */
 } lt_arch_desc;
 
 static const lt_arch_desc k_archs[] = {
-    {"LlamaForCausalLM", LT_ARCH_LLAMA, "llama", ACT_BIT(LT_ACT_SILU), 0, 0.0f, 0},
+    {"LlamaForCausalLM", LT_ARCH_LLAMA, "llama", ACT_BIT(LT_ACT_SILU), 0, 0.0f, 0, 0, 0, BIAS_LLAMA, SLIDE_NONE, 0,
+     "hidden_act"},
+    {"Qwen2ForCausalLM", LT_ARCH_QWEN2, "qwen2", ACT_BIT(LT_ACT_SILU), 0, 0.0f, 0, 0, 0, BIAS_QWEN2, SLIDE_QWEN, 4096,
+     "hidden_act"},
+    {"MistralForCausalLM", LT_ARCH_MISTRAL, "mistral", ACT_BIT(LT_ACT_SILU), 0, 0.0f, 0, 0, 0, BIAS_NONE, SLIDE_ALL,
+     4096, "hidden_act"},
+    {"Qwen3ForCausalLM", LT_ARCH_QWEN3, "qwen3", ACT_BIT(LT_ACT_SILU), 1, 0.0f, 0, 128, 0, BIAS_LLAMA, SLIDE_QWEN,
+     4096, "hidden_act"},
+    {"GemmaForCausalLM", LT_ARCH_GEMMA, "gemma", ACT_BIT(LT_ACT_GELU_TANH), 0, 1.0f, 1, 256, 1, BIAS_LLAMA,
+     SLIDE_NONE, 0, "hidden_act"},
 };
 #define N_ARCHS ((int)(sizeof k_archs / sizeof k_archs[0]))
+
+const char *lt_config_family(const lt_model_config *cfg) {
+    static const char *const names[] = {"Llama", "Qwen2", "Qwen3", "Mistral", "Gemma", "Gemma2", "Phi3"};
+    return cfg && (unsigned)cfg->arch < sizeof names / sizeof *names ? names[cfg->arch] : "?";
+}
 
 static const lt_arch_desc *find_arch(const char *name) {
     for (int i = 0; i < N_ARCHS; i++)
@@ -95,6 +120,12 @@ void lt_config_init_llama(lt_model_config *cfg) {
     cfg->norm_offset = 0.0f;
     cfg->sliding_window = 0;
     cfg->embed_scale = 1.0;
+    cfg->bias_mask = 0;
+    cfg->n_sliding_layers = 0;
+    memset(cfg->layer_sliding, 0, sizeof cfg->layer_sliding);
+    cfg->use_sliding_window = 0;
+    cfg->max_window_layers = 0;
+    cfg->has_layer_types = 0;
 }
 
 /* ---- typed field readers (absent or null: keep the default) ----------------------------------- */
@@ -249,6 +280,75 @@ static lt_status parse_rope(parse_ctx *c, json_t *root, lt_model_config *cfg) {
     return LT_OK;
 }
 
+/* Biases and sliding-window layers, the way each family's transformers config derives them. */
+static lt_status parse_family(parse_ctx *c, json_t *root, const lt_arch_desc *arch, lt_model_config *cfg) {
+    lt_status st;
+    const unsigned attn = 0xFu, mlp = 0x70u; /* q,k,v,o and gate,up,down in lt_proj order */
+    if (arch->bias_mode == BIAS_LLAMA)
+        cfg->bias_mask = (cfg->attention_bias ? attn : 0u) | (cfg->mlp_bias ? mlp : 0u);
+    else if (arch->bias_mode == BIAS_QWEN2)
+        cfg->bias_mask = 0x7u; /* Qwen2Attention: q, k, v with bias, o without */
+    else
+        cfg->bias_mask = 0;
+    if (arch->id == LT_ARCH_QWEN2 && cfg->mlp_bias)
+        return lt_fail(c->err, LT_ERR_UNSUPPORTED, "%s: mlp_bias is not supported for %s", c->src, arch->name);
+    if (arch->id != LT_ARCH_LLAMA && arch->bias_mode == BIAS_LLAMA && cfg->mlp_bias)
+        cfg->bias_mask &= ~mlp; /* only Llama's MLP reads mlp_bias */
+
+    /* sliding window: absent -> the class default, null -> none */
+    cfg->sliding_window = 0;
+    if (arch->slide_mode == SLIDE_NONE) return LT_OK;
+    json_t *sw = json_object_get(root, "sliding_window");
+    int64_t window = arch->default_window;
+    if (sw && json_is_null(sw)) window = 0;
+    else if ((st = get_int(c, root, "", "sliding_window", &window)) != LT_OK) return st;
+    if (window < 0) return lt_fail(c->err, LT_ERR_FORMAT, "%s: \"sliding_window\" must not be negative", c->src);
+    if (arch->slide_mode == SLIDE_QWEN) {
+        cfg->max_window_layers = 28;
+        if ((st = get_bool(c, root, "use_sliding_window", &cfg->use_sliding_window)) != LT_OK) return st;
+        if ((st = get_int(c, root, "", "max_window_layers", &cfg->max_window_layers)) != LT_OK) return st;
+        if (!cfg->use_sliding_window) window = 0; /* Qwen2Config: sliding_window only with use_sliding_window */
+    }
+    const int L = (int)cfg->num_hidden_layers;
+    json_t *lt = field(root, "layer_types");
+    if (lt && (arch->slide_mode == SLIDE_QWEN || arch->slide_mode == SLIDE_ALTERNATE)) {
+        if (!json_is_array(lt)) return lt_fail(c->err, LT_ERR_JSON, "%s: field \"layer_types\" must be a list", c->src);
+        if ((int64_t)json_array_size(lt) != cfg->num_hidden_layers)
+            return lt_fail(c->err, LT_ERR_FORMAT, "%s: \"layer_types\" has %zu entries for %lld layers", c->src,
+                           json_array_size(lt), (long long)cfg->num_hidden_layers);
+        cfg->has_layer_types = 1;
+    }
+    if (window == 0) return LT_OK;
+    if (L > LT_CONFIG_MAX_LAYERS)
+        return lt_fail(c->err, LT_ERR_UNSUPPORTED, "%s: sliding-window attention with more than %d layers", c->src,
+                       LT_CONFIG_MAX_LAYERS);
+    cfg->sliding_window = window;
+    for (int l = 0; l < L; l++) {
+        int slide;
+        if (cfg->has_layer_types) {
+            json_t *v = json_array_get(lt, (size_t)l);
+            if (!json_is_string(v))
+                return lt_fail(c->err, LT_ERR_JSON, "%s: \"layer_types\"[%d] must be a string", c->src, l);
+            const char *t = json_string_value(v);
+            if (strcmp(t, "sliding_attention") == 0) slide = 1;
+            else if (strcmp(t, "full_attention") == 0) slide = 0;
+            else
+                return lt_fail(c->err, LT_ERR_UNSUPPORTED, "%s: layer type \"%s\" is not supported (only "
+                               "full_attention, sliding_attention)", c->src, t);
+        } else if (arch->slide_mode == SLIDE_QWEN) {
+            slide = l >= cfg->max_window_layers;
+        } else if (arch->slide_mode == SLIDE_ALTERNATE) {
+            slide = (l + 1) % 2 != 0; /* Gemma 2: even layers slide */
+        } else {
+            slide = 1;
+        }
+        cfg->layer_sliding[l] = (unsigned char)slide;
+        cfg->n_sliding_layers += slide;
+    }
+    if (cfg->n_sliding_layers == 0) cfg->sliding_window = 0;
+    return LT_OK;
+}
+
 /* ---- validation -------------------------------------------------------------------------------- */
 
 lt_status lt_config_validate(lt_model_config *cfg, const char *source, lt_error *err) {
@@ -355,6 +455,7 @@ static lt_status parse_root(parse_ctx *c, json_t *root, lt_model_config *cfg) {
     cfg->model_type[0] = '\0';
     cfg->qk_norm = arch->qk_norm;
     cfg->norm_offset = arch->norm_offset;
+    cfg->tie_word_embeddings = arch->default_tied;
 
     if ((st = get_str(c, root, "model_type", cfg->model_type, sizeof cfg->model_type)) != LT_OK) return st;
     const struct {
@@ -375,6 +476,8 @@ static lt_status parse_root(parse_ctx *c, json_t *root, lt_model_config *cfg) {
     if ((st = get_int(c, root, "", "num_key_value_heads", &cfg->num_key_value_heads)) != LT_OK) return st;
     if (field(root, "head_dim")) {
         if ((st = get_int(c, root, "", "head_dim", &cfg->head_dim)) != LT_OK) return st;
+    } else if (arch->default_head_dim > 0) {
+        cfg->head_dim = arch->default_head_dim; /* e.g. Qwen3Config / GemmaConfig default */
     } else {
         if (cfg->num_attention_heads <= 0)
             return lt_fail(err, LT_ERR_FORMAT, "%s: \"num_attention_heads\" = %lld must be positive", c->src,
@@ -391,10 +494,17 @@ static lt_status parse_root(parse_ctx *c, json_t *root, lt_model_config *cfg) {
     if ((st = get_bool(c, root, "attention_bias", &cfg->attention_bias)) != LT_OK) return st;
     if ((st = get_bool(c, root, "mlp_bias", &cfg->mlp_bias)) != LT_OK) return st;
 
-    if ((st = get_str(c, root, "hidden_act", cfg->hidden_act, sizeof cfg->hidden_act)) != LT_OK) {
+    if (arch->id == LT_ARCH_GEMMA || arch->id == LT_ARCH_GEMMA2)
+        snprintf(cfg->hidden_act, sizeof cfg->hidden_act, "%s", "gelu_pytorch_tanh");
+    if ((st = get_str(c, root, "hidden_act", cfg->hidden_act, sizeof cfg->hidden_act)) != LT_OK ||
+        (arch->id == LT_ARCH_GEMMA &&
+         (st = get_str(c, root, "hidden_activation", cfg->hidden_act, sizeof cfg->hidden_act)) != LT_OK)) {
         if (st == LT_ERR_FORMAT) return lt_fail(err, LT_ERR_UNSUPPORTED, "%s: hidden_act is not supported", c->src);
         return st;
     }
+    /* GemmaConfig: the legacy "gelu" of the official releases means the tanh approximation */
+    if (arch->id == LT_ARCH_GEMMA && strcmp(cfg->hidden_act, "gelu") == 0)
+        snprintf(cfg->hidden_act, sizeof cfg->hidden_act, "%s", "gelu_pytorch_tanh");
     int found = 0;
     for (size_t i = 0; i < sizeof k_acts / sizeof k_acts[0]; i++) {
         if (strcmp(cfg->hidden_act, k_acts[i].name) == 0) {
@@ -414,6 +524,7 @@ static lt_status parse_root(parse_ctx *c, json_t *root, lt_model_config *cfg) {
     if ((st = parse_rope(c, root, cfg)) != LT_OK) return st;
 
     if (arch->embed_scale_sqrt_hidden) cfg->embed_scale = sqrt((double)cfg->hidden_size);
+    if ((st = parse_family(c, root, arch, cfg)) != LT_OK) return st;
     return lt_config_validate(cfg, c->src, err);
 }
 
@@ -527,6 +638,21 @@ lt_status lt_config_write(const lt_model_config *cfg, const char *path, lt_error
             bad |= set_new(o, "eos_token_id", a);
         }
         if (cfg->torch_dtype[0]) bad |= set_new(o, "torch_dtype", json_string(cfg->torch_dtype));
+        /* family structure, in the keys of each family's transformers config class */
+        if (arch->slide_mode != SLIDE_NONE) {
+            bad |= set_new(o, "sliding_window", cfg->sliding_window > 0 ? json_integer(cfg->sliding_window) : json_null());
+            if (arch->slide_mode == SLIDE_QWEN) {
+                bad |= set_new(o, "use_sliding_window", json_boolean(cfg->use_sliding_window));
+                bad |= set_new(o, "max_window_layers", json_integer(cfg->max_window_layers));
+            }
+            if (cfg->sliding_window > 0 && (cfg->has_layer_types || arch->slide_mode == SLIDE_ALTERNATE)) {
+                json_t *a = json_array();
+                for (int l = 0; a && l < cfg->num_hidden_layers; l++)
+                    bad |= json_array_append_new(a, json_string(cfg->layer_sliding[l] ? "sliding_attention"
+                                                                                       : "full_attention"));
+                bad |= set_new(o, "layer_types", a);
+            }
+        }
         bad |= set_new(o, "use_cache", json_true());
     }
     int prec = 1;

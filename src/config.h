@@ -13,7 +13,15 @@
 #include <stdint.h>
 #include "internal.h"
 
-typedef enum lt_arch_id { LT_ARCH_LLAMA = 0 } lt_arch_id;
+typedef enum lt_arch_id {
+    LT_ARCH_LLAMA = 0,
+    LT_ARCH_QWEN2 = 1,
+    LT_ARCH_QWEN3 = 2,
+    LT_ARCH_MISTRAL = 3,
+    LT_ARCH_GEMMA = 4,
+    LT_ARCH_GEMMA2 = 5,
+    LT_ARCH_PHI3 = 6
+} lt_arch_id;
 
 typedef enum lt_rope_type {
     LT_ROPE_DEFAULT = 0, /* rope_type "default" / absent / null                               */
@@ -28,6 +36,7 @@ typedef enum lt_activation {
 } lt_activation;
 
 #define LT_CONFIG_MAX_EOS 16
+#define LT_CONFIG_MAX_LAYERS 1024 /* per-layer attention types are kept up to this many layers */
 
 typedef struct lt_model_config {
     char architecture[64]; /* architectures[0], e.g. "LlamaForCausalLM"                  */
@@ -69,7 +78,20 @@ typedef struct lt_model_config {
     float norm_offset;      /* RMSNorm multiplies by (norm_offset + w): 0 (Gemma: 1)         */
     int64_t sliding_window; /* 0: full causal attention (Mistral: window)                   */
     double embed_scale;     /* embeddings are multiplied by this: 1 (Gemma: sqrt(hidden))   */
+
+    /* per-family structure (Llama values: 0 / none) */
+    unsigned bias_mask;     /* bit p (lt_proj order q,k,v,o,gate,up,down): projection p has a bias.
+                             * Llama/Qwen3/Gemma: attention_bias -> q,k,v,o, mlp_bias -> gate,up,down;
+                             * Qwen2: always q,k,v                                               */
+    int n_sliding_layers;   /* layers whose attention is windowed (sliding_window > 0)           */
+    unsigned char layer_sliding[LT_CONFIG_MAX_LAYERS]; /* 1: layer l uses the sliding window     */
+    int use_sliding_window; /* Qwen2/Qwen3 "use_sliding_window" as read                          */
+    int64_t max_window_layers; /* Qwen2/Qwen3: layers >= this slide (when use_sliding_window)   */
+    int has_layer_types;    /* config.json carried an explicit "layer_types" list              */
 } lt_model_config;
+
+/* The family's short name ("Llama", "Qwen2", ...) of a validated config. */
+const char *lt_config_family(const lt_model_config *cfg);
 
 /* LlamaConfig defaults (architecture "LlamaForCausalLM", 7B shapes). */
 void lt_config_init_llama(lt_model_config *cfg);

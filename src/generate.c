@@ -120,7 +120,8 @@ LT_API lt_status lt_generate(lt_model *m, const lt_adapter *ad, const int32_t *p
     const int r = ad ? ad->p.rank : 1;
     lt_backend *be = m->be;
     /* one allocation: activations for B tokens + the KV cache */
-    size_t nf = (size_t)B * (4 * H + 2 * QD + 2 * KD + 3 * I + r + V) + (size_t)B + 2 * (size_t)L * B * S * KD;
+    size_t nf = (size_t)B * (4 * H + 2 * QD + 2 * KD + 3 * I + r + V) + (size_t)B + 2 * (size_t)L * B * S * KD +
+                (size_t)B * (NH + QD); /* + q/k norm statistics and a pre-norm q (Qwen3) */
     float *blk = be->ops->alloc(be, nf * sizeof(float) + 2 * (size_t)B * sizeof(int32_t));
     float *hlog = malloc((size_t)B * V * sizeof(float));
     cand *cands = malloc((size_t)V * sizeof *cands);
@@ -134,7 +135,8 @@ LT_API lt_status lt_generate(lt_model *m, const lt_adapter *ad, const int32_t *p
     float *q = tmpH + (size_t)B * H, *att = q + (size_t)B * QD, *k = att + (size_t)B * QD, *v = k + (size_t)B * KD;
     float *gate = v + (size_t)B * KD, *up = gate + (size_t)B * I, *act = up + (size_t)B * I, *xa = act + (size_t)B * I;
     float *logits = xa + (size_t)B * r, *rstd = logits + (size_t)B * V, *kc = rstd + B, *vc = kc + (size_t)L * B * S * KD;
-    int32_t *dtok = (int32_t *)(vc + (size_t)L * B * S * KD), *dpos = dtok + B;
+    float *rstd_qk = vc + (size_t)L * B * S * KD, *qpre = rstd_qk + (size_t)B * NH;
+    int32_t *dtok = (int32_t *)(qpre + (size_t)B * QD), *dpos = dtok + B;
     int32_t *tok = htok, *posv = htok + B;
     for (int b = 0; b < B; b++) { tok[b] = starts[b][0]; out_lens[b] = 0; }
     gen_rng rng = {p.seed ^ 0x5DEECE66Dull};
@@ -146,29 +148,49 @@ LT_API lt_status lt_generate(lt_model *m, const lt_adapter *ad, const int32_t *p
         be->ops->upload(be, dtok, tok, (size_t)B * sizeof(int32_t));
         be->ops->upload(be, dpos, posv, (size_t)B * sizeof(int32_t));
         be->ops->embedding_forward(be, x, dtok, m->embed, B, H);
+        if (c->embed_scale != 1.0) be->ops->scale(be, (size_t)B * H, (float)c->embed_scale, x);
         for (int l = 0; l < L; l++) {
             const lt_layer *W = &m->layers[l];
             const lt_lora *lo[P_COUNT];
             for (int pj = 0; pj < P_COUNT; pj++) lo[pj] = ad ? lt_adapter_lora(ad, l, (lt_proj)pj) : NULL;
             float *kcl = kc + (size_t)l * B * S * KD, *vcl = vc + (size_t)l * B * S * KD;
             be->ops->rmsnorm_forward(be, ln, rstd, x, W->attn_norm, B, H, eps);
-            lt_linear_forward(m, NULL, ad, lo[P_Q], NULL, 0, q, ln, W->w[P_Q], xa, B, H, QD);
-            lt_linear_forward(m, NULL, ad, lo[P_K], NULL, 0, k, ln, W->w[P_K], xa, B, H, KD);
+            /* the family steps mirror layer_forward in llama.c */
+            float *qp = c->qk_norm ? qpre : q, *kp = c->qk_norm ? att : k; /* att is free until attention */
+            lt_linear_forward(m, NULL, ad, lo[P_Q], NULL, 0, qp, ln, W->w[P_Q], xa, B, H, QD);
+            lt_linear_forward(m, NULL, ad, lo[P_K], NULL, 0, kp, ln, W->w[P_K], xa, B, H, KD);
             lt_linear_forward(m, NULL, ad, lo[P_V], NULL, 0, v, ln, W->w[P_V], xa, B, H, KD);
+            if (W->bias[P_Q]) be->ops->bias_add(be, qp, W->bias[P_Q], B, QD);
+            if (W->bias[P_K]) be->ops->bias_add(be, kp, W->bias[P_K], B, KD);
+            if (W->bias[P_V]) be->ops->bias_add(be, v, W->bias[P_V], B, KD);
+            if (c->qk_norm) {
+                be->ops->rmsnorm_forward(be, q, rstd_qk, qp, W->q_norm, B * NH, HD, eps);
+                be->ops->rmsnorm_forward(be, k, rstd_qk, kp, W->k_norm, B * NKV, HD, eps);
+            }
             be->ops->rope_forward(be, q, dpos, m->inv_freq, B, NH, HD, m->rot_dim);
             be->ops->rope_forward(be, k, dpos, m->inv_freq, B, NKV, HD, m->rot_dim);
             for (int b = 0; b < B; b++) {
                 be->ops->copy(be, kcl + ((size_t)b * S + s) * KD, k + (size_t)b * KD, (size_t)KD * sizeof(float));
                 be->ops->copy(be, vcl + ((size_t)b * S + s) * KD, v + (size_t)b * KD, (size_t)KD * sizeof(float));
             }
-            be->ops->attention_decode(be, att, q, kcl, vcl, B, S, s + 1, NH, NKV, HD, scale);
+            /* sliding-window layers see positions s - window + 1 .. s: start the cache rows there */
+            int k0 = 0;
+            if (c->sliding_window > 0 && c->layer_sliding[l] && s + 1 > c->sliding_window)
+                k0 = (int)(s + 1 - c->sliding_window);
+            be->ops->attention_decode(be, att, q, kcl + (size_t)k0 * KD, vcl + (size_t)k0 * KD, B, S, s + 1 - k0,
+                                      NH, NKV, HD, scale);
             lt_linear_forward(m, NULL, ad, lo[P_O], NULL, 0, xmid, att, W->w[P_O], xa, B, QD, H);
+            if (W->bias[P_O]) be->ops->bias_add(be, xmid, W->bias[P_O], B, H);
             be->ops->axpy(be, (size_t)B * H, 1.0f, x, xmid);
             be->ops->rmsnorm_forward(be, ln, rstd, xmid, W->mlp_norm, B, H, eps);
             lt_linear_forward(m, NULL, ad, lo[P_GATE], NULL, 0, gate, ln, W->w[P_GATE], xa, B, H, I);
             lt_linear_forward(m, NULL, ad, lo[P_UP], NULL, 0, up, ln, W->w[P_UP], xa, B, H, I);
-            be->ops->swiglu_forward(be, act, gate, up, (size_t)B * I);
+            if (W->bias[P_GATE]) be->ops->bias_add(be, gate, W->bias[P_GATE], B, I);
+            if (W->bias[P_UP]) be->ops->bias_add(be, up, W->bias[P_UP], B, I);
+            if (c->activation == LT_ACT_GELU_TANH) be->ops->geglu_forward(be, act, gate, up, (size_t)B * I);
+            else be->ops->swiglu_forward(be, act, gate, up, (size_t)B * I);
             lt_linear_forward(m, NULL, ad, lo[P_DOWN], NULL, 0, x, act, W->w[P_DOWN], xa, B, I, H);
+            if (W->bias[P_DOWN]) be->ops->bias_add(be, x, W->bias[P_DOWN], B, H);
             be->ops->axpy(be, (size_t)B * H, 1.0f, xmid, x);
         }
         be->ops->rmsnorm_forward(be, ln, rstd, x, m->final_norm, B, H, eps);

@@ -71,6 +71,10 @@ lt_status lt_workspace_create(lt_model *m, int B, int T, int rank, int mode,
         lt_layer_acts *A = &ws->acts[a];
         CARVE(A->ln1, N * H); CARVE(A->rstd1, N);
         CARVE(A->q, N * QD); CARVE(A->k, N * KD); CARVE(A->v, N * KD);
+        if (c->qk_norm) {
+            CARVE(A->q_pre, N * QD); CARVE(A->k_pre, N * KD);
+            CARVE(A->rstd_q, N * NH); CARVE(A->rstd_k, N * c->num_key_value_heads);
+        }
         CARVE(A->att, N * QD); CARVE(A->lse, (size_t)B * NH * T);
         CARVE(A->x_mid, N * H);
         CARVE(A->ln2, N * H); CARVE(A->rstd2, N);
@@ -80,12 +84,14 @@ lt_status lt_workspace_create(lt_model *m, int B, int T, int rank, int mode,
     }
     CARVE(ws->final_ln, N * H); CARVE(ws->final_rstd, N);
     CARVE(ws->ids, N); CARVE(ws->targets, N); CARVE(ws->pos, N); CARVE(ws->kv_start, N);
+    if (c->sliding_window > 0) CARVE(ws->kv_start_swa, N);
     CARVE(ws->logits, (size_t)chunk * V);
     CARVE(ws->losses, N);
     if (!ws->forward_only) {
         CARVE(ws->dres, N * H); CARVE(ws->dln, N * H);
         CARVE(ws->dI1, N * I); CARVE(ws->dI2, N * I); CARVE(ws->dI3, N * I);
         CARVE(ws->dq, N * QD); CARVE(ws->dk, N * KD); CARVE(ws->dv, N * KD); CARVE(ws->datt, N * QD);
+        if (c->qk_norm) CARVE(ws->dk_pre, N * KD);
         if (rank > 0) {
             CARVE(ws->dr, N * rank);
             CARVE(ws->drop, N * (size_t)(H > I ? (H > QD ? H : QD) : (I > QD ? I : QD)));
@@ -96,7 +102,7 @@ lt_status lt_workspace_create(lt_model *m, int B, int T, int rank, int mode,
     ws->block = OPS->alloc(BE, total);
     ws->block_bytes = total;
     ws->host_losses = malloc(N * sizeof(float));
-    ws->host_stage = malloc(4 * N * sizeof(int32_t));
+    ws->host_stage = malloc(5 * N * sizeof(int32_t));
     if (!ws->block || !ws->host_losses || !ws->host_stage) {
         lt_workspace_free(ws);
         return lt_fail(err, LT_ERR_NOMEM, "workspace: cannot allocate %.1f MiB for a %d x %d batch",
@@ -111,7 +117,8 @@ lt_status lt_workspace_create(lt_model *m, int B, int T, int rank, int mode,
         lt_layer_acts *A = &ws->acts[a];
         void **f[] = {(void **)&A->ln1, (void **)&A->rstd1, (void **)&A->q, (void **)&A->k, (void **)&A->v,
                       (void **)&A->att, (void **)&A->lse, (void **)&A->x_mid, (void **)&A->ln2,
-                      (void **)&A->rstd2, (void **)&A->gate, (void **)&A->up, (void **)&A->act};
+                      (void **)&A->rstd2, (void **)&A->gate, (void **)&A->up, (void **)&A->act,
+                      (void **)&A->q_pre, (void **)&A->k_pre, (void **)&A->rstd_q, (void **)&A->rstd_k};
         for (size_t i = 0; i < sizeof f / sizeof *f; i++) relocate(f[i], base);
         for (int p = 0; p < P_COUNT; p++) relocate((void **)&A->xa[p], base);
     }
@@ -119,7 +126,8 @@ lt_status lt_workspace_create(lt_model *m, int B, int T, int rank, int mode,
                   (void **)&ws->pos, (void **)&ws->kv_start, (void **)&ws->logits, (void **)&ws->losses,
                   (void **)&ws->dres, (void **)&ws->dln, (void **)&ws->dI1, (void **)&ws->dI2,
                   (void **)&ws->dI3, (void **)&ws->dq, (void **)&ws->dk, (void **)&ws->dv,
-                  (void **)&ws->datt, (void **)&ws->dr, (void **)&ws->drop, (void **)&ws->att_scratch};
+                  (void **)&ws->datt, (void **)&ws->dr, (void **)&ws->drop, (void **)&ws->att_scratch,
+                  (void **)&ws->kv_start_swa, (void **)&ws->dk_pre};
     for (size_t i = 0; i < sizeof g / sizeof *g; i++) relocate(g[i], base);
     /* every layer's activations alias x_in to the saved input of that layer */
     *out = ws;
@@ -148,7 +156,8 @@ lt_status lt_stage_batch(lt_model *m, lt_workspace *ws, const lt_batch *b, int64
                        b->n_rows, b->seq_len, ws->B_cap, ws->T);
     const int B = b->n_rows, T = b->seq_len, N = B * T, V = (int)m->cfg.vocab_size;
     int32_t *tmp = ws->host_stage; /* planned with the workspace: no allocation per step */
-    int32_t *ids = tmp, *tg = tmp + N, *pos = tmp + 2 * N, *kvs = tmp + 3 * N;
+    int32_t *ids = tmp, *tg = tmp + N, *pos = tmp + 2 * N, *kvs = tmp + 3 * N, *kvw = tmp + 4 * N;
+    const int64_t window = m->cfg.sliding_window; /* > 0: keys t - window + 1 .. t in sliding layers */
     int64_t valid = 0;
     for (int r = 0; r < B; r++) {
         int seg = 0;
@@ -167,6 +176,7 @@ lt_status lt_stage_batch(lt_model *m, lt_workspace *ws, const lt_batch *b, int64
             if (b->position_ids && t > 0 && p == 0) seg = t; /* a packed sequence starts here */
             pos[i] = p;
             kvs[i] = seg;
+            if (window > 0) kvw[i] = (int32_t)((int64_t)t - window + 1 > seg ? (int64_t)t - window + 1 : seg);
         }
         for (int t = 0; t < T; t++) {
             int i = r * T + t;
@@ -187,6 +197,7 @@ lt_status lt_stage_batch(lt_model *m, lt_workspace *ws, const lt_batch *b, int64
     OPS->upload(BE, ws->targets, tg, (size_t)N * 4);
     OPS->upload(BE, ws->pos, pos, (size_t)N * 4);
     OPS->upload(BE, ws->kv_start, kvs, (size_t)N * 4);
+    if (window > 0) OPS->upload(BE, ws->kv_start_swa, kvw, (size_t)N * 4);
     ws->B = B;
     ws->N = N;
     *n_valid = valid;
@@ -242,6 +253,11 @@ static uint64_t stream_id(int layer, lt_proj p, int N, int width) {
     return ((uint64_t)(layer * P_COUNT + p) << 40);
 }
 
+/* The kv_start array of layer l: windowed for the sliding-window layers of Mistral / Qwen2 / Gemma 2. */
+static const int32_t *layer_kv_start(const lt_model *m, const lt_workspace *ws, int l) {
+    return m->cfg.sliding_window > 0 && m->cfg.layer_sliding[l] ? ws->kv_start_swa : ws->kv_start;
+}
+
 static void layer_forward(lt_model *m, lt_workspace *ws, const lt_adapter *ad, const lt_dropout_state *drop,
                           int l, const float *x, lt_layer_acts *A, float *x_out) {
     const lt_model_config *c = &m->cfg;
@@ -252,23 +268,39 @@ static void layer_forward(lt_model *m, lt_workspace *ws, const lt_adapter *ad, c
     lt_lora *lo[P_COUNT];
     for (int p = 0; p < P_COUNT; p++) lo[p] = ad ? lt_adapter_lora(ad, l, (lt_proj)p) : NULL;
 
-    OPS->rmsnorm_forward(BE, A->ln1, A->rstd1, x, W->attn_norm, N, H, (float)c->rms_norm_eps);
-    lt_linear_forward(m, ws, ad, lo[P_Q], drop, stream_id(l, P_Q, N, H), A->q, A->ln1, W->w[P_Q], A->xa[P_Q], N, H, QD);
-    lt_linear_forward(m, ws, ad, lo[P_K], drop, stream_id(l, P_K, N, H), A->k, A->ln1, W->w[P_K], A->xa[P_K], N, H, KD);
+    const float eps = (float)c->rms_norm_eps;
+    /* Qwen3: q and k go through a per-head RMSNorm before RoPE; the projections land in q_pre/k_pre */
+    float *qp = c->qk_norm ? A->q_pre : A->q, *kp = c->qk_norm ? A->k_pre : A->k;
+
+    OPS->rmsnorm_forward(BE, A->ln1, A->rstd1, x, W->attn_norm, N, H, eps);
+    lt_linear_forward(m, ws, ad, lo[P_Q], drop, stream_id(l, P_Q, N, H), qp, A->ln1, W->w[P_Q], A->xa[P_Q], N, H, QD);
+    lt_linear_forward(m, ws, ad, lo[P_K], drop, stream_id(l, P_K, N, H), kp, A->ln1, W->w[P_K], A->xa[P_K], N, H, KD);
     lt_linear_forward(m, ws, ad, lo[P_V], drop, stream_id(l, P_V, N, H), A->v, A->ln1, W->w[P_V], A->xa[P_V], N, H, KD);
+    if (W->bias[P_Q]) OPS->bias_add(BE, qp, W->bias[P_Q], N, QD);
+    if (W->bias[P_K]) OPS->bias_add(BE, kp, W->bias[P_K], N, KD);
+    if (W->bias[P_V]) OPS->bias_add(BE, A->v, W->bias[P_V], N, KD);
+    if (c->qk_norm) { /* rows of head_dim: (N*NH, HD) and (N*NKV, HD) */
+        OPS->rmsnorm_forward(BE, A->q, A->rstd_q, qp, W->q_norm, N * NH, HD, eps);
+        OPS->rmsnorm_forward(BE, A->k, A->rstd_k, kp, W->k_norm, N * NKV, HD, eps);
+    }
     OPS->rope_forward(BE, A->q, ws->pos, m->inv_freq, N, NH, HD, m->rot_dim);
     OPS->rope_forward(BE, A->k, ws->pos, m->inv_freq, N, NKV, HD, m->rot_dim);
-    OPS->attention_forward(BE, A->att, A->lse, A->q, A->k, A->v, ws->kv_start, B, T, NH, NKV, HD,
+    OPS->attention_forward(BE, A->att, A->lse, A->q, A->k, A->v, layer_kv_start(m, ws, l), B, T, NH, NKV, HD,
                            1.0f / sqrtf((float)HD));
     /* x_mid = x + o(att) */
     lt_linear_forward(m, ws, ad, lo[P_O], drop, stream_id(l, P_O, N, QD), A->x_mid, A->att, W->w[P_O], A->xa[P_O], N, QD, H);
+    if (W->bias[P_O]) OPS->bias_add(BE, A->x_mid, W->bias[P_O], N, H);
     OPS->axpy(BE, (size_t)N * H, 1.0f, x, A->x_mid);
-    OPS->rmsnorm_forward(BE, A->ln2, A->rstd2, A->x_mid, W->mlp_norm, N, H, (float)c->rms_norm_eps);
+    OPS->rmsnorm_forward(BE, A->ln2, A->rstd2, A->x_mid, W->mlp_norm, N, H, eps);
     lt_linear_forward(m, ws, ad, lo[P_GATE], drop, stream_id(l, P_GATE, N, H), A->gate, A->ln2, W->w[P_GATE], A->xa[P_GATE], N, H, I);
     lt_linear_forward(m, ws, ad, lo[P_UP], drop, stream_id(l, P_UP, N, H), A->up, A->ln2, W->w[P_UP], A->xa[P_UP], N, H, I);
-    OPS->swiglu_forward(BE, A->act, A->gate, A->up, (size_t)N * I);
+    if (W->bias[P_GATE]) OPS->bias_add(BE, A->gate, W->bias[P_GATE], N, I);
+    if (W->bias[P_UP]) OPS->bias_add(BE, A->up, W->bias[P_UP], N, I);
+    if (c->activation == LT_ACT_GELU_TANH) OPS->geglu_forward(BE, A->act, A->gate, A->up, (size_t)N * I);
+    else OPS->swiglu_forward(BE, A->act, A->gate, A->up, (size_t)N * I);
     /* x_out = x_mid + down(act) */
     lt_linear_forward(m, ws, ad, lo[P_DOWN], drop, stream_id(l, P_DOWN, N, I), x_out, A->act, W->w[P_DOWN], A->xa[P_DOWN], N, I, H);
+    if (W->bias[P_DOWN]) OPS->bias_add(BE, x_out, W->bias[P_DOWN], N, H);
     OPS->axpy(BE, (size_t)N * H, 1.0f, A->x_mid, x_out);
 }
 
@@ -286,7 +318,8 @@ static void layer_backward(lt_model *m, lt_workspace *ws, const lt_adapter *ad, 
     /* MLP: x_out = x_mid + down(silu(gate(ln2)) * up(ln2)) */
     linear_backward(m, ws, ad, lo[P_DOWN], drop, stream_id(l, P_DOWN, N, I), ws->dI1, 0, ws->dres, A->act,
                     W->w[P_DOWN], A->xa[P_DOWN], N, I, H);
-    OPS->swiglu_backward(BE, ws->dI2, ws->dI3, ws->dI1, A->gate, A->up, (size_t)N * I);
+    if (c->activation == LT_ACT_GELU_TANH) OPS->geglu_backward(BE, ws->dI2, ws->dI3, ws->dI1, A->gate, A->up, (size_t)N * I);
+    else OPS->swiglu_backward(BE, ws->dI2, ws->dI3, ws->dI1, A->gate, A->up, (size_t)N * I);
     linear_backward(m, ws, ad, lo[P_GATE], drop, stream_id(l, P_GATE, N, H), ws->dln, 0, ws->dI2, A->ln2,
                     W->w[P_GATE], A->xa[P_GATE], N, H, I);
     linear_backward(m, ws, ad, lo[P_UP], drop, stream_id(l, P_UP, N, H), ws->dln, 1, ws->dI3, A->ln2,
@@ -297,12 +330,21 @@ static void layer_backward(lt_model *m, lt_workspace *ws, const lt_adapter *ad, 
     linear_backward(m, ws, ad, lo[P_O], drop, stream_id(l, P_O, N, QD), ws->datt, 0, ws->dres, A->att,
                     W->w[P_O], A->xa[P_O], N, QD, H);
     OPS->attention_backward(BE, ws->dq, ws->dk, ws->dv, ws->datt, A->q, A->k, A->v, A->att, A->lse,
-                            ws->kv_start, B, T, NH, NKV, HD, 1.0f / sqrtf((float)HD), ws->att_scratch);
+                            layer_kv_start(m, ws, l), B, T, NH, NKV, HD, 1.0f / sqrtf((float)HD), ws->att_scratch);
     OPS->rope_backward(BE, ws->dq, ws->pos, m->inv_freq, N, NH, HD, m->rot_dim);
     OPS->rope_backward(BE, ws->dk, ws->pos, m->inv_freq, N, NKV, HD, m->rot_dim);
-    linear_backward(m, ws, ad, lo[P_Q], drop, stream_id(l, P_Q, N, H), ws->dln, 0, ws->dq, A->ln1,
+    float *dqp = ws->dq, *dkp = ws->dk;
+    if (c->qk_norm) { /* back through the per-head norms; datt is free again and holds d q_pre */
+        dqp = ws->datt;
+        dkp = ws->dk_pre;
+        OPS->zero(BE, dqp, (size_t)N * QD * sizeof(float));
+        OPS->zero(BE, dkp, (size_t)N * KD * sizeof(float));
+        OPS->rmsnorm_backward(BE, dqp, NULL, ws->dq, A->q_pre, W->q_norm, A->rstd_q, N * NH, HD);
+        OPS->rmsnorm_backward(BE, dkp, NULL, ws->dk, A->k_pre, W->k_norm, A->rstd_k, N * NKV, HD);
+    }
+    linear_backward(m, ws, ad, lo[P_Q], drop, stream_id(l, P_Q, N, H), ws->dln, 0, dqp, A->ln1,
                     W->w[P_Q], A->xa[P_Q], N, H, QD);
-    linear_backward(m, ws, ad, lo[P_K], drop, stream_id(l, P_K, N, H), ws->dln, 1, ws->dk, A->ln1,
+    linear_backward(m, ws, ad, lo[P_K], drop, stream_id(l, P_K, N, H), ws->dln, 1, dkp, A->ln1,
                     W->w[P_K], A->xa[P_K], N, H, KD);
     linear_backward(m, ws, ad, lo[P_V], drop, stream_id(l, P_V, N, H), ws->dln, 1, ws->dv, A->ln1,
                     W->w[P_V], A->xa[P_V], N, H, KD);
@@ -327,6 +369,8 @@ lt_status lt_forward_backward(lt_model *m, const lt_adapter *ad, lt_workspace *w
 
     /* forward: embeddings, then each layer; checkpointing keeps only each layer's input */
     OPS->embedding_forward(BE, ws->x_saved[0], ws->ids, m->embed, N, H);
+    if (c->embed_scale != 1.0) /* Gemma: times sqrt(hidden) rounded to the activation dtype (fp32) */
+        OPS->scale(BE, (size_t)N * H, (float)c->embed_scale, ws->x_saved[0]);
     for (int l = 0; l < L; l++) {
         lt_layer_acts *A = &ws->acts[ws->checkpointing ? 0 : l];
         layer_forward(m, ws, ad, drop, l, ws->x_saved[l], A, ws->x_saved[l + 1]);

@@ -88,6 +88,29 @@ static lt_status load_weight(lt_model *m, int use_mmap, const char *name, int64_
     return LT_OK;
 }
 
+/* A norm weight (C): *file gets the checkpoint tensor, *compute what the forward multiplies by:
+ * the same pointer, or a copy holding norm_offset + w (Gemma's (1 + w) RMSNorm). */
+static lt_status load_norm(lt_model *m, int use_mmap, const char *name, int64_t C, float **compute, float **file,
+                           lt_error *err) {
+    lt_status st = load_weight(m, use_mmap, name, C, 0, file, err);
+    if (st != LT_OK) return st;
+    *compute = *file;
+    if (m->cfg.norm_offset == 0.0f) return LT_OK;
+    float *h = malloc((size_t)C * sizeof *h);
+    float *d = m->be->ops->alloc(m->be, (size_t)C * sizeof(float));
+    if (!h || !d || (st = track(m, d, err)) != LT_OK) {
+        free(h);
+        if (d && st == LT_OK) m->be->ops->free(m->be, d);
+        return st != LT_OK ? st : lt_fail(err, LT_ERR_NOMEM, "out of memory");
+    }
+    m->be->ops->download(m->be, h, *file, (size_t)C * sizeof(float));
+    for (int64_t i = 0; i < C; i++) h[i] = m->cfg.norm_offset + h[i]; /* fp32, as transformers' 1.0 + w.float() */
+    m->be->ops->upload(m->be, d, h, (size_t)C * sizeof(float));
+    free(h);
+    *compute = d;
+    return LT_OK;
+}
+
 LT_API void lt_model_params_init(lt_model_params *out, size_t size) {
     lt_model_params d, *p = &d;
     memset(p, 0, sizeof *p);
@@ -108,7 +131,7 @@ static lt_status model_load(lt_model *m, const lt_model_params *p, lt_error *err
     const int64_t V = c->vocab_size, H = c->hidden_size, I = c->intermediate_size;
     const int64_t QD = c->num_attention_heads * c->head_dim, KD = c->num_key_value_heads * c->head_dim;
     if ((st = load_weight(m, p->use_mmap, "model.embed_tokens.weight", V, H, &m->embed, err))) return st;
-    if ((st = load_weight(m, p->use_mmap, "model.norm.weight", H, 0, &m->final_norm, err))) return st;
+    if ((st = load_norm(m, p->use_mmap, "model.norm.weight", H, &m->final_norm, &m->final_norm_file, err))) return st;
     if (c->tie_word_embeddings) {
         m->lm_head = m->embed;
     } else if ((st = load_weight(m, p->use_mmap, "lm_head.weight", V, H, &m->lm_head, err))) {
@@ -122,14 +145,24 @@ static lt_status model_load(lt_model *m, const lt_model_params *p, lt_error *err
     for (int l = 0; l < c->num_hidden_layers; l++) {
         lt_layer *L = &m->layers[l];
         snprintf(name, sizeof name, "model.layers.%d.input_layernorm.weight", l);
-        if ((st = load_weight(m, p->use_mmap, name, H, 0, &L->attn_norm, err))) return st;
+        if ((st = load_norm(m, p->use_mmap, name, H, &L->attn_norm, &L->attn_norm_file, err))) return st;
         snprintf(name, sizeof name, "model.layers.%d.post_attention_layernorm.weight", l);
-        if ((st = load_weight(m, p->use_mmap, name, H, 0, &L->mlp_norm, err))) return st;
+        if ((st = load_norm(m, p->use_mmap, name, H, &L->mlp_norm, &L->mlp_norm_file, err))) return st;
         for (int q = 0; q < P_COUNT; q++) {
             int in, out;
             lt_proj_dims(c, (lt_proj)q, &in, &out);
             snprintf(name, sizeof name, "model.layers.%d.%s.%s.weight", l, lt_proj_parent[q], lt_proj_names[q]);
             if ((st = load_weight(m, p->use_mmap, name, out, in, &L->w[q], err))) return st;
+            if (c->bias_mask & (1u << q)) {
+                snprintf(name, sizeof name, "model.layers.%d.%s.%s.bias", l, lt_proj_parent[q], lt_proj_names[q]);
+                if ((st = load_weight(m, p->use_mmap, name, out, 0, &L->bias[q], err))) return st;
+            }
+        }
+        if (c->qk_norm) {
+            snprintf(name, sizeof name, "model.layers.%d.self_attn.q_norm.weight", l);
+            if ((st = load_norm(m, p->use_mmap, name, c->head_dim, &L->q_norm, &L->q_norm_file, err))) return st;
+            snprintf(name, sizeof name, "model.layers.%d.self_attn.k_norm.weight", l);
+            if ((st = load_norm(m, p->use_mmap, name, c->head_dim, &L->k_norm, &L->k_norm_file, err))) return st;
         }
     }
     (void)QD; (void)KD; (void)I;
@@ -236,6 +269,9 @@ LT_API lt_status lt_model_get_info(const lt_model *m, lt_model_info *info) {
     o.tied_embeddings = c->tie_word_embeddings;
     o.n_params = m->n_params;
     o.weight_bytes = m->weight_bytes;
+    snprintf(o.family, sizeof o.family, "%s", lt_config_family(c));
+    o.sliding_window = c->sliding_window;
+    o.n_sliding_layers = c->n_sliding_layers;
     size_t n = info->size < sizeof o ? info->size : sizeof o;
     memcpy(info, &o, n);
     info->size = n;
@@ -333,7 +369,10 @@ LT_API lt_status lt_model_create_random(lt_context *ctx, const char *config_json
     uint64_t rng = seed;
     const size_t V = (size_t)c->vocab_size, H = (size_t)c->hidden_size;
     if (st == LT_OK) st = random_weight(m, V * H, init_std, 0, &rng, &m->embed, err);
+    if (st == LT_OK && c->norm_offset != 0.0f)
+        st = lt_fail(err, LT_ERR_UNSUPPORTED, "lt_model_create_random: %s is not supported here", c->architecture);
     if (st == LT_OK) st = random_weight(m, H, 0, 1.0f, &rng, &m->final_norm, err);
+    m->final_norm_file = m->final_norm;
     if (st == LT_OK) {
         if (c->tie_word_embeddings) m->lm_head = m->embed;
         else st = random_weight(m, V * H, init_std, 0, &rng, &m->lm_head, err);
@@ -348,7 +387,18 @@ LT_API lt_status lt_model_create_random(lt_context *ctx, const char *config_json
             int in, o;
             lt_proj_dims(c, (lt_proj)q, &in, &o);
             st = random_weight(m, (size_t)in * o, init_std, 0, &rng, &Ly->w[q], err);
+            if (st == LT_OK && (c->bias_mask & (1u << q))) st = random_weight(m, (size_t)o, init_std, 0, &rng, &Ly->bias[q], err);
         }
+        if (st == LT_OK && c->qk_norm) {
+            st = random_weight(m, (size_t)c->head_dim, 0, 1.0f, &rng, &Ly->q_norm, err);
+            if (st == LT_OK) st = random_weight(m, (size_t)c->head_dim, 0, 1.0f, &rng, &Ly->k_norm, err);
+        }
+        /* random norms hold the compute weights; the checkpoint value is that minus norm_offset, which
+         * only Gemma has: those families are not offered here */
+        Ly->attn_norm_file = Ly->attn_norm;
+        Ly->mlp_norm_file = Ly->mlp_norm;
+        Ly->q_norm_file = Ly->q_norm;
+        Ly->k_norm_file = Ly->k_norm;
     }
     if (st == LT_OK) {
         m->rot_dim = c->rot_dim;

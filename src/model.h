@@ -29,6 +29,12 @@ typedef struct lt_layer {
     float *attn_norm; /* (H)        input_layernorm.weight             */
     float *mlp_norm;  /* (H)        post_attention_layernorm.weight    */
     float *w[P_COUNT];/* (out, in)  q (NH*HD,H) k,v (NKV*HD,H) o (H,NH*HD) gate,up (I,H) down (H,I) */
+    /* family extras (NULL when the family has none) */
+    float *bias[P_COUNT];        /* (out)  Qwen2 q,k,v; attention_bias / mlp_bias              */
+    float *q_norm, *k_norm;      /* (HD)   Qwen3 per-head RMSNorm before RoPE                  */
+    /* the norm weights as stored in the checkpoint, for export: the compute weights above are
+     * (1 + w) for Gemma (norm_offset), else these are the same pointers */
+    float *attn_norm_file, *mlp_norm_file, *q_norm_file, *k_norm_file;
 } lt_layer;
 
 struct lt_model {
@@ -39,6 +45,7 @@ struct lt_model {
     lt_st_set *st;          /* kept open while weights point into its mapping     */
     float *embed;           /* (V, H)                                             */
     float *final_norm;      /* (H)                                                */
+    float *final_norm_file; /* (H) as stored (differs from final_norm for Gemma)  */
     float *lm_head;         /* (V, H); == embed when tied                         */
     lt_layer *layers;       /* (L)                                                */
     float *inv_freq;        /* (rot_dim/2) RoPE inverse frequencies               */
@@ -90,6 +97,8 @@ typedef struct lt_layer_acts {
     float *x_in;              /* (N,H) residual stream entering the layer                     */
     float *ln1, *rstd1;       /* (N,H), (N)                                                   */
     float *q, *k, *v;         /* (N,NH*HD), (N,NKV*HD) x2, after RoPE                          */
+    float *q_pre, *k_pre;     /* (N,NH*HD), (N,NKV*HD) before the Qwen3 q/k norm (qk_norm only) */
+    float *rstd_q, *rstd_k;   /* (N*NH), (N*NKV) q/k norm statistics (qk_norm only)            */
     float *att, *lse;         /* (N,NH*HD), (B,NH,T)                                          */
     float *x_mid;             /* (N,H) residual after attention                               */
     float *ln2, *rstd2;       /* (N,H), (N)                                                   */
@@ -109,6 +118,7 @@ typedef struct lt_workspace {
     float **x_saved;          /* (L) layer inputs (N,H) kept by checkpointing; x_saved[L] = final */
     float *final_ln, *final_rstd; /* (N,H), (N) */
     int32_t *ids, *targets, *pos, *kv_start; /* (N) device copies */
+    int32_t *kv_start_swa;    /* (N) first key of each query in sliding-window layers (NULL: none) */
     float *logits;            /* (chunk, V) */
     float *losses;            /* (N) */
     int chunk;
@@ -116,11 +126,12 @@ typedef struct lt_workspace {
     float *dres, *dln;        /* (N,H) */
     float *dI1, *dI2, *dI3;   /* (N,I) */
     float *dq, *dk, *dv, *datt; /* (N,NH*HD) (N,NKV*HD) x2 (N,NH*HD) */
+    float *dk_pre;            /* (N,NKV*HD) gradient before the k norm (qk_norm only) */
     float *dr;                /* (N,r) */
     float *drop;              /* (N,max(H,I)) dropout-masked inputs */
     float *att_scratch;
     float *host_losses;       /* host copy of losses (N) */
-    int32_t *host_stage;      /* (4N) host staging of ids, targets, positions, kv_start */
+    int32_t *host_stage;      /* (5N) host staging of ids, targets, positions, kv_start, kv_start_swa */
     void *block;              /* the one allocation everything above lives in */
     size_t block_bytes;
 } lt_workspace;

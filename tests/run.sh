@@ -34,6 +34,7 @@ echo "== reference checkpoints and goldens (transformers, peft)"
 rm -rf build/testdata/models && mkdir -p build/testdata
 "$py" tests/python/make_models.py build/testdata/models >/dev/null
 "$py" tests/python/make_lora_goldens.py build/testdata/models >/dev/null
+"$py" tests/python/make_family_models.py build/testdata/models >/dev/null
 if [ -f tests/python/make_op_goldens.py ]; then "$py" tests/python/make_op_goldens.py build/testdata/ops >/dev/null; fi
 
 failed=0

@@ -491,6 +491,107 @@ START_TEST(test_swiglu) {
 }
 END_TEST
 
+/* ---- bias add, GeGLU, soft-capping (the family ops) ----------------------------------------------- */
+
+START_TEST(test_bias_add) {
+    static const int shapes[][2] = {{1, 1}, {3, 17}, {40, 96}, {129, 33}};
+    FOR_BE(be) {
+        for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+            int N = shapes[s][0], C = shapes[s][1];
+            float *y = frand((size_t)N * C, -2, 2), *b = frand((size_t)C, -1, 1), *dy = frand((size_t)N * C, -1, 1);
+            float *yf = fdup(y, (size_t)N * C), *yr = fdup(y, (size_t)N * C);
+            be->ops->bias_add(be, yf, b, N, C);
+            lt_ref_bias_add(yr, b, N, C);
+            for (int i = 0; i < N; i++)
+                for (int c = 0; c < C; c++) /* the definition, element by element */
+                    ck_assert_msg(yr[(size_t)i * C + c] == y[(size_t)i * C + c] + b[c], "ref bias_add (%d,%d)", i, c);
+            SAME(yf, yr, (size_t)N * C, "%s bias_add N=%d C=%d", isa_name(be), N, C);
+            /* backward accumulates the column sums */
+            float *dbf = frand((size_t)C, -1, 1), *dbr = fdup(dbf, (size_t)C), *want = fnew((size_t)C);
+            for (int c = 0; c < C; c++) {
+                double acc = dbr[c];
+                for (int i = 0; i < N; i++) acc += dy[(size_t)i * C + c];
+                want[c] = (float)acc;
+            }
+            be->ops->bias_backward(be, dbf, dy, N, C);
+            lt_ref_bias_backward(dbr, dy, N, C);
+            CLOSE(dbr, want, (size_t)C, 1e-6, "ref bias_backward N=%d C=%d", N, C);
+            CLOSE(dbf, dbr, (size_t)C, 1e-6, "%s bias_backward N=%d C=%d", isa_name(be), N, C);
+            free(y); free(b); free(dy); free(yf); free(yr); free(dbf); free(dbr); free(want);
+        }
+    }
+}
+END_TEST
+
+START_TEST(test_geglu) {
+    /* fixed points of torch.nn.functional.gelu(x, approximate="tanh") */
+    static const double xs[] = {-3.0, -1.0, 0.0, 0.5, 1.0, 2.0};
+    static const double gelu_tanh[] = {-0.0036373920817729, -0.15880800939172324, 0.0, 0.34571400982514394,
+                                       0.8411919906082768, 1.954597694087775};
+    for (size_t i = 0; i < sizeof xs / sizeof *xs; i++) {
+        float g = (float)xs[i], u = 1.0f, o;
+        lt_ref_geglu_forward(&o, &g, &u, 1);
+        ck_assert_msg(fabs(o - gelu_tanh[i]) <= 1e-6, "gelu_tanh(%g) = %.9g, torch %.9g", xs[i], o, gelu_tanh[i]);
+    }
+    static const size_t sizes[] = {1, 15, 1000, 65540};
+    FOR_BE(be) {
+        for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++) {
+            size_t n = sizes[s];
+            float *g = frand(n, -6, 6), *u = frand(n, -3, 3), *go = frand(n, -1, 1);
+            float *of = fnew(n), *orf = fnew(n);
+            be->ops->geglu_forward(be, of, g, u, n);
+            lt_ref_geglu_forward(orf, g, u, n);
+            CLOSE(of, orf, n, 1e-6, "%s geglu fwd n=%zu", isa_name(be), n);
+            float *dgf = fnew(n), *duf = fnew(n), *dgr = fnew(n), *dur = fnew(n);
+            be->ops->geglu_backward(be, dgf, duf, go, g, u, n);
+            lt_ref_geglu_backward(dgr, dur, go, g, u, n);
+            CLOSE(dgf, dgr, n, 1e-6, "%s geglu dgate n=%zu", isa_name(be), n);
+            CLOSE(duf, dur, n, 1e-6, "%s geglu dup n=%zu", isa_name(be), n);
+            /* the reference derivative against central differences of the reference forward */
+            for (size_t i = 0; i < n && i < 64; i++) {
+                const float h = 1e-2f;
+                float gp = g[i] + h, gm = g[i] - h, yp, ym;
+                lt_ref_geglu_forward(&yp, &gp, &u[i], 1);
+                lt_ref_geglu_forward(&ym, &gm, &u[i], 1);
+                double fd = go[i] * ((double)yp - ym) / ((double)gp - gm);
+                ck_assert_msg(fabs(fd - dgr[i]) <= 2e-3 * (1 + fabs(fd)), "geglu dgate %g vs fd %g at g=%g", dgr[i], fd, g[i]);
+            }
+            float *gi = fdup(g, n), *ui = fdup(u, n);
+            be->ops->geglu_backward(be, gi, ui, go, gi, ui, n);
+            SAME(gi, dgf, n, "%s geglu dgate in place", isa_name(be));
+            SAME(ui, duf, n, "%s geglu dup in place", isa_name(be));
+            free(g); free(u); free(go); free(of); free(orf); free(dgf); free(duf); free(dgr); free(dur); free(gi); free(ui);
+        }
+    }
+}
+END_TEST
+
+START_TEST(test_softcap) {
+    const float cap = 30.0f;
+    FOR_BE(be) {
+        size_t n = 5000;
+        float *x = frand(n, -200, 200), *dy = frand(n, -1, 1);
+        float *yf = fdup(x, n), *yr = fdup(x, n);
+        be->ops->softcap_forward(be, yf, n, cap);
+        lt_ref_softcap_forward(yr, n, cap);
+        CLOSE(yf, yr, n, 1e-6, "%s softcap fwd", isa_name(be));
+        for (size_t i = 0; i < n; i++) {
+            ck_assert(fabsf(yr[i]) <= cap);
+            ck_assert_msg(fabs(yr[i] - cap * tanh(x[i] / (double)cap)) <= 1e-5, "softcap(%g)", x[i]);
+        }
+        float *df = fdup(dy, n), *dr = fdup(dy, n);
+        be->ops->softcap_backward(be, df, yf, n, cap);
+        lt_ref_softcap_backward(dr, yr, n, cap);
+        CLOSE(df, dr, n, 1e-5, "%s softcap bwd", isa_name(be));
+        for (size_t i = 0; i < 64; i++) { /* d/dx cap tanh(x/cap) = 1 - tanh^2 */
+            double t = tanh(x[i] / (double)cap);
+            ck_assert_msg(fabs(dr[i] - dy[i] * (1 - t * t)) <= 1e-6, "softcap grad at %g", x[i]);
+        }
+        free(x); free(dy); free(yf); free(yr); free(df); free(dr);
+    }
+}
+END_TEST
+
 /* ---- cross-entropy -------------------------------------------------------------------------------- */
 
 START_TEST(test_cross_entropy) {
@@ -844,6 +945,9 @@ static Suite *cpu_ops_suite(void) {
     tcase_add_test(tc, test_attention_packed_semantics);
     tcase_add_test(tc, test_attention_decode);
     tcase_add_test(tc, test_swiglu);
+    tcase_add_test(tc, test_bias_add);
+    tcase_add_test(tc, test_geglu);
+    tcase_add_test(tc, test_softcap);
     tcase_add_test(tc, test_cross_entropy);
     tcase_add_test(tc, test_dropout);
     tcase_add_test(tc, test_adamw);

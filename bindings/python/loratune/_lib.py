@@ -102,6 +102,9 @@ class lt_model_info(Structure):
         ("tied_embeddings", c_int),
         ("n_params", c_int64),
         ("weight_bytes", c_int64),
+        ("family", c_char * 32),
+        ("sliding_window", c_int64),
+        ("n_sliding_layers", c_int32),
     ]
 
 

@@ -104,6 +104,9 @@ pub struct lt_model_info {
     pub tied_embeddings: c_int,
     pub n_params: i64,
     pub weight_bytes: i64,
+    pub family: [c_char; 32],
+    pub sliding_window: i64,
+    pub n_sliding_layers: i32,
 }
 
 #[repr(C)]
