@@ -539,7 +539,7 @@ lt_status lt_model_export(lt_model *m, const lt_adapter *a, const char *dir, uin
     const int64_t V = c->vocab_size, H = c->hidden_size;
     lt_status st = lt_mkdir_p(dir, err);
     if (st != LT_OK) return st;
-    int cap = 3 + L * (4 + 2 * P_COUNT), n = 0;
+    int cap = 3 + L * (6 + 2 * P_COUNT), n = 0;
     lt_st_entry *e = calloc((size_t)cap, sizeof *e);
     char *names = calloc((size_t)cap, 128);
     float **bufs = calloc((size_t)cap, sizeof *bufs);
@@ -561,8 +561,14 @@ lt_status lt_model_export(lt_model *m, const lt_adapter *a, const char *dir, uin
     for (int l = 0; l < L; l++) {
         const lt_layer *Ly = &m->layers[l];
         ADD("model.layers.%d.input_layernorm.weight", Ly->attn_norm_file ? Ly->attn_norm_file : Ly->attn_norm, H, 0, l);
-        ADD("model.layers.%d.post_attention_layernorm.weight", Ly->mlp_norm_file ? Ly->mlp_norm_file : Ly->mlp_norm,
-            H, 0, l);
+        if (c->sandwich_norms) {
+            ADD("model.layers.%d.pre_feedforward_layernorm.weight", Ly->mlp_norm_file, H, 0, l);
+            ADD("model.layers.%d.post_attention_layernorm.weight", Ly->post_attn_norm_file, H, 0, l);
+            ADD("model.layers.%d.post_feedforward_layernorm.weight", Ly->post_ff_norm_file, H, 0, l);
+        } else {
+            ADD("model.layers.%d.post_attention_layernorm.weight", Ly->mlp_norm_file ? Ly->mlp_norm_file : Ly->mlp_norm,
+                H, 0, l);
+        }
         if (Ly->q_norm) {
             ADD("model.layers.%d.self_attn.q_norm.weight", Ly->q_norm_file, c->head_dim, 0, l);
             ADD("model.layers.%d.self_attn.k_norm.weight", Ly->k_norm_file, c->head_dim, 0, l);

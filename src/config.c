@@ -49,7 +49,14 @@ static const lt_arch_desc k_archs[] = {
      4096, "hidden_act"},
     {"GemmaForCausalLM", LT_ARCH_GEMMA, "gemma", ACT_BIT(LT_ACT_GELU_TANH), 0, 1.0f, 1, 256, 1, BIAS_LLAMA,
      SLIDE_NONE, 0, "hidden_act"},
+    {"Gemma2ForCausalLM", LT_ARCH_GEMMA2, "gemma2", ACT_BIT(LT_ACT_GELU_TANH), 0, 1.0f, 1, 256, 1, BIAS_LLAMA,
+     SLIDE_ALTERNATE, 4096, "hidden_activation"},
 };
+
+float lt_config_attn_scale(const lt_model_config *cfg) {
+    if (cfg->query_pre_attn_scalar > 0) return (float)pow(cfg->query_pre_attn_scalar, -0.5);
+    return 1.0f / sqrtf((float)cfg->head_dim);
+}
 #define N_ARCHS ((int)(sizeof k_archs / sizeof k_archs[0]))
 
 const char *lt_config_family(const lt_model_config *cfg) {
@@ -126,6 +133,10 @@ void lt_config_init_llama(lt_model_config *cfg) {
     cfg->use_sliding_window = 0;
     cfg->max_window_layers = 0;
     cfg->has_layer_types = 0;
+    cfg->sandwich_norms = 0;
+    cfg->query_pre_attn_scalar = 0;
+    cfg->attn_logit_softcapping = 0;
+    cfg->final_logit_softcapping = 0;
 }
 
 /* ---- typed field readers (absent or null: keep the default) ----------------------------------- */
@@ -497,7 +508,7 @@ static lt_status parse_root(parse_ctx *c, json_t *root, lt_model_config *cfg) {
     if (arch->id == LT_ARCH_GEMMA || arch->id == LT_ARCH_GEMMA2)
         snprintf(cfg->hidden_act, sizeof cfg->hidden_act, "%s", "gelu_pytorch_tanh");
     if ((st = get_str(c, root, "hidden_act", cfg->hidden_act, sizeof cfg->hidden_act)) != LT_OK ||
-        (arch->id == LT_ARCH_GEMMA &&
+        ((arch->id == LT_ARCH_GEMMA || arch->id == LT_ARCH_GEMMA2) &&
          (st = get_str(c, root, "hidden_activation", cfg->hidden_act, sizeof cfg->hidden_act)) != LT_OK)) {
         if (st == LT_ERR_FORMAT) return lt_fail(err, LT_ERR_UNSUPPORTED, "%s: hidden_act is not supported", c->src);
         return st;
@@ -525,6 +536,22 @@ static lt_status parse_root(parse_ctx *c, json_t *root, lt_model_config *cfg) {
 
     if (arch->embed_scale_sqrt_hidden) cfg->embed_scale = sqrt((double)cfg->hidden_size);
     if ((st = parse_family(c, root, arch, cfg)) != LT_OK) return st;
+    if (arch->id == LT_ARCH_GEMMA2) { /* Gemma2Config defaults; null turns a soft-capping off */
+        cfg->sandwich_norms = 1;
+        cfg->query_pre_attn_scalar = 256;
+        cfg->attn_logit_softcapping = 50.0;
+        cfg->final_logit_softcapping = 30.0;
+        if ((st = get_num(c, root, "", "query_pre_attn_scalar", &cfg->query_pre_attn_scalar)) != LT_OK) return st;
+        json_t *v = json_object_get(root, "attn_logit_softcapping");
+        if (v && json_is_null(v)) cfg->attn_logit_softcapping = 0;
+        else if ((st = get_num(c, root, "", "attn_logit_softcapping", &cfg->attn_logit_softcapping)) != LT_OK) return st;
+        v = json_object_get(root, "final_logit_softcapping");
+        if (v && json_is_null(v)) cfg->final_logit_softcapping = 0;
+        else if ((st = get_num(c, root, "", "final_logit_softcapping", &cfg->final_logit_softcapping)) != LT_OK) return st;
+        if (!(cfg->query_pre_attn_scalar > 0) || cfg->attn_logit_softcapping < 0 || cfg->final_logit_softcapping < 0)
+            return lt_fail(c->err, LT_ERR_FORMAT, "%s: query_pre_attn_scalar must be positive and the soft-capping "
+                           "values non-negative", c->src);
+    }
     return lt_config_validate(cfg, c->src, err);
 }
 
@@ -593,7 +620,7 @@ lt_status lt_config_write(const lt_model_config *cfg, const char *path, lt_error
     }
     json_t *o = json_object();
     int bad = !o;
-    double reals[8];
+    double reals[12];
     int nreal = 0;
     if (!bad) {
         bad |= set_new(o, "architectures", json_pack("[s]", cfg->architecture));
@@ -638,6 +665,18 @@ lt_status lt_config_write(const lt_model_config *cfg, const char *path, lt_error
             bad |= set_new(o, "eos_token_id", a);
         }
         if (cfg->torch_dtype[0]) bad |= set_new(o, "torch_dtype", json_string(cfg->torch_dtype));
+        if (arch->id == LT_ARCH_GEMMA2) {
+            bad |= set_new(o, "hidden_activation", json_string(cfg->hidden_act));
+            double qs = cfg->query_pre_attn_scalar; /* Gemma2Config types it int */
+            bad |= set_new(o, "query_pre_attn_scalar", qs == floor(qs) && qs < 1e15 ? json_integer((json_int_t)qs)
+                                                                                      : json_real(reals[nreal++] = qs));
+            bad |= set_new(o, "attn_logit_softcapping", cfg->attn_logit_softcapping > 0
+                                                            ? json_real(reals[nreal++] = cfg->attn_logit_softcapping)
+                                                            : json_null());
+            bad |= set_new(o, "final_logit_softcapping", cfg->final_logit_softcapping > 0
+                                                             ? json_real(reals[nreal++] = cfg->final_logit_softcapping)
+                                                             : json_null());
+        }
         /* family structure, in the keys of each family's transformers config class */
         if (arch->slide_mode != SLIDE_NONE) {
             bad |= set_new(o, "sliding_window", cfg->sliding_window > 0 ? json_integer(cfg->sliding_window) : json_null());

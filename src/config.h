@@ -88,7 +88,15 @@ typedef struct lt_model_config {
     int use_sliding_window; /* Qwen2/Qwen3 "use_sliding_window" as read                          */
     int64_t max_window_layers; /* Qwen2/Qwen3: layers >= this slide (when use_sliding_window)   */
     int has_layer_types;    /* config.json carried an explicit "layer_types" list              */
+    /* Gemma 2 */
+    int sandwich_norms;     /* post_attention / pre_feedforward / post_feedforward layernorms    */
+    double query_pre_attn_scalar;  /* attention scale = this^-0.5; 0: head_dim^-0.5            */
+    double attn_logit_softcapping; /* 0: none                                                  */
+    double final_logit_softcapping;/* 0: none                                                  */
 } lt_model_config;
+
+/* The attention scale of a validated config: query_pre_attn_scalar^-0.5 (Gemma 2), else hd^-0.5. */
+float lt_config_attn_scale(const lt_model_config *cfg);
 
 /* The family's short name ("Llama", "Qwen2", ...) of a validated config. */
 const char *lt_config_family(const lt_model_config *cfg);

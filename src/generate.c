@@ -140,7 +140,7 @@ LT_API lt_status lt_generate(lt_model *m, const lt_adapter *ad, const int32_t *p
     int32_t *tok = htok, *posv = htok + B;
     for (int b = 0; b < B; b++) { tok[b] = starts[b][0]; out_lens[b] = 0; }
     gen_rng rng = {p.seed ^ 0x5DEECE66Dull};
-    const float eps = (float)c->rms_norm_eps, scale = 1.0f / sqrtf((float)HD);
+    const float eps = (float)c->rms_norm_eps, scale = lt_config_attn_scale(c);
     int done = 0;
     lt_status st = LT_OK;
     for (int s = 0; s < S - 1 && !done; s++) {
@@ -177,10 +177,16 @@ LT_API lt_status lt_generate(lt_model *m, const lt_adapter *ad, const int32_t *p
             int k0 = 0;
             if (c->sliding_window > 0 && c->layer_sliding[l] && s + 1 > c->sliding_window)
                 k0 = (int)(s + 1 - c->sliding_window);
-            be->ops->attention_decode(be, att, q, kcl + (size_t)k0 * KD, vcl + (size_t)k0 * KD, B, S, s + 1 - k0,
-                                      NH, NKV, HD, scale);
-            lt_linear_forward(m, NULL, ad, lo[P_O], NULL, 0, xmid, att, W->w[P_O], xa, B, QD, H);
-            if (W->bias[P_O]) be->ops->bias_add(be, xmid, W->bias[P_O], B, H);
+            if (c->attn_logit_softcapping > 0)
+                be->ops->attention_softcap_decode(be, att, q, kcl + (size_t)k0 * KD, vcl + (size_t)k0 * KD, B, S,
+                                                  s + 1 - k0, NH, NKV, HD, scale, (float)c->attn_logit_softcapping);
+            else
+                be->ops->attention_decode(be, att, q, kcl + (size_t)k0 * KD, vcl + (size_t)k0 * KD, B, S, s + 1 - k0,
+                                          NH, NKV, HD, scale);
+            float *o_out = c->sandwich_norms ? tmpH : xmid;
+            lt_linear_forward(m, NULL, ad, lo[P_O], NULL, 0, o_out, att, W->w[P_O], xa, B, QD, H);
+            if (W->bias[P_O]) be->ops->bias_add(be, o_out, W->bias[P_O], B, H);
+            if (c->sandwich_norms) be->ops->rmsnorm_forward(be, xmid, rstd, tmpH, W->post_attn_norm, B, H, eps);
             be->ops->axpy(be, (size_t)B * H, 1.0f, x, xmid);
             be->ops->rmsnorm_forward(be, ln, rstd, xmid, W->mlp_norm, B, H, eps);
             lt_linear_forward(m, NULL, ad, lo[P_GATE], NULL, 0, gate, ln, W->w[P_GATE], xa, B, H, I);
@@ -189,12 +195,16 @@ LT_API lt_status lt_generate(lt_model *m, const lt_adapter *ad, const int32_t *p
             if (W->bias[P_UP]) be->ops->bias_add(be, up, W->bias[P_UP], B, I);
             if (c->activation == LT_ACT_GELU_TANH) be->ops->geglu_forward(be, act, gate, up, (size_t)B * I);
             else be->ops->swiglu_forward(be, act, gate, up, (size_t)B * I);
-            lt_linear_forward(m, NULL, ad, lo[P_DOWN], NULL, 0, x, act, W->w[P_DOWN], xa, B, I, H);
-            if (W->bias[P_DOWN]) be->ops->bias_add(be, x, W->bias[P_DOWN], B, H);
+            float *d_out = c->sandwich_norms ? tmpH : x;
+            lt_linear_forward(m, NULL, ad, lo[P_DOWN], NULL, 0, d_out, act, W->w[P_DOWN], xa, B, I, H);
+            if (W->bias[P_DOWN]) be->ops->bias_add(be, d_out, W->bias[P_DOWN], B, H);
+            if (c->sandwich_norms) be->ops->rmsnorm_forward(be, x, rstd, tmpH, W->post_ff_norm, B, H, eps);
             be->ops->axpy(be, (size_t)B * H, 1.0f, xmid, x);
         }
         be->ops->rmsnorm_forward(be, ln, rstd, x, m->final_norm, B, H, eps);
         be->ops->gemm(be, 0, 1, B, V, H, 1.0f, ln, H, m->lm_head, H, 0.0f, logits, V);
+        if (c->final_logit_softcapping > 0)
+            be->ops->softcap_forward(be, logits, (size_t)B * V, (float)c->final_logit_softcapping);
         be->ops->download(be, hlog, logits, (size_t)B * V * sizeof(float));
         if ((st = be->ops->sync(be)) != LT_OK) { lt_fail(err, st, "lt_generate: backend %s failed", be->ops->name); break; }
         done = 1;

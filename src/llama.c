@@ -71,6 +71,10 @@ lt_status lt_workspace_create(lt_model *m, int B, int T, int rank, int mode,
         lt_layer_acts *A = &ws->acts[a];
         CARVE(A->ln1, N * H); CARVE(A->rstd1, N);
         CARVE(A->q, N * QD); CARVE(A->k, N * KD); CARVE(A->v, N * KD);
+        if (c->sandwich_norms) {
+            CARVE(A->o_raw, N * H); CARVE(A->rstd_pa, N);
+            CARVE(A->d_raw, N * H); CARVE(A->rstd_pf, N);
+        }
         if (c->qk_norm) {
             CARVE(A->q_pre, N * QD); CARVE(A->k_pre, N * KD);
             CARVE(A->rstd_q, N * NH); CARVE(A->rstd_k, N * c->num_key_value_heads);
@@ -86,12 +90,14 @@ lt_status lt_workspace_create(lt_model *m, int B, int T, int rank, int mode,
     CARVE(ws->ids, N); CARVE(ws->targets, N); CARVE(ws->pos, N); CARVE(ws->kv_start, N);
     if (c->sliding_window > 0) CARVE(ws->kv_start_swa, N);
     CARVE(ws->logits, (size_t)chunk * V);
+    if (c->final_logit_softcapping > 0 && !ws->forward_only) CARVE(ws->logits_capped, (size_t)chunk * V);
     CARVE(ws->losses, N);
     if (!ws->forward_only) {
         CARVE(ws->dres, N * H); CARVE(ws->dln, N * H);
         CARVE(ws->dI1, N * I); CARVE(ws->dI2, N * I); CARVE(ws->dI3, N * I);
         CARVE(ws->dq, N * QD); CARVE(ws->dk, N * KD); CARVE(ws->dv, N * KD); CARVE(ws->datt, N * QD);
         if (c->qk_norm) CARVE(ws->dk_pre, N * KD);
+        if (c->sandwich_norms) CARVE(ws->dsand, N * H);
         if (rank > 0) {
             CARVE(ws->dr, N * rank);
             CARVE(ws->drop, N * (size_t)(H > I ? (H > QD ? H : QD) : (I > QD ? I : QD)));
@@ -118,7 +124,8 @@ lt_status lt_workspace_create(lt_model *m, int B, int T, int rank, int mode,
         void **f[] = {(void **)&A->ln1, (void **)&A->rstd1, (void **)&A->q, (void **)&A->k, (void **)&A->v,
                       (void **)&A->att, (void **)&A->lse, (void **)&A->x_mid, (void **)&A->ln2,
                       (void **)&A->rstd2, (void **)&A->gate, (void **)&A->up, (void **)&A->act,
-                      (void **)&A->q_pre, (void **)&A->k_pre, (void **)&A->rstd_q, (void **)&A->rstd_k};
+                      (void **)&A->q_pre, (void **)&A->k_pre, (void **)&A->rstd_q, (void **)&A->rstd_k,
+                      (void **)&A->o_raw, (void **)&A->rstd_pa, (void **)&A->d_raw, (void **)&A->rstd_pf};
         for (size_t i = 0; i < sizeof f / sizeof *f; i++) relocate(f[i], base);
         for (int p = 0; p < P_COUNT; p++) relocate((void **)&A->xa[p], base);
     }
@@ -127,7 +134,8 @@ lt_status lt_workspace_create(lt_model *m, int B, int T, int rank, int mode,
                   (void **)&ws->dres, (void **)&ws->dln, (void **)&ws->dI1, (void **)&ws->dI2,
                   (void **)&ws->dI3, (void **)&ws->dq, (void **)&ws->dk, (void **)&ws->dv,
                   (void **)&ws->datt, (void **)&ws->dr, (void **)&ws->drop, (void **)&ws->att_scratch,
-                  (void **)&ws->kv_start_swa, (void **)&ws->dk_pre};
+                  (void **)&ws->kv_start_swa, (void **)&ws->dk_pre, (void **)&ws->dsand,
+                  (void **)&ws->logits_capped};
     for (size_t i = 0; i < sizeof g / sizeof *g; i++) relocate(g[i], base);
     /* every layer's activations alias x_in to the saved input of that layer */
     *out = ws;
@@ -285,11 +293,17 @@ static void layer_forward(lt_model *m, lt_workspace *ws, const lt_adapter *ad, c
     }
     OPS->rope_forward(BE, A->q, ws->pos, m->inv_freq, N, NH, HD, m->rot_dim);
     OPS->rope_forward(BE, A->k, ws->pos, m->inv_freq, N, NKV, HD, m->rot_dim);
-    OPS->attention_forward(BE, A->att, A->lse, A->q, A->k, A->v, layer_kv_start(m, ws, l), B, T, NH, NKV, HD,
-                           1.0f / sqrtf((float)HD));
-    /* x_mid = x + o(att) */
-    lt_linear_forward(m, ws, ad, lo[P_O], drop, stream_id(l, P_O, N, QD), A->x_mid, A->att, W->w[P_O], A->xa[P_O], N, QD, H);
-    if (W->bias[P_O]) OPS->bias_add(BE, A->x_mid, W->bias[P_O], N, H);
+    if (c->attn_logit_softcapping > 0)
+        OPS->attention_softcap_forward(BE, A->att, A->lse, A->q, A->k, A->v, layer_kv_start(m, ws, l), B, T, NH, NKV,
+                                       HD, lt_config_attn_scale(c), (float)c->attn_logit_softcapping);
+    else
+        OPS->attention_forward(BE, A->att, A->lse, A->q, A->k, A->v, layer_kv_start(m, ws, l), B, T, NH, NKV, HD,
+                               lt_config_attn_scale(c));
+    /* x_mid = x + o(att)   (Gemma 2: x + post_attention_layernorm(o(att))) */
+    float *o_out = c->sandwich_norms ? A->o_raw : A->x_mid;
+    lt_linear_forward(m, ws, ad, lo[P_O], drop, stream_id(l, P_O, N, QD), o_out, A->att, W->w[P_O], A->xa[P_O], N, QD, H);
+    if (W->bias[P_O]) OPS->bias_add(BE, o_out, W->bias[P_O], N, H);
+    if (c->sandwich_norms) OPS->rmsnorm_forward(BE, A->x_mid, A->rstd_pa, A->o_raw, W->post_attn_norm, N, H, eps);
     OPS->axpy(BE, (size_t)N * H, 1.0f, x, A->x_mid);
     OPS->rmsnorm_forward(BE, A->ln2, A->rstd2, A->x_mid, W->mlp_norm, N, H, eps);
     lt_linear_forward(m, ws, ad, lo[P_GATE], drop, stream_id(l, P_GATE, N, H), A->gate, A->ln2, W->w[P_GATE], A->xa[P_GATE], N, H, I);
@@ -299,8 +313,10 @@ static void layer_forward(lt_model *m, lt_workspace *ws, const lt_adapter *ad, c
     if (c->activation == LT_ACT_GELU_TANH) OPS->geglu_forward(BE, A->act, A->gate, A->up, (size_t)N * I);
     else OPS->swiglu_forward(BE, A->act, A->gate, A->up, (size_t)N * I);
     /* x_out = x_mid + down(act) */
-    lt_linear_forward(m, ws, ad, lo[P_DOWN], drop, stream_id(l, P_DOWN, N, I), x_out, A->act, W->w[P_DOWN], A->xa[P_DOWN], N, I, H);
-    if (W->bias[P_DOWN]) OPS->bias_add(BE, x_out, W->bias[P_DOWN], N, H);
+    float *d_out = c->sandwich_norms ? A->d_raw : x_out;
+    lt_linear_forward(m, ws, ad, lo[P_DOWN], drop, stream_id(l, P_DOWN, N, I), d_out, A->act, W->w[P_DOWN], A->xa[P_DOWN], N, I, H);
+    if (W->bias[P_DOWN]) OPS->bias_add(BE, d_out, W->bias[P_DOWN], N, H);
+    if (c->sandwich_norms) OPS->rmsnorm_forward(BE, x_out, A->rstd_pf, A->d_raw, W->post_ff_norm, N, H, eps);
     OPS->axpy(BE, (size_t)N * H, 1.0f, A->x_mid, x_out);
 }
 
@@ -316,7 +332,13 @@ static void layer_backward(lt_model *m, lt_workspace *ws, const lt_adapter *ad, 
     for (int p = 0; p < P_COUNT; p++) lo[p] = ad ? lt_adapter_lora(ad, l, (lt_proj)p) : NULL;
 
     /* MLP: x_out = x_mid + down(silu(gate(ln2)) * up(ln2)) */
-    linear_backward(m, ws, ad, lo[P_DOWN], drop, stream_id(l, P_DOWN, N, I), ws->dI1, 0, ws->dres, A->act,
+    const float *d_down = ws->dres;
+    if (c->sandwich_norms) { /* x_out = x_mid + post_ff_norm(down(...)) */
+        OPS->zero(BE, ws->dsand, (size_t)N * H * sizeof(float));
+        OPS->rmsnorm_backward(BE, ws->dsand, NULL, ws->dres, A->d_raw, W->post_ff_norm, A->rstd_pf, N, H);
+        d_down = ws->dsand;
+    }
+    linear_backward(m, ws, ad, lo[P_DOWN], drop, stream_id(l, P_DOWN, N, I), ws->dI1, 0, d_down, A->act,
                     W->w[P_DOWN], A->xa[P_DOWN], N, I, H);
     if (c->activation == LT_ACT_GELU_TANH) OPS->geglu_backward(BE, ws->dI2, ws->dI3, ws->dI1, A->gate, A->up, (size_t)N * I);
     else OPS->swiglu_backward(BE, ws->dI2, ws->dI3, ws->dI1, A->gate, A->up, (size_t)N * I);
@@ -327,10 +349,21 @@ static void layer_backward(lt_model *m, lt_workspace *ws, const lt_adapter *ad, 
     OPS->rmsnorm_backward(BE, ws->dres, NULL, ws->dln, A->x_mid, W->mlp_norm, A->rstd2, N, H);
 
     /* attention: x_mid = x + o(attention(rope(q(ln1)), rope(k(ln1)), v(ln1))) */
-    linear_backward(m, ws, ad, lo[P_O], drop, stream_id(l, P_O, N, QD), ws->datt, 0, ws->dres, A->att,
+    const float *d_o = ws->dres;
+    if (c->sandwich_norms) { /* x_mid = x + post_attn_norm(o(...)) */
+        OPS->zero(BE, ws->dsand, (size_t)N * H * sizeof(float));
+        OPS->rmsnorm_backward(BE, ws->dsand, NULL, ws->dres, A->o_raw, W->post_attn_norm, A->rstd_pa, N, H);
+        d_o = ws->dsand;
+    }
+    linear_backward(m, ws, ad, lo[P_O], drop, stream_id(l, P_O, N, QD), ws->datt, 0, d_o, A->att,
                     W->w[P_O], A->xa[P_O], N, QD, H);
-    OPS->attention_backward(BE, ws->dq, ws->dk, ws->dv, ws->datt, A->q, A->k, A->v, A->att, A->lse,
-                            layer_kv_start(m, ws, l), B, T, NH, NKV, HD, 1.0f / sqrtf((float)HD), ws->att_scratch);
+    if (c->attn_logit_softcapping > 0)
+        OPS->attention_softcap_backward(BE, ws->dq, ws->dk, ws->dv, ws->datt, A->q, A->k, A->v, A->att, A->lse,
+                                        layer_kv_start(m, ws, l), B, T, NH, NKV, HD, lt_config_attn_scale(c),
+                                        (float)c->attn_logit_softcapping);
+    else
+        OPS->attention_backward(BE, ws->dq, ws->dk, ws->dv, ws->datt, A->q, A->k, A->v, A->att, A->lse,
+                                layer_kv_start(m, ws, l), B, T, NH, NKV, HD, lt_config_attn_scale(c), ws->att_scratch);
     OPS->rope_backward(BE, ws->dq, ws->pos, m->inv_freq, N, NH, HD, m->rot_dim);
     OPS->rope_backward(BE, ws->dk, ws->pos, m->inv_freq, N, NKV, HD, m->rot_dim);
     float *dqp = ws->dq, *dkp = ws->dk;
@@ -383,8 +416,14 @@ lt_status lt_forward_backward(lt_model *m, const lt_adapter *ad, lt_workspace *w
     for (int r0 = 0; r0 < N; r0 += ws->chunk) {
         int n = N - r0 < ws->chunk ? N - r0 : ws->chunk;
         OPS->gemm(BE, 0, 1, n, V, H, 1.0f, ws->final_ln + (size_t)r0 * H, H, m->lm_head, H, 0.0f, ws->logits, V);
+        const float fcap = (float)c->final_logit_softcapping; /* Gemma 2: logits = cap tanh(logits / cap) */
+        if (fcap > 0) {
+            OPS->softcap_forward(BE, ws->logits, (size_t)n * V, fcap);
+            if (backward) OPS->copy(BE, ws->logits_capped, ws->logits, (size_t)n * V * sizeof(float));
+        }
         if (logits_out) OPS->download(BE, logits_out + (size_t)r0 * V, ws->logits, (size_t)n * V * sizeof(float));
         OPS->cross_entropy(BE, ws->logits, ws->losses + r0, ws->targets + r0, n, V, backward ? grad_scale : 0.0f);
+        if (backward && fcap > 0) OPS->softcap_backward(BE, ws->logits, ws->logits_capped, (size_t)n * V, fcap);
         if (backward)
             OPS->gemm(BE, 0, 0, n, H, V, 1.0f, ws->logits, V, m->lm_head, H, 0.0f, ws->dln + (size_t)r0 * H, H);
     }

@@ -146,8 +146,17 @@ static lt_status model_load(lt_model *m, const lt_model_params *p, lt_error *err
         lt_layer *L = &m->layers[l];
         snprintf(name, sizeof name, "model.layers.%d.input_layernorm.weight", l);
         if ((st = load_norm(m, p->use_mmap, name, H, &L->attn_norm, &L->attn_norm_file, err))) return st;
-        snprintf(name, sizeof name, "model.layers.%d.post_attention_layernorm.weight", l);
-        if ((st = load_norm(m, p->use_mmap, name, H, &L->mlp_norm, &L->mlp_norm_file, err))) return st;
+        if (c->sandwich_norms) {
+            snprintf(name, sizeof name, "model.layers.%d.pre_feedforward_layernorm.weight", l);
+            if ((st = load_norm(m, p->use_mmap, name, H, &L->mlp_norm, &L->mlp_norm_file, err))) return st;
+            snprintf(name, sizeof name, "model.layers.%d.post_attention_layernorm.weight", l);
+            if ((st = load_norm(m, p->use_mmap, name, H, &L->post_attn_norm, &L->post_attn_norm_file, err))) return st;
+            snprintf(name, sizeof name, "model.layers.%d.post_feedforward_layernorm.weight", l);
+            if ((st = load_norm(m, p->use_mmap, name, H, &L->post_ff_norm, &L->post_ff_norm_file, err))) return st;
+        } else {
+            snprintf(name, sizeof name, "model.layers.%d.post_attention_layernorm.weight", l);
+            if ((st = load_norm(m, p->use_mmap, name, H, &L->mlp_norm, &L->mlp_norm_file, err))) return st;
+        }
         for (int q = 0; q < P_COUNT; q++) {
             int in, out;
             lt_proj_dims(c, (lt_proj)q, &in, &out);

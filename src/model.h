@@ -35,6 +35,9 @@ typedef struct lt_layer {
     /* the norm weights as stored in the checkpoint, for export: the compute weights above are
      * (1 + w) for Gemma (norm_offset), else these are the same pointers */
     float *attn_norm_file, *mlp_norm_file, *q_norm_file, *k_norm_file;
+    /* Gemma 2 sandwich norms: mlp_norm is pre_feedforward_layernorm there, and these normalise the
+     * attention output (post_attention_layernorm) and the MLP output (post_feedforward_layernorm) */
+    float *post_attn_norm, *post_ff_norm, *post_attn_norm_file, *post_ff_norm_file;
 } lt_layer;
 
 struct lt_model {
@@ -99,6 +102,8 @@ typedef struct lt_layer_acts {
     float *q, *k, *v;         /* (N,NH*HD), (N,NKV*HD) x2, after RoPE                          */
     float *q_pre, *k_pre;     /* (N,NH*HD), (N,NKV*HD) before the Qwen3 q/k norm (qk_norm only) */
     float *rstd_q, *rstd_k;   /* (N*NH), (N*NKV) q/k norm statistics (qk_norm only)            */
+    float *o_raw, *rstd_pa;   /* (N,H), (N) o_proj output before post_attention_layernorm (Gemma 2) */
+    float *d_raw, *rstd_pf;   /* (N,H), (N) down_proj output before post_feedforward_layernorm      */
     float *att, *lse;         /* (N,NH*HD), (B,NH,T)                                          */
     float *x_mid;             /* (N,H) residual after attention                               */
     float *ln2, *rstd2;       /* (N,H), (N)                                                   */
@@ -127,6 +132,8 @@ typedef struct lt_workspace {
     float *dI1, *dI2, *dI3;   /* (N,I) */
     float *dq, *dk, *dv, *datt; /* (N,NH*HD) (N,NKV*HD) x2 (N,NH*HD) */
     float *dk_pre;            /* (N,NKV*HD) gradient before the k norm (qk_norm only) */
+    float *dsand;             /* (N,H) gradient before a sandwich norm (Gemma 2) */
+    float *logits_capped;     /* (chunk,V) soft-capped logits kept for backward (Gemma 2) */
     float *dr;                /* (N,r) */
     float *drop;              /* (N,max(H,I)) dropout-masked inputs */
     float *att_scratch;

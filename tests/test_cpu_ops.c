@@ -592,6 +592,74 @@ START_TEST(test_softcap) {
 }
 END_TEST
 
+/* soft-capped attention: a huge cap is plain attention; the backward agrees with finite differences of
+ * the forward; the backend agrees with the reference (windowed kv_start, GQA, single-key rows) */
+START_TEST(test_attention_softcap) {
+    const int B = 2, T = 7, NH = 4, NKV = 2, HD = 8;
+    const float scale = 0.4f, cap = 1.5f;
+    const size_t nq = (size_t)B * T * NH * HD, nk = (size_t)B * T * NKV * HD, nl = (size_t)B * NH * T;
+    float *q = frand(nq, -2, 2), *k = frand(nk, -2, 2), *v = frand(nk, -1, 1), *dout = frand(nq, -1, 1);
+    int32_t ks[14];
+    for (int i = 0; i < B * T; i++) ks[i] = i < T ? (i % T > 2 ? i % T - 2 : 0) : (i % T >= 4 ? 4 : 0);
+    float *o1 = fnew(nq), *o2 = fnew(nq), *l1 = fnew(nl), *l2 = fnew(nl);
+    lt_ref_attention_forward(o1, l1, q, k, v, ks, B, T, NH, NKV, HD, scale);
+    lt_ref_attention_softcap_forward(o2, l2, q, k, v, ks, B, T, NH, NKV, HD, scale, 1e6f);
+    CLOSE_F(o2, o1, nq, 1e-5, 1e-6, "huge cap == plain attention");
+    float *dq = fnew(nq), *dk = fnew(nk), *dv = fnew(nk), *dq0 = fnew(nq), *dk0 = fnew(nk), *dv0 = fnew(nk);
+    lt_ref_attention_backward(dq0, dk0, dv0, dout, q, k, v, o1, l1, ks, B, T, NH, NKV, HD, scale, NULL);
+    lt_ref_attention_softcap_backward(dq, dk, dv, dout, q, k, v, o2, l2, ks, B, T, NH, NKV, HD, scale, 1e6f);
+    CLOSE_F(dq, dq0, nq, 1e-4, 1e-6, "huge cap backward dq");
+    CLOSE_F(dk, dk0, nk, 1e-4, 1e-6, "huge cap backward dk");
+    CLOSE_F(dv, dv0, nk, 1e-4, 1e-6, "huge cap backward dv");
+    /* finite differences of L = sum(dout * out) with a small cap */
+    lt_ref_attention_softcap_forward(o2, l2, q, k, v, ks, B, T, NH, NKV, HD, scale, cap);
+    lt_ref_attention_softcap_backward(dq, dk, dv, dout, q, k, v, o2, l2, ks, B, T, NH, NKV, HD, scale, cap);
+    float *tmp = fnew(nq), *tl = fnew(nl);
+    struct { float *x, *g; size_t n; const char *name; } probes[] = {{q, dq, nq, "dq"}, {k, dk, nk, "dk"}, {v, dv, nk, "dv"}};
+    for (int pi = 0; pi < 3; pi++)
+        for (size_t i = 0; i < probes[pi].n; i += 37) {
+            float orig = probes[pi].x[i];
+            const float h = 1e-2f;
+            double lp = 0, lm = 0;
+            probes[pi].x[i] = orig + h;
+            lt_ref_attention_softcap_forward(tmp, tl, q, k, v, ks, B, T, NH, NKV, HD, scale, cap);
+            for (size_t j = 0; j < nq; j++) lp += (double)dout[j] * tmp[j];
+            probes[pi].x[i] = orig - h;
+            lt_ref_attention_softcap_forward(tmp, tl, q, k, v, ks, B, T, NH, NKV, HD, scale, cap);
+            for (size_t j = 0; j < nq; j++) lm += (double)dout[j] * tmp[j];
+            probes[pi].x[i] = orig;
+            double fd = (lp - lm) / (2.0 * h);
+            ck_assert_msg(fabs(fd - probes[pi].g[i]) <= 2e-3 + 2e-2 * fabs(fd), "softcap %s[%zu]: %g vs fd %g",
+                          probes[pi].name, i, probes[pi].g[i], fd);
+        }
+    FOR_BE(be) {
+        float *of = fnew(nq), *lf = fnew(nl), *dqf = fnew(nq), *dkf = fnew(nk), *dvf = fnew(nk);
+        be->ops->attention_softcap_forward(be, of, lf, q, k, v, ks, B, T, NH, NKV, HD, scale, cap);
+        CLOSE(of, o2, nq, 1e-5, "%s softcap attention out", isa_name(be));
+        CLOSE(lf, l2, nl, 1e-5, "%s softcap attention lse", isa_name(be));
+        be->ops->attention_softcap_backward(be, dqf, dkf, dvf, dout, q, k, v, of, lf, ks, B, T, NH, NKV, HD, scale, cap);
+        CLOSE_F(dqf, dq, nq, 1e-5, 1e-7, "%s softcap dq", isa_name(be));
+        CLOSE_F(dkf, dk, nk, 1e-5, 1e-7, "%s softcap dk", isa_name(be));
+        CLOSE_F(dvf, dv, nk, 1e-5, 1e-7, "%s softcap dv", isa_name(be));
+        /* decode of the last row == the last row of the forward (no window: kv_start 0) */
+        int32_t z[14] = {0};
+        float *oz = fnew(nq), *lz = fnew(nl);
+        lt_ref_attention_softcap_forward(oz, lz, q, k, v, z, B, T, NH, NKV, HD, scale, cap);
+        float *ql = fnew((size_t)B * NH * HD), *od = fnew((size_t)B * NH * HD);
+        for (int b = 0; b < B; b++)
+            memcpy(ql + (size_t)b * NH * HD, q + ((size_t)b * T + T - 1) * NH * HD, (size_t)NH * HD * 4);
+        be->ops->attention_softcap_decode(be, od, ql, k, v, B, T, T, NH, NKV, HD, scale, cap);
+        for (int b = 0; b < B; b++)
+            CLOSE(od + (size_t)b * NH * HD, oz + ((size_t)b * T + T - 1) * NH * HD, (size_t)NH * HD, 1e-5,
+                  "%s softcap decode b=%d", isa_name(be), b);
+        free(oz); free(lz);
+        free(of); free(lf); free(dqf); free(dkf); free(dvf); free(ql); free(od);
+    }
+    free(q); free(k); free(v); free(dout); free(o1); free(o2); free(l1); free(l2);
+    free(dq); free(dk); free(dv); free(dq0); free(dk0); free(dv0); free(tmp); free(tl);
+}
+END_TEST
+
 /* ---- cross-entropy -------------------------------------------------------------------------------- */
 
 START_TEST(test_cross_entropy) {
@@ -948,6 +1016,7 @@ static Suite *cpu_ops_suite(void) {
     tcase_add_test(tc, test_bias_add);
     tcase_add_test(tc, test_geglu);
     tcase_add_test(tc, test_softcap);
+    tcase_add_test(tc, test_attention_softcap);
     tcase_add_test(tc, test_cross_entropy);
     tcase_add_test(tc, test_dropout);
     tcase_add_test(tc, test_adamw);

@@ -26,7 +26,7 @@ typedef struct family_case {
 
 static const family_case cases[] = {
     {"qwen2-swa", "Qwen2ForCausalLM"},  {"qwen2-tied", "Qwen2ForCausalLM"}, {"mistral-swa", "MistralForCausalLM"},
-    {"qwen3", "Qwen3ForCausalLM"},      {"gemma", "GemmaForCausalLM"},
+    {"qwen3", "Qwen3ForCausalLM"},      {"gemma", "GemmaForCausalLM"},      {"gemma2", "Gemma2ForCausalLM"},
 };
 #define N_CASES ((int)(sizeof cases / sizeof *cases))
 
@@ -288,7 +288,7 @@ START_TEST(test_unknown_architecture) {
     ck_assert_int_eq(lt_config_parse(cfg, strlen(cfg), "config.json", &c, &err), LT_ERR_ARCH);
     ck_assert_msg(strstr(err.msg, "FalconForCausalLM") != NULL, "%s", err.msg);
     const char *fams[] = {"LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "MistralForCausalLM",
-                          "GemmaForCausalLM"};
+                          "GemmaForCausalLM", "Gemma2ForCausalLM"};
     for (size_t i = 0; i < sizeof fams / sizeof *fams; i++)
         ck_assert_msg(strstr(err.msg, fams[i]) != NULL, "the message does not list %s: %s", fams[i], err.msg);
 }

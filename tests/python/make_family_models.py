@@ -67,6 +67,13 @@ MODELS = {
                                   num_attention_heads=4, num_key_value_heads=1, head_dim=32,
                                   hidden_act="gelu_pytorch_tanh"), 4005,
               dict(r=4, alpha=8, targets=ALL_TARGETS)),
+    # Gemma 2: + sandwich norms, attention and final logit soft-capping (small caps so that they bite),
+    # query_pre_attn_scalar != head_dim, alternating sliding-window layers
+    "gemma2": ("Gemma2Config", dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                                    num_attention_heads=4, num_key_value_heads=2, head_dim=32,
+                                    query_pre_attn_scalar=24, sliding_window=5, attn_logit_softcapping=2.0,
+                                    final_logit_softcapping=3.0), 4006,
+               dict(r=4, alpha=8, targets=ALL_TARGETS)),
 }
 
 
