@@ -600,6 +600,11 @@ static void cpu_attention_softcap_decode(lt_backend *be, float *out, const float
 
 /* ---- bias add, GeGLU, soft-capping (plain loops; memory-bound and off the Llama path) ---------- */
 
+static void cpu_rope_scale(lt_backend *be, float *x, int N, int n_heads, int head_dim, int rot_dim, float a) {
+    (void)be;
+    lt_ref_rope_scale(x, N, n_heads, head_dim, rot_dim, a);
+}
+
 /* y (N,C) += b (C) */
 static void cpu_bias_add(lt_backend *be, float *y, const float *b, int N, int C) {
     int nt = cpu_threads_for(be, (size_t)N * C, LT_GRAIN);
@@ -700,6 +705,7 @@ static const lt_backend_ops cpu_ops = {
     .attention_softcap_forward = cpu_attention_softcap_forward,
     .attention_softcap_backward = cpu_attention_softcap_backward,
     .attention_softcap_decode = cpu_attention_softcap_decode,
+    .rope_scale = cpu_rope_scale,
     .bias_add = cpu_bias_add,
     .bias_backward = cpu_bias_backward,
     .geglu_forward = cpu_geglu_forward,

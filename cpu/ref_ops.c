@@ -443,6 +443,14 @@ void lt_ref_swiglu_backward(float *dgate, float *dup, const float *dout, const f
     }
 }
 
+/* ---- RoPE channel scale -------------------------------------------------------------------------- */
+
+/* x (N, n_heads, head_dim): channels 0..rot_dim-1 of every head times a */
+void lt_ref_rope_scale(float *x, int N, int n_heads, int head_dim, int rot_dim, float a) {
+    for (size_t r = 0; r < (size_t)N * n_heads; r++)
+        for (int d = 0; d < rot_dim; d++) x[r * head_dim + d] *= a;
+}
+
 /* ---- bias add ----------------------------------------------------------------------------------- */
 
 /* y (N,C) += b (C) */

@@ -105,7 +105,8 @@ void lt_ref_attention_softcap_decode(float *out, const float *q, const float *kc
                                      int B, int S_cap, int len, int NH, int NKV, int HD, float scale,
                                      float softcap);
 
-/* ---- bias, GeGLU, soft-capping ---- */
+/* ---- bias, GeGLU, soft-capping, RoPE channel scale ---- */
+void lt_ref_rope_scale(float *x, int N, int n_heads, int head_dim, int rot_dim, float a);
 void lt_ref_bias_add(float *y, const float *b, int N, int C);
 void lt_ref_bias_backward(float *db, const float *dy, int N, int C);
 void lt_ref_geglu_forward(float *out, const float *gate, const float *up, size_t n);

@@ -217,6 +217,7 @@ static const lt_backend_ops cuda_ops = {
     .attention_softcap_forward = lt_cuda_attention_softcap_forward,
     .attention_softcap_backward = lt_cuda_attention_softcap_backward,
     .attention_softcap_decode = lt_cuda_attention_softcap_decode,
+    .rope_scale = lt_cuda_rope_scale,
     .bias_add = lt_cuda_bias_add,
     .bias_backward = lt_cuda_bias_backward,
     .geglu_forward = lt_cuda_geglu_forward,

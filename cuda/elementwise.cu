@@ -278,3 +278,18 @@ extern "C" void lt_cuda_softcap_backward(lt_backend *be, float *dx, const float 
     softcap_backward_kernel<<<lt_grid_1d(n, EW_THREADS), EW_THREADS, 0, lt_cuda(be)->stream>>>(dx, y, n, cap);
     lt_cuda_check(be, "softcap_backward");
 }
+
+/* ---- RoPE channel scale: x (N, n_heads, head_dim), channels < rot_dim of each head *= a ---------- */
+__global__ void rope_scale_kernel(float *x, size_t rows, int head_dim, int rot_dim, float a) {
+    size_t n = rows * (size_t)rot_dim;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        x[(i / rot_dim) * head_dim + i % rot_dim] *= a;
+}
+
+extern "C" void lt_cuda_rope_scale(lt_backend *be, float *x, int N, int n_heads, int head_dim, int rot_dim, float a) {
+    size_t rows = (size_t)N * n_heads;
+    if (!rows || rot_dim <= 0) return;
+    rope_scale_kernel<<<lt_grid_1d(rows * rot_dim, EW_THREADS), EW_THREADS, 0, lt_cuda(be)->stream>>>(
+        x, rows, head_dim, rot_dim, a);
+    lt_cuda_check(be, "rope_scale");
+}

@@ -53,11 +53,21 @@ lt_status lt_adapter_alloc(lt_model *m, const lt_adapter_params *p, lt_adapter *
     a->p = *p;
     a->p.size = sizeof a->p;
     a->scaling = adapter_scaling(p);
+    lt_module mods[P_COUNT];
+    const int n_mods = lt_model_modules(&m->cfg, mods);
+    for (int k = 0; k < n_mods; k++) {
+        unsigned mk = lt_module_mask(&mods[k]);
+        if ((p->targets & mk) && (p->targets & mk) != mk) {
+            lt_adapter_free(a);
+            return lt_fail(err, LT_ERR_ARGUMENT, "adapter: %s fuses %d projections into %s; target all of them or none",
+                           m->cfg.architecture, mods[k].count, mods[k].name);
+        }
+    }
     size_t n = 0;
-    for (int q = 0; q < P_COUNT; q++) {
-        if (!(p->targets & (1u << q))) continue;
+    for (int k = 0; k < n_mods; k++) {
+        if (!(p->targets & lt_module_mask(&mods[k]))) continue;
         int in, o;
-        lt_proj_dims(&m->cfg, (lt_proj)q, &in, &o);
+        lt_module_dims(&m->cfg, &mods[k], &in, &o);
         n += (size_t)p->rank * (in + o);
     }
     n *= (size_t)L;
@@ -72,17 +82,23 @@ lt_status lt_adapter_alloc(lt_model *m, const lt_adapter_params *p, lt_adapter *
     m->be->ops->zero(m->be, a->grads, n * sizeof(float));
     size_t off = 0;
     for (int l = 0; l < L; l++)
-        for (int q = 0; q < P_COUNT; q++) {
-            if (!(p->targets & (1u << q))) continue;
+        for (int k = 0; k < n_mods; k++) {
+            if (!(p->targets & lt_module_mask(&mods[k]))) continue;
             int in, o;
-            lt_proj_dims(&m->cfg, (lt_proj)q, &in, &o);
-            lt_lora *lo = &a->lora[l * P_COUNT + q];
-            lo->A = a->params + off;
-            lo->dA = a->grads + off;
-            off += (size_t)p->rank * in;
-            lo->B = a->params + off;
-            lo->dB = a->grads + off;
-            off += (size_t)o * p->rank;
+            lt_module_dims(&m->cfg, &mods[k], &in, &o);
+            size_t a_off = off, b_off = off + (size_t)p->rank * in;
+            off = b_off + (size_t)o * p->rank;
+            /* the projections of a fused module share A; their B are consecutive row blocks */
+            for (int q = mods[k].first; q < mods[k].first + mods[k].count; q++) {
+                int pi, po;
+                lt_proj_dims(&m->cfg, (lt_proj)q, &pi, &po);
+                lt_lora *lo = &a->lora[l * P_COUNT + q];
+                lo->A = a->params + a_off;
+                lo->dA = a->grads + a_off;
+                lo->B = a->params + b_off;
+                lo->dB = a->grads + b_off;
+                b_off += (size_t)po * p->rank;
+            }
         }
     *out = a;
     return LT_OK;
@@ -135,12 +151,14 @@ LT_API lt_status lt_adapter_create(lt_model *m, const lt_adapter_params *params,
     rng_t rng;
     rng_seed(&rng, p.seed);
     float *host = NULL;
+    lt_module mods[P_COUNT];
+    const int n_mods = lt_model_modules(&m->cfg, mods);
     for (int l = 0; l < m->cfg.num_hidden_layers; l++)
-        for (int q = 0; q < P_COUNT; q++) {
-            lt_lora *lo = lt_adapter_lora(a, l, (lt_proj)q);
+        for (int q = 0; q < n_mods; q++) {
+            lt_lora *lo = lt_adapter_lora(a, l, (lt_proj)mods[q].first); /* fused: one shared A */
             if (!lo) continue;
             int in, o;
-            lt_proj_dims(&m->cfg, (lt_proj)q, &in, &o);
+            lt_module_dims(&m->cfg, &mods[q], &in, &o);
             size_t n = (size_t)p.rank * in;
             float *h = realloc(host, n * sizeof *h);
             if (!h) { free(host); lt_adapter_free(a); return lt_fail(terr, LT_ERR_NOMEM, "out of memory"); }
@@ -181,8 +199,8 @@ LT_API int64_t lt_adapter_n_params(const lt_adapter *a) { return a ? (int64_t)a-
 
 /* ---- PEFT save ------------------------------------------------------------------------------------ */
 
-static void key_of(char *buf, size_t len, int l, int q, char ab) {
-    snprintf(buf, len, KEY_PREFIX "%d.%s.%s.lora_%c.weight", l, lt_proj_parent[q], lt_proj_names[q], ab);
+static void key_of(char *buf, size_t len, int l, const lt_module *mod, char ab) {
+    snprintf(buf, len, KEY_PREFIX "%d.%s.%s.lora_%c.weight", l, mod->parent, mod->name, ab);
 }
 
 /* Download all adapter parameters to a host buffer. */
@@ -194,8 +212,10 @@ static float *params_to_host(const lt_adapter *a) {
 
 static lt_status write_adapter_config(const lt_adapter *a, const char *dir, lt_error *err) {
     json_t *o = json_object(), *t = json_array();
-    for (int q = 0; q < P_COUNT; q++)
-        if (a->p.targets & (1u << q)) json_array_append_new(t, json_string(lt_proj_names[q]));
+    lt_module mods[P_COUNT];
+    const int n_mods = lt_model_modules(&a->model->cfg, mods);
+    for (int q = 0; q < n_mods; q++)
+        if (a->p.targets & lt_module_mask(&mods[q])) json_array_append_new(t, json_string(mods[q].name));
     json_object_set_new(o, "peft_type", json_string("LORA"));
     json_object_set_new(o, "task_type", json_string("CAUSAL_LM"));
     json_object_set_new(o, "base_model_name_or_path", json_string(a->model->dir));
@@ -231,15 +251,17 @@ static lt_status adapter_save(lt_adapter *a, const char *dir, lt_error *err) {
     lt_st_entry *e = calloc((size_t)L * P_COUNT * 2, sizeof *e);
     char *names = calloc((size_t)L * P_COUNT * 2, 160);
     if (!h || !e || !names) { free(h); free(e); free(names); return lt_fail(err, LT_ERR_NOMEM, "out of memory"); }
+    lt_module mods[P_COUNT];
+    const int n_mods = lt_model_modules(&a->model->cfg, mods);
     for (int l = 0; l < L; l++)
-        for (int q = 0; q < P_COUNT; q++) {
-            lt_lora *lo = lt_adapter_lora(a, l, (lt_proj)q);
+        for (int q = 0; q < n_mods; q++) {
+            lt_lora *lo = lt_adapter_lora(a, l, (lt_proj)mods[q].first);
             if (!lo) continue;
             int in, o;
-            lt_proj_dims(&a->model->cfg, (lt_proj)q, &in, &o);
+            lt_module_dims(&a->model->cfg, &mods[q], &in, &o);
             for (int k = 0; k < 2; k++) {
                 char *nm = names + (size_t)n * 160;
-                key_of(nm, 160, l, q, k ? 'B' : 'A');
+                key_of(nm, 160, l, &mods[q], k ? 'B' : 'A');
                 e[n].name = nm;
                 e[n].dtype = LT_DT_F32;
                 e[n].ndim = 2;
@@ -271,6 +293,8 @@ LT_API lt_status lt_adapter_save(lt_adapter *a, const char *dir) {
 /* target_modules: a list of names, "all-linear", or a regex matched against full module names. */
 static lt_status parse_targets(json_t *tm, const lt_model *m, unsigned *targets, const char *path, lt_error *err) {
     *targets = 0;
+    lt_module mods[P_COUNT];
+    const int n_mods = lt_model_modules(&m->cfg, mods);
     if (json_is_array(tm)) {
         size_t i;
         json_t *v;
@@ -278,11 +302,14 @@ static lt_status parse_targets(json_t *tm, const lt_model *m, unsigned *targets,
             if (!json_is_string(v)) return lt_fail(err, LT_ERR_JSON, "%s: target_modules[%zu] is not a string", path, i);
             const char *s = json_string_value(v);
             int q = 0;
-            while (q < P_COUNT && strcmp(s, lt_proj_names[q])) q++;
-            if (q == P_COUNT)
-                return lt_fail(err, LT_ERR_UNSUPPORTED, "%s: target module \"%s\" is not one of q_proj, k_proj, "
-                               "v_proj, o_proj, gate_proj, up_proj, down_proj", path, s);
-            *targets |= 1u << q;
+            while (q < n_mods && strcmp(s, mods[q].name)) q++;
+            if (q == n_mods) {
+                char list[256] = "";
+                for (int k = 0; k < n_mods; k++)
+                    snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", k ? ", " : "", mods[k].name);
+                return lt_fail(err, LT_ERR_UNSUPPORTED, "%s: target module \"%s\" is not one of %s", path, s, list);
+            }
+            *targets |= lt_module_mask(&mods[q]);
         }
     } else if (json_is_string(tm)) {
         const char *s = json_string_value(tm);
@@ -296,18 +323,18 @@ static lt_status parse_targets(json_t *tm, const lt_model *m, unsigned *targets,
                 return lt_fail(err, LT_ERR_UNSUPPORTED, "%s: target_modules regex \"%s\" is not a POSIX "
                                "extended regex this library can evaluate", path, s);
             char name[256];
-            for (int q = 0; q < P_COUNT; q++) {
+            for (int q = 0; q < n_mods; q++) {
                 unsigned hit = 0;
                 for (int l = 0; l < m->cfg.num_hidden_layers; l++) {
-                    snprintf(name, sizeof name, "model.layers.%d.%s.%s", l, lt_proj_parent[q], lt_proj_names[q]);
+                    snprintf(name, sizeof name, "model.layers.%d.%s.%s", l, mods[q].parent, mods[q].name);
                     if (!regexec(&re, name, 0, NULL, 0)) hit++;
                 }
                 if (hit && hit != (unsigned)m->cfg.num_hidden_layers) {
                     regfree(&re);
                     return lt_fail(err, LT_ERR_UNSUPPORTED, "%s: target_modules regex \"%s\" selects %s in only "
-                                   "some layers; per-layer targets are not supported", path, s, lt_proj_names[q]);
+                                   "some layers; per-layer targets are not supported", path, s, mods[q].name);
                 }
-                if (hit) *targets |= 1u << q;
+                if (hit) *targets |= lt_module_mask(&mods[q]);
             }
             regfree(&re);
         }
@@ -412,15 +439,17 @@ LT_API lt_status lt_adapter_load(lt_model *m, const char *dir, lt_adapter **out)
     float *host = malloc(a->n_params * sizeof(float));
     if (!host) { st = lt_fail(err, LT_ERR_NOMEM, "out of memory"); goto fail; }
     /* every key in the file must be one we expect ... */
+    lt_module mods[P_COUNT];
+    const int n_mods = lt_model_modules(&m->cfg, mods);
     for (int i = 0; i < lt_st_count(f); i++) {
         const char *name = lt_st_tensors(f)[i].name;
         int l, q, matched = 0;
         char key[256];
         for (l = 0; l < L && !matched; l++)
-            for (q = 0; q < P_COUNT && !matched; q++)
+            for (q = 0; q < n_mods && !matched; q++)
                 for (int k = 0; k < 2 && !matched; k++) {
-                    key_of(key, sizeof key, l, q, k ? 'B' : 'A');
-                    matched = !strcmp(key, name) && lt_adapter_lora(a, l, (lt_proj)q);
+                    key_of(key, sizeof key, l, &mods[q], k ? 'B' : 'A');
+                    matched = !strcmp(key, name) && lt_adapter_lora(a, l, (lt_proj)mods[q].first);
                 }
         if (!matched) {
             st = lt_fail(err, LT_ERR_FORMAT, "%s: unexpected tensor \"%s\" (not a LoRA weight of a targeted "
@@ -430,14 +459,14 @@ LT_API lt_status lt_adapter_load(lt_model *m, const char *dir, lt_adapter **out)
     }
     /* ... and every expected key must be there with the right shape */
     for (int l = 0; l < L; l++)
-        for (int q = 0; q < P_COUNT; q++) {
-            lt_lora *lo = lt_adapter_lora(a, l, (lt_proj)q);
+        for (int q = 0; q < n_mods; q++) {
+            lt_lora *lo = lt_adapter_lora(a, l, (lt_proj)mods[q].first);
             if (!lo) continue;
             int in, o;
-            lt_proj_dims(&m->cfg, (lt_proj)q, &in, &o);
+            lt_module_dims(&m->cfg, &mods[q], &in, &o);
             for (int k = 0; k < 2; k++) {
                 char key[256];
-                key_of(key, sizeof key, l, q, k ? 'B' : 'A');
+                key_of(key, sizeof key, l, &mods[q], k ? 'B' : 'A');
                 const lt_st_tensor *t = lt_st_find(f, key);
                 if (!t) { st = lt_fail(err, LT_ERR_MISSING, "%s: tensor \"%s\" is missing", path, key); goto fail; }
                 int64_t d0 = k ? o : p.rank, d1 = k ? p.rank : in;
@@ -578,27 +607,41 @@ lt_status lt_model_export(lt_model *m, const lt_adapter *a, const char *dir, uin
             lt_proj_dims(c, (lt_proj)q, &in, &o);
             if (Ly->bias[q]) ADD("model.layers.%d.%s.%s.bias", Ly->bias[q], o, 0, l, lt_proj_parent[q], lt_proj_names[q]);
         }
-        for (int q = 0; q < P_COUNT; q++) {
-            int in, o;
-            lt_proj_dims(c, (lt_proj)q, &in, &o);
-            ADD("model.layers.%d.%s.%s.weight", m->layers[l].w[q], o, in, l, lt_proj_parent[q], lt_proj_names[q]);
-            lt_lora *lo = a ? lt_adapter_lora(a, l, (lt_proj)q) : NULL;
-            if (lo && !a->merged) {
-                /* host-side merge: W += s B A */
-                float *A = malloc((size_t)a->p.rank * in * sizeof(float)), *B = malloc((size_t)o * a->p.rank * sizeof(float));
-                if (!A || !B) { free(A); free(B); st = lt_fail(err, LT_ERR_NOMEM, "out of memory"); goto out; }
-                m->be->ops->download(m->be, A, lo->A, (size_t)a->p.rank * in * sizeof(float));
-                m->be->ops->download(m->be, B, lo->B, (size_t)o * a->p.rank * sizeof(float));
-                float *W = bufs[n - 1];
-                for (int i = 0; i < o; i++)
-                    for (int k = 0; k < a->p.rank; k++) {
-                        float bik = a->scaling * B[(size_t)i * a->p.rank + k];
-                        const float *Ak = A + (size_t)k * in;
-                        float *Wi = W + (size_t)i * in;
-                        for (int j = 0; j < in; j++) Wi[j] += bik * Ak[j];
-                    }
-                free(A);
-                free(B);
+        lt_module mods[P_COUNT];
+        const int n_mods = lt_model_modules(c, mods);
+        for (int k = 0; k < n_mods; k++) {
+            int min, mout;
+            lt_module_dims(c, &mods[k], &min, &mout);
+            char *nm = names + (size_t)n * 128;
+            snprintf(nm, 128, "model.layers.%d.%s.%s.weight", l, mods[k].parent, mods[k].name);
+            float *W = bufs[n] = malloc((size_t)mout * min * sizeof(float));
+            if (!W) { st = lt_fail(err, LT_ERR_NOMEM, "out of memory exporting %s", nm); goto out; }
+            e[n].name = nm; e[n].dtype = LT_DT_F32; e[n].ndim = 2;
+            e[n].shape[0] = mout; e[n].shape[1] = min; e[n].data = W;
+            n++;
+            /* a fused module is its projections' weights stacked by rows */
+            for (int q = mods[k].first; q < mods[k].first + mods[k].count; q++) {
+                int in, o;
+                lt_proj_dims(c, (lt_proj)q, &in, &o);
+                m->be->ops->download(m->be, W, m->layers[l].w[q], (size_t)o * in * sizeof(float));
+                lt_lora *lo = a ? lt_adapter_lora(a, l, (lt_proj)q) : NULL;
+                if (lo && !a->merged) {
+                    /* host-side merge: W += s B A */
+                    float *A = malloc((size_t)a->p.rank * in * sizeof(float)), *B = malloc((size_t)o * a->p.rank * sizeof(float));
+                    if (!A || !B) { free(A); free(B); st = lt_fail(err, LT_ERR_NOMEM, "out of memory"); goto out; }
+                    m->be->ops->download(m->be, A, lo->A, (size_t)a->p.rank * in * sizeof(float));
+                    m->be->ops->download(m->be, B, lo->B, (size_t)o * a->p.rank * sizeof(float));
+                    for (int i = 0; i < o; i++)
+                        for (int r = 0; r < a->p.rank; r++) {
+                            float bik = a->scaling * B[(size_t)i * a->p.rank + r];
+                            const float *Ak = A + (size_t)r * in;
+                            float *Wi = W + (size_t)i * in;
+                            for (int j = 0; j < in; j++) Wi[j] += bik * Ak[j];
+                        }
+                    free(A);
+                    free(B);
+                }
+                W += (size_t)o * in;
             }
         }
     }

@@ -84,6 +84,11 @@ typedef struct lt_backend_ops {
     void (*rope_backward)(lt_backend *be, float *dx, const int32_t *pos, const float *inv_freq,
                           int N, int n_heads, int head_dim, int rot_dim);
 
+    /* x (N, n_heads, head_dim): the first rot_dim channels of each head *= a, in place. RoPE whose cos
+     * and sin carry a factor (longrope's attention factor) is rope_forward then this; its backward is
+     * this then rope_backward. */
+    void (*rope_scale)(lt_backend *be, float *x, int N, int n_heads, int head_dim, int rot_dim, float a);
+
     /* ---- causal grouped-query attention ------------------------------------------------------- */
     /* q (B,T,NH,HD), k and v (B,T,NKV,HD), out (B,T,NH,HD), lse (B,NH,T) log-sum-exp of the scaled
      * scores, saved for backward. kv_start (B*T): token t of a row attends to keys

@@ -49,6 +49,8 @@ static const lt_arch_desc k_archs[] = {
      4096, "hidden_act"},
     {"GemmaForCausalLM", LT_ARCH_GEMMA, "gemma", ACT_BIT(LT_ACT_GELU_TANH), 0, 1.0f, 1, 256, 1, BIAS_LLAMA,
      SLIDE_NONE, 0, "hidden_act"},
+    {"Phi3ForCausalLM", LT_ARCH_PHI3, "phi3", ACT_BIT(LT_ACT_SILU), 0, 0.0f, 0, 0, 0, BIAS_NONE, SLIDE_ALL, 0,
+     "hidden_act"},
     {"Gemma2ForCausalLM", LT_ARCH_GEMMA2, "gemma2", ACT_BIT(LT_ACT_GELU_TANH), 0, 1.0f, 1, 256, 1, BIAS_LLAMA,
      SLIDE_ALTERNATE, 4096, "hidden_activation"},
 };
@@ -113,6 +115,7 @@ void lt_config_init_llama(lt_model_config *cfg) {
     snprintf(cfg->hidden_act, sizeof cfg->hidden_act, "%s", "silu");
     cfg->activation = LT_ACT_SILU;
     cfg->bos_token_id = -1;
+    cfg->pad_token_id = -1;
     cfg->eos_token_id = -1;
     cfg->n_eos = 0;
     cfg->rope_theta = 10000.0;
@@ -134,6 +137,9 @@ void lt_config_init_llama(lt_model_config *cfg) {
     cfg->max_window_layers = 0;
     cfg->has_layer_types = 0;
     cfg->sandwich_norms = 0;
+    cfg->fused_proj = 0;
+    cfg->n_rope_factors = 0;
+    cfg->rope_attention_factor = 1.0;
     cfg->query_pre_attn_scalar = 0;
     cfg->attn_logit_softcapping = 0;
     cfg->final_logit_softcapping = 0;
@@ -210,6 +216,8 @@ static lt_status parse_token_ids(parse_ctx *c, json_t *root, lt_model_config *cf
                            c->src);
         if (b) cfg->bos_token_id = (int64_t)json_integer_value(b);
     }
+    json_t *pd = field(root, "pad_token_id");
+    if (pd && json_is_integer(pd)) cfg->pad_token_id = (int64_t)json_integer_value(pd);
     json_t *e = field(root, "eos_token_id");
     if (!e) return LT_OK;
     if (json_is_integer(e)) {
@@ -283,10 +291,50 @@ static lt_status parse_rope(parse_ctx *c, json_t *root, lt_model_config *cfg) {
             return lt_fail(c->err, LT_ERR_FORMAT, "%s: \"%s.original_max_position_embeddings\" = %g is not a positive integer",
                            c->src, rname, orig);
         cfg->rope_original_max_position_embeddings = (int64_t)orig;
+    } else if (strcmp(type, "longrope") == 0 ||
+               (cfg->arch == LT_ARCH_PHI3 && (strcmp(type, "su") == 0 || strcmp(type, "yarn") == 0))) {
+        /* Phi3Config maps the legacy "su" / "yarn" to longrope */
+        cfg->rope_type = LT_ROPE_LONGROPE;
+        const char *fk[2] = {"short_factor", "long_factor"};
+        double *dst[2] = {cfg->rope_short_factor, cfg->rope_long_factor};
+        int nf[2] = {0, 0};
+        for (int i = 0; i < 2; i++) {
+            json_t *a = field(rope, fk[i]);
+            if (!a) return lt_fail(c->err, LT_ERR_MISSING, "%s: \"%s\" with rope_type 'longrope' lacks \"%s\"", c->src,
+                                   rname, fk[i]);
+            if (!json_is_array(a) || json_array_size(a) > LT_CONFIG_MAX_ROPE_FACTORS)
+                return lt_fail(c->err, LT_ERR_JSON, "%s: \"%s.%s\" must be a list of at most %d numbers", c->src, rname,
+                               fk[i], LT_CONFIG_MAX_ROPE_FACTORS);
+            size_t j;
+            json_t *x;
+            json_array_foreach(a, j, x) {
+                if (!json_is_number(x))
+                    return lt_fail(c->err, LT_ERR_JSON, "%s: \"%s.%s\"[%zu] must be a number", c->src, rname, fk[i], j);
+                dst[i][j] = json_number_value(x);
+            }
+            nf[i] = (int)json_array_size(a);
+        }
+        if (nf[0] != nf[1])
+            return lt_fail(c->err, LT_ERR_FORMAT, "%s: longrope short_factor (%d) and long_factor (%d) differ in length",
+                           c->src, nf[0], nf[1]);
+        cfg->n_rope_factors = nf[0];
+        /* original_max_position_embeddings: the top-level key wins (Phi3Config), then the rope dict */
+        double orig = 0;
+        if ((st = get_num(c, rope, prefix, "original_max_position_embeddings", &orig)) != LT_OK) return st;
+        if ((st = get_num(c, root, "", "original_max_position_embeddings", &orig)) != LT_OK) return st;
+        if (!(orig >= 1) || orig != floor(orig))
+            return lt_fail(c->err, LT_ERR_MISSING, "%s: longrope needs a positive original_max_position_embeddings",
+                           c->src);
+        cfg->rope_original_max_position_embeddings = (int64_t)orig;
+        double factor = -1, af = -1;
+        if ((st = get_num(c, rope, prefix, "factor", &factor)) != LT_OK) return st;
+        if ((st = get_num(c, rope, prefix, "attention_factor", &af)) != LT_OK) return st;
+        cfg->rope_factor = factor; /* < 0: max_position_embeddings / original, derived in validate */
+        cfg->rope_attention_factor = af;
     } else {
         return lt_fail(c->err, LT_ERR_UNSUPPORTED,
-                       "%s: %s.%s '%s' is not supported (supported: default, linear, llama3)", c->src, rname, tkey,
-                       type);
+                       "%s: %s.%s '%s' is not supported (supported: default, linear, llama3, longrope)", c->src, rname,
+                       tkey, type);
     }
     return LT_OK;
 }
@@ -429,6 +477,24 @@ lt_status lt_config_validate(lt_model_config *cfg, const char *source, lt_error 
         if (cfg->rope_original_max_position_embeddings <= 0)
             return lt_fail(err, LT_ERR_FORMAT, "%s: llama3 rope scaling needs original_max_position_embeddings > 0",
                            src);
+    } else if (cfg->rope_type == LT_ROPE_LONGROPE) {
+        if (cfg->n_rope_factors != cfg->rot_dim / 2)
+            return lt_fail(err, LT_ERR_FORMAT, "%s: longrope factors have %d entries, the rotary dimension needs %d", src,
+                           cfg->n_rope_factors, cfg->rot_dim / 2);
+        for (int i = 0; i < cfg->n_rope_factors; i++)
+            if (!(cfg->rope_short_factor[i] > 0) || !(cfg->rope_long_factor[i] > 0) ||
+                !isfinite(cfg->rope_short_factor[i]) || !isfinite(cfg->rope_long_factor[i]))
+                return lt_fail(err, LT_ERR_FORMAT, "%s: longrope factor %d is not a positive number", src, i);
+        if (cfg->rope_original_max_position_embeddings <= 0)
+            return lt_fail(err, LT_ERR_FORMAT, "%s: longrope needs original_max_position_embeddings > 0", src);
+        /* transformers' _compute_longrope_parameters */
+        if (cfg->rope_factor < 0)
+            cfg->rope_factor = (double)cfg->max_position_embeddings / (double)cfg->rope_original_max_position_embeddings;
+        if (cfg->rope_attention_factor < 0)
+            cfg->rope_attention_factor =
+                cfg->rope_factor <= 1.0
+                    ? 1.0
+                    : sqrt(1 + log(cfg->rope_factor) / log((double)cfg->rope_original_max_position_embeddings));
     } else if (cfg->rope_type != LT_ROPE_DEFAULT && cfg->rope_type != LT_ROPE_LINEAR) {
         return lt_fail(err, LT_ERR_UNSUPPORTED, "%s: rope type %d is not supported", src, (int)cfg->rope_type);
     }
@@ -467,6 +533,7 @@ static lt_status parse_root(parse_ctx *c, json_t *root, lt_model_config *cfg) {
     cfg->qk_norm = arch->qk_norm;
     cfg->norm_offset = arch->norm_offset;
     cfg->tie_word_embeddings = arch->default_tied;
+    cfg->fused_proj = arch->id == LT_ARCH_PHI3;
 
     if ((st = get_str(c, root, "model_type", cfg->model_type, sizeof cfg->model_type)) != LT_OK) return st;
     const struct {
@@ -651,12 +718,32 @@ lt_status lt_config_write(const lt_model_config *cfg, const char *path, lt_error
                                      "low_freq_factor", cfg->rope_low_freq_factor, "high_freq_factor",
                                      cfg->rope_high_freq_factor, "original_max_position_embeddings",
                                      (json_int_t)cfg->rope_original_max_position_embeddings));
+        } else if (cfg->rope_type == LT_ROPE_LONGROPE) {
+            json_t *r = json_object(), *sf = json_array(), *lf = json_array();
+            for (int i = 0; r && sf && lf && i < cfg->n_rope_factors; i++) {
+                bad |= json_array_append_new(sf, json_real(cfg->rope_short_factor[i]));
+                bad |= json_array_append_new(lf, json_real(cfg->rope_long_factor[i]));
+            }
+            bad |= !r || !sf || !lf;
+            if (r) {
+                bad |= set_new(r, "rope_type", json_string("longrope"));
+                bad |= set_new(r, "short_factor", sf);
+                bad |= set_new(r, "long_factor", lf);
+                bad |= set_new(r, "attention_factor", json_real(cfg->rope_attention_factor));
+                bad |= set_new(r, "factor", json_real(cfg->rope_factor));
+            }
+            bad |= set_new(o, "rope_scaling", r);
+            bad |= set_new(o, "original_max_position_embeddings",
+                           json_integer((json_int_t)cfg->rope_original_max_position_embeddings));
         }
         bad |= set_new(o, "tie_word_embeddings", json_boolean(cfg->tie_word_embeddings));
         bad |= set_new(o, "attention_bias", json_boolean(cfg->attention_bias));
         bad |= set_new(o, "mlp_bias", json_boolean(cfg->mlp_bias));
         bad |= set_new(o, "hidden_act", json_string(cfg->hidden_act[0] ? cfg->hidden_act : "silu"));
         if (cfg->bos_token_id >= 0) bad |= set_new(o, "bos_token_id", json_integer(cfg->bos_token_id));
+        /* pad: as read; other families' config classes default it to ids outside small vocabularies */
+        if (cfg->pad_token_id >= 0) bad |= set_new(o, "pad_token_id", json_integer(cfg->pad_token_id));
+        else if (arch->id != LT_ARCH_LLAMA) bad |= set_new(o, "pad_token_id", json_null());
         if (cfg->n_eos == 1 || (cfg->n_eos == 0 && cfg->eos_token_id >= 0)) {
             bad |= set_new(o, "eos_token_id", json_integer(cfg->n_eos ? cfg->eos_token_ids[0] : cfg->eos_token_id));
         } else if (cfg->n_eos > 1) {
@@ -768,8 +855,34 @@ int lt_rope_inv_freq(const lt_model_config *cfg, float *inv_freq, int n) {
             int medium = !(wavelen < high_wav) && !(wavelen > low_wav);
             inv_freq[i] = medium ? smoothed : llama;
         }
+    } else if (cfg->rope_type == LT_ROPE_LONGROPE) {
+        /* short factors: 1.0 / (ext * base ** (arange(0, dim, 2) / dim)) in float32 */
+        for (int i = 0; i < half && i < cfg->n_rope_factors; i++) {
+            float e = (float)(2 * i) / (float)dim;
+            float p = (float)pow((double)base, (double)e);
+            inv_freq[i] = 1.0f / ((float)cfg->rope_short_factor[i] * p);
+        }
     } else if (cfg->rope_type != LT_ROPE_DEFAULT) {
         return -1;
+    }
+    return half;
+}
+
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("fp-contract=off")))
+#endif
+int lt_rope_inv_freq_long(const lt_model_config *cfg, float *inv_freq, int n) {
+    if (!cfg || cfg->rope_type != LT_ROPE_LONGROPE) return -1;
+    int dim = (int)((double)cfg->head_dim * cfg->partial_rotary_factor);
+    if (dim < 2 || dim % 2 != 0) return -1;
+    int half = dim / 2;
+    if (!inv_freq) return half;
+    if (n < half || cfg->n_rope_factors < half) return -1;
+    float base = (float)cfg->rope_theta;
+    for (int i = 0; i < half; i++) {
+        float e = (float)(2 * i) / (float)dim;
+        float p = (float)pow((double)base, (double)e);
+        inv_freq[i] = 1.0f / ((float)cfg->rope_long_factor[i] * p);
     }
     return half;
 }

@@ -143,7 +143,18 @@ LT_API lt_status lt_generate(lt_model *m, const lt_adapter *ad, const int32_t *p
     const float eps = (float)c->rms_norm_eps, scale = lt_config_attn_scale(c);
     int done = 0;
     lt_status st = LT_OK;
+    /* longrope (Phi-3): a sequence longer than original_max_position_embeddings uses the long factors at
+     * every position, so on crossing that length the cache is rebuilt from position 0 with them (what
+     * transformers' Phi3ForCausalLM.prepare_inputs_for_generation does): the prompt and the tokens
+     * generated so far are fed again, then generation goes on */
+    const float *inv_freq = m->inv_freq;
     for (int s = 0; s < S - 1 && !done; s++) {
+        if (m->inv_freq_long && inv_freq != m->inv_freq_long &&
+            (int64_t)s + 1 > c->rope_original_max_position_embeddings) {
+            inv_freq = m->inv_freq_long;
+            s = 0;
+            for (int b = 0; b < B; b++) tok[b] = starts[b][0];
+        }
         for (int b = 0; b < B; b++) posv[b] = s;
         be->ops->upload(be, dtok, tok, (size_t)B * sizeof(int32_t));
         be->ops->upload(be, dpos, posv, (size_t)B * sizeof(int32_t));
@@ -167,8 +178,12 @@ LT_API lt_status lt_generate(lt_model *m, const lt_adapter *ad, const int32_t *p
                 be->ops->rmsnorm_forward(be, q, rstd_qk, qp, W->q_norm, B * NH, HD, eps);
                 be->ops->rmsnorm_forward(be, k, rstd_qk, kp, W->k_norm, B * NKV, HD, eps);
             }
-            be->ops->rope_forward(be, q, dpos, m->inv_freq, B, NH, HD, m->rot_dim);
-            be->ops->rope_forward(be, k, dpos, m->inv_freq, B, NKV, HD, m->rot_dim);
+            be->ops->rope_forward(be, q, dpos, inv_freq, B, NH, HD, m->rot_dim);
+            be->ops->rope_forward(be, k, dpos, inv_freq, B, NKV, HD, m->rot_dim);
+            if (m->rope_mscale != 1.0f) {
+                be->ops->rope_scale(be, q, B, NH, HD, m->rot_dim, m->rope_mscale);
+                be->ops->rope_scale(be, k, B, NKV, HD, m->rot_dim, m->rope_mscale);
+            }
             for (int b = 0; b < B; b++) {
                 be->ops->copy(be, kcl + ((size_t)b * S + s) * KD, k + (size_t)b * KD, (size_t)KD * sizeof(float));
                 be->ops->copy(be, vcl + ((size_t)b * S + s) * KD, v + (size_t)b * KD, (size_t)KD * sizeof(float));
@@ -211,6 +226,11 @@ LT_API lt_status lt_generate(lt_model *m, const lt_adapter *ad, const int32_t *p
         for (int b = 0; b < B; b++) {
             int32_t *ob = out + (size_t)b * p.max_new_tokens;
             if (s + 1 < prompt_lens[b]) { tok[b] = starts[b][s + 1]; done = 0; continue; } /* still prefilling */
+            if (s + 1 < prompt_lens[b] + out_lens[b]) { /* replaying generated tokens after a longrope switch */
+                tok[b] = ob[s + 1 - prompt_lens[b]];
+                done = 0;
+                continue;
+            }
             int finished = out_lens[b] >= p.max_new_tokens || (out_lens[b] > 0 && ob[out_lens[b] - 1] == eos);
             if (finished) continue;
             int32_t next = sample(hlog + (size_t)b * V, V, &p, &rng, cands);

@@ -49,6 +49,7 @@ lt_status lt_workspace_create(lt_model *m, int B, int T, int rank, int mode,
     const int V = (int)c->vocab_size, NH = (int)c->num_attention_heads;
     const size_t N = (size_t)B * T;
     ws->be = m->be;
+    ws->inv_freq = m->inv_freq;
     ws->B = ws->B_cap = B; ws->T = T; ws->N = (int)N;
     ws->rank = rank;
     ws->checkpointing = mode != LT_WS_FULL;
@@ -167,6 +168,7 @@ lt_status lt_stage_batch(lt_model *m, lt_workspace *ws, const lt_batch *b, int64
     int32_t *ids = tmp, *tg = tmp + N, *pos = tmp + 2 * N, *kvs = tmp + 3 * N, *kvw = tmp + 4 * N;
     const int64_t window = m->cfg.sliding_window; /* > 0: keys t - window + 1 .. t in sliding layers */
     int64_t valid = 0;
+    int32_t max_pos = 0;
     for (int r = 0; r < B; r++) {
         int seg = 0;
         for (int t = 0; t < T; t++) {
@@ -183,6 +185,7 @@ lt_status lt_stage_batch(lt_model *m, lt_workspace *ws, const lt_batch *b, int64
             }
             if (b->position_ids && t > 0 && p == 0) seg = t; /* a packed sequence starts here */
             pos[i] = p;
+            if (p > max_pos) max_pos = p;
             kvs[i] = seg;
             if (window > 0) kvw[i] = (int32_t)((int64_t)t - window + 1 > seg ? (int64_t)t - window + 1 : seg);
         }
@@ -208,6 +211,10 @@ lt_status lt_stage_batch(lt_model *m, lt_workspace *ws, const lt_batch *b, int64
     if (window > 0) OPS->upload(BE, ws->kv_start_swa, kvw, (size_t)N * 4);
     ws->B = B;
     ws->N = N;
+    /* longrope: transformers switches to the long factors when max(position_ids) + 1 exceeds
+     * original_max_position_embeddings, for the whole batch */
+    ws->inv_freq = m->inv_freq_long && (int64_t)max_pos + 1 > m->cfg.rope_original_max_position_embeddings
+                       ? m->inv_freq_long : m->inv_freq;
     *n_valid = valid;
     return LT_OK;
 }
@@ -256,8 +263,10 @@ static void linear_backward(lt_model *m, lt_workspace *ws, const lt_adapter *ad,
 
 /* ---- one layer ------------------------------------------------------------------------------------ */
 
-static uint64_t stream_id(int layer, lt_proj p, int N, int width) {
-    /* distinct, non-overlapping counter ranges per (layer, projection) */
+static uint64_t stream_id(const lt_model_config *c, int layer, lt_proj p, int N, int width) {
+    /* distinct, non-overlapping counter ranges per (layer, projection); the projections of a fused
+     * module (Phi-3 qkv_proj, gate_up_proj) read one input through one dropout, so they share one */
+    if (c->fused_proj) p = p <= P_V ? P_Q : p == P_UP ? P_GATE : p;
     return ((uint64_t)(layer * P_COUNT + p) << 40);
 }
 
@@ -281,9 +290,9 @@ static void layer_forward(lt_model *m, lt_workspace *ws, const lt_adapter *ad, c
     float *qp = c->qk_norm ? A->q_pre : A->q, *kp = c->qk_norm ? A->k_pre : A->k;
 
     OPS->rmsnorm_forward(BE, A->ln1, A->rstd1, x, W->attn_norm, N, H, eps);
-    lt_linear_forward(m, ws, ad, lo[P_Q], drop, stream_id(l, P_Q, N, H), qp, A->ln1, W->w[P_Q], A->xa[P_Q], N, H, QD);
-    lt_linear_forward(m, ws, ad, lo[P_K], drop, stream_id(l, P_K, N, H), kp, A->ln1, W->w[P_K], A->xa[P_K], N, H, KD);
-    lt_linear_forward(m, ws, ad, lo[P_V], drop, stream_id(l, P_V, N, H), A->v, A->ln1, W->w[P_V], A->xa[P_V], N, H, KD);
+    lt_linear_forward(m, ws, ad, lo[P_Q], drop, stream_id(c, l, P_Q, N, H), qp, A->ln1, W->w[P_Q], A->xa[P_Q], N, H, QD);
+    lt_linear_forward(m, ws, ad, lo[P_K], drop, stream_id(c, l, P_K, N, H), kp, A->ln1, W->w[P_K], A->xa[P_K], N, H, KD);
+    lt_linear_forward(m, ws, ad, lo[P_V], drop, stream_id(c, l, P_V, N, H), A->v, A->ln1, W->w[P_V], A->xa[P_V], N, H, KD);
     if (W->bias[P_Q]) OPS->bias_add(BE, qp, W->bias[P_Q], N, QD);
     if (W->bias[P_K]) OPS->bias_add(BE, kp, W->bias[P_K], N, KD);
     if (W->bias[P_V]) OPS->bias_add(BE, A->v, W->bias[P_V], N, KD);
@@ -291,8 +300,12 @@ static void layer_forward(lt_model *m, lt_workspace *ws, const lt_adapter *ad, c
         OPS->rmsnorm_forward(BE, A->q, A->rstd_q, qp, W->q_norm, N * NH, HD, eps);
         OPS->rmsnorm_forward(BE, A->k, A->rstd_k, kp, W->k_norm, N * NKV, HD, eps);
     }
-    OPS->rope_forward(BE, A->q, ws->pos, m->inv_freq, N, NH, HD, m->rot_dim);
-    OPS->rope_forward(BE, A->k, ws->pos, m->inv_freq, N, NKV, HD, m->rot_dim);
+    OPS->rope_forward(BE, A->q, ws->pos, ws->inv_freq, N, NH, HD, m->rot_dim);
+    OPS->rope_forward(BE, A->k, ws->pos, ws->inv_freq, N, NKV, HD, m->rot_dim);
+    if (m->rope_mscale != 1.0f) { /* longrope: cos and sin times the attention factor */
+        OPS->rope_scale(BE, A->q, N, NH, HD, m->rot_dim, m->rope_mscale);
+        OPS->rope_scale(BE, A->k, N, NKV, HD, m->rot_dim, m->rope_mscale);
+    }
     if (c->attn_logit_softcapping > 0)
         OPS->attention_softcap_forward(BE, A->att, A->lse, A->q, A->k, A->v, layer_kv_start(m, ws, l), B, T, NH, NKV,
                                        HD, lt_config_attn_scale(c), (float)c->attn_logit_softcapping);
@@ -301,20 +314,20 @@ static void layer_forward(lt_model *m, lt_workspace *ws, const lt_adapter *ad, c
                                lt_config_attn_scale(c));
     /* x_mid = x + o(att)   (Gemma 2: x + post_attention_layernorm(o(att))) */
     float *o_out = c->sandwich_norms ? A->o_raw : A->x_mid;
-    lt_linear_forward(m, ws, ad, lo[P_O], drop, stream_id(l, P_O, N, QD), o_out, A->att, W->w[P_O], A->xa[P_O], N, QD, H);
+    lt_linear_forward(m, ws, ad, lo[P_O], drop, stream_id(c, l, P_O, N, QD), o_out, A->att, W->w[P_O], A->xa[P_O], N, QD, H);
     if (W->bias[P_O]) OPS->bias_add(BE, o_out, W->bias[P_O], N, H);
     if (c->sandwich_norms) OPS->rmsnorm_forward(BE, A->x_mid, A->rstd_pa, A->o_raw, W->post_attn_norm, N, H, eps);
     OPS->axpy(BE, (size_t)N * H, 1.0f, x, A->x_mid);
     OPS->rmsnorm_forward(BE, A->ln2, A->rstd2, A->x_mid, W->mlp_norm, N, H, eps);
-    lt_linear_forward(m, ws, ad, lo[P_GATE], drop, stream_id(l, P_GATE, N, H), A->gate, A->ln2, W->w[P_GATE], A->xa[P_GATE], N, H, I);
-    lt_linear_forward(m, ws, ad, lo[P_UP], drop, stream_id(l, P_UP, N, H), A->up, A->ln2, W->w[P_UP], A->xa[P_UP], N, H, I);
+    lt_linear_forward(m, ws, ad, lo[P_GATE], drop, stream_id(c, l, P_GATE, N, H), A->gate, A->ln2, W->w[P_GATE], A->xa[P_GATE], N, H, I);
+    lt_linear_forward(m, ws, ad, lo[P_UP], drop, stream_id(c, l, P_UP, N, H), A->up, A->ln2, W->w[P_UP], A->xa[P_UP], N, H, I);
     if (W->bias[P_GATE]) OPS->bias_add(BE, A->gate, W->bias[P_GATE], N, I);
     if (W->bias[P_UP]) OPS->bias_add(BE, A->up, W->bias[P_UP], N, I);
     if (c->activation == LT_ACT_GELU_TANH) OPS->geglu_forward(BE, A->act, A->gate, A->up, (size_t)N * I);
     else OPS->swiglu_forward(BE, A->act, A->gate, A->up, (size_t)N * I);
     /* x_out = x_mid + down(act) */
     float *d_out = c->sandwich_norms ? A->d_raw : x_out;
-    lt_linear_forward(m, ws, ad, lo[P_DOWN], drop, stream_id(l, P_DOWN, N, I), d_out, A->act, W->w[P_DOWN], A->xa[P_DOWN], N, I, H);
+    lt_linear_forward(m, ws, ad, lo[P_DOWN], drop, stream_id(c, l, P_DOWN, N, I), d_out, A->act, W->w[P_DOWN], A->xa[P_DOWN], N, I, H);
     if (W->bias[P_DOWN]) OPS->bias_add(BE, d_out, W->bias[P_DOWN], N, H);
     if (c->sandwich_norms) OPS->rmsnorm_forward(BE, x_out, A->rstd_pf, A->d_raw, W->post_ff_norm, N, H, eps);
     OPS->axpy(BE, (size_t)N * H, 1.0f, A->x_mid, x_out);
@@ -338,13 +351,13 @@ static void layer_backward(lt_model *m, lt_workspace *ws, const lt_adapter *ad, 
         OPS->rmsnorm_backward(BE, ws->dsand, NULL, ws->dres, A->d_raw, W->post_ff_norm, A->rstd_pf, N, H);
         d_down = ws->dsand;
     }
-    linear_backward(m, ws, ad, lo[P_DOWN], drop, stream_id(l, P_DOWN, N, I), ws->dI1, 0, d_down, A->act,
+    linear_backward(m, ws, ad, lo[P_DOWN], drop, stream_id(c, l, P_DOWN, N, I), ws->dI1, 0, d_down, A->act,
                     W->w[P_DOWN], A->xa[P_DOWN], N, I, H);
     if (c->activation == LT_ACT_GELU_TANH) OPS->geglu_backward(BE, ws->dI2, ws->dI3, ws->dI1, A->gate, A->up, (size_t)N * I);
     else OPS->swiglu_backward(BE, ws->dI2, ws->dI3, ws->dI1, A->gate, A->up, (size_t)N * I);
-    linear_backward(m, ws, ad, lo[P_GATE], drop, stream_id(l, P_GATE, N, H), ws->dln, 0, ws->dI2, A->ln2,
+    linear_backward(m, ws, ad, lo[P_GATE], drop, stream_id(c, l, P_GATE, N, H), ws->dln, 0, ws->dI2, A->ln2,
                     W->w[P_GATE], A->xa[P_GATE], N, H, I);
-    linear_backward(m, ws, ad, lo[P_UP], drop, stream_id(l, P_UP, N, H), ws->dln, 1, ws->dI3, A->ln2,
+    linear_backward(m, ws, ad, lo[P_UP], drop, stream_id(c, l, P_UP, N, H), ws->dln, 1, ws->dI3, A->ln2,
                     W->w[P_UP], A->xa[P_UP], N, H, I);
     OPS->rmsnorm_backward(BE, ws->dres, NULL, ws->dln, A->x_mid, W->mlp_norm, A->rstd2, N, H);
 
@@ -355,7 +368,7 @@ static void layer_backward(lt_model *m, lt_workspace *ws, const lt_adapter *ad, 
         OPS->rmsnorm_backward(BE, ws->dsand, NULL, ws->dres, A->o_raw, W->post_attn_norm, A->rstd_pa, N, H);
         d_o = ws->dsand;
     }
-    linear_backward(m, ws, ad, lo[P_O], drop, stream_id(l, P_O, N, QD), ws->datt, 0, d_o, A->att,
+    linear_backward(m, ws, ad, lo[P_O], drop, stream_id(c, l, P_O, N, QD), ws->datt, 0, d_o, A->att,
                     W->w[P_O], A->xa[P_O], N, QD, H);
     if (c->attn_logit_softcapping > 0)
         OPS->attention_softcap_backward(BE, ws->dq, ws->dk, ws->dv, ws->datt, A->q, A->k, A->v, A->att, A->lse,
@@ -364,8 +377,12 @@ static void layer_backward(lt_model *m, lt_workspace *ws, const lt_adapter *ad, 
     else
         OPS->attention_backward(BE, ws->dq, ws->dk, ws->dv, ws->datt, A->q, A->k, A->v, A->att, A->lse,
                                 layer_kv_start(m, ws, l), B, T, NH, NKV, HD, lt_config_attn_scale(c), ws->att_scratch);
-    OPS->rope_backward(BE, ws->dq, ws->pos, m->inv_freq, N, NH, HD, m->rot_dim);
-    OPS->rope_backward(BE, ws->dk, ws->pos, m->inv_freq, N, NKV, HD, m->rot_dim);
+    if (m->rope_mscale != 1.0f) {
+        OPS->rope_scale(BE, ws->dq, N, NH, HD, m->rot_dim, m->rope_mscale);
+        OPS->rope_scale(BE, ws->dk, N, NKV, HD, m->rot_dim, m->rope_mscale);
+    }
+    OPS->rope_backward(BE, ws->dq, ws->pos, ws->inv_freq, N, NH, HD, m->rot_dim);
+    OPS->rope_backward(BE, ws->dk, ws->pos, ws->inv_freq, N, NKV, HD, m->rot_dim);
     float *dqp = ws->dq, *dkp = ws->dk;
     if (c->qk_norm) { /* back through the per-head norms; datt is free again and holds d q_pre */
         dqp = ws->datt;
@@ -375,11 +392,11 @@ static void layer_backward(lt_model *m, lt_workspace *ws, const lt_adapter *ad, 
         OPS->rmsnorm_backward(BE, dqp, NULL, ws->dq, A->q_pre, W->q_norm, A->rstd_q, N * NH, HD);
         OPS->rmsnorm_backward(BE, dkp, NULL, ws->dk, A->k_pre, W->k_norm, A->rstd_k, N * NKV, HD);
     }
-    linear_backward(m, ws, ad, lo[P_Q], drop, stream_id(l, P_Q, N, H), ws->dln, 0, dqp, A->ln1,
+    linear_backward(m, ws, ad, lo[P_Q], drop, stream_id(c, l, P_Q, N, H), ws->dln, 0, dqp, A->ln1,
                     W->w[P_Q], A->xa[P_Q], N, H, QD);
-    linear_backward(m, ws, ad, lo[P_K], drop, stream_id(l, P_K, N, H), ws->dln, 1, dkp, A->ln1,
+    linear_backward(m, ws, ad, lo[P_K], drop, stream_id(c, l, P_K, N, H), ws->dln, 1, dkp, A->ln1,
                     W->w[P_K], A->xa[P_K], N, H, KD);
-    linear_backward(m, ws, ad, lo[P_V], drop, stream_id(l, P_V, N, H), ws->dln, 1, ws->dv, A->ln1,
+    linear_backward(m, ws, ad, lo[P_V], drop, stream_id(c, l, P_V, N, H), ws->dln, 1, ws->dv, A->ln1,
                     W->w[P_V], A->xa[P_V], N, H, KD);
     OPS->rmsnorm_backward(BE, ws->dres, NULL, ws->dln, x, W->attn_norm, A->rstd1, N, H);
 }

@@ -30,6 +30,30 @@ void lt_proj_dims(const lt_model_config *c, lt_proj p, int *in, int *out) {
     }
 }
 
+int lt_model_modules(const lt_model_config *c, lt_module out[P_COUNT]) {
+    if (c->fused_proj) {
+        out[0] = (lt_module){"self_attn", "qkv_proj", P_Q, 3};
+        out[1] = (lt_module){"self_attn", "o_proj", P_O, 1};
+        out[2] = (lt_module){"mlp", "gate_up_proj", P_GATE, 2};
+        out[3] = (lt_module){"mlp", "down_proj", P_DOWN, 1};
+        return 4;
+    }
+    for (int p = 0; p < P_COUNT; p++) out[p] = (lt_module){lt_proj_parent[p], lt_proj_names[p], p, 1};
+    return P_COUNT;
+}
+
+void lt_module_dims(const lt_model_config *c, const lt_module *mod, int *in, int *out) {
+    int o = 0, i = 0;
+    for (int p = mod->first; p < mod->first + mod->count; p++) {
+        int pi, po;
+        lt_proj_dims(c, (lt_proj)p, &pi, &po);
+        i = pi;
+        o += po;
+    }
+    *in = i;
+    *out = o;
+}
+
 static lt_status track(lt_model *m, void *p, lt_error *err) {
     if (m->n_owned == m->cap_owned) {
         int cap = m->cap_owned ? 2 * m->cap_owned : 64;
@@ -157,11 +181,24 @@ static lt_status model_load(lt_model *m, const lt_model_params *p, lt_error *err
             snprintf(name, sizeof name, "model.layers.%d.post_attention_layernorm.weight", l);
             if ((st = load_norm(m, p->use_mmap, name, H, &L->mlp_norm, &L->mlp_norm_file, err))) return st;
         }
+        lt_module mods[P_COUNT];
+        int n_mods = lt_model_modules(c, mods);
+        for (int k = 0; k < n_mods; k++) { /* a fused module: its projections are row blocks of one weight */
+            int in, out;
+            lt_module_dims(c, &mods[k], &in, &out);
+            snprintf(name, sizeof name, "model.layers.%d.%s.%s.weight", l, mods[k].parent, mods[k].name);
+            float *w;
+            if ((st = load_weight(m, p->use_mmap, name, out, in, &w, err))) return st;
+            for (int q = mods[k].first; q < mods[k].first + mods[k].count; q++) {
+                int pi, po;
+                lt_proj_dims(c, (lt_proj)q, &pi, &po);
+                L->w[q] = w;
+                w += (size_t)po * pi;
+            }
+        }
         for (int q = 0; q < P_COUNT; q++) {
             int in, out;
             lt_proj_dims(c, (lt_proj)q, &in, &out);
-            snprintf(name, sizeof name, "model.layers.%d.%s.%s.weight", l, lt_proj_parent[q], lt_proj_names[q]);
-            if ((st = load_weight(m, p->use_mmap, name, out, in, &L->w[q], err))) return st;
             if (c->bias_mask & (1u << q)) {
                 snprintf(name, sizeof name, "model.layers.%d.%s.%s.bias", l, lt_proj_parent[q], lt_proj_names[q]);
                 if ((st = load_weight(m, p->use_mmap, name, out, 0, &L->bias[q], err))) return st;
@@ -191,6 +228,16 @@ static lt_status model_load(lt_model *m, const lt_model_params *p, lt_error *err
         return lt_fail(err, LT_ERR_NOMEM, "out of memory");
     }
     m->be->ops->upload(m->be, m->inv_freq, inv, (size_t)m->rot_dim / 2 * sizeof(float));
+    m->rope_mscale = c->rope_type == LT_ROPE_LONGROPE ? (float)c->rope_attention_factor : 1.0f;
+    if (c->rope_type == LT_ROPE_LONGROPE) {
+        if (lt_rope_inv_freq_long(c, inv, m->rot_dim / 2) != m->rot_dim / 2 ||
+            !(m->inv_freq_long = m->be->ops->alloc(m->be, (size_t)m->rot_dim / 2 * sizeof(float))) ||
+            track(m, m->inv_freq_long, err) != LT_OK) {
+            free(inv);
+            return lt_fail(err, LT_ERR_NOMEM, "%s: cannot set up the longrope frequencies", m->dir);
+        }
+        m->be->ops->upload(m->be, m->inv_freq_long, inv, (size_t)m->rot_dim / 2 * sizeof(float));
+    }
     free(inv);
     return m->be->ops->sync(m->be);
 }
@@ -378,6 +425,9 @@ LT_API lt_status lt_model_create_random(lt_context *ctx, const char *config_json
     uint64_t rng = seed;
     const size_t V = (size_t)c->vocab_size, H = (size_t)c->hidden_size;
     if (st == LT_OK) st = random_weight(m, V * H, init_std, 0, &rng, &m->embed, err);
+    m->rope_mscale = 1.0f;
+    if (st == LT_OK && (c->fused_proj || c->rope_type == LT_ROPE_LONGROPE))
+        st = lt_fail(err, LT_ERR_UNSUPPORTED, "lt_model_create_random: %s is not supported here", c->architecture);
     if (st == LT_OK && c->norm_offset != 0.0f)
         st = lt_fail(err, LT_ERR_UNSUPPORTED, "lt_model_create_random: %s is not supported here", c->architecture);
     if (st == LT_OK) st = random_weight(m, H, 0, 1.0f, &rng, &m->final_norm, err);

@@ -52,6 +52,8 @@ struct lt_model {
     float *lm_head;         /* (V, H); == embed when tied                         */
     lt_layer *layers;       /* (L)                                                */
     float *inv_freq;        /* (rot_dim/2) RoPE inverse frequencies               */
+    float *inv_freq_long;   /* (rot_dim/2) longrope's long factors (NULL: none)   */
+    float rope_mscale;      /* longrope attention factor on cos/sin (1: none)     */
     int rot_dim;
     void **owned;           /* backend allocations to free                        */
     int n_owned, cap_owned;
@@ -68,6 +70,23 @@ lt_error *lt_model_error(const lt_model *m);
 
 /* Input and output width of projection p. */
 void lt_proj_dims(const lt_model_config *cfg, lt_proj p, int *in, int *out);
+
+/* A linear module as the checkpoint and PEFT name it: one projection, or several fused ones stacked
+ * along the output dimension (Phi-3: qkv_proj = q|k|v, gate_up_proj = gate|up). A LoRA on a fused
+ * module has one A (r, in) shared by its projections and one B (sum of outs, r) whose row blocks are
+ * the projections' B. */
+typedef struct lt_module {
+    const char *parent, *name; /* "self_attn", "qkv_proj"                          */
+    int first, count;          /* projections first .. first + count - 1           */
+} lt_module;
+/* The modules of a layer in PEFT order; returns how many (<= P_COUNT). */
+int lt_model_modules(const lt_model_config *cfg, lt_module out[P_COUNT]);
+/* in and the summed out width of a module */
+void lt_module_dims(const lt_model_config *cfg, const lt_module *mod, int *in, int *out);
+/* the target mask bits (1 << p) of a module */
+static inline unsigned lt_module_mask(const lt_module *mod) {
+    return ((1u << mod->count) - 1u) << mod->first;
+}
 
 /* ---- adapters ------------------------------------------------------------------------------- */
 typedef struct lt_lora {
@@ -124,6 +143,7 @@ typedef struct lt_workspace {
     float *final_ln, *final_rstd; /* (N,H), (N) */
     int32_t *ids, *targets, *pos, *kv_start; /* (N) device copies */
     int32_t *kv_start_swa;    /* (N) first key of each query in sliding-window layers (NULL: none) */
+    const float *inv_freq;    /* the model's RoPE frequencies for the staged batch (longrope: short or long) */
     float *logits;            /* (chunk, V) */
     float *losses;            /* (N) */
     int chunk;

@@ -27,6 +27,7 @@ typedef struct family_case {
 static const family_case cases[] = {
     {"qwen2-swa", "Qwen2ForCausalLM"},  {"qwen2-tied", "Qwen2ForCausalLM"}, {"mistral-swa", "MistralForCausalLM"},
     {"qwen3", "Qwen3ForCausalLM"},      {"gemma", "GemmaForCausalLM"},      {"gemma2", "Gemma2ForCausalLM"},
+    {"phi3", "Phi3ForCausalLM"},        {"phi3-longrope", "Phi3ForCausalLM"},
 };
 #define N_CASES ((int)(sizeof cases / sizeof *cases))
 
@@ -108,14 +109,16 @@ static void compare_grads(const lt_adapter *a, const lt_st_file *f, const char *
     float *h = malloc(a->n_params * sizeof *h);
     a->model->be->ops->download(a->model->be, h, a->grads, a->n_params * sizeof *h);
     int n = 0;
+    lt_module mods[P_COUNT];
+    const int n_mods = lt_model_modules(&a->model->cfg, mods);
     for (int l = 0; l < a->model->cfg.num_hidden_layers; l++)
-        for (int q = 0; q < P_COUNT; q++) {
-            lt_lora *lo = lt_adapter_lora(a, l, (lt_proj)q);
+        for (int q = 0; q < n_mods; q++) {
+            lt_lora *lo = lt_adapter_lora(a, l, (lt_proj)mods[q].first); /* a fused module: the whole A and B */
             if (!lo) continue;
             for (int isB = 0; isB < 2; isB++) {
                 char key[256];
                 snprintf(key, sizeof key, "%sbase_model.model.model.layers.%d.%s.%s.lora_%c.weight", prefix, l,
-                         lt_proj_parent[q], lt_proj_names[q], isB ? 'B' : 'A');
+                         mods[q].parent, mods[q].name, isB ? 'B' : 'A');
                 const lt_st_tensor *t = lt_st_find(f, key);
                 ck_assert_msg(t, "%s: golden %s missing", what, key);
                 const float *mine = h + ((isB ? lo->dB : lo->dA) - a->grads);
@@ -288,7 +291,7 @@ START_TEST(test_unknown_architecture) {
     ck_assert_int_eq(lt_config_parse(cfg, strlen(cfg), "config.json", &c, &err), LT_ERR_ARCH);
     ck_assert_msg(strstr(err.msg, "FalconForCausalLM") != NULL, "%s", err.msg);
     const char *fams[] = {"LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "MistralForCausalLM",
-                          "GemmaForCausalLM", "Gemma2ForCausalLM"};
+                          "GemmaForCausalLM", "Gemma2ForCausalLM", "Phi3ForCausalLM"};
     for (size_t i = 0; i < sizeof fams / sizeof *fams; i++)
         ck_assert_msg(strstr(err.msg, fams[i]) != NULL, "the message does not list %s: %s", fams[i], err.msg);
 }

@@ -74,6 +74,21 @@ MODELS = {
                                     query_pre_attn_scalar=24, sliding_window=5, attn_logit_softcapping=2.0,
                                     final_logit_softcapping=3.0), 4006,
                dict(r=4, alpha=8, targets=ALL_TARGETS)),
+    # Phi-3: fused qkv_proj / gate_up_proj (LoRA on the fused modules), partial rotary, sliding window
+    "phi3": ("Phi3Config", dict(vocab_size=258, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                                num_attention_heads=4, num_key_value_heads=2, partial_rotary_factor=0.5,
+                                sliding_window=6, pad_token_id=0), 4007,
+             dict(r=4, alpha=8, targets=["qkv_proj", "o_proj", "gate_up_proj", "down_proj"])),
+    # Phi-3 longrope: original_max_position_embeddings 12 < T = 17, so the plain batch uses the long
+    # factors and the packed one (every position < 12) the short ones; attention factor from factor
+    "phi3-longrope": ("Phi3Config", dict(vocab_size=250, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=4, partial_rotary_factor=0.75,
+                                         max_position_embeddings=256, original_max_position_embeddings=12,
+                                         pad_token_id=0,
+                                         rope_scaling={"rope_type": "longrope",
+                                                       "short_factor": [1.0 + 0.1 * i for i in range(6)],
+                                                       "long_factor": [1.5 + 0.7 * i for i in range(6)]}),
+                      4008, dict(r=4, alpha=8, targets=["qkv_proj", "gate_up_proj"])),
 }
 
 
