@@ -600,6 +600,26 @@ static void cpu_attention_softcap_decode(lt_backend *be, float *out, const float
 
 /* ---- bias add, GeGLU, soft-capping (plain loops; memory-bound and off the Llama path) ---------- */
 
+/* DoRA: rows of a materialised weight are independent */
+static void cpu_dora_norm(lt_backend *be, float *g, float *inv_n, const float *m, const float *w, int rows, int cols) {
+    int nt = cpu_threads_for(be, (size_t)rows * cols, LT_GRAIN);
+    if (nt > rows) nt = rows;
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+    for (int r = 0; r < rows; r++) lt_ref_dora_norm(g + r, inv_n + r, m + r, w + (size_t)r * cols, 1, cols);
+}
+
+static void cpu_mul_cols(lt_backend *be, float *y, const float *g, int N, int C) {
+    int nt = cpu_threads_for(be, (size_t)N * C, LT_GRAIN);
+    if (nt > N) nt = N;
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+    for (int i = 0; i < N; i++) lt_ref_mul_cols(y + (size_t)i * C, g, 1, C);
+}
+
+static void cpu_col_dot(lt_backend *be, float *out, const float *a, const float *b, const float *w, int N, int C) {
+    (void)be;
+    lt_ref_col_dot(out, a, b, w, N, C);
+}
+
 static void cpu_rope_scale(lt_backend *be, float *x, int N, int n_heads, int head_dim, int rot_dim, float a) {
     (void)be;
     lt_ref_rope_scale(x, N, n_heads, head_dim, rot_dim, a);
@@ -706,6 +726,9 @@ static const lt_backend_ops cpu_ops = {
     .attention_softcap_backward = cpu_attention_softcap_backward,
     .attention_softcap_decode = cpu_attention_softcap_decode,
     .rope_scale = cpu_rope_scale,
+    .dora_norm = cpu_dora_norm,
+    .mul_cols = cpu_mul_cols,
+    .col_dot = cpu_col_dot,
     .bias_add = cpu_bias_add,
     .bias_backward = cpu_bias_backward,
     .geglu_forward = cpu_geglu_forward,

@@ -443,6 +443,35 @@ void lt_ref_swiglu_backward(float *dgate, float *dup, const float *dout, const f
     }
 }
 
+/* ---- DoRA ---------------------------------------------------------------------------------------- */
+
+/* n_r = sqrt(sum_c w[r,c]^2) in double; g = m / n, inv_n = 1 / n (in float, as PEFT's fp32 division) */
+void lt_ref_dora_norm(float *g, float *inv_n, const float *m, const float *w, int rows, int cols) {
+    for (int r = 0; r < rows; r++) {
+        double ss = 0;
+        const float *wr = w + (size_t)r * cols;
+        for (int c = 0; c < cols; c++) ss += (double)wr[c] * wr[c];
+        float n = (float)sqrt(ss);
+        g[r] = m[r] / n;
+        inv_n[r] = 1.0f / n;
+    }
+}
+
+/* y (N,C) *= g (C) */
+void lt_ref_mul_cols(float *y, const float *g, int N, int C) {
+    for (size_t i = 0; i < (size_t)N; i++)
+        for (int c = 0; c < C; c++) y[i * C + c] *= g[c];
+}
+
+/* out (C) += w[c] sum_i a[i,c] b[i,c], summed in double */
+void lt_ref_col_dot(float *out, const float *a, const float *b, const float *w, int N, int C) {
+    for (int c = 0; c < C; c++) {
+        double acc = 0;
+        for (size_t i = 0; i < (size_t)N; i++) acc += (double)a[i * C + c] * b[i * C + c];
+        out[c] = (float)(out[c] + w[c] * acc);
+    }
+}
+
 /* ---- RoPE channel scale -------------------------------------------------------------------------- */
 
 /* x (N, n_heads, head_dim): channels 0..rot_dim-1 of every head times a */

@@ -105,6 +105,11 @@ void lt_ref_attention_softcap_decode(float *out, const float *q, const float *kc
                                      int B, int S_cap, int len, int NH, int NKV, int HD, float scale,
                                      float softcap);
 
+/* ---- DoRA ---- */
+void lt_ref_dora_norm(float *g, float *inv_n, const float *m, const float *w, int rows, int cols);
+void lt_ref_mul_cols(float *y, const float *g, int N, int C);
+void lt_ref_col_dot(float *out, const float *a, const float *b, const float *w, int N, int C);
+
 /* ---- bias, GeGLU, soft-capping, RoPE channel scale ---- */
 void lt_ref_rope_scale(float *x, int N, int n_heads, int head_dim, int rot_dim, float a);
 void lt_ref_bias_add(float *y, const float *b, int N, int C);

@@ -98,6 +98,9 @@ void lt_cuda_embedding_forward(lt_backend *be, float *out, const int32_t *ids, c
 void lt_cuda_swiglu_forward(lt_backend *be, float *out, const float *gate, const float *up, size_t n);
 void lt_cuda_swiglu_backward(lt_backend *be, float *dgate, float *dup, const float *dout,
                              const float *gate, const float *up, size_t n);
+void lt_cuda_dora_norm(lt_backend *be, float *g, float *inv_n, const float *m, const float *w, int rows, int cols);
+void lt_cuda_mul_cols(lt_backend *be, float *y, const float *g, int N, int C);
+void lt_cuda_col_dot(lt_backend *be, float *out, const float *a, const float *b, const float *w, int N, int C);
 void lt_cuda_rope_scale(lt_backend *be, float *x, int N, int n_heads, int head_dim, int rot_dim, float a);
 void lt_cuda_bias_add(lt_backend *be, float *y, const float *b, int N, int C);
 void lt_cuda_bias_backward(lt_backend *be, float *db, const float *dy, int N, int C);

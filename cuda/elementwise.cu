@@ -293,3 +293,53 @@ extern "C" void lt_cuda_rope_scale(lt_backend *be, float *x, int N, int n_heads,
         x, rows, head_dim, rot_dim, a);
     lt_cuda_check(be, "rope_scale");
 }
+
+/* ---- DoRA ------------------------------------------------------------------------------------- */
+
+/* one block per row: n = ||w_r||, g = m / n, inv_n = 1 / n (double block sum: deterministic) */
+__global__ void dora_norm_kernel(float *g, float *inv_n, const float *m, const float *w, int cols) {
+    const float *wr = w + (size_t)blockIdx.x * cols;
+    double ss = 0;
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) ss += (double)wr[c] * wr[c];
+    ss = lt_block_sum(ss);
+    if (threadIdx.x == 0) {
+        float n = (float)sqrt(ss);
+        g[blockIdx.x] = m[blockIdx.x] / n;
+        inv_n[blockIdx.x] = 1.0f / n;
+    }
+}
+
+__global__ void mul_cols_kernel(float *y, const float *g, size_t n, int C) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        y[i] *= g[i % (size_t)C];
+}
+
+/* one thread per column, rows in order */
+__global__ void col_dot_kernel(float *out, const float *a, const float *b, const float *w, int N, int C) {
+    int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= C) return;
+    double acc = 0;
+    for (int i = 0; i < N; i++) acc += (double)a[(size_t)i * C + c] * b[(size_t)i * C + c];
+    out[c] = (float)(out[c] + w[c] * acc);
+}
+
+extern "C" void lt_cuda_dora_norm(lt_backend *be, float *g, float *inv_n, const float *m, const float *w, int rows,
+                                  int cols) {
+    if (rows <= 0 || cols <= 0) return;
+    dora_norm_kernel<<<rows, EW_THREADS, 0, lt_cuda(be)->stream>>>(g, inv_n, m, w, cols);
+    lt_cuda_check(be, "dora_norm");
+}
+
+extern "C" void lt_cuda_mul_cols(lt_backend *be, float *y, const float *g, int N, int C) {
+    size_t n = (size_t)N * C;
+    if (!n) return;
+    mul_cols_kernel<<<lt_grid_1d(n, EW_THREADS), EW_THREADS, 0, lt_cuda(be)->stream>>>(y, g, n, C);
+    lt_cuda_check(be, "mul_cols");
+}
+
+extern "C" void lt_cuda_col_dot(lt_backend *be, float *out, const float *a, const float *b, const float *w, int N,
+                                int C) {
+    if (N <= 0 || C <= 0) return;
+    col_dot_kernel<<<(C + EW_THREADS - 1) / EW_THREADS, EW_THREADS, 0, lt_cuda(be)->stream>>>(out, a, b, w, N, C);
+    lt_cuda_check(be, "col_dot");
+}

@@ -193,6 +193,9 @@ typedef struct lt_adapter_params {
     int use_rslora;      /* scaling alpha/sqrt(r) instead of alpha/r                       */
     lt_lora_init init;
     uint64_t seed;       /* initialisation seed (default 0)                                */
+    /* since 0.2 */
+    int use_dora;        /* DoRA (PEFT use_dora): a trainable magnitude per output row;    */
+                         /* saved as lora_magnitude_vector. Needs dropout 0.               */
 } lt_adapter_params;
 
 LT_API void lt_adapter_params_init(lt_adapter_params *params, size_t size);

@@ -41,6 +41,8 @@ lt_status lt_adapter_alloc(lt_model *m, const lt_adapter_params *p, lt_adapter *
     if (p->rank <= 0 || p->rank > 4096) return lt_fail(err, LT_ERR_ARGUMENT, "adapter: rank %d is not in [1, 4096]", p->rank);
     if (!(p->alpha > 0) || !isfinite(p->alpha)) return lt_fail(err, LT_ERR_ARGUMENT, "adapter: alpha %g must be positive", p->alpha);
     if (!(p->dropout >= 0 && p->dropout < 1)) return lt_fail(err, LT_ERR_ARGUMENT, "adapter: dropout %g is not in [0, 1)", p->dropout);
+    if (p->use_dora && p->dropout > 0)
+        return lt_fail(err, LT_ERR_UNSUPPORTED, "adapter: DoRA with lora_dropout %g is not supported (use 0)", p->dropout);
     if (!(p->targets & LT_TARGET_ALL) || (p->targets & ~(unsigned)LT_TARGET_ALL))
         return lt_fail(err, LT_ERR_ARGUMENT, "adapter: target mask 0x%x names no known projection", p->targets);
     lt_adapter *a = calloc(1, sizeof *a);
@@ -63,14 +65,29 @@ lt_status lt_adapter_alloc(lt_model *m, const lt_adapter_params *p, lt_adapter *
                            m->cfg.architecture, mods[k].count, mods[k].name);
         }
     }
-    size_t n = 0;
+    size_t n = 0, n_gn = 0, max_w = 0;
     for (int k = 0; k < n_mods; k++) {
         if (!(p->targets & lt_module_mask(&mods[k]))) continue;
         int in, o;
         lt_module_dims(&m->cfg, &mods[k], &in, &o);
-        n += (size_t)p->rank * (in + o);
+        n += (size_t)p->rank * (in + o) + (p->use_dora ? (size_t)o : 0);
+        n_gn += 2 * (size_t)o;
+        for (int q = mods[k].first; q < mods[k].first + mods[k].count; q++) {
+            int pi, po;
+            lt_proj_dims(&m->cfg, (lt_proj)q, &pi, &po);
+            if ((size_t)pi * po > max_w) max_w = (size_t)pi * po;
+        }
     }
     n *= (size_t)L;
+    n_gn *= (size_t)L;
+    if (p->use_dora) {
+        a->dora_gn = m->be->ops->alloc(m->be, n_gn * sizeof(float));
+        a->dora_w = m->be->ops->alloc(m->be, max_w * sizeof(float));
+        if (!a->dora_gn || !a->dora_w) {
+            lt_adapter_free(a);
+            return lt_fail(err, LT_ERR_NOMEM, "adapter: cannot allocate the DoRA scratch (%zu floats)", n_gn + max_w);
+        }
+    }
     a->n_params = n;
     a->params = m->be->ops->alloc(m->be, n * sizeof(float));
     a->grads = m->be->ops->alloc(m->be, n * sizeof(float));
@@ -80,14 +97,14 @@ lt_status lt_adapter_alloc(lt_model *m, const lt_adapter_params *p, lt_adapter *
     }
     m->be->ops->zero(m->be, a->params, n * sizeof(float));
     m->be->ops->zero(m->be, a->grads, n * sizeof(float));
-    size_t off = 0;
+    size_t off = 0, gn_off = 0;
     for (int l = 0; l < L; l++)
         for (int k = 0; k < n_mods; k++) {
             if (!(p->targets & lt_module_mask(&mods[k]))) continue;
             int in, o;
             lt_module_dims(&m->cfg, &mods[k], &in, &o);
-            size_t a_off = off, b_off = off + (size_t)p->rank * in;
-            off = b_off + (size_t)o * p->rank;
+            size_t a_off = off, b_off = off + (size_t)p->rank * in, m_off = b_off + (size_t)o * p->rank;
+            off = m_off + (p->use_dora ? (size_t)o : 0);
             /* the projections of a fused module share A; their B are consecutive row blocks */
             for (int q = mods[k].first; q < mods[k].first + mods[k].count; q++) {
                 int pi, po;
@@ -98,6 +115,14 @@ lt_status lt_adapter_alloc(lt_model *m, const lt_adapter_params *p, lt_adapter *
                 lo->B = a->params + b_off;
                 lo->dB = a->grads + b_off;
                 b_off += (size_t)po * p->rank;
+                if (p->use_dora) { /* the module's magnitude vector: this projection's rows */
+                    lo->mag = a->params + m_off;
+                    lo->dmag = a->grads + m_off;
+                    m_off += (size_t)po;
+                    lo->dora_g = a->dora_gn + gn_off;
+                    lo->dora_inv_n = a->dora_gn + gn_off + po;
+                    gn_off += 2 * (size_t)po;
+                }
             }
         }
     *out = a;
@@ -170,6 +195,25 @@ LT_API lt_status lt_adapter_create(lt_model *m, const lt_adapter_params *params,
             m->be->ops->upload(m->be, lo->A, h, n * sizeof *h);
         }
     free(host);
+    if (p.use_dora) { /* m = ||W + s B A||_row = ||W||_row since B = 0 (PEFT's DoRA init) */
+        for (int l = 0; l < m->cfg.num_hidden_layers; l++)
+            for (int q = 0; q < P_COUNT; q++) {
+                lt_lora *lo = lt_adapter_lora(a, l, (lt_proj)q);
+                if (!lo) continue;
+                int in, o;
+                lt_proj_dims(&m->cfg, (lt_proj)q, &in, &o);
+                float *h = malloc((size_t)o * in * sizeof *h);
+                if (!h) { lt_adapter_free(a); return lt_fail(terr, LT_ERR_NOMEM, "out of memory"); }
+                m->be->ops->download(m->be, h, m->layers[l].w[q], (size_t)o * in * sizeof *h);
+                for (int i = 0; i < o; i++) {
+                    double ss = 0;
+                    for (int j = 0; j < in; j++) ss += (double)h[(size_t)i * in + j] * h[(size_t)i * in + j];
+                    h[i] = (float)sqrt(ss); /* row i is read before h[i] is written (i <= i * in) */
+                }
+                m->be->ops->upload(m->be, lo->mag, h, (size_t)o * sizeof *h);
+                free(h);
+            }
+    }
     *out = a;
     return LT_OK;
 }
@@ -179,6 +223,9 @@ LT_API void lt_adapter_free(lt_adapter *a) {
     lt_backend *be = a->model->be;
     if (a->params) be->ops->free(be, a->params);
     if (a->grads) be->ops->free(be, a->grads);
+    if (a->dora_gn) be->ops->free(be, a->dora_gn);
+    if (a->dora_w) be->ops->free(be, a->dora_w);
+    free(a->dora_merge_g);
     free(a->lora);
     free(a);
 }
@@ -225,7 +272,7 @@ static lt_status write_adapter_config(const lt_adapter *a, const char *dir, lt_e
     json_object_set_new(o, "lora_dropout", json_real(a->p.dropout));
     json_object_set_new(o, "bias", json_string("none"));
     json_object_set_new(o, "use_rslora", json_boolean(a->p.use_rslora));
-    json_object_set_new(o, "use_dora", json_false());
+    json_object_set_new(o, "use_dora", json_boolean(a->p.use_dora));
     json_object_set_new(o, "fan_in_fan_out", json_false());
     json_object_set_new(o, "init_lora_weights", a->p.init == LT_INIT_GAUSSIAN ? json_string("gaussian") : json_true());
     json_object_set_new(o, "modules_to_save", json_null());
@@ -248,8 +295,8 @@ static lt_status adapter_save(lt_adapter *a, const char *dir, lt_error *err) {
     const int L = (int)a->model->cfg.num_hidden_layers;
     float *h = params_to_host(a);
     int n = 0;
-    lt_st_entry *e = calloc((size_t)L * P_COUNT * 2, sizeof *e);
-    char *names = calloc((size_t)L * P_COUNT * 2, 160);
+    lt_st_entry *e = calloc((size_t)L * P_COUNT * 3, sizeof *e);
+    char *names = calloc((size_t)L * P_COUNT * 3, 160);
     if (!h || !e || !names) { free(h); free(e); free(names); return lt_fail(err, LT_ERR_NOMEM, "out of memory"); }
     lt_module mods[P_COUNT];
     const int n_mods = lt_model_modules(&a->model->cfg, mods);
@@ -268,6 +315,16 @@ static lt_status adapter_save(lt_adapter *a, const char *dir, lt_error *err) {
                 e[n].shape[0] = k ? o : a->p.rank;
                 e[n].shape[1] = k ? a->p.rank : in;
                 e[n].data = h + ((k ? lo->B : lo->A) - a->params);
+                n++;
+            }
+            if (lo->mag) { /* DoRA: PEFT's key has no ".weight" */
+                char *nm = names + (size_t)n * 160;
+                snprintf(nm, 160, KEY_PREFIX "%d.%s.%s.lora_magnitude_vector", l, mods[q].parent, mods[q].name);
+                e[n].name = nm;
+                e[n].dtype = LT_DT_F32;
+                e[n].ndim = 1;
+                e[n].shape[0] = o;
+                e[n].data = h + (lo->mag - a->params);
                 n++;
             }
         }
@@ -377,7 +434,7 @@ static lt_status read_adapter_config(const char *dir, const lt_model *m, lt_adap
     v = json_object_get(o, "use_rslora");
     p->use_rslora = v && json_is_true(v);
     v = json_object_get(o, "use_dora");
-    if (v && json_is_true(v)) { st = lt_fail(err, LT_ERR_UNSUPPORTED, "%s: DoRA adapters (use_dora) are not supported yet", path); goto out; }
+    p->use_dora = v && json_is_true(v);
     v = json_object_get(o, "bias");
     if (v && json_is_string(v) && strcmp(json_string_value(v), "none")) {
         st = lt_fail(err, LT_ERR_UNSUPPORTED, "%s: bias \"%s\" is not supported (only \"none\")", path, json_string_value(v));
@@ -447,9 +504,12 @@ LT_API lt_status lt_adapter_load(lt_model *m, const char *dir, lt_adapter **out)
         char key[256];
         for (l = 0; l < L && !matched; l++)
             for (q = 0; q < n_mods && !matched; q++)
-                for (int k = 0; k < 2 && !matched; k++) {
-                    key_of(key, sizeof key, l, &mods[q], k ? 'B' : 'A');
-                    matched = !strcmp(key, name) && lt_adapter_lora(a, l, (lt_proj)mods[q].first);
+                for (int k = 0; k < 3 && !matched; k++) {
+                    if (k == 2) snprintf(key, sizeof key, KEY_PREFIX "%d.%s.%s.lora_magnitude_vector", l,
+                                         mods[q].parent, mods[q].name);
+                    else key_of(key, sizeof key, l, &mods[q], k ? 'B' : 'A');
+                    const lt_lora *lo = lt_adapter_lora(a, l, (lt_proj)mods[q].first);
+                    matched = !strcmp(key, name) && lo && (k < 2 || lo->mag);
                 }
         if (!matched) {
             st = lt_fail(err, LT_ERR_FORMAT, "%s: unexpected tensor \"%s\" (not a LoRA weight of a targeted "
@@ -464,20 +524,26 @@ LT_API lt_status lt_adapter_load(lt_model *m, const char *dir, lt_adapter **out)
             if (!lo) continue;
             int in, o;
             lt_module_dims(&m->cfg, &mods[q], &in, &o);
-            for (int k = 0; k < 2; k++) {
+            for (int k = 0; k < (lo->mag ? 3 : 2); k++) {
                 char key[256];
-                key_of(key, sizeof key, l, &mods[q], k ? 'B' : 'A');
+                if (k == 2) snprintf(key, sizeof key, KEY_PREFIX "%d.%s.%s.lora_magnitude_vector", l, mods[q].parent,
+                                     mods[q].name);
+                else key_of(key, sizeof key, l, &mods[q], k ? 'B' : 'A');
                 const lt_st_tensor *t = lt_st_find(f, key);
                 if (!t) { st = lt_fail(err, LT_ERR_MISSING, "%s: tensor \"%s\" is missing", path, key); goto fail; }
+                if (k == 2 && (t->ndim != 1 || t->shape[0] != o)) {
+                    st = lt_fail(err, LT_ERR_SHAPE, "%s: tensor \"%s\" must have shape [%d]", path, key, o);
+                    goto fail;
+                }
                 int64_t d0 = k ? o : p.rank, d1 = k ? p.rank : in;
-                if (t->ndim != 2 || t->shape[0] != d0 || t->shape[1] != d1) {
+                if (k < 2 && (t->ndim != 2 || t->shape[0] != d0 || t->shape[1] != d1)) {
                     st = lt_fail(err, LT_ERR_SHAPE, "%s: tensor \"%s\" has shape [%lld, %lld], expected [%lld, %lld] "
                                  "(r = %d in adapter_config.json; an adapter for another model?)", path, key,
                                  (long long)t->shape[0], (long long)(t->ndim > 1 ? t->shape[1] : -1),
                                  (long long)d0, (long long)d1, p.rank);
                     goto fail;
                 }
-                float *dst = host + ((k ? lo->B : lo->A) - a->params);
+                float *dst = host + ((k == 2 ? lo->mag : k ? lo->B : lo->A) - a->params);
                 if (lt_convert_to_f32(dst, t->data, t->dtype, (size_t)t->numel) != 0) {
                     st = lt_fail(err, LT_ERR_DTYPE, "%s: tensor \"%s\" has dtype %s (need F32, F16 or BF16)", path,
                                  key, lt_dtype_name(t->dtype));
@@ -520,9 +586,67 @@ static lt_status weight_writable(lt_model *m, float **w, size_t n, lt_error *err
     return LT_OK;
 }
 
+/* DoRA merge on the host, per projection: W' = g (W + s B A), g = m / ||W + s B A||_row (PEFT's merge);
+ * unmerge: W = W' / g - s B A with the g kept from the merge. */
+static lt_status dora_merge_sign(lt_adapter *a, float sign) {
+    lt_model *m = a->model;
+    const int L = (int)m->cfg.num_hidden_layers, r = a->p.rank;
+    size_t total = 0;
+    for (int q = 0; q < P_COUNT; q++)
+        if (lt_adapter_lora(a, 0, (lt_proj)q)) {
+            int in, o;
+            lt_proj_dims(&m->cfg, (lt_proj)q, &in, &o);
+            total += (size_t)o * L;
+        }
+    if (!a->dora_merge_g && !(a->dora_merge_g = malloc(total * sizeof(float))))
+        return lt_fail(&a->err, LT_ERR_NOMEM, "merge: out of memory");
+    size_t goff = 0;
+    for (int l = 0; l < L; l++)
+        for (int q = 0; q < P_COUNT; q++) {
+            lt_lora *lo = lt_adapter_lora(a, l, (lt_proj)q);
+            if (!lo) continue;
+            int in, o;
+            lt_proj_dims(&m->cfg, (lt_proj)q, &in, &o);
+            lt_status st = weight_writable(m, &m->layers[l].w[q], (size_t)in * o, &a->err);
+            if (st != LT_OK) return st;
+            float *W = malloc((size_t)o * in * sizeof(float)), *A = malloc((size_t)r * in * sizeof(float));
+            float *B = malloc((size_t)o * r * sizeof(float)), *mg = malloc((size_t)o * sizeof(float));
+            if (!W || !A || !B || !mg) {
+                free(W); free(A); free(B); free(mg);
+                return lt_fail(&a->err, LT_ERR_NOMEM, "merge: out of memory");
+            }
+            m->be->ops->download(m->be, W, m->layers[l].w[q], (size_t)o * in * sizeof(float));
+            m->be->ops->download(m->be, A, lo->A, (size_t)r * in * sizeof(float));
+            m->be->ops->download(m->be, B, lo->B, (size_t)o * r * sizeof(float));
+            m->be->ops->download(m->be, mg, lo->mag, (size_t)o * sizeof(float));
+            float *g = a->dora_merge_g + goff;
+            for (int i = 0; i < o; i++) {
+                float *Wi = W + (size_t)i * in;
+                if (sign < 0)
+                    for (int j = 0; j < in; j++) Wi[j] /= g[i];
+                double ss = 0;
+                for (int j = 0; j < in; j++) {
+                    double d = 0;
+                    for (int k = 0; k < r; k++) d += (double)B[(size_t)i * r + k] * A[(size_t)k * in + j];
+                    Wi[j] = (float)(Wi[j] + sign * a->scaling * d);
+                    ss += (double)Wi[j] * Wi[j];
+                }
+                if (sign > 0) {
+                    g[i] = (float)(mg[i] / sqrt(ss));
+                    for (int j = 0; j < in; j++) Wi[j] *= g[i];
+                }
+            }
+            m->be->ops->upload(m->be, m->layers[l].w[q], W, (size_t)o * in * sizeof(float));
+            free(W); free(A); free(B); free(mg);
+            goff += (size_t)o;
+        }
+    return m->be->ops->sync(m->be);
+}
+
 /* W (out,in) += sign * s * B (out,r) @ A (r,in) for every targeted projection */
 static lt_status merge_sign(lt_adapter *a, float sign) {
     lt_model *m = a->model;
+    if (a->p.use_dora) return dora_merge_sign(a, sign);
     for (int l = 0; l < m->cfg.num_hidden_layers; l++)
         for (int q = 0; q < P_COUNT; q++) {
             lt_lora *lo = lt_adapter_lora(a, l, (lt_proj)q);
@@ -638,6 +762,19 @@ lt_status lt_model_export(lt_model *m, const lt_adapter *a, const char *dir, uin
                             float *Wi = W + (size_t)i * in;
                             for (int j = 0; j < in; j++) Wi[j] += bik * Ak[j];
                         }
+                    if (lo->mag) { /* DoRA: rows times m / ||W + s B A|| */
+                        float *mg = malloc((size_t)o * sizeof(float));
+                        if (!mg) { free(A); free(B); st = lt_fail(err, LT_ERR_NOMEM, "out of memory"); goto out; }
+                        m->be->ops->download(m->be, mg, lo->mag, (size_t)o * sizeof(float));
+                        for (int i = 0; i < o; i++) {
+                            float *Wi = W + (size_t)i * in;
+                            double ss = 0;
+                            for (int j = 0; j < in; j++) ss += (double)Wi[j] * Wi[j];
+                            float gi = (float)(mg[i] / sqrt(ss));
+                            for (int j = 0; j < in; j++) Wi[j] *= gi;
+                        }
+                        free(mg);
+                    }
                     free(A);
                     free(B);
                 }

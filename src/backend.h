@@ -142,6 +142,15 @@ typedef struct lt_backend_ops {
     /* db (C) ACCUMULATES the column sums of dy (N,C) (the input gradient of a bias add is dy itself) */
     void (*bias_backward)(lt_backend *be, float *db, const float *dy, int N, int C);
 
+    /* ---- DoRA (weight-decomposed LoRA, PEFT) ----------------------------------------------------- */
+    /* w (rows,cols) = W + s B A materialised; n_r = ||w_r||_2 (per output row, PEFT's detached weight
+     * norm); g (rows) = m / n, inv_n (rows) = 1 / n. m (rows) the magnitude vector. */
+    void (*dora_norm)(lt_backend *be, float *g, float *inv_n, const float *m, const float *w, int rows, int cols);
+    /* y (N,C) *= g (C) broadcast over rows (column scale) */
+    void (*mul_cols)(lt_backend *be, float *y, const float *g, int N, int C);
+    /* out (C) ACCUMULATES w[c] * sum_i a[i,c] b[i,c] ; a, b (N,C), w (C) */
+    void (*col_dot)(lt_backend *be, float *out, const float *a, const float *b, const float *w, int N, int C);
+
     /* ---- GeGLU (Gemma): out = gelu_tanh(gate) * up ---------------------------------------------- */
     /* gelu_tanh(g) = 0.5 g (1 + tanh(sqrt(2/pi) (g + 0.044715 g^3))) (PyTorch approximate="tanh").
      * out, gate, up (n); backward like swiglu_backward: dgate, dup (n) assigned, may alias gate/up. */

@@ -148,6 +148,9 @@ LT_API lt_status lt_generate(lt_model *m, const lt_adapter *ad, const int32_t *p
      * transformers' Phi3ForCausalLM.prepare_inputs_for_generation does): the prompt and the tokens
      * generated so far are fed again, then generation goes on */
     const float *inv_freq = m->inv_freq;
+    /* DoRA: the adapter does not change during generation, so each projection's g is computed once */
+    for (int l = 0; ad && ad->p.use_dora && l < L; l++)
+        for (int pj = 0; pj < P_COUNT; pj++) lt_dora_prepare(m, ad, l, (lt_proj)pj);
     for (int s = 0; s < S - 1 && !done; s++) {
         if (m->inv_freq_long && inv_freq != m->inv_freq_long &&
             (int64_t)s + 1 > c->rope_original_max_position_embeddings) {
@@ -169,8 +172,11 @@ LT_API lt_status lt_generate(lt_model *m, const lt_adapter *ad, const int32_t *p
             /* the family steps mirror layer_forward in llama.c */
             float *qp = c->qk_norm ? qpre : q, *kp = c->qk_norm ? att : k; /* att is free until attention */
             lt_linear_forward(m, NULL, ad, lo[P_Q], NULL, 0, qp, ln, W->w[P_Q], xa, B, H, QD);
+            if (lo[P_Q] && lo[P_Q]->mag) be->ops->mul_cols(be, qp, lo[P_Q]->dora_g, B, QD); /* DoRA */
             lt_linear_forward(m, NULL, ad, lo[P_K], NULL, 0, kp, ln, W->w[P_K], xa, B, H, KD);
+            if (lo[P_K] && lo[P_K]->mag) be->ops->mul_cols(be, kp, lo[P_K]->dora_g, B, KD); /* DoRA */
             lt_linear_forward(m, NULL, ad, lo[P_V], NULL, 0, v, ln, W->w[P_V], xa, B, H, KD);
+            if (lo[P_V] && lo[P_V]->mag) be->ops->mul_cols(be, v, lo[P_V]->dora_g, B, KD); /* DoRA */
             if (W->bias[P_Q]) be->ops->bias_add(be, qp, W->bias[P_Q], B, QD);
             if (W->bias[P_K]) be->ops->bias_add(be, kp, W->bias[P_K], B, KD);
             if (W->bias[P_V]) be->ops->bias_add(be, v, W->bias[P_V], B, KD);
@@ -200,18 +206,22 @@ LT_API lt_status lt_generate(lt_model *m, const lt_adapter *ad, const int32_t *p
                                           NH, NKV, HD, scale);
             float *o_out = c->sandwich_norms ? tmpH : xmid;
             lt_linear_forward(m, NULL, ad, lo[P_O], NULL, 0, o_out, att, W->w[P_O], xa, B, QD, H);
+            if (lo[P_O] && lo[P_O]->mag) be->ops->mul_cols(be, o_out, lo[P_O]->dora_g, B, H); /* DoRA */
             if (W->bias[P_O]) be->ops->bias_add(be, o_out, W->bias[P_O], B, H);
             if (c->sandwich_norms) be->ops->rmsnorm_forward(be, xmid, rstd, tmpH, W->post_attn_norm, B, H, eps);
             be->ops->axpy(be, (size_t)B * H, 1.0f, x, xmid);
             be->ops->rmsnorm_forward(be, ln, rstd, xmid, W->mlp_norm, B, H, eps);
             lt_linear_forward(m, NULL, ad, lo[P_GATE], NULL, 0, gate, ln, W->w[P_GATE], xa, B, H, I);
+            if (lo[P_GATE] && lo[P_GATE]->mag) be->ops->mul_cols(be, gate, lo[P_GATE]->dora_g, B, I); /* DoRA */
             lt_linear_forward(m, NULL, ad, lo[P_UP], NULL, 0, up, ln, W->w[P_UP], xa, B, H, I);
+            if (lo[P_UP] && lo[P_UP]->mag) be->ops->mul_cols(be, up, lo[P_UP]->dora_g, B, I); /* DoRA */
             if (W->bias[P_GATE]) be->ops->bias_add(be, gate, W->bias[P_GATE], B, I);
             if (W->bias[P_UP]) be->ops->bias_add(be, up, W->bias[P_UP], B, I);
             if (c->activation == LT_ACT_GELU_TANH) be->ops->geglu_forward(be, act, gate, up, (size_t)B * I);
             else be->ops->swiglu_forward(be, act, gate, up, (size_t)B * I);
             float *d_out = c->sandwich_norms ? tmpH : x;
             lt_linear_forward(m, NULL, ad, lo[P_DOWN], NULL, 0, d_out, act, W->w[P_DOWN], xa, B, I, H);
+            if (lo[P_DOWN] && lo[P_DOWN]->mag) be->ops->mul_cols(be, d_out, lo[P_DOWN]->dora_g, B, H); /* DoRA */
             if (W->bias[P_DOWN]) be->ops->bias_add(be, d_out, W->bias[P_DOWN], B, H);
             if (c->sandwich_norms) be->ops->rmsnorm_forward(be, x, rstd, tmpH, W->post_ff_norm, B, H, eps);
             be->ops->axpy(be, (size_t)B * H, 1.0f, xmid, x);

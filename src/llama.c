@@ -261,6 +261,58 @@ static void linear_backward(lt_model *m, lt_workspace *ws, const lt_adapter *ad,
     }
 }
 
+/* ---- DoRA on top of a LoRA projection (PEFT's DoraLinearLayer, no dropout) ----------------------------- */
+
+/* g = m / ||W + s B A||_row and inv_n for one projection; the norm is a constant for autograd
+ * (PEFT detaches it). W + s B A is materialised in the adapter's scratch. */
+static void dora_prepare_lo(lt_model *m, const lt_adapter *ad, const lt_lora *lo, const float *W, int in, int out) {
+    const int r = ad->p.rank;
+    OPS->copy(BE, ad->dora_w, W, (size_t)out * in * sizeof(float));
+    OPS->gemm(BE, 0, 0, out, in, r, ad->scaling, lo->B, r, lo->A, in, 1.0f, ad->dora_w, in);
+    OPS->dora_norm(BE, lo->dora_g, lo->dora_inv_n, lo->mag, ad->dora_w, out, in);
+}
+
+void lt_dora_prepare(lt_model *m, const lt_adapter *ad, int layer, lt_proj p) {
+    const lt_lora *lo = ad ? lt_adapter_lora(ad, layer, p) : NULL;
+    if (!lo || !lo->mag) return;
+    int in, out;
+    lt_proj_dims(&m->cfg, p, &in, &out);
+    dora_prepare_lo(m, ad, lo, m->layers[layer].w[p], in, out);
+}
+
+/* y = g * (x W^T + s (x A^T) B^T): lt_linear_forward, then the DoRA column scale */
+static void lora_linear_forward(lt_model *m, lt_workspace *ws, const lt_adapter *ad, const lt_lora *lo,
+                                const lt_dropout_state *drop, uint64_t drop_stream, float *y, const float *x,
+                                const float *W, float *xa, int N, int in, int out) {
+    lt_linear_forward(m, ws, ad, lo, drop, drop_stream, y, x, W, xa, N, in, out);
+    if (lo && lo->mag) {
+        dora_prepare_lo(m, ad, lo, W, in, out);
+        OPS->mul_cols(BE, y, lo->dora_g, N, out);
+    }
+}
+
+static void linear_backward(lt_model *m, lt_workspace *ws, const lt_adapter *ad, const lt_lora *lo,
+                            const lt_dropout_state *drop, uint64_t drop_stream, float *dx, int accumulate,
+                            const float *dy, const float *x, const float *W, const float *xa, int N, int in,
+                            int out);
+
+/* DoRA backward: dm += inv_n * colsum(dy * y'), y' = x W^T + s (x A^T) B^T recomputed into ws->drop
+ * (free: DoRA runs without dropout); then the LoRA backward of g * dy. */
+static void lora_linear_backward(lt_model *m, lt_workspace *ws, const lt_adapter *ad, const lt_lora *lo,
+                                 const lt_dropout_state *drop, uint64_t drop_stream, float *dx, int accumulate,
+                                 const float *dy, const float *x, const float *W, const float *xa, int N, int in,
+                                 int out) {
+    if (!lo || !lo->mag) {
+        linear_backward(m, ws, ad, lo, drop, drop_stream, dx, accumulate, dy, x, W, xa, N, in, out);
+        return;
+    }
+    lt_linear_forward(m, ws, ad, lo, NULL, 0, ws->drop, x, W, (float *)(uintptr_t)xa, N, in, out); /* xa: same bits */
+    OPS->col_dot(BE, lo->dmag, dy, ws->drop, lo->dora_inv_n, N, out);
+    OPS->copy(BE, ws->drop, dy, (size_t)N * out * sizeof(float));
+    OPS->mul_cols(BE, ws->drop, lo->dora_g, N, out);
+    linear_backward(m, ws, ad, lo, drop, drop_stream, dx, accumulate, ws->drop, x, W, xa, N, in, out);
+}
+
 /* ---- one layer ------------------------------------------------------------------------------------ */
 
 static uint64_t stream_id(const lt_model_config *c, int layer, lt_proj p, int N, int width) {
@@ -290,9 +342,9 @@ static void layer_forward(lt_model *m, lt_workspace *ws, const lt_adapter *ad, c
     float *qp = c->qk_norm ? A->q_pre : A->q, *kp = c->qk_norm ? A->k_pre : A->k;
 
     OPS->rmsnorm_forward(BE, A->ln1, A->rstd1, x, W->attn_norm, N, H, eps);
-    lt_linear_forward(m, ws, ad, lo[P_Q], drop, stream_id(c, l, P_Q, N, H), qp, A->ln1, W->w[P_Q], A->xa[P_Q], N, H, QD);
-    lt_linear_forward(m, ws, ad, lo[P_K], drop, stream_id(c, l, P_K, N, H), kp, A->ln1, W->w[P_K], A->xa[P_K], N, H, KD);
-    lt_linear_forward(m, ws, ad, lo[P_V], drop, stream_id(c, l, P_V, N, H), A->v, A->ln1, W->w[P_V], A->xa[P_V], N, H, KD);
+    lora_linear_forward(m, ws, ad, lo[P_Q], drop, stream_id(c, l, P_Q, N, H), qp, A->ln1, W->w[P_Q], A->xa[P_Q], N, H, QD);
+    lora_linear_forward(m, ws, ad, lo[P_K], drop, stream_id(c, l, P_K, N, H), kp, A->ln1, W->w[P_K], A->xa[P_K], N, H, KD);
+    lora_linear_forward(m, ws, ad, lo[P_V], drop, stream_id(c, l, P_V, N, H), A->v, A->ln1, W->w[P_V], A->xa[P_V], N, H, KD);
     if (W->bias[P_Q]) OPS->bias_add(BE, qp, W->bias[P_Q], N, QD);
     if (W->bias[P_K]) OPS->bias_add(BE, kp, W->bias[P_K], N, KD);
     if (W->bias[P_V]) OPS->bias_add(BE, A->v, W->bias[P_V], N, KD);
@@ -314,20 +366,20 @@ static void layer_forward(lt_model *m, lt_workspace *ws, const lt_adapter *ad, c
                                lt_config_attn_scale(c));
     /* x_mid = x + o(att)   (Gemma 2: x + post_attention_layernorm(o(att))) */
     float *o_out = c->sandwich_norms ? A->o_raw : A->x_mid;
-    lt_linear_forward(m, ws, ad, lo[P_O], drop, stream_id(c, l, P_O, N, QD), o_out, A->att, W->w[P_O], A->xa[P_O], N, QD, H);
+    lora_linear_forward(m, ws, ad, lo[P_O], drop, stream_id(c, l, P_O, N, QD), o_out, A->att, W->w[P_O], A->xa[P_O], N, QD, H);
     if (W->bias[P_O]) OPS->bias_add(BE, o_out, W->bias[P_O], N, H);
     if (c->sandwich_norms) OPS->rmsnorm_forward(BE, A->x_mid, A->rstd_pa, A->o_raw, W->post_attn_norm, N, H, eps);
     OPS->axpy(BE, (size_t)N * H, 1.0f, x, A->x_mid);
     OPS->rmsnorm_forward(BE, A->ln2, A->rstd2, A->x_mid, W->mlp_norm, N, H, eps);
-    lt_linear_forward(m, ws, ad, lo[P_GATE], drop, stream_id(c, l, P_GATE, N, H), A->gate, A->ln2, W->w[P_GATE], A->xa[P_GATE], N, H, I);
-    lt_linear_forward(m, ws, ad, lo[P_UP], drop, stream_id(c, l, P_UP, N, H), A->up, A->ln2, W->w[P_UP], A->xa[P_UP], N, H, I);
+    lora_linear_forward(m, ws, ad, lo[P_GATE], drop, stream_id(c, l, P_GATE, N, H), A->gate, A->ln2, W->w[P_GATE], A->xa[P_GATE], N, H, I);
+    lora_linear_forward(m, ws, ad, lo[P_UP], drop, stream_id(c, l, P_UP, N, H), A->up, A->ln2, W->w[P_UP], A->xa[P_UP], N, H, I);
     if (W->bias[P_GATE]) OPS->bias_add(BE, A->gate, W->bias[P_GATE], N, I);
     if (W->bias[P_UP]) OPS->bias_add(BE, A->up, W->bias[P_UP], N, I);
     if (c->activation == LT_ACT_GELU_TANH) OPS->geglu_forward(BE, A->act, A->gate, A->up, (size_t)N * I);
     else OPS->swiglu_forward(BE, A->act, A->gate, A->up, (size_t)N * I);
     /* x_out = x_mid + down(act) */
     float *d_out = c->sandwich_norms ? A->d_raw : x_out;
-    lt_linear_forward(m, ws, ad, lo[P_DOWN], drop, stream_id(c, l, P_DOWN, N, I), d_out, A->act, W->w[P_DOWN], A->xa[P_DOWN], N, I, H);
+    lora_linear_forward(m, ws, ad, lo[P_DOWN], drop, stream_id(c, l, P_DOWN, N, I), d_out, A->act, W->w[P_DOWN], A->xa[P_DOWN], N, I, H);
     if (W->bias[P_DOWN]) OPS->bias_add(BE, d_out, W->bias[P_DOWN], N, H);
     if (c->sandwich_norms) OPS->rmsnorm_forward(BE, x_out, A->rstd_pf, A->d_raw, W->post_ff_norm, N, H, eps);
     OPS->axpy(BE, (size_t)N * H, 1.0f, A->x_mid, x_out);
@@ -351,13 +403,13 @@ static void layer_backward(lt_model *m, lt_workspace *ws, const lt_adapter *ad, 
         OPS->rmsnorm_backward(BE, ws->dsand, NULL, ws->dres, A->d_raw, W->post_ff_norm, A->rstd_pf, N, H);
         d_down = ws->dsand;
     }
-    linear_backward(m, ws, ad, lo[P_DOWN], drop, stream_id(c, l, P_DOWN, N, I), ws->dI1, 0, d_down, A->act,
+    lora_linear_backward(m, ws, ad, lo[P_DOWN], drop, stream_id(c, l, P_DOWN, N, I), ws->dI1, 0, d_down, A->act,
                     W->w[P_DOWN], A->xa[P_DOWN], N, I, H);
     if (c->activation == LT_ACT_GELU_TANH) OPS->geglu_backward(BE, ws->dI2, ws->dI3, ws->dI1, A->gate, A->up, (size_t)N * I);
     else OPS->swiglu_backward(BE, ws->dI2, ws->dI3, ws->dI1, A->gate, A->up, (size_t)N * I);
-    linear_backward(m, ws, ad, lo[P_GATE], drop, stream_id(c, l, P_GATE, N, H), ws->dln, 0, ws->dI2, A->ln2,
+    lora_linear_backward(m, ws, ad, lo[P_GATE], drop, stream_id(c, l, P_GATE, N, H), ws->dln, 0, ws->dI2, A->ln2,
                     W->w[P_GATE], A->xa[P_GATE], N, H, I);
-    linear_backward(m, ws, ad, lo[P_UP], drop, stream_id(c, l, P_UP, N, H), ws->dln, 1, ws->dI3, A->ln2,
+    lora_linear_backward(m, ws, ad, lo[P_UP], drop, stream_id(c, l, P_UP, N, H), ws->dln, 1, ws->dI3, A->ln2,
                     W->w[P_UP], A->xa[P_UP], N, H, I);
     OPS->rmsnorm_backward(BE, ws->dres, NULL, ws->dln, A->x_mid, W->mlp_norm, A->rstd2, N, H);
 
@@ -368,7 +420,7 @@ static void layer_backward(lt_model *m, lt_workspace *ws, const lt_adapter *ad, 
         OPS->rmsnorm_backward(BE, ws->dsand, NULL, ws->dres, A->o_raw, W->post_attn_norm, A->rstd_pa, N, H);
         d_o = ws->dsand;
     }
-    linear_backward(m, ws, ad, lo[P_O], drop, stream_id(c, l, P_O, N, QD), ws->datt, 0, d_o, A->att,
+    lora_linear_backward(m, ws, ad, lo[P_O], drop, stream_id(c, l, P_O, N, QD), ws->datt, 0, d_o, A->att,
                     W->w[P_O], A->xa[P_O], N, QD, H);
     if (c->attn_logit_softcapping > 0)
         OPS->attention_softcap_backward(BE, ws->dq, ws->dk, ws->dv, ws->datt, A->q, A->k, A->v, A->att, A->lse,
@@ -392,11 +444,11 @@ static void layer_backward(lt_model *m, lt_workspace *ws, const lt_adapter *ad, 
         OPS->rmsnorm_backward(BE, dqp, NULL, ws->dq, A->q_pre, W->q_norm, A->rstd_q, N * NH, HD);
         OPS->rmsnorm_backward(BE, dkp, NULL, ws->dk, A->k_pre, W->k_norm, A->rstd_k, N * NKV, HD);
     }
-    linear_backward(m, ws, ad, lo[P_Q], drop, stream_id(c, l, P_Q, N, H), ws->dln, 0, dqp, A->ln1,
+    lora_linear_backward(m, ws, ad, lo[P_Q], drop, stream_id(c, l, P_Q, N, H), ws->dln, 0, dqp, A->ln1,
                     W->w[P_Q], A->xa[P_Q], N, H, QD);
-    linear_backward(m, ws, ad, lo[P_K], drop, stream_id(c, l, P_K, N, H), ws->dln, 1, dkp, A->ln1,
+    lora_linear_backward(m, ws, ad, lo[P_K], drop, stream_id(c, l, P_K, N, H), ws->dln, 1, dkp, A->ln1,
                     W->w[P_K], A->xa[P_K], N, H, KD);
-    linear_backward(m, ws, ad, lo[P_V], drop, stream_id(c, l, P_V, N, H), ws->dln, 1, ws->dv, A->ln1,
+    lora_linear_backward(m, ws, ad, lo[P_V], drop, stream_id(c, l, P_V, N, H), ws->dln, 1, ws->dv, A->ln1,
                     W->w[P_V], A->xa[P_V], N, H, KD);
     OPS->rmsnorm_backward(BE, ws->dres, NULL, ws->dln, x, W->attn_norm, A->rstd1, N, H);
 }

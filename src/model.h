@@ -92,6 +92,9 @@ static inline unsigned lt_module_mask(const lt_module *mod) {
 typedef struct lt_lora {
     float *A, *B;     /* (r, in), (out, r)  inside adapter->params  */
     float *dA, *dB;   /* gradients, same layout inside adapter->grads */
+    /* DoRA (NULL otherwise): magnitude (out) in params, its gradient in grads; g = m / ||W + s B A||_row
+     * and inv_n = 1 / ||W + s B A||_row (out each, the adapter's scratch) set by each forward */
+    float *mag, *dmag, *dora_g, *dora_inv_n;
 } lt_lora;
 
 struct lt_adapter {
@@ -104,12 +107,19 @@ struct lt_adapter {
     float *grads;         /* same layout (device) */
     size_t n_params;
     int merged;
+    /* DoRA scratch: g and inv_n of every targeted projection, and one materialised W + s B A of the
+     * largest one (device); the row factors applied by a merge, to undo it (host) */
+    float *dora_gn, *dora_w;
+    float *dora_merge_g;
 };
 
 static inline lt_lora *lt_adapter_lora(const lt_adapter *a, int layer, lt_proj p) {
     lt_lora *l = &a->lora[layer * P_COUNT + p];
     return l->A ? l : NULL;
 }
+
+/* DoRA: g and inv_n of one projection (lo->dora_g, lo->dora_inv_n) for the current A, B, m. */
+void lt_dora_prepare(lt_model *m, const lt_adapter *ad, int layer, lt_proj p);
 
 /* Create the adapter tensors (zeros) for the given params; used by create and load. */
 lt_status lt_adapter_alloc(lt_model *model, const lt_adapter_params *p, lt_adapter **out, lt_error *err);

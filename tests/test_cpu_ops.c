@@ -660,6 +660,48 @@ START_TEST(test_attention_softcap) {
 }
 END_TEST
 
+/* DoRA helper ops and the RoPE channel scale against their definitions */
+START_TEST(test_dora_ops) {
+    const int R = 37, C = 53, N = 29;
+    float *w = frand((size_t)R * C, -1, 1), *m = frand((size_t)R, 0.5f, 2), *g = fnew(R), *inv = fnew(R);
+    lt_ref_dora_norm(g, inv, m, w, R, C);
+    for (int r = 0; r < R; r++) {
+        double ss = 0;
+        for (int c = 0; c < C; c++) ss += (double)w[(size_t)r * C + c] * w[(size_t)r * C + c];
+        ck_assert_msg(fabs(inv[r] * sqrt(ss) - 1) <= 1e-6 && fabs(g[r] - m[r] / sqrt(ss)) <= 1e-6 * fabs(g[r]),
+                      "dora_norm row %d", r);
+    }
+    float *y = frand((size_t)N * R, -2, 2), *a = frand((size_t)N * R, -1, 1), *acc0 = frand((size_t)R, -1, 1);
+    FOR_BE(be) {
+        float *gf = fnew(R), *invf = fnew(R);
+        be->ops->dora_norm(be, gf, invf, m, w, R, C);
+        CLOSE(gf, g, (size_t)R, 1e-6, "%s dora_norm g", isa_name(be));
+        CLOSE(invf, inv, (size_t)R, 1e-6, "%s dora_norm inv_n", isa_name(be));
+        float *yf = fdup(y, (size_t)N * R);
+        be->ops->mul_cols(be, yf, g, N, R);
+        for (int i = 0; i < N; i++)
+            for (int c = 0; c < R; c++)
+                ck_assert_msg(yf[(size_t)i * R + c] == y[(size_t)i * R + c] * g[c], "%s mul_cols", isa_name(be));
+        float *out = fdup(acc0, (size_t)R), *want = fnew(R);
+        for (int c = 0; c < R; c++) {
+            double d = 0;
+            for (int i = 0; i < N; i++) d += (double)a[(size_t)i * R + c] * y[(size_t)i * R + c];
+            want[c] = (float)(acc0[c] + inv[c] * d);
+        }
+        be->ops->col_dot(be, out, a, y, inv, N, R);
+        CLOSE(out, want, (size_t)R, 1e-5, "%s col_dot (accumulates)", isa_name(be));
+        /* rope_scale: only the first rot_dim channels of each head */
+        const int NH = 3, HD = 8, RD = 6;
+        float *x = frand((size_t)N * NH * HD, -1, 1), *xs = fdup(x, (size_t)N * NH * HD);
+        be->ops->rope_scale(be, xs, N, NH, HD, RD, 1.5f);
+        for (size_t i = 0; i < (size_t)N * NH * HD; i++)
+            ck_assert_msg(xs[i] == ((int)(i % HD) < RD ? x[i] * 1.5f : x[i]), "%s rope_scale [%zu]", isa_name(be), i);
+        free(gf); free(invf); free(yf); free(out); free(want); free(x); free(xs);
+    }
+    free(w); free(m); free(g); free(inv); free(y); free(a); free(acc0);
+}
+END_TEST
+
 /* ---- cross-entropy -------------------------------------------------------------------------------- */
 
 START_TEST(test_cross_entropy) {
@@ -1017,6 +1059,7 @@ static Suite *cpu_ops_suite(void) {
     tcase_add_test(tc, test_geglu);
     tcase_add_test(tc, test_softcap);
     tcase_add_test(tc, test_attention_softcap);
+    tcase_add_test(tc, test_dora_ops);
     tcase_add_test(tc, test_cross_entropy);
     tcase_add_test(tc, test_dropout);
     tcase_add_test(tc, test_adamw);

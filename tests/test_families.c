@@ -31,6 +31,11 @@ static const family_case cases[] = {
 };
 #define N_CASES ((int)(sizeof cases / sizeof *cases))
 
+/* models with a DoRA golden (<model>/dora/): Llama, Qwen2 with biases and a window, Phi-3's fused modules */
+static const family_case dora_cases[] = {
+    {"llama-dora", "LlamaForCausalLM"}, {"qwen2-swa", "Qwen2ForCausalLM"}, {"phi3", "Phi3ForCausalLM"}};
+#define N_DORA ((int)(sizeof dora_cases / sizeof *dora_cases))
+
 static void model_dir(char *buf, size_t len, const char *name) {
     snprintf(buf, len, "%s/models/%s", LT_TEST_DATA_DIR, name);
 }
@@ -126,22 +131,33 @@ static void compare_grads(const lt_adapter *a, const lt_st_file *f, const char *
                 ck_assert_msg(rel <= 1e-4, "%s: %s differs by %.3g (tolerance 1e-4)", what, key, rel);
                 n++;
             }
+            if (lo->mag) { /* DoRA magnitude */
+                char key[256];
+                snprintf(key, sizeof key, "%sbase_model.model.model.layers.%d.%s.%s.lora_magnitude_vector", prefix, l,
+                         mods[q].parent, mods[q].name);
+                const lt_st_tensor *t = lt_st_find(f, key);
+                ck_assert_msg(t, "%s: golden %s missing", what, key);
+                double rel = tu_max_rel_err(h + (lo->dmag - a->grads), t->data, (size_t)t->numel);
+                ck_assert_msg(rel <= 1e-4, "%s: %s differs by %.3g (tolerance 1e-4)", what, key, rel);
+                n++;
+            }
         }
     ck_assert_msg(n > 0, "%s: nothing compared", what);
     free(h);
 }
 
-START_TEST(test_family_lora_gradients) {
-    const family_case *fc = &cases[_i];
+/* the PEFT adapter in <model>/<sub>/adapter ("lora" or "dora") against <sub>/grads.safetensors */
+static void check_adapter_gradients(const family_case *fc, const char *sub) {
     char dir[1024], path[1200];
     model_dir(dir, sizeof dir, fc->name);
     lt_context *ctx = tu_context();
     lt_model *m = load_model(ctx, fc->name);
     lt_adapter *a = NULL;
-    snprintf(path, sizeof path, "%s/lora/adapter", dir);
+    snprintf(path, sizeof path, "%s/%s/adapter", dir, sub);
     ck_assert_msg(lt_adapter_load(m, path, &a) == LT_OK, "%s: the adapter saved by peft: %s", fc->name,
                   lt_last_error());
-    snprintf(path, sizeof path, "%s/lora/grads.safetensors", dir);
+    ck_assert_int_eq(a->p.use_dora, strcmp(sub, "dora") == 0);
+    snprintf(path, sizeof path, "%s/%s/grads.safetensors", dir, sub);
     lt_error err;
     lt_st_file *g = NULL;
     ck_assert_msg(lt_st_open(path, 1, &g, &err) == LT_OK, "%s", err.msg);
@@ -156,7 +172,7 @@ START_TEST(test_family_lora_gradients) {
             float *out = malloc(n * 4);
             ck_assert_int_eq(lt_model_logits(m, a, &b, out, n), LT_OK);
             double rel = tu_max_rel_err(out, ref->data, n);
-            ck_assert_msg(rel <= 1e-4, "%s: logits with the PEFT adapter differ by %.3g", fc->name, rel);
+            ck_assert_msg(rel <= 1e-4, "%s: logits with the PEFT %s adapter differ by %.3g", fc->name, sub, rel);
             free(out);
         }
         for (int ckpt = 0; ckpt < 2; ckpt++) {
@@ -173,7 +189,7 @@ START_TEST(test_family_lora_gradients) {
             ck_assert_msg(fabs(sum / nv - want) <= 1e-4 * fabs(want), "%s: %sloss %.8f vs torch %.8f", fc->name, pre,
                           sum / nv, want);
             char what[160];
-            snprintf(what, sizeof what, "%s %sgradients (checkpointing %d)", fc->name, pre, ckpt);
+            snprintf(what, sizeof what, "%s %s %sgradients (checkpointing %d)", fc->name, sub, pre, ckpt);
             compare_grads(a, g, packed ? "packed_grad." : "grad.", what);
         }
     }
@@ -182,18 +198,22 @@ START_TEST(test_family_lora_gradients) {
     lt_model_free(m);
     lt_context_free(ctx);
 }
+
+START_TEST(test_family_lora_gradients) { check_adapter_gradients(&cases[_i], "lora"); }
+END_TEST
+
+START_TEST(test_dora_gradients) { check_adapter_gradients(&dora_cases[_i], "dora"); }
 END_TEST
 
 /* ---- generation: the KV-cache path equals the full forward (past the sliding window) ------------- */
 
-START_TEST(test_family_generate_matches_forward) {
-    const family_case *fc = &cases[_i];
+static void check_generate(const family_case *fc, const char *sub) {
     char dir[1024], path[1200];
     model_dir(dir, sizeof dir, fc->name);
     lt_context *ctx = tu_context();
     lt_model *m = load_model(ctx, fc->name);
     lt_adapter *a = NULL;
-    snprintf(path, sizeof path, "%s/lora/adapter", dir);
+    snprintf(path, sizeof path, "%s/%s/adapter", dir, sub);
     ck_assert_int_eq(lt_adapter_load(m, path, &a), LT_OK);
     const int V = (int)m->cfg.vocab_size, NEW = 9; /* 3 + 9 > every window of the test models */
     int32_t prompts[10] = {5, 17, 33, 2, 200, 7, 8, 9, 10, 11}, lens[2] = {3, 7};
@@ -218,8 +238,8 @@ START_TEST(test_family_generate_matches_forward) {
             for (int v = 1; v < V; v++)
                 if (lg[(size_t)(n - 1) * V + v] > lg[(size_t)(n - 1) * V + best]) best = v;
             free(lg);
-            ck_assert_msg(out[r * NEW + k] == best, "%s row %d token %d: generated %d, full forward argmax %d",
-                          fc->name, r, k, out[r * NEW + k], best);
+            ck_assert_msg(out[r * NEW + k] == best, "%s %s row %d token %d: generated %d, full forward argmax %d",
+                          fc->name, sub, r, k, out[r * NEW + k], best);
             seq[n++] = best;
         }
     }
@@ -227,12 +247,16 @@ START_TEST(test_family_generate_matches_forward) {
     lt_model_free(m);
     lt_context_free(ctx);
 }
+
+START_TEST(test_family_generate_matches_forward) { check_generate(&cases[_i], "lora"); }
+END_TEST
+
+START_TEST(test_dora_generate_matches_forward) { check_generate(&dora_cases[_i], "dora"); }
 END_TEST
 
 /* ---- our files in PEFT / transformers ------------------------------------------------------------- */
 
-START_TEST(test_family_peft_roundtrip) {
-    const family_case *fc = &cases[_i];
+static void check_roundtrip(const family_case *fc, const char *sub) {
     const char *py = getenv("LORATUNE_REF_PYTHON");
     char defpy[1024];
     if (!py) {
@@ -245,7 +269,7 @@ START_TEST(test_family_peft_roundtrip) {
     lt_context *ctx = tu_context();
     lt_model *m = load_model(ctx, fc->name);
     lt_adapter *a = NULL;
-    snprintf(path, sizeof path, "%s/lora/adapter", base);
+    snprintf(path, sizeof path, "%s/%s/adapter", base, sub);
     ck_assert_int_eq(lt_adapter_load(m, path, &a), LT_OK);
     char root[512], adir[600], mdir[600], lpath[600], cmd[4096];
     tu_tempdir(root, sizeof root);
@@ -272,9 +296,61 @@ START_TEST(test_family_peft_roundtrip) {
              "--merged %s --tol 1e-4 2>&1", py, LT_SOURCE_DIR, base, adir, lpath, mdir);
     int status;
     char *out = tu_run_capture(cmd, &status, 0);
-    ck_assert_msg(status == 0, "%s: PEFT/transformers rejected our files:\n%s", fc->name, out);
+    ck_assert_msg(status == 0, "%s %s: PEFT/transformers rejected our files:\n%s", fc->name, sub, out);
     free(out);
+    /* merge / unmerge in place: the merged base alone gives the adapter's logits, unmerge restores */
+    float *lm = malloc((size_t)B * T * V * 4), *lb = malloc((size_t)B * T * V * 4), *lb2 = malloc((size_t)B * T * V * 4);
+    ck_assert_int_eq(lt_model_logits(m, NULL, &b, lb, (size_t)B * T * V), LT_OK);
+    ck_assert_int_eq(lt_model_logits(m, a, &b, lg = malloc((size_t)B * T * V * 4), (size_t)B * T * V), LT_OK);
+    ck_assert_msg(lt_adapter_merge(a) == LT_OK, "%s", lt_adapter_last_error(a));
+    ck_assert_int_eq(lt_model_logits(m, NULL, &b, lm, (size_t)B * T * V), LT_OK);
+    double rel = tu_max_rel_err(lm, lg, (size_t)B * T * V);
+    ck_assert_msg(rel <= 1e-4, "%s %s: merged logits differ from the adapter's by %.3g", fc->name, sub, rel);
+    ck_assert_int_eq(lt_adapter_unmerge(a), LT_OK);
+    ck_assert_int_eq(lt_model_logits(m, NULL, &b, lb2, (size_t)B * T * V), LT_OK);
+    rel = tu_max_rel_err(lb2, lb, (size_t)B * T * V);
+    ck_assert_msg(rel <= 1e-4, "%s %s: unmerge does not restore the base (%.3g)", fc->name, sub, rel);
+    free(lm); free(lb); free(lb2); free(lg);
     lt_adapter_free(a);
+    lt_model_free(m);
+    lt_context_free(ctx);
+}
+
+START_TEST(test_family_peft_roundtrip) { check_roundtrip(&cases[_i], "lora"); }
+END_TEST
+
+START_TEST(test_dora_peft_roundtrip) { check_roundtrip(&dora_cases[_i], "dora"); }
+END_TEST
+
+/* a new DoRA adapter: magnitude = row norms of W, so it starts as the identity; it trains */
+START_TEST(test_dora_create_identity) {
+    lt_context *ctx = tu_context();
+    lt_model *m = load_model(ctx, "phi3");
+    lt_adapter_params ap;
+    lt_adapter_params_init(&ap, sizeof ap);
+    ap.rank = 4;
+    ap.alpha = 8;
+    ap.use_dora = 1;
+    lt_adapter *a = NULL;
+    ck_assert_msg(lt_adapter_create(m, &ap, &a) == LT_OK, "%s", lt_last_error());
+    enum { B = 1, T = 9 };
+    const int V = (int)m->cfg.vocab_size;
+    int32_t ids[B * T];
+    for (int i = 0; i < B * T; i++) ids[i] = (int32_t)((i * 31 + 7) % V);
+    lt_batch b;
+    lt_batch_init(&b, sizeof b);
+    b.n_rows = B; b.seq_len = T; b.input_ids = ids;
+    float *l0 = malloc((size_t)T * V * 4), *l1 = malloc((size_t)T * V * 4);
+    ck_assert_int_eq(lt_model_logits(m, NULL, &b, l0, (size_t)T * V), LT_OK);
+    ck_assert_int_eq(lt_model_logits(m, a, &b, l1, (size_t)T * V), LT_OK);
+    ck_assert_msg(tu_max_rel_err(l1, l0, (size_t)T * V) <= 1e-5, "a fresh DoRA adapter changes the logits");
+    free(l0); free(l1);
+    lt_adapter_free(a);
+    ap.dropout = 0.1f; /* DoRA needs dropout 0 */
+    ck_assert_int_eq(lt_adapter_create(m, &ap, &a), LT_ERR_UNSUPPORTED);
+    ap.dropout = 0;
+    ap.targets = LT_TARGET_Q | LT_TARGET_O; /* q alone is a third of qkv_proj */
+    ck_assert_int_eq(lt_adapter_create(m, &ap, &a), LT_ERR_ARGUMENT);
     lt_model_free(m);
     lt_context_free(ctx);
 }
@@ -352,6 +428,10 @@ Suite *families_suite(void) {
     tcase_add_loop_test(tc, test_family_lora_gradients, 0, N_CASES);
     tcase_add_loop_test(tc, test_family_generate_matches_forward, 0, N_CASES);
     tcase_add_loop_test(tc, test_family_peft_roundtrip, 0, N_CASES);
+    tcase_add_loop_test(tc, test_dora_gradients, 0, N_DORA);
+    tcase_add_loop_test(tc, test_dora_generate_matches_forward, 0, N_DORA);
+    tcase_add_loop_test(tc, test_dora_peft_roundtrip, 0, N_DORA);
+    tcase_add_test(tc, test_dora_create_identity);
     tcase_add_test(tc, test_unknown_architecture);
     tcase_add_test(tc, test_family_config_rules);
     suite_add_tcase(s, tc);

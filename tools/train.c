@@ -15,7 +15,7 @@ static const opt_spec train_spec[] = {
     {"steps", 1}, {"epochs", 1}, {"batch", 1}, {"grad-accum", 1}, {"max-grad-norm", 1}, {"weight-decay", 1},
     {"optimizer", 1}, {"seed", 1}, {"no-shuffle", 0}, {"seq", 1}, {"pack", 0}, {"eval-data", 1},
     {"eval-every", 1}, {"save-every", 1}, {"resume", 1}, {"threads", 1}, {"json", 0}, {"quiet", 0},
-    {"no-checkpointing", 0}, {"backend", 1}, {"help", 0},
+    {"no-checkpointing", 0}, {"backend", 1}, {"method", 1}, {"help", 0},
 };
 #define N_TRAIN_SPEC ((int)(sizeof train_spec / sizeof *train_spec))
 
@@ -23,6 +23,7 @@ static void train_usage(void) {
     printf("usage: loratune train --model DIR --data FILE.jsonl --out DIR [options]\n"
            "  adapter:   --rank R (16) --alpha A (2R) --dropout P (0) --targets q_proj,k_proj,... (all 7)\n"
            "             --rslora --init default|gaussian --adapter-init DIR (start from a PEFT adapter)\n"
+           "             --method lora|dora (lora; dora: PEFT's weight-decomposed LoRA, needs --dropout 0)\n"
            "  optimizer: --optimizer adamw|sgd --lr LR (2e-4) --weight-decay W (0) --max-grad-norm C (1, 0=off)\n"
            "             --scheduler constant|linear|cosine --warmup N | --warmup-ratio F\n"
            "  length:    --steps N | --epochs E (1)   --batch B (4) --grad-accum K (1) --seq T (512) --pack\n"
@@ -113,8 +114,10 @@ static int parse_targets(const char *s, unsigned *out) {
     for (char *tok = strtok(buf, ","); tok; tok = strtok(NULL, ",")) {
         int k = 0;
         while (k < 7 && strcmp(tok, names[k])) k++;
-        if (k == 7) return -1;
-        *out |= 1u << k;
+        if (!strcmp(tok, "qkv_proj")) *out |= LT_TARGET_Q | LT_TARGET_K | LT_TARGET_V; /* Phi-3's fused modules */
+        else if (!strcmp(tok, "gate_up_proj")) *out |= LT_TARGET_GATE | LT_TARGET_UP;
+        else if (k == 7) return -1;
+        else *out |= 1u << k;
     }
     return *out ? 0 : -1;
 }
@@ -237,13 +240,16 @@ int cmd_train(int argc, char **argv) {
         ap.alpha = (float)alpha;
         ap.dropout = (float)dropout;
         ap.use_rslora = opt_flag(&o, "rslora");
+        const char *method = opt_str(&o, "method", "lora");
+        if (!strcmp(method, "dora")) ap.use_dora = 1;
+        else if (strcmp(method, "lora")) { rc = fail("train", "--method must be lora or dora"); goto done; }
         ap.seed = (uint64_t)seed;
         const char *init = opt_str(&o, "init", "default");
         if (!strcmp(init, "gaussian")) ap.init = LT_INIT_GAUSSIAN;
         else if (strcmp(init, "default")) { rc = fail("train", "--init must be default or gaussian"); goto done; }
         if (parse_targets(opt_str(&o, "targets", "all"), &ap.targets)) {
             rc = fail("train", "--targets: expected a comma-separated list of q_proj,k_proj,v_proj,o_proj,gate_proj,"
-                               "up_proj,down_proj");
+                               "up_proj,down_proj (Phi-3: qkv_proj,o_proj,gate_up_proj,down_proj)");
             goto done;
         }
         if (lt_adapter_create(m, &ap, &ad) != LT_OK) { rc = fail("train", "%s", lt_last_error()); goto done; }

@@ -11,6 +11,8 @@ For each model NAME below this writes OUTDIR/NAME/ (next to make_models.py's Lla
                                    [1,T2,V] (each packed sequence run separately), packed_loss F32 [],
                                    packed_n_tokens I32 []
   lora/adapter/                    a PEFT LoRA adapter saved by peft (random nonzero lora_A and lora_B)
+  dora/adapter, dora/grads.safetensors   the same with a DoRA adapter (use_dora, perturbed magnitudes)
+                                   for the models marked dora
   lora/grads.safetensors           with the adapter: input_ids, labels, logits, loss, n_tokens and
                                    grad.<PEFT key> (d mean loss / d LoRA weight); packed_* the same for
                                    the packed row (loss = token CE summed over the sequences / tokens)
@@ -48,7 +50,7 @@ MODELS = {
     "qwen2-swa": ("Qwen2Config", dict(vocab_size=257, hidden_size=64, intermediate_size=144, num_hidden_layers=2,
                                       num_attention_heads=4, num_key_value_heads=2, use_sliding_window=True,
                                       sliding_window=5, max_window_layers=1), 4001,
-                  dict(r=4, alpha=8, targets=ALL_TARGETS)),
+                  dict(r=4, alpha=8, targets=ALL_TARGETS, dora=True)),
     "qwen2-tied": ("Qwen2Config", dict(vocab_size=251, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                        num_attention_heads=4, num_key_value_heads=4, tie_word_embeddings=True,
                                        sliding_window=4, use_sliding_window=False), 4002,
@@ -78,7 +80,11 @@ MODELS = {
     "phi3": ("Phi3Config", dict(vocab_size=258, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
                                 num_attention_heads=4, num_key_value_heads=2, partial_rotary_factor=0.5,
                                 sliding_window=6, pad_token_id=0), 4007,
-             dict(r=4, alpha=8, targets=["qkv_proj", "o_proj", "gate_up_proj", "down_proj"])),
+             dict(r=4, alpha=8, targets=["qkv_proj", "o_proj", "gate_up_proj", "down_proj"], dora=True)),
+    # Llama with a DoRA adapter (and a plain LoRA one)
+    "llama-dora": ("LlamaConfig", dict(vocab_size=257, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
+                                       num_attention_heads=4, num_key_value_heads=2), 4009,
+                   dict(r=4, alpha=8, targets=ALL_TARGETS, dora=True)),
     # Phi-3 longrope: original_max_position_embeddings 12 < T = 17, so the plain batch uses the long
     # factors and the packed one (every position < 12) the short ones; attention factor from factor
     "phi3-longrope": ("Phi3Config", dict(vocab_size=250, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
@@ -129,6 +135,70 @@ def token_ce(logits, labels):
     return -torch.log_softmax(lg[:-1], -1)[keep, tgt[keep]]
 
 
+def lora_goldens(m, d, sub, seed, lora, gold, ids, labels, pids, ppos, plab, use_dora):
+    """A PEFT adapter (LoRA or DoRA) with nonzero A, B (and a perturbed magnitude) saved by peft into
+    d/sub/adapter, and d/sub/grads.safetensors: its logits, losses and gradients."""
+    from peft import LoraConfig, get_peft_model
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    lc = LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], target_modules=lora["targets"], lora_dropout=0.0,
+                    bias="none", task_type="CAUSAL_LM", use_dora=use_dora)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pm = get_peft_model(m, lc)
+    gl = torch.Generator().manual_seed(seed + 11)
+    with torch.no_grad():
+        for n_, p in sorted(pm.named_parameters(), key=lambda kv: kv[0]):
+            if "lora_A" in n_:
+                p.copy_(0.1 * torch.randn(p.shape, generator=gl))
+            elif "lora_B" in n_:
+                p.copy_(0.05 * torch.randn(p.shape, generator=gl))
+            elif "lora_magnitude_vector" in n_:
+                p.mul_(1.0 + 0.2 * torch.randn(p.shape, generator=gl))
+    pm.eval()
+    adir = os.path.join(d, sub, "adapter")
+    pm.save_pretrained(adir, safe_serialization=True)
+    names = {id(p): n_ for n_, p in pm.named_parameters() if p.requires_grad}
+    sd_keys = set(get_peft_model_state_dict(pm).keys())
+
+    def peft_key(param_name):
+        # "...q_proj.lora_A.default.weight" -> "...q_proj.lora_A.weight";
+        # "...q_proj.lora_magnitude_vector.default.weight" -> "...q_proj.lora_magnitude_vector"
+        k = param_name.replace(".default", "")
+        if k not in sd_keys and k.endswith(".weight") and k[: -len(".weight")] in sd_keys:
+            k = k[: -len(".weight")]
+        assert k in sd_keys, k
+        return k
+
+    def grads():
+        return {peft_key(names[id(p)]): p.grad.detach().float().clone()
+                for p in pm.parameters() if p.requires_grad}
+
+    lg_out = {}
+    pm.zero_grad()
+    out = pm(input_ids=ids, labels=labels)
+    out.loss.backward()
+    lg_out.update(input_ids=ids, labels=labels, logits=out.logits.detach().float(),
+                  loss=out.loss.detach().float().reshape(()), n_tokens=gold["n_tokens"])
+    lg_out.update({"grad." + k: v for k, v in grads().items()})
+    pm.zero_grad()
+    total, ntok = 0.0, 0
+    for sl in segments(PACKED_LENS):
+        o = pm(input_ids=pids[:, sl])
+        ce = token_ce(o.logits.float(), plab[:, sl])
+        ntok += ce.numel()
+        total = total + ce.sum()
+    (total / ntok).float().backward()
+    lg_out.update(packed_input_ids=pids, packed_position_ids=ppos, packed_labels=plab,
+                  packed_loss=(total / ntok).detach().float().reshape(()),
+                  packed_n_tokens=torch.tensor(ntok))
+    lg_out.update({"packed_grad." + k: v for k, v in grads().items()})
+    save_file({k: (v.to(torch.int32) if v.dtype == torch.int64 else v).contiguous() for k, v in lg_out.items()},
+              os.path.join(d, sub, "grads.safetensors"), metadata={"format": "pt"})
+    return lg_out
+
+
 def generate(name, outdir):
     import transformers
     from peft import LoraConfig, get_peft_model
@@ -172,57 +242,11 @@ def generate(name, outdir):
     save_file({k: (v.to(torch.int32) if v.dtype == torch.int64 else v).contiguous() for k, v in gold.items()},
               os.path.join(d, "golden.safetensors"), metadata={"format": "pt"})
 
-    # ---- LoRA: a PEFT adapter with nonzero A and B, and the gradients of the mean loss ----
-    lc = LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], target_modules=lora["targets"], lora_dropout=0.0,
-                    bias="none", task_type="CAUSAL_LM")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        pm = get_peft_model(m, lc)
-    gl = torch.Generator().manual_seed(seed + 11)
-    with torch.no_grad():
-        for n_, p in sorted(pm.named_parameters(), key=lambda kv: kv[0]):
-            if "lora_A" in n_:
-                p.copy_(0.1 * torch.randn(p.shape, generator=gl))
-            elif "lora_B" in n_:
-                p.copy_(0.05 * torch.randn(p.shape, generator=gl))
-    pm.eval()
-    adir = os.path.join(d, "lora", "adapter")
-    pm.save_pretrained(adir, safe_serialization=True)
-    from peft.utils import get_peft_model_state_dict
-    names = {id(p): n_ for n_, p in pm.named_parameters() if p.requires_grad}
-    sd_keys = list(get_peft_model_state_dict(pm).keys())
-
-    def peft_key(param_name):
-        # "base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight" -> saved key
-        k = param_name.replace(".default", "")
-        assert k in sd_keys, k
-        return k
-
-    def grads():
-        return {peft_key(names[id(p)]): p.grad.detach().float().clone()
-                for p in pm.parameters() if p.requires_grad}
-
-    lg_out = {}
-    pm.zero_grad()
-    out = pm(input_ids=ids, labels=labels)
-    out.loss.backward()
-    lg_out.update(input_ids=ids, labels=labels, logits=out.logits.detach().float(),
-                  loss=out.loss.detach().float().reshape(()), n_tokens=gold["n_tokens"])
-    lg_out.update({"grad." + k: v for k, v in grads().items()})
-    pm.zero_grad()
-    total, ntok = 0.0, 0
-    for sl in segments(PACKED_LENS):
-        o = pm(input_ids=pids[:, sl])
-        ce = token_ce(o.logits.float(), plab[:, sl])
-        ntok += ce.numel()
-        total = total + ce.sum()
-    (total / ntok).float().backward()
-    lg_out.update(packed_input_ids=pids, packed_position_ids=ppos, packed_labels=plab,
-                  packed_loss=(total / ntok).detach().float().reshape(()),
-                  packed_n_tokens=torch.tensor(ntok))
-    lg_out.update({"packed_grad." + k: v for k, v in grads().items()})
-    save_file({k: (v.to(torch.int32) if v.dtype == torch.int64 else v).contiguous() for k, v in lg_out.items()},
-              os.path.join(d, "lora", "grads.safetensors"), metadata={"format": "pt"})
+    lg_out = lora_goldens(m, d, "lora", seed, lora, gold, ids, labels, pids, ppos, plab, use_dora=False)
+    if lora.get("dora"):
+        m = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32, attn_implementation="eager")
+        m.eval()
+        lora_goldens(m, d, "dora", seed + 100, lora, gold, ids, labels, pids, ppos, plab, use_dora=True)
     print(f"{name}: {cls_name} loss={float(gold['loss']):.5f} packed_loss={float(gold['packed_loss']):.5f} "
           f"lora_loss={float(lg_out['loss']):.5f} ({time.time() - t0:.1f}s)", flush=True)
 

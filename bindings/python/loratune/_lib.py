@@ -129,6 +129,7 @@ class lt_adapter_params(Structure):
         ("use_rslora", c_int),
         ("init", lt_lora_init),
         ("seed", c_uint64),
+        ("use_dora", c_int),
     ]
 
 

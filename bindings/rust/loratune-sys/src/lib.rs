@@ -146,6 +146,7 @@ pub struct lt_adapter_params {
     pub use_rslora: c_int,
     pub init: lt_lora_init,
     pub seed: u64,
+    pub use_dora: c_int,
 }
 
 // ---- optimizers ------------------------------------------------------------------------------------
