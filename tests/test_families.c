@@ -380,6 +380,51 @@ START_TEST(test_dora_create_identity) {
 }
 END_TEST
 
+/* ---- the command line: info names the family, train --method dora writes a DoRA adapter ----------- */
+
+START_TEST(test_cli_family_and_dora) {
+    char model[1024], data[1100], root[512], cmd[4096], path[700];
+    model_dir(model, sizeof model, "phi3");
+    tu_tempdir(root, sizeof root);
+    int status;
+    snprintf(cmd, sizeof cmd, "%s info --model %s --json", LT_CLI, model);
+    char *out = tu_run_capture(cmd, &status, 0);
+    ck_assert_msg(status == 0 && strstr(out, "\"family\": \"Phi3\""), "info: %s", out);
+    free(out);
+    /* a small JSONL of token ids inside the vocabulary */
+    snprintf(data, sizeof data, "%s/data.jsonl", root);
+    FILE *f = fopen(data, "w");
+    ck_assert_ptr_nonnull(f);
+    for (int r = 0; r < 6; r++) {
+        fprintf(f, "{\"input_ids\": [");
+        for (int t = 0; t < 10; t++) fprintf(f, "%s%d", t ? ", " : "", (r * 37 + t * 11) % 250);
+        fprintf(f, "]}\n");
+    }
+    fclose(f);
+    snprintf(cmd, sizeof cmd, "%s train --model %s --data %s --out %s/dora --method dora --targets qkv_proj,gate_up_proj "
+             "--rank 4 --steps 2 --batch 2 --lr 1e-2 --quiet", LT_CLI, model, data, root);
+    out = tu_run_capture(cmd, &status, 1);
+    ck_assert_msg(status == 0, "train --method dora: %s", out);
+    free(out);
+    lt_context *ctx = tu_context();
+    lt_model *m = load_model(ctx, "phi3");
+    lt_adapter *a = NULL;
+    snprintf(path, sizeof path, "%s/dora", root);
+    ck_assert_msg(lt_adapter_load(m, path, &a) == LT_OK, "%s", lt_last_error());
+    ck_assert_int_eq(a->p.use_dora, 1);
+    ck_assert_ptr_nonnull(lt_adapter_lora(a, 0, P_V)->mag);
+    ck_assert_ptr_null(lt_adapter_lora(a, 0, P_O));
+    lt_adapter_free(a);
+    snprintf(cmd, sizeof cmd, "%s train --model %s --data %s --out %s/bad --method dora --dropout 0.1 --steps 1 --quiet",
+             LT_CLI, model, data, root);
+    out = tu_run_capture(cmd, &status, 1);
+    ck_assert_msg(status != 0 && strstr(out, "DoRA"), "DoRA with dropout must be refused: %s", out);
+    free(out);
+    lt_model_free(m);
+    lt_context_free(ctx);
+}
+END_TEST
+
 /* ---- configuration ---------------------------------------------------------------------------------- */
 
 START_TEST(test_unknown_architecture) {
@@ -456,6 +501,7 @@ Suite *families_suite(void) {
     tcase_add_loop_test(tc, test_dora_generate_matches_forward, 0, N_DORA);
     tcase_add_loop_test(tc, test_dora_peft_roundtrip, 0, N_DORA);
     tcase_add_test(tc, test_dora_create_identity);
+    tcase_add_test(tc, test_cli_family_and_dora);
     tcase_add_test(tc, test_unknown_architecture);
     tcase_add_test(tc, test_family_config_rules);
     suite_add_tcase(s, tc);
