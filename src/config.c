@@ -35,24 +35,20 @@ typedef struct lt_arch_desc {
     int bias_mode;             /* BIAS_*                                                     */
     int slide_mode;            /* SLIDE_*                                                    */
     int64_t default_window;    /* sliding_window when config.json has none                   */
-    const char *act_key;       /* the key holding the activation name                        */
 } lt_arch_desc;
 
 static const lt_arch_desc k_archs[] = {
-    {"LlamaForCausalLM", LT_ARCH_LLAMA, "llama", ACT_BIT(LT_ACT_SILU), 0, 0.0f, 0, 0, 0, BIAS_LLAMA, SLIDE_NONE, 0,
-     "hidden_act"},
-    {"Qwen2ForCausalLM", LT_ARCH_QWEN2, "qwen2", ACT_BIT(LT_ACT_SILU), 0, 0.0f, 0, 0, 0, BIAS_QWEN2, SLIDE_QWEN, 4096,
-     "hidden_act"},
+    {"LlamaForCausalLM", LT_ARCH_LLAMA, "llama", ACT_BIT(LT_ACT_SILU), 0, 0.0f, 0, 0, 0, BIAS_LLAMA, SLIDE_NONE, 0},
+    {"Qwen2ForCausalLM", LT_ARCH_QWEN2, "qwen2", ACT_BIT(LT_ACT_SILU), 0, 0.0f, 0, 0, 0, BIAS_QWEN2, SLIDE_QWEN, 4096},
     {"MistralForCausalLM", LT_ARCH_MISTRAL, "mistral", ACT_BIT(LT_ACT_SILU), 0, 0.0f, 0, 0, 0, BIAS_NONE, SLIDE_ALL,
-     4096, "hidden_act"},
+     4096},
     {"Qwen3ForCausalLM", LT_ARCH_QWEN3, "qwen3", ACT_BIT(LT_ACT_SILU), 1, 0.0f, 0, 128, 0, BIAS_LLAMA, SLIDE_QWEN,
-     4096, "hidden_act"},
+     4096},
     {"GemmaForCausalLM", LT_ARCH_GEMMA, "gemma", ACT_BIT(LT_ACT_GELU_TANH), 0, 1.0f, 1, 256, 1, BIAS_LLAMA,
-     SLIDE_NONE, 0, "hidden_act"},
-    {"Phi3ForCausalLM", LT_ARCH_PHI3, "phi3", ACT_BIT(LT_ACT_SILU), 0, 0.0f, 0, 0, 0, BIAS_NONE, SLIDE_ALL, 0,
-     "hidden_act"},
+     SLIDE_NONE, 0},
+    {"Phi3ForCausalLM", LT_ARCH_PHI3, "phi3", ACT_BIT(LT_ACT_SILU), 0, 0.0f, 0, 0, 0, BIAS_NONE, SLIDE_ALL, 0},
     {"Gemma2ForCausalLM", LT_ARCH_GEMMA2, "gemma2", ACT_BIT(LT_ACT_GELU_TANH), 0, 1.0f, 1, 256, 1, BIAS_LLAMA,
-     SLIDE_ALTERNATE, 4096, "hidden_activation"},
+     SLIDE_ALTERNATE, 4096},
 };
 
 float lt_config_attn_scale(const lt_model_config *cfg) {

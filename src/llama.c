@@ -291,11 +291,6 @@ static void lora_linear_forward(lt_model *m, lt_workspace *ws, const lt_adapter 
     }
 }
 
-static void linear_backward(lt_model *m, lt_workspace *ws, const lt_adapter *ad, const lt_lora *lo,
-                            const lt_dropout_state *drop, uint64_t drop_stream, float *dx, int accumulate,
-                            const float *dy, const float *x, const float *W, const float *xa, int N, int in,
-                            int out);
-
 /* DoRA backward: dm += inv_n * colsum(dy * y'), y' = x W^T + s (x A^T) B^T recomputed into ws->drop
  * (free: DoRA runs without dropout); then the LoRA backward of g * dy. */
 static void lora_linear_backward(lt_model *m, lt_workspace *ws, const lt_adapter *ad, const lt_lora *lo,
