@@ -565,6 +565,107 @@ static void cpu_swiglu_backward(lt_backend *be, float *dgate, float *dup, const 
     CPU_PAR_SLICES(be, n, k->swiglu_bwd(dgate + lo, dup + lo, dout + lo, gate + lo, up + lo, hi - lo));
 }
 
+/* ---- attention with soft-capped scores: the reference kernels, parallel over heads ------------------ */
+
+static void cpu_attention_softcap_forward(lt_backend *be, float *out, float *lse, const float *q, const float *k,
+                                          const float *v, const int32_t *kv_start, int B, int T, int NH, int NKV,
+                                          int HD, float scale, float softcap) {
+    if (!cpu_att_args_ok(be, B, T, NH, NKV, HD)) return;
+    long nbh = (long)B * NH;
+    int nt = cpu_threads_for(be, (size_t)nbh * T * T * HD, LT_GRAIN);
+    if (nt > nbh) nt = (int)nbh;
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (nt > 1)
+    for (long it = 0; it < nbh; it++)
+        lt_ref_attention_softcap_forward_head(out, lse, q, k, v, kv_start, T, NH, NKV, HD, scale, softcap,
+                                              (int)(it / NH), (int)(it % NH));
+}
+
+static void cpu_attention_softcap_backward(lt_backend *be, float *dq, float *dk, float *dv, const float *dout,
+                                           const float *q, const float *k, const float *v, const float *out,
+                                           const float *lse, const int32_t *kv_start, int B, int T, int NH,
+                                           int NKV, int HD, float scale, float softcap) {
+    if (!cpu_att_args_ok(be, B, T, NH, NKV, HD)) return;
+    long ng = (long)B * NKV; /* each (b, kv head) owns its dk, dv and its query heads' dq */
+    int nt = cpu_threads_for(be, (size_t)ng * T * T * HD, LT_GRAIN);
+    if (nt > ng) nt = (int)ng;
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (nt > 1)
+    for (long it = 0; it < ng; it++)
+        lt_ref_attention_softcap_backward_group(dq, dk, dv, dout, q, k, v, out, lse, kv_start, T, NH, NKV, HD, scale,
+                                                softcap, (int)(it / NKV), (int)(it % NKV));
+}
+
+static void cpu_attention_softcap_decode(lt_backend *be, float *out, const float *q, const float *kcache,
+                                         const float *vcache, int B, int S_cap, int len, int NH, int NKV, int HD,
+                                         float scale, float softcap) {
+    if (!cpu_att_args_ok(be, B, 1, NH, NKV, HD)) return;
+    if (len > S_cap) {
+        cpu_record_error(be, LT_ERR_INTERNAL);
+        return;
+    }
+    lt_ref_attention_softcap_decode(out, q, kcache, vcache, B, S_cap, len, NH, NKV, HD, scale, softcap);
+}
+
+/* ---- bias add, GeGLU, soft-capping (plain loops; memory-bound and off the Llama path) ---------- */
+
+/* DoRA: rows of a materialised weight are independent */
+static void cpu_dora_norm(lt_backend *be, float *g, float *inv_n, const float *m, const float *w, int rows, int cols) {
+    int nt = cpu_threads_for(be, (size_t)rows * cols, LT_GRAIN);
+    if (nt > rows) nt = rows;
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+    for (int r = 0; r < rows; r++) lt_ref_dora_norm(g + r, inv_n + r, m + r, w + (size_t)r * cols, 1, cols);
+}
+
+static void cpu_mul_cols(lt_backend *be, float *y, const float *g, int N, int C) {
+    int nt = cpu_threads_for(be, (size_t)N * C, LT_GRAIN);
+    if (nt > N) nt = N;
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+    for (int i = 0; i < N; i++) lt_ref_mul_cols(y + (size_t)i * C, g, 1, C);
+}
+
+static void cpu_col_dot(lt_backend *be, float *out, const float *a, const float *b, const float *w, int N, int C) {
+    (void)be;
+    lt_ref_col_dot(out, a, b, w, N, C);
+}
+
+static void cpu_rope_scale(lt_backend *be, float *x, int N, int n_heads, int head_dim, int rot_dim, float a) {
+    (void)be;
+    lt_ref_rope_scale(x, N, n_heads, head_dim, rot_dim, a);
+}
+
+/* y (N,C) += b (C) */
+static void cpu_bias_add(lt_backend *be, float *y, const float *b, int N, int C) {
+    int nt = cpu_threads_for(be, (size_t)N * C, LT_GRAIN);
+    if (nt > N) nt = N;
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+    for (int i = 0; i < N; i++) {
+        float *yi = y + (size_t)i * C;
+        for (int c = 0; c < C; c++) yi[c] += b[c];
+    }
+}
+
+/* db (C) += column sums of dy (N,C) */
+static void cpu_bias_backward(lt_backend *be, float *db, const float *dy, int N, int C) {
+    (void)be;
+    lt_ref_bias_backward(db, dy, N, C);
+}
+
+static void cpu_geglu_forward(lt_backend *be, float *out, const float *gate, const float *up, size_t n) {
+    CPU_PAR_SLICES(be, n, lt_ref_geglu_forward(out + lo, gate + lo, up + lo, hi - lo));
+}
+
+static void cpu_geglu_backward(lt_backend *be, float *dgate, float *dup, const float *dout,
+                               const float *gate, const float *up, size_t n) {
+    CPU_PAR_SLICES(be, n, lt_ref_geglu_backward(dgate + lo, dup + lo, dout + lo, gate + lo, up + lo, hi - lo));
+}
+
+static void cpu_softcap_forward(lt_backend *be, float *x, size_t n, float cap) {
+    CPU_PAR_SLICES(be, n, lt_ref_softcap_forward(x + lo, hi - lo, cap));
+}
+
+static void cpu_softcap_backward(lt_backend *be, float *dx, const float *y, size_t n, float cap) {
+    CPU_PAR_SLICES(be, n, lt_ref_softcap_backward(dx + lo, y + lo, hi - lo, cap));
+}
+
 /* ---- cross-entropy -------------------------------------------------------------------------------- */
 
 /* logits (n,V), losses (n), targets (n) */
@@ -664,6 +765,19 @@ static const lt_backend_ops cpu_ops = {
     .attention_decode = cpu_attention_decode,
     .swiglu_forward = cpu_swiglu_forward,
     .swiglu_backward = cpu_swiglu_backward,
+    .attention_softcap_forward = cpu_attention_softcap_forward,
+    .attention_softcap_backward = cpu_attention_softcap_backward,
+    .attention_softcap_decode = cpu_attention_softcap_decode,
+    .rope_scale = cpu_rope_scale,
+    .dora_norm = cpu_dora_norm,
+    .mul_cols = cpu_mul_cols,
+    .col_dot = cpu_col_dot,
+    .bias_add = cpu_bias_add,
+    .bias_backward = cpu_bias_backward,
+    .geglu_forward = cpu_geglu_forward,
+    .geglu_backward = cpu_geglu_backward,
+    .softcap_forward = cpu_softcap_forward,
+    .softcap_backward = cpu_softcap_backward,
     .cross_entropy = cpu_cross_entropy,
     .dropout = cpu_dropout,
     .adamw_step = cpu_adamw_step,

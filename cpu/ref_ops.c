@@ -290,6 +290,143 @@ void lt_ref_attention_decode(float *out, const float *q, const float *kcache, co
     }
 }
 
+/* ---- attention with soft-capped scores (Gemma 2) ----------------------------------------------- */
+
+/* c = softcap tanh(scale q.k / softcap); *dc = dc / d(scale q.k) = 1 - (c / softcap)^2 */
+static double capped_score(const float *qt, const float *kj, int HD, float scale, float softcap, double *dc) {
+    double th = tanh(scale * ref_dot(qt, kj, HD) / softcap);
+    if (dc) *dc = 1.0 - th * th;
+    return softcap * th;
+}
+
+void lt_ref_attention_softcap_forward_head(float *out, float *lse, const float *q, const float *k,
+                                           const float *v, const int32_t *kv_start, int T, int NH, int NKV,
+                                           int HD, float scale, float softcap, int b, int h) {
+    int kvh = h / (NH / NKV);
+    const int32_t *ks = kv_start + (size_t)b * T;
+    double acc[HD];
+    for (int t = 0; t < T; t++) {
+        const float *qt = q + (((size_t)b * T + t) * NH + h) * HD;
+        int lo = lt_att_kv_lo(ks, t);
+        double mx = -INFINITY, sum = 0.0;
+        for (int j = lo; j <= t; j++) {
+            double s = capped_score(qt, k + (((size_t)b * T + j) * NKV + kvh) * HD, HD, scale, softcap, NULL);
+            if (s > mx) mx = s;
+        }
+        for (int j = lo; j <= t; j++)
+            sum += exp(capped_score(qt, k + (((size_t)b * T + j) * NKV + kvh) * HD, HD, scale, softcap, NULL) - mx);
+        double l = mx + log(sum);
+        lse[((size_t)b * NH + h) * T + t] = (float)l;
+        for (int d = 0; d < HD; d++) acc[d] = 0.0;
+        for (int j = lo; j <= t; j++) {
+            double p = exp(capped_score(qt, k + (((size_t)b * T + j) * NKV + kvh) * HD, HD, scale, softcap, NULL) - l);
+            const float *vj = v + (((size_t)b * T + j) * NKV + kvh) * HD;
+            for (int d = 0; d < HD; d++) acc[d] += p * vj[d];
+        }
+        float *ot = out + (((size_t)b * T + t) * NH + h) * HD;
+        for (int d = 0; d < HD; d++) ot[d] = (float)acc[d];
+    }
+}
+
+void lt_ref_attention_softcap_forward(float *out, float *lse, const float *q, const float *k, const float *v,
+                                      const int32_t *kv_start, int B, int T, int NH, int NKV, int HD, float scale,
+                                      float softcap) {
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < NH; h++)
+            lt_ref_attention_softcap_forward_head(out, lse, q, k, v, kv_start, T, NH, NKV, HD, scale, softcap, b, h);
+}
+
+/* As lt_ref_attention_backward with ds_tj = p_tj (dout_t.v_j - D_t) (1 - (c_tj / softcap)^2). */
+void lt_ref_attention_softcap_backward_group(float *dq, float *dk, float *dv, const float *dout, const float *q,
+                                             const float *k, const float *v, const float *out, const float *lse,
+                                             const int32_t *kv_start, int T, int NH, int NKV, int HD, float scale,
+                                             float softcap, int b, int kvh) {
+    const int32_t *ks = kv_start + (size_t)b * T;
+    const int G = NH / NKV;
+    double acc_k[HD], acc_v[HD];
+#define Q_(t, h) (q + (((size_t)b * T + (t)) * NH + (h)) * HD)
+#define DO_(t, h) (dout + (((size_t)b * T + (t)) * NH + (h)) * HD)
+#define O_(t, h) (out + (((size_t)b * T + (t)) * NH + (h)) * HD)
+#define K_(j) (k + (((size_t)b * T + (j)) * NKV + kvh) * HD)
+#define V_(j) (v + (((size_t)b * T + (j)) * NKV + kvh) * HD)
+#define LSE_(t, h) ((double)lse[((size_t)b * NH + (h)) * T + (t)])
+    for (int j = 0; j < T; j++) {
+        for (int d = 0; d < HD; d++) acc_k[d] = acc_v[d] = 0.0;
+        for (int h = kvh * G; h < (kvh + 1) * G; h++)
+            for (int t = j; t < T; t++) {
+                if (lt_att_kv_lo(ks, t) > j) continue;
+                double dc, p = exp(capped_score(Q_(t, h), K_(j), HD, scale, softcap, &dc) - LSE_(t, h));
+                double D = ref_dot(DO_(t, h), O_(t, h), HD);
+                double ds = lt_att_kv_lo(ks, t) == t ? 0.0 : p * (ref_dot(DO_(t, h), V_(j), HD) - D) * dc;
+                for (int d = 0; d < HD; d++) {
+                    acc_v[d] += p * DO_(t, h)[d];
+                    acc_k[d] += scale * ds * Q_(t, h)[d];
+                }
+            }
+        float *dkj = dk + (((size_t)b * T + j) * NKV + kvh) * HD, *dvj = dv + (((size_t)b * T + j) * NKV + kvh) * HD;
+        for (int d = 0; d < HD; d++) {
+            dkj[d] = (float)acc_k[d];
+            dvj[d] = (float)acc_v[d];
+        }
+    }
+    for (int h = kvh * G; h < (kvh + 1) * G; h++)
+        for (int t = 0; t < T; t++) {
+            double D = ref_dot(DO_(t, h), O_(t, h), HD);
+            for (int d = 0; d < HD; d++) acc_k[d] = 0.0;
+            for (int j = lt_att_kv_lo(ks, t); j <= t; j++) {
+                double dc, p = exp(capped_score(Q_(t, h), K_(j), HD, scale, softcap, &dc) - LSE_(t, h));
+                double ds = lt_att_kv_lo(ks, t) == t ? 0.0 : p * (ref_dot(DO_(t, h), V_(j), HD) - D) * dc;
+                for (int d = 0; d < HD; d++) acc_k[d] += scale * ds * K_(j)[d];
+            }
+            float *dqt = dq + (((size_t)b * T + t) * NH + h) * HD;
+            for (int d = 0; d < HD; d++) dqt[d] = (float)acc_k[d];
+        }
+#undef Q_
+#undef DO_
+#undef O_
+#undef K_
+#undef V_
+#undef LSE_
+}
+
+void lt_ref_attention_softcap_backward(float *dq, float *dk, float *dv, const float *dout, const float *q,
+                                       const float *k, const float *v, const float *out, const float *lse,
+                                       const int32_t *kv_start, int B, int T, int NH, int NKV, int HD,
+                                       float scale, float softcap) {
+    for (int b = 0; b < B; b++)
+        for (int g = 0; g < NKV; g++)
+            lt_ref_attention_softcap_backward_group(dq, dk, dv, dout, q, k, v, out, lse, kv_start, T, NH, NKV, HD,
+                                                    scale, softcap, b, g);
+}
+
+void lt_ref_attention_softcap_decode(float *out, const float *q, const float *kcache, const float *vcache,
+                                     int B, int S_cap, int len, int NH, int NKV, int HD, float scale,
+                                     float softcap) {
+    double acc[HD];
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < NH; h++) {
+            int kvh = h / (NH / NKV);
+            const float *qh = q + ((size_t)b * NH + h) * HD;
+#define KC_(j) (kcache + (((size_t)b * S_cap + (j)) * NKV + kvh) * HD)
+#define VC_(j) (vcache + (((size_t)b * S_cap + (j)) * NKV + kvh) * HD)
+            double mx = -INFINITY, sum = 0.0;
+            for (int j = 0; j < len; j++) {
+                double s = capped_score(qh, KC_(j), HD, scale, softcap, NULL);
+                if (s > mx) mx = s;
+            }
+            for (int j = 0; j < len; j++) sum += exp(capped_score(qh, KC_(j), HD, scale, softcap, NULL) - mx);
+            for (int d = 0; d < HD; d++) acc[d] = 0.0;
+            for (int j = 0; j < len; j++) {
+                double p = exp(capped_score(qh, KC_(j), HD, scale, softcap, NULL) - mx) / sum;
+                for (int d = 0; d < HD; d++) acc[d] += p * VC_(j)[d];
+            }
+            float *oh = out + ((size_t)b * NH + h) * HD;
+            for (int d = 0; d < HD; d++) oh[d] = (float)acc[d];
+#undef KC_
+#undef VC_
+        }
+}
+
 /* ---- SwiGLU ------------------------------------------------------------------------------------- */
 
 /* out, gate, up (n): out = gate sigmoid(gate) up */
@@ -309,6 +446,101 @@ void lt_ref_swiglu_backward(float *dgate, float *dup, const float *dout, const f
         double sig = 1.0 / (1.0 + exp(-g));
         dgate[i] = (float)(go * u * sig * (1.0 + g * (1.0 - sig)));
         dup[i] = (float)(go * g * sig);
+    }
+}
+
+/* ---- DoRA ---------------------------------------------------------------------------------------- */
+
+/* n_r = sqrt(sum_c w[r,c]^2) in double; g = m / n, inv_n = 1 / n (in float, as PEFT's fp32 division) */
+void lt_ref_dora_norm(float *g, float *inv_n, const float *m, const float *w, int rows, int cols) {
+    for (int r = 0; r < rows; r++) {
+        double ss = 0;
+        const float *wr = w + (size_t)r * cols;
+        for (int c = 0; c < cols; c++) ss += (double)wr[c] * wr[c];
+        float n = (float)sqrt(ss);
+        g[r] = m[r] / n;
+        inv_n[r] = 1.0f / n;
+    }
+}
+
+/* y (N,C) *= g (C) */
+void lt_ref_mul_cols(float *y, const float *g, int N, int C) {
+    for (size_t i = 0; i < (size_t)N; i++)
+        for (int c = 0; c < C; c++) y[i * C + c] *= g[c];
+}
+
+/* out (C) += w[c] sum_i a[i,c] b[i,c], summed in double */
+void lt_ref_col_dot(float *out, const float *a, const float *b, const float *w, int N, int C) {
+    for (int c = 0; c < C; c++) {
+        double acc = 0;
+        for (size_t i = 0; i < (size_t)N; i++) acc += (double)a[i * C + c] * b[i * C + c];
+        out[c] = (float)(out[c] + w[c] * acc);
+    }
+}
+
+/* ---- RoPE channel scale -------------------------------------------------------------------------- */
+
+/* x (N, n_heads, head_dim): channels 0..rot_dim-1 of every head times a */
+void lt_ref_rope_scale(float *x, int N, int n_heads, int head_dim, int rot_dim, float a) {
+    for (size_t r = 0; r < (size_t)N * n_heads; r++)
+        for (int d = 0; d < rot_dim; d++) x[r * head_dim + d] *= a;
+}
+
+/* ---- bias add ----------------------------------------------------------------------------------- */
+
+/* y (N,C) += b (C) */
+void lt_ref_bias_add(float *y, const float *b, int N, int C) {
+    for (int i = 0; i < N; i++)
+        for (int c = 0; c < C; c++) y[(size_t)i * C + c] += b[c];
+}
+
+/* db (C) += sum over rows of dy (N,C), summed in double */
+void lt_ref_bias_backward(float *db, const float *dy, int N, int C) {
+    for (int c = 0; c < C; c++) {
+        double acc = 0;
+        for (int i = 0; i < N; i++) acc += dy[(size_t)i * C + c];
+        db[c] = (float)(db[c] + acc);
+    }
+}
+
+/* ---- GeGLU (tanh-approximated GELU gate) -------------------------------------------------------- */
+
+#define LT_GELU_K0 0.7978845608028654 /* sqrt(2/pi) */
+#define LT_GELU_K1 0.044715
+
+/* out, gate, up (n): out = 0.5 g (1 + tanh(k0 (g + k1 g^3))) up */
+void lt_ref_geglu_forward(float *out, const float *gate, const float *up, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        double g = gate[i], t = tanh(LT_GELU_K0 * (g + LT_GELU_K1 * g * g * g));
+        out[i] = (float)(0.5 * g * (1.0 + t) * up[i]);
+    }
+}
+
+/* d gelu/dg = 0.5 (1 + t) + 0.5 g (1 - t^2) k0 (1 + 3 k1 g^2); dgate/dup may alias gate/up */
+void lt_ref_geglu_backward(float *dgate, float *dup, const float *dout, const float *gate,
+                           const float *up, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        double g = gate[i], u = up[i], go = dout[i];
+        double t = tanh(LT_GELU_K0 * (g + LT_GELU_K1 * g * g * g));
+        double gelu = 0.5 * g * (1.0 + t);
+        double dgelu = 0.5 * (1.0 + t) + 0.5 * g * (1.0 - t * t) * LT_GELU_K0 * (1.0 + 3.0 * LT_GELU_K1 * g * g);
+        dgate[i] = (float)(go * u * dgelu);
+        dup[i] = (float)(go * gelu);
+    }
+}
+
+/* ---- soft-capping -------------------------------------------------------------------------------- */
+
+/* x (n) = cap tanh(x / cap) */
+void lt_ref_softcap_forward(float *x, size_t n, float cap) {
+    for (size_t i = 0; i < n; i++) x[i] = (float)(cap * tanh((double)x[i] / cap));
+}
+
+/* dx (n) *= 1 - (y / cap)^2, y the capped output */
+void lt_ref_softcap_backward(float *dx, const float *y, size_t n, float cap) {
+    for (size_t i = 0; i < n; i++) {
+        double t = (double)y[i] / cap;
+        dx[i] = (float)(dx[i] * (1.0 - t * t));
     }
 }
 

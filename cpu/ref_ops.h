@@ -85,6 +85,43 @@ void lt_ref_swiglu_backward(float *dgate, float *dup, const float *dout, const f
                             const float *up, size_t n);
 
 /* ---- cross-entropy ---- */
+
+/* ---- attention with soft-capped scores (Gemma 2) ---- */
+/* Kept apart from the kernels above so that the uncapped path stays exactly as it is. _head: one
+ * query head (b,h); _group: dk, dv of kv head (b,kvh) and dq of its query heads (assigned). */
+void lt_ref_attention_softcap_forward_head(float *out, float *lse, const float *q, const float *k,
+                                           const float *v, const int32_t *kv_start, int T, int NH, int NKV,
+                                           int HD, float scale, float softcap, int b, int h);
+void lt_ref_attention_softcap_forward(float *out, float *lse, const float *q, const float *k, const float *v,
+                                      const int32_t *kv_start, int B, int T, int NH, int NKV, int HD, float scale,
+                                      float softcap);
+void lt_ref_attention_softcap_backward_group(float *dq, float *dk, float *dv, const float *dout, const float *q,
+                                             const float *k, const float *v, const float *out, const float *lse,
+                                             const int32_t *kv_start, int T, int NH, int NKV, int HD, float scale,
+                                             float softcap, int b, int kvh);
+void lt_ref_attention_softcap_backward(float *dq, float *dk, float *dv, const float *dout, const float *q,
+                                       const float *k, const float *v, const float *out, const float *lse,
+                                       const int32_t *kv_start, int B, int T, int NH, int NKV, int HD,
+                                       float scale, float softcap);
+void lt_ref_attention_softcap_decode(float *out, const float *q, const float *kcache, const float *vcache,
+                                     int B, int S_cap, int len, int NH, int NKV, int HD, float scale,
+                                     float softcap);
+
+/* ---- DoRA ---- */
+void lt_ref_dora_norm(float *g, float *inv_n, const float *m, const float *w, int rows, int cols);
+void lt_ref_mul_cols(float *y, const float *g, int N, int C);
+void lt_ref_col_dot(float *out, const float *a, const float *b, const float *w, int N, int C);
+
+/* ---- bias, GeGLU, soft-capping, RoPE channel scale ---- */
+void lt_ref_rope_scale(float *x, int N, int n_heads, int head_dim, int rot_dim, float a);
+void lt_ref_bias_add(float *y, const float *b, int N, int C);
+void lt_ref_bias_backward(float *db, const float *dy, int N, int C);
+void lt_ref_geglu_forward(float *out, const float *gate, const float *up, size_t n);
+void lt_ref_geglu_backward(float *dgate, float *dup, const float *dout, const float *gate,
+                           const float *up, size_t n);
+void lt_ref_softcap_forward(float *x, size_t n, float cap);
+void lt_ref_softcap_backward(float *dx, const float *y, size_t n, float cap);
+
 /* Targets outside [0, V) (-100 in particular) are ignored rows. */
 void lt_ref_cross_entropy(float *logits, float *losses, const int32_t *targets, int n, int V,
                           float grad_scale);

@@ -72,6 +72,18 @@ void lt_cuda_check(lt_backend *be, const char *what);
 /* ---- attention.cu: raise the dynamic shared memory limits of the tiled kernels (at creation) -- */
 cudaError_t lt_cuda_attention_setup(lt_backend *be);
 
+/* ---- attention_softcap.cu ------------------------------------------------------------------------ */
+void lt_cuda_attention_softcap_forward(lt_backend *be, float *out, float *lse, const float *q, const float *k,
+                                       const float *v, const int32_t *kv_start, int B, int T, int NH, int NKV,
+                                       int HD, float scale, float softcap);
+void lt_cuda_attention_softcap_backward(lt_backend *be, float *dq, float *dk, float *dv, const float *dout,
+                                        const float *q, const float *k, const float *v, const float *out,
+                                        const float *lse, const int32_t *kv_start, int B, int T, int NH, int NKV,
+                                        int HD, float scale, float softcap);
+void lt_cuda_attention_softcap_decode(lt_backend *be, float *out, const float *q, const float *kcache,
+                                      const float *vcache, int B, int S_cap, int len, int NH, int NKV, int HD,
+                                      float scale, float softcap);
+
 /* ---- gemm.cu ---------------------------------------------------------------------------------- */
 void lt_cuda_gemm(lt_backend *be, int transA, int transB, int M, int N, int K, float alpha,
                   const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc);
@@ -87,6 +99,17 @@ void lt_cuda_embedding_forward(lt_backend *be, float *out, const int32_t *ids, c
 void lt_cuda_swiglu_forward(lt_backend *be, float *out, const float *gate, const float *up, size_t n);
 void lt_cuda_swiglu_backward(lt_backend *be, float *dgate, float *dup, const float *dout,
                              const float *gate, const float *up, size_t n);
+void lt_cuda_dora_norm(lt_backend *be, float *g, float *inv_n, const float *m, const float *w, int rows, int cols);
+void lt_cuda_mul_cols(lt_backend *be, float *y, const float *g, int N, int C);
+void lt_cuda_col_dot(lt_backend *be, float *out, const float *a, const float *b, const float *w, int N, int C);
+void lt_cuda_rope_scale(lt_backend *be, float *x, int N, int n_heads, int head_dim, int rot_dim, float a);
+void lt_cuda_bias_add(lt_backend *be, float *y, const float *b, int N, int C);
+void lt_cuda_bias_backward(lt_backend *be, float *db, const float *dy, int N, int C);
+void lt_cuda_geglu_forward(lt_backend *be, float *out, const float *gate, const float *up, size_t n);
+void lt_cuda_geglu_backward(lt_backend *be, float *dgate, float *dup, const float *dout,
+                            const float *gate, const float *up, size_t n);
+void lt_cuda_softcap_forward(lt_backend *be, float *x, size_t n, float cap);
+void lt_cuda_softcap_backward(lt_backend *be, float *dx, const float *y, size_t n, float cap);
 void lt_cuda_dropout(lt_backend *be, float *out, const float *inp, size_t n, float p, uint64_t seed,
                      uint64_t offset);
 

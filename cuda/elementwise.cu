@@ -1,5 +1,6 @@
 /*
- * elementwise.cu - axpy, scale, sumsq, all_finite, embedding, SwiGLU forward/backward, dropout.
+ * elementwise.cu - axpy, scale, sumsq, all_finite, embedding, SwiGLU forward/backward, dropout,
+ *                  bias add/backward, GeGLU forward/backward, soft-capping forward/backward.
  *
  * One thread per element in grid-stride loops (memory-bound; vectorised loads can come later).
  * sumsq is a two-pass reduction in double whose order depends only on n: deterministic.
@@ -190,4 +191,168 @@ extern "C" void lt_cuda_dropout(lt_backend *be, float *out, const float *inp, si
     dropout_kernel<<<lt_grid_1d(n, EW_THREADS), EW_THREADS, 0, lt_cuda(be)->stream>>>(out, inp, n, p, keep_scale,
                                                                                        seed, offset);
     lt_cuda_check(be, "dropout");
+}
+
+/* ---- bias add --------------------------------------------------------------------------------- */
+
+/* y (N,C) += b (C) */
+__global__ void bias_add_kernel(float *y, const float *b, size_t n, int C) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        y[i] += b[i % (size_t)C];
+}
+
+/* db (C) += sum_i dy (N,C)[i, c]: one thread per column, rows summed in order (deterministic) */
+__global__ void bias_backward_kernel(float *db, const float *dy, int N, int C) {
+    int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= C) return;
+    double acc = 0;
+    for (int i = 0; i < N; i++) acc += dy[(size_t)i * C + c];
+    db[c] = (float)(db[c] + acc);
+}
+
+extern "C" void lt_cuda_bias_add(lt_backend *be, float *y, const float *b, int N, int C) {
+    size_t n = (size_t)N * C;
+    if (!n) return;
+    bias_add_kernel<<<lt_grid_1d(n, EW_THREADS), EW_THREADS, 0, lt_cuda(be)->stream>>>(y, b, n, C);
+    lt_cuda_check(be, "bias_add");
+}
+
+extern "C" void lt_cuda_bias_backward(lt_backend *be, float *db, const float *dy, int N, int C) {
+    if (N <= 0 || C <= 0) return;
+    bias_backward_kernel<<<(C + EW_THREADS - 1) / EW_THREADS, EW_THREADS, 0, lt_cuda(be)->stream>>>(db, dy, N, C);
+    lt_cuda_check(be, "bias_backward");
+}
+
+/* ---- GeGLU (tanh GELU) ------------------------------------------------------------------------ */
+
+#define GELU_K0 0.7978845608028654f /* sqrt(2/pi) */
+#define GELU_K1 0.044715f
+
+/* out, gate, up (n): out = 0.5 g (1 + tanh(k0 (g + k1 g^3))) up */
+__global__ void geglu_forward_kernel(float *out, const float *gate, const float *up, size_t n) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        float g = gate[i];
+        float t = tanhf(GELU_K0 * (g + GELU_K1 * g * g * g));
+        out[i] = 0.5f * g * (1.0f + t) * up[i];
+    }
+}
+
+/* dgate, dup may alias gate, up (read before written by the same thread) */
+__global__ void geglu_backward_kernel(float *dgate, float *dup, const float *dout, const float *gate,
+                                      const float *up, size_t n) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        float g = gate[i], u = up[i], go = dout[i];
+        float t = tanhf(GELU_K0 * (g + GELU_K1 * g * g * g));
+        float gelu = 0.5f * g * (1.0f + t);
+        float dgelu = 0.5f * (1.0f + t) + 0.5f * g * (1.0f - t * t) * GELU_K0 * (1.0f + 3.0f * GELU_K1 * g * g);
+        dgate[i] = go * u * dgelu;
+        dup[i] = go * gelu;
+    }
+}
+
+extern "C" void lt_cuda_geglu_forward(lt_backend *be, float *out, const float *gate, const float *up, size_t n) {
+    if (!n) return;
+    geglu_forward_kernel<<<lt_grid_1d(n, EW_THREADS), EW_THREADS, 0, lt_cuda(be)->stream>>>(out, gate, up, n);
+    lt_cuda_check(be, "geglu_forward");
+}
+
+extern "C" void lt_cuda_geglu_backward(lt_backend *be, float *dgate, float *dup, const float *dout,
+                                       const float *gate, const float *up, size_t n) {
+    if (!n) return;
+    geglu_backward_kernel<<<lt_grid_1d(n, EW_THREADS), EW_THREADS, 0, lt_cuda(be)->stream>>>(
+        dgate, dup, dout, gate, up, n);
+    lt_cuda_check(be, "geglu_backward");
+}
+
+/* ---- soft-capping ----------------------------------------------------------------------------- */
+
+/* x (n) = cap tanh(x / cap) */
+__global__ void softcap_forward_kernel(float *x, size_t n, float cap) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        x[i] = cap * tanhf(x[i] / cap);
+}
+
+/* dx (n) *= 1 - (y / cap)^2 */
+__global__ void softcap_backward_kernel(float *dx, const float *y, size_t n, float cap) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        float t = y[i] / cap;
+        dx[i] *= 1.0f - t * t;
+    }
+}
+
+extern "C" void lt_cuda_softcap_forward(lt_backend *be, float *x, size_t n, float cap) {
+    if (!n) return;
+    softcap_forward_kernel<<<lt_grid_1d(n, EW_THREADS), EW_THREADS, 0, lt_cuda(be)->stream>>>(x, n, cap);
+    lt_cuda_check(be, "softcap_forward");
+}
+
+extern "C" void lt_cuda_softcap_backward(lt_backend *be, float *dx, const float *y, size_t n, float cap) {
+    if (!n) return;
+    softcap_backward_kernel<<<lt_grid_1d(n, EW_THREADS), EW_THREADS, 0, lt_cuda(be)->stream>>>(dx, y, n, cap);
+    lt_cuda_check(be, "softcap_backward");
+}
+
+/* ---- RoPE channel scale: x (N, n_heads, head_dim), channels < rot_dim of each head *= a ---------- */
+__global__ void rope_scale_kernel(float *x, size_t rows, int head_dim, int rot_dim, float a) {
+    size_t n = rows * (size_t)rot_dim;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        x[(i / rot_dim) * head_dim + i % rot_dim] *= a;
+}
+
+extern "C" void lt_cuda_rope_scale(lt_backend *be, float *x, int N, int n_heads, int head_dim, int rot_dim, float a) {
+    size_t rows = (size_t)N * n_heads;
+    if (!rows || rot_dim <= 0) return;
+    rope_scale_kernel<<<lt_grid_1d(rows * rot_dim, EW_THREADS), EW_THREADS, 0, lt_cuda(be)->stream>>>(
+        x, rows, head_dim, rot_dim, a);
+    lt_cuda_check(be, "rope_scale");
+}
+
+/* ---- DoRA ------------------------------------------------------------------------------------- */
+
+/* one block per row: n = ||w_r||, g = m / n, inv_n = 1 / n (double block sum: deterministic) */
+__global__ void dora_norm_kernel(float *g, float *inv_n, const float *m, const float *w, int cols) {
+    const float *wr = w + (size_t)blockIdx.x * cols;
+    double ss = 0;
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) ss += (double)wr[c] * wr[c];
+    ss = lt_block_sum(ss);
+    if (threadIdx.x == 0) {
+        float n = (float)sqrt(ss);
+        g[blockIdx.x] = m[blockIdx.x] / n;
+        inv_n[blockIdx.x] = 1.0f / n;
+    }
+}
+
+__global__ void mul_cols_kernel(float *y, const float *g, size_t n, int C) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        y[i] *= g[i % (size_t)C];
+}
+
+/* one thread per column, rows in order */
+__global__ void col_dot_kernel(float *out, const float *a, const float *b, const float *w, int N, int C) {
+    int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= C) return;
+    double acc = 0;
+    for (int i = 0; i < N; i++) acc += (double)a[(size_t)i * C + c] * b[(size_t)i * C + c];
+    out[c] = (float)(out[c] + w[c] * acc);
+}
+
+extern "C" void lt_cuda_dora_norm(lt_backend *be, float *g, float *inv_n, const float *m, const float *w, int rows,
+                                  int cols) {
+    if (rows <= 0 || cols <= 0) return;
+    dora_norm_kernel<<<rows, EW_THREADS, 0, lt_cuda(be)->stream>>>(g, inv_n, m, w, cols);
+    lt_cuda_check(be, "dora_norm");
+}
+
+extern "C" void lt_cuda_mul_cols(lt_backend *be, float *y, const float *g, int N, int C) {
+    size_t n = (size_t)N * C;
+    if (!n) return;
+    mul_cols_kernel<<<lt_grid_1d(n, EW_THREADS), EW_THREADS, 0, lt_cuda(be)->stream>>>(y, g, n, C);
+    lt_cuda_check(be, "mul_cols");
+}
+
+extern "C" void lt_cuda_col_dot(lt_backend *be, float *out, const float *a, const float *b, const float *w, int N,
+                                int C) {
+    if (N <= 0 || C <= 0) return;
+    col_dot_kernel<<<(C + EW_THREADS - 1) / EW_THREADS, EW_THREADS, 0, lt_cuda(be)->stream>>>(out, a, b, w, N, C);
+    lt_cuda_check(be, "col_dot");
 }

@@ -201,6 +201,10 @@ typedef struct lt_model_info {
     lt_quant_format quantization; /* format of the quantized projections (NONE: all f32)    */
     int64_t quantized_params;  /* parameters stored quantized                               */
     int64_t quantized_bytes;   /* their bytes (codes + statistics): 8 * bytes / params bits */
+    /* since 0.2 (model families) */
+    char family[32];           /* "Llama", "Qwen2", "Qwen3", "Mistral", "Gemma", ...        */
+    int64_t sliding_window;    /* attention window of the windowed layers; 0 = none         */
+    int32_t n_sliding_layers;  /* how many layers use that window                           */
 } lt_model_info;
 
 LT_API void lt_model_params_init(lt_model_params *params, size_t size);
@@ -270,6 +274,9 @@ typedef struct lt_adapter_params {
     int use_rslora;      /* scaling alpha/sqrt(r) instead of alpha/r                       */
     lt_lora_init init;
     uint64_t seed;       /* initialisation seed (default 0)                                */
+    /* since 0.2 */
+    int use_dora;        /* DoRA (PEFT use_dora): a trainable magnitude per output row;    */
+                         /* saved as lora_magnitude_vector. Needs dropout 0.               */
 } lt_adapter_params;
 
 LT_API void lt_adapter_params_init(lt_adapter_params *params, size_t size);

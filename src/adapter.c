@@ -42,6 +42,8 @@ lt_status lt_adapter_alloc(lt_model *m, const lt_adapter_params *p, lt_adapter *
     if (p->rank <= 0 || p->rank > 4096) return lt_fail(err, LT_ERR_ARGUMENT, "adapter: rank %d is not in [1, 4096]", p->rank);
     if (!(p->alpha > 0) || !isfinite(p->alpha)) return lt_fail(err, LT_ERR_ARGUMENT, "adapter: alpha %g must be positive", p->alpha);
     if (!(p->dropout >= 0 && p->dropout < 1)) return lt_fail(err, LT_ERR_ARGUMENT, "adapter: dropout %g is not in [0, 1)", p->dropout);
+    if (p->use_dora && p->dropout > 0)
+        return lt_fail(err, LT_ERR_UNSUPPORTED, "adapter: DoRA with lora_dropout %g is not supported (use 0)", p->dropout);
     if (!(p->targets & LT_TARGET_ALL) || (p->targets & ~(unsigned)LT_TARGET_ALL))
         return lt_fail(err, LT_ERR_ARGUMENT, "adapter: target mask 0x%x names no known projection", p->targets);
     lt_adapter *a = calloc(1, sizeof *a);
@@ -54,14 +56,39 @@ lt_status lt_adapter_alloc(lt_model *m, const lt_adapter_params *p, lt_adapter *
     a->p = *p;
     a->p.size = sizeof a->p;
     a->scaling = adapter_scaling(p);
-    size_t n = 0;
-    for (int q = 0; q < P_COUNT; q++) {
-        if (!(p->targets & (1u << q))) continue;
+    lt_module mods[P_COUNT];
+    const int n_mods = lt_model_modules(&m->cfg, mods);
+    for (int k = 0; k < n_mods; k++) {
+        unsigned mk = lt_module_mask(&mods[k]);
+        if ((p->targets & mk) && (p->targets & mk) != mk) {
+            lt_adapter_free(a);
+            return lt_fail(err, LT_ERR_ARGUMENT, "adapter: %s fuses %d projections into %s; target all of them or none",
+                           m->cfg.architecture, mods[k].count, mods[k].name);
+        }
+    }
+    size_t n = 0, n_gn = 0, max_w = 0;
+    for (int k = 0; k < n_mods; k++) {
+        if (!(p->targets & lt_module_mask(&mods[k]))) continue;
         int in, o;
-        lt_proj_dims(&m->cfg, (lt_proj)q, &in, &o);
-        n += (size_t)p->rank * (in + o);
+        lt_module_dims(&m->cfg, &mods[k], &in, &o);
+        n += (size_t)p->rank * (in + o) + (p->use_dora ? (size_t)o : 0);
+        n_gn += 2 * (size_t)o;
+        for (int q = mods[k].first; q < mods[k].first + mods[k].count; q++) {
+            int pi, po;
+            lt_proj_dims(&m->cfg, (lt_proj)q, &pi, &po);
+            if ((size_t)pi * po > max_w) max_w = (size_t)pi * po;
+        }
     }
     n *= (size_t)L;
+    n_gn *= (size_t)L;
+    if (p->use_dora) {
+        a->dora_gn = m->be->ops->alloc(m->be, n_gn * sizeof(float));
+        a->dora_w = m->be->ops->alloc(m->be, max_w * sizeof(float));
+        if (!a->dora_gn || !a->dora_w) {
+            lt_adapter_free(a);
+            return lt_fail(err, LT_ERR_NOMEM, "adapter: cannot allocate the DoRA scratch (%zu floats)", n_gn + max_w);
+        }
+    }
     a->n_params = n;
     a->params = m->be->ops->alloc(m->be, n * sizeof(float));
     a->grads = m->be->ops->alloc(m->be, n * sizeof(float));
@@ -71,19 +98,33 @@ lt_status lt_adapter_alloc(lt_model *m, const lt_adapter_params *p, lt_adapter *
     }
     m->be->ops->zero(m->be, a->params, n * sizeof(float));
     m->be->ops->zero(m->be, a->grads, n * sizeof(float));
-    size_t off = 0;
+    size_t off = 0, gn_off = 0;
     for (int l = 0; l < L; l++)
-        for (int q = 0; q < P_COUNT; q++) {
-            if (!(p->targets & (1u << q))) continue;
+        for (int k = 0; k < n_mods; k++) {
+            if (!(p->targets & lt_module_mask(&mods[k]))) continue;
             int in, o;
-            lt_proj_dims(&m->cfg, (lt_proj)q, &in, &o);
-            lt_lora *lo = &a->lora[l * P_COUNT + q];
-            lo->A = a->params + off;
-            lo->dA = a->grads + off;
-            off += (size_t)p->rank * in;
-            lo->B = a->params + off;
-            lo->dB = a->grads + off;
-            off += (size_t)o * p->rank;
+            lt_module_dims(&m->cfg, &mods[k], &in, &o);
+            size_t a_off = off, b_off = off + (size_t)p->rank * in, m_off = b_off + (size_t)o * p->rank;
+            off = m_off + (p->use_dora ? (size_t)o : 0);
+            /* the projections of a fused module share A; their B are consecutive row blocks */
+            for (int q = mods[k].first; q < mods[k].first + mods[k].count; q++) {
+                int pi, po;
+                lt_proj_dims(&m->cfg, (lt_proj)q, &pi, &po);
+                lt_lora *lo = &a->lora[l * P_COUNT + q];
+                lo->A = a->params + a_off;
+                lo->dA = a->grads + a_off;
+                lo->B = a->params + b_off;
+                lo->dB = a->grads + b_off;
+                b_off += (size_t)po * p->rank;
+                if (p->use_dora) { /* the module's magnitude vector: this projection's rows */
+                    lo->mag = a->params + m_off;
+                    lo->dmag = a->grads + m_off;
+                    m_off += (size_t)po;
+                    lo->dora_g = a->dora_gn + gn_off;
+                    lo->dora_inv_n = a->dora_gn + gn_off + po;
+                    gn_off += 2 * (size_t)po;
+                }
+            }
         }
     *out = a;
     return LT_OK;
@@ -136,12 +177,14 @@ LT_API lt_status lt_adapter_create(lt_model *m, const lt_adapter_params *params,
     rng_t rng;
     rng_seed(&rng, p.seed);
     float *host = NULL;
+    lt_module mods[P_COUNT];
+    const int n_mods = lt_model_modules(&m->cfg, mods);
     for (int l = 0; l < m->cfg.num_hidden_layers; l++)
-        for (int q = 0; q < P_COUNT; q++) {
-            lt_lora *lo = lt_adapter_lora(a, l, (lt_proj)q);
+        for (int q = 0; q < n_mods; q++) {
+            lt_lora *lo = lt_adapter_lora(a, l, (lt_proj)mods[q].first); /* fused: one shared A */
             if (!lo) continue;
             int in, o;
-            lt_proj_dims(&m->cfg, (lt_proj)q, &in, &o);
+            lt_module_dims(&m->cfg, &mods[q], &in, &o);
             size_t n = (size_t)p.rank * in;
             float *h = realloc(host, n * sizeof *h);
             if (!h) { free(host); lt_adapter_free(a); return lt_fail(terr, LT_ERR_NOMEM, "out of memory"); }
@@ -153,6 +196,26 @@ LT_API lt_status lt_adapter_create(lt_model *m, const lt_adapter_params *params,
             m->be->ops->upload(m->be, lo->A, h, n * sizeof *h);
         }
     free(host);
+    if (p.use_dora) { /* m = ||W + s B A||_row = ||W||_row since B = 0 (PEFT's DoRA init) */
+        for (int l = 0; l < m->cfg.num_hidden_layers; l++)
+            for (int q = 0; q < P_COUNT; q++) {
+                lt_lora *lo = lt_adapter_lora(a, l, (lt_proj)q);
+                if (!lo) continue;
+                int in, o;
+                lt_proj_dims(&m->cfg, (lt_proj)q, &in, &o);
+                float *h = malloc((size_t)o * in * sizeof *h);
+                if (!h) { lt_adapter_free(a); return lt_fail(terr, LT_ERR_NOMEM, "out of memory"); }
+                lt_status st = lt_weight_download(m, &m->layers[l].w[q], h, o, in, terr); /* dequantized: QDoRA */
+                if (st != LT_OK) { free(h); lt_adapter_free(a); return st; }
+                for (int i = 0; i < o; i++) {
+                    double ss = 0;
+                    for (int j = 0; j < in; j++) ss += (double)h[(size_t)i * in + j] * h[(size_t)i * in + j];
+                    h[i] = (float)sqrt(ss); /* row i is read before h[i] is written (i <= i * in) */
+                }
+                m->be->ops->upload(m->be, lo->mag, h, (size_t)o * sizeof *h);
+                free(h);
+            }
+    }
     *out = a;
     return LT_OK;
 }
@@ -162,6 +225,9 @@ LT_API void lt_adapter_free(lt_adapter *a) {
     lt_backend *be = a->model->be;
     if (a->params) be->ops->free(be, a->params);
     if (a->grads) be->ops->free(be, a->grads);
+    if (a->dora_gn) be->ops->free(be, a->dora_gn);
+    if (a->dora_w) be->ops->free(be, a->dora_w);
+    free(a->dora_merge_g);
     free(a->lora);
     free(a);
 }
@@ -182,8 +248,8 @@ LT_API int64_t lt_adapter_n_params(const lt_adapter *a) { return a ? (int64_t)a-
 
 /* ---- PEFT save ------------------------------------------------------------------------------------ */
 
-static void key_of(char *buf, size_t len, int l, int q, char ab) {
-    snprintf(buf, len, KEY_PREFIX "%d.%s.%s.lora_%c.weight", l, lt_proj_parent[q], lt_proj_names[q], ab);
+static void key_of(char *buf, size_t len, int l, const lt_module *mod, char ab) {
+    snprintf(buf, len, KEY_PREFIX "%d.%s.%s.lora_%c.weight", l, mod->parent, mod->name, ab);
 }
 
 /* Download all adapter parameters to a host buffer. */
@@ -195,8 +261,10 @@ static float *params_to_host(const lt_adapter *a) {
 
 static lt_status write_adapter_config(const lt_adapter *a, const char *dir, lt_error *err) {
     json_t *o = json_object(), *t = json_array();
-    for (int q = 0; q < P_COUNT; q++)
-        if (a->p.targets & (1u << q)) json_array_append_new(t, json_string(lt_proj_names[q]));
+    lt_module mods[P_COUNT];
+    const int n_mods = lt_model_modules(&a->model->cfg, mods);
+    for (int q = 0; q < n_mods; q++)
+        if (a->p.targets & lt_module_mask(&mods[q])) json_array_append_new(t, json_string(mods[q].name));
     json_object_set_new(o, "peft_type", json_string("LORA"));
     json_object_set_new(o, "task_type", json_string("CAUSAL_LM"));
     json_object_set_new(o, "base_model_name_or_path", json_string(a->model->dir));
@@ -206,7 +274,7 @@ static lt_status write_adapter_config(const lt_adapter *a, const char *dir, lt_e
     json_object_set_new(o, "lora_dropout", json_real(a->p.dropout));
     json_object_set_new(o, "bias", json_string("none"));
     json_object_set_new(o, "use_rslora", json_boolean(a->p.use_rslora));
-    json_object_set_new(o, "use_dora", json_false());
+    json_object_set_new(o, "use_dora", json_boolean(a->p.use_dora));
     json_object_set_new(o, "fan_in_fan_out", json_false());
     json_object_set_new(o, "init_lora_weights", a->p.init == LT_INIT_GAUSSIAN ? json_string("gaussian") : json_true());
     json_object_set_new(o, "modules_to_save", json_null());
@@ -229,24 +297,36 @@ static lt_status adapter_save(lt_adapter *a, const char *dir, lt_error *err) {
     const int L = (int)a->model->cfg.num_hidden_layers;
     float *h = params_to_host(a);
     int n = 0;
-    lt_st_entry *e = calloc((size_t)L * P_COUNT * 2, sizeof *e);
-    char *names = calloc((size_t)L * P_COUNT * 2, 160);
+    lt_st_entry *e = calloc((size_t)L * P_COUNT * 3, sizeof *e);
+    char *names = calloc((size_t)L * P_COUNT * 3, 160);
     if (!h || !e || !names) { free(h); free(e); free(names); return lt_fail(err, LT_ERR_NOMEM, "out of memory"); }
+    lt_module mods[P_COUNT];
+    const int n_mods = lt_model_modules(&a->model->cfg, mods);
     for (int l = 0; l < L; l++)
-        for (int q = 0; q < P_COUNT; q++) {
-            lt_lora *lo = lt_adapter_lora(a, l, (lt_proj)q);
+        for (int q = 0; q < n_mods; q++) {
+            lt_lora *lo = lt_adapter_lora(a, l, (lt_proj)mods[q].first);
             if (!lo) continue;
             int in, o;
-            lt_proj_dims(&a->model->cfg, (lt_proj)q, &in, &o);
+            lt_module_dims(&a->model->cfg, &mods[q], &in, &o);
             for (int k = 0; k < 2; k++) {
                 char *nm = names + (size_t)n * 160;
-                key_of(nm, 160, l, q, k ? 'B' : 'A');
+                key_of(nm, 160, l, &mods[q], k ? 'B' : 'A');
                 e[n].name = nm;
                 e[n].dtype = LT_DT_F32;
                 e[n].ndim = 2;
                 e[n].shape[0] = k ? o : a->p.rank;
                 e[n].shape[1] = k ? a->p.rank : in;
                 e[n].data = h + ((k ? lo->B : lo->A) - a->params);
+                n++;
+            }
+            if (lo->mag) { /* DoRA: PEFT's key has no ".weight" */
+                char *nm = names + (size_t)n * 160;
+                snprintf(nm, 160, KEY_PREFIX "%d.%s.%s.lora_magnitude_vector", l, mods[q].parent, mods[q].name);
+                e[n].name = nm;
+                e[n].dtype = LT_DT_F32;
+                e[n].ndim = 1;
+                e[n].shape[0] = o;
+                e[n].data = h + (lo->mag - a->params);
                 n++;
             }
         }
@@ -272,6 +352,8 @@ LT_API lt_status lt_adapter_save(lt_adapter *a, const char *dir) {
 /* target_modules: a list of names, "all-linear", or a regex matched against full module names. */
 static lt_status parse_targets(json_t *tm, const lt_model *m, unsigned *targets, const char *path, lt_error *err) {
     *targets = 0;
+    lt_module mods[P_COUNT];
+    const int n_mods = lt_model_modules(&m->cfg, mods);
     if (json_is_array(tm)) {
         size_t i;
         json_t *v;
@@ -279,11 +361,14 @@ static lt_status parse_targets(json_t *tm, const lt_model *m, unsigned *targets,
             if (!json_is_string(v)) return lt_fail(err, LT_ERR_JSON, "%s: target_modules[%zu] is not a string", path, i);
             const char *s = json_string_value(v);
             int q = 0;
-            while (q < P_COUNT && strcmp(s, lt_proj_names[q])) q++;
-            if (q == P_COUNT)
-                return lt_fail(err, LT_ERR_UNSUPPORTED, "%s: target module \"%s\" is not one of q_proj, k_proj, "
-                               "v_proj, o_proj, gate_proj, up_proj, down_proj", path, s);
-            *targets |= 1u << q;
+            while (q < n_mods && strcmp(s, mods[q].name)) q++;
+            if (q == n_mods) {
+                char list[256] = "";
+                for (int k = 0; k < n_mods; k++)
+                    snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", k ? ", " : "", mods[k].name);
+                return lt_fail(err, LT_ERR_UNSUPPORTED, "%s: target module \"%s\" is not one of %s", path, s, list);
+            }
+            *targets |= lt_module_mask(&mods[q]);
         }
     } else if (json_is_string(tm)) {
         const char *s = json_string_value(tm);
@@ -297,18 +382,18 @@ static lt_status parse_targets(json_t *tm, const lt_model *m, unsigned *targets,
                 return lt_fail(err, LT_ERR_UNSUPPORTED, "%s: target_modules regex \"%s\" is not a POSIX "
                                "extended regex this library can evaluate", path, s);
             char name[256];
-            for (int q = 0; q < P_COUNT; q++) {
+            for (int q = 0; q < n_mods; q++) {
                 unsigned hit = 0;
                 for (int l = 0; l < m->cfg.num_hidden_layers; l++) {
-                    snprintf(name, sizeof name, "model.layers.%d.%s.%s", l, lt_proj_parent[q], lt_proj_names[q]);
+                    snprintf(name, sizeof name, "model.layers.%d.%s.%s", l, mods[q].parent, mods[q].name);
                     if (!regexec(&re, name, 0, NULL, 0)) hit++;
                 }
                 if (hit && hit != (unsigned)m->cfg.num_hidden_layers) {
                     regfree(&re);
                     return lt_fail(err, LT_ERR_UNSUPPORTED, "%s: target_modules regex \"%s\" selects %s in only "
-                                   "some layers; per-layer targets are not supported", path, s, lt_proj_names[q]);
+                                   "some layers; per-layer targets are not supported", path, s, mods[q].name);
                 }
-                if (hit) *targets |= 1u << q;
+                if (hit) *targets |= lt_module_mask(&mods[q]);
             }
             regfree(&re);
         }
@@ -351,7 +436,7 @@ static lt_status read_adapter_config(const char *dir, const lt_model *m, lt_adap
     v = json_object_get(o, "use_rslora");
     p->use_rslora = v && json_is_true(v);
     v = json_object_get(o, "use_dora");
-    if (v && json_is_true(v)) { st = lt_fail(err, LT_ERR_UNSUPPORTED, "%s: DoRA adapters (use_dora) are not supported yet", path); goto out; }
+    p->use_dora = v && json_is_true(v);
     v = json_object_get(o, "bias");
     if (v && json_is_string(v) && strcmp(json_string_value(v), "none")) {
         st = lt_fail(err, LT_ERR_UNSUPPORTED, "%s: bias \"%s\" is not supported (only \"none\")", path, json_string_value(v));
@@ -413,15 +498,20 @@ LT_API lt_status lt_adapter_load(lt_model *m, const char *dir, lt_adapter **out)
     float *host = malloc(a->n_params * sizeof(float));
     if (!host) { st = lt_fail(err, LT_ERR_NOMEM, "out of memory"); goto fail; }
     /* every key in the file must be one we expect ... */
+    lt_module mods[P_COUNT];
+    const int n_mods = lt_model_modules(&m->cfg, mods);
     for (int i = 0; i < lt_st_count(f); i++) {
         const char *name = lt_st_tensors(f)[i].name;
         int l, q, matched = 0;
         char key[256];
         for (l = 0; l < L && !matched; l++)
-            for (q = 0; q < P_COUNT && !matched; q++)
-                for (int k = 0; k < 2 && !matched; k++) {
-                    key_of(key, sizeof key, l, q, k ? 'B' : 'A');
-                    matched = !strcmp(key, name) && lt_adapter_lora(a, l, (lt_proj)q);
+            for (q = 0; q < n_mods && !matched; q++)
+                for (int k = 0; k < 3 && !matched; k++) {
+                    if (k == 2) snprintf(key, sizeof key, KEY_PREFIX "%d.%s.%s.lora_magnitude_vector", l,
+                                         mods[q].parent, mods[q].name);
+                    else key_of(key, sizeof key, l, &mods[q], k ? 'B' : 'A');
+                    const lt_lora *lo = lt_adapter_lora(a, l, (lt_proj)mods[q].first);
+                    matched = !strcmp(key, name) && lo && (k < 2 || lo->mag);
                 }
         if (!matched) {
             st = lt_fail(err, LT_ERR_FORMAT, "%s: unexpected tensor \"%s\" (not a LoRA weight of a targeted "
@@ -431,25 +521,31 @@ LT_API lt_status lt_adapter_load(lt_model *m, const char *dir, lt_adapter **out)
     }
     /* ... and every expected key must be there with the right shape */
     for (int l = 0; l < L; l++)
-        for (int q = 0; q < P_COUNT; q++) {
-            lt_lora *lo = lt_adapter_lora(a, l, (lt_proj)q);
+        for (int q = 0; q < n_mods; q++) {
+            lt_lora *lo = lt_adapter_lora(a, l, (lt_proj)mods[q].first);
             if (!lo) continue;
             int in, o;
-            lt_proj_dims(&m->cfg, (lt_proj)q, &in, &o);
-            for (int k = 0; k < 2; k++) {
+            lt_module_dims(&m->cfg, &mods[q], &in, &o);
+            for (int k = 0; k < (lo->mag ? 3 : 2); k++) {
                 char key[256];
-                key_of(key, sizeof key, l, q, k ? 'B' : 'A');
+                if (k == 2) snprintf(key, sizeof key, KEY_PREFIX "%d.%s.%s.lora_magnitude_vector", l, mods[q].parent,
+                                     mods[q].name);
+                else key_of(key, sizeof key, l, &mods[q], k ? 'B' : 'A');
                 const lt_st_tensor *t = lt_st_find(f, key);
                 if (!t) { st = lt_fail(err, LT_ERR_MISSING, "%s: tensor \"%s\" is missing", path, key); goto fail; }
+                if (k == 2 && (t->ndim != 1 || t->shape[0] != o)) {
+                    st = lt_fail(err, LT_ERR_SHAPE, "%s: tensor \"%s\" must have shape [%d]", path, key, o);
+                    goto fail;
+                }
                 int64_t d0 = k ? o : p.rank, d1 = k ? p.rank : in;
-                if (t->ndim != 2 || t->shape[0] != d0 || t->shape[1] != d1) {
+                if (k < 2 && (t->ndim != 2 || t->shape[0] != d0 || t->shape[1] != d1)) {
                     st = lt_fail(err, LT_ERR_SHAPE, "%s: tensor \"%s\" has shape [%lld, %lld], expected [%lld, %lld] "
                                  "(r = %d in adapter_config.json; an adapter for another model?)", path, key,
                                  (long long)t->shape[0], (long long)(t->ndim > 1 ? t->shape[1] : -1),
                                  (long long)d0, (long long)d1, p.rank);
                     goto fail;
                 }
-                float *dst = host + ((k ? lo->B : lo->A) - a->params);
+                float *dst = host + ((k == 2 ? lo->mag : k ? lo->B : lo->A) - a->params);
                 if (lt_convert_to_f32(dst, t->data, t->dtype, (size_t)t->numel) != 0) {
                     st = lt_fail(err, LT_ERR_DTYPE, "%s: tensor \"%s\" has dtype %s (need F32, F16 or BF16)", path,
                                  key, lt_dtype_name(t->dtype));
@@ -492,9 +588,71 @@ static lt_status weight_writable(lt_model *m, float **w, size_t n, lt_error *err
     return LT_OK;
 }
 
+/* DoRA merge on the host, per projection: W' = g (W + s B A), g = m / ||W + s B A||_row (PEFT's merge);
+ * unmerge: W = W' / g - s B A with the g kept from the merge. */
+static lt_status dora_merge_sign(lt_adapter *a, float sign) {
+    lt_model *m = a->model;
+    const int L = (int)m->cfg.num_hidden_layers, r = a->p.rank;
+    size_t total = 0;
+    for (int q = 0; q < P_COUNT; q++)
+        if (lt_adapter_lora(a, 0, (lt_proj)q)) {
+            int in, o;
+            lt_proj_dims(&m->cfg, (lt_proj)q, &in, &o);
+            total += (size_t)o * L;
+        }
+    if (!a->dora_merge_g && !(a->dora_merge_g = malloc(total * sizeof(float))))
+        return lt_fail(&a->err, LT_ERR_NOMEM, "merge: out of memory");
+    size_t goff = 0;
+    for (int l = 0; l < L; l++)
+        for (int q = 0; q < P_COUNT; q++) {
+            lt_lora *lo = lt_adapter_lora(a, l, (lt_proj)q);
+            if (!lo) continue;
+            int in, o;
+            lt_proj_dims(&m->cfg, (lt_proj)q, &in, &o);
+            if (m->layers[l].w[q].format != LT_WEIGHT_F32)
+                return lt_fail(&a->err, LT_ERR_UNSUPPORTED, "merge: the base weights are quantized (%s); merging in "
+                               "place needs f32 weights: export a merged model instead (lt_adapter_export_merged)",
+                               lt_quant_format_name(m->quant));
+            lt_status st = weight_writable(m, &m->layers[l].w[q].f32, (size_t)in * o, &a->err);
+            if (st != LT_OK) return st;
+            float *W = malloc((size_t)o * in * sizeof(float)), *A = malloc((size_t)r * in * sizeof(float));
+            float *B = malloc((size_t)o * r * sizeof(float)), *mg = malloc((size_t)o * sizeof(float));
+            if (!W || !A || !B || !mg) {
+                free(W); free(A); free(B); free(mg);
+                return lt_fail(&a->err, LT_ERR_NOMEM, "merge: out of memory");
+            }
+            m->be->ops->download(m->be, W, m->layers[l].w[q].f32, (size_t)o * in * sizeof(float));
+            m->be->ops->download(m->be, A, lo->A, (size_t)r * in * sizeof(float));
+            m->be->ops->download(m->be, B, lo->B, (size_t)o * r * sizeof(float));
+            m->be->ops->download(m->be, mg, lo->mag, (size_t)o * sizeof(float));
+            float *g = a->dora_merge_g + goff;
+            for (int i = 0; i < o; i++) {
+                float *Wi = W + (size_t)i * in;
+                if (sign < 0)
+                    for (int j = 0; j < in; j++) Wi[j] /= g[i];
+                double ss = 0;
+                for (int j = 0; j < in; j++) {
+                    double d = 0;
+                    for (int k = 0; k < r; k++) d += (double)B[(size_t)i * r + k] * A[(size_t)k * in + j];
+                    Wi[j] = (float)(Wi[j] + sign * a->scaling * d);
+                    ss += (double)Wi[j] * Wi[j];
+                }
+                if (sign > 0) {
+                    g[i] = (float)(mg[i] / sqrt(ss));
+                    for (int j = 0; j < in; j++) Wi[j] *= g[i];
+                }
+            }
+            m->be->ops->upload(m->be, m->layers[l].w[q].f32, W, (size_t)o * in * sizeof(float));
+            free(W); free(A); free(B); free(mg);
+            goff += (size_t)o;
+        }
+    return m->be->ops->sync(m->be);
+}
+
 /* W (out,in) += sign * s * B (out,r) @ A (r,in) for every targeted projection */
 static lt_status merge_sign(lt_adapter *a, float sign) {
     lt_model *m = a->model;
+    if (a->p.use_dora) return dora_merge_sign(a, sign);
     for (int l = 0; l < m->cfg.num_hidden_layers; l++)
         for (int q = 0; q < P_COUNT; q++) {
             lt_lora *lo = lt_adapter_lora(a, l, (lt_proj)q);
@@ -544,7 +702,7 @@ lt_status lt_model_export(lt_model *m, const lt_adapter *a, const char *dir, uin
     const int64_t V = c->vocab_size, H = c->hidden_size;
     lt_status st = lt_mkdir_p(dir, err);
     if (st != LT_OK) return st;
-    int cap = 3 + L * (2 + P_COUNT), n = 0;
+    int cap = 3 + L * (6 + 2 * P_COUNT), n = 0;
     lt_st_entry *e = calloc((size_t)cap, sizeof *e);
     char *names = calloc((size_t)cap, 128);
     float **bufs = calloc((size_t)cap, sizeof *bufs);
@@ -564,36 +722,78 @@ lt_status lt_model_export(lt_model *m, const lt_adapter *a, const char *dir, uin
     } while (0)
     ADD("%s", m->embed, V, H, "model.embed_tokens.weight");
     for (int l = 0; l < L; l++) {
-        ADD("model.layers.%d.input_layernorm.weight", m->layers[l].attn_norm, H, 0, l);
-        ADD("model.layers.%d.post_attention_layernorm.weight", m->layers[l].mlp_norm, H, 0, l);
+        const lt_layer *Ly = &m->layers[l];
+        ADD("model.layers.%d.input_layernorm.weight", Ly->attn_norm_file ? Ly->attn_norm_file : Ly->attn_norm, H, 0, l);
+        if (c->sandwich_norms) {
+            ADD("model.layers.%d.pre_feedforward_layernorm.weight", Ly->mlp_norm_file, H, 0, l);
+            ADD("model.layers.%d.post_attention_layernorm.weight", Ly->post_attn_norm_file, H, 0, l);
+            ADD("model.layers.%d.post_feedforward_layernorm.weight", Ly->post_ff_norm_file, H, 0, l);
+        } else {
+            ADD("model.layers.%d.post_attention_layernorm.weight", Ly->mlp_norm_file ? Ly->mlp_norm_file : Ly->mlp_norm,
+                H, 0, l);
+        }
+        if (Ly->q_norm) {
+            ADD("model.layers.%d.self_attn.q_norm.weight", Ly->q_norm_file, c->head_dim, 0, l);
+            ADD("model.layers.%d.self_attn.k_norm.weight", Ly->k_norm_file, c->head_dim, 0, l);
+        }
         for (int q = 0; q < P_COUNT; q++) {
             int in, o;
             lt_proj_dims(c, (lt_proj)q, &in, &o);
-            /* quantized weights are exported dequantized: the merged model is f32 */
-            ADD("model.layers.%d.%s.%s.weight", NULL, o, in, l, lt_proj_parent[q], lt_proj_names[q]);
-            st = lt_weight_download(m, &m->layers[l].w[q], bufs[n - 1], o, in, err);
-            if (st != LT_OK) goto out;
-            lt_lora *lo = a ? lt_adapter_lora(a, l, (lt_proj)q) : NULL;
-            if (lo && !a->merged) {
-                /* host-side merge: W += s B A */
-                float *A = malloc((size_t)a->p.rank * in * sizeof(float)), *B = malloc((size_t)o * a->p.rank * sizeof(float));
-                if (!A || !B) { free(A); free(B); st = lt_fail(err, LT_ERR_NOMEM, "out of memory"); goto out; }
-                m->be->ops->download(m->be, A, lo->A, (size_t)a->p.rank * in * sizeof(float));
-                m->be->ops->download(m->be, B, lo->B, (size_t)o * a->p.rank * sizeof(float));
-                float *W = bufs[n - 1];
-                for (int i = 0; i < o; i++)
-                    for (int k = 0; k < a->p.rank; k++) {
-                        float bik = a->scaling * B[(size_t)i * a->p.rank + k];
-                        const float *Ak = A + (size_t)k * in;
-                        float *Wi = W + (size_t)i * in;
-                        for (int j = 0; j < in; j++) Wi[j] += bik * Ak[j];
+            if (Ly->bias[q]) ADD("model.layers.%d.%s.%s.bias", Ly->bias[q], o, 0, l, lt_proj_parent[q], lt_proj_names[q]);
+        }
+        lt_module mods[P_COUNT];
+        const int n_mods = lt_model_modules(c, mods);
+        for (int k = 0; k < n_mods; k++) {
+            int min, mout;
+            lt_module_dims(c, &mods[k], &min, &mout);
+            char *nm = names + (size_t)n * 128;
+            snprintf(nm, 128, "model.layers.%d.%s.%s.weight", l, mods[k].parent, mods[k].name);
+            float *W = bufs[n] = malloc((size_t)mout * min * sizeof(float));
+            if (!W) { st = lt_fail(err, LT_ERR_NOMEM, "out of memory exporting %s", nm); goto out; }
+            e[n].name = nm; e[n].dtype = LT_DT_F32; e[n].ndim = 2;
+            e[n].shape[0] = mout; e[n].shape[1] = min; e[n].data = W;
+            n++;
+            /* a fused module is its projections' weights stacked by rows */
+            for (int q = mods[k].first; q < mods[k].first + mods[k].count; q++) {
+                int in, o;
+                lt_proj_dims(c, (lt_proj)q, &in, &o);
+                st = lt_weight_download(m, &m->layers[l].w[q], W, o, in, err); /* dequantized when quantized */
+                if (st != LT_OK) goto out;
+                lt_lora *lo = a ? lt_adapter_lora(a, l, (lt_proj)q) : NULL;
+                if (lo && !a->merged) {
+                    /* host-side merge: W += s B A */
+                    float *A = malloc((size_t)a->p.rank * in * sizeof(float)), *B = malloc((size_t)o * a->p.rank * sizeof(float));
+                    if (!A || !B) { free(A); free(B); st = lt_fail(err, LT_ERR_NOMEM, "out of memory"); goto out; }
+                    m->be->ops->download(m->be, A, lo->A, (size_t)a->p.rank * in * sizeof(float));
+                    m->be->ops->download(m->be, B, lo->B, (size_t)o * a->p.rank * sizeof(float));
+                    for (int i = 0; i < o; i++)
+                        for (int r = 0; r < a->p.rank; r++) {
+                            float bik = a->scaling * B[(size_t)i * a->p.rank + r];
+                            const float *Ak = A + (size_t)r * in;
+                            float *Wi = W + (size_t)i * in;
+                            for (int j = 0; j < in; j++) Wi[j] += bik * Ak[j];
+                        }
+                    if (lo->mag) { /* DoRA: rows times m / ||W + s B A|| */
+                        float *mg = malloc((size_t)o * sizeof(float));
+                        if (!mg) { free(A); free(B); st = lt_fail(err, LT_ERR_NOMEM, "out of memory"); goto out; }
+                        m->be->ops->download(m->be, mg, lo->mag, (size_t)o * sizeof(float));
+                        for (int i = 0; i < o; i++) {
+                            float *Wi = W + (size_t)i * in;
+                            double ss = 0;
+                            for (int j = 0; j < in; j++) ss += (double)Wi[j] * Wi[j];
+                            float gi = (float)(mg[i] / sqrt(ss));
+                            for (int j = 0; j < in; j++) Wi[j] *= gi;
+                        }
+                        free(mg);
                     }
-                free(A);
-                free(B);
+                    free(A);
+                    free(B);
+                }
+                W += (size_t)o * in;
             }
         }
     }
-    ADD("%s", m->final_norm, H, 0, "model.norm.weight");
+    ADD("%s", m->final_norm_file ? m->final_norm_file : m->final_norm, H, 0, "model.norm.weight");
     if (!c->tie_word_embeddings) {
         const lt_weight head = lt_model_lm_head(m); /* exported dequantized when quantized */
         ADD("%s", NULL, V, H, "lm_head.weight");

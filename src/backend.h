@@ -128,6 +128,11 @@ typedef struct lt_backend_ops {
     void (*rope_backward)(lt_backend *be, float *dx, const int32_t *pos, const float *inv_freq,
                           int N, int n_heads, int head_dim, int rot_dim);
 
+    /* x (N, n_heads, head_dim): the first rot_dim channels of each head *= a, in place. RoPE whose cos
+     * and sin carry a factor (longrope's attention factor) is rope_forward then this; its backward is
+     * this then rope_backward. */
+    void (*rope_scale)(lt_backend *be, float *x, int N, int n_heads, int head_dim, int rot_dim, float a);
+
     /* ---- causal grouped-query attention ------------------------------------------------------- */
     /* q (B,T,NH,HD), k and v (B,T,NKV,HD), out (B,T,NH,HD), lse (B,NH,T) log-sum-exp of the scaled
      * scores, saved for backward. kv_start (B*T): token t of a row attends to keys
@@ -153,12 +158,54 @@ typedef struct lt_backend_ops {
                              const float *vcache, int B, int S_cap, int len, int NH, int NKV, int HD,
                              float scale);
 
+    /* ---- attention with soft-capped scores (Gemma 2) ------------------------------------------- */
+    /* The three attention ops above with each scaled score s replaced by softcap * tanh(s / softcap)
+     * before the mask and softmax (transformers' attn_logit_softcapping); the same shapes, kv_start
+     * rule and single-key convention. lse is of the capped scores. softcap > 0. No scratch. */
+    void (*attention_softcap_forward)(lt_backend *be, float *out, float *lse, const float *q, const float *k,
+                                      const float *v, const int32_t *kv_start, int B, int T, int NH, int NKV,
+                                      int HD, float scale, float softcap);
+    void (*attention_softcap_backward)(lt_backend *be, float *dq, float *dk, float *dv, const float *dout,
+                                       const float *q, const float *k, const float *v, const float *out,
+                                       const float *lse, const int32_t *kv_start, int B, int T, int NH,
+                                       int NKV, int HD, float scale, float softcap);
+    void (*attention_softcap_decode)(lt_backend *be, float *out, const float *q, const float *kcache,
+                                     const float *vcache, int B, int S_cap, int len, int NH, int NKV, int HD,
+                                     float scale, float softcap);
+
     /* ---- SwiGLU: out = silu(gate) * up -------------------------------------------------------- */
     /* out, gate, up (N,I) */
     void (*swiglu_forward)(lt_backend *be, float *out, const float *gate, const float *up, size_t n);
     /* dgate, dup (N,I) assigned; dout (N,I). dgate/dup may alias gate/up (in place). */
     void (*swiglu_backward)(lt_backend *be, float *dgate, float *dup, const float *dout,
                             const float *gate, const float *up, size_t n);
+
+    /* ---- bias of a linear layer (Qwen2 q/k/v, attention_bias / mlp_bias) ----------------------- */
+    /* y (N,C) += b (C) broadcast over rows */
+    void (*bias_add)(lt_backend *be, float *y, const float *b, int N, int C);
+    /* db (C) ACCUMULATES the column sums of dy (N,C) (the input gradient of a bias add is dy itself) */
+    void (*bias_backward)(lt_backend *be, float *db, const float *dy, int N, int C);
+
+    /* ---- DoRA (weight-decomposed LoRA, PEFT) ----------------------------------------------------- */
+    /* w (rows,cols) = W + s B A materialised; n_r = ||w_r||_2 (per output row, PEFT's detached weight
+     * norm); g (rows) = m / n, inv_n (rows) = 1 / n. m (rows) the magnitude vector. */
+    void (*dora_norm)(lt_backend *be, float *g, float *inv_n, const float *m, const float *w, int rows, int cols);
+    /* y (N,C) *= g (C) broadcast over rows (column scale) */
+    void (*mul_cols)(lt_backend *be, float *y, const float *g, int N, int C);
+    /* out (C) ACCUMULATES w[c] * sum_i a[i,c] b[i,c] ; a, b (N,C), w (C) */
+    void (*col_dot)(lt_backend *be, float *out, const float *a, const float *b, const float *w, int N, int C);
+
+    /* ---- GeGLU (Gemma): out = gelu_tanh(gate) * up ---------------------------------------------- */
+    /* gelu_tanh(g) = 0.5 g (1 + tanh(sqrt(2/pi) (g + 0.044715 g^3))) (PyTorch approximate="tanh").
+     * out, gate, up (n); backward like swiglu_backward: dgate, dup (n) assigned, may alias gate/up. */
+    void (*geglu_forward)(lt_backend *be, float *out, const float *gate, const float *up, size_t n);
+    void (*geglu_backward)(lt_backend *be, float *dgate, float *dup, const float *dout,
+                           const float *gate, const float *up, size_t n);
+
+    /* ---- soft-capping (Gemma 2 final logits): x = cap * tanh(x / cap), in place ----------------- */
+    /* x (n). backward: dx (n) *= 1 - (y / cap)^2 in place, y (n) the capped forward output. */
+    void (*softcap_forward)(lt_backend *be, float *x, size_t n, float cap);
+    void (*softcap_backward)(lt_backend *be, float *dx, const float *y, size_t n, float cap);
 
     /* ---- cross-entropy over one chunk of rows ------------------------------------------------- */
     /* logits (n,V) in; targets (n) with -100 = ignored. losses (n) receives -log softmax[target]

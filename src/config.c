@@ -17,6 +17,11 @@
 
 #define ACT_BIT(a) (1u << (a))
 
+/* how a family decides which layers slide (config "layer_types" overrides every mode) */
+enum { SLIDE_NONE = 0, SLIDE_QWEN = 1, SLIDE_ALL = 2, SLIDE_ALTERNATE = 3 };
+/* which projections carry biases */
+enum { BIAS_LLAMA = 0, BIAS_QWEN2 = 1, BIAS_NONE = 2 };
+
 typedef struct lt_arch_desc {
     const char *name;       /* architectures[0]                                               */
     lt_arch_id id;
@@ -25,12 +30,37 @@ typedef struct lt_arch_desc {
     int qk_norm;
     float norm_offset;
     int embed_scale_sqrt_hidden;
+    int64_t default_head_dim;  /* head_dim when config.json has none: 0 = hidden / heads      */
+    int default_tied;          /* tie_word_embeddings default of the transformers config class */
+    int bias_mode;             /* BIAS_*                                                     */
+    int slide_mode;            /* SLIDE_*                                                    */
+    int64_t default_window;    /* sliding_window when config.json has none                   */
 } lt_arch_desc;
 
 static const lt_arch_desc k_archs[] = {
-    {"LlamaForCausalLM", LT_ARCH_LLAMA, "llama", ACT_BIT(LT_ACT_SILU), 0, 0.0f, 0},
+    {"LlamaForCausalLM", LT_ARCH_LLAMA, "llama", ACT_BIT(LT_ACT_SILU), 0, 0.0f, 0, 0, 0, BIAS_LLAMA, SLIDE_NONE, 0},
+    {"Qwen2ForCausalLM", LT_ARCH_QWEN2, "qwen2", ACT_BIT(LT_ACT_SILU), 0, 0.0f, 0, 0, 0, BIAS_QWEN2, SLIDE_QWEN, 4096},
+    {"MistralForCausalLM", LT_ARCH_MISTRAL, "mistral", ACT_BIT(LT_ACT_SILU), 0, 0.0f, 0, 0, 0, BIAS_NONE, SLIDE_ALL,
+     4096},
+    {"Qwen3ForCausalLM", LT_ARCH_QWEN3, "qwen3", ACT_BIT(LT_ACT_SILU), 1, 0.0f, 0, 128, 0, BIAS_LLAMA, SLIDE_QWEN,
+     4096},
+    {"GemmaForCausalLM", LT_ARCH_GEMMA, "gemma", ACT_BIT(LT_ACT_GELU_TANH), 0, 1.0f, 1, 256, 1, BIAS_LLAMA,
+     SLIDE_NONE, 0},
+    {"Phi3ForCausalLM", LT_ARCH_PHI3, "phi3", ACT_BIT(LT_ACT_SILU), 0, 0.0f, 0, 0, 0, BIAS_NONE, SLIDE_ALL, 0},
+    {"Gemma2ForCausalLM", LT_ARCH_GEMMA2, "gemma2", ACT_BIT(LT_ACT_GELU_TANH), 0, 1.0f, 1, 256, 1, BIAS_LLAMA,
+     SLIDE_ALTERNATE, 4096},
 };
+
+float lt_config_attn_scale(const lt_model_config *cfg) {
+    if (cfg->query_pre_attn_scalar > 0) return (float)pow(cfg->query_pre_attn_scalar, -0.5);
+    return 1.0f / sqrtf((float)cfg->head_dim);
+}
 #define N_ARCHS ((int)(sizeof k_archs / sizeof k_archs[0]))
+
+const char *lt_config_family(const lt_model_config *cfg) {
+    static const char *const names[] = {"Llama", "Qwen2", "Qwen3", "Mistral", "Gemma", "Gemma2", "Phi3"};
+    return cfg && (unsigned)cfg->arch < sizeof names / sizeof *names ? names[cfg->arch] : "?";
+}
 
 static const lt_arch_desc *find_arch(const char *name) {
     for (int i = 0; i < N_ARCHS; i++)
@@ -81,6 +111,7 @@ void lt_config_init_llama(lt_model_config *cfg) {
     snprintf(cfg->hidden_act, sizeof cfg->hidden_act, "%s", "silu");
     cfg->activation = LT_ACT_SILU;
     cfg->bos_token_id = -1;
+    cfg->pad_token_id = -1;
     cfg->eos_token_id = -1;
     cfg->n_eos = 0;
     cfg->rope_theta = 10000.0;
@@ -95,6 +126,19 @@ void lt_config_init_llama(lt_model_config *cfg) {
     cfg->norm_offset = 0.0f;
     cfg->sliding_window = 0;
     cfg->embed_scale = 1.0;
+    cfg->bias_mask = 0;
+    cfg->n_sliding_layers = 0;
+    memset(cfg->layer_sliding, 0, sizeof cfg->layer_sliding);
+    cfg->use_sliding_window = 0;
+    cfg->max_window_layers = 0;
+    cfg->has_layer_types = 0;
+    cfg->sandwich_norms = 0;
+    cfg->fused_proj = 0;
+    cfg->n_rope_factors = 0;
+    cfg->rope_attention_factor = 1.0;
+    cfg->query_pre_attn_scalar = 0;
+    cfg->attn_logit_softcapping = 0;
+    cfg->final_logit_softcapping = 0;
 }
 
 /* ---- typed field readers (absent or null: keep the default) ----------------------------------- */
@@ -168,6 +212,8 @@ static lt_status parse_token_ids(parse_ctx *c, json_t *root, lt_model_config *cf
                            c->src);
         if (b) cfg->bos_token_id = (int64_t)json_integer_value(b);
     }
+    json_t *pd = field(root, "pad_token_id");
+    if (pd && json_is_integer(pd)) cfg->pad_token_id = (int64_t)json_integer_value(pd);
     json_t *e = field(root, "eos_token_id");
     if (!e) return LT_OK;
     if (json_is_integer(e)) {
@@ -241,11 +287,120 @@ static lt_status parse_rope(parse_ctx *c, json_t *root, lt_model_config *cfg) {
             return lt_fail(c->err, LT_ERR_FORMAT, "%s: \"%s.original_max_position_embeddings\" = %g is not a positive integer",
                            c->src, rname, orig);
         cfg->rope_original_max_position_embeddings = (int64_t)orig;
+    } else if (strcmp(type, "longrope") == 0 ||
+               (cfg->arch == LT_ARCH_PHI3 && (strcmp(type, "su") == 0 || strcmp(type, "yarn") == 0))) {
+        /* Phi3Config maps the legacy "su" / "yarn" to longrope */
+        cfg->rope_type = LT_ROPE_LONGROPE;
+        const char *fk[2] = {"short_factor", "long_factor"};
+        double *dst[2] = {cfg->rope_short_factor, cfg->rope_long_factor};
+        int nf[2] = {0, 0};
+        for (int i = 0; i < 2; i++) {
+            json_t *a = field(rope, fk[i]);
+            if (!a) return lt_fail(c->err, LT_ERR_MISSING, "%s: \"%s\" with rope_type 'longrope' lacks \"%s\"", c->src,
+                                   rname, fk[i]);
+            if (!json_is_array(a) || json_array_size(a) > LT_CONFIG_MAX_ROPE_FACTORS)
+                return lt_fail(c->err, LT_ERR_JSON, "%s: \"%s.%s\" must be a list of at most %d numbers", c->src, rname,
+                               fk[i], LT_CONFIG_MAX_ROPE_FACTORS);
+            size_t j;
+            json_t *x;
+            json_array_foreach(a, j, x) {
+                if (!json_is_number(x))
+                    return lt_fail(c->err, LT_ERR_JSON, "%s: \"%s.%s\"[%zu] must be a number", c->src, rname, fk[i], j);
+                dst[i][j] = json_number_value(x);
+            }
+            nf[i] = (int)json_array_size(a);
+        }
+        if (nf[0] != nf[1])
+            return lt_fail(c->err, LT_ERR_FORMAT, "%s: longrope short_factor (%d) and long_factor (%d) differ in length",
+                           c->src, nf[0], nf[1]);
+        cfg->n_rope_factors = nf[0];
+        /* original_max_position_embeddings: the top-level key wins (Phi3Config), then the rope dict */
+        double orig = 0;
+        if ((st = get_num(c, rope, prefix, "original_max_position_embeddings", &orig)) != LT_OK) return st;
+        if ((st = get_num(c, root, "", "original_max_position_embeddings", &orig)) != LT_OK) return st;
+        if (!(orig >= 1) || orig != floor(orig))
+            return lt_fail(c->err, LT_ERR_MISSING, "%s: longrope needs a positive original_max_position_embeddings",
+                           c->src);
+        cfg->rope_original_max_position_embeddings = (int64_t)orig;
+        double factor = -1, af = -1;
+        if ((st = get_num(c, rope, prefix, "factor", &factor)) != LT_OK) return st;
+        if ((st = get_num(c, rope, prefix, "attention_factor", &af)) != LT_OK) return st;
+        cfg->rope_factor = factor; /* < 0: max_position_embeddings / original, derived in validate */
+        cfg->rope_attention_factor = af;
     } else {
         return lt_fail(c->err, LT_ERR_UNSUPPORTED,
-                       "%s: %s.%s '%s' is not supported (supported: default, linear, llama3)", c->src, rname, tkey,
-                       type);
+                       "%s: %s.%s '%s' is not supported (supported: default, linear, llama3, longrope)", c->src, rname,
+                       tkey, type);
     }
+    return LT_OK;
+}
+
+/* Biases and sliding-window layers, the way each family's transformers config derives them. */
+static lt_status parse_family(parse_ctx *c, json_t *root, const lt_arch_desc *arch, lt_model_config *cfg) {
+    lt_status st;
+    const unsigned attn = 0xFu, mlp = 0x70u; /* q,k,v,o and gate,up,down in lt_proj order */
+    if (arch->bias_mode == BIAS_LLAMA)
+        cfg->bias_mask = (cfg->attention_bias ? attn : 0u) | (cfg->mlp_bias ? mlp : 0u);
+    else if (arch->bias_mode == BIAS_QWEN2)
+        cfg->bias_mask = 0x7u; /* Qwen2Attention: q, k, v with bias, o without */
+    else
+        cfg->bias_mask = 0;
+    if (arch->id == LT_ARCH_QWEN2 && cfg->mlp_bias)
+        return lt_fail(c->err, LT_ERR_UNSUPPORTED, "%s: mlp_bias is not supported for %s", c->src, arch->name);
+    if (arch->id != LT_ARCH_LLAMA && arch->bias_mode == BIAS_LLAMA && cfg->mlp_bias)
+        cfg->bias_mask &= ~mlp; /* only Llama's MLP reads mlp_bias */
+
+    /* sliding window: absent -> the class default, null -> none */
+    cfg->sliding_window = 0;
+    if (arch->slide_mode == SLIDE_NONE) return LT_OK;
+    json_t *sw = json_object_get(root, "sliding_window");
+    int64_t window = arch->default_window;
+    if (sw && json_is_null(sw)) window = 0;
+    else if ((st = get_int(c, root, "", "sliding_window", &window)) != LT_OK) return st;
+    if (window < 0) return lt_fail(c->err, LT_ERR_FORMAT, "%s: \"sliding_window\" must not be negative", c->src);
+    if (arch->slide_mode == SLIDE_QWEN) {
+        cfg->max_window_layers = 28;
+        if ((st = get_bool(c, root, "use_sliding_window", &cfg->use_sliding_window)) != LT_OK) return st;
+        if ((st = get_int(c, root, "", "max_window_layers", &cfg->max_window_layers)) != LT_OK) return st;
+        if (!cfg->use_sliding_window) window = 0; /* Qwen2Config: sliding_window only with use_sliding_window */
+    }
+    const int L = (int)cfg->num_hidden_layers;
+    json_t *lt = field(root, "layer_types");
+    if (lt && (arch->slide_mode == SLIDE_QWEN || arch->slide_mode == SLIDE_ALTERNATE)) {
+        if (!json_is_array(lt)) return lt_fail(c->err, LT_ERR_JSON, "%s: field \"layer_types\" must be a list", c->src);
+        if ((int64_t)json_array_size(lt) != cfg->num_hidden_layers)
+            return lt_fail(c->err, LT_ERR_FORMAT, "%s: \"layer_types\" has %zu entries for %lld layers", c->src,
+                           json_array_size(lt), (long long)cfg->num_hidden_layers);
+        cfg->has_layer_types = 1;
+    }
+    if (window == 0) return LT_OK;
+    if (L > LT_CONFIG_MAX_LAYERS)
+        return lt_fail(c->err, LT_ERR_UNSUPPORTED, "%s: sliding-window attention with more than %d layers", c->src,
+                       LT_CONFIG_MAX_LAYERS);
+    cfg->sliding_window = window;
+    for (int l = 0; l < L; l++) {
+        int slide;
+        if (cfg->has_layer_types) {
+            json_t *v = json_array_get(lt, (size_t)l);
+            if (!json_is_string(v))
+                return lt_fail(c->err, LT_ERR_JSON, "%s: \"layer_types\"[%d] must be a string", c->src, l);
+            const char *t = json_string_value(v);
+            if (strcmp(t, "sliding_attention") == 0) slide = 1;
+            else if (strcmp(t, "full_attention") == 0) slide = 0;
+            else
+                return lt_fail(c->err, LT_ERR_UNSUPPORTED, "%s: layer type \"%s\" is not supported (only "
+                               "full_attention, sliding_attention)", c->src, t);
+        } else if (arch->slide_mode == SLIDE_QWEN) {
+            slide = l >= cfg->max_window_layers;
+        } else if (arch->slide_mode == SLIDE_ALTERNATE) {
+            slide = (l + 1) % 2 != 0; /* Gemma 2: even layers slide */
+        } else {
+            slide = 1;
+        }
+        cfg->layer_sliding[l] = (unsigned char)slide;
+        cfg->n_sliding_layers += slide;
+    }
+    if (cfg->n_sliding_layers == 0) cfg->sliding_window = 0;
     return LT_OK;
 }
 
@@ -318,6 +473,24 @@ lt_status lt_config_validate(lt_model_config *cfg, const char *source, lt_error 
         if (cfg->rope_original_max_position_embeddings <= 0)
             return lt_fail(err, LT_ERR_FORMAT, "%s: llama3 rope scaling needs original_max_position_embeddings > 0",
                            src);
+    } else if (cfg->rope_type == LT_ROPE_LONGROPE) {
+        if (cfg->n_rope_factors != cfg->rot_dim / 2)
+            return lt_fail(err, LT_ERR_FORMAT, "%s: longrope factors have %d entries, the rotary dimension needs %d", src,
+                           cfg->n_rope_factors, cfg->rot_dim / 2);
+        for (int i = 0; i < cfg->n_rope_factors; i++)
+            if (!(cfg->rope_short_factor[i] > 0) || !(cfg->rope_long_factor[i] > 0) ||
+                !isfinite(cfg->rope_short_factor[i]) || !isfinite(cfg->rope_long_factor[i]))
+                return lt_fail(err, LT_ERR_FORMAT, "%s: longrope factor %d is not a positive number", src, i);
+        if (cfg->rope_original_max_position_embeddings <= 0)
+            return lt_fail(err, LT_ERR_FORMAT, "%s: longrope needs original_max_position_embeddings > 0", src);
+        /* transformers' _compute_longrope_parameters */
+        if (cfg->rope_factor < 0)
+            cfg->rope_factor = (double)cfg->max_position_embeddings / (double)cfg->rope_original_max_position_embeddings;
+        if (cfg->rope_attention_factor < 0)
+            cfg->rope_attention_factor =
+                cfg->rope_factor <= 1.0
+                    ? 1.0
+                    : sqrt(1 + log(cfg->rope_factor) / log((double)cfg->rope_original_max_position_embeddings));
     } else if (cfg->rope_type != LT_ROPE_DEFAULT && cfg->rope_type != LT_ROPE_LINEAR) {
         return lt_fail(err, LT_ERR_UNSUPPORTED, "%s: rope type %d is not supported", src, (int)cfg->rope_type);
     }
@@ -355,6 +528,8 @@ static lt_status parse_root(parse_ctx *c, json_t *root, lt_model_config *cfg) {
     cfg->model_type[0] = '\0';
     cfg->qk_norm = arch->qk_norm;
     cfg->norm_offset = arch->norm_offset;
+    cfg->tie_word_embeddings = arch->default_tied;
+    cfg->fused_proj = arch->id == LT_ARCH_PHI3;
 
     if ((st = get_str(c, root, "model_type", cfg->model_type, sizeof cfg->model_type)) != LT_OK) return st;
     const struct {
@@ -375,6 +550,8 @@ static lt_status parse_root(parse_ctx *c, json_t *root, lt_model_config *cfg) {
     if ((st = get_int(c, root, "", "num_key_value_heads", &cfg->num_key_value_heads)) != LT_OK) return st;
     if (field(root, "head_dim")) {
         if ((st = get_int(c, root, "", "head_dim", &cfg->head_dim)) != LT_OK) return st;
+    } else if (arch->default_head_dim > 0) {
+        cfg->head_dim = arch->default_head_dim; /* e.g. Qwen3Config / GemmaConfig default */
     } else {
         if (cfg->num_attention_heads <= 0)
             return lt_fail(err, LT_ERR_FORMAT, "%s: \"num_attention_heads\" = %lld must be positive", c->src,
@@ -391,10 +568,17 @@ static lt_status parse_root(parse_ctx *c, json_t *root, lt_model_config *cfg) {
     if ((st = get_bool(c, root, "attention_bias", &cfg->attention_bias)) != LT_OK) return st;
     if ((st = get_bool(c, root, "mlp_bias", &cfg->mlp_bias)) != LT_OK) return st;
 
-    if ((st = get_str(c, root, "hidden_act", cfg->hidden_act, sizeof cfg->hidden_act)) != LT_OK) {
+    if (arch->id == LT_ARCH_GEMMA || arch->id == LT_ARCH_GEMMA2)
+        snprintf(cfg->hidden_act, sizeof cfg->hidden_act, "%s", "gelu_pytorch_tanh");
+    if ((st = get_str(c, root, "hidden_act", cfg->hidden_act, sizeof cfg->hidden_act)) != LT_OK ||
+        ((arch->id == LT_ARCH_GEMMA || arch->id == LT_ARCH_GEMMA2) &&
+         (st = get_str(c, root, "hidden_activation", cfg->hidden_act, sizeof cfg->hidden_act)) != LT_OK)) {
         if (st == LT_ERR_FORMAT) return lt_fail(err, LT_ERR_UNSUPPORTED, "%s: hidden_act is not supported", c->src);
         return st;
     }
+    /* GemmaConfig: the legacy "gelu" of the official releases means the tanh approximation */
+    if (arch->id == LT_ARCH_GEMMA && strcmp(cfg->hidden_act, "gelu") == 0)
+        snprintf(cfg->hidden_act, sizeof cfg->hidden_act, "%s", "gelu_pytorch_tanh");
     int found = 0;
     for (size_t i = 0; i < sizeof k_acts / sizeof k_acts[0]; i++) {
         if (strcmp(cfg->hidden_act, k_acts[i].name) == 0) {
@@ -414,6 +598,23 @@ static lt_status parse_root(parse_ctx *c, json_t *root, lt_model_config *cfg) {
     if ((st = parse_rope(c, root, cfg)) != LT_OK) return st;
 
     if (arch->embed_scale_sqrt_hidden) cfg->embed_scale = sqrt((double)cfg->hidden_size);
+    if ((st = parse_family(c, root, arch, cfg)) != LT_OK) return st;
+    if (arch->id == LT_ARCH_GEMMA2) { /* Gemma2Config defaults; null turns a soft-capping off */
+        cfg->sandwich_norms = 1;
+        cfg->query_pre_attn_scalar = 256;
+        cfg->attn_logit_softcapping = 50.0;
+        cfg->final_logit_softcapping = 30.0;
+        if ((st = get_num(c, root, "", "query_pre_attn_scalar", &cfg->query_pre_attn_scalar)) != LT_OK) return st;
+        json_t *v = json_object_get(root, "attn_logit_softcapping");
+        if (v && json_is_null(v)) cfg->attn_logit_softcapping = 0;
+        else if ((st = get_num(c, root, "", "attn_logit_softcapping", &cfg->attn_logit_softcapping)) != LT_OK) return st;
+        v = json_object_get(root, "final_logit_softcapping");
+        if (v && json_is_null(v)) cfg->final_logit_softcapping = 0;
+        else if ((st = get_num(c, root, "", "final_logit_softcapping", &cfg->final_logit_softcapping)) != LT_OK) return st;
+        if (!(cfg->query_pre_attn_scalar > 0) || cfg->attn_logit_softcapping < 0 || cfg->final_logit_softcapping < 0)
+            return lt_fail(c->err, LT_ERR_FORMAT, "%s: query_pre_attn_scalar must be positive and the soft-capping "
+                           "values non-negative", c->src);
+    }
     return lt_config_validate(cfg, c->src, err);
 }
 
@@ -482,7 +683,7 @@ lt_status lt_config_write(const lt_model_config *cfg, const char *path, lt_error
     }
     json_t *o = json_object();
     int bad = !o;
-    double reals[8];
+    double reals[12];
     int nreal = 0;
     if (!bad) {
         bad |= set_new(o, "architectures", json_pack("[s]", cfg->architecture));
@@ -513,12 +714,32 @@ lt_status lt_config_write(const lt_model_config *cfg, const char *path, lt_error
                                      "low_freq_factor", cfg->rope_low_freq_factor, "high_freq_factor",
                                      cfg->rope_high_freq_factor, "original_max_position_embeddings",
                                      (json_int_t)cfg->rope_original_max_position_embeddings));
+        } else if (cfg->rope_type == LT_ROPE_LONGROPE) {
+            json_t *r = json_object(), *sf = json_array(), *lf = json_array();
+            for (int i = 0; r && sf && lf && i < cfg->n_rope_factors; i++) {
+                bad |= json_array_append_new(sf, json_real(cfg->rope_short_factor[i]));
+                bad |= json_array_append_new(lf, json_real(cfg->rope_long_factor[i]));
+            }
+            bad |= !r || !sf || !lf;
+            if (r) {
+                bad |= set_new(r, "rope_type", json_string("longrope"));
+                bad |= set_new(r, "short_factor", sf);
+                bad |= set_new(r, "long_factor", lf);
+                bad |= set_new(r, "attention_factor", json_real(cfg->rope_attention_factor));
+                bad |= set_new(r, "factor", json_real(cfg->rope_factor));
+            }
+            bad |= set_new(o, "rope_scaling", r);
+            bad |= set_new(o, "original_max_position_embeddings",
+                           json_integer((json_int_t)cfg->rope_original_max_position_embeddings));
         }
         bad |= set_new(o, "tie_word_embeddings", json_boolean(cfg->tie_word_embeddings));
         bad |= set_new(o, "attention_bias", json_boolean(cfg->attention_bias));
         bad |= set_new(o, "mlp_bias", json_boolean(cfg->mlp_bias));
         bad |= set_new(o, "hidden_act", json_string(cfg->hidden_act[0] ? cfg->hidden_act : "silu"));
         if (cfg->bos_token_id >= 0) bad |= set_new(o, "bos_token_id", json_integer(cfg->bos_token_id));
+        /* pad: as read; other families' config classes default it to ids outside small vocabularies */
+        if (cfg->pad_token_id >= 0) bad |= set_new(o, "pad_token_id", json_integer(cfg->pad_token_id));
+        else if (arch->id != LT_ARCH_LLAMA) bad |= set_new(o, "pad_token_id", json_null());
         if (cfg->n_eos == 1 || (cfg->n_eos == 0 && cfg->eos_token_id >= 0)) {
             bad |= set_new(o, "eos_token_id", json_integer(cfg->n_eos ? cfg->eos_token_ids[0] : cfg->eos_token_id));
         } else if (cfg->n_eos > 1) {
@@ -527,6 +748,33 @@ lt_status lt_config_write(const lt_model_config *cfg, const char *path, lt_error
             bad |= set_new(o, "eos_token_id", a);
         }
         if (cfg->torch_dtype[0]) bad |= set_new(o, "torch_dtype", json_string(cfg->torch_dtype));
+        if (arch->id == LT_ARCH_GEMMA2) {
+            bad |= set_new(o, "hidden_activation", json_string(cfg->hidden_act));
+            double qs = cfg->query_pre_attn_scalar; /* Gemma2Config types it int */
+            bad |= set_new(o, "query_pre_attn_scalar", qs == floor(qs) && qs < 1e15 ? json_integer((json_int_t)qs)
+                                                                                      : json_real(reals[nreal++] = qs));
+            bad |= set_new(o, "attn_logit_softcapping", cfg->attn_logit_softcapping > 0
+                                                            ? json_real(reals[nreal++] = cfg->attn_logit_softcapping)
+                                                            : json_null());
+            bad |= set_new(o, "final_logit_softcapping", cfg->final_logit_softcapping > 0
+                                                             ? json_real(reals[nreal++] = cfg->final_logit_softcapping)
+                                                             : json_null());
+        }
+        /* family structure, in the keys of each family's transformers config class */
+        if (arch->slide_mode != SLIDE_NONE) {
+            bad |= set_new(o, "sliding_window", cfg->sliding_window > 0 ? json_integer(cfg->sliding_window) : json_null());
+            if (arch->slide_mode == SLIDE_QWEN) {
+                bad |= set_new(o, "use_sliding_window", json_boolean(cfg->use_sliding_window));
+                bad |= set_new(o, "max_window_layers", json_integer(cfg->max_window_layers));
+            }
+            if (cfg->sliding_window > 0 && (cfg->has_layer_types || arch->slide_mode == SLIDE_ALTERNATE)) {
+                json_t *a = json_array();
+                for (int l = 0; a && l < cfg->num_hidden_layers; l++)
+                    bad |= json_array_append_new(a, json_string(cfg->layer_sliding[l] ? "sliding_attention"
+                                                                                       : "full_attention"));
+                bad |= set_new(o, "layer_types", a);
+            }
+        }
         bad |= set_new(o, "use_cache", json_true());
     }
     int prec = 1;
@@ -603,8 +851,34 @@ int lt_rope_inv_freq(const lt_model_config *cfg, float *inv_freq, int n) {
             int medium = !(wavelen < high_wav) && !(wavelen > low_wav);
             inv_freq[i] = medium ? smoothed : llama;
         }
+    } else if (cfg->rope_type == LT_ROPE_LONGROPE) {
+        /* short factors: 1.0 / (ext * base ** (arange(0, dim, 2) / dim)) in float32 */
+        for (int i = 0; i < half && i < cfg->n_rope_factors; i++) {
+            float e = (float)(2 * i) / (float)dim;
+            float p = (float)pow((double)base, (double)e);
+            inv_freq[i] = 1.0f / ((float)cfg->rope_short_factor[i] * p);
+        }
     } else if (cfg->rope_type != LT_ROPE_DEFAULT) {
         return -1;
+    }
+    return half;
+}
+
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("fp-contract=off")))
+#endif
+int lt_rope_inv_freq_long(const lt_model_config *cfg, float *inv_freq, int n) {
+    if (!cfg || cfg->rope_type != LT_ROPE_LONGROPE) return -1;
+    int dim = (int)((double)cfg->head_dim * cfg->partial_rotary_factor);
+    if (dim < 2 || dim % 2 != 0) return -1;
+    int half = dim / 2;
+    if (!inv_freq) return half;
+    if (n < half || cfg->n_rope_factors < half) return -1;
+    float base = (float)cfg->rope_theta;
+    for (int i = 0; i < half; i++) {
+        float e = (float)(2 * i) / (float)dim;
+        float p = (float)pow((double)base, (double)e);
+        inv_freq[i] = 1.0f / ((float)cfg->rope_long_factor[i] * p);
     }
     return half;
 }

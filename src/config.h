@@ -13,12 +13,21 @@
 #include <stdint.h>
 #include "internal.h"
 
-typedef enum lt_arch_id { LT_ARCH_LLAMA = 0 } lt_arch_id;
+typedef enum lt_arch_id {
+    LT_ARCH_LLAMA = 0,
+    LT_ARCH_QWEN2 = 1,
+    LT_ARCH_QWEN3 = 2,
+    LT_ARCH_MISTRAL = 3,
+    LT_ARCH_GEMMA = 4,
+    LT_ARCH_GEMMA2 = 5,
+    LT_ARCH_PHI3 = 6
+} lt_arch_id;
 
 typedef enum lt_rope_type {
     LT_ROPE_DEFAULT = 0, /* rope_type "default" / absent / null                               */
     LT_ROPE_LINEAR = 1,  /* inv_freq / factor                                                 */
-    LT_ROPE_LLAMA3 = 2   /* Llama 3.1 frequency-dependent scaling                             */
+    LT_ROPE_LLAMA3 = 2,  /* Llama 3.1 frequency-dependent scaling                             */
+    LT_ROPE_LONGROPE = 3 /* Phi-3: per-frequency short/long factors and an attention factor    */
 } lt_rope_type;
 
 typedef enum lt_activation {
@@ -28,6 +37,8 @@ typedef enum lt_activation {
 } lt_activation;
 
 #define LT_CONFIG_MAX_EOS 16
+#define LT_CONFIG_MAX_ROPE_FACTORS 512 /* longrope short/long factors (rot_dim / 2 each) */
+#define LT_CONFIG_MAX_LAYERS 1024 /* per-layer attention types are kept up to this many layers */
 
 typedef struct lt_model_config {
     char architecture[64]; /* architectures[0], e.g. "LlamaForCausalLM"                  */
@@ -49,6 +60,7 @@ typedef struct lt_model_config {
     char hidden_act[32];
     lt_activation activation;
     int64_t bos_token_id;        /* -1 when absent                                        */
+    int64_t pad_token_id;        /* -1 when absent or null                                */
     int64_t eos_token_id;        /* the first one; -1 when absent                         */
     int n_eos;                   /* all of them (eos_token_id may be a list)              */
     int64_t eos_token_ids[LT_CONFIG_MAX_EOS];
@@ -69,7 +81,39 @@ typedef struct lt_model_config {
     float norm_offset;      /* RMSNorm multiplies by (norm_offset + w): 0 (Gemma: 1)         */
     int64_t sliding_window; /* 0: full causal attention (Mistral: window)                   */
     double embed_scale;     /* embeddings are multiplied by this: 1 (Gemma: sqrt(hidden))   */
+
+    /* per-family structure (Llama values: 0 / none) */
+    unsigned bias_mask;     /* bit p (lt_proj order q,k,v,o,gate,up,down): projection p has a bias.
+                             * Llama/Qwen3/Gemma: attention_bias -> q,k,v,o, mlp_bias -> gate,up,down;
+                             * Qwen2: always q,k,v                                               */
+    int n_sliding_layers;   /* layers whose attention is windowed (sliding_window > 0)           */
+    unsigned char layer_sliding[LT_CONFIG_MAX_LAYERS]; /* 1: layer l uses the sliding window     */
+    int use_sliding_window; /* Qwen2/Qwen3 "use_sliding_window" as read                          */
+    int64_t max_window_layers; /* Qwen2/Qwen3: layers >= this slide (when use_sliding_window)   */
+    int has_layer_types;    /* config.json carried an explicit "layer_types" list              */
+    /* Gemma 2 */
+    int sandwich_norms;     /* post_attention / pre_feedforward / post_feedforward layernorms    */
+    double query_pre_attn_scalar;  /* attention scale = this^-0.5; 0: head_dim^-0.5            */
+    double attn_logit_softcapping; /* 0: none                                                  */
+    double final_logit_softcapping;/* 0: none                                                  */
+    /* Phi-3 */
+    int fused_proj;         /* qkv_proj and gate_up_proj hold q|k|v and gate|up                    */
+    int n_rope_factors;     /* longrope: entries of short/long_factor (= rot_dim / 2)            */
+    double rope_short_factor[LT_CONFIG_MAX_ROPE_FACTORS];
+    double rope_long_factor[LT_CONFIG_MAX_ROPE_FACTORS];
+    double rope_attention_factor; /* longrope: cos and sin are multiplied by this               */
 } lt_model_config;
+
+/* longrope: the inverse frequencies for sequences longer than original_max_position_embeddings
+ * (transformers picks them when max(position_ids) + 1 exceeds it). Same contract as lt_rope_inv_freq;
+ * -1 when the config is not longrope. */
+int lt_rope_inv_freq_long(const lt_model_config *cfg, float *inv_freq, int n);
+
+/* The attention scale of a validated config: query_pre_attn_scalar^-0.5 (Gemma 2), else hd^-0.5. */
+float lt_config_attn_scale(const lt_model_config *cfg);
+
+/* The family's short name ("Llama", "Qwen2", ...) of a validated config. */
+const char *lt_config_family(const lt_model_config *cfg);
 
 /* LlamaConfig defaults (architecture "LlamaForCausalLM", 7B shapes). */
 void lt_config_init_llama(lt_model_config *cfg);

@@ -121,7 +121,8 @@ LT_API lt_status lt_generate(lt_model *m, const lt_adapter *ad, const int32_t *p
     lt_backend *be = m->be;
     /* one allocation: activations for B tokens + the KV cache */
     const size_t wt = lt_weight_tile_floats(m); /* dequantization scratch of quantized weights */
-    size_t nf = (size_t)B * (4 * H + 2 * QD + 2 * KD + 3 * I + r + V) + (size_t)B + 2 * (size_t)L * B * S * KD + wt;
+    size_t nf = (size_t)B * (4 * H + 2 * QD + 2 * KD + 3 * I + r + V) + (size_t)B + 2 * (size_t)L * B * S * KD +
+                (size_t)B * (NH + QD) + wt; /* + q/k norm statistics and a pre-norm q (Qwen3) */
     float *blk = be->ops->alloc(be, nf * sizeof(float) + 2 * (size_t)B * sizeof(int32_t));
     float *hlog = malloc((size_t)B * V * sizeof(float));
     cand *cands = malloc((size_t)V * sizeof *cands);
@@ -136,55 +137,116 @@ LT_API lt_status lt_generate(lt_model *m, const lt_adapter *ad, const int32_t *p
     float *gate = v + (size_t)B * KD, *up = gate + (size_t)B * I, *act = up + (size_t)B * I, *xa = act + (size_t)B * I;
     float *logits = xa + (size_t)B * r, *rstd = logits + (size_t)B * V, *kc = rstd + B, *vc = kc + (size_t)L * B * S * KD;
     float *wtile = vc + (size_t)L * B * S * KD;
-    int32_t *dtok = (int32_t *)(wtile + wt), *dpos = dtok + B;
+    float *rstd_qk = wtile + wt, *qpre = rstd_qk + (size_t)B * NH;
+    int32_t *dtok = (int32_t *)(qpre + (size_t)B * QD), *dpos = dtok + B;
     lt_workspace gws; /* only the weight scratch is used (no dropout, no backward) */
     memset(&gws, 0, sizeof gws);
     gws.wtile = wtile;
     int32_t *tok = htok, *posv = htok + B;
     for (int b = 0; b < B; b++) { tok[b] = starts[b][0]; out_lens[b] = 0; }
     gen_rng rng = {p.seed ^ 0x5DEECE66Dull};
-    const float eps = (float)c->rms_norm_eps, scale = 1.0f / sqrtf((float)HD);
+    const float eps = (float)c->rms_norm_eps, scale = lt_config_attn_scale(c);
     int done = 0;
     lt_status st = LT_OK;
+    /* longrope (Phi-3): a sequence longer than original_max_position_embeddings uses the long factors at
+     * every position, so on crossing that length the cache is rebuilt from position 0 with them (what
+     * transformers' Phi3ForCausalLM.prepare_inputs_for_generation does): the prompt and the tokens
+     * generated so far are fed again, then generation goes on */
+    const float *inv_freq = m->inv_freq;
+    /* DoRA: the adapter does not change during generation, so each projection's g is computed once */
+    for (int l = 0; ad && ad->p.use_dora && l < L; l++)
+        for (int pj = 0; pj < P_COUNT; pj++) lt_dora_prepare(m, ad, l, (lt_proj)pj);
     for (int s = 0; s < S - 1 && !done; s++) {
+        if (m->inv_freq_long && inv_freq != m->inv_freq_long &&
+            (int64_t)s + 1 > c->rope_original_max_position_embeddings) {
+            inv_freq = m->inv_freq_long;
+            s = 0;
+            for (int b = 0; b < B; b++) tok[b] = starts[b][0];
+        }
         for (int b = 0; b < B; b++) posv[b] = s;
         be->ops->upload(be, dtok, tok, (size_t)B * sizeof(int32_t));
         be->ops->upload(be, dpos, posv, (size_t)B * sizeof(int32_t));
         be->ops->embedding_forward(be, x, dtok, m->embed, B, H);
+        if (c->embed_scale != 1.0) be->ops->scale(be, (size_t)B * H, (float)c->embed_scale, x);
         for (int l = 0; l < L; l++) {
             const lt_layer *W = &m->layers[l];
             const lt_lora *lo[P_COUNT];
             for (int pj = 0; pj < P_COUNT; pj++) lo[pj] = ad ? lt_adapter_lora(ad, l, (lt_proj)pj) : NULL;
             float *kcl = kc + (size_t)l * B * S * KD, *vcl = vc + (size_t)l * B * S * KD;
             be->ops->rmsnorm_forward(be, ln, rstd, x, W->attn_norm, B, H, eps);
-            lt_linear_forward(m, &gws, ad, lo[P_Q], NULL, 0, q, ln, &W->w[P_Q], xa, B, H, QD);
-            lt_linear_forward(m, &gws, ad, lo[P_K], NULL, 0, k, ln, &W->w[P_K], xa, B, H, KD);
+            /* the family steps mirror layer_forward in llama.c */
+            float *qp = c->qk_norm ? qpre : q, *kp = c->qk_norm ? att : k; /* att is free until attention */
+            lt_linear_forward(m, &gws, ad, lo[P_Q], NULL, 0, qp, ln, &W->w[P_Q], xa, B, H, QD);
+            if (lo[P_Q] && lo[P_Q]->mag) be->ops->mul_cols(be, qp, lo[P_Q]->dora_g, B, QD); /* DoRA */
+            lt_linear_forward(m, &gws, ad, lo[P_K], NULL, 0, kp, ln, &W->w[P_K], xa, B, H, KD);
+            if (lo[P_K] && lo[P_K]->mag) be->ops->mul_cols(be, kp, lo[P_K]->dora_g, B, KD); /* DoRA */
             lt_linear_forward(m, &gws, ad, lo[P_V], NULL, 0, v, ln, &W->w[P_V], xa, B, H, KD);
-            be->ops->rope_forward(be, q, dpos, m->inv_freq, B, NH, HD, m->rot_dim);
-            be->ops->rope_forward(be, k, dpos, m->inv_freq, B, NKV, HD, m->rot_dim);
+            if (lo[P_V] && lo[P_V]->mag) be->ops->mul_cols(be, v, lo[P_V]->dora_g, B, KD); /* DoRA */
+            if (W->bias[P_Q]) be->ops->bias_add(be, qp, W->bias[P_Q], B, QD);
+            if (W->bias[P_K]) be->ops->bias_add(be, kp, W->bias[P_K], B, KD);
+            if (W->bias[P_V]) be->ops->bias_add(be, v, W->bias[P_V], B, KD);
+            if (c->qk_norm) {
+                be->ops->rmsnorm_forward(be, q, rstd_qk, qp, W->q_norm, B * NH, HD, eps);
+                be->ops->rmsnorm_forward(be, k, rstd_qk, kp, W->k_norm, B * NKV, HD, eps);
+            }
+            be->ops->rope_forward(be, q, dpos, inv_freq, B, NH, HD, m->rot_dim);
+            be->ops->rope_forward(be, k, dpos, inv_freq, B, NKV, HD, m->rot_dim);
+            if (m->rope_mscale != 1.0f) {
+                be->ops->rope_scale(be, q, B, NH, HD, m->rot_dim, m->rope_mscale);
+                be->ops->rope_scale(be, k, B, NKV, HD, m->rot_dim, m->rope_mscale);
+            }
             for (int b = 0; b < B; b++) {
                 be->ops->copy(be, kcl + ((size_t)b * S + s) * KD, k + (size_t)b * KD, (size_t)KD * sizeof(float));
                 be->ops->copy(be, vcl + ((size_t)b * S + s) * KD, v + (size_t)b * KD, (size_t)KD * sizeof(float));
             }
-            be->ops->attention_decode(be, att, q, kcl, vcl, B, S, s + 1, NH, NKV, HD, scale);
-            lt_linear_forward(m, &gws, ad, lo[P_O], NULL, 0, xmid, att, &W->w[P_O], xa, B, QD, H);
+            /* sliding-window layers see positions s - window + 1 .. s: start the cache rows there */
+            int k0 = 0;
+            if (c->sliding_window > 0 && c->layer_sliding[l] && s + 1 > c->sliding_window)
+                k0 = (int)(s + 1 - c->sliding_window);
+            if (c->attn_logit_softcapping > 0)
+                be->ops->attention_softcap_decode(be, att, q, kcl + (size_t)k0 * KD, vcl + (size_t)k0 * KD, B, S,
+                                                  s + 1 - k0, NH, NKV, HD, scale, (float)c->attn_logit_softcapping);
+            else
+                be->ops->attention_decode(be, att, q, kcl + (size_t)k0 * KD, vcl + (size_t)k0 * KD, B, S, s + 1 - k0,
+                                          NH, NKV, HD, scale);
+            float *o_out = c->sandwich_norms ? tmpH : xmid;
+            lt_linear_forward(m, &gws, ad, lo[P_O], NULL, 0, o_out, att, &W->w[P_O], xa, B, QD, H);
+            if (lo[P_O] && lo[P_O]->mag) be->ops->mul_cols(be, o_out, lo[P_O]->dora_g, B, H); /* DoRA */
+            if (W->bias[P_O]) be->ops->bias_add(be, o_out, W->bias[P_O], B, H);
+            if (c->sandwich_norms) be->ops->rmsnorm_forward(be, xmid, rstd, tmpH, W->post_attn_norm, B, H, eps);
             be->ops->axpy(be, (size_t)B * H, 1.0f, x, xmid);
             be->ops->rmsnorm_forward(be, ln, rstd, xmid, W->mlp_norm, B, H, eps);
             lt_linear_forward(m, &gws, ad, lo[P_GATE], NULL, 0, gate, ln, &W->w[P_GATE], xa, B, H, I);
+            if (lo[P_GATE] && lo[P_GATE]->mag) be->ops->mul_cols(be, gate, lo[P_GATE]->dora_g, B, I); /* DoRA */
             lt_linear_forward(m, &gws, ad, lo[P_UP], NULL, 0, up, ln, &W->w[P_UP], xa, B, H, I);
-            be->ops->swiglu_forward(be, act, gate, up, (size_t)B * I);
-            lt_linear_forward(m, &gws, ad, lo[P_DOWN], NULL, 0, x, act, &W->w[P_DOWN], xa, B, I, H);
+            if (lo[P_UP] && lo[P_UP]->mag) be->ops->mul_cols(be, up, lo[P_UP]->dora_g, B, I); /* DoRA */
+            if (W->bias[P_GATE]) be->ops->bias_add(be, gate, W->bias[P_GATE], B, I);
+            if (W->bias[P_UP]) be->ops->bias_add(be, up, W->bias[P_UP], B, I);
+            if (c->activation == LT_ACT_GELU_TANH) be->ops->geglu_forward(be, act, gate, up, (size_t)B * I);
+            else be->ops->swiglu_forward(be, act, gate, up, (size_t)B * I);
+            float *d_out = c->sandwich_norms ? tmpH : x;
+            lt_linear_forward(m, &gws, ad, lo[P_DOWN], NULL, 0, d_out, act, &W->w[P_DOWN], xa, B, I, H);
+            if (lo[P_DOWN] && lo[P_DOWN]->mag) be->ops->mul_cols(be, d_out, lo[P_DOWN]->dora_g, B, H); /* DoRA */
+            if (W->bias[P_DOWN]) be->ops->bias_add(be, d_out, W->bias[P_DOWN], B, H);
+            if (c->sandwich_norms) be->ops->rmsnorm_forward(be, x, rstd, tmpH, W->post_ff_norm, B, H, eps);
             be->ops->axpy(be, (size_t)B * H, 1.0f, xmid, x);
         }
         be->ops->rmsnorm_forward(be, ln, rstd, x, m->final_norm, B, H, eps);
         const lt_weight head = lt_model_lm_head(m);
         lt_weight_forward(m, gws.wtile, &head, logits, ln, B, H, V, 0.0f);
+        if (c->final_logit_softcapping > 0)
+            be->ops->softcap_forward(be, logits, (size_t)B * V, (float)c->final_logit_softcapping);
         be->ops->download(be, hlog, logits, (size_t)B * V * sizeof(float));
         if ((st = be->ops->sync(be)) != LT_OK) { lt_fail(err, st, "lt_generate: backend %s failed", be->ops->name); break; }
         done = 1;
         for (int b = 0; b < B; b++) {
             int32_t *ob = out + (size_t)b * p.max_new_tokens;
             if (s + 1 < prompt_lens[b]) { tok[b] = starts[b][s + 1]; done = 0; continue; } /* still prefilling */
+            if (s + 1 < prompt_lens[b] + out_lens[b]) { /* replaying generated tokens after a longrope switch */
+                tok[b] = ob[s + 1 - prompt_lens[b]];
+                done = 0;
+                continue;
+            }
             int finished = out_lens[b] >= p.max_new_tokens || (out_lens[b] > 0 && ob[out_lens[b] - 1] == eos);
             if (finished) continue;
             int32_t next = sample(hlog + (size_t)b * V, V, &p, &rng, cands);

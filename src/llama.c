@@ -50,6 +50,7 @@ lt_status lt_workspace_create(lt_model *m, int B, int T, int rank, int mode,
     const int V = (int)c->vocab_size, NH = (int)c->num_attention_heads;
     const size_t N = (size_t)B * T;
     ws->be = m->be;
+    ws->inv_freq = m->inv_freq;
     ws->B = ws->B_cap = B; ws->T = T; ws->N = (int)N;
     ws->rank = rank;
     ws->checkpointing = mode != LT_WS_FULL;
@@ -72,6 +73,14 @@ lt_status lt_workspace_create(lt_model *m, int B, int T, int rank, int mode,
         lt_layer_acts *A = &ws->acts[a];
         CARVE(A->ln1, N * H); CARVE(A->rstd1, N);
         CARVE(A->q, N * QD); CARVE(A->k, N * KD); CARVE(A->v, N * KD);
+        if (c->sandwich_norms) {
+            CARVE(A->o_raw, N * H); CARVE(A->rstd_pa, N);
+            CARVE(A->d_raw, N * H); CARVE(A->rstd_pf, N);
+        }
+        if (c->qk_norm) {
+            CARVE(A->q_pre, N * QD); CARVE(A->k_pre, N * KD);
+            CARVE(A->rstd_q, N * NH); CARVE(A->rstd_k, N * c->num_key_value_heads);
+        }
         CARVE(A->att, N * QD); CARVE(A->lse, (size_t)B * NH * T);
         CARVE(A->x_mid, N * H);
         CARVE(A->ln2, N * H); CARVE(A->rstd2, N);
@@ -81,12 +90,16 @@ lt_status lt_workspace_create(lt_model *m, int B, int T, int rank, int mode,
     }
     CARVE(ws->final_ln, N * H); CARVE(ws->final_rstd, N);
     CARVE(ws->ids, N); CARVE(ws->targets, N); CARVE(ws->pos, N); CARVE(ws->kv_start, N);
+    if (c->sliding_window > 0) CARVE(ws->kv_start_swa, N);
     CARVE(ws->logits, (size_t)chunk * V);
+    if (c->final_logit_softcapping > 0 && !ws->forward_only) CARVE(ws->logits_capped, (size_t)chunk * V);
     CARVE(ws->losses, N);
     if (!ws->forward_only) {
         CARVE(ws->dres, N * H); CARVE(ws->dln, N * H);
         CARVE(ws->dI1, N * I); CARVE(ws->dI2, N * I); CARVE(ws->dI3, N * I);
         CARVE(ws->dq, N * QD); CARVE(ws->dk, N * KD); CARVE(ws->dv, N * KD); CARVE(ws->datt, N * QD);
+        if (c->qk_norm) CARVE(ws->dk_pre, N * KD);
+        if (c->sandwich_norms) CARVE(ws->dsand, N * H);
         if (rank > 0) {
             CARVE(ws->dr, N * rank);
             CARVE(ws->drop, N * (size_t)(H > I ? (H > QD ? H : QD) : (I > QD ? I : QD)));
@@ -100,7 +113,7 @@ lt_status lt_workspace_create(lt_model *m, int B, int T, int rank, int mode,
     ws->block = OPS->alloc(BE, total);
     ws->block_bytes = total;
     ws->host_losses = malloc(N * sizeof(float));
-    ws->host_stage = malloc(4 * N * sizeof(int32_t));
+    ws->host_stage = malloc(5 * N * sizeof(int32_t));
     if (!ws->block || !ws->host_losses || !ws->host_stage) {
         lt_workspace_free(ws);
         return lt_fail(err, LT_ERR_NOMEM, "workspace: cannot allocate %.1f MiB for a %d x %d batch",
@@ -115,7 +128,9 @@ lt_status lt_workspace_create(lt_model *m, int B, int T, int rank, int mode,
         lt_layer_acts *A = &ws->acts[a];
         void **f[] = {(void **)&A->ln1, (void **)&A->rstd1, (void **)&A->q, (void **)&A->k, (void **)&A->v,
                       (void **)&A->att, (void **)&A->lse, (void **)&A->x_mid, (void **)&A->ln2,
-                      (void **)&A->rstd2, (void **)&A->gate, (void **)&A->up, (void **)&A->act};
+                      (void **)&A->rstd2, (void **)&A->gate, (void **)&A->up, (void **)&A->act,
+                      (void **)&A->q_pre, (void **)&A->k_pre, (void **)&A->rstd_q, (void **)&A->rstd_k,
+                      (void **)&A->o_raw, (void **)&A->rstd_pa, (void **)&A->d_raw, (void **)&A->rstd_pf};
         for (size_t i = 0; i < sizeof f / sizeof *f; i++) relocate(f[i], base);
         for (int p = 0; p < P_COUNT; p++) relocate((void **)&A->xa[p], base);
     }
@@ -124,7 +139,8 @@ lt_status lt_workspace_create(lt_model *m, int B, int T, int rank, int mode,
                   (void **)&ws->dres, (void **)&ws->dln, (void **)&ws->dI1, (void **)&ws->dI2,
                   (void **)&ws->dI3, (void **)&ws->dq, (void **)&ws->dk, (void **)&ws->dv,
                   (void **)&ws->datt, (void **)&ws->dr, (void **)&ws->drop, (void **)&ws->att_scratch,
-                  (void **)&ws->row_w, (void **)&ws->wtile};
+                  (void **)&ws->row_w, (void **)&ws->wtile, (void **)&ws->kv_start_swa, (void **)&ws->dk_pre,
+                  (void **)&ws->dsand, (void **)&ws->logits_capped};
     for (size_t i = 0; i < sizeof g / sizeof *g; i++) relocate(g[i], base);
     /* every layer's activations alias x_in to the saved input of that layer */
     *out = ws;
@@ -153,8 +169,10 @@ lt_status lt_stage_batch(lt_model *m, lt_workspace *ws, const lt_batch *b, int64
                        b->n_rows, b->seq_len, ws->B_cap, ws->T);
     const int B = b->n_rows, T = b->seq_len, N = B * T, V = (int)m->cfg.vocab_size;
     int32_t *tmp = ws->host_stage; /* planned with the workspace: no allocation per step */
-    int32_t *ids = tmp, *tg = tmp + N, *pos = tmp + 2 * N, *kvs = tmp + 3 * N;
+    int32_t *ids = tmp, *tg = tmp + N, *pos = tmp + 2 * N, *kvs = tmp + 3 * N, *kvw = tmp + 4 * N;
+    const int64_t window = m->cfg.sliding_window; /* > 0: keys t - window + 1 .. t in sliding layers */
     int64_t valid = 0;
+    int32_t max_pos = 0;
     for (int r = 0; r < B; r++) {
         int seg = 0;
         for (int t = 0; t < T; t++) {
@@ -171,7 +189,9 @@ lt_status lt_stage_batch(lt_model *m, lt_workspace *ws, const lt_batch *b, int64
             }
             if (b->position_ids && t > 0 && p == 0) seg = t; /* a packed sequence starts here */
             pos[i] = p;
+            if (p > max_pos) max_pos = p;
             kvs[i] = seg;
+            if (window > 0) kvw[i] = (int32_t)((int64_t)t - window + 1 > seg ? (int64_t)t - window + 1 : seg);
         }
         for (int t = 0; t < T; t++) {
             int i = r * T + t;
@@ -192,8 +212,13 @@ lt_status lt_stage_batch(lt_model *m, lt_workspace *ws, const lt_batch *b, int64
     OPS->upload(BE, ws->targets, tg, (size_t)N * 4);
     OPS->upload(BE, ws->pos, pos, (size_t)N * 4);
     OPS->upload(BE, ws->kv_start, kvs, (size_t)N * 4);
+    if (window > 0) OPS->upload(BE, ws->kv_start_swa, kvw, (size_t)N * 4);
     ws->B = B;
     ws->N = N;
+    /* longrope: transformers switches to the long factors when max(position_ids) + 1 exceeds
+     * original_max_position_embeddings, for the whole batch */
+    ws->inv_freq = m->inv_freq_long && (int64_t)max_pos + 1 > m->cfg.rope_original_max_position_embeddings
+                       ? m->inv_freq_long : m->inv_freq;
     *n_valid = valid;
     return LT_OK;
 }
@@ -240,11 +265,66 @@ static void linear_backward(lt_model *m, lt_workspace *ws, const lt_adapter *ad,
     }
 }
 
+/* ---- DoRA on top of a LoRA projection (PEFT's DoraLinearLayer, no dropout) ----------------------------- */
+
+/* g = m / ||W + s B A||_row and inv_n for one projection; the norm is a constant for autograd
+ * (PEFT detaches it). W + s B A is materialised in the adapter's scratch. */
+static void dora_prepare_lo(lt_model *m, const lt_adapter *ad, const lt_lora *lo, const lt_weight *W, int in, int out) {
+    const int r = ad->p.rank;
+    if (W->format == LT_WEIGHT_QUANT) OPS->dequantize_rows(BE, ad->dora_w, &W->q, 0, out); /* QDoRA */
+    else OPS->copy(BE, ad->dora_w, W->f32, (size_t)out * in * sizeof(float));
+    OPS->gemm(BE, 0, 0, out, in, r, ad->scaling, lo->B, r, lo->A, in, 1.0f, ad->dora_w, in);
+    OPS->dora_norm(BE, lo->dora_g, lo->dora_inv_n, lo->mag, ad->dora_w, out, in);
+}
+
+void lt_dora_prepare(lt_model *m, const lt_adapter *ad, int layer, lt_proj p) {
+    const lt_lora *lo = ad ? lt_adapter_lora(ad, layer, p) : NULL;
+    if (!lo || !lo->mag) return;
+    int in, out;
+    lt_proj_dims(&m->cfg, p, &in, &out);
+    dora_prepare_lo(m, ad, lo, &m->layers[layer].w[p], in, out);
+}
+
+/* y = g * (x W^T + s (x A^T) B^T): lt_linear_forward, then the DoRA column scale */
+static void lora_linear_forward(lt_model *m, lt_workspace *ws, const lt_adapter *ad, const lt_lora *lo,
+                                const lt_dropout_state *drop, uint64_t drop_stream, float *y, const float *x,
+                                const lt_weight *W, float *xa, int N, int in, int out) {
+    lt_linear_forward(m, ws, ad, lo, drop, drop_stream, y, x, W, xa, N, in, out);
+    if (lo && lo->mag) {
+        dora_prepare_lo(m, ad, lo, W, in, out);
+        OPS->mul_cols(BE, y, lo->dora_g, N, out);
+    }
+}
+
+/* DoRA backward: dm += inv_n * colsum(dy * y'), y' = x W^T + s (x A^T) B^T recomputed into ws->drop
+ * (free: DoRA runs without dropout); then the LoRA backward of g * dy. */
+static void lora_linear_backward(lt_model *m, lt_workspace *ws, const lt_adapter *ad, const lt_lora *lo,
+                                 const lt_dropout_state *drop, uint64_t drop_stream, float *dx, int accumulate,
+                                 const float *dy, const float *x, const lt_weight *W, const float *xa, int N, int in,
+                                 int out) {
+    if (!lo || !lo->mag) {
+        linear_backward(m, ws, ad, lo, drop, drop_stream, dx, accumulate, dy, x, W, xa, N, in, out);
+        return;
+    }
+    lt_linear_forward(m, ws, ad, lo, NULL, 0, ws->drop, x, W, (float *)(uintptr_t)xa, N, in, out); /* xa: same bits */
+    OPS->col_dot(BE, lo->dmag, dy, ws->drop, lo->dora_inv_n, N, out);
+    OPS->copy(BE, ws->drop, dy, (size_t)N * out * sizeof(float));
+    OPS->mul_cols(BE, ws->drop, lo->dora_g, N, out);
+    linear_backward(m, ws, ad, lo, drop, drop_stream, dx, accumulate, ws->drop, x, W, xa, N, in, out);
+}
+
 /* ---- one layer ------------------------------------------------------------------------------------ */
 
-static uint64_t stream_id(int layer, lt_proj p, int N, int width) {
-    /* distinct, non-overlapping counter ranges per (layer, projection) */
+static uint64_t stream_id(const lt_model_config *c, int layer, lt_proj p, int N, int width) {
+    /* distinct, non-overlapping counter ranges per (layer, projection); the projections of a fused
+     * module (Phi-3 qkv_proj, gate_up_proj) read one input through one dropout, so they share one */
+    if (c->fused_proj) p = p <= P_V ? P_Q : p == P_UP ? P_GATE : p;
     return ((uint64_t)(layer * P_COUNT + p) << 40);
+}
+
+/* The kv_start array of layer l: windowed for the sliding-window layers of Mistral / Qwen2 / Gemma 2. */
+static const int32_t *layer_kv_start(const lt_model *m, const lt_workspace *ws, int l) {
+    return m->cfg.sliding_window > 0 && m->cfg.layer_sliding[l] ? ws->kv_start_swa : ws->kv_start;
 }
 
 static void layer_forward(lt_model *m, lt_workspace *ws, const lt_adapter *ad, const lt_dropout_state *drop,
@@ -257,23 +337,51 @@ static void layer_forward(lt_model *m, lt_workspace *ws, const lt_adapter *ad, c
     lt_lora *lo[P_COUNT];
     for (int p = 0; p < P_COUNT; p++) lo[p] = ad ? lt_adapter_lora(ad, l, (lt_proj)p) : NULL;
 
-    OPS->rmsnorm_forward(BE, A->ln1, A->rstd1, x, W->attn_norm, N, H, (float)c->rms_norm_eps);
-    lt_linear_forward(m, ws, ad, lo[P_Q], drop, stream_id(l, P_Q, N, H), A->q, A->ln1, &W->w[P_Q], A->xa[P_Q], N, H, QD);
-    lt_linear_forward(m, ws, ad, lo[P_K], drop, stream_id(l, P_K, N, H), A->k, A->ln1, &W->w[P_K], A->xa[P_K], N, H, KD);
-    lt_linear_forward(m, ws, ad, lo[P_V], drop, stream_id(l, P_V, N, H), A->v, A->ln1, &W->w[P_V], A->xa[P_V], N, H, KD);
-    OPS->rope_forward(BE, A->q, ws->pos, m->inv_freq, N, NH, HD, m->rot_dim);
-    OPS->rope_forward(BE, A->k, ws->pos, m->inv_freq, N, NKV, HD, m->rot_dim);
-    OPS->attention_forward(BE, A->att, A->lse, A->q, A->k, A->v, ws->kv_start, B, T, NH, NKV, HD,
-                           1.0f / sqrtf((float)HD));
-    /* x_mid = x + o(att) */
-    lt_linear_forward(m, ws, ad, lo[P_O], drop, stream_id(l, P_O, N, QD), A->x_mid, A->att, &W->w[P_O], A->xa[P_O], N, QD, H);
+    const float eps = (float)c->rms_norm_eps;
+    /* Qwen3: q and k go through a per-head RMSNorm before RoPE; the projections land in q_pre/k_pre */
+    float *qp = c->qk_norm ? A->q_pre : A->q, *kp = c->qk_norm ? A->k_pre : A->k;
+
+    OPS->rmsnorm_forward(BE, A->ln1, A->rstd1, x, W->attn_norm, N, H, eps);
+    lora_linear_forward(m, ws, ad, lo[P_Q], drop, stream_id(c, l, P_Q, N, H), qp, A->ln1, &W->w[P_Q], A->xa[P_Q], N, H, QD);
+    lora_linear_forward(m, ws, ad, lo[P_K], drop, stream_id(c, l, P_K, N, H), kp, A->ln1, &W->w[P_K], A->xa[P_K], N, H, KD);
+    lora_linear_forward(m, ws, ad, lo[P_V], drop, stream_id(c, l, P_V, N, H), A->v, A->ln1, &W->w[P_V], A->xa[P_V], N, H, KD);
+    if (W->bias[P_Q]) OPS->bias_add(BE, qp, W->bias[P_Q], N, QD);
+    if (W->bias[P_K]) OPS->bias_add(BE, kp, W->bias[P_K], N, KD);
+    if (W->bias[P_V]) OPS->bias_add(BE, A->v, W->bias[P_V], N, KD);
+    if (c->qk_norm) { /* rows of head_dim: (N*NH, HD) and (N*NKV, HD) */
+        OPS->rmsnorm_forward(BE, A->q, A->rstd_q, qp, W->q_norm, N * NH, HD, eps);
+        OPS->rmsnorm_forward(BE, A->k, A->rstd_k, kp, W->k_norm, N * NKV, HD, eps);
+    }
+    OPS->rope_forward(BE, A->q, ws->pos, ws->inv_freq, N, NH, HD, m->rot_dim);
+    OPS->rope_forward(BE, A->k, ws->pos, ws->inv_freq, N, NKV, HD, m->rot_dim);
+    if (m->rope_mscale != 1.0f) { /* longrope: cos and sin times the attention factor */
+        OPS->rope_scale(BE, A->q, N, NH, HD, m->rot_dim, m->rope_mscale);
+        OPS->rope_scale(BE, A->k, N, NKV, HD, m->rot_dim, m->rope_mscale);
+    }
+    if (c->attn_logit_softcapping > 0)
+        OPS->attention_softcap_forward(BE, A->att, A->lse, A->q, A->k, A->v, layer_kv_start(m, ws, l), B, T, NH, NKV,
+                                       HD, lt_config_attn_scale(c), (float)c->attn_logit_softcapping);
+    else
+        OPS->attention_forward(BE, A->att, A->lse, A->q, A->k, A->v, layer_kv_start(m, ws, l), B, T, NH, NKV, HD,
+                               lt_config_attn_scale(c));
+    /* x_mid = x + o(att)   (Gemma 2: x + post_attention_layernorm(o(att))) */
+    float *o_out = c->sandwich_norms ? A->o_raw : A->x_mid;
+    lora_linear_forward(m, ws, ad, lo[P_O], drop, stream_id(c, l, P_O, N, QD), o_out, A->att, &W->w[P_O], A->xa[P_O], N, QD, H);
+    if (W->bias[P_O]) OPS->bias_add(BE, o_out, W->bias[P_O], N, H);
+    if (c->sandwich_norms) OPS->rmsnorm_forward(BE, A->x_mid, A->rstd_pa, A->o_raw, W->post_attn_norm, N, H, eps);
     OPS->axpy(BE, (size_t)N * H, 1.0f, x, A->x_mid);
-    OPS->rmsnorm_forward(BE, A->ln2, A->rstd2, A->x_mid, W->mlp_norm, N, H, (float)c->rms_norm_eps);
-    lt_linear_forward(m, ws, ad, lo[P_GATE], drop, stream_id(l, P_GATE, N, H), A->gate, A->ln2, &W->w[P_GATE], A->xa[P_GATE], N, H, I);
-    lt_linear_forward(m, ws, ad, lo[P_UP], drop, stream_id(l, P_UP, N, H), A->up, A->ln2, &W->w[P_UP], A->xa[P_UP], N, H, I);
-    OPS->swiglu_forward(BE, A->act, A->gate, A->up, (size_t)N * I);
+    OPS->rmsnorm_forward(BE, A->ln2, A->rstd2, A->x_mid, W->mlp_norm, N, H, eps);
+    lora_linear_forward(m, ws, ad, lo[P_GATE], drop, stream_id(c, l, P_GATE, N, H), A->gate, A->ln2, &W->w[P_GATE], A->xa[P_GATE], N, H, I);
+    lora_linear_forward(m, ws, ad, lo[P_UP], drop, stream_id(c, l, P_UP, N, H), A->up, A->ln2, &W->w[P_UP], A->xa[P_UP], N, H, I);
+    if (W->bias[P_GATE]) OPS->bias_add(BE, A->gate, W->bias[P_GATE], N, I);
+    if (W->bias[P_UP]) OPS->bias_add(BE, A->up, W->bias[P_UP], N, I);
+    if (c->activation == LT_ACT_GELU_TANH) OPS->geglu_forward(BE, A->act, A->gate, A->up, (size_t)N * I);
+    else OPS->swiglu_forward(BE, A->act, A->gate, A->up, (size_t)N * I);
     /* x_out = x_mid + down(act) */
-    lt_linear_forward(m, ws, ad, lo[P_DOWN], drop, stream_id(l, P_DOWN, N, I), x_out, A->act, &W->w[P_DOWN], A->xa[P_DOWN], N, I, H);
+    float *d_out = c->sandwich_norms ? A->d_raw : x_out;
+    lora_linear_forward(m, ws, ad, lo[P_DOWN], drop, stream_id(c, l, P_DOWN, N, I), d_out, A->act, &W->w[P_DOWN], A->xa[P_DOWN], N, I, H);
+    if (W->bias[P_DOWN]) OPS->bias_add(BE, d_out, W->bias[P_DOWN], N, H);
+    if (c->sandwich_norms) OPS->rmsnorm_forward(BE, x_out, A->rstd_pf, A->d_raw, W->post_ff_norm, N, H, eps);
     OPS->axpy(BE, (size_t)N * H, 1.0f, A->x_mid, x_out);
 }
 
@@ -289,27 +397,58 @@ static void layer_backward(lt_model *m, lt_workspace *ws, const lt_adapter *ad, 
     for (int p = 0; p < P_COUNT; p++) lo[p] = ad ? lt_adapter_lora(ad, l, (lt_proj)p) : NULL;
 
     /* MLP: x_out = x_mid + down(silu(gate(ln2)) * up(ln2)) */
-    linear_backward(m, ws, ad, lo[P_DOWN], drop, stream_id(l, P_DOWN, N, I), ws->dI1, 0, ws->dres, A->act,
+    const float *d_down = ws->dres;
+    if (c->sandwich_norms) { /* x_out = x_mid + post_ff_norm(down(...)) */
+        OPS->zero(BE, ws->dsand, (size_t)N * H * sizeof(float));
+        OPS->rmsnorm_backward(BE, ws->dsand, NULL, ws->dres, A->d_raw, W->post_ff_norm, A->rstd_pf, N, H);
+        d_down = ws->dsand;
+    }
+    lora_linear_backward(m, ws, ad, lo[P_DOWN], drop, stream_id(c, l, P_DOWN, N, I), ws->dI1, 0, d_down, A->act,
                     &W->w[P_DOWN], A->xa[P_DOWN], N, I, H);
-    OPS->swiglu_backward(BE, ws->dI2, ws->dI3, ws->dI1, A->gate, A->up, (size_t)N * I);
-    linear_backward(m, ws, ad, lo[P_GATE], drop, stream_id(l, P_GATE, N, H), ws->dln, 0, ws->dI2, A->ln2,
+    if (c->activation == LT_ACT_GELU_TANH) OPS->geglu_backward(BE, ws->dI2, ws->dI3, ws->dI1, A->gate, A->up, (size_t)N * I);
+    else OPS->swiglu_backward(BE, ws->dI2, ws->dI3, ws->dI1, A->gate, A->up, (size_t)N * I);
+    lora_linear_backward(m, ws, ad, lo[P_GATE], drop, stream_id(c, l, P_GATE, N, H), ws->dln, 0, ws->dI2, A->ln2,
                     &W->w[P_GATE], A->xa[P_GATE], N, H, I);
-    linear_backward(m, ws, ad, lo[P_UP], drop, stream_id(l, P_UP, N, H), ws->dln, 1, ws->dI3, A->ln2,
+    lora_linear_backward(m, ws, ad, lo[P_UP], drop, stream_id(c, l, P_UP, N, H), ws->dln, 1, ws->dI3, A->ln2,
                     &W->w[P_UP], A->xa[P_UP], N, H, I);
     OPS->rmsnorm_backward(BE, ws->dres, NULL, ws->dln, A->x_mid, W->mlp_norm, A->rstd2, N, H);
 
     /* attention: x_mid = x + o(attention(rope(q(ln1)), rope(k(ln1)), v(ln1))) */
-    linear_backward(m, ws, ad, lo[P_O], drop, stream_id(l, P_O, N, QD), ws->datt, 0, ws->dres, A->att,
+    const float *d_o = ws->dres;
+    if (c->sandwich_norms) { /* x_mid = x + post_attn_norm(o(...)) */
+        OPS->zero(BE, ws->dsand, (size_t)N * H * sizeof(float));
+        OPS->rmsnorm_backward(BE, ws->dsand, NULL, ws->dres, A->o_raw, W->post_attn_norm, A->rstd_pa, N, H);
+        d_o = ws->dsand;
+    }
+    lora_linear_backward(m, ws, ad, lo[P_O], drop, stream_id(c, l, P_O, N, QD), ws->datt, 0, d_o, A->att,
                     &W->w[P_O], A->xa[P_O], N, QD, H);
-    OPS->attention_backward(BE, ws->dq, ws->dk, ws->dv, ws->datt, A->q, A->k, A->v, A->att, A->lse,
-                            ws->kv_start, B, T, NH, NKV, HD, 1.0f / sqrtf((float)HD), ws->att_scratch);
-    OPS->rope_backward(BE, ws->dq, ws->pos, m->inv_freq, N, NH, HD, m->rot_dim);
-    OPS->rope_backward(BE, ws->dk, ws->pos, m->inv_freq, N, NKV, HD, m->rot_dim);
-    linear_backward(m, ws, ad, lo[P_Q], drop, stream_id(l, P_Q, N, H), ws->dln, 0, ws->dq, A->ln1,
+    if (c->attn_logit_softcapping > 0)
+        OPS->attention_softcap_backward(BE, ws->dq, ws->dk, ws->dv, ws->datt, A->q, A->k, A->v, A->att, A->lse,
+                                        layer_kv_start(m, ws, l), B, T, NH, NKV, HD, lt_config_attn_scale(c),
+                                        (float)c->attn_logit_softcapping);
+    else
+        OPS->attention_backward(BE, ws->dq, ws->dk, ws->dv, ws->datt, A->q, A->k, A->v, A->att, A->lse,
+                                layer_kv_start(m, ws, l), B, T, NH, NKV, HD, lt_config_attn_scale(c), ws->att_scratch);
+    if (m->rope_mscale != 1.0f) {
+        OPS->rope_scale(BE, ws->dq, N, NH, HD, m->rot_dim, m->rope_mscale);
+        OPS->rope_scale(BE, ws->dk, N, NKV, HD, m->rot_dim, m->rope_mscale);
+    }
+    OPS->rope_backward(BE, ws->dq, ws->pos, ws->inv_freq, N, NH, HD, m->rot_dim);
+    OPS->rope_backward(BE, ws->dk, ws->pos, ws->inv_freq, N, NKV, HD, m->rot_dim);
+    float *dqp = ws->dq, *dkp = ws->dk;
+    if (c->qk_norm) { /* back through the per-head norms; datt is free again and holds d q_pre */
+        dqp = ws->datt;
+        dkp = ws->dk_pre;
+        OPS->zero(BE, dqp, (size_t)N * QD * sizeof(float));
+        OPS->zero(BE, dkp, (size_t)N * KD * sizeof(float));
+        OPS->rmsnorm_backward(BE, dqp, NULL, ws->dq, A->q_pre, W->q_norm, A->rstd_q, N * NH, HD);
+        OPS->rmsnorm_backward(BE, dkp, NULL, ws->dk, A->k_pre, W->k_norm, A->rstd_k, N * NKV, HD);
+    }
+    lora_linear_backward(m, ws, ad, lo[P_Q], drop, stream_id(c, l, P_Q, N, H), ws->dln, 0, dqp, A->ln1,
                     &W->w[P_Q], A->xa[P_Q], N, H, QD);
-    linear_backward(m, ws, ad, lo[P_K], drop, stream_id(l, P_K, N, H), ws->dln, 1, ws->dk, A->ln1,
+    lora_linear_backward(m, ws, ad, lo[P_K], drop, stream_id(c, l, P_K, N, H), ws->dln, 1, dkp, A->ln1,
                     &W->w[P_K], A->xa[P_K], N, H, KD);
-    linear_backward(m, ws, ad, lo[P_V], drop, stream_id(l, P_V, N, H), ws->dln, 1, ws->dv, A->ln1,
+    lora_linear_backward(m, ws, ad, lo[P_V], drop, stream_id(c, l, P_V, N, H), ws->dln, 1, ws->dv, A->ln1,
                     &W->w[P_V], A->xa[P_V], N, H, KD);
     OPS->rmsnorm_backward(BE, ws->dres, NULL, ws->dln, x, W->attn_norm, A->rstd1, N, H);
 }
@@ -348,6 +487,8 @@ static lt_status forward_layers(lt_model *m, const lt_adapter *ad, lt_workspace 
         return lt_fail(err, LT_ERR_STATE, "the model was quantized after this trainer planned its memory; "
                        "quantize the model before creating trainers");
     OPS->embedding_forward(BE, ws->x_saved[0], ws->ids, m->embed, N, H);
+    if (c->embed_scale != 1.0) /* Gemma: times sqrt(hidden) rounded to the activation dtype (fp32) */
+        OPS->scale(BE, (size_t)N * H, (float)c->embed_scale, ws->x_saved[0]);
     for (int l = 0; l < L; l++) {
         lt_layer_acts *A = &ws->acts[ws->checkpointing ? 0 : l];
         layer_forward(m, ws, ad, drop, l, ws->x_saved[l], A, ws->x_saved[l + 1]);
@@ -357,11 +498,24 @@ static lt_status forward_layers(lt_model *m, const lt_adapter *ad, lt_workspace 
     return LT_OK;
 }
 
-/* logits (n,V) = logit_scale * final_ln[r0 .. r0+n) W_lm^T */
-static void lm_head_forward(lt_model *m, lt_workspace *ws, const lt_weight *head, int r0, int n, float logit_scale) {
+/* logits (n,V) = softcap(logit_scale * final_ln[r0 .. r0+n) W_lm^T); Gemma 2's final soft-capping
+ * cap tanh(z / cap) is kept in ws->logits_capped when a backward will need it. */
+static void lm_head_forward(lt_model *m, lt_workspace *ws, const lt_weight *head, int r0, int n, float logit_scale,
+                            int backward) {
     const int H = (int)m->cfg.hidden_size, V = (int)m->cfg.vocab_size;
+    const float fcap = (float)m->cfg.final_logit_softcapping;
     lt_weight_forward(m, ws->wtile, head, ws->logits, ws->final_ln + (size_t)r0 * H, n, H, V, 0.0f);
     if (logit_scale != 1.0f) OPS->scale(BE, (size_t)n * V, logit_scale, ws->logits);
+    if (fcap > 0) {
+        OPS->softcap_forward(BE, ws->logits, (size_t)n * V, fcap);
+        if (backward) OPS->copy(BE, ws->logits_capped, ws->logits, (size_t)n * V * sizeof(float));
+    }
+}
+
+/* the gradient in ws->logits back through the soft-capping (after lm_head_forward with backward) */
+static void lm_head_softcap_backward(lt_model *m, lt_workspace *ws, int n) {
+    const float fcap = (float)m->cfg.final_logit_softcapping;
+    if (fcap > 0) OPS->softcap_backward(BE, ws->logits, ws->logits_capped, (size_t)n * (size_t)m->cfg.vocab_size, fcap);
 }
 
 lt_status lt_forward_backward(lt_model *m, const lt_adapter *ad, lt_workspace *ws,
@@ -380,11 +534,13 @@ lt_status lt_forward_backward(lt_model *m, const lt_adapter *ad, lt_workspace *w
     const lt_weight head = lt_model_lm_head(m);
     for (int r0 = 0; r0 < N; r0 += ws->chunk) {
         int n = N - r0 < ws->chunk ? N - r0 : ws->chunk;
-        lm_head_forward(m, ws, &head, r0, n, 1.0f);
+        lm_head_forward(m, ws, &head, r0, n, 1.0f, backward);
         if (logits_out) OPS->download(BE, logits_out + (size_t)r0 * V, ws->logits, (size_t)n * V * sizeof(float));
         OPS->cross_entropy(BE, ws->logits, ws->losses + r0, ws->targets + r0, n, V, backward ? grad_scale : 0.0f);
-        if (backward)
+        if (backward) {
+            lm_head_softcap_backward(m, ws, n);
             lt_weight_backward(m, ws->wtile, &head, ws->dln + (size_t)r0 * H, ws->logits, n, H, V, 0.0f);
+        }
     }
     OPS->download(BE, ws->host_losses, ws->losses, (size_t)N * sizeof(float));
     st = OPS->sync(BE);
@@ -407,7 +563,7 @@ lt_status lt_forward_logp(lt_model *m, const lt_adapter *ad, lt_workspace *ws, c
     const lt_weight head = lt_model_lm_head(m);
     for (int r0 = 0; r0 < N; r0 += ws->chunk) {
         int n = N - r0 < ws->chunk ? N - r0 : ws->chunk;
-        lm_head_forward(m, ws, &head, r0, n, logit_scale);
+        lm_head_forward(m, ws, &head, r0, n, logit_scale, 0);
         OPS->cross_entropy(BE, ws->logits, ws->losses + r0, ws->targets + r0, n, V, 0.0f);
     }
     OPS->download(BE, ws->host_losses, ws->losses, (size_t)N * sizeof(float));
@@ -433,8 +589,9 @@ lt_status lt_backward_weighted(lt_model *m, const lt_adapter *ad, lt_workspace *
     for (int r0 = 0; r0 < N; r0 += ws->chunk) {
         int n = N - r0 < ws->chunk ? N - r0 : ws->chunk;
         float *dln = ws->dln + (size_t)r0 * H;
-        lm_head_forward(m, ws, &head, r0, n, logit_scale);
+        lm_head_forward(m, ws, &head, r0, n, logit_scale, 1);
         OPS->cross_entropy(BE, ws->logits, ws->losses + r0, ws->targets + r0, n, V, 1.0f);
+        lm_head_softcap_backward(m, ws, n);
         OPS->row_scale(BE, ws->logits, ws->row_w + r0, n, V);
         lt_weight_backward(m, ws->wtile, &head, dln, ws->logits, n, H, V, 0.0f);
         if (logit_scale != 1.0f) OPS->scale(BE, (size_t)n * H, logit_scale, dln);

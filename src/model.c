@@ -34,6 +34,30 @@ void lt_proj_dims(const lt_model_config *c, lt_proj p, int *in, int *out) {
     }
 }
 
+int lt_model_modules(const lt_model_config *c, lt_module out[P_COUNT]) {
+    if (c->fused_proj) {
+        out[0] = (lt_module){"self_attn", "qkv_proj", P_Q, 3};
+        out[1] = (lt_module){"self_attn", "o_proj", P_O, 1};
+        out[2] = (lt_module){"mlp", "gate_up_proj", P_GATE, 2};
+        out[3] = (lt_module){"mlp", "down_proj", P_DOWN, 1};
+        return 4;
+    }
+    for (int p = 0; p < P_COUNT; p++) out[p] = (lt_module){lt_proj_parent[p], lt_proj_names[p], p, 1};
+    return P_COUNT;
+}
+
+void lt_module_dims(const lt_model_config *c, const lt_module *mod, int *in, int *out) {
+    int o = 0, i = 0;
+    for (int p = mod->first; p < mod->first + mod->count; p++) {
+        int pi, po;
+        lt_proj_dims(c, (lt_proj)p, &pi, &po);
+        i = pi;
+        o += po;
+    }
+    *in = i;
+    *out = o;
+}
+
 static lt_status track(lt_model *m, void *p, lt_error *err) {
     if (m->n_owned == m->cap_owned) {
         int cap = m->cap_owned ? 2 * m->cap_owned : 64;
@@ -162,7 +186,7 @@ static lt_status weight_from_qtensor(lt_model *m, lt_weight *W, const lt_qtensor
 
 /* Quantize a loaded f32 projection (out, in) in place of its f32 form. */
 static lt_status quantize_weight(lt_model *m, lt_weight *W, int out, int in, const lt_model_params *p,
-                                 const char *name, lt_error *err) {
+                                 const char *name, int free_f32, lt_error *err) {
     const size_t n = (size_t)out * in;
     float *host = W->f32, *tmp = NULL;
     if (!m->be->ops->host_memory) {
@@ -181,7 +205,7 @@ static lt_status quantize_weight(lt_model *m, lt_weight *W, int out, int in, con
     m->weight_bytes -= (int64_t)(n * sizeof(float));
     st = weight_from_qtensor(m, W, q, err);
     lt_qtensor_free(q);
-    if (st == LT_OK) untrack_free(m, f32); /* a no-op for weights used in place from the mapping */
+    if (st == LT_OK && free_f32) untrack_free(m, f32); /* a no-op for weights used in place from the mapping */
     return st;
 }
 
@@ -250,6 +274,48 @@ static lt_status load_bnb_weight(lt_model *m, const char *name, int out, int in,
     return st;
 }
 
+/* Point the projections of module mod at the row blocks of its f32 weight w (a fused module such as
+ * Phi-3's qkv_proj holds several), quantizing each block when p asks for it; the f32 form is freed
+ * once every block is quantized. */
+static lt_status split_module(lt_model *m, lt_layer *L, const lt_module *mod, float *w, const lt_model_params *p,
+                              const char *name, lt_error *err) {
+    float *base = w;
+    for (int q = mod->first; q < mod->first + mod->count; q++) {
+        int pi, po;
+        lt_proj_dims(&m->cfg, (lt_proj)q, &pi, &po);
+        L->w[q] = (lt_weight){.format = LT_WEIGHT_F32, .f32 = w};
+        w += (size_t)po * pi;
+        if (p->quantization == LT_QUANT_NONE) continue;
+        lt_status st = quantize_weight(m, &L->w[q], po, pi, p, name, 0, err);
+        if (st != LT_OK) return st;
+    }
+    if (p->quantization != LT_QUANT_NONE) untrack_free(m, base); /* a no-op for weights used in place */
+    return LT_OK;
+}
+
+/* A norm weight (C): *file gets the checkpoint tensor, *compute what the forward multiplies by:
+ * the same pointer, or a copy holding norm_offset + w (Gemma's (1 + w) RMSNorm). */
+static lt_status load_norm(lt_model *m, int use_mmap, const char *name, int64_t C, float **compute, float **file,
+                           lt_error *err) {
+    lt_status st = load_weight(m, use_mmap, name, C, 0, file, err);
+    if (st != LT_OK) return st;
+    *compute = *file;
+    if (m->cfg.norm_offset == 0.0f) return LT_OK;
+    float *h = malloc((size_t)C * sizeof *h);
+    float *d = m->be->ops->alloc(m->be, (size_t)C * sizeof(float));
+    if (!h || !d || (st = track(m, d, err)) != LT_OK) {
+        free(h);
+        if (d && st == LT_OK) m->be->ops->free(m->be, d);
+        return st != LT_OK ? st : lt_fail(err, LT_ERR_NOMEM, "out of memory");
+    }
+    m->be->ops->download(m->be, h, *file, (size_t)C * sizeof(float));
+    for (int64_t i = 0; i < C; i++) h[i] = m->cfg.norm_offset + h[i]; /* fp32, as transformers' 1.0 + w.float() */
+    m->be->ops->upload(m->be, d, h, (size_t)C * sizeof(float));
+    free(h);
+    *compute = d;
+    return LT_OK;
+}
+
 LT_API void lt_model_params_init(lt_model_params *out, size_t size) {
     lt_model_params d, *p = &d;
     memset(p, 0, sizeof *p);
@@ -282,7 +348,7 @@ static lt_status model_load(lt_model *m, const lt_model_params *p, lt_error *err
     const int64_t V = c->vocab_size, H = c->hidden_size, I = c->intermediate_size;
     const int64_t QD = c->num_attention_heads * c->head_dim, KD = c->num_key_value_heads * c->head_dim;
     if ((st = load_weight(m, p->use_mmap, "model.embed_tokens.weight", V, H, &m->embed, err))) return st;
-    if ((st = load_weight(m, p->use_mmap, "model.norm.weight", H, 0, &m->final_norm, err))) return st;
+    if ((st = load_norm(m, p->use_mmap, "model.norm.weight", H, &m->final_norm, &m->final_norm_file, err))) return st;
     if (c->tie_word_embeddings) {
         m->lm_head = m->embed;
     } else if ((st = load_bnb_weight(m, "lm_head.weight", (int)V, (int)H, &m->lm_head_q, err)) == LT_OK) {
@@ -295,7 +361,7 @@ static lt_status model_load(lt_model *m, const lt_model_params *p, lt_error *err
         return st;
     } else if (p->quantization != LT_QUANT_NONE && p->quantize_lm_head) {
         m->lm_head_q = (lt_weight){.format = LT_WEIGHT_F32, .f32 = m->lm_head};
-        if ((st = quantize_weight(m, &m->lm_head_q, (int)V, (int)H, p, "lm_head.weight", err))) return st;
+        if ((st = quantize_weight(m, &m->lm_head_q, (int)V, (int)H, p, "lm_head.weight", 1, err))) return st;
         m->lm_head = NULL;
     }
     m->layers = calloc((size_t)c->num_hidden_layers, sizeof *m->layers);
@@ -304,19 +370,46 @@ static lt_status model_load(lt_model *m, const lt_model_params *p, lt_error *err
     for (int l = 0; l < c->num_hidden_layers; l++) {
         lt_layer *L = &m->layers[l];
         snprintf(name, sizeof name, "model.layers.%d.input_layernorm.weight", l);
-        if ((st = load_weight(m, p->use_mmap, name, H, 0, &L->attn_norm, err))) return st;
-        snprintf(name, sizeof name, "model.layers.%d.post_attention_layernorm.weight", l);
-        if ((st = load_weight(m, p->use_mmap, name, H, 0, &L->mlp_norm, err))) return st;
+        if ((st = load_norm(m, p->use_mmap, name, H, &L->attn_norm, &L->attn_norm_file, err))) return st;
+        if (c->sandwich_norms) {
+            snprintf(name, sizeof name, "model.layers.%d.pre_feedforward_layernorm.weight", l);
+            if ((st = load_norm(m, p->use_mmap, name, H, &L->mlp_norm, &L->mlp_norm_file, err))) return st;
+            snprintf(name, sizeof name, "model.layers.%d.post_attention_layernorm.weight", l);
+            if ((st = load_norm(m, p->use_mmap, name, H, &L->post_attn_norm, &L->post_attn_norm_file, err))) return st;
+            snprintf(name, sizeof name, "model.layers.%d.post_feedforward_layernorm.weight", l);
+            if ((st = load_norm(m, p->use_mmap, name, H, &L->post_ff_norm, &L->post_ff_norm_file, err))) return st;
+        } else {
+            snprintf(name, sizeof name, "model.layers.%d.post_attention_layernorm.weight", l);
+            if ((st = load_norm(m, p->use_mmap, name, H, &L->mlp_norm, &L->mlp_norm_file, err))) return st;
+        }
+        lt_module mods[P_COUNT];
+        int n_mods = lt_model_modules(c, mods);
+        for (int k = 0; k < n_mods; k++) { /* a fused module: its projections are row blocks of one weight */
+            int in, out;
+            lt_module_dims(c, &mods[k], &in, &out);
+            snprintf(name, sizeof name, "model.layers.%d.%s.%s.weight", l, mods[k].parent, mods[k].name);
+            if (mods[k].count == 1) { /* a pre-quantized (bitsandbytes) checkpoint stores it quantized */
+                st = load_bnb_weight(m, name, out, in, &L->w[mods[k].first], err);
+                if (st == LT_OK) continue;
+                if (st != LT_ERR_MISSING) return st;
+            }
+            float *w;
+            if ((st = load_weight(m, p->use_mmap, name, out, in, &w, err))) return st;
+            if ((st = split_module(m, L, &mods[k], w, p, name, err))) return st;
+        }
         for (int q = 0; q < P_COUNT; q++) {
             int in, out;
             lt_proj_dims(c, (lt_proj)q, &in, &out);
-            snprintf(name, sizeof name, "model.layers.%d.%s.%s.weight", l, lt_proj_parent[q], lt_proj_names[q]);
-            st = load_bnb_weight(m, name, out, in, &L->w[q], err); /* a pre-quantized checkpoint */
-            if (st == LT_OK) continue;
-            if (st != LT_ERR_MISSING) return st;
-            if ((st = load_weight(m, p->use_mmap, name, out, in, &L->w[q].f32, err))) return st;
-            if (p->quantization != LT_QUANT_NONE && (st = quantize_weight(m, &L->w[q], out, in, p, name, err)))
-                return st;
+            if (c->bias_mask & (1u << q)) {
+                snprintf(name, sizeof name, "model.layers.%d.%s.%s.bias", l, lt_proj_parent[q], lt_proj_names[q]);
+                if ((st = load_weight(m, p->use_mmap, name, out, 0, &L->bias[q], err))) return st;
+            }
+        }
+        if (c->qk_norm) {
+            snprintf(name, sizeof name, "model.layers.%d.self_attn.q_norm.weight", l);
+            if ((st = load_norm(m, p->use_mmap, name, c->head_dim, &L->q_norm, &L->q_norm_file, err))) return st;
+            snprintf(name, sizeof name, "model.layers.%d.self_attn.k_norm.weight", l);
+            if ((st = load_norm(m, p->use_mmap, name, c->head_dim, &L->k_norm, &L->k_norm_file, err))) return st;
         }
     }
     (void)QD; (void)KD; (void)I;
@@ -336,6 +429,16 @@ static lt_status model_load(lt_model *m, const lt_model_params *p, lt_error *err
         return lt_fail(err, LT_ERR_NOMEM, "out of memory");
     }
     m->be->ops->upload(m->be, m->inv_freq, inv, (size_t)m->rot_dim / 2 * sizeof(float));
+    m->rope_mscale = c->rope_type == LT_ROPE_LONGROPE ? (float)c->rope_attention_factor : 1.0f;
+    if (c->rope_type == LT_ROPE_LONGROPE) {
+        if (lt_rope_inv_freq_long(c, inv, m->rot_dim / 2) != m->rot_dim / 2 ||
+            !(m->inv_freq_long = m->be->ops->alloc(m->be, (size_t)m->rot_dim / 2 * sizeof(float))) ||
+            track(m, m->inv_freq_long, err) != LT_OK) {
+            free(inv);
+            return lt_fail(err, LT_ERR_NOMEM, "%s: cannot set up the longrope frequencies", m->dir);
+        }
+        m->be->ops->upload(m->be, m->inv_freq_long, inv, (size_t)m->rot_dim / 2 * sizeof(float));
+    }
     free(inv);
     return m->be->ops->sync(m->be);
 }
@@ -426,6 +529,9 @@ LT_API lt_status lt_model_get_info(const lt_model *m, lt_model_info *info) {
     o.quantization = m->quant;
     o.quantized_params = m->quant_params;
     o.quantized_bytes = m->quant_bytes;
+    snprintf(o.family, sizeof o.family, "%s", lt_config_family(c));
+    o.sliding_window = c->sliding_window;
+    o.n_sliding_layers = c->n_sliding_layers;
     size_t n = info->size < sizeof o ? info->size : sizeof o;
     memcpy(info, &o, n);
     info->size = n;
@@ -454,14 +560,15 @@ LT_API lt_status lt_model_quantize(lt_model *m, const lt_quant_params *params) {
     mp.quant_blocksize = qp.blocksize;
     mp.double_quant = qp.double_quant;
     char name[256];
+    lt_module mods[P_COUNT];
+    const int n_mods = lt_model_modules(&m->cfg, mods);
     for (int l = 0; l < m->cfg.num_hidden_layers; l++)
-        for (int q = 0; q < P_COUNT; q++) {
-            lt_weight *W = &m->layers[l].w[q];
-            if (W->format != LT_WEIGHT_F32) continue;
-            int in, out;
-            lt_proj_dims(&m->cfg, (lt_proj)q, &in, &out);
-            snprintf(name, sizeof name, "model.layers.%d.%s.%s.weight", l, lt_proj_parent[q], lt_proj_names[q]);
-            if ((st = quantize_weight(m, W, out, in, &mp, name, err)) != LT_OK) return st;
+        for (int k = 0; k < n_mods; k++) {
+            lt_layer *L = &m->layers[l];
+            float *w = L->w[mods[k].first].f32; /* a fused module's first block starts its f32 weight */
+            if (L->w[mods[k].first].format != LT_WEIGHT_F32) continue;
+            snprintf(name, sizeof name, "model.layers.%d.%s.%s.weight", l, mods[k].parent, mods[k].name);
+            if ((st = split_module(m, L, &mods[k], w, &mp, name, err)) != LT_OK) return st;
         }
     return m->be->ops->sync(m->be);
 }
@@ -543,6 +650,9 @@ LT_API lt_status lt_model_save_quantized(lt_model *m, const char *dir) {
         return lt_fail(err, LT_ERR_UNSUPPORTED, "lt_model_save_quantized: the projections are %s; the bitsandbytes "
                        "checkpoint layout is written for nf4 and fp4", lt_quant_format_name(m->quant));
     const lt_model_config *c = &m->cfg;
+    if (strcmp(lt_config_family(c), "Llama"))
+        return lt_fail(err, LT_ERR_UNSUPPORTED, "lt_model_save_quantized: writes the Llama family's tensors; this "
+                       "model is %s (quantize it on load instead)", lt_config_family(c));
     const int L_ = (int)c->num_hidden_layers;
     const int64_t V = c->vocab_size, H = c->hidden_size;
     save_list L = {.cap = 3 + (L_ + 1) * (2 + 6 * P_COUNT)};
@@ -709,7 +819,13 @@ LT_API lt_status lt_model_create_random(lt_context *ctx, const char *config_json
     uint64_t rng = seed;
     const size_t V = (size_t)c->vocab_size, H = (size_t)c->hidden_size;
     if (st == LT_OK) st = random_weight(m, V * H, init_std, 0, &rng, &m->embed, err);
+    m->rope_mscale = 1.0f;
+    if (st == LT_OK && (c->fused_proj || c->rope_type == LT_ROPE_LONGROPE))
+        st = lt_fail(err, LT_ERR_UNSUPPORTED, "lt_model_create_random: %s is not supported here", c->architecture);
+    if (st == LT_OK && c->norm_offset != 0.0f)
+        st = lt_fail(err, LT_ERR_UNSUPPORTED, "lt_model_create_random: %s is not supported here", c->architecture);
     if (st == LT_OK) st = random_weight(m, H, 0, 1.0f, &rng, &m->final_norm, err);
+    m->final_norm_file = m->final_norm;
     if (st == LT_OK) {
         if (c->tie_word_embeddings) m->lm_head = m->embed;
         else st = random_weight(m, V * H, init_std, 0, &rng, &m->lm_head, err);
@@ -724,7 +840,18 @@ LT_API lt_status lt_model_create_random(lt_context *ctx, const char *config_json
             int in, o;
             lt_proj_dims(c, (lt_proj)q, &in, &o);
             st = random_weight(m, (size_t)in * o, init_std, 0, &rng, &Ly->w[q].f32, err);
+            if (st == LT_OK && (c->bias_mask & (1u << q))) st = random_weight(m, (size_t)o, init_std, 0, &rng, &Ly->bias[q], err);
         }
+        if (st == LT_OK && c->qk_norm) {
+            st = random_weight(m, (size_t)c->head_dim, 0, 1.0f, &rng, &Ly->q_norm, err);
+            if (st == LT_OK) st = random_weight(m, (size_t)c->head_dim, 0, 1.0f, &rng, &Ly->k_norm, err);
+        }
+        /* random norms hold the compute weights; the checkpoint value is that minus norm_offset, which
+         * only Gemma has: those families are not offered here */
+        Ly->attn_norm_file = Ly->attn_norm;
+        Ly->mlp_norm_file = Ly->mlp_norm;
+        Ly->q_norm_file = Ly->q_norm;
+        Ly->k_norm_file = Ly->k_norm;
     }
     if (st == LT_OK) {
         m->rot_dim = c->rot_dim;

@@ -45,6 +45,15 @@ typedef struct lt_layer {
     float *attn_norm; /* (H)        input_layernorm.weight             */
     float *mlp_norm;  /* (H)        post_attention_layernorm.weight    */
     lt_weight w[P_COUNT]; /* (out, in)  q (NH*HD,H) k,v (NKV*HD,H) o (H,NH*HD) gate,up (I,H) down (H,I) */
+    /* family extras (NULL when the family has none) */
+    float *bias[P_COUNT];        /* (out)  Qwen2 q,k,v; attention_bias / mlp_bias              */
+    float *q_norm, *k_norm;      /* (HD)   Qwen3 per-head RMSNorm before RoPE                  */
+    /* the norm weights as stored in the checkpoint, for export: the compute weights above are
+     * (1 + w) for Gemma (norm_offset), else these are the same pointers */
+    float *attn_norm_file, *mlp_norm_file, *q_norm_file, *k_norm_file;
+    /* Gemma 2 sandwich norms: mlp_norm is pre_feedforward_layernorm there, and these normalise the
+     * attention output (post_attention_layernorm) and the MLP output (post_feedforward_layernorm) */
+    float *post_attn_norm, *post_ff_norm, *post_attn_norm_file, *post_ff_norm_file;
 } lt_layer;
 
 struct lt_model {
@@ -55,9 +64,12 @@ struct lt_model {
     lt_st_set *st;          /* kept open while weights point into its mapping     */
     float *embed;           /* (V, H)                                             */
     float *final_norm;      /* (H)                                                */
+    float *final_norm_file; /* (H) as stored (differs from final_norm for Gemma)  */
     float *lm_head;         /* (V, H); == embed when tied                         */
     lt_layer *layers;       /* (L)                                                */
     float *inv_freq;        /* (rot_dim/2) RoPE inverse frequencies               */
+    float *inv_freq_long;   /* (rot_dim/2) longrope's long factors (NULL: none)   */
+    float rope_mscale;      /* longrope attention factor on cos/sin (1: none)     */
     int rot_dim;
     void **owned;           /* backend allocations to free                        */
     int n_owned, cap_owned;
@@ -88,10 +100,30 @@ lt_error *lt_model_error(const lt_model *m);
 /* Input and output width of projection p. */
 void lt_proj_dims(const lt_model_config *cfg, lt_proj p, int *in, int *out);
 
+/* A linear module as the checkpoint and PEFT name it: one projection, or several fused ones stacked
+ * along the output dimension (Phi-3: qkv_proj = q|k|v, gate_up_proj = gate|up). A LoRA on a fused
+ * module has one A (r, in) shared by its projections and one B (sum of outs, r) whose row blocks are
+ * the projections' B. */
+typedef struct lt_module {
+    const char *parent, *name; /* "self_attn", "qkv_proj"                          */
+    int first, count;          /* projections first .. first + count - 1           */
+} lt_module;
+/* The modules of a layer in PEFT order; returns how many (<= P_COUNT). */
+int lt_model_modules(const lt_model_config *cfg, lt_module out[P_COUNT]);
+/* in and the summed out width of a module */
+void lt_module_dims(const lt_model_config *cfg, const lt_module *mod, int *in, int *out);
+/* the target mask bits (1 << p) of a module */
+static inline unsigned lt_module_mask(const lt_module *mod) {
+    return ((1u << mod->count) - 1u) << mod->first;
+}
+
 /* ---- adapters ------------------------------------------------------------------------------- */
 typedef struct lt_lora {
     float *A, *B;     /* (r, in), (out, r)  inside adapter->params  */
     float *dA, *dB;   /* gradients, same layout inside adapter->grads */
+    /* DoRA (NULL otherwise): magnitude (out) in params, its gradient in grads; g = m / ||W + s B A||_row
+     * and inv_n = 1 / ||W + s B A||_row (out each, the adapter's scratch) set by each forward */
+    float *mag, *dmag, *dora_g, *dora_inv_n;
 } lt_lora;
 
 struct lt_adapter {
@@ -104,12 +136,19 @@ struct lt_adapter {
     float *grads;         /* same layout (device) */
     size_t n_params;
     int merged;
+    /* DoRA scratch: g and inv_n of every targeted projection, and one materialised W + s B A of the
+     * largest one (device); the row factors applied by a merge, to undo it (host) */
+    float *dora_gn, *dora_w;
+    float *dora_merge_g;
 };
 
 static inline lt_lora *lt_adapter_lora(const lt_adapter *a, int layer, lt_proj p) {
     lt_lora *l = &a->lora[layer * P_COUNT + p];
     return l->A ? l : NULL;
 }
+
+/* DoRA: g and inv_n of one projection (lo->dora_g, lo->dora_inv_n) for the current A, B, m. */
+void lt_dora_prepare(lt_model *m, const lt_adapter *ad, int layer, lt_proj p);
 
 /* Create the adapter tensors (zeros) for the given params; used by create and load. */
 lt_status lt_adapter_alloc(lt_model *model, const lt_adapter_params *p, lt_adapter **out, lt_error *err);
@@ -119,6 +158,10 @@ typedef struct lt_layer_acts {
     float *x_in;              /* (N,H) residual stream entering the layer                     */
     float *ln1, *rstd1;       /* (N,H), (N)                                                   */
     float *q, *k, *v;         /* (N,NH*HD), (N,NKV*HD) x2, after RoPE                          */
+    float *q_pre, *k_pre;     /* (N,NH*HD), (N,NKV*HD) before the Qwen3 q/k norm (qk_norm only) */
+    float *rstd_q, *rstd_k;   /* (N*NH), (N*NKV) q/k norm statistics (qk_norm only)            */
+    float *o_raw, *rstd_pa;   /* (N,H), (N) o_proj output before post_attention_layernorm (Gemma 2) */
+    float *d_raw, *rstd_pf;   /* (N,H), (N) down_proj output before post_feedforward_layernorm      */
     float *att, *lse;         /* (N,NH*HD), (B,NH,T)                                          */
     float *x_mid;             /* (N,H) residual after attention                               */
     float *ln2, *rstd2;       /* (N,H), (N)                                                   */
@@ -138,6 +181,8 @@ typedef struct lt_workspace {
     float **x_saved;          /* (L) layer inputs (N,H) kept by checkpointing; x_saved[L] = final */
     float *final_ln, *final_rstd; /* (N,H), (N) */
     int32_t *ids, *targets, *pos, *kv_start; /* (N) device copies */
+    int32_t *kv_start_swa;    /* (N) first key of each query in sliding-window layers (NULL: none) */
+    const float *inv_freq;    /* the model's RoPE frequencies for the staged batch (longrope: short or long) */
     float *logits;            /* (chunk, V) */
     float *losses;            /* (N) */
     int chunk;
@@ -145,12 +190,15 @@ typedef struct lt_workspace {
     float *dres, *dln;        /* (N,H) */
     float *dI1, *dI2, *dI3;   /* (N,I) */
     float *dq, *dk, *dv, *datt; /* (N,NH*HD) (N,NKV*HD) x2 (N,NH*HD) */
+    float *dk_pre;            /* (N,NKV*HD) gradient before the k norm (qk_norm only) */
+    float *dsand;             /* (N,H) gradient before a sandwich norm (Gemma 2) */
+    float *logits_capped;     /* (chunk,V) soft-capped logits kept for backward (Gemma 2) */
     float *dr;                /* (N,r) */
     float *drop;              /* (N,max(H,I)) dropout-masked inputs */
     float *att_scratch;
     float *wtile;             /* (lt_weight_tile_floats) dequantized rows of a quantized weight */
     float *host_losses;       /* host copy of losses (N) */
-    int32_t *host_stage;      /* (4N) host staging of ids, targets, positions, kv_start */
+    int32_t *host_stage;      /* (5N) host staging of ids, targets, positions, kv_start, kv_start_swa */
     void *block;              /* the one allocation everything above lives in */
     size_t block_bytes;
     float *row_w;             /* (N) per-token CE-gradient weights of lt_backward_weighted */

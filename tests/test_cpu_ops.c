@@ -491,6 +491,217 @@ START_TEST(test_swiglu) {
 }
 END_TEST
 
+/* ---- bias add, GeGLU, soft-capping (the family ops) ----------------------------------------------- */
+
+START_TEST(test_bias_add) {
+    static const int shapes[][2] = {{1, 1}, {3, 17}, {40, 96}, {129, 33}};
+    FOR_BE(be) {
+        for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+            int N = shapes[s][0], C = shapes[s][1];
+            float *y = frand((size_t)N * C, -2, 2), *b = frand((size_t)C, -1, 1), *dy = frand((size_t)N * C, -1, 1);
+            float *yf = fdup(y, (size_t)N * C), *yr = fdup(y, (size_t)N * C);
+            be->ops->bias_add(be, yf, b, N, C);
+            lt_ref_bias_add(yr, b, N, C);
+            for (int i = 0; i < N; i++)
+                for (int c = 0; c < C; c++) /* the definition, element by element */
+                    ck_assert_msg(yr[(size_t)i * C + c] == y[(size_t)i * C + c] + b[c], "ref bias_add (%d,%d)", i, c);
+            SAME(yf, yr, (size_t)N * C, "%s bias_add N=%d C=%d", isa_name(be), N, C);
+            /* backward accumulates the column sums */
+            float *dbf = frand((size_t)C, -1, 1), *dbr = fdup(dbf, (size_t)C), *want = fnew((size_t)C);
+            for (int c = 0; c < C; c++) {
+                double acc = dbr[c];
+                for (int i = 0; i < N; i++) acc += dy[(size_t)i * C + c];
+                want[c] = (float)acc;
+            }
+            be->ops->bias_backward(be, dbf, dy, N, C);
+            lt_ref_bias_backward(dbr, dy, N, C);
+            CLOSE(dbr, want, (size_t)C, 1e-6, "ref bias_backward N=%d C=%d", N, C);
+            CLOSE(dbf, dbr, (size_t)C, 1e-6, "%s bias_backward N=%d C=%d", isa_name(be), N, C);
+            free(y); free(b); free(dy); free(yf); free(yr); free(dbf); free(dbr); free(want);
+        }
+    }
+}
+END_TEST
+
+START_TEST(test_geglu) {
+    /* fixed points of torch.nn.functional.gelu(x, approximate="tanh") */
+    static const double xs[] = {-3.0, -1.0, 0.0, 0.5, 1.0, 2.0};
+    static const double gelu_tanh[] = {-0.0036373920817729, -0.15880800939172324, 0.0, 0.34571400982514394,
+                                       0.8411919906082768, 1.954597694087775};
+    for (size_t i = 0; i < sizeof xs / sizeof *xs; i++) {
+        float g = (float)xs[i], u = 1.0f, o;
+        lt_ref_geglu_forward(&o, &g, &u, 1);
+        ck_assert_msg(fabs(o - gelu_tanh[i]) <= 1e-6, "gelu_tanh(%g) = %.9g, torch %.9g", xs[i], o, gelu_tanh[i]);
+    }
+    static const size_t sizes[] = {1, 15, 1000, 65540};
+    FOR_BE(be) {
+        for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++) {
+            size_t n = sizes[s];
+            float *g = frand(n, -6, 6), *u = frand(n, -3, 3), *go = frand(n, -1, 1);
+            float *of = fnew(n), *orf = fnew(n);
+            be->ops->geglu_forward(be, of, g, u, n);
+            lt_ref_geglu_forward(orf, g, u, n);
+            CLOSE(of, orf, n, 1e-6, "%s geglu fwd n=%zu", isa_name(be), n);
+            float *dgf = fnew(n), *duf = fnew(n), *dgr = fnew(n), *dur = fnew(n);
+            be->ops->geglu_backward(be, dgf, duf, go, g, u, n);
+            lt_ref_geglu_backward(dgr, dur, go, g, u, n);
+            CLOSE(dgf, dgr, n, 1e-6, "%s geglu dgate n=%zu", isa_name(be), n);
+            CLOSE(duf, dur, n, 1e-6, "%s geglu dup n=%zu", isa_name(be), n);
+            /* the reference derivative against central differences of the reference forward */
+            for (size_t i = 0; i < n && i < 64; i++) {
+                const float h = 1e-2f;
+                float gp = g[i] + h, gm = g[i] - h, yp, ym;
+                lt_ref_geglu_forward(&yp, &gp, &u[i], 1);
+                lt_ref_geglu_forward(&ym, &gm, &u[i], 1);
+                double fd = go[i] * ((double)yp - ym) / ((double)gp - gm);
+                ck_assert_msg(fabs(fd - dgr[i]) <= 2e-3 * (1 + fabs(fd)), "geglu dgate %g vs fd %g at g=%g", dgr[i], fd, g[i]);
+            }
+            float *gi = fdup(g, n), *ui = fdup(u, n);
+            be->ops->geglu_backward(be, gi, ui, go, gi, ui, n);
+            SAME(gi, dgf, n, "%s geglu dgate in place", isa_name(be));
+            SAME(ui, duf, n, "%s geglu dup in place", isa_name(be));
+            free(g); free(u); free(go); free(of); free(orf); free(dgf); free(duf); free(dgr); free(dur); free(gi); free(ui);
+        }
+    }
+}
+END_TEST
+
+START_TEST(test_softcap) {
+    const float cap = 30.0f;
+    FOR_BE(be) {
+        size_t n = 5000;
+        float *x = frand(n, -200, 200), *dy = frand(n, -1, 1);
+        float *yf = fdup(x, n), *yr = fdup(x, n);
+        be->ops->softcap_forward(be, yf, n, cap);
+        lt_ref_softcap_forward(yr, n, cap);
+        CLOSE(yf, yr, n, 1e-6, "%s softcap fwd", isa_name(be));
+        for (size_t i = 0; i < n; i++) {
+            ck_assert(fabsf(yr[i]) <= cap);
+            ck_assert_msg(fabs(yr[i] - cap * tanh(x[i] / (double)cap)) <= 1e-5, "softcap(%g)", x[i]);
+        }
+        float *df = fdup(dy, n), *dr = fdup(dy, n);
+        be->ops->softcap_backward(be, df, yf, n, cap);
+        lt_ref_softcap_backward(dr, yr, n, cap);
+        CLOSE(df, dr, n, 1e-5, "%s softcap bwd", isa_name(be));
+        for (size_t i = 0; i < 64; i++) { /* d/dx cap tanh(x/cap) = 1 - tanh^2 */
+            double t = tanh(x[i] / (double)cap);
+            ck_assert_msg(fabs(dr[i] - dy[i] * (1 - t * t)) <= 1e-6, "softcap grad at %g", x[i]);
+        }
+        free(x); free(dy); free(yf); free(yr); free(df); free(dr);
+    }
+}
+END_TEST
+
+/* soft-capped attention: a huge cap is plain attention; the backward agrees with finite differences of
+ * the forward; the backend agrees with the reference (windowed kv_start, GQA, single-key rows) */
+START_TEST(test_attention_softcap) {
+    const int B = 2, T = 7, NH = 4, NKV = 2, HD = 8;
+    const float scale = 0.4f, cap = 1.5f;
+    const size_t nq = (size_t)B * T * NH * HD, nk = (size_t)B * T * NKV * HD, nl = (size_t)B * NH * T;
+    float *q = frand(nq, -2, 2), *k = frand(nk, -2, 2), *v = frand(nk, -1, 1), *dout = frand(nq, -1, 1);
+    int32_t ks[14];
+    for (int i = 0; i < B * T; i++) ks[i] = i < T ? (i % T > 2 ? i % T - 2 : 0) : (i % T >= 4 ? 4 : 0);
+    float *o1 = fnew(nq), *o2 = fnew(nq), *l1 = fnew(nl), *l2 = fnew(nl);
+    lt_ref_attention_forward(o1, l1, q, k, v, ks, B, T, NH, NKV, HD, scale);
+    lt_ref_attention_softcap_forward(o2, l2, q, k, v, ks, B, T, NH, NKV, HD, scale, 1e6f);
+    CLOSE_F(o2, o1, nq, 1e-5, 1e-6, "huge cap == plain attention");
+    float *dq = fnew(nq), *dk = fnew(nk), *dv = fnew(nk), *dq0 = fnew(nq), *dk0 = fnew(nk), *dv0 = fnew(nk);
+    lt_ref_attention_backward(dq0, dk0, dv0, dout, q, k, v, o1, l1, ks, B, T, NH, NKV, HD, scale, NULL);
+    lt_ref_attention_softcap_backward(dq, dk, dv, dout, q, k, v, o2, l2, ks, B, T, NH, NKV, HD, scale, 1e6f);
+    CLOSE_F(dq, dq0, nq, 1e-4, 1e-6, "huge cap backward dq");
+    CLOSE_F(dk, dk0, nk, 1e-4, 1e-6, "huge cap backward dk");
+    CLOSE_F(dv, dv0, nk, 1e-4, 1e-6, "huge cap backward dv");
+    /* finite differences of L = sum(dout * out) with a small cap */
+    lt_ref_attention_softcap_forward(o2, l2, q, k, v, ks, B, T, NH, NKV, HD, scale, cap);
+    lt_ref_attention_softcap_backward(dq, dk, dv, dout, q, k, v, o2, l2, ks, B, T, NH, NKV, HD, scale, cap);
+    float *tmp = fnew(nq), *tl = fnew(nl);
+    struct { float *x, *g; size_t n; const char *name; } probes[] = {{q, dq, nq, "dq"}, {k, dk, nk, "dk"}, {v, dv, nk, "dv"}};
+    for (int pi = 0; pi < 3; pi++)
+        for (size_t i = 0; i < probes[pi].n; i += 37) {
+            float orig = probes[pi].x[i];
+            const float h = 1e-2f;
+            double lp = 0, lm = 0;
+            probes[pi].x[i] = orig + h;
+            lt_ref_attention_softcap_forward(tmp, tl, q, k, v, ks, B, T, NH, NKV, HD, scale, cap);
+            for (size_t j = 0; j < nq; j++) lp += (double)dout[j] * tmp[j];
+            probes[pi].x[i] = orig - h;
+            lt_ref_attention_softcap_forward(tmp, tl, q, k, v, ks, B, T, NH, NKV, HD, scale, cap);
+            for (size_t j = 0; j < nq; j++) lm += (double)dout[j] * tmp[j];
+            probes[pi].x[i] = orig;
+            double fd = (lp - lm) / (2.0 * h);
+            ck_assert_msg(fabs(fd - probes[pi].g[i]) <= 2e-3 + 2e-2 * fabs(fd), "softcap %s[%zu]: %g vs fd %g",
+                          probes[pi].name, i, probes[pi].g[i], fd);
+        }
+    FOR_BE(be) {
+        float *of = fnew(nq), *lf = fnew(nl), *dqf = fnew(nq), *dkf = fnew(nk), *dvf = fnew(nk);
+        be->ops->attention_softcap_forward(be, of, lf, q, k, v, ks, B, T, NH, NKV, HD, scale, cap);
+        CLOSE(of, o2, nq, 1e-5, "%s softcap attention out", isa_name(be));
+        CLOSE(lf, l2, nl, 1e-5, "%s softcap attention lse", isa_name(be));
+        be->ops->attention_softcap_backward(be, dqf, dkf, dvf, dout, q, k, v, of, lf, ks, B, T, NH, NKV, HD, scale, cap);
+        CLOSE_F(dqf, dq, nq, 1e-5, 1e-7, "%s softcap dq", isa_name(be));
+        CLOSE_F(dkf, dk, nk, 1e-5, 1e-7, "%s softcap dk", isa_name(be));
+        CLOSE_F(dvf, dv, nk, 1e-5, 1e-7, "%s softcap dv", isa_name(be));
+        /* decode of the last row == the last row of the forward (no window: kv_start 0) */
+        int32_t z[14] = {0};
+        float *oz = fnew(nq), *lz = fnew(nl);
+        lt_ref_attention_softcap_forward(oz, lz, q, k, v, z, B, T, NH, NKV, HD, scale, cap);
+        float *ql = fnew((size_t)B * NH * HD), *od = fnew((size_t)B * NH * HD);
+        for (int b = 0; b < B; b++)
+            memcpy(ql + (size_t)b * NH * HD, q + ((size_t)b * T + T - 1) * NH * HD, (size_t)NH * HD * 4);
+        be->ops->attention_softcap_decode(be, od, ql, k, v, B, T, T, NH, NKV, HD, scale, cap);
+        for (int b = 0; b < B; b++)
+            CLOSE(od + (size_t)b * NH * HD, oz + ((size_t)b * T + T - 1) * NH * HD, (size_t)NH * HD, 1e-5,
+                  "%s softcap decode b=%d", isa_name(be), b);
+        free(oz); free(lz);
+        free(of); free(lf); free(dqf); free(dkf); free(dvf); free(ql); free(od);
+    }
+    free(q); free(k); free(v); free(dout); free(o1); free(o2); free(l1); free(l2);
+    free(dq); free(dk); free(dv); free(dq0); free(dk0); free(dv0); free(tmp); free(tl);
+}
+END_TEST
+
+/* DoRA helper ops and the RoPE channel scale against their definitions */
+START_TEST(test_dora_ops) {
+    const int R = 37, C = 53, N = 29;
+    float *w = frand((size_t)R * C, -1, 1), *m = frand((size_t)R, 0.5f, 2), *g = fnew(R), *inv = fnew(R);
+    lt_ref_dora_norm(g, inv, m, w, R, C);
+    for (int r = 0; r < R; r++) {
+        double ss = 0;
+        for (int c = 0; c < C; c++) ss += (double)w[(size_t)r * C + c] * w[(size_t)r * C + c];
+        ck_assert_msg(fabs(inv[r] * sqrt(ss) - 1) <= 1e-6 && fabs(g[r] - m[r] / sqrt(ss)) <= 1e-6 * fabs(g[r]),
+                      "dora_norm row %d", r);
+    }
+    float *y = frand((size_t)N * R, -2, 2), *a = frand((size_t)N * R, -1, 1), *acc0 = frand((size_t)R, -1, 1);
+    FOR_BE(be) {
+        float *gf = fnew(R), *invf = fnew(R);
+        be->ops->dora_norm(be, gf, invf, m, w, R, C);
+        CLOSE(gf, g, (size_t)R, 1e-6, "%s dora_norm g", isa_name(be));
+        CLOSE(invf, inv, (size_t)R, 1e-6, "%s dora_norm inv_n", isa_name(be));
+        float *yf = fdup(y, (size_t)N * R);
+        be->ops->mul_cols(be, yf, g, N, R);
+        for (int i = 0; i < N; i++)
+            for (int c = 0; c < R; c++)
+                ck_assert_msg(yf[(size_t)i * R + c] == y[(size_t)i * R + c] * g[c], "%s mul_cols", isa_name(be));
+        float *out = fdup(acc0, (size_t)R), *want = fnew(R);
+        for (int c = 0; c < R; c++) {
+            double d = 0;
+            for (int i = 0; i < N; i++) d += (double)a[(size_t)i * R + c] * y[(size_t)i * R + c];
+            want[c] = (float)(acc0[c] + inv[c] * d);
+        }
+        be->ops->col_dot(be, out, a, y, inv, N, R);
+        CLOSE(out, want, (size_t)R, 1e-5, "%s col_dot (accumulates)", isa_name(be));
+        /* rope_scale: only the first rot_dim channels of each head */
+        const int NH = 3, HD = 8, RD = 6;
+        float *x = frand((size_t)N * NH * HD, -1, 1), *xs = fdup(x, (size_t)N * NH * HD);
+        be->ops->rope_scale(be, xs, N, NH, HD, RD, 1.5f);
+        for (size_t i = 0; i < (size_t)N * NH * HD; i++)
+            ck_assert_msg(xs[i] == ((int)(i % HD) < RD ? x[i] * 1.5f : x[i]), "%s rope_scale [%zu]", isa_name(be), i);
+        free(gf); free(invf); free(yf); free(out); free(want); free(x); free(xs);
+    }
+    free(w); free(m); free(g); free(inv); free(y); free(a); free(acc0);
+}
+END_TEST
+
 /* ---- cross-entropy -------------------------------------------------------------------------------- */
 
 START_TEST(test_cross_entropy) {
@@ -844,6 +1055,11 @@ static Suite *cpu_ops_suite(void) {
     tcase_add_test(tc, test_attention_packed_semantics);
     tcase_add_test(tc, test_attention_decode);
     tcase_add_test(tc, test_swiglu);
+    tcase_add_test(tc, test_bias_add);
+    tcase_add_test(tc, test_geglu);
+    tcase_add_test(tc, test_softcap);
+    tcase_add_test(tc, test_attention_softcap);
+    tcase_add_test(tc, test_dora_ops);
     tcase_add_test(tc, test_cross_entropy);
     tcase_add_test(tc, test_dropout);
     tcase_add_test(tc, test_adamw);

@@ -1056,8 +1056,8 @@ START_TEST(test_config_errors) {
     expect_cfg_fails("e_noarch.json", "{\"hidden_size\":4096}", LT_ERR_MISSING, "architectures");
     expect_cfg_fails("e_emptyarch.json", "{\"architectures\":[]}", LT_ERR_MISSING, "architectures");
     expect_cfg_fails("e_archtype.json", "{\"architectures\":\"LlamaForCausalLM\"}", LT_ERR_JSON, "architectures");
-    expect_cfg_fails("e_arch.json", "{\"architectures\":[\"MistralForCausalLM\"]}", LT_ERR_ARCH,
-                     "MistralForCausalLM");
+    expect_cfg_fails("e_arch.json", "{\"architectures\":[\"FalconForCausalLM\"]}", LT_ERR_ARCH,
+                     "FalconForCausalLM");
     expect_cfg_fails("e_arch2.json", "{\"architectures\":[\"GPT2LMHeadModel\"]}", LT_ERR_ARCH, "LlamaForCausalLM");
     expect_cfg_fails("e_type.json", "{\"architectures\":[\"LlamaForCausalLM\"],\"hidden_size\":\"4096\"}", LT_ERR_JSON,
                      "hidden_size");

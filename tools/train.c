@@ -32,7 +32,8 @@ static void train_usage(void) {
            "             text rows ({\"text\"}, {\"prompt\",\"completion\"}, {\"messages\"}, ...) are tokenized with\n"
            "             --tokenizer DIR (default: the model directory); {\"input_ids\"} rows are used as they are\n"
            "  eval/save: --eval-data FILE --eval-every N --save-every N --resume DIR\n"
-           "  method:    --method lora|qlora (lora); qlora quantizes the base projections on load:\n"
+           "  method:    --method lora|dora|qlora (lora); dora: PEFT's weight-decomposed LoRA (needs --dropout 0);\n"
+           "             qlora quantizes the base projections on load:\n"
            "             --quant nf4|fp4|int8 (nf4) --double-quant | --no-double-quant (on for qlora)\n"
            "             --quant-blocksize N (64); `loratune merge` then merges into the dequantized base\n"
            "  other:     --threads N --json --quiet --no-checkpointing\n"
@@ -121,8 +122,10 @@ static int parse_targets(const char *s, unsigned *out) {
     for (char *tok = strtok(buf, ","); tok; tok = strtok(NULL, ",")) {
         int k = 0;
         while (k < 7 && strcmp(tok, names[k])) k++;
-        if (k == 7) return -1;
-        *out |= 1u << k;
+        if (!strcmp(tok, "qkv_proj")) *out |= LT_TARGET_Q | LT_TARGET_K | LT_TARGET_V; /* Phi-3's fused modules */
+        else if (!strcmp(tok, "gate_up_proj")) *out |= LT_TARGET_GATE | LT_TARGET_UP;
+        else if (k == 7) return -1;
+        else *out |= 1u << k;
     }
     return *out ? 0 : -1;
 }
@@ -241,8 +244,11 @@ int cmd_train(int argc, char **argv) {
         /* QLoRA: the frozen base projections are quantized (NF4 + double quantization by default) */
         const char *method = opt_str(&o, "method", "lora");
         lt_quant_params qp;
-        if (strcmp(method, "lora") && strcmp(method, "qlora")) { rc = fail("train", "--method must be lora or qlora"); goto done; }
-        if (!strcmp(method, "lora") && (opt_str(&o, "quant", NULL) || opt_flag(&o, "double-quant"))) {
+        if (strcmp(method, "lora") && strcmp(method, "dora") && strcmp(method, "qlora")) {
+            rc = fail("train", "--method must be lora, dora or qlora");
+            goto done;
+        }
+        if (strcmp(method, "qlora") && (opt_str(&o, "quant", NULL) || opt_flag(&o, "double-quant"))) {
             rc = fail("train", "--quant and --double-quant go with --method qlora");
             goto done;
         }
@@ -270,13 +276,15 @@ int cmd_train(int argc, char **argv) {
         ap.alpha = (float)alpha;
         ap.dropout = (float)dropout;
         ap.use_rslora = opt_flag(&o, "rslora");
+        const char *method = opt_str(&o, "method", "lora");
+        ap.use_dora = !strcmp(method, "dora");
         ap.seed = (uint64_t)seed;
         const char *init = opt_str(&o, "init", "default");
         if (!strcmp(init, "gaussian")) ap.init = LT_INIT_GAUSSIAN;
         else if (strcmp(init, "default")) { rc = fail("train", "--init must be default or gaussian"); goto done; }
         if (parse_targets(opt_str(&o, "targets", "all"), &ap.targets)) {
             rc = fail("train", "--targets: expected a comma-separated list of q_proj,k_proj,v_proj,o_proj,gate_proj,"
-                               "up_proj,down_proj");
+                               "up_proj,down_proj (Phi-3: qkv_proj,o_proj,gate_up_proj,down_proj)");
             goto done;
         }
         if (lt_adapter_create(m, &ap, &ad) != LT_OK) { rc = fail("train", "%s", lt_last_error()); goto done; }

@@ -16,7 +16,7 @@ adapter check (always):
     transformers' eager attention does not isolate packed sequences) and `logits` F32 [B,T,V] written
     by the C side; PEFT's logits must agree: max|diff| / max|PEFT| <= tol.
 merged check (--merged DIR): DIR (a merged model directory written by libloratune) loads with plain
-  LlamaForCausalLM.from_pretrained without missing/unexpected/mismatched keys and its logits equal
+  AutoModelForCausalLM.from_pretrained without missing/unexpected/mismatched keys and its logits equal
   PeftModel(base + adapter) logits within tol, on FILE's input_ids (or fixed random ids without --logits).
 
 Prints `peft-roundtrip: N passed, M failed` (one line per failure before it, with the reason);
@@ -76,8 +76,8 @@ def run_logits(model, ids, pos=None):
 
 
 def load_base(model_dir):
-    from transformers import LlamaForCausalLM
-    m = LlamaForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="eager")
+    from transformers import AutoModelForCausalLM
+    m = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="eager")
     m.eval()
     return m
 
@@ -199,17 +199,17 @@ def check_adapter(a, log):
 
 
 def check_merged(a, pm, log):
-    from transformers import LlamaForCausalLM
+    from transformers import AutoModelForCausalLM
     if os.path.exists(os.path.join(a.merged, "adapter_config.json")):
         raise CheckFailed(f"{a.merged} contains adapter_config.json (a merged model must not)")
     with warnings.catch_warnings(record=True) as rec:
         warnings.simplefilter("always")
         try:
-            mm, info = LlamaForCausalLM.from_pretrained(a.merged, dtype=torch.float32,
+            mm, info = AutoModelForCausalLM.from_pretrained(a.merged, dtype=torch.float32,
                                                         attn_implementation="eager",
                                                         output_loading_info=True)
         except Exception as e:  # noqa: BLE001
-            raise CheckFailed(f"LlamaForCausalLM.from_pretrained({a.merged}) failed: {type(e).__name__}: {e}")
+            raise CheckFailed(f"AutoModelForCausalLM.from_pretrained({a.merged}) failed: {type(e).__name__}: {e}")
     mm.eval()
     info = dict(info or {})
     problems = {k: list(v) for k, v in info.items()

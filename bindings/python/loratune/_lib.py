@@ -148,6 +148,9 @@ class lt_model_info(Structure):
         ("quantization", lt_quant_format),
         ("quantized_params", c_int64),
         ("quantized_bytes", c_int64),
+        ("family", c_char * 32),
+        ("sliding_window", c_int64),
+        ("n_sliding_layers", c_int32),
     ]
 
 
@@ -172,6 +175,7 @@ class lt_adapter_params(Structure):
         ("use_rslora", c_int),
         ("init", lt_lora_init),
         ("seed", c_uint64),
+        ("use_dora", c_int),
     ]
 
 

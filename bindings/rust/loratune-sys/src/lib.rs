@@ -150,6 +150,9 @@ pub struct lt_model_info {
     pub quantization: lt_quant_format,
     pub quantized_params: i64,
     pub quantized_bytes: i64,
+    pub family: [c_char; 32],
+    pub sliding_window: i64,
+    pub n_sliding_layers: i32,
 }
 
 #[repr(C)]
@@ -189,6 +192,7 @@ pub struct lt_adapter_params {
     pub use_rslora: c_int,
     pub init: lt_lora_init,
     pub seed: u64,
+    pub use_dora: c_int,
 }
 
 // ---- optimizers ------------------------------------------------------------------------------------

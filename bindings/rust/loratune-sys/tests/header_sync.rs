@@ -354,9 +354,10 @@ fn rust_layouts() -> Vec<(String, usize, Vec<(String, usize)>)> {
         lt_model_params { size, use_mmap, quantization, double_quant, quant_blocksize, quantize_lm_head }
         lt_model_info { size, architecture, dtype, vocab_size, hidden_size, intermediate_size, n_layers, n_heads,
                         n_kv_heads, head_dim, max_position_embeddings, rope_theta, rms_norm_eps, tied_embeddings,
-                        n_params, weight_bytes, quantization, quantized_params, quantized_bytes }
+                        n_params, weight_bytes, quantization, quantized_params, quantized_bytes, family,
+                        sliding_window, n_sliding_layers }
         lt_batch { size, n_rows, seq_len, input_ids, labels, position_ids }
-        lt_adapter_params { size, rank, alpha, dropout, targets, use_rslora, init, seed }
+        lt_adapter_params { size, rank, alpha, dropout, targets, use_rslora, init, seed, use_dora }
         lt_optimizer_params { size, kind, lr, beta1, beta2, eps, weight_decay, momentum, schedule, warmup_steps,
                               warmup_ratio, total_steps, max_grad_norm }
         lt_trainer_params { size, objective, grad_accum, gradient_checkpointing, seed, beta, label_smoothing,

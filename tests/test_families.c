@@ -1,0 +1,511 @@
+/*
+ * test_families.c - the non-Llama model families against transformers' own classes: logits and losses
+ * (plain and packed), a PEFT adapter's logits and LoRA gradients (with and without checkpointing),
+ * greedy generation equal to the full forward (sliding windows in the KV-cache path), our adapter and
+ * merged export loading in PEFT / transformers, and unknown architectures.
+ *
+ * Goldens: tests/python/make_family_models.py writes LT_TEST_DATA_DIR/models/<name>/ (save_pretrained
+ * checkpoints of Qwen2ForCausalLM, MistralForCausalLM, Qwen3ForCausalLM, GemmaForCausalLM, ...) with
+ * golden.safetensors and lora/{adapter,grads.safetensors}. Tolerance 1e-4 relative (max abs error over
+ * max abs reference), as for Llama in test_model.c / test_lora.c.
+ */
+#include <check.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "model.h"
+#include "test_util.h"
+
+typedef struct family_case {
+    const char *name;
+    const char *architecture;
+} family_case;
+
+static const family_case cases[] = {
+    {"qwen2-swa", "Qwen2ForCausalLM"},  {"qwen2-tied", "Qwen2ForCausalLM"}, {"mistral-swa", "MistralForCausalLM"},
+    {"qwen3", "Qwen3ForCausalLM"},      {"gemma", "GemmaForCausalLM"},      {"gemma2", "Gemma2ForCausalLM"},
+    {"phi3", "Phi3ForCausalLM"},        {"phi3-longrope", "Phi3ForCausalLM"},
+};
+#define N_CASES ((int)(sizeof cases / sizeof *cases))
+
+/* models with a DoRA golden (<model>/dora/): Llama, Qwen2 with biases and a window, Phi-3's fused modules */
+static const family_case dora_cases[] = {
+    {"llama-dora", "LlamaForCausalLM"}, {"qwen2-swa", "Qwen2ForCausalLM"}, {"phi3", "Phi3ForCausalLM"}};
+#define N_DORA ((int)(sizeof dora_cases / sizeof *dora_cases))
+
+static void model_dir(char *buf, size_t len, const char *name) {
+    snprintf(buf, len, "%s/models/%s", LT_TEST_DATA_DIR, name);
+}
+
+static lt_model *load_model(lt_context *ctx, const char *name) {
+    char dir[1024];
+    model_dir(dir, sizeof dir, name);
+    lt_model *m = NULL;
+    ck_assert_msg(lt_model_load(ctx, dir, NULL, &m) == LT_OK, "%s: %s", name, lt_last_error());
+    return m;
+}
+
+static const lt_st_tensor *need(const lt_st_file *f, const char *prefix, const char *key) {
+    char k[128];
+    snprintf(k, sizeof k, "%s%s", prefix, key);
+    const lt_st_tensor *t = lt_st_find(f, k);
+    ck_assert_msg(t, "golden tensor %s missing", k);
+    return t;
+}
+
+static void batch_of(lt_batch *b, const lt_st_file *g, const char *pre, int packed) {
+    const lt_st_tensor *ids = need(g, pre, "input_ids");
+    lt_batch_init(b, sizeof *b);
+    b->n_rows = (int)ids->shape[0];
+    b->seq_len = (int)ids->shape[1];
+    b->input_ids = ids->data;
+    b->position_ids = packed ? need(g, pre, "position_ids")->data : NULL;
+    b->labels = need(g, pre, "labels")->data;
+}
+
+/* ---- forward against transformers --------------------------------------------------------------- */
+
+START_TEST(test_family_logits) {
+    const family_case *fc = &cases[_i];
+    char dir[1024], path[1200];
+    model_dir(dir, sizeof dir, fc->name);
+    lt_context *ctx = tu_context();
+    lt_model *m = load_model(ctx, fc->name);
+    lt_model_info info = {.size = sizeof info};
+    ck_assert_int_eq(lt_model_get_info(m, &info), LT_OK);
+    ck_assert_str_eq(info.architecture, fc->architecture);
+    snprintf(path, sizeof path, "%s/golden.safetensors", dir);
+    lt_error err;
+    lt_st_file *g = NULL;
+    ck_assert_msg(lt_st_open(path, 1, &g, &err) == LT_OK, "%s", err.msg);
+    const int V = (int)m->cfg.vocab_size;
+    for (int packed = 0; packed < 2; packed++) {
+        const char *pre = packed ? "packed_" : "";
+        lt_batch b;
+        batch_of(&b, g, pre, packed);
+        const lt_st_tensor *ref = need(g, pre, "logits");
+        size_t n = (size_t)b.n_rows * b.seq_len * V;
+        ck_assert_int_eq((int64_t)n, ref->numel);
+        float *out = malloc(n * sizeof *out);
+        ck_assert_msg(lt_model_logits(m, NULL, &b, out, n) == LT_OK, "%s: %s", fc->name, lt_model_last_error(m));
+        double rel = tu_max_rel_err(out, ref->data, n);
+        ck_assert_msg(rel <= 1e-4, "%s %slogits: max error %.3g relative (tolerance 1e-4)", fc->name, pre, rel);
+        free(out);
+        double sum;
+        int64_t tokens;
+        ck_assert_int_eq(lt_model_loss(m, NULL, &b, &sum, &tokens), LT_OK);
+        ck_assert_int_eq(tokens, *(const int32_t *)need(g, pre, "n_tokens")->data);
+        double want = *(const float *)need(g, pre, "loss")->data, got = sum / (double)tokens;
+        ck_assert_msg(fabs(got - want) <= 1e-4 * fabs(want), "%s %sloss %.8f vs transformers %.8f", fc->name, pre,
+                      got, want);
+    }
+    lt_st_close(g);
+    lt_model_free(m);
+    lt_context_free(ctx);
+}
+END_TEST
+
+/* ---- LoRA through PEFT: logits and gradients ------------------------------------------------------ */
+
+static void compare_grads(const lt_adapter *a, const lt_st_file *f, const char *prefix, const char *what) {
+    float *h = malloc(a->n_params * sizeof *h);
+    a->model->be->ops->download(a->model->be, h, a->grads, a->n_params * sizeof *h);
+    int n = 0;
+    lt_module mods[P_COUNT];
+    const int n_mods = lt_model_modules(&a->model->cfg, mods);
+    for (int l = 0; l < a->model->cfg.num_hidden_layers; l++)
+        for (int q = 0; q < n_mods; q++) {
+            lt_lora *lo = lt_adapter_lora(a, l, (lt_proj)mods[q].first); /* a fused module: the whole A and B */
+            if (!lo) continue;
+            for (int isB = 0; isB < 2; isB++) {
+                char key[256];
+                snprintf(key, sizeof key, "%sbase_model.model.model.layers.%d.%s.%s.lora_%c.weight", prefix, l,
+                         mods[q].parent, mods[q].name, isB ? 'B' : 'A');
+                const lt_st_tensor *t = lt_st_find(f, key);
+                ck_assert_msg(t, "%s: golden %s missing", what, key);
+                const float *mine = h + ((isB ? lo->dB : lo->dA) - a->grads);
+                double rel = tu_max_rel_err(mine, t->data, (size_t)t->numel);
+                ck_assert_msg(rel <= 1e-4, "%s: %s differs by %.3g (tolerance 1e-4)", what, key, rel);
+                n++;
+            }
+            if (lo->mag) { /* DoRA magnitude */
+                char key[256];
+                snprintf(key, sizeof key, "%sbase_model.model.model.layers.%d.%s.%s.lora_magnitude_vector", prefix, l,
+                         mods[q].parent, mods[q].name);
+                const lt_st_tensor *t = lt_st_find(f, key);
+                ck_assert_msg(t, "%s: golden %s missing", what, key);
+                double rel = tu_max_rel_err(h + (lo->dmag - a->grads), t->data, (size_t)t->numel);
+                ck_assert_msg(rel <= 1e-4, "%s: %s differs by %.3g (tolerance 1e-4)", what, key, rel);
+                n++;
+            }
+        }
+    ck_assert_msg(n > 0, "%s: nothing compared", what);
+    free(h);
+}
+
+/* the PEFT adapter in <model>/<sub>/adapter ("lora" or "dora") against <sub>/grads.safetensors */
+static void check_adapter_gradients(const family_case *fc, const char *sub) {
+    char dir[1024], path[1200];
+    model_dir(dir, sizeof dir, fc->name);
+    lt_context *ctx = tu_context();
+    lt_model *m = load_model(ctx, fc->name);
+    lt_adapter *a = NULL;
+    snprintf(path, sizeof path, "%s/%s/adapter", dir, sub);
+    ck_assert_msg(lt_adapter_load(m, path, &a) == LT_OK, "%s: the adapter saved by peft: %s", fc->name,
+                  lt_last_error());
+    ck_assert_int_eq(a->p.use_dora, strcmp(sub, "dora") == 0);
+    snprintf(path, sizeof path, "%s/%s/grads.safetensors", dir, sub);
+    lt_error err;
+    lt_st_file *g = NULL;
+    ck_assert_msg(lt_st_open(path, 1, &g, &err) == LT_OK, "%s", err.msg);
+    const int V = (int)m->cfg.vocab_size;
+    for (int packed = 0; packed < 2; packed++) {
+        const char *pre = packed ? "packed_" : "";
+        lt_batch b;
+        batch_of(&b, g, pre, packed);
+        if (!packed) {
+            const lt_st_tensor *ref = need(g, "", "logits");
+            size_t n = (size_t)b.n_rows * b.seq_len * V;
+            float *out = malloc(n * 4);
+            ck_assert_int_eq(lt_model_logits(m, a, &b, out, n), LT_OK);
+            double rel = tu_max_rel_err(out, ref->data, n);
+            ck_assert_msg(rel <= 1e-4, "%s: logits with the PEFT %s adapter differ by %.3g", fc->name, sub, rel);
+            free(out);
+        }
+        for (int ckpt = 0; ckpt < 2; ckpt++) {
+            int64_t nv;
+            lt_workspace *ws = NULL;
+            ck_assert_int_eq(lt_workspace_create(m, b.n_rows, b.seq_len, a->p.rank, ckpt, &ws, &err), LT_OK);
+            ck_assert_int_eq(lt_stage_batch(m, ws, &b, &nv, &err), LT_OK);
+            m->be->ops->zero(m->be, a->grads, a->n_params * 4);
+            double sum;
+            ck_assert_msg(lt_forward_backward(m, a, ws, NULL, 1.0f / (float)nv, &sum, NULL, &err) == LT_OK, "%s",
+                          err.msg);
+            lt_workspace_free(ws);
+            double want = *(const float *)need(g, pre, "loss")->data;
+            ck_assert_msg(fabs(sum / nv - want) <= 1e-4 * fabs(want), "%s: %sloss %.8f vs torch %.8f", fc->name, pre,
+                          sum / nv, want);
+            char what[160];
+            snprintf(what, sizeof what, "%s %s %sgradients (checkpointing %d)", fc->name, sub, pre, ckpt);
+            compare_grads(a, g, packed ? "packed_grad." : "grad.", what);
+        }
+    }
+    lt_st_close(g);
+    lt_adapter_free(a);
+    lt_model_free(m);
+    lt_context_free(ctx);
+}
+
+START_TEST(test_family_lora_gradients) { check_adapter_gradients(&cases[_i], "lora"); }
+END_TEST
+
+START_TEST(test_dora_gradients) { check_adapter_gradients(&dora_cases[_i], "dora"); }
+END_TEST
+
+/* ---- generation: the KV-cache path equals the full forward (past the sliding window) ------------- */
+
+static void check_generate(const family_case *fc, const char *sub) {
+    char dir[1024], path[1200];
+    model_dir(dir, sizeof dir, fc->name);
+    lt_context *ctx = tu_context();
+    lt_model *m = load_model(ctx, fc->name);
+    lt_adapter *a = NULL;
+    snprintf(path, sizeof path, "%s/%s/adapter", dir, sub);
+    ck_assert_int_eq(lt_adapter_load(m, path, &a), LT_OK);
+    const int V = (int)m->cfg.vocab_size, NEW = 9; /* 3 + 9 > every window of the test models */
+    int32_t prompts[10] = {5, 17, 33, 2, 200, 7, 8, 9, 10, 11}, lens[2] = {3, 7};
+    int32_t out[2 * NEW], out_lens[2];
+    lt_generate_params gp;
+    lt_generate_params_init(&gp, sizeof gp);
+    gp.max_new_tokens = NEW;
+    gp.eos_token_id = -1;
+    ck_assert_msg(lt_generate(m, a, prompts, lens, 2, &gp, out, out_lens) == LT_OK, "%s", lt_model_last_error(m));
+    for (int r = 0; r < 2; r++) {
+        ck_assert_int_eq(out_lens[r], NEW);
+        int32_t seq[32];
+        int n = lens[r];
+        memcpy(seq, prompts + (r ? lens[0] : 0), (size_t)n * 4);
+        for (int k = 0; k < NEW; k++) {
+            lt_batch b;
+            lt_batch_init(&b, sizeof b);
+            b.n_rows = 1; b.seq_len = n; b.input_ids = seq;
+            float *lg = malloc((size_t)n * V * 4);
+            ck_assert_int_eq(lt_model_logits(m, a, &b, lg, (size_t)n * V), LT_OK);
+            int best = 0;
+            for (int v = 1; v < V; v++)
+                if (lg[(size_t)(n - 1) * V + v] > lg[(size_t)(n - 1) * V + best]) best = v;
+            free(lg);
+            ck_assert_msg(out[r * NEW + k] == best, "%s %s row %d token %d: generated %d, full forward argmax %d",
+                          fc->name, sub, r, k, out[r * NEW + k], best);
+            seq[n++] = best;
+        }
+    }
+    lt_adapter_free(a);
+    lt_model_free(m);
+    lt_context_free(ctx);
+}
+
+START_TEST(test_family_generate_matches_forward) { check_generate(&cases[_i], "lora"); }
+END_TEST
+
+START_TEST(test_dora_generate_matches_forward) { check_generate(&dora_cases[_i], "dora"); }
+END_TEST
+
+/* ---- our files in PEFT / transformers ------------------------------------------------------------- */
+
+static void check_roundtrip(const family_case *fc, const char *sub) {
+    const char *py = getenv("LORATUNE_REF_PYTHON");
+    char defpy[1024];
+    if (!py) {
+        snprintf(defpy, sizeof defpy, "%s/.cache/loratune/ref-venv/bin/python", getenv("HOME") ? getenv("HOME") : "");
+        py = defpy;
+    }
+    ck_assert_msg(access(py, X_OK) == 0, "the reference python %s is missing (set LORATUNE_REF_PYTHON)", py);
+    char base[1024], path[1200];
+    model_dir(base, sizeof base, fc->name);
+    lt_context *ctx = tu_context();
+    lt_model *m = load_model(ctx, fc->name);
+    lt_adapter *a = NULL;
+    snprintf(path, sizeof path, "%s/%s/adapter", base, sub);
+    ck_assert_int_eq(lt_adapter_load(m, path, &a), LT_OK);
+    char root[512], adir[600], mdir[600], lpath[600], cmd[4096];
+    tu_tempdir(root, sizeof root);
+    snprintf(adir, sizeof adir, "%s/adapter", root);
+    snprintf(mdir, sizeof mdir, "%s/merged", root);
+    snprintf(lpath, sizeof lpath, "%s/logits.safetensors", root);
+    enum { B = 2, T = 12 };
+    const int V = (int)m->cfg.vocab_size;
+    int32_t ids[B * T];
+    for (int i = 0; i < B * T; i++) ids[i] = (int32_t)((i * 7919 + 13) % V);
+    lt_batch b;
+    lt_batch_init(&b, sizeof b);
+    b.n_rows = B; b.seq_len = T; b.input_ids = ids;
+    /* train it a little first: the files are those of an adapter trained here (every tensor moves) */
+    lt_optimizer_params op;
+    lt_optimizer_params_init(&op, sizeof op);
+    op.lr = 1e-2f;
+    lt_optimizer *o = NULL;
+    ck_assert_int_eq(lt_optimizer_create(a, &op, &o), LT_OK);
+    lt_trainer_params tp;
+    lt_trainer_params_init(&tp, sizeof tp);
+    lt_trainer *tr = NULL;
+    ck_assert_int_eq(lt_trainer_create(m, a, o, &tp, &tr), LT_OK);
+    float *before = malloc(a->n_params * 4), *after = malloc(a->n_params * 4);
+    m->be->ops->download(m->be, before, a->params, a->n_params * 4);
+    for (int k = 0; k < 2; k++) {
+        lt_step_result r = {.size = sizeof r};
+        ck_assert_msg(lt_trainer_step(tr, &b, &r) == LT_OK, "%s", lt_trainer_last_error(tr));
+    }
+    m->be->ops->download(m->be, after, a->params, a->n_params * 4);
+    size_t moved = 0;
+    for (size_t i = 0; i < a->n_params; i++) moved += before[i] != after[i];
+    ck_assert_msg(moved > a->n_params / 2, "%s %s: training moved only %zu of %zu parameters", fc->name, sub, moved,
+                  a->n_params);
+    free(before); free(after);
+    lt_trainer_free(tr);
+    lt_optimizer_free(o);
+    ck_assert_int_eq(lt_adapter_save(a, adir), LT_OK);
+    ck_assert_msg(lt_adapter_export_merged(a, mdir, 0) == LT_OK, "%s", lt_adapter_last_error(a));
+    float *lg = malloc((size_t)B * T * V * 4);
+    ck_assert_int_eq(lt_model_logits(m, a, &b, lg, (size_t)B * T * V), LT_OK);
+    lt_st_entry e[2] = {{.name = "input_ids", .dtype = LT_DT_I32, .ndim = 2, .shape = {B, T}, .data = ids},
+                        {.name = "logits", .dtype = LT_DT_F32, .ndim = 3, .shape = {B, T, V}, .data = lg}};
+    lt_error err;
+    ck_assert_int_eq(lt_st_write(lpath, e, 2, NULL, &err), LT_OK);
+    free(lg);
+    snprintf(cmd, sizeof cmd, "%s %s/tests/python/check_peft_roundtrip.py --model %s --adapter %s --logits %s "
+             "--merged %s --tol 1e-4 2>&1", py, LT_SOURCE_DIR, base, adir, lpath, mdir);
+    int status;
+    char *out = tu_run_capture(cmd, &status, 0);
+    ck_assert_msg(status == 0, "%s %s: PEFT/transformers rejected our files:\n%s", fc->name, sub, out);
+    free(out);
+    /* merge / unmerge in place: the merged base alone gives the adapter's logits, unmerge restores */
+    float *lm = malloc((size_t)B * T * V * 4), *lb = malloc((size_t)B * T * V * 4), *lb2 = malloc((size_t)B * T * V * 4);
+    ck_assert_int_eq(lt_model_logits(m, NULL, &b, lb, (size_t)B * T * V), LT_OK);
+    ck_assert_int_eq(lt_model_logits(m, a, &b, lg = malloc((size_t)B * T * V * 4), (size_t)B * T * V), LT_OK);
+    ck_assert_msg(lt_adapter_merge(a) == LT_OK, "%s", lt_adapter_last_error(a));
+    ck_assert_int_eq(lt_model_logits(m, NULL, &b, lm, (size_t)B * T * V), LT_OK);
+    double rel = tu_max_rel_err(lm, lg, (size_t)B * T * V);
+    ck_assert_msg(rel <= 1e-4, "%s %s: merged logits differ from the adapter's by %.3g", fc->name, sub, rel);
+    ck_assert_int_eq(lt_adapter_unmerge(a), LT_OK);
+    ck_assert_int_eq(lt_model_logits(m, NULL, &b, lb2, (size_t)B * T * V), LT_OK);
+    rel = tu_max_rel_err(lb2, lb, (size_t)B * T * V);
+    ck_assert_msg(rel <= 1e-4, "%s %s: unmerge does not restore the base (%.3g)", fc->name, sub, rel);
+    free(lm); free(lb); free(lb2); free(lg);
+    lt_adapter_free(a);
+    lt_model_free(m);
+    lt_context_free(ctx);
+}
+
+START_TEST(test_family_peft_roundtrip) { check_roundtrip(&cases[_i], "lora"); }
+END_TEST
+
+START_TEST(test_dora_peft_roundtrip) { check_roundtrip(&dora_cases[_i], "dora"); }
+END_TEST
+
+/* a new DoRA adapter: magnitude = row norms of W, so it starts as the identity; it trains */
+START_TEST(test_dora_create_identity) {
+    lt_context *ctx = tu_context();
+    lt_model *m = load_model(ctx, "phi3");
+    lt_adapter_params ap;
+    lt_adapter_params_init(&ap, sizeof ap);
+    ap.rank = 4;
+    ap.alpha = 8;
+    ap.use_dora = 1;
+    lt_adapter *a = NULL;
+    ck_assert_msg(lt_adapter_create(m, &ap, &a) == LT_OK, "%s", lt_last_error());
+    enum { B = 1, T = 9 };
+    const int V = (int)m->cfg.vocab_size;
+    int32_t ids[B * T];
+    for (int i = 0; i < B * T; i++) ids[i] = (int32_t)((i * 31 + 7) % V);
+    lt_batch b;
+    lt_batch_init(&b, sizeof b);
+    b.n_rows = B; b.seq_len = T; b.input_ids = ids;
+    float *l0 = malloc((size_t)T * V * 4), *l1 = malloc((size_t)T * V * 4);
+    ck_assert_int_eq(lt_model_logits(m, NULL, &b, l0, (size_t)T * V), LT_OK);
+    ck_assert_int_eq(lt_model_logits(m, a, &b, l1, (size_t)T * V), LT_OK);
+    ck_assert_msg(tu_max_rel_err(l1, l0, (size_t)T * V) <= 1e-5, "a fresh DoRA adapter changes the logits");
+    free(l0); free(l1);
+    lt_adapter_free(a);
+    ap.dropout = 0.1f; /* DoRA needs dropout 0 */
+    ck_assert_int_eq(lt_adapter_create(m, &ap, &a), LT_ERR_UNSUPPORTED);
+    ap.dropout = 0;
+    ap.targets = LT_TARGET_Q | LT_TARGET_O; /* q alone is a third of qkv_proj */
+    ck_assert_int_eq(lt_adapter_create(m, &ap, &a), LT_ERR_ARGUMENT);
+    lt_model_free(m);
+    lt_context_free(ctx);
+}
+END_TEST
+
+/* ---- the command line: info names the family, train --method dora writes a DoRA adapter ----------- */
+
+START_TEST(test_cli_family_and_dora) {
+    char model[1024], data[1100], root[512], cmd[4096], path[700];
+    model_dir(model, sizeof model, "phi3");
+    tu_tempdir(root, sizeof root);
+    int status;
+    snprintf(cmd, sizeof cmd, "%s info --model %s --json", LT_CLI, model);
+    char *out = tu_run_capture(cmd, &status, 0);
+    ck_assert_msg(status == 0 && strstr(out, "\"family\": \"Phi3\""), "info: %s", out);
+    free(out);
+    /* a small JSONL of token ids inside the vocabulary */
+    snprintf(data, sizeof data, "%s/data.jsonl", root);
+    FILE *f = fopen(data, "w");
+    ck_assert_ptr_nonnull(f);
+    for (int r = 0; r < 6; r++) {
+        fprintf(f, "{\"input_ids\": [");
+        for (int t = 0; t < 10; t++) fprintf(f, "%s%d", t ? ", " : "", (r * 37 + t * 11) % 250);
+        fprintf(f, "]}\n");
+    }
+    fclose(f);
+    snprintf(cmd, sizeof cmd, "%s train --model %s --data %s --out %s/dora --method dora --targets qkv_proj,gate_up_proj "
+             "--rank 4 --steps 2 --batch 2 --lr 1e-2 --quiet", LT_CLI, model, data, root);
+    out = tu_run_capture(cmd, &status, 1);
+    ck_assert_msg(status == 0, "train --method dora: %s", out);
+    free(out);
+    lt_context *ctx = tu_context();
+    lt_model *m = load_model(ctx, "phi3");
+    lt_adapter *a = NULL;
+    snprintf(path, sizeof path, "%s/dora", root);
+    ck_assert_msg(lt_adapter_load(m, path, &a) == LT_OK, "%s", lt_last_error());
+    ck_assert_int_eq(a->p.use_dora, 1);
+    ck_assert_ptr_nonnull(lt_adapter_lora(a, 0, P_V)->mag);
+    ck_assert_ptr_null(lt_adapter_lora(a, 0, P_O));
+    lt_adapter_free(a);
+    snprintf(cmd, sizeof cmd, "%s train --model %s --data %s --out %s/bad --method dora --dropout 0.1 --steps 1 --quiet",
+             LT_CLI, model, data, root);
+    out = tu_run_capture(cmd, &status, 1);
+    ck_assert_msg(status != 0 && strstr(out, "DoRA"), "DoRA with dropout must be refused: %s", out);
+    free(out);
+    lt_model_free(m);
+    lt_context_free(ctx);
+}
+END_TEST
+
+/* ---- configuration ---------------------------------------------------------------------------------- */
+
+START_TEST(test_unknown_architecture) {
+    const char *cfg = "{\"architectures\": [\"FalconForCausalLM\"], \"vocab_size\": 10, \"hidden_size\": 8, "
+                      "\"intermediate_size\": 16, \"num_hidden_layers\": 1, \"num_attention_heads\": 2}";
+    lt_model_config c;
+    lt_error err;
+    lt_error_clear(&err);
+    ck_assert_int_eq(lt_config_parse(cfg, strlen(cfg), "config.json", &c, &err), LT_ERR_ARCH);
+    ck_assert_msg(strstr(err.msg, "FalconForCausalLM") != NULL, "%s", err.msg);
+    const char *fams[] = {"LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "MistralForCausalLM",
+                          "GemmaForCausalLM", "Gemma2ForCausalLM", "Phi3ForCausalLM"};
+    for (size_t i = 0; i < sizeof fams / sizeof *fams; i++)
+        ck_assert_msg(strstr(err.msg, fams[i]) != NULL, "the message does not list %s: %s", fams[i], err.msg);
+}
+END_TEST
+
+/* family defaults and sliding-window derivation follow the transformers config classes */
+START_TEST(test_family_config_rules) {
+    lt_model_config c;
+    lt_error err;
+    const char *base = "\"vocab_size\": 10, \"hidden_size\": 64, \"intermediate_size\": 16, "
+                       "\"num_hidden_layers\": 4, \"num_attention_heads\": 2";
+    char buf[1024];
+    /* Qwen2: biases on q, k, v; no window unless use_sliding_window; then layers >= max_window_layers */
+    snprintf(buf, sizeof buf, "{\"architectures\": [\"Qwen2ForCausalLM\"], %s, \"sliding_window\": 8}", base);
+    ck_assert_int_eq(lt_config_parse(buf, strlen(buf), "c", &c, &err), LT_OK);
+    ck_assert_uint_eq(c.bias_mask, 0x7u);
+    ck_assert_int_eq(c.sliding_window, 0);
+    snprintf(buf, sizeof buf, "{\"architectures\": [\"Qwen2ForCausalLM\"], %s, \"sliding_window\": 8, "
+             "\"use_sliding_window\": true, \"max_window_layers\": 2}", base);
+    ck_assert_int_eq(lt_config_parse(buf, strlen(buf), "c", &c, &err), LT_OK);
+    ck_assert_int_eq(c.sliding_window, 8);
+    ck_assert_int_eq(c.layer_sliding[1], 0);
+    ck_assert_int_eq(c.layer_sliding[2], 1);
+    ck_assert_int_eq(c.n_sliding_layers, 2);
+    /* Mistral: absent sliding_window is MistralConfig's 4096, null is none */
+    snprintf(buf, sizeof buf, "{\"architectures\": [\"MistralForCausalLM\"], %s}", base);
+    ck_assert_int_eq(lt_config_parse(buf, strlen(buf), "c", &c, &err), LT_OK);
+    ck_assert_int_eq(c.sliding_window, 4096);
+    ck_assert_int_eq(c.n_sliding_layers, 4);
+    snprintf(buf, sizeof buf, "{\"architectures\": [\"MistralForCausalLM\"], %s, \"sliding_window\": null}", base);
+    ck_assert_int_eq(lt_config_parse(buf, strlen(buf), "c", &c, &err), LT_OK);
+    ck_assert_int_eq(c.sliding_window, 0);
+    /* Qwen3: head_dim defaults to 128, q/k norms */
+    snprintf(buf, sizeof buf, "{\"architectures\": [\"Qwen3ForCausalLM\"], %s}", base);
+    ck_assert_int_eq(lt_config_parse(buf, strlen(buf), "c", &c, &err), LT_OK);
+    ck_assert_int_eq(c.head_dim, 128);
+    ck_assert_int_eq(c.qk_norm, 1);
+    /* Gemma: legacy "gelu" means tanh; tied by default; sqrt(hidden) scale; (1 + w) norms */
+    snprintf(buf, sizeof buf, "{\"architectures\": [\"GemmaForCausalLM\"], %s, \"hidden_act\": \"gelu\"}", base);
+    ck_assert_int_eq(lt_config_parse(buf, strlen(buf), "c", &c, &err), LT_OK);
+    ck_assert_int_eq(c.activation, LT_ACT_GELU_TANH);
+    ck_assert_int_eq(c.tie_word_embeddings, 1);
+    ck_assert(c.embed_scale == 8.0);
+    ck_assert(c.norm_offset == 1.0f);
+    /* Llama keeps silu only */
+    snprintf(buf, sizeof buf, "{\"architectures\": [\"LlamaForCausalLM\"], %s, \"hidden_act\": \"gelu\"}", base);
+    ck_assert_int_eq(lt_config_parse(buf, strlen(buf), "c", &c, &err), LT_ERR_UNSUPPORTED);
+}
+END_TEST
+
+Suite *families_suite(void);
+
+Suite *families_suite(void) {
+    Suite *s = suite_create("families");
+    TCase *tc = tcase_create("transformers");
+    tcase_set_timeout(tc, 600);
+    tcase_add_loop_test(tc, test_family_logits, 0, N_CASES);
+    tcase_add_loop_test(tc, test_family_lora_gradients, 0, N_CASES);
+    tcase_add_loop_test(tc, test_family_generate_matches_forward, 0, N_CASES);
+    tcase_add_loop_test(tc, test_family_peft_roundtrip, 0, N_CASES);
+    tcase_add_loop_test(tc, test_dora_gradients, 0, N_DORA);
+    tcase_add_loop_test(tc, test_dora_generate_matches_forward, 0, N_DORA);
+    tcase_add_loop_test(tc, test_dora_peft_roundtrip, 0, N_DORA);
+    tcase_add_test(tc, test_dora_create_identity);
+    tcase_add_test(tc, test_cli_family_and_dora);
+    tcase_add_test(tc, test_unknown_architecture);
+    tcase_add_test(tc, test_family_config_rules);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+TU_MAIN(families_suite)
