@@ -117,9 +117,16 @@ LT_API int lt_backend_available(const char *name);
 /* ---------------------------------------------------------------------------------------------- */
 /* Model                                                                                          */
 
+/** How the frozen base weights of the 7 decoder projections (q,k,v,o,gate,up,down) are stored and
+ *  multiplied. LT_BASE_BF16: stored in bf16 (half the memory), products with bf16-rounded inputs and
+ *  fp32 accumulation (AVX512_BF16 on CPUs that have it); embeddings, norms, LM head, LoRA and the
+ *  optimizer stay f32. A BF16 model cannot merge adapters or export weights (LT_ERR_UNSUPPORTED). */
+typedef enum lt_base_dtype { LT_BASE_F32 = 0, LT_BASE_BF16 = 1 } lt_base_dtype;
+
 typedef struct lt_model_params {
     size_t size;         /* sizeof(lt_model_params)                                       */
     int use_mmap;        /* 1 (default): map safetensors files, use f32 weights in place  */
+    int base_dtype;      /* lt_base_dtype (default LT_BASE_F32)                           */
 } lt_model_params;
 
 typedef struct lt_model_info {

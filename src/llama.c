@@ -199,7 +199,8 @@ lt_status lt_stage_batch(lt_model *m, lt_workspace *ws, const lt_batch *b, int64
 void lt_linear_forward(lt_model *m, lt_workspace *ws, const lt_adapter *ad, const lt_lora *lo,
                        const lt_dropout_state *drop, uint64_t drop_stream, float *y, const float *x,
                        const float *W, float *xa, int N, int in, int out) {
-    OPS->gemm(BE, 0, 1, N, out, in, 1.0f, x, in, W, in, 0.0f, y, out);
+    if (m->base_dtype == LT_BASE_BF16) OPS->gemm_bf16_forward(BE, y, x, W, N, in, out); /* W packed */
+    else OPS->gemm(BE, 0, 1, N, out, in, 1.0f, x, in, W, in, 0.0f, y, out);
     if (!lo) return;
     const int r = ad->p.rank;
     const float *xd = x;
@@ -216,7 +217,8 @@ static void linear_backward(lt_model *m, lt_workspace *ws, const lt_adapter *ad,
                             const lt_dropout_state *drop, uint64_t drop_stream, float *dx, int accumulate,
                             const float *dy, const float *x, const float *W, const float *xa, int N, int in,
                             int out) {
-    OPS->gemm(BE, 0, 0, N, in, out, 1.0f, dy, out, W, in, accumulate ? 1.0f : 0.0f, dx, in);
+    if (m->base_dtype == LT_BASE_BF16) OPS->gemm_bf16_backward(BE, dx, dy, W, N, in, out, accumulate);
+    else OPS->gemm(BE, 0, 0, N, in, out, 1.0f, dy, out, W, in, accumulate ? 1.0f : 0.0f, dx, in);
     if (!lo) return;
     const int r = ad->p.rank;
     const float s = ad->scaling;

@@ -45,8 +45,8 @@ static lt_status track(lt_model *m, void *p, lt_error *err) {
 /* Find tensor `name`, check its shape is (d0[, d1]) and give a backend f32 pointer to it: the mapped
  * bytes themselves when the backend shares host memory and the data is f32 and aligned, else a
  * converted copy. */
-static lt_status load_weight(lt_model *m, int use_mmap, const char *name, int64_t d0, int64_t d1,
-                             float **out, lt_error *err) {
+static lt_status find_weight(lt_model *m, const char *name, int64_t d0, int64_t d1, const lt_st_tensor **tp,
+                             lt_error *err) {
     const lt_st_tensor *t = lt_st_set_find(m->st, name);
     if (!t) return lt_fail(err, LT_ERR_MISSING, "%s: tensor \"%s\" is missing from the checkpoint", m->dir, name);
     int ndim = d1 > 0 ? 2 : 1;
@@ -64,6 +64,15 @@ static lt_status load_weight(lt_model *m, int use_mmap, const char *name, int64_
     if (t->dtype != LT_DT_F32 && t->dtype != LT_DT_F16 && t->dtype != LT_DT_BF16)
         return lt_fail(err, LT_ERR_DTYPE, "%s: tensor \"%s\" has dtype %s; weights must be F32, F16 or BF16",
                        m->dir, name, lt_dtype_name(t->dtype));
+    *tp = t;
+    return LT_OK;
+}
+
+static lt_status load_weight(lt_model *m, int use_mmap, const char *name, int64_t d0, int64_t d1,
+                             float **out, lt_error *err) {
+    const lt_st_tensor *t;
+    lt_status st = find_weight(m, name, d0, d1, &t, err);
+    if (st != LT_OK) return st;
     const size_t n = (size_t)t->numel;
     m->n_params += (int64_t)n;
     m->weight_bytes += (int64_t)(n * sizeof(float));
@@ -73,7 +82,7 @@ static lt_status load_weight(lt_model *m, int use_mmap, const char *name, int64_
     }
     float *dst = m->be->ops->alloc(m->be, n * sizeof(float));
     if (!dst) return lt_fail(err, LT_ERR_NOMEM, "%s: cannot allocate %zu bytes for \"%s\"", m->dir, n * 4, name);
-    lt_status st = track(m, dst, err);
+    st = track(m, dst, err);
     if (st != LT_OK) { m->be->ops->free(m->be, dst); return st; }
     if (m->be->ops->host_memory) {
         lt_convert_to_f32(dst, t->data, t->dtype, n);
@@ -86,6 +95,40 @@ static lt_status load_weight(lt_model *m, int use_mmap, const char *name, int64_
     }
     *out = dst;
     return LT_OK;
+}
+
+/* Backend allocation in the packed bf16 layout of W (out,in), filled from host f32 `src`. */
+static lt_status pack_bf16(lt_model *m, const float *src, int out, int in, float **dst_out, lt_error *err) {
+    const size_t bytes = m->be->ops->bf16_weight_bytes(m->be, out, in);
+    void *dst = m->be->ops->alloc(m->be, bytes);
+    if (!dst) return lt_fail(err, LT_ERR_NOMEM, "%s: cannot allocate %zu bytes for a bf16 weight", m->dir, bytes);
+    lt_status st = track(m, dst, err);
+    if (st != LT_OK) { m->be->ops->free(m->be, dst); return st; }
+    m->be->ops->bf16_weight_pack(m->be, dst, src, out, in);
+    m->n_params += (int64_t)out * in;
+    m->weight_bytes += (int64_t)bytes;
+    *dst_out = dst; /* not f32: layers[].w of a bf16 model hold packed weights (model.h) */
+    return LT_OK;
+}
+
+/* A projection weight (out,in) of a LT_BASE_BF16 model: read as f32 (in place when the file holds
+ * aligned f32), packed to bf16 in the backend; the f32 bytes are not kept. */
+static lt_status load_weight_bf16(lt_model *m, const char *name, int out, int in, float **w, lt_error *err) {
+    const lt_st_tensor *t;
+    lt_status st = find_weight(m, name, out, in, &t, err);
+    if (st != LT_OK) return st;
+    const size_t n = (size_t)t->numel;
+    float *tmp = NULL;
+    const float *src = t->data;
+    if (t->dtype != LT_DT_F32 || ((uintptr_t)t->data & 3) != 0) {
+        if (!(tmp = malloc(n * sizeof(float))))
+            return lt_fail(err, LT_ERR_NOMEM, "%s: out of memory converting \"%s\"", m->dir, name);
+        lt_convert_to_f32(tmp, t->data, t->dtype, n);
+        src = tmp;
+    }
+    st = pack_bf16(m, src, out, in, w, err);
+    free(tmp);
+    return st;
 }
 
 LT_API void lt_model_params_init(lt_model_params *out, size_t size) {
@@ -129,7 +172,9 @@ static lt_status model_load(lt_model *m, const lt_model_params *p, lt_error *err
             int in, out;
             lt_proj_dims(c, (lt_proj)q, &in, &out);
             snprintf(name, sizeof name, "model.layers.%d.%s.%s.weight", l, lt_proj_parent[q], lt_proj_names[q]);
-            if ((st = load_weight(m, p->use_mmap, name, out, in, &L->w[q], err))) return st;
+            if (m->base_dtype == LT_BASE_BF16) st = load_weight_bf16(m, name, out, in, &L->w[q], err);
+            else st = load_weight(m, p->use_mmap, name, out, in, &L->w[q], err);
+            if (st != LT_OK) return st;
         }
     }
     (void)QD; (void)KD; (void)I;
@@ -176,6 +221,12 @@ LT_API lt_status lt_model_load(lt_context *ctx, const char *dir, const lt_model_
         return lt_fail(terr, LT_ERR_ARGUMENT, "lt_model_load: path too long");
     }
     strcpy(m->dir, dir);
+    if (p.base_dtype != LT_BASE_F32 && p.base_dtype != LT_BASE_BF16) {
+        free(m);
+        return lt_fail(terr, LT_ERR_ARGUMENT, "lt_model_load: base_dtype %d is neither LT_BASE_F32 (0) nor "
+                       "LT_BASE_BF16 (1)", p.base_dtype);
+    }
+    m->base_dtype = p.base_dtype;
     double t0 = lt_now_seconds();
     lt_status st = model_load(m, &p, terr);
     if (st != LT_OK) {
@@ -291,11 +342,14 @@ static uint64_t rnd_next(uint64_t *s) {
     return z ^ (z >> 31);
 }
 
-/* fill n floats: value `one` when std == 0, else N(0, std^2) (Box-Muller) */
-static lt_status random_weight(lt_model *m, size_t n, float std, float one, uint64_t *rng, float **out, lt_error *err) {
+/* fill n floats: value `one` when std == 0, else N(0, std^2) (Box-Muller). packed_out > 0: a (packed_out,
+ * n/packed_out) projection of a bf16 model, stored packed. */
+static lt_status random_weight(lt_model *m, size_t n, float std, float one, uint64_t *rng, float **out, lt_error *err,
+                               int packed_out) {
     float *h = malloc(n * sizeof *h);
-    float *d = m->be->ops->alloc(m->be, n * sizeof(float));
-    lt_status st = (!h || !d) ? lt_fail(err, LT_ERR_NOMEM, "lt_model_create_random: out of memory") : track(m, d, err);
+    float *d = packed_out > 0 ? NULL : m->be->ops->alloc(m->be, n * sizeof(float));
+    lt_status st = (!h || (!d && packed_out <= 0)) ? lt_fail(err, LT_ERR_NOMEM, "lt_model_create_random: out of memory")
+                   : d ? track(m, d, err) : LT_OK;
     if (st != LT_OK) {
         free(h);
         if (d) m->be->ops->free(m->be, d);
@@ -307,6 +361,11 @@ static lt_status random_weight(lt_model *m, size_t n, float std, float one, uint
         h[i] = std > 0 ? (float)(std * rad * cos(2 * M_PI * u2)) : one;
         if (i + 1 < n) h[i + 1] = std > 0 ? (float)(std * rad * sin(2 * M_PI * u2)) : one;
     }
+    if (packed_out > 0) {
+        st = pack_bf16(m, h, packed_out, (int)(n / (size_t)packed_out), out, err);
+        free(h);
+        return st;
+    }
     m->be->ops->upload(m->be, d, h, n * sizeof(float));
     free(h);
     m->n_params += (int64_t)n;
@@ -317,14 +376,31 @@ static lt_status random_weight(lt_model *m, size_t n, float std, float one, uint
 
 LT_API lt_status lt_model_create_random(lt_context *ctx, const char *config_json, uint64_t seed, float init_std,
                                         lt_model **out) {
+    return lt_model_create_random_params(ctx, config_json, seed, init_std, NULL, out);
+}
+
+LT_API lt_status lt_model_create_random_params(lt_context *ctx, const char *config_json, uint64_t seed,
+                                               float init_std, const lt_model_params *params, lt_model **out) {
     lt_error *err = lt_thread_error();
     lt_error_clear(err);
     if (!out) return lt_fail(err, LT_ERR_ARGUMENT, "lt_model_create_random: out is NULL");
     *out = NULL;
     if (!ctx || !config_json) return lt_fail(err, LT_ERR_ARGUMENT, "lt_model_create_random: ctx and config_json are required");
     if (!(init_std > 0)) return lt_fail(err, LT_ERR_ARGUMENT, "lt_model_create_random: init_std must be positive");
+    lt_model_params p;
+    lt_model_params_init(&p, sizeof p);
+    if (params) {
+        if (params->size < sizeof(size_t) || params->size > sizeof p)
+            return lt_fail(err, LT_ERR_ARGUMENT, "lt_model_create_random: params->size %zu is not a size this "
+                           "library knows (call lt_model_params_init)", params->size);
+        memcpy(&p, params, params->size);
+    }
+    if (p.base_dtype != LT_BASE_F32 && p.base_dtype != LT_BASE_BF16)
+        return lt_fail(err, LT_ERR_ARGUMENT, "lt_model_create_random: base_dtype %d is neither LT_BASE_F32 (0) "
+                       "nor LT_BASE_BF16 (1)", p.base_dtype);
     lt_model *m = calloc(1, sizeof *m);
     if (!m) return lt_fail(err, LT_ERR_NOMEM, "out of memory");
+    m->base_dtype = p.base_dtype;
     m->ctx = ctx;
     m->be = ctx->be;
     snprintf(m->dir, sizeof m->dir, "(random)");
@@ -332,22 +408,23 @@ LT_API lt_status lt_model_create_random(lt_context *ctx, const char *config_json
     const lt_model_config *c = &m->cfg;
     uint64_t rng = seed;
     const size_t V = (size_t)c->vocab_size, H = (size_t)c->hidden_size;
-    if (st == LT_OK) st = random_weight(m, V * H, init_std, 0, &rng, &m->embed, err);
-    if (st == LT_OK) st = random_weight(m, H, 0, 1.0f, &rng, &m->final_norm, err);
+    if (st == LT_OK) st = random_weight(m, V * H, init_std, 0, &rng, &m->embed, err, 0);
+    if (st == LT_OK) st = random_weight(m, H, 0, 1.0f, &rng, &m->final_norm, err, 0);
     if (st == LT_OK) {
         if (c->tie_word_embeddings) m->lm_head = m->embed;
-        else st = random_weight(m, V * H, init_std, 0, &rng, &m->lm_head, err);
+        else st = random_weight(m, V * H, init_std, 0, &rng, &m->lm_head, err, 0);
     }
     if (st == LT_OK && !(m->layers = calloc((size_t)c->num_hidden_layers, sizeof *m->layers)))
         st = lt_fail(err, LT_ERR_NOMEM, "out of memory");
     for (int l = 0; st == LT_OK && l < c->num_hidden_layers; l++) {
         lt_layer *Ly = &m->layers[l];
-        st = random_weight(m, H, 0, 1.0f, &rng, &Ly->attn_norm, err);
-        if (st == LT_OK) st = random_weight(m, H, 0, 1.0f, &rng, &Ly->mlp_norm, err);
+        st = random_weight(m, H, 0, 1.0f, &rng, &Ly->attn_norm, err, 0);
+        if (st == LT_OK) st = random_weight(m, H, 0, 1.0f, &rng, &Ly->mlp_norm, err, 0);
         for (int q = 0; st == LT_OK && q < P_COUNT; q++) {
             int in, o;
             lt_proj_dims(c, (lt_proj)q, &in, &o);
-            st = random_weight(m, (size_t)in * o, init_std, 0, &rng, &Ly->w[q], err);
+            st = random_weight(m, (size_t)in * o, init_std, 0, &rng, &Ly->w[q], err,
+                               m->base_dtype == LT_BASE_BF16 ? o : 0);
         }
     }
     if (st == LT_OK) {

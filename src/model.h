@@ -29,6 +29,7 @@ typedef struct lt_layer {
     float *attn_norm; /* (H)        input_layernorm.weight             */
     float *mlp_norm;  /* (H)        post_attention_layernorm.weight    */
     float *w[P_COUNT];/* (out, in)  q (NH*HD,H) k,v (NKV*HD,H) o (H,NH*HD) gate,up (I,H) down (H,I) */
+                      /* with base_dtype LT_BASE_BF16: the backend's packed bf16 layout instead */
 } lt_layer;
 
 struct lt_model {
@@ -47,6 +48,7 @@ struct lt_model {
     int n_owned, cap_owned;
     int64_t n_params, weight_bytes;
     int n_merged;           /* adapters currently merged into the weights         */
+    int base_dtype;         /* lt_base_dtype of the projection weights layers[].w  */
 };
 
 /*

@@ -39,6 +39,12 @@ int fail(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2,
 int open_model(const char *cmd, const char *dir, int threads, const char *backend, lt_context **ctx,
                lt_model **model);
 
+/* The same with lt_model_params.base_dtype. */
+int open_model_dtype(const char *cmd, const char *dir, int threads, const char *backend, int base_dtype,
+                     lt_context **ctx, lt_model **model);
+/* --base-dtype f32|bf16 (default f32) -> LT_BASE_*; prints the error and returns 1 if malformed. */
+int opt_base_dtype(const opts *o, const char *cmd, int *out);
+
 int cmd_info(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
 int cmd_train(int argc, char **argv);

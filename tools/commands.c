@@ -128,9 +128,11 @@ static const char bench_s_config[] =
 
 int cmd_bench(int argc, char **argv) {
     static const opt_spec spec[] = {{"config", 1}, {"threads", 1}, {"json", 0}, {"steps", 1}, {"warmup", 1},
-                                    {"checkpointing", 1}, {"backend", 1}};
+                                    {"checkpointing", 1}, {"backend", 1}, {"base-dtype", 1}};
     opts o;
-    if (opts_parse(&o, spec, 7, argc, argv, "bench")) return 2;
+    if (opts_parse(&o, spec, 8, argc, argv, "bench")) return 2;
+    int base_dtype;
+    if (opt_base_dtype(&o, "bench", &base_dtype)) return 2;
     const char *cfg = opt_str(&o, "config", "bench-s");
     if (strcmp(cfg, "bench-s")) return fail("bench", "unknown --config \"%s\" (this build knows bench-s)", cfg);
     long long threads, steps, warm;
@@ -150,7 +152,11 @@ int cmd_bench(int argc, char **argv) {
     lt_optimizer *opt = NULL;
     lt_trainer *tr = NULL;
     int rc = 0;
-    if (lt_context_create(&cp, &ctx) != LT_OK || lt_model_create_random(ctx, bench_s_config, 1, 0.02f, &m) != LT_OK) {
+    lt_model_params mp;
+    lt_model_params_init(&mp, sizeof mp);
+    mp.base_dtype = base_dtype;
+    if (lt_context_create(&cp, &ctx) != LT_OK ||
+        lt_model_create_random_params(ctx, bench_s_config, 1, 0.02f, &mp, &m) != LT_OK) {
         rc = fail("bench", "%s", lt_last_error());
         goto done;
     }
@@ -192,12 +198,13 @@ int cmd_bench(int argc, char **argv) {
         getrusage(RUSAGE_SELF, &ru);
         double tps = (double)steps * B * T / dt, rss = ru.ru_maxrss / 1024.0;
         if (opt_flag(&o, "json"))
-            printf("{\"config\": \"bench-s\", \"threads\": %d, \"checkpointing\": \"%s\", \"steps\": %lld, "
-                   "\"loss\": %.6f, \"tokens_per_s\": %.1f, \"peak_rss_mb\": %.1f}\n",
-                   (int)threads, ck, steps, loss, tps, rss);
+            printf("{\"config\": \"bench-s\", \"threads\": %d, \"checkpointing\": \"%s\", \"base_dtype\": \"%s\", "
+                   "\"steps\": %lld, \"loss\": %.6f, \"tokens_per_s\": %.1f, \"peak_rss_mb\": %.1f}\n",
+                   (int)threads, ck, base_dtype == LT_BASE_BF16 ? "bf16" : "f32", steps, loss, tps, rss);
         else
             printf("bench-s: %.1f training tokens/s (%lld steps of %d tokens, %.3f s/step), peak RSS %.1f MiB, "
-                   "checkpointing %s\n", tps, steps, B * T, dt / steps, rss, ck);
+                   "checkpointing %s, base %s\n", tps, steps, B * T, dt / steps, rss, ck,
+                   base_dtype == LT_BASE_BF16 ? "bf16" : "f32");
     }
 done:
     lt_trainer_free(tr);

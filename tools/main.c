@@ -15,11 +15,12 @@ static void usage(FILE *f) {
             "commands:\n"
             "  info      --model DIR                         architecture, shapes, parameters\n"
             "  eval      --model DIR --data FILE.jsonl [--adapter DIR] [--batch N] [--json] [--threads N]\n"
+            "            [--base-dtype f32|bf16]\n"
             "  train     --model DIR --data FILE.jsonl --out DIR [options]   (loratune train --help)\n"
             "  merge     --model DIR --adapter DIR --out DIR\n"
             "  generate  --model DIR [--adapter DIR] --prompt-ids 1,2,3 [--max-new-tokens N]\n"
             "            [--temperature T --top-k K --top-p P --seed S]\n"
-            "  bench     --config bench-s [--threads N] [--json]\n"
+            "  bench     --config bench-s [--threads N] [--json] [--base-dtype f32|bf16]\n"
             "  demo      [--out DIR] [--steps N]                fine-tune a small model end to end\n"
             "  version\n");
 }

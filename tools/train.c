@@ -15,7 +15,7 @@ static const opt_spec train_spec[] = {
     {"steps", 1}, {"epochs", 1}, {"batch", 1}, {"grad-accum", 1}, {"max-grad-norm", 1}, {"weight-decay", 1},
     {"optimizer", 1}, {"seed", 1}, {"no-shuffle", 0}, {"seq", 1}, {"pack", 0}, {"eval-data", 1},
     {"eval-every", 1}, {"save-every", 1}, {"resume", 1}, {"threads", 1}, {"json", 0}, {"quiet", 0},
-    {"no-checkpointing", 0}, {"backend", 1}, {"help", 0},
+    {"no-checkpointing", 0}, {"backend", 1}, {"base-dtype", 1}, {"help", 0},
 };
 #define N_TRAIN_SPEC ((int)(sizeof train_spec / sizeof *train_spec))
 
@@ -28,7 +28,8 @@ static void train_usage(void) {
            "  length:    --steps N | --epochs E (1)   --batch B (4) --grad-accum K (1) --seq T (512) --pack\n"
            "  data:      --seed S --no-shuffle (rows in file order)\n"
            "  eval/save: --eval-data FILE --eval-every N --save-every N --resume DIR\n"
-           "  other:     --threads N --json --quiet --no-checkpointing\n");
+           "  other:     --threads N --json --quiet --no-checkpointing\n"
+           "             --base-dtype f32|bf16 (bf16: frozen projection weights in bf16, fp32 accumulation)\n");
 }
 
 /* xorshift-based generator for data order; state is a pure function of (seed, epoch) */
@@ -224,7 +225,12 @@ int cmd_train(int argc, char **argv) {
     double *curve = NULL, ev_step[4096], ev_loss[4096];
     int n_ev = 0, rc = 0;
     FILE *metrics = NULL;
-    if (open_model("train", mdir, (int)threads, opt_str(&o, "backend", NULL), &ctx, &m)) { rc = 1; goto done; }
+    int base_dtype;
+    if (opt_base_dtype(&o, "train", &base_dtype)) { rc = 2; goto done; }
+    if (open_model_dtype("train", mdir, (int)threads, opt_str(&o, "backend", NULL), base_dtype, &ctx, &m)) {
+        rc = 1;
+        goto done;
+    }
 
     /* adapter */
     const char *init_dir = opt_str(&o, "adapter-init", NULL);

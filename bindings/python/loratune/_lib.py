@@ -56,6 +56,8 @@ lt_trainer_p = POINTER(lt_trainer)
 lt_status = c_int  # typedef enum lt_status
 lt_log_level = c_int
 lt_lora_init = c_int
+lt_base_dtype = c_int
+LT_BASE_F32, LT_BASE_BF16 = 0, 1
 lt_optimizer_kind = c_int
 lt_schedule = c_int
 lt_objective = c_int
@@ -81,6 +83,7 @@ class lt_model_params(Structure):
     _fields_ = [
         ("size", c_size_t),
         ("use_mmap", c_int),
+        ("base_dtype", c_int),
     ]
 
 
@@ -314,6 +317,10 @@ _EXPERIMENTAL_DECLS = [
     # lt_status lt_model_create_random(lt_context *ctx, const char *config_json, uint64_t seed, float init_std,
     #                                  lt_model **out);
     ("lt_model_create_random", lt_status, [lt_context_p, c_char_p, c_uint64, c_float, POINTER(lt_model_p)]),
+    # lt_status lt_model_create_random_params(lt_context *ctx, const char *config_json, uint64_t seed,
+    #                                         float init_std, const lt_model_params *params, lt_model **out);
+    ("lt_model_create_random_params", lt_status,
+     [lt_context_p, c_char_p, c_uint64, c_float, POINTER(lt_model_params), POINTER(lt_model_p)]),
     # lt_status lt_model_save(lt_model *model, const char *dir);
     ("lt_model_save", lt_status, [lt_model_p, c_char_p]),
 ]

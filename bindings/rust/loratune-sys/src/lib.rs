@@ -78,11 +78,16 @@ pub struct lt_context_params {
 
 // ---- model -----------------------------------------------------------------------------------------
 
+pub type lt_base_dtype = c_int;
+pub const LT_BASE_F32: lt_base_dtype = 0;
+pub const LT_BASE_BF16: lt_base_dtype = 1;
+
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct lt_model_params {
     pub size: usize,
     pub use_mmap: c_int,
+    pub base_dtype: c_int,
 }
 
 #[repr(C)]
@@ -332,6 +337,14 @@ pub mod experimental {
             config_json: *const c_char,
             seed: u64,
             init_std: c_float,
+            out: *mut *mut lt_model,
+        ) -> lt_status;
+        pub fn lt_model_create_random_params(
+            ctx: *mut lt_context,
+            config_json: *const c_char,
+            seed: u64,
+            init_std: c_float,
+            params: *const lt_model_params,
             out: *mut *mut lt_model,
         ) -> lt_status;
         pub fn lt_model_save(model: *mut lt_model, dir: *const c_char) -> lt_status;
