@@ -6,14 +6,16 @@
  *
  * Both products are C (M, NC) (+)= A (M, K) B with A the fp32 activations (x or dy, rows of K) and
  * B (K, NC) a bf16 panel in the layout vdpbf16ps wants: per block of 16 columns, per pair of k,
- * 16 columns x 2 k = one 64-byte vector. Loop nest (GotoBLAS-style, one thread's share of C):
- *   for each NC_BLK columns      for each KC_BLK pairs of k       (B block: <= 96 KB, stays in L2)
- *     for each MR rows:  round MR x 2*KC_BLK of A to bf16 (4 KB, L1)
- *       for each NR*16 columns:  micro-kernel MR x NR vectors, C tile loaded/stored once per block
- * Forward: B = W^T, which is the packed weight itself (no packing per call). Backward: B = W, a
- * block is re-packed from the packed weight into a stack buffer (2x2 transposes, O(K*NC) per call).
- * The micro-kernel keeps MR x NR = 8 x 3 fp32 vectors of C in registers; each step is 3 vector loads
- * of B and 8 broadcasts of a bf16 pair of A folded into 24 vdpbf16ps.
+ * 16 columns x 2 k = one 64-byte vector. The micro-kernel keeps MR x NR = 8 x 3 fp32 vectors of C in
+ * registers; each step is 3 vector loads of B and 8 broadcasts of a bf16 pair of A folded into 24
+ * vdpbf16ps. Blocking (GotoBLAS-style, one thread's share of C, stack buffers only):
+ *   forward (B = W^T is the packed weight itself, nothing to pack per call):
+ *     for KC_BLK pairs of k, for MC_BLK rows: round A once (64 KB, L2);
+ *       for each NR*16-column panel of B (24 KB, L1): every MR-row tile of the block
+ *   backward (B = W, re-packed from the packed weight: 2x2 transposes):
+ *     for NC_BLK columns, for KC_BLK pairs: re-pack the B block once (96 KB, L2);
+ *       for MR rows: round that slice of A (4 KB, L1); every NR*16-column tile
+ * C tiles are loaded and stored once per KC_BLK pairs of k.
  * Threads: the CPU backend's scheme (one OpenMP team, C split into one block per thread along
  * whole units of 16): here along columns when there are enough of them (every thread then packs
  * only its own columns), else along rows.
@@ -29,8 +31,15 @@
 
 #define MR 8       /* rows of the micro-kernel                        */
 #define NR 3       /* 16-column vectors of the micro-kernel            */
+#ifndef KC_BLK
 #define KC_BLK 128 /* pairs of k per block (256 values of k)           */
-#define NC_BLK 192 /* columns per block (a multiple of 16 and of NR*16) */
+#endif
+#ifndef MC_BLK
+#define MC_BLK 128 /* rows per block of A (forward)                  */
+#endif
+#ifndef NC_BLK
+#define NC_BLK 192 /* columns per block of B (backward; a multiple of NR*16) */
+#endif
 
 /* ---- the packed layout ------------------------------------------------------------------------ */
 
@@ -231,27 +240,50 @@ static const bf16_impl *pick(int impl) {
 
 /* ---- the blocked product on one thread's share of C --------------------------------------------- */
 
-/* C rows [r0, r1) x columns [c0, c1) (c0 a multiple of 16), C is (M, cols) row-major; A (M, K).
- * bwd = 0: B = W^T from the packed weight (K = in), bwd = 1: B = W re-packed (K = out). */
-static void bf16_block(const bf16_impl *im, int bwd, float *C, int cols, const float *A, int K,
-                       const uint16_t *Wp, int in, int r0, int r1, int c0, int c1, int accumulate) {
-    _Alignas(64) uint16_t abuf[MR * 2 * KC_BLK];
-    _Alignas(64) uint16_t bbuf[NC_BLK * 2 * KC_BLK]; /* 96 KB; only the backward uses it */
+/* Forward: C rows [r0, r1) x columns [c0, c1) (c0 a multiple of 16) of C (M, cols) row-major,
+ * A (M, K), B = W^T straight from the packed weight (K = in). Per KC_BLK pairs of k and MC_BLK rows,
+ * A is rounded once (64 KB, stays in L2); each NR*16-column panel of B (24 KB) then serves all
+ * MC_BLK/MR row tiles from L1. */
+static void bf16_block_fwd(const bf16_impl *im, float *C, int cols, const float *A, int K,
+                           const uint16_t *Wp, int in, int r0, int r1, int c0, int c1, int accumulate) {
+    _Alignas(64) uint16_t abuf[MC_BLK * 2 * KC_BLK]; /* 64 KB */
     const int KP = pairs_of(K), PW = pairs_of(in);
+    for (int pc = 0; pc < KP; pc += KC_BLK) {
+        const int kcp = KP - pc < KC_BLK ? KP - pc : KC_BLK;
+        const int first = pc == 0 && !accumulate;
+        const int k0 = 2 * pc, k1 = 2 * (pc + kcp) < K ? 2 * (pc + kcp) : K;
+        for (int ic = r0; ic < r1; ic += MC_BLK) {
+            const int mc = r1 - ic < MC_BLK ? r1 - ic : MC_BLK;
+            im->pack_a(abuf, kcp, A + (size_t)ic * K, (size_t)K, mc, k0, k1);
+            for (int jr = c0; jr < c1; jr += NR * 16) {
+                const int nc = c1 - jr < NR * 16 ? c1 - jr : NR * 16;
+                const uint16_t *b = Wp + ((size_t)(jr / 16) * PW + pc) * 32;
+                const size_t bs = (size_t)PW * 32;
+                for (int ir = 0; ir < mc; ir += MR)
+                    im->kernel(mc - ir < MR ? mc - ir : MR, nc, kcp, abuf + (size_t)ir * 2 * kcp, b, bs,
+                               C + (size_t)(ic + ir) * cols + jr, (size_t)cols, first);
+            }
+        }
+    }
+}
+
+/* Backward: the same product with B = W re-packed (K = out). Here the re-pack is what costs, so it
+ * is done once per block of NC_BLK columns x KC_BLK pairs (96 KB) and the block serves every row
+ * (A is rounded again for each column block). */
+static void bf16_block_bwd(const bf16_impl *im, float *C, int cols, const float *A, int K,
+                           const uint16_t *Wp, int in, int r0, int r1, int c0, int c1, int accumulate) {
+    _Alignas(64) uint16_t abuf[MR * 2 * KC_BLK];
+    _Alignas(64) uint16_t bbuf[NC_BLK * 2 * KC_BLK]; /* 96 KB */
+    const int KP = pairs_of(K);
     for (int jc = c0; jc < c1; jc += NC_BLK) {
         const int jend = jc + NC_BLK < c1 ? jc + NC_BLK : c1;
         for (int pc = 0; pc < KP; pc += KC_BLK) {
             const int kcp = KP - pc < KC_BLK ? KP - pc : KC_BLK;
             const uint16_t *b;
             size_t bs;
-            if (!bwd) {
-                b = Wp + ((size_t)(jc / 16) * PW + pc) * 32;
-                bs = (size_t)PW * 32;
-            } else {
-                repack_bwd(bbuf, Wp, in, jc, blocks_of(jend - jc), pc, kcp);
-                b = bbuf;
-                bs = (size_t)kcp * 32;
-            }
+            repack_bwd(bbuf, Wp, in, jc, blocks_of(jend - jc), pc, kcp);
+            b = bbuf;
+            bs = (size_t)kcp * 32;
             const int first = pc == 0 && !accumulate;
             const int k0 = 2 * pc, k1 = 2 * (pc + kcp) < K ? 2 * (pc + kcp) : K;
             for (int ir = r0; ir < r1; ir += MR) {
@@ -265,6 +297,12 @@ static void bf16_block(const bf16_impl *im, int bwd, float *C, int cols, const f
             }
         }
     }
+}
+
+static void bf16_block(const bf16_impl *im, int bwd, float *C, int cols, const float *A, int K,
+                       const uint16_t *Wp, int in, int r0, int r1, int c0, int c1, int accumulate) {
+    if (bwd) bf16_block_bwd(im, C, cols, A, K, Wp, in, r0, r1, c0, c1, accumulate);
+    else bf16_block_fwd(im, C, cols, A, K, Wp, in, r0, r1, c0, c1, accumulate);
 }
 
 /* C (M, cols) (+)= A (M, K) B over up to n_threads threads. */

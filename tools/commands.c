@@ -126,6 +126,14 @@ static const char bench_s_config[] =
     " \"num_attention_heads\": 8, \"num_key_value_heads\": 8, \"rope_theta\": 500000.0,"
     " \"rms_norm_eps\": 1e-5, \"max_position_embeddings\": 2048, \"tie_word_embeddings\": false}";
 
+/* CPU seconds of this process (user + system, every thread): with one thread on a machine busy with
+ * other jobs, tokens per CPU second is what the step costs, whatever share of a core it got. */
+static double cpu_seconds(void) {
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return ru.ru_utime.tv_sec + ru.ru_stime.tv_sec + 1e-6 * (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
+}
+
 int cmd_bench(int argc, char **argv) {
     static const opt_spec spec[] = {{"config", 1}, {"threads", 1}, {"json", 0}, {"steps", 1}, {"warmup", 1},
                                     {"checkpointing", 1}, {"backend", 1}, {"base-dtype", 1}};
@@ -184,14 +192,14 @@ int cmd_bench(int argc, char **argv) {
     b.n_rows = B;
     b.seq_len = T;
     b.input_ids = ids;
-    double t0 = 0, loss = 0;
+    double t0 = 0, c0 = 0, loss = 0;
     for (long long i = 0; i < warm + steps; i++) {
-        if (i == warm) t0 = now_seconds();
+        if (i == warm) { t0 = now_seconds(); c0 = cpu_seconds(); }
         lt_step_result r = {.size = sizeof r};
         if (lt_trainer_step(tr, &b, &r) != LT_OK) { rc = fail("bench", "%s", lt_trainer_last_error(tr)); break; }
         loss = r.loss;
     }
-    double dt = now_seconds() - t0;
+    double dt = now_seconds() - t0, dc = cpu_seconds() - c0;
     free(ids);
     if (rc == 0) {
         struct rusage ru;
@@ -199,8 +207,10 @@ int cmd_bench(int argc, char **argv) {
         double tps = (double)steps * B * T / dt, rss = ru.ru_maxrss / 1024.0;
         if (opt_flag(&o, "json"))
             printf("{\"config\": \"bench-s\", \"threads\": %d, \"checkpointing\": \"%s\", \"base_dtype\": \"%s\", "
-                   "\"steps\": %lld, \"loss\": %.6f, \"tokens_per_s\": %.1f, \"peak_rss_mb\": %.1f}\n",
-                   (int)threads, ck, base_dtype == LT_BASE_BF16 ? "bf16" : "f32", steps, loss, tps, rss);
+                   "\"steps\": %lld, \"loss\": %.6f, \"tokens_per_s\": %.1f, \"tokens_per_cpu_s\": %.1f, "
+                   "\"peak_rss_mb\": %.1f}\n",
+                   (int)threads, ck, base_dtype == LT_BASE_BF16 ? "bf16" : "f32", steps, loss, tps,
+                   (double)steps * B * T / dc, rss);
         else
             printf("bench-s: %.1f training tokens/s (%lld steps of %d tokens, %.3f s/step), peak RSS %.1f MiB, "
                    "checkpointing %s, base %s\n", tps, steps, B * T, dt / steps, rss, ck,
