@@ -348,7 +348,7 @@ macro_rules! layout {
 fn rust_layouts() -> Vec<(String, usize, Vec<(String, usize)>)> {
     layout! {
         lt_context_params { size, backend, n_threads, log_fn, log_user, log_level }
-        lt_model_params { size, use_mmap }
+        lt_model_params { size, use_mmap, base_dtype }
         lt_model_info { size, architecture, dtype, vocab_size, hidden_size, intermediate_size, n_layers, n_heads,
                         n_kv_heads, head_dim, max_position_embeddings, rope_theta, rms_norm_eps, tied_embeddings,
                         n_params, weight_bytes }
