@@ -426,6 +426,21 @@ START_TEST(test_cli) {
              LT_TEST_DATA_DIR);
     free(tu_run(cmd, &st));
     ck_assert_int_eq(st, 2);
+    snprintf(cmd, sizeof cmd, "%s train --model x --data y --out z --base-dtype fp8", LT_CLI);
+    free(tu_run(cmd, &st));
+    ck_assert_int_eq(st, 2);
+    /* a short `loratune train --base-dtype bf16` writes an adapter */
+    char dir[256], path[512];
+    tu_tempdir(dir, sizeof dir);
+    snprintf(cmd, sizeof cmd, "%s train --model %s/models/llama-basic --data %s/models/llama-basic/data.jsonl "
+             "--out %s/ad --steps 3 --batch 2 --seq 32 --threads 2 --quiet --base-dtype bf16", LT_CLI,
+             LT_TEST_DATA_DIR, LT_TEST_DATA_DIR, dir);
+    free(tu_run(cmd, &st));
+    ck_assert_msg(st == 0, "%s", cmd);
+    snprintf(path, sizeof path, "%s/ad/adapter_model.safetensors", dir);
+    ck_assert_msg(access(path, F_OK) == 0, "%s missing", path);
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    ck_assert_int_eq(system(cmd), 0);
 }
 END_TEST
 

@@ -189,6 +189,8 @@ int cmd_train(int argc, char **argv) {
     opts o;
     if (opts_parse(&o, train_spec, N_TRAIN_SPEC, argc, argv, "train")) return 2;
     if (opt_flag(&o, "help")) { train_usage(); return 0; }
+    int base_dtype;
+    if (opt_base_dtype(&o, "train", &base_dtype)) return 2;
     const char *mdir = opt_str(&o, "model", NULL), *data = opt_str(&o, "data", NULL), *out = opt_str(&o, "out", NULL);
     if (!mdir || !data || !out) return fail("train", "--model DIR, --data FILE.jsonl and --out DIR are required (see --help)");
     long long rank, steps, batch, accum, seq, warmup, seed, eval_every, save_every, threads;
@@ -225,8 +227,6 @@ int cmd_train(int argc, char **argv) {
     double *curve = NULL, ev_step[4096], ev_loss[4096];
     int n_ev = 0, rc = 0;
     FILE *metrics = NULL;
-    int base_dtype;
-    if (opt_base_dtype(&o, "train", &base_dtype)) { rc = 2; goto done; }
     if (open_model_dtype("train", mdir, (int)threads, opt_str(&o, "backend", NULL), base_dtype, &ctx, &m)) {
         rc = 1;
         goto done;
