@@ -3,7 +3,8 @@
 transformers + peft on the CPU (shared/spec/performance.md, bench-s).
 
 Llama (vocab 32000, hidden 512, intermediate 1376, 8 layers, 8 heads, 8 kv heads, rope_theta 5e5),
-fp32 weights; LoRA r=16 alpha=32 on q,k,v,o,gate,up,down; AdamW; batch 4 x 256 tokens; N threads.
+fp32 weights (or --precision autocast-bf16 / bf16-weights); LoRA r=16 alpha=32 on q,k,v,o,gate,up,down;
+AdamW; batch 4 x 256 tokens; N threads.
 Prints one JSON object as the last line: {"tokens_per_s": X, "peak_rss_mb": Y, ...}.
 """
 import argparse, json, resource, time
@@ -20,13 +21,17 @@ def main():
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--checkpointing", choices=["on", "off"], default="off")
     ap.add_argument("--attn", default="sdpa", help="attn_implementation: sdpa (default) or eager")
+    ap.add_argument("--precision", choices=["fp32", "autocast-bf16", "bf16-weights"], default="fp32",
+                    help="fp32 (default); autocast-bf16: fp32 model, matmuls under torch.autocast('cpu', "
+                         "bfloat16); bf16-weights: the whole base model in bf16 (peft keeps LoRA in fp32)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=32000, hidden_size=512, intermediate_size=1376, num_hidden_layers=8,
                       num_attention_heads=8, num_key_value_heads=8, rope_theta=500000.0,
                       max_position_embeddings=2048, rms_norm_eps=1e-5, tie_word_embeddings=False)
-    model = LlamaForCausalLM._from_config(cfg, attn_implementation=a.attn, torch_dtype=torch.float32)
+    dtype = torch.bfloat16 if a.precision == "bf16-weights" else torch.float32
+    model = LlamaForCausalLM._from_config(cfg, attn_implementation=a.attn, torch_dtype=dtype)
     if a.checkpointing == "on":
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
@@ -40,17 +45,21 @@ def main():
     loss = None
     for i in range(a.warmup + a.steps):
         if i == a.warmup:
-            t0 = time.perf_counter()
-        out = model(input_ids=ids, labels=ids)
+            t0, c0 = time.perf_counter(), time.process_time()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.precision == "autocast-bf16"):
+            out = model(input_ids=ids, labels=ids)
         out.loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
         loss = out.loss.item()
-    dt = time.perf_counter() - t0
+    dt, dc = time.perf_counter() - t0, time.process_time() - c0
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     print(json.dumps({"peer": f"torch {torch.__version__} + peft", "config": "bench-s", "threads": a.threads,
-                      "checkpointing": a.checkpointing, "attn": a.attn, "steps": a.steps, "loss": loss,
-                      "tokens_per_s": a.steps * 4 * 256 / dt, "peak_rss_mb": rss}))
+                      "checkpointing": a.checkpointing, "attn": a.attn, "precision": a.precision,
+                      "lora_dtype": str(next(p for p in model.parameters() if p.requires_grad).dtype),
+                      "steps": a.steps, "loss": loss,
+                      "tokens_per_s": a.steps * 4 * 256 / dt, "tokens_per_cpu_s": a.steps * 4 * 256 / dc,
+                      "peak_rss_mb": rss}))
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@
 
 #include "backend.h"
 #include "cpu_kernels.h"
+#include "gemm_bf16.h"
 #include "ref_ops.h"
 
 void openblas_set_num_threads(int num_threads);
@@ -274,6 +275,33 @@ static void cpu_gemm(lt_backend *be, int transA, int transB, int M, int N, int K
                             transB ? B + (size_t)lo * ldb : B + lo, ldb, beta, C + lo, ldc);
         }
     }
+}
+
+/* ---- frozen weights in bf16 (cpu/gemm_bf16.c: AVX512_BF16 when the CPU has it, else portable) ---- */
+
+static size_t cpu_bf16_weight_bytes(lt_backend *be, int out, int in) {
+    (void)be;
+    return lt_bf16w_elems(out, in) * sizeof(uint16_t);
+}
+
+/* dst (packed) <- W (out,in) f32 */
+static void cpu_bf16_weight_pack(lt_backend *be, void *dst, const float *W, int out, int in) {
+    (void)be;
+    lt_bf16w_pack(dst, W, out, in);
+}
+
+/* y (N,out) = x (N,in) W^T */
+static void cpu_gemm_bf16_forward(lt_backend *be, float *y, const float *x, const void *Wp, int N, int in,
+                                  int out) {
+    if (N < 0 || in < 0 || out < 0) { cpu_record_error(be, LT_ERR_INTERNAL); return; }
+    lt_gemm_bf16_forward(LT_BF16_AUTO, be->n_threads, y, x, Wp, N, in, out);
+}
+
+/* dx (N,in) (+)= dy (N,out) W */
+static void cpu_gemm_bf16_backward(lt_backend *be, float *dx, const float *dy, const void *Wp, int N,
+                                   int in, int out, int accumulate) {
+    if (N < 0 || in < 0 || out < 0) { cpu_record_error(be, LT_ERR_INTERNAL); return; }
+    lt_gemm_bf16_backward(LT_BF16_AUTO, be->n_threads, dx, dy, Wp, N, in, out, accumulate);
 }
 
 /* ---- elementwise ---------------------------------------------------------------------------------- */
@@ -750,6 +778,10 @@ static const lt_backend_ops cpu_ops = {
     .zero = cpu_zero,
     .sync = cpu_sync,
     .gemm = cpu_gemm,
+    .bf16_weight_bytes = cpu_bf16_weight_bytes,
+    .bf16_weight_pack = cpu_bf16_weight_pack,
+    .gemm_bf16_forward = cpu_gemm_bf16_forward,
+    .gemm_bf16_backward = cpu_gemm_bf16_backward,
     .axpy = cpu_axpy,
     .scale = cpu_scale,
     .sumsq = cpu_sumsq,

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "backend.h" /* lt_hash_uniform */
+#include "gemm_bf16.h" /* the packed bf16 weight layout */
 
 /* ---- dense linear algebra ----------------------------------------------------------------------- */
 
@@ -29,6 +30,38 @@ void lt_ref_gemm(int transA, int transB, int M, int N, int K, float alpha, const
             *c = (float)r;
         }
     }
+}
+
+/* ---- frozen weights in bf16 ---------------------------------------------------------------------- */
+
+size_t lt_ref_bf16_weight_bytes(int out, int in) { return lt_bf16w_elems(out, in) * sizeof(uint16_t); }
+
+/* dst: the packed layout of W (out,in) */
+void lt_ref_bf16_weight_pack(void *dst, const float *W, int out, int in) { lt_bf16w_pack(dst, W, out, in); }
+
+/* y (N,out) = bf16(x) (N,in) W^T */
+void lt_ref_gemm_bf16_forward(float *y, const float *x, const void *Wp, int N, int in, int out) {
+    for (int n = 0; n < N; n++)
+        for (int o = 0; o < out; o++) {
+            double sum = 0.0;
+            for (int i = 0; i < in; i++)
+                sum += (double)lt_bf16_to_f32(lt_bf16_round(x[(size_t)n * in + i])) *
+                       (double)lt_bf16w_get(Wp, out, in, o, i);
+            y[(size_t)n * out + o] = (float)sum;
+        }
+}
+
+/* dx (N,in) (+)= bf16(dy) (N,out) W */
+void lt_ref_gemm_bf16_backward(float *dx, const float *dy, const void *Wp, int N, int in, int out,
+                               int accumulate) {
+    for (int n = 0; n < N; n++)
+        for (int i = 0; i < in; i++) {
+            double sum = accumulate ? (double)dx[(size_t)n * in + i] : 0.0;
+            for (int o = 0; o < out; o++)
+                sum += (double)lt_bf16_to_f32(lt_bf16_round(dy[(size_t)n * out + o])) *
+                       (double)lt_bf16w_get(Wp, out, in, o, i);
+            dx[(size_t)n * in + i] = (float)sum;
+        }
 }
 
 /* ---- elementwise -------------------------------------------------------------------------------- */

@@ -29,6 +29,15 @@ static inline int lt_att_kv_lo(const int32_t *kv_start_row, int t) {
 void lt_ref_gemm(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
                  const float *B, int ldb, float beta, float *C, int ldc);
 
+/* ---- frozen weights in bf16 ---- */
+/* The CPU packed layout of cpu/gemm_bf16.h; sums of the exact products of the bf16-rounded inputs
+ * in double. */
+size_t lt_ref_bf16_weight_bytes(int out, int in);
+void lt_ref_bf16_weight_pack(void *dst, const float *W, int out, int in);
+void lt_ref_gemm_bf16_forward(float *y, const float *x, const void *Wp, int N, int in, int out);
+void lt_ref_gemm_bf16_backward(float *dx, const float *dy, const void *Wp, int N, int in, int out,
+                               int accumulate);
+
 /* ---- elementwise ---- */
 void lt_ref_axpy(size_t n, float a, const float *x, float *y);
 void lt_ref_scale(size_t n, float a, float *x);

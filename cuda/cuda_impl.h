@@ -88,6 +88,14 @@ void lt_cuda_attention_softcap_decode(lt_backend *be, float *out, const float *q
 void lt_cuda_gemm(lt_backend *be, int transA, int transB, int M, int N, int K, float alpha,
                   const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc);
 
+/* ---- gemm_bf16.cu ----------------------------------------------------------------------------- */
+size_t lt_cuda_bf16_weight_bytes(lt_backend *be, int out, int in);
+void lt_cuda_bf16_weight_pack(lt_backend *be, void *dst, const float *W_host, int out, int in);
+void lt_cuda_gemm_bf16_forward(lt_backend *be, float *y, const float *x, const void *Wp, int N, int in,
+                               int out);
+void lt_cuda_gemm_bf16_backward(lt_backend *be, float *dx, const float *dy, const void *Wp, int N, int in,
+                                int out, int accumulate);
+
 /* ---- elementwise.cu --------------------------------------------------------------------------- */
 void lt_cuda_axpy(lt_backend *be, size_t n, float a, const float *x, float *y);
 void lt_cuda_scale(lt_backend *be, size_t n, float a, float *x);

@@ -176,6 +176,12 @@ LT_API lt_status lt_qtensor_part(const lt_qtensor *q, lt_qpart part, const void 
 /* ---------------------------------------------------------------------------------------------- */
 /* Model                                                                                          */
 
+/** How the frozen base weights of the 7 decoder projections (q,k,v,o,gate,up,down) are stored and
+ *  multiplied. LT_BASE_BF16: stored in bf16 (half the memory), products with bf16-rounded inputs and
+ *  fp32 accumulation (AVX512_BF16 on CPUs that have it); embeddings, norms, LM head, LoRA and the
+ *  optimizer stay f32. A BF16 model cannot merge adapters or export weights (LT_ERR_UNSUPPORTED). */
+typedef enum lt_base_dtype { LT_BASE_F32 = 0, LT_BASE_BF16 = 1 } lt_base_dtype;
+
 typedef struct lt_model_params {
     size_t size;         /* sizeof(lt_model_params)                                       */
     int use_mmap;        /* 1 (default): map safetensors files, use f32 weights in place  */
@@ -185,6 +191,7 @@ typedef struct lt_model_params {
     int double_quant;    /* 4-bit: also quantize the absmax values (default 1)            */
     int quant_blocksize; /* default 64                                                     */
     int quantize_lm_head;/* 1: quantize lm_head too (untied models only; default 0)       */
+    int base_dtype;      /* lt_base_dtype (default LT_BASE_F32)                           */
 } lt_model_params;
 
 typedef struct lt_model_info {

@@ -18,6 +18,10 @@ extern "C" {
 LT_API lt_status lt_model_create_random(lt_context *ctx, const char *config_json, uint64_t seed, float init_std,
                                         lt_model **out);
 
+/** lt_model_create_random with model params (base_dtype; use_mmap is ignored). params may be NULL. */
+LT_API lt_status lt_model_create_random_params(lt_context *ctx, const char *config_json, uint64_t seed,
+                                               float init_std, const lt_model_params *params, lt_model **out);
+
 /** Write the model's weights as a Hugging Face model directory (f32 safetensors + config.json). */
 LT_API lt_status lt_model_save(lt_model *model, const char *dir);
 

@@ -44,6 +44,9 @@ lt_status lt_adapter_alloc(lt_model *m, const lt_adapter_params *p, lt_adapter *
     if (!(p->dropout >= 0 && p->dropout < 1)) return lt_fail(err, LT_ERR_ARGUMENT, "adapter: dropout %g is not in [0, 1)", p->dropout);
     if (p->use_dora && p->dropout > 0)
         return lt_fail(err, LT_ERR_UNSUPPORTED, "adapter: DoRA with lora_dropout %g is not supported (use 0)", p->dropout);
+    if (p->use_dora && m->base_dtype == LT_BASE_BF16)
+        return lt_fail(err, LT_ERR_UNSUPPORTED, "adapter: DoRA needs the base weights' row norms, which a bf16 base "
+                       "(base_dtype LT_BASE_BF16) does not keep; load the model with LT_BASE_F32");
     if (!(p->targets & LT_TARGET_ALL) || (p->targets & ~(unsigned)LT_TARGET_ALL))
         return lt_fail(err, LT_ERR_ARGUMENT, "adapter: target mask 0x%x names no known projection", p->targets);
     lt_adapter *a = calloc(1, sizeof *a);
@@ -675,6 +678,9 @@ LT_API lt_status lt_adapter_merge(lt_adapter *a) {
     if (!a) return LT_ERR_ARGUMENT;
     lt_error_clear(&a->err);
     if (a->merged) return lt_fail(&a->err, LT_ERR_STATE, "lt_adapter_merge: already merged");
+    if (a->model->base_dtype != LT_BASE_F32)
+        return lt_fail(&a->err, LT_ERR_UNSUPPORTED, "lt_adapter_merge: the model keeps its base weights in "
+                       "bf16; load it with base_dtype LT_BASE_F32 to merge");
     lt_status st = merge_sign(a, 1.0f);
     if (st == LT_OK) { a->merged = 1; a->model->n_merged++; }
     return st;
@@ -700,6 +706,9 @@ lt_status lt_model_export(lt_model *m, const lt_adapter *a, const char *dir, uin
     const lt_model_config *c = &m->cfg;
     const int L = (int)c->num_hidden_layers;
     const int64_t V = c->vocab_size, H = c->hidden_size;
+    if (m->base_dtype != LT_BASE_F32)
+        return lt_fail(err, LT_ERR_UNSUPPORTED, "export: the model keeps its base weights in bf16; load it "
+                       "with base_dtype LT_BASE_F32 to export");
     lt_status st = lt_mkdir_p(dir, err);
     if (st != LT_OK) return st;
     int cap = 3 + L * (6 + 2 * P_COUNT), n = 0;

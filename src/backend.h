@@ -94,6 +94,20 @@ typedef struct lt_backend_ops {
     void (*gemm)(lt_backend *be, int transA, int transB, int M, int N, int K, float alpha,
                  const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc);
 
+    /* ---- frozen weights stored in bf16 (lt_model_params.base_dtype = LT_BASE_BF16) ------------- */
+    /* A frozen weight W (out,in) lives in a backend-specific packed bf16 layout, prepared once at
+     * load: bf16_weight_bytes gives its size, bf16_weight_pack fills dst (allocated with alloc) from
+     * the host f32 W, each value rounded to bf16 (round to nearest even). The two products round
+     * their activation input to bf16 the same way and accumulate in fp32:
+     *   forward   y  (N,out) = x (N,in) W^T                  (assigned)
+     *   backward  dx (N,in)  = (accumulate ? dx : 0) + dy (N,out) W */
+    size_t (*bf16_weight_bytes)(lt_backend *be, int out, int in);
+    void (*bf16_weight_pack)(lt_backend *be, void *dst, const float *W_host, int out, int in);
+    void (*gemm_bf16_forward)(lt_backend *be, float *y, const float *x, const void *Wp, int N, int in,
+                              int out);
+    void (*gemm_bf16_backward)(lt_backend *be, float *dx, const float *dy, const void *Wp, int N, int in,
+                               int out, int accumulate);
+
     /* ---- elementwise ------------------------------------------------------------------------- */
     /* y (n) += a * x (n) */
     void (*axpy)(lt_backend *be, size_t n, float a, const float *x, float *y);

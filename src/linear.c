@@ -29,12 +29,12 @@ size_t lt_weight_tile_floats(const lt_model *m) {
     for (int l = 0; l < m->cfg.num_hidden_layers; l++)
         for (int p = 0; p < P_COUNT; p++) {
             const lt_weight *W = &m->layers[l].w[p];
-            if (W->format == LT_WEIGHT_F32) continue;
+            if (W->format != LT_WEIGHT_QUANT) continue;
             size_t t = (size_t)tile_rows(m, (int)W->q.cols, (int)W->q.rows) * (size_t)W->q.cols;
             if (t > need) need = t;
         }
     const lt_weight *h = &m->lm_head_q;
-    if (h->format != LT_WEIGHT_F32) {
+    if (h->format == LT_WEIGHT_QUANT) {
         size_t t = (size_t)tile_rows(m, (int)h->q.cols, (int)h->q.rows) * (size_t)h->q.cols;
         if (t > need) need = t;
     }
@@ -47,6 +47,10 @@ void lt_weight_forward(lt_model *m, float *tile, const lt_weight *W, float *y, c
     switch (W->format) {
     case LT_WEIGHT_F32:
         ops->gemm(m->be, 0, 1, N, out, in, 1.0f, x, in, W->f32, in, beta, y, out);
+        return;
+    case LT_WEIGHT_BF16: /* x rounded to bf16, fp32 accumulation (cpu/gemm_bf16.c); every caller assigns y
+                          * (beta 0), which is all the bf16 product offers */
+        ops->gemm_bf16_forward(m->be, y, x, W->bf16, N, in, out);
         return;
     case LT_WEIGHT_QUANT: {
         const int tr = tile_rows(m, in, out);
@@ -66,6 +70,9 @@ void lt_weight_backward(lt_model *m, float *tile, const lt_weight *W, float *dx,
     switch (W->format) {
     case LT_WEIGHT_F32:
         ops->gemm(m->be, 0, 0, N, in, out, 1.0f, dy, out, W->f32, in, beta, dx, in);
+        return;
+    case LT_WEIGHT_BF16: /* dy rounded to bf16; beta is 0 (assign) or 1 (accumulate) */
+        ops->gemm_bf16_backward(m->be, dx, dy, W->bf16, N, in, out, beta != 0.0f);
         return;
     case LT_WEIGHT_QUANT: {
         const int tr = tile_rows(m, in, out);
@@ -87,6 +94,9 @@ lt_status lt_weight_download(lt_model *m, const lt_weight *W, float *host, int o
         ops->download(m->be, host, W->f32, bytes);
         return ops->sync(m->be);
     }
+    if (W->format == LT_WEIGHT_BF16)
+        return lt_fail(err, LT_ERR_UNSUPPORTED, "the base weights are kept in bf16 (base_dtype LT_BASE_BF16) and "
+                       "are not read back; load the model with LT_BASE_F32 to merge or export");
     if (ops->host_memory) {
         ops->dequantize_rows(m->be, host, &W->q, 0, out);
         return ops->sync(m->be);

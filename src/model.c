@@ -316,6 +316,36 @@ static lt_status load_norm(lt_model *m, int use_mmap, const char *name, int64_t 
     return LT_OK;
 }
 
+/* Store every projection of layer L in bf16 (base_dtype LT_BASE_BF16): each row block of a module's f32
+ * weight is packed by the backend (cpu/gemm_bf16.c's layout) and the f32 form is freed. */
+static lt_status pack_layer_bf16(lt_model *m, lt_layer *L, lt_error *err) {
+    lt_module mods[P_COUNT];
+    const int n_mods = lt_model_modules(&m->cfg, mods);
+    for (int k = 0; k < n_mods; k++) {
+        float *base = L->w[mods[k].first].f32;
+        for (int q = mods[k].first; q < mods[k].first + mods[k].count; q++) {
+            lt_weight *W = &L->w[q];
+            int in, out;
+            lt_proj_dims(&m->cfg, (lt_proj)q, &in, &out);
+            const size_t n = (size_t)out * in, bytes = m->be->ops->bf16_weight_bytes(m->be, out, in);
+            float *host = W->f32, *tmp = NULL;
+            if (!m->be->ops->host_memory) {
+                if (!(tmp = host = malloc(n * sizeof(float)))) return lt_fail(err, LT_ERR_NOMEM, "out of memory packing bf16 weights");
+                m->be->ops->download(m->be, tmp, W->f32, n * sizeof(float));
+            }
+            void *dst = m->be->ops->alloc(m->be, bytes);
+            lt_status st = dst ? track(m, dst, err) : lt_fail(err, LT_ERR_NOMEM, "cannot allocate %zu bytes for a bf16 weight", bytes);
+            if (st != LT_OK) { free(tmp); if (dst) m->be->ops->free(m->be, dst); return st; }
+            m->be->ops->bf16_weight_pack(m->be, dst, host, out, in);
+            free(tmp);
+            *W = (lt_weight){.format = LT_WEIGHT_BF16, .bf16 = dst};
+            m->weight_bytes += (int64_t)bytes - (int64_t)(n * sizeof(float));
+        }
+        untrack_free(m, base); /* a no-op for weights used in place from the mapping */
+    }
+    return LT_OK;
+}
+
 LT_API void lt_model_params_init(lt_model_params *out, size_t size) {
     lt_model_params d, *p = &d;
     memset(p, 0, sizeof *p);
@@ -411,6 +441,7 @@ static lt_status model_load(lt_model *m, const lt_model_params *p, lt_error *err
             snprintf(name, sizeof name, "model.layers.%d.self_attn.k_norm.weight", l);
             if ((st = load_norm(m, p->use_mmap, name, c->head_dim, &L->k_norm, &L->k_norm_file, err))) return st;
         }
+        if (m->base_dtype == LT_BASE_BF16 && (st = pack_layer_bf16(m, L, err))) return st;
     }
     (void)QD; (void)KD; (void)I;
 
@@ -466,6 +497,17 @@ LT_API lt_status lt_model_load(lt_context *ctx, const char *dir, const lt_model_
         return lt_fail(terr, LT_ERR_ARGUMENT, "lt_model_load: path too long");
     }
     strcpy(m->dir, dir);
+    if (p.base_dtype != LT_BASE_F32 && p.base_dtype != LT_BASE_BF16) {
+        free(m);
+        return lt_fail(terr, LT_ERR_ARGUMENT, "lt_model_load: base_dtype %d is neither LT_BASE_F32 (0) nor "
+                       "LT_BASE_BF16 (1)", p.base_dtype);
+    }
+    if (p.base_dtype == LT_BASE_BF16 && p.quantization != LT_QUANT_NONE) {
+        free(m);
+        return lt_fail(terr, LT_ERR_ARGUMENT, "lt_model_load: base_dtype LT_BASE_BF16 and quantization are exclusive "
+                       "(the projections are stored one way)");
+    }
+    m->base_dtype = p.base_dtype;
     double t0 = lt_now_seconds();
     lt_status st = model_load(m, &p, terr);
     if (st != LT_OK) {
@@ -554,6 +596,9 @@ LT_API lt_status lt_model_quantize(lt_model *m, const lt_quant_params *params) {
     lt_status st = lt_quant_check_params(&qp, err);
     if (st != LT_OK) return lt_fail_prefix(err, "lt_model_quantize");
     if (m->n_merged) return lt_fail(err, LT_ERR_STATE, "lt_model_quantize: an adapter is merged into the weights");
+    if (m->base_dtype == LT_BASE_BF16)
+        return lt_fail(err, LT_ERR_STATE, "lt_model_quantize: the model keeps its projections in bf16; load it with "
+                       "LT_BASE_F32 to quantize");
     lt_model_params mp;
     lt_model_params_init(&mp, sizeof mp);
     mp.quantization = qp.format;
@@ -803,14 +848,31 @@ static lt_status random_weight(lt_model *m, size_t n, float std, float one, uint
 
 LT_API lt_status lt_model_create_random(lt_context *ctx, const char *config_json, uint64_t seed, float init_std,
                                         lt_model **out) {
+    return lt_model_create_random_params(ctx, config_json, seed, init_std, NULL, out);
+}
+
+LT_API lt_status lt_model_create_random_params(lt_context *ctx, const char *config_json, uint64_t seed,
+                                               float init_std, const lt_model_params *params, lt_model **out) {
     lt_error *err = lt_thread_error();
     lt_error_clear(err);
     if (!out) return lt_fail(err, LT_ERR_ARGUMENT, "lt_model_create_random: out is NULL");
     *out = NULL;
     if (!ctx || !config_json) return lt_fail(err, LT_ERR_ARGUMENT, "lt_model_create_random: ctx and config_json are required");
     if (!(init_std > 0)) return lt_fail(err, LT_ERR_ARGUMENT, "lt_model_create_random: init_std must be positive");
+    lt_model_params p;
+    lt_model_params_init(&p, sizeof p);
+    if (params) {
+        if (params->size < sizeof(size_t) || params->size > sizeof p)
+            return lt_fail(err, LT_ERR_ARGUMENT, "lt_model_create_random: params->size %zu is not a size this "
+                           "library knows (call lt_model_params_init)", params->size);
+        memcpy(&p, params, params->size);
+    }
+    if (p.base_dtype != LT_BASE_F32 && p.base_dtype != LT_BASE_BF16)
+        return lt_fail(err, LT_ERR_ARGUMENT, "lt_model_create_random: base_dtype %d is neither LT_BASE_F32 (0) "
+                       "nor LT_BASE_BF16 (1)", p.base_dtype);
     lt_model *m = calloc(1, sizeof *m);
     if (!m) return lt_fail(err, LT_ERR_NOMEM, "out of memory");
+    m->base_dtype = p.base_dtype;
     m->ctx = ctx;
     m->be = ctx->be;
     snprintf(m->dir, sizeof m->dir, "(random)");
@@ -846,6 +908,7 @@ LT_API lt_status lt_model_create_random(lt_context *ctx, const char *config_json
             st = random_weight(m, (size_t)c->head_dim, 0, 1.0f, &rng, &Ly->q_norm, err);
             if (st == LT_OK) st = random_weight(m, (size_t)c->head_dim, 0, 1.0f, &rng, &Ly->k_norm, err);
         }
+        if (st == LT_OK && m->base_dtype == LT_BASE_BF16) st = pack_layer_bf16(m, Ly, err);
         /* random norms hold the compute weights; the checkpoint value is that minus norm_offset, which
          * only Gemma has: those families are not offered here */
         Ly->attn_norm_file = Ly->attn_norm;

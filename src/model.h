@@ -31,7 +31,8 @@ extern const char *const lt_proj_parent[P_COUNT];  /* "self_attn" or "mlp"      
  * at a time into the workspace's scratch (ws->wtile), never as a whole layer. */
 typedef enum lt_weight_format {
     LT_WEIGHT_F32 = 0,   /* f32: a backend pointer                                            */
-    LT_WEIGHT_QUANT = 1  /* blockwise NF4 / FP4 / int8 (bitsandbytes layout): q                */
+    LT_WEIGHT_QUANT = 1, /* blockwise NF4 / FP4 / int8 (bitsandbytes layout): q                */
+    LT_WEIGHT_BF16 = 2   /* bf16 in the backend's packed layout (base_dtype LT_BASE_BF16): bf16  */
 } lt_weight_format;
 
 typedef struct lt_weight {
@@ -39,6 +40,7 @@ typedef struct lt_weight {
     float *f32;          /* (out, in), LT_WEIGHT_F32                                            */
     lt_qdesc q;          /* LT_WEIGHT_QUANT: backend pointers, rows = out, cols = in            */
     int double_quant;    /* LT_WEIGHT_QUANT: q.absmax == NULL                                   */
+    void *bf16;          /* LT_WEIGHT_BF16: packed by the backend's bf16_weight_pack            */
 } lt_weight;
 
 typedef struct lt_layer {
@@ -81,6 +83,7 @@ struct lt_model {
     int64_t quant_bytes, quant_params; /* bytes and elements of quantized weights */
     size_t tile_floats;     /* dequantization tile size (0: the default, ~1 MiB); tests shrink it */
     lt_weight lm_head_q;    /* the LM head when quantized (quantize_lm_head; lm_head is then NULL) */
+    int base_dtype;         /* lt_base_dtype of the projection weights layers[].w (BF16: LT_WEIGHT_BF16) */
 };
 
 /* The LM head (V, H) as a weight of the seam: quantized, or the f32 lm_head. */

@@ -22,6 +22,7 @@
 #include <string.h>
 
 #include "backend.h"
+#include "gemm_bf16.h" /* lt_bf16_round */
 #include "ref_ops.h"
 #include "quant.h"
 
@@ -260,6 +261,64 @@ START_TEST(test_gemm) {
     for (int i = 0; i < 6; i++) ck_assert(out[i] == 0.0f);
     SYNC_OK("gemm");
     dfree(dC); dfree(dummy);
+}
+END_TEST
+
+/* ---- frozen weights in bf16 ----------------------------------------------------------------------- */
+
+/* gemm_bf16_forward / backward vs the fp64 sum of the bf16-rounded inputs (lt_ref_* on the CPU's
+ * packed layout). Tolerance per element: 4 (K + 2) 2^-24 (|acc| + sum |a_k w_k|), four times the
+ * bound of an IEEE fp32 summation of exact products (tensor cores do not round every addition to
+ * nearest). Odd shapes, N = 1, and M beyond one workspace slice (rows rounded a slice at a time). */
+START_TEST(test_gemm_bf16) {
+    static const int shapes[][3] = {{1, 1, 1}, {1, 300, 17}, {37, 45, 53}, {130, 513, 260}, {5000, 600, 24}};
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        const int N = shapes[s][0], in = shapes[s][1], out = shapes[s][2];
+        float *W = frand((size_t)out * in, -1, 1), *x = frand((size_t)N * in, -2, 2), *dy = frand((size_t)N * out, -1, 1);
+        float *acc = frand((size_t)N * in, -1, 1);
+        size_t bytes = OPS->bf16_weight_bytes(be, out, in);
+        ck_assert_uint_ge(bytes, (size_t)out * in * 2);
+        void *dW = dalloc(bytes), *rW = malloc(lt_ref_bf16_weight_bytes(out, in));
+        OPS->bf16_weight_pack(be, dW, W, out, in);
+        lt_ref_bf16_weight_pack(rW, W, out, in);
+        float *dx_ = dput(x, (size_t)N * in), *ddy = dput(dy, (size_t)N * out), *dyv = dnan((size_t)N * out);
+        for (int accumulate = 0; accumulate < 2; accumulate++) {
+            float *ddx = accumulate ? dput(acc, (size_t)N * in) : dnan((size_t)N * in);
+            OPS->gemm_bf16_forward(be, dyv, dx_, dW, N, in, out);
+            OPS->gemm_bf16_backward(be, ddx, ddy, dW, N, in, out, accumulate);
+            SYNC_OK("gemm_bf16");
+            float *y = hget(dyv, (size_t)N * out), *dx = hget(ddx, (size_t)N * in);
+            float *yr = fnew((size_t)N * out), *dxr = fdup(acc, (size_t)N * in);
+            lt_ref_gemm_bf16_forward(yr, x, rW, N, in, out);
+            lt_ref_gemm_bf16_backward(dxr, dy, rW, N, in, out, accumulate);
+            for (int n = 0; n < N; n += (N > 300 ? 37 : 1)) {
+                for (int o = 0; o < out; o++) { /* bound of the forward element (n, o) */
+                    double sa = 0;
+                    for (int i = 0; i < in; i++)
+                        sa += fabs((double)lt_bf16_to_f32(lt_bf16_round(x[(size_t)n * in + i])) *
+                                   lt_bf16_to_f32(lt_bf16_round(W[(size_t)o * in + i])));
+                    double tol = 4.0 * (in + 2) * ldexp(1.0, -24) * sa + 1e-30;
+                    ck_assert_msg(fabs((double)y[(size_t)n * out + o] - yr[(size_t)n * out + o]) <= tol + 1e-7 * fabs(yr[(size_t)n * out + o]),
+                                  "gemm_bf16_forward %dx%dx%d [%d,%d]: %.9g vs %.9g", N, in, out, n, o,
+                                  y[(size_t)n * out + o], yr[(size_t)n * out + o]);
+                }
+                for (int i = 0; i < in; i++) {
+                    double sa = accumulate ? fabs(acc[(size_t)n * in + i]) : 0.0;
+                    for (int o = 0; o < out; o++)
+                        sa += fabs((double)lt_bf16_to_f32(lt_bf16_round(dy[(size_t)n * out + o])) *
+                                   lt_bf16_to_f32(lt_bf16_round(W[(size_t)o * in + i])));
+                    double tol = 4.0 * (out + 3) * ldexp(1.0, -24) * sa + 1e-30;
+                    ck_assert_msg(fabs((double)dx[(size_t)n * in + i] - dxr[(size_t)n * in + i]) <= tol + 1e-7 * fabs(dxr[(size_t)n * in + i]),
+                                  "gemm_bf16_backward %dx%dx%d acc %d [%d,%d]: %.9g vs %.9g", N, in, out, accumulate,
+                                  n, i, dx[(size_t)n * in + i], dxr[(size_t)n * in + i]);
+                }
+            }
+            free(y); free(dx); free(yr); free(dxr);
+            dfree(ddx);
+        }
+        free(W); free(x); free(dy); free(acc); free(rW);
+        dfree(dW); dfree(dx_); dfree(ddy); dfree(dyv);
+    }
 }
 END_TEST
 
@@ -905,6 +964,7 @@ static Suite *cuda_suite(void) {
     tcase_add_test(tc, test_backend_table);
     tcase_add_test(tc, test_errors);
     tcase_add_test(tc, test_gemm);
+    tcase_add_test(tc, test_gemm_bf16);
     tcase_add_test(tc, test_elementwise);
     tcase_add_test(tc, test_embedding);
     tcase_add_test(tc, test_rmsnorm);

@@ -111,15 +111,31 @@ int opt_double(const opts *o, const char *name, double def, double *out) {
     return 0;
 }
 
+int opt_base_dtype(const opts *o, const char *cmd, int *out) {
+    const char *s = opt_str(o, "base-dtype", "f32");
+    if (!strcmp(s, "f32")) *out = LT_BASE_F32;
+    else if (!strcmp(s, "bf16")) *out = LT_BASE_BF16;
+    else return fail(cmd, "--base-dtype must be f32 or bf16, got \"%s\"", s);
+    return 0;
+}
+
 int open_model(const char *cmd, const char *dir, int threads, const char *backend, lt_context **ctx,
                lt_model **model) {
+    return open_model_dtype(cmd, dir, threads, backend, LT_BASE_F32, ctx, model);
+}
+
+int open_model_dtype(const char *cmd, const char *dir, int threads, const char *backend, int base_dtype,
+                     lt_context **ctx, lt_model **model) {
     lt_context_params cp;
     lt_context_params_init(&cp, sizeof cp);
     cp.backend = backend ? backend : (getenv("LORATUNE_BACKEND") ? getenv("LORATUNE_BACKEND") : "cpu");
     cp.n_threads = threads;
     lt_status st = lt_context_create(&cp, ctx);
     if (st != LT_OK) return fail(cmd, "%s", lt_last_error());
-    st = lt_model_load(*ctx, dir, NULL, model);
+    lt_model_params mp;
+    lt_model_params_init(&mp, sizeof mp);
+    mp.base_dtype = base_dtype;
+    st = lt_model_load(*ctx, dir, &mp, model);
     if (st != LT_OK) {
         fail(cmd, "%s", lt_last_error());
         lt_context_free(*ctx);
@@ -224,10 +240,12 @@ int cmd_info(int argc, char **argv) {
 int cmd_eval(int argc, char **argv) {
     static const opt_spec spec[] = {{"model", 1}, {"data", 1}, {"adapter", 1}, {"json", 0},
                                     {"threads", 1}, {"batch", 1}, {"backend", 1}, {"objective", 1},
-                                    {"tokenizer", 1}};
+                                    {"tokenizer", 1}, {"base-dtype", 1}};
     if (wants_objective(argc, argv)) return cmd_eval_pref(argc, argv);
     opts o;
     if (opts_parse(&o, spec, (int)(sizeof spec / sizeof *spec), argc, argv, "eval")) return 2;
+    int base_dtype;
+    if (opt_base_dtype(&o, "eval", &base_dtype)) return 2;
     const char *dir = opt_str(&o, "model", NULL), *data = opt_str(&o, "data", NULL);
     if (!dir || !data) return fail("eval", "--model DIR and --data FILE.jsonl are required");
     long long threads, batch;
@@ -237,7 +255,10 @@ int cmd_eval(int argc, char **argv) {
     if (dataset_load_any(data, opt_str(&o, "tokenizer", dir), &ds, NULL, msg, sizeof msg)) return fail("eval", "%s", msg);
     lt_context *ctx;
     lt_model *m;
-    if (open_model("eval", dir, (int)threads, opt_str(&o, "backend", NULL), &ctx, &m)) { dataset_free(&ds); return 1; }
+    if (open_model_dtype("eval", dir, (int)threads, opt_str(&o, "backend", NULL), base_dtype, &ctx, &m)) {
+        dataset_free(&ds);
+        return 1;
+    }
     lt_adapter *ad = NULL;
     int rc = 0;
     const char *adir = opt_str(&o, "adapter", NULL);

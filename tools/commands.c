@@ -188,17 +188,27 @@ static double resident_bytes(void) {
     return (double)res * (double)sysconf(_SC_PAGESIZE);
 }
 
+/* CPU seconds of this process (user + system, every thread): with one thread on a machine busy with
+ * other jobs, tokens per CPU second is what the step costs, whatever share of a core it got. */
+static double cpu_seconds(void) {
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return ru.ru_utime.tv_sec + ru.ru_stime.tv_sec + 1e-6 * (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
+}
+
 int cmd_bench(int argc, char **argv) {
     static const opt_spec spec[] = {{"config", 1}, {"threads", 1}, {"json", 0}, {"steps", 1}, {"warmup", 1},
                                     {"checkpointing", 1}, {"backend", 1}, {"method", 1}, {"quant", 1},
-                                    {"no-double-quant", 0}};
+                                    {"no-double-quant", 0}, {"base-dtype", 1}};
     opts o;
-    if (opts_parse(&o, spec, 10, argc, argv, "bench")) return 2;
+    if (opts_parse(&o, spec, (int)(sizeof spec / sizeof *spec), argc, argv, "bench")) return 2;
     const char *method = opt_str(&o, "method", "lora");
     if (strcmp(method, "lora") && strcmp(method, "qlora")) return fail("bench", "--method must be lora or qlora");
     const int qlora = !strcmp(method, "qlora");
     lt_quant_params qp;
     if (quant_options("bench", &o, &qp)) return 2;
+    int base_dtype;
+    if (opt_base_dtype(&o, "bench", &base_dtype)) return 2;
     const char *cfg = opt_str(&o, "config", "bench-s");
     if (strcmp(cfg, "bench-s")) return fail("bench", "unknown --config \"%s\" (this build knows bench-s)", cfg);
     long long threads, steps, warm;
@@ -218,7 +228,11 @@ int cmd_bench(int argc, char **argv) {
     lt_optimizer *opt = NULL;
     lt_trainer *tr = NULL;
     int rc = 0;
-    if (lt_context_create(&cp, &ctx) != LT_OK || lt_model_create_random(ctx, bench_s_config, 1, 0.02f, &m) != LT_OK) {
+    lt_model_params mp;
+    lt_model_params_init(&mp, sizeof mp);
+    mp.base_dtype = base_dtype;
+    if (lt_context_create(&cp, &ctx) != LT_OK ||
+        lt_model_create_random_params(ctx, bench_s_config, 1, 0.02f, &mp, &m) != LT_OK) {
         rc = fail("bench", "%s", lt_last_error());
         goto done;
     }
@@ -264,14 +278,14 @@ int cmd_bench(int argc, char **argv) {
     b.n_rows = B;
     b.seq_len = T;
     b.input_ids = ids;
-    double t0 = 0, loss = 0;
+    double t0 = 0, c0 = 0, loss = 0;
     for (long long i = 0; i < warm + steps; i++) {
-        if (i == warm) t0 = now_seconds();
+        if (i == warm) { t0 = now_seconds(); c0 = cpu_seconds(); }
         lt_step_result r = {.size = sizeof r};
         if (lt_trainer_step(tr, &b, &r) != LT_OK) { rc = fail("bench", "%s", lt_trainer_last_error(tr)); break; }
         loss = r.loss;
     }
-    double dt = now_seconds() - t0;
+    double dt = now_seconds() - t0, dc = cpu_seconds() - c0;
     free(ids);
     if (rc == 0) {
         struct rusage ru;
@@ -279,14 +293,16 @@ int cmd_bench(int argc, char **argv) {
         double tps = (double)steps * B * T / dt, rss = ru.ru_maxrss / 1024.0;
         if (opt_flag(&o, "json"))
             printf("{\"config\": \"bench-s\", \"method\": \"%s\", \"threads\": %d, \"checkpointing\": \"%s\", "
-                   "\"steps\": %lld, \"loss\": %.6f, \"tokens_per_s\": %.1f, \"peak_rss_mb\": %.1f, "
-                   "\"weight_bytes\": %lld, \"projection_bits_per_param\": %.4f, "
-                   "\"measured_projection_bits_per_param\": %.4f}\n",
-                   method, (int)threads, ck, steps, loss, tps, rss, (long long)info.weight_bytes, qbits, measured_bits);
+                   "\"base_dtype\": \"%s\", \"steps\": %lld, \"loss\": %.6f, \"tokens_per_s\": %.1f, "
+                   "\"tokens_per_cpu_s\": %.1f, \"peak_rss_mb\": %.1f, \"weight_bytes\": %lld, "
+                   "\"projection_bits_per_param\": %.4f, \"measured_projection_bits_per_param\": %.4f}\n",
+                   method, (int)threads, ck, base_dtype == LT_BASE_BF16 ? "bf16" : "f32", steps, loss, tps,
+                   (double)steps * B * T / dc, rss, (long long)info.weight_bytes, qbits, measured_bits);
         else
-            printf("bench-s (%s): %.1f training tokens/s (%lld steps of %d tokens, %.3f s/step), peak RSS %.1f MiB, "
-                   "checkpointing %s, weights %.1f MiB, projections %.3f bits/param (measured resident: %.3f)\n",
-                   method, tps, steps, B * T, dt / steps, rss, ck, info.weight_bytes / 1048576.0, qbits, measured_bits);
+            printf("bench-s (%s, base %s): %.1f training tokens/s (%lld steps of %d tokens, %.3f s/step), peak RSS "
+                   "%.1f MiB, checkpointing %s, weights %.1f MiB, projections %.3f bits/param (measured resident: %.3f)\n",
+                   method, base_dtype == LT_BASE_BF16 ? "bf16" : "f32", tps, steps, B * T, dt / steps, rss, ck,
+                   info.weight_bytes / 1048576.0, qbits, measured_bits);
     }
 done:
     lt_trainer_free(tr);

@@ -17,7 +17,7 @@ static const opt_spec train_spec[] = {
     {"optimizer", 1}, {"seed", 1}, {"no-shuffle", 0}, {"seq", 1}, {"pack", 0}, {"eval-data", 1},
     {"eval-every", 1}, {"save-every", 1}, {"resume", 1}, {"threads", 1}, {"json", 0}, {"quiet", 0},
     {"no-checkpointing", 0}, {"backend", 1}, {"help", 0}, {"objective", 1}, {"tokenizer", 1}, {"method", 1}, {"quant", 1},
-    {"double-quant", 0}, {"no-double-quant", 0}, {"quant-blocksize", 1},
+    {"double-quant", 0}, {"no-double-quant", 0}, {"quant-blocksize", 1}, {"base-dtype", 1},
 };
 #define N_TRAIN_SPEC ((int)(sizeof train_spec / sizeof *train_spec))
 
@@ -37,6 +37,7 @@ static void train_usage(void) {
            "             --quant nf4|fp4|int8 (nf4) --double-quant | --no-double-quant (on for qlora)\n"
            "             --quant-blocksize N (64); `loratune merge` then merges into the dequantized base\n"
            "  other:     --threads N --json --quiet --no-checkpointing\n"
+           "             --base-dtype f32|bf16 (bf16: frozen projection weights in bf16, fp32 accumulation)\n"
            "  --objective sft (default) | dpo | ipo | kto | orpo: preference data (loratune train --objective dpo --help)\n");
 }
 
@@ -200,6 +201,8 @@ int cmd_train(int argc, char **argv) {
     opts o;
     if (opts_parse(&o, train_spec, N_TRAIN_SPEC, argc, argv, "train")) return 2;
     if (opt_flag(&o, "help")) { train_usage(); return 0; }
+    int base_dtype;
+    if (opt_base_dtype(&o, "train", &base_dtype)) return 2;
     const char *mdir = opt_str(&o, "model", NULL), *data = opt_str(&o, "data", NULL), *out = opt_str(&o, "out", NULL);
     if (!mdir || !data || !out) return fail("train", "--model DIR, --data FILE.jsonl and --out DIR are required (see --help)");
     long long rank, steps, batch, accum, seq, warmup, seed, eval_every, save_every, threads;
@@ -239,7 +242,10 @@ int cmd_train(int argc, char **argv) {
     double *curve = NULL, ev_step[4096], ev_loss[4096];
     int n_ev = 0, rc = 0;
     FILE *metrics = NULL;
-    if (open_model("train", mdir, (int)threads, opt_str(&o, "backend", NULL), &ctx, &m)) { rc = 1; goto done; }
+    if (open_model_dtype("train", mdir, (int)threads, opt_str(&o, "backend", NULL), base_dtype, &ctx, &m)) {
+        rc = 1;
+        goto done;
+    }
     {
         /* QLoRA: the frozen base projections are quantized (NF4 + double quantization by default) */
         const char *method = opt_str(&o, "method", "lora");

@@ -66,6 +66,8 @@ lt_tokenizer_p = POINTER(lt_tokenizer)
 lt_status = c_int  # typedef enum lt_status
 lt_log_level = c_int
 lt_lora_init = c_int
+lt_base_dtype = c_int
+LT_BASE_F32, LT_BASE_BF16 = 0, 1
 lt_optimizer_kind = c_int
 lt_schedule = c_int
 lt_objective = c_int
@@ -124,6 +126,7 @@ class lt_model_params(Structure):
         ("double_quant", c_int),
         ("quant_blocksize", c_int),
         ("quantize_lm_head", c_int),
+        ("base_dtype", c_int),
     ]
 
 
@@ -499,6 +502,10 @@ _EXPERIMENTAL_DECLS = [
     # lt_status lt_model_create_random(lt_context *ctx, const char *config_json, uint64_t seed, float init_std,
     #                                  lt_model **out);
     ("lt_model_create_random", lt_status, [lt_context_p, c_char_p, c_uint64, c_float, POINTER(lt_model_p)]),
+    # lt_status lt_model_create_random_params(lt_context *ctx, const char *config_json, uint64_t seed,
+    #                                         float init_std, const lt_model_params *params, lt_model **out);
+    ("lt_model_create_random_params", lt_status,
+     [lt_context_p, c_char_p, c_uint64, c_float, POINTER(lt_model_params), POINTER(lt_model_p)]),
     # lt_status lt_model_save(lt_model *model, const char *dir);
     ("lt_model_save", lt_status, [lt_model_p, c_char_p]),
 ]

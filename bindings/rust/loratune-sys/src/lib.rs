@@ -117,6 +117,10 @@ pub const LT_QPART_NESTED_QUANT_MAP: lt_qpart = 4;
 
 // ---- model -----------------------------------------------------------------------------------------
 
+pub type lt_base_dtype = c_int;
+pub const LT_BASE_F32: lt_base_dtype = 0;
+pub const LT_BASE_BF16: lt_base_dtype = 1;
+
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct lt_model_params {
@@ -126,6 +130,7 @@ pub struct lt_model_params {
     pub double_quant: c_int,
     pub quant_blocksize: c_int,
     pub quantize_lm_head: c_int,
+    pub base_dtype: c_int,
 }
 
 #[repr(C)]
@@ -565,6 +570,14 @@ pub mod experimental {
             config_json: *const c_char,
             seed: u64,
             init_std: c_float,
+            out: *mut *mut lt_model,
+        ) -> lt_status;
+        pub fn lt_model_create_random_params(
+            ctx: *mut lt_context,
+            config_json: *const c_char,
+            seed: u64,
+            init_std: c_float,
+            params: *const lt_model_params,
             out: *mut *mut lt_model,
         ) -> lt_status;
         pub fn lt_model_save(model: *mut lt_model, dir: *const c_char) -> lt_status;

@@ -1,0 +1,94 @@
+/*
+ * bench_gemm_bf16.c - GFLOP/s of the bf16-weight GEMM (cpu/gemm_bf16.c) against OpenBLAS sgemm at the
+ * bench-s shapes, in the same run, through the CPU backend's ops (so with the threading libloratune
+ * uses: OpenBLAS single-threaded per call, split over our OpenMP threads).
+ *
+ *   build/bench_gemm_bf16 [threads (2)] [repeats (15, at most 256)] [N (1024)]
+ *
+ * Products of one bench-s decoder layer (hidden 512, intermediate 1376), N tokens:
+ *   forward  y = x W^T   q,k,v,o (512->512) x4, gate,up (512->1376) x2, down (1376->512)
+ *   backward dx = dy W   the same seven weights
+ * Each line alternates bf16 and sgemm runs (bf16, f32, bf16, f32, ...) and reports the fastest
+ * run of each (on a machine shared with other jobs the fastest is the least disturbed), so
+ * background load hits both; the last line is the whole layer.
+ */
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend.h"
+#include "gemm_bf16.h"
+
+typedef struct shape { const char *name; int in, out, count; } shape;
+static const shape shapes[] = {{"q,k,v,o 512->512", 512, 512, 4},
+                               {"gate,up 512->1376", 512, 1376, 2},
+                               {"down 1376->512", 1376, 512, 1}};
+#define NS 3
+
+static int cmp(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+static double fastest(double *v, int n) {
+    qsort(v, (size_t)n, sizeof *v, cmp);
+    return v[0];
+}
+static float *frand(size_t n, uint64_t seed) {
+    float *p = aligned_alloc(64, (n * sizeof(float) + 63) & ~(size_t)63);
+    for (size_t i = 0; i < n; i++) {
+        seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+        p[i] = (float)((seed >> 40) * (1.0 / 16777216.0) - 0.5);
+    }
+    return p;
+}
+
+int main(int argc, char **argv) {
+    const int threads = argc > 1 ? atoi(argv[1]) : 2;
+    int reps = argc > 2 ? atoi(argv[2]) : 15;
+    if (reps < 1 || reps > 256) reps = 15;
+    const int N = argc > 3 ? atoi(argv[3]) : 1024;
+    lt_backend *be = NULL;
+    char err[256];
+    if (lt_cpu_backend_create(threads, &be, err, sizeof err) != LT_OK) {
+        fprintf(stderr, "bench_gemm_bf16: %s\n", err);
+        return 1;
+    }
+    const lt_backend_ops *o = be->ops;
+    printf("bench_gemm_bf16: N=%d, %d threads, %d repeats, AVX512_BF16 %s\n", N, threads, reps,
+           lt_bf16_avx512_available() ? "yes" : "no (portable kernel)");
+    printf("%-22s %-8s %10s %10s %7s\n", "shape", "product", "bf16 GF/s", "sgemm GF/s", "ratio");
+    double layer_b = 0, layer_f = 0, layer_flops = 0;
+    for (int s = 0; s < NS; s++) {
+        const int in = shapes[s].in, out = shapes[s].out;
+        float *W = frand((size_t)out * in, 1), *x = frand((size_t)N * in, 2), *y = frand((size_t)N * out, 3);
+        float *dy = frand((size_t)N * out, 4), *dx = frand((size_t)N * in, 5);
+        void *Wp = o->alloc(be, o->bf16_weight_bytes(be, out, in));
+        o->bf16_weight_pack(be, Wp, W, out, in);
+        for (int bwd = 0; bwd < 2; bwd++) {
+            double tb[256], tf[256];
+            for (int r = -1; r < reps && r < 256; r++) { /* r = -1: warm-up */
+                double t0 = omp_get_wtime();
+                if (!bwd) o->gemm_bf16_forward(be, y, x, Wp, N, in, out);
+                else o->gemm_bf16_backward(be, dx, dy, Wp, N, in, out, 0);
+                double t1 = omp_get_wtime();
+                if (!bwd) o->gemm(be, 0, 1, N, out, in, 1.0f, x, in, W, in, 0.0f, y, out);
+                else o->gemm(be, 0, 0, N, in, out, 1.0f, dy, out, W, in, 0.0f, dx, in);
+                double t2 = omp_get_wtime();
+                if (r >= 0) { tb[r] = t1 - t0; tf[r] = t2 - t1; }
+            }
+            const double flops = 2.0 * N * in * out, mb = fastest(tb, reps), mf = fastest(tf, reps);
+            printf("%-22s %-8s %10.1f %10.1f %6.2fx\n", shapes[s].name, bwd ? "backward" : "forward", flops / mb / 1e9,
+                   flops / mf / 1e9, mf / mb);
+            layer_b += shapes[s].count * mb;
+            layer_f += shapes[s].count * mf;
+            layer_flops += shapes[s].count * flops;
+        }
+        o->free(be, Wp);
+        free(W); free(x); free(y); free(dy); free(dx);
+    }
+    printf("%-22s %-8s %10.1f %10.1f %6.2fx\n", "one bench-s layer", "both", layer_flops / layer_b / 1e9,
+           layer_flops / layer_f / 1e9, layer_f / layer_b);
+    lt_backend_destroy(be);
+    return 0;
+}

@@ -1,0 +1,105 @@
+/*
+ * gemm_bf16.cu - products with frozen weights stored in bf16 (backend.h, "frozen weights stored in
+ * bf16"): cuBLAS bf16 GEMM (cublasGemmEx, bf16 inputs, fp32 output, CUBLAS_COMPUTE_32F).
+ *
+ * Packed layout on CUDA: plain row-major bf16 (out,in), what cuBLAS reads directly. The activation
+ * operand (x or dy, f32) is rounded to bf16 into the backend workspace, a slice of rows at a time
+ * (the workspace holds LT_CUDA_WS_FLOATS floats = 2x as many bf16), under the backend lock, with the
+ * same rounding as the CPU (round to nearest even, subnormals to zero, NaN kept).
+ * Row-major to cuBLAS: as in gemm.cu, C = op(A) op(B) is computed as C^T = op(B)^T op(A)^T.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+
+#include <cuda_bf16.h>
+
+#include "cuda_common.cuh"
+#include "gemm_bf16.h" /* lt_bf16_round: the host rounding of the weights */
+
+/* f32 -> bf16 bits, identical to lt_bf16_round (cpu/gemm_bf16.h) */
+__device__ __forceinline__ uint16_t lt_bf16_round_dev(float f) {
+    uint32_t u = __float_as_uint(f);
+    if ((u & 0x7f800000u) == 0x7f800000u) return (uint16_t)((u >> 16) | ((u & 0x007fffffu) ? 0x0040u : 0u));
+    if ((u & 0x7f800000u) == 0) return (uint16_t)((u >> 16) & 0x8000u);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+__global__ void bf16_round_kernel(uint16_t *dst, const float *src, size_t n) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        dst[i] = lt_bf16_round_dev(src[i]);
+}
+
+extern "C" size_t lt_cuda_bf16_weight_bytes(lt_backend *be, int out, int in) {
+    (void)be;
+    return out > 0 && in > 0 ? (size_t)out * in * sizeof(uint16_t) : 0;
+}
+
+/* dst (out,in) bf16 on the device <- W (out,in) f32 on the host (rounded on the host) */
+extern "C" void lt_cuda_bf16_weight_pack(lt_backend *be, void *dst, const float *W, int out, int in) {
+    lt_cuda_impl *im = lt_cuda(be);
+    const size_t n = (size_t)out * in;
+    uint16_t *h = (uint16_t *)malloc(n * sizeof *h);
+    if (!h) {
+        lt_cuda_record(be, LT_ERR_NOMEM, "bf16_weight_pack: out of host memory", 0);
+        return;
+    }
+    for (size_t i = 0; i < n; i++) h[i] = lt_bf16_round(W[i]);
+    cudaError_t e = cudaMemcpyAsync(dst, h, n * sizeof *h, cudaMemcpyHostToDevice, im->stream);
+    if (e == cudaSuccess) e = cudaStreamSynchronize(im->stream); /* h is freed below */
+    free(h);
+    if (e != cudaSuccess) lt_cuda_record(be, LT_ERR_BACKEND, "bf16_weight_pack", (int)e);
+}
+
+/* C (M, cols) = beta C + bf16(A) (M, K) B, B given by the cuBLAS call of `bwd`; slices of rows */
+static void bf16_gemm(lt_backend *be, int bwd, float *C, const float *A, const void *Wp, int M, int in,
+                      int out, int accumulate) {
+    lt_cuda_impl *im = lt_cuda(be);
+    const int cols = bwd ? in : out, K = bwd ? out : in;
+    if (M < 0 || in < 0 || out < 0) {
+        lt_cuda_record(be, LT_ERR_INTERNAL, "gemm_bf16: negative dimension", 0);
+        return;
+    }
+    if (M == 0 || cols == 0) return;
+    const size_t cap = LT_CUDA_WS_FLOATS * sizeof(float) / sizeof(uint16_t); /* bf16 in the workspace */
+    if ((size_t)K > cap) {
+        lt_cuda_record(be, LT_ERR_UNSUPPORTED, "gemm_bf16: rows longer than the workspace", 0);
+        return;
+    }
+    const int rows_per = (int)(cap / (size_t)K < (size_t)M ? cap / (size_t)K : (size_t)M);
+    const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
+    uint16_t *ab = (uint16_t *)im->ws;
+    lt_cuda_lock(be);
+    for (int r0 = 0; r0 < M; r0 += rows_per) {
+        const int rows = M - r0 < rows_per ? M - r0 : rows_per;
+        const size_t n = (size_t)rows * K;
+        bf16_round_kernel<<<lt_grid_1d(n, 256), 256, 0, im->stream>>>(ab, A + (size_t)r0 * K, n);
+        cublasStatus_t st;
+        if (!bwd) /* y (rows,out) = x W^T: column-major y^T (out,rows) = W (out,in) x^T */
+            st = cublasGemmEx(im->cublas, CUBLAS_OP_T, CUBLAS_OP_N, out, rows, in, &alpha, Wp, CUDA_R_16BF, in,
+                              ab, CUDA_R_16BF, in, &beta, C + (size_t)r0 * cols, CUDA_R_32F, out,
+                              CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+        else /* dx (rows,in) = dy W: column-major dx^T (in,rows) = W^T (in,out) dy^T */
+            st = cublasGemmEx(im->cublas, CUBLAS_OP_N, CUBLAS_OP_N, in, rows, out, &alpha, Wp, CUDA_R_16BF, in,
+                              ab, CUDA_R_16BF, out, &beta, C + (size_t)r0 * cols, CUDA_R_32F, in,
+                              CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+        if (st != CUBLAS_STATUS_SUCCESS) {
+            char msg[96];
+            snprintf(msg, sizeof msg, "gemm_bf16: cublasGemmEx failed (%s)", cublasGetStatusString(st));
+            lt_cuda_record(be, LT_ERR_BACKEND, msg, 0);
+            break;
+        }
+    }
+    lt_cuda_unlock(be);
+    lt_cuda_check(be, "gemm_bf16");
+}
+
+extern "C" void lt_cuda_gemm_bf16_forward(lt_backend *be, float *y, const float *x, const void *Wp, int N,
+                                          int in, int out) {
+    bf16_gemm(be, 0, y, x, Wp, N, in, out, 0);
+}
+
+extern "C" void lt_cuda_gemm_bf16_backward(lt_backend *be, float *dx, const float *dy, const void *Wp, int N,
+                                           int in, int out, int accumulate) {
+    bf16_gemm(be, 1, dx, dy, Wp, N, in, out, accumulate);
+}
