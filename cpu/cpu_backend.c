@@ -727,6 +727,24 @@ static void cpu_adamw_step(lt_backend *be, float *param, const float *grad, floa
                                    beta2, eps, bc2_sqrt, decay));
 }
 
+/* bitsandbytes' 8-bit AdamW over one tensor: blocks of 256 are independent, so threads take whole blocks */
+static void cpu_adamw8bit_step(lt_backend *be, float *param, const float *grad, void *s1, void *s2, float *absmax1,
+                               float *absmax2, size_t n, const float *qmap1, const float *qmap2, float beta1,
+                               float beta2, float eps_c2, float step_size, float decay) {
+    if (!absmax1) {
+        CPU_PAR_SLICES(be, n, lt_ref_adamw32bnb_step(param + lo, grad + lo, (float *)s1 + lo, (float *)s2 + lo,
+                                                     hi - lo, beta1, beta2, eps_c2, step_size, decay));
+        return;
+    }
+    const size_t nb = (n + LT_OPT8_BLOCK - 1) / LT_OPT8_BLOCK;
+    CPU_PAR_SLICES(be, nb, for (size_t b = lo; b < hi; b++) {
+        const size_t i0 = b * LT_OPT8_BLOCK;
+        const size_t i1 = i0 + LT_OPT8_BLOCK < n ? i0 + LT_OPT8_BLOCK : n;
+        lt_ref_adamw8bit_block(param, grad, s1, s2, absmax1, absmax2, b, i0, i1, qmap1, qmap2, beta1, beta2,
+                               eps_c2, step_size, decay);
+    });
+}
+
 /* ---- quantized weights ------------------------------------------------------------------------------ */
 
 /* out (r1-r0, cols): rows split over the threads; per block the 16 codes are scaled once (the same
@@ -813,6 +831,7 @@ static const lt_backend_ops cpu_ops = {
     .cross_entropy = cpu_cross_entropy,
     .dropout = cpu_dropout,
     .adamw_step = cpu_adamw_step,
+    .adamw8bit_step = cpu_adamw8bit_step,
     .row_scale = cpu_row_scale,
     .dequantize_rows = cpu_dequantize_rows,
 };

@@ -4,6 +4,7 @@
  */
 #include "ref_ops.h"
 
+#include <float.h>
 #include <math.h>
 #include <string.h>
 
@@ -625,6 +626,85 @@ void lt_ref_adamw_step(float *param, const float *grad, float *m, float *v, size
         m[i] = beta1 * m[i] + (1.0f - beta1) * g;
         v[i] = beta2 * v[i] + (1.0f - beta2) * g * g;
         param[i] -= step_size * m[i] / (sqrtf(v[i]) / bc2_sqrt + eps);
+    }
+}
+
+/* ---- 8-bit blockwise AdamW (bitsandbytes) ----------------------------------------------------------- */
+
+/* The nearest entry of a sorted 256-entry code book to x (ties to the lower index; NaN gives 0). */
+static uint8_t code_nearest(const float *code, float x) {
+    int lo = 0, hi = 255; /* the largest idx with code[idx] <= x, or 0 below code[0] */
+    while (lo < hi) {
+        const int mid = (lo + hi + 1) / 2;
+        if (code[mid] <= x) lo = mid; else hi = mid - 1;
+    }
+    if (lo < 255 && fabsf(x - code[lo + 1]) < fabsf(x - code[lo])) lo++;
+    return (uint8_t)lo;
+}
+
+/* One block [i0, i1) of the backend.h adamw8bit_step (b = the block's index). */
+void lt_ref_adamw8bit_block(float *param, const float *grad, uint8_t *c1, uint8_t *c2, float *absmax1,
+                            float *absmax2, size_t b, size_t i0, size_t i1, const float *qmap1,
+                            const float *qmap2, float beta1, float beta2, float eps_c2, float step_size,
+                            float decay) {
+    float m[LT_OPT8_BLOCK], v[LT_OPT8_BLOCK];
+    float am1 = -FLT_MAX, am2 = -FLT_MAX;
+    for (size_t i = i0; i < i1; i++) {
+        const float g = grad[i];
+        float mi = 0.0f, vi = 0.0f;
+        if (isfinite(g)) {
+            mi = qmap1[c1[i]] * absmax1[b];
+            mi = mi * beta1 + (1.0f - beta1) * g;
+            vi = qmap2[c2[i]] * absmax2[b];
+            vi = vi * beta2 + (1.0f - beta2) * g * g;
+            param[i] = param[i] + step_size * (mi / (sqrtf(vi) + eps_c2));
+            if (decay > 0.0f) param[i] = param[i] * (1.0f - decay);
+        }
+        m[i - i0] = mi;
+        v[i - i0] = vi;
+        am1 = fmaxf(am1, fabsf(mi));
+        am2 = fmaxf(am2, fabsf(vi));
+    }
+    absmax1[b] = am1;
+    absmax2[b] = am2;
+    for (size_t i = i0; i < i1; i++) {
+        /* an all-zero block stores m = v = 0 (0 / 0 would be NaN) */
+        const float mi = m[i - i0], x1 = am1 > 0.0f ? mi / am1 : 0.0f;
+        const float x2 = am2 > 0.0f ? v[i - i0] / am2 : 0.0f;
+        int q1 = code_nearest(qmap1, x1);
+        /* m keeps its sign: bitsandbytes moves a code of the other sign one step towards m's sign */
+        if (signbit(qmap1[q1]) != signbit(mi)) q1 += mi > 0.0f ? 1 : -1;
+        c1[i] = (uint8_t)q1;
+        c2[i] = code_nearest(qmap2, x2);
+    }
+}
+
+/* bitsandbytes' 32-bit Adam (kOptimizer32bit2State) for tensors below min_8bit_size: the same update
+ * with fp32 m, v; weight decay after the step as in its kernel. */
+void lt_ref_adamw32bnb_step(float *param, const float *grad, float *m, float *v, size_t n, float beta1,
+                            float beta2, float eps_c2, float step_size, float decay) {
+    for (size_t i = 0; i < n; i++) {
+        const float g = grad[i];
+        if (isfinite(g)) {
+            m[i] = m[i] * beta1 + (1.0f - beta1) * g;
+            v[i] = v[i] * beta2 + (1.0f - beta2) * (g * g);
+            param[i] = param[i] + step_size * (m[i] / (sqrtf(v[i]) + eps_c2));
+            if (decay > 0.0f) param[i] = param[i] * (1.0f - decay);
+        }
+    }
+}
+
+void lt_ref_adamw8bit_step(float *param, const float *grad, void *s1, void *s2, float *absmax1, float *absmax2,
+                           size_t n, const float *qmap1, const float *qmap2, float beta1, float beta2,
+                           float eps_c2, float step_size, float decay) {
+    if (!absmax1) {
+        lt_ref_adamw32bnb_step(param, grad, s1, s2, n, beta1, beta2, eps_c2, step_size, decay);
+        return;
+    }
+    for (size_t b = 0; b * LT_OPT8_BLOCK < n; b++) {
+        const size_t i0 = b * LT_OPT8_BLOCK, i1 = i0 + LT_OPT8_BLOCK < n ? i0 + LT_OPT8_BLOCK : n;
+        lt_ref_adamw8bit_block(param, grad, s1, s2, absmax1, absmax2, b, i0, i1, qmap1, qmap2, beta1, beta2,
+                               eps_c2, step_size, decay);
     }
 }
 

@@ -145,6 +145,19 @@ void lt_ref_dropout(float *out, const float *inp, size_t n, float p, uint64_t se
 void lt_ref_adamw_step(float *param, const float *grad, float *m, float *v, size_t n, float step_size,
                        float beta1, float beta2, float eps, float bc2_sqrt, float decay);
 
+/* ---- 8-bit blockwise AdamW (backend.h adamw8bit_step) ---- */
+#define LT_OPT8_BLOCK 256
+void lt_ref_adamw8bit_step(float *param, const float *grad, void *s1, void *s2, float *absmax1, float *absmax2,
+                           size_t n, const float *qmap1, const float *qmap2, float beta1, float beta2,
+                           float eps_c2, float step_size, float decay);
+/* one block [i0, i1) with index b (the CPU backend runs blocks in parallel) */
+void lt_ref_adamw8bit_block(float *param, const float *grad, uint8_t *c1, uint8_t *c2, float *absmax1,
+                            float *absmax2, size_t b, size_t i0, size_t i1, const float *qmap1,
+                            const float *qmap2, float beta1, float beta2, float eps_c2, float step_size,
+                            float decay);
+void lt_ref_adamw32bnb_step(float *param, const float *grad, float *m, float *v, size_t n, float beta1,
+                            float beta2, float eps_c2, float step_size, float decay);
+
 /* ---- quantized weights ---- */
 /* out (r1-r0, q->cols): element by element, absmax decoded for every element (backend.h lt_qdesc). */
 struct lt_qdesc;

@@ -234,6 +234,7 @@ static const lt_backend_ops cuda_ops = {
     .cross_entropy = lt_cuda_cross_entropy,
     .dropout = lt_cuda_dropout,
     .adamw_step = lt_cuda_adamw_step,
+    .adamw8bit_step = lt_cuda_adamw8bit_step,
     .row_scale = lt_cuda_row_scale,
     .dequantize_rows = lt_cuda_dequantize_rows,
 };

@@ -155,6 +155,9 @@ void lt_cuda_dequantize_rows(lt_backend *be, float *out, const lt_qdesc *q, int6
 void lt_cuda_adamw_step(lt_backend *be, float *param, const float *grad, float *m, float *v, size_t n,
                         float step_size, float beta1, float beta2, float eps, float bc2_sqrt,
                         float decay);
+void lt_cuda_adamw8bit_step(lt_backend *be, float *param, const float *grad, void *s1, void *s2, float *absmax1,
+                            float *absmax2, size_t n, const float *qmap1, const float *qmap2, float beta1,
+                            float beta2, float eps_c2, float step_size, float decay);
 
 #ifdef __cplusplus
 }

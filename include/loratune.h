@@ -309,7 +309,11 @@ LT_API lt_status lt_adapter_unmerge(lt_adapter *adapter);
 /* ---------------------------------------------------------------------------------------------- */
 /* Optimizers and schedules                                                                       */
 
-typedef enum lt_optimizer_kind { LT_OPT_ADAMW = 0, LT_OPT_SGD = 1 } lt_optimizer_kind;
+typedef enum lt_optimizer_kind {
+    LT_OPT_ADAMW = 0,
+    LT_OPT_SGD = 1,
+    LT_OPT_ADAMW8BIT = 2 /* bitsandbytes' blockwise 8-bit AdamW (AdamW8bit): m, v as 8-bit codes, fp32 below 4096 elements */
+} lt_optimizer_kind;
 typedef enum lt_schedule { LT_SCHED_CONSTANT = 0, LT_SCHED_LINEAR = 1, LT_SCHED_COSINE = 2 } lt_schedule;
 
 typedef struct lt_optimizer_params {

@@ -239,6 +239,19 @@ typedef struct lt_backend_ops {
     void (*adamw_step)(lt_backend *be, float *param, const float *grad, float *m, float *v, size_t n,
                        float step_size, float beta1, float beta2, float eps, float bc2_sqrt,
                        float decay);
+    /* bitsandbytes' blockwise 8-bit AdamW over ONE tensor of n elements (algorithms.md, bitsandbytes'
+     * CUDA kernel kOptimizerStatic8bit2StateBlockwise). s1, s2: uint8 codes (n) of m and v under the
+     * signed / unsigned dynamic maps qmap1, qmap2 (256 floats each, backend memory), absmax1, absmax2
+     * (ceil(n/256)), blocks of 256 from the tensor's start. With absmax1 == NULL (bitsandbytes' 32-bit
+     * path for tensors below min_8bit_size) s1, s2 are fp32 m, v (n) and nothing is quantized.
+     * step_size = -lr sqrt(1-b2^t)/(1-b1^t), eps_c2 = eps sqrt(1-b2^t), decay = lr wd. Per element with
+     * a finite g: m = m b1 + (1-b1) g; v = v b2 + ((1-b2) g) g; p += step_size m / (sqrt(v) + eps_c2);
+     * p *= 1 - decay. A non-finite g: m = v = 0, p untouched. Then per block absmax = max|m|, max|v|,
+     * codes = nearest code to m / absmax (ties to the lower code; an m whose code has the other sign moves
+     * one code towards its sign), v / absmax. */
+    void (*adamw8bit_step)(lt_backend *be, float *param, const float *grad, void *s1, void *s2, float *absmax1,
+                           float *absmax2, size_t n, const float *qmap1, const float *qmap2, float beta1,
+                           float beta2, float eps_c2, float step_size, float decay);
 
     /* ---- per-row scaling (objectives other than SFT weight each token's CE gradient) ---------- */
     /* x (n,C): row i *= w[i]; w (n) on the device. */

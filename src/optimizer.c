@@ -7,6 +7,9 @@
  * Semantics follow torch.optim and transformers' schedulers (shared/spec/algorithms.md):
  *   AdamW: t += 1; p *= 1 - lr wd; m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
  *          p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
+ *   AdamW8bit (bitsandbytes' blockwise 8-bit AdamW, algorithms.md): m, v as uint8 codes with one fp32
+ *          absmax per 256 elements of each tensor; update in fp32, then p *= 1 - lr wd (after the step);
+ *          tensors below 4096 elements keep fp32 m, v (bitsandbytes' 32-bit Adam).
  *   SGD:   g += wd p; buf = mu buf + g (buf = g at the first step); p -= lr buf
  *   clip:  total = ||g||_2 over all parameters; g *= min(1, max_norm / (total + 1e-6))
  */
@@ -16,6 +19,7 @@
 #include <string.h>
 
 #include "optimizer.h"
+#include "quant.h"
 
 LT_API void lt_optimizer_params_init(lt_optimizer_params *out, size_t size) {
     lt_optimizer_params d, *p = &d;
@@ -54,6 +58,96 @@ double lt_schedule_lambda(const lt_optimizer_params *p, int64_t s) {
     return 1.0;
 }
 
+/* ---- 8-bit AdamW state: one entry per LoRA tensor, in adapter->params order -------------------- */
+
+static const char *kind_name(uint32_t k) {
+    return k == LT_OPT_ADAMW ? "AdamW" : k == LT_OPT_SGD ? "SGD" : k == LT_OPT_ADAMW8BIT ? "AdamW8bit" : "unknown";
+}
+
+static lt_status opt8_alloc(lt_optimizer *o, lt_error *err) {
+    lt_adapter *a = o->adapter;
+    lt_model *m = a->model;
+    lt_backend *be = m->be;
+    const int L = (int)m->cfg.num_hidden_layers, r = a->p.rank;
+    o->tensors = calloc((size_t)L * P_COUNT * 2, sizeof *o->tensors);
+    if (!o->tensors) return lt_fail(err, LT_ERR_NOMEM, "optimizer: out of memory");
+    for (int l = 0; l < L; l++)
+        for (int q = 0; q < P_COUNT; q++) {
+            lt_lora *lo = lt_adapter_lora(a, l, (lt_proj)q);
+            if (!lo) continue;
+            int in, out;
+            lt_proj_dims(&m->cfg, (lt_proj)q, &in, &out);
+            const float *start[2] = {lo->A, lo->B};
+            const size_t size[2] = {(size_t)r * in, (size_t)out * r};
+            for (int k = 0; k < 2; k++) {
+                lt_opt8_tensor *t = &o->tensors[o->n_tensors++];
+                t->off = (size_t)(start[k] - a->params);
+                t->n = size[k];
+                t->q8 = t->n >= LT_OPT8_MIN_SIZE;
+                if (t->q8) {
+                    t->qoff = o->n_q8;
+                    t->boff = o->n_blocks;
+                    o->n_q8 += t->n;
+                    o->n_blocks += (t->n + LT_OPT8_BLOCKSIZE - 1) / LT_OPT8_BLOCKSIZE;
+                } else {
+                    t->foff = o->n_f32;
+                    o->n_f32 += t->n;
+                }
+            }
+        }
+    /* every buffer gets at least one element so that a model with no 8-bit (or no small) tensor still
+     * has valid pointers; bitsandbytes starts from zero codes and zero absmax (m = v = 0) */
+    const size_t nf = o->n_f32 ? o->n_f32 : 1, nq = o->n_q8 ? o->n_q8 : 1, nb = o->n_blocks ? o->n_blocks : 1;
+    o->m = be->ops->alloc(be, nf * sizeof(float));
+    o->v = be->ops->alloc(be, nf * sizeof(float));
+    o->c1 = be->ops->alloc(be, nq);
+    o->c2 = be->ops->alloc(be, nq);
+    o->absmax1 = be->ops->alloc(be, nb * sizeof(float));
+    o->absmax2 = be->ops->alloc(be, nb * sizeof(float));
+    o->qmaps = be->ops->alloc(be, 512 * sizeof(float));
+    if (!o->m || !o->v || !o->c1 || !o->c2 || !o->absmax1 || !o->absmax2 || !o->qmaps)
+        return lt_fail(err, LT_ERR_NOMEM, "optimizer: cannot allocate 8-bit state for %zu parameters", a->n_params);
+    be->ops->zero(be, o->m, nf * sizeof(float));
+    be->ops->zero(be, o->v, nf * sizeof(float));
+    be->ops->zero(be, o->c1, nq);
+    be->ops->zero(be, o->c2, nq);
+    be->ops->zero(be, o->absmax1, nb * sizeof(float));
+    be->ops->zero(be, o->absmax2, nb * sizeof(float));
+    be->ops->upload(be, o->qmaps, lt_quant_code8(), 256 * sizeof(float));
+    be->ops->upload(be, o->qmaps + 256, lt_quant_code8u(), 256 * sizeof(float));
+    return LT_OK;
+}
+
+/* bitsandbytes' kernel constants in fp32 for update t at learning rate lr: c1 = 1 - b1^t,
+ * c2 = sqrt(1 - b2^t) (pow in double, rounded once), step_size = -lr c2 / c1, eps_c2 = c2 eps, decay = lr wd */
+void lt_opt8_constants(const lt_optimizer_params *p, double lr, int64_t t, float *step_size, float *eps_c2,
+                       float *decay) {
+    const float lrf = (float)lr;
+    const float c1 = (float)(1.0 - pow((double)p->beta1, (double)t));
+    const float c2 = sqrtf((float)(1.0 - pow((double)p->beta2, (double)t)));
+    *step_size = (-lrf * c2) / c1;
+    *eps_c2 = c2 * p->eps;
+    *decay = lrf * p->weight_decay;
+}
+
+/* One bitsandbytes AdamW8bit step over every tensor (o->step already counts it). */
+static void opt8_update(lt_optimizer *o, double lr) {
+    lt_adapter *a = o->adapter;
+    lt_backend *be = a->model->be;
+    float step_size, eps_c2, decay;
+    lt_opt8_constants(&o->p, lr, o->step, &step_size, &eps_c2, &decay);
+    for (int i = 0; i < o->n_tensors; i++) {
+        const lt_opt8_tensor *tn = &o->tensors[i];
+        if (tn->q8)
+            be->ops->adamw8bit_step(be, a->params + tn->off, a->grads + tn->off, o->c1 + tn->qoff, o->c2 + tn->qoff,
+                                    o->absmax1 + tn->boff, o->absmax2 + tn->boff, tn->n, o->qmaps, o->qmaps + 256,
+                                    o->p.beta1, o->p.beta2, eps_c2, step_size, decay);
+        else
+            be->ops->adamw8bit_step(be, a->params + tn->off, a->grads + tn->off, o->m + tn->foff, o->v + tn->foff,
+                                    NULL, NULL, tn->n, NULL, NULL, o->p.beta1, o->p.beta2, eps_c2, step_size, decay);
+    }
+}
+
 LT_API lt_status lt_optimizer_create(lt_adapter *a, const lt_optimizer_params *params, lt_optimizer **out) {
     lt_error *err = lt_thread_error();
     lt_error_clear(err);
@@ -68,7 +162,7 @@ LT_API lt_status lt_optimizer_create(lt_adapter *a, const lt_optimizer_params *p
                            "knows (call lt_optimizer_params_init)", params->size);
         memcpy(&p, params, params->size);
     }
-    if (p.kind != LT_OPT_ADAMW && p.kind != LT_OPT_SGD) return lt_fail(err, LT_ERR_ARGUMENT, "optimizer: unknown kind %d", (int)p.kind);
+    if (p.kind != LT_OPT_ADAMW && p.kind != LT_OPT_SGD && p.kind != LT_OPT_ADAMW8BIT) return lt_fail(err, LT_ERR_ARGUMENT, "optimizer: unknown kind %d", (int)p.kind);
     if (!(p.lr >= 0) || !isfinite(p.lr)) return lt_fail(err, LT_ERR_ARGUMENT, "optimizer: lr %g must be >= 0", p.lr);
     if (!(p.beta1 >= 0 && p.beta1 < 1) || !(p.beta2 >= 0 && p.beta2 < 1))
         return lt_fail(err, LT_ERR_ARGUMENT, "optimizer: betas (%g, %g) must be in [0, 1)", p.beta1, p.beta2);
@@ -86,6 +180,15 @@ LT_API lt_status lt_optimizer_create(lt_adapter *a, const lt_optimizer_params *p
     o->p = p;
     o->p.size = sizeof o->p;
     lt_backend *be = a->model->be;
+    if (p.kind == LT_OPT_ADAMW8BIT) {
+        lt_status st = opt8_alloc(o, err);
+        if (st != LT_OK) {
+            lt_optimizer_free(o);
+            return st;
+        }
+        *out = o;
+        return LT_OK;
+    }
     size_t bytes = a->n_params * sizeof(float);
     o->m = be->ops->alloc(be, bytes);
     o->v = be->ops->alloc(be, bytes);
@@ -104,6 +207,10 @@ LT_API void lt_optimizer_free(lt_optimizer *o) {
     lt_backend *be = o->adapter->model->be;
     if (o->m) be->ops->free(be, o->m);
     if (o->v) be->ops->free(be, o->v);
+    void *bufs[] = {o->c1, o->c2, o->absmax1, o->absmax2, o->qmaps};
+    for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
+        if (bufs[i]) be->ops->free(be, bufs[i]);
+    free(o->tensors);
     free(o);
 }
 
@@ -129,7 +236,9 @@ lt_status lt_optimizer_update(lt_optimizer *o, double *grad_norm, double *lr_use
     }
     const double lr = o->p.lr * lt_schedule_lambda(&o->p, o->step);
     o->step++;
-    if (o->p.kind == LT_OPT_ADAMW) {
+    if (o->p.kind == LT_OPT_ADAMW8BIT) {
+        opt8_update(o, lr);
+    } else if (o->p.kind == LT_OPT_ADAMW) {
         const double t = (double)o->step;
         const double bc1 = 1.0 - pow(o->p.beta1, t), bc2 = 1.0 - pow(o->p.beta2, t);
         be->ops->adamw_step(be, a->params, a->grads, o->m, o->v, n, (float)(lr / bc1), o->p.beta1, o->p.beta2,
@@ -150,9 +259,45 @@ lt_status lt_optimizer_update(lt_optimizer *o, double *grad_norm, double *lr_use
 }
 
 /* ---- state files ----------------------------------------------------------------------------------
- * "LTOPT\0\0\1" | u32 kind | u32 reserved | i64 step | u64 n | f32 m[n] | f32 v[n], little-endian. */
+ * "LTOPT\0\0\1" | u32 kind | u32 reserved | i64 step | u64 n | sections, little-endian:
+ *   AdamW, SGD: f32 m[n] | f32 v[n]
+ *   AdamW8bit:  f32 m[n_f32] | f32 v[n_f32] (the tensors below 4096 elements, in parameter order) |
+ *               f32 absmax1[n_blocks] | f32 absmax2[n_blocks] | u8 codes1[n_q8] | u8 codes2[n_q8]
+ *               (the 8-bit tensors in parameter order; bitsandbytes' state1/state2/absmax1/absmax2). */
 
 static const char opt_magic[8] = {'L', 'T', 'O', 'P', 'T', 0, 0, 1};
+
+typedef struct opt_section {
+    void *dev;
+    size_t bytes;
+} opt_section;
+
+/* the sections of o's state file, in file order; returns their count */
+static int opt_sections(const lt_optimizer *o, opt_section sec[6]) {
+    if (o->p.kind != LT_OPT_ADAMW8BIT) {
+        const size_t b = o->adapter->n_params * sizeof(float);
+        sec[0] = (opt_section){o->m, b};
+        sec[1] = (opt_section){o->v, b};
+        return 2;
+    }
+    sec[0] = (opt_section){o->m, o->n_f32 * sizeof(float)};
+    sec[1] = (opt_section){o->v, o->n_f32 * sizeof(float)};
+    sec[2] = (opt_section){o->absmax1, o->n_blocks * sizeof(float)};
+    sec[3] = (opt_section){o->absmax2, o->n_blocks * sizeof(float)};
+    sec[4] = (opt_section){o->c1, o->n_q8};
+    sec[5] = (opt_section){o->c2, o->n_q8};
+    return 6;
+}
+
+void lt_optimizer_copy_state(lt_optimizer *dst, const lt_optimizer *src) {
+    lt_backend *be = dst->adapter->model->be;
+    opt_section d[6], s[6];
+    const int ns = opt_sections(dst, d);
+    opt_sections(src, s);
+    for (int i = 0; i < ns; i++)
+        if (d[i].bytes) be->ops->copy(be, d[i].dev, s[i].dev, d[i].bytes);
+    dst->step = src->step;
+}
 
 LT_API lt_status lt_optimizer_save(lt_optimizer *o, const char *path) {
     if (!o) return LT_ERR_ARGUMENT;
@@ -160,7 +305,10 @@ LT_API lt_status lt_optimizer_save(lt_optimizer *o, const char *path) {
     if (!path) return lt_fail(&o->err, LT_ERR_ARGUMENT, "lt_optimizer_save: path is NULL");
     lt_backend *be = o->adapter->model->be;
     const size_t n = o->adapter->n_params, hdr = 32;
-    size_t bytes = hdr + 2 * n * sizeof(float);
+    opt_section sec[6];
+    const int ns = opt_sections(o, sec);
+    size_t bytes = hdr;
+    for (int i = 0; i < ns; i++) bytes += sec[i].bytes;
     char *buf = malloc(bytes);
     if (!buf) return lt_fail(&o->err, LT_ERR_NOMEM, "lt_optimizer_save: out of memory");
     uint32_t kind = (uint32_t)o->p.kind, zero = 0;
@@ -170,8 +318,11 @@ LT_API lt_status lt_optimizer_save(lt_optimizer *o, const char *path) {
     memcpy(buf + 12, &zero, 4);
     memcpy(buf + 16, &o->step, 8);
     memcpy(buf + 24, &n64, 8);
-    be->ops->download(be, buf + hdr, o->m, n * sizeof(float));
-    be->ops->download(be, buf + hdr + n * sizeof(float), o->v, n * sizeof(float));
+    size_t off = hdr;
+    for (int i = 0; i < ns; i++) {
+        if (sec[i].bytes) be->ops->download(be, buf + off, sec[i].dev, sec[i].bytes);
+        off += sec[i].bytes;
+    }
     lt_status st = lt_write_file_atomic(path, buf, bytes, &o->err);
     free(buf);
     return st;
@@ -199,16 +350,23 @@ LT_API lt_status lt_optimizer_load(lt_optimizer *o, const char *path) {
     if (kind != (uint32_t)o->p.kind || n64 != n || step < 0) {
         free(buf);
         return lt_fail(&o->err, LT_ERR_SHAPE, "%s: state for %s with %llu parameters does not match this %s "
-                       "optimizer of %zu parameters", path, kind ? "SGD" : "AdamW", (unsigned long long)n64,
-                       o->p.kind ? "SGD" : "AdamW", n);
+                       "optimizer of %zu parameters", path, kind_name(kind), (unsigned long long)n64,
+                       kind_name((uint32_t)o->p.kind), n);
     }
-    if (len != hdr + 2 * n * sizeof(float)) {
+    opt_section sec[6];
+    const int ns = opt_sections(o, sec);
+    size_t expect = hdr;
+    for (int i = 0; i < ns; i++) expect += sec[i].bytes;
+    if (len != expect) {
         free(buf);
-        return lt_fail(&o->err, LT_ERR_TRUNCATED, "%s: %zu bytes, expected %zu", path, len, hdr + 2 * n * sizeof(float));
+        return lt_fail(&o->err, LT_ERR_TRUNCATED, "%s: %zu bytes, expected %zu", path, len, expect);
     }
     lt_backend *be = o->adapter->model->be;
-    be->ops->upload(be, o->m, buf + hdr, n * sizeof(float));
-    be->ops->upload(be, o->v, buf + hdr + n * sizeof(float), n * sizeof(float));
+    size_t off = hdr;
+    for (int i = 0; i < ns; i++) {
+        if (sec[i].bytes) be->ops->upload(be, sec[i].dev, buf + off, sec[i].bytes);
+        off += sec[i].bytes;
+    }
     o->step = step;
     free(buf);
     return be->ops->sync(be);

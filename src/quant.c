@@ -19,6 +19,8 @@
 
 static float code8_table[256];
 static pthread_once_t code8_once = PTHREAD_ONCE_INIT;
+static float code8u_table[256];
+static pthread_once_t code8u_once = PTHREAD_ONCE_INIT;
 
 static int cmp_float(const void *a, const void *b) {
     float x = *(const float *)a, y = *(const float *)b;
@@ -35,29 +37,39 @@ static void linspace_f32(float start, float end, int steps, float *out) {
         out[i] = i < halfway ? fmaf(step, (float)i, start) : fmaf(-step, (float)(steps - i - 1), end);
 }
 
-/* create_dynamic_map(signed=True, max_exponent_bits=7, total_bits=8): for i in 0..6, the midpoints of
- * linspace(0.1, 1, 2^i + 1) times 10^(i-6), both signs; then 0 and 1; sorted (entry 0 is -0.99297). */
-static void code8_init(void) {
+/* create_dynamic_map(signed, max_exponent_bits=7, total_bits=8): for i in 0..6, the midpoints of
+ * linspace(0.1, 1, k + 1) times 10^(i-6), with k = 2^i and both signs (signed: entry 0 is -0.99297), or
+ * k = 2^(i+1) and positive only (unsigned, bitsandbytes' map for Adam's second moment); then 0 and 1;
+ * sorted. */
+static void dynamic_map_init(float *table, int is_signed) {
     int n = 0;
-    float b[65];
+    float b[129];
     for (int i = 0; i < 7; i++) {
-        const int k = (1 << i) + 1;
+        const int k = (is_signed ? (1 << i) : (1 << (i + 1))) + 1;
         linspace_f32(0.1f, 1.0f, k, b);
         const float scale = (float)pow(10.0, (double)(i - 6));
         for (int j = 0; j + 1 < k; j++) {
             const float mean = (b[j] + b[j + 1]) / 2.0f;
-            code8_table[n++] = scale * mean;
-            code8_table[n++] = -scale * mean;
+            table[n++] = scale * mean;
+            if (is_signed) table[n++] = -scale * mean;
         }
     }
-    code8_table[n++] = 0.0f;
-    code8_table[n++] = 1.0f;
-    qsort(code8_table, (size_t)n, sizeof(float), cmp_float);
+    table[n++] = 0.0f;
+    table[n++] = 1.0f;
+    qsort(table, (size_t)n, sizeof(float), cmp_float);
 }
+
+static void code8_init(void) { dynamic_map_init(code8_table, 1); }
+static void code8u_init(void) { dynamic_map_init(code8u_table, 0); }
 
 const float *lt_quant_code8(void) {
     pthread_once(&code8_once, code8_init);
     return code8_table;
+}
+
+const float *lt_quant_code8u(void) {
+    pthread_once(&code8u_once, code8u_init);
+    return code8u_table;
 }
 
 const float *lt_quant_code4(lt_quant_format f) {

@@ -292,10 +292,8 @@ LT_API lt_status lt_trainer_load_checkpoint(lt_trainer *t, const char *dir) {
     lt_backend *be = t->model->be;
     const size_t bytes = a->n_params * sizeof(float);
     be->ops->copy(be, a->params, tmp->params, bytes);
-    be->ops->copy(be, t->opt->m, o->m, bytes);
-    be->ops->copy(be, t->opt->v, o->v, bytes);
+    lt_optimizer_copy_state(t->opt, o);
     be->ops->zero(be, a->grads, bytes);
-    t->opt->step = o->step;
     t->micro_total = micro_total;
     t->micro = 0;
     t->accum_tokens = 0;

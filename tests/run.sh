@@ -41,6 +41,7 @@ if [ -f tests/python/make_op_goldens.py ]; then "$py" tests/python/make_op_golde
 echo "== tokenizer, chat template and dataset-row goldens (tokenizers, transformers, jinja2)"
 "$py" tests/python/make_tokenizer_goldens.py build/testdata/tokenizers >/dev/null
 "$py" tests/python/make_quant_goldens.py build/testdata/quant >/dev/null 2>&1  # bitsandbytes (CPU) quantization goldens
+"$py" tests/python/make_optim8_goldens.py build/testdata/optim8 >/dev/null 2>&1  # 8-bit AdamW (bitsandbytes kernel algorithm; checked against its CPU AdamW8bit)
 
 failed=0
 stages_ok=0; stages_bad=0

@@ -856,6 +856,68 @@ START_TEST(test_adamw) {
 }
 END_TEST
 
+/* ---- 8-bit AdamW (bitsandbytes blockwise): the kernel does the reference's IEEE ops in its order
+ * (__fmul_rn / __fadd_rn / __fdiv_rn, correctly rounded sqrtf), so codes, absmax and parameters must
+ * be bit for bit the reference's (tolerance 0); sizes with a partial last block, the 32-bit path for a
+ * small tensor, non-finite gradients and an all-zero block. ------------------------------------------ */
+START_TEST(test_adamw8bit) {
+    static const size_t sizes[] = {300, 4096, 5000, 70001};
+    for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++) {
+        const size_t n = sizes[s], nb = (n + 255) / 256;
+        const int q8 = n >= 4096;
+        float *p = frand(n, -0.1f, 0.1f), *m = fnew(n), *v = fnew(n), *a1 = fnew(nb), *a2 = fnew(nb);
+        uint8_t *c1 = calloc(n, 1), *c2 = calloc(n, 1);
+        memset(m, 0, n * 4); memset(v, 0, n * 4); memset(a1, 0, nb * 4); memset(a2, 0, nb * 4);
+        float *dp = dput(p, n), *dm = dput(m, n), *dv = dput(v, n), *da1 = dput(a1, nb), *da2 = dput(a2, nb);
+        uint8_t *dc1 = dalloc(n), *dc2 = dalloc(n);
+        OPS->zero(be, dc1, n);
+        OPS->zero(be, dc2, n);
+        float *dq = dalloc(512 * sizeof(float));
+        OPS->upload(be, dq, lt_quant_code8(), 256 * sizeof(float));
+        OPS->upload(be, dq + 256, lt_quant_code8u(), 256 * sizeof(float));
+        for (int t = 1; t <= 4; t++) {
+            float *g = frand(n, -1e-2f, 1e-2f);
+            g[1] = NAN;
+            g[n / 2] = INFINITY;
+            if (n > 600) for (size_t i = 256; i < 512; i++) g[i] = 0.0f;
+            float *dg = dput(g, n);
+            const float k2 = sqrtf((float)(1.0 - pow(0.999, t))), k1 = (float)(1.0 - pow(0.9, t));
+            const float ss = (-1e-3f * k2) / k1, ec = k2 * 1e-8f, dec = 1e-3f * 0.01f;
+            if (q8) {
+                lt_ref_adamw8bit_step(p, g, c1, c2, a1, a2, n, lt_quant_code8(), lt_quant_code8u(), 0.9f, 0.999f, ec,
+                                      ss, dec);
+                OPS->adamw8bit_step(be, dp, dg, dc1, dc2, da1, da2, n, dq, dq + 256, 0.9f, 0.999f, ec, ss, dec);
+            } else {
+                lt_ref_adamw8bit_step(p, g, m, v, NULL, NULL, n, NULL, NULL, 0.9f, 0.999f, ec, ss, dec);
+                OPS->adamw8bit_step(be, dp, dg, dm, dv, NULL, NULL, n, NULL, NULL, 0.9f, 0.999f, ec, ss, dec);
+            }
+            free(g);
+            dfree(dg);
+        }
+        float *pf = hget(dp, n);
+        ck_assert_msg(memcmp(pf, p, n * 4) == 0, "adamw8bit n=%zu: parameters differ from the reference", n);
+        if (q8) {
+            uint8_t *hc = malloc(n);
+            OPS->download(be, hc, dc1, n);
+            ck_assert_msg(memcmp(hc, c1, n) == 0, "adamw8bit n=%zu: m codes differ", n);
+            OPS->download(be, hc, dc2, n);
+            ck_assert_msg(memcmp(hc, c2, n) == 0, "adamw8bit n=%zu: v codes differ", n);
+            free(hc);
+            float *h1 = hget(da1, nb), *h2 = hget(da2, nb);
+            ck_assert(memcmp(h1, a1, nb * 4) == 0 && memcmp(h2, a2, nb * 4) == 0);
+            free(h1); free(h2);
+        } else {
+            float *hm = hget(dm, n), *hv = hget(dv, n);
+            ck_assert(memcmp(hm, m, n * 4) == 0 && memcmp(hv, v, n * 4) == 0);
+            free(hm); free(hv);
+        }
+        SYNC_OK("adamw8bit");
+        free(p); free(m); free(v); free(a1); free(a2); free(c1); free(c2); free(pf);
+        dfree(dp); dfree(dm); dfree(dv); dfree(da1); dfree(da2); dfree(dc1); dfree(dc2); dfree(dq);
+    }
+}
+END_TEST
+
 /* ---- an op sequence in stream order: results visible to the next op without a sync ------------------ */
 
 START_TEST(test_stream_order) {
@@ -977,6 +1039,7 @@ static Suite *cuda_suite(void) {
     tcase_add_test(tc, test_cross_entropy);
     tcase_add_test(tc, test_dropout);
     tcase_add_test(tc, test_adamw);
+    tcase_add_test(tc, test_adamw8bit);
     tcase_add_test(tc, test_stream_order);
     tcase_add_test(tc, test_concurrent_threads);
     suite_add_tcase(s, tc);

@@ -183,6 +183,36 @@ START_TEST(test_cli_train_resume_equals_straight) {
 }
 END_TEST
 
+/* --optimizer adamw8bit: rank 64 puts every LoRA tensor of llama-basic above bitsandbytes' 4096-element
+ * threshold (8-bit state); the checkpoint carries the codes, so resuming is bit for bit */
+START_TEST(test_cli_train_adamw8bit_resume) {
+    char root[512], cmd[4096], a[1024], b[1024], model[1024];
+    tu_tempdir(root, sizeof root);
+    snprintf(model, sizeof model, "%s/models/llama-basic", LT_TEST_DATA_DIR);
+    const char *common = "--optimizer adamw8bit --batch 3 --lr 5e-3 --weight-decay 0.01 --scheduler cosine "
+                         "--warmup 1 --rank 64 --seed 9 --steps 4 --threads 2 --quiet";
+    int status;
+    snprintf(cmd, sizeof cmd, "%s train --model %s --data %s/data.jsonl --out %s/straight %s --save-every 2", LT_CLI,
+             model, model, root, common);
+    free(tu_run(cmd, &status));
+    ck_assert_int_eq(status, 0);
+    snprintf(cmd, sizeof cmd, "%s train --model %s --data %s/data.jsonl --out %s/resumed %s --resume %s/straight/checkpoint-2",
+             LT_CLI, model, model, root, common, root);
+    free(tu_run(cmd, &status));
+    ck_assert_int_eq(status, 0);
+    snprintf(a, sizeof a, "%s/straight/adapter_model.safetensors", root);
+    snprintf(b, sizeof b, "%s/resumed/adapter_model.safetensors", root);
+    ck_assert_msg(same_file(a, b), "adamw8bit: resuming from checkpoint-2 did not reproduce the straight run");
+    /* resuming an 8-bit checkpoint with the fp32 optimizer is refused */
+    snprintf(cmd, sizeof cmd, "%s train --model %s --data %s/data.jsonl --out %s/wrong --batch 3 --rank 64 --steps 4 "
+             "--quiet --resume %s/straight/checkpoint-2", LT_CLI, model, model, root, root);
+    char *out = tu_run_stderr(cmd, &status);
+    ck_assert_int_ne(status, 0);
+    ck_assert_msg(strstr(out, "AdamW8bit") != NULL, "%s", out);
+    free(out);
+}
+END_TEST
+
 START_TEST(test_cli_train_learns_packed_and_json) {
     char root[512], cmd[4096], model[1024];
     tu_tempdir(root, sizeof root);
@@ -270,6 +300,7 @@ static Suite *suite(void) {
     tcase_add_test(tc, test_schedules);
     tcase_add_test(tc, test_sgd_momentum);
     tcase_add_test(tc, test_cli_train_resume_equals_straight);
+    tcase_add_test(tc, test_cli_train_adamw8bit_resume);
     tcase_add_test(tc, test_cli_train_learns_packed_and_json);
     tcase_add_test(tc, test_cli_train_bad_inputs);
     suite_add_tcase(s, tc);

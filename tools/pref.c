@@ -368,7 +368,7 @@ int cmd_train_pref(int argc, char **argv) {
                "  objective: --beta B (0.1) --label-smoothing E (DPO, 0) --desirable-weight W --undesirable-weight W\n"
                "             --max-length N --ref-adapter DIR (frozen reference; default: adapter disabled)\n"
                "             --precompute-ref (reference log-probs once for the dataset)\n"
-               "  as SFT:    --rank --alpha --targets --rslora --adapter-init --optimizer adamw|sgd --momentum M --lr\n"
+               "  as SFT:    --rank --alpha --targets --rslora --adapter-init --optimizer adamw|adamw8bit|sgd --momentum M --lr\n"
                "             --scheduler --warmup --warmup-ratio --steps --epochs --batch --grad-accum\n"
                "             --max-grad-norm --weight-decay --seed --no-shuffle --threads --json --quiet\n");
         return 0;
@@ -430,8 +430,9 @@ int cmd_train_pref(int argc, char **argv) {
     lt_optimizer_params_init(&op, sizeof op);
     const char *oname = opt_str(&o, "optimizer", "adamw"), *sname = opt_str(&o, "scheduler", "constant");
     if (!strcmp(oname, "adamw")) op.kind = LT_OPT_ADAMW;
+    else if (!strcmp(oname, "adamw8bit")) op.kind = LT_OPT_ADAMW8BIT;
     else if (!strcmp(oname, "sgd")) op.kind = LT_OPT_SGD;
-    else { rc = fail("train", "--optimizer must be adamw or sgd"); goto done; }
+    else { rc = fail("train", "--optimizer must be adamw, adamw8bit or sgd"); goto done; }
     if (!strcmp(sname, "constant")) op.schedule = LT_SCHED_CONSTANT;
     else if (!strcmp(sname, "linear")) op.schedule = LT_SCHED_LINEAR;
     else if (!strcmp(sname, "cosine")) op.schedule = LT_SCHED_COSINE;

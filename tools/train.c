@@ -25,7 +25,7 @@ static void train_usage(void) {
     printf("usage: loratune train --model DIR --data FILE.jsonl --out DIR [options]\n"
            "  adapter:   --rank R (16) --alpha A (2R) --dropout P (0) --targets q_proj,k_proj,... (all 7)\n"
            "             --rslora --init default|gaussian --adapter-init DIR (start from a PEFT adapter)\n"
-           "  optimizer: --optimizer adamw|sgd --lr LR (2e-4) --weight-decay W (0) --max-grad-norm C (1, 0=off)\n"
+           "  optimizer: --optimizer adamw|adamw8bit|sgd --lr LR (2e-4) --weight-decay W (0) --max-grad-norm C (1, 0=off)\n"
            "             --scheduler constant|linear|cosine --warmup N | --warmup-ratio F\n"
            "  length:    --steps N | --epochs E (1)   --batch B (4) --grad-accum K (1) --seq T (512) --pack\n"
            "  data:      --seed S --no-shuffle (rows in file order)\n"
@@ -317,8 +317,9 @@ int cmd_train(int argc, char **argv) {
     lt_optimizer_params_init(&op, sizeof op);
     const char *oname = opt_str(&o, "optimizer", "adamw"), *sname = opt_str(&o, "scheduler", "constant");
     if (!strcmp(oname, "adamw")) op.kind = LT_OPT_ADAMW;
+    else if (!strcmp(oname, "adamw8bit")) op.kind = LT_OPT_ADAMW8BIT;
     else if (!strcmp(oname, "sgd")) op.kind = LT_OPT_SGD;
-    else { rc = fail("train", "--optimizer must be adamw or sgd"); goto done; }
+    else { rc = fail("train", "--optimizer must be adamw, adamw8bit or sgd"); goto done; }
     if (!strcmp(sname, "constant")) op.schedule = LT_SCHED_CONSTANT;
     else if (!strcmp(sname, "linear")) op.schedule = LT_SCHED_LINEAR;
     else if (!strcmp(sname, "cosine")) op.schedule = LT_SCHED_COSINE;

@@ -67,6 +67,7 @@ class LoraInit(_NamedEnum):
 class OptimizerKind(_NamedEnum):
     ADAMW = 0
     SGD = 1
+    ADAMW8BIT = 2  # bitsandbytes' blockwise 8-bit AdamW
 
 
 class Schedule(_NamedEnum):

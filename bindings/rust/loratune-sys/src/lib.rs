@@ -205,6 +205,7 @@ pub struct lt_adapter_params {
 pub type lt_optimizer_kind = c_int;
 pub const LT_OPT_ADAMW: lt_optimizer_kind = 0;
 pub const LT_OPT_SGD: lt_optimizer_kind = 1;
+pub const LT_OPT_ADAMW8BIT: lt_optimizer_kind = 2;
 
 pub type lt_schedule = c_int;
 pub const LT_SCHED_CONSTANT: lt_schedule = 0;

@@ -268,7 +268,7 @@ c_enum!(
 );
 c_enum!(
     /// `lt_optimizer_kind`
-    OptimizerKind { AdamW = sys::LT_OPT_ADAMW, Sgd = sys::LT_OPT_SGD }
+    OptimizerKind { AdamW = sys::LT_OPT_ADAMW, Sgd = sys::LT_OPT_SGD, AdamW8bit = sys::LT_OPT_ADAMW8BIT }
 );
 c_enum!(
     /// `lt_schedule`: learning-rate schedule after warmup.
