@@ -111,6 +111,19 @@ int opt_double(const opts *o, const char *name, double def, double *out) {
     return 0;
 }
 
+int optimizer_choice(const char *cmd, const opts *o, lt_optimizer_params *op) {
+    const char *oname = opt_str(o, "optimizer", "adamw"), *sname = opt_str(o, "scheduler", "constant");
+    if (!strcmp(oname, "adamw")) op->kind = LT_OPT_ADAMW;
+    else if (!strcmp(oname, "adamw8bit")) op->kind = LT_OPT_ADAMW8BIT;
+    else if (!strcmp(oname, "sgd")) op->kind = LT_OPT_SGD;
+    else return fail(cmd, "--optimizer must be adamw, adamw8bit or sgd"), 1;
+    if (!strcmp(sname, "constant")) op->schedule = LT_SCHED_CONSTANT;
+    else if (!strcmp(sname, "linear")) op->schedule = LT_SCHED_LINEAR;
+    else if (!strcmp(sname, "cosine")) op->schedule = LT_SCHED_COSINE;
+    else return fail(cmd, "--scheduler must be constant, linear or cosine"), 1;
+    return 0;
+}
+
 int opt_base_dtype(const opts *o, const char *cmd, int *out) {
     const char *s = opt_str(o, "base-dtype", "f32");
     if (!strcmp(s, "f32")) *out = LT_BASE_F32;

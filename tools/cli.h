@@ -45,6 +45,9 @@ int quant_options(const char *cmd, const opts *o, lt_quant_params *qp);
 /* <dir>/quantization.json records how the base was quantized for training (read back by merge) */
 void write_quant_note(const char *dir, const lt_quant_params *qp);
 int read_quant_note(const char *dir, lt_quant_params *qp); /* 1 if found */
+/* --optimizer adamw|adamw8bit|sgd and --scheduler constant|linear|cosine into op->kind / op->schedule;
+ * prints the error and returns 1 if malformed. */
+int optimizer_choice(const char *cmd, const opts *o, lt_optimizer_params *op);
 /* The same with lt_model_params.base_dtype. */
 int open_model_dtype(const char *cmd, const char *dir, int threads, const char *backend, int base_dtype,
                      lt_context **ctx, lt_model **model);

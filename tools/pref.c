@@ -428,15 +428,7 @@ int cmd_train_pref(int argc, char **argv) {
     if (total < 1) total = 1;
     lt_optimizer_params op;
     lt_optimizer_params_init(&op, sizeof op);
-    const char *oname = opt_str(&o, "optimizer", "adamw"), *sname = opt_str(&o, "scheduler", "constant");
-    if (!strcmp(oname, "adamw")) op.kind = LT_OPT_ADAMW;
-    else if (!strcmp(oname, "adamw8bit")) op.kind = LT_OPT_ADAMW8BIT;
-    else if (!strcmp(oname, "sgd")) op.kind = LT_OPT_SGD;
-    else { rc = fail("train", "--optimizer must be adamw, adamw8bit or sgd"); goto done; }
-    if (!strcmp(sname, "constant")) op.schedule = LT_SCHED_CONSTANT;
-    else if (!strcmp(sname, "linear")) op.schedule = LT_SCHED_LINEAR;
-    else if (!strcmp(sname, "cosine")) op.schedule = LT_SCHED_COSINE;
-    else { rc = fail("train", "--scheduler must be constant, linear or cosine"); goto done; }
+    if (optimizer_choice("train", &o, &op)) { rc = 1; goto done; }
     op.lr = (float)lr;
     op.weight_decay = (float)wd;
     op.max_grad_norm = (float)mgn;
