@@ -111,6 +111,25 @@ int opt_double(const opts *o, const char *name, double def, double *out) {
     return 0;
 }
 
+/* xorshift-based generator for data order; state is a pure function of (seed, epoch) */
+static uint64_t mix(uint64_t z) {
+    z += 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+void epoch_order(int *order, int n, uint64_t seed, long long epoch, int shuffle) {
+    for (int i = 0; i < n; i++) order[i] = i;
+    if (!shuffle) return;
+    uint64_t s = mix(seed ^ mix((uint64_t)epoch + 1));
+    for (int i = n - 1; i > 0; i--) {
+        s = mix(s);
+        int j = (int)(s % (uint64_t)(i + 1));
+        int t = order[i]; order[i] = order[j]; order[j] = t;
+    }
+}
+
 int optimizer_choice(const char *cmd, const opts *o, lt_optimizer_params *op) {
     const char *oname = opt_str(o, "optimizer", "adamw"), *sname = opt_str(o, "scheduler", "constant");
     if (!strcmp(oname, "adamw")) op->kind = LT_OPT_ADAMW;

@@ -45,6 +45,9 @@ int quant_options(const char *cmd, const opts *o, lt_quant_params *qp);
 /* <dir>/quantization.json records how the base was quantized for training (read back by merge) */
 void write_quant_note(const char *dir, const lt_quant_params *qp);
 int read_quant_note(const char *dir, lt_quant_params *qp); /* 1 if found */
+/* The order of n data rows in an epoch: a permutation that is a pure function of (seed, epoch), or
+ * the file order without shuffle; SFT and preference training share it (resume is exact). */
+void epoch_order(int *order, int n, uint64_t seed, long long epoch, int shuffle);
 /* --optimizer adamw|adamw8bit|sgd and --scheduler constant|linear|cosine into op->kind / op->schedule;
  * prints the error and returns 1 if malformed. */
 int optimizer_choice(const char *cmd, const opts *o, lt_optimizer_params *op);
