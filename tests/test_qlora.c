@@ -168,6 +168,41 @@ START_TEST(test_double_quant_and_export) {
 END_TEST
 
 /* the backends' dequantizers: fast CPU == reference, any row range */
+/* QDoRA: a DoRA adapter on an NF4 base equals the same adapter on the f32 model of the dequantized
+ * weights (the DoRA weight norm is taken of the dequantized W + s B A): loss and A, B, magnitude grads */
+START_TEST(test_qdora_equals_dora_on_dequantized) {
+    lt_context *ctx = tu_context();
+    char dir[512], tmp[64], path[600];
+    snprintf(dir, sizeof dir, "%s/llama-dora", MODELS);
+    lt_model *mq = load_q(ctx, dir, LT_QUANT_NF4, 1);
+    tu_tempdir(tmp, sizeof tmp);
+    snprintf(path, sizeof path, "%s/deq", tmp);
+    ck_assert_int_eq(lt_model_save(mq, path), LT_OK);
+    lt_model *mf;
+    ck_assert_int_eq(lt_model_load(ctx, path, NULL, &mf), LT_OK);
+    snprintf(path, sizeof path, "%s/dora/adapter", dir);
+    lt_adapter *aq, *af;
+    ck_assert_msg(lt_adapter_load(mq, path, &aq) == LT_OK, "%s", lt_last_error());
+    ck_assert_int_eq(lt_adapter_load(mf, path, &af), LT_OK);
+    ck_assert(aq->p.use_dora);
+    const int B = 2, T = 9, V = (int)mq->cfg.vocab_size;
+    int32_t ids[18], lab[18];
+    for (int i = 0; i < B * T; i++) ids[i] = lab[i] = (i * 5 + 1) % V;
+    double lq = loss_and_grads(mq, aq, ids, lab, B, T), lf = loss_and_grads(mf, af, ids, lab, B, T);
+    ck_assert_msg(fabs(lq - lf) <= 1e-5 * fabs(lf), "QDoRA loss %.9f vs DoRA on the dequantized model %.9f", lq, lf);
+    double rel = tu_max_rel_err(aq->grads, af->grads, aq->n_params);
+    ck_assert_msg(rel <= 1e-4, "QDoRA grads differ from DoRA on the dequantized model by %.3g", rel);
+    lt_adapter_free(aq);
+    lt_adapter_free(af);
+    lt_model_free(mq);
+    lt_model_free(mf);
+    lt_context_free(ctx);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", tmp);
+    ck_assert_int_eq(system(cmd), 0);
+}
+END_TEST
+
 START_TEST(test_dequantize_rows_op) {
     lt_context *ctx = tu_context();
     lt_backend *be = NULL;
@@ -521,6 +556,7 @@ int main(void) {
     tcase_add_test(tc, test_cli_qlora_train_merge);
     tcase_add_test(tc, test_quantize_after_trainer);
     tcase_add_test(tc, test_quantized_lm_head);
+    tcase_add_test(tc, test_qdora_equals_dora_on_dequantized);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
