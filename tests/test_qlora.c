@@ -101,6 +101,18 @@ START_TEST(test_grads_vs_torch) {
 }
 END_TEST
 
+/* The f32 twin of quantized model mq: its dequantized weights written by lt_model_save into a new
+ * temporary directory (returned in tmp, removed by the caller) and loaded back. */
+static lt_model *dequantized_twin(lt_context *ctx, lt_model *mq, char *tmp, size_t tmplen) {
+    char path[600];
+    tu_tempdir(tmp, tmplen);
+    snprintf(path, sizeof path, "%s/deq", tmp);
+    ck_assert_int_eq(lt_model_save(mq, path), LT_OK);
+    lt_model *mf;
+    ck_assert_int_eq(lt_model_load(ctx, path, NULL, &mf), LT_OK);
+    return mf;
+}
+
 /* NF4 + double quantization: our quantized model == the f32 model of its dequantized weights
  * (exported by lt_model_save), loss, gradients and generation; merged export = dequantized + delta */
 START_TEST(test_double_quant_and_export) {
@@ -112,11 +124,7 @@ START_TEST(test_double_quant_and_export) {
     ck_assert_int_eq(lt_model_get_info(mq, &info), LT_OK);
     double bits = 8.0 * (double)info.quantized_bytes / (double)info.quantized_params;
     ck_assert_msg(bits > 4.12 && bits < 4.2, "NF4+DQ bits/param %.4f", bits);
-    tu_tempdir(tmp, sizeof tmp);
-    snprintf(path, sizeof path, "%s/deq", tmp);
-    ck_assert_int_eq(lt_model_save(mq, path), LT_OK);
-    lt_model *mf;
-    ck_assert_int_eq(lt_model_load(ctx, path, NULL, &mf), LT_OK);
+    lt_model *mf = dequantized_twin(ctx, mq, tmp, sizeof tmp);
 
     snprintf(path, sizeof path, "%s/lora/adapter", dir);
     lt_adapter *aq, *af;
@@ -175,11 +183,7 @@ START_TEST(test_qdora_equals_dora_on_dequantized) {
     char dir[512], tmp[64], path[600];
     snprintf(dir, sizeof dir, "%s/llama-dora", MODELS);
     lt_model *mq = load_q(ctx, dir, LT_QUANT_NF4, 1);
-    tu_tempdir(tmp, sizeof tmp);
-    snprintf(path, sizeof path, "%s/deq", tmp);
-    ck_assert_int_eq(lt_model_save(mq, path), LT_OK);
-    lt_model *mf;
-    ck_assert_int_eq(lt_model_load(ctx, path, NULL, &mf), LT_OK);
+    lt_model *mf = dequantized_twin(ctx, mq, tmp, sizeof tmp);
     snprintf(path, sizeof path, "%s/dora/adapter", dir);
     lt_adapter *aq, *af;
     ck_assert_msg(lt_adapter_load(mq, path, &aq) == LT_OK, "%s", lt_last_error());
