@@ -176,9 +176,10 @@ LT_API lt_status lt_qtensor_part(const lt_qtensor *q, lt_qpart part, const void 
 /* ---------------------------------------------------------------------------------------------- */
 /* Model                                                                                          */
 
-/** How the frozen base weights of the 7 decoder projections (q,k,v,o,gate,up,down) are stored and
- *  multiplied. LT_BASE_BF16: stored in bf16 (half the memory), products with bf16-rounded inputs and
- *  fp32 accumulation (AVX512_BF16 on CPUs that have it); embeddings, norms, LM head, LoRA and the
+/** How the frozen base weights of the 7 decoder projections (q,k,v,o,gate,up,down) and the LM head are
+ *  stored and multiplied. LT_BASE_BF16: stored in bf16 (half the memory; a head tied to the embeddings
+ *  gets a bf16 copy), products with bf16-rounded inputs and fp32 accumulation (AVX512_BF16 on CPUs that
+ *  have it), as torch.autocast(bfloat16) computes them; embeddings, norms, attention, LoRA and the
  *  optimizer stay f32. A BF16 model cannot merge adapters or export weights (LT_ERR_UNSUPPORTED). */
 typedef enum lt_base_dtype { LT_BASE_F32 = 0, LT_BASE_BF16 = 1 } lt_base_dtype;
 

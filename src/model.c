@@ -318,6 +318,28 @@ static lt_status load_norm(lt_model *m, int use_mmap, const char *name, int64_t 
 
 /* Store every projection of layer L in bf16 (base_dtype LT_BASE_BF16): each row block of a module's f32
  * weight is packed by the backend (cpu/gemm_bf16.c's layout) and the f32 form is freed. */
+/* *W = the f32 (out, in) weight f32 packed in bf16 by the backend (cpu/gemm_bf16.c's layout). The f32
+ * form is left to the caller. */
+static lt_status pack_bf16(lt_model *m, const float *f32, int out, int in, lt_weight *W, lt_error *err) {
+    const size_t n = (size_t)out * in, bytes = m->be->ops->bf16_weight_bytes(m->be, out, in);
+    const float *host = f32;
+    float *tmp = NULL;
+    if (!m->be->ops->host_memory) {
+        if (!(tmp = malloc(n * sizeof(float)))) return lt_fail(err, LT_ERR_NOMEM, "out of memory packing bf16 weights");
+        m->be->ops->download(m->be, tmp, f32, n * sizeof(float));
+        host = tmp;
+    }
+    void *dst = m->be->ops->alloc(m->be, bytes);
+    lt_status st = dst ? track(m, dst, err) : lt_fail(err, LT_ERR_NOMEM, "cannot allocate %zu bytes for a bf16 weight", bytes);
+    if (st != LT_OK) { free(tmp); if (dst) m->be->ops->free(m->be, dst); return st; }
+    m->be->ops->bf16_weight_pack(m->be, dst, host, out, in);
+    free(tmp);
+    *W = (lt_weight){.format = LT_WEIGHT_BF16, .bf16 = dst};
+    m->weight_bytes += (int64_t)bytes;
+    return LT_OK;
+}
+
+/* Store every projection of layer L in bf16 (base_dtype LT_BASE_BF16) and free the f32 form. */
 static lt_status pack_layer_bf16(lt_model *m, lt_layer *L, lt_error *err) {
     lt_module mods[P_COUNT];
     const int n_mods = lt_model_modules(&m->cfg, mods);
@@ -327,22 +349,25 @@ static lt_status pack_layer_bf16(lt_model *m, lt_layer *L, lt_error *err) {
             lt_weight *W = &L->w[q];
             int in, out;
             lt_proj_dims(&m->cfg, (lt_proj)q, &in, &out);
-            const size_t n = (size_t)out * in, bytes = m->be->ops->bf16_weight_bytes(m->be, out, in);
-            float *host = W->f32, *tmp = NULL;
-            if (!m->be->ops->host_memory) {
-                if (!(tmp = host = malloc(n * sizeof(float)))) return lt_fail(err, LT_ERR_NOMEM, "out of memory packing bf16 weights");
-                m->be->ops->download(m->be, tmp, W->f32, n * sizeof(float));
-            }
-            void *dst = m->be->ops->alloc(m->be, bytes);
-            lt_status st = dst ? track(m, dst, err) : lt_fail(err, LT_ERR_NOMEM, "cannot allocate %zu bytes for a bf16 weight", bytes);
-            if (st != LT_OK) { free(tmp); if (dst) m->be->ops->free(m->be, dst); return st; }
-            m->be->ops->bf16_weight_pack(m->be, dst, host, out, in);
-            free(tmp);
-            *W = (lt_weight){.format = LT_WEIGHT_BF16, .bf16 = dst};
-            m->weight_bytes += (int64_t)bytes - (int64_t)(n * sizeof(float));
+            lt_status st = pack_bf16(m, W->f32, out, in, W, err);
+            if (st != LT_OK) return st;
+            m->weight_bytes -= (int64_t)((size_t)out * in * sizeof(float));
         }
         untrack_free(m, base); /* a no-op for weights used in place from the mapping */
     }
+    return LT_OK;
+}
+
+/* base_dtype LT_BASE_BF16: the LM head too (as torch.autocast computes it), in m->lm_head_q. A tied head
+ * keeps the f32 embedding table it shares; an untied one is freed. */
+static lt_status pack_lm_head_bf16(lt_model *m, lt_error *err) {
+    const int V = (int)m->cfg.vocab_size, H = (int)m->cfg.hidden_size;
+    if (m->lm_head_q.format != LT_WEIGHT_F32) return LT_OK; /* quantized: stays so */
+    lt_status st = pack_bf16(m, m->lm_head, V, H, &m->lm_head_q, err);
+    if (st != LT_OK || m->lm_head == m->embed) return st;
+    m->weight_bytes -= (int64_t)((size_t)V * H * sizeof(float));
+    untrack_free(m, m->lm_head);
+    m->lm_head = NULL;
     return LT_OK;
 }
 
@@ -443,6 +468,7 @@ static lt_status model_load(lt_model *m, const lt_model_params *p, lt_error *err
         }
         if (m->base_dtype == LT_BASE_BF16 && (st = pack_layer_bf16(m, L, err))) return st;
     }
+    if (m->base_dtype == LT_BASE_BF16 && (st = pack_lm_head_bf16(m, err))) return st;
     (void)QD; (void)KD; (void)I;
 
     /* RoPE inverse frequencies */
@@ -916,6 +942,7 @@ LT_API lt_status lt_model_create_random_params(lt_context *ctx, const char *conf
         Ly->q_norm_file = Ly->q_norm;
         Ly->k_norm_file = Ly->k_norm;
     }
+    if (st == LT_OK && m->base_dtype == LT_BASE_BF16) st = pack_lm_head_bf16(m, err);
     if (st == LT_OK) {
         m->rot_dim = c->rot_dim;
         float *inv = malloc((size_t)m->rot_dim / 2 * sizeof(float));

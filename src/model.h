@@ -82,7 +82,8 @@ struct lt_model {
     float *code8;           /* (256) backend copy of the 8-bit map (double quant)  */
     int64_t quant_bytes, quant_params; /* bytes and elements of quantized weights */
     size_t tile_floats;     /* dequantization tile size (0: the default, ~1 MiB); tests shrink it */
-    lt_weight lm_head_q;    /* the LM head when quantized (quantize_lm_head; lm_head is then NULL) */
+    lt_weight lm_head_q;    /* the LM head when not f32: quantized (quantize_lm_head) or packed bf16
+                             * (base_dtype BF16); lm_head is then NULL unless tied to embed */
     int base_dtype;         /* lt_base_dtype of the projection weights layers[].w (BF16: LT_WEIGHT_BF16) */
 };
 
