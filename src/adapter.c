@@ -529,6 +529,14 @@ static lt_status read_adapter_config(const char *dir, const lt_model *m, lt_adap
     st = parse_targets(v, m, &p->targets, path, err);
     v = json_object_get(o, "init_lora_weights");
     if (v && json_is_string(v) && !strcmp(json_string_value(v), "gaussian")) p->init = LT_INIT_GAUSSIAN;
+    /* PEFT's unconverted PiSSA / OLoRA save: its from_pretrained redoes the decomposition on the base (the base
+     * becomes W - s B0 A0) and then loads A, B; lt_adapter_load does the same with A0, B0 frozen */
+    if (v && json_is_string(v) && !strcmp(json_string_value(v), "pissa")) p->init = LT_INIT_PISSA;
+    if (v && json_is_string(v) && !strcmp(json_string_value(v), "olora")) p->init = LT_INIT_OLORA;
+    if (st == LT_OK && v && json_is_string(v) && !strncmp(json_string_value(v), "pissa_niter_", 12))
+        st = lt_fail(err, LT_ERR_UNSUPPORTED, "%s: init_lora_weights \"%s\" (PiSSA with a randomized SVD) is not "
+                     "supported: its A0, B0 cannot be reproduced; save the adapter with PEFT's "
+                     "path_initial_model_for_weight_conversion instead", path, json_string_value(v));
 out:
     json_decref(o);
     return st;
@@ -537,8 +545,9 @@ out:
 /* loratune_init.json next to a converted PiSSA / OLoRA adapter (written by adapter_save): the file holds
  * A' = [A; A0], B' = [B, -B0] of rank 2r; p becomes the trainable adapter's params (rank r, its alpha,
  * its init). Without the sidecar the directory is a plain LoRA and p is left alone. */
-static lt_status read_init_sidecar(const char *dir, lt_adapter_params *p, lt_error *err) {
+static lt_status read_init_sidecar(const char *dir, lt_adapter_params *p, int *converted, lt_error *err) {
     char path[4200];
+    *converted = 0;
     lt_path_join(path, sizeof path, dir, INIT_SIDECAR);
     FILE *f = fopen(path, "r");
     if (!f) return LT_OK;
@@ -560,6 +569,7 @@ static lt_status read_init_sidecar(const char *dir, lt_adapter_params *p, lt_err
         p->rank = (int)json_integer_value(r);
         p->alpha = (float)json_number_value(alpha);
         p->init = strcmp(is, "pissa") ? LT_INIT_OLORA : LT_INIT_PISSA;
+        *converted = 1;
     }
     json_decref(o);
     return st;
@@ -573,9 +583,10 @@ LT_API lt_status lt_adapter_load(lt_model *m, const char *dir, lt_adapter **out)
     if (!m || !dir) return lt_fail(err, LT_ERR_ARGUMENT, "lt_adapter_load: model and dir must not be NULL");
     lt_adapter_params p;
     lt_status st = read_adapter_config(dir, m, &p, err);
-    if (st == LT_OK) st = read_init_sidecar(dir, &p, err);
+    int converted = 0; /* PiSSA / OLoRA saved by us: [A; A0], [B, -B0] of rank 2r */
+    if (st == LT_OK) st = read_init_sidecar(dir, &p, &converted, err);
     if (st != LT_OK) return st;
-    const int file_rank = lt_init_is_decomposed(p.init) ? 2 * p.rank : p.rank; /* PiSSA / OLoRA: [A; A0], [B, -B0] */
+    const int file_rank = converted ? 2 * p.rank : p.rank;
     char path[4200];
     lt_path_join(path, sizeof path, dir, "adapter_model.safetensors");
     lt_st_file *f = NULL;
@@ -597,10 +608,11 @@ LT_API lt_status lt_adapter_load(lt_model *m, const char *dir, lt_adapter **out)
     const int L = (int)m->cfg.num_hidden_layers;
     float *host = malloc(a->n_params * sizeof(float)), *host0 = NULL, *cvt = NULL;
     if (!host) { st = lt_fail(err, LT_ERR_NOMEM, "out of memory"); goto fail; }
-    if (a->init0 && (!(host0 = malloc(a->n_params * sizeof(float))) || !(cvt = malloc(2 * a->n_params * sizeof(float))))) {
+    if (converted && (!(host0 = malloc(a->n_params * sizeof(float))) || !(cvt = malloc(2 * a->n_params * sizeof(float))))) {
         st = lt_fail(err, LT_ERR_NOMEM, "out of memory");
         goto fail;
     }
+    if (a->init0 && !converted && (st = lt_lora_decompose_init(a, err)) != LT_OK) goto fail; /* PEFT's unconverted save */
     /* every key in the file must be one we expect ... */
     lt_module mods[P_COUNT];
     const int n_mods = lt_model_modules(&m->cfg, mods);

@@ -21,6 +21,8 @@ Per case (family x init), r and alpha fixed per case, all target modules, no dro
  4. the saved converted adapter loads in PeftModel.from_pretrained on the ORIGINAL base and gives our
     logits (1e-4); PEFT's own save_pretrained(path_initial_model_for_weight_conversion=...) writes the same
     r / lora_alpha / init_lora_weights and the same B' A' (1e-4);
+ 4b. PEFT's plain save of the trained adapter (init_lora_weights "pissa" / "olora": from_pretrained redoes
+    the decomposition of the original base): lt_adapter_load gives PEFT's logits (1e-4);
  5. resume (Llama cases): 2 steps, lt_trainer_save_checkpoint, a new adapter from lt_adapter_load of the
     checkpoint (loratune_init.json restores A0, B0), lt_trainer_load_checkpoint, 1 step: loss and adapter
     equal the straight 3-step run (1e-6).
@@ -258,6 +260,15 @@ def run_case(lt, case, init, work, fails):
     from peft import PeftModel
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        # PEFT's plain (unconverted) save: init_lora_weights "pissa" / "olora"; PEFT's from_pretrained redoes the
+        # decomposition on the base, so does lt_adapter_load
+        punconv = os.path.join(work, f"{name}-{init}-peft-unconverted")
+        pm.save_pretrained(punconv, safe_serialization=True)
+        pu = PeftModel.from_pretrained(load_base(mdir), punconv).eval()
+        with torch.no_grad():
+            lpu = pu(input_ids=ids).logits
+        adu = lt.Adapter.load(model, punconv)
+        check("logits-unconverted-load", rel_max(torch.from_numpy(model.logits(ids.numpy().astype("int32"), adapter=adu)), lpu))
         pconv = os.path.join(work, f"{name}-{init}-peft-conv")
         pm.save_pretrained(pconv, safe_serialization=True, path_initial_model_for_weight_conversion=pinit)
     ours_pm = PeftModel.from_pretrained(load_base(mdir), d1).eval()
