@@ -271,7 +271,21 @@ enum {
     LT_TARGET_ALL = 0x7f
 };
 
-typedef enum lt_lora_init { LT_INIT_DEFAULT = 0 /* kaiming-uniform A, zero B */, LT_INIT_GAUSSIAN = 1 } lt_lora_init;
+/* LoRA initialisation (PEFT's init_lora_weights). PISSA and OLORA (since 0.2) decompose each targeted base
+ * weight W (out, in), dequantized when quantized, in fp32 at lt_adapter_create:
+ *   LT_INIT_PISSA  (init_lora_weights="pissa"): SVD W = U S Vh; A = diag(sqrt(S_r / s)) Vh_r, B = U_r diag(sqrt(S_r / s))
+ *   LT_INIT_OLORA  (init_lora_weights="olora"): QR W = Q R;     A = R[:r], B = Q[:, :r]
+ * (s = the adapter's scaling). PEFT then rewrites the base as W - s B A; libloratune keeps the shared base
+ * untouched and subtracts the frozen initial product instead: y = x W^T + s (x A^T) B^T - s (x A0^T) B0^T
+ * (A0, B0 = the initial A, B; not trainable), which is the same function. lt_adapter_save writes what
+ * PEFT's save_pretrained(path_initial_model_for_weight_conversion=...) writes: a plain rank-2r LoRA for
+ * the ORIGINAL base (A' = [A; A0], B' = [B, -B0], r and lora_alpha doubled; alpha times sqrt 2 with
+ * rsLoRA) plus loratune_init.json, from which lt_adapter_load restores the trainable / frozen split.
+ * Needs r <= min(out, in), an f32 or quantized base (not LT_BASE_BF16), and no DoRA. */
+typedef enum lt_lora_init {
+    LT_INIT_DEFAULT = 0 /* kaiming-uniform A, zero B */, LT_INIT_GAUSSIAN = 1 /* N(0, 1/r) A, zero B */,
+    LT_INIT_PISSA = 2, LT_INIT_OLORA = 3
+} lt_lora_init;
 
 typedef struct lt_adapter_params {
     size_t size;         /* sizeof(lt_adapter_params)                                     */

@@ -20,6 +20,7 @@
 #include "quant.h"
 
 #define KEY_PREFIX "base_model.model.model.layers."
+#define INIT_SIDECAR "loratune_init.json" /* PiSSA / OLoRA: method and trainable rank (ours, not PEFT's) */
 
 LT_API void lt_adapter_params_init(lt_adapter_params *out, size_t size) {
     lt_adapter_params d, *p = &d;
@@ -47,6 +48,8 @@ lt_status lt_adapter_alloc(lt_model *m, const lt_adapter_params *p, lt_adapter *
     if (p->use_dora && m->base_dtype == LT_BASE_BF16)
         return lt_fail(err, LT_ERR_UNSUPPORTED, "adapter: DoRA needs the base weights' row norms, which a bf16 base "
                        "(base_dtype LT_BASE_BF16) does not keep; load the model with LT_BASE_F32");
+    if (lt_init_is_decomposed(p->init) && p->use_dora)
+        return lt_fail(err, LT_ERR_UNSUPPORTED, "adapter: DoRA with PiSSA / OLoRA initialisation is not supported");
     if (!(p->targets & LT_TARGET_ALL) || (p->targets & ~(unsigned)LT_TARGET_ALL))
         return lt_fail(err, LT_ERR_ARGUMENT, "adapter: target mask 0x%x names no known projection", p->targets);
     lt_adapter *a = calloc(1, sizeof *a);
@@ -101,6 +104,13 @@ lt_status lt_adapter_alloc(lt_model *m, const lt_adapter_params *p, lt_adapter *
     }
     m->be->ops->zero(m->be, a->params, n * sizeof(float));
     m->be->ops->zero(m->be, a->grads, n * sizeof(float));
+    if (lt_init_is_decomposed(p->init)) { /* PiSSA / OLoRA: the frozen A0, B0, laid out like params */
+        if (!(a->init0 = m->be->ops->alloc(m->be, n * sizeof(float)))) {
+            lt_adapter_free(a);
+            return lt_fail(err, LT_ERR_NOMEM, "adapter: cannot allocate %zu initial parameters", n);
+        }
+        m->be->ops->zero(m->be, a->init0, n * sizeof(float));
+    }
     size_t off = 0, gn_off = 0;
     for (int l = 0; l < L; l++)
         for (int k = 0; k < n_mods; k++) {
@@ -118,6 +128,7 @@ lt_status lt_adapter_alloc(lt_model *m, const lt_adapter_params *p, lt_adapter *
                 lo->dA = a->grads + a_off;
                 lo->B = a->params + b_off;
                 lo->dB = a->grads + b_off;
+                if (a->init0) { lo->A0 = a->init0 + a_off; lo->B0 = a->init0 + b_off; }
                 b_off += (size_t)po * p->rank;
                 if (p->use_dora) { /* the module's magnitude vector: this projection's rows */
                     lo->mag = a->params + m_off;
@@ -170,11 +181,16 @@ LT_API lt_status lt_adapter_create(lt_model *m, const lt_adapter_params *params,
                            "library knows (call lt_adapter_params_init)", params->size);
         memcpy(&p, params, params->size);
     }
-    if (p.init != LT_INIT_DEFAULT && p.init != LT_INIT_GAUSSIAN)
+    if (p.init != LT_INIT_DEFAULT && p.init != LT_INIT_GAUSSIAN && !lt_init_is_decomposed(p.init))
         return lt_fail(terr, LT_ERR_ARGUMENT, "lt_adapter_create: unknown init %d", (int)p.init);
     lt_adapter *a;
     lt_status st = lt_adapter_alloc(m, &p, &a, terr);
     if (st != LT_OK) return st;
+    if (lt_init_is_decomposed(p.init)) { /* PiSSA / OLoRA: A, B (and A0, B0) from the base weights */
+        if ((st = lt_lora_decompose_init(a, terr)) != LT_OK) { lt_adapter_free(a); return st; }
+        *out = a;
+        return LT_OK;
+    }
     /* A: kaiming_uniform(a=sqrt 5) = U(-1/sqrt(in), 1/sqrt(in)) (PEFT default) or N(0, 1/r) ("gaussian");
      * B: zeros, so the adapter starts as the identity. */
     rng_t rng;
@@ -230,6 +246,7 @@ LT_API void lt_adapter_free(lt_adapter *a) {
     if (a->grads) be->ops->free(be, a->grads);
     if (a->dora_gn) be->ops->free(be, a->dora_gn);
     if (a->dora_w) be->ops->free(be, a->dora_w);
+    if (a->init0) be->ops->free(be, a->init0);
     free(a->dora_merge_g);
     free(a->lora);
     free(a);
@@ -271,8 +288,13 @@ static lt_status write_adapter_config(const lt_adapter *a, const char *dir, lt_e
     json_object_set_new(o, "peft_type", json_string("LORA"));
     json_object_set_new(o, "task_type", json_string("CAUSAL_LM"));
     json_object_set_new(o, "base_model_name_or_path", json_string(a->model->dir));
-    json_object_set_new(o, "r", json_integer(a->p.rank));
-    json_object_set_new(o, "lora_alpha", json_real(a->p.alpha));
+    /* PiSSA / OLoRA are saved converted to a plain LoRA of rank 2r for the original base, as PEFT's
+     * save_pretrained(path_initial_model_for_weight_conversion=...): r doubled, lora_alpha doubled (times
+     * sqrt 2 with rsLoRA) so the scaling is kept, init_lora_weights true */
+    const int conv = a->init0 != NULL;
+    json_object_set_new(o, "r", json_integer(conv ? 2 * a->p.rank : a->p.rank));
+    json_object_set_new(o, "lora_alpha", json_real(!conv ? a->p.alpha : a->p.use_rslora ? a->p.alpha * sqrt(2.0)
+                                                                                        : 2.0 * a->p.alpha));
     json_object_set_new(o, "target_modules", t);
     json_object_set_new(o, "lora_dropout", json_real(a->p.dropout));
     json_object_set_new(o, "bias", json_string("none"));
@@ -280,6 +302,24 @@ static lt_status write_adapter_config(const lt_adapter *a, const char *dir, lt_e
     json_object_set_new(o, "use_dora", json_boolean(a->p.use_dora));
     json_object_set_new(o, "fan_in_fan_out", json_false());
     json_object_set_new(o, "init_lora_weights", a->p.init == LT_INIT_GAUSSIAN ? json_string("gaussian") : json_true());
+    if (conv) { /* ours: what lt_adapter_load needs to split the rank-2r adapter back into A, B and A0, B0 */
+        json_t *side = json_object();
+        json_object_set_new(side, "format", json_string("libloratune-init-1"));
+        json_object_set_new(side, "init_lora_weights", json_string(a->p.init == LT_INIT_PISSA ? "pissa" : "olora"));
+        json_object_set_new(side, "r", json_integer(a->p.rank));
+        json_object_set_new(side, "lora_alpha", json_real(a->p.alpha));
+        char *ss = json_dumps(side, JSON_INDENT(2) | JSON_SORT_KEYS | JSON_REAL_PRECISION(9));
+        json_decref(side);
+        char sp[4200];
+        lt_path_join(sp, sizeof sp, dir, INIT_SIDECAR);
+        lt_status st = ss ? lt_write_file_atomic(sp, ss, strlen(ss), err) : lt_fail(err, LT_ERR_NOMEM, "out of memory");
+        free(ss);
+        if (st != LT_OK) { json_decref(o); return st; }
+    } else { /* a plain adapter: a stale sidecar from an earlier save into this directory would mislead a load */
+        char sp[4200];
+        lt_path_join(sp, sizeof sp, dir, INIT_SIDECAR);
+        remove(sp);
+    }
     json_object_set_new(o, "modules_to_save", json_null());
     json_object_set_new(o, "rank_pattern", json_object());
     json_object_set_new(o, "alpha_pattern", json_object());
@@ -302,7 +342,14 @@ static lt_status adapter_save(lt_adapter *a, const char *dir, lt_error *err) {
     int n = 0;
     lt_st_entry *e = calloc((size_t)L * P_COUNT * 3, sizeof *e);
     char *names = calloc((size_t)L * P_COUNT * 3, 160);
-    if (!h || !e || !names) { free(h); free(e); free(names); return lt_fail(err, LT_ERR_NOMEM, "out of memory"); }
+    /* PiSSA / OLoRA: the converted rank-2r tensors A' = [A; A0] (2r, in), B' = [B, -B0] (out, 2r) */
+    float *h0 = a->init0 ? malloc(a->n_params * sizeof(float)) : NULL, *cv = a->init0 ? malloc(2 * a->n_params * sizeof(float)) : NULL;
+    if (!h || !e || !names || (a->init0 && (!h0 || !cv))) {
+        free(h); free(e); free(names); free(h0); free(cv);
+        return lt_fail(err, LT_ERR_NOMEM, "out of memory");
+    }
+    if (h0) a->model->be->ops->download(a->model->be, h0, a->init0, a->n_params * sizeof(float));
+    float *cvp = cv;
     lt_module mods[P_COUNT];
     const int n_mods = lt_model_modules(&a->model->cfg, mods);
     for (int l = 0; l < L; l++)
@@ -320,6 +367,23 @@ static lt_status adapter_save(lt_adapter *a, const char *dir, lt_error *err) {
                 e[n].shape[0] = k ? o : a->p.rank;
                 e[n].shape[1] = k ? a->p.rank : in;
                 e[n].data = h + ((k ? lo->B : lo->A) - a->params);
+                if (h0) {
+                    const int r = a->p.rank;
+                    const float *t = e[n].data, *t0 = h0 + ((k ? lo->B : lo->A) - a->params);
+                    if (!k) { /* rows: A then A0 */
+                        memcpy(cvp, t, (size_t)r * in * sizeof(float));
+                        memcpy(cvp + (size_t)r * in, t0, (size_t)r * in * sizeof(float));
+                    } else { /* columns: B then -B0 */
+                        for (int i = 0; i < o; i++)
+                            for (int j = 0; j < r; j++) {
+                                cvp[(size_t)i * 2 * r + j] = t[(size_t)i * r + j];
+                                cvp[(size_t)i * 2 * r + r + j] = -t0[(size_t)i * r + j];
+                            }
+                    }
+                    e[n].shape[k ? 1 : 0] = 2 * r;
+                    e[n].data = cvp;
+                    cvp += (size_t)2 * r * (k ? o : in);
+                }
                 n++;
             }
             if (lo->mag) { /* DoRA: PEFT's key has no ".weight" */
@@ -337,7 +401,7 @@ static lt_status adapter_save(lt_adapter *a, const char *dir, lt_error *err) {
     lt_path_join(path, sizeof path, dir, "adapter_model.safetensors");
     static const char *const meta[] = {"format", "pt", NULL};
     st = lt_st_write(path, e, n, meta, err);
-    free(h); free(e); free(names);
+    free(h); free(e); free(names); free(h0); free(cv);
     if (st != LT_OK) return st;
     return write_adapter_config(a, dir, err);
 }
@@ -465,7 +529,48 @@ static lt_status read_adapter_config(const char *dir, const lt_model *m, lt_adap
     st = parse_targets(v, m, &p->targets, path, err);
     v = json_object_get(o, "init_lora_weights");
     if (v && json_is_string(v) && !strcmp(json_string_value(v), "gaussian")) p->init = LT_INIT_GAUSSIAN;
+    /* PEFT's unconverted PiSSA / OLoRA save: its from_pretrained redoes the decomposition on the base (the base
+     * becomes W - s B0 A0) and then loads A, B; lt_adapter_load does the same with A0, B0 frozen */
+    if (v && json_is_string(v) && !strcmp(json_string_value(v), "pissa")) p->init = LT_INIT_PISSA;
+    if (v && json_is_string(v) && !strcmp(json_string_value(v), "olora")) p->init = LT_INIT_OLORA;
+    if (st == LT_OK && v && json_is_string(v) && !strncmp(json_string_value(v), "pissa_niter_", 12))
+        st = lt_fail(err, LT_ERR_UNSUPPORTED, "%s: init_lora_weights \"%s\" (PiSSA with a randomized SVD) is not "
+                     "supported: its A0, B0 cannot be reproduced; save the adapter with PEFT's "
+                     "path_initial_model_for_weight_conversion instead", path, json_string_value(v));
 out:
+    json_decref(o);
+    return st;
+}
+
+/* loratune_init.json next to a converted PiSSA / OLoRA adapter (written by adapter_save): the file holds
+ * A' = [A; A0], B' = [B, -B0] of rank 2r; p becomes the trainable adapter's params (rank r, its alpha,
+ * its init). Without the sidecar the directory is a plain LoRA and p is left alone. */
+static lt_status read_init_sidecar(const char *dir, lt_adapter_params *p, int *converted, lt_error *err) {
+    char path[4200];
+    *converted = 0;
+    lt_path_join(path, sizeof path, dir, INIT_SIDECAR);
+    FILE *f = fopen(path, "r");
+    if (!f) return LT_OK;
+    fclose(f);
+    json_error_t je;
+    json_t *o = json_load_file(path, 0, &je);
+    if (!o) return lt_fail(err, LT_ERR_JSON, "%s:%d: %s", path, je.line, je.text);
+    json_t *init = json_object_get(o, "init_lora_weights"), *r = json_object_get(o, "r");
+    json_t *alpha = json_object_get(o, "lora_alpha");
+    const char *is = json_is_string(init) ? json_string_value(init) : "";
+    lt_status st = LT_OK;
+    if (strcmp(is, "pissa") && strcmp(is, "olora"))
+        st = lt_fail(err, LT_ERR_FORMAT, "%s: init_lora_weights must be \"pissa\" or \"olora\"", path);
+    else if (!json_is_integer(r) || 2 * json_integer_value(r) != p->rank)
+        st = lt_fail(err, LT_ERR_FORMAT, "%s: \"r\" must be half of adapter_config.json's r (%d)", path, p->rank);
+    else if (!json_is_number(alpha) || !(json_number_value(alpha) > 0))
+        st = lt_fail(err, LT_ERR_FORMAT, "%s: \"lora_alpha\" must be a positive number", path);
+    if (st == LT_OK) {
+        p->rank = (int)json_integer_value(r);
+        p->alpha = (float)json_number_value(alpha);
+        p->init = strcmp(is, "pissa") ? LT_INIT_OLORA : LT_INIT_PISSA;
+        *converted = 1;
+    }
     json_decref(o);
     return st;
 }
@@ -478,7 +583,10 @@ LT_API lt_status lt_adapter_load(lt_model *m, const char *dir, lt_adapter **out)
     if (!m || !dir) return lt_fail(err, LT_ERR_ARGUMENT, "lt_adapter_load: model and dir must not be NULL");
     lt_adapter_params p;
     lt_status st = read_adapter_config(dir, m, &p, err);
+    int converted = 0; /* PiSSA / OLoRA saved by us: [A; A0], [B, -B0] of rank 2r */
+    if (st == LT_OK) st = read_init_sidecar(dir, &p, &converted, err);
     if (st != LT_OK) return st;
+    const int file_rank = converted ? 2 * p.rank : p.rank;
     char path[4200];
     lt_path_join(path, sizeof path, dir, "adapter_model.safetensors");
     lt_st_file *f = NULL;
@@ -498,8 +606,13 @@ LT_API lt_status lt_adapter_load(lt_model *m, const char *dir, lt_adapter **out)
     lt_adapter *a = NULL;
     if ((st = lt_adapter_alloc(m, &p, &a, err)) != LT_OK) { lt_st_close(f); return st; }
     const int L = (int)m->cfg.num_hidden_layers;
-    float *host = malloc(a->n_params * sizeof(float));
+    float *host = malloc(a->n_params * sizeof(float)), *host0 = NULL, *cvt = NULL;
     if (!host) { st = lt_fail(err, LT_ERR_NOMEM, "out of memory"); goto fail; }
+    if (converted && (!(host0 = malloc(a->n_params * sizeof(float))) || !(cvt = malloc(2 * a->n_params * sizeof(float))))) {
+        st = lt_fail(err, LT_ERR_NOMEM, "out of memory");
+        goto fail;
+    }
+    if (a->init0 && !converted && (st = lt_lora_decompose_init(a, err)) != LT_OK) goto fail; /* PEFT's unconverted save */
     /* every key in the file must be one we expect ... */
     lt_module mods[P_COUNT];
     const int n_mods = lt_model_modules(&m->cfg, mods);
@@ -540,31 +653,47 @@ LT_API lt_status lt_adapter_load(lt_model *m, const char *dir, lt_adapter **out)
                     st = lt_fail(err, LT_ERR_SHAPE, "%s: tensor \"%s\" must have shape [%d]", path, key, o);
                     goto fail;
                 }
-                int64_t d0 = k ? o : p.rank, d1 = k ? p.rank : in;
+                int64_t d0 = k ? o : file_rank, d1 = k ? file_rank : in;
                 if (k < 2 && (t->ndim != 2 || t->shape[0] != d0 || t->shape[1] != d1)) {
                     st = lt_fail(err, LT_ERR_SHAPE, "%s: tensor \"%s\" has shape [%lld, %lld], expected [%lld, %lld] "
                                  "(r = %d in adapter_config.json; an adapter for another model?)", path, key,
                                  (long long)t->shape[0], (long long)(t->ndim > 1 ? t->shape[1] : -1),
-                                 (long long)d0, (long long)d1, p.rank);
+                                 (long long)d0, (long long)d1, file_rank);
                     goto fail;
                 }
                 float *dst = host + ((k == 2 ? lo->mag : k ? lo->B : lo->A) - a->params);
-                if (lt_convert_to_f32(dst, t->data, t->dtype, (size_t)t->numel) != 0) {
+                if (lt_convert_to_f32(host0 ? cvt : dst, t->data, t->dtype, (size_t)t->numel) != 0) {
                     st = lt_fail(err, LT_ERR_DTYPE, "%s: tensor \"%s\" has dtype %s (need F32, F16 or BF16)", path,
                                  key, lt_dtype_name(t->dtype));
                     goto fail;
+                }
+                if (host0) { /* split [A; A0] by rows, [B, -B0] by columns */
+                    const int r = p.rank;
+                    float *dst0 = host0 + (dst - host);
+                    if (!k) {
+                        memcpy(dst, cvt, (size_t)r * in * sizeof(float));
+                        memcpy(dst0, cvt + (size_t)r * in, (size_t)r * in * sizeof(float));
+                    } else {
+                        for (int i = 0; i < o; i++)
+                            for (int j = 0; j < r; j++) {
+                                dst[(size_t)i * r + j] = cvt[(size_t)i * 2 * r + j];
+                                dst0[(size_t)i * r + j] = -cvt[(size_t)i * 2 * r + r + j];
+                            }
+                    }
                 }
             }
         }
     for (size_t i = 0; i < a->n_params; i++)
         if (!isfinite(host[i])) { st = lt_fail(err, LT_ERR_NUMERIC, "%s: the adapter contains NaN or Inf", path); goto fail; }
     m->be->ops->upload(m->be, a->params, host, a->n_params * sizeof(float));
-    free(host);
+    if (host0) m->be->ops->upload(m->be, a->init0, host0, a->n_params * sizeof(float));
+    if ((st = m->be->ops->sync(m->be)) != LT_OK) goto fail;
+    free(host); free(host0); free(cvt);
     lt_st_close(f);
     *out = a;
     return LT_OK;
 fail:
-    free(host);
+    free(host); free(host0); free(cvt);
     lt_st_close(f);
     lt_adapter_free(a);
     return st;
@@ -670,6 +799,9 @@ static lt_status merge_sign(lt_adapter *a, float sign) {
             if (st != LT_OK) return st;
             m->be->ops->gemm(m->be, 0, 0, o, in, a->p.rank, sign * a->scaling, lo->B, a->p.rank, lo->A, in,
                              1.0f, m->layers[l].w[q].f32, in);
+            if (lo->B0) /* PiSSA / OLoRA: the delta is s (B A - B0 A0) */
+                m->be->ops->gemm(m->be, 0, 0, o, in, a->p.rank, -sign * a->scaling, lo->B0, a->p.rank, lo->A0, in,
+                                 1.0f, m->layers[l].w[q].f32, in);
         }
     return m->be->ops->sync(m->be);
 }
@@ -782,6 +914,17 @@ lt_status lt_model_export(lt_model *m, const lt_adapter *a, const char *dir, uin
                             float *Wi = W + (size_t)i * in;
                             for (int j = 0; j < in; j++) Wi[j] += bik * Ak[j];
                         }
+                    if (lo->B0) { /* PiSSA / OLoRA: W += s (B A - B0 A0) */
+                        m->be->ops->download(m->be, A, lo->A0, (size_t)a->p.rank * in * sizeof(float));
+                        m->be->ops->download(m->be, B, lo->B0, (size_t)o * a->p.rank * sizeof(float));
+                        for (int i = 0; i < o; i++)
+                            for (int r = 0; r < a->p.rank; r++) {
+                                float bik = a->scaling * B[(size_t)i * a->p.rank + r];
+                                const float *Ak = A + (size_t)r * in;
+                                float *Wi = W + (size_t)i * in;
+                                for (int j = 0; j < in; j++) Wi[j] -= bik * Ak[j];
+                            }
+                    }
                     if (lo->mag) { /* DoRA: rows times m / ||W + s B A|| */
                         float *mg = malloc((size_t)o * sizeof(float));
                         if (!mg) { free(A); free(B); st = lt_fail(err, LT_ERR_NOMEM, "out of memory"); goto out; }

@@ -232,6 +232,10 @@ void lt_linear_forward(lt_model *m, lt_workspace *ws, const lt_adapter *ad, cons
     lt_weight_forward(m, ws ? ws->wtile : NULL, W, y, x, N, in, out, 0.0f);
     if (!lo) return;
     const int r = ad->p.rank;
+    if (lo->B0) { /* PiSSA / OLoRA: PEFT's residual base W - s B0 A0 (on x, not dropout(x)); xa as scratch */
+        OPS->gemm(BE, 0, 1, N, r, in, 1.0f, x, in, lo->A0, in, 0.0f, xa, r);
+        OPS->gemm(BE, 0, 1, N, out, r, -ad->scaling, xa, r, lo->B0, r, 1.0f, y, out);
+    }
     const float *xd = x;
     if (drop && drop->p > 0) {
         OPS->dropout(BE, ws->drop, x, (size_t)N * in, drop->p, drop->seed, drop_stream);
@@ -262,6 +266,10 @@ static void linear_backward(lt_model *m, lt_workspace *ws, const lt_adapter *ad,
     } else {
         OPS->gemm(BE, 0, 0, N, in, r, s, ws->dr, r, lo->A, in, 1.0f, dx, in);           /* dx += s dr A */
         OPS->gemm(BE, 1, 0, r, in, N, s, ws->dr, r, x, in, 1.0f, lo->dA, in);           /* dA        */
+    }
+    if (lo->B0) { /* PiSSA / OLoRA: dx -= s (dy B0) A0 (the frozen part of the residual base) */
+        OPS->gemm(BE, 0, 0, N, r, out, 1.0f, dy, out, lo->B0, r, 0.0f, ws->dr, r);
+        OPS->gemm(BE, 0, 0, N, in, r, -s, ws->dr, r, lo->A0, in, 1.0f, dx, in);
     }
 }
 

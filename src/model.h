@@ -128,6 +128,9 @@ typedef struct lt_lora {
     /* DoRA (NULL otherwise): magnitude (out) in params, its gradient in grads; g = m / ||W + s B A||_row
      * and inv_n = 1 / ||W + s B A||_row (out each, the adapter's scratch) set by each forward */
     float *mag, *dmag, *dora_g, *dora_inv_n;
+    /* PiSSA / OLoRA (NULL otherwise): the frozen initial A0 (r, in), B0 (out, r) in adapter->init0; the
+     * projection is x W^T + s (x A^T) B^T - s (x A0^T) B0^T, PEFT's residual base without rewriting W */
+    float *A0, *B0;
 } lt_lora;
 
 struct lt_adapter {
@@ -144,6 +147,7 @@ struct lt_adapter {
      * largest one (device); the row factors applied by a merge, to undo it (host) */
     float *dora_gn, *dora_w;
     float *dora_merge_g;
+    float *init0;         /* PiSSA / OLoRA: A0 and B0 at the offsets of A and B in params (device); NULL otherwise */
 };
 
 static inline lt_lora *lt_adapter_lora(const lt_adapter *a, int layer, lt_proj p) {
@@ -153,6 +157,10 @@ static inline lt_lora *lt_adapter_lora(const lt_adapter *a, int layer, lt_proj p
 
 /* DoRA: g and inv_n of one projection (lo->dora_g, lo->dora_inv_n) for the current A, B, m. */
 void lt_dora_prepare(lt_model *m, const lt_adapter *ad, int layer, lt_proj p);
+
+/* PiSSA / OLoRA (src/lora_init.c): decompose every targeted module's base weight and set A = A0, B = B0. */
+lt_status lt_lora_decompose_init(lt_adapter *a, lt_error *err);
+static inline int lt_init_is_decomposed(lt_lora_init init) { return init == LT_INIT_PISSA || init == LT_INIT_OLORA; }
 
 /* Create the adapter tensors (zeros) for the given params; used by create and load. */
 lt_status lt_adapter_alloc(lt_model *model, const lt_adapter_params *p, lt_adapter **out, lt_error *err);

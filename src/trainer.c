@@ -274,7 +274,8 @@ LT_API lt_status lt_trainer_load_checkpoint(lt_trainer *t, const char *dir) {
     lt_status st = lt_adapter_load(t->model, dir, &tmp);
     if (st != LT_OK) return lt_fail(&t->err, st, "%s", lt_last_error());
     lt_adapter *a = t->adapter;
-    if (tmp->p.rank != a->p.rank || tmp->p.targets != a->p.targets || tmp->n_params != a->n_params) {
+    if (tmp->p.rank != a->p.rank || tmp->p.targets != a->p.targets || tmp->n_params != a->n_params ||
+        !tmp->init0 != !a->init0) { /* PiSSA / OLoRA: both or neither */
         lt_adapter_free(tmp);
         return lt_fail(&t->err, LT_ERR_SHAPE, "%s: the checkpoint's adapter (r=%d) does not match the trainer's (r=%d)",
                        dir, tmp->p.rank, a->p.rank);
@@ -292,6 +293,7 @@ LT_API lt_status lt_trainer_load_checkpoint(lt_trainer *t, const char *dir) {
     lt_backend *be = t->model->be;
     const size_t bytes = a->n_params * sizeof(float);
     be->ops->copy(be, a->params, tmp->params, bytes);
+    if (a->init0) be->ops->copy(be, a->init0, tmp->init0, bytes); /* PiSSA / OLoRA: the frozen A0, B0 */
     lt_optimizer_copy_state(t->opt, o);
     be->ops->zero(be, a->grads, bytes);
     t->micro_total = micro_total;

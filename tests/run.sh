@@ -59,6 +59,9 @@ if [ -f tests/python/crosscheck_train.py ]; then
   stage "$py" tests/python/crosscheck_train.py --cli build/loratune --workdir build/crosscheck-train
 fi
 
+echo "== PiSSA / OLoRA initialisation against PEFT (Llama, Qwen2, Phi-3 fused; init, 3 AdamW steps, conversion, resume)"
+stage "$py" tests/python/crosscheck_pissa.py --lib build/libloratune.so.0 --workdir build/crosscheck-pissa
+
 echo "== preference objectives against PyTorch + TRL (DPO, IPO, KTO, ORPO; N-step DPO training)"
 stage "$py" tests/python/crosscheck_pref.py --cli build/loratune --workdir build/crosscheck-pref
 echo "== GRPO step against PyTorch (TRL's loss on the library's own completions)"

@@ -24,7 +24,7 @@ static const opt_spec train_spec[] = {
 static void train_usage(void) {
     printf("usage: loratune train --model DIR --data FILE.jsonl --out DIR [options]\n"
            "  adapter:   --rank R (16) --alpha A (2R) --dropout P (0) --targets q_proj,k_proj,... (all 7)\n"
-           "             --rslora --init default|gaussian --adapter-init DIR (start from a PEFT adapter)\n"
+           "             --rslora --init default|gaussian|pissa|olora --adapter-init DIR (start from a PEFT adapter)\n"
            "  optimizer: --optimizer adamw|adamw8bit|sgd --lr LR (2e-4) --weight-decay W (0) --max-grad-norm C (1, 0=off)\n"
            "             --scheduler constant|linear|cosine --warmup N | --warmup-ratio F\n"
            "  length:    --steps N | --epochs E (1)   --batch B (4) --grad-accum K (1) --seq T (512) --pack\n"
@@ -269,7 +269,9 @@ int cmd_train(int argc, char **argv) {
         ap.seed = (uint64_t)seed;
         const char *init = opt_str(&o, "init", "default");
         if (!strcmp(init, "gaussian")) ap.init = LT_INIT_GAUSSIAN;
-        else if (strcmp(init, "default")) { rc = fail("train", "--init must be default or gaussian"); goto done; }
+        else if (!strcmp(init, "pissa")) ap.init = LT_INIT_PISSA;
+        else if (!strcmp(init, "olora")) ap.init = LT_INIT_OLORA;
+        else if (strcmp(init, "default")) { rc = fail("train", "--init must be default, gaussian, pissa or olora"); goto done; }
         if (parse_targets(opt_str(&o, "targets", "all"), &ap.targets)) {
             rc = fail("train", "--targets: expected a comma-separated list of q_proj,k_proj,v_proj,o_proj,gate_proj,"
                                "up_proj,down_proj (Phi-3: qkv_proj,o_proj,gate_up_proj,down_proj)");

@@ -62,6 +62,8 @@ class LogLevel(_NamedEnum):
 class LoraInit(_NamedEnum):
     DEFAULT = 0   # kaiming-uniform A, zero B
     GAUSSIAN = 1
+    PISSA = 2     # SVD of the base weight (PEFT init_lora_weights="pissa")
+    OLORA = 3     # QR of the base weight (PEFT init_lora_weights="olora")
 
 
 class OptimizerKind(_NamedEnum):

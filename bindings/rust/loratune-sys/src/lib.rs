@@ -185,6 +185,8 @@ pub const LT_TARGET_ALL: c_uint = 0x7f;
 pub type lt_lora_init = c_int;
 pub const LT_INIT_DEFAULT: lt_lora_init = 0;
 pub const LT_INIT_GAUSSIAN: lt_lora_init = 1;
+pub const LT_INIT_PISSA: lt_lora_init = 2;
+pub const LT_INIT_OLORA: lt_lora_init = 3;
 
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]

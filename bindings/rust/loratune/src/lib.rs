@@ -263,8 +263,9 @@ c_enum!(
     LogLevel { Debug = sys::LT_LOG_DEBUG, Info = sys::LT_LOG_INFO, Warn = sys::LT_LOG_WARN, Error = sys::LT_LOG_ERROR }
 );
 c_enum!(
-    /// `lt_lora_init`: kaiming-uniform A and zero B (Default), or Gaussian A.
-    LoraInit { Default = sys::LT_INIT_DEFAULT, Gaussian = sys::LT_INIT_GAUSSIAN }
+    /// `lt_lora_init`: kaiming-uniform A and zero B (Default), Gaussian A, or PiSSA / OLoRA (A and B from
+    /// an SVD / QR of the base weight).
+    LoraInit { Default = sys::LT_INIT_DEFAULT, Gaussian = sys::LT_INIT_GAUSSIAN, Pissa = sys::LT_INIT_PISSA, Olora = sys::LT_INIT_OLORA }
 );
 c_enum!(
     /// `lt_optimizer_kind`

@@ -1,0 +1,386 @@
+/*
+ * test_pissa.c - PiSSA / OLoRA initialisation (LT_INIT_PISSA, LT_INIT_OLORA): the adapter is the identity
+ * at init, merge / export / save / load of the frozen-initial-factor form, finite differences through
+ * the frozen term (with dropout), an NF4 base equals the f32 model of its dequantized weights, the CLI
+ * (--init, resume from a checkpoint bit for bit) and the refusals. PEFT itself is the oracle of
+ * tests/python/crosscheck_pissa.py.
+ */
+#include "test_util.h"
+#include "model.h"
+#include "loratune_experimental.h"
+#include "quant.h"
+
+static lt_model *load_model(lt_context *ctx, const char *name, const lt_model_params *mp) {
+    char dir[1024];
+    snprintf(dir, sizeof dir, "%s/models/%s", LT_TEST_DATA_DIR, name);
+    lt_model *m = NULL;
+    ck_assert_msg(lt_model_load(ctx, dir, mp, &m) == LT_OK, "%s: %s", dir, lt_last_error());
+    return m;
+}
+
+static lt_adapter *make(lt_model *m, lt_lora_init init, int rank, float alpha, float dropout, int rslora) {
+    lt_adapter_params ap;
+    lt_adapter_params_init(&ap, sizeof ap);
+    ap.rank = rank;
+    ap.alpha = alpha;
+    ap.dropout = dropout;
+    ap.use_rslora = rslora;
+    ap.init = init;
+    lt_adapter *a = NULL;
+    ck_assert_msg(lt_adapter_create(m, &ap, &a) == LT_OK, "%s", lt_last_error());
+    return a;
+}
+
+static float *host_copy(const lt_adapter *a, const float *dev) {
+    float *h = malloc(a->n_params * sizeof *h);
+    a->model->be->ops->download(a->model->be, h, dev, a->n_params * sizeof *h);
+    return h;
+}
+
+/* as if trained: every A and B moved by a deterministic pseudo-random amount */
+static void perturb(lt_adapter *a, double amp) {
+    float *h = host_copy(a, a->params);
+    uint64_t s = 12345;
+    for (size_t i = 0; i < a->n_params; i++) {
+        s = s * 6364136223846793005ull + 1442695040888963407ull;
+        h[i] += (float)(((double)(s >> 40) / 16777216.0 - 0.5) * amp);
+    }
+    a->model->be->ops->upload(a->model->be, a->params, h, a->n_params * sizeof *h);
+    free(h);
+}
+
+static void fill_ids(int32_t *ids, int n, int V, uint64_t seed) {
+    for (int i = 0; i < n; i++) {
+        seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+        ids[i] = (int32_t)((seed >> 33) % (uint64_t)V);
+    }
+}
+
+static void rm_rf(const char *dir) {
+    char cmd[700];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    ck_assert_int_eq(system(cmd), 0);
+}
+
+/* ---- identity at init; merge, export, save / load (with and without the sidecar) ------------------ */
+
+static const struct { const char *model; lt_lora_init init; int rslora; } cases[] = {
+    {"llama-gqa", LT_INIT_PISSA, 0}, {"llama-tied", LT_INIT_OLORA, 1}, {"phi3", LT_INIT_PISSA, 1}, {"phi3", LT_INIT_OLORA, 0},
+};
+
+START_TEST(test_identity_merge_save_load) {
+    lt_context *ctx = tu_context();
+    lt_model *m = load_model(ctx, cases[_i].model, NULL);
+    lt_adapter *a = make(m, cases[_i].init, 4, 8, 0, cases[_i].rslora);
+    const int T = 10, V = (int)m->cfg.vocab_size;
+    int32_t ids[20];
+    fill_ids(ids, 20, V, 5);
+    lt_batch b;
+    lt_batch_init(&b, sizeof b);
+    b.n_rows = 2; b.seq_len = T; b.input_ids = ids;
+    size_t n = (size_t)2 * T * V;
+    float *base = malloc(n * 4), *with = malloc(n * 4), *got = malloc(n * 4);
+    ck_assert_int_eq(lt_model_logits(m, NULL, &b, base, n), LT_OK);
+    ck_assert_int_eq(lt_model_logits(m, a, &b, with, n), LT_OK);
+    /* A = A0, B = B0: the adapter is the identity (up to the rounding of x W^T - t + t) */
+    ck_assert_msg(tu_max_rel_err(with, base, n) <= 1e-5, "init is not the identity: %g", tu_max_rel_err(with, base, n));
+    /* the trainable factors are not zero (unlike the default init) */
+    float *hp = host_copy(a, a->params), *h0 = host_copy(a, a->init0);
+    ck_assert_int_eq(memcmp(hp, h0, a->n_params * 4), 0);
+    double mx = 0;
+    for (size_t i = 0; i < a->n_params; i++) mx = fmax(mx, fabs(hp[i]));
+    ck_assert_msg(mx > 1e-2, "PiSSA/OLoRA factors are ~0 (%g)", mx);
+    free(hp); free(h0);
+
+    perturb(a, 0.05);
+    ck_assert_int_eq(lt_model_logits(m, a, &b, with, n), LT_OK);
+    ck_assert_msg(tu_max_rel_err(with, base, n) > 1e-3, "the perturbed adapter should change the logits");
+
+    char tmp[512], dir[700];
+    tu_tempdir(tmp, sizeof tmp);
+    /* merged export: W + s (B A - B0 A0) */
+    snprintf(dir, sizeof dir, "%s/merged", tmp);
+    ck_assert_msg(lt_adapter_export_merged(a, dir, 0) == LT_OK, "%s", lt_adapter_last_error(a));
+    lt_model *mm = NULL;
+    ck_assert_int_eq(lt_model_load(ctx, dir, NULL, &mm), LT_OK);
+    ck_assert_int_eq(lt_model_logits(mm, NULL, &b, got, n), LT_OK);
+    ck_assert_msg(tu_max_rel_err(got, with, n) <= 1e-5, "exported model differs: %g", tu_max_rel_err(got, with, n));
+    lt_model_free(mm);
+    /* merge in place and back */
+    ck_assert_int_eq(lt_adapter_merge(a), LT_OK);
+    ck_assert_int_eq(lt_model_logits(m, NULL, &b, got, n), LT_OK);
+    ck_assert_msg(tu_max_rel_err(got, with, n) <= 1e-5, "merged logits differ: %g", tu_max_rel_err(got, with, n));
+    ck_assert_int_eq(lt_adapter_unmerge(a), LT_OK);
+    ck_assert_int_eq(lt_model_logits(m, NULL, &b, got, n), LT_OK);
+    ck_assert_msg(tu_max_rel_err(got, base, n) <= 1e-5, "unmerge did not restore the base: %g", tu_max_rel_err(got, base, n));
+
+    /* save + load: the same trainable / frozen split, bit for bit */
+    snprintf(dir, sizeof dir, "%s/adapter", tmp);
+    ck_assert_int_eq(lt_adapter_save(a, dir), LT_OK);
+    lt_adapter *c = NULL;
+    ck_assert_msg(lt_adapter_load(m, dir, &c) == LT_OK, "%s", lt_last_error());
+    lt_adapter_params pc = {.size = sizeof pc};
+    lt_adapter_get_params(c, &pc);
+    ck_assert_int_eq(pc.rank, 4);
+    ck_assert_int_eq(pc.init, cases[_i].init);
+    ck_assert_int_eq(pc.use_rslora, cases[_i].rslora);
+    ck_assert(pc.alpha == 8.0f);
+    ck_assert_uint_eq(c->n_params, a->n_params);
+    ck_assert_int_eq(lt_adapter_n_params(c), lt_adapter_n_params(a));
+    float *pa = host_copy(a, a->params), *pb = host_copy(c, c->params);
+    float *qa = host_copy(a, a->init0), *qb = host_copy(c, c->init0);
+    ck_assert_int_eq(memcmp(pa, pb, a->n_params * 4), 0);
+    ck_assert_int_eq(memcmp(qa, qb, a->n_params * 4), 0);
+    free(pa); free(pb); free(qa); free(qb);
+    lt_adapter_free(c);
+    /* without the sidecar the directory is a plain rank-2r LoRA with the same function */
+    char side[800];
+    snprintf(side, sizeof side, "%s/loratune_init.json", dir);
+    ck_assert_int_eq(remove(side), 0);
+    ck_assert_msg(lt_adapter_load(m, dir, &c) == LT_OK, "%s", lt_last_error());
+    lt_adapter_get_params(c, &pc);
+    ck_assert_int_eq(pc.rank, 8);
+    ck_assert_int_eq(pc.init, LT_INIT_DEFAULT);
+    ck_assert_ptr_null(c->init0);
+    ck_assert_int_eq(lt_model_logits(m, c, &b, got, n), LT_OK);
+    ck_assert_msg(tu_max_rel_err(got, with, n) <= 1e-5, "the rank-2r LoRA differs: %g", tu_max_rel_err(got, with, n));
+    /* saving that plain adapter into a directory with a stale sidecar removes the sidecar */
+    ck_assert_int_eq(lt_adapter_save(a, dir), LT_OK);
+    lt_adapter_free(c);
+    ck_assert_int_eq(lt_adapter_load(m, dir, &c), LT_OK);
+    lt_adapter_free(c);
+    /* a sidecar that does not fit the config is refused */
+    tu_write_text(side, "{\"format\": \"libloratune-init-1\", \"init_lora_weights\": \"pissa\", \"r\": 3, \"lora_alpha\": 8}");
+    ck_assert_int_eq(lt_adapter_load(m, dir, &c), LT_ERR_FORMAT);
+    ck_assert_ptr_nonnull(strstr(lt_last_error(), "half"));
+    rm_rf(tmp);
+    free(base); free(with); free(got);
+    lt_adapter_free(a);
+    lt_model_free(m);
+    lt_context_free(ctx);
+}
+END_TEST
+
+/* ---- gradients through the frozen term ----------------------------------------------------------- */
+
+static double loss_and_grads(lt_model *m, lt_adapter *a, const lt_batch *b, const lt_dropout_state *drop, float gs) {
+    lt_workspace *ws = NULL;
+    lt_error err;
+    ck_assert_int_eq(lt_workspace_create(m, b->n_rows, b->seq_len, a->p.rank, LT_WS_CHECKPOINT, &ws, &err), LT_OK);
+    int64_t nv;
+    ck_assert_msg(lt_stage_batch(m, ws, b, &nv, &err) == LT_OK, "%s", err.msg);
+    m->be->ops->zero(m->be, a->grads, a->n_params * sizeof(float));
+    double loss;
+    ck_assert_msg(lt_forward_backward(m, a, ws, drop, gs, &loss, NULL, &err) == LT_OK, "%s", err.msg);
+    lt_workspace_free(ws);
+    return loss;
+}
+
+/* central differences of the summed loss against the analytic gradient of A and B (A0, B0 fixed); the
+ * second layer's frozen term carries the first layer's gradient (dx), and dropout only masks the
+ * trainable path */
+START_TEST(test_finite_differences) {
+    const float dropout = _i ? 0.3f : 0.0f;
+    lt_context *ctx = tu_context();
+    lt_model *m = load_model(ctx, "llama-gqa", NULL);
+    lt_adapter *a = make(m, _i ? LT_INIT_OLORA : LT_INIT_PISSA, 4, 8, dropout, 0);
+    perturb(a, 0.1);
+    const int B = 2, T = 9, V = (int)m->cfg.vocab_size;
+    int32_t ids[18];
+    fill_ids(ids, B * T, V, 3);
+    lt_batch b;
+    lt_batch_init(&b, sizeof b);
+    b.n_rows = B; b.seq_len = T; b.input_ids = ids; b.labels = ids;
+    lt_dropout_state drop = {dropout, 77};
+    loss_and_grads(m, a, &b, &drop, 1.0f);
+    float *g = host_copy(a, a->grads), *p = host_copy(a, a->params);
+    int checked = 0;
+    for (size_t k = 0; k < 24; k++) {
+        size_t i = (k * 7919 * 13 + 17) % a->n_params;
+        const double h = 1e-2;
+        float orig = p[i];
+        p[i] = orig + (float)h;
+        m->be->ops->upload(m->be, a->params, p, a->n_params * sizeof *p);
+        double lp = loss_and_grads(m, a, &b, &drop, 0.0f);
+        p[i] = orig - (float)h;
+        m->be->ops->upload(m->be, a->params, p, a->n_params * sizeof *p);
+        double lm = loss_and_grads(m, a, &b, &drop, 0.0f);
+        p[i] = orig;
+        m->be->ops->upload(m->be, a->params, p, a->n_params * sizeof *p);
+        double fd = (lp - lm) / (2 * h);
+        ck_assert_msg(fabs(fd - g[i]) <= 2e-2 * fabs(fd) + 2e-3, "param %zu: analytic %.6g vs finite difference %.6g",
+                      i, g[i], fd);
+        checked += fabs(fd) > 1e-3;
+    }
+    ck_assert_msg(checked >= 8, "too few probes with a visible gradient (%d)", checked);
+    free(g); free(p);
+    lt_adapter_free(a);
+    lt_model_free(m);
+    lt_context_free(ctx);
+}
+END_TEST
+
+/* ---- NF4 base: the decomposition of the dequantized weights ---------------------------------------- */
+
+START_TEST(test_nf4_equals_f32_of_dequantized) {
+    lt_context *ctx = tu_context();
+    lt_model_params mp;
+    lt_model_params_init(&mp, sizeof mp);
+    mp.quantization = LT_QUANT_NF4;
+    mp.double_quant = 1;
+    lt_model *mq = load_model(ctx, "llama-gqa", &mp);
+    char tmp[512], path[600];
+    tu_tempdir(tmp, sizeof tmp);
+    snprintf(path, sizeof path, "%s/deq", tmp);
+    ck_assert_int_eq(lt_model_save(mq, path), LT_OK); /* the f32 model of the dequantized weights */
+    lt_model *mf = NULL;
+    ck_assert_int_eq(lt_model_load(ctx, path, NULL, &mf), LT_OK);
+    for (int k = 0; k < 2; k++) {
+        lt_lora_init init = k ? LT_INIT_OLORA : LT_INIT_PISSA;
+        lt_adapter *aq = make(mq, init, 4, 8, 0, 0), *af = make(mf, init, 4, 8, 0, 0);
+        float *hq = host_copy(aq, aq->params), *hf = host_copy(af, af->params);
+        ck_assert_msg(tu_max_rel_err(hq, hf, aq->n_params) <= 1e-6, "init %d: factors differ by %g", k,
+                      tu_max_rel_err(hq, hf, aq->n_params));
+        free(hq); free(hf);
+        perturb(aq, 0.05);
+        perturb(af, 0.05);
+        const int B = 2, T = 9, V = (int)mq->cfg.vocab_size;
+        int32_t ids[18];
+        fill_ids(ids, B * T, V, 11);
+        lt_batch b;
+        lt_batch_init(&b, sizeof b);
+        b.n_rows = B; b.seq_len = T; b.input_ids = ids; b.labels = ids;
+        double lq = loss_and_grads(mq, aq, &b, NULL, 1.0f), lf = loss_and_grads(mf, af, &b, NULL, 1.0f);
+        ck_assert_msg(fabs(lq - lf) <= 1e-5 * fabs(lf), "init %d: loss %.9g vs %.9g", k, lq, lf);
+        float *gq = host_copy(aq, aq->grads), *gf = host_copy(af, af->grads);
+        ck_assert_msg(tu_max_rel_err(gq, gf, aq->n_params) <= 1e-4, "init %d: grads differ by %g", k,
+                      tu_max_rel_err(gq, gf, aq->n_params));
+        free(gq); free(gf);
+        /* merged export from the quantized base = from the f32 twin */
+        char e1[700], e2[700];
+        snprintf(e1, sizeof e1, "%s/mq%d", tmp, k);
+        snprintf(e2, sizeof e2, "%s/mf%d", tmp, k);
+        ck_assert_int_eq(lt_adapter_export_merged(aq, e1, 0), LT_OK);
+        ck_assert_int_eq(lt_adapter_export_merged(af, e2, 0), LT_OK);
+        lt_model *m1, *m2;
+        ck_assert_int_eq(lt_model_load(ctx, e1, NULL, &m1), LT_OK);
+        ck_assert_int_eq(lt_model_load(ctx, e2, NULL, &m2), LT_OK);
+        size_t nw = (size_t)m1->cfg.intermediate_size * m1->cfg.hidden_size;
+        ck_assert_mem_eq(m1->layers[1].w[P_DOWN].f32, m2->layers[1].w[P_DOWN].f32, nw * 4);
+        lt_model_free(m1);
+        lt_model_free(m2);
+        lt_adapter_free(aq);
+        lt_adapter_free(af);
+    }
+    lt_model_free(mq);
+    lt_model_free(mf);
+    rm_rf(tmp);
+    lt_context_free(ctx);
+}
+END_TEST
+
+/* ---- refusals -------------------------------------------------------------------------------------- */
+
+START_TEST(test_refusals) {
+    lt_context *ctx = tu_context();
+    lt_model *m = load_model(ctx, "llama-gqa", NULL);
+    lt_adapter_params ap;
+    lt_adapter *a = NULL;
+    lt_adapter_params_init(&ap, sizeof ap);
+    ap.init = LT_INIT_PISSA;
+    ap.use_dora = 1;
+    ck_assert_int_eq(lt_adapter_create(m, &ap, &a), LT_ERR_UNSUPPORTED);
+    ck_assert_ptr_nonnull(strstr(lt_last_error(), "DoRA"));
+    ap.use_dora = 0;
+    ap.rank = (int)m->cfg.hidden_size + 1; /* more than min(out, in) of some projection */
+    ck_assert_int_eq(lt_adapter_create(m, &ap, &a), LT_ERR_ARGUMENT);
+    ck_assert_ptr_nonnull(strstr(lt_last_error(), "min(out, in)"));
+    ap.rank = 4;
+    ap.init = (lt_lora_init)4;
+    ck_assert_int_eq(lt_adapter_create(m, &ap, &a), LT_ERR_ARGUMENT);
+    ck_assert_ptr_null(a);
+    /* PEFT's fast-SVD PiSSA cannot be reproduced: refused by name */
+    ap.init = LT_INIT_DEFAULT;
+    ck_assert_int_eq(lt_adapter_create(m, &ap, &a), LT_OK);
+    char tmp[512], cfg[700];
+    tu_tempdir(tmp, sizeof tmp);
+    ck_assert_int_eq(lt_adapter_save(a, tmp), LT_OK);
+    snprintf(cfg, sizeof cfg, "%s/adapter_config.json", tmp);
+    char cmd[1600];
+    snprintf(cmd, sizeof cmd, "sed -i 's/\"init_lora_weights\": true/\"init_lora_weights\": \"pissa_niter_4\"/' %s", cfg);
+    ck_assert_int_eq(system(cmd), 0);
+    lt_adapter *c = NULL;
+    ck_assert_int_eq(lt_adapter_load(m, tmp, &c), LT_ERR_UNSUPPORTED);
+    ck_assert_ptr_nonnull(strstr(lt_last_error(), "pissa_niter_4"));
+    rm_rf(tmp);
+    lt_adapter_free(a);
+    lt_model_free(m);
+    /* a bf16 base is not read back: refused with the way out */
+    lt_model_params mp;
+    lt_model_params_init(&mp, sizeof mp);
+    mp.base_dtype = LT_BASE_BF16;
+    m = load_model(ctx, "llama-gqa", &mp);
+    ap.init = LT_INIT_OLORA;
+    ck_assert_int_eq(lt_adapter_create(m, &ap, &a), LT_ERR_UNSUPPORTED);
+    ck_assert_ptr_nonnull(strstr(lt_last_error(), "LT_BASE_F32"));
+    lt_model_free(m);
+    lt_context_free(ctx);
+}
+END_TEST
+
+/* ---- CLI ------------------------------------------------------------------------------------------- */
+
+static int same_file(const char *a, const char *b) {
+    char cmd[2200];
+    snprintf(cmd, sizeof cmd, "cmp -s %s %s", a, b);
+    return system(cmd) == 0;
+}
+
+/* --init pissa: the output is the converted adapter + sidecar; 4 updates straight == 2 + resume + 2 */
+START_TEST(test_cli_init_and_resume) {
+    char root[512], cmd[4096], a[1024], b[1024], model[1024];
+    tu_tempdir(root, sizeof root);
+    snprintf(model, sizeof model, "%s/models/llama-basic", LT_TEST_DATA_DIR);
+    const char *common = "--init pissa --batch 2 --lr 5e-3 --rank 4 --alpha 8 --dropout 0.1 --seed 3 --steps 4 "
+                         "--threads 2 --quiet";
+    snprintf(cmd, sizeof cmd, "%s train --model %s --data %s/data.jsonl --out %s/straight %s --save-every 2", LT_CLI,
+             model, model, root, common);
+    free(tu_run(cmd, NULL));
+    snprintf(cmd, sizeof cmd, "%s train --model %s --data %s/data.jsonl --out %s/resumed %s --resume %s/straight/checkpoint-2",
+             LT_CLI, model, model, root, common, root);
+    free(tu_run(cmd, NULL));
+    snprintf(a, sizeof a, "%s/straight/adapter_model.safetensors", root);
+    snprintf(b, sizeof b, "%s/resumed/adapter_model.safetensors", root);
+    ck_assert_msg(same_file(a, b), "resuming a PiSSA run from checkpoint-2 did not reproduce the straight run");
+    snprintf(a, sizeof a, "%s/straight/loratune_init.json", root);
+    FILE *f = fopen(a, "r");
+    ck_assert_ptr_nonnull(f);
+    fclose(f);
+    snprintf(a, sizeof a, "%s/straight/adapter_config.json", root);
+    snprintf(cmd, sizeof cmd, "grep -q '\"r\": 8' %s", a);
+    ck_assert_int_eq(system(cmd), 0);
+    int st;
+    snprintf(cmd, sizeof cmd, "%s train --model %s --data %s/data.jsonl --out %s/bad --init svd --steps 1", LT_CLI,
+             model, model, root);
+    char *err = tu_run_stderr(cmd, &st);
+    ck_assert_int_ne(st, 0);
+    ck_assert_ptr_nonnull(strstr(err, "pissa"));
+    free(err);
+    rm_rf(root);
+}
+END_TEST
+
+static Suite *pissa_suite(void) {
+    Suite *s = suite_create("pissa");
+    TCase *tc = tcase_create("core");
+    tcase_set_timeout(tc, 300);
+    tcase_add_loop_test(tc, test_identity_merge_save_load, 0, (int)(sizeof cases / sizeof *cases));
+    tcase_add_loop_test(tc, test_finite_differences, 0, 2);
+    tcase_add_test(tc, test_nf4_equals_f32_of_dequantized);
+    tcase_add_test(tc, test_refusals);
+    tcase_add_test(tc, test_cli_init_and_resume);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+TU_MAIN(pissa_suite)
