@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "model.h"
 #include "quant.h"
@@ -37,8 +38,66 @@ static float adapter_scaling(const lt_adapter_params *p) {
     return p->use_rslora ? p->alpha / sqrtf((float)p->rank) : p->alpha / (float)p->rank;
 }
 
+/* Full fine-tuning: no LoRA; every base weight as an fp32 copy in params (src/adapter_full.c). */
+static lt_status full_alloc(lt_model *m, const lt_adapter_params *p, lt_adapter **out, lt_error *err) {
+    lt_adapter *a = calloc(1, sizeof *a);
+    const int L = (int)m->cfg.num_hidden_layers;
+    if (!a) return lt_fail(err, LT_ERR_NOMEM, "adapter: out of memory");
+    a->model = m;
+    a->p = *p;
+    a->p.size = sizeof a->p;
+    a->p.rank = 0; /* no LoRA: workspaces plan no LoRA buffers */
+    a->p.targets = 0;
+    a->p.use_rslora = 0;
+    a->lora = calloc((size_t)L * P_COUNT, sizeof *a->lora);
+    a->full_layers = calloc((size_t)L, sizeof *a->full_layers);
+    a->full_grads = calloc((size_t)L, sizeof *a->full_grads);
+    if (!a->lora || !a->full_layers || !a->full_grads) {
+        lt_adapter_free(a);
+        return lt_fail(err, LT_ERR_NOMEM, "adapter: out of memory");
+    }
+    size_t norm_floats = 0;
+    const size_t n = lt_adapter_extra_count(a, &norm_floats);
+    lt_backend *be = m->be;
+    a->ptensors = calloc((size_t)a->n_ptensors, sizeof *a->ptensors);
+    a->n_params = n;
+    a->params = be->ops->alloc(be, n * sizeof(float));
+    a->grads = be->ops->alloc(be, n * sizeof(float));
+    if (!a->ptensors || !a->params || !a->grads) {
+        lt_adapter_free(a);
+        return lt_fail(err, LT_ERR_NOMEM, "adapter: cannot allocate %zu trainable parameters (%.1f MiB each for "
+                       "weights and gradients)", n, (double)n * 4 / (1 << 20));
+    }
+    if (m->cfg.norm_offset != 0.0f) { /* Gemma: the (1 + w) compute copies of the trained norms */
+        const size_t ones = (size_t)(m->cfg.hidden_size > m->cfg.head_dim ? m->cfg.hidden_size : m->cfg.head_dim);
+        a->norm_compute = be->ops->alloc(be, norm_floats * sizeof(float));
+        a->norm_ones = be->ops->alloc(be, ones * sizeof(float));
+        float *h = malloc(ones * sizeof *h);
+        if (!a->norm_compute || !a->norm_ones || !h) {
+            free(h);
+            lt_adapter_free(a);
+            return lt_fail(err, LT_ERR_NOMEM, "adapter: out of memory");
+        }
+        for (size_t i = 0; i < ones; i++) h[i] = 1.0f;
+        be->ops->upload(be, a->norm_ones, h, ones * sizeof *h);
+        free(h);
+    }
+    be->ops->zero(be, a->grads, n * sizeof(float));
+    lt_status st = lt_adapter_extra_bind(a, 0, err);
+    if (st == LT_OK) st = be->ops->sync(be);
+    if (st != LT_OK) {
+        lt_adapter_free(a);
+        return lt_fail(err, st, "adapter: cannot copy the base weights");
+    }
+    *out = a;
+    return LT_OK;
+}
+
 lt_status lt_adapter_alloc(lt_model *m, const lt_adapter_params *p, lt_adapter **out, lt_error *err) {
     *out = NULL;
+    lt_status fst = lt_adapter_full_check(m, p, err);
+    if (fst != LT_OK) return fst;
+    if (p->full_finetune) return full_alloc(m, p, out, err);
     if (p->rank <= 0 || p->rank > 4096) return lt_fail(err, LT_ERR_ARGUMENT, "adapter: rank %d is not in [1, 4096]", p->rank);
     if (!(p->alpha > 0) || !isfinite(p->alpha)) return lt_fail(err, LT_ERR_ARGUMENT, "adapter: alpha %g must be positive", p->alpha);
     if (!(p->dropout >= 0 && p->dropout < 1)) return lt_fail(err, LT_ERR_ARGUMENT, "adapter: dropout %g is not in [0, 1)", p->dropout);
@@ -84,6 +143,13 @@ lt_status lt_adapter_alloc(lt_model *m, const lt_adapter_params *p, lt_adapter *
     }
     n *= (size_t)L;
     n_gn *= (size_t)L;
+    const size_t n_lora = n;
+    size_t norm_floats = 0;
+    n += lt_adapter_extra_count(a, &norm_floats); /* modules_to_save copies after the LoRA tensors */
+    if (a->n_ptensors && !(a->ptensors = calloc((size_t)a->n_ptensors, sizeof *a->ptensors))) {
+        lt_adapter_free(a);
+        return lt_fail(err, LT_ERR_NOMEM, "adapter: out of memory");
+    }
     if (p->use_dora) {
         a->dora_gn = m->be->ops->alloc(m->be, n_gn * sizeof(float));
         a->dora_w = m->be->ops->alloc(m->be, max_w * sizeof(float));
@@ -129,6 +195,12 @@ lt_status lt_adapter_alloc(lt_model *m, const lt_adapter_params *p, lt_adapter *
                 }
             }
         }
+    a->n_decay = n; /* LoRA tensors and modules_to_save copies all take weight decay */
+    if (a->n_ptensors) {
+        lt_status st = lt_adapter_extra_bind(a, n_lora, err);
+        if (st != LT_OK) { lt_adapter_free(a); return st; }
+        a->n_decay = n;
+    }
     *out = a;
     return LT_OK;
 }
@@ -230,6 +302,11 @@ LT_API void lt_adapter_free(lt_adapter *a) {
     if (a->grads) be->ops->free(be, a->grads);
     if (a->dora_gn) be->ops->free(be, a->dora_gn);
     if (a->dora_w) be->ops->free(be, a->dora_w);
+    if (a->norm_compute) be->ops->free(be, a->norm_compute);
+    if (a->norm_ones) be->ops->free(be, a->norm_ones);
+    free(a->full_layers);
+    free(a->full_grads);
+    free(a->ptensors);
     free(a->dora_merge_g);
     free(a->lora);
     free(a);
@@ -347,6 +424,8 @@ LT_API lt_status lt_adapter_save(lt_adapter *a, const char *dir) {
     lt_error_clear(&a->err);
     if (!dir) return lt_fail(&a->err, LT_ERR_ARGUMENT, "lt_adapter_save: dir is NULL");
     if (a->merged) return lt_fail(&a->err, LT_ERR_STATE, "lt_adapter_save: the adapter is merged; unmerge it first");
+    if (a->p.full_finetune) /* the trained model itself, as a Hugging Face directory */
+        return lt_model_export(a->model, a, dir, 2ull << 30, &a->err);
     return adapter_save(a, dir, &a->err);
 }
 
@@ -476,6 +555,11 @@ LT_API lt_status lt_adapter_load(lt_model *m, const char *dir, lt_adapter **out)
     if (!out) return lt_fail(err, LT_ERR_ARGUMENT, "lt_adapter_load: out is NULL");
     *out = NULL;
     if (!m || !dir) return lt_fail(err, LT_ERR_ARGUMENT, "lt_adapter_load: model and dir must not be NULL");
+    char cfg_path[4200], acfg_path[4200];
+    lt_path_join(cfg_path, sizeof cfg_path, dir, "config.json");
+    lt_path_join(acfg_path, sizeof acfg_path, dir, "adapter_config.json");
+    if (access(acfg_path, F_OK) != 0 && access(cfg_path, F_OK) == 0) /* a model saved by full fine-tuning */
+        return lt_adapter_load_full(m, dir, out, err);
     lt_adapter_params p;
     lt_status st = read_adapter_config(dir, m, &p, err);
     if (st != LT_OK) return st;
@@ -678,6 +762,10 @@ LT_API lt_status lt_adapter_merge(lt_adapter *a) {
     if (!a) return LT_ERR_ARGUMENT;
     lt_error_clear(&a->err);
     if (a->merged) return lt_fail(&a->err, LT_ERR_STATE, "lt_adapter_merge: already merged");
+    if (a->p.full_finetune || a->p.modules_to_save)
+        return lt_fail(&a->err, LT_ERR_UNSUPPORTED, "lt_adapter_merge: the adapter holds trained copies of base "
+                       "weights (%s); export the merged model instead (lt_adapter_export_merged)",
+                       a->p.full_finetune ? "full fine-tuning" : "modules_to_save");
     if (a->model->base_dtype != LT_BASE_F32)
         return lt_fail(&a->err, LT_ERR_UNSUPPORTED, "lt_adapter_merge: the model keeps its base weights in "
                        "bf16; load it with base_dtype LT_BASE_F32 to merge");
@@ -729,9 +817,9 @@ lt_status lt_model_export(lt_model *m, const lt_adapter *a, const char *dir, uin
         e[n].shape[0] = d0; e[n].shape[1] = d1; e[n].data = bufs[n];                                  \
         n++;                                                                                          \
     } while (0)
-    ADD("%s", m->embed, V, H, "model.embed_tokens.weight");
+    ADD("%s", lt_view_embed(m, a), V, H, "model.embed_tokens.weight");
     for (int l = 0; l < L; l++) {
-        const lt_layer *Ly = &m->layers[l];
+        const lt_layer *Ly = lt_view_layer(m, a, l); /* full fine-tuning: the trained weights */
         ADD("model.layers.%d.input_layernorm.weight", Ly->attn_norm_file ? Ly->attn_norm_file : Ly->attn_norm, H, 0, l);
         if (c->sandwich_norms) {
             ADD("model.layers.%d.pre_feedforward_layernorm.weight", Ly->mlp_norm_file, H, 0, l);
@@ -766,7 +854,7 @@ lt_status lt_model_export(lt_model *m, const lt_adapter *a, const char *dir, uin
             for (int q = mods[k].first; q < mods[k].first + mods[k].count; q++) {
                 int in, o;
                 lt_proj_dims(c, (lt_proj)q, &in, &o);
-                st = lt_weight_download(m, &m->layers[l].w[q], W, o, in, err); /* dequantized when quantized */
+                st = lt_weight_download(m, &Ly->w[q], W, o, in, err); /* dequantized when quantized */
                 if (st != LT_OK) goto out;
                 lt_lora *lo = a ? lt_adapter_lora(a, l, (lt_proj)q) : NULL;
                 if (lo && !a->merged) {
@@ -802,9 +890,13 @@ lt_status lt_model_export(lt_model *m, const lt_adapter *a, const char *dir, uin
             }
         }
     }
-    ADD("%s", m->final_norm_file ? m->final_norm_file : m->final_norm, H, 0, "model.norm.weight");
-    if (!c->tie_word_embeddings) {
-        const lt_weight head = lt_model_lm_head(m); /* exported dequantized when quantized */
+    if (a && a->final_norm_file) ADD("%s", a->final_norm_file, H, 0, "model.norm.weight");
+    else ADD("%s", m->final_norm_file ? m->final_norm_file : m->final_norm, H, 0, "model.norm.weight");
+    /* modules_to_save on a tied model trains separate embed_tokens and lm_head copies (PEFT): the merged
+     * model is untied */
+    const int untie = c->tie_word_embeddings && a && a->lm_head && a->lm_head != lt_view_embed(m, a);
+    if (!c->tie_word_embeddings || untie) {
+        const lt_weight head = lt_view_lm_head(m, a); /* exported dequantized when quantized */
         ADD("%s", NULL, V, H, "lm_head.weight");
         st = lt_weight_download(m, &head, bufs[n - 1], (int)V, (int)H, err);
         if (st != LT_OK) goto out;
@@ -815,6 +907,7 @@ lt_status lt_model_export(lt_model *m, const lt_adapter *a, const char *dir, uin
     {
         lt_model_config out_cfg = *c;
         snprintf(out_cfg.torch_dtype, sizeof out_cfg.torch_dtype, "float32");
+        if (untie) out_cfg.tie_word_embeddings = 0;
         char path[4200];
         lt_path_join(path, sizeof path, dir, "config.json");
         st = lt_config_write(&out_cfg, path, err);

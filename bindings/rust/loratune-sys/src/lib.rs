@@ -186,6 +186,9 @@ pub type lt_lora_init = c_int;
 pub const LT_INIT_DEFAULT: lt_lora_init = 0;
 pub const LT_INIT_GAUSSIAN: lt_lora_init = 1;
 
+pub const LT_SAVE_EMBED_TOKENS: c_uint = 1 << 0;
+pub const LT_SAVE_LM_HEAD: c_uint = 1 << 1;
+
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct lt_adapter_params {
@@ -198,6 +201,8 @@ pub struct lt_adapter_params {
     pub init: lt_lora_init,
     pub seed: u64,
     pub use_dora: c_int,
+    pub full_finetune: c_int,
+    pub modules_to_save: c_uint,
 }
 
 // ---- optimizers ------------------------------------------------------------------------------------
