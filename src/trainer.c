@@ -69,8 +69,12 @@ LT_API lt_status lt_trainer_create(lt_model *m, lt_adapter *a, lt_optimizer *o, 
     t->opt = o;
     t->p = p;
     t->p.size = sizeof t->p;
-    t->grads_backup = m->be->ops->alloc(m->be, a->n_params * sizeof(float));
-    if (!t->grads_backup) { free(t); return lt_fail(err, LT_ERR_NOMEM, "lt_trainer_create: out of memory"); }
+    /* the gradients found before a micro-batch, restored when it fails: needed only when an update
+     * accumulates several micro-batches (otherwise they are zero); a full fine-tuning saves 4 B/param */
+    if (p.grad_accum > 1) {
+        t->grads_backup = m->be->ops->alloc(m->be, a->n_params * sizeof(float));
+        if (!t->grads_backup) { free(t); return lt_fail(err, LT_ERR_NOMEM, "lt_trainer_create: out of memory"); }
+    }
     m->be->ops->zero(m->be, a->grads, a->n_params * sizeof(float));
     *out = t;
     return LT_OK;
