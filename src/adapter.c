@@ -357,7 +357,14 @@ static lt_status write_adapter_config(const lt_adapter *a, const char *dir, lt_e
     json_object_set_new(o, "use_dora", json_boolean(a->p.use_dora));
     json_object_set_new(o, "fan_in_fan_out", json_false());
     json_object_set_new(o, "init_lora_weights", a->p.init == LT_INIT_GAUSSIAN ? json_string("gaussian") : json_true());
-    json_object_set_new(o, "modules_to_save", json_null());
+    if (a->p.modules_to_save) { /* PEFT: the module names (ModulesToSaveWrapper) */
+        json_t *mts = json_array();
+        if (a->p.modules_to_save & LT_SAVE_EMBED_TOKENS) json_array_append_new(mts, json_string("embed_tokens"));
+        if (a->p.modules_to_save & LT_SAVE_LM_HEAD) json_array_append_new(mts, json_string("lm_head"));
+        json_object_set_new(o, "modules_to_save", mts);
+    } else {
+        json_object_set_new(o, "modules_to_save", json_null());
+    }
     json_object_set_new(o, "rank_pattern", json_object());
     json_object_set_new(o, "alpha_pattern", json_object());
     json_object_set_new(o, "inference_mode", json_true());
@@ -377,8 +384,8 @@ static lt_status adapter_save(lt_adapter *a, const char *dir, lt_error *err) {
     const int L = (int)a->model->cfg.num_hidden_layers;
     float *h = params_to_host(a);
     int n = 0;
-    lt_st_entry *e = calloc((size_t)L * P_COUNT * 3, sizeof *e);
-    char *names = calloc((size_t)L * P_COUNT * 3, 160);
+    lt_st_entry *e = calloc((size_t)L * P_COUNT * 3 + 2, sizeof *e);
+    char *names = calloc((size_t)L * P_COUNT * 3 + 2, 160);
     if (!h || !e || !names) { free(h); free(e); free(names); return lt_fail(err, LT_ERR_NOMEM, "out of memory"); }
     lt_module mods[P_COUNT];
     const int n_mods = lt_model_modules(&a->model->cfg, mods);
@@ -410,6 +417,18 @@ static lt_status adapter_save(lt_adapter *a, const char *dir, lt_error *err) {
                 n++;
             }
         }
+    for (int i = 0; i < a->n_ptensors; i++) { /* modules_to_save: PEFT's keys, the wrapper's name left out */
+        const lt_ptensor *t = &a->ptensors[i];
+        char *nm = names + (size_t)n * 160;
+        snprintf(nm, 160, "base_model.model.%s", t->name);
+        e[n].name = nm;
+        e[n].dtype = LT_DT_F32;
+        e[n].ndim = 2;
+        e[n].shape[0] = a->model->cfg.vocab_size;
+        e[n].shape[1] = a->model->cfg.hidden_size;
+        e[n].data = h + t->off;
+        n++;
+    }
     char path[4200];
     lt_path_join(path, sizeof path, dir, "adapter_model.safetensors");
     static const char *const meta[] = {"format", "pt", NULL};
@@ -525,9 +544,20 @@ static lt_status read_adapter_config(const char *dir, const lt_model *m, lt_adap
         goto out;
     }
     v = json_object_get(o, "modules_to_save");
-    if (v && !json_is_null(v) && !(json_is_array(v) && json_array_size(v) == 0)) {
-        st = lt_fail(err, LT_ERR_UNSUPPORTED, "%s: modules_to_save is not supported yet", path);
-        goto out;
+    if (v && !json_is_null(v)) {
+        size_t i;
+        json_t *s;
+        if (!json_is_array(v)) { st = lt_fail(err, LT_ERR_JSON, "%s: modules_to_save is not a list", path); goto out; }
+        json_array_foreach(v, i, s) {
+            const char *nm = json_is_string(s) ? json_string_value(s) : "";
+            if (!strcmp(nm, "embed_tokens")) p->modules_to_save |= LT_SAVE_EMBED_TOKENS;
+            else if (!strcmp(nm, "lm_head")) p->modules_to_save |= LT_SAVE_LM_HEAD;
+            else {
+                st = lt_fail(err, LT_ERR_UNSUPPORTED, "%s: modules_to_save entry \"%s\" is not supported (only "
+                             "embed_tokens and lm_head)", path, nm);
+                goto out;
+            }
+        }
     }
     const char *pats[] = {"rank_pattern", "alpha_pattern"};
     for (int i = 0; i < 2; i++) {
@@ -600,6 +630,11 @@ LT_API lt_status lt_adapter_load(lt_model *m, const char *dir, lt_adapter **out)
                     const lt_lora *lo = lt_adapter_lora(a, l, (lt_proj)mods[q].first);
                     matched = !strcmp(key, name) && lo && (k < 2 || lo->mag);
                 }
+        for (int k = 0; k < a->n_ptensors && !matched; k++) {
+            char key[256];
+            snprintf(key, sizeof key, "base_model.model.%s", a->ptensors[k].name);
+            matched = !strcmp(key, name);
+        }
         if (!matched) {
             st = lt_fail(err, LT_ERR_FORMAT, "%s: unexpected tensor \"%s\" (not a LoRA weight of a targeted "
                          "projection of this %d-layer model; an adapter for another model?)", path, name, L);
@@ -640,6 +675,22 @@ LT_API lt_status lt_adapter_load(lt_model *m, const char *dir, lt_adapter **out)
                 }
             }
         }
+    for (int k = 0; k < a->n_ptensors; k++) { /* modules_to_save copies */
+        char key[256];
+        snprintf(key, sizeof key, "base_model.model.%s", a->ptensors[k].name);
+        const lt_st_tensor *t = lt_st_find(f, key);
+        if (!t) { st = lt_fail(err, LT_ERR_MISSING, "%s: tensor \"%s\" (modules_to_save) is missing", path, key); goto fail; }
+        if (t->ndim != 2 || t->shape[0] != m->cfg.vocab_size || t->shape[1] != m->cfg.hidden_size) {
+            st = lt_fail(err, LT_ERR_SHAPE, "%s: tensor \"%s\" must have shape [%lld, %lld]", path, key,
+                         (long long)m->cfg.vocab_size, (long long)m->cfg.hidden_size);
+            goto fail;
+        }
+        if (lt_convert_to_f32(host + a->ptensors[k].off, t->data, t->dtype, (size_t)t->numel) != 0) {
+            st = lt_fail(err, LT_ERR_DTYPE, "%s: tensor \"%s\" has dtype %s (need F32, F16 or BF16)", path, key,
+                         lt_dtype_name(t->dtype));
+            goto fail;
+        }
+    }
     for (size_t i = 0; i < a->n_params; i++)
         if (!isfinite(host[i])) { st = lt_fail(err, LT_ERR_NUMERIC, "%s: the adapter contains NaN or Inf", path); goto fail; }
     m->be->ops->upload(m->be, a->params, host, a->n_params * sizeof(float));

@@ -343,6 +343,91 @@ def check_dpo(lib_path, name, work):
     return fails
 
 
+def check_mts(lib_path, name, work, steps):
+    """LoRA + modules_to_save=[embed_tokens, lm_head] (PEFT's ModulesToSaveWrapper: separate trainable copies,
+    also on a tied model): the library loads PEFT's adapter, trains N AdamW updates like PEFT + torch.optim,
+    saves PEFT's keys; PeftModel.from_pretrained loads ours with the same logits; the merged export equals
+    merge_and_unload's logits."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import Trainer
+    mdir = os.path.join(work, name, "model")
+    idir, odir, edir = (os.path.join(work, name, x) for x in ("mts-init", "mts-out", "mts-merged"))
+    V = MODELS[name][1]["vocab_size"]
+    gen = torch.Generator().manual_seed(MODELS[name][2] + 11)
+    torch.manual_seed(MODELS[name][2] + 12)
+    pm = get_peft_model(load_hf(mdir), LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, init_lora_weights=False,
+                                                  target_modules=["q_proj", "v_proj", "down_proj"],
+                                                  modules_to_save=["embed_tokens", "lm_head"]))
+    pm.save_pretrained(idir)
+    batches = draw_batches(gen, V, steps * ACCUM)
+    lb = Lib(lib_path, mdir)
+    lb.vocab = V
+    L = lb.L
+    ad = L.lt_adapter_p()
+    ck(lb.lib.lt_adapter_load(lb.model, idir.encode(), ctypes.byref(ad)), "load PEFT adapter", L)
+    opt, tr = lb.trainer(ad)
+    ours = [lb.step(tr, ids, lab).loss for ids, lab in batches][ACCUM - 1::ACCUM]
+    ck(lb.lib.lt_adapter_save(ad, odir.encode()), "save", L, lambda: lb.lib.lt_adapter_last_error(ad))
+    ck(lb.lib.lt_adapter_export_merged(ad, edir.encode(), 0), "export", L, lambda: lb.lib.lt_adapter_last_error(ad))
+    probe = torch.randint(3, V, (2, T), generator=gen)
+    our_logits = lb.logits(ad, probe)
+    for f, h in ((lb.lib.lt_trainer_free, tr), (lb.lib.lt_optimizer_free, opt), (lb.lib.lt_adapter_free, ad),
+                 (lb.lib.lt_model_free, lb.model), (lb.lib.lt_context_free, lb.ctx)):
+        f(h)
+
+    pm = PeftModel.from_pretrained(load_hf(mdir), idir, is_trainable=True)
+    decay = set(Trainer.get_decay_parameter_names(None, pm))
+    named = [(n, p) for n, p in pm.named_parameters() if p.requires_grad]
+    groups = [dict(params=[p for n, p in named if n in decay], weight_decay=WD),
+              dict(params=[p for n, p in named if n not in decay], weight_decay=0.0)]
+    topt = torch.optim.AdamW(groups, lr=LR, betas=(0.9, 0.999), eps=EPS)
+    theirs = []
+    for s in range(steps):
+        mbs = batches[s * ACCUM:(s + 1) * ACCUM]
+        n_tok = sum(int((lab[:, 1:] != -100).sum()) for _, lab in mbs)
+        tot = 0.0
+        for ids, lab in mbs:
+            loss, _ = ce_sum(pm(input_ids=ids).logits.float(), lab)
+            (loss / n_tok).backward()
+            tot += float(loss.detach())
+        torch.nn.utils.clip_grad_norm_([p for _, p in named], CLIP)
+        topt.step()
+        topt.zero_grad()
+        theirs.append(tot / n_tok)
+    fails = []
+    for s, (a, b) in enumerate(zip(ours, theirs)):
+        if abs(a - b) > 1e-5 * abs(b):
+            fails.append(f"modules_to_save update {s + 1}: loss {a:.8f} vs PEFT {b:.8f}")
+    pdir = os.path.join(work, name, "mts-peft")
+    pm.save_pretrained(pdir)
+    mine, ref = read_dir(odir), read_dir(pdir)
+    if set(mine) != set(ref):
+        fails.append(f"modules_to_save keys differ from PEFT's: {sorted(set(mine) ^ set(ref))[:4]}")
+    worst = 0.0
+    for k in set(mine) & set(ref):
+        e = rel_max(mine[k], ref[k])
+        worst = max(worst, e)
+        if e > 1e-4:
+            fails.append(f"modules_to_save {k}: max rel diff {e:.2e} > 1e-4")
+    with open(os.path.join(odir, "adapter_config.json")) as f:
+        mts = json.load(f).get("modules_to_save")
+    if sorted(mts or []) != ["embed_tokens", "lm_head"]:
+        fails.append(f"adapter_config.json modules_to_save is {mts}")
+    pm.eval()
+    with torch.no_grad():
+        tl = pm(input_ids=probe).logits.float()
+        ol = PeftModel.from_pretrained(load_hf(mdir), odir)(input_ids=probe).logits.float()
+        el = load_hf(edir)(input_ids=probe).logits.float()
+    for what, a in (("PeftModel.from_pretrained of our adapter", ol), ("library", our_logits),
+                    ("transformers on our merged export", el)):
+        e = rel_max(a, tl)
+        if e > 1e-4:
+            fails.append(f"modules_to_save logits of the {what}: max rel diff {e:.2e} > 1e-4")
+    print(f"  {name}: modules_to_save losses {['%.6f' % x for x in ours]} PEFT {['%.6f' % x for x in theirs]}; "
+          f"{len(mine)} tensors, worst {worst:.1e}")
+    return fails
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--lib", required=True)
@@ -355,6 +440,8 @@ def main():
     for name in names:
         f = check_sft(os.path.abspath(args.lib), name, args.workdir, args.steps)
         f += check_dpo(os.path.abspath(args.lib), name, args.workdir)
+        if name in ("llama", "llama-tied"):
+            f += check_mts(os.path.abspath(args.lib), name, args.workdir, args.steps)
         fails += [f"{name}: {x}" for x in f]
     if fails:
         print("FAIL\n  " + "\n  ".join(fails))
