@@ -89,6 +89,9 @@ static lt_status full_alloc(lt_model *m, const lt_adapter_params *p, lt_adapter 
         lt_adapter_free(a);
         return lt_fail(err, st, "adapter: cannot copy the base weights");
     }
+    /* the copies are the weights training reads; the base's file pages (a read-only mapping) need not stay
+     * resident: released, they are read again from the file if the base is used (a reference model) */
+    lt_st_set_release_pages(m->st);
     *out = a;
     return LT_OK;
 }

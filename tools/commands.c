@@ -196,6 +196,37 @@ static double cpu_seconds(void) {
     return ru.ru_utime.tv_sec + ru.ru_stime.tv_sec + 1e-6 * (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
 }
 
+/* Full fine-tuning reads its own copies of the weights: measured like a real run, the base is a model
+ * directory mapped from disk (its pages released once copied), not anonymous memory. The random model
+ * is written to a temporary directory (a full adapter saves exactly that) and loaded back; the files
+ * are unlinked at once (the mapping keeps them readable). */
+static int reload_from_disk(lt_context *ctx, lt_model **m) {
+    char dir[] = "/tmp/loratune-bench-XXXXXX";
+    if (!mkdtemp(dir)) return fail("bench", "cannot create a temporary directory: %s", strerror(errno));
+    lt_adapter_params ap;
+    lt_adapter_params_init(&ap, sizeof ap);
+    ap.full_finetune = 1;
+    lt_adapter *a = NULL;
+    int rc = 0;
+    if (lt_adapter_create(*m, &ap, &a) != LT_OK) rc = fail("bench", "%s", lt_last_error());
+    else if (lt_adapter_save(a, dir) != LT_OK) rc = fail("bench", "%s", lt_adapter_last_error(a));
+    lt_adapter_free(a);
+    if (rc == 0) {
+        lt_model_free(*m);
+        *m = NULL;
+        malloc_trim(0);
+        if (lt_model_load(ctx, dir, NULL, m) != LT_OK) rc = fail("bench", "%s", lt_last_error());
+    }
+    static const char *const files[] = {"config.json", "model.safetensors", "model.safetensors.index.json"};
+    char p[512];
+    for (size_t i = 0; i < sizeof files / sizeof *files; i++) {
+        snprintf(p, sizeof p, "%s/%s", dir, files[i]);
+        unlink(p);
+    }
+    rmdir(dir);
+    return rc;
+}
+
 int cmd_bench(int argc, char **argv) {
     static const opt_spec spec[] = {{"config", 1}, {"threads", 1}, {"json", 0}, {"steps", 1}, {"warmup", 1},
                                     {"checkpointing", 1}, {"backend", 1}, {"method", 1}, {"quant", 1},
@@ -238,6 +269,7 @@ int cmd_bench(int argc, char **argv) {
         rc = fail("bench", "%s", lt_last_error());
         goto done;
     }
+    if (full && base_dtype == LT_BASE_F32 && (rc = reload_from_disk(ctx, &m)) != 0) goto done;
     /* QLoRA: the same random model with its projections quantized (NF4 + double quant by default).
      * The memory of the quantized weights is measured: resident memory after quantizing minus before,
      * plus the f32 projections quantizing released (large blocks go back to the system). */
