@@ -946,9 +946,11 @@ lt_status lt_model_export(lt_model *m, const lt_adapter *a, const char *dir, uin
     }
     if (a && a->final_norm_file) ADD("%s", a->final_norm_file, H, 0, "model.norm.weight");
     else ADD("%s", m->final_norm_file ? m->final_norm_file : m->final_norm, H, 0, "model.norm.weight");
-    /* modules_to_save on a tied model trains separate embed_tokens and lm_head copies (PEFT): the merged
-     * model is untied */
-    const int untie = c->tie_word_embeddings && a && a->lm_head && a->lm_head != lt_view_embed(m, a);
+    /* modules_to_save on a tied model trains a separate copy of embed_tokens and/or lm_head (PEFT): the
+     * two differ, so the merged model is untied */
+    const lt_weight head_view = lt_view_lm_head(m, a);
+    const int untie = c->tie_word_embeddings && a && (a->embed || a->lm_head) &&
+                      head_view.f32 != lt_view_embed(m, a);
     if (!c->tie_word_embeddings || untie) {
         const lt_weight head = lt_view_lm_head(m, a); /* exported dequantized when quantized */
         ADD("%s", NULL, V, H, "lm_head.weight");

@@ -11,6 +11,10 @@ N AdamW updates (lr 2e-3, eps 1e-6, weight decay 0.1 in Hugging Face Trainer's g
 Trainer.get_decay_parameter_names, i.e. no decay on biases and norm weights; grad clipping at 1.0;
 gradient accumulation 2 with the token-level mean over the accumulated micro-batches) in the library and
 in torch.optim.AdamW on the transformers model (float32, eager attention).
+modules_to_save (Llama untied and tied; tied with embed_tokens only too): N AdamW updates of a LoRA with
+PEFT's ModulesToSaveWrapper copies equal PEFT + torch.optim (losses 1e-5, every saved tensor 1e-4, PEFT's
+keys and config), PeftModel.from_pretrained loads ours with the same logits, the library loads PEFT's
+adapter, and the merged export equals PEFT's model in transformers (1e-4).
 Checks (each can fail): the loss of every update (1e-5 relative); every tensor of the saved directory
 (lt_adapter_save writes a Hugging Face model directory) against the torch model's state_dict:
 max|ours - torch| / max|torch| <= 1e-4; the directory loads in AutoModelForCausalLM and gives the torch
@@ -343,7 +347,7 @@ def check_dpo(lib_path, name, work):
     return fails
 
 
-def check_mts(lib_path, name, work, steps):
+def check_mts(lib_path, name, work, steps, modules=("embed_tokens", "lm_head")):
     """LoRA + modules_to_save=[embed_tokens, lm_head] (PEFT's ModulesToSaveWrapper: separate trainable copies,
     also on a tied model): the library loads PEFT's adapter, trains N AdamW updates like PEFT + torch.optim,
     saves PEFT's keys; PeftModel.from_pretrained loads ours with the same logits; the merged export equals
@@ -351,13 +355,14 @@ def check_mts(lib_path, name, work, steps):
     from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import Trainer
     mdir = os.path.join(work, name, "model")
-    idir, odir, edir = (os.path.join(work, name, x) for x in ("mts-init", "mts-out", "mts-merged"))
+    tag = "-".join(modules)
+    idir, odir, edir = (os.path.join(work, name, f"mts-{tag}-{x}") for x in ("init", "out", "merged"))
     V = MODELS[name][1]["vocab_size"]
     gen = torch.Generator().manual_seed(MODELS[name][2] + 11)
     torch.manual_seed(MODELS[name][2] + 12)
     pm = get_peft_model(load_hf(mdir), LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, init_lora_weights=False,
                                                   target_modules=["q_proj", "v_proj", "down_proj"],
-                                                  modules_to_save=["embed_tokens", "lm_head"]))
+                                                  modules_to_save=list(modules)))
     pm.save_pretrained(idir)
     batches = draw_batches(gen, V, steps * ACCUM)
     lb = Lib(lib_path, mdir)
@@ -398,7 +403,7 @@ def check_mts(lib_path, name, work, steps):
     for s, (a, b) in enumerate(zip(ours, theirs)):
         if abs(a - b) > 1e-5 * abs(b):
             fails.append(f"modules_to_save update {s + 1}: loss {a:.8f} vs PEFT {b:.8f}")
-    pdir = os.path.join(work, name, "mts-peft")
+    pdir = os.path.join(work, name, f"mts-{tag}-peft")
     pm.save_pretrained(pdir)
     mine, ref = read_dir(odir), read_dir(pdir)
     if set(mine) != set(ref):
@@ -411,7 +416,7 @@ def check_mts(lib_path, name, work, steps):
             fails.append(f"modules_to_save {k}: max rel diff {e:.2e} > 1e-4")
     with open(os.path.join(odir, "adapter_config.json")) as f:
         mts = json.load(f).get("modules_to_save")
-    if sorted(mts or []) != ["embed_tokens", "lm_head"]:
+    if sorted(mts or []) != sorted(modules):
         fails.append(f"adapter_config.json modules_to_save is {mts}")
     pm.eval()
     with torch.no_grad():
@@ -423,7 +428,7 @@ def check_mts(lib_path, name, work, steps):
         e = rel_max(a, tl)
         if e > 1e-4:
             fails.append(f"modules_to_save logits of the {what}: max rel diff {e:.2e} > 1e-4")
-    print(f"  {name}: modules_to_save losses {['%.6f' % x for x in ours]} PEFT {['%.6f' % x for x in theirs]}; "
+    print(f"  {name}: modules_to_save {list(modules)} losses {['%.6f' % x for x in ours]} PEFT {['%.6f' % x for x in theirs]}; "
           f"{len(mine)} tensors, worst {worst:.1e}")
     return fails
 
@@ -442,6 +447,8 @@ def main():
         f += check_dpo(os.path.abspath(args.lib), name, args.workdir)
         if name in ("llama", "llama-tied"):
             f += check_mts(os.path.abspath(args.lib), name, args.workdir, args.steps)
+        if name == "llama-tied":  # one trained copy: the merged model must be untied
+            f += check_mts(os.path.abspath(args.lib), name, args.workdir, 2, ("embed_tokens",))
         fails += [f"{name}: {x}" for x in f]
     if fails:
         print("FAIL\n  " + "\n  ".join(fails))
