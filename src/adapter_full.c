@@ -262,8 +262,11 @@ lt_status lt_adapter_load_full(lt_model *m, const char *dir, lt_adapter **out, l
     lt_model_params_init(&mp, sizeof mp);
     lt_model *src = NULL;
     lt_status st = lt_model_load(ctx, dir, &mp, &src);
-    if (st != LT_OK) return lt_fail(err, st, "%s: not a PEFT adapter, and as a full fine-tuning model: %s", dir,
-                                    lt_last_error());
+    if (st != LT_OK) { /* err may be the thread's record lt_last_error() reads: copy the message first */
+        char why[512];
+        snprintf(why, sizeof why, "%s", lt_last_error());
+        return lt_fail(err, st, "%s: not a PEFT adapter, and as a full fine-tuning model: %s", dir, why);
+    }
     const lt_model_config *a = &m->cfg, *b = &src->cfg;
     if (strcmp(a->architecture, b->architecture) || a->num_hidden_layers != b->num_hidden_layers ||
         a->hidden_size != b->hidden_size || a->intermediate_size != b->intermediate_size ||
