@@ -273,12 +273,12 @@ lt_status lt_adapter_load_full(lt_model *m, const char *dir, lt_adapter **out, l
         a->vocab_size != b->vocab_size || a->num_attention_heads != b->num_attention_heads ||
         a->num_key_value_heads != b->num_key_value_heads || a->head_dim != b->head_dim ||
         a->tie_word_embeddings != b->tie_word_embeddings || a->bias_mask != b->bias_mask) {
-        lt_model_free(src);
-        return lt_fail(err, LT_ERR_SHAPE, "%s: a %s with %lld layers, hidden %lld, vocab %lld is not a fine-tuned "
-                       "copy of this %s (%lld layers, hidden %lld, vocab %lld)", dir, b->architecture,
-                       (long long)b->num_hidden_layers, (long long)b->hidden_size, (long long)b->vocab_size,
-                       a->architecture, (long long)a->num_hidden_layers, (long long)a->hidden_size,
-                       (long long)a->vocab_size);
+        lt_fail(err, LT_ERR_SHAPE, "%s: a %s with %lld layers, hidden %lld, vocab %lld is not a fine-tuned copy of "
+                "this %s (%lld layers, hidden %lld, vocab %lld)", dir, b->architecture, (long long)b->num_hidden_layers,
+                (long long)b->hidden_size, (long long)b->vocab_size, a->architecture, (long long)a->num_hidden_layers,
+                (long long)a->hidden_size, (long long)a->vocab_size);
+        lt_model_free(src); /* after the message: it reads src's config */
+        return LT_ERR_SHAPE;
     }
     lt_adapter_params p;
     lt_adapter_params_init(&p, sizeof p);
