@@ -368,6 +368,24 @@ static void cpu_embedding_forward(lt_backend *be, float *out, const int32_t *ids
         memcpy(out + (size_t)n * C, table + (size_t)ids[n] * C, (size_t)C * sizeof(float));
 }
 
+/* dtable (vocab,C) += dout (N,C) scattered by ids: threads own column slices, so two tokens with the
+ * same id never race and every element sums its tokens in order (deterministic, like the reference) */
+static void cpu_embedding_backward(lt_backend *be, float *dtable, const int32_t *ids, const float *dout, int N,
+                                   int C) {
+    int nt = cpu_threads_for(be, (size_t)N * C, LT_GRAIN);
+    const int nblk = (C + 63) / 64;
+    if (nt > nblk) nt = nblk;
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+    for (int blk = 0; blk < nblk; blk++) {
+        const int c0 = blk * 64, c1 = c0 + 64 < C ? c0 + 64 : C;
+        for (int n = 0; n < N; n++) {
+            float *d = dtable + (size_t)ids[n] * C;
+            const float *g = dout + (size_t)n * C;
+            for (int c = c0; c < c1; c++) d[c] += g[c];
+        }
+    }
+}
+
 /* ---- RMSNorm -------------------------------------------------------------------------------------- */
 
 /* Rows [lo, hi) of slice i of nt over N rows. */
@@ -805,6 +823,7 @@ static const lt_backend_ops cpu_ops = {
     .sumsq = cpu_sumsq,
     .all_finite = cpu_all_finite,
     .embedding_forward = cpu_embedding_forward,
+    .embedding_backward = cpu_embedding_backward,
     .rmsnorm_forward = cpu_rmsnorm_forward,
     .rmsnorm_backward = cpu_rmsnorm_backward,
     .rope_forward = cpu_rope_forward,

@@ -105,6 +105,15 @@ void lt_ref_embedding_forward(float *out, const int32_t *ids, const float *table
         memcpy(out + (size_t)n * C, table + (size_t)ids[n] * C, (size_t)C * sizeof(float));
 }
 
+/* dtable (vocab,C) += scatter of dout (N,C) by ids (N), tokens in order */
+void lt_ref_embedding_backward(float *dtable, const int32_t *ids, const float *dout, int N, int C) {
+    for (int n = 0; n < N; n++) {
+        float *d = dtable + (size_t)ids[n] * C;
+        const float *g = dout + (size_t)n * C;
+        for (int c = 0; c < C; c++) d[c] += g[c];
+    }
+}
+
 /* ---- RMSNorm ------------------------------------------------------------------------------------ */
 
 /* out (N,C), rstd (N), inp (N,C), weight (C) */

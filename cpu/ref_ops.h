@@ -48,6 +48,7 @@ int lt_ref_all_finite(size_t n, const float *x);
 
 /* ---- embedding ---- */
 void lt_ref_embedding_forward(float *out, const int32_t *ids, const float *table, int N, int C);
+void lt_ref_embedding_backward(float *dtable, const int32_t *ids, const float *dout, int N, int C);
 
 /* ---- RMSNorm ---- */
 void lt_ref_rmsnorm_forward(float *out, float *rstd, const float *inp, const float *weight, int N,

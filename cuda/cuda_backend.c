@@ -208,6 +208,7 @@ static const lt_backend_ops cuda_ops = {
     .sumsq = lt_cuda_sumsq,
     .all_finite = lt_cuda_all_finite,
     .embedding_forward = lt_cuda_embedding_forward,
+    .embedding_backward = lt_cuda_embedding_backward,
     .rmsnorm_forward = lt_cuda_rmsnorm_forward,
     .rmsnorm_backward = lt_cuda_rmsnorm_backward,
     .rope_forward = lt_cuda_rope_forward,

@@ -102,6 +102,8 @@ void lt_cuda_scale(lt_backend *be, size_t n, float a, float *x);
 void lt_cuda_row_scale(lt_backend *be, float *x, const float *w, int n, int C);
 double lt_cuda_sumsq(lt_backend *be, size_t n, const float *x);
 int lt_cuda_all_finite(lt_backend *be, size_t n, const float *x);
+void lt_cuda_embedding_backward(lt_backend *be, float *dtable, const int32_t *ids, const float *dout, int N,
+                                int C);
 void lt_cuda_embedding_forward(lt_backend *be, float *out, const int32_t *ids, const float *table,
                                int N, int C);
 void lt_cuda_swiglu_forward(lt_backend *be, float *out, const float *gate, const float *up, size_t n);

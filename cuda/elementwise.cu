@@ -134,6 +134,22 @@ extern "C" void lt_cuda_embedding_forward(lt_backend *be, float *out, const int3
     lt_cuda_check(be, "embedding_forward");
 }
 
+/* dtable (vocab,C) += dout (N,C) scattered by ids: one thread per column walks the tokens in order, so
+ * the sums are deterministic (no atomics) and equal the reference's order */
+__global__ void embedding_backward_kernel(float *dtable, const int32_t *ids, const float *dout, int N, int C) {
+    const int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= C) return;
+    for (int n = 0; n < N; n++) dtable[(size_t)ids[n] * C + c] += dout[(size_t)n * C + c];
+}
+
+extern "C" void lt_cuda_embedding_backward(lt_backend *be, float *dtable, const int32_t *ids, const float *dout,
+                                           int N, int C) {
+    if (N <= 0 || C <= 0) return;
+    embedding_backward_kernel<<<(C + EW_THREADS - 1) / EW_THREADS, EW_THREADS, 0, lt_cuda(be)->stream>>>(
+        dtable, ids, dout, N, C);
+    lt_cuda_check(be, "embedding_backward");
+}
+
 /* ---- SwiGLU ----------------------------------------------------------------------------------- */
 
 /* out, gate, up (n): out = silu(gate) up = gate sigmoid(gate) up */

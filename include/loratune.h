@@ -299,7 +299,18 @@ typedef struct lt_adapter_params {
     /* since 0.2 */
     int use_dora;        /* DoRA (PEFT use_dora): a trainable magnitude per output row;    */
                          /* saved as lora_magnitude_vector. Needs dropout 0.               */
+    /* since 0.3 (full fine-tuning, modules_to_save) */
+    int full_finetune;   /* 1: every base weight is trainable (embeddings, projections,    */
+                         /* biases, norms, lm_head) as fp32 copies held by the adapter;    */
+                         /* rank, alpha, targets, use_rslora, use_dora, init are ignored.  */
+                         /* Needs an f32 base (no quantization, base_dtype LT_BASE_F32)    */
+                         /* and dropout 0. Saved as a Hugging Face model directory.         */
+    unsigned modules_to_save; /* LT_SAVE_* bits: fp32 trainable copies of these modules   */
+                         /* next to a LoRA (PEFT modules_to_save; default 0)               */
 } lt_adapter_params;
+
+/* modules_to_save bits (PEFT's module names "embed_tokens", "lm_head") */
+enum { LT_SAVE_EMBED_TOKENS = 1 << 0, LT_SAVE_LM_HEAD = 1 << 1 };
 
 LT_API void lt_adapter_params_init(lt_adapter_params *params, size_t size);
 LT_API lt_status lt_adapter_create(lt_model *model, const lt_adapter_params *params, lt_adapter **out);

@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "model.h"
 #include "quant.h"
@@ -38,8 +39,69 @@ static float adapter_scaling(const lt_adapter_params *p) {
     return p->use_rslora ? p->alpha / sqrtf((float)p->rank) : p->alpha / (float)p->rank;
 }
 
+/* Full fine-tuning: no LoRA; every base weight as an fp32 copy in params (src/adapter_full.c). */
+static lt_status full_alloc(lt_model *m, const lt_adapter_params *p, lt_adapter **out, lt_error *err) {
+    lt_adapter *a = calloc(1, sizeof *a);
+    const int L = (int)m->cfg.num_hidden_layers;
+    if (!a) return lt_fail(err, LT_ERR_NOMEM, "adapter: out of memory");
+    a->model = m;
+    a->p = *p;
+    a->p.size = sizeof a->p;
+    a->p.rank = 0; /* no LoRA: workspaces plan no LoRA buffers */
+    a->p.targets = 0;
+    a->p.use_rslora = 0;
+    a->lora = calloc((size_t)L * P_COUNT, sizeof *a->lora);
+    a->full_layers = calloc((size_t)L, sizeof *a->full_layers);
+    a->full_grads = calloc((size_t)L, sizeof *a->full_grads);
+    if (!a->lora || !a->full_layers || !a->full_grads) {
+        lt_adapter_free(a);
+        return lt_fail(err, LT_ERR_NOMEM, "adapter: out of memory");
+    }
+    size_t norm_floats = 0;
+    const size_t n = lt_adapter_extra_count(a, &norm_floats);
+    lt_backend *be = m->be;
+    a->ptensors = calloc((size_t)a->n_ptensors, sizeof *a->ptensors);
+    a->n_params = n;
+    a->params = be->ops->alloc(be, n * sizeof(float));
+    a->grads = be->ops->alloc(be, n * sizeof(float));
+    if (!a->ptensors || !a->params || !a->grads) {
+        lt_adapter_free(a);
+        return lt_fail(err, LT_ERR_NOMEM, "adapter: cannot allocate %zu trainable parameters (%.1f MiB each for "
+                       "weights and gradients)", n, (double)n * 4 / (1 << 20));
+    }
+    if (m->cfg.norm_offset != 0.0f) { /* Gemma: the (1 + w) compute copies of the trained norms */
+        const size_t ones = (size_t)(m->cfg.hidden_size > m->cfg.head_dim ? m->cfg.hidden_size : m->cfg.head_dim);
+        a->norm_compute = be->ops->alloc(be, norm_floats * sizeof(float));
+        a->norm_ones = be->ops->alloc(be, ones * sizeof(float));
+        float *h = malloc(ones * sizeof *h);
+        if (!a->norm_compute || !a->norm_ones || !h) {
+            free(h);
+            lt_adapter_free(a);
+            return lt_fail(err, LT_ERR_NOMEM, "adapter: out of memory");
+        }
+        for (size_t i = 0; i < ones; i++) h[i] = 1.0f;
+        be->ops->upload(be, a->norm_ones, h, ones * sizeof *h);
+        free(h);
+    }
+    be->ops->zero(be, a->grads, n * sizeof(float));
+    lt_status st = lt_adapter_extra_bind(a, 0, err);
+    if (st == LT_OK) st = be->ops->sync(be);
+    if (st != LT_OK) {
+        lt_adapter_free(a);
+        return lt_fail(err, st, "adapter: cannot copy the base weights");
+    }
+    /* the copies are the weights training reads; the base's file pages (a read-only mapping) need not stay
+     * resident: released, they are read again from the file if the base is used (a reference model) */
+    lt_st_set_release_pages(m->st);
+    *out = a;
+    return LT_OK;
+}
+
 lt_status lt_adapter_alloc(lt_model *m, const lt_adapter_params *p, lt_adapter **out, lt_error *err) {
     *out = NULL;
+    lt_status fst = lt_adapter_full_check(m, p, err);
+    if (fst != LT_OK) return fst;
+    if (p->full_finetune) return full_alloc(m, p, out, err);
     if (p->rank <= 0 || p->rank > 4096) return lt_fail(err, LT_ERR_ARGUMENT, "adapter: rank %d is not in [1, 4096]", p->rank);
     if (!(p->alpha > 0) || !isfinite(p->alpha)) return lt_fail(err, LT_ERR_ARGUMENT, "adapter: alpha %g must be positive", p->alpha);
     if (!(p->dropout >= 0 && p->dropout < 1)) return lt_fail(err, LT_ERR_ARGUMENT, "adapter: dropout %g is not in [0, 1)", p->dropout);
@@ -87,6 +149,13 @@ lt_status lt_adapter_alloc(lt_model *m, const lt_adapter_params *p, lt_adapter *
     }
     n *= (size_t)L;
     n_gn *= (size_t)L;
+    const size_t n_lora = n;
+    size_t norm_floats = 0;
+    n += lt_adapter_extra_count(a, &norm_floats); /* modules_to_save copies after the LoRA tensors */
+    if (a->n_ptensors && !(a->ptensors = calloc((size_t)a->n_ptensors, sizeof *a->ptensors))) {
+        lt_adapter_free(a);
+        return lt_fail(err, LT_ERR_NOMEM, "adapter: out of memory");
+    }
     if (p->use_dora) {
         a->dora_gn = m->be->ops->alloc(m->be, n_gn * sizeof(float));
         a->dora_w = m->be->ops->alloc(m->be, max_w * sizeof(float));
@@ -104,12 +173,13 @@ lt_status lt_adapter_alloc(lt_model *m, const lt_adapter_params *p, lt_adapter *
     }
     m->be->ops->zero(m->be, a->params, n * sizeof(float));
     m->be->ops->zero(m->be, a->grads, n * sizeof(float));
-    if (lt_init_is_decomposed(p->init)) { /* PiSSA / OLoRA: the frozen A0, B0, laid out like params */
-        if (!(a->init0 = m->be->ops->alloc(m->be, n * sizeof(float)))) {
+    if (lt_init_is_decomposed(p->init)) { /* PiSSA / OLoRA: the frozen A0, B0, laid out like the LoRA part of params */
+        a->n_init0 = n_lora;
+        if (!(a->init0 = m->be->ops->alloc(m->be, n_lora * sizeof(float)))) {
             lt_adapter_free(a);
-            return lt_fail(err, LT_ERR_NOMEM, "adapter: cannot allocate %zu initial parameters", n);
+            return lt_fail(err, LT_ERR_NOMEM, "adapter: cannot allocate %zu initial parameters", n_lora);
         }
-        m->be->ops->zero(m->be, a->init0, n * sizeof(float));
+        m->be->ops->zero(m->be, a->init0, n_lora * sizeof(float));
     }
     size_t off = 0, gn_off = 0;
     for (int l = 0; l < L; l++)
@@ -140,6 +210,12 @@ lt_status lt_adapter_alloc(lt_model *m, const lt_adapter_params *p, lt_adapter *
                 }
             }
         }
+    a->n_decay = n; /* LoRA tensors and modules_to_save copies all take weight decay */
+    if (a->n_ptensors) {
+        lt_status st = lt_adapter_extra_bind(a, n_lora, err);
+        if (st != LT_OK) { lt_adapter_free(a); return st; }
+        a->n_decay = n;
+    }
     *out = a;
     return LT_OK;
 }
@@ -247,6 +323,11 @@ LT_API void lt_adapter_free(lt_adapter *a) {
     if (a->dora_gn) be->ops->free(be, a->dora_gn);
     if (a->dora_w) be->ops->free(be, a->dora_w);
     if (a->init0) be->ops->free(be, a->init0);
+    if (a->norm_compute) be->ops->free(be, a->norm_compute);
+    if (a->norm_ones) be->ops->free(be, a->norm_ones);
+    free(a->full_layers);
+    free(a->full_grads);
+    free(a->ptensors);
     free(a->dora_merge_g);
     free(a->lora);
     free(a);
@@ -320,7 +401,14 @@ static lt_status write_adapter_config(const lt_adapter *a, const char *dir, lt_e
         lt_path_join(sp, sizeof sp, dir, INIT_SIDECAR);
         remove(sp);
     }
-    json_object_set_new(o, "modules_to_save", json_null());
+    if (a->p.modules_to_save) { /* PEFT: the module names (ModulesToSaveWrapper) */
+        json_t *mts = json_array();
+        if (a->p.modules_to_save & LT_SAVE_EMBED_TOKENS) json_array_append_new(mts, json_string("embed_tokens"));
+        if (a->p.modules_to_save & LT_SAVE_LM_HEAD) json_array_append_new(mts, json_string("lm_head"));
+        json_object_set_new(o, "modules_to_save", mts);
+    } else {
+        json_object_set_new(o, "modules_to_save", json_null());
+    }
     json_object_set_new(o, "rank_pattern", json_object());
     json_object_set_new(o, "alpha_pattern", json_object());
     json_object_set_new(o, "inference_mode", json_true());
@@ -340,15 +428,15 @@ static lt_status adapter_save(lt_adapter *a, const char *dir, lt_error *err) {
     const int L = (int)a->model->cfg.num_hidden_layers;
     float *h = params_to_host(a);
     int n = 0;
-    lt_st_entry *e = calloc((size_t)L * P_COUNT * 3, sizeof *e);
-    char *names = calloc((size_t)L * P_COUNT * 3, 160);
+    lt_st_entry *e = calloc((size_t)L * P_COUNT * 3 + 2, sizeof *e);
+    char *names = calloc((size_t)L * P_COUNT * 3 + 2, 160);
     /* PiSSA / OLoRA: the converted rank-2r tensors A' = [A; A0] (2r, in), B' = [B, -B0] (out, 2r) */
-    float *h0 = a->init0 ? malloc(a->n_params * sizeof(float)) : NULL, *cv = a->init0 ? malloc(2 * a->n_params * sizeof(float)) : NULL;
+    float *h0 = a->init0 ? malloc(a->n_init0 * sizeof(float)) : NULL, *cv = a->init0 ? malloc(2 * a->n_init0 * sizeof(float)) : NULL;
     if (!h || !e || !names || (a->init0 && (!h0 || !cv))) {
         free(h); free(e); free(names); free(h0); free(cv);
         return lt_fail(err, LT_ERR_NOMEM, "out of memory");
     }
-    if (h0) a->model->be->ops->download(a->model->be, h0, a->init0, a->n_params * sizeof(float));
+    if (h0) a->model->be->ops->download(a->model->be, h0, a->init0, a->n_init0 * sizeof(float));
     float *cvp = cv;
     lt_module mods[P_COUNT];
     const int n_mods = lt_model_modules(&a->model->cfg, mods);
@@ -397,6 +485,18 @@ static lt_status adapter_save(lt_adapter *a, const char *dir, lt_error *err) {
                 n++;
             }
         }
+    for (int i = 0; i < a->n_ptensors; i++) { /* modules_to_save: PEFT's keys, the wrapper's name left out */
+        const lt_ptensor *t = &a->ptensors[i];
+        char *nm = names + (size_t)n * 160;
+        snprintf(nm, 160, "base_model.model.%s", t->name);
+        e[n].name = nm;
+        e[n].dtype = LT_DT_F32;
+        e[n].ndim = 2;
+        e[n].shape[0] = a->model->cfg.vocab_size;
+        e[n].shape[1] = a->model->cfg.hidden_size;
+        e[n].data = h + t->off;
+        n++;
+    }
     char path[4200];
     lt_path_join(path, sizeof path, dir, "adapter_model.safetensors");
     static const char *const meta[] = {"format", "pt", NULL};
@@ -411,6 +511,8 @@ LT_API lt_status lt_adapter_save(lt_adapter *a, const char *dir) {
     lt_error_clear(&a->err);
     if (!dir) return lt_fail(&a->err, LT_ERR_ARGUMENT, "lt_adapter_save: dir is NULL");
     if (a->merged) return lt_fail(&a->err, LT_ERR_STATE, "lt_adapter_save: the adapter is merged; unmerge it first");
+    if (a->p.full_finetune) /* the trained model itself, as a Hugging Face directory */
+        return lt_model_export(a->model, a, dir, 2ull << 30, &a->err);
     return adapter_save(a, dir, &a->err);
 }
 
@@ -510,9 +612,20 @@ static lt_status read_adapter_config(const char *dir, const lt_model *m, lt_adap
         goto out;
     }
     v = json_object_get(o, "modules_to_save");
-    if (v && !json_is_null(v) && !(json_is_array(v) && json_array_size(v) == 0)) {
-        st = lt_fail(err, LT_ERR_UNSUPPORTED, "%s: modules_to_save is not supported yet", path);
-        goto out;
+    if (v && !json_is_null(v)) {
+        size_t i;
+        json_t *s;
+        if (!json_is_array(v)) { st = lt_fail(err, LT_ERR_JSON, "%s: modules_to_save is not a list", path); goto out; }
+        json_array_foreach(v, i, s) {
+            const char *nm = json_is_string(s) ? json_string_value(s) : "";
+            if (!strcmp(nm, "embed_tokens")) p->modules_to_save |= LT_SAVE_EMBED_TOKENS;
+            else if (!strcmp(nm, "lm_head")) p->modules_to_save |= LT_SAVE_LM_HEAD;
+            else {
+                st = lt_fail(err, LT_ERR_UNSUPPORTED, "%s: modules_to_save entry \"%s\" is not supported (only "
+                             "embed_tokens and lm_head)", path, nm);
+                goto out;
+            }
+        }
     }
     const char *pats[] = {"rank_pattern", "alpha_pattern"};
     for (int i = 0; i < 2; i++) {
@@ -581,6 +694,11 @@ LT_API lt_status lt_adapter_load(lt_model *m, const char *dir, lt_adapter **out)
     if (!out) return lt_fail(err, LT_ERR_ARGUMENT, "lt_adapter_load: out is NULL");
     *out = NULL;
     if (!m || !dir) return lt_fail(err, LT_ERR_ARGUMENT, "lt_adapter_load: model and dir must not be NULL");
+    char cfg_path[4200], acfg_path[4200];
+    lt_path_join(cfg_path, sizeof cfg_path, dir, "config.json");
+    lt_path_join(acfg_path, sizeof acfg_path, dir, "adapter_config.json");
+    if (access(acfg_path, F_OK) != 0 && access(cfg_path, F_OK) == 0) /* a model saved by full fine-tuning */
+        return lt_adapter_load_full(m, dir, out, err);
     lt_adapter_params p;
     lt_status st = read_adapter_config(dir, m, &p, err);
     int converted = 0; /* PiSSA / OLoRA saved by us: [A; A0], [B, -B0] of rank 2r */
@@ -629,6 +747,11 @@ LT_API lt_status lt_adapter_load(lt_model *m, const char *dir, lt_adapter **out)
                     const lt_lora *lo = lt_adapter_lora(a, l, (lt_proj)mods[q].first);
                     matched = !strcmp(key, name) && lo && (k < 2 || lo->mag);
                 }
+        for (int k = 0; k < a->n_ptensors && !matched; k++) {
+            char key[256];
+            snprintf(key, sizeof key, "base_model.model.%s", a->ptensors[k].name);
+            matched = !strcmp(key, name);
+        }
         if (!matched) {
             st = lt_fail(err, LT_ERR_FORMAT, "%s: unexpected tensor \"%s\" (not a LoRA weight of a targeted "
                          "projection of this %d-layer model; an adapter for another model?)", path, name, L);
@@ -683,10 +806,26 @@ LT_API lt_status lt_adapter_load(lt_model *m, const char *dir, lt_adapter **out)
                 }
             }
         }
+    for (int k = 0; k < a->n_ptensors; k++) { /* modules_to_save copies */
+        char key[256];
+        snprintf(key, sizeof key, "base_model.model.%s", a->ptensors[k].name);
+        const lt_st_tensor *t = lt_st_find(f, key);
+        if (!t) { st = lt_fail(err, LT_ERR_MISSING, "%s: tensor \"%s\" (modules_to_save) is missing", path, key); goto fail; }
+        if (t->ndim != 2 || t->shape[0] != m->cfg.vocab_size || t->shape[1] != m->cfg.hidden_size) {
+            st = lt_fail(err, LT_ERR_SHAPE, "%s: tensor \"%s\" must have shape [%lld, %lld]", path, key,
+                         (long long)m->cfg.vocab_size, (long long)m->cfg.hidden_size);
+            goto fail;
+        }
+        if (lt_convert_to_f32(host + a->ptensors[k].off, t->data, t->dtype, (size_t)t->numel) != 0) {
+            st = lt_fail(err, LT_ERR_DTYPE, "%s: tensor \"%s\" has dtype %s (need F32, F16 or BF16)", path, key,
+                         lt_dtype_name(t->dtype));
+            goto fail;
+        }
+    }
     for (size_t i = 0; i < a->n_params; i++)
         if (!isfinite(host[i])) { st = lt_fail(err, LT_ERR_NUMERIC, "%s: the adapter contains NaN or Inf", path); goto fail; }
     m->be->ops->upload(m->be, a->params, host, a->n_params * sizeof(float));
-    if (host0) m->be->ops->upload(m->be, a->init0, host0, a->n_params * sizeof(float));
+    if (host0) m->be->ops->upload(m->be, a->init0, host0, a->n_init0 * sizeof(float));
     if ((st = m->be->ops->sync(m->be)) != LT_OK) goto fail;
     free(host); free(host0); free(cvt);
     lt_st_close(f);
@@ -810,6 +949,10 @@ LT_API lt_status lt_adapter_merge(lt_adapter *a) {
     if (!a) return LT_ERR_ARGUMENT;
     lt_error_clear(&a->err);
     if (a->merged) return lt_fail(&a->err, LT_ERR_STATE, "lt_adapter_merge: already merged");
+    if (a->p.full_finetune || a->p.modules_to_save)
+        return lt_fail(&a->err, LT_ERR_UNSUPPORTED, "lt_adapter_merge: the adapter holds trained copies of base "
+                       "weights (%s); export the merged model instead (lt_adapter_export_merged)",
+                       a->p.full_finetune ? "full fine-tuning" : "modules_to_save");
     if (a->model->base_dtype != LT_BASE_F32)
         return lt_fail(&a->err, LT_ERR_UNSUPPORTED, "lt_adapter_merge: the model keeps its base weights in "
                        "bf16; load it with base_dtype LT_BASE_F32 to merge");
@@ -861,9 +1004,9 @@ lt_status lt_model_export(lt_model *m, const lt_adapter *a, const char *dir, uin
         e[n].shape[0] = d0; e[n].shape[1] = d1; e[n].data = bufs[n];                                  \
         n++;                                                                                          \
     } while (0)
-    ADD("%s", m->embed, V, H, "model.embed_tokens.weight");
+    ADD("%s", lt_view_embed(m, a), V, H, "model.embed_tokens.weight");
     for (int l = 0; l < L; l++) {
-        const lt_layer *Ly = &m->layers[l];
+        const lt_layer *Ly = lt_view_layer(m, a, l); /* full fine-tuning: the trained weights */
         ADD("model.layers.%d.input_layernorm.weight", Ly->attn_norm_file ? Ly->attn_norm_file : Ly->attn_norm, H, 0, l);
         if (c->sandwich_norms) {
             ADD("model.layers.%d.pre_feedforward_layernorm.weight", Ly->mlp_norm_file, H, 0, l);
@@ -898,7 +1041,7 @@ lt_status lt_model_export(lt_model *m, const lt_adapter *a, const char *dir, uin
             for (int q = mods[k].first; q < mods[k].first + mods[k].count; q++) {
                 int in, o;
                 lt_proj_dims(c, (lt_proj)q, &in, &o);
-                st = lt_weight_download(m, &m->layers[l].w[q], W, o, in, err); /* dequantized when quantized */
+                st = lt_weight_download(m, &Ly->w[q], W, o, in, err); /* dequantized when quantized */
                 if (st != LT_OK) goto out;
                 lt_lora *lo = a ? lt_adapter_lora(a, l, (lt_proj)q) : NULL;
                 if (lo && !a->merged) {
@@ -945,9 +1088,15 @@ lt_status lt_model_export(lt_model *m, const lt_adapter *a, const char *dir, uin
             }
         }
     }
-    ADD("%s", m->final_norm_file ? m->final_norm_file : m->final_norm, H, 0, "model.norm.weight");
-    if (!c->tie_word_embeddings) {
-        const lt_weight head = lt_model_lm_head(m); /* exported dequantized when quantized */
+    if (a && a->final_norm_file) ADD("%s", a->final_norm_file, H, 0, "model.norm.weight");
+    else ADD("%s", m->final_norm_file ? m->final_norm_file : m->final_norm, H, 0, "model.norm.weight");
+    /* modules_to_save on a tied model trains a separate copy of embed_tokens and/or lm_head (PEFT): the
+     * two differ, so the merged model is untied */
+    const lt_weight head_view = lt_view_lm_head(m, a);
+    const int untie = c->tie_word_embeddings && a && (a->embed || a->lm_head) &&
+                      head_view.f32 != lt_view_embed(m, a);
+    if (!c->tie_word_embeddings || untie) {
+        const lt_weight head = lt_view_lm_head(m, a); /* exported dequantized when quantized */
         ADD("%s", NULL, V, H, "lm_head.weight");
         st = lt_weight_download(m, &head, bufs[n - 1], (int)V, (int)H, err);
         if (st != LT_OK) goto out;
@@ -958,6 +1107,7 @@ lt_status lt_model_export(lt_model *m, const lt_adapter *a, const char *dir, uin
     {
         lt_model_config out_cfg = *c;
         snprintf(out_cfg.torch_dtype, sizeof out_cfg.torch_dtype, "float32");
+        if (untie) out_cfg.tie_word_embeddings = 0;
         char path[4200];
         lt_path_join(path, sizeof path, dir, "config.json");
         st = lt_config_write(&out_cfg, path, err);

@@ -121,6 +121,9 @@ typedef struct lt_backend_ops {
     /* ---- embedding: out (N,C) = table[ids[i]] (ids already validated by the core) ------------- */
     void (*embedding_forward)(lt_backend *be, float *out, const int32_t *ids, const float *table,
                               int N, int C);
+    /* dtable (vocab,C) ACCUMULATES dout (N,C): dtable[ids[i]] += dout[i], in token order for every row
+     * of the table (deterministic: a repeated id sums its rows in the same order every run). */
+    void (*embedding_backward)(lt_backend *be, float *dtable, const int32_t *ids, const float *dout, int N, int C);
 
     /* ---- RMSNorm: out = inp * rstd * weight, rstd = 1/sqrt(mean(inp^2) + eps) ------------------ */
     /* out (N,C), rstd (N) saved for backward, inp (N,C), weight (C) */

@@ -117,7 +117,7 @@ LT_API lt_status lt_generate(lt_model *m, const lt_adapter *ad, const int32_t *p
         if (prompt_lens[b] > max_prompt) max_prompt = prompt_lens[b];
     }
     const int S = max_prompt + p.max_new_tokens; /* positions needed */
-    const int r = ad ? ad->p.rank : 1;
+    const int r = ad && ad->p.rank > 0 ? ad->p.rank : 1;
     lt_backend *be = m->be;
     /* one allocation: activations for B tokens + the KV cache */
     const size_t wt = lt_weight_tile_floats(m); /* dequantization scratch of quantized weights */
@@ -166,10 +166,10 @@ LT_API lt_status lt_generate(lt_model *m, const lt_adapter *ad, const int32_t *p
         for (int b = 0; b < B; b++) posv[b] = s;
         be->ops->upload(be, dtok, tok, (size_t)B * sizeof(int32_t));
         be->ops->upload(be, dpos, posv, (size_t)B * sizeof(int32_t));
-        be->ops->embedding_forward(be, x, dtok, m->embed, B, H);
+        be->ops->embedding_forward(be, x, dtok, lt_view_embed(m, ad), B, H);
         if (c->embed_scale != 1.0) be->ops->scale(be, (size_t)B * H, (float)c->embed_scale, x);
         for (int l = 0; l < L; l++) {
-            const lt_layer *W = &m->layers[l];
+            const lt_layer *W = lt_view_layer(m, ad, l);
             const lt_lora *lo[P_COUNT];
             for (int pj = 0; pj < P_COUNT; pj++) lo[pj] = ad ? lt_adapter_lora(ad, l, (lt_proj)pj) : NULL;
             float *kcl = kc + (size_t)l * B * S * KD, *vcl = vc + (size_t)l * B * S * KD;
@@ -231,8 +231,8 @@ LT_API lt_status lt_generate(lt_model *m, const lt_adapter *ad, const int32_t *p
             if (c->sandwich_norms) be->ops->rmsnorm_forward(be, x, rstd, tmpH, W->post_ff_norm, B, H, eps);
             be->ops->axpy(be, (size_t)B * H, 1.0f, xmid, x);
         }
-        be->ops->rmsnorm_forward(be, ln, rstd, x, m->final_norm, B, H, eps);
-        const lt_weight head = lt_model_lm_head(m);
+        be->ops->rmsnorm_forward(be, ln, rstd, x, lt_view_final_norm(m, ad), B, H, eps);
+        const lt_weight head = lt_view_lm_head(m, ad);
         lt_weight_forward(m, gws.wtile, &head, logits, ln, B, H, V, 0.0f);
         if (c->final_logit_softcapping > 0)
             be->ops->softcap_forward(be, logits, (size_t)B * V, (float)c->final_logit_softcapping);

@@ -13,6 +13,10 @@
  * so the (N, V) logits never exist.
  * Backward runs the layers in reverse; with gradient checkpointing each layer's forward is recomputed
  * from its saved input into a single set of activation buffers first.
+ * Full fine-tuning and modules_to_save: every pass reads its weights through lt_view_* (model.h), the
+ * adapter's trained copies where it holds them; their gradients (dW += dy^T x per projection, column sums
+ * for biases, dweight of each RMSNorm, a scatter-add for the embedding, dlogits^T h for the LM head)
+ * accumulate into the adapter's grads next to the input gradients.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -323,6 +327,14 @@ static void lora_linear_backward(lt_model *m, lt_workspace *ws, const lt_adapter
 
 /* ---- one layer ------------------------------------------------------------------------------------ */
 
+/* Full fine-tuning: the gradients of projection p's weight and bias from its output gradient dy (N,out)
+ * and input x (N,in):  dW (out,in) += dy^T x  (one GEMM over all N tokens),  db (out) += colsum(dy). */
+static void weight_grad(lt_model *m, const lt_layer *G, lt_proj p, const float *dy, const float *x, int N, int in,
+                        int out) {
+    OPS->gemm(BE, 1, 0, out, in, N, 1.0f, dy, out, x, in, 1.0f, G->w[p].f32, in);
+    if (G->bias[p]) OPS->bias_backward(BE, G->bias[p], dy, N, out);
+}
+
 static uint64_t stream_id(const lt_model_config *c, int layer, lt_proj p, int N, int width) {
     /* distinct, non-overlapping counter ranges per (layer, projection); the projections of a fused
      * module (Phi-3 qkv_proj, gate_up_proj) read one input through one dropout, so they share one */
@@ -338,7 +350,7 @@ static const int32_t *layer_kv_start(const lt_model *m, const lt_workspace *ws, 
 static void layer_forward(lt_model *m, lt_workspace *ws, const lt_adapter *ad, const lt_dropout_state *drop,
                           int l, const float *x, lt_layer_acts *A, float *x_out) {
     const lt_model_config *c = &m->cfg;
-    const lt_layer *W = &m->layers[l];
+    const lt_layer *W = lt_view_layer(m, ad, l);
     const int B = ws->B, T = ws->T, N = B * T, H = (int)c->hidden_size, I = (int)c->intermediate_size;
     const int NH = (int)c->num_attention_heads, NKV = (int)c->num_key_value_heads, HD = (int)c->head_dim;
     const int QD = NH * HD, KD = NKV * HD;
@@ -397,39 +409,45 @@ static void layer_forward(lt_model *m, lt_workspace *ws, const lt_adapter *ad, c
 static void layer_backward(lt_model *m, lt_workspace *ws, const lt_adapter *ad, const lt_dropout_state *drop,
                            int l, const float *x, lt_layer_acts *A) {
     const lt_model_config *c = &m->cfg;
-    const lt_layer *W = &m->layers[l];
+    const lt_layer *W = lt_view_layer(m, ad, l);
+    const lt_layer *G = lt_view_layer_grads(ad, l); /* full fine-tuning: the weights' gradients */
     const int B = ws->B, T = ws->T, N = B * T, H = (int)c->hidden_size, I = (int)c->intermediate_size;
     const int NH = (int)c->num_attention_heads, NKV = (int)c->num_key_value_heads, HD = (int)c->head_dim;
     const int QD = NH * HD, KD = NKV * HD;
     lt_lora *lo[P_COUNT];
     for (int p = 0; p < P_COUNT; p++) lo[p] = ad ? lt_adapter_lora(ad, l, (lt_proj)p) : NULL;
+#define GW(field) (G ? G->field : NULL)
 
     /* MLP: x_out = x_mid + down(silu(gate(ln2)) * up(ln2)) */
     const float *d_down = ws->dres;
     if (c->sandwich_norms) { /* x_out = x_mid + post_ff_norm(down(...)) */
         OPS->zero(BE, ws->dsand, (size_t)N * H * sizeof(float));
-        OPS->rmsnorm_backward(BE, ws->dsand, NULL, ws->dres, A->d_raw, W->post_ff_norm, A->rstd_pf, N, H);
+        OPS->rmsnorm_backward(BE, ws->dsand, GW(post_ff_norm), ws->dres, A->d_raw, W->post_ff_norm, A->rstd_pf, N, H);
         d_down = ws->dsand;
     }
     lora_linear_backward(m, ws, ad, lo[P_DOWN], drop, stream_id(c, l, P_DOWN, N, I), ws->dI1, 0, d_down, A->act,
                     &W->w[P_DOWN], A->xa[P_DOWN], N, I, H);
+    if (G) weight_grad(m, G, P_DOWN, d_down, A->act, N, I, H);
     if (c->activation == LT_ACT_GELU_TANH) OPS->geglu_backward(BE, ws->dI2, ws->dI3, ws->dI1, A->gate, A->up, (size_t)N * I);
     else OPS->swiglu_backward(BE, ws->dI2, ws->dI3, ws->dI1, A->gate, A->up, (size_t)N * I);
     lora_linear_backward(m, ws, ad, lo[P_GATE], drop, stream_id(c, l, P_GATE, N, H), ws->dln, 0, ws->dI2, A->ln2,
                     &W->w[P_GATE], A->xa[P_GATE], N, H, I);
+    if (G) weight_grad(m, G, P_GATE, ws->dI2, A->ln2, N, H, I);
     lora_linear_backward(m, ws, ad, lo[P_UP], drop, stream_id(c, l, P_UP, N, H), ws->dln, 1, ws->dI3, A->ln2,
                     &W->w[P_UP], A->xa[P_UP], N, H, I);
-    OPS->rmsnorm_backward(BE, ws->dres, NULL, ws->dln, A->x_mid, W->mlp_norm, A->rstd2, N, H);
+    if (G) weight_grad(m, G, P_UP, ws->dI3, A->ln2, N, H, I);
+    OPS->rmsnorm_backward(BE, ws->dres, GW(mlp_norm), ws->dln, A->x_mid, W->mlp_norm, A->rstd2, N, H);
 
     /* attention: x_mid = x + o(attention(rope(q(ln1)), rope(k(ln1)), v(ln1))) */
     const float *d_o = ws->dres;
     if (c->sandwich_norms) { /* x_mid = x + post_attn_norm(o(...)) */
         OPS->zero(BE, ws->dsand, (size_t)N * H * sizeof(float));
-        OPS->rmsnorm_backward(BE, ws->dsand, NULL, ws->dres, A->o_raw, W->post_attn_norm, A->rstd_pa, N, H);
+        OPS->rmsnorm_backward(BE, ws->dsand, GW(post_attn_norm), ws->dres, A->o_raw, W->post_attn_norm, A->rstd_pa, N, H);
         d_o = ws->dsand;
     }
     lora_linear_backward(m, ws, ad, lo[P_O], drop, stream_id(c, l, P_O, N, QD), ws->datt, 0, d_o, A->att,
                     &W->w[P_O], A->xa[P_O], N, QD, H);
+    if (G) weight_grad(m, G, P_O, d_o, A->att, N, QD, H);
     if (c->attn_logit_softcapping > 0)
         OPS->attention_softcap_backward(BE, ws->dq, ws->dk, ws->dv, ws->datt, A->q, A->k, A->v, A->att, A->lse,
                                         layer_kv_start(m, ws, l), B, T, NH, NKV, HD, lt_config_attn_scale(c),
@@ -449,16 +467,20 @@ static void layer_backward(lt_model *m, lt_workspace *ws, const lt_adapter *ad, 
         dkp = ws->dk_pre;
         OPS->zero(BE, dqp, (size_t)N * QD * sizeof(float));
         OPS->zero(BE, dkp, (size_t)N * KD * sizeof(float));
-        OPS->rmsnorm_backward(BE, dqp, NULL, ws->dq, A->q_pre, W->q_norm, A->rstd_q, N * NH, HD);
-        OPS->rmsnorm_backward(BE, dkp, NULL, ws->dk, A->k_pre, W->k_norm, A->rstd_k, N * NKV, HD);
+        OPS->rmsnorm_backward(BE, dqp, GW(q_norm), ws->dq, A->q_pre, W->q_norm, A->rstd_q, N * NH, HD);
+        OPS->rmsnorm_backward(BE, dkp, GW(k_norm), ws->dk, A->k_pre, W->k_norm, A->rstd_k, N * NKV, HD);
     }
     lora_linear_backward(m, ws, ad, lo[P_Q], drop, stream_id(c, l, P_Q, N, H), ws->dln, 0, dqp, A->ln1,
                     &W->w[P_Q], A->xa[P_Q], N, H, QD);
+    if (G) weight_grad(m, G, P_Q, dqp, A->ln1, N, H, QD);
     lora_linear_backward(m, ws, ad, lo[P_K], drop, stream_id(c, l, P_K, N, H), ws->dln, 1, dkp, A->ln1,
                     &W->w[P_K], A->xa[P_K], N, H, KD);
+    if (G) weight_grad(m, G, P_K, dkp, A->ln1, N, H, KD);
     lora_linear_backward(m, ws, ad, lo[P_V], drop, stream_id(c, l, P_V, N, H), ws->dln, 1, ws->dv, A->ln1,
                     &W->w[P_V], A->xa[P_V], N, H, KD);
-    OPS->rmsnorm_backward(BE, ws->dres, NULL, ws->dln, x, W->attn_norm, A->rstd1, N, H);
+    if (G) weight_grad(m, G, P_V, ws->dv, A->ln1, N, H, KD);
+    OPS->rmsnorm_backward(BE, ws->dres, GW(attn_norm), ws->dln, x, W->attn_norm, A->rstd1, N, H);
+#undef GW
 }
 
 /* ---- the whole model ---------------------------------------------------------------------------- */
@@ -469,12 +491,17 @@ static lt_status backward_layers(lt_model *m, const lt_adapter *ad, lt_workspace
                                  lt_error *err) {
     const int L = (int)m->cfg.num_hidden_layers, H = (int)m->cfg.hidden_size, N = ws->B * ws->T;
     OPS->zero(BE, ws->dres, (size_t)N * H * sizeof(float));
-    OPS->rmsnorm_backward(BE, ws->dres, NULL, ws->dln, ws->x_saved[L], m->final_norm, ws->final_rstd, N, H);
+    OPS->rmsnorm_backward(BE, ws->dres, ad ? ad->d_final_norm : NULL, ws->dln, ws->x_saved[L],
+                          lt_view_final_norm(m, ad), ws->final_rstd, N, H);
     for (int l = L - 1; l >= 0; l--) {
         lt_layer_acts *A = &ws->acts[ws->checkpointing ? 0 : l];
         if (ws->checkpointing) /* recompute this layer's activations; its output goes to a scratch */
             layer_forward(m, ws, ad, drop, l, ws->x_saved[l], A, ws->dln);
         layer_backward(m, ws, ad, drop, l, ws->x_saved[l], A);
+    }
+    if (ad && ad->d_embed) { /* x_0 = embed_scale * E[ids]: dE[ids] += embed_scale * dx_0 (dres is free after) */
+        if (m->cfg.embed_scale != 1.0) OPS->scale(BE, (size_t)N * H, (float)m->cfg.embed_scale, ws->dres);
+        OPS->embedding_backward(BE, ad->d_embed, ws->ids, ws->dres, N, H);
     }
     lt_status st = OPS->sync(BE);
     if (st != LT_OK) return lt_fail(err, st, "backend %s failed during the backward pass", OPS->name);
@@ -494,14 +521,14 @@ static lt_status forward_layers(lt_model *m, const lt_adapter *ad, lt_workspace 
     if (!ws->wtile && lt_weight_tile_floats(m) > 0)
         return lt_fail(err, LT_ERR_STATE, "the model was quantized after this trainer planned its memory; "
                        "quantize the model before creating trainers");
-    OPS->embedding_forward(BE, ws->x_saved[0], ws->ids, m->embed, N, H);
+    OPS->embedding_forward(BE, ws->x_saved[0], ws->ids, lt_view_embed(m, ad), N, H);
     if (c->embed_scale != 1.0) /* Gemma: times sqrt(hidden) rounded to the activation dtype (fp32) */
         OPS->scale(BE, (size_t)N * H, (float)c->embed_scale, ws->x_saved[0]);
     for (int l = 0; l < L; l++) {
         lt_layer_acts *A = &ws->acts[ws->checkpointing ? 0 : l];
         layer_forward(m, ws, ad, drop, l, ws->x_saved[l], A, ws->x_saved[l + 1]);
     }
-    OPS->rmsnorm_forward(BE, ws->final_ln, ws->final_rstd, ws->x_saved[L], m->final_norm, N, H,
+    OPS->rmsnorm_forward(BE, ws->final_ln, ws->final_rstd, ws->x_saved[L], lt_view_final_norm(m, ad), N, H,
                          (float)c->rms_norm_eps);
     return LT_OK;
 }
@@ -518,6 +545,13 @@ static void lm_head_forward(lt_model *m, lt_workspace *ws, const lt_weight *head
         OPS->softcap_forward(BE, ws->logits, (size_t)n * V, fcap);
         if (backward) OPS->copy(BE, ws->logits_capped, ws->logits, (size_t)n * V * sizeof(float));
     }
+}
+
+/* A trained LM head (full FT, modules_to_save): dW_lm (V,H) += s dlogits^T final_ln for the chunk of rows
+ * r0 .. r0+n, dlogits (n,V) in ws->logits, s the logit scale. Tied: dW_lm is the embedding's gradient. */
+static void lm_head_weight_grad(lt_model *m, const lt_adapter *ad, lt_workspace *ws, int r0, int n, float s) {
+    const int H = (int)m->cfg.hidden_size, V = (int)m->cfg.vocab_size;
+    OPS->gemm(BE, 1, 0, V, H, n, s, ws->logits, V, ws->final_ln + (size_t)r0 * H, H, 1.0f, ad->d_lm_head, H);
 }
 
 /* the gradient in ws->logits back through the soft-capping (after lm_head_forward with backward) */
@@ -539,7 +573,7 @@ lt_status lt_forward_backward(lt_model *m, const lt_adapter *ad, lt_workspace *w
 
     /* chunked LM head + cross-entropy; dln accumulates d loss / d final_ln */
     double total = 0.0;
-    const lt_weight head = lt_model_lm_head(m);
+    const lt_weight head = lt_view_lm_head(m, ad);
     for (int r0 = 0; r0 < N; r0 += ws->chunk) {
         int n = N - r0 < ws->chunk ? N - r0 : ws->chunk;
         lm_head_forward(m, ws, &head, r0, n, 1.0f, backward);
@@ -548,6 +582,7 @@ lt_status lt_forward_backward(lt_model *m, const lt_adapter *ad, lt_workspace *w
         if (backward) {
             lm_head_softcap_backward(m, ws, n);
             lt_weight_backward(m, ws->wtile, &head, ws->dln + (size_t)r0 * H, ws->logits, n, H, V, 0.0f);
+            if (ad && ad->d_lm_head) lm_head_weight_grad(m, ad, ws, r0, n, 1.0f);
         }
     }
     OPS->download(BE, ws->host_losses, ws->losses, (size_t)N * sizeof(float));
@@ -568,7 +603,7 @@ lt_status lt_forward_logp(lt_model *m, const lt_adapter *ad, lt_workspace *ws, c
     const int V = (int)m->cfg.vocab_size, N = ws->B * ws->T;
     lt_status st = forward_layers(m, ad, ws, drop, err);
     if (st != LT_OK) return st;
-    const lt_weight head = lt_model_lm_head(m);
+    const lt_weight head = lt_view_lm_head(m, ad);
     for (int r0 = 0; r0 < N; r0 += ws->chunk) {
         int n = N - r0 < ws->chunk ? N - r0 : ws->chunk;
         lm_head_forward(m, ws, &head, r0, n, logit_scale, 0);
@@ -593,7 +628,7 @@ lt_status lt_backward_weighted(lt_model *m, const lt_adapter *ad, lt_workspace *
     OPS->upload(BE, ws->row_w, host_w, (size_t)N * sizeof(float));
     /* d loss / d final_ln, chunk by chunk: logits again (one extra LM-head GEMM), softmax - onehot
      * scaled per row by w, then through the LM head (and the logit scale) */
-    const lt_weight head = lt_model_lm_head(m);
+    const lt_weight head = lt_view_lm_head(m, ad);
     for (int r0 = 0; r0 < N; r0 += ws->chunk) {
         int n = N - r0 < ws->chunk ? N - r0 : ws->chunk;
         float *dln = ws->dln + (size_t)r0 * H;
@@ -602,6 +637,7 @@ lt_status lt_backward_weighted(lt_model *m, const lt_adapter *ad, lt_workspace *
         lm_head_softcap_backward(m, ws, n);
         OPS->row_scale(BE, ws->logits, ws->row_w + r0, n, V);
         lt_weight_backward(m, ws->wtile, &head, dln, ws->logits, n, H, V, 0.0f);
+        if (ad && ad->d_lm_head) lm_head_weight_grad(m, ad, ws, r0, n, logit_scale);
         if (logit_scale != 1.0f) OPS->scale(BE, (size_t)n * H, logit_scale, dln);
     }
     return backward_layers(m, ad, ws, drop, err);

@@ -148,7 +148,62 @@ struct lt_adapter {
     float *dora_gn, *dora_w;
     float *dora_merge_g;
     float *init0;         /* PiSSA / OLoRA: A0 and B0 at the offsets of A and B in params (device); NULL otherwise */
+    size_t n_init0;       /* its floats: the LoRA part of params (modules_to_save copies come after) */
+    /* Trained copies of base weights (full fine-tuning: all of them; modules_to_save: embed_tokens
+     * and/or lm_head), fp32 inside params after the LoRA tensors, gradients at the same offsets in
+     * grads. The model stays read-only: each pass reads weights through the views below. */
+    lt_layer *full_layers;    /* (L) full FT: weights in params (norms: *_file = the trained w, the  */
+                              /* plain pointers = what the forward multiplies by, (1 + w) for Gemma) */
+    lt_layer *full_grads;     /* (L) full FT: the same fields pointing into grads                  */
+    float *embed, *d_embed;   /* (V,H) trained embed_tokens and its gradient (NULL: frozen)        */
+    float *lm_head, *d_lm_head; /* (V,H) trained lm_head (== embed for a tied full FT)             */
+    float *final_norm, *final_norm_file, *d_final_norm; /* full FT: model.norm                       */
+    float *norm_compute;      /* Gemma full FT: the (1 + w) copies of every norm (device), refreshed */
+    float *norm_ones;         /* after each update by lt_adapter_sync_weights; ones (max(H,HD))    */
+    size_t n_decay;           /* params [0, n_decay) take weight decay; the rest (biases, norms) not */
+    struct lt_ptensor *ptensors; /* the trained base-weight tensors, in params order               */
+    int n_ptensors;
 };
+
+/* One trained base-weight tensor of an adapter: its checkpoint name and place inside params. */
+typedef struct lt_ptensor {
+    char name[96];            /* "model.layers.3.self_attn.q_proj.weight", "lm_head.weight"        */
+    size_t off, n;
+    int decay;                /* 0: a bias or a norm (Hugging Face Trainer's no-decay group)       */
+    float *compute;           /* Gemma norms: the (1 + w) copy the forward reads (NULL otherwise)  */
+} lt_ptensor;
+
+/* ---- the weights a pass reads: the adapter's trained copies where it holds them, else the model's */
+static inline const lt_layer *lt_view_layer(const lt_model *m, const lt_adapter *ad, int l) {
+    return ad && ad->full_layers ? &ad->full_layers[l] : &m->layers[l];
+}
+/* the gradient fields of layer l (NULL: the layer's weights are frozen) */
+static inline const lt_layer *lt_view_layer_grads(const lt_adapter *ad, int l) {
+    return ad && ad->full_grads ? &ad->full_grads[l] : NULL;
+}
+static inline const float *lt_view_embed(const lt_model *m, const lt_adapter *ad) {
+    return ad && ad->embed ? ad->embed : m->embed;
+}
+static inline const float *lt_view_final_norm(const lt_model *m, const lt_adapter *ad) {
+    return ad && ad->final_norm ? ad->final_norm : m->final_norm;
+}
+static inline lt_weight lt_view_lm_head(const lt_model *m, const lt_adapter *ad) {
+    if (ad && ad->lm_head) {
+        lt_weight w = {.format = LT_WEIGHT_F32, .f32 = ad->lm_head};
+        return w;
+    }
+    return lt_model_lm_head(m);
+}
+
+/* After the adapter's params changed (update, load): refresh derived weights (Gemma's 1 + w norms). */
+void lt_adapter_sync_weights(const lt_adapter *a);
+/* src/adapter_full.c: checks of full_finetune / modules_to_save against the model; the trained tensors'
+ * float count (pass 0, sets n_ptensors and the floats of Gemma compute norms) and binding (pass 1: the
+ * views point into params from `base` on, filled with the model's values); loading a saved full model. */
+lt_status lt_adapter_full_check(const lt_model *m, const lt_adapter_params *p, lt_error *err);
+size_t lt_adapter_extra_count(lt_adapter *a, size_t *norm_floats);
+lt_status lt_adapter_extra_bind(lt_adapter *a, size_t base, lt_error *err);
+lt_status lt_adapter_load_full(lt_model *m, const char *dir, lt_adapter **out, lt_error *err);
 
 static inline lt_lora *lt_adapter_lora(const lt_adapter *a, int layer, lt_proj p) {
     lt_lora *l = &a->lora[layer * P_COUNT + p];

@@ -64,12 +64,30 @@ static const char *kind_name(uint32_t k) {
     return k == LT_OPT_ADAMW ? "AdamW" : k == LT_OPT_SGD ? "SGD" : k == LT_OPT_ADAMW8BIT ? "AdamW8bit" : "unknown";
 }
 
+/* one parameter tensor params[off .. off+n): 8-bit state from LT_OPT8_MIN_SIZE elements, else fp32 */
+static void opt8_add(lt_optimizer *o, size_t off, size_t n, int decay) {
+    lt_opt8_tensor *t = &o->tensors[o->n_tensors++];
+    t->off = off;
+    t->n = n;
+    t->decay = decay;
+    t->q8 = t->n >= LT_OPT8_MIN_SIZE;
+    if (t->q8) {
+        t->qoff = o->n_q8;
+        t->boff = o->n_blocks;
+        o->n_q8 += t->n;
+        o->n_blocks += (t->n + LT_OPT8_BLOCKSIZE - 1) / LT_OPT8_BLOCKSIZE;
+    } else {
+        t->foff = o->n_f32;
+        o->n_f32 += t->n;
+    }
+}
+
 static lt_status opt8_alloc(lt_optimizer *o, lt_error *err) {
     lt_adapter *a = o->adapter;
     lt_model *m = a->model;
     lt_backend *be = m->be;
     const int L = (int)m->cfg.num_hidden_layers, r = a->p.rank;
-    o->tensors = calloc((size_t)L * P_COUNT * 2, sizeof *o->tensors);
+    o->tensors = calloc((size_t)L * P_COUNT * 2 + (size_t)a->n_ptensors, sizeof *o->tensors);
     if (!o->tensors) return lt_fail(err, LT_ERR_NOMEM, "optimizer: out of memory");
     for (int l = 0; l < L; l++)
         for (int q = 0; q < P_COUNT; q++) {
@@ -79,22 +97,10 @@ static lt_status opt8_alloc(lt_optimizer *o, lt_error *err) {
             lt_proj_dims(&m->cfg, (lt_proj)q, &in, &out);
             const float *start[2] = {lo->A, lo->B};
             const size_t size[2] = {(size_t)r * in, (size_t)out * r};
-            for (int k = 0; k < 2; k++) {
-                lt_opt8_tensor *t = &o->tensors[o->n_tensors++];
-                t->off = (size_t)(start[k] - a->params);
-                t->n = size[k];
-                t->q8 = t->n >= LT_OPT8_MIN_SIZE;
-                if (t->q8) {
-                    t->qoff = o->n_q8;
-                    t->boff = o->n_blocks;
-                    o->n_q8 += t->n;
-                    o->n_blocks += (t->n + LT_OPT8_BLOCKSIZE - 1) / LT_OPT8_BLOCKSIZE;
-                } else {
-                    t->foff = o->n_f32;
-                    o->n_f32 += t->n;
-                }
-            }
+            for (int k = 0; k < 2; k++) opt8_add(o, (size_t)(start[k] - a->params), size[k], 1);
         }
+    /* trained base weights (full fine-tuning, modules_to_save): one bitsandbytes tensor each */
+    for (int i = 0; i < a->n_ptensors; i++) opt8_add(o, a->ptensors[i].off, a->ptensors[i].n, a->ptensors[i].decay);
     /* every buffer gets at least one element so that a model with no 8-bit (or no small) tensor still
      * has valid pointers; bitsandbytes starts from zero codes and zero absmax (m = v = 0) */
     const size_t nf = o->n_f32 ? o->n_f32 : 1, nq = o->n_q8 ? o->n_q8 : 1, nb = o->n_blocks ? o->n_blocks : 1;
@@ -138,13 +144,14 @@ static void opt8_update(lt_optimizer *o, double lr) {
     lt_opt8_constants(&o->p, lr, o->step, &step_size, &eps_c2, &decay);
     for (int i = 0; i < o->n_tensors; i++) {
         const lt_opt8_tensor *tn = &o->tensors[i];
+        const float d = tn->decay ? decay : 0.0f;
         if (tn->q8)
             be->ops->adamw8bit_step(be, a->params + tn->off, a->grads + tn->off, o->c1 + tn->qoff, o->c2 + tn->qoff,
                                     o->absmax1 + tn->boff, o->absmax2 + tn->boff, tn->n, o->qmaps, o->qmaps + 256,
-                                    o->p.beta1, o->p.beta2, eps_c2, step_size, decay);
+                                    o->p.beta1, o->p.beta2, eps_c2, step_size, d);
         else
             be->ops->adamw8bit_step(be, a->params + tn->off, a->grads + tn->off, o->m + tn->foff, o->v + tn->foff,
-                                    NULL, NULL, tn->n, NULL, NULL, o->p.beta1, o->p.beta2, eps_c2, step_size, decay);
+                                    NULL, NULL, tn->n, NULL, NULL, o->p.beta1, o->p.beta2, eps_c2, step_size, d);
     }
 }
 
@@ -239,12 +246,17 @@ lt_status lt_optimizer_update(lt_optimizer *o, double *grad_norm, double *lr_use
     if (o->p.kind == LT_OPT_ADAMW8BIT) {
         opt8_update(o, lr);
     } else if (o->p.kind == LT_OPT_ADAMW) {
+        /* params [0, n_decay) take weight decay, the rest (biases, norms of a full fine-tuning) not */
         const double t = (double)o->step;
         const double bc1 = 1.0 - pow(o->p.beta1, t), bc2 = 1.0 - pow(o->p.beta2, t);
-        be->ops->adamw_step(be, a->params, a->grads, o->m, o->v, n, (float)(lr / bc1), o->p.beta1, o->p.beta2,
+        const size_t nd = a->n_decay;
+        be->ops->adamw_step(be, a->params, a->grads, o->m, o->v, nd, (float)(lr / bc1), o->p.beta1, o->p.beta2,
                             o->p.eps, (float)sqrt(bc2), (float)(lr * o->p.weight_decay));
+        if (n > nd)
+            be->ops->adamw_step(be, a->params + nd, a->grads + nd, o->m + nd, o->v + nd, n - nd, (float)(lr / bc1),
+                                o->p.beta1, o->p.beta2, o->p.eps, (float)sqrt(bc2), 0.0f);
     } else {
-        if (o->p.weight_decay > 0) be->ops->axpy(be, n, o->p.weight_decay, a->params, a->grads);
+        if (o->p.weight_decay > 0) be->ops->axpy(be, a->n_decay, o->p.weight_decay, a->params, a->grads);
         if (o->p.momentum > 0) {
             be->ops->scale(be, n, o->p.momentum, o->m);
             be->ops->axpy(be, n, 1.0f, a->grads, o->m); /* buf = g on the first step: m starts at 0 */
@@ -253,6 +265,7 @@ lt_status lt_optimizer_update(lt_optimizer *o, double *grad_norm, double *lr_use
             be->ops->axpy(be, n, (float)-lr, a->grads, a->params);
         }
     }
+    lt_adapter_sync_weights(a); /* Gemma full fine-tuning: the (1 + w) norms follow w */
     *grad_norm = norm;
     *lr_used = lr;
     return be->ops->sync(be);

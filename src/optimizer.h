@@ -12,6 +12,7 @@
 typedef struct lt_opt8_tensor {
     size_t off, n;     /* the tensor inside adapter->params                                        */
     int q8;            /* 1: 8-bit codes at codes + qoff, absmax at absmax + boff; 0: fp32 at m/v + foff */
+    int decay;         /* 0: no weight decay (a bias or norm of a full fine-tuning) */
     size_t qoff, boff, foff;
 } lt_opt8_tensor;
 

@@ -682,6 +682,14 @@ done:
     return st;
 }
 
+void lt_st_set_release_pages(const lt_st_set *set) {
+    if (!set) return;
+    for (int i = 0; i < set->n_files; i++) {
+        const lt_st_file *f = set->files[i];
+        if (f && f->map) (void)madvise(f->map, f->map_len, MADV_DONTNEED); /* a hint: failure changes nothing */
+    }
+}
+
 lt_status lt_st_set_open_dir(const char *dir, int use_mmap, lt_st_set **out, lt_error *err) {
     if (!dir || !out) return lt_fail(err, LT_ERR_ARGUMENT, "lt_st_set_open_dir: NULL argument");
     *out = NULL;

@@ -54,6 +54,10 @@ typedef struct lt_st_set lt_st_set;
  * model.safetensors; LT_ERR_MISSING when neither exists.
  */
 lt_status lt_st_set_open_dir(const char *dir, int use_mmap, lt_st_set **out, lt_error *err);
+/* Drop the resident pages of every read-only file mapping of the set (madvise MADV_DONTNEED): the data
+ * stays valid and is read from the file again on the next access. For a model whose weights were copied
+ * (full fine-tuning), so that memory does not hold the base twice. */
+void lt_st_set_release_pages(const lt_st_set *set);
 void lt_st_set_close(lt_st_set *set); /* accepts NULL */
 const lt_st_tensor *lt_st_set_find(const lt_st_set *set, const char *name); /* NULL if absent */
 /* The file holding a tensor (for messages), or NULL. */

@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -68,8 +69,12 @@ LT_API lt_status lt_trainer_create(lt_model *m, lt_adapter *a, lt_optimizer *o, 
     t->opt = o;
     t->p = p;
     t->p.size = sizeof t->p;
-    t->grads_backup = m->be->ops->alloc(m->be, a->n_params * sizeof(float));
-    if (!t->grads_backup) { free(t); return lt_fail(err, LT_ERR_NOMEM, "lt_trainer_create: out of memory"); }
+    /* the gradients found before a micro-batch, restored when it fails: needed only when an update
+     * accumulates several micro-batches (otherwise they are zero); a full fine-tuning saves 4 B/param */
+    if (p.grad_accum > 1) {
+        t->grads_backup = m->be->ops->alloc(m->be, a->n_params * sizeof(float));
+        if (!t->grads_backup) { free(t); return lt_fail(err, LT_ERR_NOMEM, "lt_trainer_create: out of memory"); }
+    }
     m->be->ops->zero(m->be, a->grads, a->n_params * sizeof(float));
     *out = t;
     return LT_OK;
@@ -195,13 +200,33 @@ LT_API lt_status lt_trainer_evaluate(lt_trainer *t, const lt_batch *b, double *l
  * DIR/trainer_state.json. Written into DIR.tmp-PID and renamed into place, so DIR is always either
  * the previous checkpoint or the new one. */
 
-static lt_status remove_tree(const char *dir) {
+/* A file a checkpoint consists of: the adapter, optimizer and trainer state, or (full fine-tuning) the
+ * model directory lt_model_export writes: config, model*.safetensors shards and index, tokenizer files. */
+static int checkpoint_file(const char *name) {
     static const char *const files[] = {"adapter_config.json", "adapter_model.safetensors", "optimizer.bin",
-                                        "trainer_state.json"};
+                                        "trainer_state.json", "config.json", "tokenizer.json",
+                                        "tokenizer_config.json", "special_tokens_map.json", "generation_config.json",
+                                        "tokenizer.model"};
+    for (size_t i = 0; i < sizeof files / sizeof *files; i++)
+        if (!strcmp(name, files[i])) return 1;
+    const size_t n = strlen(name);
+    return !strncmp(name, "model", 5) && ((n > 12 && !strcmp(name + n - 12, ".safetensors")) ||
+                                          (n > 23 && !strcmp(name + n - 23, ".safetensors.index.json")));
+}
+
+/* Remove a checkpoint directory this trainer wrote (its temporary or previous copy); anything else a user
+ * put there stays, and then so does the directory. */
+static lt_status remove_tree(const char *dir) {
     char p[4200];
-    for (size_t i = 0; i < sizeof files / sizeof *files; i++) {
-        lt_path_join(p, sizeof p, dir, files[i]);
-        unlink(p);
+    DIR *d = opendir(dir);
+    if (d) {
+        struct dirent *e;
+        while ((e = readdir(d)) != NULL) {
+            if (!checkpoint_file(e->d_name)) continue;
+            lt_path_join(p, sizeof p, dir, e->d_name);
+            unlink(p);
+        }
+        closedir(d);
     }
     return rmdir(dir) == 0 ? LT_OK : LT_ERR_IO;
 }
@@ -275,7 +300,8 @@ LT_API lt_status lt_trainer_load_checkpoint(lt_trainer *t, const char *dir) {
     if (st != LT_OK) return lt_fail(&t->err, st, "%s", lt_last_error());
     lt_adapter *a = t->adapter;
     if (tmp->p.rank != a->p.rank || tmp->p.targets != a->p.targets || tmp->n_params != a->n_params ||
-        !tmp->init0 != !a->init0) { /* PiSSA / OLoRA: both or neither */
+        !tmp->init0 != !a->init0 || /* PiSSA / OLoRA: both or neither */
+        tmp->p.full_finetune != a->p.full_finetune || tmp->p.modules_to_save != a->p.modules_to_save) {
         lt_adapter_free(tmp);
         return lt_fail(&t->err, LT_ERR_SHAPE, "%s: the checkpoint's adapter (r=%d) does not match the trainer's (r=%d)",
                        dir, tmp->p.rank, a->p.rank);
@@ -293,7 +319,8 @@ LT_API lt_status lt_trainer_load_checkpoint(lt_trainer *t, const char *dir) {
     lt_backend *be = t->model->be;
     const size_t bytes = a->n_params * sizeof(float);
     be->ops->copy(be, a->params, tmp->params, bytes);
-    if (a->init0) be->ops->copy(be, a->init0, tmp->init0, bytes); /* PiSSA / OLoRA: the frozen A0, B0 */
+    if (a->init0) be->ops->copy(be, a->init0, tmp->init0, a->n_init0 * sizeof(float)); /* PiSSA / OLoRA: A0, B0 */
+    lt_adapter_sync_weights(a);
     lt_optimizer_copy_state(t->opt, o);
     be->ops->zero(be, a->grads, bytes);
     t->micro_total = micro_total;

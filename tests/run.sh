@@ -64,6 +64,8 @@ stage "$py" tests/python/crosscheck_pissa.py --lib build/libloratune.so.0 --work
 
 echo "== preference objectives against PyTorch + TRL (DPO, IPO, KTO, ORPO; N-step DPO training)"
 stage "$py" tests/python/crosscheck_pref.py --cli build/loratune --workdir build/crosscheck-pref
+echo "== full fine-tuning against PyTorch (AdamW with HF's decay groups, clipping, accumulation; DPO; save/load)"
+stage "$py" tests/python/crosscheck_full.py --lib build/libloratune.so.0 --workdir build/crosscheck-full
 echo "== GRPO step against PyTorch (TRL's loss on the library's own completions)"
 stage "$py" tests/python/crosscheck_grpo.py --lib build/libloratune.so.0
 

@@ -393,6 +393,17 @@ START_TEST(test_embedding) {
         lt_ref_embedding_forward(orf, ids, table, N, C);
         SAME(of, orf, (size_t)N * C, "embedding V=%d C=%d N=%d", V, C, N);
         SYNC_OK("embedding");
+        /* backward: dtable += scatter of dout by ids (repeated ids), the reference's order: bit for bit */
+        ids[N - 1] = ids[0];
+        OPS->upload(be, dids, ids, (size_t)N * sizeof(int32_t));
+        float *g = frand((size_t)N * C, -1, 1);
+        float *dg = dput(g, (size_t)N * C);
+        OPS->embedding_backward(be, dt, dids, dg, N, C);
+        float *bt = hget(dt, (size_t)V * C);
+        lt_ref_embedding_backward(table, ids, g, N, C);
+        SAME(bt, table, (size_t)V * C, "embedding_backward V=%d C=%d N=%d", V, C, N);
+        SYNC_OK("embedding_backward");
+        free(g); free(bt); dfree(dg);
         free(table); free(of); free(orf);
         dfree(dt); dfree(dout); dfree(dids);
     }

@@ -213,6 +213,78 @@ START_TEST(test_cli_train_adamw8bit_resume) {
 }
 END_TEST
 
+/* --method full (with 8-bit AdamW too): --out is a Hugging Face model directory that loads as a model,
+ * the checkpoint (a model directory + optimizer state) resumes bit for bit; --modules-to-save writes PEFT's
+ * keys next to the LoRA; bad combinations are refused */
+START_TEST(test_cli_train_full) {
+    char root[512], cmd[4096], a[1024], b[1024], model[1024];
+    tu_tempdir(root, sizeof root);
+    snprintf(model, sizeof model, "%s/models/llama-basic", LT_TEST_DATA_DIR);
+    for (int k = 0; k < 2; k++) {
+        char common[512];
+        snprintf(common, sizeof common, "--method full %s --batch 3 --lr 1e-3 --weight-decay 0.1 --seed 9 --steps 4 "
+                 "--threads 2 --quiet", k ? "--optimizer adamw8bit" : "");
+        int status;
+        snprintf(cmd, sizeof cmd, "%s train --model %s --data %s/data.jsonl --out %s/straight%d %s --save-every 2",
+                 LT_CLI, model, model, root, k, common);
+        free(tu_run(cmd, &status));
+        ck_assert_int_eq(status, 0);
+        snprintf(cmd, sizeof cmd, "%s train --model %s --data %s/data.jsonl --out %s/resumed%d %s --resume "
+                 "%s/straight%d/checkpoint-2", LT_CLI, model, model, root, k, common, root, k);
+        free(tu_run(cmd, &status));
+        ck_assert_int_eq(status, 0);
+        snprintf(a, sizeof a, "%s/straight%d/model.safetensors", root, k);
+        snprintf(b, sizeof b, "%s/resumed%d/model.safetensors", root, k);
+        ck_assert_msg(same_file(a, b), "full fine-tuning (%d): resuming from checkpoint-2 did not reproduce the "
+                      "straight run", k);
+        snprintf(a, sizeof a, "%s/straight%d/config.json", root, k);
+        ck_assert_msg(access(a, R_OK) == 0, "missing %s", a);
+        snprintf(a, sizeof a, "%s/straight%d/checkpoint-2/optimizer.bin", root, k);
+        ck_assert_msg(access(a, R_OK) == 0, "missing %s", a);
+    }
+    /* the trained directory is a model: eval on it differs from the base */
+    int status;
+    snprintf(cmd, sizeof cmd, "%s eval --model %s/straight0 --data %s/data.jsonl --json", LT_CLI, root, model);
+    char *o1 = tu_run(cmd, &status);
+    ck_assert_int_eq(status, 0);
+    snprintf(cmd, sizeof cmd, "%s eval --model %s --data %s/data.jsonl --json", LT_CLI, model, model);
+    char *o2 = tu_run(cmd, &status);
+    ck_assert_int_eq(status, 0);
+    ck_assert_msg(strcmp(o1, o2) != 0, "the fine-tuned model evaluates like the base: %s", o1);
+    free(o1);
+    free(o2);
+    /* modules_to_save */
+    snprintf(cmd, sizeof cmd, "%s train --model %s --data %s/data.jsonl --out %s/mts --rank 4 --steps 2 --quiet "
+             "--modules-to-save lm_head,embed_tokens", LT_CLI, model, model, root);
+    free(tu_run(cmd, &status));
+    ck_assert_int_eq(status, 0);
+    snprintf(a, sizeof a, "%s/mts/adapter_config.json", root);
+    char *cfg = slurp(a);
+    ck_assert_msg(strstr(cfg, "\"lm_head\"") && strstr(cfg, "\"embed_tokens\""), "%s", cfg);
+    free(cfg);
+    /* refused */
+    snprintf(cmd, sizeof cmd, "%s train --model %s --data %s/data.jsonl --out %s/bad --method full "
+             "--modules-to-save lm_head --steps 1 --quiet", LT_CLI, model, model, root);
+    char *err = tu_run_stderr(cmd, &status);
+    ck_assert_int_ne(status, 0);
+    ck_assert_msg(strstr(err, "modules-to-save") != NULL, "%s", err);
+    free(err);
+    snprintf(cmd, sizeof cmd, "%s train --model %s --data %s/data.jsonl --out %s/bad --modules-to-save norm "
+             "--steps 1 --quiet", LT_CLI, model, model, root);
+    err = tu_run_stderr(cmd, &status);
+    ck_assert_int_ne(status, 0);
+    ck_assert_msg(strstr(err, "embed_tokens,lm_head") != NULL, "%s", err);
+    free(err);
+    snprintf(cmd, sizeof cmd, "%s train --model %s --data %s/data.jsonl --out %s/bad --method full --quant nf4 "
+             "--steps 1 --quiet", LT_CLI, model, model, root);
+    err = tu_run_stderr(cmd, &status);
+    ck_assert_int_ne(status, 0);
+    free(err);
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", root);
+    ck_assert_int_eq(system(cmd), 0);
+}
+END_TEST
+
 START_TEST(test_cli_train_learns_packed_and_json) {
     char root[512], cmd[4096], model[1024];
     tu_tempdir(root, sizeof root);
@@ -301,6 +373,7 @@ static Suite *suite(void) {
     tcase_add_test(tc, test_sgd_momentum);
     tcase_add_test(tc, test_cli_train_resume_equals_straight);
     tcase_add_test(tc, test_cli_train_adamw8bit_resume);
+    tcase_add_test(tc, test_cli_train_full);
     tcase_add_test(tc, test_cli_train_learns_packed_and_json);
     tcase_add_test(tc, test_cli_train_bad_inputs);
     suite_add_tcase(s, tc);

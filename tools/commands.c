@@ -196,14 +196,47 @@ static double cpu_seconds(void) {
     return ru.ru_utime.tv_sec + ru.ru_stime.tv_sec + 1e-6 * (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
 }
 
+/* Full fine-tuning reads its own copies of the weights: measured like a real run, the base is a model
+ * directory mapped from disk (its pages released once copied), not anonymous memory. The random model
+ * is written to a temporary directory (a full adapter saves exactly that) and loaded back; the files
+ * are unlinked at once (the mapping keeps them readable). */
+static int reload_from_disk(lt_context *ctx, lt_model **m) {
+    char dir[] = "/tmp/loratune-bench-XXXXXX";
+    if (!mkdtemp(dir)) return fail("bench", "cannot create a temporary directory: %s", strerror(errno));
+    lt_adapter_params ap;
+    lt_adapter_params_init(&ap, sizeof ap);
+    ap.full_finetune = 1;
+    lt_adapter *a = NULL;
+    int rc = 0;
+    if (lt_adapter_create(*m, &ap, &a) != LT_OK) rc = fail("bench", "%s", lt_last_error());
+    else if (lt_adapter_save(a, dir) != LT_OK) rc = fail("bench", "%s", lt_adapter_last_error(a));
+    lt_adapter_free(a);
+    if (rc == 0) {
+        lt_model_free(*m);
+        *m = NULL;
+        malloc_trim(0);
+        if (lt_model_load(ctx, dir, NULL, m) != LT_OK) rc = fail("bench", "%s", lt_last_error());
+    }
+    static const char *const files[] = {"config.json", "model.safetensors", "model.safetensors.index.json"};
+    char p[512];
+    for (size_t i = 0; i < sizeof files / sizeof *files; i++) {
+        snprintf(p, sizeof p, "%s/%s", dir, files[i]);
+        unlink(p);
+    }
+    rmdir(dir);
+    return rc;
+}
+
 int cmd_bench(int argc, char **argv) {
     static const opt_spec spec[] = {{"config", 1}, {"threads", 1}, {"json", 0}, {"steps", 1}, {"warmup", 1},
                                     {"checkpointing", 1}, {"backend", 1}, {"method", 1}, {"quant", 1},
-                                    {"no-double-quant", 0}, {"base-dtype", 1}};
+                                    {"no-double-quant", 0}, {"base-dtype", 1}, {"optimizer", 1}};
     opts o;
     if (opts_parse(&o, spec, (int)(sizeof spec / sizeof *spec), argc, argv, "bench")) return 2;
     const char *method = opt_str(&o, "method", "lora");
-    if (strcmp(method, "lora") && strcmp(method, "qlora")) return fail("bench", "--method must be lora or qlora");
+    if (strcmp(method, "lora") && strcmp(method, "qlora") && strcmp(method, "full"))
+        return fail("bench", "--method must be lora, qlora or full");
+    const int full = !strcmp(method, "full");
     const int qlora = !strcmp(method, "qlora");
     lt_quant_params qp;
     if (quant_options("bench", &o, &qp)) return 2;
@@ -236,6 +269,7 @@ int cmd_bench(int argc, char **argv) {
         rc = fail("bench", "%s", lt_last_error());
         goto done;
     }
+    if (full && base_dtype == LT_BASE_F32 && (rc = reload_from_disk(ctx, &m)) != 0) goto done;
     /* QLoRA: the same random model with its projections quantized (NF4 + double quant by default).
      * The memory of the quantized weights is measured: resident memory after quantizing minus before,
      * plus the f32 projections quantizing released (large blocks go back to the system). */
@@ -259,17 +293,26 @@ int cmd_bench(int argc, char **argv) {
     ap.rank = 16;
     ap.alpha = 32;
     ap.targets = LT_TARGET_ALL;
+    ap.full_finetune = full; /* every weight trainable: fp32 copies, gradients, optimizer state */
     lt_optimizer_params op;
     lt_optimizer_params_init(&op, sizeof op);
     op.lr = 1e-4f;
+    const char *optname = opt_str(&o, "optimizer", "adamw");
+    if (!strcmp(optname, "adamw8bit")) op.kind = LT_OPT_ADAMW8BIT;
+    else if (strcmp(optname, "adamw")) { rc = fail("bench", "--optimizer must be adamw or adamw8bit"); goto done; }
     lt_trainer_params tp;
     lt_trainer_params_init(&tp, sizeof tp);
     tp.gradient_checkpointing = !strcmp(ck, "on");
+    /* memory per trainable parameter: resident growth from creating the adapter (weights, gradients),
+     * the optimizer (its state) and the trainer, over the trainable parameter count */
+    const double r_ad0 = resident_bytes();
     if (lt_adapter_create(m, &ap, &ad) != LT_OK || lt_optimizer_create(ad, &op, &opt) != LT_OK ||
         lt_trainer_create(m, ad, opt, &tp, &tr) != LT_OK) {
         rc = fail("bench", "%s", lt_last_error());
         goto done;
     }
+    const double n_train = (double)lt_adapter_n_params(ad);
+    const double bytes_per_param = (resident_bytes() - r_ad0) / n_train;
     int32_t *ids = malloc((size_t)B * T * sizeof *ids);
     uint64_t s = 12345;
     for (int i = 0; i < B * T; i++) { s = s * 6364136223846793005ull + 1442695040888963407ull; ids[i] = (int32_t)((s >> 33) % V); }
@@ -295,14 +338,17 @@ int cmd_bench(int argc, char **argv) {
             printf("{\"config\": \"bench-s\", \"method\": \"%s\", \"threads\": %d, \"checkpointing\": \"%s\", "
                    "\"base_dtype\": \"%s\", \"steps\": %lld, \"loss\": %.6f, \"tokens_per_s\": %.1f, "
                    "\"tokens_per_cpu_s\": %.1f, \"peak_rss_mb\": %.1f, \"weight_bytes\": %lld, "
-                   "\"projection_bits_per_param\": %.4f, \"measured_projection_bits_per_param\": %.4f}\n",
+                   "\"projection_bits_per_param\": %.4f, \"measured_projection_bits_per_param\": %.4f, "
+                   "\"optimizer\": \"%s\", \"trainable_params\": %.0f, \"bytes_per_trainable_param\": %.2f}\n",
                    method, (int)threads, ck, base_dtype == LT_BASE_BF16 ? "bf16" : "f32", steps, loss, tps,
-                   (double)steps * B * T / dc, rss, (long long)info.weight_bytes, qbits, measured_bits);
+                   (double)steps * B * T / dc, rss, (long long)info.weight_bytes, qbits, measured_bits, optname,
+                   n_train, bytes_per_param);
         else
             printf("bench-s (%s, base %s): %.1f training tokens/s (%lld steps of %d tokens, %.3f s/step), peak RSS "
-                   "%.1f MiB, checkpointing %s, weights %.1f MiB, projections %.3f bits/param (measured resident: %.3f)\n",
+                   "%.1f MiB, checkpointing %s, weights %.1f MiB, projections %.3f bits/param (measured resident: %.3f), "
+                   "%.0f trainable parameters at %.2f bytes each (%s)\n",
                    method, base_dtype == LT_BASE_BF16 ? "bf16" : "f32", tps, steps, B * T, dt / steps, rss, ck,
-                   info.weight_bytes / 1048576.0, qbits, measured_bits);
+                   info.weight_bytes / 1048576.0, qbits, measured_bits, n_train, bytes_per_param, optname);
     }
 done:
     lt_trainer_free(tr);

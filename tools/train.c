@@ -17,7 +17,7 @@ static const opt_spec train_spec[] = {
     {"optimizer", 1}, {"seed", 1}, {"no-shuffle", 0}, {"seq", 1}, {"pack", 0}, {"eval-data", 1},
     {"eval-every", 1}, {"save-every", 1}, {"resume", 1}, {"threads", 1}, {"json", 0}, {"quiet", 0},
     {"no-checkpointing", 0}, {"backend", 1}, {"help", 0}, {"objective", 1}, {"tokenizer", 1}, {"method", 1}, {"quant", 1},
-    {"double-quant", 0}, {"no-double-quant", 0}, {"quant-blocksize", 1}, {"base-dtype", 1},
+    {"double-quant", 0}, {"no-double-quant", 0}, {"quant-blocksize", 1}, {"base-dtype", 1}, {"modules-to-save", 1},
 };
 #define N_TRAIN_SPEC ((int)(sizeof train_spec / sizeof *train_spec))
 
@@ -32,7 +32,10 @@ static void train_usage(void) {
            "             text rows ({\"text\"}, {\"prompt\",\"completion\"}, {\"messages\"}, ...) are tokenized with\n"
            "             --tokenizer DIR (default: the model directory); {\"input_ids\"} rows are used as they are\n"
            "  eval/save: --eval-data FILE --eval-every N --save-every N --resume DIR\n"
-           "  method:    --method lora|dora|qlora (lora); dora: PEFT's weight-decomposed LoRA (needs --dropout 0);\n"
+           "  method:    --method lora|dora|qlora|full (lora); dora: PEFT's weight-decomposed LoRA (needs --dropout 0);\n"
+           "             full: every weight trainable (fp32 weights, gradients and optimizer state); --out is then a\n"
+           "             Hugging Face model directory. --modules-to-save embed_tokens,lm_head (lora/dora/qlora):\n"
+           "             train full copies of those modules next to the adapter (PEFT modules_to_save)\n"
            "             qlora quantizes the base projections on load:\n"
            "             --quant nf4|fp4|int8 (nf4) --double-quant | --no-double-quant (on for qlora)\n"
            "             --quant-blocksize N (64); `loratune merge` then merges into the dequantized base\n"
@@ -41,6 +44,19 @@ static void train_usage(void) {
            "  --objective sft (default) | dpo | ipo | kto | orpo: preference data (loratune train --objective dpo --help)\n");
 }
 
+
+/* "embed_tokens,lm_head" -> LT_SAVE_* bits; -1 on an unknown name */
+static int parse_modules_to_save(const char *s, unsigned *out) {
+    *out = 0;
+    char buf[256];
+    snprintf(buf, sizeof buf, "%s", s);
+    for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        if (!strcmp(tok, "embed_tokens")) *out |= LT_SAVE_EMBED_TOKENS;
+        else if (!strcmp(tok, "lm_head")) *out |= LT_SAVE_LM_HEAD;
+        else return -1;
+    }
+    return *out ? 0 : -1;
+}
 
 /* Packing (best-fit decreasing): sequences (truncated to T) go into rows of T tokens; positions restart
  * at 0 for each sequence, and the library masks predictions across the boundary. Padding is a
@@ -232,8 +248,12 @@ int cmd_train(int argc, char **argv) {
         /* QLoRA: the frozen base projections are quantized (NF4 + double quantization by default) */
         const char *method = opt_str(&o, "method", "lora");
         lt_quant_params qp;
-        if (strcmp(method, "lora") && strcmp(method, "dora") && strcmp(method, "qlora")) {
-            rc = fail("train", "--method must be lora, dora or qlora");
+        if (strcmp(method, "lora") && strcmp(method, "dora") && strcmp(method, "qlora") && strcmp(method, "full")) {
+            rc = fail("train", "--method must be lora, dora, qlora or full");
+            goto done;
+        }
+        if (!strcmp(method, "full") && opt_str(&o, "modules-to-save", NULL)) {
+            rc = fail("train", "--modules-to-save goes with a LoRA method; --method full trains every module");
             goto done;
         }
         if (strcmp(method, "qlora") && (opt_str(&o, "quant", NULL) || opt_flag(&o, "double-quant"))) {
@@ -266,7 +286,13 @@ int cmd_train(int argc, char **argv) {
         ap.use_rslora = opt_flag(&o, "rslora");
         const char *method = opt_str(&o, "method", "lora");
         ap.use_dora = !strcmp(method, "dora");
+        ap.full_finetune = !strcmp(method, "full");
         ap.seed = (uint64_t)seed;
+        const char *mts = opt_str(&o, "modules-to-save", NULL);
+        if (mts && parse_modules_to_save(mts, &ap.modules_to_save)) {
+            rc = fail("train", "--modules-to-save: expected a comma-separated list of embed_tokens,lm_head");
+            goto done;
+        }
         const char *init = opt_str(&o, "init", "default");
         if (!strcmp(init, "gaussian")) ap.init = LT_INIT_GAUSSIAN;
         else if (!strcmp(init, "pissa")) ap.init = LT_INIT_PISSA;
@@ -415,9 +441,16 @@ int cmd_train(int argc, char **argv) {
     if (lt_trainer_save_checkpoint(tr, path) != LT_OK) { rc = fail("train", "%s", lt_trainer_last_error(tr)); goto done; }
     snprintf(path, sizeof path, "%s/loss.svg", out);
     write_svg(path, curve + start, total - start, ev_step, ev_loss, n_ev);
-    if (!quiet)
-        fprintf(log, "adapter written to %s (PEFT format: adapter_config.json + adapter_model.safetensors); "
-                     "metrics.jsonl and loss.svg beside it\n", out);
+    if (!quiet) {
+        lt_adapter_params gp = {.size = sizeof gp};
+        lt_adapter_get_params(ad, &gp);
+        if (gp.full_finetune)
+            fprintf(log, "model written to %s (Hugging Face format: config.json + safetensors, f32); "
+                         "metrics.jsonl and loss.svg beside it\n", out);
+        else
+            fprintf(log, "adapter written to %s (PEFT format: adapter_config.json + adapter_model.safetensors); "
+                         "metrics.jsonl and loss.svg beside it\n", out);
+    }
     if (json)
         printf("{\"loss\": %.8g, \"eval_loss\": %s%.8g%s, \"steps\": %lld, \"tokens_per_s\": %.1f, \"adapter\": \"%s\"}\n",
                last_loss, isnan(last_eval) ? "\"" : "", isnan(last_eval) ? 0.0 : last_eval,

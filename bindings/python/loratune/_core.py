@@ -608,8 +608,11 @@ class Adapter(_Handle):
     def create(cls, model: Model, rank: Optional[int] = None, alpha: Optional[float] = None,
                dropout: Optional[float] = None, targets: Union[None, int, str, Iterable[str]] = None,
                use_rslora: Optional[bool] = None, init: Union[None, LoraInit, str] = None,
-               seed: Optional[int] = None) -> "Adapter":
-        """A new adapter; arguments left at None take the library's defaults (lt_adapter_params_init)."""
+               seed: Optional[int] = None, full_finetune: bool = False,
+               modules_to_save: Iterable[str] = ()) -> "Adapter":
+        """A new adapter; arguments left at None take the library's defaults (lt_adapter_params_init).
+        full_finetune=True trains every base weight (a Hugging Face model directory on save);
+        modules_to_save: trainable copies of "embed_tokens" and/or "lm_head" next to the LoRA (PEFT)."""
         lib = L.lib()
         p = L.init_struct(lib.lt_adapter_params_init, L.lt_adapter_params)
         if rank is not None:
@@ -626,6 +629,12 @@ class Adapter(_Handle):
             p.init = LoraInit.parse(init)
         if seed is not None:
             p.seed = int(seed)
+        p.full_finetune = int(bool(full_finetune))
+        bits = {"embed_tokens": 1, "lm_head": 2}  # LT_SAVE_EMBED_TOKENS, LT_SAVE_LM_HEAD
+        for name in modules_to_save:
+            if name not in bits:
+                raise ValueError(f"modules_to_save: {name!r} is not one of {sorted(bits)}")
+            p.modules_to_save |= bits[name]
         out = L.lt_adapter_p()
         with model._lock:
             st = lib.lt_adapter_create(model._h, byref(p), byref(out))

@@ -179,6 +179,8 @@ class lt_adapter_params(Structure):
         ("init", lt_lora_init),
         ("seed", c_uint64),
         ("use_dora", c_int),
+        ("full_finetune", c_int),
+        ("modules_to_save", c_uint),
     ]
 
 

@@ -188,6 +188,9 @@ pub const LT_INIT_GAUSSIAN: lt_lora_init = 1;
 pub const LT_INIT_PISSA: lt_lora_init = 2;
 pub const LT_INIT_OLORA: lt_lora_init = 3;
 
+pub const LT_SAVE_EMBED_TOKENS: c_uint = 1 << 0;
+pub const LT_SAVE_LM_HEAD: c_uint = 1 << 1;
+
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct lt_adapter_params {
@@ -200,6 +203,8 @@ pub struct lt_adapter_params {
     pub init: lt_lora_init,
     pub seed: u64,
     pub use_dora: c_int,
+    pub full_finetune: c_int,
+    pub modules_to_save: c_uint,
 }
 
 // ---- optimizers ------------------------------------------------------------------------------------

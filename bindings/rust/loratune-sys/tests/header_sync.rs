@@ -357,7 +357,7 @@ fn rust_layouts() -> Vec<(String, usize, Vec<(String, usize)>)> {
                         n_params, weight_bytes, quantization, quantized_params, quantized_bytes, family,
                         sliding_window, n_sliding_layers }
         lt_batch { size, n_rows, seq_len, input_ids, labels, position_ids }
-        lt_adapter_params { size, rank, alpha, dropout, targets, use_rslora, init, seed, use_dora }
+        lt_adapter_params { size, rank, alpha, dropout, targets, use_rslora, init, seed, use_dora, full_finetune, modules_to_save }
         lt_optimizer_params { size, kind, lr, beta1, beta2, eps, weight_decay, momentum, schedule, warmup_steps,
                               warmup_ratio, total_steps, max_grad_norm }
         lt_trainer_params { size, objective, grad_accum, gradient_checkpointing, seed, beta, label_smoothing,
