@@ -12,25 +12,40 @@
 # ${LT_LLAMACPP_DIR:-~/.cache/loratune/llama.cpp-<version>}. CPU only: GGML_NATIVE=ON, no CUDA, no BLAS
 # (llama.cpp's default CPU build), no OpenSSL/curl. The build runs under `nice -n 10` with -j2.
 #
-# What it trains (finetune.cpp + src/llama-context.cpp + ggml/src/ggml-opt.cpp in this version, see
-# docs/BENCHMARKS.md): llama_opt_param_filter_all marks every tensor of the model as a parameter, but
-# llama_opt_init only makes the tensors that the training graph uses through a differentiable path
-# trainable; the printed JSON states what the log reported. Optimizer: ggml-opt AdamW (default) with
-# lr 1e-5 constant, weight decay 0, one optimizer step per context of n_ctx tokens
-# (gradient accumulation over n_batch / n_ubatch micro-batches).
+# What it trains (measured: bench/llamacpp_run.py compares the saved model with the input tensor by
+# tensor and prints "trained" / "untrained"): finetune.cpp passes llama_opt_param_filter_all, and
+# llama_context::opt_init (src/llama-context.cpp) marks every f32 tensor of every layer plus output_norm
+# and output (the LM head) as a parameter, except token_embd.weight ("FIXME", the embeddings stay
+# frozen) and rope_freqs. K and V get gradients only when n_ubatch == n_ctx (then the attention reads
+# the micro-batch's own K and V; otherwise they go through the KV cache, which gradients cannot cross,
+# and llama.cpp warns "the K and V projections will not receive gradients"). With the default shape
+# below that holds: 41,689,600 of bench-s's 58,073,600 parameters are trained (everything but the 16.4M
+# embedding). Optimizer: ggml-opt's AdamW (beta1 0.9, beta2 0.999, eps 1e-8; here lr 1e-4, weight decay
+# 0), f32 weights, gradients, gradient accumulators and moments, no gradient checkpointing.
 #
-# The step shape as close to bench-s as llama-finetune's options allow: -c 256 (context), -b 1024
-# -ub 256 would accumulate 4 x 256 tokens per optimizer step but llama-finetune asserts n_batch ==
-# n_ctx (each datapoint is one context), so a step is -c 256 -b 256 -ub 256: 256 tokens per optimizer
-# step, 4x more optimizer steps per token than bench-s (AdamW over 41.7M+ parameters per 256 tokens).
-# The "tokens_per_s" counts training tokens only (the validation split is 0), timed by the wall clock
-# between the first and last progress line of ggml-opt's own progress bar (model load excluded).
+# Step shape, as close to bench-s (4 x 256 tokens per optimizer step) as llama-finetune allows: it
+# trains one sequence of n_ctx tokens per datapoint, caps n_batch at n_ctx and accumulates
+# n_batch / n_ubatch micro-batches per optimizer step, so 1024 tokens per step needs -c 1024 -b 1024
+# -ub 256, i.e. a 1024-token context and K, V frozen. LT_LLAMACPP_SHAPE picks:
+#   c256 (default): -c 256 -b 256 -ub 256: bench-s's sequence length, K and V trained, but one optimizer
+#     step per 256 tokens (4x as many AdamW updates per token as bench-s);
+#   c1024-ub256: -c 1024 -b 1024 -ub 256: 1024 tokens per step; in this llama.cpp version it aborts at
+#     the first accumulated step (GGML_ASSERT(sched->hash_set.size >= n_nodes + n_leafs) in
+#     ggml-backend.cpp), kept so the next version can be tried.
+# tokens_per_s counts training tokens only (validation split 0) from ggml-opt's own per-micro-batch
+# progress lines, after warm-up steps (model load, tokenization and the final save excluded);
+# peak_rss_mb is the child's ru_maxrss (what /usr/bin/time -v prints). See bench/llamacpp_run.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 version=0.3.36                       # llama-cpp-python sdist; llama.cpp inside it is pinned by this
 dir=${LT_LLAMACPP_DIR:-$HOME/.cache/loratune/llama.cpp-$version}
 src=$dir/llama_cpp_python-$version/vendor/llama.cpp
-bld=$dir/build
+# LT_LLAMACPP_BLAS=1: a second build (build-blas) with ggml's BLAS backend on Debian's OpenBLAS, which
+# takes the f32 MUL_MAT and OUT_PROD (the weight gradients) off the CPU backend; default: the plain CPU
+# build (ggml's own kernels, llamafile sgemm for f32 matmuls).
+blas=${LT_LLAMACPP_BLAS:-0}
+if [ "$blas" = 1 ]; then bld=$dir/build-blas; blas_flags=(-DGGML_BLAS=ON -DGGML_BLAS_VENDOR=OpenBLAS)
+else bld=$dir/build; blas_flags=(-DGGML_BLAS=OFF); fi
 bin=$bld/bin/llama-finetune
 py=${LT_REF_VENV:-$HOME/.cache/loratune/ref-venv}/bin/python
 model_dir=$dir/bench-s-hf
@@ -58,10 +73,10 @@ build() {
   fetch
   [ -x "$bin" ] && return 0
   nice -n 10 cmake -S "$src" -B "$bld" -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF \
-    -DGGML_NATIVE=ON -DGGML_CUDA=OFF -DGGML_BLAS=OFF -DGGML_OPENMP=ON -DLLAMA_OPENSSL=OFF \
+    -DGGML_NATIVE=ON -DGGML_CUDA=OFF "${blas_flags[@]}" -DGGML_OPENMP=ON -DLLAMA_OPENSSL=OFF \
     -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_APP=OFF \
-    -DLLAMA_BUILD_EXAMPLES=ON >"$dir/cmake.log" 2>&1 || { tail -30 "$dir/cmake.log" >&2; exit 1; }
-  nice -n 10 cmake --build "$bld" -j2 --target llama-finetune >"$dir/build.log" 2>&1 || { tail -30 "$dir/build.log" >&2; exit 1; }
+    -DLLAMA_BUILD_EXAMPLES=ON >"$bld.cmake.log" 2>&1 || { tail -30 "$bld.cmake.log" >&2; exit 1; }
+  nice -n 10 cmake --build "$bld" -j2 --target llama-finetune >"$bld.build.log" 2>&1 || { tail -30 "$bld.build.log" >&2; exit 1; }
 }
 
 model() {
@@ -81,11 +96,7 @@ esac
 threads=${1:-2}
 steps=${2:-5}
 warmup=${LT_LLAMACPP_WARMUP:-2}
-# LT_LLAMACPP_SHAPE: c256 (default) -c 256 -b 256 -ub 256: bench-s context, every matrix but the token
-#   embeddings trained, 256 tokens per optimizer step;
-# c1024-ub256: -c 1024 -b 1024 -ub 256: 1024 tokens per optimizer step (bench-s's step size) as 4
-#   accumulated micro-batches of 256, but over a 1024-token context, and then llama.cpp gives K and V
-#   no gradients (llama_context::opt_init: gradients cannot flow through the KV cache).
+# LT_LLAMACPP_SHAPE (see the header): c256 (default) or c1024-ub256; LT_LLAMACPP_WARMUP (default 2).
 case "${LT_LLAMACPP_SHAPE:-c256}" in
   c256) ctx=256; ub=256 ;;
   c1024-ub256) ctx=1024; ub=256 ;;
@@ -100,4 +111,5 @@ ndata=$((warmup + steps))
 words=$((ctx / 2 * ndata + ctx + ctx / 4))
 [ -f "$text.$words" ] || "$py" bench/llamacpp_model.py text "$text.$words" "$words"
 "$py" bench/llamacpp_run.py "$bin" "$gguf" "$text.$words" --threads "$threads" --ctx "$ctx" --ubatch "$ub" \
-  --warmup "$warmup" --steps "$steps" --gguf-py "$src/gguf-py" --log "$dir/last-run.log"
+  --warmup "$warmup" --steps "$steps" --gguf-py "$src/gguf-py" --log "$dir/last-run.log" \
+  --build "$([ "$blas" = 1 ] && echo blas-openblas || echo cpu)"

@@ -57,6 +57,7 @@ def main():
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--lr", default="1e-4")
     ap.add_argument("--gguf-py", default=None, help="gguf-py directory: compare the trained model with the input")
+    ap.add_argument("--build", default="cpu", help="label of the llama.cpp build: cpu or blas")
     ap.add_argument("--log", default=None, help="keep llama-finetune's stderr here")
     a = ap.parse_args()
     per_step = a.ctx // a.ubatch                    # micro-batches per optimizer step (n_batch = n_ctx)
@@ -101,7 +102,7 @@ def main():
         text = log.decode(errors="replace")
         kv_frozen = "K and V projections will not receive gradients" in text
         res = {"peer": "llama.cpp llama-finetune (ggml-opt AdamW, CPU)", "config": "bench-s", "method": "full",
-               "threads": a.threads, "ctx": a.ctx, "ubatch": a.ubatch,
+               "build": a.build, "threads": a.threads, "ctx": a.ctx, "ubatch": a.ubatch,
                "tokens_per_optimizer_step": a.ctx, "steps": nstep - a.warmup, "warmup": a.warmup,
                "loss": m1[3], "kv_receive_gradients": not kv_frozen,
                "tokens_per_s": tokens / dt,
