@@ -38,6 +38,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 version=0.3.36                       # llama-cpp-python sdist; llama.cpp inside it is pinned by this
+sha256=832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e   # of llama_cpp_python-0.3.36.tar.gz
 dir=${LT_LLAMACPP_DIR:-$HOME/.cache/loratune/llama.cpp-$version}
 src=$dir/llama_cpp_python-$version/vendor/llama.cpp
 # LT_LLAMACPP_BLAS=1: a second build (build-blas) with ggml's BLAS backend on Debian's OpenBLAS, which
@@ -65,6 +66,7 @@ fetch() {
     fi
     tgz=$sd/llama_cpp_python-$version.tar.gz
   fi
+  echo "$sha256  $tgz" | sha256sum -c --quiet - || { echo "$tgz: not the pinned sdist" >&2; exit 1; }
   tar xzf "$tgz" -C "$dir"
   [ -f "$src/examples/training/finetune.cpp" ] || { echo "no examples/training in $tgz" >&2; exit 1; }
 }
