@@ -99,6 +99,7 @@ threads=${1:-2}
 steps=${2:-5}
 warmup=${LT_LLAMACPP_WARMUP:-2}
 # LT_LLAMACPP_SHAPE (see the header): c256 (default) or c1024-ub256; LT_LLAMACPP_WARMUP (default 2).
+# LT_LLAMACPP_OPT=sgd: ggml-opt's SGD instead of AdamW (not the peer; shows what the AdamW update costs).
 case "${LT_LLAMACPP_SHAPE:-c256}" in
   c256) ctx=256; ub=256 ;;
   c1024-ub256) ctx=1024; ub=256 ;;
@@ -114,4 +115,4 @@ words=$((ctx / 2 * ndata + ctx + ctx / 4))
 [ -f "$text.$words" ] || "$py" bench/llamacpp_model.py text "$text.$words" "$words"
 "$py" bench/llamacpp_run.py "$bin" "$gguf" "$text.$words" --threads "$threads" --ctx "$ctx" --ubatch "$ub" \
   --warmup "$warmup" --steps "$steps" --gguf-py "$src/gguf-py" --log "$dir/last-run.log" \
-  --build "$([ "$blas" = 1 ] && echo blas-openblas || echo cpu)"
+  --build "$([ "$blas" = 1 ] && echo blas-openblas || echo cpu)" --opt "${LT_LLAMACPP_OPT:-adamw}"

@@ -56,6 +56,8 @@ def main():
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--lr", default="1e-4")
+    ap.add_argument("--opt", choices=["adamw", "sgd"], default="adamw",
+                    help="adamw (the peer); sgd only to see what the optimizer update costs")
     ap.add_argument("--gguf-py", default=None, help="gguf-py directory: compare the trained model with the input")
     ap.add_argument("--build", default="cpu", help="label of the llama.cpp build: cpu or blas")
     ap.add_argument("--log", default=None, help="keep llama-finetune's stderr here")
@@ -65,7 +67,7 @@ def main():
         out = os.path.join(tmp, "trained.gguf")
         cmd = [a.bin, "-m", a.gguf, "-f", a.text, "-c", str(a.ctx), "-b", str(a.ctx), "-ub", str(a.ubatch),
                "-t", str(a.threads), "-tb", str(a.threads), "-epochs", "1", "-val-split", "0",
-               "-lr", a.lr, "-wd", "0", "-opt", "adamw", "-o", out]
+               "-lr", a.lr, "-wd", "0", "-opt", a.opt, "-o", out]
         p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         log, buf, marks = bytearray(), b"", []     # marks: (micro-batch index, wall time, cpu seconds, loss)
         fd = p.stderr.fileno()
@@ -101,7 +103,7 @@ def main():
         dc = (m1[2] - m0[2]) if m0[2] is not None and m1[2] is not None else None
         text = log.decode(errors="replace")
         kv_frozen = "K and V projections will not receive gradients" in text
-        res = {"peer": "llama.cpp llama-finetune (ggml-opt AdamW, CPU)", "config": "bench-s", "method": "full",
+        res = {"peer": f"llama.cpp llama-finetune (ggml-opt {'AdamW' if a.opt == 'adamw' else 'SGD'}, CPU)", "config": "bench-s", "method": "full",
                "build": a.build, "threads": a.threads, "ctx": a.ctx, "ubatch": a.ubatch,
                "tokens_per_optimizer_step": a.ctx, "steps": nstep - a.warmup, "warmup": a.warmup,
                "loss": m1[3], "kv_receive_gradients": not kv_frozen,
