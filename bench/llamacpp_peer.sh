@@ -43,7 +43,8 @@ dir=${LT_LLAMACPP_DIR:-$HOME/.cache/loratune/llama.cpp-$version}
 src=$dir/llama_cpp_python-$version/vendor/llama.cpp
 # LT_LLAMACPP_BLAS=1: a second build (build-blas) with ggml's BLAS backend on Debian's OpenBLAS, which
 # takes the f32 MUL_MAT and OUT_PROD (the weight gradients) off the CPU backend; default: the plain CPU
-# build (ggml's own kernels, llamafile sgemm for f32 matmuls).
+# build (ggml's own kernels, llamafile sgemm for f32 matmuls). Measured here on one thread: the OpenBLAS
+# build is ~2.3x faster (docs/BENCHMARKS.md); bench/compare_full_ft.sh runs both.
 blas=${LT_LLAMACPP_BLAS:-0}
 if [ "$blas" = 1 ]; then bld=$dir/build-blas; blas_flags=(-DGGML_BLAS=ON -DGGML_BLAS_VENDOR=OpenBLAS)
 else bld=$dir/build; blas_flags=(-DGGML_BLAS=OFF); fi
