@@ -15,6 +15,8 @@
 # ~/.cache/loratune/llama.cpp-<version>, see bench/llamacpp_peer.sh; ~15-25 min on 2 cores).
 # LT_FULL_STEPS (default 5) timed steps after 2 warm-up steps for each peer; LT_LLAMACPP_SHAPE is passed
 # through to the llama.cpp peer (c256, the default, or c1024-ub256).
+# On a shared machine run it as `OMP_WAIT_POLICY=PASSIVE bash bench/compare_full_ft.sh 2 3`: all three use
+# OpenMP, whose spinning threads collapse 2-5x when another process holds one of the cores.
 # Not part of CI or tests/run.sh (too slow).
 set -euo pipefail
 cd "$(dirname "$0")/.."

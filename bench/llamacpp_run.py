@@ -104,7 +104,7 @@ def main():
         text = log.decode(errors="replace")
         kv_frozen = "K and V projections will not receive gradients" in text
         res = {"peer": f"llama.cpp llama-finetune (ggml-opt {'AdamW' if a.opt == 'adamw' else 'SGD'}, CPU)", "config": "bench-s", "method": "full",
-               "build": a.build, "threads": a.threads, "ctx": a.ctx, "ubatch": a.ubatch,
+               "build": a.build, "threads": a.threads, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "ctx": a.ctx, "ubatch": a.ubatch,
                "tokens_per_optimizer_step": a.ctx, "steps": nstep - a.warmup, "warmup": a.warmup,
                "loss": m1[3], "kv_receive_gradients": not kv_frozen,
                "tokens_per_s": tokens / dt,
