@@ -1,10 +1,14 @@
 #!/usr/bin/env python3
 """The PyTorch peer of `loratune bench --config bench-s`: the same LoRA training step with
-transformers + peft on the CPU (shared/spec/performance.md, bench-s).
+transformers + peft on the CPU (shared/spec/performance.md, bench-s); with --method full, the same
+step as full fine-tuning (every parameter trainable, embeddings and lm_head included, no peft,
+torch.optim.AdamW over all of them: the peer of `loratune bench --config bench-s --method full`).
 
 Llama (vocab 32000, hidden 512, intermediate 1376, 8 layers, 8 heads, 8 kv heads, rope_theta 5e5),
 fp32 weights (or --precision autocast-bf16 / bf16-weights); LoRA r=16 alpha=32 on q,k,v,o,gate,up,down;
 AdamW; batch 4 x 256 tokens; N threads.
+--method full: the same model and batch, no LoRA, AdamW (lr 1e-4, torch defaults otherwise) on all
+58.07M parameters in fp32 (fp32 master weights and states; 16 bytes per parameter with the gradients).
 Prints one JSON object as the last line: {"tokens_per_s": X, "peak_rss_mb": Y, ...}.
 """
 import argparse, json, resource, time
@@ -17,6 +21,8 @@ from peft import LoraConfig, get_peft_model
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--method", choices=["lora", "full"], default="lora",
+                    help="lora (default): peft LoRA r=16 on the 7 projections; full: every parameter trainable")
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--checkpointing", choices=["on", "off"], default="off")
@@ -34,10 +40,12 @@ def main():
     model = LlamaForCausalLM._from_config(cfg, attn_implementation=a.attn, torch_dtype=dtype)
     if a.checkpointing == "on":
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.enable_input_require_grads()
-    model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, task_type="CAUSAL_LM",
-                                             target_modules=["q_proj", "k_proj", "v_proj", "o_proj",
-                                                             "gate_proj", "up_proj", "down_proj"]))
+        if a.method == "lora":
+            model.enable_input_require_grads()
+    if a.method == "lora":
+        model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, task_type="CAUSAL_LM",
+                                                 target_modules=["q_proj", "k_proj", "v_proj", "o_proj",
+                                                                 "gate_proj", "up_proj", "down_proj"]))
     model.train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     g = torch.Generator().manual_seed(12345)
@@ -54,7 +62,10 @@ def main():
         loss = out.loss.item()
     dt, dc = time.perf_counter() - t0, time.process_time() - c0
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-    print(json.dumps({"peer": f"torch {torch.__version__} + peft", "config": "bench-s", "threads": a.threads,
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    peer = f"torch {torch.__version__} + peft" if a.method == "lora" else f"torch {torch.__version__} full FT"
+    print(json.dumps({"peer": peer, "config": "bench-s", "method": a.method, "trainable_params": trainable,
+                      "threads": a.threads,
                       "checkpointing": a.checkpointing, "attn": a.attn, "precision": a.precision,
                       "lora_dtype": str(next(p for p in model.parameters() if p.requires_grad).dtype),
                       "steps": a.steps, "loss": loss,
