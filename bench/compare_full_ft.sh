@@ -3,7 +3,7 @@
 # tokens/s at no more memory): `loratune bench --method full`, the same step in PyTorch
 # (bench/bench_torch.py --method full: every parameter, torch.optim.AdamW, fp32) and llama.cpp's
 # llama-finetune (bench/llamacpp_peer.sh), same machine, same thread count, run alternately
-# (ours, torch, llama.cpp, llama.cpp + OpenBLAS, ours, ...) so that background load affects all of them.
+# (ours, torch, llama.cpp, llama.cpp + OpenBLAS, ours with 8-bit AdamW, ours, ...) so that background load affects all of them.
 # llama.cpp runs in two builds of the same pinned source: the plain CPU build (ggml's own kernels) and
 # the build with ggml's BLAS backend on Debian's OpenBLAS (LT_LLAMACPP_BLAS=1 in llamacpp_peer.sh), which
 # runs the matmuls and the weight-gradient OUT_PRODs in sgemm and is 2-3x faster: the issue's target is
@@ -26,16 +26,7 @@ steps=${LT_FULL_STEPS:-5}
 bin=${LT_BUILD:-build}/loratune
 py=${LT_REF_VENV:-$HOME/.cache/loratune/ref-venv}/bin/python
 
-ours() {
-  # PLACEHOLDER until full fine-tuning is merged: `loratune bench --config bench-s --method full` is the
-  # interface the full fine-tuning branch adds. While this build rejects it, a marker line stands in for
-  # ours and the summary gives the peers only.
-  local out
-  out=$("$bin" bench --config bench-s --method full --threads "$threads" --steps "$steps" --warmup 2 --json 2>/dev/null | tail -1) || true
-  if [[ $out == \{* ]]; then echo "$out"
-  else echo '{"peer": "libloratune PLACEHOLDER (loratune bench --method full is not in this build)", "tokens_per_s": null, "peak_rss_mb": null}'
-  fi
-}
+ours() { "$bin" bench --config bench-s --method full --threads "$threads" --steps "$steps" --warmup 2 --json "$@" | tail -1; }
 torch_() { "$py" bench/bench_torch.py --method full --threads "$threads" --steps "$steps" --warmup 2 2>/dev/null | tail -1; }
 lcpp() { LT_LLAMACPP_WARMUP=2 LT_LLAMACPP_BLAS=$1 bash bench/llamacpp_peer.sh "$threads" "$steps" | tail -1; }
 
@@ -43,22 +34,23 @@ for b in 0 1; do LT_LLAMACPP_BLAS=$b bash bench/llamacpp_peer.sh build >/dev/nul
 bash bench/llamacpp_peer.sh model >/dev/null
 rows=()
 for i in $(seq "$repeats"); do
-  r=("$(ours)" "$(torch_)" "$(lcpp 0)" "$(lcpp 1)")
+  r=("$(ours)" "$(torch_)" "$(lcpp 0)" "$(lcpp 1)" "$(ours --optimizer adamw8bit)")
   echo "libloratune full FT:          ${r[0]}"
   echo "torch full FT:                ${r[1]}"
   echo "llama.cpp finetune:           ${r[2]}"
   echo "llama.cpp finetune, OpenBLAS: ${r[3]}"
+  echo "libloratune, 8-bit AdamW:     ${r[4]}"
   rows+=("${r[@]}")
 done
 "$py" - "${rows[@]}" <<'PY'
 import json, statistics, sys
 rows = [json.loads(x) for x in sys.argv[1:]]
-ours, torch_, lcpp, lblas = rows[0::4], rows[1::4], rows[2::4], rows[3::4]
+ours, torch_, lcpp, lblas, ours8 = rows[0::5], rows[1::5], rows[2::5], rows[3::5], rows[4::5]
 def med(rs, k):
     v = [r[k] for r in rs if r.get(k) is not None]
     return statistics.median(v) if v else None
-names = ["libloratune", "torch full FT", "llama.cpp finetune", "llama.cpp finetune + OpenBLAS"]
-cols = [ours, torch_, lcpp, lblas]
+names = ["libloratune", "torch full FT", "llama.cpp finetune", "llama.cpp finetune + OpenBLAS", "libloratune 8-bit AdamW"]
+cols = [ours, torch_, lcpp, lblas, ours8]
 t = [med(c, "tokens_per_s") for c in cols]
 m = [med(c, "peak_rss_mb") for c in cols]
 c = [med(c, "tokens_per_cpu_s") for c in cols]
@@ -76,6 +68,6 @@ print(f"ratios: tokens/s ours/llama.cpp {ratio(t[0], t[k])} (issue 9 target >= 2
       f"{ratio(t[0], t[2])}), ours/torch {ratio(t[0], t[1])}, "
       f"torch/llama.cpp {ratio(t[1], t[k])}, llama.cpp OpenBLAS/plain {ratio(t[3], t[2])}; "
       f"peak RSS ours/llama.cpp {ratio(m[0], m[k])} (target <= 1), torch/llama.cpp {ratio(m[1], m[k])}")
-if t[0] is None:
-    print("(ours: PLACEHOLDER, `loratune bench --method full` is not in this build yet)")
+print(f"8-bit AdamW: tokens/s ours8/llama.cpp {ratio(t[4], t[k])} (plain build {ratio(t[4], t[2])}), "
+      f"peak RSS ours8/llama.cpp {ratio(m[4], m[k])}")
 PY
