@@ -364,6 +364,29 @@ pub struct AdapterParams {
     pub use_rslora: bool,
     pub init: LoraInit,
     pub seed: u64,
+    /// DoRA (PEFT `use_dora`): a trainable magnitude per output row.
+    pub use_dora: bool,
+    /// Full fine-tuning: every base weight trainable (rank, alpha, targets are ignored).
+    pub full_finetune: bool,
+    /// Trainable copies of embed_tokens and/or lm_head next to a LoRA (PEFT `modules_to_save`).
+    pub modules_to_save: ModulesToSave,
+}
+
+/// LT_SAVE_* bits: the modules a LoRA adapter trains in full (PEFT `modules_to_save`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct ModulesToSave(pub u32);
+
+impl ModulesToSave {
+    pub const NONE: ModulesToSave = ModulesToSave(0);
+    pub const EMBED_TOKENS: ModulesToSave = ModulesToSave(sys::LT_SAVE_EMBED_TOKENS);
+    pub const LM_HEAD: ModulesToSave = ModulesToSave(sys::LT_SAVE_LM_HEAD);
+}
+
+impl std::ops::BitOr for ModulesToSave {
+    type Output = ModulesToSave;
+    fn bitor(self, rhs: ModulesToSave) -> ModulesToSave {
+        ModulesToSave(self.0 | rhs.0)
+    }
 }
 
 impl Default for AdapterParams {
@@ -382,6 +405,9 @@ impl AdapterParams {
             use_rslora: r.use_rslora != 0,
             init: LoraInit::from_raw(r.init).unwrap_or(LoraInit::Default),
             seed: r.seed,
+            use_dora: r.use_dora != 0,
+            full_finetune: r.full_finetune != 0,
+            modules_to_save: ModulesToSave(r.modules_to_save),
         }
     }
     fn to_raw(&self) -> sys::lt_adapter_params {
@@ -393,6 +419,9 @@ impl AdapterParams {
         r.use_rslora = self.use_rslora as c_int;
         r.init = self.init.raw();
         r.seed = self.seed;
+        r.use_dora = self.use_dora as c_int;
+        r.full_finetune = self.full_finetune as c_int;
+        r.modules_to_save = self.modules_to_save.0;
         r
     }
 }

@@ -317,3 +317,37 @@ fn model_directory_round_trip() {
     assert!(last < first);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn full_finetuning_and_modules_to_save() {
+    let c = ctx();
+    let m = create_random_model(&c, TINY_LLAMA, 7, 0.05).unwrap();
+    let info = m.info().unwrap();
+    // full fine-tuning: every base weight is a trainable parameter
+    let full = Adapter::create(&m, &AdapterParams { full_finetune: true, ..Default::default() }).unwrap();
+    assert!(full.params().unwrap().full_finetune);
+    assert_eq!(full.n_params(), info.n_params);
+    let o = Optimizer::new(&full, &OptimizerParams { lr: 1e-3, ..Default::default() }).unwrap();
+    let mut t = Trainer::new(&m, &full, &o, &TrainerParams::default()).unwrap();
+    let b = batch();
+    let before = t.evaluate(&b).unwrap().mean();
+    for _ in 0..10 {
+        t.step(&b).unwrap();
+    }
+    let after = t.evaluate(&b).unwrap().mean();
+    assert!(after < before - 0.05, "{} -> {}", before, after);
+    let dir = tmpdir("full");
+    full.save(&dir).unwrap();
+    assert!(dir.join("config.json").exists() && dir.join("model.safetensors").exists());
+    // a LoRA with trained copies of embed_tokens and lm_head
+    let lora = AdapterParams { rank: 4, alpha: 8.0, ..Default::default() };
+    let plain = Adapter::create(&m, &lora).unwrap();
+    let mts = ModulesToSave::EMBED_TOKENS | ModulesToSave::LM_HEAD;
+    let with = Adapter::create(&m, &AdapterParams { modules_to_save: mts, ..lora.clone() }).unwrap();
+    assert_eq!(with.params().unwrap().modules_to_save, mts);
+    assert_eq!(with.n_params(), plain.n_params() + 2 * info.vocab_size * info.hidden_size);
+    // refused combinations carry a status and a message
+    let e = Adapter::create(&m, &AdapterParams { full_finetune: true, use_dora: true, ..Default::default() }).unwrap_err();
+    assert_eq!(e.status(), Status::Argument);
+    let _ = std::fs::remove_dir_all(&dir);
+}
