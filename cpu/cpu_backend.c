@@ -747,9 +747,8 @@ static void cpu_adamw_step(lt_backend *be, float *param, const float *grad, floa
 }
 
 /* bitsandbytes' 8-bit AdamW over one tensor: blocks of 256 are independent, so threads take whole blocks.
- * The fast kernel (cpu/opt8_simd.h) gives the reference's bytes; its code-book tables are built here
- * per call (~2 x 8 KiB on the stack, microseconds) rather than cached, so nothing is shared between
- * threads that use one backend. */
+ * The fast kernel (cpu/opt8_simd.h) gives the reference's bytes; the code-book tables of the library's
+ * books are built once per process, those of any other books per call (on the stack). */
 static void cpu_adamw8bit_step(lt_backend *be, float *param, const float *grad, void *s1, void *s2, float *absmax1,
                                float *absmax2, size_t n, const float *qmap1, const float *qmap2, float beta1,
                                float beta2, float eps_c2, float step_size, float decay) {
@@ -759,9 +758,10 @@ static void cpu_adamw8bit_step(lt_backend *be, float *param, const float *grad, 
         return;
     }
     const size_t nb = (n + LT_OPT8_BLOCK - 1) / LT_OPT8_BLOCK;
-    lt_opt8_lut lut[2];
+    lt_opt8_lut scratch[2];
+    const lt_opt8_lut *lut1, *lut2;
     const lt_opt8_block_fn fn = lt_cpu_opt8_kernel(K(be)->isa);
-    if (!fn || !lt_opt8_lut_build(&lut[0], qmap1) || !lt_opt8_lut_build(&lut[1], qmap2)) {
+    if (!fn || !lt_opt8_luts(qmap1, qmap2, scratch, &lut1, &lut2)) {
         /* a code book that is not strictly increasing: the reference (binary search) */
         CPU_PAR_SLICES(be, nb, for (size_t b = lo; b < hi; b++) {
             const size_t i0 = b * LT_OPT8_BLOCK;
@@ -778,7 +778,7 @@ static void cpu_adamw8bit_step(lt_backend *be, float *param, const float *grad, 
         const int t = omp_get_thread_num(), T = omp_get_num_threads();
         const size_t b0 = nb * (size_t)t / (size_t)T, b1 = nb * (size_t)(t + 1) / (size_t)T;
         if (b1 > b0)
-            fn(param, grad, s1, s2, absmax1, absmax2, n, b0, b1, qmap1, qmap2, &lut[0], &lut[1], beta1, beta2, eps_c2,
+            fn(param, grad, s1, s2, absmax1, absmax2, n, b0, b1, qmap1, qmap2, lut1, lut2, beta1, beta2, eps_c2,
                step_size, decay);
     }
 }

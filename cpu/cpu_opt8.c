@@ -2,7 +2,7 @@
  * cpu_opt8.c - the fast CPU 8-bit AdamW block (cpu_opt8.h): the code-book preparation and the block
  * kernel of cpu/opt8_simd.h compiled for AVX-512, AVX2 and a generic target.
  *
- * defines: lt_opt8_lut_build, lt_cpu_opt8_kernel.
+ * defines: lt_opt8_lut_build, lt_opt8_luts, lt_cpu_opt8_kernel.
  *
  * This file is compiled with -ffp-contract=off (CMakeLists.txt), like cpu/ref_ops.c: the result must
  * be the reference's bytes, and a fused multiply-add would round differently.
@@ -12,9 +12,11 @@
 #endif
 #include <float.h>
 #include <math.h>
+#include <pthread.h>
 #include <string.h>
 
 #include "cpu_opt8.h"
+#include "quant.h"
 #include "ref_ops.h"
 
 /* the float whose ordered key is k */
@@ -63,6 +65,30 @@ int lt_opt8_lut_build(lt_opt8_lut *lut, const float *code) {
         if (cmax - c > lut->maxfix) lut->maxfix = cmax - c;
     }
     memset(lut->tab + nbk, 0, sizeof lut->tab - (size_t)nbk);
+    return 1;
+}
+
+/* The tables of the library's two code books, built once per process (~60 us each) and read-only after:
+ * the optimizer passes those books on every call (like quant.c's code books, a pthread_once). */
+static lt_opt8_lut book_luts[2];
+static int book_luts_ok;
+static pthread_once_t book_luts_once = PTHREAD_ONCE_INIT;
+static void book_luts_init(void) {
+    book_luts_ok = lt_opt8_lut_build(&book_luts[0], lt_quant_code8()) && lt_opt8_lut_build(&book_luts[1], lt_quant_code8u());
+}
+
+int lt_opt8_luts(const float *qmap1, const float *qmap2, lt_opt8_lut scratch[2], const lt_opt8_lut **lut1,
+                 const lt_opt8_lut **lut2) {
+    pthread_once(&book_luts_once, book_luts_init);
+    if (book_luts_ok && !memcmp(qmap1, lt_quant_code8(), 256 * sizeof(float)) &&
+        !memcmp(qmap2, lt_quant_code8u(), 256 * sizeof(float))) {
+        *lut1 = &book_luts[0];
+        *lut2 = &book_luts[1];
+        return 1;
+    }
+    if (!lt_opt8_lut_build(&scratch[0], qmap1) || !lt_opt8_lut_build(&scratch[1], qmap2)) return 0;
+    *lut1 = &scratch[0];
+    *lut2 = &scratch[1];
     return 1;
 }
 

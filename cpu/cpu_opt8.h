@@ -3,7 +3,7 @@
  * lt_ref_adamw8bit_block.
  *
  * defines: lt_opt8_lut (a code book prepared for a search without binary search),
- * lt_opt8_lut_build, lt_opt8_nearest (scalar), lt_opt8_block_fn and lt_cpu_opt8_kernel (the block
+ * lt_opt8_lut_build, lt_opt8_luts, lt_opt8_nearest (scalar), lt_opt8_block_fn and lt_cpu_opt8_kernel (the block
  * kernel of an ISA: cpu/opt8_simd.h compiled once per instruction set by cpu/cpu_opt8.c).
  *
  * The nearest code. The reference takes lo = the largest index with code[lo] <= x, then moves to
@@ -35,6 +35,11 @@ typedef struct lt_opt8_lut {
 /* 1 when code (256 floats) is strictly increasing and finite (all the backend's code books are),
  * else 0 (the caller then uses the reference). */
 int lt_opt8_lut_build(lt_opt8_lut *lut, const float *code);
+
+/* *lut1, *lut2 = the tables of qmap1, qmap2 (the library's code books: built once per process; other
+ * books: built into scratch). 0 when a book is not strictly increasing and finite. */
+int lt_opt8_luts(const float *qmap1, const float *qmap2, lt_opt8_lut scratch[2], const lt_opt8_lut **lut1,
+                 const lt_opt8_lut **lut2);
 
 /* the float -> ordered int32 key map (monotone; -0.0 just below +0.0) and back */
 static inline int32_t lt_opt8_key(float x) {

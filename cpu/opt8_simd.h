@@ -101,7 +101,7 @@ LT_AI vi F(o8_nearest)(const lt_opt8_lut *lut, vf x) {
     k = F(o8_seli)(k > kmax, kmax, k);
     vi lo = F(o8_gatherb)(lut->tab, (vi)(((vu)k - (uint32_t)lut->kmin) >> lut->shift));
     for (int s = 0; s < lut->maxfix; s++) lo -= (vi)(F(o8_gather)(lut->thr, lo) <= x); /* true = -1 */
-    return lo & (vi)(x == x);
+    return lo & (vi)(x == x); /* NaN -> 0 (a negative NaN, x86's default, already counts 0) */
 }
 
 /* blocks [b0, b1) of a tensor of n elements (cpu_opt8.h lt_opt8_block_fn) */

@@ -224,7 +224,11 @@ static void make_inputs(int kind, size_t n, float *par, float *g, uint8_t *c1, u
     }
 }
 
-static void check_fast_op(lt_backend *be, const char *what, int kind, const opt8_case *cs, int steps) {
+/* qm1, qm2: the code books (NULL: the library's) */
+static void check_fast_op(lt_backend *be, const char *what, int kind, const opt8_case *cs, int steps, const float *qm1,
+                          const float *qm2) {
+    if (!qm1) qm1 = lt_quant_code8();
+    if (!qm2) qm2 = lt_quant_code8u();
     static lt_opt8_lut lut;
     ck_assert_int_eq(lt_opt8_lut_build(&lut, lt_quant_code8()), 1);
     const size_t n = cs->n, nb = (n + 255) / 256;
@@ -236,10 +240,8 @@ static void check_fast_op(lt_backend *be, const char *what, int kind, const opt8
     memcpy(rpar, par, n * 4), memcpy(ra1, a1, nb * 4), memcpy(ra2, a2, nb * 4), memcpy(rc1, c1, n), memcpy(rc2, c2, n);
     const float *p = cs->p;
     for (int s = 0; s < steps; s++) {
-        lt_ref_adamw8bit_step(rpar, g, rc1, rc2, ra1, ra2, n, lt_quant_code8(), lt_quant_code8u(), p[0], p[1], p[2],
-                              p[3], p[4]);
-        be->ops->adamw8bit_step(be, par, g, c1, c2, a1, a2, n, lt_quant_code8(), lt_quant_code8u(), p[0], p[1], p[2],
-                                p[3], p[4]);
+        lt_ref_adamw8bit_step(rpar, g, rc1, rc2, ra1, ra2, n, qm1, qm2, p[0], p[1], p[2], p[3], p[4]);
+        be->ops->adamw8bit_step(be, par, g, c1, c2, a1, a2, n, qm1, qm2, p[0], p[1], p[2], p[3], p[4]);
         char cs_name[128];
         snprintf(cs_name, sizeof cs_name, "%s, kind %d, n %zu, decay %g, step %d", what, kind, n, p[4], s);
         expect_bytes(cs_name, "parameters", par, rpar, n * 4);
@@ -272,11 +274,23 @@ START_TEST(test_fast_op_matches_reference) {
             ck_assert_int_eq(lt_cpu_backend_create_isa(th, isas[ia], &be, err, sizeof err), LT_OK);
             char what[64];
             snprintf(what, sizeof what, "%s, %d thread(s)", lt_cpu_kernels_get(isas[ia])->isa, th);
-            for (size_t c = 0; c < sizeof cases8 / sizeof *cases8; c++) check_fast_op(be, what, 0, &cases8[c], 3);
+            for (size_t c = 0; c < sizeof cases8 / sizeof *cases8; c++)
+                check_fast_op(be, what, 0, &cases8[c], 3, NULL, NULL);
             /* kind 1: beta1 = 0 puts m / absmax on the thresholds and codes themselves */
             const opt8_case ties[] = {{300007, {0.0f, 0.999f, 1e-8f, -1e-3f, 0.0f}},
                                       {5000, {0.0f, 0.0f, 1e-8f, -1e-3f, 1e-3f}}};
-            for (size_t c = 0; c < 2; c++) check_fast_op(be, what, 1, &ties[c], 1);
+            for (size_t c = 0; c < 2; c++) check_fast_op(be, what, 1, &ties[c], 1, NULL, NULL);
+            /* other code books: strictly increasing ones get their tables per call; a book with a repeated
+             * code is left to the reference */
+            float other1[256], other2[256], flat[256];
+            for (int i = 0; i < 256; i++) {
+                other1[i] = lt_quant_code8()[i] * 0.75f;
+                other2[i] = (float)i / 255.0f * ((float)i / 255.0f);
+            }
+            memcpy(flat, lt_quant_code8(), sizeof flat);
+            flat[100] = flat[101];
+            check_fast_op(be, what, 0, &cases8[0], 2, other1, other2);
+            check_fast_op(be, what, 0, &cases8[2], 2, flat, NULL);
             be->ops->destroy(be);
             ran++;
         }
