@@ -31,6 +31,7 @@
 
 #include "backend.h"
 #include "cpu_kernels.h"
+#include "cpu_opt8.h"
 #include "gemm_bf16.h"
 #include "ref_ops.h"
 
@@ -745,7 +746,9 @@ static void cpu_adamw_step(lt_backend *be, float *param, const float *grad, floa
                                    beta2, eps, bc2_sqrt, decay));
 }
 
-/* bitsandbytes' 8-bit AdamW over one tensor: blocks of 256 are independent, so threads take whole blocks */
+/* bitsandbytes' 8-bit AdamW over one tensor: blocks of 256 are independent, so threads take whole blocks.
+ * The fast kernel (cpu/opt8_simd.h) gives the reference's bytes; the code-book tables of the library's
+ * books are built once per process, those of any other books per call (on the stack). */
 static void cpu_adamw8bit_step(lt_backend *be, float *param, const float *grad, void *s1, void *s2, float *absmax1,
                                float *absmax2, size_t n, const float *qmap1, const float *qmap2, float beta1,
                                float beta2, float eps_c2, float step_size, float decay) {
@@ -755,12 +758,29 @@ static void cpu_adamw8bit_step(lt_backend *be, float *param, const float *grad, 
         return;
     }
     const size_t nb = (n + LT_OPT8_BLOCK - 1) / LT_OPT8_BLOCK;
-    CPU_PAR_SLICES(be, nb, for (size_t b = lo; b < hi; b++) {
-        const size_t i0 = b * LT_OPT8_BLOCK;
-        const size_t i1 = i0 + LT_OPT8_BLOCK < n ? i0 + LT_OPT8_BLOCK : n;
-        lt_ref_adamw8bit_block(param, grad, s1, s2, absmax1, absmax2, b, i0, i1, qmap1, qmap2, beta1, beta2,
-                               eps_c2, step_size, decay);
-    });
+    lt_opt8_lut scratch[2];
+    const lt_opt8_lut *lut1, *lut2;
+    const lt_opt8_block_fn fn = lt_cpu_opt8_kernel(K(be)->isa);
+    if (!fn || !lt_opt8_luts(qmap1, qmap2, scratch, &lut1, &lut2)) {
+        /* a code book that is not strictly increasing: the reference (binary search) */
+        CPU_PAR_SLICES(be, nb, for (size_t b = lo; b < hi; b++) {
+            const size_t i0 = b * LT_OPT8_BLOCK;
+            const size_t i1 = i0 + LT_OPT8_BLOCK < n ? i0 + LT_OPT8_BLOCK : n;
+            lt_ref_adamw8bit_block(param, grad, s1, s2, absmax1, absmax2, b, i0, i1, qmap1, qmap2, beta1, beta2,
+                                   eps_c2, step_size, decay);
+        });
+        return;
+    }
+    /* threads by elements (the grain is in elements), each a contiguous run of blocks */
+    const int nt = cpu_threads_for(be, n, LT_GRAIN);
+#pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        const int t = omp_get_thread_num(), T = omp_get_num_threads();
+        const size_t b0 = nb * (size_t)t / (size_t)T, b1 = nb * (size_t)(t + 1) / (size_t)T;
+        if (b1 > b0)
+            fn(param, grad, s1, s2, absmax1, absmax2, n, b0, b1, qmap1, qmap2, lut1, lut2, beta1, beta2, eps_c2,
+               step_size, decay);
+    }
 }
 
 /* ---- quantized weights ------------------------------------------------------------------------------ */

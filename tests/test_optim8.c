@@ -5,14 +5,21 @@
  * - the backend op (reference and CPU backend) reproduces, bit for bit (tolerance 0), the parameters,
  *   codes and absmax of tests/python/make_optim8_goldens.py (the kernel's algorithm with bitsandbytes'
  *   code books; the script states why the bytes are not its CPU path's and checks it against it);
+ * - the CPU backend's fast kernel (cpu/opt8_simd.h, every ISA this CPU has, 1 and 3 threads) gives the
+ *   reference op's bytes (tolerance 0) on large random inputs and on the edge cases: every threshold
+ *   between two codes and the floats beside it, codes, zeros of both signs, the sign rule, all-zero
+ *   blocks, non-finite gradients and states, partial last blocks, decay on and off;
  * - lt_optimizer keeps per-tensor state (blocks start at each LoRA A / B, fp32 below 4096 elements);
  * - a short training run learns, and a checkpoint resumes bit for bit; state files and memory.
  */
+#include <float.h>
 #include <math.h>
 #include <stdint.h>
 #include <unistd.h>
 
 #include "test_util.h"
+#include "cpu_kernels.h"
+#include "cpu_opt8.h"
 #include "model.h"
 #include "optimizer.h"
 #include "quant.h"
@@ -29,6 +36,7 @@ static const lt_st_tensor *need(const lt_st_file *f, const char *name) {
 
 static void expect_bytes(const char *cs, const char *what, const void *ours, const void *theirs, size_t n) {
     const uint8_t *a = ours, *b = theirs;
+    if (!memcmp(a, b, n)) return; /* (one ck_assert per byte is one write to Check's pipe per byte) */
     for (size_t i = 0; i < n; i++)
         ck_assert_msg(a[i] == b[i], "%s: %s differs from the golden at byte %zu (ours 0x%02x, golden 0x%02x)", cs,
                       what, i, a[i], b[i]);
@@ -107,6 +115,188 @@ START_TEST(test_goldens_ref) { run_goldens(0); }
 END_TEST
 
 START_TEST(test_goldens_cpu_backend) { run_goldens(1); }
+END_TEST
+
+/* ---- the fast CPU kernel against the reference ------------------------------------------------------ */
+
+/* code_nearest of cpu/ref_ops.c (static there): the largest code <= x, then up on a strictly nearer one */
+static int oracle_nearest(const float *code, float x) {
+    int lo = 0, hi = 255;
+    while (lo < hi) {
+        const int mid = (lo + hi + 1) / 2;
+        if (code[mid] <= x) lo = mid; else hi = mid - 1;
+    }
+    if (lo < 255 && fabsf(x - code[lo + 1]) < fabsf(x - code[lo])) lo++;
+    return lo;
+}
+
+static float from_key(int32_t k) {
+    const int32_t i = k ^ ((k >> 31) & 0x7fffffff);
+    float f;
+    memcpy(&f, &i, sizeof f);
+    return f;
+}
+
+/* the scalar search of the prepared code books: every float within 300 ulps of each code and each
+ * threshold, every 4099th float of [-2, 2], specials */
+START_TEST(test_fast_nearest) {
+    const float *books[2] = {lt_quant_code8(), lt_quant_code8u()};
+    static lt_opt8_lut lut;
+    for (int k = 0; k < 2; k++) {
+        const float *code = books[k];
+        ck_assert_int_eq(lt_opt8_lut_build(&lut, code), 1);
+        ck_assert_int_le(lut.maxfix, 4); /* the kernels loop maxfix times per element */
+        size_t checked = 0;
+        for (int i = 0; i < 511; i++) {
+            const float c = i < 256 ? code[i] : lut.thr[i - 256];
+            if (i < 256 && i > 0) ck_assert(!(lut.thr[i - 1] > c)); /* thresholds interleave with codes */
+            for (int32_t d = -300; d <= 300; d++) {
+                const float x = from_key(lt_opt8_key(c) + d);
+                if (lt_opt8_nearest(&lut, x) != oracle_nearest(code, x))
+                    ck_abort_msg("book %d: x = %a: %d, reference %d", k, (double)x, lt_opt8_nearest(&lut, x),
+                                 oracle_nearest(code, x));
+                checked++;
+            }
+        }
+        for (int64_t key = lt_opt8_key(-2.0f); key <= lt_opt8_key(2.0f); key += 4099, checked++) {
+            const float x = from_key((int32_t)key);
+            if (lt_opt8_nearest(&lut, x) != oracle_nearest(code, x)) ck_abort_msg("book %d: x = %a", k, (double)x);
+        }
+        const float sp[] = {0.0f, -0.0f, NAN, -NAN, INFINITY, -INFINITY, FLT_MAX, -FLT_MAX, FLT_MIN, -FLT_MIN, 1e-45f};
+        for (size_t i = 0; i < sizeof sp / sizeof *sp; i++)
+            ck_assert_int_eq(lt_opt8_nearest(&lut, sp[i]), oracle_nearest(code, sp[i]));
+        ck_assert_uint_gt(checked, 800000);
+    }
+    /* a code book that is not strictly increasing is refused (the backend then runs the reference) */
+    float bad[256];
+    memcpy(bad, books[0], sizeof bad);
+    bad[10] = bad[11];
+    ck_assert_int_eq(lt_opt8_lut_build(&lut, bad), 0);
+}
+END_TEST
+
+static uint64_t xs = 0x9e3779b97f4a7c15ull;
+static uint64_t xnext(void) {
+    xs ^= xs << 13, xs ^= xs >> 7, xs ^= xs << 17;
+    return xs;
+}
+static float xunif(void) { return (float)((double)(xnext() >> 11) / 9007199254740992.0); } /* [0, 1) */
+
+typedef struct opt8_case {
+    size_t n;
+    float p[5]; /* beta1, beta2, eps_c2, step_size, decay */
+} opt8_case;
+
+/* inputs for one case. kind 0: random state (codes, absmax over decades incl. 0, inf, NaN), gradients over
+ * decades with zeros of both signs and non-finite ones, whole blocks of zeros and of non-finite values.
+ * kind 1 (beta1 = 0: m = g, and every block holds a 1, so m / absmax = g exactly): the gradients are the
+ * thresholds and codes of the signed book, the floats beside them, zeros, tiny and negative values. */
+static void make_inputs(int kind, size_t n, float *par, float *g, uint8_t *c1, uint8_t *c2, float *a1, float *a2,
+                        const lt_opt8_lut *lut) {
+    const float *code = lt_quant_code8();
+    const size_t nb = (n + 255) / 256;
+    for (size_t i = 0; i < n; i++) {
+        par[i] = (xunif() - 0.5f) * 0.2f;
+        c1[i] = (uint8_t)xnext();
+        c2[i] = (uint8_t)xnext();
+        if (kind == 0) {
+            const uint64_t r = xnext() % 1000;
+            const float mag = powf(10.0f, -8.0f * xunif()) * (xnext() & 1 ? 1.0f : -1.0f);
+            g[i] = r == 0 ? NAN : r == 1 ? INFINITY : r == 2 ? -INFINITY : r < 10 ? 0.0f : r < 20 ? -0.0f : mag;
+        } else {
+            const uint64_t r = xnext() % 8, j = xnext() % 511;
+            const float base = j < 256 ? code[j] : lut->thr[j - 256];
+            const int32_t d = (int32_t)(xnext() % 5) - 2;
+            float x = from_key(lt_opt8_key(base) + d);
+            if (!(x >= -1.0f && x <= 1.0f)) x = base;
+            g[i] = r == 0 ? 0.0f : r == 1 ? -0.0f : r == 2 ? -x : x;
+        }
+    }
+    for (size_t b = 0; b < nb; b++) {
+        const uint64_t r = xnext() % 64;
+        a1[b] = r == 0 ? 0.0f : r == 1 ? INFINITY : r == 2 ? NAN : powf(10.0f, -6.0f * xunif());
+        a2[b] = r == 3 ? 0.0f : r == 4 ? INFINITY : powf(10.0f, -12.0f * xunif());
+        const size_t i0 = b * 256, i1 = i0 + 256 < n ? i0 + 256 : n;
+        if (kind == 1) g[i0 + xnext() % (i1 - i0)] = xnext() & 1 ? 1.0f : -1.0f;
+        if (kind == 0 && r == 5) for (size_t i = i0; i < i1; i++) g[i] = 0.0f; /* an all-zero block */
+        if (kind == 0 && r == 6) for (size_t i = i0; i < i1; i++) g[i] = NAN;  /* all skipped */
+        if (kind == 0 && r == 7) { a1[b] = a2[b] = 0.0f; for (size_t i = i0; i < i1; i++) g[i] = 0.0f; }
+    }
+}
+
+/* qm1, qm2: the code books (NULL: the library's) */
+static void check_fast_op(lt_backend *be, const char *what, int kind, const opt8_case *cs, int steps, const float *qm1,
+                          const float *qm2) {
+    if (!qm1) qm1 = lt_quant_code8();
+    if (!qm2) qm2 = lt_quant_code8u();
+    static lt_opt8_lut lut;
+    ck_assert_int_eq(lt_opt8_lut_build(&lut, lt_quant_code8()), 1);
+    const size_t n = cs->n, nb = (n + 255) / 256;
+    float *par = malloc(n * 4), *g = malloc(n * 4), *a1 = malloc(nb * 4), *a2 = malloc(nb * 4);
+    uint8_t *c1 = malloc(n), *c2 = malloc(n);
+    float *rpar = malloc(n * 4), *ra1 = malloc(nb * 4), *ra2 = malloc(nb * 4);
+    uint8_t *rc1 = malloc(n), *rc2 = malloc(n);
+    make_inputs(kind, n, par, g, c1, c2, a1, a2, &lut);
+    memcpy(rpar, par, n * 4), memcpy(ra1, a1, nb * 4), memcpy(ra2, a2, nb * 4), memcpy(rc1, c1, n), memcpy(rc2, c2, n);
+    const float *p = cs->p;
+    for (int s = 0; s < steps; s++) {
+        lt_ref_adamw8bit_step(rpar, g, rc1, rc2, ra1, ra2, n, qm1, qm2, p[0], p[1], p[2], p[3], p[4]);
+        be->ops->adamw8bit_step(be, par, g, c1, c2, a1, a2, n, qm1, qm2, p[0], p[1], p[2], p[3], p[4]);
+        char cs_name[128];
+        snprintf(cs_name, sizeof cs_name, "%s, kind %d, n %zu, decay %g, step %d", what, kind, n, p[4], s);
+        expect_bytes(cs_name, "parameters", par, rpar, n * 4);
+        expect_bytes(cs_name, "m codes", c1, rc1, n);
+        expect_bytes(cs_name, "v codes", c2, rc2, n);
+        expect_bytes(cs_name, "absmax1", a1, ra1, nb * 4);
+        expect_bytes(cs_name, "absmax2", a2, ra2, nb * 4);
+        for (size_t i = 0; i < n; i++) /* the next step's gradients */
+            if (isfinite(g[i]) && kind == 0) g[i] = g[i] * -0.5f + (xunif() - 0.5f) * 1e-4f;
+    }
+    free(par); free(g); free(a1); free(a2); free(c1); free(c2);
+    free(rpar); free(ra1); free(ra2); free(rc1); free(rc2);
+}
+
+START_TEST(test_fast_op_matches_reference) {
+    const opt8_case cases8[] = {
+        {300007, {0.9f, 0.999f, 1e-8f * 0.0316f, -1e-3f, 0.0f}},   /* 3 threads get blocks; 7-element tail */
+        {262144, {0.9f, 0.999f, 1e-8f, -1e-4f, 1e-4f}},            /* whole blocks, decay on */
+        {4103, {0.8f, 0.95f, 1e-6f, -2e-2f, 1e-2f}},               /* a partial last block of 7 */
+        {4096 + 250, {0.0f, 0.0f, 1e-8f, -1e-3f, 0.0f}},           /* beta = 0: m = g, v = g^2 */
+        {12, {0.9f, 0.999f, 1e-8f, -1e-3f, 0.0f}},                 /* less than a vector */
+    };
+    const lt_cpu_isa isas[3] = {LT_CPU_ISA_AVX512, LT_CPU_ISA_AVX2, LT_CPU_ISA_GENERIC};
+    int ran = 0;
+    for (int ia = 0; ia < 3; ia++) {
+        if (!lt_cpu_kernels_get(isas[ia])) continue; /* this CPU lacks the ISA */
+        for (int th = 1; th <= 3; th += 2) {
+            lt_backend *be = NULL;
+            char err[256];
+            ck_assert_int_eq(lt_cpu_backend_create_isa(th, isas[ia], &be, err, sizeof err), LT_OK);
+            char what[64];
+            snprintf(what, sizeof what, "%s, %d thread(s)", lt_cpu_kernels_get(isas[ia])->isa, th);
+            for (size_t c = 0; c < sizeof cases8 / sizeof *cases8; c++)
+                check_fast_op(be, what, 0, &cases8[c], 3, NULL, NULL);
+            /* kind 1: beta1 = 0 puts m / absmax on the thresholds and codes themselves */
+            const opt8_case ties[] = {{300007, {0.0f, 0.999f, 1e-8f, -1e-3f, 0.0f}},
+                                      {5000, {0.0f, 0.0f, 1e-8f, -1e-3f, 1e-3f}}};
+            for (size_t c = 0; c < 2; c++) check_fast_op(be, what, 1, &ties[c], 1, NULL, NULL);
+            /* other code books: strictly increasing ones get their tables per call; a book with a repeated
+             * code is left to the reference */
+            float other1[256], other2[256], flat[256];
+            for (int i = 0; i < 256; i++) {
+                other1[i] = lt_quant_code8()[i] * 0.75f;
+                other2[i] = (float)i / 255.0f * ((float)i / 255.0f);
+            }
+            memcpy(flat, lt_quant_code8(), sizeof flat);
+            flat[100] = flat[101];
+            check_fast_op(be, what, 0, &cases8[0], 2, other1, other2);
+            check_fast_op(be, what, 0, &cases8[2], 2, flat, NULL);
+            be->ops->destroy(be);
+            ran++;
+        }
+    }
+    ck_assert_int_ge(ran, 2);
+}
 END_TEST
 
 /* ---- the optimizer over an adapter ----------------------------------------------------------------- */
@@ -334,6 +524,11 @@ int main(void) {
     tcase_add_test(tc, test_train_learns_and_resumes);
     tcase_add_test(tc, test_state_files);
     suite_add_tcase(s, tc);
+    TCase *fast = tcase_create("fast"); /* CK_RUN_CASE=fast: the fast CPU kernel against the reference */
+    tcase_set_timeout(fast, 600);
+    tcase_add_test(fast, test_fast_nearest);
+    tcase_add_test(fast, test_fast_op_matches_reference);
+    suite_add_tcase(s, fast);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);
