@@ -859,6 +859,16 @@ static lt_status weight_writable(lt_model *m, float **w, size_t n, lt_error *err
     return LT_OK;
 }
 
+/* Merging writes into projection p of layer l: it must be f32 and, if still in the file mapping, copied. */
+static lt_status projection_writable(lt_adapter *a, int l, lt_proj p, size_t n) {
+    lt_model *m = a->model;
+    if (m->layers[l].w[p].format != LT_WEIGHT_F32)
+        return lt_fail(&a->err, LT_ERR_UNSUPPORTED, "merge: the base weights are quantized (%s); merging in "
+                       "place needs f32 weights: export a merged model instead (lt_adapter_export_merged)",
+                       lt_quant_format_name(m->quant));
+    return weight_writable(m, &m->layers[l].w[p].f32, n, &a->err);
+}
+
 /* DoRA merge on the host, per projection: W' = g (W + s B A), g = m / ||W + s B A||_row (PEFT's merge);
  * unmerge: W = W' / g - s B A with the g kept from the merge. */
 static lt_status dora_merge_sign(lt_adapter *a, float sign) {
@@ -880,11 +890,7 @@ static lt_status dora_merge_sign(lt_adapter *a, float sign) {
             if (!lo) continue;
             int in, o;
             lt_proj_dims(&m->cfg, (lt_proj)q, &in, &o);
-            if (m->layers[l].w[q].format != LT_WEIGHT_F32)
-                return lt_fail(&a->err, LT_ERR_UNSUPPORTED, "merge: the base weights are quantized (%s); merging in "
-                               "place needs f32 weights: export a merged model instead (lt_adapter_export_merged)",
-                               lt_quant_format_name(m->quant));
-            lt_status st = weight_writable(m, &m->layers[l].w[q].f32, (size_t)in * o, &a->err);
+            lt_status st = projection_writable(a, l, (lt_proj)q, (size_t)in * o);
             if (st != LT_OK) return st;
             float *W = malloc((size_t)o * in * sizeof(float)), *A = malloc((size_t)r * in * sizeof(float));
             float *B = malloc((size_t)o * r * sizeof(float)), *mg = malloc((size_t)o * sizeof(float));
@@ -930,11 +936,7 @@ static lt_status merge_sign(lt_adapter *a, float sign) {
             if (!lo) continue;
             int in, o;
             lt_proj_dims(&m->cfg, (lt_proj)q, &in, &o);
-            if (m->layers[l].w[q].format != LT_WEIGHT_F32)
-                return lt_fail(&a->err, LT_ERR_UNSUPPORTED, "merge: the base weights are quantized (%s); merging in "
-                               "place needs f32 weights: export a merged model instead (lt_adapter_export_merged)",
-                               lt_quant_format_name(m->quant));
-            lt_status st = weight_writable(m, &m->layers[l].w[q].f32, (size_t)in * o, &a->err);
+            lt_status st = projection_writable(a, l, (lt_proj)q, (size_t)in * o);
             if (st != LT_OK) return st;
             m->be->ops->gemm(m->be, 0, 0, o, in, a->p.rank, sign * a->scaling, lo->B, a->p.rank, lo->A, in,
                              1.0f, m->layers[l].w[q].f32, in);
