@@ -28,13 +28,6 @@ static lt_model *load_model_p(lt_context *ctx, const char *name, const lt_model_
     return m;
 }
 
-static void fill_ids(int32_t *ids, int n, int V, uint64_t seed) {
-    for (int i = 0; i < n; i++) {
-        seed = seed * 6364136223846793005ull + 1442695040888963407ull;
-        ids[i] = (int32_t)((seed >> 33) % (uint64_t)V);
-    }
-}
-
 static float *host_copy(const lt_adapter *a, const float *dev) {
     float *h = malloc(a->n_params * sizeof *h);
     a->model->be->ops->download(a->model->be, h, dev, a->n_params * sizeof *h);
@@ -87,7 +80,7 @@ static void check_fd(const char *model, const char *const *names, int mts) {
     }
     const int B = 2, T = 7, V = (int)m->cfg.vocab_size, H = (int)m->cfg.hidden_size;
     int32_t ids[14];
-    fill_ids(ids, B * T, V, 11);
+    tu_fill_ids(ids, B * T, V, 11);
     lt_batch b;
     lt_batch_init(&b, sizeof b);
     b.n_rows = B; b.seq_len = T; b.input_ids = ids;
@@ -175,7 +168,7 @@ START_TEST(test_embedding_backward_op) {
     lt_backend *be = ctx->be;
     const int N = 37, C = 70, V = 9;
     int32_t ids[37];
-    fill_ids(ids, N, V, 5); /* repeated ids: several tokens add into one row */
+    tu_fill_ids(ids, N, V, 5); /* repeated ids: several tokens add into one row */
     float *dout = malloc(sizeof(float) * N * C), *ref = calloc((size_t)V * C, sizeof(float));
     float *dt = malloc(sizeof(float) * V * C);
     for (int i = 0; i < N * C; i++) dout[i] = sinf(0.37f * (float)i);
@@ -290,7 +283,7 @@ START_TEST(test_failed_step_and_resume) {
     ck_assert_int_eq(lt_trainer_create(m, a, o, &tp, &t), LT_OK);
     const int V = (int)m->cfg.vocab_size;
     int32_t ids[16];
-    fill_ids(ids, 16, V, 2);
+    tu_fill_ids(ids, 16, V, 2);
     lt_batch b;
     lt_batch_init(&b, sizeof b);
     b.n_rows = 2; b.seq_len = 8; b.input_ids = ids;

@@ -231,13 +231,6 @@ static lt_model *load(lt_context *ctx, const char *name, int base_dtype) {
     return m;
 }
 
-static void fill_ids(int32_t *ids, int n, int V, uint64_t seed) {
-    for (int i = 0; i < n; i++) {
-        seed = seed * 6364136223846793005ull + 1442695040888963407ull;
-        ids[i] = (int32_t)((seed >> 33) % (uint64_t)V);
-    }
-}
-
 static const char *const models[] = {"llama-basic", "llama-gqa", "llama-tied", "llama-headdim", "llama-bf16"};
 
 /*
@@ -268,7 +261,7 @@ START_TEST(test_logits_vs_f32) {
 
     const int B = 2, T = 24, V = (int)fi.vocab_size;
     int32_t ids[2 * 24];
-    fill_ids(ids, B * T, V, 42 + (uint64_t)_i);
+    tu_fill_ids(ids, B * T, V, 42 + (uint64_t)_i);
     lt_batch b;
     lt_batch_init(&b, sizeof b);
     b.n_rows = B;
@@ -342,7 +335,7 @@ static double train_losses(lt_context *ctx, int base_dtype, double *first) {
     lt_trainer *t = NULL;
     ck_assert_int_eq(lt_trainer_create(m, a, o, &tp, &t), LT_OK);
     int32_t ids[4 * 32];
-    fill_ids(ids, 4 * 32, (int)info.vocab_size, 77);
+    tu_fill_ids(ids, 4 * 32, (int)info.vocab_size, 77);
     lt_batch b;
     lt_batch_init(&b, sizeof b);
     b.n_rows = 4;

@@ -33,14 +33,6 @@ static lt_model *load_model(lt_context *ctx, const char *name) {
     return m;
 }
 
-/* deterministic pseudo-random ids */
-static void fill_ids(int32_t *ids, int n, int V, uint64_t seed) {
-    for (int i = 0; i < n; i++) {
-        seed = seed * 6364136223846793005ull + 1442695040888963407ull;
-        ids[i] = (int32_t)((seed >> 33) % (uint64_t)V);
-    }
-}
-
 /* host copy of all adapter parameters or gradients */
 static float *host_copy(const lt_adapter *a, const float *dev) {
     float *h = malloc(a->n_params * sizeof *h);
@@ -96,7 +88,7 @@ static void check_finite_differences(float dropout, int packed) {
     lt_adapter *a = make_adapter(m, 4, 8, dropout, LT_TARGET_ALL, 1);
     const int B = 2, T = 9, V = (int)m->cfg.vocab_size;
     int32_t ids[18], labels[18], pos[18];
-    fill_ids(ids, B * T, V, 3);
+    tu_fill_ids(ids, B * T, V, 3);
     memcpy(labels, ids, sizeof ids);
     labels[4] = -100;
     for (int i = 0; i < B * T; i++) pos[i] = packed ? (i % T < 4 ? i % T : i % T - 4) : i % T;
@@ -148,7 +140,7 @@ START_TEST(test_checkpointing_identical) {
     lt_model *m = load_model(ctx, "llama-basic");
     lt_adapter *a = make_adapter(m, 4, 8, 0.1f, LT_TARGET_ALL, 1);
     int32_t ids[40];
-    fill_ids(ids, 40, 257, 5);
+    tu_fill_ids(ids, 40, 257, 5);
     lt_batch b;
     lt_batch_init(&b, sizeof b);
     b.n_rows = 2; b.seq_len = 20; b.input_ids = ids;
@@ -173,7 +165,7 @@ START_TEST(test_packing_equals_unpacked) {
     lt_adapter *a = make_adapter(m, 4, 8, 0, LT_TARGET_ALL, 1);
     const int T = 15, lens[3] = {6, 5, 4};
     int32_t packed[15], ppos[15], plab[15], rows[45], rlab[45];
-    fill_ids(packed, T, 300, 11);
+    tu_fill_ids(packed, T, 300, 11);
     for (int s = 0, o = 0; s < 3; o += lens[s], s++)
         for (int t = 0; t < lens[s]; t++) {
             ppos[o + t] = t;
@@ -214,7 +206,7 @@ START_TEST(test_merge_unmerge_export) {
     lt_adapter *a = make_adapter(m, 4, 16, 0, LT_TARGET_ALL, 1);
     const int T = 12, V = (int)m->cfg.vocab_size;
     int32_t ids[24];
-    fill_ids(ids, 24, V, 21);
+    tu_fill_ids(ids, 24, V, 21);
     lt_batch b;
     lt_batch_init(&b, sizeof b);
     b.n_rows = 2; b.seq_len = T; b.input_ids = ids;
@@ -303,7 +295,7 @@ static float *train_run(lt_context *ctx, const char *ckpt_dir, int phase) {
     int32_t ids[3 * 16];
     for (int step = first; step < last; step++)
         for (int k = 0; k < 2; k++) {
-            fill_ids(ids, 3 * 16, 257, (uint64_t)(100 + step * 2 + k));
+            tu_fill_ids(ids, 3 * 16, 257, (uint64_t)(100 + step * 2 + k));
             lt_batch b;
             lt_batch_init(&b, sizeof b);
             b.n_rows = 3; b.seq_len = 16; b.input_ids = ids;
@@ -358,7 +350,7 @@ START_TEST(test_bad_steps_leave_adapter) {
     ck_assert_int_eq(lt_trainer_create(m, a, o, &tp, &t), LT_OK);
     float *before = host_copy(a, a->params);
     int32_t ids[16], labels[16];
-    fill_ids(ids, 16, 257, 1);
+    tu_fill_ids(ids, 16, 257, 1);
     for (int i = 0; i < 16; i++) labels[i] = -100;
     lt_batch b;
     lt_batch_init(&b, sizeof b);
@@ -574,7 +566,7 @@ START_TEST(test_hot_swap_and_progress) {
     lt_adapter *a1 = make_adapter(m, 4, 8, 0, LT_TARGET_ALL, 1), *a2 = make_adapter(m, 2, 4, 0, LT_TARGET_Q | LT_TARGET_V, 1);
     const int T = 9, V = (int)m->cfg.vocab_size;
     int32_t ids[9];
-    fill_ids(ids, T, V, 4);
+    tu_fill_ids(ids, T, V, 4);
     lt_batch b;
     lt_batch_init(&b, sizeof b);
     b.n_rows = 1; b.seq_len = T; b.input_ids = ids;
@@ -633,7 +625,7 @@ static void *share_train(void *arg) {
     if (j->st == LT_OK) j->st = lt_trainer_create(j->m, a, o, NULL, &t);
     int32_t ids[2 * 12];
     for (int step = 0; j->st == LT_OK && step < 4; step++) {
-        fill_ids(ids, 24, 257, (uint64_t)(j->seed * 100 + step));
+        tu_fill_ids(ids, 24, 257, (uint64_t)(j->seed * 100 + step));
         lt_batch b;
         lt_batch_init(&b, sizeof b);
         b.n_rows = 2; b.seq_len = 12; b.input_ids = ids;
@@ -874,7 +866,7 @@ START_TEST(test_peft_loads_our_adapter) {
         ck_assert_int_eq(lt_adapter_export_merged(a, mdir, 0), LT_OK);
         const int B = 2, T = 10, V = (int)m->cfg.vocab_size;
         int32_t ids[20];
-        fill_ids(ids, B * T, V, 77);
+        tu_fill_ids(ids, B * T, V, 77);
         lt_batch b;
         lt_batch_init(&b, sizeof b);
         b.n_rows = B; b.seq_len = T; b.input_ids = ids;

@@ -394,13 +394,6 @@ END_TEST
 
 /* ---- training: learns, and resumes bit for bit ---------------------------------------------------- */
 
-static void fill_ids(int32_t *ids, int n, int V, uint64_t seed) {
-    for (int i = 0; i < n; i++) {
-        seed = seed * 6364136223846793005ull + 1442695040888963407ull;
-        ids[i] = (int32_t)((seed >> 33) % (uint64_t)V);
-    }
-}
-
 /* phase 0: 8 updates straight; 1: 4 updates then a checkpoint; 2: resume from it for 4.
  * losses (optional) receives the loss of each update (the same batch every step: it must fall). */
 static float *train_run(lt_context *ctx, const char *ckpt_dir, int phase, double *losses) {
@@ -430,7 +423,7 @@ static float *train_run(lt_context *ctx, const char *ckpt_dir, int phase, double
         ck_assert_int_eq(lt_optimizer_step_count(o), 4);
     }
     int32_t ids[4 * 16];
-    fill_ids(ids, 4 * 16, 257, 11);
+    tu_fill_ids(ids, 4 * 16, 257, 11);
     for (int step = first; step < last; step++) {
         lt_batch b;
         lt_batch_init(&b, sizeof b);

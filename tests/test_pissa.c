@@ -49,13 +49,6 @@ static void perturb(lt_adapter *a, double amp) {
     free(h);
 }
 
-static void fill_ids(int32_t *ids, int n, int V, uint64_t seed) {
-    for (int i = 0; i < n; i++) {
-        seed = seed * 6364136223846793005ull + 1442695040888963407ull;
-        ids[i] = (int32_t)((seed >> 33) % (uint64_t)V);
-    }
-}
-
 static void rm_rf(const char *dir) {
     char cmd[700];
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
@@ -74,7 +67,7 @@ START_TEST(test_identity_merge_save_load) {
     lt_adapter *a = make(m, cases[_i].init, 4, 8, 0, cases[_i].rslora);
     const int T = 10, V = (int)m->cfg.vocab_size;
     int32_t ids[20];
-    fill_ids(ids, 20, V, 5);
+    tu_fill_ids(ids, 20, V, 5);
     lt_batch b;
     lt_batch_init(&b, sizeof b);
     b.n_rows = 2; b.seq_len = T; b.input_ids = ids;
@@ -187,7 +180,7 @@ START_TEST(test_finite_differences) {
     perturb(a, 0.1);
     const int B = 2, T = 9, V = (int)m->cfg.vocab_size;
     int32_t ids[18];
-    fill_ids(ids, B * T, V, 3);
+    tu_fill_ids(ids, B * T, V, 3);
     lt_batch b;
     lt_batch_init(&b, sizeof b);
     b.n_rows = B; b.seq_len = T; b.input_ids = ids; b.labels = ids;
@@ -246,7 +239,7 @@ START_TEST(test_nf4_equals_f32_of_dequantized) {
         perturb(af, 0.05);
         const int B = 2, T = 9, V = (int)mq->cfg.vocab_size;
         int32_t ids[18];
-        fill_ids(ids, B * T, V, 11);
+        tu_fill_ids(ids, B * T, V, 11);
         lt_batch b;
         lt_batch_init(&b, sizeof b);
         b.n_rows = B; b.seq_len = T; b.input_ids = ids; b.labels = ids;

@@ -12,6 +12,14 @@
 
 #include "loratune.h"
 
+/* n deterministic pseudo-random token ids in [0, V) (an LCG seeded by seed). */
+static inline void tu_fill_ids(int32_t *ids, int n, int V, uint64_t seed) {
+    for (int i = 0; i < n; i++) {
+        seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+        ids[i] = (int32_t)((seed >> 33) % (uint64_t)V);
+    }
+}
+
 /* A CPU context (threads from LT_TEST_THREADS, default 2). */
 static inline lt_context *tu_context(void) {
     lt_context_params cp;
