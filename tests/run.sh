@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Run every test of libloratune: build (Release and ASan+UBSan), generate the reference checkpoints and
 # goldens with transformers/peft, run the Check suites, then the live cross-checks against PyTorch.
-#   LT_REF_VENV   where the reference virtualenv lives (default ~/.cache/loratune/ref-venv)
+#   LT_REF_VENV   where the reference virtualenv lives (default ~/.cache/loratune/ref-venv-<lock hash>;
+#                 see tests/ref-venv.sh)
 #   LT_SKIP_ASAN  set to 1 to skip the sanitizer build
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,19 +11,10 @@ jobs=$(nproc)
 
 bash tools/install-deps.sh
 
-# ---- reference stack (torch CPU, transformers, peft) in a virtualenv outside the repo ----
-venv=${LT_REF_VENV:-$HOME/.cache/loratune/ref-venv}
-if [ ! -x "$venv/bin/python" ]; then
-  echo "== creating the reference virtualenv in $venv"
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install -q --upgrade pip
-fi
-# (re)install when a requirement is missing, e.g. after requirements.txt gained a package
-if ! "$venv/bin/python" -c "import torch, transformers, peft, safetensors, trl, bitsandbytes, tokenizers, mistral_common, sentencepiece" 2>/dev/null; then
-  echo "== installing the reference stack into $venv (tests/python/requirements.txt)"
-  "$venv/bin/pip" install -q -r tests/python/requirements.txt
-fi
-py="$venv/bin/python"
+# ---- reference stack (torch, transformers, peft, ...) in a virtualenv outside the repo ----
+# built from tests/python/requirements.lock, rebuilt whenever the lock changes (tests/ref-venv.sh)
+py=$(bash tests/ref-venv.sh)
+echo "== reference python: $py"
 
 # ---- build ----
 echo "== build (Release, LT_CUDA=AUTO)"
