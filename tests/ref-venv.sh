@@ -55,7 +55,7 @@ echo "building from requirements.lock sha256 $hash" >"$marker"  # ours from now 
 python3 -m venv "$venv"
 "$venv/bin/python" -m pip install --quiet --no-input --disable-pip-version-check \
   --require-hashes --only-binary :all: -r "$lock" >&2
-"$venv/bin/python" -c "import torch, transformers, peft, safetensors, trl, bitsandbytes, tokenizers, mistral_common, sentencepiece, jinja2"
+PYTHONPATH=tests/python "$venv/bin/python" -c "import offline_env, torch, transformers, peft, safetensors, trl, bitsandbytes, tokenizers, mistral_common, sentencepiece, jinja2"
 echo "$built" >"$marker.new" && mv "$marker.new" "$marker"
 say "built in $((SECONDS - t0)) s"
 

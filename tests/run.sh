@@ -37,14 +37,14 @@ echo "== reference checkpoints and goldens (transformers, peft)"
 rm -rf build/testdata/models && mkdir -p build/testdata
 "$py" tests/python/make_models.py build/testdata/models >/dev/null
 "$py" tests/python/make_lora_goldens.py build/testdata/models >/dev/null
-"$py" tests/python/make_qlora_goldens.py build/testdata/models >/dev/null 2>&1  # LoRA grads through bitsandbytes NF4 weights
+"$py" tests/python/make_qlora_goldens.py build/testdata/models >/dev/null  # LoRA grads through bitsandbytes NF4 weights
 "$py" tests/python/make_family_models.py build/testdata/models >/dev/null
 if [ -f tests/python/make_op_goldens.py ]; then "$py" tests/python/make_op_goldens.py build/testdata/ops >/dev/null; fi
 "$py" tests/python/make_objective_goldens.py build/testdata/objectives >/dev/null
 echo "== tokenizer, chat template and dataset-row goldens (tokenizers, transformers, jinja2)"
 "$py" tests/python/make_tokenizer_goldens.py build/testdata/tokenizers >/dev/null
-"$py" tests/python/make_quant_goldens.py build/testdata/quant >/dev/null 2>&1  # bitsandbytes (CPU) quantization goldens
-"$py" tests/python/make_optim8_goldens.py build/testdata/optim8 >/dev/null 2>&1  # 8-bit AdamW (bitsandbytes kernel algorithm; checked against its CPU AdamW8bit)
+"$py" tests/python/make_quant_goldens.py build/testdata/quant >/dev/null  # bitsandbytes (CPU) quantization goldens
+"$py" tests/python/make_optim8_goldens.py build/testdata/optim8 >/dev/null  # 8-bit AdamW (bitsandbytes kernel algorithm; checked against its CPU AdamW8bit)
 lap "reference checkpoints and goldens" setup
 
 failed=0
