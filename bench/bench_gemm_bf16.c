@@ -17,8 +17,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "backend.h"
-#include "gemm_bf16.h"
+#include "backend/backend.h"
+#include "core/context.h"
+#include "cpu/cpu_backend.h"
+#include "cpu/gemm_bf16.h"
 
 typedef struct shape { const char *name; int in, out, count; } shape;
 static const shape shapes[] = {{"q,k,v,o 512->512", 512, 512, 4},

@@ -2,8 +2,7 @@
  * bench_objectives.c - DPO step vs SFT step on the same tokens, and GRPO generation throughput, on
  * the bench-s model (random weights; shared/spec/performance.md). Indicative: run on a shared machine.
  *
- *   cc -O2 -std=c11 -Iinclude bench/bench_objectives.c -Lbuild -lloratune -Wl,-rpath,$PWD/build -lm \
- *      -o build/bench_objectives && build/bench_objectives [THREADS] [REPEATS]
+ *   build/bench_objectives [THREADS] [REPEATS]      (built with the library: bench/CMakeLists.txt)
  *
  * SFT: 4 rows x 256 tokens, every token labelled. DPO: 2 pairs whose prompt (128 tokens) + chosen or
  * rejected completion (128 tokens) make the same 4 rows x 256 tokens; the reference is the base model

@@ -29,11 +29,13 @@
 
 #include <cblas.h>
 
-#include "backend.h"
-#include "cpu_kernels.h"
-#include "cpu_opt8.h"
-#include "gemm_bf16.h"
-#include "ref_ops.h"
+#include "backend/backend.h"
+#include "backend/codebook.h"
+#include "cpu/cpu_backend.h"
+#include "cpu/cpu_kernels.h"
+#include "cpu/cpu_opt8.h"
+#include "cpu/gemm_bf16.h"
+#include "cpu/ref_ops.h"
 
 void openblas_set_num_threads(int num_threads);
 
@@ -56,7 +58,7 @@ void openblas_set_num_threads(int num_threads);
 #define LT_RBA 8
 #define LT_RBB 4
 #define LT_CBB 4
-#include "simd.h"
+#include "cpu/simd.h"
 #undef LT_ISA
 #undef LT_W
 #undef LT_RBA
@@ -79,7 +81,7 @@ void openblas_set_num_threads(int num_threads);
 #define LT_RBA 2
 #define LT_RBB 2
 #define LT_CBB 4
-#include "simd.h"
+#include "cpu/simd.h"
 #undef LT_ISA
 #undef LT_W
 #undef LT_RBA
@@ -97,7 +99,7 @@ void openblas_set_num_threads(int num_threads);
 #define LT_RBA 2
 #define LT_RBB 2
 #define LT_CBB 2
-#include "simd.h"
+#include "cpu/simd.h"
 #undef LT_ISA
 #undef LT_W
 #undef LT_RBA

@@ -15,7 +15,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "backend.h"
+#include "backend/backend.h"
 
 typedef enum lt_cpu_isa {
     LT_CPU_ISA_AUTO = 0,    /* the best one this CPU supports */

@@ -15,9 +15,9 @@
 #include <pthread.h>
 #include <string.h>
 
-#include "cpu_opt8.h"
-#include "quant.h"
-#include "ref_ops.h"
+#include "cpu/cpu_opt8.h"
+#include "backend/codebook.h"
+#include "cpu/ref_ops.h"
 
 /* the float whose ordered key is k */
 static float key_float(int32_t k) {
@@ -105,7 +105,7 @@ int lt_opt8_luts(const float *qmap1, const float *qmap2, lt_opt8_lut scratch[2],
 #endif
 #define LT_ISA avx512
 #define LT_W 16
-#include "opt8_simd.h"
+#include "cpu/opt8_simd.h"
 #undef LT_ISA
 #undef LT_W
 #ifdef __clang__
@@ -122,7 +122,7 @@ int lt_opt8_luts(const float *qmap1, const float *qmap2, lt_opt8_lut scratch[2],
 #endif
 #define LT_ISA avx2
 #define LT_W 8
-#include "opt8_simd.h"
+#include "cpu/opt8_simd.h"
 #undef LT_ISA
 #undef LT_W
 #ifdef __clang__
@@ -134,7 +134,7 @@ int lt_opt8_luts(const float *qmap1, const float *qmap2, lt_opt8_lut scratch[2],
 
 #define LT_ISA generic
 #define LT_W 4
-#include "opt8_simd.h"
+#include "cpu/opt8_simd.h"
 #undef LT_ISA
 #undef LT_W
 

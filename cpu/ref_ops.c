@@ -2,14 +2,15 @@
  * ref_ops.c - the reference kernels (see ref_ops.h). Plain loops, obviously correct, slow.
  * Every function opens with the shapes of its arguments; forward and backward sit side by side.
  */
-#include "ref_ops.h"
+#include "cpu/ref_ops.h"
 
 #include <float.h>
 #include <math.h>
 #include <string.h>
 
-#include "backend.h" /* lt_hash_uniform */
-#include "gemm_bf16.h" /* the packed bf16 weight layout */
+#include "backend/backend.h" /* lt_hash_uniform */
+#include "backend/bf16.h" /* the packed bf16 weight layout */
+#include "backend/codebook.h"
 
 /* ---- dense linear algebra ----------------------------------------------------------------------- */
 

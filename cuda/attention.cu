@@ -28,7 +28,7 @@
 #include <limits.h>
 #include <stdio.h>
 
-#include "cuda_common.cuh"
+#include "cuda/cuda_common.cuh"
 
 #define ATT_TILE 64     /* rows a tiled block owns */
 #define ATT_THREADS 256 /* 16 x 16: ty = tid / 16 owns rows ty*4 .. ty*4+3, tx = tid % 16 the columns tx + 16 c */

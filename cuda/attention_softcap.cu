@@ -7,7 +7,7 @@
  * element is written by one thread in a fixed order), not tuned. The tiled kernels of attention.cu
  * keep the uncapped path. Score: c = cap tanh(scale q.k / cap); dc/ds = 1 - (c / cap)^2.
  */
-#include "cuda_common.cuh"
+#include "cuda/cuda_common.cuh"
 
 #define SC_THREADS 128
 

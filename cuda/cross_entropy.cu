@@ -5,7 +5,7 @@
  * Targets outside [0, V) (-100 in particular) are ignored rows: loss 0 and, when a gradient is
  * asked for, a zero row. One block per row: an online (max, sum) pass, then the gradient pass.
  */
-#include "cuda_common.cuh"
+#include "cuda/cuda_common.cuh"
 
 #define CE_THREADS 512
 

@@ -24,8 +24,9 @@
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
-#include "backend.h"
-#include "cuda_impl.h"
+#include "backend/backend.h"
+#include "cuda/cuda_backend.h"
+#include "cuda/cuda_impl.h"
 
 int lt_cuda_backend_available(void) {
     int n = 0;

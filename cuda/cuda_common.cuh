@@ -10,7 +10,7 @@
 #include <math.h>
 #include <stdint.h>
 
-#include "cuda_impl.h"
+#include "cuda/cuda_impl.h"
 
 #define LT_FULL_MASK 0xffffffffu
 

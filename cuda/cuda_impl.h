@@ -30,7 +30,7 @@
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
-#include "backend.h"
+#include "backend/backend.h"
 
 /* Device workspace owned by the backend (not per op): partial sums of column reductions and the
  * bounce buffer of overlapping copies. 1 Mi floats = 4 MiB. */

@@ -5,7 +5,7 @@
  * One thread per element in grid-stride loops (memory-bound; vectorised loads can come later).
  * sumsq is a two-pass reduction in double whose order depends only on n: deterministic.
  */
-#include "cuda_common.cuh"
+#include "cuda/cuda_common.cuh"
 
 #define EW_THREADS 256
 

@@ -8,7 +8,7 @@
  */
 #include <stdio.h>
 
-#include "cuda_common.cuh"
+#include "cuda/cuda_common.cuh"
 
 /* C (M,N) row-major, ldc: C = beta C (beta == 0 writes zeros, NaN included, as BLAS does).
  * One thread per element, grid-stride. */

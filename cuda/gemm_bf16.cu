@@ -13,10 +13,10 @@
 
 #include <cuda_bf16.h>
 
-#include "cuda_common.cuh"
-#include "gemm_bf16.h" /* lt_bf16_round: the host rounding of the weights */
+#include "cuda/cuda_common.cuh"
+#include "backend/bf16.h" /* lt_bf16_round: the host rounding of the weights */
 
-/* f32 -> bf16 bits, identical to lt_bf16_round (cpu/gemm_bf16.h) */
+/* f32 -> bf16 bits, identical to lt_bf16_round (backend/bf16.h) */
 __device__ __forceinline__ uint16_t lt_bf16_round_dev(float f) {
     uint32_t u = __float_as_uint(f);
     if ((u & 0x7f800000u) == 0x7f800000u) return (uint16_t)((u >> 16) | ((u & 0x007fffffu) ? 0x0040u : 0u));

@@ -9,7 +9,7 @@
  * partial sums of fixed row chunks go to the backend workspace, then one thread per column adds
  * them in chunk order. The chunking depends only on (N, C): deterministic.
  */
-#include "cuda_common.cuh"
+#include "cuda/cuda_common.cuh"
 
 /* Threads for a row of C channels: a multiple of 32, at most 256. */
 static inline int row_threads(int C) { return C >= 256 ? 256 : 32 * ((C + 31) / 32); }

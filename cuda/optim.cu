@@ -5,7 +5,7 @@
  */
 #include <cfloat>
 
-#include "cuda_common.cuh"
+#include "cuda/cuda_common.cuh"
 
 /* param, grad, m, v (n) */
 __global__ void adamw_kernel(float *param, const float *grad, float *m, float *v, size_t n, float step_size,

@@ -5,7 +5,7 @@
  * (__fmul_rn / __fadd_rn: no fused multiply-add) so the values equal bitsandbytes' and the CPU's bit
  * for bit. Compiled in CI; not yet run on a GPU.
  */
-#include "cuda_common.cuh"
+#include "cuda/cuda_common.cuh"
 
 __constant__ float nf4_code_dev[16] = {
     -1.0f, -0.6961928009986877f, -0.5250730514526367f, -0.39491748809814453f, -0.28444138169288635f,

@@ -7,7 +7,7 @@
  * The angle is (float)pos * inv_freq[j] in float as in the reference; sincosf (full range reduction,
  * no fast math) for its cosine and sine.
  */
-#include "cuda_common.cuh"
+#include "cuda/cuda_common.cuh"
 
 /* x (N, n_heads, head_dim) in place, pos (N), inv_freq (half); dir +1 forward, -1 backward.
  * One thread per (n, j), j < half, looping over the heads (cos/sin computed once per pair). */

@@ -15,9 +15,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "backend.h"
-#include "cpu_kernels.h"
-#include "ref_ops.h"
+#include "backend/backend.h"
+#include "cpu/cpu_backend.h"
+#include "cpu/cpu_kernels.h"
+#include "cpu/ref_ops.h"
 
 #define N_THREADS 3
 

@@ -21,10 +21,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "backend.h"
-#include "gemm_bf16.h" /* lt_bf16_round */
-#include "ref_ops.h"
-#include "quant.h"
+#include "backend/backend.h"
+#include "core/context.h"
+#include "backend/bf16.h" /* lt_bf16_round */
+#include "cpu/ref_ops.h"
+#include "formats/quant.h"
 
 /* ---- helpers -------------------------------------------------------------------------------------- */
 

@@ -17,9 +17,9 @@
 
 #include <jansson.h>
 
-#include "config.h"
-#include "internal.h"
-#include "safetensors.h"
+#include "formats/config.h"
+#include "core/core.h"
+#include "formats/safetensors.h"
 
 static char g_tmp[256];
 

@@ -15,9 +15,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "../cpu/ref_ops.h"
-#include "model.h"
-#include "optimizer.h"
+#include "cpu/ref_ops.h"
+#include "decoder/decoder.h"
+#include "train/optimizer.h"
 #include "test_util.h"
 
 static lt_model *load_model_p(lt_context *ctx, const char *name, const lt_model_params *mp) {

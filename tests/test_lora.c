@@ -17,8 +17,8 @@
 #include <pthread.h>
 #include <unistd.h>
 
-#include "model.h"
-#include "optimizer.h"
+#include "decoder/decoder.h"
+#include "train/optimizer.h"
 #include "test_util.h"
 
 static void model_dir(char *buf, size_t len, const char *name) {

@@ -17,7 +17,7 @@
 #include <unistd.h>
 
 #include "loratune.h"
-#include "safetensors.h"
+#include "formats/safetensors.h"
 #include "test_util.h"
 
 static const char *const models[] = {"llama-basic", "llama-gqa", "llama-tied", "llama-headdim",

@@ -16,13 +16,13 @@
  */
 #include <jansson.h>
 
-#include "model.h"
-#include "objectives.h"
-#include "ref_ops.h"
+#include "decoder/decoder.h"
+#include "train/objectives.h"
+#include "cpu/ref_ops.h"
 #include "test_util.h"
 
 #define GRPO_TOY_NO_MAIN
-#include "../examples/c/grpo_toy.c"
+#include "examples/c/grpo_toy.c"
 
 static json_t *goldens(void) {
     char path[1024];

@@ -22,11 +22,12 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "backend.h"
-#include "config.h"
-#include "internal.h"
-#include "ref_ops.h"
-#include "safetensors.h"
+#include "backend/backend.h"
+#include "formats/config.h"
+#include "core/core.h"
+#include "cpu/cpu_backend.h"
+#include "cpu/ref_ops.h"
+#include "formats/safetensors.h"
 #include "test_util.h"
 
 #define RTOL 1e-4

@@ -18,13 +18,13 @@
 #include <unistd.h>
 
 #include "test_util.h"
-#include "cpu_kernels.h"
-#include "cpu_opt8.h"
-#include "model.h"
-#include "optimizer.h"
-#include "quant.h"
-#include "ref_ops.h"
-#include "safetensors.h"
+#include "cpu/cpu_kernels.h"
+#include "cpu/cpu_opt8.h"
+#include "decoder/decoder.h"
+#include "train/optimizer.h"
+#include "formats/quant.h"
+#include "cpu/ref_ops.h"
+#include "formats/safetensors.h"
 
 #define GOLDEN_DIR LT_TEST_DATA_DIR "/optim8"
 

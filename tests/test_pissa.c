@@ -6,9 +6,9 @@
  * tests/python/crosscheck_pissa.py.
  */
 #include "test_util.h"
-#include "model.h"
+#include "decoder/decoder.h"
 #include "loratune_experimental.h"
-#include "quant.h"
+#include "formats/quant.h"
 
 static lt_model *load_model(lt_context *ctx, const char *name, const lt_model_params *mp) {
     char dir[1024];

@@ -6,8 +6,8 @@
 #include <stdint.h>
 
 #include "test_util.h"
-#include "quant.h"
-#include "safetensors.h"
+#include "formats/quant.h"
+#include "formats/safetensors.h"
 
 #define GOLDEN_DIR LT_TEST_DATA_DIR "/quant"
 

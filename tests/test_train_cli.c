@@ -11,7 +11,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "optimizer.h"
+#include "train/optimizer.h"
 #include "test_util.h"
 
 /* transformers' schedule lambdas, transcribed from algorithms.md in double */

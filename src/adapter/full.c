@@ -2,12 +2,13 @@
  * adapter_full.c - trained copies of base weights inside an adapter: full fine-tuning (every weight)
  * and PEFT's modules_to_save (embed_tokens, lm_head next to a LoRA).
  *
- * defines: lt_adapter_extra_layout, lt_adapter_sync_weights, lt_adapter_full_check, lt_adapter_load_full
+ * defines: lt_adapter_full_check, lt_adapter_extra_count, lt_adapter_extra_bind, lt_adapter_model_tensor,
+ *          lt_adapter_sync_weights
  *
  * The model stays read-only and shareable: the trained weights are fp32 tensors in the adapter's params
  * (after the LoRA tensors), their gradients at the same offsets in grads, so the optimizers, clipping,
  * accumulation, state files and checkpoints work on them unchanged. Passes read them through the
- * lt_view_* helpers of model.h.
+ * lt_view_* helpers of adapter.h.
  *
  * params order (Hugging Face Trainer's weight-decay groups, get_decay_parameter_names): every tensor
  * that takes weight decay first (LoRA A/B/magnitude, embeddings, lm_head, projections), then those that
@@ -21,8 +22,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "model.h"
-#include "quant.h"
+#include "adapter/adapter_impl.h"
+#include "formats/quant.h"
 
 /* Walks the trained tensors in params order. Pass 0 (a->ptensors == NULL) counts them and their floats;
  * pass 1 fills a->ptensors and binds every view pointer. Returns the floats after `base`. */
@@ -135,7 +136,7 @@ static void layout(layout_state *s, const lt_model *m) {
 }
 
 /* The source of tensor `name` in model m (the checkpoint's values: Gemma norms as w, not 1 + w). */
-static const float *model_tensor(const lt_model *m, const lt_ptensor *t) {
+const float *lt_adapter_model_tensor(const lt_model *m, const lt_ptensor *t) {
     const lt_model_config *c = &m->cfg;
     if (!strcmp(t->name, "model.embed_tokens.weight")) return m->embed;
     if (!strcmp(t->name, "lm_head.weight")) return m->lm_head; /* NULL when quantized: dequantized by the caller */
@@ -222,7 +223,7 @@ lt_status lt_adapter_extra_bind(lt_adapter *a, size_t base, lt_error *err) {
     layout(&s, m);
     for (int i = 0; i < a->n_ptensors; i++) {
         const lt_ptensor *t = &a->ptensors[i];
-        const float *src = model_tensor(m, t);
+        const float *src = lt_adapter_model_tensor(m, t);
         if (src) {
             m->be->ops->copy(m->be, a->params + t->off, src, t->n * sizeof(float));
         } else if (!strcmp(t->name, "lm_head.weight")) { /* a quantized LM head: its dequantized values */
@@ -255,53 +256,4 @@ void lt_adapter_sync_weights(const lt_adapter *a) {
         be->ops->copy(be, t->compute, a->params + t->off, t->n * sizeof(float)); /* (1 + w) in fp32, as */
         be->ops->axpy(be, t->n, off, a->norm_ones, t->compute);                   /* transformers computes */
     }
-}
-
-/* A Hugging Face model directory (config.json, no adapter_config.json) saved from a full fine-tuning
- * adapter: its weights become a full adapter of model m (same architecture and shapes). */
-lt_status lt_adapter_load_full(lt_model *m, const char *dir, lt_adapter **out, lt_error *err) {
-    lt_context *ctx = m->ctx;
-    lt_model_params mp;
-    lt_model_params_init(&mp, sizeof mp);
-    lt_model *src = NULL;
-    lt_status st = lt_model_load(ctx, dir, &mp, &src);
-    if (st != LT_OK) { /* err may be the thread's record lt_last_error() reads: copy the message first */
-        char why[512];
-        snprintf(why, sizeof why, "%s", lt_last_error());
-        return lt_fail(err, st, "%s: not a PEFT adapter, and as a full fine-tuning model: %s", dir, why);
-    }
-    const lt_model_config *a = &m->cfg, *b = &src->cfg;
-    if (strcmp(a->architecture, b->architecture) || a->num_hidden_layers != b->num_hidden_layers ||
-        a->hidden_size != b->hidden_size || a->intermediate_size != b->intermediate_size ||
-        a->vocab_size != b->vocab_size || a->num_attention_heads != b->num_attention_heads ||
-        a->num_key_value_heads != b->num_key_value_heads || a->head_dim != b->head_dim ||
-        a->tie_word_embeddings != b->tie_word_embeddings || a->bias_mask != b->bias_mask) {
-        lt_fail(err, LT_ERR_SHAPE, "%s: a %s with %lld layers, hidden %lld, vocab %lld is not a fine-tuned copy of "
-                "this %s (%lld layers, hidden %lld, vocab %lld)", dir, b->architecture, (long long)b->num_hidden_layers,
-                (long long)b->hidden_size, (long long)b->vocab_size, a->architecture, (long long)a->num_hidden_layers,
-                (long long)a->hidden_size, (long long)a->vocab_size);
-        lt_model_free(src); /* after the message: it reads src's config */
-        return LT_ERR_SHAPE;
-    }
-    lt_adapter_params p;
-    lt_adapter_params_init(&p, sizeof p);
-    p.full_finetune = 1;
-    lt_adapter *ad = NULL;
-    if ((st = lt_adapter_alloc(m, &p, &ad, err)) != LT_OK) { lt_model_free(src); return st; }
-    for (int i = 0; i < ad->n_ptensors; i++) { /* the same layout over the same shapes: copy tensor by tensor */
-        const lt_ptensor *t = &ad->ptensors[i];
-        const float *s = model_tensor(src, t);
-        if (!s) {
-            lt_model_free(src);
-            lt_adapter_free(ad);
-            return lt_fail(err, LT_ERR_MISSING, "%s: tensor %s is missing", dir, t->name);
-        }
-        m->be->ops->copy(m->be, ad->params + t->off, s, t->n * sizeof(float));
-    }
-    lt_adapter_sync_weights(ad);
-    st = m->be->ops->sync(m->be);
-    lt_model_free(src);
-    if (st != LT_OK) { lt_adapter_free(ad); return lt_fail(err, st, "%s: backend failed copying weights", dir); }
-    *out = ad;
-    return LT_OK;
 }

@@ -17,7 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "model.h"
+#include "adapter/adapter_impl.h"
 
 /* LAPACK (Fortran ABI; the trailing size_t is the hidden length of a character argument) */
 extern void sgesdd_(const char *jobz, const int *m, const int *n, float *a, const int *lda, float *s, float *u,

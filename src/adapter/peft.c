@@ -1,8 +1,8 @@
 /*
- * adapter.c - LoRA adapters: creation and initialisation, the PEFT directory format (save / load),
- * merging into the base weights and exporting a merged Hugging Face model.
+ * peft.c - the PEFT adapter directory format: save and load (adapter_config.json +
+ * adapter_model.safetensors), and loading a saved full fine-tuning as an adapter.
  *
- * defines: lt_adapter_* (public), lt_adapter_alloc
+ * defines: lt_adapter_save, lt_adapter_load
  *
  * PEFT layout (shared/spec/formats.md): adapter_config.json + adapter_model.safetensors with keys
  *   base_model.model.model.layers.{l}.{self_attn|mlp}.{proj}.lora_A.weight  (r, in)
@@ -17,335 +17,11 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "model.h"
-#include "quant.h"
+#include "adapter/adapter_impl.h"
+#include "formats/quant.h"
 
 #define KEY_PREFIX "base_model.model.model.layers."
 #define INIT_SIDECAR "loratune_init.json" /* PiSSA / OLoRA: method and trainable rank (ours, not PEFT's) */
-
-LT_API void lt_adapter_params_init(lt_adapter_params *out, size_t size) {
-    lt_adapter_params d, *p = &d;
-    memset(p, 0, sizeof *p);
-    p->size = sizeof *p;
-    p->rank = 8;
-    p->alpha = 8.0f;
-    p->dropout = 0.0f;
-    p->targets = LT_TARGET_ALL;
-    p->init = LT_INIT_DEFAULT;
-    lt_fill_struct(out, size, p, sizeof *p);
-}
-
-static float adapter_scaling(const lt_adapter_params *p) {
-    return p->use_rslora ? p->alpha / sqrtf((float)p->rank) : p->alpha / (float)p->rank;
-}
-
-/* Full fine-tuning: no LoRA; every base weight as an fp32 copy in params (src/adapter_full.c). */
-static lt_status full_alloc(lt_model *m, const lt_adapter_params *p, lt_adapter **out, lt_error *err) {
-    lt_adapter *a = calloc(1, sizeof *a);
-    const int L = (int)m->cfg.num_hidden_layers;
-    if (!a) return lt_fail(err, LT_ERR_NOMEM, "adapter: out of memory");
-    a->model = m;
-    a->p = *p;
-    a->p.size = sizeof a->p;
-    a->p.rank = 0; /* no LoRA: workspaces plan no LoRA buffers */
-    a->p.targets = 0;
-    a->p.use_rslora = 0;
-    a->lora = calloc((size_t)L * P_COUNT, sizeof *a->lora);
-    a->full_layers = calloc((size_t)L, sizeof *a->full_layers);
-    a->full_grads = calloc((size_t)L, sizeof *a->full_grads);
-    if (!a->lora || !a->full_layers || !a->full_grads) {
-        lt_adapter_free(a);
-        return lt_fail(err, LT_ERR_NOMEM, "adapter: out of memory");
-    }
-    size_t norm_floats = 0;
-    const size_t n = lt_adapter_extra_count(a, &norm_floats);
-    lt_backend *be = m->be;
-    a->ptensors = calloc((size_t)a->n_ptensors, sizeof *a->ptensors);
-    a->n_params = n;
-    a->params = be->ops->alloc(be, n * sizeof(float));
-    a->grads = be->ops->alloc(be, n * sizeof(float));
-    if (!a->ptensors || !a->params || !a->grads) {
-        lt_adapter_free(a);
-        return lt_fail(err, LT_ERR_NOMEM, "adapter: cannot allocate %zu trainable parameters (%.1f MiB each for "
-                       "weights and gradients)", n, (double)n * 4 / (1 << 20));
-    }
-    if (m->cfg.norm_offset != 0.0f) { /* Gemma: the (1 + w) compute copies of the trained norms */
-        const size_t ones = (size_t)(m->cfg.hidden_size > m->cfg.head_dim ? m->cfg.hidden_size : m->cfg.head_dim);
-        a->norm_compute = be->ops->alloc(be, norm_floats * sizeof(float));
-        a->norm_ones = be->ops->alloc(be, ones * sizeof(float));
-        float *h = malloc(ones * sizeof *h);
-        if (!a->norm_compute || !a->norm_ones || !h) {
-            free(h);
-            lt_adapter_free(a);
-            return lt_fail(err, LT_ERR_NOMEM, "adapter: out of memory");
-        }
-        for (size_t i = 0; i < ones; i++) h[i] = 1.0f;
-        be->ops->upload(be, a->norm_ones, h, ones * sizeof *h);
-        free(h);
-    }
-    be->ops->zero(be, a->grads, n * sizeof(float));
-    lt_status st = lt_adapter_extra_bind(a, 0, err);
-    if (st == LT_OK) st = be->ops->sync(be);
-    if (st != LT_OK) {
-        lt_adapter_free(a);
-        return lt_fail(err, st, "adapter: cannot copy the base weights");
-    }
-    /* the copies are the weights training reads; the base's file pages (a read-only mapping) need not stay
-     * resident: released, they are read again from the file if the base is used (a reference model) */
-    lt_st_set_release_pages(m->st);
-    *out = a;
-    return LT_OK;
-}
-
-lt_status lt_adapter_alloc(lt_model *m, const lt_adapter_params *p, lt_adapter **out, lt_error *err) {
-    *out = NULL;
-    lt_status fst = lt_adapter_full_check(m, p, err);
-    if (fst != LT_OK) return fst;
-    if (p->full_finetune) return full_alloc(m, p, out, err);
-    if (p->rank <= 0 || p->rank > 4096) return lt_fail(err, LT_ERR_ARGUMENT, "adapter: rank %d is not in [1, 4096]", p->rank);
-    if (!(p->alpha > 0) || !isfinite(p->alpha)) return lt_fail(err, LT_ERR_ARGUMENT, "adapter: alpha %g must be positive", p->alpha);
-    if (!(p->dropout >= 0 && p->dropout < 1)) return lt_fail(err, LT_ERR_ARGUMENT, "adapter: dropout %g is not in [0, 1)", p->dropout);
-    if (p->use_dora && p->dropout > 0)
-        return lt_fail(err, LT_ERR_UNSUPPORTED, "adapter: DoRA with lora_dropout %g is not supported (use 0)", p->dropout);
-    if (p->use_dora && m->base_dtype == LT_BASE_BF16)
-        return lt_fail(err, LT_ERR_UNSUPPORTED, "adapter: DoRA needs the base weights' row norms, which a bf16 base "
-                       "(base_dtype LT_BASE_BF16) does not keep; load the model with LT_BASE_F32");
-    if (lt_init_is_decomposed(p->init) && p->use_dora)
-        return lt_fail(err, LT_ERR_UNSUPPORTED, "adapter: DoRA with PiSSA / OLoRA initialisation is not supported");
-    if (!(p->targets & LT_TARGET_ALL) || (p->targets & ~(unsigned)LT_TARGET_ALL))
-        return lt_fail(err, LT_ERR_ARGUMENT, "adapter: target mask 0x%x names no known projection", p->targets);
-    lt_adapter *a = calloc(1, sizeof *a);
-    const int L = (int)m->cfg.num_hidden_layers;
-    if (!a || !(a->lora = calloc((size_t)L * P_COUNT, sizeof *a->lora))) {
-        free(a);
-        return lt_fail(err, LT_ERR_NOMEM, "adapter: out of memory");
-    }
-    a->model = m;
-    a->p = *p;
-    a->p.size = sizeof a->p;
-    a->scaling = adapter_scaling(p);
-    lt_module mods[P_COUNT];
-    const int n_mods = lt_model_modules(&m->cfg, mods);
-    for (int k = 0; k < n_mods; k++) {
-        unsigned mk = lt_module_mask(&mods[k]);
-        if ((p->targets & mk) && (p->targets & mk) != mk) {
-            lt_adapter_free(a);
-            return lt_fail(err, LT_ERR_ARGUMENT, "adapter: %s fuses %d projections into %s; target all of them or none",
-                           m->cfg.architecture, mods[k].count, mods[k].name);
-        }
-    }
-    size_t n = 0, n_gn = 0, max_w = 0;
-    for (int k = 0; k < n_mods; k++) {
-        if (!(p->targets & lt_module_mask(&mods[k]))) continue;
-        int in, o;
-        lt_module_dims(&m->cfg, &mods[k], &in, &o);
-        n += (size_t)p->rank * (in + o) + (p->use_dora ? (size_t)o : 0);
-        n_gn += 2 * (size_t)o;
-        for (int q = mods[k].first; q < mods[k].first + mods[k].count; q++) {
-            int pi, po;
-            lt_proj_dims(&m->cfg, (lt_proj)q, &pi, &po);
-            if ((size_t)pi * po > max_w) max_w = (size_t)pi * po;
-        }
-    }
-    n *= (size_t)L;
-    n_gn *= (size_t)L;
-    const size_t n_lora = n;
-    size_t norm_floats = 0;
-    n += lt_adapter_extra_count(a, &norm_floats); /* modules_to_save copies after the LoRA tensors */
-    if (a->n_ptensors && !(a->ptensors = calloc((size_t)a->n_ptensors, sizeof *a->ptensors))) {
-        lt_adapter_free(a);
-        return lt_fail(err, LT_ERR_NOMEM, "adapter: out of memory");
-    }
-    if (p->use_dora) {
-        a->dora_gn = m->be->ops->alloc(m->be, n_gn * sizeof(float));
-        a->dora_w = m->be->ops->alloc(m->be, max_w * sizeof(float));
-        if (!a->dora_gn || !a->dora_w) {
-            lt_adapter_free(a);
-            return lt_fail(err, LT_ERR_NOMEM, "adapter: cannot allocate the DoRA scratch (%zu floats)", n_gn + max_w);
-        }
-    }
-    a->n_params = n;
-    a->params = m->be->ops->alloc(m->be, n * sizeof(float));
-    a->grads = m->be->ops->alloc(m->be, n * sizeof(float));
-    if (!a->params || !a->grads) {
-        lt_adapter_free(a);
-        return lt_fail(err, LT_ERR_NOMEM, "adapter: cannot allocate %zu parameters", n);
-    }
-    m->be->ops->zero(m->be, a->params, n * sizeof(float));
-    m->be->ops->zero(m->be, a->grads, n * sizeof(float));
-    if (lt_init_is_decomposed(p->init)) { /* PiSSA / OLoRA: the frozen A0, B0, laid out like the LoRA part of params */
-        a->n_init0 = n_lora;
-        if (!(a->init0 = m->be->ops->alloc(m->be, n_lora * sizeof(float)))) {
-            lt_adapter_free(a);
-            return lt_fail(err, LT_ERR_NOMEM, "adapter: cannot allocate %zu initial parameters", n_lora);
-        }
-        m->be->ops->zero(m->be, a->init0, n_lora * sizeof(float));
-    }
-    size_t off = 0, gn_off = 0;
-    for (int l = 0; l < L; l++)
-        for (int k = 0; k < n_mods; k++) {
-            if (!(p->targets & lt_module_mask(&mods[k]))) continue;
-            int in, o;
-            lt_module_dims(&m->cfg, &mods[k], &in, &o);
-            size_t a_off = off, b_off = off + (size_t)p->rank * in, m_off = b_off + (size_t)o * p->rank;
-            off = m_off + (p->use_dora ? (size_t)o : 0);
-            /* the projections of a fused module share A; their B are consecutive row blocks */
-            for (int q = mods[k].first; q < mods[k].first + mods[k].count; q++) {
-                int pi, po;
-                lt_proj_dims(&m->cfg, (lt_proj)q, &pi, &po);
-                lt_lora *lo = &a->lora[l * P_COUNT + q];
-                lo->A = a->params + a_off;
-                lo->dA = a->grads + a_off;
-                lo->B = a->params + b_off;
-                lo->dB = a->grads + b_off;
-                if (a->init0) { lo->A0 = a->init0 + a_off; lo->B0 = a->init0 + b_off; }
-                b_off += (size_t)po * p->rank;
-                if (p->use_dora) { /* the module's magnitude vector: this projection's rows */
-                    lo->mag = a->params + m_off;
-                    lo->dmag = a->grads + m_off;
-                    m_off += (size_t)po;
-                    lo->dora_g = a->dora_gn + gn_off;
-                    lo->dora_inv_n = a->dora_gn + gn_off + po;
-                    gn_off += 2 * (size_t)po;
-                }
-            }
-        }
-    a->n_decay = n; /* LoRA tensors and modules_to_save copies all take weight decay */
-    if (a->n_ptensors) {
-        lt_status st = lt_adapter_extra_bind(a, n_lora, err);
-        if (st != LT_OK) { lt_adapter_free(a); return st; }
-        a->n_decay = n;
-    }
-    *out = a;
-    return LT_OK;
-}
-
-/* xoshiro256** seeded by splitmix64: the adapter's own generator (no global state). */
-typedef struct { uint64_t s[4]; } rng_t;
-static uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
-static void rng_seed(rng_t *r, uint64_t seed) {
-    for (int i = 0; i < 4; i++) {
-        uint64_t z = (seed += 0x9E3779B97F4A7C15ull);
-        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-        z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-        r->s[i] = z ^ (z >> 31);
-    }
-}
-static uint64_t rng_next(rng_t *r) {
-    uint64_t *s = r->s, res = rotl(s[1] * 5, 7) * 9, t = s[1] << 17;
-    s[2] ^= s[0]; s[3] ^= s[1]; s[1] ^= s[2]; s[0] ^= s[3]; s[2] ^= t; s[3] = rotl(s[3], 45);
-    return res;
-}
-static double rng_uniform(rng_t *r) { return (double)(rng_next(r) >> 11) * (1.0 / 9007199254740992.0); }
-static double rng_normal(rng_t *r) {
-    double u1 = rng_uniform(r), u2 = rng_uniform(r);
-    if (u1 < 1e-300) u1 = 1e-300;
-    return sqrt(-2.0 * log(u1)) * cos(2.0 * M_PI * u2);
-}
-
-LT_API lt_status lt_adapter_create(lt_model *m, const lt_adapter_params *params, lt_adapter **out) {
-    lt_error *terr = lt_thread_error();
-    lt_error_clear(terr);
-    if (!out) return lt_fail(terr, LT_ERR_ARGUMENT, "lt_adapter_create: out is NULL");
-    *out = NULL;
-    if (!m) return lt_fail(terr, LT_ERR_ARGUMENT, "lt_adapter_create: model is NULL");
-    lt_adapter_params p;
-    lt_adapter_params_init(&p, sizeof p);
-    if (params) {
-        if (params->size < offsetof(lt_adapter_params, seed) || params->size > sizeof p)
-            return lt_fail(terr, LT_ERR_ARGUMENT, "lt_adapter_create: params->size %zu is not a size this "
-                           "library knows (call lt_adapter_params_init)", params->size);
-        memcpy(&p, params, params->size);
-    }
-    if (p.init != LT_INIT_DEFAULT && p.init != LT_INIT_GAUSSIAN && !lt_init_is_decomposed(p.init))
-        return lt_fail(terr, LT_ERR_ARGUMENT, "lt_adapter_create: unknown init %d", (int)p.init);
-    lt_adapter *a;
-    lt_status st = lt_adapter_alloc(m, &p, &a, terr);
-    if (st != LT_OK) return st;
-    if (lt_init_is_decomposed(p.init)) { /* PiSSA / OLoRA: A, B (and A0, B0) from the base weights */
-        if ((st = lt_lora_decompose_init(a, terr)) != LT_OK) { lt_adapter_free(a); return st; }
-        *out = a;
-        return LT_OK;
-    }
-    /* A: kaiming_uniform(a=sqrt 5) = U(-1/sqrt(in), 1/sqrt(in)) (PEFT default) or N(0, 1/r) ("gaussian");
-     * B: zeros, so the adapter starts as the identity. */
-    rng_t rng;
-    rng_seed(&rng, p.seed);
-    float *host = NULL;
-    lt_module mods[P_COUNT];
-    const int n_mods = lt_model_modules(&m->cfg, mods);
-    for (int l = 0; l < m->cfg.num_hidden_layers; l++)
-        for (int q = 0; q < n_mods; q++) {
-            lt_lora *lo = lt_adapter_lora(a, l, (lt_proj)mods[q].first); /* fused: one shared A */
-            if (!lo) continue;
-            int in, o;
-            lt_module_dims(&m->cfg, &mods[q], &in, &o);
-            size_t n = (size_t)p.rank * in;
-            float *h = realloc(host, n * sizeof *h);
-            if (!h) { free(host); lt_adapter_free(a); return lt_fail(terr, LT_ERR_NOMEM, "out of memory"); }
-            host = h;
-            double bound = 1.0 / sqrt((double)in);
-            for (size_t i = 0; i < n; i++)
-                h[i] = p.init == LT_INIT_GAUSSIAN ? (float)(rng_normal(&rng) / p.rank)
-                                                  : (float)((2.0 * rng_uniform(&rng) - 1.0) * bound);
-            m->be->ops->upload(m->be, lo->A, h, n * sizeof *h);
-        }
-    free(host);
-    if (p.use_dora) { /* m = ||W + s B A||_row = ||W||_row since B = 0 (PEFT's DoRA init) */
-        for (int l = 0; l < m->cfg.num_hidden_layers; l++)
-            for (int q = 0; q < P_COUNT; q++) {
-                lt_lora *lo = lt_adapter_lora(a, l, (lt_proj)q);
-                if (!lo) continue;
-                int in, o;
-                lt_proj_dims(&m->cfg, (lt_proj)q, &in, &o);
-                float *h = malloc((size_t)o * in * sizeof *h);
-                if (!h) { lt_adapter_free(a); return lt_fail(terr, LT_ERR_NOMEM, "out of memory"); }
-                lt_status st = lt_weight_download(m, &m->layers[l].w[q], h, o, in, terr); /* dequantized: QDoRA */
-                if (st != LT_OK) { free(h); lt_adapter_free(a); return st; }
-                for (int i = 0; i < o; i++) {
-                    double ss = 0;
-                    for (int j = 0; j < in; j++) ss += (double)h[(size_t)i * in + j] * h[(size_t)i * in + j];
-                    h[i] = (float)sqrt(ss); /* row i is read before h[i] is written (i <= i * in) */
-                }
-                m->be->ops->upload(m->be, lo->mag, h, (size_t)o * sizeof *h);
-                free(h);
-            }
-    }
-    *out = a;
-    return LT_OK;
-}
-
-LT_API void lt_adapter_free(lt_adapter *a) {
-    if (!a) return;
-    lt_backend *be = a->model->be;
-    if (a->params) be->ops->free(be, a->params);
-    if (a->grads) be->ops->free(be, a->grads);
-    if (a->dora_gn) be->ops->free(be, a->dora_gn);
-    if (a->dora_w) be->ops->free(be, a->dora_w);
-    if (a->init0) be->ops->free(be, a->init0);
-    if (a->norm_compute) be->ops->free(be, a->norm_compute);
-    if (a->norm_ones) be->ops->free(be, a->norm_ones);
-    free(a->full_layers);
-    free(a->full_grads);
-    free(a->ptensors);
-    free(a->dora_merge_g);
-    free(a->lora);
-    free(a);
-}
-
-LT_API const char *lt_adapter_last_error(const lt_adapter *a) {
-    return a ? a->err.msg : "lt_adapter_last_error: adapter is NULL";
-}
-
-LT_API lt_status lt_adapter_get_params(const lt_adapter *a, lt_adapter_params *p) {
-    if (!a || !p || p->size < sizeof(size_t)) return LT_ERR_ARGUMENT;
-    size_t n = p->size < sizeof a->p ? p->size : sizeof a->p;
-    memcpy(p, &a->p, n);
-    p->size = n;
-    return LT_OK;
-}
-
-LT_API int64_t lt_adapter_n_params(const lt_adapter *a) { return a ? (int64_t)a->n_params : 0; }
 
 /* ---- PEFT save ------------------------------------------------------------------------------------ */
 
@@ -514,6 +190,57 @@ LT_API lt_status lt_adapter_save(lt_adapter *a, const char *dir) {
     if (a->p.full_finetune) /* the trained model itself, as a Hugging Face directory */
         return lt_model_export(a->model, a, dir, 2ull << 30, &a->err);
     return adapter_save(a, dir, &a->err);
+}
+
+/* ---- a saved full fine-tuning ---------------------------------------------------------------------- */
+
+/* A Hugging Face model directory (config.json, no adapter_config.json) saved from a full fine-tuning
+ * adapter: its weights become a full adapter of model m (same architecture and shapes). */
+static lt_status load_full(lt_model *m, const char *dir, lt_adapter **out, lt_error *err) {
+    lt_context *ctx = m->ctx;
+    lt_model_params mp;
+    lt_model_params_init(&mp, sizeof mp);
+    lt_model *src = NULL;
+    lt_status st = lt_model_load(ctx, dir, &mp, &src);
+    if (st != LT_OK) { /* err may be the thread's record lt_last_error() reads: copy the message first */
+        char why[512];
+        snprintf(why, sizeof why, "%s", lt_last_error());
+        return lt_fail(err, st, "%s: not a PEFT adapter, and as a full fine-tuning model: %s", dir, why);
+    }
+    const lt_model_config *a = &m->cfg, *b = &src->cfg;
+    if (strcmp(a->architecture, b->architecture) || a->num_hidden_layers != b->num_hidden_layers ||
+        a->hidden_size != b->hidden_size || a->intermediate_size != b->intermediate_size ||
+        a->vocab_size != b->vocab_size || a->num_attention_heads != b->num_attention_heads ||
+        a->num_key_value_heads != b->num_key_value_heads || a->head_dim != b->head_dim ||
+        a->tie_word_embeddings != b->tie_word_embeddings || a->bias_mask != b->bias_mask) {
+        lt_fail(err, LT_ERR_SHAPE, "%s: a %s with %lld layers, hidden %lld, vocab %lld is not a fine-tuned copy of "
+                "this %s (%lld layers, hidden %lld, vocab %lld)", dir, b->architecture, (long long)b->num_hidden_layers,
+                (long long)b->hidden_size, (long long)b->vocab_size, a->architecture, (long long)a->num_hidden_layers,
+                (long long)a->hidden_size, (long long)a->vocab_size);
+        lt_model_free(src); /* after the message: it reads src's config */
+        return LT_ERR_SHAPE;
+    }
+    lt_adapter_params p;
+    lt_adapter_params_init(&p, sizeof p);
+    p.full_finetune = 1;
+    lt_adapter *ad = NULL;
+    if ((st = lt_adapter_alloc(m, &p, &ad, err)) != LT_OK) { lt_model_free(src); return st; }
+    for (int i = 0; i < ad->n_ptensors; i++) { /* the same layout over the same shapes: copy tensor by tensor */
+        const lt_ptensor *t = &ad->ptensors[i];
+        const float *s = lt_adapter_model_tensor(src, t);
+        if (!s) {
+            lt_model_free(src);
+            lt_adapter_free(ad);
+            return lt_fail(err, LT_ERR_MISSING, "%s: tensor %s is missing", dir, t->name);
+        }
+        m->be->ops->copy(m->be, ad->params + t->off, s, t->n * sizeof(float));
+    }
+    lt_adapter_sync_weights(ad);
+    st = m->be->ops->sync(m->be);
+    lt_model_free(src);
+    if (st != LT_OK) { lt_adapter_free(ad); return lt_fail(err, st, "%s: backend failed copying weights", dir); }
+    *out = ad;
+    return LT_OK;
 }
 
 /* ---- PEFT load ------------------------------------------------------------------------------------ */
@@ -698,7 +425,7 @@ LT_API lt_status lt_adapter_load(lt_model *m, const char *dir, lt_adapter **out)
     lt_path_join(cfg_path, sizeof cfg_path, dir, "config.json");
     lt_path_join(acfg_path, sizeof acfg_path, dir, "adapter_config.json");
     if (access(acfg_path, F_OK) != 0 && access(cfg_path, F_OK) == 0) /* a model saved by full fine-tuning */
-        return lt_adapter_load_full(m, dir, out, err);
+        return load_full(m, dir, out, err);
     lt_adapter_params p;
     lt_status st = read_adapter_config(dir, m, &p, err);
     int converted = 0; /* PiSSA / OLoRA saved by us: [A; A0], [B, -B0] of rank 2r */
@@ -836,310 +563,4 @@ fail:
     lt_st_close(f);
     lt_adapter_free(a);
     return st;
-}
-
-/* ---- merge ---------------------------------------------------------------------------------------- */
-
-/* Make the model's copy of weight w writable (weights may point into a read-only file mapping). */
-static lt_status weight_writable(lt_model *m, float **w, size_t n, lt_error *err) {
-    for (int i = 0; i < m->n_owned; i++)
-        if (m->owned[i] == *w) return LT_OK;
-    float *c = m->be->ops->alloc(m->be, n * sizeof(float));
-    if (!c) return lt_fail(err, LT_ERR_NOMEM, "merge: out of memory copying a weight");
-    if (m->n_owned == m->cap_owned) {
-        int cap = m->cap_owned ? 2 * m->cap_owned : 64;
-        void **o = realloc(m->owned, (size_t)cap * sizeof *o);
-        if (!o) { m->be->ops->free(m->be, c); return lt_fail(err, LT_ERR_NOMEM, "out of memory"); }
-        m->owned = o;
-        m->cap_owned = cap;
-    }
-    m->be->ops->copy(m->be, c, *w, n * sizeof(float));
-    m->owned[m->n_owned++] = c;
-    *w = c;
-    return LT_OK;
-}
-
-/* Merging writes into projection p of layer l: it must be f32 and, if still in the file mapping, copied. */
-static lt_status projection_writable(lt_adapter *a, int l, lt_proj p, size_t n) {
-    lt_model *m = a->model;
-    if (m->layers[l].w[p].format != LT_WEIGHT_F32)
-        return lt_fail(&a->err, LT_ERR_UNSUPPORTED, "merge: the base weights are quantized (%s); merging in "
-                       "place needs f32 weights: export a merged model instead (lt_adapter_export_merged)",
-                       lt_quant_format_name(m->quant));
-    return weight_writable(m, &m->layers[l].w[p].f32, n, &a->err);
-}
-
-/* DoRA merge on the host, per projection: W' = g (W + s B A), g = m / ||W + s B A||_row (PEFT's merge);
- * unmerge: W = W' / g - s B A with the g kept from the merge. */
-static lt_status dora_merge_sign(lt_adapter *a, float sign) {
-    lt_model *m = a->model;
-    const int L = (int)m->cfg.num_hidden_layers, r = a->p.rank;
-    size_t total = 0;
-    for (int q = 0; q < P_COUNT; q++)
-        if (lt_adapter_lora(a, 0, (lt_proj)q)) {
-            int in, o;
-            lt_proj_dims(&m->cfg, (lt_proj)q, &in, &o);
-            total += (size_t)o * L;
-        }
-    if (!a->dora_merge_g && !(a->dora_merge_g = malloc(total * sizeof(float))))
-        return lt_fail(&a->err, LT_ERR_NOMEM, "merge: out of memory");
-    size_t goff = 0;
-    for (int l = 0; l < L; l++)
-        for (int q = 0; q < P_COUNT; q++) {
-            lt_lora *lo = lt_adapter_lora(a, l, (lt_proj)q);
-            if (!lo) continue;
-            int in, o;
-            lt_proj_dims(&m->cfg, (lt_proj)q, &in, &o);
-            lt_status st = projection_writable(a, l, (lt_proj)q, (size_t)in * o);
-            if (st != LT_OK) return st;
-            float *W = malloc((size_t)o * in * sizeof(float)), *A = malloc((size_t)r * in * sizeof(float));
-            float *B = malloc((size_t)o * r * sizeof(float)), *mg = malloc((size_t)o * sizeof(float));
-            if (!W || !A || !B || !mg) {
-                free(W); free(A); free(B); free(mg);
-                return lt_fail(&a->err, LT_ERR_NOMEM, "merge: out of memory");
-            }
-            m->be->ops->download(m->be, W, m->layers[l].w[q].f32, (size_t)o * in * sizeof(float));
-            m->be->ops->download(m->be, A, lo->A, (size_t)r * in * sizeof(float));
-            m->be->ops->download(m->be, B, lo->B, (size_t)o * r * sizeof(float));
-            m->be->ops->download(m->be, mg, lo->mag, (size_t)o * sizeof(float));
-            float *g = a->dora_merge_g + goff;
-            for (int i = 0; i < o; i++) {
-                float *Wi = W + (size_t)i * in;
-                if (sign < 0)
-                    for (int j = 0; j < in; j++) Wi[j] /= g[i];
-                double ss = 0;
-                for (int j = 0; j < in; j++) {
-                    double d = 0;
-                    for (int k = 0; k < r; k++) d += (double)B[(size_t)i * r + k] * A[(size_t)k * in + j];
-                    Wi[j] = (float)(Wi[j] + sign * a->scaling * d);
-                    ss += (double)Wi[j] * Wi[j];
-                }
-                if (sign > 0) {
-                    g[i] = (float)(mg[i] / sqrt(ss));
-                    for (int j = 0; j < in; j++) Wi[j] *= g[i];
-                }
-            }
-            m->be->ops->upload(m->be, m->layers[l].w[q].f32, W, (size_t)o * in * sizeof(float));
-            free(W); free(A); free(B); free(mg);
-            goff += (size_t)o;
-        }
-    return m->be->ops->sync(m->be);
-}
-
-/* W (out,in) += sign * s * B (out,r) @ A (r,in) for every targeted projection */
-static lt_status merge_sign(lt_adapter *a, float sign) {
-    lt_model *m = a->model;
-    if (a->p.use_dora) return dora_merge_sign(a, sign);
-    for (int l = 0; l < m->cfg.num_hidden_layers; l++)
-        for (int q = 0; q < P_COUNT; q++) {
-            lt_lora *lo = lt_adapter_lora(a, l, (lt_proj)q);
-            if (!lo) continue;
-            int in, o;
-            lt_proj_dims(&m->cfg, (lt_proj)q, &in, &o);
-            lt_status st = projection_writable(a, l, (lt_proj)q, (size_t)in * o);
-            if (st != LT_OK) return st;
-            m->be->ops->gemm(m->be, 0, 0, o, in, a->p.rank, sign * a->scaling, lo->B, a->p.rank, lo->A, in,
-                             1.0f, m->layers[l].w[q].f32, in);
-            if (lo->B0) /* PiSSA / OLoRA: the delta is s (B A - B0 A0) */
-                m->be->ops->gemm(m->be, 0, 0, o, in, a->p.rank, -sign * a->scaling, lo->B0, a->p.rank, lo->A0, in,
-                                 1.0f, m->layers[l].w[q].f32, in);
-        }
-    return m->be->ops->sync(m->be);
-}
-
-LT_API lt_status lt_adapter_merge(lt_adapter *a) {
-    if (!a) return LT_ERR_ARGUMENT;
-    lt_error_clear(&a->err);
-    if (a->merged) return lt_fail(&a->err, LT_ERR_STATE, "lt_adapter_merge: already merged");
-    if (a->p.full_finetune || a->p.modules_to_save)
-        return lt_fail(&a->err, LT_ERR_UNSUPPORTED, "lt_adapter_merge: the adapter holds trained copies of base "
-                       "weights (%s); export the merged model instead (lt_adapter_export_merged)",
-                       a->p.full_finetune ? "full fine-tuning" : "modules_to_save");
-    if (a->model->base_dtype != LT_BASE_F32)
-        return lt_fail(&a->err, LT_ERR_UNSUPPORTED, "lt_adapter_merge: the model keeps its base weights in "
-                       "bf16; load it with base_dtype LT_BASE_F32 to merge");
-    lt_status st = merge_sign(a, 1.0f);
-    if (st == LT_OK) { a->merged = 1; a->model->n_merged++; }
-    return st;
-}
-
-LT_API lt_status lt_adapter_unmerge(lt_adapter *a) {
-    if (!a) return LT_ERR_ARGUMENT;
-    lt_error_clear(&a->err);
-    if (!a->merged) return lt_fail(&a->err, LT_ERR_STATE, "lt_adapter_unmerge: the adapter is not merged");
-    lt_status st = merge_sign(a, -1.0f);
-    if (st == LT_OK) { a->merged = 0; a->model->n_merged--; }
-    return st;
-}
-
-/* ---- merged export -------------------------------------------------------------------------------- */
-
-static const char *const copied_files[] = {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                                           "generation_config.json", "tokenizer.model"};
-
-/* Weights are exported in f32 (the compute dtype); config.json says so. */
-lt_status lt_model_export(lt_model *m, const lt_adapter *a, const char *dir, uint64_t max_shard_bytes,
-                          lt_error *err) {
-    const lt_model_config *c = &m->cfg;
-    const int L = (int)c->num_hidden_layers;
-    const int64_t V = c->vocab_size, H = c->hidden_size;
-    if (m->base_dtype != LT_BASE_F32)
-        return lt_fail(err, LT_ERR_UNSUPPORTED, "export: the model keeps its base weights in bf16; load it "
-                       "with base_dtype LT_BASE_F32 to export");
-    lt_status st = lt_mkdir_p(dir, err);
-    if (st != LT_OK) return st;
-    int cap = 3 + L * (6 + 2 * P_COUNT), n = 0;
-    lt_st_entry *e = calloc((size_t)cap, sizeof *e);
-    char *names = calloc((size_t)cap, 128);
-    float **bufs = calloc((size_t)cap, sizeof *bufs);
-    if (!e || !names || !bufs) { st = lt_fail(err, LT_ERR_NOMEM, "out of memory"); goto out; }
-    /* host copies of every weight, merged where the adapter targets them */
-#define ADD(nm_fmt, ptr, d0, d1, ...)                                                                  \
-    do {                                                                                              \
-        char *nm = names + (size_t)n * 128;                                                           \
-        snprintf(nm, 128, nm_fmt, __VA_ARGS__);                                                      \
-        size_t cnt = (size_t)(d0) * ((d1) > 0 ? (d1) : 1);                                            \
-        bufs[n] = malloc(cnt * sizeof(float));                                                        \
-        if (!bufs[n]) { st = lt_fail(err, LT_ERR_NOMEM, "out of memory exporting %s", nm); goto out; }\
-        if (ptr) m->be->ops->download(m->be, bufs[n], ptr, cnt * sizeof(float));                      \
-        e[n].name = nm; e[n].dtype = LT_DT_F32; e[n].ndim = (d1) > 0 ? 2 : 1;                         \
-        e[n].shape[0] = d0; e[n].shape[1] = d1; e[n].data = bufs[n];                                  \
-        n++;                                                                                          \
-    } while (0)
-    ADD("%s", lt_view_embed(m, a), V, H, "model.embed_tokens.weight");
-    for (int l = 0; l < L; l++) {
-        const lt_layer *Ly = lt_view_layer(m, a, l); /* full fine-tuning: the trained weights */
-        ADD("model.layers.%d.input_layernorm.weight", Ly->attn_norm_file ? Ly->attn_norm_file : Ly->attn_norm, H, 0, l);
-        if (c->sandwich_norms) {
-            ADD("model.layers.%d.pre_feedforward_layernorm.weight", Ly->mlp_norm_file, H, 0, l);
-            ADD("model.layers.%d.post_attention_layernorm.weight", Ly->post_attn_norm_file, H, 0, l);
-            ADD("model.layers.%d.post_feedforward_layernorm.weight", Ly->post_ff_norm_file, H, 0, l);
-        } else {
-            ADD("model.layers.%d.post_attention_layernorm.weight", Ly->mlp_norm_file ? Ly->mlp_norm_file : Ly->mlp_norm,
-                H, 0, l);
-        }
-        if (Ly->q_norm) {
-            ADD("model.layers.%d.self_attn.q_norm.weight", Ly->q_norm_file, c->head_dim, 0, l);
-            ADD("model.layers.%d.self_attn.k_norm.weight", Ly->k_norm_file, c->head_dim, 0, l);
-        }
-        for (int q = 0; q < P_COUNT; q++) {
-            int in, o;
-            lt_proj_dims(c, (lt_proj)q, &in, &o);
-            if (Ly->bias[q]) ADD("model.layers.%d.%s.%s.bias", Ly->bias[q], o, 0, l, lt_proj_parent[q], lt_proj_names[q]);
-        }
-        lt_module mods[P_COUNT];
-        const int n_mods = lt_model_modules(c, mods);
-        for (int k = 0; k < n_mods; k++) {
-            int min, mout;
-            lt_module_dims(c, &mods[k], &min, &mout);
-            char *nm = names + (size_t)n * 128;
-            snprintf(nm, 128, "model.layers.%d.%s.%s.weight", l, mods[k].parent, mods[k].name);
-            float *W = bufs[n] = malloc((size_t)mout * min * sizeof(float));
-            if (!W) { st = lt_fail(err, LT_ERR_NOMEM, "out of memory exporting %s", nm); goto out; }
-            e[n].name = nm; e[n].dtype = LT_DT_F32; e[n].ndim = 2;
-            e[n].shape[0] = mout; e[n].shape[1] = min; e[n].data = W;
-            n++;
-            /* a fused module is its projections' weights stacked by rows */
-            for (int q = mods[k].first; q < mods[k].first + mods[k].count; q++) {
-                int in, o;
-                lt_proj_dims(c, (lt_proj)q, &in, &o);
-                st = lt_weight_download(m, &Ly->w[q], W, o, in, err); /* dequantized when quantized */
-                if (st != LT_OK) goto out;
-                lt_lora *lo = a ? lt_adapter_lora(a, l, (lt_proj)q) : NULL;
-                if (lo && !a->merged) {
-                    /* host-side merge: W += s B A */
-                    float *A = malloc((size_t)a->p.rank * in * sizeof(float)), *B = malloc((size_t)o * a->p.rank * sizeof(float));
-                    if (!A || !B) { free(A); free(B); st = lt_fail(err, LT_ERR_NOMEM, "out of memory"); goto out; }
-                    m->be->ops->download(m->be, A, lo->A, (size_t)a->p.rank * in * sizeof(float));
-                    m->be->ops->download(m->be, B, lo->B, (size_t)o * a->p.rank * sizeof(float));
-                    for (int i = 0; i < o; i++)
-                        for (int r = 0; r < a->p.rank; r++) {
-                            float bik = a->scaling * B[(size_t)i * a->p.rank + r];
-                            const float *Ak = A + (size_t)r * in;
-                            float *Wi = W + (size_t)i * in;
-                            for (int j = 0; j < in; j++) Wi[j] += bik * Ak[j];
-                        }
-                    if (lo->B0) { /* PiSSA / OLoRA: W += s (B A - B0 A0) */
-                        m->be->ops->download(m->be, A, lo->A0, (size_t)a->p.rank * in * sizeof(float));
-                        m->be->ops->download(m->be, B, lo->B0, (size_t)o * a->p.rank * sizeof(float));
-                        for (int i = 0; i < o; i++)
-                            for (int r = 0; r < a->p.rank; r++) {
-                                float bik = a->scaling * B[(size_t)i * a->p.rank + r];
-                                const float *Ak = A + (size_t)r * in;
-                                float *Wi = W + (size_t)i * in;
-                                for (int j = 0; j < in; j++) Wi[j] -= bik * Ak[j];
-                            }
-                    }
-                    if (lo->mag) { /* DoRA: rows times m / ||W + s B A|| */
-                        float *mg = malloc((size_t)o * sizeof(float));
-                        if (!mg) { free(A); free(B); st = lt_fail(err, LT_ERR_NOMEM, "out of memory"); goto out; }
-                        m->be->ops->download(m->be, mg, lo->mag, (size_t)o * sizeof(float));
-                        for (int i = 0; i < o; i++) {
-                            float *Wi = W + (size_t)i * in;
-                            double ss = 0;
-                            for (int j = 0; j < in; j++) ss += (double)Wi[j] * Wi[j];
-                            float gi = (float)(mg[i] / sqrt(ss));
-                            for (int j = 0; j < in; j++) Wi[j] *= gi;
-                        }
-                        free(mg);
-                    }
-                    free(A);
-                    free(B);
-                }
-                W += (size_t)o * in;
-            }
-        }
-    }
-    if (a && a->final_norm_file) ADD("%s", a->final_norm_file, H, 0, "model.norm.weight");
-    else ADD("%s", m->final_norm_file ? m->final_norm_file : m->final_norm, H, 0, "model.norm.weight");
-    /* modules_to_save on a tied model trains a separate copy of embed_tokens and/or lm_head (PEFT): the
-     * two differ, so the merged model is untied */
-    const lt_weight head_view = lt_view_lm_head(m, a);
-    const int untie = c->tie_word_embeddings && a && (a->embed || a->lm_head) &&
-                      head_view.f32 != lt_view_embed(m, a);
-    if (!c->tie_word_embeddings || untie) {
-        const lt_weight head = lt_view_lm_head(m, a); /* exported dequantized when quantized */
-        ADD("%s", NULL, V, H, "lm_head.weight");
-        st = lt_weight_download(m, &head, bufs[n - 1], (int)V, (int)H, err);
-        if (st != LT_OK) goto out;
-    }
-#undef ADD
-    st = lt_st_write_sharded(dir, e, n, max_shard_bytes, err);
-    if (st != LT_OK) goto out;
-    {
-        lt_model_config out_cfg = *c;
-        snprintf(out_cfg.torch_dtype, sizeof out_cfg.torch_dtype, "float32");
-        if (untie) out_cfg.tie_word_embeddings = 0;
-        char path[4200];
-        lt_path_join(path, sizeof path, dir, "config.json");
-        st = lt_config_write(&out_cfg, path, err);
-        if (st != LT_OK) goto out;
-    }
-    for (size_t i = 0; i < sizeof copied_files / sizeof *copied_files; i++) {
-        char src[4200], dst[4200];
-        lt_path_join(src, sizeof src, m->dir, copied_files[i]);
-        lt_path_join(dst, sizeof dst, dir, copied_files[i]);
-        char *data;
-        size_t len;
-        lt_error ignore;
-        if (lt_read_file(src, &data, &len, &ignore) != LT_OK) continue; /* optional files */
-        st = lt_write_file_atomic(dst, data, len, err);
-        free(data);
-        if (st != LT_OK) goto out;
-    }
-out:
-    if (bufs)
-        for (int i = 0; i < n; i++) free(bufs[i]);
-    free(bufs);
-    free(e);
-    free(names);
-    return st;
-}
-
-LT_API lt_status lt_adapter_export_merged(lt_adapter *a, const char *dir, int64_t max_shard_bytes) {
-    if (!a) return LT_ERR_ARGUMENT;
-    lt_error_clear(&a->err);
-    if (!dir) return lt_fail(&a->err, LT_ERR_ARGUMENT, "lt_adapter_export_merged: dir is NULL");
-    if (max_shard_bytes < 0) return lt_fail(&a->err, LT_ERR_ARGUMENT, "lt_adapter_export_merged: max_shard_bytes < 0");
-    return lt_model_export(a->model, a, dir, max_shard_bytes > 0 ? (uint64_t)max_shard_bytes : (2ull << 30), &a->err);
 }

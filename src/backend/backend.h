@@ -25,7 +25,7 @@
 
 typedef struct lt_backend lt_backend;
 
-/* ---- blockwise-quantized weights (bitsandbytes layouts; src/quant.c makes them) ----------------
+/* ---- blockwise-quantized weights (bitsandbytes layouts; formats/quant.c makes them) ----------------
  * A (rows, cols) weight flattened row-major into numel = rows*cols elements, cut into blocks of
  * `blocksize` consecutive elements (the last may be partial). Element i belongs to block i/blocksize.
  *  NF4/FP4: data holds ceil(numel/2) bytes, element 2j in the HIGH nibble of byte j, 2j+1 in the low;
@@ -50,19 +50,7 @@ typedef struct lt_qdesc {
 
 #define LT_INT8_INV127 7.874015718698502e-3f /* bitsandbytes' 1/127 */
 
-/* NF4 (normal-float) and FP4 code books, index = nibble. FP4 is bitsandbytes' list / 12 in fp32 (its
- * "-0" at index 8 is a Python int: +0.0). */
-static const float lt_nf4_code[16] = {
-    -1.0f, -0.6961928009986877f, -0.5250730514526367f, -0.39491748809814453f, -0.28444138169288635f,
-    -0.18477343022823334f, -0.09105003625154495f, 0.0f, 0.07958029955625534f, 0.16093020141124725f,
-    0.24611230194568634f, 0.33791524171829224f, 0.44070982933044434f, 0.5626170039176941f,
-    0.7229568362236023f, 1.0f};
-static const float lt_fp4_code[16] = {
-    0.0f / 12.0f, 0.0625f / 12.0f, 8.0f / 12.0f, 12.0f / 12.0f, 4.0f / 12.0f, 6.0f / 12.0f,
-    2.0f / 12.0f, 3.0f / 12.0f, 0.0f / 12.0f, -0.0625f / 12.0f, -8.0f / 12.0f, -12.0f / 12.0f,
-    -4.0f / 12.0f, -6.0f / 12.0f, -2.0f / 12.0f, -3.0f / 12.0f};
-
-/* The decoded absmax of block b (host-readable descriptors only: the CPU backend and src/quant.c). */
+/* The decoded absmax of block b (host-readable descriptors only: the CPU backend and formats/quant.c). */
 static inline float lt_qdesc_absmax(const lt_qdesc *q, int64_t b) {
     if (q->absmax) return q->absmax[b];
     volatile float s = q->code8[q->qabsmax[b]] * q->absmax2[b / 256]; /* volatile: no fma contraction */
@@ -270,17 +258,6 @@ struct lt_backend {
     void *impl;      /* backend-private state */
     int n_threads;
 };
-
-/* Registry (src/backend.c). name: "cpu", "cuda" or "auto". Writes a message into err on failure. */
-lt_status lt_backend_create(const char *name, int n_threads, lt_backend **out, char *err, size_t errlen);
-void lt_backend_destroy(lt_backend *be);
-
-/* Backend constructors; each lives in its own folder. */
-lt_status lt_cpu_backend_create(int n_threads, lt_backend **out, char *err, size_t errlen);
-#ifdef LT_HAVE_CUDA
-lt_status lt_cuda_backend_create(int n_threads, lt_backend **out, char *err, size_t errlen);
-int lt_cuda_backend_available(void);
-#endif
 
 /* The counter-based hash behind dropout (splitmix64 of seed ^ index); shared by every backend so
  * that masks agree bit for bit. Returns a uniform float in [0,1). */

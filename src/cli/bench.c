@@ -9,7 +9,7 @@
 #endif
 #include <unistd.h>
 
-#include "cli.h"
+#include "cli/cli.h"
 #include "loratune_experimental.h"
 
 /* ---- merge ------------------------------------------------------------------------------------ */

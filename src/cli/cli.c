@@ -1,5 +1,5 @@
 /* cli.c - option parsing, error printing, and the info / eval commands. */
-#include "cli.h"
+#include "cli/cli.h"
 
 #include <errno.h>
 #include <math.h>
@@ -9,8 +9,8 @@
 #include <sys/stat.h>
 #include <time.h>
 
-#include "jsonl.h"
-#include "textdata.h"
+#include "cli/jsonl.h"
+#include "cli/textdata.h"
 
 int fail(const char *cmd, const char *fmt, ...) {
     va_list ap;

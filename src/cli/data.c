@@ -5,7 +5,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "cli.h"
+#include "cli/cli.h"
 
 static lt_tokenizer *open_tokenizer(const char *cmd, const char *dir) {
     lt_tokenizer *t = NULL;

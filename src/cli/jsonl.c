@@ -1,5 +1,5 @@
 /* jsonl.c - pre-tokenized JSONL datasets, parsed with jansson. */
-#include "jsonl.h"
+#include "cli/jsonl.h"
 
 #include <jansson.h>
 #include <stdlib.h>

@@ -1,7 +1,7 @@
 /* textdata.c - JSONL datasets of text ({"text"}, {"prompt","completion"}, {"messages"}, ...) tokenized
  * through the public tokenizer API into the rows of jsonl.h. Pre-tokenized files ({"input_ids"}) go to
  * dataset_load unchanged. */
-#include "textdata.h"
+#include "cli/textdata.h"
 
 #include <jansson.h>
 #include <stdlib.h>

@@ -1,8 +1,8 @@
 /* textdata.h - text JSONL datasets tokenized for the command-line tool (see textdata.c). */
 #ifndef LT_TOOL_TEXTDATA_H
 #define LT_TOOL_TEXTDATA_H
-#include "cli.h"
-#include "jsonl.h"
+#include "cli/cli.h"
+#include "cli/jsonl.h"
 
 /* Load FILE: pre-tokenized rows ({"input_ids"}) as dataset_load does, or text rows ({"text"},
  * {"prompt","completion"[,"label"]}, {"messages"}, {"prompt","chosen","rejected"}) tokenized with the

@@ -6,9 +6,9 @@
 #include <sys/stat.h>
 #include <time.h>
 
-#include "cli.h"
-#include "jsonl.h"
-#include "textdata.h"
+#include "cli/cli.h"
+#include "cli/jsonl.h"
+#include "cli/textdata.h"
 
 static const opt_spec train_spec[] = {
     {"model", 1}, {"data", 1}, {"out", 1}, {"adapter-init", 1}, {"rank", 1}, {"alpha", 1}, {"dropout", 1},

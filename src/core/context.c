@@ -1,11 +1,11 @@
 /*
- * core.c - version, status strings, the context handle, logging and the backend registry.
+ * context.c - version, status strings, the context handle, logging, lt_batch_init.
  */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "model.h"
+#include "core/context.h"
 
 LT_API unsigned lt_version_number(void) { return LT_VERSION_NUMBER; }
 LT_API const char *lt_version_string(void) { return LT_VERSION_STRING; }
@@ -45,43 +45,6 @@ void lt_log(const lt_context *ctx, lt_log_level level, const char *fmt, ...) {
     vsnprintf(buf, sizeof buf, fmt, ap);
     va_end(ap);
     ctx->log_fn(ctx->log_user, level, buf);
-}
-
-/* ---- backend registry ----------------------------------------------------------------------- */
-
-LT_API int lt_backend_available(const char *name) {
-    if (!name) return 0;
-    if (!strcmp(name, "cpu") || !strcmp(name, "auto")) return 1;
-#ifdef LT_HAVE_CUDA
-    if (!strcmp(name, "cuda")) return lt_cuda_backend_available();
-#endif
-    return 0;
-}
-
-lt_status lt_backend_create(const char *name, int n_threads, lt_backend **out, char *err, size_t errlen) {
-    if (!name || !strcmp(name, "auto")) {
-#ifdef LT_HAVE_CUDA
-        if (lt_cuda_backend_available() && lt_cuda_backend_create(n_threads, out, err, errlen) == LT_OK)
-            return LT_OK;
-#endif
-        return lt_cpu_backend_create(n_threads, out, err, errlen);
-    }
-    if (!strcmp(name, "cpu")) return lt_cpu_backend_create(n_threads, out, err, errlen);
-    if (!strcmp(name, "cuda")) {
-#ifdef LT_HAVE_CUDA
-        return lt_cuda_backend_create(n_threads, out, err, errlen);
-#else
-        snprintf(err, errlen, "backend \"cuda\" is not compiled into this build of libloratune "
-                              "(configure with -DLT_CUDA=ON and the CUDA toolkit)");
-        return LT_ERR_BACKEND;
-#endif
-    }
-    snprintf(err, errlen, "unknown backend \"%s\" (known: cpu, cuda, auto)", name);
-    return LT_ERR_BACKEND;
-}
-
-void lt_backend_destroy(lt_backend *be) {
-    if (be) be->ops->destroy(be);
 }
 
 /* ---- context -------------------------------------------------------------------------------- */

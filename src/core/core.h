@@ -1,13 +1,15 @@
 /*
- * internal.h - conventions shared by the core: error records, dtypes, small helpers.
- * Not installed; not part of the ABI.
+ * core.h - conventions shared by every folder of the library above the backends: error records,
+ * dtypes, params structs, checked arithmetic, files, logging, time (defined in core/util.c and
+ * core/context.c). Not installed; not part of the ABI.
  */
-#ifndef LT_INTERNAL_H
-#define LT_INTERNAL_H
+#ifndef LT_CORE_H
+#define LT_CORE_H
 
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include "backend/bf16.h" /* lt_bf16_to_f32 */
 #include "loratune.h"
 
 #define LT_HIDDEN __attribute__((visibility("hidden")))
@@ -43,8 +45,7 @@ size_t lt_dtype_size(lt_dtype dt);
 
 /* Conversions to and from f32 (F32, F16, BF16 supported; returns -1 for other dtypes). */
 int lt_convert_to_f32(float *dst, const void *src, lt_dtype dt, size_t n);
-uint16_t lt_f32_to_bf16(float f); /* round to nearest even, NaN kept */
-float lt_bf16_to_f32(uint16_t h);
+uint16_t lt_f32_to_bf16(float f); /* round to nearest even, NaN kept (lt_bf16_round flushes subnormals) */
 float lt_f16_to_f32(uint16_t h);
 
 /* ---- params structs ----------------------------------------------------------------------------
@@ -89,4 +90,4 @@ void lt_log(const struct lt_context *ctx, lt_log_level level, const char *fmt, .
 /* ---- time --------------------------------------------------------------------------------------- */
 double lt_now_seconds(void);
 
-#endif /* LT_INTERNAL_H */
+#endif /* LT_CORE_H */

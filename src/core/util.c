@@ -1,10 +1,10 @@
 /*
- * util.c - the helpers declared in internal.h: error records, dtype tables, f16/bf16 conversions,
+ * util.c - the helpers declared in core.h: error records, dtype tables, f16/bf16 conversions,
  * whole-file reads and atomic writes, paths, a monotonic clock.
  * defines: lt_fail, lt_fail_prefix, lt_error_clear, lt_thread_error, lt_dtype_name, lt_dtype_from_name,
- *          lt_dtype_size, lt_convert_to_f32, lt_f32_to_bf16, lt_bf16_to_f32, lt_f16_to_f32,
+ *          lt_dtype_size, lt_convert_to_f32, lt_f32_to_bf16, lt_f16_to_f32,
  *          lt_write_file_atomic, lt_read_file, lt_path_join, lt_mkdir_p, lt_now_seconds
- * (lt_log belongs to the core.)
+ * (lt_log is in context.c; lt_bf16_to_f32 in backend/bf16.h.)
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -17,7 +17,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "internal.h"
+#include "core/core.h"
 
 /* ---- errors ------------------------------------------------------------------------------------ */
 
@@ -114,8 +114,6 @@ static inline uint32_t f32_to_bits(float f) {
     memcpy(&u, &f, sizeof u);
     return u;
 }
-
-float lt_bf16_to_f32(uint16_t h) { return bits_to_f32((uint32_t)h << 16); }
 
 /* Same rounding as c10::BFloat16 (round_to_nearest_even): NaN -> 0x7FC0. */
 uint16_t lt_f32_to_bf16(float f) {

@@ -13,7 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "model.h"
+#include "decoder/decoder.h"
 
 LT_API void lt_generate_params_init(lt_generate_params *out, size_t size) {
     lt_generate_params d, *p = &d;

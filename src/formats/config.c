@@ -11,7 +11,7 @@
 
 #include <jansson.h>
 
-#include "config.h"
+#include "formats/config.h"
 
 /* ---- the architecture table -------------------------------------------------------------------- */
 

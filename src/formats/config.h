@@ -11,7 +11,7 @@
 #define LT_CONFIG_H
 
 #include <stdint.h>
-#include "internal.h"
+#include "core/core.h"
 
 typedef enum lt_arch_id {
     LT_ARCH_LLAMA = 0,

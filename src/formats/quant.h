@@ -17,8 +17,9 @@
 #ifndef LT_QUANT_H
 #define LT_QUANT_H
 
-#include "backend.h"
-#include "internal.h"
+#include "backend/backend.h"
+#include "backend/codebook.h"
+#include "core/core.h"
 
 #define LT_QMAX_DIMS 8
 #define LT_NESTED_BLOCK 256
@@ -37,12 +38,6 @@ struct lt_qtensor {
     float offset;
 };
 
-/* The signed 8-bit dynamic map (bitsandbytes create_dynamic_map(signed=True)), 256 sorted values. */
-const float *lt_quant_code8(void);
-/* The unsigned 8-bit dynamic map (create_dynamic_map(signed=False)), 256 sorted values in [0, 1]. */
-const float *lt_quant_code8u(void);
-/* The 16-entry code book of a 4-bit format (NULL for others). */
-const float *lt_quant_code4(lt_quant_format f);
 const char *lt_quant_format_name(lt_quant_format f); /* "nf4", "fp4", "int8", "none" */
 int lt_quant_format_from_name(const char *name, lt_quant_format *out); /* 0 ok, -1 unknown */
 

@@ -15,7 +15,7 @@
 
 #include <jansson.h>
 
-#include "safetensors.h"
+#include "formats/safetensors.h"
 
 #define ST_INDEX_NAME "model.safetensors.index.json"
 #define ST_SINGLE_NAME "model.safetensors"

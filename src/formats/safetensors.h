@@ -14,7 +14,7 @@
 #define LT_SAFETENSORS_H
 
 #include <stdint.h>
-#include "internal.h"
+#include "core/core.h"
 
 #define LT_ST_MAX_DIMS 8
 #define LT_ST_MAX_HEADER 100000000ULL

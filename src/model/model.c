@@ -1,7 +1,9 @@
 /*
- * model.c - loading a Hugging Face model directory into backend weights; model info; eval entry points.
+ * model.c - loading a Hugging Face model directory into backend weights; model info; quantizing a
+ * loaded model and saving it in the bitsandbytes layout; random models (experimental).
  *
- * defines: lt_model_load, lt_model_free, lt_model_get_info, lt_model_loss, lt_model_logits
+ * defines: lt_model_load, lt_model_free, lt_model_get_info, lt_model_quantize, lt_model_save_quantized,
+ *          lt_model_create_random(_params), lt_proj_dims, lt_model_modules, lt_module_dims
  */
 #include <math.h>
 #include <stdarg.h>
@@ -11,8 +13,8 @@
 
 #include <jansson.h>
 
-#include "model.h"
-#include "quant.h"
+#include "model/model.h"
+#include "formats/quant.h"
 
 const char *const lt_proj_names[P_COUNT] = {"q_proj", "k_proj", "v_proj", "o_proj",
                                             "gate_proj", "up_proj", "down_proj"};
@@ -799,45 +801,7 @@ LT_API lt_status lt_model_save_quantized(lt_model *m, const char *dir) {
     return st;
 }
 
-/* ---- evaluation entry points ------------------------------------------------------------------ */
-
-static lt_status eval_batch(lt_model *m, const lt_adapter *ad, const lt_batch *b, double *loss_sum,
-                            int64_t *n_tokens, float *logits, size_t logits_count) {
-    lt_error *err = lt_model_error(m);
-    if (!b) return lt_fail(err, LT_ERR_ARGUMENT, "batch is NULL");
-    if (ad && ad->model != m) return lt_fail(err, LT_ERR_ARGUMENT, "the adapter belongs to another model");
-    if (logits && logits_count < (size_t)b->n_rows * b->seq_len * m->cfg.vocab_size)
-        return lt_fail(err, LT_ERR_ARGUMENT, "logits buffer holds %zu floats, need %lld", logits_count,
-                       (long long)b->n_rows * b->seq_len * m->cfg.vocab_size);
-    lt_workspace *ws = NULL;
-    lt_status st = lt_workspace_create(m, b->n_rows > 0 ? b->n_rows : 1, b->seq_len > 0 ? b->seq_len : 1,
-                                       ad ? ad->p.rank : 0, LT_WS_FORWARD, &ws, err);
-    if (st != LT_OK) return st;
-    int64_t valid = 0;
-    double sum = 0;
-    st = lt_stage_batch(m, ws, b, &valid, err);
-    if (st == LT_OK) st = lt_forward_backward(m, ad, ws, NULL, 0.0f, &sum, logits, err);
-    lt_workspace_free(ws);
-    if (st != LT_OK) return st;
-    if (loss_sum) *loss_sum = sum;
-    if (n_tokens) *n_tokens = valid;
-    return LT_OK;
-}
-
-LT_API lt_status lt_model_loss(lt_model *m, const lt_adapter *ad, const lt_batch *b, double *loss_sum,
-                               int64_t *n_tokens) {
-    if (!m) return LT_ERR_ARGUMENT;
-    if (!loss_sum || !n_tokens) return lt_fail(lt_model_error(m), LT_ERR_ARGUMENT, "lt_model_loss: NULL output");
-    return eval_batch(m, ad, b, loss_sum, n_tokens, NULL, 0);
-}
-
-LT_API lt_status lt_model_logits(lt_model *m, const lt_adapter *ad, const lt_batch *b, float *out, size_t count) {
-    if (!m) return LT_ERR_ARGUMENT;
-    if (!out) return lt_fail(lt_model_error(m), LT_ERR_ARGUMENT, "lt_model_logits: out is NULL");
-    return eval_batch(m, ad, b, NULL, NULL, out, count);
-}
-
-/* ---- experimental: random models and saving ------------------------------------------------------ */
+/* ---- experimental: random models ------------------------------------------------------------ */
 
 #include "loratune_experimental.h"
 
@@ -956,11 +920,4 @@ LT_API lt_status lt_model_create_random_params(lt_context *ctx, const char *conf
     if (st != LT_OK) { lt_model_free(m); return st; }
     *out = m;
     return LT_OK;
-}
-
-LT_API lt_status lt_model_save(lt_model *m, const char *dir) {
-    if (!m) return LT_ERR_ARGUMENT;
-    lt_error *err = lt_model_error(m);
-    if (!dir) return lt_fail(err, LT_ERR_ARGUMENT, "lt_model_save: dir is NULL");
-    return lt_model_export(m, NULL, dir, 2ull << 30, err);
 }

@@ -13,7 +13,7 @@
  */
 #include <stdlib.h>
 
-#include "model.h"
+#include "model/model.h"
 
 #define LT_TILE_FLOATS ((size_t)1 << 18) /* 1 MiB of f32 per tile */
 

@@ -18,7 +18,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "tokenizer.h"
+#include "text/chat_template.h"
 
 /* ---- lexer ------------------------------------------------------------------------------------- */
 

@@ -11,7 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "tokenizer.h"
+#include "text/chat_template.h"
 
 static const lt_text_params k_defaults = {
     .size = sizeof(lt_text_params), .max_len = 0, .completion_only = 1, .assistant_only = 1, .add_special = 1, .add_eos = 1,

@@ -21,7 +21,7 @@
 #include <string.h>
 #include <utf8proc.h>
 
-#include "tokenizer.h"
+#include "text/tokenizer.h"
 
 /* ---- small containers ------------------------------------------------------------------------- */
 

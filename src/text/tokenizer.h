@@ -1,7 +1,7 @@
 /*
  * tokenizer.h - internals shared by tokenizer.c (Hugging Face tokenizer.json: BPE, byte-level and
- * SentencePiece-style), chat_template.c (a Jinja subset for chat_template strings) and textdata.c
- * (JSONL rows -> ids + labels). Not installed; not part of the ABI.
+ * SentencePiece-style), chat_template.c (a Jinja subset for chat_template strings) and text_rows.c
+ * (JSONL rows -> ids + labels). Private to src/text/; not installed; not part of the ABI.
  */
 #ifndef LT_TOKENIZER_H
 #define LT_TOKENIZER_H
@@ -10,7 +10,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "internal.h"
+#include "core/core.h"
 
 /* A growable byte string and int array (used by the three files). */
 typedef struct lt_buf {
@@ -43,16 +43,4 @@ lt_error *lt_tok_error(struct lt_tokenizer *t);
 lt_buf *lt_tok_text_buf(struct lt_tokenizer *t);
 /* The text bytes a token stands for (see tokenizer.c); appended to out. */
 lt_status lt_tok_token_bytes(const struct lt_tokenizer *t, int32_t id, lt_buf *out);
-/* Render the tokenizer's chat template for messages (a JSON array); mask: 1 per byte of assistant
- * text (generation blocks, else per-message prefix differences). */
-lt_status lt_tok_render(struct lt_tokenizer *t, json_t *messages, int add_generation_prompt, lt_buf *text, lt_buf *mask);
-/* Token-level mask from a byte mask of text: 1 where a token covers a masked byte. */
-lt_status lt_tok_align_mask(struct lt_tokenizer *t, const char *text, size_t n, const char *bytemask,
-                            const int32_t *ids, size_t n_ids, int32_t *tokmask);
-
-/* Chat templates (chat_template.c). Renders template `tmpl` with `ctx` (a JSON object whose keys are
- * the template's variables). out receives the text; mask (optional) one byte per output byte, 1
- * inside {% generation %} ... {% endgeneration %}. */
-lt_status lt_jinja_render(const char *tmpl, json_t *ctx, lt_buf *out, lt_buf *mask, lt_error *err);
-
-#endif
+#endif /* LT_TOKENIZER_H */

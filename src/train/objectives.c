@@ -19,8 +19,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "objectives.h"
-#include "trainer.h"
+#include "train/objectives.h"
+#include "train/trainer.h"
 
 /* ---- arithmetic ---------------------------------------------------------------------------------- */
 

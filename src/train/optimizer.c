@@ -18,8 +18,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "optimizer.h"
-#include "quant.h"
+#include "train/optimizer.h"
+#include "backend/codebook.h"
 
 LT_API void lt_optimizer_params_init(lt_optimizer_params *out, size_t size) {
     lt_optimizer_params d, *p = &d;

@@ -2,7 +2,7 @@
 #ifndef LT_OPTIMIZER_H
 #define LT_OPTIMIZER_H
 
-#include "model.h"
+#include "adapter/adapter.h"
 
 /* bitsandbytes' 8-bit AdamW keeps its state per parameter tensor (each LoRA A and B): blocks of 256 start
  * at the tensor's first element, and tensors below min_8bit_size keep fp32 state. */

@@ -20,7 +20,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "trainer.h"
+#include "train/trainer.h"
 
 LT_API void lt_trainer_params_init(lt_trainer_params *out, size_t size) {
     lt_trainer_params d, *p = &d;

@@ -2,7 +2,8 @@
 #ifndef LT_TRAINER_H
 #define LT_TRAINER_H
 
-#include "optimizer.h"
+#include "decoder/decoder.h"
+#include "train/optimizer.h"
 
 /* Host staging of the objectives other than SFT (objectives.c), grown when a bigger batch comes. */
 typedef struct lt_objective_state {
