@@ -1,4 +1,5 @@
-/* cli.c - option parsing, error printing, and the info / eval commands. */
+/* cli.c - what every command shares: option parsing, error printing, opening a model or a tokenizer,
+ * LoRA targets, quantization and optimizer options, the epoch order of training data. */
 #include "cli/cli.h"
 
 #include <errno.h>
@@ -9,8 +10,6 @@
 #include <sys/stat.h>
 #include <time.h>
 
-#include "cli/jsonl.h"
-#include "cli/textdata.h"
 
 int fail(const char *cmd, const char *fmt, ...) {
     va_list ap;
@@ -221,124 +220,51 @@ int read_quant_note(const char *dir, lt_quant_params *qp) {
     return 1;
 }
 
-/* ---- info ------------------------------------------------------------------------------------- */
+/* ---- LoRA targets ------------------------------------------------------------------------------- */
 
-int cmd_info(int argc, char **argv) {
-    static const opt_spec spec[] = {{"model", 1}, {"threads", 1}, {"json", 0}};
-    opts o;
-    if (opts_parse(&o, spec, 3, argc, argv, "info")) return 2;
-    const char *dir = opt_str(&o, "model", NULL);
-    if (!dir) return fail("info", "--model DIR is required");
-    lt_context *ctx;
-    lt_model *m;
-    if (open_model("info", dir, 1, NULL, &ctx, &m)) return 1;
-    lt_model_info in = {.size = sizeof in};
-    lt_model_get_info(m, &in);
-    if (opt_flag(&o, "json")) {
-        printf("{\"architecture\": \"%s\", \"dtype\": \"%s\", \"vocab_size\": %lld, \"hidden_size\": %lld, "
-               "\"intermediate_size\": %lld, \"num_hidden_layers\": %lld, \"num_attention_heads\": %lld, "
-               "\"num_key_value_heads\": %lld, \"head_dim\": %lld, \"tie_word_embeddings\": %s, "
-               "\"parameters\": %lld, \"weight_bytes\": %lld, \"family\": \"%s\", \"sliding_window\": %lld, "
-               "\"sliding_layers\": %d}\n",
-               in.architecture, in.dtype, (long long)in.vocab_size, (long long)in.hidden_size,
-               (long long)in.intermediate_size, (long long)in.n_layers, (long long)in.n_heads,
-               (long long)in.n_kv_heads, (long long)in.head_dim, in.tied_embeddings ? "true" : "false",
-               (long long)in.n_params, (long long)in.weight_bytes, in.family, (long long)in.sliding_window,
-               (int)in.n_sliding_layers);
-    } else {
-        printf("model          %s\n", dir);
-        printf("architecture   %s (%s family)\n", in.architecture, in.family);
-        printf("stored dtype   %s (computed in f32)\n", in.dtype);
-        printf("vocabulary     %lld\n", (long long)in.vocab_size);
-        printf("hidden         %lld   intermediate %lld\n", (long long)in.hidden_size, (long long)in.intermediate_size);
-        printf("layers         %lld\n", (long long)in.n_layers);
-        printf("heads          %lld query, %lld key/value (head_dim %lld)%s\n", (long long)in.n_heads,
-               (long long)in.n_kv_heads, (long long)in.head_dim, in.n_kv_heads < in.n_heads ? " GQA" : "");
-        printf("rope_theta     %g   rms_norm_eps %g\n", in.rope_theta, in.rms_norm_eps);
-        printf("embeddings     %s\n", in.tied_embeddings ? "tied (lm_head = embed_tokens)" : "separate lm_head");
-        if (in.sliding_window > 0)
-            printf("attention      sliding window %lld in %d of %lld layers\n", (long long)in.sliding_window,
-                   (int)in.n_sliding_layers, (long long)in.n_layers);
-        printf("parameters     %lld (%.2f M)\n", (long long)in.n_params, in.n_params / 1e6);
-        printf("memory         %.1f MiB of f32 weights\n", in.weight_bytes / 1048576.0);
+int parse_targets(const char *cmd, const char *s, unsigned *out) {
+    static const char *names[] = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
+    *out = 0;
+    if (!strcmp(s, "all") || !strcmp(s, "all-linear")) { *out = LT_TARGET_ALL; return 0; }
+    char buf[256];
+    snprintf(buf, sizeof buf, "%s", s);
+    int bad = 0;
+    for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok && !bad; tok = strtok_r(NULL, ",", &save)) {
+        int k = 0;
+        while (k < 7 && strcmp(tok, names[k])) k++;
+        if (!strcmp(tok, "qkv_proj")) *out |= LT_TARGET_Q | LT_TARGET_K | LT_TARGET_V; /* Phi-3's fused modules */
+        else if (!strcmp(tok, "gate_up_proj")) *out |= LT_TARGET_GATE | LT_TARGET_UP;
+        else if (k == 7) bad = 1;
+        else *out |= 1u << k;
     }
-    lt_model_free(m);
-    lt_context_free(ctx);
+    if (bad || !*out) {
+        fail(cmd, "--targets: expected all or a comma-separated list of q_proj,k_proj,v_proj,o_proj,gate_proj,"
+                  "up_proj,down_proj (Phi-3: qkv_proj,o_proj,gate_up_proj,down_proj)");
+        return -1;
+    }
     return 0;
 }
 
-/* ---- eval ------------------------------------------------------------------------------------- */
+/* ---- tokenizer files ----------------------------------------------------------------------------- */
 
-int cmd_eval(int argc, char **argv) {
-    static const opt_spec spec[] = {{"model", 1}, {"data", 1}, {"adapter", 1}, {"json", 0},
-                                    {"threads", 1}, {"batch", 1}, {"backend", 1}, {"objective", 1},
-                                    {"tokenizer", 1}, {"base-dtype", 1}};
-    if (wants_objective(argc, argv)) return cmd_eval_pref(argc, argv);
-    opts o;
-    if (opts_parse(&o, spec, (int)(sizeof spec / sizeof *spec), argc, argv, "eval")) return 2;
-    int base_dtype;
-    if (opt_base_dtype(&o, "eval", &base_dtype)) return 2;
-    const char *dir = opt_str(&o, "model", NULL), *data = opt_str(&o, "data", NULL);
-    if (!dir || !data) return fail("eval", "--model DIR and --data FILE.jsonl are required");
-    long long threads, batch;
-    if (opt_int(&o, "threads", 0, 0, 1024, &threads) || opt_int(&o, "batch", 8, 1, 4096, &batch)) return 2;
-    dataset ds;
-    char msg[512];
-    if (dataset_load_any(data, opt_str(&o, "tokenizer", dir), &ds, NULL, msg, sizeof msg)) return fail("eval", "%s", msg);
-    lt_context *ctx;
-    lt_model *m;
-    if (open_model_dtype("eval", dir, (int)threads, opt_str(&o, "backend", NULL), base_dtype, &ctx, &m)) {
-        dataset_free(&ds);
-        return 1;
+lt_tokenizer *open_tokenizer(const char *cmd, const char *dir) {
+    lt_tokenizer *t = NULL;
+    if (lt_tokenizer_load(dir, &t) != LT_OK) { fail(cmd, "%s", lt_last_error()); return NULL; }
+    return t;
+}
+
+char *read_all(const char *path, size_t *n) {
+    FILE *f = !strcmp(path, "-") ? stdin : fopen(path, "rb");
+    if (!f) return NULL;
+    size_t cap = 1 << 16, len = 0;
+    char *b = malloc(cap);
+    size_t got;
+    while (b && (got = fread(b + len, 1, cap - len - 1, f)) > 0) {
+        len += got;
+        if (cap - len < 2) { char *nb = realloc(b, cap *= 2); if (!nb) { free(b); b = NULL; } else b = nb; }
     }
-    lt_adapter *ad = NULL;
-    int rc = 0;
-    const char *adir = opt_str(&o, "adapter", NULL);
-    if (adir && lt_adapter_load(m, adir, &ad) != LT_OK) {
-        rc = fail("eval", "%s", lt_last_error());
-        goto done;
-    }
-    int32_t *ids = malloc((size_t)batch * ds.max_len * sizeof *ids);
-    int32_t *labels = malloc((size_t)batch * ds.max_len * sizeof *labels);
-    if (!ids || !labels) { rc = fail("eval", "out of memory"); free(ids); free(labels); goto done; }
-    /* Rows are batched in file order and padded (label -100) to the batch's longest row; padding
-     * at the end of a row cannot influence the real tokens under causal attention. */
-    double total = 0;
-    long long tokens = 0;
-    for (int first = 0; first < ds.n; first += (int)batch) {
-        int n = ds.n - first < batch ? ds.n - first : (int)batch;
-        int T = dataset_batch(&ds, NULL, first, n, 0, ids, labels);
-        lt_batch b;
-        lt_batch_init(&b, sizeof b);
-        b.n_rows = n;
-        b.seq_len = T;
-        b.input_ids = ids;
-        b.labels = labels;
-        double s;
-        int64_t k;
-        if (lt_model_loss(m, ad, &b, &s, &k) != LT_OK) {
-            rc = fail("eval", "%s: rows %d..%d: %s", data, first + 1, first + n, lt_model_last_error(m));
-            break;
-        }
-        total += s;
-        tokens += k;
-    }
-    free(ids);
-    free(labels);
-    if (rc == 0) {
-        if (tokens == 0) {
-            rc = fail("eval", "%s: every label is masked (-100): there is no token to evaluate", data);
-        } else if (opt_flag(&o, "json")) {
-            printf("{\"loss\": %.9g, \"tokens\": %lld}\n", total / tokens, tokens);
-        } else {
-            printf("loss %.6f over %lld predicted tokens (%d rows), perplexity %.3f\n", total / tokens, tokens,
-                   ds.n, exp(total / tokens));
-        }
-    }
-done:
-    lt_adapter_free(ad);
-    lt_model_free(m);
-    lt_context_free(ctx);
-    dataset_free(&ds);
-    return rc;
+    if (f != stdin) fclose(f);
+    if (b) b[len] = 0;
+    *n = len;
+    return b;
 }

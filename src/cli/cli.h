@@ -1,4 +1,4 @@
-/* cli.h - shared pieces of the command-line tool. */
+/* cli.h - what the commands of the `loratune` tool share (cli.c), and the commands (one file each). */
 #ifndef LT_TOOL_CLI_H
 #define LT_TOOL_CLI_H
 
@@ -57,22 +57,30 @@ int open_model_dtype(const char *cmd, const char *dir, int threads, const char *
 /* --base-dtype f32|bf16 (default f32) -> LT_BASE_*; prints the error and returns 1 if malformed. */
 int opt_base_dtype(const opts *o, const char *cmd, int *out);
 
-int cmd_info(int argc, char **argv);
-int cmd_quantize(int argc, char **argv);
-int cmd_eval(int argc, char **argv);
-int cmd_train(int argc, char **argv);
-/* pref.c: train / eval with --objective dpo|ipo|kto|orpo */
-int cmd_train_pref(int argc, char **argv);
+/* --targets all|q_proj,k_proj,...|qkv_proj,gate_up_proj (Phi-3's fused modules) -> LT_TARGET_* bits;
+ * prints the error and returns -1 when malformed. Every command that creates a LoRA uses it. */
+int parse_targets(const char *cmd, const char *s, unsigned *out);
+/* lt_tokenizer_load(dir), printing the error; NULL on failure. */
+lt_tokenizer *open_tokenizer(const char *cmd, const char *dir);
+/* A whole file ("-": stdin) NUL-terminated, malloc'd; NULL when it cannot be read. */
+char *read_all(const char *path, size_t *n);
+
+/* The commands: main.c dispatches argv[1] to them. */
+int cmd_info(int argc, char **argv);      /* info.c */
+int cmd_quantize(int argc, char **argv);  /* quantize.c */
+int cmd_eval(int argc, char **argv);      /* eval.c (--objective: cmd_eval_pref) */
 int cmd_eval_pref(int argc, char **argv);
-/* 1 when argv holds --objective with a value other than sft */
+int cmd_train(int argc, char **argv);     /* train.c (--objective: train_pref.c) */
+int cmd_train_pref(int argc, char **argv);
+/* 1 when argv holds --objective with a value other than sft (pref.c) */
 int wants_objective(int argc, char **argv);
-int cmd_merge(int argc, char **argv);
-int cmd_generate(int argc, char **argv);
-int cmd_bench(int argc, char **argv);
-int cmd_demo(int argc, char **argv);
-int cmd_tokenize(int argc, char **argv);
+int cmd_merge(int argc, char **argv);     /* merge.c */
+int cmd_generate(int argc, char **argv);  /* generate.c */
+int cmd_bench(int argc, char **argv);     /* bench.c */
+int cmd_demo(int argc, char **argv);      /* demo.c */
+int cmd_tokenize(int argc, char **argv);  /* tokenize.c */
 int cmd_detokenize(int argc, char **argv);
-int cmd_render(int argc, char **argv);
-int cmd_data(int argc, char **argv);
+int cmd_render(int argc, char **argv);    /* render.c */
+int cmd_data(int argc, char **argv);      /* data.c: data check */
 
 #endif

@@ -112,22 +112,6 @@ static int pack_dataset(const dataset *ds, int T, packed *pk) {
     return 0;
 }
 
-static int parse_targets(const char *s, unsigned *out) {
-    static const char *names[] = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
-    *out = 0;
-    if (!strcmp(s, "all") || !strcmp(s, "all-linear")) { *out = LT_TARGET_ALL; return 0; }
-    char buf[256];
-    snprintf(buf, sizeof buf, "%s", s);
-    for (char *tok = strtok(buf, ","); tok; tok = strtok(NULL, ",")) {
-        int k = 0;
-        while (k < 7 && strcmp(tok, names[k])) k++;
-        if (!strcmp(tok, "qkv_proj")) *out |= LT_TARGET_Q | LT_TARGET_K | LT_TARGET_V; /* Phi-3's fused modules */
-        else if (!strcmp(tok, "gate_up_proj")) *out |= LT_TARGET_GATE | LT_TARGET_UP;
-        else if (k == 7) return -1;
-        else *out |= 1u << k;
-    }
-    return *out ? 0 : -1;
-}
 
 static double eval_file(lt_model *m, lt_adapter *ad, const dataset *ds, int T_cap, int batch, long long *tokens,
                         int *failed) {
@@ -298,11 +282,7 @@ int cmd_train(int argc, char **argv) {
         else if (!strcmp(init, "pissa")) ap.init = LT_INIT_PISSA;
         else if (!strcmp(init, "olora")) ap.init = LT_INIT_OLORA;
         else if (strcmp(init, "default")) { rc = fail("train", "--init must be default, gaussian, pissa or olora"); goto done; }
-        if (parse_targets(opt_str(&o, "targets", "all"), &ap.targets)) {
-            rc = fail("train", "--targets: expected a comma-separated list of q_proj,k_proj,v_proj,o_proj,gate_proj,"
-                               "up_proj,down_proj (Phi-3: qkv_proj,o_proj,gate_up_proj,down_proj)");
-            goto done;
-        }
+        if (parse_targets("train", opt_str(&o, "targets", "all"), &ap.targets)) { rc = 1; goto done; }
         if (lt_adapter_create(m, &ap, &ad) != LT_OK) { rc = fail("train", "%s", lt_last_error()); goto done; }
     }
 
