@@ -2,7 +2,7 @@
  * cuda_backend.c - the CUDA backend: device discovery, creation, memory, sync and the dispatch table.
  * The kernels live in cuda/<family>.cu (cuda_impl.h lists them).
  *
- * defines: lt_cuda_backend_available, lt_cuda_backend_create, lt_cuda_record, lt_cuda_check.
+ * defines: lt_cuda_backend_available, lt_cuda_backend_create (errors: cuda_errors.c).
  *
  * The CUDA runtime is only touched inside these functions (never at load time), so a library built
  * with CUDA still loads and runs its CPU backend on a machine without a GPU or driver; asking for
@@ -35,30 +35,6 @@ int lt_cuda_backend_available(void) {
         return 0;
     }
     return n > 0;
-}
-
-/* ---- errors ----------------------------------------------------------------------------------- */
-
-void lt_cuda_record(lt_backend *be, lt_status st, const char *what, int cuda_err) {
-    lt_cuda_impl *im = lt_cuda(be);
-    int expected = LT_OK;
-    if (!__atomic_compare_exchange_n(&im->first_error, &expected, (int)st, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST))
-        return; /* an earlier error is pending */
-    if (cuda_err)
-        snprintf(im->error_msg, sizeof im->error_msg, "cuda backend: %s: %s (%d)", what,
-                 cudaGetErrorString((cudaError_t)cuda_err), cuda_err);
-    else
-        snprintf(im->error_msg, sizeof im->error_msg, "cuda backend: %s", what);
-    if (im->debug_print) fprintf(stderr, "libloratune: %s\n", im->error_msg);
-}
-
-void lt_cuda_check(lt_backend *be, const char *what) {
-    cudaError_t e = cudaGetLastError();
-    if (e != cudaSuccess) lt_cuda_record(be, LT_ERR_BACKEND, what, (int)e);
-    if (lt_cuda(be)->debug_sync) {
-        e = cudaStreamSynchronize(lt_cuda(be)->stream);
-        if (e != cudaSuccess) lt_cuda_record(be, LT_ERR_BACKEND, what, (int)e);
-    }
 }
 
 static int env_flag(const char *name) {

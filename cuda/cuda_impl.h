@@ -1,9 +1,9 @@
 /*
  * cuda_impl.h - the CUDA backend's private state and the entry points of its kernels (C and C++).
  *
- * cuda_backend.c (C) owns creation, memory, sync and the dispatch table; each cuda/<family>.cu file
- * defines the ops of one family with exactly the signature of its lt_backend_ops slot (backend.h),
- * with C linkage, so the table can point at them directly.
+ * cuda_backend.c (C) owns creation, memory, sync and the dispatch table, cuda_errors.c the error
+ * record; each cuda/<family>.cu file defines the ops of one family with exactly the signature of its
+ * lt_backend_ops slot (backend.h), with C linkage, so the table can point at them directly.
  *
  * Errors: every op returns void. A launch or API failure is recorded with lt_cuda_record (the first
  * one since the last sync wins) and sync() returns it: LT_ERR_BACKEND for CUDA/cuBLAS failures,
@@ -63,6 +63,7 @@ static inline lt_cuda_impl *lt_cuda(const lt_backend *be) { return (lt_cuda_impl
 static inline void lt_cuda_lock(const lt_backend *be) { pthread_mutex_lock(&lt_cuda(be)->lock); }
 static inline void lt_cuda_unlock(const lt_backend *be) { pthread_mutex_unlock(&lt_cuda(be)->lock); }
 
+/* ---- cuda_errors.c ---- */
 /* Record st (with what and, when cuda_err != 0, the CUDA error string) unless an error is pending. */
 void lt_cuda_record(lt_backend *be, lt_status st, const char *what, int cuda_err);
 /* Call after queueing work: records a launch error (cudaGetLastError) and, with LT_CUDA_SYNC,
