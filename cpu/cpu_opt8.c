@@ -69,7 +69,7 @@ int lt_opt8_lut_build(lt_opt8_lut *lut, const float *code) {
 }
 
 /* The tables of the library's two code books, built once per process (~60 us each) and read-only after:
- * the optimizer passes those books on every call (like quant.c's code books, a pthread_once). */
+ * the optimizer passes those books on every call (like backend/codebook.c's maps, a pthread_once). */
 static lt_opt8_lut book_luts[2];
 static int book_luts_ok;
 static pthread_once_t book_luts_once = PTHREAD_ONCE_INIT;

@@ -30,7 +30,7 @@ void lt_ref_gemm(int transA, int transB, int M, int N, int K, float alpha, const
                  const float *B, int ldb, float beta, float *C, int ldc);
 
 /* ---- frozen weights in bf16 ---- */
-/* The CPU packed layout of cpu/gemm_bf16.h; sums of the exact products of the bf16-rounded inputs
+/* The packed layout of backend/bf16.h; sums of the exact products of the bf16-rounded inputs
  * in double. */
 size_t lt_ref_bf16_weight_bytes(int out, int in);
 void lt_ref_bf16_weight_pack(void *dst, const float *W, int out, int in);

@@ -1,5 +1,5 @@
 /*
- * test_objectives.c - preference and RL objectives (src/objectives.c).
+ * test_objectives.c - preference and RL objectives (src/train/objectives.c).
  *
  *  - arithmetic: GRPO advantages / clipped loss / KL / aggregation, DPO/IPO/ORPO and KTO losses and
  *    their gradients against float64 PyTorch goldens (tests/python/make_objective_goldens.py writes

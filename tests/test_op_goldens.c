@@ -10,7 +10,7 @@
  * The gradient conventions of backend.h are exercised too: outputs and assigned gradients are pre-filled
  * with NaN (an op that reads them instead of assigning fails); accumulating gradients (rmsnorm dinp and
  * dweight, LoRA dA/dB and dx with accumulate) start at zero and a second backward must give 2x.
- * The LoRA linear is composed from gemm calls exactly as src/llama.c's lt_linear_forward and
+ * The LoRA linear is composed from gemm calls exactly as src/decoder/decoder.c's lt_linear_forward and
  * linear_backward do (no dropout), so that composition is what is compared with torch.
  *
  * Missing goldens are a FAILURE (not a skip): run tests/python/make_op_goldens.py.
@@ -402,7 +402,7 @@ START_TEST(test_cross_entropy) {
 }
 END_TEST
 
-/* ---- LoRA linear, composed as src/llama.c does ---------------------------------------------------- */
+/* ---- LoRA linear, composed as decoder.c does ------------------------------------------------------- */
 
 /* lt_linear_forward without dropout: y = x W^T + s (x A^T) B^T; xa (N,r) = x A^T kept for backward. */
 static void lora_forward(lt_backend *be, float *y, float *xa, const float *x, const float *W, const float *A,

@@ -28,7 +28,7 @@ static float adapter_scaling(const lt_adapter_params *p) {
     return p->use_rslora ? p->alpha / sqrtf((float)p->rank) : p->alpha / (float)p->rank;
 }
 
-/* Full fine-tuning: no LoRA; every base weight as an fp32 copy in params (src/adapter_full.c). */
+/* Full fine-tuning: no LoRA; every base weight as an fp32 copy in params (adapter/full.c). */
 static lt_status full_alloc(lt_model *m, const lt_adapter_params *p, lt_adapter **out, lt_error *err) {
     lt_adapter *a = calloc(1, sizeof *a);
     const int L = (int)m->cfg.num_hidden_layers;

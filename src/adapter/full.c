@@ -1,5 +1,5 @@
 /*
- * adapter_full.c - trained copies of base weights inside an adapter: full fine-tuning (every weight)
+ * full.c - trained copies of base weights inside an adapter: full fine-tuning (every weight)
  * and PEFT's modules_to_save (embed_tokens, lm_head next to a LoRA).
  *
  * defines: lt_adapter_full_check, lt_adapter_extra_count, lt_adapter_extra_bind, lt_adapter_model_tensor,

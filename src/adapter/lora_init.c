@@ -8,7 +8,7 @@
  *   PiSSA  W = U S Vh (torch.linalg.svd, reduced):  A = diag(sqrt(S_r / s)) Vh[:r],  B = U[:, :r] diag(sqrt(S_r / s))
  *   OLoRA  W = Q R    (torch.linalg.qr, reduced):   A = R[:r],                       B = Q[:, :r]
  * and the base becomes W - s B A. Here the base stays as it is (the model is shared); the adapter keeps
- * A0 = A, B0 = B frozen and every projection subtracts s (x A0^T) B0^T (src/llama.c), which is the
+ * A0 = A, B0 = B frozen and every projection subtracts s (x A0^T) B0^T (decoder/decoder.c), which is the
  * same function. torch's CPU SVD and QR are LAPACK's gesdd and geqrf + orgqr; so are these (OpenBLAS
  * ships LAPACK), in float as PEFT's fp32. The QR signs are LAPACK's Householder convention on both sides;
  * singular vectors are defined up to a sign per pair (the product B A is not).

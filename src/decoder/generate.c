@@ -174,7 +174,7 @@ LT_API lt_status lt_generate(lt_model *m, const lt_adapter *ad, const int32_t *p
             for (int pj = 0; pj < P_COUNT; pj++) lo[pj] = ad ? lt_adapter_lora(ad, l, (lt_proj)pj) : NULL;
             float *kcl = kc + (size_t)l * B * S * KD, *vcl = vc + (size_t)l * B * S * KD;
             be->ops->rmsnorm_forward(be, ln, rstd, x, W->attn_norm, B, H, eps);
-            /* the family steps mirror layer_forward in llama.c */
+            /* the family steps mirror layer_forward in decoder.c */
             float *qp = c->qk_norm ? qpre : q, *kp = c->qk_norm ? att : k; /* att is free until attention */
             lt_linear_forward(m, &gws, ad, lo[P_Q], NULL, 0, qp, ln, &W->w[P_Q], xa, B, H, QD);
             if (lo[P_Q] && lo[P_Q]->mag) be->ops->mul_cols(be, qp, lo[P_Q]->dora_g, B, QD); /* DoRA */

@@ -319,8 +319,8 @@ static lt_status load_norm(lt_model *m, int use_mmap, const char *name, int64_t 
 }
 
 /* Store every projection of layer L in bf16 (base_dtype LT_BASE_BF16): each row block of a module's f32
- * weight is packed by the backend (cpu/gemm_bf16.c's layout) and the f32 form is freed. */
-/* *W = the f32 (out, in) weight f32 packed in bf16 by the backend (cpu/gemm_bf16.c's layout). The f32
+ * weight is packed by the backend (backend/bf16.h's layout) and the f32 form is freed. */
+/* *W = the f32 (out, in) weight f32 packed in bf16 by the backend (backend/bf16.h's layout). The f32
  * form is left to the caller. */
 static lt_status pack_bf16(lt_model *m, const float *f32, int out, int in, lt_weight *W, lt_error *err) {
     const size_t n = (size_t)out * in, bytes = m->be->ops->bf16_weight_bytes(m->be, out, in);

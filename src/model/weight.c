@@ -1,5 +1,5 @@
 /*
- * linear.c - the weight seam: products with a frozen base weight in any storage format.
+ * weight.c - the weight seam: products with a frozen base weight in any storage format.
  *
  * defines: lt_weight_tile_floats, lt_weight_forward, lt_weight_backward, lt_weight_download
  *
