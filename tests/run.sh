@@ -46,7 +46,7 @@ echo "== tokenizer, chat template and dataset-row goldens (tokenizers, transform
 failed=0
 stages_ok=0; stages_bad=0
 stage() { if "$@"; then stages_ok=$((stages_ok+1)); else stages_bad=$((stages_bad+1)); failed=1; fi; }
-echo "== Check suites (Release)"
+echo "== Check suites (Release), the layout check and the add_subdirectory() host project"
 stage bash -c "cd build && LORATUNE_REF_PYTHON='$py' ctest --output-on-failure -j1"
 
 echo "== live cross-check of loratune tokenize/detokenize against tokenizers (random configurations and text)"
@@ -79,7 +79,8 @@ if [ "${LT_SKIP_ASAN:-0}" != 1 ]; then
   cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DLT_SANITIZE=ON -DLT_CUDA=OFF -DLT_TESTS=ON >/dev/null
   cmake --build build-asan -j"$jobs"
   rm -rf build-asan/testdata && ln -s "$root/build/testdata" build-asan/testdata
-  stage bash -c "cd build-asan && ASAN_OPTIONS=detect_leaks=1 LORATUNE_REF_PYTHON='$py' ctest --output-on-failure -j1"
+  # the build checks (check_layout, host_project: label "build") ran in the Release stage
+  stage bash -c "cd build-asan && ASAN_OPTIONS=detect_leaks=1 LORATUNE_REF_PYTHON='$py' ctest --output-on-failure -j1 -LE build"
 fi
 
 echo "stages: $stages_ok passed, $stages_bad failed"
