@@ -73,7 +73,8 @@ static lt_status lex(parser *ps) {
         int lminus = *inner == '-', lplus = *inner == '+';
         if (lminus || lplus) inner++;
         if (lminus) while (b > a && isspace((unsigned char)b[-1])) b--;
-        else if (kind != '{' && !lplus) { /* lstrip_blocks: spaces/tabs from the line start */
+        else if (kind != '{' && !lplus) {
+            /* lstrip_blocks: spaces/tabs from the line start */
             const char *q = b;
             while (q > a && (q[-1] == ' ' || q[-1] == '\t')) q--;
             if (q == ps->src || q[-1] == '\n') b = q; /* only whitespace since the line start */
@@ -483,7 +484,8 @@ static node *parse_compare(parser *ps) {
             t->s = ident(ps);
             a = t;
             if (accept_op(ps, "(")) parse_args(ps, t);
-            else { /* one bare argument: `is divisibleby 3`, `is equalto x` */
+            else {
+                /* one bare argument: `is divisibleby 3`, `is equalto x` */
                 skip_ws(ps);
                 if (ps->p < ps->end && (isdigit((unsigned char)*ps->p) || *ps->p == '\'' || *ps->p == '"')) add(ps, &t->args, parse_primary(ps));
             }
