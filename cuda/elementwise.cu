@@ -129,7 +129,7 @@ __global__ void embedding_forward_kernel(float *out, const int32_t *ids, const f
 extern "C" void lt_cuda_embedding_forward(lt_backend *be, float *out, const int32_t *ids,
                                           const float *table, int N, int C) {
     if (N <= 0 || C <= 0) return;
-    embedding_forward_kernel<<<N, C < EW_THREADS ? 32 * ((C + 31) / 32) : EW_THREADS, 0, lt_cuda(be)->stream>>>(
+    embedding_forward_kernel<<<N, (C < EW_THREADS ? 32 * ((C + 31) / 32) : EW_THREADS), 0, lt_cuda(be)->stream>>>(
         out, ids, table, C);
     lt_cuda_check(be, "embedding_forward");
 }
