@@ -173,6 +173,8 @@ kernel_avx512_tile(const int MR_, const int NZ_, int ncols, int kcp, const uint1
 LT_BF16_TARGET static void kernel_avx512(int mr, int ncols, int kcp, const uint16_t *a, const uint16_t *b,
                                          size_t bs, float *C, size_t ldc, int first) {
     const int nz = (ncols + 15) / 16;
+    /* one case per line and tile: clang-format cannot lay out statement macros */
+    /* clang-format off */
     switch (mr * 4 + nz) {
         LT_TILE(8, 3) LT_TILE(8, 2) LT_TILE(8, 1)
         LT_TILE(7, 3) LT_TILE(7, 2) LT_TILE(7, 1)
@@ -184,6 +186,7 @@ LT_BF16_TARGET static void kernel_avx512(int mr, int ncols, int kcp, const uint1
         LT_TILE(1, 3) LT_TILE(1, 2) LT_TILE(1, 1)
     default: return;
     }
+    /* clang-format on */
 }
 #undef LT_TILE
 
