@@ -56,13 +56,4 @@ __device__ __forceinline__ int lt_att_lo(const int32_t *kv_start_row, int t) {
     return lo < 0 ? 0 : lo > t ? t : lo;
 }
 
-/* The dropout hash of backend.h (lt_hash_uniform), bit for bit. */
-__device__ __forceinline__ float lt_hash_uniform_dev(uint64_t seed, uint64_t index) {
-    uint64_t z = seed + 0x9E3779B97F4A7C15ull * (index + 1);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    z ^= z >> 31;
-    return (float)(z >> 40) * (1.0f / 16777216.0f);
-}
-
 #endif /* LT_CUDA_COMMON_CUH */

@@ -195,7 +195,7 @@ extern "C" void lt_cuda_swiglu_backward(lt_backend *be, float *dgate, float *dup
 __global__ void dropout_kernel(float *out, const float *inp, size_t n, float p, float keep_scale,
                                uint64_t seed, uint64_t offset) {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
-        bool keep = p < 1.0f && lt_hash_uniform_dev(seed, offset + i) >= p;
+        bool keep = p < 1.0f && lt_hash_uniform(seed, offset + i) >= p;
         out[i] = keep ? inp[i] * keep_scale : 0.0f;
     }
 }

@@ -14,20 +14,11 @@
 #include <cuda_bf16.h>
 
 #include "cuda/cuda_common.cuh"
-#include "backend/bf16.h" /* lt_bf16_round: the host rounding of the weights */
-
-/* f32 -> bf16 bits, identical to lt_bf16_round (backend/bf16.h) */
-__device__ __forceinline__ uint16_t lt_bf16_round_dev(float f) {
-    uint32_t u = __float_as_uint(f);
-    if ((u & 0x7f800000u) == 0x7f800000u) return (uint16_t)((u >> 16) | ((u & 0x007fffffu) ? 0x0040u : 0u));
-    if ((u & 0x7f800000u) == 0) return (uint16_t)((u >> 16) & 0x8000u);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
-}
+#include "backend/bf16.h" /* lt_bf16_round, on the host and on the device */
 
 __global__ void bf16_round_kernel(uint16_t *dst, const float *src, size_t n) {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
-        dst[i] = lt_bf16_round_dev(src[i]);
+        dst[i] = lt_bf16_round(src[i]); /* backend/bf16.h, on the device */
 }
 
 extern "C" size_t lt_cuda_bf16_weight_bytes(lt_backend *be, int out, int in) {

@@ -21,6 +21,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include "backend/hostdev.h"
 #include "loratune.h"
 
 typedef struct lt_backend lt_backend;
@@ -259,9 +260,9 @@ struct lt_backend {
     int n_threads;
 };
 
-/* The counter-based hash behind dropout (splitmix64 of seed ^ index); shared by every backend so
- * that masks agree bit for bit. Returns a uniform float in [0,1). */
-static inline float lt_hash_uniform(uint64_t seed, uint64_t index) {
+/* The counter-based hash behind dropout (splitmix64 of seed ^ index); shared by every backend (the
+ * CUDA kernels call it on the device) so that masks agree bit for bit. Returns a uniform float in [0,1). */
+static inline LT_HOST_DEVICE float lt_hash_uniform(uint64_t seed, uint64_t index) {
     uint64_t z = seed + 0x9E3779B97F4A7C15ull * (index + 1);
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;

@@ -19,9 +19,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "backend/hostdev.h"
+
 /* fp32 -> bf16, round to nearest even; NaN stays a (quiet) NaN; subnormal inputs give a signed zero
- * (what vcvtne2ps2bf16 does, so both implementations round inputs identically). */
-static inline uint16_t lt_bf16_round(float f) {
+ * (what vcvtne2ps2bf16 does, so both implementations round inputs identically). The CUDA kernels call
+ * it on the device. */
+static inline LT_HOST_DEVICE uint16_t lt_bf16_round(float f) {
     union { float f; uint32_t u; } v = {f};
     uint32_t u = v.u;
     if ((u & 0x7f800000u) == 0x7f800000u) /* inf or NaN */
@@ -31,7 +34,7 @@ static inline uint16_t lt_bf16_round(float f) {
     return (uint16_t)(u >> 16);
 }
 
-static inline float lt_bf16_to_f32(uint16_t h) {
+static inline LT_HOST_DEVICE float lt_bf16_to_f32(uint16_t h) {
     union { uint32_t u; float f; } v = {(uint32_t)h << 16};
     return v.f;
 }
