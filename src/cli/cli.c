@@ -129,7 +129,8 @@ void epoch_order(int *order, int n, uint64_t seed, long long epoch, int shuffle)
     }
 }
 
-int optimizer_choice(const char *cmd, const opts *o, lt_optimizer_params *op) {
+int optimizer_options(const char *cmd, const opts *o, double lr, lt_optimizer_params *op) {
+    lt_optimizer_params_init(op, sizeof *op);
     const char *oname = opt_str(o, "optimizer", "adamw"), *sname = opt_str(o, "scheduler", "constant");
     if (!strcmp(oname, "adamw")) op->kind = LT_OPT_ADAMW;
     else if (!strcmp(oname, "adamw8bit")) op->kind = LT_OPT_ADAMW8BIT;
@@ -139,7 +140,25 @@ int optimizer_choice(const char *cmd, const opts *o, lt_optimizer_params *op) {
     else if (!strcmp(sname, "linear")) op->schedule = LT_SCHED_LINEAR;
     else if (!strcmp(sname, "cosine")) op->schedule = LT_SCHED_COSINE;
     else return fail(cmd, "--scheduler must be constant, linear or cosine"), 1;
+    double wd, mgn, momentum, warmup_ratio;
+    long long warmup;
+    if (opt_double(o, "lr", lr, &lr) || opt_double(o, "weight-decay", 0, &wd) ||
+        opt_double(o, "max-grad-norm", 1.0, &mgn) || opt_double(o, "momentum", op->momentum, &momentum) ||
+        opt_int(o, "warmup", 0, 0, 1LL << 40, &warmup) || opt_double(o, "warmup-ratio", 0, &warmup_ratio))
+        return 2;
+    op->lr = (float)lr;
+    op->weight_decay = (float)wd;
+    op->max_grad_norm = (float)mgn;
+    op->momentum = (float)momentum;
+    op->warmup_steps = warmup;
+    op->warmup_ratio = (float)warmup_ratio;
     return 0;
+}
+
+long long total_updates(long long steps, double epochs, long long units, long long batch, long long accum) {
+    const long long micro_per_epoch = (units + batch - 1) / batch;
+    const long long total = steps > 0 ? steps : (long long)ceil(epochs * (double)micro_per_epoch / (double)accum);
+    return total < 1 ? 1 : total;
 }
 
 int opt_base_dtype(const opts *o, const char *cmd, int *out) {

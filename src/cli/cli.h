@@ -48,9 +48,14 @@ int read_quant_note(const char *dir, lt_quant_params *qp); /* 1 if found */
 /* The order of n data rows in an epoch: a permutation that is a pure function of (seed, epoch), or
  * the file order without shuffle; SFT and preference training share it (resume is exact). */
 void epoch_order(int *order, int n, uint64_t seed, long long epoch, int shuffle);
-/* --optimizer adamw|adamw8bit|sgd and --scheduler constant|linear|cosine into op->kind / op->schedule;
- * prints the error and returns 1 if malformed. */
-int optimizer_choice(const char *cmd, const opts *o, lt_optimizer_params *op);
+/* The optimizer options of every training command, into *op (lt_optimizer_params_init first;
+ * total_steps is left to the caller): --optimizer adamw|adamw8bit|sgd, --scheduler
+ * constant|linear|cosine, --lr (default lr), --weight-decay (0), --max-grad-norm (1), --momentum (SGD,
+ * 0.9), --warmup N, --warmup-ratio F. Prints the error; returns 1 for a bad choice, 2 for a malformed
+ * number, 0 otherwise. */
+int optimizer_options(const char *cmd, const opts *o, double lr, lt_optimizer_params *op);
+/* Updates of a run: steps when > 0, else ceil(epochs * ceil(units / batch) / accum); at least 1. */
+long long total_updates(long long steps, double epochs, long long units, long long batch, long long accum);
 /* The same with lt_model_params.base_dtype. */
 int open_model_dtype(const char *cmd, const char *dir, int threads, const char *backend, int base_dtype,
                      lt_context **ctx, lt_model **model);

@@ -14,6 +14,7 @@ static const opt_spec train_spec[] = {
     {"model", 1}, {"data", 1}, {"out", 1}, {"adapter-init", 1}, {"rank", 1}, {"alpha", 1}, {"dropout", 1},
     {"targets", 1}, {"rslora", 0}, {"init", 1}, {"lr", 1}, {"scheduler", 1}, {"warmup", 1}, {"warmup-ratio", 1},
     {"steps", 1}, {"epochs", 1}, {"batch", 1}, {"grad-accum", 1}, {"max-grad-norm", 1}, {"weight-decay", 1},
+    {"momentum", 1},
     {"optimizer", 1}, {"seed", 1}, {"no-shuffle", 0}, {"seq", 1}, {"pack", 0}, {"eval-data", 1},
     {"eval-every", 1}, {"save-every", 1}, {"resume", 1}, {"threads", 1}, {"json", 0}, {"quiet", 0},
     {"no-checkpointing", 0}, {"backend", 1}, {"help", 0}, {"objective", 1}, {"tokenizer", 1}, {"method", 1}, {"quant", 1},
@@ -26,7 +27,7 @@ static void train_usage(void) {
            "  adapter:   --rank R (16) --alpha A (2R) --dropout P (0) --targets q_proj,k_proj,... (all 7)\n"
            "             --rslora --init default|gaussian|pissa|olora --adapter-init DIR (start from a PEFT adapter)\n"
            "  optimizer: --optimizer adamw|adamw8bit|sgd --lr LR (2e-4) --weight-decay W (0) --max-grad-norm C (1, 0=off)\n"
-           "             --scheduler constant|linear|cosine --warmup N | --warmup-ratio F\n"
+           "             --scheduler constant|linear|cosine --warmup N | --warmup-ratio F --momentum M (sgd, 0.9)\n"
            "  length:    --steps N | --epochs E (1)   --batch B (4) --grad-accum K (1) --seq T (512) --pack\n"
            "  data:      --seed S --no-shuffle (rows in file order)\n"
            "             text rows ({\"text\"}, {\"prompt\",\"completion\"}, {\"messages\"}, ...) are tokenized with\n"
@@ -187,18 +188,18 @@ int cmd_train(int argc, char **argv) {
     if (opt_base_dtype(&o, "train", &base_dtype)) return 2;
     const char *mdir = opt_str(&o, "model", NULL), *data = opt_str(&o, "data", NULL), *out = opt_str(&o, "out", NULL);
     if (!mdir || !data || !out) return fail("train", "--model DIR, --data FILE.jsonl and --out DIR are required (see --help)");
-    long long rank, steps, batch, accum, seq, warmup, seed, eval_every, save_every, threads;
-    double alpha, dropout, lr, epochs, mgn, wd, warmup_ratio;
+    long long rank, steps, batch, accum, seq, seed, eval_every, save_every, threads;
+    double alpha, dropout, epochs;
     if (opt_int(&o, "rank", 16, 1, 4096, &rank) || opt_double(&o, "alpha", 2.0 * rank, &alpha) ||
-        opt_double(&o, "dropout", 0, &dropout) || opt_double(&o, "lr", 2e-4, &lr) ||
-        opt_int(&o, "steps", 0, 0, 1LL << 40, &steps) || opt_double(&o, "epochs", 1, &epochs) ||
-        opt_int(&o, "batch", 4, 1, 1 << 20, &batch) || opt_int(&o, "grad-accum", 1, 1, 1 << 20, &accum) ||
-        opt_int(&o, "seq", 512, 2, 1 << 24, &seq) || opt_int(&o, "warmup", 0, 0, 1LL << 40, &warmup) ||
-        opt_double(&o, "warmup-ratio", 0, &warmup_ratio) || opt_double(&o, "max-grad-norm", 1.0, &mgn) ||
-        opt_double(&o, "weight-decay", 0, &wd) || opt_int(&o, "seed", 42, 0, 1LL << 62, &seed) ||
-        opt_int(&o, "eval-every", 0, 0, 1LL << 40, &eval_every) ||
+        opt_double(&o, "dropout", 0, &dropout) || opt_int(&o, "steps", 0, 0, 1LL << 40, &steps) ||
+        opt_double(&o, "epochs", 1, &epochs) || opt_int(&o, "batch", 4, 1, 1 << 20, &batch) ||
+        opt_int(&o, "grad-accum", 1, 1, 1 << 20, &accum) || opt_int(&o, "seq", 512, 2, 1 << 24, &seq) ||
+        opt_int(&o, "seed", 42, 0, 1LL << 62, &seed) || opt_int(&o, "eval-every", 0, 0, 1LL << 40, &eval_every) ||
         opt_int(&o, "save-every", 0, 0, 1LL << 40, &save_every) || opt_int(&o, "threads", 0, 0, 1024, &threads))
         return 2;
+    lt_optimizer_params op;
+    int orc = optimizer_options("train", &o, 2e-4, &op);
+    if (orc) return orc;
     if (!(epochs > 0)) return fail("train", "--epochs must be positive");
     if (!(alpha > 0)) return fail("train", "--alpha must be positive");
     const int json = opt_flag(&o, "json"), quiet = opt_flag(&o, "quiet") || json;
@@ -299,18 +300,7 @@ int cmd_train(int argc, char **argv) {
     } else {
         n_units = ds.n;
     }
-    const long long micro_per_epoch = (n_units + batch - 1) / batch;
-    long long total = steps > 0 ? steps : (long long)ceil(epochs * (double)micro_per_epoch / (double)accum);
-    if (total < 1) total = 1;
-
-    lt_optimizer_params op;
-    lt_optimizer_params_init(&op, sizeof op);
-    if (optimizer_choice("train", &o, &op)) { rc = 1; goto done; }
-    op.lr = (float)lr;
-    op.weight_decay = (float)wd;
-    op.max_grad_norm = (float)mgn;
-    op.warmup_steps = warmup;
-    op.warmup_ratio = (float)warmup_ratio;
+    const long long total = total_updates(steps, epochs, n_units, batch, accum);
     op.total_steps = total;
     if (lt_optimizer_create(ad, &op, &opt) != LT_OK) { rc = fail("train", "%s", lt_last_error()); goto done; }
     lt_trainer_params tp;

@@ -34,16 +34,16 @@ int cmd_train_pref(int argc, char **argv) {
     if (!mdir || !data || !out) return fail("train", "--model DIR, --data FILE.jsonl and --out DIR are required (see --help)");
     lt_objective obj;
     if (pref_parse_objective(opt_str(&o, "objective", ""), &obj)) return fail("train", "--objective must be sft, dpo, ipo, kto or orpo");
-    long long rank, steps, batch, accum, warmup, seed, threads;
-    double alpha, lr, epochs, mgn, wd, warmup_ratio, momentum;
+    long long rank, steps, batch, accum, seed, threads;
+    double alpha, epochs;
     if (opt_int(&o, "rank", 16, 1, 4096, &rank) || opt_double(&o, "alpha", 2.0 * rank, &alpha) ||
-        opt_double(&o, "lr", 5e-6, &lr) || opt_int(&o, "steps", 0, 0, 1LL << 40, &steps) ||
-        opt_double(&o, "epochs", 1, &epochs) || opt_int(&o, "batch", 4, 1, 1 << 20, &batch) ||
-        opt_int(&o, "grad-accum", 1, 1, 1 << 20, &accum) || opt_int(&o, "warmup", 0, 0, 1LL << 40, &warmup) ||
-        opt_double(&o, "warmup-ratio", 0, &warmup_ratio) || opt_double(&o, "max-grad-norm", 1.0, &mgn) ||
-        opt_double(&o, "weight-decay", 0, &wd) || opt_int(&o, "seed", 42, 0, 1LL << 62, &seed) ||
-        opt_int(&o, "threads", 0, 0, 1024, &threads) || opt_double(&o, "momentum", 0.9, &momentum))
+        opt_int(&o, "steps", 0, 0, 1LL << 40, &steps) || opt_double(&o, "epochs", 1, &epochs) ||
+        opt_int(&o, "batch", 4, 1, 1 << 20, &batch) || opt_int(&o, "grad-accum", 1, 1, 1 << 20, &accum) ||
+        opt_int(&o, "seed", 42, 0, 1LL << 62, &seed) || opt_int(&o, "threads", 0, 0, 1024, &threads))
         return 2;
+    lt_optimizer_params op;
+    int orc = optimizer_options("train", &o, 5e-6, &op);
+    if (orc) return orc;
     lt_trainer_params tp;
     if (pref_trainer_params(&o, obj, &tp)) return 2;
     tp.grad_accum = (int)accum;
@@ -80,18 +80,7 @@ int cmd_train_pref(int argc, char **argv) {
     }
     if (rdir && lt_adapter_load(m, rdir, &ref) != LT_OK) { rc = fail("train", "%s", lt_last_error()); goto done; }
     tp.ref_adapter = ref;
-    const long long micro_per_epoch = (ds.n + batch - 1) / batch;
-    long long total = steps > 0 ? steps : (long long)ceil(epochs * (double)micro_per_epoch / (double)accum);
-    if (total < 1) total = 1;
-    lt_optimizer_params op;
-    lt_optimizer_params_init(&op, sizeof op);
-    if (optimizer_choice("train", &o, &op)) { rc = 1; goto done; }
-    op.lr = (float)lr;
-    op.weight_decay = (float)wd;
-    op.max_grad_norm = (float)mgn;
-    op.momentum = (float)momentum;
-    op.warmup_steps = warmup;
-    op.warmup_ratio = (float)warmup_ratio;
+    const long long total = total_updates(steps, epochs, ds.n, batch, accum);
     op.total_steps = total;
     if (lt_optimizer_create(ad, &op, &opt) != LT_OK || lt_trainer_create(m, ad, opt, &tp, &tr) != LT_OK) {
         rc = fail("train", "%s", lt_last_error());
