@@ -28,8 +28,8 @@
 
 #include "cpu/gemm_bf16.h"
 
-#define MR 8       /* rows of the micro-kernel                        */
-#define NR 3       /* 16-column vectors of the micro-kernel            */
+#define MR 8 /* rows of the micro-kernel                        */
+#define NR 3 /* 16-column vectors of the micro-kernel            */
 #ifndef KC_BLK
 #define KC_BLK 128 /* pairs of k per block (256 values of k)           */
 #endif
@@ -73,10 +73,13 @@ static void repack_bwd(uint16_t *dst, const uint16_t *Wp, int in, int c0, int nb
 typedef void (*pack_a_fn)(uint16_t *a, int kcp, const float *A, size_t lda, int mr, int k0, int k1);
 /* C (mr, ncols) ldc (+)= a (mr, 2 kcp) x B block (ncols <= NR*16 columns at b, b + bs, ...).
  * first: C = result (else C += result). */
-typedef void (*kernel_fn)(int mr, int ncols, int kcp, const uint16_t *a, const uint16_t *b, size_t bs,
-                          float *C, size_t ldc, int first);
+typedef void (*kernel_fn)(int mr, int ncols, int kcp, const uint16_t *a, const uint16_t *b, size_t bs, float *C,
+                          size_t ldc, int first);
 
-typedef struct bf16_impl { pack_a_fn pack_a; kernel_fn kernel; } bf16_impl;
+typedef struct bf16_impl {
+    pack_a_fn pack_a;
+    kernel_fn kernel;
+} bf16_impl;
 
 /* portable */
 
@@ -88,8 +91,8 @@ static void pack_a_c(uint16_t *a, int kcp, const float *A, size_t lda, int mr, i
     }
 }
 
-static void kernel_c(int mr, int ncols, int kcp, const uint16_t *a, const uint16_t *b, size_t bs,
-                     float *C, size_t ldc, int first) {
+static void kernel_c(int mr, int ncols, int kcp, const uint16_t *a, const uint16_t *b, size_t bs, float *C, size_t ldc,
+                     int first) {
     float acc[MR][NR * 16];
     memset(acc, 0, sizeof acc);
     const int nz = (ncols + 15) / 16;
@@ -100,8 +103,8 @@ static void kernel_c(int mr, int ncols, int kcp, const uint16_t *a, const uint16
             for (int z = 0; z < nz; z++) {
                 const uint16_t *v = b + z * bs + (size_t)p * 32;
                 for (int l = 0; l < 16; l++) /* products of bf16 values are exact in fp32 */
-                    acc[r][z * 16 + l] = (acc[r][z * 16 + l] + a0 * lt_bf16_to_f32(v[2 * l])) +
-                                         a1 * lt_bf16_to_f32(v[2 * l + 1]);
+                    acc[r][z * 16 + l] =
+                        (acc[r][z * 16 + l] + a0 * lt_bf16_to_f32(v[2 * l])) + a1 * lt_bf16_to_f32(v[2 * l + 1]);
             }
         }
     for (int r = 0; r < mr; r++)
@@ -115,8 +118,7 @@ static const bf16_impl impl_portable = {pack_a_c, kernel_c};
 #ifdef LT_BF16_X86
 #define LT_BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")))
 
-LT_BF16_TARGET static void pack_a_avx512(uint16_t *a, int kcp, const float *A, size_t lda, int mr, int k0,
-                                         int k1) {
+LT_BF16_TARGET static void pack_a_avx512(uint16_t *a, int kcp, const float *A, size_t lda, int mr, int k0, int k1) {
     for (int r = 0; r < mr; r++) {
         const float *src = A + (size_t)r * lda + k0;
         uint16_t *d = a + (size_t)r * 2 * kcp;
@@ -134,8 +136,8 @@ LT_BF16_TARGET static void pack_a_avx512(uint16_t *a, int kcp, const float *A, s
 
 /* MR_ x NZ_ register tile; constants after inlining, so acc[][] lives in registers. */
 LT_BF16_TARGET static inline __attribute__((always_inline)) void
-kernel_avx512_tile(const int MR_, const int NZ_, int ncols, int kcp, const uint16_t *a, const uint16_t *b,
-                   size_t bs, float *C, size_t ldc, int first) {
+kernel_avx512_tile(const int MR_, const int NZ_, int ncols, int kcp, const uint16_t *a, const uint16_t *b, size_t bs,
+                   float *C, size_t ldc, int first) {
     __m512 acc[MR][NR];
 #pragma GCC unroll 8
     for (int r = 0; r < MR_; r++)
@@ -167,11 +169,11 @@ kernel_avx512_tile(const int MR_, const int NZ_, int ncols, int kcp, const uint1
         }
 }
 
-#define LT_TILE(mr_, nz_)                                                                          \
-    case (mr_) * 4 + (nz_): kernel_avx512_tile(mr_, nz_, ncols, kcp, a, b, bs, C, ldc, first); return;
+#define LT_TILE(mr_, nz_) \
+    case (mr_)*4 + (nz_): kernel_avx512_tile(mr_, nz_, ncols, kcp, a, b, bs, C, ldc, first); return;
 
-LT_BF16_TARGET static void kernel_avx512(int mr, int ncols, int kcp, const uint16_t *a, const uint16_t *b,
-                                         size_t bs, float *C, size_t ldc, int first) {
+LT_BF16_TARGET static void kernel_avx512(int mr, int ncols, int kcp, const uint16_t *a, const uint16_t *b, size_t bs,
+                                         float *C, size_t ldc, int first) {
     const int nz = (ncols + 15) / 16;
     /* one case per line and tile: clang-format cannot lay out statement macros */
     /* clang-format off */
@@ -218,8 +220,8 @@ static const bf16_impl *pick(int impl) {
  * A (M, K), B = W^T straight from the packed weight (K = in). Per KC_BLK pairs of k and MC_BLK rows,
  * A is rounded once (64 KB, stays in L2); each NR*16-column panel of B (24 KB) then serves all
  * MC_BLK/MR row tiles from L1. */
-static void bf16_block_fwd(const bf16_impl *im, float *C, int cols, const float *A, int K,
-                           const uint16_t *Wp, int in, int r0, int r1, int c0, int c1, int accumulate) {
+static void bf16_block_fwd(const bf16_impl *im, float *C, int cols, const float *A, int K, const uint16_t *Wp, int in,
+                           int r0, int r1, int c0, int c1, int accumulate) {
     _Alignas(64) uint16_t abuf[MC_BLK * 2 * KC_BLK]; /* 64 KB */
     const int KP = lt_bf16w_pairs(K), PW = lt_bf16w_pairs(in);
     for (int pc = 0; pc < KP; pc += KC_BLK) {
@@ -244,8 +246,8 @@ static void bf16_block_fwd(const bf16_impl *im, float *C, int cols, const float 
 /* Backward: the same product with B = W re-packed (K = out). Here the re-pack is what costs, so it
  * is done once per block of NC_BLK columns x KC_BLK pairs (96 KB) and the block serves every row
  * (A is rounded again for each column block). */
-static void bf16_block_bwd(const bf16_impl *im, float *C, int cols, const float *A, int K,
-                           const uint16_t *Wp, int in, int r0, int r1, int c0, int c1, int accumulate) {
+static void bf16_block_bwd(const bf16_impl *im, float *C, int cols, const float *A, int K, const uint16_t *Wp, int in,
+                           int r0, int r1, int c0, int c1, int accumulate) {
     _Alignas(64) uint16_t abuf[MR * 2 * KC_BLK];
     _Alignas(64) uint16_t bbuf[NC_BLK * 2 * KC_BLK]; /* 96 KB */
     const int KP = lt_bf16w_pairs(K);
@@ -265,23 +267,23 @@ static void bf16_block_bwd(const bf16_impl *im, float *C, int cols, const float 
                 im->pack_a(abuf, kcp, A + (size_t)ir * K, (size_t)K, mr, k0, k1);
                 for (int jr = jc; jr < jend; jr += NR * 16) {
                     const int nc = jend - jr < NR * 16 ? jend - jr : NR * 16;
-                    im->kernel(mr, nc, kcp, abuf, b + (size_t)((jr - jc) / 16) * bs, bs,
-                               C + (size_t)ir * cols + jr, (size_t)cols, first);
+                    im->kernel(mr, nc, kcp, abuf, b + (size_t)((jr - jc) / 16) * bs, bs, C + (size_t)ir * cols + jr,
+                               (size_t)cols, first);
                 }
             }
         }
     }
 }
 
-static void bf16_block(const bf16_impl *im, int bwd, float *C, int cols, const float *A, int K,
-                       const uint16_t *Wp, int in, int r0, int r1, int c0, int c1, int accumulate) {
+static void bf16_block(const bf16_impl *im, int bwd, float *C, int cols, const float *A, int K, const uint16_t *Wp,
+                       int in, int r0, int r1, int c0, int c1, int accumulate) {
     if (bwd) bf16_block_bwd(im, C, cols, A, K, Wp, in, r0, r1, c0, c1, accumulate);
     else bf16_block_fwd(im, C, cols, A, K, Wp, in, r0, r1, c0, c1, accumulate);
 }
 
 /* C (M, cols) (+)= A (M, K) B over up to n_threads threads. */
-static void bf16_gemm(int impl, int n_threads, int bwd, float *C, const float *A, const uint16_t *Wp,
-                      int M, int in, int out, int accumulate) {
+static void bf16_gemm(int impl, int n_threads, int bwd, float *C, const float *A, const uint16_t *Wp, int M, int in,
+                      int out, int accumulate) {
     const int cols = bwd ? in : out, K = bwd ? out : in;
     if (M <= 0 || cols <= 0) return;
     if (K <= 0) {
@@ -313,12 +315,12 @@ static void bf16_gemm(int impl, int n_threads, int bwd, float *C, const float *A
     }
 }
 
-void lt_gemm_bf16_forward(int impl, int n_threads, float *y, const float *x, const uint16_t *Wp, int N,
-                          int in, int out) {
+void lt_gemm_bf16_forward(int impl, int n_threads, float *y, const float *x, const uint16_t *Wp, int N, int in,
+                          int out) {
     bf16_gemm(impl, n_threads, 0, y, x, Wp, N, in, out, 0);
 }
 
-void lt_gemm_bf16_backward(int impl, int n_threads, float *dx, const float *dy, const uint16_t *Wp,
-                           int N, int in, int out, int accumulate) {
+void lt_gemm_bf16_backward(int impl, int n_threads, float *dx, const float *dy, const uint16_t *Wp, int N, int in,
+                           int out, int accumulate) {
     bf16_gemm(impl, n_threads, 1, dx, dy, Wp, N, in, out, accumulate);
 }

@@ -32,10 +32,10 @@ int lt_bf16_avx512_available(void);
  * Error bound (rounding of the fp32 sums only; inputs are taken as rounded): for every element,
  * |y - exact| <= (K + 2) * 2^-24 * sum_k |x_k w_k|, K = in (any summation order of exact products).
  */
-void lt_gemm_bf16_forward(int impl, int n_threads, float *y, const float *x, const uint16_t *Wp, int N,
-                          int in, int out);
+void lt_gemm_bf16_forward(int impl, int n_threads, float *y, const float *x, const uint16_t *Wp, int N, int in,
+                          int out);
 /* dx (N,in) = (accumulate ? dx : 0) + bf16(dy) (N,out) W; same bound with K = out. */
-void lt_gemm_bf16_backward(int impl, int n_threads, float *dx, const float *dy, const uint16_t *Wp,
-                           int N, int in, int out, int accumulate);
+void lt_gemm_bf16_backward(int impl, int n_threads, float *dx, const float *dy, const uint16_t *Wp, int N, int in,
+                           int out, int accumulate);
 
 #endif /* LT_GEMM_BF16_H */

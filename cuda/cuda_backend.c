@@ -262,7 +262,8 @@ lt_status lt_cuda_backend_create(int n_threads, lt_backend **out, char *err, siz
     const char *ds = getenv("LT_CUDA_DEVICE");
     if (ds && *ds) {
         dev = atoi(ds);
-        if (dev < 0 || dev >= n) return create_fail(im, be, err, errlen, "LT_CUDA_DEVICE is not a device index", cudaSuccess);
+        if (dev < 0 || dev >= n)
+            return create_fail(im, be, err, errlen, "LT_CUDA_DEVICE is not a device index", cudaSuccess);
     } else if ((e = cudaGetDevice(&dev)) != cudaSuccess) {
         return create_fail(im, be, err, errlen, "cudaGetDevice", e);
     }

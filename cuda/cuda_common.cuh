@@ -25,7 +25,8 @@ static inline unsigned lt_grid_1d(size_t n, int threads) {
 
 /* Sum over the 32 lanes of a warp; every lane gets the same bits (xor butterfly: both partners of
  * each step add the same two numbers). */
-template <typename T> __device__ __forceinline__ T lt_warp_sum(T v) {
+template <typename T>
+__device__ __forceinline__ T lt_warp_sum(T v) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(LT_FULL_MASK, v, o);
     return v;
@@ -39,7 +40,8 @@ __device__ __forceinline__ float lt_warp_max(float v) {
 
 /* Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets the result.
  * Contains __syncthreads: call it from all threads. Safe to call repeatedly. */
-template <typename T> __device__ T lt_block_sum(T v) {
+template <typename T>
+__device__ T lt_block_sum(T v) {
     __shared__ T part[32];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
     v = lt_warp_sum(v);

@@ -19,8 +19,7 @@ void lt_cuda_record(lt_backend *be, lt_status st, const char *what, int cuda_err
     if (cuda_err)
         snprintf(im->error_msg, sizeof im->error_msg, "cuda backend: %s: %s (%d)", what,
                  cudaGetErrorString((cudaError_t)cuda_err), cuda_err);
-    else
-        snprintf(im->error_msg, sizeof im->error_msg, "cuda backend: %s", what);
+    else snprintf(im->error_msg, sizeof im->error_msg, "cuda backend: %s", what);
     if (im->debug_print) fprintf(stderr, "libloratune: %s\n", im->error_msg);
 }
 

@@ -55,8 +55,10 @@ static lt_status full_alloc(lt_model *m, const lt_adapter_params *p, lt_adapter 
     a->grads = be->ops->alloc(be, n * sizeof(float));
     if (!a->ptensors || !a->params || !a->grads) {
         lt_adapter_free(a);
-        return lt_fail(err, LT_ERR_NOMEM, "adapter: cannot allocate %zu trainable parameters (%.1f MiB each for "
-                       "weights and gradients)", n, (double)n * 4 / (1 << 20));
+        return lt_fail(err, LT_ERR_NOMEM,
+                       "adapter: cannot allocate %zu trainable parameters (%.1f MiB each for "
+                       "weights and gradients)",
+                       n, (double)n * 4 / (1 << 20));
     }
     if (m->cfg.norm_offset != 0.0f) { /* Gemma: the (1 + w) compute copies of the trained norms */
         const size_t ones = (size_t)(m->cfg.hidden_size > m->cfg.head_dim ? m->cfg.hidden_size : m->cfg.head_dim);
@@ -91,13 +93,18 @@ lt_status lt_adapter_alloc(lt_model *m, const lt_adapter_params *p, lt_adapter *
     lt_status fst = lt_adapter_full_check(m, p, err);
     if (fst != LT_OK) return fst;
     if (p->full_finetune) return full_alloc(m, p, out, err);
-    if (p->rank <= 0 || p->rank > 4096) return lt_fail(err, LT_ERR_ARGUMENT, "adapter: rank %d is not in [1, 4096]", p->rank);
-    if (!(p->alpha > 0) || !isfinite(p->alpha)) return lt_fail(err, LT_ERR_ARGUMENT, "adapter: alpha %g must be positive", p->alpha);
-    if (!(p->dropout >= 0 && p->dropout < 1)) return lt_fail(err, LT_ERR_ARGUMENT, "adapter: dropout %g is not in [0, 1)", p->dropout);
+    if (p->rank <= 0 || p->rank > 4096)
+        return lt_fail(err, LT_ERR_ARGUMENT, "adapter: rank %d is not in [1, 4096]", p->rank);
+    if (!(p->alpha > 0) || !isfinite(p->alpha))
+        return lt_fail(err, LT_ERR_ARGUMENT, "adapter: alpha %g must be positive", p->alpha);
+    if (!(p->dropout >= 0 && p->dropout < 1))
+        return lt_fail(err, LT_ERR_ARGUMENT, "adapter: dropout %g is not in [0, 1)", p->dropout);
     if (p->use_dora && p->dropout > 0)
-        return lt_fail(err, LT_ERR_UNSUPPORTED, "adapter: DoRA with lora_dropout %g is not supported (use 0)", p->dropout);
+        return lt_fail(err, LT_ERR_UNSUPPORTED, "adapter: DoRA with lora_dropout %g is not supported (use 0)",
+                       p->dropout);
     if (p->use_dora && m->base_dtype == LT_BASE_BF16)
-        return lt_fail(err, LT_ERR_UNSUPPORTED, "adapter: DoRA needs the base weights' row norms, which a bf16 base "
+        return lt_fail(err, LT_ERR_UNSUPPORTED,
+                       "adapter: DoRA needs the base weights' row norms, which a bf16 base "
                        "(base_dtype LT_BASE_BF16) does not keep; load the model with LT_BASE_F32");
     if (lt_init_is_decomposed(p->init) && p->use_dora)
         return lt_fail(err, LT_ERR_UNSUPPORTED, "adapter: DoRA with PiSSA / OLoRA initialisation is not supported");
@@ -187,7 +194,10 @@ lt_status lt_adapter_alloc(lt_model *m, const lt_adapter_params *p, lt_adapter *
                 lo->dA = a->grads + a_off;
                 lo->B = a->params + b_off;
                 lo->dB = a->grads + b_off;
-                if (a->init0) { lo->A0 = a->init0 + a_off; lo->B0 = a->init0 + b_off; }
+                if (a->init0) {
+                    lo->A0 = a->init0 + a_off;
+                    lo->B0 = a->init0 + b_off;
+                }
                 b_off += (size_t)po * p->rank;
                 if (p->use_dora) { /* the module's magnitude vector: this projection's rows */
                     lo->mag = a->params + m_off;
@@ -202,7 +212,10 @@ lt_status lt_adapter_alloc(lt_model *m, const lt_adapter_params *p, lt_adapter *
     a->n_decay = n; /* LoRA tensors and modules_to_save copies all take weight decay */
     if (a->n_ptensors) {
         lt_status st = lt_adapter_extra_bind(a, n_lora, err);
-        if (st != LT_OK) { lt_adapter_free(a); return st; }
+        if (st != LT_OK) {
+            lt_adapter_free(a);
+            return st;
+        }
         a->n_decay = n;
     }
     *out = a;
@@ -210,7 +223,9 @@ lt_status lt_adapter_alloc(lt_model *m, const lt_adapter_params *p, lt_adapter *
 }
 
 /* xoshiro256** seeded by splitmix64: the adapter's own generator (no global state). */
-typedef struct { uint64_t s[4]; } rng_t;
+typedef struct {
+    uint64_t s[4];
+} rng_t;
 static uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
 static void rng_seed(rng_t *r, uint64_t seed) {
     for (int i = 0; i < 4; i++) {
@@ -222,7 +237,12 @@ static void rng_seed(rng_t *r, uint64_t seed) {
 }
 static uint64_t rng_next(rng_t *r) {
     uint64_t *s = r->s, res = rotl(s[1] * 5, 7) * 9, t = s[1] << 17;
-    s[2] ^= s[0]; s[3] ^= s[1]; s[1] ^= s[2]; s[0] ^= s[3]; s[2] ^= t; s[3] = rotl(s[3], 45);
+    s[2] ^= s[0];
+    s[3] ^= s[1];
+    s[1] ^= s[2];
+    s[0] ^= s[3];
+    s[2] ^= t;
+    s[3] = rotl(s[3], 45);
     return res;
 }
 static double rng_uniform(rng_t *r) { return (double)(rng_next(r) >> 11) * (1.0 / 9007199254740992.0); }
@@ -242,8 +262,10 @@ LT_API lt_status lt_adapter_create(lt_model *m, const lt_adapter_params *params,
     lt_adapter_params_init(&p, sizeof p);
     if (params) {
         if (params->size < offsetof(lt_adapter_params, seed) || params->size > sizeof p)
-            return lt_fail(terr, LT_ERR_ARGUMENT, "lt_adapter_create: params->size %zu is not a size this "
-                           "library knows (call lt_adapter_params_init)", params->size);
+            return lt_fail(terr, LT_ERR_ARGUMENT,
+                           "lt_adapter_create: params->size %zu is not a size this "
+                           "library knows (call lt_adapter_params_init)",
+                           params->size);
         memcpy(&p, params, params->size);
     }
     if (p.init != LT_INIT_DEFAULT && p.init != LT_INIT_GAUSSIAN && !lt_init_is_decomposed(p.init))
@@ -252,7 +274,10 @@ LT_API lt_status lt_adapter_create(lt_model *m, const lt_adapter_params *params,
     lt_status st = lt_adapter_alloc(m, &p, &a, terr);
     if (st != LT_OK) return st;
     if (lt_init_is_decomposed(p.init)) { /* PiSSA / OLoRA: A, B (and A0, B0) from the base weights */
-        if ((st = lt_lora_decompose_init(a, terr)) != LT_OK) { lt_adapter_free(a); return st; }
+        if ((st = lt_lora_decompose_init(a, terr)) != LT_OK) {
+            lt_adapter_free(a);
+            return st;
+        }
         *out = a;
         return LT_OK;
     }
@@ -271,7 +296,11 @@ LT_API lt_status lt_adapter_create(lt_model *m, const lt_adapter_params *params,
             lt_module_dims(&m->cfg, &mods[q], &in, &o);
             size_t n = (size_t)p.rank * in;
             float *h = realloc(host, n * sizeof *h);
-            if (!h) { free(host); lt_adapter_free(a); return lt_fail(terr, LT_ERR_NOMEM, "out of memory"); }
+            if (!h) {
+                free(host);
+                lt_adapter_free(a);
+                return lt_fail(terr, LT_ERR_NOMEM, "out of memory");
+            }
             host = h;
             double bound = 1.0 / sqrt((double)in);
             for (size_t i = 0; i < n; i++)
@@ -288,9 +317,16 @@ LT_API lt_status lt_adapter_create(lt_model *m, const lt_adapter_params *params,
                 int in, o;
                 lt_proj_dims(&m->cfg, (lt_proj)q, &in, &o);
                 float *h = malloc((size_t)o * in * sizeof *h);
-                if (!h) { lt_adapter_free(a); return lt_fail(terr, LT_ERR_NOMEM, "out of memory"); }
+                if (!h) {
+                    lt_adapter_free(a);
+                    return lt_fail(terr, LT_ERR_NOMEM, "out of memory");
+                }
                 lt_status st = lt_weight_download(m, &m->layers[l].w[q], h, o, in, terr); /* dequantized: QDoRA */
-                if (st != LT_OK) { free(h); lt_adapter_free(a); return st; }
+                if (st != LT_OK) {
+                    free(h);
+                    lt_adapter_free(a);
+                    return st;
+                }
                 for (int i = 0; i < o; i++) {
                     double ss = 0;
                     for (int j = 0; j < in; j++) ss += (double)h[(size_t)i * in + j] * h[(size_t)i * in + j];

@@ -18,13 +18,13 @@ static const char *const copied_files[] = {"tokenizer.json", "tokenizer_config.j
                                            "generation_config.json", "tokenizer.model"};
 
 /* Weights are exported in f32 (the compute dtype); config.json says so. */
-lt_status lt_model_export(lt_model *m, const lt_adapter *a, const char *dir, uint64_t max_shard_bytes,
-                          lt_error *err) {
+lt_status lt_model_export(lt_model *m, const lt_adapter *a, const char *dir, uint64_t max_shard_bytes, lt_error *err) {
     const lt_model_config *c = &m->cfg;
     const int L = (int)c->num_hidden_layers;
     const int64_t V = c->vocab_size, H = c->hidden_size;
     if (m->base_dtype != LT_BASE_F32)
-        return lt_fail(err, LT_ERR_UNSUPPORTED, "export: the model keeps its base weights in bf16; load it "
+        return lt_fail(err, LT_ERR_UNSUPPORTED,
+                       "export: the model keeps its base weights in bf16; load it "
                        "with base_dtype LT_BASE_F32 to export");
     lt_status st = lt_mkdir_p(dir, err);
     if (st != LT_OK) return st;
@@ -32,19 +32,29 @@ lt_status lt_model_export(lt_model *m, const lt_adapter *a, const char *dir, uin
     lt_st_entry *e = calloc((size_t)cap, sizeof *e);
     char *names = calloc((size_t)cap, 128);
     float **bufs = calloc((size_t)cap, sizeof *bufs);
-    if (!e || !names || !bufs) { st = lt_fail(err, LT_ERR_NOMEM, "out of memory"); goto out; }
+    if (!e || !names || !bufs) {
+        st = lt_fail(err, LT_ERR_NOMEM, "out of memory");
+        goto out;
+    }
     /* host copies of every weight, merged where the adapter targets them */
-#define ADD(nm_fmt, ptr, d0, d1, ...)                                                                  \
-    do {                                                                                              \
-        char *nm = names + (size_t)n * 128;                                                           \
-        snprintf(nm, 128, nm_fmt, __VA_ARGS__);                                                      \
-        size_t cnt = (size_t)(d0) * ((d1) > 0 ? (d1) : 1);                                            \
-        bufs[n] = malloc(cnt * sizeof(float));                                                        \
-        if (!bufs[n]) { st = lt_fail(err, LT_ERR_NOMEM, "out of memory exporting %s", nm); goto out; }\
-        if (ptr) m->be->ops->download(m->be, bufs[n], ptr, cnt * sizeof(float));                      \
-        e[n].name = nm; e[n].dtype = LT_DT_F32; e[n].ndim = (d1) > 0 ? 2 : 1;                         \
-        e[n].shape[0] = d0; e[n].shape[1] = d1; e[n].data = bufs[n];                                  \
-        n++;                                                                                          \
+#define ADD(nm_fmt, ptr, d0, d1, ...)                                            \
+    do {                                                                         \
+        char *nm = names + (size_t)n * 128;                                      \
+        snprintf(nm, 128, nm_fmt, __VA_ARGS__);                                  \
+        size_t cnt = (size_t)(d0) * ((d1) > 0 ? (d1) : 1);                       \
+        bufs[n] = malloc(cnt * sizeof(float));                                   \
+        if (!bufs[n]) {                                                          \
+            st = lt_fail(err, LT_ERR_NOMEM, "out of memory exporting %s", nm);   \
+            goto out;                                                            \
+        }                                                                        \
+        if (ptr) m->be->ops->download(m->be, bufs[n], ptr, cnt * sizeof(float)); \
+        e[n].name = nm;                                                          \
+        e[n].dtype = LT_DT_F32;                                                  \
+        e[n].ndim = (d1) > 0 ? 2 : 1;                                            \
+        e[n].shape[0] = d0;                                                      \
+        e[n].shape[1] = d1;                                                      \
+        e[n].data = bufs[n];                                                     \
+        n++;                                                                     \
     } while (0)
     ADD("%s", lt_view_embed(m, a), V, H, "model.embed_tokens.weight");
     for (int l = 0; l < L; l++) {
@@ -65,7 +75,8 @@ lt_status lt_model_export(lt_model *m, const lt_adapter *a, const char *dir, uin
         for (int q = 0; q < P_COUNT; q++) {
             int in, o;
             lt_proj_dims(c, (lt_proj)q, &in, &o);
-            if (Ly->bias[q]) ADD("model.layers.%d.%s.%s.bias", Ly->bias[q], o, 0, l, lt_proj_parent[q], lt_proj_names[q]);
+            if (Ly->bias[q])
+                ADD("model.layers.%d.%s.%s.bias", Ly->bias[q], o, 0, l, lt_proj_parent[q], lt_proj_names[q]);
         }
         lt_module mods[P_COUNT];
         const int n_mods = lt_model_modules(c, mods);
@@ -75,9 +86,16 @@ lt_status lt_model_export(lt_model *m, const lt_adapter *a, const char *dir, uin
             char *nm = names + (size_t)n * 128;
             snprintf(nm, 128, "model.layers.%d.%s.%s.weight", l, mods[k].parent, mods[k].name);
             float *W = bufs[n] = malloc((size_t)mout * min * sizeof(float));
-            if (!W) { st = lt_fail(err, LT_ERR_NOMEM, "out of memory exporting %s", nm); goto out; }
-            e[n].name = nm; e[n].dtype = LT_DT_F32; e[n].ndim = 2;
-            e[n].shape[0] = mout; e[n].shape[1] = min; e[n].data = W;
+            if (!W) {
+                st = lt_fail(err, LT_ERR_NOMEM, "out of memory exporting %s", nm);
+                goto out;
+            }
+            e[n].name = nm;
+            e[n].dtype = LT_DT_F32;
+            e[n].ndim = 2;
+            e[n].shape[0] = mout;
+            e[n].shape[1] = min;
+            e[n].data = W;
             n++;
             /* a fused module is its projections' weights stacked by rows */
             for (int q = mods[k].first; q < mods[k].first + mods[k].count; q++) {
@@ -88,8 +106,14 @@ lt_status lt_model_export(lt_model *m, const lt_adapter *a, const char *dir, uin
                 lt_lora *lo = a ? lt_adapter_lora(a, l, (lt_proj)q) : NULL;
                 if (lo && !a->merged) {
                     /* host-side merge: W += s B A */
-                    float *A = malloc((size_t)a->p.rank * in * sizeof(float)), *B = malloc((size_t)o * a->p.rank * sizeof(float));
-                    if (!A || !B) { free(A); free(B); st = lt_fail(err, LT_ERR_NOMEM, "out of memory"); goto out; }
+                    float *A = malloc((size_t)a->p.rank * in * sizeof(float)),
+                          *B = malloc((size_t)o * a->p.rank * sizeof(float));
+                    if (!A || !B) {
+                        free(A);
+                        free(B);
+                        st = lt_fail(err, LT_ERR_NOMEM, "out of memory");
+                        goto out;
+                    }
                     m->be->ops->download(m->be, A, lo->A, (size_t)a->p.rank * in * sizeof(float));
                     m->be->ops->download(m->be, B, lo->B, (size_t)o * a->p.rank * sizeof(float));
                     for (int i = 0; i < o; i++)
@@ -112,7 +136,12 @@ lt_status lt_model_export(lt_model *m, const lt_adapter *a, const char *dir, uin
                     }
                     if (lo->mag) { /* DoRA: rows times m / ||W + s B A|| */
                         float *mg = malloc((size_t)o * sizeof(float));
-                        if (!mg) { free(A); free(B); st = lt_fail(err, LT_ERR_NOMEM, "out of memory"); goto out; }
+                        if (!mg) {
+                            free(A);
+                            free(B);
+                            st = lt_fail(err, LT_ERR_NOMEM, "out of memory");
+                            goto out;
+                        }
                         m->be->ops->download(m->be, mg, lo->mag, (size_t)o * sizeof(float));
                         for (int i = 0; i < o; i++) {
                             float *Wi = W + (size_t)i * in;
@@ -135,8 +164,7 @@ lt_status lt_model_export(lt_model *m, const lt_adapter *a, const char *dir, uin
     /* modules_to_save on a tied model trains a separate copy of embed_tokens and/or lm_head (PEFT): the
      * two differ, so the merged model is untied */
     const lt_weight head_view = lt_view_lm_head(m, a);
-    const int untie = c->tie_word_embeddings && a && (a->embed || a->lm_head) &&
-                      head_view.f32 != lt_view_embed(m, a);
+    const int untie = c->tie_word_embeddings && a && (a->embed || a->lm_head) && head_view.f32 != lt_view_embed(m, a);
     if (!c->tie_word_embeddings || untie) {
         const lt_weight head = lt_view_lm_head(m, a); /* exported dequantized when quantized */
         ADD("%s", NULL, V, H, "lm_head.weight");

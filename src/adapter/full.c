@@ -30,9 +30,9 @@
 typedef struct layout_state {
     lt_adapter *a;
     int bind;
-    size_t off;          /* next params offset                  */
-    size_t coff;         /* next offset in norm_compute         */
-    int n;               /* tensors so far                      */
+    size_t off;  /* next params offset                  */
+    size_t coff; /* next offset in norm_compute         */
+    int n;       /* tensors so far                      */
 } layout_state;
 
 /* one tensor: *param / *grad receive its place (when binding); a norm also gets a compute pointer */
@@ -172,34 +172,46 @@ const float *lt_adapter_model_tensor(const lt_model *m, const lt_ptensor *t) {
 
 lt_status lt_adapter_full_check(const lt_model *m, const lt_adapter_params *p, lt_error *err) {
     if (p->modules_to_save & ~(unsigned)(LT_SAVE_EMBED_TOKENS | LT_SAVE_LM_HEAD))
-        return lt_fail(err, LT_ERR_ARGUMENT, "adapter: modules_to_save 0x%x names a module other than embed_tokens "
-                       "(LT_SAVE_EMBED_TOKENS) and lm_head (LT_SAVE_LM_HEAD)", p->modules_to_save);
+        return lt_fail(err, LT_ERR_ARGUMENT,
+                       "adapter: modules_to_save 0x%x names a module other than embed_tokens "
+                       "(LT_SAVE_EMBED_TOKENS) and lm_head (LT_SAVE_LM_HEAD)",
+                       p->modules_to_save);
     if ((p->modules_to_save & LT_SAVE_LM_HEAD) && !m->lm_head && m->lm_head_q.format == LT_WEIGHT_BF16)
-        return lt_fail(err, LT_ERR_UNSUPPORTED, "adapter: modules_to_save lm_head needs the LM head in f32; this model "
+        return lt_fail(err, LT_ERR_UNSUPPORTED,
+                       "adapter: modules_to_save lm_head needs the LM head in f32; this model "
                        "keeps it in bf16 (base_dtype LT_BASE_BF16; load it with LT_BASE_F32)");
     if (!p->full_finetune) return LT_OK;
     if (p->modules_to_save)
-        return lt_fail(err, LT_ERR_ARGUMENT, "adapter: modules_to_save is for a LoRA; full fine-tuning already "
+        return lt_fail(err, LT_ERR_ARGUMENT,
+                       "adapter: modules_to_save is for a LoRA; full fine-tuning already "
                        "trains every module");
     if (p->use_dora) return lt_fail(err, LT_ERR_ARGUMENT, "adapter: use_dora and full_finetune exclude each other");
     if (!(p->dropout == 0.0f))
-        return lt_fail(err, LT_ERR_UNSUPPORTED, "adapter: full fine-tuning has no LoRA dropout; set dropout 0 "
-                       "(it is %g)", p->dropout);
+        return lt_fail(err, LT_ERR_UNSUPPORTED,
+                       "adapter: full fine-tuning has no LoRA dropout; set dropout 0 "
+                       "(it is %g)",
+                       p->dropout);
     if (m->base_dtype != LT_BASE_F32)
-        return lt_fail(err, LT_ERR_UNSUPPORTED, "adapter: full fine-tuning needs f32 base weights; this model keeps "
+        return lt_fail(err, LT_ERR_UNSUPPORTED,
+                       "adapter: full fine-tuning needs f32 base weights; this model keeps "
                        "them in bf16 (load it with base_dtype LT_BASE_F32)");
     if (m->quant != LT_QUANT_NONE || m->lm_head_q.format != LT_WEIGHT_F32)
-        return lt_fail(err, LT_ERR_UNSUPPORTED, "adapter: full fine-tuning needs f32 base weights; this model's "
+        return lt_fail(err, LT_ERR_UNSUPPORTED,
+                       "adapter: full fine-tuning needs f32 base weights; this model's "
                        "projections are quantized (%s); load it without quantization",
                        lt_quant_format_name(m->quant != LT_QUANT_NONE ? m->quant : LT_QUANT_NF4));
     for (int l = 0; l < m->cfg.num_hidden_layers; l++)
         for (int q = 0; q < P_COUNT; q++)
             if (m->layers[l].w[q].format != LT_WEIGHT_F32)
-                return lt_fail(err, LT_ERR_UNSUPPORTED, "adapter: full fine-tuning needs f32 base weights; layer %d's "
-                               "%s is stored quantized", l, lt_proj_names[q]);
+                return lt_fail(err, LT_ERR_UNSUPPORTED,
+                               "adapter: full fine-tuning needs f32 base weights; layer %d's "
+                               "%s is stored quantized",
+                               l, lt_proj_names[q]);
     if (m->n_merged)
-        return lt_fail(err, LT_ERR_STATE, "adapter: %d adapter(s) are merged into the model; unmerge them before "
-                       "creating a full fine-tuning adapter", m->n_merged);
+        return lt_fail(err, LT_ERR_STATE,
+                       "adapter: %d adapter(s) are merged into the model; unmerge them before "
+                       "creating a full fine-tuning adapter",
+                       m->n_merged);
     return LT_OK;
 }
 
@@ -254,6 +266,6 @@ void lt_adapter_sync_weights(const lt_adapter *a) {
         const lt_ptensor *t = &a->ptensors[i];
         if (!t->compute) continue;
         be->ops->copy(be, t->compute, a->params + t->off, t->n * sizeof(float)); /* (1 + w) in fp32, as */
-        be->ops->axpy(be, t->n, off, a->norm_ones, t->compute);                   /* transformers computes */
+        be->ops->axpy(be, t->n, off, a->norm_ones, t->compute);                  /* transformers computes */
     }
 }

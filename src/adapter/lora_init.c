@@ -38,22 +38,36 @@ static lt_status pissa(const float *W, int out, int in, int r, float s, float *A
     int *iwork = malloc((size_t)8 * k * sizeof *iwork);
     float *work = NULL;
     lt_status st = LT_OK;
-    if (!X || !S || !U || !VT || !iwork) { st = lt_fail(err, LT_ERR_NOMEM, "PiSSA: out of memory"); goto out; }
+    if (!X || !S || !U || !VT || !iwork) {
+        st = lt_fail(err, LT_ERR_NOMEM, "PiSSA: out of memory");
+        goto out;
+    }
     memcpy(X, W, (size_t)out * in * sizeof *X); /* gesdd overwrites its input */
     int info = 0, lwork = -1;
     float wq = 0;
     sgesdd_("S", &in, &out, X, &in, S, U, &in, VT, &k, &wq, &lwork, iwork, &info, 1);
     lwork = (int)wq + 1;
-    if (info == 0 && !(work = malloc((size_t)lwork * sizeof *work))) { st = lt_fail(err, LT_ERR_NOMEM, "PiSSA: out of memory"); goto out; }
+    if (info == 0 && !(work = malloc((size_t)lwork * sizeof *work))) {
+        st = lt_fail(err, LT_ERR_NOMEM, "PiSSA: out of memory");
+        goto out;
+    }
     if (info == 0) sgesdd_("S", &in, &out, X, &in, S, U, &in, VT, &k, work, &lwork, iwork, &info, 1);
-    if (info != 0) { st = lt_fail(err, LT_ERR_NUMERIC, "PiSSA: the SVD of a (%d, %d) weight failed (LAPACK info %d)", out, in, info); goto out; }
+    if (info != 0) {
+        st = lt_fail(err, LT_ERR_NUMERIC, "PiSSA: the SVD of a (%d, %d) weight failed (LAPACK info %d)", out, in, info);
+        goto out;
+    }
     for (int j = 0; j < r; j++) {
         const float g = sqrtf(S[j] / s); /* PEFT: Sr /= scaling, then sqrt */
         for (int p = 0; p < in; p++) A[(size_t)j * in + p] = g * U[(size_t)j * in + p];
         for (int i = 0; i < out; i++) B[(size_t)i * r + j] = VT[(size_t)i * k + j] * g;
     }
 out:
-    free(X); free(S); free(U); free(VT); free(iwork); free(work);
+    free(X);
+    free(S);
+    free(U);
+    free(VT);
+    free(iwork);
+    free(work);
     return st;
 }
 
@@ -62,7 +76,10 @@ static lt_status olora(const float *W, int out, int in, int r, float *A, float *
     const int k = out < in ? out : in;
     float *C = malloc((size_t)out * in * sizeof *C), *tau = malloc((size_t)k * sizeof *tau), *work = NULL;
     lt_status st = LT_OK;
-    if (!C || !tau) { st = lt_fail(err, LT_ERR_NOMEM, "OLoRA: out of memory"); goto out; }
+    if (!C || !tau) {
+        st = lt_fail(err, LT_ERR_NOMEM, "OLoRA: out of memory");
+        goto out;
+    }
     for (int i = 0; i < out; i++)
         for (int j = 0; j < in; j++) C[i + (size_t)j * out] = W[(size_t)i * in + j];
     int info = 0, lwork = -1;
@@ -70,17 +87,29 @@ static lt_status olora(const float *W, int out, int in, int r, float *A, float *
     sgeqrf_(&out, &in, C, &out, tau, &wq, &lwork, &info);
     sorgqr_(&out, &k, &k, C, &out, tau, &wq2, &lwork, &info);
     lwork = (int)(wq > wq2 ? wq : wq2) + 1;
-    if (!(work = malloc((size_t)lwork * sizeof *work))) { st = lt_fail(err, LT_ERR_NOMEM, "OLoRA: out of memory"); goto out; }
+    if (!(work = malloc((size_t)lwork * sizeof *work))) {
+        st = lt_fail(err, LT_ERR_NOMEM, "OLoRA: out of memory");
+        goto out;
+    }
     sgeqrf_(&out, &in, C, &out, tau, work, &lwork, &info);
-    if (info != 0) { st = lt_fail(err, LT_ERR_NUMERIC, "OLoRA: the QR of a (%d, %d) weight failed (LAPACK info %d)", out, in, info); goto out; }
+    if (info != 0) {
+        st = lt_fail(err, LT_ERR_NUMERIC, "OLoRA: the QR of a (%d, %d) weight failed (LAPACK info %d)", out, in, info);
+        goto out;
+    }
     for (int t = 0; t < r; t++) /* R: the upper triangle */
         for (int j = 0; j < in; j++) A[(size_t)t * in + j] = j >= t ? C[t + (size_t)j * out] : 0.0f;
     sorgqr_(&out, &k, &k, C, &out, tau, work, &lwork, &info);
-    if (info != 0) { st = lt_fail(err, LT_ERR_NUMERIC, "OLoRA: forming Q of a (%d, %d) weight failed (LAPACK info %d)", out, in, info); goto out; }
+    if (info != 0) {
+        st = lt_fail(err, LT_ERR_NUMERIC, "OLoRA: forming Q of a (%d, %d) weight failed (LAPACK info %d)", out, in,
+                     info);
+        goto out;
+    }
     for (int i = 0; i < out; i++)
         for (int t = 0; t < r; t++) B[(size_t)i * r + t] = C[i + (size_t)t * out];
 out:
-    free(C); free(tau); free(work);
+    free(C);
+    free(tau);
+    free(work);
     return st;
 }
 
@@ -99,12 +128,19 @@ lt_status lt_lora_decompose_init(lt_adapter *a, lt_error *err) {
             int in, o;
             lt_module_dims(&m->cfg, &mods[q], &in, &o);
             if (r > (o < in ? o : in)) {
-                return lt_fail(err, LT_ERR_ARGUMENT, "adapter: %s needs r <= min(out, in), but r = %d and "
-                               "layers.%d.%s.%s is (%d, %d)", what, r, l, mods[q].parent, mods[q].name, o, in);
+                return lt_fail(err, LT_ERR_ARGUMENT,
+                               "adapter: %s needs r <= min(out, in), but r = %d and "
+                               "layers.%d.%s.%s is (%d, %d)",
+                               what, r, l, mods[q].parent, mods[q].name, o, in);
             }
             float *W = malloc((size_t)o * in * sizeof *W), *A = malloc((size_t)r * in * sizeof *A);
             float *B = malloc((size_t)o * r * sizeof *B);
-            if (!W || !A || !B) { free(W); free(A); free(B); return lt_fail(err, LT_ERR_NOMEM, "%s: out of memory", what); }
+            if (!W || !A || !B) {
+                free(W);
+                free(A);
+                free(B);
+                return lt_fail(err, LT_ERR_NOMEM, "%s: out of memory", what);
+            }
             size_t row = 0; /* a fused module's weight is its projections' weights stacked by rows */
             for (int p = mods[q].first; p < mods[q].first + mods[q].count && st == LT_OK; p++) {
                 int pi, po;
@@ -113,7 +149,8 @@ lt_status lt_lora_decompose_init(lt_adapter *a, lt_error *err) {
                 row += (size_t)po;
             }
             if (st == LT_OK)
-                st = a->p.init == LT_INIT_PISSA ? pissa(W, o, in, r, a->scaling, A, B, err) : olora(W, o, in, r, A, B, err);
+                st = a->p.init == LT_INIT_PISSA ? pissa(W, o, in, r, a->scaling, A, B, err)
+                                                : olora(W, o, in, r, A, B, err);
             if (st == LT_OK) {
                 ops->upload(m->be, lo->A, A, (size_t)r * in * sizeof *A);
                 ops->upload(m->be, lo->A0, A, (size_t)r * in * sizeof *A);
@@ -121,7 +158,9 @@ lt_status lt_lora_decompose_init(lt_adapter *a, lt_error *err) {
                 ops->upload(m->be, lo->B0, B, (size_t)o * r * sizeof *B);
                 st = ops->sync(m->be);
             }
-            free(W); free(A); free(B);
+            free(W);
+            free(A);
+            free(B);
         }
     return st;
 }

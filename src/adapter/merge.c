@@ -19,7 +19,10 @@ static lt_status weight_writable(lt_model *m, float **w, size_t n, lt_error *err
     if (m->n_owned == m->cap_owned) {
         int cap = m->cap_owned ? 2 * m->cap_owned : 64;
         void **o = realloc(m->owned, (size_t)cap * sizeof *o);
-        if (!o) { m->be->ops->free(m->be, c); return lt_fail(err, LT_ERR_NOMEM, "out of memory"); }
+        if (!o) {
+            m->be->ops->free(m->be, c);
+            return lt_fail(err, LT_ERR_NOMEM, "out of memory");
+        }
         m->owned = o;
         m->cap_owned = cap;
     }
@@ -33,7 +36,8 @@ static lt_status weight_writable(lt_model *m, float **w, size_t n, lt_error *err
 static lt_status projection_writable(lt_adapter *a, int l, lt_proj p, size_t n) {
     lt_model *m = a->model;
     if (m->layers[l].w[p].format != LT_WEIGHT_F32)
-        return lt_fail(&a->err, LT_ERR_UNSUPPORTED, "merge: the base weights are quantized (%s); merging in "
+        return lt_fail(&a->err, LT_ERR_UNSUPPORTED,
+                       "merge: the base weights are quantized (%s); merging in "
                        "place needs f32 weights: export a merged model instead (lt_adapter_export_merged)",
                        lt_quant_format_name(m->quant));
     return weight_writable(m, &m->layers[l].w[p].f32, n, &a->err);
@@ -65,7 +69,10 @@ static lt_status dora_merge_sign(lt_adapter *a, float sign) {
             float *W = malloc((size_t)o * in * sizeof(float)), *A = malloc((size_t)r * in * sizeof(float));
             float *B = malloc((size_t)o * r * sizeof(float)), *mg = malloc((size_t)o * sizeof(float));
             if (!W || !A || !B || !mg) {
-                free(W); free(A); free(B); free(mg);
+                free(W);
+                free(A);
+                free(B);
+                free(mg);
                 return lt_fail(&a->err, LT_ERR_NOMEM, "merge: out of memory");
             }
             m->be->ops->download(m->be, W, m->layers[l].w[q].f32, (size_t)o * in * sizeof(float));
@@ -90,7 +97,10 @@ static lt_status dora_merge_sign(lt_adapter *a, float sign) {
                 }
             }
             m->be->ops->upload(m->be, m->layers[l].w[q].f32, W, (size_t)o * in * sizeof(float));
-            free(W); free(A); free(B); free(mg);
+            free(W);
+            free(A);
+            free(B);
+            free(mg);
             goff += (size_t)o;
         }
     return m->be->ops->sync(m->be);
@@ -108,11 +118,11 @@ static lt_status merge_sign(lt_adapter *a, float sign) {
             lt_proj_dims(&m->cfg, (lt_proj)q, &in, &o);
             lt_status st = projection_writable(a, l, (lt_proj)q, (size_t)in * o);
             if (st != LT_OK) return st;
-            m->be->ops->gemm(m->be, 0, 0, o, in, a->p.rank, sign * a->scaling, lo->B, a->p.rank, lo->A, in,
-                             1.0f, m->layers[l].w[q].f32, in);
+            m->be->ops->gemm(m->be, 0, 0, o, in, a->p.rank, sign * a->scaling, lo->B, a->p.rank, lo->A, in, 1.0f,
+                             m->layers[l].w[q].f32, in);
             if (lo->B0) /* PiSSA / OLoRA: the delta is s (B A - B0 A0) */
-                m->be->ops->gemm(m->be, 0, 0, o, in, a->p.rank, -sign * a->scaling, lo->B0, a->p.rank, lo->A0, in,
-                                 1.0f, m->layers[l].w[q].f32, in);
+                m->be->ops->gemm(m->be, 0, 0, o, in, a->p.rank, -sign * a->scaling, lo->B0, a->p.rank, lo->A0, in, 1.0f,
+                                 m->layers[l].w[q].f32, in);
         }
     return m->be->ops->sync(m->be);
 }
@@ -122,14 +132,19 @@ LT_API lt_status lt_adapter_merge(lt_adapter *a) {
     lt_error_clear(&a->err);
     if (a->merged) return lt_fail(&a->err, LT_ERR_STATE, "lt_adapter_merge: already merged");
     if (a->p.full_finetune || a->p.modules_to_save)
-        return lt_fail(&a->err, LT_ERR_UNSUPPORTED, "lt_adapter_merge: the adapter holds trained copies of base "
+        return lt_fail(&a->err, LT_ERR_UNSUPPORTED,
+                       "lt_adapter_merge: the adapter holds trained copies of base "
                        "weights (%s); export the merged model instead (lt_adapter_export_merged)",
                        a->p.full_finetune ? "full fine-tuning" : "modules_to_save");
     if (a->model->base_dtype != LT_BASE_F32)
-        return lt_fail(&a->err, LT_ERR_UNSUPPORTED, "lt_adapter_merge: the model keeps its base weights in "
+        return lt_fail(&a->err, LT_ERR_UNSUPPORTED,
+                       "lt_adapter_merge: the model keeps its base weights in "
                        "bf16; load it with base_dtype LT_BASE_F32 to merge");
     lt_status st = merge_sign(a, 1.0f);
-    if (st == LT_OK) { a->merged = 1; a->model->n_merged++; }
+    if (st == LT_OK) {
+        a->merged = 1;
+        a->model->n_merged++;
+    }
     return st;
 }
 
@@ -138,6 +153,9 @@ LT_API lt_status lt_adapter_unmerge(lt_adapter *a) {
     lt_error_clear(&a->err);
     if (!a->merged) return lt_fail(&a->err, LT_ERR_STATE, "lt_adapter_unmerge: the adapter is not merged");
     lt_status st = merge_sign(a, -1.0f);
-    if (st == LT_OK) { a->merged = 0; a->model->n_merged--; }
+    if (st == LT_OK) {
+        a->merged = 0;
+        a->model->n_merged--;
+    }
     return st;
 }

@@ -50,8 +50,10 @@ static lt_status write_adapter_config(const lt_adapter *a, const char *dir, lt_e
      * sqrt 2 with rsLoRA) so the scaling is kept, init_lora_weights true */
     const int conv = a->init0 != NULL;
     json_object_set_new(o, "r", json_integer(conv ? 2 * a->p.rank : a->p.rank));
-    json_object_set_new(o, "lora_alpha", json_real(!conv ? a->p.alpha : a->p.use_rslora ? a->p.alpha * sqrt(2.0)
-                                                                                        : 2.0 * a->p.alpha));
+    json_object_set_new(o, "lora_alpha",
+                        json_real(!conv             ? a->p.alpha
+                                  : a->p.use_rslora ? a->p.alpha * sqrt(2.0)
+                                                    : 2.0 * a->p.alpha));
     json_object_set_new(o, "target_modules", t);
     json_object_set_new(o, "lora_dropout", json_real(a->p.dropout));
     json_object_set_new(o, "bias", json_string("none"));
@@ -71,7 +73,10 @@ static lt_status write_adapter_config(const lt_adapter *a, const char *dir, lt_e
         lt_path_join(sp, sizeof sp, dir, INIT_SIDECAR);
         lt_status st = ss ? lt_write_file_atomic(sp, ss, strlen(ss), err) : lt_fail(err, LT_ERR_NOMEM, "out of memory");
         free(ss);
-        if (st != LT_OK) { json_decref(o); return st; }
+        if (st != LT_OK) {
+            json_decref(o);
+            return st;
+        }
     } else { /* a plain adapter: a stale sidecar from an earlier save into this directory would mislead a load */
         char sp[4200];
         lt_path_join(sp, sizeof sp, dir, INIT_SIDECAR);
@@ -107,9 +112,14 @@ static lt_status adapter_save(lt_adapter *a, const char *dir, lt_error *err) {
     lt_st_entry *e = calloc((size_t)L * P_COUNT * 3 + 2, sizeof *e);
     char *names = calloc((size_t)L * P_COUNT * 3 + 2, 160);
     /* PiSSA / OLoRA: the converted rank-2r tensors A' = [A; A0] (2r, in), B' = [B, -B0] (out, 2r) */
-    float *h0 = a->init0 ? malloc(a->n_init0 * sizeof(float)) : NULL, *cv = a->init0 ? malloc(2 * a->n_init0 * sizeof(float)) : NULL;
+    float *h0 = a->init0 ? malloc(a->n_init0 * sizeof(float)) : NULL,
+          *cv = a->init0 ? malloc(2 * a->n_init0 * sizeof(float)) : NULL;
     if (!h || !e || !names || (a->init0 && (!h0 || !cv))) {
-        free(h); free(e); free(names); free(h0); free(cv);
+        free(h);
+        free(e);
+        free(names);
+        free(h0);
+        free(cv);
         return lt_fail(err, LT_ERR_NOMEM, "out of memory");
     }
     if (h0) a->model->be->ops->download(a->model->be, h0, a->init0, a->n_init0 * sizeof(float));
@@ -177,7 +187,11 @@ static lt_status adapter_save(lt_adapter *a, const char *dir, lt_error *err) {
     lt_path_join(path, sizeof path, dir, "adapter_model.safetensors");
     static const char *const meta[] = {"format", "pt", NULL};
     st = lt_st_write(path, e, n, meta, err);
-    free(h); free(e); free(names); free(h0); free(cv);
+    free(h);
+    free(e);
+    free(names);
+    free(h0);
+    free(cv);
     if (st != LT_OK) return st;
     return write_adapter_config(a, dir, err);
 }
@@ -213,10 +227,12 @@ static lt_status load_full(lt_model *m, const char *dir, lt_adapter **out, lt_er
         a->vocab_size != b->vocab_size || a->num_attention_heads != b->num_attention_heads ||
         a->num_key_value_heads != b->num_key_value_heads || a->head_dim != b->head_dim ||
         a->tie_word_embeddings != b->tie_word_embeddings || a->bias_mask != b->bias_mask) {
-        lt_fail(err, LT_ERR_SHAPE, "%s: a %s with %lld layers, hidden %lld, vocab %lld is not a fine-tuned copy of "
-                "this %s (%lld layers, hidden %lld, vocab %lld)", dir, b->architecture, (long long)b->num_hidden_layers,
-                (long long)b->hidden_size, (long long)b->vocab_size, a->architecture, (long long)a->num_hidden_layers,
-                (long long)a->hidden_size, (long long)a->vocab_size);
+        lt_fail(err, LT_ERR_SHAPE,
+                "%s: a %s with %lld layers, hidden %lld, vocab %lld is not a fine-tuned copy of "
+                "this %s (%lld layers, hidden %lld, vocab %lld)",
+                dir, b->architecture, (long long)b->num_hidden_layers, (long long)b->hidden_size,
+                (long long)b->vocab_size, a->architecture, (long long)a->num_hidden_layers, (long long)a->hidden_size,
+                (long long)a->vocab_size);
         lt_model_free(src); /* after the message: it reads src's config */
         return LT_ERR_SHAPE;
     }
@@ -224,7 +240,10 @@ static lt_status load_full(lt_model *m, const char *dir, lt_adapter **out, lt_er
     lt_adapter_params_init(&p, sizeof p);
     p.full_finetune = 1;
     lt_adapter *ad = NULL;
-    if ((st = lt_adapter_alloc(m, &p, &ad, err)) != LT_OK) { lt_model_free(src); return st; }
+    if ((st = lt_adapter_alloc(m, &p, &ad, err)) != LT_OK) {
+        lt_model_free(src);
+        return st;
+    }
     for (int i = 0; i < ad->n_ptensors; i++) { /* the same layout over the same shapes: copy tensor by tensor */
         const lt_ptensor *t = &ad->ptensors[i];
         const float *s = lt_adapter_model_tensor(src, t);
@@ -238,7 +257,10 @@ static lt_status load_full(lt_model *m, const char *dir, lt_adapter **out, lt_er
     lt_adapter_sync_weights(ad);
     st = m->be->ops->sync(m->be);
     lt_model_free(src);
-    if (st != LT_OK) { lt_adapter_free(ad); return lt_fail(err, st, "%s: backend failed copying weights", dir); }
+    if (st != LT_OK) {
+        lt_adapter_free(ad);
+        return lt_fail(err, st, "%s: backend failed copying weights", dir);
+    }
     *out = ad;
     return LT_OK;
 }
@@ -254,7 +276,8 @@ static lt_status parse_targets(json_t *tm, const lt_model *m, unsigned *targets,
         size_t i;
         json_t *v;
         json_array_foreach(tm, i, v) {
-            if (!json_is_string(v)) return lt_fail(err, LT_ERR_JSON, "%s: target_modules[%zu] is not a string", path, i);
+            if (!json_is_string(v))
+                return lt_fail(err, LT_ERR_JSON, "%s: target_modules[%zu] is not a string", path, i);
             const char *s = json_string_value(v);
             int q = 0;
             while (q < n_mods && strcmp(s, mods[q].name)) q++;
@@ -275,8 +298,10 @@ static lt_status parse_targets(json_t *tm, const lt_model *m, unsigned *targets,
             char pat[1024];
             snprintf(pat, sizeof pat, "^(%s)$", s); /* PEFT uses re.fullmatch */
             if (regcomp(&re, pat, REG_EXTENDED | REG_NOSUB))
-                return lt_fail(err, LT_ERR_UNSUPPORTED, "%s: target_modules regex \"%s\" is not a POSIX "
-                               "extended regex this library can evaluate", path, s);
+                return lt_fail(err, LT_ERR_UNSUPPORTED,
+                               "%s: target_modules regex \"%s\" is not a POSIX "
+                               "extended regex this library can evaluate",
+                               path, s);
             char name[256];
             for (int q = 0; q < n_mods; q++) {
                 unsigned hit = 0;
@@ -286,8 +311,10 @@ static lt_status parse_targets(json_t *tm, const lt_model *m, unsigned *targets,
                 }
                 if (hit && hit != (unsigned)m->cfg.num_hidden_layers) {
                     regfree(&re);
-                    return lt_fail(err, LT_ERR_UNSUPPORTED, "%s: target_modules regex \"%s\" selects %s in only "
-                                   "some layers; per-layer targets are not supported", path, s, mods[q].name);
+                    return lt_fail(err, LT_ERR_UNSUPPORTED,
+                                   "%s: target_modules regex \"%s\" selects %s in only "
+                                   "some layers; per-layer targets are not supported",
+                                   path, s, mods[q].name);
                 }
                 if (hit) *targets |= lt_module_mask(&mods[q]);
             }
@@ -314,20 +341,33 @@ static lt_status read_adapter_config(const char *dir, const lt_model *m, lt_adap
     lt_status st = LT_OK;
     lt_adapter_params_init(p, sizeof *p);
     json_t *v;
-    if (!json_is_object(o)) { st = lt_fail(err, LT_ERR_JSON, "%s: not a JSON object", path); goto out; }
+    if (!json_is_object(o)) {
+        st = lt_fail(err, LT_ERR_JSON, "%s: not a JSON object", path);
+        goto out;
+    }
     v = json_object_get(o, "peft_type");
     if (v && (!json_is_string(v) || strcmp(json_string_value(v), "LORA"))) {
-        st = lt_fail(err, LT_ERR_UNSUPPORTED, "%s: peft_type %s is not LORA", path, json_is_string(v) ? json_string_value(v) : "?");
+        st = lt_fail(err, LT_ERR_UNSUPPORTED, "%s: peft_type %s is not LORA", path,
+                     json_is_string(v) ? json_string_value(v) : "?");
         goto out;
     }
     v = json_object_get(o, "r");
-    if (v && !json_is_integer(v)) { st = lt_fail(err, LT_ERR_JSON, "%s: \"r\" is not an integer", path); goto out; }
+    if (v && !json_is_integer(v)) {
+        st = lt_fail(err, LT_ERR_JSON, "%s: \"r\" is not an integer", path);
+        goto out;
+    }
     p->rank = v ? (int)json_integer_value(v) : 8;
     v = json_object_get(o, "lora_alpha");
-    if (v && !json_is_number(v)) { st = lt_fail(err, LT_ERR_JSON, "%s: \"lora_alpha\" is not a number", path); goto out; }
+    if (v && !json_is_number(v)) {
+        st = lt_fail(err, LT_ERR_JSON, "%s: \"lora_alpha\" is not a number", path);
+        goto out;
+    }
     p->alpha = v ? (float)json_number_value(v) : 8.0f;
     v = json_object_get(o, "lora_dropout");
-    if (v && !json_is_number(v)) { st = lt_fail(err, LT_ERR_JSON, "%s: \"lora_dropout\" is not a number", path); goto out; }
+    if (v && !json_is_number(v)) {
+        st = lt_fail(err, LT_ERR_JSON, "%s: \"lora_dropout\" is not a number", path);
+        goto out;
+    }
     p->dropout = v ? (float)json_number_value(v) : 0.0f;
     v = json_object_get(o, "use_rslora");
     p->use_rslora = v && json_is_true(v);
@@ -335,21 +375,27 @@ static lt_status read_adapter_config(const char *dir, const lt_model *m, lt_adap
     p->use_dora = v && json_is_true(v);
     v = json_object_get(o, "bias");
     if (v && json_is_string(v) && strcmp(json_string_value(v), "none")) {
-        st = lt_fail(err, LT_ERR_UNSUPPORTED, "%s: bias \"%s\" is not supported (only \"none\")", path, json_string_value(v));
+        st = lt_fail(err, LT_ERR_UNSUPPORTED, "%s: bias \"%s\" is not supported (only \"none\")", path,
+                     json_string_value(v));
         goto out;
     }
     v = json_object_get(o, "modules_to_save");
     if (v && !json_is_null(v)) {
         size_t i;
         json_t *s;
-        if (!json_is_array(v)) { st = lt_fail(err, LT_ERR_JSON, "%s: modules_to_save is not a list", path); goto out; }
+        if (!json_is_array(v)) {
+            st = lt_fail(err, LT_ERR_JSON, "%s: modules_to_save is not a list", path);
+            goto out;
+        }
         json_array_foreach(v, i, s) {
             const char *nm = json_is_string(s) ? json_string_value(s) : "";
             if (!strcmp(nm, "embed_tokens")) p->modules_to_save |= LT_SAVE_EMBED_TOKENS;
             else if (!strcmp(nm, "lm_head")) p->modules_to_save |= LT_SAVE_LM_HEAD;
             else {
-                st = lt_fail(err, LT_ERR_UNSUPPORTED, "%s: modules_to_save entry \"%s\" is not supported (only "
-                             "embed_tokens and lm_head)", path, nm);
+                st = lt_fail(err, LT_ERR_UNSUPPORTED,
+                             "%s: modules_to_save entry \"%s\" is not supported (only "
+                             "embed_tokens and lm_head)",
+                             path, nm);
                 goto out;
             }
         }
@@ -363,9 +409,15 @@ static lt_status read_adapter_config(const char *dir, const lt_model *m, lt_adap
         }
     }
     v = json_object_get(o, "layers_to_transform");
-    if (v && !json_is_null(v)) { st = lt_fail(err, LT_ERR_UNSUPPORTED, "%s: layers_to_transform is not supported", path); goto out; }
+    if (v && !json_is_null(v)) {
+        st = lt_fail(err, LT_ERR_UNSUPPORTED, "%s: layers_to_transform is not supported", path);
+        goto out;
+    }
     v = json_object_get(o, "target_modules");
-    if (!v) { st = lt_fail(err, LT_ERR_MISSING, "%s: target_modules is missing", path); goto out; }
+    if (!v) {
+        st = lt_fail(err, LT_ERR_MISSING, "%s: target_modules is missing", path);
+        goto out;
+    }
     st = parse_targets(v, m, &p->targets, path, err);
     v = json_object_get(o, "init_lora_weights");
     if (v && json_is_string(v) && !strcmp(json_string_value(v), "gaussian")) p->init = LT_INIT_GAUSSIAN;
@@ -374,9 +426,11 @@ static lt_status read_adapter_config(const char *dir, const lt_model *m, lt_adap
     if (v && json_is_string(v) && !strcmp(json_string_value(v), "pissa")) p->init = LT_INIT_PISSA;
     if (v && json_is_string(v) && !strcmp(json_string_value(v), "olora")) p->init = LT_INIT_OLORA;
     if (st == LT_OK && v && json_is_string(v) && !strncmp(json_string_value(v), "pissa_niter_", 12))
-        st = lt_fail(err, LT_ERR_UNSUPPORTED, "%s: init_lora_weights \"%s\" (PiSSA with a randomized SVD) is not "
+        st = lt_fail(err, LT_ERR_UNSUPPORTED,
+                     "%s: init_lora_weights \"%s\" (PiSSA with a randomized SVD) is not "
                      "supported: its A0, B0 cannot be reproduced; save the adapter with PEFT's "
-                     "path_initial_model_for_weight_conversion instead", path, json_string_value(v));
+                     "path_initial_model_for_weight_conversion instead",
+                     path, json_string_value(v));
 out:
     json_decref(o);
     return st;
@@ -442,22 +496,32 @@ LT_API lt_status lt_adapter_load(lt_model *m, const char *dir, lt_adapter **out)
             FILE *bf = fopen(bin, "rb");
             if (bf) {
                 fclose(bf);
-                return lt_fail(err, LT_ERR_UNSUPPORTED, "%s: only adapter_model.safetensors is supported, not the "
-                               "pickle adapter_model.bin (re-save it with safe_serialization=True)", dir);
+                return lt_fail(err, LT_ERR_UNSUPPORTED,
+                               "%s: only adapter_model.safetensors is supported, not the "
+                               "pickle adapter_model.bin (re-save it with safe_serialization=True)",
+                               dir);
             }
         }
         return st;
     }
     lt_adapter *a = NULL;
-    if ((st = lt_adapter_alloc(m, &p, &a, err)) != LT_OK) { lt_st_close(f); return st; }
+    if ((st = lt_adapter_alloc(m, &p, &a, err)) != LT_OK) {
+        lt_st_close(f);
+        return st;
+    }
     const int L = (int)m->cfg.num_hidden_layers;
     float *host = malloc(a->n_params * sizeof(float)), *host0 = NULL, *cvt = NULL;
-    if (!host) { st = lt_fail(err, LT_ERR_NOMEM, "out of memory"); goto fail; }
-    if (converted && (!(host0 = malloc(a->n_params * sizeof(float))) || !(cvt = malloc(2 * a->n_params * sizeof(float))))) {
+    if (!host) {
         st = lt_fail(err, LT_ERR_NOMEM, "out of memory");
         goto fail;
     }
-    if (a->init0 && !converted && (st = lt_lora_decompose_init(a, err)) != LT_OK) goto fail; /* PEFT's unconverted save */
+    if (converted &&
+        (!(host0 = malloc(a->n_params * sizeof(float))) || !(cvt = malloc(2 * a->n_params * sizeof(float))))) {
+        st = lt_fail(err, LT_ERR_NOMEM, "out of memory");
+        goto fail;
+    }
+    if (a->init0 && !converted && (st = lt_lora_decompose_init(a, err)) != LT_OK)
+        goto fail; /* PEFT's unconverted save */
     /* every key in the file must be one we expect ... */
     lt_module mods[P_COUNT];
     const int n_mods = lt_model_modules(&m->cfg, mods);
@@ -468,8 +532,9 @@ LT_API lt_status lt_adapter_load(lt_model *m, const char *dir, lt_adapter **out)
         for (l = 0; l < L && !matched; l++)
             for (q = 0; q < n_mods && !matched; q++)
                 for (int k = 0; k < 3 && !matched; k++) {
-                    if (k == 2) snprintf(key, sizeof key, KEY_PREFIX "%d.%s.%s.lora_magnitude_vector", l,
-                                         mods[q].parent, mods[q].name);
+                    if (k == 2)
+                        snprintf(key, sizeof key, KEY_PREFIX "%d.%s.%s.lora_magnitude_vector", l, mods[q].parent,
+                                 mods[q].name);
                     else key_of(key, sizeof key, l, &mods[q], k ? 'B' : 'A');
                     const lt_lora *lo = lt_adapter_lora(a, l, (lt_proj)mods[q].first);
                     matched = !strcmp(key, name) && lo && (k < 2 || lo->mag);
@@ -480,8 +545,10 @@ LT_API lt_status lt_adapter_load(lt_model *m, const char *dir, lt_adapter **out)
             matched = !strcmp(key, name);
         }
         if (!matched) {
-            st = lt_fail(err, LT_ERR_FORMAT, "%s: unexpected tensor \"%s\" (not a LoRA weight of a targeted "
-                         "projection of this %d-layer model; an adapter for another model?)", path, name, L);
+            st = lt_fail(err, LT_ERR_FORMAT,
+                         "%s: unexpected tensor \"%s\" (not a LoRA weight of a targeted "
+                         "projection of this %d-layer model; an adapter for another model?)",
+                         path, name, L);
             goto fail;
         }
     }
@@ -494,27 +561,32 @@ LT_API lt_status lt_adapter_load(lt_model *m, const char *dir, lt_adapter **out)
             lt_module_dims(&m->cfg, &mods[q], &in, &o);
             for (int k = 0; k < (lo->mag ? 3 : 2); k++) {
                 char key[256];
-                if (k == 2) snprintf(key, sizeof key, KEY_PREFIX "%d.%s.%s.lora_magnitude_vector", l, mods[q].parent,
-                                     mods[q].name);
+                if (k == 2)
+                    snprintf(key, sizeof key, KEY_PREFIX "%d.%s.%s.lora_magnitude_vector", l, mods[q].parent,
+                             mods[q].name);
                 else key_of(key, sizeof key, l, &mods[q], k ? 'B' : 'A');
                 const lt_st_tensor *t = lt_st_find(f, key);
-                if (!t) { st = lt_fail(err, LT_ERR_MISSING, "%s: tensor \"%s\" is missing", path, key); goto fail; }
+                if (!t) {
+                    st = lt_fail(err, LT_ERR_MISSING, "%s: tensor \"%s\" is missing", path, key);
+                    goto fail;
+                }
                 if (k == 2 && (t->ndim != 1 || t->shape[0] != o)) {
                     st = lt_fail(err, LT_ERR_SHAPE, "%s: tensor \"%s\" must have shape [%d]", path, key, o);
                     goto fail;
                 }
                 int64_t d0 = k ? o : file_rank, d1 = k ? file_rank : in;
                 if (k < 2 && (t->ndim != 2 || t->shape[0] != d0 || t->shape[1] != d1)) {
-                    st = lt_fail(err, LT_ERR_SHAPE, "%s: tensor \"%s\" has shape [%lld, %lld], expected [%lld, %lld] "
-                                 "(r = %d in adapter_config.json; an adapter for another model?)", path, key,
-                                 (long long)t->shape[0], (long long)(t->ndim > 1 ? t->shape[1] : -1),
+                    st = lt_fail(err, LT_ERR_SHAPE,
+                                 "%s: tensor \"%s\" has shape [%lld, %lld], expected [%lld, %lld] "
+                                 "(r = %d in adapter_config.json; an adapter for another model?)",
+                                 path, key, (long long)t->shape[0], (long long)(t->ndim > 1 ? t->shape[1] : -1),
                                  (long long)d0, (long long)d1, file_rank);
                     goto fail;
                 }
                 float *dst = host + ((k == 2 ? lo->mag : k ? lo->B : lo->A) - a->params);
                 if (lt_convert_to_f32(host0 ? cvt : dst, t->data, t->dtype, (size_t)t->numel) != 0) {
-                    st = lt_fail(err, LT_ERR_DTYPE, "%s: tensor \"%s\" has dtype %s (need F32, F16 or BF16)", path,
-                                 key, lt_dtype_name(t->dtype));
+                    st = lt_fail(err, LT_ERR_DTYPE, "%s: tensor \"%s\" has dtype %s (need F32, F16 or BF16)", path, key,
+                                 lt_dtype_name(t->dtype));
                     goto fail;
                 }
                 if (host0) { /* split [A; A0] by rows, [B, -B0] by columns */
@@ -537,7 +609,10 @@ LT_API lt_status lt_adapter_load(lt_model *m, const char *dir, lt_adapter **out)
         char key[256];
         snprintf(key, sizeof key, "base_model.model.%s", a->ptensors[k].name);
         const lt_st_tensor *t = lt_st_find(f, key);
-        if (!t) { st = lt_fail(err, LT_ERR_MISSING, "%s: tensor \"%s\" (modules_to_save) is missing", path, key); goto fail; }
+        if (!t) {
+            st = lt_fail(err, LT_ERR_MISSING, "%s: tensor \"%s\" (modules_to_save) is missing", path, key);
+            goto fail;
+        }
         if (t->ndim != 2 || t->shape[0] != m->cfg.vocab_size || t->shape[1] != m->cfg.hidden_size) {
             st = lt_fail(err, LT_ERR_SHAPE, "%s: tensor \"%s\" must have shape [%lld, %lld]", path, key,
                          (long long)m->cfg.vocab_size, (long long)m->cfg.hidden_size);
@@ -550,16 +625,23 @@ LT_API lt_status lt_adapter_load(lt_model *m, const char *dir, lt_adapter **out)
         }
     }
     for (size_t i = 0; i < a->n_params; i++)
-        if (!isfinite(host[i])) { st = lt_fail(err, LT_ERR_NUMERIC, "%s: the adapter contains NaN or Inf", path); goto fail; }
+        if (!isfinite(host[i])) {
+            st = lt_fail(err, LT_ERR_NUMERIC, "%s: the adapter contains NaN or Inf", path);
+            goto fail;
+        }
     m->be->ops->upload(m->be, a->params, host, a->n_params * sizeof(float));
     if (host0) m->be->ops->upload(m->be, a->init0, host0, a->n_init0 * sizeof(float));
     if ((st = m->be->ops->sync(m->be)) != LT_OK) goto fail;
-    free(host); free(host0); free(cvt);
+    free(host);
+    free(host0);
+    free(cvt);
     lt_st_close(f);
     *out = a;
     return LT_OK;
 fail:
-    free(host); free(host0); free(cvt);
+    free(host);
+    free(host0);
+    free(cvt);
     lt_st_close(f);
     lt_adapter_free(a);
     return st;

@@ -19,10 +19,10 @@
 #ifndef LT_BACKEND_H
 #define LT_BACKEND_H
 
-#include <stddef.h>
-#include <stdint.h>
 #include "backend/hostdev.h"
 #include "loratune.h"
+#include <stddef.h>
+#include <stdint.h>
 
 typedef struct lt_backend lt_backend;
 
@@ -38,15 +38,15 @@ typedef struct lt_backend lt_backend;
 enum { LT_QF_NF4 = 1, LT_QF_FP4 = 2, LT_QF_INT8 = 3 }; /* == lt_quant_format */
 
 typedef struct lt_qdesc {
-    int format;              /* LT_QF_*                                                         */
+    int format; /* LT_QF_*                                                         */
     int blocksize;
     int64_t rows, cols;
-    const uint8_t *data;     /* see above                                                       */
-    const float *absmax;     /* (n_blocks) f32, or NULL with double quantization               */
-    const uint8_t *qabsmax;  /* (n_blocks) 8-bit codes of absmax - offset (double quantization) */
-    const float *absmax2;    /* (ceil(n_blocks/256)) scales of the codes                        */
-    const float *code8;      /* (256) the signed dynamic map the codes index                    */
-    float offset;            /* mean of the original absmax                                     */
+    const uint8_t *data;    /* see above                                                       */
+    const float *absmax;    /* (n_blocks) f32, or NULL with double quantization               */
+    const uint8_t *qabsmax; /* (n_blocks) 8-bit codes of absmax - offset (double quantization) */
+    const float *absmax2;   /* (ceil(n_blocks/256)) scales of the codes                        */
+    const float *code8;     /* (256) the signed dynamic map the codes index                    */
+    float offset;           /* mean of the original absmax                                     */
 } lt_qdesc;
 
 #define LT_INT8_INV127 7.874015718698502e-3f /* bitsandbytes' 1/127 */
@@ -80,8 +80,8 @@ typedef struct lt_backend_ops {
     /* ---- dense linear algebra ---------------------------------------------------------------- */
     /* C (M,N) = alpha * op(A) @ op(B) + beta * C, row-major; op(A) is (M,K), op(B) is (K,N).
      * transA: A is stored (K,M) with leading dimension lda; likewise transB: B stored (N,K). */
-    void (*gemm)(lt_backend *be, int transA, int transB, int M, int N, int K, float alpha,
-                 const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc);
+    void (*gemm)(lt_backend *be, int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
+                 const float *B, int ldb, float beta, float *C, int ldc);
 
     /* ---- frozen weights stored in bf16 (lt_model_params.base_dtype = LT_BASE_BF16) ------------- */
     /* A frozen weight W (out,in) lives in a backend-specific packed bf16 layout, prepared once at
@@ -92,10 +92,9 @@ typedef struct lt_backend_ops {
      *   backward  dx (N,in)  = (accumulate ? dx : 0) + dy (N,out) W */
     size_t (*bf16_weight_bytes)(lt_backend *be, int out, int in);
     void (*bf16_weight_pack)(lt_backend *be, void *dst, const float *W_host, int out, int in);
-    void (*gemm_bf16_forward)(lt_backend *be, float *y, const float *x, const void *Wp, int N, int in,
-                              int out);
-    void (*gemm_bf16_backward)(lt_backend *be, float *dx, const float *dy, const void *Wp, int N, int in,
-                               int out, int accumulate);
+    void (*gemm_bf16_forward)(lt_backend *be, float *y, const float *x, const void *Wp, int N, int in, int out);
+    void (*gemm_bf16_backward)(lt_backend *be, float *dx, const float *dy, const void *Wp, int N, int in, int out,
+                               int accumulate);
 
     /* ---- elementwise ------------------------------------------------------------------------- */
     /* y (n) += a * x (n) */
@@ -108,20 +107,19 @@ typedef struct lt_backend_ops {
     int (*all_finite)(lt_backend *be, size_t n, const float *x);
 
     /* ---- embedding: out (N,C) = table[ids[i]] (ids already validated by the core) ------------- */
-    void (*embedding_forward)(lt_backend *be, float *out, const int32_t *ids, const float *table,
-                              int N, int C);
+    void (*embedding_forward)(lt_backend *be, float *out, const int32_t *ids, const float *table, int N, int C);
     /* dtable (vocab,C) ACCUMULATES dout (N,C): dtable[ids[i]] += dout[i], in token order for every row
      * of the table (deterministic: a repeated id sums its rows in the same order every run). */
     void (*embedding_backward)(lt_backend *be, float *dtable, const int32_t *ids, const float *dout, int N, int C);
 
     /* ---- RMSNorm: out = inp * rstd * weight, rstd = 1/sqrt(mean(inp^2) + eps) ------------------ */
     /* out (N,C), rstd (N) saved for backward, inp (N,C), weight (C) */
-    void (*rmsnorm_forward)(lt_backend *be, float *out, float *rstd, const float *inp,
-                            const float *weight, int N, int C, float eps);
+    void (*rmsnorm_forward)(lt_backend *be, float *out, float *rstd, const float *inp, const float *weight, int N,
+                            int C, float eps);
     /* dinp (N,C) ACCUMULATES (it is always a residual-stream gradient); dweight (C) accumulates and
      * may be NULL (frozen norm); dout (N,C); inp, weight, rstd as saved by forward. */
-    void (*rmsnorm_backward)(lt_backend *be, float *dinp, float *dweight, const float *dout,
-                             const float *inp, const float *weight, const float *rstd, int N, int C);
+    void (*rmsnorm_backward)(lt_backend *be, float *dinp, float *dweight, const float *dout, const float *inp,
+                             const float *weight, const float *rstd, int N, int C);
 
     /* ---- RoPE (Hugging Face rotate_half convention), in place --------------------------------- */
     /* x (N, n_heads, head_dim); pos (N) position ids; inv_freq (rot_dim/2); only the first rot_dim
@@ -129,10 +127,10 @@ typedef struct lt_backend_ops {
      *   x'[j]          = x[j] cos(p f_j) - x[j+d/2] sin(p f_j)
      *   x'[j+d/2]      = x[j+d/2] cos(p f_j) + x[j] sin(p f_j)
      * backward applies the inverse rotation to the gradient in place. */
-    void (*rope_forward)(lt_backend *be, float *x, const int32_t *pos, const float *inv_freq,
-                         int N, int n_heads, int head_dim, int rot_dim);
-    void (*rope_backward)(lt_backend *be, float *dx, const int32_t *pos, const float *inv_freq,
-                          int N, int n_heads, int head_dim, int rot_dim);
+    void (*rope_forward)(lt_backend *be, float *x, const int32_t *pos, const float *inv_freq, int N, int n_heads,
+                         int head_dim, int rot_dim);
+    void (*rope_backward)(lt_backend *be, float *dx, const int32_t *pos, const float *inv_freq, int N, int n_heads,
+                          int head_dim, int rot_dim);
 
     /* x (N, n_heads, head_dim): the first rot_dim channels of each head *= a, in place. RoPE whose cos
      * and sin carry a factor (longrope's attention factor) is rope_forward then this; its backward is
@@ -144,37 +142,35 @@ typedef struct lt_backend_ops {
      * scores, saved for backward. kv_start (B*T): token t of a row attends to keys
      * kv_start[t] .. t of the same row (causal; kv_start > 0 for packed sequences or a window).
      * Query head h uses kv head h / (NH/NKV). scale = 1/sqrt(HD). */
-    void (*attention_forward)(lt_backend *be, float *out, float *lse, const float *q, const float *k,
-                              const float *v, const int32_t *kv_start, int B, int T, int NH, int NKV,
-                              int HD, float scale);
+    void (*attention_forward)(lt_backend *be, float *out, float *lse, const float *q, const float *k, const float *v,
+                              const int32_t *kv_start, int B, int T, int NH, int NKV, int HD, float scale);
     /* dq (B,T,NH,HD), dk and dv (B,T,NKV,HD) assigned; dout, out, lse from forward.
      * A query that sees a single key (kv_start[t] == t) contributes exactly 0 to dq and dk (its
      * softmax is constant); backends must not leave rounding noise there.
      * scratch: at least attention_backward_scratch(B,T,NH,HD) floats. */
     size_t (*attention_backward_scratch)(lt_backend *be, int B, int T, int NH, int HD);
-    void (*attention_backward)(lt_backend *be, float *dq, float *dk, float *dv, const float *dout,
-                               const float *q, const float *k, const float *v, const float *out,
-                               const float *lse, const int32_t *kv_start, int B, int T, int NH,
-                               int NKV, int HD, float scale, float *scratch);
+    void (*attention_backward)(lt_backend *be, float *dq, float *dk, float *dv, const float *dout, const float *q,
+                               const float *k, const float *v, const float *out, const float *lse,
+                               const int32_t *kv_start, int B, int T, int NH, int NKV, int HD, float scale,
+                               float *scratch);
 
     /* ---- attention of one new token per row against a KV cache (generation) ------------------ */
     /* out, q (B,NH,HD); kcache, vcache (B,S_cap,NKV,HD) hold positions 0..len-1 of every row, the
      * new token's k and v already written at len-1; each row attends to keys 0..len-1. */
-    void (*attention_decode)(lt_backend *be, float *out, const float *q, const float *kcache,
-                             const float *vcache, int B, int S_cap, int len, int NH, int NKV, int HD,
-                             float scale);
+    void (*attention_decode)(lt_backend *be, float *out, const float *q, const float *kcache, const float *vcache,
+                             int B, int S_cap, int len, int NH, int NKV, int HD, float scale);
 
     /* ---- attention with soft-capped scores (Gemma 2) ------------------------------------------- */
     /* The three attention ops above with each scaled score s replaced by softcap * tanh(s / softcap)
      * before the mask and softmax (transformers' attn_logit_softcapping); the same shapes, kv_start
      * rule and single-key convention. lse is of the capped scores. softcap > 0. No scratch. */
     void (*attention_softcap_forward)(lt_backend *be, float *out, float *lse, const float *q, const float *k,
-                                      const float *v, const int32_t *kv_start, int B, int T, int NH, int NKV,
-                                      int HD, float scale, float softcap);
+                                      const float *v, const int32_t *kv_start, int B, int T, int NH, int NKV, int HD,
+                                      float scale, float softcap);
     void (*attention_softcap_backward)(lt_backend *be, float *dq, float *dk, float *dv, const float *dout,
                                        const float *q, const float *k, const float *v, const float *out,
-                                       const float *lse, const int32_t *kv_start, int B, int T, int NH,
-                                       int NKV, int HD, float scale, float softcap);
+                                       const float *lse, const int32_t *kv_start, int B, int T, int NH, int NKV, int HD,
+                                       float scale, float softcap);
     void (*attention_softcap_decode)(lt_backend *be, float *out, const float *q, const float *kcache,
                                      const float *vcache, int B, int S_cap, int len, int NH, int NKV, int HD,
                                      float scale, float softcap);
@@ -183,8 +179,8 @@ typedef struct lt_backend_ops {
     /* out, gate, up (N,I) */
     void (*swiglu_forward)(lt_backend *be, float *out, const float *gate, const float *up, size_t n);
     /* dgate, dup (N,I) assigned; dout (N,I). dgate/dup may alias gate/up (in place). */
-    void (*swiglu_backward)(lt_backend *be, float *dgate, float *dup, const float *dout,
-                            const float *gate, const float *up, size_t n);
+    void (*swiglu_backward)(lt_backend *be, float *dgate, float *dup, const float *dout, const float *gate,
+                            const float *up, size_t n);
 
     /* ---- bias of a linear layer (Qwen2 q/k/v, attention_bias / mlp_bias) ----------------------- */
     /* y (N,C) += b (C) broadcast over rows */
@@ -205,8 +201,8 @@ typedef struct lt_backend_ops {
     /* gelu_tanh(g) = 0.5 g (1 + tanh(sqrt(2/pi) (g + 0.044715 g^3))) (PyTorch approximate="tanh").
      * out, gate, up (n); backward like swiglu_backward: dgate, dup (n) assigned, may alias gate/up. */
     void (*geglu_forward)(lt_backend *be, float *out, const float *gate, const float *up, size_t n);
-    void (*geglu_backward)(lt_backend *be, float *dgate, float *dup, const float *dout,
-                           const float *gate, const float *up, size_t n);
+    void (*geglu_backward)(lt_backend *be, float *dgate, float *dup, const float *dout, const float *gate,
+                           const float *up, size_t n);
 
     /* ---- soft-capping (Gemma 2 final logits): x = cap * tanh(x / cap), in place ----------------- */
     /* x (n). backward: dx (n) *= 1 - (y / cap)^2 in place, y (n) the capped forward output. */
@@ -217,20 +213,18 @@ typedef struct lt_backend_ops {
     /* logits (n,V) in; targets (n) with -100 = ignored. losses (n) receives -log softmax[target]
      * (0 for ignored rows). If grad_scale != 0, logits is overwritten with
      * grad_scale * (softmax - onehot(target)) (a zero row for ignored rows). */
-    void (*cross_entropy)(lt_backend *be, float *logits, float *losses, const int32_t *targets,
-                          int n, int V, float grad_scale);
+    void (*cross_entropy)(lt_backend *be, float *logits, float *losses, const int32_t *targets, int n, int V,
+                          float grad_scale);
 
     /* ---- dropout with a counter-based mask (recomputable in backward, nothing stored) --------- */
     /* out (n) = inp * keep(i) / (1-p), keep(i) = hash(seed, offset + i) >= p. out may alias inp. */
-    void (*dropout)(lt_backend *be, float *out, const float *inp, size_t n, float p, uint64_t seed,
-                    uint64_t offset);
+    void (*dropout)(lt_backend *be, float *out, const float *inp, size_t n, float p, uint64_t seed, uint64_t offset);
 
     /* ---- optimizers (torch semantics, algorithms.md) ----------------------------------------- */
     /* param, grad, m, v (n). step_size = lr / (1 - b1^t); bc2_sqrt = sqrt(1 - b2^t). decay = lr*wd
      *   p *= 1 - decay; m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2; p -= step_size * m / (sqrt(v)/bc2_sqrt + eps) */
-    void (*adamw_step)(lt_backend *be, float *param, const float *grad, float *m, float *v, size_t n,
-                       float step_size, float beta1, float beta2, float eps, float bc2_sqrt,
-                       float decay);
+    void (*adamw_step)(lt_backend *be, float *param, const float *grad, float *m, float *v, size_t n, float step_size,
+                       float beta1, float beta2, float eps, float bc2_sqrt, float decay);
     /* bitsandbytes' blockwise 8-bit AdamW over ONE tensor of n elements (algorithms.md, bitsandbytes'
      * CUDA kernel kOptimizerStatic8bit2StateBlockwise). s1, s2: uint8 codes (n) of m and v under the
      * signed / unsigned dynamic maps qmap1, qmap2 (256 floats each, backend memory), absmax1, absmax2
@@ -242,8 +236,8 @@ typedef struct lt_backend_ops {
      * codes = nearest code to m / absmax (ties to the lower code; an m whose code has the other sign moves
      * one code towards its sign), v / absmax. */
     void (*adamw8bit_step)(lt_backend *be, float *param, const float *grad, void *s1, void *s2, float *absmax1,
-                           float *absmax2, size_t n, const float *qmap1, const float *qmap2, float beta1,
-                           float beta2, float eps_c2, float step_size, float decay);
+                           float *absmax2, size_t n, const float *qmap1, const float *qmap2, float beta1, float beta2,
+                           float eps_c2, float step_size, float decay);
 
     /* ---- per-row scaling (objectives other than SFT weight each token's CE gradient) ---------- */
     /* x (n,C): row i *= w[i]; w (n) on the device. */
@@ -256,7 +250,7 @@ typedef struct lt_backend_ops {
 
 struct lt_backend {
     const lt_backend_ops *ops;
-    void *impl;      /* backend-private state */
+    void *impl; /* backend-private state */
     int n_threads;
 };
 

@@ -25,7 +25,10 @@
  * (what vcvtne2ps2bf16 does, so both implementations round inputs identically). The CUDA kernels call
  * it on the device. */
 static inline LT_HOST_DEVICE uint16_t lt_bf16_round(float f) {
-    union { float f; uint32_t u; } v = {f};
+    union {
+        float f;
+        uint32_t u;
+    } v = {f};
     uint32_t u = v.u;
     if ((u & 0x7f800000u) == 0x7f800000u) /* inf or NaN */
         return (uint16_t)((u >> 16) | ((u & 0x007fffffu) ? 0x0040u : 0u));
@@ -35,7 +38,10 @@ static inline LT_HOST_DEVICE uint16_t lt_bf16_round(float f) {
 }
 
 static inline LT_HOST_DEVICE float lt_bf16_to_f32(uint16_t h) {
-    union { uint32_t u; float f; } v = {(uint32_t)h << 16};
+    union {
+        uint32_t u;
+        float f;
+    } v = {(uint32_t)h << 16};
     return v.f;
 }
 

@@ -67,4 +67,3 @@ const float *lt_quant_code8u(void) {
 const float *lt_quant_code4(lt_quant_format f) {
     return f == LT_QUANT_NF4 ? lt_nf4_code : f == LT_QUANT_FP4 ? lt_fp4_code : NULL;
 }
-

@@ -77,9 +77,9 @@ static int reload_from_disk(lt_context *ctx, lt_model **m) {
 }
 
 int cmd_bench(int argc, char **argv) {
-    static const opt_spec spec[] = {{"config", 1}, {"threads", 1}, {"json", 0}, {"steps", 1}, {"warmup", 1},
-                                    {"checkpointing", 1}, {"backend", 1}, {"method", 1}, {"quant", 1},
-                                    {"no-double-quant", 0}, {"base-dtype", 1}, {"optimizer", 1}};
+    static const opt_spec spec[] = {{"config", 1}, {"threads", 1},         {"json", 0},       {"steps", 1},
+                                    {"warmup", 1}, {"checkpointing", 1},   {"backend", 1},    {"method", 1},
+                                    {"quant", 1},  {"no-double-quant", 0}, {"base-dtype", 1}, {"optimizer", 1}};
     opts o;
     if (opts_parse(&o, spec, (int)(sizeof spec / sizeof *spec), argc, argv, "bench")) return 2;
     const char *method = opt_str(&o, "method", "lora");
@@ -136,7 +136,8 @@ int cmd_bench(int argc, char **argv) {
         const double n_q = (double)info.quantized_params; /* their f32 copies (4 bytes each) were released */
         measured_bits = 8.0 * (r1 - r0 + 4.0 * n_q) / n_q;
     }
-    const double qbits = info.quantized_params ? 8.0 * (double)info.quantized_bytes / (double)info.quantized_params : 32.0;
+    const double qbits =
+        info.quantized_params ? 8.0 * (double)info.quantized_bytes / (double)info.quantized_params : 32.0;
     lt_adapter_params ap;
     lt_adapter_params_init(&ap, sizeof ap);
     ap.rank = 16;
@@ -148,7 +149,10 @@ int cmd_bench(int argc, char **argv) {
     op.lr = 1e-4f;
     const char *optname = opt_str(&o, "optimizer", "adamw");
     if (!strcmp(optname, "adamw8bit")) op.kind = LT_OPT_ADAMW8BIT;
-    else if (strcmp(optname, "adamw")) { rc = fail("bench", "--optimizer must be adamw or adamw8bit"); goto done; }
+    else if (strcmp(optname, "adamw")) {
+        rc = fail("bench", "--optimizer must be adamw or adamw8bit");
+        goto done;
+    }
     lt_trainer_params tp;
     lt_trainer_params_init(&tp, sizeof tp);
     tp.gradient_checkpointing = !strcmp(ck, "on");
@@ -164,7 +168,10 @@ int cmd_bench(int argc, char **argv) {
     const double bytes_per_param = (resident_bytes() - r_ad0) / n_train;
     int32_t *ids = malloc((size_t)B * T * sizeof *ids);
     uint64_t s = 12345;
-    for (int i = 0; i < B * T; i++) { s = s * 6364136223846793005ull + 1442695040888963407ull; ids[i] = (int32_t)((s >> 33) % V); }
+    for (int i = 0; i < B * T; i++) {
+        s = s * 6364136223846793005ull + 1442695040888963407ull;
+        ids[i] = (int32_t)((s >> 33) % V);
+    }
     lt_batch b;
     lt_batch_init(&b, sizeof b);
     b.n_rows = B;
@@ -172,9 +179,15 @@ int cmd_bench(int argc, char **argv) {
     b.input_ids = ids;
     double t0 = 0, c0 = 0, loss = 0;
     for (long long i = 0; i < warm + steps; i++) {
-        if (i == warm) { t0 = now_seconds(); c0 = cpu_seconds(); }
+        if (i == warm) {
+            t0 = now_seconds();
+            c0 = cpu_seconds();
+        }
         lt_step_result r = {.size = sizeof r};
-        if (lt_trainer_step(tr, &b, &r) != LT_OK) { rc = fail("bench", "%s", lt_trainer_last_error(tr)); break; }
+        if (lt_trainer_step(tr, &b, &r) != LT_OK) {
+            rc = fail("bench", "%s", lt_trainer_last_error(tr));
+            break;
+        }
         loss = r.loss;
     }
     double dt = now_seconds() - t0, dc = cpu_seconds() - c0;
@@ -193,11 +206,12 @@ int cmd_bench(int argc, char **argv) {
                    (double)steps * B * T / dc, rss, (long long)info.weight_bytes, qbits, measured_bits, optname,
                    n_train, bytes_per_param);
         else
-            printf("bench-s (%s, base %s): %.1f training tokens/s (%lld steps of %d tokens, %.3f s/step), peak RSS "
-                   "%.1f MiB, checkpointing %s, weights %.1f MiB, projections %.3f bits/param (measured resident: %.3f), "
-                   "%.0f trainable parameters at %.2f bytes each (%s)\n",
-                   method, base_dtype == LT_BASE_BF16 ? "bf16" : "f32", tps, steps, B * T, dt / steps, rss, ck,
-                   info.weight_bytes / 1048576.0, qbits, measured_bits, n_train, bytes_per_param, optname);
+            printf(
+                "bench-s (%s, base %s): %.1f training tokens/s (%lld steps of %d tokens, %.3f s/step), peak RSS "
+                "%.1f MiB, checkpointing %s, weights %.1f MiB, projections %.3f bits/param (measured resident: %.3f), "
+                "%.0f trainable parameters at %.2f bytes each (%s)\n",
+                method, base_dtype == LT_BASE_BF16 ? "bf16" : "f32", tps, steps, B * T, dt / steps, rss, ck,
+                info.weight_bytes / 1048576.0, qbits, measured_bits, n_train, bytes_per_param, optname);
     }
 done:
     lt_trainer_free(tr);

@@ -10,7 +10,6 @@
 #include <sys/stat.h>
 #include <time.h>
 
-
 int fail(const char *cmd, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
@@ -29,7 +28,10 @@ double now_seconds(void) {
 
 int mkdir_p(const char *dir) {
     char buf[4096];
-    if (snprintf(buf, sizeof buf, "%s", dir) >= (int)sizeof buf) { errno = ENAMETOOLONG; return -1; }
+    if (snprintf(buf, sizeof buf, "%s", dir) >= (int)sizeof buf) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
     for (char *p = buf + 1; *p; p++)
         if (*p == '/') {
             *p = 0;
@@ -84,7 +86,10 @@ int opt_flag(const opts *o, const char *name) { return opt_str(o, name, NULL) !=
 
 int opt_int(const opts *o, const char *name, long long def, long long lo, long long hi, long long *out) {
     const char *s = opt_str(o, name, NULL);
-    if (!s) { *out = def; return 0; }
+    if (!s) {
+        *out = def;
+        return 0;
+    }
     char *end;
     errno = 0;
     long long v = strtoll(s, &end, 10);
@@ -98,7 +103,10 @@ int opt_int(const opts *o, const char *name, long long def, long long lo, long l
 
 int opt_double(const opts *o, const char *name, double def, double *out) {
     const char *s = opt_str(o, name, NULL);
-    if (!s) { *out = def; return 0; }
+    if (!s) {
+        *out = def;
+        return 0;
+    }
     char *end;
     errno = 0;
     double v = strtod(s, &end);
@@ -125,7 +133,9 @@ void epoch_order(int *order, int n, uint64_t seed, long long epoch, int shuffle)
     for (int i = n - 1; i > 0; i--) {
         s = mix(s);
         int j = (int)(s % (uint64_t)(i + 1));
-        int t = order[i]; order[i] = order[j]; order[j] = t;
+        int t = order[i];
+        order[i] = order[j];
+        order[j] = t;
     }
 }
 
@@ -169,8 +179,7 @@ int opt_base_dtype(const opts *o, const char *cmd, int *out) {
     return 0;
 }
 
-int open_model(const char *cmd, const char *dir, int threads, const char *backend, lt_context **ctx,
-               lt_model **model) {
+int open_model(const char *cmd, const char *dir, int threads, const char *backend, lt_context **ctx, lt_model **model) {
     return open_model_dtype(cmd, dir, threads, backend, LT_BASE_F32, ctx, model);
 }
 
@@ -203,7 +212,10 @@ int quant_options(const char *cmd, const opts *o, lt_quant_params *qp) {
     if (!strcmp(f, "nf4")) qp->format = LT_QUANT_NF4;
     else if (!strcmp(f, "fp4")) qp->format = LT_QUANT_FP4;
     else if (!strcmp(f, "int8")) qp->format = LT_QUANT_INT8;
-    else { fail(cmd, "quantization format \"%s\" is not nf4, fp4 or int8", f); return -1; }
+    else {
+        fail(cmd, "quantization format \"%s\" is not nf4, fp4 or int8", f);
+        return -1;
+    }
     qp->double_quant = !opt_flag(o, "no-double-quant");
     long long bs;
     const char *bname = opt_str(o, "quant-blocksize", NULL) ? "quant-blocksize" : "blocksize";
@@ -218,7 +230,9 @@ void write_quant_note(const char *dir, const lt_quant_params *qp) {
     FILE *f = fopen(path, "w");
     if (!f) return;
     fprintf(f, "{\"format\": \"%s\", \"double_quant\": %s, \"blocksize\": %d}\n",
-            qp->format == LT_QUANT_FP4 ? "fp4" : qp->format == LT_QUANT_INT8 ? "int8" : "nf4",
+            qp->format == LT_QUANT_FP4    ? "fp4"
+            : qp->format == LT_QUANT_INT8 ? "int8"
+                                          : "nf4",
             qp->double_quant ? "true" : "false", qp->blocksize);
     fclose(f);
 }
@@ -244,7 +258,10 @@ int read_quant_note(const char *dir, lt_quant_params *qp) {
 int parse_targets(const char *cmd, const char *s, unsigned *out) {
     static const char *names[] = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
     *out = 0;
-    if (!strcmp(s, "all") || !strcmp(s, "all-linear")) { *out = LT_TARGET_ALL; return 0; }
+    if (!strcmp(s, "all") || !strcmp(s, "all-linear")) {
+        *out = LT_TARGET_ALL;
+        return 0;
+    }
     char buf[256];
     snprintf(buf, sizeof buf, "%s", s);
     int bad = 0;
@@ -268,7 +285,10 @@ int parse_targets(const char *cmd, const char *s, unsigned *out) {
 
 lt_tokenizer *open_tokenizer(const char *cmd, const char *dir) {
     lt_tokenizer *t = NULL;
-    if (lt_tokenizer_load(dir, &t) != LT_OK) { fail(cmd, "%s", lt_last_error()); return NULL; }
+    if (lt_tokenizer_load(dir, &t) != LT_OK) {
+        fail(cmd, "%s", lt_last_error());
+        return NULL;
+    }
     return t;
 }
 
@@ -280,7 +300,13 @@ char *read_all(const char *path, size_t *n) {
     size_t got;
     while (b && (got = fread(b + len, 1, cap - len - 1, f)) > 0) {
         len += got;
-        if (cap - len < 2) { char *nb = realloc(b, cap *= 2); if (!nb) { free(b); b = NULL; } else b = nb; }
+        if (cap - len < 2) {
+            char *nb = realloc(b, cap *= 2);
+            if (!nb) {
+                free(b);
+                b = NULL;
+            } else b = nb;
+        }
     }
     if (f != stdin) fclose(f);
     if (b) b[len] = 0;

@@ -9,7 +9,7 @@
 
 /* Options: "--name value" pairs and "--flag" switches. */
 typedef struct opt_spec {
-    const char *name;  /* without the dashes */
+    const char *name; /* without the dashes */
     int takes_value;
 } opt_spec;
 
@@ -36,8 +36,7 @@ int mkdir_p(const char *dir);
 int fail(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* Create a context ("cpu" or $LORATUNE_BACKEND) and load a model; prints the error on failure. */
-int open_model(const char *cmd, const char *dir, int threads, const char *backend, lt_context **ctx,
-               lt_model **model);
+int open_model(const char *cmd, const char *dir, int threads, const char *backend, lt_context **ctx, lt_model **model);
 
 /* --quant nf4|fp4|int8 (nf4), --double-quant / --no-double-quant (on), --quant-blocksize N (64) into *qp;
  * prints an error and returns -1 when malformed. */
@@ -71,21 +70,21 @@ lt_tokenizer *open_tokenizer(const char *cmd, const char *dir);
 char *read_all(const char *path, size_t *n);
 
 /* The commands: main.c dispatches argv[1] to them. */
-int cmd_info(int argc, char **argv);      /* info.c */
-int cmd_quantize(int argc, char **argv);  /* quantize.c */
-int cmd_eval(int argc, char **argv);      /* eval.c (--objective: cmd_eval_pref) */
+int cmd_info(int argc, char **argv);     /* info.c */
+int cmd_quantize(int argc, char **argv); /* quantize.c */
+int cmd_eval(int argc, char **argv);     /* eval.c (--objective: cmd_eval_pref) */
 int cmd_eval_pref(int argc, char **argv);
-int cmd_train(int argc, char **argv);     /* train.c (--objective: train_pref.c) */
+int cmd_train(int argc, char **argv); /* train.c (--objective: train_pref.c) */
 int cmd_train_pref(int argc, char **argv);
 /* 1 when argv holds --objective with a value other than sft (pref.c) */
 int wants_objective(int argc, char **argv);
-int cmd_merge(int argc, char **argv);     /* merge.c */
-int cmd_generate(int argc, char **argv);  /* generate.c */
-int cmd_bench(int argc, char **argv);     /* bench.c */
-int cmd_demo(int argc, char **argv);      /* demo.c */
-int cmd_tokenize(int argc, char **argv);  /* tokenize.c */
+int cmd_merge(int argc, char **argv);    /* merge.c */
+int cmd_generate(int argc, char **argv); /* generate.c */
+int cmd_bench(int argc, char **argv);    /* bench.c */
+int cmd_demo(int argc, char **argv);     /* demo.c */
+int cmd_tokenize(int argc, char **argv); /* tokenize.c */
 int cmd_detokenize(int argc, char **argv);
-int cmd_render(int argc, char **argv);    /* render.c */
-int cmd_data(int argc, char **argv);      /* data.c: data check */
+int cmd_render(int argc, char **argv); /* render.c */
+int cmd_data(int argc, char **argv);   /* data.c: data check */
 
 #endif

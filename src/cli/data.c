@@ -7,7 +7,6 @@
 
 #include "cli/cli.h"
 
-
 /* ---- data check ---------------------------------------------------------------------------------------
  * The hygiene fine-tuning guides ask for, in one pass:
  *   exact duplicates      rows whose text content is identical (after whitespace normalisation)
@@ -22,10 +21,10 @@
 
 typedef struct drow {
     int line;
-    char *text;     /* the row's words, lower-cased, single-spaced */
-    uint64_t hash;  /* of text */
+    char *text;    /* the row's words, lower-cased, single-spaced */
+    uint64_t hash; /* of text */
     uint32_t mh[64];
-    int tokens;     /* -1 when not tokenized */
+    int tokens; /* -1 when not tokenized */
 } drow;
 
 static uint64_t fnv(const char *s, size_t n) {
@@ -43,7 +42,10 @@ static uint64_t mix64(uint64_t z) {
 static void row_text(json_t *v, json_t *row_obj, char **buf, size_t *len, size_t *cap) {
     if (json_is_string(v)) {
         size_t n = json_string_length(v);
-        if (*len + n + 2 > *cap) { *cap = (*len + n + 2) * 2; *buf = realloc(*buf, *cap); }
+        if (*len + n + 2 > *cap) {
+            *cap = (*len + n + 2) * 2;
+            *buf = realloc(*buf, *cap);
+        }
         memcpy(*buf + *len, json_string_value(v), n);
         *len += n;
         (*buf)[(*len)++] = ' ';
@@ -67,7 +69,11 @@ static int split_words(const char *s, const char ***starts, int **lens) {
         if (!*p) break;
         const char *b = p;
         while (*p && *p != ' ' && *p != '\t' && *p != '\n' && *p != '\r') p++;
-        if (n == cap) { cap *= 2; *starts = realloc(*starts, cap * sizeof **starts); *lens = realloc(*lens, cap * sizeof **lens); }
+        if (n == cap) {
+            cap *= 2;
+            *starts = realloc(*starts, cap * sizeof **starts);
+            *lens = realloc(*lens, cap * sizeof **lens);
+        }
         (*starts)[n] = b;
         (*lens)[n++] = (int)(p - b);
     }
@@ -80,30 +86,47 @@ static uint64_t ngram_hash(const char **w, const int *l, int k) {
     return h;
 }
 
-typedef struct u64set { uint64_t *v; size_t cap, n; } u64set;
+typedef struct u64set {
+    uint64_t *v;
+    size_t cap, n;
+} u64set;
 static void set_add(u64set *s, uint64_t x) {
     if (!x) x = 1;
     if (s->n * 2 >= s->cap) {
         u64set ns = {calloc(s->cap ? s->cap * 2 : 1024, sizeof(uint64_t)), s->cap ? s->cap * 2 : 1024, 0};
-        for (size_t i = 0; i < s->cap; i++) if (s->v[i]) set_add(&ns, s->v[i]);
+        for (size_t i = 0; i < s->cap; i++)
+            if (s->v[i]) set_add(&ns, s->v[i]);
         free(s->v);
         *s = ns;
     }
     size_t i = mix64(x) & (s->cap - 1);
     while (s->v[i] && s->v[i] != x) i = (i + 1) & (s->cap - 1);
-    if (!s->v[i]) { s->v[i] = x; s->n++; }
+    if (!s->v[i]) {
+        s->v[i] = x;
+        s->n++;
+    }
 }
 static int set_has(const u64set *s, uint64_t x) {
     if (!x) x = 1;
     if (!s->cap) return 0;
     size_t i = mix64(x) & (s->cap - 1);
-    while (s->v[i]) { if (s->v[i] == x) return 1; i = (i + 1) & (s->cap - 1); }
+    while (s->v[i]) {
+        if (s->v[i] == x) return 1;
+        i = (i + 1) & (s->cap - 1);
+    }
     return 0;
 }
 
-typedef struct problems { int n; char (*msg)[256]; int cap; } problems;
+typedef struct problems {
+    int n;
+    char (*msg)[256];
+    int cap;
+} problems;
 static void problem(problems *p, int line, const char *fmt, const char *detail) {
-    if (p->n == p->cap) { p->cap = p->cap ? p->cap * 2 : 64; p->msg = realloc(p->msg, (size_t)p->cap * sizeof *p->msg); }
+    if (p->n == p->cap) {
+        p->cap = p->cap ? p->cap * 2 : 64;
+        p->msg = realloc(p->msg, (size_t)p->cap * sizeof *p->msg);
+    }
     snprintf(p->msg[p->n], sizeof p->msg[0], "line %d: ", line);
     size_t l = strlen(p->msg[p->n]);
     snprintf(p->msg[p->n] + l, sizeof p->msg[0] - l, fmt, detail);
@@ -111,7 +134,10 @@ static void problem(problems *p, int line, const char *fmt, const char *detail) 
 }
 
 static void check_messages(json_t *msgs, int line, problems *pb) {
-    if (!json_is_array(msgs)) { problem(pb, line, "\"messages\" is not a list%s", ""); return; }
+    if (!json_is_array(msgs)) {
+        problem(pb, line, "\"messages\" is not a list%s", "");
+        return;
+    }
     size_t i;
     json_t *m;
     int has_assistant = 0;
@@ -119,20 +145,25 @@ static void check_messages(json_t *msgs, int line, problems *pb) {
     json_array_foreach(msgs, i, m) {
         const char *role = json_string_value(json_object_get(m, "role"));
         json_t *content = json_object_get(m, "content");
-        if (!role) { problem(pb, line, "a message has no \"role\"%s", ""); continue; }
+        if (!role) {
+            problem(pb, line, "a message has no \"role\"%s", "");
+            continue;
+        }
         if (strcmp(role, "system") && strcmp(role, "user") && strcmp(role, "assistant") && strcmp(role, "tool"))
             problem(pb, line, "unknown role \"%s\"", role);
         if (!strcmp(role, "system") && i > 0) problem(pb, line, "a system message that is not first%s", "");
-        if (!content || (json_is_string(content) && json_string_length(content) == 0)) problem(pb, line, "an empty \"%s\" message", role);
-        if (prev && !strcmp(prev, role) && strcmp(role, "tool")) problem(pb, line, "two \"%s\" messages in a row (roles do not alternate)", role);
+        if (!content || (json_is_string(content) && json_string_length(content) == 0))
+            problem(pb, line, "an empty \"%s\" message", role);
+        if (prev && !strcmp(prev, role) && strcmp(role, "tool"))
+            problem(pb, line, "two \"%s\" messages in a row (roles do not alternate)", role);
         has_assistant |= !strcmp(role, "assistant");
         prev = role;
     }
     if (!has_assistant) problem(pb, line, "no assistant message: nothing to learn%s", "");
 }
 
-static int load_rows(const char *path, lt_tokenizer *tok, long long seq, drow **rows, int *nrows, problems *pb, int *too_long,
-                     int **long_lines, int *n_long) {
+static int load_rows(const char *path, lt_tokenizer *tok, long long seq, drow **rows, int *nrows, problems *pb,
+                     int *too_long, int **long_lines, int *n_long) {
     FILE *f = fopen(path, "r");
     if (!f) return -1;
     char *line = NULL;
@@ -147,27 +178,39 @@ static int load_rows(const char *path, lt_tokenizer *tok, long long seq, drow **
         if (!*s) continue;
         json_error_t je;
         json_t *o = json_loads(s, 0, &je);
-        if (!json_is_object(o)) { problem(pb, lineno, "not a JSON object: %s", o ? "" : je.text); json_decref(o); continue; }
-        int shape = json_is_string(json_object_get(o, "text")) || json_object_get(o, "messages") ||
-                    (json_object_get(o, "prompt") && (json_object_get(o, "completion") || json_object_get(o, "chosen"))) ||
-                    json_object_get(o, "input_ids");
-        if (!shape) problem(pb, lineno, "no known dataset shape (text / messages / prompt+completion / prompt+chosen+rejected)%s", "");
+        if (!json_is_object(o)) {
+            problem(pb, lineno, "not a JSON object: %s", o ? "" : je.text);
+            json_decref(o);
+            continue;
+        }
+        int shape =
+            json_is_string(json_object_get(o, "text")) || json_object_get(o, "messages") ||
+            (json_object_get(o, "prompt") && (json_object_get(o, "completion") || json_object_get(o, "chosen"))) ||
+            json_object_get(o, "input_ids");
+        if (!shape)
+            problem(pb, lineno,
+                    "no known dataset shape (text / messages / prompt+completion / prompt+chosen+rejected)%s", "");
         if (json_object_get(o, "messages")) check_messages(json_object_get(o, "messages"), lineno, pb);
         if (json_object_get(o, "prompt") && json_is_array(json_object_get(o, "prompt"))) {
-            json_t *c = json_object_get(o, "completion") ? json_object_get(o, "completion") : json_object_get(o, "chosen");
+            json_t *c =
+                json_object_get(o, "completion") ? json_object_get(o, "completion") : json_object_get(o, "chosen");
             json_t *all = json_array();
             json_array_extend(all, json_object_get(o, "prompt"));
             if (json_is_array(c)) json_array_extend(all, c);
             check_messages(all, lineno, pb);
             json_decref(all);
         }
-        if (json_object_get(o, "label") && !json_is_boolean(json_object_get(o, "label"))) problem(pb, lineno, "\"label\" is not true/false%s", "");
+        if (json_object_get(o, "label") && !json_is_boolean(json_object_get(o, "label")))
+            problem(pb, lineno, "\"label\" is not true/false%s", "");
         char *buf = NULL;
         size_t len = 0, bcap = 0;
         const char *keys[] = {"text", "prompt", "completion", "chosen", "messages"};
         for (int k = 0; k < 5; k++) row_text(json_object_get(o, keys[k]), o, &buf, &len, &bcap);
         json_decref(o);
-        if (*nrows == cr) { cr = cr ? cr * 2 : 256; *rows = realloc(*rows, (size_t)cr * sizeof **rows); }
+        if (*nrows == cr) {
+            cr = cr ? cr * 2 : 256;
+            *rows = realloc(*rows, (size_t)cr * sizeof **rows);
+        }
         drow *r = &(*rows)[(*nrows)++];
         memset(r, 0, sizeof *r);
         r->line = lineno;
@@ -177,7 +220,11 @@ static int load_rows(const char *path, lt_tokenizer *tok, long long seq, drow **
         int sp = 1;
         for (size_t i = 0; i < len; i++) {
             char c = buf[i];
-            if (c == ' ' || c == '\t' || c == '\n' || c == '\r') { if (!sp) norm[m++] = ' '; sp = 1; continue; }
+            if (c == ' ' || c == '\t' || c == '\n' || c == '\r') {
+                if (!sp) norm[m++] = ' ';
+                sp = 1;
+                continue;
+            }
             norm[m++] = (c >= 'A' && c <= 'Z') ? (char)(c + 32) : c;
             sp = 0;
         }
@@ -187,11 +234,14 @@ static int load_rows(const char *path, lt_tokenizer *tok, long long seq, drow **
         r->hash = fnv(norm, m);
         /* special tokens written into the content are read as control tokens */
         if (tok && buf) {
-            static const char *markers[] = {"<|eot_id|>", "<|im_start|>", "<|im_end|>", "<|endoftext|>", "<start_of_turn>",
-                                            "<end_of_turn>", "[INST]", "[/INST]", "<|start_header_id|>", "<s>", "</s>", "<|end|>"};
+            static const char *markers[] = {"<|eot_id|>",          "<|im_start|>",  "<|im_end|>", "<|endoftext|>",
+                                            "<start_of_turn>",     "<end_of_turn>", "[INST]",     "[/INST]",
+                                            "<|start_header_id|>", "<s>",           "</s>",       "<|end|>"};
             for (int k = 0; k < 12; k++)
-                if (strstr(buf, markers[k]) && lt_tokenizer_token_to_id(tok, markers[k]) >= 0 && lt_tokenizer_is_special(tok, lt_tokenizer_token_to_id(tok, markers[k]))) {
-                    problem(pb, lineno, "the special token %s is written in the text (it is read as a control token)", markers[k]);
+                if (strstr(buf, markers[k]) && lt_tokenizer_token_to_id(tok, markers[k]) >= 0 &&
+                    lt_tokenizer_is_special(tok, lt_tokenizer_token_to_id(tok, markers[k]))) {
+                    problem(pb, lineno, "the special token %s is written in the text (it is read as a control token)",
+                            markers[k]);
                     break;
                 }
         }
@@ -239,13 +289,22 @@ static void minhash(drow *r) {
     free(l);
 }
 
-typedef struct { uint64_t h; int i; } bh;
-static int cmp_bh(const void *x, const void *y) { uint64_t a = ((const bh *)x)->h, c = ((const bh *)y)->h; return a < c ? -1 : a > c; }
+typedef struct {
+    uint64_t h;
+    int i;
+} bh;
+static int cmp_bh(const void *x, const void *y) {
+    uint64_t a = ((const bh *)x)->h, c = ((const bh *)y)->h;
+    return a < c ? -1 : a > c;
+}
 static int cmpi(const void *x, const void *y) { return *(const int *)x - *(const int *)y; }
 
 int cmd_data(int argc, char **argv) {
-    if (argc < 2 || strcmp(argv[1], "check")) return fail("data", "usage: loratune data check --data FILE.jsonl [--eval FILE.jsonl] [--tokenizer DIR | --model DIR] [--seq N] [--ngram N] [--near J] [--json]");
-    static const opt_spec spec[] = {{"data", 1}, {"eval", 1}, {"tokenizer", 1}, {"model", 1}, {"seq", 1}, {"ngram", 1}, {"near", 1}, {"json", 0}, {"show", 1}};
+    if (argc < 2 || strcmp(argv[1], "check"))
+        return fail("data", "usage: loratune data check --data FILE.jsonl [--eval FILE.jsonl] [--tokenizer DIR | "
+                            "--model DIR] [--seq N] [--ngram N] [--near J] [--json]");
+    static const opt_spec spec[] = {{"data", 1},  {"eval", 1}, {"tokenizer", 1}, {"model", 1}, {"seq", 1},
+                                    {"ngram", 1}, {"near", 1}, {"json", 0},      {"show", 1}};
     opts o;
     if (opts_parse(&o, spec, 9, argc - 1, argv + 1, "data check")) return 2;
     const char *data = opt_str(&o, "data", NULL), *eval = opt_str(&o, "eval", NULL);
@@ -253,17 +312,23 @@ int cmd_data(int argc, char **argv) {
     long long seq, ngram, show;
     double near;
     if (!data) return fail("data check", "--data FILE.jsonl is required");
-    if (opt_int(&o, "seq", 2048, 0, 1 << 30, &seq) || opt_int(&o, "ngram", 13, 1, 1000, &ngram) || opt_double(&o, "near", 0.8, &near) ||
-        opt_int(&o, "show", 5, 0, 1000000, &show))
+    if (opt_int(&o, "seq", 2048, 0, 1 << 30, &seq) || opt_int(&o, "ngram", 13, 1, 1000, &ngram) ||
+        opt_double(&o, "near", 0.8, &near) || opt_int(&o, "show", 5, 0, 1000000, &show))
         return 2;
     lt_tokenizer *tok = NULL;
     if (tokdir && !(tok = open_tokenizer("data check", tokdir))) return 1;
     problems pb = {0};
     drow *rows = NULL, *erows = NULL;
     int nrows = 0, nerows = 0, too_long = 0, n_long = 0, *long_lines = NULL, dummy = 0, *dl = NULL, dn = 0;
-    if (load_rows(data, tok, seq, &rows, &nrows, &pb, &too_long, &long_lines, &n_long)) { lt_tokenizer_free(tok); return fail("data check", "%s: cannot open", data); }
+    if (load_rows(data, tok, seq, &rows, &nrows, &pb, &too_long, &long_lines, &n_long)) {
+        lt_tokenizer_free(tok);
+        return fail("data check", "%s: cannot open", data);
+    }
     problems epb = {0};
-    if (eval && load_rows(eval, NULL, 0, &erows, &nerows, &epb, &dummy, &dl, &dn)) { lt_tokenizer_free(tok); return fail("data check", "%s: cannot open", eval); }
+    if (eval && load_rows(eval, NULL, 0, &erows, &nerows, &epb, &dummy, &dl, &dn)) {
+        lt_tokenizer_free(tok);
+        return fail("data check", "%s: cannot open", eval);
+    }
     /* exact duplicates: rows whose normalised text hash was seen before */
     u64set seen = {0};
     int exact = 0, *exact_lines = malloc((size_t)(nrows + 1) * sizeof *exact_lines);
@@ -298,7 +363,10 @@ int cmd_data(int argc, char **argv) {
                         int same = 0;
                         for (int k = 0; k < 64; k++) same += rows[i].mh[k] == rows[j].mh[k];
                         if (same / 64.0 >= near) {
-                            if (near_pairs < show) { near_ex[near_pairs][0] = rows[i].line; near_ex[near_pairs][1] = rows[j].line; }
+                            if (near_pairs < show) {
+                                near_ex[near_pairs][0] = rows[i].line;
+                                near_ex[near_pairs][1] = rows[j].line;
+                            }
                             near_pairs++;
                         }
                     }
@@ -361,9 +429,17 @@ int cmd_data(int argc, char **argv) {
             json_object_set_new(j, "tokens_total", json_integer(total));
             json_object_set_new(j, "tokens_max", json_integer(mx));
             json_object_set_new(j, "tokens_p50", json_integer(counted ? lens[counted / 2] : 0));
-            json_object_set_new(j, "tokens_p95", json_integer(counted ? lens[(int)(counted * 0.95) < counted ? (int)(counted * 0.95) : counted - 1] : 0));
+            json_object_set_new(
+                j, "tokens_p95",
+                json_integer(counted ? lens[(int)(counted * 0.95) < counted ? (int)(counted * 0.95) : counted - 1]
+                                     : 0));
             json_t *h = json_object();
-            for (int b = 0; b < 32; b++) if (hist[b]) { char k[32]; snprintf(k, sizeof k, "<=%lld", 1LL << b); json_object_set_new(h, k, json_integer(hist[b])); }
+            for (int b = 0; b < 32; b++)
+                if (hist[b]) {
+                    char k[32];
+                    snprintf(k, sizeof k, "<=%lld", 1LL << b);
+                    json_object_set_new(h, k, json_integer(hist[b]));
+                }
             json_object_set_new(j, "length_histogram", h);
         }
         char *s = json_dumps(j, JSON_PRESERVE_ORDER);
@@ -376,7 +452,8 @@ int cmd_data(int argc, char **argv) {
         for (int i = 0; i < exact && i < show; i++) printf(i ? ", %d" : "  (lines %d", exact_lines[i]);
         printf(exact ? (exact > show ? ", ...)\n" : ")\n") : "\n");
         printf("near duplicates       %d pairs (MinHash Jaccard >= %.2f)", near_pairs, near);
-        for (int i = 0; i < near_pairs && i < show; i++) printf(i ? ", %d~%d" : "  (lines %d~%d", near_ex[i][0], near_ex[i][1]);
+        for (int i = 0; i < near_pairs && i < show; i++)
+            printf(i ? ", %d~%d" : "  (lines %d~%d", near_ex[i][0], near_ex[i][1]);
         printf(near_pairs ? (near_pairs > show ? ", ...)\n" : ")\n") : "\n");
         if (eval) {
             printf("eval overlap          %d rows share a %lld-word n-gram with %s", overlap, ngram, eval);
@@ -384,14 +461,16 @@ int cmd_data(int argc, char **argv) {
             printf(overlap ? (overlap > show ? ", ...)\n" : ")\n") : "\n");
         }
         if (tok) {
-            printf("tokens                %lld in all; per row min %lld, median %d, p95 %d, max %lld\n", total, mn < 0 ? 0 : mn,
-                   counted ? lens[counted / 2] : 0, counted ? lens[(int)(counted * 0.95) < counted ? (int)(counted * 0.95) : counted - 1] : 0, mx);
+            printf("tokens                %lld in all; per row min %lld, median %d, p95 %d, max %lld\n", total,
+                   mn < 0 ? 0 : mn, counted ? lens[counted / 2] : 0,
+                   counted ? lens[(int)(counted * 0.95) < counted ? (int)(counted * 0.95) : counted - 1] : 0, mx);
             printf("rows longer than %lld   %d", seq, too_long);
             for (int i = 0; i < n_long && i < show; i++) printf(i ? ", %d" : "  (lines %d", long_lines[i]);
             printf(too_long ? (too_long > show ? ", ...)\n" : ")\n") : "\n");
             printf("length histogram (tokens):\n");
             long long hmax = 1;
-            for (int b = 0; b < 32; b++) if (hist[b] > hmax) hmax = hist[b];
+            for (int b = 0; b < 32; b++)
+                if (hist[b] > hmax) hmax = hist[b];
             for (int b = 0; b < 32; b++)
                 if (hist[b]) {
                     printf("  <= %-8lld %7lld  ", 1LL << b, hist[b]);
@@ -405,8 +484,17 @@ int cmd_data(int argc, char **argv) {
     }
     for (int i = 0; i < nrows; i++) free(rows[i].text);
     for (int i = 0; i < nerows; i++) free(erows[i].text);
-    free(rows); free(erows); free(pb.msg); free(epb.msg); free(seen.v);
-    free(exact_lines); free(near_ex); free(overlap_lines); free(lens); free(long_lines); free(dl);
+    free(rows);
+    free(erows);
+    free(pb.msg);
+    free(epb.msg);
+    free(seen.v);
+    free(exact_lines);
+    free(near_ex);
+    free(overlap_lines);
+    free(lens);
+    free(long_lines);
+    free(dl);
     lt_tokenizer_free(tok);
     return 0;
 }

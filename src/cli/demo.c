@@ -21,11 +21,11 @@
 #define EOS 257
 
 static const char *const facts[][2] = {
-    {"France", "Paris"},     {"Japan", "Tokyo"},     {"Italy", "Rome"},       {"Spain", "Madrid"},
-    {"Germany", "Berlin"},   {"Egypt", "Cairo"},     {"Peru", "Lima"},        {"Kenya", "Nairobi"},
-    {"Norway", "Oslo"},      {"Chile", "Santiago"},  {"Cuba", "Havana"},      {"Greece", "Athens"},
-    {"Poland", "Warsaw"},    {"Canada", "Ottawa"},   {"India", "New Delhi"},  {"Ireland", "Dublin"},
-    {"Portugal", "Lisbon"},  {"Austria", "Vienna"},  {"Sweden", "Stockholm"}, {"Mexico", "Mexico City"},
+    {"France", "Paris"},    {"Japan", "Tokyo"},    {"Italy", "Rome"},       {"Spain", "Madrid"},
+    {"Germany", "Berlin"},  {"Egypt", "Cairo"},    {"Peru", "Lima"},        {"Kenya", "Nairobi"},
+    {"Norway", "Oslo"},     {"Chile", "Santiago"}, {"Cuba", "Havana"},      {"Greece", "Athens"},
+    {"Poland", "Warsaw"},   {"Canada", "Ottawa"},  {"India", "New Delhi"},  {"Ireland", "Dublin"},
+    {"Portugal", "Lisbon"}, {"Austria", "Vienna"}, {"Sweden", "Stockholm"}, {"Mexico", "Mexico City"},
 };
 #define N_FACTS ((int)(sizeof facts / sizeof *facts))
 #define N_TRAIN 16 /* the last four are held out */
@@ -52,7 +52,10 @@ static int encode(int32_t *ids, const char *country, const char *capital, int wi
 static void print_generation(const int32_t *ids, int n) {
     putchar('"');
     for (int i = 0; i < n; i++) {
-        if (ids[i] == EOS) { printf("<eos>"); break; }
+        if (ids[i] == EOS) {
+            printf("<eos>");
+            break;
+        }
         int c = ids[i];
         if (c == '\n') printf("\\n");
         else if (c >= 32 && c < 127) putchar(c);
@@ -133,7 +136,8 @@ int cmd_demo(int argc, char **argv) {
     printf("libloratune %s demo: LoRA fine-tuning on the CPU backend\n\n", lt_version_string());
     printf("1. A base model to fine-tune. Nothing can be downloaded here, so this is a small Llama-architecture\n"
            "   model (4 layers, hidden 128, GQA 4/2 heads, byte-level vocabulary) with RANDOM weights,\n"
-           "   saved as a Hugging Face model directory: %s\n", base_dir);
+           "   saved as a Hugging Face model directory: %s\n",
+           base_dir);
     if (lt_model_create_random(ctx, demo_config, (uint64_t)seed, 0.08f, &m) != LT_OK ||
         lt_model_save(m, base_dir) != LT_OK) {
         rc = fail("demo", "%s", m ? lt_model_last_error(m) : lt_last_error());
@@ -141,7 +145,10 @@ int cmd_demo(int argc, char **argv) {
     }
     lt_model_free(m);
     m = NULL;
-    if (lt_model_load(ctx, base_dir, NULL, &m) != LT_OK) { rc = fail("demo", "%s", lt_last_error()); goto done; }
+    if (lt_model_load(ctx, base_dir, NULL, &m) != LT_OK) {
+        rc = fail("demo", "%s", lt_last_error());
+        goto done;
+    }
 
     lt_adapter_params ap;
     lt_adapter_params_init(&ap, sizeof ap);
@@ -194,12 +201,15 @@ int cmd_demo(int argc, char **argv) {
         b.input_ids = ids;
         b.labels = labels;
         lt_step_result res = {.size = sizeof res};
-        if (lt_trainer_step(tr, &b, &res) != LT_OK) { rc = fail("demo", "%s", lt_trainer_last_error(tr)); goto done; }
+        if (lt_trainer_step(tr, &b, &res) != LT_OK) {
+            rc = fail("demo", "%s", lt_trainer_last_error(tr));
+            goto done;
+        }
         if (step == 0 || (step + 1) % (steps >= 10 ? steps / 10 : 1) == 0) {
             int bar = (int)(res.loss * 8 + 0.5);
             if (bar > 48) bar = 48;
-            printf("   step %4lld  loss %6.3f  lr %.2e  grad_norm %6.3f  %6.0f tok/s  %.*s\n", step + 1, res.loss, res.lr,
-                   res.grad_norm, res.tokens_per_s, bar, "################################################");
+            printf("   step %4lld  loss %6.3f  lr %.2e  grad_norm %6.3f  %6.0f tok/s  %.*s\n", step + 1, res.loss,
+                   res.lr, res.grad_norm, res.tokens_per_s, bar, "################################################");
             fflush(stdout);
         }
     }

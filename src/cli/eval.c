@@ -8,8 +8,8 @@
 #include "cli/textdata.h"
 
 int cmd_eval(int argc, char **argv) {
-    static const opt_spec spec[] = {{"model", 1}, {"data", 1}, {"adapter", 1}, {"json", 0},
-                                    {"threads", 1}, {"batch", 1}, {"backend", 1}, {"objective", 1},
+    static const opt_spec spec[] = {{"model", 1},     {"data", 1},      {"adapter", 1}, {"json", 0},
+                                    {"threads", 1},   {"batch", 1},     {"backend", 1}, {"objective", 1},
                                     {"tokenizer", 1}, {"base-dtype", 1}};
     if (wants_objective(argc, argv)) return cmd_eval_pref(argc, argv);
     opts o;
@@ -22,7 +22,8 @@ int cmd_eval(int argc, char **argv) {
     if (opt_int(&o, "threads", 0, 0, 1024, &threads) || opt_int(&o, "batch", 8, 1, 4096, &batch)) return 2;
     dataset ds;
     char msg[512];
-    if (dataset_load_any(data, opt_str(&o, "tokenizer", dir), &ds, NULL, msg, sizeof msg)) return fail("eval", "%s", msg);
+    if (dataset_load_any(data, opt_str(&o, "tokenizer", dir), &ds, NULL, msg, sizeof msg))
+        return fail("eval", "%s", msg);
     lt_context *ctx;
     lt_model *m;
     if (open_model_dtype("eval", dir, (int)threads, opt_str(&o, "backend", NULL), base_dtype, &ctx, &m)) {
@@ -38,7 +39,12 @@ int cmd_eval(int argc, char **argv) {
     }
     int32_t *ids = malloc((size_t)batch * ds.max_len * sizeof *ids);
     int32_t *labels = malloc((size_t)batch * ds.max_len * sizeof *labels);
-    if (!ids || !labels) { rc = fail("eval", "out of memory"); free(ids); free(labels); goto done; }
+    if (!ids || !labels) {
+        rc = fail("eval", "out of memory");
+        free(ids);
+        free(labels);
+        goto done;
+    }
     /* Rows are batched in file order and padded (label -100) to the batch's longest row; padding
      * at the end of a row cannot influence the real tokens under causal attention. */
     double total = 0;
@@ -69,8 +75,8 @@ int cmd_eval(int argc, char **argv) {
         } else if (opt_flag(&o, "json")) {
             printf("{\"loss\": %.9g, \"tokens\": %lld}\n", total / tokens, tokens);
         } else {
-            printf("loss %.6f over %lld predicted tokens (%d rows), perplexity %.3f\n", total / tokens, tokens,
-                   ds.n, exp(total / tokens));
+            printf("loss %.6f over %lld predicted tokens (%d rows), perplexity %.3f\n", total / tokens, tokens, ds.n,
+                   exp(total / tokens));
         }
     }
 done:
@@ -84,16 +90,28 @@ done:
 /* ---- eval --objective dpo|ipo|kto|orpo ----------------------------------------------------------- */
 
 int cmd_eval_pref(int argc, char **argv) {
-    static const opt_spec spec[] = {{"model", 1}, {"data", 1}, {"adapter", 1}, {"json", 0}, {"threads", 1},
-                                    {"batch", 1}, {"backend", 1}, {"objective", 1}, {"beta", 1},
-                                    {"label-smoothing", 1}, {"desirable-weight", 1}, {"undesirable-weight", 1},
-                                    {"max-length", 1}, {"ref-adapter", 1}, {"no-eos", 0}};
+    static const opt_spec spec[] = {{"model", 1},
+                                    {"data", 1},
+                                    {"adapter", 1},
+                                    {"json", 0},
+                                    {"threads", 1},
+                                    {"batch", 1},
+                                    {"backend", 1},
+                                    {"objective", 1},
+                                    {"beta", 1},
+                                    {"label-smoothing", 1},
+                                    {"desirable-weight", 1},
+                                    {"undesirable-weight", 1},
+                                    {"max-length", 1},
+                                    {"ref-adapter", 1},
+                                    {"no-eos", 0}};
     opts o;
     if (opts_parse(&o, spec, (int)(sizeof spec / sizeof *spec), argc, argv, "eval")) return 2;
     const char *mdir = opt_str(&o, "model", NULL), *data = opt_str(&o, "data", NULL);
     lt_objective obj;
     if (!mdir || !data) return fail("eval", "--model DIR and --data FILE.jsonl are required");
-    if (pref_parse_objective(opt_str(&o, "objective", ""), &obj)) return fail("eval", "--objective must be dpo, ipo, kto or orpo");
+    if (pref_parse_objective(opt_str(&o, "objective", ""), &obj))
+        return fail("eval", "--objective must be dpo, ipo, kto or orpo");
     long long threads, batch;
     if (opt_int(&o, "threads", 0, 0, 1024, &threads) || opt_int(&o, "batch", 8, 1, 1 << 20, &batch)) return 2;
     lt_trainer_params tp;
@@ -109,16 +127,28 @@ int cmd_eval_pref(int argc, char **argv) {
     lt_trainer *tr = NULL;
     pref_buf buf = {0};
     int *idx = NULL, rc = 0;
-    if (open_model("eval", mdir, (int)threads, opt_str(&o, "backend", NULL), &ctx, &m)) { rc = 1; goto done; }
+    if (open_model("eval", mdir, (int)threads, opt_str(&o, "backend", NULL), &ctx, &m)) {
+        rc = 1;
+        goto done;
+    }
     const char *adir = opt_str(&o, "adapter", NULL), *rdir = opt_str(&o, "ref-adapter", NULL);
     if (adir) {
-        if (lt_adapter_load(m, adir, &ad) != LT_OK) { rc = fail("eval", "%s", lt_last_error()); goto done; }
+        if (lt_adapter_load(m, adir, &ad) != LT_OK) {
+            rc = fail("eval", "%s", lt_last_error());
+            goto done;
+        }
     } else { /* no adapter: a fresh LoRA (B = 0), i.e. the base model */
         lt_adapter_params ap;
         lt_adapter_params_init(&ap, sizeof ap);
-        if (lt_adapter_create(m, &ap, &ad) != LT_OK) { rc = fail("eval", "%s", lt_last_error()); goto done; }
+        if (lt_adapter_create(m, &ap, &ad) != LT_OK) {
+            rc = fail("eval", "%s", lt_last_error());
+            goto done;
+        }
     }
-    if (rdir && lt_adapter_load(m, rdir, &ref) != LT_OK) { rc = fail("eval", "%s", lt_last_error()); goto done; }
+    if (rdir && lt_adapter_load(m, rdir, &ref) != LT_OK) {
+        rc = fail("eval", "%s", lt_last_error());
+        goto done;
+    }
     tp.ref_adapter = ref;
     lt_optimizer_params op;
     lt_optimizer_params_init(&op, sizeof op);
@@ -127,7 +157,10 @@ int cmd_eval_pref(int argc, char **argv) {
         goto done;
     }
     idx = malloc((size_t)batch * sizeof *idx);
-    if (!idx) { rc = fail("eval", "out of memory"); goto done; }
+    if (!idx) {
+        rc = fail("eval", "out of memory");
+        goto done;
+    }
     /* batches of --batch examples in file order; each metric is the example-weighted mean of the
      * batches' values (KTO's chosen/rejected rewards: weighted by the examples of each kind) */
     double sum[5] = {0}, wsum[5] = {0};
@@ -135,7 +168,10 @@ int cmd_eval_pref(int argc, char **argv) {
         int n = ds.n - first < batch ? ds.n - first : (int)batch;
         for (int i = 0; i < n; i++) idx[i] = first + i;
         lt_pref_batch pb;
-        if (pref_make_batch(&ds, idx, n, &buf, &pb)) { rc = fail("eval", "out of memory"); goto done; }
+        if (pref_make_batch(&ds, idx, n, &buf, &pb)) {
+            rc = fail("eval", "out of memory");
+            goto done;
+        }
         lt_step_result r = {.size = sizeof r};
         if (lt_trainer_evaluate_preference(tr, &pb, &r) != LT_OK) {
             rc = fail("eval", "%s: rows %d..%d: %s", data, first + 1, first + n, lt_trainer_last_error(tr));
@@ -150,7 +186,10 @@ int cmd_eval_pref(int argc, char **argv) {
         const double v[5] = {r.loss, r.rewards_chosen, r.rewards_rejected, r.rewards_accuracies, r.kl};
         const double wt[5] = {n, nc, nr, n, n};
         for (int k = 0; k < 5; k++)
-            if (isfinite(v[k]) && wt[k] > 0) { sum[k] += v[k] * wt[k]; wsum[k] += wt[k]; }
+            if (isfinite(v[k]) && wt[k] > 0) {
+                sum[k] += v[k] * wt[k];
+                wsum[k] += wt[k];
+            }
     }
     double mean[5];
     for (int k = 0; k < 5; k++) mean[k] = wsum[k] > 0 ? sum[k] / wsum[k] : NAN;

@@ -22,10 +22,9 @@ int cmd_info(int argc, char **argv) {
                "\"parameters\": %lld, \"weight_bytes\": %lld, \"family\": \"%s\", \"sliding_window\": %lld, "
                "\"sliding_layers\": %d}\n",
                in.architecture, in.dtype, (long long)in.vocab_size, (long long)in.hidden_size,
-               (long long)in.intermediate_size, (long long)in.n_layers, (long long)in.n_heads,
-               (long long)in.n_kv_heads, (long long)in.head_dim, in.tied_embeddings ? "true" : "false",
-               (long long)in.n_params, (long long)in.weight_bytes, in.family, (long long)in.sliding_window,
-               (int)in.n_sliding_layers);
+               (long long)in.intermediate_size, (long long)in.n_layers, (long long)in.n_heads, (long long)in.n_kv_heads,
+               (long long)in.head_dim, in.tied_embeddings ? "true" : "false", (long long)in.n_params,
+               (long long)in.weight_bytes, in.family, (long long)in.sliding_window, (int)in.n_sliding_layers);
     } else {
         printf("model          %s\n", dir);
         printf("architecture   %s (%s family)\n", in.architecture, in.family);

@@ -5,15 +5,17 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int read_ids(json_t *arr, const char *key, int32_t **out, int *len, int allow_masked, char *why,
-                    size_t whylen) {
+static int read_ids(json_t *arr, const char *key, int32_t **out, int *len, int allow_masked, char *why, size_t whylen) {
     if (!json_is_array(arr)) {
         snprintf(why, whylen, "\"%s\" is not an array of integers", key);
         return -1;
     }
     size_t n = json_array_size(arr);
     int32_t *v = malloc((n ? n : 1) * sizeof *v);
-    if (!v) { snprintf(why, whylen, "out of memory"); return -1; }
+    if (!v) {
+        snprintf(why, whylen, "out of memory");
+        return -1;
+    }
     for (size_t i = 0; i < n; i++) {
         json_t *x = json_array_get(arr, i);
         if (!json_is_integer(x)) {
@@ -38,7 +40,10 @@ static int read_ids(json_t *arr, const char *key, int32_t **out, int *len, int a
 int dataset_load(const char *path, dataset *ds, char *msg, size_t msglen) {
     memset(ds, 0, sizeof *ds);
     FILE *f = fopen(path, "r");
-    if (!f) { snprintf(msg, msglen, "%s: cannot open: %m", path); return -1; }
+    if (!f) {
+        snprintf(msg, msglen, "%s: cannot open: %m", path);
+        return -1;
+    }
     char *line = NULL;
     size_t cap = 0;
     ssize_t got;
@@ -71,14 +76,23 @@ int dataset_load(const char *path, dataset *ds, char *msg, size_t msglen) {
         json_decref(o);
         if (why[0]) {
             snprintf(msg, msglen, "%s:%d: %s", path, lineno, why);
-            free(r.ids); free(r.labels); free(line); fclose(f);
+            free(r.ids);
+            free(r.labels);
+            free(line);
+            fclose(f);
             dataset_free(ds);
             return -1;
         }
         if (ds->n == capn) {
             capn = capn ? capn * 2 : 64;
             row *nr = realloc(ds->rows, (size_t)capn * sizeof *nr);
-            if (!nr) { snprintf(msg, msglen, "%s: out of memory", path); free(line); fclose(f); dataset_free(ds); return -1; }
+            if (!nr) {
+                snprintf(msg, msglen, "%s: out of memory", path);
+                free(line);
+                fclose(f);
+                dataset_free(ds);
+                return -1;
+            }
             ds->rows = nr;
         }
         ds->rows[ds->n++] = r;
@@ -86,18 +100,23 @@ int dataset_load(const char *path, dataset *ds, char *msg, size_t msglen) {
     }
     free(line);
     fclose(f);
-    if (ds->n == 0) { snprintf(msg, msglen, "%s: no rows (the file is empty)", path); return -1; }
+    if (ds->n == 0) {
+        snprintf(msg, msglen, "%s: no rows (the file is empty)", path);
+        return -1;
+    }
     return 0;
 }
 
 void dataset_free(dataset *ds) {
-    for (int i = 0; i < ds->n; i++) { free(ds->rows[i].ids); free(ds->rows[i].labels); }
+    for (int i = 0; i < ds->n; i++) {
+        free(ds->rows[i].ids);
+        free(ds->rows[i].labels);
+    }
     free(ds->rows);
     memset(ds, 0, sizeof *ds);
 }
 
-int dataset_batch(const dataset *ds, const int *order, int first, int n, int max_T, int32_t *ids,
-                  int32_t *labels) {
+int dataset_batch(const dataset *ds, const int *order, int first, int n, int max_T, int32_t *ids, int32_t *labels) {
     int T = 1;
     for (int i = 0; i < n; i++) {
         int k = (first + i) % ds->n;

@@ -24,6 +24,5 @@ void dataset_free(dataset *ds);
 /* Fill a padded batch of rows [first, first+n) (wrapping around the dataset) into ids/labels
  * (n x T, padded with id 0 and label -100). T is the longest row, capped at max_T (rows are
  * truncated, keeping their start). Returns T. */
-int dataset_batch(const dataset *ds, const int *order, int first, int n, int max_T, int32_t *ids,
-                  int32_t *labels);
+int dataset_batch(const dataset *ds, const int *order, int first, int n, int max_T, int32_t *ids, int32_t *labels);
 #endif

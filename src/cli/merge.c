@@ -7,14 +7,17 @@
 #include "cli/cli.h"
 
 int cmd_merge(int argc, char **argv) {
-    static const opt_spec spec[] = {{"model", 1}, {"adapter", 1}, {"out", 1}, {"max-shard-mb", 1}, {"threads", 1},
-                                    {"quant", 1}, {"double-quant", 0}, {"no-double-quant", 0}, {"quant-blocksize", 1}};
+    static const opt_spec spec[] = {{"model", 1},        {"adapter", 1},         {"out", 1},
+                                    {"max-shard-mb", 1}, {"threads", 1},         {"quant", 1},
+                                    {"double-quant", 0}, {"no-double-quant", 0}, {"quant-blocksize", 1}};
     opts o;
     if (opts_parse(&o, spec, 9, argc, argv, "merge")) return 2;
-    const char *mdir = opt_str(&o, "model", NULL), *adir = opt_str(&o, "adapter", NULL), *out = opt_str(&o, "out", NULL);
+    const char *mdir = opt_str(&o, "model", NULL), *adir = opt_str(&o, "adapter", NULL),
+               *out = opt_str(&o, "out", NULL);
     if (!mdir || !adir || !out) return fail("merge", "--model DIR, --adapter DIR and --out DIR are required");
     long long shard_mb, threads;
-    if (opt_int(&o, "max-shard-mb", 2048, 1, 1 << 30, &shard_mb) || opt_int(&o, "threads", 0, 0, 1024, &threads)) return 2;
+    if (opt_int(&o, "max-shard-mb", 2048, 1, 1 << 30, &shard_mb) || opt_int(&o, "threads", 0, 0, 1024, &threads))
+        return 2;
     lt_context *ctx;
     lt_model *m;
     /* a QLoRA adapter was trained on the quantized base: merge into the same dequantized weights.
@@ -32,7 +35,8 @@ int cmd_merge(int argc, char **argv) {
     int rc = 0;
     if (quantize && lt_model_quantize(m, &qp) != LT_OK) rc = fail("merge", "%s", lt_model_last_error(m));
     else if (lt_adapter_load(m, adir, &ad) != LT_OK) rc = fail("merge", "%s", lt_last_error());
-    else if (lt_adapter_export_merged(ad, out, shard_mb << 20) != LT_OK) rc = fail("merge", "%s", lt_adapter_last_error(ad));
+    else if (lt_adapter_export_merged(ad, out, shard_mb << 20) != LT_OK)
+        rc = fail("merge", "%s", lt_adapter_last_error(ad));
     else printf("merged %s%s + %s -> %s (f32)\n", mdir, quantize ? " (dequantized)" : "", adir, out);
     lt_adapter_free(ad);
     lt_model_free(m);

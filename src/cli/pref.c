@@ -11,18 +11,31 @@
 /* ---- data --------------------------------------------------------------------------------------- */
 
 void pref_free(pref_set *s) {
-    for (int i = 0; i < s->n; i++) { free(s->rows[i].p); free(s->rows[i].c); free(s->rows[i].r); }
+    for (int i = 0; i < s->n; i++) {
+        free(s->rows[i].p);
+        free(s->rows[i].c);
+        free(s->rows[i].r);
+    }
     free(s->rows);
     memset(s, 0, sizeof *s);
 }
 
 static int read_arr(json_t *o, const char *key, int32_t **out, int *n, char *why, size_t wl) {
     json_t *a = json_object_get(o, key);
-    if (!a) { snprintf(why, wl, "missing \"%s\"", key); return -1; }
-    if (!json_is_array(a)) { snprintf(why, wl, "\"%s\" is not an array of token ids", key); return -1; }
+    if (!a) {
+        snprintf(why, wl, "missing \"%s\"", key);
+        return -1;
+    }
+    if (!json_is_array(a)) {
+        snprintf(why, wl, "\"%s\" is not an array of token ids", key);
+        return -1;
+    }
     size_t k = json_array_size(a);
     int32_t *v = malloc((k + 1) * sizeof *v); /* +1: room for an appended EOS */
-    if (!v) { snprintf(why, wl, "out of memory"); return -1; }
+    if (!v) {
+        snprintf(why, wl, "out of memory");
+        return -1;
+    }
     for (size_t i = 0; i < k; i++) {
         json_t *x = json_array_get(a, i);
         if (!json_is_integer(x) || json_integer_value(x) < 0 || json_integer_value(x) > INT32_MAX) {
@@ -42,7 +55,10 @@ static int read_arr(json_t *o, const char *key, int32_t **out, int *n, char *why
 int pref_load(const char *path, int kto, int32_t eos, pref_set *s, char *msg, size_t ml) {
     memset(s, 0, sizeof *s);
     FILE *f = fopen(path, "r");
-    if (!f) { snprintf(msg, ml, "%s: cannot open: %s", path, strerror(errno)); return -1; }
+    if (!f) {
+        snprintf(msg, ml, "%s: cannot open: %s", path, strerror(errno));
+        return -1;
+    }
     char *line = NULL;
     size_t cap = 0;
     int lineno = 0, capn = 0;
@@ -55,7 +71,8 @@ int pref_load(const char *path, int kto, int32_t eos, pref_set *s, char *msg, si
         json_t *o = json_loads(q, 0, &je);
         char why[256] = "";
         pref_row r = {0};
-        if (!o || !json_is_object(o)) snprintf(why, sizeof why, "not a JSON object%s%s", o ? "" : ": ", o ? "" : je.text);
+        if (!o || !json_is_object(o))
+            snprintf(why, sizeof why, "not a JSON object%s%s", o ? "" : ": ", o ? "" : je.text);
         else if (read_arr(o, "prompt_ids", &r.p, &r.np, why, sizeof why) == 0) {
             if (kto) {
                 json_t *lab = json_object_get(o, "label");
@@ -74,20 +91,34 @@ int pref_load(const char *path, int kto, int32_t eos, pref_set *s, char *msg, si
         }
         if (why[0]) {
             snprintf(msg, ml, "%s:%d: %s", path, lineno, why);
-            free(r.p); free(r.c); free(r.r); free(line); fclose(f); pref_free(s);
+            free(r.p);
+            free(r.c);
+            free(r.r);
+            free(line);
+            fclose(f);
+            pref_free(s);
             return -1;
         }
         if (s->n == capn) {
             capn = capn ? 2 * capn : 64;
             pref_row *nr = realloc(s->rows, (size_t)capn * sizeof *nr);
-            if (!nr) { snprintf(msg, ml, "out of memory"); free(line); fclose(f); pref_free(s); return -1; }
+            if (!nr) {
+                snprintf(msg, ml, "out of memory");
+                free(line);
+                fclose(f);
+                pref_free(s);
+                return -1;
+            }
             s->rows = nr;
         }
         s->rows[s->n++] = r;
     }
     free(line);
     fclose(f);
-    if (s->n == 0) { snprintf(msg, ml, "%s: no rows (the file is empty)", path); return -1; }
+    if (s->n == 0) {
+        snprintf(msg, ml, "%s: no rows (the file is empty)", path);
+        return -1;
+    }
     return 0;
 }
 
@@ -115,44 +146,73 @@ static int grow(int32_t **a, size_t *cap, size_t need) {
 
 int pref_make_batch(const pref_set *s, const int *idx, int n, pref_buf *b, lt_pref_batch *pb) {
     size_t np = 0, nc = 0, nr = 0;
-    for (int i = 0; i < n; i++) { np += s->rows[idx[i]].np; nc += s->rows[idx[i]].nc; nr += s->rows[idx[i]].nr; }
+    for (int i = 0; i < n; i++) {
+        np += s->rows[idx[i]].np;
+        nc += s->rows[idx[i]].nc;
+        nr += s->rows[idx[i]].nr;
+    }
     if (n > b->cap_n) {
         size_t c = 0;
-        free(b->pl); free(b->cl); free(b->rl); free(b->lab);
-        b->pl = malloc(n * sizeof(int32_t)); b->cl = malloc(n * sizeof(int32_t));
-        b->rl = malloc(n * sizeof(int32_t)); b->lab = malloc(n * sizeof(int32_t));
+        free(b->pl);
+        free(b->cl);
+        free(b->rl);
+        free(b->lab);
+        b->pl = malloc(n * sizeof(int32_t));
+        b->cl = malloc(n * sizeof(int32_t));
+        b->rl = malloc(n * sizeof(int32_t));
+        b->lab = malloc(n * sizeof(int32_t));
         if (!b->pl || !b->cl || !b->rl || !b->lab) return -1;
         b->cap_n = n;
         (void)c;
     }
-    if (grow(&b->pi, &b->cap_p, np + 1) || grow(&b->ci, &b->cap_c, nc + 1) || grow(&b->ri, &b->cap_r, nr + 1)) return -1;
+    if (grow(&b->pi, &b->cap_p, np + 1) || grow(&b->ci, &b->cap_c, nc + 1) || grow(&b->ri, &b->cap_r, nr + 1))
+        return -1;
     size_t op = 0, oc = 0, orr = 0;
     for (int i = 0; i < n; i++) {
         const pref_row *r = &s->rows[idx[i]];
-        memcpy(b->pi + op, r->p, r->np * sizeof(int32_t)); op += r->np;
-        memcpy(b->ci + oc, r->c, r->nc * sizeof(int32_t)); oc += r->nc;
+        memcpy(b->pi + op, r->p, r->np * sizeof(int32_t));
+        op += r->np;
+        memcpy(b->ci + oc, r->c, r->nc * sizeof(int32_t));
+        oc += r->nc;
         if (r->nr) memcpy(b->ri + orr, r->r, r->nr * sizeof(int32_t));
         orr += r->nr;
-        b->pl[i] = r->np; b->cl[i] = r->nc; b->rl[i] = r->nr; b->lab[i] = r->label;
+        b->pl[i] = r->np;
+        b->cl[i] = r->nc;
+        b->rl[i] = r->nr;
+        b->lab[i] = r->label;
     }
     lt_pref_batch_init(pb, sizeof *pb);
     pb->n_rows = n;
-    pb->prompt_ids = b->pi; pb->prompt_lens = b->pl;
-    pb->chosen_ids = b->ci; pb->chosen_lens = b->cl;
-    pb->rejected_ids = b->ri; pb->rejected_lens = b->rl;
+    pb->prompt_ids = b->pi;
+    pb->prompt_lens = b->pl;
+    pb->chosen_ids = b->ci;
+    pb->chosen_lens = b->cl;
+    pb->rejected_ids = b->ri;
+    pb->rejected_lens = b->rl;
     pb->labels = b->lab;
     return 0;
 }
 
 void pref_buf_free(pref_buf *b) {
-    free(b->pi); free(b->pl); free(b->ci); free(b->cl); free(b->ri); free(b->rl); free(b->lab);
+    free(b->pi);
+    free(b->pl);
+    free(b->ci);
+    free(b->cl);
+    free(b->ri);
+    free(b->rl);
+    free(b->lab);
 }
 
 int pref_parse_objective(const char *s, lt_objective *o) {
-    static const struct { const char *n; lt_objective o; } t[] = {
-        {"dpo", LT_OBJ_DPO}, {"ipo", LT_OBJ_IPO}, {"kto", LT_OBJ_KTO}, {"orpo", LT_OBJ_ORPO}};
+    static const struct {
+        const char *n;
+        lt_objective o;
+    } t[] = {{"dpo", LT_OBJ_DPO}, {"ipo", LT_OBJ_IPO}, {"kto", LT_OBJ_KTO}, {"orpo", LT_OBJ_ORPO}};
     for (size_t i = 0; i < sizeof t / sizeof *t; i++)
-        if (!strcmp(s, t[i].n)) { *o = t[i].o; return 0; }
+        if (!strcmp(s, t[i].n)) {
+            *o = t[i].o;
+            return 0;
+        }
     return -1;
 }
 

@@ -7,8 +7,8 @@
 #include "cli/cli.h"
 
 int cmd_quantize(int argc, char **argv) {
-    static const opt_spec spec[] = {{"model", 1}, {"out", 1}, {"format", 1}, {"double-quant", 0}, {"blocksize", 1},
-                                    {"threads", 1}};
+    static const opt_spec spec[] = {{"model", 1},        {"out", 1},       {"format", 1},
+                                    {"double-quant", 0}, {"blocksize", 1}, {"threads", 1}};
     opts o;
     if (opts_parse(&o, spec, 6, argc, argv, "quantize")) return 2;
     const char *mdir = opt_str(&o, "model", NULL), *out = opt_str(&o, "out", NULL);

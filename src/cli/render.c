@@ -10,13 +10,18 @@ int cmd_render(int argc, char **argv) {
     opts o;
     if (opts_parse(&o, spec, 4, argc, argv, "render")) return 2;
     const char *dir = opt_str(&o, "tokenizer", NULL), *file = opt_str(&o, "messages", NULL);
-    if (!dir || !file) return fail("render", "--tokenizer DIR and --messages FILE.json (a JSON list of {\"role\", \"content\"}) are required");
+    if (!dir || !file)
+        return fail("render",
+                    "--tokenizer DIR and --messages FILE.json (a JSON list of {\"role\", \"content\"}) are required");
     lt_tokenizer *t = open_tokenizer("render", dir);
     if (!t) return 1;
     size_t n;
     char *msgs = read_all(file, &n);
     int rc = 0, agp = opt_flag(&o, "add-generation-prompt");
-    if (!msgs) { lt_tokenizer_free(t); return fail("render", "%s: cannot read", file); }
+    if (!msgs) {
+        lt_tokenizer_free(t);
+        return fail("render", "%s: cannot read", file);
+    }
     if (opt_flag(&o, "ids")) { /* {"ids": [...], "assistant_mask": [...]} */
         size_t k = 0;
         lt_status st = lt_tokenizer_encode_chat(t, msgs, agp, NULL, NULL, 0, &k);
@@ -35,7 +40,8 @@ int cmd_render(int argc, char **argv) {
     } else {
         const char *text;
         size_t len;
-        if (lt_tokenizer_render_chat(t, msgs, agp, &text, &len) != LT_OK) rc = fail("render", "%s: %s", file, lt_tokenizer_last_error(t));
+        if (lt_tokenizer_render_chat(t, msgs, agp, &text, &len) != LT_OK)
+            rc = fail("render", "%s: %s", file, lt_tokenizer_last_error(t));
         else fwrite(text, 1, len, stdout);
     }
     free(msgs);

@@ -33,13 +33,23 @@ int dataset_load_any(const char *path, const char *tokdir, dataset *ds, int *dro
     if (is_pretokenized(path)) return dataset_load(path, ds, msg, msglen);
     memset(ds, 0, sizeof *ds);
     if (!tokdir) {
-        snprintf(msg, msglen, "%s: rows are text, not input_ids: a tokenizer is needed (--tokenizer DIR, or a model directory with tokenizer.json)", path);
+        snprintf(msg, msglen,
+                 "%s: rows are text, not input_ids: a tokenizer is needed (--tokenizer DIR, or a model directory with "
+                 "tokenizer.json)",
+                 path);
         return -1;
     }
     lt_tokenizer *tok = NULL;
-    if (lt_tokenizer_load(tokdir, &tok) != LT_OK) { snprintf(msg, msglen, "%s", lt_last_error()); return -1; }
+    if (lt_tokenizer_load(tokdir, &tok) != LT_OK) {
+        snprintf(msg, msglen, "%s", lt_last_error());
+        return -1;
+    }
     FILE *f = fopen(path, "r");
-    if (!f) { snprintf(msg, msglen, "%s: cannot open: %m", path); lt_tokenizer_free(tok); return -1; }
+    if (!f) {
+        snprintf(msg, msglen, "%s: cannot open: %m", path);
+        lt_tokenizer_free(tok);
+        return -1;
+    }
     char *line = NULL;
     size_t cap = 0, bufcap = 0;
     int32_t *ids = NULL, *labels = NULL;
@@ -57,21 +67,44 @@ int dataset_load_any(const char *path, const char *tokdir, dataset *ds, int *dro
             free(labels);
             ids = malloc(n * sizeof *ids);
             labels = malloc(n * sizeof *labels);
-            if (!ids || !labels) { snprintf(msg, msglen, "%s: out of memory", path); rc = -1; break; }
+            if (!ids || !labels) {
+                snprintf(msg, msglen, "%s: out of memory", path);
+                rc = -1;
+                break;
+            }
         }
         if (st == LT_OK) st = lt_tokenizer_encode_row(tok, s, NULL, ids, labels, bufcap, &n);
-        if (st != LT_OK) { snprintf(msg, msglen, "%s:%d: %s", path, lineno, lt_tokenizer_last_error(tok)); rc = -1; break; }
+        if (st != LT_OK) {
+            snprintf(msg, msglen, "%s:%d: %s", path, lineno, lt_tokenizer_last_error(tok));
+            rc = -1;
+            break;
+        }
         int learn = 0;
         for (size_t k = 1; k < n; k++) learn |= labels[k] != -100; /* position 0 is never predicted */
-        if (!learn) { if (dropped) (*dropped)++; continue; }
+        if (!learn) {
+            if (dropped) (*dropped)++;
+            continue;
+        }
         row r = {malloc(n * sizeof *r.ids), malloc(n * sizeof *r.labels), (int)n};
-        if (!r.ids || !r.labels) { free(r.ids); free(r.labels); snprintf(msg, msglen, "%s: out of memory", path); rc = -1; break; }
+        if (!r.ids || !r.labels) {
+            free(r.ids);
+            free(r.labels);
+            snprintf(msg, msglen, "%s: out of memory", path);
+            rc = -1;
+            break;
+        }
         memcpy(r.ids, ids, n * sizeof *ids);
         memcpy(r.labels, labels, n * sizeof *labels);
         if (ds->n == capn) {
             capn = capn ? capn * 2 : 64;
             row *nr = realloc(ds->rows, (size_t)capn * sizeof *nr);
-            if (!nr) { free(r.ids); free(r.labels); snprintf(msg, msglen, "%s: out of memory", path); rc = -1; break; }
+            if (!nr) {
+                free(r.ids);
+                free(r.labels);
+                snprintf(msg, msglen, "%s: out of memory", path);
+                rc = -1;
+                break;
+            }
             ds->rows = nr;
         }
         ds->rows[ds->n++] = r;
@@ -82,7 +115,10 @@ int dataset_load_any(const char *path, const char *tokdir, dataset *ds, int *dro
     free(labels);
     fclose(f);
     lt_tokenizer_free(tok);
-    if (rc == 0 && ds->n == 0) { snprintf(msg, msglen, "%s: no row has a token to learn from", path); rc = -1; }
+    if (rc == 0 && ds->n == 0) {
+        snprintf(msg, msglen, "%s: no row has a token to learn from", path);
+        rc = -1;
+    }
     if (rc) dataset_free(ds);
     return rc;
 }

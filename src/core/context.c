@@ -68,8 +68,10 @@ LT_API lt_status lt_context_create(const lt_context_params *params, lt_context *
     lt_context_params_init(&p, sizeof p);
     if (params) {
         if (params->size < offsetof(lt_context_params, log_level) || params->size > sizeof p)
-            return lt_fail(terr, LT_ERR_ARGUMENT, "lt_context_create: params->size %zu is not a size this "
-                           "library knows (call lt_context_params_init)", params->size);
+            return lt_fail(terr, LT_ERR_ARGUMENT,
+                           "lt_context_create: params->size %zu is not a size this "
+                           "library knows (call lt_context_params_init)",
+                           params->size);
         memcpy(&p, params, params->size);
     }
     if (p.n_threads < 0) return lt_fail(terr, LT_ERR_ARGUMENT, "lt_context_create: n_threads %d < 0", p.n_threads);
@@ -85,8 +87,8 @@ LT_API lt_status lt_context_create(const lt_context_params *params, lt_context *
     ctx->log_user = p.log_user;
     ctx->log_level = p.log_level;
     *out = ctx;
-    lt_log(ctx, LT_LOG_INFO, "libloratune %s: backend %s, %d threads", LT_VERSION_STRING,
-           ctx->be->ops->name, ctx->be->n_threads);
+    lt_log(ctx, LT_LOG_INFO, "libloratune %s: backend %s, %d threads", LT_VERSION_STRING, ctx->be->ops->name,
+           ctx->be->n_threads);
     return LT_OK;
 }
 

@@ -6,11 +6,11 @@
 #ifndef LT_CORE_H
 #define LT_CORE_H
 
+#include "backend/bf16.h" /* lt_bf16_to_f32 */
+#include "loratune.h"
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
-#include "backend/bf16.h" /* lt_bf16_to_f32 */
-#include "loratune.h"
 
 #define LT_HIDDEN __attribute__((visibility("hidden")))
 
@@ -33,8 +33,21 @@ lt_error *lt_thread_error(void);
 
 /* ---- dtypes (safetensors names) ----------------------------------------------------------------- */
 typedef enum lt_dtype {
-    LT_DT_BOOL, LT_DT_U8, LT_DT_I8, LT_DT_I16, LT_DT_U16, LT_DT_F16, LT_DT_BF16, LT_DT_I32,
-    LT_DT_U32, LT_DT_F32, LT_DT_F64, LT_DT_I64, LT_DT_U64, LT_DT_F8_E5M2, LT_DT_F8_E4M3,
+    LT_DT_BOOL,
+    LT_DT_U8,
+    LT_DT_I8,
+    LT_DT_I16,
+    LT_DT_U16,
+    LT_DT_F16,
+    LT_DT_BF16,
+    LT_DT_I32,
+    LT_DT_U32,
+    LT_DT_F32,
+    LT_DT_F64,
+    LT_DT_I64,
+    LT_DT_U64,
+    LT_DT_F8_E5M2,
+    LT_DT_F8_E4M3,
     LT_DT_COUNT
 } lt_dtype;
 
@@ -70,7 +83,7 @@ typedef struct lt_atomic_file {
 } lt_atomic_file;
 lt_status lt_atomic_open(lt_atomic_file *f, const char *path, lt_error *err);
 lt_status lt_atomic_write(lt_atomic_file *f, const void *data, size_t n, lt_error *err); /* aborts on failure */
-lt_status lt_atomic_commit(lt_atomic_file *f, lt_error *err);                         /* aborts on failure */
+lt_status lt_atomic_commit(lt_atomic_file *f, lt_error *err);                            /* aborts on failure */
 void lt_atomic_abort(lt_atomic_file *f);
 /* The whole file in one call. */
 lt_status lt_write_file_atomic(const char *path, const void *data, size_t n, lt_error *err);
@@ -85,7 +98,8 @@ lt_status lt_mkdir_p(const char *dir, lt_error *err);
 
 /* ---- logging ------------------------------------------------------------------------------------ */
 struct lt_context;
-void lt_log(const struct lt_context *ctx, lt_log_level level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+void lt_log(const struct lt_context *ctx, lt_log_level level, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 
 /* ---- time --------------------------------------------------------------------------------------- */
 double lt_now_seconds(void);

@@ -24,8 +24,7 @@ LT_API int lt_backend_available(const char *name) {
 lt_status lt_backend_create(const char *name, int n_threads, lt_backend **out, char *err, size_t errlen) {
     if (!name || !strcmp(name, "auto")) {
 #ifdef LT_HAVE_CUDA
-        if (lt_cuda_backend_available() && lt_cuda_backend_create(n_threads, out, err, errlen) == LT_OK)
-            return LT_OK;
+        if (lt_cuda_backend_available() && lt_cuda_backend_create(n_threads, out, err, errlen) == LT_OK) return LT_OK;
 #endif
         return lt_cpu_backend_create(n_threads, out, err, errlen);
     }
@@ -34,8 +33,9 @@ lt_status lt_backend_create(const char *name, int n_threads, lt_backend **out, c
 #ifdef LT_HAVE_CUDA
         return lt_cuda_backend_create(n_threads, out, err, errlen);
 #else
-        snprintf(err, errlen, "backend \"cuda\" is not compiled into this build of libloratune "
-                              "(configure with -DLT_CUDA=ON and the CUDA toolkit)");
+        snprintf(err, errlen,
+                 "backend \"cuda\" is not compiled into this build of libloratune "
+                 "(configure with -DLT_CUDA=ON and the CUDA toolkit)");
         return LT_ERR_BACKEND;
 #endif
     }

@@ -73,11 +73,11 @@ static const struct {
     const char *name;
     size_t size;
 } k_dtypes[LT_DT_COUNT] = {
-    [LT_DT_BOOL] = {"BOOL", 1},      [LT_DT_U8] = {"U8", 1},         [LT_DT_I8] = {"I8", 1},
-    [LT_DT_I16] = {"I16", 2},        [LT_DT_U16] = {"U16", 2},       [LT_DT_F16] = {"F16", 2},
-    [LT_DT_BF16] = {"BF16", 2},      [LT_DT_I32] = {"I32", 4},       [LT_DT_U32] = {"U32", 4},
-    [LT_DT_F32] = {"F32", 4},        [LT_DT_F64] = {"F64", 8},       [LT_DT_I64] = {"I64", 8},
-    [LT_DT_U64] = {"U64", 8},        [LT_DT_F8_E5M2] = {"F8_E5M2", 1}, [LT_DT_F8_E4M3] = {"F8_E4M3", 1},
+    [LT_DT_BOOL] = {"BOOL", 1}, [LT_DT_U8] = {"U8", 1},           [LT_DT_I8] = {"I8", 1},
+    [LT_DT_I16] = {"I16", 2},   [LT_DT_U16] = {"U16", 2},         [LT_DT_F16] = {"F16", 2},
+    [LT_DT_BF16] = {"BF16", 2}, [LT_DT_I32] = {"I32", 4},         [LT_DT_U32] = {"U32", 4},
+    [LT_DT_F32] = {"F32", 4},   [LT_DT_F64] = {"F64", 8},         [LT_DT_I64] = {"I64", 8},
+    [LT_DT_U64] = {"U64", 8},   [LT_DT_F8_E5M2] = {"F8_E5M2", 1}, [LT_DT_F8_E4M3] = {"F8_E4M3", 1},
 };
 
 const char *lt_dtype_name(lt_dtype dt) {
@@ -167,8 +167,7 @@ int lt_convert_to_f32(float *dst, const void *src, lt_dtype dt, size_t n) {
             dst[i] = lt_bf16_to_f32(h);
         }
         return 0;
-    default:
-        return -1;
+    default: return -1;
     }
 }
 

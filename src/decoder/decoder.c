@@ -31,8 +31,8 @@
 
 /* y (N,out) = x (N,in) W^T + s * (dropout(x) A^T) B^T ; xa (N,r) keeps dropout(x) A^T for backward. */
 void lt_linear_forward(lt_model *m, lt_workspace *ws, const lt_adapter *ad, const lt_lora *lo,
-                       const lt_dropout_state *drop, uint64_t drop_stream, float *y, const float *x,
-                       const lt_weight *W, float *xa, int N, int in, int out) {
+                       const lt_dropout_state *drop, uint64_t drop_stream, float *y, const float *x, const lt_weight *W,
+                       float *xa, int N, int in, int out) {
     lt_weight_forward(m, ws ? ws->wtile : NULL, W, y, x, N, in, out, 0.0f);
     if (!lo) return;
     const int r = ad->p.rank;
@@ -58,8 +58,8 @@ static void linear_backward(lt_model *m, lt_workspace *ws, const lt_adapter *ad,
     if (!lo) return;
     const int r = ad->p.rank;
     const float s = ad->scaling;
-    OPS->gemm(BE, 0, 0, N, r, out, 1.0f, dy, out, lo->B, r, 0.0f, ws->dr, r);           /* dr = dy B */
-    OPS->gemm(BE, 1, 0, out, r, N, s, dy, out, xa, r, 1.0f, lo->dB, r);                 /* dB        */
+    OPS->gemm(BE, 0, 0, N, r, out, 1.0f, dy, out, lo->B, r, 0.0f, ws->dr, r); /* dr = dy B */
+    OPS->gemm(BE, 1, 0, out, r, N, s, dy, out, xa, r, 1.0f, lo->dB, r);       /* dB        */
     if (drop && drop->p > 0) {
         /* the path is x -> dropout -> A: dx gets the same mask and 1/(1-p) applied to s dr A */
         OPS->gemm(BE, 0, 0, N, in, r, s, ws->dr, r, lo->A, in, 0.0f, ws->drop, in);
@@ -68,8 +68,8 @@ static void linear_backward(lt_model *m, lt_workspace *ws, const lt_adapter *ad,
         OPS->dropout(BE, ws->drop, x, (size_t)N * in, drop->p, drop->seed, drop_stream); /* recompute */
         OPS->gemm(BE, 1, 0, r, in, N, s, ws->dr, r, ws->drop, in, 1.0f, lo->dA, in);     /* dA        */
     } else {
-        OPS->gemm(BE, 0, 0, N, in, r, s, ws->dr, r, lo->A, in, 1.0f, dx, in);           /* dx += s dr A */
-        OPS->gemm(BE, 1, 0, r, in, N, s, ws->dr, r, x, in, 1.0f, lo->dA, in);           /* dA        */
+        OPS->gemm(BE, 0, 0, N, in, r, s, ws->dr, r, lo->A, in, 1.0f, dx, in); /* dx += s dr A */
+        OPS->gemm(BE, 1, 0, r, in, N, s, ws->dr, r, x, in, 1.0f, lo->dA, in); /* dA        */
     }
     if (lo->B0) { /* PiSSA / OLoRA: dx -= s (dy B0) A0 (the frozen part of the residual base) */
         OPS->gemm(BE, 0, 0, N, r, out, 1.0f, dy, out, lo->B0, r, 0.0f, ws->dr, r);
@@ -147,8 +147,8 @@ static const int32_t *layer_kv_start(const lt_model *m, const lt_workspace *ws, 
     return m->cfg.sliding_window > 0 && m->cfg.layer_sliding[l] ? ws->kv_start_swa : ws->kv_start;
 }
 
-static void layer_forward(lt_model *m, lt_workspace *ws, const lt_adapter *ad, const lt_dropout_state *drop,
-                          int l, const float *x, lt_layer_acts *A, float *x_out) {
+static void layer_forward(lt_model *m, lt_workspace *ws, const lt_adapter *ad, const lt_dropout_state *drop, int l,
+                          const float *x, lt_layer_acts *A, float *x_out) {
     const lt_model_config *c = &m->cfg;
     const lt_layer *W = lt_view_layer(m, ad, l);
     const int B = ws->B, T = ws->T, N = B * T, H = (int)c->hidden_size, I = (int)c->intermediate_size;
@@ -162,9 +162,12 @@ static void layer_forward(lt_model *m, lt_workspace *ws, const lt_adapter *ad, c
     float *qp = c->qk_norm ? A->q_pre : A->q, *kp = c->qk_norm ? A->k_pre : A->k;
 
     OPS->rmsnorm_forward(BE, A->ln1, A->rstd1, x, W->attn_norm, N, H, eps);
-    lora_linear_forward(m, ws, ad, lo[P_Q], drop, stream_id(c, l, P_Q, N, H), qp, A->ln1, &W->w[P_Q], A->xa[P_Q], N, H, QD);
-    lora_linear_forward(m, ws, ad, lo[P_K], drop, stream_id(c, l, P_K, N, H), kp, A->ln1, &W->w[P_K], A->xa[P_K], N, H, KD);
-    lora_linear_forward(m, ws, ad, lo[P_V], drop, stream_id(c, l, P_V, N, H), A->v, A->ln1, &W->w[P_V], A->xa[P_V], N, H, KD);
+    lora_linear_forward(m, ws, ad, lo[P_Q], drop, stream_id(c, l, P_Q, N, H), qp, A->ln1, &W->w[P_Q], A->xa[P_Q], N, H,
+                        QD);
+    lora_linear_forward(m, ws, ad, lo[P_K], drop, stream_id(c, l, P_K, N, H), kp, A->ln1, &W->w[P_K], A->xa[P_K], N, H,
+                        KD);
+    lora_linear_forward(m, ws, ad, lo[P_V], drop, stream_id(c, l, P_V, N, H), A->v, A->ln1, &W->w[P_V], A->xa[P_V], N,
+                        H, KD);
     if (W->bias[P_Q]) OPS->bias_add(BE, qp, W->bias[P_Q], N, QD);
     if (W->bias[P_K]) OPS->bias_add(BE, kp, W->bias[P_K], N, KD);
     if (W->bias[P_V]) OPS->bias_add(BE, A->v, W->bias[P_V], N, KD);
@@ -186,28 +189,32 @@ static void layer_forward(lt_model *m, lt_workspace *ws, const lt_adapter *ad, c
                                lt_config_attn_scale(c));
     /* x_mid = x + o(att)   (Gemma 2: x + post_attention_layernorm(o(att))) */
     float *o_out = c->sandwich_norms ? A->o_raw : A->x_mid;
-    lora_linear_forward(m, ws, ad, lo[P_O], drop, stream_id(c, l, P_O, N, QD), o_out, A->att, &W->w[P_O], A->xa[P_O], N, QD, H);
+    lora_linear_forward(m, ws, ad, lo[P_O], drop, stream_id(c, l, P_O, N, QD), o_out, A->att, &W->w[P_O], A->xa[P_O], N,
+                        QD, H);
     if (W->bias[P_O]) OPS->bias_add(BE, o_out, W->bias[P_O], N, H);
     if (c->sandwich_norms) OPS->rmsnorm_forward(BE, A->x_mid, A->rstd_pa, A->o_raw, W->post_attn_norm, N, H, eps);
     OPS->axpy(BE, (size_t)N * H, 1.0f, x, A->x_mid);
     OPS->rmsnorm_forward(BE, A->ln2, A->rstd2, A->x_mid, W->mlp_norm, N, H, eps);
-    lora_linear_forward(m, ws, ad, lo[P_GATE], drop, stream_id(c, l, P_GATE, N, H), A->gate, A->ln2, &W->w[P_GATE], A->xa[P_GATE], N, H, I);
-    lora_linear_forward(m, ws, ad, lo[P_UP], drop, stream_id(c, l, P_UP, N, H), A->up, A->ln2, &W->w[P_UP], A->xa[P_UP], N, H, I);
+    lora_linear_forward(m, ws, ad, lo[P_GATE], drop, stream_id(c, l, P_GATE, N, H), A->gate, A->ln2, &W->w[P_GATE],
+                        A->xa[P_GATE], N, H, I);
+    lora_linear_forward(m, ws, ad, lo[P_UP], drop, stream_id(c, l, P_UP, N, H), A->up, A->ln2, &W->w[P_UP], A->xa[P_UP],
+                        N, H, I);
     if (W->bias[P_GATE]) OPS->bias_add(BE, A->gate, W->bias[P_GATE], N, I);
     if (W->bias[P_UP]) OPS->bias_add(BE, A->up, W->bias[P_UP], N, I);
     if (c->activation == LT_ACT_GELU_TANH) OPS->geglu_forward(BE, A->act, A->gate, A->up, (size_t)N * I);
     else OPS->swiglu_forward(BE, A->act, A->gate, A->up, (size_t)N * I);
     /* x_out = x_mid + down(act) */
     float *d_out = c->sandwich_norms ? A->d_raw : x_out;
-    lora_linear_forward(m, ws, ad, lo[P_DOWN], drop, stream_id(c, l, P_DOWN, N, I), d_out, A->act, &W->w[P_DOWN], A->xa[P_DOWN], N, I, H);
+    lora_linear_forward(m, ws, ad, lo[P_DOWN], drop, stream_id(c, l, P_DOWN, N, I), d_out, A->act, &W->w[P_DOWN],
+                        A->xa[P_DOWN], N, I, H);
     if (W->bias[P_DOWN]) OPS->bias_add(BE, d_out, W->bias[P_DOWN], N, H);
     if (c->sandwich_norms) OPS->rmsnorm_forward(BE, x_out, A->rstd_pf, A->d_raw, W->post_ff_norm, N, H, eps);
     OPS->axpy(BE, (size_t)N * H, 1.0f, A->x_mid, x_out);
 }
 
 /* ws->dres (N,H) holds d loss / d x_out on entry and d loss / d x on return. */
-static void layer_backward(lt_model *m, lt_workspace *ws, const lt_adapter *ad, const lt_dropout_state *drop,
-                           int l, const float *x, lt_layer_acts *A) {
+static void layer_backward(lt_model *m, lt_workspace *ws, const lt_adapter *ad, const lt_dropout_state *drop, int l,
+                           const float *x, lt_layer_acts *A) {
     const lt_model_config *c = &m->cfg;
     const lt_layer *W = lt_view_layer(m, ad, l);
     const lt_layer *G = lt_view_layer_grads(ad, l); /* full fine-tuning: the weights' gradients */
@@ -226,15 +233,16 @@ static void layer_backward(lt_model *m, lt_workspace *ws, const lt_adapter *ad, 
         d_down = ws->dsand;
     }
     lora_linear_backward(m, ws, ad, lo[P_DOWN], drop, stream_id(c, l, P_DOWN, N, I), ws->dI1, 0, d_down, A->act,
-                    &W->w[P_DOWN], A->xa[P_DOWN], N, I, H);
+                         &W->w[P_DOWN], A->xa[P_DOWN], N, I, H);
     if (G) weight_grad(m, G, P_DOWN, d_down, A->act, N, I, H);
-    if (c->activation == LT_ACT_GELU_TANH) OPS->geglu_backward(BE, ws->dI2, ws->dI3, ws->dI1, A->gate, A->up, (size_t)N * I);
+    if (c->activation == LT_ACT_GELU_TANH)
+        OPS->geglu_backward(BE, ws->dI2, ws->dI3, ws->dI1, A->gate, A->up, (size_t)N * I);
     else OPS->swiglu_backward(BE, ws->dI2, ws->dI3, ws->dI1, A->gate, A->up, (size_t)N * I);
     lora_linear_backward(m, ws, ad, lo[P_GATE], drop, stream_id(c, l, P_GATE, N, H), ws->dln, 0, ws->dI2, A->ln2,
-                    &W->w[P_GATE], A->xa[P_GATE], N, H, I);
+                         &W->w[P_GATE], A->xa[P_GATE], N, H, I);
     if (G) weight_grad(m, G, P_GATE, ws->dI2, A->ln2, N, H, I);
     lora_linear_backward(m, ws, ad, lo[P_UP], drop, stream_id(c, l, P_UP, N, H), ws->dln, 1, ws->dI3, A->ln2,
-                    &W->w[P_UP], A->xa[P_UP], N, H, I);
+                         &W->w[P_UP], A->xa[P_UP], N, H, I);
     if (G) weight_grad(m, G, P_UP, ws->dI3, A->ln2, N, H, I);
     OPS->rmsnorm_backward(BE, ws->dres, GW(mlp_norm), ws->dln, A->x_mid, W->mlp_norm, A->rstd2, N, H);
 
@@ -242,11 +250,12 @@ static void layer_backward(lt_model *m, lt_workspace *ws, const lt_adapter *ad, 
     const float *d_o = ws->dres;
     if (c->sandwich_norms) { /* x_mid = x + post_attn_norm(o(...)) */
         OPS->zero(BE, ws->dsand, (size_t)N * H * sizeof(float));
-        OPS->rmsnorm_backward(BE, ws->dsand, GW(post_attn_norm), ws->dres, A->o_raw, W->post_attn_norm, A->rstd_pa, N, H);
+        OPS->rmsnorm_backward(BE, ws->dsand, GW(post_attn_norm), ws->dres, A->o_raw, W->post_attn_norm, A->rstd_pa, N,
+                              H);
         d_o = ws->dsand;
     }
-    lora_linear_backward(m, ws, ad, lo[P_O], drop, stream_id(c, l, P_O, N, QD), ws->datt, 0, d_o, A->att,
-                    &W->w[P_O], A->xa[P_O], N, QD, H);
+    lora_linear_backward(m, ws, ad, lo[P_O], drop, stream_id(c, l, P_O, N, QD), ws->datt, 0, d_o, A->att, &W->w[P_O],
+                         A->xa[P_O], N, QD, H);
     if (G) weight_grad(m, G, P_O, d_o, A->att, N, QD, H);
     if (c->attn_logit_softcapping > 0)
         OPS->attention_softcap_backward(BE, ws->dq, ws->dk, ws->dv, ws->datt, A->q, A->k, A->v, A->att, A->lse,
@@ -270,14 +279,14 @@ static void layer_backward(lt_model *m, lt_workspace *ws, const lt_adapter *ad, 
         OPS->rmsnorm_backward(BE, dqp, GW(q_norm), ws->dq, A->q_pre, W->q_norm, A->rstd_q, N * NH, HD);
         OPS->rmsnorm_backward(BE, dkp, GW(k_norm), ws->dk, A->k_pre, W->k_norm, A->rstd_k, N * NKV, HD);
     }
-    lora_linear_backward(m, ws, ad, lo[P_Q], drop, stream_id(c, l, P_Q, N, H), ws->dln, 0, dqp, A->ln1,
-                    &W->w[P_Q], A->xa[P_Q], N, H, QD);
+    lora_linear_backward(m, ws, ad, lo[P_Q], drop, stream_id(c, l, P_Q, N, H), ws->dln, 0, dqp, A->ln1, &W->w[P_Q],
+                         A->xa[P_Q], N, H, QD);
     if (G) weight_grad(m, G, P_Q, dqp, A->ln1, N, H, QD);
-    lora_linear_backward(m, ws, ad, lo[P_K], drop, stream_id(c, l, P_K, N, H), ws->dln, 1, dkp, A->ln1,
-                    &W->w[P_K], A->xa[P_K], N, H, KD);
+    lora_linear_backward(m, ws, ad, lo[P_K], drop, stream_id(c, l, P_K, N, H), ws->dln, 1, dkp, A->ln1, &W->w[P_K],
+                         A->xa[P_K], N, H, KD);
     if (G) weight_grad(m, G, P_K, dkp, A->ln1, N, H, KD);
-    lora_linear_backward(m, ws, ad, lo[P_V], drop, stream_id(c, l, P_V, N, H), ws->dln, 1, ws->dv, A->ln1,
-                    &W->w[P_V], A->xa[P_V], N, H, KD);
+    lora_linear_backward(m, ws, ad, lo[P_V], drop, stream_id(c, l, P_V, N, H), ws->dln, 1, ws->dv, A->ln1, &W->w[P_V],
+                         A->xa[P_V], N, H, KD);
     if (G) weight_grad(m, G, P_V, ws->dv, A->ln1, N, H, KD);
     OPS->rmsnorm_backward(BE, ws->dres, GW(attn_norm), ws->dln, x, W->attn_norm, A->rstd1, N, H);
 #undef GW
@@ -315,11 +324,13 @@ static lt_status forward_layers(lt_model *m, const lt_adapter *ad, lt_workspace 
     const lt_model_config *c = &m->cfg;
     const int L = (int)c->num_hidden_layers, H = (int)c->hidden_size, N = ws->B * ws->T;
     if (ad && ad->p.rank > ws->rank)
-        return lt_fail(err, LT_ERR_INTERNAL, "workspace planned for rank %d, adapter has rank %d", ws->rank, ad->p.rank);
+        return lt_fail(err, LT_ERR_INTERNAL, "workspace planned for rank %d, adapter has rank %d", ws->rank,
+                       ad->p.rank);
     if (ad && ad->merged)
         return lt_fail(err, LT_ERR_STATE, "the adapter is merged into the base weights; unmerge it first");
     if (!ws->wtile && lt_weight_tile_floats(m) > 0)
-        return lt_fail(err, LT_ERR_STATE, "the model was quantized after this trainer planned its memory; "
+        return lt_fail(err, LT_ERR_STATE,
+                       "the model was quantized after this trainer planned its memory; "
                        "quantize the model before creating trainers");
     OPS->embedding_forward(BE, ws->x_saved[0], ws->ids, lt_view_embed(m, ad), N, H);
     if (c->embed_scale != 1.0) /* Gemma: times sqrt(hidden) rounded to the activation dtype (fp32) */
@@ -360,9 +371,8 @@ static void lm_head_softcap_backward(lt_model *m, lt_workspace *ws, int n) {
     if (fcap > 0) OPS->softcap_backward(BE, ws->logits, ws->logits_capped, (size_t)n * (size_t)m->cfg.vocab_size, fcap);
 }
 
-lt_status lt_forward_backward(lt_model *m, const lt_adapter *ad, lt_workspace *ws,
-                              const lt_dropout_state *drop, float grad_scale, double *loss_sum,
-                              float *logits_out, lt_error *err) {
+lt_status lt_forward_backward(lt_model *m, const lt_adapter *ad, lt_workspace *ws, const lt_dropout_state *drop,
+                              float grad_scale, double *loss_sum, float *logits_out, lt_error *err) {
     const int H = (int)m->cfg.hidden_size, V = (int)m->cfg.vocab_size;
     const int N = ws->B * ws->T;
     const int backward = grad_scale != 0.0f && !logits_out;
@@ -414,8 +424,8 @@ lt_status lt_forward_logp(lt_model *m, const lt_adapter *ad, lt_workspace *ws, c
     if (st != LT_OK) return lt_fail(err, st, "backend %s failed during the forward pass", OPS->name);
     for (int i = 0; i < N; i++)
         if (!isfinite(ws->host_losses[i]))
-            return lt_fail(err, LT_ERR_NUMERIC, "the log-probability of token %d of row %d is not finite",
-                           i % ws->T, i / ws->T);
+            return lt_fail(err, LT_ERR_NUMERIC, "the log-probability of token %d of row %d is not finite", i % ws->T,
+                           i / ws->T);
     return LT_OK;
 }
 
@@ -423,8 +433,7 @@ lt_status lt_backward_weighted(lt_model *m, const lt_adapter *ad, lt_workspace *
                                float logit_scale, const float *host_w, lt_error *err) {
     const int H = (int)m->cfg.hidden_size, V = (int)m->cfg.vocab_size;
     const int N = ws->B * ws->T;
-    if (ws->forward_only)
-        return lt_fail(err, LT_ERR_INTERNAL, "a forward-only workspace cannot run a backward pass");
+    if (ws->forward_only) return lt_fail(err, LT_ERR_INTERNAL, "a forward-only workspace cannot run a backward pass");
     OPS->upload(BE, ws->row_w, host_w, (size_t)N * sizeof(float));
     /* d loss / d final_ln, chunk by chunk: logits again (one extra LM-head GEMM), softmax - onehot
      * scaled per row by w, then through the LM head (and the logit scale) */

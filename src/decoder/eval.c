@@ -5,8 +5,8 @@
  */
 #include "decoder/decoder.h"
 
-static lt_status eval_batch(lt_model *m, const lt_adapter *ad, const lt_batch *b, double *loss_sum,
-                            int64_t *n_tokens, float *logits, size_t logits_count) {
+static lt_status eval_batch(lt_model *m, const lt_adapter *ad, const lt_batch *b, double *loss_sum, int64_t *n_tokens,
+                            float *logits, size_t logits_count) {
     lt_error *err = lt_model_error(m);
     if (!b) return lt_fail(err, LT_ERR_ARGUMENT, "batch is NULL");
     if (ad && ad->model != m) return lt_fail(err, LT_ERR_ARGUMENT, "the adapter belongs to another model");

@@ -27,7 +27,9 @@ LT_API void lt_generate_params_init(lt_generate_params *out, size_t size) {
     lt_fill_struct(out, size, p, sizeof *p);
 }
 
-typedef struct { uint64_t s; } gen_rng;
+typedef struct {
+    uint64_t s;
+} gen_rng;
 static uint64_t gen_next(gen_rng *r) {
     uint64_t z = (r->s += 0x9E3779B97F4A7C15ull);
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
@@ -36,7 +38,10 @@ static uint64_t gen_next(gen_rng *r) {
 }
 static double gen_uniform(gen_rng *r) { return (double)(gen_next(r) >> 11) * (1.0 / 9007199254740992.0); }
 
-typedef struct { float p; int32_t id; } cand;
+typedef struct {
+    float p;
+    int32_t id;
+} cand;
 static int cand_desc(const void *a, const void *b) {
     float x = ((const cand *)a)->p, y = ((const cand *)b)->p;
     if (x != y) return x < y ? 1 : -1;
@@ -51,12 +56,18 @@ static int32_t sample(const float *logits, int V, const lt_generate_params *p, g
             if (logits[i] > logits[best]) best = i;
         return best;
     }
-    for (int i = 0; i < V; i++) { c[i].p = logits[i] / p->temperature; c[i].id = i; }
+    for (int i = 0; i < V; i++) {
+        c[i].p = logits[i] / p->temperature;
+        c[i].id = i;
+    }
     qsort(c, (size_t)V, sizeof *c, cand_desc);
     int n = V;
     if (p->top_k > 0 && p->top_k < n) n = p->top_k;
     double mx = c[0].p, sum = 0;
-    for (int i = 0; i < n; i++) { c[i].p = (float)exp(c[i].p - mx); sum += c[i].p; }
+    for (int i = 0; i < n; i++) {
+        c[i].p = (float)exp(c[i].p - mx);
+        sum += c[i].p;
+    }
     if (p->top_p > 0 && p->top_p < 1) {
         /* keep the smallest prefix whose probability reaches top_p (at least one token) */
         double cum = 0;
@@ -83,18 +94,22 @@ LT_API lt_status lt_generate(lt_model *m, const lt_adapter *ad, const int32_t *p
     if (!m) return LT_ERR_ARGUMENT;
     lt_error *err = lt_model_error(m);
     if (!prompts || !prompt_lens || !out || !out_lens || n_prompts <= 0)
-        return lt_fail(err, LT_ERR_ARGUMENT, "lt_generate: prompts, prompt_lens, out and out_lens are required and "
+        return lt_fail(err, LT_ERR_ARGUMENT,
+                       "lt_generate: prompts, prompt_lens, out and out_lens are required and "
                        "n_prompts must be positive");
     if (ad && ad->model != m) return lt_fail(err, LT_ERR_ARGUMENT, "lt_generate: the adapter belongs to another model");
-    if (ad && ad->merged) return lt_fail(err, LT_ERR_STATE, "lt_generate: the adapter is merged; pass NULL to use the merged weights");
+    if (ad && ad->merged)
+        return lt_fail(err, LT_ERR_STATE, "lt_generate: the adapter is merged; pass NULL to use the merged weights");
     lt_generate_params p;
     lt_generate_params_init(&p, sizeof p);
     if (params) {
         if (params->size < sizeof(size_t) || params->size > sizeof p)
-            return lt_fail(err, LT_ERR_ARGUMENT, "lt_generate: params->size %zu unknown (call lt_generate_params_init)", params->size);
+            return lt_fail(err, LT_ERR_ARGUMENT, "lt_generate: params->size %zu unknown (call lt_generate_params_init)",
+                           params->size);
         memcpy(&p, params, params->size);
     }
-    if (p.max_new_tokens <= 0) return lt_fail(err, LT_ERR_ARGUMENT, "lt_generate: max_new_tokens %d must be positive", p.max_new_tokens);
+    if (p.max_new_tokens <= 0)
+        return lt_fail(err, LT_ERR_ARGUMENT, "lt_generate: max_new_tokens %d must be positive", p.max_new_tokens);
     if (!(p.temperature >= 0) || p.top_k < 0 || !(p.top_p > 0 && p.top_p <= 1))
         return lt_fail(err, LT_ERR_ARGUMENT, "lt_generate: need temperature >= 0, top_k >= 0 and 0 < top_p <= 1");
     const lt_model_config *c = &m->cfg;
@@ -106,13 +121,17 @@ LT_API lt_status lt_generate(lt_model *m, const lt_adapter *ad, const int32_t *p
     const int32_t **starts = malloc((size_t)B * sizeof *starts);
     if (!starts) return lt_fail(err, LT_ERR_NOMEM, "lt_generate: out of memory");
     for (int b = 0, off = 0; b < B; off += prompt_lens[b], b++) {
-        if (prompt_lens[b] <= 0) { free(starts); return lt_fail(err, LT_ERR_ARGUMENT, "lt_generate: prompt %d is empty", b); }
+        if (prompt_lens[b] <= 0) {
+            free(starts);
+            return lt_fail(err, LT_ERR_ARGUMENT, "lt_generate: prompt %d is empty", b);
+        }
         starts[b] = prompts + off;
         for (int t = 0; t < prompt_lens[b]; t++)
             if (starts[b][t] < 0 || starts[b][t] >= V) {
                 int32_t bad = starts[b][t];
                 free(starts);
-                return lt_fail(err, LT_ERR_DATA, "lt_generate: prompt %d token %d is %d, outside [0, %d)", b, t, bad, V);
+                return lt_fail(err, LT_ERR_DATA, "lt_generate: prompt %d token %d is %d, outside [0, %d)", b, t, bad,
+                               V);
             }
         if (prompt_lens[b] > max_prompt) max_prompt = prompt_lens[b];
     }
@@ -129,13 +148,17 @@ LT_API lt_status lt_generate(lt_model *m, const lt_adapter *ad, const int32_t *p
     int32_t *htok = malloc((size_t)B * 2 * sizeof(int32_t));
     if (!blk || !hlog || !cands || !htok) {
         if (blk) be->ops->free(be, blk);
-        free(hlog); free(cands); free(htok); free(starts);
+        free(hlog);
+        free(cands);
+        free(htok);
+        free(starts);
         return lt_fail(err, LT_ERR_NOMEM, "lt_generate: cannot allocate the KV cache for %d rows x %d positions", B, S);
     }
     float *x = blk, *ln = x + (size_t)B * H, *xmid = ln + (size_t)B * H, *tmpH = xmid + (size_t)B * H;
     float *q = tmpH + (size_t)B * H, *att = q + (size_t)B * QD, *k = att + (size_t)B * QD, *v = k + (size_t)B * KD;
     float *gate = v + (size_t)B * KD, *up = gate + (size_t)B * I, *act = up + (size_t)B * I, *xa = act + (size_t)B * I;
-    float *logits = xa + (size_t)B * r, *rstd = logits + (size_t)B * V, *kc = rstd + B, *vc = kc + (size_t)L * B * S * KD;
+    float *logits = xa + (size_t)B * r, *rstd = logits + (size_t)B * V, *kc = rstd + B,
+          *vc = kc + (size_t)L * B * S * KD;
     float *wtile = vc + (size_t)L * B * S * KD;
     float *rstd_qk = wtile + wt, *qpre = rstd_qk + (size_t)B * NH;
     int32_t *dtok = (int32_t *)(qpre + (size_t)B * QD), *dpos = dtok + B;
@@ -143,7 +166,10 @@ LT_API lt_status lt_generate(lt_model *m, const lt_adapter *ad, const int32_t *p
     memset(&gws, 0, sizeof gws);
     gws.wtile = wtile;
     int32_t *tok = htok, *posv = htok + B;
-    for (int b = 0; b < B; b++) { tok[b] = starts[b][0]; out_lens[b] = 0; }
+    for (int b = 0; b < B; b++) {
+        tok[b] = starts[b][0];
+        out_lens[b] = 0;
+    }
     gen_rng rng = {p.seed ^ 0x5DEECE66Dull};
     const float eps = (float)c->rms_norm_eps, scale = lt_config_attn_scale(c);
     int done = 0;
@@ -237,11 +263,18 @@ LT_API lt_status lt_generate(lt_model *m, const lt_adapter *ad, const int32_t *p
         if (c->final_logit_softcapping > 0)
             be->ops->softcap_forward(be, logits, (size_t)B * V, (float)c->final_logit_softcapping);
         be->ops->download(be, hlog, logits, (size_t)B * V * sizeof(float));
-        if ((st = be->ops->sync(be)) != LT_OK) { lt_fail(err, st, "lt_generate: backend %s failed", be->ops->name); break; }
+        if ((st = be->ops->sync(be)) != LT_OK) {
+            lt_fail(err, st, "lt_generate: backend %s failed", be->ops->name);
+            break;
+        }
         done = 1;
         for (int b = 0; b < B; b++) {
             int32_t *ob = out + (size_t)b * p.max_new_tokens;
-            if (s + 1 < prompt_lens[b]) { tok[b] = starts[b][s + 1]; done = 0; continue; } /* still prefilling */
+            if (s + 1 < prompt_lens[b]) {
+                tok[b] = starts[b][s + 1];
+                done = 0;
+                continue;
+            }                                           /* still prefilling */
             if (s + 1 < prompt_lens[b] + out_lens[b]) { /* replaying generated tokens after a longrope switch */
                 tok[b] = ob[s + 1 - prompt_lens[b]];
                 done = 0;
@@ -256,6 +289,9 @@ LT_API lt_status lt_generate(lt_model *m, const lt_adapter *ad, const int32_t *p
         }
     }
     be->ops->free(be, blk);
-    free(hlog); free(cands); free(htok); free(starts);
+    free(hlog);
+    free(cands);
+    free(htok);
+    free(starts);
     return st;
 }

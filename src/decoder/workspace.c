@@ -27,8 +27,7 @@ static void relocate(void **slot, char *base) {
 
 #define CARVE(ptr, n) carve(&total, (void **)&(ptr), (size_t)(n))
 
-lt_status lt_workspace_create(lt_model *m, int B, int T, int rank, int mode,
-                              lt_workspace **out, lt_error *err) {
+lt_status lt_workspace_create(lt_model *m, int B, int T, int rank, int mode, lt_workspace **out, lt_error *err) {
     const lt_model_config *c = &m->cfg;
     *out = NULL;
     if (B <= 0 || T <= 0) return lt_fail(err, LT_ERR_ARGUMENT, "workspace: batch %d x %d is empty", B, T);
@@ -40,14 +39,19 @@ lt_status lt_workspace_create(lt_model *m, int B, int T, int rank, int mode,
     const size_t N = (size_t)B * T;
     ws->be = m->be;
     ws->inv_freq = m->inv_freq;
-    ws->B = ws->B_cap = B; ws->T = T; ws->N = (int)N;
+    ws->B = ws->B_cap = B;
+    ws->T = T;
+    ws->N = (int)N;
     ws->rank = rank;
     ws->checkpointing = mode != LT_WS_FULL;
     ws->forward_only = mode == LT_WS_FORWARD;
     ws->n_acts = mode == LT_WS_FULL ? L : 1;
     ws->acts = calloc((size_t)ws->n_acts, sizeof *ws->acts);
     ws->x_saved = calloc((size_t)L + 1, sizeof *ws->x_saved);
-    if (!ws->acts || !ws->x_saved) { lt_workspace_free(ws); return lt_fail(err, LT_ERR_NOMEM, "workspace: out of memory"); }
+    if (!ws->acts || !ws->x_saved) {
+        lt_workspace_free(ws);
+        return lt_fail(err, LT_ERR_NOMEM, "workspace: out of memory");
+    }
 
     /* logits chunk: bound the (chunk, V) buffer to ~16 MiB but keep at least 16 rows */
     int chunk = (int)((4u << 20) / (unsigned)V);
@@ -60,33 +64,54 @@ lt_status lt_workspace_create(lt_model *m, int B, int T, int rank, int mode,
     for (int l = 0; l <= (ws->forward_only ? 1 : L); l++) CARVE(ws->x_saved[l], N * H);
     for (int a = 0; a < ws->n_acts; a++) {
         lt_layer_acts *A = &ws->acts[a];
-        CARVE(A->ln1, N * H); CARVE(A->rstd1, N);
-        CARVE(A->q, N * QD); CARVE(A->k, N * KD); CARVE(A->v, N * KD);
+        CARVE(A->ln1, N * H);
+        CARVE(A->rstd1, N);
+        CARVE(A->q, N * QD);
+        CARVE(A->k, N * KD);
+        CARVE(A->v, N * KD);
         if (c->sandwich_norms) {
-            CARVE(A->o_raw, N * H); CARVE(A->rstd_pa, N);
-            CARVE(A->d_raw, N * H); CARVE(A->rstd_pf, N);
+            CARVE(A->o_raw, N * H);
+            CARVE(A->rstd_pa, N);
+            CARVE(A->d_raw, N * H);
+            CARVE(A->rstd_pf, N);
         }
         if (c->qk_norm) {
-            CARVE(A->q_pre, N * QD); CARVE(A->k_pre, N * KD);
-            CARVE(A->rstd_q, N * NH); CARVE(A->rstd_k, N * c->num_key_value_heads);
+            CARVE(A->q_pre, N * QD);
+            CARVE(A->k_pre, N * KD);
+            CARVE(A->rstd_q, N * NH);
+            CARVE(A->rstd_k, N * c->num_key_value_heads);
         }
-        CARVE(A->att, N * QD); CARVE(A->lse, (size_t)B * NH * T);
+        CARVE(A->att, N * QD);
+        CARVE(A->lse, (size_t)B * NH * T);
         CARVE(A->x_mid, N * H);
-        CARVE(A->ln2, N * H); CARVE(A->rstd2, N);
-        CARVE(A->gate, N * I); CARVE(A->up, N * I); CARVE(A->act, N * I);
+        CARVE(A->ln2, N * H);
+        CARVE(A->rstd2, N);
+        CARVE(A->gate, N * I);
+        CARVE(A->up, N * I);
+        CARVE(A->act, N * I);
         if (rank > 0)
             for (int p = 0; p < P_COUNT; p++) CARVE(A->xa[p], N * rank);
     }
-    CARVE(ws->final_ln, N * H); CARVE(ws->final_rstd, N);
-    CARVE(ws->ids, N); CARVE(ws->targets, N); CARVE(ws->pos, N); CARVE(ws->kv_start, N);
+    CARVE(ws->final_ln, N * H);
+    CARVE(ws->final_rstd, N);
+    CARVE(ws->ids, N);
+    CARVE(ws->targets, N);
+    CARVE(ws->pos, N);
+    CARVE(ws->kv_start, N);
     if (c->sliding_window > 0) CARVE(ws->kv_start_swa, N);
     CARVE(ws->logits, (size_t)chunk * V);
     if (c->final_logit_softcapping > 0 && !ws->forward_only) CARVE(ws->logits_capped, (size_t)chunk * V);
     CARVE(ws->losses, N);
     if (!ws->forward_only) {
-        CARVE(ws->dres, N * H); CARVE(ws->dln, N * H);
-        CARVE(ws->dI1, N * I); CARVE(ws->dI2, N * I); CARVE(ws->dI3, N * I);
-        CARVE(ws->dq, N * QD); CARVE(ws->dk, N * KD); CARVE(ws->dv, N * KD); CARVE(ws->datt, N * QD);
+        CARVE(ws->dres, N * H);
+        CARVE(ws->dln, N * H);
+        CARVE(ws->dI1, N * I);
+        CARVE(ws->dI2, N * I);
+        CARVE(ws->dI3, N * I);
+        CARVE(ws->dq, N * QD);
+        CARVE(ws->dk, N * KD);
+        CARVE(ws->dv, N * KD);
+        CARVE(ws->datt, N * QD);
         if (c->qk_norm) CARVE(ws->dk_pre, N * KD);
         if (c->sandwich_norms) CARVE(ws->dsand, N * H);
         if (rank > 0) {
@@ -115,21 +140,23 @@ lt_status lt_workspace_create(lt_model *m, int B, int T, int rank, int mode,
     }
     for (int a = 0; a < ws->n_acts; a++) {
         lt_layer_acts *A = &ws->acts[a];
-        void **f[] = {(void **)&A->ln1, (void **)&A->rstd1, (void **)&A->q, (void **)&A->k, (void **)&A->v,
-                      (void **)&A->att, (void **)&A->lse, (void **)&A->x_mid, (void **)&A->ln2,
-                      (void **)&A->rstd2, (void **)&A->gate, (void **)&A->up, (void **)&A->act,
-                      (void **)&A->q_pre, (void **)&A->k_pre, (void **)&A->rstd_q, (void **)&A->rstd_k,
-                      (void **)&A->o_raw, (void **)&A->rstd_pa, (void **)&A->d_raw, (void **)&A->rstd_pf};
+        void **f[] = {(void **)&A->ln1,    (void **)&A->rstd1, (void **)&A->q,       (void **)&A->k,
+                      (void **)&A->v,      (void **)&A->att,   (void **)&A->lse,     (void **)&A->x_mid,
+                      (void **)&A->ln2,    (void **)&A->rstd2, (void **)&A->gate,    (void **)&A->up,
+                      (void **)&A->act,    (void **)&A->q_pre, (void **)&A->k_pre,   (void **)&A->rstd_q,
+                      (void **)&A->rstd_k, (void **)&A->o_raw, (void **)&A->rstd_pa, (void **)&A->d_raw,
+                      (void **)&A->rstd_pf};
         for (size_t i = 0; i < sizeof f / sizeof *f; i++) relocate(f[i], base);
         for (int p = 0; p < P_COUNT; p++) relocate((void **)&A->xa[p], base);
     }
-    void **g[] = {(void **)&ws->final_ln, (void **)&ws->final_rstd, (void **)&ws->ids, (void **)&ws->targets,
-                  (void **)&ws->pos, (void **)&ws->kv_start, (void **)&ws->logits, (void **)&ws->losses,
-                  (void **)&ws->dres, (void **)&ws->dln, (void **)&ws->dI1, (void **)&ws->dI2,
-                  (void **)&ws->dI3, (void **)&ws->dq, (void **)&ws->dk, (void **)&ws->dv,
-                  (void **)&ws->datt, (void **)&ws->dr, (void **)&ws->drop, (void **)&ws->att_scratch,
-                  (void **)&ws->row_w, (void **)&ws->wtile, (void **)&ws->kv_start_swa, (void **)&ws->dk_pre,
-                  (void **)&ws->dsand, (void **)&ws->logits_capped};
+    void **g[] = {
+        (void **)&ws->final_ln, (void **)&ws->final_rstd,   (void **)&ws->ids,          (void **)&ws->targets,
+        (void **)&ws->pos,      (void **)&ws->kv_start,     (void **)&ws->logits,       (void **)&ws->losses,
+        (void **)&ws->dres,     (void **)&ws->dln,          (void **)&ws->dI1,          (void **)&ws->dI2,
+        (void **)&ws->dI3,      (void **)&ws->dq,           (void **)&ws->dk,           (void **)&ws->dv,
+        (void **)&ws->datt,     (void **)&ws->dr,           (void **)&ws->drop,         (void **)&ws->att_scratch,
+        (void **)&ws->row_w,    (void **)&ws->wtile,        (void **)&ws->kv_start_swa, (void **)&ws->dk_pre,
+        (void **)&ws->dsand,    (void **)&ws->logits_capped};
     for (size_t i = 0; i < sizeof g / sizeof *g; i++) relocate(g[i], base);
     /* every layer's activations alias x_in to the saved input of that layer */
     *out = ws;
@@ -154,8 +181,8 @@ lt_status lt_stage_batch(lt_model *m, lt_workspace *ws, const lt_batch *b, int64
     if (b->n_rows <= 0 || b->seq_len <= 0)
         return lt_fail(err, LT_ERR_SHAPE, "batch: %d rows x %d tokens is empty", b->n_rows, b->seq_len);
     if (b->n_rows > ws->B_cap || b->seq_len != ws->T)
-        return lt_fail(err, LT_ERR_SHAPE, "batch: %d x %d does not fit the planned %d x %d",
-                       b->n_rows, b->seq_len, ws->B_cap, ws->T);
+        return lt_fail(err, LT_ERR_SHAPE, "batch: %d x %d does not fit the planned %d x %d", b->n_rows, b->seq_len,
+                       ws->B_cap, ws->T);
     const int B = b->n_rows, T = b->seq_len, N = B * T, V = (int)m->cfg.vocab_size;
     int32_t *tmp = ws->host_stage; /* planned with the workspace: no allocation per step */
     int32_t *ids = tmp, *tg = tmp + N, *pos = tmp + 2 * N, *kvs = tmp + 3 * N, *kvw = tmp + 4 * N;
@@ -168,8 +195,10 @@ lt_status lt_stage_batch(lt_model *m, lt_workspace *ws, const lt_batch *b, int64
             int i = r * T + t;
             int32_t id = b->input_ids[i];
             if (id < 0 || id >= V) {
-                return lt_fail(err, LT_ERR_DATA, "batch: token id %d at row %d position %d is outside the "
-                               "vocabulary [0, %d)", id, r, t, V);
+                return lt_fail(err, LT_ERR_DATA,
+                               "batch: token id %d at row %d position %d is outside the "
+                               "vocabulary [0, %d)",
+                               id, r, t, V);
             }
             ids[i] = id;
             int32_t p = b->position_ids ? b->position_ids[i] : t;
@@ -188,8 +217,10 @@ lt_status lt_stage_batch(lt_model *m, lt_workspace *ws, const lt_batch *b, int64
             if (t + 1 < T && !(b->position_ids && b->position_ids[i + 1] == 0)) {
                 int32_t lab = b->labels ? b->labels[i + 1] : b->input_ids[i + 1];
                 if (lab != -100 && (lab < 0 || lab >= V)) {
-                    return lt_fail(err, LT_ERR_DATA, "batch: label %d at row %d position %d is neither -100 "
-                                   "nor a token id below %d", lab, r, t + 1, V);
+                    return lt_fail(err, LT_ERR_DATA,
+                                   "batch: label %d at row %d position %d is neither -100 "
+                                   "nor a token id below %d",
+                                   lab, r, t + 1, V);
                 }
                 target = lab;
             }
@@ -207,7 +238,8 @@ lt_status lt_stage_batch(lt_model *m, lt_workspace *ws, const lt_batch *b, int64
     /* longrope: transformers switches to the long factors when max(position_ids) + 1 exceeds
      * original_max_position_embeddings, for the whole batch */
     ws->inv_freq = m->inv_freq_long && (int64_t)max_pos + 1 > m->cfg.rope_original_max_position_embeddings
-                       ? m->inv_freq_long : m->inv_freq;
+                       ? m->inv_freq_long
+                       : m->inv_freq;
     *n_valid = valid;
     return LT_OK;
 }

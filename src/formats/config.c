@@ -23,18 +23,18 @@ enum { SLIDE_NONE = 0, SLIDE_QWEN = 1, SLIDE_ALL = 2, SLIDE_ALTERNATE = 3 };
 enum { BIAS_LLAMA = 0, BIAS_QWEN2 = 1, BIAS_NONE = 2 };
 
 typedef struct lt_arch_desc {
-    const char *name;       /* architectures[0]                                               */
+    const char *name; /* architectures[0]                                               */
     lt_arch_id id;
     const char *model_type; /* written by lt_config_write when the config has none            */
     unsigned activations;   /* ACT_BIT() of the hidden_act values this build implements      */
     int qk_norm;
     float norm_offset;
     int embed_scale_sqrt_hidden;
-    int64_t default_head_dim;  /* head_dim when config.json has none: 0 = hidden / heads      */
-    int default_tied;          /* tie_word_embeddings default of the transformers config class */
-    int bias_mode;             /* BIAS_*                                                     */
-    int slide_mode;            /* SLIDE_*                                                    */
-    int64_t default_window;    /* sliding_window when config.json has none                   */
+    int64_t default_head_dim; /* head_dim when config.json has none: 0 = hidden / heads      */
+    int default_tied;         /* tie_word_embeddings default of the transformers config class */
+    int bias_mode;            /* BIAS_*                                                     */
+    int slide_mode;           /* SLIDE_*                                                    */
+    int64_t default_window;   /* sliding_window when config.json has none                   */
 } lt_arch_desc;
 
 static const lt_arch_desc k_archs[] = {
@@ -44,8 +44,8 @@ static const lt_arch_desc k_archs[] = {
      4096},
     {"Qwen3ForCausalLM", LT_ARCH_QWEN3, "qwen3", ACT_BIT(LT_ACT_SILU), 1, 0.0f, 0, 128, 0, BIAS_LLAMA, SLIDE_QWEN,
      4096},
-    {"GemmaForCausalLM", LT_ARCH_GEMMA, "gemma", ACT_BIT(LT_ACT_GELU_TANH), 0, 1.0f, 1, 256, 1, BIAS_LLAMA,
-     SLIDE_NONE, 0},
+    {"GemmaForCausalLM", LT_ARCH_GEMMA, "gemma", ACT_BIT(LT_ACT_GELU_TANH), 0, 1.0f, 1, 256, 1, BIAS_LLAMA, SLIDE_NONE,
+     0},
     {"Phi3ForCausalLM", LT_ARCH_PHI3, "phi3", ACT_BIT(LT_ACT_SILU), 0, 0.0f, 0, 0, 0, BIAS_NONE, SLIDE_ALL, 0},
     {"Gemma2ForCausalLM", LT_ARCH_GEMMA2, "gemma2", ACT_BIT(LT_ACT_GELU_TANH), 0, 1.0f, 1, 256, 1, BIAS_LLAMA,
      SLIDE_ALTERNATE, 4096},
@@ -82,10 +82,8 @@ static const struct {
     const char *name;
     lt_activation act;
 } k_acts[] = {
-    {"silu", LT_ACT_SILU},
-    {"swish", LT_ACT_SILU},
-    {"gelu", LT_ACT_GELU},
-    {"gelu_pytorch_tanh", LT_ACT_GELU_TANH},
+    {"silu", LT_ACT_SILU},          {"swish", LT_ACT_SILU},
+    {"gelu", LT_ACT_GELU},          {"gelu_pytorch_tanh", LT_ACT_GELU_TANH},
     {"gelu_new", LT_ACT_GELU_TANH},
 };
 
@@ -174,8 +172,7 @@ static lt_status get_num(parse_ctx *c, json_t *obj, const char *prefix, const ch
 static lt_status get_bool(parse_ctx *c, json_t *obj, const char *key, int *out) {
     json_t *v = field(obj, key);
     if (!v) return LT_OK;
-    if (!json_is_boolean(v))
-        return lt_fail(c->err, LT_ERR_JSON, "%s: field \"%s\" must be true or false", c->src, key);
+    if (!json_is_boolean(v)) return lt_fail(c->err, LT_ERR_JSON, "%s: field \"%s\" must be true or false", c->src, key);
     *out = json_is_true(v) ? 1 : 0;
     return LT_OK;
 }
@@ -183,8 +180,7 @@ static lt_status get_bool(parse_ctx *c, json_t *obj, const char *key, int *out) 
 static lt_status get_str(parse_ctx *c, json_t *obj, const char *key, char *out, size_t len) {
     json_t *v = field(obj, key);
     if (!v) return LT_OK;
-    if (!json_is_string(v))
-        return lt_fail(c->err, LT_ERR_JSON, "%s: field \"%s\" must be a string", c->src, key);
+    if (!json_is_string(v)) return lt_fail(c->err, LT_ERR_JSON, "%s: field \"%s\" must be a string", c->src, key);
     const char *s = json_string_value(v);
     if (strlen(s) >= len)
         return lt_fail(c->err, LT_ERR_FORMAT, "%s: field \"%s\" is too long (%zu bytes, at most %zu)", c->src, key,
@@ -284,8 +280,9 @@ static lt_status parse_rope(parse_ctx *c, json_t *root, lt_model_config *cfg) {
             (st = get_rope_num(c, rope, rname, type, "original_max_position_embeddings", &orig)) != LT_OK)
             return st;
         if (!(orig >= 1 && orig <= 9.0e15) || orig != floor(orig))
-            return lt_fail(c->err, LT_ERR_FORMAT, "%s: \"%s.original_max_position_embeddings\" = %g is not a positive integer",
-                           c->src, rname, orig);
+            return lt_fail(c->err, LT_ERR_FORMAT,
+                           "%s: \"%s.original_max_position_embeddings\" = %g is not a positive integer", c->src, rname,
+                           orig);
         cfg->rope_original_max_position_embeddings = (int64_t)orig;
     } else if (strcmp(type, "longrope") == 0 ||
                (cfg->arch == LT_ARCH_PHI3 && (strcmp(type, "su") == 0 || strcmp(type, "yarn") == 0))) {
@@ -296,8 +293,9 @@ static lt_status parse_rope(parse_ctx *c, json_t *root, lt_model_config *cfg) {
         int nf[2] = {0, 0};
         for (int i = 0; i < 2; i++) {
             json_t *a = field(rope, fk[i]);
-            if (!a) return lt_fail(c->err, LT_ERR_MISSING, "%s: \"%s\" with rope_type 'longrope' lacks \"%s\"", c->src,
-                                   rname, fk[i]);
+            if (!a)
+                return lt_fail(c->err, LT_ERR_MISSING, "%s: \"%s\" with rope_type 'longrope' lacks \"%s\"", c->src,
+                               rname, fk[i]);
             if (!json_is_array(a) || json_array_size(a) > LT_CONFIG_MAX_ROPE_FACTORS)
                 return lt_fail(c->err, LT_ERR_JSON, "%s: \"%s.%s\" must be a list of at most %d numbers", c->src, rname,
                                fk[i], LT_CONFIG_MAX_ROPE_FACTORS);
@@ -311,8 +309,9 @@ static lt_status parse_rope(parse_ctx *c, json_t *root, lt_model_config *cfg) {
             nf[i] = (int)json_array_size(a);
         }
         if (nf[0] != nf[1])
-            return lt_fail(c->err, LT_ERR_FORMAT, "%s: longrope short_factor (%d) and long_factor (%d) differ in length",
-                           c->src, nf[0], nf[1]);
+            return lt_fail(c->err, LT_ERR_FORMAT,
+                           "%s: longrope short_factor (%d) and long_factor (%d) differ in length", c->src, nf[0],
+                           nf[1]);
         cfg->n_rope_factors = nf[0];
         /* original_max_position_embeddings: the top-level key wins (Phi3Config), then the rope dict */
         double orig = 0;
@@ -339,12 +338,9 @@ static lt_status parse_rope(parse_ctx *c, json_t *root, lt_model_config *cfg) {
 static lt_status parse_family(parse_ctx *c, json_t *root, const lt_arch_desc *arch, lt_model_config *cfg) {
     lt_status st;
     const unsigned attn = 0xFu, mlp = 0x70u; /* q,k,v,o and gate,up,down in lt_proj order */
-    if (arch->bias_mode == BIAS_LLAMA)
-        cfg->bias_mask = (cfg->attention_bias ? attn : 0u) | (cfg->mlp_bias ? mlp : 0u);
-    else if (arch->bias_mode == BIAS_QWEN2)
-        cfg->bias_mask = 0x7u; /* Qwen2Attention: q, k, v with bias, o without */
-    else
-        cfg->bias_mask = 0;
+    if (arch->bias_mode == BIAS_LLAMA) cfg->bias_mask = (cfg->attention_bias ? attn : 0u) | (cfg->mlp_bias ? mlp : 0u);
+    else if (arch->bias_mode == BIAS_QWEN2) cfg->bias_mask = 0x7u; /* Qwen2Attention: q, k, v with bias, o without */
+    else cfg->bias_mask = 0;
     if (arch->id == LT_ARCH_QWEN2 && cfg->mlp_bias)
         return lt_fail(c->err, LT_ERR_UNSUPPORTED, "%s: mlp_bias is not supported for %s", c->src, arch->name);
     if (arch->id != LT_ARCH_LLAMA && arch->bias_mode == BIAS_LLAMA && cfg->mlp_bias)
@@ -388,8 +384,10 @@ static lt_status parse_family(parse_ctx *c, json_t *root, const lt_arch_desc *ar
             if (strcmp(t, "sliding_attention") == 0) slide = 1;
             else if (strcmp(t, "full_attention") == 0) slide = 0;
             else
-                return lt_fail(c->err, LT_ERR_UNSUPPORTED, "%s: layer type \"%s\" is not supported (only "
-                               "full_attention, sliding_attention)", c->src, t);
+                return lt_fail(c->err, LT_ERR_UNSUPPORTED,
+                               "%s: layer type \"%s\" is not supported (only "
+                               "full_attention, sliding_attention)",
+                               c->src, t);
         } else if (arch->slide_mode == SLIDE_QWEN) {
             slide = l >= cfg->max_window_layers;
         } else if (arch->slide_mode == SLIDE_ALTERNATE) {
@@ -475,8 +473,8 @@ lt_status lt_config_validate(lt_model_config *cfg, const char *source, lt_error 
                            src);
     } else if (cfg->rope_type == LT_ROPE_LONGROPE) {
         if (cfg->n_rope_factors != cfg->rot_dim / 2)
-            return lt_fail(err, LT_ERR_FORMAT, "%s: longrope factors have %d entries, the rotary dimension needs %d", src,
-                           cfg->n_rope_factors, cfg->rot_dim / 2);
+            return lt_fail(err, LT_ERR_FORMAT, "%s: longrope factors have %d entries, the rotary dimension needs %d",
+                           src, cfg->n_rope_factors, cfg->rot_dim / 2);
         for (int i = 0; i < cfg->n_rope_factors; i++)
             if (!(cfg->rope_short_factor[i] > 0) || !(cfg->rope_long_factor[i] > 0) ||
                 !isfinite(cfg->rope_short_factor[i]) || !isfinite(cfg->rope_long_factor[i]))
@@ -485,7 +483,8 @@ lt_status lt_config_validate(lt_model_config *cfg, const char *source, lt_error 
             return lt_fail(err, LT_ERR_FORMAT, "%s: longrope needs original_max_position_embeddings > 0", src);
         /* transformers' _compute_longrope_parameters */
         if (cfg->rope_factor < 0)
-            cfg->rope_factor = (double)cfg->max_position_embeddings / (double)cfg->rope_original_max_position_embeddings;
+            cfg->rope_factor =
+                (double)cfg->max_position_embeddings / (double)cfg->rope_original_max_position_embeddings;
         if (cfg->rope_attention_factor < 0)
             cfg->rope_attention_factor =
                 cfg->rope_factor <= 1.0
@@ -494,8 +493,7 @@ lt_status lt_config_validate(lt_model_config *cfg, const char *source, lt_error 
     } else if (cfg->rope_type != LT_ROPE_DEFAULT && cfg->rope_type != LT_ROPE_LINEAR) {
         return lt_fail(err, LT_ERR_UNSUPPORTED, "%s: rope type %d is not supported", src, (int)cfg->rope_type);
     }
-    if (cfg->sliding_window < 0)
-        return lt_fail(err, LT_ERR_FORMAT, "%s: \"sliding_window\" must not be negative", src);
+    if (cfg->sliding_window < 0) return lt_fail(err, LT_ERR_FORMAT, "%s: \"sliding_window\" must not be negative", src);
     return LT_OK;
 }
 
@@ -607,19 +605,22 @@ static lt_status parse_root(parse_ctx *c, json_t *root, lt_model_config *cfg) {
         if ((st = get_num(c, root, "", "query_pre_attn_scalar", &cfg->query_pre_attn_scalar)) != LT_OK) return st;
         json_t *v = json_object_get(root, "attn_logit_softcapping");
         if (v && json_is_null(v)) cfg->attn_logit_softcapping = 0;
-        else if ((st = get_num(c, root, "", "attn_logit_softcapping", &cfg->attn_logit_softcapping)) != LT_OK) return st;
+        else if ((st = get_num(c, root, "", "attn_logit_softcapping", &cfg->attn_logit_softcapping)) != LT_OK)
+            return st;
         v = json_object_get(root, "final_logit_softcapping");
         if (v && json_is_null(v)) cfg->final_logit_softcapping = 0;
-        else if ((st = get_num(c, root, "", "final_logit_softcapping", &cfg->final_logit_softcapping)) != LT_OK) return st;
+        else if ((st = get_num(c, root, "", "final_logit_softcapping", &cfg->final_logit_softcapping)) != LT_OK)
+            return st;
         if (!(cfg->query_pre_attn_scalar > 0) || cfg->attn_logit_softcapping < 0 || cfg->final_logit_softcapping < 0)
-            return lt_fail(c->err, LT_ERR_FORMAT, "%s: query_pre_attn_scalar must be positive and the soft-capping "
-                           "values non-negative", c->src);
+            return lt_fail(c->err, LT_ERR_FORMAT,
+                           "%s: query_pre_attn_scalar must be positive and the soft-capping "
+                           "values non-negative",
+                           c->src);
     }
     return lt_config_validate(cfg, c->src, err);
 }
 
-lt_status lt_config_parse(const char *json_text, size_t len, const char *source, lt_model_config *cfg,
-                          lt_error *err) {
+lt_status lt_config_parse(const char *json_text, size_t len, const char *source, lt_model_config *cfg, lt_error *err) {
     const char *src = source ? source : "config";
     if (!json_text || !cfg) return lt_fail(err, LT_ERR_ARGUMENT, "%s: NULL argument", src);
     json_error_t jerr;
@@ -703,8 +704,8 @@ lt_status lt_config_write(const lt_model_config *cfg, const char *path, lt_error
         if (cfg->rope_type == LT_ROPE_DEFAULT) {
             bad |= set_new(o, "rope_scaling", json_null());
         } else if (cfg->rope_type == LT_ROPE_LINEAR) {
-            bad |= set_new(o, "rope_scaling", json_pack("{s:s, s:f}", "rope_type", "linear", "factor",
-                                                        reals[nreal++] = cfg->rope_factor));
+            bad |= set_new(o, "rope_scaling",
+                           json_pack("{s:s, s:f}", "rope_type", "linear", "factor", reals[nreal++] = cfg->rope_factor));
         } else if (cfg->rope_type == LT_ROPE_LLAMA3) {
             reals[nreal++] = cfg->rope_factor;
             reals[nreal++] = cfg->rope_low_freq_factor;
@@ -744,25 +745,28 @@ lt_status lt_config_write(const lt_model_config *cfg, const char *path, lt_error
             bad |= set_new(o, "eos_token_id", json_integer(cfg->n_eos ? cfg->eos_token_ids[0] : cfg->eos_token_id));
         } else if (cfg->n_eos > 1) {
             json_t *a = json_array();
-            for (int i = 0; a && i < cfg->n_eos; i++) bad |= json_array_append_new(a, json_integer(cfg->eos_token_ids[i]));
+            for (int i = 0; a && i < cfg->n_eos; i++)
+                bad |= json_array_append_new(a, json_integer(cfg->eos_token_ids[i]));
             bad |= set_new(o, "eos_token_id", a);
         }
         if (cfg->torch_dtype[0]) bad |= set_new(o, "torch_dtype", json_string(cfg->torch_dtype));
         if (arch->id == LT_ARCH_GEMMA2) {
             bad |= set_new(o, "hidden_activation", json_string(cfg->hidden_act));
             double qs = cfg->query_pre_attn_scalar; /* Gemma2Config types it int */
-            bad |= set_new(o, "query_pre_attn_scalar", qs == floor(qs) && qs < 1e15 ? json_integer((json_int_t)qs)
-                                                                                      : json_real(reals[nreal++] = qs));
-            bad |= set_new(o, "attn_logit_softcapping", cfg->attn_logit_softcapping > 0
-                                                            ? json_real(reals[nreal++] = cfg->attn_logit_softcapping)
+            bad |=
+                set_new(o, "query_pre_attn_scalar",
+                        qs == floor(qs) && qs < 1e15 ? json_integer((json_int_t)qs) : json_real(reals[nreal++] = qs));
+            bad |= set_new(o, "attn_logit_softcapping",
+                           cfg->attn_logit_softcapping > 0 ? json_real(reals[nreal++] = cfg->attn_logit_softcapping)
+                                                           : json_null());
+            bad |= set_new(o, "final_logit_softcapping",
+                           cfg->final_logit_softcapping > 0 ? json_real(reals[nreal++] = cfg->final_logit_softcapping)
                                                             : json_null());
-            bad |= set_new(o, "final_logit_softcapping", cfg->final_logit_softcapping > 0
-                                                             ? json_real(reals[nreal++] = cfg->final_logit_softcapping)
-                                                             : json_null());
         }
         /* family structure, in the keys of each family's transformers config class */
         if (arch->slide_mode != SLIDE_NONE) {
-            bad |= set_new(o, "sliding_window", cfg->sliding_window > 0 ? json_integer(cfg->sliding_window) : json_null());
+            bad |=
+                set_new(o, "sliding_window", cfg->sliding_window > 0 ? json_integer(cfg->sliding_window) : json_null());
             if (arch->slide_mode == SLIDE_QWEN) {
                 bad |= set_new(o, "use_sliding_window", json_boolean(cfg->use_sliding_window));
                 bad |= set_new(o, "max_window_layers", json_integer(cfg->max_window_layers));
@@ -770,8 +774,8 @@ lt_status lt_config_write(const lt_model_config *cfg, const char *path, lt_error
             if (cfg->sliding_window > 0 && (cfg->has_layer_types || arch->slide_mode == SLIDE_ALTERNATE)) {
                 json_t *a = json_array();
                 for (int l = 0; a && l < cfg->num_hidden_layers; l++)
-                    bad |= json_array_append_new(a, json_string(cfg->layer_sliding[l] ? "sliding_attention"
-                                                                                       : "full_attention"));
+                    bad |= json_array_append_new(
+                        a, json_string(cfg->layer_sliding[l] ? "sliding_attention" : "full_attention"));
                 bad |= set_new(o, "layer_types", a);
             }
         }
@@ -833,7 +837,7 @@ int lt_rope_inv_freq(const lt_model_config *cfg, float *inv_freq, int n) {
         double orig = (double)cfg->rope_original_max_position_embeddings;
         double lff = cfg->rope_low_freq_factor, hff = cfg->rope_high_freq_factor;
         float factor = (float)cfg->rope_factor;
-        float low_wav = (float)(orig / lff);   /* python floats, compared as float32 */
+        float low_wav = (float)(orig / lff); /* python floats, compared as float32 */
         float high_wav = (float)(orig / hff);
         float two_pi = (float)(2.0 * 3.14159265358979323846);
         float orig_f = (float)orig;

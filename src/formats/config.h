@@ -10,8 +10,8 @@
 #ifndef LT_CONFIG_H
 #define LT_CONFIG_H
 
-#include <stdint.h>
 #include "core/core.h"
+#include <stdint.h>
 
 typedef enum lt_arch_id {
     LT_ARCH_LLAMA = 0,
@@ -38,12 +38,12 @@ typedef enum lt_activation {
 
 #define LT_CONFIG_MAX_EOS 16
 #define LT_CONFIG_MAX_ROPE_FACTORS 512 /* longrope short/long factors (rot_dim / 2 each) */
-#define LT_CONFIG_MAX_LAYERS 1024 /* per-layer attention types are kept up to this many layers */
+#define LT_CONFIG_MAX_LAYERS 1024      /* per-layer attention types are kept up to this many layers */
 
 typedef struct lt_model_config {
     char architecture[64]; /* architectures[0], e.g. "LlamaForCausalLM"                  */
     lt_arch_id arch;
-    char model_type[32];   /* "llama" ("" when absent)                                */
+    char model_type[32]; /* "llama" ("" when absent)                                */
 
     int64_t vocab_size;
     int64_t hidden_size;
@@ -59,21 +59,21 @@ typedef struct lt_model_config {
     int mlp_bias;
     char hidden_act[32];
     lt_activation activation;
-    int64_t bos_token_id;        /* -1 when absent                                        */
-    int64_t pad_token_id;        /* -1 when absent or null                                */
-    int64_t eos_token_id;        /* the first one; -1 when absent                         */
-    int n_eos;                   /* all of them (eos_token_id may be a list)              */
+    int64_t bos_token_id; /* -1 when absent                                        */
+    int64_t pad_token_id; /* -1 when absent or null                                */
+    int64_t eos_token_id; /* the first one; -1 when absent                         */
+    int n_eos;            /* all of them (eos_token_id may be a list)              */
     int64_t eos_token_ids[LT_CONFIG_MAX_EOS];
-    char torch_dtype[32];        /* "torch_dtype" or "dtype" ("" when absent)            */
+    char torch_dtype[32]; /* "torch_dtype" or "dtype" ("" when absent)            */
 
     /* RoPE */
     double rope_theta;            /* top level or inside rope_parameters/rope_scaling     */
     double partial_rotary_factor; /* default 1.0                                          */
     int rot_dim;                  /* int(head_dim * partial_rotary_factor), even          */
     lt_rope_type rope_type;
-    double rope_factor;           /* linear, llama3                                       */
-    double rope_low_freq_factor;  /* llama3                                               */
-    double rope_high_freq_factor; /* llama3                                               */
+    double rope_factor;                            /* linear, llama3                                       */
+    double rope_low_freq_factor;                   /* llama3                                               */
+    double rope_high_freq_factor;                  /* llama3                                               */
     int64_t rope_original_max_position_embeddings; /* llama3                              */
 
     /* family knobs (Llama values) */
@@ -83,22 +83,22 @@ typedef struct lt_model_config {
     double embed_scale;     /* embeddings are multiplied by this: 1 (Gemma: sqrt(hidden))   */
 
     /* per-family structure (Llama values: 0 / none) */
-    unsigned bias_mask;     /* bit p (lt_proj order q,k,v,o,gate,up,down): projection p has a bias.
-                             * Llama/Qwen3/Gemma: attention_bias -> q,k,v,o, mlp_bias -> gate,up,down;
-                             * Qwen2: always q,k,v                                               */
-    int n_sliding_layers;   /* layers whose attention is windowed (sliding_window > 0)           */
+    unsigned bias_mask;   /* bit p (lt_proj order q,k,v,o,gate,up,down): projection p has a bias.
+                           * Llama/Qwen3/Gemma: attention_bias -> q,k,v,o, mlp_bias -> gate,up,down;
+                           * Qwen2: always q,k,v                                               */
+    int n_sliding_layers; /* layers whose attention is windowed (sliding_window > 0)           */
     unsigned char layer_sliding[LT_CONFIG_MAX_LAYERS]; /* 1: layer l uses the sliding window     */
-    int use_sliding_window; /* Qwen2/Qwen3 "use_sliding_window" as read                          */
+    int use_sliding_window;    /* Qwen2/Qwen3 "use_sliding_window" as read                          */
     int64_t max_window_layers; /* Qwen2/Qwen3: layers >= this slide (when use_sliding_window)   */
-    int has_layer_types;    /* config.json carried an explicit "layer_types" list              */
+    int has_layer_types;       /* config.json carried an explicit "layer_types" list              */
     /* Gemma 2 */
-    int sandwich_norms;     /* post_attention / pre_feedforward / post_feedforward layernorms    */
-    double query_pre_attn_scalar;  /* attention scale = this^-0.5; 0: head_dim^-0.5            */
-    double attn_logit_softcapping; /* 0: none                                                  */
-    double final_logit_softcapping;/* 0: none                                                  */
+    int sandwich_norms;             /* post_attention / pre_feedforward / post_feedforward layernorms    */
+    double query_pre_attn_scalar;   /* attention scale = this^-0.5; 0: head_dim^-0.5            */
+    double attn_logit_softcapping;  /* 0: none                                                  */
+    double final_logit_softcapping; /* 0: none                                                  */
     /* Phi-3 */
-    int fused_proj;         /* qkv_proj and gate_up_proj hold q|k|v and gate|up                    */
-    int n_rope_factors;     /* longrope: entries of short/long_factor (= rot_dim / 2)            */
+    int fused_proj;     /* qkv_proj and gate_up_proj hold q|k|v and gate|up                    */
+    int n_rope_factors; /* longrope: entries of short/long_factor (= rot_dim / 2)            */
     double rope_short_factor[LT_CONFIG_MAX_ROPE_FACTORS];
     double rope_long_factor[LT_CONFIG_MAX_ROPE_FACTORS];
     double rope_attention_factor; /* longrope: cos and sin are multiplied by this               */
@@ -127,8 +127,7 @@ void lt_config_init_llama(lt_model_config *cfg);
  */
 lt_status lt_config_load(const char *config_json_path, lt_model_config *cfg, lt_error *err);
 /* The same from a JSON text; `source` names it in messages. */
-lt_status lt_config_parse(const char *json_text, size_t len, const char *source, lt_model_config *cfg,
-                          lt_error *err);
+lt_status lt_config_parse(const char *json_text, size_t len, const char *source, lt_model_config *cfg, lt_error *err);
 /* Consistency checks (also run by load/parse); derives rot_dim. LT_ERR_FORMAT / LT_ERR_ARCH. */
 lt_status lt_config_validate(lt_model_config *cfg, const char *source, lt_error *err);
 

@@ -26,19 +26,27 @@ const char *lt_quant_format_name(lt_quant_format f) {
 int lt_quant_format_from_name(const char *name, lt_quant_format *out) {
     static const lt_quant_format all[] = {LT_QUANT_NONE, LT_QUANT_NF4, LT_QUANT_FP4, LT_QUANT_INT8};
     for (size_t i = 0; name && i < sizeof all / sizeof *all; i++)
-        if (!strcmp(name, lt_quant_format_name(all[i]))) { *out = all[i]; return 0; }
+        if (!strcmp(name, lt_quant_format_name(all[i]))) {
+            *out = all[i];
+            return 0;
+        }
     return -1;
 }
 
 /* The 15 decision points of a 4-bit code book: midpoints of the sorted code in fp32, and for each
  * sorted position the code index (a stable sort: FP4's +0 (index 0) sorts before -0 (index 8)). */
-typedef struct code4_bounds { float mid[15]; uint8_t order[16]; } code4_bounds;
+typedef struct code4_bounds {
+    float mid[15];
+    uint8_t order[16];
+} code4_bounds;
 
 static void code4_bounds_make(const float *code, code4_bounds *b) {
     for (int i = 0; i < 16; i++) b->order[i] = (uint8_t)i;
     for (int i = 1; i < 16; i++) /* stable insertion sort of the indices by value */
         for (int j = i; j > 0 && code[b->order[j - 1]] > code[b->order[j]]; j--) {
-            uint8_t t = b->order[j]; b->order[j] = b->order[j - 1]; b->order[j - 1] = t;
+            uint8_t t = b->order[j];
+            b->order[j] = b->order[j - 1];
+            b->order[j - 1] = t;
         }
     for (int i = 0; i < 15; i++) b->mid[i] = (code[b->order[i]] + code[b->order[i + 1]]) / 2.0f;
 }
@@ -78,7 +86,10 @@ static void multi_row_sum(const float *data, int64_t size, int w, float out[4][1
                 for (int l = 0; l < w; l++) acc[0][k][l] += data[(i * 4 + k) * w + l];
         for (int j = 1; j < 4; j++) {
             for (int k = 0; k < 4; k++)
-                for (int l = 0; l < w; l++) { acc[j][k][l] += acc[j - 1][k][l]; acc[j - 1][k][l] = 0; }
+                for (int l = 0; l < w; l++) {
+                    acc[j][k][l] += acc[j - 1][k][l];
+                    acc[j - 1][k][l] = 0;
+                }
             if (i & (mask << (j * lp))) break;
         }
     }
@@ -131,7 +142,8 @@ LT_API void lt_quant_params_init(lt_quant_params *out, size_t size) {
 
 lt_status lt_quant_check_params(const lt_quant_params *p, lt_error *err) {
     if (p->format != LT_QUANT_NF4 && p->format != LT_QUANT_FP4 && p->format != LT_QUANT_INT8)
-        return lt_fail(err, LT_ERR_ARGUMENT, "quantization format %d is not nf4 (1), fp4 (2) or int8 (3)", (int)p->format);
+        return lt_fail(err, LT_ERR_ARGUMENT, "quantization format %d is not nf4 (1), fp4 (2) or int8 (3)",
+                       (int)p->format);
     int bs = p->blocksize;
     if (bs < 64 || bs > 4096 || (bs & (bs - 1)))
         return lt_fail(err, LT_ERR_ARGUMENT, "quantization blocksize %d is not a power of two in 64..4096", bs);
@@ -159,8 +171,10 @@ lt_status lt_qtensor_alloc(const int64_t *shape, int ndim, lt_quant_format f, in
     uint64_t n = 1;
     for (int i = 0; i < ndim; i++) {
         if (shape[i] < 0 || lt_mul_overflow_u64(n, (uint64_t)shape[i], &n) || n > ((uint64_t)1 << 50))
-            return lt_fail(err, LT_ERR_SHAPE, "quantize: dimension %d (%lld) is negative or the element count "
-                           "overflows", i, (long long)shape[i]);
+            return lt_fail(err, LT_ERR_SHAPE,
+                           "quantize: dimension %d (%lld) is negative or the element count "
+                           "overflows",
+                           i, (long long)shape[i]);
     }
     if (n == 0) return lt_fail(err, LT_ERR_SHAPE, "quantize: the tensor is empty");
     lt_quant_params p = {.size = sizeof p, .format = f, .blocksize = blocksize, .double_quant = double_quant};
@@ -214,14 +228,17 @@ static void quantize_4bit(const float *x, int64_t n, int bs, lt_quant_format f, 
         const int full = e - s == bs;
         float am = 0.0f;
         for (int64_t i = s; i < e; i++) am = fmaxf(am, fabsf(x[i]));
-        const float amc = am < 1e-38f ? 1e-38f : am;   /* absmax.clamp(min=1e-38) */
+        const float amc = am < 1e-38f ? 1e-38f : am; /* absmax.clamp(min=1e-38) */
         const float inv = 1.0f / amc;
-        absmax[b] = full ? am : amc;                    /* the partial block stores the clamped value */
+        absmax[b] = full ? am : amc; /* the partial block stores the clamped value */
         /* blocks start at even indices (bs is even), so a block owns whole bytes */
         for (int64_t i = s; i < e; i += 2) {
             uint8_t c[2];
             for (int k = 0; k < 2; k++) {
-                if (i + k >= e) { c[k] = pad; continue; }
+                if (i + k >= e) {
+                    c[k] = pad;
+                    continue;
+                }
                 float v = full ? x[i + k] * inv : x[i + k] / amc;
                 v = fminf(fmaxf(v, -1.0f), 1.0f);
                 c[k] = code4_index(&cb, v);
@@ -252,7 +269,8 @@ static void quantize_blockwise8(const float *a, int64_t n, int bs, uint8_t *code
                 int lo = 0, hi = 255; /* the largest idx with code[idx] <= v, or 0 below code[0] */
                 while (lo < hi) {
                     int mid = (lo + hi + 1) / 2;
-                    if (code[mid] <= v) lo = mid; else hi = mid - 1;
+                    if (code[mid] <= v) lo = mid;
+                    else hi = mid - 1;
                 }
                 idx = lo;
                 if (idx < 255 && fabsf(v - code[idx + 1]) < fabsf(v - code[idx])) idx++;
@@ -313,8 +331,8 @@ lt_status lt_qtensor_quantize_ex(const float *x, const int64_t *shape, int ndim,
     return LT_OK;
 }
 
-LT_API lt_status lt_qtensor_quantize(const float *data, const int64_t *shape, int ndim,
-                                     const lt_quant_params *params, lt_qtensor **out) {
+LT_API lt_status lt_qtensor_quantize(const float *data, const int64_t *shape, int ndim, const lt_quant_params *params,
+                                     lt_qtensor **out) {
     lt_error *err = lt_thread_error();
     lt_error_clear(err);
     if (!out) return lt_fail(err, LT_ERR_ARGUMENT, "lt_qtensor_quantize: out is NULL");
@@ -323,8 +341,10 @@ LT_API lt_status lt_qtensor_quantize(const float *data, const int64_t *shape, in
     lt_quant_params_init(&p, sizeof p);
     if (params) {
         if (params->size < sizeof(size_t) || params->size > sizeof p)
-            return lt_fail(err, LT_ERR_ARGUMENT, "lt_qtensor_quantize: params->size %zu is not a size this library "
-                           "knows (call lt_quant_params_init)", params->size);
+            return lt_fail(err, LT_ERR_ARGUMENT,
+                           "lt_qtensor_quantize: params->size %zu is not a size this library "
+                           "knows (call lt_quant_params_init)",
+                           params->size);
         memcpy(&p, params, params->size);
     }
     return lt_qtensor_quantize_ex(data, shape, ndim, &p, NULL, out, err);
@@ -398,8 +418,8 @@ LT_API lt_status lt_qtensor_dequantize(const lt_qtensor *q, float *out, size_t c
     lt_error *err = (lt_error *)&q->err;
     lt_error_clear(err);
     if (!out || count < (size_t)q->numel)
-        return lt_fail(err, LT_ERR_ARGUMENT, "lt_qtensor_dequantize: out is NULL or holds %zu < %lld values",
-                       count, (long long)q->numel);
+        return lt_fail(err, LT_ERR_ARGUMENT, "lt_qtensor_dequantize: out is NULL or holds %zu < %lld values", count,
+                       (long long)q->numel);
     lt_qdesc d = lt_qtensor_desc(q);
     lt_qdesc_dequantize_range(&d, out, 0, q->numel);
     return LT_OK;
@@ -430,24 +450,42 @@ LT_API lt_status lt_qtensor_part(const lt_qtensor *q, lt_qpart part, const void 
     *data = NULL;
     *bytes = 0;
     switch (part) {
-    case LT_QPART_DATA: *data = q->data; *bytes = lt_qtensor_data_bytes(q); break;
+    case LT_QPART_DATA:
+        *data = q->data;
+        *bytes = lt_qtensor_data_bytes(q);
+        break;
     case LT_QPART_ABSMAX:
-        if (q->double_quant) { *data = q->qabsmax; *bytes = (size_t)q->n_blocks; }
-        else { *data = q->absmax; *bytes = (size_t)q->n_blocks * 4; }
+        if (q->double_quant) {
+            *data = q->qabsmax;
+            *bytes = (size_t)q->n_blocks;
+        } else {
+            *data = q->absmax;
+            *bytes = (size_t)q->n_blocks * 4;
+        }
         break;
     case LT_QPART_NESTED_ABSMAX:
-        if (q->double_quant) { *data = q->absmax2; *bytes = (size_t)q->n_blocks2 * 4; }
+        if (q->double_quant) {
+            *data = q->absmax2;
+            *bytes = (size_t)q->n_blocks2 * 4;
+        }
         break;
     case LT_QPART_QUANT_MAP:
-        if (q->format != LT_QUANT_INT8) { *data = lt_quant_code4(q->format); *bytes = 16 * 4; }
+        if (q->format != LT_QUANT_INT8) {
+            *data = lt_quant_code4(q->format);
+            *bytes = 16 * 4;
+        }
         break;
     case LT_QPART_NESTED_QUANT_MAP:
-        if (q->double_quant) { *data = lt_quant_code8(); *bytes = 256 * 4; }
+        if (q->double_quant) {
+            *data = lt_quant_code8();
+            *bytes = 256 * 4;
+        }
         break;
     default: return lt_fail(err, LT_ERR_ARGUMENT, "lt_qtensor_part: unknown part %d", (int)part);
     }
-    if (!*data) return lt_fail(err, LT_ERR_MISSING, "lt_qtensor_part: a %s tensor%s has no part %d",
-                               lt_quant_format_name(q->format), q->double_quant ? "" : " without double quantization",
-                               (int)part);
+    if (!*data)
+        return lt_fail(err, LT_ERR_MISSING, "lt_qtensor_part: a %s tensor%s has no part %d",
+                       lt_quant_format_name(q->format), q->double_quant ? "" : " without double quantization",
+                       (int)part);
     return LT_OK;
 }

@@ -38,7 +38,7 @@ struct lt_qtensor {
     float offset;
 };
 
-const char *lt_quant_format_name(lt_quant_format f); /* "nf4", "fp4", "int8", "none" */
+const char *lt_quant_format_name(lt_quant_format f);                   /* "nf4", "fp4", "int8", "none" */
 int lt_quant_format_from_name(const char *name, lt_quant_format *out); /* 0 ok, -1 unknown */
 
 /* Validate format / blocksize; fills err. */

@@ -81,16 +81,15 @@ static int checked_numel(const int64_t *shape, int ndim, int64_t *out) {
 
 struct lt_st_file {
     char *path;
-    void *map;       /* the whole file (use_mmap) */
+    void *map; /* the whole file (use_mmap) */
     size_t map_len;
-    void *buf;       /* the data buffer (no mmap) */
+    void *buf; /* the data buffer (no mmap) */
     int n;
     lt_st_tensor *tensors; /* sorted by name */
-    void **owned;    /* per tensor: an aligned private copy, or NULL */
+    void **owned;          /* per tensor: an aligned private copy, or NULL */
     int n_meta;
-    char **meta;     /* key0, value0, key1, value1, ... */
+    char **meta; /* key0, value0, key1, value1, ... */
 };
-
 
 /* Scratch per entry while validating. */
 typedef struct st_entry_info {
@@ -154,8 +153,7 @@ int lt_st_metadata_at(const lt_st_file *f, int i, const char **key, const char *
 }
 
 static lt_status parse_metadata(lt_st_file *f, json_t *meta, lt_error *err) {
-    if (!json_is_object(meta))
-        return lt_fail(err, LT_ERR_FORMAT, "%s: \"__metadata__\" is not a JSON object", f->path);
+    if (!json_is_object(meta)) return lt_fail(err, LT_ERR_FORMAT, "%s: \"__metadata__\" is not a JSON object", f->path);
     size_t n = json_object_size(meta);
     f->meta = calloc(2 * n + 1, sizeof *f->meta);
     if (!f->meta) return lt_fail(err, LT_ERR_NOMEM, "%s: out of memory", f->path);
@@ -163,8 +161,7 @@ static lt_status parse_metadata(lt_st_file *f, json_t *meta, lt_error *err) {
     json_t *val;
     json_object_foreach(meta, key, val) {
         if (!json_is_string(val))
-            return lt_fail(err, LT_ERR_FORMAT, "%s: \"__metadata__\" value of \"%s\" is not a string", f->path,
-                           key);
+            return lt_fail(err, LT_ERR_FORMAT, "%s: \"__metadata__\" value of \"%s\" is not a string", f->path, key);
         char *k = xstrdup(key), *v = xstrdup(json_string_value(val));
         if (!k || !v) {
             free(k);
@@ -188,7 +185,9 @@ static lt_status parse_entry(const char *path, const char *name, json_t *v, lt_s
     json_t *jo = json_object_get(v, "data_offsets");
     if (!jd || !js || !jo)
         return lt_fail(err, LT_ERR_FORMAT, "%s: tensor '%s': entry lacks \"%s\"", path, name,
-                       !jd ? "dtype" : !js ? "shape" : "data_offsets");
+                       !jd   ? "dtype"
+                       : !js ? "shape"
+                             : "data_offsets");
     if (!json_is_string(jd))
         return lt_fail(err, LT_ERR_FORMAT, "%s: tensor '%s': \"dtype\" is not a string", path, name);
     if (lt_dtype_from_name(json_string_value(jd), &t->dtype) != 0)
@@ -244,16 +243,15 @@ static lt_status parse_entry(const char *path, const char *name, json_t *v, lt_s
  * Parse and validate the header. On success f->tensors[0..n) hold everything but data, offsets[i] is
  * the BEGIN of f->tensors[i] (malloc'd) and *data_size is the length of the data buffer.
  */
-static lt_status parse_header(lt_st_file *f, const char *hdr, uint64_t hlen, uint64_t file_size,
-                              uint64_t **offsets, uint64_t *data_size, lt_error *err) {
+static lt_status parse_header(lt_st_file *f, const char *hdr, uint64_t hlen, uint64_t file_size, uint64_t **offsets,
+                              uint64_t *data_size, lt_error *err) {
     const char *path = f->path;
     json_error_t jerr;
     json_t *root = json_loadb(hdr, (size_t)hlen, JSON_DECODE_ANY | JSON_REJECT_DUPLICATES, &jerr);
     if (!root) {
         if (json_error_code(&jerr) == json_error_duplicate_key)
             return lt_fail(err, LT_ERR_FORMAT, "%s: header names a tensor twice: %s", path, jerr.text);
-        return lt_fail(err, LT_ERR_JSON, "%s: header is not valid JSON: %s (byte %d)", path, jerr.text,
-                       jerr.position);
+        return lt_fail(err, LT_ERR_JSON, "%s: header is not valid JSON: %s (byte %d)", path, jerr.text, jerr.position);
     }
     lt_status st = LT_OK;
     st_entry_info *infos = NULL;
@@ -306,13 +304,13 @@ static lt_status parse_header(lt_st_file *f, const char *hdr, uint64_t hlen, uin
             st = lt_fail(err, LT_ERR_FORMAT,
                          "%s: hole of %llu bytes in the data buffer between tensor '%s' (ends at %llu) and "
                          "tensor '%s' (starts at %llu)",
-                         path, (unsigned long long)(in->begin - expect), infos[i - 1].name,
-                         (unsigned long long)expect, in->name, (unsigned long long)in->begin);
+                         path, (unsigned long long)(in->begin - expect), infos[i - 1].name, (unsigned long long)expect,
+                         in->name, (unsigned long long)in->begin);
         else
-            st = lt_fail(err, LT_ERR_FORMAT, "%s: tensors '%s' [%llu, %llu) and '%s' [%llu, %llu) overlap", path,
-                         infos[i - 1].name, (unsigned long long)infos[i - 1].begin,
-                         (unsigned long long)infos[i - 1].end, in->name, (unsigned long long)in->begin,
-                         (unsigned long long)in->end);
+            st =
+                lt_fail(err, LT_ERR_FORMAT, "%s: tensors '%s' [%llu, %llu) and '%s' [%llu, %llu) overlap", path,
+                        infos[i - 1].name, (unsigned long long)infos[i - 1].begin, (unsigned long long)infos[i - 1].end,
+                        in->name, (unsigned long long)in->begin, (unsigned long long)in->end);
         goto done;
     }
     const char *last = f->n ? infos[f->n - 1].name : NULL;
@@ -405,8 +403,8 @@ lt_status lt_st_open(const char *path, int use_mmap, lt_st_file **out, lt_error 
     uint64_t hlen = 0;
     for (int i = 7; i >= 0; i--) hlen = (hlen << 8) | lenb[i];
     if (hlen > fsize - 8) {
-        st = lt_fail(err, LT_ERR_TRUNCATED, "%s: truncated: the header length is %llu bytes but only %llu follow",
-                     path, (unsigned long long)hlen, (unsigned long long)(fsize - 8));
+        st = lt_fail(err, LT_ERR_TRUNCATED, "%s: truncated: the header length is %llu bytes but only %llu follow", path,
+                     (unsigned long long)hlen, (unsigned long long)(fsize - 8));
         goto fail;
     }
     if (hlen > LT_ST_MAX_HEADER) {
@@ -572,8 +570,7 @@ static int shard_name_ok(const char *s) {
     return s[0] != '\0' && strchr(s, '/') == NULL && strcmp(s, ".") != 0 && strcmp(s, "..") != 0;
 }
 
-static lt_status set_open_index(lt_st_set *set, const char *dir, const char *index_path, int use_mmap,
-                                lt_error *err) {
+static lt_status set_open_index(lt_st_set *set, const char *dir, const char *index_path, int use_mmap, lt_error *err) {
     char *text = NULL;
     size_t len = 0;
     lt_status st = lt_read_file(index_path, &text, &len, err);
@@ -581,8 +578,7 @@ static lt_status set_open_index(lt_st_set *set, const char *dir, const char *ind
     json_error_t jerr;
     json_t *root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr);
     free(text);
-    if (!root)
-        return lt_fail(err, LT_ERR_JSON, "%s: not valid JSON: %s (line %d)", index_path, jerr.text, jerr.line);
+    if (!root) return lt_fail(err, LT_ERR_JSON, "%s: not valid JSON: %s (line %d)", index_path, jerr.text, jerr.line);
     const char **names = NULL;
     char *shard_path = NULL;
     if (!json_is_object(root)) {
@@ -765,8 +761,7 @@ static int cmp_witem(const void *a, const void *b) {
 }
 
 static lt_status check_entry(const char *path, const lt_st_entry *e, int i, uint64_t *nbytes, lt_error *err) {
-    if (!e->name || !e->name[0])
-        return lt_fail(err, LT_ERR_ARGUMENT, "%s: entry %d has no name", path, i);
+    if (!e->name || !e->name[0]) return lt_fail(err, LT_ERR_ARGUMENT, "%s: entry %d has no name", path, i);
     if (strcmp(e->name, "__metadata__") == 0)
         return lt_fail(err, LT_ERR_ARGUMENT, "%s: a tensor may not be called \"__metadata__\"", path);
     if ((unsigned)e->dtype >= LT_DT_COUNT)
@@ -777,10 +772,8 @@ static lt_status check_entry(const char *path, const lt_st_entry *e, int i, uint
     int64_t numel;
     if (checked_numel(e->shape, e->ndim, &numel) != 0 ||
         lt_mul_overflow_u64((uint64_t)numel, lt_dtype_size(e->dtype), nbytes))
-        return lt_fail(err, LT_ERR_SHAPE, "%s: tensor '%s': negative dimension or byte count overflow", path,
-                       e->name);
-    if (*nbytes > 0 && !e->data)
-        return lt_fail(err, LT_ERR_ARGUMENT, "%s: tensor '%s': NULL data", path, e->name);
+        return lt_fail(err, LT_ERR_SHAPE, "%s: tensor '%s': negative dimension or byte count overflow", path, e->name);
+    if (*nbytes > 0 && !e->data) return lt_fail(err, LT_ERR_ARGUMENT, "%s: tensor '%s': NULL data", path, e->name);
     return LT_OK;
 }
 
@@ -854,8 +847,7 @@ static lt_status build_header(const char *path, const st_witem *items, int n, co
     size_t len = strlen(text);
     size_t padded = (len + 7) & ~(size_t)7;
     if (padded > LT_ST_MAX_HEADER) {
-        st = lt_fail(err, LT_ERR_ARGUMENT, "%s: header of %zu bytes exceeds the 100,000,000-byte limit", path,
-                     padded);
+        st = lt_fail(err, LT_ERR_ARGUMENT, "%s: header of %zu bytes exceeds the 100,000,000-byte limit", path, padded);
         goto done;
     }
     char *buf = malloc(padded + 1);
@@ -937,8 +929,7 @@ static void remove_stale(const char *dir, char **keep, int nkeep) {
 
 lt_status lt_st_write_sharded(const char *dir, const lt_st_entry *entries, int n, uint64_t max_shard_bytes,
                               lt_error *err) {
-    if (!dir || n < 0 || (n > 0 && !entries))
-        return lt_fail(err, LT_ERR_ARGUMENT, "lt_st_write_sharded: bad argument");
+    if (!dir || n < 0 || (n > 0 && !entries)) return lt_fail(err, LT_ERR_ARGUMENT, "lt_st_write_sharded: bad argument");
     lt_status st = lt_mkdir_p(dir, err);
     if (st != LT_OK) return st;
     if (max_shard_bytes == 0) max_shard_bytes = UINT64_MAX;
@@ -975,7 +966,7 @@ lt_status lt_st_write_sharded(const char *dir, const lt_st_entry *entries, int n
      * that would push the open shard past the limit closes (appends) it first. Shards are numbered
      * in the order they are appended. */
     {
-        int *prov = calloc((size_t)n + 1, sizeof *prov);      /* provisional shard id per entry */
+        int *prov = calloc((size_t)n + 1, sizeof *prov);         /* provisional shard id per entry */
         int *final_id = calloc((size_t)n + 1, sizeof *final_id); /* provisional id -> number */
         if (!prov || !final_id) {
             free(prov);

@@ -13,8 +13,8 @@
 #ifndef LT_SAFETENSORS_H
 #define LT_SAFETENSORS_H
 
-#include <stdint.h>
 #include "core/core.h"
+#include <stdint.h>
 
 #define LT_ST_MAX_DIMS 8
 #define LT_ST_MAX_HEADER 100000000ULL
@@ -58,7 +58,7 @@ lt_status lt_st_set_open_dir(const char *dir, int use_mmap, lt_st_set **out, lt_
  * stays valid and is read from the file again on the next access. For a model whose weights were copied
  * (full fine-tuning), so that memory does not hold the base twice. */
 void lt_st_set_release_pages(const lt_st_set *set);
-void lt_st_set_close(lt_st_set *set); /* accepts NULL */
+void lt_st_set_close(lt_st_set *set);                                       /* accepts NULL */
 const lt_st_tensor *lt_st_set_find(const lt_st_set *set, const char *name); /* NULL if absent */
 /* The file holding a tensor (for messages), or NULL. */
 const lt_st_file *lt_st_set_file_of(const lt_st_set *set, const char *name);

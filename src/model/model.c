@@ -13,13 +13,12 @@
 
 #include <jansson.h>
 
-#include "model/model.h"
 #include "formats/quant.h"
+#include "model/model.h"
 
-const char *const lt_proj_names[P_COUNT] = {"q_proj", "k_proj", "v_proj", "o_proj",
+const char *const lt_proj_names[P_COUNT] = {"q_proj",    "k_proj",  "v_proj",   "o_proj",
                                             "gate_proj", "up_proj", "down_proj"};
-const char *const lt_proj_parent[P_COUNT] = {"self_attn", "self_attn", "self_attn", "self_attn",
-                                             "mlp", "mlp", "mlp"};
+const char *const lt_proj_parent[P_COUNT] = {"self_attn", "self_attn", "self_attn", "self_attn", "mlp", "mlp", "mlp"};
 
 void lt_proj_dims(const lt_model_config *c, lt_proj p, int *in, int *out) {
     const int H = (int)c->hidden_size, I = (int)c->intermediate_size;
@@ -27,11 +26,28 @@ void lt_proj_dims(const lt_model_config *c, lt_proj p, int *in, int *out) {
     static const int dummy = 0;
     (void)dummy;
     switch (p) {
-    case P_Q: *in = H; *out = QD; break;
-    case P_K: case P_V: *in = H; *out = KD; break;
-    case P_O: *in = QD; *out = H; break;
-    case P_GATE: case P_UP: *in = H; *out = I; break;
-    case P_DOWN: *in = I; *out = H; break;
+    case P_Q:
+        *in = H;
+        *out = QD;
+        break;
+    case P_K:
+    case P_V:
+        *in = H;
+        *out = KD;
+        break;
+    case P_O:
+        *in = QD;
+        *out = H;
+        break;
+    case P_GATE:
+    case P_UP:
+        *in = H;
+        *out = I;
+        break;
+    case P_DOWN:
+        *in = I;
+        *out = H;
+        break;
     default: *in = *out = 0;
     }
 }
@@ -75,8 +91,8 @@ static lt_status track(lt_model *m, void *p, lt_error *err) {
 /* Find tensor `name`, check its shape is (d0[, d1]) and give a backend f32 pointer to it: the mapped
  * bytes themselves when the backend shares host memory and the data is f32 and aligned, else a
  * converted copy. */
-static lt_status load_weight(lt_model *m, int use_mmap, const char *name, int64_t d0, int64_t d1,
-                             float **out, lt_error *err) {
+static lt_status load_weight(lt_model *m, int use_mmap, const char *name, int64_t d0, int64_t d1, float **out,
+                             lt_error *err) {
     const lt_st_tensor *t = lt_st_set_find(m->st, name);
     if (!t) return lt_fail(err, LT_ERR_MISSING, "%s: tensor \"%s\" is missing from the checkpoint", m->dir, name);
     int ndim = d1 > 0 ? 2 : 1;
@@ -86,14 +102,15 @@ static lt_status load_weight(lt_model *m, int use_mmap, const char *name, int64_
         for (int i = 0; i < t->ndim && g < got + sizeof got - 24; i++)
             g += sprintf(g, "%s%lld", i ? ", " : "", (long long)t->shape[i]);
         if (ndim == 2)
-            return lt_fail(err, LT_ERR_SHAPE, "%s: tensor \"%s\" has shape [%s], expected [%lld, %lld] from config.json",
-                           m->dir, name, got, (long long)d0, (long long)d1);
-        return lt_fail(err, LT_ERR_SHAPE, "%s: tensor \"%s\" has shape [%s], expected [%lld] from config.json",
-                       m->dir, name, got, (long long)d0);
+            return lt_fail(err, LT_ERR_SHAPE,
+                           "%s: tensor \"%s\" has shape [%s], expected [%lld, %lld] from config.json", m->dir, name,
+                           got, (long long)d0, (long long)d1);
+        return lt_fail(err, LT_ERR_SHAPE, "%s: tensor \"%s\" has shape [%s], expected [%lld] from config.json", m->dir,
+                       name, got, (long long)d0);
     }
     if (t->dtype != LT_DT_F32 && t->dtype != LT_DT_F16 && t->dtype != LT_DT_BF16)
-        return lt_fail(err, LT_ERR_DTYPE, "%s: tensor \"%s\" has dtype %s; weights must be F32, F16 or BF16",
-                       m->dir, name, lt_dtype_name(t->dtype));
+        return lt_fail(err, LT_ERR_DTYPE, "%s: tensor \"%s\" has dtype %s; weights must be F32, F16 or BF16", m->dir,
+                       name, lt_dtype_name(t->dtype));
     const size_t n = (size_t)t->numel;
     m->n_params += (int64_t)n;
     m->weight_bytes += (int64_t)(n * sizeof(float));
@@ -104,7 +121,10 @@ static lt_status load_weight(lt_model *m, int use_mmap, const char *name, int64_
     float *dst = m->be->ops->alloc(m->be, n * sizeof(float));
     if (!dst) return lt_fail(err, LT_ERR_NOMEM, "%s: cannot allocate %zu bytes for \"%s\"", m->dir, n * 4, name);
     lt_status st = track(m, dst, err);
-    if (st != LT_OK) { m->be->ops->free(m->be, dst); return st; }
+    if (st != LT_OK) {
+        m->be->ops->free(m->be, dst);
+        return st;
+    }
     if (m->be->ops->host_memory) {
         lt_convert_to_f32(dst, t->data, t->dtype, n);
     } else {
@@ -135,7 +155,10 @@ static lt_status upload_owned(lt_model *m, const void *host, size_t bytes, void 
     void *d = m->be->ops->alloc(m->be, bytes ? bytes : 1);
     if (!d) return lt_fail(err, LT_ERR_NOMEM, "%s: cannot allocate %zu bytes for quantized weights", m->dir, bytes);
     lt_status st = track(m, d, err);
-    if (st != LT_OK) { m->be->ops->free(m->be, d); return st; }
+    if (st != LT_OK) {
+        m->be->ops->free(m->be, d);
+        return st;
+    }
     m->be->ops->upload(m->be, d, host, bytes);
     *out = d;
     return LT_OK;
@@ -153,13 +176,18 @@ static lt_status weight_from_qtensor(lt_model *m, lt_weight *W, const lt_qtensor
     lt_qdesc d = lt_qtensor_desc(q);
     const size_t nd = lt_qtensor_data_bytes(q);
     const size_t na = q->double_quant ? (size_t)q->n_blocks2 * 4 : (size_t)q->n_blocks * 4; /* f32 part */
-    const size_t nq = q->double_quant ? (size_t)q->n_blocks : 0;                         /* u8 codes  */
+    const size_t nq = q->double_quant ? (size_t)q->n_blocks : 0;                            /* u8 codes  */
     char *blk = NULL;
     lt_status st = q->double_quant ? model_code8(m, err) : LT_OK;
     if (st == LT_OK) {
         blk = m->be->ops->alloc(m->be, na + nq + nd);
-        if (!blk) return lt_fail(err, LT_ERR_NOMEM, "%s: cannot allocate %zu bytes for quantized weights", m->dir, na + nq + nd);
-        if ((st = track(m, blk, err)) != LT_OK) { m->be->ops->free(m->be, blk); return st; }
+        if (!blk)
+            return lt_fail(err, LT_ERR_NOMEM, "%s: cannot allocate %zu bytes for quantized weights", m->dir,
+                           na + nq + nd);
+        if ((st = track(m, blk, err)) != LT_OK) {
+            m->be->ops->free(m->be, blk);
+            return st;
+        }
         m->be->ops->upload(m->be, blk, q->double_quant ? (const void *)q->absmax2 : (const void *)q->absmax, na);
         if (nq) m->be->ops->upload(m->be, blk + na, q->qabsmax, nq);
         m->be->ops->upload(m->be, blk + na + nq, q->data, nd);
@@ -187,8 +215,8 @@ static lt_status weight_from_qtensor(lt_model *m, lt_weight *W, const lt_qtensor
 }
 
 /* Quantize a loaded f32 projection (out, in) in place of its f32 form. */
-static lt_status quantize_weight(lt_model *m, lt_weight *W, int out, int in, const lt_model_params *p,
-                                 const char *name, int free_f32, lt_error *err) {
+static lt_status quantize_weight(lt_model *m, lt_weight *W, int out, int in, const lt_model_params *p, const char *name,
+                                 int free_f32, lt_error *err) {
     const size_t n = (size_t)out * in;
     float *host = W->f32, *tmp = NULL;
     if (!m->be->ops->host_memory) {
@@ -196,8 +224,8 @@ static lt_status quantize_weight(lt_model *m, lt_weight *W, int out, int in, con
         if (!tmp) return lt_fail(err, LT_ERR_NOMEM, "%s: out of memory quantizing \"%s\"", m->dir, name);
         m->be->ops->download(m->be, tmp, W->f32, n * sizeof(float));
     }
-    lt_quant_params qp = {.size = sizeof qp, .format = p->quantization, .blocksize = p->quant_blocksize,
-                          .double_quant = p->double_quant};
+    lt_quant_params qp = {
+        .size = sizeof qp, .format = p->quantization, .blocksize = p->quant_blocksize, .double_quant = p->double_quant};
     const int64_t shape[2] = {out, in};
     lt_qtensor *q = NULL;
     lt_status st = lt_qtensor_quantize_ex(host, shape, 2, &qp, NULL, &q, err);
@@ -234,7 +262,8 @@ static lt_status load_bnb_weight(lt_model *m, const char *name, int out, int in,
     json_t *noff = json_object_get(js, "nested_offset"), *nbs = json_object_get(js, "nested_blocksize");
     if (!json_is_integer(bs) || !json_is_array(shape) || json_array_size(shape) != 2 ||
         json_integer_value(json_array_get(shape, 0)) != out || json_integer_value(json_array_get(shape, 1)) != in) {
-        st = lt_fail(err, LT_ERR_SHAPE, "%s: %s: blocksize or shape missing, or shape is not [%d, %d]", m->dir, key, out, in);
+        st = lt_fail(err, LT_ERR_SHAPE, "%s: %s: blocksize or shape missing, or shape is not [%d, %d]", m->dir, key,
+                     out, in);
     } else if (noff && nbs && json_integer_value(nbs) != LT_NESTED_BLOCK) {
         st = lt_fail(err, LT_ERR_UNSUPPORTED, "%s: %s: nested_blocksize %lld (only 256 is supported)", m->dir, key,
                      (long long)json_integer_value(nbs));
@@ -248,7 +277,13 @@ static lt_status load_bnb_weight(lt_model *m, const char *name, int out, int in,
     if (st == LT_OK && dq) q->offset = (float)json_number_value(noff);
     json_decref(js);
     /* the parts, each checked for dtype and byte count */
-    struct { const char *suffix; lt_dtype dt; void *dst; size_t bytes; const void *expect; } parts[] = {
+    struct {
+        const char *suffix;
+        lt_dtype dt;
+        void *dst;
+        size_t bytes;
+        const void *expect;
+    } parts[] = {
         {"", LT_DT_U8, q ? q->data : NULL, q ? lt_qtensor_data_bytes(q) : 0, NULL},
         {".absmax", dq ? LT_DT_U8 : LT_DT_F32, q ? (dq ? (void *)q->qabsmax : (void *)q->absmax) : NULL,
          q ? (size_t)q->n_blocks * (dq ? 1 : 4) : 0, NULL},
@@ -259,10 +294,13 @@ static lt_status load_bnb_weight(lt_model *m, const char *name, int out, int in,
     for (int i = 0; st == LT_OK && i < (dq ? 5 : 3); i++) {
         snprintf(key, sizeof key, "%s%s", name, parts[i].suffix);
         const lt_st_tensor *t = lt_st_set_find(m->st, key);
-        if (!t) st = lt_fail(err, LT_ERR_MISSING, "%s: tensor \"%s\" of a bitsandbytes %s weight is missing", m->dir, key, qtype);
+        if (!t)
+            st = lt_fail(err, LT_ERR_MISSING, "%s: tensor \"%s\" of a bitsandbytes %s weight is missing", m->dir, key,
+                         qtype);
         else if (t->dtype != parts[i].dt || t->nbytes != parts[i].bytes)
-            st = lt_fail(err, LT_ERR_SHAPE, "%s: tensor \"%s\" is %s with %llu bytes, expected %s with %zu", m->dir, key,
-                         lt_dtype_name(t->dtype), (unsigned long long)t->nbytes, lt_dtype_name(parts[i].dt), parts[i].bytes);
+            st = lt_fail(err, LT_ERR_SHAPE, "%s: tensor \"%s\" is %s with %llu bytes, expected %s with %zu", m->dir,
+                         key, lt_dtype_name(t->dtype), (unsigned long long)t->nbytes, lt_dtype_name(parts[i].dt),
+                         parts[i].bytes);
         else if (parts[i].expect && memcmp(t->data, parts[i].expect, parts[i].bytes))
             st = lt_fail(err, LT_ERR_UNSUPPORTED, "%s: tensor \"%s\" is not the standard bitsandbytes %s code", m->dir,
                          key, i == 2 ? qtype : "dynamic 8-bit");
@@ -332,8 +370,13 @@ static lt_status pack_bf16(lt_model *m, const float *f32, int out, int in, lt_we
         host = tmp;
     }
     void *dst = m->be->ops->alloc(m->be, bytes);
-    lt_status st = dst ? track(m, dst, err) : lt_fail(err, LT_ERR_NOMEM, "cannot allocate %zu bytes for a bf16 weight", bytes);
-    if (st != LT_OK) { free(tmp); if (dst) m->be->ops->free(m->be, dst); return st; }
+    lt_status st =
+        dst ? track(m, dst, err) : lt_fail(err, LT_ERR_NOMEM, "cannot allocate %zu bytes for a bf16 weight", bytes);
+    if (st != LT_OK) {
+        free(tmp);
+        if (dst) m->be->ops->free(m->be, dst);
+        return st;
+    }
     m->be->ops->bf16_weight_pack(m->be, dst, host, out, in);
     free(tmp);
     *W = (lt_weight){.format = LT_WEIGHT_BF16, .bf16 = dst};
@@ -392,11 +435,14 @@ static lt_status model_load(lt_model *m, const lt_model_params *p, lt_error *err
     if (st != LT_OK) return st;
     const lt_model_config *c = &m->cfg;
     if (p->quantization != LT_QUANT_NONE) {
-        lt_quant_params qp = {.size = sizeof qp, .format = p->quantization, .blocksize = p->quant_blocksize,
+        lt_quant_params qp = {.size = sizeof qp,
+                              .format = p->quantization,
+                              .blocksize = p->quant_blocksize,
                               .double_quant = p->double_quant};
         if ((st = lt_quant_check_params(&qp, err)) != LT_OK) return lt_fail_prefix(err, "lt_model_load");
         if (p->quantize_lm_head && c->tie_word_embeddings)
-            return lt_fail(err, LT_ERR_UNSUPPORTED, "lt_model_load: quantize_lm_head: the LM head is tied to the "
+            return lt_fail(err, LT_ERR_UNSUPPORTED,
+                           "lt_model_load: quantize_lm_head: the LM head is tied to the "
                            "embeddings, which stay f32 (the lookup needs them)");
     }
     st = lt_st_set_open_dir(m->dir, p->use_mmap, &m->st, err);
@@ -413,8 +459,7 @@ static lt_status model_load(lt_model *m, const lt_model_params *p, lt_error *err
     } else if (st != LT_ERR_MISSING) {
         return st;
     } else if ((st = load_weight(m, p->use_mmap, "lm_head.weight", V, H, &m->lm_head, err))) {
-        if (st == LT_ERR_MISSING)
-            lt_fail_prefix(err, "config.json has tie_word_embeddings false");
+        if (st == LT_ERR_MISSING) lt_fail_prefix(err, "config.json has tie_word_embeddings false");
         return st;
     } else if (p->quantization != LT_QUANT_NONE && p->quantize_lm_head) {
         m->lm_head_q = (lt_weight){.format = LT_WEIGHT_F32, .f32 = m->lm_head};
@@ -471,11 +516,14 @@ static lt_status model_load(lt_model *m, const lt_model_params *p, lt_error *err
         if (m->base_dtype == LT_BASE_BF16 && (st = pack_layer_bf16(m, L, err))) return st;
     }
     if (m->base_dtype == LT_BASE_BF16 && (st = pack_lm_head_bf16(m, err))) return st;
-    (void)QD; (void)KD; (void)I;
+    (void)QD;
+    (void)KD;
+    (void)I;
 
     /* RoPE inverse frequencies */
     m->rot_dim = c->rot_dim;
-    if (m->rot_dim <= 0) return lt_fail(err, LT_ERR_FORMAT, "%s: rotary dimension %d is not positive", m->dir, m->rot_dim);
+    if (m->rot_dim <= 0)
+        return lt_fail(err, LT_ERR_FORMAT, "%s: rotary dimension %d is not positive", m->dir, m->rot_dim);
     float *inv = malloc((size_t)m->rot_dim / 2 * sizeof(float));
     if (!inv) return lt_fail(err, LT_ERR_NOMEM, "out of memory");
     if (lt_rope_inv_freq(c, inv, m->rot_dim / 2) != m->rot_dim / 2) {
@@ -512,8 +560,10 @@ LT_API lt_status lt_model_load(lt_context *ctx, const char *dir, const lt_model_
     lt_model_params_init(&p, sizeof p);
     if (params) {
         if (params->size < sizeof(size_t) || params->size > sizeof p)
-            return lt_fail(terr, LT_ERR_ARGUMENT, "lt_model_load: params->size %zu is not a size this library "
-                           "knows (call lt_model_params_init)", params->size);
+            return lt_fail(terr, LT_ERR_ARGUMENT,
+                           "lt_model_load: params->size %zu is not a size this library "
+                           "knows (call lt_model_params_init)",
+                           params->size);
         memcpy(&p, params, params->size);
     }
     lt_model *m = calloc(1, sizeof *m);
@@ -527,12 +577,15 @@ LT_API lt_status lt_model_load(lt_context *ctx, const char *dir, const lt_model_
     strcpy(m->dir, dir);
     if (p.base_dtype != LT_BASE_F32 && p.base_dtype != LT_BASE_BF16) {
         free(m);
-        return lt_fail(terr, LT_ERR_ARGUMENT, "lt_model_load: base_dtype %d is neither LT_BASE_F32 (0) nor "
-                       "LT_BASE_BF16 (1)", p.base_dtype);
+        return lt_fail(terr, LT_ERR_ARGUMENT,
+                       "lt_model_load: base_dtype %d is neither LT_BASE_F32 (0) nor "
+                       "LT_BASE_BF16 (1)",
+                       p.base_dtype);
     }
     if (p.base_dtype == LT_BASE_BF16 && p.quantization != LT_QUANT_NONE) {
         free(m);
-        return lt_fail(terr, LT_ERR_ARGUMENT, "lt_model_load: base_dtype LT_BASE_BF16 and quantization are exclusive "
+        return lt_fail(terr, LT_ERR_ARGUMENT,
+                       "lt_model_load: base_dtype LT_BASE_BF16 and quantization are exclusive "
                        "(the projections are stored one way)");
     }
     m->base_dtype = p.base_dtype;
@@ -558,7 +611,10 @@ LT_API void lt_model_free(lt_model *m) {
 }
 
 /* per thread: the last failed call on a model from this thread, and which model it was */
-static _Thread_local struct { const lt_model *model; lt_error err; } model_errors;
+static _Thread_local struct {
+    const lt_model *model;
+    lt_error err;
+} model_errors;
 
 lt_error *lt_model_error(const lt_model *m) {
     model_errors.model = m;
@@ -625,7 +681,8 @@ LT_API lt_status lt_model_quantize(lt_model *m, const lt_quant_params *params) {
     if (st != LT_OK) return lt_fail_prefix(err, "lt_model_quantize");
     if (m->n_merged) return lt_fail(err, LT_ERR_STATE, "lt_model_quantize: an adapter is merged into the weights");
     if (m->base_dtype == LT_BASE_BF16)
-        return lt_fail(err, LT_ERR_STATE, "lt_model_quantize: the model keeps its projections in bf16; load it with "
+        return lt_fail(err, LT_ERR_STATE,
+                       "lt_model_quantize: the model keeps its projections in bf16; load it with "
                        "LT_BASE_F32 to quantize");
     lt_model_params mp;
     lt_model_params_init(&mp, sizeof mp);
@@ -649,7 +706,7 @@ LT_API lt_status lt_model_quantize(lt_model *m, const lt_quant_params *params) {
 /* the entries of one tensor list being written: names, host copies, count */
 typedef struct save_list {
     lt_st_entry *e;
-    char *names;   /* 160 bytes per entry */
+    char *names; /* 160 bytes per entry */
     void **bufs;
     int n, cap;
 } save_list;
@@ -685,11 +742,15 @@ static lt_status save_weight(lt_model *m, save_list *L, const char *base, const 
     const int64_t numel = (int64_t)out * in, nb = (numel + W->q.blocksize - 1) / W->q.blocksize;
     const int64_t nb2 = (nb + LT_NESTED_BLOCK - 1) / LT_NESTED_BLOCK;
     const lt_quant_format f = (lt_quant_format)W->q.format;
-    lt_status st = save_add(m, L, LT_DT_U8, 2, (numel + 1) / 2, 1, W->q.data, NULL, (size_t)(numel + 1) / 2, err, "%s", base);
+    lt_status st =
+        save_add(m, L, LT_DT_U8, 2, (numel + 1) / 2, 1, W->q.data, NULL, (size_t)(numel + 1) / 2, err, "%s", base);
     if (st == LT_OK && W->double_quant) {
         st = save_add(m, L, LT_DT_U8, 1, nb, 0, W->q.qabsmax, NULL, (size_t)nb, err, "%s.absmax", base);
-        if (st == LT_OK) st = save_add(m, L, LT_DT_F32, 1, nb2, 0, W->q.absmax2, NULL, (size_t)nb2 * 4, err, "%s.nested_absmax", base);
-        if (st == LT_OK) st = save_add(m, L, LT_DT_F32, 1, 256, 0, NULL, lt_quant_code8(), 1024, err, "%s.nested_quant_map", base);
+        if (st == LT_OK)
+            st = save_add(m, L, LT_DT_F32, 1, nb2, 0, W->q.absmax2, NULL, (size_t)nb2 * 4, err, "%s.nested_absmax",
+                          base);
+        if (st == LT_OK)
+            st = save_add(m, L, LT_DT_F32, 1, 256, 0, NULL, lt_quant_code8(), 1024, err, "%s.nested_quant_map", base);
     } else if (st == LT_OK) {
         st = save_add(m, L, LT_DT_F32, 1, nb, 0, W->q.absmax, NULL, (size_t)nb * 4, err, "%s.absmax", base);
     }
@@ -720,12 +781,16 @@ LT_API lt_status lt_model_save_quantized(lt_model *m, const char *dir) {
     lt_error *err = lt_model_error(m);
     if (!dir) return lt_fail(err, LT_ERR_ARGUMENT, "lt_model_save_quantized: dir is NULL");
     if (m->quant != LT_QUANT_NF4 && m->quant != LT_QUANT_FP4)
-        return lt_fail(err, LT_ERR_UNSUPPORTED, "lt_model_save_quantized: the projections are %s; the bitsandbytes "
-                       "checkpoint layout is written for nf4 and fp4", lt_quant_format_name(m->quant));
+        return lt_fail(err, LT_ERR_UNSUPPORTED,
+                       "lt_model_save_quantized: the projections are %s; the bitsandbytes "
+                       "checkpoint layout is written for nf4 and fp4",
+                       lt_quant_format_name(m->quant));
     const lt_model_config *c = &m->cfg;
     if (strcmp(lt_config_family(c), "Llama"))
-        return lt_fail(err, LT_ERR_UNSUPPORTED, "lt_model_save_quantized: writes the Llama family's tensors; this "
-                       "model is %s (quantize it on load instead)", lt_config_family(c));
+        return lt_fail(err, LT_ERR_UNSUPPORTED,
+                       "lt_model_save_quantized: writes the Llama family's tensors; this "
+                       "model is %s (quantize it on load instead)",
+                       lt_config_family(c));
     const int L_ = (int)c->num_hidden_layers;
     const int64_t V = c->vocab_size, H = c->hidden_size;
     save_list L = {.cap = 3 + (L_ + 1) * (2 + 6 * P_COUNT)};
@@ -734,8 +799,10 @@ LT_API lt_status lt_model_save_quantized(lt_model *m, const char *dir) {
     L.bufs = calloc((size_t)L.cap, sizeof *L.bufs);
     lt_status st = lt_mkdir_p(dir, err);
     if (!L.e || !L.names || !L.bufs) st = lt_fail(err, LT_ERR_NOMEM, "lt_model_save_quantized: out of memory");
-    if (st == LT_OK) st = save_add(m, &L, LT_DT_F32, 2, V, H, m->embed, NULL, (size_t)V * H * 4, err, "model.embed_tokens.weight");
-    if (st == LT_OK) st = save_add(m, &L, LT_DT_F32, 1, H, 0, m->final_norm, NULL, (size_t)H * 4, err, "model.norm.weight");
+    if (st == LT_OK)
+        st = save_add(m, &L, LT_DT_F32, 2, V, H, m->embed, NULL, (size_t)V * H * 4, err, "model.embed_tokens.weight");
+    if (st == LT_OK)
+        st = save_add(m, &L, LT_DT_F32, 1, H, 0, m->final_norm, NULL, (size_t)H * 4, err, "model.norm.weight");
     if (st == LT_OK && !c->tie_word_embeddings) {
         const lt_weight head = lt_model_lm_head(m);
         st = save_weight(m, &L, "lm_head.weight", &head, (int)V, (int)H, err);
@@ -785,12 +852,14 @@ LT_API lt_status lt_model_save_quantized(lt_model *m, const char *dir) {
             json_object_set_new(qc, "llm_int8_enable_fp32_cpu_offload", json_false());
             json_object_set_new(qc, "llm_int8_has_fp16_weight", json_false());
             /* transformers leaves lm_head unquantized unless the skip list is given: [] when ours is */
-            json_object_set_new(qc, "llm_int8_skip_modules", m->lm_head_q.format != LT_WEIGHT_F32 ? json_array() : json_null());
+            json_object_set_new(qc, "llm_int8_skip_modules",
+                                m->lm_head_q.format != LT_WEIGHT_F32 ? json_array() : json_null());
             json_object_set_new(qc, "llm_int8_threshold", json_real(6.0));
             json_object_set_new(cfg, "quantization_config", qc);
             char *text = json_dumps(cfg, JSON_INDENT(2) | JSON_REAL_PRECISION(17));
             json_decref(cfg);
-            st = text ? lt_write_file_atomic(path, text, strlen(text), err) : lt_fail(err, LT_ERR_NOMEM, "out of memory");
+            st = text ? lt_write_file_atomic(path, text, strlen(text), err)
+                      : lt_fail(err, LT_ERR_NOMEM, "out of memory");
             free(text);
         }
     }
@@ -841,25 +910,30 @@ LT_API lt_status lt_model_create_random(lt_context *ctx, const char *config_json
     return lt_model_create_random_params(ctx, config_json, seed, init_std, NULL, out);
 }
 
-LT_API lt_status lt_model_create_random_params(lt_context *ctx, const char *config_json, uint64_t seed,
-                                               float init_std, const lt_model_params *params, lt_model **out) {
+LT_API lt_status lt_model_create_random_params(lt_context *ctx, const char *config_json, uint64_t seed, float init_std,
+                                               const lt_model_params *params, lt_model **out) {
     lt_error *err = lt_thread_error();
     lt_error_clear(err);
     if (!out) return lt_fail(err, LT_ERR_ARGUMENT, "lt_model_create_random: out is NULL");
     *out = NULL;
-    if (!ctx || !config_json) return lt_fail(err, LT_ERR_ARGUMENT, "lt_model_create_random: ctx and config_json are required");
+    if (!ctx || !config_json)
+        return lt_fail(err, LT_ERR_ARGUMENT, "lt_model_create_random: ctx and config_json are required");
     if (!(init_std > 0)) return lt_fail(err, LT_ERR_ARGUMENT, "lt_model_create_random: init_std must be positive");
     lt_model_params p;
     lt_model_params_init(&p, sizeof p);
     if (params) {
         if (params->size < sizeof(size_t) || params->size > sizeof p)
-            return lt_fail(err, LT_ERR_ARGUMENT, "lt_model_create_random: params->size %zu is not a size this "
-                           "library knows (call lt_model_params_init)", params->size);
+            return lt_fail(err, LT_ERR_ARGUMENT,
+                           "lt_model_create_random: params->size %zu is not a size this "
+                           "library knows (call lt_model_params_init)",
+                           params->size);
         memcpy(&p, params, params->size);
     }
     if (p.base_dtype != LT_BASE_F32 && p.base_dtype != LT_BASE_BF16)
-        return lt_fail(err, LT_ERR_ARGUMENT, "lt_model_create_random: base_dtype %d is neither LT_BASE_F32 (0) "
-                       "nor LT_BASE_BF16 (1)", p.base_dtype);
+        return lt_fail(err, LT_ERR_ARGUMENT,
+                       "lt_model_create_random: base_dtype %d is neither LT_BASE_F32 (0) "
+                       "nor LT_BASE_BF16 (1)",
+                       p.base_dtype);
     lt_model *m = calloc(1, sizeof *m);
     if (!m) return lt_fail(err, LT_ERR_NOMEM, "out of memory");
     m->base_dtype = p.base_dtype;
@@ -892,7 +966,8 @@ LT_API lt_status lt_model_create_random_params(lt_context *ctx, const char *conf
             int in, o;
             lt_proj_dims(c, (lt_proj)q, &in, &o);
             st = random_weight(m, (size_t)in * o, init_std, 0, &rng, &Ly->w[q].f32, err);
-            if (st == LT_OK && (c->bias_mask & (1u << q))) st = random_weight(m, (size_t)o, init_std, 0, &rng, &Ly->bias[q], err);
+            if (st == LT_OK && (c->bias_mask & (1u << q)))
+                st = random_weight(m, (size_t)o, init_std, 0, &rng, &Ly->bias[q], err);
         }
         if (st == LT_OK && c->qk_norm) {
             st = random_weight(m, (size_t)c->head_dim, 0, 1.0f, &rng, &Ly->q_norm, err);
@@ -910,14 +985,18 @@ LT_API lt_status lt_model_create_random_params(lt_context *ctx, const char *conf
     if (st == LT_OK) {
         m->rot_dim = c->rot_dim;
         float *inv = malloc((size_t)m->rot_dim / 2 * sizeof(float));
-        if (!inv || lt_rope_inv_freq(c, inv, m->rot_dim / 2) != m->rot_dim / 2) st = lt_fail(err, LT_ERR_FORMAT, "bad RoPE config");
+        if (!inv || lt_rope_inv_freq(c, inv, m->rot_dim / 2) != m->rot_dim / 2)
+            st = lt_fail(err, LT_ERR_FORMAT, "bad RoPE config");
         else if (!(m->inv_freq = m->be->ops->alloc(m->be, (size_t)m->rot_dim / 2 * sizeof(float))) ||
                  (st = track(m, m->inv_freq, err)) != LT_OK)
             st = lt_fail(err, LT_ERR_NOMEM, "out of memory");
         else m->be->ops->upload(m->be, m->inv_freq, inv, (size_t)m->rot_dim / 2 * sizeof(float));
         free(inv);
     }
-    if (st != LT_OK) { lt_model_free(m); return st; }
+    if (st != LT_OK) {
+        lt_model_free(m);
+        return st;
+    }
     *out = m;
     return LT_OK;
 }

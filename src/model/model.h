@@ -15,17 +15,16 @@
 
 /* The seven linear projections of a decoder layer, in PEFT's target-module order. */
 typedef enum lt_proj { P_Q, P_K, P_V, P_O, P_GATE, P_UP, P_DOWN, P_COUNT } lt_proj;
-extern const char *const lt_proj_names[P_COUNT];   /* "q_proj", ...               */
-extern const char *const lt_proj_parent[P_COUNT];  /* "self_attn" or "mlp"        */
-
+extern const char *const lt_proj_names[P_COUNT];  /* "q_proj", ...               */
+extern const char *const lt_proj_parent[P_COUNT]; /* "self_attn" or "mlp"        */
 
 typedef struct lt_layer {
-    float *attn_norm; /* (H)        input_layernorm.weight             */
-    float *mlp_norm;  /* (H)        post_attention_layernorm.weight    */
+    float *attn_norm;     /* (H)        input_layernorm.weight             */
+    float *mlp_norm;      /* (H)        post_attention_layernorm.weight    */
     lt_weight w[P_COUNT]; /* (out, in)  q (NH*HD,H) k,v (NKV*HD,H) o (H,NH*HD) gate,up (I,H) down (H,I) */
     /* family extras (NULL when the family has none) */
-    float *bias[P_COUNT];        /* (out)  Qwen2 q,k,v; attention_bias / mlp_bias              */
-    float *q_norm, *k_norm;      /* (HD)   Qwen3 per-head RMSNorm before RoPE                  */
+    float *bias[P_COUNT];   /* (out)  Qwen2 q,k,v; attention_bias / mlp_bias              */
+    float *q_norm, *k_norm; /* (HD)   Qwen3 per-head RMSNorm before RoPE                  */
     /* the norm weights as stored in the checkpoint, for export: the compute weights above are
      * (1 + w) for Gemma (norm_offset), else these are the same pointers */
     float *attn_norm_file, *mlp_norm_file, *q_norm_file, *k_norm_file;
@@ -49,18 +48,18 @@ struct lt_model {
     float *inv_freq_long;   /* (rot_dim/2) longrope's long factors (NULL: none)   */
     float rope_mscale;      /* longrope attention factor on cos/sin (1: none)     */
     int rot_dim;
-    void **owned;           /* backend allocations to free                        */
+    void **owned; /* backend allocations to free                        */
     int n_owned, cap_owned;
     int64_t n_params, weight_bytes;
-    int n_merged;           /* adapters currently merged into the weights         */
-    lt_quant_format quant;  /* format of the quantized projections (NONE: all f32) */
+    int n_merged;          /* adapters currently merged into the weights         */
+    lt_quant_format quant; /* format of the quantized projections (NONE: all f32) */
     int quant_blocksize, quant_double;
-    float *code8;           /* (256) backend copy of the 8-bit map (double quant)  */
+    float *code8;                      /* (256) backend copy of the 8-bit map (double quant)  */
     int64_t quant_bytes, quant_params; /* bytes and elements of quantized weights */
-    size_t tile_floats;     /* dequantization tile size (0: the default, ~1 MiB); tests shrink it */
-    lt_weight lm_head_q;    /* the LM head when not f32: quantized (quantize_lm_head) or packed bf16
-                             * (base_dtype BF16); lm_head is then NULL unless tied to embed */
-    int base_dtype;         /* lt_base_dtype of the projection weights layers[].w (BF16: LT_WEIGHT_BF16) */
+    size_t tile_floats;                /* dequantization tile size (0: the default, ~1 MiB); tests shrink it */
+    lt_weight lm_head_q;               /* the LM head when not f32: quantized (quantize_lm_head) or packed bf16
+                                        * (base_dtype BF16); lm_head is then NULL unless tied to embed */
+    int base_dtype;                    /* lt_base_dtype of the projection weights layers[].w (BF16: LT_WEIGHT_BF16) */
 };
 
 /* The LM head (V, H) as a weight of the seam: quantized, or the f32 lm_head. */
@@ -93,8 +92,6 @@ int lt_model_modules(const lt_model_config *cfg, lt_module out[P_COUNT]);
 /* in and the summed out width of a module */
 void lt_module_dims(const lt_model_config *cfg, const lt_module *mod, int *in, int *out);
 /* the target mask bits (1 << p) of a module */
-static inline unsigned lt_module_mask(const lt_module *mod) {
-    return ((1u << mod->count) - 1u) << mod->first;
-}
+static inline unsigned lt_module_mask(const lt_module *mod) { return ((1u << mod->count) - 1u) << mod->first; }
 
 #endif /* LT_MODEL_H */

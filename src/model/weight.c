@@ -41,13 +41,11 @@ size_t lt_weight_tile_floats(const lt_model *m) {
     return need;
 }
 
-void lt_weight_forward(lt_model *m, float *tile, const lt_weight *W, float *y, const float *x, int N, int in,
-                       int out, float beta) {
+void lt_weight_forward(lt_model *m, float *tile, const lt_weight *W, float *y, const float *x, int N, int in, int out,
+                       float beta) {
     const lt_backend_ops *ops = m->be->ops;
     switch (W->format) {
-    case LT_WEIGHT_F32:
-        ops->gemm(m->be, 0, 1, N, out, in, 1.0f, x, in, W->f32, in, beta, y, out);
-        return;
+    case LT_WEIGHT_F32: ops->gemm(m->be, 0, 1, N, out, in, 1.0f, x, in, W->f32, in, beta, y, out); return;
     case LT_WEIGHT_BF16: /* x rounded to bf16, fp32 accumulation (cpu/gemm_bf16.c); every caller assigns y
                           * (beta 0), which is all the bf16 product offers */
         ops->gemm_bf16_forward(m->be, y, x, W->bf16, N, in, out);
@@ -68,9 +66,7 @@ void lt_weight_backward(lt_model *m, float *tile, const lt_weight *W, float *dx,
                         int out, float beta) {
     const lt_backend_ops *ops = m->be->ops;
     switch (W->format) {
-    case LT_WEIGHT_F32:
-        ops->gemm(m->be, 0, 0, N, in, out, 1.0f, dy, out, W->f32, in, beta, dx, in);
-        return;
+    case LT_WEIGHT_F32: ops->gemm(m->be, 0, 0, N, in, out, 1.0f, dy, out, W->f32, in, beta, dx, in); return;
     case LT_WEIGHT_BF16: /* dy rounded to bf16; beta is 0 (assign) or 1 (accumulate) */
         ops->gemm_bf16_backward(m->be, dx, dy, W->bf16, N, in, out, beta != 0.0f);
         return;
@@ -95,7 +91,8 @@ lt_status lt_weight_download(lt_model *m, const lt_weight *W, float *host, int o
         return ops->sync(m->be);
     }
     if (W->format == LT_WEIGHT_BF16)
-        return lt_fail(err, LT_ERR_UNSUPPORTED, "the base weights are kept in bf16 (base_dtype LT_BASE_BF16) and "
+        return lt_fail(err, LT_ERR_UNSUPPORTED,
+                       "the base weights are kept in bf16 (base_dtype LT_BASE_BF16) and "
                        "are not read back; load the model with LT_BASE_F32 to merge or export");
     if (ops->host_memory) {
         ops->dequantize_rows(m->be, host, &W->q, 0, out);

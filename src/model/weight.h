@@ -20,17 +20,17 @@ typedef enum lt_weight_format {
 
 typedef struct lt_weight {
     lt_weight_format format;
-    float *f32;          /* (out, in), LT_WEIGHT_F32                                            */
-    lt_qdesc q;          /* LT_WEIGHT_QUANT: backend pointers, rows = out, cols = in            */
-    int double_quant;    /* LT_WEIGHT_QUANT: q.absmax == NULL                                   */
-    void *bf16;          /* LT_WEIGHT_BF16: packed by the backend's bf16_weight_pack            */
+    float *f32;       /* (out, in), LT_WEIGHT_F32                                            */
+    lt_qdesc q;       /* LT_WEIGHT_QUANT: backend pointers, rows = out, cols = in            */
+    int double_quant; /* LT_WEIGHT_QUANT: q.absmax == NULL                                   */
+    void *bf16;       /* LT_WEIGHT_BF16: packed by the backend's bf16_weight_pack            */
 } lt_weight;
 
 /* Floats of dequantization scratch a workspace must plan for this model (0: nothing quantized). */
 size_t lt_weight_tile_floats(const lt_model *m);
 /* y (N,out) = x (N,in) W^T + beta * y.  tile: ws->wtile (unused for f32 weights). */
-void lt_weight_forward(lt_model *m, float *tile, const lt_weight *W, float *y, const float *x, int N, int in,
-                       int out, float beta);
+void lt_weight_forward(lt_model *m, float *tile, const lt_weight *W, float *y, const float *x, int N, int in, int out,
+                       float beta);
 /* dx (N,in) = dy (N,out) W + beta * dx. */
 void lt_weight_backward(lt_model *m, float *tile, const lt_weight *W, float *dx, const float *dy, int N, int in,
                         int out, float beta);

@@ -23,7 +23,12 @@
 /* ---- lexer ------------------------------------------------------------------------------------- */
 
 enum { T_TEXT, T_VAR, T_BLOCK, T_EOF };
-typedef struct jtok { int kind; const char *s; size_t n; int line; } jtok;
+typedef struct jtok {
+    int kind;
+    const char *s;
+    size_t n;
+    int line;
+} jtok;
 
 typedef struct parser {
     const char *src;
@@ -63,16 +68,21 @@ static lt_status lex(parser *ps) {
         const char *tend = o ? o : s + strlen(s);
         /* text [text, tend) */
         const char *a = text, *b = tend;
-        if (trim_next == 1) while (a < b && isspace((unsigned char)*a)) a++;
+        if (trim_next == 1)
+            while (a < b && isspace((unsigned char)*a)) a++;
         else if (trim_next == 2 && a < b && *a == '\n') a++;
         else if (trim_next == 2 && a + 1 < b && a[0] == '\r' && a[1] == '\n') a += 2;
         trim_next = 0;
-        if (!o) { if (b > a && push_tok(ps, T_TEXT, a, (size_t)(b - a), line_of(ps->src, a))) return LT_ERR_NOMEM; break; }
+        if (!o) {
+            if (b > a && push_tok(ps, T_TEXT, a, (size_t)(b - a), line_of(ps->src, a))) return LT_ERR_NOMEM;
+            break;
+        }
         char kind = o[1];
         const char *inner = o + 2;
         int lminus = *inner == '-', lplus = *inner == '+';
         if (lminus || lplus) inner++;
-        if (lminus) while (b > a && isspace((unsigned char)b[-1])) b--;
+        if (lminus)
+            while (b > a && isspace((unsigned char)b[-1])) b--;
         else if (kind != '{' && !lplus) {
             /* lstrip_blocks: spaces/tabs from the line start */
             const char *q = b;
@@ -82,11 +92,15 @@ static lt_status lex(parser *ps) {
         if (b > a && push_tok(ps, T_TEXT, a, (size_t)(b - a), line_of(ps->src, a))) return LT_ERR_NOMEM;
         const char *close = kind == '{' ? "}}" : kind == '%' ? "%}" : "#}";
         const char *c = strstr(inner, close);
-        if (!c) return lt_fail(ps->err, LT_ERR_UNSUPPORTED, "chat template: line %d: unclosed \"{%c\"", line_of(ps->src, o), kind);
+        if (!c)
+            return lt_fail(ps->err, LT_ERR_UNSUPPORTED, "chat template: line %d: unclosed \"{%c\"", line_of(ps->src, o),
+                           kind);
         const char *ie = c;
         int rminus = ie > inner && ie[-1] == '-', rplus = ie > inner && ie[-1] == '+';
         if (rminus || rplus) ie--;
-        if (kind != '#' && push_tok(ps, kind == '{' ? T_VAR : T_BLOCK, inner, (size_t)(ie - inner), line_of(ps->src, o))) return LT_ERR_NOMEM;
+        if (kind != '#' &&
+            push_tok(ps, kind == '{' ? T_VAR : T_BLOCK, inner, (size_t)(ie - inner), line_of(ps->src, o)))
+            return LT_ERR_NOMEM;
         s = text = c + 2;
         if (rminus) trim_next = 1;
         else if (kind != '{' && !rplus) trim_next = 2; /* trim_blocks */
@@ -101,27 +115,53 @@ static lt_status lex(parser *ps) {
 /* ---- AST --------------------------------------------------------------------------------------- */
 
 enum {
-    N_TEXT, N_OUT, N_IF, N_FOR, N_SET, N_SETBLOCK, N_GEN, N_BREAK, N_CONTINUE, N_MACRO,
-    E_LIT, E_NAME, E_ATTR, E_ITEM, E_SLICE, E_CALL, E_FILTER, E_TEST, E_NOT, E_NEG, E_BIN, E_AND, E_OR,
-    E_COND, E_LIST, E_DICT
+    N_TEXT,
+    N_OUT,
+    N_IF,
+    N_FOR,
+    N_SET,
+    N_SETBLOCK,
+    N_GEN,
+    N_BREAK,
+    N_CONTINUE,
+    N_MACRO,
+    E_LIT,
+    E_NAME,
+    E_ATTR,
+    E_ITEM,
+    E_SLICE,
+    E_CALL,
+    E_FILTER,
+    E_TEST,
+    E_NOT,
+    E_NEG,
+    E_BIN,
+    E_AND,
+    E_OR,
+    E_COND,
+    E_LIST,
+    E_DICT
 };
 
 typedef struct node node;
-typedef struct nodes { node **v; int n; } nodes;
+typedef struct nodes {
+    node **v;
+    int n;
+} nodes;
 struct node {
     int kind, line;
     char *s;          /* name, attribute, operator, filter/test name, set attribute */
     size_t slen;      /* text length */
     const char *text; /* N_TEXT: points into the template */
     json_t *lit;
-    node *a, *b, *c;  /* operands */
-    nodes args;       /* call/filter/test positional args; list items; dict keys/values interleaved */
-    char **kw;        /* keyword names of args (NULL for positional) */
+    node *a, *b, *c; /* operands */
+    nodes args;      /* call/filter/test positional args; list items; dict keys/values interleaved */
+    char **kw;       /* keyword names of args (NULL for positional) */
     nodes body, orelse;
     char *targets[4]; /* for-loop targets */
     int ntargets;
-    int negate;       /* `is not` */
-    char **pnames;    /* N_MACRO parameters and their default expressions (NULL: none) */
+    int negate;    /* `is not` */
+    char **pnames; /* N_MACRO parameters and their default expressions (NULL: none) */
     node **pdefs;
     int np;
 };
@@ -135,14 +175,20 @@ static void node_free(node *n) {
     if (!n) return;
     free(n->s);
     if (n->lit) json_decref(n->lit);
-    node_free(n->a); node_free(n->b); node_free(n->c);
-    if (n->kw) for (int i = 0; i < n->args.n; i++) free(n->kw[i]);
+    node_free(n->a);
+    node_free(n->b);
+    node_free(n->c);
+    if (n->kw)
+        for (int i = 0; i < n->args.n; i++) free(n->kw[i]);
     free(n->kw);
     nodes_free(&n->args);
     nodes_free(&n->body);
     nodes_free(&n->orelse);
     for (int i = 0; i < n->ntargets; i++) free(n->targets[i]);
-    for (int i = 0; i < n->np; i++) { free(n->pnames[i]); node_free(n->pdefs[i]); }
+    for (int i = 0; i < n->np; i++) {
+        free(n->pnames[i]);
+        node_free(n->pdefs[i]);
+    }
     free(n->pnames);
     free(n->pdefs);
     free(n);
@@ -150,7 +196,11 @@ static void node_free(node *n) {
 
 static node *mk(parser *ps, int kind) {
     node *n = calloc(1, sizeof *n);
-    if (!n) { ps->failed = 1; lt_fail(ps->err, LT_ERR_NOMEM, "out of memory"); return NULL; }
+    if (!n) {
+        ps->failed = 1;
+        lt_fail(ps->err, LT_ERR_NOMEM, "out of memory");
+        return NULL;
+    }
     n->kind = kind;
     n->line = ps->line;
     return n;
@@ -158,16 +208,28 @@ static node *mk(parser *ps, int kind) {
 static void add(parser *ps, nodes *v, node *x) {
     if (!x) return;
     node **nv = realloc(v->v, (size_t)(v->n + 1) * sizeof *nv);
-    if (!nv) { ps->failed = 1; node_free(x); return; }
+    if (!nv) {
+        ps->failed = 1;
+        node_free(x);
+        return;
+    }
     v->v = nv;
     v->v[v->n++] = x;
 }
 
-#define PERR(...) do { if (!ps->failed) { ps->failed = 1; lt_fail(ps->err, LT_ERR_UNSUPPORTED, __VA_ARGS__); } } while (0)
+#define PERR(...)                                              \
+    do {                                                       \
+        if (!ps->failed) {                                     \
+            ps->failed = 1;                                    \
+            lt_fail(ps->err, LT_ERR_UNSUPPORTED, __VA_ARGS__); \
+        }                                                      \
+    } while (0)
 
 /* ---- expression parser (recursive descent over the characters of one tag) ---------------------- */
 
-static void skip_ws(parser *ps) { while (ps->p < ps->end && isspace((unsigned char)*ps->p)) ps->p++; }
+static void skip_ws(parser *ps) {
+    while (ps->p < ps->end && isspace((unsigned char)*ps->p)) ps->p++;
+}
 static int peek_op(parser *ps, const char *op) {
     skip_ws(ps);
     size_t n = strlen(op);
@@ -193,7 +255,10 @@ static int accept_kw(parser *ps, const char *kw) {
 }
 static char *ident(parser *ps) {
     skip_ws(ps);
-    if (ps->p >= ps->end || !is_ident_start(*ps->p)) { PERR("chat template: line %d: expected a name at \"%.20s\"", ps->line, ps->p); return NULL; }
+    if (ps->p >= ps->end || !is_ident_start(*ps->p)) {
+        PERR("chat template: line %d: expected a name at \"%.20s\"", ps->line, ps->p);
+        return NULL;
+    }
     const char *s = ps->p;
     while (ps->p < ps->end && is_ident(*ps->p)) ps->p++;
     return strndup(s, (size_t)(ps->p - s));
@@ -217,26 +282,44 @@ static json_t *parse_string_lit(parser *ps) {
             case 't': c = '\t'; break;
             case 'r': c = '\r'; break;
             case '0': c = '\0'; break;
-            case '\\': case '\'': case '"': c = e; break;
-            case 'u': case 'x': {
+            case '\\':
+            case '\'':
+            case '"': c = e; break;
+            case 'u':
+            case 'x': {
                 int nd = e == 'u' ? 4 : 2;
                 unsigned v = 0;
                 for (int k = 0; k < nd && ps->p < ps->end && isxdigit((unsigned char)*ps->p); k++, ps->p++)
-                    v = v * 16 + (unsigned)(isdigit((unsigned char)*ps->p) ? *ps->p - '0' : (tolower((unsigned char)*ps->p) - 'a' + 10));
+                    v = v * 16 + (unsigned)(isdigit((unsigned char)*ps->p)
+                                                ? *ps->p - '0'
+                                                : (tolower((unsigned char)*ps->p) - 'a' + 10));
                 char tmp[4];
                 int n = v < 0x80 ? 1 : v < 0x800 ? 2 : 3;
                 if (n == 1) tmp[0] = (char)v;
-                else if (n == 2) { tmp[0] = (char)(0xC0 | (v >> 6)); tmp[1] = (char)(0x80 | (v & 0x3F)); }
-                else { tmp[0] = (char)(0xE0 | (v >> 12)); tmp[1] = (char)(0x80 | ((v >> 6) & 0x3F)); tmp[2] = (char)(0x80 | (v & 0x3F)); }
+                else if (n == 2) {
+                    tmp[0] = (char)(0xC0 | (v >> 6));
+                    tmp[1] = (char)(0x80 | (v & 0x3F));
+                } else {
+                    tmp[0] = (char)(0xE0 | (v >> 12));
+                    tmp[1] = (char)(0x80 | ((v >> 6) & 0x3F));
+                    tmp[2] = (char)(0x80 | (v & 0x3F));
+                }
                 lt_buf_put(&b, tmp, (size_t)n);
                 continue;
             }
-            default: lt_buf_putc(&b, '\\'); c = e; break; /* Python keeps unknown escapes */
+            default:
+                lt_buf_putc(&b, '\\');
+                c = e;
+                break; /* Python keeps unknown escapes */
             }
         }
         lt_buf_putc(&b, c);
     }
-    if (ps->p >= ps->end) { free(b.p); PERR("chat template: line %d: unterminated string", ps->line); return NULL; }
+    if (ps->p >= ps->end) {
+        free(b.p);
+        PERR("chat template: line %d: unterminated string", ps->line);
+        return NULL;
+    }
     ps->p++;
     json_t *j = json_stringn_nocheck(b.p ? b.p : "", b.n);
     free(b.p);
@@ -253,13 +336,23 @@ static void parse_args(parser *ps, node *n) {
         if (ps->p < ps->end && is_ident_start(*ps->p)) {
             char *id = ident(ps);
             if (accept_op(ps, "=") && !peek_op(ps, "=")) kw = id;
-            else { free(id); ps->p = save; }
+            else {
+                free(id);
+                ps->p = save;
+            }
         }
         node *v = parse_expr(ps);
-        if (!v) { free(kw); return; }
+        if (!v) {
+            free(kw);
+            return;
+        }
         add(ps, &n->args, v);
         char **nk = realloc(n->kw, (size_t)n->args.n * sizeof *nk);
-        if (!nk) { free(kw); ps->failed = 1; return; }
+        if (!nk) {
+            free(kw);
+            ps->failed = 1;
+            return;
+        }
         n->kw = nk;
         n->kw[n->args.n - 1] = kw;
         if (accept_op(ps, ")")) return;
@@ -271,7 +364,10 @@ static void parse_args(parser *ps, node *n) {
 
 static node *parse_primary(parser *ps) {
     skip_ws(ps);
-    if (ps->p >= ps->end) { PERR("chat template: line %d: expression expected", ps->line); return NULL; }
+    if (ps->p >= ps->end) {
+        PERR("chat template: line %d: expression expected", ps->line);
+        return NULL;
+    }
     char c = *ps->p;
     node *n;
     if (c == '\'' || c == '"') {
@@ -296,7 +392,10 @@ static node *parse_primary(parser *ps) {
         const char *s = ps->p;
         int isf = 0;
         while (ps->p < ps->end && (isdigit((unsigned char)*ps->p) || *ps->p == '.' || *ps->p == '_')) {
-            if (*ps->p == '.') { if (ps->p + 1 < ps->end && !isdigit((unsigned char)ps->p[1])) break; isf = 1; }
+            if (*ps->p == '.') {
+                if (ps->p + 1 < ps->end && !isdigit((unsigned char)ps->p[1])) break;
+                isf = 1;
+            }
             ps->p++;
         }
         char *tmp = strndup(s, (size_t)(ps->p - s));
@@ -309,7 +408,10 @@ static node *parse_primary(parser *ps) {
         node *e = parse_expr(ps);
         if (accept_op(ps, ",")) { /* tuple -> list */
             node *l = mk(ps, E_LIST);
-            if (!l) { node_free(e); return NULL; }
+            if (!l) {
+                node_free(e);
+                return NULL;
+            }
             add(ps, &l->args, e);
             while (!ps->failed && !peek_op(ps, ")")) {
                 add(ps, &l->args, parse_expr(ps));
@@ -347,12 +449,20 @@ static node *parse_primary(parser *ps) {
         if (!id) return NULL;
         if (!strcmp(id, "true") || !strcmp(id, "True") || !strcmp(id, "false") || !strcmp(id, "False") ||
             !strcmp(id, "none") || !strcmp(id, "None")) {
-            if (!(n = mk(ps, E_LIT))) { free(id); return NULL; }
-            n->lit = id[0] == 't' || id[0] == 'T' ? json_true() : id[0] == 'f' || id[0] == 'F' ? json_false() : json_null();
+            if (!(n = mk(ps, E_LIT))) {
+                free(id);
+                return NULL;
+            }
+            n->lit = id[0] == 't' || id[0] == 'T'   ? json_true()
+                     : id[0] == 'f' || id[0] == 'F' ? json_false()
+                                                    : json_null();
             free(id);
             return n;
         }
-        if (!(n = mk(ps, E_NAME))) { free(id); return NULL; }
+        if (!(n = mk(ps, E_NAME))) {
+            free(id);
+            return NULL;
+        }
         n->s = id;
         return n;
     }
@@ -380,7 +490,10 @@ static node *parse_postfix(parser *ps, node *n) {
                 x->kind = E_SLICE;
                 x->b = lo;
                 x->c = peek_op(ps, "]") || peek_op(ps, ":") ? NULL : parse_expr(ps);
-                if (accept_op(ps, ":") && !peek_op(ps, "]")) { node *st = parse_expr(ps); add(ps, &x->args, st); }
+                if (accept_op(ps, ":") && !peek_op(ps, "]")) {
+                    node *st = parse_expr(ps);
+                    add(ps, &x->args, st);
+                }
             } else x->b = lo;
             expect(ps, "]");
         } else if (peek_op(ps, "(")) {
@@ -422,7 +535,11 @@ static node *parse_unary(parser *ps) {
 
 static node *bin(parser *ps, const char *op, node *a, node *b) {
     node *n = mk(ps, E_BIN);
-    if (!n) { node_free(a); node_free(b); return NULL; }
+    if (!n) {
+        node_free(a);
+        node_free(b);
+        return NULL;
+    }
     n->s = strdup(op);
     n->a = a;
     n->b = b;
@@ -467,12 +584,21 @@ static node *parse_compare(parser *ps) {
         static const char *ops[] = {"==", "!=", "<=", ">=", "<", ">"};
         int hit = 0;
         for (int k = 0; k < 6 && !hit; k++)
-            if (accept_op(ps, ops[k])) { a = bin(ps, ops[k], a, parse_math1(ps)); hit = 1; }
+            if (accept_op(ps, ops[k])) {
+                a = bin(ps, ops[k], a, parse_math1(ps));
+                hit = 1;
+            }
         if (hit) continue;
-        if (accept_kw(ps, "in")) { a = bin(ps, "in", a, parse_math1(ps)); continue; }
+        if (accept_kw(ps, "in")) {
+            a = bin(ps, "in", a, parse_math1(ps));
+            continue;
+        }
         const char *save = ps->p;
         if (accept_kw(ps, "not")) {
-            if (accept_kw(ps, "in")) { a = bin(ps, "notin", a, parse_math1(ps)); continue; }
+            if (accept_kw(ps, "in")) {
+                a = bin(ps, "notin", a, parse_math1(ps));
+                continue;
+            }
             ps->p = save;
             return a;
         }
@@ -487,7 +613,8 @@ static node *parse_compare(parser *ps) {
             else {
                 /* one bare argument: `is divisibleby 3`, `is equalto x` */
                 skip_ws(ps);
-                if (ps->p < ps->end && (isdigit((unsigned char)*ps->p) || *ps->p == '\'' || *ps->p == '"')) add(ps, &t->args, parse_primary(ps));
+                if (ps->p < ps->end && (isdigit((unsigned char)*ps->p) || *ps->p == '\'' || *ps->p == '"'))
+                    add(ps, &t->args, parse_primary(ps));
             }
             continue;
         }
@@ -546,7 +673,8 @@ static void set_tag(parser *ps, const jtok *t) {
 }
 static void expect_end(parser *ps) {
     skip_ws(ps);
-    if (ps->p != ps->end && !ps->failed) PERR("chat template: line %d: unexpected \"%.*s\"", ps->line, (int)(ps->end - ps->p), ps->p);
+    if (ps->p != ps->end && !ps->failed)
+        PERR("chat template: line %d: unexpected \"%.*s\"", ps->line, (int)(ps->end - ps->p), ps->p);
 }
 
 /* Parse nodes until a block tag whose keyword is in `stops` ("endif elif else"); returns that keyword
@@ -565,7 +693,10 @@ static node *parse_stmt(parser *ps, const jtok *t) {
         for (;;) {
             int k = parse_body(ps, &cur->body, stops, 3);
             if (k < 0 || ps->failed) return n;
-            if (k == 0) { expect_end(ps); return n; }
+            if (k == 0) {
+                expect_end(ps);
+                return n;
+            }
             if (k == 1) { /* elif: a nested if in the else branch */
                 node *e = mk(ps, N_IF);
                 if (!e) return n;
@@ -585,7 +716,10 @@ static node *parse_stmt(parser *ps, const jtok *t) {
         node *n = mk(ps, N_FOR);
         if (!n) return NULL;
         do {
-            if (n->ntargets == 4) { PERR("chat template: line %d: too many loop variables", ps->line); return n; }
+            if (n->ntargets == 4) {
+                PERR("chat template: line %d: too many loop variables", ps->line);
+                return n;
+            }
             n->targets[n->ntargets++] = ident(ps);
         } while (!ps->failed && accept_op(ps, ","));
         if (!accept_kw(ps, "in")) PERR("chat template: line %d: expected \"in\" in for", ps->line);
@@ -609,8 +743,15 @@ static node *parse_stmt(parser *ps, const jtok *t) {
         n->targets[0] = ident(ps);
         n->ntargets = 1;
         if (accept_op(ps, ".")) n->s = ident(ps); /* ns.attr */
-        else if (peek_op(ps, ",")) { PERR("chat template: line %d: tuple assignment in set is not supported", ps->line); return n; }
-        if (accept_op(ps, "=")) { n->a = parse_expr(ps); expect_end(ps); return n; }
+        else if (peek_op(ps, ",")) {
+            PERR("chat template: line %d: tuple assignment in set is not supported", ps->line);
+            return n;
+        }
+        if (accept_op(ps, "=")) {
+            n->a = parse_expr(ps);
+            expect_end(ps);
+            return n;
+        }
         expect_end(ps);
         n->kind = N_SETBLOCK;
         static const char *const stops[] = {"endset"};
@@ -637,22 +778,37 @@ static node *parse_stmt(parser *ps, const jtok *t) {
             node **nd = np_ ? realloc(n->pdefs, (size_t)(n->np + 1) * sizeof *nd) : NULL;
             if (np_) n->pnames = np_;
             if (nd) n->pdefs = nd;
-            if (!np_ || !nd) { free(pn); node_free(def); ps->failed = 1; break; }
+            if (!np_ || !nd) {
+                free(pn);
+                node_free(def);
+                ps->failed = 1;
+                break;
+            }
             n->pnames[n->np] = pn;
             n->pdefs[n->np++] = def;
-            if (!accept_op(ps, ",")) { expect(ps, ")"); break; }
+            if (!accept_op(ps, ",")) {
+                expect(ps, ")");
+                break;
+            }
         }
         expect_end(ps);
         static const char *const stops[] = {"endmacro"};
         if (parse_body(ps, &n->body, stops, 1) >= 0) expect_end(ps);
         return n;
     }
-    if (accept_kw(ps, "break")) { expect_end(ps); return mk(ps, N_BREAK); }
-    if (accept_kw(ps, "continue")) { expect_end(ps); return mk(ps, N_CONTINUE); }
+    if (accept_kw(ps, "break")) {
+        expect_end(ps);
+        return mk(ps, N_BREAK);
+    }
+    if (accept_kw(ps, "continue")) {
+        expect_end(ps);
+        return mk(ps, N_CONTINUE);
+    }
     skip_ws(ps);
     const char *w = ps->p;
     while (ps->p < ps->end && is_ident(*ps->p)) ps->p++;
-    PERR("chat template: line %d: the tag \"%.*s\" is not supported (supported: if, for, set, macro, generation, break, continue)",
+    PERR("chat template: line %d: the tag \"%.*s\" is not supported (supported: if, for, set, macro, generation, "
+         "break, continue)",
          ps->line, (int)(ps->p - w), w);
     return NULL;
 }
@@ -667,7 +823,10 @@ static int parse_body(parser *ps, nodes *out, const char *const *stops, int nsto
         ps->pos++;
         if (t->kind == T_TEXT) {
             node *n = mk(ps, N_TEXT);
-            if (n) { n->text = t->s; n->slen = t->n; }
+            if (n) {
+                n->text = t->s;
+                n->slen = t->n;
+            }
             add(ps, out, n);
         } else if (t->kind == T_VAR) {
             set_tag(ps, t);
@@ -692,17 +851,20 @@ static int parse_body(parser *ps, nodes *out, const char *const *stops, int nsto
 
 /* ---- values ----------------------------------------------------------------------------------- */
 
-typedef struct scope { json_t *vars; struct scope *up; } scope;
+typedef struct scope {
+    json_t *vars;
+    struct scope *up;
+} scope;
 
 typedef struct render {
     lt_buf *out, *mask;
-    int gen;           /* inside {% generation %} */
+    int gen; /* inside {% generation %} */
     lt_error *err;
     int failed;
-    int brk, cont;     /* loop control */
+    int brk, cont;      /* loop control */
     json_t *namespaces; /* array of namespace objects (identity marks them) */
     long steps;
-    struct scope *top;  /* the template's globals: what a macro body sees besides its arguments */
+    struct scope *top; /* the template's globals: what a macro body sees besides its arguments */
     node *macros[32];
     int n_macros, depth;
 } render;
@@ -739,11 +901,16 @@ static void py_repr(lt_buf *b, json_t *v, int top) {
     if (!v || json_is_null(v)) lt_buf_puts(b, "None");
     else if (json_is_true(v)) lt_buf_puts(b, "True");
     else if (json_is_false(v)) lt_buf_puts(b, "False");
-    else if (json_is_integer(v)) { snprintf(tmp, sizeof tmp, "%lld", (long long)json_integer_value(v)); lt_buf_puts(b, tmp); }
-    else if (json_is_real(v)) {
+    else if (json_is_integer(v)) {
+        snprintf(tmp, sizeof tmp, "%lld", (long long)json_integer_value(v));
+        lt_buf_puts(b, tmp);
+    } else if (json_is_real(v)) {
         double d = json_real_value(v);
         /* Python repr: shortest round-trip, always with a '.' or exponent */
-        for (int prec = 1; prec <= 17; prec++) { snprintf(tmp, sizeof tmp, "%.*g", prec, d); if (strtod(tmp, NULL) == d) break; }
+        for (int prec = 1; prec <= 17; prec++) {
+            snprintf(tmp, sizeof tmp, "%.*g", prec, d);
+            if (strtod(tmp, NULL) == d) break;
+        }
         if (!strpbrk(tmp, ".enia")) strcat(tmp, ".0");
         lt_buf_puts(b, tmp);
     } else if (json_is_string(v)) {
@@ -753,19 +920,26 @@ static void py_repr(lt_buf *b, json_t *v, int top) {
         lt_buf_putc(b, q);
         for (size_t i = 0; i < n; i++) {
             unsigned char c = (unsigned char)s[i];
-            if (c == (unsigned char)q || c == '\\') { lt_buf_putc(b, '\\'); lt_buf_putc(b, (char)c); }
-            else if (c == '\n') lt_buf_puts(b, "\\n");
+            if (c == (unsigned char)q || c == '\\') {
+                lt_buf_putc(b, '\\');
+                lt_buf_putc(b, (char)c);
+            } else if (c == '\n') lt_buf_puts(b, "\\n");
             else if (c == '\t') lt_buf_puts(b, "\\t");
             else if (c == '\r') lt_buf_puts(b, "\\r");
-            else if (c < 0x20 || c == 0x7f) { snprintf(tmp, sizeof tmp, "\\x%02x", c); lt_buf_puts(b, tmp); }
-            else lt_buf_putc(b, (char)c);
+            else if (c < 0x20 || c == 0x7f) {
+                snprintf(tmp, sizeof tmp, "\\x%02x", c);
+                lt_buf_puts(b, tmp);
+            } else lt_buf_putc(b, (char)c);
         }
         lt_buf_putc(b, q);
     } else if (json_is_array(v)) {
         lt_buf_putc(b, '[');
         size_t i;
         json_t *x;
-        json_array_foreach(v, i, x) { if (i) lt_buf_puts(b, ", "); py_repr(b, x, 0); }
+        json_array_foreach(v, i, x) {
+            if (i) lt_buf_puts(b, ", ");
+            py_repr(b, x, 0);
+        }
         lt_buf_putc(b, ']');
     } else if (json_is_object(v)) {
         lt_buf_putc(b, '{');
@@ -792,8 +966,10 @@ static void py_json(lt_buf *b, json_t *v, int indent, int level, const char *ite
     if (!v || json_is_null(v)) lt_buf_puts(b, "null");
     else if (json_is_true(v)) lt_buf_puts(b, "true");
     else if (json_is_false(v)) lt_buf_puts(b, "false");
-    else if (json_is_integer(v)) { snprintf(tmp, sizeof tmp, "%lld", (long long)json_integer_value(v)); lt_buf_puts(b, tmp); }
-    else if (json_is_real(v)) {
+    else if (json_is_integer(v)) {
+        snprintf(tmp, sizeof tmp, "%lld", (long long)json_integer_value(v));
+        lt_buf_puts(b, tmp);
+    } else if (json_is_real(v)) {
         double d = json_real_value(v);
         if (isnan(d)) lt_buf_puts(b, "NaN");
         else if (isinf(d)) lt_buf_puts(b, d > 0 ? "Infinity" : "-Infinity");
@@ -811,15 +987,20 @@ static void py_json(lt_buf *b, json_t *v, int indent, int level, const char *ite
             else if (c == '\t') lt_buf_puts(b, "\\t");
             else if (c == '\b') lt_buf_puts(b, "\\b");
             else if (c == '\f') lt_buf_puts(b, "\\f");
-            else if (c < 0x20 || c == 0x7f) { snprintf(tmp, sizeof tmp, "\\u%04x", c); lt_buf_puts(b, tmp); }
-            else lt_buf_putc(b, (char)c);
+            else if (c < 0x20 || c == 0x7f) {
+                snprintf(tmp, sizeof tmp, "\\u%04x", c);
+                lt_buf_puts(b, tmp);
+            } else lt_buf_putc(b, (char)c);
         }
         lt_buf_putc(b, '"');
     } else if (json_is_array(v) || json_is_object(v)) {
         int arr = json_is_array(v);
         size_t cnt = arr ? json_array_size(v) : json_object_size(v);
         lt_buf_putc(b, arr ? '[' : '{');
-        if (cnt == 0) { lt_buf_putc(b, arr ? ']' : '}'); return; }
+        if (cnt == 0) {
+            lt_buf_putc(b, arr ? ']' : '}');
+            return;
+        }
         const char **keys = NULL;
         if (!arr) {
             keys = malloc(cnt * sizeof *keys);
@@ -829,11 +1010,18 @@ static void py_json(lt_buf *b, json_t *v, int indent, int level, const char *ite
             json_object_foreach(v, k, x) keys[i++] = k;
             if (sort)
                 for (size_t a = 1; a < cnt; a++)
-                    for (size_t c = a; c > 0 && strcmp(keys[c - 1], keys[c]) > 0; c--) { const char *t = keys[c]; keys[c] = keys[c - 1]; keys[c - 1] = t; }
+                    for (size_t c = a; c > 0 && strcmp(keys[c - 1], keys[c]) > 0; c--) {
+                        const char *t = keys[c];
+                        keys[c] = keys[c - 1];
+                        keys[c - 1] = t;
+                    }
         }
         for (size_t i = 0; i < cnt; i++) {
             if (i) lt_buf_puts(b, indent >= 0 ? "," : item_sep);
-            if (indent >= 0) { lt_buf_putc(b, '\n'); for (int k = 0; k < indent * (level + 1); k++) lt_buf_putc(b, ' '); }
+            if (indent >= 0) {
+                lt_buf_putc(b, '\n');
+                for (int k = 0; k < indent * (level + 1); k++) lt_buf_putc(b, ' ');
+            }
             if (arr) py_json(b, json_array_get(v, i), indent, level + 1, item_sep, key_sep, sort);
             else {
                 json_t *ks = json_string(keys[i]);
@@ -844,7 +1032,10 @@ static void py_json(lt_buf *b, json_t *v, int indent, int level, const char *ite
             }
         }
         free(keys);
-        if (indent >= 0) { lt_buf_putc(b, '\n'); for (int k = 0; k < indent * level; k++) lt_buf_putc(b, ' '); }
+        if (indent >= 0) {
+            lt_buf_putc(b, '\n');
+            for (int k = 0; k < indent * level; k++) lt_buf_putc(b, ' ');
+        }
         lt_buf_putc(b, arr ? ']' : '}');
     }
 }
@@ -886,7 +1077,11 @@ static size_t utf8_count(const char *s, size_t n) {
 /* byte offset of the k-th code point */
 static size_t utf8_offset(const char *s, size_t n, size_t k) {
     size_t i = 0;
-    while (i < n && k) { i++; while (i < n && ((unsigned char)s[i] & 0xC0) == 0x80) i++; k--; }
+    while (i < n && k) {
+        i++;
+        while (i < n && ((unsigned char)s[i] & 0xC0) == 0x80) i++;
+        k--;
+    }
     return i;
 }
 
@@ -902,16 +1097,27 @@ static json_t *lookup(scope *sc, const char *name) {
 }
 
 static int num(json_t *v, double *d) {
-    if (json_is_integer(v)) { *d = (double)json_integer_value(v); return 1; }
-    if (json_is_real(v)) { *d = json_real_value(v); return 1; }
-    if (json_is_boolean(v)) { *d = json_is_true(v); return 1; }
+    if (json_is_integer(v)) {
+        *d = (double)json_integer_value(v);
+        return 1;
+    }
+    if (json_is_real(v)) {
+        *d = json_real_value(v);
+        return 1;
+    }
+    if (json_is_boolean(v)) {
+        *d = json_is_true(v);
+        return 1;
+    }
     return 0;
 }
 
 static int equal(json_t *a, json_t *b) {
     if (!a || !b) return !a && !b;
     double x, y;
-    if ((json_is_number(a) || json_is_boolean(a)) && (json_is_number(b) || json_is_boolean(b)) && num(a, &x) && num(b, &y)) return x == y;
+    if ((json_is_number(a) || json_is_boolean(a)) && (json_is_number(b) || json_is_boolean(b)) && num(a, &x) &&
+        num(b, &y))
+        return x == y;
     return json_equal(a, b);
 }
 
@@ -923,7 +1129,8 @@ static const char *type_name(json_t *v) {
     case JSON_STRING: return "str";
     case JSON_INTEGER: return "int";
     case JSON_REAL: return "float";
-    case JSON_TRUE: case JSON_FALSE: return "bool";
+    case JSON_TRUE:
+    case JSON_FALSE: return "bool";
     default: return "NoneType";
     }
 }
@@ -931,7 +1138,10 @@ static const char *type_name(json_t *v) {
 /* a[k] / a.k */
 static json_t *get_item(json_t *a, json_t *k) {
     if (!a || !k) return NULL;
-    if (json_is_object(a) && json_is_string(k)) { json_t *v = json_object_get(a, json_string_value(k)); return v ? json_incref(v) : NULL; }
+    if (json_is_object(a) && json_is_string(k)) {
+        json_t *v = json_object_get(a, json_string_value(k));
+        return v ? json_incref(v) : NULL;
+    }
     if (json_is_array(a) && json_is_integer(k)) {
         long long i = json_integer_value(k), n = (long long)json_array_size(a);
         if (i < 0) i += n;
@@ -954,11 +1164,18 @@ static json_t *make_list_from(json_t *v) {
     /* list(x): lists, dict keys, string characters */
     json_t *l = json_array();
     if (json_is_array(v)) json_array_extend(l, v);
-    else if (json_is_object(v)) { const char *k; json_t *x; json_object_foreach(v, k, x) json_array_append_new(l, json_string(k)); }
-    else if (json_is_string(v)) {
+    else if (json_is_object(v)) {
+        const char *k;
+        json_t *x;
+        json_object_foreach(v, k, x) json_array_append_new(l, json_string(k));
+    } else if (json_is_string(v)) {
         const char *s = json_string_value(v);
         size_t n = json_string_length(v);
-        for (size_t i = 0; i < n;) { size_t e = utf8_offset(s + i, n - i, 1); json_array_append_new(l, json_stringn_nocheck(s + i, e)); i += e; }
+        for (size_t i = 0; i < n;) {
+            size_t e = utf8_offset(s + i, n - i, 1);
+            json_array_append_new(l, json_stringn_nocheck(s + i, e));
+            i += e;
+        }
     }
     return l;
 }
@@ -991,12 +1208,21 @@ static int apply_test(render *r, const char *name, json_t *v, json_t *arg, int *
     else if (!strcmp(name, "equalto") || !strcmp(name, "eq") || !strcmp(name, "sameas")) *res = equal(v, arg);
     else if (!strcmp(name, "ne")) *res = !equal(v, arg);
     else if (!strcmp(name, "odd") || !strcmp(name, "even")) {
-        if (!v || !json_is_integer(v)) { RERR(LT_ERR_DATA, "chat template: \"is %s\" needs an integer", name); return -1; }
+        if (!v || !json_is_integer(v)) {
+            RERR(LT_ERR_DATA, "chat template: \"is %s\" needs an integer", name);
+            return -1;
+        }
         *res = (json_integer_value(v) % 2 != 0) == (name[0] == 'o');
     } else if (!strcmp(name, "divisibleby")) {
-        if (!v || !json_is_integer(v) || !arg || !json_is_integer(arg) || !json_integer_value(arg)) { RERR(LT_ERR_DATA, "chat template: bad divisibleby"); return -1; }
+        if (!v || !json_is_integer(v) || !arg || !json_is_integer(arg) || !json_integer_value(arg)) {
+            RERR(LT_ERR_DATA, "chat template: bad divisibleby");
+            return -1;
+        }
         *res = json_integer_value(v) % json_integer_value(arg) == 0;
-    } else { RERR(LT_ERR_UNSUPPORTED, "chat template: the test \"is %s\" is not supported", name); return -1; }
+    } else {
+        RERR(LT_ERR_UNSUPPORTED, "chat template: the test \"is %s\" is not supported", name);
+        return -1;
+    }
     return 0;
 }
 
@@ -1014,7 +1240,10 @@ static json_t *replace_str(json_t *s, json_t *old, json_t *with) {
     size_t n = json_string_length(s), on = json_string_length(old), wn = json_string_length(with), i = 0;
     while (i <= n) {
         const char *hit = on ? memmem(p + i, n - i, o, on) : NULL;
-        if (!hit) { lt_buf_put(&b, p + i, n - i); break; }
+        if (!hit) {
+            lt_buf_put(&b, p + i, n - i);
+            break;
+        }
         lt_buf_put(&b, p + i, (size_t)(hit - (p + i)));
         lt_buf_put(&b, w, wn);
         i = (size_t)(hit - p) + on;
@@ -1035,21 +1264,32 @@ static json_t *apply_filter(render *r, scope *sc, node *f, json_t *v) {
         json_decref(s);
         json_decref(chars);
     } else if (!strcmp(name, "tojson")) {
-        json_t *ind = kwarg(r, sc, f, "indent", 0), *sk = kwarg(r, sc, f, "sort_keys", 99), *seps = kwarg(r, sc, f, "separators", 99);
+        json_t *ind = kwarg(r, sc, f, "indent", 0), *sk = kwarg(r, sc, f, "sort_keys", 99),
+               *seps = kwarg(r, sc, f, "separators", 99);
         int indent = ind && json_is_integer(ind) ? (int)json_integer_value(ind) : -1;
         const char *is = indent >= 0 ? "," : ", ", *ks = ": ";
-        if (seps && json_is_array(seps) && json_array_size(seps) == 2) { is = json_string_value(json_array_get(seps, 0)); ks = json_string_value(json_array_get(seps, 1)); }
+        if (seps && json_is_array(seps) && json_array_size(seps) == 2) {
+            is = json_string_value(json_array_get(seps, 0));
+            ks = json_string_value(json_array_get(seps, 1));
+        }
         lt_buf b = {0};
         py_json(&b, v, indent, 0, is ? is : ", ", ks ? ks : ": ", truthy(sk));
         res = json_stringn_nocheck(b.p ? b.p : "", b.n);
         free(b.p);
-        json_decref(ind); json_decref(sk); json_decref(seps);
+        json_decref(ind);
+        json_decref(sk);
+        json_decref(seps);
     } else if (!strcmp(name, "length") || !strcmp(name, "count")) {
-        size_t n = !v ? 0 : json_is_array(v) ? json_array_size(v) : json_is_object(v) ? json_object_size(v)
-                 : json_is_string(v) ? utf8_count(json_string_value(v), json_string_length(v)) : (size_t)-1;
-        if (n == (size_t)-1) return RERR(LT_ERR_DATA, "chat template: line %d: object of type %s has no length", f->line, type_name(v));
+        size_t n = !v                  ? 0
+                   : json_is_array(v)  ? json_array_size(v)
+                   : json_is_object(v) ? json_object_size(v)
+                   : json_is_string(v) ? utf8_count(json_string_value(v), json_string_length(v))
+                                       : (size_t)-1;
+        if (n == (size_t)-1)
+            return RERR(LT_ERR_DATA, "chat template: line %d: object of type %s has no length", f->line, type_name(v));
         res = json_integer((json_int_t)n);
-    } else if (!strcmp(name, "upper") || !strcmp(name, "lower") || !strcmp(name, "capitalize") || !strcmp(name, "title")) {
+    } else if (!strcmp(name, "upper") || !strcmp(name, "lower") || !strcmp(name, "capitalize") ||
+               !strcmp(name, "title")) {
         json_t *s = v && json_is_string(v) ? json_incref(v) : to_string(v);
         char *c = strndup(json_string_value(s), json_string_length(s));
         size_t n = json_string_length(s);
@@ -1066,7 +1306,10 @@ static json_t *apply_filter(render *r, scope *sc, node *f, json_t *v) {
     } else if (!strcmp(name, "default") || !strcmp(name, "d")) {
         json_t *dv = kwarg(r, sc, f, "default_value", 0), *bo = kwarg(r, sc, f, "boolean", 1);
         if (!v || (truthy(bo) && !truthy(v))) res = dv ? dv : json_string("");
-        else { res = json_incref(v); json_decref(dv); }
+        else {
+            res = json_incref(v);
+            json_decref(dv);
+        }
         json_decref(bo);
     } else if (!strcmp(name, "join")) {
         json_t *sep = kwarg(r, sc, f, "d", 0);
@@ -1099,29 +1342,51 @@ static json_t *apply_filter(render *r, scope *sc, node *f, json_t *v) {
     } else if (!strcmp(name, "replace")) {
         json_t *a = kwarg(r, sc, f, "old", 0), *b = kwarg(r, sc, f, "new", 1);
         json_t *s = v && json_is_string(v) ? json_incref(v) : to_string(v);
-        if (!a || !b || !json_is_string(a) || !json_is_string(b)) res = RERR(LT_ERR_DATA, "chat template: replace needs two strings");
+        if (!a || !b || !json_is_string(a) || !json_is_string(b))
+            res = RERR(LT_ERR_DATA, "chat template: replace needs two strings");
         else res = replace_str(s, a, b);
-        json_decref(a); json_decref(b); json_decref(s);
+        json_decref(a);
+        json_decref(b);
+        json_decref(s);
     } else if (!strcmp(name, "reverse")) {
         json_t *l = v ? make_list_from(v) : json_array();
         res = json_array();
         for (size_t i = json_array_size(l); i > 0; i--) json_array_append(res, json_array_get(l, i - 1));
         json_decref(l);
-        if (v && json_is_string(v)) { json_t *j = json_array(); json_array_append_new(j, res); lt_buf b = {0}; size_t i; json_t *x; json_array_foreach(res, i, x) py_str(&b, x); res = json_stringn_nocheck(b.p ? b.p : "", b.n); free(b.p); json_decref(j); }
+        if (v && json_is_string(v)) {
+            json_t *j = json_array();
+            json_array_append_new(j, res);
+            lt_buf b = {0};
+            size_t i;
+            json_t *x;
+            json_array_foreach(res, i, x) py_str(&b, x);
+            res = json_stringn_nocheck(b.p ? b.p : "", b.n);
+            free(b.p);
+            json_decref(j);
+        }
     } else if (!strcmp(name, "items")) {
         res = json_array();
         const char *k;
         json_t *x;
-        if (v && json_is_object(v)) json_object_foreach(v, k, x) { json_t *p = json_array(); json_array_append_new(p, json_string(k)); json_array_append(p, x); json_array_append_new(res, p); }
-    } else if (!strcmp(name, "selectattr") || !strcmp(name, "rejectattr") || !strcmp(name, "select") || !strcmp(name, "reject") ||
-               !strcmp(name, "map")) {
+        if (v && json_is_object(v)) json_object_foreach(v, k, x) {
+                json_t *p = json_array();
+                json_array_append_new(p, json_string(k));
+                json_array_append(p, x);
+                json_array_append_new(res, p);
+            }
+    } else if (!strcmp(name, "selectattr") || !strcmp(name, "rejectattr") || !strcmp(name, "select") ||
+               !strcmp(name, "reject") || !strcmp(name, "map")) {
         int is_map = !strcmp(name, "map"), attr = strstr(name, "attr") != NULL, want = name[0] == 's';
         res = json_array();
         json_t *l = v ? make_list_from(v) : json_array(), *x;
         size_t i;
         json_t *a0 = NULL, *test = NULL, *targ = NULL;
         if (is_map) a0 = kwarg(r, sc, f, "attribute", 99);
-        if (is_map && !a0) { json_decref(l); json_decref(res); return RERR(LT_ERR_UNSUPPORTED, "chat template: line %d: map() is supported with attribute= only", f->line); }
+        if (is_map && !a0) {
+            json_decref(l);
+            json_decref(res);
+            return RERR(LT_ERR_UNSUPPORTED, "chat template: line %d: map() is supported with attribute= only", f->line);
+        }
         if (!is_map) {
             int p = 0;
             if (attr) a0 = kwarg(r, sc, f, "", p++);
@@ -1130,14 +1395,26 @@ static json_t *apply_filter(render *r, scope *sc, node *f, json_t *v) {
         }
         json_array_foreach(l, i, x) {
             json_t *val = a0 ? get_item(x, a0) : json_incref(x);
-            if (is_map) { if (val) json_array_append(res, val); else json_array_append_new(res, json_null()); json_decref(val); continue; }
+            if (is_map) {
+                if (val) json_array_append(res, val);
+                else json_array_append_new(res, json_null());
+                json_decref(val);
+                continue;
+            }
             int t;
-            if (test) { if (apply_test(r, json_string_value(test), val, targ, &t)) { json_decref(val); break; } }
-            else t = truthy(val);
+            if (test) {
+                if (apply_test(r, json_string_value(test), val, targ, &t)) {
+                    json_decref(val);
+                    break;
+                }
+            } else t = truthy(val);
             if (t == want) json_array_append(res, x);
             json_decref(val);
         }
-        json_decref(l); json_decref(a0); json_decref(test); json_decref(targ);
+        json_decref(l);
+        json_decref(a0);
+        json_decref(test);
+        json_decref(targ);
     } else if (!strcmp(name, "safe") || !strcmp(name, "e") || !strcmp(name, "escape")) {
         if (name[0] != 's') return RERR(LT_ERR_UNSUPPORTED, "chat template: the filter \"%s\" is not supported", name);
         res = v ? json_incref(v) : json_string("");
@@ -1205,15 +1482,19 @@ static json_t *call_method(render *r, scope *sc, node *call, json_t *obj, const 
         }
         if (!strcmp(m, "replace")) {
             json_t *a = kwarg(r, sc, call, "old", 0), *b = kwarg(r, sc, call, "new", 1), *res;
-            if (!a || !b || !json_is_string(a) || !json_is_string(b)) res = RERR(LT_ERR_DATA, "chat template: replace needs two strings");
+            if (!a || !b || !json_is_string(a) || !json_is_string(b))
+                res = RERR(LT_ERR_DATA, "chat template: replace needs two strings");
             else res = replace_str(obj, a, b);
-            json_decref(a); json_decref(b);
+            json_decref(a);
+            json_decref(b);
             return res;
         }
         if (!strcmp(m, "find")) {
             json_t *a = kwarg(r, sc, call, "sub", 0);
             const char *s = json_string_value(obj);
-            const char *hit = a && json_is_string(a) ? memmem(s, json_string_length(obj), json_string_value(a), json_string_length(a)) : NULL;
+            const char *hit = a && json_is_string(a)
+                                  ? memmem(s, json_string_length(obj), json_string_value(a), json_string_length(a))
+                                  : NULL;
             json_decref(a);
             return json_integer(hit ? (json_int_t)utf8_count(s, (size_t)(hit - s)) : -1);
         }
@@ -1225,7 +1506,12 @@ static json_t *call_method(render *r, scope *sc, node *call, json_t *obj, const 
             json_object_foreach(obj, k, x) {
                 if (m[0] == 'k') json_array_append_new(res, json_string(k));
                 else if (m[0] == 'v') json_array_append(res, x);
-                else { json_t *p = json_array(); json_array_append_new(p, json_string(k)); json_array_append(p, x); json_array_append_new(res, p); }
+                else {
+                    json_t *p = json_array();
+                    json_array_append_new(p, json_string(k));
+                    json_array_append(p, x);
+                    json_array_append_new(res, p);
+                }
             }
             return res;
         }
@@ -1233,23 +1519,31 @@ static json_t *call_method(render *r, scope *sc, node *call, json_t *obj, const 
             json_t *k = kwarg(r, sc, call, "key", 0), *d = kwarg(r, sc, call, "default", 1);
             json_t *v = k && json_is_string(k) ? json_object_get(obj, json_string_value(k)) : NULL;
             json_decref(k);
-            if (v) { json_decref(d); return json_incref(v); }
+            if (v) {
+                json_decref(d);
+                return json_incref(v);
+            }
             return d ? d : json_null();
         }
     }
-    return RERR(LT_ERR_UNSUPPORTED, "chat template: line %d: the method %s.%s() is not supported", call->line, type_name(obj), m);
+    return RERR(LT_ERR_UNSUPPORTED, "chat template: line %d: the method %s.%s() is not supported", call->line,
+                type_name(obj), m);
 }
 
 static json_t *call_fn(render *r, scope *sc, node *call) {
     node *fn = call->a;
     if (fn->kind == E_ATTR) {
         json_t *obj = eval(r, sc, fn->a);
-        if (r->failed) { json_decref(obj); return NULL; }
+        if (r->failed) {
+            json_decref(obj);
+            return NULL;
+        }
         json_t *res = call_method(r, sc, call, obj, fn->s);
         json_decref(obj);
         return res;
     }
-    if (fn->kind != E_NAME) return RERR(LT_ERR_UNSUPPORTED, "chat template: line %d: this call is not supported", call->line);
+    if (fn->kind != E_NAME)
+        return RERR(LT_ERR_UNSUPPORTED, "chat template: line %d: this call is not supported", call->line);
     const char *name = fn->s;
     for (int m = r->n_macros - 1; m >= 0; m--) {
         node *mac = r->macros[m];
@@ -1259,9 +1553,15 @@ static json_t *call_fn(render *r, scope *sc, node *call) {
         int pos = 0;
         for (int i = 0; i < call->args.n && !r->failed; i++) {
             int k = -1;
-            if (call->kw && call->kw[i]) { for (int q = 0; q < mac->np; q++) if (!strcmp(mac->pnames[q], call->kw[i])) k = q; }
-            else k = pos++ < mac->np ? pos - 1 : -1;
-            if (k < 0) { json_decref(ms.vars); return RERR(LT_ERR_DATA, "chat template: line %d: macro %s got an unexpected argument", call->line, name); }
+            if (call->kw && call->kw[i]) {
+                for (int q = 0; q < mac->np; q++)
+                    if (!strcmp(mac->pnames[q], call->kw[i])) k = q;
+            } else k = pos++ < mac->np ? pos - 1 : -1;
+            if (k < 0) {
+                json_decref(ms.vars);
+                return RERR(LT_ERR_DATA, "chat template: line %d: macro %s got an unexpected argument", call->line,
+                            name);
+            }
             json_t *v = eval(r, sc, call->args.v[i]);
             if (v) json_object_set_new(ms.vars, mac->pnames[k], v);
         }
@@ -1305,7 +1605,11 @@ static json_t *call_fn(render *r, scope *sc, node *call) {
     if (!strcmp(name, "namespace") || !strcmp(name, "dict")) {
         json_t *o = json_object();
         for (int i = 0; i < call->args.n; i++) {
-            if (!call->kw || !call->kw[i]) { json_decref(o); return RERR(LT_ERR_UNSUPPORTED, "chat template: line %d: %s() takes keyword arguments only here", call->line, name); }
+            if (!call->kw || !call->kw[i]) {
+                json_decref(o);
+                return RERR(LT_ERR_UNSUPPORTED, "chat template: line %d: %s() takes keyword arguments only here",
+                            call->line, name);
+            }
             json_t *v = eval(r, sc, call->args.v[i]);
             json_object_set_new(o, call->kw[i], v ? v : json_null());
         }
@@ -1315,9 +1619,14 @@ static json_t *call_fn(render *r, scope *sc, node *call) {
     if (!strcmp(name, "range")) {
         json_t *a = kwarg(r, sc, call, "", 0), *b = kwarg(r, sc, call, "", 1), *c = kwarg(r, sc, call, "", 2);
         long long lo = 0, hi, st = 1;
-        if (b) { lo = json_integer_value(a); hi = json_integer_value(b); } else hi = json_integer_value(a);
+        if (b) {
+            lo = json_integer_value(a);
+            hi = json_integer_value(b);
+        } else hi = json_integer_value(a);
         if (c) st = json_integer_value(c);
-        json_decref(a); json_decref(b); json_decref(c);
+        json_decref(a);
+        json_decref(b);
+        json_decref(c);
         if (st == 0 || (hi - lo) / st > 1000000) return RERR(LT_ERR_DATA, "chat template: bad range()");
         json_t *l = json_array();
         for (long long i = lo; st > 0 ? i < hi : i > hi; i += st) json_array_append_new(l, json_integer(i));
@@ -1341,18 +1650,28 @@ static json_t *binop(render *r, node *n, json_t *a, json_t *b) {
     if (!strcmp(op, "!=")) return json_boolean(!equal(a, b));
     if (!strcmp(op, "in") || !strcmp(op, "notin")) {
         int hit = 0;
-        if (b && json_is_string(b) && a && json_is_string(a)) hit = memmem(json_string_value(b), json_string_length(b), json_string_value(a), json_string_length(a)) != NULL || !json_string_length(a);
-        else if (b && json_is_array(b)) { size_t i; json_t *x; json_array_foreach(b, i, x) if (equal(a, x)) hit = 1; }
-        else if (b && json_is_object(b) && a && json_is_string(a)) hit = json_object_get(b, json_string_value(a)) != NULL;
+        if (b && json_is_string(b) && a && json_is_string(a))
+            hit = memmem(json_string_value(b), json_string_length(b), json_string_value(a), json_string_length(a)) !=
+                      NULL ||
+                  !json_string_length(a);
+        else if (b && json_is_array(b)) {
+            size_t i;
+            json_t *x;
+            json_array_foreach(b, i, x) if (equal(a, x)) hit = 1;
+        } else if (b && json_is_object(b) && a && json_is_string(a))
+            hit = json_object_get(b, json_string_value(a)) != NULL;
         else if (!b || !(json_is_object(b) || json_is_array(b) || json_is_string(b)))
-            return RERR(LT_ERR_DATA, "chat template: line %d: argument of type %s is not iterable", n->line, type_name(b));
+            return RERR(LT_ERR_DATA, "chat template: line %d: argument of type %s is not iterable", n->line,
+                        type_name(b));
         return json_boolean(op[0] == 'i' ? hit : !hit);
     }
     if (op[0] == '<' || op[0] == '>') {
         int c;
         if (a && b && json_is_string(a) && json_is_string(b)) c = strcmp(json_string_value(a), json_string_value(b));
         else if (a && b && num(a, &x) && num(b, &y)) c = x < y ? -1 : x > y;
-        else return RERR(LT_ERR_DATA, "chat template: line %d: cannot compare %s and %s", n->line, type_name(a), type_name(b));
+        else
+            return RERR(LT_ERR_DATA, "chat template: line %d: cannot compare %s and %s", n->line, type_name(a),
+                        type_name(b));
         int res = !strcmp(op, "<") ? c < 0 : !strcmp(op, "<=") ? c <= 0 : !strcmp(op, ">") ? c > 0 : c >= 0;
         return json_boolean(res);
     }
@@ -1365,7 +1684,11 @@ static json_t *binop(render *r, node *n, json_t *a, json_t *b) {
             free(s.p);
             return res;
         }
-        if (a && b && json_is_array(a) && json_is_array(b)) { json_t *l = json_copy(a); json_array_extend(l, b); return l; }
+        if (a && b && json_is_array(a) && json_is_array(b)) {
+            json_t *l = json_copy(a);
+            json_array_extend(l, b);
+            return l;
+        }
     }
     if (a && b && num(a, &x) && num(b, &y) && !json_is_string(a) && !json_is_string(b)) {
         int ints = (json_is_integer(a) || json_is_boolean(a)) && (json_is_integer(b) || json_is_boolean(b));
@@ -1373,23 +1696,35 @@ static json_t *binop(render *r, node *n, json_t *a, json_t *b) {
         if (!strcmp(op, "+")) return ints ? json_integer(i + j) : json_real(x + y);
         if (!strcmp(op, "-")) return ints ? json_integer(i - j) : json_real(x - y);
         if (!strcmp(op, "*")) return ints ? json_integer(i * j) : json_real(x * y);
-        if (!strcmp(op, "/")) { if (y == 0) return RERR(LT_ERR_DATA, "chat template: division by zero"); return json_real(x / y); }
-        if (!strcmp(op, "//")) { if (y == 0) return RERR(LT_ERR_DATA, "chat template: division by zero"); return ints ? json_integer((long long)floor(x / y)) : json_real(floor(x / y)); }
+        if (!strcmp(op, "/")) {
+            if (y == 0) return RERR(LT_ERR_DATA, "chat template: division by zero");
+            return json_real(x / y);
+        }
+        if (!strcmp(op, "//")) {
+            if (y == 0) return RERR(LT_ERR_DATA, "chat template: division by zero");
+            return ints ? json_integer((long long)floor(x / y)) : json_real(floor(x / y));
+        }
         if (!strcmp(op, "%")) {
             if (y == 0) return RERR(LT_ERR_DATA, "chat template: modulo by zero");
-            if (ints) { long long m = i % j; if (m && ((m < 0) != (j < 0))) m += j; return json_integer(m); }
+            if (ints) {
+                long long m = i % j;
+                if (m && ((m < 0) != (j < 0))) m += j;
+                return json_integer(m);
+            }
             return json_real(x - y * floor(x / y));
         }
         if (!strcmp(op, "**")) return ints && j >= 0 ? json_integer((long long)pow(x, y)) : json_real(pow(x, y));
     }
     if (!strcmp(op, "*") && a && b && json_is_string(a) && json_is_integer(b)) {
         lt_buf s = {0};
-        for (long long k = 0; k < json_integer_value(b); k++) lt_buf_put(&s, json_string_value(a), json_string_length(a));
+        for (long long k = 0; k < json_integer_value(b); k++)
+            lt_buf_put(&s, json_string_value(a), json_string_length(a));
         json_t *res = json_stringn_nocheck(s.p ? s.p : "", s.n);
         free(s.p);
         return res;
     }
-    return RERR(LT_ERR_DATA, "chat template: line %d: unsupported operand types for %s: %s and %s", n->line, op, type_name(a), type_name(b));
+    return RERR(LT_ERR_DATA, "chat template: line %d: unsupported operand types for %s: %s and %s", n->line, op,
+                type_name(a), type_name(b));
 }
 
 static json_t *eval(render *r, scope *sc, node *n) {
@@ -1404,11 +1739,18 @@ static json_t *eval(render *r, scope *sc, node *n) {
             if (!strcmp(n->s, builtins[k])) v = json_sprintf("<function %s>", n->s);
         return v;
     }
-    case E_ATTR: case E_ITEM: {
+    case E_ATTR:
+    case E_ITEM: {
         a = eval(r, sc, n->a);
-        if (r->failed) { json_decref(a); return NULL; }
-        if (!a) return RERR(LT_ERR_DATA, "chat template: line %d: '%s' is undefined",
-                            n->line, n->a->kind == E_NAME ? n->a->s : n->a->kind == E_ATTR ? n->a->s : "value");
+        if (r->failed) {
+            json_decref(a);
+            return NULL;
+        }
+        if (!a)
+            return RERR(LT_ERR_DATA, "chat template: line %d: '%s' is undefined", n->line,
+                        n->a->kind == E_NAME   ? n->a->s
+                        : n->a->kind == E_ATTR ? n->a->s
+                                               : "value");
         b = n->kind == E_ATTR ? json_string(n->s) : eval(r, sc, n->b);
         res = get_item(a, b);
         json_decref(a);
@@ -1427,10 +1769,16 @@ static json_t *eval(render *r, scope *sc, node *n) {
             long long H = hi && json_is_integer(hi) ? json_integer_value(hi) : (step > 0 ? len : -len - 1);
             if (lo && json_is_integer(lo) && L < 0) L += len;
             if (hi && json_is_integer(hi) && H < 0) H += len;
-            if (step > 0) { i0 = L < 0 ? 0 : L > len ? len : L; i1 = H < 0 ? 0 : H > len ? len : H; }
-            else { i0 = L < -1 ? -1 : L > len - 1 ? len - 1 : L; i1 = H < -1 ? -1 : H > len - 1 ? len - 1 : H; }
+            if (step > 0) {
+                i0 = L < 0 ? 0 : L > len ? len : L;
+                i1 = H < 0 ? 0 : H > len ? len : H;
+            } else {
+                i0 = L < -1 ? -1 : L > len - 1 ? len - 1 : L;
+                i1 = H < -1 ? -1 : H > len - 1 ? len - 1 : H;
+            }
             json_t *out = json_array();
-            for (long long i = i0; step > 0 ? i < i1 : i > i1; i += step) json_array_append(out, json_array_get(l, (size_t)i));
+            for (long long i = i0; step > 0 ? i < i1 : i > i1; i += step)
+                json_array_append(out, json_array_get(l, (size_t)i));
             if (json_is_string(a)) {
                 lt_buf s = {0};
                 size_t i;
@@ -1443,13 +1791,19 @@ static json_t *eval(render *r, scope *sc, node *n) {
             json_decref(l);
             res = out;
         } else if (!r->failed) RERR(LT_ERR_DATA, "chat template: line %d: cannot slice %s", n->line, type_name(a));
-        json_decref(a); json_decref(lo); json_decref(hi); json_decref(st);
+        json_decref(a);
+        json_decref(lo);
+        json_decref(hi);
+        json_decref(st);
         return res;
     }
     case E_CALL: return call_fn(r, sc, n);
     case E_FILTER:
         a = eval(r, sc, n->a);
-        if (r->failed) { json_decref(a); return NULL; }
+        if (r->failed) {
+            json_decref(a);
+            return NULL;
+        }
         res = apply_filter(r, sc, n, a);
         json_decref(a);
         return res;
@@ -1462,24 +1816,36 @@ static json_t *eval(render *r, scope *sc, node *n) {
         json_decref(b);
         return r->failed ? NULL : json_boolean(n->negate ? !t : t);
     }
-    case E_NOT: a = eval(r, sc, n->a); res = json_boolean(!truthy(a)); json_decref(a); return r->failed ? (json_decref(res), NULL) : res;
+    case E_NOT:
+        a = eval(r, sc, n->a);
+        res = json_boolean(!truthy(a));
+        json_decref(a);
+        return r->failed ? (json_decref(res), NULL) : res;
     case E_NEG: {
         a = eval(r, sc, n->a);
         double d;
-        res = a && json_is_integer(a) ? json_integer(-json_integer_value(a)) : a && num(a, &d) ? json_real(-d)
-            : RERR(LT_ERR_DATA, "chat template: line %d: bad operand for unary -", n->line);
+        res = a && json_is_integer(a) ? json_integer(-json_integer_value(a))
+              : a && num(a, &d)       ? json_real(-d)
+                                      : RERR(LT_ERR_DATA, "chat template: line %d: bad operand for unary -", n->line);
         json_decref(a);
         return res;
     }
-    case E_AND: case E_OR:
+    case E_AND:
+    case E_OR:
         a = eval(r, sc, n->a);
-        if (r->failed) { json_decref(a); return NULL; }
+        if (r->failed) {
+            json_decref(a);
+            return NULL;
+        }
         if ((n->kind == E_AND) != truthy(a)) return a ? a : NULL; /* short circuit returns the operand */
         json_decref(a);
         return eval(r, sc, n->b);
     case E_COND:
         b = eval(r, sc, n->b);
-        if (r->failed) { json_decref(b); return NULL; }
+        if (r->failed) {
+            json_decref(b);
+            return NULL;
+        }
         {
             int t = truthy(b);
             json_decref(b);
@@ -1494,7 +1860,10 @@ static json_t *eval(render *r, scope *sc, node *n) {
         return res;
     case E_LIST:
         res = json_array();
-        for (int i = 0; i < n->args.n; i++) { a = eval(r, sc, n->args.v[i]); json_array_append_new(res, a ? a : json_null()); }
+        for (int i = 0; i < n->args.n; i++) {
+            a = eval(r, sc, n->args.v[i]);
+            json_array_append_new(res, a ? a : json_null());
+        }
         return res;
     case E_DICT:
         res = json_object();
@@ -1502,7 +1871,11 @@ static json_t *eval(render *r, scope *sc, node *n) {
             a = eval(r, sc, n->args.v[i]);
             b = eval(r, sc, n->args.v[i + 1]);
             if (a && json_is_string(a)) json_object_set_new(res, json_string_value(a), b ? b : json_null());
-            else { json_decref(b); if (!r->failed) RERR(LT_ERR_UNSUPPORTED, "chat template: line %d: dict keys must be strings here", n->line); }
+            else {
+                json_decref(b);
+                if (!r->failed)
+                    RERR(LT_ERR_UNSUPPORTED, "chat template: line %d: dict keys must be strings here", n->line);
+            }
             json_decref(a);
         }
         return res;
@@ -1511,22 +1884,34 @@ static json_t *eval(render *r, scope *sc, node *n) {
 }
 
 static void emit(render *r, const char *s, size_t n) {
-    if (lt_buf_put(r->out, s, n)) { RERR(LT_ERR_NOMEM, "out of memory"); return; }
-    if (r->mask) for (size_t i = 0; i < n; i++) lt_buf_putc(r->mask, (char)(r->gen > 0));
+    if (lt_buf_put(r->out, s, n)) {
+        RERR(LT_ERR_NOMEM, "out of memory");
+        return;
+    }
+    if (r->mask)
+        for (size_t i = 0; i < n; i++) lt_buf_putc(r->mask, (char)(r->gen > 0));
 }
 
 static void exec_nodes(render *r, scope *sc, nodes *v);
 
-static void set_var(scope *sc, const char *name, json_t *v) { json_object_set_new(sc->vars, name, v ? v : json_null()); }
+static void set_var(scope *sc, const char *name, json_t *v) {
+    json_object_set_new(sc->vars, name, v ? v : json_null());
+}
 
 static void exec_node(render *r, scope *sc, node *n) {
     if (r->failed || r->brk || r->cont) return;
-    if (++r->steps > 50000000) { RERR(LT_ERR_DATA, "chat template: too many steps (a runaway loop?)"); return; }
+    if (++r->steps > 50000000) {
+        RERR(LT_ERR_DATA, "chat template: too many steps (a runaway loop?)");
+        return;
+    }
     switch (n->kind) {
     case N_TEXT: emit(r, n->text, n->slen); return;
     case N_OUT: {
         json_t *v = eval(r, sc, n->a);
-        if (r->failed) { json_decref(v); return; }
+        if (r->failed) {
+            json_decref(v);
+            return;
+        }
         lt_buf b = {0};
         py_str(&b, v);
         emit(r, b.p ? b.p : "", b.n);
@@ -1543,10 +1928,18 @@ static void exec_node(render *r, scope *sc, node *n) {
     }
     case N_SET: {
         json_t *v = eval(r, sc, n->a);
-        if (r->failed) { json_decref(v); return; }
+        if (r->failed) {
+            json_decref(v);
+            return;
+        }
         if (n->s) { /* ns.attr = v */
             json_t *ns = lookup(sc, n->targets[0]);
-            if (!ns || !is_namespace(r, ns)) { json_decref(ns); json_decref(v); RERR(LT_ERR_DATA, "chat template: line %d: \"%s\" is not a namespace", n->line, n->targets[0]); return; }
+            if (!ns || !is_namespace(r, ns)) {
+                json_decref(ns);
+                json_decref(v);
+                RERR(LT_ERR_DATA, "chat template: line %d: \"%s\" is not a namespace", n->line, n->targets[0]);
+                return;
+            }
             json_object_set_new(ns, n->s, v ? v : json_null());
             json_decref(ns);
         } else if (v) set_var(sc, n->targets[0], v);
@@ -1570,7 +1963,10 @@ static void exec_node(render *r, scope *sc, node *n) {
         r->gen--;
         return;
     case N_MACRO:
-        if (r->n_macros == 32) { RERR(LT_ERR_UNSUPPORTED, "chat template: more than 32 macros"); return; }
+        if (r->n_macros == 32) {
+            RERR(LT_ERR_UNSUPPORTED, "chat template: more than 32 macros");
+            return;
+        }
         r->macros[r->n_macros++] = n;
         set_var(sc, n->s, json_sprintf("<macro %s>", n->s));
         return;
@@ -1578,14 +1974,18 @@ static void exec_node(render *r, scope *sc, node *n) {
     case N_CONTINUE: r->cont = 1; return;
     case N_FOR: {
         json_t *it = eval(r, sc, n->a);
-        if (r->failed) { json_decref(it); return; }
+        if (r->failed) {
+            json_decref(it);
+            return;
+        }
         if (it && !json_is_array(it) && !json_is_object(it) && !json_is_string(it)) {
             RERR(LT_ERR_DATA, "chat template: line %d: %s is not iterable", n->line, type_name(it));
             json_decref(it);
             return;
         }
         json_t *l = it ? make_list_from(it) : json_array();
-        if (it && json_is_object(it) && n->ntargets == 1) { /* iterating a dict gives its keys */ }
+        if (it && json_is_object(it) && n->ntargets == 1) { /* iterating a dict gives its keys */
+        }
         json_decref(it);
         /* the inline `if` filters items before loop.* is computed */
         if (n->b) {
@@ -1595,7 +1995,9 @@ static void exec_node(render *r, scope *sc, node *n) {
             json_array_foreach(l, i, x) {
                 scope s2 = {json_object(), sc};
                 if (n->ntargets == 1) set_var(&s2, n->targets[0], json_incref(x));
-                else for (int k = 0; k < n->ntargets; k++) set_var(&s2, n->targets[k], json_incref(json_array_get(x, (size_t)k)));
+                else
+                    for (int k = 0; k < n->ntargets; k++)
+                        set_var(&s2, n->targets[k], json_incref(json_array_get(x, (size_t)k)));
                 json_t *c = eval(r, &s2, n->b);
                 if (truthy(c)) json_array_append(kept, x);
                 json_decref(c);
@@ -1610,11 +2012,17 @@ static void exec_node(render *r, scope *sc, node *n) {
             json_t *x = json_array_get(l, i);
             if (n->ntargets == 1) set_var(&s2, n->targets[0], json_incref(x));
             else {
-                if (!json_is_array(x) || json_array_size(x) != (size_t)n->ntargets) { RERR(LT_ERR_DATA, "chat template: line %d: cannot unpack a loop item into %d names", n->line, n->ntargets); json_decref(s2.vars); break; }
-                for (int k = 0; k < n->ntargets; k++) set_var(&s2, n->targets[k], json_incref(json_array_get(x, (size_t)k)));
+                if (!json_is_array(x) || json_array_size(x) != (size_t)n->ntargets) {
+                    RERR(LT_ERR_DATA, "chat template: line %d: cannot unpack a loop item into %d names", n->line,
+                         n->ntargets);
+                    json_decref(s2.vars);
+                    break;
+                }
+                for (int k = 0; k < n->ntargets; k++)
+                    set_var(&s2, n->targets[k], json_incref(json_array_get(x, (size_t)k)));
             }
-            json_t *loop = json_pack("{s:I,s:I,s:b,s:b,s:I,s:I,s:I}", "index", (json_int_t)i + 1, "index0", (json_int_t)i,
-                                     "first", i == 0, "last", i + 1 == len, "length", (json_int_t)len,
+            json_t *loop = json_pack("{s:I,s:I,s:b,s:b,s:I,s:I,s:I}", "index", (json_int_t)i + 1, "index0",
+                                     (json_int_t)i, "first", i == 0, "last", i + 1 == len, "length", (json_int_t)len,
                                      "revindex", (json_int_t)(len - i), "revindex0", (json_int_t)(len - i - 1));
             if (i > 0) json_object_set(loop, "previtem", json_array_get(l, i - 1));
             if (i + 1 < len) json_object_set(loop, "nextitem", json_array_get(l, i + 1));
@@ -1622,7 +2030,10 @@ static void exec_node(render *r, scope *sc, node *n) {
             exec_nodes(r, &s2, &n->body);
             json_decref(s2.vars);
             r->cont = 0;
-            if (r->brk) { r->brk = 0; break; }
+            if (r->brk) {
+                r->brk = 0;
+                break;
+            }
         }
         if (len == 0 && !r->failed) exec_nodes(r, sc, &n->orelse);
         json_decref(l);
@@ -1686,16 +2097,20 @@ static lt_status render_once(struct lt_tokenizer *t, json_t *messages, int agp, 
     return st;
 }
 
-lt_status lt_tok_render(struct lt_tokenizer *t, json_t *messages, int add_generation_prompt, lt_buf *text, lt_buf *mask) {
+lt_status lt_tok_render(struct lt_tokenizer *t, json_t *messages, int add_generation_prompt, lt_buf *text,
+                        lt_buf *mask) {
     lt_error *err = lt_tok_error(t);
     const char *tmpl = lt_tok_chat_template(t);
     if (!tmpl) return lt_fail(err, LT_ERR_MISSING, "the tokenizer has no chat_template (tokenizer_config.json)");
     if (!json_is_array(messages)) return lt_fail(err, LT_ERR_DATA, "messages must be a JSON array");
     size_t i;
     json_t *m;
-    json_array_foreach(messages, i, m)
-        if (!json_is_object(m) || !json_is_string(json_object_get(m, "role")))
-            return lt_fail(err, LT_ERR_DATA, "messages[%zu] must be an object with a string \"role\"", i);
+    json_array_foreach(messages, i,
+                       m) if (!json_is_object(m) ||
+                              !json_is_string(json_object_get(
+                                  m, "role"))) return lt_fail(err, LT_ERR_DATA,
+                                                              "messages[%zu] must be an object with a string \"role\"",
+                                                              i);
     lt_status st = render_once(t, messages, add_generation_prompt, text, mask);
     if (st || !mask || strstr(tmpl, "endgeneration")) return st;
     /* No generation blocks: an assistant message's text is what it adds to the rendering of the
@@ -1714,8 +2129,10 @@ lt_status lt_tok_render(struct lt_tokenizer *t, json_t *messages, int add_genera
         json_decref(b);
         if (st) break;
         if (pre.n > upto.n || memcmp(pre.p, upto.p, pre.n) || upto.n > text->n || memcmp(upto.p, text->p, upto.n)) {
-            st = lt_fail(err, LT_ERR_UNSUPPORTED, "assistant mask: the template renders messages[%zu] differently in a "
-                                                  "shorter conversation; use a template with {%% generation %%} blocks", i);
+            st = lt_fail(err, LT_ERR_UNSUPPORTED,
+                         "assistant mask: the template renders messages[%zu] differently in a "
+                         "shorter conversation; use a template with {%% generation %%} blocks",
+                         i);
             break;
         }
         memset(mask->p + pre.n, 1, upto.n - pre.n);
@@ -1725,8 +2142,8 @@ lt_status lt_tok_render(struct lt_tokenizer *t, json_t *messages, int add_genera
     return st;
 }
 
-lt_status lt_tok_align_mask(struct lt_tokenizer *t, const char *text, size_t n, const char *bytemask, const int32_t *ids,
-                            size_t n_ids, int32_t *tokmask) {
+lt_status lt_tok_align_mask(struct lt_tokenizer *t, const char *text, size_t n, const char *bytemask,
+                            const int32_t *ids, size_t n_ids, int32_t *tokmask) {
     lt_buf b = {0};
     size_t pos = 0;
     lt_status st = LT_OK;
@@ -1735,7 +2152,8 @@ lt_status lt_tok_align_mask(struct lt_tokenizer *t, const char *text, size_t n, 
         if ((st = lt_tok_token_bytes(t, ids[i], &b))) break;
         size_t s = pos, e;
         if (b.n && pos + b.n <= n && !memcmp(text + pos, b.p, b.n)) e = pos + b.n;
-        else if (b.n && b.p[0] == ' ' && pos + b.n - 1 <= n && !memcmp(text + pos, b.p + 1, b.n - 1)) e = pos + b.n - 1; /* prepended ▁ */
+        else if (b.n && b.p[0] == ' ' && pos + b.n - 1 <= n && !memcmp(text + pos, b.p + 1, b.n - 1))
+            e = pos + b.n - 1; /* prepended ▁ */
         else if (b.n == 0) e = pos;
         else {
             /* characters the vocabulary cannot encode were dropped, or the normalizer changed a few:
@@ -1743,8 +2161,14 @@ lt_status lt_tok_align_mask(struct lt_tokenizer *t, const char *text, size_t n, 
              * nothing and takes the mask of where it stands */
             size_t win = n - pos < 64 ? n - pos : 64;
             const char *q = memmem(text + pos, win, b.p, b.n);
-            if (q) { s = (size_t)(q - text); e = s + b.n; }
-            else { e = pos; tokmask[i] = pos < n ? bytemask[pos] != 0 : 0; continue; }
+            if (q) {
+                s = (size_t)(q - text);
+                e = s + b.n;
+            } else {
+                e = pos;
+                tokmask[i] = pos < n ? bytemask[pos] != 0 : 0;
+                continue;
+            }
         }
         int hit = 0;
         for (size_t k = s; k < e; k++) hit |= bytemask[k] != 0;
@@ -1773,8 +2197,8 @@ LT_API lt_status lt_tokenizer_render_chat(lt_tokenizer *t, const char *messages_
     return LT_OK;
 }
 
-LT_API lt_status lt_tokenizer_encode_chat(lt_tokenizer *t, const char *messages_json, int add_generation_prompt, int32_t *ids,
-                                          int32_t *mask, size_t capacity, size_t *n_ids) {
+LT_API lt_status lt_tokenizer_encode_chat(lt_tokenizer *t, const char *messages_json, int add_generation_prompt,
+                                          int32_t *ids, int32_t *mask, size_t capacity, size_t *n_ids) {
     if (!t) return LT_ERR_ARGUMENT;
     lt_error *err = lt_tok_error(t);
     lt_error_clear(err);
@@ -1792,12 +2216,17 @@ LT_API lt_status lt_tokenizer_encode_chat(lt_tokenizer *t, const char *messages_
     if (!st) st = lt_tok_align_mask(t, text.p, text.n, bmask.p, v.p, v.n, tm);
     if (!st) {
         *n_ids = v.n;
-        if (v.n > capacity) { if (ids || mask) st = lt_fail(err, LT_ERR_SHAPE, "%zu token ids do not fit in a buffer of %zu", v.n, capacity); }
-        else {
+        if (v.n > capacity) {
+            if (ids || mask)
+                st = lt_fail(err, LT_ERR_SHAPE, "%zu token ids do not fit in a buffer of %zu", v.n, capacity);
+        } else {
             if (ids && v.n) memcpy(ids, v.p, v.n * sizeof *ids);
             if (mask && v.n) memcpy(mask, tm, v.n * sizeof *mask);
         }
     }
-    free(text.p); free(bmask.p); free(v.p); free(tm);
+    free(text.p);
+    free(bmask.p);
+    free(v.p);
+    free(tm);
     return st;
 }

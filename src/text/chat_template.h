@@ -9,7 +9,8 @@
 
 /* Render the tokenizer's chat template for messages (a JSON array); mask: 1 per byte of assistant
  * text (generation blocks, else per-message prefix differences). */
-lt_status lt_tok_render(struct lt_tokenizer *t, json_t *messages, int add_generation_prompt, lt_buf *text, lt_buf *mask);
+lt_status lt_tok_render(struct lt_tokenizer *t, json_t *messages, int add_generation_prompt, lt_buf *text,
+                        lt_buf *mask);
 /* Token-level mask from a byte mask of text: 1 where a token covers a masked byte. */
 lt_status lt_tok_align_mask(struct lt_tokenizer *t, const char *text, size_t n, const char *bytemask,
                             const int32_t *ids, size_t n_ids, int32_t *tokmask);

@@ -14,7 +14,12 @@
 #include "text/chat_template.h"
 
 static const lt_text_params k_defaults = {
-    .size = sizeof(lt_text_params), .max_len = 0, .completion_only = 1, .assistant_only = 1, .add_special = 1, .add_eos = 1,
+    .size = sizeof(lt_text_params),
+    .max_len = 0,
+    .completion_only = 1,
+    .assistant_only = 1,
+    .add_special = 1,
+    .add_eos = 1,
 };
 
 LT_API void lt_text_params_init(lt_text_params *p, size_t size) {
@@ -32,7 +37,8 @@ static lt_status with_eos(lt_tokenizer *t, const char *s, size_t n, int add_eos,
 }
 
 /* prompt/completion pair: strings or message lists */
-static lt_status encode_pair(lt_tokenizer *t, json_t *prompt, json_t *completion, const lt_text_params *p, lt_ivec *ids, lt_ivec *labels) {
+static lt_status encode_pair(lt_tokenizer *t, json_t *prompt, json_t *completion, const lt_text_params *p, lt_ivec *ids,
+                             lt_ivec *labels) {
     lt_error *err = lt_tok_error(t);
     lt_ivec pids = {0};
     lt_status st = LT_OK;
@@ -61,7 +67,8 @@ static lt_status encode_pair(lt_tokenizer *t, json_t *prompt, json_t *completion
     size_t plen = 0;
     while (!st && plen < pids.n && plen < ids->n && pids.p[plen] == ids->p[plen]) plen++;
     for (size_t i = 0; !st && i < ids->n; i++)
-        if (lt_ivec_push(labels, p->completion_only && i < plen ? -100 : ids->p[i])) st = lt_fail(err, LT_ERR_NOMEM, "out of memory");
+        if (lt_ivec_push(labels, p->completion_only && i < plen ? -100 : ids->p[i]))
+            st = lt_fail(err, LT_ERR_NOMEM, "out of memory");
     free(pids.p);
     return st;
 }
@@ -74,7 +81,8 @@ static lt_status encode_row(lt_tokenizer *t, json_t *row, const lt_text_params *
     lt_status st;
     if (json_is_string(text)) {
         lt_buf b = {0};
-        if (with_eos(t, json_string_value(text), json_string_length(text), p->add_eos, &b)) return lt_fail(err, LT_ERR_NOMEM, "out of memory");
+        if (with_eos(t, json_string_value(text), json_string_length(text), p->add_eos, &b))
+            return lt_fail(err, LT_ERR_NOMEM, "out of memory");
         st = lt_tok_encode_into(t, b.p, b.n, p->add_special, ids);
         free(b.p);
         for (size_t i = 0; !st && i < ids->n; i++)
@@ -82,7 +90,8 @@ static lt_status encode_row(lt_tokenizer *t, json_t *row, const lt_text_params *
         return st;
     }
     if (msgs) {
-        if (!json_is_array(msgs)) return lt_fail(err, LT_ERR_DATA, "\"messages\" must be a list of {\"role\", \"content\"} objects");
+        if (!json_is_array(msgs))
+            return lt_fail(err, LT_ERR_DATA, "\"messages\" must be a list of {\"role\", \"content\"} objects");
         lt_buf txt = {0}, mask = {0};
         int32_t *tm = NULL;
         st = lt_tok_render(t, msgs, 0, &txt, &mask);
@@ -90,7 +99,8 @@ static lt_status encode_row(lt_tokenizer *t, json_t *row, const lt_text_params *
         if (!st && !(tm = malloc((ids->n + 1) * sizeof *tm))) st = lt_fail(err, LT_ERR_NOMEM, "out of memory");
         if (!st) st = lt_tok_align_mask(t, txt.p, txt.n, mask.p, ids->p, ids->n, tm);
         for (size_t i = 0; !st && i < ids->n; i++)
-            if (lt_ivec_push(labels, p->assistant_only && !tm[i] ? -100 : ids->p[i])) st = lt_fail(err, LT_ERR_NOMEM, "out of memory");
+            if (lt_ivec_push(labels, p->assistant_only && !tm[i] ? -100 : ids->p[i]))
+                st = lt_fail(err, LT_ERR_NOMEM, "out of memory");
         free(txt.p);
         free(mask.p);
         free(tm);
@@ -104,26 +114,31 @@ static lt_status encode_row(lt_tokenizer *t, json_t *row, const lt_text_params *
         return st;
     }
     if (prompt && chosen) return encode_pair(t, prompt, chosen, p, ids, labels);
-    return lt_fail(err, LT_ERR_DATA, "the row has none of the dataset shapes {\"text\"}, {\"messages\"}, {\"prompt\", \"completion\"[, "
-                                     "\"label\"]}, {\"prompt\", \"chosen\", \"rejected\"}");
+    return lt_fail(err, LT_ERR_DATA,
+                   "the row has none of the dataset shapes {\"text\"}, {\"messages\"}, {\"prompt\", \"completion\"[, "
+                   "\"label\"]}, {\"prompt\", \"chosen\", \"rejected\"}");
 }
 
-LT_API lt_status lt_tokenizer_encode_row(lt_tokenizer *t, const char *row_json, const lt_text_params *params, int32_t *ids,
-                                         int32_t *labels, size_t capacity, size_t *n) {
+LT_API lt_status lt_tokenizer_encode_row(lt_tokenizer *t, const char *row_json, const lt_text_params *params,
+                                         int32_t *ids, int32_t *labels, size_t capacity, size_t *n) {
     if (!t) return LT_ERR_ARGUMENT;
     lt_error *err = lt_tok_error(t);
     lt_error_clear(err);
     if (!row_json || !n) return lt_fail(err, LT_ERR_ARGUMENT, "lt_tokenizer_encode_row: NULL argument");
     lt_text_params p = k_defaults;
     if (params) {
-        if (params->size < sizeof(size_t)) return lt_fail(err, LT_ERR_ARGUMENT, "lt_text_params: size not set (use lt_text_params_init)");
+        if (params->size < sizeof(size_t))
+            return lt_fail(err, LT_ERR_ARGUMENT, "lt_text_params: size not set (use lt_text_params_init)");
         memcpy(&p, params, params->size < sizeof p ? params->size : sizeof p);
     }
     if (p.max_len < 0) return lt_fail(err, LT_ERR_ARGUMENT, "lt_text_params.max_len must be >= 0");
     json_error_t je;
     json_t *row = json_loads(row_json, JSON_ALLOW_NUL, &je);
     if (!row) return lt_fail(err, LT_ERR_JSON, "row: %s", je.text);
-    if (!json_is_object(row)) { json_decref(row); return lt_fail(err, LT_ERR_DATA, "a row must be a JSON object"); }
+    if (!json_is_object(row)) {
+        json_decref(row);
+        return lt_fail(err, LT_ERR_DATA, "a row must be a JSON object");
+    }
     lt_ivec vi = {0}, vl = {0};
     lt_status st = encode_row(t, row, &p, &vi, &vl);
     json_decref(row);
@@ -131,8 +146,9 @@ LT_API lt_status lt_tokenizer_encode_row(lt_tokenizer *t, const char *row_json, 
         size_t m = vi.n;
         if (p.max_len > 0 && m > (size_t)p.max_len) m = (size_t)p.max_len; /* truncation keeps the start */
         *n = m;
-        if (m > capacity) { if (ids || labels) st = lt_fail(err, LT_ERR_SHAPE, "%zu tokens do not fit in a buffer of %zu", m, capacity); }
-        else {
+        if (m > capacity) {
+            if (ids || labels) st = lt_fail(err, LT_ERR_SHAPE, "%zu tokens do not fit in a buffer of %zu", m, capacity);
+        } else {
             if (ids && m) memcpy(ids, vi.p, m * sizeof *ids);
             if (labels && m) memcpy(labels, vl.p, m * sizeof *labels);
         }
@@ -144,7 +160,10 @@ LT_API lt_status lt_tokenizer_encode_row(lt_tokenizer *t, const char *row_json, 
 
 /* ---- packing ------------------------------------------------------------------------------------- */
 
-typedef struct pack_item { int32_t len; int32_t idx; } pack_item;
+typedef struct pack_item {
+    int32_t len;
+    int32_t idx;
+} pack_item;
 static int cmp_pack(const void *a, const void *b) {
     const pack_item *x = a, *y = b;
     return x->len != y->len ? (x->len > y->len ? -1 : 1) : (x->idx > y->idx) - (x->idx < y->idx);
@@ -155,18 +174,26 @@ LT_API lt_status lt_pack_sequences(const int32_t *ids, const int32_t *labels, co
                                    int32_t *out_pos, int32_t capacity_rows, int32_t *n_rows) {
     lt_error *err = lt_thread_error();
     lt_error_clear(err);
-    if (!lens || !n_rows || (n_seqs > 0 && !ids)) return lt_fail(err, LT_ERR_ARGUMENT, "lt_pack_sequences: NULL argument");
-    if (n_seqs < 0 || seq_len < 1) return lt_fail(err, LT_ERR_ARGUMENT, "lt_pack_sequences: n_seqs must be >= 0 and seq_len >= 1");
+    if (!lens || !n_rows || (n_seqs > 0 && !ids))
+        return lt_fail(err, LT_ERR_ARGUMENT, "lt_pack_sequences: NULL argument");
+    if (n_seqs < 0 || seq_len < 1)
+        return lt_fail(err, LT_ERR_ARGUMENT, "lt_pack_sequences: n_seqs must be >= 0 and seq_len >= 1");
     if (capacity_rows > 0 && (!out_ids || !out_labels || !out_pos))
         return lt_fail(err, LT_ERR_ARGUMENT, "lt_pack_sequences: output arrays are NULL");
     pack_item *it = malloc(((size_t)n_seqs + 1) * sizeof *it);
     int64_t *start = malloc(((size_t)n_seqs + 1) * sizeof *start);
     int32_t *fill = calloc((size_t)n_seqs + 1, sizeof *fill), *row_of = malloc(((size_t)n_seqs + 1) * sizeof *row_of);
     lt_status st = LT_OK;
-    if (!it || !start || !fill || !row_of) { st = lt_fail(err, LT_ERR_NOMEM, "out of memory"); goto done; }
+    if (!it || !start || !fill || !row_of) {
+        st = lt_fail(err, LT_ERR_NOMEM, "out of memory");
+        goto done;
+    }
     int64_t off = 0;
     for (int32_t i = 0; i < n_seqs; i++) {
-        if (lens[i] < 0) { st = lt_fail(err, LT_ERR_ARGUMENT, "lt_pack_sequences: lens[%d] = %d is negative", i, lens[i]); goto done; }
+        if (lens[i] < 0) {
+            st = lt_fail(err, LT_ERR_ARGUMENT, "lt_pack_sequences: lens[%d] = %d is negative", i, lens[i]);
+            goto done;
+        }
         start[i] = off;
         off += lens[i];
         it[i] = (pack_item){lens[i] < seq_len ? lens[i] : seq_len, i};
@@ -175,7 +202,10 @@ LT_API lt_status lt_pack_sequences(const int32_t *ids, const int32_t *labels, co
     /* best fit: the fullest row with room (linear scan; rows are few next to the tokens they hold) */
     int32_t rows = 0;
     for (int32_t k = 0; k < n_seqs; k++) {
-        if (it[k].len == 0) { row_of[k] = -1; continue; }
+        if (it[k].len == 0) {
+            row_of[k] = -1;
+            continue;
+        }
         int32_t best = -1;
         for (int32_t r = 0; r < rows; r++)
             if (fill[r] + it[k].len <= seq_len && (best < 0 || fill[r] > fill[best])) best = r;
@@ -185,7 +215,10 @@ LT_API lt_status lt_pack_sequences(const int32_t *ids, const int32_t *labels, co
     }
     *n_rows = rows;
     if (!out_ids && capacity_rows == 0) goto done;
-    if (rows > capacity_rows) { st = lt_fail(err, LT_ERR_SHAPE, "%d packed rows do not fit in %d", rows, capacity_rows); goto done; }
+    if (rows > capacity_rows) {
+        st = lt_fail(err, LT_ERR_SHAPE, "%d packed rows do not fit in %d", rows, capacity_rows);
+        goto done;
+    }
     memset(fill, 0, (size_t)(rows + 1) * sizeof *fill);
     for (int32_t k = 0; k < n_seqs; k++) {
         if (row_of[k] < 0) continue;
@@ -207,6 +240,9 @@ LT_API lt_status lt_pack_sequences(const int32_t *ids, const int32_t *labels, co
             out_pos[o] = t - fill[r];
         }
 done:
-    free(it); free(start); free(fill); free(row_of);
+    free(it);
+    free(start);
+    free(fill);
+    free(row_of);
     return st;
 }

@@ -66,14 +66,29 @@ static int utf8_seq(const unsigned char *s, size_t n, int *sub) {
     unsigned lo = 0x80, hi = 0xBF;
     if (c < 0x80) return 1;
     if (c >= 0xC2 && c <= 0xDF) len = 2;
-    else if (c >= 0xE0 && c <= 0xEF) { len = 3; if (c == 0xE0) lo = 0xA0; if (c == 0xED) hi = 0x9F; }
-    else if (c >= 0xF0 && c <= 0xF4) { len = 4; if (c == 0xF0) lo = 0x90; if (c == 0xF4) hi = 0x8F; }
-    else { *sub = 1; return 0; }
+    else if (c >= 0xE0 && c <= 0xEF) {
+        len = 3;
+        if (c == 0xE0) lo = 0xA0;
+        if (c == 0xED) hi = 0x9F;
+    } else if (c >= 0xF0 && c <= 0xF4) {
+        len = 4;
+        if (c == 0xF0) lo = 0x90;
+        if (c == 0xF4) hi = 0x8F;
+    } else {
+        *sub = 1;
+        return 0;
+    }
     for (int k = 1; k < len; k++) {
-        if ((size_t)k >= n) { *sub = k; return 0; }
+        if ((size_t)k >= n) {
+            *sub = k;
+            return 0;
+        }
         unsigned x = s[k];
         unsigned l = k == 1 ? lo : 0x80, h = k == 1 ? hi : 0xBF;
-        if (x < l || x > h) { *sub = k; return 0; }
+        if (x < l || x > h) {
+            *sub = k;
+            return 0;
+        }
     }
     return len;
 }
@@ -82,9 +97,15 @@ int lt_utf8_valid(const char *s, size_t n, size_t *bad) {
     const unsigned char *u = (const unsigned char *)s;
     size_t i = 0;
     while (i < n) {
-        if (u[i] < 0x80) { i++; continue; }
+        if (u[i] < 0x80) {
+            i++;
+            continue;
+        }
         int sub, k = utf8_seq(u + i, n - i, &sub);
-        if (!k) { if (bad) *bad = i; return 0; }
+        if (!k) {
+            if (bad) *bad = i;
+            return 0;
+        }
         i += (size_t)k;
     }
     return 1;
@@ -92,9 +113,18 @@ int lt_utf8_valid(const char *s, size_t n, size_t *bad) {
 
 int lt_utf8_next(const unsigned char *s, size_t n, uint32_t *cp) {
     unsigned c = s[0];
-    if (c < 0x80 || n < 2) { *cp = c; return 1; }
-    if (c < 0xE0) { *cp = ((c & 0x1F) << 6) | (s[1] & 0x3F); return 2; }
-    if (c < 0xF0 || n < 4) { *cp = ((c & 0x0F) << 12) | ((s[1] & 0x3F) << 6) | (s[2] & 0x3F); return 3; }
+    if (c < 0x80 || n < 2) {
+        *cp = c;
+        return 1;
+    }
+    if (c < 0xE0) {
+        *cp = ((c & 0x1F) << 6) | (s[1] & 0x3F);
+        return 2;
+    }
+    if (c < 0xF0 || n < 4) {
+        *cp = ((c & 0x0F) << 12) | ((s[1] & 0x3F) << 6) | (s[2] & 0x3F);
+        return 3;
+    }
     *cp = ((c & 0x07) << 18) | ((s[1] & 0x3F) << 12) | ((s[2] & 0x3F) << 6) | (s[3] & 0x3F);
     return 4;
 }
@@ -102,10 +132,25 @@ int lt_utf8_next(const unsigned char *s, size_t n, uint32_t *cp) {
 static int utf8_put(lt_buf *b, uint32_t cp) {
     char t[4];
     int n;
-    if (cp < 0x80) { t[0] = (char)cp; n = 1; }
-    else if (cp < 0x800) { t[0] = (char)(0xC0 | (cp >> 6)); t[1] = (char)(0x80 | (cp & 0x3F)); n = 2; }
-    else if (cp < 0x10000) { t[0] = (char)(0xE0 | (cp >> 12)); t[1] = (char)(0x80 | ((cp >> 6) & 0x3F)); t[2] = (char)(0x80 | (cp & 0x3F)); n = 3; }
-    else { t[0] = (char)(0xF0 | (cp >> 18)); t[1] = (char)(0x80 | ((cp >> 12) & 0x3F)); t[2] = (char)(0x80 | ((cp >> 6) & 0x3F)); t[3] = (char)(0x80 | (cp & 0x3F)); n = 4; }
+    if (cp < 0x80) {
+        t[0] = (char)cp;
+        n = 1;
+    } else if (cp < 0x800) {
+        t[0] = (char)(0xC0 | (cp >> 6));
+        t[1] = (char)(0x80 | (cp & 0x3F));
+        n = 2;
+    } else if (cp < 0x10000) {
+        t[0] = (char)(0xE0 | (cp >> 12));
+        t[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
+        t[2] = (char)(0x80 | (cp & 0x3F));
+        n = 3;
+    } else {
+        t[0] = (char)(0xF0 | (cp >> 18));
+        t[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
+        t[2] = (char)(0x80 | ((cp >> 6) & 0x3F));
+        t[3] = (char)(0x80 | (cp & 0x3F));
+        n = 4;
+    }
     return lt_buf_put(b, t, (size_t)n);
 }
 
@@ -115,8 +160,13 @@ static int put_lossy(lt_buf *b, const char *s, size_t n) {
     size_t i = 0;
     while (i < n) {
         int sub, k = u[i] < 0x80 ? 1 : utf8_seq(u + i, n - i, &sub);
-        if (k) { if (lt_buf_put(b, u + i, (size_t)k)) return -1; i += (size_t)k; }
-        else { if (lt_buf_put(b, "\xEF\xBF\xBD", 3)) return -1; i += (size_t)sub; }
+        if (k) {
+            if (lt_buf_put(b, u + i, (size_t)k)) return -1;
+            i += (size_t)k;
+        } else {
+            if (lt_buf_put(b, "\xEF\xBF\xBD", 3)) return -1;
+            i += (size_t)sub;
+        }
     }
     return 0;
 }
@@ -158,7 +208,11 @@ static int strmap_init(strmap *m, size_t expect) {
     m->val = malloc(m->cap * sizeof *m->val);
     return m->key && m->klen && m->val ? 0 : -1;
 }
-static void strmap_free(strmap *m) { free(m->key); free(m->klen); free(m->val); }
+static void strmap_free(strmap *m) {
+    free(m->key);
+    free(m->klen);
+    free(m->val);
+}
 static int32_t strmap_get(const strmap *m, const char *s, size_t n) {
     if (!m->cap) return -1;
     size_t i = hash_bytes(s, n) & (m->cap - 1);
@@ -172,7 +226,10 @@ static int32_t strmap_get(const strmap *m, const char *s, size_t n) {
 static void strmap_put(strmap *m, const char *s, size_t n, int32_t v) {
     size_t i = hash_bytes(s, n) & (m->cap - 1);
     while (m->key[i]) {
-        if (m->klen[i] == n && !memcmp(m->key[i], s, n)) { m->val[i] = v; return; }
+        if (m->klen[i] == n && !memcmp(m->key[i], s, n)) {
+            m->val[i] = v;
+            return;
+        }
         i = (i + 1) & (m->cap - 1);
     }
     m->key[i] = s;
@@ -193,7 +250,11 @@ static int merge_get(const mergemap *m, int32_t a, int32_t b, int32_t *rank, int
     uint64_t k = (((uint64_t)(uint32_t)a << 32) | (uint32_t)b) + 1;
     size_t i = hash_u64(k) & (m->cap - 1);
     while (m->key[i]) {
-        if (m->key[i] == k) { *rank = m->rank[i]; *id = m->id[i]; return 1; }
+        if (m->key[i] == k) {
+            *rank = m->rank[i];
+            *id = m->id[i];
+            return 1;
+        }
         i = (i + 1) & (m->cap - 1);
     }
     return 0;
@@ -223,8 +284,8 @@ enum { BEH_ISOLATED, BEH_REMOVED, BEH_MERGED_PREV, BEH_MERGED_NEXT, BEH_CONTIGUO
 enum { PREPEND_ALWAYS, PREPEND_FIRST, PREPEND_NEVER };
 typedef struct pretok {
     int kind;
-    pcre2_code *re;       /* Split, ByteLevel(use_regex) */
-    char *literal;        /* Split with a String pattern */
+    pcre2_code *re; /* Split, ByteLevel(use_regex) */
+    char *literal;  /* Split with a String pattern */
     int behavior;
     int add_prefix_space; /* ByteLevel */
     char repl[8];         /* Metaspace replacement (UTF-8) */
@@ -257,12 +318,12 @@ typedef struct cache_ent {
 struct lt_tokenizer {
     lt_error err;
     /* model */
-    int32_t n_ids;     /* 1 + largest id */
-    char **tok_str;    /* id -> vocabulary string (NUL-terminated; NULL for holes) */
+    int32_t n_ids;  /* 1 + largest id */
+    char **tok_str; /* id -> vocabulary string (NUL-terminated; NULL for holes) */
     uint32_t *tok_len;
     const char **name; /* id -> what decode prints: the added token's content, else the vocab string */
     uint32_t *name_len;
-    strmap vocab;      /* model vocabulary */
+    strmap vocab; /* model vocabulary */
     mergemap merges;
     int byte_fallback, fuse_unk, ignore_merges;
     int32_t unk_id;
@@ -270,11 +331,11 @@ struct lt_tokenizer {
     /* added tokens */
     added_tok *added;
     int n_added;
-    strmap added_map; /* content -> id */
+    strmap added_map;            /* content -> id */
     int16_t *added_by_byte[256]; /* indices of the added tokens starting with each byte, -1 terminated */
-    int n_added_kind[2];       /* added tokens matched on raw text [0] and on normalized text [1] */
-    int can_split_metaspace;   /* no vocab token has "▁" after another character: words split before "▁" */
-    unsigned char *is_special; /* [n_ids] */
+    int n_added_kind[2];         /* added tokens matched on raw text [0] and on normalized text [1] */
+    int can_split_metaspace;     /* no vocab token has "▁" after another character: words split before "▁" */
+    unsigned char *is_special;   /* [n_ids] */
     /* pipeline */
     normalizer *norm;
     int n_norm;
@@ -300,7 +361,9 @@ struct lt_tokenizer {
     lt_buf text;
     int32_t *sym_id, *sym_prev, *sym_next;
     size_t sym_cap;
-    struct heap_ent { int32_t rank, pos, a, b; } *heap;
+    struct heap_ent {
+        int32_t rank, pos, a, b;
+    } * heap;
     size_t heap_cap;
 };
 
@@ -308,8 +371,11 @@ lt_error *lt_tok_error(struct lt_tokenizer *t) { return &t->err; }
 lt_buf *lt_tok_text_buf(struct lt_tokenizer *t) { return &t->text; }
 const char *lt_tok_chat_template(const struct lt_tokenizer *t) { return t->chat_template; }
 const char *lt_tok_special_str(const struct lt_tokenizer *t, const char *name) {
-    const char *s = !strcmp(name, "bos_token") ? t->bos : !strcmp(name, "eos_token") ? t->eos
-                  : !strcmp(name, "pad_token") ? t->pad : !strcmp(name, "unk_token") ? t->unk : NULL;
+    const char *s = !strcmp(name, "bos_token")   ? t->bos
+                    : !strcmp(name, "eos_token") ? t->eos
+                    : !strcmp(name, "pad_token") ? t->pad
+                    : !strcmp(name, "unk_token") ? t->unk
+                                                 : NULL;
     return s ? s : "";
 }
 
@@ -340,15 +406,20 @@ static char *translate_regex(const char *p) {
 
 static pcre2_code *compile_regex(const char *pattern, lt_error *err) {
     char *tp = translate_regex(pattern);
-    if (!tp) { lt_fail(err, LT_ERR_NOMEM, "out of memory"); return NULL; }
+    if (!tp) {
+        lt_fail(err, LT_ERR_NOMEM, "out of memory");
+        return NULL;
+    }
     int ec;
     PCRE2_SIZE eo;
-    pcre2_code *re = pcre2_compile((PCRE2_SPTR)tp, PCRE2_ZERO_TERMINATED, PCRE2_UTF | PCRE2_UCP | PCRE2_NO_UTF_CHECK, &ec, &eo, NULL);
+    pcre2_code *re = pcre2_compile((PCRE2_SPTR)tp, PCRE2_ZERO_TERMINATED, PCRE2_UTF | PCRE2_UCP | PCRE2_NO_UTF_CHECK,
+                                   &ec, &eo, NULL);
     free(tp);
     if (!re) {
         PCRE2_UCHAR m[256];
         pcre2_get_error_message(ec, m, sizeof m);
-        lt_fail(err, LT_ERR_FORMAT, "regex \"%.200s\" does not compile (offset %zu): %s", pattern, (size_t)eo, (char *)m);
+        lt_fail(err, LT_ERR_FORMAT, "regex \"%.200s\" does not compile (offset %zu): %s", pattern, (size_t)eo,
+                (char *)m);
         return NULL;
     }
     pcre2_jit_compile(re, PCRE2_JIT_COMPLETE); /* best effort: the interpreter is the fallback */
@@ -388,8 +459,14 @@ static int jbool(json_t *o, const char *k, int def) {
 static lt_status read_pattern(json_t *o, const char *where, char **lit, pcre2_code **re, lt_error *err) {
     json_t *p = json_object_get(o, "pattern");
     const char *s;
-    if (json_is_object(p) && (s = jstr(p, "String"))) { *lit = strdup(s); return *lit ? LT_OK : lt_fail(err, LT_ERR_NOMEM, "out of memory"); }
-    if (json_is_object(p) && (s = jstr(p, "Regex"))) { *re = compile_regex(s, err); return *re ? LT_OK : lt_fail_prefix(err, "%s", where); }
+    if (json_is_object(p) && (s = jstr(p, "String"))) {
+        *lit = strdup(s);
+        return *lit ? LT_OK : lt_fail(err, LT_ERR_NOMEM, "out of memory");
+    }
+    if (json_is_object(p) && (s = jstr(p, "Regex"))) {
+        *re = compile_regex(s, err);
+        return *re ? LT_OK : lt_fail_prefix(err, "%s", where);
+    }
     return lt_fail(err, LT_ERR_FORMAT, "%s: \"pattern\" must be {\"String\": ...} or {\"Regex\": ...}", where);
 }
 
@@ -417,8 +494,11 @@ static lt_status load_normalizer(lt_tokenizer *t, json_t *n, lt_error *err) {
     else if (!strcmp(type, "NFD")) z->kind = NORM_NFD;
     else if (!strcmp(type, "NFKD")) z->kind = NORM_NFKD;
     else if (!strcmp(type, "Lowercase")) z->kind = NORM_LOWER;
-    else if (!strcmp(type, "Strip")) { z->kind = NORM_STRIP; z->left = jbool(n, "strip_left", 1); z->right = jbool(n, "strip_right", 1); }
-    else if (!strcmp(type, "Prepend")) {
+    else if (!strcmp(type, "Strip")) {
+        z->kind = NORM_STRIP;
+        z->left = jbool(n, "strip_left", 1);
+        z->right = jbool(n, "strip_right", 1);
+    } else if (!strcmp(type, "Prepend")) {
         const char *p = jstr(n, "prepend");
         if (!p) return lt_fail(err, LT_ERR_FORMAT, "normalizer Prepend without \"prepend\"");
         z->kind = NORM_PREPEND;
@@ -430,8 +510,11 @@ static lt_status load_normalizer(lt_tokenizer *t, json_t *n, lt_error *err) {
         z->content = strdup(c);
         t->n_norm++;
         return read_pattern(n, "normalizer Replace", &z->pattern, &z->re, err);
-    } else return lt_fail(err, LT_ERR_UNSUPPORTED, "normalizer \"%s\" is not supported (supported: NFC, NFKC, NFD, NFKD, "
-                                                   "Lowercase, Strip, Prepend, Replace, Sequence)", type);
+    } else
+        return lt_fail(err, LT_ERR_UNSUPPORTED,
+                       "normalizer \"%s\" is not supported (supported: NFC, NFKC, NFD, NFKD, "
+                       "Lowercase, Strip, Prepend, Replace, Sequence)",
+                       type);
     t->n_norm++;
     return LT_OK;
 }
@@ -474,7 +557,8 @@ static lt_status load_pretok(lt_tokenizer *t, json_t *n, lt_error *err) {
     if (!strcmp(type, "Split")) {
         z->kind = PRE_SPLIT;
         t->n_pre++;
-        if (jbool(n, "invert", 0)) return lt_fail(err, LT_ERR_UNSUPPORTED, "pre_tokenizer Split with \"invert\": true is not supported");
+        if (jbool(n, "invert", 0))
+            return lt_fail(err, LT_ERR_UNSUPPORTED, "pre_tokenizer Split with \"invert\": true is not supported");
         if ((z->behavior = parse_behavior(jstr(n, "behavior"))) < 0)
             return lt_fail(err, LT_ERR_FORMAT, "pre_tokenizer Split: unknown \"behavior\"");
         return read_pattern(n, "pre_tokenizer Split", &z->literal, &z->re, err);
@@ -495,8 +579,11 @@ static lt_status load_pretok(lt_tokenizer *t, json_t *n, lt_error *err) {
         z->individual = jbool(n, "individual_digits", 0);
     } else if (!strcmp(type, "WhitespaceSplit")) {
         z->kind = PRE_WHITESPACE_SPLIT;
-    } else return lt_fail(err, LT_ERR_UNSUPPORTED, "pre_tokenizer \"%s\" is not supported (supported: Split, ByteLevel, "
-                                                   "Metaspace, Digits, WhitespaceSplit, Sequence)", type);
+    } else
+        return lt_fail(err, LT_ERR_UNSUPPORTED,
+                       "pre_tokenizer \"%s\" is not supported (supported: Split, ByteLevel, "
+                       "Metaspace, Digits, WhitespaceSplit, Sequence)",
+                       type);
     t->n_pre++;
     return LT_OK;
 }
@@ -534,7 +621,8 @@ static lt_status load_decoder(lt_tokenizer *t, json_t *n, lt_error *err) {
         const char *c = jstr(n, "content");
         json_t *p = json_object_get(n, "pattern");
         const char *s = json_is_object(p) ? jstr(p, "String") : NULL;
-        if (!c || !s) return lt_fail(err, LT_ERR_UNSUPPORTED, "decoder Replace: only {\"String\": ...} patterns are supported");
+        if (!c || !s)
+            return lt_fail(err, LT_ERR_UNSUPPORTED, "decoder Replace: only {\"String\": ...} patterns are supported");
         z->pattern = strdup(s);
         z->content = strdup(c);
     } else if (!strcmp(type, "Metaspace")) {
@@ -542,8 +630,11 @@ static lt_status load_decoder(lt_tokenizer *t, json_t *n, lt_error *err) {
         const char *r = jstr(n, "replacement");
         snprintf(z->repl, sizeof z->repl, "%s", r ? r : "\xE2\x96\x81");
         z->prepend = parse_prepend(n);
-    } else return lt_fail(err, LT_ERR_UNSUPPORTED, "decoder \"%s\" is not supported (supported: ByteLevel, ByteFallback, "
-                                                   "Fuse, Strip, Replace, Metaspace, Sequence)", type);
+    } else
+        return lt_fail(err, LT_ERR_UNSUPPORTED,
+                       "decoder \"%s\" is not supported (supported: ByteLevel, ByteFallback, "
+                       "Fuse, Strip, Replace, Metaspace, Sequence)",
+                       type);
     t->n_dec++;
     return LT_OK;
 }
@@ -570,23 +661,31 @@ static lt_status load_post(lt_tokenizer *t, json_t *n, lt_error *err) {
     if (!strcmp(type, "TemplateProcessing")) {
         json_t *single = json_object_get(n, "single"), *sp = json_object_get(n, "special_tokens"), *x;
         size_t i;
-        if (!json_is_array(single)) return lt_fail(err, LT_ERR_FORMAT, "post_processor TemplateProcessing without \"single\"");
+        if (!json_is_array(single))
+            return lt_fail(err, LT_ERR_FORMAT, "post_processor TemplateProcessing without \"single\"");
         t->n_post = 0;
         t->has_post = 1;
         json_array_foreach(single, i, x) {
             json_t *s = json_object_get(x, "SpecialToken"), *q = json_object_get(x, "Sequence");
-            if (q) { if (t->n_post < 16) t->post_single[t->n_post++] = -1; continue; }
+            if (q) {
+                if (t->n_post < 16) t->post_single[t->n_post++] = -1;
+                continue;
+            }
             const char *name = s ? jstr(s, "id") : NULL;
             json_t *def = name ? json_object_get(sp, name) : NULL, *ids = json_object_get(def, "ids"), *y;
-            if (!json_is_array(ids)) return lt_fail(err, LT_ERR_FORMAT, "post_processor: special token \"%s\" has no \"ids\"", name ? name : "?");
+            if (!json_is_array(ids))
+                return lt_fail(err, LT_ERR_FORMAT, "post_processor: special token \"%s\" has no \"ids\"",
+                               name ? name : "?");
             size_t k;
-            json_array_foreach(ids, k, y) if (t->n_post < 16) t->post_single[t->n_post++] = (int32_t)json_integer_value(y);
+            json_array_foreach(ids, k, y) if (t->n_post < 16) t->post_single[t->n_post++] =
+                (int32_t)json_integer_value(y);
         }
         return LT_OK;
     }
     if (!strcmp(type, "RobertaProcessing") || !strcmp(type, "BertProcessing")) {
         json_t *cls = json_object_get(n, "cls"), *sep = json_object_get(n, "sep");
-        if (!json_is_array(cls) || !json_is_array(sep)) return lt_fail(err, LT_ERR_FORMAT, "post_processor %s without cls/sep", type);
+        if (!json_is_array(cls) || !json_is_array(sep))
+            return lt_fail(err, LT_ERR_FORMAT, "post_processor %s without cls/sep", type);
         t->has_post = 1;
         t->n_post = 3;
         t->post_single[0] = (int32_t)json_integer_value(json_array_get(cls, 1));
@@ -594,8 +693,10 @@ static lt_status load_post(lt_tokenizer *t, json_t *n, lt_error *err) {
         t->post_single[2] = (int32_t)json_integer_value(json_array_get(sep, 1));
         return LT_OK;
     }
-    return lt_fail(err, LT_ERR_UNSUPPORTED, "post_processor \"%s\" is not supported (supported: TemplateProcessing, "
-                                            "ByteLevel, RobertaProcessing, BertProcessing, Sequence)", type);
+    return lt_fail(err, LT_ERR_UNSUPPORTED,
+                   "post_processor \"%s\" is not supported (supported: TemplateProcessing, "
+                   "ByteLevel, RobertaProcessing, BertProcessing, Sequence)",
+                   type);
 }
 
 /* tokenizer_config.json: a token is "text" or {"content": "text", ...} */
@@ -625,7 +726,8 @@ static lt_status load_model(lt_tokenizer *t, json_t *root, lt_error *err) {
     if (merges && !json_is_array(merges)) return lt_fail(err, LT_ERR_FORMAT, "model \"merges\" is not an array");
     const char *csp = jstr(model, "continuing_subword_prefix"), *eow = jstr(model, "end_of_word_suffix");
     if ((csp && *csp) || (eow && *eow))
-        return lt_fail(err, LT_ERR_UNSUPPORTED, "BPE with continuing_subword_prefix / end_of_word_suffix is not supported");
+        return lt_fail(err, LT_ERR_UNSUPPORTED,
+                       "BPE with continuing_subword_prefix / end_of_word_suffix is not supported");
     if (json_is_number(json_object_get(model, "dropout")) && json_number_value(json_object_get(model, "dropout")) > 0)
         return lt_fail(err, LT_ERR_UNSUPPORTED, "BPE dropout is not supported (a training-time option)");
     t->byte_fallback = jbool(model, "byte_fallback", 0);
@@ -644,7 +746,8 @@ static lt_status load_model(lt_tokenizer *t, json_t *root, lt_error *err) {
     if (added && !json_is_array(added)) return lt_fail(err, LT_ERR_FORMAT, "\"added_tokens\" is not an array");
     json_array_foreach(added, i, x) {
         json_t *id = json_object_get(x, "id");
-        if (!json_is_integer(id) || json_integer_value(id) < 0 || json_integer_value(id) > (1 << 30) || !jstr(x, "content"))
+        if (!json_is_integer(id) || json_integer_value(id) < 0 || json_integer_value(id) > (1 << 30) ||
+            !jstr(x, "content"))
             return lt_fail(err, LT_ERR_FORMAT, "added_tokens[%zu] needs an integer \"id\" and a string \"content\"", i);
         if (json_integer_value(id) > maxid) maxid = (int32_t)json_integer_value(id);
     }
@@ -655,7 +758,8 @@ static lt_status load_model(lt_tokenizer *t, json_t *root, lt_error *err) {
     t->is_special = calloc((size_t)t->n_ids, 1);
     t->name = calloc((size_t)t->n_ids, sizeof *t->name);
     t->name_len = calloc((size_t)t->n_ids, sizeof *t->name_len);
-    if (!t->name || !t->name_len || !t->tok_str || !t->tok_len || !t->is_special || strmap_init(&t->vocab, json_object_size(vocab)))
+    if (!t->name || !t->name_len || !t->tok_str || !t->tok_len || !t->is_special ||
+        strmap_init(&t->vocab, json_object_size(vocab)))
         return lt_fail(err, LT_ERR_NOMEM, "out of memory");
     json_object_foreach(vocab, k, v) {
         int32_t id = (int32_t)json_integer_value(v);
@@ -689,7 +793,10 @@ static lt_status load_model(lt_tokenizer *t, json_t *root, lt_error *err) {
         if (json_is_string(x)) {
             a = json_string_value(x);
             const char *sp = strchr(a, ' ');
-            if (!sp) { free(cat.p); return lt_fail(err, LT_ERR_FORMAT, "merges[%zu] \"%.100s\" is not \"a b\"", i, a); }
+            if (!sp) {
+                free(cat.p);
+                return lt_fail(err, LT_ERR_FORMAT, "merges[%zu] \"%.100s\" is not \"a b\"", i, a);
+            }
             la = (size_t)(sp - a);
             b = sp + 1;
             lb = strlen(b);
@@ -699,13 +806,21 @@ static lt_status load_model(lt_tokenizer *t, json_t *root, lt_error *err) {
             b = json_string_value(json_array_get(x, 1));
             la = strlen(a);
             lb = strlen(b);
-        } else { free(cat.p); return lt_fail(err, LT_ERR_FORMAT, "merges[%zu] is neither \"a b\" nor [\"a\", \"b\"]", i); }
+        } else {
+            free(cat.p);
+            return lt_fail(err, LT_ERR_FORMAT, "merges[%zu] is neither \"a b\" nor [\"a\", \"b\"]", i);
+        }
         cat.n = 0;
-        if (lt_buf_put(&cat, a, la) || lt_buf_put(&cat, b, lb)) { free(cat.p); return lt_fail(err, LT_ERR_NOMEM, "out of memory"); }
-        int32_t ia = strmap_get(&t->vocab, a, la), ib = strmap_get(&t->vocab, b, lb), iab = strmap_get(&t->vocab, cat.p, cat.n);
+        if (lt_buf_put(&cat, a, la) || lt_buf_put(&cat, b, lb)) {
+            free(cat.p);
+            return lt_fail(err, LT_ERR_NOMEM, "out of memory");
+        }
+        int32_t ia = strmap_get(&t->vocab, a, la), ib = strmap_get(&t->vocab, b, lb),
+                iab = strmap_get(&t->vocab, cat.p, cat.n);
         if (ia < 0 || ib < 0 || iab < 0) {
-            lt_status st = lt_fail(err, LT_ERR_FORMAT, "merges[%zu] (\"%.*s\" + \"%.*s\"): a part or the result is not in the vocab",
-                                   i, (int)(la > 100 ? 100 : la), a, (int)(lb > 100 ? 100 : lb), b);
+            lt_status st = lt_fail(err, LT_ERR_FORMAT,
+                                   "merges[%zu] (\"%.*s\" + \"%.*s\"): a part or the result is not in the vocab", i,
+                                   (int)(la > 100 ? 100 : la), a, (int)(lb > 100 ? 100 : lb), b);
             free(cat.p);
             return st;
         }
@@ -715,7 +830,8 @@ static lt_status load_model(lt_tokenizer *t, json_t *root, lt_error *err) {
     /* added tokens */
     t->n_added = (int)json_array_size(added);
     t->added = calloc((size_t)t->n_added + 1, sizeof *t->added);
-    if (!t->added || strmap_init(&t->added_map, (size_t)t->n_added + 1)) return lt_fail(err, LT_ERR_NOMEM, "out of memory");
+    if (!t->added || strmap_init(&t->added_map, (size_t)t->n_added + 1))
+        return lt_fail(err, LT_ERR_NOMEM, "out of memory");
     json_array_foreach(added, i, x) {
         added_tok *a = &t->added[i];
         const char *c = jstr(x, "content");
@@ -739,7 +855,8 @@ static lt_status load_model(lt_tokenizer *t, json_t *root, lt_error *err) {
         int cnt = 0;
         for (int k = 0; k < t->n_added; k++) cnt += (unsigned char)t->added[k].content[0] == b;
         if (!cnt) continue;
-        if (!(t->added_by_byte[b] = malloc((size_t)(cnt + 1) * sizeof(int16_t)))) return lt_fail(err, LT_ERR_NOMEM, "out of memory");
+        if (!(t->added_by_byte[b] = malloc((size_t)(cnt + 1) * sizeof(int16_t))))
+            return lt_fail(err, LT_ERR_NOMEM, "out of memory");
         cnt = 0;
         for (int k = 0; k < t->n_added && k < 32767; k++)
             if ((unsigned char)t->added[k].content[0] == b) t->added_by_byte[b][cnt++] = (int16_t)k;
@@ -753,7 +870,10 @@ static lt_status load_model(lt_tokenizer *t, json_t *root, lt_error *err) {
         const char *v = t->tok_str[id];
         if (!v) continue;
         for (const char *q = strstr(v, "\xE2\x96\x81"); q; q = strstr(q + 3, "\xE2\x96\x81"))
-            if (q > v && !(q - v >= 3 && !memcmp(q - 3, "\xE2\x96\x81", 3))) { t->can_split_metaspace = 0; break; }
+            if (q > v && !(q - v >= 3 && !memcmp(q - 3, "\xE2\x96\x81", 3))) {
+                t->can_split_metaspace = 0;
+                break;
+            }
     }
     return LT_OK;
 }
@@ -768,24 +888,42 @@ static void tokenizer_free_parts(lt_tokenizer *t) {
     free(t->is_special);
     strmap_free(&t->vocab);
     strmap_free(&t->added_map);
-    free(t->merges.key); free(t->merges.rank); free(t->merges.id);
+    free(t->merges.key);
+    free(t->merges.rank);
+    free(t->merges.id);
     for (int i = 0; i < t->n_added; i++) free(t->added[i].content);
     free(t->added);
     for (int b = 0; b < 256; b++) free(t->added_by_byte[b]);
-    for (int i = 0; i < t->n_norm; i++) { free(t->norm[i].pattern); free(t->norm[i].content); if (t->norm[i].re) pcre2_code_free(t->norm[i].re); }
+    for (int i = 0; i < t->n_norm; i++) {
+        free(t->norm[i].pattern);
+        free(t->norm[i].content);
+        if (t->norm[i].re) pcre2_code_free(t->norm[i].re);
+    }
     free(t->norm);
-    for (int i = 0; i < t->n_pre; i++) { free(t->pre[i].literal); if (t->pre[i].re) pcre2_code_free(t->pre[i].re); }
+    for (int i = 0; i < t->n_pre; i++) {
+        free(t->pre[i].literal);
+        if (t->pre[i].re) pcre2_code_free(t->pre[i].re);
+    }
     free(t->pre);
-    for (int i = 0; i < t->n_dec; i++) { free(t->dec[i].pattern); free(t->dec[i].content); }
+    for (int i = 0; i < t->n_dec; i++) {
+        free(t->dec[i].pattern);
+        free(t->dec[i].content);
+    }
     free(t->dec);
-    free(t->bos); free(t->eos); free(t->pad); free(t->unk); free(t->chat_template);
+    free(t->bos);
+    free(t->eos);
+    free(t->pad);
+    free(t->unk);
+    free(t->chat_template);
     if (t->md) pcre2_match_data_free(t->md);
     for (size_t i = 0; i < t->cache_cap; i++) free(t->cache ? t->cache[i].key : NULL);
     free(t->cache);
     free(t->cache_ids.p);
     free(t->out.p);
     free(t->text.p);
-    free(t->sym_id); free(t->sym_prev); free(t->sym_next);
+    free(t->sym_id);
+    free(t->sym_prev);
+    free(t->sym_next);
     free(t->heap);
 }
 
@@ -804,7 +942,10 @@ static lt_status load_config(lt_tokenizer *t, const char *path, lt_error *err) {
     json_t *cfg = json_loadb(data, n, 0, &je);
     free(data);
     if (!cfg) return lt_fail(err, LT_ERR_JSON, "%s: line %d: %s", path, je.line, je.text);
-    if (!json_is_object(cfg)) { json_decref(cfg); return lt_fail(err, LT_ERR_JSON, "%s: not a JSON object", path); }
+    if (!json_is_object(cfg)) {
+        json_decref(cfg);
+        return lt_fail(err, LT_ERR_JSON, "%s: not a JSON object", path);
+    }
     t->bos = config_token(cfg, "bos_token");
     t->eos = config_token(cfg, "eos_token");
     t->pad = config_token(cfg, "pad_token");
@@ -813,8 +954,8 @@ static lt_status load_config(lt_tokenizer *t, const char *path, lt_error *err) {
     size_t i;
     if (json_is_string(ct)) t->chat_template = strdup(json_string_value(ct));
     else if (json_is_array(ct)) /* [{"name": "default", "template": ...}, ...] */
-        json_array_foreach(ct, i, x) if (!strcmp(jstr(x, "name") ? jstr(x, "name") : "", "default") && jstr(x, "template"))
-            t->chat_template = strdup(jstr(x, "template"));
+        json_array_foreach(ct, i, x) if (!strcmp(jstr(x, "name") ? jstr(x, "name") : "", "default") &&
+                                         jstr(x, "template")) t->chat_template = strdup(jstr(x, "template"));
     json_decref(cfg);
     return LT_OK;
 }
@@ -831,12 +972,15 @@ LT_API lt_status lt_tokenizer_load(const char *path, lt_tokenizer **out) {
         snprintf(file, sizeof file, "%s", path);
         snprintf(dir, sizeof dir, "%s", path);
         char *slash = strrchr(dir, '/');
-        if (slash) *slash = 0; else snprintf(dir, sizeof dir, ".");
+        if (slash) *slash = 0;
+        else snprintf(dir, sizeof dir, ".");
     } else {
         snprintf(dir, sizeof dir, "%s", path);
-        if (lt_path_join(file, sizeof file, path, "tokenizer.json")) return lt_fail(terr, LT_ERR_ARGUMENT, "path too long");
+        if (lt_path_join(file, sizeof file, path, "tokenizer.json"))
+            return lt_fail(terr, LT_ERR_ARGUMENT, "path too long");
     }
-    if (lt_path_join(cfgpath, sizeof cfgpath, dir, "tokenizer_config.json")) return lt_fail(terr, LT_ERR_ARGUMENT, "path too long");
+    if (lt_path_join(cfgpath, sizeof cfgpath, dir, "tokenizer_config.json"))
+        return lt_fail(terr, LT_ERR_ARGUMENT, "path too long");
     char *data;
     size_t n;
     lt_status st = lt_read_file(file, &data, &n, terr);
@@ -846,7 +990,10 @@ LT_API lt_status lt_tokenizer_load(const char *path, lt_tokenizer **out) {
     free(data);
     if (!root) return lt_fail(terr, LT_ERR_JSON, "%s: line %d: %s", file, je.line, je.text);
     lt_tokenizer *t = calloc(1, sizeof *t);
-    if (!t) { json_decref(root); return lt_fail(terr, LT_ERR_NOMEM, "out of memory"); }
+    if (!t) {
+        json_decref(root);
+        return lt_fail(terr, LT_ERR_NOMEM, "out of memory");
+    }
     byte_tables(t);
     if (!json_is_object(root)) st = lt_fail(terr, LT_ERR_FORMAT, "not a JSON object");
     if (!st) st = load_model(t, root, terr);
@@ -862,7 +1009,9 @@ LT_API lt_status lt_tokenizer_load(const char *path, lt_tokenizer **out) {
         if (!(t->cache = calloc(t->cache_cap, sizeof *t->cache))) st = lt_fail(terr, LT_ERR_NOMEM, "out of memory");
     }
     for (int i = 0; !st && i < t->n_post; i++)
-        if (t->post_single[i] >= t->n_ids) st = lt_fail(terr, LT_ERR_FORMAT, "post_processor: token id %d is not in the vocabulary", t->post_single[i]);
+        if (t->post_single[i] >= t->n_ids)
+            st =
+                lt_fail(terr, LT_ERR_FORMAT, "post_processor: token id %d is not in the vocabulary", t->post_single[i]);
     if (st) {
         lt_fail_prefix(terr, "%s", file);
         lt_tokenizer_free(t);
@@ -911,8 +1060,14 @@ static struct heap_ent heap_pop(struct heap_ent *h, size_t *n) {
     for (;;) {
         size_t l = 2 * i + 1, r = l + 1, m = i;
         const struct heap_ent *best = &last;
-        if (l < *n && heap_less(&h[l], best)) { m = l; best = &h[l]; }
-        if (r < *n && heap_less(&h[r], best)) { m = r; best = &h[r]; }
+        if (l < *n && heap_less(&h[l], best)) {
+            m = l;
+            best = &h[l];
+        }
+        if (r < *n && heap_less(&h[r], best)) {
+            m = r;
+            best = &h[r];
+        }
         if (m == i) break;
         h[i] = h[m];
         i = m;
@@ -939,14 +1094,18 @@ static lt_status bpe_word(lt_tokenizer *t, const char *w, size_t n, lt_ivec *out
         else {
             int ok = t->byte_fallback;
             for (int j = 0; ok && j < k; j++) ok = t->byte_id[u[i + j]] >= 0;
-            if (ok) for (int j = 0; j < k; j++) t->sym_id[ns++] = t->byte_id[u[i + j]];
+            if (ok)
+                for (int j = 0; j < k; j++) t->sym_id[ns++] = t->byte_id[u[i + j]];
             else if (t->unk_id >= 0) {
                 if (!(t->fuse_unk && ns > 0 && t->sym_id[ns - 1] == t->unk_id)) t->sym_id[ns++] = t->unk_id;
             } /* no unk token: the character is dropped, as tokenizers does */
         }
         i += (size_t)k;
     }
-    for (int32_t i = 0; i < ns; i++) { t->sym_prev[i] = i - 1; t->sym_next[i] = i + 1 < ns ? i + 1 : -1; }
+    for (int32_t i = 0; i < ns; i++) {
+        t->sym_prev[i] = i - 1;
+        t->sym_next[i] = i + 1 < ns ? i + 1 : -1;
+    }
     size_t hn = 0;
     for (int32_t i = 0; i + 1 < ns; i++) {
         int32_t r, id;
@@ -998,7 +1157,8 @@ static lt_status bpe_cached(lt_tokenizer *t, const char *w, size_t n, lt_ivec *o
         if (!c->key) break;
         if (c->klen == n && !memcmp(c->key, w, n)) {
             for (uint32_t k = 0; k < c->n; k++)
-                if (lt_ivec_push(out, t->cache_ids.p[c->off + k])) return lt_fail(&t->err, LT_ERR_NOMEM, "out of memory");
+                if (lt_ivec_push(out, t->cache_ids.p[c->off + k]))
+                    return lt_fail(&t->err, LT_ERR_NOMEM, "out of memory");
             return LT_OK;
         }
     }
@@ -1006,7 +1166,10 @@ static lt_status bpe_cached(lt_tokenizer *t, const char *w, size_t n, lt_ivec *o
     lt_status st = bpe_word(t, w, n, out);
     if (st) return st;
     if (t->cache_n * 2 >= t->cache_cap || t->cache_ids.n > (1u << 22)) { /* full: start over */
-        for (size_t k = 0; k < t->cache_cap; k++) { free(t->cache[k].key); t->cache[k].key = NULL; }
+        for (size_t k = 0; k < t->cache_cap; k++) {
+            free(t->cache[k].key);
+            t->cache[k].key = NULL;
+        }
         t->cache_n = 0;
         t->cache_ids.n = 0;
     }
@@ -1020,7 +1183,11 @@ static lt_status bpe_cached(lt_tokenizer *t, const char *w, size_t n, lt_ivec *o
         c->off = (uint32_t)t->cache_ids.n;
         c->n = (uint32_t)(out->n - before);
         for (size_t k = before; k < out->n; k++)
-            if (lt_ivec_push(&t->cache_ids, out->p[k])) { free(c->key); c->key = NULL; return LT_OK; }
+            if (lt_ivec_push(&t->cache_ids, out->p[k])) {
+                free(c->key);
+                c->key = NULL;
+                return LT_OK;
+            }
         t->cache_n++;
         break;
     }
@@ -1046,8 +1213,10 @@ static lt_status normalize(lt_tokenizer *t, const char *s, size_t n, lt_buf *out
         nxt.n = 0;
         if (z->kind <= NORM_NFKD) {
             utf8proc_uint8_t *r = NULL;
-            utf8proc_option_t opt = UTF8PROC_STABLE | (z->kind == NORM_NFC ? UTF8PROC_COMPOSE : z->kind == NORM_NFKC ? UTF8PROC_COMPOSE | UTF8PROC_COMPAT
-                                                       : z->kind == NORM_NFD ? UTF8PROC_DECOMPOSE : UTF8PROC_DECOMPOSE | UTF8PROC_COMPAT);
+            utf8proc_option_t opt = UTF8PROC_STABLE | (z->kind == NORM_NFC    ? UTF8PROC_COMPOSE
+                                                       : z->kind == NORM_NFKC ? UTF8PROC_COMPOSE | UTF8PROC_COMPAT
+                                                       : z->kind == NORM_NFD  ? UTF8PROC_DECOMPOSE
+                                                                              : UTF8PROC_DECOMPOSE | UTF8PROC_COMPAT);
             utf8proc_ssize_t rn = utf8proc_map((const utf8proc_uint8_t *)cur.p, (utf8proc_ssize_t)cur.n, &r, opt);
             if (rn < 0) st = lt_fail(&t->err, LT_ERR_ARGUMENT, "normalization failed: %s", utf8proc_errmsg(rn));
             else if (lt_buf_put(&nxt, r, (size_t)rn)) st = lt_fail(&t->err, LT_ERR_NOMEM, "out of memory");
@@ -1058,15 +1227,22 @@ static lt_status normalize(lt_tokenizer *t, const char *s, size_t n, lt_buf *out
                 uint32_t cp;
                 i += (size_t)lt_utf8_next(u + i, cur.n - i, &cp);
                 /* Rust char::to_lowercase: U+0130 is the one code point with a two-character lower case */
-                if (cp == 0x130 ? lt_buf_put(&nxt, "i\xCC\x87", 3) : utf8_put(&nxt, (uint32_t)utf8proc_tolower((utf8proc_int32_t)cp)))
+                if (cp == 0x130 ? lt_buf_put(&nxt, "i\xCC\x87", 3)
+                                : utf8_put(&nxt, (uint32_t)utf8proc_tolower((utf8proc_int32_t)cp)))
                     st = lt_fail(&t->err, LT_ERR_NOMEM, "out of memory");
             }
         } else if (z->kind == NORM_PREPEND) {
-            if (cur.n && (lt_buf_puts(&nxt, z->content) || lt_buf_put(&nxt, cur.p, cur.n))) st = lt_fail(&t->err, LT_ERR_NOMEM, "out of memory");
+            if (cur.n && (lt_buf_puts(&nxt, z->content) || lt_buf_put(&nxt, cur.p, cur.n)))
+                st = lt_fail(&t->err, LT_ERR_NOMEM, "out of memory");
         } else if (z->kind == NORM_STRIP) {
             size_t a = 0, b = cur.n;
             const unsigned char *u = (const unsigned char *)cur.p;
-            while (z->left && a < b) { uint32_t cp; int l = lt_utf8_next(u + a, b - a, &cp); if (!is_ws(cp)) break; a += (size_t)l; }
+            while (z->left && a < b) {
+                uint32_t cp;
+                int l = lt_utf8_next(u + a, b - a, &cp);
+                if (!is_ws(cp)) break;
+                a += (size_t)l;
+            }
             while (z->right && b > a) {
                 size_t q = b - 1;
                 while (q > a && (u[q] & 0xC0) == 0x80) q--;
@@ -1081,7 +1257,8 @@ static lt_status normalize(lt_tokenizer *t, const char *s, size_t n, lt_buf *out
             size_t i = 0;
             if (!*z->content && cur.n) { /* deleting matches: is there one at the very start? */
                 if (z->pattern) *lead_removed |= *z->pattern && !strncmp(cur.p, z->pattern, strlen(z->pattern));
-                else if (pcre2_match(z->re, (PCRE2_SPTR)cur.p, cur.n, 0, PCRE2_NO_UTF_CHECK | PCRE2_ANCHORED, t->md, NULL) >= 0)
+                else if (pcre2_match(z->re, (PCRE2_SPTR)cur.p, cur.n, 0, PCRE2_NO_UTF_CHECK | PCRE2_ANCHORED, t->md,
+                                     NULL) >= 0)
                     *lead_removed |= pcre2_get_ovector_pointer(t->md)[1] > 0;
             }
             if (z->pattern) {
@@ -1089,13 +1266,17 @@ static lt_status normalize(lt_tokenizer *t, const char *s, size_t n, lt_buf *out
                 while (i < cur.n && !st) {
                     const char *hit = pl ? memmem(cur.p + i, cur.n - i, z->pattern, pl) : NULL;
                     size_t end = hit ? (size_t)(hit - cur.p) : cur.n;
-                    if (lt_buf_put(&nxt, cur.p + i, end - i) || (hit && lt_buf_puts(&nxt, z->content))) st = lt_fail(&t->err, LT_ERR_NOMEM, "out of memory");
+                    if (lt_buf_put(&nxt, cur.p + i, end - i) || (hit && lt_buf_puts(&nxt, z->content)))
+                        st = lt_fail(&t->err, LT_ERR_NOMEM, "out of memory");
                     i = hit ? end + pl : cur.n;
                 }
             } else {
                 while (i <= cur.n && !st) {
                     int rc = pcre2_match(z->re, (PCRE2_SPTR)cur.p, cur.n, i, PCRE2_NO_UTF_CHECK, t->md, NULL);
-                    if (rc < 0) { lt_buf_put(&nxt, cur.p + i, cur.n - i); break; }
+                    if (rc < 0) {
+                        lt_buf_put(&nxt, cur.p + i, cur.n - i);
+                        break;
+                    }
                     PCRE2_SIZE *ov = pcre2_get_ovector_pointer(t->md);
                     lt_buf_put(&nxt, cur.p + i, ov[0] - i);
                     lt_buf_puts(&nxt, z->content);
@@ -1109,7 +1290,9 @@ static lt_status normalize(lt_tokenizer *t, const char *s, size_t n, lt_buf *out
                 }
             }
         }
-        lt_buf tmp = cur; cur = nxt; nxt = tmp;
+        lt_buf tmp = cur;
+        cur = nxt;
+        nxt = tmp;
         if (!cur.p) lt_buf_puts(&cur, "");
     }
     free(nxt.p);
@@ -1121,8 +1304,15 @@ static lt_status normalize(lt_tokenizer *t, const char *s, size_t n, lt_buf *out
 /* ---- pre-tokenization ---------------------------------------------------------------------------
  * Pieces live in an arena as (offset, length, at_start); at_start marks a piece that begins at
  * offset 0 of the original text (Metaspace prepend_scheme "first"). */
-typedef struct piece { size_t off, len; int at_start; } piece;
-typedef struct pieces { lt_buf arena; piece *p; size_t n, cap; } pieces;
+typedef struct piece {
+    size_t off, len;
+    int at_start;
+} piece;
+typedef struct pieces {
+    lt_buf arena;
+    piece *p;
+    size_t n, cap;
+} pieces;
 
 static int pieces_add(pieces *ps, const char *s, size_t n, int at_start) {
     if (ps->n == ps->cap) {
@@ -1142,20 +1332,40 @@ static int pieces_extend(pieces *ps, const char *s, size_t n) {
 }
 
 /* Split s by match spans [ms[i], me[i]) with a SplitDelimiterBehavior. */
-static int split_spans(pieces *out, const char *s, size_t n, int at_start, const size_t *ms, const size_t *me, size_t nm, int beh) {
+static int split_spans(pieces *out, const char *s, size_t n, int at_start, const size_t *ms, const size_t *me,
+                       size_t nm, int beh) {
     size_t prev = 0;
     int first = at_start, rc = 0;
     int last_was_match = 0;
-#define ADD(a, b) do { if ((b) > (a)) { rc |= pieces_add(out, s + (a), (b) - (a), first && (a) == 0); } } while (0)
+#define ADD(a, b)                                                                        \
+    do {                                                                                 \
+        if ((b) > (a)) { rc |= pieces_add(out, s + (a), (b) - (a), first && (a) == 0); } \
+    } while (0)
     for (size_t k = 0; k < nm; k++) {
         size_t a = ms[k], b = me[k];
         switch (beh) {
-        case BEH_ISOLATED: ADD(prev, a); ADD(a, b); prev = b; break;
-        case BEH_REMOVED: ADD(prev, a); prev = b; break;
-        case BEH_MERGED_PREV: ADD(prev, b); prev = b; break;
-        case BEH_MERGED_NEXT: ADD(prev, a); prev = a; break;
+        case BEH_ISOLATED:
+            ADD(prev, a);
+            ADD(a, b);
+            prev = b;
+            break;
+        case BEH_REMOVED:
+            ADD(prev, a);
+            prev = b;
+            break;
+        case BEH_MERGED_PREV:
+            ADD(prev, b);
+            prev = b;
+            break;
+        case BEH_MERGED_NEXT:
+            ADD(prev, a);
+            prev = a;
+            break;
         case BEH_CONTIGUOUS:
-            if (a > prev) { ADD(prev, a); last_was_match = 0; }
+            if (a > prev) {
+                ADD(prev, a);
+                last_was_match = 0;
+            }
             if (last_was_match && a == prev && out->n) rc |= pieces_extend(out, s + a, b - a);
             else ADD(a, b);
             last_was_match = 1;
@@ -1168,14 +1378,16 @@ static int split_spans(pieces *out, const char *s, size_t n, int at_start, const
     return rc;
 }
 
-static lt_status collect_matches(lt_tokenizer *t, const pretok *z, const char *s, size_t n, size_t **ms, size_t **me, size_t *nm, size_t *cap) {
+static lt_status collect_matches(lt_tokenizer *t, const pretok *z, const char *s, size_t n, size_t **ms, size_t **me,
+                                 size_t *nm, size_t *cap) {
     *nm = 0;
     size_t i = 0;
     while (i < n) {
         size_t a, b;
         if (z->re) {
             int rc = pcre2_jit_match(z->re, (PCRE2_SPTR)s, n, i, PCRE2_NO_UTF_CHECK, t->md, NULL);
-            if (rc == PCRE2_ERROR_JIT_BADOPTION) rc = pcre2_match(z->re, (PCRE2_SPTR)s, n, i, PCRE2_NO_UTF_CHECK, t->md, NULL);
+            if (rc == PCRE2_ERROR_JIT_BADOPTION)
+                rc = pcre2_match(z->re, (PCRE2_SPTR)s, n, i, PCRE2_NO_UTF_CHECK, t->md, NULL);
             if (rc == PCRE2_ERROR_NOMATCH) break;
             if (rc < 0) return lt_fail(&t->err, LT_ERR_INTERNAL, "regex match failed (PCRE2 error %d)", rc);
             PCRE2_SIZE *ov = pcre2_get_ovector_pointer(t->md);
@@ -1256,14 +1468,26 @@ static lt_status pre_tokenize(lt_tokenizer *t, const char *s, size_t n, int at_s
                 tmp.n = 0;
                 size_t rl = strlen(z->repl);
                 int starts = pn >= 1 && (ps[0] == ' ' || (pn >= rl && !memcmp(ps, z->repl, rl)));
-                if (!starts && (z->prepend == PREPEND_ALWAYS || (z->prepend == PREPEND_FIRST && pst))) rc |= lt_buf_puts(&tmp, z->repl);
-                for (size_t q = 0; q < pn; q++) rc |= ps[q] == ' ' ? lt_buf_puts(&tmp, z->repl) : lt_buf_putc(&tmp, ps[q]);
+                if (!starts && (z->prepend == PREPEND_ALWAYS || (z->prepend == PREPEND_FIRST && pst)))
+                    rc |= lt_buf_puts(&tmp, z->repl);
+                for (size_t q = 0; q < pn; q++)
+                    rc |= ps[q] == ' ' ? lt_buf_puts(&tmp, z->repl) : lt_buf_putc(&tmp, ps[q]);
                 if (z->split) {
                     nm = 0;
                     for (size_t q = 0; q + rl <= tmp.n;) {
                         if (!memcmp(tmp.p + q, z->repl, rl)) {
-                            if (nm == mcap) { mcap = mcap ? mcap * 2 : 64; ms = realloc(ms, mcap * sizeof *ms); me = realloc(me, mcap * sizeof *me); if (!ms || !me) { rc = -1; break; } }
-                            ms[nm] = q; me[nm] = q + rl; nm++;
+                            if (nm == mcap) {
+                                mcap = mcap ? mcap * 2 : 64;
+                                ms = realloc(ms, mcap * sizeof *ms);
+                                me = realloc(me, mcap * sizeof *me);
+                                if (!ms || !me) {
+                                    rc = -1;
+                                    break;
+                                }
+                            }
+                            ms[nm] = q;
+                            me[nm] = q + rl;
+                            nm++;
                             q += rl;
                         } else q++;
                     }
@@ -1277,15 +1501,28 @@ static lt_status pre_tokenize(lt_tokenizer *t, const char *s, size_t n, int at_s
                 for (size_t q = 0; q < pn && !rc;) {
                     uint32_t cp;
                     int l = lt_utf8_next(u + q, pn - q, &cp);
-                    if (!is_numeric(cp)) { q += (size_t)l; continue; }
+                    if (!is_numeric(cp)) {
+                        q += (size_t)l;
+                        continue;
+                    }
                     size_t e = q + (size_t)l;
                     while (!z->individual && e < pn) {
                         int l2 = lt_utf8_next(u + e, pn - e, &cp);
                         if (!is_numeric(cp)) break;
                         e += (size_t)l2;
                     }
-                    if (nm == mcap) { mcap = mcap ? mcap * 2 : 64; ms = realloc(ms, mcap * sizeof *ms); me = realloc(me, mcap * sizeof *me); if (!ms || !me) { rc = -1; break; } }
-                    ms[nm] = q; me[nm] = e; nm++;
+                    if (nm == mcap) {
+                        mcap = mcap ? mcap * 2 : 64;
+                        ms = realloc(ms, mcap * sizeof *ms);
+                        me = realloc(me, mcap * sizeof *me);
+                        if (!ms || !me) {
+                            rc = -1;
+                            break;
+                        }
+                    }
+                    ms[nm] = q;
+                    me[nm] = e;
+                    nm++;
                     q = e;
                 }
                 if (!rc) rc |= split_spans(nxt, ps, pn, pst, ms, me, nm, BEH_ISOLATED);
@@ -1296,9 +1533,16 @@ static lt_status pre_tokenize(lt_tokenizer *t, const char *s, size_t n, int at_s
                 for (size_t q = 0; q < pn;) {
                     uint32_t cp;
                     int l = lt_utf8_next(u + q, pn - q, &cp);
-                    if (is_ws(cp)) { q += (size_t)l; continue; }
+                    if (is_ws(cp)) {
+                        q += (size_t)l;
+                        continue;
+                    }
                     size_t e = q;
-                    while (e < pn) { int l2 = lt_utf8_next(u + e, pn - e, &cp); if (is_ws(cp)) break; e += (size_t)l2; }
+                    while (e < pn) {
+                        int l2 = lt_utf8_next(u + e, pn - e, &cp);
+                        if (is_ws(cp)) break;
+                        e += (size_t)l2;
+                    }
                     rc |= pieces_add(nxt, ps + q, e - q, pst && q == 0);
                     q = e;
                 }
@@ -1307,11 +1551,21 @@ static lt_status pre_tokenize(lt_tokenizer *t, const char *s, size_t n, int at_s
             }
             if (rc && !st) st = lt_fail(&t->err, LT_ERR_NOMEM, "out of memory");
         }
-        pieces *sw = cur; cur = nxt; nxt = sw;
+        pieces *sw = cur;
+        cur = nxt;
+        nxt = sw;
     }
-    if (!st) { *res = *cur; memset(cur, 0, sizeof *cur); }
-    free(a.arena.p); free(a.p); free(b.arena.p); free(b.p);
-    free(ms); free(me); free(tmp.p);
+    if (!st) {
+        *res = *cur;
+        memset(cur, 0, sizeof *cur);
+    }
+    free(a.arena.p);
+    free(a.p);
+    free(b.arena.p);
+    free(b.p);
+    free(ms);
+    free(me);
+    free(tmp.p);
     return st;
 }
 
@@ -1326,12 +1580,14 @@ typedef lt_status (*seg_fn)(lt_tokenizer *t, const char *s, size_t n, int32_t id
  * circled/squared letters), marks, decimal digits, connector punctuation, ZWNJ/ZWJ. */
 static int is_word_char(uint32_t cp) {
     utf8proc_category_t c = utf8proc_category((utf8proc_int32_t)cp);
-    return (c >= UTF8PROC_CATEGORY_LU && c <= UTF8PROC_CATEGORY_ME) || c == UTF8PROC_CATEGORY_ND || c == UTF8PROC_CATEGORY_NL ||
-           c == UTF8PROC_CATEGORY_PC || cp == 0x200C || cp == 0x200D || (cp >= 0x24B6 && cp <= 0x24E9) ||
-           (cp >= 0x1F130 && cp <= 0x1F149) || (cp >= 0x1F150 && cp <= 0x1F169) || (cp >= 0x1F170 && cp <= 0x1F189);
+    return (c >= UTF8PROC_CATEGORY_LU && c <= UTF8PROC_CATEGORY_ME) || c == UTF8PROC_CATEGORY_ND ||
+           c == UTF8PROC_CATEGORY_NL || c == UTF8PROC_CATEGORY_PC || cp == 0x200C || cp == 0x200D ||
+           (cp >= 0x24B6 && cp <= 0x24E9) || (cp >= 0x1F130 && cp <= 0x1F149) || (cp >= 0x1F150 && cp <= 0x1F169) ||
+           (cp >= 0x1F170 && cp <= 0x1F189);
 }
 
-static lt_status split_added(lt_tokenizer *t, const char *s, size_t n, int normalized, int at_start, seg_fn fn, void *user) {
+static lt_status split_added(lt_tokenizer *t, const char *s, size_t n, int normalized, int at_start, seg_fn fn,
+                             void *user) {
     size_t prev = 0, i = 0;
     const unsigned char *u = (const unsigned char *)s;
     int any = t->n_added_kind[normalized != 0];
@@ -1346,13 +1602,27 @@ static lt_status split_added(lt_tokenizer *t, const char *s, size_t n, int norma
             if (memcmp(s + i, a->content, a->len)) continue;
             if (!best || a->len > best->len) best = a;
         }
-        if (!best) { i++; continue; }
+        if (!best) {
+            i++;
+            continue;
+        }
         if (best->single_word) {
             uint32_t cp;
             int inside = 0;
-            if (i > 0) { size_t q = i - 1; while (q > 0 && (u[q] & 0xC0) == 0x80) q--; lt_utf8_next(u + q, n - q, &cp); inside |= is_word_char(cp); }
-            if (i + best->len < n) { lt_utf8_next(u + i + best->len, n - i - best->len, &cp); inside |= is_word_char(cp); }
-            if (inside) { i += best->len; continue; }
+            if (i > 0) {
+                size_t q = i - 1;
+                while (q > 0 && (u[q] & 0xC0) == 0x80) q--;
+                lt_utf8_next(u + q, n - q, &cp);
+                inside |= is_word_char(cp);
+            }
+            if (i + best->len < n) {
+                lt_utf8_next(u + i + best->len, n - i - best->len, &cp);
+                inside |= is_word_char(cp);
+            }
+            if (inside) {
+                i += best->len;
+                continue;
+            }
         }
         size_t a0 = i, a1 = i + best->len;
         if (best->lstrip)
@@ -1365,7 +1635,12 @@ static lt_status split_added(lt_tokenizer *t, const char *s, size_t n, int norma
                 a0 = q;
             }
         if (best->rstrip)
-            while (a1 < n) { uint32_t cp; int l = lt_utf8_next(u + a1, n - a1, &cp); if (!is_ws(cp)) break; a1 += (size_t)l; }
+            while (a1 < n) {
+                uint32_t cp;
+                int l = lt_utf8_next(u + a1, n - a1, &cp);
+                if (!is_ws(cp)) break;
+                a1 += (size_t)l;
+            }
         lt_status st;
         if (a0 > prev && (st = fn(t, s + prev, a0 - prev, -1, at_start && prev == 0, user))) return st;
         if ((st = fn(t, s + a0, a1 - a0, best->id, 0, user))) return st;
@@ -1402,7 +1677,8 @@ static lt_status raw_piece(lt_tokenizer *t, const char *s, size_t n, int32_t id,
 
 lt_status lt_tok_encode_into(lt_tokenizer *t, const char *text, size_t len, int add_special, lt_ivec *out) {
     size_t bad;
-    if (!lt_utf8_valid(text, len, &bad)) return lt_fail(&t->err, LT_ERR_ARGUMENT, "text is not valid UTF-8 (byte %zu)", bad);
+    if (!lt_utf8_valid(text, len, &bad))
+        return lt_fail(&t->err, LT_ERR_ARGUMENT, "text is not valid UTF-8 (byte %zu)", bad);
     size_t start = out->n;
     lt_status st = split_added(t, text, len, 0, 1, raw_piece, out);
     if (st || !add_special || !t->has_post) return st;
@@ -1413,8 +1689,11 @@ lt_status lt_tok_encode_into(lt_tokenizer *t, const char *text, size_t len, int 
     if (n) memcpy(seq, out->p + start, n * sizeof *seq);
     out->n = start;
     for (int i = 0; i < t->n_post && !st; i++) {
-        if (t->post_single[i] >= 0) { if (lt_ivec_push(out, t->post_single[i])) st = LT_ERR_NOMEM; }
-        else for (size_t k = 0; k < n && !st; k++) if (lt_ivec_push(out, seq[k])) st = LT_ERR_NOMEM;
+        if (t->post_single[i] >= 0) {
+            if (lt_ivec_push(out, t->post_single[i])) st = LT_ERR_NOMEM;
+        } else
+            for (size_t k = 0; k < n && !st; k++)
+                if (lt_ivec_push(out, seq[k])) st = LT_ERR_NOMEM;
     }
     free(seq);
     return st ? lt_fail(&t->err, LT_ERR_NOMEM, "out of memory") : LT_OK;
@@ -1422,7 +1701,10 @@ lt_status lt_tok_encode_into(lt_tokenizer *t, const char *text, size_t len, int 
 
 /* ---- decode ---------------------------------------------------------------------------------------- */
 
-typedef struct toklist { lt_buf *s; size_t n; } toklist;
+typedef struct toklist {
+    lt_buf *s;
+    size_t n;
+} toklist;
 
 static void toklist_free(toklist *l) {
     for (size_t i = 0; i < l->n; i++) free(l->s[i].p);
@@ -1449,7 +1731,8 @@ static lt_status run_decoders(lt_tokenizer *t, toklist *l) {
     for (int k = 0; k < t->n_dec && !rc; k++) {
         const decoder *d = &t->dec[k];
         switch (d->kind) {
-        case DEC_BYTELEVEL: case DEC_FUSE: {
+        case DEC_BYTELEVEL:
+        case DEC_FUSE: {
             lt_buf all = {0}, res = {0};
             for (size_t i = 0; i < l->n; i++) rc |= lt_buf_put(&all, l->s[i].p ? l->s[i].p : "", l->s[i].n);
             if (d->kind == DEC_BYTELEVEL) {
@@ -1468,15 +1751,21 @@ static lt_status run_decoders(lt_tokenizer *t, toklist *l) {
             } else res = all;
             toklist_free(l);
             l->s = calloc(1, sizeof *l->s);
-            if (!l->s) { free(res.p); rc = -1; break; }
+            if (!l->s) {
+                free(res.p);
+                rc = -1;
+                break;
+            }
             l->s[0] = res;
             l->n = 1;
             break;
         }
-        case DEC_REPLACE: case DEC_METASPACE:
+        case DEC_REPLACE:
+        case DEC_METASPACE:
             for (size_t i = 0; i < l->n; i++) {
                 lt_buf nb = {0};
-                rc |= replace_all(&nb, l->s[i].p ? l->s[i].p : "", l->s[i].n, d->kind == DEC_REPLACE ? d->pattern : d->repl,
+                rc |= replace_all(&nb, l->s[i].p ? l->s[i].p : "", l->s[i].n,
+                                  d->kind == DEC_REPLACE ? d->pattern : d->repl,
                                   d->kind == DEC_REPLACE ? d->content : " ");
                 if (d->kind == DEC_METASPACE && i == 0 && d->prepend != PREPEND_NEVER && nb.n && nb.p[0] == ' ') {
                     memmove(nb.p, nb.p + 1, nb.n);
@@ -1491,7 +1780,10 @@ static lt_status run_decoders(lt_tokenizer *t, toklist *l) {
             size_t nn = 0;
             lt_buf run = {0};
             size_t run_n = 0;
-            if (!ns) { rc = -1; break; }
+            if (!ns) {
+                rc = -1;
+                break;
+            }
             for (size_t i = 0; i <= l->n; i++) {
                 const char *p = i < l->n ? l->s[i].p : NULL;
                 unsigned v;
@@ -1504,13 +1796,17 @@ static lt_status run_decoders(lt_tokenizer *t, toklist *l) {
                 if (run_n) {
                     lt_buf piece = {0};
                     if (lt_utf8_valid(run.p, run.n, NULL)) rc |= lt_buf_put(&piece, run.p, run.n);
-                    else for (size_t q = 0; q < run_n; q++) rc |= lt_buf_put(&piece, "\xEF\xBF\xBD", 3);
+                    else
+                        for (size_t q = 0; q < run_n; q++) rc |= lt_buf_put(&piece, "\xEF\xBF\xBD", 3);
                     /* one token per byte token in tokenizers; joined here, which only matters to Strip */
                     ns[nn++] = piece;
                     run.n = 0;
                     run_n = 0;
                 }
-                if (i < l->n) { ns[nn++] = l->s[i]; l->s[i].p = NULL; }
+                if (i < l->n) {
+                    ns[nn++] = l->s[i];
+                    l->s[i].p = NULL;
+                }
             }
             free(run.p);
             toklist_free(l);
@@ -1523,8 +1819,13 @@ static lt_status run_decoders(lt_tokenizer *t, toklist *l) {
                 lt_buf *b = &l->s[i];
                 size_t cl = strlen(d->content), a = 0, e = b->n;
                 for (int q = 0; q < d->start && cl && a + cl <= e && !memcmp(b->p + a, d->content, cl); q++) a += cl;
-                for (int q = 0; q < d->stop && cl && e >= a + cl && !memcmp(b->p + e - cl, d->content, cl); q++) e -= cl;
-                if (b->p) { memmove(b->p, b->p + a, e - a); b->n = e - a; b->p[b->n] = 0; }
+                for (int q = 0; q < d->stop && cl && e >= a + cl && !memcmp(b->p + e - cl, d->content, cl); q++)
+                    e -= cl;
+                if (b->p) {
+                    memmove(b->p, b->p + a, e - a);
+                    b->n = e - a;
+                    b->p[b->n] = 0;
+                }
             }
             break;
         }
@@ -1540,15 +1841,20 @@ static lt_status decode_into(lt_tokenizer *t, const int32_t *ids, size_t n, int 
         if (id >= 0 && id < t->n_ids && !t->name[id]) continue; /* a hole in the id space: tokenizers skips it */
         if (id < 0 || id >= t->n_ids) {
             toklist_free(&l);
-            return lt_fail(&t->err, LT_ERR_ARGUMENT, "token id %d (position %zu) is not in the vocabulary (size %d)", id, i, t->n_ids);
+            return lt_fail(&t->err, LT_ERR_ARGUMENT, "token id %d (position %zu) is not in the vocabulary (size %d)",
+                           id, i, t->n_ids);
         }
         if (skip_special && t->is_special[id]) continue;
-        if (lt_buf_put(&l.s[l.n++], t->name[id], t->name_len[id])) { toklist_free(&l); return lt_fail(&t->err, LT_ERR_NOMEM, "out of memory"); }
+        if (lt_buf_put(&l.s[l.n++], t->name[id], t->name_len[id])) {
+            toklist_free(&l);
+            return lt_fail(&t->err, LT_ERR_NOMEM, "out of memory");
+        }
     }
     lt_status st = run_decoders(t, &l);
     int rc = 0;
     if (t->n_dec == 0) /* no decoder: tokens joined with spaces, as tokenizers does */
-        for (size_t i = 0; !st && i < l.n; i++) rc |= (i ? lt_buf_putc(out, ' ') : 0) | lt_buf_put(out, l.s[i].p ? l.s[i].p : "", l.s[i].n);
+        for (size_t i = 0; !st && i < l.n; i++)
+            rc |= (i ? lt_buf_putc(out, ' ') : 0) | lt_buf_put(out, l.s[i].p ? l.s[i].p : "", l.s[i].n);
     else
         for (size_t i = 0; !st && i < l.n; i++) rc |= lt_buf_put(out, l.s[i].p ? l.s[i].p : "", l.s[i].n);
     toklist_free(&l);
@@ -1567,13 +1873,15 @@ LT_API lt_status lt_tokenizer_encode(lt_tokenizer *t, const char *text, size_t l
                                      size_t capacity, size_t *n_ids) {
     if (!t) return LT_ERR_ARGUMENT;
     lt_error_clear(&t->err);
-    if ((!text && len) || !n_ids || (!ids && capacity)) return lt_fail(&t->err, LT_ERR_ARGUMENT, "lt_tokenizer_encode: NULL argument");
+    if ((!text && len) || !n_ids || (!ids && capacity))
+        return lt_fail(&t->err, LT_ERR_ARGUMENT, "lt_tokenizer_encode: NULL argument");
     t->out.n = 0;
     lt_status st = lt_tok_encode_into(t, text ? text : "", len, add_special, &t->out);
     if (st) return st;
     *n_ids = t->out.n;
     if (t->out.n > capacity)
-        return ids ? lt_fail(&t->err, LT_ERR_SHAPE, "%zu token ids do not fit in a buffer of %zu", t->out.n, capacity) : LT_OK;
+        return ids ? lt_fail(&t->err, LT_ERR_SHAPE, "%zu token ids do not fit in a buffer of %zu", t->out.n, capacity)
+                   : LT_OK;
     if (t->out.n) memcpy(ids, t->out.p, t->out.n * sizeof *ids);
     return LT_OK;
 }
@@ -1582,14 +1890,16 @@ LT_API lt_status lt_tokenizer_decode(lt_tokenizer *t, const int32_t *ids, size_t
                                      size_t capacity, size_t *len) {
     if (!t) return LT_ERR_ARGUMENT;
     lt_error_clear(&t->err);
-    if ((!ids && n) || !len || (!text && capacity)) return lt_fail(&t->err, LT_ERR_ARGUMENT, "lt_tokenizer_decode: NULL argument");
+    if ((!ids && n) || !len || (!text && capacity))
+        return lt_fail(&t->err, LT_ERR_ARGUMENT, "lt_tokenizer_decode: NULL argument");
     t->text.n = 0;
     lt_status st = decode_into(t, ids, n, skip_special, &t->text);
     if (st) return st;
     *len = t->text.n;
     if (!text) return LT_OK;
     if (t->text.n + 1 > capacity)
-        return lt_fail(&t->err, LT_ERR_SHAPE, "%zu bytes of text (+ NUL) do not fit in a buffer of %zu", t->text.n, capacity);
+        return lt_fail(&t->err, LT_ERR_SHAPE, "%zu bytes of text (+ NUL) do not fit in a buffer of %zu", t->text.n,
+                       capacity);
     memcpy(text, t->text.p, t->text.n + 1);
     return LT_OK;
 }
@@ -1606,8 +1916,11 @@ LT_API const char *lt_tokenizer_id_to_token(const lt_tokenizer *t, int32_t id) {
 
 LT_API int32_t lt_tokenizer_special_id(const lt_tokenizer *t, lt_special_token which) {
     if (!t) return -1;
-    const char *s = which == LT_SPECIAL_BOS ? t->bos : which == LT_SPECIAL_EOS ? t->eos : which == LT_SPECIAL_PAD ? t->pad
-                  : which == LT_SPECIAL_UNK ? t->unk : NULL;
+    const char *s = which == LT_SPECIAL_BOS   ? t->bos
+                    : which == LT_SPECIAL_EOS ? t->eos
+                    : which == LT_SPECIAL_PAD ? t->pad
+                    : which == LT_SPECIAL_UNK ? t->unk
+                                              : NULL;
     return s ? token_to_id(t, s) : -1;
 }
 

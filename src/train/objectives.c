@@ -30,8 +30,8 @@ static double sigmoid(double x) { return x >= 0 ? 1.0 / (1.0 + exp(-x)) : exp(x)
 static double log1mexp(double x) { return x < -M_LN2 ? log1p(-exp(x)) : log(-expm1(x)); }
 
 void lt_obj_pairs(lt_objective obj, const lt_trainer_params *p, int B, const double *lp_c, const double *lp_r,
-                  const double *ref_c, const double *ref_r, const int *n_c, const int *n_r, double *g_c,
-                  double *g_r, lt_obj_metrics *out) {
+                  const double *ref_c, const double *ref_r, const int *n_c, const int *n_r, double *g_c, double *g_r,
+                  lt_obj_metrics *out) {
     const double beta = p->beta, eps = p->label_smoothing;
     double loss = 0, rc = 0, rr = 0, acc = 0, mar = 0;
     for (int i = 0; i < B; i++) {
@@ -162,8 +162,14 @@ void lt_obj_grpo_loss(const lt_trainer_params *p, int S, const int32_t *lens, co
             const double cl = rho < 1 - eps_lo ? 1 - eps_lo : rho > 1 + eps_hi ? 1 + eps_hi : rho;
             const double u1 = rho * A, u2 = cl * A;
             double l, d;
-            if (u1 <= u2) { l = -u1; d = -u1; }                               /* d(rho)/d lp = rho */
-            else { l = -u2; d = (rho == cl) ? -u1 : 0.0; }                     /* clamped: no gradient */
+            if (u1 <= u2) {
+                l = -u1;
+                d = -u1;
+            } /* d(rho)/d lp = rho */
+            else {
+                l = -u2;
+                d = (rho == cl) ? -u1 : 0.0;
+            } /* clamped: no gradient */
             if ((rho < 1 - eps_lo && A < 0) || (rho > 1 + eps_hi && A > 0)) clipped += 1;
             if (kb > 0) { /* k3 = exp(ref - lp) - (ref - lp) - 1 */
                 const double x = (double)ref[o] - (double)lp[o];
@@ -188,18 +194,23 @@ lt_status lt_objective_check_params(lt_model *m, lt_adapter *a, const lt_trainer
     if (!(p->beta > 0) || !isfinite(p->beta))
         return lt_fail(err, LT_ERR_ARGUMENT, "lt_trainer_create: beta %g must be positive", p->beta);
     if (!(p->label_smoothing >= 0 && p->label_smoothing < 0.5f))
-        return lt_fail(err, LT_ERR_ARGUMENT, "lt_trainer_create: label_smoothing %g must be in [0, 0.5)", p->label_smoothing);
+        return lt_fail(err, LT_ERR_ARGUMENT, "lt_trainer_create: label_smoothing %g must be in [0, 0.5)",
+                       p->label_smoothing);
     if (!(p->desirable_weight >= 0) || !(p->undesirable_weight >= 0))
         return lt_fail(err, LT_ERR_ARGUMENT, "lt_trainer_create: KTO desirable/undesirable weights must be >= 0");
     if (p->max_length < 0) return lt_fail(err, LT_ERR_ARGUMENT, "lt_trainer_create: max_length %d < 0", p->max_length);
     if (p->ref_adapter && (p->ref_adapter->model != m || p->ref_adapter == a))
-        return lt_fail(err, LT_ERR_ARGUMENT, "lt_trainer_create: ref_adapter must be another adapter of the same model");
+        return lt_fail(err, LT_ERR_ARGUMENT,
+                       "lt_trainer_create: ref_adapter must be another adapter of the same model");
     if (p->objective == LT_OBJ_GRPO) {
         if (p->num_generations < 2)
-            return lt_fail(err, LT_ERR_ARGUMENT, "lt_trainer_create: GRPO needs num_generations >= 2 (got %d): "
-                           "advantages are relative to the group", p->num_generations);
+            return lt_fail(err, LT_ERR_ARGUMENT,
+                           "lt_trainer_create: GRPO needs num_generations >= 2 (got %d): "
+                           "advantages are relative to the group",
+                           p->num_generations);
         if (!(p->epsilon >= 0 && p->epsilon < 1) || !(p->epsilon_high >= 0) || !(p->kl_beta >= 0))
-            return lt_fail(err, LT_ERR_ARGUMENT, "lt_trainer_create: need 0 <= epsilon < 1, epsilon_high >= 0, kl_beta >= 0");
+            return lt_fail(err, LT_ERR_ARGUMENT,
+                           "lt_trainer_create: need 0 <= epsilon < 1, epsilon_high >= 0, kl_beta >= 0");
         if ((int)p->scale_rewards < 0 || p->scale_rewards > LT_GRPO_SCALE_NONE || (int)p->loss_type < 0 ||
             p->loss_type > LT_GRPO_LOSS_DR_GRPO)
             return lt_fail(err, LT_ERR_ARGUMENT, "lt_trainer_create: unknown GRPO scale_rewards %d or loss_type %d",
@@ -210,8 +221,17 @@ lt_status lt_objective_check_params(lt_model *m, lt_adapter *a, const lt_trainer
 
 void lt_objective_free_state(lt_trainer *t) {
     lt_objective_state *s = &t->obj;
-    free(s->ids); free(s->labels); free(s->w); free(s->seq); free(s->ints); free(s->lp); free(s->lp_ref);
-    free(s->g_prompts); free(s->g_plens); free(s->g_comp); free(s->g_clens);
+    free(s->ids);
+    free(s->labels);
+    free(s->w);
+    free(s->seq);
+    free(s->ints);
+    free(s->lp);
+    free(s->lp_ref);
+    free(s->g_prompts);
+    free(s->g_plens);
+    free(s->g_comp);
+    free(s->g_clens);
     memset(s, 0, sizeof *s);
 }
 
@@ -220,16 +240,22 @@ static lt_status reserve(lt_trainer *t, int rows, int T, int seqs, size_t tokens
     lt_objective_state *s = &t->obj;
     const size_t n = (size_t)rows * T;
     if (n > s->tok_cap) {
-        free(s->ids); free(s->labels); free(s->w);
+        free(s->ids);
+        free(s->labels);
+        free(s->w);
         s->ids = malloc(n * sizeof *s->ids);
         s->labels = malloc(n * sizeof *s->labels);
         s->w = malloc(n * sizeof *s->w);
         s->tok_cap = s->ids && s->labels && s->w ? n : 0;
-        if (!s->tok_cap) return lt_fail(&t->err, LT_ERR_NOMEM, "objective: out of memory staging %d x %d tokens", rows, T);
+        if (!s->tok_cap)
+            return lt_fail(&t->err, LT_ERR_NOMEM, "objective: out of memory staging %d x %d tokens", rows, T);
     }
     size_t need = (size_t)seqs > tokens ? (size_t)seqs : tokens;
     if (need > s->seq_cap) {
-        free(s->seq); free(s->ints); free(s->lp); free(s->lp_ref);
+        free(s->seq);
+        free(s->ints);
+        free(s->lp);
+        free(s->lp_ref);
         s->seq = malloc(need * 8 * sizeof *s->seq);
         s->ints = malloc(need * 4 * sizeof *s->ints);
         s->lp = malloc(2 * need * sizeof *s->lp); /* second half: GRPO's d loss / d lp */
@@ -269,21 +295,27 @@ static double seq_logp(const lt_workspace *ws, int r, int P, int C) {
 }
 
 /* Per-example offsets into the concatenated arrays; validates lengths. */
-typedef struct { int P, C, R, p_off, c_off, r_off; } pref_item;
+typedef struct {
+    int P, C, R, p_off, c_off, r_off;
+} pref_item;
 
 static lt_status check_pref(lt_trainer *t, const lt_pref_batch *b, const char *fn, int *T_out) {
     const int kto = t->p.objective == LT_OBJ_KTO, V = (int)t->model->cfg.vocab_size;
     if (t->p.objective < LT_OBJ_DPO || t->p.objective > LT_OBJ_ORPO)
         return lt_fail(&t->err, LT_ERR_STATE, "%s: the trainer's objective is not DPO, IPO, KTO or ORPO", fn);
-    if (!b || b->size < sizeof(size_t)) return lt_fail(&t->err, LT_ERR_ARGUMENT, "%s: batch is NULL or its size is unset (call lt_pref_batch_init)", fn);
+    if (!b || b->size < sizeof(size_t))
+        return lt_fail(&t->err, LT_ERR_ARGUMENT, "%s: batch is NULL or its size is unset (call lt_pref_batch_init)",
+                       fn);
     if (b->n_rows <= 0) return lt_fail(&t->err, LT_ERR_SHAPE, "%s: the batch has %d examples", fn, b->n_rows);
     if (!b->prompt_ids || !b->prompt_lens || !b->chosen_ids || !b->chosen_lens ||
         (!kto && (!b->rejected_ids || !b->rejected_lens)) || (kto && !b->labels))
         return lt_fail(&t->err, LT_ERR_ARGUMENT, "%s: prompt_*, chosen_* and %s are required", fn,
                        kto ? "labels (KTO)" : "rejected_*");
     if (kto && b->n_rows < 2)
-        return lt_fail(&t->err, LT_ERR_SHAPE, "%s: KTO needs at least 2 examples per batch (the KL estimate pairs "
-                       "each prompt with another example's completion)", fn);
+        return lt_fail(&t->err, LT_ERR_SHAPE,
+                       "%s: KTO needs at least 2 examples per batch (the KL estimate pairs "
+                       "each prompt with another example's completion)",
+                       fn);
     int Tmax = 0;
     int64_t po = 0, co = 0, ro = 0;
     for (int i = 0; i < b->n_rows; i++) {
@@ -294,30 +326,39 @@ static lt_status check_pref(lt_trainer *t, const lt_pref_batch *b, const char *f
                            C <= 0 ? (kto ? "" : "chosen") : "rejected");
         const int L = P + (C > R ? C : R);
         if (t->p.max_length > 0 && L > t->p.max_length)
-            return lt_fail(&t->err, LT_ERR_DATA, "%s: example %d has %d prompt + completion tokens, more than "
-                           "max_length %d", fn, i, L, t->p.max_length);
+            return lt_fail(&t->err, LT_ERR_DATA,
+                           "%s: example %d has %d prompt + completion tokens, more than "
+                           "max_length %d",
+                           fn, i, L, t->p.max_length);
         for (int k = 0; k < P; k++)
             if (b->prompt_ids[po + k] < 0 || b->prompt_ids[po + k] >= V)
-                return lt_fail(&t->err, LT_ERR_DATA, "%s: prompt %d token %d is %d, outside [0, %d)", fn, i, k, b->prompt_ids[po + k], V);
+                return lt_fail(&t->err, LT_ERR_DATA, "%s: prompt %d token %d is %d, outside [0, %d)", fn, i, k,
+                               b->prompt_ids[po + k], V);
         for (int k = 0; k < C; k++)
             if (b->chosen_ids[co + k] < 0 || b->chosen_ids[co + k] >= V)
-                return lt_fail(&t->err, LT_ERR_DATA, "%s: completion %d token %d is %d, outside [0, %d)", fn, i, k, b->chosen_ids[co + k], V);
+                return lt_fail(&t->err, LT_ERR_DATA, "%s: completion %d token %d is %d, outside [0, %d)", fn, i, k,
+                               b->chosen_ids[co + k], V);
         for (int k = 0; k < R; k++)
             if (b->rejected_ids[ro + k] < 0 || b->rejected_ids[ro + k] >= V)
-                return lt_fail(&t->err, LT_ERR_DATA, "%s: rejected completion %d token %d is %d, outside [0, %d)", fn, i, k, b->rejected_ids[ro + k], V);
+                return lt_fail(&t->err, LT_ERR_DATA, "%s: rejected completion %d token %d is %d, outside [0, %d)", fn,
+                               i, k, b->rejected_ids[ro + k], V);
         if (kto && b->labels[i] != 0 && b->labels[i] != 1)
-            return lt_fail(&t->err, LT_ERR_DATA, "%s: KTO label %d of example %d is neither 0 nor 1", fn, b->labels[i], i);
+            return lt_fail(&t->err, LT_ERR_DATA, "%s: KTO label %d of example %d is neither 0 nor 1", fn, b->labels[i],
+                           i);
         if (L > Tmax) Tmax = L;
         if (kto) { /* the KL row: prompt i with completion i-1 */
             const int Ck = b->chosen_lens[(i + b->n_rows - 1) % b->n_rows];
             if (P + Ck > Tmax) Tmax = P + Ck;
         }
-        po += P; co += C; ro += R;
+        po += P;
+        co += C;
+        ro += R;
     }
     const double *refs[3] = {b->ref_chosen_logps, kto ? NULL : b->ref_rejected_logps, kto ? b->ref_kl_logps : NULL};
     for (int k = 0; k < 3; k++)
         for (int i = 0; refs[k] && i < b->n_rows; i++)
-            if (!isfinite(refs[k][i])) return lt_fail(&t->err, LT_ERR_NUMERIC, "%s: reference log-prob %d is not finite", fn, i);
+            if (!isfinite(refs[k][i]))
+                return lt_fail(&t->err, LT_ERR_NUMERIC, "%s: reference log-prob %d is not finite", fn, i);
     *T_out = (Tmax + 15) / 16 * 16; /* a few shapes only: the workspace is planned per shape */
     return LT_OK;
 }
@@ -329,9 +370,15 @@ static lt_status build_pref_rows(lt_trainer *t, const lt_pref_batch *b, int T, p
     lt_objective_state *s = &t->obj;
     int64_t po = 0, co = 0, ro = 0;
     for (int i = 0; i < B; i++) {
-        it[i].P = b->prompt_lens[i]; it[i].C = b->chosen_lens[i]; it[i].R = kto ? 0 : b->rejected_lens[i];
-        it[i].p_off = (int)po; it[i].c_off = (int)co; it[i].r_off = (int)ro;
-        po += it[i].P; co += it[i].C; ro += it[i].R;
+        it[i].P = b->prompt_lens[i];
+        it[i].C = b->chosen_lens[i];
+        it[i].R = kto ? 0 : b->rejected_lens[i];
+        it[i].p_off = (int)po;
+        it[i].c_off = (int)co;
+        it[i].r_off = (int)ro;
+        po += it[i].P;
+        co += it[i].C;
+        ro += it[i].R;
     }
     for (int i = 0; i < B; i++) {
         const int32_t *prompt = b->prompt_ids + it[i].p_off;
@@ -417,8 +464,12 @@ static lt_status pref_run(lt_trainer *t, const lt_pref_batch *b, int mode, lt_ob
     } else {
         /* completion lengths as ints, after the items in the int scratch (6B of its 8B ints) */
         int *cc = s->ints + 6 * B, *rc = cc + B;
-        for (int i = 0; i < B; i++) { cc[i] = it[i].C; rc[i] = it[i].R; }
-        lt_obj_pairs(t->p.objective, &t->p, B, pol, pol + B, orpo ? NULL : ref, orpo ? NULL : ref + B, cc, rc, g, g + B, met);
+        for (int i = 0; i < B; i++) {
+            cc[i] = it[i].C;
+            rc[i] = it[i].R;
+        }
+        lt_obj_pairs(t->p.objective, &t->p, B, pol, pol + B, orpo ? NULL : ref, orpo ? NULL : ref + B, cc, rc, g, g + B,
+                     met);
         if (orpo) { /* + NLL over prompt + chosen (every non-pad token), token-level mean */
             int64_t cnt = 0;
             for (int i = 0; i < B; i++) {
@@ -505,7 +556,8 @@ LT_API void lt_pref_batch_init(lt_pref_batch *b, size_t size) {
 LT_API lt_status lt_trainer_step_preference(lt_trainer *t, const lt_pref_batch *b, lt_step_result *res) {
     if (!t) return LT_ERR_ARGUMENT;
     lt_error_clear(&t->err);
-    if (res && res->size < sizeof(size_t)) return lt_fail(&t->err, LT_ERR_ARGUMENT, "lt_trainer_step_preference: result->size not set");
+    if (res && res->size < sizeof(size_t))
+        return lt_fail(&t->err, LT_ERR_ARGUMENT, "lt_trainer_step_preference: result->size not set");
     const double t0 = lt_now_seconds();
     lt_obj_metrics met;
     lt_status st = pref_run(t, b, 0, &met, NULL);
@@ -552,7 +604,8 @@ LT_API lt_status lt_trainer_reference_logps(lt_trainer *t, const lt_pref_batch *
                                             double *kl) {
     if (!t) return LT_ERR_ARGUMENT;
     lt_error_clear(&t->err);
-    if (!chosen && !rejected && !kl) return lt_fail(&t->err, LT_ERR_ARGUMENT, "lt_trainer_reference_logps: no output given");
+    if (!chosen && !rejected && !kl)
+        return lt_fail(&t->err, LT_ERR_ARGUMENT, "lt_trainer_reference_logps: no output given");
     if (!b || b->n_rows <= 0) return lt_fail(&t->err, LT_ERR_SHAPE, "lt_trainer_reference_logps: empty batch");
     lt_obj_metrics met;
     double *tmp = malloc(2 * (size_t)b->n_rows * sizeof *tmp); /* outside the step: an allocation is fine */
@@ -575,18 +628,23 @@ LT_API lt_status lt_grpo_generate(lt_trainer *t, const int32_t *prompts, const i
     if (!t) return LT_ERR_ARGUMENT;
     lt_error_clear(&t->err);
     const char *fn = "lt_grpo_generate";
-    if (t->p.objective != LT_OBJ_GRPO) return lt_fail(&t->err, LT_ERR_STATE, "%s: the trainer's objective is not GRPO", fn);
+    if (t->p.objective != LT_OBJ_GRPO)
+        return lt_fail(&t->err, LT_ERR_STATE, "%s: the trainer's objective is not GRPO", fn);
     if (!prompts || !prompt_lens || n_prompts <= 0 || !completions || !completion_lens)
-        return lt_fail(&t->err, LT_ERR_ARGUMENT, "%s: prompts, prompt_lens, completions and completion_lens are required "
-                       "and n_prompts must be positive", fn);
+        return lt_fail(&t->err, LT_ERR_ARGUMENT,
+                       "%s: prompts, prompt_lens, completions and completion_lens are required "
+                       "and n_prompts must be positive",
+                       fn);
     lt_generate_params gp;
     lt_generate_params_init(&gp, sizeof gp);
     if (gen) {
         if (gen->size < sizeof(size_t) || gen->size > sizeof gp)
-            return lt_fail(&t->err, LT_ERR_ARGUMENT, "%s: gen->size %zu unknown (call lt_generate_params_init)", fn, gen->size);
+            return lt_fail(&t->err, LT_ERR_ARGUMENT, "%s: gen->size %zu unknown (call lt_generate_params_init)", fn,
+                           gen->size);
         memcpy(&gp, gen, gen->size);
     }
-    if (gp.max_new_tokens <= 0) return lt_fail(&t->err, LT_ERR_ARGUMENT, "%s: max_new_tokens %d must be positive", fn, gp.max_new_tokens);
+    if (gp.max_new_tokens <= 0)
+        return lt_fail(&t->err, LT_ERR_ARGUMENT, "%s: max_new_tokens %d must be positive", fn, gp.max_new_tokens);
     const int G = t->p.num_generations, V = (int)t->model->cfg.vocab_size;
     int64_t total = 0;
     for (int i = 0; i < n_prompts; i++) {
@@ -598,11 +656,15 @@ LT_API lt_status lt_grpo_generate(lt_trainer *t, const int32_t *prompts, const i
     }
     for (int64_t k = 0; k < total; k++)
         if (prompts[k] < 0 || prompts[k] >= V)
-            return lt_fail(&t->err, LT_ERR_DATA, "%s: prompt token %lld is %d, outside [0, %d)", fn, (long long)k, prompts[k], V);
+            return lt_fail(&t->err, LT_ERR_DATA, "%s: prompt token %lld is %d, outside [0, %d)", fn, (long long)k,
+                           prompts[k], V);
     lt_objective_state *s = &t->obj;
     const size_t rows = (size_t)n_prompts * G;
     if ((size_t)total * G > s->g_prompt_cap || rows > s->g_comp_cap / (size_t)gp.max_new_tokens || !s->g_plens) {
-        free(s->g_prompts); free(s->g_plens); free(s->g_comp); free(s->g_clens);
+        free(s->g_prompts);
+        free(s->g_plens);
+        free(s->g_comp);
+        free(s->g_clens);
         s->g_prompts = malloc((size_t)total * G * sizeof(int32_t));
         s->g_plens = malloc(rows * sizeof(int32_t));
         s->g_comp = malloc(rows * gp.max_new_tokens * sizeof(int32_t));
@@ -644,8 +706,10 @@ LT_API lt_status lt_grpo_step(lt_trainer *t, const float *rewards, lt_step_resul
     lt_error_clear(&t->err);
     const char *fn = "lt_grpo_step";
     lt_objective_state *s = &t->obj;
-    if (t->p.objective != LT_OBJ_GRPO) return lt_fail(&t->err, LT_ERR_STATE, "%s: the trainer's objective is not GRPO", fn);
-    if (!s->g_pending) return lt_fail(&t->err, LT_ERR_STATE, "%s: no generation is pending (call lt_grpo_generate first)", fn);
+    if (t->p.objective != LT_OBJ_GRPO)
+        return lt_fail(&t->err, LT_ERR_STATE, "%s: the trainer's objective is not GRPO", fn);
+    if (!s->g_pending)
+        return lt_fail(&t->err, LT_ERR_STATE, "%s: no generation is pending (call lt_grpo_generate first)", fn);
     if (!rewards) return lt_fail(&t->err, LT_ERR_ARGUMENT, "%s: rewards is NULL", fn);
     if (res && res->size < sizeof(size_t)) return lt_fail(&t->err, LT_ERR_ARGUMENT, "%s: result->size not set", fn);
     if (t->adapter->merged) return lt_fail(&t->err, LT_ERR_STATE, "%s: the adapter is merged; unmerge it first", fn);
@@ -653,8 +717,8 @@ LT_API lt_status lt_grpo_step(lt_trainer *t, const float *rewards, lt_step_resul
     const int S = s->g_np * s->g_G, Mx = s->g_max_new;
     for (int i = 0; i < S; i++)
         if (!isfinite(rewards[i]))
-            return lt_fail(&t->err, LT_ERR_NUMERIC, "%s: reward %d (prompt %d, generation %d) is not finite (%g)", fn, i,
-                           i / s->g_G, i % s->g_G, (double)rewards[i]);
+            return lt_fail(&t->err, LT_ERR_NUMERIC, "%s: reward %d (prompt %d, generation %d) is not finite (%g)", fn,
+                           i, i / s->g_G, i % s->g_G, (double)rewards[i]);
     lt_model *m = t->model;
     lt_backend *be = m->be;
     lt_adapter *a = t->adapter;
@@ -676,7 +740,10 @@ LT_API lt_status lt_grpo_step(lt_trainer *t, const float *rewards, lt_step_resul
     }
     lt_batch lb;
     lt_batch_init(&lb, sizeof lb);
-    lb.n_rows = S; lb.seq_len = T; lb.input_ids = s->ids; lb.labels = s->labels;
+    lb.n_rows = S;
+    lb.seq_len = T;
+    lb.input_ids = s->ids;
+    lb.labels = s->labels;
     int64_t valid;
     if ((st = lt_stage_batch(m, t->ws, &lb, &valid, &t->err)) != LT_OK) return st;
     /* per-token log-probs (from logits / temperature) of the reference (only with KL) and the policy */
@@ -685,7 +752,8 @@ LT_API lt_status lt_grpo_step(lt_trainer *t, const float *rewards, lt_step_resul
     if (t->p.kl_beta > 0) {
         if ((st = lt_forward_logp(m, t->p.ref_adapter, t->ws, NULL, ls, &t->err)) != LT_OK) return st;
         for (int i = 0, o = 0; i < S; i++)
-            for (int k = 0; k < s->g_clens[i]; k++) lp_ref[o++] = -t->ws->host_losses[(size_t)i * T + s->g_plens[i] - 1 + k];
+            for (int k = 0; k < s->g_clens[i]; k++)
+                lp_ref[o++] = -t->ws->host_losses[(size_t)i * T + s->g_plens[i] - 1 + k];
     }
     if ((st = lt_forward_logp(m, a, t->ws, NULL, ls, &t->err)) != LT_OK) return st;
     for (int i = 0, o = 0; i < S; i++)

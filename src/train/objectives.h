@@ -21,8 +21,8 @@ typedef struct lt_obj_metrics {
  * ORPO here is only the odds-ratio term -mean(beta log sigma(log_odds)); its NLL is added by the caller.
  */
 void lt_obj_pairs(lt_objective obj, const lt_trainer_params *p, int B, const double *lp_c, const double *lp_r,
-                  const double *ref_c, const double *ref_r, const int *n_c, const int *n_r, double *g_c,
-                  double *g_r, lt_obj_metrics *out);
+                  const double *ref_c, const double *ref_r, const int *n_c, const int *n_r, double *g_c, double *g_r,
+                  lt_obj_metrics *out);
 
 /*
  * KTO over B examples: lp, ref summed log-probs; label 1 desirable / 0 undesirable; lp_kl, ref_kl the

@@ -18,8 +18,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "train/optimizer.h"
 #include "backend/codebook.h"
+#include "train/optimizer.h"
 
 LT_API void lt_optimizer_params_init(lt_optimizer_params *out, size_t size) {
     lt_optimizer_params d, *p = &d;
@@ -150,8 +150,8 @@ static void opt8_update(lt_optimizer *o, double lr) {
                                     o->absmax1 + tn->boff, o->absmax2 + tn->boff, tn->n, o->qmaps, o->qmaps + 256,
                                     o->p.beta1, o->p.beta2, eps_c2, step_size, d);
         else
-            be->ops->adamw8bit_step(be, a->params + tn->off, a->grads + tn->off, o->m + tn->foff, o->v + tn->foff,
-                                    NULL, NULL, tn->n, NULL, NULL, o->p.beta1, o->p.beta2, eps_c2, step_size, d);
+            be->ops->adamw8bit_step(be, a->params + tn->off, a->grads + tn->off, o->m + tn->foff, o->v + tn->foff, NULL,
+                                    NULL, tn->n, NULL, NULL, o->p.beta1, o->p.beta2, eps_c2, step_size, d);
     }
 }
 
@@ -165,11 +165,14 @@ LT_API lt_status lt_optimizer_create(lt_adapter *a, const lt_optimizer_params *p
     lt_optimizer_params_init(&p, sizeof p);
     if (params) {
         if (params->size < offsetof(lt_optimizer_params, max_grad_norm) || params->size > sizeof p)
-            return lt_fail(err, LT_ERR_ARGUMENT, "lt_optimizer_create: params->size %zu is not a size this library "
-                           "knows (call lt_optimizer_params_init)", params->size);
+            return lt_fail(err, LT_ERR_ARGUMENT,
+                           "lt_optimizer_create: params->size %zu is not a size this library "
+                           "knows (call lt_optimizer_params_init)",
+                           params->size);
         memcpy(&p, params, params->size);
     }
-    if (p.kind != LT_OPT_ADAMW && p.kind != LT_OPT_SGD && p.kind != LT_OPT_ADAMW8BIT) return lt_fail(err, LT_ERR_ARGUMENT, "optimizer: unknown kind %d", (int)p.kind);
+    if (p.kind != LT_OPT_ADAMW && p.kind != LT_OPT_SGD && p.kind != LT_OPT_ADAMW8BIT)
+        return lt_fail(err, LT_ERR_ARGUMENT, "optimizer: unknown kind %d", (int)p.kind);
     if (!(p.lr >= 0) || !isfinite(p.lr)) return lt_fail(err, LT_ERR_ARGUMENT, "optimizer: lr %g must be >= 0", p.lr);
     if (!(p.beta1 >= 0 && p.beta1 < 1) || !(p.beta2 >= 0 && p.beta2 < 1))
         return lt_fail(err, LT_ERR_ARGUMENT, "optimizer: betas (%g, %g) must be in [0, 1)", p.beta1, p.beta2);
@@ -225,9 +228,7 @@ LT_API const char *lt_optimizer_last_error(const lt_optimizer *o) {
     return o ? o->err.msg : "lt_optimizer_last_error: optimizer is NULL";
 }
 
-LT_API double lt_optimizer_lr(const lt_optimizer *o) {
-    return o ? o->p.lr * lt_schedule_lambda(&o->p, o->step) : 0.0;
-}
+LT_API double lt_optimizer_lr(const lt_optimizer *o) { return o ? o->p.lr * lt_schedule_lambda(&o->p, o->step) : 0.0; }
 
 LT_API int64_t lt_optimizer_step_count(const lt_optimizer *o) { return o ? o->step : 0; }
 
@@ -236,7 +237,8 @@ lt_status lt_optimizer_update(lt_optimizer *o, double *grad_norm, double *lr_use
     lt_backend *be = a->model->be;
     const size_t n = a->n_params;
     double norm = sqrt(be->ops->sumsq(be, n, a->grads));
-    if (!isfinite(norm)) return lt_fail(err, LT_ERR_NUMERIC, "the gradient norm is not finite (%g); no update made", norm);
+    if (!isfinite(norm))
+        return lt_fail(err, LT_ERR_NUMERIC, "the gradient norm is not finite (%g); no update made", norm);
     if (o->p.max_grad_norm > 0) {
         double coef = o->p.max_grad_norm / (norm + 1e-6);
         if (coef < 1.0) be->ops->scale(be, n, (float)coef, a->grads);
@@ -362,9 +364,10 @@ LT_API lt_status lt_optimizer_load(lt_optimizer *o, const char *path) {
     memcpy(&n64, buf + 24, 8);
     if (kind != (uint32_t)o->p.kind || n64 != n || step < 0) {
         free(buf);
-        return lt_fail(&o->err, LT_ERR_SHAPE, "%s: state for %s with %llu parameters does not match this %s "
-                       "optimizer of %zu parameters", path, kind_name(kind), (unsigned long long)n64,
-                       kind_name((uint32_t)o->p.kind), n);
+        return lt_fail(&o->err, LT_ERR_SHAPE,
+                       "%s: state for %s with %llu parameters does not match this %s "
+                       "optimizer of %zu parameters",
+                       path, kind_name(kind), (unsigned long long)n64, kind_name((uint32_t)o->p.kind), n);
     }
     opt_section sec[6];
     const int ns = opt_sections(o, sec);

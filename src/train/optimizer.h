@@ -10,9 +10,9 @@
 #define LT_OPT8_BLOCKSIZE 256
 
 typedef struct lt_opt8_tensor {
-    size_t off, n;     /* the tensor inside adapter->params                                        */
-    int q8;            /* 1: 8-bit codes at codes + qoff, absmax at absmax + boff; 0: fp32 at m/v + foff */
-    int decay;         /* 0: no weight decay (a bias or norm of a full fine-tuning) */
+    size_t off, n; /* the tensor inside adapter->params                                        */
+    int q8;        /* 1: 8-bit codes at codes + qoff, absmax at absmax + boff; 0: fp32 at m/v + foff */
+    int decay;     /* 0: no weight decay (a bias or norm of a full fine-tuning) */
     size_t qoff, boff, foff;
 } lt_opt8_tensor;
 
@@ -20,16 +20,16 @@ struct lt_optimizer {
     lt_error err;
     lt_adapter *adapter;
     lt_optimizer_params p;
-    float *m, *v;   /* AdamW moments (n_params); SGD uses m as its momentum buffer; 8-bit AdamW: the fp32
-                       state of its small tensors (n_f32) */
-    int64_t step;   /* updates taken */
+    float *m, *v; /* AdamW moments (n_params); SGD uses m as its momentum buffer; 8-bit AdamW: the fp32
+                     state of its small tensors (n_f32) */
+    int64_t step; /* updates taken */
     /* 8-bit AdamW only (backend memory except tensors) */
     lt_opt8_tensor *tensors;
     int n_tensors;
-    size_t n_q8, n_blocks, n_f32;  /* elements with 8-bit state, their 256-blocks, elements with fp32 state */
-    uint8_t *c1, *c2;              /* codes of m (signed map) and v (unsigned map), n_q8 each */
-    float *absmax1, *absmax2;      /* n_blocks each */
-    float *qmaps;                  /* 512: the signed then the unsigned dynamic map */
+    size_t n_q8, n_blocks, n_f32; /* elements with 8-bit state, their 256-blocks, elements with fp32 state */
+    uint8_t *c1, *c2;             /* codes of m (signed map) and v (unsigned map), n_q8 each */
+    float *absmax1, *absmax2;     /* n_blocks each */
+    float *qmaps;                 /* 512: the signed then the unsigned dynamic map */
 };
 
 /* 8-bit AdamW's fp32 constants for update t (1-based) at learning rate lr (see optimizer.c). */

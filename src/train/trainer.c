@@ -10,13 +10,13 @@
  * Safety: a micro-batch that fails (bad ids, NaN loss, NaN gradients) restores the gradients it found,
  * and an update happens only with finite gradients, so the adapter and optimizer stay as they were.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <jansson.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <dirent.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -45,16 +45,20 @@ LT_API lt_status lt_trainer_create(lt_model *m, lt_adapter *a, lt_optimizer *o, 
     lt_error_clear(err);
     if (!out) return lt_fail(err, LT_ERR_ARGUMENT, "lt_trainer_create: out is NULL");
     *out = NULL;
-    if (!m || !a || !o) return lt_fail(err, LT_ERR_ARGUMENT, "lt_trainer_create: model, adapter and optimizer are required");
+    if (!m || !a || !o)
+        return lt_fail(err, LT_ERR_ARGUMENT, "lt_trainer_create: model, adapter and optimizer are required");
     if (a->model != m || o->adapter != a)
-        return lt_fail(err, LT_ERR_ARGUMENT, "lt_trainer_create: the adapter must belong to the model and the "
+        return lt_fail(err, LT_ERR_ARGUMENT,
+                       "lt_trainer_create: the adapter must belong to the model and the "
                        "optimizer to the adapter");
     lt_trainer_params p;
     lt_trainer_params_init(&p, sizeof p);
     if (params) {
         if (params->size < offsetof(lt_trainer_params, seed) || params->size > sizeof p)
-            return lt_fail(err, LT_ERR_ARGUMENT, "lt_trainer_create: params->size %zu is not a size this library "
-                           "knows (call lt_trainer_params_init)", params->size);
+            return lt_fail(err, LT_ERR_ARGUMENT,
+                           "lt_trainer_create: params->size %zu is not a size this library "
+                           "knows (call lt_trainer_params_init)",
+                           params->size);
         memcpy(&p, params, params->size);
     }
     if ((int)p.objective < LT_OBJ_SFT || p.objective > LT_OBJ_GRPO)
@@ -73,7 +77,10 @@ LT_API lt_status lt_trainer_create(lt_model *m, lt_adapter *a, lt_optimizer *o, 
      * accumulates several micro-batches (otherwise they are zero); a full fine-tuning saves 4 B/param */
     if (p.grad_accum > 1) {
         t->grads_backup = m->be->ops->alloc(m->be, a->n_params * sizeof(float));
-        if (!t->grads_backup) { free(t); return lt_fail(err, LT_ERR_NOMEM, "lt_trainer_create: out of memory"); }
+        if (!t->grads_backup) {
+            free(t);
+            return lt_fail(err, LT_ERR_NOMEM, "lt_trainer_create: out of memory");
+        }
     }
     m->be->ops->zero(m->be, a->grads, a->n_params * sizeof(float));
     *out = t;
@@ -117,31 +124,37 @@ LT_API lt_status lt_trainer_step(lt_trainer *t, const lt_batch *b, lt_step_resul
     if (!t) return LT_ERR_ARGUMENT;
     lt_error_clear(&t->err);
     if (!b) return lt_fail(&t->err, LT_ERR_ARGUMENT, "lt_trainer_step: batch is NULL");
-    if (res && res->size < sizeof(size_t)) return lt_fail(&t->err, LT_ERR_ARGUMENT, "lt_trainer_step: result->size not set");
-    if (t->adapter->merged) return lt_fail(&t->err, LT_ERR_STATE, "lt_trainer_step: the adapter is merged; unmerge it first");
+    if (res && res->size < sizeof(size_t))
+        return lt_fail(&t->err, LT_ERR_ARGUMENT, "lt_trainer_step: result->size not set");
+    if (t->adapter->merged)
+        return lt_fail(&t->err, LT_ERR_STATE, "lt_trainer_step: the adapter is merged; unmerge it first");
     lt_model *m = t->model;
     lt_backend *be = m->be;
     lt_adapter *a = t->adapter;
     const double t0 = lt_now_seconds();
     lt_status st;
     if (t->p.objective != LT_OBJ_SFT)
-        return lt_fail(&t->err, LT_ERR_STATE, "lt_trainer_step: the trainer's objective is not SFT; use "
+        return lt_fail(&t->err, LT_ERR_STATE,
+                       "lt_trainer_step: the trainer's objective is not SFT; use "
                        "lt_trainer_step_preference (DPO, IPO, KTO, ORPO) or lt_grpo_step (GRPO)");
     if (b->n_rows <= 0 || b->seq_len <= 0 || !b->input_ids)
-        return lt_fail(&t->err, LT_ERR_SHAPE, "lt_trainer_step: empty batch (%d rows x %d tokens)", b->n_rows, b->seq_len);
+        return lt_fail(&t->err, LT_ERR_SHAPE, "lt_trainer_step: empty batch (%d rows x %d tokens)", b->n_rows,
+                       b->seq_len);
     if ((st = ensure_workspace(t, b)) != LT_OK) return st;
     lt_workspace *ws = t->ws;
     int64_t valid = 0;
     if ((st = lt_stage_batch(m, ws, b, &valid, &t->err)) != LT_OK) return st;
     if (valid == 0 && t->p.grad_accum == 1)
-        return lt_fail(&t->err, LT_ERR_DATA, "lt_trainer_step: every label of the batch is masked (-100): nothing to learn");
+        return lt_fail(&t->err, LT_ERR_DATA,
+                       "lt_trainer_step: every label of the batch is masked (-100): nothing to learn");
     double loss_sum = 0;
     if (valid > 0) { /* a fully masked micro-batch of an accumulation adds nothing: no compute */
         if (t->micro > 0) be->ops->copy(be, t->grads_backup, a->grads, a->n_params * sizeof(float));
         lt_dropout_state drop = {a->p.dropout, mix64(t->p.seed ^ mix64(t->micro_total + 1))};
         st = lt_forward_backward(m, a, ws, &drop, 1.0f, &loss_sum, NULL, &t->err);
         if (st == LT_OK && !be->ops->all_finite(be, a->n_params, a->grads))
-            st = lt_fail(&t->err, LT_ERR_NUMERIC, "lt_trainer_step: the gradients are not finite; the step was discarded");
+            st = lt_fail(&t->err, LT_ERR_NUMERIC,
+                         "lt_trainer_step: the gradients are not finite; the step was discarded");
         if (st != LT_OK) {
             if (t->micro > 0) be->ops->copy(be, a->grads, t->grads_backup, a->n_params * sizeof(float));
             else be->ops->zero(be, a->grads, a->n_params * sizeof(float));
@@ -162,8 +175,10 @@ LT_API lt_status lt_trainer_step(lt_trainer *t, const lt_batch *b, lt_step_resul
     if (t->micro == t->p.grad_accum && t->accum_tokens == 0) {
         t->micro = 0;
         t->accum_loss = 0;
-        return lt_fail(&t->err, LT_ERR_DATA, "lt_trainer_step: every label of the %d accumulated micro-batches is "
-                       "masked (-100): nothing to learn; no update was made", t->p.grad_accum);
+        return lt_fail(&t->err, LT_ERR_DATA,
+                       "lt_trainer_step: every label of the %d accumulated micro-batches is "
+                       "masked (-100): nothing to learn; no update was made",
+                       t->p.grad_accum);
     }
     if (t->micro == t->p.grad_accum) {
         be->ops->scale(be, a->n_params, (float)(1.0 / (double)t->accum_tokens), a->grads);
@@ -203,9 +218,15 @@ LT_API lt_status lt_trainer_evaluate(lt_trainer *t, const lt_batch *b, double *l
 /* A file a checkpoint consists of: the adapter, optimizer and trainer state, or (full fine-tuning) the
  * model directory lt_model_export writes: config, model*.safetensors shards and index, tokenizer files. */
 static int checkpoint_file(const char *name) {
-    static const char *const files[] = {"adapter_config.json", "adapter_model.safetensors", "optimizer.bin",
-                                        "trainer_state.json", "config.json", "tokenizer.json",
-                                        "tokenizer_config.json", "special_tokens_map.json", "generation_config.json",
+    static const char *const files[] = {"adapter_config.json",
+                                        "adapter_model.safetensors",
+                                        "optimizer.bin",
+                                        "trainer_state.json",
+                                        "config.json",
+                                        "tokenizer.json",
+                                        "tokenizer_config.json",
+                                        "special_tokens_map.json",
+                                        "generation_config.json",
                                         "tokenizer.model"};
     for (size_t i = 0; i < sizeof files / sizeof *files; i++)
         if (!strcmp(name, files[i])) return 1;
@@ -236,14 +257,17 @@ LT_API lt_status lt_trainer_save_checkpoint(lt_trainer *t, const char *dir) {
     lt_error_clear(&t->err);
     if (!dir) return lt_fail(&t->err, LT_ERR_ARGUMENT, "lt_trainer_save_checkpoint: dir is NULL");
     if (t->micro != 0)
-        return lt_fail(&t->err, LT_ERR_STATE, "lt_trainer_save_checkpoint: %d micro-batches of an accumulation are "
-                       "pending; save after an update", t->micro);
+        return lt_fail(&t->err, LT_ERR_STATE,
+                       "lt_trainer_save_checkpoint: %d micro-batches of an accumulation are "
+                       "pending; save after an update",
+                       t->micro);
     char tmp[4200], old[4200], p[4300];
     snprintf(tmp, sizeof tmp, "%s.tmp-%ld", dir, (long)getpid());
     snprintf(old, sizeof old, "%s.old-%ld", dir, (long)getpid());
     remove_tree(tmp);
     lt_status st = lt_mkdir_p(tmp, &t->err);
-    if (st == LT_OK && (st = lt_adapter_save(t->adapter, tmp)) != LT_OK) lt_fail(&t->err, st, "%s", t->adapter->err.msg);
+    if (st == LT_OK && (st = lt_adapter_save(t->adapter, tmp)) != LT_OK)
+        lt_fail(&t->err, st, "%s", t->adapter->err.msg);
     if (st == LT_OK) {
         lt_path_join(p, sizeof p, tmp, "optimizer.bin");
         if ((st = lt_optimizer_save(t->opt, p)) != LT_OK) lt_fail(&t->err, st, "%s", t->opt->err.msg);
@@ -253,8 +277,8 @@ LT_API lt_status lt_trainer_save_checkpoint(lt_trainer *t, const char *dir) {
         int n = snprintf(js, sizeof js,
                          "{\n  \"format\": \"libloratune-checkpoint-1\",\n  \"step\": %lld,\n  \"micro_steps\": %llu,\n"
                          "  \"seed\": %llu,\n  \"grad_accum\": %d\n}\n",
-                         (long long)t->opt->step, (unsigned long long)t->micro_total,
-                         (unsigned long long)t->p.seed, t->p.grad_accum);
+                         (long long)t->opt->step, (unsigned long long)t->micro_total, (unsigned long long)t->p.seed,
+                         t->p.grad_accum);
         lt_path_join(p, sizeof p, tmp, "trainer_state.json");
         st = lt_write_file_atomic(p, js, (size_t)n, &t->err);
     }
@@ -308,7 +332,10 @@ LT_API lt_status lt_trainer_load_checkpoint(lt_trainer *t, const char *dir) {
     }
     lt_optimizer *o = NULL;
     lt_optimizer_params op = t->opt->p;
-    if ((st = lt_optimizer_create(tmp, &op, &o)) != LT_OK) { lt_adapter_free(tmp); return lt_fail(&t->err, st, "%s", lt_last_error()); }
+    if ((st = lt_optimizer_create(tmp, &op, &o)) != LT_OK) {
+        lt_adapter_free(tmp);
+        return lt_fail(&t->err, st, "%s", lt_last_error());
+    }
     lt_path_join(p, sizeof p, dir, "optimizer.bin");
     if ((st = lt_optimizer_load(o, p)) != LT_OK) {
         lt_fail(&t->err, st, "%s", o->err.msg);

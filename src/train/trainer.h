@@ -7,12 +7,12 @@
 
 /* Host staging of the objectives other than SFT (objectives.c), grown when a bigger batch comes. */
 typedef struct lt_objective_state {
-    int32_t *ids, *labels;   /* (rows, T) the rows built from prompts and completions   */
-    float *w;                /* (rows * T) per-token CE-gradient weights                 */
+    int32_t *ids, *labels; /* (rows, T) the rows built from prompts and completions   */
+    float *w;              /* (rows * T) per-token CE-gradient weights                 */
     size_t tok_cap;
-    double *seq;             /* per-sequence scratch: 8 doubles per row                  */
-    int *ints;               /* per-sequence scratch: 4 ints per row                     */
-    float *lp, *lp_ref;      /* (tokens) per-token log-probs of the GRPO completions      */
+    double *seq;        /* per-sequence scratch: 8 doubles per row                  */
+    int *ints;          /* per-sequence scratch: 4 ints per row                     */
+    float *lp, *lp_ref; /* (tokens) per-token log-probs of the GRPO completions      */
     size_t seq_cap;
     /* GRPO: the generation kept between lt_grpo_generate and lt_grpo_step */
     int32_t *g_prompts, *g_plens, *g_comp, *g_clens;
@@ -28,14 +28,14 @@ struct lt_trainer {
     lt_optimizer *opt;
     lt_trainer_params p;
     lt_workspace *ws;
-    float *grads_backup;     /* (n_params) gradients before the current micro-batch */
-    int micro;               /* micro-batches accumulated towards the next update */
-    int64_t accum_tokens;    /* predicted tokens in them */
-    double accum_loss;       /* summed token loss in them */
-    uint64_t micro_total;    /* micro-batches ever run: the dropout stream counter */
+    float *grads_backup;  /* (n_params) gradients before the current micro-batch */
+    int micro;            /* micro-batches accumulated towards the next update */
+    int64_t accum_tokens; /* predicted tokens in them */
+    double accum_loss;    /* summed token loss in them */
+    uint64_t micro_total; /* micro-batches ever run: the dropout stream counter */
     lt_progress_fn progress;
     void *progress_user;
-    lt_objective_state obj;  /* objectives.c */
+    lt_objective_state obj; /* objectives.c */
 };
 
 /* objectives.c */
