@@ -15,9 +15,9 @@
 #include <pthread.h>
 #include <string.h>
 
-#include "cpu_opt8.h"
-#include "quant.h"
-#include "ref_ops.h"
+#include "backend/codebook.h"
+#include "cpu/cpu_opt8.h"
+#include "cpu/ref_ops.h"
 
 /* the float whose ordered key is k */
 static float key_float(int32_t k) {
@@ -42,7 +42,8 @@ int lt_opt8_lut_build(lt_opt8_lut *lut, const float *code) {
         int64_t lo = lt_opt8_key(code[i]), hi = lt_opt8_key(code[i + 1]);
         while (hi - lo > 1) {
             const int64_t mid = lo + (hi - lo) / 2;
-            if (moves_up(key_float((int32_t)mid), code[i], code[i + 1])) hi = mid; else lo = mid;
+            if (moves_up(key_float((int32_t)mid), code[i], code[i + 1])) hi = mid;
+            else lo = mid;
         }
         lut->thr[i] = key_float((int32_t)hi);
     }
@@ -69,12 +70,13 @@ int lt_opt8_lut_build(lt_opt8_lut *lut, const float *code) {
 }
 
 /* The tables of the library's two code books, built once per process (~60 us each) and read-only after:
- * the optimizer passes those books on every call (like quant.c's code books, a pthread_once). */
+ * the optimizer passes those books on every call (like backend/codebook.c's maps, a pthread_once). */
 static lt_opt8_lut book_luts[2];
 static int book_luts_ok;
 static pthread_once_t book_luts_once = PTHREAD_ONCE_INIT;
 static void book_luts_init(void) {
-    book_luts_ok = lt_opt8_lut_build(&book_luts[0], lt_quant_code8()) && lt_opt8_lut_build(&book_luts[1], lt_quant_code8u());
+    book_luts_ok =
+        lt_opt8_lut_build(&book_luts[0], lt_quant_code8()) && lt_opt8_lut_build(&book_luts[1], lt_quant_code8u());
 }
 
 int lt_opt8_luts(const float *qmap1, const float *qmap2, lt_opt8_lut scratch[2], const lt_opt8_lut **lut1,
@@ -98,14 +100,15 @@ int lt_opt8_luts(const float *qmap1, const float *qmap2, lt_opt8_lut scratch[2],
 #define LT_HAVE_X86 1
 
 #ifdef __clang__
-#pragma clang attribute push(__attribute__((target("avx2,fma,avx512f,avx512bw,avx512vl,avx512dq"))), apply_to = function)
+#pragma clang attribute push(__attribute__((target("avx2,fma,avx512f,avx512bw,avx512vl,avx512dq"))), \
+                             apply_to = function)
 #else
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,avx512f,avx512bw,avx512vl,avx512dq")
 #endif
 #define LT_ISA avx512
 #define LT_W 16
-#include "opt8_simd.h"
+#include "cpu/opt8_simd.h"
 #undef LT_ISA
 #undef LT_W
 #ifdef __clang__
@@ -122,7 +125,7 @@ int lt_opt8_luts(const float *qmap1, const float *qmap2, lt_opt8_lut scratch[2],
 #endif
 #define LT_ISA avx2
 #define LT_W 8
-#include "opt8_simd.h"
+#include "cpu/opt8_simd.h"
 #undef LT_ISA
 #undef LT_W
 #ifdef __clang__
@@ -134,7 +137,7 @@ int lt_opt8_luts(const float *qmap1, const float *qmap2, lt_opt8_lut scratch[2],
 
 #define LT_ISA generic
 #define LT_W 4
-#include "opt8_simd.h"
+#include "cpu/opt8_simd.h"
 #undef LT_ISA
 #undef LT_W
 

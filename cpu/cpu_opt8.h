@@ -24,11 +24,11 @@
 #define LT_OPT8_LUT_MAX 8192 /* buckets: 8 KiB per code book, the shift chosen to fit */
 
 typedef struct lt_opt8_lut {
-    int32_t kmin, kmax;   /* ordered keys of code[0] and code[255] (keys outside are clamped) */
-    int shift;            /* bucket = (key - kmin) >> shift */
-    int maxfix;           /* fix-up steps that make every bucket's lower bound exact */
-    int nneg;             /* codes with the sign bit set: exactly code[0 .. nneg) */
-    float thr[256];       /* thr[0..254]; thr[255] = NaN stops the count */
+    int32_t kmin, kmax;               /* ordered keys of code[0] and code[255] (keys outside are clamped) */
+    int shift;                        /* bucket = (key - kmin) >> shift */
+    int maxfix;                       /* fix-up steps that make every bucket's lower bound exact */
+    int nneg;                         /* codes with the sign bit set: exactly code[0 .. nneg) */
+    float thr[256];                   /* thr[0..254]; thr[255] = NaN stops the count */
     uint8_t tab[LT_OPT8_LUT_MAX + 4]; /* + 4: the 32-bit gathers read 3 bytes past an entry */
 } lt_opt8_lut;
 
@@ -43,7 +43,10 @@ int lt_opt8_luts(const float *qmap1, const float *qmap2, lt_opt8_lut scratch[2],
 
 /* the float -> ordered int32 key map (monotone; -0.0 just below +0.0) and back */
 static inline int32_t lt_opt8_key(float x) {
-    union { float f; int32_t i; } u = {.f = x};
+    union {
+        float f;
+        int32_t i;
+    } u = {.f = x};
     return u.i ^ ((u.i >> 31) & 0x7fffffff);
 }
 
@@ -59,9 +62,9 @@ static inline int lt_opt8_nearest(const lt_opt8_lut *lut, float x) {
 
 /* blocks [b0, b1) of one tensor of n elements; the arguments of backend.h adamw8bit_step */
 typedef void (*lt_opt8_block_fn)(float *param, const float *grad, uint8_t *c1, uint8_t *c2, float *absmax1,
-                                 float *absmax2, size_t n, size_t b0, size_t b1, const float *qmap1,
-                                 const float *qmap2, const lt_opt8_lut *lut1, const lt_opt8_lut *lut2,
-                                 float beta1, float beta2, float eps_c2, float step_size, float decay);
+                                 float *absmax2, size_t n, size_t b0, size_t b1, const float *qmap1, const float *qmap2,
+                                 const lt_opt8_lut *lut1, const lt_opt8_lut *lut2, float beta1, float beta2,
+                                 float eps_c2, float step_size, float decay);
 
 /* the kernel compiled for isa ("avx512", "avx2", "generic": lt_cpu_kernels.isa) */
 lt_opt8_block_fn lt_cpu_opt8_kernel(const char *isa);

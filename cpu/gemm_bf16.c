@@ -1,8 +1,7 @@
 /*
  * gemm_bf16.c - bf16-weight GEMM with fp32 accumulation: AVX512_BF16 and portable (see gemm_bf16.h).
  *
- * defines: lt_bf16_avx512_available, lt_bf16w_elems, lt_bf16w_pack, lt_bf16w_get,
- *          lt_gemm_bf16_forward, lt_gemm_bf16_backward
+ * defines: lt_bf16_avx512_available, lt_gemm_bf16_forward, lt_gemm_bf16_backward
  *
  * Both products are C (M, NC) (+)= A (M, K) B with A the fp32 activations (x or dy, rows of K) and
  * B (K, NC) a bf16 panel in the layout vdpbf16ps wants: per block of 16 columns, per pair of k,
@@ -27,10 +26,10 @@
 #include <omp.h>
 #include <string.h>
 
-#include "gemm_bf16.h"
+#include "cpu/gemm_bf16.h"
 
-#define MR 8       /* rows of the micro-kernel                        */
-#define NR 3       /* 16-column vectors of the micro-kernel            */
+#define MR 8 /* rows of the micro-kernel                        */
+#define NR 3 /* 16-column vectors of the micro-kernel            */
 #ifndef KC_BLK
 #define KC_BLK 128 /* pairs of k per block (256 values of k)           */
 #endif
@@ -41,40 +40,12 @@
 #define NC_BLK 192 /* columns per block of B (backward; a multiple of NR*16) */
 #endif
 
-/* ---- the packed layout ------------------------------------------------------------------------ */
-
-static inline int pairs_of(int n) { return (n + 1) / 2; }
-static inline int blocks_of(int n) { return (n + 15) / 16; }
-
-size_t lt_bf16w_elems(int out, int in) {
-    if (out <= 0 || in <= 0) return 0;
-    return (size_t)blocks_of(out) * (size_t)pairs_of(in) * 32;
-}
-
-void lt_bf16w_pack(uint16_t *dst, const float *W, int out, int in) {
-    const int P = pairs_of(in), OB = blocks_of(out);
-    for (int ob = 0; ob < OB; ob++)
-        for (int p = 0; p < P; p++) {
-            uint16_t *v = dst + ((size_t)ob * P + p) * 32;
-            for (int r = 0; r < 16; r++)
-                for (int e = 0; e < 2; e++) {
-                    int o = ob * 16 + r, i = 2 * p + e;
-                    v[r * 2 + e] = o < out && i < in ? lt_bf16_round(W[(size_t)o * in + i]) : 0;
-                }
-        }
-}
-
-float lt_bf16w_get(const uint16_t *Wp, int out, int in, int o, int i) {
-    (void)out;
-    return lt_bf16_to_f32(Wp[((size_t)(o / 16) * pairs_of(in) + i / 2) * 32 + (o % 16) * 2 + (i % 2)]);
-}
-
 /* Backward B block: columns [c0, c0 + 16*nb) of W (i), pairs [q0, q0 + kcp) of rows (o), into
  * dst[cb][q][16][2] = (W[2q][i], W[2q+1][i]) for i = c0 + 16 cb + lane. Each 2x2 block of W
  * (o,o+1) x (i,i+1) is 8 contiguous bytes (a b c d) = (W[o][i], W[o][i+1], W[o+1][i], W[o+1][i+1])
  * of Wp and becomes (a c b d) in dst. Columns past `in` are zero. */
 static void repack_bwd(uint16_t *dst, const uint16_t *Wp, int in, int c0, int nb, int q0, int kcp) {
-    const int P = pairs_of(in);
+    const int P = lt_bf16w_pairs(in);
     for (int cb = 0; cb < nb; cb++)
         for (int q = 0; q < kcp; q++) {
             uint16_t *d = dst + ((size_t)cb * kcp + q) * 32;
@@ -102,10 +73,13 @@ static void repack_bwd(uint16_t *dst, const uint16_t *Wp, int in, int c0, int nb
 typedef void (*pack_a_fn)(uint16_t *a, int kcp, const float *A, size_t lda, int mr, int k0, int k1);
 /* C (mr, ncols) ldc (+)= a (mr, 2 kcp) x B block (ncols <= NR*16 columns at b, b + bs, ...).
  * first: C = result (else C += result). */
-typedef void (*kernel_fn)(int mr, int ncols, int kcp, const uint16_t *a, const uint16_t *b, size_t bs,
-                          float *C, size_t ldc, int first);
+typedef void (*kernel_fn)(int mr, int ncols, int kcp, const uint16_t *a, const uint16_t *b, size_t bs, float *C,
+                          size_t ldc, int first);
 
-typedef struct bf16_impl { pack_a_fn pack_a; kernel_fn kernel; } bf16_impl;
+typedef struct bf16_impl {
+    pack_a_fn pack_a;
+    kernel_fn kernel;
+} bf16_impl;
 
 /* portable */
 
@@ -117,8 +91,8 @@ static void pack_a_c(uint16_t *a, int kcp, const float *A, size_t lda, int mr, i
     }
 }
 
-static void kernel_c(int mr, int ncols, int kcp, const uint16_t *a, const uint16_t *b, size_t bs,
-                     float *C, size_t ldc, int first) {
+static void kernel_c(int mr, int ncols, int kcp, const uint16_t *a, const uint16_t *b, size_t bs, float *C, size_t ldc,
+                     int first) {
     float acc[MR][NR * 16];
     memset(acc, 0, sizeof acc);
     const int nz = (ncols + 15) / 16;
@@ -129,8 +103,8 @@ static void kernel_c(int mr, int ncols, int kcp, const uint16_t *a, const uint16
             for (int z = 0; z < nz; z++) {
                 const uint16_t *v = b + z * bs + (size_t)p * 32;
                 for (int l = 0; l < 16; l++) /* products of bf16 values are exact in fp32 */
-                    acc[r][z * 16 + l] = (acc[r][z * 16 + l] + a0 * lt_bf16_to_f32(v[2 * l])) +
-                                         a1 * lt_bf16_to_f32(v[2 * l + 1]);
+                    acc[r][z * 16 + l] =
+                        (acc[r][z * 16 + l] + a0 * lt_bf16_to_f32(v[2 * l])) + a1 * lt_bf16_to_f32(v[2 * l + 1]);
             }
         }
     for (int r = 0; r < mr; r++)
@@ -144,8 +118,7 @@ static const bf16_impl impl_portable = {pack_a_c, kernel_c};
 #ifdef LT_BF16_X86
 #define LT_BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")))
 
-LT_BF16_TARGET static void pack_a_avx512(uint16_t *a, int kcp, const float *A, size_t lda, int mr, int k0,
-                                         int k1) {
+LT_BF16_TARGET static void pack_a_avx512(uint16_t *a, int kcp, const float *A, size_t lda, int mr, int k0, int k1) {
     for (int r = 0; r < mr; r++) {
         const float *src = A + (size_t)r * lda + k0;
         uint16_t *d = a + (size_t)r * 2 * kcp;
@@ -163,8 +136,8 @@ LT_BF16_TARGET static void pack_a_avx512(uint16_t *a, int kcp, const float *A, s
 
 /* MR_ x NZ_ register tile; constants after inlining, so acc[][] lives in registers. */
 LT_BF16_TARGET static inline __attribute__((always_inline)) void
-kernel_avx512_tile(const int MR_, const int NZ_, int ncols, int kcp, const uint16_t *a, const uint16_t *b,
-                   size_t bs, float *C, size_t ldc, int first) {
+kernel_avx512_tile(const int MR_, const int NZ_, int ncols, int kcp, const uint16_t *a, const uint16_t *b, size_t bs,
+                   float *C, size_t ldc, int first) {
     __m512 acc[MR][NR];
 #pragma GCC unroll 8
     for (int r = 0; r < MR_; r++)
@@ -196,12 +169,14 @@ kernel_avx512_tile(const int MR_, const int NZ_, int ncols, int kcp, const uint1
         }
 }
 
-#define LT_TILE(mr_, nz_)                                                                          \
-    case (mr_) * 4 + (nz_): kernel_avx512_tile(mr_, nz_, ncols, kcp, a, b, bs, C, ldc, first); return;
+#define LT_TILE(mr_, nz_) \
+    case (mr_)*4 + (nz_): kernel_avx512_tile(mr_, nz_, ncols, kcp, a, b, bs, C, ldc, first); return;
 
-LT_BF16_TARGET static void kernel_avx512(int mr, int ncols, int kcp, const uint16_t *a, const uint16_t *b,
-                                         size_t bs, float *C, size_t ldc, int first) {
+LT_BF16_TARGET static void kernel_avx512(int mr, int ncols, int kcp, const uint16_t *a, const uint16_t *b, size_t bs,
+                                         float *C, size_t ldc, int first) {
     const int nz = (ncols + 15) / 16;
+    /* one case per line and tile: clang-format cannot lay out statement macros */
+    /* clang-format off */
     switch (mr * 4 + nz) {
         LT_TILE(8, 3) LT_TILE(8, 2) LT_TILE(8, 1)
         LT_TILE(7, 3) LT_TILE(7, 2) LT_TILE(7, 1)
@@ -213,6 +188,7 @@ LT_BF16_TARGET static void kernel_avx512(int mr, int ncols, int kcp, const uint1
         LT_TILE(1, 3) LT_TILE(1, 2) LT_TILE(1, 1)
     default: return;
     }
+    /* clang-format on */
 }
 #undef LT_TILE
 
@@ -244,10 +220,10 @@ static const bf16_impl *pick(int impl) {
  * A (M, K), B = W^T straight from the packed weight (K = in). Per KC_BLK pairs of k and MC_BLK rows,
  * A is rounded once (64 KB, stays in L2); each NR*16-column panel of B (24 KB) then serves all
  * MC_BLK/MR row tiles from L1. */
-static void bf16_block_fwd(const bf16_impl *im, float *C, int cols, const float *A, int K,
-                           const uint16_t *Wp, int in, int r0, int r1, int c0, int c1, int accumulate) {
+static void bf16_block_fwd(const bf16_impl *im, float *C, int cols, const float *A, int K, const uint16_t *Wp, int in,
+                           int r0, int r1, int c0, int c1, int accumulate) {
     _Alignas(64) uint16_t abuf[MC_BLK * 2 * KC_BLK]; /* 64 KB */
-    const int KP = pairs_of(K), PW = pairs_of(in);
+    const int KP = lt_bf16w_pairs(K), PW = lt_bf16w_pairs(in);
     for (int pc = 0; pc < KP; pc += KC_BLK) {
         const int kcp = KP - pc < KC_BLK ? KP - pc : KC_BLK;
         const int first = pc == 0 && !accumulate;
@@ -270,18 +246,18 @@ static void bf16_block_fwd(const bf16_impl *im, float *C, int cols, const float 
 /* Backward: the same product with B = W re-packed (K = out). Here the re-pack is what costs, so it
  * is done once per block of NC_BLK columns x KC_BLK pairs (96 KB) and the block serves every row
  * (A is rounded again for each column block). */
-static void bf16_block_bwd(const bf16_impl *im, float *C, int cols, const float *A, int K,
-                           const uint16_t *Wp, int in, int r0, int r1, int c0, int c1, int accumulate) {
+static void bf16_block_bwd(const bf16_impl *im, float *C, int cols, const float *A, int K, const uint16_t *Wp, int in,
+                           int r0, int r1, int c0, int c1, int accumulate) {
     _Alignas(64) uint16_t abuf[MR * 2 * KC_BLK];
     _Alignas(64) uint16_t bbuf[NC_BLK * 2 * KC_BLK]; /* 96 KB */
-    const int KP = pairs_of(K);
+    const int KP = lt_bf16w_pairs(K);
     for (int jc = c0; jc < c1; jc += NC_BLK) {
         const int jend = jc + NC_BLK < c1 ? jc + NC_BLK : c1;
         for (int pc = 0; pc < KP; pc += KC_BLK) {
             const int kcp = KP - pc < KC_BLK ? KP - pc : KC_BLK;
             const uint16_t *b;
             size_t bs;
-            repack_bwd(bbuf, Wp, in, jc, blocks_of(jend - jc), pc, kcp);
+            repack_bwd(bbuf, Wp, in, jc, lt_bf16w_blocks(jend - jc), pc, kcp);
             b = bbuf;
             bs = (size_t)kcp * 32;
             const int first = pc == 0 && !accumulate;
@@ -291,23 +267,23 @@ static void bf16_block_bwd(const bf16_impl *im, float *C, int cols, const float 
                 im->pack_a(abuf, kcp, A + (size_t)ir * K, (size_t)K, mr, k0, k1);
                 for (int jr = jc; jr < jend; jr += NR * 16) {
                     const int nc = jend - jr < NR * 16 ? jend - jr : NR * 16;
-                    im->kernel(mr, nc, kcp, abuf, b + (size_t)((jr - jc) / 16) * bs, bs,
-                               C + (size_t)ir * cols + jr, (size_t)cols, first);
+                    im->kernel(mr, nc, kcp, abuf, b + (size_t)((jr - jc) / 16) * bs, bs, C + (size_t)ir * cols + jr,
+                               (size_t)cols, first);
                 }
             }
         }
     }
 }
 
-static void bf16_block(const bf16_impl *im, int bwd, float *C, int cols, const float *A, int K,
-                       const uint16_t *Wp, int in, int r0, int r1, int c0, int c1, int accumulate) {
+static void bf16_block(const bf16_impl *im, int bwd, float *C, int cols, const float *A, int K, const uint16_t *Wp,
+                       int in, int r0, int r1, int c0, int c1, int accumulate) {
     if (bwd) bf16_block_bwd(im, C, cols, A, K, Wp, in, r0, r1, c0, c1, accumulate);
     else bf16_block_fwd(im, C, cols, A, K, Wp, in, r0, r1, c0, c1, accumulate);
 }
 
 /* C (M, cols) (+)= A (M, K) B over up to n_threads threads. */
-static void bf16_gemm(int impl, int n_threads, int bwd, float *C, const float *A, const uint16_t *Wp,
-                      int M, int in, int out, int accumulate) {
+static void bf16_gemm(int impl, int n_threads, int bwd, float *C, const float *A, const uint16_t *Wp, int M, int in,
+                      int out, int accumulate) {
     const int cols = bwd ? in : out, K = bwd ? out : in;
     if (M <= 0 || cols <= 0) return;
     if (K <= 0) {
@@ -318,7 +294,7 @@ static void bf16_gemm(int impl, int n_threads, int bwd, float *C, const float *A
     int nt = n_threads > 0 ? n_threads : 1;
     if (nt > 1 && (double)M * cols * K < 2.0e6) nt = 1;
     /* columns when each thread gets at least one unit of 16 (no duplicated packing), else rows */
-    const int ucols = blocks_of(cols), urows = blocks_of(M);
+    const int ucols = lt_bf16w_blocks(cols), urows = lt_bf16w_blocks(M);
     const int split_cols = ucols >= nt || ucols >= urows;
     const int units = split_cols ? ucols : urows;
     if (nt > units) nt = units;
@@ -339,12 +315,12 @@ static void bf16_gemm(int impl, int n_threads, int bwd, float *C, const float *A
     }
 }
 
-void lt_gemm_bf16_forward(int impl, int n_threads, float *y, const float *x, const uint16_t *Wp, int N,
-                          int in, int out) {
+void lt_gemm_bf16_forward(int impl, int n_threads, float *y, const float *x, const uint16_t *Wp, int N, int in,
+                          int out) {
     bf16_gemm(impl, n_threads, 0, y, x, Wp, N, in, out, 0);
 }
 
-void lt_gemm_bf16_backward(int impl, int n_threads, float *dx, const float *dy, const uint16_t *Wp,
-                           int N, int in, int out, int accumulate) {
+void lt_gemm_bf16_backward(int impl, int n_threads, float *dx, const float *dy, const uint16_t *Wp, int N, int in,
+                           int out, int accumulate) {
     bf16_gemm(impl, n_threads, 1, dx, dy, Wp, N, in, out, accumulate);
 }

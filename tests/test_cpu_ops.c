@@ -15,9 +15,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "backend.h"
-#include "cpu_kernels.h"
-#include "ref_ops.h"
+#include "backend/backend.h"
+#include "cpu/cpu_backend.h"
+#include "cpu/cpu_kernels.h"
+#include "cpu/ref_ops.h"
 
 #define N_THREADS 3
 
@@ -55,8 +56,7 @@ static void ffill(float *p, size_t n, float v) {
 
 /* Elementwise |got - want| <= rtol * (|want| + max(rms(want), floor)); NaN fails. `floor` is the
  * problem's scale where the expected values may all be ~0 (a gradient that cancels exactly). */
-static int close_msg(const float *got, const float *want, size_t n, double rtol, double floor, char *msg,
-                     size_t len) {
+static int close_msg(const float *got, const float *want, size_t n, double rtol, double floor, char *msg, size_t len) {
     double ss = 0.0;
     for (size_t i = 0; i < n; i++) ss += (double)want[i] * want[i];
     double rms = n ? sqrt(ss / n) : 0.0;
@@ -64,25 +64,24 @@ static int close_msg(const float *got, const float *want, size_t n, double rtol,
     for (size_t i = 0; i < n; i++) {
         double e = fabs((double)got[i] - want[i]), tol = rtol * (fabs(want[i]) + rms);
         if (!(e <= tol)) {
-            snprintf(msg, len, "[%zu] got %.9g want %.9g (err %.3g > tol %.3g, n %zu)", i, got[i],
-                     want[i], e, tol, n);
+            snprintf(msg, len, "[%zu] got %.9g want %.9g (err %.3g > tol %.3g, n %zu)", i, got[i], want[i], e, tol, n);
             return 0;
         }
     }
     return 1;
 }
-#define CLOSE_F(got, want, n, rtol, floor, ...)                                                     \
-    do {                                                                                            \
-        char m_[512], w_[256];                                                                      \
-        snprintf(w_, sizeof w_, __VA_ARGS__);                                                       \
-        ck_assert_msg(close_msg(got, want, n, rtol, floor, m_, sizeof m_), "%s: %s", w_, m_);      \
+#define CLOSE_F(got, want, n, rtol, floor, ...)                                               \
+    do {                                                                                      \
+        char m_[512], w_[256];                                                                \
+        snprintf(w_, sizeof w_, __VA_ARGS__);                                                 \
+        ck_assert_msg(close_msg(got, want, n, rtol, floor, m_, sizeof m_), "%s: %s", w_, m_); \
     } while (0)
 #define CLOSE(got, want, n, rtol, ...) CLOSE_F(got, want, n, rtol, 0.0, __VA_ARGS__)
-#define SAME(got, want, n, ...)                                                                     \
-    do {                                                                                            \
-        char w_[256];                                                                               \
-        snprintf(w_, sizeof w_, __VA_ARGS__);                                                       \
-        ck_assert_msg(memcmp(got, want, (n) * sizeof(float)) == 0, "%s: not bit-identical", w_);    \
+#define SAME(got, want, n, ...)                                                                  \
+    do {                                                                                         \
+        char w_[256];                                                                            \
+        snprintf(w_, sizeof w_, __VA_ARGS__);                                                    \
+        ck_assert_msg(memcmp(got, want, (n) * sizeof(float)) == 0, "%s: not bit-identical", w_); \
     } while (0)
 
 /* Backends under test: each ISA this CPU supports (auto first). */
@@ -106,7 +105,9 @@ static void teardown(void) {
     n_bes = 0;
 }
 static const char *isa_name(lt_backend *be) { return ((const lt_cpu_kernels *const *)be->impl)[0]->isa; }
-#define FOR_BE(be) for (int bi_ = 0; bi_ < n_bes; bi_++) for (lt_backend *be = bes[bi_]; be; be = NULL)
+#define FOR_BE(be)                        \
+    for (int bi_ = 0; bi_ < n_bes; bi_++) \
+        for (lt_backend *be = bes[bi_]; be; be = NULL)
 
 /* ---- the checks can fail ---------------------------------------------------------------------------- */
 
@@ -160,7 +161,8 @@ END_TEST
 /* ---- gemm ----------------------------------------------------------------------------------------- */
 
 START_TEST(test_gemm) {
-    static const int shapes[][3] = {{1, 1, 1}, {3, 5, 7}, {17, 33, 9}, {64, 48, 130}, {5, 1, 100}, {1, 37, 300}, {129, 65, 257}};
+    static const int shapes[][3] = {{1, 1, 1},   {3, 5, 7},    {17, 33, 9},   {64, 48, 130},
+                                    {5, 1, 100}, {1, 37, 300}, {129, 65, 257}};
     static const float ab[][2] = {{1.0f, 0.0f}, {0.5f, 1.0f}, {-1.25f, 0.3f}};
     FOR_BE(be) {
         for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
@@ -180,11 +182,15 @@ START_TEST(test_gemm) {
                         if (beta != 0.0f)
                             for (int j = N; j < ldc; j++) ck_assert(Cf[(size_t)i * ldc + j] == C0[(size_t)i * ldc + j]);
                     for (int i = 0; i < M; i++)
-                        CLOSE(Cf + (size_t)i * ldc, Cr + (size_t)i * ldc, N, 1e-4, "%s gemm %dx%dx%d ta%d tb%d a%g b%g row %d",
-                              isa_name(be), M, N, K, ta, tb, alpha, beta, i);
-                    free(C0); free(Cf); free(Cr);
+                        CLOSE(Cf + (size_t)i * ldc, Cr + (size_t)i * ldc, N, 1e-4,
+                              "%s gemm %dx%dx%d ta%d tb%d a%g b%g row %d", isa_name(be), M, N, K, ta, tb, alpha, beta,
+                              i);
+                    free(C0);
+                    free(Cf);
+                    free(Cr);
                 }
-                free(A); free(Bm);
+                free(A);
+                free(Bm);
             }
         }
         /* K = 0: C = beta C */
@@ -225,14 +231,18 @@ START_TEST(test_elementwise) {
                     for (int b = 0; b < 3; b++) {
                         float keep = x[where[w]];
                         x[where[w]] = bad[b];
-                        ck_assert_msg(be->ops->all_finite(be, n, x) == 0, "%s all_finite n=%zu at %zu", isa_name(be), n, where[w]);
+                        ck_assert_msg(be->ops->all_finite(be, n, x) == 0, "%s all_finite n=%zu at %zu", isa_name(be), n,
+                                      where[w]);
                         ck_assert_int_eq(lt_ref_all_finite(n, x), 0);
                         x[where[w]] = keep;
                     }
                 x[n - 1] = 3.4e38f; /* large but finite */
                 ck_assert_int_eq(be->ops->all_finite(be, n, x), 1);
             }
-            free(x); free(y0); free(yf); free(yr);
+            free(x);
+            free(y0);
+            free(yf);
+            free(yr);
         }
     }
 }
@@ -250,7 +260,9 @@ START_TEST(test_embedding) {
         lt_ref_embedding_forward(orf, ids, table, N, C);
         SAME(of, orf, (size_t)N * C, "%s embedding", isa_name(be));
         ck_assert(of[0] == table[(size_t)(V - 1) * C]);
-        free(table); free(of); free(orf);
+        free(table);
+        free(of);
+        free(orf);
     }
 }
 END_TEST
@@ -280,8 +292,20 @@ START_TEST(test_rmsnorm) {
             float *din = fdup(di0, NC);
             be->ops->rmsnorm_backward(be, din, NULL, g, x, w, rr, N, C);
             SAME(din, dif, NC, "%s rmsnorm dinp with dweight NULL", isa_name(be));
-            free(x); free(w); free(g); free(of); free(orf); free(rf); free(rr);
-            free(di0); free(dw0); free(dif); free(dir); free(dwf); free(dwr); free(din);
+            free(x);
+            free(w);
+            free(g);
+            free(of);
+            free(orf);
+            free(rf);
+            free(rr);
+            free(di0);
+            free(dw0);
+            free(dif);
+            free(dir);
+            free(dwf);
+            free(dwr);
+            free(din);
         }
     }
 }
@@ -294,7 +318,8 @@ static void rope_inv_freq(float *f, int rot, double theta) {
 }
 
 START_TEST(test_rope) {
-    static const int shapes[][4] = {{1, 1, 2, 2}, {5, 3, 8, 8}, {7, 2, 64, 64}, {4, 3, 80, 32}, {9, 4, 128, 128}, {3, 5, 6, 4}, {2, 2, 256, 256}};
+    static const int shapes[][4] = {{1, 1, 2, 2},     {5, 3, 8, 8}, {7, 2, 64, 64},  {4, 3, 80, 32},
+                                    {9, 4, 128, 128}, {3, 5, 6, 4}, {2, 2, 256, 256}};
     FOR_BE(be) {
         for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
             int N = shapes[s][0], NH = shapes[s][1], HD = shapes[s][2], rot = shapes[s][3];
@@ -324,7 +349,11 @@ START_TEST(test_rope) {
             lt_ref_rope_backward(xr, pos, inv, N, NH, HD, rot);
             CLOSE(xf, x, n, 1e-5, "%s rope bwd(fwd(x)) == x", isa_name(be));
             CLOSE(xr, x, n, 1e-5, "ref rope bwd(fwd(x)) == x");
-            free(x); free(xf); free(xr); free(gf); free(gr);
+            free(x);
+            free(xf);
+            free(xr);
+            free(gf);
+            free(gr);
         }
     }
 }
@@ -349,7 +378,9 @@ static void make_kv_start(int32_t *ks, int B, int T, int mode) {
     }
 }
 
-typedef struct att_case { int B, T, NH, NKV, HD, mode; } att_case;
+typedef struct att_case {
+    int B, T, NH, NKV, HD, mode;
+} att_case;
 
 static void att_compare(lt_backend *be, const att_case *c) {
     int B = c->B, T = c->T, NH = c->NH, NKV = c->NKV, HD = c->HD;
@@ -364,7 +395,8 @@ static void att_compare(lt_backend *be, const att_case *c) {
     be->ops->attention_forward(be, of, lf, q, k, v, ks, B, T, NH, NKV, HD, scale);
     lt_ref_attention_forward(orf, lr, q, k, v, ks, B, T, NH, NKV, HD, scale);
     char what[160];
-    snprintf(what, sizeof what, "%s attention B=%d T=%d NH=%d NKV=%d HD=%d mode=%d", isa_name(be), B, T, NH, NKV, HD, c->mode);
+    snprintf(what, sizeof what, "%s attention B=%d T=%d NH=%d NKV=%d HD=%d mode=%d", isa_name(be), B, T, NH, NKV, HD,
+             c->mode);
     CLOSE(of, orf, nq, 1e-5, "%s out", what);
     CLOSE(lf, lr, nl, 1e-5, "%s lse", what);
     /* backward from the reference forward's out/lse; outputs and scratch start as garbage */
@@ -373,8 +405,12 @@ static void att_compare(lt_backend *be, const att_case *c) {
     ck_assert_ptr_nonnull(scratch);
     ffill(scratch, ns, NAN);
     float *dqf = fnew(nq), *dkf = fnew(nkv), *dvf = fnew(nkv), *dqr = fnew(nq), *dkr = fnew(nkv), *dvr = fnew(nkv);
-    ffill(dqf, nq, NAN); ffill(dkf, nkv, NAN); ffill(dvf, nkv, NAN);
-    ffill(dqr, nq, NAN); ffill(dkr, nkv, NAN); ffill(dvr, nkv, NAN);
+    ffill(dqf, nq, NAN);
+    ffill(dkf, nkv, NAN);
+    ffill(dvf, nkv, NAN);
+    ffill(dqr, nq, NAN);
+    ffill(dkr, nkv, NAN);
+    ffill(dvr, nkv, NAN);
     be->ops->attention_backward(be, dqf, dkf, dvf, dout, q, k, v, orf, lr, ks, B, T, NH, NKV, HD, scale, scratch);
     lt_ref_attention_backward(dqr, dkr, dvr, dout, q, k, v, orf, lr, ks, B, T, NH, NKV, HD, scale, NULL);
     /* floor 1e-2: with a single key dq and dk cancel to exactly 0 in exact arithmetic */
@@ -383,20 +419,30 @@ static void att_compare(lt_backend *be, const att_case *c) {
     CLOSE_F(dvf, dvr, nkv, 1e-5, 1e-2, "%s dv", what);
     ck_assert_int_eq(be->ops->sync(be), LT_OK);
     be->ops->free(be, scratch);
-    free(q); free(k); free(v); free(dout); free(ks); free(of); free(orf); free(lf); free(lr);
-    free(dqf); free(dkf); free(dvf); free(dqr); free(dkr); free(dvr);
+    free(q);
+    free(k);
+    free(v);
+    free(dout);
+    free(ks);
+    free(of);
+    free(orf);
+    free(lf);
+    free(lr);
+    free(dqf);
+    free(dkf);
+    free(dvf);
+    free(dqr);
+    free(dkr);
+    free(dvr);
 }
 
 static const att_case att_cases[] = {
-    {1, 1, 1, 1, 8, 0},    {2, 17, 4, 2, 16, 0},  {1, 70, 4, 1, 64, 0},  {2, 45, 3, 3, 20, 0},
-    {1, 100, 2, 2, 128, 1}, {1, 33, 6, 2, 5, 1},  {2, 130, 2, 1, 96, 1}, {1, 64, 2, 1, 8, 2},
-    {1, 97, 4, 4, 64, 2},  {1, 9, 2, 1, 260, 1},  {3, 40, 2, 2, 80, 0},  {1, 2, 8, 2, 128, 0},
-    {1, 300, 2, 1, 64, 1}, {1, 290, 2, 2, 32, 2}, {2, 257, 2, 1, 48, 0},
+    {1, 1, 1, 1, 8, 0},   {2, 17, 4, 2, 16, 0},  {1, 70, 4, 1, 64, 0},  {2, 45, 3, 3, 20, 0},  {1, 100, 2, 2, 128, 1},
+    {1, 33, 6, 2, 5, 1},  {2, 130, 2, 1, 96, 1}, {1, 64, 2, 1, 8, 2},   {1, 97, 4, 4, 64, 2},  {1, 9, 2, 1, 260, 1},
+    {3, 40, 2, 2, 80, 0}, {1, 2, 8, 2, 128, 0},  {1, 300, 2, 1, 64, 1}, {1, 290, 2, 2, 32, 2}, {2, 257, 2, 1, 48, 0},
 };
 
-START_TEST(test_attention) {
-    FOR_BE(be) att_compare(be, &att_cases[_i]);
-}
+START_TEST(test_attention) { FOR_BE(be) att_compare(be, &att_cases[_i]); }
 END_TEST
 
 /* kv_start semantics: a packed row gives, on each of its sequences, what that sequence gives alone */
@@ -418,30 +464,41 @@ START_TEST(test_attention_packed_semantics) {
             int a = starts[s], L = starts[s + 1] - a;
             const float *qs = q + (size_t)a * NH * HD, *kk = k + (size_t)a * NKV * HD, *vv = v + (size_t)a * NKV * HD;
             lt_ref_attention_forward(o1, l1, qs, kk, vv, zero, 1, L, NH, NKV, HD, scale);
-            CLOSE(out + (size_t)a * NH * HD, o1, (size_t)L * NH * HD, 1e-5, "%s packed segment %d out", be ? isa_name(be) : "ref", s);
+            CLOSE(out + (size_t)a * NH * HD, o1, (size_t)L * NH * HD, 1e-5, "%s packed segment %d out",
+                  be ? isa_name(be) : "ref", s);
             for (int h = 0; h < NH; h++)
-                CLOSE(lse + (size_t)h * T + a, l1 + (size_t)h * L, (size_t)L, 1e-5, "%s packed segment %d lse", be ? isa_name(be) : "ref", s);
+                CLOSE(lse + (size_t)h * T + a, l1 + (size_t)h * L, (size_t)L, 1e-5, "%s packed segment %d lse",
+                      be ? isa_name(be) : "ref", s);
         }
     }
-    free(q); free(k); free(v); free(out); free(lse); free(o1); free(l1);
+    free(q);
+    free(k);
+    free(v);
+    free(out);
+    free(lse);
+    free(o1);
+    free(l1);
 }
 END_TEST
 
 /* decode: vs the reference, and vs the last row of a causal forward over the same keys */
 START_TEST(test_attention_decode) {
-    static const int shapes[][6] = {{1, 1, 1, 1, 1, 8}, {2, 50, 37, 4, 2, 16}, {3, 100, 100, 6, 2, 64},
-                                    {1, 300, 257, 8, 2, 128}, {2, 20, 5, 3, 3, 20}, {1, 10, 3, 2, 1, 260}};
+    static const int shapes[][6] = {{1, 1, 1, 1, 1, 8},       {2, 50, 37, 4, 2, 16}, {3, 100, 100, 6, 2, 64},
+                                    {1, 300, 257, 8, 2, 128}, {2, 20, 5, 3, 3, 20},  {1, 10, 3, 2, 1, 260}};
     FOR_BE(be) {
         for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
-            int B = shapes[s][0], S = shapes[s][1], L = shapes[s][2], NH = shapes[s][3], NKV = shapes[s][4], HD = shapes[s][5];
+            int B = shapes[s][0], S = shapes[s][1], L = shapes[s][2], NH = shapes[s][3], NKV = shapes[s][4],
+                HD = shapes[s][5];
             float scale = 1.0f / sqrtf((float)HD);
             size_t nq = (size_t)B * L * NH * HD, nkv = (size_t)B * L * NKV * HD, nc = (size_t)B * S * NKV * HD;
             float *q = frand(nq, -2, 2), *k = frand(nkv, -2, 2), *v = frand(nkv, -1, 1);
             float *kc = frand(nc, -50, 50), *vc = frand(nc, -50, 50); /* junk past len must not be read */
             for (int b = 0; b < B; b++)
                 for (int t = 0; t < L; t++) {
-                    memcpy(kc + ((size_t)b * S + t) * NKV * HD, k + ((size_t)b * L + t) * NKV * HD, (size_t)NKV * HD * 4);
-                    memcpy(vc + ((size_t)b * S + t) * NKV * HD, v + ((size_t)b * L + t) * NKV * HD, (size_t)NKV * HD * 4);
+                    memcpy(kc + ((size_t)b * S + t) * NKV * HD, k + ((size_t)b * L + t) * NKV * HD,
+                           (size_t)NKV * HD * 4);
+                    memcpy(vc + ((size_t)b * S + t) * NKV * HD, v + ((size_t)b * L + t) * NKV * HD,
+                           (size_t)NKV * HD * 4);
                 }
             float *ql = fnew((size_t)B * NH * HD), *of = fnew((size_t)B * NH * HD), *orf = fnew((size_t)B * NH * HD);
             for (int b = 0; b < B; b++)
@@ -449,14 +506,25 @@ START_TEST(test_attention_decode) {
             ffill(of, (size_t)B * NH * HD, NAN);
             be->ops->attention_decode(be, of, ql, kc, vc, B, S, L, NH, NKV, HD, scale);
             lt_ref_attention_decode(orf, ql, kc, vc, B, S, L, NH, NKV, HD, scale);
-            CLOSE(of, orf, (size_t)B * NH * HD, 1e-5, "%s decode B=%d S=%d len=%d NH=%d NKV=%d HD=%d", isa_name(be), B, S, L, NH, NKV, HD);
+            CLOSE(of, orf, (size_t)B * NH * HD, 1e-5, "%s decode B=%d S=%d len=%d NH=%d NKV=%d HD=%d", isa_name(be), B,
+                  S, L, NH, NKV, HD);
             int32_t *ks = calloc((size_t)B * L, sizeof(int32_t));
             float *full = fnew(nq), *lse = fnew((size_t)B * NH * L);
             lt_ref_attention_forward(full, lse, q, k, v, ks, B, L, NH, NKV, HD, scale);
             for (int b = 0; b < B; b++)
                 CLOSE(of + (size_t)b * NH * HD, full + ((size_t)b * L + L - 1) * NH * HD, (size_t)NH * HD, 1e-5,
                       "%s decode == last row of forward, b=%d", isa_name(be), b);
-            free(q); free(k); free(v); free(kc); free(vc); free(ql); free(of); free(orf); free(ks); free(full); free(lse);
+            free(q);
+            free(k);
+            free(v);
+            free(kc);
+            free(vc);
+            free(ql);
+            free(of);
+            free(orf);
+            free(ks);
+            free(full);
+            free(lse);
         }
     }
 }
@@ -470,7 +538,11 @@ START_TEST(test_swiglu) {
         for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++) {
             size_t n = sizes[s];
             float *g = frand(n, -12, 12), *u = frand(n, -3, 3), *go = frand(n, -1, 1);
-            if (n > 4) { g[1] = -100.0f; g[2] = 100.0f; g[3] = 0.0f; }
+            if (n > 4) {
+                g[1] = -100.0f;
+                g[2] = 100.0f;
+                g[3] = 0.0f;
+            }
             float *of = fnew(n), *orf = fnew(n);
             be->ops->swiglu_forward(be, of, g, u, n);
             lt_ref_swiglu_forward(orf, g, u, n);
@@ -485,7 +557,17 @@ START_TEST(test_swiglu) {
             be->ops->swiglu_backward(be, gi, ui, go, gi, ui, n);
             SAME(gi, dgf, n, "%s swiglu dgate in place", isa_name(be));
             SAME(ui, duf, n, "%s swiglu dup in place", isa_name(be));
-            free(g); free(u); free(go); free(of); free(orf); free(dgf); free(duf); free(dgr); free(dur); free(gi); free(ui);
+            free(g);
+            free(u);
+            free(go);
+            free(of);
+            free(orf);
+            free(dgf);
+            free(duf);
+            free(dgr);
+            free(dur);
+            free(gi);
+            free(ui);
         }
     }
 }
@@ -517,7 +599,14 @@ START_TEST(test_bias_add) {
             lt_ref_bias_backward(dbr, dy, N, C);
             CLOSE(dbr, want, (size_t)C, 1e-6, "ref bias_backward N=%d C=%d", N, C);
             CLOSE(dbf, dbr, (size_t)C, 1e-6, "%s bias_backward N=%d C=%d", isa_name(be), N, C);
-            free(y); free(b); free(dy); free(yf); free(yr); free(dbf); free(dbr); free(want);
+            free(y);
+            free(b);
+            free(dy);
+            free(yf);
+            free(yr);
+            free(dbf);
+            free(dbr);
+            free(want);
         }
     }
 }
@@ -526,8 +615,8 @@ END_TEST
 START_TEST(test_geglu) {
     /* fixed points of torch.nn.functional.gelu(x, approximate="tanh") */
     static const double xs[] = {-3.0, -1.0, 0.0, 0.5, 1.0, 2.0};
-    static const double gelu_tanh[] = {-0.0036373920817729, -0.15880800939172324, 0.0, 0.34571400982514394,
-                                       0.8411919906082768, 1.954597694087775};
+    static const double gelu_tanh[] = {-0.0036373920817729, -0.15880800939172324, 0.0,
+                                       0.34571400982514394, 0.8411919906082768,   1.954597694087775};
     for (size_t i = 0; i < sizeof xs / sizeof *xs; i++) {
         float g = (float)xs[i], u = 1.0f, o;
         lt_ref_geglu_forward(&o, &g, &u, 1);
@@ -554,13 +643,24 @@ START_TEST(test_geglu) {
                 lt_ref_geglu_forward(&yp, &gp, &u[i], 1);
                 lt_ref_geglu_forward(&ym, &gm, &u[i], 1);
                 double fd = go[i] * ((double)yp - ym) / ((double)gp - gm);
-                ck_assert_msg(fabs(fd - dgr[i]) <= 2e-3 * (1 + fabs(fd)), "geglu dgate %g vs fd %g at g=%g", dgr[i], fd, g[i]);
+                ck_assert_msg(fabs(fd - dgr[i]) <= 2e-3 * (1 + fabs(fd)), "geglu dgate %g vs fd %g at g=%g", dgr[i], fd,
+                              g[i]);
             }
             float *gi = fdup(g, n), *ui = fdup(u, n);
             be->ops->geglu_backward(be, gi, ui, go, gi, ui, n);
             SAME(gi, dgf, n, "%s geglu dgate in place", isa_name(be));
             SAME(ui, duf, n, "%s geglu dup in place", isa_name(be));
-            free(g); free(u); free(go); free(of); free(orf); free(dgf); free(duf); free(dgr); free(dur); free(gi); free(ui);
+            free(g);
+            free(u);
+            free(go);
+            free(of);
+            free(orf);
+            free(dgf);
+            free(duf);
+            free(dgr);
+            free(dur);
+            free(gi);
+            free(ui);
         }
     }
 }
@@ -587,7 +687,12 @@ START_TEST(test_softcap) {
             double t = tanh(x[i] / (double)cap);
             ck_assert_msg(fabs(dr[i] - dy[i] * (1 - t * t)) <= 1e-6, "softcap grad at %g", x[i]);
         }
-        free(x); free(dy); free(yf); free(yr); free(df); free(dr);
+        free(x);
+        free(dy);
+        free(yf);
+        free(yr);
+        free(df);
+        free(dr);
     }
 }
 END_TEST
@@ -615,7 +720,11 @@ START_TEST(test_attention_softcap) {
     lt_ref_attention_softcap_forward(o2, l2, q, k, v, ks, B, T, NH, NKV, HD, scale, cap);
     lt_ref_attention_softcap_backward(dq, dk, dv, dout, q, k, v, o2, l2, ks, B, T, NH, NKV, HD, scale, cap);
     float *tmp = fnew(nq), *tl = fnew(nl);
-    struct { float *x, *g; size_t n; const char *name; } probes[] = {{q, dq, nq, "dq"}, {k, dk, nk, "dk"}, {v, dv, nk, "dv"}};
+    struct {
+        float *x, *g;
+        size_t n;
+        const char *name;
+    } probes[] = {{q, dq, nq, "dq"}, {k, dk, nk, "dk"}, {v, dv, nk, "dv"}};
     for (int pi = 0; pi < 3; pi++)
         for (size_t i = 0; i < probes[pi].n; i += 37) {
             float orig = probes[pi].x[i];
@@ -637,7 +746,8 @@ START_TEST(test_attention_softcap) {
         be->ops->attention_softcap_forward(be, of, lf, q, k, v, ks, B, T, NH, NKV, HD, scale, cap);
         CLOSE(of, o2, nq, 1e-5, "%s softcap attention out", isa_name(be));
         CLOSE(lf, l2, nl, 1e-5, "%s softcap attention lse", isa_name(be));
-        be->ops->attention_softcap_backward(be, dqf, dkf, dvf, dout, q, k, v, of, lf, ks, B, T, NH, NKV, HD, scale, cap);
+        be->ops->attention_softcap_backward(be, dqf, dkf, dvf, dout, q, k, v, of, lf, ks, B, T, NH, NKV, HD, scale,
+                                            cap);
         CLOSE_F(dqf, dq, nq, 1e-5, 1e-7, "%s softcap dq", isa_name(be));
         CLOSE_F(dkf, dk, nk, 1e-5, 1e-7, "%s softcap dk", isa_name(be));
         CLOSE_F(dvf, dv, nk, 1e-5, 1e-7, "%s softcap dv", isa_name(be));
@@ -652,11 +762,32 @@ START_TEST(test_attention_softcap) {
         for (int b = 0; b < B; b++)
             CLOSE(od + (size_t)b * NH * HD, oz + ((size_t)b * T + T - 1) * NH * HD, (size_t)NH * HD, 1e-5,
                   "%s softcap decode b=%d", isa_name(be), b);
-        free(oz); free(lz);
-        free(of); free(lf); free(dqf); free(dkf); free(dvf); free(ql); free(od);
+        free(oz);
+        free(lz);
+        free(of);
+        free(lf);
+        free(dqf);
+        free(dkf);
+        free(dvf);
+        free(ql);
+        free(od);
     }
-    free(q); free(k); free(v); free(dout); free(o1); free(o2); free(l1); free(l2);
-    free(dq); free(dk); free(dv); free(dq0); free(dk0); free(dv0); free(tmp); free(tl);
+    free(q);
+    free(k);
+    free(v);
+    free(dout);
+    free(o1);
+    free(o2);
+    free(l1);
+    free(l2);
+    free(dq);
+    free(dk);
+    free(dv);
+    free(dq0);
+    free(dk0);
+    free(dv0);
+    free(tmp);
+    free(tl);
 }
 END_TEST
 
@@ -696,9 +827,21 @@ START_TEST(test_dora_ops) {
         be->ops->rope_scale(be, xs, N, NH, HD, RD, 1.5f);
         for (size_t i = 0; i < (size_t)N * NH * HD; i++)
             ck_assert_msg(xs[i] == ((int)(i % HD) < RD ? x[i] * 1.5f : x[i]), "%s rope_scale [%zu]", isa_name(be), i);
-        free(gf); free(invf); free(yf); free(out); free(want); free(x); free(xs);
+        free(gf);
+        free(invf);
+        free(yf);
+        free(out);
+        free(want);
+        free(x);
+        free(xs);
     }
-    free(w); free(m); free(g); free(inv); free(y); free(a); free(acc0);
+    free(w);
+    free(m);
+    free(g);
+    free(inv);
+    free(y);
+    free(a);
+    free(acc0);
 }
 END_TEST
 
@@ -738,7 +881,9 @@ START_TEST(test_cross_entropy) {
             for (int i = 0; i < n; i++)
                 if (tg[i] < 0 || tg[i] >= V)
                     for (int c = 0; c < V; c++) ck_assert(xf[(size_t)i * V + c] == 0.0f);
-            free(x); free(xf); free(xr);
+            free(x);
+            free(xf);
+            free(xr);
         }
     }
 }
@@ -785,7 +930,10 @@ START_TEST(test_dropout) {
             }
         }
     }
-    free(x); free(a); free(b); free(r);
+    free(x);
+    free(a);
+    free(b);
+    free(r);
 }
 END_TEST
 
@@ -812,7 +960,11 @@ START_TEST(test_adamw) {
             P[i] -= lr / (1 - pow(b1, t)) * M[i] / (sqrt(Vv[i]) / sqrt(1 - pow(b2, t)) + eps);
         }
     float *pe = fnew(n), *me = fnew(n), *ve = fnew(n);
-    for (size_t i = 0; i < n; i++) { pe[i] = (float)P[i]; me[i] = (float)M[i]; ve[i] = (float)Vv[i]; }
+    for (size_t i = 0; i < n; i++) {
+        pe[i] = (float)P[i];
+        me[i] = (float)M[i];
+        ve[i] = (float)Vv[i];
+    }
     for (int which = -1; which < n_bes; which++) { /* -1: the reference kernel */
         float *p = fdup(p0, n), *m = fnew(n), *v = fnew(n);
         memset(m, 0, n * sizeof(float));
@@ -820,7 +972,9 @@ START_TEST(test_adamw) {
         for (int t = 1; t <= 3; t++) {
             float ss = (float)(lr / (1 - pow(b1, t))), bc2 = (float)sqrt(1 - pow(b2, t)), dec = (float)(lr * wd);
             if (which < 0) lt_ref_adamw_step(p, grads[t - 1], m, v, n, ss, (float)b1, (float)b2, (float)eps, bc2, dec);
-            else bes[which]->ops->adamw_step(bes[which], p, grads[t - 1], m, v, n, ss, (float)b1, (float)b2, (float)eps, bc2, dec);
+            else
+                bes[which]->ops->adamw_step(bes[which], p, grads[t - 1], m, v, n, ss, (float)b1, (float)b2, (float)eps,
+                                            bc2, dec);
         }
         const char *nm = which < 0 ? "ref" : isa_name(bes[which]);
         CLOSE(p, pe, n, 1e-5, "%s adamw param", nm);
@@ -830,10 +984,18 @@ START_TEST(test_adamw) {
         double moved = 0;
         for (size_t i = 0; i < n; i++) moved += fabs((double)p[i] - p0[i]);
         ck_assert_msg(moved / n > 1e-2, "adamw barely moved the parameters (%g)", moved / n);
-        free(p); free(m); free(v);
+        free(p);
+        free(m);
+        free(v);
     }
     for (int t = 0; t < 3; t++) free(grads[t]);
-    free(p0); free(P); free(M); free(Vv); free(pe); free(me); free(ve);
+    free(p0);
+    free(P);
+    free(M);
+    free(Vv);
+    free(pe);
+    free(me);
+    free(ve);
 }
 END_TEST
 
@@ -850,14 +1012,25 @@ START_TEST(test_thread_invariance) {
     free(x);
     /* rmsnorm backward (dweight sums over rows) */
     int N = 257, C = 1030;
-    float *in = frand((size_t)N * C, -1, 1), *g = frand((size_t)N * C, -1, 1), *w = frand(C, 0.5f, 1.5f), *rs = frand(N, 0.5f, 2);
+    float *in = frand((size_t)N * C, -1, 1), *g = frand((size_t)N * C, -1, 1), *w = frand(C, 0.5f, 1.5f),
+          *rs = frand(N, 0.5f, 2);
     float *d1 = fnew((size_t)N * C), *d5 = fnew((size_t)N * C), *w1 = fnew(C), *w5 = fnew(C);
-    memset(d1, 0, (size_t)N * C * 4); memset(d5, 0, (size_t)N * C * 4); memset(w1, 0, C * 4); memset(w5, 0, C * 4);
+    memset(d1, 0, (size_t)N * C * 4);
+    memset(d5, 0, (size_t)N * C * 4);
+    memset(w1, 0, C * 4);
+    memset(w5, 0, C * 4);
     b1->ops->rmsnorm_backward(b1, d1, w1, g, in, w, rs, N, C);
     b5->ops->rmsnorm_backward(b5, d5, w5, g, in, w, rs, N, C);
     SAME(d5, d1, (size_t)N * C, "rmsnorm dinp 1 vs 5 threads");
     SAME(w5, w1, (size_t)C, "rmsnorm dweight 1 vs 5 threads");
-    free(in); free(g); free(w); free(rs); free(d1); free(d5); free(w1); free(w5);
+    free(in);
+    free(g);
+    free(w);
+    free(rs);
+    free(d1);
+    free(d5);
+    free(w1);
+    free(w5);
     /* attention backward with grouped heads */
     int B = 2, T = 77, NH = 4, NKV = 2, HD = 32;
     size_t nq = (size_t)B * T * NH * HD, nkv = (size_t)B * T * NKV * HD;
@@ -877,8 +1050,20 @@ START_TEST(test_thread_invariance) {
     SAME(g5[0], g1[0], nq, "attention dq 1 vs 5 threads");
     SAME(g5[1], g1[1], nkv, "attention dk 1 vs 5 threads");
     SAME(g5[2], g1[2], nkv, "attention dv 1 vs 5 threads");
-    for (int i = 0; i < 3; i++) { free(g1[i]); free(g5[i]); }
-    free(q); free(k); free(v); free(dout); free(o); free(l); free(o5); free(l5); free(s1); free(s5);
+    for (int i = 0; i < 3; i++) {
+        free(g1[i]);
+        free(g5[i]);
+    }
+    free(q);
+    free(k);
+    free(v);
+    free(dout);
+    free(o);
+    free(l);
+    free(o5);
+    free(l5);
+    free(s1);
+    free(s5);
     b1->ops->destroy(b1);
     b5->ops->destroy(b5);
 }
@@ -903,7 +1088,8 @@ static int fd_mismatches(float *x, size_t n, const float *grad, loss_fn loss, vo
         x[i] = x0;
         double fd = (lp - lm) / ((double)xp - (double)xm);
         if (!(fabs(grad[i] - fd) <= FD_RTOL * fmax(fabs(grad[i]), fabs(fd)) + FD_ATOL)) {
-            if (report && bad == 0) fprintf(stderr, "%s[%zu]: analytic %.7g, finite difference %.7g\n", what, i, grad[i], fd);
+            if (report && bad == 0)
+                fprintf(stderr, "%s[%zu]: analytic %.7g, finite difference %.7g\n", what, i, grad[i], fd);
             bad++;
         }
     }
@@ -914,11 +1100,15 @@ static double wsum(const float *w, const float *y, size_t n) {
     for (size_t i = 0; i < n; i++) s += (double)w[i] * y[i];
     return s;
 }
-#define FD_CHECK(x, n, grad, loss, ctx, what)                                                      \
-    ck_assert_msg(fd_mismatches(x, n, grad, loss, ctx, what, 1) == 0, "%s: analytic gradient != finite differences", what)
+#define FD_CHECK(x, n, grad, loss, ctx, what)                                                                        \
+    ck_assert_msg(fd_mismatches(x, n, grad, loss, ctx, what, 1) == 0, "%s: analytic gradient != finite differences", \
+                  what)
 
 /* rmsnorm */
-typedef struct { int N, C; float *x, *w, *wout, *out, *rstd; } rms_ctx;
+typedef struct {
+    int N, C;
+    float *x, *w, *wout, *out, *rstd;
+} rms_ctx;
 static double rms_loss(void *p) {
     rms_ctx *c = p;
     lt_ref_rmsnorm_forward(c->out, c->rstd, c->x, c->w, c->N, c->C, 1e-5f);
@@ -936,12 +1126,22 @@ START_TEST(test_fd_rmsnorm) {
     /* the check can fail: a gradient off by 5% is caught */
     for (int i = 0; i < 21; i++) dx[i] *= 1.05f;
     ck_assert_int_gt(fd_mismatches(c.x, 21, dx, rms_loss, &c, "", 0), 0);
-    free(c.x); free(c.w); free(c.wout); free(c.out); free(c.rstd); free(dx); free(dw);
+    free(c.x);
+    free(c.w);
+    free(c.wout);
+    free(c.out);
+    free(c.rstd);
+    free(dx);
+    free(dw);
 }
 END_TEST
 
 /* rope */
-typedef struct { int N, NH, HD, rot; float *x, *y, *wout, *inv; int32_t *pos; } rope_ctx;
+typedef struct {
+    int N, NH, HD, rot;
+    float *x, *y, *wout, *inv;
+    int32_t *pos;
+} rope_ctx;
 static double rope_loss(void *p) {
     rope_ctx *c = p;
     size_t n = (size_t)c->N * c->NH * c->HD;
@@ -958,25 +1158,45 @@ START_TEST(test_fd_rope) {
     float *dx = fdup(c.wout, n);
     lt_ref_rope_backward(dx, pos, inv, 3, 2, 6, 4);
     FD_CHECK(c.x, n, dx, rope_loss, &c, "rope dx");
-    free(c.x); free(c.y); free(c.wout); free(dx);
+    free(c.x);
+    free(c.y);
+    free(c.wout);
+    free(dx);
 }
 END_TEST
 
 /* attention */
-typedef struct { int B, T, NH, NKV, HD; float *q, *k, *v, *out, *lse, *wout; int32_t *ks; } att_ctx;
+typedef struct {
+    int B, T, NH, NKV, HD;
+    float *q, *k, *v, *out, *lse, *wout;
+    int32_t *ks;
+} att_ctx;
 static double att_loss(void *p) {
     att_ctx *c = p;
-    lt_ref_attention_forward(c->out, c->lse, c->q, c->k, c->v, c->ks, c->B, c->T, c->NH, c->NKV, c->HD, 1.0f / sqrtf((float)c->HD));
+    lt_ref_attention_forward(c->out, c->lse, c->q, c->k, c->v, c->ks, c->B, c->T, c->NH, c->NKV, c->HD,
+                             1.0f / sqrtf((float)c->HD));
     return wsum(c->wout, c->out, (size_t)c->B * c->T * c->NH * c->HD);
 }
 static void fd_attention(int B, int T, int NH, int NKV, int HD, const int32_t *kv_start) {
     size_t nq = (size_t)B * T * NH * HD, nkv = (size_t)B * T * NKV * HD;
     int32_t ks[64];
     memcpy(ks, kv_start, (size_t)B * T * sizeof(int32_t));
-    att_ctx c = {B, T, NH, NKV, HD, frand(nq, -1.5f, 1.5f), frand(nkv, -1.5f, 1.5f), frand(nkv, -1, 1), fnew(nq), fnew((size_t)B * NH * T), frand(nq, -1, 1), ks};
+    att_ctx c = {B,
+                 T,
+                 NH,
+                 NKV,
+                 HD,
+                 frand(nq, -1.5f, 1.5f),
+                 frand(nkv, -1.5f, 1.5f),
+                 frand(nkv, -1, 1),
+                 fnew(nq),
+                 fnew((size_t)B * NH * T),
+                 frand(nq, -1, 1),
+                 ks};
     att_loss(&c);
     float *dq = fnew(nq), *dk = fnew(nkv), *dv = fnew(nkv);
-    lt_ref_attention_backward(dq, dk, dv, c.wout, c.q, c.k, c.v, c.out, c.lse, ks, B, T, NH, NKV, HD, 1.0f / sqrtf((float)HD), NULL);
+    lt_ref_attention_backward(dq, dk, dv, c.wout, c.q, c.k, c.v, c.out, c.lse, ks, B, T, NH, NKV, HD,
+                              1.0f / sqrtf((float)HD), NULL);
     char what[96];
     snprintf(what, sizeof what, "attention B=%d T=%d NH=%d NKV=%d HD=%d", B, T, NH, NKV, HD);
     ck_assert_msg(fd_mismatches(c.q, nq, dq, att_loss, &c, what, 1) == 0, "%s dq", what);
@@ -985,20 +1205,31 @@ static void fd_attention(int B, int T, int NH, int NKV, int HD, const int32_t *k
     /* the check can fail: dk with the kv heads' shares swapped or dropped is caught */
     for (size_t i = 0; i < nkv; i++) dk[i] *= 0.9f;
     ck_assert_int_gt(fd_mismatches(c.k, nkv, dk, att_loss, &c, "", 0), 0);
-    free(c.q); free(c.k); free(c.v); free(c.out); free(c.lse); free(c.wout); free(dq); free(dk); free(dv);
+    free(c.q);
+    free(c.k);
+    free(c.v);
+    free(c.out);
+    free(c.lse);
+    free(c.wout);
+    free(dq);
+    free(dk);
+    free(dv);
 }
 START_TEST(test_fd_attention) {
-    const int32_t packed[6] = {0, 0, 0, 3, 3, 3};        /* two packed sequences */
-    fd_attention(1, 6, 4, 2, 4, packed);                  /* grouped-query */
+    const int32_t packed[6] = {0, 0, 0, 3, 3, 3}; /* two packed sequences */
+    fd_attention(1, 6, 4, 2, 4, packed);          /* grouped-query */
     const int32_t causal[10] = {0};
     fd_attention(2, 5, 2, 2, 3, causal);
-    const int32_t window[7] = {0, 0, 0, 1, 2, 3, 4};      /* sliding window of 3 */
+    const int32_t window[7] = {0, 0, 0, 1, 2, 3, 4}; /* sliding window of 3 */
     fd_attention(1, 7, 3, 1, 5, window);
 }
 END_TEST
 
 /* swiglu */
-typedef struct { size_t n; float *g, *u, *out, *wout; } swi_ctx;
+typedef struct {
+    size_t n;
+    float *g, *u, *out, *wout;
+} swi_ctx;
 static double swi_loss(void *p) {
     swi_ctx *c = p;
     lt_ref_swiglu_forward(c->out, c->g, c->u, c->n);
@@ -1011,12 +1242,21 @@ START_TEST(test_fd_swiglu) {
     lt_ref_swiglu_backward(dg, du, c.wout, c.g, c.u, n);
     FD_CHECK(c.g, n, dg, swi_loss, &c, "swiglu dgate");
     FD_CHECK(c.u, n, du, swi_loss, &c, "swiglu dup");
-    free(c.g); free(c.u); free(c.out); free(c.wout); free(dg); free(du);
+    free(c.g);
+    free(c.u);
+    free(c.out);
+    free(c.wout);
+    free(dg);
+    free(du);
 }
 END_TEST
 
 /* cross-entropy: gradient of the summed loss with respect to the logits */
-typedef struct { int n, V; float *x, *tmp; int32_t *tg; } ce_ctx;
+typedef struct {
+    int n, V;
+    float *x, *tmp;
+    int32_t *tg;
+} ce_ctx;
 static double ce_loss(void *p) {
     ce_ctx *c = p;
     float loss[8];
@@ -1033,7 +1273,9 @@ START_TEST(test_fd_cross_entropy) {
     float *grad = fdup(c.x, (size_t)n * V), loss[4];
     lt_ref_cross_entropy(grad, loss, tg, n, V, 1.0f);
     FD_CHECK(c.x, (size_t)n * V, grad, ce_loss, &c, "cross_entropy dlogits");
-    free(c.x); free(c.tmp); free(grad);
+    free(c.x);
+    free(c.tmp);
+    free(grad);
 }
 END_TEST
 

@@ -21,10 +21,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "backend.h"
-#include "gemm_bf16.h" /* lt_bf16_round */
-#include "ref_ops.h"
-#include "quant.h"
+#include "backend/backend.h"
+#include "backend/bf16.h" /* lt_bf16_round */
+#include "core/context.h"
+#include "cpu/ref_ops.h"
+#include "formats/quant.h"
 
 /* ---- helpers -------------------------------------------------------------------------------------- */
 
@@ -59,8 +60,7 @@ static void ffill(float *p, size_t n, float v) {
 }
 
 /* Elementwise |got - want| <= rtol * (|want| + max(rms(want), floor)); NaN fails. */
-static int close_msg(const float *got, const float *want, size_t n, double rtol, double floor, char *msg,
-                     size_t len) {
+static int close_msg(const float *got, const float *want, size_t n, double rtol, double floor, char *msg, size_t len) {
     double ss = 0.0;
     for (size_t i = 0; i < n; i++) ss += (double)want[i] * want[i];
     double rms = n ? sqrt(ss / n) : 0.0;
@@ -68,25 +68,24 @@ static int close_msg(const float *got, const float *want, size_t n, double rtol,
     for (size_t i = 0; i < n; i++) {
         double e = fabs((double)got[i] - want[i]), tol = rtol * (fabs(want[i]) + rms);
         if (!(e <= tol)) {
-            snprintf(msg, len, "[%zu] got %.9g want %.9g (err %.3g > tol %.3g, n %zu)", i, got[i], want[i], e,
-                     tol, n);
+            snprintf(msg, len, "[%zu] got %.9g want %.9g (err %.3g > tol %.3g, n %zu)", i, got[i], want[i], e, tol, n);
             return 0;
         }
     }
     return 1;
 }
-#define CLOSE_F(got, want, n, rtol, floor, ...)                                                     \
-    do {                                                                                            \
-        char m_[512], w_[256];                                                                      \
-        snprintf(w_, sizeof w_, __VA_ARGS__);                                                       \
-        ck_assert_msg(close_msg(got, want, n, rtol, floor, m_, sizeof m_), "%s: %s", w_, m_);      \
+#define CLOSE_F(got, want, n, rtol, floor, ...)                                               \
+    do {                                                                                      \
+        char m_[512], w_[256];                                                                \
+        snprintf(w_, sizeof w_, __VA_ARGS__);                                                 \
+        ck_assert_msg(close_msg(got, want, n, rtol, floor, m_, sizeof m_), "%s: %s", w_, m_); \
     } while (0)
 #define CLOSE(got, want, n, rtol, ...) CLOSE_F(got, want, n, rtol, 0.0, __VA_ARGS__)
-#define SAME(got, want, n, ...)                                                                     \
-    do {                                                                                            \
-        char w_[256];                                                                               \
-        snprintf(w_, sizeof w_, __VA_ARGS__);                                                       \
-        ck_assert_msg(memcmp(got, want, (n) * sizeof(float)) == 0, "%s: not bit-identical", w_);    \
+#define SAME(got, want, n, ...)                                                                  \
+    do {                                                                                         \
+        char w_[256];                                                                            \
+        snprintf(w_, sizeof w_, __VA_ARGS__);                                                    \
+        ck_assert_msg(memcmp(got, want, (n) * sizeof(float)) == 0, "%s: not bit-identical", w_); \
     } while (0)
 
 #define RTOL 1e-4    /* reductions, gemm, attention: float sums in another order than the reference's doubles */
@@ -127,7 +126,8 @@ static float *hget(const float *d, size_t n) {
     return h;
 }
 static void dfree(void *d) { OPS->free(be, d); }
-#define SYNC_OK(what) ck_assert_msg(OPS->sync(be) == LT_OK, "%s: sync reported an error (LT_CUDA_DEBUG=1 prints it)", what)
+#define SYNC_OK(what) \
+    ck_assert_msg(OPS->sync(be) == LT_OK, "%s: sync reported an error (LT_CUDA_DEBUG=1 prints it)", what)
 
 /* ---- table and memory ----------------------------------------------------------------------------- */
 
@@ -217,8 +217,8 @@ END_TEST
 /* ---- gemm ----------------------------------------------------------------------------------------- */
 
 START_TEST(test_gemm) {
-    static const int shapes[][3] = {{1, 1, 1},    {3, 5, 7},     {17, 33, 9},     {64, 48, 130},
-                                    {5, 1, 100},  {1, 37, 300},  {129, 65, 257},  {300, 211, 1024}};
+    static const int shapes[][3] = {{1, 1, 1},   {3, 5, 7},    {17, 33, 9},    {64, 48, 130},
+                                    {5, 1, 100}, {1, 37, 300}, {129, 65, 257}, {300, 211, 1024}};
     static const float ab[][2] = {{1.0f, 0.0f}, {0.5f, 1.0f}, {-1.25f, 0.3f}};
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
         int M = shapes[s][0], N = shapes[s][1], K = shapes[s][2];
@@ -243,11 +243,15 @@ START_TEST(test_gemm) {
                 for (int i = 0; i < M; i++)
                     CLOSE(Cf + (size_t)i * ldc, Cr + (size_t)i * ldc, N, RTOL, "gemm %dx%dx%d ta%d tb%d a%g b%g row %d",
                           M, N, K, ta, tb, alpha, beta, i);
-                free(C0); free(Cr); free(Cf);
+                free(C0);
+                free(Cr);
+                free(Cf);
                 dfree(dC);
             }
-            free(A); free(Bm);
-            dfree(dA); dfree(dB);
+            free(A);
+            free(Bm);
+            dfree(dA);
+            dfree(dB);
         }
     }
     /* K = 0 and alpha = 0: C = beta C */
@@ -260,7 +264,8 @@ START_TEST(test_gemm) {
     OPS->download(be, out, dC, sizeof out);
     for (int i = 0; i < 6; i++) ck_assert(out[i] == 0.0f);
     SYNC_OK("gemm");
-    dfree(dC); dfree(dummy);
+    dfree(dC);
+    dfree(dummy);
 }
 END_TEST
 
@@ -274,7 +279,8 @@ START_TEST(test_gemm_bf16) {
     static const int shapes[][3] = {{1, 1, 1}, {1, 300, 17}, {37, 45, 53}, {130, 513, 260}, {5000, 600, 24}};
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
         const int N = shapes[s][0], in = shapes[s][1], out = shapes[s][2];
-        float *W = frand((size_t)out * in, -1, 1), *x = frand((size_t)N * in, -2, 2), *dy = frand((size_t)N * out, -1, 1);
+        float *W = frand((size_t)out * in, -1, 1), *x = frand((size_t)N * in, -2, 2),
+              *dy = frand((size_t)N * out, -1, 1);
         float *acc = frand((size_t)N * in, -1, 1);
         size_t bytes = OPS->bf16_weight_bytes(be, out, in);
         ck_assert_uint_ge(bytes, (size_t)out * in * 2);
@@ -298,7 +304,8 @@ START_TEST(test_gemm_bf16) {
                         sa += fabs((double)lt_bf16_to_f32(lt_bf16_round(x[(size_t)n * in + i])) *
                                    lt_bf16_to_f32(lt_bf16_round(W[(size_t)o * in + i])));
                     double tol = 4.0 * (in + 2) * ldexp(1.0, -24) * sa + 1e-30;
-                    ck_assert_msg(fabs((double)y[(size_t)n * out + o] - yr[(size_t)n * out + o]) <= tol + 1e-7 * fabs(yr[(size_t)n * out + o]),
+                    ck_assert_msg(fabs((double)y[(size_t)n * out + o] - yr[(size_t)n * out + o]) <=
+                                      tol + 1e-7 * fabs(yr[(size_t)n * out + o]),
                                   "gemm_bf16_forward %dx%dx%d [%d,%d]: %.9g vs %.9g", N, in, out, n, o,
                                   y[(size_t)n * out + o], yr[(size_t)n * out + o]);
                 }
@@ -308,16 +315,27 @@ START_TEST(test_gemm_bf16) {
                         sa += fabs((double)lt_bf16_to_f32(lt_bf16_round(dy[(size_t)n * out + o])) *
                                    lt_bf16_to_f32(lt_bf16_round(W[(size_t)o * in + i])));
                     double tol = 4.0 * (out + 3) * ldexp(1.0, -24) * sa + 1e-30;
-                    ck_assert_msg(fabs((double)dx[(size_t)n * in + i] - dxr[(size_t)n * in + i]) <= tol + 1e-7 * fabs(dxr[(size_t)n * in + i]),
-                                  "gemm_bf16_backward %dx%dx%d acc %d [%d,%d]: %.9g vs %.9g", N, in, out, accumulate,
-                                  n, i, dx[(size_t)n * in + i], dxr[(size_t)n * in + i]);
+                    ck_assert_msg(fabs((double)dx[(size_t)n * in + i] - dxr[(size_t)n * in + i]) <=
+                                      tol + 1e-7 * fabs(dxr[(size_t)n * in + i]),
+                                  "gemm_bf16_backward %dx%dx%d acc %d [%d,%d]: %.9g vs %.9g", N, in, out, accumulate, n,
+                                  i, dx[(size_t)n * in + i], dxr[(size_t)n * in + i]);
                 }
             }
-            free(y); free(dx); free(yr); free(dxr);
+            free(y);
+            free(dx);
+            free(yr);
+            free(dxr);
             dfree(ddx);
         }
-        free(W); free(x); free(dy); free(acc); free(rW);
-        dfree(dW); dfree(dx_); dfree(ddy); dfree(dyv);
+        free(W);
+        free(x);
+        free(dy);
+        free(acc);
+        free(rW);
+        dfree(dW);
+        dfree(dx_);
+        dfree(ddy);
+        dfree(dyv);
     }
 }
 END_TEST
@@ -357,8 +375,12 @@ START_TEST(test_elementwise) {
             ck_assert_int_eq(OPS->all_finite(be, n, dx), 1);
         }
         SYNC_OK("elementwise");
-        free(x); free(y0); free(yr); free(yf);
-        dfree(dx); dfree(dy);
+        free(x);
+        free(y0);
+        free(yr);
+        free(yf);
+        dfree(dx);
+        dfree(dy);
     }
     /* row_scale (objectives.c's per-token CE weights): exact, a product per element */
     static const int rs[][2] = {{1, 1}, {7, 33}, {300, 1001}, {64, 32000}};
@@ -372,8 +394,12 @@ START_TEST(test_elementwise) {
         float *xf = hget(dx, (size_t)n * C);
         ck_assert_msg(memcmp(xf, xr, (size_t)n * C * sizeof(float)) == 0, "row_scale %d x %d differs", n, C);
         SYNC_OK("row_scale");
-        free(x); free(w); free(xr); free(xf);
-        dfree(dx); dfree(dw);
+        free(x);
+        free(w);
+        free(xr);
+        free(xf);
+        dfree(dx);
+        dfree(dw);
     }
 }
 END_TEST
@@ -403,9 +429,15 @@ START_TEST(test_embedding) {
         lt_ref_embedding_backward(table, ids, g, N, C);
         SAME(bt, table, (size_t)V * C, "embedding_backward V=%d C=%d N=%d", V, C, N);
         SYNC_OK("embedding_backward");
-        free(g); free(bt); dfree(dg);
-        free(table); free(of); free(orf);
-        dfree(dt); dfree(dout); dfree(dids);
+        free(g);
+        free(bt);
+        dfree(dg);
+        free(table);
+        free(of);
+        free(orf);
+        dfree(dt);
+        dfree(dout);
+        dfree(dids);
     }
 }
 END_TEST
@@ -413,7 +445,8 @@ END_TEST
 /* ---- RMSNorm -------------------------------------------------------------------------------------- */
 
 START_TEST(test_rmsnorm) {
-    static const int shapes[][2] = {{1, 1}, {3, 17}, {7, 100}, {64, 2048}, {5, 4099}, {33, 16}, {300, 64}, {2001, 515}, {40, 4096}};
+    static const int shapes[][2] = {{1, 1},   {3, 17},   {7, 100},    {64, 2048}, {5, 4099},
+                                    {33, 16}, {300, 64}, {2001, 515}, {40, 4096}};
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
         int N = shapes[s][0], C = shapes[s][1];
         size_t NC = (size_t)N * C;
@@ -447,9 +480,30 @@ START_TEST(test_rmsnorm) {
         float *din = hget(ddi, NC);
         SAME(din, dif, NC, "rmsnorm dinp with dweight NULL N=%d C=%d", N, C);
         SYNC_OK("rmsnorm");
-        free(x); free(w); free(g); free(orf); free(rr); free(of); free(rf);
-        free(di0); free(dw0); free(dir); free(dwr); free(dif); free(dwf); free(dif2); free(dwf2); free(din);
-        dfree(dx); dfree(dw); dfree(dg); dfree(dout); dfree(drs); dfree(ddi); dfree(ddw); dfree(drr);
+        free(x);
+        free(w);
+        free(g);
+        free(orf);
+        free(rr);
+        free(of);
+        free(rf);
+        free(di0);
+        free(dw0);
+        free(dir);
+        free(dwr);
+        free(dif);
+        free(dwf);
+        free(dif2);
+        free(dwf2);
+        free(din);
+        dfree(dx);
+        dfree(dw);
+        dfree(dg);
+        dfree(dout);
+        dfree(drs);
+        dfree(ddi);
+        dfree(ddw);
+        dfree(drr);
     }
 }
 END_TEST
@@ -461,9 +515,9 @@ static void rope_inv_freq(float *f, int rot, double theta) {
 }
 
 START_TEST(test_rope) {
-    static const int shapes[][4] = {{1, 1, 2, 2},    {5, 3, 8, 8},     {7, 2, 64, 64},   {4, 3, 80, 32},
-                                    {9, 4, 128, 128}, {3, 5, 6, 4},    {2, 2, 256, 256}, {300, 8, 128, 128},
-                                    {16, 6, 128, 64}};
+    static const int shapes[][4] = {{1, 1, 2, 2},     {5, 3, 8, 8},       {7, 2, 64, 64},
+                                    {4, 3, 80, 32},   {9, 4, 128, 128},   {3, 5, 6, 4},
+                                    {2, 2, 256, 256}, {300, 8, 128, 128}, {16, 6, 128, 64}};
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
         int N = shapes[s][0], NH = shapes[s][1], HD = shapes[s][2], rot = shapes[s][3];
         size_t n = (size_t)N * NH * HD;
@@ -495,8 +549,16 @@ START_TEST(test_rope) {
         float *back = hget(dxv, n);
         CLOSE(back, x, n, RTOL, "rope bwd(fwd(x)) == x N=%d HD=%d", N, HD);
         SYNC_OK("rope");
-        free(x); free(xr); free(xf); free(gr); free(gf); free(back);
-        dfree(dxv); dfree(dinv); dfree(dpos); dfree(dgv);
+        free(x);
+        free(xr);
+        free(xf);
+        free(gr);
+        free(gf);
+        free(back);
+        dfree(dxv);
+        dfree(dinv);
+        dfree(dpos);
+        dfree(dgv);
     }
 }
 END_TEST
@@ -520,7 +582,9 @@ static void make_kv_start(int32_t *ks, int B, int T, int mode) {
     }
 }
 
-typedef struct att_case { int B, T, NH, NKV, HD, mode; } att_case;
+typedef struct att_case {
+    int B, T, NH, NKV, HD, mode;
+} att_case;
 
 static void att_compare(const att_case *c) {
     int B = c->B, T = c->T, NH = c->NH, NKV = c->NKV, HD = c->HD;
@@ -561,8 +625,9 @@ static void att_compare(const att_case *c) {
         for (int t = 0; t < T; t++)
             if (lt_att_kv_lo(ks + (size_t)b * T, t) == t)
                 for (size_t i = 0; i < (size_t)NH * HD; i++)
-                    ck_assert_msg(dqf[((size_t)b * T + t) * NH * HD + i] == 0.0f, "%s: dq of single-key query b=%d t=%d is %g",
-                                  what, b, t, dqf[((size_t)b * T + t) * NH * HD + i]);
+                    ck_assert_msg(dqf[((size_t)b * T + t) * NH * HD + i] == 0.0f,
+                                  "%s: dq of single-key query b=%d t=%d is %g", what, b, t,
+                                  dqf[((size_t)b * T + t) * NH * HD + i]);
     if (T == 1)
         for (size_t i = 0; i < nkv; i++) ck_assert_msg(dkf[i] == 0.0f, "%s: dk with T = 1 is %g", what, dkf[i]);
 
@@ -574,25 +639,69 @@ static void att_compare(const att_case *c) {
     SAME(dvf2, dvf, nkv, "%s dv twice", what);
     SYNC_OK(what);
 
-    free(q); free(k); free(v); free(dout); free(ks); free(orf); free(lr); free(of); free(lf);
-    free(dqr); free(dkr); free(dvr); free(dqf); free(dkf); free(dvf); free(dqf2); free(dkf2); free(dvf2);
-    dfree(dq_); dfree(dk_); dfree(dv_); dfree(ddo); dfree(dks); dfree(dout_o); dfree(dlse); dfree(scratch);
-    dfree(ro); dfree(rl); dfree(gq); dfree(gk); dfree(gv);
+    free(q);
+    free(k);
+    free(v);
+    free(dout);
+    free(ks);
+    free(orf);
+    free(lr);
+    free(of);
+    free(lf);
+    free(dqr);
+    free(dkr);
+    free(dvr);
+    free(dqf);
+    free(dkf);
+    free(dvf);
+    free(dqf2);
+    free(dkf2);
+    free(dvf2);
+    dfree(dq_);
+    dfree(dk_);
+    dfree(dv_);
+    dfree(ddo);
+    dfree(dks);
+    dfree(dout_o);
+    dfree(dlse);
+    dfree(scratch);
+    dfree(ro);
+    dfree(rl);
+    dfree(gq);
+    dfree(gk);
+    dfree(gv);
 }
 
 static const att_case att_cases[] = {
     /* small and odd */
-    {1, 1, 1, 1, 8, 0},     {2, 17, 4, 2, 16, 0},   {1, 70, 4, 1, 64, 0},   {2, 45, 3, 3, 20, 0},
-    {1, 100, 2, 2, 128, 1}, {1, 33, 6, 2, 5, 1},    {2, 130, 2, 1, 96, 1},  {1, 64, 2, 1, 8, 2},
-    {1, 97, 4, 4, 64, 2},   {3, 40, 2, 2, 80, 0},   {1, 2, 8, 2, 128, 0},   {2, 257, 2, 1, 48, 0},
-    {1, 290, 2, 2, 32, 2},  {4, 65, 2, 2, 65, 0},   {1, 129, 4, 2, 127, 1},
+    {1, 1, 1, 1, 8, 0},
+    {2, 17, 4, 2, 16, 0},
+    {1, 70, 4, 1, 64, 0},
+    {2, 45, 3, 3, 20, 0},
+    {1, 100, 2, 2, 128, 1},
+    {1, 33, 6, 2, 5, 1},
+    {2, 130, 2, 1, 96, 1},
+    {1, 64, 2, 1, 8, 2},
+    {1, 97, 4, 4, 64, 2},
+    {3, 40, 2, 2, 80, 0},
+    {1, 2, 8, 2, 128, 0},
+    {2, 257, 2, 1, 48, 0},
+    {1, 290, 2, 2, 32, 2},
+    {4, 65, 2, 2, 65, 0},
+    {1, 129, 4, 2, 127, 1},
     /* T = 1 (one token per row) */
-    {3, 1, 4, 2, 64, 0},    {2, 1, 8, 8, 128, 0},
+    {3, 1, 4, 2, 64, 0},
+    {2, 1, 8, 8, 128, 0},
     /* T = 300, HD 64 and 128: causal, packed, window, GQA */
-    {1, 300, 2, 1, 64, 1},  {2, 300, 4, 2, 64, 0},  {1, 300, 4, 4, 128, 0}, {2, 300, 8, 2, 128, 1},
+    {1, 300, 2, 1, 64, 1},
+    {2, 300, 4, 2, 64, 0},
+    {1, 300, 4, 4, 128, 0},
+    {2, 300, 8, 2, 128, 1},
     {1, 300, 4, 1, 128, 2},
     /* head_dim above 128: the row-wise kernels */
-    {1, 9, 2, 1, 260, 1},   {1, 150, 4, 2, 160, 0}, {2, 70, 2, 2, 256, 1},
+    {1, 9, 2, 1, 260, 1},
+    {1, 150, 4, 2, 160, 0},
+    {2, 70, 2, 2, 256, 1},
 };
 
 START_TEST(test_attention) { att_compare(&att_cases[_i]); }
@@ -622,18 +731,30 @@ START_TEST(test_attention_packed_semantics) {
             CLOSE(lse + (size_t)h * T + a, l1 + (size_t)h * L, (size_t)L, RTOL, "packed segment %d lse", s);
     }
     SYNC_OK("packed semantics");
-    free(q); free(k); free(v); free(out); free(lse); free(o1); free(l1);
-    dfree(dq_); dfree(dk_); dfree(dv_); dfree(dout); dfree(dlse); dfree(dks);
+    free(q);
+    free(k);
+    free(v);
+    free(out);
+    free(lse);
+    free(o1);
+    free(l1);
+    dfree(dq_);
+    dfree(dk_);
+    dfree(dv_);
+    dfree(dout);
+    dfree(dlse);
+    dfree(dks);
 }
 END_TEST
 
 /* decode: vs the reference, and vs the last row of a causal forward over the same keys */
 START_TEST(test_attention_decode) {
-    static const int shapes[][6] = {{1, 1, 1, 1, 1, 8},      {2, 50, 37, 4, 2, 16},  {3, 100, 100, 6, 2, 64},
-                                    {1, 300, 257, 8, 2, 128}, {2, 20, 5, 3, 3, 20},   {1, 10, 3, 2, 1, 260},
+    static const int shapes[][6] = {{1, 1, 1, 1, 1, 8},         {2, 50, 37, 4, 2, 16}, {3, 100, 100, 6, 2, 64},
+                                    {1, 300, 257, 8, 2, 128},   {2, 20, 5, 3, 3, 20},  {1, 10, 3, 2, 1, 260},
                                     {2, 4096, 3000, 8, 2, 128}, {1, 16, 0, 2, 1, 64}};
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
-        int B = shapes[s][0], S = shapes[s][1], L = shapes[s][2], NH = shapes[s][3], NKV = shapes[s][4], HD = shapes[s][5];
+        int B = shapes[s][0], S = shapes[s][1], L = shapes[s][2], NH = shapes[s][3], NKV = shapes[s][4],
+            HD = shapes[s][5];
         float scale = 1.0f / sqrtf((float)HD);
         size_t nq = (size_t)B * NH * HD, nc = (size_t)B * S * NKV * HD;
         float *ql = frand(nq, -2, 2);
@@ -651,9 +772,12 @@ START_TEST(test_attention_decode) {
             size_t nqf = (size_t)B * L * NH * HD, nkv = (size_t)B * L * NKV * HD;
             float *q = frand(nqf, -2, 2), *k = fnew(nkv), *v = fnew(nkv);
             for (int b = 0; b < B; b++) {
-                memcpy(k + (size_t)b * L * NKV * HD, kc + (size_t)b * S * NKV * HD, (size_t)L * NKV * HD * sizeof(float));
-                memcpy(v + (size_t)b * L * NKV * HD, vc + (size_t)b * S * NKV * HD, (size_t)L * NKV * HD * sizeof(float));
-                memcpy(q + ((size_t)b * L + L - 1) * NH * HD, ql + (size_t)b * NH * HD, (size_t)NH * HD * sizeof(float));
+                memcpy(k + (size_t)b * L * NKV * HD, kc + (size_t)b * S * NKV * HD,
+                       (size_t)L * NKV * HD * sizeof(float));
+                memcpy(v + (size_t)b * L * NKV * HD, vc + (size_t)b * S * NKV * HD,
+                       (size_t)L * NKV * HD * sizeof(float));
+                memcpy(q + ((size_t)b * L + L - 1) * NH * HD, ql + (size_t)b * NH * HD,
+                       (size_t)NH * HD * sizeof(float));
             }
             int32_t *ks = calloc((size_t)B * L, sizeof(int32_t));
             float *full = fnew(nqf), *lse = fnew((size_t)B * NH * L);
@@ -661,11 +785,23 @@ START_TEST(test_attention_decode) {
             for (int b = 0; b < B; b++)
                 CLOSE(of + (size_t)b * NH * HD, full + ((size_t)b * L + L - 1) * NH * HD, (size_t)NH * HD, RTOL,
                       "decode == last row of forward, b=%d", b);
-            free(q); free(k); free(v); free(ks); free(full); free(lse);
+            free(q);
+            free(k);
+            free(v);
+            free(ks);
+            free(full);
+            free(lse);
         }
         SYNC_OK("decode");
-        free(ql); free(kc); free(vc); free(of); free(orf);
-        dfree(dql); dfree(dkc); dfree(dvc); dfree(dof);
+        free(ql);
+        free(kc);
+        free(vc);
+        free(of);
+        free(orf);
+        dfree(dql);
+        dfree(dkc);
+        dfree(dvc);
+        dfree(dof);
     }
 }
 END_TEST
@@ -677,7 +813,11 @@ START_TEST(test_swiglu) {
     for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++) {
         size_t n = sizes[s];
         float *g = frand(n, -12, 12), *u = frand(n, -3, 3), *go = frand(n, -1, 1);
-        if (n > 4) { g[1] = -100.0f; g[2] = 100.0f; g[3] = 0.0f; }
+        if (n > 4) {
+            g[1] = -100.0f;
+            g[2] = 100.0f;
+            g[3] = 0.0f;
+        }
         float *dg = dput(g, n), *du = dput(u, n), *dgo = dput(go, n), *dout = dnan(n);
         OPS->swiglu_forward(be, dout, dg, du, n);
         float *of = hget(dout, n), *orf = fnew(n);
@@ -695,8 +835,23 @@ START_TEST(test_swiglu) {
         SAME(gi, dgf, n, "swiglu dgate in place n=%zu", n);
         SAME(ui, duf, n, "swiglu dup in place n=%zu", n);
         SYNC_OK("swiglu");
-        free(g); free(u); free(go); free(of); free(orf); free(dgf); free(duf); free(dgr); free(dur); free(gi); free(ui);
-        dfree(dg); dfree(du); dfree(dgo); dfree(dout); dfree(ddg); dfree(ddu);
+        free(g);
+        free(u);
+        free(go);
+        free(of);
+        free(orf);
+        free(dgf);
+        free(duf);
+        free(dgr);
+        free(dur);
+        free(gi);
+        free(ui);
+        dfree(dg);
+        dfree(du);
+        dfree(dgo);
+        dfree(dout);
+        dfree(ddg);
+        dfree(ddu);
     }
 }
 END_TEST
@@ -735,10 +890,15 @@ START_TEST(test_dequantize_rows) {
             float *got = hget(dout, (size_t)(r1 - r0) * cols);
             SAME(got, ref, (size_t)(r1 - r0) * cols, "dequantize_rows format %d dq %d", (int)fmts[f], dq);
             SYNC_OK("dequantize_rows");
-            free(got); free(ref); dfree(dout);
+            free(got);
+            free(ref);
+            dfree(dout);
             dfree((void *)d.data);
-            if (q->double_quant) { dfree((void *)d.qabsmax); dfree((void *)d.absmax2); dfree((void *)d.code8); }
-            else dfree((void *)d.absmax);
+            if (q->double_quant) {
+                dfree((void *)d.qabsmax);
+                dfree((void *)d.absmax2);
+                dfree((void *)d.code8);
+            } else dfree((void *)d.absmax);
             lt_qtensor_free(q);
         }
     free(x);
@@ -760,7 +920,7 @@ START_TEST(test_cross_entropy) {
             if (i % 3 == 2) tg[i] = -100;
             valid += tg[i] >= 0;
         }
-        if (n >= 4) tg[1] = V; /* out of range: treated as ignored */
+        if (n >= 4) tg[1] = V;                        /* out of range: treated as ignored */
         if (V > 2) x[tg[0] == 1 ? 2 : 1] = -INFINITY; /* a masked logit (not row 0's target) */
         float lr[40];
         float *dx = dput(x, nv), *dl = dnan((size_t)n);
@@ -787,8 +947,14 @@ START_TEST(test_cross_entropy) {
             if (tg[i] < 0 || tg[i] >= V)
                 for (int c = 0; c < V; c++) ck_assert(gf[(size_t)i * V + c] == 0.0f);
         SYNC_OK("cross_entropy");
-        free(x); free(xf); free(lf); free(xr); free(gf);
-        dfree(dx); dfree(dl); dfree(dtg);
+        free(x);
+        free(xf);
+        free(lf);
+        free(xr);
+        free(gf);
+        dfree(dx);
+        dfree(dl);
+        dfree(dtg);
     }
 }
 END_TEST
@@ -830,8 +996,11 @@ START_TEST(test_dropout) {
         free(a);
     }
     SYNC_OK("dropout");
-    free(x); free(r);
-    dfree(dx); dfree(da); dfree(db);
+    free(x);
+    free(r);
+    dfree(dx);
+    dfree(da);
+    dfree(db);
 }
 END_TEST
 
@@ -861,8 +1030,15 @@ START_TEST(test_adamw) {
         CLOSE(mf, m, n, RTOL_EW, "adamw m n=%zu", n);
         CLOSE(vf, v, n, RTOL_EW, "adamw v n=%zu", n);
         SYNC_OK("adamw");
-        free(p); free(m); free(v); free(pf); free(mf); free(vf);
-        dfree(dp); dfree(dm); dfree(dvv);
+        free(p);
+        free(m);
+        free(v);
+        free(pf);
+        free(mf);
+        free(vf);
+        dfree(dp);
+        dfree(dm);
+        dfree(dvv);
     }
 }
 END_TEST
@@ -878,7 +1054,10 @@ START_TEST(test_adamw8bit) {
         const int q8 = n >= 4096;
         float *p = frand(n, -0.1f, 0.1f), *m = fnew(n), *v = fnew(n), *a1 = fnew(nb), *a2 = fnew(nb);
         uint8_t *c1 = calloc(n, 1), *c2 = calloc(n, 1);
-        memset(m, 0, n * 4); memset(v, 0, n * 4); memset(a1, 0, nb * 4); memset(a2, 0, nb * 4);
+        memset(m, 0, n * 4);
+        memset(v, 0, n * 4);
+        memset(a1, 0, nb * 4);
+        memset(a2, 0, nb * 4);
         float *dp = dput(p, n), *dm = dput(m, n), *dv = dput(v, n), *da1 = dput(a1, nb), *da2 = dput(a2, nb);
         uint8_t *dc1 = dalloc(n), *dc2 = dalloc(n);
         OPS->zero(be, dc1, n);
@@ -890,7 +1069,8 @@ START_TEST(test_adamw8bit) {
             float *g = frand(n, -1e-2f, 1e-2f);
             g[1] = NAN;
             g[n / 2] = INFINITY;
-            if (n > 600) for (size_t i = 256; i < 512; i++) g[i] = 0.0f;
+            if (n > 600)
+                for (size_t i = 256; i < 512; i++) g[i] = 0.0f;
             float *dg = dput(g, n);
             const float k2 = sqrtf((float)(1.0 - pow(0.999, t))), k1 = (float)(1.0 - pow(0.9, t));
             const float ss = (-1e-3f * k2) / k1, ec = k2 * 1e-8f, dec = 1e-3f * 0.01f;
@@ -916,15 +1096,31 @@ START_TEST(test_adamw8bit) {
             free(hc);
             float *h1 = hget(da1, nb), *h2 = hget(da2, nb);
             ck_assert(memcmp(h1, a1, nb * 4) == 0 && memcmp(h2, a2, nb * 4) == 0);
-            free(h1); free(h2);
+            free(h1);
+            free(h2);
         } else {
             float *hm = hget(dm, n), *hv = hget(dv, n);
             ck_assert(memcmp(hm, m, n * 4) == 0 && memcmp(hv, v, n * 4) == 0);
-            free(hm); free(hv);
+            free(hm);
+            free(hv);
         }
         SYNC_OK("adamw8bit");
-        free(p); free(m); free(v); free(a1); free(a2); free(c1); free(c2); free(pf);
-        dfree(dp); dfree(dm); dfree(dv); dfree(da1); dfree(da2); dfree(dc1); dfree(dc2); dfree(dq);
+        free(p);
+        free(m);
+        free(v);
+        free(a1);
+        free(a2);
+        free(c1);
+        free(c2);
+        free(pf);
+        dfree(dp);
+        dfree(dm);
+        dfree(dv);
+        dfree(da1);
+        dfree(da2);
+        dfree(dc1);
+        dfree(dc2);
+        dfree(dq);
     }
 }
 END_TEST
@@ -945,8 +1141,10 @@ START_TEST(test_stream_order) {
     float *h = hget(e, n);
     for (size_t i = 0; i < n; i++) ck_assert(h[i] == 2.0f * x[i]);
     SYNC_OK("stream order");
-    free(x); free(h);
-    dfree(d); dfree(e);
+    free(x);
+    free(h);
+    dfree(d);
+    dfree(e);
 }
 END_TEST
 
@@ -961,9 +1159,9 @@ END_TEST
 #define CONC_N 257
 #define CONC_C 1030
 typedef struct {
-    const float *g, *w, *rs;  /* shared inputs (device) */
-    float *x, *y;             /* this worker's inputs (device) */
-    float *dinp, *dw, *C;     /* this worker's outputs (device) */
+    const float *g, *w, *rs; /* shared inputs (device) */
+    float *x, *y;            /* this worker's inputs (device) */
+    float *dinp, *dw, *C;    /* this worker's outputs (device) */
     double want_ss;
     int want_finite, bad;
 } conc_arg;
@@ -993,8 +1191,17 @@ START_TEST(test_concurrent_threads) {
     for (int i = 0; i < CONC_THREADS; i++) {
         float *x = frand(nc, -1, 1), *y = frand(CONC_C, -1, 1);
         if (i == 0) y[CONC_C / 2] = NAN;
-        args[i] = (conc_arg){dg, dw, drs, dput(x, nc), dput(y, CONC_C), dalloc(nc * sizeof(float)),
-                             dalloc(CONC_C * sizeof(float)), dalloc(64 * 64 * sizeof(float)), 0.0, 0, 0};
+        args[i] = (conc_arg){dg,
+                             dw,
+                             drs,
+                             dput(x, nc),
+                             dput(y, CONC_C),
+                             dalloc(nc * sizeof(float)),
+                             dalloc(CONC_C * sizeof(float)),
+                             dalloc(64 * 64 * sizeof(float)),
+                             0.0,
+                             0,
+                             0};
         free(x);
         free(y);
         /* one thread alone */
@@ -1011,17 +1218,30 @@ START_TEST(test_concurrent_threads) {
     for (int i = 0; i < CONC_THREADS; i++) pthread_join(th[i], NULL);
     SYNC_OK("concurrent threads");
     for (int i = 0; i < CONC_THREADS; i++) {
-        ck_assert_msg(args[i].bad == 0, "thread %d: %d sumsq/all_finite results differ from one thread alone", i, args[i].bad);
+        ck_assert_msg(args[i].bad == 0, "thread %d: %d sumsq/all_finite results differ from one thread alone", i,
+                      args[i].bad);
         float *di = hget(args[i].dinp, nc), *dwv = hget(args[i].dw, CONC_C), *c = hget(args[i].C, 64 * 64);
         SAME(di, want_di[i], nc, "thread %d rmsnorm dinp", i);
         SAME(dwv, want_dw[i], (size_t)CONC_C, "thread %d rmsnorm dweight", i);
         SAME(c, want_c[i], 64 * 64, "thread %d gemm", i);
-        free(di); free(dwv); free(c);
-        free(want_di[i]); free(want_dw[i]); free(want_c[i]);
-        dfree(args[i].x); dfree(args[i].y); dfree(args[i].dinp); dfree(args[i].dw); dfree(args[i].C);
+        free(di);
+        free(dwv);
+        free(c);
+        free(want_di[i]);
+        free(want_dw[i]);
+        free(want_c[i]);
+        dfree(args[i].x);
+        dfree(args[i].y);
+        dfree(args[i].dinp);
+        dfree(args[i].dw);
+        dfree(args[i].C);
     }
-    free(g); free(w); free(rs);
-    dfree(dg); dfree(dw); dfree(drs);
+    free(g);
+    free(w);
+    free(rs);
+    dfree(dg);
+    dfree(dw);
+    dfree(drs);
 }
 END_TEST
 

@@ -15,10 +15,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "../cpu/ref_ops.h"
-#include "model.h"
-#include "optimizer.h"
+#include "cpu/ref_ops.h"
+#include "decoder/decoder.h"
 #include "test_util.h"
+#include "train/optimizer.h"
 
 static lt_model *load_model_p(lt_context *ctx, const char *name, const lt_model_params *mp) {
     char dir[1024];
@@ -83,7 +83,9 @@ static void check_fd(const char *model, const char *const *names, int mts) {
     tu_fill_ids(ids, B * T, V, 11);
     lt_batch b;
     lt_batch_init(&b, sizeof b);
-    b.n_rows = B; b.seq_len = T; b.input_ids = ids;
+    b.n_rows = B;
+    b.seq_len = T;
+    b.input_ids = ids;
     loss_grads(m, a, &b, 1);
     float *g = host_copy(a, a->grads), *p = host_copy(a, a->params);
     int visible = 0, probes = 0;
@@ -116,7 +118,8 @@ static void check_fd(const char *model, const char *const *names, int mts) {
             probes++;
         }
     }
-    ck_assert_msg(2 * visible >= probes, "%s: too few probes with a visible gradient (%d of %d)", model, visible, probes);
+    ck_assert_msg(2 * visible >= probes, "%s: too few probes with a visible gradient (%d of %d)", model, visible,
+                  probes);
     free(g);
     free(p);
     lt_adapter_free(a);
@@ -125,10 +128,14 @@ static void check_fd(const char *model, const char *const *names, int mts) {
 }
 
 START_TEST(test_fd_llama_untied) {
-    static const char *const n[] = {"model.embed_tokens.weight", "lm_head.weight", "model.norm.weight",
+    static const char *const n[] = {"model.embed_tokens.weight",
+                                    "lm_head.weight",
+                                    "model.norm.weight",
                                     "model.layers.0.input_layernorm.weight",
                                     "model.layers.1.post_attention_layernorm.weight",
-                                    "model.layers.0.self_attn.k_proj.weight", "model.layers.1.mlp.down_proj.weight", NULL};
+                                    "model.layers.0.self_attn.k_proj.weight",
+                                    "model.layers.1.mlp.down_proj.weight",
+                                    NULL};
     check_fd("llama-basic", n, 0);
 }
 END_TEST
@@ -148,11 +155,13 @@ START_TEST(test_fd_qwen3_qk_norms) {
 END_TEST
 
 START_TEST(test_fd_gemma2) { /* (1 + w) norms incl. the sandwich ones, embedding scale, tied, soft-capping */
-    static const char *const n[] = {"model.embed_tokens.weight", "model.norm.weight",
+    static const char *const n[] = {"model.embed_tokens.weight",
+                                    "model.norm.weight",
                                     "model.layers.0.input_layernorm.weight",
                                     "model.layers.0.pre_feedforward_layernorm.weight",
                                     "model.layers.1.post_attention_layernorm.weight",
-                                    "model.layers.1.post_feedforward_layernorm.weight", NULL};
+                                    "model.layers.1.post_feedforward_layernorm.weight",
+                                    NULL};
     check_fd("gemma2", n, 0);
 }
 END_TEST
@@ -182,12 +191,16 @@ START_TEST(test_embedding_backward_op) {
     be->ops->embedding_backward(be, ddt, dids, ddo, N, C);
     be->ops->download(be, dt, ddt, sizeof(float) * V * C);
     ck_assert_int_eq(memcmp(dt, ref, sizeof(float) * V * C), 0); /* same order of sums: bit for bit */
-    double direct = 0.5; /* the reference itself: row ids[0], column 3 */
+    double direct = 0.5;                                         /* the reference itself: row ids[0], column 3 */
     for (int n = 0; n < N; n++)
         if (ids[n] == ids[0]) direct += dout[n * C + 3];
     ck_assert(fabs(ref[ids[0] * C + 3] - direct) < 1e-5);
-    be->ops->free(be, ddt); be->ops->free(be, ddo); be->ops->free(be, dids);
-    free(dout); free(ref); free(dt);
+    be->ops->free(be, ddt);
+    be->ops->free(be, ddo);
+    be->ops->free(be, dids);
+    free(dout);
+    free(ref);
+    free(dt);
     lt_context_free(ctx);
 }
 END_TEST
@@ -286,7 +299,9 @@ START_TEST(test_failed_step_and_resume) {
     tu_fill_ids(ids, 16, V, 2);
     lt_batch b;
     lt_batch_init(&b, sizeof b);
-    b.n_rows = 2; b.seq_len = 8; b.input_ids = ids;
+    b.n_rows = 2;
+    b.seq_len = 8;
+    b.input_ids = ids;
     lt_step_result r = {.size = sizeof r};
     float *poisoned = host_copy(a, a->params);
     const float keep = poisoned[a->n_params - 3];
@@ -337,9 +352,16 @@ START_TEST(test_failed_step_and_resume) {
     lt_model_free(ms);
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp);
     ck_assert_int_eq(system(cmd), 0);
-    free(resumed); free(third); free(after); free(poisoned);
-    lt_trainer_free(t2); lt_optimizer_free(o2); lt_adapter_free(a2);
-    lt_trainer_free(t); lt_optimizer_free(o); lt_adapter_free(a);
+    free(resumed);
+    free(third);
+    free(after);
+    free(poisoned);
+    lt_trainer_free(t2);
+    lt_optimizer_free(o2);
+    lt_adapter_free(a2);
+    lt_trainer_free(t);
+    lt_optimizer_free(o);
+    lt_adapter_free(a);
     lt_model_free(m);
     lt_context_free(ctx);
 }
@@ -374,8 +396,11 @@ START_TEST(test_adamw8bit_full) {
         int same = !memcmp(before + pt->off, after + pt->off, pt->n * 4);
         ck_assert_msg(same == !pt->decay, "%s: decay %d but %s", pt->name, pt->decay, same ? "unchanged" : "changed");
     }
-    free(before); free(after);
-    lt_trainer_free(t); lt_optimizer_free(o); lt_adapter_free(a);
+    free(before);
+    free(after);
+    lt_trainer_free(t);
+    lt_optimizer_free(o);
+    lt_adapter_free(a);
     lt_model_free(m);
     lt_context_free(ctx);
 }

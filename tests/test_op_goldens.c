@@ -10,7 +10,7 @@
  * The gradient conventions of backend.h are exercised too: outputs and assigned gradients are pre-filled
  * with NaN (an op that reads them instead of assigning fails); accumulating gradients (rmsnorm dinp and
  * dweight, LoRA dA/dB and dx with accumulate) start at zero and a second backward must give 2x.
- * The LoRA linear is composed from gemm calls exactly as src/llama.c's lt_linear_forward and
+ * The LoRA linear is composed from gemm calls exactly as src/decoder/decoder.c's lt_linear_forward and
  * linear_backward do (no dropout), so that composition is what is compared with torch.
  *
  * Missing goldens are a FAILURE (not a skip): run tests/python/make_op_goldens.py.
@@ -22,11 +22,12 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "backend.h"
-#include "config.h"
-#include "internal.h"
-#include "ref_ops.h"
-#include "safetensors.h"
+#include "backend/backend.h"
+#include "core/core.h"
+#include "cpu/cpu_backend.h"
+#include "cpu/ref_ops.h"
+#include "formats/config.h"
+#include "formats/safetensors.h"
 #include "test_util.h"
 
 #define RTOL 1e-4
@@ -66,9 +67,9 @@ static size_t r_att_scr(lt_backend *be, int B, int T, int NH, int HD) {
     (void)be;
     return lt_ref_attention_backward_scratch(B, T, NH, HD);
 }
-static void r_att_b(lt_backend *be, float *dq, float *dk, float *dv, const float *dout, const float *q,
-                    const float *k, const float *v, const float *out, const float *lse, const int32_t *ks, int B,
-                    int T, int NH, int NKV, int HD, float scale, float *scratch) {
+static void r_att_b(lt_backend *be, float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
+                    const float *v, const float *out, const float *lse, const int32_t *ks, int B, int T, int NH,
+                    int NKV, int HD, float scale, float *scratch) {
     (void)be;
     lt_ref_attention_backward(dq, dk, dv, dout, q, k, v, out, lse, ks, B, T, NH, NKV, HD, scale, scratch);
 }
@@ -125,7 +126,9 @@ static void teardown(void) {
     if (impls[1]) impls[1]->ops->destroy(impls[1]);
     impls[1] = NULL;
 }
-#define FOR_IMPL(i, be) for (int i = 0; i < N_IMPL; i++) for (lt_backend *be = impls[i]; be; be = NULL)
+#define FOR_IMPL(i, be)              \
+    for (int i = 0; i < N_IMPL; i++) \
+        for (lt_backend *be = impls[i]; be; be = NULL)
 #define SYNC(be) ck_assert_msg((be)->ops->sync(be) == LT_OK, "%s: sync reported an error", (be)->ops->name)
 
 /* ---- goldens -------------------------------------------------------------------------------------- */
@@ -145,8 +148,8 @@ static lt_st_file *golden_open(const char *op) {
     lt_error err = {0};
     lt_st_file *f = NULL;
     lt_status st = lt_st_open(path, 0, &f, &err);
-    ck_assert_msg(st == LT_OK && f, "golden %s: %s (regenerate with tests/python/make_op_goldens.py %s)", path,
-                  err.msg, GOLDEN_DIR);
+    ck_assert_msg(st == LT_OK && f, "golden %s: %s (regenerate with tests/python/make_op_goldens.py %s)", path, err.msg,
+                  GOLDEN_DIR);
     return f;
 }
 
@@ -166,9 +169,7 @@ static const void *gget(lt_st_file *f, const char *name, lt_dtype dt, const int6
 #define DIMS(...) ((const int64_t[]){__VA_ARGS__}), (int)(sizeof((const int64_t[]){__VA_ARGS__}) / sizeof(int64_t))
 #define GF(f, name, ...) ((const float *)gget(f, name, LT_DT_F32, DIMS(__VA_ARGS__)))
 #define GI(f, name, ...) ((const int32_t *)gget(f, name, LT_DT_I32, DIMS(__VA_ARGS__)))
-static float gscalar(lt_st_file *f, const char *name) {
-    return *(const float *)gget(f, name, LT_DT_F32, NULL, 0);
-}
+static float gscalar(lt_st_file *f, const char *name) { return *(const float *)gget(f, name, LT_DT_F32, NULL, 0); }
 
 /* ---- buffers and comparison ----------------------------------------------------------------------- */
 
@@ -202,8 +203,8 @@ static float *fscaled(const float *x, size_t n, float a) {
 static void expect_close(int impl, const char *what, const float *got, const float *want, size_t n) {
     double e = tu_max_rel_err(got, want, n);
     if (getenv("LT_TEST_VERBOSE")) fprintf(stderr, "  %-22s %-32s rel err %.3g\n", impl_names[impl], what, e);
-    ck_assert_msg(e <= RTOL, "%s: %s differs from torch: max|diff|/max|torch| = %.3g > %.0e", impl_names[impl],
-                  what, e, RTOL);
+    ck_assert_msg(e <= RTOL, "%s: %s differs from torch: max|diff|/max|torch| = %.3g > %.0e", impl_names[impl], what, e,
+                  RTOL);
 }
 
 /* ---- goldens present ------------------------------------------------------------------------------ */
@@ -246,9 +247,13 @@ START_TEST(test_rmsnorm) {
         be->ops->rmsnorm_backward(be, dinp, NULL, dout, inp, w, rstd, N, C);
         SYNC(be);
         expect_close(ii, "rmsnorm dinp (dweight NULL)", dinp, g_dinp, N * C);
-        free(out); free(rstd); free(dinp); free(dw);
+        free(out);
+        free(rstd);
+        free(dinp);
+        free(dw);
     }
-    free(g_dinp2); free(g_dw2);
+    free(g_dinp2);
+    free(g_dw2);
     lt_st_close(f);
 }
 END_TEST
@@ -289,7 +294,8 @@ START_TEST(test_rope) {
             SYNC(be);
             expect_close(ii, what[0], y, g_out, n);
             expect_close(ii, what[1], dx, g_dx, n);
-            free(y); free(dx);
+            free(y);
+            free(dx);
         }
     }
     lt_st_close(f);
@@ -303,7 +309,8 @@ enum { AB = 2, AT = 11, ANH = 4, ANKV = 2, AHD = 16 };
 START_TEST(test_attention) {
     lt_st_file *f = golden_open("attention");
     const size_t nq = (size_t)AB * AT * ANH * AHD, nk = (size_t)AB * AT * ANKV * AHD, nl = (size_t)AB * ANH * AT;
-    const float *q = GF(f, "q", AB, AT, ANH, AHD), *k = GF(f, "k", AB, AT, ANKV, AHD), *v = GF(f, "v", AB, AT, ANKV, AHD);
+    const float *q = GF(f, "q", AB, AT, ANH, AHD), *k = GF(f, "k", AB, AT, ANKV, AHD),
+                *v = GF(f, "v", AB, AT, ANKV, AHD);
     const float *dout = GF(f, "dout", AB, AT, ANH, AHD);
     const int32_t *ks = GI(f, "kv_start", AB * AT);
     const float *g_out = GF(f, "out", AB, AT, ANH, AHD), *g_lse = GF(f, "lse", AB, ANH, AT);
@@ -328,7 +335,12 @@ START_TEST(test_attention) {
         expect_close(ii, "attention dq", dq, g_dq, nq);
         expect_close(ii, "attention dk", dk, g_dk, nk);
         expect_close(ii, "attention dv", dv, g_dv, nk);
-        free(out); free(lse); free(dq); free(dk); free(dv); free(scratch);
+        free(out);
+        free(lse);
+        free(dq);
+        free(dk);
+        free(dv);
+        free(scratch);
     }
     lt_st_close(f);
 }
@@ -355,7 +367,11 @@ START_TEST(test_swiglu) {
         SYNC(be);
         expect_close(ii, "swiglu dgate (in place)", gi, g_dg, n);
         expect_close(ii, "swiglu dup (in place)", ui, g_du, n);
-        free(out); free(dg); free(du); free(gi); free(ui);
+        free(out);
+        free(dg);
+        free(du);
+        free(gi);
+        free(ui);
     }
     lt_st_close(f);
 }
@@ -394,14 +410,15 @@ START_TEST(test_cross_entropy) {
         expect_close(ii, "cross_entropy losses (grad_scale 0)", loss, g_loss, n);
         ck_assert_msg(memcmp(lg, logits, n * V * sizeof(float)) == 0, "%s: grad_scale 0 modified the logits",
                       impl_names[ii]);
-        free(lg); free(loss);
+        free(lg);
+        free(loss);
     }
     free(g_dl_q);
     lt_st_close(f);
 }
 END_TEST
 
-/* ---- LoRA linear, composed as src/llama.c does ---------------------------------------------------- */
+/* ---- LoRA linear, composed as decoder.c does ------------------------------------------------------- */
 
 /* lt_linear_forward without dropout: y = x W^T + s (x A^T) B^T; xa (N,r) = x A^T kept for backward. */
 static void lora_forward(lt_backend *be, float *y, float *xa, const float *x, const float *W, const float *A,
@@ -413,9 +430,9 @@ static void lora_forward(lt_backend *be, float *y, float *xa, const float *x, co
 
 /* linear_backward without dropout: dx = (accumulate ? dx : 0) + dy W + s (dy B) A; dB += s dy^T xa;
  * dA += s (dy B)^T x. dr (N,r) is scratch. */
-static void lora_backward(lt_backend *be, float *dx, int accumulate, const float *dy, const float *x,
-                          const float *W, const float *A, const float *Bm, const float *xa, float *dA, float *dB,
-                          float *dr, float s, int N, int in, int out, int r) {
+static void lora_backward(lt_backend *be, float *dx, int accumulate, const float *dy, const float *x, const float *W,
+                          const float *A, const float *Bm, const float *xa, float *dA, float *dB, float *dr, float s,
+                          int N, int in, int out, int r) {
     be->ops->gemm(be, 0, 0, N, in, out, 1.0f, dy, out, W, in, accumulate ? 1.0f : 0.0f, dx, in);
     be->ops->gemm(be, 0, 0, N, r, out, 1.0f, dy, out, Bm, r, 0.0f, dr, r); /* dr = dy B */
     be->ops->gemm(be, 1, 0, out, r, N, s, dy, out, xa, r, 1.0f, dB, r);    /* dB */
@@ -430,7 +447,8 @@ START_TEST(test_lora_linear) {
     const float *dy = GF(f, "dy", N, OUT), *g_y = GF(f, "y", N, OUT), *g_dx = GF(f, "dx", N, IN);
     const float *g_dA = GF(f, "dA", R, IN), *g_dB = GF(f, "dB", OUT, R);
     float s = gscalar(f, "scaling");
-    float *g_dx2 = fscaled(g_dx, N * IN, 2.0f), *g_dA2 = fscaled(g_dA, R * IN, 2.0f), *g_dB2 = fscaled(g_dB, OUT * R, 2.0f);
+    float *g_dx2 = fscaled(g_dx, N * IN, 2.0f), *g_dA2 = fscaled(g_dA, R * IN, 2.0f),
+          *g_dB2 = fscaled(g_dB, OUT * R, 2.0f);
     FOR_IMPL(ii, be) {
         float *y = fnan(N * OUT), *xa = fnan(N * R), *dx = fnan(N * IN), *dr = fnan(N * R);
         float *dA = fzero(R * IN), *dB = fzero(OUT * R);
@@ -448,9 +466,16 @@ START_TEST(test_lora_linear) {
         expect_close(ii, "lora linear dx (accumulated x2)", dx, g_dx2, N * IN);
         expect_close(ii, "lora linear dA (accumulated x2)", dA, g_dA2, R * IN);
         expect_close(ii, "lora linear dB (accumulated x2)", dB, g_dB2, OUT * R);
-        free(y); free(xa); free(dx); free(dr); free(dA); free(dB);
+        free(y);
+        free(xa);
+        free(dx);
+        free(dr);
+        free(dA);
+        free(dB);
     }
-    free(g_dx2); free(g_dA2); free(g_dB2);
+    free(g_dx2);
+    free(g_dA2);
+    free(g_dB2);
     lt_st_close(f);
 }
 END_TEST
@@ -459,7 +484,7 @@ END_TEST
 
 /* Plausible bugs must fail the 1e-4 comparison: the goldens are not too weak to notice them. */
 START_TEST(test_goldens_discriminate) {
-    {   /* attention that ignores the packed boundary */
+    { /* attention that ignores the packed boundary */
         lt_st_file *f = golden_open("attention");
         const size_t nq = (size_t)AB * AT * ANH * AHD, nl = (size_t)AB * ANH * AT;
         int32_t ks0[AB * AT] = {0};
@@ -476,8 +501,8 @@ START_TEST(test_goldens_discriminate) {
                 qs[((size_t)t * ANH + 1) * AHD + d] = qs[((size_t)t * ANH + 2) * AHD + d];
                 qs[((size_t)t * ANH + 2) * AHD + d] = a;
             }
-        lt_ref_attention_forward(out, lse, qs, GF(f, "k", AB, AT, ANKV, AHD), GF(f, "v", AB, AT, ANKV, AHD), ks, AB,
-                                 AT, ANH, ANKV, AHD, gscalar(f, "scale"));
+        lt_ref_attention_forward(out, lse, qs, GF(f, "k", AB, AT, ANKV, AHD), GF(f, "v", AB, AT, ANKV, AHD), ks, AB, AT,
+                                 ANH, ANKV, AHD, gscalar(f, "scale"));
         /* undo the swap on the output; it matches only if heads 1 and 2 used the same kv head */
         for (int t = 0; t < AB * AT; t++)
             for (int d = 0; d < AHD; d++) {
@@ -486,10 +511,12 @@ START_TEST(test_goldens_discriminate) {
                 out[((size_t)t * ANH + 2) * AHD + d] = a;
             }
         ck_assert(tu_max_rel_err(out, GF(f, "out", AB, AT, ANH, AHD), nq) > 10 * RTOL);
-        free(out); free(lse); free(qs);
+        free(out);
+        free(lse);
+        free(qs);
         lt_st_close(f);
     }
-    {   /* rope with positions off by one, the angle in double, or the interleaved (GPT-J) pairing */
+    { /* rope with positions off by one, the angle in double, or the interleaved (GPT-J) pairing */
         lt_st_file *f = golden_open("rope");
         enum { N = 9, NHd = 3, HD = 16, n = N * NHd * HD };
         const float *x = GF(f, "x", N, NHd, HD), *g = GF(f, "r16.out", N, NHd, HD), *inv = GF(f, "r16.inv_freq", 8);
@@ -523,7 +550,8 @@ START_TEST(test_goldens_discriminate) {
                 y[t * HD + 2 * j + 1] = xp[t * HD + HD / 2 + j];
             }
         ck_assert(tu_max_rel_err(y, g, n) > 10 * RTOL);
-        free(y); free(xp);
+        free(y);
+        free(xp);
         lt_st_close(f);
     }
 }

@@ -101,13 +101,13 @@ static inline const char *tu_last_line(char *s) {
     return p ? p + 1 : s;
 }
 
-#define TU_MAIN(suite_fn)                                                                          \
-    int main(void) {                                                                               \
-        SRunner *sr = srunner_create(suite_fn());                                                  \
-        srunner_run_all(sr, CK_NORMAL);                                                            \
-        int failed = srunner_ntests_failed(sr);                                                    \
-        srunner_free(sr);                                                                          \
-        return failed ? EXIT_FAILURE : EXIT_SUCCESS;                                               \
+#define TU_MAIN(suite_fn)                            \
+    int main(void) {                                 \
+        SRunner *sr = srunner_create(suite_fn());    \
+        srunner_run_all(sr, CK_NORMAL);              \
+        int failed = srunner_ntests_failed(sr);      \
+        srunner_free(sr);                            \
+        return failed ? EXIT_FAILURE : EXIT_SUCCESS; \
     }
 
 #endif
