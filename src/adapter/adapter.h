@@ -92,7 +92,12 @@ static inline lt_lora *lt_adapter_lora(const lt_adapter *a, int layer, lt_proj p
 
 static inline int lt_init_is_decomposed(lt_lora_init init) { return init == LT_INIT_PISSA || init == LT_INIT_OLORA; }
 
-/* Write a Hugging Face model directory of the model's weights (merged with `ad` when not NULL). */
+/* Write the files of a Hugging Face model directory of the model's weights (merged with `ad` when not
+ * NULL) into dir, an existing directory (a save's staging directory: core.h lt_save). */
 lt_status lt_model_export(lt_model *m, const lt_adapter *ad, const char *dir, uint64_t max_shard_bytes, lt_error *err);
+/* Write the adapter's files into dir, an existing directory (a save's staging directory): PEFT's
+ * adapter_config.json + adapter_model.safetensors (+ loratune_init.json for PiSSA / OLoRA), or a full
+ * fine-tuning's model directory. (adapter/peft.c) */
+lt_status lt_adapter_write(lt_adapter *a, const char *dir, lt_error *err);
 
 #endif /* LT_ADAPTER_H */

@@ -26,8 +26,7 @@ lt_status lt_model_export(lt_model *m, const lt_adapter *a, const char *dir, uin
         return lt_fail(err, LT_ERR_UNSUPPORTED,
                        "export: the model keeps its base weights in bf16; load it "
                        "with base_dtype LT_BASE_F32 to export");
-    lt_status st = lt_mkdir_p(dir, err);
-    if (st != LT_OK) return st;
+    lt_status st = LT_OK;
     int cap = 3 + L * (6 + 2 * P_COUNT), n = 0;
     lt_st_entry *e = calloc((size_t)cap, sizeof *e);
     char *names = calloc((size_t)cap, 128);
@@ -204,17 +203,32 @@ out:
     return st;
 }
 
+/* lt_model_export as one save of dir (core.h lt_save) */
+static lt_status export_saved(lt_model *m, const lt_adapter *a, const char *dir, uint64_t max_shard_bytes,
+                              lt_error *err) {
+    if (m->base_dtype != LT_BASE_F32) return lt_model_export(m, a, dir, max_shard_bytes, err); /* its message */
+    lt_save sv;
+    lt_status st = lt_save_begin(&sv, dir, err);
+    if (st != LT_OK) return st;
+    if ((st = lt_model_export(m, a, sv.stage, max_shard_bytes, err)) != LT_OK) {
+        lt_fail_prefix(err, "%s", dir);
+        lt_save_abort(&sv);
+        return st;
+    }
+    return lt_save_commit(&sv, err);
+}
+
 LT_API lt_status lt_adapter_export_merged(lt_adapter *a, const char *dir, int64_t max_shard_bytes) {
     if (!a) return LT_ERR_ARGUMENT;
     lt_error_clear(&a->err);
     if (!dir) return lt_fail(&a->err, LT_ERR_ARGUMENT, "lt_adapter_export_merged: dir is NULL");
     if (max_shard_bytes < 0) return lt_fail(&a->err, LT_ERR_ARGUMENT, "lt_adapter_export_merged: max_shard_bytes < 0");
-    return lt_model_export(a->model, a, dir, max_shard_bytes > 0 ? (uint64_t)max_shard_bytes : (2ull << 30), &a->err);
+    return export_saved(a->model, a, dir, max_shard_bytes > 0 ? (uint64_t)max_shard_bytes : (2ull << 30), &a->err);
 }
 
 LT_API lt_status lt_model_save(lt_model *m, const char *dir) {
     if (!m) return LT_ERR_ARGUMENT;
     lt_error *err = lt_model_error(m);
     if (!dir) return lt_fail(err, LT_ERR_ARGUMENT, "lt_model_save: dir is NULL");
-    return lt_model_export(m, NULL, dir, 2ull << 30, err);
+    return export_saved(m, NULL, dir, 2ull << 30, err);
 }

@@ -77,10 +77,6 @@ static lt_status write_adapter_config(const lt_adapter *a, const char *dir, lt_e
             json_decref(o);
             return st;
         }
-    } else { /* a plain adapter: a stale sidecar from an earlier save into this directory would mislead a load */
-        char sp[4200];
-        lt_path_join(sp, sizeof sp, dir, INIT_SIDECAR);
-        remove(sp);
     }
     if (a->p.modules_to_save) { /* PEFT: the module names (ModulesToSaveWrapper) */
         json_t *mts = json_array();
@@ -103,9 +99,9 @@ static lt_status write_adapter_config(const lt_adapter *a, const char *dir, lt_e
     return st;
 }
 
-static lt_status adapter_save(lt_adapter *a, const char *dir, lt_error *err) {
-    lt_status st = lt_mkdir_p(dir, err);
-    if (st != LT_OK) return st;
+/* The PEFT files of a (not full fine-tuning) adapter into the existing directory dir. */
+static lt_status adapter_write_peft(lt_adapter *a, const char *dir, lt_error *err) {
+    lt_status st;
     const int L = (int)a->model->cfg.num_hidden_layers;
     float *h = params_to_host(a);
     int n = 0;
@@ -196,15 +192,56 @@ static lt_status adapter_save(lt_adapter *a, const char *dir, lt_error *err) {
     return write_adapter_config(a, dir, err);
 }
 
-LT_API lt_status lt_adapter_save(lt_adapter *a, const char *dir) {
+lt_status lt_adapter_write(lt_adapter *a, const char *dir, lt_error *err) {
+    if (a->merged) return lt_fail(err, LT_ERR_STATE, "the adapter is merged; unmerge it first");
+    if (a->p.full_finetune) /* the trained model itself, as a Hugging Face directory */
+        return lt_model_export(a->model, a, dir, 2ull << 30, err);
+    return adapter_write_peft(a, dir, err);
+}
+
+/* A host's file name: one plain component that fits a line of the save marker. */
+static int plain_file_name(const char *name) {
+    if (!name || !name[0] || !strcmp(name, ".") || !strcmp(name, "..") || name[0] == '.') return 0;
+    for (const char *c = name; *c; c++)
+        if (*c == '/' || (unsigned char)*c < 0x20) return 0;
+    return strlen(name) < 256;
+}
+
+LT_API lt_status lt_adapter_save_files(lt_adapter *a, const char *dir, const lt_save_file *files, int n_files) {
     if (!a) return LT_ERR_ARGUMENT;
     lt_error_clear(&a->err);
     if (!dir) return lt_fail(&a->err, LT_ERR_ARGUMENT, "lt_adapter_save: dir is NULL");
+    if (n_files < 0 || (n_files > 0 && !files))
+        return lt_fail(&a->err, LT_ERR_ARGUMENT, "lt_adapter_save_files: n_files %d with files %s", n_files,
+                       files ? "given" : "NULL");
+    for (int i = 0; i < n_files; i++)
+        if (!plain_file_name(files[i].name) || (!files[i].data && files[i].size))
+            return lt_fail(&a->err, LT_ERR_ARGUMENT,
+                           "lt_adapter_save_files: files[%d]: \"%.100s\" is not a plain file name (one path "
+                           "component, no leading '.', no control characters) with data",
+                           i, files[i].name ? files[i].name : "(NULL)");
     if (a->merged) return lt_fail(&a->err, LT_ERR_STATE, "lt_adapter_save: the adapter is merged; unmerge it first");
-    if (a->p.full_finetune) /* the trained model itself, as a Hugging Face directory */
-        return lt_model_export(a->model, a, dir, 2ull << 30, &a->err);
-    return adapter_save(a, dir, &a->err);
+    lt_save sv;
+    lt_status st = lt_save_begin(&sv, dir, &a->err);
+    if (st != LT_OK) return st;
+    if ((st = lt_adapter_write(a, sv.stage, &a->err)) != LT_OK) lt_fail_prefix(&a->err, "%s", dir);
+    for (int i = 0; st == LT_OK && i < n_files; i++) {
+        char p[4200];
+        if (lt_path_join(p, sizeof p, sv.stage, files[i].name))
+            st = lt_fail(&a->err, LT_ERR_ARGUMENT, "%s: path too long", dir);
+        else if (access(p, F_OK) == 0)
+            st = lt_fail(&a->err, LT_ERR_ARGUMENT, "lt_adapter_save_files: \"%s\" is a file the adapter save writes",
+                         files[i].name);
+        else st = lt_write_file_atomic(p, files[i].data, files[i].size, &a->err);
+    }
+    if (st != LT_OK) {
+        lt_save_abort(&sv);
+        return st;
+    }
+    return lt_save_commit(&sv, &a->err);
 }
+
+LT_API lt_status lt_adapter_save(lt_adapter *a, const char *dir) { return lt_adapter_save_files(a, dir, NULL, 0); }
 
 /* ---- a saved full fine-tuning ---------------------------------------------------------------------- */
 

@@ -88,6 +88,13 @@ static lt_status track(lt_model *m, void *p, lt_error *err) {
     return LT_OK;
 }
 
+static lt_status nonfinite_weight(const lt_model *m, const char *name, size_t index, float value, lt_error *err) {
+    return lt_fail(err, LT_ERR_NUMERIC,
+                   "%s: tensor \"%s\" holds %g at element %zu: the checkpoint is corrupt (NaN / Inf weights give "
+                   "NaN losses); lt_model_params.skip_finite_check = 1 loads it anyway",
+                   m->dir, name, (double)value, index);
+}
+
 /* Find tensor `name`, check its shape is (d0[, d1]) and give a backend f32 pointer to it: the mapped
  * bytes themselves when the backend shares host memory and the data is f32 and aligned, else a
  * converted copy. */
@@ -115,7 +122,13 @@ static lt_status load_weight(lt_model *m, int use_mmap, const char *name, int64_
     m->n_params += (int64_t)n;
     m->weight_bytes += (int64_t)(n * sizeof(float));
     if (m->be->ops->host_memory && use_mmap && t->dtype == LT_DT_F32 && ((uintptr_t)t->data & 3) == 0) {
-        *out = (float *)(uintptr_t)t->data; /* read-only use: the mapping is private */
+        /* read-only use: the mapping is private. The scan is the first read of these pages; the forward
+         * then finds them in the page cache. */
+        if (m->check_finite) {
+            const size_t bad = lt_first_nonfinite((const float *)t->data, n);
+            if (bad < n) return nonfinite_weight(m, name, bad, ((const float *)t->data)[bad], err);
+        }
+        *out = (float *)(uintptr_t)t->data;
         return LT_OK;
     }
     float *dst = m->be->ops->alloc(m->be, n * sizeof(float));
@@ -125,15 +138,16 @@ static lt_status load_weight(lt_model *m, int use_mmap, const char *name, int64_
         m->be->ops->free(m->be, dst);
         return st;
     }
-    if (m->be->ops->host_memory) {
-        lt_convert_to_f32(dst, t->data, t->dtype, n);
-    } else {
-        float *tmp = malloc(n * sizeof(float));
-        if (!tmp) return lt_fail(err, LT_ERR_NOMEM, "%s: out of memory converting \"%s\"", m->dir, name);
-        lt_convert_to_f32(tmp, t->data, t->dtype, n);
-        m->be->ops->upload(m->be, dst, tmp, n * sizeof(float));
-        free(tmp);
-    }
+    float *host = dst, *tmp = NULL;
+    if (!m->be->ops->host_memory && !(host = tmp = malloc(n * sizeof(float))))
+        return lt_fail(err, LT_ERR_NOMEM, "%s: out of memory converting \"%s\"", m->dir, name);
+    /* the NaN / Inf scan runs on each block as it is converted: no second pass over the weights */
+    const size_t bad = m->check_finite ? lt_convert_to_f32_finite(host, t->data, t->dtype, n)
+                                       : (lt_convert_to_f32(host, t->data, t->dtype, n), n);
+    if (bad < n) st = nonfinite_weight(m, name, bad, host[bad], err);
+    else if (tmp) m->be->ops->upload(m->be, dst, tmp, n * sizeof(float));
+    free(tmp);
+    if (st != LT_OK) return st;
     *out = dst;
     return LT_OK;
 }
@@ -305,6 +319,14 @@ static lt_status load_bnb_weight(lt_model *m, const char *name, int out, int in,
             st = lt_fail(err, LT_ERR_UNSUPPORTED, "%s: tensor \"%s\" is not the standard bitsandbytes %s code", m->dir,
                          key, i == 2 ? qtype : "dynamic 8-bit");
         else if (parts[i].dst) memcpy(parts[i].dst, t->data, parts[i].bytes);
+    }
+    if (st == LT_OK && m->check_finite) { /* the statistics: a NaN absmax makes its whole block NaN */
+        const float *f = dq ? q->absmax2 : q->absmax;
+        const size_t nf = dq ? (size_t)q->n_blocks2 : (size_t)q->n_blocks, bad = lt_first_nonfinite(f, nf);
+        snprintf(key, sizeof key, "%s%s", name, dq ? ".nested_absmax" : ".absmax");
+        if (bad < nf) st = nonfinite_weight(m, key, bad, f[bad], err);
+        else if (dq && !isfinite(q->offset))
+            st = lt_fail(err, LT_ERR_NUMERIC, "%s: the nested_offset of \"%s\" is not finite", m->dir, name);
     }
     if (st == LT_OK) {
         m->n_params += (int64_t)out * in;
@@ -492,6 +514,11 @@ static lt_status model_load(lt_model *m, const lt_model_params *p, lt_error *err
             snprintf(name, sizeof name, "model.layers.%d.%s.%s.weight", l, mods[k].parent, mods[k].name);
             if (mods[k].count == 1) { /* a pre-quantized (bitsandbytes) checkpoint stores it quantized */
                 st = load_bnb_weight(m, name, out, in, &L->w[mods[k].first], err);
+                if (st == LT_OK && m->base_dtype == LT_BASE_BF16) /* packing bf16 needs f32 weights */
+                    return lt_fail(err, LT_ERR_UNSUPPORTED,
+                                   "%s: \"%s\" is stored quantized (a bitsandbytes %s checkpoint): base_dtype "
+                                   "LT_BASE_BF16 and quantized weights are exclusive; load it with LT_BASE_F32",
+                                   m->dir, name, lt_quant_format_name(m->quant));
                 if (st == LT_OK) continue;
                 if (st != LT_ERR_MISSING) return st;
             }
@@ -589,6 +616,7 @@ LT_API lt_status lt_model_load(lt_context *ctx, const char *dir, const lt_model_
                        "(the projections are stored one way)");
     }
     m->base_dtype = p.base_dtype;
+    m->check_finite = !p.skip_finite_check;
     double t0 = lt_now_seconds();
     lt_status st = model_load(m, &p, terr);
     if (st != LT_OK) {
@@ -797,8 +825,11 @@ LT_API lt_status lt_model_save_quantized(lt_model *m, const char *dir) {
     L.e = calloc((size_t)L.cap, sizeof *L.e);
     L.names = calloc((size_t)L.cap, 160);
     L.bufs = calloc((size_t)L.cap, sizeof *L.bufs);
-    lt_status st = lt_mkdir_p(dir, err);
-    if (!L.e || !L.names || !L.bufs) st = lt_fail(err, LT_ERR_NOMEM, "lt_model_save_quantized: out of memory");
+    lt_save sv;
+    lt_status st = lt_save_begin(&sv, dir, err);
+    const int begun = st == LT_OK;
+    if (st == LT_OK && (!L.e || !L.names || !L.bufs))
+        st = lt_fail(err, LT_ERR_NOMEM, "lt_model_save_quantized: out of memory");
     if (st == LT_OK)
         st = save_add(m, &L, LT_DT_F32, 2, V, H, m->embed, NULL, (size_t)V * H * 4, err, "model.embed_tokens.weight");
     if (st == LT_OK)
@@ -825,9 +856,9 @@ LT_API lt_status lt_model_save_quantized(lt_model *m, const char *dir) {
     int n = L.n;
     void **bufs = L.bufs;
     char *names = L.names;
-    if (st == LT_OK) st = lt_st_write_sharded(dir, e, n, 2ull << 30, err);
+    if (st == LT_OK) st = lt_st_write_sharded(sv.stage, e, n, 2ull << 30, err);
     char path[4200];
-    lt_path_join(path, sizeof path, dir, "config.json");
+    if (begun) lt_path_join(path, sizeof path, sv.stage, "config.json");
     if (st == LT_OK) {
         lt_model_config oc = *c;
         snprintf(oc.torch_dtype, sizeof oc.torch_dtype, "float32");
@@ -867,6 +898,8 @@ LT_API lt_status lt_model_save_quantized(lt_model *m, const char *dir) {
     free(bufs);
     free(e);
     free(names);
+    if (begun && st != LT_OK) lt_save_abort(&sv);
+    else if (begun) st = lt_save_commit(&sv, err);
     return st;
 }
 

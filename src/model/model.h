@@ -60,6 +60,7 @@ struct lt_model {
     lt_weight lm_head_q;               /* the LM head when not f32: quantized (quantize_lm_head) or packed bf16
                                         * (base_dtype BF16); lm_head is then NULL unless tied to embed */
     int base_dtype;                    /* lt_base_dtype of the projection weights layers[].w (BF16: LT_WEIGHT_BF16) */
+    int check_finite;                  /* load: refuse NaN / Inf weights (lt_model_params.skip_finite_check = 0) */
 };
 
 /* The LM head (V, H) as a weight of the seam: quantized, or the f32 lm_head. */

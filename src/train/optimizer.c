@@ -377,8 +377,26 @@ LT_API lt_status lt_optimizer_load(lt_optimizer *o, const char *path) {
         free(buf);
         return lt_fail(&o->err, LT_ERR_TRUNCATED, "%s: %zu bytes, expected %zu", path, len, expect);
     }
-    lt_backend *be = o->adapter->model->be;
+    /* the state must be one an optimizer can reach: finite moments, v >= 0 (a square), absmax >= 0;
+     * the 8-bit codes index a 256-entry map, so any byte is valid */
+    static const char *const sec_name[6] = {"m (first moment)", "v (second moment)", "absmax of m",
+                                            "absmax of v",      "codes of m",        "codes of v"};
     size_t off = hdr;
+    for (int i = 0; i < ns && i < 4; i++) {
+        const int nonneg = i == 3 || i == 2 || (i == 1 && o->p.kind != LT_OPT_SGD);
+        for (size_t k = 0; k < sec[i].bytes / sizeof(float); k++) {
+            float x;
+            memcpy(&x, buf + off + k * sizeof(float), sizeof x);
+            if (!isfinite(x) || (nonneg && x < 0)) {
+                free(buf);
+                return lt_fail(&o->err, LT_ERR_NUMERIC, "%s: %s[%zu] = %g: %s; the state was not loaded", path,
+                               sec_name[i], k, (double)x, isfinite(x) ? "must not be negative" : "not finite");
+            }
+        }
+        off += sec[i].bytes;
+    }
+    lt_backend *be = o->adapter->model->be;
+    off = hdr;
     for (int i = 0; i < ns; i++) {
         if (sec[i].bytes) be->ops->upload(be, sec[i].dev, buf + off, sec[i].bytes);
         off += sec[i].bytes;

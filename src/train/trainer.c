@@ -10,7 +10,6 @@
  * Safety: a micro-batch that fails (bad ids, NaN loss, NaN gradients) restores the gradients it found,
  * and an update happens only with finite gradients, so the adapter and optimizer stay as they were.
  */
-#include <dirent.h>
 #include <errno.h>
 #include <jansson.h>
 #include <math.h>
@@ -211,46 +210,9 @@ LT_API lt_status lt_trainer_evaluate(lt_trainer *t, const lt_batch *b, double *l
 }
 
 /* ---- checkpoints --------------------------------------------------------------------------------
- * DIR/adapter_config.json + adapter_model.safetensors (a PEFT adapter), DIR/optimizer.bin,
- * DIR/trainer_state.json. Written into DIR.tmp-PID and renamed into place, so DIR is always either
- * the previous checkpoint or the new one. */
-
-/* A file a checkpoint consists of: the adapter, optimizer and trainer state, or (full fine-tuning) the
- * model directory lt_model_export writes: config, model*.safetensors shards and index, tokenizer files. */
-static int checkpoint_file(const char *name) {
-    static const char *const files[] = {"adapter_config.json",
-                                        "adapter_model.safetensors",
-                                        "optimizer.bin",
-                                        "trainer_state.json",
-                                        "config.json",
-                                        "tokenizer.json",
-                                        "tokenizer_config.json",
-                                        "special_tokens_map.json",
-                                        "generation_config.json",
-                                        "tokenizer.model"};
-    for (size_t i = 0; i < sizeof files / sizeof *files; i++)
-        if (!strcmp(name, files[i])) return 1;
-    const size_t n = strlen(name);
-    return !strncmp(name, "model", 5) && ((n > 12 && !strcmp(name + n - 12, ".safetensors")) ||
-                                          (n > 23 && !strcmp(name + n - 23, ".safetensors.index.json")));
-}
-
-/* Remove a checkpoint directory this trainer wrote (its temporary or previous copy); anything else a user
- * put there stays, and then so does the directory. */
-static lt_status remove_tree(const char *dir) {
-    char p[4200];
-    DIR *d = opendir(dir);
-    if (d) {
-        struct dirent *e;
-        while ((e = readdir(d)) != NULL) {
-            if (!checkpoint_file(e->d_name)) continue;
-            lt_path_join(p, sizeof p, dir, e->d_name);
-            unlink(p);
-        }
-        closedir(d);
-    }
-    return rmdir(dir) == 0 ? LT_OK : LT_ERR_IO;
-}
+ * DIR/adapter_config.json + adapter_model.safetensors (a PEFT adapter; a full fine-tuning: its model
+ * directory), DIR/optimizer.bin, DIR/trainer_state.json: one save of DIR (core.h lt_save), so DIR is
+ * always the previous checkpoint or the new one, and a DIR that is not ours is refused untouched. */
 
 LT_API lt_status lt_trainer_save_checkpoint(lt_trainer *t, const char *dir) {
     if (!t) return LT_ERR_ARGUMENT;
@@ -261,15 +223,13 @@ LT_API lt_status lt_trainer_save_checkpoint(lt_trainer *t, const char *dir) {
                        "lt_trainer_save_checkpoint: %d micro-batches of an accumulation are "
                        "pending; save after an update",
                        t->micro);
-    char tmp[4200], old[4200], p[4300];
-    snprintf(tmp, sizeof tmp, "%s.tmp-%ld", dir, (long)getpid());
-    snprintf(old, sizeof old, "%s.old-%ld", dir, (long)getpid());
-    remove_tree(tmp);
-    lt_status st = lt_mkdir_p(tmp, &t->err);
-    if (st == LT_OK && (st = lt_adapter_save(t->adapter, tmp)) != LT_OK)
-        lt_fail(&t->err, st, "%s", t->adapter->err.msg);
+    lt_save sv;
+    lt_status st = lt_save_begin(&sv, dir, &t->err);
+    if (st != LT_OK) return st;
+    char p[4300];
+    st = lt_adapter_write(t->adapter, sv.stage, &t->err);
     if (st == LT_OK) {
-        lt_path_join(p, sizeof p, tmp, "optimizer.bin");
+        lt_path_join(p, sizeof p, sv.stage, "optimizer.bin");
         if ((st = lt_optimizer_save(t->opt, p)) != LT_OK) lt_fail(&t->err, st, "%s", t->opt->err.msg);
     }
     if (st == LT_OK) {
@@ -279,43 +239,44 @@ LT_API lt_status lt_trainer_save_checkpoint(lt_trainer *t, const char *dir) {
                          "  \"seed\": %llu,\n  \"grad_accum\": %d\n}\n",
                          (long long)t->opt->step, (unsigned long long)t->micro_total, (unsigned long long)t->p.seed,
                          t->p.grad_accum);
-        lt_path_join(p, sizeof p, tmp, "trainer_state.json");
+        lt_path_join(p, sizeof p, sv.stage, "trainer_state.json");
         st = lt_write_file_atomic(p, js, (size_t)n, &t->err);
     }
     if (st != LT_OK) {
-        remove_tree(tmp);
+        lt_fail_prefix(&t->err, "%s", dir);
+        lt_save_abort(&sv);
         return st;
     }
-    struct stat sb;
-    int had_old = stat(dir, &sb) == 0;
-    if (had_old && rename(dir, old) != 0) {
-        remove_tree(tmp);
-        return lt_fail(&t->err, LT_ERR_IO, "%s: cannot move the previous checkpoint aside: %s", dir, strerror(errno));
-    }
-    if (rename(tmp, dir) != 0) {
-        int e = errno;
-        if (had_old) rename(old, dir);
-        remove_tree(tmp);
-        return lt_fail(&t->err, LT_ERR_IO, "%s: cannot rename the new checkpoint into place: %s", dir, strerror(e));
-    }
-    if (had_old) remove_tree(old);
-    return LT_OK;
+    return lt_save_commit(&sv, &t->err);
 }
 
 LT_API lt_status lt_trainer_load_checkpoint(lt_trainer *t, const char *dir) {
     if (!t) return LT_ERR_ARGUMENT;
     lt_error_clear(&t->err);
     if (!dir) return lt_fail(&t->err, LT_ERR_ARGUMENT, "lt_trainer_load_checkpoint: dir is NULL");
-    char p[4200];
+    /* a save killed between the two renames of the fallback (core.h lt_save) leaves no dir: its data is in
+     * the newest complete save beside it */
+    char found[4200];
+    int fallback = 0;
+    if (lt_save_resolve(dir, found, sizeof found, &fallback) != LT_OK)
+        return lt_fail(&t->err, LT_ERR_NOMEM, "lt_trainer_load_checkpoint: out of memory");
+    if (fallback)
+        lt_log(t->model->ctx, LT_LOG_WARN,
+               "%s is absent (a save was interrupted); loading %s, the newest complete save", dir, found);
+    dir = found;
+    char p[4300];
     lt_path_join(p, sizeof p, dir, "trainer_state.json");
     json_error_t je;
     json_t *js = json_load_file(p, 0, &je);
     if (!js) return lt_fail(&t->err, LT_ERR_MISSING, "%s: cannot read the checkpoint state: %s", p, je.text);
     json_t *step = json_object_get(js, "step"), *micro = json_object_get(js, "micro_steps");
-    if (!json_is_integer(step) || !json_is_integer(micro)) {
+    if (!json_is_integer(step) || !json_is_integer(micro) || json_integer_value(step) < 0 ||
+        json_integer_value(micro) < json_integer_value(step)) {
         json_decref(js);
-        return lt_fail(&t->err, LT_ERR_JSON, "%s: \"step\" and \"micro_steps\" must be integers", p);
+        return lt_fail(&t->err, LT_ERR_FORMAT,
+                       "%s: \"step\" and \"micro_steps\" must be integers with 0 <= step <= micro_steps", p);
     }
+    const int64_t state_step = (int64_t)json_integer_value(step);
     uint64_t micro_total = (uint64_t)json_integer_value(micro);
     json_decref(js);
     /* load into a temporary adapter and optimizer first, so a bad checkpoint changes nothing */
@@ -337,8 +298,11 @@ LT_API lt_status lt_trainer_load_checkpoint(lt_trainer *t, const char *dir) {
         return lt_fail(&t->err, st, "%s", lt_last_error());
     }
     lt_path_join(p, sizeof p, dir, "optimizer.bin");
-    if ((st = lt_optimizer_load(o, p)) != LT_OK) {
-        lt_fail(&t->err, st, "%s", o->err.msg);
+    if ((st = lt_optimizer_load(o, p)) != LT_OK || o->step != state_step) {
+        if (st == LT_OK)
+            st = lt_fail(&t->err, LT_ERR_FORMAT, "%s: trainer_state.json says step %lld, optimizer.bin step %lld", dir,
+                         (long long)state_step, (long long)o->step);
+        else lt_fail(&t->err, st, "%s", o->err.msg);
         lt_optimizer_free(o);
         lt_adapter_free(tmp);
         return st;
