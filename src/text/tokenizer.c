@@ -739,19 +739,34 @@ static lt_status load_model(lt_tokenizer *t, json_t *root, lt_error *err) {
     json_t *v, *x;
     size_t i;
     json_object_foreach(vocab, k, v) {
-        if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > (1 << 30))
-            return lt_fail(err, LT_ERR_FORMAT, "vocab entry \"%.100s\" has no valid id", k);
+        if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) >= LT_TOK_MAX_IDS)
+            return lt_fail(err, LT_ERR_FORMAT, "vocab entry \"%.100s\" has no valid id (0 <= id < %d)", k,
+                           LT_TOK_MAX_IDS);
         if (json_integer_value(v) > maxid) maxid = (int32_t)json_integer_value(v);
     }
     if (added && !json_is_array(added)) return lt_fail(err, LT_ERR_FORMAT, "\"added_tokens\" is not an array");
+    /* the matcher indexes added tokens with int16 (added_by_byte); real tokenizers have a few thousand */
+    if (json_array_size(added) > LT_TOK_MAX_ADDED)
+        return lt_fail(err, LT_ERR_UNSUPPORTED, "%zu added tokens: more than the %d this tokenizer supports",
+                       json_array_size(added), LT_TOK_MAX_ADDED);
     json_array_foreach(added, i, x) {
         json_t *id = json_object_get(x, "id");
-        if (!json_is_integer(id) || json_integer_value(id) < 0 || json_integer_value(id) > (1 << 30) ||
+        if (!json_is_integer(id) || json_integer_value(id) < 0 || json_integer_value(id) >= LT_TOK_MAX_IDS ||
             !jstr(x, "content"))
-            return lt_fail(err, LT_ERR_FORMAT, "added_tokens[%zu] needs an integer \"id\" and a string \"content\"", i);
+            return lt_fail(err, LT_ERR_FORMAT,
+                           "added_tokens[%zu] needs an integer \"id\" (0 <= id < %d) and a string \"content\"", i,
+                           LT_TOK_MAX_IDS);
         if (json_integer_value(id) > maxid) maxid = (int32_t)json_integer_value(id);
     }
     if (maxid < 0) return lt_fail(err, LT_ERR_FORMAT, "empty vocabulary");
+    /* ids index tables of maxid + 1 entries: a few entries with huge ids would make a tiny file allocate
+     * gigabytes. Real vocabularies are dense (every id below the largest is used). */
+    const size_t n_entries = json_object_size(vocab) + json_array_size(added);
+    if ((size_t)maxid + 1 > 4 * n_entries + 65536)
+        return lt_fail(err, LT_ERR_FORMAT,
+                       "the largest token id %d is far beyond the %zu tokens: the ids are not dense", maxid, n_entries);
+    if (json_array_size(merges) > (size_t)LT_TOK_MAX_IDS)
+        return lt_fail(err, LT_ERR_FORMAT, "%zu merges: more than %d", json_array_size(merges), LT_TOK_MAX_IDS);
     t->n_ids = maxid + 1;
     t->tok_str = calloc((size_t)t->n_ids, sizeof *t->tok_str);
     t->tok_len = calloc((size_t)t->n_ids, sizeof *t->tok_len);
@@ -858,7 +873,7 @@ static lt_status load_model(lt_tokenizer *t, json_t *root, lt_error *err) {
         if (!(t->added_by_byte[b] = malloc((size_t)(cnt + 1) * sizeof(int16_t))))
             return lt_fail(err, LT_ERR_NOMEM, "out of memory");
         cnt = 0;
-        for (int k = 0; k < t->n_added && k < 32767; k++)
+        for (int k = 0; k < t->n_added; k++) /* n_added <= LT_TOK_MAX_ADDED fits int16 */
             if ((unsigned char)t->added[k].content[0] == b) t->added_by_byte[b][cnt++] = (int16_t)k;
         t->added_by_byte[b][cnt] = -1;
     }

@@ -12,6 +12,12 @@
 
 #include "core/core.h"
 
+/* Bounds on a tokenizer.json, far beyond real ones (Gemma's 262144 ids; a few thousand added tokens):
+ * token ids below 2^24 and dense (the largest id at most 4 x the tokens + 65536: a table per id is
+ * allocated), at most 2^24 merges, at most 32767 added tokens (the matcher indexes them with int16). */
+#define LT_TOK_MAX_IDS (1 << 24)
+#define LT_TOK_MAX_ADDED 32767
+
 /* A growable byte string and int array (used by the three files). */
 typedef struct lt_buf {
     char *p;
