@@ -425,7 +425,7 @@ START_TEST(test_cli_family_and_dora) {
     lt_context *ctx = tu_context();
     lt_model *m = load_model(ctx, "phi3");
     lt_adapter *a = NULL;
-    snprintf(path, sizeof path, "%s/dora", root);
+    snprintf(path, sizeof path, "%s/dora/adapter", root);
     ck_assert_msg(lt_adapter_load(m, path, &a) == LT_OK, "%s", lt_last_error());
     ck_assert_int_eq(a->p.use_dora, 1);
     ck_assert_ptr_nonnull(lt_adapter_lora(a, 0, P_V)->mag);

@@ -62,6 +62,9 @@ static const opt_spec train_spec[] = {
 static void train_usage(void) {
     printf(
         "usage: loratune train --model DIR --data FILE.jsonl --out DIR [options]\n"
+        "  --out DIR: the run directory: DIR/adapter (the PEFT adapter; --method full: DIR/model), "
+        "DIR/metrics.jsonl,\n"
+        "             DIR/loss.svg, DIR/checkpoint-N (--save-every N) and DIR/checkpoint-final\n"
         "  adapter:   --rank R (16) --alpha A (2R) --dropout P (0) --targets q_proj,k_proj,... (all 7)\n"
         "             --rslora --init default|gaussian|pissa|olora --adapter-init DIR (start from a PEFT adapter)\n"
         "  optimizer: --optimizer adamw|adamw8bit|sgd --lr LR (2e-4) --weight-decay W (0) --max-grad-norm C (1, "
@@ -300,8 +303,9 @@ int cmd_train(int argc, char **argv) {
     int *order = NULL;
     int32_t *ids = NULL, *lab = NULL;
     double *curve = NULL, ev_step[4096], ev_loss[4096];
-    int n_ev = 0, rc = 0;
-    FILE *metrics = NULL;
+    int n_ev = 0, rc = 0, qlora = 0;
+    metrics_log metrics = {.f = NULL};
+    lt_quant_params qp;
     if (open_model_dtype("train", mdir, (int)threads, opt_str(&o, "backend", NULL), base_dtype, &ctx, &m)) {
         rc = 1;
         goto done;
@@ -309,7 +313,6 @@ int cmd_train(int argc, char **argv) {
     {
         /* QLoRA: the frozen base projections are quantized (NF4 + double quantization by default) */
         const char *method = opt_str(&o, "method", "lora");
-        lt_quant_params qp;
         if (strcmp(method, "lora") && strcmp(method, "dora") && strcmp(method, "qlora") && strcmp(method, "full")) {
             rc = fail("train", "--method must be lora, dora, qlora or full");
             goto done;
@@ -331,7 +334,7 @@ int cmd_train(int argc, char **argv) {
                 rc = fail("train", "%s", lt_model_last_error(m));
                 goto done;
             }
-            if (mkdir_p(out) == 0) write_quant_note(out, &qp);
+            qlora = 1; /* quantization.json is saved with the adapter */
             lt_model_info qi = {.size = sizeof qi};
             lt_model_get_info(m, &qi);
             if (!quiet)
@@ -425,12 +428,7 @@ int cmd_train(int argc, char **argv) {
         rc = fail("train", "%s: cannot create: %s", out, strerror(errno));
         goto done;
     }
-    snprintf(path, sizeof path, "%s/metrics.jsonl", out);
-    metrics = fopen(path, start > 0 ? "a" : "w");
-    if (!metrics) {
-        rc = fail("train", "%s: cannot write: %s", path, strerror(errno));
-        goto done;
-    }
+    metrics_init(&metrics, out, start);
 
     order = malloc(n_units * sizeof *order);
     ids = malloc((size_t)batch * T * sizeof *ids);
@@ -518,11 +516,17 @@ int cmd_train(int argc, char **argv) {
             fputc('\n', log);
             fflush(log);
         }
-        fprintf(metrics, "{\"step\": %lld, \"loss\": %.8g, \"lr\": %.8g, \"grad_norm\": %.8g, \"tokens_per_s\": %.1f",
-                step + 1, r.loss, r.lr, r.grad_norm, r.tokens_per_s);
-        if (do_eval) fprintf(metrics, ", \"eval_loss\": %.8g", last_eval);
-        fprintf(metrics, "}\n");
-        fflush(metrics);
+        char line[512];
+        int ll = snprintf(line, sizeof line,
+                          "{\"step\": %lld, \"loss\": %.8g, \"lr\": %.8g, \"grad_norm\": %.8g, \"tokens_per_s\": %.1f",
+                          step + 1, r.loss, r.lr, r.grad_norm, r.tokens_per_s);
+        if (do_eval) ll += snprintf(line + ll, sizeof line - ll, ", \"eval_loss\": %.8g", last_eval);
+        snprintf(line + ll, sizeof line - ll, "}\n");
+        if (metrics_write(&metrics, line) != 0) {
+            rc = fail("train", "%s: cannot write: %s", metrics.path, strerror(errno));
+            free(pos);
+            goto done;
+        }
         if (save_every > 0 && (step + 1) % save_every == 0 && step + 1 < total) {
             snprintf(path, sizeof path, "%s/checkpoint-%lld", out, step + 1);
             if (lt_trainer_save_checkpoint(tr, path) != LT_OK) {
@@ -533,7 +537,12 @@ int cmd_train(int argc, char **argv) {
         }
     }
     free(pos);
-    if (lt_adapter_save(ad, out) != LT_OK) {
+    lt_adapter_params gp = {.size = sizeof gp};
+    lt_adapter_get_params(ad, &gp);
+    char result[4300], note[256];
+    run_result_dir(result, sizeof result, out, gp.full_finetune);
+    lt_save_file extra = {"quantization.json", note, (size_t)quant_note(&qp, note, sizeof note)};
+    if (lt_adapter_save_files(ad, result, &extra, qlora) != LT_OK) {
         rc = fail("train", "%s", lt_adapter_last_error(ad));
         goto done;
     }
@@ -545,26 +554,24 @@ int cmd_train(int argc, char **argv) {
     snprintf(path, sizeof path, "%s/loss.svg", out);
     write_svg(path, curve + start, total - start, ev_step, ev_loss, n_ev);
     if (!quiet) {
-        lt_adapter_params gp = {.size = sizeof gp};
-        lt_adapter_get_params(ad, &gp);
         if (gp.full_finetune)
             fprintf(log,
                     "model written to %s (Hugging Face format: config.json + safetensors, f32); "
-                    "metrics.jsonl and loss.svg beside it\n",
-                    out);
+                    "metrics.jsonl, loss.svg and the checkpoints in %s\n",
+                    result, out);
         else
             fprintf(log,
                     "adapter written to %s (PEFT format: adapter_config.json + adapter_model.safetensors); "
-                    "metrics.jsonl and loss.svg beside it\n",
-                    out);
+                    "metrics.jsonl, loss.svg and the checkpoints in %s\n",
+                    result, out);
     }
     if (json)
         printf(
             "{\"loss\": %.8g, \"eval_loss\": %s%.8g%s, \"steps\": %lld, \"tokens_per_s\": %.1f, \"adapter\": \"%s\"}\n",
             last_loss, isnan(last_eval) ? "\"" : "", isnan(last_eval) ? 0.0 : last_eval, isnan(last_eval) ? "\"" : "",
-            total, tok_s, out);
+            total, tok_s, result);
 done:
-    if (metrics) fclose(metrics);
+    metrics_close(&metrics);
     free(order);
     free(ids);
     free(lab);
