@@ -78,28 +78,35 @@ static void marker_free(marker *m) {
     memset(m, 0, sizeof *m);
 }
 
-static void read_marker(const char *dir, marker *m) {
+/* LT_ERR_NOMEM when it could not be read for want of memory; else LT_OK with m->kind telling what it is */
+static lt_status read_marker(const char *dir, marker *m) {
     memset(m, 0, sizeof *m);
     char p[4200];
     size_t len;
     lt_error ignore;
-    if (lt_path_join(p, sizeof p, dir, MARKER) || lt_read_file(p, &m->text, &len, &ignore) != LT_OK) return;
+    if (lt_path_join(p, sizeof p, dir, MARKER)) return LT_OK;
+    if (lt_read_file(p, &m->text, &len, &ignore) != LT_OK) return ignore.status == LT_ERR_NOMEM ? LT_ERR_NOMEM : LT_OK;
     size_t lines = 0;
     for (size_t i = 0; i < len; i++)
         if (m->text[i] == '\n') {
             m->text[i] = '\0';
             lines++;
         }
-    if (lines < 2 || strcmp(m->text, MARKER_FORMAT)) return;
+    if (lines < 2 || strcmp(m->text, MARKER_FORMAT)) return LT_OK;
     const char *state = m->text + strlen(m->text) + 1;
     if (!strcmp(state, "staging")) {
         m->kind = 2;
-        return;
+        return LT_OK;
     }
-    if (strcmp(state, "complete") || !(m->names = malloc(lines * sizeof *m->names))) return;
+    if (strcmp(state, "complete")) return LT_OK;
+    if (!(m->names = malloc(lines * sizeof *m->names))) {
+        marker_free(m);
+        return LT_ERR_NOMEM;
+    }
     char *q = (char *)state + strlen(state) + 1;
     for (size_t k = 2; k < lines; k++, q += strlen(q) + 1) m->names[m->n++] = q;
     m->kind = 1;
+    return LT_OK;
 }
 
 static int listed(const marker *m, const char *name) {
@@ -124,11 +131,15 @@ static lt_status write_marker(const char *dir, char **names, size_t n, lt_error 
 
 /* ---- what may be replaced or removed ------------------------------------------------------------- */
 
-/* 0 when dir is an empty directory or a complete save of ours holding only what its marker lists;
- * else -1 with *why naming the first thing in the way (static text or the entry name in buf). */
-static int replaceable(const char *dir, char *buf, size_t len, const char **why) {
+/* 0 when dir is an empty directory or a complete save of ours holding only what its marker lists (kept
+ * in *out when out is given; else freed); else -1 with *why naming the first thing in the way (static
+ * text or the entry name in buf), or -2 when the marker could not be read for want of memory. */
+static int replaceable(const char *dir, char *buf, size_t len, const char **why, marker *out) {
     marker m;
-    read_marker(dir, &m);
+    if (read_marker(dir, &m) != LT_OK) {
+        *why = "out of memory reading its save marker";
+        return -2;
+    }
     DIR *d = opendir(dir);
     if (!d) {
         marker_free(&m);
@@ -146,32 +157,37 @@ static int replaceable(const char *dir, char *buf, size_t len, const char **why)
         rc = -1;
     }
     closedir(d);
-    marker_free(&m);
+    if (rc == 0 && out) *out = m;
+    else marker_free(&m);
     return rc;
 }
 
-/* Remove a directory of ours: the entries its marker lists (a staging directory: every regular file),
- * then the marker and the directory. Anything else stays, and with it the directory. */
-static void remove_ours(const char *dir) {
-    marker m;
-    read_marker(dir, &m);
-    if (!m.kind) return;
+/* Remove a directory of ours whose marker m was read: the entries it lists (a staging directory: every
+ * regular file), then the marker and the directory. Anything else stays, and with it the directory.
+ * Allocates nothing (it runs after the point of no return of a save). */
+static void remove_marked(const char *dir, const marker *m) {
+    if (!m->kind) return;
     char p[4200];
     DIR *d = opendir(dir);
     if (d) {
         struct dirent *e;
         while ((e = readdir(d)) != NULL) {
             if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..") || !strcmp(e->d_name, MARKER)) continue;
-            if (m.kind == 1 && !listed(&m, e->d_name)) continue;
+            if (m->kind == 1 && !listed(m, e->d_name)) continue;
             if (lt_path_join(p, sizeof p, dir, e->d_name)) continue;
             struct stat sb;
             if (lstat(p, &sb) == 0 && S_ISREG(sb.st_mode)) unlink(p);
         }
         closedir(d);
     }
-    marker_free(&m);
     if (!lt_path_join(p, sizeof p, dir, MARKER)) unlink(p);
     rmdir(dir); /* fails, harmlessly, when something not ours is left */
+}
+
+static void remove_ours(const char *dir) {
+    marker m;
+    if (read_marker(dir, &m) == LT_OK) remove_marked(dir, &m);
+    marker_free(&m);
 }
 
 /* name = BASE.tmp-<pid>-<6> or BASE.old-<pid>-<6> for some BASE: returns the pid (> 0), else 0.
@@ -240,7 +256,8 @@ lt_status lt_save_begin(lt_save *s, const char *dir, lt_error *err) {
     struct stat sb;
     if (lstat(dir, &sb) == 0) {
         if (!S_ISDIR(sb.st_mode)) why = S_ISLNK(sb.st_mode) ? "it is a symbolic link" : "it is not a directory";
-        else replaceable(dir, why_buf, sizeof why_buf, &why);
+        else if (replaceable(dir, why_buf, sizeof why_buf, &why, NULL) == -2)
+            return lt_fail(err, LT_ERR_NOMEM, "%s: %s", dir, why);
         if (why)
             return lt_fail(err, LT_ERR_IO,
                            "%s: exists and %s; a save replaces only an empty directory or an earlier save of "
@@ -273,6 +290,9 @@ lt_status lt_save_begin(lt_save *s, const char *dir, lt_error *err) {
         return lt_fail(err, LT_ERR_IO, "%s: cannot create a staging directory beside it: %s", dir, strerror(e));
     }
     if ((st = write_marker(s->stage, NULL, 0, err)) != LT_OK) {
+        rmdir(s->stage); /* made just now and still empty: without its marker, abort would not know it */
+        free(s->stage);
+        s->stage = NULL;
         lt_save_abort(s);
         return st;
     }
@@ -287,6 +307,8 @@ void lt_save_abort(lt_save *s) {
     free(s->base);
     memset(s, 0, sizeof *s);
 }
+
+static int cmp_name(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
 
 /* The staging directory's entries (the marker aside), which must all be regular files with names
  * that fit on a line of the marker. */
@@ -324,6 +346,7 @@ static lt_status list_stage(const lt_save *s, char ***out, size_t *n_out, lt_err
         free(names);
         return st;
     }
+    if (n > 1) qsort(names, n, sizeof *names, cmp_name); /* the same files give the same marker */
     *out = names;
     *n_out = n;
     return LT_OK;
@@ -343,14 +366,24 @@ lt_status lt_save_commit(lt_save *s, lt_error *err) {
         return st;
     }
     lt_fsync_dir(s->stage); /* every file was fsynced as it was written; now their names */
-    /* DIR may have appeared or changed since begin: check again right before publishing */
+    /* DIR may have appeared or changed since begin: check again right before publishing. Whatever
+     * removing the previous save needs (its marker, the fallback's name) is read or allocated now:
+     * after the exchange nothing may fail for want of memory. */
     char why_buf[512];
     const char *why = NULL;
     struct stat sb;
+    marker prev = {0};
     const int exists = lstat(s->dir, &sb) == 0;
-    if (exists && (!S_ISDIR(sb.st_mode) || replaceable(s->dir, why_buf, sizeof why_buf, &why)))
-        st = lt_fail(err, LT_ERR_IO, "%s: changed during the save and %s; nothing was changed", s->dir,
-                     why ? why : "is no longer a directory");
+    const size_t len = strlen(s->parent) + strlen(s->base) + 48;
+    char *old = exists ? malloc(len) : NULL;
+    if (exists && !old) st = lt_fail(err, LT_ERR_NOMEM, "%s: out of memory", s->dir);
+    else if (exists && !S_ISDIR(sb.st_mode))
+        st = lt_fail(err, LT_ERR_IO, "%s: changed during the save and is no longer a directory; nothing was changed",
+                     s->dir);
+    else if (exists && replaceable(s->dir, why_buf, sizeof why_buf, &why, &prev) != 0)
+        st = why == why_buf
+                 ? lt_fail(err, LT_ERR_IO, "%s: changed during the save and %s; nothing was changed", s->dir, why)
+                 : lt_fail(err, strstr(why, "memory") ? LT_ERR_NOMEM : LT_ERR_IO, "%s: %s", s->dir, why);
     else if (!exists && rename(s->stage, s->dir) != 0)
         st = lt_fail(err, LT_ERR_IO, "%s: cannot rename the staging directory into place: %s", s->dir, strerror(errno));
     else if (exists && renameat2(AT_FDCWD, s->stage, AT_FDCWD, s->dir, RENAME_EXCHANGE) != 0) {
@@ -361,39 +394,33 @@ lt_status lt_save_commit(lt_save *s, lt_error *err) {
             /* the file system cannot exchange two names: move the previous save aside, then rename. A
              * crash between the two leaves no DIR; lt_save_resolve then finds the newest complete save
              * among the temporaries. */
-            const size_t len = strlen(s->parent) + strlen(s->base) + 48;
-            char *old = malloc(len);
-            if (!old) st = lt_fail(err, LT_ERR_NOMEM, "%s: out of memory", s->dir);
-            else {
-                snprintf(old, len, "%s/%s.old-%ld-XXXXXX", s->parent, s->base, (long)getpid());
-                if (make_temp_dir(old) != 0 || rename(s->dir, old) != 0)
-                    st =
-                        lt_fail(err, LT_ERR_IO, "%s: cannot move the previous save aside: %s", s->dir, strerror(errno));
-                else if (rename(s->stage, s->dir) != 0) {
-                    st = lt_fail(err, LT_ERR_IO, "%s: cannot rename the new save into place: %s", s->dir,
-                                 strerror(errno));
-                    rename(old, s->dir); /* put the previous one back */
-                } else {
-                    free(s->stage); /* the previous save is now the temporary to remove */
-                    s->stage = old;
-                    old = NULL;
-                }
-                if (old) rmdir(old);
-                free(old);
+            snprintf(old, len, "%s/%s.old-%ld-XXXXXX", s->parent, s->base, (long)getpid());
+            if (make_temp_dir(old) != 0 || rename(s->dir, old) != 0) {
+                st = lt_fail(err, LT_ERR_IO, "%s: cannot move the previous save aside: %s", s->dir, strerror(errno));
+                rmdir(old);
+            } else if (rename(s->stage, s->dir) != 0) {
+                st = lt_fail(err, LT_ERR_IO, "%s: cannot rename the new save into place: %s", s->dir, strerror(errno));
+                rename(old, s->dir); /* put the previous one back */
+            } else {
+                char *t = s->stage; /* the previous save is now at `old`; the staging name is gone */
+                s->stage = old;
+                old = t;
             }
         }
     }
+    free(old);
     if (st != LT_OK) {
+        marker_free(&prev);
         lt_save_abort(s);
         return st;
     }
     lt_fsync_dir(s->parent);
-    if (!exists) { /* the staging name is gone: nothing of ours left there */
-        free(s->stage);
-        s->stage = NULL;
-    }
+    if (exists) remove_marked(s->stage, &prev); /* the previous save, now at the temporary name */
+    marker_free(&prev);
+    free(s->stage);
+    s->stage = NULL;
     clean_stale(s->parent); /* only after a success: a failed save touches nothing beside it */
-    lt_save_abort(s);       /* removes the previous save (now at the temporary name), frees the names */
+    lt_save_abort(s);       /* frees the names */
     return LT_OK;
 }
 
@@ -417,8 +444,7 @@ lt_status lt_save_resolve(const char *dir, char *out, size_t len, int *fallback)
         while ((e = readdir(d)) != NULL) {
             if (temp_pid(e->d_name, base) <= 0 || lt_path_join(p, sizeof p, parent, e->d_name)) continue;
             marker mk;
-            read_marker(p, &mk);
-            const int kind = mk.kind;
+            const int kind = read_marker(p, &mk) == LT_OK ? mk.kind : 0;
             marker_free(&mk);
             snprintf(m, sizeof m, "%s/" MARKER, p);
             if (kind != 1 || stat(m, &sb) != 0) continue;

@@ -367,7 +367,7 @@ static lt_status load_norm(lt_model *m, int use_mmap, const char *name, int64_t 
     float *d = m->be->ops->alloc(m->be, (size_t)C * sizeof(float));
     if (!h || !d || (st = track(m, d, err)) != LT_OK) {
         free(h);
-        if (d && st == LT_OK) m->be->ops->free(m->be, d);
+        if (d) m->be->ops->free(m->be, d); /* untracked: track() failed or was not reached */
         return st != LT_OK ? st : lt_fail(err, LT_ERR_NOMEM, "out of memory");
     }
     m->be->ops->download(m->be, h, *file, (size_t)C * sizeof(float));
@@ -559,6 +559,8 @@ static lt_status model_load(lt_model *m, const lt_model_params *p, lt_error *err
     }
     m->inv_freq = m->be->ops->alloc(m->be, (size_t)m->rot_dim / 2 * sizeof(float));
     if (!m->inv_freq || (st = track(m, m->inv_freq, err)) != LT_OK) {
+        if (m->inv_freq) m->be->ops->free(m->be, m->inv_freq); /* not tracked: the model would not free it */
+        m->inv_freq = NULL;
         free(inv);
         return lt_fail(err, LT_ERR_NOMEM, "out of memory");
     }
@@ -568,6 +570,8 @@ static lt_status model_load(lt_model *m, const lt_model_params *p, lt_error *err
         if (lt_rope_inv_freq_long(c, inv, m->rot_dim / 2) != m->rot_dim / 2 ||
             !(m->inv_freq_long = m->be->ops->alloc(m->be, (size_t)m->rot_dim / 2 * sizeof(float))) ||
             track(m, m->inv_freq_long, err) != LT_OK) {
+            if (m->inv_freq_long) m->be->ops->free(m->be, m->inv_freq_long);
+            m->inv_freq_long = NULL;
             free(inv);
             return lt_fail(err, LT_ERR_NOMEM, "%s: cannot set up the longrope frequencies", m->dir);
         }
@@ -1018,12 +1022,15 @@ LT_API lt_status lt_model_create_random_params(lt_context *ctx, const char *conf
     if (st == LT_OK) {
         m->rot_dim = c->rot_dim;
         float *inv = malloc((size_t)m->rot_dim / 2 * sizeof(float));
-        if (!inv || lt_rope_inv_freq(c, inv, m->rot_dim / 2) != m->rot_dim / 2)
+        if (!inv) st = lt_fail(err, LT_ERR_NOMEM, "out of memory");
+        else if (lt_rope_inv_freq(c, inv, m->rot_dim / 2) != m->rot_dim / 2)
             st = lt_fail(err, LT_ERR_FORMAT, "bad RoPE config");
         else if (!(m->inv_freq = m->be->ops->alloc(m->be, (size_t)m->rot_dim / 2 * sizeof(float))) ||
-                 (st = track(m, m->inv_freq, err)) != LT_OK)
+                 (st = track(m, m->inv_freq, err)) != LT_OK) {
+            if (m->inv_freq) m->be->ops->free(m->be, m->inv_freq); /* untracked */
+            m->inv_freq = NULL;
             st = lt_fail(err, LT_ERR_NOMEM, "out of memory");
-        else m->be->ops->upload(m->be, m->inv_freq, inv, (size_t)m->rot_dim / 2 * sizeof(float));
+        } else m->be->ops->upload(m->be, m->inv_freq, inv, (size_t)m->rot_dim / 2 * sizeof(float));
         free(inv);
     }
     if (st != LT_OK) {

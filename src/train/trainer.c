@@ -271,10 +271,9 @@ LT_API lt_status lt_trainer_load_checkpoint(lt_trainer *t, const char *dir) {
     if (!js) return lt_fail(&t->err, LT_ERR_MISSING, "%s: cannot read the checkpoint state: %s", p, je.text);
     json_t *step = json_object_get(js, "step"), *micro = json_object_get(js, "micro_steps");
     if (!json_is_integer(step) || !json_is_integer(micro) || json_integer_value(step) < 0 ||
-        json_integer_value(micro) < json_integer_value(step)) {
+        json_integer_value(micro) < 0) {
         json_decref(js);
-        return lt_fail(&t->err, LT_ERR_FORMAT,
-                       "%s: \"step\" and \"micro_steps\" must be integers with 0 <= step <= micro_steps", p);
+        return lt_fail(&t->err, LT_ERR_FORMAT, "%s: \"step\" and \"micro_steps\" must be integers >= 0", p);
     }
     const int64_t state_step = (int64_t)json_integer_value(step);
     uint64_t micro_total = (uint64_t)json_integer_value(micro);
