@@ -543,6 +543,11 @@ START_TEST(test_d8_stale_temporaries) {
     /* ... one of our naming without our marker (not ours), and one of a live process (this one's parent) */
     snprintf(p, sizeof p, "%s/checkpoint-2.tmp-4206649-zzzzzz", root);
     ck_assert_int_eq(mkdir(p, 0755), 0);
+    snprintf(p, sizeof p, "%s/checkpoint-2.tmp-4206649-zzzzzz/notes.txt", root);
+    tu_write_text(p, "not a save's\n");
+    /* ... and an empty one of a gone process (a save killed between its mkdir and its marker) */
+    snprintf(p, sizeof p, "%s/checkpoint-5.tmp-4206649-xxxxxx", root);
+    ck_assert_int_eq(mkdir(p, 0755), 0);
     snprintf(p, sizeof p, "%s/checkpoint-3.tmp-%ld-yyyyyy", root, (long)getppid());
     ck_assert_int_eq(mkdir(p, 0755), 0);
     snprintf(p, sizeof p, "%s/checkpoint-3.tmp-%ld-yyyyyy/.loratune-save", root, (long)getppid());
@@ -551,8 +556,10 @@ START_TEST(test_d8_stale_temporaries) {
     ck_assert_int_eq(lt_trainer_save_checkpoint(r.t, p), LT_OK);
     snprintf(p, sizeof p, "%s/checkpoint-4.tmp-4206649-Qx12ab", root);
     ck_assert_msg(!exists(p), "the stale staging directory is still there");
-    snprintf(p, sizeof p, "%s/checkpoint-2.tmp-4206649-zzzzzz", root);
-    ck_assert_msg(exists(p), "a directory without our marker was removed");
+    snprintf(p, sizeof p, "%s/checkpoint-2.tmp-4206649-zzzzzz/notes.txt", root);
+    ck_assert_msg(exists(p), "a directory without our marker was emptied");
+    snprintf(p, sizeof p, "%s/checkpoint-5.tmp-4206649-xxxxxx", root);
+    ck_assert_msg(!exists(p), "the empty staging directory of a gone process is still there");
     snprintf(p, sizeof p, "%s/checkpoint-3.tmp-%ld-yyyyyy", root, (long)getppid());
     ck_assert_msg(exists(p), "a live process's staging directory was removed");
     free_run(&r);

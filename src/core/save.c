@@ -190,6 +190,21 @@ static void remove_ours(const char *dir) {
     marker_free(&m);
 }
 
+/* A staging directory killed between its mkdir and its marker holds nothing, or only the marker's
+ * temporary file (.loratune-save.tmp.<pid>): remove those and the directory. Anything else, and the
+ * directory stays. */
+static void remove_unmarked_stage(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d) return;
+    char p[4200];
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL)
+        if (!strncmp(e->d_name, MARKER ".tmp.", sizeof MARKER + 4) && !lt_path_join(p, sizeof p, dir, e->d_name))
+            unlink(p);
+    closedir(d);
+    rmdir(dir); /* only when nothing else is in it */
+}
+
 /* name = BASE.tmp-<pid>-<6> or BASE.old-<pid>-<6> for some BASE: returns the pid (> 0), else 0.
  * With base given, BASE must be it. */
 static long temp_pid(const char *name, const char *base) {
@@ -220,7 +235,12 @@ static void clean_stale(const char *parent) {
         if (kill((pid_t)pid, 0) == 0 || errno == EPERM) continue; /* alive */
         if (lt_path_join(p, sizeof p, parent, e->d_name)) continue;
         struct stat sb;
-        if (lstat(p, &sb) == 0 && S_ISDIR(sb.st_mode)) remove_ours(p);
+        if (lstat(p, &sb) != 0 || !S_ISDIR(sb.st_mode)) continue;
+        marker m;
+        if (read_marker(p, &m) != LT_OK) continue;
+        if (m.kind) remove_marked(p, &m);
+        else if (strstr(e->d_name, ".tmp-")) remove_unmarked_stage(p);
+        marker_free(&m);
     }
     closedir(d);
 }
