@@ -1305,8 +1305,13 @@ static Suite *cpu_ops_suite(void) {
     tcase_add_test(tc, test_cross_entropy);
     tcase_add_test(tc, test_dropout);
     tcase_add_test(tc, test_adamw);
-    tcase_add_test(tc, test_thread_invariance);
     suite_add_tcase(s, tc);
+    /* the kernels on 1 and 5 OpenMP threads: also run under ThreadSanitizer (tests/tsan.sh) */
+    TCase *th = tcase_create("threads");
+    tcase_add_checked_fixture(th, setup, teardown);
+    tcase_set_timeout(th, 600);
+    tcase_add_test(th, test_thread_invariance);
+    suite_add_tcase(s, th);
     TCase *fd = tcase_create("reference_vs_finite_differences");
     tcase_add_checked_fixture(fd, setup, teardown);
     tcase_set_timeout(fd, 600);

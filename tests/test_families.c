@@ -514,15 +514,19 @@ Suite *families_suite(void) {
     tcase_set_timeout(tc, 600);
     tcase_add_loop_test(tc, test_family_logits, 0, N_CASES);
     tcase_add_loop_test(tc, test_family_lora_gradients, 0, N_CASES);
-    tcase_add_loop_test(tc, test_family_generate_matches_forward, 0, N_CASES);
     tcase_add_loop_test(tc, test_family_peft_roundtrip, 0, N_CASES);
     tcase_add_loop_test(tc, test_dora_gradients, 0, N_DORA);
-    tcase_add_loop_test(tc, test_dora_generate_matches_forward, 0, N_DORA);
     tcase_add_loop_test(tc, test_dora_peft_roundtrip, 0, N_DORA);
     tcase_add_test(tc, test_dora_create_identity);
     tcase_add_test(tc, test_cli_family_and_dora);
     tcase_add_test(tc, test_unknown_architecture);
     tcase_add_test(tc, test_family_config_rules);
+    suite_add_tcase(s, tc);
+    /* generation: also run under ThreadSanitizer (tests/tsan.sh runs CK_RUN_CASE=generate) */
+    tc = tcase_create("generate");
+    tcase_set_timeout(tc, 600);
+    tcase_add_loop_test(tc, test_family_generate_matches_forward, 0, N_CASES);
+    tcase_add_loop_test(tc, test_dora_generate_matches_forward, 0, N_DORA);
     suite_add_tcase(s, tc);
     return s;
 }
