@@ -330,16 +330,14 @@ LT_API lt_status lt_adapter_load(lt_model *model, const char *dir, lt_adapter **
  * (a file, a link, a directory with other entries) is refused with LT_ERR_IO and left untouched.
  */
 LT_API lt_status lt_adapter_save(lt_adapter *adapter, const char *dir);
-/** A file written with a save, beside the library's own files (a model card, a run record). */
-typedef struct lt_save_file {
-    const char *name;            /* a plain file name: one path component, no leading '.', no control chars */
-    const void *data;            /* size bytes                                                 */
-    size_t size;
-} lt_save_file;
-/** lt_adapter_save, with n_files more files written into the same directory and published with it.
- *  A name that the adapter save itself writes is LT_ERR_ARGUMENT. */
-LT_API lt_status lt_adapter_save_files(lt_adapter *adapter, const char *dir, const lt_save_file *files,
-                                       int n_files);
+/**
+ * lt_adapter_save, with n_files more files written into the same directory and published with it (a
+ * model card, a run record): file i is names[i], holding sizes[i] bytes of data[i]. A name must be one
+ * plain path component with no leading '.' and no control character, and not a file the adapter save
+ * itself writes (else LT_ERR_ARGUMENT).
+ */
+LT_API lt_status lt_adapter_save_files(lt_adapter *adapter, const char *dir, const char *const *names,
+                                       const void *const *data, const size_t *sizes, int n_files);
 LT_API void lt_adapter_free(lt_adapter *adapter);
 LT_API const char *lt_adapter_last_error(const lt_adapter *adapter);
 LT_API lt_status lt_adapter_get_params(const lt_adapter *adapter, lt_adapter_params *params);

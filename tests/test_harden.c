@@ -240,8 +240,10 @@ START_TEST(test_save_files) {
     lt_model *m = saved_model(ctx, root, dir, sizeof dir);
     run r = new_run(m, 8, 1);
     snprintf(p, sizeof p, "%s/ad", root);
-    lt_save_file f[2] = {{"README.md", "# card\n", 7}, {"training_args.json", "{}", 2}};
-    ck_assert_int_eq(lt_adapter_save_files(r.a, p, f, 2), LT_OK);
+    const char *names[2] = {"README.md", "training_args.json"};
+    const void *data[2] = {"# card\n", "{}"};
+    const size_t sizes[2] = {7, 2};
+    ck_assert_int_eq(lt_adapter_save_files(r.a, p, names, data, sizes, 2), LT_OK);
     snprintf(p, sizeof p, "%s/ad/README.md", root);
     char *text = read_text(p);
     ck_assert_str_eq(text, "# card\n");
@@ -251,8 +253,11 @@ START_TEST(test_save_files) {
     snprintf(p, sizeof p, "%s/ad/README.md", root);
     ck_assert(!exists(p));
     snprintf(p, sizeof p, "%s/ad", root);
-    const lt_save_file bad[] = {{"../x", "", 0}, {"a/b", "", 0}, {".hidden", "", 0}, {"adapter_config.json", "", 0}};
-    for (int i = 0; i < 4; i++) ck_assert_int_eq(lt_adapter_save_files(r.a, p, &bad[i], 1), LT_ERR_ARGUMENT);
+    const char *bad[] = {"../x", "a/b", ".hidden", "adapter_config.json", "new\nline"};
+    const void *empty = "";
+    const size_t zero = 0;
+    for (int i = 0; i < 5; i++)
+        ck_assert_int_eq(lt_adapter_save_files(r.a, p, &bad[i], &empty, &zero, 1), LT_ERR_ARGUMENT);
     snprintf(p, sizeof p, "%s/ad/adapter_model.safetensors", root);
     ck_assert(exists(p));
     free_run(&r);

@@ -207,19 +207,19 @@ static int plain_file_name(const char *name) {
     return strlen(name) < 256;
 }
 
-LT_API lt_status lt_adapter_save_files(lt_adapter *a, const char *dir, const lt_save_file *files, int n_files) {
+LT_API lt_status lt_adapter_save_files(lt_adapter *a, const char *dir, const char *const *names,
+                                       const void *const *data, const size_t *sizes, int n_files) {
     if (!a) return LT_ERR_ARGUMENT;
     lt_error_clear(&a->err);
     if (!dir) return lt_fail(&a->err, LT_ERR_ARGUMENT, "lt_adapter_save: dir is NULL");
-    if (n_files < 0 || (n_files > 0 && !files))
-        return lt_fail(&a->err, LT_ERR_ARGUMENT, "lt_adapter_save_files: n_files %d with files %s", n_files,
-                       files ? "given" : "NULL");
+    if (n_files < 0 || (n_files > 0 && (!names || !data || !sizes)))
+        return lt_fail(&a->err, LT_ERR_ARGUMENT, "lt_adapter_save_files: n_files %d with NULL arrays", n_files);
     for (int i = 0; i < n_files; i++)
-        if (!plain_file_name(files[i].name) || (!files[i].data && files[i].size))
+        if (!plain_file_name(names[i]) || (!data[i] && sizes[i]))
             return lt_fail(&a->err, LT_ERR_ARGUMENT,
-                           "lt_adapter_save_files: files[%d]: \"%.100s\" is not a plain file name (one path "
+                           "lt_adapter_save_files: file %d: \"%.100s\" is not a plain file name (one path "
                            "component, no leading '.', no control characters) with data",
-                           i, files[i].name ? files[i].name : "(NULL)");
+                           i, names[i] ? names[i] : "(NULL)");
     if (a->merged) return lt_fail(&a->err, LT_ERR_STATE, "lt_adapter_save: the adapter is merged; unmerge it first");
     lt_save sv;
     lt_status st = lt_save_begin(&sv, dir, &a->err);
@@ -227,12 +227,12 @@ LT_API lt_status lt_adapter_save_files(lt_adapter *a, const char *dir, const lt_
     if ((st = lt_adapter_write(a, sv.stage, &a->err)) != LT_OK) lt_fail_prefix(&a->err, "%s", dir);
     for (int i = 0; st == LT_OK && i < n_files; i++) {
         char p[4200];
-        if (lt_path_join(p, sizeof p, sv.stage, files[i].name))
+        if (lt_path_join(p, sizeof p, sv.stage, names[i]))
             st = lt_fail(&a->err, LT_ERR_ARGUMENT, "%s: path too long", dir);
         else if (access(p, F_OK) == 0)
             st = lt_fail(&a->err, LT_ERR_ARGUMENT, "lt_adapter_save_files: \"%s\" is a file the adapter save writes",
-                         files[i].name);
-        else st = lt_write_file_atomic(p, files[i].data, files[i].size, &a->err);
+                         names[i]);
+        else st = lt_write_file_atomic(p, data[i], sizes[i], &a->err);
     }
     if (st != LT_OK) {
         lt_save_abort(&sv);
@@ -241,7 +241,9 @@ LT_API lt_status lt_adapter_save_files(lt_adapter *a, const char *dir, const lt_
     return lt_save_commit(&sv, &a->err);
 }
 
-LT_API lt_status lt_adapter_save(lt_adapter *a, const char *dir) { return lt_adapter_save_files(a, dir, NULL, 0); }
+LT_API lt_status lt_adapter_save(lt_adapter *a, const char *dir) {
+    return lt_adapter_save_files(a, dir, NULL, NULL, NULL, 0);
+}
 
 /* ---- a saved full fine-tuning ---------------------------------------------------------------------- */
 

@@ -541,8 +541,10 @@ int cmd_train(int argc, char **argv) {
     lt_adapter_get_params(ad, &gp);
     char result[4300], note[256];
     run_result_dir(result, sizeof result, out, gp.full_finetune);
-    lt_save_file extra = {"quantization.json", note, (size_t)quant_note(&qp, note, sizeof note)};
-    if (lt_adapter_save_files(ad, result, &extra, qlora) != LT_OK) {
+    const char *note_name = "quantization.json";
+    const void *note_data = note;
+    const size_t note_size = (size_t)quant_note(&qp, note, sizeof note);
+    if (lt_adapter_save_files(ad, result, &note_name, &note_data, &note_size, qlora) != LT_OK) {
         rc = fail("train", "%s", lt_adapter_last_error(ad));
         goto done;
     }

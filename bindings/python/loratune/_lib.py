@@ -127,6 +127,7 @@ class lt_model_params(Structure):
         ("quant_blocksize", c_int),
         ("quantize_lm_head", c_int),
         ("base_dtype", c_int),
+        ("skip_finite_check", c_int),
     ]
 
 
@@ -374,6 +375,10 @@ _DECLS = [
     ("lt_adapter_load", lt_status, [lt_model_p, c_char_p, POINTER(lt_adapter_p)]),
     # lt_status lt_adapter_save(lt_adapter *adapter, const char *dir);
     ("lt_adapter_save", lt_status, [lt_adapter_p, c_char_p]),
+    # lt_status lt_adapter_save_files(lt_adapter *adapter, const char *dir, const char *const *names,
+    #                                 const void *const *data, const size_t *sizes, int n_files);
+    ("lt_adapter_save_files", lt_status,
+     [lt_adapter_p, c_char_p, POINTER(c_char_p), POINTER(c_void_p), POINTER(c_size_t), c_int]),
     # void lt_adapter_free(lt_adapter *adapter);
     ("lt_adapter_free", None, [lt_adapter_p]),
     # const char *lt_adapter_last_error(const lt_adapter *adapter);

@@ -131,6 +131,7 @@ pub struct lt_model_params {
     pub quant_blocksize: c_int,
     pub quantize_lm_head: c_int,
     pub base_dtype: c_int,
+    pub skip_finite_check: c_int,
 }
 
 #[repr(C)]
@@ -419,6 +420,14 @@ extern "C" {
         -> lt_status;
     pub fn lt_adapter_load(model: *mut lt_model, dir: *const c_char, out: *mut *mut lt_adapter) -> lt_status;
     pub fn lt_adapter_save(adapter: *mut lt_adapter, dir: *const c_char) -> lt_status;
+    pub fn lt_adapter_save_files(
+        adapter: *mut lt_adapter,
+        dir: *const c_char,
+        names: *mut *const c_char,
+        data: *mut *const c_void,
+        sizes: *const usize,
+        n_files: c_int,
+    ) -> lt_status;
     pub fn lt_adapter_free(adapter: *mut lt_adapter);
     pub fn lt_adapter_last_error(adapter: *const lt_adapter) -> *const c_char;
     pub fn lt_adapter_get_params(adapter: *const lt_adapter, params: *mut lt_adapter_params) -> lt_status;
