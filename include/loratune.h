@@ -318,7 +318,9 @@ enum { LT_SAVE_EMBED_TOKENS = 1 << 0, LT_SAVE_LM_HEAD = 1 << 1 };
 
 LT_API void lt_adapter_params_init(lt_adapter_params *params, size_t size);
 LT_API lt_status lt_adapter_create(lt_model *model, const lt_adapter_params *params, lt_adapter **out);
-/** Load a PEFT adapter directory (adapter_config.json + adapter_model.safetensors). */
+/** Load a PEFT adapter directory (adapter_config.json + adapter_model.safetensors). As
+ *  lt_trainer_load_checkpoint, it finds the data of a save interrupted between the two renames of the
+ *  fallback (see lt_adapter_save) and logs which directory it used. */
 LT_API lt_status lt_adapter_load(lt_model *model, const char *dir, lt_adapter **out);
 /**
  * Save as a PEFT adapter directory (a full fine-tuning: a Hugging Face model directory).

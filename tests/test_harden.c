@@ -11,7 +11,7 @@
  * and: NaN / Inf base weights are refused at load naming the tensor (or loaded with the skip flag);
  * a save never removes what it did not write; a reader finds the data after a crash in the fallback
  * two-step replace; bounded work on hostile config.json / tokenizer.json.
- * Built with -DLT_HARDEN_BEFORE against the library before these fixes (docs/FUZZING.md says how), the
+ * Built with -DLT_HARDEN_BEFORE against the library before these fixes (docs/HARDENING.md says how), the
  * tests that need no new API compile and show each defect; the two that call new API are left out.
  */
 #include <dirent.h>
@@ -346,6 +346,24 @@ START_TEST(test_resume_finds_interrupted_save) {
     /* the next save of that name publishes a new checkpoint-1 and removes the stale temporary */
     ck_assert_int_eq(lt_trainer_save_checkpoint(r2.t, ck), LT_OK);
     ck_assert(!exists(p));
+    /* an adapter directory in the same state loads too (a staging copy newer than the old one wins) */
+    char ad[800], old[900], tmp[900];
+    snprintf(ad, sizeof ad, "%s/adapter", root);
+    ck_assert_int_eq(lt_adapter_save(r.a, ad), LT_OK);
+    snprintf(old, sizeof old, "%s/adapter.old-4206649-aaaaaa", root);
+    ck_assert_int_eq(rename(ad, old), 0);
+    ck_assert_int_eq(lt_adapter_save(r2.a, ad), LT_OK); /* the newer save, as if about to be renamed */
+    snprintf(tmp, sizeof tmp, "%s/adapter.tmp-4206649-bbbbbb", root);
+    ck_assert_int_eq(rename(ad, tmp), 0);
+    warned[0] = 0;
+    lt_adapter *got = NULL;
+    ck_assert_msg(lt_adapter_load(m, ad, &got) == LT_OK, "%s", lt_last_error());
+    ck_assert_msg(strstr(warned, "adapter.tmp-4206649-bbbbbb"), "warning: \"%s\"", warned);
+    float *gp = params_of(got), *want = params_of(r2.a);
+    ck_assert_int_eq(memcmp(gp, want, r.a->n_params * sizeof *gp), 0);
+    free(gp);
+    free(want);
+    lt_adapter_free(got);
     free(saved);
     free(loaded);
     free_run(&r2);

@@ -291,6 +291,10 @@ lt_status lt_save_begin(lt_save *s, const char *dir, lt_error *err) {
         lt_save_abort(s);
         return lt_fail(err, LT_ERR_NOMEM, "%s: out of memory", dir);
     }
+    if (!s->base[0] || !strcmp(s->base, ".") || !strcmp(s->base, "..")) {
+        lt_save_abort(s);
+        return lt_fail(err, LT_ERR_ARGUMENT, "%s: a save needs a directory name of its own", dir);
+    }
     lt_status st = lt_mkdir_p(s->parent, err);
     if (st != LT_OK) {
         lt_save_abort(s);
