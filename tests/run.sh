@@ -83,6 +83,11 @@ if [ -f tests/bindings.sh ]; then
   stage bindings.sh bash tests/bindings.sh "$py"
 fi
 
+echo "== hardening: the libFuzzer harnesses briefly (ASan + UBSan; docs/HARDENING.md has the long runs)"
+stage fuzz bash tests/fuzz/run.sh --time 10 --jobs 2
+echo "== hardening: the thread and generation tests under ThreadSanitizer"
+stage tsan bash tests/tsan.sh
+
 if [ "${LT_SKIP_ASAN:-0}" != 1 ]; then
   echo "== Check suites under AddressSanitizer + UBSan"
   cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DLT_SANITIZE=ON -DLT_CUDA=OFF -DLT_TESTS=ON >/dev/null
@@ -90,7 +95,8 @@ if [ "${LT_SKIP_ASAN:-0}" != 1 ]; then
   lap "build (ASan+UBSan)" setup
   rm -rf build-asan/testdata && ln -s "$root/build/testdata" build-asan/testdata
   # the build checks (check_layout, host_project: label "build") ran in the Release stage
-  stage "ctest (ASan+UBSan)" bash -c "cd build-asan && ASAN_OPTIONS=detect_leaks=1 LORATUNE_REF_PYTHON='$py' ctest --output-on-failure -j1 -LE build"
+  # (the kill test, label kill, ran in the Release stage: it checks crash consistency, not memory)
+  stage "ctest (ASan+UBSan)" bash -c "cd build-asan && ASAN_OPTIONS=detect_leaks=1 LORATUNE_REF_PYTHON='$py' ctest --output-on-failure -j1 -LE 'build|kill'"
 fi
 
 echo "== times"

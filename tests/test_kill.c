@@ -4,7 +4,7 @@
  * directory ends bit for bit where a run that was never killed ends (adapter, checkpoint-final, the
  * losses of metrics.jsonl, each step once), with no temporary left behind. A kill may land in a step,
  * in a checkpoint save (one every step) or in the final adapter save.
- *   LT_KILL_RUNS  the number of killed runs (default 8); LT_KILL_SEED  the seed of the moments (default 1)
+ *   LT_KILL_RUNS  the number of killed runs (default 6); LT_KILL_SEED  the seed of the moments (default 1)
  */
 #include <dirent.h>
 #include <errno.h>
@@ -136,7 +136,7 @@ START_TEST(test_train_killed_at_random) {
     ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the reference run failed (%d)", st);
     double ref_loss[STEPS + 1], loss[STEPS + 1];
     losses(ref, ref_loss);
-    const int runs = getenv("LT_KILL_RUNS") ? atoi(getenv("LT_KILL_RUNS")) : 8;
+    const int runs = getenv("LT_KILL_RUNS") ? atoi(getenv("LT_KILL_RUNS")) : 6;
     uint64_t seed = getenv("LT_KILL_SEED") ? strtoull(getenv("LT_KILL_SEED"), NULL, 10) : 1;
     lt_adapter_params ap;
     lt_adapter_params_init(&ap, sizeof ap);

@@ -11,7 +11,7 @@
 # Any crash, sanitizer report, leak, timeout (-timeout=10 s per input) or out-of-memory (2 GiB) fails
 # the run; the reproducer is build-fuzz/artifacts/<harness>-crash-*|leak-*|timeout-*|oom-*, and
 # `build-fuzz/tests/fuzz/fuzz_<harness> FILE` replays it. Each harness's line gives its executions and
-# seconds. docs/FUZZING.md has the long-run command and the recorded runs.
+# seconds. docs/HARDENING.md has the long-run command and the recorded runs.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 secs=10
