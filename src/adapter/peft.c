@@ -517,14 +517,9 @@ LT_API lt_status lt_adapter_load(lt_model *m, const char *dir, lt_adapter **out)
     /* a save killed between the two renames of the fallback (core.h lt_save) leaves no dir: its data is in
      * the newest complete save beside it */
     char found[4200];
-    int fallback = 0;
-    if (lt_save_resolve(dir, found, sizeof found, &fallback) != LT_OK)
+    if (lt_save_resolve(m->ctx, dir, found, sizeof found) != LT_OK)
         return lt_fail(err, LT_ERR_NOMEM, "lt_adapter_load: out of memory");
-    if (fallback) {
-        lt_log(m->ctx, LT_LOG_WARN, "%s is absent (a save was interrupted); loading %s, the newest complete save", dir,
-               found);
-        dir = found;
-    }
+    dir = found;
     char cfg_path[4200], acfg_path[4200];
     lt_path_join(cfg_path, sizeof cfg_path, dir, "config.json");
     lt_path_join(acfg_path, sizeof acfg_path, dir, "adapter_config.json");

@@ -127,8 +127,10 @@ lt_status lt_save_begin(lt_save *s, const char *dir, lt_error *err);
 lt_status lt_save_commit(lt_save *s, lt_error *err);
 void lt_save_abort(lt_save *s);
 /* For a reader of a save: out = dir when it exists; when it does not (a crash between the two renames
- * of the fallback), the newest complete save of ours among dir.tmp-* / dir.old-*, with *fallback = 1. */
-lt_status lt_save_resolve(const char *dir, char *out, size_t len, int *fallback);
+ * of the fallback), the newest complete save of ours among dir.tmp-* / dir.old-*, which it names in a
+ * LT_LOG_WARN message through ctx. LT_ERR_NOMEM is the only failure. */
+struct lt_context;
+lt_status lt_save_resolve(const struct lt_context *ctx, const char *dir, char *out, size_t len);
 
 /* ---- logging ------------------------------------------------------------------------------------ */
 struct lt_context;

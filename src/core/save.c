@@ -450,8 +450,7 @@ lt_status lt_save_commit(lt_save *s, lt_error *err) {
 
 /* ---- readers ---------------------------------------------------------------------------------------- */
 
-lt_status lt_save_resolve(const char *dir, char *out, size_t len, int *fallback) {
-    *fallback = 0;
+lt_status lt_save_resolve(const struct lt_context *ctx, const char *dir, char *out, size_t len) {
     struct stat sb;
     if (stat(dir, &sb) == 0 || errno != ENOENT) {
         snprintf(out, len, "%s", dir);
@@ -484,10 +483,8 @@ lt_status lt_save_resolve(const char *dir, char *out, size_t len, int *fallback)
     }
     free(parent);
     free(base);
-    if (!found) {
-        snprintf(out, len, "%s", dir);
-        return LT_OK;
-    }
-    *fallback = 1;
+    if (!found) snprintf(out, len, "%s", dir);
+    else
+        lt_log(ctx, LT_LOG_WARN, "%s is absent (a save was interrupted); using %s, the newest complete save", dir, out);
     return LT_OK;
 }

@@ -257,12 +257,8 @@ LT_API lt_status lt_trainer_load_checkpoint(lt_trainer *t, const char *dir) {
     /* a save killed between the two renames of the fallback (core.h lt_save) leaves no dir: its data is in
      * the newest complete save beside it */
     char found[4200];
-    int fallback = 0;
-    if (lt_save_resolve(dir, found, sizeof found, &fallback) != LT_OK)
+    if (lt_save_resolve(t->model->ctx, dir, found, sizeof found) != LT_OK)
         return lt_fail(&t->err, LT_ERR_NOMEM, "lt_trainer_load_checkpoint: out of memory");
-    if (fallback)
-        lt_log(t->model->ctx, LT_LOG_WARN,
-               "%s is absent (a save was interrupted); loading %s, the newest complete save", dir, found);
     dir = found;
     char p[4300];
     lt_path_join(p, sizeof p, dir, "trainer_state.json");
