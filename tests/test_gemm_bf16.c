@@ -2,7 +2,8 @@
  * test_gemm_bf16.c - frozen weights in bf16 (cpu/gemm_bf16.c, lt_model_params.base_dtype).
  *
  * (a) the kernels against an fp64 reference of the bf16-rounded inputs: both products, both code
- *     paths (AVX512_BF16 when this CPU has it, and the portable one, forced), 1 and 3 threads, odd
+ *     paths (the AVX512_BF16 kernels when this CPU has them, and the portable ones, each through its
+ *     ISA's table, cpu_kernels.h), 1 and 3 threads, odd
  *     shapes (not multiples of the 8-row / 16-column / 256-k tiles, N = 1, in = 1, odd K).
  *     Tolerance, per element: |got - exact| <= (K + 2) 2^-24 (|acc| + sum_k |a_k b_k|), the bound of
  *     any fp32 summation order of exact products (products of two bf16 values are exact in fp32).
@@ -21,6 +22,7 @@
 #include <string.h>
 
 #include "backend.h"
+#include "cpu_kernels.h"
 #include "gemm_bf16.h"
 #include "loratune.h"
 #include "loratune_experimental.h"
@@ -86,7 +88,7 @@ static const int shapes[][3] = {
 };
 #define N_SHAPES ((int)(sizeof shapes / sizeof *shapes))
 
-static void check_shape(int impl, int N, int in, int out) {
+static void check_shape(const lt_cpu_kernels *impl, int N, int in, int out) {
     rng_seed((uint64_t)(N * 1000003 + in * 1009 + out));
     float *W = frand((size_t)out * in, 1.0f), *x = frand((size_t)N * in, 2.0f), *dy = frand((size_t)N * out, 0.5f);
     float *acc = frand((size_t)N * in, 3.0f);
@@ -102,9 +104,9 @@ static void check_shape(int impl, int N, int in, int out) {
         lt_gemm_bf16_backward(impl, 3, d3, dy, Wp, N, in, out, accumulate);
         double ef = err_ratio(0, y1, x, NULL, W, N, in, out);
         double eb = err_ratio(1, d1, dy, accumulate ? acc : NULL, W, N, in, out);
-        ck_assert_msg(ef <= 1.0, "impl %d forward N=%d in=%d out=%d: error %.3g x the bound", impl, N, in, out, ef);
-        ck_assert_msg(eb <= 1.0, "impl %d backward N=%d in=%d out=%d accumulate=%d: error %.3g x the bound", impl,
-                      N, in, out, accumulate, eb);
+        ck_assert_msg(ef <= 1.0, "%s forward N=%d in=%d out=%d: error %.3g x the bound", impl->isa, N, in, out, ef);
+        ck_assert_msg(eb <= 1.0, "%s backward N=%d in=%d out=%d accumulate=%d: error %.3g x the bound",
+                      impl->isa, N, in, out, accumulate, eb);
         ck_assert_msg(!memcmp(y1, y3, (size_t)N * out * sizeof *y1), "forward depends on the thread count");
         ck_assert_msg(!memcmp(d1, d3, (size_t)N * in * sizeof *d1), "backward depends on the thread count");
     }
@@ -116,15 +118,19 @@ static void check_shape(int impl, int N, int in, int out) {
     free(W); free(x); free(dy); free(acc); free(Wp); free(y1); free(y3); free(d1); free(d3);
 }
 
-START_TEST(test_kernel_portable) { check_shape(LT_BF16_PORTABLE, shapes[_i][0], shapes[_i][1], shapes[_i][2]); }
+/* the portable kernels: the generic ISA's table (the AVX2 and AVX512 tables name the same ones) */
+START_TEST(test_kernel_portable) {
+    check_shape(lt_cpu_kernels_get(LT_CPU_ISA_GENERIC, NULL, 0), shapes[_i][0], shapes[_i][1], shapes[_i][2]);
+}
 END_TEST
 
 START_TEST(test_kernel_avx512) {
-    if (!lt_bf16_avx512_available()) {
+    const lt_cpu_kernels *k = lt_cpu_kernels_get(LT_CPU_ISA_AVX512_BF16, NULL, 0);
+    if (!k) {
         fprintf(stderr, "test_gemm_bf16: no AVX512_BF16 on this CPU; the AUTO path is the portable one\n");
         return;
     }
-    check_shape(LT_BF16_AVX512, shapes[_i][0], shapes[_i][1], shapes[_i][2]);
+    check_shape(k, shapes[_i][0], shapes[_i][1], shapes[_i][2]);
 }
 END_TEST
 
@@ -135,8 +141,8 @@ START_TEST(test_paths_agree) {
     float *W = frand((size_t)out * in, 1.0f), *x = frand((size_t)N * in, 1.0f);
     uint16_t *Wp = pack(W, out, in);
     float *a = malloc((size_t)N * out * sizeof *a), *b = malloc((size_t)N * out * sizeof *b);
-    lt_gemm_bf16_forward(LT_BF16_AUTO, 2, a, x, Wp, N, in, out);
-    lt_gemm_bf16_forward(LT_BF16_PORTABLE, 2, b, x, Wp, N, in, out);
+    lt_gemm_bf16_forward(lt_cpu_kernels_get(LT_CPU_ISA_AUTO, NULL, 0), 2, a, x, Wp, N, in, out);
+    lt_gemm_bf16_forward(lt_cpu_kernels_get(LT_CPU_ISA_GENERIC, NULL, 0), 2, b, x, Wp, N, in, out);
     ck_assert_double_le(err_ratio(0, a, x, NULL, W, N, in, out), 1.0);
     ck_assert_double_le(err_ratio(0, b, x, NULL, W, N, in, out), 1.0);
     double d = tu_max_rel_err(a, b, (size_t)N * out);
@@ -168,14 +174,17 @@ START_TEST(test_rounding) {
     for (int i = 0; i < N; i++) x[i] = i < 12 ? from_bits(special[i]) : urand() * 100.0f;
     for (int o = 0; o < 16; o++) W[o] = 1.0f;
     uint16_t *Wp = pack(W, 16, 1);
-    for (int impl = LT_BF16_AVX512; impl <= LT_BF16_PORTABLE; impl++) {
+    const lt_cpu_isa isas[2] = {LT_CPU_ISA_AVX512_BF16, LT_CPU_ISA_GENERIC};
+    for (int ii = 0; ii < 2; ii++) {
+        const lt_cpu_kernels *impl = lt_cpu_kernels_get(isas[ii], NULL, 0);
+        if (!impl) continue; /* no AVX512_BF16 on this CPU */
         lt_gemm_bf16_forward(impl, 1, y, x, Wp, N, 1, 16);
         for (int i = 0; i < N; i++)
             for (int o = 0; o < 16; o++) {
                 float want = lt_bf16_to_f32(lt_bf16_round(x[i]));
                 /* == : the sum starts from +0, so bf16(-tiny) = -0 comes out as +0 */
                 ck_assert_msg(y[i * 16 + o] == want || (isnan(want) && isnan(y[i * 16 + o])),
-                              "impl %d: x = %a (0x%08x) gave %a, bf16 rounding gives %a", impl, x[i],
+                              "%s: x = %a (0x%08x) gave %a, bf16 rounding gives %a", impl->isa, x[i],
                               i < 12 ? special[i] : 0u, y[i * 16 + o], want);
             }
     }

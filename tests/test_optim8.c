@@ -264,16 +264,16 @@ START_TEST(test_fast_op_matches_reference) {
         {4096 + 250, {0.0f, 0.0f, 1e-8f, -1e-3f, 0.0f}},           /* beta = 0: m = g, v = g^2 */
         {12, {0.9f, 0.999f, 1e-8f, -1e-3f, 0.0f}},                 /* less than a vector */
     };
-    const lt_cpu_isa isas[3] = {LT_CPU_ISA_AVX512, LT_CPU_ISA_AVX2, LT_CPU_ISA_GENERIC};
+    const lt_cpu_isa isas[4] = {LT_CPU_ISA_AVX512_BF16, LT_CPU_ISA_AVX512, LT_CPU_ISA_AVX2, LT_CPU_ISA_GENERIC};
     int ran = 0;
-    for (int ia = 0; ia < 3; ia++) {
-        if (!lt_cpu_kernels_get(isas[ia])) continue; /* this CPU lacks the ISA */
+    for (int ia = 0; ia < 4; ia++) {
+        if (!lt_cpu_kernels_get(isas[ia], NULL, 0)) continue; /* this CPU lacks the ISA */
         for (int th = 1; th <= 3; th += 2) {
             lt_backend *be = NULL;
             char err[256];
             ck_assert_int_eq(lt_cpu_backend_create_isa(th, isas[ia], &be, err, sizeof err), LT_OK);
             char what[64];
-            snprintf(what, sizeof what, "%s, %d thread(s)", lt_cpu_kernels_get(isas[ia])->isa, th);
+            snprintf(what, sizeof what, "%s, %d thread(s)", lt_cpu_kernels_get(isas[ia], NULL, 0)->isa, th);
             for (size_t c = 0; c < sizeof cases8 / sizeof *cases8; c++)
                 check_fast_op(be, what, 0, &cases8[c], 3, NULL, NULL);
             /* kind 1: beta1 = 0 puts m / absmax on the thresholds and codes themselves */
