@@ -31,22 +31,6 @@
 
 /* ---- helpers -------------------------------------------------------------------------------------- */
 
-static uint64_t rng_s = 1;
-static void rng_seed(uint64_t s) { rng_s = s * 2654435761ull + 0x9E3779B97F4A7C15ull; }
-static float urand(void) { /* [-1, 1) */
-    rng_s ^= rng_s >> 12;
-    rng_s ^= rng_s << 25;
-    rng_s ^= rng_s >> 27;
-    return (float)((rng_s * 2685821657736338717ull >> 40) * (2.0 / 16777216.0) - 1.0);
-}
-
-static float *frand(size_t n, float scale) {
-    float *p = malloc((n ? n : 1) * sizeof *p);
-    ck_assert_ptr_nonnull(p);
-    for (size_t i = 0; i < n; i++) p[i] = scale * urand();
-    return p;
-}
-
 static uint16_t *pack(const float *W, int out, int in) {
     uint16_t *p = malloc((lt_bf16w_elems(out, in) + 32) * sizeof *p);
     ck_assert_ptr_nonnull(p);
@@ -89,9 +73,10 @@ static const int shapes[][3] = {
 #define N_SHAPES ((int)(sizeof shapes / sizeof *shapes))
 
 static void check_shape(const lt_cpu_kernels *impl, int N, int in, int out) {
-    rng_seed((uint64_t)(N * 1000003 + in * 1009 + out));
-    float *W = frand((size_t)out * in, 1.0f), *x = frand((size_t)N * in, 2.0f), *dy = frand((size_t)N * out, 0.5f);
-    float *acc = frand((size_t)N * in, 3.0f);
+    tu_rng_seed((uint64_t)(N * 1000003 + in * 1009 + out));
+    float *W = tu_frand((size_t)out * in, -1.0f, 1.0f), *x = tu_frand((size_t)N * in, -2.0f, 2.0f);
+    float *dy = tu_frand((size_t)N * out, -0.5f, 0.5f);
+    float *acc = tu_frand((size_t)N * in, -3.0f, 3.0f);
     uint16_t *Wp = pack(W, out, in);
     float *y1 = malloc((size_t)N * out * sizeof *y1), *y3 = malloc((size_t)N * out * sizeof *y3);
     float *d1 = malloc((size_t)N * in * sizeof *d1), *d3 = malloc((size_t)N * in * sizeof *d3);
@@ -137,8 +122,8 @@ END_TEST
 /* The two implementations agree within twice the bound (each is within it of the exact value). */
 START_TEST(test_paths_agree) {
     const int N = 33, in = 700, out = 90;
-    rng_seed(7);
-    float *W = frand((size_t)out * in, 1.0f), *x = frand((size_t)N * in, 1.0f);
+    tu_rng_seed(7);
+    float *W = tu_frand((size_t)out * in, -1.0f, 1.0f), *x = tu_frand((size_t)N * in, -1.0f, 1.0f);
     uint16_t *Wp = pack(W, out, in);
     float *a = malloc((size_t)N * out * sizeof *a), *b = malloc((size_t)N * out * sizeof *b);
     lt_gemm_bf16_forward(lt_cpu_kernels_get(LT_CPU_ISA_AUTO, NULL, 0), 2, a, x, Wp, N, in, out);
@@ -171,7 +156,7 @@ START_TEST(test_rounding) {
                                 0x007fffffu, 0x00800000u, 0xc0490fdbu, 0x7f800000u, 0x33d6bf95u, 0x4b7fffffu};
     const int N = 80;
     float x[80], W[16], y[80 * 16];
-    for (int i = 0; i < N; i++) x[i] = i < 12 ? from_bits(special[i]) : urand() * 100.0f;
+    for (int i = 0; i < N; i++) x[i] = i < 12 ? from_bits(special[i]) : tu_urand(-100.0f, 100.0f);
     for (int o = 0; o < 16; o++) W[o] = 1.0f;
     uint16_t *Wp = pack(W, 16, 1);
     const lt_cpu_isa isas[2] = {LT_CPU_ISA_AVX512_BF16, LT_CPU_ISA_GENERIC};
@@ -199,8 +184,9 @@ START_TEST(test_backend_ops) {
     char msg[256];
     ck_assert_int_eq(lt_cpu_backend_create(3, &be, msg, sizeof msg), LT_OK);
     const int N = 45, in = 77, out = 130;
-    rng_seed(11);
-    float *W = frand((size_t)out * in, 1.0f), *x = frand((size_t)N * in, 1.0f), *dy = frand((size_t)N * out, 1.0f);
+    tu_rng_seed(11);
+    float *W = tu_frand((size_t)out * in, -1.0f, 1.0f), *x = tu_frand((size_t)N * in, -1.0f, 1.0f);
+    float *dy = tu_frand((size_t)N * out, -1.0f, 1.0f);
     size_t bytes = be->ops->bf16_weight_bytes(be, out, in);
     ck_assert_uint_eq(bytes, lt_ref_bf16_weight_bytes(out, in));
     ck_assert_uint_le(bytes, (size_t)(out + 15) * (in + 1) * 2);
@@ -209,7 +195,7 @@ START_TEST(test_backend_ops) {
     lt_ref_bf16_weight_pack(Wr, W, out, in);
     ck_assert_msg(!memcmp(Wp, Wr, bytes), "backend and reference packing differ");
     float *y = malloc((size_t)N * out * 4), *yr = malloc((size_t)N * out * 4);
-    float *dx = frand((size_t)N * in, 1.0f), *dxr = malloc((size_t)N * in * 4), *acc = malloc((size_t)N * in * 4);
+    float *dx = tu_frand((size_t)N * in, -1.0f, 1.0f), *dxr = malloc((size_t)N * in * 4), *acc = malloc((size_t)N * in * 4);
     memcpy(dxr, dx, (size_t)N * in * 4);
     memcpy(acc, dx, (size_t)N * in * 4);
     be->ops->gemm_bf16_forward(be, y, x, Wp, N, in, out);
@@ -230,14 +216,10 @@ END_TEST
 /* ---- (d) models ---------------------------------------------------------------------------------- */
 
 static lt_model *load(lt_context *ctx, const char *name, int base_dtype) {
-    char dir[1024];
-    snprintf(dir, sizeof dir, "%s/models/%s", LT_TEST_DATA_DIR, name);
     lt_model_params mp;
     lt_model_params_init(&mp, sizeof mp);
     mp.base_dtype = base_dtype;
-    lt_model *m = NULL;
-    ck_assert_msg(lt_model_load(ctx, dir, &mp, &m) == LT_OK, "%s: %s", name, lt_last_error());
-    return m;
+    return tu_load_model(ctx, name, &mp);
 }
 
 static const char *const models[] = {"llama-basic", "llama-gqa", "llama-tied", "llama-headdim", "llama-bf16"};
@@ -469,10 +451,4 @@ Suite *bf16_suite(void) {
     return s;
 }
 
-int main(void) {
-    SRunner *r = srunner_create(bf16_suite());
-    srunner_run_all(r, CK_NORMAL);
-    int failed = srunner_ntests_failed(r);
-    srunner_free(r);
-    return failed ? 1 : 0;
-}
+TU_MAIN(bf16_suite)

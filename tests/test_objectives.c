@@ -152,14 +152,6 @@ END_TEST
 
 /* ---- model-level checks ------------------------------------------------------------------------- */
 
-static lt_model *load_model(lt_context *ctx, const char *name) {
-    char dir[1024];
-    snprintf(dir, sizeof dir, "%s/models/%s", LT_TEST_DATA_DIR, name);
-    lt_model *m = NULL;
-    ck_assert_msg(lt_model_load(ctx, dir, NULL, &m) == LT_OK, "%s", lt_last_error());
-    return m;
-}
-
 /* an adapter with nonzero A and B (the policy differs from the base) */
 static lt_adapter *nonzero_adapter(lt_model *m, uint64_t seed) {
     lt_adapter_params ap;
@@ -196,7 +188,7 @@ static double weighted_loss(lt_model *m, lt_adapter *a, lt_workspace *ws, const 
 
 START_TEST(test_weighted_backward_fd) {
     lt_context *ctx = tu_context();
-    lt_model *m = load_model(ctx, "llama-gqa");
+    lt_model *m = tu_load_model(ctx, "llama-gqa", NULL);
     lt_adapter *a = nonzero_adapter(m, 3);
     const int B = 2, T = 8, V = (int)m->cfg.vocab_size, N = B * T;
     int32_t ids[16];
@@ -249,7 +241,7 @@ END_TEST
 
 START_TEST(test_row_scale_op) {
     lt_context *ctx = tu_context();
-    lt_model *m = load_model(ctx, "llama-basic");
+    lt_model *m = tu_load_model(ctx, "llama-basic", NULL);
     lt_backend *be = m->be;
     const int n = 7, C = 33;
     float x[7 * 33], y[7 * 33], w[7] = {1.0f, 0.0f, -2.5f, 3.0f, 1e-3f, 1.0f, -1.0f};
@@ -299,7 +291,7 @@ static lt_trainer *make_trainer(lt_model *m, lt_adapter *a, lt_optimizer **o, lt
 
 START_TEST(test_preference_steps) {
     lt_context *ctx = tu_context();
-    lt_model *m = load_model(ctx, "llama-basic");
+    lt_model *m = tu_load_model(ctx, "llama-basic", NULL);
     lt_adapter_params ap;
     lt_adapter_params_init(&ap, sizeof ap);
     lt_adapter *fresh = NULL;
@@ -387,7 +379,7 @@ END_TEST
 
 START_TEST(test_grpo_bad_inputs) {
     lt_context *ctx = tu_context();
-    lt_model *m = load_model(ctx, "llama-basic");
+    lt_model *m = tu_load_model(ctx, "llama-basic", NULL);
     lt_adapter *a = nonzero_adapter(m, 9);
     lt_optimizer_params op;
     lt_optimizer_params_init(&op, sizeof op);
