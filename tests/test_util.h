@@ -169,6 +169,13 @@ static inline int tu_close_msg(const float *got, const float *want, size_t n, do
         ck_assert_msg(memcmp(got, want, (n) * sizeof(float)) == 0, "%s: not bit-identical", w_);    \
     } while (0)
 
+/* A check inside a loop over many elements: Check hears of it only when it fails (ck_assert reports
+ * every passing check to the parent process, one write per element). */
+#define TU_EXPECT(cond, ...)                                                                        \
+    do {                                                                                            \
+        if (!(cond)) ck_abort_msg(__VA_ARGS__);                                                     \
+    } while (0)
+
 /* max |a - b| / max |b| */
 static inline double tu_max_rel_err(const float *a, const float *b, size_t n) {
     double num = 0, den = 0;
