@@ -3,6 +3,7 @@
 # goldens with transformers/peft, run the Check suites, then the live cross-checks against PyTorch.
 #   LT_REF_VENV   where the reference virtualenv lives (default ~/.cache/loratune/ref-venv)
 #   LT_SKIP_ASAN  set to 1 to skip the sanitizer build
+# With a CUDA device (nvidia-smi lists one) the model suites run a second time with LT_TEST_BACKEND=cuda.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -48,6 +49,13 @@ stages_ok=0; stages_bad=0
 stage() { if "$@"; then stages_ok=$((stages_ok+1)); else stages_bad=$((stages_bad+1)); failed=1; fi; }
 echo "== Check suites (Release)"
 stage bash -c "cd build && LORATUNE_REF_PYTHON='$py' ctest --output-on-failure -j1"
+# The model suites again on the CUDA backend where a device is (test_backend_ops runs every op on every
+# backend by itself). Elsewhere they would skip: not run.
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 2>/dev/null | grep -q '^GPU'; then
+  echo "== model suites on the CUDA backend (LT_TEST_BACKEND=cuda)"
+  stage bash -c "cd build && LT_TEST_BACKEND=cuda LORATUNE_REF_PYTHON='$py' ctest --output-on-failure -j1 \
+    -R '^test_(lora|qlora|families|objectives|full|pissa|model|gemm_bf16|optim8)\$'"
+fi
 
 echo "== live cross-check of loratune tokenize/detokenize against tokenizers (random configurations and text)"
 stage "$py" tests/python/crosscheck_tokenize.py --cli build/loratune --workdir build/crosscheck-tok --configs 12
