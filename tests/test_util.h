@@ -65,12 +65,18 @@ static inline lt_model *tu_load_model(lt_context *ctx, const char *name, const l
     return m;
 }
 
+/* A host copy (malloc'd) of `bytes` of backend memory at dev: the suites never read backend pointers
+ * directly, so that they run on a device backend too (LT_TEST_BACKEND=cuda). */
+static inline void *tu_dev_copy(lt_backend *be, const void *dev, size_t bytes) {
+    void *h = malloc(bytes ? bytes : 1);
+    ck_assert_ptr_nonnull(h);
+    if (bytes) be->ops->download(be, h, dev, bytes);
+    return h;
+}
+
 /* A host copy (malloc'd) of n_params floats of adapter a at dev (its params, grads, ...), any backend. */
 static inline float *tu_adapter_host_copy(const lt_adapter *a, const float *dev) {
-    float *h = malloc(a->n_params * sizeof *h);
-    ck_assert_ptr_nonnull(h);
-    a->model->be->ops->download(a->model->be, h, dev, a->n_params * sizeof *h);
-    return h;
+    return tu_dev_copy(a->model->be, dev, a->n_params * sizeof(float));
 }
 
 /* Tensor `name` of a golden file; missing is a failure. */
