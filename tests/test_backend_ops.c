@@ -482,7 +482,7 @@ END_TEST
 /* ---- embedding -------------------------------------------------------------------------------------------- */
 
 START_TEST(test_embedding) {
-    static const int shapes[][3] = {{50, 37, 23}, {1000, 4096, 70}, {3, 1, 5}};
+    static const int shapes[][3] = {{50, 37, 23}, {1000, 4096, 70}, {3, 1, 5}, {9, 70, 37}};
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
         const int V = shapes[s][0], C = shapes[s][1], N = shapes[s][2];
         float *table = tu_frand((size_t)V * C, -1, 1), *g = tu_frand((size_t)N * C, -1, 1);
@@ -494,6 +494,12 @@ START_TEST(test_embedding) {
         lt_ref_embedding_forward(orf, ids, table, N, C);
         ck_assert(orf[0] == table[(size_t)(V - 1) * C]);
         lt_ref_embedding_backward(tr, ids, g, N, C);
+        for (int c = 0; c < C; c++) { /* the reference against the definition, on row ids[0] */
+            double direct = table[(size_t)ids[0] * C + c];
+            for (int i = 0; i < N; i++)
+                if (ids[i] == ids[0]) direct += g[(size_t)i * C + c];
+            TU_EXPECT(fabs(tr[(size_t)ids[0] * C + c] - direct) <= 1e-5, "ref embedding_backward (%d, %d)", ids[0], c);
+        }
         FOR_BE {
             float *dt = dput(table, (size_t)V * C), *dout = dnan((size_t)N * C), *dg = dput(g, (size_t)N * C);
             int32_t *dids = dputi(ids, (size_t)N);
@@ -1345,50 +1351,59 @@ END_TEST
 
 /* ---- quantized weights ---------------------------------------------------------------------------------------- */
 
-/* dequantize_rows: bit for bit the reference (NF4/FP4/int8, with and without double quantization) */
+/* dequantize_rows: bit for bit the reference (NF4/FP4/int8, with and without double quantization,
+ * blocksizes 64 and 128, uniform inputs and inputs with a wide range of block maxima; row ranges: all,
+ * one row, the middle, the last row) */
 START_TEST(test_dequantize_rows) {
-    const int rows = 37, cols = 192, r0 = 3, r1 = 31;
-    const size_t n = (size_t)rows * cols, nout = (size_t)(r1 - r0) * cols;
-    float *x = tu_frand(n, -2, 2);
+    const int rows = 37, cols = 192, ranges[][2] = {{0, 37}, {3, 4}, {5, 30}, {36, 37}, {3, 31}};
+    const size_t n = (size_t)rows * cols;
+    float *xs[2] = {tu_frand(n, -2, 2), tu_fnew(n)};
+    for (size_t i = 0; i < n; i++) xs[1][i] = sinf((float)i * 0.37f) * (1.0f + (float)(i % 97));
     const lt_quant_format fmts[] = {LT_QUANT_NF4, LT_QUANT_FP4, LT_QUANT_INT8};
-    for (int f = 0; f < 3; f++)
-        for (int dq = 0; dq < 2; dq++) {
-            lt_quant_params p = {.size = sizeof p, .format = fmts[f], .blocksize = 64, .double_quant = dq};
-            const int64_t shape[2] = {rows, cols};
-            lt_qtensor *q;
-            lt_error e = {0};
-            ck_assert_int_eq(lt_qtensor_quantize_ex(x, shape, 2, &p, NULL, &q, &e), LT_OK);
-            const lt_qdesc h = lt_qtensor_desc(q);
-            float *ref = tu_fnew(nout);
-            lt_ref_dequantize_rows(ref, &h, r0, r1);
-            FOR_BE {
-                lt_qdesc d = h;
-                const size_t nd = lt_qtensor_data_bytes(q);
-                d.data = dalloc(nd);
-                OPS->upload(BE, (void *)d.data, q->data, nd);
-                if (q->double_quant) {
-                    d.qabsmax = dalloc((size_t)q->n_blocks);
-                    OPS->upload(BE, (void *)d.qabsmax, q->qabsmax, (size_t)q->n_blocks);
-                    d.absmax2 = dput(q->absmax2, (size_t)q->n_blocks2);
-                    d.code8 = dput(lt_quant_code8(), 256);
-                } else {
-                    d.absmax = dput(q->absmax, (size_t)q->n_blocks);
+    for (int in = 0; in < 2; in++)
+        for (int f = 0; f < 3; f++)
+            for (int dq = 0; dq < 2; dq++) {
+                lt_quant_params p = {.size = sizeof p, .format = fmts[f], .blocksize = in ? 128 : 64, .double_quant = dq};
+                const int64_t shape[2] = {rows, cols};
+                lt_qtensor *q;
+                lt_error e = {0};
+                ck_assert_int_eq(lt_qtensor_quantize_ex(xs[in], shape, 2, &p, NULL, &q, &e), LT_OK);
+                const lt_qdesc h = lt_qtensor_desc(q);
+                float *ref = tu_fnew(n);
+                FOR_BE {
+                    lt_qdesc d = h;
+                    const size_t nd = lt_qtensor_data_bytes(q);
+                    d.data = dalloc(nd);
+                    OPS->upload(BE, (void *)d.data, q->data, nd);
+                    if (q->double_quant) {
+                        d.qabsmax = dalloc((size_t)q->n_blocks);
+                        OPS->upload(BE, (void *)d.qabsmax, q->qabsmax, (size_t)q->n_blocks);
+                        d.absmax2 = dput(q->absmax2, (size_t)q->n_blocks2);
+                        d.code8 = dput(lt_quant_code8(), 256);
+                    } else {
+                        d.absmax = dput(q->absmax, (size_t)q->n_blocks);
+                    }
+                    for (size_t r = 0; r < sizeof ranges / sizeof *ranges; r++) {
+                        const int r0 = ranges[r][0], r1 = ranges[r][1];
+                        const size_t nout = (size_t)(r1 - r0) * cols;
+                        lt_ref_dequantize_rows(ref, &h, r0, r1);
+                        float *dout = dnan(nout);
+                        OPS->dequantize_rows(BE, dout, &d, r0, r1);
+                        float *got = hget(dout, nout);
+                        SAME(got, ref, nout, "dequantize_rows format %d dq %d blocksize %d rows %d..%d", (int)fmts[f],
+                             dq, p.blocksize, r0, r1);
+                        free(got);
+                        dfree(dout);
+                    }
+                    SYNC_OK("dequantize_rows");
+                    dfree((void *)d.data);
+                    if (q->double_quant) dfree((void *)d.qabsmax), dfree((void *)d.absmax2), dfree((void *)d.code8);
+                    else dfree((void *)d.absmax);
                 }
-                float *dout = dnan(nout);
-                OPS->dequantize_rows(BE, dout, &d, r0, r1);
-                float *got = hget(dout, nout);
-                SAME(got, ref, nout, "dequantize_rows format %d dq %d", (int)fmts[f], dq);
-                SYNC_OK("dequantize_rows");
-                free(got);
-                dfree(dout);
-                dfree((void *)d.data);
-                if (q->double_quant) dfree((void *)d.qabsmax), dfree((void *)d.absmax2), dfree((void *)d.code8);
-                else dfree((void *)d.absmax);
+                free(ref);
+                lt_qtensor_free(q);
             }
-            free(ref);
-            lt_qtensor_free(q);
-        }
-    free(x);
+    free(xs[0]); free(xs[1]);
 }
 END_TEST
 

@@ -1,8 +1,8 @@
 /*
  * test_full.c - full fine-tuning and modules_to_save: weight gradients against finite differences
  * (embeddings with Gemma's scale, every kind of norm incl. (1 + w) ones, biases, lm_head tied and untied,
- * projections), the embedding_backward op against the reference, bad requests, a failed step leaving
- * the weights as they were, save/load and checkpoint resume bit for bit.
+ * projections), bad requests, a failed step leaving the weights as they were, save/load and checkpoint
+ * resume bit for bit.
  *
  * The models are make_models.py / make_family_models.py's (LT_TEST_DATA_DIR/models). The comparison with
  * PyTorch (N AdamW steps, decay groups, every tensor) is tests/python/crosscheck_full.py.
@@ -15,7 +15,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "../cpu/ref_ops.h"
 #include "model.h"
 #include "optimizer.h"
 #include "test_util.h"
@@ -146,35 +145,6 @@ END_TEST
 START_TEST(test_fd_modules_to_save) { /* separate embed_tokens and lm_head copies next to a LoRA, tied model */
     static const char *const n[] = {"model.embed_tokens.weight", "lm_head.weight", NULL};
     check_fd("llama-tied", n, 1);
-}
-END_TEST
-
-START_TEST(test_embedding_backward_op) {
-    lt_context *ctx = tu_context();
-    lt_backend *be = ctx->be;
-    const int N = 37, C = 70, V = 9;
-    int32_t ids[37];
-    tu_fill_ids(ids, N, V, 5); /* repeated ids: several tokens add into one row */
-    float *dout = malloc(sizeof(float) * N * C), *ref = calloc((size_t)V * C, sizeof(float));
-    float *dt = malloc(sizeof(float) * V * C);
-    for (int i = 0; i < N * C; i++) dout[i] = sinf(0.37f * (float)i);
-    for (int i = 0; i < V * C; i++) ref[i] = dt[i] = 0.5f;
-    lt_ref_embedding_backward(ref, ids, dout, N, C);
-    float *ddt = be->ops->alloc(be, sizeof(float) * V * C), *ddo = be->ops->alloc(be, sizeof(float) * N * C);
-    int32_t *dids = be->ops->alloc(be, sizeof ids);
-    be->ops->upload(be, ddt, dt, sizeof(float) * V * C);
-    be->ops->upload(be, ddo, dout, sizeof(float) * N * C);
-    be->ops->upload(be, dids, ids, sizeof ids);
-    be->ops->embedding_backward(be, ddt, dids, ddo, N, C);
-    be->ops->download(be, dt, ddt, sizeof(float) * V * C);
-    ck_assert_int_eq(memcmp(dt, ref, sizeof(float) * V * C), 0); /* same order of sums: bit for bit */
-    double direct = 0.5; /* the reference itself: row ids[0], column 3 */
-    for (int n = 0; n < N; n++)
-        if (ids[n] == ids[0]) direct += dout[n * C + 3];
-    ck_assert(fabs(ref[ids[0] * C + 3] - direct) < 1e-5);
-    be->ops->free(be, ddt); be->ops->free(be, ddo); be->ops->free(be, dids);
-    free(dout); free(ref); free(dt);
-    lt_context_free(ctx);
 }
 END_TEST
 
@@ -378,7 +348,6 @@ Suite *full_suite(void) {
     tcase_add_test(tc, test_fd_qwen3_qk_norms);
     tcase_add_test(tc, test_fd_gemma2);
     tcase_add_test(tc, test_fd_modules_to_save);
-    tcase_add_test(tc, test_embedding_backward_op);
     tcase_add_test(tc, test_bad_requests);
     tcase_add_test(tc, test_failed_step_and_resume);
     tcase_add_test(tc, test_adamw8bit_full);

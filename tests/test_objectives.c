@@ -6,7 +6,6 @@
  *    LT_TEST_DATA_DIR/objectives/objectives.json), |diff| <= 1e-9 max(1, |x|);
  *  - the weighted backward (lt_backward_weighted) against finite differences, with a logit scale
  *    (GRPO's 1/temperature), on llama-gqa with a nonzero adapter;
- *  - the row_scale op of the CPU backend against the reference;
  *  - preference steps: the policy equal to the reference gives the DPO loss log 2; precomputed
  *    reference log-probs give the same loss as computing them; SFT calls are refused on a DPO trainer;
  *  - bad inputs: empty completion or prompt, too long, G < 2, NaN reward, a step without generation;
@@ -18,7 +17,6 @@
 
 #include "model.h"
 #include "objectives.h"
-#include "ref_ops.h"
 #include "test_util.h"
 
 #define GRPO_TOY_NO_MAIN
@@ -234,28 +232,6 @@ START_TEST(test_weighted_backward_fd) {
         lt_workspace_free(ws);
     }
     lt_adapter_free(a);
-    lt_model_free(m);
-    lt_context_free(ctx);
-}
-END_TEST
-
-START_TEST(test_row_scale_op) {
-    lt_context *ctx = tu_context();
-    lt_model *m = tu_load_model(ctx, "llama-basic", NULL);
-    lt_backend *be = m->be;
-    const int n = 7, C = 33;
-    float x[7 * 33], y[7 * 33], w[7] = {1.0f, 0.0f, -2.5f, 3.0f, 1e-3f, 1.0f, -1.0f};
-    for (int i = 0; i < n * C; i++) x[i] = y[i] = (float)((i * 13) % 17) - 8.0f;
-    float *dx = be->ops->alloc(be, sizeof x), *dw = be->ops->alloc(be, sizeof w);
-    be->ops->upload(be, dx, x, sizeof x);
-    be->ops->upload(be, dw, w, sizeof w);
-    be->ops->row_scale(be, dx, dw, n, C);
-    be->ops->download(be, x, dx, sizeof x);
-    ck_assert_int_eq(be->ops->sync(be), LT_OK);
-    lt_ref_row_scale(y, w, n, C);
-    ck_assert_int_eq(memcmp(x, y, sizeof x), 0);
-    be->ops->free(be, dx);
-    be->ops->free(be, dw);
     lt_model_free(m);
     lt_context_free(ctx);
 }
@@ -494,7 +470,6 @@ Suite *objectives_suite(void) {
     tcase_set_timeout(tc, 600);
     tcase_add_test(tc, test_grpo_arithmetic);
     tcase_add_test(tc, test_pair_and_kto_arithmetic);
-    tcase_add_test(tc, test_row_scale_op);
     tcase_add_test(tc, test_weighted_backward_fd);
     tcase_add_test(tc, test_preference_steps);
     tcase_add_test(tc, test_grpo_bad_inputs);
