@@ -41,7 +41,10 @@ static void *rb_alloc(lt_backend *be, size_t bytes) {
     if (bytes > SIZE_MAX - 63) return NULL;
     return aligned_alloc(64, bytes ? (bytes + 63) & ~(size_t)63 : 64);
 }
-static void rb_free(lt_backend *be, void *p) { (void)be, free(p); }
+static void rb_free(lt_backend *be, void *p) {
+    (void)be;
+    free(p);
+}
 static void rb_upload(lt_backend *be, void *dst, const void *src, size_t bytes) {
     (void)be;
     if (bytes) memcpy(dst, src, bytes);
@@ -92,10 +95,22 @@ static void rb_gemm_bf16_backward(lt_backend *be, float *dx, const float *dy, co
 }
 
 /* ---- elementwise, embedding ---- */
-static void rb_axpy(lt_backend *be, size_t n, float a, const float *x, float *y) { (void)be, lt_ref_axpy(n, a, x, y); }
-static void rb_scale(lt_backend *be, size_t n, float a, float *x) { (void)be, lt_ref_scale(n, a, x); }
-static double rb_sumsq(lt_backend *be, size_t n, const float *x) { return (void)be, lt_ref_sumsq(n, x); }
-static int rb_all_finite(lt_backend *be, size_t n, const float *x) { return (void)be, lt_ref_all_finite(n, x); }
+static void rb_axpy(lt_backend *be, size_t n, float a, const float *x, float *y) {
+    (void)be;
+    lt_ref_axpy(n, a, x, y);
+}
+static void rb_scale(lt_backend *be, size_t n, float a, float *x) {
+    (void)be;
+    lt_ref_scale(n, a, x);
+}
+static double rb_sumsq(lt_backend *be, size_t n, const float *x) {
+    (void)be;
+    return lt_ref_sumsq(n, x);
+}
+static int rb_all_finite(lt_backend *be, size_t n, const float *x) {
+    (void)be;
+    return lt_ref_all_finite(n, x);
+}
 static void rb_embedding_forward(lt_backend *be, float *out, const int32_t *ids, const float *table, int N, int C) {
     (void)be;
     lt_ref_embedding_forward(out, ids, table, N, C);
@@ -202,7 +217,10 @@ static void rb_geglu_backward(lt_backend *be, float *dg, float *du, const float 
     (void)be;
     lt_ref_geglu_backward(dg, du, dout, g, u, n);
 }
-static void rb_bias_add(lt_backend *be, float *y, const float *b, int N, int C) { (void)be, lt_ref_bias_add(y, b, N, C); }
+static void rb_bias_add(lt_backend *be, float *y, const float *b, int N, int C) {
+    (void)be;
+    lt_ref_bias_add(y, b, N, C);
+}
 static void rb_bias_backward(lt_backend *be, float *db, const float *dy, int N, int C) {
     (void)be;
     lt_ref_bias_backward(db, dy, N, C);
@@ -211,12 +229,18 @@ static void rb_dora_norm(lt_backend *be, float *g, float *inv, const float *m, c
     (void)be;
     lt_ref_dora_norm(g, inv, m, w, rows, cols);
 }
-static void rb_mul_cols(lt_backend *be, float *y, const float *g, int N, int C) { (void)be, lt_ref_mul_cols(y, g, N, C); }
+static void rb_mul_cols(lt_backend *be, float *y, const float *g, int N, int C) {
+    (void)be;
+    lt_ref_mul_cols(y, g, N, C);
+}
 static void rb_col_dot(lt_backend *be, float *out, const float *a, const float *b, const float *w, int N, int C) {
     (void)be;
     lt_ref_col_dot(out, a, b, w, N, C);
 }
-static void rb_softcap_forward(lt_backend *be, float *x, size_t n, float cap) { (void)be, lt_ref_softcap_forward(x, n, cap); }
+static void rb_softcap_forward(lt_backend *be, float *x, size_t n, float cap) {
+    (void)be;
+    lt_ref_softcap_forward(x, n, cap);
+}
 static void rb_softcap_backward(lt_backend *be, float *dx, const float *y, size_t n, float cap) {
     (void)be;
     lt_ref_softcap_backward(dx, y, n, cap);
@@ -243,7 +267,10 @@ static void rb_adamw8bit_step(lt_backend *be, float *p, const float *g, void *s1
     (void)be;
     lt_ref_adamw8bit_step(p, g, s1, s2, a1, a2, n, q1, q2, b1, b2, eps_c2, ss, decay);
 }
-static void rb_row_scale(lt_backend *be, float *x, const float *w, int n, int C) { (void)be, lt_ref_row_scale(x, w, n, C); }
+static void rb_row_scale(lt_backend *be, float *x, const float *w, int n, int C) {
+    (void)be;
+    lt_ref_row_scale(x, w, n, C);
+}
 static void rb_dequantize_rows(lt_backend *be, float *out, const lt_qdesc *q, int64_t r0, int64_t r1) {
     (void)be;
     lt_ref_dequantize_rows(out, q, r0, r1);

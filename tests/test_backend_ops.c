@@ -289,10 +289,12 @@ START_TEST(test_gemm) {
                     float *Cf = hget(dC, nc);
                     for (int i = 0; i < M; i++) /* padding columns of C untouched */
                         if (beta != 0.0f)
-                            for (int j = N; j < ldc; j++) TU_EXPECT(Cf[(size_t)i * ldc + j] == C0[(size_t)i * ldc + j], "%s gemm wrote padding column %d", NM, j);
+                            for (int j = N; j < ldc; j++)
+                                TU_EXPECT(Cf[(size_t)i * ldc + j] == C0[(size_t)i * ldc + j],
+                                          "%s gemm wrote padding column %d", NM, j);
                     for (int i = 0; i < M; i++)
-                        CLOSE(Cf + (size_t)i * ldc, Cr + (size_t)i * ldc, N, 1e-4, "gemm %dx%dx%d ta%d tb%d a%g b%g row %d",
-                              M, N, K, ta, tb, alpha, beta, i);
+                        CLOSE(Cf + (size_t)i * ldc, Cr + (size_t)i * ldc, N, 1e-4,
+                              "gemm %dx%dx%d ta%d tb%d a%g b%g row %d", M, N, K, ta, tb, alpha, beta, i);
                     SYNC_OK("gemm");
                     free(Cf);
                     dfree(dA); dfree(dB); dfree(dC);
@@ -463,8 +465,8 @@ START_TEST(test_row_scale) {
         float *x = tu_frand((size_t)n * C, -3, 3), *w = tu_frand((size_t)n, -2, 2), *xr = tu_fdup(x, (size_t)n * C);
         w[0] = 0.0f;
         lt_ref_row_scale(xr, w, n, C);
-        for (int i = 0; i < n; i++)
-            TU_EXPECT(xr[(size_t)i * C + C - 1] == x[(size_t)i * C + C - 1] * w[i], "ref row_scale row %d", i); /* the definition */
+        for (int i = 0; i < n; i++) /* the definition */
+            TU_EXPECT(xr[(size_t)i * C + C - 1] == x[(size_t)i * C + C - 1] * w[i], "ref row_scale row %d", i);
         FOR_BE {
             float *dx = dput(x, (size_t)n * C), *dw = dput(w, (size_t)n);
             OPS->row_scale(BE, dx, dw, n, C);
@@ -746,7 +748,8 @@ static void packed_semantics(int T, int NH, int NKV, int HD, const int starts[5]
         for (int t = starts[s]; t < starts[s + 1]; t++) ks[t] = starts[s];
     float *o1 = tu_fnew(nq), *l1 = tu_fnew((size_t)NH * T);
     FOR_BE {
-        float *dq_ = dput(q, nq), *dk_ = dput(k, nkv), *dv_ = dput(v, nkv), *dout = dnan(nq), *dlse = dnan((size_t)NH * T);
+        float *dq_ = dput(q, nq), *dk_ = dput(k, nkv), *dv_ = dput(v, nkv), *dout = dnan(nq),
+              *dlse = dnan((size_t)NH * T);
         int32_t *dks = dputi(ks, (size_t)T);
         OPS->attention_forward(BE, dout, dlse, dq_, dk_, dv_, dks, 1, T, NH, NKV, HD, scale);
         float *out = hget(dout, nq), *lse = hget(dlse, (size_t)NH * T);
@@ -756,7 +759,8 @@ static void packed_semantics(int T, int NH, int NKV, int HD, const int starts[5]
                                      v + (size_t)a * NKV * HD, zero, 1, L, NH, NKV, HD, scale);
             CLOSE(out + (size_t)a * NH * HD, o1, (size_t)L * NH * HD, TOL(1e-5), "T=%d packed segment %d out", T, s);
             for (int h = 0; h < NH; h++)
-                CLOSE(lse + (size_t)h * T + a, l1 + (size_t)h * L, (size_t)L, TOL(1e-5), "T=%d packed segment %d lse", T, s);
+                CLOSE(lse + (size_t)h * T + a, l1 + (size_t)h * L, (size_t)L, TOL(1e-5), "T=%d packed segment %d lse",
+                      T, s);
         }
         SYNC_OK("packed semantics");
         free(out); free(lse);
@@ -790,9 +794,12 @@ START_TEST(test_attention_decode) {
             const size_t nqf = (size_t)B * L * NH * HD, nkv = (size_t)B * L * NKV * HD;
             float *q = tu_frand(nqf, -2, 2), *k = tu_fnew(nkv), *v = tu_fnew(nkv), *lse = tu_fnew((size_t)B * NH * L);
             for (int b = 0; b < B; b++) {
-                memcpy(k + (size_t)b * L * NKV * HD, kc + (size_t)b * S * NKV * HD, (size_t)L * NKV * HD * sizeof(float));
-                memcpy(v + (size_t)b * L * NKV * HD, vc + (size_t)b * S * NKV * HD, (size_t)L * NKV * HD * sizeof(float));
-                memcpy(q + ((size_t)b * L + L - 1) * NH * HD, ql + (size_t)b * NH * HD, (size_t)NH * HD * sizeof(float));
+                memcpy(k + (size_t)b * L * NKV * HD, kc + (size_t)b * S * NKV * HD,
+                       (size_t)L * NKV * HD * sizeof(float));
+                memcpy(v + (size_t)b * L * NKV * HD, vc + (size_t)b * S * NKV * HD,
+                       (size_t)L * NKV * HD * sizeof(float));
+                memcpy(q + ((size_t)b * L + L - 1) * NH * HD, ql + (size_t)b * NH * HD,
+                       (size_t)NH * HD * sizeof(float));
             }
             int32_t *ks = calloc((size_t)B * L, sizeof(int32_t));
             full = tu_fnew(nqf);
@@ -826,7 +833,8 @@ static void softcap_attention(int B, int T, int NH, int NKV, int HD, const int32
     const size_t nq = (size_t)B * T * NH * HD, nk = (size_t)B * T * NKV * HD, nl = (size_t)B * NH * T;
     float *q = tu_frand(nq, -2, 2), *k = tu_frand(nk, -2, 2), *v = tu_frand(nk, -1, 1), *dout = tu_frand(nq, -1, 1);
     float *o1 = tu_fnew(nq), *o2 = tu_fnew(nq), *l1 = tu_fnew(nl), *l2 = tu_fnew(nl);
-    float *dq = tu_fnew(nq), *dk = tu_fnew(nk), *dv = tu_fnew(nk), *dq0 = tu_fnew(nq), *dk0 = tu_fnew(nk), *dv0 = tu_fnew(nk);
+    float *dq = tu_fnew(nq), *dk = tu_fnew(nk), *dv = tu_fnew(nk), *dq0 = tu_fnew(nq), *dk0 = tu_fnew(nk),
+          *dv0 = tu_fnew(nk);
     lt_ref_attention_forward(o1, l1, q, k, v, ks, B, T, NH, NKV, HD, scale);
     lt_ref_attention_softcap_forward(o2, l2, q, k, v, ks, B, T, NH, NKV, HD, scale, 1e6f);
     TU_CLOSE_F(o2, o1, nq, 1e-5, 1e-6, "huge cap == plain attention");
@@ -839,7 +847,11 @@ static void softcap_attention(int B, int T, int NH, int NKV, int HD, const int32
     lt_ref_attention_softcap_forward(o2, l2, q, k, v, ks, B, T, NH, NKV, HD, scale, cap);
     lt_ref_attention_softcap_backward(dq, dk, dv, dout, q, k, v, o2, l2, ks, B, T, NH, NKV, HD, scale, cap);
     float *tmp = tu_fnew(nq), *tl = tu_fnew(nl);
-    struct { float *x, *g; size_t n; const char *name; } probes[] = {{q, dq, nq, "dq"}, {k, dk, nk, "dk"}, {v, dv, nk, "dv"}};
+    struct {
+        float *x, *g;
+        size_t n;
+        const char *name;
+    } probes[] = {{q, dq, nq, "dq"}, {k, dk, nk, "dk"}, {v, dv, nk, "dv"}};
     for (int pi = 0; pi < 3; pi++)
         for (size_t i = 0; i < probes[pi].n; i += 37) {
             const float orig = probes[pi].x[i], h = 1e-2f;
@@ -869,7 +881,8 @@ static void softcap_attention(int B, int T, int NH, int NKV, int HD, const int32
         float *of = hget(dof, nq), *lf = hget(dlf, nl);
         CLOSE(of, o2, nq, TOL(1e-5), "softcap attention out T=%d", T);
         CLOSE(lf, l2, nl, TOL(1e-5), "softcap attention lse T=%d", T);
-        OPS->attention_softcap_backward(BE, gq, gk, gv, ddo, dq_, dk_, dv_, dof, dlf, dks, B, T, NH, NKV, HD, scale, cap);
+        OPS->attention_softcap_backward(BE, gq, gk, gv, ddo, dq_, dk_, dv_, dof, dlf, dks, B, T, NH, NKV, HD, scale,
+                                        cap);
         float *dqf = hget(gq, nq), *dkf = hget(gk, nk), *dvf = hget(gv, nk);
         CLOSE_F(dqf, dq, nq, TOL(1e-5), 1e-7, "softcap dq T=%d", T);
         CLOSE_F(dkf, dk, nk, TOL(1e-5), 1e-7, "softcap dk T=%d", T);
@@ -958,10 +971,12 @@ START_TEST(test_geglu) {
             lt_ref_geglu_forward(&yp, &gp, &u[i], 1);
             lt_ref_geglu_forward(&ym, &gm, &u[i], 1);
             const double fd = go[i] * ((double)yp - ym) / ((double)gp - gm);
-            ck_assert_msg(fabs(fd - dgr[i]) <= 2e-3 * (1 + fabs(fd)), "geglu dgate %g vs fd %g at g=%g", dgr[i], fd, g[i]);
+            ck_assert_msg(fabs(fd - dgr[i]) <= 2e-3 * (1 + fabs(fd)), "geglu dgate %g vs fd %g at g=%g", dgr[i], fd,
+                          g[i]);
         }
         FOR_BE {
-            float *dg = dput(g, n), *du = dput(u, n), *dgo = dput(go, n), *dout = dnan(n), *ddg = dnan(n), *ddu = dnan(n);
+            float *dg = dput(g, n), *du = dput(u, n), *dgo = dput(go, n), *dout = dnan(n), *ddg = dnan(n),
+                  *ddu = dnan(n);
             OPS->geglu_forward(BE, dout, dg, du, n);
             float *of = hget(dout, n);
             CLOSE(of, orf, n, TOL(1e-6), "geglu fwd n=%zu", n);
@@ -986,7 +1001,8 @@ START_TEST(test_bias) {
     static const int shapes[][2] = {{1, 1}, {3, 17}, {40, 96}, {129, 33}};
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
         const int N = shapes[s][0], C = shapes[s][1];
-        float *y = tu_frand((size_t)N * C, -2, 2), *b = tu_frand((size_t)C, -1, 1), *dy = tu_frand((size_t)N * C, -1, 1);
+        float *y = tu_frand((size_t)N * C, -2, 2), *b = tu_frand((size_t)C, -1, 1),
+              *dy = tu_frand((size_t)N * C, -1, 1);
         float *yr = tu_fdup(y, (size_t)N * C);
         lt_ref_bias_add(yr, b, N, C);
         for (int i = 0; i < N; i++)
@@ -1135,7 +1151,8 @@ START_TEST(test_cross_entropy) {
             CLOSE(gf, xr, nv, TOL(1e-5), "cross_entropy grad n=%d V=%d", n, V);
             for (int i = 0; i < n; i++)
                 if (tg[i] < 0 || tg[i] >= V)
-                    for (int c = 0; c < V; c++) TU_EXPECT(gf[(size_t)i * V + c] == 0.0f, "%s ignored row %d grad", NM, i);
+                    for (int c = 0; c < V; c++)
+                        TU_EXPECT(gf[(size_t)i * V + c] == 0.0f, "%s ignored row %d grad", NM, i);
             SYNC_OK("cross_entropy");
             free(xf); free(lf); free(gf);
             dfree(dx); dfree(dl); dfree(dtg);
@@ -1250,7 +1267,8 @@ START_TEST(test_adamw) {
             OPS->zero(BE, dm, n * sizeof(float));
             OPS->zero(BE, dv, n * sizeof(float));
             for (int t = 1; t <= 3; t++) {
-                const float ss = (float)(lr / (1 - pow(b1, t))), bc2 = (float)sqrt(1 - pow(b2, t)), dec = (float)(lr * wd);
+                const float ss = (float)(lr / (1 - pow(b1, t))), bc2 = (float)sqrt(1 - pow(b2, t)),
+                            dec = (float)(lr * wd);
                 float *dg = dput(g[t - 1], n);
                 OPS->adamw_step(BE, dp, dg, dm, dv, n, ss, (float)b1, (float)b2, (float)eps, bc2, dec);
                 dfree(dg);
@@ -1292,7 +1310,8 @@ START_TEST(test_adamw8bit) {
                 for (size_t i = 256; i < 512; i++) g[t][i] = 0.0f;
         }
         /* the reference: 4 steps */
-        float *p = tu_fdup(p0, n), *m = tu_fconst(n, 0), *v = tu_fconst(n, 0), *a1 = tu_fconst(nb, 0), *a2 = tu_fconst(nb, 0);
+        float *p = tu_fdup(p0, n), *m = tu_fconst(n, 0), *v = tu_fconst(n, 0), *a1 = tu_fconst(nb, 0),
+              *a2 = tu_fconst(nb, 0);
         uint8_t *c1 = calloc(n, 1), *c2 = calloc(n, 1);
         float ss[4], ec[4];
         const float dec = 1e-3f * 0.01f;
@@ -1303,7 +1322,8 @@ START_TEST(test_adamw8bit) {
                 lt_ref_adamw8bit_step(p, g[t - 1], c1, c2, a1, a2, n, lt_quant_code8(), lt_quant_code8u(), 0.9f, 0.999f,
                                       ec[t - 1], ss[t - 1], dec);
             else
-                lt_ref_adamw8bit_step(p, g[t - 1], m, v, NULL, NULL, n, NULL, NULL, 0.9f, 0.999f, ec[t - 1], ss[t - 1], dec);
+                lt_ref_adamw8bit_step(p, g[t - 1], m, v, NULL, NULL, n, NULL, NULL, 0.9f, 0.999f, ec[t - 1], ss[t - 1],
+                                      dec);
         }
         FOR_BE {
             float *dp = dput(p0, n), *da1 = dalloc(nb * 4), *da2 = dalloc(nb * 4), *dq = dalloc(512 * sizeof(float));
@@ -1316,8 +1336,12 @@ START_TEST(test_adamw8bit) {
             OPS->upload(BE, dq + 256, lt_quant_code8u(), 256 * sizeof(float));
             for (int t = 0; t < 4; t++) {
                 float *dg = dput(g[t], n);
-                if (q8) OPS->adamw8bit_step(BE, dp, dg, ds1, ds2, da1, da2, n, dq, dq + 256, 0.9f, 0.999f, ec[t], ss[t], dec);
-                else OPS->adamw8bit_step(BE, dp, dg, ds1, ds2, NULL, NULL, n, NULL, NULL, 0.9f, 0.999f, ec[t], ss[t], dec);
+                if (q8)
+                    OPS->adamw8bit_step(BE, dp, dg, ds1, ds2, da1, da2, n, dq, dq + 256, 0.9f, 0.999f, ec[t], ss[t],
+                                        dec);
+                else
+                    OPS->adamw8bit_step(BE, dp, dg, ds1, ds2, NULL, NULL, n, NULL, NULL, 0.9f, 0.999f, ec[t], ss[t],
+                                        dec);
                 dfree(dg);
             }
             float *pf = hget(dp, n);
@@ -1363,7 +1387,8 @@ START_TEST(test_dequantize_rows) {
     for (int in = 0; in < 2; in++)
         for (int f = 0; f < 3; f++)
             for (int dq = 0; dq < 2; dq++) {
-                lt_quant_params p = {.size = sizeof p, .format = fmts[f], .blocksize = in ? 128 : 64, .double_quant = dq};
+                lt_quant_params p = {
+                    .size = sizeof p, .format = fmts[f], .blocksize = in ? 128 : 64, .double_quant = dq};
                 const int64_t shape[2] = {rows, cols};
                 lt_qtensor *q;
                 lt_error e = {0};
@@ -1494,8 +1519,8 @@ START_TEST(test_concurrent_threads) {
         for (int i = 0; i < CONC_THREADS; i++) pthread_join(th[i], NULL);
         SYNC_OK("concurrent threads");
         for (int i = 0; i < CONC_THREADS; i++) {
-            ck_assert_msg(args[i].bad == 0, "%s thread %d: %d sumsq/all_finite results differ from one thread alone", NM,
-                          i, args[i].bad);
+            ck_assert_msg(args[i].bad == 0, "%s thread %d: %d sumsq/all_finite results differ from one thread alone",
+                          NM, i, args[i].bad);
             float *di = hget(args[i].dinp, nc), *dwv = hget(args[i].dw, CONC_C), *c = hget(args[i].C, 64 * 64);
             SAME(di, want_di[i], nc, "thread %d rmsnorm dinp", i);
             SAME(dwv, want_dw[i], (size_t)CONC_C, "thread %d rmsnorm dweight", i);
@@ -1717,7 +1742,8 @@ enum { AB = 2, AT = 11, ANH = 4, ANKV = 2, AHD = 16 };
 START_TEST(test_golden_attention) {
     lt_st_file *f = golden_open("attention");
     const size_t nq = (size_t)AB * AT * ANH * AHD, nk = (size_t)AB * AT * ANKV * AHD, nl = (size_t)AB * ANH * AT;
-    const float *q = GF(f, "q", AB, AT, ANH, AHD), *k = GF(f, "k", AB, AT, ANKV, AHD), *v = GF(f, "v", AB, AT, ANKV, AHD);
+    const float *q = GF(f, "q", AB, AT, ANH, AHD), *k = GF(f, "k", AB, AT, ANKV, AHD),
+                *v = GF(f, "v", AB, AT, ANKV, AHD);
     const float *dout = GF(f, "dout", AB, AT, ANH, AHD);
     const int32_t *ks = GI(f, "kv_start", AB * AT);
     const float *g_out = GF(f, "out", AB, AT, ANH, AHD), *g_lse = GF(f, "lse", AB, ANH, AT);
@@ -1791,7 +1817,8 @@ START_TEST(test_golden_cross_entropy) {
         expect_torch("cross_entropy dlogits", lg, g_dl, n * V);
         float *hl = hget(loss, n), *hg = hget(lg, n * V);
         ck_assert_msg(hl[ignored] == 0.0f, "%s: ignored row's loss %g != 0", NM, hl[ignored]);
-        for (int j = 0; j < V; j++) ck_assert_msg(hg[ignored * V + j] == 0.0f, "%s: ignored row's gradient is not zero", NM);
+        for (int j = 0; j < V; j++)
+            ck_assert_msg(hg[ignored * V + j] == 0.0f, "%s: ignored row's gradient is not zero", NM);
         free(hl); free(hg);
         /* grad_scale scales the gradient; 0 leaves the logits alone */
         OPS->upload(BE, lg, logits, n * V * sizeof(float));
@@ -1841,7 +1868,8 @@ START_TEST(test_golden_lora_linear) {
     const float *dy = GF(f, "dy", N, OUT), *g_y = GF(f, "y", N, OUT), *g_dx = GF(f, "dx", N, IN);
     const float *g_dA = GF(f, "dA", R, IN), *g_dB = GF(f, "dB", OUT, R);
     const float s = gscalar(f, "scaling");
-    float *g_dx2 = fscaled(g_dx, N * IN, 2.0f), *g_dA2 = fscaled(g_dA, R * IN, 2.0f), *g_dB2 = fscaled(g_dB, OUT * R, 2.0f);
+    float *g_dx2 = fscaled(g_dx, N * IN, 2.0f), *g_dA2 = fscaled(g_dA, R * IN, 2.0f),
+          *g_dB2 = fscaled(g_dB, OUT * R, 2.0f);
     FOR_BE {
         float *dx_ = dput(x, N * IN), *dW = dput(W, OUT * IN), *dA_ = dput(A, R * IN), *dB_ = dput(Bm, OUT * R);
         float *ddy = dput(dy, N * OUT);
@@ -1958,7 +1986,8 @@ static int fd_mismatches(float *x, size_t n, const float *grad, loss_fn loss, vo
         x[i] = x0;
         const double fd = (lp - lm) / ((double)xp - (double)xm);
         if (!(fabs(grad[i] - fd) <= FD_RTOL * fmax(fabs(grad[i]), fabs(fd)) + FD_ATOL)) {
-            if (report && bad == 0) fprintf(stderr, "%s[%zu]: analytic %.7g, finite difference %.7g\n", what, i, grad[i], fd);
+            if (report && bad == 0)
+                fprintf(stderr, "%s[%zu]: analytic %.7g, finite difference %.7g\n", what, i, grad[i], fd);
             bad++;
         }
     }
@@ -1969,8 +1998,9 @@ static double wsum(const float *w, const float *y, size_t n) {
     for (size_t i = 0; i < n; i++) s += (double)w[i] * y[i];
     return s;
 }
-#define FD_CHECK(x, n, grad, loss, ctx, what)                                                      \
-    ck_assert_msg(fd_mismatches(x, n, grad, loss, ctx, what, 1) == 0, "%s: analytic gradient != finite differences", what)
+#define FD_CHECK(x, n, grad, loss, ctx, what)                                                                          \
+    ck_assert_msg(fd_mismatches(x, n, grad, loss, ctx, what, 1) == 0, "%s: analytic gradient != finite differences",   \
+                  what)
 
 typedef struct { int N, C; float *x, *w, *wout, *out, *rstd; } rms_ctx;
 static double rms_loss(void *p) {
