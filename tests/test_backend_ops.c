@@ -914,36 +914,52 @@ END_TEST
 
 /* ---- SwiGLU, GeGLU, bias, soft-capping, DoRA ------------------------------------------------------------------ */
 
-START_TEST(test_swiglu) {
-    static const size_t sizes[] = {1, 15, 16, 1000, 65540, 3000001};
-    for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++) {
+/* A gated activation out = act(gate) * up (SwiGLU, GeGLU: the same shapes and contract): forward,
+ * backward, and backward in place (dgate, dup over gate, up) bit for bit the out-of-place one.
+ * Tolerance rtol, times the backend's slack where `scaled`. */
+typedef void glu_fwd_fn(float *out, const float *gate, const float *up, size_t n);
+typedef void glu_bwd_fn(float *dgate, float *dup, const float *dout, const float *gate, const float *up, size_t n);
+static void check_glu(const char *name, int geglu, const size_t *sizes, int n_sizes, float gmax, double rtol,
+                      int scaled) {
+    glu_fwd_fn *ref_fwd = geglu ? lt_ref_geglu_forward : lt_ref_swiglu_forward;
+    glu_bwd_fn *ref_bwd = geglu ? lt_ref_geglu_backward : lt_ref_swiglu_backward;
+    for (int s = 0; s < n_sizes; s++) {
         const size_t n = sizes[s];
-        float *g = tu_frand(n, -12, 12), *u = tu_frand(n, -3, 3), *go = tu_frand(n, -1, 1);
-        if (n > 4) { g[1] = -100.0f; g[2] = 100.0f; g[3] = 0.0f; }
+        float *g = tu_frand(n, -gmax, gmax), *u = tu_frand(n, -3, 3), *go = tu_frand(n, -1, 1);
+        if (n > 4) g[1] = -100.0f, g[2] = 100.0f, g[3] = 0.0f;
         float *orf = tu_fnew(n), *dgr = tu_fnew(n), *dur = tu_fnew(n);
-        lt_ref_swiglu_forward(orf, g, u, n);
-        lt_ref_swiglu_backward(dgr, dur, go, g, u, n);
+        ref_fwd(orf, g, u, n);
+        ref_bwd(dgr, dur, go, g, u, n);
         FOR_BE {
-            float *dg = dput(g, n), *du = dput(u, n), *dgo = dput(go, n), *dout = dnan(n);
-            OPS->swiglu_forward(BE, dout, dg, du, n);
+            const double tol = scaled ? TOL(rtol) : rtol;
+            void (*fwd)(lt_backend *, float *, const float *, const float *, size_t) =
+                geglu ? OPS->geglu_forward : OPS->swiglu_forward;
+            void (*bwd)(lt_backend *, float *, float *, const float *, const float *, const float *, size_t) =
+                geglu ? OPS->geglu_backward : OPS->swiglu_backward;
+            float *dg = dput(g, n), *du = dput(u, n), *dgo = dput(go, n), *dout = dnan(n), *ddg = dnan(n);
+            float *ddu = dnan(n);
+            fwd(BE, dout, dg, du, n);
             float *of = hget(dout, n);
-            CLOSE(of, orf, n, 1e-5, "swiglu fwd n=%zu", n);
-            float *ddg = dnan(n), *ddu = dnan(n);
-            OPS->swiglu_backward(BE, ddg, ddu, dgo, dg, du, n);
+            CLOSE(of, orf, n, tol, "%s fwd n=%zu", name, n);
+            bwd(BE, ddg, ddu, dgo, dg, du, n);
             float *dgf = hget(ddg, n), *duf = hget(ddu, n);
-            CLOSE(dgf, dgr, n, 1e-5, "swiglu dgate n=%zu", n);
-            CLOSE(duf, dur, n, 1e-5, "swiglu dup n=%zu", n);
-            /* in place: dgate, dup overwrite gate, up */
-            OPS->swiglu_backward(BE, dg, du, dgo, dg, du, n);
+            CLOSE(dgf, dgr, n, tol, "%s dgate n=%zu", name, n);
+            CLOSE(duf, dur, n, tol, "%s dup n=%zu", name, n);
+            bwd(BE, dg, du, dgo, dg, du, n); /* in place */
             float *gi = hget(dg, n), *ui = hget(du, n);
-            SAME(gi, dgf, n, "swiglu dgate in place n=%zu", n);
-            SAME(ui, duf, n, "swiglu dup in place n=%zu", n);
-            SYNC_OK("swiglu");
+            SAME(gi, dgf, n, "%s dgate in place n=%zu", name, n);
+            SAME(ui, duf, n, "%s dup in place n=%zu", name, n);
+            SYNC_OK(name);
             free(of); free(dgf); free(duf); free(gi); free(ui);
             dfree(dg); dfree(du); dfree(dgo); dfree(dout); dfree(ddg); dfree(ddu);
         }
         free(g); free(u); free(go); free(orf); free(dgr); free(dur);
     }
+}
+
+START_TEST(test_swiglu) {
+    static const size_t sizes[] = {1, 15, 16, 1000, 65540, 3000001};
+    check_glu("swiglu", 0, sizes, (int)(sizeof sizes / sizeof *sizes), 12, 1e-5, 0);
 }
 END_TEST
 
@@ -957,43 +973,20 @@ START_TEST(test_geglu) {
         lt_ref_geglu_forward(&o, &g, &u, 1);
         ck_assert_msg(fabs(o - gelu_tanh[i]) <= 1e-6, "gelu_tanh(%g) = %.9g, torch %.9g", xs[i], o, gelu_tanh[i]);
     }
-    static const size_t sizes[] = {1, 15, 1000, 65540};
-    for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++) {
-        const size_t n = sizes[s];
-        float *g = tu_frand(n, -6, 6), *u = tu_frand(n, -3, 3), *go = tu_frand(n, -1, 1);
-        float *orf = tu_fnew(n), *dgr = tu_fnew(n), *dur = tu_fnew(n);
-        lt_ref_geglu_forward(orf, g, u, n);
-        lt_ref_geglu_backward(dgr, dur, go, g, u, n);
-        /* the reference derivative against central differences of the reference forward */
-        for (size_t i = 0; i < n && i < 64; i++) {
-            const float h = 1e-2f;
-            float gp = g[i] + h, gm = g[i] - h, yp, ym;
-            lt_ref_geglu_forward(&yp, &gp, &u[i], 1);
-            lt_ref_geglu_forward(&ym, &gm, &u[i], 1);
-            const double fd = go[i] * ((double)yp - ym) / ((double)gp - gm);
-            ck_assert_msg(fabs(fd - dgr[i]) <= 2e-3 * (1 + fabs(fd)), "geglu dgate %g vs fd %g at g=%g", dgr[i], fd,
-                          g[i]);
-        }
-        FOR_BE {
-            float *dg = dput(g, n), *du = dput(u, n), *dgo = dput(go, n), *dout = dnan(n), *ddg = dnan(n),
-                  *ddu = dnan(n);
-            OPS->geglu_forward(BE, dout, dg, du, n);
-            float *of = hget(dout, n);
-            CLOSE(of, orf, n, TOL(1e-6), "geglu fwd n=%zu", n);
-            OPS->geglu_backward(BE, ddg, ddu, dgo, dg, du, n);
-            float *dgf = hget(ddg, n), *duf = hget(ddu, n);
-            CLOSE(dgf, dgr, n, TOL(1e-6), "geglu dgate n=%zu", n);
-            CLOSE(duf, dur, n, TOL(1e-6), "geglu dup n=%zu", n);
-            OPS->geglu_backward(BE, dg, du, dgo, dg, du, n); /* in place */
-            float *gi = hget(dg, n), *ui = hget(du, n);
-            SAME(gi, dgf, n, "geglu dgate in place n=%zu", n);
-            SAME(ui, duf, n, "geglu dup in place n=%zu", n);
-            SYNC_OK("geglu");
-            free(of); free(dgf); free(duf); free(gi); free(ui);
-            dfree(dg); dfree(du); dfree(dgo); dfree(dout); dfree(ddg); dfree(ddu);
-        }
-        free(g); free(u); free(go); free(orf); free(dgr); free(dur);
+    /* the reference derivative against central differences of the reference forward */
+    float g[64], u[64], go[64], dg[64], du[64];
+    for (int i = 0; i < 64; i++) g[i] = tu_urand(-6, 6), u[i] = tu_urand(-3, 3), go[i] = tu_urand(-1, 1);
+    lt_ref_geglu_backward(dg, du, go, g, u, 64);
+    for (int i = 0; i < 64; i++) {
+        const float h = 1e-2f;
+        float gp = g[i] + h, gm = g[i] - h, yp, ym;
+        lt_ref_geglu_forward(&yp, &gp, &u[i], 1);
+        lt_ref_geglu_forward(&ym, &gm, &u[i], 1);
+        const double fd = go[i] * ((double)yp - ym) / ((double)gp - gm);
+        ck_assert_msg(fabs(fd - dg[i]) <= 2e-3 * (1 + fabs(fd)), "geglu dgate %g vs fd %g at g=%g", dg[i], fd, g[i]);
     }
+    static const size_t sizes[] = {1, 15, 1000, 65540};
+    check_glu("geglu", 1, sizes, (int)(sizeof sizes / sizeof *sizes), 6, 1e-6, 1);
 }
 END_TEST
 
