@@ -36,12 +36,11 @@ static const family_case dora_cases[] = {
     {"llama-dora", "LlamaForCausalLM"}, {"qwen2-swa", "Qwen2ForCausalLM"}, {"phi3", "Phi3ForCausalLM"}};
 #define N_DORA ((int)(sizeof dora_cases / sizeof *dora_cases))
 
+/* golden tensor <prefix><key> */
 static const lt_st_tensor *need(const lt_st_file *f, const char *prefix, const char *key) {
     char k[128];
     snprintf(k, sizeof k, "%s%s", prefix, key);
-    const lt_st_tensor *t = lt_st_find(f, k);
-    ck_assert_msg(t, "golden tensor %s missing", k);
-    return t;
+    return tu_st_need(f, k);
 }
 
 static void batch_of(lt_batch *b, const lt_st_file *g, const char *pre, int packed) {
