@@ -27,7 +27,8 @@
  *
  * Plus, once: the reference backward passes against central finite differences, the goldens'
  * discriminating power, and the comparator itself. With a CUDA device the program runs in Check's
- * no-fork mode (CUDA cannot be used in a child forked after the parent initialised it).
+ * no-fork mode (CUDA cannot be used in a child forked after the parent initialised it); LT_CUDA_SYNC=1
+ * reports a kernel fault against the op that caused it.
  */
 #include <check.h>
 #include <math.h>
