@@ -21,10 +21,12 @@
 #include "backend.h"
 #include "cpu_kernels.h"
 
-typedef struct shape { const char *name; int in, out, count; } shape;
-static const shape shapes[] = {{"q,k,v,o 512->512", 512, 512, 4},
-                               {"gate,up 512->1376", 512, 1376, 2},
-                               {"down 1376->512", 1376, 512, 1}};
+typedef struct shape {
+    const char *name;
+    int in, out, count;
+} shape;
+static const shape shapes[] = {
+    {"q,k,v,o 512->512", 512, 512, 4}, {"gate,up 512->1376", 512, 1376, 2}, {"down 1376->512", 1376, 512, 1}};
 #define NS 3
 
 static int cmp(const void *a, const void *b) {
@@ -77,7 +79,10 @@ int main(int argc, char **argv) {
                 if (!bwd) o->gemm(be, 0, 1, N, out, in, 1.0f, x, in, W, in, 0.0f, y, out);
                 else o->gemm(be, 0, 0, N, in, out, 1.0f, dy, out, W, in, 0.0f, dx, in);
                 double t2 = omp_get_wtime();
-                if (r >= 0) { tb[r] = t1 - t0; tf[r] = t2 - t1; }
+                if (r >= 0) {
+                    tb[r] = t1 - t0;
+                    tf[r] = t2 - t1;
+                }
             }
             const double flops = 2.0 * N * in * out, mb = fastest(tb, reps), mf = fastest(tf, reps);
             printf("%-22s %-8s %10.1f %10.1f %6.2fx\n", shapes[s].name, bwd ? "backward" : "forward", flops / mb / 1e9,
@@ -87,7 +92,11 @@ int main(int argc, char **argv) {
             layer_flops += shapes[s].count * flops;
         }
         o->free(be, Wp);
-        free(W); free(x); free(y); free(dy); free(dx);
+        free(W);
+        free(x);
+        free(y);
+        free(dy);
+        free(dx);
     }
     printf("%-22s %-8s %10.1f %10.1f %6.2fx\n", "one bench-s layer", "both", layer_flops / layer_b / 1e9,
            layer_flops / layer_f / 1e9, layer_f / layer_b);

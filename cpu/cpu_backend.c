@@ -19,8 +19,8 @@
 #include <math.h>
 #include <omp.h>
 #include <sched.h>
-#include <stdio.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -81,19 +81,19 @@ static inline void cpu_slice(size_t n, int i, int nt, size_t *lo, size_t *hi) {
 
 /* Run STMT over [lo, hi) slices of n elements on up to be->n_threads threads. */
 #define LT_GRAIN 16384
-#define CPU_PAR_SLICES(be, n, STMT)                                                                 \
-    do {                                                                                            \
-        int nt_ = cpu_threads_for(be, n, LT_GRAIN);                                                 \
-        if (nt_ <= 1) {                                                                             \
-            size_t lo = 0, hi = (n);                                                                \
-            STMT;                                                                                   \
-        } else {                                                                                    \
-            _Pragma("omp parallel num_threads(nt_)") {                                              \
-                size_t lo, hi;                                                                      \
-                cpu_slice(n, omp_get_thread_num(), omp_get_num_threads(), &lo, &hi);                \
-                if (hi > lo) STMT;                                                                  \
-            }                                                                                       \
-        }                                                                                           \
+#define CPU_PAR_SLICES(be, n, STMT)                                                  \
+    do {                                                                             \
+        int nt_ = cpu_threads_for(be, n, LT_GRAIN);                                  \
+        if (nt_ <= 1) {                                                              \
+            size_t lo = 0, hi = (n);                                                 \
+            STMT;                                                                    \
+        } else {                                                                     \
+            _Pragma("omp parallel num_threads(nt_)") {                               \
+                size_t lo, hi;                                                       \
+                cpu_slice(n, omp_get_thread_num(), omp_get_num_threads(), &lo, &hi); \
+                if (hi > lo) STMT;                                                   \
+            }                                                                        \
+        }                                                                            \
     } while (0)
 
 static void cpu_destroy(lt_backend *be) {
@@ -114,7 +114,10 @@ static void *cpu_alloc(lt_backend *be, size_t bytes) {
     return aligned_alloc(64, n ? n : 64);
 }
 
-static void cpu_free(lt_backend *be, void *ptr) { (void)be; free(ptr); }
+static void cpu_free(lt_backend *be, void *ptr) {
+    (void)be;
+    free(ptr);
+}
 
 static void cpu_upload(lt_backend *be, void *dst, const void *src, size_t bytes) {
     (void)be;
@@ -142,8 +145,8 @@ static lt_status cpu_sync(lt_backend *be) {
 /* ---- gemm ----------------------------------------------------------------------------------------- */
 
 /* C (M,N) = alpha op(A) (M,K) op(B) (K,N) + beta C; see backend.h */
-static void cpu_gemm(lt_backend *be, int transA, int transB, int M, int N, int K_, float alpha,
-                     const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc) {
+static void cpu_gemm(lt_backend *be, int transA, int transB, int M, int N, int K_, float alpha, const float *A, int lda,
+                     const float *B, int ldb, float beta, float *C, int ldc) {
     if (M < 0 || N < 0 || K_ < 0 || ldc < (N > 1 ? N : 1) ||
         (K_ > 0 && (lda < ((transA ? M : K_) > 1 ? (transA ? M : K_) : 1) ||
                     ldb < ((transB ? K_ : N) > 1 ? (transB ? K_ : N) : 1)))) {
@@ -205,16 +208,21 @@ static void cpu_bf16_weight_pack(lt_backend *be, void *dst, const float *W, int 
 }
 
 /* y (N,out) = x (N,in) W^T */
-static void cpu_gemm_bf16_forward(lt_backend *be, float *y, const float *x, const void *Wp, int N, int in,
-                                  int out) {
-    if (N < 0 || in < 0 || out < 0) { cpu_record_error(be, LT_ERR_INTERNAL); return; }
+static void cpu_gemm_bf16_forward(lt_backend *be, float *y, const float *x, const void *Wp, int N, int in, int out) {
+    if (N < 0 || in < 0 || out < 0) {
+        cpu_record_error(be, LT_ERR_INTERNAL);
+        return;
+    }
     lt_gemm_bf16_forward(K(be), be->n_threads, y, x, Wp, N, in, out);
 }
 
 /* dx (N,in) (+)= dy (N,out) W */
-static void cpu_gemm_bf16_backward(lt_backend *be, float *dx, const float *dy, const void *Wp, int N,
-                                   int in, int out, int accumulate) {
-    if (N < 0 || in < 0 || out < 0) { cpu_record_error(be, LT_ERR_INTERNAL); return; }
+static void cpu_gemm_bf16_backward(lt_backend *be, float *dx, const float *dy, const void *Wp, int N, int in, int out,
+                                   int accumulate) {
+    if (N < 0 || in < 0 || out < 0) {
+        cpu_record_error(be, LT_ERR_INTERNAL);
+        return;
+    }
     lt_gemm_bf16_backward(K(be), be->n_threads, dx, dy, Wp, N, in, out, accumulate);
 }
 
@@ -274,18 +282,15 @@ static int cpu_all_finite(lt_backend *be, size_t n, const float *x) {
 /* ---- embedding ------------------------------------------------------------------------------------ */
 
 /* out (N,C), ids (N), table (vocab,C) */
-static void cpu_embedding_forward(lt_backend *be, float *out, const int32_t *ids, const float *table,
-                                  int N, int C) {
+static void cpu_embedding_forward(lt_backend *be, float *out, const int32_t *ids, const float *table, int N, int C) {
     int nt = cpu_threads_for(be, (size_t)N * C, LT_GRAIN);
 #pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
-    for (int n = 0; n < N; n++)
-        memcpy(out + (size_t)n * C, table + (size_t)ids[n] * C, (size_t)C * sizeof(float));
+    for (int n = 0; n < N; n++) memcpy(out + (size_t)n * C, table + (size_t)ids[n] * C, (size_t)C * sizeof(float));
 }
 
 /* dtable (vocab,C) += dout (N,C) scattered by ids: threads own column slices, so two tokens with the
  * same id never race and every element sums its tokens in order (deterministic, like the reference) */
-static void cpu_embedding_backward(lt_backend *be, float *dtable, const int32_t *ids, const float *dout, int N,
-                                   int C) {
+static void cpu_embedding_backward(lt_backend *be, float *dtable, const int32_t *ids, const float *dout, int N, int C) {
     int nt = cpu_threads_for(be, (size_t)N * C, LT_GRAIN);
     const int nblk = (C + 63) / 64;
     if (nt > nblk) nt = nblk;
@@ -310,8 +315,8 @@ static inline void cpu_rows(int N, int i, int nt, int *lo, int *hi) {
 }
 
 /* out (N,C), rstd (N), inp (N,C), weight (C) */
-static void cpu_rmsnorm_forward(lt_backend *be, float *out, float *rstd, const float *inp,
-                                const float *weight, int N, int C, float eps) {
+static void cpu_rmsnorm_forward(lt_backend *be, float *out, float *rstd, const float *inp, const float *weight, int N,
+                                int C, float eps) {
     const lt_cpu_kernels *k = K(be);
     int nt = cpu_threads_for(be, (size_t)N * C, LT_GRAIN);
     if (nt > N) nt = N > 0 ? N : 1;
@@ -328,9 +333,8 @@ static void cpu_rmsnorm_forward(lt_backend *be, float *out, float *rstd, const f
 }
 
 /* dinp (N,C) accumulates, dweight (C) accumulates or NULL, dout, inp (N,C), weight (C), rstd (N) */
-static void cpu_rmsnorm_backward(lt_backend *be, float *dinp, float *dweight, const float *dout,
-                                 const float *inp, const float *weight, const float *rstd, int N,
-                                 int C) {
+static void cpu_rmsnorm_backward(lt_backend *be, float *dinp, float *dweight, const float *dout, const float *inp,
+                                 const float *weight, const float *rstd, int N, int C) {
     const lt_cpu_kernels *k = K(be);
     int nt = cpu_threads_for(be, (size_t)N * C, LT_GRAIN);
     if (nt <= 1) {
@@ -357,8 +361,8 @@ static void cpu_rmsnorm_backward(lt_backend *be, float *dinp, float *dweight, co
 
 /* ---- RoPE ----------------------------------------------------------------------------------------- */
 
-static void cpu_rope(lt_backend *be, float *x, const int32_t *pos, const float *inv_freq, int N,
-                     int n_heads, int head_dim, int rot_dim, int inverse) {
+static void cpu_rope(lt_backend *be, float *x, const int32_t *pos, const float *inv_freq, int N, int n_heads,
+                     int head_dim, int rot_dim, int inverse) {
     const lt_cpu_kernels *k = K(be);
     int nt = cpu_threads_for(be, (size_t)N * n_heads * rot_dim, LT_GRAIN / 2);
     if (nt > N) nt = N > 0 ? N : 1;
@@ -375,12 +379,12 @@ static void cpu_rope(lt_backend *be, float *x, const int32_t *pos, const float *
 }
 
 /* x (N, n_heads, head_dim) in place, pos (N), inv_freq (rot_dim/2) */
-static void cpu_rope_forward(lt_backend *be, float *x, const int32_t *pos, const float *inv_freq,
-                             int N, int n_heads, int head_dim, int rot_dim) {
+static void cpu_rope_forward(lt_backend *be, float *x, const int32_t *pos, const float *inv_freq, int N, int n_heads,
+                             int head_dim, int rot_dim) {
     cpu_rope(be, x, pos, inv_freq, N, n_heads, head_dim, rot_dim, 0);
 }
-static void cpu_rope_backward(lt_backend *be, float *dx, const int32_t *pos, const float *inv_freq,
-                              int N, int n_heads, int head_dim, int rot_dim) {
+static void cpu_rope_backward(lt_backend *be, float *dx, const int32_t *pos, const float *inv_freq, int N, int n_heads,
+                              int head_dim, int rot_dim) {
     cpu_rope(be, dx, pos, inv_freq, N, n_heads, head_dim, rot_dim, 1);
 }
 
@@ -397,9 +401,9 @@ static int cpu_att_args_ok(lt_backend *be, int B, int T, int NH, int NKV, int HD
 
 /* out (B,T,NH,HD), lse (B,NH,T), q (B,T,NH,HD), k, v (B,T,NKV,HD), kv_start (B*T).
  * Work items: (query tile, b, h), the longest (last) tiles first. */
-static void cpu_attention_forward(lt_backend *be, float *out, float *lse, const float *q,
-                                  const float *k, const float *v, const int32_t *kv_start, int B,
-                                  int T, int NH, int NKV, int HD, float scale) {
+static void cpu_attention_forward(lt_backend *be, float *out, float *lse, const float *q, const float *k,
+                                  const float *v, const int32_t *kv_start, int B, int T, int NH, int NKV, int HD,
+                                  float scale) {
     if (!cpu_att_args_ok(be, B, T, NH, NKV, HD)) return;
     const lt_cpu_kernels *kk = K(be);
     long nbh = (long)B * NH;
@@ -407,8 +411,8 @@ static void cpu_attention_forward(lt_backend *be, float *out, float *lse, const 
         int nt = nbh < be->n_threads ? (int)nbh : be->n_threads;
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
         for (long it = 0; it < nbh; it++)
-            lt_ref_attention_forward_head(out, lse, q, k, v, kv_start, B, T, NH, NKV, HD, scale,
-                                          (int)(it / NH), (int)(it % NH));
+            lt_ref_attention_forward_head(out, lse, q, k, v, kv_start, B, T, NH, NKV, HD, scale, (int)(it / NH),
+                                          (int)(it % NH));
         return;
     }
     long ntile = (T + LT_ATT_QT_FWD - 1) / LT_ATT_QT_FWD, items = nbh * ntile;
@@ -417,8 +421,7 @@ static void cpu_attention_forward(lt_backend *be, float *out, float *lse, const 
     for (long it = 0; it < items; it++) {
         long tile = ntile - 1 - it / nbh, bh = it % nbh;
         int t0 = (int)tile * LT_ATT_QT_FWD, t1 = t0 + LT_ATT_QT_FWD < T ? t0 + LT_ATT_QT_FWD : T;
-        kk->att_fwd_tile(out, lse, q, k, v, kv_start, T, NH, NKV, HD, scale, (int)(bh / NH),
-                         (int)(bh % NH), t0, t1);
+        kk->att_fwd_tile(out, lse, q, k, v, kv_start, T, NH, NKV, HD, scale, (int)(bh / NH), (int)(bh % NH), t0, t1);
     }
 }
 
@@ -434,10 +437,10 @@ static size_t cpu_attention_backward_scratch(lt_backend *be, int B, int T, int N
 /* dq (B,T,NH,HD), dk, dv (B,T,NKV,HD) assigned; dout, q, out (B,T,NH,HD); k, v (B,T,NKV,HD);
  * lse (B,NH,T); scratch: cpu_attention_backward_scratch floats.
  * Work items: (b, h); with NKV < NH the heads of a group are summed into dk, dv at the end. */
-static void cpu_attention_backward(lt_backend *be, float *dq, float *dk, float *dv, const float *dout,
-                                   const float *q, const float *k, const float *v, const float *out,
-                                   const float *lse, const int32_t *kv_start, int B, int T, int NH,
-                                   int NKV, int HD, float scale, float *scratch) {
+static void cpu_attention_backward(lt_backend *be, float *dq, float *dk, float *dv, const float *dout, const float *q,
+                                   const float *k, const float *v, const float *out, const float *lse,
+                                   const int32_t *kv_start, int B, int T, int NH, int NKV, int HD, float scale,
+                                   float *scratch) {
     if (!cpu_att_args_ok(be, B, T, NH, NKV, HD)) return;
     const lt_cpu_kernels *kk = K(be);
     const size_t item = lt_cpu_att_item_floats(T, HD);
@@ -459,8 +462,7 @@ static void cpu_attention_backward(lt_backend *be, float *dq, float *dk, float *
             dvh = dv + ((size_t)b * T * NKV + h) * HD;
             ld = (size_t)NKV * HD;
         }
-        kk->att_bwd_head(dq, dkh, dvh, ld, dout, q, k, v, out, lse, kv_start, T, NH, NKV, HD, scale, b,
-                         h, ws);
+        kk->att_bwd_head(dq, dkh, dvh, ld, dout, q, k, v, out, lse, kv_start, T, NH, NKV, HD, scale, b, h, ws);
     }
     if (!gqa) return;
     /* dk[b,t,g] = sum over the heads h of group g of their shares (in head order) */
@@ -492,9 +494,8 @@ static void cpu_attention_backward(lt_backend *be, float *dq, float *dk, float *
 }
 
 /* out, q (B,NH,HD); kcache, vcache (B,S_cap,NKV,HD); keys 0..len-1. Work items: (b, h). */
-static void cpu_attention_decode(lt_backend *be, float *out, const float *q, const float *kcache,
-                                 const float *vcache, int B, int S_cap, int len, int NH, int NKV,
-                                 int HD, float scale) {
+static void cpu_attention_decode(lt_backend *be, float *out, const float *q, const float *kcache, const float *vcache,
+                                 int B, int S_cap, int len, int NH, int NKV, int HD, float scale) {
     if (!cpu_att_args_ok(be, B, 1, NH, NKV, HD)) return;
     if (len > S_cap) {
         cpu_record_error(be, LT_ERR_INTERNAL);
@@ -506,8 +507,7 @@ static void cpu_attention_decode(lt_backend *be, float *out, const float *q, con
     if (nt > nbh) nt = (int)nbh;
 #pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
     for (long it = 0; it < nbh; it++)
-        kk->att_decode_head(out, q, kcache, vcache, S_cap, len, NH, NKV, HD, scale, (int)(it / NH),
-                            (int)(it % NH));
+        kk->att_decode_head(out, q, kcache, vcache, S_cap, len, NH, NKV, HD, scale, (int)(it / NH), (int)(it % NH));
 }
 
 /* ---- SwiGLU --------------------------------------------------------------------------------------- */
@@ -519,8 +519,8 @@ static void cpu_swiglu_forward(lt_backend *be, float *out, const float *gate, co
 }
 
 /* dgate, dup, dout, gate, up (n); dgate/dup may alias gate/up */
-static void cpu_swiglu_backward(lt_backend *be, float *dgate, float *dup, const float *dout,
-                                const float *gate, const float *up, size_t n) {
+static void cpu_swiglu_backward(lt_backend *be, float *dgate, float *dup, const float *dout, const float *gate,
+                                const float *up, size_t n) {
     const lt_cpu_kernels *k = K(be);
     CPU_PAR_SLICES(be, n, k->swiglu_bwd(dgate + lo, dup + lo, dout + lo, gate + lo, up + lo, hi - lo));
 }
@@ -542,8 +542,8 @@ static void cpu_attention_softcap_forward(lt_backend *be, float *out, float *lse
 
 static void cpu_attention_softcap_backward(lt_backend *be, float *dq, float *dk, float *dv, const float *dout,
                                            const float *q, const float *k, const float *v, const float *out,
-                                           const float *lse, const int32_t *kv_start, int B, int T, int NH,
-                                           int NKV, int HD, float scale, float softcap) {
+                                           const float *lse, const int32_t *kv_start, int B, int T, int NH, int NKV,
+                                           int HD, float scale, float softcap) {
     if (!cpu_att_args_ok(be, B, T, NH, NKV, HD)) return;
     long ng = (long)B * NKV; /* each (b, kv head) owns its dk, dv and its query heads' dq */
     int nt = cpu_threads_for(be, (size_t)ng * T * T * HD, LT_GRAIN);
@@ -613,8 +613,8 @@ static void cpu_geglu_forward(lt_backend *be, float *out, const float *gate, con
     CPU_PAR_SLICES(be, n, lt_ref_geglu_forward(out + lo, gate + lo, up + lo, hi - lo));
 }
 
-static void cpu_geglu_backward(lt_backend *be, float *dgate, float *dup, const float *dout,
-                               const float *gate, const float *up, size_t n) {
+static void cpu_geglu_backward(lt_backend *be, float *dgate, float *dup, const float *dout, const float *gate,
+                               const float *up, size_t n) {
     CPU_PAR_SLICES(be, n, lt_ref_geglu_backward(dgate + lo, dup + lo, dout + lo, gate + lo, up + lo, hi - lo));
 }
 
@@ -629,8 +629,8 @@ static void cpu_softcap_backward(lt_backend *be, float *dx, const float *y, size
 /* ---- cross-entropy -------------------------------------------------------------------------------- */
 
 /* logits (n,V), losses (n), targets (n) */
-static void cpu_cross_entropy(lt_backend *be, float *logits, float *losses, const int32_t *targets,
-                              int n, int V, float grad_scale) {
+static void cpu_cross_entropy(lt_backend *be, float *logits, float *losses, const int32_t *targets, int n, int V,
+                              float grad_scale) {
     const lt_cpu_kernels *k = K(be);
     if (n <= 0 || V <= 0) return;
     int nt = cpu_threads_for(be, (size_t)n * V, LT_GRAIN);
@@ -652,11 +652,10 @@ static void cpu_dropout(lt_backend *be, float *out, const float *inp, size_t n, 
 
 /* param, grad, m, v (n) */
 static void cpu_adamw_step(lt_backend *be, float *param, const float *grad, float *m, float *v, size_t n,
-                           float step_size, float beta1, float beta2, float eps, float bc2_sqrt,
-                           float decay) {
+                           float step_size, float beta1, float beta2, float eps, float bc2_sqrt, float decay) {
     const lt_cpu_kernels *k = K(be);
-    CPU_PAR_SLICES(be, n, k->adamw(param + lo, grad + lo, m + lo, v + lo, hi - lo, step_size, beta1,
-                                   beta2, eps, bc2_sqrt, decay));
+    CPU_PAR_SLICES(
+        be, n, k->adamw(param + lo, grad + lo, m + lo, v + lo, hi - lo, step_size, beta1, beta2, eps, bc2_sqrt, decay));
 }
 
 /* bitsandbytes' 8-bit AdamW over one tensor: blocks of 256 are independent, so threads take whole blocks.
@@ -666,8 +665,9 @@ static void cpu_adamw8bit_step(lt_backend *be, float *param, const float *grad, 
                                float *absmax2, size_t n, const float *qmap1, const float *qmap2, float beta1,
                                float beta2, float eps_c2, float step_size, float decay) {
     if (!absmax1) {
-        CPU_PAR_SLICES(be, n, lt_ref_adamw32bnb_step(param + lo, grad + lo, (float *)s1 + lo, (float *)s2 + lo,
-                                                     hi - lo, beta1, beta2, eps_c2, step_size, decay));
+        CPU_PAR_SLICES(be, n,
+                       lt_ref_adamw32bnb_step(param + lo, grad + lo, (float *)s1 + lo, (float *)s2 + lo, hi - lo, beta1,
+                                              beta2, eps_c2, step_size, decay));
         return;
     }
     const size_t nb = (n + LT_OPT8_BLOCK - 1) / LT_OPT8_BLOCK;
@@ -676,12 +676,13 @@ static void cpu_adamw8bit_step(lt_backend *be, float *param, const float *grad, 
     lt_opt8_blocks_fn *const fn = K(be)->opt8_blocks;
     if (!lt_opt8_luts(qmap1, qmap2, scratch, &lut1, &lut2)) {
         /* a code book that is not strictly increasing: the reference (binary search) */
-        CPU_PAR_SLICES(be, nb, for (size_t b = lo; b < hi; b++) {
-            const size_t i0 = b * LT_OPT8_BLOCK;
-            const size_t i1 = i0 + LT_OPT8_BLOCK < n ? i0 + LT_OPT8_BLOCK : n;
-            lt_ref_adamw8bit_block(param, grad, s1, s2, absmax1, absmax2, b, i0, i1, qmap1, qmap2, beta1, beta2,
-                                   eps_c2, step_size, decay);
-        });
+        CPU_PAR_SLICES(
+            be, nb, for (size_t b = lo; b < hi; b++) {
+                const size_t i0 = b * LT_OPT8_BLOCK;
+                const size_t i1 = i0 + LT_OPT8_BLOCK < n ? i0 + LT_OPT8_BLOCK : n;
+                lt_ref_adamw8bit_block(param, grad, s1, s2, absmax1, absmax2, b, i0, i1, qmap1, qmap2, beta1, beta2,
+                                       eps_c2, step_size, decay);
+            });
         return;
     }
     /* threads by elements (the grain is in elements), each a contiguous run of blocks */
@@ -721,13 +722,19 @@ static void cpu_dequantize_rows(lt_backend *be, float *out, const lt_qdesc *q, i
             }
             float s[16];
             for (int k = 0; k < 16; k++) s[k] = code[k] * am;
-            if (i & 1) { o[i] = s[q->data[i >> 1] & 15]; i++; }
+            if (i & 1) {
+                o[i] = s[q->data[i >> 1] & 15];
+                i++;
+            }
             for (; i + 1 < e; i += 2) {
                 const uint8_t byte = q->data[i >> 1];
                 o[i] = s[byte >> 4];
                 o[i + 1] = s[byte & 15];
             }
-            if (i < e) { o[i] = s[q->data[i >> 1] >> 4]; i++; }
+            if (i < e) {
+                o[i] = s[q->data[i >> 1] >> 4];
+                i++;
+            }
         }
     }
 }
@@ -779,11 +786,11 @@ static const lt_backend_ops cpu_ops = {
     .mul_cols = cpu_mul_cols,                                     /* reference, parallel over rows       */
     .col_dot = cpu_col_dot,                                       /* reference, one thread               */
     .bias_add = cpu_bias_add,
-    .bias_backward = cpu_bias_backward,                           /* reference, one thread               */
-    .geglu_forward = cpu_geglu_forward,                           /* reference, parallel over slices     */
-    .geglu_backward = cpu_geglu_backward,                         /* reference, parallel over slices     */
-    .softcap_forward = cpu_softcap_forward,                       /* reference, parallel over slices     */
-    .softcap_backward = cpu_softcap_backward,                     /* reference, parallel over slices     */
+    .bias_backward = cpu_bias_backward,       /* reference, one thread               */
+    .geglu_forward = cpu_geglu_forward,       /* reference, parallel over slices     */
+    .geglu_backward = cpu_geglu_backward,     /* reference, parallel over slices     */
+    .softcap_forward = cpu_softcap_forward,   /* reference, parallel over slices     */
+    .softcap_backward = cpu_softcap_backward, /* reference, parallel over slices     */
     .cross_entropy = cpu_cross_entropy,
     .dropout = cpu_dropout,
     .adamw_step = cpu_adamw_step,
@@ -796,8 +803,7 @@ static void cpu_set_err(char *err, size_t errlen, const char *msg) {
     if (err && errlen) snprintf(err, errlen, "%s", msg);
 }
 
-lt_status lt_cpu_backend_create_isa(int n_threads, lt_cpu_isa isa, lt_backend **out, char *err,
-                                    size_t errlen) {
+lt_status lt_cpu_backend_create_isa(int n_threads, lt_cpu_isa isa, lt_backend **out, char *err, size_t errlen) {
     if (!out) {
         cpu_set_err(err, errlen, "cpu backend: NULL output pointer");
         return LT_ERR_ARGUMENT;

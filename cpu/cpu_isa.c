@@ -40,16 +40,15 @@ extern lt_bf16_kernel_fn lt_bf16_kernel_avx512bf16;
 
 /* The table of ISA `name`: the simd.h and opt8_simd.h kernels compiled for `vec`, the bf16 GEMM
  * micro-kernel compiled for `bf16`. */
-#define LT_KERNEL_TABLE(name, level_, vec, bf16)                                                   \
-    {                                                                                               \
-        .isa = #name, .level = level_, .axpy = k_axpy_##vec, .scale = k_scale_##vec,                \
-        .sumsq = k_sumsq_##vec, .all_finite = k_all_finite_##vec, .rmsnorm_fwd = k_rmsnorm_fwd_##vec, \
-        .rmsnorm_bwd = k_rmsnorm_bwd_##vec, .rmsnorm_dw = k_rmsnorm_dw_##vec, .rope = k_rope_##vec, \
-        .swiglu_fwd = k_swiglu_fwd_##vec, .swiglu_bwd = k_swiglu_bwd_##vec, .ce_row = k_ce_row_##vec, \
-        .dropout = k_dropout_##vec, .adamw = k_adamw_##vec, .att_fwd_tile = k_att_fwd_tile_##vec,   \
-        .att_bwd_head = k_att_bwd_head_##vec, .att_decode_head = k_att_decode_head_##vec,           \
-        .opt8_blocks = lt_opt8_blocks_##vec, .bf16_pack_a = lt_bf16_pack_a_##bf16,                   \
-        .bf16_kernel = lt_bf16_kernel_##bf16                                                        \
+#define LT_KERNEL_TABLE(name, level_, vec, bf16)                                                                  \
+    {                                                                                                             \
+        .isa = #name, .level = level_, .axpy = k_axpy_##vec, .scale = k_scale_##vec, .sumsq = k_sumsq_##vec,      \
+        .all_finite = k_all_finite_##vec, .rmsnorm_fwd = k_rmsnorm_fwd_##vec, .rmsnorm_bwd = k_rmsnorm_bwd_##vec, \
+        .rmsnorm_dw = k_rmsnorm_dw_##vec, .rope = k_rope_##vec, .swiglu_fwd = k_swiglu_fwd_##vec,                 \
+        .swiglu_bwd = k_swiglu_bwd_##vec, .ce_row = k_ce_row_##vec, .dropout = k_dropout_##vec,                   \
+        .adamw = k_adamw_##vec, .att_fwd_tile = k_att_fwd_tile_##vec, .att_bwd_head = k_att_bwd_head_##vec,       \
+        .att_decode_head = k_att_decode_head_##vec, .opt8_blocks = lt_opt8_blocks_##vec,                          \
+        .bf16_pack_a = lt_bf16_pack_a_##bf16, .bf16_kernel = lt_bf16_kernel_##bf16                                \
     }
 
 /* Indexed by lt_cpu_isa; an ISA this build does not compile has no entry (isa == NULL). */
@@ -92,11 +91,14 @@ const lt_cpu_kernels *lt_cpu_kernels_get(lt_cpu_isa isa, char *err, size_t errle
             for (int i = 1; i < LT_ISA_COUNT; i++)
                 if (tables[i].isa && !strcmp(env, tables[i].isa)) {
                     if (isa_supported(i)) return &tables[i];
-                    set_err(err, errlen, "cpu backend: LT_CPU_ISA=%s, but this CPU does not support that instruction set", env);
+                    set_err(err, errlen,
+                            "cpu backend: LT_CPU_ISA=%s, but this CPU does not support that instruction set", env);
                     return NULL;
                 }
-            set_err(err, errlen, "cpu backend: LT_CPU_ISA=%s names no instruction set of this build "
-                                 "(generic, avx2, avx512, avx512bf16 on x86; auto)", env);
+            set_err(err, errlen,
+                    "cpu backend: LT_CPU_ISA=%s names no instruction set of this build "
+                    "(generic, avx2, avx512, avx512bf16 on x86; auto)",
+                    env);
             return NULL;
         }
         for (int i = LT_ISA_COUNT - 1; i >= 1; i--)

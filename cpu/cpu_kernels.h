@@ -65,8 +65,8 @@ static inline size_t lt_cpu_att_item_floats(int T, int HD) {
            2 * lt_cpu_round16((size_t)LT_ATT_QT * LT_ATT_KB) + 2 * lt_cpu_round16((size_t)T * HD);
 }
 #define LT_ATT_OFF_KT(T, HD) (lt_cpu_round16((size_t)(T)))
-#define LT_ATT_OFF_VT(T, HD) (LT_ATT_OFF_KT(T, HD) + lt_cpu_round16((size_t)(HD) * LT_ATT_KB))
-#define LT_ATT_OFF_P(T, HD) (LT_ATT_OFF_VT(T, HD) + lt_cpu_round16((size_t)(HD) * LT_ATT_KB))
+#define LT_ATT_OFF_VT(T, HD) (LT_ATT_OFF_KT(T, HD) + lt_cpu_round16((size_t)(HD)*LT_ATT_KB))
+#define LT_ATT_OFF_P(T, HD) (LT_ATT_OFF_VT(T, HD) + lt_cpu_round16((size_t)(HD)*LT_ATT_KB))
 #define LT_ATT_OFF_DS(T, HD) (LT_ATT_OFF_P(T, HD) + lt_cpu_round16((size_t)LT_ATT_QT * LT_ATT_KB))
 #define LT_ATT_OFF_DK(T, HD) (LT_ATT_OFF_DS(T, HD) + lt_cpu_round16((size_t)LT_ATT_QT * LT_ATT_KB))
 #define LT_ATT_OFF_DV(T, HD) (LT_ATT_OFF_DK(T, HD) + lt_cpu_round16((size_t)(T) * (HD)))
@@ -76,9 +76,9 @@ static inline size_t lt_cpu_att_item_floats(int T, int HD) {
  * (cpu_opt8.h). */
 struct lt_opt8_lut;
 typedef void lt_opt8_blocks_fn(float *param, const float *grad, uint8_t *c1, uint8_t *c2, float *absmax1,
-                               float *absmax2, size_t n, size_t b0, size_t b1, const float *qmap1,
-                               const float *qmap2, const struct lt_opt8_lut *lut1, const struct lt_opt8_lut *lut2,
-                               float beta1, float beta2, float eps_c2, float step_size, float decay);
+                               float *absmax2, size_t n, size_t b0, size_t b1, const float *qmap1, const float *qmap2,
+                               const struct lt_opt8_lut *lut1, const struct lt_opt8_lut *lut2, float beta1, float beta2,
+                               float eps_c2, float step_size, float decay);
 
 /* The two parts of the bf16-weight GEMM that differ per ISA (cpu/gemm_bf16_simd.h; the blocking around
  * them is cpu/gemm_bf16.c). LT_BF16_MR rows x LT_BF16_NR 16-column vectors of C per micro-kernel call.
@@ -89,8 +89,8 @@ typedef void lt_opt8_blocks_fn(float *param, const float *grad, uint8_t *c1, uin
 #define LT_BF16_MR 8
 #define LT_BF16_NR 3
 typedef void lt_bf16_pack_a_fn(uint16_t *a, int kcp, const float *A, size_t lda, int mr, int k0, int k1);
-typedef void lt_bf16_kernel_fn(int mr, int ncols, int kcp, const uint16_t *a, const uint16_t *b, size_t bs,
-                               float *C, size_t ldc, int first);
+typedef void lt_bf16_kernel_fn(int mr, int ncols, int kcp, const uint16_t *a, const uint16_t *b, size_t bs, float *C,
+                               size_t ldc, int first);
 
 typedef struct lt_cpu_kernels {
     const char *isa; /* "generic", "avx2", "avx512", "avx512bf16" (the names LT_CPU_ISA takes) */
@@ -101,38 +101,36 @@ typedef struct lt_cpu_kernels {
     double (*sumsq)(size_t n, const float *x);
     int (*all_finite)(size_t n, const float *x);
     /* rows [n0, n1) of (N, C) arrays */
-    void (*rmsnorm_fwd)(float *out, float *rstd, const float *inp, const float *weight, int n0, int n1,
-                        int C, float eps);
-    void (*rmsnorm_bwd)(float *dinp, const float *dout, const float *inp, const float *weight,
-                        const float *rstd, int n0, int n1, int C);
+    void (*rmsnorm_fwd)(float *out, float *rstd, const float *inp, const float *weight, int n0, int n1, int C,
+                        float eps);
+    void (*rmsnorm_bwd)(float *dinp, const float *dout, const float *inp, const float *weight, const float *rstd,
+                        int n0, int n1, int C);
     /* columns [c0, c1) of dweight, summing over all N rows in a fixed order */
-    void (*rmsnorm_dw)(float *dweight, const float *dout, const float *inp, const float *rstd, int N,
-                       int C, int c0, int c1);
+    void (*rmsnorm_dw)(float *dweight, const float *dout, const float *inp, const float *rstd, int N, int C, int c0,
+                       int c1);
     /* rows [n0, n1); inverse = 1 rotates by -angle (backward) */
-    void (*rope)(float *x, const int32_t *pos, const float *inv_freq, int n0, int n1, int n_heads,
-                 int head_dim, int rot_dim, int inverse);
+    void (*rope)(float *x, const int32_t *pos, const float *inv_freq, int n0, int n1, int n_heads, int head_dim,
+                 int rot_dim, int inverse);
     void (*swiglu_fwd)(float *out, const float *gate, const float *up, size_t n);
-    void (*swiglu_bwd)(float *dgate, float *dup, const float *dout, const float *gate,
-                       const float *up, size_t n);
+    void (*swiglu_bwd)(float *dgate, float *dup, const float *dout, const float *gate, const float *up, size_t n);
     /* one row of cross_entropy */
     void (*ce_row)(float *logits, float *loss, int32_t target, int V, float grad_scale);
     /* elements [0, n) of a mask starting at counter `offset` */
     void (*dropout)(float *out, const float *inp, size_t n, float p, uint64_t seed, uint64_t offset);
-    void (*adamw)(float *param, const float *grad, float *m, float *v, size_t n, float step_size,
-                  float beta1, float beta2, float eps, float bc2_sqrt, float decay);
+    void (*adamw)(float *param, const float *grad, float *m, float *v, size_t n, float step_size, float beta1,
+                  float beta2, float eps, float bc2_sqrt, float decay);
     /* attention forward of queries [t0, t1) of head (b, h); requires HD <= LT_ATT_MAX_HD */
     void (*att_fwd_tile)(float *out, float *lse, const float *q, const float *k, const float *v,
-                         const int32_t *kv_start, int T, int NH, int NKV, int HD, float scale, int b,
-                         int h, int t0, int t1);
+                         const int32_t *kv_start, int T, int NH, int NKV, int HD, float scale, int b, int h, int t0,
+                         int t1);
     /* attention backward of head (b, h): dq rows of the head (assigned); dk_h, dv_h: row t of this
      * head's key/value gradient at dk_h + t*ld_kv (assigned); ws: lt_cpu_att_item_floats(T, HD). */
-    void (*att_bwd_head)(float *dq, float *dk_h, float *dv_h, size_t ld_kv, const float *dout,
-                         const float *q, const float *k, const float *v, const float *out,
-                         const float *lse, const int32_t *kv_start, int T, int NH, int NKV, int HD,
-                         float scale, int b, int h, float *ws);
+    void (*att_bwd_head)(float *dq, float *dk_h, float *dv_h, size_t ld_kv, const float *dout, const float *q,
+                         const float *k, const float *v, const float *out, const float *lse, const int32_t *kv_start,
+                         int T, int NH, int NKV, int HD, float scale, int b, int h, float *ws);
     /* attention_decode of head (b, h): out, q (B,NH,HD); kcache, vcache (B,S_cap,NKV,HD); keys 0..len-1 */
-    void (*att_decode_head)(float *out, const float *q, const float *kcache, const float *vcache,
-                            int S_cap, int len, int NH, int NKV, int HD, float scale, int b, int h);
+    void (*att_decode_head)(float *out, const float *q, const float *kcache, const float *vcache, int S_cap, int len,
+                            int NH, int NKV, int HD, float scale, int b, int h);
     /* 8-bit AdamW blocks (above) */
     lt_opt8_blocks_fn *opt8_blocks;
     /* bf16-weight GEMM (above) */
@@ -147,7 +145,6 @@ const lt_cpu_kernels *lt_cpu_kernels_get(lt_cpu_isa isa, char *err, size_t errle
 
 /* lt_cpu_backend_create with the kernels of one ISA (LT_ERR_UNSUPPORTED if the CPU lacks it, or if
  * AUTO meets an LT_CPU_ISA this CPU lacks or that names no ISA). */
-lt_status lt_cpu_backend_create_isa(int n_threads, lt_cpu_isa isa, lt_backend **out, char *err,
-                                    size_t errlen);
+lt_status lt_cpu_backend_create_isa(int n_threads, lt_cpu_isa isa, lt_backend **out, char *err, size_t errlen);
 
 #endif /* LT_CPU_KERNELS_H */

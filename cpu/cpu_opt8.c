@@ -43,7 +43,8 @@ int lt_opt8_lut_build(lt_opt8_lut *lut, const float *code) {
         int64_t lo = lt_opt8_key(code[i]), hi = lt_opt8_key(code[i + 1]);
         while (hi - lo > 1) {
             const int64_t mid = lo + (hi - lo) / 2;
-            if (moves_up(key_float((int32_t)mid), code[i], code[i + 1])) hi = mid; else lo = mid;
+            if (moves_up(key_float((int32_t)mid), code[i], code[i + 1])) hi = mid;
+            else lo = mid;
         }
         lut->thr[i] = key_float((int32_t)hi);
     }
@@ -75,7 +76,8 @@ static lt_opt8_lut book_luts[2];
 static int book_luts_ok;
 static pthread_once_t book_luts_once = PTHREAD_ONCE_INIT;
 static void book_luts_init(void) {
-    book_luts_ok = lt_opt8_lut_build(&book_luts[0], lt_quant_code8()) && lt_opt8_lut_build(&book_luts[1], lt_quant_code8u());
+    book_luts_ok =
+        lt_opt8_lut_build(&book_luts[0], lt_quant_code8()) && lt_opt8_lut_build(&book_luts[1], lt_quant_code8u());
 }
 
 int lt_opt8_luts(const float *qmap1, const float *qmap2, lt_opt8_lut scratch[2], const lt_opt8_lut **lut1,

@@ -25,11 +25,11 @@
 #define LT_OPT8_LUT_MAX 8192 /* buckets: 8 KiB per code book, the shift chosen to fit */
 
 typedef struct lt_opt8_lut {
-    int32_t kmin, kmax;   /* ordered keys of code[0] and code[255] (keys outside are clamped) */
-    int shift;            /* bucket = (key - kmin) >> shift */
-    int maxfix;           /* fix-up steps that make every bucket's lower bound exact */
-    int nneg;             /* codes with the sign bit set: exactly code[0 .. nneg) */
-    float thr[256];       /* thr[0..254]; thr[255] = NaN stops the count */
+    int32_t kmin, kmax;               /* ordered keys of code[0] and code[255] (keys outside are clamped) */
+    int shift;                        /* bucket = (key - kmin) >> shift */
+    int maxfix;                       /* fix-up steps that make every bucket's lower bound exact */
+    int nneg;                         /* codes with the sign bit set: exactly code[0 .. nneg) */
+    float thr[256];                   /* thr[0..254]; thr[255] = NaN stops the count */
     uint8_t tab[LT_OPT8_LUT_MAX + 4]; /* + 4: the 32-bit gathers read 3 bytes past an entry */
 } lt_opt8_lut;
 
@@ -44,7 +44,10 @@ int lt_opt8_luts(const float *qmap1, const float *qmap2, lt_opt8_lut scratch[2],
 
 /* the float -> ordered int32 key map (monotone; -0.0 just below +0.0) and back */
 static inline int32_t lt_opt8_key(float x) {
-    union { float f; int32_t i; } u = {.f = x};
+    union {
+        float f;
+        int32_t i;
+    } u = {.f = x};
     return u.i ^ ((u.i >> 31) & 0x7fffffff);
 }
 

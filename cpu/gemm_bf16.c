@@ -108,8 +108,8 @@ static void repack_bwd(uint16_t *dst, const uint16_t *Wp, int in, int c0, int nb
  * A (M, K), B = W^T straight from the packed weight (K = in). Per KC_BLK pairs of k and MC_BLK rows,
  * A is rounded once (64 KB, stays in L2); each NR*16-column panel of B (24 KB) then serves all
  * MC_BLK/MR row tiles from L1. */
-static void bf16_block_fwd(const lt_cpu_kernels *k, float *C, int cols, const float *A, int K,
-                           const uint16_t *Wp, int in, int r0, int r1, int c0, int c1, int accumulate) {
+static void bf16_block_fwd(const lt_cpu_kernels *k, float *C, int cols, const float *A, int K, const uint16_t *Wp,
+                           int in, int r0, int r1, int c0, int c1, int accumulate) {
     _Alignas(64) uint16_t abuf[MC_BLK * 2 * KC_BLK]; /* 64 KB */
     const int KP = pairs_of(K), PW = pairs_of(in);
     for (int pc = 0; pc < KP; pc += KC_BLK) {
@@ -125,7 +125,7 @@ static void bf16_block_fwd(const lt_cpu_kernels *k, float *C, int cols, const fl
                 const size_t bs = (size_t)PW * 32;
                 for (int ir = 0; ir < mc; ir += MR)
                     k->bf16_kernel(mc - ir < MR ? mc - ir : MR, nc, kcp, abuf + (size_t)ir * 2 * kcp, b, bs,
-                               C + (size_t)(ic + ir) * cols + jr, (size_t)cols, first);
+                                   C + (size_t)(ic + ir) * cols + jr, (size_t)cols, first);
             }
         }
     }
@@ -134,8 +134,8 @@ static void bf16_block_fwd(const lt_cpu_kernels *k, float *C, int cols, const fl
 /* Backward: the same product with B = W re-packed (K = out). Here the re-pack is what costs, so it
  * is done once per block of NC_BLK columns x KC_BLK pairs (96 KB) and the block serves every row
  * (A is rounded again for each column block). */
-static void bf16_block_bwd(const lt_cpu_kernels *k, float *C, int cols, const float *A, int K,
-                           const uint16_t *Wp, int in, int r0, int r1, int c0, int c1, int accumulate) {
+static void bf16_block_bwd(const lt_cpu_kernels *k, float *C, int cols, const float *A, int K, const uint16_t *Wp,
+                           int in, int r0, int r1, int c0, int c1, int accumulate) {
     _Alignas(64) uint16_t abuf[MR * 2 * KC_BLK];
     _Alignas(64) uint16_t bbuf[NC_BLK * 2 * KC_BLK]; /* 96 KB */
     const int KP = pairs_of(K);
@@ -155,16 +155,16 @@ static void bf16_block_bwd(const lt_cpu_kernels *k, float *C, int cols, const fl
                 k->bf16_pack_a(abuf, kcp, A + (size_t)ir * K, (size_t)K, mr, k0, k1);
                 for (int jr = jc; jr < jend; jr += NR * 16) {
                     const int nc = jend - jr < NR * 16 ? jend - jr : NR * 16;
-                    k->bf16_kernel(mr, nc, kcp, abuf, b + (size_t)((jr - jc) / 16) * bs, bs,
-                               C + (size_t)ir * cols + jr, (size_t)cols, first);
+                    k->bf16_kernel(mr, nc, kcp, abuf, b + (size_t)((jr - jc) / 16) * bs, bs, C + (size_t)ir * cols + jr,
+                                   (size_t)cols, first);
                 }
             }
         }
     }
 }
 
-static void bf16_block(const lt_cpu_kernels *k, int bwd, float *C, int cols, const float *A, int K,
-                       const uint16_t *Wp, int in, int r0, int r1, int c0, int c1, int accumulate) {
+static void bf16_block(const lt_cpu_kernels *k, int bwd, float *C, int cols, const float *A, int K, const uint16_t *Wp,
+                       int in, int r0, int r1, int c0, int c1, int accumulate) {
     if (bwd) bf16_block_bwd(k, C, cols, A, K, Wp, in, r0, r1, c0, c1, accumulate);
     else bf16_block_fwd(k, C, cols, A, K, Wp, in, r0, r1, c0, c1, accumulate);
 }
@@ -202,12 +202,12 @@ static void bf16_gemm(const lt_cpu_kernels *k, int n_threads, int bwd, float *C,
     }
 }
 
-void lt_gemm_bf16_forward(const lt_cpu_kernels *k, int n_threads, float *y, const float *x, const uint16_t *Wp,
-                          int N, int in, int out) {
+void lt_gemm_bf16_forward(const lt_cpu_kernels *k, int n_threads, float *y, const float *x, const uint16_t *Wp, int N,
+                          int in, int out) {
     bf16_gemm(k, n_threads, 0, y, x, Wp, N, in, out, 0);
 }
 
-void lt_gemm_bf16_backward(const lt_cpu_kernels *k, int n_threads, float *dx, const float *dy,
-                           const uint16_t *Wp, int N, int in, int out, int accumulate) {
+void lt_gemm_bf16_backward(const lt_cpu_kernels *k, int n_threads, float *dx, const float *dy, const uint16_t *Wp,
+                           int N, int in, int out, int accumulate) {
     bf16_gemm(k, n_threads, 1, dx, dy, Wp, N, in, out, accumulate);
 }

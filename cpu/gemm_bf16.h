@@ -30,7 +30,10 @@ struct lt_cpu_kernels; /* cpu_kernels.h: the ISA's packer and micro-kernel */
 /* fp32 -> bf16, round to nearest even; NaN stays a (quiet) NaN; subnormal inputs give a signed zero
  * (what vcvtne2ps2bf16 does, so both implementations round inputs identically). */
 static inline uint16_t lt_bf16_round(float f) {
-    union { float f; uint32_t u; } v = {f};
+    union {
+        float f;
+        uint32_t u;
+    } v = {f};
     uint32_t u = v.u;
     if ((u & 0x7f800000u) == 0x7f800000u) /* inf or NaN */
         return (uint16_t)((u >> 16) | ((u & 0x007fffffu) ? 0x0040u : 0u));
@@ -40,7 +43,10 @@ static inline uint16_t lt_bf16_round(float f) {
 }
 
 static inline float lt_bf16_to_f32(uint16_t h) {
-    union { uint32_t u; float f; } v = {(uint32_t)h << 16};
+    union {
+        uint32_t u;
+        float f;
+    } v = {(uint32_t)h << 16};
     return v.f;
 }
 
@@ -57,8 +63,8 @@ float lt_bf16w_get(const uint16_t *Wp, int out, int in, int o, int i);
  * Error bound (rounding of the fp32 sums only; inputs are taken as rounded): for every element,
  * |y - exact| <= (K + 2) * 2^-24 * sum_k |x_k w_k|, K = in (any summation order of exact products).
  */
-void lt_gemm_bf16_forward(const struct lt_cpu_kernels *k, int n_threads, float *y, const float *x,
-                          const uint16_t *Wp, int N, int in, int out);
+void lt_gemm_bf16_forward(const struct lt_cpu_kernels *k, int n_threads, float *y, const float *x, const uint16_t *Wp,
+                          int N, int in, int out);
 /* dx (N,in) = (accumulate ? dx : 0) + bf16(dy) (N,out) W; same bound with K = out. */
 void lt_gemm_bf16_backward(const struct lt_cpu_kernels *k, int n_threads, float *dx, const float *dy,
                            const uint16_t *Wp, int N, int in, int out, int accumulate);

@@ -22,8 +22,8 @@ void F(lt_bf16_pack_a)(uint16_t *a, int kcp, const float *A, size_t lda, int mr,
     }
 }
 
-void F(lt_bf16_kernel)(int mr, int ncols, int kcp, const uint16_t *a, const uint16_t *b, size_t bs,
-                      float *C, size_t ldc, int first) {
+void F(lt_bf16_kernel)(int mr, int ncols, int kcp, const uint16_t *a, const uint16_t *b, size_t bs, float *C,
+                       size_t ldc, int first) {
     float acc[LT_BF16_MR][LT_BF16_NR * 16];
     memset(acc, 0, sizeof acc);
     const int nz = (ncols + 15) / 16;
@@ -34,8 +34,8 @@ void F(lt_bf16_kernel)(int mr, int ncols, int kcp, const uint16_t *a, const uint
             for (int z = 0; z < nz; z++) {
                 const uint16_t *v = b + z * bs + (size_t)p * 32;
                 for (int l = 0; l < 16; l++) /* products of bf16 values are exact in fp32 */
-                    acc[r][z * 16 + l] = (acc[r][z * 16 + l] + a0 * lt_bf16_to_f32(v[2 * l])) +
-                                         a1 * lt_bf16_to_f32(v[2 * l + 1]);
+                    acc[r][z * 16 + l] =
+                        (acc[r][z * 16 + l] + a0 * lt_bf16_to_f32(v[2 * l])) + a1 * lt_bf16_to_f32(v[2 * l + 1]);
             }
         }
     for (int r = 0; r < mr; r++)
@@ -61,9 +61,9 @@ void F(lt_bf16_pack_a)(uint16_t *a, int kcp, const float *A, size_t lda, int mr,
 }
 
 /* MR_ x NZ_ register tile; constants after inlining, so acc[][] lives in registers. */
-static inline __attribute__((always_inline)) void
-bf16_kernel_tile(const int MR_, const int NZ_, int ncols, int kcp, const uint16_t *a, const uint16_t *b,
-                 size_t bs, float *C, size_t ldc, int first) {
+static inline __attribute__((always_inline)) void bf16_kernel_tile(const int MR_, const int NZ_, int ncols, int kcp,
+                                                                   const uint16_t *a, const uint16_t *b, size_t bs,
+                                                                   float *C, size_t ldc, int first) {
     __m512 acc[LT_BF16_MR][LT_BF16_NR];
 #pragma GCC unroll 8
     for (int r = 0; r < MR_; r++)
@@ -95,22 +95,20 @@ bf16_kernel_tile(const int MR_, const int NZ_, int ncols, int kcp, const uint16_
         }
 }
 
-#define LT_TILE(mr_, nz_)                                                                          \
-    case (mr_) * 4 + (nz_): bf16_kernel_tile(mr_, nz_, ncols, kcp, a, b, bs, C, ldc, first); return;
+#define LT_TILE(mr_, nz_)                                                \
+    case (mr_)*4 + (nz_):                                                \
+        bf16_kernel_tile(mr_, nz_, ncols, kcp, a, b, bs, C, ldc, first); \
+        return;
 
-void F(lt_bf16_kernel)(int mr, int ncols, int kcp, const uint16_t *a, const uint16_t *b, size_t bs,
-                      float *C, size_t ldc, int first) {
+void F(lt_bf16_kernel)(int mr, int ncols, int kcp, const uint16_t *a, const uint16_t *b, size_t bs, float *C,
+                       size_t ldc, int first) {
     const int nz = (ncols + 15) / 16;
     switch (mr * 4 + nz) {
-        LT_TILE(8, 3) LT_TILE(8, 2) LT_TILE(8, 1)
-        LT_TILE(7, 3) LT_TILE(7, 2) LT_TILE(7, 1)
-        LT_TILE(6, 3) LT_TILE(6, 2) LT_TILE(6, 1)
-        LT_TILE(5, 3) LT_TILE(5, 2) LT_TILE(5, 1)
-        LT_TILE(4, 3) LT_TILE(4, 2) LT_TILE(4, 1)
-        LT_TILE(3, 3) LT_TILE(3, 2) LT_TILE(3, 1)
-        LT_TILE(2, 3) LT_TILE(2, 2) LT_TILE(2, 1)
-        LT_TILE(1, 3) LT_TILE(1, 2) LT_TILE(1, 1)
-    default: return;
+        LT_TILE(8, 3)
+        LT_TILE(8, 2) LT_TILE(8, 1) LT_TILE(7, 3) LT_TILE(7, 2) LT_TILE(7, 1) LT_TILE(6, 3) LT_TILE(6, 2) LT_TILE(6, 1)
+            LT_TILE(5, 3) LT_TILE(5, 2) LT_TILE(5, 1) LT_TILE(4, 3) LT_TILE(4, 2) LT_TILE(4, 1) LT_TILE(3, 3)
+                LT_TILE(3, 2) LT_TILE(3, 1) LT_TILE(2, 3) LT_TILE(2, 2) LT_TILE(2, 1) LT_TILE(1, 3) LT_TILE(1, 2)
+                    LT_TILE(1, 1) default : return;
     }
 }
 #undef LT_TILE

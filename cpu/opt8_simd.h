@@ -24,7 +24,11 @@ typedef float vf __attribute__((vector_size(LT_W * 4)));
 typedef int32_t vi __attribute__((vector_size(LT_W * 4)));
 typedef uint32_t vu __attribute__((vector_size(LT_W * 4)));
 
-LT_AI vf F(o8_ld)(const float *p) { vf v; memcpy(&v, p, sizeof v); return v; }
+LT_AI vf F(o8_ld)(const float *p) {
+    vf v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
 LT_AI void F(o8_st)(float *p, vf v) { memcpy(p, &v, sizeof v); }
 /* m lanes are 0 or -1 (a vector comparison) */
 LT_AI vf F(o8_sel)(vi m, vf a, vf b) { return (vf)(((vi)a & m) | ((vi)b & ~m)); }
@@ -109,10 +113,9 @@ LT_AI vi F(o8_nearest)(const lt_opt8_lut *lut, vf x) {
 }
 
 /* blocks [b0, b1) of a tensor of n elements (cpu_kernels.h lt_opt8_blocks_fn) */
-void F(lt_opt8_blocks)(float *param, const float *grad, uint8_t *c1, uint8_t *c2, float *absmax1,
-                             float *absmax2, size_t n, size_t b0, size_t b1, const float *qmap1,
-                             const float *qmap2, const lt_opt8_lut *lut1, const lt_opt8_lut *lut2, float beta1,
-                             float beta2, float eps_c2, float step_size, float decay) {
+void F(lt_opt8_blocks)(float *param, const float *grad, uint8_t *c1, uint8_t *c2, float *absmax1, float *absmax2,
+                       size_t n, size_t b0, size_t b1, const float *qmap1, const float *qmap2, const lt_opt8_lut *lut1,
+                       const lt_opt8_lut *lut2, float beta1, float beta2, float eps_c2, float step_size, float decay) {
     const float ob1 = 1.0f - beta1, ob2 = 1.0f - beta2, keep = 1.0f - decay;
     float m[LT_OPT8_BLOCK], v[LT_OPT8_BLOCK]; /* the block's updated fp32 m, v */
     for (size_t b = b0; b < b1; b++) {
@@ -137,7 +140,7 @@ void F(lt_opt8_blocks)(float *param, const float *grad, uint8_t *c1, uint8_t *c2
             F(o8_st)(m + (i - i0), mi);
             F(o8_st)(v + (i - i0), vv);
             const vf am = (vf)((vi)mi & 0x7fffffff), av = (vf)((vi)vv & 0x7fffffff); /* NaN stays NaN */
-            acc1 = F(o8_sel)(am > acc1, am, acc1); /* fmaxf: a NaN never wins */
+            acc1 = F(o8_sel)(am > acc1, am, acc1);                                   /* fmaxf: a NaN never wins */
             acc2 = F(o8_sel)(av > acc2, av, acc2);
         }
         float am1 = F(o8_hmax)(acc1), am2 = F(o8_hmax)(acc2);

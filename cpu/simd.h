@@ -39,8 +39,8 @@
 #define vq F(vq)
 typedef float vf __attribute__((vector_size(LT_W * 4)));
 typedef int32_t vi __attribute__((vector_size(LT_W * 4)));
-typedef double vd __attribute__((vector_size(LT_W * 4)));     /* LT_W/2 doubles */
-typedef uint64_t vq __attribute__((vector_size(LT_W * 8)));   /* LT_W u64 lanes */
+typedef double vd __attribute__((vector_size(LT_W * 4)));   /* LT_W/2 doubles */
+typedef uint64_t vq __attribute__((vector_size(LT_W * 8))); /* LT_W u64 lanes */
 
 #define KB LT_ATT_KB
 #define QT LT_ATT_QT
@@ -48,7 +48,11 @@ typedef uint64_t vq __attribute__((vector_size(LT_W * 8)));   /* LT_W u64 lanes 
 
 /* ---- primitives ----------------------------------------------------------------------------------- */
 
-LT_AI vf F(ld)(const float *p) { vf v; memcpy(&v, p, sizeof v); return v; }
+LT_AI vf F(ld)(const float *p) {
+    vf v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
 LT_AI void F(st)(float *p, vf v) { memcpy(p, &v, sizeof v); }
 LT_AI vf F(set1)(float x) { return (vf){0} + x; }
 /* m lanes are 0 or -1 (a vector comparison) */
@@ -218,8 +222,8 @@ static int F(k_all_finite)(size_t n, const float *x) {
 /* ---- RMSNorm -------------------------------------------------------------------------------------- */
 
 /* out (N,C), rstd (N), inp (N,C), weight (C); rows [n0, n1) */
-static void F(k_rmsnorm_fwd)(float *out, float *rstd, const float *inp, const float *weight, int n0,
-                             int n1, int C, float eps) {
+static void F(k_rmsnorm_fwd)(float *out, float *rstd, const float *inp, const float *weight, int n0, int n1, int C,
+                             float eps) {
     for (int n = n0; n < n1; n++) {
         const float *x = inp + (size_t)n * C;
         float *o = out + (size_t)n * C;
@@ -240,8 +244,8 @@ static void F(k_rmsnorm_fwd)(float *out, float *rstd, const float *inp, const fl
 
 /* dinp (N,C) accumulates, dout, inp (N,C), weight (C), rstd (N); rows [n0, n1)
  *   dx_c += r w_c g_c - (r^3/C) x_c sum_i(g_i w_i x_i) */
-static void F(k_rmsnorm_bwd)(float *dinp, const float *dout, const float *inp, const float *weight,
-                             const float *rstd, int n0, int n1, int C) {
+static void F(k_rmsnorm_bwd)(float *dinp, const float *dout, const float *inp, const float *weight, const float *rstd,
+                             int n0, int n1, int C) {
     for (int n = n0; n < n1; n++) {
         const float *x = inp + (size_t)n * C, *g = dout + (size_t)n * C;
         float *dx = dinp + (size_t)n * C;
@@ -261,8 +265,8 @@ static void F(k_rmsnorm_bwd)(float *dinp, const float *dout, const float *inp, c
 /* dweight (C) accumulates sum_n dout[n,c] inp[n,c] rstd[n] for columns [c0, c1), in double, rows in
  * order (deterministic whatever the thread count) */
 #define LT_DW_BLOCK 64
-static void F(k_rmsnorm_dw)(float *dweight, const float *dout, const float *inp, const float *rstd,
-                            int N, int C, int c0, int c1) {
+static void F(k_rmsnorm_dw)(float *dweight, const float *dout, const float *inp, const float *rstd, int N, int C,
+                            int c0, int c1) {
     for (int cb = c0; cb < c1; cb += LT_DW_BLOCK) {
         int nc = c1 - cb < LT_DW_BLOCK ? c1 - cb : LT_DW_BLOCK;
         double acc[LT_DW_BLOCK] = {0};
@@ -283,8 +287,8 @@ static void F(k_rmsnorm_dw)(float *dweight, const float *dout, const float *inp,
 
 /* x (N, n_heads, head_dim) in place, rows [n0, n1); pos (N); inv_freq (rot_dim/2) */
 #define LT_ROPE_CHUNK 64
-static void F(k_rope)(float *x, const int32_t *pos, const float *inv_freq, int n0, int n1,
-                      int n_heads, int head_dim, int rot_dim, int inverse) {
+static void F(k_rope)(float *x, const int32_t *pos, const float *inv_freq, int n0, int n1, int n_heads, int head_dim,
+                      int rot_dim, int inverse) {
     int half = rot_dim / 2;
     float cs[LT_ROPE_CHUNK], sn[LT_ROPE_CHUNK];
     for (int n = n0; n < n1; n++) {
@@ -337,8 +341,7 @@ static void F(k_swiglu_fwd)(float *out, const float *gate, const float *up, size
 
 /* dgate, dup, dout, gate, up (n); dgate/dup may alias gate/up (each element is loaded before it is
  * stored) */
-static void F(k_swiglu_bwd)(float *dgate, float *dup, const float *dout, const float *gate,
-                            const float *up, size_t n) {
+static void F(k_swiglu_bwd)(float *dgate, float *dup, const float *dout, const float *gate, const float *up, size_t n) {
     size_t i = 0;
     for (; i + LT_W <= n; i += LT_W) {
         vf go = F(ld)(dout + i), g = F(ld)(gate + i), u = F(ld)(up + i);
@@ -416,8 +419,7 @@ static void F(k_ce_row)(float *x, float *loss, int32_t tgt, int V, float grad_sc
 /* ---- dropout -------------------------------------------------------------------------------------- */
 
 /* out, inp (n); element i uses counter offset + i (lt_hash_uniform, bit for bit) */
-static void F(k_dropout)(float *out, const float *inp, size_t n, float p, uint64_t seed,
-                         uint64_t offset) {
+static void F(k_dropout)(float *out, const float *inp, size_t n, float p, uint64_t seed, uint64_t offset) {
     if (!(p < 1.0f)) {
         memset(out, 0, n * sizeof(float));
         return;
@@ -441,8 +443,8 @@ static void F(k_dropout)(float *out, const float *inp, size_t n, float p, uint64
 /* ---- AdamW ---------------------------------------------------------------------------------------- */
 
 /* param, grad, m, v (n); the formula of backend.h */
-static void F(k_adamw)(float *param, const float *grad, float *m, float *v, size_t n, float step_size,
-                       float beta1, float beta2, float eps, float bc2_sqrt, float decay) {
+static void F(k_adamw)(float *param, const float *grad, float *m, float *v, size_t n, float step_size, float beta1,
+                       float beta2, float eps, float bc2_sqrt, float decay) {
     size_t i = 0;
     float keep = 1.0f - decay, c1 = 1.0f - beta1, c2 = 1.0f - beta2;
     for (; i + LT_W <= n; i += LT_W) {
@@ -466,8 +468,7 @@ static void F(k_adamw)(float *param, const float *grad, float *m, float *v, size
 /* ---- attention micro-kernels ---------------------------------------------------------------------- */
 
 /* S (R, KB) = scale * A (R rows of HD, row stride lda) @ Bt (HD, KB); rows in blocks of RB. */
-LT_AI void F(mm_s_block)(const int RB, float *S, const float *A, size_t lda, const float *Bt, int HD,
-                         float scale) {
+LT_AI void F(mm_s_block)(const int RB, float *S, const float *A, size_t lda, const float *Bt, int HD, float scale) {
     vf acc[LT_RBA][NVK];
 #pragma GCC unroll 16
     for (int g = 0; g < RB; g++)
@@ -498,8 +499,8 @@ static void F(mm_s)(float *S, const float *A, size_t lda, int R, const float *Bt
 
 /* C (R rows, stride ldc; columns [d0, d0 + NV*W)) += A (R, K) @ X (K rows, stride ldx), with
  * A[r][c] = A[r*ars + c*acs]. */
-LT_AI void F(mm_acc_block)(const int RB, const int NV, float *C, size_t ldc, const float *A, size_t ars,
-                           size_t acs, const float *X, size_t ldx, int K, int d0) {
+LT_AI void F(mm_acc_block)(const int RB, const int NV, float *C, size_t ldc, const float *A, size_t ars, size_t acs,
+                           const float *X, size_t ldx, int K, int d0) {
     vf acc[LT_RBB][LT_CBB];
 #pragma GCC unroll 16
     for (int g = 0; g < RB; g++)
@@ -522,8 +523,8 @@ LT_AI void F(mm_acc_block)(const int RB, const int NV, float *C, size_t ldc, con
         for (int u = 0; u < NV; u++) F(st)(C + g * ldc + d0 + u * LT_W, acc[g][u]);
 }
 
-LT_AI void F(mm_acc_rows)(const int RB, float *C, size_t ldc, const float *A, size_t ars, size_t acs,
-                          const float *X, size_t ldx, int K, int HD) {
+LT_AI void F(mm_acc_rows)(const int RB, float *C, size_t ldc, const float *A, size_t ars, size_t acs, const float *X,
+                          size_t ldx, int K, int HD) {
     int HDv = HD / LT_W * LT_W, d0 = 0;
     for (; d0 + LT_CBB * LT_W <= HDv; d0 += LT_CBB * LT_W)
         F(mm_acc_block)(RB, LT_CBB, C, ldc, A, ars, acs, X, ldx, K, d0);
@@ -536,11 +537,10 @@ LT_AI void F(mm_acc_rows)(const int RB, float *C, size_t ldc, const float *A, si
         }
 }
 
-static void F(mm_acc)(float *C, size_t ldc, const float *A, size_t ars, size_t acs, const float *X,
-                      size_t ldx, int R, int K, int HD) {
+static void F(mm_acc)(float *C, size_t ldc, const float *A, size_t ars, size_t acs, const float *X, size_t ldx, int R,
+                      int K, int HD) {
     int r = 0;
-    for (; r + LT_RBB <= R; r += LT_RBB)
-        F(mm_acc_rows)(LT_RBB, C + r * ldc, ldc, A + r * ars, ars, acs, X, ldx, K, HD);
+    for (; r + LT_RBB <= R; r += LT_RBB) F(mm_acc_rows)(LT_RBB, C + r * ldc, ldc, A + r * ars, ars, acs, X, ldx, K, HD);
     for (; r < R; r++) F(mm_acc_rows)(1, C + r * ldc, ldc, A + r * ars, ars, acs, X, ldx, K, HD);
 }
 
@@ -568,8 +568,8 @@ LT_AI void F(mask_row)(float *row, int a, int e, float fill) {
  * [t0, t1) of head (b, h). Flash-style: key tiles of KB with an online softmax; the output rows are
  * the accumulators. Stack: HD*KB + QT_FWD*KB floats. */
 static void F(k_att_fwd_tile)(float *out, float *lse, const float *q, const float *k, const float *v,
-                              const int32_t *kv_start, int T, int NH, int NKV, int HD, float scale,
-                              int b, int h, int t0, int t1) {
+                              const int32_t *kv_start, int T, int NH, int NKV, int HD, float scale, int b, int h,
+                              int t0, int t1) {
     const int R = t1 - t0, kvh = h / (NH / NKV);
     const size_t sq = (size_t)NH * HD, skv = (size_t)NKV * HD;
     const float *qb = q + (((size_t)b * T + t0) * NH + h) * HD;
@@ -634,10 +634,10 @@ static void F(k_att_fwd_tile)(float *out, float *lse, const float *q, const floa
  * row stride ld_kv, assigned; dout, q, out (B,T,NH,HD); k, v (B,T,NKV,HD); lse (B,NH,T).
  * FlashAttention-2 order: key tiles outside, query tiles inside; dk, dv of a key tile accumulate
  * over query tiles, dq rows accumulate over key tiles. ws: lt_cpu_att_item_floats(T, HD). */
-static void F(k_att_bwd_head)(float *dq, float *dk_h, float *dv_h, size_t ld_kv, const float *dout,
-                              const float *q, const float *k, const float *v, const float *out,
-                              const float *lse, const int32_t *kv_start, int T, int NH, int NKV, int HD,
-                              float scale, int b, int h, float *ws) {
+static void F(k_att_bwd_head)(float *dq, float *dk_h, float *dv_h, size_t ld_kv, const float *dout, const float *q,
+                              const float *k, const float *v, const float *out, const float *lse,
+                              const int32_t *kv_start, int T, int NH, int NKV, int HD, float scale, int b, int h,
+                              float *ws) {
     const int kvh = h / (NH / NKV);
     const size_t sq = (size_t)NH * HD, skv = (size_t)NKV * HD;
     const size_t base_q = ((size_t)b * T * NH + h) * HD, base_kv = ((size_t)b * T * NKV + kvh) * HD;
@@ -674,8 +674,8 @@ static void F(k_att_bwd_head)(float *dq, float *dk_h, float *dv_h, size_t ld_kv,
                 F(transpose_tile)(Vt, vh + (size_t)j0 * skv, skv, jn, HD);
                 kt_ready = 1;
             }
-            F(mm_s)(P, qh + i0 * sq, sq, R, Kt, HD, scale);    /* scores */
-            F(mm_s)(dS, doh + i0 * sq, sq, R, Vt, HD, 1.0f);   /* dP = dout v^T */
+            F(mm_s)(P, qh + i0 * sq, sq, R, Kt, HD, scale);  /* scores */
+            F(mm_s)(dS, doh + i0 * sq, sq, R, Vt, HD, 1.0f); /* dP = dout v^T */
             for (int i = 0; i < R; i++) {
                 int t = i0 + i, lo = lt_att_kv_lo(ks, t);
                 float *p = P + (size_t)i * KB, *ds = dS + (size_t)i * KB;
@@ -711,8 +711,8 @@ static void F(k_att_bwd_head)(float *dq, float *dk_h, float *dv_h, size_t ld_kv,
 /* out, q (B,NH,HD); kcache, vcache (B,S_cap,NKV,HD): head (b, h) of one new token against keys
  * 0..len-1, online softmax over tiles of KB keys (scores by dot products; the output row is the
  * accumulator). */
-static void F(k_att_decode_head)(float *out, const float *q, const float *kcache, const float *vcache,
-                                 int S_cap, int len, int NH, int NKV, int HD, float scale, int b, int h) {
+static void F(k_att_decode_head)(float *out, const float *q, const float *kcache, const float *vcache, int S_cap,
+                                 int len, int NH, int NKV, int HD, float scale, int b, int h) {
     const int kvh = h / (NH / NKV);
     const size_t skv = (size_t)NKV * HD;
     const float *qh = q + ((size_t)b * NH + h) * HD;

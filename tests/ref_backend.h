@@ -12,8 +12,8 @@
 #define LT_REF_BACKEND_H
 
 #include <stdatomic.h>
-#include <stdio.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -156,9 +156,8 @@ static int rb_att_ok(lt_backend *be, int B, int T, int NH, int NKV, int HD) {
     }
     return 1;
 }
-static void rb_attention_forward(lt_backend *be, float *out, float *lse, const float *q, const float *k,
-                                 const float *v, const int32_t *ks, int B, int T, int NH, int NKV, int HD,
-                                 float scale) {
+static void rb_attention_forward(lt_backend *be, float *out, float *lse, const float *q, const float *k, const float *v,
+                                 const int32_t *ks, int B, int T, int NH, int NKV, int HD, float scale) {
     if (rb_att_ok(be, B, T, NH, NKV, HD)) lt_ref_attention_forward(out, lse, q, k, v, ks, B, T, NH, NKV, HD, scale);
 }
 static size_t rb_attention_backward_scratch(lt_backend *be, int B, int T, int NH, int HD) {
@@ -166,9 +165,8 @@ static size_t rb_attention_backward_scratch(lt_backend *be, int B, int T, int NH
     return lt_ref_attention_backward_scratch(B, T, NH, HD);
 }
 static void rb_attention_backward(lt_backend *be, float *dq, float *dk, float *dv, const float *dout, const float *q,
-                                  const float *k, const float *v, const float *out, const float *lse,
-                                  const int32_t *ks, int B, int T, int NH, int NKV, int HD, float scale,
-                                  float *scratch) {
+                                  const float *k, const float *v, const float *out, const float *lse, const int32_t *ks,
+                                  int B, int T, int NH, int NKV, int HD, float scale, float *scratch) {
     if (rb_att_ok(be, B, T, NH, NKV, HD))
         lt_ref_attention_backward(dq, dk, dv, dout, q, k, v, out, lse, ks, B, T, NH, NKV, HD, scale, scratch);
 }
@@ -203,8 +201,8 @@ static void rb_swiglu_forward(lt_backend *be, float *out, const float *g, const 
     (void)be;
     lt_ref_swiglu_forward(out, g, u, n);
 }
-static void rb_swiglu_backward(lt_backend *be, float *dg, float *du, const float *dout, const float *g,
-                               const float *u, size_t n) {
+static void rb_swiglu_backward(lt_backend *be, float *dg, float *du, const float *dout, const float *g, const float *u,
+                               size_t n) {
     (void)be;
     lt_ref_swiglu_backward(dg, du, dout, g, u, n);
 }
@@ -212,8 +210,8 @@ static void rb_geglu_forward(lt_backend *be, float *out, const float *g, const f
     (void)be;
     lt_ref_geglu_forward(out, g, u, n);
 }
-static void rb_geglu_backward(lt_backend *be, float *dg, float *du, const float *dout, const float *g,
-                              const float *u, size_t n) {
+static void rb_geglu_backward(lt_backend *be, float *dg, float *du, const float *dout, const float *g, const float *u,
+                              size_t n) {
     (void)be;
     lt_ref_geglu_backward(dg, du, dout, g, u, n);
 }

@@ -99,11 +99,13 @@ static hb backends[] = {
 #define N_BACKENDS ((int)(sizeof backends / sizeof *backends))
 
 static hb *cur; /* the backend FOR_BE is at */
-#define FOR_BE for (int bi_ = 0; bi_ < N_BACKENDS; bi_++) if ((cur = &backends[bi_])->be)
+#define FOR_BE                                 \
+    for (int bi_ = 0; bi_ < N_BACKENDS; bi_++) \
+        if ((cur = &backends[bi_])->be)
 #define BE (cur->be)
 #define OPS (cur->be->ops)
 #define NM (cur->name)
-#define TOL(t) ((t) * cur->slack)
+#define TOL(t) ((t)*cur->slack)
 
 static void setup(void) {
     for (int i = 0; i < N_BACKENDS; i++) {
@@ -298,11 +300,15 @@ START_TEST(test_gemm) {
                               "gemm %dx%dx%d ta%d tb%d a%g b%g row %d", M, N, K, ta, tb, alpha, beta, i);
                     SYNC_OK("gemm");
                     free(Cf);
-                    dfree(dA); dfree(dB); dfree(dC);
+                    dfree(dA);
+                    dfree(dB);
+                    dfree(dC);
                 }
-                free(C0); free(Cr);
+                free(C0);
+                free(Cr);
             }
-            free(A); free(Bm);
+            free(A);
+            free(Bm);
         }
     }
     FOR_BE { /* K = 0, and alpha = 0: C = beta C */
@@ -315,7 +321,8 @@ START_TEST(test_gemm) {
         OPS->download(BE, out, dC, sizeof out);
         for (int i = 0; i < 6; i++) ck_assert_msg(out[i] == 0.0f, "%s: gemm with alpha = beta = 0", NM);
         SYNC_OK("gemm");
-        dfree(dC); dfree(dummy);
+        dfree(dC);
+        dfree(dummy);
     }
 }
 END_TEST
@@ -390,12 +397,25 @@ START_TEST(test_gemm_bf16) {
                                   accumulate, n, i, dx[j], xr[j]);
                     }
                 }
-                free(y); free(dx);
+                free(y);
+                free(dx);
                 dfree(ddx);
             }
-            dfree(dW); dfree(dx_); dfree(ddy); dfree(dyv);
+            dfree(dW);
+            dfree(dx_);
+            dfree(ddy);
+            dfree(dyv);
         }
-        free(W); free(x); free(dy); free(acc); free(rW); free(yr); free(dxr[0]); free(dxr[1]); free(sf); free(sb);
+        free(W);
+        free(x);
+        free(dy);
+        free(acc);
+        free(rW);
+        free(yr);
+        free(dxr[0]);
+        free(dxr[1]);
+        free(sf);
+        free(sb);
     }
 }
 END_TEST
@@ -440,7 +460,8 @@ START_TEST(test_elementwise) {
                 ck_assert_int_eq(OPS->all_finite(BE, n, dx), 1);
             }
             SYNC_OK("elementwise");
-            dfree(dx); dfree(dy);
+            dfree(dx);
+            dfree(dy);
         }
         if (n) { /* the reference's own all_finite */
             const size_t where[3] = {0, n / 2, n - 1};
@@ -453,7 +474,10 @@ START_TEST(test_elementwise) {
                     x[where[w]] = keep;
                 }
         }
-        free(x); free(y0); free(yr); free(zr);
+        free(x);
+        free(y0);
+        free(yr);
+        free(zr);
     }
 }
 END_TEST
@@ -475,9 +499,12 @@ START_TEST(test_row_scale) {
             SAME(xf, xr, (size_t)n * C, "row_scale %d x %d", n, C);
             SYNC_OK("row_scale");
             free(xf);
-            dfree(dx); dfree(dw);
+            dfree(dx);
+            dfree(dw);
         }
-        free(x); free(w); free(xr);
+        free(x);
+        free(w);
+        free(xr);
     }
 }
 END_TEST
@@ -514,10 +541,17 @@ START_TEST(test_embedding) {
             float *bt = hget(dt, (size_t)V * C);
             SAME(bt, tr, (size_t)V * C, "embedding_backward V=%d C=%d N=%d", V, C, N);
             SYNC_OK("embedding");
-            free(of); free(bt);
-            dfree(dt); dfree(dout); dfree(dg); dfree(dids);
+            free(of);
+            free(bt);
+            dfree(dt);
+            dfree(dout);
+            dfree(dg);
+            dfree(dids);
         }
-        free(table); free(g); free(orf); free(tr);
+        free(table);
+        free(g);
+        free(orf);
+        free(tr);
     }
 }
 END_TEST
@@ -525,8 +559,8 @@ END_TEST
 /* ---- RMSNorm ------------------------------------------------------------------------------------------------ */
 
 START_TEST(test_rmsnorm) {
-    static const int shapes[][2] = {{1, 1},    {3, 17},   {7, 100},    {64, 2048}, {5, 4099},
-                                    {33, 16},  {300, 64}, {2001, 515}, {40, 4096}};
+    static const int shapes[][2] = {{1, 1},   {3, 17},   {7, 100},    {64, 2048}, {5, 4099},
+                                    {33, 16}, {300, 64}, {2001, 515}, {40, 4096}};
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
         const int N = shapes[s][0], C = shapes[s][1];
         const size_t NC = (size_t)N * C;
@@ -561,10 +595,31 @@ START_TEST(test_rmsnorm) {
             float *din = hget(ddi, NC);
             SAME(din, dif, NC, "rmsnorm dinp with dweight NULL N=%d C=%d", N, C);
             SYNC_OK("rmsnorm");
-            free(of); free(rf); free(dif); free(dwf); free(dif2); free(dwf2); free(din);
-            dfree(dx); dfree(dw); dfree(dg); dfree(dout); dfree(drs); dfree(ddi); dfree(ddw); dfree(drr);
+            free(of);
+            free(rf);
+            free(dif);
+            free(dwf);
+            free(dif2);
+            free(dwf2);
+            free(din);
+            dfree(dx);
+            dfree(dw);
+            dfree(dg);
+            dfree(dout);
+            dfree(drs);
+            dfree(ddi);
+            dfree(ddw);
+            dfree(drr);
         }
-        free(x); free(w); free(g); free(orf); free(rr); free(di0); free(dw0); free(dir); free(dwr);
+        free(x);
+        free(w);
+        free(g);
+        free(orf);
+        free(rr);
+        free(di0);
+        free(dw0);
+        free(dir);
+        free(dwr);
     }
 }
 END_TEST
@@ -576,9 +631,9 @@ static void rope_inv_freq(float *f, int rot, double theta) {
 }
 
 START_TEST(test_rope) {
-    static const int shapes[][4] = {{1, 1, 2, 2},     {5, 3, 8, 8},    {7, 2, 64, 64},   {4, 3, 80, 32},
-                                    {9, 4, 128, 128}, {3, 5, 6, 4},    {2, 2, 256, 256}, {300, 8, 128, 128},
-                                    {16, 6, 128, 64}};
+    static const int shapes[][4] = {{1, 1, 2, 2},     {5, 3, 8, 8},       {7, 2, 64, 64},
+                                    {4, 3, 80, 32},   {9, 4, 128, 128},   {3, 5, 6, 4},
+                                    {2, 2, 256, 256}, {300, 8, 128, 128}, {16, 6, 128, 64}};
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
         const int N = shapes[s][0], NH = shapes[s][1], HD = shapes[s][2], rot = shapes[s][3];
         const size_t n = (size_t)N * NH * HD;
@@ -614,10 +669,17 @@ START_TEST(test_rope) {
             float *bf = hget(dxv, n);
             CLOSE(bf, x, n, TOL(1e-5), "rope bwd(fwd(x)) == x N=%d HD=%d", N, HD);
             SYNC_OK("rope");
-            free(xf); free(gf); free(bf);
-            dfree(dxv); dfree(dinv); dfree(dpos); dfree(dgv);
+            free(xf);
+            free(gf);
+            free(bf);
+            dfree(dxv);
+            dfree(dinv);
+            dfree(dpos);
+            dfree(dgv);
         }
-        free(x); free(xr); free(gr);
+        free(x);
+        free(xr);
+        free(gr);
     }
 }
 END_TEST
@@ -641,7 +703,8 @@ START_TEST(test_rope_scale) {
             free(xs);
             dfree(dx);
         }
-        free(x); free(xr);
+        free(x);
+        free(xr);
     }
 }
 END_TEST
@@ -665,21 +728,40 @@ static void make_kv_start(int32_t *ks, int B, int T, int mode) {
     }
 }
 
-typedef struct att_case { int B, T, NH, NKV, HD, mode; } att_case;
+typedef struct att_case {
+    int B, T, NH, NKV, HD, mode;
+} att_case;
 
 static const att_case att_cases[] = {
     /* small and odd */
-    {1, 1, 1, 1, 8, 0},     {2, 17, 4, 2, 16, 0},   {1, 70, 4, 1, 64, 0},   {2, 45, 3, 3, 20, 0},
-    {1, 100, 2, 2, 128, 1}, {1, 33, 6, 2, 5, 1},    {2, 130, 2, 1, 96, 1},  {1, 64, 2, 1, 8, 2},
-    {1, 97, 4, 4, 64, 2},   {3, 40, 2, 2, 80, 0},   {1, 2, 8, 2, 128, 0},   {2, 257, 2, 1, 48, 0},
-    {1, 290, 2, 2, 32, 2},  {4, 65, 2, 2, 65, 0},   {1, 129, 4, 2, 127, 1},
+    {1, 1, 1, 1, 8, 0},
+    {2, 17, 4, 2, 16, 0},
+    {1, 70, 4, 1, 64, 0},
+    {2, 45, 3, 3, 20, 0},
+    {1, 100, 2, 2, 128, 1},
+    {1, 33, 6, 2, 5, 1},
+    {2, 130, 2, 1, 96, 1},
+    {1, 64, 2, 1, 8, 2},
+    {1, 97, 4, 4, 64, 2},
+    {3, 40, 2, 2, 80, 0},
+    {1, 2, 8, 2, 128, 0},
+    {2, 257, 2, 1, 48, 0},
+    {1, 290, 2, 2, 32, 2},
+    {4, 65, 2, 2, 65, 0},
+    {1, 129, 4, 2, 127, 1},
     /* T = 1 (one token per row) */
-    {3, 1, 4, 2, 64, 0},    {2, 1, 8, 8, 128, 0},
+    {3, 1, 4, 2, 64, 0},
+    {2, 1, 8, 8, 128, 0},
     /* T = 300, HD 64 and 128: causal, packed, window, GQA */
-    {1, 300, 2, 1, 64, 1},  {2, 300, 4, 2, 64, 0},  {1, 300, 4, 4, 128, 0}, {2, 300, 8, 2, 128, 1},
+    {1, 300, 2, 1, 64, 1},
+    {2, 300, 4, 2, 64, 0},
+    {1, 300, 4, 4, 128, 0},
+    {2, 300, 8, 2, 128, 1},
     {1, 300, 4, 1, 128, 2},
     /* head_dim above 128 (CUDA: the row-wise kernels) */
-    {1, 9, 2, 1, 260, 1},   {1, 150, 4, 2, 160, 0}, {2, 70, 2, 2, 256, 1},
+    {1, 9, 2, 1, 260, 1},
+    {1, 150, 4, 2, 160, 0},
+    {2, 70, 2, 2, 256, 1},
 };
 #define N_ATT ((int)(sizeof att_cases / sizeof *att_cases))
 
@@ -721,8 +803,8 @@ START_TEST(test_attention) {
                 if (lt_att_kv_lo(ks + (size_t)b * T, t) == t)
                     for (size_t i = 0; i < (size_t)NH * HD; i++)
                         TU_EXPECT(dqf[((size_t)b * T + t) * NH * HD + i] == 0.0f,
-                                      "%s %s: dq of single-key query b=%d t=%d is %g", NM, what, b, t,
-                                      dqf[((size_t)b * T + t) * NH * HD + i]);
+                                  "%s %s: dq of single-key query b=%d t=%d is %g", NM, what, b, t,
+                                  dqf[((size_t)b * T + t) * NH * HD + i]);
         if (T == 1)
             for (size_t i = 0; i < nkv; i++) TU_EXPECT(dkf[i] == 0.0f, "%s %s: dk with T = 1 is %g", NM, what, dkf[i]);
         /* deterministic: a second backward (over the previous results) is bit-identical */
@@ -732,11 +814,38 @@ START_TEST(test_attention) {
         SAME(dkf2, dkf, nkv, "%s dk twice", what);
         SAME(dvf2, dvf, nkv, "%s dv twice", what);
         SYNC_OK(what);
-        free(of); free(lf); free(dqf); free(dkf); free(dvf); free(dqf2); free(dkf2); free(dvf2);
-        dfree(dq_); dfree(dk_); dfree(dv_); dfree(ddo); dfree(dks); dfree(dout_o); dfree(dlse); dfree(scratch);
-        dfree(ro); dfree(rl); dfree(gq); dfree(gk); dfree(gv);
+        free(of);
+        free(lf);
+        free(dqf);
+        free(dkf);
+        free(dvf);
+        free(dqf2);
+        free(dkf2);
+        free(dvf2);
+        dfree(dq_);
+        dfree(dk_);
+        dfree(dv_);
+        dfree(ddo);
+        dfree(dks);
+        dfree(dout_o);
+        dfree(dlse);
+        dfree(scratch);
+        dfree(ro);
+        dfree(rl);
+        dfree(gq);
+        dfree(gk);
+        dfree(gv);
     }
-    free(q); free(k); free(v); free(dout); free(ks); free(orf); free(lr); free(dqr); free(dkr); free(dvr);
+    free(q);
+    free(k);
+    free(v);
+    free(dout);
+    free(ks);
+    free(orf);
+    free(lr);
+    free(dqr);
+    free(dkr);
+    free(dvr);
 }
 END_TEST
 
@@ -764,10 +873,22 @@ static void packed_semantics(int T, int NH, int NKV, int HD, const int starts[5]
                       T, s);
         }
         SYNC_OK("packed semantics");
-        free(out); free(lse);
-        dfree(dq_); dfree(dk_); dfree(dv_); dfree(dout); dfree(dlse); dfree(dks);
+        free(out);
+        free(lse);
+        dfree(dq_);
+        dfree(dk_);
+        dfree(dv_);
+        dfree(dout);
+        dfree(dlse);
+        dfree(dks);
     }
-    free(q); free(k); free(v); free(ks); free(zero); free(o1); free(l1);
+    free(q);
+    free(k);
+    free(v);
+    free(ks);
+    free(zero);
+    free(o1);
+    free(l1);
 }
 START_TEST(test_attention_packed_semantics) {
     const int s50[5] = {0, 13, 14, 40, 50}, s150[5] = {0, 13, 14, 100, 150};
@@ -778,7 +899,7 @@ END_TEST
 
 /* decode: vs the reference, and vs the last row of a causal forward over the same keys; len 0 gives 0 */
 START_TEST(test_attention_decode) {
-    static const int shapes[][6] = {{1, 1, 1, 1, 1, 8},        {2, 50, 37, 4, 2, 16}, {3, 100, 100, 6, 2, 64},
+    static const int shapes[][6] = {{1, 1, 1, 1, 1, 8},         {2, 50, 37, 4, 2, 16}, {3, 100, 100, 6, 2, 64},
                                     {1, 300, 257, 8, 2, 128},   {2, 20, 5, 3, 3, 20},  {1, 10, 3, 2, 1, 260},
                                     {2, 4096, 3000, 8, 2, 128}, {1, 16, 0, 2, 1, 64}};
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
@@ -805,7 +926,11 @@ START_TEST(test_attention_decode) {
             int32_t *ks = calloc((size_t)B * L, sizeof(int32_t));
             full = tu_fnew(nqf);
             lt_ref_attention_forward(full, lse, q, k, v, ks, B, L, NH, NKV, HD, scale);
-            free(q); free(k); free(v); free(ks); free(lse);
+            free(q);
+            free(k);
+            free(v);
+            free(ks);
+            free(lse);
         }
         FOR_BE {
             float *dql = dput(ql, nq), *dkc = dput(kc, nc), *dvc = dput(vc, nc), *dof = dnan(nq);
@@ -820,9 +945,16 @@ START_TEST(test_attention_decode) {
                           TOL(1e-5), "decode == last row of forward, len=%d b=%d", L, b);
             SYNC_OK("decode");
             free(of);
-            dfree(dql); dfree(dkc); dfree(dvc); dfree(dof);
+            dfree(dql);
+            dfree(dkc);
+            dfree(dvc);
+            dfree(dof);
         }
-        free(ql); free(kc); free(vc); free(orf); free(full);
+        free(ql);
+        free(kc);
+        free(vc);
+        free(orf);
+        free(full);
     }
 }
 END_TEST
@@ -895,13 +1027,45 @@ static void softcap_attention(int B, int T, int NH, int NKV, int HD, const int32
             CLOSE(od + (size_t)b * NH * HD, oz + ((size_t)b * T + T - 1) * NH * HD, (size_t)NH * HD, TOL(1e-5),
                   "softcap decode T=%d b=%d", T, b);
         SYNC_OK("softcap attention");
-        free(of); free(lf); free(dqf); free(dkf); free(dvf); free(od);
-        dfree(dq_); dfree(dk_); dfree(dv_); dfree(ddo); dfree(dks); dfree(dof); dfree(dlf); dfree(gq); dfree(gk);
-        dfree(gv); dfree(dql); dfree(dod);
+        free(of);
+        free(lf);
+        free(dqf);
+        free(dkf);
+        free(dvf);
+        free(od);
+        dfree(dq_);
+        dfree(dk_);
+        dfree(dv_);
+        dfree(ddo);
+        dfree(dks);
+        dfree(dof);
+        dfree(dlf);
+        dfree(gq);
+        dfree(gk);
+        dfree(gv);
+        dfree(dql);
+        dfree(dod);
     }
-    free(q); free(k); free(v); free(dout); free(o1); free(o2); free(l1); free(l2);
-    free(dq); free(dk); free(dv); free(dq0); free(dk0); free(dv0); free(tmp); free(tl);
-    free(z); free(oz); free(lz); free(ql);
+    free(q);
+    free(k);
+    free(v);
+    free(dout);
+    free(o1);
+    free(o2);
+    free(l1);
+    free(l2);
+    free(dq);
+    free(dk);
+    free(dv);
+    free(dq0);
+    free(dk0);
+    free(dv0);
+    free(tmp);
+    free(tl);
+    free(z);
+    free(oz);
+    free(lz);
+    free(ql);
 }
 START_TEST(test_attention_softcap) {
     int32_t ks[14]; /* row 0: a window of 3; row 1: two packed sequences */
@@ -951,10 +1115,24 @@ static void check_glu(const char *name, int geglu, const size_t *sizes, int n_si
             SAME(gi, dgf, n, "%s dgate in place n=%zu", name, n);
             SAME(ui, duf, n, "%s dup in place n=%zu", name, n);
             SYNC_OK(name);
-            free(of); free(dgf); free(duf); free(gi); free(ui);
-            dfree(dg); dfree(du); dfree(dgo); dfree(dout); dfree(ddg); dfree(ddu);
+            free(of);
+            free(dgf);
+            free(duf);
+            free(gi);
+            free(ui);
+            dfree(dg);
+            dfree(du);
+            dfree(dgo);
+            dfree(dout);
+            dfree(ddg);
+            dfree(ddu);
         }
-        free(g); free(u); free(go); free(orf); free(dgr); free(dur);
+        free(g);
+        free(u);
+        free(go);
+        free(orf);
+        free(dgr);
+        free(dur);
     }
 }
 
@@ -967,8 +1145,8 @@ END_TEST
 START_TEST(test_geglu) {
     /* fixed points of torch.nn.functional.gelu(x, approximate="tanh") */
     static const double xs[] = {-3.0, -1.0, 0.0, 0.5, 1.0, 2.0};
-    static const double gelu_tanh[] = {-0.0036373920817729, -0.15880800939172324, 0.0, 0.34571400982514394,
-                                       0.8411919906082768, 1.954597694087775};
+    static const double gelu_tanh[] = {-0.0036373920817729, -0.15880800939172324, 0.0,
+                                       0.34571400982514394, 0.8411919906082768,   1.954597694087775};
     for (size_t i = 0; i < sizeof xs / sizeof *xs; i++) {
         float g = (float)xs[i], u = 1.0f, o;
         lt_ref_geglu_forward(&o, &g, &u, 1);
@@ -1021,10 +1199,20 @@ START_TEST(test_bias) {
             float *dbf = hget(ddb, (size_t)C);
             CLOSE(dbf, dbr, (size_t)C, TOL(1e-6), "bias_backward N=%d C=%d", N, C);
             SYNC_OK("bias");
-            free(yf); free(dbf);
-            dfree(dyv); dfree(dbv); dfree(ddy); dfree(ddb);
+            free(yf);
+            free(dbf);
+            dfree(dyv);
+            dfree(dbv);
+            dfree(ddy);
+            dfree(ddb);
         }
-        free(y); free(b); free(dy); free(yr); free(db0); free(dbr); free(want);
+        free(y);
+        free(b);
+        free(dy);
+        free(yr);
+        free(db0);
+        free(dbr);
+        free(want);
     }
 }
 END_TEST
@@ -1053,10 +1241,15 @@ START_TEST(test_softcap) {
         float *df = hget(ddy, n);
         CLOSE(df, dr, n, TOL(1e-5), "softcap bwd");
         SYNC_OK("softcap");
-        free(yf); free(df);
-        dfree(dx); dfree(ddy);
+        free(yf);
+        free(df);
+        dfree(dx);
+        dfree(ddy);
     }
-    free(x); free(dy); free(yr); free(dr);
+    free(x);
+    free(dy);
+    free(yr);
+    free(dr);
 }
 END_TEST
 
@@ -1096,11 +1289,29 @@ START_TEST(test_dora_ops) {
         float *out = hget(dout, (size_t)R);
         CLOSE(out, want, (size_t)R, TOL(1e-5), "col_dot (accumulates)");
         SYNC_OK("dora");
-        free(gf); free(invf); free(yf); free(out);
-        dfree(dw); dfree(dm); dfree(dg); dfree(dinv); dfree(dy); dfree(dgr); dfree(dout); dfree(da); dfree(dy0);
+        free(gf);
+        free(invf);
+        free(yf);
+        free(out);
+        dfree(dw);
+        dfree(dm);
+        dfree(dg);
+        dfree(dinv);
+        dfree(dy);
+        dfree(dgr);
+        dfree(dout);
+        dfree(da);
+        dfree(dy0);
         dfree(dir);
     }
-    free(w); free(m); free(g); free(inv); free(y); free(a); free(acc0); free(want);
+    free(w);
+    free(m);
+    free(g);
+    free(inv);
+    free(y);
+    free(a);
+    free(acc0);
+    free(want);
 }
 END_TEST
 
@@ -1119,7 +1330,7 @@ START_TEST(test_cross_entropy) {
             if (i % 3 == 2) tg[i] = -100;
             valid += tg[i] >= 0;
         }
-        if (n >= 4) tg[1] = V; /* out of range: treated as ignored */
+        if (n >= 4) tg[1] = V;                        /* out of range: treated as ignored */
         if (V > 2) x[tg[0] == 1 ? 2 : 1] = -INFINITY; /* a masked logit (not row 0's target) */
         const float gs = valid ? 1.0f / valid : 0.5f;
         float lr0[40], lr[40], *xr = tu_fdup(x, nv), *x0 = tu_fdup(x, nv);
@@ -1148,10 +1359,16 @@ START_TEST(test_cross_entropy) {
                     for (int c = 0; c < V; c++)
                         TU_EXPECT(gf[(size_t)i * V + c] == 0.0f, "%s ignored row %d grad", NM, i);
             SYNC_OK("cross_entropy");
-            free(xf); free(lf); free(gf);
-            dfree(dx); dfree(dl); dfree(dtg);
+            free(xf);
+            free(lf);
+            free(gf);
+            dfree(dx);
+            dfree(dl);
+            dfree(dtg);
         }
-        free(x); free(xr); free(x0);
+        free(x);
+        free(xr);
+        free(x0);
     }
 }
 END_TEST
@@ -1208,10 +1425,14 @@ START_TEST(test_dropout) {
             }
             SYNC_OK("dropout");
             free(a);
-            dfree(dx); dfree(da); dfree(db);
+            dfree(dx);
+            dfree(da);
+            dfree(db);
         }
     }
-    free(x); free(rf); free(r);
+    free(x);
+    free(rf);
+    free(r);
 }
 END_TEST
 
@@ -1277,11 +1498,21 @@ START_TEST(test_adamw) {
                 CLOSE(vf, ve, n, 1e-5, "adamw v vs the formula in double");
             }
             SYNC_OK("adamw");
-            free(pf); free(mf); free(vf);
-            dfree(dp); dfree(dm); dfree(dv);
+            free(pf);
+            free(mf);
+            free(vf);
+            dfree(dp);
+            dfree(dm);
+            dfree(dv);
         }
         for (int t = 0; t < 3; t++) free(g[t]);
-        free(p0); free(pr); free(mr); free(vr); free(pe); free(me); free(ve);
+        free(p0);
+        free(pr);
+        free(mr);
+        free(vr);
+        free(pe);
+        free(me);
+        free(ve);
     }
 }
 END_TEST
@@ -1350,19 +1581,33 @@ START_TEST(test_adamw8bit) {
                 float *h1 = hget(da1, nb), *h2 = hget(da2, nb);
                 SAME(h1, a1, nb, "adamw8bit n=%zu absmax1", n);
                 SAME(h2, a2, nb, "adamw8bit n=%zu absmax2", n);
-                free(h1); free(h2);
+                free(h1);
+                free(h2);
             } else {
                 float *hm = hget(ds1, n), *hv = hget(ds2, n);
                 SAME(hm, m, n, "adamw8bit (32-bit path) n=%zu m", n);
                 SAME(hv, v, n, "adamw8bit (32-bit path) n=%zu v", n);
-                free(hm); free(hv);
+                free(hm);
+                free(hv);
             }
             SYNC_OK("adamw8bit");
             free(pf);
-            dfree(dp); dfree(da1); dfree(da2); dfree(dq); dfree(ds1); dfree(ds2);
+            dfree(dp);
+            dfree(da1);
+            dfree(da2);
+            dfree(dq);
+            dfree(ds1);
+            dfree(ds2);
         }
         for (int t = 0; t < 4; t++) free(g[t]);
-        free(p0); free(p); free(m); free(v); free(a1); free(a2); free(c1); free(c2);
+        free(p0);
+        free(p);
+        free(m);
+        free(v);
+        free(a1);
+        free(a2);
+        free(c1);
+        free(c2);
     }
 }
 END_TEST
@@ -1422,7 +1667,8 @@ START_TEST(test_dequantize_rows) {
                 free(ref);
                 lt_qtensor_free(q);
             }
-    free(xs[0]); free(xs[1]);
+    free(xs[0]);
+    free(xs[1]);
 }
 END_TEST
 
@@ -1445,7 +1691,8 @@ START_TEST(test_stream_order) {
         for (size_t i = 0; i < n; i++) TU_EXPECT(h[i] == 2.0f * x[i], "%s stream order [%zu]", NM, i);
         SYNC_OK("stream order");
         free(h);
-        dfree(d); dfree(e);
+        dfree(d);
+        dfree(e);
     }
     free(x);
 }
@@ -1498,8 +1745,18 @@ START_TEST(test_concurrent_threads) {
         conc_arg args[CONC_THREADS];
         float *want_di[CONC_THREADS], *want_dw[CONC_THREADS], *want_c[CONC_THREADS];
         for (int i = 0; i < CONC_THREADS; i++) {
-            args[i] = (conc_arg){BE, dg, dw, drs, dput(xs[i], nc), dput(ys[i], CONC_C), dalloc(nc * sizeof(float)),
-                                 dalloc(CONC_C * sizeof(float)), dalloc(64 * 64 * sizeof(float)), 0.0, 0, 0};
+            args[i] = (conc_arg){BE,
+                                 dg,
+                                 dw,
+                                 drs,
+                                 dput(xs[i], nc),
+                                 dput(ys[i], CONC_C),
+                                 dalloc(nc * sizeof(float)),
+                                 dalloc(CONC_C * sizeof(float)),
+                                 dalloc(64 * 64 * sizeof(float)),
+                                 0.0,
+                                 0,
+                                 0};
             conc_step(&args[i]); /* one thread alone */
             args[i].want_ss = OPS->sumsq(BE, nc, args[i].x);
             args[i].want_finite = OPS->all_finite(BE, CONC_C, args[i].y);
@@ -1519,14 +1776,26 @@ START_TEST(test_concurrent_threads) {
             SAME(di, want_di[i], nc, "thread %d rmsnorm dinp", i);
             SAME(dwv, want_dw[i], (size_t)CONC_C, "thread %d rmsnorm dweight", i);
             SAME(c, want_c[i], 64 * 64, "thread %d gemm", i);
-            free(di); free(dwv); free(c);
-            free(want_di[i]); free(want_dw[i]); free(want_c[i]);
-            dfree(args[i].x); dfree(args[i].y); dfree(args[i].dinp); dfree(args[i].dw); dfree(args[i].C);
+            free(di);
+            free(dwv);
+            free(c);
+            free(want_di[i]);
+            free(want_dw[i]);
+            free(want_c[i]);
+            dfree(args[i].x);
+            dfree(args[i].y);
+            dfree(args[i].dinp);
+            dfree(args[i].dw);
+            dfree(args[i].C);
         }
-        dfree(dg); dfree(dw); dfree(drs);
+        dfree(dg);
+        dfree(dw);
+        dfree(drs);
     }
     for (int i = 0; i < CONC_THREADS; i++) free(xs[i]), free(ys[i]);
-    free(g); free(w); free(rs);
+    free(g);
+    free(w);
+    free(rs);
 }
 END_TEST
 
@@ -1585,7 +1854,15 @@ START_TEST(test_thread_invariance) {
             bs[j]->ops->destroy(bs[j]);
         }
     }
-    free(x); free(in); free(g); free(w); free(rs); free(q); free(k); free(v); free(dout);
+    free(x);
+    free(in);
+    free(g);
+    free(w);
+    free(rs);
+    free(q);
+    free(k);
+    free(v);
+    free(dout);
 }
 END_TEST
 
@@ -1603,12 +1880,13 @@ static lt_st_file *golden_open(const char *op) {
     snprintf(path, sizeof path, "%s/%s.safetensors", GOLDEN_DIR, op);
     ck_assert_msg(access(path, R_OK) == 0,
                   "golden %s is missing: run `python tests/python/make_op_goldens.py %s` with the reference venv's "
-                  "python (tests/run.sh does this before ctest)", path, GOLDEN_DIR);
+                  "python (tests/run.sh does this before ctest)",
+                  path, GOLDEN_DIR);
     lt_error err = {0};
     lt_st_file *f = NULL;
     lt_status st = lt_st_open(path, 0, &f, &err);
-    ck_assert_msg(st == LT_OK && f, "golden %s: %s (regenerate with tests/python/make_op_goldens.py %s)", path,
-                  err.msg, GOLDEN_DIR);
+    ck_assert_msg(st == LT_OK && f, "golden %s: %s (regenerate with tests/python/make_op_goldens.py %s)", path, err.msg,
+                  GOLDEN_DIR);
     return f;
 }
 
@@ -1682,9 +1960,16 @@ START_TEST(test_golden_rmsnorm) {
         OPS->rmsnorm_backward(BE, dinp, NULL, ddo, di, dw, rstd, N, C);
         expect_torch("rmsnorm dinp (dweight NULL)", dinp, g_dinp, N * C);
         SYNC_OK("golden rmsnorm");
-        dfree(di); dfree(dw); dfree(ddo); dfree(out); dfree(rstd); dfree(dinp); dfree(dwt);
+        dfree(di);
+        dfree(dw);
+        dfree(ddo);
+        dfree(out);
+        dfree(rstd);
+        dfree(dinp);
+        dfree(dwt);
     }
-    free(g_dinp2); free(g_dw2);
+    free(g_dinp2);
+    free(g_dw2);
     lt_st_close(f);
 }
 END_TEST
@@ -1724,7 +2009,10 @@ START_TEST(test_golden_rope) {
             expect_torch(what[0], y, g_out, n);
             expect_torch(what[1], dx, g_dx, n);
             SYNC_OK("golden rope");
-            dfree(y); dfree(dx); dfree(dinv); dfree(dpos);
+            dfree(y);
+            dfree(dx);
+            dfree(dinv);
+            dfree(dpos);
         }
     }
     lt_st_close(f);
@@ -1762,8 +2050,17 @@ START_TEST(test_golden_attention) {
         expect_torch("attention dk", dk, g_dk, nk);
         expect_torch("attention dv", dv, g_dv, nk);
         SYNC_OK("golden attention");
-        dfree(dq_); dfree(dk_); dfree(dv_); dfree(ddo); dfree(dks); dfree(out); dfree(lse); dfree(dq); dfree(dk);
-        dfree(dv); dfree(scratch);
+        dfree(dq_);
+        dfree(dk_);
+        dfree(dv_);
+        dfree(ddo);
+        dfree(dks);
+        dfree(out);
+        dfree(lse);
+        dfree(dq);
+        dfree(dk);
+        dfree(dv);
+        dfree(scratch);
     }
     lt_st_close(f);
 }
@@ -1787,7 +2084,12 @@ START_TEST(test_golden_swiglu) {
         expect_torch("swiglu dgate (in place)", dgate, g_dg, n);
         expect_torch("swiglu dup (in place)", dup_, g_du, n);
         SYNC_OK("golden swiglu");
-        dfree(dgate); dfree(dup_); dfree(ddo); dfree(out); dfree(dg); dfree(du);
+        dfree(dgate);
+        dfree(dup_);
+        dfree(ddo);
+        dfree(out);
+        dfree(dg);
+        dfree(du);
     }
     lt_st_close(f);
 }
@@ -1813,7 +2115,8 @@ START_TEST(test_golden_cross_entropy) {
         ck_assert_msg(hl[ignored] == 0.0f, "%s: ignored row's loss %g != 0", NM, hl[ignored]);
         for (int j = 0; j < V; j++)
             ck_assert_msg(hg[ignored * V + j] == 0.0f, "%s: ignored row's gradient is not zero", NM);
-        free(hl); free(hg);
+        free(hl);
+        free(hg);
         /* grad_scale scales the gradient; 0 leaves the logits alone */
         OPS->upload(BE, lg, logits, n * V * sizeof(float));
         OPS->cross_entropy(BE, lg, loss, dtg, n, V, 0.25f);
@@ -1827,7 +2130,9 @@ START_TEST(test_golden_cross_entropy) {
         ck_assert_msg(memcmp(hg, logits, n * V * sizeof(float)) == 0, "%s: grad_scale 0 modified the logits", NM);
         free(hg);
         SYNC_OK("golden cross_entropy");
-        dfree(lg); dfree(loss); dfree(dtg);
+        dfree(lg);
+        dfree(loss);
+        dfree(dtg);
     }
     free(g_dl_q);
     lt_st_close(f);
@@ -1845,9 +2150,9 @@ static void lora_forward(lt_backend *be, float *y, float *xa, const float *x, co
 
 /* its backward without dropout: dx = (accumulate ? dx : 0) + dy W + s (dy B) A; dB += s dy^T xa;
  * dA += s (dy B)^T x. dr (N,r) is scratch. */
-static void lora_backward(lt_backend *be, float *dx, int accumulate, const float *dy, const float *x,
-                          const float *W, const float *A, const float *Bm, const float *xa, float *dA, float *dB,
-                          float *dr, float s, int N, int in, int out, int r) {
+static void lora_backward(lt_backend *be, float *dx, int accumulate, const float *dy, const float *x, const float *W,
+                          const float *A, const float *Bm, const float *xa, float *dA, float *dB, float *dr, float s,
+                          int N, int in, int out, int r) {
     be->ops->gemm(be, 0, 0, N, in, out, 1.0f, dy, out, W, in, accumulate ? 1.0f : 0.0f, dx, in);
     be->ops->gemm(be, 0, 0, N, r, out, 1.0f, dy, out, Bm, r, 0.0f, dr, r); /* dr = dy B */
     be->ops->gemm(be, 1, 0, out, r, N, s, dy, out, xa, r, 1.0f, dB, r);    /* dB */
@@ -1881,17 +2186,28 @@ START_TEST(test_golden_lora_linear) {
         expect_torch("lora linear dA (accumulated x2)", dA, g_dA2, R * IN);
         expect_torch("lora linear dB (accumulated x2)", dB, g_dB2, OUT * R);
         SYNC_OK("golden lora linear");
-        dfree(dx_); dfree(dW); dfree(dA_); dfree(dB_); dfree(ddy); dfree(y); dfree(xa); dfree(dx); dfree(dr);
-        dfree(dA); dfree(dB);
+        dfree(dx_);
+        dfree(dW);
+        dfree(dA_);
+        dfree(dB_);
+        dfree(ddy);
+        dfree(y);
+        dfree(xa);
+        dfree(dx);
+        dfree(dr);
+        dfree(dA);
+        dfree(dB);
     }
-    free(g_dx2); free(g_dA2); free(g_dB2);
+    free(g_dx2);
+    free(g_dA2);
+    free(g_dB2);
     lt_st_close(f);
 }
 END_TEST
 
 /* Plausible bugs must fail the 1e-4 comparison: the goldens are not too weak to notice them. */
 START_TEST(test_goldens_discriminate) {
-    {   /* attention that ignores the packed boundary */
+    { /* attention that ignores the packed boundary */
         lt_st_file *f = golden_open("attention");
         const size_t nq = (size_t)AB * AT * ANH * AHD, nl = (size_t)AB * ANH * AT;
         int32_t ks0[AB * AT] = {0};
@@ -1908,8 +2224,8 @@ START_TEST(test_goldens_discriminate) {
                 qs[((size_t)t * ANH + 1) * AHD + d] = qs[((size_t)t * ANH + 2) * AHD + d];
                 qs[((size_t)t * ANH + 2) * AHD + d] = a;
             }
-        lt_ref_attention_forward(out, lse, qs, GF(f, "k", AB, AT, ANKV, AHD), GF(f, "v", AB, AT, ANKV, AHD), ks, AB,
-                                 AT, ANH, ANKV, AHD, gscalar(f, "scale"));
+        lt_ref_attention_forward(out, lse, qs, GF(f, "k", AB, AT, ANKV, AHD), GF(f, "v", AB, AT, ANKV, AHD), ks, AB, AT,
+                                 ANH, ANKV, AHD, gscalar(f, "scale"));
         /* undo the swap on the output; it matches only if heads 1 and 2 used the same kv head */
         for (int t = 0; t < AB * AT; t++)
             for (int d = 0; d < AHD; d++) {
@@ -1918,10 +2234,12 @@ START_TEST(test_goldens_discriminate) {
                 out[((size_t)t * ANH + 2) * AHD + d] = a;
             }
         ck_assert(tu_max_rel_err(out, GF(f, "out", AB, AT, ANH, AHD), nq) > 10 * GOLDEN_RTOL);
-        free(out); free(lse); free(qs);
+        free(out);
+        free(lse);
+        free(qs);
         lt_st_close(f);
     }
-    {   /* rope with positions off by one, the angle in double, or the interleaved (GPT-J) pairing */
+    { /* rope with positions off by one, the angle in double, or the interleaved (GPT-J) pairing */
         lt_st_file *f = golden_open("rope");
         enum { N = 9, NHd = 3, HD = 16, n = N * NHd * HD };
         const float *x = GF(f, "x", N, NHd, HD), *g = GF(f, "r16.out", N, NHd, HD), *inv = GF(f, "r16.inv_freq", 8);
@@ -1955,7 +2273,8 @@ START_TEST(test_goldens_discriminate) {
                 y[t * HD + 2 * j + 1] = xp[t * HD + HD / 2 + j];
             }
         ck_assert(tu_max_rel_err(y, g, n) > 10 * GOLDEN_RTOL);
-        free(y); free(xp);
+        free(y);
+        free(xp);
         lt_st_close(f);
     }
 }
@@ -1992,11 +2311,14 @@ static double wsum(const float *w, const float *y, size_t n) {
     for (size_t i = 0; i < n; i++) s += (double)w[i] * y[i];
     return s;
 }
-#define FD_CHECK(x, n, grad, loss, ctx, what)                                                                          \
-    ck_assert_msg(fd_mismatches(x, n, grad, loss, ctx, what, 1) == 0, "%s: analytic gradient != finite differences",   \
+#define FD_CHECK(x, n, grad, loss, ctx, what)                                                                        \
+    ck_assert_msg(fd_mismatches(x, n, grad, loss, ctx, what, 1) == 0, "%s: analytic gradient != finite differences", \
                   what)
 
-typedef struct { int N, C; float *x, *w, *wout, *out, *rstd; } rms_ctx;
+typedef struct {
+    int N, C;
+    float *x, *w, *wout, *out, *rstd;
+} rms_ctx;
 static double rms_loss(void *p) {
     rms_ctx *c = p;
     lt_ref_rmsnorm_forward(c->out, c->rstd, c->x, c->w, c->N, c->C, 1e-5f);
@@ -2012,11 +2334,21 @@ START_TEST(test_fd_rmsnorm) {
     /* the check can fail: a gradient off by 5% is caught */
     for (int i = 0; i < 21; i++) dx[i] *= 1.05f;
     ck_assert_int_gt(fd_mismatches(c.x, 21, dx, rms_loss, &c, "", 0), 0);
-    free(c.x); free(c.w); free(c.wout); free(c.out); free(c.rstd); free(dx); free(dw);
+    free(c.x);
+    free(c.w);
+    free(c.wout);
+    free(c.out);
+    free(c.rstd);
+    free(dx);
+    free(dw);
 }
 END_TEST
 
-typedef struct { int N, NH, HD, rot; float *x, *y, *wout, *inv; int32_t *pos; } rope_ctx;
+typedef struct {
+    int N, NH, HD, rot;
+    float *x, *y, *wout, *inv;
+    int32_t *pos;
+} rope_ctx;
 static double rope_loss(void *p) {
     rope_ctx *c = p;
     size_t n = (size_t)c->N * c->NH * c->HD;
@@ -2033,11 +2365,18 @@ START_TEST(test_fd_rope) {
     float *dx = tu_fdup(c.wout, n);
     lt_ref_rope_backward(dx, pos, inv, 3, 2, 6, 4);
     FD_CHECK(c.x, n, dx, rope_loss, &c, "rope dx");
-    free(c.x); free(c.y); free(c.wout); free(dx);
+    free(c.x);
+    free(c.y);
+    free(c.wout);
+    free(dx);
 }
 END_TEST
 
-typedef struct { int B, T, NH, NKV, HD; float *q, *k, *v, *out, *lse, *wout; int32_t *ks; } att_ctx;
+typedef struct {
+    int B, T, NH, NKV, HD;
+    float *q, *k, *v, *out, *lse, *wout;
+    int32_t *ks;
+} att_ctx;
 static double att_loss(void *p) {
     att_ctx *c = p;
     lt_ref_attention_forward(c->out, c->lse, c->q, c->k, c->v, c->ks, c->B, c->T, c->NH, c->NKV, c->HD,
@@ -2048,8 +2387,18 @@ static void fd_attention(int B, int T, int NH, int NKV, int HD, const int32_t *k
     const size_t nq = (size_t)B * T * NH * HD, nkv = (size_t)B * T * NKV * HD;
     int32_t ks[64];
     memcpy(ks, kv_start, (size_t)B * T * sizeof(int32_t));
-    att_ctx c = {B, T, NH, NKV, HD, tu_frand(nq, -1.5f, 1.5f), tu_frand(nkv, -1.5f, 1.5f), tu_frand(nkv, -1, 1),
-                 tu_fnew(nq), tu_fnew((size_t)B * NH * T), tu_frand(nq, -1, 1), ks};
+    att_ctx c = {B,
+                 T,
+                 NH,
+                 NKV,
+                 HD,
+                 tu_frand(nq, -1.5f, 1.5f),
+                 tu_frand(nkv, -1.5f, 1.5f),
+                 tu_frand(nkv, -1, 1),
+                 tu_fnew(nq),
+                 tu_fnew((size_t)B * NH * T),
+                 tu_frand(nq, -1, 1),
+                 ks};
     att_loss(&c);
     float *dq = tu_fnew(nq), *dk = tu_fnew(nkv), *dv = tu_fnew(nkv);
     lt_ref_attention_backward(dq, dk, dv, c.wout, c.q, c.k, c.v, c.out, c.lse, ks, B, T, NH, NKV, HD,
@@ -2062,11 +2411,19 @@ static void fd_attention(int B, int T, int NH, int NKV, int HD, const int32_t *k
     /* the check can fail: dk with the kv heads' shares swapped or dropped is caught */
     for (size_t i = 0; i < nkv; i++) dk[i] *= 0.9f;
     ck_assert_int_gt(fd_mismatches(c.k, nkv, dk, att_loss, &c, "", 0), 0);
-    free(c.q); free(c.k); free(c.v); free(c.out); free(c.lse); free(c.wout); free(dq); free(dk); free(dv);
+    free(c.q);
+    free(c.k);
+    free(c.v);
+    free(c.out);
+    free(c.lse);
+    free(c.wout);
+    free(dq);
+    free(dk);
+    free(dv);
 }
 START_TEST(test_fd_attention) {
     const int32_t packed[6] = {0, 0, 0, 3, 3, 3}; /* two packed sequences */
-    fd_attention(1, 6, 4, 2, 4, packed);           /* grouped-query */
+    fd_attention(1, 6, 4, 2, 4, packed);          /* grouped-query */
     const int32_t causal[10] = {0};
     fd_attention(2, 5, 2, 2, 3, causal);
     const int32_t window[7] = {0, 0, 0, 1, 2, 3, 4}; /* sliding window of 3 */
@@ -2074,7 +2431,10 @@ START_TEST(test_fd_attention) {
 }
 END_TEST
 
-typedef struct { size_t n; float *g, *u, *out, *wout; } swi_ctx;
+typedef struct {
+    size_t n;
+    float *g, *u, *out, *wout;
+} swi_ctx;
 static double swi_loss(void *p) {
     swi_ctx *c = p;
     lt_ref_swiglu_forward(c->out, c->g, c->u, c->n);
@@ -2087,12 +2447,21 @@ START_TEST(test_fd_swiglu) {
     lt_ref_swiglu_backward(dg, du, c.wout, c.g, c.u, n);
     FD_CHECK(c.g, n, dg, swi_loss, &c, "swiglu dgate");
     FD_CHECK(c.u, n, du, swi_loss, &c, "swiglu dup");
-    free(c.g); free(c.u); free(c.out); free(c.wout); free(dg); free(du);
+    free(c.g);
+    free(c.u);
+    free(c.out);
+    free(c.wout);
+    free(dg);
+    free(du);
 }
 END_TEST
 
 /* cross-entropy: gradient of the summed loss with respect to the logits */
-typedef struct { int n, V; float *x, *tmp; int32_t *tg; } ce_ctx;
+typedef struct {
+    int n, V;
+    float *x, *tmp;
+    int32_t *tg;
+} ce_ctx;
 static double ce_loss(void *p) {
     ce_ctx *c = p;
     float loss[8];
@@ -2109,7 +2478,9 @@ START_TEST(test_fd_cross_entropy) {
     float *grad = tu_fdup(c.x, (size_t)n * V), loss[4];
     lt_ref_cross_entropy(grad, loss, tg, n, V, 1.0f);
     FD_CHECK(c.x, (size_t)n * V, grad, ce_loss, &c, "cross_entropy dlogits");
-    free(c.x); free(c.tmp); free(grad);
+    free(c.x);
+    free(c.tmp);
+    free(grad);
 }
 END_TEST
 
@@ -2132,18 +2503,61 @@ END_TEST
 /* The function-pointer slots of lt_backend_ops, in declaration order. The static assertion fails the
  * build when backend.h gains or loses a slot and this list does not; test_every_slot_has_a_case then
  * fails until a case covers the new slot. */
-#define SLOT(x) {#x, offsetof(lt_backend_ops, x)}
-static const struct { const char *name; size_t offset; } slots[] = {
-    SLOT(destroy), SLOT(set_threads), SLOT(alloc), SLOT(free), SLOT(upload), SLOT(download), SLOT(copy), SLOT(zero),
-    SLOT(sync), SLOT(gemm), SLOT(bf16_weight_bytes), SLOT(bf16_weight_pack), SLOT(gemm_bf16_forward),
-    SLOT(gemm_bf16_backward), SLOT(axpy), SLOT(scale), SLOT(sumsq), SLOT(all_finite), SLOT(embedding_forward),
-    SLOT(embedding_backward), SLOT(rmsnorm_forward), SLOT(rmsnorm_backward), SLOT(rope_forward),
-    SLOT(rope_backward), SLOT(rope_scale), SLOT(attention_forward), SLOT(attention_backward_scratch),
-    SLOT(attention_backward), SLOT(attention_decode), SLOT(attention_softcap_forward),
-    SLOT(attention_softcap_backward), SLOT(attention_softcap_decode), SLOT(swiglu_forward), SLOT(swiglu_backward),
-    SLOT(bias_add), SLOT(bias_backward), SLOT(dora_norm), SLOT(mul_cols), SLOT(col_dot), SLOT(geglu_forward),
-    SLOT(geglu_backward), SLOT(softcap_forward), SLOT(softcap_backward), SLOT(cross_entropy), SLOT(dropout),
-    SLOT(adamw_step), SLOT(adamw8bit_step), SLOT(row_scale), SLOT(dequantize_rows),
+#define SLOT(x) \
+    { #x, offsetof(lt_backend_ops, x) }
+static const struct {
+    const char *name;
+    size_t offset;
+} slots[] = {
+    SLOT(destroy),
+    SLOT(set_threads),
+    SLOT(alloc),
+    SLOT(free),
+    SLOT(upload),
+    SLOT(download),
+    SLOT(copy),
+    SLOT(zero),
+    SLOT(sync),
+    SLOT(gemm),
+    SLOT(bf16_weight_bytes),
+    SLOT(bf16_weight_pack),
+    SLOT(gemm_bf16_forward),
+    SLOT(gemm_bf16_backward),
+    SLOT(axpy),
+    SLOT(scale),
+    SLOT(sumsq),
+    SLOT(all_finite),
+    SLOT(embedding_forward),
+    SLOT(embedding_backward),
+    SLOT(rmsnorm_forward),
+    SLOT(rmsnorm_backward),
+    SLOT(rope_forward),
+    SLOT(rope_backward),
+    SLOT(rope_scale),
+    SLOT(attention_forward),
+    SLOT(attention_backward_scratch),
+    SLOT(attention_backward),
+    SLOT(attention_decode),
+    SLOT(attention_softcap_forward),
+    SLOT(attention_softcap_backward),
+    SLOT(attention_softcap_decode),
+    SLOT(swiglu_forward),
+    SLOT(swiglu_backward),
+    SLOT(bias_add),
+    SLOT(bias_backward),
+    SLOT(dora_norm),
+    SLOT(mul_cols),
+    SLOT(col_dot),
+    SLOT(geglu_forward),
+    SLOT(geglu_backward),
+    SLOT(softcap_forward),
+    SLOT(softcap_backward),
+    SLOT(cross_entropy),
+    SLOT(dropout),
+    SLOT(adamw_step),
+    SLOT(adamw8bit_step),
+    SLOT(row_scale),
+    SLOT(dequantize_rows),
 };
 #define N_SLOTS ((int)(sizeof slots / sizeof *slots))
 _Static_assert(sizeof slots / sizeof *slots ==
@@ -2152,7 +2566,10 @@ _Static_assert(sizeof slots / sizeof *slots ==
 
 /* The cases of the suite and the slots each covers (filled by CASE in backend_ops_suite). */
 #define MAX_CASES 64
-static struct { const char *name; size_t covers[8]; } cases[MAX_CASES];
+static struct {
+    const char *name;
+    size_t covers[8];
+} cases[MAX_CASES];
 static int n_cases;
 
 static void add_case(TCase *tc, const TTest *t, int loops, const size_t *covers) {
@@ -2196,8 +2613,8 @@ static Suite *backend_ops_suite(void) {
     TCase *ops = tcase_create("every_backend_vs_reference");
     tcase_add_checked_fixture(ops, setup, teardown);
     tcase_set_timeout(ops, 900);
-    CASE(ops, test_table_and_memory, 1, S(destroy), S(set_threads), S(alloc), S(free), S(upload), S(download),
-         S(copy), S(zero));
+    CASE(ops, test_table_and_memory, 1, S(destroy), S(set_threads), S(alloc), S(free), S(upload), S(download), S(copy),
+         S(zero));
     CASE(ops, test_errors, 1, S(sync));
     CASE(ops, test_gemm, 1, S(gemm));
     CASE(ops, test_gemm_bf16, 1, S(bf16_weight_bytes), S(bf16_weight_pack), S(gemm_bf16_forward),

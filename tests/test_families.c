@@ -25,9 +25,9 @@ typedef struct family_case {
 } family_case;
 
 static const family_case cases[] = {
-    {"qwen2-swa", "Qwen2ForCausalLM"},  {"qwen2-tied", "Qwen2ForCausalLM"}, {"mistral-swa", "MistralForCausalLM"},
-    {"qwen3", "Qwen3ForCausalLM"},      {"gemma", "GemmaForCausalLM"},      {"gemma2", "Gemma2ForCausalLM"},
-    {"phi3", "Phi3ForCausalLM"},        {"phi3-longrope", "Phi3ForCausalLM"},
+    {"qwen2-swa", "Qwen2ForCausalLM"}, {"qwen2-tied", "Qwen2ForCausalLM"},   {"mistral-swa", "MistralForCausalLM"},
+    {"qwen3", "Qwen3ForCausalLM"},     {"gemma", "GemmaForCausalLM"},        {"gemma2", "Gemma2ForCausalLM"},
+    {"phi3", "Phi3ForCausalLM"},       {"phi3-longrope", "Phi3ForCausalLM"},
 };
 #define N_CASES ((int)(sizeof cases / sizeof *cases))
 
@@ -86,8 +86,8 @@ START_TEST(test_family_logits) {
         ck_assert_int_eq(lt_model_loss(m, NULL, &b, &sum, &tokens), LT_OK);
         ck_assert_int_eq(tokens, *(const int32_t *)need(g, pre, "n_tokens")->data);
         double want = *(const float *)need(g, pre, "loss")->data, got = sum / (double)tokens;
-        ck_assert_msg(fabs(got - want) <= 1e-4 * fabs(want), "%s %sloss %.8f vs transformers %.8f", fc->name, pre,
-                      got, want);
+        ck_assert_msg(fabs(got - want) <= 1e-4 * fabs(want), "%s %sloss %.8f vs transformers %.8f", fc->name, pre, got,
+                      want);
     }
     lt_st_close(g);
     lt_model_free(m);
@@ -218,7 +218,9 @@ static void check_generate(const family_case *fc, const char *sub) {
         for (int k = 0; k < NEW; k++) {
             lt_batch b;
             lt_batch_init(&b, sizeof b);
-            b.n_rows = 1; b.seq_len = n; b.input_ids = seq;
+            b.n_rows = 1;
+            b.seq_len = n;
+            b.input_ids = seq;
             float *lg = malloc((size_t)n * V * 4);
             ck_assert_int_eq(lt_model_logits(m, a, &b, lg, (size_t)n * V), LT_OK);
             int best = 0;
@@ -269,7 +271,9 @@ static void check_roundtrip(const family_case *fc, const char *sub) {
     for (int i = 0; i < B * T; i++) ids[i] = (int32_t)((i * 7919 + 13) % V);
     lt_batch b;
     lt_batch_init(&b, sizeof b);
-    b.n_rows = B; b.seq_len = T; b.input_ids = ids;
+    b.n_rows = B;
+    b.seq_len = T;
+    b.input_ids = ids;
     /* train it a little first: the files are those of an adapter trained here (every tensor moves) */
     lt_optimizer_params op;
     lt_optimizer_params_init(&op, sizeof op);
@@ -291,7 +295,8 @@ static void check_roundtrip(const family_case *fc, const char *sub) {
     for (size_t i = 0; i < a->n_params; i++) moved += before[i] != after[i];
     ck_assert_msg(moved > a->n_params / 2, "%s %s: training moved only %zu of %zu parameters", fc->name, sub, moved,
                   a->n_params);
-    free(before); free(after);
+    free(before);
+    free(after);
     lt_trainer_free(tr);
     lt_optimizer_free(o);
     ck_assert_int_eq(lt_adapter_save(a, adir), LT_OK);
@@ -303,14 +308,17 @@ static void check_roundtrip(const family_case *fc, const char *sub) {
     lt_error err;
     ck_assert_int_eq(lt_st_write(lpath, e, 2, NULL, &err), LT_OK);
     free(lg);
-    snprintf(cmd, sizeof cmd, "%s %s/tests/python/check_peft_roundtrip.py --model %s --adapter %s --logits %s "
-             "--merged %s --tol 1e-4 2>&1", py, LT_SOURCE_DIR, base, adir, lpath, mdir);
+    snprintf(cmd, sizeof cmd,
+             "%s %s/tests/python/check_peft_roundtrip.py --model %s --adapter %s --logits %s "
+             "--merged %s --tol 1e-4 2>&1",
+             py, LT_SOURCE_DIR, base, adir, lpath, mdir);
     int status;
     char *out = tu_run_capture(cmd, &status, 0);
     ck_assert_msg(status == 0, "%s %s: PEFT/transformers rejected our files:\n%s", fc->name, sub, out);
     free(out);
     /* merge / unmerge in place: the merged base alone gives the adapter's logits, unmerge restores */
-    float *lm = malloc((size_t)B * T * V * 4), *lb = malloc((size_t)B * T * V * 4), *lb2 = malloc((size_t)B * T * V * 4);
+    float *lm = malloc((size_t)B * T * V * 4), *lb = malloc((size_t)B * T * V * 4),
+          *lb2 = malloc((size_t)B * T * V * 4);
     ck_assert_int_eq(lt_model_logits(m, NULL, &b, lb, (size_t)B * T * V), LT_OK);
     ck_assert_int_eq(lt_model_logits(m, a, &b, lg = malloc((size_t)B * T * V * 4), (size_t)B * T * V), LT_OK);
     ck_assert_msg(lt_adapter_merge(a) == LT_OK, "%s", lt_adapter_last_error(a));
@@ -321,7 +329,10 @@ static void check_roundtrip(const family_case *fc, const char *sub) {
     ck_assert_int_eq(lt_model_logits(m, NULL, &b, lb2, (size_t)B * T * V), LT_OK);
     rel = tu_max_rel_err(lb2, lb, (size_t)B * T * V);
     ck_assert_msg(rel <= 1e-4, "%s %s: unmerge does not restore the base (%.3g)", fc->name, sub, rel);
-    free(lm); free(lb); free(lb2); free(lg);
+    free(lm);
+    free(lb);
+    free(lb2);
+    free(lg);
     lt_adapter_free(a);
     lt_model_free(m);
     lt_context_free(ctx);
@@ -350,12 +361,15 @@ START_TEST(test_dora_create_identity) {
     for (int i = 0; i < B * T; i++) ids[i] = (int32_t)((i * 31 + 7) % V);
     lt_batch b;
     lt_batch_init(&b, sizeof b);
-    b.n_rows = B; b.seq_len = T; b.input_ids = ids;
+    b.n_rows = B;
+    b.seq_len = T;
+    b.input_ids = ids;
     float *l0 = malloc((size_t)T * V * 4), *l1 = malloc((size_t)T * V * 4);
     ck_assert_int_eq(lt_model_logits(m, NULL, &b, l0, (size_t)T * V), LT_OK);
     ck_assert_int_eq(lt_model_logits(m, a, &b, l1, (size_t)T * V), LT_OK);
     ck_assert_msg(tu_max_rel_err(l1, l0, (size_t)T * V) <= 1e-5, "a fresh DoRA adapter changes the logits");
-    free(l0); free(l1);
+    free(l0);
+    free(l1);
     lt_adapter_free(a);
     ap.dropout = 0.1f; /* DoRA needs dropout 0 */
     ck_assert_int_eq(lt_adapter_create(m, &ap, &a), LT_ERR_UNSUPPORTED);
@@ -388,8 +402,10 @@ START_TEST(test_cli_family_and_dora) {
         fprintf(f, "]}\n");
     }
     fclose(f);
-    snprintf(cmd, sizeof cmd, "%s train --model %s --data %s --out %s/dora --method dora --targets qkv_proj,gate_up_proj "
-             "--rank 4 --steps 2 --batch 2 --lr 1e-2 --quiet", LT_CLI, model, data, root);
+    snprintf(cmd, sizeof cmd,
+             "%s train --model %s --data %s --out %s/dora --method dora --targets qkv_proj,gate_up_proj "
+             "--rank 4 --steps 2 --batch 2 --lr 1e-2 --quiet",
+             LT_CLI, model, data, root);
     out = tu_run_capture(cmd, &status, 1);
     ck_assert_msg(status == 0, "train --method dora: %s", out);
     free(out);
@@ -402,8 +418,9 @@ START_TEST(test_cli_family_and_dora) {
     ck_assert_ptr_nonnull(lt_adapter_lora(a, 0, P_V)->mag);
     ck_assert_ptr_null(lt_adapter_lora(a, 0, P_O));
     lt_adapter_free(a);
-    snprintf(cmd, sizeof cmd, "%s train --model %s --data %s --out %s/bad --method dora --dropout 0.1 --steps 1 --quiet",
-             LT_CLI, model, data, root);
+    snprintf(cmd, sizeof cmd,
+             "%s train --model %s --data %s --out %s/bad --method dora --dropout 0.1 --steps 1 --quiet", LT_CLI, model,
+             data, root);
     out = tu_run_capture(cmd, &status, 1);
     ck_assert_msg(status != 0 && strstr(out, "DoRA"), "DoRA with dropout must be refused: %s", out);
     free(out);
@@ -422,7 +439,7 @@ START_TEST(test_unknown_architecture) {
     lt_error_clear(&err);
     ck_assert_int_eq(lt_config_parse(cfg, strlen(cfg), "config.json", &c, &err), LT_ERR_ARCH);
     ck_assert_msg(strstr(err.msg, "FalconForCausalLM") != NULL, "%s", err.msg);
-    const char *fams[] = {"LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "MistralForCausalLM",
+    const char *fams[] = {"LlamaForCausalLM", "Qwen2ForCausalLM",  "Qwen3ForCausalLM", "MistralForCausalLM",
                           "GemmaForCausalLM", "Gemma2ForCausalLM", "Phi3ForCausalLM"};
     for (size_t i = 0; i < sizeof fams / sizeof *fams; i++)
         ck_assert_msg(strstr(err.msg, fams[i]) != NULL, "the message does not list %s: %s", fams[i], err.msg);
@@ -441,8 +458,10 @@ START_TEST(test_family_config_rules) {
     ck_assert_int_eq(lt_config_parse(buf, strlen(buf), "c", &c, &err), LT_OK);
     ck_assert_uint_eq(c.bias_mask, 0x7u);
     ck_assert_int_eq(c.sliding_window, 0);
-    snprintf(buf, sizeof buf, "{\"architectures\": [\"Qwen2ForCausalLM\"], %s, \"sliding_window\": 8, "
-             "\"use_sliding_window\": true, \"max_window_layers\": 2}", base);
+    snprintf(buf, sizeof buf,
+             "{\"architectures\": [\"Qwen2ForCausalLM\"], %s, \"sliding_window\": 8, "
+             "\"use_sliding_window\": true, \"max_window_layers\": 2}",
+             base);
     ck_assert_int_eq(lt_config_parse(buf, strlen(buf), "c", &c, &err), LT_OK);
     ck_assert_int_eq(c.sliding_window, 8);
     ck_assert_int_eq(c.layer_sliding[1], 0);

@@ -68,7 +68,9 @@ static void check_fd(const char *model, const char *const *names, int mts) {
     tu_fill_ids(ids, B * T, V, 11);
     lt_batch b;
     lt_batch_init(&b, sizeof b);
-    b.n_rows = B; b.seq_len = T; b.input_ids = ids;
+    b.n_rows = B;
+    b.seq_len = T;
+    b.input_ids = ids;
     loss_grads(m, a, &b, 1);
     float *g = tu_adapter_host_copy(a, a->grads), *p = tu_adapter_host_copy(a, a->params);
     int visible = 0, probes = 0;
@@ -101,7 +103,8 @@ static void check_fd(const char *model, const char *const *names, int mts) {
             probes++;
         }
     }
-    ck_assert_msg(2 * visible >= probes, "%s: too few probes with a visible gradient (%d of %d)", model, visible, probes);
+    ck_assert_msg(2 * visible >= probes, "%s: too few probes with a visible gradient (%d of %d)", model, visible,
+                  probes);
     free(g);
     free(p);
     lt_adapter_free(a);
@@ -110,10 +113,14 @@ static void check_fd(const char *model, const char *const *names, int mts) {
 }
 
 START_TEST(test_fd_llama_untied) {
-    static const char *const n[] = {"model.embed_tokens.weight", "lm_head.weight", "model.norm.weight",
+    static const char *const n[] = {"model.embed_tokens.weight",
+                                    "lm_head.weight",
+                                    "model.norm.weight",
                                     "model.layers.0.input_layernorm.weight",
                                     "model.layers.1.post_attention_layernorm.weight",
-                                    "model.layers.0.self_attn.k_proj.weight", "model.layers.1.mlp.down_proj.weight", NULL};
+                                    "model.layers.0.self_attn.k_proj.weight",
+                                    "model.layers.1.mlp.down_proj.weight",
+                                    NULL};
     check_fd("llama-basic", n, 0);
 }
 END_TEST
@@ -133,11 +140,13 @@ START_TEST(test_fd_qwen3_qk_norms) {
 END_TEST
 
 START_TEST(test_fd_gemma2) { /* (1 + w) norms incl. the sandwich ones, embedding scale, tied, soft-capping */
-    static const char *const n[] = {"model.embed_tokens.weight", "model.norm.weight",
+    static const char *const n[] = {"model.embed_tokens.weight",
+                                    "model.norm.weight",
                                     "model.layers.0.input_layernorm.weight",
                                     "model.layers.0.pre_feedforward_layernorm.weight",
                                     "model.layers.1.post_attention_layernorm.weight",
-                                    "model.layers.1.post_feedforward_layernorm.weight", NULL};
+                                    "model.layers.1.post_feedforward_layernorm.weight",
+                                    NULL};
     check_fd("gemma2", n, 0);
 }
 END_TEST
@@ -242,7 +251,9 @@ START_TEST(test_failed_step_and_resume) {
     tu_fill_ids(ids, 16, V, 2);
     lt_batch b;
     lt_batch_init(&b, sizeof b);
-    b.n_rows = 2; b.seq_len = 8; b.input_ids = ids;
+    b.n_rows = 2;
+    b.seq_len = 8;
+    b.input_ids = ids;
     lt_step_result r = {.size = sizeof r};
     float *poisoned = tu_adapter_host_copy(a, a->params);
     const float keep = poisoned[a->n_params - 3];
@@ -293,9 +304,16 @@ START_TEST(test_failed_step_and_resume) {
     lt_model_free(ms);
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp);
     ck_assert_int_eq(system(cmd), 0);
-    free(resumed); free(third); free(after); free(poisoned);
-    lt_trainer_free(t2); lt_optimizer_free(o2); lt_adapter_free(a2);
-    lt_trainer_free(t); lt_optimizer_free(o); lt_adapter_free(a);
+    free(resumed);
+    free(third);
+    free(after);
+    free(poisoned);
+    lt_trainer_free(t2);
+    lt_optimizer_free(o2);
+    lt_adapter_free(a2);
+    lt_trainer_free(t);
+    lt_optimizer_free(o);
+    lt_adapter_free(a);
     lt_model_free(m);
     lt_context_free(ctx);
 }
@@ -330,8 +348,11 @@ START_TEST(test_adamw8bit_full) {
         int same = !memcmp(before + pt->off, after + pt->off, pt->n * 4);
         ck_assert_msg(same == !pt->decay, "%s: decay %d but %s", pt->name, pt->decay, same ? "unchanged" : "changed");
     }
-    free(before); free(after);
-    lt_trainer_free(t); lt_optimizer_free(o); lt_adapter_free(a);
+    free(before);
+    free(after);
+    lt_trainer_free(t);
+    lt_optimizer_free(o);
+    lt_adapter_free(a);
     lt_model_free(m);
     lt_context_free(ctx);
 }

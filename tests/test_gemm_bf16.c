@@ -42,8 +42,8 @@ static double r16(float x) { return (double)lt_bf16_to_f32(lt_bf16_round(x)); }
 
 /* Max over elements of |got - exact| / bound (must be <= 1). bwd = 0: y = x W^T, K = in;
  * bwd = 1: dx = acc + dy W, K = out. acc (or NULL) is C before an accumulating call. */
-static double err_ratio(int bwd, const float *got, const float *A, const float *acc, const float *W, int N,
-                        int in, int out) {
+static double err_ratio(int bwd, const float *got, const float *A, const float *acc, const float *W, int N, int in,
+                        int out) {
     const int cols = bwd ? in : out, K = bwd ? out : in;
     double worst = 0;
     for (int n = 0; n < N; n++)
@@ -66,9 +66,9 @@ static double err_ratio(int bwd, const float *got, const float *A, const float *
 
 static const int shapes[][3] = {
     /* N, in, out */
-    {1, 1, 1},     {1, 5, 3},      {1, 300, 17},   {3, 2, 16},    {7, 33, 47},   {8, 16, 48},
-    {9, 17, 49},   {37, 45, 53},   {16, 257, 31},  {64, 256, 96}, {65, 513, 193}, {130, 96, 260},
-    {5, 1376, 20}, {19, 40, 1376}, {200, 64, 400},
+    {1, 1, 1},      {1, 5, 3},      {1, 300, 17},  {3, 2, 16},     {7, 33, 47},
+    {8, 16, 48},    {9, 17, 49},    {37, 45, 53},  {16, 257, 31},  {64, 256, 96},
+    {65, 513, 193}, {130, 96, 260}, {5, 1376, 20}, {19, 40, 1376}, {200, 64, 400},
 };
 #define N_SHAPES ((int)(sizeof shapes / sizeof *shapes))
 
@@ -90,8 +90,8 @@ static void check_shape(const lt_cpu_kernels *impl, int N, int in, int out) {
         double ef = err_ratio(0, y1, x, NULL, W, N, in, out);
         double eb = err_ratio(1, d1, dy, accumulate ? acc : NULL, W, N, in, out);
         ck_assert_msg(ef <= 1.0, "%s forward N=%d in=%d out=%d: error %.3g x the bound", impl->isa, N, in, out, ef);
-        ck_assert_msg(eb <= 1.0, "%s backward N=%d in=%d out=%d accumulate=%d: error %.3g x the bound",
-                      impl->isa, N, in, out, accumulate, eb);
+        ck_assert_msg(eb <= 1.0, "%s backward N=%d in=%d out=%d accumulate=%d: error %.3g x the bound", impl->isa, N,
+                      in, out, accumulate, eb);
         ck_assert_msg(!memcmp(y1, y3, (size_t)N * out * sizeof *y1), "forward depends on the thread count");
         ck_assert_msg(!memcmp(d1, d3, (size_t)N * in * sizeof *d1), "backward depends on the thread count");
     }
@@ -100,7 +100,15 @@ static void check_shape(const lt_cpu_kernels *impl, int N, int in, int out) {
     for (int k = 0; k < in; k++) sa += fabs(r16(x[k]) * r16(W[k]));
     y1[0] += (float)(3 * (in + 2) * ldexp(1.0, -24) * sa + 1e-6 * fabs(y1[0]) + 1e-30);
     ck_assert_msg(err_ratio(0, y1, x, NULL, W, N, in, out) > 1.0, "a wrong result passed the check");
-    free(W); free(x); free(dy); free(acc); free(Wp); free(y1); free(y3); free(d1); free(d3);
+    free(W);
+    free(x);
+    free(dy);
+    free(acc);
+    free(Wp);
+    free(y1);
+    free(y3);
+    free(d1);
+    free(d3);
 }
 
 /* the portable kernels: the generic ISA's table (the AVX2 and AVX512 tables name the same ones) */
@@ -132,13 +140,21 @@ START_TEST(test_paths_agree) {
     ck_assert_double_le(err_ratio(0, b, x, NULL, W, N, in, out), 1.0);
     double d = tu_max_rel_err(a, b, (size_t)N * out);
     ck_assert_msg(d < 1e-4, "AVX512 and portable differ by %.3g relative", d);
-    free(W); free(x); free(Wp); free(a); free(b);
+    free(W);
+    free(x);
+    free(Wp);
+    free(a);
+    free(b);
 }
 END_TEST
 
 /* ---- (b) rounding ------------------------------------------------------------------------------- */
 
-static float from_bits(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
+static float from_bits(uint32_t u) {
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
 
 START_TEST(test_rounding) {
     ck_assert_uint_eq(lt_bf16_round(1.0f), 0x3f80);
@@ -195,7 +211,8 @@ START_TEST(test_backend_ops) {
     lt_ref_bf16_weight_pack(Wr, W, out, in);
     ck_assert_msg(!memcmp(Wp, Wr, bytes), "backend and reference packing differ");
     float *y = malloc((size_t)N * out * 4), *yr = malloc((size_t)N * out * 4);
-    float *dx = tu_frand((size_t)N * in, -1.0f, 1.0f), *dxr = malloc((size_t)N * in * 4), *acc = malloc((size_t)N * in * 4);
+    float *dx = tu_frand((size_t)N * in, -1.0f, 1.0f), *dxr = malloc((size_t)N * in * 4),
+          *acc = malloc((size_t)N * in * 4);
     memcpy(dxr, dx, (size_t)N * in * 4);
     memcpy(acc, dx, (size_t)N * in * 4);
     be->ops->gemm_bf16_forward(be, y, x, Wp, N, in, out);
@@ -208,7 +225,15 @@ START_TEST(test_backend_ops) {
     ck_assert_double_le(err_ratio(1, dx, dy, acc, W, N, in, out), 1.0);
     ck_assert_double_le(err_ratio(1, dxr, dy, acc, W, N, in, out), 1.0);
     be->ops->free(be, Wp);
-    free(Wr); free(W); free(x); free(dy); free(y); free(yr); free(dx); free(dxr); free(acc);
+    free(Wr);
+    free(W);
+    free(x);
+    free(dy);
+    free(y);
+    free(yr);
+    free(dx);
+    free(dxr);
+    free(acc);
     lt_backend_destroy(be);
 }
 END_TEST
@@ -353,8 +378,8 @@ START_TEST(test_training_learns) {
     fprintf(stderr, "test_gemm_bf16: 30 steps on one batch: f32 loss %.4f -> %.4f, bf16 %.4f -> %.4f\n", f0, f, b0, bl);
     ck_assert_msg(fabs(b0 - f0) <= 0.01 * f0, "first loss: bf16 %.5f vs f32 %.5f (tol 1%%)", b0, f0);
     ck_assert_msg(bl < 0.5 * b0, "bf16 training did not learn: %.4f -> %.4f (want < half)", b0, bl);
-    ck_assert_msg(fabs(bl - f) <= 0.05 * f0, "after 30 steps: bf16 %.4f vs f32 %.4f (tol 5%% of the first loss)",
-                  bl, f);
+    ck_assert_msg(fabs(bl - f) <= 0.05 * f0, "after 30 steps: bf16 %.4f vs f32 %.4f (tol 5%% of the first loss)", bl,
+                  f);
     lt_context_free(ctx);
 }
 END_TEST
@@ -419,9 +444,10 @@ START_TEST(test_cli) {
     /* a short `loratune train --base-dtype bf16` writes an adapter */
     char dir[256], path[512];
     tu_tempdir(dir, sizeof dir);
-    snprintf(cmd, sizeof cmd, "%s train --model %s/models/llama-basic --data %s/models/llama-basic/data.jsonl "
-             "--out %s/ad --steps 3 --batch 2 --seq 32 --threads 2 --quiet --base-dtype bf16", LT_CLI,
-             LT_TEST_DATA_DIR, LT_TEST_DATA_DIR, dir);
+    snprintf(cmd, sizeof cmd,
+             "%s train --model %s/models/llama-basic --data %s/models/llama-basic/data.jsonl "
+             "--out %s/ad --steps 3 --batch 2 --seq 32 --threads 2 --quiet --base-dtype bf16",
+             LT_CLI, LT_TEST_DATA_DIR, LT_TEST_DATA_DIR, dir);
     free(tu_run(cmd, &st));
     ck_assert_msg(st == 0, "%s", cmd);
     snprintf(path, sizeof path, "%s/ad/adapter_model.safetensors", dir);

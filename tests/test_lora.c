@@ -10,11 +10,11 @@
 #include <check.h>
 #include <jansson.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <pthread.h>
 #include <unistd.h>
 
 #include "model.h"
@@ -75,7 +75,11 @@ static void check_finite_differences(float dropout, int packed) {
     for (int i = 0; i < B * T; i++) pos[i] = packed ? (i % T < 4 ? i % T : i % T - 4) : i % T;
     lt_batch b;
     lt_batch_init(&b, sizeof b);
-    b.n_rows = B; b.seq_len = T; b.input_ids = ids; b.labels = labels; b.position_ids = packed ? pos : NULL;
+    b.n_rows = B;
+    b.seq_len = T;
+    b.input_ids = ids;
+    b.labels = labels;
+    b.position_ids = packed ? pos : NULL;
     lt_dropout_state drop = {dropout, 1234};
     loss_and_grads(m, a, &b, 1, &drop, 1.0f, NULL);
     float *g = tu_adapter_host_copy(a, a->grads), *p = tu_adapter_host_copy(a, a->params);
@@ -124,7 +128,9 @@ START_TEST(test_checkpointing_identical) {
     tu_fill_ids(ids, 40, 257, 5);
     lt_batch b;
     lt_batch_init(&b, sizeof b);
-    b.n_rows = 2; b.seq_len = 20; b.input_ids = ids;
+    b.n_rows = 2;
+    b.seq_len = 20;
+    b.input_ids = ids;
     lt_dropout_state drop = {0.1f, 77};
     double l1 = loss_and_grads(m, a, &b, 1, &drop, 1.0f, NULL);
     float *g1 = tu_adapter_host_copy(a, a->grads);
@@ -132,7 +138,8 @@ START_TEST(test_checkpointing_identical) {
     float *g2 = tu_adapter_host_copy(a, a->grads);
     ck_assert(l1 == l2);
     ck_assert_int_eq(memcmp(g1, g2, a->n_params * sizeof(float)), 0);
-    free(g1); free(g2);
+    free(g1);
+    free(g2);
     lt_adapter_free(a);
     lt_model_free(m);
     lt_context_free(ctx);
@@ -159,9 +166,16 @@ START_TEST(test_packing_equals_unpacked) {
         }
     lt_batch bp, bu;
     lt_batch_init(&bp, sizeof bp);
-    bp.n_rows = 1; bp.seq_len = T; bp.input_ids = packed; bp.labels = plab; bp.position_ids = ppos;
+    bp.n_rows = 1;
+    bp.seq_len = T;
+    bp.input_ids = packed;
+    bp.labels = plab;
+    bp.position_ids = ppos;
     lt_batch_init(&bu, sizeof bu);
-    bu.n_rows = 3; bu.seq_len = T; bu.input_ids = rows; bu.labels = rlab;
+    bu.n_rows = 3;
+    bu.seq_len = T;
+    bu.input_ids = rows;
+    bu.labels = rlab;
     int64_t n1, n2;
     double l1 = loss_and_grads(m, a, &bp, 1, NULL, 1.0f, &n1);
     float *g1 = tu_adapter_host_copy(a, a->grads);
@@ -172,7 +186,8 @@ START_TEST(test_packing_equals_unpacked) {
     ck_assert_msg(fabs(l1 - l2) <= 1e-5 * fabs(l2), "packed loss %.8f vs separate %.8f", l1, l2);
     double rel = tu_max_rel_err(g1, g2, a->n_params);
     ck_assert_msg(rel <= 1e-5, "packed gradients differ from separate rows by %.3g", rel);
-    free(g1); free(g2);
+    free(g1);
+    free(g2);
     lt_adapter_free(a);
     lt_model_free(m);
     lt_context_free(ctx);
@@ -190,7 +205,9 @@ START_TEST(test_merge_unmerge_export) {
     tu_fill_ids(ids, 24, V, 21);
     lt_batch b;
     lt_batch_init(&b, sizeof b);
-    b.n_rows = 2; b.seq_len = T; b.input_ids = ids;
+    b.n_rows = 2;
+    b.seq_len = T;
+    b.input_ids = ids;
     size_t n = (size_t)2 * T * V;
     float *base = malloc(n * 4), *with = malloc(n * 4), *merged = malloc(n * 4), *after = malloc(n * 4);
     ck_assert_int_eq(lt_model_logits(m, NULL, &b, base, n), LT_OK);
@@ -207,14 +224,19 @@ START_TEST(test_merge_unmerge_export) {
     ck_assert_int_eq(lt_model_logits(m, a, &b, after, n), LT_ERR_STATE); /* merged adapter cannot be applied twice */
     ck_assert_int_eq(lt_adapter_unmerge(a), LT_OK);
     ck_assert_int_eq(lt_model_logits(m, NULL, &b, after, n), LT_OK);
-    ck_assert_msg(tu_max_rel_err(after, base, n) <= 1e-5, "unmerge did not restore the base: %g", tu_max_rel_err(after, base, n));
+    ck_assert_msg(tu_max_rel_err(after, base, n) <= 1e-5, "unmerge did not restore the base: %g",
+                  tu_max_rel_err(after, base, n));
     /* the exported directory is a plain HF model with the merged weights */
     lt_model *mm = NULL;
     ck_assert_msg(lt_model_load(ctx, dir, NULL, &mm) == LT_OK, "%s", lt_last_error());
     ck_assert_int_eq(lt_model_logits(mm, NULL, &b, merged, n), LT_OK);
-    ck_assert_msg(tu_max_rel_err(merged, with, n) <= 1e-5, "exported model differs: %g", tu_max_rel_err(merged, with, n));
+    ck_assert_msg(tu_max_rel_err(merged, with, n) <= 1e-5, "exported model differs: %g",
+                  tu_max_rel_err(merged, with, n));
     lt_model_free(mm);
-    free(base); free(with); free(merged); free(after);
+    free(base);
+    free(with);
+    free(merged);
+    free(after);
     lt_adapter_free(a);
     lt_model_free(m);
     lt_context_free(ctx);
@@ -239,7 +261,8 @@ START_TEST(test_save_load_roundtrip) {
     ck_assert_uint_eq(a->n_params, b->n_params);
     float *ha = tu_adapter_host_copy(a, a->params), *hb = tu_adapter_host_copy(b, b->params);
     ck_assert_int_eq(memcmp(ha, hb, a->n_params * sizeof(float)), 0);
-    free(ha); free(hb);
+    free(ha);
+    free(hb);
     lt_adapter_free(b);
     lt_adapter_free(a);
     lt_model_free(m);
@@ -279,7 +302,9 @@ static float *train_run(lt_context *ctx, const char *ckpt_dir, int phase) {
             tu_fill_ids(ids, 3 * 16, 257, (uint64_t)(100 + step * 2 + k));
             lt_batch b;
             lt_batch_init(&b, sizeof b);
-            b.n_rows = 3; b.seq_len = 16; b.input_ids = ids;
+            b.n_rows = 3;
+            b.seq_len = 16;
+            b.input_ids = ids;
             lt_step_result r = {.size = sizeof r};
             ck_assert_msg(lt_trainer_step(t, &b, &r) == LT_OK, "%s", lt_trainer_last_error(t));
             ck_assert_int_eq(r.updated, k == 1);
@@ -309,7 +334,9 @@ START_TEST(test_resume_bit_exact) {
                   tu_max_rel_err(resumed, straight, n));
     lt_adapter_free(a);
     lt_model_free(m);
-    free(straight); free(first); free(resumed);
+    free(straight);
+    free(first);
+    free(resumed);
     lt_context_free(ctx);
 }
 END_TEST
@@ -335,9 +362,12 @@ START_TEST(test_bad_steps_leave_adapter) {
     for (int i = 0; i < 16; i++) labels[i] = -100;
     lt_batch b;
     lt_batch_init(&b, sizeof b);
-    b.n_rows = 2; b.seq_len = 8; b.input_ids = ids; b.labels = labels;
+    b.n_rows = 2;
+    b.seq_len = 8;
+    b.input_ids = ids;
+    b.labels = labels;
     lt_step_result r = {.size = sizeof r};
-    ck_assert_int_eq(lt_trainer_step(t, &b, &r), LT_ERR_DATA);         /* all labels masked */
+    ck_assert_int_eq(lt_trainer_step(t, &b, &r), LT_ERR_DATA); /* all labels masked */
     ck_assert_ptr_nonnull(strstr(lt_trainer_last_error(t), "masked"));
     /* with accumulation, a masked micro-batch contributes nothing; an update with no token fails */
     {
@@ -348,15 +378,15 @@ START_TEST(test_bad_steps_leave_adapter) {
         tp2.grad_accum = 2;
         ck_assert_int_eq(lt_optimizer_create(a, &op, &o2), LT_OK);
         ck_assert_int_eq(lt_trainer_create(m, a, o2, &tp2, &t2), LT_OK);
-        ck_assert_int_eq(lt_trainer_step(t2, &b, &r), LT_OK);           /* masked: accepted */
-        ck_assert_int_eq(lt_trainer_step(t2, &b, &r), LT_ERR_DATA);     /* the whole update is masked */
+        ck_assert_int_eq(lt_trainer_step(t2, &b, &r), LT_OK);       /* masked: accepted */
+        ck_assert_int_eq(lt_trainer_step(t2, &b, &r), LT_ERR_DATA); /* the whole update is masked */
         float *mid = tu_adapter_host_copy(a, a->params);
         ck_assert_int_eq(memcmp(mid, before, a->n_params * 4), 0);
         ck_assert_int_eq(lt_optimizer_step_count(o2), 0);
         b.labels = NULL;
-        ck_assert_int_eq(lt_trainer_step(t2, &b, &r), LT_OK);           /* real tokens ... */
+        ck_assert_int_eq(lt_trainer_step(t2, &b, &r), LT_OK); /* real tokens ... */
         b.labels = labels;
-        ck_assert_int_eq(lt_trainer_step(t2, &b, &r), LT_OK);           /* ... plus a masked one: update */
+        ck_assert_int_eq(lt_trainer_step(t2, &b, &r), LT_OK); /* ... plus a masked one: update */
         ck_assert_int_eq(r.updated, 1);
         ck_assert_int_eq(lt_optimizer_step_count(o2), 1);
         m->be->ops->upload(m->be, a->params, before, a->n_params * 4); /* undo for the checks below */
@@ -366,10 +396,10 @@ START_TEST(test_bad_steps_leave_adapter) {
     }
     b.labels = NULL;
     ids[3] = 9999;
-    ck_assert_int_eq(lt_trainer_step(t, &b, &r), LT_ERR_DATA);         /* id out of range */
+    ck_assert_int_eq(lt_trainer_step(t, &b, &r), LT_ERR_DATA); /* id out of range */
     ids[3] = 3;
     b.n_rows = 0;
-    ck_assert_int_eq(lt_trainer_step(t, &b, &r), LT_ERR_SHAPE);        /* empty batch */
+    ck_assert_int_eq(lt_trainer_step(t, &b, &r), LT_ERR_SHAPE); /* empty batch */
     b.n_rows = 2;
     /* a NaN in the adapter makes the loss NaN: the step fails and nothing is updated */
     float *poisoned = tu_adapter_host_copy(a, a->params);
@@ -384,7 +414,7 @@ START_TEST(test_bad_steps_leave_adapter) {
     free(poisoned);
     after = tu_adapter_host_copy(a, a->params);
     ck_assert_int_eq(memcmp(after, before, a->n_params * 4), 0);
-    ck_assert_int_eq(lt_trainer_step(t, &b, &r), LT_OK);               /* and training goes on */
+    ck_assert_int_eq(lt_trainer_step(t, &b, &r), LT_OK); /* and training goes on */
     ck_assert_int_eq(lt_optimizer_step_count(o), 1);
     free(after);
     free(before);
@@ -417,7 +447,9 @@ static void tamper_adapter(const char *src, const char *dst, const char *drop_ke
     for (int i = 0; i < n; i++) {
         const lt_st_tensor *t = &lt_st_tensors(f)[i];
         if (drop_key && !strcmp(t->name, drop_key)) continue;
-        e[k].name = t->name; e[k].dtype = t->dtype; e[k].ndim = t->ndim;
+        e[k].name = t->name;
+        e[k].dtype = t->dtype;
+        e[k].ndim = t->ndim;
         memcpy(e[k].shape, t->shape, sizeof t->shape);
         e[k].data = t->data;
         k++;
@@ -503,7 +535,9 @@ START_TEST(test_generate_greedy_matches_forward) {
         for (int k = 0; k < NEW; k++) {
             lt_batch b;
             lt_batch_init(&b, sizeof b);
-            b.n_rows = 1; b.seq_len = n; b.input_ids = seq;
+            b.n_rows = 1;
+            b.seq_len = n;
+            b.input_ids = seq;
             float *lg = malloc((size_t)n * V * 4);
             ck_assert_int_eq(lt_model_logits(m, a, &b, lg, (size_t)n * V), LT_OK);
             int best = 0;
@@ -532,7 +566,6 @@ START_TEST(test_generate_greedy_matches_forward) {
 }
 END_TEST
 
-
 /* several adapters on one loaded base: each call picks one (or none), nothing is reloaded */
 static int progress_calls, progress_updates;
 static void on_progress(void *user, const lt_step_result *r) {
@@ -544,13 +577,16 @@ static void on_progress(void *user, const lt_step_result *r) {
 START_TEST(test_hot_swap_and_progress) {
     lt_context *ctx = tu_context();
     lt_model *m = tu_load_model(ctx, "llama-basic", NULL);
-    lt_adapter *a1 = make_adapter(m, 4, 8, 0, LT_TARGET_ALL, 1), *a2 = make_adapter(m, 2, 4, 0, LT_TARGET_Q | LT_TARGET_V, 1);
+    lt_adapter *a1 = make_adapter(m, 4, 8, 0, LT_TARGET_ALL, 1),
+               *a2 = make_adapter(m, 2, 4, 0, LT_TARGET_Q | LT_TARGET_V, 1);
     const int T = 9, V = (int)m->cfg.vocab_size;
     int32_t ids[9];
     tu_fill_ids(ids, T, V, 4);
     lt_batch b;
     lt_batch_init(&b, sizeof b);
-    b.n_rows = 1; b.seq_len = T; b.input_ids = ids;
+    b.n_rows = 1;
+    b.seq_len = T;
+    b.input_ids = ids;
     size_t n = (size_t)T * V;
     float *l0 = malloc(n * 4), *l1 = malloc(n * 4), *l2 = malloc(n * 4), *again = malloc(n * 4);
     ck_assert_int_eq(lt_model_logits(m, NULL, &b, l0, n), LT_OK);
@@ -578,7 +614,10 @@ START_TEST(test_hot_swap_and_progress) {
     ck_assert_int_eq(memcmp(again, l0, n * 4), 0);
     ck_assert_int_eq(lt_model_logits(m, a1, &b, again, n), LT_OK);
     ck_assert(tu_max_rel_err(again, l1, n) > 0); /* a1 did train */
-    free(l0); free(l1); free(l2); free(again);
+    free(l0);
+    free(l1);
+    free(l2);
+    free(again);
     lt_trainer_free(t);
     lt_optimizer_free(o);
     lt_adapter_free(a2);
@@ -590,7 +629,12 @@ END_TEST
 
 /* two threads train their own adapters on ONE shared model at the same time: each result equals the
  * same training run alone (docs/API.md: a loaded model may be shared read-only) */
-typedef struct { lt_model *m; int seed; float *result; lt_status st; } share_job;
+typedef struct {
+    lt_model *m;
+    int seed;
+    float *result;
+    lt_status st;
+} share_job;
 
 static void *share_train(void *arg) {
     share_job *j = arg;
@@ -609,7 +653,9 @@ static void *share_train(void *arg) {
         tu_fill_ids(ids, 24, 257, (uint64_t)(j->seed * 100 + step));
         lt_batch b;
         lt_batch_init(&b, sizeof b);
-        b.n_rows = 2; b.seq_len = 12; b.input_ids = ids;
+        b.n_rows = 2;
+        b.seq_len = 12;
+        b.input_ids = ids;
         j->st = lt_trainer_step(t, &b, NULL);
         double s;
         int64_t n;
@@ -630,7 +676,8 @@ START_TEST(test_shared_model_two_threads) {
     lt_context *ctx = NULL;
     ck_assert_int_eq(lt_context_create(&cp, &ctx), LT_OK);
     lt_model *m = tu_load_model(ctx, "llama-basic", NULL);
-    share_job alone[2] = {{m, 1, NULL, LT_OK}, {m, 2, NULL, LT_OK}}, both[2] = {{m, 1, NULL, LT_OK}, {m, 2, NULL, LT_OK}};
+    share_job alone[2] = {{m, 1, NULL, LT_OK}, {m, 2, NULL, LT_OK}},
+              both[2] = {{m, 1, NULL, LT_OK}, {m, 2, NULL, LT_OK}};
     share_train(&alone[0]);
     share_train(&alone[1]);
     pthread_t th[2];
@@ -698,7 +745,8 @@ START_TEST(test_golden_peft_gradients) {
     lt_model *m = tu_load_model(ctx, name, NULL);
     lt_adapter *a = NULL;
     snprintf(path, sizeof path, "%s/lora/adapter", dir);
-    ck_assert_msg(lt_adapter_load(m, path, &a) == LT_OK, "%s: loading the adapter saved by peft: %s", name, lt_last_error());
+    ck_assert_msg(lt_adapter_load(m, path, &a) == LT_OK, "%s: loading the adapter saved by peft: %s", name,
+                  lt_last_error());
     snprintf(path, sizeof path, "%s/lora/grads.safetensors", dir);
     lt_error err;
     lt_st_file *g = NULL;
@@ -718,8 +766,10 @@ START_TEST(test_golden_peft_gradients) {
         ck_assert(ids && lab && loss && (!packed || pos));
         lt_batch b;
         lt_batch_init(&b, sizeof b);
-        b.n_rows = (int)ids->shape[0]; b.seq_len = (int)ids->shape[1];
-        b.input_ids = ids->data; b.position_ids = packed ? pos->data : NULL;
+        b.n_rows = (int)ids->shape[0];
+        b.seq_len = (int)ids->shape[1];
+        b.input_ids = ids->data;
+        b.position_ids = packed ? pos->data : NULL;
         if (!packed) {
             const lt_st_tensor *ref = lt_st_find(g, "logits");
             size_t n = (size_t)b.n_rows * b.seq_len * V;
@@ -796,7 +846,8 @@ START_TEST(test_golden_adamw_training) {
     for (int k = 0; k < n_micro; k++) {
         lt_batch b;
         lt_batch_init(&b, sizeof b);
-        b.n_rows = B; b.seq_len = T;
+        b.n_rows = B;
+        b.seq_len = T;
         b.input_ids = (const int32_t *)mi->data + (size_t)k * B * T;
         b.labels = (const int32_t *)ml->data + (size_t)k * B * T;
         lt_step_result r = {.size = sizeof r};
@@ -806,8 +857,10 @@ START_TEST(test_golden_adamw_training) {
         double loss = json_number_value(json_array_get(json_object_get(js, "loss"), upd));
         double gn = json_number_value(json_array_get(json_object_get(js, "grad_norm"), upd));
         ck_assert_msg(fabs(r.lr - lr) <= 1e-7 + 1e-6 * lr, "%s update %d: lr %g vs torch %g", name, upd, r.lr, lr);
-        ck_assert_msg(fabs(r.loss - loss) <= 1e-4 * loss, "%s update %d: loss %.8f vs torch %.8f", name, upd, r.loss, loss);
-        ck_assert_msg(fabs(r.grad_norm - gn) <= 1e-4 * gn, "%s update %d: grad norm %.8f vs torch %.8f", name, upd, r.grad_norm, gn);
+        ck_assert_msg(fabs(r.loss - loss) <= 1e-4 * loss, "%s update %d: loss %.8f vs torch %.8f", name, upd, r.loss,
+                      loss);
+        ck_assert_msg(fabs(r.grad_norm - gn) <= 1e-4 * gn, "%s update %d: grad norm %.8f vs torch %.8f", name, upd,
+                      r.grad_norm, gn);
         upd++;
     }
     ck_assert_int_eq(upd, (int)json_integer_value(json_object_get(js, "steps")));
@@ -831,7 +884,8 @@ START_TEST(test_peft_loads_our_adapter) {
         snprintf(defpy, sizeof defpy, "%s/.cache/loratune/ref-venv/bin/python", getenv("HOME") ? getenv("HOME") : "");
         py = defpy;
     }
-    ck_assert_msg(access(py, X_OK) == 0, "the reference python %s is missing (run tests/run.sh, or set LORATUNE_REF_PYTHON)", py);
+    ck_assert_msg(access(py, X_OK) == 0,
+                  "the reference python %s is missing (run tests/run.sh, or set LORATUNE_REF_PYTHON)", py);
     lt_context *ctx = tu_context();
     const char *names[] = {"llama-gqa", "llama-tied"};
     for (int k = 0; k < 2; k++) {
@@ -850,7 +904,9 @@ START_TEST(test_peft_loads_our_adapter) {
         tu_fill_ids(ids, B * T, V, 77);
         lt_batch b;
         lt_batch_init(&b, sizeof b);
-        b.n_rows = B; b.seq_len = T; b.input_ids = ids;
+        b.n_rows = B;
+        b.seq_len = T;
+        b.input_ids = ids;
         float *lg = malloc((size_t)B * T * V * 4);
         ck_assert_int_eq(lt_model_logits(m, a, &b, lg, (size_t)B * T * V), LT_OK);
         lt_st_entry e[2] = {{.name = "input_ids", .dtype = LT_DT_I32, .ndim = 2, .shape = {B, T}, .data = ids},
@@ -859,8 +915,10 @@ START_TEST(test_peft_loads_our_adapter) {
         ck_assert_int_eq(lt_st_write(lpath, e, 2, NULL, &err), LT_OK);
         free(lg);
         tu_model_dir(base, sizeof base, names[k]);
-        snprintf(cmd, sizeof cmd, "%s %s/tests/python/check_peft_roundtrip.py --model %s --adapter %s --logits %s "
-                 "--merged %s --tol 1e-4 2>&1", py, LT_SOURCE_DIR, base, adir, lpath, mdir);
+        snprintf(cmd, sizeof cmd,
+                 "%s %s/tests/python/check_peft_roundtrip.py --model %s --adapter %s --logits %s "
+                 "--merged %s --tol 1e-4 2>&1",
+                 py, LT_SOURCE_DIR, base, adir, lpath, mdir);
         int status;
         char *out = tu_run_capture(cmd, &status, 0);
         ck_assert_msg(status == 0, "%s: PEFT/transformers rejected our files:\n%s", names[k], out);

@@ -48,8 +48,8 @@ static int32_t *ivec(json_t *a) {
 }
 static double num(json_t *o, const char *k) { return json_number_value(json_object_get(o, k)); }
 
-#define CLOSE(a, b, what, i)                                                                                   \
-    ck_assert_msg(fabs((double)(a) - (double)(b)) <= 1e-9 * fmax(1.0, fabs((double)(b))),                     \
+#define CLOSE(a, b, what, i)                                                              \
+    ck_assert_msg(fabs((double)(a) - (double)(b)) <= 1e-9 * fmax(1.0, fabs((double)(b))), \
                   "case %d %s: %.12g vs golden %.12g", (int)(i), what, (double)(a), (double)(b))
 
 START_TEST(test_grpo_arithmetic) {
@@ -65,9 +65,13 @@ START_TEST(test_grpo_arithmetic) {
         p.epsilon = (float)num(o, "epsilon");
         p.epsilon_high = (float)num(o, "epsilon_high");
         p.kl_beta = (float)num(o, "kl_beta");
-        p.scale_rewards = !strcmp(sc, "group") ? LT_GRPO_SCALE_GROUP : !strcmp(sc, "batch") ? LT_GRPO_SCALE_BATCH : LT_GRPO_SCALE_NONE;
-        p.loss_type = !strcmp(lt, "dapo") ? LT_GRPO_LOSS_DAPO : !strcmp(lt, "grpo") ? LT_GRPO_LOSS_GRPO
-                    : !strcmp(lt, "bnpo") ? LT_GRPO_LOSS_BNPO : LT_GRPO_LOSS_DR_GRPO;
+        p.scale_rewards = !strcmp(sc, "group")   ? LT_GRPO_SCALE_GROUP
+                          : !strcmp(sc, "batch") ? LT_GRPO_SCALE_BATCH
+                                                 : LT_GRPO_SCALE_NONE;
+        p.loss_type = !strcmp(lt, "dapo")   ? LT_GRPO_LOSS_DAPO
+                      : !strcmp(lt, "grpo") ? LT_GRPO_LOSS_GRPO
+                      : !strcmp(lt, "bnpo") ? LT_GRPO_LOSS_BNPO
+                                            : LT_GRPO_LOSS_DR_GRPO;
         float *rw = fvec(json_object_get(o, "rewards")), *lp = fvec(json_object_get(o, "lp"));
         float *old = fvec(json_object_get(o, "lp_old")), *ref = fvec(json_object_get(o, "ref"));
         int32_t *lens = ivec(json_object_get(o, "lens"));
@@ -86,9 +90,16 @@ START_TEST(test_grpo_arithmetic) {
         CLOSE(gm.kl, num(o, "kl"), "kl", c);
         CLOSE(gm.clip_fraction, num(o, "clip_fraction"), "clip fraction", c);
         for (size_t k = 0; k < ntok; k++) /* dlp is float: compare at float precision */
-            ck_assert_msg(fabs(dlp[k] - dlp_g[k]) <= 1e-6 * fmax(1e-3, fabs(dlp_g[k])), "case %zu dlp[%zu] %.9g vs %.9g",
-                          c, k, dlp[k], dlp_g[k]);
-        free(rw); free(lp); free(old); free(ref); free(lens); free(adv_g); free(dlp_g); free(dlp);
+            ck_assert_msg(fabs(dlp[k] - dlp_g[k]) <= 1e-6 * fmax(1e-3, fabs(dlp_g[k])),
+                          "case %zu dlp[%zu] %.9g vs %.9g", c, k, dlp[k], dlp_g[k]);
+        free(rw);
+        free(lp);
+        free(old);
+        free(ref);
+        free(lens);
+        free(adv_g);
+        free(dlp_g);
+        free(dlp);
     }
     json_decref(js);
 }
@@ -110,17 +121,30 @@ START_TEST(test_pair_and_kto_arithmetic) {
         double *gc_g = dvec(json_object_get(o, "g_c")), *gr_g = dvec(json_object_get(o, "g_r"));
         int32_t *nc32 = ivec(json_object_get(o, "n_c")), *nr32 = ivec(json_object_get(o, "n_r"));
         int nc[16], nr[16];
-        for (int i = 0; i < B; i++) { nc[i] = nc32[i]; nr[i] = nr32[i]; }
+        for (int i = 0; i < B; i++) {
+            nc[i] = nc32[i];
+            nr[i] = nr32[i];
+        }
         double gc[16], gr[16];
         lt_obj_metrics met;
         lt_obj_pairs(obj, &p, B, pc, pr, rc, rr, nc, nr, gc, gr, &met);
         CLOSE(met.loss, num(o, "loss"), on, c);
-        for (int i = 0; i < B; i++) { CLOSE(gc[i], gc_g[i], "d/d lp_c", c); CLOSE(gr[i], gr_g[i], "d/d lp_r", c); }
+        for (int i = 0; i < B; i++) {
+            CLOSE(gc[i], gc_g[i], "d/d lp_c", c);
+            CLOSE(gr[i], gr_g[i], "d/d lp_r", c);
+        }
         CLOSE(met.rewards_chosen, num(o, "rewards_chosen"), "rewards/chosen", c);
         CLOSE(met.rewards_rejected, num(o, "rewards_rejected"), "rewards/rejected", c);
         CLOSE(met.accuracies, num(o, "accuracies"), "rewards/accuracies", c);
         CLOSE(met.margins, num(o, "margins"), "rewards/margins", c);
-        free(pc); free(pr); free(rc); free(rr); free(gc_g); free(gr_g); free(nc32); free(nr32);
+        free(pc);
+        free(pr);
+        free(rc);
+        free(rr);
+        free(gc_g);
+        free(gr_g);
+        free(nc32);
+        free(nr32);
     }
     for (size_t c = 0; c < json_array_size(kto); c++) {
         json_t *o = json_array_get(kto, c);
@@ -142,7 +166,12 @@ START_TEST(test_pair_and_kto_arithmetic) {
         CLOSE(met.rewards_chosen, num(o, "rewards_chosen"), "kto rewards/chosen", c);
         CLOSE(met.rewards_rejected, num(o, "rewards_rejected"), "kto rewards/rejected", c);
         CLOSE(met.margins, num(o, "margins"), "kto rewards/margins", c);
-        free(lp); free(ref); free(lk); free(rk); free(g_g); free(lab);
+        free(lp);
+        free(ref);
+        free(lk);
+        free(rk);
+        free(g_g);
+        free(lab);
     }
     json_decref(js);
 }
@@ -197,7 +226,9 @@ START_TEST(test_weighted_backward_fd) {
     }
     lt_batch b;
     lt_batch_init(&b, sizeof b);
-    b.n_rows = B; b.seq_len = T; b.input_ids = ids;
+    b.n_rows = B;
+    b.seq_len = T;
+    b.input_ids = ids;
     lt_workspace *ws = NULL;
     lt_error err;
     for (int ckpt = 0; ckpt < 2; ckpt++) {
@@ -228,7 +259,8 @@ START_TEST(test_weighted_backward_fd) {
             checked += fabs(fd) > 1e-3;
         }
         ck_assert_msg(checked >= 8, "too few probes with a visible gradient (%d)", checked);
-        free(g); free(p);
+        free(g);
+        free(p);
         lt_workspace_free(ws);
     }
     lt_adapter_free(a);
@@ -246,9 +278,12 @@ static const int32_t KTO_LAB[] = {1, 0, 1};
 static void pref_batch(lt_pref_batch *b) {
     lt_pref_batch_init(b, sizeof *b);
     b->n_rows = 3;
-    b->prompt_ids = P_IDS; b->prompt_lens = P_LENS;
-    b->chosen_ids = C_IDS; b->chosen_lens = C_LENS;
-    b->rejected_ids = R_IDS; b->rejected_lens = R_LENS;
+    b->prompt_ids = P_IDS;
+    b->prompt_lens = P_LENS;
+    b->chosen_ids = C_IDS;
+    b->chosen_lens = C_LENS;
+    b->rejected_ids = R_IDS;
+    b->rejected_lens = R_LENS;
     b->labels = KTO_LAB;
 }
 
@@ -284,7 +319,9 @@ START_TEST(test_preference_steps) {
     /* an SFT batch is refused */
     lt_batch sb;
     lt_batch_init(&sb, sizeof sb);
-    sb.n_rows = 1; sb.seq_len = 2; sb.input_ids = P_IDS;
+    sb.n_rows = 1;
+    sb.seq_len = 2;
+    sb.input_ids = P_IDS;
     ck_assert_int_eq(lt_trainer_step(t, &sb, &r), LT_ERR_STATE);
     /* a step moves the rewards apart; precomputed reference log-probs give the same loss */
     ck_assert_msg(lt_trainer_step_preference(t, &b, &r) == LT_OK, "%s", lt_trainer_last_error(t));
@@ -421,7 +458,8 @@ START_TEST(test_cli_objectives) {
     snprintf(path, sizeof path, "%s/pref.jsonl", dir);
     tu_write_text(path, "{\"prompt_ids\": [5, 9], \"chosen_ids\": [40, 41], \"rejected_ids\": [12]}\n"
                         "{\"prompt_ids\": [3], \"chosen_ids\": [7, 2], \"rejected_ids\": [60, 61, 62]}\n");
-    snprintf(cmd, sizeof cmd, "%s eval --objective dpo --beta 0.5 --model %s --data %s --batch 2 --json", LT_CLI, mdir, path);
+    snprintf(cmd, sizeof cmd, "%s eval --objective dpo --beta 0.5 --model %s --data %s --batch 2 --json", LT_CLI, mdir,
+             path);
     int st;
     char *out = tu_run(cmd, &st);
     ck_assert_msg(st == 0, "%s", cmd);

@@ -17,7 +17,6 @@
 #include <stdint.h>
 #include <unistd.h>
 
-#include "test_util.h"
 #include "cpu_kernels.h"
 #include "cpu_opt8.h"
 #include "model.h"
@@ -25,6 +24,7 @@
 #include "quant.h"
 #include "ref_ops.h"
 #include "safetensors.h"
+#include "test_util.h"
 
 #define GOLDEN_DIR LT_TEST_DATA_DIR "/optim8"
 
@@ -75,11 +75,11 @@ static void run_goldens(int which) {
             void *x1 = q8 ? (void *)c1 : (void *)s1f, *x2 = q8 ? (void *)c2 : (void *)s2f;
             float *m1 = q8 ? a1 : NULL, *m2 = q8 ? a2 : NULL;
             if (which == 0)
-                lt_ref_adamw8bit_step(par, gt, x1, x2, m1, m2, n, lt_quant_code8(), lt_quant_code8u(), p.beta1,
-                                      p.beta2, ec, ss, dec);
+                lt_ref_adamw8bit_step(par, gt, x1, x2, m1, m2, n, lt_quant_code8(), lt_quant_code8u(), p.beta1, p.beta2,
+                                      ec, ss, dec);
             else
-                be->ops->adamw8bit_step(be, par, gt, x1, x2, m1, m2, n, lt_quant_code8(), lt_quant_code8u(),
-                                        p.beta1, p.beta2, ec, ss, dec);
+                be->ops->adamw8bit_step(be, par, gt, x1, x2, m1, m2, n, lt_quant_code8(), lt_quant_code8u(), p.beta1,
+                                        p.beta2, ec, ss, dec);
         }
         tu_expect_bytes(cases[c], "parameters", par, tu_st_need(f, "p")->data, n * 4);
         if (q8) {
@@ -91,7 +91,13 @@ static void run_goldens(int which) {
             tu_expect_bytes(cases[c], "m", s1f, tu_st_need(f, "m")->data, n * 4);
             tu_expect_bytes(cases[c], "v", s2f, tu_st_need(f, "v")->data, n * 4);
         }
-        free(par); free(s1f); free(s2f); free(c1); free(c2); free(a1); free(a2);
+        free(par);
+        free(s1f);
+        free(s2f);
+        free(c1);
+        free(c2);
+        free(a1);
+        free(a2);
         lt_st_close(f);
     }
     lt_context_free(ctx);
@@ -110,7 +116,8 @@ static int oracle_nearest(const float *code, float x) {
     int lo = 0, hi = 255;
     while (lo < hi) {
         const int mid = (lo + hi + 1) / 2;
-        if (code[mid] <= x) lo = mid; else hi = mid - 1;
+        if (code[mid] <= x) lo = mid;
+        else hi = mid - 1;
     }
     if (lo < 255 && fabsf(x - code[lo + 1]) < fabsf(x - code[lo])) lo++;
     return lo;
@@ -204,9 +211,14 @@ static void make_inputs(int kind, size_t n, float *par, float *g, uint8_t *c1, u
         a2[b] = r == 3 ? 0.0f : r == 4 ? INFINITY : powf(10.0f, -12.0f * xunif());
         const size_t i0 = b * 256, i1 = i0 + 256 < n ? i0 + 256 : n;
         if (kind == 1) g[i0 + xnext() % (i1 - i0)] = xnext() & 1 ? 1.0f : -1.0f;
-        if (kind == 0 && r == 5) for (size_t i = i0; i < i1; i++) g[i] = 0.0f; /* an all-zero block */
-        if (kind == 0 && r == 6) for (size_t i = i0; i < i1; i++) g[i] = NAN;  /* all skipped */
-        if (kind == 0 && r == 7) { a1[b] = a2[b] = 0.0f; for (size_t i = i0; i < i1; i++) g[i] = 0.0f; }
+        if (kind == 0 && r == 5)
+            for (size_t i = i0; i < i1; i++) g[i] = 0.0f; /* an all-zero block */
+        if (kind == 0 && r == 6)
+            for (size_t i = i0; i < i1; i++) g[i] = NAN; /* all skipped */
+        if (kind == 0 && r == 7) {
+            a1[b] = a2[b] = 0.0f;
+            for (size_t i = i0; i < i1; i++) g[i] = 0.0f;
+        }
     }
 }
 
@@ -238,17 +250,26 @@ static void check_fast_op(lt_backend *be, const char *what, int kind, const opt8
         for (size_t i = 0; i < n; i++) /* the next step's gradients */
             if (isfinite(g[i]) && kind == 0) g[i] = g[i] * -0.5f + (xunif() - 0.5f) * 1e-4f;
     }
-    free(par); free(g); free(a1); free(a2); free(c1); free(c2);
-    free(rpar); free(ra1); free(ra2); free(rc1); free(rc2);
+    free(par);
+    free(g);
+    free(a1);
+    free(a2);
+    free(c1);
+    free(c2);
+    free(rpar);
+    free(ra1);
+    free(ra2);
+    free(rc1);
+    free(rc2);
 }
 
 START_TEST(test_fast_op_matches_reference) {
     const opt8_case cases8[] = {
-        {300007, {0.9f, 0.999f, 1e-8f * 0.0316f, -1e-3f, 0.0f}},   /* 3 threads get blocks; 7-element tail */
-        {262144, {0.9f, 0.999f, 1e-8f, -1e-4f, 1e-4f}},            /* whole blocks, decay on */
-        {4103, {0.8f, 0.95f, 1e-6f, -2e-2f, 1e-2f}},               /* a partial last block of 7 */
-        {4096 + 250, {0.0f, 0.0f, 1e-8f, -1e-3f, 0.0f}},           /* beta = 0: m = g, v = g^2 */
-        {12, {0.9f, 0.999f, 1e-8f, -1e-3f, 0.0f}},                 /* less than a vector */
+        {300007, {0.9f, 0.999f, 1e-8f * 0.0316f, -1e-3f, 0.0f}}, /* 3 threads get blocks; 7-element tail */
+        {262144, {0.9f, 0.999f, 1e-8f, -1e-4f, 1e-4f}},          /* whole blocks, decay on */
+        {4103, {0.8f, 0.95f, 1e-6f, -2e-2f, 1e-2f}},             /* a partial last block of 7 */
+        {4096 + 250, {0.0f, 0.0f, 1e-8f, -1e-3f, 0.0f}},         /* beta = 0: m = g, v = g^2 */
+        {12, {0.9f, 0.999f, 1e-8f, -1e-3f, 0.0f}},               /* less than a vector */
     };
     const lt_cpu_isa isas[4] = {LT_CPU_ISA_AVX512_BF16, LT_CPU_ISA_AVX512, LT_CPU_ISA_AVX2, LT_CPU_ISA_GENERIC};
     int ran = 0;
@@ -345,8 +366,8 @@ START_TEST(test_optimizer_per_tensor) {
             const lt_opt8_tensor *tn = &o->tensors[k];
             if (tn->q8) /* absmax is indexed by the tensor's first element (one per 256) */
                 lt_ref_adamw8bit_step(ref + tn->off, g + tn->off, c1 + tn->off, c2 + tn->off, am1 + tn->off,
-                                      am2 + tn->off, tn->n, lt_quant_code8(), lt_quant_code8u(), op.beta1, op.beta2,
-                                      ec, ss, dec);
+                                      am2 + tn->off, tn->n, lt_quant_code8(), lt_quant_code8u(), op.beta1, op.beta2, ec,
+                                      ss, dec);
             else
                 lt_ref_adamw8bit_step(ref + tn->off, g + tn->off, fm + tn->off, fv + tn->off, NULL, NULL, tn->n, NULL,
                                       NULL, op.beta1, op.beta2, ec, ss, dec);
@@ -362,7 +383,15 @@ START_TEST(test_optimizer_per_tensor) {
         if (tn->q8) ck_assert(memcmp(oc + tn->qoff, c1 + tn->off, tn->n) == 0);
     }
     free(oc);
-    free(ref); free(g); free(mine); free(c1); free(c2); free(am1); free(am2); free(fm); free(fv);
+    free(ref);
+    free(g);
+    free(mine);
+    free(c1);
+    free(c2);
+    free(am1);
+    free(am2);
+    free(fm);
+    free(fv);
     lt_optimizer_free(o);
     lt_adapter_free(a);
     lt_model_free(m);
@@ -405,7 +434,9 @@ static float *train_run(lt_context *ctx, const char *ckpt_dir, int phase, double
     for (int step = first; step < last; step++) {
         lt_batch b;
         lt_batch_init(&b, sizeof b);
-        b.n_rows = 4; b.seq_len = 16; b.input_ids = ids;
+        b.n_rows = 4;
+        b.seq_len = 16;
+        b.input_ids = ids;
         lt_step_result r = {.size = sizeof r};
         ck_assert_msg(lt_trainer_step(t, &b, &r) == LT_OK, "%s", lt_trainer_last_error(t));
         if (losses) losses[step] = r.loss;
@@ -438,7 +469,9 @@ START_TEST(test_train_learns_and_resumes) {
                   tu_max_rel_err(resumed, straight, n));
     lt_adapter_free(a);
     lt_model_free(m);
-    free(straight); free(half); free(resumed);
+    free(straight);
+    free(half);
+    free(resumed);
     lt_context_free(ctx);
 }
 END_TEST

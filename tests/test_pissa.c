@@ -5,10 +5,10 @@
  * (--init, resume from a checkpoint bit for bit) and the refusals. PEFT itself is the oracle of
  * tests/python/crosscheck_pissa.py.
  */
-#include "test_util.h"
-#include "model.h"
 #include "loratune_experimental.h"
+#include "model.h"
 #include "quant.h"
+#include "test_util.h"
 
 static lt_adapter *make(lt_model *m, lt_lora_init init, int rank, float alpha, float dropout, int rslora) {
     lt_adapter_params ap;
@@ -43,8 +43,15 @@ static void rm_rf(const char *dir) {
 
 /* ---- identity at init; merge, export, save / load (with and without the sidecar) ------------------ */
 
-static const struct { const char *model; lt_lora_init init; int rslora; } cases[] = {
-    {"llama-gqa", LT_INIT_PISSA, 0}, {"llama-tied", LT_INIT_OLORA, 1}, {"phi3", LT_INIT_PISSA, 1}, {"phi3", LT_INIT_OLORA, 0},
+static const struct {
+    const char *model;
+    lt_lora_init init;
+    int rslora;
+} cases[] = {
+    {"llama-gqa", LT_INIT_PISSA, 0},
+    {"llama-tied", LT_INIT_OLORA, 1},
+    {"phi3", LT_INIT_PISSA, 1},
+    {"phi3", LT_INIT_OLORA, 0},
 };
 
 START_TEST(test_identity_merge_save_load) {
@@ -56,7 +63,9 @@ START_TEST(test_identity_merge_save_load) {
     tu_fill_ids(ids, 20, V, 5);
     lt_batch b;
     lt_batch_init(&b, sizeof b);
-    b.n_rows = 2; b.seq_len = T; b.input_ids = ids;
+    b.n_rows = 2;
+    b.seq_len = T;
+    b.input_ids = ids;
     size_t n = (size_t)2 * T * V;
     float *base = malloc(n * 4), *with = malloc(n * 4), *got = malloc(n * 4);
     ck_assert_int_eq(lt_model_logits(m, NULL, &b, base, n), LT_OK);
@@ -69,7 +78,8 @@ START_TEST(test_identity_merge_save_load) {
     double mx = 0;
     for (size_t i = 0; i < a->n_params; i++) mx = fmax(mx, fabs(hp[i]));
     ck_assert_msg(mx > 1e-2, "PiSSA/OLoRA factors are ~0 (%g)", mx);
-    free(hp); free(h0);
+    free(hp);
+    free(h0);
 
     perturb(a, 0.05);
     ck_assert_int_eq(lt_model_logits(m, a, &b, with, n), LT_OK);
@@ -91,7 +101,8 @@ START_TEST(test_identity_merge_save_load) {
     ck_assert_msg(tu_max_rel_err(got, with, n) <= 1e-5, "merged logits differ: %g", tu_max_rel_err(got, with, n));
     ck_assert_int_eq(lt_adapter_unmerge(a), LT_OK);
     ck_assert_int_eq(lt_model_logits(m, NULL, &b, got, n), LT_OK);
-    ck_assert_msg(tu_max_rel_err(got, base, n) <= 1e-5, "unmerge did not restore the base: %g", tu_max_rel_err(got, base, n));
+    ck_assert_msg(tu_max_rel_err(got, base, n) <= 1e-5, "unmerge did not restore the base: %g",
+                  tu_max_rel_err(got, base, n));
 
     /* save + load: the same trainable / frozen split, bit for bit */
     snprintf(dir, sizeof dir, "%s/adapter", tmp);
@@ -110,7 +121,10 @@ START_TEST(test_identity_merge_save_load) {
     float *qa = tu_adapter_host_copy(a, a->init0), *qb = tu_adapter_host_copy(c, c->init0);
     ck_assert_int_eq(memcmp(pa, pb, a->n_params * 4), 0);
     ck_assert_int_eq(memcmp(qa, qb, a->n_params * 4), 0);
-    free(pa); free(pb); free(qa); free(qb);
+    free(pa);
+    free(pb);
+    free(qa);
+    free(qb);
     lt_adapter_free(c);
     /* without the sidecar the directory is a plain rank-2r LoRA with the same function */
     char side[800];
@@ -129,11 +143,14 @@ START_TEST(test_identity_merge_save_load) {
     ck_assert_int_eq(lt_adapter_load(m, dir, &c), LT_OK);
     lt_adapter_free(c);
     /* a sidecar that does not fit the config is refused */
-    tu_write_text(side, "{\"format\": \"libloratune-init-1\", \"init_lora_weights\": \"pissa\", \"r\": 3, \"lora_alpha\": 8}");
+    tu_write_text(
+        side, "{\"format\": \"libloratune-init-1\", \"init_lora_weights\": \"pissa\", \"r\": 3, \"lora_alpha\": 8}");
     ck_assert_int_eq(lt_adapter_load(m, dir, &c), LT_ERR_FORMAT);
     ck_assert_ptr_nonnull(strstr(lt_last_error(), "half"));
     rm_rf(tmp);
-    free(base); free(with); free(got);
+    free(base);
+    free(with);
+    free(got);
     lt_adapter_free(a);
     lt_model_free(m);
     lt_context_free(ctx);
@@ -169,7 +186,10 @@ START_TEST(test_finite_differences) {
     tu_fill_ids(ids, B * T, V, 3);
     lt_batch b;
     lt_batch_init(&b, sizeof b);
-    b.n_rows = B; b.seq_len = T; b.input_ids = ids; b.labels = ids;
+    b.n_rows = B;
+    b.seq_len = T;
+    b.input_ids = ids;
+    b.labels = ids;
     lt_dropout_state drop = {dropout, 77};
     loss_and_grads(m, a, &b, &drop, 1.0f);
     float *g = tu_adapter_host_copy(a, a->grads), *p = tu_adapter_host_copy(a, a->params);
@@ -192,7 +212,8 @@ START_TEST(test_finite_differences) {
         checked += fabs(fd) > 1e-3;
     }
     ck_assert_msg(checked >= 8, "too few probes with a visible gradient (%d)", checked);
-    free(g); free(p);
+    free(g);
+    free(p);
     lt_adapter_free(a);
     lt_model_free(m);
     lt_context_free(ctx);
@@ -220,7 +241,8 @@ START_TEST(test_nf4_equals_f32_of_dequantized) {
         float *hq = tu_adapter_host_copy(aq, aq->params), *hf = tu_adapter_host_copy(af, af->params);
         ck_assert_msg(tu_max_rel_err(hq, hf, aq->n_params) <= 1e-6, "init %d: factors differ by %g", k,
                       tu_max_rel_err(hq, hf, aq->n_params));
-        free(hq); free(hf);
+        free(hq);
+        free(hf);
         perturb(aq, 0.05);
         perturb(af, 0.05);
         const int B = 2, T = 9, V = (int)mq->cfg.vocab_size;
@@ -228,13 +250,17 @@ START_TEST(test_nf4_equals_f32_of_dequantized) {
         tu_fill_ids(ids, B * T, V, 11);
         lt_batch b;
         lt_batch_init(&b, sizeof b);
-        b.n_rows = B; b.seq_len = T; b.input_ids = ids; b.labels = ids;
+        b.n_rows = B;
+        b.seq_len = T;
+        b.input_ids = ids;
+        b.labels = ids;
         double lq = loss_and_grads(mq, aq, &b, NULL, 1.0f), lf = loss_and_grads(mf, af, &b, NULL, 1.0f);
         ck_assert_msg(fabs(lq - lf) <= 1e-5 * fabs(lf), "init %d: loss %.9g vs %.9g", k, lq, lf);
         float *gq = tu_adapter_host_copy(aq, aq->grads), *gf = tu_adapter_host_copy(af, af->grads);
         ck_assert_msg(tu_max_rel_err(gq, gf, aq->n_params) <= 1e-4, "init %d: grads differ by %g", k,
                       tu_max_rel_err(gq, gf, aq->n_params));
-        free(gq); free(gf);
+        free(gq);
+        free(gf);
         /* merged export from the quantized base = from the f32 twin */
         char e1[700], e2[700];
         snprintf(e1, sizeof e1, "%s/mq%d", tmp, k);
@@ -290,7 +316,8 @@ START_TEST(test_refusals) {
     ck_assert_int_eq(lt_adapter_save(a, tmp), LT_OK);
     snprintf(cfg, sizeof cfg, "%s/adapter_config.json", tmp);
     char cmd[1600];
-    snprintf(cmd, sizeof cmd, "sed -i 's/\"init_lora_weights\": true/\"init_lora_weights\": \"pissa_niter_4\"/' %s", cfg);
+    snprintf(cmd, sizeof cmd, "sed -i 's/\"init_lora_weights\": true/\"init_lora_weights\": \"pissa_niter_4\"/' %s",
+             cfg);
     ck_assert_int_eq(system(cmd), 0);
     lt_adapter *c = NULL;
     ck_assert_int_eq(lt_adapter_load(m, tmp, &c), LT_ERR_UNSUPPORTED);
@@ -323,8 +350,9 @@ START_TEST(test_cli_init_and_resume) {
     snprintf(cmd, sizeof cmd, "%s train --model %s --data %s/data.jsonl --out %s/straight %s --save-every 2", LT_CLI,
              model, model, root, common);
     free(tu_run(cmd, NULL));
-    snprintf(cmd, sizeof cmd, "%s train --model %s --data %s/data.jsonl --out %s/resumed %s --resume %s/straight/checkpoint-2",
-             LT_CLI, model, model, root, common, root);
+    snprintf(cmd, sizeof cmd,
+             "%s train --model %s --data %s/data.jsonl --out %s/resumed %s --resume %s/straight/checkpoint-2", LT_CLI,
+             model, model, root, common, root);
     free(tu_run(cmd, NULL));
     snprintf(a, sizeof a, "%s/straight/adapter_model.safetensors", root);
     snprintf(b, sizeof b, "%s/resumed/adapter_model.safetensors", root);

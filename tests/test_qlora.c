@@ -5,12 +5,12 @@
  */
 #include <float.h>
 
-#include "test_util.h"
 #include "loratune_experimental.h"
 #include "model.h"
 #include "quant.h"
 #include "ref_ops.h"
 #include "safetensors.h"
+#include "test_util.h"
 
 #define MODELS LT_TEST_DATA_DIR "/models"
 
@@ -223,7 +223,8 @@ END_TEST
  * backends' dequantize_rows is tests/test_backend_ops.c's */
 START_TEST(test_dequantize_range) {
     const int rows = 37, cols = 192;
-    float *x = malloc((size_t)rows * cols * 4), *a = malloc((size_t)rows * cols * 4), *b = malloc((size_t)rows * cols * 4);
+    float *x = malloc((size_t)rows * cols * 4), *a = malloc((size_t)rows * cols * 4),
+          *b = malloc((size_t)rows * cols * 4);
     for (int i = 0; i < rows * cols; i++) x[i] = sinf((float)i * 0.37f) * (1.0f + (float)(i % 97));
     const lt_quant_format fmts[] = {LT_QUANT_NF4, LT_QUANT_FP4, LT_QUANT_INT8};
     for (int f = 0; f < 3; f++)
@@ -243,7 +244,9 @@ START_TEST(test_dequantize_range) {
             }
             lt_qtensor_free(q);
         }
-    free(x); free(a); free(b);
+    free(x);
+    free(a);
+    free(b);
 }
 END_TEST
 
@@ -277,7 +280,6 @@ START_TEST(test_bad_load_params) {
     lt_context_free(ctx);
 }
 END_TEST
-
 
 /* lt_model_save_quantized writes a bitsandbytes-layout directory; loading it gives the same quantized
  * weights (bytes) and logits as the model it was written from */
@@ -415,8 +417,10 @@ START_TEST(test_cli_qlora_train_merge) {
     snprintf(run, sizeof run, "%s/run", tmp);
     snprintf(merged, sizeof merged, "%s/merged", tmp);
     snprintf(ref, sizeof ref, "%s/ref", tmp);
-    snprintf(cmd, sizeof cmd, "%s train --model %s --data %s/data.jsonl --out %s --method qlora --steps 2 --batch 2 "
-             "--seq 32 --lr 1e-2 --quiet --threads 2", LT_CLI, dir, dir, run);
+    snprintf(cmd, sizeof cmd,
+             "%s train --model %s --data %s/data.jsonl --out %s --method qlora --steps 2 --batch 2 "
+             "--seq 32 --lr 1e-2 --quiet --threads 2",
+             LT_CLI, dir, dir, run);
     int st;
     free(tu_run(cmd, &st));
     ck_assert_int_eq(st, 0);
@@ -547,7 +551,9 @@ START_TEST(test_quantized_lm_head) {
     ck_assert(isfinite(l1));
     ck_assert_double_gt(m->be->ops->sumsq(m->be, ad->n_params, ad->grads), 0);
     lt_adapter_free(ad);
-    free(a); free(b); free(c);
+    free(a);
+    free(b);
+    free(c);
     lt_model_free(m);
     lt_model_free(f);
     lt_model_free(r);

@@ -5,9 +5,9 @@
 #include <float.h>
 #include <stdint.h>
 
-#include "test_util.h"
 #include "quant.h"
 #include "safetensors.h"
+#include "test_util.h"
 
 #define GOLDEN_DIR LT_TEST_DATA_DIR "/quant"
 
@@ -69,8 +69,9 @@ START_TEST(test_goldens_bit_exact) {
             for (int64_t b = 0; b < q->n_blocks; b++) {
                 if (q->qabsmax[b] == their_codes[b]) continue;
                 n_search_diff++;
-                ck_assert_msg(abs((int)q->qabsmax[b] - (int)their_codes[b]) == 1, "%s: absmax code %lld: ours %d, theirs %d",
-                              cases[c], (long long)b, q->qabsmax[b], their_codes[b]);
+                ck_assert_msg(abs((int)q->qabsmax[b] - (int)their_codes[b]) == 1,
+                              "%s: absmax code %lld: ours %d, theirs %d", cases[c], (long long)b, q->qabsmax[b],
+                              their_codes[b]);
                 /* the value that was coded: the raw absmax minus the offset, scaled by the block's scale */
                 float v = (raw_absmax(x, q, b) - q->offset) * (1.0f / q->absmax2[b / 256]);
                 ck_assert_msg(fabsf(v - map[q->qabsmax[b]]) <= fabsf(v - map[their_codes[b]]),
@@ -121,7 +122,8 @@ START_TEST(test_goldens_bit_exact) {
         lt_qtensor_free(q);
         lt_st_close(f);
     }
-    fprintf(stderr, "test_quant: %d cases bit-exact; our mean offset equals torch's in %d of %d double-quant cases; "
+    fprintf(stderr,
+            "test_quant: %d cases bit-exact; our mean offset equals torch's in %d of %d double-quant cases; "
             "%lld of %lld nested codes are bitsandbytes-CPU search misses (ours nearest)\n",
             n_cases, offset_exact, n_dq, (long long)n_search_diff, (long long)n_codes);
     ck_assert_msg(n_search_diff * 200 <= n_codes, "too many nested code differences");

@@ -105,7 +105,10 @@ START_TEST(test_sgd_momentum) {
     ck_assert_int_eq(lt_optimizer_load(o2, path), LT_ERR_TRUNCATED);
     lt_optimizer_free(o3);
     lt_optimizer_free(o2);
-    free(p); free(buf); free(h); free(g);
+    free(p);
+    free(buf);
+    free(h);
+    free(g);
     lt_optimizer_free(o);
     lt_adapter_free(a);
     lt_model_free(m);
@@ -137,8 +140,9 @@ START_TEST(test_cli_train_resume_equals_straight) {
     snprintf(cmd, sizeof cmd, "%s train --model %s --data %s/data.jsonl --out %s/straight %s --save-every 3", LT_CLI,
              model, model, root, common);
     free(tu_run(cmd, NULL));
-    snprintf(cmd, sizeof cmd, "%s train --model %s --data %s/data.jsonl --out %s/resumed %s --resume %s/straight/checkpoint-3",
-             LT_CLI, model, model, root, common, root);
+    snprintf(cmd, sizeof cmd,
+             "%s train --model %s --data %s/data.jsonl --out %s/resumed %s --resume %s/straight/checkpoint-3", LT_CLI,
+             model, model, root, common, root);
     free(tu_run(cmd, NULL));
     snprintf(a, sizeof a, "%s/straight/adapter_model.safetensors", root);
     snprintf(b, sizeof b, "%s/resumed/adapter_model.safetensors", root);
@@ -182,16 +186,19 @@ START_TEST(test_cli_train_adamw8bit_resume) {
              model, model, root, common);
     free(tu_run(cmd, &status));
     ck_assert_int_eq(status, 0);
-    snprintf(cmd, sizeof cmd, "%s train --model %s --data %s/data.jsonl --out %s/resumed %s --resume %s/straight/checkpoint-2",
-             LT_CLI, model, model, root, common, root);
+    snprintf(cmd, sizeof cmd,
+             "%s train --model %s --data %s/data.jsonl --out %s/resumed %s --resume %s/straight/checkpoint-2", LT_CLI,
+             model, model, root, common, root);
     free(tu_run(cmd, &status));
     ck_assert_int_eq(status, 0);
     snprintf(a, sizeof a, "%s/straight/adapter_model.safetensors", root);
     snprintf(b, sizeof b, "%s/resumed/adapter_model.safetensors", root);
     ck_assert_msg(tu_same_file(a, b), "adamw8bit: resuming from checkpoint-2 did not reproduce the straight run");
     /* resuming an 8-bit checkpoint with the fp32 optimizer is refused */
-    snprintf(cmd, sizeof cmd, "%s train --model %s --data %s/data.jsonl --out %s/wrong --batch 3 --rank 64 --steps 4 "
-             "--quiet --resume %s/straight/checkpoint-2", LT_CLI, model, model, root, root);
+    snprintf(cmd, sizeof cmd,
+             "%s train --model %s --data %s/data.jsonl --out %s/wrong --batch 3 --rank 64 --steps 4 "
+             "--quiet --resume %s/straight/checkpoint-2",
+             LT_CLI, model, model, root, root);
     char *out = tu_run_stderr(cmd, &status);
     ck_assert_int_ne(status, 0);
     ck_assert_msg(strstr(out, "AdamW8bit") != NULL, "%s", out);
@@ -208,21 +215,27 @@ START_TEST(test_cli_train_full) {
     snprintf(model, sizeof model, "%s/models/llama-basic", LT_TEST_DATA_DIR);
     for (int k = 0; k < 2; k++) {
         char common[512];
-        snprintf(common, sizeof common, "--method full %s --batch 3 --lr 1e-3 --weight-decay 0.1 --seed 9 --steps 4 "
-                 "--threads 2 --quiet", k ? "--optimizer adamw8bit" : "");
+        snprintf(common, sizeof common,
+                 "--method full %s --batch 3 --lr 1e-3 --weight-decay 0.1 --seed 9 --steps 4 "
+                 "--threads 2 --quiet",
+                 k ? "--optimizer adamw8bit" : "");
         int status;
         snprintf(cmd, sizeof cmd, "%s train --model %s --data %s/data.jsonl --out %s/straight%d %s --save-every 2",
                  LT_CLI, model, model, root, k, common);
         free(tu_run(cmd, &status));
         ck_assert_int_eq(status, 0);
-        snprintf(cmd, sizeof cmd, "%s train --model %s --data %s/data.jsonl --out %s/resumed%d %s --resume "
-                 "%s/straight%d/checkpoint-2", LT_CLI, model, model, root, k, common, root, k);
+        snprintf(cmd, sizeof cmd,
+                 "%s train --model %s --data %s/data.jsonl --out %s/resumed%d %s --resume "
+                 "%s/straight%d/checkpoint-2",
+                 LT_CLI, model, model, root, k, common, root, k);
         free(tu_run(cmd, &status));
         ck_assert_int_eq(status, 0);
         snprintf(a, sizeof a, "%s/straight%d/model.safetensors", root, k);
         snprintf(b, sizeof b, "%s/resumed%d/model.safetensors", root, k);
-        ck_assert_msg(tu_same_file(a, b), "full fine-tuning (%d): resuming from checkpoint-2 did not reproduce the "
-                      "straight run", k);
+        ck_assert_msg(tu_same_file(a, b),
+                      "full fine-tuning (%d): resuming from checkpoint-2 did not reproduce the "
+                      "straight run",
+                      k);
         snprintf(a, sizeof a, "%s/straight%d/config.json", root, k);
         ck_assert_msg(access(a, R_OK) == 0, "missing %s", a);
         snprintf(a, sizeof a, "%s/straight%d/checkpoint-2/optimizer.bin", root, k);
@@ -240,8 +253,10 @@ START_TEST(test_cli_train_full) {
     free(o1);
     free(o2);
     /* modules_to_save */
-    snprintf(cmd, sizeof cmd, "%s train --model %s --data %s/data.jsonl --out %s/mts --rank 4 --steps 2 --quiet "
-             "--modules-to-save lm_head,embed_tokens", LT_CLI, model, model, root);
+    snprintf(cmd, sizeof cmd,
+             "%s train --model %s --data %s/data.jsonl --out %s/mts --rank 4 --steps 2 --quiet "
+             "--modules-to-save lm_head,embed_tokens",
+             LT_CLI, model, model, root);
     free(tu_run(cmd, &status));
     ck_assert_int_eq(status, 0);
     snprintf(a, sizeof a, "%s/mts/adapter_config.json", root);
@@ -249,20 +264,26 @@ START_TEST(test_cli_train_full) {
     ck_assert_msg(strstr(cfg, "\"lm_head\"") && strstr(cfg, "\"embed_tokens\""), "%s", cfg);
     free(cfg);
     /* refused */
-    snprintf(cmd, sizeof cmd, "%s train --model %s --data %s/data.jsonl --out %s/bad --method full "
-             "--modules-to-save lm_head --steps 1 --quiet", LT_CLI, model, model, root);
+    snprintf(cmd, sizeof cmd,
+             "%s train --model %s --data %s/data.jsonl --out %s/bad --method full "
+             "--modules-to-save lm_head --steps 1 --quiet",
+             LT_CLI, model, model, root);
     char *err = tu_run_stderr(cmd, &status);
     ck_assert_int_ne(status, 0);
     ck_assert_msg(strstr(err, "modules-to-save") != NULL, "%s", err);
     free(err);
-    snprintf(cmd, sizeof cmd, "%s train --model %s --data %s/data.jsonl --out %s/bad --modules-to-save norm "
-             "--steps 1 --quiet", LT_CLI, model, model, root);
+    snprintf(cmd, sizeof cmd,
+             "%s train --model %s --data %s/data.jsonl --out %s/bad --modules-to-save norm "
+             "--steps 1 --quiet",
+             LT_CLI, model, model, root);
     err = tu_run_stderr(cmd, &status);
     ck_assert_int_ne(status, 0);
     ck_assert_msg(strstr(err, "embed_tokens,lm_head") != NULL, "%s", err);
     free(err);
-    snprintf(cmd, sizeof cmd, "%s train --model %s --data %s/data.jsonl --out %s/bad --method full --quant nf4 "
-             "--steps 1 --quiet", LT_CLI, model, model, root);
+    snprintf(cmd, sizeof cmd,
+             "%s train --model %s --data %s/data.jsonl --out %s/bad --method full --quant nf4 "
+             "--steps 1 --quiet",
+             LT_CLI, model, model, root);
     err = tu_run_stderr(cmd, &status);
     ck_assert_int_ne(status, 0);
     free(err);
@@ -276,9 +297,10 @@ START_TEST(test_cli_train_learns_packed_and_json) {
     tu_tempdir(root, sizeof root);
     snprintf(model, sizeof model, "%s/models/llama-gqa", LT_TEST_DATA_DIR);
     for (int pack = 0; pack < 2; pack++) {
-        snprintf(cmd, sizeof cmd, "%s train --model %s --data %s/data.jsonl --eval-data %s/data.jsonl --out %s/run%d "
-                 "--batch 2 --seq 64 --lr 1e-2 --epochs 6 --rank 8 --json %s", LT_CLI, model, model, model, root, pack,
-                 pack ? "--pack" : "");
+        snprintf(cmd, sizeof cmd,
+                 "%s train --model %s --data %s/data.jsonl --eval-data %s/data.jsonl --out %s/run%d "
+                 "--batch 2 --seq 64 --lr 1e-2 --epochs 6 --rank 8 --json %s",
+                 LT_CLI, model, model, model, root, pack, pack ? "--pack" : "");
         char *out = tu_run(cmd, NULL);
         json_t *j = json_loads(tu_last_line(out), 0, NULL);
         ck_assert_msg(j, "last line is not JSON: %s", out);
@@ -342,8 +364,9 @@ START_TEST(test_cli_train_bad_inputs) {
     snprintf(cmd, sizeof cmd, "%s train --model %s --data %s/data.jsonl --out %s/o --steps 1 --quiet", LT_CLI, model,
              model, root);
     free(tu_run(cmd, NULL));
-    snprintf(cmd, sizeof cmd, "%s train --model %s/models/llama-gqa --data %s/data.jsonl --out %s/o2 --adapter-init %s/o",
-             LT_CLI, LT_TEST_DATA_DIR, model, root, root);
+    snprintf(cmd, sizeof cmd,
+             "%s train --model %s/models/llama-gqa --data %s/data.jsonl --out %s/o2 --adapter-init %s/o", LT_CLI,
+             LT_TEST_DATA_DIR, model, root, root);
     err = tu_run_stderr(cmd, &status);
     ck_assert_int_ne(status, 0);
     ck_assert_msg(strstr(err, "adapter_model.safetensors"), "%s", err);

@@ -91,8 +91,8 @@ static inline void tu_expect_bytes(const char *cs, const char *what, const void 
     const uint8_t *a = ours, *b = golden;
     if (!memcmp(a, b, n)) return; /* (one ck_assert per byte is one write to Check's pipe per byte) */
     for (size_t i = 0; i < n; i++)
-        ck_assert_msg(a[i] == b[i], "%s: %s differs from the golden at byte %zu (ours 0x%02x, golden 0x%02x)", cs,
-                      what, i, a[i], b[i]);
+        ck_assert_msg(a[i] == b[i], "%s: %s differs from the golden at byte %zu (ours 0x%02x, golden 0x%02x)", cs, what,
+                      i, a[i], b[i]);
 }
 
 /* ---- random inputs ------------------------------------------------------------------------------- */
@@ -153,33 +153,32 @@ static inline int tu_close_msg(const float *got, const float *want, size_t n, do
     for (size_t i = 0; i < n; i++) {
         double e = fabs((double)got[i] - want[i]), tol = rtol * (fabs(want[i]) + rms);
         if (!(e <= tol)) {
-            snprintf(msg, len, "[%zu] got %.9g want %.9g (err %.3g > tol %.3g, n %zu)", i, got[i], want[i], e, tol,
-                     n);
+            snprintf(msg, len, "[%zu] got %.9g want %.9g (err %.3g > tol %.3g, n %zu)", i, got[i], want[i], e, tol, n);
             return 0;
         }
     }
     return 1;
 }
 /* TU_CLOSE(got, want, n, rtol, printf-style description...), TU_CLOSE_F with a floor, TU_SAME bitwise */
-#define TU_CLOSE_F(got, want, n, rtol, floor, ...)                                                  \
-    do {                                                                                            \
-        char m_[512], w_[256];                                                                      \
-        snprintf(w_, sizeof w_, __VA_ARGS__);                                                       \
-        ck_assert_msg(tu_close_msg(got, want, n, rtol, floor, m_, sizeof m_), "%s: %s", w_, m_);   \
+#define TU_CLOSE_F(got, want, n, rtol, floor, ...)                                               \
+    do {                                                                                         \
+        char m_[512], w_[256];                                                                   \
+        snprintf(w_, sizeof w_, __VA_ARGS__);                                                    \
+        ck_assert_msg(tu_close_msg(got, want, n, rtol, floor, m_, sizeof m_), "%s: %s", w_, m_); \
     } while (0)
 #define TU_CLOSE(got, want, n, rtol, ...) TU_CLOSE_F(got, want, n, rtol, 0.0, __VA_ARGS__)
-#define TU_SAME(got, want, n, ...)                                                                  \
-    do {                                                                                            \
-        char w_[256];                                                                               \
-        snprintf(w_, sizeof w_, __VA_ARGS__);                                                       \
-        ck_assert_msg(memcmp(got, want, (n) * sizeof(float)) == 0, "%s: not bit-identical", w_);    \
+#define TU_SAME(got, want, n, ...)                                                               \
+    do {                                                                                         \
+        char w_[256];                                                                            \
+        snprintf(w_, sizeof w_, __VA_ARGS__);                                                    \
+        ck_assert_msg(memcmp(got, want, (n) * sizeof(float)) == 0, "%s: not bit-identical", w_); \
     } while (0)
 
 /* A check inside a loop over many elements: Check hears of it only when it fails (ck_assert reports
  * every passing check to the parent process, one write per element). */
-#define TU_EXPECT(cond, ...)                                                                        \
-    do {                                                                                            \
-        if (!(cond)) ck_abort_msg(__VA_ARGS__);                                                     \
+#define TU_EXPECT(cond, ...)                    \
+    do {                                        \
+        if (!(cond)) ck_abort_msg(__VA_ARGS__); \
     } while (0)
 
 /* max |a - b| / max |b| */
@@ -292,7 +291,7 @@ static inline int tu_run_suite(Suite *s) {
     srunner_free(sr);
     return failed ? EXIT_FAILURE : EXIT_SUCCESS;
 }
-#define TU_MAIN(suite_fn)                                                                          \
+#define TU_MAIN(suite_fn) \
     int main(void) { return tu_run_suite(suite_fn()); }
 
 #endif
