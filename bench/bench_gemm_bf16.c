@@ -18,8 +18,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "backend.h"
-#include "cpu_kernels.h"
+#include "backend/backend.h"
+#include "core/context.h"
+#include "cpu/cpu_backend.h"
+#include "cpu/cpu_kernels.h"
+#include "cpu/gemm_bf16.h"
 
 typedef struct shape {
     const char *name;

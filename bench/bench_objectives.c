@@ -2,8 +2,7 @@
  * bench_objectives.c - DPO step vs SFT step on the same tokens, and GRPO generation throughput, on
  * the bench-s model (random weights; shared/spec/performance.md). Indicative: run on a shared machine.
  *
- *   cc -O2 -std=c11 -Iinclude bench/bench_objectives.c -Lbuild -lloratune -Wl,-rpath,$PWD/build -lm \
- *      -o build/bench_objectives && build/bench_objectives [THREADS] [REPEATS]
+ *   build/bench_objectives [THREADS] [REPEATS]      (built with the library: bench/CMakeLists.txt)
  *
  * SFT: 4 rows x 256 tokens, every token labelled. DPO: 2 pairs whose prompt (128 tokens) + chosen or
  * rejected completion (128 tokens) make the same 4 rows x 256 tokens; the reference is the base model
@@ -38,9 +37,12 @@ static int cmp(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
-#define CHECK(call, h)                                                                                  \
-    do {                                                                                                \
-        if ((call) != LT_OK) { fprintf(stderr, "%s: %s\n", #call, h); exit(1); }                         \
+#define CHECK(call, h)                             \
+    do {                                           \
+        if ((call) != LT_OK) {                     \
+            fprintf(stderr, "%s: %s\n", #call, h); \
+            exit(1);                               \
+        }                                          \
     } while (0)
 
 int main(int argc, char **argv) {
@@ -62,7 +64,10 @@ int main(int argc, char **argv) {
     int32_t *ci = malloc(sizeof(int32_t) * 2 * C), *ri = malloc(sizeof(int32_t) * 2 * C);
     for (int i = 0; i < B * T; i++) ids[i] = 3 + (i * 7919) % 31000;
     for (int i = 0; i < 2 * P; i++) pi[i] = ids[i];
-    for (int i = 0; i < 2 * C; i++) { ci[i] = ids[300 + i]; ri[i] = ids[700 + i]; }
+    for (int i = 0; i < 2 * C; i++) {
+        ci[i] = ids[300 + i];
+        ri[i] = ids[700 + i];
+    }
     int32_t pl[2] = {P, P}, cl[2] = {C, C}, rl[2] = {C, C};
     for (int ck = 1; ck >= 0; ck--) {
         lt_adapter *a1, *a2;
@@ -82,13 +87,18 @@ int main(int argc, char **argv) {
         CHECK(lt_trainer_create(m, a2, o2, &tp, &dpo), lt_last_error());
         lt_batch b;
         lt_batch_init(&b, sizeof b);
-        b.n_rows = B; b.seq_len = T; b.input_ids = ids;
+        b.n_rows = B;
+        b.seq_len = T;
+        b.input_ids = ids;
         lt_pref_batch pb;
         lt_pref_batch_init(&pb, sizeof pb);
         pb.n_rows = 2;
-        pb.prompt_ids = pi; pb.prompt_lens = pl;
-        pb.chosen_ids = ci; pb.chosen_lens = cl;
-        pb.rejected_ids = ri; pb.rejected_lens = rl;
+        pb.prompt_ids = pi;
+        pb.prompt_lens = pl;
+        pb.chosen_ids = ci;
+        pb.chosen_lens = cl;
+        pb.rejected_ids = ri;
+        pb.rejected_lens = rl;
         double ts[16], td[16];
         for (int r = -1; r < reps && r < 16; r++) { /* r = -1: warm-up */
             lt_step_result res = {.size = sizeof res};
@@ -97,17 +107,23 @@ int main(int argc, char **argv) {
             double t1 = now();
             CHECK(lt_trainer_step_preference(dpo, &pb, &res), lt_trainer_last_error(dpo));
             double t2 = now();
-            if (r >= 0) { ts[r] = t1 - t0; td[r] = t2 - t1; }
+            if (r >= 0) {
+                ts[r] = t1 - t0;
+                td[r] = t2 - t1;
+            }
         }
         qsort(ts, reps, sizeof *ts, cmp);
         qsort(td, reps, sizeof *td, cmp);
         printf("{\"bench\": \"dpo-vs-sft\", \"checkpointing\": %d, \"threads\": %d, \"tokens\": %d, \"sft_s\": %.3f, "
-               "\"dpo_s\": %.3f, \"ratio\": %.2f}\n", ck, threads, B * T, ts[reps / 2], td[reps / 2],
-               td[reps / 2] / ts[reps / 2]);
+               "\"dpo_s\": %.3f, \"ratio\": %.2f}\n",
+               ck, threads, B * T, ts[reps / 2], td[reps / 2], td[reps / 2] / ts[reps / 2]);
         fflush(stdout);
-        lt_trainer_free(sft); lt_trainer_free(dpo);
-        lt_optimizer_free(o1); lt_optimizer_free(o2);
-        lt_adapter_free(a1); lt_adapter_free(a2);
+        lt_trainer_free(sft);
+        lt_trainer_free(dpo);
+        lt_optimizer_free(o1);
+        lt_optimizer_free(o2);
+        lt_adapter_free(a1);
+        lt_adapter_free(a2);
     }
     /* GRPO generation throughput */
     lt_adapter *a;
@@ -141,13 +157,17 @@ int main(int argc, char **argv) {
     long gen = 0;
     for (int i = 0; i < NP * G; i++) gen += clens[i];
     printf("{\"bench\": \"grpo\", \"threads\": %d, \"rows\": %d, \"new_tokens\": %ld, \"generate_s\": %.3f, "
-           "\"generated_tokens_per_s\": %.1f, \"step_s\": %.3f}\n", threads, NP * G, gen, t1 - t0, gen / (t1 - t0),
-           t2 - t1);
+           "\"generated_tokens_per_s\": %.1f, \"step_s\": %.3f}\n",
+           threads, NP * G, gen, t1 - t0, gen / (t1 - t0), t2 - t1);
     lt_trainer_free(g);
     lt_optimizer_free(o);
     lt_adapter_free(a);
     lt_model_free(m);
     lt_context_free(ctx);
-    free(ids); free(pi); free(ci); free(ri); free(comp);
+    free(ids);
+    free(pi);
+    free(ci);
+    free(ri);
+    free(comp);
     return 0;
 }

@@ -6,14 +6,14 @@
 # MODE f32 (default): libloratune without and with gradient checkpointing vs torch + peft in fp32.
 # MODE bf16: libloratune with f32 and with bf16 base weights (--base-dtype bf16, no checkpointing) vs
 #   torch + peft in fp32, under torch.autocast(bfloat16), and with the base model in bf16.
-# Needs build/loratune (LT_BUILD=DIR for another build directory) and the reference venv (tests/run.sh creates it; LT_REF_VENV to override).
+# Needs build/loratune (LT_BUILD=DIR for another build directory) and the reference venv (tests/ref-venv.sh, built on first use; LT_REF_VENV to override).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 threads=${1:-2}
 repeats=${2:-3}
 mode=${3:-f32}
 bin=${LT_BUILD:-build}/loratune
-py=${LT_REF_VENV:-$HOME/.cache/loratune/ref-venv}/bin/python
+py=$(bash tests/ref-venv.sh)  # the reference venv of requirements.lock (built if missing)
 ours() { "$bin" bench --config bench-s --threads "$threads" --steps 5 --warmup 2 --json "$@" | tail -1; }
 torch_() { "$py" bench/bench_torch.py --threads "$threads" --steps 5 --warmup 2 "$@" 2>/dev/null | tail -1; }
 if [ "$mode" = bf16 ]; then

@@ -10,8 +10,8 @@
 # held against the faster of the two.
 # Prints each run's JSON line and a summary with the ratios of the medians (tokens/s and peak RSS).
 #   bash bench/compare_full_ft.sh [THREADS] [REPEATS]
-# Needs build/loratune (LT_BUILD=DIR for another build directory), the reference venv (tests/run.sh
-# creates it; LT_REF_VENV to override). The first run builds llama.cpp (a benchmark-only peer, cached in
+# Needs build/loratune (LT_BUILD=DIR for another build directory), the reference venv (tests/ref-venv.sh,
+# built on first use; LT_REF_VENV to override). The first run builds llama.cpp (a benchmark-only peer, cached in
 # ~/.cache/loratune/llama.cpp-<version>, see bench/llamacpp_peer.sh; ~15-25 min on 2 cores).
 # LT_FULL_STEPS (default 5) timed steps after 2 warm-up steps for each peer; LT_LLAMACPP_SHAPE is passed
 # through to the llama.cpp peer (c256, the default, or c1024-ub256).
@@ -24,7 +24,7 @@ threads=${1:-2}
 repeats=${2:-3}
 steps=${LT_FULL_STEPS:-5}
 bin=${LT_BUILD:-build}/loratune
-py=${LT_REF_VENV:-$HOME/.cache/loratune/ref-venv}/bin/python
+py=$(bash tests/ref-venv.sh)  # the reference venv of requirements.lock (built if missing)
 
 ours() { "$bin" bench --config bench-s --method full --threads "$threads" --steps "$steps" --warmup 2 --json "$@" | tail -1; }
 torch_() { "$py" bench/bench_torch.py --method full --threads "$threads" --steps "$steps" --warmup 2 2>/dev/null | tail -1; }

@@ -49,7 +49,7 @@ blas=${LT_LLAMACPP_BLAS:-0}
 if [ "$blas" = 1 ]; then bld=$dir/build-blas; blas_flags=(-DGGML_BLAS=ON -DGGML_BLAS_VENDOR=OpenBLAS)
 else bld=$dir/build; blas_flags=(-DGGML_BLAS=OFF); fi
 bin=$bld/bin/llama-finetune
-py=${LT_REF_VENV:-$HOME/.cache/loratune/ref-venv}/bin/python
+py=$(bash tests/ref-venv.sh)  # the reference venv of requirements.lock (built if missing)
 model_dir=$dir/bench-s-hf
 gguf=$dir/bench-s-f32.gguf
 text=$dir/bench-s-train.txt

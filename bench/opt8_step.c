@@ -3,12 +3,9 @@
  * (docs/BENCHMARKS.md): fp32 AdamW (adamw_step), bitsandbytes' 8-bit AdamW (adamw8bit_step, the fast
  * kernel) and the scalar reference block (lt_ref_adamw8bit_step).
  *
- *   cc -O2 -std=gnu11 -fopenmp -Iinclude -Isrc -Icpu bench/opt8_step.c build/libloratune.a \
- *      $(pkg-config --libs jansson libpcre2-8 libutf8proc openblas) \
- *      -L/usr/local/cuda/lib64 -lcudart -lcublas -lcublasLt -lm -o build/opt8_step
- *   build/opt8_step [N_MILLIONS=58.1] [THREADS=1] [REPS=5]     (LT_CPU_ISA=avx2 etc. forces an ISA)
+ *   build/opt8_step [N_MILLIONS=58.1] [THREADS=1] [REPS=5]      (built with the library: bench/CMakeLists.txt)
  *
- * (drop the CUDA libraries for a build without LT_CUDA). Prints the median time of REPS updates
+ * Prints the median time of REPS updates
  * after one warm-up update; state and gradients are random (the optimizer is past its first step).
  */
 #include <math.h>
@@ -17,10 +14,10 @@
 #include <string.h>
 #include <time.h>
 
-#include "backend.h"
-#include "cpu_kernels.h"
-#include "quant.h"
-#include "ref_ops.h"
+#include "backend/backend.h"
+#include "backend/codebook.h"
+#include "cpu/cpu_kernels.h"
+#include "cpu/ref_ops.h"
 
 static double now(void) {
     struct timespec t;

@@ -1,8 +1,7 @@
 /*
  * opt_memory.c - resident memory per trainable parameter of each optimizer (docs/BENCHMARKS.md).
  *
- *   cc -O2 -std=c11 -Iinclude bench/opt_memory.c -Lbuild -lloratune -Wl,-rpath,$PWD/build -lm \
- *      -o build/opt_memory && build/opt_memory MODEL_DIR [RANK] [adamw|adamw8bit|sgd]
+ *   build/opt_memory MODEL_DIR [RANK] [adamw|adamw8bit|sgd]      (built with the library: bench/CMakeLists.txt)
  *
  * Loads the model, then measures the resident set (/proc/self/statm) before the adapter exists, after
  * the adapter (parameters + gradients), and after the optimizer has been created and has taken two

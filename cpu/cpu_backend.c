@@ -27,11 +27,13 @@
 
 #include <cblas.h>
 
-#include "backend.h"
-#include "cpu_kernels.h"
-#include "cpu_opt8.h"
-#include "gemm_bf16.h"
-#include "ref_ops.h"
+#include "backend/backend.h"
+#include "backend/codebook.h"
+#include "cpu/cpu_backend.h"
+#include "cpu/cpu_kernels.h"
+#include "cpu/cpu_opt8.h"
+#include "cpu/gemm_bf16.h"
+#include "cpu/ref_ops.h"
 
 void openblas_set_num_threads(int num_threads);
 

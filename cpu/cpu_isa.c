@@ -16,14 +16,14 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "backend.h"
-#include "cpu_kernels.h"
-#include "ref_ops.h"
+#include "backend/backend.h"
+#include "cpu/cpu_kernels.h"
+#include "cpu/ref_ops.h"
 
 /* ---- the kernels of cpu/simd.h, once per instruction set ------------------------------------------- */
 
-#define LT_ISA_BODY "simd.h"
-#include "isa_each.h"
+#define LT_ISA_BODY "cpu/simd.h"
+#include "cpu/isa_each.h"
 
 /* ---- the kernels compiled in other files ------------------------------------------------------------ */
 

@@ -21,7 +21,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "backend.h"
+#include "backend/backend.h"
 
 /* The instruction sets, lowest first; each includes the ones below it. The numbers are macros so that
  * kernel files can test them in #if (LT_ISA_LEVEL, set by isa_each.h). */

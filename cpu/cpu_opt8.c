@@ -15,10 +15,10 @@
 #include <pthread.h>
 #include <string.h>
 
-#include "cpu_kernels.h"
-#include "cpu_opt8.h"
-#include "quant.h"
-#include "ref_ops.h"
+#include "backend/codebook.h"
+#include "cpu/cpu_kernels.h"
+#include "cpu/cpu_opt8.h"
+#include "cpu/ref_ops.h"
 
 /* the float whose ordered key is k */
 static float key_float(int32_t k) {
@@ -71,7 +71,7 @@ int lt_opt8_lut_build(lt_opt8_lut *lut, const float *code) {
 }
 
 /* The tables of the library's two code books, built once per process (~60 us each) and read-only after:
- * the optimizer passes those books on every call (like quant.c's code books, a pthread_once). */
+ * the optimizer passes those books on every call (like backend/codebook.c's maps, a pthread_once). */
 static lt_opt8_lut book_luts[2];
 static int book_luts_ok;
 static pthread_once_t book_luts_once = PTHREAD_ONCE_INIT;
@@ -97,5 +97,5 @@ int lt_opt8_luts(const float *qmap1, const float *qmap2, lt_opt8_lut scratch[2],
 
 /* ---- the kernel, once per instruction set ---------------------------------------------------------- */
 
-#define LT_ISA_BODY "opt8_simd.h"
-#include "isa_each.h"
+#define LT_ISA_BODY "cpu/opt8_simd.h"
+#include "cpu/isa_each.h"

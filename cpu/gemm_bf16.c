@@ -3,7 +3,7 @@
  * blocking; the row packer and micro-kernel are per ISA (cpu/gemm_bf16_simd.h: AVX512_BF16 and
  * portable), taken from the CPU backend's kernel table (cpu_kernels.h).
  *
- * defines: lt_bf16w_elems, lt_bf16w_pack, lt_bf16w_get, lt_gemm_bf16_forward, lt_gemm_bf16_backward,
+ * defines: lt_gemm_bf16_forward, lt_gemm_bf16_backward,
  *          lt_bf16_pack_a_<isa>, lt_bf16_kernel_<isa> (the per-ISA parts, named by cpu/cpu_isa.c)
  *
  * Both products are C (M, NC) (+)= A (M, K) B with A the fp32 activations (x or dy, rows of K) and
@@ -28,8 +28,8 @@
 #include <omp.h>
 #include <string.h>
 
-#include "cpu_kernels.h"
-#include "gemm_bf16.h"
+#include "cpu/cpu_kernels.h"
+#include "cpu/gemm_bf16.h"
 
 #define MR LT_BF16_MR /* rows of the micro-kernel                        */
 #define NR LT_BF16_NR /* 16-column vectors of the micro-kernel            */
@@ -43,40 +43,12 @@
 #define NC_BLK 192 /* columns per block of B (backward; a multiple of NR*16) */
 #endif
 
-/* ---- the packed layout ------------------------------------------------------------------------ */
-
-static inline int pairs_of(int n) { return (n + 1) / 2; }
-static inline int blocks_of(int n) { return (n + 15) / 16; }
-
-size_t lt_bf16w_elems(int out, int in) {
-    if (out <= 0 || in <= 0) return 0;
-    return (size_t)blocks_of(out) * (size_t)pairs_of(in) * 32;
-}
-
-void lt_bf16w_pack(uint16_t *dst, const float *W, int out, int in) {
-    const int P = pairs_of(in), OB = blocks_of(out);
-    for (int ob = 0; ob < OB; ob++)
-        for (int p = 0; p < P; p++) {
-            uint16_t *v = dst + ((size_t)ob * P + p) * 32;
-            for (int r = 0; r < 16; r++)
-                for (int e = 0; e < 2; e++) {
-                    int o = ob * 16 + r, i = 2 * p + e;
-                    v[r * 2 + e] = o < out && i < in ? lt_bf16_round(W[(size_t)o * in + i]) : 0;
-                }
-        }
-}
-
-float lt_bf16w_get(const uint16_t *Wp, int out, int in, int o, int i) {
-    (void)out;
-    return lt_bf16_to_f32(Wp[((size_t)(o / 16) * pairs_of(in) + i / 2) * 32 + (o % 16) * 2 + (i % 2)]);
-}
-
 /* Backward B block: columns [c0, c0 + 16*nb) of W (i), pairs [q0, q0 + kcp) of rows (o), into
  * dst[cb][q][16][2] = (W[2q][i], W[2q+1][i]) for i = c0 + 16 cb + lane. Each 2x2 block of W
  * (o,o+1) x (i,i+1) is 8 contiguous bytes (a b c d) = (W[o][i], W[o][i+1], W[o+1][i], W[o+1][i+1])
  * of Wp and becomes (a c b d) in dst. Columns past `in` are zero. */
 static void repack_bwd(uint16_t *dst, const uint16_t *Wp, int in, int c0, int nb, int q0, int kcp) {
-    const int P = pairs_of(in);
+    const int P = lt_bf16w_pairs(in);
     for (int cb = 0; cb < nb; cb++)
         for (int q = 0; q < kcp; q++) {
             uint16_t *d = dst + ((size_t)cb * kcp + q) * 32;
@@ -99,8 +71,8 @@ static void repack_bwd(uint16_t *dst, const uint16_t *Wp, int in, int c0, int nb
 
 /* ---- the per-ISA packer and micro-kernel (cpu/gemm_bf16_simd.h), once per instruction set ------- */
 
-#define LT_ISA_BODY "gemm_bf16_simd.h"
-#include "isa_each.h"
+#define LT_ISA_BODY "cpu/gemm_bf16_simd.h"
+#include "cpu/isa_each.h"
 
 /* ---- the blocked product on one thread's share of C --------------------------------------------- */
 
@@ -111,7 +83,7 @@ static void repack_bwd(uint16_t *dst, const uint16_t *Wp, int in, int c0, int nb
 static void bf16_block_fwd(const lt_cpu_kernels *k, float *C, int cols, const float *A, int K, const uint16_t *Wp,
                            int in, int r0, int r1, int c0, int c1, int accumulate) {
     _Alignas(64) uint16_t abuf[MC_BLK * 2 * KC_BLK]; /* 64 KB */
-    const int KP = pairs_of(K), PW = pairs_of(in);
+    const int KP = lt_bf16w_pairs(K), PW = lt_bf16w_pairs(in);
     for (int pc = 0; pc < KP; pc += KC_BLK) {
         const int kcp = KP - pc < KC_BLK ? KP - pc : KC_BLK;
         const int first = pc == 0 && !accumulate;
@@ -138,14 +110,14 @@ static void bf16_block_bwd(const lt_cpu_kernels *k, float *C, int cols, const fl
                            int in, int r0, int r1, int c0, int c1, int accumulate) {
     _Alignas(64) uint16_t abuf[MR * 2 * KC_BLK];
     _Alignas(64) uint16_t bbuf[NC_BLK * 2 * KC_BLK]; /* 96 KB */
-    const int KP = pairs_of(K);
+    const int KP = lt_bf16w_pairs(K);
     for (int jc = c0; jc < c1; jc += NC_BLK) {
         const int jend = jc + NC_BLK < c1 ? jc + NC_BLK : c1;
         for (int pc = 0; pc < KP; pc += KC_BLK) {
             const int kcp = KP - pc < KC_BLK ? KP - pc : KC_BLK;
             const uint16_t *b;
             size_t bs;
-            repack_bwd(bbuf, Wp, in, jc, blocks_of(jend - jc), pc, kcp);
+            repack_bwd(bbuf, Wp, in, jc, lt_bf16w_blocks(jend - jc), pc, kcp);
             b = bbuf;
             bs = (size_t)kcp * 32;
             const int first = pc == 0 && !accumulate;
@@ -181,7 +153,7 @@ static void bf16_gemm(const lt_cpu_kernels *k, int n_threads, int bwd, float *C,
     int nt = n_threads > 0 ? n_threads : 1;
     if (nt > 1 && (double)M * cols * K < 2.0e6) nt = 1;
     /* columns when each thread gets at least one unit of 16 (no duplicated packing), else rows */
-    const int ucols = blocks_of(cols), urows = blocks_of(M);
+    const int ucols = lt_bf16w_blocks(cols), urows = lt_bf16w_blocks(M);
     const int split_cols = ucols >= nt || ucols >= urows;
     const int units = split_cols ? ucols : urows;
     if (nt > units) nt = units;

@@ -95,22 +95,27 @@ static inline __attribute__((always_inline)) void bf16_kernel_tile(const int MR_
         }
 }
 
-#define LT_TILE(mr_, nz_)                                                \
-    case (mr_)*4 + (nz_):                                                \
-        bf16_kernel_tile(mr_, nz_, ncols, kcp, a, b, bs, C, ldc, first); \
-        return;
+/* one case per line and tile: clang-format cannot lay out statement macros */
+/* clang-format off */
+#define LT_TILE(mr_, nz_) \
+    case (mr_)*4 + (nz_): bf16_kernel_tile(mr_, nz_, ncols, kcp, a, b, bs, C, ldc, first); return;
 
 void F(lt_bf16_kernel)(int mr, int ncols, int kcp, const uint16_t *a, const uint16_t *b, size_t bs, float *C,
                        size_t ldc, int first) {
     const int nz = (ncols + 15) / 16;
     switch (mr * 4 + nz) {
-        LT_TILE(8, 3)
-        LT_TILE(8, 2) LT_TILE(8, 1) LT_TILE(7, 3) LT_TILE(7, 2) LT_TILE(7, 1) LT_TILE(6, 3) LT_TILE(6, 2) LT_TILE(6, 1)
-            LT_TILE(5, 3) LT_TILE(5, 2) LT_TILE(5, 1) LT_TILE(4, 3) LT_TILE(4, 2) LT_TILE(4, 1) LT_TILE(3, 3)
-                LT_TILE(3, 2) LT_TILE(3, 1) LT_TILE(2, 3) LT_TILE(2, 2) LT_TILE(2, 1) LT_TILE(1, 3) LT_TILE(1, 2)
-                    LT_TILE(1, 1) default : return;
+        LT_TILE(8, 3) LT_TILE(8, 2) LT_TILE(8, 1)
+        LT_TILE(7, 3) LT_TILE(7, 2) LT_TILE(7, 1)
+        LT_TILE(6, 3) LT_TILE(6, 2) LT_TILE(6, 1)
+        LT_TILE(5, 3) LT_TILE(5, 2) LT_TILE(5, 1)
+        LT_TILE(4, 3) LT_TILE(4, 2) LT_TILE(4, 1)
+        LT_TILE(3, 3) LT_TILE(3, 2) LT_TILE(3, 1)
+        LT_TILE(2, 3) LT_TILE(2, 2) LT_TILE(2, 1)
+        LT_TILE(1, 3) LT_TILE(1, 2) LT_TILE(1, 1)
+    default: return;
     }
 }
+/* clang-format on */
 #undef LT_TILE
 
 #endif

@@ -23,24 +23,24 @@
 #define LT_ISA_LEVEL LT_ISA_AVX512_BF16
 #define LT_W 16
 #define LT_ISA_TARGET "avx2,fma,avx512f,avx512bw,avx512vl,avx512dq,avx512bf16"
-#include "isa_one.h"
+#include "cpu/isa_one.h"
 
 #define LT_ISA avx512
 #define LT_ISA_LEVEL LT_ISA_AVX512
 #define LT_W 16
 #define LT_ISA_TARGET "avx2,fma,avx512f,avx512bw,avx512vl,avx512dq"
-#include "isa_one.h"
+#include "cpu/isa_one.h"
 
 #define LT_ISA avx2
 #define LT_ISA_LEVEL LT_ISA_AVX2
 #define LT_W 8
 #define LT_ISA_TARGET "avx2,fma"
-#include "isa_one.h"
+#include "cpu/isa_one.h"
 #endif
 
 #define LT_ISA generic
 #define LT_ISA_LEVEL LT_ISA_GENERIC
 #define LT_W 4
-#include "isa_one.h" /* no LT_ISA_TARGET: the baseline target */
+#include "cpu/isa_one.h" /* no LT_ISA_TARGET: the baseline target */
 
 #undef LT_ISA_BODY

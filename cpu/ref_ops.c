@@ -2,21 +2,22 @@
  * ref_ops.c - the reference kernels (see ref_ops.h). Plain loops, obviously correct, slow.
  * Every function opens with the shapes of its arguments; forward and backward sit side by side.
  */
-#include "ref_ops.h"
+#include "cpu/ref_ops.h"
 
 #include <float.h>
 #include <math.h>
 #include <string.h>
 
-#include "backend.h" /* lt_hash_uniform */
-#include "gemm_bf16.h" /* the packed bf16 weight layout */
+#include "backend/backend.h" /* lt_hash_uniform */
+#include "backend/bf16.h"    /* the packed bf16 weight layout */
+#include "backend/codebook.h"
 
 /* ---- dense linear algebra ----------------------------------------------------------------------- */
 
 /* C (M,N) with leading dimension ldc; op(A) (M,K): A stored (M,K) lda, or (K,M) lda if transA;
  * op(B) (K,N): B stored (K,N) ldb, or (N,K) ldb if transB. */
-void lt_ref_gemm(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
-                 const float *B, int ldb, float beta, float *C, int ldc) {
+void lt_ref_gemm(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda, const float *B,
+                 int ldb, float beta, float *C, int ldc) {
     for (int i = 0; i < M; i++) {
         for (int j = 0; j < N; j++) {
             double sum = 0.0;
@@ -53,8 +54,7 @@ void lt_ref_gemm_bf16_forward(float *y, const float *x, const void *Wp, int N, i
 }
 
 /* dx (N,in) (+)= bf16(dy) (N,out) W */
-void lt_ref_gemm_bf16_backward(float *dx, const float *dy, const void *Wp, int N, int in, int out,
-                               int accumulate) {
+void lt_ref_gemm_bf16_backward(float *dx, const float *dy, const void *Wp, int N, int in, int out, int accumulate) {
     for (int n = 0; n < N; n++)
         for (int i = 0; i < in; i++) {
             double sum = accumulate ? (double)dx[(size_t)n * in + i] : 0.0;
@@ -101,8 +101,7 @@ int lt_ref_all_finite(size_t n, const float *x) {
 
 /* out (N,C), ids (N), table (vocab,C) */
 void lt_ref_embedding_forward(float *out, const int32_t *ids, const float *table, int N, int C) {
-    for (int n = 0; n < N; n++)
-        memcpy(out + (size_t)n * C, table + (size_t)ids[n] * C, (size_t)C * sizeof(float));
+    for (int n = 0; n < N; n++) memcpy(out + (size_t)n * C, table + (size_t)ids[n] * C, (size_t)C * sizeof(float));
 }
 
 /* dtable (vocab,C) += scatter of dout (N,C) by ids (N), tokens in order */
@@ -117,8 +116,7 @@ void lt_ref_embedding_backward(float *dtable, const int32_t *ids, const float *d
 /* ---- RMSNorm ------------------------------------------------------------------------------------ */
 
 /* out (N,C), rstd (N), inp (N,C), weight (C) */
-void lt_ref_rmsnorm_forward(float *out, float *rstd, const float *inp, const float *weight, int N,
-                            int C, float eps) {
+void lt_ref_rmsnorm_forward(float *out, float *rstd, const float *inp, const float *weight, int N, int C, float eps) {
     for (int n = 0; n < N; n++) {
         const float *x = inp + (size_t)n * C;
         float *o = out + (size_t)n * C;
@@ -133,8 +131,8 @@ void lt_ref_rmsnorm_forward(float *out, float *rstd, const float *inp, const flo
 /* dinp (N,C) accumulates, dweight (C) accumulates or NULL, dout (N,C), inp (N,C), weight (C), rstd (N)
  *   out_c = x_c r w_c, r = (mean(x^2) + eps)^-1/2, dr/dx_c = -r^3 x_c / C
  *   dx_c  = r w_c g_c - (r^3 / C) x_c sum_i(g_i w_i x_i);   dw_c = sum_n g_c x_c r */
-void lt_ref_rmsnorm_backward(float *dinp, float *dweight, const float *dout, const float *inp,
-                             const float *weight, const float *rstd, int N, int C) {
+void lt_ref_rmsnorm_backward(float *dinp, float *dweight, const float *dout, const float *inp, const float *weight,
+                             const float *rstd, int N, int C) {
     for (int n = 0; n < N; n++) {
         const float *x = inp + (size_t)n * C, *g = dout + (size_t)n * C;
         float *dx = dinp + (size_t)n * C;
@@ -147,8 +145,7 @@ void lt_ref_rmsnorm_backward(float *dinp, float *dweight, const float *dout, con
     if (dweight) {
         for (int c = 0; c < C; c++) {
             double s = 0.0;
-            for (int n = 0; n < N; n++)
-                s += (double)dout[(size_t)n * C + c] * inp[(size_t)n * C + c] * rstd[n];
+            for (int n = 0; n < N; n++) s += (double)dout[(size_t)n * C + c] * inp[(size_t)n * C + c] * rstd[n];
             dweight[c] += (float)s;
         }
     }
@@ -158,8 +155,8 @@ void lt_ref_rmsnorm_backward(float *dinp, float *dweight, const float *dout, con
 
 /* x (N, n_heads, head_dim) in place; pos (N); inv_freq (rot_dim/2). dir = +1 rotates by +angle
  * (forward), -1 by -angle (the inverse = transpose, used by backward). */
-static void ref_rope(float *x, const int32_t *pos, const float *inv_freq, int N, int n_heads,
-                     int head_dim, int rot_dim, int dir) {
+static void ref_rope(float *x, const int32_t *pos, const float *inv_freq, int N, int n_heads, int head_dim, int rot_dim,
+                     int dir) {
     int half = rot_dim / 2;
     for (int n = 0; n < N; n++) {
         for (int j = 0; j < half; j++) {
@@ -175,14 +172,14 @@ static void ref_rope(float *x, const int32_t *pos, const float *inv_freq, int N,
     }
 }
 
-void lt_ref_rope_forward(float *x, const int32_t *pos, const float *inv_freq, int N, int n_heads,
-                         int head_dim, int rot_dim) {
+void lt_ref_rope_forward(float *x, const int32_t *pos, const float *inv_freq, int N, int n_heads, int head_dim,
+                         int rot_dim) {
     ref_rope(x, pos, inv_freq, N, n_heads, head_dim, rot_dim, +1);
 }
 
 /* dx (N, n_heads, head_dim) in place: the rotation is orthogonal, so its gradient is the inverse. */
-void lt_ref_rope_backward(float *dx, const int32_t *pos, const float *inv_freq, int N, int n_heads,
-                          int head_dim, int rot_dim) {
+void lt_ref_rope_backward(float *dx, const int32_t *pos, const float *inv_freq, int N, int n_heads, int head_dim,
+                          int rot_dim) {
     ref_rope(dx, pos, inv_freq, N, n_heads, head_dim, rot_dim, -1);
 }
 
@@ -195,9 +192,9 @@ static double ref_dot(const float *a, const float *b, int n) {
 }
 
 /* q (B,T,NH,HD), k, v (B,T,NKV,HD), out (B,T,NH,HD), lse (B,NH,T), kv_start (B*T); one head (b,h). */
-void lt_ref_attention_forward_head(float *out, float *lse, const float *q, const float *k,
-                                   const float *v, const int32_t *kv_start, int B, int T, int NH,
-                                   int NKV, int HD, float scale, int b, int h) {
+void lt_ref_attention_forward_head(float *out, float *lse, const float *q, const float *k, const float *v,
+                                   const int32_t *kv_start, int B, int T, int NH, int NKV, int HD, float scale, int b,
+                                   int h) {
     (void)B;
     int kvh = h / (NH / NKV);
     const int32_t *ks = kv_start + (size_t)b * T;
@@ -229,25 +226,26 @@ void lt_ref_attention_forward_head(float *out, float *lse, const float *q, const
 }
 
 void lt_ref_attention_forward(float *out, float *lse, const float *q, const float *k, const float *v,
-                              const int32_t *kv_start, int B, int T, int NH, int NKV, int HD,
-                              float scale) {
+                              const int32_t *kv_start, int B, int T, int NH, int NKV, int HD, float scale) {
     for (int b = 0; b < B; b++)
         for (int h = 0; h < NH; h++)
             lt_ref_attention_forward_head(out, lse, q, k, v, kv_start, B, T, NH, NKV, HD, scale, b, h);
 }
 
 size_t lt_ref_attention_backward_scratch(int B, int T, int NH, int HD) {
-    (void)B; (void)T; (void)NH; (void)HD;
+    (void)B;
+    (void)T;
+    (void)NH;
+    (void)HD;
     return 0;
 }
 
 /* dq, dout, q, out (B,T,NH,HD); dk, dv, k, v (B,T,NKV,HD); lse (B,NH,T); kv_start (B*T).
  *   p_tj = exp(scale q_t.k_j - lse_t), D_t = dout_t.out_t, ds_tj = p_tj (dout_t.v_j - D_t)
  *   dv_j = sum_t p_tj dout_t;  dk_j = scale sum_t ds_tj q_t;  dq_t = scale sum_j ds_tj k_j */
-void lt_ref_attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q,
-                               const float *k, const float *v, const float *out, const float *lse,
-                               const int32_t *kv_start, int B, int T, int NH, int NKV, int HD,
-                               float scale, float *scratch) {
+void lt_ref_attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
+                               const float *v, const float *out, const float *lse, const int32_t *kv_start, int B,
+                               int T, int NH, int NKV, int HD, float scale, float *scratch) {
     (void)scratch;
     memset(dk, 0, (size_t)B * T * NKV * HD * sizeof(float));
     memset(dv, 0, (size_t)B * T * NKV * HD * sizeof(float));
@@ -269,7 +267,8 @@ void lt_ref_attention_backward(float *dq, float *dk, float *dv, const float *dou
                     if (lt_att_kv_lo(ks, t) > j) continue;
                     double p = exp(scale * ref_dot(Q_(t), K_(j), HD) - LSE_(t));
                     double D = ref_dot(DO_(t), O_(t), HD);
-                    double ds = lt_att_kv_lo(ks, t) == t ? 0.0 /* one key: constant softmax */ : p * (ref_dot(DO_(t), V_(j), HD) - D);
+                    double ds = lt_att_kv_lo(ks, t) == t ? 0.0 /* one key: constant softmax */
+                                                         : p * (ref_dot(DO_(t), V_(j), HD) - D);
                     for (int d = 0; d < HD; d++) {
                         acc_v[d] += p * DO_(t)[d];
                         acc_k[d] += scale * ds * Q_(t)[d];
@@ -288,7 +287,8 @@ void lt_ref_attention_backward(float *dq, float *dk, float *dv, const float *dou
                 for (int d = 0; d < HD; d++) acc_k[d] = 0.0;
                 for (int j = lt_att_kv_lo(ks, t); j <= t; j++) {
                     double p = exp(scale * ref_dot(Q_(t), K_(j), HD) - LSE_(t));
-                    double ds = lt_att_kv_lo(ks, t) == t ? 0.0 /* one key: constant softmax */ : p * (ref_dot(DO_(t), V_(j), HD) - D);
+                    double ds = lt_att_kv_lo(ks, t) == t ? 0.0 /* one key: constant softmax */
+                                                         : p * (ref_dot(DO_(t), V_(j), HD) - D);
                     for (int d = 0; d < HD; d++) acc_k[d] += scale * ds * K_(j)[d];
                 }
                 float *dqt = dq + (((size_t)b * T + t) * NH + h) * HD;
@@ -305,8 +305,8 @@ void lt_ref_attention_backward(float *dq, float *dk, float *dv, const float *dou
 }
 
 /* out, q (B,NH,HD); kcache, vcache (B,S_cap,NKV,HD); keys 0..len-1 */
-void lt_ref_attention_decode(float *out, const float *q, const float *kcache, const float *vcache,
-                             int B, int S_cap, int len, int NH, int NKV, int HD, float scale) {
+void lt_ref_attention_decode(float *out, const float *q, const float *kcache, const float *vcache, int B, int S_cap,
+                             int len, int NH, int NKV, int HD, float scale) {
     for (int b = 0; b < B; b++) {
         for (int h = 0; h < NH; h++) {
             int kvh = h / (NH / NKV);
@@ -342,9 +342,9 @@ static double capped_score(const float *qt, const float *kj, int HD, float scale
     return softcap * th;
 }
 
-void lt_ref_attention_softcap_forward_head(float *out, float *lse, const float *q, const float *k,
-                                           const float *v, const int32_t *kv_start, int T, int NH, int NKV,
-                                           int HD, float scale, float softcap, int b, int h) {
+void lt_ref_attention_softcap_forward_head(float *out, float *lse, const float *q, const float *k, const float *v,
+                                           const int32_t *kv_start, int T, int NH, int NKV, int HD, float scale,
+                                           float softcap, int b, int h) {
     int kvh = h / (NH / NKV);
     const int32_t *ks = kv_start + (size_t)b * T;
     double acc[HD];
@@ -434,17 +434,16 @@ void lt_ref_attention_softcap_backward_group(float *dq, float *dk, float *dv, co
 
 void lt_ref_attention_softcap_backward(float *dq, float *dk, float *dv, const float *dout, const float *q,
                                        const float *k, const float *v, const float *out, const float *lse,
-                                       const int32_t *kv_start, int B, int T, int NH, int NKV, int HD,
-                                       float scale, float softcap) {
+                                       const int32_t *kv_start, int B, int T, int NH, int NKV, int HD, float scale,
+                                       float softcap) {
     for (int b = 0; b < B; b++)
         for (int g = 0; g < NKV; g++)
             lt_ref_attention_softcap_backward_group(dq, dk, dv, dout, q, k, v, out, lse, kv_start, T, NH, NKV, HD,
                                                     scale, softcap, b, g);
 }
 
-void lt_ref_attention_softcap_decode(float *out, const float *q, const float *kcache, const float *vcache,
-                                     int B, int S_cap, int len, int NH, int NKV, int HD, float scale,
-                                     float softcap) {
+void lt_ref_attention_softcap_decode(float *out, const float *q, const float *kcache, const float *vcache, int B,
+                                     int S_cap, int len, int NH, int NKV, int HD, float scale, float softcap) {
     double acc[HD];
     for (int b = 0; b < B; b++)
         for (int h = 0; h < NH; h++) {
@@ -482,8 +481,7 @@ void lt_ref_swiglu_forward(float *out, const float *gate, const float *up, size_
 
 /* dgate, dup, dout, gate, up (n); dgate/dup may alias gate/up.
  *   d silu(g)/dg = sig (1 + g (1 - sig)) */
-void lt_ref_swiglu_backward(float *dgate, float *dup, const float *dout, const float *gate,
-                            const float *up, size_t n) {
+void lt_ref_swiglu_backward(float *dgate, float *dup, const float *dout, const float *gate, const float *up, size_t n) {
     for (size_t i = 0; i < n; i++) {
         double g = gate[i], u = up[i], go = dout[i];
         double sig = 1.0 / (1.0 + exp(-g));
@@ -560,8 +558,7 @@ void lt_ref_geglu_forward(float *out, const float *gate, const float *up, size_t
 }
 
 /* d gelu/dg = 0.5 (1 + t) + 0.5 g (1 - t^2) k0 (1 + 3 k1 g^2); dgate/dup may alias gate/up */
-void lt_ref_geglu_backward(float *dgate, float *dup, const float *dout, const float *gate,
-                           const float *up, size_t n) {
+void lt_ref_geglu_backward(float *dgate, float *dup, const float *dout, const float *gate, const float *up, size_t n) {
     for (size_t i = 0; i < n; i++) {
         double g = gate[i], u = up[i], go = dout[i];
         double t = tanh(LT_GELU_K0 * (g + LT_GELU_K1 * g * g * g));
@@ -590,8 +587,7 @@ void lt_ref_softcap_backward(float *dx, const float *y, size_t n, float cap) {
 /* ---- cross-entropy ------------------------------------------------------------------------------ */
 
 /* logits (n,V) (overwritten by the gradient if grad_scale != 0), losses (n), targets (n) */
-void lt_ref_cross_entropy(float *logits, float *losses, const int32_t *targets, int n, int V,
-                          float grad_scale) {
+void lt_ref_cross_entropy(float *logits, float *losses, const int32_t *targets, int n, int V, float grad_scale) {
     for (int i = 0; i < n; i++) {
         float *x = logits + (size_t)i * V;
         int tgt = targets[i];
@@ -608,8 +604,7 @@ void lt_ref_cross_entropy(float *logits, float *losses, const int32_t *targets, 
         double lse = mx + log(sum);
         losses[i] = (float)(lse - x[tgt]);
         if (grad_scale != 0.0f)
-            for (int c = 0; c < V; c++)
-                x[c] = (float)(grad_scale * (exp((double)x[c] - lse) - (c == tgt ? 1.0 : 0.0)));
+            for (int c = 0; c < V; c++) x[c] = (float)(grad_scale * (exp((double)x[c] - lse) - (c == tgt ? 1.0 : 0.0)));
     }
 }
 
@@ -627,8 +622,8 @@ void lt_ref_dropout(float *out, const float *inp, size_t n, float p, uint64_t se
 /* ---- AdamW -------------------------------------------------------------------------------------- */
 
 /* param, grad, m, v (n) */
-void lt_ref_adamw_step(float *param, const float *grad, float *m, float *v, size_t n, float step_size,
-                       float beta1, float beta2, float eps, float bc2_sqrt, float decay) {
+void lt_ref_adamw_step(float *param, const float *grad, float *m, float *v, size_t n, float step_size, float beta1,
+                       float beta2, float eps, float bc2_sqrt, float decay) {
     for (size_t i = 0; i < n; i++) {
         float g = grad[i];
         param[i] *= 1.0f - decay;
@@ -645,17 +640,17 @@ static uint8_t code_nearest(const float *code, float x) {
     int lo = 0, hi = 255; /* the largest idx with code[idx] <= x, or 0 below code[0] */
     while (lo < hi) {
         const int mid = (lo + hi + 1) / 2;
-        if (code[mid] <= x) lo = mid; else hi = mid - 1;
+        if (code[mid] <= x) lo = mid;
+        else hi = mid - 1;
     }
     if (lo < 255 && fabsf(x - code[lo + 1]) < fabsf(x - code[lo])) lo++;
     return (uint8_t)lo;
 }
 
 /* One block [i0, i1) of the backend.h adamw8bit_step (b = the block's index). */
-void lt_ref_adamw8bit_block(float *param, const float *grad, uint8_t *c1, uint8_t *c2, float *absmax1,
-                            float *absmax2, size_t b, size_t i0, size_t i1, const float *qmap1,
-                            const float *qmap2, float beta1, float beta2, float eps_c2, float step_size,
-                            float decay) {
+void lt_ref_adamw8bit_block(float *param, const float *grad, uint8_t *c1, uint8_t *c2, float *absmax1, float *absmax2,
+                            size_t b, size_t i0, size_t i1, const float *qmap1, const float *qmap2, float beta1,
+                            float beta2, float eps_c2, float step_size, float decay) {
     float m[LT_OPT8_BLOCK], v[LT_OPT8_BLOCK];
     float am1 = -FLT_MAX, am2 = -FLT_MAX;
     for (size_t i = i0; i < i1; i++) {
@@ -690,8 +685,8 @@ void lt_ref_adamw8bit_block(float *param, const float *grad, uint8_t *c1, uint8_
 
 /* bitsandbytes' 32-bit Adam (kOptimizer32bit2State) for tensors below min_8bit_size: the same update
  * with fp32 m, v; weight decay after the step as in its kernel. */
-void lt_ref_adamw32bnb_step(float *param, const float *grad, float *m, float *v, size_t n, float beta1,
-                            float beta2, float eps_c2, float step_size, float decay) {
+void lt_ref_adamw32bnb_step(float *param, const float *grad, float *m, float *v, size_t n, float beta1, float beta2,
+                            float eps_c2, float step_size, float decay) {
     for (size_t i = 0; i < n; i++) {
         const float g = grad[i];
         if (isfinite(g)) {
@@ -704,16 +699,16 @@ void lt_ref_adamw32bnb_step(float *param, const float *grad, float *m, float *v,
 }
 
 void lt_ref_adamw8bit_step(float *param, const float *grad, void *s1, void *s2, float *absmax1, float *absmax2,
-                           size_t n, const float *qmap1, const float *qmap2, float beta1, float beta2,
-                           float eps_c2, float step_size, float decay) {
+                           size_t n, const float *qmap1, const float *qmap2, float beta1, float beta2, float eps_c2,
+                           float step_size, float decay) {
     if (!absmax1) {
         lt_ref_adamw32bnb_step(param, grad, s1, s2, n, beta1, beta2, eps_c2, step_size, decay);
         return;
     }
     for (size_t b = 0; b * LT_OPT8_BLOCK < n; b++) {
         const size_t i0 = b * LT_OPT8_BLOCK, i1 = i0 + LT_OPT8_BLOCK < n ? i0 + LT_OPT8_BLOCK : n;
-        lt_ref_adamw8bit_block(param, grad, s1, s2, absmax1, absmax2, b, i0, i1, qmap1, qmap2, beta1, beta2,
-                               eps_c2, step_size, decay);
+        lt_ref_adamw8bit_block(param, grad, s1, s2, absmax1, absmax2, b, i0, i1, qmap1, qmap2, beta1, beta2, eps_c2,
+                               step_size, decay);
     }
 }
 

@@ -26,17 +26,16 @@ static inline int lt_att_kv_lo(const int32_t *kv_start_row, int t) {
 
 /* ---- dense linear algebra ---- */
 /* C (M,N) = alpha op(A) op(B) + beta C (sums in double). beta == 0 ignores C's old contents (BLAS). */
-void lt_ref_gemm(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
-                 const float *B, int ldb, float beta, float *C, int ldc);
+void lt_ref_gemm(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda, const float *B,
+                 int ldb, float beta, float *C, int ldc);
 
 /* ---- frozen weights in bf16 ---- */
-/* The CPU packed layout of cpu/gemm_bf16.h; sums of the exact products of the bf16-rounded inputs
+/* The packed layout of backend/bf16.h; sums of the exact products of the bf16-rounded inputs
  * in double. */
 size_t lt_ref_bf16_weight_bytes(int out, int in);
 void lt_ref_bf16_weight_pack(void *dst, const float *W, int out, int in);
 void lt_ref_gemm_bf16_forward(float *y, const float *x, const void *Wp, int N, int in, int out);
-void lt_ref_gemm_bf16_backward(float *dx, const float *dy, const void *Wp, int N, int in, int out,
-                               int accumulate);
+void lt_ref_gemm_bf16_backward(float *dx, const float *dy, const void *Wp, int N, int in, int out, int accumulate);
 
 /* ---- elementwise ---- */
 void lt_ref_axpy(size_t n, float a, const float *x, float *y);
@@ -51,57 +50,53 @@ void lt_ref_embedding_forward(float *out, const int32_t *ids, const float *table
 void lt_ref_embedding_backward(float *dtable, const int32_t *ids, const float *dout, int N, int C);
 
 /* ---- RMSNorm ---- */
-void lt_ref_rmsnorm_forward(float *out, float *rstd, const float *inp, const float *weight, int N,
-                            int C, float eps);
-void lt_ref_rmsnorm_backward(float *dinp, float *dweight, const float *dout, const float *inp,
-                             const float *weight, const float *rstd, int N, int C);
+void lt_ref_rmsnorm_forward(float *out, float *rstd, const float *inp, const float *weight, int N, int C, float eps);
+void lt_ref_rmsnorm_backward(float *dinp, float *dweight, const float *dout, const float *inp, const float *weight,
+                             const float *rstd, int N, int C);
 
 /* ---- RoPE ---- */
 /* The angle is computed in float as Hugging Face does, (float)pos * inv_freq[j]; cos and sin of it
  * in double. */
-void lt_ref_rope_forward(float *x, const int32_t *pos, const float *inv_freq, int N, int n_heads,
-                         int head_dim, int rot_dim);
-void lt_ref_rope_backward(float *dx, const int32_t *pos, const float *inv_freq, int N, int n_heads,
-                          int head_dim, int rot_dim);
+void lt_ref_rope_forward(float *x, const int32_t *pos, const float *inv_freq, int N, int n_heads, int head_dim,
+                         int rot_dim);
+void lt_ref_rope_backward(float *dx, const int32_t *pos, const float *inv_freq, int N, int n_heads, int head_dim,
+                          int rot_dim);
 
 /* ---- causal grouped-query attention ---- */
 /* Two passes per query: (1) max and sum of exp of the scaled scores -> lse; (2) out = sum_j
  * exp(s_j - lse) v_j. No score row is stored. kv_start is clamped by lt_att_kv_lo. */
 void lt_ref_attention_forward(float *out, float *lse, const float *q, const float *k, const float *v,
-                              const int32_t *kv_start, int B, int T, int NH, int NKV, int HD,
-                              float scale);
+                              const int32_t *kv_start, int B, int T, int NH, int NKV, int HD, float scale);
 /* One (b, h) of the above (out and lse rows of that head only); used by the fast backend as its
  * fallback for very large head_dim. */
-void lt_ref_attention_forward_head(float *out, float *lse, const float *q, const float *k,
-                                   const float *v, const int32_t *kv_start, int B, int T, int NH,
-                                   int NKV, int HD, float scale, int b, int h);
+void lt_ref_attention_forward_head(float *out, float *lse, const float *q, const float *k, const float *v,
+                                   const int32_t *kv_start, int B, int T, int NH, int NKV, int HD, float scale, int b,
+                                   int h);
 /* The reference backward needs no scratch: returns 0; the scratch argument is unused (may be NULL). */
 size_t lt_ref_attention_backward_scratch(int B, int T, int NH, int HD);
 /* Recomputes p = exp(s - lse) from q, k and the saved lse. Key-major pass for dk, dv (sums over
  * queries in double), then query-major pass for dq (sums over keys in double). */
-void lt_ref_attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q,
-                               const float *k, const float *v, const float *out, const float *lse,
-                               const int32_t *kv_start, int B, int T, int NH, int NKV, int HD,
-                               float scale, float *scratch);
+void lt_ref_attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
+                               const float *v, const float *out, const float *lse, const int32_t *kv_start, int B,
+                               int T, int NH, int NKV, int HD, float scale, float *scratch);
 
 /* One new token per row against a KV cache: out, q (B,NH,HD); kcache, vcache (B,S_cap,NKV,HD); keys
  * 0..len-1 of every row. Two passes per (b, h) like the forward. len <= 0 gives out = 0. */
-void lt_ref_attention_decode(float *out, const float *q, const float *kcache, const float *vcache,
-                             int B, int S_cap, int len, int NH, int NKV, int HD, float scale);
+void lt_ref_attention_decode(float *out, const float *q, const float *kcache, const float *vcache, int B, int S_cap,
+                             int len, int NH, int NKV, int HD, float scale);
 
 /* ---- SwiGLU ---- */
 void lt_ref_swiglu_forward(float *out, const float *gate, const float *up, size_t n);
-void lt_ref_swiglu_backward(float *dgate, float *dup, const float *dout, const float *gate,
-                            const float *up, size_t n);
+void lt_ref_swiglu_backward(float *dgate, float *dup, const float *dout, const float *gate, const float *up, size_t n);
 
 /* ---- cross-entropy ---- */
 
 /* ---- attention with soft-capped scores (Gemma 2) ---- */
 /* Kept apart from the kernels above so that the uncapped path stays exactly as it is. _head: one
  * query head (b,h); _group: dk, dv of kv head (b,kvh) and dq of its query heads (assigned). */
-void lt_ref_attention_softcap_forward_head(float *out, float *lse, const float *q, const float *k,
-                                           const float *v, const int32_t *kv_start, int T, int NH, int NKV,
-                                           int HD, float scale, float softcap, int b, int h);
+void lt_ref_attention_softcap_forward_head(float *out, float *lse, const float *q, const float *k, const float *v,
+                                           const int32_t *kv_start, int T, int NH, int NKV, int HD, float scale,
+                                           float softcap, int b, int h);
 void lt_ref_attention_softcap_forward(float *out, float *lse, const float *q, const float *k, const float *v,
                                       const int32_t *kv_start, int B, int T, int NH, int NKV, int HD, float scale,
                                       float softcap);
@@ -111,11 +106,10 @@ void lt_ref_attention_softcap_backward_group(float *dq, float *dk, float *dv, co
                                              float softcap, int b, int kvh);
 void lt_ref_attention_softcap_backward(float *dq, float *dk, float *dv, const float *dout, const float *q,
                                        const float *k, const float *v, const float *out, const float *lse,
-                                       const int32_t *kv_start, int B, int T, int NH, int NKV, int HD,
-                                       float scale, float softcap);
-void lt_ref_attention_softcap_decode(float *out, const float *q, const float *kcache, const float *vcache,
-                                     int B, int S_cap, int len, int NH, int NKV, int HD, float scale,
-                                     float softcap);
+                                       const int32_t *kv_start, int B, int T, int NH, int NKV, int HD, float scale,
+                                       float softcap);
+void lt_ref_attention_softcap_decode(float *out, const float *q, const float *kcache, const float *vcache, int B,
+                                     int S_cap, int len, int NH, int NKV, int HD, float scale, float softcap);
 
 /* ---- DoRA ---- */
 void lt_ref_dora_norm(float *g, float *inv_n, const float *m, const float *w, int rows, int cols);
@@ -127,14 +121,12 @@ void lt_ref_rope_scale(float *x, int N, int n_heads, int head_dim, int rot_dim, 
 void lt_ref_bias_add(float *y, const float *b, int N, int C);
 void lt_ref_bias_backward(float *db, const float *dy, int N, int C);
 void lt_ref_geglu_forward(float *out, const float *gate, const float *up, size_t n);
-void lt_ref_geglu_backward(float *dgate, float *dup, const float *dout, const float *gate,
-                           const float *up, size_t n);
+void lt_ref_geglu_backward(float *dgate, float *dup, const float *dout, const float *gate, const float *up, size_t n);
 void lt_ref_softcap_forward(float *x, size_t n, float cap);
 void lt_ref_softcap_backward(float *dx, const float *y, size_t n, float cap);
 
 /* Targets outside [0, V) (-100 in particular) are ignored rows. */
-void lt_ref_cross_entropy(float *logits, float *losses, const int32_t *targets, int n, int V,
-                          float grad_scale);
+void lt_ref_cross_entropy(float *logits, float *losses, const int32_t *targets, int n, int V, float grad_scale);
 
 /* ---- dropout ---- */
 /* keep(i) = lt_hash_uniform(seed, offset + i) >= p; kept values are multiplied by 1/(1-p) (computed
@@ -143,21 +135,20 @@ void lt_ref_dropout(float *out, const float *inp, size_t n, float p, uint64_t se
 
 /* ---- AdamW ---- */
 /* In float, exactly the formula of backend.h. */
-void lt_ref_adamw_step(float *param, const float *grad, float *m, float *v, size_t n, float step_size,
-                       float beta1, float beta2, float eps, float bc2_sqrt, float decay);
+void lt_ref_adamw_step(float *param, const float *grad, float *m, float *v, size_t n, float step_size, float beta1,
+                       float beta2, float eps, float bc2_sqrt, float decay);
 
 /* ---- 8-bit blockwise AdamW (backend.h adamw8bit_step) ---- */
 #define LT_OPT8_BLOCK 256
 void lt_ref_adamw8bit_step(float *param, const float *grad, void *s1, void *s2, float *absmax1, float *absmax2,
-                           size_t n, const float *qmap1, const float *qmap2, float beta1, float beta2,
-                           float eps_c2, float step_size, float decay);
+                           size_t n, const float *qmap1, const float *qmap2, float beta1, float beta2, float eps_c2,
+                           float step_size, float decay);
 /* one block [i0, i1) with index b (the CPU backend runs blocks in parallel) */
-void lt_ref_adamw8bit_block(float *param, const float *grad, uint8_t *c1, uint8_t *c2, float *absmax1,
-                            float *absmax2, size_t b, size_t i0, size_t i1, const float *qmap1,
-                            const float *qmap2, float beta1, float beta2, float eps_c2, float step_size,
-                            float decay);
-void lt_ref_adamw32bnb_step(float *param, const float *grad, float *m, float *v, size_t n, float beta1,
+void lt_ref_adamw8bit_block(float *param, const float *grad, uint8_t *c1, uint8_t *c2, float *absmax1, float *absmax2,
+                            size_t b, size_t i0, size_t i1, const float *qmap1, const float *qmap2, float beta1,
                             float beta2, float eps_c2, float step_size, float decay);
+void lt_ref_adamw32bnb_step(float *param, const float *grad, float *m, float *v, size_t n, float beta1, float beta2,
+                            float eps_c2, float step_size, float decay);
 
 /* ---- quantized weights ---- */
 /* out (r1-r0, q->cols): element by element, absmax decoded for every element (backend.h lt_qdesc). */

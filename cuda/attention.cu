@@ -28,15 +28,17 @@
 #include <limits.h>
 #include <stdio.h>
 
-#include "cuda_common.cuh"
+#include "cuda/cuda_common.cuh"
 
-#define ATT_TILE 64     /* rows a tiled block owns */
-#define ATT_THREADS 256 /* 16 x 16: ty = tid / 16 owns rows ty*4 .. ty*4+3, tx = tid % 16 the columns tx + 16 c */
+#define ATT_TILE 64         /* rows a tiled block owns */
+#define ATT_THREADS 256     /* 16 x 16: ty = tid / 16 owns rows ty*4 .. ty*4+3, tx = tid % 16 the columns tx + 16 c */
 #define ATT_SMEM_SLACK 1024 /* static shared memory of the kernels, kept free of the opt-in limit */
 
 /* Dynamic shared memory (floats) of the tiled kernels; rows are padded by one float against bank
  * conflicts. QC/KC: columns of the score tile per thread (the streamed tile has 16*QC rows). */
-static constexpr size_t att_fwd_floats(int HDP) { return 2 * (size_t)ATT_TILE * (HDP + 1) + (size_t)ATT_TILE * (ATT_TILE + 1); }
+static constexpr size_t att_fwd_floats(int HDP) {
+    return 2 * (size_t)ATT_TILE * (HDP + 1) + (size_t)ATT_TILE * (ATT_TILE + 1);
+}
 static constexpr size_t att_bwd_kv_floats(int HDP, int QC) {
     return 2 * (size_t)ATT_TILE * (HDP + 1) + 2 * (size_t)(16 * QC) * (HDP + 1) + 2 * (size_t)ATT_TILE * (16 * QC + 1);
 }
@@ -59,8 +61,8 @@ __device__ __forceinline__ float att_max16(float v) {
 /* dst (rows, HDP+1) in shared memory <- rows r0 .. r0+rows-1 of a (T, HD) slice whose row t starts at
  * src + t*stride; rows past T and channels past HD are zero. Whole block, coalesced along channels. */
 template <int HDP>
-__device__ __forceinline__ void att_load_tile(float *dst, int rows, const float *src, size_t stride, int r0,
-                                              int T, int HD) {
+__device__ __forceinline__ void att_load_tile(float *dst, int rows, const float *src, size_t stride, int r0, int T,
+                                              int HD) {
     for (int idx = threadIdx.x; idx < rows * HDP; idx += blockDim.x) {
         const int r = idx / HDP, d = idx % HDP, t = r0 + r;
         dst[r * (HDP + 1) + d] = (t < T && d < HD) ? src[(size_t)t * stride + d] : 0.0f;
@@ -79,8 +81,8 @@ __device__ __forceinline__ void att_load_tile(float *dst, int rows, const float 
  * smem: Qs (64, HDP+1); KVs (64, HDP+1) holds the key tile, then the value tile; Ps (64, 65). */
 template <int HDP>
 __global__ void __launch_bounds__(ATT_THREADS)
-att_fwd_kernel(float *out, float *lse, const float *q, const float *k, const float *v, const int32_t *kv_start,
-               int T, int NH, int NKV, int HD, float scale) {
+    att_fwd_kernel(float *out, float *lse, const float *q, const float *k, const float *v, const int32_t *kv_start,
+                   int T, int NH, int NKV, int HD, float scale) {
     constexpr int LD = HDP + 1, NC = HDP / 16, LDP = ATT_TILE + 1;
     extern __shared__ float smem[];
     float *Qs = smem, *KVs = Qs + ATT_TILE * LD, *Ps = KVs + ATT_TILE * LD;
@@ -229,8 +231,7 @@ __device__ void att_warp_row(const float *qv, float *acc, const float *kb, const
 /* out, lse <- q, k, v as att_fwd_kernel. One warp per query row r = (b*T + t)*NH + h; grid
  * ceil(B*T*NH / W), block 32 W. smem: per warp qv (HD), acc (HD). */
 __global__ void att_fwd_rowwise_kernel(float *out, float *lse, const float *q, const float *k, const float *v,
-                                       const int32_t *kv_start, int B, int T, int NH, int NKV, int HD,
-                                       float scale) {
+                                       const int32_t *kv_start, int B, int T, int NH, int NKV, int HD, float scale) {
     extern __shared__ float smem[];
     const int W = blockDim.x >> 5, w = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const size_t r = (size_t)blockIdx.x * W + w;
@@ -279,9 +280,9 @@ __global__ void att_bwd_D_kernel(float *D, const float *dout, const float *out, 
  * smem: Ks, Vs (64, HDP+1); Qs, dOs (BQ, HDP+1); Ps, dSs (64, BQ+1). */
 template <int HDP, int QC>
 __global__ void __launch_bounds__(ATT_THREADS)
-att_bwd_kv_kernel(float *dk, float *dv, const float *dout, const float *q, const float *k, const float *v,
-                  const float *lse, const float *Dbuf, const int32_t *kv_start, int T, int NH, int NKV, int HD,
-                  float scale) {
+    att_bwd_kv_kernel(float *dk, float *dv, const float *dout, const float *q, const float *k, const float *v,
+                      const float *lse, const float *Dbuf, const int32_t *kv_start, int T, int NH, int NKV, int HD,
+                      float scale) {
     constexpr int LD = HDP + 1, NC = HDP / 16, BQ = 16 * QC, LDP = BQ + 1;
     extern __shared__ float smem[];
     float *Ks = smem, *Vs = Ks + ATT_TILE * LD, *Qs = Vs + ATT_TILE * LD, *dOs = Qs + BQ * LD;
@@ -409,8 +410,8 @@ att_bwd_kv_kernel(float *dk, float *dv, const float *dout, const float *q, const
  * smem: Qs, dOs (64, HDP+1); Ks, Vs (BK, HDP+1); dSs (64, BK+1). */
 template <int HDP, int KC>
 __global__ void __launch_bounds__(ATT_THREADS)
-att_bwd_q_kernel(float *dq, const float *dout, const float *q, const float *k, const float *v, const float *lse,
-                 const float *Dbuf, const int32_t *kv_start, int T, int NH, int NKV, int HD, float scale) {
+    att_bwd_q_kernel(float *dq, const float *dout, const float *q, const float *k, const float *v, const float *lse,
+                     const float *Dbuf, const int32_t *kv_start, int T, int NH, int NKV, int HD, float scale) {
     constexpr int LD = HDP + 1, NC = HDP / 16, BK = 16 * KC, LDS = BK + 1;
     extern __shared__ float smem[];
     float *Qs = smem, *dOs = Qs + ATT_TILE * LD, *Ks = dOs + ATT_TILE * LD, *Vs = Ks + BK * LD, *dSs = Vs + BK * LD;
@@ -515,10 +516,9 @@ att_bwd_q_kernel(float *dq, const float *dout, const float *q, const float *k, c
 }
 
 /* dq ASSIGNED, row-wise: one warp per query row r = (b*T + t)*NH + h; smem per warp qv, ov, acc (HD each). */
-__global__ void att_bwd_q_rowwise_kernel(float *dq, const float *dout, const float *q, const float *k,
-                                         const float *v, const float *lse, const float *Dbuf,
-                                         const int32_t *kv_start, int B, int T, int NH, int NKV, int HD,
-                                         float scale) {
+__global__ void att_bwd_q_rowwise_kernel(float *dq, const float *dout, const float *q, const float *k, const float *v,
+                                         const float *lse, const float *Dbuf, const int32_t *kv_start, int B, int T,
+                                         int NH, int NKV, int HD, float scale) {
     extern __shared__ float smem[];
     const int W = blockDim.x >> 5, w = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const size_t r = (size_t)blockIdx.x * W + w;
@@ -554,10 +554,9 @@ __global__ void att_bwd_q_rowwise_kernel(float *dq, const float *dout, const flo
 
 /* dk, dv ASSIGNED, row-wise: one warp per key row r = (b*T + j)*NKV + kvh, summing over the heads of
  * its group and the queries t >= j that see it; smem per warp kv_, vv, acck, accv (HD each). */
-__global__ void att_bwd_kv_rowwise_kernel(float *dk, float *dv, const float *dout, const float *q,
-                                          const float *k, const float *v, const float *lse, const float *Dbuf,
-                                          const int32_t *kv_start, int B, int T, int NH, int NKV, int HD,
-                                          float scale) {
+__global__ void att_bwd_kv_rowwise_kernel(float *dk, float *dv, const float *dout, const float *q, const float *k,
+                                          const float *v, const float *lse, const float *Dbuf, const int32_t *kv_start,
+                                          int B, int T, int NH, int NKV, int HD, float scale) {
     extern __shared__ float smem[];
     const int W = blockDim.x >> 5, w = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const size_t r = (size_t)blockIdx.x * W + w;
@@ -653,7 +652,8 @@ static bool att_fits(const lt_cuda_impl *im, size_t floats) {
 }
 
 /* Raise the dynamic shared memory limit of every tiled kernel that fits this device. */
-template <typename K> static cudaError_t att_allow(const lt_cuda_impl *im, K kernel, size_t floats) {
+template <typename K>
+static cudaError_t att_allow(const lt_cuda_impl *im, K kernel, size_t floats) {
     if (!att_fits(im, floats)) return cudaSuccess; /* never launched on this device */
     return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)(floats * sizeof(float)));
 }
@@ -730,8 +730,8 @@ extern "C" size_t lt_cuda_attention_backward_scratch(lt_backend *be, int B, int 
 
 extern "C" void lt_cuda_attention_backward(lt_backend *be, float *dq, float *dk, float *dv, const float *dout,
                                            const float *q, const float *k, const float *v, const float *out,
-                                           const float *lse, const int32_t *kv_start, int B, int T, int NH,
-                                           int NKV, int HD, float scale, float *scratch) {
+                                           const float *lse, const int32_t *kv_start, int B, int T, int NH, int NKV,
+                                           int HD, float scale, float *scratch) {
     lt_cuda_impl *im = lt_cuda(be);
     if (!att_args_ok(be, B, T, NH, NKV, HD, "attention_backward")) return;
     float *D = scratch;
@@ -783,7 +783,7 @@ extern "C" void lt_cuda_attention_decode(lt_backend *be, float *out, const float
         return;
     }
     const size_t smem = ((size_t)HD + (size_t)W * (HD + 2)) * sizeof(float);
-    att_decode_kernel<<<dim3((unsigned)NH, (unsigned)B), 32 * W, smem, im->stream>>>(out, q, kcache, vcache, S_cap,
-                                                                                      len, NH, NKV, HD, scale);
+    att_decode_kernel<<<dim3((unsigned)NH, (unsigned)B), 32 * W, smem, im->stream>>>(out, q, kcache, vcache, S_cap, len,
+                                                                                     NH, NKV, HD, scale);
     lt_cuda_check(be, "attention_decode");
 }

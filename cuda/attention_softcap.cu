@@ -7,7 +7,7 @@
  * element is written by one thread in a fixed order), not tuned. The tiled kernels of attention.cu
  * keep the uncapped path. Score: c = cap tanh(scale q.k / cap); dc/ds = 1 - (c / cap)^2.
  */
-#include "cuda_common.cuh"
+#include "cuda/cuda_common.cuh"
 
 #define SC_THREADS 128
 
@@ -33,8 +33,10 @@ __global__ void att_softcap_fwd_kernel(float *out, float *lse, const float *q, c
     int kvh = h / (NH / NKV), lo = lt_att_lo(kv_start + (size_t)b * T, t);
     const float *qt = q + (((size_t)b * T + t) * NH + h) * HD;
     float mx = -INFINITY, sum = 0.0f;
-    for (int j = lo; j <= t; j++) mx = fmaxf(mx, sc_score(qt, k + (((size_t)b * T + j) * NKV + kvh) * HD, HD, scale, cap, 0));
-    for (int j = lo; j <= t; j++) sum += expf(sc_score(qt, k + (((size_t)b * T + j) * NKV + kvh) * HD, HD, scale, cap, 0) - mx);
+    for (int j = lo; j <= t; j++)
+        mx = fmaxf(mx, sc_score(qt, k + (((size_t)b * T + j) * NKV + kvh) * HD, HD, scale, cap, 0));
+    for (int j = lo; j <= t; j++)
+        sum += expf(sc_score(qt, k + (((size_t)b * T + j) * NKV + kvh) * HD, HD, scale, cap, 0) - mx);
     float l = mx + logf(sum);
     lse[((size_t)b * NH + h) * T + t] = l;
     float *ot = out + (((size_t)b * T + t) * NH + h) * HD;
@@ -48,8 +50,8 @@ __global__ void att_softcap_fwd_kernel(float *out, float *lse, const float *q, c
 
 /* one thread per (b, t, h): dq (assigned) */
 __global__ void att_softcap_dq_kernel(float *dq, const float *dout, const float *q, const float *k, const float *v,
-                                      const float *out, const float *lse, const int32_t *kv_start, int B, int T,
-                                      int NH, int NKV, int HD, float scale, float cap) {
+                                      const float *out, const float *lse, const int32_t *kv_start, int B, int T, int NH,
+                                      int NKV, int HD, float scale, float cap) {
     long it = blockIdx.x * (long)blockDim.x + threadIdx.x;
     if (it >= (long)B * T * NH) return;
     int h = (int)(it % NH), t = (int)((it / NH) % T), b = (int)(it / ((long)NH * T));
@@ -101,8 +103,10 @@ __global__ void att_softcap_decode_kernel(float *out, const float *q, const floa
     int h = (int)(it % NH), b = (int)(it / NH), kvh = h / (NH / NKV);
     const float *qh = q + ((size_t)b * NH + h) * HD;
     float mx = -INFINITY, sum = 0.0f;
-    for (int j = 0; j < len; j++) mx = fmaxf(mx, sc_score(qh, kc + (((size_t)b * S_cap + j) * NKV + kvh) * HD, HD, scale, cap, 0));
-    for (int j = 0; j < len; j++) sum += expf(sc_score(qh, kc + (((size_t)b * S_cap + j) * NKV + kvh) * HD, HD, scale, cap, 0) - mx);
+    for (int j = 0; j < len; j++)
+        mx = fmaxf(mx, sc_score(qh, kc + (((size_t)b * S_cap + j) * NKV + kvh) * HD, HD, scale, cap, 0));
+    for (int j = 0; j < len; j++)
+        sum += expf(sc_score(qh, kc + (((size_t)b * S_cap + j) * NKV + kvh) * HD, HD, scale, cap, 0) - mx);
     float *oh = out + ((size_t)b * NH + h) * HD;
     for (int d = 0; d < HD; d++) oh[d] = 0.0f;
     for (int j = 0; j < len; j++) {
@@ -115,26 +119,25 @@ __global__ void att_softcap_decode_kernel(float *out, const float *q, const floa
 static unsigned sc_blocks(long n) { return (unsigned)((n + SC_THREADS - 1) / SC_THREADS); }
 
 extern "C" void lt_cuda_attention_softcap_forward(lt_backend *be, float *out, float *lse, const float *q,
-                                                  const float *k, const float *v, const int32_t *kv_start, int B,
-                                                  int T, int NH, int NKV, int HD, float scale, float softcap) {
+                                                  const float *k, const float *v, const int32_t *kv_start, int B, int T,
+                                                  int NH, int NKV, int HD, float scale, float softcap) {
     long n = (long)B * T * NH;
     if (n <= 0 || NKV <= 0) return;
-    att_softcap_fwd_kernel<<<sc_blocks(n), SC_THREADS, 0, lt_cuda(be)->stream>>>(out, lse, q, k, v, kv_start, B, T,
-                                                                                 NH, NKV, HD, scale, softcap);
+    att_softcap_fwd_kernel<<<sc_blocks(n), SC_THREADS, 0, lt_cuda(be)->stream>>>(out, lse, q, k, v, kv_start, B, T, NH,
+                                                                                 NKV, HD, scale, softcap);
     lt_cuda_check(be, "attention_softcap_forward");
 }
 
-extern "C" void lt_cuda_attention_softcap_backward(lt_backend *be, float *dq, float *dk, float *dv,
-                                                   const float *dout, const float *q, const float *k, const float *v,
-                                                   const float *out, const float *lse, const int32_t *kv_start, int B,
-                                                   int T, int NH, int NKV, int HD, float scale, float softcap) {
+extern "C" void lt_cuda_attention_softcap_backward(lt_backend *be, float *dq, float *dk, float *dv, const float *dout,
+                                                   const float *q, const float *k, const float *v, const float *out,
+                                                   const float *lse, const int32_t *kv_start, int B, int T, int NH,
+                                                   int NKV, int HD, float scale, float softcap) {
     long n = (long)B * T * NH, nk = (long)B * T * NKV;
     if (n <= 0 || NKV <= 0) return;
     att_softcap_dq_kernel<<<sc_blocks(n), SC_THREADS, 0, lt_cuda(be)->stream>>>(dq, dout, q, k, v, out, lse, kv_start,
                                                                                 B, T, NH, NKV, HD, scale, softcap);
-    att_softcap_dkv_kernel<<<sc_blocks(nk), SC_THREADS, 0, lt_cuda(be)->stream>>>(dk, dv, dout, q, k, v, out, lse,
-                                                                                  kv_start, B, T, NH, NKV, HD, scale,
-                                                                                  softcap);
+    att_softcap_dkv_kernel<<<sc_blocks(nk), SC_THREADS, 0, lt_cuda(be)->stream>>>(
+        dk, dv, dout, q, k, v, out, lse, kv_start, B, T, NH, NKV, HD, scale, softcap);
     lt_cuda_check(be, "attention_softcap_backward");
 }
 

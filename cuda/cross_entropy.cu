@@ -5,7 +5,7 @@
  * Targets outside [0, V) (-100 in particular) are ignored rows: loss 0 and, when a gradient is
  * asked for, a zero row. One block per row: an online (max, sum) pass, then the gradient pass.
  */
-#include "cuda_common.cuh"
+#include "cuda/cuda_common.cuh"
 
 #define CE_THREADS 512
 
@@ -19,8 +19,7 @@ __device__ __forceinline__ void ce_merge(float &m, float &s, float m2, float s2)
 }
 
 /* logits (n,V) in place, losses (n), targets (n); grid n, one block per row */
-__global__ void cross_entropy_kernel(float *logits, float *losses, const int32_t *targets, int V,
-                                     float grad_scale) {
+__global__ void cross_entropy_kernel(float *logits, float *losses, const int32_t *targets, int V, float grad_scale) {
     __shared__ float sh_m[32], sh_s[32], sh_lse;
     const size_t row = blockIdx.x;
     float *x = logits + row * V;
@@ -64,12 +63,11 @@ __global__ void cross_entropy_kernel(float *logits, float *losses, const int32_t
     __syncthreads();
     if (grad_scale == 0.0f) return;
     const float lse = sh_lse;
-    for (int c = threadIdx.x; c < V; c += blockDim.x)
-        x[c] = grad_scale * (expf(x[c] - lse) - (c == tgt ? 1.0f : 0.0f));
+    for (int c = threadIdx.x; c < V; c += blockDim.x) x[c] = grad_scale * (expf(x[c] - lse) - (c == tgt ? 1.0f : 0.0f));
 }
 
-extern "C" void lt_cuda_cross_entropy(lt_backend *be, float *logits, float *losses, const int32_t *targets,
-                                      int n, int V, float grad_scale) {
+extern "C" void lt_cuda_cross_entropy(lt_backend *be, float *logits, float *losses, const int32_t *targets, int n,
+                                      int V, float grad_scale) {
     if (n <= 0 || V <= 0) return;
     const int threads = V >= CE_THREADS ? CE_THREADS : 32 * ((V + 31) / 32);
     cross_entropy_kernel<<<n, threads, 0, lt_cuda(be)->stream>>>(logits, losses, targets, V, grad_scale);

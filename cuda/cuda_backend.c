@@ -2,7 +2,7 @@
  * cuda_backend.c - the CUDA backend: device discovery, creation, memory, sync and the dispatch table.
  * The kernels live in cuda/<family>.cu (cuda_impl.h lists them).
  *
- * defines: lt_cuda_backend_available, lt_cuda_backend_create, lt_cuda_record, lt_cuda_check.
+ * defines: lt_cuda_backend_available, lt_cuda_backend_create (errors: cuda_errors.c).
  *
  * The CUDA runtime is only touched inside these functions (never at load time), so a library built
  * with CUDA still loads and runs its CPU backend on a machine without a GPU or driver; asking for
@@ -24,8 +24,9 @@
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
-#include "backend.h"
-#include "cuda_impl.h"
+#include "backend/backend.h"
+#include "cuda/cuda_backend.h"
+#include "cuda/cuda_impl.h"
 
 int lt_cuda_backend_available(void) {
     int n = 0;
@@ -34,30 +35,6 @@ int lt_cuda_backend_available(void) {
         return 0;
     }
     return n > 0;
-}
-
-/* ---- errors ----------------------------------------------------------------------------------- */
-
-void lt_cuda_record(lt_backend *be, lt_status st, const char *what, int cuda_err) {
-    lt_cuda_impl *im = lt_cuda(be);
-    int expected = LT_OK;
-    if (!__atomic_compare_exchange_n(&im->first_error, &expected, (int)st, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST))
-        return; /* an earlier error is pending */
-    if (cuda_err)
-        snprintf(im->error_msg, sizeof im->error_msg, "cuda backend: %s: %s (%d)", what,
-                 cudaGetErrorString((cudaError_t)cuda_err), cuda_err);
-    else
-        snprintf(im->error_msg, sizeof im->error_msg, "cuda backend: %s", what);
-    if (im->debug_print) fprintf(stderr, "libloratune: %s\n", im->error_msg);
-}
-
-void lt_cuda_check(lt_backend *be, const char *what) {
-    cudaError_t e = cudaGetLastError();
-    if (e != cudaSuccess) lt_cuda_record(be, LT_ERR_BACKEND, what, (int)e);
-    if (lt_cuda(be)->debug_sync) {
-        e = cudaStreamSynchronize(lt_cuda(be)->stream);
-        if (e != cudaSuccess) lt_cuda_record(be, LT_ERR_BACKEND, what, (int)e);
-    }
 }
 
 static int env_flag(const char *name) {
@@ -285,7 +262,8 @@ lt_status lt_cuda_backend_create(int n_threads, lt_backend **out, char *err, siz
     const char *ds = getenv("LT_CUDA_DEVICE");
     if (ds && *ds) {
         dev = atoi(ds);
-        if (dev < 0 || dev >= n) return create_fail(im, be, err, errlen, "LT_CUDA_DEVICE is not a device index", cudaSuccess);
+        if (dev < 0 || dev >= n)
+            return create_fail(im, be, err, errlen, "LT_CUDA_DEVICE is not a device index", cudaSuccess);
     } else if ((e = cudaGetDevice(&dev)) != cudaSuccess) {
         return create_fail(im, be, err, errlen, "cudaGetDevice", e);
     }

@@ -10,7 +10,7 @@
 #include <math.h>
 #include <stdint.h>
 
-#include "cuda_impl.h"
+#include "cuda/cuda_impl.h"
 
 #define LT_FULL_MASK 0xffffffffu
 
@@ -25,7 +25,8 @@ static inline unsigned lt_grid_1d(size_t n, int threads) {
 
 /* Sum over the 32 lanes of a warp; every lane gets the same bits (xor butterfly: both partners of
  * each step add the same two numbers). */
-template <typename T> __device__ __forceinline__ T lt_warp_sum(T v) {
+template <typename T>
+__device__ __forceinline__ T lt_warp_sum(T v) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(LT_FULL_MASK, v, o);
     return v;
@@ -39,7 +40,8 @@ __device__ __forceinline__ float lt_warp_max(float v) {
 
 /* Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets the result.
  * Contains __syncthreads: call it from all threads. Safe to call repeatedly. */
-template <typename T> __device__ T lt_block_sum(T v) {
+template <typename T>
+__device__ T lt_block_sum(T v) {
     __shared__ T part[32];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
     v = lt_warp_sum(v);
@@ -54,15 +56,6 @@ template <typename T> __device__ T lt_block_sum(T v) {
 __device__ __forceinline__ int lt_att_lo(const int32_t *kv_start_row, int t) {
     int lo = kv_start_row[t];
     return lo < 0 ? 0 : lo > t ? t : lo;
-}
-
-/* The dropout hash of backend.h (lt_hash_uniform), bit for bit. */
-__device__ __forceinline__ float lt_hash_uniform_dev(uint64_t seed, uint64_t index) {
-    uint64_t z = seed + 0x9E3779B97F4A7C15ull * (index + 1);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    z ^= z >> 31;
-    return (float)(z >> 40) * (1.0f / 16777216.0f);
 }
 
 #endif /* LT_CUDA_COMMON_CUH */

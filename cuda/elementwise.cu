@@ -5,7 +5,7 @@
  * One thread per element in grid-stride loops (memory-bound; vectorised loads can come later).
  * sumsq is a two-pass reduction in double whose order depends only on n: deterministic.
  */
-#include "cuda_common.cuh"
+#include "cuda/cuda_common.cuh"
 
 #define EW_THREADS 256
 
@@ -126,10 +126,10 @@ __global__ void embedding_forward_kernel(float *out, const int32_t *ids, const f
     for (int c = threadIdx.x; c < C; c += blockDim.x) dst[c] = src[c];
 }
 
-extern "C" void lt_cuda_embedding_forward(lt_backend *be, float *out, const int32_t *ids,
-                                          const float *table, int N, int C) {
+extern "C" void lt_cuda_embedding_forward(lt_backend *be, float *out, const int32_t *ids, const float *table, int N,
+                                          int C) {
     if (N <= 0 || C <= 0) return;
-    embedding_forward_kernel<<<N, C < EW_THREADS ? 32 * ((C + 31) / 32) : EW_THREADS, 0, lt_cuda(be)->stream>>>(
+    embedding_forward_kernel<<<N, (C < EW_THREADS ? 32 * ((C + 31) / 32) : EW_THREADS), 0, lt_cuda(be)->stream>>>(
         out, ids, table, C);
     lt_cuda_check(be, "embedding_forward");
 }
@@ -142,11 +142,11 @@ __global__ void embedding_backward_kernel(float *dtable, const int32_t *ids, con
     for (int n = 0; n < N; n++) dtable[(size_t)ids[n] * C + c] += dout[(size_t)n * C + c];
 }
 
-extern "C" void lt_cuda_embedding_backward(lt_backend *be, float *dtable, const int32_t *ids, const float *dout,
-                                           int N, int C) {
+extern "C" void lt_cuda_embedding_backward(lt_backend *be, float *dtable, const int32_t *ids, const float *dout, int N,
+                                           int C) {
     if (N <= 0 || C <= 0) return;
-    embedding_backward_kernel<<<(C + EW_THREADS - 1) / EW_THREADS, EW_THREADS, 0, lt_cuda(be)->stream>>>(
-        dtable, ids, dout, N, C);
+    embedding_backward_kernel<<<(C + EW_THREADS - 1) / EW_THREADS, EW_THREADS, 0, lt_cuda(be)->stream>>>(dtable, ids,
+                                                                                                         dout, N, C);
     lt_cuda_check(be, "embedding_backward");
 }
 
@@ -163,8 +163,8 @@ __global__ void swiglu_forward_kernel(float *out, const float *gate, const float
 
 /* dgate, dup, dout, gate, up (n); dgate/dup may alias gate/up (each element is read before it is
  * written, by the same thread).  d silu(g)/dg = sig (1 + g (1 - sig)) */
-__global__ void swiglu_backward_kernel(float *dgate, float *dup, const float *dout, const float *gate,
-                                       const float *up, size_t n) {
+__global__ void swiglu_backward_kernel(float *dgate, float *dup, const float *dout, const float *gate, const float *up,
+                                       size_t n) {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
         float g = gate[i], u = up[i], go = dout[i];
         float sig = 1.0f / (1.0f + expf(-g));
@@ -173,18 +173,17 @@ __global__ void swiglu_backward_kernel(float *dgate, float *dup, const float *do
     }
 }
 
-extern "C" void lt_cuda_swiglu_forward(lt_backend *be, float *out, const float *gate, const float *up,
-                                       size_t n) {
+extern "C" void lt_cuda_swiglu_forward(lt_backend *be, float *out, const float *gate, const float *up, size_t n) {
     if (!n) return;
     swiglu_forward_kernel<<<lt_grid_1d(n, EW_THREADS), EW_THREADS, 0, lt_cuda(be)->stream>>>(out, gate, up, n);
     lt_cuda_check(be, "swiglu_forward");
 }
 
-extern "C" void lt_cuda_swiglu_backward(lt_backend *be, float *dgate, float *dup, const float *dout,
-                                        const float *gate, const float *up, size_t n) {
+extern "C" void lt_cuda_swiglu_backward(lt_backend *be, float *dgate, float *dup, const float *dout, const float *gate,
+                                        const float *up, size_t n) {
     if (!n) return;
-    swiglu_backward_kernel<<<lt_grid_1d(n, EW_THREADS), EW_THREADS, 0, lt_cuda(be)->stream>>>(
-        dgate, dup, dout, gate, up, n);
+    swiglu_backward_kernel<<<lt_grid_1d(n, EW_THREADS), EW_THREADS, 0, lt_cuda(be)->stream>>>(dgate, dup, dout, gate,
+                                                                                              up, n);
     lt_cuda_check(be, "swiglu_backward");
 }
 
@@ -192,20 +191,20 @@ extern "C" void lt_cuda_swiglu_backward(lt_backend *be, float *dgate, float *dup
 
 /* out, inp (n); out may alias inp. keep(i) = hash(seed, offset + i) >= p (bit-identical to the CPU);
  * keep_scale = 1/(1-p) computed once on the host exactly as the reference does. */
-__global__ void dropout_kernel(float *out, const float *inp, size_t n, float p, float keep_scale,
-                               uint64_t seed, uint64_t offset) {
+__global__ void dropout_kernel(float *out, const float *inp, size_t n, float p, float keep_scale, uint64_t seed,
+                               uint64_t offset) {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
-        bool keep = p < 1.0f && lt_hash_uniform_dev(seed, offset + i) >= p;
+        bool keep = p < 1.0f && lt_hash_uniform(seed, offset + i) >= p;
         out[i] = keep ? inp[i] * keep_scale : 0.0f;
     }
 }
 
-extern "C" void lt_cuda_dropout(lt_backend *be, float *out, const float *inp, size_t n, float p,
-                                uint64_t seed, uint64_t offset) {
+extern "C" void lt_cuda_dropout(lt_backend *be, float *out, const float *inp, size_t n, float p, uint64_t seed,
+                                uint64_t offset) {
     if (!n) return;
     float keep_scale = p < 1.0f ? 1.0f / (1.0f - p) : 0.0f;
-    dropout_kernel<<<lt_grid_1d(n, EW_THREADS), EW_THREADS, 0, lt_cuda(be)->stream>>>(out, inp, n, p, keep_scale,
-                                                                                       seed, offset);
+    dropout_kernel<<<lt_grid_1d(n, EW_THREADS), EW_THREADS, 0, lt_cuda(be)->stream>>>(out, inp, n, p, keep_scale, seed,
+                                                                                      offset);
     lt_cuda_check(be, "dropout");
 }
 
@@ -254,8 +253,8 @@ __global__ void geglu_forward_kernel(float *out, const float *gate, const float 
 }
 
 /* dgate, dup may alias gate, up (read before written by the same thread) */
-__global__ void geglu_backward_kernel(float *dgate, float *dup, const float *dout, const float *gate,
-                                      const float *up, size_t n) {
+__global__ void geglu_backward_kernel(float *dgate, float *dup, const float *dout, const float *gate, const float *up,
+                                      size_t n) {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
         float g = gate[i], u = up[i], go = dout[i];
         float t = tanhf(GELU_K0 * (g + GELU_K1 * g * g * g));
@@ -272,11 +271,11 @@ extern "C" void lt_cuda_geglu_forward(lt_backend *be, float *out, const float *g
     lt_cuda_check(be, "geglu_forward");
 }
 
-extern "C" void lt_cuda_geglu_backward(lt_backend *be, float *dgate, float *dup, const float *dout,
-                                       const float *gate, const float *up, size_t n) {
+extern "C" void lt_cuda_geglu_backward(lt_backend *be, float *dgate, float *dup, const float *dout, const float *gate,
+                                       const float *up, size_t n) {
     if (!n) return;
-    geglu_backward_kernel<<<lt_grid_1d(n, EW_THREADS), EW_THREADS, 0, lt_cuda(be)->stream>>>(
-        dgate, dup, dout, gate, up, n);
+    geglu_backward_kernel<<<lt_grid_1d(n, EW_THREADS), EW_THREADS, 0, lt_cuda(be)->stream>>>(dgate, dup, dout, gate, up,
+                                                                                             n);
     lt_cuda_check(be, "geglu_backward");
 }
 
@@ -318,8 +317,8 @@ __global__ void rope_scale_kernel(float *x, size_t rows, int head_dim, int rot_d
 extern "C" void lt_cuda_rope_scale(lt_backend *be, float *x, int N, int n_heads, int head_dim, int rot_dim, float a) {
     size_t rows = (size_t)N * n_heads;
     if (!rows || rot_dim <= 0) return;
-    rope_scale_kernel<<<lt_grid_1d(rows * rot_dim, EW_THREADS), EW_THREADS, 0, lt_cuda(be)->stream>>>(
-        x, rows, head_dim, rot_dim, a);
+    rope_scale_kernel<<<lt_grid_1d(rows * rot_dim, EW_THREADS), EW_THREADS, 0, lt_cuda(be)->stream>>>(x, rows, head_dim,
+                                                                                                      rot_dim, a);
     lt_cuda_check(be, "rope_scale");
 }
 

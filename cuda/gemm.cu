@@ -8,7 +8,7 @@
  */
 #include <stdio.h>
 
-#include "cuda_common.cuh"
+#include "cuda/cuda_common.cuh"
 
 /* C (M,N) row-major, ldc: C = beta C (beta == 0 writes zeros, NaN included, as BLAS does).
  * One thread per element, grid-stride. */
@@ -22,9 +22,8 @@ __global__ void gemm_scale_c_kernel(float *C, int M, int N, int ldc, float beta)
     }
 }
 
-extern "C" void lt_cuda_gemm(lt_backend *be, int transA, int transB, int M, int N, int K, float alpha,
-                             const float *A, int lda, const float *B, int ldb, float beta, float *C,
-                             int ldc) {
+extern "C" void lt_cuda_gemm(lt_backend *be, int transA, int transB, int M, int N, int K, float alpha, const float *A,
+                             int lda, const float *B, int ldb, float beta, float *C, int ldc) {
     lt_cuda_impl *im = lt_cuda(be);
     /* the argument checks of the CPU backend (BLAS rules for row-major storage) */
     int rowsA = transA ? M : K, rowsB = transB ? K : N; /* minimum leading dimensions */
@@ -41,9 +40,8 @@ extern "C" void lt_cuda_gemm(lt_backend *be, int transA, int transB, int M, int 
         return;
     }
     lt_cuda_lock(be); /* a cuBLAS handle is not for concurrent use */
-    cublasStatus_t st = cublasSgemm(im->cublas, transB ? CUBLAS_OP_T : CUBLAS_OP_N,
-                                    transA ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K, &alpha, B, ldb, A, lda,
-                                    &beta, C, ldc);
+    cublasStatus_t st = cublasSgemm(im->cublas, transB ? CUBLAS_OP_T : CUBLAS_OP_N, transA ? CUBLAS_OP_T : CUBLAS_OP_N,
+                                    N, M, K, &alpha, B, ldb, A, lda, &beta, C, ldc);
     lt_cuda_unlock(be);
     if (st != CUBLAS_STATUS_SUCCESS) {
         char msg[96];

@@ -13,21 +13,12 @@
 
 #include <cuda_bf16.h>
 
-#include "cuda_common.cuh"
-#include "gemm_bf16.h" /* lt_bf16_round: the host rounding of the weights */
-
-/* f32 -> bf16 bits, identical to lt_bf16_round (cpu/gemm_bf16.h) */
-__device__ __forceinline__ uint16_t lt_bf16_round_dev(float f) {
-    uint32_t u = __float_as_uint(f);
-    if ((u & 0x7f800000u) == 0x7f800000u) return (uint16_t)((u >> 16) | ((u & 0x007fffffu) ? 0x0040u : 0u));
-    if ((u & 0x7f800000u) == 0) return (uint16_t)((u >> 16) & 0x8000u);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
-}
+#include "backend/bf16.h" /* lt_bf16_round, on the host and on the device */
+#include "cuda/cuda_common.cuh"
 
 __global__ void bf16_round_kernel(uint16_t *dst, const float *src, size_t n) {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
-        dst[i] = lt_bf16_round_dev(src[i]);
+        dst[i] = lt_bf16_round(src[i]); /* backend/bf16.h, on the device */
 }
 
 extern "C" size_t lt_cuda_bf16_weight_bytes(lt_backend *be, int out, int in) {
@@ -52,8 +43,8 @@ extern "C" void lt_cuda_bf16_weight_pack(lt_backend *be, void *dst, const float 
 }
 
 /* C (M, cols) = beta C + bf16(A) (M, K) B, B given by the cuBLAS call of `bwd`; slices of rows */
-static void bf16_gemm(lt_backend *be, int bwd, float *C, const float *A, const void *Wp, int M, int in,
-                      int out, int accumulate) {
+static void bf16_gemm(lt_backend *be, int bwd, float *C, const float *A, const void *Wp, int M, int in, int out,
+                      int accumulate) {
     lt_cuda_impl *im = lt_cuda(be);
     const int cols = bwd ? in : out, K = bwd ? out : in;
     if (M < 0 || in < 0 || out < 0) {
@@ -76,13 +67,13 @@ static void bf16_gemm(lt_backend *be, int bwd, float *C, const float *A, const v
         bf16_round_kernel<<<lt_grid_1d(n, 256), 256, 0, im->stream>>>(ab, A + (size_t)r0 * K, n);
         cublasStatus_t st;
         if (!bwd) /* y (rows,out) = x W^T: column-major y^T (out,rows) = W (out,in) x^T */
-            st = cublasGemmEx(im->cublas, CUBLAS_OP_T, CUBLAS_OP_N, out, rows, in, &alpha, Wp, CUDA_R_16BF, in,
-                              ab, CUDA_R_16BF, in, &beta, C + (size_t)r0 * cols, CUDA_R_32F, out,
-                              CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+            st = cublasGemmEx(im->cublas, CUBLAS_OP_T, CUBLAS_OP_N, out, rows, in, &alpha, Wp, CUDA_R_16BF, in, ab,
+                              CUDA_R_16BF, in, &beta, C + (size_t)r0 * cols, CUDA_R_32F, out, CUBLAS_COMPUTE_32F,
+                              CUBLAS_GEMM_DEFAULT);
         else /* dx (rows,in) = dy W: column-major dx^T (in,rows) = W^T (in,out) dy^T */
-            st = cublasGemmEx(im->cublas, CUBLAS_OP_N, CUBLAS_OP_N, in, rows, out, &alpha, Wp, CUDA_R_16BF, in,
-                              ab, CUDA_R_16BF, out, &beta, C + (size_t)r0 * cols, CUDA_R_32F, in,
-                              CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+            st = cublasGemmEx(im->cublas, CUBLAS_OP_N, CUBLAS_OP_N, in, rows, out, &alpha, Wp, CUDA_R_16BF, in, ab,
+                              CUDA_R_16BF, out, &beta, C + (size_t)r0 * cols, CUDA_R_32F, in, CUBLAS_COMPUTE_32F,
+                              CUBLAS_GEMM_DEFAULT);
         if (st != CUBLAS_STATUS_SUCCESS) {
             char msg[96];
             snprintf(msg, sizeof msg, "gemm_bf16: cublasGemmEx failed (%s)", cublasGetStatusString(st));
@@ -94,12 +85,12 @@ static void bf16_gemm(lt_backend *be, int bwd, float *C, const float *A, const v
     lt_cuda_check(be, "gemm_bf16");
 }
 
-extern "C" void lt_cuda_gemm_bf16_forward(lt_backend *be, float *y, const float *x, const void *Wp, int N,
-                                          int in, int out) {
+extern "C" void lt_cuda_gemm_bf16_forward(lt_backend *be, float *y, const float *x, const void *Wp, int N, int in,
+                                          int out) {
     bf16_gemm(be, 0, y, x, Wp, N, in, out, 0);
 }
 
-extern "C" void lt_cuda_gemm_bf16_backward(lt_backend *be, float *dx, const float *dy, const void *Wp, int N,
-                                           int in, int out, int accumulate) {
+extern "C" void lt_cuda_gemm_bf16_backward(lt_backend *be, float *dx, const float *dy, const void *Wp, int N, int in,
+                                           int out, int accumulate) {
     bf16_gemm(be, 1, dx, dy, Wp, N, in, out, accumulate);
 }

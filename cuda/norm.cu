@@ -9,7 +9,7 @@
  * partial sums of fixed row chunks go to the backend workspace, then one thread per column adds
  * them in chunk order. The chunking depends only on (N, C): deterministic.
  */
-#include "cuda_common.cuh"
+#include "cuda/cuda_common.cuh"
 
 /* Threads for a row of C channels: a multiple of 32, at most 256. */
 static inline int row_threads(int C) { return C >= 256 ? 256 : 32 * ((C + 31) / 32); }
@@ -29,8 +29,8 @@ __global__ void rmsnorm_forward_kernel(float *out, float *rstd, const float *inp
 }
 
 /* dinp (N,C) +=, dout, inp (N,C), weight (C), rstd (N); grid N, one block per row */
-__global__ void rmsnorm_backward_dinp_kernel(float *dinp, const float *dout, const float *inp,
-                                             const float *weight, const float *rstd, int C) {
+__global__ void rmsnorm_backward_dinp_kernel(float *dinp, const float *dout, const float *inp, const float *weight,
+                                             const float *rstd, int C) {
     const size_t n = blockIdx.x;
     const float *x = inp + n * C, *g = dout + n * C;
     float *dx = dinp + n * C;
@@ -71,16 +71,15 @@ __global__ void rmsnorm_dweight_final_kernel(float *dweight, const float *part, 
     dweight[c] += s;
 }
 
-extern "C" void lt_cuda_rmsnorm_forward(lt_backend *be, float *out, float *rstd, const float *inp,
-                                        const float *weight, int N, int C, float eps) {
+extern "C" void lt_cuda_rmsnorm_forward(lt_backend *be, float *out, float *rstd, const float *inp, const float *weight,
+                                        int N, int C, float eps) {
     if (N <= 0 || C <= 0) return;
     rmsnorm_forward_kernel<<<N, row_threads(C), 0, lt_cuda(be)->stream>>>(out, rstd, inp, weight, C, eps);
     lt_cuda_check(be, "rmsnorm_forward");
 }
 
 extern "C" void lt_cuda_rmsnorm_backward(lt_backend *be, float *dinp, float *dweight, const float *dout,
-                                         const float *inp, const float *weight, const float *rstd, int N,
-                                         int C) {
+                                         const float *inp, const float *weight, const float *rstd, int N, int C) {
     lt_cuda_impl *im = lt_cuda(be);
     if (N <= 0 || C <= 0) return;
     rmsnorm_backward_dinp_kernel<<<N, row_threads(C), 0, im->stream>>>(dinp, dout, inp, weight, rstd, C);

@@ -5,7 +5,7 @@
  */
 #include <cfloat>
 
-#include "cuda_common.cuh"
+#include "cuda/cuda_common.cuh"
 
 /* param, grad, m, v (n) */
 __global__ void adamw_kernel(float *param, const float *grad, float *m, float *v, size_t n, float step_size,
@@ -23,11 +23,10 @@ __global__ void adamw_kernel(float *param, const float *grad, float *m, float *v
 }
 
 extern "C" void lt_cuda_adamw_step(lt_backend *be, float *param, const float *grad, float *m, float *v, size_t n,
-                                   float step_size, float beta1, float beta2, float eps, float bc2_sqrt,
-                                   float decay) {
+                                   float step_size, float beta1, float beta2, float eps, float bc2_sqrt, float decay) {
     if (!n) return;
     adamw_kernel<<<lt_grid_1d(n, 256), 256, 0, lt_cuda(be)->stream>>>(param, grad, m, v, n, step_size, beta1, beta2,
-                                                                     eps, bc2_sqrt, decay);
+                                                                      eps, bc2_sqrt, decay);
     lt_cuda_check(be, "adamw_step");
 }
 
@@ -41,16 +40,17 @@ __device__ static unsigned char code_nearest(const float *code, float x) {
     int lo = 0, hi = 255;
     while (lo < hi) {
         const int mid = (lo + hi + 1) / 2;
-        if (code[mid] <= x) lo = mid; else hi = mid - 1;
+        if (code[mid] <= x) lo = mid;
+        else hi = mid - 1;
     }
     if (lo < 255 && fabsf(x - code[lo + 1]) < fabsf(x - code[lo])) lo++;
     return (unsigned char)lo;
 }
 
 /* param, grad, c1, c2 (n); absmax1, absmax2 (ceil(n/256)); qmap1, qmap2 (256) */
-__global__ void adamw8bit_kernel(float *param, const float *grad, unsigned char *c1, unsigned char *c2,
-                                 float *absmax1, float *absmax2, size_t n, const float *qmap1, const float *qmap2,
-                                 float beta1, float beta2, float eps_c2, float step_size, float decay) {
+__global__ void adamw8bit_kernel(float *param, const float *grad, unsigned char *c1, unsigned char *c2, float *absmax1,
+                                 float *absmax2, size_t n, const float *qmap1, const float *qmap2, float beta1,
+                                 float beta2, float eps_c2, float step_size, float decay) {
     __shared__ float q1[256], q2[256], red1[LT_OPT8_BLOCK], red2[LT_OPT8_BLOCK];
     const size_t b = blockIdx.x;
     const size_t i = b * LT_OPT8_BLOCK + threadIdx.x;
@@ -112,9 +112,8 @@ __global__ void adamw32bnb_kernel(float *param, const float *grad, float *m, flo
 }
 
 extern "C" void lt_cuda_adamw8bit_step(lt_backend *be, float *param, const float *grad, void *s1, void *s2,
-                                       float *absmax1, float *absmax2, size_t n, const float *qmap1,
-                                       const float *qmap2, float beta1, float beta2, float eps_c2, float step_size,
-                                       float decay) {
+                                       float *absmax1, float *absmax2, size_t n, const float *qmap1, const float *qmap2,
+                                       float beta1, float beta2, float eps_c2, float step_size, float decay) {
     if (!n) return;
     cudaStream_t st = lt_cuda(be)->stream;
     if (!absmax1) {

@@ -5,17 +5,12 @@
  * (__fmul_rn / __fadd_rn: no fused multiply-add) so the values equal bitsandbytes' and the CPU's bit
  * for bit. Compiled in CI; not yet run on a GPU.
  */
-#include "cuda_common.cuh"
+#include "backend/codebook.h"
+#include "cuda/cuda_common.cuh"
 
-__constant__ float nf4_code_dev[16] = {
-    -1.0f, -0.6961928009986877f, -0.5250730514526367f, -0.39491748809814453f, -0.28444138169288635f,
-    -0.18477343022823334f, -0.09105003625154495f, 0.0f, 0.07958029955625534f, 0.16093020141124725f,
-    0.24611230194568634f, 0.33791524171829224f, 0.44070982933044434f, 0.5626170039176941f,
-    0.7229568362236023f, 1.0f};
-__constant__ float fp4_code_dev[16] = {
-    0.0f / 12.0f, 0.0625f / 12.0f, 8.0f / 12.0f, 12.0f / 12.0f, 4.0f / 12.0f, 6.0f / 12.0f,
-    2.0f / 12.0f, 3.0f / 12.0f, 0.0f / 12.0f, -0.0625f / 12.0f, -8.0f / 12.0f, -12.0f / 12.0f,
-    -4.0f / 12.0f, -6.0f / 12.0f, -2.0f / 12.0f, -3.0f / 12.0f};
+/* the code books of backend/codebook.h, in constant memory */
+__constant__ float nf4_code_dev[16] = LT_NF4_CODE_INIT;
+__constant__ float fp4_code_dev[16] = LT_FP4_CODE_INIT;
 
 /* out (n) = elements i0 .. i0+n-1 of the quantized tensor */
 __global__ void dequantize_kernel(float *out, lt_qdesc q, int64_t i0, int64_t n) {

@@ -7,12 +7,12 @@
  * The angle is (float)pos * inv_freq[j] in float as in the reference; sincosf (full range reduction,
  * no fast math) for its cosine and sine.
  */
-#include "cuda_common.cuh"
+#include "cuda/cuda_common.cuh"
 
 /* x (N, n_heads, head_dim) in place, pos (N), inv_freq (half); dir +1 forward, -1 backward.
  * One thread per (n, j), j < half, looping over the heads (cos/sin computed once per pair). */
-__global__ void rope_kernel(float *x, const int32_t *pos, const float *inv_freq, int N, int n_heads,
-                            int head_dim, int half, float dir) {
+__global__ void rope_kernel(float *x, const int32_t *pos, const float *inv_freq, int N, int n_heads, int head_dim,
+                            int half, float dir) {
     const size_t idx = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
     if (idx >= (size_t)N * half) return;
     const size_t n = idx / half;
@@ -30,8 +30,8 @@ __global__ void rope_kernel(float *x, const int32_t *pos, const float *inv_freq,
     }
 }
 
-static void rope(lt_backend *be, float *x, const int32_t *pos, const float *inv_freq, int N, int n_heads,
-                 int head_dim, int rot_dim, float dir, const char *what) {
+static void rope(lt_backend *be, float *x, const int32_t *pos, const float *inv_freq, int N, int n_heads, int head_dim,
+                 int rot_dim, float dir, const char *what) {
     const int half = rot_dim / 2;
     if (N <= 0 || n_heads <= 0 || half <= 0) return;
     if (rot_dim > head_dim) {
@@ -40,7 +40,7 @@ static void rope(lt_backend *be, float *x, const int32_t *pos, const float *inv_
     }
     const size_t total = (size_t)N * half;
     rope_kernel<<<(unsigned)((total + 255) / 256), 256, 0, lt_cuda(be)->stream>>>(x, pos, inv_freq, N, n_heads,
-                                                                                   head_dim, half, dir);
+                                                                                  head_dim, half, dir);
     lt_cuda_check(be, what);
 }
 
@@ -49,7 +49,7 @@ extern "C" void lt_cuda_rope_forward(lt_backend *be, float *x, const int32_t *po
     rope(be, x, pos, inv_freq, N, n_heads, head_dim, rot_dim, 1.0f, "rope_forward");
 }
 
-extern "C" void lt_cuda_rope_backward(lt_backend *be, float *dx, const int32_t *pos, const float *inv_freq,
-                                      int N, int n_heads, int head_dim, int rot_dim) {
+extern "C" void lt_cuda_rope_backward(lt_backend *be, float *dx, const int32_t *pos, const float *inv_freq, int N,
+                                      int n_heads, int head_dim, int rot_dim) {
     rope(be, dx, pos, inv_freq, N, n_heads, head_dim, rot_dim, -1.0f, "rope_backward");
 }

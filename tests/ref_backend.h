@@ -17,8 +17,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "backend.h"
-#include "ref_ops.h"
+#include "backend/backend.h"
+#include "cpu/ref_ops.h"
 
 typedef struct rb_impl {
     _Atomic int first_error; /* lt_status since the last sync */

@@ -40,13 +40,14 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "backend.h"
-#include "config.h"
-#include "cpu_kernels.h"
-#include "quant.h"
+#include "backend/backend.h"
+#include "cpu/cpu_backend.h"
+#include "cpu/cpu_kernels.h"
+#include "cpu/ref_ops.h"
+#include "formats/config.h"
+#include "formats/quant.h"
+#include "formats/safetensors.h"
 #include "ref_backend.h"
-#include "ref_ops.h"
-#include "safetensors.h"
 #include "test_util.h"
 
 #define N_THREADS 3

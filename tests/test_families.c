@@ -16,7 +16,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "model.h"
+#include "decoder/decoder.h"
 #include "test_util.h"
 
 typedef struct family_case {

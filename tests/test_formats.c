@@ -17,9 +17,9 @@
 
 #include <jansson.h>
 
-#include "config.h"
-#include "internal.h"
-#include "safetensors.h"
+#include "core/core.h"
+#include "formats/config.h"
+#include "formats/safetensors.h"
 
 static char g_tmp[256];
 
@@ -71,17 +71,17 @@ static void expect_open_fails(const char *path, lt_status want, const char *need
     }
 }
 
-#define EXPECT_OK(call, errv)                                                                 \
-    do {                                                                                      \
-        lt_status s_ = (call);                                                                \
-        ck_assert_msg(s_ == LT_OK, "%s failed with %d: %s", #call, (int)s_, (errv).msg);     \
+#define EXPECT_OK(call, errv)                                                            \
+    do {                                                                                 \
+        lt_status s_ = (call);                                                           \
+        ck_assert_msg(s_ == LT_OK, "%s failed with %d: %s", #call, (int)s_, (errv).msg); \
     } while (0)
 
 /* ================================================================================================ */
 /* util                                                                                             */
 
 START_TEST(test_dtypes) {
-    static const char *names[] = {"BOOL", "U8",  "I8",  "I16", "U16", "F16", "BF16",    "I32",
+    static const char *names[] = {"BOOL", "U8",  "I8",  "I16", "U16", "F16",     "BF16",   "I32",
                                   "U32",  "F32", "F64", "I64", "U64", "F8_E5M2", "F8_E4M3"};
     static const size_t sizes[] = {1, 1, 1, 2, 2, 2, 2, 4, 4, 4, 8, 8, 8, 1, 1};
     ck_assert_int_eq(LT_DT_COUNT, 15);
@@ -114,8 +114,8 @@ START_TEST(test_f16) {
     ck_assert(lt_f16_to_f32(0x3c00) == 1.0f);
     ck_assert(lt_f16_to_f32(0xc000) == -2.0f);
     ck_assert(lt_f16_to_f32(0x7bff) == 65504.0f);
-    ck_assert(lt_f16_to_f32(0x0400) == ldexpf(1.0f, -14));  /* smallest normal */
-    ck_assert(lt_f16_to_f32(0x0001) == ldexpf(1.0f, -24));  /* smallest subnormal */
+    ck_assert(lt_f16_to_f32(0x0400) == ldexpf(1.0f, -14)); /* smallest normal */
+    ck_assert(lt_f16_to_f32(0x0001) == ldexpf(1.0f, -24)); /* smallest subnormal */
     ck_assert(lt_f16_to_f32(0x03ff) == 1023.0f * ldexpf(1.0f, -24));
     ck_assert(lt_f16_to_f32(0x8001) == -ldexpf(1.0f, -24));
     ck_assert(lt_f16_to_f32(0x0200) == ldexpf(1.0f, -15));
@@ -544,14 +544,12 @@ START_TEST(test_bad_trailing_bytes) {
 END_TEST
 
 START_TEST(test_bad_overlap) {
-    write_st(tp("overlap.st"),
-             "{" F32_A_0_16 ",\"b\":{\"dtype\":\"F32\",\"shape\":[4],\"data_offsets\":[8,24]}}", 24);
+    write_st(tp("overlap.st"), "{" F32_A_0_16 ",\"b\":{\"dtype\":\"F32\",\"shape\":[4],\"data_offsets\":[8,24]}}", 24);
     expect_open_fails(tp("overlap.st"), LT_ERR_FORMAT, "overlap");
     expect_open_fails(tp("overlap.st"), LT_ERR_FORMAT, "'b'");
     expect_open_fails(tp("overlap.st"), LT_ERR_FORMAT, "'a'");
     /* same offsets twice */
-    write_st(tp("overlap2.st"),
-             "{" F32_A_0_16 ",\"b\":{\"dtype\":\"F32\",\"shape\":[4],\"data_offsets\":[0,16]}}", 16);
+    write_st(tp("overlap2.st"), "{" F32_A_0_16 ",\"b\":{\"dtype\":\"F32\",\"shape\":[4],\"data_offsets\":[0,16]}}", 16);
     expect_open_fails(tp("overlap2.st"), LT_ERR_FORMAT, "overlap");
 }
 END_TEST
@@ -637,8 +635,7 @@ START_TEST(test_bad_shape_overflow) {
     expect_open_fails(tp("overflow2.st"), LT_ERR_SHAPE, "'a'");
     write_st(tp("negdim.st"), "{\"a\":{\"dtype\":\"F32\",\"shape\":[-1],\"data_offsets\":[0,0]}}", 0);
     expect_open_fails(tp("negdim.st"), LT_ERR_SHAPE, "'a'");
-    write_st(tp("ninedims.st"),
-             "{\"a\":{\"dtype\":\"U8\",\"shape\":[1,1,1,1,1,1,1,1,1],\"data_offsets\":[0,1]}}", 1);
+    write_st(tp("ninedims.st"), "{\"a\":{\"dtype\":\"U8\",\"shape\":[1,1,1,1,1,1,1,1,1],\"data_offsets\":[0,1]}}", 1);
     expect_open_fails(tp("ninedims.st"), LT_ERR_SHAPE, "'a'");
 }
 END_TEST
@@ -877,10 +874,10 @@ static void expect_cfg_fails(const char *name, const char *text, lt_status want,
     if (needle) ck_assert_msg(strstr(err.msg, needle) != NULL, "message lacks '%s': %s", needle, err.msg);
 }
 
-#define LLAMA31_BASE                                                                                       \
+#define LLAMA31_BASE                                                                                        \
     "\"architectures\":[\"LlamaForCausalLM\"],\"model_type\":\"llama\",\"vocab_size\":128256,"              \
     "\"hidden_size\":4096,\"intermediate_size\":14336,\"num_hidden_layers\":32,\"num_attention_heads\":32," \
-    "\"num_key_value_heads\":8,\"max_position_embeddings\":131072,\"rms_norm_eps\":1e-05,"                 \
+    "\"num_key_value_heads\":8,\"max_position_embeddings\":131072,\"rms_norm_eps\":1e-05,"                  \
     "\"bos_token_id\":128000,\"eos_token_id\":[128001,128008,128009],\"torch_dtype\":\"bfloat16\","         \
     "\"tie_word_embeddings\":false,\"hidden_act\":\"silu\",\"attention_bias\":false,\"mlp_bias\":false"
 
@@ -1056,8 +1053,7 @@ START_TEST(test_config_errors) {
     expect_cfg_fails("e_noarch.json", "{\"hidden_size\":4096}", LT_ERR_MISSING, "architectures");
     expect_cfg_fails("e_emptyarch.json", "{\"architectures\":[]}", LT_ERR_MISSING, "architectures");
     expect_cfg_fails("e_archtype.json", "{\"architectures\":\"LlamaForCausalLM\"}", LT_ERR_JSON, "architectures");
-    expect_cfg_fails("e_arch.json", "{\"architectures\":[\"FalconForCausalLM\"]}", LT_ERR_ARCH,
-                     "FalconForCausalLM");
+    expect_cfg_fails("e_arch.json", "{\"architectures\":[\"FalconForCausalLM\"]}", LT_ERR_ARCH, "FalconForCausalLM");
     expect_cfg_fails("e_arch2.json", "{\"architectures\":[\"GPT2LMHeadModel\"]}", LT_ERR_ARCH, "LlamaForCausalLM");
     expect_cfg_fails("e_type.json", "{\"architectures\":[\"LlamaForCausalLM\"],\"hidden_size\":\"4096\"}", LT_ERR_JSON,
                      "hidden_size");
@@ -1074,26 +1070,30 @@ START_TEST(test_config_errors) {
     expect_cfg_fails("e_kv.json",
                      "{\"architectures\":[\"LlamaForCausalLM\"],\"num_attention_heads\":32,\"num_key_value_heads\":5}",
                      LT_ERR_FORMAT, "num_key_value_heads");
-    expect_cfg_fails("e_hd.json", "{\"architectures\":[\"LlamaForCausalLM\"],\"hidden_size\":100,\"num_attention_heads\":3}",
+    expect_cfg_fails("e_hd.json",
+                     "{\"architectures\":[\"LlamaForCausalLM\"],\"hidden_size\":100,\"num_attention_heads\":3}",
                      LT_ERR_FORMAT, "hidden_size");
     expect_cfg_fails("e_neg.json", "{\"architectures\":[\"LlamaForCausalLM\"],\"vocab_size\":0}", LT_ERR_FORMAT,
                      "vocab_size");
     expect_cfg_fails("e_neg2.json", "{\"architectures\":[\"LlamaForCausalLM\"],\"intermediate_size\":-5}",
                      LT_ERR_FORMAT, "intermediate_size");
-    expect_cfg_fails("e_yarn.json",
-                     "{\"architectures\":[\"LlamaForCausalLM\"],\"rope_scaling\":{\"rope_type\":\"yarn\",\"factor\":4}}",
-                     LT_ERR_UNSUPPORTED, "yarn");
+    expect_cfg_fails(
+        "e_yarn.json",
+        "{\"architectures\":[\"LlamaForCausalLM\"],\"rope_scaling\":{\"rope_type\":\"yarn\",\"factor\":4}}",
+        LT_ERR_UNSUPPORTED, "yarn");
     expect_cfg_fails("e_dyn.json",
                      "{\"architectures\":[\"LlamaForCausalLM\"],\"rope_scaling\":{\"type\":\"dynamic\",\"factor\":4}}",
                      LT_ERR_UNSUPPORTED, "dynamic");
-    expect_cfg_fails("e_l3.json",
-                     "{\"architectures\":[\"LlamaForCausalLM\"],\"rope_scaling\":{\"rope_type\":\"llama3\",\"factor\":8,"
-                     "\"high_freq_factor\":4,\"original_max_position_embeddings\":8192}}",
-                     LT_ERR_MISSING, "low_freq_factor");
-    expect_cfg_fails("e_l3b.json",
-                     "{\"architectures\":[\"LlamaForCausalLM\"],\"rope_scaling\":{\"rope_type\":\"llama3\",\"factor\":8,"
-                     "\"low_freq_factor\":4,\"high_freq_factor\":4,\"original_max_position_embeddings\":8192}}",
-                     LT_ERR_FORMAT, "high_freq_factor");
+    expect_cfg_fails(
+        "e_l3.json",
+        "{\"architectures\":[\"LlamaForCausalLM\"],\"rope_scaling\":{\"rope_type\":\"llama3\",\"factor\":8,"
+        "\"high_freq_factor\":4,\"original_max_position_embeddings\":8192}}",
+        LT_ERR_MISSING, "low_freq_factor");
+    expect_cfg_fails(
+        "e_l3b.json",
+        "{\"architectures\":[\"LlamaForCausalLM\"],\"rope_scaling\":{\"rope_type\":\"llama3\",\"factor\":8,"
+        "\"low_freq_factor\":4,\"high_freq_factor\":4,\"original_max_position_embeddings\":8192}}",
+        LT_ERR_FORMAT, "high_freq_factor");
     expect_cfg_fails("e_lin.json",
                      "{\"architectures\":[\"LlamaForCausalLM\"],\"rope_scaling\":{\"rope_type\":\"linear\"}}",
                      LT_ERR_MISSING, "factor");

@@ -15,9 +15,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "model.h"
-#include "optimizer.h"
+#include "cpu/ref_ops.h"
+#include "decoder/decoder.h"
 #include "test_util.h"
+#include "train/optimizer.h"
 
 static lt_adapter *full_adapter(lt_model *m) {
     lt_adapter_params ap;

@@ -21,12 +21,14 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "backend.h"
-#include "cpu_kernels.h"
-#include "gemm_bf16.h"
+#include "backend/backend.h"
+#include "core/context.h"
+#include "cpu/cpu_backend.h"
+#include "cpu/cpu_kernels.h"
+#include "cpu/gemm_bf16.h"
+#include "cpu/ref_ops.h"
 #include "loratune.h"
 #include "loratune_experimental.h"
-#include "ref_ops.h"
 #include "test_util.h"
 
 /* ---- helpers -------------------------------------------------------------------------------------- */

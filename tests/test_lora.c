@@ -17,9 +17,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "model.h"
-#include "optimizer.h"
+#include "decoder/decoder.h"
 #include "test_util.h"
+#include "train/optimizer.h"
 
 /* Gradient of grad_scale * summed loss with respect to the adapter; returns the summed loss. */
 static double loss_and_grads(lt_model *m, lt_adapter *a, const lt_batch *b, int ckpt, const lt_dropout_state *drop,

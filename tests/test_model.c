@@ -16,12 +16,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "formats/safetensors.h"
 #include "loratune.h"
-#include "safetensors.h"
 #include "test_util.h"
 
-static const char *const models[] = {"llama-basic", "llama-gqa", "llama-tied", "llama-headdim",
-                                     "llama-bf16", "llama-sharded", "llama3-rope"};
+static const char *const models[] = {"llama-basic", "llama-gqa",     "llama-tied", "llama-headdim",
+                                     "llama-bf16",  "llama-sharded", "llama3-rope"};
 #define N_MODELS ((int)(sizeof models / sizeof *models))
 
 static void check_model(const char *name) {
@@ -64,7 +64,8 @@ static void check_model(const char *name) {
         st = lt_model_logits(m, NULL, &b, out, n);
         ck_assert_msg(st == LT_OK, "%s: %s", name, lt_model_last_error(m));
         double rel = tu_max_rel_err(out, ref->data, n);
-        ck_assert_msg(rel <= 1e-4, "%s %slogits: max error %.3g relative to max |ref| (tolerance 1e-4)", name, pre, rel);
+        ck_assert_msg(rel <= 1e-4, "%s %slogits: max error %.3g relative to max |ref| (tolerance 1e-4)", name, pre,
+                      rel);
         free(out);
         b.labels = lab->data;
         double sum;
@@ -73,7 +74,8 @@ static void check_model(const char *name) {
         ck_assert_msg(st == LT_OK, "%s: %s", name, lt_model_last_error(m));
         ck_assert_int_eq(tokens, *(const int32_t *)ntok->data);
         double want = *(const float *)loss->data, got = sum / (double)tokens;
-        ck_assert_msg(fabs(got - want) <= 1e-4 * fabs(want), "%s %sloss %.8f vs transformers %.8f", name, pre, got, want);
+        ck_assert_msg(fabs(got - want) <= 1e-4 * fabs(want), "%s %sloss %.8f vs transformers %.8f", name, pre, got,
+                      want);
     }
     lt_st_close(g);
     lt_model_free(m);
@@ -266,7 +268,8 @@ START_TEST(test_cli_eval_matches_golden) {
     json_t *want = json_load_file(gpath, 0, NULL);
     ck_assert_ptr_nonnull(want);
     double gl = json_number_value(json_object_get(got, "loss")), wl = json_number_value(json_object_get(want, "loss"));
-    ck_assert_int_eq(json_integer_value(json_object_get(got, "tokens")), json_integer_value(json_object_get(want, "tokens")));
+    ck_assert_int_eq(json_integer_value(json_object_get(got, "tokens")),
+                     json_integer_value(json_object_get(want, "tokens")));
     ck_assert_msg(fabs(gl - wl) <= 1e-4 * fabs(wl), "%s: eval loss %.8f vs %.8f", models[_i], gl, wl);
     json_decref(got);
     json_decref(want);

@@ -1,5 +1,5 @@
 /*
- * test_objectives.c - preference and RL objectives (src/objectives.c).
+ * test_objectives.c - preference and RL objectives (src/train/objectives.c).
  *
  *  - arithmetic: GRPO advantages / clipped loss / KL / aggregation, DPO/IPO/ORPO and KTO losses and
  *    their gradients against float64 PyTorch goldens (tests/python/make_objective_goldens.py writes
@@ -15,12 +15,13 @@
  */
 #include <jansson.h>
 
-#include "model.h"
-#include "objectives.h"
+#include "cpu/ref_ops.h"
+#include "decoder/decoder.h"
 #include "test_util.h"
+#include "train/objectives.h"
 
 #define GRPO_TOY_NO_MAIN
-#include "../examples/c/grpo_toy.c"
+#include "examples/c/grpo_toy.c"
 
 static json_t *goldens(void) {
     char path[1024];

@@ -17,14 +17,14 @@
 #include <stdint.h>
 #include <unistd.h>
 
-#include "cpu_kernels.h"
-#include "cpu_opt8.h"
-#include "model.h"
-#include "optimizer.h"
-#include "quant.h"
-#include "ref_ops.h"
-#include "safetensors.h"
+#include "cpu/cpu_kernels.h"
+#include "cpu/cpu_opt8.h"
+#include "cpu/ref_ops.h"
+#include "decoder/decoder.h"
+#include "formats/quant.h"
+#include "formats/safetensors.h"
 #include "test_util.h"
+#include "train/optimizer.h"
 
 #define GOLDEN_DIR LT_TEST_DATA_DIR "/optim8"
 

@@ -5,9 +5,9 @@
  * (--init, resume from a checkpoint bit for bit) and the refusals. PEFT itself is the oracle of
  * tests/python/crosscheck_pissa.py.
  */
+#include "decoder/decoder.h"
+#include "formats/quant.h"
 #include "loratune_experimental.h"
-#include "model.h"
-#include "quant.h"
 #include "test_util.h"
 
 static lt_adapter *make(lt_model *m, lt_lora_init init, int rank, float alpha, float dropout, int rslora) {

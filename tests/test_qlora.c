@@ -5,11 +5,13 @@
  */
 #include <float.h>
 
+#include "core/context.h"
+#include "cpu/cpu_backend.h"
+#include "cpu/ref_ops.h"
+#include "decoder/decoder.h"
+#include "formats/quant.h"
+#include "formats/safetensors.h"
 #include "loratune_experimental.h"
-#include "model.h"
-#include "quant.h"
-#include "ref_ops.h"
-#include "safetensors.h"
 #include "test_util.h"
 
 #define MODELS LT_TEST_DATA_DIR "/models"

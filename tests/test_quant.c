@@ -5,8 +5,8 @@
 #include <float.h>
 #include <stdint.h>
 
-#include "quant.h"
-#include "safetensors.h"
+#include "formats/quant.h"
+#include "formats/safetensors.h"
 #include "test_util.h"
 
 #define GOLDEN_DIR LT_TEST_DATA_DIR "/quant"

@@ -49,7 +49,8 @@ START_TEST(test_goldens) {
         const char *txt = json_string_value(json_object_get(c, "text"));
         if (txt) {
             size_t tl = json_string_length(json_object_get(c, "text"));
-            lt_status st = lt_tokenizer_encode(t, txt, tl, json_is_true(json_object_get(c, "add_special")), ids, 1 << 18, &n);
+            lt_status st =
+                lt_tokenizer_encode(t, txt, tl, json_is_true(json_object_get(c, "add_special")), ids, 1 << 18, &n);
             ck_assert_msg(st == LT_OK, "%s: %s", name, lt_tokenizer_last_error(t));
             if (n != nw || memcmp(ids, w, n * sizeof *w)) {
                 if (bad++ < 5) {
@@ -67,7 +68,8 @@ START_TEST(test_goldens) {
             ck_assert_msg(st == LT_OK, "%s: %s", name, lt_tokenizer_last_error(t));
             if (len != dl || memcmp(text, dw, dl)) {
                 if (bad++ < 5) {
-                    fprintf(stderr, "%s case %zu: decode (skip %d) mismatch\n  want \"%s\"\n  got  \"%s\"\n", name, i, skip, dw, text);
+                    fprintf(stderr, "%s case %zu: decode (skip %d) mismatch\n  want \"%s\"\n  got  \"%s\"\n", name, i,
+                            skip, dw, text);
                     print_ids("  ids", w, nw);
                 }
             }
@@ -119,18 +121,28 @@ START_TEST(test_malformed) {
     char dir[256], path[512];
     tu_tempdir(dir, sizeof dir);
     snprintf(path, sizeof path, "%s/tokenizer.json", dir);
-    static const struct { const char *json; lt_status st; const char *msg; } cases[] = {
+    static const struct {
+        const char *json;
+        lt_status st;
+        const char *msg;
+    } cases[] = {
         {"{\"model\": ", LT_ERR_JSON, "line"},
         {"[1,2]", LT_ERR_FORMAT, "not a JSON object"},
         {"{}", LT_ERR_FORMAT, "\"model\""},
         {"{\"model\": {\"type\": \"Unigram\", \"vocab\": []}}", LT_ERR_UNSUPPORTED, "Unigram"},
-        {"{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 1}, \"merges\": [\"a c\"]}}", LT_ERR_FORMAT, "merges[0]"},
-        {"{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": \"x\"}, \"merges\": []}}", LT_ERR_FORMAT, "\"b\""},
-        {"{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": []}, \"pre_tokenizer\": {\"type\": \"Split\", "
-         "\"pattern\": {\"Regex\": \"(\"}, \"behavior\": \"Isolated\"}}", LT_ERR_FORMAT, "does not compile"},
-        {"{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": []}, \"normalizer\": {\"type\": \"BertNormalizer\"}}",
+        {"{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 1}, \"merges\": [\"a c\"]}}", LT_ERR_FORMAT,
+         "merges[0]"},
+        {"{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": \"x\"}, \"merges\": []}}", LT_ERR_FORMAT,
+         "\"b\""},
+        {"{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": []}, \"pre_tokenizer\": {\"type\": "
+         "\"Split\", "
+         "\"pattern\": {\"Regex\": \"(\"}, \"behavior\": \"Isolated\"}}",
+         LT_ERR_FORMAT, "does not compile"},
+        {"{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": []}, \"normalizer\": {\"type\": "
+         "\"BertNormalizer\"}}",
          LT_ERR_UNSUPPORTED, "BertNormalizer"},
-        {"{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": []}, \"added_tokens\": [{\"id\": -1, \"content\": \"x\"}]}",
+        {"{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": []}, \"added_tokens\": [{\"id\": -1, "
+         "\"content\": \"x\"}]}",
          LT_ERR_FORMAT, "added_tokens[0]"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
@@ -139,7 +151,8 @@ START_TEST(test_malformed) {
         lt_status st = lt_tokenizer_load(dir, &t);
         ck_assert_msg(st == cases[i].st, "case %zu: status %d (%s)", i, st, lt_last_error());
         ck_assert_ptr_null(t);
-        ck_assert_msg(strstr(lt_last_error(), cases[i].msg), "case %zu: \"%s\" lacks \"%s\"", i, lt_last_error(), cases[i].msg);
+        ck_assert_msg(strstr(lt_last_error(), cases[i].msg), "case %zu: \"%s\" lacks \"%s\"", i, lt_last_error(),
+                      cases[i].msg);
     }
     lt_tokenizer *t = NULL;
     snprintf(path, sizeof path, "%s/missing", dir);
@@ -184,7 +197,8 @@ START_TEST(test_chat_goldens) {
         }
         n_cases++;
         if (json_object_get(c, "error")) {
-            if (st != LT_ERR_DATA || !strstr(lt_tokenizer_last_error(t), json_string_value(json_object_get(c, "error")))) {
+            if (st != LT_ERR_DATA ||
+                !strstr(lt_tokenizer_last_error(t), json_string_value(json_object_get(c, "error")))) {
                 bad++;
                 fprintf(stderr, "%s conv %d agp %d: expected the error \"%s\", got status %d: %s\n", name,
                         (int)json_integer_value(json_object_get(c, "conversation")), agp,
@@ -193,8 +207,8 @@ START_TEST(test_chat_goldens) {
         } else if (st != LT_OK || len != json_string_length(want) || memcmp(text, json_string_value(want), len)) {
             bad++;
             fprintf(stderr, "%s conv %d agp %d: render mismatch (status %d %s)\n--- want\n%s\n--- got\n%s\n---\n", name,
-                    (int)json_integer_value(json_object_get(c, "conversation")), agp, st, st ? lt_tokenizer_last_error(t) : "",
-                    json_string_value(want), st ? "" : text);
+                    (int)json_integer_value(json_object_get(c, "conversation")), agp, st,
+                    st ? lt_tokenizer_last_error(t) : "", json_string_value(want), st ? "" : text);
         } else if (json_object_get(c, "assistant_masks")) {
             json_t *wi = json_object_get(c, "ids"), *wm = json_object_get(c, "assistant_masks");
             size_t n = json_array_size(wi), got = 0;
@@ -202,11 +216,13 @@ START_TEST(test_chat_goldens) {
             st = lt_tokenizer_encode_chat(t, msgs, agp, ids, mask, n, &got);
             int ok = st == LT_OK && got == n;
             for (size_t k = 0; ok && k < n; k++)
-                ok = ids[k] == json_integer_value(json_array_get(wi, k)) && mask[k] == json_integer_value(json_array_get(wm, k));
+                ok = ids[k] == json_integer_value(json_array_get(wi, k)) &&
+                     mask[k] == json_integer_value(json_array_get(wm, k));
             if (!ok) {
                 bad++;
                 fprintf(stderr, "%s conv %d agp %d: encode_chat ids/mask mismatch (status %d %s)\n", name,
-                        (int)json_integer_value(json_object_get(c, "conversation")), agp, st, st ? lt_tokenizer_last_error(t) : "");
+                        (int)json_integer_value(json_object_get(c, "conversation")), agp, st,
+                        st ? lt_tokenizer_last_error(t) : "");
                 for (size_t k = 0; st == LT_OK && k < n && k < got; k++)
                     fprintf(stderr, " %d/%d:%d/%d", ids[k], (int)json_integer_value(json_array_get(wi, k)), mask[k],
                             (int)json_integer_value(json_array_get(wm, k)));
@@ -244,10 +260,12 @@ START_TEST(test_row_goldens) {
         lt_status st = lt_tokenizer_encode_row(t, row, NULL, ids, labels, 4096, &got);
         int ok = st == LT_OK && got == n;
         for (size_t k = 0; ok && k < n; k++)
-            ok = ids[k] == json_integer_value(json_array_get(wi, k)) && labels[k] == json_integer_value(json_array_get(wl, k));
+            ok = ids[k] == json_integer_value(json_array_get(wi, k)) &&
+                 labels[k] == json_integer_value(json_array_get(wl, k));
         if (!ok) {
             bad++;
-            fprintf(stderr, "row %s: mismatch (status %d %s, %zu vs %zu tokens)\n", row, st, st ? lt_tokenizer_last_error(t) : "", got, n);
+            fprintf(stderr, "row %s: mismatch (status %d %s, %zu vs %zu tokens)\n", row, st,
+                    st ? lt_tokenizer_last_error(t) : "", got, n);
             for (size_t k = 0; st == LT_OK && k < got && k < n; k++)
                 fprintf(stderr, " %d/%d:%d/%d", ids[k], (int)json_integer_value(json_array_get(wi, k)), labels[k],
                         (int)json_integer_value(json_array_get(wl, k)));
@@ -269,8 +287,10 @@ START_TEST(test_row_goldens) {
     ck_assert_int_eq(lt_tokenizer_encode_row(t, "{\"foo\": 1}", NULL, NULL, NULL, 0, &got), LT_ERR_DATA);
     ck_assert_msg(strstr(lt_tokenizer_last_error(t), "none of the dataset shapes"), "%s", lt_tokenizer_last_error(t));
     ck_assert_int_eq(lt_tokenizer_encode_row(t, "{\"text\": ", NULL, NULL, NULL, 0, &got), LT_ERR_JSON);
-    ck_assert_int_eq(lt_tokenizer_encode_row(t, "{\"prompt\": \"a\", \"completion\": [1]}", NULL, NULL, NULL, 0, &got), LT_ERR_DATA);
-    ck_assert_int_eq(lt_tokenizer_encode_row(t, "{\"messages\": [{\"content\": \"x\"}]}", NULL, NULL, NULL, 0, &got), LT_ERR_DATA);
+    ck_assert_int_eq(lt_tokenizer_encode_row(t, "{\"prompt\": \"a\", \"completion\": [1]}", NULL, NULL, NULL, 0, &got),
+                     LT_ERR_DATA);
+    ck_assert_int_eq(lt_tokenizer_encode_row(t, "{\"messages\": [{\"content\": \"x\"}]}", NULL, NULL, NULL, 0, &got),
+                     LT_ERR_DATA);
     ck_assert_int_eq(lt_tokenizer_encode_row(t, "{\"text\": \"\\udc00\"}", NULL, NULL, NULL, 0, &got), LT_ERR_JSON);
     lt_tokenizer_free(t);
     json_decref(g);
@@ -286,7 +306,11 @@ START_TEST(test_chat_unsupported) {
     char src[1024];
     snprintf(src, sizeof src, "%s/tokenizers/bl-llama3/tokenizer.json", LT_TEST_DATA_DIR);
     tu_copy_file(src, path);
-    static const struct { const char *tmpl; lt_status st; const char *msg; } cases[] = {
+    static const struct {
+        const char *tmpl;
+        lt_status st;
+        const char *msg;
+    } cases[] = {
         {"{% filter upper %}x{% endfilter %}", LT_ERR_UNSUPPORTED, "filter"},
         {"{% macro f(x) %}{{ x }}{% endmacro %}{{ f(1, 2) }}", LT_ERR_DATA, "unexpected argument"},
         {"{{ messages | wordcount }}", LT_ERR_UNSUPPORTED, "wordcount"},
@@ -306,8 +330,8 @@ START_TEST(test_chat_unsupported) {
         const char *text;
         size_t len;
         lt_status st = lt_tokenizer_render_chat(t, "[{\"role\": \"user\", \"content\": \"hi\"}]", 0, &text, &len);
-        ck_assert_msg(st == cases[i].st && strstr(lt_tokenizer_last_error(t), cases[i].msg), "case %zu: status %d, \"%s\"", i, st,
-                      lt_tokenizer_last_error(t));
+        ck_assert_msg(st == cases[i].st && strstr(lt_tokenizer_last_error(t), cases[i].msg),
+                      "case %zu: status %d, \"%s\"", i, st, lt_tokenizer_last_error(t));
         lt_tokenizer_free(t);
     }
     /* no chat template at all */
@@ -348,8 +372,10 @@ START_TEST(test_cli) {
     ck_assert_msg(strstr(out, "\n[3000]\n"), "%s", out); /* the empty line: BOS only */
     free(out);
     /* round trip through detokenize */
-    snprintf(cmd, sizeof cmd, "%s tokenize --tokenizer %s/bl-llama3 --text-file %s | %s detokenize --tokenizer %s/bl-llama3 --ids-file -",
-             LT_CLI, T, path, LT_CLI, T);
+    snprintf(
+        cmd, sizeof cmd,
+        "%s tokenize --tokenizer %s/bl-llama3 --text-file %s | %s detokenize --tokenizer %s/bl-llama3 --ids-file -",
+        LT_CLI, T, path, LT_CLI, T);
     out = tu_run(cmd, &status);
     ck_assert_int_eq(status, 0);
     ck_assert_str_eq(out, "\"Hello world\"\n\"<|eot_id|> x \xE6\x97\xA5\"\n\"\"\n\"last\"\n");
@@ -365,10 +391,12 @@ START_TEST(test_cli) {
     /* render */
     snprintf(path, sizeof path, "%s/m.json", dir);
     tu_write_text(path, "[{\"role\": \"user\", \"content\": \"hi\"}]");
-    snprintf(cmd, sizeof cmd, "%s render --tokenizer %s/chat/llama3 --messages %s --add-generation-prompt", LT_CLI, T, path);
+    snprintf(cmd, sizeof cmd, "%s render --tokenizer %s/chat/llama3 --messages %s --add-generation-prompt", LT_CLI, T,
+             path);
     out = tu_run(cmd, &status);
     ck_assert_int_eq(status, 0);
-    ck_assert_str_eq(out, "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nhi<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n");
+    ck_assert_str_eq(out, "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nhi<|eot_id|><|start_header_id|>"
+                          "assistant<|end_header_id|>\n\n");
     free(out);
     snprintf(cmd, sizeof cmd, "%s render --tokenizer %s/chat/gemma --messages %s", LT_CLI, T, path);
     tu_write_text(path, "[{\"role\": \"system\", \"content\": \"x\"}]");
@@ -379,25 +407,29 @@ START_TEST(test_cli) {
     /* train and eval on every text shape, tokenizer given with --tokenizer */
     char data[512];
     snprintf(data, sizeof data, "%s/d.jsonl", dir);
-    tu_write_text(data,
-        "{\"text\": \"The quick brown fox jumps over the lazy dog.\"}\n"
-        "{\"prompt\": \"What is 2+2?\", \"completion\": \" 4.\"}\n"
-        "{\"messages\": [{\"role\": \"user\", \"content\": \"Say hi\"}, {\"role\": \"assistant\", \"content\": \"Hello!\"}]}\n"
-        "{\"prompt\": \"Translate: cat ->\", \"chosen\": \" chat\", \"rejected\": \" dog\"}\n"
-        "{\"prompt\": \"How can I help?\", \"completion\": \" no\", \"label\": false}\n"
-        "{\"prompt\": [{\"role\": \"user\", \"content\": \"What is 2+2?\"}], \"completion\": [{\"role\": \"assistant\", \"content\": \"4\"}]}\n");
-    snprintf(cmd, sizeof cmd, "%s train --model %s/models/llama-basic --tokenizer %s/tiny --data %s --eval-data %s --out %s/o --steps 3 "
-             "--batch 2 --threads 1 --pack --seq 64 --json", LT_CLI, LT_TEST_DATA_DIR, T, data, data, dir);
+    tu_write_text(data, "{\"text\": \"The quick brown fox jumps over the lazy dog.\"}\n"
+                        "{\"prompt\": \"What is 2+2?\", \"completion\": \" 4.\"}\n"
+                        "{\"messages\": [{\"role\": \"user\", \"content\": \"Say hi\"}, {\"role\": \"assistant\", "
+                        "\"content\": \"Hello!\"}]}\n"
+                        "{\"prompt\": \"Translate: cat ->\", \"chosen\": \" chat\", \"rejected\": \" dog\"}\n"
+                        "{\"prompt\": \"How can I help?\", \"completion\": \" no\", \"label\": false}\n"
+                        "{\"prompt\": [{\"role\": \"user\", \"content\": \"What is 2+2?\"}], \"completion\": "
+                        "[{\"role\": \"assistant\", \"content\": \"4\"}]}\n");
+    snprintf(cmd, sizeof cmd,
+             "%s train --model %s/models/llama-basic --tokenizer %s/tiny --data %s --eval-data %s --out %s/o --steps 3 "
+             "--batch 2 --threads 1 --pack --seq 64 --json",
+             LT_CLI, LT_TEST_DATA_DIR, T, data, data, dir);
     out = tu_run(cmd, &status);
     ck_assert_msg(status == 0 && strstr(out, "\"loss\""), "%s", out);
     free(out);
-    snprintf(cmd, sizeof cmd, "%s eval --model %s/models/llama-basic --tokenizer %s/tiny --data %s --threads 1 --json", LT_CLI,
-             LT_TEST_DATA_DIR, T, data);
+    snprintf(cmd, sizeof cmd, "%s eval --model %s/models/llama-basic --tokenizer %s/tiny --data %s --threads 1 --json",
+             LT_CLI, LT_TEST_DATA_DIR, T, data);
     out = tu_run(cmd, &status);
     ck_assert_msg(status == 0 && strstr(out, "\"tokens\""), "%s", out);
     free(out);
     /* a text file with a model directory that has no tokenizer: clear error */
-    snprintf(cmd, sizeof cmd, "%s train --model %s/models/llama-basic --data %s --out %s/o2 --steps 1", LT_CLI, LT_TEST_DATA_DIR, data, dir);
+    snprintf(cmd, sizeof cmd, "%s train --model %s/models/llama-basic --data %s --out %s/o2 --steps 1", LT_CLI,
+             LT_TEST_DATA_DIR, data, dir);
     out = tu_run_stderr(cmd, &status);
     ck_assert_int_ne(status, 0);
     ck_assert_msg(strstr(out, "tokenizer.json"), "%s", out);
@@ -405,15 +437,16 @@ START_TEST(test_cli) {
     /* data check: duplicates, near duplicates, eval overlap, long rows, template problems */
     char ev[512];
     snprintf(ev, sizeof ev, "%s/e.jsonl", dir);
-    tu_write_text(data,
-        "{\"text\": \"alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi\"}\n"
-        "{\"text\": \"alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi\"}\n"
-        "{\"text\": \"alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron rho\"}\n"
-        "{\"text\": \"one two three four five six seven eight nine ten eleven twelve thirteen fourteen\"}\n"
-        "{\"messages\": [{\"role\": \"user\", \"content\": \"a\"}, {\"role\": \"user\", \"content\": \"b\"}]}\n"
-        "{\"question\": \"?\"}\n");
+    tu_write_text(
+        data, "{\"text\": \"alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi\"}\n"
+              "{\"text\": \"alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi\"}\n"
+              "{\"text\": \"alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron rho\"}\n"
+              "{\"text\": \"one two three four five six seven eight nine ten eleven twelve thirteen fourteen\"}\n"
+              "{\"messages\": [{\"role\": \"user\", \"content\": \"a\"}, {\"role\": \"user\", \"content\": \"b\"}]}\n"
+              "{\"question\": \"?\"}\n");
     tu_write_text(ev, "{\"text\": \"zero one two three four five six seven eight nine ten eleven twelve thirteen\"}\n");
-    snprintf(cmd, sizeof cmd, "%s data check --data %s --eval %s --tokenizer %s/tiny --seq 20 --json", LT_CLI, data, ev, T);
+    snprintf(cmd, sizeof cmd, "%s data check --data %s --eval %s --tokenizer %s/tiny --seq 20 --json", LT_CLI, data, ev,
+             T);
     out = tu_run(cmd, &status);
     ck_assert_int_eq(status, 0);
     json_t *j = json_loads(out, 0, NULL);
@@ -425,7 +458,8 @@ START_TEST(test_cli) {
     ck_assert_int_ge(json_integer_value(json_object_get(j, "rows_over_seq")), 3);
     char *probs = json_dumps(json_object_get(j, "problems"), 0);
     ck_assert_msg(strstr(probs, "line 5") && strstr(probs, "no assistant message") && strstr(probs, "line 6") &&
-                  strstr(probs, "no known dataset shape"), "%s", probs);
+                      strstr(probs, "no known dataset shape"),
+                  "%s", probs);
     free(probs);
     json_decref(j);
     free(out);
@@ -437,7 +471,12 @@ START_TEST(test_pack) {
     int32_t lens[] = {5, 3, 9, 1, 0, 4, 7};
     const int n = 7, T = 8;
     int32_t ids[64], labels[64], total = 0;
-    for (int i = 0; i < n; i++) for (int t = 0; t < lens[i]; t++) { ids[total] = 1000 * (i + 1) + t; labels[total] = ids[total] + 1; total++; }
+    for (int i = 0; i < n; i++)
+        for (int t = 0; t < lens[i]; t++) {
+            ids[total] = 1000 * (i + 1) + t;
+            labels[total] = ids[total] + 1;
+            total++;
+        }
     int32_t rows = 0;
     ck_assert_int_eq(lt_pack_sequences(ids, labels, lens, n, T, 0, NULL, NULL, NULL, 0, &rows), LT_OK);
     ck_assert_int_eq(rows, 4); /* 8 (9 truncated), 7+1, 5+3, 4 */

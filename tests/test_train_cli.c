@@ -11,8 +11,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "optimizer.h"
 #include "test_util.h"
+#include "train/optimizer.h"
 
 /* transformers' schedule lambdas, transcribed from algorithms.md in double */
 static double ref_lambda(int kind, long s, long W, long T) {
@@ -374,6 +374,47 @@ START_TEST(test_cli_train_bad_inputs) {
 }
 END_TEST
 
+/* --targets is parsed by one function for every command that creates a LoRA: Phi-3's fused module
+ * names (qkv_proj, gate_up_proj) are accepted by SFT and by the preference objectives alike (DPO once
+ * rejected them: each command had its own copy of the parser), the adapter targets exactly those
+ * modules, and an unknown name is refused with the same message everywhere. */
+START_TEST(test_cli_targets_every_objective) {
+    char root[512], cmd[4096], sft[600], pref[600], model[1024], path[700];
+    int status;
+    tu_tempdir(root, sizeof root);
+    snprintf(model, sizeof model, "%s/models/phi3", LT_TEST_DATA_DIR);
+    snprintf(sft, sizeof sft, "%s/sft.jsonl", root);
+    tu_write_text(sft, "{\"input_ids\": [5, 9, 40, 41, 12]}\n{\"input_ids\": [3, 7, 2, 60]}\n");
+    snprintf(pref, sizeof pref, "%s/pref.jsonl", root);
+    tu_write_text(pref, "{\"prompt_ids\": [5, 9], \"chosen_ids\": [40, 41], \"rejected_ids\": [12]}\n"
+                        "{\"prompt_ids\": [3], \"chosen_ids\": [7, 2], \"rejected_ids\": [60, 61, 62]}\n");
+    static const char *const objectives[] = {"sft", "dpo"};
+    for (int i = 0; i < 2; i++) {
+        const char *data = i == 0 ? sft : pref;
+        snprintf(cmd, sizeof cmd,
+                 "%s train --objective %s --model %s --data %s --out %s/%s --targets qkv_proj "
+                 "--rank 2 --steps 1 --batch 2 --quiet",
+                 LT_CLI, objectives[i], model, data, root, objectives[i]);
+        char *err = tu_run_stderr(cmd, &status);
+        ck_assert_msg(status == 0, "%s: %s", cmd, err);
+        free(err);
+        snprintf(path, sizeof path, "%s/%s/adapter_config.json", root, objectives[i]);
+        char *conf = slurp(path);
+        ck_assert_msg(strstr(conf, "\"qkv_proj\"") && !strstr(conf, "\"o_proj\"") && !strstr(conf, "gate_up_proj"),
+                      "%s", conf);
+        free(conf);
+        snprintf(cmd, sizeof cmd,
+                 "%s train --objective %s --model %s --data %s --out %s/bad --targets qkv_proj,wq "
+                 "--steps 1 --quiet",
+                 LT_CLI, objectives[i], model, data, root);
+        err = tu_run_stderr(cmd, &status);
+        ck_assert_int_eq(status, 1);
+        ck_assert_msg(strstr(err, "--targets") && strstr(err, "qkv_proj,o_proj,gate_up_proj"), "%s", err);
+        free(err);
+    }
+}
+END_TEST
+
 static Suite *suite(void) {
     Suite *s = suite_create("train");
     TCase *tc = tcase_create("train");
@@ -385,6 +426,7 @@ static Suite *suite(void) {
     tcase_add_test(tc, test_cli_train_full);
     tcase_add_test(tc, test_cli_train_learns_packed_and_json);
     tcase_add_test(tc, test_cli_train_bad_inputs);
+    tcase_add_test(tc, test_cli_targets_every_objective);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -17,8 +17,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "adapter/adapter.h"
+#include "core/context.h"
+#include "formats/safetensors.h"
 #include "loratune.h"
-#include "model.h"
 
 /* ---- the backend of the model suites ------------------------------------------------------------- */
 

@@ -15,7 +15,10 @@
 #define MAX_ROWS 1024
 #define MAX_LEN 512
 
-typedef struct { int32_t ids[MAX_LEN], labels[MAX_LEN]; int len; } row;
+typedef struct {
+    int32_t ids[MAX_LEN], labels[MAX_LEN];
+    int len;
+} row;
 
 /* The integers of the array after "key": in one JSON line; returns how many (-1 if absent). */
 static int int_array(const char *line, const char *key, int32_t *out, int cap) {
@@ -27,7 +30,10 @@ static int int_array(const char *line, const char *key, int32_t *out, int cap) {
     for (p++; *p && *p != ']' && n < cap;) {
         char *end;
         long v = strtol(p, &end, 10);
-        if (end == p) { p++; continue; }
+        if (end == p) {
+            p++;
+            continue;
+        }
         out[n++] = (int32_t)v;
         p = end;
     }
@@ -58,7 +64,8 @@ static int load_rows(const char *path, row *rows, int64_t vocab) {
 /* Pad rows [first, first + count) into ids/labels of count x T (T = the longest row). */
 static lt_batch make_batch(const row *rows, int first, int count, int32_t *ids, int32_t *labels) {
     int T = 1;
-    for (int i = 0; i < count; i++) if (rows[first + i].len > T) T = rows[first + i].len;
+    for (int i = 0; i < count; i++)
+        if (rows[first + i].len > T) T = rows[first + i].len;
     for (int i = 0; i < count; i++)
         for (int t = 0; t < T; t++) {
             const row *r = &rows[first + i];
@@ -75,7 +82,10 @@ static lt_batch make_batch(const row *rows, int first, int count, int32_t *ids, 
 }
 
 int main(int argc, char **argv) {
-    if (argc < 3) { fprintf(stderr, "usage: %s MODEL_DIR OUT_DIR [DATA.jsonl]\n", argv[0]); return 2; }
+    if (argc < 3) {
+        fprintf(stderr, "usage: %s MODEL_DIR OUT_DIR [DATA.jsonl]\n", argv[0]);
+        return 2;
+    }
     if (lt_version_number() / 10000 != LT_VERSION_MAJOR) {
         fprintf(stderr, "libloratune %s does not match the header %s\n", lt_version_string(), LT_VERSION_STRING);
         return 1;

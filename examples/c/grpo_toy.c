@@ -49,10 +49,16 @@ static int grpo_toy_run(const char *model_dir, int steps, int verbose, double *f
     lt_context_params cp;
     lt_context_params_init(&cp, sizeof cp);
     cp.backend = "cpu";
-    if (lt_context_create(&cp, &ctx) != LT_OK) { fprintf(stderr, "context: %s\n", lt_last_error()); return 1; }
+    if (lt_context_create(&cp, &ctx) != LT_OK) {
+        fprintf(stderr, "context: %s\n", lt_last_error());
+        return 1;
+    }
     lt_status st = model_dir ? lt_model_load(ctx, model_dir, NULL, &model)
                              : lt_model_create_random(ctx, TINY_CONFIG, 7, 0.2f, &model);
-    if (st != LT_OK) { fprintf(stderr, "model: %s\n", lt_last_error()); goto done; }
+    if (st != LT_OK) {
+        fprintf(stderr, "model: %s\n", lt_last_error());
+        goto done;
+    }
 
     lt_adapter_params ap;
     lt_adapter_params_init(&ap, sizeof ap);
@@ -64,7 +70,7 @@ static int grpo_toy_run(const char *model_dir, int steps, int verbose, double *f
     lt_trainer_params tp;
     lt_trainer_params_init(&tp, sizeof tp);
     tp.objective = LT_OBJ_GRPO;
-    tp.num_generations = TOY_G;            /* epsilon 0.2, scale_rewards group, loss dapo: the defaults */
+    tp.num_generations = TOY_G; /* epsilon 0.2, scale_rewards group, loss dapo: the defaults */
     if (lt_adapter_create(model, &ap, &adapter) != LT_OK || lt_optimizer_create(adapter, &op, &opt) != LT_OK ||
         lt_trainer_create(model, adapter, opt, &tp, &trainer) != LT_OK) {
         fprintf(stderr, "setup: %s\n", lt_last_error());
@@ -74,7 +80,7 @@ static int grpo_toy_run(const char *model_dir, int steps, int verbose, double *f
     lt_generate_params_init(&gp, sizeof gp);
     gp.max_new_tokens = TOY_MAX_NEW;
     gp.temperature = 1.0f;
-    gp.eos_token_id = -1;              /* fixed-length completions */
+    gp.eos_token_id = -1; /* fixed-length completions */
 
     int32_t prompts[TOY_PROMPTS * 3], prompt_lens[TOY_PROMPTS];
     int32_t completions[TOY_PROMPTS * TOY_G * TOY_MAX_NEW], lens[TOY_PROMPTS * TOY_G];

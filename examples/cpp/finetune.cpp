@@ -45,7 +45,7 @@ int main(int argc, char **argv) try {
         labels.push_back(l.size() == i.size() ? l : i);
         ids.push_back(std::move(i));
     }
-    if (ids.empty())  // no data: counting sequences
+    if (ids.empty()) // no data: counting sequences
         for (int s = 0; s < 8; s++) {
             std::vector<int32_t> r;
             for (int t = 0; t < 16; t++) r.push_back(static_cast<int32_t>((s + t) % info.vocab_size));
@@ -76,7 +76,7 @@ int main(int argc, char **argv) try {
     std::printf("eval loss %.4f\n", loratune::evaluate(trainer.get(), loratune::batch::padded(ids, labels)));
     loratune::save(adapter.get(), out_dir);
     std::printf("saved %lld LoRA parameters to %s\n", (long long)lt_adapter_n_params(adapter.get()), out_dir.c_str());
-    return 0;  // handles are freed in reverse order of creation: trainer, optimizer, adapter, model, context
+    return 0; // handles are freed in reverse order of creation: trainer, optimizer, adapter, model, context
 } catch (const loratune::error &e) {
     std::cerr << "error: " << e.what() << "\n";
     return 1;

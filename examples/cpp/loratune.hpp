@@ -13,12 +13,12 @@
 namespace loratune {
 
 class error : public std::runtime_error {
-public:
+  public:
     error(lt_status status, const std::string &message)
         : std::runtime_error(std::string(lt_status_string(status)) + ": " + message), status_(status) {}
     lt_status status() const noexcept { return status_; }
 
-private:
+  private:
     lt_status status_;
 };
 
@@ -27,11 +27,13 @@ inline void check(lt_status st) {
     if (st != LT_OK) throw error(st, lt_last_error());
 }
 // ... and for a failed call on a handle (its message is kept by the handle).
-template <class H, class F> void check(lt_status st, const H *h, F last_error) {
+template <class H, class F>
+void check(lt_status st, const H *h, F last_error) {
     if (st != LT_OK) throw error(st, last_error(h));
 }
 
-template <class T, void (*Free)(T *)> struct deleter {
+template <class T, void (*Free)(T *)>
+struct deleter {
     void operator()(T *p) const noexcept { Free(p); }
 };
 using context = std::unique_ptr<lt_context, deleter<lt_context, lt_context_free>>;
@@ -94,7 +96,7 @@ struct batch {
         return b;
     }
 
-    lt_batch view() const {  // valid while *this lives
+    lt_batch view() const { // valid while *this lives
         lt_batch v;
         lt_batch_init(&v, sizeof v);
         v.n_rows = rows;
@@ -125,4 +127,4 @@ inline void save(lt_adapter *a, const std::string &dir) {
     check(lt_adapter_save(a, dir.c_str()), a, lt_adapter_last_error);
 }
 
-}  // namespace loratune
+} // namespace loratune

@@ -22,7 +22,7 @@ import os
 import subprocess
 import sys
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import offline_env  # noqa: E402,F401  (first: offline, no progress bars, no hub-kernel notices)
 os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
 
 import torch  # noqa: E402

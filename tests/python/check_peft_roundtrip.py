@@ -28,7 +28,7 @@ import os
 import sys
 import warnings
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # local directories only
+import offline_env  # noqa: E402,F401  (first: offline, no progress bars, no hub-kernel notices)
 
 import torch  # noqa: E402
 

@@ -30,7 +30,7 @@ import os
 import shutil
 import sys
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import offline_env  # noqa: E402,F401  (first: offline, no progress bars, no hub-kernel notices)
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 import torch  # noqa: E402
 

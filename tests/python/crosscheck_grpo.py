@@ -25,8 +25,7 @@ import shutil
 import sys
 import tempfile
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+import offline_env  # noqa: E402,F401  (first: offline, no progress bars, no hub-kernel notices)
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 import torch  # noqa: E402
 

@@ -37,8 +37,7 @@ import sys
 import tempfile
 import warnings
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+import offline_env  # noqa: E402,F401  (first: offline, no progress bars, no hub-kernel notices)
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 import torch  # noqa: E402
 

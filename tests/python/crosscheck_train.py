@@ -64,7 +64,7 @@ import tempfile
 import time
 import warnings
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything here is local; never touch the network
+import offline_env  # noqa: E402,F401  (first: offline, no progress bars, no hub-kernel notices)
 
 import torch  # noqa: E402
 

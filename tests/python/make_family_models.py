@@ -29,7 +29,7 @@ import sys
 import time
 import warnings
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import offline_env  # noqa: E402,F401  (first: offline, no progress bars, no hub-kernel notices)
 
 import torch  # noqa: E402
 

@@ -31,7 +31,7 @@ import os
 import sys
 import time
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything here is local; never touch the network
+import offline_env  # noqa: E402,F401  (first: offline, no progress bars, no hub-kernel notices)
 
 import torch  # noqa: E402
 

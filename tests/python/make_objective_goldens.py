@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Goldens for the objective arithmetic (src/objectives.c), computed in float64 with PyTorch autograd,
+"""Goldens for the objective arithmetic (src/train/objectives.c), computed in float64 with PyTorch autograd,
 following TRL's code (trainer/grpo_trainer.py _generate_and_score_completions and _compute_loss,
 trainer/dpo_trainer.py _compute_loss, trainer/kto_trainer.py _compute_loss, experimental ORPO
 odds_ratio_loss) and shared/spec/algorithms.md.
@@ -151,10 +151,10 @@ def kto_case(rng):
     rejected = 1 - torch.sigmoid(beta * (kl - lr[~lab]))
     loss = torch.cat((dw * chosen, uw * rejected), 0).nanmean()
     loss.backward()
-    rc = float((beta * lr[lab]).mean())
-    rr = float((beta * lr[~lab]).mean())
+    rc = float((beta * lr[lab]).mean().detach())
+    rr = float((beta * lr[~lab]).mean().detach())
     return dict(B=B, beta=beta, desirable_weight=dw, undesirable_weight=uw, label=label, lp=lp.tolist(),
-                ref=ref.tolist(), lp_kl=lp_kl.tolist(), ref_kl=ref_kl.tolist(), loss=float(loss), g=lp.grad.tolist(),
+                ref=ref.tolist(), lp_kl=lp_kl.tolist(), ref_kl=ref_kl.tolist(), loss=float(loss.detach()), g=lp.grad.tolist(),
                 kl=float(kl), rewards_chosen=rc, rewards_rejected=rr, margins=rc - rr)
 
 

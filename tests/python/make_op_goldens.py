@@ -7,7 +7,7 @@ For each op this writes OUTDIR/<op>.safetensors: the inputs, a random upstream g
 and the gradients of the inputs (and parameters) computed by torch.autograd. Inputs are drawn with fixed
 seeds and rounded to float32 (that is what is stored and what the C side reads); everything is then
 computed in float64 from those float32 values and the results are stored as float32. Integer inputs are
-I32. The conventions are those of src/backend.h:
+I32. The conventions are those of src/backend/backend.h:
 
   rmsnorm        inp [7,96], weight [96], eps 1e-5 (scalar F32), dout [7,96];
                  out [7,96], rstd [7], dinp [7,96], dweight [96]

@@ -28,6 +28,8 @@ quantizers round apart); v's agreement is printed. It exits non-zero when that c
 import os
 import sys
 
+import offline_env  # noqa: E402,F401  (first: offline, no progress bars, no hub-kernel notices)
+
 import numpy as np
 import torch
 from safetensors.numpy import save_file

@@ -15,7 +15,7 @@ The C test loads NAME with quantization nf4 (double_quant 0) and the same adapte
 import os
 import sys
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import offline_env  # noqa: E402,F401  (first: offline, no progress bars, no hub-kernel notices)
 os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
 
 import torch  # noqa: E402
@@ -64,7 +64,7 @@ def main():
             res["grad." + k] = p.grad.detach().clone().contiguous()
         os.makedirs(os.path.join(d, "qlora"), exist_ok=True)
         save_file(res, os.path.join(d, "qlora", "grads.safetensors"))
-        print(f"{name}: {n_q} NF4 projections, loss {float(out.loss):.6f}")
+        print(f"{name}: {n_q} NF4 projections, loss {float(out.loss.detach()):.6f}")
 
 
 if __name__ == "__main__":

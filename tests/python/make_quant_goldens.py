@@ -20,6 +20,8 @@ import sys
 
 os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")  # bitsandbytes compiles its dequantizer per shape: slow here
 
+import offline_env  # noqa: E402,F401  (first: offline, no progress bars, no hub-kernel notices)
+
 import numpy as np
 import torch
 import bitsandbytes.functional as F

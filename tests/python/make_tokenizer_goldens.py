@@ -25,6 +25,8 @@ import json
 import os
 import sys
 
+import offline_env  # noqa: E402,F401  (first: offline, no progress bars, no hub-kernel notices)
+
 import tokenizers
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 

@@ -1,0 +1,98 @@
+/*
+ * adapter.h - an adapter: LoRA / DoRA / PiSSA tensors and the trained copies of base weights of a full
+ * fine-tuning or modules_to_save, the views a pass reads weights through, merged export (internal).
+ * What only the adapter folder uses is in adapter_impl.h.
+ */
+#ifndef LT_ADAPTER_H
+#define LT_ADAPTER_H
+
+#include "model/model.h"
+
+typedef struct lt_lora {
+    float *A, *B;   /* (r, in), (out, r)  inside adapter->params  */
+    float *dA, *dB; /* gradients, same layout inside adapter->grads */
+    /* DoRA (NULL otherwise): magnitude (out) in params, its gradient in grads; g = m / ||W + s B A||_row
+     * and inv_n = 1 / ||W + s B A||_row (out each, the adapter's scratch) set by each forward */
+    float *mag, *dmag, *dora_g, *dora_inv_n;
+    /* PiSSA / OLoRA (NULL otherwise): the frozen initial A0 (r, in), B0 (out, r) in adapter->init0; the
+     * projection is x W^T + s (x A^T) B^T - s (x A0^T) B0^T, PEFT's residual base without rewriting W */
+    float *A0, *B0;
+} lt_lora;
+
+struct lt_adapter {
+    lt_error err;
+    lt_model *model;
+    lt_adapter_params p;
+    float scaling; /* alpha/r, or alpha/sqrt(r) with rsLoRA */
+    lt_lora *lora; /* (L * P_COUNT); A == NULL when the projection is not targeted */
+    float *params; /* every A and B, contiguous (device) */
+    float *grads;  /* same layout (device) */
+    size_t n_params;
+    int merged;
+    /* DoRA scratch: g and inv_n of every targeted projection, and one materialised W + s B A of the
+     * largest one (device); the row factors applied by a merge, to undo it (host) */
+    float *dora_gn, *dora_w;
+    float *dora_merge_g;
+    float *init0;   /* PiSSA / OLoRA: A0 and B0 at the offsets of A and B in params (device); NULL otherwise */
+    size_t n_init0; /* its floats: the LoRA part of params (modules_to_save copies come after) */
+    /* Trained copies of base weights (full fine-tuning: all of them; modules_to_save: embed_tokens
+     * and/or lm_head), fp32 inside params after the LoRA tensors, gradients at the same offsets in
+     * grads. The model stays read-only: each pass reads weights through the views below. */
+    lt_layer *full_layers;      /* (L) full FT: weights in params (norms: *_file = the trained w, the  */
+                                /* plain pointers = what the forward multiplies by, (1 + w) for Gemma) */
+    lt_layer *full_grads;       /* (L) full FT: the same fields pointing into grads                  */
+    float *embed, *d_embed;     /* (V,H) trained embed_tokens and its gradient (NULL: frozen)        */
+    float *lm_head, *d_lm_head; /* (V,H) trained lm_head (== embed for a tied full FT)             */
+    float *final_norm, *final_norm_file, *d_final_norm; /* full FT: model.norm                       */
+    float *norm_compute;         /* Gemma full FT: the (1 + w) copies of every norm (device), refreshed */
+    float *norm_ones;            /* after each update by lt_adapter_sync_weights; ones (max(H,HD))    */
+    size_t n_decay;              /* params [0, n_decay) take weight decay; the rest (biases, norms) not */
+    struct lt_ptensor *ptensors; /* the trained base-weight tensors, in params order               */
+    int n_ptensors;
+};
+
+/* One trained base-weight tensor of an adapter: its checkpoint name and place inside params. */
+typedef struct lt_ptensor {
+    char name[96]; /* "model.layers.3.self_attn.q_proj.weight", "lm_head.weight"        */
+    size_t off, n;
+    int decay;      /* 0: a bias or a norm (Hugging Face Trainer's no-decay group)       */
+    float *compute; /* Gemma norms: the (1 + w) copy the forward reads (NULL otherwise)  */
+} lt_ptensor;
+
+/* ---- the weights a pass reads: the adapter's trained copies where it holds them, else the model's */
+static inline const lt_layer *lt_view_layer(const lt_model *m, const lt_adapter *ad, int l) {
+    return ad && ad->full_layers ? &ad->full_layers[l] : &m->layers[l];
+}
+/* the gradient fields of layer l (NULL: the layer's weights are frozen) */
+static inline const lt_layer *lt_view_layer_grads(const lt_adapter *ad, int l) {
+    return ad && ad->full_grads ? &ad->full_grads[l] : NULL;
+}
+static inline const float *lt_view_embed(const lt_model *m, const lt_adapter *ad) {
+    return ad && ad->embed ? ad->embed : m->embed;
+}
+static inline const float *lt_view_final_norm(const lt_model *m, const lt_adapter *ad) {
+    return ad && ad->final_norm ? ad->final_norm : m->final_norm;
+}
+static inline lt_weight lt_view_lm_head(const lt_model *m, const lt_adapter *ad) {
+    if (ad && ad->lm_head) {
+        lt_weight w = {.format = LT_WEIGHT_F32, .f32 = ad->lm_head};
+        return w;
+    }
+    return lt_model_lm_head(m);
+}
+
+/* After the adapter's params changed (update, load): refresh derived weights (Gemma's 1 + w norms);
+ * adapter/full.c. */
+void lt_adapter_sync_weights(const lt_adapter *a);
+
+static inline lt_lora *lt_adapter_lora(const lt_adapter *a, int layer, lt_proj p) {
+    lt_lora *l = &a->lora[layer * P_COUNT + p];
+    return l->A ? l : NULL;
+}
+
+static inline int lt_init_is_decomposed(lt_lora_init init) { return init == LT_INIT_PISSA || init == LT_INIT_OLORA; }
+
+/* Write a Hugging Face model directory of the model's weights (merged with `ad` when not NULL). */
+lt_status lt_model_export(lt_model *m, const lt_adapter *ad, const char *dir, uint64_t max_shard_bytes, lt_error *err);
+
+#endif /* LT_ADAPTER_H */

@@ -1,0 +1,271 @@
+/*
+ * full.c - trained copies of base weights inside an adapter: full fine-tuning (every weight)
+ * and PEFT's modules_to_save (embed_tokens, lm_head next to a LoRA).
+ *
+ * defines: lt_adapter_full_check, lt_adapter_extra_count, lt_adapter_extra_bind, lt_adapter_model_tensor,
+ *          lt_adapter_sync_weights
+ *
+ * The model stays read-only and shareable: the trained weights are fp32 tensors in the adapter's params
+ * (after the LoRA tensors), their gradients at the same offsets in grads, so the optimizers, clipping,
+ * accumulation, state files and checkpoints work on them unchanged. Passes read them through the
+ * lt_view_* helpers of adapter.h.
+ *
+ * params order (Hugging Face Trainer's weight-decay groups, get_decay_parameter_names): every tensor
+ * that takes weight decay first (LoRA A/B/magnitude, embeddings, lm_head, projections), then those that
+ * do not (biases, norm weights); adapter->n_decay is the boundary.
+ *
+ * Gemma norms: the checkpoint holds w and the forward multiplies by (1 + w). The trained parameter is w
+ * (what is saved); the gradient is the same for both; lt_adapter_sync_weights rewrites the (1 + w) copies
+ * after every change of params.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "adapter/adapter_impl.h"
+#include "formats/quant.h"
+
+/* Walks the trained tensors in params order. Pass 0 (a->ptensors == NULL) counts them and their floats;
+ * pass 1 fills a->ptensors and binds every view pointer. Returns the floats after `base`. */
+typedef struct layout_state {
+    lt_adapter *a;
+    int bind;
+    size_t off;  /* next params offset                  */
+    size_t coff; /* next offset in norm_compute         */
+    int n;       /* tensors so far                      */
+} layout_state;
+
+/* one tensor: *param / *grad receive its place (when binding); a norm also gets a compute pointer */
+static void add(layout_state *s, const char *name, size_t n, int decay, float **param, float **grad, float **compute) {
+    lt_adapter *a = s->a;
+    if (s->bind) {
+        lt_ptensor *t = &a->ptensors[s->n];
+        snprintf(t->name, sizeof t->name, "%s", name);
+        t->off = s->off;
+        t->n = n;
+        t->decay = decay;
+        t->compute = NULL;
+        if (param) *param = a->params + s->off;
+        if (grad) *grad = a->grads + s->off;
+        if (compute) {
+            if (a->norm_compute) {
+                t->compute = a->norm_compute + s->coff;
+                *compute = t->compute;
+            } else {
+                *compute = a->params + s->off;
+            }
+        }
+    }
+    if (compute) s->coff += n;
+    s->off += n;
+    s->n++;
+}
+
+#define NAME(...) (snprintf(nm, sizeof nm, __VA_ARGS__), nm)
+
+static void layout(layout_state *s, const lt_model *m) {
+    lt_adapter *a = s->a;
+    const lt_model_config *c = &m->cfg;
+    const int L = (int)c->num_hidden_layers;
+    const size_t V = (size_t)c->vocab_size, H = (size_t)c->hidden_size, HD = (size_t)c->head_dim;
+    char nm[96];
+    if (!a->p.full_finetune) { /* modules_to_save: separate copies even when tied (PEFT deep-copies) */
+        if (a->p.modules_to_save & LT_SAVE_EMBED_TOKENS)
+            add(s, "model.embed_tokens.weight", V * H, 1, &a->embed, &a->d_embed, NULL);
+        if (a->p.modules_to_save & LT_SAVE_LM_HEAD)
+            add(s, "lm_head.weight", V * H, 1, &a->lm_head, &a->d_lm_head, NULL);
+        return;
+    }
+    lt_layer *W = a->full_layers, *G = a->full_grads;
+    add(s, "model.embed_tokens.weight", V * H, 1, &a->embed, &a->d_embed, NULL);
+    if (c->tie_word_embeddings) { /* one tensor, both gradients */
+        a->lm_head = a->embed;
+        a->d_lm_head = a->d_embed;
+    } else {
+        add(s, "lm_head.weight", V * H, 1, &a->lm_head, &a->d_lm_head, NULL);
+    }
+    lt_module mods[P_COUNT];
+    const int n_mods = lt_model_modules(c, mods);
+    for (int l = 0; l < L; l++)
+        for (int k = 0; k < n_mods; k++) { /* a fused module is one tensor: its projections' row blocks */
+            int in, out;
+            lt_module_dims(c, &mods[k], &in, &out);
+            float *wp = NULL, *gp = NULL;
+            add(s, NAME("model.layers.%d.%s.%s.weight", l, mods[k].parent, mods[k].name), (size_t)in * out, 1, &wp, &gp,
+                NULL);
+            if (!s->bind) continue;
+            for (int q = mods[k].first; q < mods[k].first + mods[k].count; q++) {
+                int pi, po;
+                lt_proj_dims(c, (lt_proj)q, &pi, &po);
+                W[l].w[q] = (lt_weight){.format = LT_WEIGHT_F32, .f32 = wp};
+                G[l].w[q] = (lt_weight){.format = LT_WEIGHT_F32, .f32 = gp};
+                wp += (size_t)pi * po;
+                gp += (size_t)pi * po;
+            }
+        }
+    for (int l = 0; l < L; l++) {
+        const lt_layer *Ml = &m->layers[l];
+        for (int q = 0; q < P_COUNT; q++)
+            if (Ml->bias[q]) {
+                int in, out;
+                lt_proj_dims(c, (lt_proj)q, &in, &out);
+                add(s, NAME("model.layers.%d.%s.%s.bias", l, lt_proj_parent[q], lt_proj_names[q]), (size_t)out, 0,
+                    &W[l].bias[q], &G[l].bias[q], NULL);
+            }
+        add(s, NAME("model.layers.%d.input_layernorm.weight", l), H, 0, &W[l].attn_norm_file, &G[l].attn_norm,
+            &W[l].attn_norm);
+        if (c->sandwich_norms) {
+            add(s, NAME("model.layers.%d.pre_feedforward_layernorm.weight", l), H, 0, &W[l].mlp_norm_file,
+                &G[l].mlp_norm, &W[l].mlp_norm);
+            add(s, NAME("model.layers.%d.post_attention_layernorm.weight", l), H, 0, &W[l].post_attn_norm_file,
+                &G[l].post_attn_norm, &W[l].post_attn_norm);
+            add(s, NAME("model.layers.%d.post_feedforward_layernorm.weight", l), H, 0, &W[l].post_ff_norm_file,
+                &G[l].post_ff_norm, &W[l].post_ff_norm);
+        } else {
+            add(s, NAME("model.layers.%d.post_attention_layernorm.weight", l), H, 0, &W[l].mlp_norm_file,
+                &G[l].mlp_norm, &W[l].mlp_norm);
+        }
+        if (Ml->q_norm) {
+            add(s, NAME("model.layers.%d.self_attn.q_norm.weight", l), HD, 0, &W[l].q_norm_file, &G[l].q_norm,
+                &W[l].q_norm);
+            add(s, NAME("model.layers.%d.self_attn.k_norm.weight", l), HD, 0, &W[l].k_norm_file, &G[l].k_norm,
+                &W[l].k_norm);
+        }
+    }
+    add(s, "model.norm.weight", H, 0, &a->final_norm_file, &a->d_final_norm, &a->final_norm);
+}
+
+/* The source of tensor `name` in model m (the checkpoint's values: Gemma norms as w, not 1 + w). */
+const float *lt_adapter_model_tensor(const lt_model *m, const lt_ptensor *t) {
+    const lt_model_config *c = &m->cfg;
+    if (!strcmp(t->name, "model.embed_tokens.weight")) return m->embed;
+    if (!strcmp(t->name, "lm_head.weight")) return m->lm_head; /* NULL when quantized: dequantized by the caller */
+    if (!strcmp(t->name, "model.norm.weight")) return m->final_norm_file ? m->final_norm_file : m->final_norm;
+    int l;
+    char rest[96];
+    if (sscanf(t->name, "model.layers.%d.%95s", &l, rest) != 2 || l < 0 || l >= c->num_hidden_layers) return NULL;
+    const lt_layer *Ly = &m->layers[l];
+#define F(p) ((p##_file) ? (p##_file) : (p))
+    if (!strcmp(rest, "input_layernorm.weight")) return F(Ly->attn_norm);
+    if (!strcmp(rest, "pre_feedforward_layernorm.weight")) return F(Ly->mlp_norm);
+    if (!strcmp(rest, "post_attention_layernorm.weight"))
+        return c->sandwich_norms ? F(Ly->post_attn_norm) : F(Ly->mlp_norm);
+    if (!strcmp(rest, "post_feedforward_layernorm.weight")) return F(Ly->post_ff_norm);
+    if (!strcmp(rest, "self_attn.q_norm.weight")) return F(Ly->q_norm);
+    if (!strcmp(rest, "self_attn.k_norm.weight")) return F(Ly->k_norm);
+#undef F
+    for (int q = 0; q < P_COUNT; q++) {
+        char b[96];
+        snprintf(b, sizeof b, "%s.%s.bias", lt_proj_parent[q], lt_proj_names[q]);
+        if (!strcmp(rest, b)) return Ly->bias[q];
+    }
+    lt_module mods[P_COUNT];
+    const int n_mods = lt_model_modules(c, mods);
+    for (int k = 0; k < n_mods; k++) {
+        char b[96];
+        snprintf(b, sizeof b, "%s.%s.weight", mods[k].parent, mods[k].name);
+        /* the projections of a fused module are consecutive row blocks of one allocation (split_module) */
+        if (!strcmp(rest, b)) return Ly->w[mods[k].first].f32;
+    }
+    return NULL;
+}
+
+lt_status lt_adapter_full_check(const lt_model *m, const lt_adapter_params *p, lt_error *err) {
+    if (p->modules_to_save & ~(unsigned)(LT_SAVE_EMBED_TOKENS | LT_SAVE_LM_HEAD))
+        return lt_fail(err, LT_ERR_ARGUMENT,
+                       "adapter: modules_to_save 0x%x names a module other than embed_tokens "
+                       "(LT_SAVE_EMBED_TOKENS) and lm_head (LT_SAVE_LM_HEAD)",
+                       p->modules_to_save);
+    if ((p->modules_to_save & LT_SAVE_LM_HEAD) && !m->lm_head && m->lm_head_q.format == LT_WEIGHT_BF16)
+        return lt_fail(err, LT_ERR_UNSUPPORTED,
+                       "adapter: modules_to_save lm_head needs the LM head in f32; this model "
+                       "keeps it in bf16 (base_dtype LT_BASE_BF16; load it with LT_BASE_F32)");
+    if (!p->full_finetune) return LT_OK;
+    if (p->modules_to_save)
+        return lt_fail(err, LT_ERR_ARGUMENT,
+                       "adapter: modules_to_save is for a LoRA; full fine-tuning already "
+                       "trains every module");
+    if (p->use_dora) return lt_fail(err, LT_ERR_ARGUMENT, "adapter: use_dora and full_finetune exclude each other");
+    if (!(p->dropout == 0.0f))
+        return lt_fail(err, LT_ERR_UNSUPPORTED,
+                       "adapter: full fine-tuning has no LoRA dropout; set dropout 0 "
+                       "(it is %g)",
+                       p->dropout);
+    if (m->base_dtype != LT_BASE_F32)
+        return lt_fail(err, LT_ERR_UNSUPPORTED,
+                       "adapter: full fine-tuning needs f32 base weights; this model keeps "
+                       "them in bf16 (load it with base_dtype LT_BASE_F32)");
+    if (m->quant != LT_QUANT_NONE || m->lm_head_q.format != LT_WEIGHT_F32)
+        return lt_fail(err, LT_ERR_UNSUPPORTED,
+                       "adapter: full fine-tuning needs f32 base weights; this model's "
+                       "projections are quantized (%s); load it without quantization",
+                       lt_quant_format_name(m->quant != LT_QUANT_NONE ? m->quant : LT_QUANT_NF4));
+    for (int l = 0; l < m->cfg.num_hidden_layers; l++)
+        for (int q = 0; q < P_COUNT; q++)
+            if (m->layers[l].w[q].format != LT_WEIGHT_F32)
+                return lt_fail(err, LT_ERR_UNSUPPORTED,
+                               "adapter: full fine-tuning needs f32 base weights; layer %d's "
+                               "%s is stored quantized",
+                               l, lt_proj_names[q]);
+    if (m->n_merged)
+        return lt_fail(err, LT_ERR_STATE,
+                       "adapter: %d adapter(s) are merged into the model; unmerge them before "
+                       "creating a full fine-tuning adapter",
+                       m->n_merged);
+    return LT_OK;
+}
+
+/* Pass 0: count (returns the floats, sets a->n_ptensors). Needs a->p. */
+size_t lt_adapter_extra_count(lt_adapter *a, size_t *norm_floats) {
+    layout_state s = {.a = a, .bind = 0};
+    if (!a->p.full_finetune && !a->p.modules_to_save) {
+        *norm_floats = 0;
+        return 0;
+    }
+    layout(&s, a->model);
+    a->n_ptensors = s.n;
+    *norm_floats = s.coff;
+    return s.off;
+}
+
+/* Pass 1: bind every view pointer for the tensors at params[base ..) and copy the model's values there. */
+lt_status lt_adapter_extra_bind(lt_adapter *a, size_t base, lt_error *err) {
+    lt_model *m = a->model;
+    layout_state s = {.a = a, .bind = 1, .off = base};
+    layout(&s, m);
+    for (int i = 0; i < a->n_ptensors; i++) {
+        const lt_ptensor *t = &a->ptensors[i];
+        const float *src = lt_adapter_model_tensor(m, t);
+        if (src) {
+            m->be->ops->copy(m->be, a->params + t->off, src, t->n * sizeof(float));
+        } else if (!strcmp(t->name, "lm_head.weight")) { /* a quantized LM head: its dequantized values */
+            const size_t V = (size_t)m->cfg.vocab_size, H = (size_t)m->cfg.hidden_size;
+            float *h = malloc(V * H * sizeof *h);
+            if (!h) return lt_fail(err, LT_ERR_NOMEM, "adapter: out of memory copying lm_head");
+            const lt_weight head = lt_model_lm_head(m);
+            lt_status st = lt_weight_download(m, &head, h, (int)V, (int)H, err);
+            if (st == LT_OK) m->be->ops->upload(m->be, a->params + t->off, h, V * H * sizeof *h);
+            free(h);
+            if (st != LT_OK) return st;
+        } else {
+            return lt_fail(err, LT_ERR_INTERNAL, "adapter: no model tensor for %s", t->name);
+        }
+    }
+    a->n_decay = base;
+    for (int i = 0; i < a->n_ptensors; i++)
+        if (a->ptensors[i].decay) a->n_decay = a->ptensors[i].off + a->ptensors[i].n;
+    lt_adapter_sync_weights(a);
+    return LT_OK;
+}
+
+void lt_adapter_sync_weights(const lt_adapter *a) {
+    if (!a || !a->norm_compute) return;
+    lt_backend *be = a->model->be;
+    const float off = a->model->cfg.norm_offset;
+    for (int i = 0; i < a->n_ptensors; i++) {
+        const lt_ptensor *t = &a->ptensors[i];
+        if (!t->compute) continue;
+        be->ops->copy(be, t->compute, a->params + t->off, t->n * sizeof(float)); /* (1 + w) in fp32, as */
+        be->ops->axpy(be, t->n, off, a->norm_ones, t->compute);                  /* transformers computes */
+    }
+}

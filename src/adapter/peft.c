@@ -1,0 +1,648 @@
+/*
+ * peft.c - the PEFT adapter directory format: save and load (adapter_config.json +
+ * adapter_model.safetensors), and loading a saved full fine-tuning as an adapter.
+ *
+ * defines: lt_adapter_save, lt_adapter_load
+ *
+ * PEFT layout (shared/spec/formats.md): adapter_config.json + adapter_model.safetensors with keys
+ *   base_model.model.model.layers.{l}.{self_attn|mlp}.{proj}.lora_A.weight  (r, in)
+ *   base_model.model.model.layers.{l}.{self_attn|mlp}.{proj}.lora_B.weight  (out, r)
+ * delta W = scaling * B @ A, scaling = alpha / r (rsLoRA: alpha / sqrt(r)).
+ */
+#include <jansson.h>
+#include <math.h>
+#include <regex.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "adapter/adapter_impl.h"
+#include "formats/quant.h"
+
+#define KEY_PREFIX "base_model.model.model.layers."
+#define INIT_SIDECAR "loratune_init.json" /* PiSSA / OLoRA: method and trainable rank (ours, not PEFT's) */
+
+/* ---- PEFT save ------------------------------------------------------------------------------------ */
+
+static void key_of(char *buf, size_t len, int l, const lt_module *mod, char ab) {
+    snprintf(buf, len, KEY_PREFIX "%d.%s.%s.lora_%c.weight", l, mod->parent, mod->name, ab);
+}
+
+/* Download all adapter parameters to a host buffer. */
+static float *params_to_host(const lt_adapter *a) {
+    float *h = malloc(a->n_params * sizeof(float));
+    if (h) a->model->be->ops->download(a->model->be, h, a->params, a->n_params * sizeof(float));
+    return h;
+}
+
+static lt_status write_adapter_config(const lt_adapter *a, const char *dir, lt_error *err) {
+    json_t *o = json_object(), *t = json_array();
+    lt_module mods[P_COUNT];
+    const int n_mods = lt_model_modules(&a->model->cfg, mods);
+    for (int q = 0; q < n_mods; q++)
+        if (a->p.targets & lt_module_mask(&mods[q])) json_array_append_new(t, json_string(mods[q].name));
+    json_object_set_new(o, "peft_type", json_string("LORA"));
+    json_object_set_new(o, "task_type", json_string("CAUSAL_LM"));
+    json_object_set_new(o, "base_model_name_or_path", json_string(a->model->dir));
+    /* PiSSA / OLoRA are saved converted to a plain LoRA of rank 2r for the original base, as PEFT's
+     * save_pretrained(path_initial_model_for_weight_conversion=...): r doubled, lora_alpha doubled (times
+     * sqrt 2 with rsLoRA) so the scaling is kept, init_lora_weights true */
+    const int conv = a->init0 != NULL;
+    json_object_set_new(o, "r", json_integer(conv ? 2 * a->p.rank : a->p.rank));
+    json_object_set_new(o, "lora_alpha",
+                        json_real(!conv             ? a->p.alpha
+                                  : a->p.use_rslora ? a->p.alpha * sqrt(2.0)
+                                                    : 2.0 * a->p.alpha));
+    json_object_set_new(o, "target_modules", t);
+    json_object_set_new(o, "lora_dropout", json_real(a->p.dropout));
+    json_object_set_new(o, "bias", json_string("none"));
+    json_object_set_new(o, "use_rslora", json_boolean(a->p.use_rslora));
+    json_object_set_new(o, "use_dora", json_boolean(a->p.use_dora));
+    json_object_set_new(o, "fan_in_fan_out", json_false());
+    json_object_set_new(o, "init_lora_weights", a->p.init == LT_INIT_GAUSSIAN ? json_string("gaussian") : json_true());
+    if (conv) { /* ours: what lt_adapter_load needs to split the rank-2r adapter back into A, B and A0, B0 */
+        json_t *side = json_object();
+        json_object_set_new(side, "format", json_string("libloratune-init-1"));
+        json_object_set_new(side, "init_lora_weights", json_string(a->p.init == LT_INIT_PISSA ? "pissa" : "olora"));
+        json_object_set_new(side, "r", json_integer(a->p.rank));
+        json_object_set_new(side, "lora_alpha", json_real(a->p.alpha));
+        char *ss = json_dumps(side, JSON_INDENT(2) | JSON_SORT_KEYS | JSON_REAL_PRECISION(9));
+        json_decref(side);
+        char sp[4200];
+        lt_path_join(sp, sizeof sp, dir, INIT_SIDECAR);
+        lt_status st = ss ? lt_write_file_atomic(sp, ss, strlen(ss), err) : lt_fail(err, LT_ERR_NOMEM, "out of memory");
+        free(ss);
+        if (st != LT_OK) {
+            json_decref(o);
+            return st;
+        }
+    } else { /* a plain adapter: a stale sidecar from an earlier save into this directory would mislead a load */
+        char sp[4200];
+        lt_path_join(sp, sizeof sp, dir, INIT_SIDECAR);
+        remove(sp);
+    }
+    if (a->p.modules_to_save) { /* PEFT: the module names (ModulesToSaveWrapper) */
+        json_t *mts = json_array();
+        if (a->p.modules_to_save & LT_SAVE_EMBED_TOKENS) json_array_append_new(mts, json_string("embed_tokens"));
+        if (a->p.modules_to_save & LT_SAVE_LM_HEAD) json_array_append_new(mts, json_string("lm_head"));
+        json_object_set_new(o, "modules_to_save", mts);
+    } else {
+        json_object_set_new(o, "modules_to_save", json_null());
+    }
+    json_object_set_new(o, "rank_pattern", json_object());
+    json_object_set_new(o, "alpha_pattern", json_object());
+    json_object_set_new(o, "inference_mode", json_true());
+    char *s = json_dumps(o, JSON_INDENT(2) | JSON_SORT_KEYS | JSON_REAL_PRECISION(9));
+    json_decref(o);
+    if (!s) return lt_fail(err, LT_ERR_NOMEM, "out of memory");
+    char path[4200];
+    lt_path_join(path, sizeof path, dir, "adapter_config.json");
+    lt_status st = lt_write_file_atomic(path, s, strlen(s), err);
+    free(s);
+    return st;
+}
+
+static lt_status adapter_save(lt_adapter *a, const char *dir, lt_error *err) {
+    lt_status st = lt_mkdir_p(dir, err);
+    if (st != LT_OK) return st;
+    const int L = (int)a->model->cfg.num_hidden_layers;
+    float *h = params_to_host(a);
+    int n = 0;
+    lt_st_entry *e = calloc((size_t)L * P_COUNT * 3 + 2, sizeof *e);
+    char *names = calloc((size_t)L * P_COUNT * 3 + 2, 160);
+    /* PiSSA / OLoRA: the converted rank-2r tensors A' = [A; A0] (2r, in), B' = [B, -B0] (out, 2r) */
+    float *h0 = a->init0 ? malloc(a->n_init0 * sizeof(float)) : NULL,
+          *cv = a->init0 ? malloc(2 * a->n_init0 * sizeof(float)) : NULL;
+    if (!h || !e || !names || (a->init0 && (!h0 || !cv))) {
+        free(h);
+        free(e);
+        free(names);
+        free(h0);
+        free(cv);
+        return lt_fail(err, LT_ERR_NOMEM, "out of memory");
+    }
+    if (h0) a->model->be->ops->download(a->model->be, h0, a->init0, a->n_init0 * sizeof(float));
+    float *cvp = cv;
+    lt_module mods[P_COUNT];
+    const int n_mods = lt_model_modules(&a->model->cfg, mods);
+    for (int l = 0; l < L; l++)
+        for (int q = 0; q < n_mods; q++) {
+            lt_lora *lo = lt_adapter_lora(a, l, (lt_proj)mods[q].first);
+            if (!lo) continue;
+            int in, o;
+            lt_module_dims(&a->model->cfg, &mods[q], &in, &o);
+            for (int k = 0; k < 2; k++) {
+                char *nm = names + (size_t)n * 160;
+                key_of(nm, 160, l, &mods[q], k ? 'B' : 'A');
+                e[n].name = nm;
+                e[n].dtype = LT_DT_F32;
+                e[n].ndim = 2;
+                e[n].shape[0] = k ? o : a->p.rank;
+                e[n].shape[1] = k ? a->p.rank : in;
+                e[n].data = h + ((k ? lo->B : lo->A) - a->params);
+                if (h0) {
+                    const int r = a->p.rank;
+                    const float *t = e[n].data, *t0 = h0 + ((k ? lo->B : lo->A) - a->params);
+                    if (!k) { /* rows: A then A0 */
+                        memcpy(cvp, t, (size_t)r * in * sizeof(float));
+                        memcpy(cvp + (size_t)r * in, t0, (size_t)r * in * sizeof(float));
+                    } else { /* columns: B then -B0 */
+                        for (int i = 0; i < o; i++)
+                            for (int j = 0; j < r; j++) {
+                                cvp[(size_t)i * 2 * r + j] = t[(size_t)i * r + j];
+                                cvp[(size_t)i * 2 * r + r + j] = -t0[(size_t)i * r + j];
+                            }
+                    }
+                    e[n].shape[k ? 1 : 0] = 2 * r;
+                    e[n].data = cvp;
+                    cvp += (size_t)2 * r * (k ? o : in);
+                }
+                n++;
+            }
+            if (lo->mag) { /* DoRA: PEFT's key has no ".weight" */
+                char *nm = names + (size_t)n * 160;
+                snprintf(nm, 160, KEY_PREFIX "%d.%s.%s.lora_magnitude_vector", l, mods[q].parent, mods[q].name);
+                e[n].name = nm;
+                e[n].dtype = LT_DT_F32;
+                e[n].ndim = 1;
+                e[n].shape[0] = o;
+                e[n].data = h + (lo->mag - a->params);
+                n++;
+            }
+        }
+    for (int i = 0; i < a->n_ptensors; i++) { /* modules_to_save: PEFT's keys, the wrapper's name left out */
+        const lt_ptensor *t = &a->ptensors[i];
+        char *nm = names + (size_t)n * 160;
+        snprintf(nm, 160, "base_model.model.%s", t->name);
+        e[n].name = nm;
+        e[n].dtype = LT_DT_F32;
+        e[n].ndim = 2;
+        e[n].shape[0] = a->model->cfg.vocab_size;
+        e[n].shape[1] = a->model->cfg.hidden_size;
+        e[n].data = h + t->off;
+        n++;
+    }
+    char path[4200];
+    lt_path_join(path, sizeof path, dir, "adapter_model.safetensors");
+    static const char *const meta[] = {"format", "pt", NULL};
+    st = lt_st_write(path, e, n, meta, err);
+    free(h);
+    free(e);
+    free(names);
+    free(h0);
+    free(cv);
+    if (st != LT_OK) return st;
+    return write_adapter_config(a, dir, err);
+}
+
+LT_API lt_status lt_adapter_save(lt_adapter *a, const char *dir) {
+    if (!a) return LT_ERR_ARGUMENT;
+    lt_error_clear(&a->err);
+    if (!dir) return lt_fail(&a->err, LT_ERR_ARGUMENT, "lt_adapter_save: dir is NULL");
+    if (a->merged) return lt_fail(&a->err, LT_ERR_STATE, "lt_adapter_save: the adapter is merged; unmerge it first");
+    if (a->p.full_finetune) /* the trained model itself, as a Hugging Face directory */
+        return lt_model_export(a->model, a, dir, 2ull << 30, &a->err);
+    return adapter_save(a, dir, &a->err);
+}
+
+/* ---- a saved full fine-tuning ---------------------------------------------------------------------- */
+
+/* A Hugging Face model directory (config.json, no adapter_config.json) saved from a full fine-tuning
+ * adapter: its weights become a full adapter of model m (same architecture and shapes). */
+static lt_status load_full(lt_model *m, const char *dir, lt_adapter **out, lt_error *err) {
+    lt_context *ctx = m->ctx;
+    lt_model_params mp;
+    lt_model_params_init(&mp, sizeof mp);
+    lt_model *src = NULL;
+    lt_status st = lt_model_load(ctx, dir, &mp, &src);
+    if (st != LT_OK) { /* err may be the thread's record lt_last_error() reads: copy the message first */
+        char why[512];
+        snprintf(why, sizeof why, "%s", lt_last_error());
+        return lt_fail(err, st, "%s: not a PEFT adapter, and as a full fine-tuning model: %s", dir, why);
+    }
+    const lt_model_config *a = &m->cfg, *b = &src->cfg;
+    if (strcmp(a->architecture, b->architecture) || a->num_hidden_layers != b->num_hidden_layers ||
+        a->hidden_size != b->hidden_size || a->intermediate_size != b->intermediate_size ||
+        a->vocab_size != b->vocab_size || a->num_attention_heads != b->num_attention_heads ||
+        a->num_key_value_heads != b->num_key_value_heads || a->head_dim != b->head_dim ||
+        a->tie_word_embeddings != b->tie_word_embeddings || a->bias_mask != b->bias_mask) {
+        lt_fail(err, LT_ERR_SHAPE,
+                "%s: a %s with %lld layers, hidden %lld, vocab %lld is not a fine-tuned copy of "
+                "this %s (%lld layers, hidden %lld, vocab %lld)",
+                dir, b->architecture, (long long)b->num_hidden_layers, (long long)b->hidden_size,
+                (long long)b->vocab_size, a->architecture, (long long)a->num_hidden_layers, (long long)a->hidden_size,
+                (long long)a->vocab_size);
+        lt_model_free(src); /* after the message: it reads src's config */
+        return LT_ERR_SHAPE;
+    }
+    lt_adapter_params p;
+    lt_adapter_params_init(&p, sizeof p);
+    p.full_finetune = 1;
+    lt_adapter *ad = NULL;
+    if ((st = lt_adapter_alloc(m, &p, &ad, err)) != LT_OK) {
+        lt_model_free(src);
+        return st;
+    }
+    for (int i = 0; i < ad->n_ptensors; i++) { /* the same layout over the same shapes: copy tensor by tensor */
+        const lt_ptensor *t = &ad->ptensors[i];
+        const float *s = lt_adapter_model_tensor(src, t);
+        if (!s) {
+            lt_model_free(src);
+            lt_adapter_free(ad);
+            return lt_fail(err, LT_ERR_MISSING, "%s: tensor %s is missing", dir, t->name);
+        }
+        m->be->ops->copy(m->be, ad->params + t->off, s, t->n * sizeof(float));
+    }
+    lt_adapter_sync_weights(ad);
+    st = m->be->ops->sync(m->be);
+    lt_model_free(src);
+    if (st != LT_OK) {
+        lt_adapter_free(ad);
+        return lt_fail(err, st, "%s: backend failed copying weights", dir);
+    }
+    *out = ad;
+    return LT_OK;
+}
+
+/* ---- PEFT load ------------------------------------------------------------------------------------ */
+
+/* target_modules: a list of names, "all-linear", or a regex matched against full module names. */
+static lt_status parse_targets(json_t *tm, const lt_model *m, unsigned *targets, const char *path, lt_error *err) {
+    *targets = 0;
+    lt_module mods[P_COUNT];
+    const int n_mods = lt_model_modules(&m->cfg, mods);
+    if (json_is_array(tm)) {
+        size_t i;
+        json_t *v;
+        json_array_foreach(tm, i, v) {
+            if (!json_is_string(v))
+                return lt_fail(err, LT_ERR_JSON, "%s: target_modules[%zu] is not a string", path, i);
+            const char *s = json_string_value(v);
+            int q = 0;
+            while (q < n_mods && strcmp(s, mods[q].name)) q++;
+            if (q == n_mods) {
+                char list[256] = "";
+                for (int k = 0; k < n_mods; k++)
+                    snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", k ? ", " : "", mods[k].name);
+                return lt_fail(err, LT_ERR_UNSUPPORTED, "%s: target module \"%s\" is not one of %s", path, s, list);
+            }
+            *targets |= lt_module_mask(&mods[q]);
+        }
+    } else if (json_is_string(tm)) {
+        const char *s = json_string_value(tm);
+        if (!strcmp(s, "all-linear")) {
+            *targets = LT_TARGET_ALL;
+        } else {
+            regex_t re;
+            char pat[1024];
+            snprintf(pat, sizeof pat, "^(%s)$", s); /* PEFT uses re.fullmatch */
+            if (regcomp(&re, pat, REG_EXTENDED | REG_NOSUB))
+                return lt_fail(err, LT_ERR_UNSUPPORTED,
+                               "%s: target_modules regex \"%s\" is not a POSIX "
+                               "extended regex this library can evaluate",
+                               path, s);
+            char name[256];
+            for (int q = 0; q < n_mods; q++) {
+                unsigned hit = 0;
+                for (int l = 0; l < m->cfg.num_hidden_layers; l++) {
+                    snprintf(name, sizeof name, "model.layers.%d.%s.%s", l, mods[q].parent, mods[q].name);
+                    if (!regexec(&re, name, 0, NULL, 0)) hit++;
+                }
+                if (hit && hit != (unsigned)m->cfg.num_hidden_layers) {
+                    regfree(&re);
+                    return lt_fail(err, LT_ERR_UNSUPPORTED,
+                                   "%s: target_modules regex \"%s\" selects %s in only "
+                                   "some layers; per-layer targets are not supported",
+                                   path, s, mods[q].name);
+                }
+                if (hit) *targets |= lt_module_mask(&mods[q]);
+            }
+            regfree(&re);
+        }
+    } else {
+        return lt_fail(err, LT_ERR_JSON, "%s: target_modules must be a list of names or a string", path);
+    }
+    if (!*targets) return lt_fail(err, LT_ERR_FORMAT, "%s: target_modules selects no projection of this model", path);
+    return LT_OK;
+}
+
+static lt_status read_adapter_config(const char *dir, const lt_model *m, lt_adapter_params *p, lt_error *err) {
+    char path[4200];
+    lt_path_join(path, sizeof path, dir, "adapter_config.json");
+    json_error_t je;
+    json_t *o = json_load_file(path, 0, &je);
+    if (!o) {
+        FILE *f = fopen(path, "r");
+        if (!f) return lt_fail(err, LT_ERR_MISSING, "%s: cannot open: not a PEFT adapter directory", path);
+        fclose(f);
+        return lt_fail(err, LT_ERR_JSON, "%s:%d: %s", path, je.line, je.text);
+    }
+    lt_status st = LT_OK;
+    lt_adapter_params_init(p, sizeof *p);
+    json_t *v;
+    if (!json_is_object(o)) {
+        st = lt_fail(err, LT_ERR_JSON, "%s: not a JSON object", path);
+        goto out;
+    }
+    v = json_object_get(o, "peft_type");
+    if (v && (!json_is_string(v) || strcmp(json_string_value(v), "LORA"))) {
+        st = lt_fail(err, LT_ERR_UNSUPPORTED, "%s: peft_type %s is not LORA", path,
+                     json_is_string(v) ? json_string_value(v) : "?");
+        goto out;
+    }
+    v = json_object_get(o, "r");
+    if (v && !json_is_integer(v)) {
+        st = lt_fail(err, LT_ERR_JSON, "%s: \"r\" is not an integer", path);
+        goto out;
+    }
+    p->rank = v ? (int)json_integer_value(v) : 8;
+    v = json_object_get(o, "lora_alpha");
+    if (v && !json_is_number(v)) {
+        st = lt_fail(err, LT_ERR_JSON, "%s: \"lora_alpha\" is not a number", path);
+        goto out;
+    }
+    p->alpha = v ? (float)json_number_value(v) : 8.0f;
+    v = json_object_get(o, "lora_dropout");
+    if (v && !json_is_number(v)) {
+        st = lt_fail(err, LT_ERR_JSON, "%s: \"lora_dropout\" is not a number", path);
+        goto out;
+    }
+    p->dropout = v ? (float)json_number_value(v) : 0.0f;
+    v = json_object_get(o, "use_rslora");
+    p->use_rslora = v && json_is_true(v);
+    v = json_object_get(o, "use_dora");
+    p->use_dora = v && json_is_true(v);
+    v = json_object_get(o, "bias");
+    if (v && json_is_string(v) && strcmp(json_string_value(v), "none")) {
+        st = lt_fail(err, LT_ERR_UNSUPPORTED, "%s: bias \"%s\" is not supported (only \"none\")", path,
+                     json_string_value(v));
+        goto out;
+    }
+    v = json_object_get(o, "modules_to_save");
+    if (v && !json_is_null(v)) {
+        size_t i;
+        json_t *s;
+        if (!json_is_array(v)) {
+            st = lt_fail(err, LT_ERR_JSON, "%s: modules_to_save is not a list", path);
+            goto out;
+        }
+        json_array_foreach(v, i, s) {
+            const char *nm = json_is_string(s) ? json_string_value(s) : "";
+            if (!strcmp(nm, "embed_tokens")) p->modules_to_save |= LT_SAVE_EMBED_TOKENS;
+            else if (!strcmp(nm, "lm_head")) p->modules_to_save |= LT_SAVE_LM_HEAD;
+            else {
+                st = lt_fail(err, LT_ERR_UNSUPPORTED,
+                             "%s: modules_to_save entry \"%s\" is not supported (only "
+                             "embed_tokens and lm_head)",
+                             path, nm);
+                goto out;
+            }
+        }
+    }
+    const char *pats[] = {"rank_pattern", "alpha_pattern"};
+    for (int i = 0; i < 2; i++) {
+        v = json_object_get(o, pats[i]);
+        if (v && json_is_object(v) && json_object_size(v) > 0) {
+            st = lt_fail(err, LT_ERR_UNSUPPORTED, "%s: a non-empty %s is not supported", path, pats[i]);
+            goto out;
+        }
+    }
+    v = json_object_get(o, "layers_to_transform");
+    if (v && !json_is_null(v)) {
+        st = lt_fail(err, LT_ERR_UNSUPPORTED, "%s: layers_to_transform is not supported", path);
+        goto out;
+    }
+    v = json_object_get(o, "target_modules");
+    if (!v) {
+        st = lt_fail(err, LT_ERR_MISSING, "%s: target_modules is missing", path);
+        goto out;
+    }
+    st = parse_targets(v, m, &p->targets, path, err);
+    v = json_object_get(o, "init_lora_weights");
+    if (v && json_is_string(v) && !strcmp(json_string_value(v), "gaussian")) p->init = LT_INIT_GAUSSIAN;
+    /* PEFT's unconverted PiSSA / OLoRA save: its from_pretrained redoes the decomposition on the base (the base
+     * becomes W - s B0 A0) and then loads A, B; lt_adapter_load does the same with A0, B0 frozen */
+    if (v && json_is_string(v) && !strcmp(json_string_value(v), "pissa")) p->init = LT_INIT_PISSA;
+    if (v && json_is_string(v) && !strcmp(json_string_value(v), "olora")) p->init = LT_INIT_OLORA;
+    if (st == LT_OK && v && json_is_string(v) && !strncmp(json_string_value(v), "pissa_niter_", 12))
+        st = lt_fail(err, LT_ERR_UNSUPPORTED,
+                     "%s: init_lora_weights \"%s\" (PiSSA with a randomized SVD) is not "
+                     "supported: its A0, B0 cannot be reproduced; save the adapter with PEFT's "
+                     "path_initial_model_for_weight_conversion instead",
+                     path, json_string_value(v));
+out:
+    json_decref(o);
+    return st;
+}
+
+/* loratune_init.json next to a converted PiSSA / OLoRA adapter (written by adapter_save): the file holds
+ * A' = [A; A0], B' = [B, -B0] of rank 2r; p becomes the trainable adapter's params (rank r, its alpha,
+ * its init). Without the sidecar the directory is a plain LoRA and p is left alone. */
+static lt_status read_init_sidecar(const char *dir, lt_adapter_params *p, int *converted, lt_error *err) {
+    char path[4200];
+    *converted = 0;
+    lt_path_join(path, sizeof path, dir, INIT_SIDECAR);
+    FILE *f = fopen(path, "r");
+    if (!f) return LT_OK;
+    fclose(f);
+    json_error_t je;
+    json_t *o = json_load_file(path, 0, &je);
+    if (!o) return lt_fail(err, LT_ERR_JSON, "%s:%d: %s", path, je.line, je.text);
+    json_t *init = json_object_get(o, "init_lora_weights"), *r = json_object_get(o, "r");
+    json_t *alpha = json_object_get(o, "lora_alpha");
+    const char *is = json_is_string(init) ? json_string_value(init) : "";
+    lt_status st = LT_OK;
+    if (strcmp(is, "pissa") && strcmp(is, "olora"))
+        st = lt_fail(err, LT_ERR_FORMAT, "%s: init_lora_weights must be \"pissa\" or \"olora\"", path);
+    else if (!json_is_integer(r) || 2 * json_integer_value(r) != p->rank)
+        st = lt_fail(err, LT_ERR_FORMAT, "%s: \"r\" must be half of adapter_config.json's r (%d)", path, p->rank);
+    else if (!json_is_number(alpha) || !(json_number_value(alpha) > 0))
+        st = lt_fail(err, LT_ERR_FORMAT, "%s: \"lora_alpha\" must be a positive number", path);
+    if (st == LT_OK) {
+        p->rank = (int)json_integer_value(r);
+        p->alpha = (float)json_number_value(alpha);
+        p->init = strcmp(is, "pissa") ? LT_INIT_OLORA : LT_INIT_PISSA;
+        *converted = 1;
+    }
+    json_decref(o);
+    return st;
+}
+
+LT_API lt_status lt_adapter_load(lt_model *m, const char *dir, lt_adapter **out) {
+    lt_error *err = lt_thread_error();
+    lt_error_clear(err);
+    if (!out) return lt_fail(err, LT_ERR_ARGUMENT, "lt_adapter_load: out is NULL");
+    *out = NULL;
+    if (!m || !dir) return lt_fail(err, LT_ERR_ARGUMENT, "lt_adapter_load: model and dir must not be NULL");
+    char cfg_path[4200], acfg_path[4200];
+    lt_path_join(cfg_path, sizeof cfg_path, dir, "config.json");
+    lt_path_join(acfg_path, sizeof acfg_path, dir, "adapter_config.json");
+    if (access(acfg_path, F_OK) != 0 && access(cfg_path, F_OK) == 0) /* a model saved by full fine-tuning */
+        return load_full(m, dir, out, err);
+    lt_adapter_params p;
+    lt_status st = read_adapter_config(dir, m, &p, err);
+    int converted = 0; /* PiSSA / OLoRA saved by us: [A; A0], [B, -B0] of rank 2r */
+    if (st == LT_OK) st = read_init_sidecar(dir, &p, &converted, err);
+    if (st != LT_OK) return st;
+    const int file_rank = converted ? 2 * p.rank : p.rank;
+    char path[4200];
+    lt_path_join(path, sizeof path, dir, "adapter_model.safetensors");
+    lt_st_file *f = NULL;
+    if ((st = lt_st_open(path, 1, &f, err)) != LT_OK) {
+        if (st == LT_ERR_IO) {
+            char bin[4200];
+            lt_path_join(bin, sizeof bin, dir, "adapter_model.bin");
+            FILE *bf = fopen(bin, "rb");
+            if (bf) {
+                fclose(bf);
+                return lt_fail(err, LT_ERR_UNSUPPORTED,
+                               "%s: only adapter_model.safetensors is supported, not the "
+                               "pickle adapter_model.bin (re-save it with safe_serialization=True)",
+                               dir);
+            }
+        }
+        return st;
+    }
+    lt_adapter *a = NULL;
+    if ((st = lt_adapter_alloc(m, &p, &a, err)) != LT_OK) {
+        lt_st_close(f);
+        return st;
+    }
+    const int L = (int)m->cfg.num_hidden_layers;
+    float *host = malloc(a->n_params * sizeof(float)), *host0 = NULL, *cvt = NULL;
+    if (!host) {
+        st = lt_fail(err, LT_ERR_NOMEM, "out of memory");
+        goto fail;
+    }
+    if (converted &&
+        (!(host0 = malloc(a->n_params * sizeof(float))) || !(cvt = malloc(2 * a->n_params * sizeof(float))))) {
+        st = lt_fail(err, LT_ERR_NOMEM, "out of memory");
+        goto fail;
+    }
+    if (a->init0 && !converted && (st = lt_lora_decompose_init(a, err)) != LT_OK)
+        goto fail; /* PEFT's unconverted save */
+    /* every key in the file must be one we expect ... */
+    lt_module mods[P_COUNT];
+    const int n_mods = lt_model_modules(&m->cfg, mods);
+    for (int i = 0; i < lt_st_count(f); i++) {
+        const char *name = lt_st_tensors(f)[i].name;
+        int l, q, matched = 0;
+        char key[256];
+        for (l = 0; l < L && !matched; l++)
+            for (q = 0; q < n_mods && !matched; q++)
+                for (int k = 0; k < 3 && !matched; k++) {
+                    if (k == 2)
+                        snprintf(key, sizeof key, KEY_PREFIX "%d.%s.%s.lora_magnitude_vector", l, mods[q].parent,
+                                 mods[q].name);
+                    else key_of(key, sizeof key, l, &mods[q], k ? 'B' : 'A');
+                    const lt_lora *lo = lt_adapter_lora(a, l, (lt_proj)mods[q].first);
+                    matched = !strcmp(key, name) && lo && (k < 2 || lo->mag);
+                }
+        for (int k = 0; k < a->n_ptensors && !matched; k++) {
+            char key[256];
+            snprintf(key, sizeof key, "base_model.model.%s", a->ptensors[k].name);
+            matched = !strcmp(key, name);
+        }
+        if (!matched) {
+            st = lt_fail(err, LT_ERR_FORMAT,
+                         "%s: unexpected tensor \"%s\" (not a LoRA weight of a targeted "
+                         "projection of this %d-layer model; an adapter for another model?)",
+                         path, name, L);
+            goto fail;
+        }
+    }
+    /* ... and every expected key must be there with the right shape */
+    for (int l = 0; l < L; l++)
+        for (int q = 0; q < n_mods; q++) {
+            lt_lora *lo = lt_adapter_lora(a, l, (lt_proj)mods[q].first);
+            if (!lo) continue;
+            int in, o;
+            lt_module_dims(&m->cfg, &mods[q], &in, &o);
+            for (int k = 0; k < (lo->mag ? 3 : 2); k++) {
+                char key[256];
+                if (k == 2)
+                    snprintf(key, sizeof key, KEY_PREFIX "%d.%s.%s.lora_magnitude_vector", l, mods[q].parent,
+                             mods[q].name);
+                else key_of(key, sizeof key, l, &mods[q], k ? 'B' : 'A');
+                const lt_st_tensor *t = lt_st_find(f, key);
+                if (!t) {
+                    st = lt_fail(err, LT_ERR_MISSING, "%s: tensor \"%s\" is missing", path, key);
+                    goto fail;
+                }
+                if (k == 2 && (t->ndim != 1 || t->shape[0] != o)) {
+                    st = lt_fail(err, LT_ERR_SHAPE, "%s: tensor \"%s\" must have shape [%d]", path, key, o);
+                    goto fail;
+                }
+                int64_t d0 = k ? o : file_rank, d1 = k ? file_rank : in;
+                if (k < 2 && (t->ndim != 2 || t->shape[0] != d0 || t->shape[1] != d1)) {
+                    st = lt_fail(err, LT_ERR_SHAPE,
+                                 "%s: tensor \"%s\" has shape [%lld, %lld], expected [%lld, %lld] "
+                                 "(r = %d in adapter_config.json; an adapter for another model?)",
+                                 path, key, (long long)t->shape[0], (long long)(t->ndim > 1 ? t->shape[1] : -1),
+                                 (long long)d0, (long long)d1, file_rank);
+                    goto fail;
+                }
+                float *dst = host + ((k == 2 ? lo->mag : k ? lo->B : lo->A) - a->params);
+                if (lt_convert_to_f32(host0 ? cvt : dst, t->data, t->dtype, (size_t)t->numel) != 0) {
+                    st = lt_fail(err, LT_ERR_DTYPE, "%s: tensor \"%s\" has dtype %s (need F32, F16 or BF16)", path, key,
+                                 lt_dtype_name(t->dtype));
+                    goto fail;
+                }
+                if (host0) { /* split [A; A0] by rows, [B, -B0] by columns */
+                    const int r = p.rank;
+                    float *dst0 = host0 + (dst - host);
+                    if (!k) {
+                        memcpy(dst, cvt, (size_t)r * in * sizeof(float));
+                        memcpy(dst0, cvt + (size_t)r * in, (size_t)r * in * sizeof(float));
+                    } else {
+                        for (int i = 0; i < o; i++)
+                            for (int j = 0; j < r; j++) {
+                                dst[(size_t)i * r + j] = cvt[(size_t)i * 2 * r + j];
+                                dst0[(size_t)i * r + j] = -cvt[(size_t)i * 2 * r + r + j];
+                            }
+                    }
+                }
+            }
+        }
+    for (int k = 0; k < a->n_ptensors; k++) { /* modules_to_save copies */
+        char key[256];
+        snprintf(key, sizeof key, "base_model.model.%s", a->ptensors[k].name);
+        const lt_st_tensor *t = lt_st_find(f, key);
+        if (!t) {
+            st = lt_fail(err, LT_ERR_MISSING, "%s: tensor \"%s\" (modules_to_save) is missing", path, key);
+            goto fail;
+        }
+        if (t->ndim != 2 || t->shape[0] != m->cfg.vocab_size || t->shape[1] != m->cfg.hidden_size) {
+            st = lt_fail(err, LT_ERR_SHAPE, "%s: tensor \"%s\" must have shape [%lld, %lld]", path, key,
+                         (long long)m->cfg.vocab_size, (long long)m->cfg.hidden_size);
+            goto fail;
+        }
+        if (lt_convert_to_f32(host + a->ptensors[k].off, t->data, t->dtype, (size_t)t->numel) != 0) {
+            st = lt_fail(err, LT_ERR_DTYPE, "%s: tensor \"%s\" has dtype %s (need F32, F16 or BF16)", path, key,
+                         lt_dtype_name(t->dtype));
+            goto fail;
+        }
+    }
+    for (size_t i = 0; i < a->n_params; i++)
+        if (!isfinite(host[i])) {
+            st = lt_fail(err, LT_ERR_NUMERIC, "%s: the adapter contains NaN or Inf", path);
+            goto fail;
+        }
+    m->be->ops->upload(m->be, a->params, host, a->n_params * sizeof(float));
+    if (host0) m->be->ops->upload(m->be, a->init0, host0, a->n_init0 * sizeof(float));
+    if ((st = m->be->ops->sync(m->be)) != LT_OK) goto fail;
+    free(host);
+    free(host0);
+    free(cvt);
+    lt_st_close(f);
+    *out = a;
+    return LT_OK;
+fail:
+    free(host);
+    free(host0);
+    free(cvt);
+    lt_st_close(f);
+    lt_adapter_free(a);
+    return st;
+}

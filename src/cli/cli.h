@@ -1,0 +1,90 @@
+/* cli.h - what the commands of the `loratune` tool share (cli.c), and the commands (one file each). */
+#ifndef LT_TOOL_CLI_H
+#define LT_TOOL_CLI_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+#include "loratune.h"
+
+/* Options: "--name value" pairs and "--flag" switches. */
+typedef struct opt_spec {
+    const char *name; /* without the dashes */
+    int takes_value;
+} opt_spec;
+
+typedef struct opts {
+    const opt_spec *spec;
+    int n_spec;
+    const char *values[64]; /* value, or "1" for a present flag, NULL if absent */
+} opts;
+
+/* Parses argv[1..]; prints a one-line error and returns -1 on an unknown or incomplete option. */
+int opts_parse(opts *o, const opt_spec *spec, int n_spec, int argc, char **argv, const char *cmd);
+const char *opt_str(const opts *o, const char *name, const char *def);
+int opt_flag(const opts *o, const char *name);
+/* Numeric options: print an error and return -1 if malformed. */
+int opt_int(const opts *o, const char *name, long long def, long long lo, long long hi, long long *out);
+int opt_double(const opts *o, const char *name, double def, double *out);
+
+/* Monotonic seconds. */
+double now_seconds(void);
+/* mkdir -p; 0 on success, -1 with errno set. */
+int mkdir_p(const char *dir);
+
+/* Print "loratune CMD: message" to stderr and return 1. */
+int fail(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Create a context ("cpu" or $LORATUNE_BACKEND) and load a model; prints the error on failure. */
+int open_model(const char *cmd, const char *dir, int threads, const char *backend, lt_context **ctx, lt_model **model);
+
+/* --quant nf4|fp4|int8 (nf4), --double-quant / --no-double-quant (on), --quant-blocksize N (64) into *qp;
+ * prints an error and returns -1 when malformed. */
+int quant_options(const char *cmd, const opts *o, lt_quant_params *qp);
+/* <dir>/quantization.json records how the base was quantized for training (read back by merge) */
+void write_quant_note(const char *dir, const lt_quant_params *qp);
+int read_quant_note(const char *dir, lt_quant_params *qp); /* 1 if found */
+/* The order of n data rows in an epoch: a permutation that is a pure function of (seed, epoch), or
+ * the file order without shuffle; SFT and preference training share it (resume is exact). */
+void epoch_order(int *order, int n, uint64_t seed, long long epoch, int shuffle);
+/* The optimizer options of every training command, into *op (lt_optimizer_params_init first;
+ * total_steps is left to the caller): --optimizer adamw|adamw8bit|sgd, --scheduler
+ * constant|linear|cosine, --lr (default lr), --weight-decay (0), --max-grad-norm (1), --momentum (SGD,
+ * 0.9), --warmup N, --warmup-ratio F. Prints the error; returns 1 for a bad choice, 2 for a malformed
+ * number, 0 otherwise. */
+int optimizer_options(const char *cmd, const opts *o, double lr, lt_optimizer_params *op);
+/* Updates of a run: steps when > 0, else ceil(epochs * ceil(units / batch) / accum); at least 1. */
+long long total_updates(long long steps, double epochs, long long units, long long batch, long long accum);
+/* The same with lt_model_params.base_dtype. */
+int open_model_dtype(const char *cmd, const char *dir, int threads, const char *backend, int base_dtype,
+                     lt_context **ctx, lt_model **model);
+/* --base-dtype f32|bf16 (default f32) -> LT_BASE_*; prints the error and returns 1 if malformed. */
+int opt_base_dtype(const opts *o, const char *cmd, int *out);
+
+/* --targets all|q_proj,k_proj,...|qkv_proj,gate_up_proj (Phi-3's fused modules) -> LT_TARGET_* bits;
+ * prints the error and returns -1 when malformed. Every command that creates a LoRA uses it. */
+int parse_targets(const char *cmd, const char *s, unsigned *out);
+/* lt_tokenizer_load(dir), printing the error; NULL on failure. */
+lt_tokenizer *open_tokenizer(const char *cmd, const char *dir);
+/* A whole file ("-": stdin) NUL-terminated, malloc'd; NULL when it cannot be read. */
+char *read_all(const char *path, size_t *n);
+
+/* The commands: main.c dispatches argv[1] to them. */
+int cmd_info(int argc, char **argv);     /* info.c */
+int cmd_quantize(int argc, char **argv); /* quantize.c */
+int cmd_eval(int argc, char **argv);     /* eval.c (--objective: cmd_eval_pref) */
+int cmd_eval_pref(int argc, char **argv);
+int cmd_train(int argc, char **argv); /* train.c (--objective: train_pref.c) */
+int cmd_train_pref(int argc, char **argv);
+/* 1 when argv holds --objective with a value other than sft (pref.c) */
+int wants_objective(int argc, char **argv);
+int cmd_merge(int argc, char **argv);    /* merge.c */
+int cmd_generate(int argc, char **argv); /* generate.c */
+int cmd_bench(int argc, char **argv);    /* bench.c */
+int cmd_demo(int argc, char **argv);     /* demo.c */
+int cmd_tokenize(int argc, char **argv); /* tokenize.c */
+int cmd_detokenize(int argc, char **argv);
+int cmd_render(int argc, char **argv); /* render.c */
+int cmd_data(int argc, char **argv);   /* data.c: data check */
+
+#endif

@@ -1,0 +1,28 @@
+/* jsonl.h - pre-tokenized JSONL datasets for the command-line tool. */
+#ifndef LT_TOOL_JSONL_H
+#define LT_TOOL_JSONL_H
+#include <stdint.h>
+#include <stdio.h>
+
+/* One row: input ids and labels (labels == ids when the line has none; -100 = no loss). */
+typedef struct row {
+    int32_t *ids, *labels;
+    int len;
+} row;
+
+typedef struct dataset {
+    row *rows;
+    int n;
+    int max_len;
+} dataset;
+
+/* Reads FILE: each line {"input_ids":[...], "labels":[...]} (labels optional). Blank lines skipped.
+ * On failure prints nothing, fills msg ("FILE:LINE: problem") and returns -1. */
+int dataset_load(const char *path, dataset *ds, char *msg, size_t msglen);
+void dataset_free(dataset *ds);
+
+/* Fill a padded batch of rows [first, first+n) (wrapping around the dataset) into ids/labels
+ * (n x T, padded with id 0 and label -100). T is the longest row, capped at max_T (rows are
+ * truncated, keeping their start). Returns T. */
+int dataset_batch(const dataset *ds, const int *order, int first, int n, int max_T, int32_t *ids, int32_t *labels);
+#endif

@@ -1,0 +1,45 @@
+/* merge.c - `loratune merge`: an adapter merged into its base model, written as a Hugging Face model. */
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli/cli.h"
+
+int cmd_merge(int argc, char **argv) {
+    static const opt_spec spec[] = {{"model", 1},        {"adapter", 1},         {"out", 1},
+                                    {"max-shard-mb", 1}, {"threads", 1},         {"quant", 1},
+                                    {"double-quant", 0}, {"no-double-quant", 0}, {"quant-blocksize", 1}};
+    opts o;
+    if (opts_parse(&o, spec, 9, argc, argv, "merge")) return 2;
+    const char *mdir = opt_str(&o, "model", NULL), *adir = opt_str(&o, "adapter", NULL),
+               *out = opt_str(&o, "out", NULL);
+    if (!mdir || !adir || !out) return fail("merge", "--model DIR, --adapter DIR and --out DIR are required");
+    long long shard_mb, threads;
+    if (opt_int(&o, "max-shard-mb", 2048, 1, 1 << 30, &shard_mb) || opt_int(&o, "threads", 0, 0, 1024, &threads))
+        return 2;
+    lt_context *ctx;
+    lt_model *m;
+    /* a QLoRA adapter was trained on the quantized base: merge into the same dequantized weights.
+     * --quant says how; without it the adapter's quantization.json (written by train) does. */
+    lt_quant_params qp;
+    int quantize = 0;
+    if (opt_str(&o, "quant", NULL)) {
+        if (quant_options("merge", &o, &qp)) return 2;
+        quantize = 1;
+    } else {
+        quantize = read_quant_note(adir, &qp);
+    }
+    if (open_model("merge", mdir, (int)threads, NULL, &ctx, &m)) return 1;
+    lt_adapter *ad = NULL;
+    int rc = 0;
+    if (quantize && lt_model_quantize(m, &qp) != LT_OK) rc = fail("merge", "%s", lt_model_last_error(m));
+    else if (lt_adapter_load(m, adir, &ad) != LT_OK) rc = fail("merge", "%s", lt_last_error());
+    else if (lt_adapter_export_merged(ad, out, shard_mb << 20) != LT_OK)
+        rc = fail("merge", "%s", lt_adapter_last_error(ad));
+    else printf("merged %s%s + %s -> %s (f32)\n", mdir, quantize ? " (dequantized)" : "", adir, out);
+    lt_adapter_free(ad);
+    lt_model_free(m);
+    lt_context_free(ctx);
+    return rc;
+}

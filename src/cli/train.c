@@ -1,0 +1,583 @@
+/* train.c - `loratune train`: LoRA SFT on a pre-tokenized JSONL file, through the public API. */
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "cli/cli.h"
+#include "cli/jsonl.h"
+#include "cli/textdata.h"
+
+static const opt_spec train_spec[] = {
+    {"model", 1},
+    {"data", 1},
+    {"out", 1},
+    {"adapter-init", 1},
+    {"rank", 1},
+    {"alpha", 1},
+    {"dropout", 1},
+    {"targets", 1},
+    {"rslora", 0},
+    {"init", 1},
+    {"lr", 1},
+    {"scheduler", 1},
+    {"warmup", 1},
+    {"warmup-ratio", 1},
+    {"steps", 1},
+    {"epochs", 1},
+    {"batch", 1},
+    {"grad-accum", 1},
+    {"max-grad-norm", 1},
+    {"weight-decay", 1},
+    {"momentum", 1},
+    {"optimizer", 1},
+    {"seed", 1},
+    {"no-shuffle", 0},
+    {"seq", 1},
+    {"pack", 0},
+    {"eval-data", 1},
+    {"eval-every", 1},
+    {"save-every", 1},
+    {"resume", 1},
+    {"threads", 1},
+    {"json", 0},
+    {"quiet", 0},
+    {"no-checkpointing", 0},
+    {"backend", 1},
+    {"help", 0},
+    {"objective", 1},
+    {"tokenizer", 1},
+    {"method", 1},
+    {"quant", 1},
+    {"double-quant", 0},
+    {"no-double-quant", 0},
+    {"quant-blocksize", 1},
+    {"base-dtype", 1},
+    {"modules-to-save", 1},
+};
+#define N_TRAIN_SPEC ((int)(sizeof train_spec / sizeof *train_spec))
+
+static void train_usage(void) {
+    printf(
+        "usage: loratune train --model DIR --data FILE.jsonl --out DIR [options]\n"
+        "  adapter:   --rank R (16) --alpha A (2R) --dropout P (0) --targets q_proj,k_proj,... (all 7)\n"
+        "             --rslora --init default|gaussian|pissa|olora --adapter-init DIR (start from a PEFT adapter)\n"
+        "  optimizer: --optimizer adamw|adamw8bit|sgd --lr LR (2e-4) --weight-decay W (0) --max-grad-norm C (1, "
+        "0=off)\n"
+        "             --scheduler constant|linear|cosine --warmup N | --warmup-ratio F --momentum M (sgd, 0.9)\n"
+        "  length:    --steps N | --epochs E (1)   --batch B (4) --grad-accum K (1) --seq T (512) --pack\n"
+        "  data:      --seed S --no-shuffle (rows in file order)\n"
+        "             text rows ({\"text\"}, {\"prompt\",\"completion\"}, {\"messages\"}, ...) are tokenized with\n"
+        "             --tokenizer DIR (default: the model directory); {\"input_ids\"} rows are used as they are\n"
+        "  eval/save: --eval-data FILE --eval-every N --save-every N --resume DIR\n"
+        "  method:    --method lora|dora|qlora|full (lora); dora: PEFT's weight-decomposed LoRA (needs --dropout 0);\n"
+        "             full: every weight trainable (fp32 weights, gradients and optimizer state); --out is then a\n"
+        "             Hugging Face model directory. --modules-to-save embed_tokens,lm_head (lora/dora/qlora):\n"
+        "             train full copies of those modules next to the adapter (PEFT modules_to_save)\n"
+        "             qlora quantizes the base projections on load:\n"
+        "             --quant nf4|fp4|int8 (nf4) --double-quant | --no-double-quant (on for qlora)\n"
+        "             --quant-blocksize N (64); `loratune merge` then merges into the dequantized base\n"
+        "  other:     --threads N --json --quiet --no-checkpointing\n"
+        "             --base-dtype f32|bf16 (bf16: frozen projection weights in bf16, fp32 accumulation)\n"
+        "  --objective sft (default) | dpo | ipo | kto | orpo: preference data (loratune train --objective dpo "
+        "--help)\n");
+}
+
+/* "embed_tokens,lm_head" -> LT_SAVE_* bits; -1 on an unknown name */
+static int parse_modules_to_save(const char *s, unsigned *out) {
+    *out = 0;
+    char buf[256];
+    snprintf(buf, sizeof buf, "%s", s);
+    for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        if (!strcmp(tok, "embed_tokens")) *out |= LT_SAVE_EMBED_TOKENS;
+        else if (!strcmp(tok, "lm_head")) *out |= LT_SAVE_LM_HEAD;
+        else return -1;
+    }
+    return *out ? 0 : -1;
+}
+
+/* Packing (best-fit decreasing): sequences (truncated to T) go into rows of T tokens; positions restart
+ * at 0 for each sequence, and the library masks predictions across the boundary. Padding is a
+ * sequence of its own with label -100. */
+typedef struct packed {
+    int32_t *ids, *labels, *pos;
+    int n_rows, T;
+} packed;
+
+static int cmp_len_desc(const void *a, const void *b, void *ds_) {
+    const dataset *ds = ds_;
+    int la = ds->rows[*(const int *)a].len, lb = ds->rows[*(const int *)b].len;
+    return lb - la != 0 ? lb - la : *(const int *)a - *(const int *)b;
+}
+
+static int pack_dataset(const dataset *ds, int T, packed *pk) {
+    int n = ds->n, *idx = malloc(n * sizeof *idx), *fill = calloc(n, sizeof *fill),
+        *row_of = malloc(n * sizeof *row_of);
+    if (!idx || !fill || !row_of) return -1;
+    for (int i = 0; i < n; i++) idx[i] = i;
+    qsort_r(idx, n, sizeof *idx, cmp_len_desc, (void *)ds);
+    int rows = 0;
+    for (int k = 0; k < n; k++) {
+        int len = ds->rows[idx[k]].len < T ? ds->rows[idx[k]].len : T, best = -1;
+        for (int r = 0; r < rows; r++)
+            if (fill[r] + len <= T && (best < 0 || fill[r] > fill[best])) best = r;
+        if (best < 0) best = rows++;
+        row_of[k] = best;
+        fill[best] += len;
+    }
+    pk->n_rows = rows;
+    pk->T = T;
+    pk->ids = malloc((size_t)rows * T * sizeof(int32_t));
+    pk->labels = malloc((size_t)rows * T * sizeof(int32_t));
+    pk->pos = malloc((size_t)rows * T * sizeof(int32_t));
+    if (!pk->ids || !pk->labels || !pk->pos) return -1;
+    memset(fill, 0, n * sizeof *fill);
+    for (int k = 0; k < n; k++) {
+        const row *r = &ds->rows[idx[k]];
+        int len = r->len < T ? r->len : T, rr = row_of[k];
+        for (int t = 0; t < len; t++) {
+            size_t o = (size_t)rr * T + fill[rr] + t;
+            pk->ids[o] = r->ids[t];
+            pk->labels[o] = t == 0 ? -100 : r->labels[t];
+            pk->pos[o] = t;
+        }
+        fill[rr] += len;
+    }
+    for (int rr = 0; rr < rows; rr++)
+        for (int t = fill[rr]; t < T; t++) {
+            size_t o = (size_t)rr * T + t;
+            pk->ids[o] = 0;
+            pk->labels[o] = -100;
+            pk->pos[o] = t - fill[rr];
+        }
+    free(idx);
+    free(fill);
+    free(row_of);
+    return 0;
+}
+
+static double eval_file(lt_model *m, lt_adapter *ad, const dataset *ds, int T_cap, int batch, long long *tokens,
+                        int *failed) {
+    int32_t *ids = malloc((size_t)batch * ds->max_len * sizeof *ids),
+            *lab = malloc((size_t)batch * ds->max_len * sizeof *lab);
+    double total = 0;
+    *tokens = 0;
+    *failed = !ids || !lab;
+    for (int first = 0; !*failed && first < ds->n; first += batch) {
+        int n = ds->n - first < batch ? ds->n - first : batch;
+        int T = dataset_batch(ds, NULL, first, n, T_cap, ids, lab);
+        lt_batch b;
+        lt_batch_init(&b, sizeof b);
+        b.n_rows = n;
+        b.seq_len = T;
+        b.input_ids = ids;
+        b.labels = lab;
+        double s;
+        int64_t k;
+        if (lt_model_loss(m, ad, &b, &s, &k) != LT_OK) {
+            *failed = 1;
+            break;
+        }
+        total += s;
+        *tokens += k;
+    }
+    free(ids);
+    free(lab);
+    return *tokens ? total / (double)*tokens : NAN;
+}
+
+/* A loss curve as a standalone SVG (no dependency): train loss per step, eval loss as dots. */
+static void write_svg(const char *path, const double *loss, long long n, const double *eval_step,
+                      const double *eval_loss, int n_eval) {
+    if (n < 1) return;
+    double lo = INFINITY, hi = -INFINITY;
+    for (long long i = 0; i < n; i++) {
+        if (loss[i] < lo) lo = loss[i];
+        if (loss[i] > hi) hi = loss[i];
+    }
+    for (int i = 0; i < n_eval; i++) {
+        if (eval_loss[i] < lo) lo = eval_loss[i];
+        if (eval_loss[i] > hi) hi = eval_loss[i];
+    }
+    if (hi - lo < 1e-9) {
+        hi += 0.5;
+        lo -= 0.5;
+    }
+    char tmp[4300];
+    snprintf(tmp, sizeof tmp, "%.4200s.tmp", path);
+    FILE *f = fopen(tmp, "w");
+    if (!f) return;
+    const double W = 640, Hh = 360, x0 = 60, y0 = 20, pw = 560, ph = 290;
+#define PX(i) (x0 + pw * ((n > 1) ? (double)(i) / (double)(n - 1) : 0.5))
+#define PY(v) (y0 + ph * (1.0 - ((v)-lo) / (hi - lo)))
+    fprintf(f,
+            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%g\" height=\"%g\" font-family=\"sans-serif\" "
+            "font-size=\"12\">\n<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n",
+            W, Hh);
+    fprintf(f, "<rect x=\"%g\" y=\"%g\" width=\"%g\" height=\"%g\" fill=\"none\" stroke=\"#999\"/>\n", x0, y0, pw, ph);
+    for (int k = 0; k <= 4; k++) {
+        double v = lo + (hi - lo) * k / 4.0;
+        fprintf(f, "<text x=\"%g\" y=\"%g\" text-anchor=\"end\">%.3f</text>\n", x0 - 4, PY(v) + 4, v);
+    }
+    fprintf(f, "<text x=\"%g\" y=\"%g\" text-anchor=\"middle\">optimizer step (1..%lld)</text>\n", x0 + pw / 2, Hh - 10,
+            n);
+    fprintf(f, "<polyline fill=\"none\" stroke=\"#1f77b4\" stroke-width=\"1.5\" points=\"");
+    for (long long i = 0; i < n; i++) fprintf(f, "%.1f,%.1f ", PX(i), PY(loss[i]));
+    fprintf(f, "\"/>\n");
+    for (int i = 0; i < n_eval; i++)
+        fprintf(f, "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"4\" fill=\"#d62728\"/>\n", PX(eval_step[i] - 1),
+                PY(eval_loss[i]));
+    fprintf(f,
+            "<text x=\"%g\" y=\"14\" fill=\"#1f77b4\">train loss</text><text x=\"%g\" y=\"14\" fill=\"#d62728\">"
+            "eval loss</text>\n</svg>\n",
+            x0, x0 + 90);
+#undef PX
+#undef PY
+    if (fclose(f) == 0) rename(tmp, path);
+}
+
+static void fmt_eta(char *buf, size_t len, double s) {
+    if (!(s >= 0) || s > 1e7) {
+        snprintf(buf, len, "--:--");
+        return;
+    }
+    long t = (long)(s + 0.5);
+    if (t >= 3600) snprintf(buf, len, "%ld:%02ld:%02ld", t / 3600, (t / 60) % 60, t % 60);
+    else snprintf(buf, len, "%02ld:%02ld", t / 60, t % 60);
+}
+
+int cmd_train(int argc, char **argv) {
+    if (wants_objective(argc, argv)) return cmd_train_pref(argc, argv);
+    opts o;
+    if (opts_parse(&o, train_spec, N_TRAIN_SPEC, argc, argv, "train")) return 2;
+    if (opt_flag(&o, "help")) {
+        train_usage();
+        return 0;
+    }
+    int base_dtype;
+    if (opt_base_dtype(&o, "train", &base_dtype)) return 2;
+    const char *mdir = opt_str(&o, "model", NULL), *data = opt_str(&o, "data", NULL), *out = opt_str(&o, "out", NULL);
+    if (!mdir || !data || !out)
+        return fail("train", "--model DIR, --data FILE.jsonl and --out DIR are required (see --help)");
+    long long rank, steps, batch, accum, seq, seed, eval_every, save_every, threads;
+    double alpha, dropout, epochs;
+    if (opt_int(&o, "rank", 16, 1, 4096, &rank) || opt_double(&o, "alpha", 2.0 * rank, &alpha) ||
+        opt_double(&o, "dropout", 0, &dropout) || opt_int(&o, "steps", 0, 0, 1LL << 40, &steps) ||
+        opt_double(&o, "epochs", 1, &epochs) || opt_int(&o, "batch", 4, 1, 1 << 20, &batch) ||
+        opt_int(&o, "grad-accum", 1, 1, 1 << 20, &accum) || opt_int(&o, "seq", 512, 2, 1 << 24, &seq) ||
+        opt_int(&o, "seed", 42, 0, 1LL << 62, &seed) || opt_int(&o, "eval-every", 0, 0, 1LL << 40, &eval_every) ||
+        opt_int(&o, "save-every", 0, 0, 1LL << 40, &save_every) || opt_int(&o, "threads", 0, 0, 1024, &threads))
+        return 2;
+    lt_optimizer_params op;
+    int orc = optimizer_options("train", &o, 2e-4, &op);
+    if (orc) return orc;
+    if (!(epochs > 0)) return fail("train", "--epochs must be positive");
+    if (!(alpha > 0)) return fail("train", "--alpha must be positive");
+    const int json = opt_flag(&o, "json"), quiet = opt_flag(&o, "quiet") || json;
+    FILE *log = json ? stderr : stdout;
+
+    dataset ds = {0}, eds = {0};
+    char msg[1024];
+    const char *tokdir = opt_str(&o, "tokenizer", mdir);
+    int dropped = 0;
+    if (dataset_load_any(data, tokdir, &ds, &dropped, msg, sizeof msg)) return fail("train", "%s", msg);
+    if (dropped && !quiet)
+        fprintf(log, "%s: %d rows with nothing to learn (label false or fully masked) left out\n", data, dropped);
+    const char *edata = opt_str(&o, "eval-data", NULL);
+    if (edata && dataset_load_any(edata, tokdir, &eds, NULL, msg, sizeof msg)) {
+        dataset_free(&ds);
+        return fail("train", "%s", msg);
+    }
+
+    lt_context *ctx = NULL;
+    lt_model *m = NULL;
+    lt_adapter *ad = NULL;
+    lt_optimizer *opt = NULL;
+    lt_trainer *tr = NULL;
+    packed pk = {0};
+    int *order = NULL;
+    int32_t *ids = NULL, *lab = NULL;
+    double *curve = NULL, ev_step[4096], ev_loss[4096];
+    int n_ev = 0, rc = 0;
+    FILE *metrics = NULL;
+    if (open_model_dtype("train", mdir, (int)threads, opt_str(&o, "backend", NULL), base_dtype, &ctx, &m)) {
+        rc = 1;
+        goto done;
+    }
+    {
+        /* QLoRA: the frozen base projections are quantized (NF4 + double quantization by default) */
+        const char *method = opt_str(&o, "method", "lora");
+        lt_quant_params qp;
+        if (strcmp(method, "lora") && strcmp(method, "dora") && strcmp(method, "qlora") && strcmp(method, "full")) {
+            rc = fail("train", "--method must be lora, dora, qlora or full");
+            goto done;
+        }
+        if (!strcmp(method, "full") && opt_str(&o, "modules-to-save", NULL)) {
+            rc = fail("train", "--modules-to-save goes with a LoRA method; --method full trains every module");
+            goto done;
+        }
+        if (strcmp(method, "qlora") && (opt_str(&o, "quant", NULL) || opt_flag(&o, "double-quant"))) {
+            rc = fail("train", "--quant and --double-quant go with --method qlora");
+            goto done;
+        }
+        if (quant_options("train", &o, &qp)) {
+            rc = 2;
+            goto done;
+        }
+        if (!strcmp(method, "qlora")) {
+            if (lt_model_quantize(m, &qp) != LT_OK) {
+                rc = fail("train", "%s", lt_model_last_error(m));
+                goto done;
+            }
+            if (mkdir_p(out) == 0) write_quant_note(out, &qp);
+            lt_model_info qi = {.size = sizeof qi};
+            lt_model_get_info(m, &qi);
+            if (!quiet)
+                fprintf(log, "qlora: base projections in %s%s, %.3f bits/parameter (%.1f MiB)\n",
+                        opt_str(&o, "quant", "nf4"), qp.double_quant ? " + double quantization" : "",
+                        8.0 * (double)qi.quantized_bytes / (double)qi.quantized_params, qi.quantized_bytes / 1048576.0);
+        }
+    }
+
+    /* adapter */
+    const char *init_dir = opt_str(&o, "adapter-init", NULL);
+    if (init_dir) {
+        if (lt_adapter_load(m, init_dir, &ad) != LT_OK) {
+            rc = fail("train", "%s", lt_last_error());
+            goto done;
+        }
+    } else {
+        lt_adapter_params ap;
+        lt_adapter_params_init(&ap, sizeof ap);
+        ap.rank = (int)rank;
+        ap.alpha = (float)alpha;
+        ap.dropout = (float)dropout;
+        ap.use_rslora = opt_flag(&o, "rslora");
+        const char *method = opt_str(&o, "method", "lora");
+        ap.use_dora = !strcmp(method, "dora");
+        ap.full_finetune = !strcmp(method, "full");
+        ap.seed = (uint64_t)seed;
+        const char *mts = opt_str(&o, "modules-to-save", NULL);
+        if (mts && parse_modules_to_save(mts, &ap.modules_to_save)) {
+            rc = fail("train", "--modules-to-save: expected a comma-separated list of embed_tokens,lm_head");
+            goto done;
+        }
+        const char *init = opt_str(&o, "init", "default");
+        if (!strcmp(init, "gaussian")) ap.init = LT_INIT_GAUSSIAN;
+        else if (!strcmp(init, "pissa")) ap.init = LT_INIT_PISSA;
+        else if (!strcmp(init, "olora")) ap.init = LT_INIT_OLORA;
+        else if (strcmp(init, "default")) {
+            rc = fail("train", "--init must be default, gaussian, pissa or olora");
+            goto done;
+        }
+        if (parse_targets("train", opt_str(&o, "targets", "all"), &ap.targets)) {
+            rc = 1;
+            goto done;
+        }
+        if (lt_adapter_create(m, &ap, &ad) != LT_OK) {
+            rc = fail("train", "%s", lt_last_error());
+            goto done;
+        }
+    }
+
+    /* data layout */
+    lt_model_info info = {.size = sizeof info};
+    lt_model_get_info(m, &info);
+    const int pack = opt_flag(&o, "pack");
+    int T = (int)(pack ? seq : (ds.max_len < seq ? ds.max_len : seq));
+    if (T < 2) T = 2;
+    long long n_units;
+    if (pack) {
+        if (pack_dataset(&ds, T, &pk)) {
+            rc = fail("train", "out of memory packing the data");
+            goto done;
+        }
+        n_units = pk.n_rows;
+    } else {
+        n_units = ds.n;
+    }
+    const long long total = total_updates(steps, epochs, n_units, batch, accum);
+    op.total_steps = total;
+    if (lt_optimizer_create(ad, &op, &opt) != LT_OK) {
+        rc = fail("train", "%s", lt_last_error());
+        goto done;
+    }
+    lt_trainer_params tp;
+    lt_trainer_params_init(&tp, sizeof tp);
+    tp.grad_accum = (int)accum;
+    tp.seed = (uint64_t)seed;
+    tp.gradient_checkpointing = !opt_flag(&o, "no-checkpointing");
+    if (lt_trainer_create(m, ad, opt, &tp, &tr) != LT_OK) {
+        rc = fail("train", "%s", lt_last_error());
+        goto done;
+    }
+    const char *resume = opt_str(&o, "resume", NULL);
+    if (resume && lt_trainer_load_checkpoint(tr, resume) != LT_OK) {
+        rc = fail("train", "--resume %s: %s", resume, lt_trainer_last_error(tr));
+        goto done;
+    }
+    long long start = lt_optimizer_step_count(opt);
+
+    char path[4200];
+    if (mkdir_p(out) != 0) {
+        rc = fail("train", "%s: cannot create: %s", out, strerror(errno));
+        goto done;
+    }
+    snprintf(path, sizeof path, "%s/metrics.jsonl", out);
+    metrics = fopen(path, start > 0 ? "a" : "w");
+    if (!metrics) {
+        rc = fail("train", "%s: cannot write: %s", path, strerror(errno));
+        goto done;
+    }
+
+    order = malloc(n_units * sizeof *order);
+    ids = malloc((size_t)batch * T * sizeof *ids);
+    lab = malloc((size_t)batch * T * sizeof *lab);
+    int32_t *pos = malloc((size_t)batch * T * sizeof *pos);
+    curve = calloc((size_t)total, sizeof *curve);
+    if (!order || !ids || !lab || !pos || !curve) {
+        free(pos);
+        rc = fail("train", "out of memory");
+        goto done;
+    }
+    const int shuffle = !opt_flag(&o, "no-shuffle");
+
+    if (!quiet)
+        fprintf(log,
+                "training %s: %lld updates of %lld x %lld rows x %d tokens%s, rank %d, %lld trainable parameters\n",
+                mdir, total - start, batch, accum, T, pack ? " (packed)" : "", (int)rank,
+                (long long)lt_adapter_n_params(ad));
+    double t_start = now_seconds(), last_loss = NAN, last_eval = NAN, tok_s = 0;
+    long long micro = start * accum, cur_epoch = -1;
+    for (long long step = start; step < total; step++) {
+        lt_step_result r = {.size = sizeof r};
+        for (long long k = 0; k < accum; k++, micro++) {
+            /* rows of micro-batch `micro`: global row indices micro*B .. micro*B+B-1 */
+            for (int i = 0; i < batch; i++) {
+                long long g = micro * batch + i, ep = g / n_units;
+                if (ep != cur_epoch) {
+                    epoch_order(order, (int)n_units, (uint64_t)seed, ep, shuffle);
+                    cur_epoch = ep;
+                }
+                int src = order[g % n_units];
+                if (pack) {
+                    memcpy(ids + (size_t)i * T, pk.ids + (size_t)src * T, T * sizeof *ids);
+                    memcpy(lab + (size_t)i * T, pk.labels + (size_t)src * T, T * sizeof *lab);
+                    memcpy(pos + (size_t)i * T, pk.pos + (size_t)src * T, T * sizeof *pos);
+                } else {
+                    const row *rw = &ds.rows[src];
+                    int len = rw->len < T ? rw->len : T;
+                    for (int t = 0; t < T; t++) {
+                        ids[(size_t)i * T + t] = t < len ? rw->ids[t] : 0;
+                        lab[(size_t)i * T + t] = t < len ? rw->labels[t] : -100;
+                    }
+                }
+            }
+            lt_batch b;
+            lt_batch_init(&b, sizeof b);
+            b.n_rows = (int)batch;
+            b.seq_len = T;
+            b.input_ids = ids;
+            b.labels = lab;
+            b.position_ids = pack ? pos : NULL;
+            lt_status st = lt_trainer_step(tr, &b, &r);
+            if (st != LT_OK) {
+                rc = fail("train", "step %lld: %s", step + 1, lt_trainer_last_error(tr));
+                free(pos);
+                goto done;
+            }
+        }
+        last_loss = r.loss;
+        curve[step] = r.loss;
+        tok_s = r.tokens_per_s;
+        double elapsed = now_seconds() - t_start,
+               eta = elapsed / (double)(step + 1 - start) * (double)(total - step - 1);
+        char etab[32];
+        fmt_eta(etab, sizeof etab, eta);
+        int do_eval = eds.n > 0 && ((eval_every > 0 && (step + 1) % eval_every == 0) || step + 1 == total);
+        if (do_eval) {
+            long long et;
+            int failed;
+            last_eval = eval_file(m, ad, &eds, T, (int)batch, &et, &failed);
+            if (failed) {
+                rc = fail("train", "evaluation failed: %s", lt_model_last_error(m));
+                free(pos);
+                goto done;
+            }
+            if (n_ev < 4096) {
+                ev_step[n_ev] = (double)(step + 1);
+                ev_loss[n_ev++] = last_eval;
+            }
+        }
+        if (!quiet) {
+            fprintf(log, "step %5lld/%lld  loss %.4f  lr %.3e  grad_norm %.3f  tok/s %.0f  ETA %s", step + 1, total,
+                    r.loss, r.lr, r.grad_norm, r.tokens_per_s, etab);
+            if (do_eval) fprintf(log, "  eval_loss %.4f", last_eval);
+            fputc('\n', log);
+            fflush(log);
+        }
+        fprintf(metrics, "{\"step\": %lld, \"loss\": %.8g, \"lr\": %.8g, \"grad_norm\": %.8g, \"tokens_per_s\": %.1f",
+                step + 1, r.loss, r.lr, r.grad_norm, r.tokens_per_s);
+        if (do_eval) fprintf(metrics, ", \"eval_loss\": %.8g", last_eval);
+        fprintf(metrics, "}\n");
+        fflush(metrics);
+        if (save_every > 0 && (step + 1) % save_every == 0 && step + 1 < total) {
+            snprintf(path, sizeof path, "%s/checkpoint-%lld", out, step + 1);
+            if (lt_trainer_save_checkpoint(tr, path) != LT_OK) {
+                rc = fail("train", "%s", lt_trainer_last_error(tr));
+                free(pos);
+                goto done;
+            }
+        }
+    }
+    free(pos);
+    if (lt_adapter_save(ad, out) != LT_OK) {
+        rc = fail("train", "%s", lt_adapter_last_error(ad));
+        goto done;
+    }
+    snprintf(path, sizeof path, "%s/checkpoint-final", out);
+    if (lt_trainer_save_checkpoint(tr, path) != LT_OK) {
+        rc = fail("train", "%s", lt_trainer_last_error(tr));
+        goto done;
+    }
+    snprintf(path, sizeof path, "%s/loss.svg", out);
+    write_svg(path, curve + start, total - start, ev_step, ev_loss, n_ev);
+    if (!quiet) {
+        lt_adapter_params gp = {.size = sizeof gp};
+        lt_adapter_get_params(ad, &gp);
+        if (gp.full_finetune)
+            fprintf(log,
+                    "model written to %s (Hugging Face format: config.json + safetensors, f32); "
+                    "metrics.jsonl and loss.svg beside it\n",
+                    out);
+        else
+            fprintf(log,
+                    "adapter written to %s (PEFT format: adapter_config.json + adapter_model.safetensors); "
+                    "metrics.jsonl and loss.svg beside it\n",
+                    out);
+    }
+    if (json)
+        printf(
+            "{\"loss\": %.8g, \"eval_loss\": %s%.8g%s, \"steps\": %lld, \"tokens_per_s\": %.1f, \"adapter\": \"%s\"}\n",
+            last_loss, isnan(last_eval) ? "\"" : "", isnan(last_eval) ? 0.0 : last_eval, isnan(last_eval) ? "\"" : "",
+            total, tok_s, out);
+done:
+    if (metrics) fclose(metrics);
+    free(order);
+    free(ids);
+    free(lab);
+    free(curve);
+    free(pk.ids);
+    free(pk.labels);
+    free(pk.pos);
+    lt_trainer_free(tr);
+    lt_optimizer_free(opt);
+    lt_adapter_free(ad);
+    lt_model_free(m);
+    lt_context_free(ctx);
+    dataset_free(&ds);
+    dataset_free(&eds);
+    return rc;
+}

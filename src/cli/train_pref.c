@@ -1,0 +1,258 @@
+/* train_pref.c - `loratune train --objective dpo|ipo|kto|orpo`: preference training on pre-tokenized
+ * JSONL (the data: pref.c). */
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli/pref.h"
+
+int cmd_train_pref(int argc, char **argv) {
+    static const opt_spec spec[] = {{"model", 1},
+                                    {"data", 1},
+                                    {"out", 1},
+                                    {"adapter-init", 1},
+                                    {"rank", 1},
+                                    {"alpha", 1},
+                                    {"targets", 1},
+                                    {"rslora", 0},
+                                    {"lr", 1},
+                                    {"scheduler", 1},
+                                    {"warmup", 1},
+                                    {"warmup-ratio", 1},
+                                    {"steps", 1},
+                                    {"epochs", 1},
+                                    {"batch", 1},
+                                    {"grad-accum", 1},
+                                    {"max-grad-norm", 1},
+                                    {"weight-decay", 1},
+                                    {"optimizer", 1},
+                                    {"momentum", 1},
+                                    {"seed", 1},
+                                    {"no-shuffle", 0},
+                                    {"threads", 1},
+                                    {"json", 0},
+                                    {"quiet", 0},
+                                    {"no-checkpointing", 0},
+                                    {"backend", 1},
+                                    {"objective", 1},
+                                    {"beta", 1},
+                                    {"label-smoothing", 1},
+                                    {"desirable-weight", 1},
+                                    {"undesirable-weight", 1},
+                                    {"max-length", 1},
+                                    {"ref-adapter", 1},
+                                    {"precompute-ref", 0},
+                                    {"no-eos", 0},
+                                    {"help", 0}};
+    opts o;
+    if (opts_parse(&o, spec, (int)(sizeof spec / sizeof *spec), argc, argv, "train")) return 2;
+    if (opt_flag(&o, "help")) {
+        printf("usage: loratune train --objective dpo|ipo|kto|orpo --model DIR --data FILE.jsonl --out DIR [options]\n"
+               "  data: {\"prompt_ids\":[..],\"chosen_ids\":[..],\"rejected_ids\":[..]} per line (KTO: "
+               "\"completion_ids\"\n"
+               "        and \"label\": true|false); EOS (config.json) appended to completions unless --no-eos\n"
+               "  objective: --beta B (0.1) --label-smoothing E (DPO, 0) --desirable-weight W --undesirable-weight W\n"
+               "             --max-length N --ref-adapter DIR (frozen reference; default: adapter disabled)\n"
+               "             --precompute-ref (reference log-probs once for the dataset)\n"
+               "  as SFT:    --rank --alpha --targets --rslora --adapter-init --optimizer adamw|adamw8bit|sgd "
+               "--momentum M --lr\n"
+               "             --scheduler --warmup --warmup-ratio --steps --epochs --batch --grad-accum\n"
+               "             --max-grad-norm --weight-decay --seed --no-shuffle --threads --json --quiet\n");
+        return 0;
+    }
+    const char *mdir = opt_str(&o, "model", NULL), *data = opt_str(&o, "data", NULL), *out = opt_str(&o, "out", NULL);
+    if (!mdir || !data || !out)
+        return fail("train", "--model DIR, --data FILE.jsonl and --out DIR are required (see --help)");
+    lt_objective obj;
+    if (pref_parse_objective(opt_str(&o, "objective", ""), &obj))
+        return fail("train", "--objective must be sft, dpo, ipo, kto or orpo");
+    long long rank, steps, batch, accum, seed, threads;
+    double alpha, epochs;
+    if (opt_int(&o, "rank", 16, 1, 4096, &rank) || opt_double(&o, "alpha", 2.0 * rank, &alpha) ||
+        opt_int(&o, "steps", 0, 0, 1LL << 40, &steps) || opt_double(&o, "epochs", 1, &epochs) ||
+        opt_int(&o, "batch", 4, 1, 1 << 20, &batch) || opt_int(&o, "grad-accum", 1, 1, 1 << 20, &accum) ||
+        opt_int(&o, "seed", 42, 0, 1LL << 62, &seed) || opt_int(&o, "threads", 0, 0, 1024, &threads))
+        return 2;
+    lt_optimizer_params op;
+    int orc = optimizer_options("train", &o, 5e-6, &op);
+    if (orc) return orc;
+    lt_trainer_params tp;
+    if (pref_trainer_params(&o, obj, &tp)) return 2;
+    tp.grad_accum = (int)accum;
+    tp.seed = (uint64_t)seed;
+    tp.gradient_checkpointing = !opt_flag(&o, "no-checkpointing");
+    const int json = opt_flag(&o, "json"), quiet = opt_flag(&o, "quiet") || json;
+    FILE *log = json ? stderr : stdout;
+    pref_set ds;
+    char msg[1024];
+    if (pref_load(data, obj == LT_OBJ_KTO, opt_flag(&o, "no-eos") ? -1 : pref_config_eos(mdir), &ds, msg, sizeof msg))
+        return fail("train", "%s", msg);
+    lt_context *ctx = NULL;
+    lt_model *m = NULL;
+    lt_adapter *ad = NULL, *ref = NULL;
+    lt_optimizer *opt = NULL;
+    lt_trainer *tr = NULL;
+    pref_buf buf = {0};
+    int *order = NULL, *idx = NULL, rc = 0;
+    double *ref_c = NULL, *ref_r = NULL, *rb_c = NULL, *rb_r = NULL;
+    FILE *metrics = NULL;
+    if (open_model("train", mdir, (int)threads, opt_str(&o, "backend", NULL), &ctx, &m)) {
+        rc = 1;
+        goto done;
+    }
+    const char *init_dir = opt_str(&o, "adapter-init", NULL), *rdir = opt_str(&o, "ref-adapter", NULL);
+    if (init_dir) {
+        if (lt_adapter_load(m, init_dir, &ad) != LT_OK) {
+            rc = fail("train", "%s", lt_last_error());
+            goto done;
+        }
+    } else {
+        lt_adapter_params ap;
+        lt_adapter_params_init(&ap, sizeof ap);
+        ap.rank = (int)rank;
+        ap.alpha = (float)alpha;
+        ap.use_rslora = opt_flag(&o, "rslora");
+        ap.seed = (uint64_t)seed;
+        if (parse_targets("train", opt_str(&o, "targets", "all"), &ap.targets)) {
+            rc = 1;
+            goto done;
+        }
+        if (lt_adapter_create(m, &ap, &ad) != LT_OK) {
+            rc = fail("train", "%s", lt_last_error());
+            goto done;
+        }
+    }
+    if (rdir && lt_adapter_load(m, rdir, &ref) != LT_OK) {
+        rc = fail("train", "%s", lt_last_error());
+        goto done;
+    }
+    tp.ref_adapter = ref;
+    const long long total = total_updates(steps, epochs, ds.n, batch, accum);
+    op.total_steps = total;
+    if (lt_optimizer_create(ad, &op, &opt) != LT_OK || lt_trainer_create(m, ad, opt, &tp, &tr) != LT_OK) {
+        rc = fail("train", "%s", lt_last_error());
+        goto done;
+    }
+    order = malloc((size_t)ds.n * sizeof *order);
+    idx = malloc((size_t)(batch > ds.n ? batch : ds.n) * sizeof *idx);
+    rb_c = malloc((size_t)batch * sizeof *rb_c);
+    rb_r = malloc((size_t)batch * sizeof *rb_r);
+    if (!order || !idx || !rb_c || !rb_r) {
+        rc = fail("train", "out of memory");
+        goto done;
+    }
+    /* --precompute-ref: DPO and IPO (KTO's KL pairs depend on the batch; ORPO has no reference) */
+    const int kto = obj == LT_OBJ_KTO,
+              precompute = opt_flag(&o, "precompute-ref") && (obj == LT_OBJ_DPO || obj == LT_OBJ_IPO);
+    if (precompute) {
+        /* reference log-probs once per example, batched in file order */
+        ref_c = malloc((size_t)ds.n * sizeof *ref_c);
+        ref_r = malloc((size_t)ds.n * sizeof *ref_r);
+        if (!ref_c || !ref_r) {
+            rc = fail("train", "out of memory");
+            goto done;
+        }
+        for (int first = 0; first < ds.n; first += (int)batch) {
+            int n = ds.n - first < batch ? ds.n - first : (int)batch;
+            for (int i = 0; i < n; i++) idx[i] = first + i;
+            lt_pref_batch pb;
+            if (pref_make_batch(&ds, idx, n, &buf, &pb)) {
+                rc = fail("train", "out of memory");
+                goto done;
+            }
+            if (lt_trainer_reference_logps(tr, &pb, ref_c + first, ref_r + first, NULL) != LT_OK) {
+                rc = fail("train", "reference log-probs: %s", lt_trainer_last_error(tr));
+                goto done;
+            }
+        }
+    }
+    char path[4200];
+    if (mkdir_p(out) != 0) {
+        rc = fail("train", "%s: cannot create: %s", out, strerror(errno));
+        goto done;
+    }
+    snprintf(path, sizeof path, "%s/metrics.jsonl", out);
+    if (!(metrics = fopen(path, "w"))) {
+        rc = fail("train", "%s: cannot write: %s", path, strerror(errno));
+        goto done;
+    }
+    if (!quiet)
+        fprintf(log, "training %s with %s: %lld updates of %lld x %lld examples, %lld trainable parameters\n", mdir,
+                opt_str(&o, "objective", ""), total, batch, accum, (long long)lt_adapter_n_params(ad));
+    const int shuffle = !opt_flag(&o, "no-shuffle");
+    long long micro = 0, cur_epoch = -1;
+    lt_step_result r = {.size = sizeof r};
+    for (long long step = 0; step < total; step++) {
+        for (long long k = 0; k < accum; k++, micro++) {
+            /* micro-batch j holds examples (j*B + i) mod n of the epoch's order, as in SFT */
+            for (int i = 0; i < batch; i++) {
+                long long g = micro * batch + i, ep = g / ds.n;
+                if (ep != cur_epoch) {
+                    epoch_order(order, ds.n, (uint64_t)seed, ep, shuffle);
+                    cur_epoch = ep;
+                }
+                idx[i] = order[g % ds.n];
+            }
+            lt_pref_batch pb;
+            if (pref_make_batch(&ds, idx, (int)batch, &buf, &pb)) {
+                rc = fail("train", "out of memory");
+                goto done;
+            }
+            if (precompute && !kto) {
+                for (int i = 0; i < batch; i++) {
+                    rb_c[i] = ref_c[idx[i]];
+                    rb_r[i] = ref_r[idx[i]];
+                }
+                pb.ref_chosen_logps = rb_c;
+                pb.ref_rejected_logps = rb_r;
+            }
+            r.size = sizeof r;
+            if (lt_trainer_step_preference(tr, &pb, &r) != LT_OK) {
+                rc = fail("train", "step %lld: %s", step + 1, lt_trainer_last_error(tr));
+                goto done;
+            }
+        }
+        if (!quiet) {
+            fprintf(log,
+                    "step %5lld/%lld  loss %.4f  lr %.3e  grad_norm %.3f  rewards: chosen %.4f rejected %.4f "
+                    "acc %.2f margin %.4f\n",
+                    step + 1, total, r.loss, r.lr, r.grad_norm, r.rewards_chosen, r.rewards_rejected,
+                    r.rewards_accuracies, r.rewards_margins);
+            fflush(log);
+        }
+        fprintf(metrics, "{\"step\": %lld, \"loss\": %.9g, \"lr\": %.9g, \"grad_norm\": %.9g", step + 1, r.loss, r.lr,
+                r.grad_norm);
+        pref_print_metrics(metrics, &r);
+        fprintf(metrics, "}\n");
+        fflush(metrics);
+    }
+    if (lt_adapter_save(ad, out) != LT_OK) {
+        rc = fail("train", "%s", lt_adapter_last_error(ad));
+        goto done;
+    }
+    if (json) {
+        printf("{\"loss\": %.9g", r.loss);
+        pref_print_metrics(stdout, &r);
+        printf(", \"steps\": %lld, \"adapter\": \"%s\"}\n", total, out);
+    } else if (!quiet) {
+        fprintf(log, "adapter written to %s; metrics.jsonl beside it\n", out);
+    }
+done:
+    if (metrics) fclose(metrics);
+    free(order);
+    free(idx);
+    free(ref_c);
+    free(ref_r);
+    free(rb_c);
+    free(rb_r);
+    pref_buf_free(&buf);
+    lt_trainer_free(tr);
+    lt_optimizer_free(opt);
+    lt_adapter_free(ref);
+    lt_adapter_free(ad);
+    lt_model_free(m);
+    lt_context_free(ctx);
+    pref_free(&ds);
+    return rc;
+}

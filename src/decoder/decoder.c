@@ -1,0 +1,453 @@
+/*
+ * decoder.c - forward and backward of the decoder (every family of formats/config.c) with LoRA /
+ * DoRA, through the backend ops.
+ *
+ * defines: lt_linear_forward, lt_dora_prepare, lt_forward_backward, lt_forward_logp, lt_backward_weighted
+ *
+ * One layer (x is the residual stream, (N,H)):
+ *   ln1 = rmsnorm(x) ; q,k,v = lin(ln1) ; rope(q,k) ; att = attention(q,k,v) ; x_mid = x + lin_o(att)
+ *   ln2 = rmsnorm(x_mid) ; act = silu(lin_gate(ln2)) * lin_up(ln2) ; x_out = x_mid + lin_down(act)
+ * lin_p(x) = x W_p^T + s * (dropout(x) A_p^T) B_p^T  when projection p carries LoRA.
+ * Loss: h = rmsnorm_final(x_L); logits = h W_lm^T in chunks of rows; token CE against the shifted
+ * labels; the logits of a chunk are turned into their gradient in place and folded into dh at once,
+ * so the (N, V) logits never exist.
+ * Backward runs the layers in reverse; with gradient checkpointing each layer's forward is recomputed
+ * from its saved input into a single set of activation buffers first.
+ * Full fine-tuning and modules_to_save: every pass reads its weights through lt_view_* (adapter/adapter.h), the
+ * adapter's trained copies where it holds them; their gradients (dW += dy^T x per projection, column sums
+ * for biases, dweight of each RMSNorm, a scatter-add for the embedding, dlogits^T h for the LM head)
+ * accumulate into the adapter's grads next to the input gradients.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "decoder/decoder.h"
+
+#define OPS (m->be->ops)
+#define BE (m->be)
+
+/* ---- linear with LoRA ----------------------------------------------------------------------------- */
+
+/* y (N,out) = x (N,in) W^T + s * (dropout(x) A^T) B^T ; xa (N,r) keeps dropout(x) A^T for backward. */
+void lt_linear_forward(lt_model *m, lt_workspace *ws, const lt_adapter *ad, const lt_lora *lo,
+                       const lt_dropout_state *drop, uint64_t drop_stream, float *y, const float *x, const lt_weight *W,
+                       float *xa, int N, int in, int out) {
+    lt_weight_forward(m, ws ? ws->wtile : NULL, W, y, x, N, in, out, 0.0f);
+    if (!lo) return;
+    const int r = ad->p.rank;
+    if (lo->B0) { /* PiSSA / OLoRA: PEFT's residual base W - s B0 A0 (on x, not dropout(x)); xa as scratch */
+        OPS->gemm(BE, 0, 1, N, r, in, 1.0f, x, in, lo->A0, in, 0.0f, xa, r);
+        OPS->gemm(BE, 0, 1, N, out, r, -ad->scaling, xa, r, lo->B0, r, 1.0f, y, out);
+    }
+    const float *xd = x;
+    if (drop && drop->p > 0) {
+        OPS->dropout(BE, ws->drop, x, (size_t)N * in, drop->p, drop->seed, drop_stream);
+        xd = ws->drop;
+    }
+    OPS->gemm(BE, 0, 1, N, r, in, 1.0f, xd, in, lo->A, in, 0.0f, xa, r);
+    OPS->gemm(BE, 0, 1, N, out, r, ad->scaling, xa, r, lo->B, r, 1.0f, y, out);
+}
+
+/* dx (N,in) = (accumulate ? dx : 0) + dy W + s (dy B) A ;  dB += s dy^T xa ; dA += s (dy B)^T dropout(x) */
+static void linear_backward(lt_model *m, lt_workspace *ws, const lt_adapter *ad, const lt_lora *lo,
+                            const lt_dropout_state *drop, uint64_t drop_stream, float *dx, int accumulate,
+                            const float *dy, const float *x, const lt_weight *W, const float *xa, int N, int in,
+                            int out) {
+    lt_weight_backward(m, ws->wtile, W, dx, dy, N, in, out, accumulate ? 1.0f : 0.0f);
+    if (!lo) return;
+    const int r = ad->p.rank;
+    const float s = ad->scaling;
+    OPS->gemm(BE, 0, 0, N, r, out, 1.0f, dy, out, lo->B, r, 0.0f, ws->dr, r); /* dr = dy B */
+    OPS->gemm(BE, 1, 0, out, r, N, s, dy, out, xa, r, 1.0f, lo->dB, r);       /* dB        */
+    if (drop && drop->p > 0) {
+        /* the path is x -> dropout -> A: dx gets the same mask and 1/(1-p) applied to s dr A */
+        OPS->gemm(BE, 0, 0, N, in, r, s, ws->dr, r, lo->A, in, 0.0f, ws->drop, in);
+        OPS->dropout(BE, ws->drop, ws->drop, (size_t)N * in, drop->p, drop->seed, drop_stream);
+        OPS->axpy(BE, (size_t)N * in, 1.0f, ws->drop, dx);
+        OPS->dropout(BE, ws->drop, x, (size_t)N * in, drop->p, drop->seed, drop_stream); /* recompute */
+        OPS->gemm(BE, 1, 0, r, in, N, s, ws->dr, r, ws->drop, in, 1.0f, lo->dA, in);     /* dA        */
+    } else {
+        OPS->gemm(BE, 0, 0, N, in, r, s, ws->dr, r, lo->A, in, 1.0f, dx, in); /* dx += s dr A */
+        OPS->gemm(BE, 1, 0, r, in, N, s, ws->dr, r, x, in, 1.0f, lo->dA, in); /* dA        */
+    }
+    if (lo->B0) { /* PiSSA / OLoRA: dx -= s (dy B0) A0 (the frozen part of the residual base) */
+        OPS->gemm(BE, 0, 0, N, r, out, 1.0f, dy, out, lo->B0, r, 0.0f, ws->dr, r);
+        OPS->gemm(BE, 0, 0, N, in, r, -s, ws->dr, r, lo->A0, in, 1.0f, dx, in);
+    }
+}
+
+/* ---- DoRA on top of a LoRA projection (PEFT's DoraLinearLayer, no dropout) ----------------------------- */
+
+/* g = m / ||W + s B A||_row and inv_n for one projection; the norm is a constant for autograd
+ * (PEFT detaches it). W + s B A is materialised in the adapter's scratch. */
+static void dora_prepare_lo(lt_model *m, const lt_adapter *ad, const lt_lora *lo, const lt_weight *W, int in, int out) {
+    const int r = ad->p.rank;
+    if (W->format == LT_WEIGHT_QUANT) OPS->dequantize_rows(BE, ad->dora_w, &W->q, 0, out); /* QDoRA */
+    else OPS->copy(BE, ad->dora_w, W->f32, (size_t)out * in * sizeof(float));
+    OPS->gemm(BE, 0, 0, out, in, r, ad->scaling, lo->B, r, lo->A, in, 1.0f, ad->dora_w, in);
+    OPS->dora_norm(BE, lo->dora_g, lo->dora_inv_n, lo->mag, ad->dora_w, out, in);
+}
+
+void lt_dora_prepare(lt_model *m, const lt_adapter *ad, int layer, lt_proj p) {
+    const lt_lora *lo = ad ? lt_adapter_lora(ad, layer, p) : NULL;
+    if (!lo || !lo->mag) return;
+    int in, out;
+    lt_proj_dims(&m->cfg, p, &in, &out);
+    dora_prepare_lo(m, ad, lo, &m->layers[layer].w[p], in, out);
+}
+
+/* y = g * (x W^T + s (x A^T) B^T): lt_linear_forward, then the DoRA column scale */
+static void lora_linear_forward(lt_model *m, lt_workspace *ws, const lt_adapter *ad, const lt_lora *lo,
+                                const lt_dropout_state *drop, uint64_t drop_stream, float *y, const float *x,
+                                const lt_weight *W, float *xa, int N, int in, int out) {
+    lt_linear_forward(m, ws, ad, lo, drop, drop_stream, y, x, W, xa, N, in, out);
+    if (lo && lo->mag) {
+        dora_prepare_lo(m, ad, lo, W, in, out);
+        OPS->mul_cols(BE, y, lo->dora_g, N, out);
+    }
+}
+
+/* DoRA backward: dm += inv_n * colsum(dy * y'), y' = x W^T + s (x A^T) B^T recomputed into ws->drop
+ * (free: DoRA runs without dropout); then the LoRA backward of g * dy. */
+static void lora_linear_backward(lt_model *m, lt_workspace *ws, const lt_adapter *ad, const lt_lora *lo,
+                                 const lt_dropout_state *drop, uint64_t drop_stream, float *dx, int accumulate,
+                                 const float *dy, const float *x, const lt_weight *W, const float *xa, int N, int in,
+                                 int out) {
+    if (!lo || !lo->mag) {
+        linear_backward(m, ws, ad, lo, drop, drop_stream, dx, accumulate, dy, x, W, xa, N, in, out);
+        return;
+    }
+    lt_linear_forward(m, ws, ad, lo, NULL, 0, ws->drop, x, W, (float *)(uintptr_t)xa, N, in, out); /* xa: same bits */
+    OPS->col_dot(BE, lo->dmag, dy, ws->drop, lo->dora_inv_n, N, out);
+    OPS->copy(BE, ws->drop, dy, (size_t)N * out * sizeof(float));
+    OPS->mul_cols(BE, ws->drop, lo->dora_g, N, out);
+    linear_backward(m, ws, ad, lo, drop, drop_stream, dx, accumulate, ws->drop, x, W, xa, N, in, out);
+}
+
+/* ---- one layer ------------------------------------------------------------------------------------ */
+
+/* Full fine-tuning: the gradients of projection p's weight and bias from its output gradient dy (N,out)
+ * and input x (N,in):  dW (out,in) += dy^T x  (one GEMM over all N tokens),  db (out) += colsum(dy). */
+static void weight_grad(lt_model *m, const lt_layer *G, lt_proj p, const float *dy, const float *x, int N, int in,
+                        int out) {
+    OPS->gemm(BE, 1, 0, out, in, N, 1.0f, dy, out, x, in, 1.0f, G->w[p].f32, in);
+    if (G->bias[p]) OPS->bias_backward(BE, G->bias[p], dy, N, out);
+}
+
+static uint64_t stream_id(const lt_model_config *c, int layer, lt_proj p, int N, int width) {
+    /* distinct, non-overlapping counter ranges per (layer, projection); the projections of a fused
+     * module (Phi-3 qkv_proj, gate_up_proj) read one input through one dropout, so they share one */
+    if (c->fused_proj) p = p <= P_V ? P_Q : p == P_UP ? P_GATE : p;
+    return ((uint64_t)(layer * P_COUNT + p) << 40);
+}
+
+/* The kv_start array of layer l: windowed for the sliding-window layers of Mistral / Qwen2 / Gemma 2. */
+static const int32_t *layer_kv_start(const lt_model *m, const lt_workspace *ws, int l) {
+    return m->cfg.sliding_window > 0 && m->cfg.layer_sliding[l] ? ws->kv_start_swa : ws->kv_start;
+}
+
+static void layer_forward(lt_model *m, lt_workspace *ws, const lt_adapter *ad, const lt_dropout_state *drop, int l,
+                          const float *x, lt_layer_acts *A, float *x_out) {
+    const lt_model_config *c = &m->cfg;
+    const lt_layer *W = lt_view_layer(m, ad, l);
+    const int B = ws->B, T = ws->T, N = B * T, H = (int)c->hidden_size, I = (int)c->intermediate_size;
+    const int NH = (int)c->num_attention_heads, NKV = (int)c->num_key_value_heads, HD = (int)c->head_dim;
+    const int QD = NH * HD, KD = NKV * HD;
+    lt_lora *lo[P_COUNT];
+    for (int p = 0; p < P_COUNT; p++) lo[p] = ad ? lt_adapter_lora(ad, l, (lt_proj)p) : NULL;
+
+    const float eps = (float)c->rms_norm_eps;
+    /* Qwen3: q and k go through a per-head RMSNorm before RoPE; the projections land in q_pre/k_pre */
+    float *qp = c->qk_norm ? A->q_pre : A->q, *kp = c->qk_norm ? A->k_pre : A->k;
+
+    OPS->rmsnorm_forward(BE, A->ln1, A->rstd1, x, W->attn_norm, N, H, eps);
+    lora_linear_forward(m, ws, ad, lo[P_Q], drop, stream_id(c, l, P_Q, N, H), qp, A->ln1, &W->w[P_Q], A->xa[P_Q], N, H,
+                        QD);
+    lora_linear_forward(m, ws, ad, lo[P_K], drop, stream_id(c, l, P_K, N, H), kp, A->ln1, &W->w[P_K], A->xa[P_K], N, H,
+                        KD);
+    lora_linear_forward(m, ws, ad, lo[P_V], drop, stream_id(c, l, P_V, N, H), A->v, A->ln1, &W->w[P_V], A->xa[P_V], N,
+                        H, KD);
+    if (W->bias[P_Q]) OPS->bias_add(BE, qp, W->bias[P_Q], N, QD);
+    if (W->bias[P_K]) OPS->bias_add(BE, kp, W->bias[P_K], N, KD);
+    if (W->bias[P_V]) OPS->bias_add(BE, A->v, W->bias[P_V], N, KD);
+    if (c->qk_norm) { /* rows of head_dim: (N*NH, HD) and (N*NKV, HD) */
+        OPS->rmsnorm_forward(BE, A->q, A->rstd_q, qp, W->q_norm, N * NH, HD, eps);
+        OPS->rmsnorm_forward(BE, A->k, A->rstd_k, kp, W->k_norm, N * NKV, HD, eps);
+    }
+    OPS->rope_forward(BE, A->q, ws->pos, ws->inv_freq, N, NH, HD, m->rot_dim);
+    OPS->rope_forward(BE, A->k, ws->pos, ws->inv_freq, N, NKV, HD, m->rot_dim);
+    if (m->rope_mscale != 1.0f) { /* longrope: cos and sin times the attention factor */
+        OPS->rope_scale(BE, A->q, N, NH, HD, m->rot_dim, m->rope_mscale);
+        OPS->rope_scale(BE, A->k, N, NKV, HD, m->rot_dim, m->rope_mscale);
+    }
+    if (c->attn_logit_softcapping > 0)
+        OPS->attention_softcap_forward(BE, A->att, A->lse, A->q, A->k, A->v, layer_kv_start(m, ws, l), B, T, NH, NKV,
+                                       HD, lt_config_attn_scale(c), (float)c->attn_logit_softcapping);
+    else
+        OPS->attention_forward(BE, A->att, A->lse, A->q, A->k, A->v, layer_kv_start(m, ws, l), B, T, NH, NKV, HD,
+                               lt_config_attn_scale(c));
+    /* x_mid = x + o(att)   (Gemma 2: x + post_attention_layernorm(o(att))) */
+    float *o_out = c->sandwich_norms ? A->o_raw : A->x_mid;
+    lora_linear_forward(m, ws, ad, lo[P_O], drop, stream_id(c, l, P_O, N, QD), o_out, A->att, &W->w[P_O], A->xa[P_O], N,
+                        QD, H);
+    if (W->bias[P_O]) OPS->bias_add(BE, o_out, W->bias[P_O], N, H);
+    if (c->sandwich_norms) OPS->rmsnorm_forward(BE, A->x_mid, A->rstd_pa, A->o_raw, W->post_attn_norm, N, H, eps);
+    OPS->axpy(BE, (size_t)N * H, 1.0f, x, A->x_mid);
+    OPS->rmsnorm_forward(BE, A->ln2, A->rstd2, A->x_mid, W->mlp_norm, N, H, eps);
+    lora_linear_forward(m, ws, ad, lo[P_GATE], drop, stream_id(c, l, P_GATE, N, H), A->gate, A->ln2, &W->w[P_GATE],
+                        A->xa[P_GATE], N, H, I);
+    lora_linear_forward(m, ws, ad, lo[P_UP], drop, stream_id(c, l, P_UP, N, H), A->up, A->ln2, &W->w[P_UP], A->xa[P_UP],
+                        N, H, I);
+    if (W->bias[P_GATE]) OPS->bias_add(BE, A->gate, W->bias[P_GATE], N, I);
+    if (W->bias[P_UP]) OPS->bias_add(BE, A->up, W->bias[P_UP], N, I);
+    if (c->activation == LT_ACT_GELU_TANH) OPS->geglu_forward(BE, A->act, A->gate, A->up, (size_t)N * I);
+    else OPS->swiglu_forward(BE, A->act, A->gate, A->up, (size_t)N * I);
+    /* x_out = x_mid + down(act) */
+    float *d_out = c->sandwich_norms ? A->d_raw : x_out;
+    lora_linear_forward(m, ws, ad, lo[P_DOWN], drop, stream_id(c, l, P_DOWN, N, I), d_out, A->act, &W->w[P_DOWN],
+                        A->xa[P_DOWN], N, I, H);
+    if (W->bias[P_DOWN]) OPS->bias_add(BE, d_out, W->bias[P_DOWN], N, H);
+    if (c->sandwich_norms) OPS->rmsnorm_forward(BE, x_out, A->rstd_pf, A->d_raw, W->post_ff_norm, N, H, eps);
+    OPS->axpy(BE, (size_t)N * H, 1.0f, A->x_mid, x_out);
+}
+
+/* ws->dres (N,H) holds d loss / d x_out on entry and d loss / d x on return. */
+static void layer_backward(lt_model *m, lt_workspace *ws, const lt_adapter *ad, const lt_dropout_state *drop, int l,
+                           const float *x, lt_layer_acts *A) {
+    const lt_model_config *c = &m->cfg;
+    const lt_layer *W = lt_view_layer(m, ad, l);
+    const lt_layer *G = lt_view_layer_grads(ad, l); /* full fine-tuning: the weights' gradients */
+    const int B = ws->B, T = ws->T, N = B * T, H = (int)c->hidden_size, I = (int)c->intermediate_size;
+    const int NH = (int)c->num_attention_heads, NKV = (int)c->num_key_value_heads, HD = (int)c->head_dim;
+    const int QD = NH * HD, KD = NKV * HD;
+    lt_lora *lo[P_COUNT];
+    for (int p = 0; p < P_COUNT; p++) lo[p] = ad ? lt_adapter_lora(ad, l, (lt_proj)p) : NULL;
+#define GW(field) (G ? G->field : NULL)
+
+    /* MLP: x_out = x_mid + down(silu(gate(ln2)) * up(ln2)) */
+    const float *d_down = ws->dres;
+    if (c->sandwich_norms) { /* x_out = x_mid + post_ff_norm(down(...)) */
+        OPS->zero(BE, ws->dsand, (size_t)N * H * sizeof(float));
+        OPS->rmsnorm_backward(BE, ws->dsand, GW(post_ff_norm), ws->dres, A->d_raw, W->post_ff_norm, A->rstd_pf, N, H);
+        d_down = ws->dsand;
+    }
+    lora_linear_backward(m, ws, ad, lo[P_DOWN], drop, stream_id(c, l, P_DOWN, N, I), ws->dI1, 0, d_down, A->act,
+                         &W->w[P_DOWN], A->xa[P_DOWN], N, I, H);
+    if (G) weight_grad(m, G, P_DOWN, d_down, A->act, N, I, H);
+    if (c->activation == LT_ACT_GELU_TANH)
+        OPS->geglu_backward(BE, ws->dI2, ws->dI3, ws->dI1, A->gate, A->up, (size_t)N * I);
+    else OPS->swiglu_backward(BE, ws->dI2, ws->dI3, ws->dI1, A->gate, A->up, (size_t)N * I);
+    lora_linear_backward(m, ws, ad, lo[P_GATE], drop, stream_id(c, l, P_GATE, N, H), ws->dln, 0, ws->dI2, A->ln2,
+                         &W->w[P_GATE], A->xa[P_GATE], N, H, I);
+    if (G) weight_grad(m, G, P_GATE, ws->dI2, A->ln2, N, H, I);
+    lora_linear_backward(m, ws, ad, lo[P_UP], drop, stream_id(c, l, P_UP, N, H), ws->dln, 1, ws->dI3, A->ln2,
+                         &W->w[P_UP], A->xa[P_UP], N, H, I);
+    if (G) weight_grad(m, G, P_UP, ws->dI3, A->ln2, N, H, I);
+    OPS->rmsnorm_backward(BE, ws->dres, GW(mlp_norm), ws->dln, A->x_mid, W->mlp_norm, A->rstd2, N, H);
+
+    /* attention: x_mid = x + o(attention(rope(q(ln1)), rope(k(ln1)), v(ln1))) */
+    const float *d_o = ws->dres;
+    if (c->sandwich_norms) { /* x_mid = x + post_attn_norm(o(...)) */
+        OPS->zero(BE, ws->dsand, (size_t)N * H * sizeof(float));
+        OPS->rmsnorm_backward(BE, ws->dsand, GW(post_attn_norm), ws->dres, A->o_raw, W->post_attn_norm, A->rstd_pa, N,
+                              H);
+        d_o = ws->dsand;
+    }
+    lora_linear_backward(m, ws, ad, lo[P_O], drop, stream_id(c, l, P_O, N, QD), ws->datt, 0, d_o, A->att, &W->w[P_O],
+                         A->xa[P_O], N, QD, H);
+    if (G) weight_grad(m, G, P_O, d_o, A->att, N, QD, H);
+    if (c->attn_logit_softcapping > 0)
+        OPS->attention_softcap_backward(BE, ws->dq, ws->dk, ws->dv, ws->datt, A->q, A->k, A->v, A->att, A->lse,
+                                        layer_kv_start(m, ws, l), B, T, NH, NKV, HD, lt_config_attn_scale(c),
+                                        (float)c->attn_logit_softcapping);
+    else
+        OPS->attention_backward(BE, ws->dq, ws->dk, ws->dv, ws->datt, A->q, A->k, A->v, A->att, A->lse,
+                                layer_kv_start(m, ws, l), B, T, NH, NKV, HD, lt_config_attn_scale(c), ws->att_scratch);
+    if (m->rope_mscale != 1.0f) {
+        OPS->rope_scale(BE, ws->dq, N, NH, HD, m->rot_dim, m->rope_mscale);
+        OPS->rope_scale(BE, ws->dk, N, NKV, HD, m->rot_dim, m->rope_mscale);
+    }
+    OPS->rope_backward(BE, ws->dq, ws->pos, ws->inv_freq, N, NH, HD, m->rot_dim);
+    OPS->rope_backward(BE, ws->dk, ws->pos, ws->inv_freq, N, NKV, HD, m->rot_dim);
+    float *dqp = ws->dq, *dkp = ws->dk;
+    if (c->qk_norm) { /* back through the per-head norms; datt is free again and holds d q_pre */
+        dqp = ws->datt;
+        dkp = ws->dk_pre;
+        OPS->zero(BE, dqp, (size_t)N * QD * sizeof(float));
+        OPS->zero(BE, dkp, (size_t)N * KD * sizeof(float));
+        OPS->rmsnorm_backward(BE, dqp, GW(q_norm), ws->dq, A->q_pre, W->q_norm, A->rstd_q, N * NH, HD);
+        OPS->rmsnorm_backward(BE, dkp, GW(k_norm), ws->dk, A->k_pre, W->k_norm, A->rstd_k, N * NKV, HD);
+    }
+    lora_linear_backward(m, ws, ad, lo[P_Q], drop, stream_id(c, l, P_Q, N, H), ws->dln, 0, dqp, A->ln1, &W->w[P_Q],
+                         A->xa[P_Q], N, H, QD);
+    if (G) weight_grad(m, G, P_Q, dqp, A->ln1, N, H, QD);
+    lora_linear_backward(m, ws, ad, lo[P_K], drop, stream_id(c, l, P_K, N, H), ws->dln, 1, dkp, A->ln1, &W->w[P_K],
+                         A->xa[P_K], N, H, KD);
+    if (G) weight_grad(m, G, P_K, dkp, A->ln1, N, H, KD);
+    lora_linear_backward(m, ws, ad, lo[P_V], drop, stream_id(c, l, P_V, N, H), ws->dln, 1, ws->dv, A->ln1, &W->w[P_V],
+                         A->xa[P_V], N, H, KD);
+    if (G) weight_grad(m, G, P_V, ws->dv, A->ln1, N, H, KD);
+    OPS->rmsnorm_backward(BE, ws->dres, GW(attn_norm), ws->dln, x, W->attn_norm, A->rstd1, N, H);
+#undef GW
+}
+
+/* ---- the whole model ---------------------------------------------------------------------------- */
+
+/* From ws->dln = d loss / d final_ln back through the final norm and every layer (reverse order);
+ * adapter grads accumulate. */
+static lt_status backward_layers(lt_model *m, const lt_adapter *ad, lt_workspace *ws, const lt_dropout_state *drop,
+                                 lt_error *err) {
+    const int L = (int)m->cfg.num_hidden_layers, H = (int)m->cfg.hidden_size, N = ws->B * ws->T;
+    OPS->zero(BE, ws->dres, (size_t)N * H * sizeof(float));
+    OPS->rmsnorm_backward(BE, ws->dres, ad ? ad->d_final_norm : NULL, ws->dln, ws->x_saved[L],
+                          lt_view_final_norm(m, ad), ws->final_rstd, N, H);
+    for (int l = L - 1; l >= 0; l--) {
+        lt_layer_acts *A = &ws->acts[ws->checkpointing ? 0 : l];
+        if (ws->checkpointing) /* recompute this layer's activations; its output goes to a scratch */
+            layer_forward(m, ws, ad, drop, l, ws->x_saved[l], A, ws->dln);
+        layer_backward(m, ws, ad, drop, l, ws->x_saved[l], A);
+    }
+    if (ad && ad->d_embed) { /* x_0 = embed_scale * E[ids]: dE[ids] += embed_scale * dx_0 (dres is free after) */
+        if (m->cfg.embed_scale != 1.0) OPS->scale(BE, (size_t)N * H, (float)m->cfg.embed_scale, ws->dres);
+        OPS->embedding_backward(BE, ad->d_embed, ws->ids, ws->dres, N, H);
+    }
+    lt_status st = OPS->sync(BE);
+    if (st != LT_OK) return lt_fail(err, st, "backend %s failed during the backward pass", OPS->name);
+    return LT_OK;
+}
+
+/* Checks shared by every pass, then embeddings, each layer and the final norm into ws->final_ln;
+ * checkpointing keeps only each layer's input. */
+static lt_status forward_layers(lt_model *m, const lt_adapter *ad, lt_workspace *ws, const lt_dropout_state *drop,
+                                lt_error *err) {
+    const lt_model_config *c = &m->cfg;
+    const int L = (int)c->num_hidden_layers, H = (int)c->hidden_size, N = ws->B * ws->T;
+    if (ad && ad->p.rank > ws->rank)
+        return lt_fail(err, LT_ERR_INTERNAL, "workspace planned for rank %d, adapter has rank %d", ws->rank,
+                       ad->p.rank);
+    if (ad && ad->merged)
+        return lt_fail(err, LT_ERR_STATE, "the adapter is merged into the base weights; unmerge it first");
+    if (!ws->wtile && lt_weight_tile_floats(m) > 0)
+        return lt_fail(err, LT_ERR_STATE,
+                       "the model was quantized after this trainer planned its memory; "
+                       "quantize the model before creating trainers");
+    OPS->embedding_forward(BE, ws->x_saved[0], ws->ids, lt_view_embed(m, ad), N, H);
+    if (c->embed_scale != 1.0) /* Gemma: times sqrt(hidden) rounded to the activation dtype (fp32) */
+        OPS->scale(BE, (size_t)N * H, (float)c->embed_scale, ws->x_saved[0]);
+    for (int l = 0; l < L; l++) {
+        lt_layer_acts *A = &ws->acts[ws->checkpointing ? 0 : l];
+        layer_forward(m, ws, ad, drop, l, ws->x_saved[l], A, ws->x_saved[l + 1]);
+    }
+    OPS->rmsnorm_forward(BE, ws->final_ln, ws->final_rstd, ws->x_saved[L], lt_view_final_norm(m, ad), N, H,
+                         (float)c->rms_norm_eps);
+    return LT_OK;
+}
+
+/* logits (n,V) = softcap(logit_scale * final_ln[r0 .. r0+n) W_lm^T); Gemma 2's final soft-capping
+ * cap tanh(z / cap) is kept in ws->logits_capped when a backward will need it. */
+static void lm_head_forward(lt_model *m, lt_workspace *ws, const lt_weight *head, int r0, int n, float logit_scale,
+                            int backward) {
+    const int H = (int)m->cfg.hidden_size, V = (int)m->cfg.vocab_size;
+    const float fcap = (float)m->cfg.final_logit_softcapping;
+    lt_weight_forward(m, ws->wtile, head, ws->logits, ws->final_ln + (size_t)r0 * H, n, H, V, 0.0f);
+    if (logit_scale != 1.0f) OPS->scale(BE, (size_t)n * V, logit_scale, ws->logits);
+    if (fcap > 0) {
+        OPS->softcap_forward(BE, ws->logits, (size_t)n * V, fcap);
+        if (backward) OPS->copy(BE, ws->logits_capped, ws->logits, (size_t)n * V * sizeof(float));
+    }
+}
+
+/* A trained LM head (full FT, modules_to_save): dW_lm (V,H) += s dlogits^T final_ln for the chunk of rows
+ * r0 .. r0+n, dlogits (n,V) in ws->logits, s the logit scale. Tied: dW_lm is the embedding's gradient. */
+static void lm_head_weight_grad(lt_model *m, const lt_adapter *ad, lt_workspace *ws, int r0, int n, float s) {
+    const int H = (int)m->cfg.hidden_size, V = (int)m->cfg.vocab_size;
+    OPS->gemm(BE, 1, 0, V, H, n, s, ws->logits, V, ws->final_ln + (size_t)r0 * H, H, 1.0f, ad->d_lm_head, H);
+}
+
+/* the gradient in ws->logits back through the soft-capping (after lm_head_forward with backward) */
+static void lm_head_softcap_backward(lt_model *m, lt_workspace *ws, int n) {
+    const float fcap = (float)m->cfg.final_logit_softcapping;
+    if (fcap > 0) OPS->softcap_backward(BE, ws->logits, ws->logits_capped, (size_t)n * (size_t)m->cfg.vocab_size, fcap);
+}
+
+lt_status lt_forward_backward(lt_model *m, const lt_adapter *ad, lt_workspace *ws, const lt_dropout_state *drop,
+                              float grad_scale, double *loss_sum, float *logits_out, lt_error *err) {
+    const int H = (int)m->cfg.hidden_size, V = (int)m->cfg.vocab_size;
+    const int N = ws->B * ws->T;
+    const int backward = grad_scale != 0.0f && !logits_out;
+    if (backward && ws->forward_only)
+        return lt_fail(err, LT_ERR_INTERNAL, "a forward-only workspace cannot run a backward pass");
+    lt_status st = forward_layers(m, ad, ws, drop, err);
+    if (st != LT_OK) return st;
+
+    /* chunked LM head + cross-entropy; dln accumulates d loss / d final_ln */
+    double total = 0.0;
+    const lt_weight head = lt_view_lm_head(m, ad);
+    for (int r0 = 0; r0 < N; r0 += ws->chunk) {
+        int n = N - r0 < ws->chunk ? N - r0 : ws->chunk;
+        lm_head_forward(m, ws, &head, r0, n, 1.0f, backward);
+        if (logits_out) OPS->download(BE, logits_out + (size_t)r0 * V, ws->logits, (size_t)n * V * sizeof(float));
+        OPS->cross_entropy(BE, ws->logits, ws->losses + r0, ws->targets + r0, n, V, backward ? grad_scale : 0.0f);
+        if (backward) {
+            lm_head_softcap_backward(m, ws, n);
+            lt_weight_backward(m, ws->wtile, &head, ws->dln + (size_t)r0 * H, ws->logits, n, H, V, 0.0f);
+            if (ad && ad->d_lm_head) lm_head_weight_grad(m, ad, ws, r0, n, 1.0f);
+        }
+    }
+    OPS->download(BE, ws->host_losses, ws->losses, (size_t)N * sizeof(float));
+    st = OPS->sync(BE);
+    if (st != LT_OK) return lt_fail(err, st, "backend %s failed during the forward pass", OPS->name);
+    for (int i = 0; i < N; i++) total += ws->host_losses[i];
+    *loss_sum = total;
+    if (!isfinite(total)) return lt_fail(err, LT_ERR_NUMERIC, "the loss is not finite (%g)", total);
+    if (!backward) return LT_OK;
+
+    return backward_layers(m, ad, ws, drop, err);
+}
+
+/* ---- objectives other than SFT: forward to per-token log-probs, then a weighted backward ---------- */
+
+lt_status lt_forward_logp(lt_model *m, const lt_adapter *ad, lt_workspace *ws, const lt_dropout_state *drop,
+                          float logit_scale, lt_error *err) {
+    const int V = (int)m->cfg.vocab_size, N = ws->B * ws->T;
+    lt_status st = forward_layers(m, ad, ws, drop, err);
+    if (st != LT_OK) return st;
+    const lt_weight head = lt_view_lm_head(m, ad);
+    for (int r0 = 0; r0 < N; r0 += ws->chunk) {
+        int n = N - r0 < ws->chunk ? N - r0 : ws->chunk;
+        lm_head_forward(m, ws, &head, r0, n, logit_scale, 0);
+        OPS->cross_entropy(BE, ws->logits, ws->losses + r0, ws->targets + r0, n, V, 0.0f);
+    }
+    OPS->download(BE, ws->host_losses, ws->losses, (size_t)N * sizeof(float));
+    st = OPS->sync(BE);
+    if (st != LT_OK) return lt_fail(err, st, "backend %s failed during the forward pass", OPS->name);
+    for (int i = 0; i < N; i++)
+        if (!isfinite(ws->host_losses[i]))
+            return lt_fail(err, LT_ERR_NUMERIC, "the log-probability of token %d of row %d is not finite", i % ws->T,
+                           i / ws->T);
+    return LT_OK;
+}
+
+lt_status lt_backward_weighted(lt_model *m, const lt_adapter *ad, lt_workspace *ws, const lt_dropout_state *drop,
+                               float logit_scale, const float *host_w, lt_error *err) {
+    const int H = (int)m->cfg.hidden_size, V = (int)m->cfg.vocab_size;
+    const int N = ws->B * ws->T;
+    if (ws->forward_only) return lt_fail(err, LT_ERR_INTERNAL, "a forward-only workspace cannot run a backward pass");
+    OPS->upload(BE, ws->row_w, host_w, (size_t)N * sizeof(float));
+    /* d loss / d final_ln, chunk by chunk: logits again (one extra LM-head GEMM), softmax - onehot
+     * scaled per row by w, then through the LM head (and the logit scale) */
+    const lt_weight head = lt_view_lm_head(m, ad);
+    for (int r0 = 0; r0 < N; r0 += ws->chunk) {
+        int n = N - r0 < ws->chunk ? N - r0 : ws->chunk;
+        float *dln = ws->dln + (size_t)r0 * H;
+        lm_head_forward(m, ws, &head, r0, n, logit_scale, 1);
+        OPS->cross_entropy(BE, ws->logits, ws->losses + r0, ws->targets + r0, n, V, 1.0f);
+        lm_head_softcap_backward(m, ws, n);
+        OPS->row_scale(BE, ws->logits, ws->row_w + r0, n, V);
+        lt_weight_backward(m, ws->wtile, &head, dln, ws->logits, n, H, V, 0.0f);
+        if (ad && ad->d_lm_head) lm_head_weight_grad(m, ad, ws, r0, n, logit_scale);
+        if (logit_scale != 1.0f) OPS->scale(BE, (size_t)n * H, logit_scale, dln);
+    }
+    return backward_layers(m, ad, ws, drop, err);
+}

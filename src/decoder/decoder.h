@@ -1,0 +1,113 @@
+/*
+ * decoder.h - the decoder: the per-shape workspace and batch staging (decoder/workspace.c), the layer
+ * forward and backward with LoRA / DoRA, the chunked LM head + cross-entropy (decoder/decoder.c), and
+ * the passes the trainer, the objectives, evaluation and generation run (internal).
+ */
+#ifndef LT_DECODER_H
+#define LT_DECODER_H
+
+#include "adapter/adapter.h"
+
+/* ---- workspace: everything a forward + backward of one (B, T) shape needs, planned once ------- */
+typedef struct lt_layer_acts {
+    float *x_in;            /* (N,H) residual stream entering the layer                     */
+    float *ln1, *rstd1;     /* (N,H), (N)                                                   */
+    float *q, *k, *v;       /* (N,NH*HD), (N,NKV*HD) x2, after RoPE                          */
+    float *q_pre, *k_pre;   /* (N,NH*HD), (N,NKV*HD) before the Qwen3 q/k norm (qk_norm only) */
+    float *rstd_q, *rstd_k; /* (N*NH), (N*NKV) q/k norm statistics (qk_norm only)            */
+    float *o_raw, *rstd_pa; /* (N,H), (N) o_proj output before post_attention_layernorm (Gemma 2) */
+    float *d_raw, *rstd_pf; /* (N,H), (N) down_proj output before post_feedforward_layernorm      */
+    float *att, *lse;       /* (N,NH*HD), (B,NH,T)                                          */
+    float *x_mid;           /* (N,H) residual after attention                               */
+    float *ln2, *rstd2;     /* (N,H), (N)                                                   */
+    float *gate, *up, *act; /* (N,I) each; act = silu(gate) * up                            */
+    float *xa[P_COUNT];     /* (N,r) dropout(x) A^T per targeted projection                 */
+} lt_layer_acts;
+
+typedef struct lt_workspace {
+    lt_backend *be;
+    int B, T, N;       /* rows of the staged batch (<= B_cap), tokens per row, B*T */
+    int B_cap;         /* rows planned for; a smaller batch reuses the workspace */
+    int rank;          /* LoRA rank it was planned for (0: none) */
+    int checkpointing; /* 1: recompute each layer in backward */
+    int forward_only;  /* no backward buffers were planned */
+    int n_acts;        /* L without checkpointing, 1 with */
+    lt_layer_acts *acts;
+    float **x_saved;                         /* (L) layer inputs (N,H) kept by checkpointing; x_saved[L] = final */
+    float *final_ln, *final_rstd;            /* (N,H), (N) */
+    int32_t *ids, *targets, *pos, *kv_start; /* (N) device copies */
+    int32_t *kv_start_swa;                   /* (N) first key of each query in sliding-window layers (NULL: none) */
+    const float *inv_freq; /* the model's RoPE frequencies for the staged batch (longrope: short or long) */
+    float *logits;         /* (chunk, V) */
+    float *losses;         /* (N) */
+    int chunk;
+    /* backward scratch */
+    float *dres, *dln;          /* (N,H) */
+    float *dI1, *dI2, *dI3;     /* (N,I) */
+    float *dq, *dk, *dv, *datt; /* (N,NH*HD) (N,NKV*HD) x2 (N,NH*HD) */
+    float *dk_pre;              /* (N,NKV*HD) gradient before the k norm (qk_norm only) */
+    float *dsand;               /* (N,H) gradient before a sandwich norm (Gemma 2) */
+    float *logits_capped;       /* (chunk,V) soft-capped logits kept for backward (Gemma 2) */
+    float *dr;                  /* (N,r) */
+    float *drop;                /* (N,max(H,I)) dropout-masked inputs */
+    float *att_scratch;
+    float *wtile;        /* (lt_weight_tile_floats) dequantized rows of a quantized weight */
+    float *host_losses;  /* host copy of losses (N) */
+    int32_t *host_stage; /* (5N) host staging of ids, targets, positions, kv_start, kv_start_swa */
+    void *block;         /* the one allocation everything above lives in */
+    size_t block_bytes;
+    float *row_w; /* (N) per-token CE-gradient weights of lt_backward_weighted */
+} lt_workspace;
+
+/* mode: LT_WS_FULL keeps every layer's activations, LT_WS_CHECKPOINT keeps layer inputs and
+ * recomputes in backward, LT_WS_FORWARD plans no backward at all (evaluation, logits). */
+enum { LT_WS_FULL = 0, LT_WS_CHECKPOINT = 1, LT_WS_FORWARD = 2 };
+lt_status lt_workspace_create(lt_model *m, int B, int T, int rank, int mode, lt_workspace **out, lt_error *err);
+void lt_workspace_free(lt_workspace *ws);
+
+/* Dropout control for a forward/backward pass. p == 0: off. */
+typedef struct lt_dropout_state {
+    float p;
+    uint64_t seed;
+} lt_dropout_state;
+
+/*
+ * Validate a batch against the model (shapes, id ranges) and stage ids/targets/positions into the
+ * workspace. *n_valid receives the number of predicted tokens.
+ */
+lt_status lt_stage_batch(lt_model *m, lt_workspace *ws, const lt_batch *b, int64_t *n_valid, lt_error *err);
+
+/*
+ * Forward through every layer and the chunked LM head + cross-entropy.
+ * loss_sum receives the summed token loss. If grad_scale != 0 the backward pass runs too and
+ * adapter grads ACCUMULATE grad_scale * d(loss_sum)/d(param).
+ * If logits_out != NULL (host memory, (N,V)) the logits are copied there (no backward).
+ */
+lt_status lt_forward_backward(lt_model *m, const lt_adapter *ad, lt_workspace *ws, const lt_dropout_state *drop,
+                              float grad_scale, double *loss_sum, float *logits_out, lt_error *err);
+
+/*
+ * Objectives other than SFT (train/objectives.c) in two halves, with the host in between:
+ * lt_forward_logp runs the forward and leaves -log p of every target token in ws->host_losses (0 where
+ * the target is -100), keeping what the backward needs; logit_scale multiplies the logits (GRPO:
+ * 1/temperature; 1 otherwise). lt_backward_weighted then accumulates into the adapter grads the
+ * gradient of sum_t w[t] * CE_t, w = host_w (N) (= -d loss / d log p_t), recomputing the LM-head
+ * logits chunk by chunk. The adapter, dropout and logit_scale must be those of the forward.
+ */
+lt_status lt_forward_logp(lt_model *m, const lt_adapter *ad, lt_workspace *ws, const lt_dropout_state *drop,
+                          float logit_scale, lt_error *err);
+lt_status lt_backward_weighted(lt_model *m, const lt_adapter *ad, lt_workspace *ws, const lt_dropout_state *drop,
+                               float logit_scale, const float *host_w, lt_error *err);
+
+/*
+ * y (N,out) = x (N,in) W^T + s * (dropout(x) A^T) B^T for one projection; xa (N,r) receives
+ * dropout(x) A^T when lo != NULL. ws is only used for the dropout scratch (may be NULL without dropout).
+ */
+void lt_linear_forward(lt_model *m, lt_workspace *ws, const lt_adapter *ad, const lt_lora *lo,
+                       const lt_dropout_state *drop, uint64_t drop_stream, float *y, const float *x, const lt_weight *W,
+                       float *xa, int N, int in, int out);
+
+/* DoRA: g and inv_n of one projection (lo->dora_g, lo->dora_inv_n) for the current A, B, m. */
+void lt_dora_prepare(lt_model *m, const lt_adapter *ad, int layer, lt_proj p);
+
+#endif /* LT_DECODER_H */

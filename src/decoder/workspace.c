@@ -1,0 +1,245 @@
+/*
+ * workspace.c - the per-shape workspace (every activation and scratch buffer of a step in one planned
+ * allocation) and the staging of a batch into it (ids, shifted targets, positions, first keys).
+ *
+ * defines: lt_workspace_create, lt_workspace_free, lt_stage_batch
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "decoder/decoder.h"
+
+#define OPS (m->be->ops)
+#define BE (m->be)
+
+/* ---- workspace -------------------------------------------------------------------------------- */
+
+/* Reserve n floats (or int32s: same size) in the block, 64-byte aligned; records the offset into *slot
+ * (as a fake pointer) to be relocated once the block exists. */
+static void carve(size_t *total, void **slot, size_t n) {
+    *slot = (void *)(uintptr_t)(*total + 1); /* +1: distinguishes "reserved" from NULL */
+    *total += (n * 4 + 63) & ~(size_t)63;
+}
+
+static void relocate(void **slot, char *base) {
+    if (*slot) *slot = base + ((uintptr_t)*slot - 1);
+}
+
+#define CARVE(ptr, n) carve(&total, (void **)&(ptr), (size_t)(n))
+
+lt_status lt_workspace_create(lt_model *m, int B, int T, int rank, int mode, lt_workspace **out, lt_error *err) {
+    const lt_model_config *c = &m->cfg;
+    *out = NULL;
+    if (B <= 0 || T <= 0) return lt_fail(err, LT_ERR_ARGUMENT, "workspace: batch %d x %d is empty", B, T);
+    lt_workspace *ws = calloc(1, sizeof *ws);
+    if (!ws) return lt_fail(err, LT_ERR_NOMEM, "workspace: out of memory");
+    const int L = (int)c->num_hidden_layers, H = (int)c->hidden_size, I = (int)c->intermediate_size;
+    const int QD = (int)(c->num_attention_heads * c->head_dim), KD = (int)(c->num_key_value_heads * c->head_dim);
+    const int V = (int)c->vocab_size, NH = (int)c->num_attention_heads;
+    const size_t N = (size_t)B * T;
+    ws->be = m->be;
+    ws->inv_freq = m->inv_freq;
+    ws->B = ws->B_cap = B;
+    ws->T = T;
+    ws->N = (int)N;
+    ws->rank = rank;
+    ws->checkpointing = mode != LT_WS_FULL;
+    ws->forward_only = mode == LT_WS_FORWARD;
+    ws->n_acts = mode == LT_WS_FULL ? L : 1;
+    ws->acts = calloc((size_t)ws->n_acts, sizeof *ws->acts);
+    ws->x_saved = calloc((size_t)L + 1, sizeof *ws->x_saved);
+    if (!ws->acts || !ws->x_saved) {
+        lt_workspace_free(ws);
+        return lt_fail(err, LT_ERR_NOMEM, "workspace: out of memory");
+    }
+
+    /* logits chunk: bound the (chunk, V) buffer to ~16 MiB but keep at least 16 rows */
+    int chunk = (int)((4u << 20) / (unsigned)V);
+    if (chunk < 16) chunk = 16;
+    if ((size_t)chunk > N) chunk = (int)N;
+    ws->chunk = chunk;
+
+    size_t total = 0;
+    /* forward only: the residual stream ping-pongs between two buffers */
+    for (int l = 0; l <= (ws->forward_only ? 1 : L); l++) CARVE(ws->x_saved[l], N * H);
+    for (int a = 0; a < ws->n_acts; a++) {
+        lt_layer_acts *A = &ws->acts[a];
+        CARVE(A->ln1, N * H);
+        CARVE(A->rstd1, N);
+        CARVE(A->q, N * QD);
+        CARVE(A->k, N * KD);
+        CARVE(A->v, N * KD);
+        if (c->sandwich_norms) {
+            CARVE(A->o_raw, N * H);
+            CARVE(A->rstd_pa, N);
+            CARVE(A->d_raw, N * H);
+            CARVE(A->rstd_pf, N);
+        }
+        if (c->qk_norm) {
+            CARVE(A->q_pre, N * QD);
+            CARVE(A->k_pre, N * KD);
+            CARVE(A->rstd_q, N * NH);
+            CARVE(A->rstd_k, N * c->num_key_value_heads);
+        }
+        CARVE(A->att, N * QD);
+        CARVE(A->lse, (size_t)B * NH * T);
+        CARVE(A->x_mid, N * H);
+        CARVE(A->ln2, N * H);
+        CARVE(A->rstd2, N);
+        CARVE(A->gate, N * I);
+        CARVE(A->up, N * I);
+        CARVE(A->act, N * I);
+        if (rank > 0)
+            for (int p = 0; p < P_COUNT; p++) CARVE(A->xa[p], N * rank);
+    }
+    CARVE(ws->final_ln, N * H);
+    CARVE(ws->final_rstd, N);
+    CARVE(ws->ids, N);
+    CARVE(ws->targets, N);
+    CARVE(ws->pos, N);
+    CARVE(ws->kv_start, N);
+    if (c->sliding_window > 0) CARVE(ws->kv_start_swa, N);
+    CARVE(ws->logits, (size_t)chunk * V);
+    if (c->final_logit_softcapping > 0 && !ws->forward_only) CARVE(ws->logits_capped, (size_t)chunk * V);
+    CARVE(ws->losses, N);
+    if (!ws->forward_only) {
+        CARVE(ws->dres, N * H);
+        CARVE(ws->dln, N * H);
+        CARVE(ws->dI1, N * I);
+        CARVE(ws->dI2, N * I);
+        CARVE(ws->dI3, N * I);
+        CARVE(ws->dq, N * QD);
+        CARVE(ws->dk, N * KD);
+        CARVE(ws->dv, N * KD);
+        CARVE(ws->datt, N * QD);
+        if (c->qk_norm) CARVE(ws->dk_pre, N * KD);
+        if (c->sandwich_norms) CARVE(ws->dsand, N * H);
+        if (rank > 0) {
+            CARVE(ws->dr, N * rank);
+            CARVE(ws->drop, N * (size_t)(H > I ? (H > QD ? H : QD) : (I > QD ? I : QD)));
+        }
+        CARVE(ws->att_scratch, OPS->attention_backward_scratch(BE, B, T, NH, (int)c->head_dim));
+        CARVE(ws->row_w, N);
+    }
+    const size_t wtile = lt_weight_tile_floats(m); /* quantized weights: dequantization scratch */
+    if (wtile) CARVE(ws->wtile, wtile);
+
+    ws->block = OPS->alloc(BE, total);
+    ws->block_bytes = total;
+    ws->host_losses = malloc(N * sizeof(float));
+    ws->host_stage = malloc(5 * N * sizeof(int32_t));
+    if (!ws->block || !ws->host_losses || !ws->host_stage) {
+        lt_workspace_free(ws);
+        return lt_fail(err, LT_ERR_NOMEM, "workspace: cannot allocate %.1f MiB for a %d x %d batch",
+                       (double)total / (1 << 20), B, T);
+    }
+    char *base = ws->block;
+    for (int l = 0; l <= L; l++) {
+        if (ws->forward_only && l > 1) ws->x_saved[l] = ws->x_saved[l % 2];
+        else relocate((void **)&ws->x_saved[l], base);
+    }
+    for (int a = 0; a < ws->n_acts; a++) {
+        lt_layer_acts *A = &ws->acts[a];
+        void **f[] = {(void **)&A->ln1,    (void **)&A->rstd1, (void **)&A->q,       (void **)&A->k,
+                      (void **)&A->v,      (void **)&A->att,   (void **)&A->lse,     (void **)&A->x_mid,
+                      (void **)&A->ln2,    (void **)&A->rstd2, (void **)&A->gate,    (void **)&A->up,
+                      (void **)&A->act,    (void **)&A->q_pre, (void **)&A->k_pre,   (void **)&A->rstd_q,
+                      (void **)&A->rstd_k, (void **)&A->o_raw, (void **)&A->rstd_pa, (void **)&A->d_raw,
+                      (void **)&A->rstd_pf};
+        for (size_t i = 0; i < sizeof f / sizeof *f; i++) relocate(f[i], base);
+        for (int p = 0; p < P_COUNT; p++) relocate((void **)&A->xa[p], base);
+    }
+    void **g[] = {
+        (void **)&ws->final_ln, (void **)&ws->final_rstd,   (void **)&ws->ids,          (void **)&ws->targets,
+        (void **)&ws->pos,      (void **)&ws->kv_start,     (void **)&ws->logits,       (void **)&ws->losses,
+        (void **)&ws->dres,     (void **)&ws->dln,          (void **)&ws->dI1,          (void **)&ws->dI2,
+        (void **)&ws->dI3,      (void **)&ws->dq,           (void **)&ws->dk,           (void **)&ws->dv,
+        (void **)&ws->datt,     (void **)&ws->dr,           (void **)&ws->drop,         (void **)&ws->att_scratch,
+        (void **)&ws->row_w,    (void **)&ws->wtile,        (void **)&ws->kv_start_swa, (void **)&ws->dk_pre,
+        (void **)&ws->dsand,    (void **)&ws->logits_capped};
+    for (size_t i = 0; i < sizeof g / sizeof *g; i++) relocate(g[i], base);
+    /* every layer's activations alias x_in to the saved input of that layer */
+    *out = ws;
+    return LT_OK;
+}
+
+void lt_workspace_free(lt_workspace *ws) {
+    if (!ws) return;
+    if (ws->block) ws->be->ops->free(ws->be, ws->block);
+    free(ws->host_losses);
+    free(ws->host_stage);
+    free(ws->acts);
+    free(ws->x_saved);
+    free(ws);
+}
+
+/* ---- batch staging ------------------------------------------------------------------------------ */
+
+lt_status lt_stage_batch(lt_model *m, lt_workspace *ws, const lt_batch *b, int64_t *n_valid, lt_error *err) {
+    if (!b || b->size < sizeof(lt_batch) - sizeof(b->position_ids) || !b->input_ids)
+        return lt_fail(err, LT_ERR_ARGUMENT, "batch: NULL batch or input_ids (call lt_batch_init)");
+    if (b->n_rows <= 0 || b->seq_len <= 0)
+        return lt_fail(err, LT_ERR_SHAPE, "batch: %d rows x %d tokens is empty", b->n_rows, b->seq_len);
+    if (b->n_rows > ws->B_cap || b->seq_len != ws->T)
+        return lt_fail(err, LT_ERR_SHAPE, "batch: %d x %d does not fit the planned %d x %d", b->n_rows, b->seq_len,
+                       ws->B_cap, ws->T);
+    const int B = b->n_rows, T = b->seq_len, N = B * T, V = (int)m->cfg.vocab_size;
+    int32_t *tmp = ws->host_stage; /* planned with the workspace: no allocation per step */
+    int32_t *ids = tmp, *tg = tmp + N, *pos = tmp + 2 * N, *kvs = tmp + 3 * N, *kvw = tmp + 4 * N;
+    const int64_t window = m->cfg.sliding_window; /* > 0: keys t - window + 1 .. t in sliding layers */
+    int64_t valid = 0;
+    int32_t max_pos = 0;
+    for (int r = 0; r < B; r++) {
+        int seg = 0;
+        for (int t = 0; t < T; t++) {
+            int i = r * T + t;
+            int32_t id = b->input_ids[i];
+            if (id < 0 || id >= V) {
+                return lt_fail(err, LT_ERR_DATA,
+                               "batch: token id %d at row %d position %d is outside the "
+                               "vocabulary [0, %d)",
+                               id, r, t, V);
+            }
+            ids[i] = id;
+            int32_t p = b->position_ids ? b->position_ids[i] : t;
+            if (p < 0) {
+                return lt_fail(err, LT_ERR_DATA, "batch: negative position id %d at row %d position %d", p, r, t);
+            }
+            if (b->position_ids && t > 0 && p == 0) seg = t; /* a packed sequence starts here */
+            pos[i] = p;
+            if (p > max_pos) max_pos = p;
+            kvs[i] = seg;
+            if (window > 0) kvw[i] = (int32_t)((int64_t)t - window + 1 > seg ? (int64_t)t - window + 1 : seg);
+        }
+        for (int t = 0; t < T; t++) {
+            int i = r * T + t;
+            int32_t target = -100;
+            if (t + 1 < T && !(b->position_ids && b->position_ids[i + 1] == 0)) {
+                int32_t lab = b->labels ? b->labels[i + 1] : b->input_ids[i + 1];
+                if (lab != -100 && (lab < 0 || lab >= V)) {
+                    return lt_fail(err, LT_ERR_DATA,
+                                   "batch: label %d at row %d position %d is neither -100 "
+                                   "nor a token id below %d",
+                                   lab, r, t + 1, V);
+                }
+                target = lab;
+            }
+            tg[i] = target;
+            if (target != -100) valid++;
+        }
+    }
+    OPS->upload(BE, ws->ids, ids, (size_t)N * 4);
+    OPS->upload(BE, ws->targets, tg, (size_t)N * 4);
+    OPS->upload(BE, ws->pos, pos, (size_t)N * 4);
+    OPS->upload(BE, ws->kv_start, kvs, (size_t)N * 4);
+    if (window > 0) OPS->upload(BE, ws->kv_start_swa, kvw, (size_t)N * 4);
+    ws->B = B;
+    ws->N = N;
+    /* longrope: transformers switches to the long factors when max(position_ids) + 1 exceeds
+     * original_max_position_embeddings, for the whole batch */
+    ws->inv_freq = m->inv_freq_long && (int64_t)max_pos + 1 > m->cfg.rope_original_max_position_embeddings
+                       ? m->inv_freq_long
+                       : m->inv_freq;
+    *n_valid = valid;
+    return LT_OK;
+}

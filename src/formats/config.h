@@ -1,0 +1,144 @@
+/*
+ * config.h - Hugging Face config.json of a Llama-family causal LM (internal).
+ * defines: lt_model_config, lt_config_init_llama, lt_config_load, lt_config_parse, lt_config_validate,
+ *          lt_config_write, lt_rope_inv_freq
+ *
+ * Defaults are LlamaConfig's (shared/spec/formats.md). Supported architectures live in one table in
+ * config.c (today: LlamaForCausalLM); the family knobs at the end of the struct let other families
+ * slot in later and are set to Llama values now.
+ */
+#ifndef LT_CONFIG_H
+#define LT_CONFIG_H
+
+#include "core/core.h"
+#include <stdint.h>
+
+typedef enum lt_arch_id {
+    LT_ARCH_LLAMA = 0,
+    LT_ARCH_QWEN2 = 1,
+    LT_ARCH_QWEN3 = 2,
+    LT_ARCH_MISTRAL = 3,
+    LT_ARCH_GEMMA = 4,
+    LT_ARCH_GEMMA2 = 5,
+    LT_ARCH_PHI3 = 6
+} lt_arch_id;
+
+typedef enum lt_rope_type {
+    LT_ROPE_DEFAULT = 0, /* rope_type "default" / absent / null                               */
+    LT_ROPE_LINEAR = 1,  /* inv_freq / factor                                                 */
+    LT_ROPE_LLAMA3 = 2,  /* Llama 3.1 frequency-dependent scaling                             */
+    LT_ROPE_LONGROPE = 3 /* Phi-3: per-frequency short/long factors and an attention factor    */
+} lt_rope_type;
+
+typedef enum lt_activation {
+    LT_ACT_SILU = 0,     /* "silu", "swish"                                                   */
+    LT_ACT_GELU = 1,     /* "gelu" (erf)                                                      */
+    LT_ACT_GELU_TANH = 2 /* "gelu_pytorch_tanh", "gelu_new"                                   */
+} lt_activation;
+
+#define LT_CONFIG_MAX_EOS 16
+#define LT_CONFIG_MAX_ROPE_FACTORS 512 /* longrope short/long factors (rot_dim / 2 each) */
+#define LT_CONFIG_MAX_LAYERS 1024      /* per-layer attention types are kept up to this many layers */
+
+typedef struct lt_model_config {
+    char architecture[64]; /* architectures[0], e.g. "LlamaForCausalLM"                  */
+    lt_arch_id arch;
+    char model_type[32]; /* "llama" ("" when absent)                                */
+
+    int64_t vocab_size;
+    int64_t hidden_size;
+    int64_t intermediate_size;
+    int64_t num_hidden_layers;
+    int64_t num_attention_heads;
+    int64_t num_key_value_heads; /* absent/null -> num_attention_heads                    */
+    int64_t head_dim;            /* absent/null -> hidden_size / num_attention_heads      */
+    int64_t max_position_embeddings;
+    double rms_norm_eps;
+    int tie_word_embeddings;
+    int attention_bias;
+    int mlp_bias;
+    char hidden_act[32];
+    lt_activation activation;
+    int64_t bos_token_id; /* -1 when absent                                        */
+    int64_t pad_token_id; /* -1 when absent or null                                */
+    int64_t eos_token_id; /* the first one; -1 when absent                         */
+    int n_eos;            /* all of them (eos_token_id may be a list)              */
+    int64_t eos_token_ids[LT_CONFIG_MAX_EOS];
+    char torch_dtype[32]; /* "torch_dtype" or "dtype" ("" when absent)            */
+
+    /* RoPE */
+    double rope_theta;            /* top level or inside rope_parameters/rope_scaling     */
+    double partial_rotary_factor; /* default 1.0                                          */
+    int rot_dim;                  /* int(head_dim * partial_rotary_factor), even          */
+    lt_rope_type rope_type;
+    double rope_factor;                            /* linear, llama3                                       */
+    double rope_low_freq_factor;                   /* llama3                                               */
+    double rope_high_freq_factor;                  /* llama3                                               */
+    int64_t rope_original_max_position_embeddings; /* llama3                              */
+
+    /* family knobs (Llama values) */
+    int qk_norm;            /* 0: no q_norm/k_norm (Qwen3: 1)                                */
+    float norm_offset;      /* RMSNorm multiplies by (norm_offset + w): 0 (Gemma: 1)         */
+    int64_t sliding_window; /* 0: full causal attention (Mistral: window)                   */
+    double embed_scale;     /* embeddings are multiplied by this: 1 (Gemma: sqrt(hidden))   */
+
+    /* per-family structure (Llama values: 0 / none) */
+    unsigned bias_mask;   /* bit p (lt_proj order q,k,v,o,gate,up,down): projection p has a bias.
+                           * Llama/Qwen3/Gemma: attention_bias -> q,k,v,o, mlp_bias -> gate,up,down;
+                           * Qwen2: always q,k,v                                               */
+    int n_sliding_layers; /* layers whose attention is windowed (sliding_window > 0)           */
+    unsigned char layer_sliding[LT_CONFIG_MAX_LAYERS]; /* 1: layer l uses the sliding window     */
+    int use_sliding_window;    /* Qwen2/Qwen3 "use_sliding_window" as read                          */
+    int64_t max_window_layers; /* Qwen2/Qwen3: layers >= this slide (when use_sliding_window)   */
+    int has_layer_types;       /* config.json carried an explicit "layer_types" list              */
+    /* Gemma 2 */
+    int sandwich_norms;             /* post_attention / pre_feedforward / post_feedforward layernorms    */
+    double query_pre_attn_scalar;   /* attention scale = this^-0.5; 0: head_dim^-0.5            */
+    double attn_logit_softcapping;  /* 0: none                                                  */
+    double final_logit_softcapping; /* 0: none                                                  */
+    /* Phi-3 */
+    int fused_proj;     /* qkv_proj and gate_up_proj hold q|k|v and gate|up                    */
+    int n_rope_factors; /* longrope: entries of short/long_factor (= rot_dim / 2)            */
+    double rope_short_factor[LT_CONFIG_MAX_ROPE_FACTORS];
+    double rope_long_factor[LT_CONFIG_MAX_ROPE_FACTORS];
+    double rope_attention_factor; /* longrope: cos and sin are multiplied by this               */
+} lt_model_config;
+
+/* longrope: the inverse frequencies for sequences longer than original_max_position_embeddings
+ * (transformers picks them when max(position_ids) + 1 exceeds it). Same contract as lt_rope_inv_freq;
+ * -1 when the config is not longrope. */
+int lt_rope_inv_freq_long(const lt_model_config *cfg, float *inv_freq, int n);
+
+/* The attention scale of a validated config: query_pre_attn_scalar^-0.5 (Gemma 2), else hd^-0.5. */
+float lt_config_attn_scale(const lt_model_config *cfg);
+
+/* The family's short name ("Llama", "Qwen2", ...) of a validated config. */
+const char *lt_config_family(const lt_model_config *cfg);
+
+/* LlamaConfig defaults (architecture "LlamaForCausalLM", 7B shapes). */
+void lt_config_init_llama(lt_model_config *cfg);
+
+/*
+ * Load config.json. Statuses: LT_ERR_MISSING (no file, no "architectures", a required rope key),
+ * LT_ERR_JSON (unparsable, a field of the wrong JSON type: the message names the field),
+ * LT_ERR_ARCH (architecture not supported: the message lists the supported ones),
+ * LT_ERR_UNSUPPORTED (rope_type or hidden_act this build does not implement),
+ * LT_ERR_FORMAT (inconsistent values: non-positive sizes, heads not divisible by kv heads, ...).
+ */
+lt_status lt_config_load(const char *config_json_path, lt_model_config *cfg, lt_error *err);
+/* The same from a JSON text; `source` names it in messages. */
+lt_status lt_config_parse(const char *json_text, size_t len, const char *source, lt_model_config *cfg, lt_error *err);
+/* Consistency checks (also run by load/parse); derives rot_dim. LT_ERR_FORMAT / LT_ERR_ARCH. */
+lt_status lt_config_validate(lt_model_config *cfg, const char *source, lt_error *err);
+
+/* Write a config.json that transformers loads (atomically). */
+lt_status lt_config_write(const lt_model_config *cfg, const char *path, lt_error *err);
+
+/*
+ * The rot_dim/2 RoPE inverse frequencies, computed in float32 the way transformers/torch does
+ * (default: 1 / theta^(float(2i)/dim); then linear or llama3 scaling). Returns the count (rot_dim/2);
+ * with inv_freq == NULL only the count; -1 if n is too small or cfg is invalid.
+ */
+int lt_rope_inv_freq(const lt_model_config *cfg, float *inv_freq, int n);
+
+#endif /* LT_CONFIG_H */

@@ -1,0 +1,97 @@
+/*
+ * model.h - a loaded model: its config, its weights on the backend (through the weight seam of
+ * weight.h), the projections and modules of a layer (internal).
+ *
+ * Layout convention: activations are (N, C) row-major with N = B*T tokens; linear weights are
+ * Hugging Face's (out, in), so y = x W^T. All device pointers belong to the model's backend.
+ */
+#ifndef LT_MODEL_H
+#define LT_MODEL_H
+
+#include "core/context.h"
+#include "formats/config.h"
+#include "formats/safetensors.h"
+#include "model/weight.h"
+
+/* The seven linear projections of a decoder layer, in PEFT's target-module order. */
+typedef enum lt_proj { P_Q, P_K, P_V, P_O, P_GATE, P_UP, P_DOWN, P_COUNT } lt_proj;
+extern const char *const lt_proj_names[P_COUNT];  /* "q_proj", ...               */
+extern const char *const lt_proj_parent[P_COUNT]; /* "self_attn" or "mlp"        */
+
+typedef struct lt_layer {
+    float *attn_norm;     /* (H)        input_layernorm.weight             */
+    float *mlp_norm;      /* (H)        post_attention_layernorm.weight    */
+    lt_weight w[P_COUNT]; /* (out, in)  q (NH*HD,H) k,v (NKV*HD,H) o (H,NH*HD) gate,up (I,H) down (H,I) */
+    /* family extras (NULL when the family has none) */
+    float *bias[P_COUNT];   /* (out)  Qwen2 q,k,v; attention_bias / mlp_bias              */
+    float *q_norm, *k_norm; /* (HD)   Qwen3 per-head RMSNorm before RoPE                  */
+    /* the norm weights as stored in the checkpoint, for export: the compute weights above are
+     * (1 + w) for Gemma (norm_offset), else these are the same pointers */
+    float *attn_norm_file, *mlp_norm_file, *q_norm_file, *k_norm_file;
+    /* Gemma 2 sandwich norms: mlp_norm is pre_feedforward_layernorm there, and these normalise the
+     * attention output (post_attention_layernorm) and the MLP output (post_feedforward_layernorm) */
+    float *post_attn_norm, *post_ff_norm, *post_attn_norm_file, *post_ff_norm_file;
+} lt_layer;
+
+struct lt_model {
+    lt_context *ctx;
+    lt_backend *be;
+    lt_model_config cfg;
+    char dir[4096];
+    lt_st_set *st;          /* kept open while weights point into its mapping     */
+    float *embed;           /* (V, H)                                             */
+    float *final_norm;      /* (H)                                                */
+    float *final_norm_file; /* (H) as stored (differs from final_norm for Gemma)  */
+    float *lm_head;         /* (V, H); == embed when tied                         */
+    lt_layer *layers;       /* (L)                                                */
+    float *inv_freq;        /* (rot_dim/2) RoPE inverse frequencies               */
+    float *inv_freq_long;   /* (rot_dim/2) longrope's long factors (NULL: none)   */
+    float rope_mscale;      /* longrope attention factor on cos/sin (1: none)     */
+    int rot_dim;
+    void **owned; /* backend allocations to free                        */
+    int n_owned, cap_owned;
+    int64_t n_params, weight_bytes;
+    int n_merged;          /* adapters currently merged into the weights         */
+    lt_quant_format quant; /* format of the quantized projections (NONE: all f32) */
+    int quant_blocksize, quant_double;
+    float *code8;                      /* (256) backend copy of the 8-bit map (double quant)  */
+    int64_t quant_bytes, quant_params; /* bytes and elements of quantized weights */
+    size_t tile_floats;                /* dequantization tile size (0: the default, ~1 MiB); tests shrink it */
+    lt_weight lm_head_q;               /* the LM head when not f32: quantized (quantize_lm_head) or packed bf16
+                                        * (base_dtype BF16); lm_head is then NULL unless tied to embed */
+    int base_dtype;                    /* lt_base_dtype of the projection weights layers[].w (BF16: LT_WEIGHT_BF16) */
+};
+
+/* The LM head (V, H) as a weight of the seam: quantized, or the f32 lm_head. */
+static inline lt_weight lt_model_lm_head(const lt_model *m) {
+    if (m->lm_head_q.format != LT_WEIGHT_F32) return m->lm_head_q;
+    lt_weight w = {.format = LT_WEIGHT_F32, .f32 = m->lm_head};
+    return w;
+}
+
+/*
+ * A model is shared read-only by every thread that uses it, so its calls never write to it: the
+ * message of a failed call is kept per thread, tagged with the model (lt_model_last_error). This
+ * clears and returns that record for model m.
+ */
+lt_error *lt_model_error(const lt_model *m);
+
+/* Input and output width of projection p. */
+void lt_proj_dims(const lt_model_config *cfg, lt_proj p, int *in, int *out);
+
+/* A linear module as the checkpoint and PEFT name it: one projection, or several fused ones stacked
+ * along the output dimension (Phi-3: qkv_proj = q|k|v, gate_up_proj = gate|up). A LoRA on a fused
+ * module has one A (r, in) shared by its projections and one B (sum of outs, r) whose row blocks are
+ * the projections' B. */
+typedef struct lt_module {
+    const char *parent, *name; /* "self_attn", "qkv_proj"                          */
+    int first, count;          /* projections first .. first + count - 1           */
+} lt_module;
+/* The modules of a layer in PEFT order; returns how many (<= P_COUNT). */
+int lt_model_modules(const lt_model_config *cfg, lt_module out[P_COUNT]);
+/* in and the summed out width of a module */
+void lt_module_dims(const lt_model_config *cfg, const lt_module *mod, int *in, int *out);
+/* the target mask bits (1 << p) of a module */
+static inline unsigned lt_module_mask(const lt_module *mod) { return ((1u << mod->count) - 1u) << mod->first; }
+
+#endif /* LT_MODEL_H */

@@ -1,0 +1,46 @@
+/*
+ * tokenizer.h - internals shared by tokenizer.c (Hugging Face tokenizer.json: BPE, byte-level and
+ * SentencePiece-style), chat_template.c (a Jinja subset for chat_template strings) and text_rows.c
+ * (JSONL rows -> ids + labels). Private to src/text/; not installed; not part of the ABI.
+ */
+#ifndef LT_TOKENIZER_H
+#define LT_TOKENIZER_H
+
+#include <jansson.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/core.h"
+
+/* A growable byte string and int array (used by the three files). */
+typedef struct lt_buf {
+    char *p;
+    size_t n, cap;
+} lt_buf;
+typedef struct lt_ivec {
+    int32_t *p;
+    size_t n, cap;
+} lt_ivec;
+
+int lt_buf_put(lt_buf *b, const void *s, size_t n); /* 0, or -1 when out of memory */
+int lt_buf_putc(lt_buf *b, char c);
+int lt_buf_puts(lt_buf *b, const char *s);
+int lt_ivec_push(lt_ivec *v, int32_t x);
+
+/* 1 if s[0..n) is well-formed UTF-8; otherwise 0 and *bad = offset of the first bad byte. */
+int lt_utf8_valid(const char *s, size_t n, size_t *bad);
+/* Decode one code point at s (n bytes left, valid UTF-8); returns its byte length. */
+int lt_utf8_next(const unsigned char *s, size_t n, uint32_t *cp);
+
+struct lt_tokenizer;
+/* Encode text[0..len) into ids (appended to out). add_special: post-processor BOS/EOS. */
+lt_status lt_tok_encode_into(struct lt_tokenizer *t, const char *text, size_t len, int add_special, lt_ivec *out);
+/* Token string of a special token named in tokenizer_config.json ("bos_token", ...); "" if none. */
+const char *lt_tok_special_str(const struct lt_tokenizer *t, const char *name);
+const char *lt_tok_chat_template(const struct lt_tokenizer *t);
+lt_error *lt_tok_error(struct lt_tokenizer *t);
+/* A text buffer owned by the handle (results returned by pointer; valid until the next call). */
+lt_buf *lt_tok_text_buf(struct lt_tokenizer *t);
+/* The text bytes a token stands for (see tokenizer.c); appended to out. */
+lt_status lt_tok_token_bytes(const struct lt_tokenizer *t, int32_t id, lt_buf *out);
+#endif /* LT_TOKENIZER_H */

@@ -1,0 +1,795 @@
+/*
+ * objectives.c - preference (DPO, IPO, KTO, ORPO) and RL (GRPO) objectives on top of the LoRA trainer.
+ *
+ * defines: lt_obj_* (the arithmetic, objectives.h), lt_pref_batch_init, lt_trainer_step_preference,
+ *          lt_trainer_evaluate_preference, lt_trainer_reference_logps, lt_grpo_generate, lt_grpo_step
+ *
+ * Every objective here is a function of per-token log-probs of completion tokens, so one scheme
+ * serves them all (algorithms.md has the definitions, matching TRL):
+ *   1. build rows prompt ++ completion (right-padded), labels = the tokens whose log-prob counts;
+ *   2. reference forward (adapter disabled, or the frozen reference adapter) unless precomputed;
+ *   3. policy forward (lt_forward_logp): -log p of every labelled token, activations kept;
+ *   4. on the host: the loss, d loss / d lp per sequence (or token) -> per-token weights
+ *      w_t = -d loss / d lp_t (the weight of that token's cross-entropy);
+ *   5. lt_backward_weighted: the gradient of sum_t w_t CE_t, i.e. of the loss.
+ * Gradient accumulation averages the micro-batch losses (each is already a mean over its examples).
+ * Dropout is off for these objectives (TRL's preference trainers disable it by default).
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "train/objectives.h"
+#include "train/trainer.h"
+
+/* ---- arithmetic ---------------------------------------------------------------------------------- */
+
+static double log_sigmoid(double x) { return x >= 0 ? -log1p(exp(-x)) : x - log1p(exp(x)); }
+static double sigmoid(double x) { return x >= 0 ? 1.0 / (1.0 + exp(-x)) : exp(x) / (1.0 + exp(x)); }
+/* log(1 - e^x) for x < 0, accurate on both sides of -ln 2 */
+static double log1mexp(double x) { return x < -M_LN2 ? log1p(-exp(x)) : log(-expm1(x)); }
+
+void lt_obj_pairs(lt_objective obj, const lt_trainer_params *p, int B, const double *lp_c, const double *lp_r,
+                  const double *ref_c, const double *ref_r, const int *n_c, const int *n_r, double *g_c, double *g_r,
+                  lt_obj_metrics *out) {
+    const double beta = p->beta, eps = p->label_smoothing;
+    double loss = 0, rc = 0, rr = 0, acc = 0, mar = 0;
+    for (int i = 0; i < B; i++) {
+        double l, dc, dr, rew_c, rew_r;
+        if (obj == LT_OBJ_ORPO) {
+            /* mean per-token log-probs; log_odds = (lc - lr) - (log1mexp(lc) - log1mexp(lr)) */
+            const double lc = lp_c[i] / n_c[i], lr = lp_r[i] / n_r[i];
+            const double lo = (lc - lr) - (log1mexp(lc) - log1mexp(lr));
+            l = -beta * log_sigmoid(lo);
+            const double dl_dlo = -beta * sigmoid(-lo);
+            /* d log_odds / d lc = 1 - d log1mexp(lc)/d lc = 1 + e^lc / (1 - e^lc) = -1 / expm1(lc) */
+            dc = dl_dlo * (-1.0 / expm1(lc)) / n_c[i];
+            dr = dl_dlo * (1.0 / expm1(lr)) / n_r[i];
+            rew_c = beta * lc;
+            rew_r = beta * lr;
+        } else {
+            const double c = lp_c[i] - ref_c[i], r = lp_r[i] - ref_r[i];
+            rew_c = beta * c;
+            rew_r = beta * r;
+            if (obj == LT_OBJ_IPO) {
+                const double h = c / n_c[i] - r / n_r[i] - 1.0 / (2.0 * beta);
+                l = h * h;
+                dc = 2 * h / n_c[i];
+                dr = -2 * h / n_r[i];
+            } else { /* DPO sigmoid with conservative label smoothing eps */
+                const double z = beta * (c - r);
+                l = -(1 - eps) * log_sigmoid(z) - eps * log_sigmoid(-z);
+                const double dz = -(1 - eps) * sigmoid(-z) + eps * sigmoid(z);
+                dc = dz * beta;
+                dr = -dz * beta;
+            }
+        }
+        loss += l;
+        g_c[i] = dc / B;
+        g_r[i] = dr / B;
+        rc += rew_c;
+        rr += rew_r;
+        acc += rew_c > rew_r;
+        mar += rew_c - rew_r;
+    }
+    out->loss = loss / B;
+    out->rewards_chosen = rc / B;
+    out->rewards_rejected = rr / B;
+    out->accuracies = acc / B;
+    out->margins = mar / B;
+    out->kl = NAN;
+}
+
+void lt_obj_kto(const lt_trainer_params *p, int B, const double *lp, const double *ref, const int32_t *label,
+                const double *lp_kl, const double *ref_kl, double *g, lt_obj_metrics *out) {
+    const double beta = p->beta;
+    double kl = 0;
+    for (int i = 0; i < B; i++) kl += lp_kl[i] - ref_kl[i];
+    kl /= B;
+    if (kl < 0) kl = 0; /* clamp(min=0), detached */
+    double loss = 0, rc = 0, rr = 0;
+    int nc = 0, nr = 0;
+    for (int i = 0; i < B; i++) {
+        const double lr = lp[i] - ref[i];
+        if (label[i]) { /* 1 - sigma(beta (lr - kl)) */
+            const double s = sigmoid(beta * (lr - kl));
+            loss += p->desirable_weight * (1 - s);
+            g[i] = -p->desirable_weight * s * (1 - s) * beta / B;
+            rc += beta * lr;
+            nc++;
+        } else { /* 1 - sigma(beta (kl - lr)) */
+            const double s = sigmoid(beta * (kl - lr));
+            loss += p->undesirable_weight * (1 - s);
+            g[i] = p->undesirable_weight * s * (1 - s) * beta / B;
+            rr += beta * lr;
+            nr++;
+        }
+    }
+    out->loss = loss / B;
+    out->rewards_chosen = nc ? rc / nc : NAN;
+    out->rewards_rejected = nr ? rr / nr : NAN;
+    out->margins = nc && nr ? out->rewards_chosen - out->rewards_rejected : NAN;
+    out->accuracies = NAN;
+    out->kl = kl;
+}
+
+void lt_obj_grpo_advantages(const float *rewards, int n_prompts, int G, lt_grpo_scale scale, double *adv,
+                            double *reward_mean, double *reward_std) {
+    const int n = n_prompts * G;
+    double all = 0, all2 = 0;
+    for (int i = 0; i < n; i++) all += rewards[i];
+    const double mean_all = all / n;
+    for (int i = 0; i < n; i++) all2 += (rewards[i] - mean_all) * (rewards[i] - mean_all);
+    const double std_all = n > 1 ? sqrt(all2 / (n - 1)) : NAN;
+    for (int q = 0; q < n_prompts; q++) {
+        const float *r = rewards + (size_t)q * G;
+        double m = 0, v = 0;
+        for (int g = 0; g < G; g++) m += r[g];
+        m /= G;
+        for (int g = 0; g < G; g++) v += (r[g] - m) * (r[g] - m);
+        const double sd = G > 1 ? sqrt(v / (G - 1)) : NAN;
+        for (int g = 0; g < G; g++) {
+            double a = r[g] - m;
+            if (scale == LT_GRPO_SCALE_GROUP) a /= sd + 1e-4;
+            else if (scale == LT_GRPO_SCALE_BATCH) a /= std_all + 1e-4;
+            adv[(size_t)q * G + g] = isnan(a) ? 0.0 : a;
+        }
+    }
+    *reward_mean = mean_all;
+    *reward_std = std_all; /* TRL logs the std of all rewards of the batch */
+}
+
+void lt_obj_grpo_loss(const lt_trainer_params *p, int S, const int32_t *lens, const double *adv, const float *lp,
+                      const float *lp_old, const float *ref, int max_completion_length, float *dlp,
+                      lt_obj_grpo_metrics *out) {
+    const double eps_lo = p->epsilon, eps_hi = p->epsilon_high > 0 ? p->epsilon_high : p->epsilon;
+    const double kb = p->kl_beta;
+    int64_t total = 0;
+    for (int i = 0; i < S; i++) total += lens[i];
+    double loss = 0, kl_sum = 0, clipped = 0;
+    size_t o = 0;
+    for (int i = 0; i < S; i++) {
+        /* the weight of sequence i's tokens in the aggregate */
+        double agg;
+        switch (p->loss_type) {
+        case LT_GRPO_LOSS_GRPO: agg = 1.0 / ((double)S * (lens[i] > 1 ? lens[i] : 1)); break;
+        case LT_GRPO_LOSS_DR_GRPO: agg = 1.0 / ((double)S * max_completion_length); break;
+        default: agg = 1.0 / (double)(total > 1 ? total : 1); break; /* bnpo, dapo (one process) */
+        }
+        const double A = adv[i];
+        for (int t = 0; t < lens[i]; t++, o++) {
+            const double rho = exp((double)lp[o] - (double)lp_old[o]);
+            const double cl = rho < 1 - eps_lo ? 1 - eps_lo : rho > 1 + eps_hi ? 1 + eps_hi : rho;
+            const double u1 = rho * A, u2 = cl * A;
+            double l, d;
+            if (u1 <= u2) {
+                l = -u1;
+                d = -u1;
+            } /* d(rho)/d lp = rho */
+            else {
+                l = -u2;
+                d = (rho == cl) ? -u1 : 0.0;
+            } /* clamped: no gradient */
+            if ((rho < 1 - eps_lo && A < 0) || (rho > 1 + eps_hi && A > 0)) clipped += 1;
+            if (kb > 0) { /* k3 = exp(ref - lp) - (ref - lp) - 1 */
+                const double x = (double)ref[o] - (double)lp[o];
+                const double k3 = exp(x) - x - 1;
+                l += kb * k3;
+                d += kb * (1 - exp(x));
+                kl_sum += k3;
+            }
+            loss += l * agg;
+            dlp[o] = (float)(d * agg);
+        }
+    }
+    out->loss = loss;
+    out->kl = kb > 0 ? kl_sum / (double)(total ? total : 1) : 0.0;
+    out->clip_fraction = clipped / (double)(total ? total : 1);
+}
+
+/* ---- trainer glue --------------------------------------------------------------------------------- */
+
+lt_status lt_objective_check_params(lt_model *m, lt_adapter *a, const lt_trainer_params *p, lt_error *err) {
+    if (p->objective == LT_OBJ_SFT) return LT_OK;
+    if (!(p->beta > 0) || !isfinite(p->beta))
+        return lt_fail(err, LT_ERR_ARGUMENT, "lt_trainer_create: beta %g must be positive", p->beta);
+    if (!(p->label_smoothing >= 0 && p->label_smoothing < 0.5f))
+        return lt_fail(err, LT_ERR_ARGUMENT, "lt_trainer_create: label_smoothing %g must be in [0, 0.5)",
+                       p->label_smoothing);
+    if (!(p->desirable_weight >= 0) || !(p->undesirable_weight >= 0))
+        return lt_fail(err, LT_ERR_ARGUMENT, "lt_trainer_create: KTO desirable/undesirable weights must be >= 0");
+    if (p->max_length < 0) return lt_fail(err, LT_ERR_ARGUMENT, "lt_trainer_create: max_length %d < 0", p->max_length);
+    if (p->ref_adapter && (p->ref_adapter->model != m || p->ref_adapter == a))
+        return lt_fail(err, LT_ERR_ARGUMENT,
+                       "lt_trainer_create: ref_adapter must be another adapter of the same model");
+    if (p->objective == LT_OBJ_GRPO) {
+        if (p->num_generations < 2)
+            return lt_fail(err, LT_ERR_ARGUMENT,
+                           "lt_trainer_create: GRPO needs num_generations >= 2 (got %d): "
+                           "advantages are relative to the group",
+                           p->num_generations);
+        if (!(p->epsilon >= 0 && p->epsilon < 1) || !(p->epsilon_high >= 0) || !(p->kl_beta >= 0))
+            return lt_fail(err, LT_ERR_ARGUMENT,
+                           "lt_trainer_create: need 0 <= epsilon < 1, epsilon_high >= 0, kl_beta >= 0");
+        if ((int)p->scale_rewards < 0 || p->scale_rewards > LT_GRPO_SCALE_NONE || (int)p->loss_type < 0 ||
+            p->loss_type > LT_GRPO_LOSS_DR_GRPO)
+            return lt_fail(err, LT_ERR_ARGUMENT, "lt_trainer_create: unknown GRPO scale_rewards %d or loss_type %d",
+                           (int)p->scale_rewards, (int)p->loss_type);
+    }
+    return LT_OK;
+}
+
+void lt_objective_free_state(lt_trainer *t) {
+    lt_objective_state *s = &t->obj;
+    free(s->ids);
+    free(s->labels);
+    free(s->w);
+    free(s->seq);
+    free(s->ints);
+    free(s->lp);
+    free(s->lp_ref);
+    free(s->g_prompts);
+    free(s->g_plens);
+    free(s->g_comp);
+    free(s->g_clens);
+    memset(s, 0, sizeof *s);
+}
+
+/* Grow the staging for `rows` rows of T tokens and `seqs` sequences (only when it does not fit). */
+static lt_status reserve(lt_trainer *t, int rows, int T, int seqs, size_t tokens) {
+    lt_objective_state *s = &t->obj;
+    const size_t n = (size_t)rows * T;
+    if (n > s->tok_cap) {
+        free(s->ids);
+        free(s->labels);
+        free(s->w);
+        s->ids = malloc(n * sizeof *s->ids);
+        s->labels = malloc(n * sizeof *s->labels);
+        s->w = malloc(n * sizeof *s->w);
+        s->tok_cap = s->ids && s->labels && s->w ? n : 0;
+        if (!s->tok_cap)
+            return lt_fail(&t->err, LT_ERR_NOMEM, "objective: out of memory staging %d x %d tokens", rows, T);
+    }
+    size_t need = (size_t)seqs > tokens ? (size_t)seqs : tokens;
+    if (need > s->seq_cap) {
+        free(s->seq);
+        free(s->ints);
+        free(s->lp);
+        free(s->lp_ref);
+        s->seq = malloc(need * 8 * sizeof *s->seq);
+        s->ints = malloc(need * 4 * sizeof *s->ints);
+        s->lp = malloc(2 * need * sizeof *s->lp); /* second half: GRPO's d loss / d lp */
+        s->lp_ref = malloc(need * sizeof *s->lp_ref);
+        s->seq_cap = s->seq && s->ints && s->lp && s->lp_ref ? need : 0;
+        if (!s->seq_cap) return lt_fail(&t->err, LT_ERR_NOMEM, "objective: out of memory");
+    }
+    return LT_OK;
+}
+
+/* The workspace for B rows of T tokens, planned for the larger of the policy and reference ranks. */
+static lt_status ensure_ws(lt_trainer *t, int B, int T) {
+    int rank = t->adapter->p.rank;
+    if (t->p.ref_adapter && t->p.ref_adapter->p.rank > rank) rank = t->p.ref_adapter->p.rank;
+    if (t->ws && B <= t->ws->B_cap && T == t->ws->T && t->ws->rank >= rank) return LT_OK;
+    lt_workspace_free(t->ws);
+    t->ws = NULL;
+    return lt_workspace_create(t->model, B, T, rank, t->p.gradient_checkpointing, &t->ws, &t->err);
+}
+
+/* One row: prompt ++ completion, right-padded with id 0 to T; labels on the completion (and, with
+ * label_prompt, on the prompt too: ORPO's NLL), -100 elsewhere. */
+static void build_row(int32_t *ids, int32_t *labels, int T, const int32_t *prompt, int P, const int32_t *comp, int C,
+                      int label_prompt) {
+    for (int t = 0; t < T; t++) {
+        int32_t id = t < P ? prompt[t] : t < P + C ? comp[t - P] : 0;
+        ids[t] = id;
+        labels[t] = (t < P && label_prompt) || (t >= P && t < P + C) ? id : -100;
+    }
+}
+
+/* Sum of log p over positions [P-1, P+C-1) of row r (position t predicts token t+1). */
+static double seq_logp(const lt_workspace *ws, int r, int P, int C) {
+    double s = 0;
+    for (int t = P - 1; t < P + C - 1; t++) s -= ws->host_losses[(size_t)r * ws->T + t];
+    return s;
+}
+
+/* Per-example offsets into the concatenated arrays; validates lengths. */
+typedef struct {
+    int P, C, R, p_off, c_off, r_off;
+} pref_item;
+
+static lt_status check_pref(lt_trainer *t, const lt_pref_batch *b, const char *fn, int *T_out) {
+    const int kto = t->p.objective == LT_OBJ_KTO, V = (int)t->model->cfg.vocab_size;
+    if (t->p.objective < LT_OBJ_DPO || t->p.objective > LT_OBJ_ORPO)
+        return lt_fail(&t->err, LT_ERR_STATE, "%s: the trainer's objective is not DPO, IPO, KTO or ORPO", fn);
+    if (!b || b->size < sizeof(size_t))
+        return lt_fail(&t->err, LT_ERR_ARGUMENT, "%s: batch is NULL or its size is unset (call lt_pref_batch_init)",
+                       fn);
+    if (b->n_rows <= 0) return lt_fail(&t->err, LT_ERR_SHAPE, "%s: the batch has %d examples", fn, b->n_rows);
+    if (!b->prompt_ids || !b->prompt_lens || !b->chosen_ids || !b->chosen_lens ||
+        (!kto && (!b->rejected_ids || !b->rejected_lens)) || (kto && !b->labels))
+        return lt_fail(&t->err, LT_ERR_ARGUMENT, "%s: prompt_*, chosen_* and %s are required", fn,
+                       kto ? "labels (KTO)" : "rejected_*");
+    if (kto && b->n_rows < 2)
+        return lt_fail(&t->err, LT_ERR_SHAPE,
+                       "%s: KTO needs at least 2 examples per batch (the KL estimate pairs "
+                       "each prompt with another example's completion)",
+                       fn);
+    int Tmax = 0;
+    int64_t po = 0, co = 0, ro = 0;
+    for (int i = 0; i < b->n_rows; i++) {
+        const int P = b->prompt_lens[i], C = b->chosen_lens[i], R = kto ? 0 : b->rejected_lens[i];
+        if (P <= 0) return lt_fail(&t->err, LT_ERR_DATA, "%s: the prompt of example %d is empty", fn, i);
+        if (C <= 0 || (!kto && R <= 0))
+            return lt_fail(&t->err, LT_ERR_DATA, "%s: example %d has an empty %s completion", fn, i,
+                           C <= 0 ? (kto ? "" : "chosen") : "rejected");
+        const int L = P + (C > R ? C : R);
+        if (t->p.max_length > 0 && L > t->p.max_length)
+            return lt_fail(&t->err, LT_ERR_DATA,
+                           "%s: example %d has %d prompt + completion tokens, more than "
+                           "max_length %d",
+                           fn, i, L, t->p.max_length);
+        for (int k = 0; k < P; k++)
+            if (b->prompt_ids[po + k] < 0 || b->prompt_ids[po + k] >= V)
+                return lt_fail(&t->err, LT_ERR_DATA, "%s: prompt %d token %d is %d, outside [0, %d)", fn, i, k,
+                               b->prompt_ids[po + k], V);
+        for (int k = 0; k < C; k++)
+            if (b->chosen_ids[co + k] < 0 || b->chosen_ids[co + k] >= V)
+                return lt_fail(&t->err, LT_ERR_DATA, "%s: completion %d token %d is %d, outside [0, %d)", fn, i, k,
+                               b->chosen_ids[co + k], V);
+        for (int k = 0; k < R; k++)
+            if (b->rejected_ids[ro + k] < 0 || b->rejected_ids[ro + k] >= V)
+                return lt_fail(&t->err, LT_ERR_DATA, "%s: rejected completion %d token %d is %d, outside [0, %d)", fn,
+                               i, k, b->rejected_ids[ro + k], V);
+        if (kto && b->labels[i] != 0 && b->labels[i] != 1)
+            return lt_fail(&t->err, LT_ERR_DATA, "%s: KTO label %d of example %d is neither 0 nor 1", fn, b->labels[i],
+                           i);
+        if (L > Tmax) Tmax = L;
+        if (kto) { /* the KL row: prompt i with completion i-1 */
+            const int Ck = b->chosen_lens[(i + b->n_rows - 1) % b->n_rows];
+            if (P + Ck > Tmax) Tmax = P + Ck;
+        }
+        po += P;
+        co += C;
+        ro += R;
+    }
+    const double *refs[3] = {b->ref_chosen_logps, kto ? NULL : b->ref_rejected_logps, kto ? b->ref_kl_logps : NULL};
+    for (int k = 0; k < 3; k++)
+        for (int i = 0; refs[k] && i < b->n_rows; i++)
+            if (!isfinite(refs[k][i]))
+                return lt_fail(&t->err, LT_ERR_NUMERIC, "%s: reference log-prob %d is not finite", fn, i);
+    *T_out = (Tmax + 15) / 16 * 16; /* a few shapes only: the workspace is planned per shape */
+    return LT_OK;
+}
+
+/* Build the 2B rows of a preference batch into t->obj and stage them. DPO/IPO/ORPO: chosen rows 0..B-1,
+ * rejected rows B..2B-1. KTO: completion rows 0..B-1, KL rows B..2B-1 (prompt i + completion i-1). */
+static lt_status build_pref_rows(lt_trainer *t, const lt_pref_batch *b, int T, pref_item *it) {
+    const int B = b->n_rows, kto = t->p.objective == LT_OBJ_KTO, orpo = t->p.objective == LT_OBJ_ORPO;
+    lt_objective_state *s = &t->obj;
+    int64_t po = 0, co = 0, ro = 0;
+    for (int i = 0; i < B; i++) {
+        it[i].P = b->prompt_lens[i];
+        it[i].C = b->chosen_lens[i];
+        it[i].R = kto ? 0 : b->rejected_lens[i];
+        it[i].p_off = (int)po;
+        it[i].c_off = (int)co;
+        it[i].r_off = (int)ro;
+        po += it[i].P;
+        co += it[i].C;
+        ro += it[i].R;
+    }
+    for (int i = 0; i < B; i++) {
+        const int32_t *prompt = b->prompt_ids + it[i].p_off;
+        build_row(s->ids + (size_t)i * T, s->labels + (size_t)i * T, T, prompt, it[i].P, b->chosen_ids + it[i].c_off,
+                  it[i].C, orpo);
+        if (kto) {
+            const pref_item *o = &it[(i + B - 1) % B];
+            build_row(s->ids + (size_t)(B + i) * T, s->labels + (size_t)(B + i) * T, T, prompt, it[i].P,
+                      b->chosen_ids + o->c_off, o->C, 0);
+        } else {
+            build_row(s->ids + (size_t)(B + i) * T, s->labels + (size_t)(B + i) * T, T, prompt, it[i].P,
+                      b->rejected_ids + it[i].r_off, it[i].R, 0);
+        }
+    }
+    lt_batch lb;
+    lt_batch_init(&lb, sizeof lb);
+    lb.n_rows = 2 * B;
+    lb.seq_len = T;
+    lb.input_ids = s->ids;
+    lb.labels = s->labels;
+    int64_t valid;
+    return lt_stage_batch(t->model, t->ws, &lb, &valid, &t->err);
+}
+
+/* Completion log-probs of the 2B staged rows from the last forward: out[0..B) and out[B..2B). */
+static void pref_logps(lt_trainer *t, int B, const pref_item *it, double *out) {
+    const int kto = t->p.objective == LT_OBJ_KTO;
+    for (int i = 0; i < B; i++) {
+        out[i] = seq_logp(t->ws, i, it[i].P, it[i].C);
+        const int C2 = kto ? it[(i + B - 1) % B].C : it[i].R;
+        out[B + i] = seq_logp(t->ws, B + i, it[i].P, C2);
+    }
+}
+
+/* The shared body of step / evaluate / reference: mode 0 train, 1 evaluate, 2 reference only. */
+static lt_status pref_run(lt_trainer *t, const lt_pref_batch *b, int mode, lt_obj_metrics *met, double *ref_out) {
+    static const char *const fns[] = {"lt_trainer_step_preference", "lt_trainer_evaluate_preference",
+                                      "lt_trainer_reference_logps"};
+    const char *fn = fns[mode];
+    lt_model *m = t->model;
+    lt_backend *be = m->be;
+    lt_adapter *a = t->adapter;
+    if (a->merged) return lt_fail(&t->err, LT_ERR_STATE, "%s: the adapter is merged; unmerge it first", fn);
+    int T = 0;
+    lt_status st = check_pref(t, b, fn, &T);
+    if (st != LT_OK) return st;
+    const int B = b->n_rows, kto = t->p.objective == LT_OBJ_KTO, orpo = t->p.objective == LT_OBJ_ORPO;
+    if ((st = ensure_ws(t, 2 * B, T)) != LT_OK) return st;
+    if ((st = reserve(t, 2 * B, T, 2 * B, 0)) != LT_OK) return st;
+    lt_objective_state *s = &t->obj;
+    pref_item *it = (pref_item *)s->ints; /* 8B ints: 6 per example here, then 2B completion lengths */
+    _Static_assert(sizeof(pref_item) == 6 * sizeof(int), "pref_item fits the scratch");
+    if ((st = build_pref_rows(t, b, T, it)) != LT_OK) return st;
+    double *pol = s->seq, *ref = s->seq + 2 * B, *g = s->seq + 4 * B;
+
+    /* reference log-probs: given, or a forward of the base (adapter disabled) / the reference adapter */
+    int have_ref = orpo || (b->ref_chosen_logps && (kto ? b->ref_kl_logps != NULL : b->ref_rejected_logps != NULL));
+    if (mode == 2 && orpo) return lt_fail(&t->err, LT_ERR_STATE, "%s: ORPO has no reference model", fn);
+    if (!have_ref || mode == 2) {
+        if ((st = lt_forward_logp(m, t->p.ref_adapter, t->ws, NULL, 1.0f, &t->err)) != LT_OK) return st;
+        pref_logps(t, B, it, ref);
+        if (mode == 2) {
+            memcpy(ref_out, ref, 2 * (size_t)B * sizeof *ref);
+            return LT_OK;
+        }
+    } else if (!orpo) {
+        memcpy(ref, b->ref_chosen_logps, (size_t)B * sizeof *ref);
+        memcpy(ref + B, kto ? b->ref_kl_logps : b->ref_rejected_logps, (size_t)B * sizeof *ref);
+    }
+
+    /* policy forward */
+    if ((st = lt_forward_logp(m, a, t->ws, NULL, 1.0f, &t->err)) != LT_OK) return st;
+    pref_logps(t, B, it, pol);
+
+    /* the loss and d loss / d (sequence log-prob) */
+    const int N = 2 * B * T;
+    float *w = s->w;
+    memset(w, 0, (size_t)N * sizeof *w);
+    double nll = 0;
+    if (kto) {
+        lt_obj_kto(&t->p, B, pol, ref, b->labels, pol + B, ref + B, g, met);
+        for (int i = 0; i < B; i++) g[B + i] = 0; /* the KL estimate is detached */
+    } else {
+        /* completion lengths as ints, after the items in the int scratch (6B of its 8B ints) */
+        int *cc = s->ints + 6 * B, *rc = cc + B;
+        for (int i = 0; i < B; i++) {
+            cc[i] = it[i].C;
+            rc[i] = it[i].R;
+        }
+        lt_obj_pairs(t->p.objective, &t->p, B, pol, pol + B, orpo ? NULL : ref, orpo ? NULL : ref + B, cc, rc, g, g + B,
+                     met);
+        if (orpo) { /* + NLL over prompt + chosen (every non-pad token), token-level mean */
+            int64_t cnt = 0;
+            for (int i = 0; i < B; i++) {
+                const int L = it[i].P + it[i].C;
+                for (int tt = 0; tt < L - 1; tt++) nll += t->ws->host_losses[(size_t)i * T + tt];
+                cnt += L - 1;
+            }
+            nll /= (double)cnt;
+            met->loss += nll;
+            for (int i = 0; i < B; i++)
+                for (int tt = 0; tt < it[i].P + it[i].C - 1; tt++) w[(size_t)i * T + tt] = (float)(1.0 / (double)cnt);
+        }
+    }
+    if (!isfinite(met->loss)) return lt_fail(&t->err, LT_ERR_NUMERIC, "%s: the loss is not finite (%g)", fn, met->loss);
+    if (mode == 1) return LT_OK;
+
+    /* per-token weights: w_t = -d loss / d lp_t = -g(sequence) on the sequence's completion tokens */
+    for (int i = 0; i < 2 * B; i++) {
+        const pref_item *x = &it[i % B];
+        const int C = i < B ? x->C : (kto ? it[(i - B + B - 1) % B].C : x->R);
+        for (int tt = x->P - 1; tt < x->P + C - 1; tt++) w[(size_t)i * T + tt] += (float)(-g[i]);
+    }
+    /* fail-safe accumulation as in the SFT step: a failed micro-batch leaves the gradients as they were */
+    if (t->micro > 0) be->ops->copy(be, t->grads_backup, a->grads, a->n_params * sizeof(float));
+    st = lt_backward_weighted(m, a, t->ws, NULL, 1.0f, w, &t->err);
+    if (st == LT_OK && !be->ops->all_finite(be, a->n_params, a->grads))
+        st = lt_fail(&t->err, LT_ERR_NUMERIC, "%s: the gradients are not finite; the step was discarded", fn);
+    if (st != LT_OK) {
+        if (t->micro > 0) be->ops->copy(be, a->grads, t->grads_backup, a->n_params * sizeof(float));
+        else be->ops->zero(be, a->grads, a->n_params * sizeof(float));
+    }
+    return st;
+}
+
+/* After a micro-batch's backward: count it, update every grad_accum micro-batches (the loss of an
+ * update is the mean of its micro-batch losses, so the summed gradients are divided by grad_accum). */
+static lt_status finish_micro(lt_trainer *t, lt_step_result *r) {
+    lt_backend *be = t->model->be;
+    lt_adapter *a = t->adapter;
+    t->micro_total++;
+    t->micro++;
+    r->lr = lt_optimizer_lr(t->opt);
+    if (t->micro == t->p.grad_accum) {
+        if (t->p.grad_accum > 1) be->ops->scale(be, a->n_params, (float)(1.0 / t->p.grad_accum), a->grads);
+        lt_status st = lt_optimizer_update(t->opt, &r->grad_norm, &r->lr, &t->err);
+        be->ops->zero(be, a->grads, a->n_params * sizeof(float));
+        t->micro = 0;
+        if (st != LT_OK) return st;
+        r->updated = 1;
+    }
+    r->step = t->opt->step;
+    return LT_OK;
+}
+
+static void result_init(lt_step_result *r) {
+    memset(r, 0, sizeof *r);
+    r->size = sizeof *r;
+    r->rewards_chosen = r->rewards_rejected = r->rewards_accuracies = r->rewards_margins = r->kl = NAN;
+    r->reward_mean = r->reward_std = r->clip_fraction = r->completion_length = NAN;
+}
+
+static void result_out(lt_trainer *t, lt_step_result *r, lt_step_result *res, int progress) {
+    if (res) {
+        size_t n = res->size < sizeof *r ? res->size : sizeof *r;
+        memcpy(res, r, n);
+        res->size = n;
+    }
+    if (progress && t->progress) t->progress(t->progress_user, r);
+}
+
+static int64_t pref_tokens(const lt_pref_batch *b, int kto) {
+    int64_t n = 0;
+    for (int i = 0; i < b->n_rows; i++) n += b->chosen_lens[i] + (kto ? 0 : b->rejected_lens[i]);
+    return n;
+}
+
+LT_API void lt_pref_batch_init(lt_pref_batch *b, size_t size) {
+    lt_pref_batch d;
+    memset(&d, 0, sizeof d);
+    d.size = sizeof d;
+    lt_fill_struct(b, size, &d, sizeof d);
+}
+
+LT_API lt_status lt_trainer_step_preference(lt_trainer *t, const lt_pref_batch *b, lt_step_result *res) {
+    if (!t) return LT_ERR_ARGUMENT;
+    lt_error_clear(&t->err);
+    if (res && res->size < sizeof(size_t))
+        return lt_fail(&t->err, LT_ERR_ARGUMENT, "lt_trainer_step_preference: result->size not set");
+    const double t0 = lt_now_seconds();
+    lt_obj_metrics met;
+    lt_status st = pref_run(t, b, 0, &met, NULL);
+    if (st != LT_OK) return st;
+    lt_step_result r;
+    result_init(&r);
+    r.loss = met.loss;
+    r.rewards_chosen = met.rewards_chosen;
+    r.rewards_rejected = met.rewards_rejected;
+    r.rewards_accuracies = met.accuracies;
+    r.rewards_margins = met.margins;
+    r.kl = met.kl;
+    r.tokens = pref_tokens(b, t->p.objective == LT_OBJ_KTO);
+    if ((st = finish_micro(t, &r)) != LT_OK) return st;
+    const double dt = lt_now_seconds() - t0;
+    r.tokens_per_s = dt > 0 ? (double)t->ws->B * t->ws->T / dt : 0;
+    result_out(t, &r, res, 1);
+    return LT_OK;
+}
+
+LT_API lt_status lt_trainer_evaluate_preference(lt_trainer *t, const lt_pref_batch *b, lt_step_result *res) {
+    if (!t) return LT_ERR_ARGUMENT;
+    lt_error_clear(&t->err);
+    if (!res || res->size < sizeof(size_t))
+        return lt_fail(&t->err, LT_ERR_ARGUMENT, "lt_trainer_evaluate_preference: result is NULL or its size is unset");
+    lt_obj_metrics met;
+    lt_status st = pref_run(t, b, 1, &met, NULL);
+    if (st != LT_OK) return st;
+    lt_step_result r;
+    result_init(&r);
+    r.loss = met.loss;
+    r.rewards_chosen = met.rewards_chosen;
+    r.rewards_rejected = met.rewards_rejected;
+    r.rewards_accuracies = met.accuracies;
+    r.rewards_margins = met.margins;
+    r.kl = met.kl;
+    r.tokens = pref_tokens(b, t->p.objective == LT_OBJ_KTO);
+    r.step = t->opt->step;
+    result_out(t, &r, res, 0);
+    return LT_OK;
+}
+
+LT_API lt_status lt_trainer_reference_logps(lt_trainer *t, const lt_pref_batch *b, double *chosen, double *rejected,
+                                            double *kl) {
+    if (!t) return LT_ERR_ARGUMENT;
+    lt_error_clear(&t->err);
+    if (!chosen && !rejected && !kl)
+        return lt_fail(&t->err, LT_ERR_ARGUMENT, "lt_trainer_reference_logps: no output given");
+    if (!b || b->n_rows <= 0) return lt_fail(&t->err, LT_ERR_SHAPE, "lt_trainer_reference_logps: empty batch");
+    lt_obj_metrics met;
+    double *tmp = malloc(2 * (size_t)b->n_rows * sizeof *tmp); /* outside the step: an allocation is fine */
+    if (!tmp) return lt_fail(&t->err, LT_ERR_NOMEM, "lt_trainer_reference_logps: out of memory");
+    lt_status st = pref_run(t, b, 2, &met, tmp);
+    if (st == LT_OK) {
+        const int B = b->n_rows, kto = t->p.objective == LT_OBJ_KTO;
+        if (chosen) memcpy(chosen, tmp, (size_t)B * sizeof *tmp);
+        if (!kto && rejected) memcpy(rejected, tmp + B, (size_t)B * sizeof *tmp);
+        if (kto && kl) memcpy(kl, tmp + B, (size_t)B * sizeof *tmp);
+    }
+    free(tmp);
+    return st;
+}
+
+/* ---- GRPO ------------------------------------------------------------------------------------------ */
+
+LT_API lt_status lt_grpo_generate(lt_trainer *t, const int32_t *prompts, const int32_t *prompt_lens, int n_prompts,
+                                  const lt_generate_params *gen, int32_t *completions, int32_t *completion_lens) {
+    if (!t) return LT_ERR_ARGUMENT;
+    lt_error_clear(&t->err);
+    const char *fn = "lt_grpo_generate";
+    if (t->p.objective != LT_OBJ_GRPO)
+        return lt_fail(&t->err, LT_ERR_STATE, "%s: the trainer's objective is not GRPO", fn);
+    if (!prompts || !prompt_lens || n_prompts <= 0 || !completions || !completion_lens)
+        return lt_fail(&t->err, LT_ERR_ARGUMENT,
+                       "%s: prompts, prompt_lens, completions and completion_lens are required "
+                       "and n_prompts must be positive",
+                       fn);
+    lt_generate_params gp;
+    lt_generate_params_init(&gp, sizeof gp);
+    if (gen) {
+        if (gen->size < sizeof(size_t) || gen->size > sizeof gp)
+            return lt_fail(&t->err, LT_ERR_ARGUMENT, "%s: gen->size %zu unknown (call lt_generate_params_init)", fn,
+                           gen->size);
+        memcpy(&gp, gen, gen->size);
+    }
+    if (gp.max_new_tokens <= 0)
+        return lt_fail(&t->err, LT_ERR_ARGUMENT, "%s: max_new_tokens %d must be positive", fn, gp.max_new_tokens);
+    const int G = t->p.num_generations, V = (int)t->model->cfg.vocab_size;
+    int64_t total = 0;
+    for (int i = 0; i < n_prompts; i++) {
+        if (prompt_lens[i] <= 0) return lt_fail(&t->err, LT_ERR_DATA, "%s: prompt %d is empty", fn, i);
+        if (t->p.max_length > 0 && prompt_lens[i] >= t->p.max_length)
+            return lt_fail(&t->err, LT_ERR_DATA, "%s: prompt %d has %d tokens, not below max_length %d", fn, i,
+                           prompt_lens[i], t->p.max_length);
+        total += prompt_lens[i];
+    }
+    for (int64_t k = 0; k < total; k++)
+        if (prompts[k] < 0 || prompts[k] >= V)
+            return lt_fail(&t->err, LT_ERR_DATA, "%s: prompt token %lld is %d, outside [0, %d)", fn, (long long)k,
+                           prompts[k], V);
+    lt_objective_state *s = &t->obj;
+    const size_t rows = (size_t)n_prompts * G;
+    if ((size_t)total * G > s->g_prompt_cap || rows > s->g_comp_cap / (size_t)gp.max_new_tokens || !s->g_plens) {
+        free(s->g_prompts);
+        free(s->g_plens);
+        free(s->g_comp);
+        free(s->g_clens);
+        s->g_prompts = malloc((size_t)total * G * sizeof(int32_t));
+        s->g_plens = malloc(rows * sizeof(int32_t));
+        s->g_comp = malloc(rows * gp.max_new_tokens * sizeof(int32_t));
+        s->g_clens = malloc(rows * sizeof(int32_t));
+        if (!s->g_prompts || !s->g_plens || !s->g_comp || !s->g_clens) {
+            s->g_prompt_cap = s->g_comp_cap = 0;
+            return lt_fail(&t->err, LT_ERR_NOMEM, "%s: out of memory", fn);
+        }
+        s->g_prompt_cap = (size_t)total * G;
+        s->g_comp_cap = rows * gp.max_new_tokens;
+    }
+    /* each prompt repeated G times (row p*G + g); one batched sampling call */
+    int64_t o = 0, src = 0;
+    for (int i = 0; i < n_prompts; i++) {
+        for (int g = 0; g < G; g++) {
+            memcpy(s->g_prompts + o, prompts + src, (size_t)prompt_lens[i] * sizeof(int32_t));
+            s->g_plens[(size_t)i * G + g] = prompt_lens[i];
+            o += prompt_lens[i];
+        }
+        src += prompt_lens[i];
+    }
+    s->g_pending = 0;
+    lt_status st = lt_generate(t->model, t->adapter, s->g_prompts, s->g_plens, (int)rows, &gp, s->g_comp, s->g_clens);
+    if (st != LT_OK) return lt_fail(&t->err, st, "%s: %s", fn, lt_model_last_error(t->model));
+    for (size_t r = 0; r < rows; r++)
+        if (s->g_clens[r] <= 0) return lt_fail(&t->err, LT_ERR_DATA, "%s: completion %zu is empty", fn, r);
+    memcpy(completions, s->g_comp, rows * gp.max_new_tokens * sizeof(int32_t));
+    memcpy(completion_lens, s->g_clens, rows * sizeof(int32_t));
+    s->g_np = n_prompts;
+    s->g_G = G;
+    s->g_max_new = gp.max_new_tokens;
+    s->g_logit_scale = gp.temperature > 0 ? 1.0f / gp.temperature : 1.0f; /* lp from logits / temperature */
+    s->g_pending = 1;
+    return LT_OK;
+}
+
+LT_API lt_status lt_grpo_step(lt_trainer *t, const float *rewards, lt_step_result *res) {
+    if (!t) return LT_ERR_ARGUMENT;
+    lt_error_clear(&t->err);
+    const char *fn = "lt_grpo_step";
+    lt_objective_state *s = &t->obj;
+    if (t->p.objective != LT_OBJ_GRPO)
+        return lt_fail(&t->err, LT_ERR_STATE, "%s: the trainer's objective is not GRPO", fn);
+    if (!s->g_pending)
+        return lt_fail(&t->err, LT_ERR_STATE, "%s: no generation is pending (call lt_grpo_generate first)", fn);
+    if (!rewards) return lt_fail(&t->err, LT_ERR_ARGUMENT, "%s: rewards is NULL", fn);
+    if (res && res->size < sizeof(size_t)) return lt_fail(&t->err, LT_ERR_ARGUMENT, "%s: result->size not set", fn);
+    if (t->adapter->merged) return lt_fail(&t->err, LT_ERR_STATE, "%s: the adapter is merged; unmerge it first", fn);
+    const double t0 = lt_now_seconds();
+    const int S = s->g_np * s->g_G, Mx = s->g_max_new;
+    for (int i = 0; i < S; i++)
+        if (!isfinite(rewards[i]))
+            return lt_fail(&t->err, LT_ERR_NUMERIC, "%s: reward %d (prompt %d, generation %d) is not finite (%g)", fn,
+                           i, i / s->g_G, i % s->g_G, (double)rewards[i]);
+    lt_model *m = t->model;
+    lt_backend *be = m->be;
+    lt_adapter *a = t->adapter;
+    int Pmax = 0;
+    int64_t ntok = 0;
+    for (int i = 0; i < S; i++) {
+        if (s->g_plens[i] > Pmax) Pmax = s->g_plens[i];
+        ntok += s->g_clens[i];
+    }
+    const int T = (Pmax + Mx + 15) / 16 * 16;
+    lt_status st;
+    if ((st = ensure_ws(t, S, T)) != LT_OK) return st;
+    if ((st = reserve(t, S, T, S, (size_t)ntok)) != LT_OK) return st;
+    int64_t po = 0;
+    for (int i = 0; i < S; i++) {
+        build_row(s->ids + (size_t)i * T, s->labels + (size_t)i * T, T, s->g_prompts + po, s->g_plens[i],
+                  s->g_comp + (size_t)i * Mx, s->g_clens[i], 0);
+        po += s->g_plens[i];
+    }
+    lt_batch lb;
+    lt_batch_init(&lb, sizeof lb);
+    lb.n_rows = S;
+    lb.seq_len = T;
+    lb.input_ids = s->ids;
+    lb.labels = s->labels;
+    int64_t valid;
+    if ((st = lt_stage_batch(m, t->ws, &lb, &valid, &t->err)) != LT_OK) return st;
+    /* per-token log-probs (from logits / temperature) of the reference (only with KL) and the policy */
+    float *lp = s->lp, *lp_ref = s->lp_ref;
+    const float ls = s->g_logit_scale;
+    if (t->p.kl_beta > 0) {
+        if ((st = lt_forward_logp(m, t->p.ref_adapter, t->ws, NULL, ls, &t->err)) != LT_OK) return st;
+        for (int i = 0, o = 0; i < S; i++)
+            for (int k = 0; k < s->g_clens[i]; k++)
+                lp_ref[o++] = -t->ws->host_losses[(size_t)i * T + s->g_plens[i] - 1 + k];
+    }
+    if ((st = lt_forward_logp(m, a, t->ws, NULL, ls, &t->err)) != LT_OK) return st;
+    for (int i = 0, o = 0; i < S; i++)
+        for (int k = 0; k < s->g_clens[i]; k++) lp[o++] = -t->ws->host_losses[(size_t)i * T + s->g_plens[i] - 1 + k];
+    double *adv = s->seq, rmean, rstd;
+    lt_obj_grpo_advantages(rewards, s->g_np, s->g_G, t->p.scale_rewards, adv, &rmean, &rstd);
+    /* one update per generation: lp_old = lp (detached), so rho = 1 */
+    float *dlp = s->w, *dl = s->lp + s->seq_cap; /* d loss / d lp per completion token, then per row position */
+    lt_obj_grpo_metrics gm;
+    lt_obj_grpo_loss(&t->p, S, s->g_clens, adv, lp, lp, t->p.kl_beta > 0 ? lp_ref : NULL, Mx, dl, &gm);
+    memset(dlp, 0, (size_t)S * T * sizeof *dlp);
+    for (int i = 0, o = 0; i < S; i++)
+        for (int k = 0; k < s->g_clens[i]; k++) dlp[(size_t)i * T + s->g_plens[i] - 1 + k] = -dl[o++];
+    if (!isfinite(gm.loss)) return lt_fail(&t->err, LT_ERR_NUMERIC, "%s: the loss is not finite", fn);
+    if (t->micro > 0) be->ops->copy(be, t->grads_backup, a->grads, a->n_params * sizeof(float));
+    st = lt_backward_weighted(m, a, t->ws, NULL, ls, dlp, &t->err);
+    if (st == LT_OK && !be->ops->all_finite(be, a->n_params, a->grads))
+        st = lt_fail(&t->err, LT_ERR_NUMERIC, "%s: the gradients are not finite; the step was discarded", fn);
+    if (st != LT_OK) {
+        if (t->micro > 0) be->ops->copy(be, a->grads, t->grads_backup, a->n_params * sizeof(float));
+        else be->ops->zero(be, a->grads, a->n_params * sizeof(float));
+        return st;
+    }
+    s->g_pending = 0;
+    lt_step_result r;
+    result_init(&r);
+    r.loss = gm.loss;
+    r.kl = gm.kl;
+    r.clip_fraction = gm.clip_fraction;
+    r.reward_mean = rmean;
+    r.reward_std = rstd;
+    r.completion_length = (double)ntok / S;
+    r.tokens = ntok;
+    if ((st = finish_micro(t, &r)) != LT_OK) return st;
+    const double dt = lt_now_seconds() - t0;
+    r.tokens_per_s = dt > 0 ? (double)S * T / dt : 0;
+    result_out(t, &r, res, 1);
+    return LT_OK;
+}

@@ -1,0 +1,360 @@
+/*
+ * trainer.c - the SFT trainer: micro-batch steps with gradient accumulation, evaluation and
+ * checkpoints.
+ *
+ * defines: lt_trainer_* (public)
+ *
+ * Loss convention: each micro-batch accumulates the gradient of the SUM of its token losses; at the
+ * update the gradients are divided by the number of predicted tokens of all micro-batches, which is
+ * exactly the token-level mean over the whole accumulated batch (algorithms.md, SFT).
+ * Safety: a micro-batch that fails (bad ids, NaN loss, NaN gradients) restores the gradients it found,
+ * and an update happens only with finite gradients, so the adapter and optimizer stay as they were.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "train/trainer.h"
+
+LT_API void lt_trainer_params_init(lt_trainer_params *out, size_t size) {
+    lt_trainer_params d, *p = &d;
+    memset(p, 0, sizeof *p);
+    p->size = sizeof *p;
+    p->objective = LT_OBJ_SFT;
+    p->grad_accum = 1;
+    p->gradient_checkpointing = 1;
+    p->beta = 0.1f;
+    p->desirable_weight = 1.0f;
+    p->undesirable_weight = 1.0f;
+    p->num_generations = 8;
+    p->epsilon = 0.2f;
+    p->scale_rewards = LT_GRPO_SCALE_GROUP;
+    p->loss_type = LT_GRPO_LOSS_DAPO;
+    lt_fill_struct(out, size, p, sizeof *p);
+}
+
+LT_API lt_status lt_trainer_create(lt_model *m, lt_adapter *a, lt_optimizer *o, const lt_trainer_params *params,
+                                   lt_trainer **out) {
+    lt_error *err = lt_thread_error();
+    lt_error_clear(err);
+    if (!out) return lt_fail(err, LT_ERR_ARGUMENT, "lt_trainer_create: out is NULL");
+    *out = NULL;
+    if (!m || !a || !o)
+        return lt_fail(err, LT_ERR_ARGUMENT, "lt_trainer_create: model, adapter and optimizer are required");
+    if (a->model != m || o->adapter != a)
+        return lt_fail(err, LT_ERR_ARGUMENT,
+                       "lt_trainer_create: the adapter must belong to the model and the "
+                       "optimizer to the adapter");
+    lt_trainer_params p;
+    lt_trainer_params_init(&p, sizeof p);
+    if (params) {
+        if (params->size < offsetof(lt_trainer_params, seed) || params->size > sizeof p)
+            return lt_fail(err, LT_ERR_ARGUMENT,
+                           "lt_trainer_create: params->size %zu is not a size this library "
+                           "knows (call lt_trainer_params_init)",
+                           params->size);
+        memcpy(&p, params, params->size);
+    }
+    if ((int)p.objective < LT_OBJ_SFT || p.objective > LT_OBJ_GRPO)
+        return lt_fail(err, LT_ERR_UNSUPPORTED, "lt_trainer_create: unknown objective %d", (int)p.objective);
+    lt_status pst = lt_objective_check_params(m, a, &p, err);
+    if (pst != LT_OK) return pst;
+    if (p.grad_accum < 1) return lt_fail(err, LT_ERR_ARGUMENT, "lt_trainer_create: grad_accum %d < 1", p.grad_accum);
+    lt_trainer *t = calloc(1, sizeof *t);
+    if (!t) return lt_fail(err, LT_ERR_NOMEM, "lt_trainer_create: out of memory");
+    t->model = m;
+    t->adapter = a;
+    t->opt = o;
+    t->p = p;
+    t->p.size = sizeof t->p;
+    /* the gradients found before a micro-batch, restored when it fails: needed only when an update
+     * accumulates several micro-batches (otherwise they are zero); a full fine-tuning saves 4 B/param */
+    if (p.grad_accum > 1) {
+        t->grads_backup = m->be->ops->alloc(m->be, a->n_params * sizeof(float));
+        if (!t->grads_backup) {
+            free(t);
+            return lt_fail(err, LT_ERR_NOMEM, "lt_trainer_create: out of memory");
+        }
+    }
+    m->be->ops->zero(m->be, a->grads, a->n_params * sizeof(float));
+    *out = t;
+    return LT_OK;
+}
+
+LT_API void lt_trainer_free(lt_trainer *t) {
+    if (!t) return;
+    lt_workspace_free(t->ws);
+    lt_objective_free_state(t);
+    if (t->grads_backup) t->model->be->ops->free(t->model->be, t->grads_backup);
+    free(t);
+}
+
+LT_API const char *lt_trainer_last_error(const lt_trainer *t) {
+    return t ? t->err.msg : "lt_trainer_last_error: trainer is NULL";
+}
+
+LT_API void lt_trainer_set_progress(lt_trainer *t, lt_progress_fn fn, void *user) {
+    if (!t) return;
+    t->progress = fn;
+    t->progress_user = user;
+}
+
+/* The workspace is planned once per batch shape; a new shape re-plans (outside the steady state). */
+static lt_status ensure_workspace(lt_trainer *t, const lt_batch *b) {
+    if (t->ws && b->n_rows <= t->ws->B_cap && b->seq_len == t->ws->T) return LT_OK;
+    lt_workspace_free(t->ws);
+    t->ws = NULL;
+    int B = b->n_rows > 0 ? b->n_rows : 1, T = b->seq_len > 0 ? b->seq_len : 1;
+    return lt_workspace_create(t->model, B, T, t->adapter->p.rank, t->p.gradient_checkpointing, &t->ws, &t->err);
+}
+
+static uint64_t mix64(uint64_t z) {
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+LT_API lt_status lt_trainer_step(lt_trainer *t, const lt_batch *b, lt_step_result *res) {
+    if (!t) return LT_ERR_ARGUMENT;
+    lt_error_clear(&t->err);
+    if (!b) return lt_fail(&t->err, LT_ERR_ARGUMENT, "lt_trainer_step: batch is NULL");
+    if (res && res->size < sizeof(size_t))
+        return lt_fail(&t->err, LT_ERR_ARGUMENT, "lt_trainer_step: result->size not set");
+    if (t->adapter->merged)
+        return lt_fail(&t->err, LT_ERR_STATE, "lt_trainer_step: the adapter is merged; unmerge it first");
+    lt_model *m = t->model;
+    lt_backend *be = m->be;
+    lt_adapter *a = t->adapter;
+    const double t0 = lt_now_seconds();
+    lt_status st;
+    if (t->p.objective != LT_OBJ_SFT)
+        return lt_fail(&t->err, LT_ERR_STATE,
+                       "lt_trainer_step: the trainer's objective is not SFT; use "
+                       "lt_trainer_step_preference (DPO, IPO, KTO, ORPO) or lt_grpo_step (GRPO)");
+    if (b->n_rows <= 0 || b->seq_len <= 0 || !b->input_ids)
+        return lt_fail(&t->err, LT_ERR_SHAPE, "lt_trainer_step: empty batch (%d rows x %d tokens)", b->n_rows,
+                       b->seq_len);
+    if ((st = ensure_workspace(t, b)) != LT_OK) return st;
+    lt_workspace *ws = t->ws;
+    int64_t valid = 0;
+    if ((st = lt_stage_batch(m, ws, b, &valid, &t->err)) != LT_OK) return st;
+    if (valid == 0 && t->p.grad_accum == 1)
+        return lt_fail(&t->err, LT_ERR_DATA,
+                       "lt_trainer_step: every label of the batch is masked (-100): nothing to learn");
+    double loss_sum = 0;
+    if (valid > 0) { /* a fully masked micro-batch of an accumulation adds nothing: no compute */
+        if (t->micro > 0) be->ops->copy(be, t->grads_backup, a->grads, a->n_params * sizeof(float));
+        lt_dropout_state drop = {a->p.dropout, mix64(t->p.seed ^ mix64(t->micro_total + 1))};
+        st = lt_forward_backward(m, a, ws, &drop, 1.0f, &loss_sum, NULL, &t->err);
+        if (st == LT_OK && !be->ops->all_finite(be, a->n_params, a->grads))
+            st = lt_fail(&t->err, LT_ERR_NUMERIC,
+                         "lt_trainer_step: the gradients are not finite; the step was discarded");
+        if (st != LT_OK) {
+            if (t->micro > 0) be->ops->copy(be, a->grads, t->grads_backup, a->n_params * sizeof(float));
+            else be->ops->zero(be, a->grads, a->n_params * sizeof(float));
+            return st;
+        }
+    }
+    t->micro_total++;
+    t->micro++;
+    t->accum_tokens += valid;
+    t->accum_loss += loss_sum;
+
+    lt_step_result r;
+    memset(&r, 0, sizeof r);
+    r.size = sizeof r;
+    r.loss = t->accum_tokens > 0 ? t->accum_loss / (double)t->accum_tokens : 0.0;
+    r.tokens = valid;
+    r.lr = lt_optimizer_lr(t->opt);
+    if (t->micro == t->p.grad_accum && t->accum_tokens == 0) {
+        t->micro = 0;
+        t->accum_loss = 0;
+        return lt_fail(&t->err, LT_ERR_DATA,
+                       "lt_trainer_step: every label of the %d accumulated micro-batches is "
+                       "masked (-100): nothing to learn; no update was made",
+                       t->p.grad_accum);
+    }
+    if (t->micro == t->p.grad_accum) {
+        be->ops->scale(be, a->n_params, (float)(1.0 / (double)t->accum_tokens), a->grads);
+        st = lt_optimizer_update(t->opt, &r.grad_norm, &r.lr, &t->err);
+        be->ops->zero(be, a->grads, a->n_params * sizeof(float));
+        t->micro = 0;
+        t->accum_tokens = 0;
+        t->accum_loss = 0;
+        if (st != LT_OK) return st;
+        r.updated = 1;
+    }
+    r.step = t->opt->step;
+    double dt = lt_now_seconds() - t0;
+    r.tokens_per_s = dt > 0 ? (double)b->n_rows * b->seq_len / dt : 0;
+    if (res) {
+        size_t n = res->size < sizeof r ? res->size : sizeof r;
+        memcpy(res, &r, n);
+        res->size = n;
+    }
+    if (t->progress) t->progress(t->progress_user, &r);
+    return LT_OK;
+}
+
+LT_API lt_status lt_trainer_evaluate(lt_trainer *t, const lt_batch *b, double *loss_sum, int64_t *n_tokens) {
+    if (!t) return LT_ERR_ARGUMENT;
+    lt_error_clear(&t->err);
+    lt_status st = lt_model_loss(t->model, t->adapter, b, loss_sum, n_tokens);
+    if (st != LT_OK) lt_fail(&t->err, st, "%s", lt_model_last_error(t->model));
+    return st;
+}
+
+/* ---- checkpoints --------------------------------------------------------------------------------
+ * DIR/adapter_config.json + adapter_model.safetensors (a PEFT adapter), DIR/optimizer.bin,
+ * DIR/trainer_state.json. Written into DIR.tmp-PID and renamed into place, so DIR is always either
+ * the previous checkpoint or the new one. */
+
+/* A file a checkpoint consists of: the adapter, optimizer and trainer state, or (full fine-tuning) the
+ * model directory lt_model_export writes: config, model*.safetensors shards and index, tokenizer files. */
+static int checkpoint_file(const char *name) {
+    static const char *const files[] = {"adapter_config.json",
+                                        "adapter_model.safetensors",
+                                        "optimizer.bin",
+                                        "trainer_state.json",
+                                        "config.json",
+                                        "tokenizer.json",
+                                        "tokenizer_config.json",
+                                        "special_tokens_map.json",
+                                        "generation_config.json",
+                                        "tokenizer.model"};
+    for (size_t i = 0; i < sizeof files / sizeof *files; i++)
+        if (!strcmp(name, files[i])) return 1;
+    const size_t n = strlen(name);
+    return !strncmp(name, "model", 5) && ((n > 12 && !strcmp(name + n - 12, ".safetensors")) ||
+                                          (n > 23 && !strcmp(name + n - 23, ".safetensors.index.json")));
+}
+
+/* Remove a checkpoint directory this trainer wrote (its temporary or previous copy); anything else a user
+ * put there stays, and then so does the directory. */
+static lt_status remove_tree(const char *dir) {
+    char p[4200];
+    DIR *d = opendir(dir);
+    if (d) {
+        struct dirent *e;
+        while ((e = readdir(d)) != NULL) {
+            if (!checkpoint_file(e->d_name)) continue;
+            lt_path_join(p, sizeof p, dir, e->d_name);
+            unlink(p);
+        }
+        closedir(d);
+    }
+    return rmdir(dir) == 0 ? LT_OK : LT_ERR_IO;
+}
+
+LT_API lt_status lt_trainer_save_checkpoint(lt_trainer *t, const char *dir) {
+    if (!t) return LT_ERR_ARGUMENT;
+    lt_error_clear(&t->err);
+    if (!dir) return lt_fail(&t->err, LT_ERR_ARGUMENT, "lt_trainer_save_checkpoint: dir is NULL");
+    if (t->micro != 0)
+        return lt_fail(&t->err, LT_ERR_STATE,
+                       "lt_trainer_save_checkpoint: %d micro-batches of an accumulation are "
+                       "pending; save after an update",
+                       t->micro);
+    char tmp[4200], old[4200], p[4300];
+    snprintf(tmp, sizeof tmp, "%s.tmp-%ld", dir, (long)getpid());
+    snprintf(old, sizeof old, "%s.old-%ld", dir, (long)getpid());
+    remove_tree(tmp);
+    lt_status st = lt_mkdir_p(tmp, &t->err);
+    if (st == LT_OK && (st = lt_adapter_save(t->adapter, tmp)) != LT_OK)
+        lt_fail(&t->err, st, "%s", t->adapter->err.msg);
+    if (st == LT_OK) {
+        lt_path_join(p, sizeof p, tmp, "optimizer.bin");
+        if ((st = lt_optimizer_save(t->opt, p)) != LT_OK) lt_fail(&t->err, st, "%s", t->opt->err.msg);
+    }
+    if (st == LT_OK) {
+        char js[512];
+        int n = snprintf(js, sizeof js,
+                         "{\n  \"format\": \"libloratune-checkpoint-1\",\n  \"step\": %lld,\n  \"micro_steps\": %llu,\n"
+                         "  \"seed\": %llu,\n  \"grad_accum\": %d\n}\n",
+                         (long long)t->opt->step, (unsigned long long)t->micro_total, (unsigned long long)t->p.seed,
+                         t->p.grad_accum);
+        lt_path_join(p, sizeof p, tmp, "trainer_state.json");
+        st = lt_write_file_atomic(p, js, (size_t)n, &t->err);
+    }
+    if (st != LT_OK) {
+        remove_tree(tmp);
+        return st;
+    }
+    struct stat sb;
+    int had_old = stat(dir, &sb) == 0;
+    if (had_old && rename(dir, old) != 0) {
+        remove_tree(tmp);
+        return lt_fail(&t->err, LT_ERR_IO, "%s: cannot move the previous checkpoint aside: %s", dir, strerror(errno));
+    }
+    if (rename(tmp, dir) != 0) {
+        int e = errno;
+        if (had_old) rename(old, dir);
+        remove_tree(tmp);
+        return lt_fail(&t->err, LT_ERR_IO, "%s: cannot rename the new checkpoint into place: %s", dir, strerror(e));
+    }
+    if (had_old) remove_tree(old);
+    return LT_OK;
+}
+
+LT_API lt_status lt_trainer_load_checkpoint(lt_trainer *t, const char *dir) {
+    if (!t) return LT_ERR_ARGUMENT;
+    lt_error_clear(&t->err);
+    if (!dir) return lt_fail(&t->err, LT_ERR_ARGUMENT, "lt_trainer_load_checkpoint: dir is NULL");
+    char p[4200];
+    lt_path_join(p, sizeof p, dir, "trainer_state.json");
+    json_error_t je;
+    json_t *js = json_load_file(p, 0, &je);
+    if (!js) return lt_fail(&t->err, LT_ERR_MISSING, "%s: cannot read the checkpoint state: %s", p, je.text);
+    json_t *step = json_object_get(js, "step"), *micro = json_object_get(js, "micro_steps");
+    if (!json_is_integer(step) || !json_is_integer(micro)) {
+        json_decref(js);
+        return lt_fail(&t->err, LT_ERR_JSON, "%s: \"step\" and \"micro_steps\" must be integers", p);
+    }
+    uint64_t micro_total = (uint64_t)json_integer_value(micro);
+    json_decref(js);
+    /* load into a temporary adapter and optimizer first, so a bad checkpoint changes nothing */
+    lt_adapter *tmp = NULL;
+    lt_status st = lt_adapter_load(t->model, dir, &tmp);
+    if (st != LT_OK) return lt_fail(&t->err, st, "%s", lt_last_error());
+    lt_adapter *a = t->adapter;
+    if (tmp->p.rank != a->p.rank || tmp->p.targets != a->p.targets || tmp->n_params != a->n_params ||
+        !tmp->init0 != !a->init0 || /* PiSSA / OLoRA: both or neither */
+        tmp->p.full_finetune != a->p.full_finetune || tmp->p.modules_to_save != a->p.modules_to_save) {
+        lt_adapter_free(tmp);
+        return lt_fail(&t->err, LT_ERR_SHAPE, "%s: the checkpoint's adapter (r=%d) does not match the trainer's (r=%d)",
+                       dir, tmp->p.rank, a->p.rank);
+    }
+    lt_optimizer *o = NULL;
+    lt_optimizer_params op = t->opt->p;
+    if ((st = lt_optimizer_create(tmp, &op, &o)) != LT_OK) {
+        lt_adapter_free(tmp);
+        return lt_fail(&t->err, st, "%s", lt_last_error());
+    }
+    lt_path_join(p, sizeof p, dir, "optimizer.bin");
+    if ((st = lt_optimizer_load(o, p)) != LT_OK) {
+        lt_fail(&t->err, st, "%s", o->err.msg);
+        lt_optimizer_free(o);
+        lt_adapter_free(tmp);
+        return st;
+    }
+    lt_backend *be = t->model->be;
+    const size_t bytes = a->n_params * sizeof(float);
+    be->ops->copy(be, a->params, tmp->params, bytes);
+    if (a->init0) be->ops->copy(be, a->init0, tmp->init0, a->n_init0 * sizeof(float)); /* PiSSA / OLoRA: A0, B0 */
+    lt_adapter_sync_weights(a);
+    lt_optimizer_copy_state(t->opt, o);
+    be->ops->zero(be, a->grads, bytes);
+    t->micro_total = micro_total;
+    t->micro = 0;
+    t->accum_tokens = 0;
+    t->accum_loss = 0;
+    lt_optimizer_free(o);
+    lt_adapter_free(tmp);
+    return be->ops->sync(be);
+}
