@@ -4,6 +4,7 @@
 #   LT_REF_VENV   where the reference virtualenv lives (default ~/.cache/loratune/ref-venv-<lock hash>;
 #                 see tests/ref-venv.sh)
 #   LT_SKIP_ASAN  set to 1 to skip the sanitizer build
+# With a CUDA device (nvidia-smi lists one) the model suites run a second time with LT_TEST_BACKEND=cuda.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -57,6 +58,13 @@ stage() {  # NAME CMD...: one counted stage
 }
 echo "== Check suites (Release), the layout check and the add_subdirectory() host project"
 stage "ctest (Release)" bash -c "cd build && LORATUNE_REF_PYTHON='$py' ctest --output-on-failure -j1"
+# The model suites again on the CUDA backend where a device is (test_backend_ops runs every op on every
+# backend by itself). Elsewhere they would skip: not run.
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 2>/dev/null | grep -q '^GPU'; then
+  echo "== model suites on the CUDA backend (LT_TEST_BACKEND=cuda)"
+  stage "ctest (model suites, cuda)" bash -c "cd build && LT_TEST_BACKEND=cuda LORATUNE_REF_PYTHON='$py' ctest --output-on-failure -j1 \
+    -R '^test_(lora|qlora|families|objectives|full|pissa|model|gemm_bf16|optim8)\$'"
+fi
 
 echo "== live cross-check of loratune tokenize/detokenize against tokenizers (random configurations and text)"
 stage crosscheck_tokenize "$py" tests/python/crosscheck_tokenize.py --cli build/loratune --workdir build/crosscheck-tok --configs 12

@@ -59,7 +59,7 @@ FOLDERS = {
 BACKENDS = {'cpu', 'cuda'}  # reachable from core only: a use of them does not pass upwards
 # Headers used only inside their own folder.
 PRIVATE = {
-    'cpu/simd.h', 'cpu/opt8_simd.h',
+    'cpu/simd.h', 'cpu/opt8_simd.h', 'cpu/gemm_bf16_simd.h', 'cpu/isa_each.h', 'cpu/isa_one.h',
     'cuda/cuda_impl.h', 'cuda/cuda_common.cuh',
     'text/tokenizer.h', 'text/chat_template.h',
     'adapter/adapter_impl.h',
@@ -227,7 +227,7 @@ def check_objects(objdir, errors):
     objs = []
     for dirpath, _, filenames in os.walk(objdir):
         t = os.path.relpath(dirpath, objdir).split(os.sep)[0]
-        if not (t.startswith('lt_') or t == 'loratune_cli.dir'):
+        if t not in {f'lt_{f}.dir' for f in FOLDERS} | {'loratune_cli.dir'}:  # (not an older build's targets)
             continue
         for fn in filenames:
             if fn.endswith('.o'):
@@ -239,6 +239,8 @@ def check_objects(objdir, errors):
     for o in objs:
         # the source path: <target>.dir/<path relative to the source root>.o
         rel = os.path.relpath(o, objdir).split(os.sep, 1)[1][:-2]
+        if not os.path.exists(os.path.join(ROOT, rel)):
+            continue  # left by an earlier build of a source that has moved or gone
         out = subprocess.run(['nm', o], capture_output=True, text=True, check=True).stdout
         d, u = set(), set()
         for line in out.splitlines():
