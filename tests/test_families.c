@@ -246,13 +246,7 @@ END_TEST
 /* ---- our files in PEFT / transformers ------------------------------------------------------------- */
 
 static void check_roundtrip(const family_case *fc, const char *sub) {
-    const char *py = getenv("LORATUNE_REF_PYTHON");
-    char defpy[1024];
-    if (!py) {
-        snprintf(defpy, sizeof defpy, "%s/.cache/loratune/ref-venv/bin/python", getenv("HOME") ? getenv("HOME") : "");
-        py = defpy;
-    }
-    ck_assert_msg(access(py, X_OK) == 0, "the reference python %s is missing (set LORATUNE_REF_PYTHON)", py);
+    const char *py = tu_ref_python();
     char base[1024], path[1200];
     tu_model_dir(base, sizeof base, fc->name);
     lt_context *ctx = tu_context();

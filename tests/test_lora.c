@@ -878,14 +878,7 @@ END_TEST
 /* our adapter directory loads in PeftModel.from_pretrained with the same logits, and our merged export
  * loads in LlamaForCausalLM with the same logits (tests/python/check_peft_roundtrip.py) */
 START_TEST(test_peft_loads_our_adapter) {
-    const char *py = getenv("LORATUNE_REF_PYTHON");
-    char defpy[1024];
-    if (!py) {
-        snprintf(defpy, sizeof defpy, "%s/.cache/loratune/ref-venv/bin/python", getenv("HOME") ? getenv("HOME") : "");
-        py = defpy;
-    }
-    ck_assert_msg(access(py, X_OK) == 0,
-                  "the reference python %s is missing (run tests/run.sh, or set LORATUNE_REF_PYTHON)", py);
+    const char *py = tu_ref_python();
     lt_context *ctx = tu_context();
     const char *names[] = {"llama-gqa", "llama-tied"};
     for (int k = 0; k < 2; k++) {

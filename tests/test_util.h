@@ -194,6 +194,22 @@ static inline double tu_max_rel_err(const float *a, const float *b, size_t n) {
     return den > 0 ? num / den : num;
 }
 
+/* The reference python (transformers, peft, ...): LORATUNE_REF_PYTHON as tests/run.sh sets it, else the
+ * venv of tests/python/requirements.lock as tests/ref-venv.sh finds it (building it when missing). */
+static inline const char *tu_ref_python(void) {
+    static char path[1024];
+    const char *py = getenv("LORATUNE_REF_PYTHON");
+    if (py) return py;
+    FILE *p = popen("bash " LT_SOURCE_DIR "/tests/ref-venv.sh", "r");
+    ck_assert_msg(p != NULL, "cannot run tests/ref-venv.sh (set LORATUNE_REF_PYTHON)");
+    const int got = fgets(path, sizeof path, p) != NULL;
+    const int rc = pclose(p);
+    ck_assert_msg(got && rc == 0, "tests/ref-venv.sh found no reference python (set LORATUNE_REF_PYTHON)");
+    path[strcspn(path, "\n")] = 0;
+    ck_assert_msg(access(path, X_OK) == 0, "the reference python %s is missing (set LORATUNE_REF_PYTHON)", path);
+    return path;
+}
+
 static inline void tu_tempdir(char *out, size_t len) {
     snprintf(out, len, "/tmp/lt-test-XXXXXX");
     ck_assert_ptr_nonnull(mkdtemp(out));
