@@ -390,21 +390,26 @@ LT_API lt_status lt_optimizer_load(lt_optimizer *opt, const char *path);
  */
 typedef enum lt_comm_dtype { LT_COMM_F32 = 0, LT_COMM_F64 = 1 } lt_comm_dtype;
 
+/* buf (count values) = the sum over ranks of every rank's buf, in place */
+typedef int (*lt_comm_all_reduce_fn)(void *user, void *buf, size_t count, lt_comm_dtype dtype);
+/* bytes of buf on rank root copied to every rank */
+typedef int (*lt_comm_broadcast_fn)(void *user, void *buf, size_t bytes, int root);
+/* buf = world_size segments of counts[r] values, one after the other. reduce_scatter: segment `rank` =
+ * the sum over ranks of that segment, in place (the other segments are left undefined); all_gather:
+ * segment r of every rank = rank r's. */
+typedef int (*lt_comm_segments_fn)(void *user, void *buf, const size_t *counts, lt_comm_dtype dtype);
+typedef int (*lt_comm_barrier_fn)(void *user);
+
 typedef struct lt_comm_callbacks {
-    size_t size;      /* sizeof(lt_comm_callbacks)                                               */
-    int rank;         /* this rank, 0 .. world_size - 1                                          */
-    int world_size;   /* number of ranks (>= 1)                                                  */
-    void *user;       /* passed to every callback                                                */
-    /* buf (count values) = the sum over ranks of every rank's buf, in place (required) */
-    int (*all_reduce)(void *user, void *buf, size_t count, lt_comm_dtype dtype);
-    /* bytes of buf on rank root copied to every rank (required) */
-    int (*broadcast)(void *user, void *buf, size_t bytes, int root);
-    /* buf = world_size segments of counts[r] values; segment `rank` = the sum over ranks of that
-     * segment, in place; the other segments are left undefined (optional) */
-    int (*reduce_scatter)(void *user, void *buf, const size_t *counts, lt_comm_dtype dtype);
-    /* buf = world_size segments of counts[r] values; segment r of every rank = rank r's (optional) */
-    int (*all_gather)(void *user, void *buf, const size_t *counts, lt_comm_dtype dtype);
-    int (*barrier)(void *user); /* optional */
+    size_t size;                          /* sizeof(lt_comm_callbacks)                          */
+    int rank;                             /* this rank, 0 .. world_size - 1                     */
+    int world_size;                       /* number of ranks (>= 1)                             */
+    void *user;                           /* passed to every callback                           */
+    lt_comm_all_reduce_fn all_reduce;     /* required                                           */
+    lt_comm_broadcast_fn broadcast;       /* required                                           */
+    lt_comm_segments_fn reduce_scatter;   /* optional                                           */
+    lt_comm_segments_fn all_gather;       /* optional                                           */
+    lt_comm_barrier_fn barrier;           /* optional                                           */
 } lt_comm_callbacks;
 
 LT_API void lt_comm_callbacks_init(lt_comm_callbacks *callbacks, size_t size);
