@@ -752,6 +752,22 @@ START_TEST(test_faults) {
         ck_assert_msg(!memcmp(o.params[0], o.params[1], o.n * 4), "the ranks diverged after a failed step");
         run_free(&o);
     }
+    /* a global batch with no rows anywhere */
+    const lt_objective empty_objs[2] = {LT_OBJ_DPO, LT_OBJ_GRPO};
+    const lt_status empty_st[2] = {LT_ERR_SHAPE, LT_ERR_DATA};
+    for (int k = 0; k < 2; k++) {
+        c = base_cfg();
+        c.obj = empty_objs[k];
+        c.accum = 1;
+        c.W = 2;
+        c.B = 0;
+        run_out o;
+        run(m, &c, &o);
+        for (int r = 0; r < 2; r++)
+            ck_assert_msg(o.fail_st[r] == empty_st[k] && strstr(o.fail_msg[r], "no rank has"), "rank %d: %s (%s)", r,
+                          lt_status_string(o.fail_st[r]), o.fail_msg[r]);
+        run_free(&o);
+    }
     /* ranks with different options are refused at create */
     {
         group g;

@@ -502,6 +502,7 @@ static lt_status pref_run(lt_trainer *t, const lt_pref_batch *b, int mode, lt_st
     }
     if ((st = lt_dist_agree(t, st, it ? B : 0, NULL, 0, kto && dist ? t->dist.wbuf : NULL, fn)) != LT_OK) return st;
     const double B_all = (double)t->dist.rows;
+    if (t->dist.rows == 0) return lt_fail(&t->err, LT_ERR_SHAPE, "%s: no rank has examples in this batch", fn);
     if (kto && t->dist.rows < 2)
         return lt_fail(&t->err, LT_ERR_SHAPE,
                        "%s: KTO needs at least 2 examples per batch (the KL estimate pairs each prompt with another "
@@ -841,6 +842,7 @@ LT_API lt_status lt_grpo_step(lt_trainer *t, const float *rewards, lt_step_resul
     /* the global batch: its sequences, tokens and mean reward (advantages scaled by the batch's std, the
      * loss aggregated over its sequences or tokens) */
     if ((st = lt_dist_agree(t, st, S, v, 2, NULL, fn)) != LT_OK) return st;
+    if (t->dist.rows == 0) return lt_fail(&t->err, LT_ERR_DATA, "%s: no rank has completions in this batch", fn);
     const double S_all = (double)t->dist.rows, tokens_all = v[1], mean = v[0] / S_all;
     double ss = lt_obj_grpo_sq(rewards, S, mean);
     lt_status lst = LT_OK;
