@@ -83,6 +83,8 @@ echo "== preference objectives against PyTorch + TRL (DPO, IPO, KTO, ORPO; N-ste
 stage crosscheck_pref "$py" tests/python/crosscheck_pref.py --cli build/loratune --workdir build/crosscheck-pref
 echo "== full fine-tuning against PyTorch (AdamW with HF's decay groups, clipping, accumulation; DPO; save/load)"
 stage crosscheck_full "$py" tests/python/crosscheck_full.py --lib build/libloratune.so.0 --workdir build/crosscheck-full
+echo "== data-parallel training: mpirun -np 2|3 loratune train against one process (SFT, ZeRO-1, DPO, KTO; checkpoints; faults)"
+stage dist_mpi "$py" tests/python/check_dist_mpi.py --cli build/loratune --model build/testdata/models/llama-basic --workdir build/dist-mpi
 echo "== GRPO step against PyTorch (TRL's loss on the library's own completions)"
 stage crosscheck_grpo "$py" tests/python/crosscheck_grpo.py --lib build/libloratune.so.0
 

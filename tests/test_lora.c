@@ -80,7 +80,7 @@ static void check_finite_differences(float dropout, int packed) {
     b.input_ids = ids;
     b.labels = labels;
     b.position_ids = packed ? pos : NULL;
-    lt_dropout_state drop = {dropout, 1234};
+    lt_dropout_state drop = {dropout, 1234, 0};
     loss_and_grads(m, a, &b, 1, &drop, 1.0f, NULL);
     float *g = tu_adapter_host_copy(a, a->grads), *p = tu_adapter_host_copy(a, a->params);
     /* probe parameters spread over the buffer: A and B of several layers and projections */
@@ -131,7 +131,7 @@ START_TEST(test_checkpointing_identical) {
     b.n_rows = 2;
     b.seq_len = 20;
     b.input_ids = ids;
-    lt_dropout_state drop = {0.1f, 77};
+    lt_dropout_state drop = {0.1f, 77, 0};
     double l1 = loss_and_grads(m, a, &b, 1, &drop, 1.0f, NULL);
     float *g1 = tu_adapter_host_copy(a, a->grads);
     double l2 = loss_and_grads(m, a, &b, 0, &drop, 1.0f, NULL);

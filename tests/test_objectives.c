@@ -77,8 +77,11 @@ START_TEST(test_grpo_arithmetic) {
         float *old = fvec(json_object_get(o, "lp_old")), *ref = fvec(json_object_get(o, "ref"));
         int32_t *lens = ivec(json_object_get(o, "lens"));
         double *adv_g = dvec(json_object_get(o, "adv")), *dlp_g = dvec(json_object_get(o, "dlp"));
-        double adv[64], mean, sd;
-        lt_obj_grpo_advantages(rw, np, G, p.scale_rewards, adv, &mean, &sd);
+        double adv[64], mean = 0;
+        for (int i = 0; i < S; i++) mean += rw[i];
+        mean /= S;
+        const double sd = sqrt(lt_obj_grpo_sq(rw, S, mean) / (S - 1));
+        lt_obj_grpo_advantages(rw, np, G, p.scale_rewards, sd, adv);
         for (int i = 0; i < S; i++) CLOSE(adv[i], adv_g[i], "advantage", c);
         CLOSE(mean, num(o, "reward_mean"), "reward mean", c);
         CLOSE(sd, num(o, "reward_std"), "reward std", c);
@@ -86,10 +89,10 @@ START_TEST(test_grpo_arithmetic) {
         float *dlp = malloc(ntok * sizeof *dlp);
         lt_obj_grpo_metrics gm;
         lt_obj_grpo_loss(&p, S, lens, adv_g, lp, old, p.kl_beta > 0 ? ref : NULL, (int)num(o, "max_completion_length"),
-                         dlp, &gm);
+                         S, (double)ntok, dlp, &gm);
         CLOSE(gm.loss, num(o, "loss"), "loss", c);
-        CLOSE(gm.kl, num(o, "kl"), "kl", c);
-        CLOSE(gm.clip_fraction, num(o, "clip_fraction"), "clip fraction", c);
+        CLOSE(p.kl_beta > 0 ? gm.kl_sum / (double)ntok : 0.0, num(o, "kl"), "kl", c);
+        CLOSE(gm.clipped / (double)ntok, num(o, "clip_fraction"), "clip fraction", c);
         for (size_t k = 0; k < ntok; k++) /* dlp is float: compare at float precision */
             ck_assert_msg(fabs(dlp[k] - dlp_g[k]) <= 1e-6 * fmax(1e-3, fabs(dlp_g[k])),
                           "case %zu dlp[%zu] %.9g vs %.9g", c, k, dlp[k], dlp_g[k]);
@@ -127,8 +130,10 @@ START_TEST(test_pair_and_kto_arithmetic) {
             nr[i] = nr32[i];
         }
         double gc[16], gr[16];
+        lt_obj_sums sums;
         lt_obj_metrics met;
-        lt_obj_pairs(obj, &p, B, pc, pr, rc, rr, nc, nr, gc, gr, &met);
+        lt_obj_pairs(obj, &p, B, B, pc, pr, rc, rr, nc, nr, gc, gr, &sums);
+        lt_obj_finish(obj, &sums, NAN, 0.0, &met);
         CLOSE(met.loss, num(o, "loss"), on, c);
         for (int i = 0; i < B; i++) {
             CLOSE(gc[i], gc_g[i], "d/d lp_c", c);
@@ -159,8 +164,11 @@ START_TEST(test_pair_and_kto_arithmetic) {
         double *lk = dvec(json_object_get(o, "lp_kl")), *rk = dvec(json_object_get(o, "ref_kl"));
         double *g_g = dvec(json_object_get(o, "g")), g[16];
         int32_t *lab = ivec(json_object_get(o, "label"));
+        lt_obj_sums sums;
         lt_obj_metrics met;
-        lt_obj_kto(&p, B, lp, ref, lab, lk, rk, g, &met);
+        const double kl = lt_obj_kto_kl(lt_obj_kto_kl_sum(B, lk, rk), B);
+        lt_obj_kto(&p, B, B, kl, lp, ref, lab, g, &sums);
+        lt_obj_finish(LT_OBJ_KTO, &sums, kl, 0.0, &met);
         CLOSE(met.loss, num(o, "loss"), "kto loss", c);
         CLOSE(met.kl, num(o, "kl"), "kto kl", c);
         for (int i = 0; i < B; i++) CLOSE(g[i], g_g[i], "kto d/d lp", c);

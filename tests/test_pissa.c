@@ -190,7 +190,7 @@ START_TEST(test_finite_differences) {
     b.seq_len = T;
     b.input_ids = ids;
     b.labels = ids;
-    lt_dropout_state drop = {dropout, 77};
+    lt_dropout_state drop = {dropout, 77, 0};
     loss_and_grads(m, a, &b, &drop, 1.0f);
     float *g = tu_adapter_host_copy(a, a->grads), *p = tu_adapter_host_copy(a, a->params);
     int checked = 0;

@@ -15,10 +15,11 @@ and this script checks that they do):
     2      core      backend, cpu*, cuda*    errors, files, context; the registry (* only core names backends)
     3      formats   core                    safetensors, config.json, bitsandbytes quantization
     3      text      core                    tokenizer, chat templates, dataset rows
+    3      dist      core                    communicators of data-parallel ranks (callbacks, MPI, NCCL)
     4      model     formats                 model loading, the weight seam
     5      adapter   model                   LoRA / DoRA / full, PEFT I/O, merge, export
     6      decoder   adapter                 workspace, layer forward/backward, eval, generation
-    7      train     decoder                 optimizers, trainer, objectives
+    7      train     decoder, dist           optimizers, trainer, objectives, data-parallel steps
     -      cli       -                       the loratune tool: the public API (include/) only
 
 Rules, for every C/C++/CUDA file of src/, cpu/, cuda/, tests/ and bench/:
@@ -50,10 +51,11 @@ FOLDERS = {
     'core': (2, ['backend', 'cpu', 'cuda'], 'src/core'),
     'formats': (3, ['core'], 'src/formats'),
     'text': (3, ['core'], 'src/text'),
+    'dist': (3, ['core'], 'src/dist'),
     'model': (4, ['formats'], 'src/model'),
     'adapter': (5, ['model'], 'src/adapter'),
     'decoder': (6, ['adapter'], 'src/decoder'),
-    'train': (7, ['decoder'], 'src/train'),
+    'train': (7, ['decoder', 'dist'], 'src/train'),
     'cli': (8, [], 'src/cli'),
 }
 BACKENDS = {'cpu', 'cuda'}  # reachable from core only: a use of them does not pass upwards

@@ -767,16 +767,23 @@ class Optimizer(_Handle):
 
 class Trainer(_Handle):
     """lt_trainer: model + adapter + optimizer + objective. step() runs one micro-batch.
-    Arguments left at None take the library's defaults (lt_trainer_params_init)."""
+    Arguments left at None take the library's defaults (lt_trainer_params_init).
+    comm: a loratune.Comm to train data-parallel (each rank steps on its rows of the global batch);
+    zero_stage 1 shards the optimizer state over the ranks (ZeRO-1)."""
 
     _free = "lt_trainer_free"
     _last_error = "lt_trainer_last_error"
 
     def __init__(self, model: Model, adapter: Adapter, optimizer: Optimizer, grad_accum: Optional[int] = None,
                  gradient_checkpointing: Optional[bool] = None, seed: Optional[int] = None,
-                 objective: Union[None, Objective, str] = None):
+                 objective: Union[None, Objective, str] = None, comm: Optional["_Handle"] = None,
+                 zero_stage: Optional[int] = None):
         lib = L.lib()
         p = L.init_struct(lib.lt_trainer_params_init, L.lt_trainer_params)
+        if comm is not None:
+            p.comm = comm._h
+        if zero_stage is not None:
+            p.zero_stage = int(zero_stage)
         if objective is not None:
             p.objective = Objective.parse(objective)
         if grad_accum is not None:
@@ -793,8 +800,8 @@ class Trainer(_Handle):
             st = lib.lt_trainer_create(model._h, adapter._h, optimizer._h, byref(p), byref(out))
             if st != 0:
                 raise _thread_error(st)
-        super().__init__(out, model._lock, (model, adapter, optimizer))
-        self.model, self.adapter, self.optimizer = model, adapter, optimizer
+        super().__init__(out, model._lock, (model, adapter, optimizer) + ((comm,) if comm is not None else ()))
+        self.model, self.adapter, self.optimizer, self.comm = model, adapter, optimizer, comm
         self._progress_cb = None
 
     def step(self, batch: BatchLike, labels=None, position_ids=None) -> StepResult:

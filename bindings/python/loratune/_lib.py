@@ -55,6 +55,10 @@ class lt_qtensor(Structure):
     """Opaque `struct lt_qtensor`."""
 
 
+class lt_comm(Structure):
+    """Opaque `struct lt_comm`."""
+
+
 lt_context_p = POINTER(lt_context)
 lt_qtensor_p = POINTER(lt_qtensor)
 lt_model_p = POINTER(lt_model)
@@ -62,6 +66,7 @@ lt_adapter_p = POINTER(lt_adapter)
 lt_optimizer_p = POINTER(lt_optimizer)
 lt_trainer_p = POINTER(lt_trainer)
 lt_tokenizer_p = POINTER(lt_tokenizer)
+lt_comm_p = POINTER(lt_comm)
 
 lt_status = c_int  # typedef enum lt_status
 lt_log_level = c_int
@@ -76,6 +81,17 @@ lt_grpo_loss = c_int
 lt_special_token = c_int
 lt_quant_format = c_int
 lt_qpart = c_int
+lt_comm_dtype = c_int
+LT_COMM_F32, LT_COMM_F64 = 0, 1
+
+# typedef int (*lt_comm_all_reduce_fn)(void *user, void *buf, size_t count, lt_comm_dtype dtype);
+lt_comm_all_reduce_fn = CFUNCTYPE(c_int, c_void_p, c_void_p, c_size_t, lt_comm_dtype)
+# typedef int (*lt_comm_broadcast_fn)(void *user, void *buf, size_t bytes, int root);
+lt_comm_broadcast_fn = CFUNCTYPE(c_int, c_void_p, c_void_p, c_size_t, c_int)
+# typedef int (*lt_comm_segments_fn)(void *user, void *buf, const size_t *counts, lt_comm_dtype dtype);
+lt_comm_segments_fn = CFUNCTYPE(c_int, c_void_p, c_void_p, POINTER(c_size_t), lt_comm_dtype)
+# typedef int (*lt_comm_barrier_fn)(void *user);
+lt_comm_barrier_fn = CFUNCTYPE(c_int, c_void_p)
 
 # typedef void (*lt_log_fn)(void *user, lt_log_level level, const char *message);
 lt_log_fn = CFUNCTYPE(None, c_void_p, lt_log_level, c_char_p)
@@ -221,6 +237,22 @@ class lt_trainer_params(Structure):
         ("kl_beta", c_float),
         ("scale_rewards", lt_grpo_scale),
         ("loss_type", lt_grpo_loss),
+        ("comm", lt_comm_p),
+        ("zero_stage", c_int),
+    ]
+
+
+class lt_comm_callbacks(Structure):
+    _fields_ = [
+        ("size", c_size_t),
+        ("rank", c_int),
+        ("world_size", c_int),
+        ("user", c_void_p),
+        ("all_reduce", lt_comm_all_reduce_fn),
+        ("broadcast", lt_comm_broadcast_fn),
+        ("reduce_scatter", lt_comm_segments_fn),
+        ("all_gather", lt_comm_segments_fn),
+        ("barrier", lt_comm_barrier_fn),
     ]
 
 
@@ -293,7 +325,8 @@ lt_progress_fn = CFUNCTYPE(None, c_void_p, POINTER(lt_step_result))
 STRUCTS = {cls.__name__: cls for cls in (lt_context_params, lt_quant_params, lt_qtensor_info,
                                          lt_model_params, lt_model_info, lt_batch,
                                          lt_adapter_params, lt_optimizer_params, lt_trainer_params,
-                                         lt_pref_batch, lt_step_result, lt_generate_params, lt_text_params)}
+                                         lt_pref_batch, lt_step_result, lt_generate_params, lt_text_params,
+                                         lt_comm_callbacks)}
 
 # ---- function declarations ------------------------------------------------------------------------------
 # (name, restype, argtypes). The C declaration is the comment above each entry.
@@ -405,6 +438,29 @@ _DECLS = [
     ("lt_optimizer_save", lt_status, [lt_optimizer_p, c_char_p]),
     # lt_status lt_optimizer_load(lt_optimizer *opt, const char *path);
     ("lt_optimizer_load", lt_status, [lt_optimizer_p, c_char_p]),
+
+    # void lt_comm_callbacks_init(lt_comm_callbacks *callbacks, size_t size);
+    ("lt_comm_callbacks_init", None, [c_void_p, c_size_t]),
+    # lt_status lt_comm_create(const lt_comm_callbacks *callbacks, lt_comm **out);
+    ("lt_comm_create", lt_status, [POINTER(lt_comm_callbacks), POINTER(lt_comm_p)]),
+    # lt_status lt_comm_create_mpi(const void *mpi_comm, lt_comm **out);
+    ("lt_comm_create_mpi", lt_status, [c_void_p, POINTER(lt_comm_p)]),
+    # lt_status lt_comm_create_nccl(void *nccl_comm, void *cuda_stream, lt_comm **out);
+    ("lt_comm_create_nccl", lt_status, [c_void_p, c_void_p, POINTER(lt_comm_p)]),
+    # void lt_comm_free(lt_comm *comm);
+    ("lt_comm_free", None, [lt_comm_p]),
+    # const char *lt_comm_last_error(const lt_comm *comm);
+    ("lt_comm_last_error", c_char_p, [lt_comm_p]),
+    # int lt_comm_available(const char *engine);
+    ("lt_comm_available", c_int, [c_char_p]),
+    # int lt_comm_rank(const lt_comm *comm);
+    ("lt_comm_rank", c_int, [lt_comm_p]),
+    # int lt_comm_world_size(const lt_comm *comm);
+    ("lt_comm_world_size", c_int, [lt_comm_p]),
+    # lt_status lt_comm_set_timeout(lt_comm *comm, double seconds);
+    ("lt_comm_set_timeout", lt_status, [lt_comm_p, c_double]),
+    # lt_status lt_comm_all_reduce(lt_comm *comm, double *values, size_t n);
+    ("lt_comm_all_reduce", lt_status, [lt_comm_p, POINTER(c_double), c_size_t]),
 
     # void lt_trainer_params_init(lt_trainer_params *params, size_t size);
     ("lt_trainer_params_init", None, [c_void_p, c_size_t]),

@@ -53,7 +53,7 @@ macro_rules! opaque {
         }
     )*};
 }
-opaque!(lt_context, lt_model, lt_adapter, lt_optimizer, lt_trainer, lt_tokenizer, lt_qtensor);
+opaque!(lt_context, lt_model, lt_adapter, lt_optimizer, lt_trainer, lt_tokenizer, lt_qtensor, lt_comm);
 
 // ---- context ---------------------------------------------------------------------------------------
 
@@ -257,6 +257,35 @@ pub const LT_GRPO_LOSS_GRPO: lt_grpo_loss = 1;
 pub const LT_GRPO_LOSS_BNPO: lt_grpo_loss = 2;
 pub const LT_GRPO_LOSS_DR_GRPO: lt_grpo_loss = 3;
 
+// ---- data-parallel training ------------------------------------------------------------------------
+
+pub type lt_comm_dtype = c_int;
+pub const LT_COMM_F32: lt_comm_dtype = 0;
+pub const LT_COMM_F64: lt_comm_dtype = 1;
+
+pub type lt_comm_all_reduce_fn =
+    Option<unsafe extern "C" fn(user: *mut c_void, buf: *mut c_void, count: usize, dtype: lt_comm_dtype) -> c_int>;
+pub type lt_comm_broadcast_fn =
+    Option<unsafe extern "C" fn(user: *mut c_void, buf: *mut c_void, bytes: usize, root: c_int) -> c_int>;
+pub type lt_comm_segments_fn = Option<
+    unsafe extern "C" fn(user: *mut c_void, buf: *mut c_void, counts: *const usize, dtype: lt_comm_dtype) -> c_int,
+>;
+pub type lt_comm_barrier_fn = Option<unsafe extern "C" fn(user: *mut c_void) -> c_int>;
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct lt_comm_callbacks {
+    pub size: usize,
+    pub rank: c_int,
+    pub world_size: c_int,
+    pub user: *mut c_void,
+    pub all_reduce: lt_comm_all_reduce_fn,
+    pub broadcast: lt_comm_broadcast_fn,
+    pub reduce_scatter: lt_comm_segments_fn,
+    pub all_gather: lt_comm_segments_fn,
+    pub barrier: lt_comm_barrier_fn,
+}
+
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct lt_trainer_params {
@@ -277,6 +306,8 @@ pub struct lt_trainer_params {
     pub kl_beta: c_float,
     pub scale_rewards: lt_grpo_scale,
     pub loss_type: lt_grpo_loss,
+    pub comm: *mut lt_comm,
+    pub zero_stage: c_int,
 }
 
 #[repr(C)]
@@ -439,6 +470,18 @@ extern "C" {
     pub fn lt_optimizer_step_count(opt: *const lt_optimizer) -> i64;
     pub fn lt_optimizer_save(opt: *mut lt_optimizer, path: *const c_char) -> lt_status;
     pub fn lt_optimizer_load(opt: *mut lt_optimizer, path: *const c_char) -> lt_status;
+
+    pub fn lt_comm_callbacks_init(callbacks: *mut lt_comm_callbacks, size: usize);
+    pub fn lt_comm_create(callbacks: *const lt_comm_callbacks, out: *mut *mut lt_comm) -> lt_status;
+    pub fn lt_comm_create_mpi(mpi_comm: *const c_void, out: *mut *mut lt_comm) -> lt_status;
+    pub fn lt_comm_create_nccl(nccl_comm: *mut c_void, cuda_stream: *mut c_void, out: *mut *mut lt_comm) -> lt_status;
+    pub fn lt_comm_free(comm: *mut lt_comm);
+    pub fn lt_comm_last_error(comm: *const lt_comm) -> *const c_char;
+    pub fn lt_comm_available(engine: *const c_char) -> c_int;
+    pub fn lt_comm_rank(comm: *const lt_comm) -> c_int;
+    pub fn lt_comm_world_size(comm: *const lt_comm) -> c_int;
+    pub fn lt_comm_set_timeout(comm: *mut lt_comm, seconds: c_double) -> lt_status;
+    pub fn lt_comm_all_reduce(comm: *mut lt_comm, values: *mut c_double, n: usize) -> lt_status;
 
     pub fn lt_trainer_params_init(params: *mut lt_trainer_params, size: usize);
     pub fn lt_trainer_create(
