@@ -16,7 +16,7 @@ and this script checks that they do):
     3      formats   core                    safetensors, config.json, bitsandbytes quantization
     3      text      core                    tokenizer, chat templates, dataset rows
     4      model     formats                 model loading, the weight seam
-    5      adapter   model                   LoRA / DoRA / full, PEFT I/O, merge, export
+    5      adapter   model, text             LoRA / DoRA / full, PEFT I/O, merge, export (GGUF: the tokenizer)
     6      decoder   adapter                 workspace, layer forward/backward, eval, generation
     7      train     decoder                 optimizers, trainer, objectives
     -      cli       -                       the loratune tool: the public API (include/) only
@@ -51,7 +51,7 @@ FOLDERS = {
     'formats': (3, ['core'], 'src/formats'),
     'text': (3, ['core'], 'src/text'),
     'model': (4, ['formats'], 'src/model'),
-    'adapter': (5, ['model'], 'src/adapter'),
+    'adapter': (5, ['model', 'text'], 'src/adapter'),
     'decoder': (6, ['adapter'], 'src/decoder'),
     'train': (7, ['decoder'], 'src/train'),
     'cli': (8, [], 'src/cli'),

@@ -79,6 +79,7 @@ int cmd_train_pref(int argc, char **argv);
 /* 1 when argv holds --objective with a value other than sft (pref.c) */
 int wants_objective(int argc, char **argv);
 int cmd_merge(int argc, char **argv);    /* merge.c */
+int cmd_export(int argc, char **argv);   /* export.c */
 int cmd_generate(int argc, char **argv); /* generate.c */
 int cmd_bench(int argc, char **argv);    /* bench.c */
 int cmd_demo(int argc, char **argv);     /* demo.c */

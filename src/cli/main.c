@@ -19,6 +19,8 @@ static void usage(FILE *f) {
                "            [--base-dtype f32|bf16]\n"
                "  train     --model DIR --data FILE.jsonl --out DIR [options]   (loratune train --help)\n"
                "  merge     --model DIR --adapter DIR --out DIR [--quant nf4|fp4|int8 [--no-double-quant]]\n"
+               "  export    --format gguf|gguf-lora --model DIR [--adapter DIR] --out FILE.gguf\n"
+               "            [--type f32|f16|bf16|q8_0] [--tokenizer DIR] [--name NAME] [--ollama [--base-gguf F]]\n"
                "  quantize  --model DIR --out DIR [--format nf4|fp4] [--double-quant] [--blocksize N]\n"
                "  generate  --model DIR [--adapter DIR] --prompt-ids 1,2,3 [--max-new-tokens N]\n"
                "            [--temperature T --top-k K --top-p P --seed S]\n"
@@ -55,6 +57,7 @@ int main(int argc, char **argv) {
         {"bench", cmd_bench},       {"demo", cmd_demo},
         {"tokenize", cmd_tokenize}, {"detokenize", cmd_detokenize},
         {"render", cmd_render},     {"data", cmd_data},
+        {"export", cmd_export},
     };
     for (size_t i = 0; i < sizeof cmds / sizeof *cmds; i++)
         if (!strcmp(cmd, cmds[i].name)) return cmds[i].fn(argc - 1, argv + 1);

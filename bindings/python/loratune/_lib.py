@@ -76,6 +76,8 @@ lt_grpo_loss = c_int
 lt_special_token = c_int
 lt_quant_format = c_int
 lt_qpart = c_int
+lt_gguf_dtype = c_int
+LT_GGUF_DTYPE_F32, LT_GGUF_DTYPE_F16, LT_GGUF_DTYPE_BF16, LT_GGUF_DTYPE_Q8_0 = 0, 1, 2, 3
 
 # typedef void (*lt_log_fn)(void *user, lt_log_level level, const char *message);
 lt_log_fn = CFUNCTYPE(None, c_void_p, lt_log_level, c_char_p)
@@ -286,6 +288,15 @@ class lt_text_params(Structure):
     ]
 
 
+class lt_gguf_params(Structure):
+    _fields_ = [
+        ("size", c_size_t),
+        ("dtype", lt_gguf_dtype),
+        ("tokenizer", lt_tokenizer_p),
+        ("name", c_char_p),
+    ]
+
+
 # typedef void (*lt_progress_fn)(void *user, const lt_step_result *result);
 lt_progress_fn = CFUNCTYPE(None, c_void_p, POINTER(lt_step_result))
 
@@ -293,7 +304,8 @@ lt_progress_fn = CFUNCTYPE(None, c_void_p, POINTER(lt_step_result))
 STRUCTS = {cls.__name__: cls for cls in (lt_context_params, lt_quant_params, lt_qtensor_info,
                                          lt_model_params, lt_model_info, lt_batch,
                                          lt_adapter_params, lt_optimizer_params, lt_trainer_params,
-                                         lt_pref_batch, lt_step_result, lt_generate_params, lt_text_params)}
+                                         lt_pref_batch, lt_step_result, lt_generate_params, lt_text_params,
+                                         lt_gguf_params)}
 
 # ---- function declarations ------------------------------------------------------------------------------
 # (name, restype, argtypes). The C declaration is the comment above each entry.
@@ -497,6 +509,13 @@ _DECLS = [
     #                             int32_t *out_position_ids, int32_t capacity_rows, int32_t *n_rows);
     ("lt_pack_sequences", lt_status, [POINTER(c_int32), POINTER(c_int32), POINTER(c_int32), c_int32, c_int32, c_int32,
                                       POINTER(c_int32), POINTER(c_int32), POINTER(c_int32), c_int32, POINTER(c_int32)]),
+    # void lt_gguf_params_init(lt_gguf_params *params, size_t size);
+    ("lt_gguf_params_init", None, [c_void_p, c_size_t]),
+    # lt_status lt_model_export_gguf(lt_model *model, const lt_adapter *adapter, const char *path,
+    #                                const lt_gguf_params *params);
+    ("lt_model_export_gguf", lt_status, [lt_model_p, lt_adapter_p, c_char_p, POINTER(lt_gguf_params)]),
+    # lt_status lt_adapter_export_gguf(lt_adapter *adapter, const char *path, const lt_gguf_params *params);
+    ("lt_adapter_export_gguf", lt_status, [lt_adapter_p, c_char_p, POINTER(lt_gguf_params)]),
 ]
 
 # include/loratune_experimental.h: no ABI promise (docs/ABI.md).
@@ -510,6 +529,10 @@ _EXPERIMENTAL_DECLS = [
      [lt_context_p, c_char_p, c_uint64, c_float, POINTER(lt_model_params), POINTER(lt_model_p)]),
     # lt_status lt_model_save(lt_model *model, const char *dir);
     ("lt_model_save", lt_status, [lt_model_p, c_char_p]),
+    # lt_status lt_tokenizer_ollama_modelfile(lt_tokenizer *tok, const char *from, const char *adapter,
+    #                                         const char **text, const char **warning);
+    ("lt_tokenizer_ollama_modelfile", lt_status,
+     [lt_tokenizer_p, c_char_p, c_char_p, POINTER(c_char_p), POINTER(c_char_p)]),
 ]
 
 #: Names of the declared functions (used by the sync test).
