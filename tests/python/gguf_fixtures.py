@@ -56,8 +56,10 @@ TOKENIZERS = {
                     specials=["<unk>", "<s>", "</s>", "[INST]", "[/INST]"]),
     "gemma": dict(kind="spm", prepend=False, template="gemma", bos="<bos>", eos="<end_of_turn>",
                   specials=["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"], unk="<unk>"),
+    # Phi-3's added tokens strip the whitespace after them (rstrip), as llama.cpp assumes for a model named phi3
     "phi3": dict(kind="spm", prepend=True, template="phi3", bos="<s>", eos="<|end|>",
-                 specials=["<unk>", "<s>", "</s>", "<|user|>", "<|assistant|>", "<|system|>", "<|end|>"], unk="<unk>"),
+                 specials=["<unk>", "<s>", "</s>", "<|endoftext|>", "<|user|>", "<|assistant|>", "<|system|>",
+                           "<|end|>"], unk="<unk>", rstrip=["</s>", "<|user|>", "<|assistant|>", "<|system|>", "<|end|>"]),
 }
 
 
@@ -107,8 +109,9 @@ def _spm(spec, vocab_size):
     bos_id = vocab[spec["bos"]]
     return {
         "version": "1.0", "truncation": None, "padding": None,
-        "added_tokens": [dict(id=vocab[s], content=s, single_word=False, lstrip=False, rstrip=False,
-                              normalized=False, special=True) for s in spec["specials"]],
+        "added_tokens": [dict(id=vocab[s], content=s, single_word=False, lstrip=False,
+                              rstrip=s in spec.get("rstrip", ()), normalized=False, special=True)
+                         for s in spec["specials"]],
         "normalizer": {"type": "Sequence", "normalizers": (
             ([{"type": "Prepend", "prepend": "\u2581"}] if spec["prepend"] else []) +
             [{"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"}])},
