@@ -227,6 +227,7 @@ static lt_status write_hparams(lt_gguf_writer *w, const lt_model_config *c, lt_e
     if (st == LT_OK) snprintf(k, sizeof k, "%s." key, a), st = lt_gguf_set_u32(w, k, (uint32_t)(v), err)
 #define F32(key, v) \
     if (st == LT_OK) snprintf(k, sizeof k, "%s." key, a), st = lt_gguf_set_f32(w, k, (float)(v), err)
+    if (!strcmp(a, "llama")) U32("vocab_size", c->vocab_size); /* LlamaModel only */
     U32("context_length", c->max_position_embeddings);
     U32("embedding_length", c->hidden_size);
     U32("block_count", c->num_hidden_layers);
@@ -364,6 +365,7 @@ lt_status lt_gguf_export_model(lt_model *m, const lt_adapter *a, lt_delta_fn del
     if (st == LT_OK) st = lt_gguf_set_str(w, "general.name", name, err);
     if (st == LT_OK) st = write_hparams(w, c, err);
     if (st == LT_OK) st = lt_gguf_set_u32(w, "general.file_type", file_type_of(p.dtype), err);
+    if (st == LT_OK) st = lt_gguf_set_u32(w, "general.quantization_version", 2, err); /* GGML_QNT_VERSION */
     if (st == LT_OK) st = write_vocab(w, c, tok, err);
     /* the tensors: the checkpoint's in its order, then the RoPE factor tensors */
     int n_g = 0;
