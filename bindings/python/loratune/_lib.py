@@ -297,6 +297,50 @@ class lt_gguf_params(Structure):
     ]
 
 
+# ---- include/loratune_experimental.h (no ABI promise) ----
+class lt_combine_params(Structure):
+    _fields_ = [
+        ("size", c_size_t),
+        ("method", c_int),
+        ("weights", POINTER(c_float)),
+        ("density", c_float),
+        ("t", c_float),
+        ("rank", c_int),
+        ("seed", c_uint64),
+    ]
+
+
+class lt_combine_report(Structure):
+    _fields_ = [
+        ("size", c_size_t),
+        ("rank", c_int),
+        ("kept_energy", c_double),
+        ("total_energy", c_double),
+        ("max_module_error", c_double),
+    ]
+
+
+class lt_extract_params(Structure):
+    _fields_ = [
+        ("size", c_size_t),
+        ("rank", c_int),
+        ("targets", c_uint),
+    ]
+
+
+class lt_extract_report(Structure):
+    _fields_ = [
+        ("size", c_size_t),
+        ("n_modules", c_int),
+        ("kept_energy", c_double),
+        ("total_energy", c_double),
+        ("module_kept", POINTER(c_double)),
+        ("module_total", POINTER(c_double)),
+        ("others_max_diff", c_double),
+        ("others_name", c_char * 128),
+    ]
+
+
 # typedef void (*lt_progress_fn)(void *user, const lt_step_result *result);
 lt_progress_fn = CFUNCTYPE(None, c_void_p, POINTER(lt_step_result))
 
@@ -533,6 +577,21 @@ _EXPERIMENTAL_DECLS = [
     #                                         const char **text, const char **warning);
     ("lt_tokenizer_ollama_modelfile", lt_status,
      [lt_tokenizer_p, c_char_p, c_char_p, POINTER(c_char_p), POINTER(c_char_p)]),
+    # void lt_combine_params_init(lt_combine_params *params, size_t size);
+    ("lt_combine_params_init", None, [c_void_p, c_size_t]),
+    # lt_status lt_adapter_combine(lt_adapter *const *adapters, int n, const lt_combine_params *params,
+    #                              lt_adapter **out, lt_combine_report *report);
+    ("lt_adapter_combine", lt_status, [POINTER(lt_adapter_p), c_int, POINTER(lt_combine_params),
+                                       POINTER(lt_adapter_p), POINTER(lt_combine_report)]),
+    # lt_status lt_adapter_combine_into_base(lt_adapter *const *adapters, int n, const lt_combine_params *params,
+    #                                        const char *dir);
+    ("lt_adapter_combine_into_base", lt_status, [POINTER(lt_adapter_p), c_int, POINTER(lt_combine_params), c_char_p]),
+    # void lt_extract_params_init(lt_extract_params *params, size_t size);
+    ("lt_extract_params_init", None, [c_void_p, c_size_t]),
+    # lt_status lt_adapter_extract(lt_model *base, lt_model *tuned, const lt_extract_params *params,
+    #                              lt_adapter **out, lt_extract_report *report);
+    ("lt_adapter_extract", lt_status, [lt_model_p, lt_model_p, POINTER(lt_extract_params), POINTER(lt_adapter_p),
+                                       POINTER(lt_extract_report)]),
 ]
 
 #: Names of the declared functions (used by the sync test).
