@@ -77,10 +77,10 @@ LT_API void lt_combine_params_init(lt_combine_params *params, size_t size);
  * LT_ERR_UNSUPPORTED). Errors (LT_ERR_ARGUMENT: mismatched models or targets, density outside (0, 1], a rank
  * below 0, SLERP of other than two adapters) go to lt_last_error(). report may be NULL.
  */
-LT_API lt_status lt_adapter_combine(lt_adapter *const *adapters, int n, const lt_combine_params *params,
+LT_API lt_status lt_adapter_combine(lt_adapter **adapters, int n, const lt_combine_params *params,
                                     lt_adapter **out, lt_combine_report *report);
 /** The combination (params->rank is not used: no SVD) added to the base: a Hugging Face model directory in f32. */
-LT_API lt_status lt_adapter_combine_into_base(lt_adapter *const *adapters, int n, const lt_combine_params *params,
+LT_API lt_status lt_adapter_combine_into_base(lt_adapter **adapters, int n, const lt_combine_params *params,
                                               const char *dir);
 
 typedef struct lt_extract_params {

@@ -317,7 +317,7 @@ static lt_status cat_module(const combiner *c, int l, const lt_module *mod, floa
     return LT_OK;
 }
 
-LT_API lt_status lt_adapter_combine(lt_adapter *const *ads, int n, const lt_combine_params *params, lt_adapter **out,
+LT_API lt_status lt_adapter_combine(lt_adapter **ads, int n, const lt_combine_params *params, lt_adapter **out,
                                     lt_combine_report *report) {
     lt_error *err = lt_thread_error();
     lt_error_clear(err);
@@ -404,7 +404,7 @@ static lt_status combined_delta(void *user, int l, const lt_module *mod, float *
     return st;
 }
 
-LT_API lt_status lt_adapter_combine_into_base(lt_adapter *const *ads, int n, const lt_combine_params *params,
+LT_API lt_status lt_adapter_combine_into_base(lt_adapter **ads, int n, const lt_combine_params *params,
                                               const char *dir) {
     lt_error *err = lt_thread_error();
     lt_error_clear(err);

@@ -579,11 +579,11 @@ _EXPERIMENTAL_DECLS = [
      [lt_tokenizer_p, c_char_p, c_char_p, POINTER(c_char_p), POINTER(c_char_p)]),
     # void lt_combine_params_init(lt_combine_params *params, size_t size);
     ("lt_combine_params_init", None, [c_void_p, c_size_t]),
-    # lt_status lt_adapter_combine(lt_adapter *const *adapters, int n, const lt_combine_params *params,
+    # lt_status lt_adapter_combine(lt_adapter **adapters, int n, const lt_combine_params *params,
     #                              lt_adapter **out, lt_combine_report *report);
     ("lt_adapter_combine", lt_status, [POINTER(lt_adapter_p), c_int, POINTER(lt_combine_params),
                                        POINTER(lt_adapter_p), POINTER(lt_combine_report)]),
-    # lt_status lt_adapter_combine_into_base(lt_adapter *const *adapters, int n, const lt_combine_params *params,
+    # lt_status lt_adapter_combine_into_base(lt_adapter **adapters, int n, const lt_combine_params *params,
     #                                        const char *dir);
     ("lt_adapter_combine_into_base", lt_status, [POINTER(lt_adapter_p), c_int, POINTER(lt_combine_params), c_char_p]),
     # void lt_extract_params_init(lt_extract_params *params, size_t size);
