@@ -103,13 +103,18 @@ static void write_sample(const char *path) {
     lt_gguf_writer_free(w);
 }
 
-START_TEST(test_write_read) {
+/* the sample file's bytes (written into a new temporary directory) */
+static char *sample_bytes(size_t *n) {
     char dir[64], path[128];
     tu_tempdir(dir, sizeof dir);
     snprintf(path, sizeof path, "%s/x.gguf", dir);
     write_sample(path);
+    return slurp(path, n);
+}
+
+START_TEST(test_write_read) {
     size_t n;
-    char *buf = slurp(path, &n);
+    char *buf = sample_bytes(&n);
     lt_gguf_file *f = NULL;
     lt_error err = {0};
     ck_assert_msg(lt_gguf_parse(buf, n, &f, &err) == LT_OK, "%s", err.msg);
@@ -180,12 +185,8 @@ static lt_status parse(const void *b, size_t n) {
 }
 
 START_TEST(test_hostile) {
-    char dir[64], path[128];
-    tu_tempdir(dir, sizeof dir);
-    snprintf(path, sizeof path, "%s/x.gguf", dir);
-    write_sample(path);
     size_t n;
-    char *buf = slurp(path, &n);
+    char *buf = sample_bytes(&n);
     ck_assert_int_eq(parse(buf, n), LT_OK);
     lt_gguf_file *whole = NULL;
     lt_error e0 = {0};

@@ -42,7 +42,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "..", "bindings", "python"))
+sys.path.insert(0, HERE)
+import lt_ctypes  # noqa: E402
 torch.set_num_threads(2)
 failures, passed = [], []
 M64 = (1 << 64) - 1
@@ -173,34 +174,12 @@ def make_adapter(model, d, r, alpha, rslora, targets, seed, dora=False):
     return d
 
 
-class Lib:
-    def __init__(self, path):
-        os.environ["LORATUNE_LIBRARY"] = path
-        from loratune import _lib as L
-        self.L, self.lib = L, L.lib()
-        cp = L.init_struct(self.lib.lt_context_params_init, L.lt_context_params)
-        cp.backend = b"cpu"
-        self.ctx = L.lt_context_p()
-        assert self.lib.lt_context_create(ctypes.byref(cp), ctypes.byref(self.ctx)) == 0
-
+class Lib(lt_ctypes.Lib):
     def model(self, d):
-        m = self.L.lt_model_p()
-        assert self.lib.lt_model_load(self.ctx, d.encode(), None, ctypes.byref(m)) == 0
-        return m
-
-    def adapter(self, m, d):
-        a = self.L.lt_adapter_p()
-        assert self.lib.lt_adapter_load(m, d.encode(), ctypes.byref(a)) == 0, self.lib.lt_last_error()
-        return a
+        return super().model(d)[0]
 
     def logits(self, m, ad, ids, V):
-        L = self.L
-        b = L.init_struct(self.lib.lt_batch_init, L.lt_batch)
-        arr = (ctypes.c_int32 * len(ids))(*ids)
-        b.n_rows, b.seq_len, b.input_ids = 1, len(ids), arr
-        out = (ctypes.c_float * (len(ids) * V))()
-        assert self.lib.lt_model_logits(m, ad, ctypes.byref(b), out, len(ids) * V) == 0
-        return torch.tensor(np.frombuffer(out, dtype=np.float32).reshape(len(ids), V).copy())
+        return torch.tensor(super().logits(m, V, ad, ids))
 
 
 def check_family(args, name, cls, kw, targets, seed):

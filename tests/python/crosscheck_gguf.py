@@ -50,8 +50,8 @@ import torch  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-sys.path.insert(0, os.path.join(HERE, "..", "..", "bindings", "python"))
 import gguf_fixtures as G  # noqa: E402
+import lt_ctypes  # noqa: E402
 
 torch.set_num_threads(2)
 # f32 files: llama.cpp computes in f32 like us. f16 / bf16 / q8_0 files: llama.cpp rounds the activations of every
@@ -109,47 +109,8 @@ def rel(a, b):
     return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
 
 
-# ---- the library through the ctypes layer of bindings/python ----------------------------------------------
-class Lib:
-    def __init__(self, path):
-        os.environ["LORATUNE_LIBRARY"] = path
-        from loratune import _lib as L
-        self.L, self.lib = L, L.lib()
-        cp = L.init_struct(self.lib.lt_context_params_init, L.lt_context_params)
-        cp.backend = b"cpu"
-        self.ctx = L.lt_context_p()
-        assert self.lib.lt_context_create(ctypes.byref(cp), ctypes.byref(self.ctx)) == 0
-
-    def err(self):
-        return self.lib.lt_last_error().decode()
-
-    def model(self, d, quant=False):
-        L = self.L
-        mp = L.init_struct(self.lib.lt_model_params_init, L.lt_model_params)
-        if quant:
-            mp.quantization = 1  # NF4, double quantization, blocksize 64: what `train --method qlora` used
-        m = L.lt_model_p()
-        assert self.lib.lt_model_load(self.ctx, d.encode(), ctypes.byref(mp), ctypes.byref(m)) == 0, self.err()
-        info = L.lt_model_info()
-        info.size = ctypes.sizeof(info)
-        self.lib.lt_model_get_info(m, ctypes.byref(info))
-        return m, info.vocab_size
-
-    def adapter(self, m, d):
-        ad = self.L.lt_adapter_p()
-        assert self.lib.lt_adapter_load(m, d.encode(), ctypes.byref(ad)) == 0, self.err()
-        return ad
-
-    def logits(self, m, V, ad, ids):
-        L = self.L
-        b = L.init_struct(self.lib.lt_batch_init, L.lt_batch)
-        arr = (ctypes.c_int32 * len(ids))(*ids)
-        b.n_rows, b.seq_len, b.input_ids = 1, len(ids), arr
-        out = (ctypes.c_float * (len(ids) * V))()
-        st = self.lib.lt_model_logits(m, ad, ctypes.byref(b), out, len(ids) * V)
-        assert st == 0, self.lib.lt_model_last_error(m).decode()
-        return np.frombuffer(out, dtype=np.float32).reshape(len(ids), V).copy()
-
+# ---- the library (lt_ctypes.Lib) and what these checks add to it ----------------------------------------
+class Lib(lt_ctypes.Lib):
     def generate(self, m, ad, prompt, n, eos):
         L = self.L
         gp = L.init_struct(self.lib.lt_generate_params_init, L.lt_generate_params)
@@ -179,8 +140,6 @@ class Lib:
                                                  ctypes.byref(n)) == 0
         return ctypes.string_at(txt, n.value).decode()
 
-    def status_name(self, st):
-        return self.lib.lt_status_string(st).decode()
 
 
 # ---- files -----------------------------------------------------------------------------------------------
