@@ -716,6 +716,48 @@ LT_API lt_status lt_pack_sequences(const int32_t *ids, const int32_t *labels, co
                                    int32_t seq_len, int32_t pad_id, int32_t *out_ids, int32_t *out_labels,
                                    int32_t *out_position_ids, int32_t capacity_rows, int32_t *n_rows);
 
+/* ---------------------------------------------------------------------------------------------- */
+/* GGUF export (llama.cpp, Ollama)                                                                */
+/*
+ * A model (base, or merged with an adapter) or a LoRA adapter written as one GGUF v3 file that llama.cpp
+ * loads as its own converter's output: the architecture's metadata keys, llama.cpp's tensor names and
+ * layouts (Llama / Mistral q, k rows permuted for its RoPE; Gemma norms as 1 + w; Llama 3 and Phi-3
+ * RoPE factor tensors) and the tokenizer (tokens, types, merges or scores, BOS / EOS / PAD, the
+ * pre-tokenizer name, the chat template), so that it generates and stops at EOS. docs/API.md has the
+ * details and the limits (tokenizers llama.cpp cannot reproduce, Gemma with an untied head, ...).
+ */
+typedef enum lt_gguf_dtype {
+    LT_GGUF_DTYPE_F32 = 0, LT_GGUF_DTYPE_F16 = 1, LT_GGUF_DTYPE_BF16 = 2,
+    LT_GGUF_DTYPE_Q8_0 = 3 /* ggml's Q8_0: blocks of 32 values, an f16 scale and 32 int8 (rows that are not a
+                            * multiple of 32 values stay F16) */
+} lt_gguf_dtype;
+
+typedef struct lt_gguf_params {
+    size_t size;                   /* sizeof(lt_gguf_params)                                         */
+    lt_gguf_dtype dtype;           /* the 2-D weights (1-D tensors and norms stay F32); default F16    */
+    const lt_tokenizer *tokenizer; /* NULL (default): tokenizer.json (+ tokenizer_config.json) of the  */
+                                   /* model's directory                                              */
+    const char *name;              /* general.name; NULL (default): the model directory's name        */
+} lt_gguf_params;
+
+LT_API void lt_gguf_params_init(lt_gguf_params *params, size_t size);
+/**
+ * Write the model as a GGUF file (written atomically). adapter: NULL for the base model, or an adapter of
+ * this model to merge (LoRA, DoRA, PiSSA/OLoRA, full fine-tuning, modules_to_save: the weights of
+ * lt_adapter_export_merged). A quantized base is written dequantized. Errors: lt_model_last_error.
+ */
+LT_API lt_status lt_model_export_gguf(lt_model *model, const lt_adapter *adapter, const char *path,
+                                      const lt_gguf_params *params);
+/**
+ * Write a LoRA adapter as a GGUF LoRA (general.type "adapter", adapter.lora.alpha, <tensor>.lora_a/.lora_b)
+ * for llama.cpp's --lora on the GGUF of the base model (for a QLoRA adapter: the GGUF of the dequantized
+ * base, which lt_model_export_gguf writes). rsLoRA's scaling is folded into lora_b so that llama.cpp's
+ * alpha / rank is right; PiSSA / OLoRA adapters are written as the plain rank-2r LoRA of lt_adapter_save.
+ * DoRA, modules_to_save and full fine-tuning cannot be expressed (LT_ERR_UNSUPPORTED: export the merged
+ * model). params->tokenizer is not used. Errors: lt_adapter_last_error.
+ */
+LT_API lt_status lt_adapter_export_gguf(lt_adapter *adapter, const char *path, const lt_gguf_params *params);
+
 #ifdef __cplusplus
 }
 #endif

@@ -88,6 +88,18 @@ stage dist_mpi "$py" tests/python/check_dist_mpi.py --cli build/loratune --model
 echo "== GRPO step against PyTorch (TRL's loss on the library's own completions)"
 stage crosscheck_grpo "$py" tests/python/crosscheck_grpo.py --lib build/libloratune.so.0
 
+echo "== GGUF export against llama.cpp itself (pinned sdist, built here: tools/llamacpp.sh) and its converter"
+# every family: llama.cpp's tokenization, logits and greedy generation (stopping at EOS) on our base, merged and
+# adapter GGUF files; the converter's and the gguf package's bytes; the Ollama Modelfile
+llamacpp_oracle=""
+build_oracle() { llamacpp_oracle=$(bash tools/llamacpp.sh oracle) && llamacpp_src=$(bash tools/llamacpp.sh src); }
+stage "llama.cpp oracle (fetch + build)" build_oracle
+stage crosscheck_gguf bash -c "[ -n '$llamacpp_oracle' ] && '$py' tests/python/crosscheck_gguf.py --cli build/loratune \
+  --lib build/libloratune.so.0 --oracle '$llamacpp_oracle' --llamacpp-src '${llamacpp_src:-}' --workdir build/crosscheck-gguf"
+echo "== adapter arithmetic and LoRA extraction against PyTorch (mergekit's formulas on delta weights)"
+stage crosscheck_combine "$py" tests/python/crosscheck_combine.py --cli build/loratune --lib build/libloratune.so.0 \
+  --workdir build/crosscheck-combine
+
 if [ -f tests/bindings.sh ]; then
   echo "== bindings, packaging and ABI"
   stage bindings.sh bash tests/bindings.sh "$py"

@@ -17,7 +17,7 @@ and this script checks that they do):
     3      text      core                    tokenizer, chat templates, dataset rows
     3      dist      core                    communicators of data-parallel ranks (callbacks, MPI, NCCL)
     4      model     formats                 model loading, the weight seam
-    5      adapter   model                   LoRA / DoRA / full, PEFT I/O, merge, export
+    5      adapter   model, text             LoRA / DoRA / full, PEFT I/O, merge, export (GGUF: the tokenizer)
     6      decoder   adapter                 workspace, layer forward/backward, eval, generation
     7      train     decoder, dist           optimizers, trainer, objectives, data-parallel steps
     -      cli       -                       the loratune tool: the public API (include/) only
@@ -53,7 +53,7 @@ FOLDERS = {
     'text': (3, ['core'], 'src/text'),
     'dist': (3, ['core'], 'src/dist'),
     'model': (4, ['formats'], 'src/model'),
-    'adapter': (5, ['model'], 'src/adapter'),
+    'adapter': (5, ['model', 'text'], 'src/adapter'),
     'decoder': (6, ['adapter'], 'src/decoder'),
     'train': (7, ['decoder', 'dist'], 'src/train'),
     'cli': (8, [], 'src/cli'),

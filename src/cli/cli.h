@@ -96,7 +96,10 @@ int cmd_train(int argc, char **argv); /* train.c (--objective: train_pref.c) */
 int cmd_train_pref(int argc, char **argv);
 /* 1 when argv holds --objective with a value other than sft (pref.c) */
 int wants_objective(int argc, char **argv);
-int cmd_merge(int argc, char **argv);    /* merge.c */
+int cmd_merge(int argc, char **argv);   /* merge.c */
+int cmd_export(int argc, char **argv);  /* export.c */
+int cmd_combine(int argc, char **argv); /* combine.c (and extract) */
+int cmd_extract(int argc, char **argv);
 int cmd_generate(int argc, char **argv); /* generate.c */
 int cmd_bench(int argc, char **argv);    /* bench.c */
 int cmd_demo(int argc, char **argv);     /* demo.c */

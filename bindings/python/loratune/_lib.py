@@ -92,6 +92,8 @@ lt_comm_broadcast_fn = CFUNCTYPE(c_int, c_void_p, c_void_p, c_size_t, c_int)
 lt_comm_segments_fn = CFUNCTYPE(c_int, c_void_p, c_void_p, POINTER(c_size_t), lt_comm_dtype)
 # typedef int (*lt_comm_barrier_fn)(void *user);
 lt_comm_barrier_fn = CFUNCTYPE(c_int, c_void_p)
+lt_gguf_dtype = c_int
+LT_GGUF_DTYPE_F32, LT_GGUF_DTYPE_F16, LT_GGUF_DTYPE_BF16, LT_GGUF_DTYPE_Q8_0 = 0, 1, 2, 3
 
 # typedef void (*lt_log_fn)(void *user, lt_log_level level, const char *message);
 lt_log_fn = CFUNCTYPE(None, c_void_p, lt_log_level, c_char_p)
@@ -318,6 +320,59 @@ class lt_text_params(Structure):
     ]
 
 
+class lt_gguf_params(Structure):
+    _fields_ = [
+        ("size", c_size_t),
+        ("dtype", lt_gguf_dtype),
+        ("tokenizer", lt_tokenizer_p),
+        ("name", c_char_p),
+    ]
+
+
+# ---- include/loratune_experimental.h (no ABI promise) ----
+class lt_combine_params(Structure):
+    _fields_ = [
+        ("size", c_size_t),
+        ("method", c_int),
+        ("weights", POINTER(c_float)),
+        ("density", c_float),
+        ("t", c_float),
+        ("rank", c_int),
+        ("seed", c_uint64),
+    ]
+
+
+class lt_combine_report(Structure):
+    _fields_ = [
+        ("size", c_size_t),
+        ("rank", c_int),
+        ("kept_energy", c_double),
+        ("total_energy", c_double),
+        ("max_module_error", c_double),
+    ]
+
+
+class lt_extract_params(Structure):
+    _fields_ = [
+        ("size", c_size_t),
+        ("rank", c_int),
+        ("targets", c_uint),
+    ]
+
+
+class lt_extract_report(Structure):
+    _fields_ = [
+        ("size", c_size_t),
+        ("n_modules", c_int),
+        ("kept_energy", c_double),
+        ("total_energy", c_double),
+        ("module_kept", POINTER(c_double)),
+        ("module_total", POINTER(c_double)),
+        ("others_max_diff", c_double),
+        ("others_name", c_char * 128),
+    ]
+
+
 # typedef void (*lt_progress_fn)(void *user, const lt_step_result *result);
 lt_progress_fn = CFUNCTYPE(None, c_void_p, POINTER(lt_step_result))
 
@@ -326,7 +381,7 @@ STRUCTS = {cls.__name__: cls for cls in (lt_context_params, lt_quant_params, lt_
                                          lt_model_params, lt_model_info, lt_batch,
                                          lt_adapter_params, lt_optimizer_params, lt_trainer_params,
                                          lt_pref_batch, lt_step_result, lt_generate_params, lt_text_params,
-                                         lt_comm_callbacks)}
+                                         lt_comm_callbacks, lt_gguf_params)}
 
 # ---- function declarations ------------------------------------------------------------------------------
 # (name, restype, argtypes). The C declaration is the comment above each entry.
@@ -553,6 +608,13 @@ _DECLS = [
     #                             int32_t *out_position_ids, int32_t capacity_rows, int32_t *n_rows);
     ("lt_pack_sequences", lt_status, [POINTER(c_int32), POINTER(c_int32), POINTER(c_int32), c_int32, c_int32, c_int32,
                                       POINTER(c_int32), POINTER(c_int32), POINTER(c_int32), c_int32, POINTER(c_int32)]),
+    # void lt_gguf_params_init(lt_gguf_params *params, size_t size);
+    ("lt_gguf_params_init", None, [c_void_p, c_size_t]),
+    # lt_status lt_model_export_gguf(lt_model *model, const lt_adapter *adapter, const char *path,
+    #                                const lt_gguf_params *params);
+    ("lt_model_export_gguf", lt_status, [lt_model_p, lt_adapter_p, c_char_p, POINTER(lt_gguf_params)]),
+    # lt_status lt_adapter_export_gguf(lt_adapter *adapter, const char *path, const lt_gguf_params *params);
+    ("lt_adapter_export_gguf", lt_status, [lt_adapter_p, c_char_p, POINTER(lt_gguf_params)]),
 ]
 
 # include/loratune_experimental.h: no ABI promise (docs/ABI.md).
@@ -566,6 +628,25 @@ _EXPERIMENTAL_DECLS = [
      [lt_context_p, c_char_p, c_uint64, c_float, POINTER(lt_model_params), POINTER(lt_model_p)]),
     # lt_status lt_model_save(lt_model *model, const char *dir);
     ("lt_model_save", lt_status, [lt_model_p, c_char_p]),
+    # lt_status lt_tokenizer_ollama_modelfile(lt_tokenizer *tok, const char *from, const char *adapter,
+    #                                         const char **text, const char **warning);
+    ("lt_tokenizer_ollama_modelfile", lt_status,
+     [lt_tokenizer_p, c_char_p, c_char_p, POINTER(c_char_p), POINTER(c_char_p)]),
+    # void lt_combine_params_init(lt_combine_params *params, size_t size);
+    ("lt_combine_params_init", None, [c_void_p, c_size_t]),
+    # lt_status lt_adapter_combine(lt_adapter **adapters, int n, const lt_combine_params *params,
+    #                              lt_adapter **out, lt_combine_report *report);
+    ("lt_adapter_combine", lt_status, [POINTER(lt_adapter_p), c_int, POINTER(lt_combine_params),
+                                       POINTER(lt_adapter_p), POINTER(lt_combine_report)]),
+    # lt_status lt_adapter_combine_into_base(lt_adapter **adapters, int n, const lt_combine_params *params,
+    #                                        const char *dir);
+    ("lt_adapter_combine_into_base", lt_status, [POINTER(lt_adapter_p), c_int, POINTER(lt_combine_params), c_char_p]),
+    # void lt_extract_params_init(lt_extract_params *params, size_t size);
+    ("lt_extract_params_init", None, [c_void_p, c_size_t]),
+    # lt_status lt_adapter_extract(lt_model *base, lt_model *tuned, const lt_extract_params *params,
+    #                              lt_adapter **out, lt_extract_report *report);
+    ("lt_adapter_extract", lt_status, [lt_model_p, lt_model_p, POINTER(lt_extract_params), POINTER(lt_adapter_p),
+                                       POINTER(lt_extract_report)]),
 ]
 
 #: Names of the declared functions (used by the sync test).

@@ -386,6 +386,23 @@ pub struct lt_text_params {
     pub add_eos: c_int,
 }
 
+// ---- GGUF export -----------------------------------------------------------------------------------
+
+pub type lt_gguf_dtype = c_int;
+pub const LT_GGUF_DTYPE_F32: lt_gguf_dtype = 0;
+pub const LT_GGUF_DTYPE_F16: lt_gguf_dtype = 1;
+pub const LT_GGUF_DTYPE_BF16: lt_gguf_dtype = 2;
+pub const LT_GGUF_DTYPE_Q8_0: lt_gguf_dtype = 3;
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct lt_gguf_params {
+    pub size: usize,
+    pub dtype: lt_gguf_dtype,
+    pub tokenizer: *const lt_tokenizer,
+    pub name: *const c_char,
+}
+
 // ---- functions -------------------------------------------------------------------------------------
 
 extern "C" {
@@ -609,13 +626,103 @@ extern "C" {
         capacity_rows: i32,
         n_rows: *mut i32,
     ) -> lt_status;
+    pub fn lt_gguf_params_init(params: *mut lt_gguf_params, size: usize);
+    pub fn lt_model_export_gguf(
+        model: *mut lt_model,
+        adapter: *const lt_adapter,
+        path: *const c_char,
+        params: *const lt_gguf_params,
+    ) -> lt_status;
+    pub fn lt_adapter_export_gguf(adapter: *mut lt_adapter, path: *const c_char, params: *const lt_gguf_params)
+        -> lt_status;
 }
 
 /// `include/loratune_experimental.h`: no stability promise (docs/ABI.md).
 pub mod experimental {
     use super::*;
 
+    pub type lt_combine_method = c_int;
+    pub const LT_COMBINE_CAT: lt_combine_method = 0;
+    pub const LT_COMBINE_LINEAR: lt_combine_method = 1;
+    pub const LT_COMBINE_TIES: lt_combine_method = 2;
+    pub const LT_COMBINE_DARE_LINEAR: lt_combine_method = 3;
+    pub const LT_COMBINE_DARE_TIES: lt_combine_method = 4;
+    pub const LT_COMBINE_MAGNITUDE_PRUNE: lt_combine_method = 5;
+    pub const LT_COMBINE_SLERP: lt_combine_method = 6;
+
+    #[repr(C)]
+    #[derive(Debug, Clone, Copy)]
+    pub struct lt_combine_params {
+        pub size: usize,
+        pub method: lt_combine_method,
+        pub weights: *const c_float,
+        pub density: c_float,
+        pub t: c_float,
+        pub rank: c_int,
+        pub seed: u64,
+    }
+
+    #[repr(C)]
+    #[derive(Debug, Clone, Copy)]
+    pub struct lt_combine_report {
+        pub size: usize,
+        pub rank: c_int,
+        pub kept_energy: c_double,
+        pub total_energy: c_double,
+        pub max_module_error: c_double,
+    }
+
+    #[repr(C)]
+    #[derive(Debug, Clone, Copy)]
+    pub struct lt_extract_params {
+        pub size: usize,
+        pub rank: c_int,
+        pub targets: c_uint,
+    }
+
+    #[repr(C)]
+    #[derive(Debug, Clone, Copy)]
+    pub struct lt_extract_report {
+        pub size: usize,
+        pub n_modules: c_int,
+        pub kept_energy: c_double,
+        pub total_energy: c_double,
+        pub module_kept: *mut c_double,
+        pub module_total: *mut c_double,
+        pub others_max_diff: c_double,
+        pub others_name: [c_char; 128],
+    }
+
     extern "C" {
+        pub fn lt_tokenizer_ollama_modelfile(
+            tok: *mut lt_tokenizer,
+            from: *const c_char,
+            adapter: *const c_char,
+            text: *mut *const c_char,
+            warning: *mut *const c_char,
+        ) -> lt_status;
+        pub fn lt_combine_params_init(params: *mut lt_combine_params, size: usize);
+        pub fn lt_adapter_combine(
+            adapters: *mut *mut lt_adapter,
+            n: c_int,
+            params: *const lt_combine_params,
+            out: *mut *mut lt_adapter,
+            report: *mut lt_combine_report,
+        ) -> lt_status;
+        pub fn lt_adapter_combine_into_base(
+            adapters: *mut *mut lt_adapter,
+            n: c_int,
+            params: *const lt_combine_params,
+            dir: *const c_char,
+        ) -> lt_status;
+        pub fn lt_extract_params_init(params: *mut lt_extract_params, size: usize);
+        pub fn lt_adapter_extract(
+            base: *mut lt_model,
+            tuned: *mut lt_model,
+            params: *const lt_extract_params,
+            out: *mut *mut lt_adapter,
+            report: *mut lt_extract_report,
+        ) -> lt_status;
         pub fn lt_model_create_random(
             ctx: *mut lt_context,
             config_json: *const c_char,

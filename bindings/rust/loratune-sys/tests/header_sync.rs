@@ -11,6 +11,7 @@ use std::mem::{size_of, MaybeUninit};
 use std::path::PathBuf;
 use std::process::Command;
 
+use loratune_sys::experimental::*;
 use loratune_sys::*;
 
 const RUST_SOURCE: &str = include_str!("../src/lib.rs");
@@ -314,9 +315,14 @@ fn rust_structs(src: &str) -> BTreeMap<String, Vec<(String, String)>> {
     out
 }
 
+/// Both headers: the experimental one's structs are mirrored in the `experimental` module.
+fn both_headers() -> Option<String> {
+    Some(header("loratune.h")? + &header("loratune_experimental.h")?)
+}
+
 #[test]
 fn structs_match_header() {
-    let text = match header("loratune.h") {
+    let text = match both_headers() {
         Some(t) => t,
         None => return,
     };
@@ -371,12 +377,18 @@ fn rust_layouts() -> Vec<(String, usize, Vec<(String, usize)>)> {
                          clip_fraction, completion_length }
         lt_generate_params { size, max_new_tokens, temperature, top_k, top_p, seed, eos_token_id }
         lt_text_params { size, max_len, completion_only, assistant_only, add_special, add_eos }
+        lt_gguf_params { size, dtype, tokenizer, name }
+        lt_combine_params { size, method, weights, density, t, rank, seed }
+        lt_combine_report { size, rank, kept_energy, total_energy, max_module_error }
+        lt_extract_params { size, rank, targets }
+        lt_extract_report { size, n_modules, kept_energy, total_energy, module_kept, module_total, others_max_diff,
+                            others_name }
     }
 }
 
 #[test]
 fn struct_layout_matches_c_compiler() {
-    let text = match header("loratune.h") {
+    let text = match both_headers() {
         Some(t) => t,
         None => return,
     };
@@ -392,7 +404,8 @@ fn struct_layout_matches_c_compiler() {
     let cc = std::env::var("CC").unwrap_or_else(|_| "cc".to_string());
     let tmp = std::env::temp_dir().join(format!("loratune-sys-layout-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).unwrap();
-    let mut prog = String::from("#include <stdio.h>\n#include <stddef.h>\n#include \"loratune.h\"\nint main(void) {\n");
+    let mut prog =
+        String::from("#include <stdio.h>\n#include <stddef.h>\n#include \"loratune_experimental.h\"\nint main(void) {\n");
     for (name, _, fields) in &layouts {
         prog += &format!("  printf(\"{0} %zu\\n\", sizeof({0}));\n", name);
         for (f, _) in fields {
