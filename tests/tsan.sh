@@ -7,8 +7,9 @@
 #   test_lora      case "threads":  two trainers training on one shared model at once, two threads
 #                                   generating from one shared model at once, greedy generation
 #   test_families  case "generate": generation (KV cache) of every model family, LoRA and DoRA
-#   test_cpu_ops   case "threads":  the kernels (sumsq, rmsnorm, attention, GEMMs, ...) on 1 and on 5
-#                                   OpenMP threads, at sizes that split the work over all five
+#   test_backend_ops case "threads": the kernels (sumsq, rmsnorm, attention, GEMMs, ...) called from
+#                                   several threads at once, and on 1 and on 5 OpenMP threads, at sizes
+#                                   that split the work over all five (CPU: the TSan build has no CUDA)
 # the first two with a 2-thread CPU context, so the kernels' OpenMP teams run inside those threads. OpenMP is
 # clang's libomp, with its Archer tool (OMP_TOOL_LIBRARIES=libarcher.so) which tells TSan about the
 # runtime's own synchronisation (barriers, the ends of parallel regions): no suppression file is
@@ -28,7 +29,7 @@ if [ ! -f $b/CMakeCache.txt ]; then
   CC=clang cmake -S . -B $b -DCMAKE_BUILD_TYPE=RelWithDebInfo -DLT_TSAN=ON -DLT_CUDA=OFF -DLT_TESTS=ON \
     -DLT_BENCH=OFF >$b/configure.log 2>&1 || { cat $b/configure.log; exit 1; }
 fi
-cmake --build $b -j"$(nproc)" --target test_lora test_families test_cpu_ops >$b/build.log 2>&1 || { tail -40 $b/build.log; exit 1; }
+cmake --build $b -j"$(nproc)" --target test_lora test_families test_backend_ops >$b/build.log 2>&1 || { tail -40 $b/build.log; exit 1; }
 rm -rf $b/testdata && ln -s "$PWD/build/testdata" $b/testdata
 export TSAN_OPTIONS="halt_on_error=1 exitcode=66 second_deadlock_stack=1 ignore_noninstrumented_modules=1"
 export OMP_TOOL_LIBRARIES=$archer
@@ -36,6 +37,6 @@ export LT_TEST_THREADS=2 CK_DEFAULT_TIMEOUT=600
 status=0
 CK_RUN_CASE=threads $b/tests/test_lora || status=1
 CK_RUN_CASE=generate $b/tests/test_families || status=1
-CK_RUN_CASE=threads $b/tests/test_cpu_ops || status=1
+CK_RUN_CASE=threads $b/tests/test_backend_ops || status=1
 [ $status -eq 0 ] && echo "tsan: no report" || echo "tsan: FAILED (a report above, or a test failure)"
 exit $status

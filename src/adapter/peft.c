@@ -195,7 +195,7 @@ static lt_status adapter_write_peft(lt_adapter *a, const char *dir, lt_error *er
 lt_status lt_adapter_write(lt_adapter *a, const char *dir, lt_error *err) {
     if (a->merged) return lt_fail(err, LT_ERR_STATE, "the adapter is merged; unmerge it first");
     if (a->p.full_finetune) /* the trained model itself, as a Hugging Face directory */
-        return lt_model_export(a->model, a, dir, 2ull << 30, err);
+        return lt_model_export_into(a->model, a, NULL, NULL, dir, 2ull << 30, err);
     return adapter_write_peft(a, dir, err);
 }
 

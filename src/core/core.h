@@ -64,6 +64,7 @@ size_t lt_first_nonfinite(const float *x, size_t n);
  * index of the first element that is not finite, n when all are, (size_t)-1 for an unsupported dtype. */
 size_t lt_convert_to_f32_finite(float *dst, const void *src, lt_dtype dt, size_t n);
 uint16_t lt_f32_to_bf16(float f); /* round to nearest even, NaN kept (lt_bf16_round flushes subnormals) */
+uint16_t lt_f32_to_f16(float f);  /* round to nearest even (numpy's astype(float16)), overflow to inf */
 float lt_f16_to_f32(uint16_t h);
 
 /* ---- params structs ----------------------------------------------------------------------------
