@@ -78,12 +78,7 @@ static char *slurp(const char *path, size_t *n) {
 }
 
 static void same_file(const char *a, const char *b, const char *what) {
-    size_t na, nb;
-    char *x = slurp(a, &na), *y = slurp(b, &nb);
-    ck_assert_msg(x && y, "%s: %s or %s missing", what, a, b);
-    ck_assert_msg(na == nb && !memcmp(x, y, na), "%s: %s differs from %s", what, b, a);
-    free(x);
-    free(y);
+    ck_assert_msg(tu_same_file(a, b), "%s: %s differs from %s", what, b, a);
 }
 
 /* the losses of metrics.jsonl by step; every step 1..STEPS exactly once */
