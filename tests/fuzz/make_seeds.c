@@ -13,6 +13,10 @@
  *               written by Hugging Face tokenizers) when given
  *   chat_template  ChatML, Llama 3, Mistral, Gemma and Phi-3 style templates with conversations
  *   jsonl       rows of every shape lt_tokenizer_encode_row and the CLI's loader read
+ *   gguf        GGUF files of the library's writer (formats/gguf.h): metadata of every type the export
+ *               writes (strings, integers, floats, bools, arrays of strings and numbers) and F32 / F16 /
+ *               BF16 / Q8_0 tensors of 1 to 4 dimensions; and lt_model_export_gguf of a random model
+ *               with a byte-level tokenizer
  * The library calls are the public ones; every seed is a real output, so the fuzzer starts inside the
  * accepted language of each parser.
  */
@@ -23,6 +27,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "formats/gguf.h"
 #include "fuzz_util.h"
 #include "loratune_experimental.h"
 
@@ -377,6 +382,63 @@ static void rows(void) {
     }
 }
 
+/* tensor data: a ramp with a sign change, so that every converted type holds varied values */
+static lt_status ramp(void *user, int index, float *dst, size_t n, lt_error *err) {
+    (void)user;
+    (void)err;
+    for (size_t i = 0; i < n; i++) dst[i] = ((float)i - (float)n / 2) * 0.01f * (float)(index + 1);
+    return LT_OK;
+}
+
+static void gguf(void) {
+    static const char *const names[] = {"f.gguf"};
+    char dir[700], path[800];
+    for (int k = 0; k < 3; k++) {
+        lt_error err = {0};
+        lt_gguf_writer *w = lt_gguf_writer_new();
+        if (!w) die("gguf", "out of memory");
+        static const char *const toks[] = {"a", "b", "\xc4\xa0\x63", "<s>"};
+        const int32_t types[] = {1, 1, 1, 3};
+        const float scores[] = {0.f, -1.f, -2.5f, 0.f};
+        lt_status st = lt_gguf_set_str(w, "general.architecture", "llama", &err);
+        if (st == LT_OK) st = lt_gguf_set_u32(w, "general.quantization_version", 2, &err);
+        if (st == LT_OK) st = lt_gguf_set_i32(w, "llama.block_count", -3 + k, &err);
+        if (st == LT_OK) st = lt_gguf_set_f32(w, "llama.rope.freq_base", 10000.f, &err);
+        if (st == LT_OK) st = lt_gguf_set_bool(w, "tokenizer.ggml.add_bos_token", k & 1, &err);
+        if (st == LT_OK) st = lt_gguf_set_arr_str(w, "tokenizer.ggml.tokens", toks, 4, &err);
+        if (st == LT_OK) st = lt_gguf_set_arr(w, "tokenizer.ggml.token_type", LT_GGUF_I32, types, 4, &err);
+        if (st == LT_OK) st = lt_gguf_set_arr(w, "tokenizer.ggml.scores", LT_GGUF_F32, scores, 4, &err);
+        static const lt_ggml_type tt[] = {LT_GGML_F32, LT_GGML_F16, LT_GGML_BF16, LT_GGML_Q8_0};
+        for (int t = 0; t < 4 && st == LT_OK; t++) {
+            char nm[64];
+            snprintf(nm, sizeof nm, "blk.%d.weight", t);
+            const int64_t shape[4] = {2, 3, 2, 64};
+            const int ndim = 1 + (t + k) % 4;
+            st = lt_gguf_add_tensor(w, nm, ndim, shape + 4 - ndim, tt[t], &err);
+        }
+        snprintf(dir, sizeof dir, "%s/gguf-%d", work, k);
+        mkdirs(dir);
+        snprintf(path, sizeof path, "%s/f.gguf", dir);
+        if (st == LT_OK) st = lt_gguf_write(w, path, ramp, NULL, &err);
+        lt_gguf_writer_free(w);
+        if (st != LT_OK) die("gguf", err.msg);
+        char nm[32];
+        snprintf(nm, sizeof nm, "writer-%d", k);
+        seed("gguf", nm, dir, names, 1, NULL, 0);
+    }
+    /* a whole model as the export writes it: the llama model of models() with a byte-level tokenizer */
+    snprintf(dir, sizeof dir, "%s/model-llama", work);
+    put(dir, "tokenizer.json", k_bytelevel);
+    lt_model *m = NULL;
+    lt_model_params mp;
+    lt_model_params_init(&mp, sizeof mp);
+    check(lt_model_load(ctx, dir, &mp, &m), "gguf model");
+    snprintf(path, sizeof path, "%s/f.gguf", dir);
+    if (lt_model_export_gguf(m, NULL, path, NULL) != LT_OK) die("gguf export", lt_model_last_error(m));
+    seed("gguf", "export-llama", dir, names, 1, NULL, 0);
+    lt_model_free(m);
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) {
         fprintf(stderr, "usage: make_seeds OUT [TOKENIZER_GOLDENS_DIR]\n");
@@ -395,6 +457,7 @@ int main(int argc, char **argv) {
     tokenizers(argc > 2 ? argv[2] : NULL);
     templates();
     rows();
+    gguf();
     lt_context_free(ctx);
     if (system(cmd) != 0) return 1;
     printf("make_seeds: seeds in %s\n", out_root);

@@ -3,7 +3,7 @@
 #
 #   bash tests/fuzz/run.sh [--time SECONDS] [--jobs N] [HARNESS...]     (from anywhere)
 #
-# HARNESS: model bnb tokenizer chat_template adapter checkpoint jsonl (default: all). Builds
+# HARNESS: model bnb tokenizer chat_template adapter checkpoint jsonl gguf (default: all). Builds
 # build-fuzz/ (CC=clang cmake -DLT_FUZZ=ON) when needed, writes the seed corpora with
 # build-fuzz/tests/fuzz/make_seeds (files the library writes; the tokenizer goldens of
 # build/testdata/tokenizers too when they exist), then runs each harness for SECONDS (default 10) on
@@ -26,7 +26,7 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
-[ ${#names[@]} -gt 0 ] || names=(model bnb tokenizer chat_template adapter checkpoint jsonl)
+[ ${#names[@]} -gt 0 ] || names=(model bnb tokenizer chat_template adapter checkpoint jsonl gguf)
 b=build-fuzz
 command -v clang >/dev/null || { echo "fuzz: clang not found (tools/install-deps.sh installs it)"; exit 1; }
 if [ ! -f $b/CMakeCache.txt ]; then
