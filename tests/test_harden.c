@@ -437,6 +437,19 @@ START_TEST(test_d6_nonfinite_state_refused) {
     poke_float(p, 8 + (long)hl + 4, NAN); /* the second float of the data buffer */
     snprintf(p, sizeof p, "%s/ck8", root);
     ck_assert_int_eq(lt_trainer_load_checkpoint(r2.t, p), LT_ERR_NUMERIC);
+    /* lt_optimizer_load itself: a bad value at the very end of the file (the last v) leaves the whole state
+     * as it was, not the part read before it (the file is checked before anything is uploaded) */
+    char s0[700], s1[700];
+    snprintf(s0, sizeof s0, "%s/state-before.bin", root);
+    snprintf(s1, sizeof s1, "%s/state-after.bin", root);
+    ck_assert_int_eq(lt_optimizer_save(r2.o, s0), LT_OK);
+    snprintf(p, sizeof p, "cp '%s/optimizer.bin' '%s/last-bad.bin'", ck, root);
+    ck_assert_int_eq(system(p), 0);
+    snprintf(p, sizeof p, "%s/last-bad.bin", root);
+    poke_float(p, 32 + 4 * (long)(2 * n - 1), NAN);
+    ck_assert_int_eq(lt_optimizer_load(r2.o, p), LT_ERR_NUMERIC);
+    ck_assert_int_eq(lt_optimizer_save(r2.o, s1), LT_OK);
+    ck_assert_msg(tu_same_file(s0, s1), "a refused optimizer state file changed the optimizer");
     /* the good checkpoint loads */
     ck_assert_int_eq(lt_trainer_load_checkpoint(r2.t, ck), LT_OK);
     ck_assert_int_eq(lt_optimizer_step_count(r2.o), 2);
