@@ -37,8 +37,7 @@
 # peak_rss_mb is the child's ru_maxrss (what /usr/bin/time -v prints). See bench/llamacpp_run.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-version=0.3.36                       # llama-cpp-python sdist; llama.cpp inside it is pinned by this
-sha256=832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e   # of llama_cpp_python-0.3.36.tar.gz
+version=$(sed -n 's/^version=\([^ ]*\).*/\1/p' tools/llamacpp-sdist.sh)   # the pinned llama-cpp-python sdist
 dir=${LT_LLAMACPP_DIR:-$HOME/.cache/loratune/llama.cpp-$version}
 src=$dir/llama_cpp_python-$version/vendor/llama.cpp
 # LT_LLAMACPP_BLAS=1: a second build (build-blas) with ggml's BLAS backend on Debian's OpenBLAS, which
@@ -54,22 +53,9 @@ model_dir=$dir/bench-s-hf
 gguf=$dir/bench-s-f32.gguf
 text=$dir/bench-s-train.txt
 
-fetch() {
+fetch() {  # the pinned, sha256-checked llama-cpp-python sdist, unpacked once (tools/llamacpp-sdist.sh)
   [ -f "$src/examples/training/finetune.cpp" ] && return 0
-  mkdir -p "$dir"
-  local sd=$dir/sdist tgz
-  tgz=$(ls "$sd"/llama_cpp_python-$version.tar.gz 2>/dev/null || true)
-  if [ -z "$tgz" ]; then
-    if [ -f "/tmp/lcpp/llama_cpp_python-$version.tar.gz" ]; then    # a copy fetched earlier on this machine
-      mkdir -p "$sd"; cp "/tmp/lcpp/llama_cpp_python-$version.tar.gz" "$sd/"
-    else
-      "$py" -m pip download --no-deps --no-binary :all: -d "$sd" "llama-cpp-python==$version"
-    fi
-    tgz=$sd/llama_cpp_python-$version.tar.gz
-  fi
-  echo "$sha256  $tgz" | sha256sum -c --quiet - || { echo "$tgz: not the pinned sdist" >&2; exit 1; }
-  tar xzf "$tgz" -C "$dir"
-  [ -f "$src/examples/training/finetune.cpp" ] || { echo "no examples/training in $tgz" >&2; exit 1; }
+  LT_LLAMACPP_DIR=$dir bash tools/llamacpp-sdist.sh >/dev/null
 }
 
 build() {
