@@ -6,6 +6,7 @@
 #include <time.h>
 
 #include "test_util.h"
+#include "text/jinja.h"
 
 static const char *k_toks[] = {"bl-llama3", "bl-gpt2", "bl-qwen", "sp-mistral-v1", "sp-mistral-v3", "tekken"};
 #define N_TOKS ((int)(sizeof k_toks / sizeof *k_toks))
@@ -311,14 +312,18 @@ START_TEST(test_chat_unsupported) {
         lt_status st;
         const char *msg;
     } cases[] = {
-        {"{% filter upper %}x{% endfilter %}", LT_ERR_UNSUPPORTED, "filter"},
-        {"{% macro f(x) %}{{ x }}{% endmacro %}{{ f(1, 2) }}", LT_ERR_DATA, "unexpected argument"},
-        {"{{ messages | wordcount }}", LT_ERR_UNSUPPORTED, "wordcount"},
+        {"{{ messages | urlize }}", LT_ERR_UNSUPPORTED, "urlize"},
+        {"{% macro f(x) %}{{ x }}{% endmacro %}{{ f(1, 2) }}", LT_ERR_DATA, "takes not more than 1 argument"},
+        {"{% macro f(x) %}{{ x }}{% endmacro %}{{ f(y=2) }}", LT_ERR_DATA, "no keyword argument 'y'"},
         {"{% for m in messages %}{{ m.role }}", LT_ERR_UNSUPPORTED, "endfor"},
         {"{{ raise_exception('no way') }}", LT_ERR_DATA, "no way"},
-        {"{{ messages[0].content.zfill(3) }}", LT_ERR_UNSUPPORTED, "zfill"},
+        {"{{ messages[0].content.encode() }}", LT_ERR_UNSUPPORTED, "encode"},
         {"{% include 'x' %}", LT_ERR_UNSUPPORTED, "include"},
+        {"{% for m in messages recursive %}{{ loop(m) }}{% endfor %}", LT_ERR_UNSUPPORTED, "recursive"},
         {"{{ 1 + 'a' }}", LT_ERR_DATA, "unsupported operand"},
+        {"{{ messages.append(1) }}", LT_ERR_DATA, "sandbox"},
+        {"{{ 'x' * 100000000 }}", LT_ERR_DATA, "limit"},
+        {"{{ range(1000000) | length }}", LT_ERR_DATA, "MAX_RANGE"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         json_t *cfg = json_pack("{s:s}", "chat_template", cases[i].tmpl);
@@ -502,6 +507,72 @@ START_TEST(test_pack) {
 }
 END_TEST
 
+/* Hostile templates end in a clear status naming the limit (src/text/jinja.h), quickly, without a crash:
+ * D2 of issue 21, a 40 KB template of 20,000 nested parentheses (and nested lists, unary minus, `not`,
+ * if blocks, macro recursion) overflowed the C stack; D3, 26 nested loops of 2 items (911 bytes), rendered
+ * for 39-73 s. Each must fail within a second or two here, through the public API and the engine. */
+static char *repeat(const char *a, int n, const char *mid, const char *b) {
+    size_t la = strlen(a), lm = strlen(mid), lb = strlen(b);
+    char *s = malloc(la * (size_t)n + lm + lb * (size_t)n + 1), *p = s;
+    for (int i = 0; i < n; i++, p += la) memcpy(p, a, la);
+    memcpy(p, mid, lm);
+    p += lm;
+    for (int i = 0; i < n; i++, p += lb) memcpy(p, b, lb);
+    *p = 0;
+    return s;
+}
+
+START_TEST(test_chat_limits) {
+    char *deep[] = {
+        repeat("(", 20000, "1", ")"),
+        repeat("[", 20000, "", "]"),
+        repeat("-", 20000, "1", ""),
+        repeat("not ", 20000, "1", ""),
+        repeat("{% if 1 %}", 20000, "x", "{% endif %}"),
+        strdup("{% macro f(k) %}{% if k > 0 %}{{ f(k - 1) }}{% endif %}{% endmacro %}{{ f(100000) }}"),
+    };
+    const char *expect[] = {"nests deeper", "nests deeper", "nests deeper", "nests deeper", "nests deeper",
+                            "nest deeper"};
+    json_t *ctx = json_pack("{s:[]}", "messages");
+    for (int i = 0; i < 6; i++) {
+        char *t = i < 4 ? NULL : deep[i];
+        if (i < 4) { /* an expression: {{ ... }} */
+            t = malloc(strlen(deep[i]) + 8);
+            sprintf(t, "{{ %s }}", deep[i]);
+        }
+        lt_buf out = {0};
+        lt_error err = {0};
+        lt_status st = lt_jinja_render(t, strlen(t), ctx, &out, NULL, &err, NULL, NULL);
+        ck_assert_msg(st != LT_OK && strstr(err.msg, expect[i]) && strstr(err.msg, "1000"), "case %d: status %d, %s", i,
+                      st, err.msg);
+        free(out.p);
+        if (t != deep[i]) free(t);
+        free(deep[i]);
+    }
+    /* 26 nested loops over range(2): 2^26 iterations; the step budget stops it */
+    lt_buf loops = {0};
+    for (int i = 0; i < 26; i++) {
+        char tmp[64];
+        snprintf(tmp, sizeof tmp, "{%% for i%d in range(2) %%}", i);
+        lt_buf_puts(&loops, tmp);
+    }
+    lt_buf_puts(&loops, "x");
+    for (int i = 0; i < 26; i++) lt_buf_puts(&loops, "{% endfor %}");
+    struct timespec a, b;
+    clock_gettime(CLOCK_MONOTONIC, &a);
+    lt_buf out = {0};
+    lt_error err = {0};
+    lt_status st = lt_jinja_render(loops.p, loops.n, ctx, &out, NULL, &err, NULL, NULL);
+    clock_gettime(CLOCK_MONOTONIC, &b);
+    double secs = (double)(b.tv_sec - a.tv_sec) + 1e-9 * (double)(b.tv_nsec - a.tv_nsec);
+    ck_assert_msg(st == LT_ERR_DATA && strstr(err.msg, "steps"), "status %d, %s", st, err.msg);
+    ck_assert_msg(secs < 5.0, "the runaway template took %.1f s to stop", secs);
+    free(out.p);
+    free(loops.p);
+    json_decref(ctx);
+}
+END_TEST
+
 static Suite *suite(void) {
     Suite *s = suite_create("tokenizer");
     TCase *tc = tcase_create("tokenizer");
@@ -512,6 +583,7 @@ static Suite *suite(void) {
     tcase_add_test(tc, test_chat_goldens);
     tcase_add_test(tc, test_row_goldens);
     tcase_add_test(tc, test_chat_unsupported);
+    tcase_add_test(tc, test_chat_limits);
     tcase_add_test(tc, test_cli);
     tcase_add_test(tc, test_pack);
     suite_add_tcase(s, tc);
