@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install the build and test dependencies on Debian/Ubuntu (idempotent; needs root or sudo).
 set -euo pipefail
-pkgs=(build-essential cmake pkg-config libopenblas-dev libjansson-dev libpcre2-dev libutf8proc-dev check libsubunit-dev python3 python3-venv)
+pkgs=(build-essential cmake pkg-config libopenblas-dev libjansson-dev libpcre2-dev libutf8proc-dev check libsubunit-dev python3 python3-venv tmux)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 [ ${#missing[@]} -eq 0 ] && exit 0

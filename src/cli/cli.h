@@ -80,6 +80,7 @@ int cmd_train_pref(int argc, char **argv);
 int wants_objective(int argc, char **argv);
 int cmd_merge(int argc, char **argv);    /* merge.c */
 int cmd_generate(int argc, char **argv); /* generate.c */
+int cmd_chat(int argc, char **argv);     /* chat.c */
 int cmd_bench(int argc, char **argv);    /* bench.c */
 int cmd_demo(int argc, char **argv);     /* demo.c */
 int cmd_tokenize(int argc, char **argv); /* tokenize.c */

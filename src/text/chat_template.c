@@ -183,11 +183,12 @@ LT_API lt_status lt_tokenizer_encode_chat(lt_tokenizer *t, const char *messages_
     lt_buf text = {0}, bmask = {0};
     lt_ivec v = {0};
     int32_t *tm = NULL;
-    lt_status st = lt_tok_render(t, msgs, add_generation_prompt, &text, &bmask);
+    /* the assistant mask only when asked for (a template may render a conversation that no mask fits) */
+    lt_status st = lt_tok_render(t, msgs, add_generation_prompt, &text, mask ? &bmask : NULL);
     json_decref(msgs);
     if (!st) st = lt_tok_encode_into(t, text.p, text.n, 0, &v);
-    if (!st && !(tm = malloc((v.n + 1) * sizeof *tm))) st = lt_fail(err, LT_ERR_NOMEM, "out of memory");
-    if (!st) st = lt_tok_align_mask(t, text.p, text.n, bmask.p, v.p, v.n, tm);
+    if (!st && mask && !(tm = malloc((v.n + 1) * sizeof *tm))) st = lt_fail(err, LT_ERR_NOMEM, "out of memory");
+    if (!st && mask) st = lt_tok_align_mask(t, text.p, text.n, bmask.p, v.p, v.n, tm);
     if (!st) {
         *n_ids = v.n;
         if (v.n > capacity) {
