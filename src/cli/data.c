@@ -265,7 +265,11 @@ static int load_rows(const char *path, lt_tokenizer *tok, long long seq, drow **
                     *long_lines = realloc(*long_lines, (size_t)(*n_long + 1) * sizeof **long_lines);
                     (*long_lines)[(*n_long)++] = lineno;
                 }
-            } else if (shape) problem(pb, lineno, "cannot be tokenized: %s", lt_tokenizer_last_error(tok));
+            } else if (shape) /* an empty assistant / completion mask: `train` stops on this row */
+                problem(pb, lineno,
+                        strstr(lt_tokenizer_last_error(tok), "nothing to learn") ? "%s (train stops here)"
+                                                                                 : "cannot be tokenized: %s",
+                        lt_tokenizer_last_error(tok));
         }
     }
     free(line);
