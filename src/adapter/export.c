@@ -195,6 +195,7 @@ lt_status lt_model_export(lt_model *m, const lt_adapter *a, const char *dir, uin
         free(data);
         if (st != LT_OK) goto out;
     }
+    st = lt_adapter_write_save_files(a, dir, err); /* a model card, the run record */
 out:
     if (bufs)
         for (int i = 0; i < n; i++) free(bufs[i]);
