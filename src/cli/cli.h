@@ -2,6 +2,7 @@
 #ifndef LT_TOOL_CLI_H
 #define LT_TOOL_CLI_H
 
+#include <jansson.h>
 #include <stdint.h>
 #include <stdio.h>
 
@@ -74,6 +75,7 @@ int cmd_info(int argc, char **argv);     /* info.c */
 int cmd_quantize(int argc, char **argv); /* quantize.c */
 int cmd_eval(int argc, char **argv);     /* eval.c (--objective: cmd_eval_pref) */
 int cmd_eval_pref(int argc, char **argv);
+int cmd_eval_compare(int argc, char **argv); /* compare.c: eval --compare */
 int cmd_train(int argc, char **argv); /* train.c (--objective: train_pref.c) */
 int cmd_train_pref(int argc, char **argv);
 /* 1 when argv holds --objective with a value other than sft (pref.c) */
@@ -87,5 +89,9 @@ int cmd_tokenize(int argc, char **argv); /* tokenize.c */
 int cmd_detokenize(int argc, char **argv);
 int cmd_render(int argc, char **argv); /* render.c */
 int cmd_data(int argc, char **argv);   /* data.c: data check */
+/* The data check of a file as JSON (data.c): rows, duplicates, eval overlap, token lengths, problems; NULL
+ * with msg when a file cannot be opened. tok may be NULL (no token lengths). */
+json_t *data_check(const char *data, const char *eval, lt_tokenizer *tok, long long seq, long long ngram, double near,
+                   long long show, char *msg, size_t msglen);
 
 #endif
