@@ -510,7 +510,8 @@ END_TEST
 /* Hostile templates end in a clear status naming the limit (src/text/jinja.h), quickly, without a crash:
  * D2 of issue 21, a 40 KB template of 20,000 nested parentheses (and nested lists, unary minus, `not`,
  * if blocks, macro recursion) overflowed the C stack; D3, 26 nested loops of 2 items (911 bytes), rendered
- * for 39-73 s. Each must fail within a second or two here, through the public API and the engine. */
+ * for 39-73 s. Each must now end in a status naming its limit, the loops in well under 20 s even under ASan on
+ * a loaded machine (about 0.3 s natively). */
 static char *repeat(const char *a, int n, const char *mid, const char *b) {
     size_t la = strlen(a), lm = strlen(mid), lb = strlen(b);
     char *s = malloc(la * (size_t)n + lm + lb * (size_t)n + 1), *p = s;
@@ -531,8 +532,8 @@ START_TEST(test_chat_limits) {
         repeat("{% if 1 %}", 20000, "x", "{% endif %}"),
         strdup("{% macro f(k) %}{% if k > 0 %}{{ f(k - 1) }}{% endif %}{% endmacro %}{{ f(100000) }}"),
     };
-    const char *expect[] = {"nests deeper", "nests deeper", "nests deeper", "nests deeper", "nests deeper",
-                            "nest deeper"};
+    const char *expect[] = {"nests deeper", "nests deeper", "nests deeper",
+                            "nests deeper", "nests deeper", "nest deeper"};
     json_t *ctx = json_pack("{s:[]}", "messages");
     for (int i = 0; i < 6; i++) {
         char *t = i < 4 ? NULL : deep[i];
@@ -566,7 +567,7 @@ START_TEST(test_chat_limits) {
     clock_gettime(CLOCK_MONOTONIC, &b);
     double secs = (double)(b.tv_sec - a.tv_sec) + 1e-9 * (double)(b.tv_nsec - a.tv_nsec);
     ck_assert_msg(st == LT_ERR_DATA && strstr(err.msg, "steps"), "status %d, %s", st, err.msg);
-    ck_assert_msg(secs < 5.0, "the runaway template took %.1f s to stop", secs);
+    ck_assert_msg(secs < 20.0, "the runaway template took %.1f s to stop (it ran for 39-73 s before the limit)", secs);
     free(out.p);
     free(loops.p);
     json_decref(ctx);
