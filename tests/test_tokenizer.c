@@ -507,6 +507,75 @@ START_TEST(test_pack) {
 }
 END_TEST
 
+/* Rows that would train on nothing are errors that say why (TRL trains on an all-zero mask silently):
+ * through lt_tokenizer_encode_row, and through `loratune train` (file, line and tokenizer named) and
+ * `data check` (listed before training starts). */
+START_TEST(test_empty_masks) {
+    char dir[256], path[512], src[1024];
+    tu_tempdir(dir, sizeof dir);
+    snprintf(path, sizeof path, "%s/tokenizer.json", dir);
+    snprintf(src, sizeof src, "%s/tokenizers/bl-llama3/tokenizer.json", LT_TEST_DATA_DIR);
+    tu_copy_file(src, path);
+    static const char *const drops_assistant =
+        "{% for m in messages %}{% if m.role != 'assistant' %}<{{ m.role }}>{{ m.content }}{% endif %}{% endfor %}";
+    static const struct {
+        const char *tmpl, *row, *msg;
+    } cases[] = {
+        {drops_assistant,
+         "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}, {\"role\": \"assistant\", \"content\": \"yo\"}]}",
+         "renders no text for this row's assistant messages"},
+        {"{% for m in messages %}{% generation %}{% endgeneration %}{{ m.content }}{% endfor %}",
+         "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}, {\"role\": \"assistant\", \"content\": \"yo\"}]}",
+         "none of them rendered"},
+        {drops_assistant, "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}]}", "no assistant message"},
+        {drops_assistant,
+         "{\"prompt\": [{\"role\": \"user\", \"content\": \"hi\"}], \"completion\": [{\"role\": \"assistant\", "
+         "\"content\": \"yo\"}]}",
+         "the completion adds no token"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        json_t *cfg = json_pack("{s:s,s:s}", "chat_template", cases[i].tmpl, "eos_token", "<|eot_id|>");
+        snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
+        json_dump_file(cfg, path, 0);
+        json_decref(cfg);
+        lt_tokenizer *t = NULL;
+        ck_assert_int_eq(lt_tokenizer_load(dir, &t), LT_OK);
+        size_t n = 0;
+        lt_status st = lt_tokenizer_encode_row(t, cases[i].row, NULL, NULL, NULL, 0, &n);
+        ck_assert_msg(st == LT_ERR_DATA && strstr(lt_tokenizer_last_error(t), cases[i].msg), "case %zu: status %d, %s",
+                      i, st, lt_tokenizer_last_error(t));
+        /* a row that says it has nothing to imitate is no error: label false */
+        st = lt_tokenizer_encode_row(t, "{\"prompt\": \"a\", \"completion\": \" b\", \"label\": false}", NULL, NULL,
+                                     NULL, 0, &n);
+        ck_assert_int_eq(st, LT_OK);
+        lt_tokenizer_free(t);
+    }
+    /* the CLI: train stops on the row, naming it and the tokenizer; data check lists it first */
+    json_t *cfg = json_pack("{s:s,s:s}", "chat_template", drops_assistant, "eos_token", "<|eot_id|>");
+    snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
+    json_dump_file(cfg, path, 0);
+    json_decref(cfg);
+    char data[512], cmd[4096];
+    snprintf(data, sizeof data, "%s/d.jsonl", dir);
+    tu_write_text(data, "{\"text\": \"plain text\"}\n{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}, "
+                        "{\"role\": \"assistant\", \"content\": \"yo\"}]}\n");
+    snprintf(cmd, sizeof cmd, "%s train --model %s/models/llama-basic --tokenizer %s --data %s --out %s/o --steps 1",
+             LT_CLI, LT_TEST_DATA_DIR, dir, data, dir);
+    int status;
+    char *out = tu_run_stderr(cmd, &status);
+    ck_assert_int_ne(status, 0);
+    ck_assert_msg(strstr(out, "d.jsonl:2:") && strstr(out, "assistant mask is empty") && strstr(out, dir), "%s", out);
+    free(out);
+    snprintf(cmd, sizeof cmd, "%s data check --data %s --tokenizer %s", LT_CLI, data, dir);
+    out = tu_run(cmd, &status);
+    ck_assert_int_eq(status, 0);
+    ck_assert_msg(strstr(out, "line 2: nothing to learn: the assistant mask is empty") &&
+                      strstr(out, "train stops here"),
+                  "%s", out);
+    free(out);
+}
+END_TEST
+
 /* Hostile templates end in a clear status naming the limit (src/text/jinja.h), quickly, without a crash:
  * D2 of issue 21, a 40 KB template of 20,000 nested parentheses (and nested lists, unary minus, `not`,
  * if blocks, macro recursion) overflowed the C stack; D3, 26 nested loops of 2 items (911 bytes), rendered
@@ -585,6 +654,7 @@ static Suite *suite(void) {
     tcase_add_test(tc, test_row_goldens);
     tcase_add_test(tc, test_chat_unsupported);
     tcase_add_test(tc, test_chat_limits);
+    tcase_add_test(tc, test_empty_masks);
     tcase_add_test(tc, test_cli);
     tcase_add_test(tc, test_pack);
     suite_add_tcase(s, tc);

@@ -298,8 +298,18 @@ static int train_sft(int argc, char **argv) {
         lt_tokenizer *ctok = NULL;
         lt_tokenizer_load(tokdir, &ctok); /* token lengths in the data check (none for pre-tokenized rows) */
         count_tokens(&ds, &tk, &lb);
-        record_data(rec, "train", data, ds.n, dropped, tk, lb,
-                    data_check(data, edata, ctok, seq, 13, 0.8, 5, msg, sizeof msg));
+        json_t *chk = data_check(data, edata, ctok, seq, 13, 0.8, 5, msg, sizeof msg);
+        long long np = (long long)json_array_size(json_object_get(chk, "problems")),
+                  dup = json_integer_value(json_object_get(chk, "exact_duplicates")),
+                  near = json_integer_value(json_object_get(chk, "near_duplicate_pairs")),
+                  over = json_integer_value(json_object_get(chk, "eval_overlap_rows"));
+        if (!quiet && chk && (np || dup || near || over)) /* a warning before training starts */
+            fprintf(
+                log,
+                "data check: %lld problems, %lld exact duplicates, %lld near-duplicate pairs, %lld rows overlapping "
+                "the eval data (loratune data check --data %s%s%s for the lines)\n",
+                np, dup, near, over, data, edata ? " --eval " : "", edata ? edata : "");
+        record_data(rec, "train", data, ds.n, dropped, tk, lb, chk);
         if (edata) {
             count_tokens(&eds, &tk, &lb);
             record_data(rec, "eval", edata, eds.n, 0, tk, lb,
