@@ -7,9 +7,9 @@
 #   bash bench/llamacpp_peer.sh build                 only fetch + build llama-finetune
 #   bash bench/llamacpp_peer.sh model                 only write the bench-s HF directory and its f32 GGUF
 #
-# Source: the llama.cpp tree vendored in the PyPI sdist of llama-cpp-python (pinned below); PyPI is
-# reachable here, GitHub is not. Source, build and model are cached OUTSIDE the repository in
-# ${LT_LLAMACPP_DIR:-~/.cache/loratune/llama.cpp-<version>}. CPU only: GGML_NATIVE=ON, no CUDA, no BLAS
+# Source: the llama.cpp tree vendored in the PyPI sdist of llama-cpp-python, pinned and fetched by
+# tools/llamacpp.sh (shared with the GGUF tests); PyPI is reachable here, GitHub is not. Source, build and
+# model are cached OUTSIDE the repository in ${LT_LLAMACPP_DIR:-~/.cache/loratune/llama.cpp-<version>}. CPU only: GGML_NATIVE=ON, no CUDA, no BLAS
 # (llama.cpp's default CPU build), no OpenSSL/curl. The build runs under `nice -n 10` with -j2.
 #
 # What it trains (measured: bench/llamacpp_run.py compares the saved model with the input tensor by
@@ -37,9 +37,10 @@
 # peak_rss_mb is the child's ru_maxrss (what /usr/bin/time -v prints). See bench/llamacpp_run.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-version=$(sed -n 's/^version=\([^ ]*\).*/\1/p' tools/llamacpp-sdist.sh)   # the pinned llama-cpp-python sdist
-dir=${LT_LLAMACPP_DIR:-$HOME/.cache/loratune/llama.cpp-$version}
-src=$dir/llama_cpp_python-$version/vendor/llama.cpp
+# the pinned llama.cpp: fetched (sha256-checked) by the script the GGUF tests share (tools/llamacpp.sh)
+. tools/llamacpp.sh
+dir=$llamacpp_dir
+src=$llamacpp_src
 # LT_LLAMACPP_BLAS=1: a second build (build-blas) with ggml's BLAS backend on Debian's OpenBLAS, which
 # takes the f32 MUL_MAT and OUT_PROD (the weight gradients) off the CPU backend; default: the plain CPU
 # build (ggml's own kernels, llamafile sgemm for f32 matmuls). Measured here on one thread: the OpenBLAS
@@ -53,9 +54,9 @@ model_dir=$dir/bench-s-hf
 gguf=$dir/bench-s-f32.gguf
 text=$dir/bench-s-train.txt
 
-fetch() {  # the pinned, sha256-checked llama-cpp-python sdist, unpacked once (tools/llamacpp-sdist.sh)
-  [ -f "$src/examples/training/finetune.cpp" ] && return 0
-  LT_LLAMACPP_DIR=$dir bash tools/llamacpp-sdist.sh >/dev/null
+fetch() {
+  llamacpp_fetch
+  [ -f "$src/examples/training/finetune.cpp" ] || { echo "no examples/training in $src" >&2; exit 1; }
 }
 
 build() {

@@ -25,6 +25,12 @@ static void usage(FILE *f) {
         "  train     --model DIR --data FILE.jsonl --out DIR [options]   (loratune train --help)\n"
         "            --config DIR/training_args.json [--out DIR]   run a recorded training again\n"
         "  merge     --model DIR --adapter DIR --out DIR [--quant nf4|fp4|int8 [--no-double-quant]]\n"
+        "  export    --format gguf|gguf-lora --model DIR [--adapter DIR] --out FILE.gguf\n"
+        "            [--type f32|f16|bf16|q8_0] [--tokenizer DIR] [--name NAME] [--ollama [--base-gguf F]]\n"
+        "  combine   --model DIR --adapters A,B,... --out DIR [--method cat|linear|ties|dare_linear|dare_ties|\n"
+        "            magnitude_prune|slerp] [--weights W,...] [--density D] [--t T] [--rank R] [--seed S]\n"
+        "            [--into-base] [--json]\n"
+        "  extract   --base DIR --tuned DIR --out DIR [--rank R] [--targets ...] [--json]   LoRA from a full FT\n"
         "  quantize  --model DIR --out DIR [--format nf4|fp4] [--double-quant] [--blocksize N]\n"
         "  generate  --model DIR [--adapter DIR] --prompt TEXT | --messages FILE.json | --prompt-ids 1,2,3\n"
         "            [--stop S]... [--max-new-tokens N] [--temperature T --top-k K --top-p P --seed S] [--json]\n"
@@ -69,6 +75,9 @@ int main(int argc, char **argv) {
         {"detokenize", cmd_detokenize},
         {"render", cmd_render},
         {"data", cmd_data},
+        {"export", cmd_export},
+        {"combine", cmd_combine},
+        {"extract", cmd_extract},
     };
     for (size_t i = 0; i < sizeof cmds / sizeof *cmds; i++)
         if (!strcmp(cmd, cmds[i].name)) return cmds[i].fn(argc - 1, argv + 1);

@@ -8,7 +8,7 @@
 Templates (none is committed to the repository: each is read at test time from a pinned, hash-checked
 package of tests/python/requirements.lock or from the pinned llama-cpp-python sdist):
   llamacpp  llama.cpp's models/templates/*.jinja inside the llama-cpp-python sdist that
-            tools/llamacpp-sdist.sh fetches and sha256-checks (templates copied from model repositories)
+            tools/llamacpp.sh src fetches and sha256-checks (templates copied from model repositories)
   trl       trl/chat_templates/*.jinja (the templates TRL ships, and their {% generation %} variants)
   mistral   the templates mistral-common generates for its tokenizer versions (spm / tekken, with and
             without thinking and model settings)
@@ -94,7 +94,7 @@ SPECIALS = {"bos_token": "<s>", "eos_token": "</s>"}
 # ---- templates ---------------------------------------------------------------------------------------
 
 def llamacpp_templates(root):
-    src = subprocess.run(["bash", os.path.join(root, "tools", "llamacpp-sdist.sh")], check=True,
+    src = subprocess.run(["bash", os.path.join(root, "tools", "llamacpp.sh"), "src"], check=True,
                          capture_output=True, text=True).stdout.strip().splitlines()[-1]
     d = os.path.join(src, "models", "templates")
     out = {}
