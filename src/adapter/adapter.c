@@ -368,7 +368,8 @@ LT_API lt_status lt_adapter_set_save_files(lt_adapter *a, const char *const *nam
     for (int i = 0; i < n; i++)
         if (!names[i] || !texts[i] || !*names[i] || strchr(names[i], '/') || !strcmp(names[i], ".") ||
             !strcmp(names[i], ".."))
-            return lt_fail(&a->err, LT_ERR_ARGUMENT, "lt_adapter_set_save_files: file %d: a plain file name is needed", i);
+            return lt_fail(&a->err, LT_ERR_ARGUMENT, "lt_adapter_set_save_files: file %d: a plain file name is needed",
+                           i);
     char **nn = n ? calloc((size_t)n, sizeof *nn) : NULL, **nt = n ? calloc((size_t)n, sizeof *nt) : NULL;
     int ok = !n || (nn && nt);
     for (int i = 0; ok && i < n; i++) ok = (nn[i] = strdup(names[i])) && (nt[i] = strdup(texts[i]));

@@ -94,7 +94,7 @@ int cmd_quantize(int argc, char **argv); /* quantize.c */
 int cmd_eval(int argc, char **argv);     /* eval.c (--objective: cmd_eval_pref) */
 int cmd_eval_pref(int argc, char **argv);
 int cmd_eval_compare(int argc, char **argv); /* compare.c: eval --compare */
-int cmd_train(int argc, char **argv); /* train.c (--objective: train_pref.c) */
+int cmd_train(int argc, char **argv);        /* train.c (--objective: train_pref.c) */
 int cmd_train_pref(int argc, char **argv);
 /* 1 when argv holds --objective with a value other than sft (pref.c) */
 int wants_objective(int argc, char **argv);
