@@ -267,6 +267,33 @@ START_TEST(test_embedding) {
 }
 END_TEST
 
+/* scatter_rows: each source row lands at its index, every other row of dst is untouched */
+START_TEST(test_scatter_rows) {
+    FOR_BE(be) {
+        int R = 40, C = 37, n = 23;
+        float *dst = frand((size_t)R * C, -1, 1), *src = frand((size_t)n * C, -1, 1);
+        float *want = fdup(dst, (size_t)R * C), *ref = fdup(dst, (size_t)R * C);
+        int32_t idx[23], used[40] = {0};
+        for (int i = 0; i < n; i++) { /* distinct rows, in no particular order */
+            int r;
+            do r = irand(R);
+            while (used[r]);
+            used[r] = 1;
+            idx[i] = r;
+            memcpy(want + (size_t)r * C, src + (size_t)i * C, (size_t)C * sizeof(float));
+        }
+        be->ops->scatter_rows(be, dst, idx, src, n, C);
+        lt_ref_scatter_rows(ref, idx, src, n, C);
+        SAME(dst, want, (size_t)R * C, "%s scatter_rows", isa_name(be));
+        SAME(ref, want, (size_t)R * C, "reference scatter_rows");
+        free(dst);
+        free(src);
+        free(want);
+        free(ref);
+    }
+}
+END_TEST
+
 /* ---- RMSNorm -------------------------------------------------------------------------------------- */
 
 START_TEST(test_rmsnorm) {
@@ -481,50 +508,85 @@ START_TEST(test_attention_packed_semantics) {
 }
 END_TEST
 
-/* decode: vs the reference, and vs the last row of a causal forward over the same keys */
+/* The key ranges of a decode test: rows of different lengths, windows (start > 0), an empty row (b 3). */
+static void decode_ranges(int B, int L, int32_t *ks, int32_t *kl) {
+    for (int b = 0; b < B; b++) {
+        kl[b] = b == 3 ? 0 : L - b % 3 > 0 ? L - b % 3 : 0;
+        ks[b] = b % 2 && kl[b] > 2 ? 2 : 0;
+    }
+}
+
+/* A cache (B,S,NKV,HD) of random keys (values) inside each row's range and 1e30 outside: reading past
+ * a range gives inf / NaN. */
+static float *decode_cache(int B, int S, int NKV, int HD, const int32_t *ks, const int32_t *kl, float lo, float hi) {
+    const size_t row = (size_t)NKV * HD;
+    float *c = frand((size_t)B * S * row, lo, hi);
+    for (int b = 0; b < B; b++)
+        for (int j = 0; j < S; j++)
+            if (j < ks[b] || j >= kl[b]) ffill(c + ((size_t)b * S + j) * row, row, 1e30f);
+    return c;
+}
+
+/* out (NH,HD) of row b == the last row of a causal forward (capped when cap > 0) over that row's keys */
+static void check_decode_row(const float *out, const float *ql, const float *kc, const float *vc, int b, int S, int j0,
+                             int j1, int NH, int NKV, int HD, float scale, float cap, const char *what) {
+    const int n = j1 - j0;
+    const size_t row = (size_t)NKV * HD, qrow = (size_t)NH * HD;
+    if (n <= 0) {
+        for (size_t i = 0; i < qrow; i++) ck_assert_msg(out[i] == 0.0f, "%s: an empty range gives %g", what, out[i]);
+        return;
+    }
+    float *q = frand((size_t)n * qrow, -2, 2), *full = fnew((size_t)n * qrow), *lse = fnew((size_t)NH * n);
+    memcpy(q + (size_t)(n - 1) * qrow, ql + (size_t)b * qrow, qrow * sizeof(float));
+    int32_t *z = calloc((size_t)n, sizeof(int32_t));
+    const float *k = kc + ((size_t)b * S + j0) * row, *v = vc + ((size_t)b * S + j0) * row;
+    if (cap > 0) lt_ref_attention_softcap_forward(full, lse, q, k, v, z, 1, n, NH, NKV, HD, scale, cap);
+    else lt_ref_attention_forward(full, lse, q, k, v, z, 1, n, NH, NKV, HD, scale);
+    CLOSE(out, full + (size_t)(n - 1) * qrow, qrow, 1e-5, "%s == the last row of a forward over keys %d..%d", what, j0,
+          j1 - 1);
+    free(q);
+    free(full);
+    free(lse);
+    free(z);
+}
+
+/* decode with per-row key ranges: vs the reference, and each row vs the last row of a causal forward
+ * over its own keys */
 START_TEST(test_attention_decode) {
     static const int shapes[][6] = {{1, 1, 1, 1, 1, 8},       {2, 50, 37, 4, 2, 16}, {3, 100, 100, 6, 2, 64},
-                                    {1, 300, 257, 8, 2, 128}, {2, 20, 5, 3, 3, 20},  {1, 10, 3, 2, 1, 260}};
+                                    {1, 300, 257, 8, 2, 128}, {2, 20, 5, 3, 3, 20},  {1, 10, 3, 2, 1, 260},
+                                    {5, 40, 9, 4, 2, 16}};
     FOR_BE(be) {
         for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
             int B = shapes[s][0], S = shapes[s][1], L = shapes[s][2], NH = shapes[s][3], NKV = shapes[s][4],
                 HD = shapes[s][5];
             float scale = 1.0f / sqrtf((float)HD);
-            size_t nq = (size_t)B * L * NH * HD, nkv = (size_t)B * L * NKV * HD, nc = (size_t)B * S * NKV * HD;
-            float *q = frand(nq, -2, 2), *k = frand(nkv, -2, 2), *v = frand(nkv, -1, 1);
-            float *kc = frand(nc, -50, 50), *vc = frand(nc, -50, 50); /* junk past len must not be read */
-            for (int b = 0; b < B; b++)
-                for (int t = 0; t < L; t++) {
-                    memcpy(kc + ((size_t)b * S + t) * NKV * HD, k + ((size_t)b * L + t) * NKV * HD,
-                           (size_t)NKV * HD * 4);
-                    memcpy(vc + ((size_t)b * S + t) * NKV * HD, v + ((size_t)b * L + t) * NKV * HD,
-                           (size_t)NKV * HD * 4);
-                }
-            float *ql = fnew((size_t)B * NH * HD), *of = fnew((size_t)B * NH * HD), *orf = fnew((size_t)B * NH * HD);
-            for (int b = 0; b < B; b++)
-                memcpy(ql + (size_t)b * NH * HD, q + ((size_t)b * L + L - 1) * NH * HD, (size_t)NH * HD * 4);
-            ffill(of, (size_t)B * NH * HD, NAN);
-            be->ops->attention_decode(be, of, ql, kc, vc, B, S, L, NH, NKV, HD, scale);
-            lt_ref_attention_decode(orf, ql, kc, vc, B, S, L, NH, NKV, HD, scale);
-            CLOSE(of, orf, (size_t)B * NH * HD, 1e-5, "%s decode B=%d S=%d len=%d NH=%d NKV=%d HD=%d", isa_name(be), B,
-                  S, L, NH, NKV, HD);
-            int32_t *ks = calloc((size_t)B * L, sizeof(int32_t));
-            float *full = fnew(nq), *lse = fnew((size_t)B * NH * L);
-            lt_ref_attention_forward(full, lse, q, k, v, ks, B, L, NH, NKV, HD, scale);
-            for (int b = 0; b < B; b++)
-                CLOSE(of + (size_t)b * NH * HD, full + ((size_t)b * L + L - 1) * NH * HD, (size_t)NH * HD, 1e-5,
-                      "%s decode == last row of forward, b=%d", isa_name(be), b);
-            free(q);
-            free(k);
-            free(v);
+            int32_t ks[8], kl[8];
+            decode_ranges(B, L, ks, kl);
+            float *kc = decode_cache(B, S, NKV, HD, ks, kl, -2, 2), *vc = decode_cache(B, S, NKV, HD, ks, kl, -1, 1);
+            const size_t nq = (size_t)B * NH * HD;
+            float *ql = frand(nq, -2, 2), *of = fnew(nq), *orf = fnew(nq);
+            ffill(of, nq, NAN);
+            be->ops->attention_decode(be, of, ql, kc, vc, ks, kl, B, S, NH, NKV, HD, scale);
+            lt_ref_attention_decode(orf, ql, kc, vc, ks, kl, B, S, NH, NKV, HD, scale);
+            CLOSE(of, orf, nq, 1e-5, "%s decode B=%d S=%d len=%d NH=%d NKV=%d HD=%d", isa_name(be), B, S, L, NH, NKV,
+                  HD);
+            char what[96];
+            for (int b = 0; b < B; b++) {
+                snprintf(what, sizeof what, "%s decode B=%d L=%d HD=%d row %d", isa_name(be), B, L, HD, b);
+                check_decode_row(of + (size_t)b * NH * HD, ql, kc, vc, b, S, ks[b], kl[b], NH, NKV, HD, scale, 0, what);
+            }
+            /* a range past the cache is refused */
+            int32_t bad[8];
+            memcpy(bad, kl, sizeof bad);
+            bad[B - 1] = S + 1;
+            be->ops->attention_decode(be, of, ql, kc, vc, ks, bad, B, S, NH, NKV, HD, scale);
+            ck_assert_int_eq(be->ops->sync(be), LT_ERR_INTERNAL);
             free(kc);
             free(vc);
             free(ql);
             free(of);
             free(orf);
-            free(ks);
-            free(full);
-            free(lse);
         }
     }
 }
@@ -751,19 +813,26 @@ START_TEST(test_attention_softcap) {
         CLOSE_F(dqf, dq, nq, 1e-5, 1e-7, "%s softcap dq", isa_name(be));
         CLOSE_F(dkf, dk, nk, 1e-5, 1e-7, "%s softcap dk", isa_name(be));
         CLOSE_F(dvf, dv, nk, 1e-5, 1e-7, "%s softcap dv", isa_name(be));
-        /* decode of the last row == the last row of the forward (no window: kv_start 0) */
-        int32_t z[14] = {0};
-        float *oz = fnew(nq), *lz = fnew(nl);
-        lt_ref_attention_softcap_forward(oz, lz, q, k, v, z, B, T, NH, NKV, HD, scale, cap);
-        float *ql = fnew((size_t)B * NH * HD), *od = fnew((size_t)B * NH * HD);
-        for (int b = 0; b < B; b++)
-            memcpy(ql + (size_t)b * NH * HD, q + ((size_t)b * T + T - 1) * NH * HD, (size_t)NH * HD * 4);
-        be->ops->attention_softcap_decode(be, od, ql, k, v, B, T, T, NH, NKV, HD, scale, cap);
-        for (int b = 0; b < B; b++)
-            CLOSE(od + (size_t)b * NH * HD, oz + ((size_t)b * T + T - 1) * NH * HD, (size_t)NH * HD, 1e-5,
-                  "%s softcap decode b=%d", isa_name(be), b);
-        free(oz);
-        free(lz);
+        /* decode with per-row key ranges: vs the reference, and each row vs the last row of a forward */
+        enum { DB = 5, DS = 9 };
+        int32_t dks[DB], dkl[DB];
+        decode_ranges(DB, DS - 1, dks, dkl);
+        float *kc = decode_cache(DB, DS, NKV, HD, dks, dkl, -2, 2),
+              *vc = decode_cache(DB, DS, NKV, HD, dks, dkl, -1, 1);
+        float *ql = frand((size_t)DB * NH * HD, -2, 2), *od = fnew((size_t)DB * NH * HD);
+        float *odr = fnew((size_t)DB * NH * HD);
+        be->ops->attention_softcap_decode(be, od, ql, kc, vc, dks, dkl, DB, DS, NH, NKV, HD, scale, cap);
+        lt_ref_attention_softcap_decode(odr, ql, kc, vc, dks, dkl, DB, DS, NH, NKV, HD, scale, cap);
+        CLOSE(od, odr, (size_t)DB * NH * HD, 1e-5, "%s softcap decode", isa_name(be));
+        for (int b = 0; b < DB; b++) {
+            char what[64];
+            snprintf(what, sizeof what, "%s softcap decode row %d", isa_name(be), b);
+            check_decode_row(od + (size_t)b * NH * HD, ql, kc, vc, b, DS, dks[b], dkl[b], NH, NKV, HD, scale, cap,
+                             what);
+        }
+        free(kc);
+        free(vc);
+        free(odr);
         free(of);
         free(lf);
         free(dqf);
@@ -1291,6 +1360,7 @@ static Suite *cpu_ops_suite(void) {
     tcase_add_test(tc, test_gemm);
     tcase_add_test(tc, test_elementwise);
     tcase_add_test(tc, test_embedding);
+    tcase_add_test(tc, test_scatter_rows);
     tcase_add_test(tc, test_rmsnorm);
     tcase_add_test(tc, test_rope);
     tcase_add_loop_test(tc, test_attention, 0, (int)(sizeof att_cases / sizeof att_cases[0]));

@@ -404,6 +404,38 @@ START_TEST(test_elementwise) {
 }
 END_TEST
 
+/* scatter_rows: each source row lands at its index (bit for bit), every other row is untouched */
+START_TEST(test_scatter_rows) {
+    static const int shapes[][3] = {{40, 37, 23}, {600, 4096, 70}, {3, 1, 3}};
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        int R = shapes[s][0], C = shapes[s][1], n = shapes[s][2];
+        float *dst = frand((size_t)R * C, -1, 1), *src = frand((size_t)n * C, -1, 1);
+        int32_t idx[70], *used = calloc((size_t)R, sizeof(int32_t));
+        for (int i = 0; i < n; i++) {
+            int r;
+            do r = irand(R);
+            while (used[r]);
+            used[r] = 1;
+            idx[i] = r;
+        }
+        float *dd = dput(dst, (size_t)R * C), *ds = dput(src, (size_t)n * C);
+        int32_t *di = dputi(idx, (size_t)n);
+        OPS->scatter_rows(be, dd, di, ds, n, C);
+        float *got = hget(dd, (size_t)R * C);
+        lt_ref_scatter_rows(dst, idx, src, n, C);
+        SAME(got, dst, (size_t)R * C, "scatter_rows R=%d C=%d n=%d", R, C, n);
+        SYNC_OK("scatter_rows");
+        free(dst);
+        free(src);
+        free(used);
+        free(got);
+        dfree(dd);
+        dfree(ds);
+        dfree(di);
+    }
+}
+END_TEST
+
 START_TEST(test_embedding) {
     static const int shapes[][3] = {{50, 37, 23}, {1000, 4096, 70}, {3, 1, 5}};
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
@@ -747,50 +779,64 @@ START_TEST(test_attention_packed_semantics) {
 }
 END_TEST
 
-/* decode: vs the reference, and vs the last row of a causal forward over the same keys */
+/* decode with per-row key ranges kv_start[b] .. kv_len[b]-1 (rows of different lengths, windows, an
+ * empty row; 1e30 outside the ranges: a read past them shows): vs the reference, each row vs the last
+ * row of a causal forward over its own keys; the soft-capped decode vs its reference */
 START_TEST(test_attention_decode) {
     static const int shapes[][6] = {{1, 1, 1, 1, 1, 8},         {2, 50, 37, 4, 2, 16}, {3, 100, 100, 6, 2, 64},
                                     {1, 300, 257, 8, 2, 128},   {2, 20, 5, 3, 3, 20},  {1, 10, 3, 2, 1, 260},
-                                    {2, 4096, 3000, 8, 2, 128}, {1, 16, 0, 2, 1, 64}};
+                                    {2, 4096, 3000, 8, 2, 128}, {1, 16, 0, 2, 1, 64},  {5, 40, 9, 4, 2, 16}};
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
         int B = shapes[s][0], S = shapes[s][1], L = shapes[s][2], NH = shapes[s][3], NKV = shapes[s][4],
             HD = shapes[s][5];
         float scale = 1.0f / sqrtf((float)HD);
-        size_t nq = (size_t)B * NH * HD, nc = (size_t)B * S * NKV * HD;
-        float *ql = frand(nq, -2, 2);
-        float *kc = frand(nc, -2, 2), *vc = frand(nc, -1, 1);
-        for (size_t i = 0; i < nc; i++) /* junk past len must not be read */
-            if ((i / ((size_t)NKV * HD)) % S >= (size_t)L) kc[i] = vc[i] = 1e30f;
+        const size_t nq = (size_t)B * NH * HD, nc = (size_t)B * S * NKV * HD, row = (size_t)NKV * HD;
+        int32_t ks[8], kl[8];
+        for (int b = 0; b < B; b++) {
+            kl[b] = b == 3 ? 0 : L - b % 3 > 0 ? L - b % 3 : 0;
+            ks[b] = b % 2 && kl[b] > 2 ? 2 : 0;
+        }
+        float *ql = frand(nq, -2, 2), *kc = frand(nc, -2, 2), *vc = frand(nc, -1, 1);
+        for (int b = 0; b < B; b++)
+            for (int j = 0; j < S; j++)
+                if (j < ks[b] || j >= kl[b]) {
+                    ffill(kc + ((size_t)b * S + j) * row, row, 1e30f);
+                    ffill(vc + ((size_t)b * S + j) * row, row, 1e30f);
+                }
         float *dql = dput(ql, nq), *dkc = dput(kc, nc), *dvc = dput(vc, nc), *dof = dnan(nq);
-        OPS->attention_decode(be, dof, dql, dkc, dvc, B, S, L, NH, NKV, HD, scale);
+        int32_t *dks = dputi(ks, (size_t)B), *dkl = dputi(kl, (size_t)B);
+        OPS->attention_decode(be, dof, dql, dkc, dvc, dks, dkl, B, S, NH, NKV, HD, scale);
         float *of = hget(dof, nq), *orf = fnew(nq);
-        lt_ref_attention_decode(orf, ql, kc, vc, B, S, L, NH, NKV, HD, scale);
+        lt_ref_attention_decode(orf, ql, kc, vc, ks, kl, B, S, NH, NKV, HD, scale);
         CLOSE(of, orf, nq, RTOL, "decode B=%d S=%d len=%d NH=%d NKV=%d HD=%d", B, S, L, NH, NKV, HD);
-        if (L == 0)
-            for (size_t i = 0; i < nq; i++) ck_assert(of[i] == 0.0f);
-        if (L > 0 && S <= 300) { /* == the last row of a causal forward over keys 0..L-1 */
-            size_t nqf = (size_t)B * L * NH * HD, nkv = (size_t)B * L * NKV * HD;
-            float *q = frand(nqf, -2, 2), *k = fnew(nkv), *v = fnew(nkv);
-            for (int b = 0; b < B; b++) {
-                memcpy(k + (size_t)b * L * NKV * HD, kc + (size_t)b * S * NKV * HD,
-                       (size_t)L * NKV * HD * sizeof(float));
-                memcpy(v + (size_t)b * L * NKV * HD, vc + (size_t)b * S * NKV * HD,
-                       (size_t)L * NKV * HD * sizeof(float));
-                memcpy(q + ((size_t)b * L + L - 1) * NH * HD, ql + (size_t)b * NH * HD,
-                       (size_t)NH * HD * sizeof(float));
+        for (int b = 0; b < B; b++) {
+            const int n = kl[b] - ks[b];
+            const float *ob = of + (size_t)b * NH * HD;
+            if (n <= 0) {
+                for (size_t i = 0; i < (size_t)NH * HD; i++) ck_assert(ob[i] == 0.0f);
+                continue;
             }
-            int32_t *ks = calloc((size_t)B * L, sizeof(int32_t));
-            float *full = fnew(nqf), *lse = fnew((size_t)B * NH * L);
-            lt_ref_attention_forward(full, lse, q, k, v, ks, B, L, NH, NKV, HD, scale);
-            for (int b = 0; b < B; b++)
-                CLOSE(of + (size_t)b * NH * HD, full + ((size_t)b * L + L - 1) * NH * HD, (size_t)NH * HD, RTOL,
-                      "decode == last row of forward, b=%d", b);
+            if (S > 300) continue;
+            /* == the last row of a causal forward over keys ks[b] .. kl[b]-1 */
+            float *q = frand((size_t)n * NH * HD, -2, 2), *full = fnew((size_t)n * NH * HD),
+                  *lse = fnew((size_t)NH * n);
+            memcpy(q + (size_t)(n - 1) * NH * HD, ql + (size_t)b * NH * HD, (size_t)NH * HD * sizeof(float));
+            int32_t *z = calloc((size_t)n, sizeof(int32_t));
+            lt_ref_attention_forward(full, lse, q, kc + ((size_t)b * S + ks[b]) * row,
+                                     vc + ((size_t)b * S + ks[b]) * row, z, 1, n, NH, NKV, HD, scale);
+            CLOSE(ob, full + (size_t)(n - 1) * NH * HD, (size_t)NH * HD, RTOL, "decode == last row of forward, b=%d",
+                  b);
             free(q);
-            free(k);
-            free(v);
-            free(ks);
             free(full);
             free(lse);
+            free(z);
+        }
+        if (S <= 300) { /* the soft-capped decode (Gemma 2) */
+            OPS->attention_softcap_decode(be, dof, dql, dkc, dvc, dks, dkl, B, S, NH, NKV, HD, scale, 1.5f);
+            float *oc = hget(dof, nq);
+            lt_ref_attention_softcap_decode(orf, ql, kc, vc, ks, kl, B, S, NH, NKV, HD, scale, 1.5f);
+            CLOSE(oc, orf, nq, RTOL, "softcap decode B=%d S=%d len=%d NH=%d NKV=%d HD=%d", B, S, L, NH, NKV, HD);
+            free(oc);
         }
         SYNC_OK("decode");
         free(ql);
@@ -802,6 +848,8 @@ START_TEST(test_attention_decode) {
         dfree(dkc);
         dfree(dvc);
         dfree(dof);
+        dfree(dks);
+        dfree(dkl);
     }
 }
 END_TEST
@@ -1260,6 +1308,7 @@ static Suite *cuda_suite(void) {
     tcase_add_test(tc, test_gemm_bf16);
     tcase_add_test(tc, test_elementwise);
     tcase_add_test(tc, test_embedding);
+    tcase_add_test(tc, test_scatter_rows);
     tcase_add_test(tc, test_rmsnorm);
     tcase_add_test(tc, test_rope);
     tcase_add_loop_test(tc, test_attention, 0, (int)(sizeof att_cases / sizeof att_cases[0]));

@@ -2,9 +2,11 @@
  * decoder.c - forward and backward of the decoder (every family of formats/config.c) with LoRA /
  * DoRA, through the backend ops.
  *
- * defines: lt_linear_forward, lt_dora_prepare, lt_forward_backward, lt_forward_logp, lt_backward_weighted
+ * defines: lt_linear_forward, lt_dora_prepare, lt_forward_backward, lt_forward_logp, lt_backward_weighted,
+ *          lt_forward_cached
  *
- * One layer (x is the residual stream, (N,H)):
+ * One layer (x is the residual stream, (N,H)), the same code for training, evaluation, the objectives
+ * and generation (whose passes differ only in how attention reads keys: attend()):
  *   ln1 = rmsnorm(x) ; q,k,v = lin(ln1) ; rope(q,k) ; att = attention(q,k,v) ; x_mid = x + lin_o(att)
  *   ln2 = rmsnorm(x_mid) ; act = silu(lin_gate(ln2)) * lin_up(ln2) ; x_out = x_mid + lin_down(act)
  * lin_p(x) = x W_p^T + s * (dropout(x) A_p^T) B_p^T  when projection p carries LoRA.
@@ -97,13 +99,14 @@ void lt_dora_prepare(lt_model *m, const lt_adapter *ad, int layer, lt_proj p) {
     dora_prepare_lo(m, ad, lo, &m->layers[layer].w[p], in, out);
 }
 
-/* y = g * (x W^T + s (x A^T) B^T): lt_linear_forward, then the DoRA column scale */
+/* y = g * (x W^T + s (x A^T) B^T): lt_linear_forward, then the DoRA column scale. g is computed here
+ * from the current A, B, m unless dora_ready (generation: the caller ran lt_dora_prepare once). */
 static void lora_linear_forward(lt_model *m, lt_workspace *ws, const lt_adapter *ad, const lt_lora *lo,
                                 const lt_dropout_state *drop, uint64_t drop_stream, float *y, const float *x,
-                                const lt_weight *W, float *xa, int N, int in, int out) {
+                                const lt_weight *W, float *xa, int N, int in, int out, int dora_ready) {
     lt_linear_forward(m, ws, ad, lo, drop, drop_stream, y, x, W, xa, N, in, out);
     if (lo && lo->mag) {
-        dora_prepare_lo(m, ad, lo, W, in, out);
+        if (!dora_ready) dora_prepare_lo(m, ad, lo, W, in, out);
         OPS->mul_cols(BE, y, lo->dora_g, N, out);
     }
 }
@@ -128,7 +131,8 @@ static void lora_linear_backward(lt_model *m, lt_workspace *ws, const lt_adapter
 /* ---- one layer ------------------------------------------------------------------------------------ *
  * A layer is two sublayers, each a function pair (forward, backward) below: the attention and the MLP.
  * Every family is a set of knobs inside them (formats/config.c); another kind of sublayer (a mixture
- * of experts in place of the MLP) is another pair called from layer_forward / layer_backward. */
+ * of experts in place of the MLP) is another pair called from layer_forward / layer_backward. Training,
+ * evaluation, the objectives and generation all run this code: only attend() looks at the KV cache. */
 
 /* What every step of layer l's pass reads. */
 typedef struct layer_pass {
@@ -136,15 +140,16 @@ typedef struct layer_pass {
     lt_workspace *ws;
     const lt_adapter *ad;
     const lt_dropout_state *drop;
-    int l, N;             /* the layer; the staged tokens B * T */
-    const lt_layer *W;    /* the weights the pass reads (lt_view_layer)                   */
-    const lt_layer *G;    /* full fine-tuning: their gradients (NULL: the weights are frozen) */
-    lt_lora *lo[P_COUNT]; /* each projection's LoRA (NULL: none)                          */
+    const lt_kv_cache *kv; /* NULL: no cache (training, evaluation) */
+    int l, N;              /* the layer; the staged tokens B * T */
+    const lt_layer *W;     /* the weights the pass reads (lt_view_layer)                   */
+    const lt_layer *G;     /* full fine-tuning: their gradients (NULL: the weights are frozen) */
+    lt_lora *lo[P_COUNT];  /* each projection's LoRA (NULL: none)                          */
 } layer_pass;
 
 static layer_pass layer_pass_of(lt_model *m, lt_workspace *ws, const lt_adapter *ad, const lt_dropout_state *drop,
-                                int l) {
-    layer_pass P = {m, ws, ad, drop, l, ws->B * ws->T, lt_view_layer(m, ad, l), lt_view_layer_grads(ad, l), {0}};
+                                const lt_kv_cache *kv, int l) {
+    layer_pass P = {m, ws, ad, drop, kv, l, ws->B * ws->T, lt_view_layer(m, ad, l), lt_view_layer_grads(ad, l), {0}};
     for (int p = 0; p < P_COUNT; p++) P.lo[p] = ad ? lt_adapter_lora(ad, l, (lt_proj)p) : NULL;
     return P;
 }
@@ -163,7 +168,7 @@ static void proj_forward(const layer_pass *P, lt_proj p, float *y, const float *
     int in, out;
     lt_proj_dims(&m->cfg, p, &in, &out);
     lora_linear_forward(m, P->ws, P->ad, P->lo[p], P->drop, stream_id(&m->cfg, P->l, p), y, x, &P->W->w[p], xa, P->N,
-                        in, out);
+                        in, out, P->kv && P->kv->dora_ready);
     if (P->W->bias[p]) OPS->bias_add(BE, y, P->W->bias[p], P->N, out);
 }
 
@@ -187,19 +192,35 @@ static const int32_t *layer_kv_start(const lt_model *m, const lt_workspace *ws, 
     return m->cfg.sliding_window > 0 && m->cfg.layer_sliding[l] ? ws->kv_start_swa : ws->kv_start;
 }
 
-/* att (N,NH*HD) = attention of layer l over q (N,NH*HD), k, v (N,NKV*HD) after RoPE, token t of a row
- * over its keys kv_start[t] .. t. Gemma 2 soft-caps the scores. */
+/* att (N,NH*HD) = attention of layer l over q (N,NH*HD), k, v (N,NKV*HD) after RoPE: the one step in
+ * which a pass over whole rows (training, evaluation; prefill, which also fills the cache) and a decode
+ * against the KV cache differ (decoder.h, lt_kv_cache). Gemma 2 soft-caps the scores. */
 static void attend(const layer_pass *P, lt_layer_acts *A) {
     lt_model *m = P->m;
     const lt_model_config *c = &m->cfg;
     const lt_workspace *ws = P->ws;
+    const lt_kv_cache *kv = P->kv;
     const int NH = (int)c->num_attention_heads, NKV = (int)c->num_key_value_heads, HD = (int)c->head_dim;
+    const int KD = NKV * HD;
     const float scale = lt_config_attn_scale(c), cap = (float)c->attn_logit_softcapping;
     const int32_t *kv_start = layer_kv_start(m, ws, P->l);
+    if (!kv || kv->mode == LT_KV_FILL) {
+        if (cap > 0)
+            OPS->attention_softcap_forward(BE, A->att, A->lse, A->q, A->k, A->v, kv_start, ws->B, ws->T, NH, NKV, HD,
+                                           scale, cap);
+        else OPS->attention_forward(BE, A->att, A->lse, A->q, A->k, A->v, kv_start, ws->B, ws->T, NH, NKV, HD, scale);
+    }
+    if (!kv) return;
+    /* every staged token's k and v to its slot; a decode then attends over the row's cached keys */
+    const size_t layer_off = (size_t)P->l * kv->B * kv->S_cap * KD;
+    float *kc = kv->k + layer_off, *vc = kv->v + layer_off;
+    OPS->scatter_rows(BE, kc, kv->slot, A->k, P->N, KD);
+    OPS->scatter_rows(BE, vc, kv->slot, A->v, P->N, KD);
+    if (kv->mode != LT_KV_DECODE) return;
     if (cap > 0)
-        OPS->attention_softcap_forward(BE, A->att, A->lse, A->q, A->k, A->v, kv_start, ws->B, ws->T, NH, NKV, HD, scale,
-                                       cap);
-    else OPS->attention_forward(BE, A->att, A->lse, A->q, A->k, A->v, kv_start, ws->B, ws->T, NH, NKV, HD, scale);
+        OPS->attention_softcap_decode(BE, A->att, A->q, kc, vc, kv_start, kv->len, ws->B, kv->S_cap, NH, NKV, HD,
+                                      scale, cap);
+    else OPS->attention_decode(BE, A->att, A->q, kc, vc, kv_start, kv->len, ws->B, kv->S_cap, NH, NKV, HD, scale);
 }
 
 /* attention sublayer: x_mid = x + o(attend(rope(q(ln1)), rope(k(ln1)), v(ln1))), ln1 = attn_norm(x).
@@ -322,10 +343,10 @@ static void attention_backward_block(const layer_pass *P, const float *x, lt_lay
     OPS->rmsnorm_backward(BE, ws->dres, G ? G->attn_norm : NULL, ws->dln, x, W->attn_norm, A->rstd1, N, H);
 }
 
-/* x_out (N,H) = layer l of x (N,H); A receives the activations the backward needs. */
-static void layer_forward(lt_model *m, lt_workspace *ws, const lt_adapter *ad, const lt_dropout_state *drop, int l,
-                          const float *x, lt_layer_acts *A, float *x_out) {
-    const layer_pass P = layer_pass_of(m, ws, ad, drop, l);
+/* x_out (N,H) = layer l of x (N,H); A receives the activations the backward needs. kv: how it attends. */
+static void layer_forward(lt_model *m, lt_workspace *ws, const lt_adapter *ad, const lt_dropout_state *drop,
+                          const lt_kv_cache *kv, int l, const float *x, lt_layer_acts *A, float *x_out) {
+    const layer_pass P = layer_pass_of(m, ws, ad, drop, kv, l);
     attention_forward_block(&P, x, A);
     mlp_forward_block(&P, A, x_out);
 }
@@ -333,7 +354,7 @@ static void layer_forward(lt_model *m, lt_workspace *ws, const lt_adapter *ad, c
 /* ws->dres (N,H) holds d loss / d x_out on entry and d loss / d x on return. */
 static void layer_backward(lt_model *m, lt_workspace *ws, const lt_adapter *ad, const lt_dropout_state *drop, int l,
                            const float *x, lt_layer_acts *A) {
-    const layer_pass P = layer_pass_of(m, ws, ad, drop, l);
+    const layer_pass P = layer_pass_of(m, ws, ad, drop, NULL, l);
     mlp_backward_block(&P, A);
     attention_backward_block(&P, x, A);
 }
@@ -351,7 +372,7 @@ static lt_status backward_layers(lt_model *m, const lt_adapter *ad, lt_workspace
     for (int l = L - 1; l >= 0; l--) {
         lt_layer_acts *A = &ws->acts[ws->checkpointing ? 0 : l];
         if (ws->checkpointing) /* recompute this layer's activations; its output goes to a scratch */
-            layer_forward(m, ws, ad, drop, l, ws->x_saved[l], A, ws->dln);
+            layer_forward(m, ws, ad, drop, NULL, l, ws->x_saved[l], A, ws->dln);
         layer_backward(m, ws, ad, drop, l, ws->x_saved[l], A);
     }
     if (ad && ad->d_embed) { /* x_0 = embed_scale * E[ids]: dE[ids] += embed_scale * dx_0 (dres is free after) */
@@ -364,9 +385,9 @@ static lt_status backward_layers(lt_model *m, const lt_adapter *ad, lt_workspace
 }
 
 /* Checks shared by every pass, then embeddings, each layer and the final norm into ws->final_ln;
- * checkpointing keeps only each layer's input. */
+ * checkpointing keeps only each layer's input. kv: NULL, or the KV cache a generation pass attends through. */
 static lt_status forward_layers(lt_model *m, const lt_adapter *ad, lt_workspace *ws, const lt_dropout_state *drop,
-                                lt_error *err) {
+                                const lt_kv_cache *kv, lt_error *err) {
     const lt_model_config *c = &m->cfg;
     const int L = (int)c->num_hidden_layers, H = (int)c->hidden_size, N = ws->B * ws->T;
     if (ad && ad->p.rank > ws->rank)
@@ -383,7 +404,7 @@ static lt_status forward_layers(lt_model *m, const lt_adapter *ad, lt_workspace 
         OPS->scale(BE, (size_t)N * H, (float)c->embed_scale, ws->x_saved[0]);
     for (int l = 0; l < L; l++) {
         lt_layer_acts *A = &ws->acts[ws->checkpointing ? 0 : l];
-        layer_forward(m, ws, ad, drop, l, ws->x_saved[l], A, ws->x_saved[l + 1]);
+        layer_forward(m, ws, ad, drop, kv, l, ws->x_saved[l], A, ws->x_saved[l + 1]);
     }
     OPS->rmsnorm_forward(BE, ws->final_ln, ws->final_rstd, ws->x_saved[L], lt_view_final_norm(m, ad), N, H,
                          (float)c->rms_norm_eps);
@@ -424,7 +445,7 @@ lt_status lt_forward_backward(lt_model *m, const lt_adapter *ad, lt_workspace *w
     const int backward = grad_scale != 0.0f && !logits_out;
     if (backward && ws->forward_only)
         return lt_fail(err, LT_ERR_INTERNAL, "a forward-only workspace cannot run a backward pass");
-    lt_status st = forward_layers(m, ad, ws, drop, err);
+    lt_status st = forward_layers(m, ad, ws, drop, NULL, err);
     if (st != LT_OK) return st;
 
     /* chunked LM head + cross-entropy; dln accumulates d loss / d final_ln */
@@ -452,12 +473,41 @@ lt_status lt_forward_backward(lt_model *m, const lt_adapter *ad, lt_workspace *w
     return backward_layers(m, ad, ws, drop, err);
 }
 
+/* ---- generation: a pass through the KV cache ------------------------------------------------------ */
+
+lt_status lt_forward_cached(lt_model *m, const lt_adapter *ad, lt_workspace *ws, const lt_kv_cache *kv,
+                            int every_token, float *logits, lt_error *err) {
+    const int H = (int)m->cfg.hidden_size, V = (int)m->cfg.vocab_size;
+    if (kv->B != ws->B || (kv->mode == LT_KV_DECODE && ws->T != 1))
+        return lt_fail(err, LT_ERR_INTERNAL, "a KV cache of %d rows cannot take %d x %d staged tokens", kv->B, ws->B,
+                       ws->T);
+    lt_status st = forward_layers(m, ad, ws, NULL, kv, err);
+    if (st != LT_OK) return st;
+    int n = ws->N;
+    if (kv->mode == LT_KV_FILL && !every_token) {
+        /* the last token of each row: its final_ln row gathered (x_saved[0] is free after the layers),
+         * then back to the first B rows of final_ln for the LM head */
+        n = ws->B;
+        OPS->embedding_forward(BE, ws->x_saved[0], kv->last, ws->final_ln, n, H);
+        OPS->copy(BE, ws->final_ln, ws->x_saved[0], (size_t)n * H * sizeof(float));
+    }
+    const lt_weight head = lt_view_lm_head(m, ad);
+    for (int r0 = 0; r0 < n; r0 += ws->chunk) {
+        int nc = n - r0 < ws->chunk ? n - r0 : ws->chunk;
+        lm_head_forward(m, ws, &head, r0, nc, 1.0f, 0);
+        OPS->download(BE, logits + (size_t)r0 * V, ws->logits, (size_t)nc * V * sizeof(float));
+    }
+    st = OPS->sync(BE);
+    if (st != LT_OK) return lt_fail(err, st, "backend %s failed during generation", OPS->name);
+    return LT_OK;
+}
+
 /* ---- objectives other than SFT: forward to per-token log-probs, then a weighted backward ---------- */
 
 lt_status lt_forward_logp(lt_model *m, const lt_adapter *ad, lt_workspace *ws, const lt_dropout_state *drop,
                           float logit_scale, lt_error *err) {
     const int V = (int)m->cfg.vocab_size, N = ws->B * ws->T;
-    lt_status st = forward_layers(m, ad, ws, drop, err);
+    lt_status st = forward_layers(m, ad, ws, drop, NULL, err);
     if (st != LT_OK) return st;
     const lt_weight head = lt_view_lm_head(m, ad);
     for (int r0 = 0; r0 < N; r0 += ws->chunk) {
