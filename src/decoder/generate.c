@@ -14,7 +14,6 @@
  * to a padded batch). When decoding crosses that length, the cache is rebuilt with the long factors by
  * one prefill of everything fed so far (transformers' Phi3ForCausalLM.prepare_inputs_for_generation).
  * Everything is planned once per call: the workspace for the largest pass, the cache, the host buffers.
- * Sampling (host): logits / temperature -> top-k -> top-p (nucleus) -> draw; temperature 0 = argmax.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -47,12 +46,49 @@ static uint64_t gen_next(gen_rng *r) {
 }
 static double gen_uniform(gen_rng *r) { return (double)(gen_next(r) >> 11) * (1.0 / 9007199254740992.0); }
 
-static int cand_desc(const void *a, const void *b) {
-    float x = ((const lt_sample_cand *)a)->p, y = ((const lt_sample_cand *)b)->p;
-    if (x != y) return x < y ? 1 : -1;
-    return ((const lt_sample_cand *)a)->id - ((const lt_sample_cand *)b)->id;
+/* the sampling order: decreasing probability, ties by increasing id */
+static int cand_before(const lt_sample_cand *a, const lt_sample_cand *b) {
+    return a->p > b->p || (a->p == b->p && a->id < b->id);
+}
+static int cand_cmp(const void *a, const void *b) {
+    const lt_sample_cand *x = a, *y = b;
+    return cand_before(x, y) ? -1 : cand_before(y, x) ? 1 : 0;
 }
 
+/* Keep the k first of c[0..n) in the sampling order, sorted, in c[0..k): a heap of the k best seen
+ * (its root the worst of them), O(n log k), then a sort of those k. */
+static void select_first(lt_sample_cand *c, int n, int k) {
+    for (int i = 0; i < n; i++) {
+        lt_sample_cand x = c[i];
+        int j;
+        if (i < k) { /* sift up */
+            for (j = i; j > 0 && cand_before(&c[(j - 1) / 2], &x); j = (j - 1) / 2) c[j] = c[(j - 1) / 2];
+            c[j] = x;
+            continue;
+        }
+        if (!cand_before(&x, &c[0])) continue;
+        for (j = 0;;) { /* sift the new root down */
+            int ch = 2 * j + 1;
+            if (ch >= k) break;
+            if (ch + 1 < k && cand_before(&c[ch], &c[ch + 1])) ch++;
+            if (!cand_before(&x, &c[ch])) break;
+            c[j] = c[ch];
+            j = ch;
+        }
+        c[j] = x;
+    }
+    qsort(c, (size_t)k, sizeof *c, cand_cmp);
+}
+
+/*
+ * What the sampling order needs is its head: the top_k first, the nucleus, or the token where u falls.
+ * So the candidates are the tokens of weight w = exp(z - max z) >= cut, a prefix of the order (all
+ * tokens of equal w are in or out together), sorted (or, with top_k, selected); if what was asked for
+ * runs past them, a second round takes every token, which is the whole sort of the plain method. The
+ * weights, sums and walks are those of that plain method (sort all V, cut, normalise, walk), in its
+ * order, so the same u gives the same token; the one difference is the order in which the weights
+ * below the cut are added to the total mass (top_k 0): a rounding of about 1e-16 of it.
+ */
 int32_t lt_sample_token(const float *logits, int V, float temperature, int top_k, float top_p, double u,
                         lt_sample_cand *c) {
     int32_t best = 0;
@@ -61,32 +97,53 @@ int32_t lt_sample_token(const float *logits, int V, float temperature, int top_k
         if (logits[i] > logits[best]) best = i;
     }
     if (temperature <= 0.0f) return best;
-    for (int i = 0; i < V; i++) c[i] = (lt_sample_cand){logits[i] / temperature, i};
-    qsort(c, (size_t)V, sizeof *c, cand_desc);
-    int n = top_k > 0 && top_k < V ? top_k : V;
-    double mx = c[0].p, sum = 0;
-    for (int i = 0; i < n; i++) {
-        c[i].p = (float)exp(c[i].p - mx);
-        sum += c[i].p;
-    }
-    if (top_p > 0 && top_p < 1) { /* the shortest prefix whose probability reaches top_p (at least one token) */
-        double cum = 0;
-        int keep = 0;
-        while (keep < n) {
-            cum += c[keep].p / sum;
-            keep++;
-            if (cum >= top_p) break;
+    const double mx = logits[best] / temperature; /* z = logits / temperature in float, as the plain method */
+    const int k = top_k > 0 && top_k < V ? top_k : V;
+    const int nucleus = top_p > 0 && top_p < 1;
+    /* with top_k only the k heaviest matter: tokens far below the cut need no exp */
+    const double zcut = log(1.0 / 16384.0) - 1e-3;
+    for (int round = 0; round < 2; round++) {
+        const float cut = round == 0 ? 1.0f / 16384.0f : -1.0f; /* round 1: every token */
+        double tail = 0;                                       /* mass below the cut (top_k 0) */
+        int n = 0;
+        for (int i = 0; i < V; i++) {
+            const float z = logits[i] / temperature;
+            if (k < V && round == 0 && z - mx < zcut) continue;
+            const float w = (float)exp(z - mx);
+            if (w >= cut) c[n++] = (lt_sample_cand){w, i};
+            else tail += w;
         }
-        n = keep;
-        sum = 0;
+        const int all = n == V; /* the candidates are every token */
+        if (k < n) select_first(c, n, k);
+        else qsort(c, (size_t)n, sizeof *c, cand_cmp);
+        if (k < V && n < k && !all) continue; /* fewer than top_k candidates */
+        if (n > k) n = k;
+        double sum = 0;
         for (int i = 0; i < n; i++) sum += c[i].p;
+        if (k == V) sum += tail;
+        if (nucleus) { /* the shortest prefix whose probability reaches top_p (at least one token) */
+            double cum = 0;
+            int keep = 0;
+            while (keep < n) {
+                cum += c[keep].p / sum;
+                keep++;
+                if (cum >= top_p) break;
+            }
+            if (cum < top_p && !all && k == V) continue; /* the nucleus runs below the cut */
+            n = keep;
+            sum = 0;
+            for (int i = 0; i < n; i++) sum += c[i].p;
+        }
+        const double target = u * sum;
+        double acc = 0;
+        for (int i = 0; i < n; i++) {
+            acc += c[i].p;
+            if (target < acc) return c[i].id;
+        }
+        if (!all && k == V && !nucleus) continue; /* u falls below the cut */
+        return c[n - 1].id;
     }
-    double acc = 0;
-    for (int i = 0; i < n; i++) {
-        acc += c[i].p;
-        if (u * sum < acc) return c[i].id;
-    }
-    return c[n - 1].id;
+    return best; /* not reached: round 1 takes every token */
 }
 
 /* ---- the generation loop --------------------------------------------------------------------------- */
