@@ -1,6 +1,6 @@
 /*
  * bench_objectives.c - DPO step vs SFT step on the same tokens, and GRPO generation throughput, on
- * the bench-s model (random weights; shared/spec/performance.md). Indicative: run on a shared machine.
+ * the bench-s model (random weights; docs/spec/performance.md). Indicative: run on a shared machine.
  *
  *   build/bench_objectives [THREADS] [REPEATS]      (built with the library: bench/CMakeLists.txt)
  *

@@ -1017,7 +1017,7 @@ START_TEST(test_adamw) {
         grads[t] = frand(n, -1, 1);
         grads[t][5] = 0.0f;
     }
-    /* transcription in double of backend.h / algorithms.md */
+    /* transcription in double of backend.h / docs/spec/algorithms.md */
     double *P = malloc(n * sizeof(double)), *M = calloc(n, sizeof(double)), *Vv = calloc(n, sizeof(double));
     for (size_t i = 0; i < n; i++) P[i] = p0[i];
     for (int t = 1; t <= 3; t++)

@@ -226,12 +226,12 @@ typedef struct lt_backend_ops {
     /* out (n) = inp * keep(i) / (1-p), keep(i) = hash(seed, offset + i) >= p. out may alias inp. */
     void (*dropout)(lt_backend *be, float *out, const float *inp, size_t n, float p, uint64_t seed, uint64_t offset);
 
-    /* ---- optimizers (torch semantics, algorithms.md) ----------------------------------------- */
+    /* ---- optimizers (torch semantics, docs/spec/algorithms.md) ----------------------------------------- */
     /* param, grad, m, v (n). step_size = lr / (1 - b1^t); bc2_sqrt = sqrt(1 - b2^t). decay = lr*wd
      *   p *= 1 - decay; m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2; p -= step_size * m / (sqrt(v)/bc2_sqrt + eps) */
     void (*adamw_step)(lt_backend *be, float *param, const float *grad, float *m, float *v, size_t n, float step_size,
                        float beta1, float beta2, float eps, float bc2_sqrt, float decay);
-    /* bitsandbytes' blockwise 8-bit AdamW over ONE tensor of n elements (algorithms.md, bitsandbytes'
+    /* bitsandbytes' blockwise 8-bit AdamW over ONE tensor of n elements (docs/spec/algorithms.md, bitsandbytes'
      * CUDA kernel kOptimizerStatic8bit2StateBlockwise). s1, s2: uint8 codes (n) of m and v under the
      * signed / unsigned dynamic maps qmap1, qmap2 (256 floats each, backend memory), absmax1, absmax2
      * (ceil(n/256)), blocks of 256 from the tensor's start. With absmax1 == NULL (bitsandbytes' 32-bit

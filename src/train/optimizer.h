@@ -39,7 +39,7 @@ void lt_opt8_constants(const lt_optimizer_params *p, double lr, int64_t t, float
 /* Copy src's state (moments, 8-bit codes and absmax, step count) into dst: same kind, same adapter shape. */
 void lt_optimizer_copy_state(lt_optimizer *dst, const lt_optimizer *src);
 
-/* Learning-rate multiplier after s updates (algorithms.md). */
+/* Learning-rate multiplier after s updates (docs/spec/algorithms.md). */
 double lt_schedule_lambda(const lt_optimizer_params *p, int64_t s);
 
 /* Clip the adapter's gradients (already averaged) and update its parameters. grad_norm receives the
