@@ -328,9 +328,10 @@ START_TEST(test_generate_matches_forward) { check_generate(gen_models[_i / 2], _
 END_TEST
 
 /* Greedy generation == transformers' PeftModel.generate(do_sample=False) (goldens: <sub>/generate.safetensors,
- * each prompt alone; prompts of 3, 7 and 14 tokens, 9 new tokens; for phi3-longrope the 7-token prompt
- * crosses original_max_position_embeddings while decoding). Token for token: the goldens' prompts keep
- * transformers' path at least 1e-3 away from a tie between the two best logits. */
+ * each prompt alone; prompts of 3 and 14 tokens, 9 new tokens, crossing every window while decoding and
+ * within the prompt; phi3-longrope adds a 7-token prompt that crosses original_max_position_embeddings
+ * while decoding). Token for token: the goldens' prompts keep transformers' path at least 1e-3 away from
+ * a tie between the two best logits. */
 START_TEST(test_generate_matches_transformers) {
     const char *name = gen_models[_i / 2], *sub = _i % 2 ? "dora" : "lora";
     char dir[1024], path[1200];
