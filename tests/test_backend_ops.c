@@ -1,5 +1,5 @@
 /*
- * test_backend_ops.c - every op of the dispatch table (src/backend.h) on every backend this machine
+ * test_backend_ops.c - every op of the dispatch table (src/backend/backend.h) on every backend this machine
  * has, against the reference kernels (cpu/ref_ops.c) and against PyTorch.
  *
  * The backends (`backends[]` below): the reference kernels themselves (tests/ref_backend.h), the CPU
@@ -2670,7 +2670,7 @@ static const struct {
 #define N_SLOTS ((int)(sizeof slots / sizeof *slots))
 _Static_assert(sizeof slots / sizeof *slots ==
                    (sizeof(lt_backend_ops) - offsetof(lt_backend_ops, destroy)) / sizeof(void (*)(void)),
-               "lt_backend_ops (src/backend.h) has a slot that `slots` in test_backend_ops.c does not list");
+               "lt_backend_ops (src/backend/backend.h) has a slot that `slots` in test_backend_ops.c does not list");
 
 /* The cases of the suite and the slots each covers (filled by CASE in backend_ops_suite). */
 #define MAX_CASES 64
@@ -2705,7 +2705,8 @@ START_TEST(test_every_slot_has_a_case) {
         for (int c = 0; c < n_cases && !covered; c++)
             for (int i = 0; i < 8 && cases[c].covers[i]; i++) covered |= cases[c].covers[i] == slots[s].offset;
         if (!covered) {
-            fprintf(stderr, "test_backend_ops: slot %s of lt_backend_ops (src/backend.h) has no case\n", slots[s].name);
+            fprintf(stderr, "test_backend_ops: slot %s of lt_backend_ops (src/backend/backend.h) has no case\n",
+                    slots[s].name);
             missing++;
         }
     }
