@@ -1625,6 +1625,26 @@ pub mod experimental {
         Ok(unsafe { Model::from_raw(out) })
     }
 
+    /// Text files (plain name, text) written with the adapter by every later save and merged export, in the
+    /// same save as the weights: a model card, a run record. An empty slice removes them.
+    pub fn set_save_files(adapter: &Adapter<'_>, files: &[(&str, &str)]) -> Result<()> {
+        let mut owned = Vec::with_capacity(files.len() * 2);
+        for (name, text) in files {
+            owned.push(c_string(name, "file name")?);
+            owned.push(c_string(text, "file text")?);
+        }
+        let names: Vec<*const c_char> = owned.iter().step_by(2).map(|s| s.as_ptr()).collect();
+        let texts: Vec<*const c_char> = owned.iter().skip(1).step_by(2).map(|s| s.as_ptr()).collect();
+        adapter.check(unsafe {
+            sys::experimental::lt_adapter_set_save_files(
+                adapter.as_ptr(),
+                names.as_ptr(),
+                texts.as_ptr(),
+                files.len() as c_int,
+            )
+        })
+    }
+
     /// Write the model's weights as a Hugging Face model directory (f32 safetensors + config.json).
     pub fn save_model<P: AsRef<Path>>(model: &Model<'_>, dir: P) -> Result<()> {
         let dir = c_path(dir.as_ref())?;
