@@ -668,12 +668,15 @@ LT_API int32_t lt_tokenizer_special_id(const lt_tokenizer *tok, lt_special_token
 LT_API int lt_tokenizer_is_special(const lt_tokenizer *tok, int32_t id);
 
 /**
- * Render a conversation with the chat_template of tokenizer_config.json (a Jinja subset that covers
- * the Llama 3, ChatML/Qwen, Mistral, Gemma and Phi-3 templates; a template that uses anything else
- * fails with LT_ERR_UNSUPPORTED, a raise_exception() in the template with LT_ERR_DATA).
- * messages_json: a JSON array of {"role": ..., "content": ...} objects (other keys are passed on).
- * *text points to the rendered NUL-terminated text, *len its length; valid until the next call on
- * the tokenizer.
+ * Render a conversation with the chat_template of tokenizer_config.json, as transformers'
+ * apply_chat_template renders it (jinja2's sandbox; docs/API.md lists the Jinja the engine covers: the
+ * real templates of llama.cpp, TRL and mistral-common render identically). A template that uses anything
+ * else fails with LT_ERR_UNSUPPORTED naming it; a raise_exception() in the template or a template error
+ * with LT_ERR_DATA; a template past the engine's nesting or step limits with a status naming the limit.
+ * messages_json: a JSON array of {"role": ..., "content": ...} objects (other keys are passed on), or an
+ * object {"messages": [...], "tools": [...], ...} whose other keys are template variables.
+ * strftime_now() reads SOURCE_DATE_EPOCH (UTC) when it is set. *text points to the rendered
+ * NUL-terminated text, *len its length; valid until the next call on the tokenizer.
  */
 LT_API lt_status lt_tokenizer_render_chat(lt_tokenizer *tok, const char *messages_json, int add_generation_prompt,
                                           const char **text, size_t *len);
@@ -681,7 +684,8 @@ LT_API lt_status lt_tokenizer_render_chat(lt_tokenizer *tok, const char *message
  * Render and encode a conversation (no special tokens added beyond the template's own), with an
  * assistant mask: mask[i] = 1 when token i belongs to an assistant turn (the {% generation %}
  * blocks of the template when it has them, else the text each assistant message adds to the
- * rendering). ids/mask as in lt_tokenizer_encode (mask may be NULL).
+ * rendering). ids/mask as in lt_tokenizer_encode; mask may be NULL, and then no mask is computed (a
+ * prompt for generation needs none).
  */
 LT_API lt_status lt_tokenizer_encode_chat(lt_tokenizer *tok, const char *messages_json, int add_generation_prompt,
                                           int32_t *ids, int32_t *mask, size_t capacity, size_t *n_ids);
@@ -702,7 +706,9 @@ LT_API void lt_text_params_init(lt_text_params *params, size_t size);
  * message lists), {"messages"}, {"prompt","chosen","rejected"} (SFT on the chosen answer), or
  * {"prompt","completion","label"} (label false: every label is -100, nothing to learn).
  * Writes *n ids and labels (capacity as in lt_tokenizer_encode; ids/labels NULL with capacity 0
- * only counts). A row of none of these shapes is LT_ERR_DATA.
+ * only counts). A row of none of these shapes is LT_ERR_DATA; so is a row that would train on nothing
+ * by accident: an assistant-only {"messages"} row whose assistant mask is empty (no assistant message,
+ * or a template that renders no assistant text), a completion that adds no token to its prompt.
  */
 LT_API lt_status lt_tokenizer_encode_row(lt_tokenizer *tok, const char *row_json, const lt_text_params *params,
                                          int32_t *ids, int32_t *labels, size_t capacity, size_t *n);

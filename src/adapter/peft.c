@@ -193,7 +193,8 @@ static lt_status adapter_save(lt_adapter *a, const char *dir, lt_error *err) {
     free(h0);
     free(cv);
     if (st != LT_OK) return st;
-    return write_adapter_config(a, dir, err);
+    st = write_adapter_config(a, dir, err);
+    return st != LT_OK ? st : lt_adapter_write_save_files(a, dir, err);
 }
 
 LT_API lt_status lt_adapter_save(lt_adapter *a, const char *dir) {
