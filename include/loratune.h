@@ -10,7 +10,8 @@
  *  - Parameter structs are passed by pointer, start with a `size` field, and are filled with defaults
  *    by lt_*_params_init(&p, sizeof p): the library writes exactly sizeof p bytes (its defaults for
  *    the fields it knows, zeros beyond) and sets p.size. Fields may be appended in later minor
- *    versions, never reordered; a program built against an older header keeps working.
+ *    versions, never reordered; a program built against an older header keeps working. Everything in
+ *    this header exists since 0.1.0; what a later version appends will say "since X.Y".
  *  - Threads: one handle is used by one thread at a time. A loaded lt_model is read-only after load
  *    and may be shared by several trainers/threads as long as no adapter is merged into it.
  *  - The library never aborts, exits or prints; messages go to the optional log callback.
@@ -210,7 +211,7 @@ typedef struct lt_model_info {
     lt_quant_format quantization; /* format of the quantized projections (NONE: all f32)    */
     int64_t quantized_params;  /* parameters stored quantized                               */
     int64_t quantized_bytes;   /* their bytes (codes + statistics): 8 * bytes / params bits */
-    /* since 0.2 (model families) */
+    /* model families */
     char family[32];           /* "Llama", "Qwen2", "Qwen3", "Mistral", "Gemma", ...        */
     int64_t sliding_window;    /* attention window of the windowed layers; 0 = none         */
     int32_t n_sliding_layers;  /* how many layers use that window                           */
@@ -272,7 +273,7 @@ enum {
     LT_TARGET_ALL = 0x7f
 };
 
-/* LoRA initialisation (PEFT's init_lora_weights). PISSA and OLORA (since 0.2) decompose each targeted base
+/* LoRA initialisation (PEFT's init_lora_weights). PISSA and OLORA decompose each targeted base
  * weight W (out, in), dequantized when quantized, in fp32 at lt_adapter_create:
  *   LT_INIT_PISSA  (init_lora_weights="pissa"): SVD W = U S Vh; A = diag(sqrt(S_r / s)) Vh_r, B = U_r diag(sqrt(S_r / s))
  *   LT_INIT_OLORA  (init_lora_weights="olora"): QR W = Q R;     A = R[:r], B = Q[:, :r]
@@ -297,10 +298,10 @@ typedef struct lt_adapter_params {
     int use_rslora;      /* scaling alpha/sqrt(r) instead of alpha/r                       */
     lt_lora_init init;
     uint64_t seed;       /* initialisation seed (default 0)                                */
-    /* since 0.2 */
+    /* DoRA */
     int use_dora;        /* DoRA (PEFT use_dora): a trainable magnitude per output row;    */
                          /* saved as lora_magnitude_vector. Needs dropout 0.               */
-    /* since 0.3 (full fine-tuning, modules_to_save) */
+    /* full fine-tuning, modules_to_save */
     int full_finetune;   /* 1: every base weight is trainable (embeddings, projections,    */
                          /* biases, norms, lm_head) as fp32 copies held by the adapter;    */
                          /* rank, alpha, targets, use_rslora, use_dora, init are ignored.  */
@@ -465,7 +466,7 @@ typedef struct lt_trainer_params {
     int grad_accum;              /* micro-batches per optimizer update (default 1)         */
     int gradient_checkpointing;  /* 1 (default): keep layer inputs, recompute in backward  */
     uint64_t seed;               /* dropout RNG seed (default 0)                           */
-    /* ---- preference objectives (0.1 additions) ---- */
+    /* ---- preference objectives ---- */
     float beta;                  /* DPO/IPO/KTO beta, ORPO lambda (default 0.1)            */
     float label_smoothing;       /* DPO: conservative-DPO eps in [0, 0.5) (default 0)      */
     float desirable_weight;      /* KTO (default 1)                                        */
@@ -496,7 +497,7 @@ typedef struct lt_step_result {
     double tokens_per_s;         /* input tokens / wall time of this call                   */
     int64_t step;                /* optimizer updates done so far                           */
     int updated;                 /* 1 if this call finished an accumulation and updated     */
-    /* ---- preference objectives (0.1 additions); NaN where not defined ---- */
+    /* ---- preference objectives; NaN where not defined ---- */
     double rewards_chosen;       /* mean beta (lp_c - ref_c) (ORPO: beta * mean-token lp_c) */
     double rewards_rejected;     /* the same for the rejected (KTO: undesirable) completions */
     double rewards_accuracies;   /* mean(chosen > rejected); NaN for KTO                    */
@@ -591,7 +592,11 @@ LT_API void lt_generate_params_init(lt_generate_params *params, size_t size);
  * with a KV cache; `adapter` may be NULL (base model). out receives n_prompts rows of
  * max_new_tokens ids (row i at out + i * max_new_tokens); out_lens[i] is how many were produced
  * (an EOS token is included and ends the row). Sampling: logits / temperature, then top-k, then
- * top-p; temperature 0 is greedy. Deterministic for a given seed.
+ * top-p; temperature 0 is greedy. Deterministic for a given seed. The prompts are run in one pass,
+ * then one token per row per step. Greedy rows are those each prompt gives alone, except that
+ * Phi-3 longrope switches the whole batch to its long factors when the longest row passes
+ * original_max_position_embeddings (as transformers does with a padded batch). LT_ERR_NUMERIC when
+ * the logits of a row are not finite.
  */
 LT_API lt_status lt_generate(lt_model *model, const lt_adapter *adapter, const int32_t *prompts,
                              const int32_t *prompt_lens, int n_prompts, const lt_generate_params *params,

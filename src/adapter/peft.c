@@ -4,7 +4,7 @@
  *
  * defines: lt_adapter_save, lt_adapter_load
  *
- * PEFT layout (shared/spec/formats.md): adapter_config.json + adapter_model.safetensors with keys
+ * PEFT layout (docs/spec/formats.md): adapter_config.json + adapter_model.safetensors with keys
  *   base_model.model.model.layers.{l}.{self_attn|mlp}.{proj}.lora_A.weight  (r, in)
  *   base_model.model.model.layers.{l}.{self_attn|mlp}.{proj}.lora_B.weight  (out, r)
  * delta W = scaling * B @ A, scaling = alpha / r (rsLoRA: alpha / sqrt(r)).
