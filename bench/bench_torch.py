@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """The PyTorch peer of `loratune bench --config bench-s`: the same LoRA training step with
-transformers + peft on the CPU (shared/spec/performance.md, bench-s); with --method full, the same
+transformers + peft on the CPU (docs/spec/performance.md, bench-s); with --method full, the same
 step as full fine-tuning (every parameter trainable, embeddings and lm_head included, no peft,
 torch.optim.AdamW over all of them: the peer of `loratune bench --config bench-s --method full`).
 

@@ -113,6 +113,11 @@ void lt_ref_embedding_backward(float *dtable, const int32_t *ids, const float *d
     }
 }
 
+/* dst[idx[i]] (C) = src[i] (C), src (n,C) */
+void lt_ref_scatter_rows(float *dst, const int32_t *idx, const float *src, int n, int C) {
+    for (int i = 0; i < n; i++) memcpy(dst + (size_t)idx[i] * C, src + (size_t)i * C, (size_t)C * sizeof(float));
+}
+
 /* ---- RMSNorm ------------------------------------------------------------------------------------ */
 
 /* out (N,C), rstd (N), inp (N,C), weight (C) */
@@ -304,10 +309,12 @@ void lt_ref_attention_backward(float *dq, float *dk, float *dv, const float *dou
     }
 }
 
-/* out, q (B,NH,HD); kcache, vcache (B,S_cap,NKV,HD); keys 0..len-1 */
-void lt_ref_attention_decode(float *out, const float *q, const float *kcache, const float *vcache, int B, int S_cap,
-                             int len, int NH, int NKV, int HD, float scale) {
+/* out, q (B,NH,HD); kcache, vcache (B,S_cap,NKV,HD); row b: keys kv_start[b] .. kv_len[b]-1 */
+void lt_ref_attention_decode(float *out, const float *q, const float *kcache, const float *vcache,
+                             const int32_t *kv_start, const int32_t *kv_len, int B, int S_cap, int NH, int NKV, int HD,
+                             float scale) {
     for (int b = 0; b < B; b++) {
+        const int j0 = kv_start[b], len = kv_len[b];
         for (int h = 0; h < NH; h++) {
             int kvh = h / (NH / NKV);
             const float *qh = q + ((size_t)b * NH + h) * HD;
@@ -315,14 +322,14 @@ void lt_ref_attention_decode(float *out, const float *q, const float *kcache, co
 #define KC_(j) (kcache + (((size_t)b * S_cap + (j)) * NKV + kvh) * HD)
 #define VC_(j) (vcache + (((size_t)b * S_cap + (j)) * NKV + kvh) * HD)
             double mx = -INFINITY, sum = 0.0;
-            for (int j = 0; j < len; j++) {
+            for (int j = j0; j < len; j++) {
                 double s = scale * ref_dot(qh, KC_(j), HD);
                 if (s > mx) mx = s;
             }
-            for (int j = 0; j < len; j++) sum += exp(scale * ref_dot(qh, KC_(j), HD) - mx);
+            for (int j = j0; j < len; j++) sum += exp(scale * ref_dot(qh, KC_(j), HD) - mx);
             double acc[HD];
             for (int d = 0; d < HD; d++) acc[d] = 0.0;
-            for (int j = 0; j < len; j++) {
+            for (int j = j0; j < len; j++) {
                 double p = exp(scale * ref_dot(qh, KC_(j), HD) - mx) / sum;
                 for (int d = 0; d < HD; d++) acc[d] += p * VC_(j)[d];
             }
@@ -442,23 +449,25 @@ void lt_ref_attention_softcap_backward(float *dq, float *dk, float *dv, const fl
                                                     scale, softcap, b, g);
 }
 
-void lt_ref_attention_softcap_decode(float *out, const float *q, const float *kcache, const float *vcache, int B,
-                                     int S_cap, int len, int NH, int NKV, int HD, float scale, float softcap) {
+void lt_ref_attention_softcap_decode(float *out, const float *q, const float *kcache, const float *vcache,
+                                     const int32_t *kv_start, const int32_t *kv_len, int B, int S_cap, int NH, int NKV,
+                                     int HD, float scale, float softcap) {
     double acc[HD];
     for (int b = 0; b < B; b++)
         for (int h = 0; h < NH; h++) {
+            const int j0 = kv_start[b], len = kv_len[b];
             int kvh = h / (NH / NKV);
             const float *qh = q + ((size_t)b * NH + h) * HD;
 #define KC_(j) (kcache + (((size_t)b * S_cap + (j)) * NKV + kvh) * HD)
 #define VC_(j) (vcache + (((size_t)b * S_cap + (j)) * NKV + kvh) * HD)
             double mx = -INFINITY, sum = 0.0;
-            for (int j = 0; j < len; j++) {
+            for (int j = j0; j < len; j++) {
                 double s = capped_score(qh, KC_(j), HD, scale, softcap, NULL);
                 if (s > mx) mx = s;
             }
-            for (int j = 0; j < len; j++) sum += exp(capped_score(qh, KC_(j), HD, scale, softcap, NULL) - mx);
+            for (int j = j0; j < len; j++) sum += exp(capped_score(qh, KC_(j), HD, scale, softcap, NULL) - mx);
             for (int d = 0; d < HD; d++) acc[d] = 0.0;
-            for (int j = 0; j < len; j++) {
+            for (int j = j0; j < len; j++) {
                 double p = exp(capped_score(qh, KC_(j), HD, scale, softcap, NULL) - mx) / sum;
                 for (int d = 0; d < HD; d++) acc[d] += p * VC_(j)[d];
             }

@@ -186,6 +186,7 @@ static const lt_backend_ops cuda_ops = {
     .all_finite = lt_cuda_all_finite,
     .embedding_forward = lt_cuda_embedding_forward,
     .embedding_backward = lt_cuda_embedding_backward,
+    .scatter_rows = lt_cuda_scatter_rows,
     .rmsnorm_forward = lt_cuda_rmsnorm_forward,
     .rmsnorm_backward = lt_cuda_rmsnorm_backward,
     .rope_forward = lt_cuda_rope_forward,

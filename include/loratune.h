@@ -10,7 +10,8 @@
  *  - Parameter structs are passed by pointer, start with a `size` field, and are filled with defaults
  *    by lt_*_params_init(&p, sizeof p): the library writes exactly sizeof p bytes (its defaults for
  *    the fields it knows, zeros beyond) and sets p.size. Fields may be appended in later minor
- *    versions, never reordered; a program built against an older header keeps working.
+ *    versions, never reordered; a program built against an older header keeps working. Everything in
+ *    this header exists since 0.1.0; what a later version appends will say "since X.Y".
  *  - Threads: one handle is used by one thread at a time. A loaded lt_model is read-only after load
  *    and may be shared by several trainers/threads as long as no adapter is merged into it.
  *  - The library never aborts, exits or prints; messages go to the optional log callback.
@@ -214,7 +215,7 @@ typedef struct lt_model_info {
     lt_quant_format quantization; /* format of the quantized projections (NONE: all f32)    */
     int64_t quantized_params;  /* parameters stored quantized                               */
     int64_t quantized_bytes;   /* their bytes (codes + statistics): 8 * bytes / params bits */
-    /* since 0.2 (model families) */
+    /* model families */
     char family[32];           /* "Llama", "Qwen2", "Qwen3", "Mistral", "Gemma", ...        */
     int64_t sliding_window;    /* attention window of the windowed layers; 0 = none         */
     int32_t n_sliding_layers;  /* how many layers use that window                           */
@@ -276,7 +277,7 @@ enum {
     LT_TARGET_ALL = 0x7f
 };
 
-/* LoRA initialisation (PEFT's init_lora_weights). PISSA and OLORA (since 0.2) decompose each targeted base
+/* LoRA initialisation (PEFT's init_lora_weights). PISSA and OLORA decompose each targeted base
  * weight W (out, in), dequantized when quantized, in fp32 at lt_adapter_create:
  *   LT_INIT_PISSA  (init_lora_weights="pissa"): SVD W = U S Vh; A = diag(sqrt(S_r / s)) Vh_r, B = U_r diag(sqrt(S_r / s))
  *   LT_INIT_OLORA  (init_lora_weights="olora"): QR W = Q R;     A = R[:r], B = Q[:, :r]
@@ -301,10 +302,10 @@ typedef struct lt_adapter_params {
     int use_rslora;      /* scaling alpha/sqrt(r) instead of alpha/r                       */
     lt_lora_init init;
     uint64_t seed;       /* initialisation seed (default 0)                                */
-    /* since 0.2 */
+    /* DoRA */
     int use_dora;        /* DoRA (PEFT use_dora): a trainable magnitude per output row;    */
                          /* saved as lora_magnitude_vector. Needs dropout 0.               */
-    /* since 0.3 (full fine-tuning, modules_to_save) */
+    /* full fine-tuning, modules_to_save */
     int full_finetune;   /* 1: every base weight is trainable (embeddings, projections,    */
                          /* biases, norms, lm_head) as fp32 copies held by the adapter;    */
                          /* rank, alpha, targets, use_rslora, use_dora, init are ignored.  */
@@ -331,16 +332,10 @@ LT_API lt_status lt_adapter_load(lt_model *model, const char *dir, lt_adapter **
  * never a mix and never nothing. dir must be absent, an empty directory, or an earlier save of this
  * library holding only what that save wrote (its marker file .loratune-save lists it); anything else
  * (a file, a link, a directory with other entries) is refused with LT_ERR_IO and left untouched.
+ * Files attached with lt_adapter_set_save_files (experimental: a model card, a run record) are written
+ * into the same directory and published with it.
  */
 LT_API lt_status lt_adapter_save(lt_adapter *adapter, const char *dir);
-/**
- * lt_adapter_save, with n_files more files written into the same directory and published with it (a
- * model card, a run record): file i is names[i], holding sizes[i] bytes of data[i]. A name must be one
- * plain path component with no leading '.' and no control character, and not a file the adapter save
- * itself writes (else LT_ERR_ARGUMENT).
- */
-LT_API lt_status lt_adapter_save_files(lt_adapter *adapter, const char *dir, const char *const *names,
-                                       const void *const *data, const size_t *sizes, int n_files);
 LT_API void lt_adapter_free(lt_adapter *adapter);
 LT_API const char *lt_adapter_last_error(const lt_adapter *adapter);
 LT_API lt_status lt_adapter_get_params(const lt_adapter *adapter, lt_adapter_params *params);
@@ -487,7 +482,7 @@ typedef struct lt_trainer_params {
     int grad_accum;              /* micro-batches per optimizer update (default 1)         */
     int gradient_checkpointing;  /* 1 (default): keep layer inputs, recompute in backward  */
     uint64_t seed;               /* dropout RNG seed (default 0)                           */
-    /* ---- preference objectives (0.1 additions) ---- */
+    /* ---- preference objectives ---- */
     float beta;                  /* DPO/IPO/KTO beta, ORPO lambda (default 0.1)            */
     float label_smoothing;       /* DPO: conservative-DPO eps in [0, 0.5) (default 0)      */
     float desirable_weight;      /* KTO (default 1)                                        */
@@ -518,7 +513,7 @@ typedef struct lt_step_result {
     double tokens_per_s;         /* input tokens / wall time of this call                   */
     int64_t step;                /* optimizer updates done so far                           */
     int updated;                 /* 1 if this call finished an accumulation and updated     */
-    /* ---- preference objectives (0.1 additions); NaN where not defined ---- */
+    /* ---- preference objectives; NaN where not defined ---- */
     double rewards_chosen;       /* mean beta (lp_c - ref_c) (ORPO: beta * mean-token lp_c) */
     double rewards_rejected;     /* the same for the rejected (KTO: undesirable) completions */
     double rewards_accuracies;   /* mean(chosen > rejected); NaN for KTO                    */
@@ -619,7 +614,11 @@ LT_API void lt_generate_params_init(lt_generate_params *params, size_t size);
  * with a KV cache; `adapter` may be NULL (base model). out receives n_prompts rows of
  * max_new_tokens ids (row i at out + i * max_new_tokens); out_lens[i] is how many were produced
  * (an EOS token is included and ends the row). Sampling: logits / temperature, then top-k, then
- * top-p; temperature 0 is greedy. Deterministic for a given seed.
+ * top-p; temperature 0 is greedy. Deterministic for a given seed. The prompts are run in one pass,
+ * then one token per row per step. Greedy rows are those each prompt gives alone, except that
+ * Phi-3 longrope switches the whole batch to its long factors when the longest row passes
+ * original_max_position_embeddings (as transformers does with a padded batch). LT_ERR_NUMERIC when
+ * the logits of a row are not finite.
  */
 LT_API lt_status lt_generate(lt_model *model, const lt_adapter *adapter, const int32_t *prompts,
                              const int32_t *prompt_lens, int n_prompts, const lt_generate_params *params,
@@ -691,12 +690,15 @@ LT_API int32_t lt_tokenizer_special_id(const lt_tokenizer *tok, lt_special_token
 LT_API int lt_tokenizer_is_special(const lt_tokenizer *tok, int32_t id);
 
 /**
- * Render a conversation with the chat_template of tokenizer_config.json (a Jinja subset that covers
- * the Llama 3, ChatML/Qwen, Mistral, Gemma and Phi-3 templates; a template that uses anything else
- * fails with LT_ERR_UNSUPPORTED, a raise_exception() in the template with LT_ERR_DATA).
- * messages_json: a JSON array of {"role": ..., "content": ...} objects (other keys are passed on).
- * *text points to the rendered NUL-terminated text, *len its length; valid until the next call on
- * the tokenizer.
+ * Render a conversation with the chat_template of tokenizer_config.json, as transformers'
+ * apply_chat_template renders it (jinja2's sandbox; docs/API.md lists the Jinja the engine covers: the
+ * real templates of llama.cpp, TRL and mistral-common render identically). A template that uses anything
+ * else fails with LT_ERR_UNSUPPORTED naming it; a raise_exception() in the template or a template error
+ * with LT_ERR_DATA; a template past the engine's nesting or step limits with a status naming the limit.
+ * messages_json: a JSON array of {"role": ..., "content": ...} objects (other keys are passed on), or an
+ * object {"messages": [...], "tools": [...], ...} whose other keys are template variables.
+ * strftime_now() reads SOURCE_DATE_EPOCH (UTC) when it is set. *text points to the rendered
+ * NUL-terminated text, *len its length; valid until the next call on the tokenizer.
  */
 LT_API lt_status lt_tokenizer_render_chat(lt_tokenizer *tok, const char *messages_json, int add_generation_prompt,
                                           const char **text, size_t *len);
@@ -704,7 +706,8 @@ LT_API lt_status lt_tokenizer_render_chat(lt_tokenizer *tok, const char *message
  * Render and encode a conversation (no special tokens added beyond the template's own), with an
  * assistant mask: mask[i] = 1 when token i belongs to an assistant turn (the {% generation %}
  * blocks of the template when it has them, else the text each assistant message adds to the
- * rendering). ids/mask as in lt_tokenizer_encode (mask may be NULL).
+ * rendering). ids/mask as in lt_tokenizer_encode; mask may be NULL, and then no mask is computed (a
+ * prompt for generation needs none).
  */
 LT_API lt_status lt_tokenizer_encode_chat(lt_tokenizer *tok, const char *messages_json, int add_generation_prompt,
                                           int32_t *ids, int32_t *mask, size_t capacity, size_t *n_ids);
@@ -725,7 +728,9 @@ LT_API void lt_text_params_init(lt_text_params *params, size_t size);
  * message lists), {"messages"}, {"prompt","chosen","rejected"} (SFT on the chosen answer), or
  * {"prompt","completion","label"} (label false: every label is -100, nothing to learn).
  * Writes *n ids and labels (capacity as in lt_tokenizer_encode; ids/labels NULL with capacity 0
- * only counts). A row of none of these shapes is LT_ERR_DATA.
+ * only counts). A row of none of these shapes is LT_ERR_DATA; so is a row that would train on nothing
+ * by accident: an assistant-only {"messages"} row whose assistant mask is empty (no assistant message,
+ * or a template that renders no assistant text), a completion that adds no token to its prompt.
  */
 LT_API lt_status lt_tokenizer_encode_row(lt_tokenizer *tok, const char *row_json, const lt_text_params *params,
                                          int32_t *ids, int32_t *labels, size_t capacity, size_t *n);

@@ -319,6 +319,8 @@ START_TEST(test_logits_vs_f32) {
         if (with_adapter)
             fprintf(stderr, "test_gemm_bf16: %s bf16 vs f32 logits: RMS ratio %.3g, max ratio %.3g\n", models[_i],
                     rms_ratio, max_ratio);
+        int32_t gl[2] = {3, 7}; /* generation multiplies by the same bf16 weights as the forward */
+        tu_check_greedy(mb, ab, ids, gl, 2, 5, models[_i]);
         free(lf);
         free(lb);
         lt_adapter_free(af);

@@ -232,7 +232,8 @@ START_TEST(test_d4_save_refuses_foreign) {
 END_TEST
 
 #ifndef LT_HARDEN_BEFORE
-/* extra files (lt_adapter_save_files) go into the same save; bad names are refused */
+/* files attached with lt_adapter_set_save_files go into the same save; bad names are refused and change
+ * nothing; a name the save itself writes fails that save and leaves the previous one as it was */
 START_TEST(test_save_files) {
     char root[512], dir[600], p[900];
     tu_tempdir(root, sizeof root);
@@ -240,24 +241,62 @@ START_TEST(test_save_files) {
     lt_model *m = saved_model(ctx, root, dir, sizeof dir);
     run r = new_run(m, 8, 1);
     snprintf(p, sizeof p, "%s/ad", root);
-    const char *names[2] = {"README.md", "training_args.json"};
-    const void *data[2] = {"# card\n", "{}"};
-    const size_t sizes[2] = {7, 2};
-    ck_assert_int_eq(lt_adapter_save_files(r.a, p, names, data, sizes, 2), LT_OK);
+    const char *names[2] = {"README.md", "training_args.json"}, *texts[2] = {"# card\n", "{}"};
+    ck_assert_int_eq(lt_adapter_set_save_files(r.a, names, texts, 2), LT_OK);
+    ck_assert_int_eq(lt_adapter_save(r.a, p), LT_OK);
     snprintf(p, sizeof p, "%s/ad/README.md", root);
     char *text = read_text(p);
     ck_assert_str_eq(text, "# card\n");
     free(text);
+    snprintf(p, sizeof p, "%s/ad/training_args.json", root);
+    text = read_text(p);
+    ck_assert_str_eq(text, "{}");
+    free(text);
+    /* refused names: nothing attached changes (the next save still writes the card) */
+    const char *bad[] = {"../x", "a/b", ".hidden", "new\nline", "", "..", NULL};
+    const char *empty = "";
+    for (int i = 0; i < (int)(sizeof bad / sizeof *bad); i++) {
+        ck_assert_int_eq(lt_adapter_set_save_files(r.a, &bad[i], &empty, 1), LT_ERR_ARGUMENT);
+        ck_assert_msg(strstr(lt_adapter_last_error(r.a), "plain file name"), "%s", lt_adapter_last_error(r.a));
+    }
+    char longname[300];
+    memset(longname, 'a', 299);
+    longname[299] = 0;
+    const char *lp = longname;
+    ck_assert_int_eq(lt_adapter_set_save_files(r.a, &lp, &empty, 1), LT_ERR_ARGUMENT);
+    const char *twice[2] = {"a.txt", "a.txt"}, *tt[2] = {"1", "2"};
+    ck_assert_int_eq(lt_adapter_set_save_files(r.a, twice, tt, 2), LT_ERR_ARGUMENT);
+    ck_assert_int_eq(lt_adapter_set_save_files(r.a, names, NULL, 2), LT_ERR_ARGUMENT);
+    snprintf(p, sizeof p, "%s/ad2", root);
+    ck_assert_int_eq(lt_adapter_save(r.a, p), LT_OK);
+    snprintf(p, sizeof p, "%s/ad2/README.md", root);
+    ck_assert(exists(p));
+    /* a merged export writes them too */
+    snprintf(p, sizeof p, "%s/merged", root);
+    ck_assert_int_eq(lt_adapter_export_merged(r.a, p, 0), LT_OK);
+    snprintf(p, sizeof p, "%s/merged/README.md", root);
+    text = read_text(p);
+    ck_assert_str_eq(text, "# card\n");
+    free(text);
+    /* a name the adapter save writes: the save fails, the previous save is untouched, nothing is left */
+    const char *taken = "adapter_config.json", *junk = "junk";
+    ck_assert_int_eq(lt_adapter_set_save_files(r.a, &taken, &junk, 1), LT_OK);
     snprintf(p, sizeof p, "%s/ad", root);
-    ck_assert_int_eq(lt_adapter_save(r.a, p), LT_OK); /* the previous save with its extras is ours */
+    ck_assert_int_eq(lt_adapter_save(r.a, p), LT_ERR_ARGUMENT);
+    ck_assert_msg(strstr(lt_adapter_last_error(r.a), "adapter_config.json"), "%s", lt_adapter_last_error(r.a));
+    snprintf(p, sizeof p, "%s/ad/README.md", root);
+    ck_assert(exists(p));
+    snprintf(p, sizeof p, "%s/ad/adapter_config.json", root);
+    text = read_text(p);
+    ck_assert(strcmp(text, "junk") != 0);
+    free(text);
+    ck_assert_int_eq(count_entries(root, ".tmp-"), 0);
+    /* n = 0 removes them: the next save (replacing our own, card included) has no card */
+    ck_assert_int_eq(lt_adapter_set_save_files(r.a, NULL, NULL, 0), LT_OK);
+    snprintf(p, sizeof p, "%s/ad", root);
+    ck_assert_int_eq(lt_adapter_save(r.a, p), LT_OK);
     snprintf(p, sizeof p, "%s/ad/README.md", root);
     ck_assert(!exists(p));
-    snprintf(p, sizeof p, "%s/ad", root);
-    const char *bad[] = {"../x", "a/b", ".hidden", "adapter_config.json", "new\nline"};
-    const void *empty = "";
-    const size_t zero = 0;
-    for (int i = 0; i < 5; i++)
-        ck_assert_int_eq(lt_adapter_save_files(r.a, p, &bad[i], &empty, &zero, 1), LT_ERR_ARGUMENT);
     snprintf(p, sizeof p, "%s/ad/adapter_model.safetensors", root);
     ck_assert(exists(p));
     free_run(&r);

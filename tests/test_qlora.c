@@ -221,7 +221,7 @@ START_TEST(test_qdora_equals_dora_on_dequantized) {
 }
 END_TEST
 
-/* the host row-range dequantizer (lt_qdesc_dequantize_range, src/quant.c) against the reference op; the
+/* the host row-range dequantizer (lt_qdesc_dequantize_range, src/formats/quant.c) against the reference op; the
  * backends' dequantize_rows is tests/test_backend_ops.c's */
 START_TEST(test_dequantize_range) {
     const int rows = 37, cols = 192;

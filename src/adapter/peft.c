@@ -4,7 +4,7 @@
  *
  * defines: lt_adapter_save, lt_adapter_load
  *
- * PEFT layout (shared/spec/formats.md): adapter_config.json + adapter_model.safetensors with keys
+ * PEFT layout (docs/spec/formats.md): adapter_config.json + adapter_model.safetensors with keys
  *   base_model.model.model.layers.{l}.{self_attn|mlp}.{proj}.lora_A.weight  (r, in)
  *   base_model.model.model.layers.{l}.{self_attn|mlp}.{proj}.lora_B.weight  (out, r)
  * delta W = scaling * B @ A, scaling = alpha / r (rsLoRA: alpha / sqrt(r)).
@@ -189,7 +189,8 @@ static lt_status adapter_write_peft(lt_adapter *a, const char *dir, lt_error *er
     free(h0);
     free(cv);
     if (st != LT_OK) return st;
-    return write_adapter_config(a, dir, err);
+    st = write_adapter_config(a, dir, err);
+    return st != LT_OK ? st : lt_adapter_write_save_files(a, dir, err);
 }
 
 lt_status lt_adapter_write(lt_adapter *a, const char *dir, lt_error *err) {
@@ -199,50 +200,21 @@ lt_status lt_adapter_write(lt_adapter *a, const char *dir, lt_error *err) {
     return adapter_write_peft(a, dir, err);
 }
 
-/* A host's file name: one plain component that fits a line of the save marker. */
-static int plain_file_name(const char *name) {
-    if (!name || !name[0] || !strcmp(name, ".") || !strcmp(name, "..") || name[0] == '.') return 0;
-    for (const char *c = name; *c; c++)
-        if (*c == '/' || (unsigned char)*c < 0x20) return 0;
-    return strlen(name) < 256;
-}
-
-LT_API lt_status lt_adapter_save_files(lt_adapter *a, const char *dir, const char *const *names,
-                                       const void *const *data, const size_t *sizes, int n_files) {
+LT_API lt_status lt_adapter_save(lt_adapter *a, const char *dir) {
     if (!a) return LT_ERR_ARGUMENT;
     lt_error_clear(&a->err);
     if (!dir) return lt_fail(&a->err, LT_ERR_ARGUMENT, "lt_adapter_save: dir is NULL");
-    if (n_files < 0 || (n_files > 0 && (!names || !data || !sizes)))
-        return lt_fail(&a->err, LT_ERR_ARGUMENT, "lt_adapter_save_files: n_files %d with NULL arrays", n_files);
-    for (int i = 0; i < n_files; i++)
-        if (!plain_file_name(names[i]) || (!data[i] && sizes[i]))
-            return lt_fail(&a->err, LT_ERR_ARGUMENT,
-                           "lt_adapter_save_files: file %d: \"%.100s\" is not a plain file name (one path "
-                           "component, no leading '.', no control characters) with data",
-                           i, names[i] ? names[i] : "(NULL)");
     if (a->merged) return lt_fail(&a->err, LT_ERR_STATE, "lt_adapter_save: the adapter is merged; unmerge it first");
     lt_save sv;
     lt_status st = lt_save_begin(&sv, dir, &a->err);
     if (st != LT_OK) return st;
-    if ((st = lt_adapter_write(a, sv.stage, &a->err)) != LT_OK) lt_fail_prefix(&a->err, "%s", dir);
-    for (int i = 0; st == LT_OK && i < n_files; i++) {
-        char p[4200];
-        if (lt_path_join(p, sizeof p, sv.stage, names[i]))
-            st = lt_fail(&a->err, LT_ERR_ARGUMENT, "%s: path too long", dir);
-        else if (access(p, F_OK) == 0)
-            st = lt_fail(&a->err, LT_ERR_ARGUMENT, "lt_adapter_save_files: \"%s\" is a file the adapter save writes",
-                         names[i]);
-        else st = lt_write_file_atomic(p, data[i], sizes[i], &a->err);
-    }
-    if (st != LT_OK) {
+    /* the weights and the files attached by lt_adapter_set_save_files, into the one staging directory */
+    if ((st = lt_adapter_write(a, sv.stage, &a->err)) != LT_OK) {
+        lt_fail_prefix(&a->err, "%s", dir);
         lt_save_abort(&sv);
         return st;
     }
     return lt_save_commit(&sv, &a->err);
-}
-
-LT_API lt_status lt_adapter_save(lt_adapter *a, const char *dir) {
-    return lt_adapter_save_files(a, dir, NULL, NULL, NULL, 0);
 }
 
 /* ---- a saved full fine-tuning ---------------------------------------------------------------------- */

@@ -111,6 +111,9 @@ typedef struct lt_backend_ops {
     /* dtable (vocab,C) ACCUMULATES dout (N,C): dtable[ids[i]] += dout[i], in token order for every row
      * of the table (deterministic: a repeated id sums its rows in the same order every run). */
     void (*embedding_backward)(lt_backend *be, float *dtable, const int32_t *ids, const float *dout, int N, int C);
+    /* rows to given places, the mirror of embedding_forward's gather (the KV cache of generation):
+     * dst[idx[i]] (C) = src[i] (C) for i < n; src (n,C), idx (n) distinct row indices of dst. */
+    void (*scatter_rows)(lt_backend *be, float *dst, const int32_t *idx, const float *src, int n, int C);
 
     /* ---- RMSNorm: out = inp * rstd * weight, rstd = 1/sqrt(mean(inp^2) + eps) ------------------ */
     /* out (N,C), rstd (N) saved for backward, inp (N,C), weight (C) */
@@ -155,10 +158,13 @@ typedef struct lt_backend_ops {
                                float *scratch);
 
     /* ---- attention of one new token per row against a KV cache (generation) ------------------ */
-    /* out, q (B,NH,HD); kcache, vcache (B,S_cap,NKV,HD) hold positions 0..len-1 of every row, the
-     * new token's k and v already written at len-1; each row attends to keys 0..len-1. */
+    /* out, q (B,NH,HD); kcache, vcache (B,S_cap,NKV,HD) hold the keys and values of every row, the new
+     * token's already stored (scatter_rows). kv_start, kv_len (B): row b attends to the keys
+     * kv_start[b] .. kv_len[b]-1 of its own cache row (kv_start > 0: a sliding window); an empty range
+     * gives out 0. The caller keeps 0 <= kv_start[b] and kv_len[b] <= S_cap. */
     void (*attention_decode)(lt_backend *be, float *out, const float *q, const float *kcache, const float *vcache,
-                             int B, int S_cap, int len, int NH, int NKV, int HD, float scale);
+                             const int32_t *kv_start, const int32_t *kv_len, int B, int S_cap, int NH, int NKV, int HD,
+                             float scale);
 
     /* ---- attention with soft-capped scores (Gemma 2) ------------------------------------------- */
     /* The three attention ops above with each scaled score s replaced by softcap * tanh(s / softcap)
@@ -172,8 +178,8 @@ typedef struct lt_backend_ops {
                                        const float *lse, const int32_t *kv_start, int B, int T, int NH, int NKV, int HD,
                                        float scale, float softcap);
     void (*attention_softcap_decode)(lt_backend *be, float *out, const float *q, const float *kcache,
-                                     const float *vcache, int B, int S_cap, int len, int NH, int NKV, int HD,
-                                     float scale, float softcap);
+                                     const float *vcache, const int32_t *kv_start, const int32_t *kv_len, int B,
+                                     int S_cap, int NH, int NKV, int HD, float scale, float softcap);
 
     /* ---- SwiGLU: out = silu(gate) * up -------------------------------------------------------- */
     /* out, gate, up (N,I) */
@@ -220,12 +226,12 @@ typedef struct lt_backend_ops {
     /* out (n) = inp * keep(i) / (1-p), keep(i) = hash(seed, offset + i) >= p. out may alias inp. */
     void (*dropout)(lt_backend *be, float *out, const float *inp, size_t n, float p, uint64_t seed, uint64_t offset);
 
-    /* ---- optimizers (torch semantics, algorithms.md) ----------------------------------------- */
+    /* ---- optimizers (torch semantics, docs/spec/algorithms.md) ----------------------------------------- */
     /* param, grad, m, v (n). step_size = lr / (1 - b1^t); bc2_sqrt = sqrt(1 - b2^t). decay = lr*wd
      *   p *= 1 - decay; m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2; p -= step_size * m / (sqrt(v)/bc2_sqrt + eps) */
     void (*adamw_step)(lt_backend *be, float *param, const float *grad, float *m, float *v, size_t n, float step_size,
                        float beta1, float beta2, float eps, float bc2_sqrt, float decay);
-    /* bitsandbytes' blockwise 8-bit AdamW over ONE tensor of n elements (algorithms.md, bitsandbytes'
+    /* bitsandbytes' blockwise 8-bit AdamW over ONE tensor of n elements (docs/spec/algorithms.md, bitsandbytes'
      * CUDA kernel kOptimizerStatic8bit2StateBlockwise). s1, s2: uint8 codes (n) of m and v under the
      * signed / unsigned dynamic maps qmap1, qmap2 (256 floats each, backend memory), absmax1, absmax2
      * (ceil(n/256)), blocks of 256 from the tensor's start. With absmax1 == NULL (bitsandbytes' 32-bit

@@ -14,7 +14,7 @@
 
 /* ---- bench -------------------------------------------------------------------------------------- */
 
-/* bench-s (shared/spec/performance.md): Llama, vocab 32000, hidden 512, intermediate 1376, 8 layers,
+/* bench-s (docs/spec/performance.md): Llama, vocab 32000, hidden 512, intermediate 1376, 8 layers,
  * 8 heads, 8 kv heads, rope_theta 500000, f32; LoRA r=16 alpha=32 on all 7 projections; AdamW;
  * batch 4 x 256. */
 static const char bench_s_config[] =

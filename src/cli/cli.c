@@ -16,12 +16,15 @@
 static char rank_prefix[48];
 
 int fail(const char *cmd, const char *fmt, ...) {
+    char msg[2048];
     va_list ap;
     va_start(ap, fmt);
-    fprintf(stderr, "%sloratune %s: ", rank_prefix, cmd);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
+    vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
+    /* the library names its operation too ("combine: ..."): say the command once */
+    const size_t n = strlen(cmd);
+    const char *m = strncmp(msg, cmd, n) == 0 && msg[n] == ':' && msg[n + 1] == ' ' ? msg + n + 2 : msg;
+    fprintf(stderr, "%sloratune %s: %s\n", rank_prefix, cmd, m);
     return 1;
 }
 

@@ -2,6 +2,7 @@
 #ifndef LT_TOOL_CLI_H
 #define LT_TOOL_CLI_H
 
+#include <jansson.h>
 #include <stdint.h>
 #include <stdio.h>
 
@@ -111,7 +112,8 @@ int cmd_info(int argc, char **argv);     /* info.c */
 int cmd_quantize(int argc, char **argv); /* quantize.c */
 int cmd_eval(int argc, char **argv);     /* eval.c (--objective: cmd_eval_pref) */
 int cmd_eval_pref(int argc, char **argv);
-int cmd_train(int argc, char **argv); /* train.c (--objective: train_pref.c) */
+int cmd_eval_compare(int argc, char **argv); /* compare.c: eval --compare */
+int cmd_train(int argc, char **argv);        /* train.c (--objective: train_pref.c) */
 int cmd_train_pref(int argc, char **argv);
 /* 1 when argv holds --objective with a value other than sft (pref.c) */
 int wants_objective(int argc, char **argv);
@@ -120,11 +122,16 @@ int cmd_export(int argc, char **argv);  /* export.c */
 int cmd_combine(int argc, char **argv); /* combine.c (and extract) */
 int cmd_extract(int argc, char **argv);
 int cmd_generate(int argc, char **argv); /* generate.c */
+int cmd_chat(int argc, char **argv);     /* chat.c */
 int cmd_bench(int argc, char **argv);    /* bench.c */
 int cmd_demo(int argc, char **argv);     /* demo.c */
 int cmd_tokenize(int argc, char **argv); /* tokenize.c */
 int cmd_detokenize(int argc, char **argv);
 int cmd_render(int argc, char **argv); /* render.c */
 int cmd_data(int argc, char **argv);   /* data.c: data check */
+/* The data check of a file as JSON (data.c): rows, duplicates, eval overlap, token lengths, problems; NULL
+ * with msg when a file cannot be opened. tok may be NULL (no token lengths). */
+json_t *data_check(const char *data, const char *eval, lt_tokenizer *tok, long long seq, long long ngram, double near,
+                   long long show, char *msg, size_t msglen);
 
 #endif

@@ -3,7 +3,7 @@
  * defines: lt_st_file (one file), lt_st_set (a model directory, sharded or not), lt_st_write,
  *          lt_st_write_sharded
  *
- * Reading validates every rule of shared/spec/formats.md: header length <= 100,000,000 and inside the
+ * Reading validates every rule of docs/spec/formats.md: header length <= 100,000,000 and inside the
  * file, a JSON object starting with '{', known dtypes, shapes of at most 8 non-negative dims,
  * END - BEGIN == numel * dtype size (checked arithmetic), entries that tile the data buffer exactly
  * (first at 0, no hole, no overlap) and a buffer that ends exactly at the end of the file.

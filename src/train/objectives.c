@@ -5,7 +5,7 @@
  *          lt_trainer_evaluate_preference, lt_trainer_reference_logps, lt_grpo_generate, lt_grpo_step
  *
  * Every objective here is a function of per-token log-probs of completion tokens, so one scheme
- * serves them all (algorithms.md has the definitions, matching TRL):
+ * serves them all (docs/spec/algorithms.md has the definitions, matching TRL):
  *   1. build rows prompt ++ completion (right-padded), labels = the tokens whose log-prob counts;
  *   2. reference forward (adapter disabled, or the frozen reference adapter) unless precomputed;
  *   3. policy forward (lt_forward_logp): -log p of every labelled token, activations kept;

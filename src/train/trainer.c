@@ -6,7 +6,7 @@
  *
  * Loss convention: each micro-batch accumulates the gradient of the SUM of its token losses; at the
  * update the gradients are divided by the number of predicted tokens of all micro-batches, which is
- * exactly the token-level mean over the whole accumulated batch (algorithms.md, SFT).
+ * exactly the token-level mean over the whole accumulated batch (docs/spec/algorithms.md, SFT).
  * Safety: a micro-batch that fails (bad ids, NaN loss, NaN gradients) restores the gradients it found,
  * and an update happens only with finite gradients, so the adapter and optimizer stay as they were.
  */

@@ -674,17 +674,11 @@ class Adapter(_Handle):
                 raise _thread_error(st)
         return cls(out, model)
 
-    def save(self, path: PathLike, files: Optional[Mapping[str, bytes]] = None) -> None:
-        """Save as a PEFT adapter directory, one directory replaced atomically (lt_adapter_save); `files`
-        (name -> bytes: a model card, a run record) are saved in it too (lt_adapter_save_files)."""
-        files = files or {}
-        n = len(files)
-        names = (ctypes.c_char_p * max(n, 1))(*[k.encode() for k in files])
-        bufs = [bytes(v) for v in files.values()]
-        data = (ctypes.c_void_p * max(n, 1))(*[ctypes.cast(ctypes.c_char_p(b), ctypes.c_void_p) for b in bufs])
-        sizes = (ctypes.c_size_t * max(n, 1))(*[len(b) for b in bufs])
+    def save(self, path: PathLike) -> None:
+        """Save as a PEFT adapter directory, one directory replaced atomically (lt_adapter_save), with the
+        files attached by loratune.experimental.set_save_files (a model card, a run record)."""
         with self._lock:
-            self._check(L.lib().lt_adapter_save_files(self._h, _path(path), names, data, sizes, n))
+            self._check(L.lib().lt_adapter_save(self._h, _path(path)))
 
     @property
     def params(self) -> AdapterParams:

@@ -463,10 +463,6 @@ _DECLS = [
     ("lt_adapter_load", lt_status, [lt_model_p, c_char_p, POINTER(lt_adapter_p)]),
     # lt_status lt_adapter_save(lt_adapter *adapter, const char *dir);
     ("lt_adapter_save", lt_status, [lt_adapter_p, c_char_p]),
-    # lt_status lt_adapter_save_files(lt_adapter *adapter, const char *dir, const char *const *names,
-    #                                 const void *const *data, const size_t *sizes, int n_files);
-    ("lt_adapter_save_files", lt_status,
-     [lt_adapter_p, c_char_p, POINTER(c_char_p), POINTER(c_void_p), POINTER(c_size_t), c_int]),
     # void lt_adapter_free(lt_adapter *adapter);
     ("lt_adapter_free", None, [lt_adapter_p]),
     # const char *lt_adapter_last_error(const lt_adapter *adapter);
@@ -631,6 +627,9 @@ _EXPERIMENTAL_DECLS = [
     #                                         float init_std, const lt_model_params *params, lt_model **out);
     ("lt_model_create_random_params", lt_status,
      [lt_context_p, c_char_p, c_uint64, c_float, POINTER(lt_model_params), POINTER(lt_model_p)]),
+    # lt_status lt_adapter_set_save_files(lt_adapter *adapter, const char *const *names, const char *const *texts,
+    #                                     int n);
+    ("lt_adapter_set_save_files", lt_status, [lt_adapter_p, POINTER(c_char_p), POINTER(c_char_p), c_int]),
     # lt_status lt_model_save(lt_model *model, const char *dir);
     ("lt_model_save", lt_status, [lt_model_p, c_char_p]),
     # lt_status lt_tokenizer_ollama_modelfile(lt_tokenizer *tok, const char *from, const char *adapter,

@@ -468,14 +468,6 @@ extern "C" {
         -> lt_status;
     pub fn lt_adapter_load(model: *mut lt_model, dir: *const c_char, out: *mut *mut lt_adapter) -> lt_status;
     pub fn lt_adapter_save(adapter: *mut lt_adapter, dir: *const c_char) -> lt_status;
-    pub fn lt_adapter_save_files(
-        adapter: *mut lt_adapter,
-        dir: *const c_char,
-        names: *mut *const c_char,
-        data: *mut *const c_void,
-        sizes: *const usize,
-        n_files: c_int,
-    ) -> lt_status;
     pub fn lt_adapter_free(adapter: *mut lt_adapter);
     pub fn lt_adapter_last_error(adapter: *const lt_adapter) -> *const c_char;
     pub fn lt_adapter_get_params(adapter: *const lt_adapter, params: *mut lt_adapter_params) -> lt_status;
@@ -746,6 +738,12 @@ pub mod experimental {
             init_std: c_float,
             params: *const lt_model_params,
             out: *mut *mut lt_model,
+        ) -> lt_status;
+        pub fn lt_adapter_set_save_files(
+            adapter: *mut lt_adapter,
+            names: *const *const c_char,
+            texts: *const *const c_char,
+            n: c_int,
         ) -> lt_status;
         pub fn lt_model_save(model: *mut lt_model, dir: *const c_char) -> lt_status;
     }

@@ -1,6 +1,7 @@
 //! Keeps src/lib.rs in sync with include/loratune.h and include/loratune_experimental.h:
 //!  - every LT_API function is declared, with the same parameter and return types (C types mapped to
-//!    Rust: `const T *` -> `*const T`, `T **` -> `*mut *mut T`, int -> c_int, int64_t -> i64, ...),
+//!    Rust: `const T *` -> `*const T`, `T **` -> `*mut *mut T`, `const T *const *` -> `*const *const T`,
+//!    int -> c_int, int64_t -> i64, ...),
 //!    and nothing else is;
 //!  - every `typedef struct` has a #[repr(C)] mirror with the same fields in the same order and types;
 //!  - sizes and field offsets agree with what the C compiler says (when `cc` is available);
@@ -65,9 +66,11 @@ fn squash(s: &str) -> String {
 
 /// C type (without a declarator name) to the Rust spelling used in src/lib.rs.
 fn c_type_to_rust(ty: &str) -> String {
-    let stars = ty.matches('*').count();
-    let no_stars = ty.replace('*', " ");
-    let toks: Vec<&str> = no_stars.split_whitespace().collect();
+    // "const char *const *": the qualifiers before the first '*' are the base's, those after star i make
+    // pointer i const, so the pointer around it points to const (`*const *const c_char`)
+    let segs: Vec<&str> = ty.split('*').collect();
+    let stars = segs.len() - 1;
+    let toks: Vec<&str> = segs[0].split_whitespace().collect();
     let is_const = toks.contains(&"const");
     let base: Vec<&str> = toks.into_iter().filter(|t| *t != "const").collect();
     let base = base.join(" ");
@@ -89,7 +92,8 @@ fn c_type_to_rust(ty: &str) -> String {
         other => panic!("header_sync: no Rust mapping for C type '{}'", other),
     };
     for i in 0..stars {
-        rust = if i == 0 && is_const { format!("*const {}", rust) } else { format!("*mut {}", rust) };
+        let pointee_const = if i == 0 { is_const } else { segs[i].split_whitespace().any(|t| t == "const") };
+        rust = if pointee_const { format!("*const {}", rust) } else { format!("*mut {}", rust) };
     }
     rust
 }
