@@ -15,6 +15,10 @@
  *     for NC_BLK columns, for KC_BLK pairs: re-pack the B block once (96 KB, L2);
  *       for MR rows: round that slice of A (4 KB, L1); every NR*16-column tile
  * C tiles are loaded and stored once per KC_BLK pairs of k.
+ * A 4-bit quantized weight (NF4 / FP4, + double quantization: lt_qdesc) goes through the backward's
+ * blocking in both products: its B block is dequantized straight into the kernel's bf16 layout while
+ * it is packed (the value bitsandbytes dequantizes, code * absmax in fp32, rounded to bf16), once per
+ * NC_BLK columns x KC_BLK pairs, and serves every row of A; no f32 copy of the weight exists.
  * Threads: the CPU backend's scheme (one OpenMP team, C split into one block per thread along
  * whole units of 16): here along columns when there are enough of them (every thread then packs
  * only its own columns), else along rows.
@@ -26,6 +30,7 @@
 #include <omp.h>
 #include <string.h>
 
+#include "backend/codebook.h"
 #include "cpu/gemm_bf16.h"
 
 #define MR 8 /* rows of the micro-kernel                        */
@@ -44,8 +49,10 @@
  * dst[cb][q][16][2] = (W[2q][i], W[2q+1][i]) for i = c0 + 16 cb + lane. Each 2x2 block of W
  * (o,o+1) x (i,i+1) is 8 contiguous bytes (a b c d) = (W[o][i], W[o][i+1], W[o+1][i], W[o+1][i+1])
  * of Wp and becomes (a c b d) in dst. Columns past `in` are zero. */
-static void repack_bwd(uint16_t *dst, const uint16_t *Wp, int in, int c0, int nb, int q0, int kcp) {
+static void repack_bwd(uint16_t *dst, const void *W, int in, int out, int c0, int nb, int q0, int kcp) {
+    const uint16_t *Wp = W;
     const int P = lt_bf16w_pairs(in);
+    (void)out;
     for (int cb = 0; cb < nb; cb++)
         for (int q = 0; q < kcp; q++) {
             uint16_t *d = dst + ((size_t)cb * kcp + q) * 32;
@@ -66,6 +73,52 @@ static void repack_bwd(uint16_t *dst, const uint16_t *Wp, int in, int c0, int nb
         }
 }
 
+/* ---- B blocks of a 4-bit quantized weight ------------------------------------------------------- */
+
+/* A B-block packer: columns [c0, c0 + 16*nb) and pairs [q0, q0 + kcp) of k of the product's B into
+ * dst[cb][q][16][2] (the kernel's layout), zero past the edges of B. W: the packed bf16 weight or an
+ * lt_qdesc; in, out: the weight's shape. */
+typedef void (*pack_b_fn)(uint16_t *dst, const void *W, int in, int out, int c0, int nb, int q0, int kcp);
+
+/* element idx (row-major) of a 4-bit weight in bf16: bitsandbytes' fp32 value code * absmax, rounded */
+static inline uint16_t q4_get(const lt_qdesc *q, const float *code, int64_t idx) {
+    const uint8_t byte = q->data[idx >> 1];
+    return lt_bf16_round(code[idx & 1 ? byte & 15 : byte >> 4] * lt_qdesc_absmax(q, idx / q->blocksize));
+}
+static inline const float *q4_code(const lt_qdesc *q) { return q->format == LT_QF_NF4 ? lt_nf4_code : lt_fp4_code; }
+
+/* forward (y = x W^T): B = W^T, so B's columns are W's rows o and its k pairs W's column pairs:
+ * dst[cb][q][l] = (W[o][2p], W[o][2p+1]), o = c0 + 16 cb + l, p = q0 + q */
+static void q4_pack_fwd_c(uint16_t *dst, const void *W, int in, int out, int c0, int nb, int q0, int kcp) {
+    const lt_qdesc *q = W;
+    const float *code = q4_code(q);
+    for (int cb = 0; cb < nb; cb++)
+        for (int k = 0; k < kcp; k++) {
+            uint16_t *d = dst + ((size_t)cb * kcp + k) * 32;
+            for (int l = 0; l < 16; l++) {
+                const int o = c0 + 16 * cb + l, i = 2 * (q0 + k);
+                d[2 * l] = o < out && i < in ? q4_get(q, code, (int64_t)o * in + i) : 0;
+                d[2 * l + 1] = o < out && i + 1 < in ? q4_get(q, code, (int64_t)o * in + i + 1) : 0;
+            }
+        }
+}
+
+/* backward (dx = dy W): B = W, its columns W's columns i, its k pairs pairs of W's rows:
+ * dst[cb][q][l] = (W[2p][i], W[2p+1][i]), i = c0 + 16 cb + l, p = q0 + q */
+static void q4_pack_bwd_c(uint16_t *dst, const void *W, int in, int out, int c0, int nb, int q0, int kcp) {
+    const lt_qdesc *q = W;
+    const float *code = q4_code(q);
+    for (int cb = 0; cb < nb; cb++)
+        for (int k = 0; k < kcp; k++) {
+            uint16_t *d = dst + ((size_t)cb * kcp + k) * 32;
+            for (int l = 0; l < 16; l++) {
+                const int i = c0 + 16 * cb + l, o = 2 * (q0 + k);
+                d[2 * l] = i < in && o < out ? q4_get(q, code, (int64_t)o * in + i) : 0;
+                d[2 * l + 1] = i < in && o + 1 < out ? q4_get(q, code, (int64_t)(o + 1) * in + i) : 0;
+            }
+        }
+}
+
 /* ---- one implementation = a row packer and a micro-kernel -------------------------------------- */
 
 /* Rows [0, mr) of A (lda floats apart), k in [k0, k1), rounded to bf16 into a (mr, 2*kcp) with zeros
@@ -79,6 +132,7 @@ typedef void (*kernel_fn)(int mr, int ncols, int kcp, const uint16_t *a, const u
 typedef struct bf16_impl {
     pack_a_fn pack_a;
     kernel_fn kernel;
+    pack_b_fn q4_fwd, q4_bwd; /* B blocks of a 4-bit weight for the forward and the backward */
 } bf16_impl;
 
 /* portable */
@@ -111,7 +165,7 @@ static void kernel_c(int mr, int ncols, int kcp, const uint16_t *a, const uint16
         for (int j = 0; j < ncols; j++) C[r * ldc + j] = first ? acc[r][j] : C[r * ldc + j] + acc[r][j];
 }
 
-static const bf16_impl impl_portable = {pack_a_c, kernel_c};
+static const bf16_impl impl_portable = {pack_a_c, kernel_c, q4_pack_fwd_c, q4_pack_bwd_c};
 
 /* AVX512_BF16 */
 
@@ -192,7 +246,96 @@ LT_BF16_TARGET static void kernel_avx512(int mr, int ncols, int kcp, const uint1
 }
 #undef LT_TILE
 
-static const bf16_impl impl_avx512 = {pack_a_avx512, kernel_avx512};
+/* 16 lanes of bytes base[idx[l]] (valid under m): each from the aligned dword around it, so a read
+ * never passes the 4-byte group of a byte that exists (nor its page) */
+LT_BF16_TARGET static inline __m512i gather_u8(const uint8_t *base, __m512i idx, __mmask16 m) {
+    const uintptr_t mis = (uintptr_t)base & 3; /* aligned addresses are relative to an aligned base */
+    const __m512i a = _mm512_add_epi32(idx, _mm512_set1_epi32((int)mis));
+    const __m512i w =
+        _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), m, _mm512_andnot_si512(_mm512_set1_epi32(3), a),
+                                    (const int *)(const void *)(base - mis), 1);
+    return _mm512_and_si512(_mm512_srlv_epi32(w, _mm512_slli_epi32(_mm512_and_si512(a, _mm512_set1_epi32(3)), 3)),
+                            _mm512_set1_epi32(0xff));
+}
+
+/* 16 weight values (f32 lanes) to bf16 (lt_bf16_round: vcvtneps2bf16 rounds alike) widened to 32 bits */
+LT_BF16_TARGET static inline __m512i bf16_lanes(__m512 v) {
+    return _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(v));
+}
+
+/* absmax of block b of each lane (b (16 lanes of int32) valid under mask m) */
+LT_BF16_TARGET static inline __m512 q4_absmax16(const lt_qdesc *q, __mmask16 m, __m512i b) {
+    if (q->absmax) return _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, b, q->absmax, 4);
+    /* double quantization: code8[qabsmax[b]] * absmax2[b / 256] + offset, without fused multiply-add */
+    const __m512i qa = gather_u8(q->qabsmax, b, m);
+    const __m512 c8 = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, qa, q->code8, 4);
+    const __m512 a2 = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, _mm512_srli_epi32(b, 8), q->absmax2, 4);
+    return _mm512_add_ps(_mm512_mul_ps(c8, a2), _mm512_set1_ps(q->offset));
+}
+
+/* q4_pack_fwd_c for a weight whose rows are whole blocks (in % blocksize == 0) and whose byte offsets
+ * fit 31 bits: each 64-byte vector of the block is 16 rows (lanes) x one pair of columns = one byte of
+ * each row, gathered; the absmax of each lane changes every blocksize/2 pairs. */
+LT_BF16_TARGET static void q4_pack_fwd_avx512(uint16_t *dst, const void *W, int in, int out, int c0, int nb, int q0,
+                                              int kcp) {
+    const lt_qdesc *q = W;
+    const __m512 code = _mm512_loadu_ps(q4_code(q));
+    const int bs = q->blocksize, bpr = in / bs, ppb = bs / 2;
+    const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+    for (int cb = 0; cb < nb; cb++) {
+        const int o0 = c0 + 16 * cb, rows = out - o0;
+        const __mmask16 m = rows >= 16 ? 0xffff : rows > 0 ? (__mmask16)((1u << rows) - 1) : 0;
+        const __m512i o = _mm512_add_epi32(_mm512_set1_epi32(o0), lane);
+        const __m512i rowbyte = _mm512_mullo_epi32(o, _mm512_set1_epi32(in / 2)); /* byte of (o, 0) */
+        const __m512i rowblk = _mm512_mullo_epi32(o, _mm512_set1_epi32(bpr));     /* block of (o, 0) */
+        __m512 am = _mm512_setzero_ps();
+        for (int k = 0; k < kcp; k++) {
+            const int p = q0 + k;
+            if (k == 0 || p % ppb == 0) am = q4_absmax16(q, m, _mm512_add_epi32(rowblk, _mm512_set1_epi32(p / ppb)));
+            const __m512i byte = gather_u8(q->data, _mm512_add_epi32(rowbyte, _mm512_set1_epi32(p)), m); /* (o, 2p) */
+            const __m512 v0 = _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(byte, 4), code), am);
+            const __m512 v1 =
+                _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_and_si512(byte, _mm512_set1_epi32(15)), code), am);
+            const __m512i pair = _mm512_or_si512(bf16_lanes(v0), _mm512_slli_epi32(bf16_lanes(v1), 16));
+            _mm512_storeu_si512((void *)(dst + ((size_t)cb * kcp + k) * 32), _mm512_maskz_mov_epi32(m, pair));
+        }
+    }
+}
+
+/* values (o, i0 .. i0 + n - 1) of a 4-bit weight, idx = o * in + i0 even and in one block, n <= 16,
+ * as f32 lanes (zero past n) */
+LT_BF16_TARGET static inline __m512 q4_row16(const lt_qdesc *q, __m512 code, int64_t idx, int n) {
+    const __mmask16 m = n >= 16 ? 0xffff : (__mmask16)((1u << n) - 1);
+    const __m128i b8 = _mm_maskz_loadu_epi8((__mmask16)((1u << ((n + 1) / 2)) - 1), q->data + (idx >> 1));
+    const __m512i b = _mm512_cvtepu8_epi32(_mm_unpacklo_epi8(b8, b8)); /* byte j in lanes 2j and 2j+1 */
+    const __m512i nib = _mm512_and_si512(
+        _mm512_srlv_epi32(b, _mm512_set_epi32(0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4)), _mm512_set1_epi32(15));
+    return _mm512_maskz_mul_ps(m, _mm512_permutexvar_ps(nib, code),
+                               _mm512_set1_ps(lt_qdesc_absmax(q, idx / q->blocksize)));
+}
+
+/* q4_pack_bwd_c for a weight with in % 16 == 0: per k pair, 16 columns of two rows (8 bytes each) */
+LT_BF16_TARGET static void q4_pack_bwd_avx512(uint16_t *dst, const void *W, int in, int out, int c0, int nb, int q0,
+                                              int kcp) {
+    const lt_qdesc *q = W;
+    const __m512 code = _mm512_loadu_ps(q4_code(q));
+    for (int cb = 0; cb < nb; cb++) {
+        const int i0 = c0 + 16 * cb, n = in - i0 < 16 ? in - i0 : 16;
+        for (int k = 0; k < kcp; k++) {
+            const int o = 2 * (q0 + k);
+            __m512i pair = _mm512_setzero_si512();
+            if (n > 0 && o < out) {
+                pair = bf16_lanes(q4_row16(q, code, (int64_t)o * in + i0, n));
+                if (o + 1 < out)
+                    pair = _mm512_or_si512(
+                        pair, _mm512_slli_epi32(bf16_lanes(q4_row16(q, code, (int64_t)(o + 1) * in + i0, n)), 16));
+            }
+            _mm512_storeu_si512((void *)(dst + ((size_t)cb * kcp + k) * 32), pair);
+        }
+    }
+}
+
+static const bf16_impl impl_avx512 = {pack_a_avx512, kernel_avx512, q4_pack_fwd_avx512, q4_pack_bwd_avx512};
 #endif
 
 int lt_bf16_avx512_available(void) {
@@ -243,11 +386,12 @@ static void bf16_block_fwd(const bf16_impl *im, float *C, int cols, const float 
     }
 }
 
-/* Backward: the same product with B = W re-packed (K = out). Here the re-pack is what costs, so it
- * is done once per block of NC_BLK columns x KC_BLK pairs (96 KB) and the block serves every row
- * (A is rounded again for each column block). */
-static void bf16_block_bwd(const bf16_impl *im, float *C, int cols, const float *A, int K, const uint16_t *Wp, int in,
-                           int r0, int r1, int c0, int c1, int accumulate) {
+/* The product with B packed per block (the backward of a bf16 weight: re-packed from the packed
+ * weight; either product of a 4-bit weight: dequantized): the packing is what costs here, so it is
+ * done once per block of NC_BLK columns x KC_BLK pairs (96 KB) and the block serves every row (A is
+ * rounded again for each column block). K: the contraction (out for the backward, in for the forward). */
+static void bf16_block_packed(const bf16_impl *im, pack_b_fn pack_b, float *C, int cols, const float *A, int K,
+                              const void *W, int in, int out, int r0, int r1, int c0, int c1, int accumulate) {
     _Alignas(64) uint16_t abuf[MR * 2 * KC_BLK];
     _Alignas(64) uint16_t bbuf[NC_BLK * 2 * KC_BLK]; /* 96 KB */
     const int KP = lt_bf16w_pairs(K);
@@ -255,11 +399,8 @@ static void bf16_block_bwd(const bf16_impl *im, float *C, int cols, const float 
         const int jend = jc + NC_BLK < c1 ? jc + NC_BLK : c1;
         for (int pc = 0; pc < KP; pc += KC_BLK) {
             const int kcp = KP - pc < KC_BLK ? KP - pc : KC_BLK;
-            const uint16_t *b;
-            size_t bs;
-            repack_bwd(bbuf, Wp, in, jc, lt_bf16w_blocks(jend - jc), pc, kcp);
-            b = bbuf;
-            bs = (size_t)kcp * 32;
+            pack_b(bbuf, W, in, out, jc, lt_bf16w_blocks(jend - jc), pc, kcp);
+            const size_t bs = (size_t)kcp * 32;
             const int first = pc == 0 && !accumulate;
             const int k0 = 2 * pc, k1 = 2 * (pc + kcp) < K ? 2 * (pc + kcp) : K;
             for (int ir = r0; ir < r1; ir += MR) {
@@ -267,7 +408,7 @@ static void bf16_block_bwd(const bf16_impl *im, float *C, int cols, const float 
                 im->pack_a(abuf, kcp, A + (size_t)ir * K, (size_t)K, mr, k0, k1);
                 for (int jr = jc; jr < jend; jr += NR * 16) {
                     const int nc = jend - jr < NR * 16 ? jend - jr : NR * 16;
-                    im->kernel(mr, nc, kcp, abuf, b + (size_t)((jr - jc) / 16) * bs, bs, C + (size_t)ir * cols + jr,
+                    im->kernel(mr, nc, kcp, abuf, bbuf + (size_t)((jr - jc) / 16) * bs, bs, C + (size_t)ir * cols + jr,
                                (size_t)cols, first);
                 }
             }
@@ -275,14 +416,29 @@ static void bf16_block_bwd(const bf16_impl *im, float *C, int cols, const float 
     }
 }
 
-static void bf16_block(const bf16_impl *im, int bwd, float *C, int cols, const float *A, int K, const uint16_t *Wp,
-                       int in, int r0, int r1, int c0, int c1, int accumulate) {
-    if (bwd) bf16_block_bwd(im, C, cols, A, K, Wp, in, r0, r1, c0, c1, accumulate);
-    else bf16_block_fwd(im, C, cols, A, K, Wp, in, r0, r1, c0, c1, accumulate);
+/* the frozen weight of a product: packed bf16 (backend/bf16.h) or 4-bit quantized */
+typedef struct bweight {
+    const uint16_t *packed;
+    const lt_qdesc *q;
+} bweight;
+
+/* the B-block packer of a product with a 4-bit weight: AVX-512 where its conditions hold (forward:
+ * rows of whole blocks, byte offsets within 31 bits; backward: in % 16 == 0), else portable */
+static pack_b_fn q4_packer(const bf16_impl *im, int bwd, const lt_qdesc *q) {
+    const int64_t in = q->cols, n = q->rows * q->cols;
+    if (bwd) return in % 16 == 0 ? im->q4_bwd : impl_portable.q4_bwd;
+    return in % q->blocksize == 0 && n / 2 + in < ((int64_t)1 << 31) ? im->q4_fwd : impl_portable.q4_fwd;
+}
+
+static void bf16_block(const bf16_impl *im, int bwd, float *C, int cols, const float *A, int K, const bweight *w,
+                       int in, int out, int r0, int r1, int c0, int c1, int accumulate) {
+    if (w->q) bf16_block_packed(im, q4_packer(im, bwd, w->q), C, cols, A, K, w->q, in, out, r0, r1, c0, c1, accumulate);
+    else if (bwd) bf16_block_packed(im, repack_bwd, C, cols, A, K, w->packed, in, out, r0, r1, c0, c1, accumulate);
+    else bf16_block_fwd(im, C, cols, A, K, w->packed, in, r0, r1, c0, c1, accumulate);
 }
 
 /* C (M, cols) (+)= A (M, K) B over up to n_threads threads. */
-static void bf16_gemm(int impl, int n_threads, int bwd, float *C, const float *A, const uint16_t *Wp, int M, int in,
+static void bf16_gemm(int impl, int n_threads, int bwd, float *C, const float *A, const bweight *w, int M, int in,
                       int out, int accumulate) {
     const int cols = bwd ? in : out, K = bwd ? out : in;
     if (M <= 0 || cols <= 0) return;
@@ -299,7 +455,7 @@ static void bf16_gemm(int impl, int n_threads, int bwd, float *C, const float *A
     const int units = split_cols ? ucols : urows;
     if (nt > units) nt = units;
     if (nt <= 1) {
-        bf16_block(im, bwd, C, cols, A, K, Wp, in, 0, M, 0, cols, accumulate);
+        bf16_block(im, bwd, C, cols, A, K, w, in, out, 0, M, 0, cols, accumulate);
         return;
     }
 #pragma omp parallel num_threads(nt)
@@ -309,18 +465,31 @@ static void bf16_gemm(int impl, int n_threads, int bwd, float *C, const float *A
         const int len = split_cols ? cols : M;
         const int lo = u0 * 16, hi = u1 * 16 < len ? u1 * 16 : len;
         if (hi > lo) {
-            if (split_cols) bf16_block(im, bwd, C, cols, A, K, Wp, in, 0, M, lo, hi, accumulate);
-            else bf16_block(im, bwd, C, cols, A, K, Wp, in, lo, hi, 0, cols, accumulate);
+            if (split_cols) bf16_block(im, bwd, C, cols, A, K, w, in, out, 0, M, lo, hi, accumulate);
+            else bf16_block(im, bwd, C, cols, A, K, w, in, out, lo, hi, 0, cols, accumulate);
         }
     }
 }
 
 void lt_gemm_bf16_forward(int impl, int n_threads, float *y, const float *x, const uint16_t *Wp, int N, int in,
                           int out) {
-    bf16_gemm(impl, n_threads, 0, y, x, Wp, N, in, out, 0);
+    const bweight w = {.packed = Wp};
+    bf16_gemm(impl, n_threads, 0, y, x, &w, N, in, out, 0);
 }
 
 void lt_gemm_bf16_backward(int impl, int n_threads, float *dx, const float *dy, const uint16_t *Wp, int N, int in,
                            int out, int accumulate) {
-    bf16_gemm(impl, n_threads, 1, dx, dy, Wp, N, in, out, accumulate);
+    const bweight w = {.packed = Wp};
+    bf16_gemm(impl, n_threads, 1, dx, dy, &w, N, in, out, accumulate);
+}
+
+void lt_gemm_q4_forward(int impl, int n_threads, float *y, const float *x, const lt_qdesc *q, int N, int in, int out) {
+    const bweight w = {.q = q};
+    bf16_gemm(impl, n_threads, 0, y, x, &w, N, in, out, 0);
+}
+
+void lt_gemm_q4_backward(int impl, int n_threads, float *dx, const float *dy, const lt_qdesc *q, int N, int in, int out,
+                         int accumulate) {
+    const bweight w = {.q = q};
+    bf16_gemm(impl, n_threads, 1, dx, dy, &w, N, in, out, accumulate);
 }

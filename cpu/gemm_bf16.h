@@ -17,6 +17,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "backend/backend.h" /* lt_qdesc */
 #include "backend/bf16.h"
 
 /* Which implementation runs: AUTO (AVX512_BF16 when the CPU has it, else portable); the others
@@ -37,5 +38,14 @@ void lt_gemm_bf16_forward(int impl, int n_threads, float *y, const float *x, con
 /* dx (N,in) = (accumulate ? dx : 0) + bf16(dy) (N,out) W; same bound with K = out. */
 void lt_gemm_bf16_backward(int impl, int n_threads, float *dx, const float *dy, const uint16_t *Wp, int N, int in,
                            int out, int accumulate);
+
+/*
+ * The same two products with a 4-bit quantized weight W (NF4 / FP4, + double quantization; q->rows =
+ * out, q->cols = in): each value of W is bitsandbytes' dequantized fp32 value (code * absmax) rounded
+ * to bf16 (lt_bf16_round), produced while the kernel's panels are packed; then as above (same bound).
+ */
+void lt_gemm_q4_forward(int impl, int n_threads, float *y, const float *x, const lt_qdesc *q, int N, int in, int out);
+void lt_gemm_q4_backward(int impl, int n_threads, float *dx, const float *dy, const lt_qdesc *q, int N, int in, int out,
+                         int accumulate);
 
 #endif /* LT_GEMM_BF16_H */
