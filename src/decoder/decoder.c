@@ -294,6 +294,13 @@ static void layer_backward(lt_model *m, lt_workspace *ws, const lt_adapter *ad, 
 
 /* ---- the whole model ---------------------------------------------------------------------------- */
 
+void lt_embed_lookup(lt_model *m, const lt_adapter *ad, float *out, const int32_t *ids, int N) {
+    const int H = (int)m->cfg.hidden_size;
+    const float *table = lt_view_embed(m, ad);
+    if (table) OPS->embedding_forward(BE, out, ids, table, N, H);
+    else OPS->embedding_forward_bf16(BE, out, ids, m->embed_bf16, N, H); /* a bf16 base keeps its table in bf16 */
+}
+
 /* From ws->dln = d loss / d final_ln back through the final norm and every layer (reverse order);
  * adapter grads accumulate. */
 static lt_status backward_layers(lt_model *m, const lt_adapter *ad, lt_workspace *ws, const lt_dropout_state *drop,
@@ -332,7 +339,7 @@ static lt_status forward_layers(lt_model *m, const lt_adapter *ad, lt_workspace 
         return lt_fail(err, LT_ERR_STATE,
                        "the model was quantized after this trainer planned its memory; "
                        "quantize the model before creating trainers");
-    OPS->embedding_forward(BE, ws->x_saved[0], ws->ids, lt_view_embed(m, ad), N, H);
+    lt_embed_lookup(m, ad, ws->x_saved[0], ws->ids, N);
     if (c->embed_scale != 1.0) /* Gemma: times sqrt(hidden) rounded to the activation dtype (fp32) */
         OPS->scale(BE, (size_t)N * H, (float)c->embed_scale, ws->x_saved[0]);
     for (int l = 0; l < L; l++) {

@@ -107,6 +107,10 @@ void lt_linear_forward(lt_model *m, lt_workspace *ws, const lt_adapter *ad, cons
                        const lt_dropout_state *drop, uint64_t drop_stream, float *y, const float *x, const lt_weight *W,
                        float *xa, int N, int in, int out);
 
+/* out (N,H) = the embeddings of ids (N, on the backend): the adapter's trained table where it holds one,
+ * else the model's f32 table, or its bf16 table (base_dtype BF16) read into f32. */
+void lt_embed_lookup(lt_model *m, const lt_adapter *ad, float *out, const int32_t *ids, int N);
+
 /* DoRA: g and inv_n of one projection (lo->dora_g, lo->dora_inv_n) for the current A, B, m. */
 void lt_dora_prepare(lt_model *m, const lt_adapter *ad, int layer, lt_proj p);
 

@@ -192,7 +192,7 @@ LT_API lt_status lt_generate(lt_model *m, const lt_adapter *ad, const int32_t *p
         for (int b = 0; b < B; b++) posv[b] = s;
         be->ops->upload(be, dtok, tok, (size_t)B * sizeof(int32_t));
         be->ops->upload(be, dpos, posv, (size_t)B * sizeof(int32_t));
-        be->ops->embedding_forward(be, x, dtok, lt_view_embed(m, ad), B, H);
+        lt_embed_lookup(m, ad, x, dtok, B);
         if (c->embed_scale != 1.0) be->ops->scale(be, (size_t)B * H, (float)c->embed_scale, x);
         for (int l = 0; l < L; l++) {
             const lt_layer *W = lt_view_layer(m, ad, l);
