@@ -104,8 +104,9 @@ static lt_status need_buf(loader *ld, size_t n, lt_error *err) {
     return LT_OK;
 }
 
-/* N(0, std^2) values of a counter-based generator: pair j of stream s is a hash of (seed, s, j) turned
- * into two normals (Box-Muller), so any chunk can be made on its own and in parallel. */
+/* N(0, std^2) values of a counter-based generator: pair j of stream s is made from hashes of
+ * (seed, s, j, k), k = 0, 1, ... until Marsaglia's polar method accepts one (u, v) (78.5% the first
+ * time), so any chunk can be made on its own and in parallel, with one logf and one sqrtf per pair. */
 static inline uint64_t mix64(uint64_t z) {
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
@@ -119,11 +120,17 @@ static void random_values(float *dst, uint64_t seed, const wsrc *s, int64_t i0, 
     const uint64_t key = mix64(seed ^ mix64(s->stream + 0x9E3779B97F4A7C15ull));
 #pragma omp parallel for schedule(static) if (n > 65536)
     for (int64_t i = i0 & ~(int64_t)1; i < i0 + n; i += 2) {
-        const uint64_t h = mix64(key + 0x9E3779B97F4A7C15ull * (uint64_t)(i / 2 + 1));
-        const double u1 = ((double)(h >> 40) + 1.0) / 16777217.0, u2 = (double)(h & 0xffffff) / 16777216.0;
-        const double r = s->std * sqrt(-2.0 * log(u1)), a = 2 * M_PI * u2;
-        if (i >= i0) dst[i - i0] = (float)(r * cos(a));
-        if (i + 1 < i0 + n) dst[i + 1 - i0] = (float)(r * sin(a));
+        float u, v, q;
+        uint64_t k = 0;
+        do { /* (u, v) uniform in the square (-1, 1)^2 until it falls inside the unit disc */
+            const uint64_t h = mix64(key + 0x9E3779B97F4A7C15ull * (uint64_t)(i / 2 + 1) + 0xD1B54A32D192ED03ull * k++);
+            u = (float)(int32_t)(uint32_t)h * (1.0f / 2147483648.0f);
+            v = (float)(int32_t)(uint32_t)(h >> 32) * (1.0f / 2147483648.0f);
+            q = u * u + v * v;
+        } while (!(q > 0.0f && q < 1.0f));
+        const float f = s->std * sqrtf(-2.0f * logf(q) / q);
+        if (i >= i0) dst[i - i0] = u * f;
+        if (i + 1 < i0 + n) dst[i + 1 - i0] = v * f;
     }
 }
 
