@@ -402,6 +402,10 @@ typedef struct lt_trainer_params {
     float kl_beta;               /* k3 KL coefficient against the reference (default 0)    */
     lt_grpo_scale scale_rewards; /* default group                                          */
     lt_grpo_loss loss_type;      /* default dapo                                           */
+    /* ---- memory (0.4 additions) ---- */
+    int64_t activation_memory;   /* with gradient_checkpointing: bytes the step may spend   */
+                                 /* keeping whole layers' activations instead of recomputing */
+                                 /* them (the first layers that fit; 0, the default: none)   */
 } lt_trainer_params;
 
 typedef struct lt_step_result {

@@ -310,8 +310,8 @@ static lt_status backward_layers(lt_model *m, const lt_adapter *ad, lt_workspace
     OPS->rmsnorm_backward(BE, ws->dres, ad ? ad->d_final_norm : NULL, ws->dln, ws->x_saved[L],
                           lt_view_final_norm(m, ad), ws->final_rstd, N, H);
     for (int l = L - 1; l >= 0; l--) {
-        lt_layer_acts *A = &ws->acts[ws->checkpointing ? 0 : l];
-        if (ws->checkpointing) /* recompute this layer's activations; its output goes to a scratch */
+        lt_layer_acts *A = lt_workspace_acts(ws, l);
+        if (l >= ws->n_kept) /* recompute this layer's activations; its output goes to a scratch */
             layer_forward(m, ws, ad, drop, l, ws->x_saved[l], A, ws->dln);
         layer_backward(m, ws, ad, drop, l, ws->x_saved[l], A);
     }
@@ -343,7 +343,7 @@ static lt_status forward_layers(lt_model *m, const lt_adapter *ad, lt_workspace 
     if (c->embed_scale != 1.0) /* Gemma: times sqrt(hidden) rounded to the activation dtype (fp32) */
         OPS->scale(BE, (size_t)N * H, (float)c->embed_scale, ws->x_saved[0]);
     for (int l = 0; l < L; l++) {
-        lt_layer_acts *A = &ws->acts[ws->checkpointing ? 0 : l];
+        lt_layer_acts *A = lt_workspace_acts(ws, l);
         layer_forward(m, ws, ad, drop, l, ws->x_saved[l], A, ws->x_saved[l + 1]);
     }
     OPS->rmsnorm_forward(BE, ws->final_ln, ws->final_rstd, ws->x_saved[L], lt_view_final_norm(m, ad), N, H,

@@ -221,6 +221,7 @@ class lt_trainer_params(Structure):
         ("kl_beta", c_float),
         ("scale_rewards", lt_grpo_scale),
         ("loss_type", lt_grpo_loss),
+        ("activation_memory", c_int64),
     ]
 
 

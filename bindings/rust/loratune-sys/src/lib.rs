@@ -277,6 +277,7 @@ pub struct lt_trainer_params {
     pub kl_beta: c_float,
     pub scale_rewards: lt_grpo_scale,
     pub loss_type: lt_grpo_loss,
+    pub activation_memory: i64,
 }
 
 #[repr(C)]
