@@ -295,7 +295,7 @@ static size_t cpu_bf16_weight_bytes(lt_backend *be, int out, int in) {
 /* dst (packed) <- W (out,in) f32 */
 static void cpu_bf16_weight_pack(lt_backend *be, void *dst, const float *W, int out, int in) {
     (void)be;
-    lt_bf16w_pack(dst, W, out, in);
+    lt_bf16_pack(LT_BF16_AUTO, dst, W, out, in);
 }
 
 /* y (N,out) = x (N,in) W^T */

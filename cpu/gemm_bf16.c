@@ -357,6 +357,73 @@ static const bf16_impl *pick(int impl) {
     return &impl_portable;
 }
 
+/* ---- packing a weight (bf16_weight_pack) ------------------------------------------------------- */
+
+/* pairs [p0, p1) of the block of rows ob*16 .. ob*16+15 of W (out,in) into the packed layout (bf16.h) */
+static void pack_pairs_c(uint16_t *dst, const float *W, int out, int in, int ob, int p0, int p1) {
+    const int P = lt_bf16w_pairs(in);
+    for (int p = p0; p < p1; p++) {
+        uint16_t *v = dst + ((size_t)ob * P + p) * 32;
+        for (int r = 0; r < 16; r++)
+            for (int e = 0; e < 2; e++) {
+                const int o = ob * 16 + r, i = 2 * p + e;
+                v[r * 2 + e] = o < out && i < in ? lt_bf16_round(W[(size_t)o * in + i]) : 0;
+            }
+    }
+}
+
+#ifdef LT_BF16_X86
+/* 16 pairs of 16 rows: each row's 32 values rounded (vcvtne2ps2bf16 rounds as lt_bf16_round) into 16
+ * dwords (pair j = (value 2j, value 2j+1)), then a 16 x 16 transpose of dwords gives the layout's 16
+ * vectors (pair j: the 16 rows) */
+LT_BF16_TARGET static void pack_16x16_avx512(uint16_t *dst, size_t dstride, const float *W, size_t in) {
+    __m512i r[16], a[16];
+    for (int i = 0; i < 16; i++) {
+        const float *w = W + (size_t)i * in;
+        r[i] = (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(w + 16), _mm512_loadu_ps(w));
+    }
+    for (int k = 0; k < 8; k++) {
+        a[2 * k] = _mm512_unpacklo_epi32(r[2 * k], r[2 * k + 1]);
+        a[2 * k + 1] = _mm512_unpackhi_epi32(r[2 * k], r[2 * k + 1]);
+    }
+    for (int m = 0; m < 4; m++) { /* r[4m + c], lane L: column 4L + c of rows 4m .. 4m+3 */
+        r[4 * m + 0] = _mm512_unpacklo_epi64(a[4 * m], a[4 * m + 2]);
+        r[4 * m + 1] = _mm512_unpackhi_epi64(a[4 * m], a[4 * m + 2]);
+        r[4 * m + 2] = _mm512_unpacklo_epi64(a[4 * m + 1], a[4 * m + 3]);
+        r[4 * m + 3] = _mm512_unpackhi_epi64(a[4 * m + 1], a[4 * m + 3]);
+    }
+    for (int c = 0; c < 4; c++) { /* a 4 x 4 transpose of 128-bit lanes: column 4L + c = lane L of r[4m + c] */
+        const __m512i t0 = _mm512_shuffle_i32x4(r[c], r[4 + c], 0x44), t1 = _mm512_shuffle_i32x4(r[c], r[4 + c], 0xEE);
+        const __m512i t2 = _mm512_shuffle_i32x4(r[8 + c], r[12 + c], 0x44);
+        const __m512i t3 = _mm512_shuffle_i32x4(r[8 + c], r[12 + c], 0xEE);
+        _mm512_storeu_si512((void *)(dst + (size_t)(c + 0) * dstride), _mm512_shuffle_i32x4(t0, t2, 0x88));
+        _mm512_storeu_si512((void *)(dst + (size_t)(c + 4) * dstride), _mm512_shuffle_i32x4(t0, t2, 0xDD));
+        _mm512_storeu_si512((void *)(dst + (size_t)(c + 8) * dstride), _mm512_shuffle_i32x4(t1, t3, 0x88));
+        _mm512_storeu_si512((void *)(dst + (size_t)(c + 12) * dstride), _mm512_shuffle_i32x4(t1, t3, 0xDD));
+    }
+}
+#endif
+
+void lt_bf16_pack(int impl, uint16_t *dst, const float *W, int out, int in) {
+    const int P = lt_bf16w_pairs(in), OB = lt_bf16w_blocks(out);
+#ifdef LT_BF16_X86
+    const int fast = pick(impl) == &impl_avx512;
+#else
+    const int fast = 0;
+    (void)impl;
+#endif
+    for (int ob = 0; ob < OB; ob++) {
+        int p = 0;
+#ifdef LT_BF16_X86
+        if (fast && ob * 16 + 16 <= out)
+            for (; 2 * (p + 16) <= in; p += 16)
+                pack_16x16_avx512(dst + ((size_t)ob * P + p) * 32, 32, W + (size_t)ob * 16 * in + 2 * p, (size_t)in);
+#endif
+        (void)fast;
+        pack_pairs_c(dst, W, out, in, ob, p, P);
+    }
+}
+
 /* ---- the blocked product on one thread's share of C --------------------------------------------- */
 
 /* Forward: C rows [r0, r1) x columns [c0, c1) (c0 a multiple of 16) of C (M, cols) row-major,

@@ -27,6 +27,10 @@ enum { LT_BF16_AUTO = 0, LT_BF16_AVX512 = 1, LT_BF16_PORTABLE = 2 };
 /* 1 if this CPU (and OS) can run the AVX512_BF16 kernels. */
 int lt_bf16_avx512_available(void);
 
+/* dst = W (out,in) in the packed layout of backend/bf16.h, the same bytes as lt_bf16w_pack (whole
+ * blocks of 16 rows x 16 pairs transposed in AVX-512 registers). */
+void lt_bf16_pack(int impl, uint16_t *dst, const float *W, int out, int in);
+
 /*
  * y (N,out) = bf16(x) (N,in) W^T, W packed. Threads: up to n_threads (OpenMP), split as the CPU
  * backend's gemm does; every output element is computed the same way whatever the thread count.

@@ -207,6 +207,33 @@ START_TEST(test_rounding) {
 }
 END_TEST
 
+/* lt_bf16_pack (the CPU backend's bf16_weight_pack) gives lt_bf16w_pack's bytes: whole 16 x 16 blocks
+ * transposed in AVX-512 registers, the edges in C; special values round alike */
+START_TEST(test_pack) {
+    static const int shapes_p[][2] = {{16, 32}, {1, 1}, {33, 70}, {130, 77}, {48, 512}, {17, 33}, {64, 2048}};
+    for (size_t k = 0; k < sizeof shapes_p / sizeof *shapes_p; k++) {
+        const int out = shapes_p[k][0], in = shapes_p[k][1];
+        rng_seed((uint64_t)k + 100);
+        float *W = frand((size_t)out * in, 3.0f);
+        const uint32_t special[] = {0x3f808000u, 0x3f818000u, 0x7f7fffffu, 0x00400000u,
+                                    0x80000001u, 0x7fc00001u, 0xff800000u};
+        for (size_t i = 0; i < 7 && i < (size_t)out * in; i++)
+            W[(i * 7919) % ((size_t)out * in)] = from_bits(special[i]);
+        const size_t n = lt_bf16w_elems(out, in);
+        uint16_t *want = malloc(n * 2), *got = malloc(n * 2);
+        lt_bf16w_pack(want, W, out, in);
+        for (int impl = LT_BF16_AVX512; impl <= LT_BF16_PORTABLE; impl++) {
+            memset(got, 0xab, n * 2);
+            lt_bf16_pack(impl, got, W, out, in);
+            ck_assert_msg(!memcmp(got, want, n * 2), "impl %d pack %d x %d differs from lt_bf16w_pack", impl, out, in);
+        }
+        free(W);
+        free(want);
+        free(got);
+    }
+}
+END_TEST
+
 /* ---- (c) backend ops ---------------------------------------------------------------------------- */
 
 START_TEST(test_backend_ops) {
@@ -619,6 +646,7 @@ Suite *bf16_suite(void) {
     tcase_add_loop_test(k, test_kernel_avx512, 0, N_SHAPES);
     tcase_add_test(k, test_paths_agree);
     tcase_add_test(k, test_rounding);
+    tcase_add_test(k, test_pack);
     tcase_add_test(k, test_backend_ops);
     tcase_add_loop_test(k, test_q4_portable, 0, N_Q4);
     tcase_add_loop_test(k, test_q4_avx512, 0, N_Q4);

@@ -308,6 +308,7 @@ static void quantize_4bit(const float *x, int64_t n, int bs, lt_quant_format f, 
 static void quantize_blockwise8(const float *a, int64_t n, int bs, uint8_t *codes, float *absmax) {
     const float *code = lt_quant_code8();
     const int64_t nb = (n + bs - 1) / bs;
+#pragma omp parallel for schedule(static) if (nb > 256)
     for (int64_t b = 0; b < nb; b++) {
         const int64_t s = b * bs, e = s + bs < n ? s + bs : n;
         float am = -FLT_MAX;
@@ -322,13 +323,10 @@ static void quantize_blockwise8(const float *a, int64_t n, int bs, uint8_t *code
             if (v != v) {
                 idx = 0; /* 0 * inf (an all-zero block): bitsandbytes stores code 0 (decodes to -0.99 * 0) */
             } else {
-                int lo = 0, hi = 255; /* the largest idx with code[idx] <= v, or 0 below code[0] */
-                while (lo < hi) {
-                    int mid = (lo + hi + 1) / 2;
-                    if (code[mid] <= v) lo = mid;
-                    else hi = mid - 1;
-                }
-                idx = lo;
+                /* the largest idx with code[idx] <= v, or 0 below code[0]: a binary search without
+                 * branches (the comparisons of consecutive values are unpredictable) */
+                idx = 0;
+                for (int s = 128; s >= 1; s /= 2) idx += code[idx + s] <= v ? s : 0;
                 if (idx < 255 && fabsf(v - code[idx + 1]) < fabsf(v - code[idx])) idx++;
             }
             codes[i] = (uint8_t)idx;
