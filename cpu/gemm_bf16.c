@@ -133,6 +133,7 @@ typedef struct bf16_impl {
     pack_a_fn pack_a;
     kernel_fn kernel;
     pack_b_fn q4_fwd, q4_bwd; /* B blocks of a 4-bit weight for the forward and the backward */
+    pack_b_fn repack;         /* B blocks of the backward of a packed bf16 weight */
 } bf16_impl;
 
 /* portable */
@@ -165,7 +166,7 @@ static void kernel_c(int mr, int ncols, int kcp, const uint16_t *a, const uint16
         for (int j = 0; j < ncols; j++) C[r * ldc + j] = first ? acc[r][j] : C[r * ldc + j] + acc[r][j];
 }
 
-static const bf16_impl impl_portable = {pack_a_c, kernel_c, q4_pack_fwd_c, q4_pack_bwd_c};
+static const bf16_impl impl_portable = {pack_a_c, kernel_c, q4_pack_fwd_c, q4_pack_bwd_c, repack_bwd};
 
 /* AVX512_BF16 */
 
@@ -335,7 +336,33 @@ LT_BF16_TARGET static void q4_pack_bwd_avx512(uint16_t *dst, const void *W, int 
     }
 }
 
-static const bf16_impl impl_avx512 = {pack_a_avx512, kernel_avx512, q4_pack_fwd_avx512, q4_pack_bwd_avx512};
+/* repack_bwd with a gather: the 16 columns of a block are 8 column pairs, each an 8-byte group
+ * (W[o][i], W[o][i+1], W[o+1][i], W[o+1][i+1]) 64 bytes after the previous one; a byte shuffle puts
+ * each group in the (W[o][i], W[o+1][i], W[o][i+1], W[o+1][i+1]) order of the kernel. Blocks that end
+ * past `in` take the C path. */
+LT_BF16_TARGET static void repack_bwd_avx512(uint16_t *dst, const void *W, int in, int out, int c0, int nb, int q0,
+                                             int kcp) {
+    const uint16_t *Wp = W;
+    const int P = lt_bf16w_pairs(in);
+    const __m512i idx = _mm512_set_epi64(7 * 64, 6 * 64, 5 * 64, 4 * 64, 3 * 64, 2 * 64, 64, 0);
+    const __m512i swap = _mm512_broadcast_i32x4(_mm_set_epi8(15, 14, 11, 10, 13, 12, 9, 8, 7, 6, 3, 2, 5, 4, 1, 0));
+    for (int cb = 0; cb < nb; cb++) {
+        const int i0 = c0 + cb * 16;
+        if (i0 + 16 > in) {
+            repack_bwd(dst + (size_t)cb * kcp * 32, W, in, out, i0, 1, q0, kcp);
+            continue;
+        }
+        for (int q = 0; q < kcp; q++) {
+            const int o = 2 * (q0 + q);
+            const uint16_t *src = Wp + (size_t)(o / 16) * P * 32 + (o % 16) * 2 + (size_t)(i0 / 2) * 32;
+            const __m512i g = _mm512_i64gather_epi64(idx, (const void *)src, 1);
+            _mm512_storeu_si512((void *)(dst + ((size_t)cb * kcp + q) * 32), _mm512_shuffle_epi8(g, swap));
+        }
+    }
+}
+
+static const bf16_impl impl_avx512 = {pack_a_avx512, kernel_avx512, q4_pack_fwd_avx512, q4_pack_bwd_avx512,
+                                      repack_bwd_avx512};
 #endif
 
 int lt_bf16_avx512_available(void) {
@@ -500,7 +527,7 @@ static pack_b_fn q4_packer(const bf16_impl *im, int bwd, const lt_qdesc *q) {
 static void bf16_block(const bf16_impl *im, int bwd, float *C, int cols, const float *A, int K, const bweight *w,
                        int in, int out, int r0, int r1, int c0, int c1, int accumulate) {
     if (w->q) bf16_block_packed(im, q4_packer(im, bwd, w->q), C, cols, A, K, w->q, in, out, r0, r1, c0, c1, accumulate);
-    else if (bwd) bf16_block_packed(im, repack_bwd, C, cols, A, K, w->packed, in, out, r0, r1, c0, c1, accumulate);
+    else if (bwd) bf16_block_packed(im, im->repack, C, cols, A, K, w->packed, in, out, r0, r1, c0, c1, accumulate);
     else bf16_block_fwd(im, C, cols, A, K, w->packed, in, r0, r1, c0, c1, accumulate);
 }
 
