@@ -905,6 +905,126 @@ START_TEST(test_dequantize_rows) {
 }
 END_TEST
 
+/* gemm_q4_forward / backward (4-bit weights computed in bf16) vs the reference: the same bound as
+ * test_gemm_bf16 with W = the dequantized weight rounded to bf16; M beyond one tile of rows, odd
+ * shapes, NF4 and FP4 with and without double quantization. */
+START_TEST(test_gemm_q4) {
+    static const int shapes[][3] = {{1, 64, 1}, {37, 192, 53}, {300, 128, 260}};
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
+        for (int v = 0; v < 4; v++) {
+            const int N = shapes[s][0], in = shapes[s][1], out = shapes[s][2];
+            float *W = frand((size_t)out * in, -1, 1), *x = frand((size_t)N * in, -2, 2),
+                  *dy = frand((size_t)N * out, -1, 1), *acc = frand((size_t)N * in, -1, 1);
+            lt_quant_params p = {.size = sizeof p,
+                                 .format = v & 1 ? LT_QUANT_FP4 : LT_QUANT_NF4,
+                                 .blocksize = 64,
+                                 .double_quant = v >> 1};
+            const int64_t shape[2] = {out, in};
+            lt_qtensor *q;
+            lt_error e = {0};
+            ck_assert_int_eq(lt_qtensor_quantize_ex(W, shape, 2, &p, NULL, &q, &e), LT_OK);
+            float *Wd = fnew((size_t)out * in);
+            lt_qdesc h = lt_qtensor_desc(q), d = h;
+            lt_qdesc_dequantize_range(&h, Wd, 0, (int64_t)out * in);
+            const size_t nd = lt_qtensor_data_bytes(q);
+            d.data = dalloc(nd);
+            OPS->upload(be, (void *)d.data, q->data, nd);
+            if (q->double_quant) {
+                d.qabsmax = dalloc((size_t)q->n_blocks);
+                OPS->upload(be, (void *)d.qabsmax, q->qabsmax, (size_t)q->n_blocks);
+                d.absmax2 = dput(q->absmax2, (size_t)q->n_blocks2);
+                d.code8 = dput(lt_quant_code8(), 256);
+            } else {
+                d.absmax = dput(q->absmax, (size_t)q->n_blocks);
+            }
+            const int tile_rows = 7; /* several tiles per weight, a partial last one */
+            float *tile = dnan((size_t)tile_rows * in);
+            float *dx_ = dput(x, (size_t)N * in), *ddy = dput(dy, (size_t)N * out), *dyv = dnan((size_t)N * out);
+            for (int accumulate = 0; accumulate < 2; accumulate++) {
+                float *ddx = accumulate ? dput(acc, (size_t)N * in) : dnan((size_t)N * in);
+                OPS->gemm_q4_forward(be, dyv, dx_, &d, N, in, out, tile, tile_rows);
+                OPS->gemm_q4_backward(be, ddx, ddy, &d, N, in, out, accumulate, tile, tile_rows);
+                SYNC_OK("gemm_q4");
+                float *y = hget(dyv, (size_t)N * out), *dx = hget(ddx, (size_t)N * in);
+                float *yr = fnew((size_t)N * out), *dxr = fdup(acc, (size_t)N * in);
+                lt_ref_gemm_q4_forward(yr, x, &h, N, in, out);
+                lt_ref_gemm_q4_backward(dxr, dy, &h, N, in, out, accumulate);
+                for (int n = 0; n < N; n += (N > 100 ? 13 : 1)) {
+                    for (int o = 0; o < out; o++) {
+                        double sa = 0;
+                        for (int i = 0; i < in; i++)
+                            sa += fabs((double)lt_bf16_to_f32(lt_bf16_round(x[(size_t)n * in + i])) *
+                                       lt_bf16_to_f32(lt_bf16_round(Wd[(size_t)o * in + i])));
+                        double tol = 4.0 * (in + 2) * ldexp(1.0, -24) * sa + 1e-30;
+                        ck_assert_msg(fabs((double)y[(size_t)n * out + o] - yr[(size_t)n * out + o]) <= tol,
+                                      "gemm_q4_forward v%d %dx%dx%d [%d,%d]: %.9g vs %.9g", v, N, in, out, n, o,
+                                      y[(size_t)n * out + o], yr[(size_t)n * out + o]);
+                    }
+                    for (int i = 0; i < in; i++) {
+                        double sa = accumulate ? fabs(acc[(size_t)n * in + i]) : 0.0;
+                        for (int o = 0; o < out; o++)
+                            sa += fabs((double)lt_bf16_to_f32(lt_bf16_round(dy[(size_t)n * out + o])) *
+                                       lt_bf16_to_f32(lt_bf16_round(Wd[(size_t)o * in + i])));
+                        double tol = 4.0 * (out + 3) * ldexp(1.0, -24) * sa + 1e-30;
+                        ck_assert_msg(fabs((double)dx[(size_t)n * in + i] - dxr[(size_t)n * in + i]) <= tol,
+                                      "gemm_q4_backward v%d %dx%dx%d acc %d [%d,%d]: %.9g vs %.9g", v, N, in, out,
+                                      accumulate, n, i, dx[(size_t)n * in + i], dxr[(size_t)n * in + i]);
+                    }
+                }
+                free(y);
+                free(dx);
+                free(yr);
+                free(dxr);
+                dfree(ddx);
+            }
+            dfree(tile);
+            dfree(dx_);
+            dfree(ddy);
+            dfree(dyv);
+            dfree((void *)d.data);
+            if (q->double_quant) {
+                dfree((void *)d.qabsmax);
+                dfree((void *)d.absmax2);
+                dfree((void *)d.code8);
+            } else dfree((void *)d.absmax);
+            lt_qtensor_free(q);
+            free(Wd);
+            free(W);
+            free(x);
+            free(dy);
+            free(acc);
+        }
+}
+END_TEST
+
+/* embedding_forward_bf16: rows of a table packed by bf16_weight_pack, as f32, bit for bit the
+ * reference's reading of the CPU layout of the same table */
+START_TEST(test_embedding_bf16) {
+    const int V = 70, C = 45, N = 33;
+    float *table = frand((size_t)V * C, -3, 3);
+    void *dt = dalloc(OPS->bf16_weight_bytes(be, V, C)), *rt = malloc(lt_ref_bf16_weight_bytes(V, C));
+    OPS->bf16_weight_pack(be, dt, table, V, C);
+    lt_ref_bf16_weight_pack(rt, table, V, C);
+    int32_t ids[33];
+    for (int i = 0; i < N; i++) ids[i] = irand(V);
+    ids[0] = V - 1;
+    int32_t *did = dputi(ids, (size_t)N);
+    float *dout = dnan((size_t)N * C), *ref = fnew((size_t)N * C);
+    OPS->embedding_forward_bf16(be, dout, did, dt, N, C);
+    lt_ref_embedding_forward_bf16(ref, ids, rt, N, C);
+    float *got = hget(dout, (size_t)N * C);
+    SYNC_OK("embedding_forward_bf16");
+    SAME(got, ref, (size_t)N * C, "embedding_forward_bf16");
+    free(got);
+    free(ref);
+    free(table);
+    free(rt);
+    dfree(dt);
+    dfree(did);
+    dfree(dout);
+}
+END_TEST
+
 /* ---- cross-entropy -------------------------------------------------------------------------------- */
 
 START_TEST(test_cross_entropy) {
@@ -1267,6 +1387,8 @@ static Suite *cuda_suite(void) {
     tcase_add_test(tc, test_attention_decode);
     tcase_add_test(tc, test_swiglu);
     tcase_add_test(tc, test_dequantize_rows);
+    tcase_add_test(tc, test_gemm_q4);
+    tcase_add_test(tc, test_embedding_bf16);
     tcase_add_test(tc, test_cross_entropy);
     tcase_add_test(tc, test_dropout);
     tcase_add_test(tc, test_adamw);
