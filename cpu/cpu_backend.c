@@ -335,17 +335,21 @@ static void cpu_embedding_forward_bf16(lt_backend *be, float *out, const int32_t
     }
 }
 
-/* y (N,out) = x (N,in) W^T, W a 4-bit weight dequantized into the bf16 kernel's panels */
+/* the shapes a 4-bit product may take: q (out,in), NF4 or FP4 */
+static int q4_args_ok(lt_backend *be, const lt_qdesc *q, int N, int in, int out) {
+    if (N >= 0 && in >= 0 && out >= 0 && q->rows == out && q->cols == in &&
+        (q->format == LT_QF_NF4 || q->format == LT_QF_FP4))
+        return 1;
+    cpu_record_error(be, LT_ERR_INTERNAL);
+    return 0;
+}
+
+/* y (N,out) = x (N,in) W^T, W a 4-bit weight dequantized into the bf16 kernel's panels (no tile) */
 static void cpu_gemm_q4_forward(lt_backend *be, float *y, const float *x, const lt_qdesc *q, int N, int in, int out,
                                 float *tile, int tile_rows) {
     (void)tile;
     (void)tile_rows;
-    if (N < 0 || in < 0 || out < 0 || q->rows != out || q->cols != in ||
-        (q->format != LT_QF_NF4 && q->format != LT_QF_FP4)) {
-        cpu_record_error(be, LT_ERR_INTERNAL);
-        return;
-    }
-    lt_gemm_q4_forward(LT_BF16_AUTO, be->n_threads, y, x, q, N, in, out);
+    if (q4_args_ok(be, q, N, in, out)) lt_gemm_q4_forward(LT_BF16_AUTO, be->n_threads, y, x, q, N, in, out);
 }
 
 /* dx (N,in) (+)= dy (N,out) W */
@@ -353,12 +357,8 @@ static void cpu_gemm_q4_backward(lt_backend *be, float *dx, const float *dy, con
                                  int accumulate, float *tile, int tile_rows) {
     (void)tile;
     (void)tile_rows;
-    if (N < 0 || in < 0 || out < 0 || q->rows != out || q->cols != in ||
-        (q->format != LT_QF_NF4 && q->format != LT_QF_FP4)) {
-        cpu_record_error(be, LT_ERR_INTERNAL);
-        return;
-    }
-    lt_gemm_q4_backward(LT_BF16_AUTO, be->n_threads, dx, dy, q, N, in, out, accumulate);
+    if (q4_args_ok(be, q, N, in, out))
+        lt_gemm_q4_backward(LT_BF16_AUTO, be->n_threads, dx, dy, q, N, in, out, accumulate);
 }
 
 /* ---- elementwise ---------------------------------------------------------------------------------- */

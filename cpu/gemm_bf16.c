@@ -87,36 +87,28 @@ static inline uint16_t q4_get(const lt_qdesc *q, const float *code, int64_t idx)
 }
 static inline const float *q4_code(const lt_qdesc *q) { return q->format == LT_QF_NF4 ? lt_nf4_code : lt_fp4_code; }
 
-/* forward (y = x W^T): B = W^T, so B's columns are W's rows o and its k pairs W's column pairs:
- * dst[cb][q][l] = (W[o][2p], W[o][2p+1]), o = c0 + 16 cb + l, p = q0 + q */
-static void q4_pack_fwd_c(uint16_t *dst, const void *W, int in, int out, int c0, int nb, int q0, int kcp) {
-    const lt_qdesc *q = W;
+/* dst[cb][q][l] = the pair (e = 0, 1) of a 4-bit weight's values for column j = c0 + 16 cb + l of B and
+ * k pair p = q0 + q, as bf16 (zero past the weight):
+ *   forward  (y = x W^T): B = W^T, (W[j][2p], W[j][2p+1]): B's columns are W's rows
+ *   backward (dx = dy W): B = W,   (W[2p][j], W[2p+1][j]): B's k pairs are pairs of W's rows */
+static void q4_pack_c(int bwd, uint16_t *dst, const lt_qdesc *q, int in, int out, int c0, int nb, int q0, int kcp) {
     const float *code = q4_code(q);
     for (int cb = 0; cb < nb; cb++)
         for (int k = 0; k < kcp; k++) {
             uint16_t *d = dst + ((size_t)cb * kcp + k) * 32;
-            for (int l = 0; l < 16; l++) {
-                const int o = c0 + 16 * cb + l, i = 2 * (q0 + k);
-                d[2 * l] = o < out && i < in ? q4_get(q, code, (int64_t)o * in + i) : 0;
-                d[2 * l + 1] = o < out && i + 1 < in ? q4_get(q, code, (int64_t)o * in + i + 1) : 0;
-            }
+            for (int l = 0; l < 16; l++)
+                for (int e = 0; e < 2; e++) {
+                    const int j = c0 + 16 * cb + l, kk = 2 * (q0 + k) + e;
+                    const int o = bwd ? kk : j, i = bwd ? j : kk;
+                    d[2 * l + e] = o < out && i < in ? q4_get(q, code, (int64_t)o * in + i) : 0;
+                }
         }
 }
-
-/* backward (dx = dy W): B = W, its columns W's columns i, its k pairs pairs of W's rows:
- * dst[cb][q][l] = (W[2p][i], W[2p+1][i]), i = c0 + 16 cb + l, p = q0 + q */
+static void q4_pack_fwd_c(uint16_t *dst, const void *W, int in, int out, int c0, int nb, int q0, int kcp) {
+    q4_pack_c(0, dst, W, in, out, c0, nb, q0, kcp);
+}
 static void q4_pack_bwd_c(uint16_t *dst, const void *W, int in, int out, int c0, int nb, int q0, int kcp) {
-    const lt_qdesc *q = W;
-    const float *code = q4_code(q);
-    for (int cb = 0; cb < nb; cb++)
-        for (int k = 0; k < kcp; k++) {
-            uint16_t *d = dst + ((size_t)cb * kcp + k) * 32;
-            for (int l = 0; l < 16; l++) {
-                const int i = c0 + 16 * cb + l, o = 2 * (q0 + k);
-                d[2 * l] = i < in && o < out ? q4_get(q, code, (int64_t)o * in + i) : 0;
-                d[2 * l + 1] = i < in && o + 1 < out ? q4_get(q, code, (int64_t)(o + 1) * in + i) : 0;
-            }
-        }
+    q4_pack_c(1, dst, W, in, out, c0, nb, q0, kcp);
 }
 
 /* ---- one implementation = a row packer and a micro-kernel -------------------------------------- */

@@ -858,6 +858,31 @@ END_TEST
 
 /* ---- quantized weights ---------------------------------------------------------------------------- */
 
+/* a device descriptor of host tensor q (free with q_free) */
+static lt_qdesc q_upload(const lt_qtensor *q) {
+    lt_qdesc d = lt_qtensor_desc(q);
+    const size_t nd = lt_qtensor_data_bytes(q);
+    d.data = dalloc(nd);
+    OPS->upload(be, (void *)d.data, q->data, nd);
+    if (q->double_quant) {
+        d.qabsmax = dalloc((size_t)q->n_blocks);
+        OPS->upload(be, (void *)d.qabsmax, q->qabsmax, (size_t)q->n_blocks);
+        d.absmax2 = dput(q->absmax2, (size_t)q->n_blocks2);
+        d.code8 = dput(lt_quant_code8(), 256);
+    } else {
+        d.absmax = dput(q->absmax, (size_t)q->n_blocks);
+    }
+    return d;
+}
+static void q_free(const lt_qdesc *d) {
+    dfree((void *)d->data);
+    if (d->qabsmax) {
+        dfree((void *)d->qabsmax);
+        dfree((void *)d->absmax2);
+        dfree((void *)d->code8);
+    } else dfree((void *)d->absmax);
+}
+
 /* dequantize_rows: bit for bit the reference (NF4/FP4/int8, with and without double quantization) */
 START_TEST(test_dequantize_rows) {
     const int rows = 37, cols = 192;
@@ -871,18 +896,7 @@ START_TEST(test_dequantize_rows) {
             lt_qtensor *q;
             lt_error e = {0};
             ck_assert_int_eq(lt_qtensor_quantize_ex(x, shape, 2, &p, NULL, &q, &e), LT_OK);
-            lt_qdesc h = lt_qtensor_desc(q), d = h;
-            size_t nd = lt_qtensor_data_bytes(q);
-            d.data = dalloc(nd);
-            OPS->upload(be, (void *)d.data, q->data, nd);
-            if (q->double_quant) {
-                d.qabsmax = dalloc((size_t)q->n_blocks);
-                OPS->upload(be, (void *)d.qabsmax, q->qabsmax, (size_t)q->n_blocks);
-                d.absmax2 = dput(q->absmax2, (size_t)q->n_blocks2);
-                d.code8 = dput(lt_quant_code8(), 256);
-            } else {
-                d.absmax = dput(q->absmax, (size_t)q->n_blocks);
-            }
+            lt_qdesc h = lt_qtensor_desc(q), d = q_upload(q);
             const int r0 = 3, r1 = 31;
             float *dout = dnan((size_t)(r1 - r0) * cols), *ref = fnew((size_t)(r1 - r0) * cols);
             OPS->dequantize_rows(be, dout, &d, r0, r1);
@@ -893,12 +907,7 @@ START_TEST(test_dequantize_rows) {
             free(got);
             free(ref);
             dfree(dout);
-            dfree((void *)d.data);
-            if (q->double_quant) {
-                dfree((void *)d.qabsmax);
-                dfree((void *)d.absmax2);
-                dfree((void *)d.code8);
-            } else dfree((void *)d.absmax);
+            q_free(&d);
             lt_qtensor_free(q);
         }
     free(x);
@@ -924,19 +933,8 @@ START_TEST(test_gemm_q4) {
             lt_error e = {0};
             ck_assert_int_eq(lt_qtensor_quantize_ex(W, shape, 2, &p, NULL, &q, &e), LT_OK);
             float *Wd = fnew((size_t)out * in);
-            lt_qdesc h = lt_qtensor_desc(q), d = h;
+            lt_qdesc h = lt_qtensor_desc(q), d = q_upload(q);
             lt_qdesc_dequantize_range(&h, Wd, 0, (int64_t)out * in);
-            const size_t nd = lt_qtensor_data_bytes(q);
-            d.data = dalloc(nd);
-            OPS->upload(be, (void *)d.data, q->data, nd);
-            if (q->double_quant) {
-                d.qabsmax = dalloc((size_t)q->n_blocks);
-                OPS->upload(be, (void *)d.qabsmax, q->qabsmax, (size_t)q->n_blocks);
-                d.absmax2 = dput(q->absmax2, (size_t)q->n_blocks2);
-                d.code8 = dput(lt_quant_code8(), 256);
-            } else {
-                d.absmax = dput(q->absmax, (size_t)q->n_blocks);
-            }
             const int tile_rows = 7; /* several tiles per weight, a partial last one */
             float *tile = dnan((size_t)tile_rows * in);
             float *dx_ = dput(x, (size_t)N * in), *ddy = dput(dy, (size_t)N * out), *dyv = dnan((size_t)N * out);
@@ -981,12 +979,7 @@ START_TEST(test_gemm_q4) {
             dfree(dx_);
             dfree(ddy);
             dfree(dyv);
-            dfree((void *)d.data);
-            if (q->double_quant) {
-                dfree((void *)d.qabsmax);
-                dfree((void *)d.absmax2);
-                dfree((void *)d.code8);
-            } else dfree((void *)d.absmax);
+            q_free(&d);
             lt_qtensor_free(q);
             free(Wd);
             free(W);
