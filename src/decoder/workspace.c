@@ -115,9 +115,11 @@ lt_status lt_workspace_create_kept(lt_model *m, int B, int T, int rank, int mode
         return lt_fail(err, LT_ERR_NOMEM, "workspace: out of memory");
     }
 
-    /* logits chunk: bound the (chunk, V) buffer to ~16 MiB but keep at least 16 rows */
+    /* logits chunk: bound the (chunk, V) buffer to ~16 MiB but keep at least 128 rows: each chunk
+     * streams the whole LM head (Llama 3's 128256 x 4096 is 1 GB in bf16) through both of its products,
+     * so fewer, taller chunks read it fewer times (64 MiB of logits at that vocabulary) */
     int chunk = (int)((4u << 20) / (unsigned)V);
-    if (chunk < 16) chunk = 16;
+    if (chunk < 128) chunk = 128;
     if ((size_t)chunk > N) chunk = (int)N;
     ws->chunk = chunk;
 

@@ -672,7 +672,7 @@ static lt_status model_create(lt_context *ctx, const char *fn, const char *dir, 
         lt_path_join(path, sizeof path, dir, "config.json");
         st = lt_config_load(path, &m->cfg, err);
         /* always mapped: the loader reads each tensor once; use_mmap 0 only forbids using f32 bytes in place */
-        if (st == LT_OK && lt_st_set_open_dir(dir, 1, &m->st, err) != LT_OK) {
+        if (st == LT_OK && (st = lt_st_set_open_dir(dir, 1, &m->st, err)) == LT_ERR_IO && strstr(err->msg, "mmap")) {
             lt_error_clear(err); /* a file system that cannot map: read the files into memory */
             st = lt_st_set_open_dir(dir, 0, &m->st, err);
         }
