@@ -142,7 +142,7 @@ static const char bench_usage[] =
     "  (or --model DIR: a checkpoint of those shapes, with the time to load it against the time to read\n"
     "  its files), LoRA r=16 alpha=32 on all 7 projections, AdamW. Reports tokens/s and the memory it\n"
     "  took: peak RSS, the weights, the adapter with its optimizer state, the step (activations, workspace).\n"
-    "  --threads N (all cores) --steps N (5) --warmup N (2) --json\n"
+    "  --threads N (all cores) --steps N (5; 0: load and memory only) --warmup N (2) --json\n"
     "  --seq T --batch B            tokens per row, rows (bench-s 4 x 256; bench-1b, bench-8b 1 x 1024)\n"
     "  --checkpointing on|off       gradient checkpointing (bench-s off; bench-1b, bench-8b on)\n"
     "  --activation-memory MiB|all  with checkpointing: keep whole layers' activations within this budget\n"
@@ -179,7 +179,7 @@ int cmd_bench(int argc, char **argv) {
         if (!strcmp(cfgname, configs[i].name)) cfg = &configs[i];
     if (!cfg) return fail("bench", "unknown --config \"%s\" (bench-s, bench-1b, bench-8b)", cfgname);
     long long threads, steps, warm, B, T;
-    if (opt_int(&o, "threads", 0, 0, 1024, &threads) || opt_int(&o, "steps", 5, 1, 100000, &steps) ||
+    if (opt_int(&o, "threads", 0, 0, 1024, &threads) || opt_int(&o, "steps", 5, 0, 100000, &steps) ||
         opt_int(&o, "warmup", 2, 0, 1000, &warm) || opt_int(&o, "batch", cfg->B, 1, 1 << 16, &B) ||
         opt_int(&o, "seq", cfg->T, 2, 1 << 20, &T))
         return 2;
@@ -301,7 +301,9 @@ int cmd_bench(int argc, char **argv) {
         }
         loss = r.loss;
     }
-    const double dt = now_seconds() - t0, dc = cpu_seconds() - c0, tok = (double)steps * (double)(B * T);
+    /* --steps 0: the load (or the making) and the memory of the model, adapter and optimizer only */
+    const double dt = steps ? now_seconds() - t0 : 1, dc = steps ? cpu_seconds() - c0 : 1,
+                 tok = (double)steps * (double)(B * T);
     const double peak = peak_bytes(), MiB = 1048576.0;
     /* the parts of the peak: the process before the model, the weights (resident), the adapter's
      * parameters, gradients and optimizer state (resident after creating them), and what the steps
@@ -325,9 +327,10 @@ int cmd_bench(int argc, char **argv) {
                "  peak RSS %.1f MiB = process %.1f + weights %.1f (the library counts %.1f) + adapter and "
                "optimizer state %.1f + step %.1f; loading peaked at %.1f MiB\n"
                "  %s %.2f s; projections %.3f bits/param; %.0f trainable parameters at %.2f bytes each (%s)\n",
-               cfg->name, method, base_dtype == LT_BASE_BF16 ? "bf16" : "f32", B, T, ck, tok / dt, dt / steps,
-               peak / MiB, r0 / MiB, w / MiB, (double)info.weight_bytes / MiB, state / MiB, step / MiB, load_peak / MiB,
-               mdir ? "loaded in" : "made in", load_s, qbits, n_train, state / n_train, optname);
+               cfg->name, method, base_dtype == LT_BASE_BF16 ? "bf16" : "f32", B, T, ck, tok / dt,
+               steps ? dt / steps : 0.0, peak / MiB, r0 / MiB, w / MiB, (double)info.weight_bytes / MiB, state / MiB,
+               step / MiB, load_peak / MiB, mdir ? "loaded in" : "made in", load_s, qbits, n_train, state / n_train,
+               optname);
     if (mdir && !opt_flag(&o, "json"))
         printf("  reading the %.1f MiB of weight files took %.2f s: loading took %.2fx that\n", file_bytes / MiB,
                read_s, load_s / read_s);
