@@ -309,6 +309,12 @@ int cmd_bench(int argc, char **argv) {
      * parameters, gradients and optimizer state (resident after creating them), and what the steps
      * added on top (activations, the workspace, the LM head's chunk buffers, thread stacks) */
     const double w = r1 - r0, state = r2 - r1, step = peak - r2;
+    /* multiply-adds with the frozen weights per step (projections and LM head, y = x W^T and dx = dy W;
+     * the recomputation of checkpointed layers not counted): the work of the bf16 / 4-bit kernel */
+    const double H = (double)info.hidden_size, I = (double)info.intermediate_size;
+    const double QD = (double)(info.n_heads * info.head_dim), KD = (double)(info.n_kv_heads * info.head_dim);
+    const double proj = (double)info.n_layers * (2 * H * QD + 2 * H * KD + 3 * H * I);
+    const double frozen_gflop = 2.0 * 2.0 * (proj + (double)info.vocab_size * H) * (double)(B * T) / 1e9;
     if (opt_flag(&o, "json"))
         printf("{\"config\": \"%s\", \"method\": \"%s\", \"threads\": %d, \"checkpointing\": \"%s\", "
                "\"activation_memory_mb\": %lld, \"base_dtype\": \"%s\", \"batch\": %lld, \"seq\": %lld, "
@@ -317,11 +323,13 @@ int cmd_bench(int argc, char **argv) {
                "\"weight_bytes_mb\": %.1f, \"adapter_state_rss_mb\": %.1f, \"step_rss_mb\": %.1f, "
                "\"load_s\": %.2f, \"read_s\": %.2f, \"file_mb\": %.1f, \"weight_bytes\": %lld, "
                "\"projection_bits_per_param\": %.4f, \"optimizer\": \"%s\", \"trainable_params\": %.0f, "
-               "\"bytes_per_trainable_param\": %.2f}\n",
+               "\"bytes_per_trainable_param\": %.2f, \"frozen_gemm_gflop_per_step\": %.1f, "
+               "\"frozen_gemm_gflop_per_s\": %.1f}\n",
                cfg->name, method, (int)threads, ck, keep_mb >= 1LL << 40 ? -1LL : keep_mb,
                base_dtype == LT_BASE_BF16 ? "bf16" : "f32", B, T, steps, loss, tok / dt, tok / dc, peak / MiB,
                load_peak / MiB, r0 / MiB, w / MiB, (double)info.weight_bytes / MiB, state / MiB, step / MiB, load_s,
-               read_s, file_bytes / MiB, (long long)info.weight_bytes, qbits, optname, n_train, state / n_train);
+               read_s, file_bytes / MiB, (long long)info.weight_bytes, qbits, optname, n_train, state / n_train,
+               frozen_gflop, steps ? frozen_gflop * (double)steps / dt : 0.0);
     else
         printf("%s (%s, base %s, %lld x %lld tokens, checkpointing %s): %.2f training tokens/s (%.2f s/step)\n"
                "  peak RSS %.1f MiB = process %.1f + weights %.1f (the library counts %.1f) + adapter and "
