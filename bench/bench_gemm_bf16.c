@@ -5,6 +5,7 @@
  * the threading libloratune uses: OpenBLAS single-threaded per call, split over our OpenMP threads).
  *
  *   build/bench_gemm_bf16 [threads (2)] [repeats (15, at most 256)] [N (1024)] [bench-s|bench-1b|bench-8b]
+ *   LT_CPU_ISA=avx512 build/bench_gemm_bf16 ...   the portable kernel on a CPU with AVX512_BF16
  *
  * Products of one decoder layer of the config (bench-s: hidden 512, intermediate 1376; bench-1b:
  * Llama-3.2-1B, 2048 / 8192, 32 / 8 heads; bench-8b: Llama-3-8B, 4096 / 14336, 32 / 8 heads), N tokens:
@@ -23,6 +24,7 @@
 #include "backend/backend.h"
 #include "core/context.h"
 #include "cpu/cpu_backend.h"
+#include "cpu/cpu_kernels.h"
 #include "cpu/gemm_bf16.h"
 #include "formats/quant.h"
 
@@ -79,8 +81,9 @@ int main(int argc, char **argv) {
         return 1;
     }
     const lt_backend_ops *o = be->ops;
-    printf("bench_gemm_bf16: %s, N=%d, %d threads, %d repeats, AVX512_BF16 %s\n", cfg, N, threads, reps,
-           lt_bf16_avx512_available() ? "yes" : "no (portable kernel)");
+    const lt_cpu_kernels *k = lt_cpu_kernels_get(LT_CPU_ISA_AUTO, err, sizeof err);
+    printf("bench_gemm_bf16: %s, N=%d, %d threads, %d repeats, ISA %s (%s kernel)\n", cfg, N, threads, reps, k->isa,
+           k->level == LT_CPU_ISA_AVX512_BF16 ? "AVX512_BF16" : "portable");
     printf("%-22s %-8s %10s %10s %10s %8s %8s\n", "shape", "product", "bf16 GF/s", "nf4 GF/s", "sgemm GF/s", "nf4/bf16",
            "bf16/f32");
     double layer_b = 0, layer_q = 0, layer_f = 0, layer_flops = 0;

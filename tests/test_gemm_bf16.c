@@ -2,7 +2,8 @@
  * test_gemm_bf16.c - frozen weights in bf16 (cpu/gemm_bf16.c, lt_model_params.base_dtype).
  *
  * (a) the kernels against an fp64 reference of the bf16-rounded inputs: both products, both code
- *     paths (AVX512_BF16 when this CPU has it, and the portable one, forced), 1 and 3 threads, odd
+ *     paths (the AVX512_BF16 kernels when this CPU has them, and the portable ones, each through its
+ *     ISA's table, cpu_kernels.h), 1 and 3 threads, odd
  *     shapes (not multiples of the 8-row / 16-column / 256-k tiles, N = 1, in = 1, odd K).
  *     Tolerance, per element: |got - exact| <= (K + 2) 2^-24 (|acc| + sum_k |a_k b_k|), the bound of
  *     any fp32 summation order of exact products (products of two bf16 values are exact in fp32).
@@ -28,6 +29,7 @@
 #include "backend/backend.h"
 #include "core/context.h"
 #include "cpu/cpu_backend.h"
+#include "cpu/cpu_kernels.h"
 #include "cpu/gemm_bf16.h"
 #include "cpu/ref_ops.h"
 #include "formats/quant.h"
@@ -36,22 +38,6 @@
 #include "test_util.h"
 
 /* ---- helpers -------------------------------------------------------------------------------------- */
-
-static uint64_t rng_s = 1;
-static void rng_seed(uint64_t s) { rng_s = s * 2654435761ull + 0x9E3779B97F4A7C15ull; }
-static float urand(void) { /* [-1, 1) */
-    rng_s ^= rng_s >> 12;
-    rng_s ^= rng_s << 25;
-    rng_s ^= rng_s >> 27;
-    return (float)((rng_s * 2685821657736338717ull >> 40) * (2.0 / 16777216.0) - 1.0);
-}
-
-static float *frand(size_t n, float scale) {
-    float *p = malloc((n ? n : 1) * sizeof *p);
-    ck_assert_ptr_nonnull(p);
-    for (size_t i = 0; i < n; i++) p[i] = scale * urand();
-    return p;
-}
 
 static uint16_t *pack(const float *W, int out, int in) {
     uint16_t *p = malloc((lt_bf16w_elems(out, in) + 32) * sizeof *p);
@@ -94,10 +80,11 @@ static const int shapes[][3] = {
 };
 #define N_SHAPES ((int)(sizeof shapes / sizeof *shapes))
 
-static void check_shape(int impl, int N, int in, int out) {
-    rng_seed((uint64_t)(N * 1000003 + in * 1009 + out));
-    float *W = frand((size_t)out * in, 1.0f), *x = frand((size_t)N * in, 2.0f), *dy = frand((size_t)N * out, 0.5f);
-    float *acc = frand((size_t)N * in, 3.0f);
+static void check_shape(const lt_cpu_kernels *impl, int N, int in, int out) {
+    tu_rng_seed((uint64_t)(N * 1000003 + in * 1009 + out));
+    float *W = tu_frand((size_t)out * in, -1.0f, 1.0f), *x = tu_frand((size_t)N * in, -2.0f, 2.0f);
+    float *dy = tu_frand((size_t)N * out, -0.5f, 0.5f);
+    float *acc = tu_frand((size_t)N * in, -3.0f, 3.0f);
     uint16_t *Wp = pack(W, out, in);
     float *y1 = malloc((size_t)N * out * sizeof *y1), *y3 = malloc((size_t)N * out * sizeof *y3);
     float *d1 = malloc((size_t)N * in * sizeof *d1), *d3 = malloc((size_t)N * in * sizeof *d3);
@@ -110,8 +97,8 @@ static void check_shape(int impl, int N, int in, int out) {
         lt_gemm_bf16_backward(impl, 3, d3, dy, Wp, N, in, out, accumulate);
         double ef = err_ratio(0, y1, x, NULL, W, N, in, out);
         double eb = err_ratio(1, d1, dy, accumulate ? acc : NULL, W, N, in, out);
-        ck_assert_msg(ef <= 1.0, "impl %d forward N=%d in=%d out=%d: error %.3g x the bound", impl, N, in, out, ef);
-        ck_assert_msg(eb <= 1.0, "impl %d backward N=%d in=%d out=%d accumulate=%d: error %.3g x the bound", impl, N,
+        ck_assert_msg(ef <= 1.0, "%s forward N=%d in=%d out=%d: error %.3g x the bound", impl->isa, N, in, out, ef);
+        ck_assert_msg(eb <= 1.0, "%s backward N=%d in=%d out=%d accumulate=%d: error %.3g x the bound", impl->isa, N,
                       in, out, accumulate, eb);
         ck_assert_msg(!memcmp(y1, y3, (size_t)N * out * sizeof *y1), "forward depends on the thread count");
         ck_assert_msg(!memcmp(d1, d3, (size_t)N * in * sizeof *d1), "backward depends on the thread count");
@@ -132,27 +119,31 @@ static void check_shape(int impl, int N, int in, int out) {
     free(d3);
 }
 
-START_TEST(test_kernel_portable) { check_shape(LT_BF16_PORTABLE, shapes[_i][0], shapes[_i][1], shapes[_i][2]); }
+/* the portable kernels: the generic ISA's table (the AVX2 and AVX512 tables name the same ones) */
+START_TEST(test_kernel_portable) {
+    check_shape(lt_cpu_kernels_get(LT_CPU_ISA_GENERIC, NULL, 0), shapes[_i][0], shapes[_i][1], shapes[_i][2]);
+}
 END_TEST
 
 START_TEST(test_kernel_avx512) {
-    if (!lt_bf16_avx512_available()) {
+    const lt_cpu_kernels *k = lt_cpu_kernels_get(LT_CPU_ISA_AVX512_BF16, NULL, 0);
+    if (!k) {
         fprintf(stderr, "test_gemm_bf16: no AVX512_BF16 on this CPU; the AUTO path is the portable one\n");
         return;
     }
-    check_shape(LT_BF16_AVX512, shapes[_i][0], shapes[_i][1], shapes[_i][2]);
+    check_shape(k, shapes[_i][0], shapes[_i][1], shapes[_i][2]);
 }
 END_TEST
 
 /* The two implementations agree within twice the bound (each is within it of the exact value). */
 START_TEST(test_paths_agree) {
     const int N = 33, in = 700, out = 90;
-    rng_seed(7);
-    float *W = frand((size_t)out * in, 1.0f), *x = frand((size_t)N * in, 1.0f);
+    tu_rng_seed(7);
+    float *W = tu_frand((size_t)out * in, -1.0f, 1.0f), *x = tu_frand((size_t)N * in, -1.0f, 1.0f);
     uint16_t *Wp = pack(W, out, in);
     float *a = malloc((size_t)N * out * sizeof *a), *b = malloc((size_t)N * out * sizeof *b);
-    lt_gemm_bf16_forward(LT_BF16_AUTO, 2, a, x, Wp, N, in, out);
-    lt_gemm_bf16_forward(LT_BF16_PORTABLE, 2, b, x, Wp, N, in, out);
+    lt_gemm_bf16_forward(lt_cpu_kernels_get(LT_CPU_ISA_AUTO, NULL, 0), 2, a, x, Wp, N, in, out);
+    lt_gemm_bf16_forward(lt_cpu_kernels_get(LT_CPU_ISA_GENERIC, NULL, 0), 2, b, x, Wp, N, in, out);
     ck_assert_double_le(err_ratio(0, a, x, NULL, W, N, in, out), 1.0);
     ck_assert_double_le(err_ratio(0, b, x, NULL, W, N, in, out), 1.0);
     double d = tu_max_rel_err(a, b, (size_t)N * out);
@@ -189,17 +180,20 @@ START_TEST(test_rounding) {
                                 0x007fffffu, 0x00800000u, 0xc0490fdbu, 0x7f800000u, 0x33d6bf95u, 0x4b7fffffu};
     const int N = 80;
     float x[80], W[16], y[80 * 16];
-    for (int i = 0; i < N; i++) x[i] = i < 12 ? from_bits(special[i]) : urand() * 100.0f;
+    for (int i = 0; i < N; i++) x[i] = i < 12 ? from_bits(special[i]) : tu_urand(-100.0f, 100.0f);
     for (int o = 0; o < 16; o++) W[o] = 1.0f;
     uint16_t *Wp = pack(W, 16, 1);
-    for (int impl = LT_BF16_AVX512; impl <= LT_BF16_PORTABLE; impl++) {
+    const lt_cpu_isa isas[2] = {LT_CPU_ISA_AVX512_BF16, LT_CPU_ISA_GENERIC};
+    for (int ii = 0; ii < 2; ii++) {
+        const lt_cpu_kernels *impl = lt_cpu_kernels_get(isas[ii], NULL, 0);
+        if (!impl) continue; /* no AVX512_BF16 on this CPU */
         lt_gemm_bf16_forward(impl, 1, y, x, Wp, N, 1, 16);
         for (int i = 0; i < N; i++)
             for (int o = 0; o < 16; o++) {
                 float want = lt_bf16_to_f32(lt_bf16_round(x[i]));
                 /* == : the sum starts from +0, so bf16(-tiny) = -0 comes out as +0 */
                 ck_assert_msg(y[i * 16 + o] == want || (isnan(want) && isnan(y[i * 16 + o])),
-                              "impl %d: x = %a (0x%08x) gave %a, bf16 rounding gives %a", impl, x[i],
+                              "%s: x = %a (0x%08x) gave %a, bf16 rounding gives %a", impl->isa, x[i],
                               i < 12 ? special[i] : 0u, y[i * 16 + o], want);
             }
     }
@@ -213,8 +207,8 @@ START_TEST(test_pack) {
     static const int shapes_p[][2] = {{16, 32}, {1, 1}, {33, 70}, {130, 77}, {48, 512}, {17, 33}, {64, 2048}};
     for (size_t k = 0; k < sizeof shapes_p / sizeof *shapes_p; k++) {
         const int out = shapes_p[k][0], in = shapes_p[k][1];
-        rng_seed((uint64_t)k + 100);
-        float *W = frand((size_t)out * in, 3.0f);
+        tu_rng_seed((uint64_t)k + 100);
+        float *W = tu_frand((size_t)out * in, -3.0f, 3.0f);
         const uint32_t special[] = {0x3f808000u, 0x3f818000u, 0x7f7fffffu, 0x00400000u,
                                     0x80000001u, 0x7fc00001u, 0xff800000u};
         for (size_t i = 0; i < 7 && i < (size_t)out * in; i++)
@@ -222,10 +216,13 @@ START_TEST(test_pack) {
         const size_t n = lt_bf16w_elems(out, in);
         uint16_t *want = malloc(n * 2), *got = malloc(n * 2);
         lt_bf16w_pack(want, W, out, in);
-        for (int impl = LT_BF16_AVX512; impl <= LT_BF16_PORTABLE; impl++) {
+        const lt_cpu_isa isas[2] = {LT_CPU_ISA_AVX512_BF16, LT_CPU_ISA_GENERIC};
+        for (int ii = 0; ii < 2; ii++) {
+            const lt_cpu_kernels *impl = lt_cpu_kernels_get(isas[ii], NULL, 0);
+            if (!impl) continue; /* no AVX512_BF16 on this CPU */
             memset(got, 0xab, n * 2);
             lt_bf16_pack(impl, got, W, out, in);
-            ck_assert_msg(!memcmp(got, want, n * 2), "impl %d pack %d x %d differs from lt_bf16w_pack", impl, out, in);
+            ck_assert_msg(!memcmp(got, want, n * 2), "%s pack %d x %d differs from lt_bf16w_pack", impl->isa, out, in);
         }
         free(W);
         free(want);
@@ -241,8 +238,9 @@ START_TEST(test_backend_ops) {
     char msg[256];
     ck_assert_int_eq(lt_cpu_backend_create(3, &be, msg, sizeof msg), LT_OK);
     const int N = 45, in = 77, out = 130;
-    rng_seed(11);
-    float *W = frand((size_t)out * in, 1.0f), *x = frand((size_t)N * in, 1.0f), *dy = frand((size_t)N * out, 1.0f);
+    tu_rng_seed(11);
+    float *W = tu_frand((size_t)out * in, -1.0f, 1.0f), *x = tu_frand((size_t)N * in, -1.0f, 1.0f);
+    float *dy = tu_frand((size_t)N * out, -1.0f, 1.0f);
     size_t bytes = be->ops->bf16_weight_bytes(be, out, in);
     ck_assert_uint_eq(bytes, lt_ref_bf16_weight_bytes(out, in));
     ck_assert_uint_le(bytes, (size_t)(out + 15) * (in + 1) * 2);
@@ -251,7 +249,8 @@ START_TEST(test_backend_ops) {
     lt_ref_bf16_weight_pack(Wr, W, out, in);
     ck_assert_msg(!memcmp(Wp, Wr, bytes), "backend and reference packing differ");
     float *y = malloc((size_t)N * out * 4), *yr = malloc((size_t)N * out * 4);
-    float *dx = frand((size_t)N * in, 1.0f), *dxr = malloc((size_t)N * in * 4), *acc = malloc((size_t)N * in * 4);
+    float *dx = tu_frand((size_t)N * in, -1.0f, 1.0f), *dxr = malloc((size_t)N * in * 4),
+          *acc = malloc((size_t)N * in * 4);
     memcpy(dxr, dx, (size_t)N * in * 4);
     memcpy(acc, dx, (size_t)N * in * 4);
     be->ops->gemm_bf16_forward(be, y, x, Wp, N, in, out);
@@ -281,7 +280,7 @@ END_TEST
 
 /* W (out,in) random, quantized: *q (free with lt_qtensor_free), *Wd its dequantized f32 values */
 static lt_qtensor *quant_w(int out, int in, lt_quant_format f, int bs, int dq, float **Wd) {
-    float *W = frand((size_t)out * in, 1.0f);
+    float *W = tu_frand((size_t)out * in, -1.0f, 1.0f);
     for (int o = 0; o < out; o++) /* rows of different scales: the absmax of each block matters */
         for (int i = 0; i < in; i++) W[(size_t)o * in + i] *= 0.01f + (float)((o * 7 + i / 64) % 11);
     lt_quant_params p = {.size = sizeof p, .format = f, .blocksize = bs, .double_quant = dq};
@@ -303,13 +302,14 @@ static const int q4_shapes[][4] = {
 };
 #define N_Q4 ((int)(sizeof q4_shapes / sizeof *q4_shapes))
 
-static void check_q4(int impl, int N, int in, int out, int bs) {
+static void check_q4(const lt_cpu_kernels *impl, int N, int in, int out, int bs) {
     for (int v = 0; v < 4; v++) { /* NF4 / FP4, with and without double quantization */
-        rng_seed((uint64_t)(N * 1000003 + in * 1009 + out * 7 + v));
+        tu_rng_seed((uint64_t)(N * 1000003 + in * 1009 + out * 7 + v));
         float *Wd;
         lt_qtensor *qt = quant_w(out, in, v & 1 ? LT_QUANT_FP4 : LT_QUANT_NF4, bs, v >> 1, &Wd);
         const lt_qdesc q = lt_qtensor_desc(qt);
-        float *x = frand((size_t)N * in, 2.0f), *dy = frand((size_t)N * out, 0.5f), *acc = frand((size_t)N * in, 3.0f);
+        float *x = tu_frand((size_t)N * in, -2.0f, 2.0f), *dy = tu_frand((size_t)N * out, -0.5f, 0.5f),
+              *acc = tu_frand((size_t)N * in, -3.0f, 3.0f);
         float *y1 = malloc((size_t)N * out * sizeof *y1), *y3 = malloc((size_t)N * out * sizeof *y3);
         float *d1 = malloc((size_t)N * in * sizeof *d1), *d3 = malloc((size_t)N * in * sizeof *d3);
         for (int accumulate = 0; accumulate < 2; accumulate++) {
@@ -321,10 +321,10 @@ static void check_q4(int impl, int N, int in, int out, int bs) {
             lt_gemm_q4_backward(impl, 3, d3, dy, &q, N, in, out, accumulate);
             double ef = err_ratio(0, y1, x, NULL, Wd, N, in, out);
             double eb = err_ratio(1, d1, dy, accumulate ? acc : NULL, Wd, N, in, out);
-            ck_assert_msg(ef <= 1.0, "impl %d q4 variant %d forward N=%d in=%d out=%d bs=%d: error %.3g x the bound",
-                          impl, v, N, in, out, bs, ef);
-            ck_assert_msg(eb <= 1.0, "impl %d q4 variant %d backward N=%d in=%d out=%d bs=%d acc=%d: %.3g x the bound",
-                          impl, v, N, in, out, bs, accumulate, eb);
+            ck_assert_msg(ef <= 1.0, "%s q4 variant %d forward N=%d in=%d out=%d bs=%d: error %.3g x the bound",
+                          impl->isa, v, N, in, out, bs, ef);
+            ck_assert_msg(eb <= 1.0, "%s q4 variant %d backward N=%d in=%d out=%d bs=%d acc=%d: %.3g x the bound",
+                          impl->isa, v, N, in, out, bs, accumulate, eb);
             ck_assert_msg(!memcmp(y1, y3, (size_t)N * out * sizeof *y1), "q4 forward depends on the thread count");
             ck_assert_msg(!memcmp(d1, d3, (size_t)N * in * sizeof *d1), "q4 backward depends on the thread count");
         }
@@ -348,13 +348,15 @@ static void check_q4(int impl, int N, int in, int out, int bs) {
 }
 
 START_TEST(test_q4_portable) {
-    check_q4(LT_BF16_PORTABLE, q4_shapes[_i][0], q4_shapes[_i][1], q4_shapes[_i][2], q4_shapes[_i][3]);
+    check_q4(lt_cpu_kernels_get(LT_CPU_ISA_GENERIC, NULL, 0), q4_shapes[_i][0], q4_shapes[_i][1], q4_shapes[_i][2],
+             q4_shapes[_i][3]);
 }
 END_TEST
 
 START_TEST(test_q4_avx512) {
-    if (!lt_bf16_avx512_available()) return;
-    check_q4(LT_BF16_AVX512, q4_shapes[_i][0], q4_shapes[_i][1], q4_shapes[_i][2], q4_shapes[_i][3]);
+    const lt_cpu_kernels *k = lt_cpu_kernels_get(LT_CPU_ISA_AVX512_BF16, NULL, 0);
+    if (!k) return; /* no AVX512_BF16 on this CPU */
+    check_q4(k, q4_shapes[_i][0], q4_shapes[_i][1], q4_shapes[_i][2], q4_shapes[_i][3]);
 }
 END_TEST
 
@@ -364,11 +366,12 @@ START_TEST(test_q4_backend_ops) {
     char msg[256];
     ck_assert_int_eq(lt_cpu_backend_create(3, &be, msg, sizeof msg), LT_OK);
     const int N = 21, in = 192, out = 70;
-    rng_seed(5);
+    tu_rng_seed(5);
     float *Wd;
     lt_qtensor *qt = quant_w(out, in, LT_QUANT_NF4, 64, 1, &Wd);
     const lt_qdesc q = lt_qtensor_desc(qt);
-    float *x = frand((size_t)N * in, 1.0f), *dy = frand((size_t)N * out, 1.0f), *acc = frand((size_t)N * in, 1.0f);
+    float *x = tu_frand((size_t)N * in, -1.0f, 1.0f), *dy = tu_frand((size_t)N * out, -1.0f, 1.0f),
+          *acc = tu_frand((size_t)N * in, -1.0f, 1.0f);
     float *y = malloc((size_t)N * out * 4), *yr = malloc((size_t)N * out * 4);
     float *dx = malloc((size_t)N * in * 4), *dxr = malloc((size_t)N * in * 4);
     memcpy(dx, acc, (size_t)N * in * 4);
@@ -387,7 +390,8 @@ START_TEST(test_q4_backend_ops) {
     ck_assert_int_eq(be->ops->sync(be), LT_ERR_INTERNAL);
     /* the bf16 embedding table: rows of the packed layout, as the reference reads them */
     const int V = 37, C = 45;
-    float *table = frand((size_t)V * C, 1.0f), *e = malloc((size_t)N * C * 4), *er = malloc((size_t)N * C * 4);
+    float *table = tu_frand((size_t)V * C, -1.0f, 1.0f), *e = malloc((size_t)N * C * 4),
+          *er = malloc((size_t)N * C * 4);
     void *tp = be->ops->alloc(be, be->ops->bf16_weight_bytes(be, V, C));
     be->ops->bf16_weight_pack(be, tp, table, V, C);
     int32_t ids[21];
@@ -418,14 +422,10 @@ END_TEST
 /* ---- (d) models ---------------------------------------------------------------------------------- */
 
 static lt_model *load(lt_context *ctx, const char *name, int base_dtype) {
-    char dir[1024];
-    snprintf(dir, sizeof dir, "%s/models/%s", LT_TEST_DATA_DIR, name);
     lt_model_params mp;
     lt_model_params_init(&mp, sizeof mp);
     mp.base_dtype = base_dtype;
-    lt_model *m = NULL;
-    ck_assert_msg(lt_model_load(ctx, dir, &mp, &m) == LT_OK, "%s: %s", name, lt_last_error());
-    return m;
+    return tu_load_model(ctx, name, &mp);
 }
 
 static const char *const models[] = {"llama-basic", "llama-gqa", "llama-tied", "llama-headdim", "llama-bf16"};
@@ -662,10 +662,4 @@ Suite *bf16_suite(void) {
     return s;
 }
 
-int main(void) {
-    SRunner *r = srunner_create(bf16_suite());
-    srunner_run_all(r, CK_NORMAL);
-    int failed = srunner_ntests_failed(r);
-    srunner_free(r);
-    return failed ? 1 : 0;
-}
+TU_MAIN(bf16_suite)

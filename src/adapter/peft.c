@@ -202,7 +202,7 @@ LT_API lt_status lt_adapter_save(lt_adapter *a, const char *dir) {
     if (!dir) return lt_fail(&a->err, LT_ERR_ARGUMENT, "lt_adapter_save: dir is NULL");
     if (a->merged) return lt_fail(&a->err, LT_ERR_STATE, "lt_adapter_save: the adapter is merged; unmerge it first");
     if (a->p.full_finetune) /* the trained model itself, as a Hugging Face directory */
-        return lt_model_export(a->model, a, dir, 2ull << 30, &a->err);
+        return lt_model_export(a->model, a, NULL, NULL, dir, 2ull << 30, &a->err);
     return adapter_save(a, dir, &a->err);
 }
 

@@ -56,6 +56,8 @@ static const opt_spec train_spec[] = {
     {"quant-blocksize", 1},
     {"base-dtype", 1},
     {"modules-to-save", 1},
+    {"zero", 1},
+    {"dist-timeout", 1},
 };
 #define N_TRAIN_SPEC ((int)(sizeof train_spec / sizeof *train_spec))
 
@@ -80,6 +82,9 @@ static void train_usage(void) {
         "             --quant nf4|fp4|int8 (nf4) --double-quant | --no-double-quant (on for qlora)\n"
         "             --quant-blocksize N (64); `loratune merge` then merges into the dequantized base\n"
         "  other:     --threads N --json --quiet --no-checkpointing\n"
+        "  ranks:     mpirun -np N loratune train ... trains data-parallel: --batch is the global batch, each rank\n"
+        "             takes its rows of it; rank 0 prints and writes; --zero 0|1 (1 with --method full: the\n"
+        "             optimizer state sharded over the ranks) --dist-timeout S (600; docs/DISTRIBUTED.md)\n"
         "             --base-dtype f32|bf16 (bf16: frozen projection weights, embeddings and LM head in bf16,\n"
         "             fp32 accumulation; with qlora: the 4-bit weights multiplied in bf16)\n"
         "  --objective sft (default) | dpo | ipo | kto | orpo: preference data (loratune train --objective dpo "
@@ -159,15 +164,18 @@ static int pack_dataset(const dataset *ds, int T, packed *pk) {
     return 0;
 }
 
-static double eval_file(lt_model *m, lt_adapter *ad, const dataset *ds, int T_cap, int batch, long long *tokens,
-                        int *failed) {
+/* The eval loss of a file; several ranks each take a contiguous share of the rows and add their sums. */
+static double eval_file(lt_model *m, lt_adapter *ad, const dataset *ds, int T_cap, int batch, const cli_dist *dist,
+                        long long *tokens, int *failed) {
     int32_t *ids = malloc((size_t)batch * ds->max_len * sizeof *ids),
             *lab = malloc((size_t)batch * ds->max_len * sizeof *lab);
     double total = 0;
     *tokens = 0;
     *failed = !ids || !lab;
-    for (int first = 0; !*failed && first < ds->n; first += batch) {
-        int n = ds->n - first < batch ? ds->n - first : batch;
+    int lo, hi;
+    dist_share(dist, ds->n, &lo, &hi);
+    for (int first = lo; !*failed && first < hi; first += batch) {
+        int n = hi - first < batch ? hi - first : batch;
         int T = dataset_batch(ds, NULL, first, n, T_cap, ids, lab);
         lt_batch b;
         lt_batch_init(&b, sizeof b);
@@ -186,6 +194,11 @@ static double eval_file(lt_model *m, lt_adapter *ad, const dataset *ds, int T_ca
     }
     free(ids);
     free(lab);
+    double sums[3] = {total, (double)*tokens, *failed};
+    if (dist->comm && lt_comm_all_reduce(dist->comm, sums, 3) != LT_OK) sums[2] = 1;
+    total = sums[0];
+    *tokens = (long long)sums[1];
+    *failed = sums[2] != 0;
     return *tokens ? total / (double)*tokens : NAN;
 }
 
@@ -276,19 +289,26 @@ int cmd_train(int argc, char **argv) {
     if (orc) return orc;
     if (!(epochs > 0)) return fail("train", "--epochs must be positive");
     if (!(alpha > 0)) return fail("train", "--alpha must be positive");
-    const int json = opt_flag(&o, "json"), quiet = opt_flag(&o, "quiet") || json;
-    FILE *log = json ? stderr : stdout;
+    cli_dist dist;
+    if (dist_open("train", &o, opt_str(&o, "backend", getenv("LORATUNE_BACKEND")), &dist)) return 1;
+    const int writer = dist.rank == 0; /* rank 0 prints and writes; every rank trains on its rows */
+    const int json = opt_flag(&o, "json") && writer, quiet = opt_flag(&o, "quiet") || opt_flag(&o, "json") || !writer;
+    FILE *log = opt_flag(&o, "json") ? stderr : stdout;
 
     dataset ds = {0}, eds = {0};
     char msg[1024];
     const char *tokdir = opt_str(&o, "tokenizer", mdir);
     int dropped = 0;
-    if (dataset_load_any(data, tokdir, &ds, &dropped, msg, sizeof msg)) return fail("train", "%s", msg);
+    if (dataset_load_any(data, tokdir, &ds, &dropped, msg, sizeof msg)) {
+        dist_close(&dist, 1);
+        return fail("train", "%s", msg);
+    }
     if (dropped && !quiet)
         fprintf(log, "%s: %d rows with nothing to learn (label false or fully masked) left out\n", data, dropped);
     const char *edata = opt_str(&o, "eval-data", NULL);
     if (edata && dataset_load_any(edata, tokdir, &eds, NULL, msg, sizeof msg)) {
         dataset_free(&ds);
+        dist_close(&dist, 1);
         return fail("train", "%s", msg);
     }
 
@@ -333,7 +353,7 @@ int cmd_train(int argc, char **argv) {
             goto done;
         }
         if (!strcmp(method, "qlora")) {
-            if (mkdir_p(out) == 0) write_quant_note(out, &qp);
+            if (writer && mkdir_p(out) == 0) write_quant_note(out, &qp);
             lt_model_info qi = {.size = sizeof qi};
             lt_model_get_info(m, &qi);
             if (!quiet)
@@ -412,6 +432,12 @@ int cmd_train(int argc, char **argv) {
     tp.grad_accum = (int)accum;
     tp.seed = (uint64_t)seed;
     tp.gradient_checkpointing = !opt_flag(&o, "no-checkpointing");
+    tp.comm = dist.comm;
+    {
+        lt_adapter_params gp = {.size = sizeof gp};
+        lt_adapter_get_params(ad, &gp);
+        if ((rc = dist_zero_option("train", &o, gp.full_finetune, &tp.zero_stage)) != 0) goto done;
+    }
     if (lt_trainer_create(m, ad, opt, &tp, &tr) != LT_OK) {
         rc = fail("train", "%s", lt_last_error());
         goto done;
@@ -429,8 +455,7 @@ int cmd_train(int argc, char **argv) {
         goto done;
     }
     snprintf(path, sizeof path, "%s/metrics.jsonl", out);
-    metrics = fopen(path, start > 0 ? "a" : "w");
-    if (!metrics) {
+    if (writer && !(metrics = fopen(path, start > 0 ? "a" : "w"))) {
         rc = fail("train", "%s: cannot write: %s", path, strerror(errno));
         goto done;
     }
@@ -452,14 +477,19 @@ int cmd_train(int argc, char **argv) {
                 "training %s: %lld updates of %lld x %lld rows x %d tokens%s, rank %d, %lld trainable parameters\n",
                 mdir, total - start, batch, accum, T, pack ? " (packed)" : "", (int)rank,
                 (long long)lt_adapter_n_params(ad));
+    if (!quiet && dist.world > 1)
+        fprintf(log, "data-parallel: %d ranks (MPI), each takes its rows of every batch; ZeRO-%d\n", dist.world,
+                tp.zero_stage);
+    int row_lo, row_hi;
+    dist_share(&dist, (int)batch, &row_lo, &row_hi);
     double t_start = now_seconds(), last_loss = NAN, last_eval = NAN, tok_s = 0;
     long long micro = start * accum, cur_epoch = -1;
     for (long long step = start; step < total; step++) {
         lt_step_result r = {.size = sizeof r};
         for (long long k = 0; k < accum; k++, micro++) {
-            /* rows of micro-batch `micro`: global row indices micro*B .. micro*B+B-1 */
-            for (int i = 0; i < batch; i++) {
-                long long g = micro * batch + i, ep = g / n_units;
+            /* rows of micro-batch `micro`: global row indices micro*B .. micro*B+B-1; this rank's: row_lo..row_hi-1 */
+            for (int i = 0; i < row_hi - row_lo; i++) {
+                long long g = micro * batch + row_lo + i, ep = g / n_units;
                 if (ep != cur_epoch) {
                     epoch_order(order, (int)n_units, (uint64_t)seed, ep, shuffle);
                     cur_epoch = ep;
@@ -480,7 +510,7 @@ int cmd_train(int argc, char **argv) {
             }
             lt_batch b;
             lt_batch_init(&b, sizeof b);
-            b.n_rows = (int)batch;
+            b.n_rows = row_hi - row_lo;
             b.seq_len = T;
             b.input_ids = ids;
             b.labels = lab;
@@ -494,6 +524,7 @@ int cmd_train(int argc, char **argv) {
         }
         last_loss = r.loss;
         curve[step] = r.loss;
+        if (dist.comm) lt_comm_all_reduce(dist.comm, &r.tokens_per_s, 1); /* every rank's tokens */
         tok_s = r.tokens_per_s;
         double elapsed = now_seconds() - t_start,
                eta = elapsed / (double)(step + 1 - start) * (double)(total - step - 1);
@@ -503,7 +534,7 @@ int cmd_train(int argc, char **argv) {
         if (do_eval) {
             long long et;
             int failed;
-            last_eval = eval_file(m, ad, &eds, T, (int)batch, &et, &failed);
+            last_eval = eval_file(m, ad, &eds, T, (int)batch, &dist, &et, &failed);
             if (failed) {
                 rc = fail("train", "evaluation failed: %s", lt_model_last_error(m));
                 free(pos);
@@ -521,11 +552,14 @@ int cmd_train(int argc, char **argv) {
             fputc('\n', log);
             fflush(log);
         }
-        fprintf(metrics, "{\"step\": %lld, \"loss\": %.8g, \"lr\": %.8g, \"grad_norm\": %.8g, \"tokens_per_s\": %.1f",
-                step + 1, r.loss, r.lr, r.grad_norm, r.tokens_per_s);
-        if (do_eval) fprintf(metrics, ", \"eval_loss\": %.8g", last_eval);
-        fprintf(metrics, "}\n");
-        fflush(metrics);
+        if (metrics) {
+            fprintf(metrics,
+                    "{\"step\": %lld, \"loss\": %.8g, \"lr\": %.8g, \"grad_norm\": %.8g, \"tokens_per_s\": %.1f",
+                    step + 1, r.loss, r.lr, r.grad_norm, r.tokens_per_s);
+            if (do_eval) fprintf(metrics, ", \"eval_loss\": %.8g", last_eval);
+            fprintf(metrics, "}\n");
+            fflush(metrics);
+        }
         if (save_every > 0 && (step + 1) % save_every == 0 && step + 1 < total) {
             snprintf(path, sizeof path, "%s/checkpoint-%lld", out, step + 1);
             if (lt_trainer_save_checkpoint(tr, path) != LT_OK) {
@@ -536,7 +570,7 @@ int cmd_train(int argc, char **argv) {
         }
     }
     free(pos);
-    if (lt_adapter_save(ad, out) != LT_OK) {
+    if (writer && lt_adapter_save(ad, out) != LT_OK) {
         rc = fail("train", "%s", lt_adapter_last_error(ad));
         goto done;
     }
@@ -546,7 +580,7 @@ int cmd_train(int argc, char **argv) {
         goto done;
     }
     snprintf(path, sizeof path, "%s/loss.svg", out);
-    write_svg(path, curve + start, total - start, ev_step, ev_loss, n_ev);
+    if (writer) write_svg(path, curve + start, total - start, ev_step, ev_loss, n_ev);
     if (!quiet) {
         lt_adapter_params gp = {.size = sizeof gp};
         lt_adapter_get_params(ad, &gp);
@@ -582,5 +616,6 @@ done:
     lt_context_free(ctx);
     dataset_free(&ds);
     dataset_free(&eds);
+    dist_close(&dist, rc);
     return rc;
 }

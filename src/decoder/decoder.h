@@ -80,10 +80,12 @@ static inline lt_layer_acts *lt_workspace_acts(lt_workspace *ws, int l) {
 }
 void lt_workspace_free(lt_workspace *ws);
 
-/* Dropout control for a forward/backward pass. p == 0: off. */
+/* Dropout control for a forward/backward pass. p == 0: off. tok0: the place of the batch's first token in a
+ * larger batch (data-parallel ranks: the global one), so that each token draws the mask it would draw there. */
 typedef struct lt_dropout_state {
     float p;
     uint64_t seed;
+    int64_t tok0;
 } lt_dropout_state;
 
 /*

@@ -11,6 +11,7 @@ use std::mem::{size_of, MaybeUninit};
 use std::path::PathBuf;
 use std::process::Command;
 
+use loratune_sys::experimental::*;
 use loratune_sys::*;
 
 const RUST_SOURCE: &str = include_str!("../src/lib.rs");
@@ -314,9 +315,14 @@ fn rust_structs(src: &str) -> BTreeMap<String, Vec<(String, String)>> {
     out
 }
 
+/// Both headers: the experimental one's structs are mirrored in the `experimental` module.
+fn both_headers() -> Option<String> {
+    Some(header("loratune.h")? + &header("loratune_experimental.h")?)
+}
+
 #[test]
 fn structs_match_header() {
-    let text = match header("loratune.h") {
+    let text = match both_headers() {
         Some(t) => t,
         None => return,
     };
@@ -362,7 +368,9 @@ fn rust_layouts() -> Vec<(String, usize, Vec<(String, usize)>)> {
                               warmup_ratio, total_steps, max_grad_norm }
         lt_trainer_params { size, objective, grad_accum, gradient_checkpointing, seed, beta, label_smoothing,
                             desirable_weight, undesirable_weight, ref_adapter, max_length, num_generations, epsilon,
-                            epsilon_high, kl_beta, scale_rewards, loss_type, activation_memory }
+                            epsilon_high, kl_beta, scale_rewards, loss_type, comm, zero_stage,
+                            activation_memory }
+        lt_comm_callbacks { size, rank, world_size, user, all_reduce, broadcast, reduce_scatter, all_gather, barrier }
         lt_pref_batch { size, n_rows, prompt_ids, prompt_lens, chosen_ids, chosen_lens, rejected_ids, rejected_lens,
                         labels, ref_chosen_logps, ref_rejected_logps, ref_kl_logps }
         lt_step_result { size, loss, grad_norm, lr, tokens, tokens_per_s, step, updated, rewards_chosen,
@@ -370,12 +378,18 @@ fn rust_layouts() -> Vec<(String, usize, Vec<(String, usize)>)> {
                          clip_fraction, completion_length }
         lt_generate_params { size, max_new_tokens, temperature, top_k, top_p, seed, eos_token_id }
         lt_text_params { size, max_len, completion_only, assistant_only, add_special, add_eos }
+        lt_gguf_params { size, dtype, tokenizer, name }
+        lt_combine_params { size, method, weights, density, t, rank, seed }
+        lt_combine_report { size, rank, kept_energy, total_energy, max_module_error }
+        lt_extract_params { size, rank, targets }
+        lt_extract_report { size, n_modules, kept_energy, total_energy, module_kept, module_total, others_max_diff,
+                            others_name }
     }
 }
 
 #[test]
 fn struct_layout_matches_c_compiler() {
-    let text = match header("loratune.h") {
+    let text = match both_headers() {
         Some(t) => t,
         None => return,
     };
@@ -391,7 +405,8 @@ fn struct_layout_matches_c_compiler() {
     let cc = std::env::var("CC").unwrap_or_else(|_| "cc".to_string());
     let tmp = std::env::temp_dir().join(format!("loratune-sys-layout-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).unwrap();
-    let mut prog = String::from("#include <stdio.h>\n#include <stddef.h>\n#include \"loratune.h\"\nint main(void) {\n");
+    let mut prog =
+        String::from("#include <stdio.h>\n#include <stddef.h>\n#include \"loratune_experimental.h\"\nint main(void) {\n");
     for (name, _, fields) in &layouts {
         prog += &format!("  printf(\"{0} %zu\\n\", sizeof({0}));\n", name);
         for (f, _) in fields {

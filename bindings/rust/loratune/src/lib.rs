@@ -498,6 +498,9 @@ pub struct TrainerParams {
     pub gradient_checkpointing: bool,
     /// Dropout RNG seed.
     pub seed: u64,
+    /// With a [`Comm`] ([`Trainer::new_with_comm`]): 0 every rank keeps the whole optimizer state, 1
+    /// (ZeRO-1) each rank keeps its shard.
+    pub zero_stage: i32,
 }
 
 impl Default for TrainerParams {
@@ -508,6 +511,7 @@ impl Default for TrainerParams {
             grad_accum: r.grad_accum,
             gradient_checkpointing: r.gradient_checkpointing != 0,
             seed: r.seed,
+            zero_stage: r.zero_stage,
         }
     }
 }
@@ -519,6 +523,7 @@ impl TrainerParams {
         r.grad_accum = self.grad_accum;
         r.gradient_checkpointing = self.gradient_checkpointing as c_int;
         r.seed = self.seed;
+        r.zero_stage = self.zero_stage;
         r
     }
 }
@@ -1258,11 +1263,181 @@ unsafe extern "C" fn progress_trampoline(user: *mut c_void, result: *const sys::
     }
 }
 
-/// `lt_trainer`: model + adapter + optimizer + objective. Borrows all three.
+// ---- data-parallel training (docs/DISTRIBUTED.md) -----------------------------------------------------
+
+/// The values a collective works on, in place.
+pub enum CommData<'a> {
+    F32(&'a mut [f32]),
+    F64(&'a mut [f64]),
+}
+
+/// A host's collectives for [`Comm::from_callbacks`] (Gloo, Ray, oneCCL, ...). Every rank calls them in the
+/// same order; `all_reduce` must add in a fixed order and leave the same bits on every rank. An `Err` (or a
+/// panic) fails the library's call, naming the collective.
+pub trait Collectives {
+    /// `data` = the sum over the ranks of every rank's `data`.
+    fn all_reduce(&mut self, data: CommData<'_>) -> std::result::Result<(), String>;
+    /// `data` of rank `root` copied to every rank.
+    fn broadcast(&mut self, data: &mut [u8], root: usize) -> std::result::Result<(), String>;
+}
+
+struct CommUser {
+    c: Box<dyn Collectives>,
+    error: Option<String>,
+}
+
+unsafe extern "C" fn comm_all_reduce(user: *mut c_void, buf: *mut c_void, n: usize, dt: sys::lt_comm_dtype) -> c_int {
+    let u = &mut *(user as *mut CommUser);
+    let data = if dt == sys::LT_COMM_F64 {
+        CommData::F64(std::slice::from_raw_parts_mut(buf as *mut f64, n))
+    } else {
+        CommData::F32(std::slice::from_raw_parts_mut(buf as *mut f32, n))
+    };
+    match catch_unwind(AssertUnwindSafe(|| u.c.all_reduce(data))) {
+        Ok(Ok(())) => 0,
+        Ok(Err(e)) => {
+            u.error = Some(e);
+            -1
+        }
+        Err(_) => {
+            u.error = Some("all_reduce panicked".to_string());
+            -2
+        }
+    }
+}
+
+unsafe extern "C" fn comm_broadcast(user: *mut c_void, buf: *mut c_void, n: usize, root: c_int) -> c_int {
+    let u = &mut *(user as *mut CommUser);
+    let data = std::slice::from_raw_parts_mut(buf as *mut u8, n);
+    match catch_unwind(AssertUnwindSafe(|| u.c.broadcast(data, root as usize))) {
+        Ok(Ok(())) => 0,
+        Ok(Err(e)) => {
+            u.error = Some(e);
+            -1
+        }
+        Err(_) => {
+            u.error = Some("broadcast panicked".to_string());
+            -2
+        }
+    }
+}
+
+/// `lt_comm`: the communicator of one data-parallel rank. Give it to [`Trainer::new_with_comm`] on every
+/// rank; each rank then steps on its share of each global batch, and the result is one process's with the
+/// whole batch.
+pub struct Comm {
+    raw: NonNull<sys::lt_comm>,
+    user: Option<*mut CommUser>,
+}
+
+impl Comm {
+    /// Over a host's collectives (`reduce_scatter` and `all_gather` are done with `all_reduce`).
+    pub fn from_callbacks(rank: usize, world_size: usize, collectives: Box<dyn Collectives>) -> Result<Comm> {
+        let user = Box::into_raw(Box::new(CommUser { c: collectives, error: None }));
+        let mut cb = unsafe { init_params(sys::lt_comm_callbacks_init) };
+        cb.rank = rank as c_int;
+        cb.world_size = world_size as c_int;
+        cb.user = user as *mut c_void;
+        cb.all_reduce = Some(comm_all_reduce);
+        cb.broadcast = Some(comm_broadcast);
+        let mut out = ptr::null_mut();
+        let st = unsafe { sys::lt_comm_create(&cb, &mut out) };
+        if st != sys::LT_OK || out.is_null() {
+            drop(unsafe { Box::from_raw(user) });
+            return Err(thread_error(st));
+        }
+        Ok(Comm { raw: NonNull::new(out).unwrap(), user: Some(user) })
+    }
+
+    /// Over MPI_COMM_WORLD (MPI is initialised if nobody has, and finalized when this is dropped).
+    pub fn mpi_world() -> Result<Comm> {
+        unsafe { Comm::from_mpi(ptr::null()) }
+    }
+
+    /// Over a host's MPI communicator (duplicated by the library).
+    ///
+    /// # Safety
+    /// `mpi_comm` points to a valid `MPI_Comm` of the MPI the library was built with.
+    pub unsafe fn from_mpi(mpi_comm: *const c_void) -> Result<Comm> {
+        let mut out = ptr::null_mut();
+        let st = sys::lt_comm_create_mpi(mpi_comm, &mut out);
+        if st != sys::LT_OK || out.is_null() {
+            return Err(thread_error(st));
+        }
+        Ok(Comm { raw: NonNull::new(out).unwrap(), user: None })
+    }
+
+    /// Over a borrowed NCCL communicator and CUDA stream (null: the default stream); GPU memory, so the
+    /// trainer's context must use the cuda backend.
+    ///
+    /// # Safety
+    /// `nccl_comm` is a valid `ncclComm_t` and `cuda_stream` a `cudaStream_t` (or null) that outlive this.
+    pub unsafe fn from_nccl(nccl_comm: *mut c_void, cuda_stream: *mut c_void) -> Result<Comm> {
+        let mut out = ptr::null_mut();
+        let st = sys::lt_comm_create_nccl(nccl_comm, cuda_stream, &mut out);
+        if st != sys::LT_OK || out.is_null() {
+            return Err(thread_error(st));
+        }
+        Ok(Comm { raw: NonNull::new(out).unwrap(), user: None })
+    }
+
+    /// `lt_comm_available()`: "mpi", "nccl" or "callbacks" compiled in.
+    pub fn available(engine: &str) -> bool {
+        match CString::new(engine) {
+            Ok(e) => unsafe { sys::lt_comm_available(e.as_ptr()) != 0 },
+            Err(_) => false,
+        }
+    }
+
+    pub fn rank(&self) -> usize {
+        unsafe { sys::lt_comm_rank(self.raw.as_ptr()) as usize }
+    }
+
+    pub fn world_size(&self) -> usize {
+        unsafe { sys::lt_comm_world_size(self.raw.as_ptr()) as usize }
+    }
+
+    pub fn as_ptr(&self) -> *mut sys::lt_comm {
+        self.raw.as_ptr()
+    }
+
+    /// `lt_comm_last_error()`
+    pub fn last_error(&self) -> String {
+        string_from(unsafe { sys::lt_comm_last_error(self.raw.as_ptr()) })
+    }
+
+    /// The message of the last failed callback of a [`Comm::from_callbacks`].
+    pub fn callback_error(&self) -> Option<String> {
+        self.user.and_then(|u| unsafe { (*u).error.clone() })
+    }
+
+    /// MPI and NCCL: the deadline of one collective (default 600 s).
+    pub fn set_timeout(&mut self, seconds: f64) -> Result<()> {
+        check(unsafe { sys::lt_comm_set_timeout(self.raw.as_ptr(), seconds) }, || self.last_error())
+    }
+
+    /// `values` = their sums over the ranks (collective): for the host's own statistics.
+    pub fn all_reduce(&mut self, values: &mut [f64]) -> Result<()> {
+        check(unsafe { sys::lt_comm_all_reduce(self.raw.as_ptr(), values.as_mut_ptr(), values.len()) }, || {
+            self.last_error()
+        })
+    }
+}
+
+impl Drop for Comm {
+    fn drop(&mut self) {
+        unsafe { sys::lt_comm_free(self.raw.as_ptr()) };
+        if let Some(u) = self.user.take() {
+            drop(unsafe { Box::from_raw(u) });
+        }
+    }
+}
+
+/// `lt_trainer`: model + adapter + optimizer + objective. Borrows all three (and a [`Comm`]).
 pub struct Trainer<'t> {
     raw: NonNull<sys::lt_trainer>,
     progress: Option<*mut Progress>,
-    _parts: PhantomData<(&'t Model<'t>, &'t Adapter<'t>, &'t Optimizer<'t>)>,
+    _parts: PhantomData<(&'t Model<'t>, &'t Adapter<'t>, &'t Optimizer<'t>, &'t Comm)>,
 }
 
 impl<'t> Trainer<'t> {
@@ -1272,7 +1447,31 @@ impl<'t> Trainer<'t> {
         optimizer: &'t Optimizer<'_>,
         params: &TrainerParams,
     ) -> Result<Trainer<'t>> {
-        let p = params.to_raw();
+        Trainer::create(model, adapter, optimizer, params, None)
+    }
+
+    /// A data-parallel trainer: every rank of `comm` creates one (collective) and steps on its rows.
+    pub fn new_with_comm(
+        model: &'t Model<'_>,
+        adapter: &'t Adapter<'_>,
+        optimizer: &'t Optimizer<'_>,
+        params: &TrainerParams,
+        comm: &'t Comm,
+    ) -> Result<Trainer<'t>> {
+        Trainer::create(model, adapter, optimizer, params, Some(comm))
+    }
+
+    fn create(
+        model: &'t Model<'_>,
+        adapter: &'t Adapter<'_>,
+        optimizer: &'t Optimizer<'_>,
+        params: &TrainerParams,
+        comm: Option<&'t Comm>,
+    ) -> Result<Trainer<'t>> {
+        let mut p = params.to_raw();
+        if let Some(c) = comm {
+            p.comm = c.as_ptr();
+        }
         let mut out = ptr::null_mut();
         let st =
             unsafe { sys::lt_trainer_create(model.as_ptr(), adapter.as_ptr(), optimizer.as_ptr(), &p, &mut out) };
