@@ -292,20 +292,22 @@ static int same(const state *a) {
  * and its message. */
 typedef lt_status (*op_fn)(int *unchanged, char *msg, size_t len);
 
-static lt_status op_model_load(int use_mmap, int quant, char *msg, size_t len) {
+static lt_status op_model_load(int use_mmap, int quant, int bf16, char *msg, size_t len) {
     lt_model_params mp;
     lt_model_params_init(&mp, sizeof mp);
     mp.use_mmap = use_mmap;
     mp.quantization = quant ? LT_QUANT_NF4 : LT_QUANT_NONE;
+    mp.base_dtype = bf16 ? LT_BASE_BF16 : LT_BASE_F32;
     lt_model *m = NULL;
     lt_status st = lt_model_load(ctx, model_dir, &mp, &m);
     snprintf(msg, len, "%s", lt_last_error());
     lt_model_free(m);
     return st;
 }
-static lt_status op_load_copy(int *u, char *msg, size_t len) { return *u = 1, op_model_load(0, 0, msg, len); }
-static lt_status op_load_mmap(int *u, char *msg, size_t len) { return *u = 1, op_model_load(1, 0, msg, len); }
-static lt_status op_load_nf4(int *u, char *msg, size_t len) { return *u = 1, op_model_load(1, 1, msg, len); }
+static lt_status op_load_copy(int *u, char *msg, size_t len) { return *u = 1, op_model_load(0, 0, 0, msg, len); }
+static lt_status op_load_mmap(int *u, char *msg, size_t len) { return *u = 1, op_model_load(1, 0, 0, msg, len); }
+static lt_status op_load_nf4(int *u, char *msg, size_t len) { return *u = 1, op_model_load(1, 1, 0, msg, len); }
+static lt_status op_load_bf16(int *u, char *msg, size_t len) { return *u = 1, op_model_load(1, 0, 1, msg, len); }
 
 static lt_status op_tokenizer(int *u, char *msg, size_t len) {
     *u = 1;
@@ -445,6 +447,7 @@ static const struct {
     {"model_load_copy", op_load_copy},
     {"model_load_mmap", op_load_mmap},
     {"model_load_nf4", op_load_nf4},
+    {"model_load_bf16", op_load_bf16},
     {"tokenizer", op_tokenizer},
     {"adapter_create", op_adapter_create},
     {"optimizer_create", op_optimizer_create},

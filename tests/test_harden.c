@@ -1,7 +1,8 @@
 /*
  * test_harden.c - regressions of the hardening audit (issue #21), each written to fail on the code
  * before its fix:
- *   D1  a bitsandbytes checkpoint loaded with base_dtype bf16 crashed (NULL weight in the bf16 packer);
+ *   D1  a bitsandbytes checkpoint loaded with base_dtype bf16 crashed (NULL weight in the bf16 packer); it
+ *       now loads (the streamed loader computes NF4 / FP4 in bf16) and evaluates like the f32 load;
  *   D4  lt_trainer_save_checkpoint(DIR) deleted whatever was at DIR;
  *   D5  replacing a checkpoint was two renames, with a moment where DIR did not exist;
  *   D6  NaN in optimizer.bin was accepted on resume;
@@ -131,6 +132,9 @@ static char *read_text(const char *path) {
 /* ---- D1 --------------------------------------------------------------------------------------------- */
 
 START_TEST(test_d1_prequantized_bf16) {
+    /* Since the streamed loader, base_dtype LT_BASE_BF16 computes NF4 / FP4 weights in bf16 (QLoRA
+     * computed in bf16), so a pre-quantized directory loads as stored: every projection a quantized
+     * weight (none NULL: the crash was a NULL weight reaching the bf16 kernel), evaluated like the f32 load. */
     char root[512], dir[600], qdir[700];
     tu_tempdir(root, sizeof root);
     lt_context *ctx = tu_context();
@@ -145,22 +149,28 @@ START_TEST(test_d1_prequantized_bf16) {
     lt_model_params_init(&mp, sizeof mp);
     mp.base_dtype = LT_BASE_BF16;
     m = NULL;
-    ck_assert_int_eq(lt_model_load(ctx, qdir, &mp, &m), LT_ERR_UNSUPPORTED); /* was: a segfault */
-    ck_assert_ptr_null(m);
-    ck_assert_msg(strstr(lt_last_error(), "bitsandbytes") && strstr(lt_last_error(), "LT_BASE_BF16"), "%s",
-                  lt_last_error());
-    mp.base_dtype = LT_BASE_F32; /* the same directory loads as f32 */
-    ck_assert_msg(lt_model_load(ctx, qdir, &mp, &m) == LT_OK, "%s", lt_last_error());
+    ck_assert_msg(lt_model_load(ctx, qdir, &mp, &m) == LT_OK, "%s", lt_last_error()); /* was: a segfault */
+    for (int l = 0; l < m->cfg.num_hidden_layers; l++)
+        for (int p = 0; p < P_COUNT; p++) {
+            ck_assert_int_eq(m->layers[l].w[p].format, LT_WEIGHT_QUANT);
+            ck_assert_ptr_nonnull(m->layers[l].w[p].q.data);
+        }
     lt_model_free(m);
-    /* and through the command line: a clear error, not a crash */
+    /* and through the command line: the loss of the bf16 load is the f32 load's to bf16 rounding of the
+     * dequantized weights (relative 2^-8 each): 2e-2 on a loss of about ln(64) = 4.2 */
     char cmd[2048];
     int status;
+    double loss[2];
     snprintf(cmd, sizeof cmd, "%s/ids.jsonl", root);
-    tu_write_text(cmd, "{\"input_ids\": [1, 5, 9, 12]}\n");
-    snprintf(cmd, sizeof cmd, "%s eval --model %s --data %s/ids.jsonl --base-dtype bf16", LT_CLI, qdir, root);
-    char *err = tu_run_stderr(cmd, &status);
-    ck_assert_msg(status == 1 && strstr(err, "LT_BASE_BF16"), "status %d: %s", status, err);
-    free(err);
+    tu_write_text(cmd, "{\"input_ids\": [1, 5, 9, 12, 40, 33, 7, 2]}\n");
+    for (int bf16 = 0; bf16 < 2; bf16++) {
+        snprintf(cmd, sizeof cmd, "%s eval --model %s --data %s/ids.jsonl --json%s", LT_CLI, qdir, root,
+                 bf16 ? " --base-dtype bf16" : "");
+        char *out = tu_run(cmd, &status);
+        ck_assert_msg(status == 0 && sscanf(out, "{\"loss\": %lf", &loss[bf16]) == 1, "status %d: %s", status, out);
+        free(out);
+    }
+    ck_assert_msg(isfinite(loss[1]) && fabs(loss[1] - loss[0]) < 2e-2, "bf16 %.6f, f32 %.6f", loss[1], loss[0]);
     lt_context_free(ctx);
     rm_rf(root);
 }
@@ -522,25 +532,90 @@ static long tensor_offset(const char *path, const char *name) {
 }
 
 #ifndef LT_HARDEN_BEFORE
+/* the load of dir with params mp (chunk: floats of the loader's buffer, 0: its default) is refused with
+ * LT_ERR_NUMERIC naming tensor `name` and element `index`, and succeeds with skip_finite_check (unless
+ * the tensor is quantized while loading, which needs finite values) */
+static void expect_nonfinite(lt_context *ctx, const char *dir, lt_model_params mp, size_t chunk, const char *name,
+                             const char *index) {
+    lt_model *m = (lt_model *)&mp; /* must be reset to NULL */
+    const lt_status st = lt_model_load_chunked(ctx, dir, &mp, chunk, &m);
+    ck_assert_msg(st == LT_ERR_NUMERIC, "%s: quantization %d, base_dtype %d, use_mmap %d, chunk %zu: status %d", dir,
+                  mp.quantization, mp.base_dtype, mp.use_mmap, chunk, st);
+    ck_assert_ptr_null(m);
+    const char *e = lt_last_error();
+    ck_assert_msg(strstr(e, name) && strstr(e, index) && strstr(e, "skip_finite_check") && !strstr(e, "quantizing"),
+                  "quantization %d, base_dtype %d, use_mmap %d, chunk %zu: %s", mp.quantization, mp.base_dtype,
+                  mp.use_mmap, chunk, e);
+    mp.skip_finite_check = 1;
+    if (mp.quantization != LT_QUANT_NONE) { /* quantizing still needs finite values: its own message */
+        ck_assert_int_eq(lt_model_load_chunked(ctx, dir, &mp, chunk, &m), LT_ERR_NUMERIC);
+        ck_assert_msg(strstr(lt_last_error(), "quantizing") && strstr(lt_last_error(), name), "%s", lt_last_error());
+        return;
+    }
+    ck_assert_msg(lt_model_load_chunked(ctx, dir, &mp, chunk, &m) == LT_OK, "%s", lt_last_error());
+    lt_model_free(m);
+}
+
 START_TEST(test_nonfinite_base_weight) {
     char root[512], dir[600], p[900];
     tu_tempdir(root, sizeof root);
     lt_context *ctx = tu_context();
     lt_model_free(saved_model(ctx, root, dir, sizeof dir));
     snprintf(p, sizeof p, "%s/model.safetensors", dir);
-    poke_float(p, tensor_offset(p, "model.layers.1.mlp.up_proj.weight") + 4 * 77, NAN);
-    for (int mmap_ = 0; mmap_ < 2; mmap_++) { /* converted copy, and f32 used in place from the mapping */
+    /* up_proj is (64, 32): element 1500 lies in the 6th chunk of a 256-float buffer */
+    poke_float(p, tensor_offset(p, "model.layers.1.mlp.up_proj.weight") + 4 * 1500, NAN);
+    static const struct {
+        int mmap_, base_dtype;
+        lt_quant_format quant;
+        size_t chunk;
+    } cases[] = {
+        {0, LT_BASE_F32, LT_QUANT_NONE, 0},    /* converted into a backend copy */
+        {1, LT_BASE_F32, LT_QUANT_NONE, 0},    /* f32 used in place from the mapping: read once */
+        {0, LT_BASE_F32, LT_QUANT_NONE, 256},  /* converted a chunk at a time */
+        {1, LT_BASE_BF16, LT_QUANT_NONE, 256}, /* packed bf16, 16 rows at a time */
+        {1, LT_BASE_F32, LT_QUANT_NF4, 0},     /* quantized while loading */
+        {1, LT_BASE_BF16, LT_QUANT_FP4, 256},  /* quantized while loading, a chunk at a time */
+        {1, LT_BASE_F32, LT_QUANT_INT8, 256},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         lt_model_params mp;
         lt_model_params_init(&mp, sizeof mp);
-        mp.use_mmap = mmap_;
+        mp.use_mmap = cases[i].mmap_;
+        mp.base_dtype = cases[i].base_dtype;
+        mp.quantization = cases[i].quant;
+        expect_nonfinite(ctx, dir, mp, cases[i].chunk, "\"model.layers.1.mlp.up_proj.weight\"", "element 1500");
+    }
+    /* Inf in a norm (an f32 tensor of one row) */
+    poke_float(p, tensor_offset(p, "model.layers.1.mlp.up_proj.weight") + 4 * 1500, 0.25f);
+    poke_float(p, tensor_offset(p, "model.norm.weight") + 4 * 31, INFINITY);
+    lt_model_params mp;
+    lt_model_params_init(&mp, sizeof mp);
+    expect_nonfinite(ctx, dir, mp, 0, "\"model.norm.weight\"", "element 31");
+    poke_float(p, tensor_offset(p, "model.norm.weight") + 4 * 31, 1.0f);
+
+    /* a pre-quantized bitsandbytes checkpoint: its f32 statistics (absmax, or nested_absmax with double
+     * quantization; a NaN there makes whole blocks NaN) */
+    for (int dq = 0; dq < 2; dq++) {
         lt_model *m = NULL;
-        ck_assert_int_eq(lt_model_load(ctx, dir, &mp, &m), LT_ERR_NUMERIC);
-        ck_assert_msg(strstr(lt_last_error(), "model.layers.1.mlp.up_proj.weight") && strstr(lt_last_error(), "77") &&
-                          strstr(lt_last_error(), "skip_finite_check"),
-                      "%s", lt_last_error());
-        mp.skip_finite_check = 1;
-        ck_assert_int_eq(lt_model_load(ctx, dir, &mp, &m), LT_OK);
+        ck_assert_int_eq(lt_model_load(ctx, dir, NULL, &m), LT_OK);
+        lt_quant_params qp;
+        lt_quant_params_init(&qp, sizeof qp);
+        qp.double_quant = dq;
+        ck_assert_int_eq(lt_model_quantize(m, &qp), LT_OK);
+        char qdir[700], part[200];
+        snprintf(qdir, sizeof qdir, "%s/nf4-%d", root, dq);
+        ck_assert_msg(lt_model_save_quantized(m, qdir) == LT_OK, "%s", lt_model_last_error(m));
         lt_model_free(m);
+        snprintf(p, sizeof p, "%s/model.safetensors", qdir);
+        snprintf(part, sizeof part, "model.layers.0.self_attn.o_proj.weight%s", dq ? ".nested_absmax" : ".absmax");
+        poke_float(p, tensor_offset(p, part) + 4 * (dq ? 0 : 5), NAN);
+        char quoted[220];
+        snprintf(quoted, sizeof quoted, "\"%s\"", part);
+        for (int bf16 = 0; bf16 < 2; bf16++) {
+            lt_model_params_init(&mp, sizeof mp);
+            mp.base_dtype = bf16 ? LT_BASE_BF16 : LT_BASE_F32;
+            expect_nonfinite(ctx, qdir, mp, 0, quoted, dq ? "element 0" : "element 5");
+        }
     }
     lt_context_free(ctx);
     rm_rf(root);
