@@ -121,8 +121,9 @@ static unsigned sc_blocks(long n) { return (unsigned)((n + SC_THREADS - 1) / SC_
 extern "C" void lt_cuda_attention_softcap_forward(lt_backend *be, float *out, float *lse, const float *q,
                                                   const float *k, const float *v, const int32_t *kv_start, int B, int T,
                                                   int NH, int NKV, int HD, float scale, float softcap) {
+    lt_cuda_enter(be);
+    if (!lt_cuda_att_args_ok(be, B, T, NH, NKV, HD, "attention_softcap_forward")) return;
     long n = (long)B * T * NH;
-    if (n <= 0 || NKV <= 0) return;
     att_softcap_fwd_kernel<<<sc_blocks(n), SC_THREADS, 0, lt_cuda(be)->stream>>>(out, lse, q, k, v, kv_start, B, T, NH,
                                                                                  NKV, HD, scale, softcap);
     lt_cuda_check(be, "attention_softcap_forward");
@@ -132,8 +133,9 @@ extern "C" void lt_cuda_attention_softcap_backward(lt_backend *be, float *dq, fl
                                                    const float *q, const float *k, const float *v, const float *out,
                                                    const float *lse, const int32_t *kv_start, int B, int T, int NH,
                                                    int NKV, int HD, float scale, float softcap) {
+    lt_cuda_enter(be);
+    if (!lt_cuda_att_args_ok(be, B, T, NH, NKV, HD, "attention_softcap_backward")) return;
     long n = (long)B * T * NH, nk = (long)B * T * NKV;
-    if (n <= 0 || NKV <= 0) return;
     att_softcap_dq_kernel<<<sc_blocks(n), SC_THREADS, 0, lt_cuda(be)->stream>>>(dq, dout, q, k, v, out, lse, kv_start,
                                                                                 B, T, NH, NKV, HD, scale, softcap);
     att_softcap_dkv_kernel<<<sc_blocks(nk), SC_THREADS, 0, lt_cuda(be)->stream>>>(
@@ -144,8 +146,19 @@ extern "C" void lt_cuda_attention_softcap_backward(lt_backend *be, float *dq, fl
 extern "C" void lt_cuda_attention_softcap_decode(lt_backend *be, float *out, const float *q, const float *kcache,
                                                  const float *vcache, int B, int S_cap, int len, int NH, int NKV,
                                                  int HD, float scale, float softcap) {
+    lt_cuda_impl *im = lt_cuda_enter(be);
+    if (!lt_cuda_att_args_ok(be, B, 1, NH, NKV, HD, "attention_softcap_decode")) return;
+    if (len > S_cap) {
+        lt_cuda_record(be, LT_ERR_INTERNAL, "attention_softcap_decode: len > S_cap", 0);
+        return;
+    }
     long n = (long)B * NH;
-    if (n <= 0 || NKV <= 0 || len <= 0) return;
+    if (len <= 0) { /* no key: out = 0, as the reference and the uncapped decode */
+        cudaError_t e = cudaMemsetAsync(out, 0, (size_t)n * HD * sizeof(float), im->stream);
+        if (e != cudaSuccess) lt_cuda_record(be, LT_ERR_BACKEND, "attention_softcap_decode", (int)e);
+        lt_cuda_check(be, "attention_softcap_decode");
+        return;
+    }
     att_softcap_decode_kernel<<<sc_blocks(n), SC_THREADS, 0, lt_cuda(be)->stream>>>(out, q, kcache, vcache, B, S_cap,
                                                                                     len, NH, NKV, HD, scale, softcap);
     lt_cuda_check(be, "attention_softcap_decode");

@@ -9,6 +9,7 @@
 
 #include <math.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "cuda/cuda_impl.h"
 
@@ -56,6 +57,24 @@ __device__ T lt_block_sum(T v) {
 __device__ __forceinline__ int lt_att_lo(const int32_t *kv_start_row, int t) {
     int lo = kv_start_row[t];
     return lo < 0 ? 0 : lo > t ? t : lo;
+}
+
+/* The shape rules of every attention op (backend.h), recorded as the CPU backend does: NH a multiple of
+ * NKV is LT_ERR_INTERNAL (a caller's bug; a kernel would read outside k / v or divide by zero); an empty
+ * problem is a no-op (false, nothing recorded); B or NH beyond a grid dimension is LT_ERR_UNSUPPORTED. */
+static inline bool lt_cuda_att_args_ok(lt_backend *be, int B, int T, int NH, int NKV, int HD, const char *what) {
+    if (B <= 0 || T <= 0 || NH <= 0 || HD <= 0) return false;
+    if (NKV <= 0 || NH % NKV != 0) {
+        char msg[96];
+        snprintf(msg, sizeof msg, "%s: NH %d is not a multiple of NKV %d", what, NH, NKV);
+        lt_cuda_record(be, LT_ERR_INTERNAL, msg, 0);
+        return false;
+    }
+    if (B > 65535 || NH > 65535) {
+        lt_cuda_record(be, LT_ERR_UNSUPPORTED, "attention: B or NH above 65535", 0);
+        return false;
+    }
+    return true;
 }
 
 #endif /* LT_CUDA_COMMON_CUH */

@@ -28,7 +28,7 @@ extern "C" size_t lt_cuda_bf16_weight_bytes(lt_backend *be, int out, int in) {
 
 /* dst (out,in) bf16 on the device <- W (out,in) f32 on the host (rounded on the host) */
 extern "C" void lt_cuda_bf16_weight_pack(lt_backend *be, void *dst, const float *W, int out, int in) {
-    lt_cuda_impl *im = lt_cuda(be);
+    lt_cuda_impl *im = lt_cuda_enter(be);
     const size_t n = (size_t)out * in;
     uint16_t *h = (uint16_t *)malloc(n * sizeof *h);
     if (!h) {
@@ -52,6 +52,14 @@ static void bf16_gemm(lt_backend *be, int bwd, float *C, const float *A, const v
         return;
     }
     if (M == 0 || cols == 0) return;
+    if (K == 0) { /* an empty contraction: C = 0, or C as it is when accumulating (and no division by K) */
+        if (!accumulate) {
+            cudaError_t e = cudaMemsetAsync(C, 0, (size_t)M * cols * sizeof(float), im->stream);
+            if (e != cudaSuccess) lt_cuda_record(be, LT_ERR_BACKEND, "gemm_bf16", (int)e);
+        }
+        lt_cuda_check(be, "gemm_bf16");
+        return;
+    }
     const size_t cap = LT_CUDA_WS_FLOATS * sizeof(float) / sizeof(uint16_t); /* bf16 in the workspace */
     if ((size_t)K > cap) {
         lt_cuda_record(be, LT_ERR_UNSUPPORTED, "gemm_bf16: rows longer than the workspace", 0);
@@ -87,10 +95,12 @@ static void bf16_gemm(lt_backend *be, int bwd, float *C, const float *A, const v
 
 extern "C" void lt_cuda_gemm_bf16_forward(lt_backend *be, float *y, const float *x, const void *Wp, int N, int in,
                                           int out) {
+    lt_cuda_enter(be);
     bf16_gemm(be, 0, y, x, Wp, N, in, out, 0);
 }
 
 extern "C" void lt_cuda_gemm_bf16_backward(lt_backend *be, float *dx, const float *dy, const void *Wp, int N, int in,
                                            int out, int accumulate) {
+    lt_cuda_enter(be);
     bf16_gemm(be, 1, dx, dy, Wp, N, in, out, accumulate);
 }
