@@ -3,9 +3,12 @@
  * bf16"): cuBLAS bf16 GEMM (cublasGemmEx, bf16 inputs, fp32 output, CUBLAS_COMPUTE_32F).
  *
  * Packed layout on CUDA: plain row-major bf16 (out,in), what cuBLAS reads directly. The activation
- * operand (x or dy, f32) is rounded to bf16 into the backend workspace, a slice of rows at a time
- * (the workspace holds LT_CUDA_WS_FLOATS floats = 2x as many bf16), under the backend lock, with the
- * same rounding as the CPU (round to nearest even, subnormals to zero, NaN kept).
+ * operand (x or dy, f32) is rounded to bf16 (the same rounding as the CPU: round to nearest even,
+ * subnormals to zero, NaN kept) into a scratch buffer of up to BF16_SCRATCH bytes taken from the
+ * backend's memory pool for the call, a slice of rows at a time: 256 MiB holds 9362 rows of K = 14336
+ * (down_proj), so a 64K-token call is 8 GEMMs instead of the 450 that the 4 MiB backend workspace
+ * allowed (docs/CUDA.md, R5). The call holds the backend lock (the cuBLAS handle; the work is on the
+ * one stream anyway). Without a pool, or when the pool is out of memory, the workspace is the scratch.
  * Row-major to cuBLAS: as in gemm.cu, C = op(A) op(B) is computed as C^T = op(B)^T op(A)^T.
  */
 #include <stdio.h>
@@ -15,6 +18,9 @@
 
 #include "backend/bf16.h" /* lt_bf16_round, on the host and on the device */
 #include "cuda/cuda_common.cuh"
+
+/* the most bytes of bf16 activations one call takes from the pool (see above) */
+#define BF16_SCRATCH ((size_t)256 << 20)
 
 __global__ void bf16_round_kernel(uint16_t *dst, const float *src, size_t n) {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
@@ -65,10 +71,22 @@ static void bf16_gemm(lt_backend *be, int bwd, float *C, const float *A, const v
         lt_cuda_record(be, LT_ERR_UNSUPPORTED, "gemm_bf16: rows longer than the workspace", 0);
         return;
     }
-    const int rows_per = (int)(cap / (size_t)K < (size_t)M ? cap / (size_t)K : (size_t)M);
-    const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
-    uint16_t *ab = (uint16_t *)im->ws;
+    /* the scratch: from the pool (up to BF16_SCRATCH bytes), else the workspace under the lock */
+    size_t rows_fit = cap / (size_t)K;
+    uint16_t *ab = NULL;
+    if (im->use_pool) {
+        size_t want = (size_t)M * K * sizeof(uint16_t);
+        if (want > BF16_SCRATCH) want = BF16_SCRATCH / ((size_t)K * sizeof(uint16_t)) * K * sizeof(uint16_t);
+        if (want >= cap * sizeof(uint16_t) &&
+            cudaMallocFromPoolAsync((void **)&ab, want, im->pool, im->stream) == cudaSuccess)
+            rows_fit = want / ((size_t)K * sizeof(uint16_t));
+        else ab = NULL, cudaGetLastError(); /* out of memory is not sticky; the workspace will do */
+    }
+    const int own = ab != NULL;
+    if (!own) ab = (uint16_t *)im->ws;
     lt_cuda_lock(be);
+    const int rows_per = (int)(rows_fit < (size_t)M ? rows_fit : (size_t)M);
+    const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
     for (int r0 = 0; r0 < M; r0 += rows_per) {
         const int rows = M - r0 < rows_per ? M - r0 : rows_per;
         const size_t n = (size_t)rows * K;
@@ -90,6 +108,10 @@ static void bf16_gemm(lt_backend *be, int bwd, float *C, const float *A, const v
         }
     }
     lt_cuda_unlock(be);
+    if (own) {
+        cudaError_t e = cudaFreeAsync(ab, im->stream);
+        if (e != cudaSuccess) lt_cuda_record(be, LT_ERR_BACKEND, "gemm_bf16: scratch free", (int)e);
+    }
     lt_cuda_check(be, "gemm_bf16");
 }
 
