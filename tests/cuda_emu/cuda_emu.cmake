@@ -70,6 +70,17 @@ function(lt_emu_test name src)
   target_include_directories(${name} PRIVATE ${EMU})
   target_link_libraries(${name} PRIVATE loratune_emu PkgConfig::CHECK)
   set_tests_properties(${name} PROPERTIES LABELS cuda_emu ENVIRONMENT
-    "CK_DEFAULT_TIMEOUT=900;LT_TEST_BACKEND=cuda;LT_CUDA_SYNC=1;ASAN_OPTIONS=detect_leaks=1")
+    "CK_DEFAULT_TIMEOUT=900;LT_TEST_BACKEND=cuda;LT_CUDA_SYNC=1;LT_TEST_QUICK=1;ASAN_OPTIONS=detect_leaks=1")
 endfunction()
 lt_emu_test(test_backend_ops_cuda_emu ${CMAKE_CURRENT_SOURCE_DIR}/test_backend_ops.c)
+
+# The model suites on the emulated backend (LT_TEST_BACKEND=cuda through the registry of loratune_emu):
+# label cuda_emu_models, run by hand or by tests/gpu.sh, not in CI's emulation stage (docs/CUDA.md).
+foreach(suite lora qlora families objectives)
+  lt_emu_test(test_${suite}_cuda_emu ${CMAKE_CURRENT_SOURCE_DIR}/test_${suite}.c)
+  set_tests_properties(test_${suite}_cuda_emu PROPERTIES LABELS cuda_emu_models)
+endforeach()
+
+# The launch configurations at the bench-8b shapes against the limits of sm_90, sm_80 and a 99 KiB part
+# (the emulation's dry run: nothing executes). Label cuda_emu: CI's emulation stage.
+lt_emu_test(test_cuda_launch_bounds ${EMU}/test_cuda_launch_bounds.c)
