@@ -264,7 +264,7 @@ LT_API lt_status lt_generate(lt_model *m, const lt_adapter *ad, const int32_t *p
             be->ops->softcap_forward(be, logits, (size_t)B * V, (float)c->final_logit_softcapping);
         be->ops->download(be, hlog, logits, (size_t)B * V * sizeof(float));
         if ((st = be->ops->sync(be)) != LT_OK) {
-            lt_fail(err, st, "lt_generate: backend %s failed", be->ops->name);
+            lt_fail(err, st, "lt_generate: backend %s failed: %s", be->ops->name, be->ops->error_message(be));
             break;
         }
         done = 1;
