@@ -107,7 +107,7 @@ static hb backends[] = {
  * memory cases. The tolerances are the real device's: the emulation must pass what the GPU will be
  * asked to. */
 #include "cuda/cuda_backend.h"
-#include "cuda_emu_control.h"
+#include "cuda_emu/cuda_emu_control.h"
 static lt_status create_cuda_emu(const hb *h, int nt, lt_backend **out, char *err, size_t len) {
     char dev[16];
     snprintf(dev, sizeof dev, "%d", h->isa);

@@ -33,7 +33,7 @@
 #include <type_traits>
 #include <utility>
 
-#include "cuda_runtime.h"
+#include "include/cuda_runtime.h"
 
 /* ---- keywords ---------------------------------------------------------------------------------- */
 #define __global__

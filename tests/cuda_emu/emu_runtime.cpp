@@ -32,7 +32,7 @@
 #include <string>
 #include <vector>
 
-#include "cublas_v2.h"
+#include "include/cublas_v2.h"
 #include "cuda_emu.h"
 #include "cuda_emu_control.h"
 
