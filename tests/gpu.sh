@@ -11,8 +11,9 @@
 # Stages, in order (seconds: the time box; the sum stays under 8 minutes on an H100 with 16 cores):
 #   build      150  cmake LT_CUDA=ON (cuBLAS / cuBLASLt / NCCL from the toolkit), Release, -j$(nproc)
 #   testdata    60  the reference checkpoints and goldens (python3 of the machine: torch, transformers, peft)
-#   emulation   60  the real kernels under CPU emulation (test_backend_ops_cuda_emu): a GPU run starts
-#                   from kernels already known to index, mask and synchronise correctly
+#   emulation   60  the real kernels under CPU emulation (the cheap cases of test_backend_ops_cuda_emu and
+#                   test_cuda_launch_bounds; CI runs every case): a GPU run starts from kernels already known
+#                   to index, mask and synchronise correctly, and launch within the limits at bench-8b shapes
 #   ops         60  test_backend_ops: every slot on cuda against the reference (bf16, quantized, optimizers)
 #   models      90  the model suites with LT_TEST_BACKEND=cuda (training, QLoRA, families, objectives, resume)
 #   sanitizer   45  compute-sanitizer memcheck on the harness's cheap cases, racecheck + synccheck on the
@@ -60,6 +61,8 @@ STAGES=(build testdata emulation ops models sanitizer bench)
 declare -A BOX=([build]=150 [testdata]=60 [emulation]=60 [ops]=60 [models]=90 [sanitizer]=45 [bench]=15)
 declare -A NEEDS_GPU=([build]=0 [testdata]=0 [emulation]=0 [ops]=1 [models]=1 [sanitizer]=1 [bench]=1)
 
+# the emulation stage's cases (seconds on one core): the table, the errors, the review's edges, softcap
+EMU_CASES=test_table_and_memory,test_errors,test_review_edges,test_attention_softcap,test_rope,test_cross_entropy
 # the cheap cases of the harness for compute-sanitizer (it slows kernels 10-100x), and the attention ones
 SAN_CASES=test_table_and_memory,test_errors,test_review_edges,test_gemm,test_rmsnorm,test_rope,test_cross_entropy,test_adamw
 SAN_ATT_CASES=test_attention_packed_semantics,test_attention_decode,test_attention_softcap
@@ -84,7 +87,8 @@ run_testdata() {
 }
 run_emulation() {
   [ -x "$build/tests/test_backend_ops_cuda_emu" ] || { echo "the emulation test was not built"; return 3; }
-  (cd "$build" && LT_TEST_CASES="${LT_EMU_CASES:-}" ctest --output-on-failure -L cuda_emu)
+  # CI runs every case (tests/run.sh); here the cheap ones and the launch bounds, unless LT_EMU_CASES says
+  (cd "$build" && LT_TEST_CASES="${LT_EMU_CASES-$EMU_CASES}" ctest --output-on-failure -L '^cuda_emu$')
 }
 run_ops() {
   (cd "$build" && ./tests/test_backend_ops)
@@ -162,7 +166,7 @@ for s in "${STAGES[@]}"; do
     t0=$SECONDS
     # run_* are functions: a bash -c child gets them through export -f
     export -f "run_$s"
-    export root build jobs nvcc sanitizer memcheck python out SAN_CASES SAN_ATT_CASES
+    export root build jobs nvcc sanitizer memcheck python out SAN_CASES SAN_ATT_CASES EMU_CASES
     timeout --kill-after=10 "${BOX[$s]}" bash -c "run_$s" >"$log" 2>&1
     rc=$?
     secs=$((SECONDS - t0))

@@ -61,7 +61,7 @@ stage "ctest (Release)" bash -c "cd build && LORATUNE_REF_PYTHON='$py' ctest --o
 # The CUDA backend's real kernels under CPU emulation (docs/CUDA.md): every slot, under ASan; and the
 # plan of the one-command GPU run (tests/gpu.sh), whose own prerequisites are checked here.
 echo "== the CUDA kernels under CPU emulation; tests/gpu.sh --dry-run"
-stage "cuda emulation (test_backend_ops_cuda_emu)" bash -c "cd build && ctest --output-on-failure -L cuda_emu"
+stage "cuda emulation (test_backend_ops_cuda_emu)" bash -c "cd build && ctest --output-on-failure -L '^cuda_emu$'"
 stage "tests/gpu.sh --dry-run" bash tests/gpu.sh --dry-run build/gpu-dry-run
 # The model suites again on the CUDA backend where a device is (test_backend_ops runs every op on every
 # backend by itself). Elsewhere they would skip: not run.
