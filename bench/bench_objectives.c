@@ -1,6 +1,6 @@
 /*
  * bench_objectives.c - DPO step vs SFT step on the same tokens, and GRPO generation throughput, on
- * the bench-s model (random weights; shared/spec/performance.md). Indicative: run on a shared machine.
+ * the bench-s model (random weights; docs/spec/performance.md). Indicative: run on a shared machine.
  *
  *   build/bench_objectives [THREADS] [REPEATS]      (built with the library: bench/CMakeLists.txt)
  *
@@ -16,34 +16,9 @@
 #include <string.h>
 #include <time.h>
 
+#include "bench_common.h"
 #include "loratune.h"
 #include "loratune_experimental.h"
-
-static const char cfg[] =
-    "{\"architectures\": [\"LlamaForCausalLM\"], \"model_type\": \"llama\", \"vocab_size\": 32000,"
-    " \"hidden_size\": 512, \"intermediate_size\": 1376, \"num_hidden_layers\": 8,"
-    " \"num_attention_heads\": 8, \"num_key_value_heads\": 8, \"rope_theta\": 500000.0,"
-    " \"rms_norm_eps\": 1e-5, \"max_position_embeddings\": 2048, \"tie_word_embeddings\": false,"
-    " \"eos_token_id\": 2}";
-
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + 1e-9 * ts.tv_nsec;
-}
-
-static int cmp(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-#define CHECK(call, h)                             \
-    do {                                           \
-        if ((call) != LT_OK) {                     \
-            fprintf(stderr, "%s: %s\n", #call, h); \
-            exit(1);                               \
-        }                                          \
-    } while (0)
 
 int main(int argc, char **argv) {
     int threads = argc > 1 ? atoi(argv[1]) : 2, reps = argc > 2 ? atoi(argv[2]) : 3;
@@ -54,7 +29,7 @@ int main(int argc, char **argv) {
     lt_context *ctx;
     lt_model *m;
     CHECK(lt_context_create(&cp, &ctx), lt_last_error());
-    CHECK(lt_model_create_random(ctx, cfg, 1, 0.02f, &m), lt_last_error());
+    CHECK(lt_model_create_random(ctx, bench_s_config, 1, 0.02f, &m), lt_last_error());
     lt_adapter_params ap;
     lt_adapter_params_init(&ap, sizeof ap);
     ap.rank = 16;
@@ -102,18 +77,18 @@ int main(int argc, char **argv) {
         double ts[16], td[16];
         for (int r = -1; r < reps && r < 16; r++) { /* r = -1: warm-up */
             lt_step_result res = {.size = sizeof res};
-            double t0 = now();
+            double t0 = bench_now();
             CHECK(lt_trainer_step(sft, &b, &res), lt_trainer_last_error(sft));
-            double t1 = now();
+            double t1 = bench_now();
             CHECK(lt_trainer_step_preference(dpo, &pb, &res), lt_trainer_last_error(dpo));
-            double t2 = now();
+            double t2 = bench_now();
             if (r >= 0) {
                 ts[r] = t1 - t0;
                 td[r] = t2 - t1;
             }
         }
-        qsort(ts, reps, sizeof *ts, cmp);
-        qsort(td, reps, sizeof *td, cmp);
+        qsort(ts, reps, sizeof *ts, bench_cmp);
+        qsort(td, reps, sizeof *td, bench_cmp);
         printf("{\"bench\": \"dpo-vs-sft\", \"checkpointing\": %d, \"threads\": %d, \"tokens\": %d, \"sft_s\": %.3f, "
                "\"dpo_s\": %.3f, \"ratio\": %.2f}\n",
                ck, threads, B * T, ts[reps / 2], td[reps / 2], td[reps / 2] / ts[reps / 2]);
@@ -146,14 +121,14 @@ int main(int argc, char **argv) {
     gp.max_new_tokens = NEW;
     gp.temperature = 1.0f;
     gp.eos_token_id = -1;
-    double t0 = now();
+    double t0 = bench_now();
     CHECK(lt_grpo_generate(g, prompts, plens, NP, &gp, comp, clens), lt_trainer_last_error(g));
-    double t1 = now();
+    double t1 = bench_now();
     float rewards[32];
     for (int i = 0; i < NP * G; i++) rewards[i] = (float)(i % 3);
     lt_step_result res = {.size = sizeof res};
     CHECK(lt_grpo_step(g, rewards, &res), lt_trainer_last_error(g));
-    double t2 = now();
+    double t2 = bench_now();
     long gen = 0;
     for (int i = 0; i < NP * G; i++) gen += clens[i];
     printf("{\"bench\": \"grpo\", \"threads\": %d, \"rows\": %d, \"new_tokens\": %ld, \"generate_s\": %.3f, "

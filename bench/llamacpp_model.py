@@ -4,7 +4,7 @@
   python bench/llamacpp_model.py model DIR        write the bench-s Llama as a Hugging Face directory
   python bench/llamacpp_model.py text FILE WORDS  write WORDS random 3-letter words (one token each)
 
-The model is the bench-s shape of shared/spec/performance.md (vocab 32000, hidden 512, intermediate 1376,
+The model is the bench-s shape of docs/spec/performance.md (vocab 32000, hidden 512, intermediate 1376,
 8 layers, 8 heads, 8 kv heads, rope_theta 500000), f32, random init N(0, 0.02) (transformers' own
 initialisation with initializer_range 0.02, seed 0), written with save_pretrained.
 

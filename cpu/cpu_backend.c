@@ -215,8 +215,7 @@ static size_t cpu_bf16_weight_bytes(lt_backend *be, int out, int in) {
 
 /* dst (packed) <- W (out,in) f32 */
 static void cpu_bf16_weight_pack(lt_backend *be, void *dst, const float *W, int out, int in) {
-    (void)be;
-    lt_bf16w_pack(dst, W, out, in);
+    lt_bf16_pack(K(be), dst, W, out, in);
 }
 
 /* y (N,out) = x (N,in) W^T */
@@ -236,6 +235,49 @@ static void cpu_gemm_bf16_backward(lt_backend *be, float *dx, const float *dy, c
         return;
     }
     lt_gemm_bf16_backward(K(be), be->n_threads, dx, dy, Wp, N, in, out, accumulate);
+}
+
+/* out (N,C) = rows ids of the packed bf16 table (vocab,C): row o of the layout is lane o % 16 of its
+ * block of 16 rows, one (c, c+1) pair per 64-byte vector */
+static void cpu_embedding_forward_bf16(lt_backend *be, float *out, const int32_t *ids, const void *table, int N,
+                                       int C) {
+    const uint16_t *Wp = table;
+    const int P = lt_bf16w_pairs(C);
+    int nt = cpu_threads_for(be, (size_t)N * C, LT_GRAIN);
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+    for (int n = 0; n < N; n++) {
+        const uint16_t *row = Wp + (size_t)(ids[n] / 16) * P * 32 + (ids[n] % 16) * 2;
+        float *o = out + (size_t)n * C;
+        for (int p = 0; p < P; p++) {
+            o[2 * p] = lt_bf16_to_f32(row[(size_t)p * 32]);
+            if (2 * p + 1 < C) o[2 * p + 1] = lt_bf16_to_f32(row[(size_t)p * 32 + 1]);
+        }
+    }
+}
+
+/* the shapes a 4-bit product may take: q (out,in), NF4 or FP4 */
+static int q4_args_ok(lt_backend *be, const lt_qdesc *q, int N, int in, int out) {
+    if (N >= 0 && in >= 0 && out >= 0 && q->rows == out && q->cols == in &&
+        (q->format == LT_QF_NF4 || q->format == LT_QF_FP4))
+        return 1;
+    cpu_record_error(be, LT_ERR_INTERNAL);
+    return 0;
+}
+
+/* y (N,out) = x (N,in) W^T, W a 4-bit weight dequantized into the bf16 kernel's panels (no tile) */
+static void cpu_gemm_q4_forward(lt_backend *be, float *y, const float *x, const lt_qdesc *q, int N, int in, int out,
+                                float *tile, int tile_rows) {
+    (void)tile;
+    (void)tile_rows;
+    if (q4_args_ok(be, q, N, in, out)) lt_gemm_q4_forward(K(be), be->n_threads, y, x, q, N, in, out);
+}
+
+/* dx (N,in) (+)= dy (N,out) W */
+static void cpu_gemm_q4_backward(lt_backend *be, float *dx, const float *dy, const lt_qdesc *q, int N, int in, int out,
+                                 int accumulate, float *tile, int tile_rows) {
+    (void)tile;
+    (void)tile_rows;
+    if (q4_args_ok(be, q, N, in, out)) lt_gemm_q4_backward(K(be), be->n_threads, dx, dy, q, N, in, out, accumulate);
 }
 
 /* ---- elementwise ---------------------------------------------------------------------------------- */
@@ -298,6 +340,13 @@ static void cpu_embedding_forward(lt_backend *be, float *out, const int32_t *ids
     int nt = cpu_threads_for(be, (size_t)N * C, LT_GRAIN);
 #pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
     for (int n = 0; n < N; n++) memcpy(out + (size_t)n * C, table + (size_t)ids[n] * C, (size_t)C * sizeof(float));
+}
+
+/* dst[idx[i]] = src[i]: rows are distinct, so threads take rows */
+static void cpu_scatter_rows(lt_backend *be, float *dst, const int32_t *idx, const float *src, int n, int C) {
+    int nt = cpu_threads_for(be, (size_t)n * C, LT_GRAIN);
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+    for (int i = 0; i < n; i++) memcpy(dst + (size_t)idx[i] * C, src + (size_t)i * C, (size_t)C * sizeof(float));
 }
 
 /* dtable (vocab,C) += dout (N,C) scattered by ids: threads own column slices, so two tokens with the
@@ -505,21 +554,39 @@ static void cpu_attention_backward(lt_backend *be, float *dq, float *dk, float *
     }
 }
 
-/* out, q (B,NH,HD); kcache, vcache (B,S_cap,NKV,HD); keys 0..len-1. Work items: (b, h). */
-static void cpu_attention_decode(lt_backend *be, float *out, const float *q, const float *kcache, const float *vcache,
-                                 int B, int S_cap, int len, int NH, int NKV, int HD, float scale) {
-    if (!cpu_att_args_ok(be, B, 1, NH, NKV, HD)) return;
-    if (len > S_cap) {
-        cpu_record_error(be, LT_ERR_INTERNAL);
-        return;
+/* The key ranges of a decode, checked (host memory): 0 <= kv_start[b], kv_len[b] <= S_cap; returns the
+ * longest range (work estimate), -1 on a bad one. */
+static long cpu_decode_ranges_ok(lt_backend *be, const int32_t *kv_start, const int32_t *kv_len, int B, int S_cap) {
+    long most = 0;
+    for (int b = 0; b < B; b++) {
+        if (kv_start[b] < 0 || kv_len[b] > S_cap) {
+            cpu_record_error(be, LT_ERR_INTERNAL);
+            return -1;
+        }
+        if (kv_len[b] - kv_start[b] > most) most = kv_len[b] - kv_start[b];
     }
+    return most;
+}
+
+/* out, q (B,NH,HD); kcache, vcache (B,S_cap,NKV,HD); row b: keys kv_start[b] .. kv_len[b]-1 (the kernel
+ * sees the row's cache from kv_start on). Work items: (b, h). */
+static void cpu_attention_decode(lt_backend *be, float *out, const float *q, const float *kcache, const float *vcache,
+                                 const int32_t *kv_start, const int32_t *kv_len, int B, int S_cap, int NH, int NKV,
+                                 int HD, float scale) {
+    if (!cpu_att_args_ok(be, B, 1, NH, NKV, HD)) return;
+    long most = cpu_decode_ranges_ok(be, kv_start, kv_len, B, S_cap);
+    if (most < 0) return;
     const lt_cpu_kernels *kk = K(be);
     long nbh = (long)B * NH;
-    int nt = cpu_threads_for(be, (size_t)nbh * (len > 0 ? len : 1) * HD, LT_GRAIN);
+    int nt = cpu_threads_for(be, (size_t)nbh * (most > 0 ? most : 1) * HD, LT_GRAIN);
     if (nt > nbh) nt = (int)nbh;
+    const size_t skv = (size_t)NKV * HD;
 #pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
-    for (long it = 0; it < nbh; it++)
-        kk->att_decode_head(out, q, kcache, vcache, S_cap, len, NH, NKV, HD, scale, (int)(it / NH), (int)(it % NH));
+    for (long it = 0; it < nbh; it++) {
+        const int b = (int)(it / NH), j0 = kv_start[b];
+        kk->att_decode_head(out, q, kcache + j0 * skv, vcache + j0 * skv, S_cap, kv_len[b] - j0, NH, NKV, HD, scale, b,
+                            (int)(it % NH));
+    }
 }
 
 /* ---- SwiGLU --------------------------------------------------------------------------------------- */
@@ -567,14 +634,11 @@ static void cpu_attention_softcap_backward(lt_backend *be, float *dq, float *dk,
 }
 
 static void cpu_attention_softcap_decode(lt_backend *be, float *out, const float *q, const float *kcache,
-                                         const float *vcache, int B, int S_cap, int len, int NH, int NKV, int HD,
-                                         float scale, float softcap) {
+                                         const float *vcache, const int32_t *kv_start, const int32_t *kv_len, int B,
+                                         int S_cap, int NH, int NKV, int HD, float scale, float softcap) {
     if (!cpu_att_args_ok(be, B, 1, NH, NKV, HD)) return;
-    if (len > S_cap) {
-        cpu_record_error(be, LT_ERR_INTERNAL);
-        return;
-    }
-    lt_ref_attention_softcap_decode(out, q, kcache, vcache, B, S_cap, len, NH, NKV, HD, scale, softcap);
+    if (cpu_decode_ranges_ok(be, kv_start, kv_len, B, S_cap) < 0) return;
+    lt_ref_attention_softcap_decode(out, q, kcache, vcache, kv_start, kv_len, B, S_cap, NH, NKV, HD, scale, softcap);
 }
 
 /* ---- bias add, GeGLU, soft-capping (plain loops; memory-bound and off the Llama path) ---------- */
@@ -771,12 +835,16 @@ static const lt_backend_ops cpu_ops = {
     .bf16_weight_pack = cpu_bf16_weight_pack,
     .gemm_bf16_forward = cpu_gemm_bf16_forward,
     .gemm_bf16_backward = cpu_gemm_bf16_backward,
+    .embedding_forward_bf16 = cpu_embedding_forward_bf16,
+    .gemm_q4_forward = cpu_gemm_q4_forward,
+    .gemm_q4_backward = cpu_gemm_q4_backward,
     .axpy = cpu_axpy,
     .scale = cpu_scale,
     .sumsq = cpu_sumsq,
     .all_finite = cpu_all_finite,
     .embedding_forward = cpu_embedding_forward,
     .embedding_backward = cpu_embedding_backward,
+    .scatter_rows = cpu_scatter_rows,
     .rmsnorm_forward = cpu_rmsnorm_forward,
     .rmsnorm_backward = cpu_rmsnorm_backward,
     .rope_forward = cpu_rope_forward,

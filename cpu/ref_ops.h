@@ -48,6 +48,10 @@ int lt_ref_all_finite(size_t n, const float *x);
 /* ---- embedding ---- */
 void lt_ref_embedding_forward(float *out, const int32_t *ids, const float *table, int N, int C);
 void lt_ref_embedding_backward(float *dtable, const int32_t *ids, const float *dout, int N, int C);
+/* dst[idx[i]] (C) = src[i] (C) for i < n: src (n,C), idx (n) distinct rows of dst */
+void lt_ref_scatter_rows(float *dst, const int32_t *idx, const float *src, int n, int C);
+/* out (N,C) = rows of a table (vocab,C) in the packed bf16 layout of backend/bf16.h */
+void lt_ref_embedding_forward_bf16(float *out, const int32_t *ids, const void *table, int N, int C);
 
 /* ---- RMSNorm ---- */
 void lt_ref_rmsnorm_forward(float *out, float *rstd, const float *inp, const float *weight, int N, int C, float eps);
@@ -80,10 +84,12 @@ void lt_ref_attention_backward(float *dq, float *dk, float *dv, const float *dou
                                const float *v, const float *out, const float *lse, const int32_t *kv_start, int B,
                                int T, int NH, int NKV, int HD, float scale, float *scratch);
 
-/* One new token per row against a KV cache: out, q (B,NH,HD); kcache, vcache (B,S_cap,NKV,HD); keys
- * 0..len-1 of every row. Two passes per (b, h) like the forward. len <= 0 gives out = 0. */
-void lt_ref_attention_decode(float *out, const float *q, const float *kcache, const float *vcache, int B, int S_cap,
-                             int len, int NH, int NKV, int HD, float scale);
+/* One new token per row against a KV cache: out, q (B,NH,HD); kcache, vcache (B,S_cap,NKV,HD); row b
+ * attends to its keys kv_start[b] .. kv_len[b]-1. Two passes per (b, h) like the forward. An empty
+ * range gives out = 0. */
+void lt_ref_attention_decode(float *out, const float *q, const float *kcache, const float *vcache,
+                             const int32_t *kv_start, const int32_t *kv_len, int B, int S_cap, int NH, int NKV, int HD,
+                             float scale);
 
 /* ---- SwiGLU ---- */
 void lt_ref_swiglu_forward(float *out, const float *gate, const float *up, size_t n);
@@ -108,8 +114,9 @@ void lt_ref_attention_softcap_backward(float *dq, float *dk, float *dv, const fl
                                        const float *k, const float *v, const float *out, const float *lse,
                                        const int32_t *kv_start, int B, int T, int NH, int NKV, int HD, float scale,
                                        float softcap);
-void lt_ref_attention_softcap_decode(float *out, const float *q, const float *kcache, const float *vcache, int B,
-                                     int S_cap, int len, int NH, int NKV, int HD, float scale, float softcap);
+void lt_ref_attention_softcap_decode(float *out, const float *q, const float *kcache, const float *vcache,
+                                     const int32_t *kv_start, const int32_t *kv_len, int B, int S_cap, int NH, int NKV,
+                                     int HD, float scale, float softcap);
 
 /* ---- DoRA ---- */
 void lt_ref_dora_norm(float *g, float *inv_n, const float *m, const float *w, int rows, int cols);
@@ -154,5 +161,10 @@ void lt_ref_adamw32bnb_step(float *param, const float *grad, float *m, float *v,
 /* out (r1-r0, q->cols): element by element, absmax decoded for every element (backend.h lt_qdesc). */
 struct lt_qdesc;
 void lt_ref_dequantize_rows(float *out, const struct lt_qdesc *q, int64_t r0, int64_t r1);
+/* products with a 4-bit weight computed in bf16 (backend.h gemm_q4_*): the dequantized values and the
+ * activations rounded to bf16 (lt_bf16_round), sums in fp64 */
+void lt_ref_gemm_q4_forward(float *y, const float *x, const struct lt_qdesc *q, int N, int in, int out);
+void lt_ref_gemm_q4_backward(float *dx, const float *dy, const struct lt_qdesc *q, int N, int in, int out,
+                             int accumulate);
 
 #endif /* LT_REF_OPS_H */

@@ -604,20 +604,23 @@ __global__ void att_bwd_kv_rowwise_kernel(float *dk, float *dv, const float *dou
 /* decode                                                                                           */
 /* ================================================================================================ */
 
-/* out, q (B,NH,HD); kcache, vcache (B,S_cap,NKV,HD); keys 0..len-1. grid (NH, B), block 32 W.
- * Warp w takes the keys [w chunk, (w+1) chunk) (chunk = ceil(len/W)); the W partial softmaxes are
- * merged at the end. smem: qv (HD), acc (W, HD), m (W), l (W). len == 0 gives out = 0. */
-__global__ void att_decode_kernel(float *out, const float *q, const float *kcache, const float *vcache, int S_cap,
-                                  int len, int NH, int NKV, int HD, float scale) {
+/* out, q (B,NH,HD); kcache, vcache (B,S_cap,NKV,HD); row b: keys kv_start[b] .. kv_len[b]-1 (clamped
+ * to the row). grid (NH, B), block 32 W. Warp w takes the keys [start + w chunk, start + (w+1) chunk)
+ * (chunk = ceil(n/W), n keys); the W partial softmaxes are merged at the end. smem: qv (HD), acc (W, HD),
+ * m (W), l (W). An empty range gives out = 0. */
+__global__ void att_decode_kernel(float *out, const float *q, const float *kcache, const float *vcache,
+                                  const int32_t *kv_start, const int32_t *kv_len, int S_cap, int NH, int NKV, int HD,
+                                  float scale) {
     extern __shared__ float smem[];
     const int W = blockDim.x >> 5, w = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int h = blockIdx.x, b = blockIdx.y, kvh = h / (NH / NKV);
+    const int len = min(kv_len[b], S_cap), start = max(0, kv_start[b]), n = max(0, len - start);
     float *qv = smem, *acc = qv + HD, *ms = acc + (size_t)W * HD, *ls = ms + W;
     const float *qh = q + ((size_t)b * NH + h) * HD;
     for (int d = threadIdx.x; d < HD; d += blockDim.x) qv[d] = qh[d];
     __syncthreads();
-    const int chunk = (len + W - 1) / W;
-    const int j0 = min(len, w * chunk), j1 = min(len, j0 + chunk);
+    const int chunk = (n + W - 1) / W;
+    const int j0 = start + min(n, w * chunk), j1 = start + min(n, w * chunk + chunk);
     const size_t kvstride = (size_t)NKV * HD;
     const size_t base = (size_t)b * S_cap * kvstride + (size_t)kvh * HD;
     float m, l;
@@ -752,15 +755,11 @@ extern "C" void lt_cuda_attention_backward(lt_backend *be, float *dq, float *dk,
 }
 
 extern "C" void lt_cuda_attention_decode(lt_backend *be, float *out, const float *q, const float *kcache,
-                                         const float *vcache, int B, int S_cap, int len, int NH, int NKV, int HD,
-                                         float scale) {
+                                         const float *vcache, const int32_t *kv_start, const int32_t *kv_len, int B,
+                                         int S_cap, int NH, int NKV, int HD, float scale) {
     lt_cuda_impl *im = lt_cuda_enter(be);
     if (!lt_cuda_att_args_ok(be, B, 1, NH, NKV, HD, "attention_decode")) return;
-    if (len > S_cap) {
-        lt_cuda_record(be, LT_ERR_INTERNAL, "attention_decode: len > S_cap", 0);
-        return;
-    }
-    if (len < 0) len = 0;
+    if (!lt_cuda_decode_ranges_ok(be, kv_start, kv_len, B, S_cap, "attention_decode")) return;
     /* W warps: qv (HD) + W * (acc (HD) + m + l) floats in 48 KiB */
     int W = 8;
     while (W > 0 && ((size_t)HD + (size_t)W * (HD + 2)) * sizeof(float) > 48u * 1024u) W--;
@@ -769,7 +768,7 @@ extern "C" void lt_cuda_attention_decode(lt_backend *be, float *out, const float
         return;
     }
     const size_t smem = ((size_t)HD + (size_t)W * (HD + 2)) * sizeof(float);
-    att_decode_kernel<<<dim3((unsigned)NH, (unsigned)B), 32 * W, smem, im->stream>>>(out, q, kcache, vcache, S_cap, len,
-                                                                                     NH, NKV, HD, scale);
+    att_decode_kernel<<<dim3((unsigned)NH, (unsigned)B), 32 * W, smem, im->stream>>>(out, q, kcache, vcache, kv_start,
+                                                                                     kv_len, S_cap, NH, NKV, HD, scale);
     lt_cuda_check(be, "attention_decode");
 }

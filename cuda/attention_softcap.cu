@@ -95,21 +95,23 @@ __global__ void att_softcap_dkv_kernel(float *dk, float *dv, const float *dout, 
         }
 }
 
-/* one thread per (b, h) */
-__global__ void att_softcap_decode_kernel(float *out, const float *q, const float *kc, const float *vc, int B,
-                                          int S_cap, int len, int NH, int NKV, int HD, float scale, float cap) {
+/* one thread per (b, h); row b: keys kv_start[b] .. kv_len[b]-1 (clamped to the row) */
+__global__ void att_softcap_decode_kernel(float *out, const float *q, const float *kc, const float *vc,
+                                          const int32_t *kv_start, const int32_t *kv_len, int B, int S_cap, int NH,
+                                          int NKV, int HD, float scale, float cap) {
     long it = blockIdx.x * (long)blockDim.x + threadIdx.x;
     if (it >= (long)B * NH) return;
     int h = (int)(it % NH), b = (int)(it / NH), kvh = h / (NH / NKV);
+    const int j0 = max(0, kv_start[b]), len = min(kv_len[b], S_cap);
     const float *qh = q + ((size_t)b * NH + h) * HD;
     float mx = -INFINITY, sum = 0.0f;
-    for (int j = 0; j < len; j++)
+    for (int j = j0; j < len; j++)
         mx = fmaxf(mx, sc_score(qh, kc + (((size_t)b * S_cap + j) * NKV + kvh) * HD, HD, scale, cap, 0));
-    for (int j = 0; j < len; j++)
+    for (int j = j0; j < len; j++)
         sum += expf(sc_score(qh, kc + (((size_t)b * S_cap + j) * NKV + kvh) * HD, HD, scale, cap, 0) - mx);
     float *oh = out + ((size_t)b * NH + h) * HD;
     for (int d = 0; d < HD; d++) oh[d] = 0.0f;
-    for (int j = 0; j < len; j++) {
+    for (int j = j0; j < len; j++) {
         float p = expf(sc_score(qh, kc + (((size_t)b * S_cap + j) * NKV + kvh) * HD, HD, scale, cap, 0) - mx) / sum;
         const float *vj = vc + (((size_t)b * S_cap + j) * NKV + kvh) * HD;
         for (int d = 0; d < HD; d++) oh[d] += p * vj[d];
@@ -144,22 +146,15 @@ extern "C" void lt_cuda_attention_softcap_backward(lt_backend *be, float *dq, fl
 }
 
 extern "C" void lt_cuda_attention_softcap_decode(lt_backend *be, float *out, const float *q, const float *kcache,
-                                                 const float *vcache, int B, int S_cap, int len, int NH, int NKV,
-                                                 int HD, float scale, float softcap) {
+                                                 const float *vcache, const int32_t *kv_start, const int32_t *kv_len,
+                                                 int B, int S_cap, int NH, int NKV, int HD, float scale,
+                                                 float softcap) {
     lt_cuda_impl *im = lt_cuda_enter(be);
     if (!lt_cuda_att_args_ok(be, B, 1, NH, NKV, HD, "attention_softcap_decode")) return;
-    if (len > S_cap) {
-        lt_cuda_record(be, LT_ERR_INTERNAL, "attention_softcap_decode: len > S_cap", 0);
-        return;
-    }
-    long n = (long)B * NH;
-    if (len <= 0) { /* no key: out = 0, as the reference and the uncapped decode */
-        cudaError_t e = cudaMemsetAsync(out, 0, (size_t)n * HD * sizeof(float), im->stream);
-        if (e != cudaSuccess) lt_cuda_record(be, LT_ERR_BACKEND, "attention_softcap_decode", (int)e);
-        lt_cuda_check(be, "attention_softcap_decode");
-        return;
-    }
-    att_softcap_decode_kernel<<<sc_blocks(n), SC_THREADS, 0, lt_cuda(be)->stream>>>(out, q, kcache, vcache, B, S_cap,
-                                                                                    len, NH, NKV, HD, scale, softcap);
+    if (!lt_cuda_decode_ranges_ok(be, kv_start, kv_len, B, S_cap, "attention_softcap_decode")) return;
+    /* an empty range of a row gives out = 0 there (the kernel zeroes before accumulating) */
+    const long n = (long)B * NH;
+    att_softcap_decode_kernel<<<sc_blocks(n), SC_THREADS, 0, im->stream>>>(out, q, kcache, vcache, kv_start, kv_len, B,
+                                                                           S_cap, NH, NKV, HD, scale, softcap);
     lt_cuda_check(be, "attention_softcap_decode");
 }

@@ -120,8 +120,8 @@ void lt_cuda_attention_softcap_backward(lt_backend *be, float *dq, float *dk, fl
                                         const float *lse, const int32_t *kv_start, int B, int T, int NH, int NKV,
                                         int HD, float scale, float softcap);
 void lt_cuda_attention_softcap_decode(lt_backend *be, float *out, const float *q, const float *kcache,
-                                      const float *vcache, int B, int S_cap, int len, int NH, int NKV, int HD,
-                                      float scale, float softcap);
+                                      const float *vcache, const int32_t *kv_start, const int32_t *kv_len, int B,
+                                      int S_cap, int NH, int NKV, int HD, float scale, float softcap);
 
 /* ---- gemm.cu ---------------------------------------------------------------------------------- */
 void lt_cuda_gemm(lt_backend *be, int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
@@ -133,6 +133,11 @@ void lt_cuda_bf16_weight_pack(lt_backend *be, void *dst, const float *W_host, in
 void lt_cuda_gemm_bf16_forward(lt_backend *be, float *y, const float *x, const void *Wp, int N, int in, int out);
 void lt_cuda_gemm_bf16_backward(lt_backend *be, float *dx, const float *dy, const void *Wp, int N, int in, int out,
                                 int accumulate);
+void lt_cuda_embedding_forward_bf16(lt_backend *be, float *out, const int32_t *ids, const void *table, int N, int C);
+void lt_cuda_gemm_q4_forward(lt_backend *be, float *y, const float *x, const lt_qdesc *q, int N, int in, int out,
+                             float *tile, int tile_rows);
+void lt_cuda_gemm_q4_backward(lt_backend *be, float *dx, const float *dy, const lt_qdesc *q, int N, int in, int out,
+                              int accumulate, float *tile, int tile_rows);
 
 /* ---- elementwise.cu --------------------------------------------------------------------------- */
 void lt_cuda_axpy(lt_backend *be, size_t n, float a, const float *x, float *y);
@@ -142,6 +147,7 @@ double lt_cuda_sumsq(lt_backend *be, size_t n, const float *x);
 int lt_cuda_all_finite(lt_backend *be, size_t n, const float *x);
 void lt_cuda_embedding_backward(lt_backend *be, float *dtable, const int32_t *ids, const float *dout, int N, int C);
 void lt_cuda_embedding_forward(lt_backend *be, float *out, const int32_t *ids, const float *table, int N, int C);
+void lt_cuda_scatter_rows(lt_backend *be, float *dst, const int32_t *idx, const float *src, int n, int C);
 void lt_cuda_swiglu_forward(lt_backend *be, float *out, const float *gate, const float *up, size_t n);
 void lt_cuda_swiglu_backward(lt_backend *be, float *dgate, float *dup, const float *dout, const float *gate,
                              const float *up, size_t n);
@@ -179,7 +185,8 @@ void lt_cuda_attention_backward(lt_backend *be, float *dq, float *dk, float *dv,
                                 const int32_t *kv_start, int B, int T, int NH, int NKV, int HD, float scale,
                                 float *scratch);
 void lt_cuda_attention_decode(lt_backend *be, float *out, const float *q, const float *kcache, const float *vcache,
-                              int B, int S_cap, int len, int NH, int NKV, int HD, float scale);
+                              const int32_t *kv_start, const int32_t *kv_len, int B, int S_cap, int NH, int NKV,
+                              int HD, float scale);
 
 /* ---- cross_entropy.cu ------------------------------------------------------------------------- */
 void lt_cuda_cross_entropy(lt_backend *be, float *logits, float *losses, const int32_t *targets, int n, int V,

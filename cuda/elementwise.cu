@@ -138,6 +138,21 @@ extern "C" void lt_cuda_embedding_forward(lt_backend *be, float *out, const int3
     lt_cuda_check(be, "embedding_forward");
 }
 
+/* dst[idx[i]] (C) = src[i] (C); one block per row (rows are distinct: no two blocks write one place) */
+__global__ void scatter_rows_kernel(float *dst, const int32_t *idx, const float *src, int C) {
+    const size_t i = blockIdx.x;
+    float *d = dst + (size_t)idx[i] * C;
+    const float *s = src + i * C;
+    for (int c = threadIdx.x; c < C; c += blockDim.x) d[c] = s[c];
+}
+
+extern "C" void lt_cuda_scatter_rows(lt_backend *be, float *dst, const int32_t *idx, const float *src, int n, int C) {
+    lt_cuda_impl *im = lt_cuda_enter(be);
+    if (n <= 0 || C <= 0) return;
+    scatter_rows_kernel<<<n, (C < EW_THREADS ? 32 * ((C + 31) / 32) : EW_THREADS), 0, im->stream>>>(dst, idx, src, C);
+    lt_cuda_check(be, "scatter_rows");
+}
+
 /* dtable (vocab,C) += dout (N,C) scattered by ids: one thread per column walks the tokens in order, so
  * the sums are deterministic (no atomics) and equal the reference's order */
 __global__ void embedding_backward_kernel(float *dtable, const int32_t *ids, const float *dout, int N, int C) {

@@ -10,7 +10,8 @@
  *  - Parameter structs are passed by pointer, start with a `size` field, and are filled with defaults
  *    by lt_*_params_init(&p, sizeof p): the library writes exactly sizeof p bytes (its defaults for
  *    the fields it knows, zeros beyond) and sets p.size. Fields may be appended in later minor
- *    versions, never reordered; a program built against an older header keeps working.
+ *    versions, never reordered; a program built against an older header keeps working. Everything in
+ *    this header exists since 0.1.0; what a later version appends will say "since X.Y".
  *  - Threads: one handle is used by one thread at a time. A loaded lt_model is read-only after load
  *    and may be shared by several trainers/threads as long as no adapter is merged into it.
  *  - The library never aborts, exits or prints; messages go to the optional log callback.
@@ -177,18 +178,22 @@ LT_API lt_status lt_qtensor_part(const lt_qtensor *q, lt_qpart part, const void 
 /* ---------------------------------------------------------------------------------------------- */
 /* Model                                                                                          */
 
-/** How the frozen base weights of the 7 decoder projections (q,k,v,o,gate,up,down) and the LM head are
- *  stored and multiplied. LT_BASE_BF16: stored in bf16 (half the memory; a head tied to the embeddings
- *  gets a bf16 copy), products with bf16-rounded inputs and fp32 accumulation (AVX512_BF16 on CPUs that
- *  have it), as torch.autocast(bfloat16) computes them; embeddings, norms, attention, LoRA and the
- *  optimizer stay f32. A BF16 model cannot merge adapters or export weights (LT_ERR_UNSUPPORTED). */
+/** How the frozen base weights of the 7 decoder projections (q,k,v,o,gate,up,down), the embedding table
+ *  and the LM head are stored and multiplied. LT_BASE_BF16: stored in bf16 (half the memory; a tied
+ *  head multiplies by the bf16 table), products with bf16-rounded inputs and fp32 accumulation
+ *  (AVX512_BF16 on CPUs that have it), as torch.autocast(bfloat16) computes them; with NF4/FP4
+ *  quantization the 4-bit projections are computed in bf16 (bnb_4bit_compute_dtype bfloat16). Norms,
+ *  attention, activations, LoRA and the optimizer stay f32. A BF16 model cannot merge adapters or
+ *  export weights (LT_ERR_UNSUPPORTED). */
 typedef enum lt_base_dtype { LT_BASE_F32 = 0, LT_BASE_BF16 = 1 } lt_base_dtype;
 
 typedef struct lt_model_params {
     size_t size;         /* sizeof(lt_model_params)                                       */
-    int use_mmap;        /* 1 (default): map safetensors files, use f32 weights in place  */
-    /* quantization on load (QLoRA): the 7 linear projections of every block; embeddings and norms
-     * stay f32. A pre-quantized bitsandbytes checkpoint is read as it is stored whatever these say. */
+    int use_mmap;        /* 1 (default): f32 weights of an f32 file used in place from   */
+                         /* the mapping; 0: copied. Files are read a tensor at a time.    */
+    /* quantization on load (QLoRA): the 7 linear projections of every block, one tensor at a time;
+     * embeddings and norms stay unquantized. A pre-quantized bitsandbytes checkpoint is read as it is
+     * stored whatever these say. */
     lt_quant_format quantization; /* default LT_QUANT_NONE                                  */
     int double_quant;    /* 4-bit: also quantize the absmax values (default 1)            */
     int quant_blocksize; /* default 64                                                     */
@@ -210,7 +215,7 @@ typedef struct lt_model_info {
     lt_quant_format quantization; /* format of the quantized projections (NONE: all f32)    */
     int64_t quantized_params;  /* parameters stored quantized                               */
     int64_t quantized_bytes;   /* their bytes (codes + statistics): 8 * bytes / params bits */
-    /* since 0.2 (model families) */
+    /* model families */
     char family[32];           /* "Llama", "Qwen2", "Qwen3", "Mistral", "Gemma", ...        */
     int64_t sliding_window;    /* attention window of the windowed layers; 0 = none         */
     int32_t n_sliding_layers;  /* how many layers use that window                           */
@@ -272,7 +277,7 @@ enum {
     LT_TARGET_ALL = 0x7f
 };
 
-/* LoRA initialisation (PEFT's init_lora_weights). PISSA and OLORA (since 0.2) decompose each targeted base
+/* LoRA initialisation (PEFT's init_lora_weights). PISSA and OLORA decompose each targeted base
  * weight W (out, in), dequantized when quantized, in fp32 at lt_adapter_create:
  *   LT_INIT_PISSA  (init_lora_weights="pissa"): SVD W = U S Vh; A = diag(sqrt(S_r / s)) Vh_r, B = U_r diag(sqrt(S_r / s))
  *   LT_INIT_OLORA  (init_lora_weights="olora"): QR W = Q R;     A = R[:r], B = Q[:, :r]
@@ -297,10 +302,10 @@ typedef struct lt_adapter_params {
     int use_rslora;      /* scaling alpha/sqrt(r) instead of alpha/r                       */
     lt_lora_init init;
     uint64_t seed;       /* initialisation seed (default 0)                                */
-    /* since 0.2 */
+    /* DoRA */
     int use_dora;        /* DoRA (PEFT use_dora): a trainable magnitude per output row;    */
                          /* saved as lora_magnitude_vector. Needs dropout 0.               */
-    /* since 0.3 (full fine-tuning, modules_to_save) */
+    /* full fine-tuning, modules_to_save */
     int full_finetune;   /* 1: every base weight is trainable (embeddings, projections,    */
                          /* biases, norms, lm_head) as fp32 copies held by the adapter;    */
                          /* rank, alpha, targets, use_rslora, use_dora, init are ignored.  */
@@ -465,7 +470,7 @@ typedef struct lt_trainer_params {
     int grad_accum;              /* micro-batches per optimizer update (default 1)         */
     int gradient_checkpointing;  /* 1 (default): keep layer inputs, recompute in backward  */
     uint64_t seed;               /* dropout RNG seed (default 0)                           */
-    /* ---- preference objectives (0.1 additions) ---- */
+    /* ---- preference objectives ---- */
     float beta;                  /* DPO/IPO/KTO beta, ORPO lambda (default 0.1)            */
     float label_smoothing;       /* DPO: conservative-DPO eps in [0, 0.5) (default 0)      */
     float desirable_weight;      /* KTO (default 1)                                        */
@@ -485,6 +490,10 @@ typedef struct lt_trainer_params {
                                  /* (borrowed: it must outlive the trainer)                */
     int zero_stage;              /* 0 (default): every rank keeps the whole optimizer state; */
                                  /* 1: ZeRO-1, each rank keeps 1/world_size of it            */
+    /* ---- memory (0.1 additions) ---- */
+    int64_t activation_memory;   /* with gradient_checkpointing: bytes the step may spend   */
+                                 /* keeping whole layers' activations instead of recomputing */
+                                 /* them (the first layers that fit; 0, the default: none)   */
 } lt_trainer_params;
 
 typedef struct lt_step_result {
@@ -496,7 +505,7 @@ typedef struct lt_step_result {
     double tokens_per_s;         /* input tokens / wall time of this call                   */
     int64_t step;                /* optimizer updates done so far                           */
     int updated;                 /* 1 if this call finished an accumulation and updated     */
-    /* ---- preference objectives (0.1 additions); NaN where not defined ---- */
+    /* ---- preference objectives; NaN where not defined ---- */
     double rewards_chosen;       /* mean beta (lp_c - ref_c) (ORPO: beta * mean-token lp_c) */
     double rewards_rejected;     /* the same for the rejected (KTO: undesirable) completions */
     double rewards_accuracies;   /* mean(chosen > rejected); NaN for KTO                    */
@@ -591,7 +600,11 @@ LT_API void lt_generate_params_init(lt_generate_params *params, size_t size);
  * with a KV cache; `adapter` may be NULL (base model). out receives n_prompts rows of
  * max_new_tokens ids (row i at out + i * max_new_tokens); out_lens[i] is how many were produced
  * (an EOS token is included and ends the row). Sampling: logits / temperature, then top-k, then
- * top-p; temperature 0 is greedy. Deterministic for a given seed.
+ * top-p; temperature 0 is greedy. Deterministic for a given seed. The prompts are run in one pass,
+ * then one token per row per step. Greedy rows are those each prompt gives alone, except that
+ * Phi-3 longrope switches the whole batch to its long factors when the longest row passes
+ * original_max_position_embeddings (as transformers does with a padded batch). LT_ERR_NUMERIC when
+ * the logits of a row are not finite.
  */
 LT_API lt_status lt_generate(lt_model *model, const lt_adapter *adapter, const int32_t *prompts,
                              const int32_t *prompt_lens, int n_prompts, const lt_generate_params *params,
@@ -663,12 +676,15 @@ LT_API int32_t lt_tokenizer_special_id(const lt_tokenizer *tok, lt_special_token
 LT_API int lt_tokenizer_is_special(const lt_tokenizer *tok, int32_t id);
 
 /**
- * Render a conversation with the chat_template of tokenizer_config.json (a Jinja subset that covers
- * the Llama 3, ChatML/Qwen, Mistral, Gemma and Phi-3 templates; a template that uses anything else
- * fails with LT_ERR_UNSUPPORTED, a raise_exception() in the template with LT_ERR_DATA).
- * messages_json: a JSON array of {"role": ..., "content": ...} objects (other keys are passed on).
- * *text points to the rendered NUL-terminated text, *len its length; valid until the next call on
- * the tokenizer.
+ * Render a conversation with the chat_template of tokenizer_config.json, as transformers'
+ * apply_chat_template renders it (jinja2's sandbox; docs/API.md lists the Jinja the engine covers: the
+ * real templates of llama.cpp, TRL and mistral-common render identically). A template that uses anything
+ * else fails with LT_ERR_UNSUPPORTED naming it; a raise_exception() in the template or a template error
+ * with LT_ERR_DATA; a template past the engine's nesting or step limits with a status naming the limit.
+ * messages_json: a JSON array of {"role": ..., "content": ...} objects (other keys are passed on), or an
+ * object {"messages": [...], "tools": [...], ...} whose other keys are template variables.
+ * strftime_now() reads SOURCE_DATE_EPOCH (UTC) when it is set. *text points to the rendered
+ * NUL-terminated text, *len its length; valid until the next call on the tokenizer.
  */
 LT_API lt_status lt_tokenizer_render_chat(lt_tokenizer *tok, const char *messages_json, int add_generation_prompt,
                                           const char **text, size_t *len);
@@ -676,7 +692,8 @@ LT_API lt_status lt_tokenizer_render_chat(lt_tokenizer *tok, const char *message
  * Render and encode a conversation (no special tokens added beyond the template's own), with an
  * assistant mask: mask[i] = 1 when token i belongs to an assistant turn (the {% generation %}
  * blocks of the template when it has them, else the text each assistant message adds to the
- * rendering). ids/mask as in lt_tokenizer_encode (mask may be NULL).
+ * rendering). ids/mask as in lt_tokenizer_encode; mask may be NULL, and then no mask is computed (a
+ * prompt for generation needs none).
  */
 LT_API lt_status lt_tokenizer_encode_chat(lt_tokenizer *tok, const char *messages_json, int add_generation_prompt,
                                           int32_t *ids, int32_t *mask, size_t capacity, size_t *n_ids);
@@ -697,7 +714,9 @@ LT_API void lt_text_params_init(lt_text_params *params, size_t size);
  * message lists), {"messages"}, {"prompt","chosen","rejected"} (SFT on the chosen answer), or
  * {"prompt","completion","label"} (label false: every label is -100, nothing to learn).
  * Writes *n ids and labels (capacity as in lt_tokenizer_encode; ids/labels NULL with capacity 0
- * only counts). A row of none of these shapes is LT_ERR_DATA.
+ * only counts). A row of none of these shapes is LT_ERR_DATA; so is a row that would train on nothing
+ * by accident: an assistant-only {"messages"} row whose assistant mask is empty (no assistant message,
+ * or a template that renders no assistant text), a completion that adds no token to its prompt.
  */
 LT_API lt_status lt_tokenizer_encode_row(lt_tokenizer *tok, const char *row_json, const lt_text_params *params,
                                          int32_t *ids, int32_t *labels, size_t capacity, size_t *n);

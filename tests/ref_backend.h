@@ -126,6 +126,10 @@ static void rb_embedding_backward(lt_backend *be, float *dtable, const int32_t *
     (void)be;
     lt_ref_embedding_backward(dtable, ids, dout, N, C);
 }
+static void rb_scatter_rows(lt_backend *be, float *dst, const int32_t *idx, const float *src, int n, int C) {
+    (void)be;
+    lt_ref_scatter_rows(dst, idx, src, n, C);
+}
 
 /* ---- RMSNorm, RoPE ---- */
 static void rb_rmsnorm_forward(lt_backend *be, float *out, float *rstd, const float *inp, const float *w, int N, int C,
@@ -177,11 +181,20 @@ static void rb_attention_backward(lt_backend *be, float *dq, float *dk, float *d
     if (rb_att_ok(be, B, T, NH, NKV, HD))
         lt_ref_attention_backward(dq, dk, dv, dout, q, k, v, out, lse, ks, B, T, NH, NKV, HD, scale, scratch);
 }
-static void rb_attention_decode(lt_backend *be, float *out, const float *q, const float *kc, const float *vc, int B,
-                                int S, int len, int NH, int NKV, int HD, float scale) {
-    if (!rb_att_ok(be, B, 1, NH, NKV, HD)) return;
-    if (len > S) rb_error(be, LT_ERR_INTERNAL);
-    else lt_ref_attention_decode(out, q, kc, vc, B, S, len, NH, NKV, HD, scale);
+/* the decode ranges a caller keeps (backend.h): 0 <= kv_start[b], kv_len[b] <= S_cap */
+static int rb_ranges_ok(lt_backend *be, const int32_t *ks, const int32_t *kl, int B, int S) {
+    for (int b = 0; b < B; b++)
+        if (ks[b] < 0 || kl[b] > S) {
+            rb_error(be, LT_ERR_INTERNAL);
+            return 0;
+        }
+    return 1;
+}
+static void rb_attention_decode(lt_backend *be, float *out, const float *q, const float *kc, const float *vc,
+                                const int32_t *ks, const int32_t *kl, int B, int S, int NH, int NKV, int HD,
+                                float scale) {
+    if (rb_att_ok(be, B, 1, NH, NKV, HD) && rb_ranges_ok(be, ks, kl, B, S))
+        lt_ref_attention_decode(out, q, kc, vc, ks, kl, B, S, NH, NKV, HD, scale);
 }
 static void rb_attention_softcap_forward(lt_backend *be, float *out, float *lse, const float *q, const float *k,
                                          const float *v, const int32_t *ks, int B, int T, int NH, int NKV, int HD,
@@ -197,10 +210,10 @@ static void rb_attention_softcap_backward(lt_backend *be, float *dq, float *dk, 
         lt_ref_attention_softcap_backward(dq, dk, dv, dout, q, k, v, out, lse, ks, B, T, NH, NKV, HD, scale, cap);
 }
 static void rb_attention_softcap_decode(lt_backend *be, float *out, const float *q, const float *kc, const float *vc,
-                                        int B, int S, int len, int NH, int NKV, int HD, float scale, float cap) {
-    if (!rb_att_ok(be, B, 1, NH, NKV, HD)) return;
-    if (len > S) rb_error(be, LT_ERR_INTERNAL);
-    else lt_ref_attention_softcap_decode(out, q, kc, vc, B, S, len, NH, NKV, HD, scale, cap);
+                                        const int32_t *ks, const int32_t *kl, int B, int S, int NH, int NKV, int HD,
+                                        float scale, float cap) {
+    if (rb_att_ok(be, B, 1, NH, NKV, HD) && rb_ranges_ok(be, ks, kl, B, S))
+        lt_ref_attention_softcap_decode(out, q, kc, vc, ks, kl, B, S, NH, NKV, HD, scale, cap);
 }
 
 /* ---- activations, bias, DoRA, soft-capping ---- */
@@ -280,6 +293,20 @@ static void rb_dequantize_rows(lt_backend *be, float *out, const lt_qdesc *q, in
     (void)be;
     lt_ref_dequantize_rows(out, q, r0, r1);
 }
+static void rb_embedding_forward_bf16(lt_backend *be, float *out, const int32_t *ids, const void *table, int N, int C) {
+    (void)be;
+    lt_ref_embedding_forward_bf16(out, ids, table, N, C);
+}
+static void rb_gemm_q4_forward(lt_backend *be, float *y, const float *x, const lt_qdesc *q, int N, int in, int out,
+                               float *tile, int tile_rows) {
+    (void)be, (void)tile, (void)tile_rows;
+    lt_ref_gemm_q4_forward(y, x, q, N, in, out);
+}
+static void rb_gemm_q4_backward(lt_backend *be, float *dx, const float *dy, const lt_qdesc *q, int N, int in, int out,
+                                int accumulate, float *tile, int tile_rows) {
+    (void)be, (void)tile, (void)tile_rows;
+    lt_ref_gemm_q4_backward(dx, dy, q, N, in, out, accumulate);
+}
 
 static const lt_backend_ops rb_ops = {
     .name = "reference",
@@ -299,12 +326,16 @@ static const lt_backend_ops rb_ops = {
     .bf16_weight_pack = rb_bf16_weight_pack,
     .gemm_bf16_forward = rb_gemm_bf16_forward,
     .gemm_bf16_backward = rb_gemm_bf16_backward,
+    .embedding_forward_bf16 = rb_embedding_forward_bf16,
+    .gemm_q4_forward = rb_gemm_q4_forward,
+    .gemm_q4_backward = rb_gemm_q4_backward,
     .axpy = rb_axpy,
     .scale = rb_scale,
     .sumsq = rb_sumsq,
     .all_finite = rb_all_finite,
     .embedding_forward = rb_embedding_forward,
     .embedding_backward = rb_embedding_backward,
+    .scatter_rows = rb_scatter_rows,
     .rmsnorm_forward = rb_rmsnorm_forward,
     .rmsnorm_backward = rb_rmsnorm_backward,
     .rope_forward = rb_rope_forward,

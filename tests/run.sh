@@ -105,6 +105,15 @@ echo "== adapter arithmetic and LoRA extraction against PyTorch (mergekit's form
 stage crosscheck_combine "$py" tests/python/crosscheck_combine.py --cli build/loratune --lib build/libloratune.so.0 \
   --workdir build/crosscheck-combine
 
+echo "== chat templates against transformers (llama.cpp's models/templates, TRL, mistral-common; depth and steps measured)"
+stage check_chat_templates "$py" tests/python/check_chat_templates.py --lib build/libloratune.so.0 \
+  --workdir build/chat-templates --measure build/tests/jinja_stats
+echo "== generate --prompt/--messages and chat (tmux) against transformers' apply_chat_template + greedy generate"
+stage check_text_generation "$py" tests/python/check_text_generation.py --cli build/loratune \
+  --tokenizers build/testdata/tokenizers --workdir build/text-generation
+echo "== eval --compare on the demo model (taught answers, canary exposure, PyTorch + PEFT losses), model card, train --config"
+stage check_eval_compare "$py" tests/python/check_eval_compare.py --cli build/loratune --workdir build/eval-compare
+
 if [ -f tests/bindings.sh ]; then
   echo "== bindings, packaging and ABI"
   stage bindings.sh bash tests/bindings.sh "$py"

@@ -1,5 +1,5 @@
 /*
- * test_backend_ops.c - every op of the dispatch table (src/backend.h) on every backend this machine
+ * test_backend_ops.c - every op of the dispatch table (src/backend/backend.h) on every backend this machine
  * has, against the reference kernels (cpu/ref_ops.c) and against PyTorch.
  *
  * The backends (`backends[]` below): the reference kernels themselves (tests/ref_backend.h), the CPU
@@ -8,7 +8,7 @@
  * otherwise). Another backend is one more entry there. Each case runs on every one of them, on
  * buffers the backend allocated (inputs uploaded, results downloaded), and compares with lt_ref_* on
  * the host:
- *   - bit for bit where the contract is exact: embedding, dropout, bias_add, mul_cols, rope_scale,
+ *   - bit for bit where the contract is exact: embedding, scatter_rows, dropout, bias_add, mul_cols, rope_scale,
  *     row_scale, dequantize_rows, 8-bit AdamW, in-place vs out-of-place, repeated runs;
  *   - else a relative tolerance with a floor of the same fraction of the reference's RMS (tu_close_msg):
  *     1e-5 for plain elementwise ops and AdamW, 1e-4 for gemm, and for ops whose sums or libm calls may
@@ -466,7 +466,7 @@ START_TEST(test_gemm_bf16) {
 END_TEST
 
 /* The edges of the review of the CUDA backend (docs/CUDA.md, B1-B3), on every backend:
- * B1 softcap decode with len 0 writes out = 0 (it left it unwritten), len > S_cap is an error;
+ * B1 softcap decode of an empty key range writes out = 0 (it left it unwritten), kv_len > S_cap is an error;
  * B2 the softcap ops check NH % NKV (they read outside k / v);
  * B3 gemm_bf16 with an empty contraction gives y = 0, dx = 0 or dx unchanged (it divided by zero). */
 START_TEST(test_review_edges) {
@@ -481,18 +481,24 @@ START_TEST(test_review_edges) {
         ck_assert_msg(OPS->sync(BE) != LT_OK, "%s: softcap forward with NH %% NKV != 0 is not reported", NM);
         OPS->attention_softcap_backward(BE, o, o + 1024, o + 2048, d, d, d, d, d, d, dks, B, T, NH, 4, HD, 0.3f, 30.0f);
         ck_assert_msg(OPS->sync(BE) != LT_OK, "%s: softcap backward with NH %% NKV != 0 is not reported", NM);
-        OPS->attention_softcap_decode(BE, o, d, d, d, B, S, 3, NH, 4, HD, 0.3f, 30.0f);
+        int32_t r3[2] = {0, 3}, rbad[2] = {0, S + 1}, rempty[4] = {0, 5, 0, 2}; /* {kv_start}, {kv_len} */
+        int32_t *d3 = dputi(r3, 2), *dbad = dputi(rbad, 2), *dempty = dputi(rempty, 4);
+        OPS->attention_softcap_decode(BE, o, d, d, d, d3, d3 + 1, B, S, NH, 4, HD, 0.3f, 30.0f);
         ck_assert_msg(OPS->sync(BE) != LT_OK, "%s: softcap decode with NH %% NKV != 0 is not reported", NM);
-        OPS->attention_softcap_decode(BE, o, d, d, d, B, S, S + 1, NH, 2, HD, 0.3f, 30.0f);
-        ck_assert_msg(OPS->sync(BE) != LT_OK, "%s: softcap decode with len > S_cap is not reported", NM);
-        /* B1: no key */
-        float *od = dnan((size_t)B * NH * HD);
-        OPS->attention_softcap_decode(BE, od, d, d, d, B, S, 0, NH, 2, HD, 0.3f, 30.0f);
-        SYNC_OK("softcap decode len 0");
-        float *h = hget(od, (size_t)B * NH * HD);
-        for (int i = 0; i < B * NH * HD; i++)
-            TU_EXPECT(h[i] == 0.0f, "%s softcap decode len 0: out[%d] = %g", NM, i, h[i]);
+        OPS->attention_softcap_decode(BE, o, d, d, d, dbad, dbad + 1, B, S, NH, 2, HD, 0.3f, 30.0f);
+        ck_assert_msg(OPS->sync(BE) != LT_OK, "%s: softcap decode with kv_len > S_cap is not reported", NM);
+        /* B1: no key (row 0: kv_len 0; row 1: kv_len < kv_start) */
+        const int B2 = 2;
+        float *od = dnan((size_t)B2 * NH * HD);
+        OPS->attention_softcap_decode(BE, od, d, d, d, dempty, dempty + 2, B2, S, NH, 2, HD, 0.3f, 30.0f);
+        SYNC_OK("softcap decode of empty ranges");
+        float *h = hget(od, (size_t)B2 * NH * HD);
+        for (int i = 0; i < B2 * NH * HD; i++)
+            TU_EXPECT(h[i] == 0.0f, "%s softcap decode of an empty range: out[%d] = %g", NM, i, h[i]);
         free(h);
+        dfree(d3);
+        dfree(dbad);
+        dfree(dempty);
         /* B3: in = 0 (forward), out = 0 (backward) */
         const int N = 4;
         void *dW = dalloc(OPS->bf16_weight_bytes(BE, 3, 1) + 64);
@@ -661,6 +667,46 @@ START_TEST(test_embedding) {
         free(g);
         free(orf);
         free(tr);
+    }
+}
+END_TEST
+
+/* scatter_rows: each source row lands at its index (distinct rows, in no particular order), bit for bit;
+ * every other row of dst is untouched */
+START_TEST(test_scatter_rows) {
+    static const int shapes[][3] = {{40, 37, 23}, {600, 4096, 70}, {3, 1, 3}};
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        const int R = shapes[s][0], C = shapes[s][1], n = shapes[s][2];
+        float *dst = tu_frand((size_t)R * C, -1, 1), *src = tu_frand((size_t)n * C, -1, 1);
+        float *want = tu_fdup(dst, (size_t)R * C), *ref = tu_fdup(dst, (size_t)R * C);
+        int32_t idx[70], *used = calloc((size_t)R, sizeof(int32_t));
+        for (int i = 0; i < n; i++) {
+            int r;
+            do r = tu_irand(R);
+            while (used[r]);
+            used[r] = 1;
+            idx[i] = r;
+            memcpy(want + (size_t)r * C, src + (size_t)i * C, (size_t)C * sizeof(float));
+        }
+        lt_ref_scatter_rows(ref, idx, src, n, C);
+        TU_SAME(ref, want, (size_t)R * C, "reference scatter_rows R=%d C=%d n=%d", R, C, n);
+        FOR_BE {
+            float *dd = dput(dst, (size_t)R * C), *ds = dput(src, (size_t)n * C);
+            int32_t *di = dputi(idx, (size_t)n);
+            OPS->scatter_rows(BE, dd, di, ds, n, C);
+            float *got = hget(dd, (size_t)R * C);
+            SAME(got, want, (size_t)R * C, "scatter_rows R=%d C=%d n=%d", R, C, n);
+            SYNC_OK("scatter_rows");
+            free(got);
+            dfree(dd);
+            dfree(ds);
+            dfree(di);
+        }
+        free(dst);
+        free(src);
+        free(want);
+        free(ref);
+        free(used);
     }
 }
 END_TEST
@@ -1007,65 +1053,125 @@ START_TEST(test_attention_packed_semantics) {
 }
 END_TEST
 
-/* decode: vs the reference, and vs the last row of a causal forward over the same keys; len 0 gives 0 */
+/* The key ranges of a decode case: rows of different lengths, windows (kv_start 2 on odd rows), an empty
+ * row (b 3). */
+static void decode_ranges(int B, int L, int32_t *ks, int32_t *kl) {
+    for (int b = 0; b < B; b++) {
+        kl[b] = b == 3 ? 0 : L - b % 3 > 0 ? L - b % 3 : 0;
+        ks[b] = b % 2 && kl[b] > 2 ? 2 : 0;
+    }
+}
+
+/* A cache (B,S,NKV,HD) of random keys (values) inside each row's range and 1e30 outside: a read past
+ * a range gives inf / NaN. */
+static float *decode_cache(int B, int S, int NKV, int HD, const int32_t *ks, const int32_t *kl, float lo, float hi) {
+    const size_t row = (size_t)NKV * HD;
+    float *c = tu_frand((size_t)B * S * row, lo, hi);
+    for (int b = 0; b < B; b++)
+        for (int j = 0; j < S; j++)
+            if (j < ks[b] || j >= kl[b]) tu_ffill(c + ((size_t)b * S + j) * row, row, 1e30f);
+    return c;
+}
+
+/* want (NH,HD) for row b: the last row of a causal forward (soft-capped when cap > 0) over that row's
+ * keys j0 .. j1-1 whose last query is row b of ql; 0 for an empty range */
+static void decode_row_forward(float *want, const float *ql, const float *kc, const float *vc, int b, int S, int j0,
+                               int j1, int NH, int NKV, int HD, float scale, float cap) {
+    const int n = j1 - j0;
+    const size_t row = (size_t)NKV * HD, qrow = (size_t)NH * HD;
+    if (n <= 0) {
+        tu_ffill(want, qrow, 0.0f);
+        return;
+    }
+    float *q = tu_frand((size_t)n * qrow, -2, 2), *full = tu_fnew((size_t)n * qrow), *lse = tu_fnew((size_t)NH * n);
+    memcpy(q + (size_t)(n - 1) * qrow, ql + (size_t)b * qrow, qrow * sizeof(float));
+    int32_t *z = calloc((size_t)n, sizeof(int32_t));
+    const float *k = kc + ((size_t)b * S + j0) * row, *v = vc + ((size_t)b * S + j0) * row;
+    if (cap > 0) lt_ref_attention_softcap_forward(full, lse, q, k, v, z, 1, n, NH, NKV, HD, scale, cap);
+    else lt_ref_attention_forward(full, lse, q, k, v, z, 1, n, NH, NKV, HD, scale);
+    memcpy(want, full + (size_t)(n - 1) * qrow, qrow * sizeof(float));
+    free(q);
+    free(full);
+    free(lse);
+    free(z);
+}
+
+/* decode (plain and soft-capped, Gemma 2) with per-row key ranges kv_start[b] .. kv_len[b]-1: vs the
+ * reference, and each row vs the last row of a causal forward over its own keys (S <= 300); an empty
+ * range gives 0; on every backend a range past the cache is refused (LT_ERR_INTERNAL at sync). */
 START_TEST(test_attention_decode) {
     static const int shapes[][6] = {{1, 1, 1, 1, 1, 8},         {2, 50, 37, 4, 2, 16}, {3, 100, 100, 6, 2, 64},
                                     {1, 300, 257, 8, 2, 128},   {2, 20, 5, 3, 3, 20},  {1, 10, 3, 2, 1, 260},
-                                    {2, 4096, 3000, 8, 2, 128}, {1, 16, 0, 2, 1, 64}};
+                                    {2, 4096, 3000, 8, 2, 128}, {1, 16, 0, 2, 1, 64},  {5, 40, 9, 4, 2, 16}};
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
         const int B = shapes[s][0], S = shapes[s][1], L = shapes[s][2], NH = shapes[s][3], NKV = shapes[s][4];
         const int HD = shapes[s][5];
         if (quick() && S > 300) continue; /* the 4096-slot cache: in the full run */
-        const float scale = 1.0f / sqrtf((float)HD);
+        const float scale = 1.0f / sqrtf((float)HD), cap = 1.5f;
         const size_t nq = (size_t)B * NH * HD, nc = (size_t)B * S * NKV * HD;
-        float *ql = tu_frand(nq, -2, 2), *kc = tu_frand(nc, -2, 2), *vc = tu_frand(nc, -1, 1);
-        for (size_t i = 0; i < nc; i++) /* junk past len must not be read */
-            if ((i / ((size_t)NKV * HD)) % S >= (size_t)L) kc[i] = vc[i] = 1e30f;
-        float *orf = tu_fnew(nq), *full = NULL;
-        lt_ref_attention_decode(orf, ql, kc, vc, B, S, L, NH, NKV, HD, scale);
-        if (L > 0 && S <= 300) { /* the causal forward over keys 0..L-1 whose last query is ql */
-            const size_t nqf = (size_t)B * L * NH * HD, nkv = (size_t)B * L * NKV * HD;
-            float *q = tu_frand(nqf, -2, 2), *k = tu_fnew(nkv), *v = tu_fnew(nkv), *lse = tu_fnew((size_t)B * NH * L);
+        int32_t ks[8], kl[8], bad[8];
+        decode_ranges(B, L, ks, kl);
+        memcpy(bad, kl, sizeof bad);
+        bad[B - 1] = S + 1;
+        float *kc = decode_cache(B, S, NKV, HD, ks, kl, -2, 2), *vc = decode_cache(B, S, NKV, HD, ks, kl, -1, 1);
+        float *ql = tu_frand(nq, -2, 2), *orf = tu_fnew(nq), *orc = tu_fnew(nq), *full = NULL, *fullc = NULL;
+        lt_ref_attention_decode(orf, ql, kc, vc, ks, kl, B, S, NH, NKV, HD, scale);
+        lt_ref_attention_softcap_decode(orc, ql, kc, vc, ks, kl, B, S, NH, NKV, HD, scale, cap);
+        if (S <= 300) {
+            full = tu_fnew(nq);
+            fullc = tu_fnew(nq);
             for (int b = 0; b < B; b++) {
-                memcpy(k + (size_t)b * L * NKV * HD, kc + (size_t)b * S * NKV * HD,
-                       (size_t)L * NKV * HD * sizeof(float));
-                memcpy(v + (size_t)b * L * NKV * HD, vc + (size_t)b * S * NKV * HD,
-                       (size_t)L * NKV * HD * sizeof(float));
-                memcpy(q + ((size_t)b * L + L - 1) * NH * HD, ql + (size_t)b * NH * HD,
-                       (size_t)NH * HD * sizeof(float));
+                decode_row_forward(full + (size_t)b * NH * HD, ql, kc, vc, b, S, ks[b], kl[b], NH, NKV, HD, scale, 0);
+                decode_row_forward(fullc + (size_t)b * NH * HD, ql, kc, vc, b, S, ks[b], kl[b], NH, NKV, HD, scale,
+                                   cap);
             }
-            int32_t *ks = calloc((size_t)B * L, sizeof(int32_t));
-            full = tu_fnew(nqf);
-            lt_ref_attention_forward(full, lse, q, k, v, ks, B, L, NH, NKV, HD, scale);
-            free(q);
-            free(k);
-            free(v);
-            free(ks);
-            free(lse);
         }
         FOR_BE_ALL {
             float *dql = dput(ql, nq), *dkc = dput(kc, nc), *dvc = dput(vc, nc), *dof = dnan(nq);
-            OPS->attention_decode(BE, dof, dql, dkc, dvc, B, S, L, NH, NKV, HD, scale);
-            float *of = hget(dof, nq);
-            CLOSE(of, orf, nq, TOL(1e-5), "decode B=%d S=%d len=%d NH=%d NKV=%d HD=%d", B, S, L, NH, NKV, HD);
-            if (L == 0)
-                for (size_t i = 0; i < nq; i++) TU_EXPECT(of[i] == 0.0f, "%s decode with len 0: %g", NM, of[i]);
-            if (full)
-                for (int b = 0; b < B; b++)
-                    CLOSE(of + (size_t)b * NH * HD, full + ((size_t)b * L + L - 1) * NH * HD, (size_t)NH * HD,
-                          TOL(1e-5), "decode == last row of forward, len=%d b=%d", L, b);
-            SYNC_OK("decode");
-            free(of);
+            int32_t *dks = dputi(ks, (size_t)B), *dkl = dputi(kl, (size_t)B);
+            for (int c = 0; c < 2; c++) {
+                const char *op = c ? "softcap decode" : "decode";
+                if (c) OPS->attention_softcap_decode(BE, dof, dql, dkc, dvc, dks, dkl, B, S, NH, NKV, HD, scale, cap);
+                else OPS->attention_decode(BE, dof, dql, dkc, dvc, dks, dkl, B, S, NH, NKV, HD, scale);
+                float *of = hget(dof, nq);
+                CLOSE(of, c ? orc : orf, nq, TOL(1e-5), "%s B=%d S=%d len=%d NH=%d NKV=%d HD=%d", op, B, S, L, NH, NKV,
+                      HD);
+                for (int b = 0; b < B; b++) {
+                    const float *ob = of + (size_t)b * NH * HD;
+                    if (kl[b] <= ks[b])
+                        for (int i = 0; i < NH * HD; i++)
+                            TU_EXPECT(ob[i] == 0.0f, "%s %s: the empty row %d gives %g", NM, op, b, ob[i]);
+                    if (full)
+                        CLOSE(ob, (c ? fullc : full) + (size_t)b * NH * HD, (size_t)NH * HD, TOL(1e-5),
+                              "%s == the last row of a forward over keys %d..%d, len=%d b=%d", op, ks[b], kl[b] - 1, L,
+                              b);
+                }
+                SYNC_OK(op);
+                free(of);
+            }
+            { /* a range past the cache is refused (the CUDA backend copies the ranges to the host to check) */
+                int32_t *dbad = dputi(bad, (size_t)B);
+                OPS->attention_decode(BE, dof, dql, dkc, dvc, dks, dbad, B, S, NH, NKV, HD, scale);
+                TU_EXPECT(OPS->sync(BE) == LT_ERR_INTERNAL, "%s decode: a range past the cache is not refused", NM);
+                OPS->attention_softcap_decode(BE, dof, dql, dkc, dvc, dks, dbad, B, S, NH, NKV, HD, scale, cap);
+                TU_EXPECT(OPS->sync(BE) == LT_ERR_INTERNAL, "%s softcap decode: a range past the cache is not refused",
+                          NM);
+                dfree(dbad);
+            }
             dfree(dql);
             dfree(dkc);
             dfree(dvc);
             dfree(dof);
+            dfree(dks);
+            dfree(dkl);
         }
         free(ql);
         free(kc);
         free(vc);
         free(orf);
+        free(orc);
         free(full);
+        free(fullc);
     }
 }
 END_TEST
@@ -1111,8 +1217,9 @@ static void softcap_attention(int B, int T, int NH, int NKV, int HD, const int32
             ck_assert_msg(fabs(fd - probes[pi].g[i]) <= 2e-3 + 2e-2 * fabs(fd), "softcap %s[%zu]: %g vs fd %g",
                           probes[pi].name, i, probes[pi].g[i], fd);
         }
-    /* decode of the last row == the last row of the forward with no window (kv_start 0) */
-    int32_t *z = calloc((size_t)B * T, sizeof *z);
+    /* decode of the last row over keys 0..T-1 == the last row of the forward with no window (kv_start 0) */
+    int32_t *z = calloc((size_t)B * T, sizeof *z), *dz = calloc((size_t)B, sizeof *dz), *dT = malloc((size_t)B * 4);
+    for (int b = 0; b < B; b++) dT[b] = T;
     float *oz = tu_fnew(nq), *lz = tu_fnew(nl), *ql = tu_fnew((size_t)B * NH * HD);
     lt_ref_attention_softcap_forward(oz, lz, q, k, v, z, B, T, NH, NKV, HD, scale, cap);
     for (int b = 0; b < B; b++)
@@ -1132,7 +1239,8 @@ static void softcap_attention(int B, int T, int NH, int NKV, int HD, const int32
         CLOSE_F(dkf, dk, nk, TOL(1e-5), 1e-7, "softcap dk T=%d", T);
         CLOSE_F(dvf, dv, nk, TOL(1e-5), 1e-7, "softcap dv T=%d", T);
         float *dql = dput(ql, (size_t)B * NH * HD), *dod = dnan((size_t)B * NH * HD);
-        OPS->attention_softcap_decode(BE, dod, dql, dk_, dv_, B, T, T, NH, NKV, HD, scale, cap);
+        int32_t *ddz = dputi(dz, (size_t)B), *ddT = dputi(dT, (size_t)B);
+        OPS->attention_softcap_decode(BE, dod, dql, dk_, dv_, ddz, ddT, B, T, NH, NKV, HD, scale, cap);
         float *od = hget(dod, (size_t)B * NH * HD);
         for (int b = 0; b < B; b++)
             CLOSE(od + (size_t)b * NH * HD, oz + ((size_t)b * T + T - 1) * NH * HD, (size_t)NH * HD, TOL(1e-5),
@@ -1156,6 +1264,8 @@ static void softcap_attention(int B, int T, int NH, int NKV, int HD, const int32
         dfree(gv);
         dfree(dql);
         dfree(dod);
+        dfree(ddz);
+        dfree(ddT);
     }
     free(q);
     free(k);
@@ -1174,6 +1284,8 @@ static void softcap_attention(int B, int T, int NH, int NKV, int HD, const int32
     free(tmp);
     free(tl);
     free(z);
+    free(dz);
+    free(dT);
     free(oz);
     free(lz);
     free(ql);
@@ -1725,6 +1837,28 @@ END_TEST
 
 /* ---- quantized weights ---------------------------------------------------------------------------------------- */
 
+/* a backend descriptor of host tensor q (free with q_free) */
+static lt_qdesc q_upload(const lt_qtensor *q) {
+    lt_qdesc d = lt_qtensor_desc(q);
+    const size_t nd = lt_qtensor_data_bytes(q);
+    d.data = dalloc(nd);
+    OPS->upload(BE, (void *)d.data, q->data, nd);
+    if (q->double_quant) {
+        d.qabsmax = dalloc((size_t)q->n_blocks);
+        OPS->upload(BE, (void *)d.qabsmax, q->qabsmax, (size_t)q->n_blocks);
+        d.absmax2 = dput(q->absmax2, (size_t)q->n_blocks2);
+        d.code8 = dput(lt_quant_code8(), 256);
+    } else {
+        d.absmax = dput(q->absmax, (size_t)q->n_blocks);
+    }
+    return d;
+}
+static void q_free(const lt_qdesc *d) {
+    dfree((void *)d->data);
+    if (d->qabsmax) dfree((void *)d->qabsmax), dfree((void *)d->absmax2), dfree((void *)d->code8);
+    else dfree((void *)d->absmax);
+}
+
 /* dequantize_rows: bit for bit the reference (NF4/FP4/int8, with and without double quantization,
  * blocksizes 64 and 128, uniform inputs and inputs with a wide range of block maxima; row ranges: all,
  * one row, the middle, the last row) */
@@ -1746,18 +1880,7 @@ START_TEST(test_dequantize_rows) {
                 const lt_qdesc h = lt_qtensor_desc(q);
                 float *ref = tu_fnew(n);
                 FOR_BE {
-                    lt_qdesc d = h;
-                    const size_t nd = lt_qtensor_data_bytes(q);
-                    d.data = dalloc(nd);
-                    OPS->upload(BE, (void *)d.data, q->data, nd);
-                    if (q->double_quant) {
-                        d.qabsmax = dalloc((size_t)q->n_blocks);
-                        OPS->upload(BE, (void *)d.qabsmax, q->qabsmax, (size_t)q->n_blocks);
-                        d.absmax2 = dput(q->absmax2, (size_t)q->n_blocks2);
-                        d.code8 = dput(lt_quant_code8(), 256);
-                    } else {
-                        d.absmax = dput(q->absmax, (size_t)q->n_blocks);
-                    }
+                    const lt_qdesc d = q_upload(q);
                     for (size_t r = 0; r < sizeof ranges / sizeof *ranges; r++) {
                         const int r0 = ranges[r][0], r1 = ranges[r][1];
                         const size_t nout = (size_t)(r1 - r0) * cols;
@@ -1771,15 +1894,132 @@ START_TEST(test_dequantize_rows) {
                         dfree(dout);
                     }
                     SYNC_OK("dequantize_rows");
-                    dfree((void *)d.data);
-                    if (q->double_quant) dfree((void *)d.qabsmax), dfree((void *)d.absmax2), dfree((void *)d.code8);
-                    else dfree((void *)d.absmax);
+                    q_free(&d);
                 }
                 free(ref);
                 lt_qtensor_free(q);
             }
     free(xs[0]);
     free(xs[1]);
+}
+END_TEST
+
+/* gemm_q4_forward / backward (4-bit weights computed in bf16) vs the reference: test_gemm_bf16's bound
+ * with W = the dequantized weight rounded to bf16. Odd shapes, M beyond one tile of rows, rows that are
+ * not whole blocks (the CPU's portable packer) and rows that are (its AVX-512 one), NF4 and FP4 with and
+ * without double quantization. */
+START_TEST(test_gemm_q4) {
+    static const int shapes[][3] = {{1, 64, 1}, {37, 192, 53}, {300, 128, 260}, {9, 200, 33}};
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
+        for (int v = 0; v < 4; v++) {
+            const int N = shapes[s][0], in = shapes[s][1], out = shapes[s][2], step = N > 100 ? 13 : 1;
+            float *W = tu_frand((size_t)out * in, -1, 1), *x = tu_frand((size_t)N * in, -2, 2);
+            float *dy = tu_frand((size_t)N * out, -1, 1), *acc = tu_frand((size_t)N * in, -1, 1);
+            lt_quant_params p = {.size = sizeof p,
+                                 .format = v & 1 ? LT_QUANT_FP4 : LT_QUANT_NF4,
+                                 .blocksize = 64,
+                                 .double_quant = v >> 1};
+            const int64_t shape[2] = {out, in};
+            lt_qtensor *q;
+            lt_error e = {0};
+            ck_assert_int_eq(lt_qtensor_quantize_ex(W, shape, 2, &p, NULL, &q, &e), LT_OK);
+            const lt_qdesc h = lt_qtensor_desc(q);
+            float *Wd = tu_fnew((size_t)out * in);
+            lt_qdesc_dequantize_range(&h, Wd, 0, (int64_t)out * in);
+            /* the reference and the sums of |products| of the rows checked: fwd (N,out), bwd (N,in) */
+            float *yr = tu_fnew((size_t)N * out), *dxr[2] = {tu_fnew((size_t)N * in), tu_fdup(acc, (size_t)N * in)};
+            double *sf = calloc((size_t)N * out, sizeof *sf), *sb = calloc((size_t)N * in, sizeof *sb);
+            lt_ref_gemm_q4_forward(yr, x, &h, N, in, out);
+            for (int a = 0; a < 2; a++) lt_ref_gemm_q4_backward(dxr[a], dy, &h, N, in, out, a);
+            for (int n = 0; n < N; n += step)
+                for (int o = 0; o < out; o++)
+                    for (int i = 0; i < in; i++) {
+                        const double w = bf16_of(Wd[(size_t)o * in + i]);
+                        sf[(size_t)n * out + o] += fabs(bf16_of(x[(size_t)n * in + i]) * w);
+                        sb[(size_t)n * in + i] += fabs(bf16_of(dy[(size_t)n * out + o]) * w);
+                    }
+            FOR_BE {
+                const lt_qdesc d = q_upload(q);
+                const int tile_rows = 7; /* several tiles per weight, a partial last one */
+                float *tile = dnan((size_t)tile_rows * in);
+                float *dx_ = dput(x, (size_t)N * in), *ddy = dput(dy, (size_t)N * out), *dyv = dnan((size_t)N * out);
+                for (int accumulate = 0; accumulate < 2; accumulate++) {
+                    float *ddx = accumulate ? dput(acc, (size_t)N * in) : dnan((size_t)N * in);
+                    OPS->gemm_q4_forward(BE, dyv, dx_, &d, N, in, out, tile, tile_rows);
+                    OPS->gemm_q4_backward(BE, ddx, ddy, &d, N, in, out, accumulate, tile, tile_rows);
+                    SYNC_OK("gemm_q4");
+                    float *y = hget(dyv, (size_t)N * out), *dx = hget(ddx, (size_t)N * in);
+                    const float *xr = dxr[accumulate];
+                    for (int n = 0; n < N; n += step) {
+                        for (int o = 0; o < out; o++) {
+                            const size_t j = (size_t)n * out + o;
+                            const double tol = cur->bf16_bound * (in + 2) * ldexp(1.0, -24) * sf[j] + 1e-30;
+                            TU_EXPECT(fabs((double)y[j] - yr[j]) <= tol + 1e-7 * fabs(yr[j]),
+                                      "%s gemm_q4_forward v%d %dx%dx%d [%d,%d]: %.9g vs %.9g", NM, v, N, in, out, n, o,
+                                      y[j], yr[j]);
+                        }
+                        for (int i = 0; i < in; i++) {
+                            const size_t j = (size_t)n * in + i;
+                            const double sa = sb[j] + (accumulate ? fabs(acc[j]) : 0.0);
+                            const double tol = cur->bf16_bound * (out + 3) * ldexp(1.0, -24) * sa + 1e-30;
+                            TU_EXPECT(fabs((double)dx[j] - xr[j]) <= tol + 1e-7 * fabs(xr[j]),
+                                      "%s gemm_q4_backward v%d %dx%dx%d acc %d [%d,%d]: %.9g vs %.9g", NM, v, N, in,
+                                      out, accumulate, n, i, dx[j], xr[j]);
+                        }
+                    }
+                    free(y);
+                    free(dx);
+                    dfree(ddx);
+                }
+                dfree(tile);
+                dfree(dx_);
+                dfree(ddy);
+                dfree(dyv);
+                q_free(&d);
+            }
+            lt_qtensor_free(q);
+            free(Wd);
+            free(W);
+            free(x);
+            free(dy);
+            free(acc);
+            free(yr);
+            free(dxr[0]);
+            free(dxr[1]);
+            free(sf);
+            free(sb);
+        }
+}
+END_TEST
+
+/* embedding_forward_bf16: rows of a table packed by the backend's bf16_weight_pack, as f32: bit for bit
+ * the reference's reading of its own packing of the same table (a row in the last, partial block) */
+START_TEST(test_embedding_bf16) {
+    const int V = 70, C = 45, N = 33;
+    float *table = tu_frand((size_t)V * C, -3, 3), *ref = tu_fnew((size_t)N * C);
+    void *rt = malloc(lt_ref_bf16_weight_bytes(V, C));
+    lt_ref_bf16_weight_pack(rt, table, V, C);
+    int32_t ids[33];
+    for (int i = 0; i < N; i++) ids[i] = tu_irand(V);
+    ids[0] = V - 1;
+    lt_ref_embedding_forward_bf16(ref, ids, rt, N, C);
+    FOR_BE {
+        void *dt = dalloc(OPS->bf16_weight_bytes(BE, V, C));
+        OPS->bf16_weight_pack(BE, dt, table, V, C);
+        int32_t *did = dputi(ids, (size_t)N);
+        float *dout = dnan((size_t)N * C);
+        OPS->embedding_forward_bf16(BE, dout, did, dt, N, C);
+        float *got = hget(dout, (size_t)N * C);
+        SYNC_OK("embedding_forward_bf16");
+        SAME(got, ref, (size_t)N * C, "embedding_forward_bf16");
+        free(got);
+        dfree(dt);
+        dfree(did);
+        dfree(dout);
+    }
+    free(table);
+    free(ref);
+    free(rt);
 }
 END_TEST
 
@@ -2635,12 +2875,16 @@ static const struct {
     SLOT(bf16_weight_pack),
     SLOT(gemm_bf16_forward),
     SLOT(gemm_bf16_backward),
+    SLOT(embedding_forward_bf16),
+    SLOT(gemm_q4_forward),
+    SLOT(gemm_q4_backward),
     SLOT(axpy),
     SLOT(scale),
     SLOT(sumsq),
     SLOT(all_finite),
     SLOT(embedding_forward),
     SLOT(embedding_backward),
+    SLOT(scatter_rows),
     SLOT(rmsnorm_forward),
     SLOT(rmsnorm_backward),
     SLOT(rope_forward),
@@ -2674,7 +2918,7 @@ static const struct {
 #define N_SLOTS ((int)(sizeof slots / sizeof *slots))
 _Static_assert(sizeof slots / sizeof *slots ==
                    (sizeof(lt_backend_ops) - offsetof(lt_backend_ops, destroy)) / sizeof(void (*)(void)),
-               "lt_backend_ops (src/backend.h) has a slot that `slots` in test_backend_ops.c does not list");
+               "lt_backend_ops (src/backend/backend.h) has a slot that `slots` in test_backend_ops.c does not list");
 
 /* The cases of the suite and the slots each covers (filled by CASE in backend_ops_suite). */
 #define MAX_CASES 64
@@ -2717,7 +2961,8 @@ START_TEST(test_every_slot_has_a_case) {
         for (int c = 0; c < n_cases && !covered; c++)
             for (int i = 0; i < 8 && cases[c].covers[i]; i++) covered |= cases[c].covers[i] == slots[s].offset;
         if (!covered) {
-            fprintf(stderr, "test_backend_ops: slot %s of lt_backend_ops (src/backend.h) has no case\n", slots[s].name);
+            fprintf(stderr, "test_backend_ops: slot %s of lt_backend_ops (src/backend/backend.h) has no case\n",
+                    slots[s].name);
             missing++;
         }
     }
@@ -2741,15 +2986,18 @@ static Suite *backend_ops_suite(void) {
          S(attention_softcap_decode), S(gemm_bf16_forward), S(gemm_bf16_backward));
     CASE(ops, test_gemm_bf16, 1, S(bf16_weight_bytes), S(bf16_weight_pack), S(gemm_bf16_forward),
          S(gemm_bf16_backward));
+    CASE(ops, test_embedding_bf16, 1, S(bf16_weight_bytes), S(bf16_weight_pack), S(embedding_forward_bf16));
+    CASE(ops, test_gemm_q4, 1, S(gemm_q4_forward), S(gemm_q4_backward));
     CASE(ops, test_elementwise, 1, S(axpy), S(scale), S(sumsq), S(all_finite));
     CASE(ops, test_row_scale, 1, S(row_scale));
     CASE(ops, test_embedding, 1, S(embedding_forward), S(embedding_backward));
+    CASE(ops, test_scatter_rows, 1, S(scatter_rows));
     CASE(ops, test_rmsnorm, 1, S(rmsnorm_forward), S(rmsnorm_backward));
     CASE(ops, test_rope, 1, S(rope_forward), S(rope_backward));
     CASE(ops, test_rope_scale, 1, S(rope_scale));
     CASE(ops, test_attention, N_ATT, S(attention_forward), S(attention_backward_scratch), S(attention_backward));
     CASE(ops, test_attention_packed_semantics, 1, S(attention_forward));
-    CASE(ops, test_attention_decode, 1, S(attention_decode));
+    CASE(ops, test_attention_decode, 1, S(attention_decode), S(attention_softcap_decode));
     CASE(ops, test_attention_softcap, 1, S(attention_softcap_forward), S(attention_softcap_backward),
          S(attention_softcap_decode));
     CASE(ops, test_swiglu, 1, S(swiglu_forward), S(swiglu_backward));

@@ -15,7 +15,7 @@
  *   - faults: a rank with bad data makes the step fail on every rank with nothing changed; a rank that stops
  *     makes the others fail within the deadline, the communicator then refuses, and the last checkpoint resumes;
  *     ranks with different options are refused at create.
- * The MPI engine is tested through the CLI under mpirun (tests/dist_mpi.sh), the NCCL one needs a GPU (below).
+ * The MPI engine is tested through the CLI under mpirun (tests/python/check_dist_mpi.py), the NCCL one needs a GPU (below).
  */
 #include <pthread.h>
 #include <time.h>

@@ -192,55 +192,199 @@ END_TEST
 START_TEST(test_dora_gradients) { check_adapter_gradients(&dora_cases[_i], "dora"); }
 END_TEST
 
-/* ---- generation: the KV-cache path equals the full forward (past the sliding window) ------------- */
+/* ---- generation ------------------------------------------------------------------------------------ *
+ * Generation runs the training layer: a prefill of all prompts in one (B, T) pass that fills the KV
+ * cache, then one token per row per pass against it. Checked on every family, with a LoRA and a DoRA
+ * adapter: the prefill's and each decode's logits against the full forward; greedy generation against
+ * the full forward's argmax, against transformers' own generate, and batched against one prompt at a
+ * time. */
 
-static void check_generate(const family_case *fc, const char *sub) {
+/* every model of make_family_models.py; each has a lora/ and a dora/ adapter */
+static const char *const gen_models[] = {"llama-dora", "qwen2-swa", "qwen2-tied", "mistral-swa",  "qwen3",
+                                         "gemma",      "gemma2",    "phi3",       "phi3-longrope"};
+#define N_GEN ((int)(sizeof gen_models / sizeof *gen_models))
+
+static lt_adapter *load_adapter(lt_model *m, const char *name, const char *sub) {
     char dir[1024], path[1200];
-    tu_model_dir(dir, sizeof dir, fc->name);
-    lt_context *ctx = tu_context();
-    lt_model *m = tu_load_model(ctx, fc->name, NULL);
-    lt_adapter *a = NULL;
+    tu_model_dir(dir, sizeof dir, name);
     snprintf(path, sizeof path, "%s/%s/adapter", dir, sub);
-    ck_assert_int_eq(lt_adapter_load(m, path, &a), LT_OK);
-    const int V = (int)m->cfg.vocab_size, NEW = 9; /* 3 + 9 > every window of the test models */
-    int32_t prompts[10] = {5, 17, 33, 2, 200, 7, 8, 9, 10, 11}, lens[2] = {3, 7};
-    int32_t out[2 * NEW], out_lens[2];
-    lt_generate_params gp;
-    lt_generate_params_init(&gp, sizeof gp);
-    gp.max_new_tokens = NEW;
-    gp.eos_token_id = -1;
-    ck_assert_msg(lt_generate(m, a, prompts, lens, 2, &gp, out, out_lens) == LT_OK, "%s", lt_model_last_error(m));
-    for (int r = 0; r < 2; r++) {
-        ck_assert_int_eq(out_lens[r], NEW);
-        int32_t seq[32];
-        int n = lens[r];
-        memcpy(seq, prompts + (r ? lens[0] : 0), (size_t)n * 4);
-        for (int k = 0; k < NEW; k++) {
-            lt_batch b;
-            lt_batch_init(&b, sizeof b);
-            b.n_rows = 1;
-            b.seq_len = n;
-            b.input_ids = seq;
-            float *lg = malloc((size_t)n * V * 4);
-            ck_assert_int_eq(lt_model_logits(m, a, &b, lg, (size_t)n * V), LT_OK);
-            int best = 0;
-            for (int v = 1; v < V; v++)
-                if (lg[(size_t)(n - 1) * V + v] > lg[(size_t)(n - 1) * V + best]) best = v;
-            free(lg);
-            ck_assert_msg(out[r * NEW + k] == best, "%s %s row %d token %d: generated %d, full forward argmax %d",
-                          fc->name, sub, r, k, out[r * NEW + k], best);
-            seq[n++] = best;
-        }
+    lt_adapter *a = NULL;
+    ck_assert_msg(lt_adapter_load(m, path, &a) == LT_OK, "%s %s: %s", name, sub, lt_last_error());
+    return a;
+}
+
+/* ids (B, T) = the first n[b] tokens of rows[b] (stride S), right-padded with token 0 */
+static void pad_rows(int32_t *ids, const int32_t *rows, int S, const int32_t *n, int B, int T) {
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++) ids[b * T + t] = t < n[b] ? rows[b * S + t] : 0;
+}
+
+/* logits (B*T, V) of the full forward (lt_model_logits) of those padded rows */
+static float *full_logits(lt_model *m, const lt_adapter *a, const int32_t *ids, int B, int T) {
+    const size_t n = (size_t)B * T * m->cfg.vocab_size;
+    float *lg = malloc(n * sizeof *lg);
+    lt_batch b;
+    lt_batch_init(&b, sizeof b);
+    b.n_rows = B;
+    b.seq_len = T;
+    b.input_ids = ids;
+    ck_assert_msg(lt_model_logits(m, a, &b, lg, n) == LT_OK, "%s", lt_model_last_error(m));
+    return lg;
+}
+
+/* Prefill in one pass == the full forward at every prompt position of every row (prompts of 14, 6 and
+ * 9 tokens, right-padded); then 5 decode passes, each == the full forward of the rows so far at each
+ * row's last position. Tolerance: max |error| / max |reference| <= 1e-5 (prefill: the same ops on the
+ * same rows; decode: attention over the cache sums in another order). For phi3-longrope every pass is
+ * past original_max_position_embeddings (12): the long factors throughout, as the full forward picks. */
+START_TEST(test_prefill_decode_logits) {
+    const char *name = gen_models[_i / 2], *sub = _i % 2 ? "dora" : "lora";
+    lt_context *ctx = tu_context();
+    lt_model *m = tu_load_model(ctx, name, NULL);
+    lt_adapter *a = load_adapter(m, name, sub);
+    enum { B = 3, T = 14, D = 5, S = T + D };
+    const int V = (int)m->cfg.vocab_size, L = (int)m->cfg.num_hidden_layers;
+    int32_t rows[B * S], n[B] = {14, 6, 9}, ids[B * S];
+    tu_fill_ids(rows, B * S, V, 77);
+    lt_error err;
+    lt_workspace *ws = NULL;
+    lt_kv_cache *kv = NULL;
+    ck_assert_int_eq(lt_workspace_create(m, B, T, a->p.rank, LT_WS_FORWARD, &ws, &err), LT_OK);
+    ck_assert_int_eq(lt_kv_cache_create(m, B, S, T, &kv, &err), LT_OK);
+    for (int l = 0; a->p.use_dora && l < L; l++) /* as lt_generate: the adapter is fixed, g computed once */
+        for (int p = 0; p < P_COUNT; p++) lt_dora_prepare(m, a, l, (lt_proj)p);
+    kv->dora_ready = 1;
+    const float *inv_freq = m->inv_freq_long ? m->inv_freq_long : m->inv_freq; /* 14 > 12: long */
+    pad_rows(ids, rows, S, n, B, T);
+    float *lg = malloc((size_t)B * T * V * sizeof *lg);
+    ck_assert_int_eq(lt_stage_cached(m, ws, kv, LT_KV_FILL, ids, n, B, T, inv_freq, &err), LT_OK);
+    ck_assert_msg(lt_forward_cached(m, a, ws, kv, 1, lg, &err) == LT_OK, "%s", err.msg);
+    float *ref = full_logits(m, a, ids, B, T);
+    for (int b = 0; b < B; b++) {
+        const size_t off = (size_t)b * T * V, cnt = (size_t)n[b] * V; /* the row's real positions */
+        double rel = tu_max_rel_err(lg + off, ref + off, cnt);
+        ck_assert_msg(rel <= 1e-5, "%s %s: prefill logits of row %d (%d tokens) differ from the full forward by %.3g",
+                      name, sub, b, n[b], rel);
     }
+    free(ref);
+    for (int d = 0; d < D; d++) {
+        int32_t next[B], Tn = 0;
+        for (int b = 0; b < B; b++) {
+            next[b] = rows[b * S + n[b]];
+            n[b]++;
+            Tn = n[b] > Tn ? n[b] : Tn;
+        }
+        ck_assert_int_eq(lt_stage_cached(m, ws, kv, LT_KV_DECODE, next, n, B, 1, inv_freq, &err), LT_OK);
+        ck_assert_msg(lt_forward_cached(m, a, ws, kv, 0, lg, &err) == LT_OK, "%s", err.msg);
+        pad_rows(ids, rows, S, n, B, Tn);
+        ref = full_logits(m, a, ids, B, Tn);
+        for (int b = 0; b < B; b++) {
+            double rel = tu_max_rel_err(lg + (size_t)b * V, ref + ((size_t)b * Tn + n[b] - 1) * V, (size_t)V);
+            ck_assert_msg(rel <= 1e-5, "%s %s: decode %d, row %d (position %d) differs from the full forward by %.3g",
+                          name, sub, d, b, n[b] - 1, rel);
+        }
+        free(ref);
+    }
+    free(lg);
+    lt_kv_cache_free(m, kv);
+    lt_workspace_free(ws);
+    lt_adapter_free(a);
+    lt_model_free(m);
+    lt_context_free(ctx);
+}
+END_TEST
+
+/* Greedy generation of two prompts (3 and 7 tokens, 9 new: past every window) == the argmax of the full
+ * forward of both rows so far at each step (tu_check_greedy). For phi3-longrope the batch switches to the
+ * long factors with the longer row's 13th token (the 3-token row's own length never passes 12), as the
+ * full forward of the padded rows does. */
+static void check_generate(const char *name, const char *sub) {
+    lt_context *ctx = tu_context();
+    lt_model *m = tu_load_model(ctx, name, NULL);
+    lt_adapter *a = load_adapter(m, name, sub);
+    int32_t prompts[10] = {5, 17, 33, 2, 200, 7, 8, 9, 10, 11}, lens[2] = {3, 7};
+    char what[96];
+    snprintf(what, sizeof what, "%s %s", name, sub);
+    tu_check_greedy(m, a, prompts, lens, 2, 9, what);
     lt_adapter_free(a);
     lt_model_free(m);
     lt_context_free(ctx);
 }
 
-START_TEST(test_family_generate_matches_forward) { check_generate(&cases[_i], "lora"); }
+START_TEST(test_generate_matches_forward) { check_generate(gen_models[_i / 2], _i % 2 ? "dora" : "lora"); }
 END_TEST
 
-START_TEST(test_dora_generate_matches_forward) { check_generate(&dora_cases[_i], "dora"); }
+/* Greedy generation == transformers' PeftModel.generate(do_sample=False) (goldens: <sub>/generate.safetensors,
+ * each prompt alone; prompts of 3 and 14 tokens, 9 new tokens, crossing every window while decoding and
+ * within the prompt; phi3-longrope adds a 7-token prompt that crosses original_max_position_embeddings
+ * while decoding). Token for token: the goldens' prompts keep transformers' path at least 1e-3 away from
+ * a tie between the two best logits. */
+START_TEST(test_generate_matches_transformers) {
+    const char *name = gen_models[_i / 2], *sub = _i % 2 ? "dora" : "lora";
+    char dir[1024], path[1200];
+    tu_model_dir(dir, sizeof dir, name);
+    lt_context *ctx = tu_context();
+    lt_model *m = tu_load_model(ctx, name, NULL);
+    lt_adapter *a = load_adapter(m, name, sub);
+    snprintf(path, sizeof path, "%s/%s/generate.safetensors", dir, sub);
+    lt_error err;
+    lt_st_file *g = NULL;
+    ck_assert_msg(lt_st_open(path, 1, &g, &err) == LT_OK, "%s", err.msg);
+    const lt_st_tensor *pl = need(g, "", "prompt_lens"), *want = need(g, "", "new_ids");
+    const int32_t *prompt = need(g, "", "prompt_ids")->data, *lens = pl->data, *ref = want->data;
+    const int n = (int)pl->numel, NEW = (int)want->shape[1];
+    ck_assert_int_gt(n, 0);
+    lt_generate_params gp;
+    lt_generate_params_init(&gp, sizeof gp);
+    gp.max_new_tokens = NEW;
+    gp.eos_token_id = -1;
+    int32_t *out = malloc((size_t)NEW * sizeof *out), out_len;
+    for (int i = 0; i < n; prompt += lens[i], i++) {
+        ck_assert_msg(lt_generate(m, a, prompt, &lens[i], 1, &gp, out, &out_len) == LT_OK, "%s",
+                      lt_model_last_error(m));
+        ck_assert_int_eq(out_len, NEW);
+        for (int k = 0; k < NEW; k++)
+            ck_assert_msg(out[k] == ref[i * NEW + k], "%s %s prompt of %d tokens, new token %d: %d, transformers %d",
+                          name, sub, lens[i], k, out[k], ref[i * NEW + k]);
+    }
+    free(out);
+    lt_st_close(g);
+    lt_adapter_free(a);
+    lt_model_free(m);
+    lt_context_free(ctx);
+}
+END_TEST
+
+/* A batch of prompts of different lengths (1, 3, 5 and 7 tokens; phi3-longrope: 13 to 16, all past
+ * original_max_position_embeddings, where the long factors apply to each row alone as to the batch)
+ * generates, row for row, the tokens each prompt generates alone. */
+START_TEST(test_generate_batched_equals_single) {
+    const char *name = gen_models[_i / 2], *sub = _i % 2 ? "dora" : "lora";
+    lt_context *ctx = tu_context();
+    lt_model *m = tu_load_model(ctx, name, NULL);
+    lt_adapter *a = load_adapter(m, name, sub);
+    enum { B = 4, NEW = 9 };
+    const int longrope = m->inv_freq_long != NULL;
+    int32_t lens[B] = {3, 7, 1, 5}, prompts[64], out[B * NEW], out_lens[B], one[NEW], one_len;
+    int total = 0;
+    for (int b = 0; b < B; b++) total += lens[b] += longrope ? 12 : 0;
+    tu_fill_ids(prompts, total, (int)m->cfg.vocab_size, 5);
+    lt_generate_params gp;
+    lt_generate_params_init(&gp, sizeof gp);
+    gp.max_new_tokens = NEW;
+    gp.eos_token_id = -1;
+    ck_assert_msg(lt_generate(m, a, prompts, lens, B, &gp, out, out_lens) == LT_OK, "%s", lt_model_last_error(m));
+    for (int b = 0, off = 0; b < B; off += lens[b], b++) {
+        ck_assert_int_eq(lt_generate(m, a, prompts + off, &lens[b], 1, &gp, one, &one_len), LT_OK);
+        ck_assert_int_eq(out_lens[b], one_len);
+        for (int k = 0; k < NEW; k++)
+            ck_assert_msg(out[b * NEW + k] == one[k], "%s %s row %d (%d tokens) token %d: batched %d, alone %d", name,
+                          sub, b, lens[b], k, out[b * NEW + k], one[k]);
+    }
+    lt_adapter_free(a);
+    lt_model_free(m);
+    lt_context_free(ctx);
+}
 END_TEST
 
 /* ---- our files in PEFT / transformers ------------------------------------------------------------- */
@@ -495,10 +639,12 @@ Suite *families_suite(void) {
     tcase_set_timeout(tc, 600);
     tcase_add_loop_test(tc, test_family_logits, 0, N_CASES);
     tcase_add_loop_test(tc, test_family_lora_gradients, 0, N_CASES);
-    tcase_add_loop_test(tc, test_family_generate_matches_forward, 0, N_CASES);
+    tcase_add_loop_test(tc, test_prefill_decode_logits, 0, 2 * N_GEN);
+    tcase_add_loop_test(tc, test_generate_matches_forward, 0, 2 * N_GEN);
+    tcase_add_loop_test(tc, test_generate_matches_transformers, 0, 2 * N_GEN);
+    tcase_add_loop_test(tc, test_generate_batched_equals_single, 0, 2 * N_GEN);
     tcase_add_loop_test(tc, test_family_peft_roundtrip, 0, N_CASES);
     tcase_add_loop_test(tc, test_dora_gradients, 0, N_DORA);
-    tcase_add_loop_test(tc, test_dora_generate_matches_forward, 0, N_DORA);
     tcase_add_loop_test(tc, test_dora_peft_roundtrip, 0, N_DORA);
     tcase_add_test(tc, test_dora_create_identity);
     tcase_add_test(tc, test_cli_family_and_dora);

@@ -881,7 +881,7 @@ static void expect_cfg_fails(const char *name, const char *text, lt_status want,
     "\"bos_token_id\":128000,\"eos_token_id\":[128001,128008,128009],\"torch_dtype\":\"bfloat16\","         \
     "\"tie_word_embeddings\":false,\"hidden_act\":\"silu\",\"attention_bias\":false,\"mlp_bias\":false"
 
-/* Independent double-precision transcription of the llama3 rule (formats.md). */
+/* Independent double-precision transcription of the llama3 rule (docs/spec/formats.md). */
 static void llama3_ref(double theta, int dim, double factor, double lff, double hff, double orig, double *out) {
     const double pi = 3.14159265358979323846;
     double low_wav = orig / lff, high_wav = orig / hff;

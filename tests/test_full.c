@@ -289,6 +289,9 @@ START_TEST(test_failed_step_and_resume) {
     ck_assert(r.loss == loss3);
     float *resumed = tu_adapter_host_copy(a2, a2->params);
     ck_assert_int_eq(memcmp(resumed, third, a->n_params * 4), 0);
+    /* generation reads the trained weights as every pass does (lt_view_*) */
+    int32_t gl[2] = {3, 6};
+    tu_check_greedy(m, a, ids, gl, 2, 5, "gemma, full fine-tuning");
     /* the saved directory is the trained model: its loss equals the adapter's */
     char out[512];
     snprintf(out, sizeof out, "%s/model", tmp);
@@ -314,6 +317,35 @@ START_TEST(test_failed_step_and_resume) {
     lt_adapter_free(a2);
     lt_trainer_free(t);
     lt_optimizer_free(o);
+    lt_adapter_free(a);
+    lt_model_free(m);
+    lt_context_free(ctx);
+}
+END_TEST
+
+/* modules_to_save: generation reads the adapter's embedding and LM head (moved from the base's) */
+START_TEST(test_generate_modules_to_save) {
+    lt_context *ctx = tu_context();
+    lt_model *m = tu_load_model(ctx, "qwen2-swa", NULL);
+    lt_adapter_params ap;
+    lt_adapter_params_init(&ap, sizeof ap);
+    ap.rank = 2;
+    ap.targets = LT_TARGET_Q | LT_TARGET_V;
+    ap.modules_to_save = LT_SAVE_EMBED_TOKENS | LT_SAVE_LM_HEAD;
+    lt_adapter *a = NULL;
+    ck_assert_msg(lt_adapter_create(m, &ap, &a) == LT_OK, "%s", lt_last_error());
+    float *p = tu_adapter_host_copy(a, a->params);
+    uint64_t s = 7;
+    for (size_t i = 0; i < a->n_params; i++) {
+        s = s * 6364136223846793005ull + 1442695040888963407ull;
+        p[i] += (float)((double)(s >> 40) / 16777216.0 - 0.5) * 0.2f;
+    }
+    m->be->ops->upload(m->be, a->params, p, a->n_params * sizeof *p);
+    lt_adapter_sync_weights(a);
+    int32_t ids[12], gl[2] = {5, 7};
+    tu_fill_ids(ids, 12, (int)m->cfg.vocab_size, 4);
+    tu_check_greedy(m, a, ids, gl, 2, 6, "qwen2-swa, modules_to_save");
+    free(p);
     lt_adapter_free(a);
     lt_model_free(m);
     lt_context_free(ctx);
@@ -372,6 +404,7 @@ Suite *full_suite(void) {
     tcase_add_test(tc, test_fd_modules_to_save);
     tcase_add_test(tc, test_bad_requests);
     tcase_add_test(tc, test_failed_step_and_resume);
+    tcase_add_test(tc, test_generate_modules_to_save);
     tcase_add_test(tc, test_adamw8bit_full);
     suite_add_tcase(s, tc);
     return s;

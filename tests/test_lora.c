@@ -519,37 +519,15 @@ START_TEST(test_generate_greedy_matches_forward) {
     lt_context *ctx = tu_context();
     lt_model *m = tu_load_model(ctx, "llama-gqa", NULL);
     lt_adapter *a = make_adapter(m, 4, 8, 0, LT_TARGET_ALL, 1);
-    const int V = (int)m->cfg.vocab_size, NEW = 6;
+    enum { NEW = 6 };
     int32_t prompts[9] = {5, 17, 33, 2, 250, 7, 8, 9, 10}, lens[2] = {3, 6};
     int32_t out[2 * NEW], out_lens[2];
     lt_generate_params gp;
     lt_generate_params_init(&gp, sizeof gp);
     gp.max_new_tokens = NEW;
     gp.eos_token_id = -1;
-    ck_assert_msg(lt_generate(m, a, prompts, lens, 2, &gp, out, out_lens) == LT_OK, "%s", lt_model_last_error(m));
-    for (int r = 0; r < 2; r++) {
-        ck_assert_int_eq(out_lens[r], NEW);
-        int32_t seq[32];
-        int n = lens[r];
-        memcpy(seq, prompts + (r ? lens[0] : 0), (size_t)n * 4);
-        for (int k = 0; k < NEW; k++) {
-            lt_batch b;
-            lt_batch_init(&b, sizeof b);
-            b.n_rows = 1;
-            b.seq_len = n;
-            b.input_ids = seq;
-            float *lg = malloc((size_t)n * V * 4);
-            ck_assert_int_eq(lt_model_logits(m, a, &b, lg, (size_t)n * V), LT_OK);
-            int best = 0;
-            for (int v = 1; v < V; v++)
-                if (lg[(size_t)(n - 1) * V + v] > lg[(size_t)(n - 1) * V + best]) best = v;
-            free(lg);
-            ck_assert_msg(out[r * NEW + k] == best, "row %d token %d: generated %d, full forward argmax %d", r, k,
-                          out[r * NEW + k], best);
-            seq[n++] = best;
-        }
-    }
-    /* sampling is deterministic for a seed and stays within top-k */
+    tu_check_greedy(m, a, prompts, lens, 2, NEW, "llama-gqa");
+    /* sampling is deterministic for a seed (the sampler itself: test_sampler_matches_full_sort) */
     gp.temperature = 0.8f;
     gp.top_k = 5;
     gp.top_p = 0.9f;
@@ -563,6 +541,115 @@ START_TEST(test_generate_greedy_matches_forward) {
     lt_adapter_free(a);
     lt_model_free(m);
     lt_context_free(ctx);
+}
+END_TEST
+
+/* ---- the sampler: the selection gives the token of the plain full sort ------------------------------- */
+
+typedef struct {
+    float p;
+    int32_t id;
+} plain_cand;
+static int plain_desc(const void *a, const void *b) {
+    float x = ((const plain_cand *)a)->p, y = ((const plain_cand *)b)->p;
+    if (x != y) return x < y ? 1 : -1;
+    return ((const plain_cand *)a)->id - ((const plain_cand *)b)->id;
+}
+
+/* The method lt_sample_token replaces, as generate.c had it: every logit / temperature sorted by
+ * decreasing probability (ties: lower id), top_k, the top_p prefix, u walking that order. */
+static int32_t plain_sample(const float *logits, int V, float temperature, int top_k, float top_p, double u) {
+    plain_cand *c = malloc((size_t)V * sizeof *c);
+    for (int i = 0; i < V; i++) c[i] = (plain_cand){logits[i] / temperature, i};
+    qsort(c, (size_t)V, sizeof *c, plain_desc);
+    int n = top_k > 0 && top_k < V ? top_k : V;
+    double mx = c[0].p, sum = 0;
+    for (int i = 0; i < n; i++) {
+        c[i].p = (float)exp(c[i].p - mx);
+        sum += c[i].p;
+    }
+    if (top_p > 0 && top_p < 1) {
+        double cum = 0;
+        int keep = 0;
+        while (keep < n) {
+            cum += c[keep].p / sum;
+            keep++;
+            if (cum >= top_p) break;
+        }
+        n = keep;
+        sum = 0;
+        for (int i = 0; i < n; i++) sum += c[i].p;
+    }
+    double acc = 0;
+    int32_t id = c[n - 1].id;
+    for (int i = 0; i < n; i++) {
+        acc += c[i].p;
+        if (u * sum < acc) {
+            id = c[i].id;
+            break;
+        }
+    }
+    free(c);
+    return id;
+}
+
+static int32_t argmax_of(const float *x, int n) {
+    int32_t best = 0;
+    for (int i = 1; i < n; i++)
+        if (x[i] > x[best]) best = i;
+    return best;
+}
+
+/* Random rows, flat to peaked, with ties (logits on a grid), V from 1 to 32000, top_k 0 to past V, top_p
+ * tiny to 1, u anywhere in [0, 1) and at its ends: the same token as the plain method every time. */
+START_TEST(test_sampler_matches_full_sort) {
+    static const int Vs[] = {1, 2, 7, 300, 5000, 32000};
+    static const int ks[] = {0, 1, 2, 5, 40, 100000};
+    static const float ps[] = {1.0f, 0.9f, 0.5f, 0.05f, 1e-6f};
+    static const float spreads[] = {0.01f, 1.0f, 4.0f, 30.0f};
+    uint64_t seed = 99;
+    int cases = 0, differ_from_argmax = 0;
+    for (size_t vi = 0; vi < sizeof Vs / sizeof *Vs; vi++) {
+        const int V = Vs[vi];
+        float *lg = malloc((size_t)V * sizeof *lg);
+        lt_sample_cand *scratch = malloc((size_t)V * sizeof *scratch);
+        const int reps = V >= 5000 ? 2 : 6;
+        for (int rep = 0; rep < reps; rep++)
+            for (size_t si = 0; si < sizeof spreads / sizeof *spreads; si++) {
+                int32_t raw[1];
+                for (int i = 0; i < V; i++) { /* a Gaussian-ish logit; every third row on a grid of 0.25 (ties) */
+                    double g = 0;
+                    for (int j = 0; j < 4; j++) {
+                        tu_fill_ids(raw, 1, 1 << 20, seed++);
+                        g += raw[0] / (double)(1 << 20) - 0.5;
+                    }
+                    lg[i] = (float)(spreads[si] * g);
+                    if (rep % 3 == 2) lg[i] = roundf(lg[i] * 4) / 4;
+                }
+                for (size_t ki = 0; ki < sizeof ks / sizeof *ks; ki++)
+                    for (size_t pi = 0; pi < sizeof ps / sizeof *ps; pi++) {
+                        tu_fill_ids(raw, 1, 1 << 30, seed++);
+                        double us[3] = {raw[0] / (double)(1 << 30), 0.0, 1.0 - 0x1p-53};
+                        for (int ui = 0; ui < 3; ui++) {
+                            const float temp = ui == 1 ? 0.7f : 1.0f;
+                            int32_t got = lt_sample_token(lg, V, temp, ks[ki], ps[pi], us[ui], scratch);
+                            int32_t want = plain_sample(lg, V, temp, ks[ki], ps[pi], us[ui]);
+                            ck_assert_msg(got == want,
+                                          "V %d spread %g top_k %d top_p %g u %.17g: sampled %d, the full sort %d", V,
+                                          spreads[si], ks[ki], ps[pi], us[ui], got, want);
+                            differ_from_argmax += got != lt_sample_token(lg, V, 0.0f, 0, 1.0f, 0.0, scratch);
+                            cases++;
+                        }
+                    }
+            }
+        /* greedy is the first argmax; a non-finite logit is refused */
+        ck_assert_int_eq(lt_sample_token(lg, V, 0.0f, 0, 1.0f, 0.5, scratch), argmax_of(lg, V));
+        lg[V / 2] = NAN;
+        ck_assert_int_eq(lt_sample_token(lg, V, 1.0f, 0, 1.0f, 0.5, scratch), -1);
+        free(lg);
+        free(scratch);
+    }
+    ck_assert_int_gt(differ_from_argmax, cases / 8); /* the rows do sample, not just take the argmax */
 }
 END_TEST
 
@@ -940,6 +1027,7 @@ Suite *lora_suite(void) {
     tcase_add_test(tc, test_bad_steps_leave_adapter);
     tcase_add_test(tc, test_bad_adapters);
     tcase_add_test(tc, test_generate_greedy_matches_forward);
+    tcase_add_test(tc, test_sampler_matches_full_sort);
     tcase_add_test(tc, test_hot_swap_and_progress);
     tcase_add_test(tc, test_shared_model_two_threads);
     suite_add_tcase(s, tc);

@@ -84,6 +84,9 @@ START_TEST(test_identity_merge_save_load) {
     perturb(a, 0.05);
     ck_assert_int_eq(lt_model_logits(m, a, &b, with, n), LT_OK);
     ck_assert_msg(tu_max_rel_err(with, base, n) > 1e-3, "the perturbed adapter should change the logits");
+    /* generation runs the same projections (the residual base W - s B0 A0 included) */
+    int32_t gl[2] = {4, 7};
+    tu_check_greedy(m, a, ids, gl, 2, 5, cases[_i].model);
 
     char tmp[512], dir[700];
     tu_tempdir(tmp, sizeof tmp);

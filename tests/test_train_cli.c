@@ -14,7 +14,7 @@
 #include "test_util.h"
 #include "train/optimizer.h"
 
-/* transformers' schedule lambdas, transcribed from algorithms.md in double */
+/* transformers' schedule lambdas, transcribed from docs/spec/algorithms.md in double */
 static double ref_lambda(int kind, long s, long W, long T) {
     if (s < W) return (double)s / (double)(W > 1 ? W : 1);
     if (kind == LT_SCHED_CONSTANT) return 1.0;

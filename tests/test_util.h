@@ -283,6 +283,63 @@ static inline const char *tu_last_line(char *s) {
     return p ? p + 1 : s;
 }
 
+/*
+ * Greedy generation (lt_generate, EOS off, new tokens each) of B prompts (lens[b] tokens each,
+ * concatenated) == at every step the argmax of the full forward (lt_model_logits) of the rows so far,
+ * right-padded to the longest as generation pads them (so that Phi-3 longrope switches where the batch
+ * does). The KV-cache path (prefill, decode) against the training forward, token for token.
+ */
+static inline void tu_check_greedy(lt_model *m, const lt_adapter *a, const int32_t *prompts, const int32_t *lens, int B,
+                                   int new_tokens, const char *what) {
+    lt_model_info info = {.size = sizeof info};
+    ck_assert_int_eq(lt_model_get_info(m, &info), LT_OK);
+    const int V = (int)info.vocab_size;
+    int S = 0;
+    for (int b = 0; b < B; b++) S = lens[b] > S ? lens[b] : S;
+    S += new_tokens;
+    int32_t *out = malloc((size_t)B * new_tokens * 4), *out_lens = malloc((size_t)B * 4);
+    int32_t *rows = malloc((size_t)B * S * 4), *ids = malloc((size_t)B * S * 4), *n = malloc((size_t)B * 4);
+    lt_generate_params gp;
+    lt_generate_params_init(&gp, sizeof gp);
+    gp.max_new_tokens = new_tokens;
+    gp.eos_token_id = -1;
+    ck_assert_msg(lt_generate(m, a, prompts, lens, B, &gp, out, out_lens) == LT_OK, "%s: %s", what,
+                  lt_model_last_error(m));
+    for (int b = 0, off = 0; b < B; off += lens[b], b++) {
+        ck_assert_int_eq(out_lens[b], new_tokens);
+        memcpy(rows + (size_t)b * S, prompts + off, (size_t)lens[b] * 4);
+        n[b] = lens[b];
+    }
+    for (int k = 0; k < new_tokens; k++) {
+        int T = 0;
+        for (int b = 0; b < B; b++) T = n[b] > T ? n[b] : T;
+        for (int b = 0; b < B; b++)
+            for (int t = 0; t < T; t++) ids[b * T + t] = t < n[b] ? rows[(size_t)b * S + t] : 0;
+        lt_batch bt;
+        lt_batch_init(&bt, sizeof bt);
+        bt.n_rows = B;
+        bt.seq_len = T;
+        bt.input_ids = ids;
+        float *lg = malloc((size_t)B * T * V * 4);
+        ck_assert_msg(lt_model_logits(m, a, &bt, lg, (size_t)B * T * V) == LT_OK, "%s", lt_model_last_error(m));
+        for (int b = 0; b < B; b++) {
+            const float *row = lg + ((size_t)b * T + n[b] - 1) * V;
+            int best = 0;
+            for (int v = 1; v < V; v++)
+                if (row[v] > row[best]) best = v;
+            ck_assert_msg(out[b * new_tokens + k] == best, "%s: row %d token %d: generated %d, full forward argmax %d",
+                          what, b, k, out[b * new_tokens + k], best);
+            rows[(size_t)b * S + n[b]++] = best;
+        }
+        free(lg);
+    }
+    free(out);
+    free(out_lens);
+    free(rows);
+    free(ids);
+    free(n);
+}
+
 /* ---- main -------------------------------------------------------------------------------------- */
 
 /* Runs suite s as a test program's main does: the exit status is 0 when every test passed. With

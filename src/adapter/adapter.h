@@ -49,7 +49,14 @@ struct lt_adapter {
     size_t n_decay;              /* params [0, n_decay) take weight decay; the rest (biases, norms) not */
     struct lt_ptensor *ptensors; /* the trained base-weight tensors, in params order               */
     int n_ptensors;
+    /* text files every save writes beside the weights (a model card, the run record), into the same
+     * directory in the same save: lt_adapter_set_save_files */
+    char **save_names, **save_texts;
+    int n_save_files;
 };
+
+/* Write the adapter's save files into dir (the directory a save is writing). */
+lt_status lt_adapter_write_save_files(const lt_adapter *a, const char *dir, lt_error *err);
 
 /* One trained base-weight tensor of an adapter: its checkpoint name and place inside params. */
 typedef struct lt_ptensor {

@@ -255,6 +255,7 @@ lt_status lt_model_export(lt_model *m, const lt_adapter *a, lt_delta_fn delta, v
         st = lt_write_file_atomic(dst, data, len, err);
         free(data);
     }
+    if (st == LT_OK) st = lt_adapter_write_save_files(a, dir, err); /* a model card, the run record */
     if (bufs)
         for (int i = 0; i < n; i++) free(bufs[i]);
     free(bufs);

@@ -4,7 +4,7 @@
  *
  * defines: lt_adapter_save, lt_adapter_load
  *
- * PEFT layout (shared/spec/formats.md): adapter_config.json + adapter_model.safetensors with keys
+ * PEFT layout (docs/spec/formats.md): adapter_config.json + adapter_model.safetensors with keys
  *   base_model.model.model.layers.{l}.{self_attn|mlp}.{proj}.lora_A.weight  (r, in)
  *   base_model.model.model.layers.{l}.{self_attn|mlp}.{proj}.lora_B.weight  (out, r)
  * delta W = scaling * B @ A, scaling = alpha / r (rsLoRA: alpha / sqrt(r)).
@@ -193,7 +193,8 @@ static lt_status adapter_save(lt_adapter *a, const char *dir, lt_error *err) {
     free(h0);
     free(cv);
     if (st != LT_OK) return st;
-    return write_adapter_config(a, dir, err);
+    st = write_adapter_config(a, dir, err);
+    return st != LT_OK ? st : lt_adapter_write_save_files(a, dir, err);
 }
 
 LT_API lt_status lt_adapter_save(lt_adapter *a, const char *dir) {

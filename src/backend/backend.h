@@ -98,6 +98,23 @@ typedef struct lt_backend_ops {
     void (*gemm_bf16_forward)(lt_backend *be, float *y, const float *x, const void *Wp, int N, int in, int out);
     void (*gemm_bf16_backward)(lt_backend *be, float *dx, const float *dy, const void *Wp, int N, int in, int out,
                                int accumulate);
+    /* The embedding table (V,C) of a bf16 base in that packed layout (what a tied LM head multiplies by):
+     * out (N,C) f32 = table[ids[n]] (ids already validated by the core). */
+    void (*embedding_forward_bf16)(lt_backend *be, float *out, const int32_t *ids, const void *table, int N, int C);
+
+    /* ---- frozen 4-bit weights computed in bf16 (NF4 / FP4 with base_dtype LT_BASE_BF16: QLoRA with
+     * bitsandbytes' bnb_4bit_compute_dtype = bfloat16) ---------------------------------------------
+     * q (rows = out, cols = in) as for dequantize_rows. Each weight value is the fp32 value
+     * dequantize_rows gives, rounded to bf16 as bf16_weight_pack rounds; the activation input is rounded
+     * the same way and products accumulate in fp32, as gemm_bf16_*:
+     *   forward   y  (N,out) = x (N,in) W^T                  (assigned)
+     *   backward  dx (N,in)  = (accumulate ? dx : 0) + dy (N,out) W
+     * tile: scratch of tile_rows * in floats (>= 1 row), for a backend that dequantizes rows of W first;
+     * the CPU dequantizes straight into the panels of its kernel and does not touch it. */
+    void (*gemm_q4_forward)(lt_backend *be, float *y, const float *x, const lt_qdesc *q, int N, int in, int out,
+                            float *tile, int tile_rows);
+    void (*gemm_q4_backward)(lt_backend *be, float *dx, const float *dy, const lt_qdesc *q, int N, int in, int out,
+                             int accumulate, float *tile, int tile_rows);
 
     /* ---- elementwise ------------------------------------------------------------------------- */
     /* y (n) += a * x (n) */
@@ -114,6 +131,9 @@ typedef struct lt_backend_ops {
     /* dtable (vocab,C) ACCUMULATES dout (N,C): dtable[ids[i]] += dout[i], in token order for every row
      * of the table (deterministic: a repeated id sums its rows in the same order every run). */
     void (*embedding_backward)(lt_backend *be, float *dtable, const int32_t *ids, const float *dout, int N, int C);
+    /* rows to given places, the mirror of embedding_forward's gather (the KV cache of generation):
+     * dst[idx[i]] (C) = src[i] (C) for i < n; src (n,C), idx (n) distinct row indices of dst. */
+    void (*scatter_rows)(lt_backend *be, float *dst, const int32_t *idx, const float *src, int n, int C);
 
     /* ---- RMSNorm: out = inp * rstd * weight, rstd = 1/sqrt(mean(inp^2) + eps) ------------------ */
     /* out (N,C), rstd (N) saved for backward, inp (N,C), weight (C) */
@@ -158,10 +178,13 @@ typedef struct lt_backend_ops {
                                float *scratch);
 
     /* ---- attention of one new token per row against a KV cache (generation) ------------------ */
-    /* out, q (B,NH,HD); kcache, vcache (B,S_cap,NKV,HD) hold positions 0..len-1 of every row, the
-     * new token's k and v already written at len-1; each row attends to keys 0..len-1. */
+    /* out, q (B,NH,HD); kcache, vcache (B,S_cap,NKV,HD) hold the keys and values of every row, the new
+     * token's already stored (scatter_rows). kv_start, kv_len (B): row b attends to the keys
+     * kv_start[b] .. kv_len[b]-1 of its own cache row (kv_start > 0: a sliding window); an empty range
+     * gives out 0. The caller keeps 0 <= kv_start[b] and kv_len[b] <= S_cap. */
     void (*attention_decode)(lt_backend *be, float *out, const float *q, const float *kcache, const float *vcache,
-                             int B, int S_cap, int len, int NH, int NKV, int HD, float scale);
+                             const int32_t *kv_start, const int32_t *kv_len, int B, int S_cap, int NH, int NKV, int HD,
+                             float scale);
 
     /* ---- attention with soft-capped scores (Gemma 2) ------------------------------------------- */
     /* The three attention ops above with each scaled score s replaced by softcap * tanh(s / softcap)
@@ -175,8 +198,8 @@ typedef struct lt_backend_ops {
                                        const float *lse, const int32_t *kv_start, int B, int T, int NH, int NKV, int HD,
                                        float scale, float softcap);
     void (*attention_softcap_decode)(lt_backend *be, float *out, const float *q, const float *kcache,
-                                     const float *vcache, int B, int S_cap, int len, int NH, int NKV, int HD,
-                                     float scale, float softcap);
+                                     const float *vcache, const int32_t *kv_start, const int32_t *kv_len, int B,
+                                     int S_cap, int NH, int NKV, int HD, float scale, float softcap);
 
     /* ---- SwiGLU: out = silu(gate) * up -------------------------------------------------------- */
     /* out, gate, up (N,I) */
@@ -223,12 +246,12 @@ typedef struct lt_backend_ops {
     /* out (n) = inp * keep(i) / (1-p), keep(i) = hash(seed, offset + i) >= p. out may alias inp. */
     void (*dropout)(lt_backend *be, float *out, const float *inp, size_t n, float p, uint64_t seed, uint64_t offset);
 
-    /* ---- optimizers (torch semantics, algorithms.md) ----------------------------------------- */
+    /* ---- optimizers (torch semantics, docs/spec/algorithms.md) ----------------------------------------- */
     /* param, grad, m, v (n). step_size = lr / (1 - b1^t); bc2_sqrt = sqrt(1 - b2^t). decay = lr*wd
      *   p *= 1 - decay; m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2; p -= step_size * m / (sqrt(v)/bc2_sqrt + eps) */
     void (*adamw_step)(lt_backend *be, float *param, const float *grad, float *m, float *v, size_t n, float step_size,
                        float beta1, float beta2, float eps, float bc2_sqrt, float decay);
-    /* bitsandbytes' blockwise 8-bit AdamW over ONE tensor of n elements (algorithms.md, bitsandbytes'
+    /* bitsandbytes' blockwise 8-bit AdamW over ONE tensor of n elements (docs/spec/algorithms.md, bitsandbytes'
      * CUDA kernel kOptimizerStatic8bit2StateBlockwise). s1, s2: uint8 codes (n) of m and v under the
      * signed / unsigned dynamic maps qmap1, qmap2 (256 floats each, backend memory), absmax1, absmax2
      * (ceil(n/256)), blocks of 256 from the tensor's start. With absmax1 == NULL (bitsandbytes' 32-bit

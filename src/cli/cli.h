@@ -2,6 +2,7 @@
 #ifndef LT_TOOL_CLI_H
 #define LT_TOOL_CLI_H
 
+#include <jansson.h>
 #include <stdint.h>
 #include <stdio.h>
 
@@ -42,6 +43,8 @@ int open_model(const char *cmd, const char *dir, int threads, const char *backen
  * prints an error and returns -1 when malformed. */
 int quant_options(const char *cmd, const opts *o, lt_quant_params *qp);
 /* <dir>/quantization.json records how the base was quantized for training (read back by merge) */
+/* mp's quantization fields from qp (quantize while loading) */
+void quant_model_params(const lt_quant_params *qp, lt_model_params *mp);
 void write_quant_note(const char *dir, const lt_quant_params *qp);
 int read_quant_note(const char *dir, lt_quant_params *qp); /* 1 if found */
 /* The order of n data rows in an epoch: a permutation that is a pure function of (seed, epoch), or
@@ -58,6 +61,10 @@ long long total_updates(long long steps, double epochs, long long units, long lo
 /* The same with lt_model_params.base_dtype. */
 int open_model_dtype(const char *cmd, const char *dir, int threads, const char *backend, int base_dtype,
                      lt_context **ctx, lt_model **model);
+/* The same with every lt_model_params field (quantization on load: the streamed loader quantizes one
+ * tensor at a time, so the f32 model never exists). */
+int open_model_params(const char *cmd, const char *dir, int threads, const char *backend, const lt_model_params *mp,
+                      lt_context **ctx, lt_model **model);
 /* --base-dtype f32|bf16 (default f32) -> LT_BASE_*; prints the error and returns 1 if malformed. */
 int opt_base_dtype(const opts *o, const char *cmd, int *out);
 
@@ -92,7 +99,8 @@ int cmd_info(int argc, char **argv);     /* info.c */
 int cmd_quantize(int argc, char **argv); /* quantize.c */
 int cmd_eval(int argc, char **argv);     /* eval.c (--objective: cmd_eval_pref) */
 int cmd_eval_pref(int argc, char **argv);
-int cmd_train(int argc, char **argv); /* train.c (--objective: train_pref.c) */
+int cmd_eval_compare(int argc, char **argv); /* compare.c: eval --compare */
+int cmd_train(int argc, char **argv);        /* train.c (--objective: train_pref.c) */
 int cmd_train_pref(int argc, char **argv);
 /* 1 when argv holds --objective with a value other than sft (pref.c) */
 int wants_objective(int argc, char **argv);
@@ -101,11 +109,16 @@ int cmd_export(int argc, char **argv);  /* export.c */
 int cmd_combine(int argc, char **argv); /* combine.c (and extract) */
 int cmd_extract(int argc, char **argv);
 int cmd_generate(int argc, char **argv); /* generate.c */
+int cmd_chat(int argc, char **argv);     /* chat.c */
 int cmd_bench(int argc, char **argv);    /* bench.c */
 int cmd_demo(int argc, char **argv);     /* demo.c */
 int cmd_tokenize(int argc, char **argv); /* tokenize.c */
 int cmd_detokenize(int argc, char **argv);
 int cmd_render(int argc, char **argv); /* render.c */
 int cmd_data(int argc, char **argv);   /* data.c: data check */
+/* The data check of a file as JSON (data.c): rows, duplicates, eval overlap, token lengths, problems; NULL
+ * with msg when a file cannot be opened. tok may be NULL (no token lengths). */
+json_t *data_check(const char *data, const char *eval, lt_tokenizer *tok, long long seq, long long ngram, double near,
+                   long long show, char *msg, size_t msglen);
 
 #endif

@@ -6,6 +6,8 @@
 #include <string.h>
 
 #include "cli/pref.h"
+#include "cli/runrecord.h"
+#include "loratune_experimental.h"
 
 int cmd_train_pref(int argc, char **argv) {
     static const opt_spec spec[] = {{"model", 1},
@@ -251,6 +253,33 @@ int cmd_train_pref(int argc, char **argv) {
             pref_print_metrics(metrics, &r);
             fprintf(metrics, "}\n");
             fflush(metrics);
+        }
+    }
+    {
+        /* the run record and the model card, written with the adapter */
+        json_t *rec = record_new("train --objective");
+        record_args(rec, spec, (int)(sizeof spec / sizeof *spec), &o);
+        record_set(rec, "settings", "base_model", json_string(mdir));
+        record_set(rec, "settings", "method", json_string("lora"));
+        record_set(rec, "settings", "objective", json_string(opt_str(&o, "objective", "")));
+        record_set(rec, "settings", "beta", json_real(tp.beta));
+        record_set(rec, "settings", "rank", json_integer(rank));
+        record_set(rec, "settings", "lora_alpha", json_real(alpha));
+        record_set(rec, "settings", "learning_rate", json_real(op.lr));
+        record_set(rec, "settings", "optimizer_steps", json_integer(total));
+        record_set(rec, "settings", "batch_size", json_integer(batch));
+        record_set(rec, "settings", "gradient_accumulation", json_integer(accum));
+        record_set(rec, "settings", "seed", json_integer(seed));
+        record_data(rec, "train", data, ds.n, 0, 0, 0, NULL);
+        record_set(rec, "results", "steps", json_integer(total));
+        record_set(rec, "results", "final_loss", json_real(r.loss));
+        record_set(rec, "compute", "device", json_string(lt_context_backend(ctx)));
+        record_set(rec, "compute", "threads", json_integer(threads));
+        int bad = record_attach("train", ad, rec, "adapter");
+        json_decref(rec);
+        if (bad) {
+            rc = 1;
+            goto done;
         }
     }
     if (writer && lt_adapter_save(ad, out) != LT_OK) {

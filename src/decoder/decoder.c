@@ -2,9 +2,11 @@
  * decoder.c - forward and backward of the decoder (every family of formats/config.c) with LoRA /
  * DoRA, through the backend ops.
  *
- * defines: lt_linear_forward, lt_dora_prepare, lt_forward_backward, lt_forward_logp, lt_backward_weighted
+ * defines: lt_linear_forward, lt_dora_prepare, lt_forward_backward, lt_forward_logp, lt_backward_weighted,
+ *          lt_forward_cached
  *
- * One layer (x is the residual stream, (N,H)):
+ * One layer (x is the residual stream, (N,H)), the same code for training, evaluation, the objectives
+ * and generation (whose passes differ only in how attention reads keys: attend()):
  *   ln1 = rmsnorm(x) ; q,k,v = lin(ln1) ; rope(q,k) ; att = attention(q,k,v) ; x_mid = x + lin_o(att)
  *   ln2 = rmsnorm(x_mid) ; act = silu(lin_gate(ln2)) * lin_up(ln2) ; x_out = x_mid + lin_down(act)
  * lin_p(x) = x W_p^T + s * (dropout(x) A_p^T) B_p^T  when projection p carries LoRA.
@@ -98,13 +100,14 @@ void lt_dora_prepare(lt_model *m, const lt_adapter *ad, int layer, lt_proj p) {
     dora_prepare_lo(m, ad, lo, &m->layers[layer].w[p], in, out);
 }
 
-/* y = g * (x W^T + s (x A^T) B^T): lt_linear_forward, then the DoRA column scale */
+/* y = g * (x W^T + s (x A^T) B^T): lt_linear_forward, then the DoRA column scale. g is computed here
+ * from the current A, B, m unless dora_ready (generation: the caller ran lt_dora_prepare once). */
 static void lora_linear_forward(lt_model *m, lt_workspace *ws, const lt_adapter *ad, const lt_lora *lo,
                                 const lt_dropout_state *drop, uint64_t drop_stream, float *y, const float *x,
-                                const lt_weight *W, float *xa, int N, int in, int out) {
+                                const lt_weight *W, float *xa, int N, int in, int out, int dora_ready) {
     lt_linear_forward(m, ws, ad, lo, drop, drop_stream, y, x, W, xa, N, in, out);
     if (lo && lo->mag) {
-        dora_prepare_lo(m, ad, lo, W, in, out);
+        if (!dora_ready) dora_prepare_lo(m, ad, lo, W, in, out);
         OPS->mul_cols(BE, y, lo->dora_g, N, out);
     }
 }
@@ -126,21 +129,63 @@ static void lora_linear_backward(lt_model *m, lt_workspace *ws, const lt_adapter
     linear_backward(m, ws, ad, lo, drop, drop_stream, dx, accumulate, ws->drop, x, W, xa, N, in, out);
 }
 
-/* ---- one layer ------------------------------------------------------------------------------------ */
+/* ---- one layer ------------------------------------------------------------------------------------ *
+ * A layer is two sublayers, each a function pair (forward, backward) below: the attention and the MLP.
+ * Every family is a set of knobs inside them (formats/config.c); another kind of sublayer (a mixture
+ * of experts in place of the MLP) is another pair called from layer_forward / layer_backward. Training,
+ * evaluation, the objectives and generation all run this code: only attend() looks at the KV cache. */
 
-/* Full fine-tuning: the gradients of projection p's weight and bias from its output gradient dy (N,out)
- * and input x (N,in):  dW (out,in) += dy^T x  (one GEMM over all N tokens),  db (out) += colsum(dy). */
-static void weight_grad(lt_model *m, const lt_layer *G, lt_proj p, const float *dy, const float *x, int N, int in,
-                        int out) {
-    OPS->gemm(BE, 1, 0, out, in, N, 1.0f, dy, out, x, in, 1.0f, G->w[p].f32, in);
-    if (G->bias[p]) OPS->bias_backward(BE, G->bias[p], dy, N, out);
+/* What every step of layer l's pass reads. */
+typedef struct layer_pass {
+    lt_model *m;
+    lt_workspace *ws;
+    const lt_adapter *ad;
+    const lt_dropout_state *drop;
+    const lt_kv_cache *kv; /* NULL: no cache (training, evaluation) */
+    int l, N;              /* the layer; the staged tokens B * T */
+    const lt_layer *W;     /* the weights the pass reads (lt_view_layer)                   */
+    const lt_layer *G;     /* full fine-tuning: their gradients (NULL: the weights are frozen) */
+    lt_lora *lo[P_COUNT];  /* each projection's LoRA (NULL: none)                          */
+} layer_pass;
+
+static layer_pass layer_pass_of(lt_model *m, lt_workspace *ws, const lt_adapter *ad, const lt_dropout_state *drop,
+                                const lt_kv_cache *kv, int l) {
+    layer_pass P = {m, ws, ad, drop, kv, l, ws->B * ws->T, lt_view_layer(m, ad, l), lt_view_layer_grads(ad, l), {0}};
+    for (int p = 0; p < P_COUNT; p++) P.lo[p] = ad ? lt_adapter_lora(ad, l, (lt_proj)p) : NULL;
+    return P;
 }
 
-static uint64_t stream_id(const lt_model_config *c, int layer, lt_proj p, int N, int width) {
+static uint64_t stream_id(const lt_model_config *c, int layer, lt_proj p) {
     /* distinct, non-overlapping counter ranges per (layer, projection); the projections of a fused
      * module (Phi-3 qkv_proj, gate_up_proj) read one input through one dropout, so they share one */
     if (c->fused_proj) p = p <= P_V ? P_Q : p == P_UP ? P_GATE : p;
     return ((uint64_t)(layer * P_COUNT + p) << 40);
+}
+
+/* y (N,out) = projection p of x (N,in): the frozen weight, its LoRA / DoRA, its bias (frozen);
+ * xa (N,r) keeps dropout(x) A^T for the backward. */
+static void proj_forward(const layer_pass *P, lt_proj p, float *y, const float *x, float *xa) {
+    lt_model *m = P->m;
+    int in, out;
+    lt_proj_dims(&m->cfg, p, &in, &out);
+    lora_linear_forward(m, P->ws, P->ad, P->lo[p], P->drop, stream_id(&m->cfg, P->l, p), y, x, &P->W->w[p], xa, P->N,
+                        in, out, P->kv && P->kv->dora_ready);
+    if (P->W->bias[p]) OPS->bias_add(BE, y, P->W->bias[p], P->N, out);
+}
+
+/* dx (N,in) = (accumulate ? dx : 0) + the gradient through projection p of dy (N,out); x, xa as in the
+ * forward. The LoRA / DoRA grads accumulate; full fine-tuning: dW (out,in) += dy^T x (one GEMM over all
+ * N tokens), db (out) += colsum(dy). */
+static void proj_backward(const layer_pass *P, lt_proj p, float *dx, int accumulate, const float *dy, const float *x,
+                          const float *xa) {
+    lt_model *m = P->m;
+    int in, out;
+    lt_proj_dims(&m->cfg, p, &in, &out);
+    lora_linear_backward(m, P->ws, P->ad, P->lo[p], P->drop, stream_id(&m->cfg, P->l, p), dx, accumulate, dy, x,
+                         &P->W->w[p], xa, P->N, in, out);
+    if (!P->G) return;
+    OPS->gemm(BE, 1, 0, out, in, P->N, 1.0f, dy, out, x, in, 1.0f, P->G->w[p].f32, in);
+    if (P->G->bias[p]) OPS->bias_backward(BE, P->G->bias[p], dy, P->N, out);
 }
 
 /* The kv_start array of layer l: windowed for the sliding-window layers of Mistral / Qwen2 / Gemma 2. */
@@ -148,123 +193,136 @@ static const int32_t *layer_kv_start(const lt_model *m, const lt_workspace *ws, 
     return m->cfg.sliding_window > 0 && m->cfg.layer_sliding[l] ? ws->kv_start_swa : ws->kv_start;
 }
 
-static void layer_forward(lt_model *m, lt_workspace *ws, const lt_adapter *ad, const lt_dropout_state *drop, int l,
-                          const float *x, lt_layer_acts *A, float *x_out) {
+/* att (N,NH*HD) = attention of layer l over q (N,NH*HD), k, v (N,NKV*HD) after RoPE: the one step in
+ * which a pass over whole rows (training, evaluation; prefill, which also fills the cache) and a decode
+ * against the KV cache differ (decoder.h, lt_kv_cache). Gemma 2 soft-caps the scores. */
+static void attend(const layer_pass *P, lt_layer_acts *A) {
+    lt_model *m = P->m;
     const lt_model_config *c = &m->cfg;
-    const lt_layer *W = lt_view_layer(m, ad, l);
-    const int B = ws->B, T = ws->T, N = B * T, H = (int)c->hidden_size, I = (int)c->intermediate_size;
+    const lt_workspace *ws = P->ws;
+    const lt_kv_cache *kv = P->kv;
     const int NH = (int)c->num_attention_heads, NKV = (int)c->num_key_value_heads, HD = (int)c->head_dim;
-    const int QD = NH * HD, KD = NKV * HD;
-    lt_lora *lo[P_COUNT];
-    for (int p = 0; p < P_COUNT; p++) lo[p] = ad ? lt_adapter_lora(ad, l, (lt_proj)p) : NULL;
+    const int KD = NKV * HD;
+    const float scale = lt_config_attn_scale(c), cap = (float)c->attn_logit_softcapping;
+    const int32_t *kv_start = layer_kv_start(m, ws, P->l);
+    if (!kv || kv->mode == LT_KV_FILL) {
+        if (cap > 0)
+            OPS->attention_softcap_forward(BE, A->att, A->lse, A->q, A->k, A->v, kv_start, ws->B, ws->T, NH, NKV, HD,
+                                           scale, cap);
+        else OPS->attention_forward(BE, A->att, A->lse, A->q, A->k, A->v, kv_start, ws->B, ws->T, NH, NKV, HD, scale);
+    }
+    if (!kv) return;
+    /* every staged token's k and v to its slot; a decode then attends over the row's cached keys */
+    const size_t layer_off = (size_t)P->l * kv->B * kv->S_cap * KD;
+    float *kc = kv->k + layer_off, *vc = kv->v + layer_off;
+    OPS->scatter_rows(BE, kc, kv->slot, A->k, P->N, KD);
+    OPS->scatter_rows(BE, vc, kv->slot, A->v, P->N, KD);
+    if (kv->mode != LT_KV_DECODE) return;
+    if (cap > 0)
+        OPS->attention_softcap_decode(BE, A->att, A->q, kc, vc, kv_start, kv->len, ws->B, kv->S_cap, NH, NKV, HD, scale,
+                                      cap);
+    else OPS->attention_decode(BE, A->att, A->q, kc, vc, kv_start, kv->len, ws->B, kv->S_cap, NH, NKV, HD, scale);
+}
 
+/* attention sublayer: x_mid = x + o(attend(rope(q(ln1)), rope(k(ln1)), v(ln1))), ln1 = attn_norm(x).
+ * Qwen3 normalises q and k per head before RoPE; Gemma 2 normalises o's output (a sandwich norm). */
+static void attention_forward_block(const layer_pass *P, const float *x, lt_layer_acts *A) {
+    lt_model *m = P->m;
+    const lt_model_config *c = &m->cfg;
+    const lt_layer *W = P->W;
+    const int N = P->N, H = (int)c->hidden_size;
+    const int NH = (int)c->num_attention_heads, NKV = (int)c->num_key_value_heads, HD = (int)c->head_dim;
     const float eps = (float)c->rms_norm_eps;
-    /* Qwen3: q and k go through a per-head RMSNorm before RoPE; the projections land in q_pre/k_pre */
+    /* Qwen3: the q and k projections land in q_pre / k_pre, normalised over rows of head_dim into q, k */
     float *qp = c->qk_norm ? A->q_pre : A->q, *kp = c->qk_norm ? A->k_pre : A->k;
-
     OPS->rmsnorm_forward(BE, A->ln1, A->rstd1, x, W->attn_norm, N, H, eps);
-    lora_linear_forward(m, ws, ad, lo[P_Q], drop, stream_id(c, l, P_Q, N, H), qp, A->ln1, &W->w[P_Q], A->xa[P_Q], N, H,
-                        QD);
-    lora_linear_forward(m, ws, ad, lo[P_K], drop, stream_id(c, l, P_K, N, H), kp, A->ln1, &W->w[P_K], A->xa[P_K], N, H,
-                        KD);
-    lora_linear_forward(m, ws, ad, lo[P_V], drop, stream_id(c, l, P_V, N, H), A->v, A->ln1, &W->w[P_V], A->xa[P_V], N,
-                        H, KD);
-    if (W->bias[P_Q]) OPS->bias_add(BE, qp, W->bias[P_Q], N, QD);
-    if (W->bias[P_K]) OPS->bias_add(BE, kp, W->bias[P_K], N, KD);
-    if (W->bias[P_V]) OPS->bias_add(BE, A->v, W->bias[P_V], N, KD);
-    if (c->qk_norm) { /* rows of head_dim: (N*NH, HD) and (N*NKV, HD) */
+    proj_forward(P, P_Q, qp, A->ln1, A->xa[P_Q]);
+    proj_forward(P, P_K, kp, A->ln1, A->xa[P_K]);
+    proj_forward(P, P_V, A->v, A->ln1, A->xa[P_V]);
+    if (c->qk_norm) { /* (N*NH, HD) and (N*NKV, HD) */
         OPS->rmsnorm_forward(BE, A->q, A->rstd_q, qp, W->q_norm, N * NH, HD, eps);
         OPS->rmsnorm_forward(BE, A->k, A->rstd_k, kp, W->k_norm, N * NKV, HD, eps);
     }
-    OPS->rope_forward(BE, A->q, ws->pos, ws->inv_freq, N, NH, HD, m->rot_dim);
-    OPS->rope_forward(BE, A->k, ws->pos, ws->inv_freq, N, NKV, HD, m->rot_dim);
+    OPS->rope_forward(BE, A->q, P->ws->pos, P->ws->inv_freq, N, NH, HD, m->rot_dim);
+    OPS->rope_forward(BE, A->k, P->ws->pos, P->ws->inv_freq, N, NKV, HD, m->rot_dim);
     if (m->rope_mscale != 1.0f) { /* longrope: cos and sin times the attention factor */
         OPS->rope_scale(BE, A->q, N, NH, HD, m->rot_dim, m->rope_mscale);
         OPS->rope_scale(BE, A->k, N, NKV, HD, m->rot_dim, m->rope_mscale);
     }
-    if (c->attn_logit_softcapping > 0)
-        OPS->attention_softcap_forward(BE, A->att, A->lse, A->q, A->k, A->v, layer_kv_start(m, ws, l), B, T, NH, NKV,
-                                       HD, lt_config_attn_scale(c), (float)c->attn_logit_softcapping);
-    else
-        OPS->attention_forward(BE, A->att, A->lse, A->q, A->k, A->v, layer_kv_start(m, ws, l), B, T, NH, NKV, HD,
-                               lt_config_attn_scale(c));
-    /* x_mid = x + o(att)   (Gemma 2: x + post_attention_layernorm(o(att))) */
+    attend(P, A);
     float *o_out = c->sandwich_norms ? A->o_raw : A->x_mid;
-    lora_linear_forward(m, ws, ad, lo[P_O], drop, stream_id(c, l, P_O, N, QD), o_out, A->att, &W->w[P_O], A->xa[P_O], N,
-                        QD, H);
-    if (W->bias[P_O]) OPS->bias_add(BE, o_out, W->bias[P_O], N, H);
+    proj_forward(P, P_O, o_out, A->att, A->xa[P_O]);
     if (c->sandwich_norms) OPS->rmsnorm_forward(BE, A->x_mid, A->rstd_pa, A->o_raw, W->post_attn_norm, N, H, eps);
     OPS->axpy(BE, (size_t)N * H, 1.0f, x, A->x_mid);
+}
+
+/* MLP sublayer: x_out = x_mid + down(act(gate(ln2)) * up(ln2)), ln2 = mlp_norm(x_mid); act = silu
+ * (SwiGLU) or gelu-tanh (GeGLU, Gemma); Gemma 2 normalises down's output (a sandwich norm). */
+static void mlp_forward_block(const layer_pass *P, lt_layer_acts *A, float *x_out) {
+    lt_model *m = P->m;
+    const lt_model_config *c = &m->cfg;
+    const lt_layer *W = P->W;
+    const int N = P->N, H = (int)c->hidden_size, I = (int)c->intermediate_size;
+    const float eps = (float)c->rms_norm_eps;
     OPS->rmsnorm_forward(BE, A->ln2, A->rstd2, A->x_mid, W->mlp_norm, N, H, eps);
-    lora_linear_forward(m, ws, ad, lo[P_GATE], drop, stream_id(c, l, P_GATE, N, H), A->gate, A->ln2, &W->w[P_GATE],
-                        A->xa[P_GATE], N, H, I);
-    lora_linear_forward(m, ws, ad, lo[P_UP], drop, stream_id(c, l, P_UP, N, H), A->up, A->ln2, &W->w[P_UP], A->xa[P_UP],
-                        N, H, I);
-    if (W->bias[P_GATE]) OPS->bias_add(BE, A->gate, W->bias[P_GATE], N, I);
-    if (W->bias[P_UP]) OPS->bias_add(BE, A->up, W->bias[P_UP], N, I);
+    proj_forward(P, P_GATE, A->gate, A->ln2, A->xa[P_GATE]);
+    proj_forward(P, P_UP, A->up, A->ln2, A->xa[P_UP]);
     if (c->activation == LT_ACT_GELU_TANH) OPS->geglu_forward(BE, A->act, A->gate, A->up, (size_t)N * I);
     else OPS->swiglu_forward(BE, A->act, A->gate, A->up, (size_t)N * I);
-    /* x_out = x_mid + down(act) */
     float *d_out = c->sandwich_norms ? A->d_raw : x_out;
-    lora_linear_forward(m, ws, ad, lo[P_DOWN], drop, stream_id(c, l, P_DOWN, N, I), d_out, A->act, &W->w[P_DOWN],
-                        A->xa[P_DOWN], N, I, H);
-    if (W->bias[P_DOWN]) OPS->bias_add(BE, d_out, W->bias[P_DOWN], N, H);
+    proj_forward(P, P_DOWN, d_out, A->act, A->xa[P_DOWN]);
     if (c->sandwich_norms) OPS->rmsnorm_forward(BE, x_out, A->rstd_pf, A->d_raw, W->post_ff_norm, N, H, eps);
     OPS->axpy(BE, (size_t)N * H, 1.0f, A->x_mid, x_out);
 }
 
-/* ws->dres (N,H) holds d loss / d x_out on entry and d loss / d x on return. */
-static void layer_backward(lt_model *m, lt_workspace *ws, const lt_adapter *ad, const lt_dropout_state *drop, int l,
-                           const float *x, lt_layer_acts *A) {
+/* MLP backward: ws->dres holds d loss / d x_out on entry, d loss / d x_mid on return. */
+static void mlp_backward_block(const layer_pass *P, lt_layer_acts *A) {
+    lt_model *m = P->m;
+    lt_workspace *ws = P->ws;
     const lt_model_config *c = &m->cfg;
-    const lt_layer *W = lt_view_layer(m, ad, l);
-    const lt_layer *G = lt_view_layer_grads(ad, l); /* full fine-tuning: the weights' gradients */
-    const int B = ws->B, T = ws->T, N = B * T, H = (int)c->hidden_size, I = (int)c->intermediate_size;
-    const int NH = (int)c->num_attention_heads, NKV = (int)c->num_key_value_heads, HD = (int)c->head_dim;
-    const int QD = NH * HD, KD = NKV * HD;
-    lt_lora *lo[P_COUNT];
-    for (int p = 0; p < P_COUNT; p++) lo[p] = ad ? lt_adapter_lora(ad, l, (lt_proj)p) : NULL;
-#define GW(field) (G ? G->field : NULL)
-
-    /* MLP: x_out = x_mid + down(silu(gate(ln2)) * up(ln2)) */
+    const lt_layer *W = P->W, *G = P->G;
+    const int N = P->N, H = (int)c->hidden_size, I = (int)c->intermediate_size;
     const float *d_down = ws->dres;
     if (c->sandwich_norms) { /* x_out = x_mid + post_ff_norm(down(...)) */
         OPS->zero(BE, ws->dsand, (size_t)N * H * sizeof(float));
-        OPS->rmsnorm_backward(BE, ws->dsand, GW(post_ff_norm), ws->dres, A->d_raw, W->post_ff_norm, A->rstd_pf, N, H);
+        OPS->rmsnorm_backward(BE, ws->dsand, G ? G->post_ff_norm : NULL, ws->dres, A->d_raw, W->post_ff_norm,
+                              A->rstd_pf, N, H);
         d_down = ws->dsand;
     }
-    lora_linear_backward(m, ws, ad, lo[P_DOWN], drop, stream_id(c, l, P_DOWN, N, I), ws->dI1, 0, d_down, A->act,
-                         &W->w[P_DOWN], A->xa[P_DOWN], N, I, H);
-    if (G) weight_grad(m, G, P_DOWN, d_down, A->act, N, I, H);
+    proj_backward(P, P_DOWN, ws->dI1, 0, d_down, A->act, A->xa[P_DOWN]);
     if (c->activation == LT_ACT_GELU_TANH)
         OPS->geglu_backward(BE, ws->dI2, ws->dI3, ws->dI1, A->gate, A->up, (size_t)N * I);
     else OPS->swiglu_backward(BE, ws->dI2, ws->dI3, ws->dI1, A->gate, A->up, (size_t)N * I);
-    lora_linear_backward(m, ws, ad, lo[P_GATE], drop, stream_id(c, l, P_GATE, N, H), ws->dln, 0, ws->dI2, A->ln2,
-                         &W->w[P_GATE], A->xa[P_GATE], N, H, I);
-    if (G) weight_grad(m, G, P_GATE, ws->dI2, A->ln2, N, H, I);
-    lora_linear_backward(m, ws, ad, lo[P_UP], drop, stream_id(c, l, P_UP, N, H), ws->dln, 1, ws->dI3, A->ln2,
-                         &W->w[P_UP], A->xa[P_UP], N, H, I);
-    if (G) weight_grad(m, G, P_UP, ws->dI3, A->ln2, N, H, I);
-    OPS->rmsnorm_backward(BE, ws->dres, GW(mlp_norm), ws->dln, A->x_mid, W->mlp_norm, A->rstd2, N, H);
+    proj_backward(P, P_GATE, ws->dln, 0, ws->dI2, A->ln2, A->xa[P_GATE]);
+    proj_backward(P, P_UP, ws->dln, 1, ws->dI3, A->ln2, A->xa[P_UP]);
+    OPS->rmsnorm_backward(BE, ws->dres, G ? G->mlp_norm : NULL, ws->dln, A->x_mid, W->mlp_norm, A->rstd2, N, H);
+}
 
-    /* attention: x_mid = x + o(attention(rope(q(ln1)), rope(k(ln1)), v(ln1))) */
+/* attention backward: ws->dres holds d loss / d x_mid on entry, d loss / d x on return. */
+static void attention_backward_block(const layer_pass *P, const float *x, lt_layer_acts *A) {
+    lt_model *m = P->m;
+    lt_workspace *ws = P->ws;
+    const lt_model_config *c = &m->cfg;
+    const lt_layer *W = P->W, *G = P->G;
+    const int B = ws->B, T = ws->T, N = P->N, H = (int)c->hidden_size;
+    const int NH = (int)c->num_attention_heads, NKV = (int)c->num_key_value_heads, HD = (int)c->head_dim;
+    const int QD = NH * HD, KD = NKV * HD;
     const float *d_o = ws->dres;
     if (c->sandwich_norms) { /* x_mid = x + post_attn_norm(o(...)) */
         OPS->zero(BE, ws->dsand, (size_t)N * H * sizeof(float));
-        OPS->rmsnorm_backward(BE, ws->dsand, GW(post_attn_norm), ws->dres, A->o_raw, W->post_attn_norm, A->rstd_pa, N,
-                              H);
+        OPS->rmsnorm_backward(BE, ws->dsand, G ? G->post_attn_norm : NULL, ws->dres, A->o_raw, W->post_attn_norm,
+                              A->rstd_pa, N, H);
         d_o = ws->dsand;
     }
-    lora_linear_backward(m, ws, ad, lo[P_O], drop, stream_id(c, l, P_O, N, QD), ws->datt, 0, d_o, A->att, &W->w[P_O],
-                         A->xa[P_O], N, QD, H);
-    if (G) weight_grad(m, G, P_O, d_o, A->att, N, QD, H);
+    proj_backward(P, P_O, ws->datt, 0, d_o, A->att, A->xa[P_O]);
+    const int32_t *kv_start = layer_kv_start(m, ws, P->l);
     if (c->attn_logit_softcapping > 0)
         OPS->attention_softcap_backward(BE, ws->dq, ws->dk, ws->dv, ws->datt, A->q, A->k, A->v, A->att, A->lse,
-                                        layer_kv_start(m, ws, l), B, T, NH, NKV, HD, lt_config_attn_scale(c),
+                                        kv_start, B, T, NH, NKV, HD, lt_config_attn_scale(c),
                                         (float)c->attn_logit_softcapping);
     else
-        OPS->attention_backward(BE, ws->dq, ws->dk, ws->dv, ws->datt, A->q, A->k, A->v, A->att, A->lse,
-                                layer_kv_start(m, ws, l), B, T, NH, NKV, HD, lt_config_attn_scale(c), ws->att_scratch);
+        OPS->attention_backward(BE, ws->dq, ws->dk, ws->dv, ws->datt, A->q, A->k, A->v, A->att, A->lse, kv_start, B, T,
+                                NH, NKV, HD, lt_config_attn_scale(c), ws->att_scratch);
     if (m->rope_mscale != 1.0f) {
         OPS->rope_scale(BE, ws->dq, N, NH, HD, m->rot_dim, m->rope_mscale);
         OPS->rope_scale(BE, ws->dk, N, NKV, HD, m->rot_dim, m->rope_mscale);
@@ -277,23 +335,39 @@ static void layer_backward(lt_model *m, lt_workspace *ws, const lt_adapter *ad, 
         dkp = ws->dk_pre;
         OPS->zero(BE, dqp, (size_t)N * QD * sizeof(float));
         OPS->zero(BE, dkp, (size_t)N * KD * sizeof(float));
-        OPS->rmsnorm_backward(BE, dqp, GW(q_norm), ws->dq, A->q_pre, W->q_norm, A->rstd_q, N * NH, HD);
-        OPS->rmsnorm_backward(BE, dkp, GW(k_norm), ws->dk, A->k_pre, W->k_norm, A->rstd_k, N * NKV, HD);
+        OPS->rmsnorm_backward(BE, dqp, G ? G->q_norm : NULL, ws->dq, A->q_pre, W->q_norm, A->rstd_q, N * NH, HD);
+        OPS->rmsnorm_backward(BE, dkp, G ? G->k_norm : NULL, ws->dk, A->k_pre, W->k_norm, A->rstd_k, N * NKV, HD);
     }
-    lora_linear_backward(m, ws, ad, lo[P_Q], drop, stream_id(c, l, P_Q, N, H), ws->dln, 0, dqp, A->ln1, &W->w[P_Q],
-                         A->xa[P_Q], N, H, QD);
-    if (G) weight_grad(m, G, P_Q, dqp, A->ln1, N, H, QD);
-    lora_linear_backward(m, ws, ad, lo[P_K], drop, stream_id(c, l, P_K, N, H), ws->dln, 1, dkp, A->ln1, &W->w[P_K],
-                         A->xa[P_K], N, H, KD);
-    if (G) weight_grad(m, G, P_K, dkp, A->ln1, N, H, KD);
-    lora_linear_backward(m, ws, ad, lo[P_V], drop, stream_id(c, l, P_V, N, H), ws->dln, 1, ws->dv, A->ln1, &W->w[P_V],
-                         A->xa[P_V], N, H, KD);
-    if (G) weight_grad(m, G, P_V, ws->dv, A->ln1, N, H, KD);
-    OPS->rmsnorm_backward(BE, ws->dres, GW(attn_norm), ws->dln, x, W->attn_norm, A->rstd1, N, H);
-#undef GW
+    proj_backward(P, P_Q, ws->dln, 0, dqp, A->ln1, A->xa[P_Q]);
+    proj_backward(P, P_K, ws->dln, 1, dkp, A->ln1, A->xa[P_K]);
+    proj_backward(P, P_V, ws->dln, 1, ws->dv, A->ln1, A->xa[P_V]);
+    OPS->rmsnorm_backward(BE, ws->dres, G ? G->attn_norm : NULL, ws->dln, x, W->attn_norm, A->rstd1, N, H);
+}
+
+/* x_out (N,H) = layer l of x (N,H); A receives the activations the backward needs. kv: how it attends. */
+static void layer_forward(lt_model *m, lt_workspace *ws, const lt_adapter *ad, const lt_dropout_state *drop,
+                          const lt_kv_cache *kv, int l, const float *x, lt_layer_acts *A, float *x_out) {
+    const layer_pass P = layer_pass_of(m, ws, ad, drop, kv, l);
+    attention_forward_block(&P, x, A);
+    mlp_forward_block(&P, A, x_out);
+}
+
+/* ws->dres (N,H) holds d loss / d x_out on entry and d loss / d x on return. */
+static void layer_backward(lt_model *m, lt_workspace *ws, const lt_adapter *ad, const lt_dropout_state *drop, int l,
+                           const float *x, lt_layer_acts *A) {
+    const layer_pass P = layer_pass_of(m, ws, ad, drop, NULL, l);
+    mlp_backward_block(&P, A);
+    attention_backward_block(&P, x, A);
 }
 
 /* ---- the whole model ---------------------------------------------------------------------------- */
+
+void lt_embed_lookup(lt_model *m, const lt_adapter *ad, float *out, const int32_t *ids, int N) {
+    const int H = (int)m->cfg.hidden_size;
+    const float *table = lt_view_embed(m, ad);
+    if (table) OPS->embedding_forward(BE, out, ids, table, N, H);
+    else OPS->embedding_forward_bf16(BE, out, ids, m->embed_bf16, N, H); /* a bf16 base keeps its table in bf16 */
+}
 
 /* From ws->dln = d loss / d final_ln back through the final norm and every layer (reverse order);
  * adapter grads accumulate. */
@@ -304,9 +378,9 @@ static lt_status backward_layers(lt_model *m, const lt_adapter *ad, lt_workspace
     OPS->rmsnorm_backward(BE, ws->dres, ad ? ad->d_final_norm : NULL, ws->dln, ws->x_saved[L],
                           lt_view_final_norm(m, ad), ws->final_rstd, N, H);
     for (int l = L - 1; l >= 0; l--) {
-        lt_layer_acts *A = &ws->acts[ws->checkpointing ? 0 : l];
-        if (ws->checkpointing) /* recompute this layer's activations; its output goes to a scratch */
-            layer_forward(m, ws, ad, drop, l, ws->x_saved[l], A, ws->dln);
+        lt_layer_acts *A = lt_workspace_acts(ws, l);
+        if (l >= ws->n_kept) /* recompute this layer's activations; its output goes to a scratch */
+            layer_forward(m, ws, ad, drop, NULL, l, ws->x_saved[l], A, ws->dln);
         layer_backward(m, ws, ad, drop, l, ws->x_saved[l], A);
     }
     if (ad && ad->d_embed) { /* x_0 = embed_scale * E[ids]: dE[ids] += embed_scale * dx_0 (dres is free after) */
@@ -320,9 +394,9 @@ static lt_status backward_layers(lt_model *m, const lt_adapter *ad, lt_workspace
 }
 
 /* Checks shared by every pass, then embeddings, each layer and the final norm into ws->final_ln;
- * checkpointing keeps only each layer's input. */
+ * checkpointing keeps only each layer's input. kv: NULL, or the KV cache a generation pass attends through. */
 static lt_status forward_layers(lt_model *m, const lt_adapter *ad, lt_workspace *ws, const lt_dropout_state *drop,
-                                lt_error *err) {
+                                const lt_kv_cache *kv, lt_error *err) {
     const lt_model_config *c = &m->cfg;
     const int L = (int)c->num_hidden_layers, H = (int)c->hidden_size, N = ws->B * ws->T;
     if (ad && ad->p.rank > ws->rank)
@@ -334,12 +408,12 @@ static lt_status forward_layers(lt_model *m, const lt_adapter *ad, lt_workspace 
         return lt_fail(err, LT_ERR_STATE,
                        "the model was quantized after this trainer planned its memory; "
                        "quantize the model before creating trainers");
-    OPS->embedding_forward(BE, ws->x_saved[0], ws->ids, lt_view_embed(m, ad), N, H);
+    lt_embed_lookup(m, ad, ws->x_saved[0], ws->ids, N);
     if (c->embed_scale != 1.0) /* Gemma: times sqrt(hidden) rounded to the activation dtype (fp32) */
         OPS->scale(BE, (size_t)N * H, (float)c->embed_scale, ws->x_saved[0]);
     for (int l = 0; l < L; l++) {
-        lt_layer_acts *A = &ws->acts[ws->checkpointing ? 0 : l];
-        layer_forward(m, ws, ad, drop, l, ws->x_saved[l], A, ws->x_saved[l + 1]);
+        lt_layer_acts *A = lt_workspace_acts(ws, l);
+        layer_forward(m, ws, ad, drop, kv, l, ws->x_saved[l], A, ws->x_saved[l + 1]);
     }
     OPS->rmsnorm_forward(BE, ws->final_ln, ws->final_rstd, ws->x_saved[L], lt_view_final_norm(m, ad), N, H,
                          (float)c->rms_norm_eps);
@@ -380,7 +454,7 @@ lt_status lt_forward_backward(lt_model *m, const lt_adapter *ad, lt_workspace *w
     const int backward = grad_scale != 0.0f && !logits_out;
     if (backward && ws->forward_only)
         return lt_fail(err, LT_ERR_INTERNAL, "a forward-only workspace cannot run a backward pass");
-    lt_status st = forward_layers(m, ad, ws, drop, err);
+    lt_status st = forward_layers(m, ad, ws, drop, NULL, err);
     if (st != LT_OK) return st;
 
     /* chunked LM head + cross-entropy; dln accumulates d loss / d final_ln */
@@ -409,12 +483,42 @@ lt_status lt_forward_backward(lt_model *m, const lt_adapter *ad, lt_workspace *w
     return backward_layers(m, ad, ws, drop, err);
 }
 
+/* ---- generation: a pass through the KV cache ------------------------------------------------------ */
+
+lt_status lt_forward_cached(lt_model *m, const lt_adapter *ad, lt_workspace *ws, const lt_kv_cache *kv, int every_token,
+                            float *logits, lt_error *err) {
+    const int H = (int)m->cfg.hidden_size, V = (int)m->cfg.vocab_size;
+    if (kv->B != ws->B || (kv->mode == LT_KV_DECODE && ws->T != 1))
+        return lt_fail(err, LT_ERR_INTERNAL, "a KV cache of %d rows cannot take %d x %d staged tokens", kv->B, ws->B,
+                       ws->T);
+    lt_status st = forward_layers(m, ad, ws, NULL, kv, err);
+    if (st != LT_OK) return st;
+    int n = ws->N;
+    if (kv->mode == LT_KV_FILL && !every_token) {
+        /* the last token of each row: its final_ln row gathered (x_saved[0] is free after the layers),
+         * then back to the first B rows of final_ln for the LM head */
+        n = ws->B;
+        OPS->embedding_forward(BE, ws->x_saved[0], kv->last, ws->final_ln, n, H);
+        OPS->copy(BE, ws->final_ln, ws->x_saved[0], (size_t)n * H * sizeof(float));
+    }
+    const lt_weight head = lt_view_lm_head(m, ad);
+    for (int r0 = 0; r0 < n; r0 += ws->chunk) {
+        int nc = n - r0 < ws->chunk ? n - r0 : ws->chunk;
+        lm_head_forward(m, ws, &head, r0, nc, 1.0f, 0);
+        OPS->download(BE, logits + (size_t)r0 * V, ws->logits, (size_t)nc * V * sizeof(float));
+    }
+    st = OPS->sync(BE);
+    if (st != LT_OK)
+        return lt_fail(err, st, "backend %s failed during generation: %s", OPS->name, OPS->error_message(BE));
+    return LT_OK;
+}
+
 /* ---- objectives other than SFT: forward to per-token log-probs, then a weighted backward ---------- */
 
 lt_status lt_forward_logp(lt_model *m, const lt_adapter *ad, lt_workspace *ws, const lt_dropout_state *drop,
                           float logit_scale, lt_error *err) {
     const int V = (int)m->cfg.vocab_size, N = ws->B * ws->T;
-    lt_status st = forward_layers(m, ad, ws, drop, err);
+    lt_status st = forward_layers(m, ad, ws, drop, NULL, err);
     if (st != LT_OK) return st;
     const lt_weight head = lt_view_lm_head(m, ad);
     for (int r0 = 0; r0 < N; r0 += ws->chunk) {

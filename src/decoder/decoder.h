@@ -28,10 +28,12 @@ typedef struct lt_workspace {
     lt_backend *be;
     int B, T, N;       /* rows of the staged batch (<= B_cap), tokens per row, B*T */
     int B_cap;         /* rows planned for; a smaller batch reuses the workspace */
+    int N_cap;         /* tokens planned for (B_cap * the planned T): generation stages fewer */
     int rank;          /* LoRA rank it was planned for (0: none) */
-    int checkpointing; /* 1: recompute each layer in backward */
+    int checkpointing; /* 1: some layers are recomputed in backward (those from n_kept on) */
     int forward_only;  /* no backward buffers were planned */
-    int n_acts;        /* L without checkpointing, 1 with */
+    int n_kept;        /* layers 0 .. n_kept-1 keep their activations (acts[l]); L without checkpointing */
+    int n_acts;        /* n_kept, + 1 shared set (acts[n_kept]) for the recomputed layers */
     lt_layer_acts *acts;
     float **x_saved;                         /* (L) layer inputs (N,H) kept by checkpointing; x_saved[L] = final */
     float *final_ln, *final_rstd;            /* (N,H), (N) */
@@ -53,7 +55,8 @@ typedef struct lt_workspace {
     float *att_scratch;
     float *wtile;        /* (lt_weight_tile_floats) dequantized rows of a quantized weight */
     float *host_losses;  /* host copy of losses (N) */
-    int32_t *host_stage; /* (5N) host staging of ids, targets, positions, kv_start, kv_start_swa */
+    int32_t *host_stage; /* (6N) host staging of ids, targets, positions, kv_start, kv_start_swa, and the
+                          * cache slots (generation) */
     void *block;         /* the one allocation everything above lives in */
     size_t block_bytes;
     float *row_w; /* (N) per-token CE-gradient weights of lt_backward_weighted */
@@ -63,6 +66,20 @@ typedef struct lt_workspace {
  * recomputes in backward, LT_WS_FORWARD plans no backward at all (evaluation, logits). */
 enum { LT_WS_FULL = 0, LT_WS_CHECKPOINT = 1, LT_WS_FORWARD = 2 };
 lt_status lt_workspace_create(lt_model *m, int B, int T, int rank, int mode, lt_workspace **out, lt_error *err);
+/* The same with the first n_kept layers keeping their activations (mode LT_WS_CHECKPOINT; clamped to
+ * 0 .. L; L is LT_WS_FULL): gradient checkpointing that spends memory to skip recomputation. */
+lt_status lt_workspace_create_kept(lt_model *m, int B, int T, int rank, int mode, int n_kept, lt_workspace **out,
+                                   lt_error *err);
+/* A training workspace: without checkpointing every layer keeps its activations; with it, as many
+ * layers as keep_bytes pays for (lt_trainer_params.activation_memory), the others recomputed. */
+lt_status lt_workspace_create_train(lt_model *m, int B, int T, int rank, int checkpointing, int64_t keep_bytes,
+                                    lt_workspace **out, lt_error *err);
+/* Bytes of one layer's activation set for a B x T batch (what keeping one more layer costs). */
+size_t lt_workspace_layer_bytes(const lt_model *m, int B, int T, int rank);
+/* the activation set of layer l */
+static inline lt_layer_acts *lt_workspace_acts(lt_workspace *ws, int l) {
+    return &ws->acts[l < ws->n_kept ? l : ws->n_kept];
+}
 void lt_workspace_free(lt_workspace *ws);
 
 /* Dropout control for a forward/backward pass. p == 0: off. tok0: the place of the batch's first token in a
@@ -78,6 +95,65 @@ typedef struct lt_dropout_state {
  * workspace. *n_valid receives the number of predicted tokens.
  */
 lt_status lt_stage_batch(lt_model *m, lt_workspace *ws, const lt_batch *b, int64_t *n_valid, lt_error *err);
+
+/* ---- the KV cache of generation: the one thing in which a pass of generation differs -------------
+ * A layer attends in one of three ways (decoder.c attend()), everything else is the same code:
+ *   no cache (kv NULL: training, evaluation): the staged (B, T) rows attend within themselves, token t
+ *       of a row to its keys kv_start[t] .. t;
+ *   LT_KV_FILL (prefill): the same, and every staged token's k and v is stored in the cache at its slot
+ *       (row b's token t at position t: prompts are right-padded, the padding's keys land in slots that
+ *       decoding overwrites before it reads them);
+ *   LT_KV_DECODE: one token per row (T = 1) at position len[b] - 1: its k and v are stored at that slot
+ *       and it attends to the cached keys kv_start[b] .. len[b] - 1 of its row (kv_start: 0, or the
+ *       first key of the sliding window in a windowed layer).
+ * Ids, positions and first keys are staged into the workspace as for training (lt_stage_cached). */
+typedef enum lt_kv_mode { LT_KV_FILL = 1, LT_KV_DECODE = 2 } lt_kv_mode;
+
+typedef struct lt_kv_cache {
+    lt_kv_mode mode;
+    int B, S_cap, T_cap; /* rows, slots per row, tokens per row a fill may stage                    */
+    float *k, *v;        /* (L, B, S_cap, NKV*HD) each: keys after RoPE, values                      */
+    int32_t *slot;       /* (B*T_cap) device: the cache row (b * S_cap + position) of each staged token */
+    int32_t *len;        /* (B) device, decode: keys of each row including its new token              */
+    int32_t *last;       /* (B) device, fill: the staged index b*T + n_b - 1 of each row's last token  */
+    int dora_ready;      /* 1: lt_dora_prepare ran for every DoRA projection (the adapter is fixed)   */
+    void *block;         /* the one allocation the device arrays above live in                       */
+} lt_kv_cache;
+
+/* A cache of B rows x S_cap slots per layer, fills of up to T_cap tokens per row. */
+lt_status lt_kv_cache_create(lt_model *m, int B, int S_cap, int T_cap, lt_kv_cache **out, lt_error *err);
+void lt_kv_cache_free(lt_model *m, lt_kv_cache *kv);
+
+/*
+ * Stage B rows for a pass through the cache (mode: LT_KV_FILL or LT_KV_DECODE), ids and n (B) on the host:
+ *   fill:   ids (B*T) right-padded rows, row b's n[b] tokens at positions 0 .. n[b]-1; T <= kv->T_cap;
+ *   decode: T = 1, ids (B) each row's next token, n[b] its keys after this step (position n[b] - 1).
+ * Ids must be valid. inv_freq: the RoPE table of the pass (longrope: short or long).
+ */
+lt_status lt_stage_cached(lt_model *m, lt_workspace *ws, lt_kv_cache *kv, lt_kv_mode mode, const int32_t *ids,
+                          const int32_t *n, int B, int T, const float *inv_freq, lt_error *err);
+
+/*
+ * The pass of generation: the staged tokens through every layer, attending through kv, then the logits
+ * (host, f32) of each row's last token (fill: (B,V)), of every token when every_token (fill: (B*T,V)),
+ * or of the one token of each row (decode: (B,V)). Gemma 2's final soft-capping applied.
+ */
+lt_status lt_forward_cached(lt_model *m, const lt_adapter *ad, lt_workspace *ws, const lt_kv_cache *kv,
+                            int every_token, float *logits, lt_error *err);
+
+/* ---- sampling (generate.c) ---------------------------------------------------------------------- */
+typedef struct lt_sample_cand {
+    float p;
+    int32_t id;
+} lt_sample_cand;
+/*
+ * The next token from one row of logits (V). temperature 0: the first argmax. Else p = softmax(logits /
+ * temperature) in the order of decreasing p (ties: the lower id first), cut to the top_k first (0: all),
+ * then to the shortest prefix whose mass reaches top_p; u in [0, 1) picks the first token whose
+ * cumulative mass exceeds u times the mass kept. scratch: V entries. -1 when a logit is not finite.
+ */
+int32_t lt_sample_token(const float *logits, int V, float temperature, int top_k, float top_p, double u,
+                        lt_sample_cand *scratch);
 
 /*
  * Forward through every layer and the chunked LM head + cross-entropy.
@@ -108,6 +184,10 @@ lt_status lt_backward_weighted(lt_model *m, const lt_adapter *ad, lt_workspace *
 void lt_linear_forward(lt_model *m, lt_workspace *ws, const lt_adapter *ad, const lt_lora *lo,
                        const lt_dropout_state *drop, uint64_t drop_stream, float *y, const float *x, const lt_weight *W,
                        float *xa, int N, int in, int out);
+
+/* out (N,H) = the embeddings of ids (N, on the backend): the adapter's trained table where it holds one,
+ * else the model's f32 table, or its bf16 table (base_dtype BF16) read into f32. */
+void lt_embed_lookup(lt_model *m, const lt_adapter *ad, float *out, const int32_t *ids, int N);
 
 /* DoRA: g and inv_n of one projection (lo->dora_g, lo->dora_inv_n) for the current A, B, m. */
 void lt_dora_prepare(lt_model *m, const lt_adapter *ad, int layer, lt_proj p);

@@ -1,13 +1,19 @@
 /*
- * generate.c - batched generation with a KV cache, greedy or sampled.
+ * generate.c - batched generation: the loop and the sampling. The model itself runs in decoder.c
+ * (lt_forward_cached: the layers of training, attending through a KV cache).
  *
- * defines: lt_generate_params_init, lt_generate
+ * defines: lt_generate_params_init, lt_generate, lt_sample_token
  *
- * All rows advance in lock step, one token per row per step at the same position s: a row whose
- * prompt is longer is still "prefilling" (its next input is forced from the prompt) while a shorter
- * one is already sampling. Each step runs the decoder on B tokens (B,H), appends their k and v to
- * the per-layer cache (B, S_cap, NKV, HD) at position s and attends over positions 0..s.
- * Sampling (host): logits / temperature -> top-k -> top-p (nucleus) -> draw; temperature 0 = argmax.
+ * Prefill: every prompt in one pass, the B rows right-padded to the longest prompt (B, P) and staged
+ * like a training batch; it fills the cache and gives the logits of each row's last prompt token.
+ * Decode: one pass of B tokens per step, each row's last token at its own position (per-row lengths),
+ * stored in the cache and attending to that row's cached keys. All rows advance in lock step; a
+ * finished row keeps feeding its last token, and what it produces is dropped.
+ * Phi-3 longrope: a pass uses the long factors when max(position) + 1 exceeds
+ * original_max_position_embeddings (transformers' rule, for the whole batch as transformers applies it
+ * to a padded batch). When decoding crosses that length, the cache is rebuilt with the long factors by
+ * one prefill of everything fed so far (transformers' Phi3ForCausalLM.prepare_inputs_for_generation).
+ * Everything is planned once per call: the workspace for the largest pass, the cache, the host buffers.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -27,6 +33,8 @@ LT_API void lt_generate_params_init(lt_generate_params *out, size_t size) {
     lt_fill_struct(out, size, p, sizeof *p);
 }
 
+/* ---- sampling ------------------------------------------------------------------------------------ */
+
 typedef struct {
     uint64_t s;
 } gen_rng;
@@ -38,55 +46,139 @@ static uint64_t gen_next(gen_rng *r) {
 }
 static double gen_uniform(gen_rng *r) { return (double)(gen_next(r) >> 11) * (1.0 / 9007199254740992.0); }
 
-typedef struct {
-    float p;
-    int32_t id;
-} cand;
-static int cand_desc(const void *a, const void *b) {
-    float x = ((const cand *)a)->p, y = ((const cand *)b)->p;
-    if (x != y) return x < y ? 1 : -1;
-    return ((const cand *)a)->id - ((const cand *)b)->id;
+/* the sampling order: decreasing probability, ties by increasing id */
+static int cand_before(const lt_sample_cand *a, const lt_sample_cand *b) {
+    return a->p > b->p || (a->p == b->p && a->id < b->id);
+}
+static int cand_cmp(const void *a, const void *b) {
+    const lt_sample_cand *x = a, *y = b;
+    return cand_before(x, y) ? -1 : cand_before(y, x) ? 1 : 0;
 }
 
-/* Pick the next token from one row of logits (V). scratch holds V cands. */
-static int32_t sample(const float *logits, int V, const lt_generate_params *p, gen_rng *rng, cand *c) {
-    if (p->temperature <= 0.0f) {
-        int32_t best = 0;
-        for (int i = 1; i < V; i++)
-            if (logits[i] > logits[best]) best = i;
-        return best;
-    }
-    for (int i = 0; i < V; i++) {
-        c[i].p = logits[i] / p->temperature;
-        c[i].id = i;
-    }
-    qsort(c, (size_t)V, sizeof *c, cand_desc);
-    int n = V;
-    if (p->top_k > 0 && p->top_k < n) n = p->top_k;
-    double mx = c[0].p, sum = 0;
+/* Keep the k first of c[0..n) in the sampling order, sorted, in c[0..k): a heap of the k best seen
+ * (its root the worst of them), O(n log k), then a sort of those k. */
+static void select_first(lt_sample_cand *c, int n, int k) {
     for (int i = 0; i < n; i++) {
-        c[i].p = (float)exp(c[i].p - mx);
-        sum += c[i].p;
-    }
-    if (p->top_p > 0 && p->top_p < 1) {
-        /* keep the smallest prefix whose probability reaches top_p (at least one token) */
-        double cum = 0;
-        int keep = 0;
-        while (keep < n) {
-            cum += c[keep].p / sum;
-            keep++;
-            if (cum >= p->top_p) break;
+        lt_sample_cand x = c[i];
+        int j;
+        if (i < k) { /* sift up */
+            for (j = i; j > 0 && cand_before(&c[(j - 1) / 2], &x); j = (j - 1) / 2) c[j] = c[(j - 1) / 2];
+            c[j] = x;
+            continue;
         }
-        n = keep;
-        sum = 0;
+        if (!cand_before(&x, &c[0])) continue;
+        for (j = 0;;) { /* sift the new root down */
+            int ch = 2 * j + 1;
+            if (ch >= k) break;
+            if (ch + 1 < k && cand_before(&c[ch], &c[ch + 1])) ch++;
+            if (!cand_before(&x, &c[ch])) break;
+            c[j] = c[ch];
+            j = ch;
+        }
+        c[j] = x;
+    }
+    qsort(c, (size_t)k, sizeof *c, cand_cmp);
+}
+
+/*
+ * What the sampling order needs is its head: the top_k first, the nucleus, or the token where u falls.
+ * So the candidates are the tokens of weight w = exp(z - max z) >= cut, a prefix of the order (all
+ * tokens of equal w are in or out together), sorted (or, with top_k, selected); if what was asked for
+ * runs past them, a second round takes every token, which is the whole sort of the plain method. The
+ * weights, sums and walks are those of that plain method (sort all V, cut, normalise, walk), in its
+ * order, so the same u gives the same token; the one difference is the order in which the weights
+ * below the cut are added to the total mass (top_k 0): a rounding of about 1e-16 of it.
+ */
+int32_t lt_sample_token(const float *logits, int V, float temperature, int top_k, float top_p, double u,
+                        lt_sample_cand *c) {
+    int32_t best = 0;
+    for (int i = 0; i < V; i++) {
+        if (!isfinite(logits[i])) return -1;
+        if (logits[i] > logits[best]) best = i;
+    }
+    if (temperature <= 0.0f) return best;
+    const double mx = logits[best] / temperature; /* z = logits / temperature in float, as the plain method */
+    const int k = top_k > 0 && top_k < V ? top_k : V;
+    const int nucleus = top_p > 0 && top_p < 1;
+    /* with top_k only the k heaviest matter: tokens far below the cut need no exp */
+    const double zcut = log(1.0 / 16384.0) - 1e-3;
+    for (int round = 0; round < 2; round++) {
+        const float cut = round == 0 ? 1.0f / 16384.0f : -1.0f; /* round 1: every token */
+        double tail = 0;                                       /* mass below the cut (top_k 0) */
+        int n = 0;
+        for (int i = 0; i < V; i++) {
+            const float z = logits[i] / temperature;
+            if (k < V && round == 0 && z - mx < zcut) continue;
+            const float w = (float)exp(z - mx);
+            if (w >= cut) c[n++] = (lt_sample_cand){w, i};
+            else tail += w;
+        }
+        const int all = n == V; /* the candidates are every token */
+        if (k < n) select_first(c, n, k);
+        else qsort(c, (size_t)n, sizeof *c, cand_cmp);
+        if (k < V && n < k && !all) continue; /* fewer than top_k candidates */
+        if (n > k) n = k;
+        double sum = 0;
         for (int i = 0; i < n; i++) sum += c[i].p;
+        if (k == V) sum += tail;
+        if (nucleus) { /* the shortest prefix whose probability reaches top_p (at least one token) */
+            double cum = 0;
+            int keep = 0;
+            while (keep < n) {
+                cum += c[keep].p / sum;
+                keep++;
+                if (cum >= top_p) break;
+            }
+            if (cum < top_p && !all && k == V) continue; /* the nucleus runs below the cut */
+            n = keep;
+            sum = 0;
+            for (int i = 0; i < n; i++) sum += c[i].p;
+        }
+        const double target = u * sum;
+        double acc = 0;
+        for (int i = 0; i < n; i++) {
+            acc += c[i].p;
+            if (target < acc) return c[i].id;
+        }
+        if (!all && k == V && !nucleus) continue; /* u falls below the cut */
+        return c[n - 1].id;
     }
-    double u = gen_uniform(rng) * sum, acc = 0;
-    for (int i = 0; i < n; i++) {
-        acc += c[i].p;
-        if (u < acc) return c[i].id;
-    }
-    return c[n - 1].id;
+    return best; /* not reached: round 1 takes every token */
+}
+
+/* ---- the generation loop --------------------------------------------------------------------------- */
+
+/* Everything one call plans: the workspace, the cache and the host buffers. */
+typedef struct gen_plan {
+    lt_workspace *ws;
+    lt_kv_cache *kv;
+    int32_t *seq;  /* (B, S_cap) host: each row's tokens, prompt then generated (a finished row repeats) */
+    int32_t *ids;  /* (B * T_cap) host: the staged ids of a pass                                         */
+    int32_t *n;    /* (B) host: tokens of each row in the cache after the pass                           */
+    float *logits; /* (B, V) host                                                                        */
+    lt_sample_cand *cands;
+} gen_plan;
+
+static void gen_plan_free(lt_model *m, gen_plan *g) {
+    lt_workspace_free(g->ws);
+    lt_kv_cache_free(m, g->kv);
+    free(g->seq);
+    free(g->ids);
+    free(g->n);
+    free(g->logits);
+    free(g->cands);
+}
+
+/* One prefill of the first n[b] tokens of each row (T = the longest) with the RoPE table inv_freq: the
+ * cache is (re)filled from slot 0 and g->logits gets each row's last-token logits. */
+static lt_status gen_prefill(lt_model *m, const lt_adapter *ad, gen_plan *g, int B, int S_cap, const float *inv_freq,
+                             lt_error *err) {
+    int T = 0;
+    for (int b = 0; b < B; b++) T = g->n[b] > T ? g->n[b] : T;
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++) g->ids[b * T + t] = g->seq[(size_t)b * S_cap + (t < g->n[b] ? t : 0)];
+    lt_status st = lt_stage_cached(m, g->ws, g->kv, LT_KV_FILL, g->ids, g->n, B, T, inv_freq, err);
+    return st != LT_OK ? st : lt_forward_cached(m, ad, g->ws, g->kv, 0, g->logits, err);
 }
 
 LT_API lt_status lt_generate(lt_model *m, const lt_adapter *ad, const int32_t *prompts, const int32_t *prompt_lens,
@@ -113,185 +205,86 @@ LT_API lt_status lt_generate(lt_model *m, const lt_adapter *ad, const int32_t *p
     if (!(p.temperature >= 0) || p.top_k < 0 || !(p.top_p > 0 && p.top_p <= 1))
         return lt_fail(err, LT_ERR_ARGUMENT, "lt_generate: need temperature >= 0, top_k >= 0 and 0 < top_p <= 1");
     const lt_model_config *c = &m->cfg;
-    const int V = (int)c->vocab_size, H = (int)c->hidden_size, I = (int)c->intermediate_size;
-    const int L = (int)c->num_hidden_layers, NH = (int)c->num_attention_heads, NKV = (int)c->num_key_value_heads;
-    const int HD = (int)c->head_dim, QD = NH * HD, KD = NKV * HD, B = n_prompts;
+    const int V = (int)c->vocab_size, L = (int)c->num_hidden_layers, B = n_prompts, NEW = p.max_new_tokens;
     const int32_t eos = p.eos_token_id == LT_EOS_FROM_CONFIG ? (int32_t)c->eos_token_id : p.eos_token_id;
-    int max_prompt = 0;
-    const int32_t **starts = malloc((size_t)B * sizeof *starts);
-    if (!starts) return lt_fail(err, LT_ERR_NOMEM, "lt_generate: out of memory");
+    int maxP = 0;
     for (int b = 0, off = 0; b < B; off += prompt_lens[b], b++) {
-        if (prompt_lens[b] <= 0) {
-            free(starts);
-            return lt_fail(err, LT_ERR_ARGUMENT, "lt_generate: prompt %d is empty", b);
-        }
-        starts[b] = prompts + off;
+        if (prompt_lens[b] <= 0) return lt_fail(err, LT_ERR_ARGUMENT, "lt_generate: prompt %d is empty", b);
+        if (prompt_lens[b] > INT32_MAX / 2 - NEW)
+            return lt_fail(err, LT_ERR_ARGUMENT, "lt_generate: prompt %d is too long", b);
         for (int t = 0; t < prompt_lens[b]; t++)
-            if (starts[b][t] < 0 || starts[b][t] >= V) {
-                int32_t bad = starts[b][t];
-                free(starts);
-                return lt_fail(err, LT_ERR_DATA, "lt_generate: prompt %d token %d is %d, outside [0, %d)", b, t, bad,
-                               V);
-            }
-        if (prompt_lens[b] > max_prompt) max_prompt = prompt_lens[b];
+            if (prompts[off + t] < 0 || prompts[off + t] >= V)
+                return lt_fail(err, LT_ERR_DATA, "lt_generate: prompt %d token %d is %d, outside [0, %d)", b, t,
+                               prompts[off + t], V);
+        if (prompt_lens[b] > maxP) maxP = prompt_lens[b];
     }
-    const int S = max_prompt + p.max_new_tokens; /* positions needed */
-    const int r = ad && ad->p.rank > 0 ? ad->p.rank : 1;
-    lt_backend *be = m->be;
-    /* one allocation: activations for B tokens + the KV cache */
-    const size_t wt = lt_weight_tile_floats(m); /* dequantization scratch of quantized weights */
-    size_t nf = (size_t)B * (4 * H + 2 * QD + 2 * KD + 3 * I + r + V) + (size_t)B + 2 * (size_t)L * B * S * KD +
-                (size_t)B * (NH + QD) + wt; /* + q/k norm statistics and a pre-norm q (Qwen3) */
-    float *blk = be->ops->alloc(be, nf * sizeof(float) + 2 * (size_t)B * sizeof(int32_t));
-    float *hlog = malloc((size_t)B * V * sizeof(float));
-    cand *cands = malloc((size_t)V * sizeof *cands);
-    int32_t *htok = malloc((size_t)B * 2 * sizeof(int32_t));
-    if (!blk || !hlog || !cands || !htok) {
-        if (blk) be->ops->free(be, blk);
-        free(hlog);
-        free(cands);
-        free(htok);
-        free(starts);
-        return lt_fail(err, LT_ERR_NOMEM, "lt_generate: cannot allocate the KV cache for %d rows x %d positions", B, S);
+    /* slots: every token fed (the last generated one never is); longrope: the rebuild feeds
+     * original_max + 1 tokens per row when decoding crosses that length within this call */
+    const int S_cap = maxP + NEW - 1;
+    const int64_t orig = c->rope_original_max_position_embeddings;
+    const int long_at_start = m->inv_freq_long && maxP > orig;
+    const int may_switch = m->inv_freq_long && !long_at_start && (int64_t)maxP + NEW - 2 >= orig;
+    const int T_cap = may_switch ? (int)orig + 1 : maxP;
+
+    gen_plan g = {0};
+    lt_status st = lt_workspace_create(m, B, T_cap, ad ? ad->p.rank : 0, LT_WS_FORWARD, &g.ws, err);
+    if (st == LT_OK) st = lt_kv_cache_create(m, B, S_cap, T_cap, &g.kv, err);
+    if (st != LT_OK) {
+        gen_plan_free(m, &g);
+        return st;
     }
-    float *x = blk, *ln = x + (size_t)B * H, *xmid = ln + (size_t)B * H, *tmpH = xmid + (size_t)B * H;
-    float *q = tmpH + (size_t)B * H, *att = q + (size_t)B * QD, *k = att + (size_t)B * QD, *v = k + (size_t)B * KD;
-    float *gate = v + (size_t)B * KD, *up = gate + (size_t)B * I, *act = up + (size_t)B * I, *xa = act + (size_t)B * I;
-    float *logits = xa + (size_t)B * r, *rstd = logits + (size_t)B * V, *kc = rstd + B,
-          *vc = kc + (size_t)L * B * S * KD;
-    float *wtile = vc + (size_t)L * B * S * KD;
-    float *rstd_qk = wtile + wt, *qpre = rstd_qk + (size_t)B * NH;
-    int32_t *dtok = (int32_t *)(qpre + (size_t)B * QD), *dpos = dtok + B;
-    lt_workspace gws; /* only the weight scratch is used (no dropout, no backward) */
-    memset(&gws, 0, sizeof gws);
-    gws.wtile = wtile;
-    int32_t *tok = htok, *posv = htok + B;
-    for (int b = 0; b < B; b++) {
-        tok[b] = starts[b][0];
+    g.seq = malloc((size_t)B * S_cap * sizeof *g.seq);
+    g.ids = malloc((size_t)B * T_cap * sizeof *g.ids);
+    g.n = malloc((size_t)B * sizeof *g.n);
+    g.logits = malloc((size_t)B * V * sizeof *g.logits);
+    g.cands = malloc((size_t)V * sizeof *g.cands);
+    if (!g.seq || !g.ids || !g.n || !g.logits || !g.cands) {
+        gen_plan_free(m, &g);
+        return lt_fail(err, LT_ERR_NOMEM, "lt_generate: out of memory for %d rows", B);
+    }
+    for (int b = 0, off = 0; b < B; off += prompt_lens[b], b++) {
+        memcpy(g.seq + (size_t)b * S_cap, prompts + off, (size_t)prompt_lens[b] * sizeof *prompts);
+        g.n[b] = prompt_lens[b];
         out_lens[b] = 0;
     }
-    gen_rng rng = {p.seed ^ 0x5DEECE66Dull};
-    const float eps = (float)c->rms_norm_eps, scale = lt_config_attn_scale(c);
-    int done = 0;
-    lt_status st = LT_OK;
-    /* longrope (Phi-3): a sequence longer than original_max_position_embeddings uses the long factors at
-     * every position, so on crossing that length the cache is rebuilt from position 0 with them (what
-     * transformers' Phi3ForCausalLM.prepare_inputs_for_generation does): the prompt and the tokens
-     * generated so far are fed again, then generation goes on */
-    const float *inv_freq = m->inv_freq;
     /* DoRA: the adapter does not change during generation, so each projection's g is computed once */
     for (int l = 0; ad && ad->p.use_dora && l < L; l++)
         for (int pj = 0; pj < P_COUNT; pj++) lt_dora_prepare(m, ad, l, (lt_proj)pj);
-    for (int s = 0; s < S - 1 && !done; s++) {
-        if (m->inv_freq_long && inv_freq != m->inv_freq_long &&
-            (int64_t)s + 1 > c->rope_original_max_position_embeddings) {
-            inv_freq = m->inv_freq_long;
-            s = 0;
-            for (int b = 0; b < B; b++) tok[b] = starts[b][0];
-        }
-        for (int b = 0; b < B; b++) posv[b] = s;
-        be->ops->upload(be, dtok, tok, (size_t)B * sizeof(int32_t));
-        be->ops->upload(be, dpos, posv, (size_t)B * sizeof(int32_t));
-        be->ops->embedding_forward(be, x, dtok, lt_view_embed(m, ad), B, H);
-        if (c->embed_scale != 1.0) be->ops->scale(be, (size_t)B * H, (float)c->embed_scale, x);
-        for (int l = 0; l < L; l++) {
-            const lt_layer *W = lt_view_layer(m, ad, l);
-            const lt_lora *lo[P_COUNT];
-            for (int pj = 0; pj < P_COUNT; pj++) lo[pj] = ad ? lt_adapter_lora(ad, l, (lt_proj)pj) : NULL;
-            float *kcl = kc + (size_t)l * B * S * KD, *vcl = vc + (size_t)l * B * S * KD;
-            be->ops->rmsnorm_forward(be, ln, rstd, x, W->attn_norm, B, H, eps);
-            /* the family steps mirror layer_forward in decoder.c */
-            float *qp = c->qk_norm ? qpre : q, *kp = c->qk_norm ? att : k; /* att is free until attention */
-            lt_linear_forward(m, &gws, ad, lo[P_Q], NULL, 0, qp, ln, &W->w[P_Q], xa, B, H, QD);
-            if (lo[P_Q] && lo[P_Q]->mag) be->ops->mul_cols(be, qp, lo[P_Q]->dora_g, B, QD); /* DoRA */
-            lt_linear_forward(m, &gws, ad, lo[P_K], NULL, 0, kp, ln, &W->w[P_K], xa, B, H, KD);
-            if (lo[P_K] && lo[P_K]->mag) be->ops->mul_cols(be, kp, lo[P_K]->dora_g, B, KD); /* DoRA */
-            lt_linear_forward(m, &gws, ad, lo[P_V], NULL, 0, v, ln, &W->w[P_V], xa, B, H, KD);
-            if (lo[P_V] && lo[P_V]->mag) be->ops->mul_cols(be, v, lo[P_V]->dora_g, B, KD); /* DoRA */
-            if (W->bias[P_Q]) be->ops->bias_add(be, qp, W->bias[P_Q], B, QD);
-            if (W->bias[P_K]) be->ops->bias_add(be, kp, W->bias[P_K], B, KD);
-            if (W->bias[P_V]) be->ops->bias_add(be, v, W->bias[P_V], B, KD);
-            if (c->qk_norm) {
-                be->ops->rmsnorm_forward(be, q, rstd_qk, qp, W->q_norm, B * NH, HD, eps);
-                be->ops->rmsnorm_forward(be, k, rstd_qk, kp, W->k_norm, B * NKV, HD, eps);
-            }
-            be->ops->rope_forward(be, q, dpos, inv_freq, B, NH, HD, m->rot_dim);
-            be->ops->rope_forward(be, k, dpos, inv_freq, B, NKV, HD, m->rot_dim);
-            if (m->rope_mscale != 1.0f) {
-                be->ops->rope_scale(be, q, B, NH, HD, m->rot_dim, m->rope_mscale);
-                be->ops->rope_scale(be, k, B, NKV, HD, m->rot_dim, m->rope_mscale);
-            }
-            for (int b = 0; b < B; b++) {
-                be->ops->copy(be, kcl + ((size_t)b * S + s) * KD, k + (size_t)b * KD, (size_t)KD * sizeof(float));
-                be->ops->copy(be, vcl + ((size_t)b * S + s) * KD, v + (size_t)b * KD, (size_t)KD * sizeof(float));
-            }
-            /* sliding-window layers see positions s - window + 1 .. s: start the cache rows there */
-            int k0 = 0;
-            if (c->sliding_window > 0 && c->layer_sliding[l] && s + 1 > c->sliding_window)
-                k0 = (int)(s + 1 - c->sliding_window);
-            if (c->attn_logit_softcapping > 0)
-                be->ops->attention_softcap_decode(be, att, q, kcl + (size_t)k0 * KD, vcl + (size_t)k0 * KD, B, S,
-                                                  s + 1 - k0, NH, NKV, HD, scale, (float)c->attn_logit_softcapping);
-            else
-                be->ops->attention_decode(be, att, q, kcl + (size_t)k0 * KD, vcl + (size_t)k0 * KD, B, S, s + 1 - k0,
-                                          NH, NKV, HD, scale);
-            float *o_out = c->sandwich_norms ? tmpH : xmid;
-            lt_linear_forward(m, &gws, ad, lo[P_O], NULL, 0, o_out, att, &W->w[P_O], xa, B, QD, H);
-            if (lo[P_O] && lo[P_O]->mag) be->ops->mul_cols(be, o_out, lo[P_O]->dora_g, B, H); /* DoRA */
-            if (W->bias[P_O]) be->ops->bias_add(be, o_out, W->bias[P_O], B, H);
-            if (c->sandwich_norms) be->ops->rmsnorm_forward(be, xmid, rstd, tmpH, W->post_attn_norm, B, H, eps);
-            be->ops->axpy(be, (size_t)B * H, 1.0f, x, xmid);
-            be->ops->rmsnorm_forward(be, ln, rstd, xmid, W->mlp_norm, B, H, eps);
-            lt_linear_forward(m, &gws, ad, lo[P_GATE], NULL, 0, gate, ln, &W->w[P_GATE], xa, B, H, I);
-            if (lo[P_GATE] && lo[P_GATE]->mag) be->ops->mul_cols(be, gate, lo[P_GATE]->dora_g, B, I); /* DoRA */
-            lt_linear_forward(m, &gws, ad, lo[P_UP], NULL, 0, up, ln, &W->w[P_UP], xa, B, H, I);
-            if (lo[P_UP] && lo[P_UP]->mag) be->ops->mul_cols(be, up, lo[P_UP]->dora_g, B, I); /* DoRA */
-            if (W->bias[P_GATE]) be->ops->bias_add(be, gate, W->bias[P_GATE], B, I);
-            if (W->bias[P_UP]) be->ops->bias_add(be, up, W->bias[P_UP], B, I);
-            if (c->activation == LT_ACT_GELU_TANH) be->ops->geglu_forward(be, act, gate, up, (size_t)B * I);
-            else be->ops->swiglu_forward(be, act, gate, up, (size_t)B * I);
-            float *d_out = c->sandwich_norms ? tmpH : x;
-            lt_linear_forward(m, &gws, ad, lo[P_DOWN], NULL, 0, d_out, act, &W->w[P_DOWN], xa, B, I, H);
-            if (lo[P_DOWN] && lo[P_DOWN]->mag) be->ops->mul_cols(be, d_out, lo[P_DOWN]->dora_g, B, H); /* DoRA */
-            if (W->bias[P_DOWN]) be->ops->bias_add(be, d_out, W->bias[P_DOWN], B, H);
-            if (c->sandwich_norms) be->ops->rmsnorm_forward(be, x, rstd, tmpH, W->post_ff_norm, B, H, eps);
-            be->ops->axpy(be, (size_t)B * H, 1.0f, xmid, x);
-        }
-        be->ops->rmsnorm_forward(be, ln, rstd, x, lt_view_final_norm(m, ad), B, H, eps);
-        const lt_weight head = lt_view_lm_head(m, ad);
-        lt_weight_forward(m, gws.wtile, &head, logits, ln, B, H, V, 0.0f);
-        if (c->final_logit_softcapping > 0)
-            be->ops->softcap_forward(be, logits, (size_t)B * V, (float)c->final_logit_softcapping);
-        be->ops->download(be, hlog, logits, (size_t)B * V * sizeof(float));
-        if ((st = be->ops->sync(be)) != LT_OK) {
-            lt_fail(err, st, "lt_generate: backend %s failed: %s", be->ops->name, be->ops->error_message(be));
-            break;
-        }
-        done = 1;
+    g.kv->dora_ready = 1;
+    const float *inv_freq = long_at_start ? m->inv_freq_long : m->inv_freq;
+    gen_rng rng = {p.seed ^ 0x5DEECE66Dull};
+
+    st = gen_prefill(m, ad, &g, B, S_cap, inv_freq, err);
+    /* step k: the logits in g.logits give each row's token k; the next pass feeds it at position n[b] */
+    for (int k = 0; st == LT_OK; k++) {
+        int active = 0;
         for (int b = 0; b < B; b++) {
-            int32_t *ob = out + (size_t)b * p.max_new_tokens;
-            if (s + 1 < prompt_lens[b]) {
-                tok[b] = starts[b][s + 1];
-                done = 0;
-                continue;
-            }                                           /* still prefilling */
-            if (s + 1 < prompt_lens[b] + out_lens[b]) { /* replaying generated tokens after a longrope switch */
-                tok[b] = ob[s + 1 - prompt_lens[b]];
-                done = 0;
-                continue;
+            int32_t *row = g.seq + (size_t)b * S_cap, *ob = out + (size_t)b * NEW;
+            int32_t next = row[g.n[b] - 1]; /* a finished row repeats its last token */
+            if (out_lens[b] == k && !(k > 0 && ob[k - 1] == eos)) {
+                double u = p.temperature > 0 ? gen_uniform(&rng) : 0.0;
+                next = lt_sample_token(g.logits + (size_t)b * V, V, p.temperature, p.top_k, p.top_p, u, g.cands);
+                if (next < 0) {
+                    st = lt_fail(err, LT_ERR_NUMERIC, "lt_generate: the logits of row %d are not finite", b);
+                    break;
+                }
+                ob[out_lens[b]++] = next;
+                active += out_lens[b] < NEW && next != eos;
             }
-            int finished = out_lens[b] >= p.max_new_tokens || (out_lens[b] > 0 && ob[out_lens[b] - 1] == eos);
-            if (finished) continue;
-            int32_t next = sample(hlog + (size_t)b * V, V, &p, &rng, cands);
-            ob[out_lens[b]++] = next;
-            tok[b] = next;
-            if (out_lens[b] < p.max_new_tokens && next != eos) done = 0;
+            if (g.n[b] < S_cap) row[g.n[b]] = next;
         }
+        if (st != LT_OK || !active) break;
+        int longest = 0;
+        for (int b = 0; b < B; b++) longest = ++g.n[b] > longest ? g.n[b] : longest;
+        if (may_switch && inv_freq != m->inv_freq_long && longest > orig) {
+            inv_freq = m->inv_freq_long; /* rebuild the cache with the long factors */
+            st = gen_prefill(m, ad, &g, B, S_cap, inv_freq, err);
+            continue;
+        }
+        for (int b = 0; b < B; b++) g.ids[b] = g.seq[(size_t)b * S_cap + g.n[b] - 1];
+        st = lt_stage_cached(m, g.ws, g.kv, LT_KV_DECODE, g.ids, g.n, B, 1, inv_freq, err);
+        if (st == LT_OK) st = lt_forward_cached(m, ad, g.ws, g.kv, 0, g.logits, err);
     }
-    be->ops->free(be, blk);
-    free(hlog);
-    free(cands);
-    free(htok);
-    free(starts);
+    gen_plan_free(m, &g);
     return st;
 }

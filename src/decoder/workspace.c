@@ -2,7 +2,8 @@
  * workspace.c - the per-shape workspace (every activation and scratch buffer of a step in one planned
  * allocation) and the staging of a batch into it (ids, shifted targets, positions, first keys).
  *
- * defines: lt_workspace_create, lt_workspace_free, lt_stage_batch
+ * defines: lt_workspace_create, lt_workspace_free, lt_stage_batch, lt_kv_cache_create, lt_kv_cache_free,
+ *          lt_stage_cached
  */
 #include <stdlib.h>
 #include <string.h>
@@ -27,7 +28,67 @@ static void relocate(void **slot, char *base) {
 
 #define CARVE(ptr, n) carve(&total, (void **)&(ptr), (size_t)(n))
 
+/* Carve one layer's activation buffers (the set the forward fills and the backward reads). */
+static void carve_acts(size_t *tp, lt_layer_acts *A, const lt_model_config *c, size_t N, int B, int T, int rank) {
+    size_t total = *tp;
+    const int H = (int)c->hidden_size, I = (int)c->intermediate_size, NH = (int)c->num_attention_heads;
+    const int QD = (int)(c->num_attention_heads * c->head_dim), KD = (int)(c->num_key_value_heads * c->head_dim);
+    CARVE(A->ln1, N * H);
+    CARVE(A->rstd1, N);
+    CARVE(A->q, N * QD);
+    CARVE(A->k, N * KD);
+    CARVE(A->v, N * KD);
+    if (c->sandwich_norms) {
+        CARVE(A->o_raw, N * H);
+        CARVE(A->rstd_pa, N);
+        CARVE(A->d_raw, N * H);
+        CARVE(A->rstd_pf, N);
+    }
+    if (c->qk_norm) {
+        CARVE(A->q_pre, N * QD);
+        CARVE(A->k_pre, N * KD);
+        CARVE(A->rstd_q, N * NH);
+        CARVE(A->rstd_k, N * c->num_key_value_heads);
+    }
+    CARVE(A->att, N * QD);
+    CARVE(A->lse, (size_t)B * NH * T);
+    CARVE(A->x_mid, N * H);
+    CARVE(A->ln2, N * H);
+    CARVE(A->rstd2, N);
+    CARVE(A->gate, N * I);
+    CARVE(A->up, N * I);
+    CARVE(A->act, N * I);
+    if (rank > 0)
+        for (int p = 0; p < P_COUNT; p++) CARVE(A->xa[p], N * rank);
+    *tp = total;
+}
+
+size_t lt_workspace_layer_bytes(const lt_model *m, int B, int T, int rank) {
+    lt_layer_acts A;
+    size_t total = 0;
+    carve_acts(&total, &A, &m->cfg, (size_t)B * T, B, T, rank);
+    return total;
+}
+
 lt_status lt_workspace_create(lt_model *m, int B, int T, int rank, int mode, lt_workspace **out, lt_error *err) {
+    return lt_workspace_create_kept(m, B, T, rank, mode, mode == LT_WS_FULL ? (int)m->cfg.num_hidden_layers : 0, out,
+                                    err);
+}
+
+lt_status lt_workspace_create_train(lt_model *m, int B, int T, int rank, int checkpointing, int64_t keep_bytes,
+                                    lt_workspace **out, lt_error *err) {
+    const int L = (int)m->cfg.num_hidden_layers;
+    int kept = L;
+    if (checkpointing) {
+        const size_t per = lt_workspace_layer_bytes(m, B, T, rank);
+        const int64_t k = keep_bytes > 0 && per ? keep_bytes / (int64_t)per : 0;
+        kept = k > L ? L : (int)k;
+    }
+    return lt_workspace_create_kept(m, B, T, rank, LT_WS_CHECKPOINT, kept, out, err);
+}
+
+lt_status lt_workspace_create_kept(lt_model *m, int B, int T, int rank, int mode, int n_kept, lt_workspace **out,
+                                   lt_error *err) {
     const lt_model_config *c = &m->cfg;
     *out = NULL;
     if (B <= 0 || T <= 0) return lt_fail(err, LT_ERR_ARGUMENT, "workspace: batch %d x %d is empty", B, T);
@@ -41,11 +102,13 @@ lt_status lt_workspace_create(lt_model *m, int B, int T, int rank, int mode, lt_
     ws->inv_freq = m->inv_freq;
     ws->B = ws->B_cap = B;
     ws->T = T;
-    ws->N = (int)N;
+    ws->N = ws->N_cap = (int)N;
     ws->rank = rank;
-    ws->checkpointing = mode != LT_WS_FULL;
     ws->forward_only = mode == LT_WS_FORWARD;
-    ws->n_acts = mode == LT_WS_FULL ? L : 1;
+    /* layers 0 .. n_kept-1 keep their activations; the others share one set, recomputed in backward */
+    ws->n_kept = ws->forward_only ? 0 : n_kept < 0 ? 0 : n_kept > L ? L : n_kept;
+    ws->checkpointing = ws->n_kept < L;
+    ws->n_acts = ws->n_kept + (ws->checkpointing ? 1 : 0);
     ws->acts = calloc((size_t)ws->n_acts, sizeof *ws->acts);
     ws->x_saved = calloc((size_t)L + 1, sizeof *ws->x_saved);
     if (!ws->acts || !ws->x_saved) {
@@ -53,45 +116,18 @@ lt_status lt_workspace_create(lt_model *m, int B, int T, int rank, int mode, lt_
         return lt_fail(err, LT_ERR_NOMEM, "workspace: out of memory");
     }
 
-    /* logits chunk: bound the (chunk, V) buffer to ~16 MiB but keep at least 16 rows */
+    /* logits chunk: bound the (chunk, V) buffer to ~16 MiB but keep at least 128 rows: each chunk
+     * streams the whole LM head (Llama 3's 128256 x 4096 is 1 GB in bf16) through both of its products,
+     * so fewer, taller chunks read it fewer times (64 MiB of logits at that vocabulary) */
     int chunk = (int)((4u << 20) / (unsigned)V);
-    if (chunk < 16) chunk = 16;
+    if (chunk < 128) chunk = 128;
     if ((size_t)chunk > N) chunk = (int)N;
     ws->chunk = chunk;
 
     size_t total = 0;
     /* forward only: the residual stream ping-pongs between two buffers */
     for (int l = 0; l <= (ws->forward_only ? 1 : L); l++) CARVE(ws->x_saved[l], N * H);
-    for (int a = 0; a < ws->n_acts; a++) {
-        lt_layer_acts *A = &ws->acts[a];
-        CARVE(A->ln1, N * H);
-        CARVE(A->rstd1, N);
-        CARVE(A->q, N * QD);
-        CARVE(A->k, N * KD);
-        CARVE(A->v, N * KD);
-        if (c->sandwich_norms) {
-            CARVE(A->o_raw, N * H);
-            CARVE(A->rstd_pa, N);
-            CARVE(A->d_raw, N * H);
-            CARVE(A->rstd_pf, N);
-        }
-        if (c->qk_norm) {
-            CARVE(A->q_pre, N * QD);
-            CARVE(A->k_pre, N * KD);
-            CARVE(A->rstd_q, N * NH);
-            CARVE(A->rstd_k, N * c->num_key_value_heads);
-        }
-        CARVE(A->att, N * QD);
-        CARVE(A->lse, (size_t)B * NH * T);
-        CARVE(A->x_mid, N * H);
-        CARVE(A->ln2, N * H);
-        CARVE(A->rstd2, N);
-        CARVE(A->gate, N * I);
-        CARVE(A->up, N * I);
-        CARVE(A->act, N * I);
-        if (rank > 0)
-            for (int p = 0; p < P_COUNT; p++) CARVE(A->xa[p], N * rank);
-    }
+    for (int a = 0; a < ws->n_acts; a++) carve_acts(&total, &ws->acts[a], c, N, B, T, rank);
     CARVE(ws->final_ln, N * H);
     CARVE(ws->final_rstd, N);
     CARVE(ws->ids, N);
@@ -127,7 +163,7 @@ lt_status lt_workspace_create(lt_model *m, int B, int T, int rank, int mode, lt_
     ws->block = OPS->alloc(BE, total);
     ws->block_bytes = total;
     ws->host_losses = malloc(N * sizeof(float));
-    ws->host_stage = malloc(5 * N * sizeof(int32_t));
+    ws->host_stage = malloc(6 * N * sizeof(int32_t));
     if (!ws->block || !ws->host_losses || !ws->host_stage) {
         lt_workspace_free(ws);
         return lt_fail(err, LT_ERR_NOMEM, "workspace: cannot allocate %.1f MiB for a %d x %d batch",
@@ -175,6 +211,12 @@ void lt_workspace_free(lt_workspace *ws) {
 
 /* ---- batch staging ------------------------------------------------------------------------------ */
 
+/* The first key token t may attend to in a sliding-window layer: the window's t - window + 1 .. t,
+ * within its sequence (which starts at seg). */
+static int32_t window_start(int64_t t, int64_t seg, int64_t window) {
+    return (int32_t)(t - window + 1 > seg ? t - window + 1 : seg);
+}
+
 lt_status lt_stage_batch(lt_model *m, lt_workspace *ws, const lt_batch *b, int64_t *n_valid, lt_error *err) {
     if (!b || b->size < sizeof(lt_batch) - sizeof(b->position_ids) || !b->input_ids)
         return lt_fail(err, LT_ERR_ARGUMENT, "batch: NULL batch or input_ids (call lt_batch_init)");
@@ -209,7 +251,7 @@ lt_status lt_stage_batch(lt_model *m, lt_workspace *ws, const lt_batch *b, int64
             pos[i] = p;
             if (p > max_pos) max_pos = p;
             kvs[i] = seg;
-            if (window > 0) kvw[i] = (int32_t)((int64_t)t - window + 1 > seg ? (int64_t)t - window + 1 : seg);
+            if (window > 0) kvw[i] = window_start(t, seg, window);
         }
         for (int t = 0; t < T; t++) {
             int i = r * T + t;
@@ -241,5 +283,80 @@ lt_status lt_stage_batch(lt_model *m, lt_workspace *ws, const lt_batch *b, int64
                        ? m->inv_freq_long
                        : m->inv_freq;
     *n_valid = valid;
+    return LT_OK;
+}
+
+/* ---- the KV cache of generation ----------------------------------------------------------------- */
+
+lt_status lt_kv_cache_create(lt_model *m, int B, int S_cap, int T_cap, lt_kv_cache **out, lt_error *err) {
+    const lt_model_config *c = &m->cfg;
+    *out = NULL;
+    if (B <= 0 || S_cap <= 0 || T_cap <= 0 || T_cap > S_cap)
+        return lt_fail(err, LT_ERR_INTERNAL, "KV cache: %d rows x %d slots (fills of %d) is not a shape", B, S_cap,
+                       T_cap);
+    lt_kv_cache *kv = calloc(1, sizeof *kv);
+    if (!kv) return lt_fail(err, LT_ERR_NOMEM, "KV cache: out of memory");
+    const size_t KD = (size_t)(c->num_key_value_heads * c->head_dim), L = (size_t)c->num_hidden_layers;
+    const size_t cache = L * B * S_cap * KD;
+    size_t total = 0;
+    CARVE(kv->k, cache);
+    CARVE(kv->v, cache);
+    CARVE(kv->slot, (size_t)B * T_cap);
+    CARVE(kv->len, B);
+    CARVE(kv->last, B);
+    kv->block = OPS->alloc(BE, total);
+    if (!kv->block) {
+        free(kv);
+        return lt_fail(err, LT_ERR_NOMEM, "cannot allocate the KV cache (%.1f MiB) for %d rows x %d positions",
+                       (double)total / (1 << 20), B, S_cap);
+    }
+    void **f[] = {(void **)&kv->k, (void **)&kv->v, (void **)&kv->slot, (void **)&kv->len, (void **)&kv->last};
+    for (size_t i = 0; i < sizeof f / sizeof *f; i++) relocate(f[i], kv->block);
+    kv->B = B;
+    kv->S_cap = S_cap;
+    kv->T_cap = T_cap;
+    *out = kv;
+    return LT_OK;
+}
+
+void lt_kv_cache_free(lt_model *m, lt_kv_cache *kv) {
+    if (!kv) return;
+    if (kv->block) OPS->free(BE, kv->block);
+    free(kv);
+}
+
+lt_status lt_stage_cached(lt_model *m, lt_workspace *ws, lt_kv_cache *kv, lt_kv_mode mode, const int32_t *ids,
+                          const int32_t *n, int B, int T, const float *inv_freq, lt_error *err) {
+    if (B != kv->B || B > ws->B_cap || T <= 0 || (size_t)B * T > (size_t)ws->N_cap ||
+        (mode == LT_KV_DECODE ? T != 1 : T > kv->T_cap))
+        return lt_fail(err, LT_ERR_INTERNAL, "generation: %d x %d tokens do not fit the planned %d x %d", B, T,
+                       kv->B, kv->T_cap);
+    const int N = B * T;
+    const int64_t window = m->cfg.sliding_window;
+    int32_t *pos = ws->host_stage, *kvs = pos + N, *kvw = kvs + N, *slot = kvw + N, *aux = slot + N;
+    for (int b = 0; b < B; b++) {
+        if (n[b] < 1 || n[b] > (mode == LT_KV_DECODE ? kv->S_cap : T))
+            return lt_fail(err, LT_ERR_INTERNAL, "generation: row %d has %d tokens", b, n[b]);
+        for (int t = 0; t < T; t++) {
+            const int i = b * T + t;
+            const int32_t p = mode == LT_KV_DECODE ? n[b] - 1 : t; /* right-padded rows: position = index */
+            pos[i] = p;
+            kvs[i] = 0;
+            if (window > 0) kvw[i] = window_start(p, 0, window);
+            slot[i] = b * kv->S_cap + p;
+        }
+        aux[b] = mode == LT_KV_DECODE ? n[b] : b * T + n[b] - 1; /* decode: len; fill: the last token */
+    }
+    OPS->upload(BE, ws->ids, ids, (size_t)N * 4);
+    OPS->upload(BE, ws->pos, pos, (size_t)N * 4);
+    OPS->upload(BE, ws->kv_start, kvs, (size_t)N * 4);
+    if (window > 0) OPS->upload(BE, ws->kv_start_swa, kvw, (size_t)N * 4);
+    OPS->upload(BE, kv->slot, slot, (size_t)N * 4);
+    OPS->upload(BE, mode == LT_KV_DECODE ? kv->len : kv->last, aux, (size_t)B * 4);
+    kv->mode = mode;
+    ws->B = B;
+    ws->T = T;
+    ws->N = N;
+    ws->inv_freq = inv_freq;
     return LT_OK;
 }

@@ -3,9 +3,9 @@
  * defines: lt_model_config, lt_config_init_llama, lt_config_load, lt_config_parse, lt_config_validate,
  *          lt_config_write, lt_rope_inv_freq
  *
- * Defaults are LlamaConfig's (shared/spec/formats.md). Supported architectures live in one table in
- * config.c (today: LlamaForCausalLM); the family knobs at the end of the struct let other families
- * slot in later and are set to Llama values now.
+ * Defaults are LlamaConfig's (docs/spec/formats.md). Supported architectures live in one table in
+ * config.c (Llama, Qwen2, Qwen3, Mistral, Gemma, Gemma 2, Phi-3); a family is a set of knobs at the end
+ * of the struct, each off for Llama.
  */
 #ifndef LT_CONFIG_H
 #define LT_CONFIG_H

@@ -5,7 +5,7 @@
  *          lt_trainer_evaluate_preference, lt_trainer_reference_logps, lt_grpo_generate, lt_grpo_step
  *
  * Every objective here is a function of per-token log-probs of completion tokens, so one scheme
- * serves them all (algorithms.md has the definitions, matching TRL):
+ * serves them all (docs/spec/algorithms.md has the definitions, matching TRL):
  *   1. build rows prompt ++ completion (right-padded), labels = the tokens whose log-prob counts;
  *   2. reference forward (adapter disabled, or the frozen reference adapter) unless precomputed;
  *   3. policy forward (lt_forward_logp): -log p of every labelled token, activations kept;
@@ -281,7 +281,8 @@ static lt_status ensure_ws(lt_trainer *t, int B, int T) {
     if (t->ws && B <= t->ws->B_cap && T == t->ws->T && t->ws->rank >= rank) return LT_OK;
     lt_workspace_free(t->ws);
     t->ws = NULL;
-    return lt_workspace_create(t->model, B, T, rank, t->p.gradient_checkpointing, &t->ws, &t->err);
+    return lt_workspace_create_train(t->model, B, T, rank, t->p.gradient_checkpointing, t->p.activation_memory, &t->ws,
+                                     &t->err);
 }
 
 /* One row: prompt ++ completion, right-padded with id 0 to T; labels on the completion (and, with

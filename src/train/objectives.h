@@ -1,5 +1,5 @@
 /*
- * objectives.h - the arithmetic of the preference and RL objectives (internal; algorithms.md, TRL).
+ * objectives.h - the arithmetic of the preference and RL objectives (internal; docs/spec/algorithms.md, TRL).
  *
  * Each function maps per-sequence (or per-token) log-probs to the batch loss, its gradient with
  * respect to those log-probs, and the metrics. The model never appears here: objectives.c turns the

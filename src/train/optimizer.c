@@ -4,10 +4,10 @@
  *
  * defines: lt_optimizer_* (public), lt_optimizer_update, lt_schedule_lambda
  *
- * Semantics follow torch.optim and transformers' schedulers (shared/spec/algorithms.md):
+ * Semantics follow torch.optim and transformers' schedulers (docs/spec/algorithms.md):
  *   AdamW: t += 1; p *= 1 - lr wd; m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
  *          p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
- *   AdamW8bit (bitsandbytes' blockwise 8-bit AdamW, algorithms.md): m, v as uint8 codes with one fp32
+ *   AdamW8bit (bitsandbytes' blockwise 8-bit AdamW, docs/spec/algorithms.md): m, v as uint8 codes with one fp32
  *          absmax per 256 elements of each tensor; update in fp32, then p *= 1 - lr wd (after the step);
  *          tensors below 4096 elements keep fp32 m, v (bitsandbytes' 32-bit Adam).
  *   SGD:   g += wd p; buf = mu buf + g (buf = g at the first step); p -= lr buf

@@ -78,7 +78,7 @@ void lt_opt8_constants(const lt_optimizer_params *p, double lr, int64_t t, float
  * range, both ready. */
 void lt_optimizer_copy_state(lt_optimizer *dst, const lt_optimizer *src);
 
-/* Learning-rate multiplier after s updates (algorithms.md). */
+/* Learning-rate multiplier after s updates (docs/spec/algorithms.md). */
 double lt_schedule_lambda(const lt_optimizer_params *p, int64_t s);
 
 /* One process: clip the adapter's gradients (already averaged) and update its parameters. grad_norm

@@ -32,9 +32,9 @@
 #include <string>
 #include <vector>
 
-#include "include/cublas_v2.h"
 #include "cuda_emu.h"
 #include "cuda_emu_control.h"
+#include "include/cublas_v2.h"
 
 #if defined(__SANITIZE_ADDRESS__)
 #define LT_EMU_ASAN 1
@@ -375,6 +375,13 @@ extern "C" cudaError_t cudaMemsetAsync(void *dst, int value, size_t n, cudaStrea
         return set_error(cudaErrorInvalidValue);
     }
     memset(dst, value, n);
+    return cudaSuccess;
+}
+extern "C" cudaError_t cudaMemset2DAsync(void *dst, size_t pitch, int value, size_t width, size_t height,
+                                         cudaStream_t stream) {
+    if (width > pitch && height > 1) return set_error(cudaErrorInvalidValue);
+    for (size_t r = 0; r < height; r++)
+        if (cudaError_t e = cudaMemsetAsync((char *)dst + r * pitch, value, width, stream)) return e;
     return cudaSuccess;
 }
 extern "C" cudaError_t cudaPointerGetAttributes(struct cudaPointerAttributes *at, const void *p) {

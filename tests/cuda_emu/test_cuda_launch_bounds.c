@@ -36,7 +36,14 @@ static void run_shapes(lt_backend *be, int T) {
     o->rope_backward(be, a, ids, w, T, NKV, HD, HD);
     o->attention_forward(be, a, b, c, d, e, ids, 1, T, NH, NKV, HD, sc);
     o->attention_backward(be, a, b, c, d, e, f, g, h, s, ids, 1, T, NH, NKV, HD, sc, w);
-    o->attention_decode(be, a, b, c, d, 1, T, T, NH, NKV, HD, sc);
+    o->attention_decode(be, a, b, c, d, ids, ids, 1, T, NH, NKV, HD, sc);
+    o->attention_softcap_decode(be, a, b, c, d, ids, ids, 1, T, NH, NKV, HD, sc, 50.0f);
+    o->scatter_rows(be, c, ids, a, 1, NKV * HD); /* the new token's keys into the cache */
+    o->embedding_forward_bf16(be, a, ids, w, T, H);
+    /* QLoRA in bf16: down_proj (in I, out H) through a tile of 256 rows */
+    const lt_qdesc q = {LT_QF_NF4, 64, H, I, FAKE(uint8_t, 12), NULL, FAKE(uint8_t, 13), f, g, 0.0f};
+    o->gemm_q4_forward(be, a, b, &q, T, I, H, s, 256);
+    o->gemm_q4_backward(be, a, b, &q, T, I, H, 0, s, 256);
     o->gemm_bf16_forward(be, a, b, w, T, H, I); /* gate / up */
     o->gemm_bf16_forward(be, a, b, w, T, I, H); /* down */
     o->gemm_bf16_backward(be, a, b, w, T, I, H, 1);

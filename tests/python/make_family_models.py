@@ -12,10 +12,15 @@ For each model NAME below this writes OUTDIR/NAME/ (next to make_models.py's Lla
                                    packed_n_tokens I32 []
   lora/adapter/                    a PEFT LoRA adapter saved by peft (random nonzero lora_A and lora_B)
   dora/adapter, dora/grads.safetensors   the same with a DoRA adapter (use_dora, perturbed magnitudes)
-                                   for the models marked dora
   lora/grads.safetensors           with the adapter: input_ids, labels, logits, loss, n_tokens and
                                    grad.<PEFT key> (d mean loss / d LoRA weight); packed_* the same for
                                    the packed row (loss = token CE summed over the sequences / tokens)
+  lora/generate.safetensors, dora/generate.safetensors   transformers' greedy generate through the
+                                   adapter (PeftModel.generate(do_sample=False), EOS disabled), each
+                                   prompt alone (3 and 14 tokens; phi3-longrope: 3, 7 and 14):
+                                   prompt_ids I32 [sum of lens], prompt_lens I32 [n],
+                                   new_ids I32 [n, GEN_NEW], margin F32 [n] (the smallest gap between the
+                                   best and second-best logit over the steps: how far from a tie)
 
 Every golden comes from transformers itself (AutoModelForCausalLM.from_pretrained of the directory just
 written, float32, attn_implementation="eager") and peft (get_peft_model). The configurations make the
@@ -41,6 +46,15 @@ from make_models import make_batch, make_packed  # noqa: E402
 
 B, T = 2, 17
 PACKED_LENS = (7, 11, 5)
+# greedy generation goldens: prompts of these lengths, GEN_NEW new tokens each. Every sliding window
+# (4..6) is crossed while decoding (3 + 9 tokens) and within the prompt (14). For phi3-longrope
+# (original_max_position_embeddings 12) the 3-token prompt stays below 12 positions, the 7-token one
+# crosses 12 while decoding (transformers rebuilds its cache with the long factors) and the 14-token
+# one is past it from the start.
+GEN_LENS = (3, 14)
+GEN_LENS_LONGROPE = (3, 7, 14)
+GEN_NEW = 9
+GEN_MARGIN = 1e-3  # logits of these random models are O(1): a gap of 1e-3 is far above float rounding
 ALL_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 COMMON = dict(rms_norm_eps=1e-5, max_position_embeddings=256, bos_token_id=1, eos_token_id=2)
 
@@ -50,7 +64,7 @@ MODELS = {
     "qwen2-swa": ("Qwen2Config", dict(vocab_size=257, hidden_size=64, intermediate_size=144, num_hidden_layers=2,
                                       num_attention_heads=4, num_key_value_heads=2, use_sliding_window=True,
                                       sliding_window=5, max_window_layers=1), 4001,
-                  dict(r=4, alpha=8, targets=ALL_TARGETS, dora=True)),
+                  dict(r=4, alpha=8, targets=ALL_TARGETS)),
     "qwen2-tied": ("Qwen2Config", dict(vocab_size=251, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                        num_attention_heads=4, num_key_value_heads=4, tie_word_embeddings=True,
                                        sliding_window=4, use_sliding_window=False), 4002,
@@ -80,11 +94,11 @@ MODELS = {
     "phi3": ("Phi3Config", dict(vocab_size=258, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
                                 num_attention_heads=4, num_key_value_heads=2, partial_rotary_factor=0.5,
                                 sliding_window=6, pad_token_id=0), 4007,
-             dict(r=4, alpha=8, targets=["qkv_proj", "o_proj", "gate_up_proj", "down_proj"], dora=True)),
-    # Llama with a DoRA adapter (and a plain LoRA one)
+             dict(r=4, alpha=8, targets=["qkv_proj", "o_proj", "gate_up_proj", "down_proj"])),
+    # Llama
     "llama-dora": ("LlamaConfig", dict(vocab_size=257, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
                                        num_attention_heads=4, num_key_value_heads=2), 4009,
-                   dict(r=4, alpha=8, targets=ALL_TARGETS, dora=True)),
+                   dict(r=4, alpha=8, targets=ALL_TARGETS)),
     # Phi-3 longrope: original_max_position_embeddings 12 < T = 17, so the plain batch uses the long
     # factors and the packed one (every position < 12) the short ones; attention factor from factor
     "phi3-longrope": ("Phi3Config", dict(vocab_size=250, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
@@ -196,7 +210,41 @@ def lora_goldens(m, d, sub, seed, lora, gold, ids, labels, pids, ppos, plab, use
     lg_out.update({"packed_grad." + k: v for k, v in grads().items()})
     save_file({k: (v.to(torch.int32) if v.dtype == torch.int64 else v).contiguous() for k, v in lg_out.items()},
               os.path.join(d, sub, "grads.safetensors"), metadata={"format": "pt"})
-    return lg_out
+    return lg_out, pm
+
+
+def generate_goldens(pm, subdir, seed, V, lens):
+    """transformers' greedy generate through the PEFT model, each prompt (of the lengths lens) alone, EOS
+    disabled, into subdir/generate.safetensors; returns the smallest best - second-best logit gap met."""
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(seed + 13)
+    pm.generation_config.eos_token_id = None
+    pm.generation_config.pad_token_id = 0
+    pm.base_model.config.eos_token_id = None
+    prompts, news, margins = [], [], []
+    for n in lens:
+        for _ in range(20):  # a prompt whose greedy path never comes within GEN_MARGIN of a tie
+            prompt = torch.randint(3, V, (1, n), generator=g)
+            with torch.no_grad():
+                out = pm.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
+                                  max_new_tokens=GEN_NEW, eos_token_id=None, pad_token_id=0, output_logits=True,
+                                  return_dict_in_generate=True)
+            top2 = torch.stack([lg[0].float().topk(2).values for lg in out.logits])
+            margin = float((top2[:, 0] - top2[:, 1]).min())
+            if margin >= GEN_MARGIN:
+                break
+        assert margin >= GEN_MARGIN, f"no prompt of {n} tokens without a near-tie ({margin:.2e})"
+        new = out.sequences[0, n:]
+        assert new.numel() == GEN_NEW, (n, new)
+        prompts.append(prompt[0])
+        news.append(new)
+        margins.append(margin)
+    save_file({"prompt_ids": torch.cat(prompts).to(torch.int32),
+               "prompt_lens": torch.tensor(lens, dtype=torch.int32),
+               "new_ids": torch.stack(news).to(torch.int32), "margin": torch.tensor(margins, dtype=torch.float32)},
+              os.path.join(subdir, "generate.safetensors"), metadata={"format": "pt"})
+    return min(margins)
 
 
 def generate(name, outdir):
@@ -242,13 +290,15 @@ def generate(name, outdir):
     save_file({k: (v.to(torch.int32) if v.dtype == torch.int64 else v).contiguous() for k, v in gold.items()},
               os.path.join(d, "golden.safetensors"), metadata={"format": "pt"})
 
-    lg_out = lora_goldens(m, d, "lora", seed, lora, gold, ids, labels, pids, ppos, plab, use_dora=False)
-    if lora.get("dora"):
-        m = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32, attn_implementation="eager")
-        m.eval()
-        lora_goldens(m, d, "dora", seed + 100, lora, gold, ids, labels, pids, ppos, plab, use_dora=True)
+    lg_out, pm = lora_goldens(m, d, "lora", seed, lora, gold, ids, labels, pids, ppos, plab, use_dora=False)
+    gen_lens = GEN_LENS_LONGROPE if "rope_scaling" in kw else GEN_LENS
+    margin = generate_goldens(pm, os.path.join(d, "lora"), seed, V, gen_lens)
+    m = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32, attn_implementation="eager")
+    m.eval()
+    _, pm = lora_goldens(m, d, "dora", seed + 100, lora, gold, ids, labels, pids, ppos, plab, use_dora=True)
+    margin = min(margin, generate_goldens(pm, os.path.join(d, "dora"), seed, V, gen_lens))
     print(f"{name}: {cls_name} loss={float(gold['loss']):.5f} packed_loss={float(gold['packed_loss']):.5f} "
-          f"lora_loss={float(lg_out['loss']):.5f} ({time.time() - t0:.1f}s)", flush=True)
+          f"lora_loss={float(lg_out['loss']):.5f} generate margin={margin:.2e} ({time.time() - t0:.1f}s)", flush=True)
 
 
 def main():

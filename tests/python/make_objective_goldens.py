@@ -2,7 +2,7 @@
 """Goldens for the objective arithmetic (src/train/objectives.c), computed in float64 with PyTorch autograd,
 following TRL's code (trainer/grpo_trainer.py _generate_and_score_completions and _compute_loss,
 trainer/dpo_trainer.py _compute_loss, trainer/kto_trainer.py _compute_loss, experimental ORPO
-odds_ratio_loss) and shared/spec/algorithms.md.
+odds_ratio_loss) and docs/spec/algorithms.md.
 
 usage: make_objective_goldens.py OUTDIR   -> OUTDIR/objectives.json
 

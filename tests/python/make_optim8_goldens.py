@@ -12,14 +12,14 @@ bitsandbytes' AdamW8bit uses (bnb.functional.create_dynamic_map(signed=True / Fa
 Why a reference of the algorithm and not bitsandbytes' own CPU update for the bytes: bitsandbytes
 0.50.2 runs AdamW8bit on CPU (backends/cpu/ops.py, _optimizer_update_8bit_blockwise_cpu), but that CPU
 path is a different algorithm from its CUDA kernel (kOptimizerStatic8bit2StateBlockwise), which is what
-shared/spec/algorithms.md specifies and what every GPU user of AdamW8bit runs: the CPU path applies
+docs/spec/algorithms.md specifies and what every GPU user of AdamW8bit runs: the CPU path applies
 weight decay BEFORE the step (the kernel: after), divides by sqrt(v)/c2 + eps (the kernel: step_size m /
 (sqrt(v) + c2 eps)), re-quantizes without the kernel's sign fix for m and updates state for non-finite
 gradients; and its native CPU quantizer (cquantize_blockwise_cpu_fp32) is not a nearest-code search
 for the unsigned map (a v / absmax of 2.76e-6 gets code 7 = 1.56e-5, where code 3 = 2.12e-6 is nearest),
 so its v bytes differ from the kernel's in a few percent of elements. So the bytes below come from this
 script's float32 reference of the kernel's arithmetic (one IEEE op at a time, in the kernel's order;
-nearest code, ties to the lower code, as algorithms.md states), using bitsandbytes' own code books.
+nearest code, ties to the lower code, as docs/spec/algorithms.md states), using bitsandbytes' own code books.
 The script checks that reference against bitsandbytes' CPU AdamW8bit for one step on the cases where
 both algorithms coincide mathematically (no weight decay, finite gradients): parameters within 1e-5
 of the update's size, and at least 99% of m's codes identical (the rest are near-ties the two

@@ -3,7 +3,7 @@
 
 This is the second oracle for libloratune (the first is transformers itself). It deliberately does
 NOT import transformers: it reads config.json and the safetensors weights with the `safetensors`
-package and implements the model from the published description (see shared/spec/formats.md):
+package and implements the model from the published description (see docs/spec/formats.md):
 
   - single-file or sharded checkpoints (model.safetensors.index.json),
   - tied embeddings (lm_head.weight absent -> model.embed_tokens.weight),

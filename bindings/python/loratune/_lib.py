@@ -241,6 +241,7 @@ class lt_trainer_params(Structure):
         ("loss_type", lt_grpo_loss),
         ("comm", lt_comm_p),
         ("zero_stage", c_int),
+        ("activation_memory", c_int64),
     ]
 
 
@@ -626,6 +627,9 @@ _EXPERIMENTAL_DECLS = [
     #                                         float init_std, const lt_model_params *params, lt_model **out);
     ("lt_model_create_random_params", lt_status,
      [lt_context_p, c_char_p, c_uint64, c_float, POINTER(lt_model_params), POINTER(lt_model_p)]),
+    # lt_status lt_adapter_set_save_files(lt_adapter *adapter, const char *const *names, const char *const *texts,
+    #                                     int n);
+    ("lt_adapter_set_save_files", lt_status, [lt_adapter_p, POINTER(c_char_p), POINTER(c_char_p), c_int]),
     # lt_status lt_model_save(lt_model *model, const char *dir);
     ("lt_model_save", lt_status, [lt_model_p, c_char_p]),
     # lt_status lt_tokenizer_ollama_modelfile(lt_tokenizer *tok, const char *from, const char *adapter,

@@ -308,6 +308,7 @@ pub struct lt_trainer_params {
     pub loss_type: lt_grpo_loss,
     pub comm: *mut lt_comm,
     pub zero_stage: c_int,
+    pub activation_memory: i64,
 }
 
 #[repr(C)]
@@ -737,6 +738,12 @@ pub mod experimental {
             init_std: c_float,
             params: *const lt_model_params,
             out: *mut *mut lt_model,
+        ) -> lt_status;
+        pub fn lt_adapter_set_save_files(
+            adapter: *mut lt_adapter,
+            names: *const *const c_char,
+            texts: *const *const c_char,
+            n: c_int,
         ) -> lt_status;
         pub fn lt_model_save(model: *mut lt_model, dir: *const c_char) -> lt_status;
     }

@@ -1,6 +1,7 @@
 //! Keeps src/lib.rs in sync with include/loratune.h and include/loratune_experimental.h:
 //!  - every LT_API function is declared, with the same parameter and return types (C types mapped to
-//!    Rust: `const T *` -> `*const T`, `T **` -> `*mut *mut T`, int -> c_int, int64_t -> i64, ...),
+//!    Rust: `const T *` -> `*const T`, `T **` -> `*mut *mut T`, `const T *const *` -> `*const *const T`,
+//!    int -> c_int, int64_t -> i64, ...),
 //!    and nothing else is;
 //!  - every `typedef struct` has a #[repr(C)] mirror with the same fields in the same order and types;
 //!  - sizes and field offsets agree with what the C compiler says (when `cc` is available);
@@ -65,9 +66,11 @@ fn squash(s: &str) -> String {
 
 /// C type (without a declarator name) to the Rust spelling used in src/lib.rs.
 fn c_type_to_rust(ty: &str) -> String {
-    let stars = ty.matches('*').count();
-    let no_stars = ty.replace('*', " ");
-    let toks: Vec<&str> = no_stars.split_whitespace().collect();
+    // "const char *const *": the qualifiers before the first '*' are the base's, those after star i make
+    // pointer i const, so the pointer around it points to const (`*const *const c_char`)
+    let segs: Vec<&str> = ty.split('*').collect();
+    let stars = segs.len() - 1;
+    let toks: Vec<&str> = segs[0].split_whitespace().collect();
     let is_const = toks.contains(&"const");
     let base: Vec<&str> = toks.into_iter().filter(|t| *t != "const").collect();
     let base = base.join(" ");
@@ -89,7 +92,8 @@ fn c_type_to_rust(ty: &str) -> String {
         other => panic!("header_sync: no Rust mapping for C type '{}'", other),
     };
     for i in 0..stars {
-        rust = if i == 0 && is_const { format!("*const {}", rust) } else { format!("*mut {}", rust) };
+        let pointee_const = if i == 0 { is_const } else { segs[i].split_whitespace().any(|t| t == "const") };
+        rust = if pointee_const { format!("*const {}", rust) } else { format!("*mut {}", rust) };
     }
     rust
 }
@@ -368,7 +372,8 @@ fn rust_layouts() -> Vec<(String, usize, Vec<(String, usize)>)> {
                               warmup_ratio, total_steps, max_grad_norm }
         lt_trainer_params { size, objective, grad_accum, gradient_checkpointing, seed, beta, label_smoothing,
                             desirable_weight, undesirable_weight, ref_adapter, max_length, num_generations, epsilon,
-                            epsilon_high, kl_beta, scale_rewards, loss_type, comm, zero_stage }
+                            epsilon_high, kl_beta, scale_rewards, loss_type, comm, zero_stage,
+                            activation_memory }
         lt_comm_callbacks { size, rank, world_size, user, all_reduce, broadcast, reduce_scatter, all_gather, barrier }
         lt_pref_batch { size, n_rows, prompt_ids, prompt_lens, chosen_ids, chosen_lens, rejected_ids, rejected_lens,
                         labels, ref_chosen_logps, ref_rejected_logps, ref_kl_logps }

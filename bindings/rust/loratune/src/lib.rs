@@ -191,6 +191,13 @@ fn c_string(s: &str, what: &str) -> Result<CString> {
     CString::new(s).map_err(|_| Error::new(Status::Argument, format!("{} contains a NUL byte", what)))
 }
 
+fn gguf_params(dtype: GgufDtype) -> sys::lt_gguf_params {
+    let mut p: sys::lt_gguf_params = unsafe { std::mem::zeroed() };
+    unsafe { sys::lt_gguf_params_init(&mut p, size_of::<sys::lt_gguf_params>()) };
+    p.dtype = dtype.raw();
+    p
+}
+
 fn c_path(p: &Path) -> Result<CString> {
     #[cfg(unix)]
     {
@@ -274,6 +281,11 @@ c_enum!(
 c_enum!(
     /// `lt_schedule`: learning-rate schedule after warmup.
     Schedule { Constant = sys::LT_SCHED_CONSTANT, Linear = sys::LT_SCHED_LINEAR, Cosine = sys::LT_SCHED_COSINE }
+);
+c_enum!(
+    /// `lt_gguf_dtype`: how GGUF export writes the 2-D weights (1-D tensors and norms stay F32).
+    #[allow(non_camel_case_types)]
+    GgufDtype { F32 = sys::LT_GGUF_DTYPE_F32, F16 = sys::LT_GGUF_DTYPE_F16, Bf16 = sys::LT_GGUF_DTYPE_BF16, Q8_0 = sys::LT_GGUF_DTYPE_Q8_0 }
 );
 c_enum!(
     /// `lt_objective`
@@ -993,6 +1005,23 @@ impl<'c> Model<'c> {
         adapter.map_or(ptr::null(), |a| a.raw.as_ptr() as *const _)
     }
 
+    /// Write the model (merged with `adapter` when given) as one GGUF v3 file for llama.cpp / Ollama
+    /// (`lt_model_export_gguf`), with the tokenizer of the model's directory. `name`: general.name
+    /// (None: the directory's name).
+    pub fn export_gguf<P: AsRef<Path>>(
+        &self,
+        adapter: Option<&Adapter<'_>>,
+        path: P,
+        dtype: GgufDtype,
+        name: Option<&str>,
+    ) -> Result<()> {
+        let path = c_path(path.as_ref())?;
+        let name = name.map(|n| c_string(n, "name")).transpose()?;
+        let mut p = gguf_params(dtype);
+        p.name = name.as_ref().map_or(ptr::null(), |n| n.as_ptr());
+        self.check(unsafe { sys::lt_model_export_gguf(self.raw.as_ptr(), Self::adapter_ptr(adapter), path.as_ptr(), &p) })
+    }
+
     /// Causal-LM loss of a batch: summed token cross-entropy and the number of predicted tokens.
     /// `adapter`: None = the base model.
     pub fn loss(&self, batch: &Batch, adapter: Option<&Adapter<'_>>) -> Result<Loss> {
@@ -1134,6 +1163,14 @@ impl<'m> Adapter<'m> {
     pub fn export_merged<P: AsRef<Path>>(&self, dir: P, max_shard_bytes: i64) -> Result<()> {
         let dir = c_path(dir.as_ref())?;
         self.check(unsafe { sys::lt_adapter_export_merged(self.raw.as_ptr(), dir.as_ptr(), max_shard_bytes) })
+    }
+
+    /// Write a LoRA adapter as a GGUF LoRA for llama.cpp's `--lora` (`lt_adapter_export_gguf`); DoRA,
+    /// modules_to_save and full fine-tuning are refused (export the merged model instead).
+    pub fn export_gguf<P: AsRef<Path>>(&self, path: P, dtype: GgufDtype) -> Result<()> {
+        let path = c_path(path.as_ref())?;
+        let p = gguf_params(dtype);
+        self.check(unsafe { sys::lt_adapter_export_gguf(self.raw.as_ptr(), path.as_ptr(), &p) })
     }
 
     /// Merge into the model's weights in place (W += s B A). See also [`Adapter::merged`].
@@ -1586,6 +1623,26 @@ pub mod experimental {
             return Err(thread_error(st));
         }
         Ok(unsafe { Model::from_raw(out) })
+    }
+
+    /// Text files (plain name, text) written with the adapter by every later save and merged export, in the
+    /// same save as the weights: a model card, a run record. An empty slice removes them.
+    pub fn set_save_files(adapter: &Adapter<'_>, files: &[(&str, &str)]) -> Result<()> {
+        let mut owned = Vec::with_capacity(files.len() * 2);
+        for (name, text) in files {
+            owned.push(c_string(name, "file name")?);
+            owned.push(c_string(text, "file text")?);
+        }
+        let names: Vec<*const c_char> = owned.iter().step_by(2).map(|s| s.as_ptr()).collect();
+        let texts: Vec<*const c_char> = owned.iter().skip(1).step_by(2).map(|s| s.as_ptr()).collect();
+        adapter.check(unsafe {
+            sys::experimental::lt_adapter_set_save_files(
+                adapter.as_ptr(),
+                names.as_ptr(),
+                texts.as_ptr(),
+                files.len() as c_int,
+            )
+        })
     }
 
     /// Write the model's weights as a Hugging Face model directory (f32 safetensors + config.json).

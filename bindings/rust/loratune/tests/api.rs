@@ -461,3 +461,31 @@ fn data_parallel_callbacks_equal_one_process() {
         assert!((two - one).abs() <= 1e-5 * one.abs(), "2 ranks: loss {} vs one process {}", two, one);
     }
 }
+
+#[test]
+fn gguf_export() {
+    let c = ctx();
+    let m = create_random_model(&c, TINY_LLAMA, 11, 0.05).unwrap();
+    let dir = tmpdir("gguf");
+    let a = Adapter::create(&m, &AdapterParams::default()).unwrap();
+    let path = dir.join("adapter.gguf");
+    a.export_gguf(&path, GgufDtype::F16).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    assert_eq!(&bytes[..4], b"GGUF");
+    assert_eq!(u32::from_le_bytes(bytes[4..8].try_into().unwrap()), 3);
+    let has = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
+    assert!(has(b"adapter.lora.alpha") && has(b".lora_a") && has(b".lora_b"));
+
+    // DoRA has no GGUF LoRA form: refused with a status and a message, no file left behind
+    let dora = Adapter::create(&m, &AdapterParams { use_dora: true, ..AdapterParams::default() }).unwrap();
+    let e = dora.export_gguf(dir.join("dora.gguf"), GgufDtype::F32).unwrap_err();
+    assert_eq!(e.status(), Status::Unsupported, "{}", e);
+    assert!(e.message().contains("DoRA"), "{}", e);
+    assert!(!dir.join("dora.gguf").exists());
+
+    // a model made in memory has no tokenizer.json to write: a clear error, not a file without a vocabulary
+    let e = m.export_gguf(None, dir.join("model.gguf"), GgufDtype::Q8_0, Some("tiny")).unwrap_err();
+    assert!(!e.message().is_empty());
+    assert!(!dir.join("model.gguf").exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
