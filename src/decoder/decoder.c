@@ -219,8 +219,8 @@ static void attend(const layer_pass *P, lt_layer_acts *A) {
     OPS->scatter_rows(BE, vc, kv->slot, A->v, P->N, KD);
     if (kv->mode != LT_KV_DECODE) return;
     if (cap > 0)
-        OPS->attention_softcap_decode(BE, A->att, A->q, kc, vc, kv_start, kv->len, ws->B, kv->S_cap, NH, NKV, HD,
-                                      scale, cap);
+        OPS->attention_softcap_decode(BE, A->att, A->q, kc, vc, kv_start, kv->len, ws->B, kv->S_cap, NH, NKV, HD, scale,
+                                      cap);
     else OPS->attention_decode(BE, A->att, A->q, kc, vc, kv_start, kv->len, ws->B, kv->S_cap, NH, NKV, HD, scale);
 }
 
@@ -388,7 +388,8 @@ static lt_status backward_layers(lt_model *m, const lt_adapter *ad, lt_workspace
         OPS->embedding_backward(BE, ad->d_embed, ws->ids, ws->dres, N, H);
     }
     lt_status st = OPS->sync(BE);
-    if (st != LT_OK) return lt_fail(err, st, "backend %s failed during the backward pass", OPS->name);
+    if (st != LT_OK)
+        return lt_fail(err, st, "backend %s failed during the backward pass: %s", OPS->name, OPS->error_message(BE));
     return LT_OK;
 }
 
@@ -472,7 +473,8 @@ lt_status lt_forward_backward(lt_model *m, const lt_adapter *ad, lt_workspace *w
     }
     OPS->download(BE, ws->host_losses, ws->losses, (size_t)N * sizeof(float));
     st = OPS->sync(BE);
-    if (st != LT_OK) return lt_fail(err, st, "backend %s failed during the forward pass", OPS->name);
+    if (st != LT_OK)
+        return lt_fail(err, st, "backend %s failed during the forward pass: %s", OPS->name, OPS->error_message(BE));
     for (int i = 0; i < N; i++) total += ws->host_losses[i];
     *loss_sum = total;
     if (!isfinite(total)) return lt_fail(err, LT_ERR_NUMERIC, "the loss is not finite (%g)", total);
@@ -483,8 +485,8 @@ lt_status lt_forward_backward(lt_model *m, const lt_adapter *ad, lt_workspace *w
 
 /* ---- generation: a pass through the KV cache ------------------------------------------------------ */
 
-lt_status lt_forward_cached(lt_model *m, const lt_adapter *ad, lt_workspace *ws, const lt_kv_cache *kv,
-                            int every_token, float *logits, lt_error *err) {
+lt_status lt_forward_cached(lt_model *m, const lt_adapter *ad, lt_workspace *ws, const lt_kv_cache *kv, int every_token,
+                            float *logits, lt_error *err) {
     const int H = (int)m->cfg.hidden_size, V = (int)m->cfg.vocab_size;
     if (kv->B != ws->B || (kv->mode == LT_KV_DECODE && ws->T != 1))
         return lt_fail(err, LT_ERR_INTERNAL, "a KV cache of %d rows cannot take %d x %d staged tokens", kv->B, ws->B,
@@ -506,7 +508,8 @@ lt_status lt_forward_cached(lt_model *m, const lt_adapter *ad, lt_workspace *ws,
         OPS->download(BE, logits + (size_t)r0 * V, ws->logits, (size_t)nc * V * sizeof(float));
     }
     st = OPS->sync(BE);
-    if (st != LT_OK) return lt_fail(err, st, "backend %s failed during generation", OPS->name);
+    if (st != LT_OK)
+        return lt_fail(err, st, "backend %s failed during generation: %s", OPS->name, OPS->error_message(BE));
     return LT_OK;
 }
 
@@ -525,7 +528,8 @@ lt_status lt_forward_logp(lt_model *m, const lt_adapter *ad, lt_workspace *ws, c
     }
     OPS->download(BE, ws->host_losses, ws->losses, (size_t)N * sizeof(float));
     st = OPS->sync(BE);
-    if (st != LT_OK) return lt_fail(err, st, "backend %s failed during the forward pass", OPS->name);
+    if (st != LT_OK)
+        return lt_fail(err, st, "backend %s failed during the forward pass: %s", OPS->name, OPS->error_message(BE));
     for (int i = 0; i < N; i++)
         if (!isfinite(ws->host_losses[i]))
             return lt_fail(err, LT_ERR_NUMERIC, "the log-probability of token %d of row %d is not finite", i % ws->T,
