@@ -46,7 +46,7 @@ target_link_libraries(lt_cuda_emu PUBLIC Threads::Threads m)
 
 # The registry again, naming the (emulated) CUDA backend; every other folder's objects as they are.
 set(S ${PROJECT_SOURCE_DIR}/src)
-add_library(lt_core_emu OBJECT ${S}/core/context.c ${S}/core/registry.c ${S}/core/util.c)
+add_library(lt_core_emu OBJECT ${LT_CORE_SOURCES})
 target_include_directories(lt_core_emu PRIVATE ${S} ${PROJECT_SOURCE_DIR})
 target_compile_definitions(lt_core_emu PRIVATE LT_HAVE_CUDA)
 target_link_libraries(lt_core_emu PRIVATE lt_base)
