@@ -2971,6 +2971,45 @@ START_TEST(test_every_slot_has_a_case) {
 }
 END_TEST
 
+#ifdef LT_TEST_CUDA_EMU
+#include "loratune_experimental.h"
+/* R2 end to end: a device fault met during a forward pass reaches the model handle as LT_ERR_BACKEND with
+ * the CUDA error text (not as out of memory, not as a bare status). */
+START_TEST(test_fault_reaches_handle) {
+    static const char cfg[] =
+        "{\"architectures\": [\"LlamaForCausalLM\"], \"model_type\": \"llama\", \"vocab_size\": 64, "
+        "\"hidden_size\": 32, \"intermediate_size\": 48, \"num_hidden_layers\": 1, \"num_attention_heads\": 4, "
+        "\"num_key_value_heads\": 2, \"max_position_embeddings\": 64, \"rms_norm_eps\": 1e-5, \"rope_theta\": "
+        "10000.0}";
+    lt_context_params cp;
+    lt_context_params_init(&cp, sizeof cp);
+    cp.backend = "cuda";
+    cp.n_threads = 1;
+    lt_context *ctx = NULL;
+    lt_model *m = NULL;
+    ck_assert_msg(lt_context_create(&cp, &ctx) == LT_OK, "%s", lt_last_error());
+    ck_assert_msg(lt_model_create_random(ctx, cfg, 3, 0.05f, &m) == LT_OK, "%s", lt_last_error());
+    int32_t ids[8] = {1, 5, 9, 3, 7, 2, 4, 6};
+    lt_batch b;
+    lt_batch_init(&b, sizeof b);
+    b.n_rows = 1;
+    b.seq_len = 8;
+    b.input_ids = ids;
+    double loss = 0;
+    int64_t n = 0;
+    ck_assert_msg(lt_model_loss(m, NULL, &b, &loss, &n) == LT_OK, "%s", lt_model_last_error(m));
+    lt_cuda_emu_inject_fault(lt_cuda_emu_get_device());
+    const lt_status st = lt_model_loss(m, NULL, &b, &loss, &n);
+    const char *msg = lt_model_last_error(m);
+    ck_assert_msg(st == LT_ERR_BACKEND, "a device fault gave %s: %s", lt_status_string(st), msg);
+    ck_assert_msg(strstr(msg, "illegal memory access") != NULL, "the CUDA error text is not in \"%s\"", msg);
+    lt_cuda_emu_reset_device(lt_cuda_emu_get_device());
+    lt_model_free(m);
+    lt_context_free(ctx);
+}
+END_TEST
+#endif
+
 /* ---- suite ------------------------------------------------------------------------------------------------------ */
 
 static Suite *backend_ops_suite(void) {
@@ -3040,6 +3079,12 @@ static Suite *backend_ops_suite(void) {
     tcase_add_test(ref, test_fd_cross_entropy);
     tcase_add_test(ref, test_every_slot_has_a_case);
     suite_add_tcase(s, ref);
+#ifdef LT_TEST_CUDA_EMU
+    TCase *fault = tcase_create("device_faults");
+    tcase_set_timeout(fault, 300);
+    tcase_add_test(fault, test_fault_reaches_handle);
+    suite_add_tcase(s, fault);
+#endif
     return s;
 }
 

@@ -78,10 +78,10 @@ static lt_status full_alloc(lt_model *m, const lt_adapter_params *p, lt_adapter 
     }
     be->ops->zero(be, a->grads, n * sizeof(float));
     lt_status st = lt_adapter_extra_bind(a, 0, err);
-    if (st == LT_OK) st = be->ops->sync(be);
+    if (st == LT_OK) st = lt_backend_sync(be, err, "creating the adapter");
     if (st != LT_OK) {
         lt_adapter_free(a);
-        return lt_fail(err, st, "adapter: cannot copy the base weights");
+        return st;
     }
     /* the copies are the weights training reads; the base's file pages (a read-only mapping) need not stay
      * resident: released, they are read again from the file if the base is used (a reference model) */

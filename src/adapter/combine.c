@@ -367,7 +367,7 @@ LT_API lt_status lt_adapter_combine(lt_adapter **ads, int n, const lt_combine_pa
             }
             if (st == LT_OK) upload(res, lo, A, B, in, o);
         }
-    if (st == LT_OK) st = m->be->ops->sync(m->be);
+    if (st == LT_OK) st = lt_backend_sync(m->be, err, "combining adapters");
     free(D);
     free(A);
     free(B);
@@ -499,7 +499,7 @@ LT_API lt_status lt_adapter_extract(lt_model *base, lt_model *tuned, const lt_ex
         r.total_energy += mt;
         r.n_modules++;
     }
-    if (st == LT_OK) st = base->be->ops->sync(base->be);
+    if (st == LT_OK) st = lt_backend_sync(base->be, err, "extracting a LoRA");
     free(W0);
     free(W1);
     free(A);

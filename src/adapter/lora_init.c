@@ -164,7 +164,7 @@ lt_status lt_lora_decompose_init(lt_adapter *a, lt_error *err) {
                 ops->upload(m->be, lo->A0, A, (size_t)r * in * sizeof *A);
                 ops->upload(m->be, lo->B, B, (size_t)o * r * sizeof *B); /* the module's B: its projections' blocks */
                 ops->upload(m->be, lo->B0, B, (size_t)o * r * sizeof *B);
-                st = ops->sync(m->be);
+                st = lt_backend_sync(m->be, err, "initialising the adapter");
             }
             free(W);
             free(A);

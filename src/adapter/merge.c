@@ -103,7 +103,7 @@ static lt_status dora_merge_sign(lt_adapter *a, float sign) {
             free(mg);
             goff += (size_t)o;
         }
-    return m->be->ops->sync(m->be);
+    return lt_backend_sync(m->be, &a->err, "merging the adapter");
 }
 
 /* W (out,in) += sign * s * B (out,r) @ A (r,in) for every targeted projection */
@@ -124,7 +124,7 @@ static lt_status merge_sign(lt_adapter *a, float sign) {
                 m->be->ops->gemm(m->be, 0, 0, o, in, a->p.rank, -sign * a->scaling, lo->B0, a->p.rank, lo->A0, in, 1.0f,
                                  m->layers[l].w[q].f32, in);
         }
-    return m->be->ops->sync(m->be);
+    return lt_backend_sync(m->be, &a->err, "merging the adapter");
 }
 
 LT_API lt_status lt_adapter_merge(lt_adapter *a) {

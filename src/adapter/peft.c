@@ -266,7 +266,7 @@ static lt_status load_full(lt_model *m, const char *dir, lt_adapter **out, lt_er
         m->be->ops->copy(m->be, ad->params + t->off, s, t->n * sizeof(float));
     }
     lt_adapter_sync_weights(ad);
-    st = m->be->ops->sync(m->be);
+    st = lt_backend_sync(m->be, err, "loading the adapter");
     lt_model_free(src);
     if (st != LT_OK) {
         lt_adapter_free(ad);
@@ -648,7 +648,7 @@ LT_API lt_status lt_adapter_load(lt_model *m, const char *dir, lt_adapter **out)
         }
     m->be->ops->upload(m->be, a->params, host, a->n_params * sizeof(float));
     if (host0) m->be->ops->upload(m->be, a->init0, host0, a->n_init0 * sizeof(float));
-    if ((st = m->be->ops->sync(m->be)) != LT_OK) goto fail;
+    if ((st = lt_backend_sync(m->be, err, "loading the adapter")) != LT_OK) goto fail;
     free(host);
     free(host0);
     free(cvt);

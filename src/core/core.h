@@ -27,6 +27,10 @@ typedef struct lt_error {
 lt_status lt_fail(lt_error *err, lt_status status, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 /* Prefix an existing message: "ctx: <old message>" (keeps the status). */
 lt_status lt_fail_prefix(lt_error *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Wait for the backend's queued work. A failure is reported here, where the backend can say what went wrong
+ * (a GPU's error text): "backend <name> failed <doing>: <its message>". */
+struct lt_backend;
+lt_status lt_backend_sync(struct lt_backend *be, lt_error *err, const char *doing);
 void lt_error_clear(lt_error *err);
 /* The per-thread error of creation functions (lt_last_error()). */
 lt_error *lt_thread_error(void);

@@ -18,6 +18,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "backend/backend.h"
 #include "core/core.h"
 
 /* ---- errors ------------------------------------------------------------------------------------ */
@@ -31,6 +32,12 @@ lt_status lt_fail(lt_error *err, lt_status status, const char *fmt, ...) {
         va_end(ap);
     }
     return status;
+}
+
+lt_status lt_backend_sync(lt_backend *be, lt_error *err, const char *doing) {
+    const lt_status st = be->ops->sync(be);
+    if (st == LT_OK) return st;
+    return lt_fail(err, st, "backend %s failed %s: %s", be->ops->name, doing, be->ops->error_message(be));
 }
 
 lt_status lt_fail_prefix(lt_error *err, const char *fmt, ...) {

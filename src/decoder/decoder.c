@@ -387,9 +387,8 @@ static lt_status backward_layers(lt_model *m, const lt_adapter *ad, lt_workspace
         if (m->cfg.embed_scale != 1.0) OPS->scale(BE, (size_t)N * H, (float)m->cfg.embed_scale, ws->dres);
         OPS->embedding_backward(BE, ad->d_embed, ws->ids, ws->dres, N, H);
     }
-    lt_status st = OPS->sync(BE);
-    if (st != LT_OK)
-        return lt_fail(err, st, "backend %s failed during the backward pass: %s", OPS->name, OPS->error_message(BE));
+    lt_status st = lt_backend_sync(BE, err, "during the backward pass");
+    if (st != LT_OK) return st;
     return LT_OK;
 }
 
@@ -472,9 +471,8 @@ lt_status lt_forward_backward(lt_model *m, const lt_adapter *ad, lt_workspace *w
         }
     }
     OPS->download(BE, ws->host_losses, ws->losses, (size_t)N * sizeof(float));
-    st = OPS->sync(BE);
-    if (st != LT_OK)
-        return lt_fail(err, st, "backend %s failed during the forward pass: %s", OPS->name, OPS->error_message(BE));
+    st = lt_backend_sync(BE, err, "during the forward pass");
+    if (st != LT_OK) return st;
     for (int i = 0; i < N; i++) total += ws->host_losses[i];
     *loss_sum = total;
     if (!isfinite(total)) return lt_fail(err, LT_ERR_NUMERIC, "the loss is not finite (%g)", total);
@@ -507,9 +505,8 @@ lt_status lt_forward_cached(lt_model *m, const lt_adapter *ad, lt_workspace *ws,
         lm_head_forward(m, ws, &head, r0, nc, 1.0f, 0);
         OPS->download(BE, logits + (size_t)r0 * V, ws->logits, (size_t)nc * V * sizeof(float));
     }
-    st = OPS->sync(BE);
-    if (st != LT_OK)
-        return lt_fail(err, st, "backend %s failed during generation: %s", OPS->name, OPS->error_message(BE));
+    st = lt_backend_sync(BE, err, "during generation");
+    if (st != LT_OK) return st;
     return LT_OK;
 }
 
@@ -527,9 +524,8 @@ lt_status lt_forward_logp(lt_model *m, const lt_adapter *ad, lt_workspace *ws, c
         OPS->cross_entropy(BE, ws->logits, ws->losses + r0, ws->targets + r0, n, V, 0.0f);
     }
     OPS->download(BE, ws->host_losses, ws->losses, (size_t)N * sizeof(float));
-    st = OPS->sync(BE);
-    if (st != LT_OK)
-        return lt_fail(err, st, "backend %s failed during the forward pass: %s", OPS->name, OPS->error_message(BE));
+    st = lt_backend_sync(BE, err, "during the forward pass");
+    if (st != LT_OK) return st;
     for (int i = 0; i < N; i++)
         if (!isfinite(ws->host_losses[i]))
             return lt_fail(err, LT_ERR_NUMERIC, "the log-probability of token %d of row %d is not finite", i % ws->T,

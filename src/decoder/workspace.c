@@ -166,6 +166,9 @@ lt_status lt_workspace_create_kept(lt_model *m, int B, int T, int rank, int mode
     ws->host_stage = malloc(6 * N * sizeof(int32_t));
     if (!ws->block || !ws->host_losses || !ws->host_stage) {
         lt_workspace_free(ws);
+        /* a device that has failed refuses every allocation: say that, not "out of memory" */
+        const lt_status st = lt_backend_sync(BE, err, "before the workspace was allocated");
+        if (st != LT_OK) return st;
         return lt_fail(err, LT_ERR_NOMEM, "workspace: cannot allocate %.1f MiB for a %d x %d batch",
                        (double)total / (1 << 20), B, T);
     }

@@ -652,7 +652,7 @@ static lt_status load_all(loader *ld, lt_error *err) {
         lt_st_set_close(m->st);
         m->st = NULL;
     }
-    return st == LT_OK ? m->be->ops->sync(m->be) : st;
+    return st == LT_OK ? lt_backend_sync(m->be, err, "loading the model") : st;
 }
 
 /* ---- the entry points --------------------------------------------------------------------------- */
@@ -824,5 +824,5 @@ LT_API lt_status lt_model_quantize(lt_model *m, const lt_quant_params *params) {
             if (st == LT_OK) untrack_free(m, w); /* a no-op for weights used in place from the mapping */
         }
     free(ld.buf);
-    return st == LT_OK ? m->be->ops->sync(m->be) : st;
+    return st == LT_OK ? lt_backend_sync(m->be, err, "loading the model") : st;
 }

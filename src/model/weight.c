@@ -104,7 +104,7 @@ lt_status lt_weight_download(lt_model *m, const lt_weight *W, float *host, int o
     const size_t bytes = (size_t)out * in * sizeof(float);
     if (W->format == LT_WEIGHT_F32) {
         ops->download(m->be, host, W->f32, bytes);
-        return ops->sync(m->be);
+        return lt_backend_sync(m->be, err, "reading a weight back");
     }
     if (W->format == LT_WEIGHT_BF16)
         return lt_fail(err, LT_ERR_UNSUPPORTED,
@@ -112,13 +112,13 @@ lt_status lt_weight_download(lt_model *m, const lt_weight *W, float *host, int o
                        "are not read back; load the model with LT_BASE_F32 to merge or export");
     if (ops->host_memory) {
         ops->dequantize_rows(m->be, host, &W->q, 0, out);
-        return ops->sync(m->be);
+        return lt_backend_sync(m->be, err, "reading a weight back");
     }
     float *dev = ops->alloc(m->be, bytes);
     if (!dev) return lt_fail(err, LT_ERR_NOMEM, "cannot allocate %zu bytes to dequantize a weight", bytes);
     ops->dequantize_rows(m->be, dev, &W->q, 0, out);
     ops->download(m->be, host, dev, bytes);
-    lt_status st = ops->sync(m->be);
+    lt_status st = lt_backend_sync(m->be, err, "reading a weight back");
     ops->free(m->be, dev);
     return st;
 }

@@ -82,8 +82,8 @@ static lt_status tensor_op(lt_trainer *t, int op, float *dev, lt_error *err) {
     lt_backend *be = t->model->be;
     const size_t n = t->adapter->n_params, own = d->bounds ? d->bounds[d->rank] : 0;
     const size_t own_n = d->counts ? d->counts[d->rank] : 0;
-    lt_status st = be->ops->sync(be); /* the backend's work on dev is complete (a GPU queues it) */
-    if (st != LT_OK) return lt_fail(err, st, "backend %s failed before a collective", be->ops->name);
+    lt_status st = lt_backend_sync(be, err, "before a collective"); /* its work on dev is complete (a GPU queues it) */
+    if (st != LT_OK) return st;
     const int host = !d->comm->device;
     float *buf = dev;
     if (host && d->stage) { /* what the engine works on: a host copy */
@@ -219,9 +219,8 @@ lt_status lt_trainer_update(lt_trainer *t, double scale, lt_step_result *r) {
                 lt_fail_prefix(&t->err, "the parameters are no longer the same on every rank; reload the last "
                                         "checkpoint");
             lt_adapter_sync_weights(a); /* Gemma full fine-tuning: the (1 + w) norms follow w */
-            lt_status sst = be->ops->sync(be);
-            if (st == LT_OK && sst != LT_OK)
-                st = lt_fail(&t->err, sst, "backend %s failed in the update", be->ops->name);
+            if (st == LT_OK) st = lt_backend_sync(be, &t->err, "in the update");
+            else be->ops->sync(be);
         }
     }
     be->ops->zero(be, a->grads, a->n_params * sizeof(float));

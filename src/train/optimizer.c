@@ -274,7 +274,7 @@ lt_status lt_optimizer_set_range(lt_optimizer *o, size_t lo, size_t hi, lt_error
                           cnt[s] * section_bytes[q][s]);
     lt_optimizer gone = old;
     free_state(&gone);
-    return be->ops->sync(be);
+    return lt_backend_sync(be, err, "moving the optimizer state");
 }
 
 /* bitsandbytes' kernel constants in fp32 for update t at learning rate lr: c1 = 1 - b1^t,
@@ -424,7 +424,7 @@ lt_status lt_optimizer_update(lt_optimizer *o, double *grad_norm, double *lr_use
     lt_adapter_sync_weights(o->adapter); /* Gemma full fine-tuning: the (1 + w) norms follow w */
     *grad_norm = norm;
     lt_backend *be = o->adapter->model->be;
-    return be->ops->sync(be);
+    return lt_backend_sync(be, err, "in the optimizer step");
 }
 
 /* ---- state files ----------------------------------------------------------------------------------
@@ -611,7 +611,7 @@ lt_status lt_optimizer_load_files(lt_optimizer *o, const char *const *paths, int
     free(sf);
     free(stage);
     if (st != LT_OK) return st;
-    return be->ops->sync(be);
+    return lt_backend_sync(be, err, "loading the optimizer state");
 }
 
 LT_API lt_status lt_optimizer_load(lt_optimizer *o, const char *path) {

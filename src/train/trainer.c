@@ -343,7 +343,7 @@ LT_API lt_status lt_trainer_load_checkpoint(lt_trainer *t, const char *dir) {
         t->micro = 0;
         t->accum_tokens = 0;
         t->accum_loss = 0;
-        st = be->ops->sync(be);
+        st = lt_backend_sync(be, &t->err, "restoring the checkpoint");
     }
     lt_optimizer_free(o);
     lt_adapter_free(tmp);
