@@ -25,6 +25,11 @@ struct lt_adapter {
     lt_adapter_params p;
     float scaling; /* alpha/r, or alpha/sqrt(r) with rsLoRA */
     lt_lora *lora; /* (L * P_COUNT); A == NULL when the projection is not targeted */
+    /* LoRA on the experts of MoE layers (L * 2; A == NULL where none): [2l] on every expert's gate|up
+     * (A (E, r, H), B (E, 2 MI, r): rows 0 .. MI-1 of B_e are gate's, MI .. 2MI-1 up's), [2l + 1] on
+     * every expert's down (A (E, r, MI), B (E, H, r)). Expert e's A_e, B_e are contiguous; PEFT's
+     * lora_B interleaves the experts (docs/spec/moe.md) and peft.c converts. */
+    lt_lora *elora;
     float *params; /* every A and B, contiguous (device) */
     float *grads;  /* same layout (device) */
     size_t n_params;
@@ -88,6 +93,17 @@ void lt_adapter_sync_weights(const lt_adapter *a);
 static inline lt_lora *lt_adapter_lora(const lt_adapter *a, int layer, lt_proj p) {
     lt_lora *l = &a->lora[layer * P_COUNT + p];
     return l->A ? l : NULL;
+}
+
+/* layer l's expert LoRA: k = 0 gate|up, 1 down (NULL: none) */
+static inline lt_lora *lt_adapter_elora(const lt_adapter *a, int layer, int k) {
+    lt_lora *l = a->elora ? &a->elora[2 * layer + k] : NULL;
+    return l && l->A ? l : NULL;
+}
+/* in and out widths of the expert LoRA k (0: gate|up (H, 2 MI), 1: down (MI, H)) */
+static inline void lt_elora_dims(const lt_model_config *c, int k, int *in, int *out) {
+    *in = (int)(k ? c->moe_intermediate_size : c->hidden_size);
+    *out = (int)(k ? c->hidden_size : 2 * c->moe_intermediate_size);
 }
 
 static inline int lt_init_is_decomposed(lt_lora_init init) { return init == LT_INIT_PISSA || init == LT_INIT_OLORA; }

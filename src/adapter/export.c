@@ -17,6 +17,54 @@
 static const char *const copied_files[] = {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                                            "generation_config.json", "tokenizer.model"};
 
+/* The router and every expert's gate, up, down of MoE layer l as 1 + 3E entries from e (names 128 bytes
+ * each, host buffers into bufs), merged with the adapter's expert LoRA: W_e += s B_e A_e (for gate and up,
+ * the rows of B_e that are theirs). */
+static lt_status export_experts(lt_model *m, const lt_adapter *a, int l, lt_st_entry *e, char *names, float **bufs,
+                                lt_error *err) {
+    const lt_model_config *c = &m->cfg;
+    const lt_layer *Ly = &m->layers[l];
+    const int E = (int)c->num_experts, H = (int)c->hidden_size, MI = (int)c->moe_intermediate_size;
+    const int r = a ? a->p.rank : 0;
+    static const char *const nm[3] = {"gate_proj", "up_proj", "down_proj"};
+    for (int i = 0; i <= 3 * E; i++) {
+        const int ex = (i - 1) / 3, k = (i - 1) % 3, out = i == 0 ? E : k == 2 ? H : MI, in = k == 2 && i ? MI : H;
+        char *name = names + (size_t)i * 128;
+        if (i == 0) snprintf(name, 128, "model.layers.%d.mlp.gate.weight", l);
+        else snprintf(name, 128, "model.layers.%d.mlp.experts.%d.%s.weight", l, ex, nm[k]);
+        float *W = bufs[i] = malloc((size_t)out * in * sizeof(float));
+        if (!W) return lt_fail(err, LT_ERR_NOMEM, "out of memory exporting %s", name);
+        e[i] = (lt_st_entry){.name = name, .dtype = LT_DT_F32, .ndim = 2, .shape = {out, in}, .data = W};
+        if (i == 0) {
+            m->be->ops->download(m->be, W, Ly->router, (size_t)E * H * sizeof(float));
+            continue;
+        }
+        lt_status st = lt_weight_download(m, lt_expert_w(Ly, ex, (lt_proj)(P_GATE + k)), W, out, in, err);
+        if (st != LT_OK) return st;
+        const lt_lora *lo = a && !a->merged ? lt_adapter_elora(a, l, k == 2) : NULL;
+        if (!lo) continue;
+        int lin, lout;
+        lt_elora_dims(c, k == 2, &lin, &lout);
+        float *A = malloc((size_t)r * in * sizeof(float)), *B = malloc((size_t)out * r * sizeof(float));
+        if (!A || !B) {
+            free(A);
+            free(B);
+            return lt_fail(err, LT_ERR_NOMEM, "out of memory");
+        }
+        m->be->ops->download(m->be, A, lo->A + (size_t)ex * r * in, (size_t)r * in * sizeof(float));
+        m->be->ops->download(m->be, B, lo->B + (size_t)ex * lout * r + (size_t)(k == 1) * MI * r,
+                             (size_t)out * r * sizeof(float));
+        for (int o = 0; o < out; o++)
+            for (int j = 0; j < r; j++) {
+                const float b = a->scaling * B[(size_t)o * r + j];
+                for (int x = 0; x < in; x++) W[(size_t)o * in + x] += b * A[(size_t)j * in + x];
+            }
+        free(A);
+        free(B);
+    }
+    return LT_OK;
+}
+
 /* Weights are exported in f32 (the compute dtype); config.json says so. */
 lt_status lt_model_export(lt_model *m, const lt_adapter *a, const char *dir, uint64_t max_shard_bytes, lt_error *err) {
     const lt_model_config *c = &m->cfg;
@@ -28,7 +76,7 @@ lt_status lt_model_export(lt_model *m, const lt_adapter *a, const char *dir, uin
                        "with base_dtype LT_BASE_F32 to export");
     lt_status st = lt_mkdir_p(dir, err);
     if (st != LT_OK) return st;
-    int cap = 3 + L * (6 + 2 * P_COUNT), n = 0;
+    int cap = 3 + L * (6 + 2 * P_COUNT) + c->n_moe_layers * (1 + 3 * (int)c->num_experts), n = 0;
     lt_st_entry *e = calloc((size_t)cap, sizeof *e);
     char *names = calloc((size_t)cap, 128);
     float **bufs = calloc((size_t)cap, sizeof *bufs);
@@ -80,9 +128,12 @@ lt_status lt_model_export(lt_model *m, const lt_adapter *a, const char *dir, uin
         }
         lt_module mods[P_COUNT];
         const int n_mods = lt_model_modules(c, mods);
+        if (c->layer_moe[l] && (st = export_experts(m, a, l, &e[n], names + (size_t)n * 128, &bufs[n], err))) goto out;
+        n += c->layer_moe[l] ? 1 + 3 * (int)c->num_experts : 0;
         for (int k = 0; k < n_mods; k++) {
             int min, mout;
             lt_module_dims(c, &mods[k], &min, &mout);
+            if (c->layer_moe[l] && mods[k].first >= P_GATE) continue; /* the experts replace the MLP */
             char *nm = names + (size_t)n * 128;
             snprintf(nm, 128, "model.layers.%d.%s.%s.weight", l, mods[k].parent, mods[k].name);
             float *W = bufs[n] = malloc((size_t)mout * min * sizeof(float));

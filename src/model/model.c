@@ -390,6 +390,7 @@ static lt_status pack_layer_bf16(lt_model *m, lt_layer *L, lt_error *err) {
     const int n_mods = lt_model_modules(&m->cfg, mods);
     for (int k = 0; k < n_mods; k++) {
         float *base = L->w[mods[k].first].f32;
+        if (!base) continue; /* an MoE layer's MLP: its experts stay f32 */
         for (int q = mods[k].first; q < mods[k].first + mods[k].count; q++) {
             lt_weight *W = &L->w[q];
             int in, out;
@@ -426,6 +427,26 @@ LT_API void lt_model_params_init(lt_model_params *out, size_t size) {
     p->quant_blocksize = 64;
     p->quantize_lm_head = 0;
     lt_fill_struct(out, size, p, sizeof *p);
+}
+
+/* The router and the experts of MoE layer l (f32; quantization and bf16 leave them f32 for now). */
+static lt_status load_moe(lt_model *m, const lt_model_params *p, int l, lt_layer *L, lt_error *err) {
+    const lt_model_config *c = &m->cfg;
+    const int E = (int)c->num_experts, H = (int)c->hidden_size, MI = (int)c->moe_intermediate_size;
+    char name[256];
+    lt_status st;
+    snprintf(name, sizeof name, "model.layers.%d.mlp.gate.weight", l);
+    if ((st = load_weight(m, p->use_mmap, name, E, H, &L->router, err))) return st;
+    if (!(L->experts = calloc((size_t)E * 3, sizeof *L->experts))) return lt_fail(err, LT_ERR_NOMEM, "out of memory");
+    static const char *const nm[3] = {"gate_proj", "up_proj", "down_proj"};
+    for (int e = 0; e < E; e++)
+        for (int k = 0; k < 3; k++) {
+            lt_weight *W = &L->experts[3 * e + k];
+            snprintf(name, sizeof name, "model.layers.%d.mlp.experts.%d.%s.weight", l, e, nm[k]);
+            W->format = LT_WEIGHT_F32;
+            if ((st = load_weight(m, p->use_mmap, name, k == 2 ? H : MI, k == 2 ? MI : H, &W->f32, err))) return st;
+        }
+    return LT_OK;
 }
 
 static lt_status model_load(lt_model *m, const lt_model_params *p, lt_error *err) {
@@ -489,6 +510,7 @@ static lt_status model_load(lt_model *m, const lt_model_params *p, lt_error *err
         for (int k = 0; k < n_mods; k++) { /* a fused module: its projections are row blocks of one weight */
             int in, out;
             lt_module_dims(c, &mods[k], &in, &out);
+            if (c->layer_moe[l] && mods[k].first >= P_GATE) continue; /* the experts replace the MLP */
             snprintf(name, sizeof name, "model.layers.%d.%s.%s.weight", l, mods[k].parent, mods[k].name);
             if (mods[k].count == 1) { /* a pre-quantized (bitsandbytes) checkpoint stores it quantized */
                 st = load_bnb_weight(m, name, out, in, &L->w[mods[k].first], err);
@@ -499,9 +521,11 @@ static lt_status model_load(lt_model *m, const lt_model_params *p, lt_error *err
             if ((st = load_weight(m, p->use_mmap, name, out, in, &w, err))) return st;
             if ((st = split_module(m, L, &mods[k], w, p, name, err))) return st;
         }
+        if (c->layer_moe[l] && (st = load_moe(m, p, l, L, err))) return st;
         for (int q = 0; q < P_COUNT; q++) {
             int in, out;
             lt_proj_dims(c, (lt_proj)q, &in, &out);
+            if (c->layer_moe[l] && q >= P_GATE) continue;
             if (c->bias_mask & (1u << q)) {
                 snprintf(name, sizeof name, "model.layers.%d.%s.%s.bias", l, lt_proj_parent[q], lt_proj_names[q]);
                 if ((st = load_weight(m, p->use_mmap, name, out, 0, &L->bias[q], err))) return st;
@@ -605,6 +629,7 @@ LT_API void lt_model_free(lt_model *m) {
     if (!m) return;
     for (int i = 0; i < m->n_owned; i++) m->be->ops->free(m->be, m->owned[i]);
     free(m->owned);
+    for (int l = 0; m->layers && l < m->cfg.num_hidden_layers; l++) free(m->layers[l].experts);
     free(m->layers);
     lt_st_set_close(m->st);
     free(m);
@@ -696,7 +721,7 @@ LT_API lt_status lt_model_quantize(lt_model *m, const lt_quant_params *params) {
         for (int k = 0; k < n_mods; k++) {
             lt_layer *L = &m->layers[l];
             float *w = L->w[mods[k].first].f32; /* a fused module's first block starts its f32 weight */
-            if (L->w[mods[k].first].format != LT_WEIGHT_F32) continue;
+            if (L->w[mods[k].first].format != LT_WEIGHT_F32 || !w) continue; /* !w: an MoE layer's MLP */
             snprintf(name, sizeof name, "model.layers.%d.%s.%s.weight", l, mods[k].parent, mods[k].name);
             if ((st = split_module(m, L, &mods[k], w, &mp, name, err)) != LT_OK) return st;
         }

@@ -87,7 +87,7 @@ static lt_status opt8_alloc(lt_optimizer *o, lt_error *err) {
     lt_model *m = a->model;
     lt_backend *be = m->be;
     const int L = (int)m->cfg.num_hidden_layers, r = a->p.rank;
-    o->tensors = calloc((size_t)L * P_COUNT * 2 + (size_t)a->n_ptensors, sizeof *o->tensors);
+    o->tensors = calloc((size_t)L * (P_COUNT * 2 + 4) + (size_t)a->n_ptensors, sizeof *o->tensors);
     if (!o->tensors) return lt_fail(err, LT_ERR_NOMEM, "optimizer: out of memory");
     for (int l = 0; l < L; l++)
         for (int q = 0; q < P_COUNT; q++) {
@@ -98,6 +98,18 @@ static lt_status opt8_alloc(lt_optimizer *o, lt_error *err) {
             const float *start[2] = {lo->A, lo->B};
             const size_t size[2] = {(size_t)r * in, (size_t)out * r};
             for (int k = 0; k < 2; k++) opt8_add(o, (size_t)(start[k] - a->params), size[k], 1);
+        }
+    /* expert LoRA: PEFT's lora_A and lora_B of each MoE layer are one parameter each (B's blocks are
+     * taken in our (E, out, r) order, not PEFT's interleaved one: not bit for bit bitsandbytes' there) */
+    for (int l = 0; l < L; l++)
+        for (int k = 0; k < 2; k++) {
+            lt_lora *lo = lt_adapter_elora(a, l, k);
+            if (!lo) continue;
+            int in, out;
+            lt_elora_dims(&m->cfg, k, &in, &out);
+            const size_t E = (size_t)m->cfg.num_experts;
+            opt8_add(o, (size_t)(lo->A - a->params), E * r * in, 1);
+            opt8_add(o, (size_t)(lo->B - a->params), E * r * out, 1);
         }
     /* trained base weights (full fine-tuning, modules_to_save): one bitsandbytes tensor each */
     for (int i = 0; i < a->n_ptensors; i++) opt8_add(o, a->ptensors[i].off, a->ptensors[i].n, a->ptensors[i].decay);

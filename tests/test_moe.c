@@ -1,0 +1,346 @@
+/*
+ * test_moe.c - mixture-of-experts families (Qwen3-MoE) against transformers' and peft's own classes:
+ * logits, loss and the load-balancing loss; LoRA gradients on attention and on the experts (PEFT's
+ * target_parameters), with and without checkpointing; greedy generation; our adapter loading in PeftModel.
+ *
+ * Goldens: tests/python/make_moe_models.py writes LT_TEST_DATA_DIR/models/<name>/ (random checkpoints saved
+ * by transformers: 5 / 7 / 9 experts, top-2 / top-1 / top-4, norm_topk_prob off and on, dense layers by
+ * mlp_only_layers and decoder_sparse_step, skewed routers leaving experts without a token). Tolerance 1e-4
+ * relative (max abs error over max abs reference), as in test_families.c.
+ */
+#include <check.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "decoder/decoder.h"
+#include "test_util.h"
+
+static const char *const models[] = {"qwen3moe-e5k2", "qwen3moe-e7k1", "qwen3moe-e9k4"};
+#define N_MODELS ((int)(sizeof models / sizeof *models))
+
+static lt_model *load_model(lt_context *ctx, const char *name, char *dir, size_t len) {
+    snprintf(dir, len, "%s/models/%s", LT_TEST_DATA_DIR, name);
+    lt_model *m = NULL;
+    ck_assert_msg(lt_model_load(ctx, dir, NULL, &m) == LT_OK, "%s: %s", name, lt_last_error());
+    return m;
+}
+
+static lt_st_file *open_golden(const char *dir, const char *file) {
+    char path[1600];
+    snprintf(path, sizeof path, "%s/%s", dir, file);
+    lt_error err;
+    lt_st_file *g = NULL;
+    ck_assert_msg(lt_st_open(path, 1, &g, &err) == LT_OK, "%s", err.msg);
+    return g;
+}
+
+static const lt_st_tensor *need(const lt_st_file *f, const char *key) {
+    const lt_st_tensor *t = lt_st_find(f, key);
+    ck_assert_msg(t, "golden tensor %s missing", key);
+    return t;
+}
+
+static void batch_of(lt_batch *b, const lt_st_file *g) {
+    const lt_st_tensor *ids = need(g, "input_ids");
+    lt_batch_init(b, sizeof *b);
+    b->n_rows = (int)ids->shape[0];
+    b->seq_len = (int)ids->shape[1];
+    b->input_ids = ids->data;
+    b->labels = need(g, "labels")->data;
+}
+
+/* one forward (and backward with grad_scale != 0) of the golden batch; returns loss_sum / n, *aux the
+ * workspace's load-balancing loss */
+static double run(lt_model *m, lt_adapter *a, const lt_batch *b, int ckpt, int backward, double *aux) {
+    lt_error err;
+    lt_workspace *ws = NULL;
+    int64_t nv;
+    ck_assert_int_eq(lt_workspace_create(m, b->n_rows, b->seq_len, a ? a->p.rank : 0, ckpt, &ws, &err), LT_OK);
+    ck_assert_int_eq(lt_stage_batch(m, ws, b, &nv, &err), LT_OK);
+    double sum;
+    ck_assert_msg(lt_forward_backward(m, a, ws, NULL, backward ? 1.0f / (float)nv : 0.0f, &sum, NULL, &err) == LT_OK,
+                  "%s", err.msg);
+    *aux = ws->aux_loss;
+    lt_workspace_free(ws);
+    return sum / (double)nv;
+}
+
+/* Base model: logits, loss (CE + router_aux_loss_coef * aux with output_router_logits) and aux. */
+START_TEST(test_moe_logits_loss_aux) {
+    char dir[1024];
+    lt_context *ctx = tu_context();
+    lt_model *m = load_model(ctx, models[_i], dir, sizeof dir);
+    ck_assert_int_gt(m->cfg.n_moe_layers, 0);
+    lt_st_file *g = open_golden(dir, "golden.safetensors");
+    lt_batch b;
+    batch_of(&b, g);
+    const int V = (int)m->cfg.vocab_size;
+    const lt_st_tensor *ref = need(g, "logits");
+    size_t n = (size_t)b.n_rows * b.seq_len * V;
+    float *out = malloc(n * sizeof *out);
+    ck_assert_msg(lt_model_logits(m, NULL, &b, out, n) == LT_OK, "%s", lt_model_last_error(m));
+    double rel = tu_max_rel_err(out, ref->data, n);
+    ck_assert_msg(rel <= 1e-4, "%s logits: max error %.3g relative (tolerance 1e-4)", models[_i], rel);
+    free(out);
+    double aux, loss = run(m, NULL, &b, 0, 0, &aux);
+    double want = *(const float *)need(g, "loss")->data, want_aux = *(const float *)need(g, "aux_loss")->data;
+    ck_assert_msg(fabs(loss - want) <= 1e-4 * fabs(want), "%s loss %.8f vs transformers %.8f", models[_i], loss, want);
+    ck_assert_msg(fabs(aux - want_aux) <= 1e-4 * fabs(want_aux), "%s aux_loss %.8f vs transformers %.8f", models[_i],
+                  aux, want_aux);
+    lt_st_close(g);
+    lt_model_free(m);
+    lt_context_free(ctx);
+}
+END_TEST
+
+/* ours (E, out, r) -> PEFT's (out, r * E), expert e's column j at j * E + e (written independently of
+ * peft.c's conversion) */
+static void to_peft_b(float *dst, const float *src, int E, int out, int r) {
+    for (int e = 0; e < E; e++)
+        for (int o = 0; o < out; o++)
+            for (int j = 0; j < r; j++) dst[(size_t)o * r * E + (size_t)j * E + e] = src[((size_t)e * out + o) * r + j];
+}
+
+static int compare_grads(const lt_adapter *a, const lt_st_file *f, const char *what) {
+    const lt_model_config *c = &a->model->cfg;
+    float *h = malloc(a->n_params * sizeof *h), *tmp = malloc(a->n_params * sizeof *h);
+    a->model->be->ops->download(a->model->be, h, a->grads, a->n_params * sizeof *h);
+    int n = 0;
+    char key[256];
+    for (int l = 0; l < c->num_hidden_layers; l++) {
+        for (int q = 0; q < P_COUNT; q++) {
+            lt_lora *lo = lt_adapter_lora(a, l, (lt_proj)q);
+            if (!lo) continue;
+            for (int isB = 0; isB < 2; isB++) {
+                snprintf(key, sizeof key, "grad.base_model.model.model.layers.%d.%s.%s.lora_%c.weight", l,
+                         lt_proj_parent[q], lt_proj_names[q], isB ? 'B' : 'A');
+                const lt_st_tensor *t = need(f, key);
+                double rel = tu_max_rel_err(h + ((isB ? lo->dB : lo->dA) - a->grads), t->data, (size_t)t->numel);
+                ck_assert_msg(rel <= 1e-4, "%s: %s differs by %.3g (tolerance 1e-4)", what, key, rel);
+                n++;
+            }
+        }
+        const int both = (a->p.targets & LT_TARGET_EXPERTS) == LT_TARGET_EXPERTS;
+        for (int k = 0; k < 2; k++) {
+            lt_lora *lo = lt_adapter_elora(a, l, k);
+            if (!lo) continue;
+            int in, o;
+            lt_elora_dims(c, k, &in, &o);
+            for (int isB = 0; isB < 2; isB++) {
+                snprintf(key, sizeof key, "grad.base_model.model.model.layers.%d.mlp.experts.%slora_%c.weight", l,
+                         both && k == 0 ? "base_layer." : "", isB ? 'B' : 'A');
+                const lt_st_tensor *t = need(f, key);
+                const float *mine = h + (lo->dA - a->grads);
+                if (isB) {
+                    to_peft_b(tmp, h + (lo->dB - a->grads), (int)c->num_experts, o, a->p.rank);
+                    mine = tmp;
+                }
+                ck_assert_int_eq(t->numel, (int64_t)c->num_experts * a->p.rank * (isB ? o : in));
+                double rel = tu_max_rel_err(mine, t->data, (size_t)t->numel);
+                ck_assert_msg(rel <= 1e-4, "%s: %s differs by %.3g (tolerance 1e-4)", what, key, rel);
+                n++;
+            }
+        }
+    }
+    free(h);
+    free(tmp);
+    return n;
+}
+
+/* The adapter saved by peft (attention target_modules, expert target_parameters): logits, loss, aux and
+ * every LoRA gradient, with and without checkpointing. */
+START_TEST(test_moe_lora_gradients) {
+    char dir[1024], path[1200];
+    lt_context *ctx = tu_context();
+    lt_model *m = load_model(ctx, models[_i], dir, sizeof dir);
+    lt_adapter *a = NULL;
+    snprintf(path, sizeof path, "%s/lora/adapter", dir);
+    ck_assert_msg(lt_adapter_load(m, path, &a) == LT_OK, "%s: the adapter saved by peft: %s", models[_i],
+                  lt_last_error());
+    ck_assert_msg(a->p.targets & LT_TARGET_EXPERTS, "%s: no expert LoRA loaded", models[_i]);
+    snprintf(path, sizeof path, "%s/lora", dir);
+    lt_st_file *g = open_golden(path, "grads.safetensors");
+    lt_batch b;
+    batch_of(&b, g);
+    const int V = (int)m->cfg.vocab_size;
+    size_t n = (size_t)b.n_rows * b.seq_len * V;
+    float *out = malloc(n * 4);
+    ck_assert_int_eq(lt_model_logits(m, a, &b, out, n), LT_OK);
+    double rel = tu_max_rel_err(out, need(g, "logits")->data, n);
+    ck_assert_msg(rel <= 1e-4, "%s: logits with the PEFT adapter differ by %.3g", models[_i], rel);
+    free(out);
+    for (int ckpt = 0; ckpt < 2; ckpt++) {
+        m->be->ops->zero(m->be, a->grads, a->n_params * 4);
+        double aux, loss = run(m, a, &b, ckpt, 1, &aux);
+        double want = *(const float *)need(g, "loss")->data, want_aux = *(const float *)need(g, "aux_loss")->data;
+        ck_assert_msg(fabs(loss - want) <= 1e-4 * fabs(want), "%s: loss %.8f vs torch %.8f", models[_i], loss, want);
+        ck_assert_msg(fabs(aux - want_aux) <= 1e-4 * fabs(want_aux), "%s: aux %.8f vs torch %.8f", models[_i], aux,
+                      want_aux);
+        char what[160];
+        snprintf(what, sizeof what, "%s gradients (checkpointing %d)", models[_i], ckpt);
+        ck_assert_int_gt(compare_grads(a, g, what), 0);
+    }
+    lt_st_close(g);
+    lt_adapter_free(a);
+    lt_model_free(m);
+    lt_context_free(ctx);
+}
+END_TEST
+
+/* Greedy generation (KV cache, one token per row per pass, each pass routed) == PeftModel.generate. */
+START_TEST(test_moe_generate_matches_transformers) {
+    char dir[1024], path[1200];
+    lt_context *ctx = tu_context();
+    lt_model *m = load_model(ctx, models[_i], dir, sizeof dir);
+    lt_adapter *a = NULL;
+    snprintf(path, sizeof path, "%s/lora/adapter", dir);
+    ck_assert_int_eq(lt_adapter_load(m, path, &a), LT_OK);
+    snprintf(path, sizeof path, "%s/lora", dir);
+    lt_st_file *g = open_golden(path, "generate.safetensors");
+    const lt_st_tensor *pl = need(g, "prompt_lens"), *want = need(g, "new_ids");
+    const int32_t *prompt = need(g, "prompt_ids")->data, *lens = pl->data, *ref = want->data;
+    const int np = (int)pl->numel, NEW = (int)want->shape[1];
+    lt_generate_params gp;
+    lt_generate_params_init(&gp, sizeof gp);
+    gp.max_new_tokens = NEW;
+    gp.eos_token_id = -1;
+    int32_t *out = malloc((size_t)NEW * sizeof *out), out_len;
+    for (int i = 0; i < np; prompt += lens[i], i++) {
+        ck_assert_msg(lt_generate(m, a, prompt, &lens[i], 1, &gp, out, &out_len) == LT_OK, "%s",
+                      lt_model_last_error(m));
+        ck_assert_int_eq(out_len, NEW);
+        for (int k = 0; k < NEW; k++)
+            ck_assert_msg(out[k] == ref[i * NEW + k], "%s prompt of %d tokens, new token %d: %d, transformers %d",
+                          models[_i], lens[i], k, out[k], ref[i * NEW + k]);
+    }
+    free(out);
+    lt_st_close(g);
+    lt_adapter_free(a);
+    lt_model_free(m);
+    lt_context_free(ctx);
+}
+END_TEST
+
+/* A LoRA we create on attention and experts, trained two steps, saved: PeftModel loads it and gives our
+ * logits, and the merged export loads in transformers with the same logits
+ * (tests/python/check_peft_roundtrip.py, 1e-4); the adapter loads back here bit for bit. */
+START_TEST(test_moe_peft_roundtrip) {
+    const char *py = getenv("LORATUNE_REF_PYTHON");
+    if (!py || !*py) {
+        fprintf(stderr, "test_moe_peft_roundtrip: skipped (LORATUNE_REF_PYTHON not set)\n");
+        return;
+    }
+    char dir[1024], root[512], adir[700], mdir[700], lpath[700], cmd[4096];
+    lt_context *ctx = tu_context();
+    lt_model *m = load_model(ctx, models[_i], dir, sizeof dir);
+    lt_adapter_params ap;
+    lt_adapter_params_init(&ap, sizeof ap);
+    ap.rank = 4;
+    ap.alpha = 8;
+    ap.targets = LT_TARGET_Q | LT_TARGET_V | LT_TARGET_O | (_i == 1 ? LT_TARGET_EXPERTS_DOWN : LT_TARGET_EXPERTS);
+    ap.seed = 7;
+    lt_adapter *a = NULL;
+    ck_assert_msg(lt_adapter_create(m, &ap, &a) == LT_OK, "%s", lt_last_error());
+    tu_tempdir(root, sizeof root);
+    snprintf(adir, sizeof adir, "%s/adapter", root);
+    snprintf(lpath, sizeof lpath, "%s/logits.safetensors", root);
+    snprintf(mdir, sizeof mdir, "%s/merged", root);
+    enum { B = 2, T = 12 };
+    const int V = (int)m->cfg.vocab_size;
+    int32_t ids[B * T];
+    for (int i = 0; i < B * T; i++) ids[i] = (int32_t)((i * 7919 + 13) % V);
+    lt_batch b;
+    lt_batch_init(&b, sizeof b);
+    b.n_rows = B;
+    b.seq_len = T;
+    b.input_ids = ids;
+    lt_optimizer_params op;
+    lt_optimizer_params_init(&op, sizeof op);
+    op.lr = 1e-2f;
+    lt_optimizer *o = NULL;
+    ck_assert_int_eq(lt_optimizer_create(a, &op, &o), LT_OK);
+    lt_trainer_params tp;
+    lt_trainer_params_init(&tp, sizeof tp);
+    lt_trainer *tr = NULL;
+    ck_assert_int_eq(lt_trainer_create(m, a, o, &tp, &tr), LT_OK);
+    for (int k = 0; k < 2; k++) {
+        lt_step_result r = {.size = sizeof r};
+        ck_assert_msg(lt_trainer_step(tr, &b, &r) == LT_OK, "%s", lt_trainer_last_error(tr));
+    }
+    lt_trainer_free(tr);
+    lt_optimizer_free(o);
+    ck_assert_int_eq(lt_adapter_save(a, adir), LT_OK);
+    ck_assert_msg(lt_adapter_export_merged(a, mdir, 0) == LT_OK, "%s", lt_adapter_last_error(a));
+    ck_assert_int_eq(lt_adapter_merge(a), LT_ERR_UNSUPPORTED); /* in place: not yet (export instead) */
+    float *lg = malloc((size_t)B * T * V * 4);
+    ck_assert_int_eq(lt_model_logits(m, a, &b, lg, (size_t)B * T * V), LT_OK);
+    lt_st_entry e[2] = {{.name = "input_ids", .dtype = LT_DT_I32, .ndim = 2, .shape = {B, T}, .data = ids},
+                        {.name = "logits", .dtype = LT_DT_F32, .ndim = 3, .shape = {B, T, V}, .data = lg}};
+    lt_error err;
+    ck_assert_int_eq(lt_st_write(lpath, e, 2, NULL, &err), LT_OK);
+    free(lg);
+    snprintf(
+        cmd, sizeof cmd,
+        "%s %s/tests/python/check_peft_roundtrip.py --model %s --adapter %s --logits %s --merged %s --tol 1e-4 2>&1",
+        py, LT_SOURCE_DIR, dir, adir, lpath, mdir);
+    int status;
+    char *outs = tu_run_capture(cmd, &status, 0);
+    ck_assert_msg(status == 0, "%s: PEFT rejected our adapter:\n%s", models[_i], outs);
+    free(outs);
+    /* and it loads back here with the same tensors */
+    lt_adapter *a2 = NULL;
+    ck_assert_msg(lt_adapter_load(m, adir, &a2) == LT_OK, "%s", lt_last_error());
+    ck_assert_int_eq(a2->p.targets, a->p.targets);
+    ck_assert_int_eq((int64_t)a2->n_params, (int64_t)a->n_params);
+    float *p1 = malloc(a->n_params * 4), *p2 = malloc(a->n_params * 4);
+    m->be->ops->download(m->be, p1, a->params, a->n_params * 4);
+    m->be->ops->download(m->be, p2, a2->params, a->n_params * 4);
+    ck_assert_int_eq(memcmp(p1, p2, a->n_params * 4), 0);
+    free(p1);
+    free(p2);
+    lt_adapter_free(a2);
+    lt_adapter_free(a);
+    lt_model_free(m);
+    lt_context_free(ctx);
+}
+END_TEST
+
+/* What a LoRA on experts refuses: a model without experts, DoRA, dropout (PEFT's target_parameters neither). */
+START_TEST(test_moe_adapter_rules) {
+    char dir[1024];
+    lt_context *ctx = tu_context();
+    lt_model *m = load_model(ctx, models[0], dir, sizeof dir);
+    lt_adapter_params ap;
+    lt_adapter_params_init(&ap, sizeof ap);
+    ap.targets = LT_TARGET_EXPERTS;
+    ap.use_dora = 1;
+    lt_adapter *a = NULL;
+    ck_assert_int_eq(lt_adapter_create(m, &ap, &a), LT_ERR_UNSUPPORTED);
+    ap.use_dora = 0;
+    ap.dropout = 0.1f;
+    ck_assert_int_eq(lt_adapter_create(m, &ap, &a), LT_ERR_UNSUPPORTED);
+    ap.dropout = 0;
+    ap.full_finetune = 1;
+    ck_assert_int_eq(lt_adapter_create(m, &ap, &a), LT_ERR_UNSUPPORTED);
+    ck_assert_ptr_null(a);
+    lt_model_free(m);
+    lt_context_free(ctx);
+}
+END_TEST
+
+Suite *moe_suite(void) {
+    Suite *s = suite_create("moe");
+    TCase *tc = tcase_create("qwen3moe");
+    tcase_set_timeout(tc, 600);
+    tcase_add_loop_test(tc, test_moe_logits_loss_aux, 0, N_MODELS);
+    tcase_add_loop_test(tc, test_moe_lora_gradients, 0, N_MODELS);
+    tcase_add_loop_test(tc, test_moe_generate_matches_transformers, 0, N_MODELS);
+    tcase_add_loop_test(tc, test_moe_peft_roundtrip, 0, N_MODELS);
+    tcase_add_test(tc, test_moe_adapter_rules);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+TU_MAIN(moe_suite)
