@@ -26,12 +26,13 @@ static lt_status export_experts(lt_model *m, const lt_adapter *a, int l, lt_st_e
     const lt_layer *Ly = &m->layers[l];
     const int E = (int)c->num_experts, H = (int)c->hidden_size, MI = (int)c->moe_intermediate_size;
     const int r = a ? a->p.rank : 0;
-    static const char *const nm[3] = {"gate_proj", "up_proj", "down_proj"};
     for (int i = 0; i <= 3 * E; i++) {
         const int ex = (i - 1) / 3, k = (i - 1) % 3, out = i == 0 ? E : k == 2 ? H : MI, in = k == 2 && i ? MI : H;
         char *name = names + (size_t)i * 128;
-        if (i == 0) snprintf(name, 128, "model.layers.%d.mlp.gate.weight", l);
-        else snprintf(name, 128, "model.layers.%d.mlp.experts.%d.%s.weight", l, ex, nm[k]);
+        if (i == 0) snprintf(name, 128, "model.layers.%d.%s.gate.weight", l, lt_moe_parent(c));
+        else
+            snprintf(name, 128, "model.layers.%d.%s.experts.%d.%s.weight", l, lt_moe_parent(c), ex,
+                     lt_moe_proj_name(c, k));
         float *W = bufs[i] = malloc((size_t)out * in * sizeof(float));
         if (!W) return lt_fail(err, LT_ERR_NOMEM, "out of memory exporting %s", name);
         e[i] = (lt_st_entry){.name = name, .dtype = LT_DT_F32, .ndim = 2, .shape = {out, in}, .data = W};

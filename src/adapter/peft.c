@@ -615,6 +615,20 @@ LT_API lt_status lt_adapter_load(lt_model *m, const char *dir, lt_adapter **out)
     }
     if (a->init0 && !converted && (st = lt_lora_decompose_init(a, err)) != LT_OK)
         goto fail; /* PEFT's unconverted save */
+    if ((p.targets & LT_TARGET_EXPERTS) == LT_TARGET_EXPERTS) {
+        /* which expert LoRA PEFT nested innermost ("base_layer."): the saved target_parameters list need not
+         * be in wrapping order, the shapes tell (gate_up: A (E r, H), B (2 MI, r E); down: A (E r, MI), B (H, r E)) */
+        for (int l = 0; l < L; l++) {
+            if (!m->cfg.layer_moe[l]) continue;
+            char ka[256], kb[256];
+            ekey_of(ka, sizeof ka, p.targets, 0, l, 0, 'A');
+            ekey_of(kb, sizeof kb, p.targets, 0, l, 0, 'B');
+            const lt_st_tensor *ta = lt_st_find(f, ka), *tb = lt_st_find(f, kb);
+            if (ta && tb && ta->ndim == 2 && tb->ndim == 2)
+                inner = ta->shape[1] == m->cfg.moe_intermediate_size && tb->shape[0] == m->cfg.hidden_size ? 1 : 0;
+            break;
+        }
+    }
     /* every key in the file must be one we expect ... */
     lt_module mods[P_COUNT];
     const int n_mods = lt_model_modules(&m->cfg, mods);

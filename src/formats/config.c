@@ -51,6 +51,7 @@ static const lt_arch_desc k_archs[] = {
      SLIDE_ALTERNATE, 4096},
     {"Qwen3MoeForCausalLM", LT_ARCH_QWEN3_MOE, "qwen3_moe", ACT_BIT(LT_ACT_SILU), 1, 0.0f, 0, 0, 0, BIAS_LLAMA,
      SLIDE_NONE, 0},
+    {"MixtralForCausalLM", LT_ARCH_MIXTRAL, "mixtral", ACT_BIT(LT_ACT_SILU), 0, 0.0f, 0, 0, 0, BIAS_NONE, SLIDE_ALL, 0},
 };
 
 float lt_config_attn_scale(const lt_model_config *cfg) {
@@ -61,6 +62,7 @@ float lt_config_attn_scale(const lt_model_config *cfg) {
 
 const char *lt_config_family(const lt_model_config *cfg) {
     if (cfg && cfg->arch == LT_ARCH_QWEN3_MOE) return "Qwen3MoE";
+    if (cfg && cfg->arch == LT_ARCH_MIXTRAL) return "Mixtral";
     static const char *const names[] = {"Llama", "Qwen2", "Qwen3", "Mistral", "Gemma", "Gemma2", "Phi3"};
     return cfg && (unsigned)cfg->arch < sizeof names / sizeof *names ? names[cfg->arch] : "?";
 }
@@ -406,9 +408,34 @@ static lt_status parse_family(parse_ctx *c, json_t *root, const lt_arch_desc *ar
 }
 
 /* The mixture-of-experts knobs as Qwen3MoeConfig reads them (docs/spec/moe.md): a layer is sparse when
- * num_experts > 0, (l + 1) % decoder_sparse_step == 0 and l is not in mlp_only_layers. */
+ * num_experts > 0, (l + 1) % decoder_sparse_step == 0 and l is not in mlp_only_layers. MixtralConfig:
+ * every layer sparse, experts of width intermediate_size, the top-k weights always renormalised. */
 static lt_status parse_moe(parse_ctx *c, json_t *root, const lt_arch_desc *arch, lt_model_config *cfg) {
     lt_status st;
+    if (arch->id == LT_ARCH_MIXTRAL) {
+        double jitter = 0;
+        cfg->num_experts = 8;
+        cfg->num_experts_per_tok = 2;
+        cfg->norm_topk_prob = 1;
+        cfg->decoder_sparse_step = 1;
+        cfg->router_aux_loss_coef = 0.001;
+        if ((st = get_int(c, root, "", "num_local_experts", &cfg->num_experts)) != LT_OK ||
+            (st = get_int(c, root, "", "num_experts_per_tok", &cfg->num_experts_per_tok)) != LT_OK ||
+            (st = get_bool(c, root, "output_router_logits", &cfg->output_router_logits)) != LT_OK ||
+            (st = get_num(c, root, "", "router_aux_loss_coef", &cfg->router_aux_loss_coef)) != LT_OK ||
+            (st = get_num(c, root, "", "router_jitter_noise", &jitter)) != LT_OK)
+            return st;
+        if (jitter != 0) /* transformers multiplies the hidden states by training-time noise */
+            return lt_fail(c->err, LT_ERR_UNSUPPORTED, "%s: router_jitter_noise %g is not supported for %s (use 0)",
+                           c->src, jitter, arch->name);
+        cfg->moe_intermediate_size = cfg->intermediate_size;
+        if (cfg->num_hidden_layers > LT_CONFIG_MAX_LAYERS)
+            return lt_fail(c->err, LT_ERR_UNSUPPORTED, "%s: %s with more than %d layers", c->src, arch->name,
+                           LT_CONFIG_MAX_LAYERS);
+        for (int l = 0; l < cfg->num_hidden_layers; l++) cfg->layer_moe[l] = cfg->num_experts > 0;
+        cfg->n_moe_layers = cfg->num_experts > 0 ? (int)cfg->num_hidden_layers : 0;
+        return LT_OK;
+    }
     if (arch->id != LT_ARCH_QWEN3_MOE) return LT_OK;
     cfg->num_experts = 128; /* Qwen3MoeConfig defaults */
     cfg->num_experts_per_tok = 8;
@@ -858,6 +885,13 @@ lt_status lt_config_write(const lt_model_config *cfg, const char *path, lt_error
                 if (cfg->num_experts > 0 && (l + 1) % cfg->decoder_sparse_step == 0 && !cfg->layer_moe[l])
                     bad |= json_array_append_new(a, json_integer(l));
             bad |= set_new(o, "mlp_only_layers", a);
+        }
+        if (cfg->arch == LT_ARCH_MIXTRAL) {
+            bad |= set_new(o, "num_local_experts", json_integer(cfg->num_experts));
+            bad |= set_new(o, "num_experts_per_tok", json_integer(cfg->num_experts_per_tok));
+            bad |= set_new(o, "output_router_logits", json_boolean(cfg->output_router_logits));
+            bad |= set_new(o, "router_aux_loss_coef", json_real(reals[nreal++] = cfg->router_aux_loss_coef));
+            bad |= set_new(o, "router_jitter_noise", json_real(0.0));
         }
         bad |= set_new(o, "use_cache", json_true());
     }

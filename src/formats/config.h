@@ -21,7 +21,8 @@ typedef enum lt_arch_id {
     LT_ARCH_GEMMA = 4,
     LT_ARCH_GEMMA2 = 5,
     LT_ARCH_PHI3 = 6,
-    LT_ARCH_QWEN3_MOE = 20 /* mixture-of-experts families from 20 on */
+    LT_ARCH_QWEN3_MOE = 20, /* mixture-of-experts families from 20 on */
+    LT_ARCH_MIXTRAL = 21
 } lt_arch_id;
 
 typedef enum lt_rope_type {
@@ -103,7 +104,7 @@ typedef struct lt_model_config {
     double rope_short_factor[LT_CONFIG_MAX_ROPE_FACTORS];
     double rope_long_factor[LT_CONFIG_MAX_ROPE_FACTORS];
     double rope_attention_factor; /* longrope: cos and sin are multiplied by this               */
-    /* mixture of experts (Qwen3-MoE); num_experts 0: every layer has the dense MLP */
+    /* mixture of experts (Qwen3-MoE, Mixtral); num_experts 0: every layer has the dense MLP */
     int64_t num_experts;           /* E: "num_experts" / "num_local_experts"                    */
     int64_t num_experts_per_tok;   /* K: experts each token is routed to (top-k)                */
     int64_t moe_intermediate_size; /* each expert's MLP width                                   */

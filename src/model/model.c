@@ -435,14 +435,14 @@ static lt_status load_moe(lt_model *m, const lt_model_params *p, int l, lt_layer
     const int E = (int)c->num_experts, H = (int)c->hidden_size, MI = (int)c->moe_intermediate_size;
     char name[256];
     lt_status st;
-    snprintf(name, sizeof name, "model.layers.%d.mlp.gate.weight", l);
+    snprintf(name, sizeof name, "model.layers.%d.%s.gate.weight", l, lt_moe_parent(c));
     if ((st = load_weight(m, p->use_mmap, name, E, H, &L->router, err))) return st;
     if (!(L->experts = calloc((size_t)E * 3, sizeof *L->experts))) return lt_fail(err, LT_ERR_NOMEM, "out of memory");
-    static const char *const nm[3] = {"gate_proj", "up_proj", "down_proj"};
     for (int e = 0; e < E; e++)
         for (int k = 0; k < 3; k++) {
             lt_weight *W = &L->experts[3 * e + k];
-            snprintf(name, sizeof name, "model.layers.%d.mlp.experts.%d.%s.weight", l, e, nm[k]);
+            snprintf(name, sizeof name, "model.layers.%d.%s.experts.%d.%s.weight", l, lt_moe_parent(c), e,
+                     lt_moe_proj_name(c, k));
             W->format = LT_WEIGHT_F32;
             if ((st = load_weight(m, p->use_mmap, name, k == 2 ? H : MI, k == 2 ? MI : H, &W->f32, err))) return st;
         }

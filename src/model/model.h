@@ -81,6 +81,16 @@ static inline lt_weight lt_model_lm_head(const lt_model *m) {
  */
 lt_error *lt_model_error(const lt_model *m);
 
+/* The checkpoint names of an MoE layer: its parent module (Qwen3-MoE "mlp", Mixtral "block_sparse_moe")
+ * and the experts' gate, up, down ("gate_proj", "up_proj", "down_proj" / "w1", "w3", "w2"). */
+static inline const char *lt_moe_parent(const lt_model_config *c) {
+    return c->arch == LT_ARCH_MIXTRAL ? "block_sparse_moe" : "mlp";
+}
+static inline const char *lt_moe_proj_name(const lt_model_config *c, int k) {
+    static const char *const qwen[3] = {"gate_proj", "up_proj", "down_proj"}, *const mixtral[3] = {"w1", "w3", "w2"};
+    return c->arch == LT_ARCH_MIXTRAL ? mixtral[k] : qwen[k];
+}
+
 /* Expert e's projection p (P_GATE, P_UP, P_DOWN) of MoE layer L. */
 static inline const lt_weight *lt_expert_w(const lt_layer *L, int e, lt_proj p) {
     return &L->experts[3 * e + (p - P_GATE)];

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Tiny random mixture-of-experts checkpoints plus goldens from transformers' and peft's own classes.
+"""Tiny random mixture-of-experts checkpoints (Qwen3-MoE, Mixtral) plus goldens from transformers' and peft's own classes.
 
 usage: make_moe_models.py OUTDIR [--only NAME[,NAME...]]
 
@@ -67,6 +67,18 @@ MODELS = {
                                              num_experts_per_tok=4, norm_topk_prob=True, decoder_sparse_step=2,
                                              output_router_logits=True, router_aux_loss_coef=0.05), 5003,
                       dict(r=4, alpha=16, targets=ATTN, params=EXPERTS[1:], skew=1.0)),
+    # Mixtral (checkpoint: block_sparse_moe.experts.{e}.w1/w3/w2): 3 experts, top-2 renormalised, every layer
+    # windowed (sliding_window 6 < T), aux loss in the loss
+    "mixtral-e3k2": ("MixtralConfig", dict(vocab_size=197, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                                           num_attention_heads=4, num_key_value_heads=2, num_local_experts=3,
+                                           num_experts_per_tok=2, sliding_window=6, output_router_logits=True,
+                                           router_aux_loss_coef=0.2), 5004,
+                     dict(r=4, alpha=8, targets=ATTN, params=EXPERTS, skew=0.0)),
+    # Mixtral: 6 experts, top-1 (weight 1), skewed router, no window
+    "mixtral-e6k1": ("MixtralConfig", dict(vocab_size=193, hidden_size=48, intermediate_size=32, num_hidden_layers=2,
+                                           num_attention_heads=4, num_key_value_heads=4, num_local_experts=6,
+                                           num_experts_per_tok=1), 5005,
+                     dict(r=2, alpha=4, targets=["q_proj", "o_proj"], params=EXPERTS[1:], skew=2.0)),
 }
 
 
