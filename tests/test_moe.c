@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "decoder/decoder.h"
+#include "loratune_experimental.h"
 #include "test_util.h"
 
 static const char *const models[] = {"qwen3moe-e5k2", "qwen3moe-e7k1", "qwen3moe-e9k4", "mixtral-e3k2", "mixtral-e6k1"};
@@ -307,6 +308,62 @@ START_TEST(test_moe_peft_roundtrip) {
 }
 END_TEST
 
+/* QLoRA on experts: loaded with NF4 + double quantization, every expert (and attention projection) is
+ * quantized and multiplied through dequantized tiles; its logits and LoRA gradients equal those of the
+ * f32 model made of the dequantized weights (lt_model_save writes them), within 1e-4. */
+START_TEST(test_moe_qlora_experts) {
+    char dir[1024], path[1200], root[512], fdir[700];
+    lt_context *ctx = tu_context();
+    snprintf(dir, sizeof dir, "%s/models/%s", LT_TEST_DATA_DIR, models[_i]);
+    lt_model_params mp;
+    lt_model_params_init(&mp, sizeof mp);
+    mp.quantization = LT_QUANT_NF4;
+    mp.double_quant = 1;
+    lt_model *mq = NULL, *mf = NULL;
+    ck_assert_msg(lt_model_load(ctx, dir, &mp, &mq) == LT_OK, "%s", lt_last_error());
+    const lt_model_config *c = &mq->cfg;
+    lt_model_info info = {.size = sizeof info};
+    ck_assert_int_eq(lt_model_get_info(mq, &info), LT_OK);
+    int64_t want = 0; /* every projection's and expert's elements */
+    for (int l = 0; l < c->num_hidden_layers; l++)
+        for (int q = 0; q < P_COUNT; q++) {
+            int in, o;
+            lt_proj_dims(c, (lt_proj)q, &in, &o);
+            want += c->layer_moe[l] && q >= P_GATE ? 0 : (int64_t)in * o;
+        }
+    want += (int64_t)c->n_moe_layers * c->num_experts * 3 * c->moe_intermediate_size * c->hidden_size;
+    ck_assert_int_eq(info.quantized_params, want);
+    tu_tempdir(root, sizeof root);
+    snprintf(fdir, sizeof fdir, "%s/dequantized", root);
+    ck_assert_msg(lt_model_save(mq, fdir) == LT_OK, "%s", lt_model_last_error(mq));
+    ck_assert_msg(lt_model_load(ctx, fdir, NULL, &mf) == LT_OK, "%s", lt_last_error());
+    snprintf(path, sizeof path, "%s/lora/adapter", dir);
+    lt_adapter *aq = NULL, *af = NULL;
+    ck_assert_int_eq(lt_adapter_load(mq, path, &aq), LT_OK);
+    ck_assert_int_eq(lt_adapter_load(mf, path, &af), LT_OK);
+    snprintf(path, sizeof path, "%s/lora", dir);
+    lt_st_file *g = open_golden(path, "grads.safetensors");
+    lt_batch b;
+    batch_of(&b, g);
+    double aux, lq = run(mq, aq, &b, 0, 1, &aux), lf = run(mf, af, &b, 0, 1, &aux);
+    ck_assert_msg(fabs(lq - lf) <= 1e-4 * fabs(lf), "%s: QLoRA loss %.8f vs its dequantized f32 model %.8f", models[_i],
+                  lq, lf);
+    float *gq = malloc(aq->n_params * 4), *gf = malloc(af->n_params * 4);
+    mq->be->ops->download(mq->be, gq, aq->grads, aq->n_params * 4);
+    mf->be->ops->download(mf->be, gf, af->grads, af->n_params * 4);
+    double rel = tu_max_rel_err(gq, gf, aq->n_params);
+    ck_assert_msg(rel <= 1e-4, "%s: QLoRA gradients differ from the dequantized f32 model's by %.3g", models[_i], rel);
+    free(gq);
+    free(gf);
+    lt_st_close(g);
+    lt_adapter_free(aq);
+    lt_adapter_free(af);
+    lt_model_free(mq);
+    lt_model_free(mf);
+    lt_context_free(ctx);
+}
+END_TEST
+
 /* What a LoRA on experts refuses: a model without experts, DoRA, dropout (PEFT's target_parameters neither). */
 START_TEST(test_moe_adapter_rules) {
     char dir[1024];
@@ -338,6 +395,7 @@ Suite *moe_suite(void) {
     tcase_add_loop_test(tc, test_moe_lora_gradients, 0, N_MODELS);
     tcase_add_loop_test(tc, test_moe_generate_matches_transformers, 0, N_MODELS);
     tcase_add_loop_test(tc, test_moe_peft_roundtrip, 0, N_MODELS);
+    tcase_add_loop_test(tc, test_moe_qlora_experts, 0, N_MODELS);
     tcase_add_test(tc, test_moe_adapter_rules);
     suite_add_tcase(s, tc);
     return s;

@@ -23,6 +23,15 @@ static const char bench_s_config[] =
     " \"num_attention_heads\": 8, \"num_key_value_heads\": 8, \"rope_theta\": 500000.0,"
     " \"rms_norm_eps\": 1e-5, \"max_position_embeddings\": 2048, \"tie_word_embeddings\": false}";
 
+/* moe-s (docs/BENCHMARKS.md): Qwen3-MoE, vocab 32000, hidden 512, 8 layers, 8 heads of 64, 32 experts of
+ * width 256, top-4 (renormalised); LoRA r=16 on q, k, v, o and every expert's gate|up and down. */
+static const char moe_s_config[] =
+    "{\"architectures\": [\"Qwen3MoeForCausalLM\"], \"model_type\": \"qwen3_moe\", \"vocab_size\": 32000,"
+    " \"hidden_size\": 512, \"intermediate_size\": 1376, \"moe_intermediate_size\": 256, \"num_hidden_layers\": 8,"
+    " \"num_attention_heads\": 8, \"num_key_value_heads\": 8, \"head_dim\": 64, \"num_experts\": 32,"
+    " \"num_experts_per_tok\": 4, \"norm_topk_prob\": true, \"rope_theta\": 1000000.0, \"rms_norm_eps\": 1e-6,"
+    " \"max_position_embeddings\": 2048, \"tie_word_embeddings\": false}";
+
 /* resident bytes of this process now (/proc/self/statm), 0 where unknown; freed heap memory is handed
  * back to the system first so that it does not count */
 static double resident_bytes(void) {
@@ -92,7 +101,11 @@ int cmd_bench(int argc, char **argv) {
     int base_dtype;
     if (opt_base_dtype(&o, "bench", &base_dtype)) return 2;
     const char *cfg = opt_str(&o, "config", "bench-s");
-    if (strcmp(cfg, "bench-s")) return fail("bench", "unknown --config \"%s\" (this build knows bench-s)", cfg);
+    const int moe = !strcmp(cfg, "moe-s");
+    if (strcmp(cfg, "bench-s") && !moe)
+        return fail("bench", "unknown --config \"%s\" (this build knows bench-s, moe-s)", cfg);
+    if (moe && (full || qlora || base_dtype != LT_BASE_F32))
+        return fail("bench", "--config moe-s runs LoRA on an f32 base only");
     long long threads, steps, warm;
     if (opt_int(&o, "threads", 0, 0, 1024, &threads) || opt_int(&o, "steps", 5, 1, 100000, &steps) ||
         opt_int(&o, "warmup", 2, 0, 1000, &warm))
@@ -114,7 +127,7 @@ int cmd_bench(int argc, char **argv) {
     lt_model_params_init(&mp, sizeof mp);
     mp.base_dtype = base_dtype;
     if (lt_context_create(&cp, &ctx) != LT_OK ||
-        lt_model_create_random_params(ctx, bench_s_config, 1, 0.02f, &mp, &m) != LT_OK) {
+        lt_model_create_random_params(ctx, moe ? moe_s_config : bench_s_config, 1, 0.02f, &mp, &m) != LT_OK) {
         rc = fail("bench", "%s", lt_last_error());
         goto done;
     }
@@ -142,7 +155,7 @@ int cmd_bench(int argc, char **argv) {
     lt_adapter_params_init(&ap, sizeof ap);
     ap.rank = 16;
     ap.alpha = 32;
-    ap.targets = LT_TARGET_ALL;
+    ap.targets = moe ? LT_TARGET_Q | LT_TARGET_K | LT_TARGET_V | LT_TARGET_O | LT_TARGET_EXPERTS : LT_TARGET_ALL;
     ap.full_finetune = full; /* every weight trainable: fp32 copies, gradients, optimizer state */
     lt_optimizer_params op;
     lt_optimizer_params_init(&op, sizeof op);
@@ -197,12 +210,12 @@ int cmd_bench(int argc, char **argv) {
         getrusage(RUSAGE_SELF, &ru);
         double tps = (double)steps * B * T / dt, rss = ru.ru_maxrss / 1024.0;
         if (opt_flag(&o, "json"))
-            printf("{\"config\": \"bench-s\", \"method\": \"%s\", \"threads\": %d, \"checkpointing\": \"%s\", "
+            printf("{\"config\": \"%s\", \"method\": \"%s\", \"threads\": %d, \"checkpointing\": \"%s\", "
                    "\"base_dtype\": \"%s\", \"steps\": %lld, \"loss\": %.6f, \"tokens_per_s\": %.1f, "
                    "\"tokens_per_cpu_s\": %.1f, \"peak_rss_mb\": %.1f, \"weight_bytes\": %lld, "
                    "\"projection_bits_per_param\": %.4f, \"measured_projection_bits_per_param\": %.4f, "
                    "\"optimizer\": \"%s\", \"trainable_params\": %.0f, \"bytes_per_trainable_param\": %.2f}\n",
-                   method, (int)threads, ck, base_dtype == LT_BASE_BF16 ? "bf16" : "f32", steps, loss, tps,
+                   cfg, method, (int)threads, ck, base_dtype == LT_BASE_BF16 ? "bf16" : "f32", steps, loss, tps,
                    (double)steps * B * T / dc, rss, (long long)info.weight_bytes, qbits, measured_bits, optname,
                    n_train, bytes_per_param);
         else

@@ -445,6 +445,10 @@ static lt_status load_moe(lt_model *m, const lt_model_params *p, int l, lt_layer
                      lt_moe_proj_name(c, k));
             W->format = LT_WEIGHT_F32;
             if ((st = load_weight(m, p->use_mmap, name, k == 2 ? H : MI, k == 2 ? MI : H, &W->f32, err))) return st;
+            /* QLoRA: the experts are most of the bytes; quantized like every projection (bitsandbytes' format) */
+            if (p->quantization != LT_QUANT_NONE &&
+                (st = quantize_weight(m, W, k == 2 ? H : MI, k == 2 ? MI : H, p, name, 1, err)))
+                return st;
         }
     return LT_OK;
 }
@@ -725,6 +729,15 @@ LT_API lt_status lt_model_quantize(lt_model *m, const lt_quant_params *params) {
             snprintf(name, sizeof name, "model.layers.%d.%s.%s.weight", l, mods[k].parent, mods[k].name);
             if ((st = split_module(m, L, &mods[k], w, &mp, name, err)) != LT_OK) return st;
         }
+    for (int l = 0; l < m->cfg.num_hidden_layers; l++) /* the experts of MoE layers */
+        for (int i = 0; m->layers[l].experts && i < 3 * m->cfg.num_experts; i++) {
+            lt_weight *W = &m->layers[l].experts[i];
+            const int H = (int)m->cfg.hidden_size, MI = (int)m->cfg.moe_intermediate_size, down = i % 3 == 2;
+            if (W->format != LT_WEIGHT_F32) continue;
+            snprintf(name, sizeof name, "model.layers.%d.%s.experts.%d.%s.weight", l, lt_moe_parent(&m->cfg), i / 3,
+                     lt_moe_proj_name(&m->cfg, i % 3));
+            if ((st = quantize_weight(m, W, down ? H : MI, down ? MI : H, &mp, name, 1, err)) != LT_OK) return st;
+        }
     return m->be->ops->sync(m->be);
 }
 
@@ -987,9 +1000,18 @@ LT_API lt_status lt_model_create_random_params(lt_context *ctx, const char *conf
         lt_layer *Ly = &m->layers[l];
         st = random_weight(m, H, 0, 1.0f, &rng, &Ly->attn_norm, err);
         if (st == LT_OK) st = random_weight(m, H, 0, 1.0f, &rng, &Ly->mlp_norm, err);
+        if (st == LT_OK && c->layer_moe[l]) { /* the router and the experts (f32) */
+            const size_t E = (size_t)c->num_experts, MI = (size_t)c->moe_intermediate_size;
+            st = random_weight(m, E * H, init_std, 0, &rng, &Ly->router, err);
+            if (st == LT_OK && !(Ly->experts = calloc(3 * E, sizeof *Ly->experts)))
+                st = lt_fail(err, LT_ERR_NOMEM, "out of memory");
+            for (size_t i = 0; st == LT_OK && i < 3 * E; i++)
+                st = random_weight(m, MI * H, init_std, 0, &rng, &Ly->experts[i].f32, err);
+        }
         for (int q = 0; st == LT_OK && q < P_COUNT; q++) {
             int in, o;
             lt_proj_dims(c, (lt_proj)q, &in, &o);
+            if (c->layer_moe[l] && q >= P_GATE) continue; /* the experts replace the MLP */
             st = random_weight(m, (size_t)in * o, init_std, 0, &rng, &Ly->w[q].f32, err);
             if (st == LT_OK && (c->bias_mask & (1u << q)))
                 st = random_weight(m, (size_t)o, init_std, 0, &rng, &Ly->bias[q], err);
