@@ -391,6 +391,19 @@ START_TEST(test_moe_adapter_rules) {
 }
 END_TEST
 
+/* Families not supported yet fail with a message naming the architecture (gpt-oss: issue 19, open). */
+START_TEST(test_moe_unsupported_arch) {
+    static const char cfg[] = "{\"architectures\": [\"GptOssForCausalLM\"], \"model_type\": \"gpt_oss\"}";
+    lt_model_config c;
+    lt_error err;
+    lt_error_clear(&err);
+    ck_assert_int_eq(lt_config_parse(cfg, sizeof cfg - 1, "config.json", &c, &err), LT_ERR_ARCH);
+    ck_assert_msg(strstr(err.msg, "GptOssForCausalLM") && strstr(err.msg, "Qwen3MoeForCausalLM") &&
+                      strstr(err.msg, "MixtralForCausalLM"),
+                  "%s", err.msg);
+}
+END_TEST
+
 Suite *moe_suite(void) {
     Suite *s = suite_create("moe");
     TCase *tc = tcase_create("qwen3moe");
@@ -401,6 +414,7 @@ Suite *moe_suite(void) {
     tcase_add_loop_test(tc, test_moe_peft_roundtrip, 0, (int)(sizeof roundtrip_models / sizeof *roundtrip_models));
     tcase_add_loop_test(tc, test_moe_qlora_experts, 0, N_MODELS);
     tcase_add_test(tc, test_moe_adapter_rules);
+    tcase_add_test(tc, test_moe_unsupported_arch);
     suite_add_tcase(s, tc);
     return s;
 }
