@@ -1,7 +1,8 @@
 /*
  * test_moe.c - mixture-of-experts families (Qwen3-MoE, Mixtral) against transformers' and peft's own classes:
  * logits, loss and the load-balancing loss; LoRA gradients on attention and on the experts (PEFT's
- * target_parameters), with and without checkpointing; greedy generation; our adapter loading in PeftModel.
+ * target_parameters), with and without checkpointing (and with the first layers' activations kept); greedy
+ * generation; our adapter loading in PeftModel; QLoRA on experts, in f32 and in bf16 (a bf16 base).
  *
  * Goldens: tests/python/make_moe_models.py writes LT_TEST_DATA_DIR/models/<name>/ (random checkpoints saved
  * by transformers: 5 / 7 / 9 experts, top-2 / top-1 / top-4, norm_topk_prob off and on, dense layers by
@@ -53,12 +54,22 @@ static void batch_of(lt_batch *b, const lt_st_file *g) {
 }
 
 /* one forward (and backward with grad_scale != 0) of the golden batch; returns loss_sum / n, *aux the
- * workspace's load-balancing loss */
+ * workspace's load-balancing loss. ckpt 0: every layer keeps its activations; 1: checkpointing (every
+ * layer recomputed in the backward); 2: checkpointing with the first layer's activations kept
+ * (activation_memory), the others recomputed. */
 static double run(lt_model *m, lt_adapter *a, const lt_batch *b, int ckpt, int backward, double *aux) {
     lt_error err;
     lt_workspace *ws = NULL;
     int64_t nv;
-    ck_assert_int_eq(lt_workspace_create(m, b->n_rows, b->seq_len, a ? a->p.rank : 0, ckpt, &ws, &err), LT_OK);
+    const int L = (int)m->cfg.num_hidden_layers;
+    ck_assert_int_eq(lt_workspace_create_kept(m, b->n_rows, b->seq_len, a ? a->p.rank : 0,
+                                              ckpt ? LT_WS_CHECKPOINT : LT_WS_FULL,
+                                              ckpt == 0   ? L
+                                              : ckpt == 2 ? 1
+                                                          : 0,
+                                              &ws, &err),
+                     LT_OK);
+    ck_assert_int_eq(ws->n_kept, ckpt == 0 ? L : ckpt == 2 ? 1 : 0);
     ck_assert_int_eq(lt_stage_batch(m, ws, b, &nv, &err), LT_OK);
     double sum;
     ck_assert_msg(lt_forward_backward(m, a, ws, NULL, backward ? 1.0f / (float)nv : 0.0f, &sum, NULL, &err) == LT_OK,
@@ -151,7 +162,7 @@ static int compare_grads(const lt_adapter *a, const lt_st_file *f, const char *w
 }
 
 /* The adapter saved by peft (attention target_modules, expert target_parameters): logits, loss, aux and
- * every LoRA gradient, with and without checkpointing. */
+ * every LoRA gradient, without checkpointing, with it, and with it keeping the first layer's activations. */
 START_TEST(test_moe_lora_gradients) {
     char dir[1024], path[1200];
     lt_context *ctx = tu_context();
@@ -172,7 +183,8 @@ START_TEST(test_moe_lora_gradients) {
     double rel = tu_max_rel_err(out, need(g, "logits")->data, n);
     ck_assert_msg(rel <= 1e-4, "%s: logits with the PEFT adapter differ by %.3g", models[_i], rel);
     free(out);
-    for (int ckpt = 0; ckpt < 2; ckpt++) {
+    ck_assert_int_gt(m->cfg.num_hidden_layers, 1); /* ckpt 2 keeps some layers and recomputes others */
+    for (int ckpt = 0; ckpt < 3; ckpt++) {
         m->be->ops->zero(m->be, a->grads, a->n_params * 4);
         double aux, loss = run(m, a, &b, ckpt, 1, &aux);
         double want = *(const float *)need(g, "loss")->data, want_aux = *(const float *)need(g, "aux_loss")->data;
@@ -368,6 +380,89 @@ START_TEST(test_moe_qlora_experts) {
 }
 END_TEST
 
+/* A bf16 base (base_dtype LT_BASE_BF16): the experts are stored in bf16 like the projections, and with
+ * NF4 (QLoRA computed in bf16) the 4-bit experts are multiplied in bf16 (gemm_q4). (1) The NF4 + bf16
+ * model is the bf16-base model of its dequantized weights: the same bf16 values of every weight, the
+ * same f32 router and so the same routing; loss within 1e-5 and LoRA gradients within 1e-4 relative
+ * (summation order of different kernels), as test_qlora's test_qlora_bf16_compute. (2) The bf16 cost,
+ * which is bf16 rounding of weights and activations (2^-8 relative each): the bf16 base of the original
+ * weights against the fp32 transformers + PEFT loss, and the NF4 model computed in bf16 against the same
+ * NF4 model computed in f32 (the goldens are of the unquantized model: NF4 itself moves the loss by ~1%).
+ * Measured: at most 3.6e-4 relative; tolerance 5e-3, as test_qlora (a transposed or unrounded expert
+ * gives O(1)). */
+START_TEST(test_moe_bf16_base) {
+    char dir[1024], path[1200], root[512], ddir[700];
+    lt_context *ctx = tu_context();
+    snprintf(dir, sizeof dir, "%s/models/%s", LT_TEST_DATA_DIR, models[_i]);
+    lt_model_params mp;
+    lt_model_params_init(&mp, sizeof mp);
+    mp.quantization = LT_QUANT_NF4;
+    mp.double_quant = 0;
+    lt_model *mq32 = NULL, *mq = NULL, *mb = NULL;
+    ck_assert_msg(lt_model_load(ctx, dir, &mp, &mq32) == LT_OK, "%s", lt_last_error());
+    tu_tempdir(root, sizeof root);
+    snprintf(ddir, sizeof ddir, "%s/dequantized", root);
+    ck_assert_msg(lt_model_save(mq32, ddir) == LT_OK, "%s", lt_model_last_error(mq32));
+    mp.base_dtype = LT_BASE_BF16;
+    ck_assert_msg(lt_model_load(ctx, dir, &mp, &mq) == LT_OK, "%s", lt_last_error());
+    lt_model_params bp;
+    lt_model_params_init(&bp, sizeof bp);
+    bp.base_dtype = LT_BASE_BF16;
+    ck_assert_msg(lt_model_load(ctx, ddir, &bp, &mb) == LT_OK, "%s", lt_last_error());
+    int l0 = 0;
+    while (!mq->cfg.layer_moe[l0]) l0++;
+    ck_assert_int_eq(lt_expert_w(&mq->layers[l0], 0, P_DOWN)->format, LT_WEIGHT_QUANT);
+    ck_assert_int_eq(lt_expert_w(&mb->layers[l0], 0, P_DOWN)->format, LT_WEIGHT_BF16);
+    snprintf(path, sizeof path, "%s/lora/adapter", dir);
+    lt_adapter *aq = NULL, *ab = NULL;
+    ck_assert_int_eq(lt_adapter_load(mq, path, &aq), LT_OK);
+    ck_assert_int_eq(lt_adapter_load(mb, path, &ab), LT_OK);
+    snprintf(path, sizeof path, "%s/lora", dir);
+    lt_st_file *g = open_golden(path, "grads.safetensors");
+    lt_batch b;
+    batch_of(&b, g);
+    double aux, lq = run(mq, aq, &b, 0, 1, &aux), lb = run(mb, ab, &b, 0, 1, &aux);
+    const double ref = *(const float *)need(g, "loss")->data;
+    ck_assert_msg(fabs(lq - lb) <= 1e-5 * fabs(lb), "%s: NF4 in bf16: loss %.8f vs the bf16 dequantized model %.8f",
+                  models[_i], lq, lb);
+    float *gq = malloc(aq->n_params * 4), *gb = malloc(ab->n_params * 4);
+    mq->be->ops->download(mq->be, gq, aq->grads, aq->n_params * 4);
+    mb->be->ops->download(mb->be, gb, ab->grads, ab->n_params * 4);
+    double rel = tu_max_rel_err(gq, gb, aq->n_params);
+    ck_assert_msg(rel <= 1e-4, "%s: NF4 in bf16: gradients differ from the bf16 dequantized model's by %.3g",
+                  models[_i], rel);
+    lt_model *m16 = NULL; /* (2) */
+    lt_adapter *a16 = NULL, *a32 = NULL;
+    ck_assert_msg(lt_model_load(ctx, dir, &bp, &m16) == LT_OK, "%s", lt_last_error());
+    ck_assert_int_eq(lt_expert_w(&m16->layers[l0], 0, P_GATE)->format, LT_WEIGHT_BF16);
+    snprintf(path, sizeof path, "%s/lora/adapter", dir);
+    ck_assert_int_eq(lt_adapter_load(m16, path, &a16), LT_OK);
+    ck_assert_int_eq(lt_adapter_load(mq32, path, &a32), LT_OK);
+    const double l16 = run(m16, a16, &b, 0, 1, &aux), lq32 = run(mq32, a32, &b, 0, 1, &aux);
+    fprintf(stderr,
+            "test_moe: %s: bf16 base vs fp32 transformers + PEFT: loss rel err %.3g; NF4 in bf16 vs in f32: %.3g\n",
+            models[_i], fabs(l16 - ref) / fabs(ref), fabs(lq - lq32) / fabs(lq32));
+    ck_assert_msg(fabs(l16 - ref) <= 5e-3 * fabs(ref), "%s: bf16 base: loss %.6f vs torch %.6f", models[_i], l16, ref);
+    ck_assert_msg(fabs(lq - lq32) <= 5e-3 * fabs(lq32), "%s: NF4 in bf16: loss %.6f vs in f32 %.6f", models[_i], lq,
+                  lq32);
+    lt_adapter_free(a16);
+    lt_adapter_free(a32);
+    lt_model_free(m16);
+    lt_model_free(mq32);
+    free(gq);
+    free(gb);
+    lt_st_close(g);
+    lt_adapter_free(aq);
+    lt_adapter_free(ab);
+    lt_model_free(mq);
+    lt_model_free(mb);
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", root);
+    ck_assert_int_eq(system(cmd), 0);
+    lt_context_free(ctx);
+}
+END_TEST
+
 /* What a LoRA on experts refuses: a model without experts, DoRA, dropout (PEFT's target_parameters neither). */
 START_TEST(test_moe_adapter_rules) {
     char dir[1024];
@@ -413,6 +508,7 @@ Suite *moe_suite(void) {
     tcase_add_loop_test(tc, test_moe_generate_matches_transformers, 0, N_MODELS);
     tcase_add_loop_test(tc, test_moe_peft_roundtrip, 0, (int)(sizeof roundtrip_models / sizeof *roundtrip_models));
     tcase_add_loop_test(tc, test_moe_qlora_experts, 0, N_MODELS);
+    tcase_add_loop_test(tc, test_moe_bf16_base, 0, N_MODELS);
     tcase_add_test(tc, test_moe_adapter_rules);
     tcase_add_test(tc, test_moe_unsupported_arch);
     suite_add_tcase(s, tc);

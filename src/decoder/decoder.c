@@ -564,6 +564,13 @@ static void layer_backward(lt_model *m, lt_workspace *ws, const lt_adapter *ad, 
 
 /* ---- the whole model ---------------------------------------------------------------------------- */
 
+void lt_embed_lookup(lt_model *m, const lt_adapter *ad, float *out, const int32_t *ids, int N) {
+    const int H = (int)m->cfg.hidden_size;
+    const float *table = lt_view_embed(m, ad);
+    if (table) OPS->embedding_forward(BE, out, ids, table, N, H);
+    else OPS->embedding_forward_bf16(BE, out, ids, m->embed_bf16, N, H); /* a bf16 base keeps its table in bf16 */
+}
+
 /* From ws->dln = d loss / d final_ln back through the final norm and every layer (reverse order);
  * adapter grads accumulate. */
 static lt_status backward_layers(lt_model *m, const lt_adapter *ad, lt_workspace *ws, const lt_dropout_state *drop,
@@ -574,8 +581,8 @@ static lt_status backward_layers(lt_model *m, const lt_adapter *ad, lt_workspace
                           lt_view_final_norm(m, ad), ws->final_rstd, N, H);
     ws->moe_recompute = 1; /* the routing statistics were counted by the forward */
     for (int l = L - 1; l >= 0; l--) {
-        lt_layer_acts *A = &ws->acts[ws->checkpointing ? 0 : l];
-        if (ws->checkpointing) /* recompute this layer's activations; its output goes to a scratch */
+        lt_layer_acts *A = lt_workspace_acts(ws, l);
+        if (l >= ws->n_kept) /* recompute this layer's activations; its output goes to a scratch */
             layer_forward(m, ws, ad, drop, NULL, l, ws->x_saved[l], A, ws->dln);
         layer_backward(m, ws, ad, drop, l, ws->x_saved[l], A);
     }
@@ -610,11 +617,11 @@ static lt_status forward_layers(lt_model *m, const lt_adapter *ad, lt_workspace 
         ws->aux_loss = 0;
         ws->aux_weight = 0;
     }
-    OPS->embedding_forward(BE, ws->x_saved[0], ws->ids, lt_view_embed(m, ad), N, H);
+    lt_embed_lookup(m, ad, ws->x_saved[0], ws->ids, N);
     if (c->embed_scale != 1.0) /* Gemma: times sqrt(hidden) rounded to the activation dtype (fp32) */
         OPS->scale(BE, (size_t)N * H, (float)c->embed_scale, ws->x_saved[0]);
     for (int l = 0; l < L; l++) {
-        lt_layer_acts *A = &ws->acts[ws->checkpointing ? 0 : l];
+        lt_layer_acts *A = lt_workspace_acts(ws, l);
         layer_forward(m, ws, ad, drop, kv, l, ws->x_saved[l], A, ws->x_saved[l + 1]);
     }
     OPS->rmsnorm_forward(BE, ws->final_ln, ws->final_rstd, ws->x_saved[L], lt_view_final_norm(m, ad), N, H,

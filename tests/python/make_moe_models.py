@@ -38,7 +38,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 from make_models import make_batch  # noqa: E402
-from make_family_models import generate_goldens, randomize_  # noqa: E402
+from make_family_models import GEN_LENS, generate_goldens, randomize_  # noqa: E402
 
 B, T = 2, 17
 COMMON = dict(rms_norm_eps=1e-5, max_position_embeddings=256, bos_token_id=1, eos_token_id=2)
@@ -172,7 +172,7 @@ def generate(name, outdir):
                    for p in pm.parameters() if p.requires_grad})
     save_file({k: (v.to(torch.int32) if v.dtype == torch.int64 else v).contiguous() for k, v in lg_out.items()},
               os.path.join(d, "lora", "grads.safetensors"), metadata={"format": "pt"})
-    margin = generate_goldens(pm, os.path.join(d, "lora"), seed, V)
+    margin = generate_goldens(pm, os.path.join(d, "lora"), seed, V, GEN_LENS)
     print(f"{name}: loss={float(gold['loss']):.5f} aux={float(gold['aux_loss']):.5f} "
           f"lora_loss={float(lg_out['loss']):.5f} unused experts={int((gold['counts'] == 0).sum())} "
           f"generate margin={margin:.2e} ({time.time() - t0:.1f}s)", flush=True)
