@@ -68,8 +68,9 @@ struct lt_model {
     lt_weight lm_head_q;               /* the LM head when not f32: quantized (quantize_lm_head, a bitsandbytes
                                         * checkpoint) or packed bf16 (base_dtype BF16: a tied head is embed_bf16);
                                         * lm_head is then NULL */
-    int base_dtype; /* lt_base_dtype: BF16 keeps the projections (LT_WEIGHT_BF16, or quantized ones computed
-                     * in bf16), the embeddings and the LM head in bf16 */
+    int base_dtype;   /* lt_base_dtype: BF16 keeps the projections (LT_WEIGHT_BF16, or quantized ones computed
+                       * in bf16), the embeddings and the LM head in bf16 */
+    int check_finite; /* load: refuse NaN / Inf weights (lt_model_params.skip_finite_check = 0) */
 };
 
 /* The LM head (V, H) as a weight of the seam: quantized, or the f32 lm_head. */
