@@ -26,7 +26,9 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--method", choices=["lora", "full"], default="lora",
                     help="lora (default): peft LoRA r=16 on the 7 projections; full: every parameter trainable")
-    ap.add_argument("--config", choices=["bench-s", "bench-1b"], default="bench-s")
+    ap.add_argument("--config", choices=["bench-s", "bench-1b", "moe-s"], default="bench-s",
+                    help="moe-s: Qwen3-MoE (hidden 512, 8 layers, 32 experts of 256, top-4), LoRA r=16 on q,k,v,o "
+                         "(target_modules) and the experts' gate_up_proj, down_proj (target_parameters)")
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--seq", type=int, default=None, help="tokens per row (bench-s 256, bench-1b 1024)")
@@ -55,12 +57,25 @@ def main():
                           num_attention_heads=8, num_key_value_heads=8, rope_theta=500000.0,
                           max_position_embeddings=2048, rms_norm_eps=1e-5, tie_word_embeddings=False)
     dtype = torch.bfloat16 if a.precision == "bf16-weights" else torch.float32
-    model = LlamaForCausalLM._from_config(cfg, attn_implementation=a.attn, torch_dtype=dtype)
+    if a.config == "moe-s":  # the model of `loratune bench --config moe-s` (src/cli/bench.c)
+        from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
+        cfg = Qwen3MoeConfig(vocab_size=32000, hidden_size=512, intermediate_size=1376, moe_intermediate_size=256,
+                             num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=8, head_dim=64,
+                             num_experts=32, num_experts_per_tok=4, norm_topk_prob=True, rope_theta=1e6,
+                             rms_norm_eps=1e-6, max_position_embeddings=2048, tie_word_embeddings=False)
+        model = Qwen3MoeForCausalLM._from_config(cfg, attn_implementation=a.attn, torch_dtype=dtype)
+    else:
+        model = LlamaForCausalLM._from_config(cfg, attn_implementation=a.attn, torch_dtype=dtype)
     if a.checkpointing == "on":
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if a.method == "lora":
             model.enable_input_require_grads()
-    if a.method == "lora":
+    if a.method == "lora" and a.config == "moe-s":
+        model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, task_type="CAUSAL_LM",
+                                                 target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+                                                 target_parameters=["mlp.experts.gate_up_proj",
+                                                                    "mlp.experts.down_proj"]))
+    elif a.method == "lora":
         model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, task_type="CAUSAL_LM",
                                                  target_modules=["q_proj", "k_proj", "v_proj", "o_proj",
                                                                  "gate_proj", "up_proj", "down_proj"]))

@@ -279,7 +279,11 @@ LT_API lt_status lt_model_logits(lt_model *model, const lt_adapter *adapter, con
 enum {
     LT_TARGET_Q = 1 << 0, LT_TARGET_K = 1 << 1, LT_TARGET_V = 1 << 2, LT_TARGET_O = 1 << 3,
     LT_TARGET_GATE = 1 << 4, LT_TARGET_UP = 1 << 5, LT_TARGET_DOWN = 1 << 6,
-    LT_TARGET_ALL = 0x7f
+    LT_TARGET_ALL = 0x7f,
+    /* mixture-of-experts layers (PEFT target_parameters "mlp.experts.gate_up_proj" / "mlp.experts.down_proj"):
+     * a LoRA per expert on its gate|up and on its down projections; not part of LT_TARGET_ALL */
+    LT_TARGET_EXPERTS_GATE_UP = 1 << 7, LT_TARGET_EXPERTS_DOWN = 1 << 8,
+    LT_TARGET_EXPERTS = (1 << 7) | (1 << 8)
 };
 
 /* LoRA initialisation (PEFT's init_lora_weights). PISSA and OLORA decompose each targeted base

@@ -40,6 +40,7 @@ rm -rf build/testdata/models && mkdir -p build/testdata
 "$py" tests/python/make_lora_goldens.py build/testdata/models >/dev/null
 "$py" tests/python/make_qlora_goldens.py build/testdata/models >/dev/null  # LoRA grads through bitsandbytes NF4 weights
 "$py" tests/python/make_family_models.py build/testdata/models >/dev/null
+"$py" tests/python/make_moe_models.py build/testdata/models >/dev/null  # Qwen3-MoE: routing, expert LoRA, aux loss
 if [ -f tests/python/make_op_goldens.py ]; then "$py" tests/python/make_op_goldens.py build/testdata/ops >/dev/null; fi
 "$py" tests/python/make_objective_goldens.py build/testdata/objectives >/dev/null
 echo "== tokenizer, chat template and dataset-row goldens (tokenizers, transformers, jinja2)"

@@ -110,11 +110,22 @@ lt_status lt_adapter_alloc(lt_model *m, const lt_adapter_params *p, lt_adapter *
                        "(base_dtype LT_BASE_BF16) does not keep; load the model with LT_BASE_F32");
     if (lt_init_is_decomposed(p->init) && p->use_dora)
         return lt_fail(err, LT_ERR_UNSUPPORTED, "adapter: DoRA with PiSSA / OLoRA initialisation is not supported");
-    if (!(p->targets & LT_TARGET_ALL) || (p->targets & ~(unsigned)LT_TARGET_ALL))
+    const unsigned known = (unsigned)LT_TARGET_ALL | (unsigned)LT_TARGET_EXPERTS;
+    if (!(p->targets & known) || (p->targets & ~known))
         return lt_fail(err, LT_ERR_ARGUMENT, "adapter: target mask 0x%x names no known projection", p->targets);
+    if (p->targets & LT_TARGET_EXPERTS) {
+        if (m->cfg.n_moe_layers == 0)
+            return lt_fail(err, LT_ERR_ARGUMENT, "adapter: %s has no experts to target", m->cfg.architecture);
+        if (p->use_dora || lt_init_is_decomposed(p->init) || p->dropout > 0)
+            return lt_fail(err, LT_ERR_UNSUPPORTED,
+                           "adapter: a LoRA on experts supports neither DoRA, PiSSA / OLoRA nor lora_dropout "
+                           "(PEFT's target_parameters neither)");
+    }
     lt_adapter *a = calloc(1, sizeof *a);
     const int L = (int)m->cfg.num_hidden_layers;
-    if (!a || !(a->lora = calloc((size_t)L * P_COUNT, sizeof *a->lora))) {
+    if (!a || !(a->lora = calloc((size_t)L * P_COUNT, sizeof *a->lora)) ||
+        ((p->targets & LT_TARGET_EXPERTS) && !(a->elora = calloc((size_t)L * 2, sizeof *a->elora)))) {
+        if (a) free(a->lora);
         free(a);
         return lt_fail(err, LT_ERR_NOMEM, "adapter: out of memory");
     }
@@ -132,12 +143,20 @@ lt_status lt_adapter_alloc(lt_model *m, const lt_adapter_params *p, lt_adapter *
                            m->cfg.architecture, mods[k].count, mods[k].name);
         }
     }
-    size_t n = 0, n_gn = 0, max_w = 0;
+    size_t n = 0, n_mlp = 0, n_exp = 0, n_gn = 0, max_w = 0;
+    const int n_moe = m->cfg.n_moe_layers;
+    for (int k = 0; k < 2; k++) /* experts: E LoRAs of each targeted kind per MoE layer */
+        if (p->targets & (LT_TARGET_EXPERTS_GATE_UP << k)) {
+            int in, o;
+            lt_elora_dims(&m->cfg, k, &in, &o);
+            n_exp += (size_t)m->cfg.num_experts * p->rank * (in + o);
+        }
     for (int k = 0; k < n_mods; k++) {
         if (!(p->targets & lt_module_mask(&mods[k]))) continue;
         int in, o;
         lt_module_dims(&m->cfg, &mods[k], &in, &o);
-        n += (size_t)p->rank * (in + o) + (p->use_dora ? (size_t)o : 0);
+        if (mods[k].first >= P_GATE) n_mlp += (size_t)p->rank * (in + o) + (p->use_dora ? (size_t)o : 0);
+        else n += (size_t)p->rank * (in + o) + (p->use_dora ? (size_t)o : 0);
         n_gn += 2 * (size_t)o;
         for (int q = mods[k].first; q < mods[k].first + mods[k].count; q++) {
             int pi, po;
@@ -145,7 +164,7 @@ lt_status lt_adapter_alloc(lt_model *m, const lt_adapter_params *p, lt_adapter *
             if ((size_t)pi * po > max_w) max_w = (size_t)pi * po;
         }
     }
-    n *= (size_t)L;
+    n = n * (size_t)L + n_mlp * (size_t)(L - n_moe) + n_exp * (size_t)n_moe; /* MoE layers: experts, no MLP */
     n_gn *= (size_t)L;
     const size_t n_lora = n;
     size_t norm_floats = 0;
@@ -181,8 +200,22 @@ lt_status lt_adapter_alloc(lt_model *m, const lt_adapter_params *p, lt_adapter *
     }
     size_t off = 0, gn_off = 0;
     for (int l = 0; l < L; l++)
-        for (int k = 0; k < n_mods; k++) {
+        for (int k = 0; k < n_mods + 2; k++) {
+            if (k >= n_mods) { /* the experts of an MoE layer: A (E, r, in), B (E, out, r) */
+                if (!m->cfg.layer_moe[l] || !(p->targets & (LT_TARGET_EXPERTS_GATE_UP << (k - n_mods)))) continue;
+                int in, o;
+                lt_elora_dims(&m->cfg, k - n_mods, &in, &o);
+                lt_lora *lo = &a->elora[2 * l + (k - n_mods)];
+                const size_t nA = (size_t)m->cfg.num_experts * p->rank * in;
+                lo->A = a->params + off;
+                lo->dA = a->grads + off;
+                lo->B = a->params + off + nA;
+                lo->dB = a->grads + off + nA;
+                off += nA + (size_t)m->cfg.num_experts * p->rank * o;
+                continue;
+            }
             if (!(p->targets & lt_module_mask(&mods[k]))) continue;
+            if (m->cfg.layer_moe[l] && mods[k].first >= P_GATE) continue;
             int in, o;
             lt_module_dims(&m->cfg, &mods[k], &in, &o);
             size_t a_off = off, b_off = off + (size_t)p->rank * in, m_off = b_off + (size_t)o * p->rank;
@@ -310,6 +343,26 @@ LT_API lt_status lt_adapter_create(lt_model *m, const lt_adapter_params *params,
                                                   : (float)((2.0 * rng_uniform(&rng) - 1.0) * bound);
             m->be->ops->upload(m->be, lo->A, h, n * sizeof *h);
         }
+    for (int l = 0; l < m->cfg.num_hidden_layers; l++) /* expert LoRA: the same init on every expert's A */
+        for (int k = 0; k < 2; k++) {
+            lt_lora *lo = lt_adapter_elora(a, l, k);
+            if (!lo) continue;
+            int in, o;
+            lt_elora_dims(&m->cfg, k, &in, &o);
+            size_t n = (size_t)m->cfg.num_experts * p.rank * in;
+            float *h = realloc(host, n * sizeof *h);
+            if (!h) {
+                free(host);
+                lt_adapter_free(a);
+                return lt_fail(terr, LT_ERR_NOMEM, "out of memory");
+            }
+            host = h;
+            double bound = 1.0 / sqrt((double)in);
+            for (size_t i = 0; i < n; i++)
+                h[i] = p.init == LT_INIT_GAUSSIAN ? (float)(rng_normal(&rng) / p.rank)
+                                                  : (float)((2.0 * rng_uniform(&rng) - 1.0) * bound);
+            m->be->ops->upload(m->be, lo->A, h, n * sizeof *h);
+        }
     free(host);
     if (p.use_dora) { /* m = ||W + s B A||_row = ||W||_row since B = 0 (PEFT's DoRA init) */
         for (int l = 0; l < m->cfg.num_hidden_layers; l++)
@@ -357,6 +410,7 @@ LT_API void lt_adapter_free(lt_adapter *a) {
     free(a->ptensors);
     free(a->dora_merge_g);
     free(a->lora);
+    free(a->elora);
     lt_adapter_set_save_files(a, NULL, NULL, 0);
     free(a);
 }

@@ -25,6 +25,11 @@ struct lt_adapter {
     lt_adapter_params p;
     float scaling; /* alpha/r, or alpha/sqrt(r) with rsLoRA */
     lt_lora *lora; /* (L * P_COUNT); A == NULL when the projection is not targeted */
+    /* LoRA on the experts of MoE layers (L * 2; A == NULL where none): [2l] on every expert's gate|up
+     * (A (E, r, H), B (E, 2 MI, r): rows 0 .. MI-1 of B_e are gate's, MI .. 2MI-1 up's), [2l + 1] on
+     * every expert's down (A (E, r, MI), B (E, H, r)). Expert e's A_e, B_e are contiguous; PEFT's
+     * lora_B interleaves the experts (docs/spec/moe.md) and peft.c converts. */
+    lt_lora *elora;
     float *params; /* every A and B, contiguous (device) */
     float *grads;  /* same layout (device) */
     size_t n_params;
@@ -97,6 +102,17 @@ static inline lt_lora *lt_adapter_lora(const lt_adapter *a, int layer, lt_proj p
     return l->A ? l : NULL;
 }
 
+/* layer l's expert LoRA: k = 0 gate|up, 1 down (NULL: none) */
+static inline lt_lora *lt_adapter_elora(const lt_adapter *a, int layer, int k) {
+    lt_lora *l = a->elora ? &a->elora[2 * layer + k] : NULL;
+    return l && l->A ? l : NULL;
+}
+/* in and out widths of the expert LoRA k (0: gate|up (H, 2 MI), 1: down (MI, H)) */
+static inline void lt_elora_dims(const lt_model_config *c, int k, int *in, int *out) {
+    *in = (int)(k ? c->moe_intermediate_size : c->hidden_size);
+    *out = (int)(k ? c->hidden_size : 2 * c->moe_intermediate_size);
+}
+
 static inline int lt_init_is_decomposed(lt_lora_init init) { return init == LT_INIT_PISSA || init == LT_INIT_OLORA; }
 
 /* ---- the tensors of a model as exported (adapter/export.c) ----------------------------------------
@@ -105,7 +121,7 @@ static inline int lt_init_is_decomposed(lt_lora_init init) { return init == LT_I
  * tied. The data of each, on the host in f32, comes from lt_export_tensor_data: the adapter's trained
  * copies where it holds them; a linear module dequantized, then merged with `delta` (when not NULL) or
  * with the adapter's own LoRA / DoRA (when not merged already). */
-typedef enum lt_xt_kind { LT_XT_PLAIN, LT_XT_MODULE, LT_XT_HEAD } lt_xt_kind;
+typedef enum lt_xt_kind { LT_XT_PLAIN, LT_XT_MODULE, LT_XT_HEAD, LT_XT_EXPERT } lt_xt_kind;
 typedef struct lt_xtensor {
     char name[96];   /* "model.layers.3.self_attn.q_proj.weight"                   */
     lt_xt_kind kind; /* PLAIN: a device f32 tensor; MODULE: a linear module; HEAD  */
@@ -115,6 +131,7 @@ typedef struct lt_xtensor {
     int ndim;
     int64_t shape[2]; /* (out, in), or (n, 1) when ndim is 1                      */
     int norm;         /* a norm weight                                            */
+    int expert;       /* EXPERT: expert e's projection proj (P_GATE, P_UP, P_DOWN) of an MoE layer */
 } lt_xtensor;
 
 /* What is added to a linear module's weight W (out, in), row-major, when it is exported. */

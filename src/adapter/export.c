@@ -45,7 +45,7 @@ lt_status lt_export_tensors(const lt_model *m, const lt_adapter *a, lt_xtensor *
     const lt_model_config *c = &m->cfg;
     const int L = (int)c->num_hidden_layers;
     const int64_t V = c->vocab_size, H = c->hidden_size;
-    lt_xtensor *v = calloc((size_t)(3 + L * (6 + 2 * P_COUNT)), sizeof *v);
+    lt_xtensor *v = calloc((size_t)(3 + L * (6 + 2 * P_COUNT) + c->n_moe_layers * (1 + 3 * c->num_experts)), sizeof *v);
     if (!v) return lt_fail(err, LT_ERR_NOMEM, "export: out of memory");
     int n = 0;
     xt_add(v, &n, LT_XT_PLAIN, lt_view_embed(m, a), V, H, "model.embed_tokens.weight");
@@ -83,11 +83,26 @@ lt_status lt_export_tensors(const lt_model *m, const lt_adapter *a, lt_xtensor *
                        lt_proj_names[q])
                     ->proj = q;
         }
+        if (c->layer_moe[l]) { /* the router and every expert's gate, up, down (checkpoint names) */
+            const int64_t MI = c->moe_intermediate_size;
+            xt_add(v, &n, LT_XT_PLAIN, Ly->router, c->num_experts, H, "model.layers.%d.%s.gate.weight", l,
+                   lt_moe_parent(c));
+            for (int e = 0; e < c->num_experts; e++)
+                for (int k = 0; k < 3; k++) {
+                    lt_xtensor *t = xt_add(v, &n, LT_XT_EXPERT, NULL, k == 2 ? H : MI, k == 2 ? MI : H,
+                                           "model.layers.%d.%s.experts.%d.%s.weight", l, lt_moe_parent(c), e,
+                                           lt_moe_proj_name(c, k));
+                    t->layer = l;
+                    t->expert = e;
+                    t->proj = P_GATE + k;
+                }
+        }
         lt_module mods[P_COUNT];
         const int n_mods = lt_model_modules(c, mods);
         for (int k = 0; k < n_mods; k++) {
             int min, mout;
             lt_module_dims(c, &mods[k], &min, &mout);
+            if (c->layer_moe[l] && mods[k].first >= P_GATE) continue; /* the experts replace the MLP */
             lt_xtensor *t = xt_add(v, &n, LT_XT_MODULE, NULL, mout, min, "model.layers.%d.%s.%s.weight", l,
                                    mods[k].parent, mods[k].name);
             t->layer = l;
@@ -184,6 +199,20 @@ lt_status lt_export_tensor_data(lt_model *m, const lt_adapter *a, lt_delta_fn de
     if (t->kind == LT_XT_PLAIN) {
         m->be->ops->download(m->be, dst, t->src, n * sizeof(float));
         return LT_OK;
+    }
+    if (t->kind == LT_XT_EXPERT) { /* dequantized when quantized; W_e += s B_e A_e of the expert LoRA */
+        const lt_model_config *c = &m->cfg;
+        lt_status st = lt_weight_download(m, lt_expert_w(&m->layers[t->layer], t->expert, (lt_proj)t->proj), dst,
+                                          (int)t->shape[0], (int)t->shape[1], err);
+        const int k = t->proj == P_DOWN; /* which expert LoRA: gate|up or down */
+        const lt_lora *lo = a && !a->merged && !delta ? lt_adapter_elora(a, t->layer, k) : NULL;
+        if (st != LT_OK || !lo) return st;
+        const int r = a->p.rank, in = (int)t->shape[1], o = (int)t->shape[0];
+        int lin, lout;
+        lt_elora_dims(c, k, &lin, &lout);
+        const size_t b_off =
+            (size_t)t->expert * lout * r + (t->proj == P_UP ? (size_t)c->moe_intermediate_size * r : 0);
+        return add_product(a, lo->A + (size_t)t->expert * r * lin, lo->B + b_off, o, in, a->scaling, dst, err);
     }
     if (t->kind == LT_XT_HEAD) { /* dequantized when quantized */
         const lt_weight head = lt_view_lm_head(m, a);

@@ -185,6 +185,9 @@ lt_status lt_adapter_full_check(const lt_model *m, const lt_adapter_params *p, l
                        "adapter: modules_to_save lm_head needs the LM head in f32; this model "
                        "keeps it in bf16 (base_dtype LT_BASE_BF16; load it with LT_BASE_F32)");
     if (!p->full_finetune) return LT_OK;
+    if (m->cfg.n_moe_layers > 0)
+        return lt_fail(err, LT_ERR_UNSUPPORTED, "adapter: full fine-tuning of %s (experts) is not supported yet",
+                       m->cfg.architecture);
     if (p->modules_to_save)
         return lt_fail(err, LT_ERR_ARGUMENT,
                        "adapter: modules_to_save is for a LoRA; full fine-tuning already "

@@ -48,6 +48,8 @@ static const char *arch_name(const lt_model_config *c) {
     case LT_ARCH_GEMMA: return "gemma";
     case LT_ARCH_GEMMA2: return "gemma2";
     case LT_ARCH_PHI3: return "phi3";
+    case LT_ARCH_QWEN3_MOE: /* llama.cpp's expert tensors (ffn_*_exps) are not written yet */
+    case LT_ARCH_MIXTRAL: return NULL;
     }
     return NULL;
 }

@@ -136,6 +136,10 @@ LT_API lt_status lt_adapter_merge(lt_adapter *a) {
                        "lt_adapter_merge: the adapter holds trained copies of base "
                        "weights (%s); export the merged model instead (lt_adapter_export_merged)",
                        a->p.full_finetune ? "full fine-tuning" : "modules_to_save");
+    if (a->elora)
+        return lt_fail(&a->err, LT_ERR_UNSUPPORTED,
+                       "lt_adapter_merge: merging a LoRA on experts in place is not supported; export the "
+                       "merged model instead (lt_adapter_export_merged)");
     if (a->model->base_dtype != LT_BASE_F32)
         return lt_fail(&a->err, LT_ERR_UNSUPPORTED,
                        "lt_adapter_merge: the model keeps its base weights in "

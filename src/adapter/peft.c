@@ -29,6 +29,26 @@ static void key_of(char *buf, size_t len, int l, const lt_module *mod, char ab) 
     snprintf(buf, len, KEY_PREFIX "%d.%s.%s.lora_%c.weight", l, mod->parent, mod->name, ab);
 }
 
+/* PEFT's key of layer l's expert LoRA k (0: gate_up_proj, 1: down_proj), ab 'A' or 'B'. target_parameters
+ * wrap the experts module once per parameter (ParamWrapper), the first listed innermost: with both
+ * targeted, that one's tensors sit under "base_layer." (docs/spec/moe.md). inner: the k listed first. */
+static void ekey_of(char *buf, size_t len, unsigned targets, int inner, int l, int k, char ab) {
+    const int both = (targets & LT_TARGET_EXPERTS) == LT_TARGET_EXPERTS;
+    snprintf(buf, len, KEY_PREFIX "%d.mlp.experts.%slora_%c.weight", l, both && k == inner ? "base_layer." : "", ab);
+}
+
+/* PEFT's lora_B of a 3-D expert parameter is (out, r * E) with expert e's column j at j * E + e; ours
+ * is (E, out, r). to_peft 1: ours -> PEFT's. */
+static void expert_b_convert(float *dst, const float *src, int E, int out, int r, int to_peft) {
+    for (int e = 0; e < E; e++)
+        for (int o = 0; o < out; o++)
+            for (int j = 0; j < r; j++) {
+                size_t ours = ((size_t)e * out + o) * r + j, peft = (size_t)o * r * E + (size_t)j * E + e;
+                if (to_peft) dst[peft] = src[ours];
+                else dst[ours] = src[peft];
+            }
+}
+
 /* Download all adapter parameters to a host buffer. */
 static float *params_to_host(const lt_adapter *a) {
     float *h = malloc(a->n_params * sizeof(float));
@@ -55,6 +75,13 @@ static lt_status write_adapter_config(const lt_adapter *a, const char *dir, lt_e
                                   : a->p.use_rslora ? a->p.alpha * sqrt(2.0)
                                                     : 2.0 * a->p.alpha));
     json_object_set_new(o, "target_modules", t);
+    if (a->p.targets & LT_TARGET_EXPERTS) { /* PEFT >= 0.17: fused 3-D expert tensors */
+        json_t *tp = json_array();
+        if (a->p.targets & LT_TARGET_EXPERTS_GATE_UP)
+            json_array_append_new(tp, json_string("mlp.experts.gate_up_proj"));
+        if (a->p.targets & LT_TARGET_EXPERTS_DOWN) json_array_append_new(tp, json_string("mlp.experts.down_proj"));
+        json_object_set_new(o, "target_parameters", tp);
+    }
     json_object_set_new(o, "lora_dropout", json_real(a->p.dropout));
     json_object_set_new(o, "bias", json_string("none"));
     json_object_set_new(o, "use_rslora", json_boolean(a->p.use_rslora));
@@ -105,12 +132,15 @@ static lt_status adapter_write_peft(lt_adapter *a, const char *dir, lt_error *er
     const int L = (int)a->model->cfg.num_hidden_layers;
     float *h = params_to_host(a);
     int n = 0;
-    lt_st_entry *e = calloc((size_t)L * P_COUNT * 3 + 2, sizeof *e);
-    char *names = calloc((size_t)L * P_COUNT * 3 + 2, 160);
+    lt_st_entry *e = calloc((size_t)L * (P_COUNT * 3 + 4) + 2, sizeof *e);
+    char *names = calloc((size_t)L * (P_COUNT * 3 + 4) + 2, 160);
+    /* expert LoRA: lora_B in PEFT's interleaved layout (expert_b_convert) */
+    float *eb = a->elora ? malloc(a->n_params * sizeof(float)) : NULL, *ebp = eb;
     /* PiSSA / OLoRA: the converted rank-2r tensors A' = [A; A0] (2r, in), B' = [B, -B0] (out, 2r) */
     float *h0 = a->init0 ? malloc(a->n_init0 * sizeof(float)) : NULL,
           *cv = a->init0 ? malloc(2 * a->n_init0 * sizeof(float)) : NULL;
-    if (!h || !e || !names || (a->init0 && (!h0 || !cv))) {
+    if (!h || !e || !names || (a->init0 && (!h0 || !cv)) || (a->elora && !eb)) {
+        free(eb);
         free(h);
         free(e);
         free(names);
@@ -167,6 +197,30 @@ static lt_status adapter_write_peft(lt_adapter *a, const char *dir, lt_error *er
                 n++;
             }
         }
+    for (int l = 0; l < L; l++)
+        for (int k = 0; k < 2; k++) {
+            const lt_lora *lo = lt_adapter_elora(a, l, k);
+            if (!lo) continue;
+            int in, o;
+            const int E = (int)a->model->cfg.num_experts, r = a->p.rank;
+            lt_elora_dims(&a->model->cfg, k, &in, &o);
+            for (int ab = 0; ab < 2; ab++) {
+                char *nm = names + (size_t)n * 160;
+                ekey_of(nm, 160, a->p.targets, 0, l, k, ab ? 'B' : 'A');
+                e[n].name = nm;
+                e[n].dtype = LT_DT_F32;
+                e[n].ndim = 2;
+                e[n].shape[0] = ab ? o : (int64_t)E * r; /* A (E*r, in): ours, row for row */
+                e[n].shape[1] = ab ? (int64_t)r * E : in;
+                e[n].data = h + (lo->A - a->params);
+                if (ab) {
+                    expert_b_convert(ebp, h + (lo->B - a->params), E, o, r, 1);
+                    e[n].data = ebp;
+                    ebp += (size_t)E * o * r;
+                }
+                n++;
+            }
+        }
     for (int i = 0; i < a->n_ptensors; i++) { /* modules_to_save: PEFT's keys, the wrapper's name left out */
         const lt_ptensor *t = &a->ptensors[i];
         char *nm = names + (size_t)n * 160;
@@ -183,6 +237,7 @@ static lt_status adapter_write_peft(lt_adapter *a, const char *dir, lt_error *er
     lt_path_join(path, sizeof path, dir, "adapter_model.safetensors");
     static const char *const meta[] = {"format", "pt", NULL};
     st = lt_st_write(path, e, n, meta, err);
+    free(eb);
     free(h);
     free(e);
     free(names);
@@ -338,7 +393,40 @@ static lt_status parse_targets(json_t *tm, const lt_model *m, unsigned *targets,
     return LT_OK;
 }
 
-static lt_status read_adapter_config(const char *dir, const lt_model *m, lt_adapter_params *p, lt_error *err) {
+/* target_parameters (PEFT's LoRA on 3-D parameters): the experts' gate_up_proj and down_proj of the MoE
+ * layers, named with or without their parents ("mlp.experts.gate_up_proj", "experts.gate_up_proj", ...);
+ * *inner: the kind listed first (0 gate_up, 1 down), whose tensors PEFT keeps under "base_layer." */
+static lt_status parse_target_parameters(json_t *tp, const lt_model *m, lt_adapter_params *p, int *inner,
+                                         const char *path, lt_error *err) {
+    *inner = 0;
+    if (!tp || json_is_null(tp)) return LT_OK;
+    if (!json_is_array(tp)) return lt_fail(err, LT_ERR_JSON, "%s: target_parameters must be a list", path);
+    size_t i;
+    json_t *v;
+    int first = -1;
+    json_array_foreach(tp, i, v) {
+        const char *s = json_is_string(v) ? json_string_value(v) : "";
+        size_t n = strlen(s);
+        int k = -1;
+        static const char *const tails[2] = {"experts.gate_up_proj", "experts.down_proj"};
+        for (int j = 0; j < 2; j++) {
+            size_t t = strlen(tails[j]);
+            if (n >= t && !strcmp(s + n - t, tails[j]) && (n == t || s[n - t - 1] == '.')) k = j;
+        }
+        if (k < 0 || m->cfg.n_moe_layers == 0)
+            return lt_fail(err, LT_ERR_UNSUPPORTED,
+                           "%s: target parameter \"%s\" is not supported (only the experts' gate_up_proj and "
+                           "down_proj of a mixture-of-experts model)",
+                           path, s);
+        if (first < 0) first = k;
+        p->targets |= (unsigned)LT_TARGET_EXPERTS_GATE_UP << k;
+    }
+    *inner = first < 0 ? 0 : first;
+    return LT_OK;
+}
+
+static lt_status read_adapter_config(const char *dir, const lt_model *m, lt_adapter_params *p, int *inner,
+                                     lt_error *err) {
     char path[4200];
     lt_path_join(path, sizeof path, dir, "adapter_config.json");
     json_error_t je;
@@ -429,7 +517,11 @@ static lt_status read_adapter_config(const char *dir, const lt_model *m, lt_adap
         st = lt_fail(err, LT_ERR_MISSING, "%s: target_modules is missing", path);
         goto out;
     }
-    st = parse_targets(v, m, &p->targets, path, err);
+    json_t *tpar = json_object_get(o, "target_parameters");
+    if (json_is_null(v) && tpar && json_is_array(tpar) && json_array_size(tpar)) st = LT_OK; /* experts only */
+    else st = parse_targets(v, m, &p->targets, path, err);
+    if (st == LT_ERR_FORMAT && tpar && json_is_array(tpar) && json_array_size(tpar)) st = LT_OK; /* [] */
+    if (st == LT_OK) st = parse_target_parameters(tpar, m, p, inner, path, err);
     v = json_object_get(o, "init_lora_weights");
     if (v && json_is_string(v) && !strcmp(json_string_value(v), "gaussian")) p->init = LT_INIT_GAUSSIAN;
     /* PEFT's unconverted PiSSA / OLoRA save: its from_pretrained redoes the decomposition on the base (the base
@@ -498,7 +590,8 @@ LT_API lt_status lt_adapter_load(lt_model *m, const char *dir, lt_adapter **out)
     if (access(acfg_path, F_OK) != 0 && access(cfg_path, F_OK) == 0) /* a model saved by full fine-tuning */
         return load_full(m, dir, out, err);
     lt_adapter_params p;
-    lt_status st = read_adapter_config(dir, m, &p, err);
+    int inner = 0; /* the expert LoRA PEFT nests innermost (ekey_of) */
+    lt_status st = read_adapter_config(dir, m, &p, &inner, err);
     int converted = 0; /* PiSSA / OLoRA saved by us: [A; A0], [B, -B0] of rank 2r */
     if (st == LT_OK) st = read_init_sidecar(dir, &p, &converted, err);
     if (st != LT_OK) return st;
@@ -539,6 +632,20 @@ LT_API lt_status lt_adapter_load(lt_model *m, const char *dir, lt_adapter **out)
     }
     if (a->init0 && !converted && (st = lt_lora_decompose_init(a, err)) != LT_OK)
         goto fail; /* PEFT's unconverted save */
+    if ((p.targets & LT_TARGET_EXPERTS) == LT_TARGET_EXPERTS) {
+        /* which expert LoRA PEFT nested innermost ("base_layer."): the saved target_parameters list need not
+         * be in wrapping order, the shapes tell (gate_up: A (E r, H), B (2 MI, r E); down: A (E r, MI), B (H, r E)) */
+        for (int l = 0; l < L; l++) {
+            if (!m->cfg.layer_moe[l]) continue;
+            char ka[256], kb[256];
+            ekey_of(ka, sizeof ka, p.targets, 0, l, 0, 'A');
+            ekey_of(kb, sizeof kb, p.targets, 0, l, 0, 'B');
+            const lt_st_tensor *ta = lt_st_find(f, ka), *tb = lt_st_find(f, kb);
+            if (ta && tb && ta->ndim == 2 && tb->ndim == 2)
+                inner = ta->shape[1] == m->cfg.moe_intermediate_size && tb->shape[0] == m->cfg.hidden_size ? 1 : 0;
+            break;
+        }
+    }
     /* every key in the file must be one we expect ... */
     lt_module mods[P_COUNT];
     const int n_mods = lt_model_modules(&m->cfg, mods);
@@ -556,6 +663,11 @@ LT_API lt_status lt_adapter_load(lt_model *m, const char *dir, lt_adapter **out)
                     const lt_lora *lo = lt_adapter_lora(a, l, (lt_proj)mods[q].first);
                     matched = !strcmp(key, name) && lo && (k < 2 || lo->mag);
                 }
+        for (l = 0; l < L && !matched; l++)
+            for (int k = 0; k < 4 && !matched; k++) {
+                ekey_of(key, sizeof key, a->p.targets, inner, l, k / 2, k % 2 ? 'B' : 'A');
+                matched = !strcmp(key, name) && lt_adapter_elora(a, l, k / 2);
+            }
         for (int k = 0; k < a->n_ptensors && !matched; k++) {
             char key[256];
             snprintf(key, sizeof key, "base_model.model.%s", a->ptensors[k].name);
@@ -621,6 +733,40 @@ LT_API lt_status lt_adapter_load(lt_model *m, const char *dir, lt_adapter **out)
                     }
                 }
             }
+        }
+    for (int l = 0; l < L; l++) /* expert LoRA: A row for row, B from PEFT's interleaved layout */
+        for (int k = 0; k < 4; k++) {
+            lt_lora *lo = lt_adapter_elora(a, l, k / 2);
+            if (!lo) continue;
+            int in, o;
+            const int E = (int)m->cfg.num_experts, r = p.rank, isB = k % 2;
+            lt_elora_dims(&m->cfg, k / 2, &in, &o);
+            char key[256];
+            ekey_of(key, sizeof key, a->p.targets, inner, l, k / 2, isB ? 'B' : 'A');
+            const lt_st_tensor *t = lt_st_find(f, key);
+            const int64_t d0 = isB ? o : (int64_t)E * r, d1 = isB ? (int64_t)r * E : in;
+            if (!t) {
+                st = lt_fail(err, LT_ERR_MISSING, "%s: tensor \"%s\" is missing", path, key);
+                goto fail;
+            }
+            if (t->ndim != 2 || t->shape[0] != d0 || t->shape[1] != d1) {
+                st = lt_fail(err, LT_ERR_SHAPE, "%s: tensor \"%s\" must have shape [%lld, %lld] (%d experts, r = %d)",
+                             path, key, (long long)d0, (long long)d1, E, r);
+                goto fail;
+            }
+            float *dst = host + ((isB ? lo->B : lo->A) - a->params), *tmp = NULL;
+            if (isB && !(tmp = malloc((size_t)t->numel * sizeof(float)))) {
+                st = lt_fail(err, LT_ERR_NOMEM, "out of memory");
+                goto fail;
+            }
+            if (lt_convert_to_f32(isB ? tmp : dst, t->data, t->dtype, (size_t)t->numel) != 0) {
+                free(tmp);
+                st = lt_fail(err, LT_ERR_DTYPE, "%s: tensor \"%s\" has dtype %s (need F32, F16 or BF16)", path, key,
+                             lt_dtype_name(t->dtype));
+                goto fail;
+            }
+            if (isB) expert_b_convert(dst, tmp, E, o, r, 0);
+            free(tmp);
         }
     for (int k = 0; k < a->n_ptensors; k++) { /* modules_to_save copies */
         char key[256];

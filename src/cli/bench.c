@@ -40,13 +40,23 @@ static const char bench_8b_config[] =
     " \"num_attention_heads\": 32, \"num_key_value_heads\": 8, \"rope_theta\": 500000.0,"
     " \"rms_norm_eps\": 1e-5, \"max_position_embeddings\": 8192, \"tie_word_embeddings\": false}";
 
+/* moe-s (docs/BENCHMARKS.md): Qwen3-MoE, vocab 32000, hidden 512, 8 layers, 8 heads of 64, 32 experts of
+ * width 256, top-4 (renormalised); LoRA r=16 on q, k, v, o and every expert's gate|up and down. */
+static const char moe_s_config[] =
+    "{\"architectures\": [\"Qwen3MoeForCausalLM\"], \"model_type\": \"qwen3_moe\", \"vocab_size\": 32000,"
+    " \"hidden_size\": 512, \"intermediate_size\": 1376, \"moe_intermediate_size\": 256, \"num_hidden_layers\": 8,"
+    " \"num_attention_heads\": 8, \"num_key_value_heads\": 8, \"head_dim\": 64, \"num_experts\": 32,"
+    " \"num_experts_per_tok\": 4, \"norm_topk_prob\": true, \"rope_theta\": 1000000.0, \"rms_norm_eps\": 1e-6,"
+    " \"max_position_embeddings\": 2048, \"tie_word_embeddings\": false}";
+
 typedef struct bench_config {
     const char *name, *json;
     int B, T, checkpointing; /* defaults */
 } bench_config;
 static const bench_config configs[] = {{"bench-s", bench_s_config, 4, 256, 0},
                                        {"bench-1b", bench_1b_config, 1, 1024, 1},
-                                       {"bench-8b", bench_8b_config, 1, 1024, 1}};
+                                       {"bench-8b", bench_8b_config, 1, 1024, 1},
+                                       {"moe-s", moe_s_config, 4, 256, 0}};
 
 /* ---- measuring ---------------------------------------------------------------------------------- */
 
@@ -138,11 +148,12 @@ static int reload_from_disk(lt_context *ctx, lt_model **m) {
 }
 
 static const char bench_usage[] =
-    "usage: loratune bench [--config bench-s|bench-1b|bench-8b] [--method lora|qlora|full] [options]\n"
+    "usage: loratune bench [--config bench-s|bench-1b|bench-8b|moe-s] [--method lora|qlora|full] [options]\n"
     "  A training step of a Llama model of the config's shapes with random weights made by the library\n"
     "  (or --model DIR: a checkpoint of those shapes, with the time to load it against the time to read\n"
     "  its files), LoRA r=16 alpha=32 on all 7 projections, AdamW. Reports tokens/s and the memory it\n"
     "  took: peak RSS, the weights, the adapter with its optimizer state, the step (activations, workspace).\n"
+    "  moe-s: a Qwen3-MoE (32 experts, top-4), LoRA on q, k, v, o and the experts, f32 base only.\n"
     "  --threads N (all cores) --steps N (5; 0: load and memory only) --warmup N (2) --json\n"
     "  --seq T --batch B            tokens per row, rows (bench-s 4 x 256; bench-1b, bench-8b 1 x 1024)\n"
     "  --checkpointing on|off       gradient checkpointing (bench-s off; bench-1b, bench-8b on)\n"
@@ -178,12 +189,15 @@ int cmd_bench(int argc, char **argv) {
     const bench_config *cfg = NULL;
     for (size_t i = 0; i < sizeof configs / sizeof *configs; i++)
         if (!strcmp(cfgname, configs[i].name)) cfg = &configs[i];
-    if (!cfg) return fail("bench", "unknown --config \"%s\" (bench-s, bench-1b, bench-8b)", cfgname);
+    if (!cfg) return fail("bench", "unknown --config \"%s\" (bench-s, bench-1b, bench-8b, moe-s)", cfgname);
     long long threads, steps, warm, B, T;
     if (opt_int(&o, "threads", 0, 0, 1024, &threads) || opt_int(&o, "steps", 5, 0, 100000, &steps) ||
         opt_int(&o, "warmup", 2, 0, 1000, &warm) || opt_int(&o, "batch", cfg->B, 1, 1 << 16, &B) ||
         opt_int(&o, "seq", cfg->T, 2, 1 << 20, &T))
         return 2;
+    const int moe = !strcmp(cfg->name, "moe-s");
+    if (moe && (full || qlora || base_dtype != LT_BASE_F32))
+        return fail("bench", "--config moe-s runs LoRA on an f32 base only");
     const char *ck = opt_str(&o, "checkpointing", cfg->checkpointing ? "on" : "off");
     if (strcmp(ck, "on") && strcmp(ck, "off")) return fail("bench", "--checkpointing must be on or off");
     const char *am = opt_str(&o, "activation-memory", "0");
@@ -252,7 +266,7 @@ int cmd_bench(int argc, char **argv) {
     lt_adapter_params_init(&ap, sizeof ap);
     ap.rank = 16;
     ap.alpha = 32;
-    ap.targets = LT_TARGET_ALL;
+    ap.targets = moe ? LT_TARGET_Q | LT_TARGET_K | LT_TARGET_V | LT_TARGET_O | LT_TARGET_EXPERTS : LT_TARGET_ALL;
     ap.full_finetune = full; /* every weight trainable: fp32 copies, gradients, optimizer state */
     lt_optimizer_params op;
     lt_optimizer_params_init(&op, sizeof op);
@@ -312,7 +326,8 @@ int cmd_bench(int argc, char **argv) {
     const double w = r1 - r0, state = r2 - r1, step = peak - r2;
     /* multiply-adds with the frozen weights per step (projections and LM head, y = x W^T and dx = dy W;
      * the recomputation of checkpointed layers not counted): the work of the bf16 / 4-bit kernel */
-    const double H = (double)info.hidden_size, I = (double)info.intermediate_size;
+    /* moe-s: each token passes through its K = 4 experts of width 256 (the router's 32 x H not counted) */
+    const double H = (double)info.hidden_size, I = moe ? 4.0 * 256.0 : (double)info.intermediate_size;
     const double QD = (double)(info.n_heads * info.head_dim), KD = (double)(info.n_kv_heads * info.head_dim);
     const double proj = (double)info.n_layers * (2 * H * QD + 2 * H * KD + 3 * H * I);
     const double frozen_gflop = 2.0 * 2.0 * (proj + (double)info.vocab_size * H) * (double)(B * T) / 1e9;

@@ -284,12 +284,16 @@ int parse_targets(const char *cmd, const char *s, unsigned *out) {
         while (k < 7 && strcmp(tok, names[k])) k++;
         if (!strcmp(tok, "qkv_proj")) *out |= LT_TARGET_Q | LT_TARGET_K | LT_TARGET_V; /* Phi-3's fused modules */
         else if (!strcmp(tok, "gate_up_proj")) *out |= LT_TARGET_GATE | LT_TARGET_UP;
+        else if (!strcmp(tok, "experts")) *out |= LT_TARGET_EXPERTS; /* MoE: PEFT's target_parameters */
+        else if (!strcmp(tok, "experts.gate_up_proj")) *out |= LT_TARGET_EXPERTS_GATE_UP;
+        else if (!strcmp(tok, "experts.down_proj")) *out |= LT_TARGET_EXPERTS_DOWN;
         else if (k == 7) bad = 1;
         else *out |= 1u << k;
     }
     if (bad || !*out) {
         fail(cmd, "--targets: expected all or a comma-separated list of q_proj,k_proj,v_proj,o_proj,gate_proj,"
-                  "up_proj,down_proj (Phi-3: qkv_proj,o_proj,gate_up_proj,down_proj)");
+                  "up_proj,down_proj (Phi-3: qkv_proj,o_proj,gate_up_proj,down_proj; mixture of experts: "
+                  "experts, experts.gate_up_proj, experts.down_proj)");
         return -1;
     }
     return 0;

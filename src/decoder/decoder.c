@@ -146,12 +146,15 @@ typedef struct layer_pass {
     const lt_layer *W;     /* the weights the pass reads (lt_view_layer)                   */
     const lt_layer *G;     /* full fine-tuning: their gradients (NULL: the weights are frozen) */
     lt_lora *lo[P_COUNT];  /* each projection's LoRA (NULL: none)                          */
+    lt_lora *elo[2];       /* MoE layer: the experts' LoRA on gate|up and on down (NULL: none) */
 } layer_pass;
 
 static layer_pass layer_pass_of(lt_model *m, lt_workspace *ws, const lt_adapter *ad, const lt_dropout_state *drop,
                                 const lt_kv_cache *kv, int l) {
-    layer_pass P = {m, ws, ad, drop, kv, l, ws->B * ws->T, lt_view_layer(m, ad, l), lt_view_layer_grads(ad, l), {0}};
+    layer_pass P = {m,   ws, ad, drop, kv, l, ws->B * ws->T, lt_view_layer(m, ad, l), lt_view_layer_grads(ad, l),
+                    {0}, {0}};
     for (int p = 0; p < P_COUNT; p++) P.lo[p] = ad ? lt_adapter_lora(ad, l, (lt_proj)p) : NULL;
+    for (int k = 0; k < 2; k++) P.elo[k] = ad ? lt_adapter_elora(ad, l, k) : NULL;
     return P;
 }
 
@@ -298,6 +301,203 @@ static void mlp_backward_block(const layer_pass *P, lt_layer_acts *A) {
     OPS->rmsnorm_backward(BE, ws->dres, G ? G->mlp_norm : NULL, ws->dln, A->x_mid, W->mlp_norm, A->rstd2, N, H);
 }
 
+/* ---- mixture-of-experts sublayer (Qwen3-MoE; docs/spec/moe.md) --------------------------------------- *
+ * x_out = x_mid + sum over the K experts e chosen for the token of w_e * down_e(silu(gate_e(ln2)) * up_e(ln2)),
+ * ln2 = mlp_norm(x_mid), z = ln2 W_router^T (N,E), p = softmax(z), the K largest p (w = p, or p / their sum
+ * with norm_topk_prob). Routing runs on the host (one (N,E) download per layer); the N*K (token, expert)
+ * pairs are sorted by expert, so each expert is one GEMM per projection over its rows (gathered with
+ * embedding_forward, an expert with no token skipped), and the weighted rows are summed back with
+ * embedding_backward's deterministic scatter-add. No loop over tokens on the device. */
+
+/* Host routing of N tokens from their router logits z (N,E) into R (lt_moe_route). Ties between equal
+ * probabilities go to the lower expert. The pairs of one expert keep token order. */
+static void moe_route(const lt_model_config *c, lt_moe_route *R, const float *z, int N) {
+    const int E = (int)c->num_experts, K = (int)c->num_experts_per_tok;
+    for (int t = 0; t < N; t++) {
+        float *p = R->prob + (size_t)t * E;
+        const float *zt = z + (size_t)t * E;
+        float mx = zt[0], sum = 0.0f;
+        for (int e = 1; e < E; e++) mx = zt[e] > mx ? zt[e] : mx;
+        for (int e = 0; e < E; e++) sum += (p[e] = expf(zt[e] - mx));
+        for (int e = 0; e < E; e++) p[e] /= sum;
+        int32_t *sel = R->sel + (size_t)t * K;
+        for (int k = 0; k < K; k++) { /* K is small: a selection by scans */
+            int best = -1;
+            for (int e = 0; e < E; e++) {
+                int taken = 0;
+                for (int j = 0; j < k && !taken; j++) taken = sel[j] == e;
+                if (!taken && (best < 0 || p[e] > p[best])) best = e;
+            }
+            sel[k] = best;
+        }
+    }
+    for (int e = 0; e <= E; e++) R->off[e] = 0;
+    for (size_t i = 0; i < (size_t)N * K; i++) R->off[R->sel[i] + 1]++;
+    for (int e = 0; e < E; e++) R->off[e + 1] += R->off[e];
+    for (int t = 0; t < N; t++) {
+        const int32_t *sel = R->sel + (size_t)t * K;
+        const float *p = R->prob + (size_t)t * E;
+        float s = 0.0f;
+        for (int k = 0; k < K; k++) s += p[sel[k]];
+        for (int k = 0; k < K; k++) {
+            int32_t a = R->off[sel[k]]++; /* off[e] walks to off[e + 1]; shifted back below */
+            R->tok[a] = t;
+            R->w[a] = c->norm_topk_prob ? p[sel[k]] / s : p[sel[k]];
+            R->pair[(size_t)t * K + k] = a;
+        }
+    }
+    for (int e = E; e > 0; e--) R->off[e] = R->off[e - 1];
+    R->off[0] = 0;
+}
+
+/* Expert e's view of the layer's expert LoRA k (0: gate|up, part 0 gate / 1 up; 1: down); A == NULL: none. */
+static lt_lora expert_lora(const layer_pass *P, int k, int e, int part) {
+    lt_lora v = {0};
+    const lt_lora *lo = P->elo[k];
+    if (!lo) return v;
+    const int r = P->ad->p.rank, MI = (int)P->m->cfg.moe_intermediate_size;
+    int in, out;
+    lt_elora_dims(&P->m->cfg, k, &in, &out);
+    const size_t a = (size_t)e * r * in, b = (size_t)e * out * r + (size_t)part * MI * r;
+    v.A = lo->A + a;
+    v.dA = lo->dA + a;
+    v.B = lo->B + b;
+    v.dB = lo->dB + b;
+    return v;
+}
+
+/* y (n,out) = rows x (n,in) through expert e's projection p and its LoRA; xa (n,r). */
+static void expert_forward(const layer_pass *P, int e, lt_proj p, float *y, const float *x, float *xa, int n) {
+    const int H = (int)P->m->cfg.hidden_size, MI = (int)P->m->cfg.moe_intermediate_size;
+    lt_lora lo = expert_lora(P, p == P_DOWN, e, p == P_UP);
+    lt_linear_forward(P->m, P->ws, P->ad, lo.A ? &lo : NULL, NULL, 0, y, x, lt_expert_w(P->W, e, p), xa, n,
+                      p == P_DOWN ? MI : H, p == P_DOWN ? H : MI);
+}
+
+/* dx (n,in) (= or += by accumulate) through expert e's projection p; its LoRA grads accumulate. */
+static void expert_backward(const layer_pass *P, int e, lt_proj p, float *dx, int accumulate, const float *dy,
+                            const float *x, const float *xa, int n) {
+    const int H = (int)P->m->cfg.hidden_size, MI = (int)P->m->cfg.moe_intermediate_size;
+    lt_lora lo = expert_lora(P, p == P_DOWN, e, p == P_UP);
+    linear_backward(P->m, P->ws, P->ad, lo.A ? &lo : NULL, NULL, 0, dx, accumulate, dy, x, lt_expert_w(P->W, e, p), xa,
+                    n, p == P_DOWN ? MI : H, p == P_DOWN ? H : MI);
+}
+
+static void moe_forward_block(const layer_pass *P, lt_layer_acts *A, float *x_out) {
+    lt_model *m = P->m;
+    lt_workspace *ws = P->ws;
+    const lt_model_config *c = &m->cfg;
+    const lt_layer *W = P->W;
+    lt_moe_route *R = &A->route;
+    const int N = P->N, H = (int)c->hidden_size, E = (int)c->num_experts, MI = (int)c->moe_intermediate_size;
+    const int M = N * (int)c->num_experts_per_tok, r = P->ad ? P->ad->p.rank : 0;
+    OPS->rmsnorm_forward(BE, A->ln2, A->rstd2, A->x_mid, W->mlp_norm, N, H, (float)c->rms_norm_eps);
+    OPS->gemm(BE, 0, 1, N, E, H, 1.0f, A->ln2, H, W->router, H, 0.0f, ws->r_logits, E);
+    OPS->download(BE, ws->h_moe, ws->r_logits, (size_t)N * E * sizeof(float));
+    moe_route(c, R, ws->h_moe, N);
+    OPS->upload(BE, A->e_tok, R->tok, (size_t)M * sizeof(int32_t));
+    OPS->upload(BE, A->e_w, R->w, (size_t)M * sizeof(float));
+    if (!ws->moe_recompute) { /* the load-balancing loss's statistics (load_balancing_loss_func) */
+        for (int e = 0; e < E; e++) ws->aux_cnt[e] += R->off[e + 1] - R->off[e];
+        for (size_t i = 0; i < (size_t)N * E; i++) ws->aux_psum[i % E] += R->prob[i];
+        ws->aux_rows += N;
+    }
+    OPS->embedding_forward(BE, ws->e_x, A->e_tok, A->ln2, M, H); /* the pairs' inputs, by expert */
+    float *xa_gu = A->xa[P_GATE], *xa_d = A->xa[P_DOWN];
+    for (int e = 0; e < E; e++) {
+        const int o = R->off[e], n = R->off[e + 1] - o;
+        if (n == 0) continue;
+        const float *xe = ws->e_x + (size_t)o * H;
+        float *xa = xa_gu ? xa_gu + (size_t)o * r : NULL;
+        expert_forward(P, e, P_GATE, A->gate + (size_t)o * MI, xe, xa, n);
+        expert_forward(P, e, P_UP, A->up + (size_t)o * MI, xe, xa, n); /* the same xa: A is shared */
+    }
+    OPS->swiglu_forward(BE, A->act, A->gate, A->up, (size_t)M * MI);
+    for (int e = 0; e < E; e++) {
+        const int o = R->off[e], n = R->off[e + 1] - o;
+        if (n == 0) continue;
+        expert_forward(P, e, P_DOWN, A->e_y + (size_t)o * H, A->act + (size_t)o * MI,
+                       xa_d ? xa_d + (size_t)o * r : NULL, n);
+    }
+    OPS->copy(BE, ws->e_x, A->e_y, (size_t)M * H * sizeof(float));
+    OPS->row_scale(BE, ws->e_x, A->e_w, M, H);
+    OPS->copy(BE, x_out, A->x_mid, (size_t)N * H * sizeof(float));
+    OPS->embedding_backward(BE, x_out, A->e_tok, ws->e_x, M, H); /* x_out[tok] += w y, pair by pair */
+}
+
+/* d loss / d z (N,E) of one layer into dz (host): the routing weights' gradient dw (M) back through the
+ * renormalisation and the softmax, plus the load-balancing loss's ws->aux_weight * d aux / d p, where
+ * aux = E * sum_e f_e P_e over every MoE layer's tokens (f_e: share of pairs, P_e: mean probability). */
+static void moe_router_backward(const lt_model_config *c, const lt_workspace *ws, const lt_moe_route *R,
+                                const float *dw, float *dz, int N) {
+    const int E = (int)c->num_experts, K = (int)c->num_experts_per_tok;
+    for (int t = 0; t < N; t++) {
+        const float *p = R->prob + (size_t)t * E;
+        const int32_t *sel = R->sel + (size_t)t * K, *pair = R->pair + (size_t)t * K;
+        float *d = dz + (size_t)t * E; /* first d loss / d p */
+        for (int e = 0; e < E; e++)
+            d[e] = ws->aux_weight != 0 ? (float)(ws->aux_weight * E * (ws->aux_cnt[e] / ws->aux_rows) / ws->aux_rows)
+                                       : 0.0f;
+        if (c->norm_topk_prob) { /* w_k = p_k / S: dp_k = (dw_k - sum_j dw_j w_j) / S */
+            float S = 0.0f, dot = 0.0f;
+            for (int k = 0; k < K; k++) S += p[sel[k]];
+            for (int k = 0; k < K; k++) dot += dw[pair[k]] * p[sel[k]] / S;
+            for (int k = 0; k < K; k++) d[sel[k]] += (dw[pair[k]] - dot) / S;
+        } else {
+            for (int k = 0; k < K; k++) d[sel[k]] += dw[pair[k]];
+        }
+        float s = 0.0f; /* softmax: dz = p * (dp - sum p dp) */
+        for (int e = 0; e < E; e++) s += p[e] * d[e];
+        for (int e = 0; e < E; e++) d[e] = p[e] * (d[e] - s);
+    }
+}
+
+/* MoE backward: ws->dres holds d loss / d x_out on entry, d loss / d x_mid on return. */
+static void moe_backward_block(const layer_pass *P, lt_layer_acts *A) {
+    lt_model *m = P->m;
+    lt_workspace *ws = P->ws;
+    const lt_model_config *c = &m->cfg;
+    const lt_layer *W = P->W;
+    const lt_moe_route *R = &A->route;
+    const int N = P->N, H = (int)c->hidden_size, E = (int)c->num_experts, MI = (int)c->moe_intermediate_size;
+    const int M = N * (int)c->num_experts_per_tok, r = P->ad ? P->ad->p.rank : 0;
+    float *xa_gu = A->xa[P_GATE], *xa_d = A->xa[P_DOWN];
+    OPS->embedding_forward(BE, ws->e_dx, A->e_tok, ws->dres, M, H); /* d loss / d (w y) of each pair */
+    /* dw_a = dy_a . y_a on the host (a row dot per pair) */
+    float *hdy = ws->h_moe, *hy = ws->h_moe + (size_t)M * H;
+    OPS->download(BE, hdy, ws->e_dx, (size_t)M * H * sizeof(float));
+    OPS->download(BE, hy, A->e_y, (size_t)M * H * sizeof(float));
+    for (int a = 0; a < M; a++) {
+        double d = 0;
+        for (int h = 0; h < H; h++) d += (double)hdy[(size_t)a * H + h] * hy[(size_t)a * H + h];
+        hdy[a] = (float)d; /* row a is read before hdy[a] is written (a <= a * H) */
+    }
+    OPS->row_scale(BE, ws->e_dx, A->e_w, M, H); /* d y = w dy */
+    for (int e = 0; e < E; e++) {
+        const int o = R->off[e], n = R->off[e + 1] - o;
+        if (n == 0) continue;
+        expert_backward(P, e, P_DOWN, ws->dI1 + (size_t)o * MI, 0, ws->e_dx + (size_t)o * H, A->act + (size_t)o * MI,
+                        xa_d ? xa_d + (size_t)o * r : NULL, n);
+    }
+    OPS->swiglu_backward(BE, ws->dI2, ws->dI3, ws->dI1, A->gate, A->up, (size_t)M * MI);
+    OPS->embedding_forward(BE, ws->e_x, A->e_tok, A->ln2, M, H); /* the pairs' inputs again */
+    for (int e = 0; e < E; e++) { /* e_dx (free now) receives each pair's input gradient */
+        const int o = R->off[e], n = R->off[e + 1] - o;
+        if (n == 0) continue;
+        const float *xe = ws->e_x + (size_t)o * H, *xa = xa_gu ? xa_gu + (size_t)o * r : NULL;
+        expert_backward(P, e, P_GATE, ws->e_dx + (size_t)o * H, 0, ws->dI2 + (size_t)o * MI, xe, xa, n);
+        expert_backward(P, e, P_UP, ws->e_dx + (size_t)o * H, 1, ws->dI3 + (size_t)o * MI, xe, xa, n);
+    }
+    OPS->zero(BE, ws->dln, (size_t)N * H * sizeof(float));
+    OPS->embedding_backward(BE, ws->dln, A->e_tok, ws->e_dx, M, H);
+    /* the router: d z on the host, then d ln2 += d z W_router */
+    float *dz = ws->h_moe + (size_t)M; /* after the M row dots */
+    moe_router_backward(c, ws, R, hdy, dz, N);
+    OPS->upload(BE, ws->r_logits, dz, (size_t)N * E * sizeof(float));
+    OPS->gemm(BE, 0, 0, N, H, E, 1.0f, ws->r_logits, E, W->router, H, 1.0f, ws->dln, H);
+    OPS->rmsnorm_backward(BE, ws->dres, NULL, ws->dln, A->x_mid, W->mlp_norm, A->rstd2, N, H);
+}
+
 /* attention backward: ws->dres holds d loss / d x_mid on entry, d loss / d x on return. */
 static void attention_backward_block(const layer_pass *P, const float *x, lt_layer_acts *A) {
     lt_model *m = P->m;
@@ -349,14 +549,16 @@ static void layer_forward(lt_model *m, lt_workspace *ws, const lt_adapter *ad, c
                           const lt_kv_cache *kv, int l, const float *x, lt_layer_acts *A, float *x_out) {
     const layer_pass P = layer_pass_of(m, ws, ad, drop, kv, l);
     attention_forward_block(&P, x, A);
-    mlp_forward_block(&P, A, x_out);
+    if (m->cfg.layer_moe[l]) moe_forward_block(&P, A, x_out);
+    else mlp_forward_block(&P, A, x_out);
 }
 
 /* ws->dres (N,H) holds d loss / d x_out on entry and d loss / d x on return. */
 static void layer_backward(lt_model *m, lt_workspace *ws, const lt_adapter *ad, const lt_dropout_state *drop, int l,
                            const float *x, lt_layer_acts *A) {
     const layer_pass P = layer_pass_of(m, ws, ad, drop, NULL, l);
-    mlp_backward_block(&P, A);
+    if (m->cfg.layer_moe[l]) moe_backward_block(&P, A);
+    else mlp_backward_block(&P, A);
     attention_backward_block(&P, x, A);
 }
 
@@ -377,12 +579,14 @@ static lt_status backward_layers(lt_model *m, const lt_adapter *ad, lt_workspace
     OPS->zero(BE, ws->dres, (size_t)N * H * sizeof(float));
     OPS->rmsnorm_backward(BE, ws->dres, ad ? ad->d_final_norm : NULL, ws->dln, ws->x_saved[L],
                           lt_view_final_norm(m, ad), ws->final_rstd, N, H);
+    ws->moe_recompute = 1; /* the routing statistics were counted by the forward */
     for (int l = L - 1; l >= 0; l--) {
         lt_layer_acts *A = lt_workspace_acts(ws, l);
         if (l >= ws->n_kept) /* recompute this layer's activations; its output goes to a scratch */
             layer_forward(m, ws, ad, drop, NULL, l, ws->x_saved[l], A, ws->dln);
         layer_backward(m, ws, ad, drop, l, ws->x_saved[l], A);
     }
+    ws->moe_recompute = 0;
     if (ad && ad->d_embed) { /* x_0 = embed_scale * E[ids]: dE[ids] += embed_scale * dx_0 (dres is free after) */
         if (m->cfg.embed_scale != 1.0) OPS->scale(BE, (size_t)N * H, (float)m->cfg.embed_scale, ws->dres);
         OPS->embedding_backward(BE, ad->d_embed, ws->ids, ws->dres, N, H);
@@ -407,6 +611,12 @@ static lt_status forward_layers(lt_model *m, const lt_adapter *ad, lt_workspace 
         return lt_fail(err, LT_ERR_STATE,
                        "the model was quantized after this trainer planned its memory; "
                        "quantize the model before creating trainers");
+    if (c->n_moe_layers) { /* the load-balancing statistics of this forward */
+        memset(ws->aux_cnt, 0, 2 * (size_t)c->num_experts * sizeof(double));
+        ws->aux_rows = 0;
+        ws->aux_loss = 0;
+        ws->aux_weight = 0;
+    }
     lt_embed_lookup(m, ad, ws->x_saved[0], ws->ids, N);
     if (c->embed_scale != 1.0) /* Gemma: times sqrt(hidden) rounded to the activation dtype (fp32) */
         OPS->scale(BE, (size_t)N * H, (float)c->embed_scale, ws->x_saved[0]);
@@ -446,6 +656,25 @@ static void lm_head_softcap_backward(lt_model *m, lt_workspace *ws, int n) {
     if (fcap > 0) OPS->softcap_backward(BE, ws->logits, ws->logits_capped, (size_t)n * (size_t)m->cfg.vocab_size, fcap);
 }
 
+/* The load-balancing loss of the last forward (transformers' load_balancing_loss_func without an
+ * attention mask): aux = E * sum_e f_e P_e, f_e = pairs of expert e / tokens, P_e = mean probability of
+ * e, both over the tokens of every MoE layer. With output_router_logits the training loss is
+ * mean CE + router_aux_loss_coef * aux, so the summed loss gains n_valid * coef * aux and the backward
+ * weighs d aux by grad_scale * n_valid * coef (ws->aux_weight). Returns the summed loss's term. */
+static double moe_aux_loss(lt_model *m, lt_workspace *ws, float grad_scale) {
+    const lt_model_config *c = &m->cfg;
+    if (!c->n_moe_layers || !(ws->aux_rows > 0)) return 0.0;
+    double aux = 0;
+    for (int e = 0; e < c->num_experts; e++) aux += ws->aux_cnt[e] * ws->aux_psum[e];
+    ws->aux_loss = aux * (double)c->num_experts / (ws->aux_rows * ws->aux_rows);
+    if (!c->output_router_logits || c->router_aux_loss_coef == 0) return 0.0;
+    int64_t n_valid = 0;
+    const int32_t *tg = ws->host_stage + ws->B * ws->T; /* the staged targets (lt_stage_batch) */
+    for (int i = 0; i < ws->B * ws->T; i++) n_valid += tg[i] != -100;
+    ws->aux_weight = (double)grad_scale * (double)n_valid * c->router_aux_loss_coef;
+    return (double)n_valid * c->router_aux_loss_coef * ws->aux_loss;
+}
+
 lt_status lt_forward_backward(lt_model *m, const lt_adapter *ad, lt_workspace *ws, const lt_dropout_state *drop,
                               float grad_scale, double *loss_sum, float *logits_out, lt_error *err) {
     const int H = (int)m->cfg.hidden_size, V = (int)m->cfg.vocab_size;
@@ -474,6 +703,7 @@ lt_status lt_forward_backward(lt_model *m, const lt_adapter *ad, lt_workspace *w
     st = lt_backend_sync(BE, err, "during the forward pass");
     if (st != LT_OK) return st;
     for (int i = 0; i < N; i++) total += ws->host_losses[i];
+    total += moe_aux_loss(m, ws, backward ? grad_scale : 0.0f);
     *loss_sum = total;
     if (!isfinite(total)) return lt_fail(err, LT_ERR_NUMERIC, "the loss is not finite (%g)", total);
     if (!backward) return LT_OK;

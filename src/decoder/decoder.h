@@ -9,6 +9,18 @@
 #include "adapter/adapter.h"
 
 /* ---- workspace: everything a forward + backward of one (B, T) shape needs, planned once ------- */
+
+/* The routing of one MoE layer's pass (host memory; decoder.c moe_route): the N tokens' K choices
+ * as M = N * K (token, expert) pairs sorted by expert, so that each expert runs one GEMM over its rows. */
+typedef struct lt_moe_route {
+    float *prob;   /* (N,E) softmax of the router logits                                   */
+    int32_t *sel;  /* (N,K) the chosen experts, by decreasing probability                  */
+    int32_t *pair; /* (N,K) the pair of each choice                                       */
+    int32_t *tok;  /* (M) the token of each pair (uploaded to e_tok)                        */
+    float *w;      /* (M) its routing weight (uploaded to e_w)                              */
+    int32_t *off;  /* (E+1) expert e's pairs are off[e] .. off[e+1]-1                      */
+} lt_moe_route;
+
 typedef struct lt_layer_acts {
     float *x_in;            /* (N,H) residual stream entering the layer                     */
     float *ln1, *rstd1;     /* (N,H), (N)                                                   */
@@ -22,6 +34,12 @@ typedef struct lt_layer_acts {
     float *ln2, *rstd2;     /* (N,H), (N)                                                   */
     float *gate, *up, *act; /* (N,I) each; act = silu(gate) * up                            */
     float *xa[P_COUNT];     /* (N,r) dropout(x) A^T per targeted projection                 */
+    /* MoE layers: gate, up, act hold (M,MI) rows of the pairs; xa[P_GATE] / xa[P_DOWN] (M,r) the expert
+     * LoRAs' x A^T */
+    int32_t *e_tok;     /* (M) device copy of route.tok                                        */
+    float *e_w;         /* (M) device copy of route.w                                          */
+    float *e_y;         /* (M,H) each pair's expert output before its routing weight            */
+    lt_moe_route route; /* host                                                                */
 } lt_layer_acts;
 
 typedef struct lt_workspace {
@@ -60,6 +78,17 @@ typedef struct lt_workspace {
     void *block;         /* the one allocation everything above lives in */
     size_t block_bytes;
     float *row_w; /* (N) per-token CE-gradient weights of lt_backward_weighted */
+    /* mixture of experts (NULL / 0 without MoE layers) */
+    float *e_x, *e_dx; /* (M,H) the pairs' inputs; their output gradients, then input gradients */
+    float *r_logits;   /* (N,E) router logits, in the backward their gradient                   */
+    float *h_moe;      /* host (2 M H + N E): the backward's row dots and router gradient   */
+    void *h_route;     /* host: the routes of every acts entry                                  */
+    double *aux_cnt;   /* host (E): pairs per expert, summed over the MoE layers of the forward */
+    double *aux_psum;  /* host (E): router probabilities per expert, summed likewise            */
+    double aux_rows;   /* tokens routed, summed over the MoE layers                             */
+    double aux_loss;   /* the load-balancing loss of the last forward (transformers' aux_loss)  */
+    double aux_weight; /* its weight in the backward's loss (0: none)                           */
+    int moe_recompute; /* 1 while checkpointing recomputes a layer: routing statistics not counted */
 } lt_workspace;
 
 /* mode: LT_WS_FULL keeps every layer's activations, LT_WS_CHECKPOINT keeps layer inputs and
@@ -138,8 +167,8 @@ lt_status lt_stage_cached(lt_model *m, lt_workspace *ws, lt_kv_cache *kv, lt_kv_
  * (host, f32) of each row's last token (fill: (B,V)), of every token when every_token (fill: (B*T,V)),
  * or of the one token of each row (decode: (B,V)). Gemma 2's final soft-capping applied.
  */
-lt_status lt_forward_cached(lt_model *m, const lt_adapter *ad, lt_workspace *ws, const lt_kv_cache *kv,
-                            int every_token, float *logits, lt_error *err);
+lt_status lt_forward_cached(lt_model *m, const lt_adapter *ad, lt_workspace *ws, const lt_kv_cache *kv, int every_token,
+                            float *logits, lt_error *err);
 
 /* ---- sampling (generate.c) ---------------------------------------------------------------------- */
 typedef struct lt_sample_cand {

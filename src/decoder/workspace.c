@@ -33,6 +33,9 @@ static void carve_acts(size_t *tp, lt_layer_acts *A, const lt_model_config *c, s
     size_t total = *tp;
     const int H = (int)c->hidden_size, I = (int)c->intermediate_size, NH = (int)c->num_attention_heads;
     const int QD = (int)(c->num_attention_heads * c->head_dim), KD = (int)(c->num_key_value_heads * c->head_dim);
+    /* MoE: M = N * K pairs of MI-wide expert rows; the MLP buffers hold whichever is larger */
+    const size_t M = c->n_moe_layers ? N * (size_t)c->num_experts_per_tok : 0, MI = (size_t)c->moe_intermediate_size;
+    const size_t NI = N * I > M * MI ? N * I : M * MI, NR = N > M ? N : M;
     CARVE(A->ln1, N * H);
     CARVE(A->rstd1, N);
     CARVE(A->q, N * QD);
@@ -55,11 +58,16 @@ static void carve_acts(size_t *tp, lt_layer_acts *A, const lt_model_config *c, s
     CARVE(A->x_mid, N * H);
     CARVE(A->ln2, N * H);
     CARVE(A->rstd2, N);
-    CARVE(A->gate, N * I);
-    CARVE(A->up, N * I);
-    CARVE(A->act, N * I);
+    CARVE(A->gate, NI);
+    CARVE(A->up, NI);
+    CARVE(A->act, NI);
     if (rank > 0)
-        for (int p = 0; p < P_COUNT; p++) CARVE(A->xa[p], N * rank);
+        for (int p = 0; p < P_COUNT; p++) CARVE(A->xa[p], NR * rank);
+    if (M) {
+        CARVE(A->e_tok, M);
+        CARVE(A->e_w, M);
+        CARVE(A->e_y, M * H);
+    }
     *tp = total;
 }
 
@@ -98,6 +106,10 @@ lt_status lt_workspace_create_kept(lt_model *m, int B, int T, int rank, int mode
     const int QD = (int)(c->num_attention_heads * c->head_dim), KD = (int)(c->num_key_value_heads * c->head_dim);
     const int V = (int)c->vocab_size, NH = (int)c->num_attention_heads;
     const size_t N = (size_t)B * T;
+    /* MoE: M = N * K pairs of MI-wide expert rows; the MLP buffers hold whichever is larger */
+    const size_t E = (size_t)c->num_experts, M = c->n_moe_layers ? N * (size_t)c->num_experts_per_tok : 0;
+    const size_t MI = (size_t)c->moe_intermediate_size;
+    const size_t NI = N * I > M * MI ? N * I : M * MI, NR = N > M ? N : M;
     ws->be = m->be;
     ws->inv_freq = m->inv_freq;
     ws->B = ws->B_cap = B;
@@ -128,6 +140,11 @@ lt_status lt_workspace_create_kept(lt_model *m, int B, int T, int rank, int mode
     /* forward only: the residual stream ping-pongs between two buffers */
     for (int l = 0; l <= (ws->forward_only ? 1 : L); l++) CARVE(ws->x_saved[l], N * H);
     for (int a = 0; a < ws->n_acts; a++) carve_acts(&total, &ws->acts[a], c, N, B, T, rank);
+    if (M) {
+        CARVE(ws->e_x, M * H);
+        CARVE(ws->r_logits, N * E);
+        if (!ws->forward_only) CARVE(ws->e_dx, M * H);
+    }
     CARVE(ws->final_ln, N * H);
     CARVE(ws->final_rstd, N);
     CARVE(ws->ids, N);
@@ -141,9 +158,9 @@ lt_status lt_workspace_create_kept(lt_model *m, int B, int T, int rank, int mode
     if (!ws->forward_only) {
         CARVE(ws->dres, N * H);
         CARVE(ws->dln, N * H);
-        CARVE(ws->dI1, N * I);
-        CARVE(ws->dI2, N * I);
-        CARVE(ws->dI3, N * I);
+        CARVE(ws->dI1, NI);
+        CARVE(ws->dI2, NI);
+        CARVE(ws->dI3, NI);
         CARVE(ws->dq, N * QD);
         CARVE(ws->dk, N * KD);
         CARVE(ws->dv, N * KD);
@@ -151,7 +168,7 @@ lt_status lt_workspace_create_kept(lt_model *m, int B, int T, int rank, int mode
         if (c->qk_norm) CARVE(ws->dk_pre, N * KD);
         if (c->sandwich_norms) CARVE(ws->dsand, N * H);
         if (rank > 0) {
-            CARVE(ws->dr, N * rank);
+            CARVE(ws->dr, NR * rank);
             CARVE(ws->drop, N * (size_t)(H > I ? (H > QD ? H : QD) : (I > QD ? I : QD)));
         }
         CARVE(ws->att_scratch, OPS->attention_backward_scratch(BE, B, T, NH, (int)c->head_dim));
@@ -164,6 +181,28 @@ lt_status lt_workspace_create_kept(lt_model *m, int B, int T, int rank, int mode
     ws->block_bytes = total;
     ws->host_losses = malloc(N * sizeof(float));
     ws->host_stage = malloc(6 * N * sizeof(int32_t));
+    if (M) { /* host: the routes of every acts entry, the backward's scratch, the aux-loss statistics */
+        const size_t per = N * E + 2 * N * (size_t)c->num_experts_per_tok + 2 * M + E + 1;
+        const size_t hm = 2 * M * H + N * E;
+        ws->h_route = malloc((size_t)ws->n_acts * per * 4);
+        ws->h_moe = malloc(hm * sizeof(float));
+        ws->aux_cnt = calloc(2 * E, sizeof(double));
+        if (!ws->h_route || !ws->h_moe || !ws->aux_cnt) {
+            lt_workspace_free(ws);
+            return lt_fail(err, LT_ERR_NOMEM, "workspace: out of memory");
+        }
+        ws->aux_psum = ws->aux_cnt + E;
+        for (int a = 0; a < ws->n_acts; a++) {
+            lt_moe_route *R = &ws->acts[a].route;
+            char *h = (char *)ws->h_route + (size_t)a * per * 4;
+            R->prob = (float *)h;
+            R->sel = (int32_t *)(R->prob + N * E);
+            R->pair = R->sel + N * c->num_experts_per_tok;
+            R->tok = R->pair + N * c->num_experts_per_tok;
+            R->w = (float *)(R->tok + M);
+            R->off = (int32_t *)(R->w + M);
+        }
+    }
     if (!ws->block || !ws->host_losses || !ws->host_stage) {
         lt_workspace_free(ws);
         /* a device that has failed refuses every allocation: say that, not "out of memory" */
@@ -187,7 +226,13 @@ lt_status lt_workspace_create_kept(lt_model *m, int B, int T, int rank, int mode
                       (void **)&A->rstd_pf};
         for (size_t i = 0; i < sizeof f / sizeof *f; i++) relocate(f[i], base);
         for (int p = 0; p < P_COUNT; p++) relocate((void **)&A->xa[p], base);
+        relocate((void **)&A->e_tok, base);
+        relocate((void **)&A->e_w, base);
+        relocate((void **)&A->e_y, base);
     }
+    relocate((void **)&ws->e_x, base);
+    relocate((void **)&ws->e_dx, base);
+    relocate((void **)&ws->r_logits, base);
     void **g[] = {
         (void **)&ws->final_ln, (void **)&ws->final_rstd,   (void **)&ws->ids,          (void **)&ws->targets,
         (void **)&ws->pos,      (void **)&ws->kv_start,     (void **)&ws->logits,       (void **)&ws->losses,
@@ -207,6 +252,9 @@ void lt_workspace_free(lt_workspace *ws) {
     if (ws->block) ws->be->ops->free(ws->be, ws->block);
     free(ws->host_losses);
     free(ws->host_stage);
+    free(ws->h_route);
+    free(ws->h_moe);
+    free(ws->aux_cnt);
     free(ws->acts);
     free(ws->x_saved);
     free(ws);
@@ -332,8 +380,8 @@ lt_status lt_stage_cached(lt_model *m, lt_workspace *ws, lt_kv_cache *kv, lt_kv_
                           const int32_t *n, int B, int T, const float *inv_freq, lt_error *err) {
     if (B != kv->B || B > ws->B_cap || T <= 0 || (size_t)B * T > (size_t)ws->N_cap ||
         (mode == LT_KV_DECODE ? T != 1 : T > kv->T_cap))
-        return lt_fail(err, LT_ERR_INTERNAL, "generation: %d x %d tokens do not fit the planned %d x %d", B, T,
-                       kv->B, kv->T_cap);
+        return lt_fail(err, LT_ERR_INTERNAL, "generation: %d x %d tokens do not fit the planned %d x %d", B, T, kv->B,
+                       kv->T_cap);
     const int N = B * T;
     const int64_t window = m->cfg.sliding_window;
     int32_t *pos = ws->host_stage, *kvs = pos + N, *kvw = kvs + N, *slot = kvw + N, *aux = slot + N;

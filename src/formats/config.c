@@ -49,6 +49,9 @@ static const lt_arch_desc k_archs[] = {
     {"Phi3ForCausalLM", LT_ARCH_PHI3, "phi3", ACT_BIT(LT_ACT_SILU), 0, 0.0f, 0, 0, 0, BIAS_NONE, SLIDE_ALL, 0},
     {"Gemma2ForCausalLM", LT_ARCH_GEMMA2, "gemma2", ACT_BIT(LT_ACT_GELU_TANH), 0, 1.0f, 1, 256, 1, BIAS_LLAMA,
      SLIDE_ALTERNATE, 4096},
+    {"Qwen3MoeForCausalLM", LT_ARCH_QWEN3_MOE, "qwen3_moe", ACT_BIT(LT_ACT_SILU), 1, 0.0f, 0, 0, 0, BIAS_LLAMA,
+     SLIDE_NONE, 0},
+    {"MixtralForCausalLM", LT_ARCH_MIXTRAL, "mixtral", ACT_BIT(LT_ACT_SILU), 0, 0.0f, 0, 0, 0, BIAS_NONE, SLIDE_ALL, 0},
 };
 
 float lt_config_attn_scale(const lt_model_config *cfg) {
@@ -58,6 +61,8 @@ float lt_config_attn_scale(const lt_model_config *cfg) {
 #define N_ARCHS ((int)(sizeof k_archs / sizeof k_archs[0]))
 
 const char *lt_config_family(const lt_model_config *cfg) {
+    if (cfg && cfg->arch == LT_ARCH_QWEN3_MOE) return "Qwen3MoE";
+    if (cfg && cfg->arch == LT_ARCH_MIXTRAL) return "Mixtral";
     static const char *const names[] = {"Llama", "Qwen2", "Qwen3", "Mistral", "Gemma", "Gemma2", "Phi3"};
     return cfg && (unsigned)cfg->arch < sizeof names / sizeof *names ? names[cfg->arch] : "?";
 }
@@ -402,6 +407,82 @@ static lt_status parse_family(parse_ctx *c, json_t *root, const lt_arch_desc *ar
     return LT_OK;
 }
 
+/* The mixture-of-experts knobs as Qwen3MoeConfig reads them (docs/spec/moe.md): a layer is sparse when
+ * num_experts > 0, (l + 1) % decoder_sparse_step == 0 and l is not in mlp_only_layers. MixtralConfig:
+ * every layer sparse, experts of width intermediate_size, the top-k weights always renormalised. */
+static lt_status parse_moe(parse_ctx *c, json_t *root, const lt_arch_desc *arch, lt_model_config *cfg) {
+    lt_status st;
+    if (arch->id == LT_ARCH_MIXTRAL) {
+        double jitter = 0;
+        cfg->num_experts = 8;
+        cfg->num_experts_per_tok = 2;
+        cfg->norm_topk_prob = 1;
+        cfg->decoder_sparse_step = 1;
+        cfg->router_aux_loss_coef = 0.001;
+        if ((st = get_int(c, root, "", "num_local_experts", &cfg->num_experts)) != LT_OK ||
+            (st = get_int(c, root, "", "num_experts_per_tok", &cfg->num_experts_per_tok)) != LT_OK ||
+            (st = get_bool(c, root, "output_router_logits", &cfg->output_router_logits)) != LT_OK ||
+            (st = get_num(c, root, "", "router_aux_loss_coef", &cfg->router_aux_loss_coef)) != LT_OK ||
+            (st = get_num(c, root, "", "router_jitter_noise", &jitter)) != LT_OK)
+            return st;
+        if (jitter != 0) /* transformers multiplies the hidden states by training-time noise */
+            return lt_fail(c->err, LT_ERR_UNSUPPORTED, "%s: router_jitter_noise %g is not supported for %s (use 0)",
+                           c->src, jitter, arch->name);
+        cfg->moe_intermediate_size = cfg->intermediate_size;
+        if (cfg->num_hidden_layers > LT_CONFIG_MAX_LAYERS)
+            return lt_fail(c->err, LT_ERR_UNSUPPORTED, "%s: %s with more than %d layers", c->src, arch->name,
+                           LT_CONFIG_MAX_LAYERS);
+        for (int l = 0; l < cfg->num_hidden_layers; l++) cfg->layer_moe[l] = cfg->num_experts > 0;
+        cfg->n_moe_layers = cfg->num_experts > 0 ? (int)cfg->num_hidden_layers : 0;
+        return LT_OK;
+    }
+    if (arch->id != LT_ARCH_QWEN3_MOE) return LT_OK;
+    cfg->num_experts = 128; /* Qwen3MoeConfig defaults */
+    cfg->num_experts_per_tok = 8;
+    cfg->moe_intermediate_size = 768;
+    cfg->decoder_sparse_step = 1;
+    cfg->router_aux_loss_coef = 0.001;
+    if ((st = get_int(c, root, "", "num_experts", &cfg->num_experts)) != LT_OK ||
+        (st = get_int(c, root, "", "num_local_experts", &cfg->num_experts)) != LT_OK ||
+        (st = get_int(c, root, "", "num_experts_per_tok", &cfg->num_experts_per_tok)) != LT_OK ||
+        (st = get_int(c, root, "", "moe_intermediate_size", &cfg->moe_intermediate_size)) != LT_OK ||
+        (st = get_int(c, root, "", "decoder_sparse_step", &cfg->decoder_sparse_step)) != LT_OK ||
+        (st = get_bool(c, root, "norm_topk_prob", &cfg->norm_topk_prob)) != LT_OK ||
+        (st = get_bool(c, root, "output_router_logits", &cfg->output_router_logits)) != LT_OK ||
+        (st = get_num(c, root, "", "router_aux_loss_coef", &cfg->router_aux_loss_coef)) != LT_OK)
+        return st;
+    int sw = 0;
+    if ((st = get_bool(c, root, "use_sliding_window", &sw)) != LT_OK) return st;
+    if (sw)
+        return lt_fail(c->err, LT_ERR_UNSUPPORTED, "%s: use_sliding_window is not supported for %s", c->src,
+                       arch->name);
+    const int L = (int)cfg->num_hidden_layers;
+    if (L > LT_CONFIG_MAX_LAYERS)
+        return lt_fail(c->err, LT_ERR_UNSUPPORTED, "%s: %s with more than %d layers", c->src, arch->name,
+                       LT_CONFIG_MAX_LAYERS);
+    if (cfg->num_experts < 0 || cfg->decoder_sparse_step <= 0)
+        return lt_fail(c->err, LT_ERR_FORMAT, "%s: num_experts must not be negative, decoder_sparse_step positive",
+                       c->src);
+    for (int l = 0; l < L; l++)
+        cfg->layer_moe[l] = (unsigned char)(cfg->num_experts > 0 && (l + 1) % cfg->decoder_sparse_step == 0);
+    json_t *mo = field(root, "mlp_only_layers");
+    if (mo) {
+        if (!json_is_array(mo))
+            return lt_fail(c->err, LT_ERR_JSON, "%s: field \"mlp_only_layers\" must be a list", c->src);
+        size_t i;
+        json_t *v;
+        json_array_foreach(mo, i, v) {
+            if (!json_is_integer(v))
+                return lt_fail(c->err, LT_ERR_JSON, "%s: \"mlp_only_layers\"[%zu] must be an integer", c->src, i);
+            json_int_t l = json_integer_value(v);
+            if (l >= 0 && l < L) cfg->layer_moe[l] = 0; /* Qwen3MoeDecoderLayer: `layer_idx not in` */
+        }
+    }
+    cfg->n_moe_layers = 0;
+    for (int l = 0; l < L; l++) cfg->n_moe_layers += cfg->layer_moe[l];
+    return LT_OK;
+}
+
 /* ---- validation -------------------------------------------------------------------------------- */
 
 lt_status lt_config_validate(lt_model_config *cfg, const char *source, lt_error *err) {
@@ -499,6 +580,17 @@ lt_status lt_config_validate(lt_model_config *cfg, const char *source, lt_error 
         return lt_fail(err, LT_ERR_UNSUPPORTED, "%s: rope type %d is not supported", src, (int)cfg->rope_type);
     }
     if (cfg->sliding_window < 0) return lt_fail(err, LT_ERR_FORMAT, "%s: \"sliding_window\" must not be negative", src);
+    if (cfg->n_moe_layers > 0) {
+        if (cfg->num_experts > 65536 || cfg->num_experts_per_tok <= 0 || cfg->num_experts_per_tok > cfg->num_experts ||
+            cfg->moe_intermediate_size <= 0 || cfg->moe_intermediate_size > INT32_MAX / 2)
+            return lt_fail(err, LT_ERR_FORMAT,
+                           "%s: experts: num_experts %lld (at most 65536), num_experts_per_tok %lld (1 .. "
+                           "num_experts) and moe_intermediate_size %lld (positive) do not fit",
+                           src, (long long)cfg->num_experts, (long long)cfg->num_experts_per_tok,
+                           (long long)cfg->moe_intermediate_size);
+        if (!(cfg->router_aux_loss_coef >= 0) || !isfinite(cfg->router_aux_loss_coef))
+            return lt_fail(err, LT_ERR_FORMAT, "%s: router_aux_loss_coef must be a non-negative number", src);
+    }
     return LT_OK;
 }
 
@@ -602,6 +694,7 @@ static lt_status parse_root(parse_ctx *c, json_t *root, lt_model_config *cfg) {
 
     if (arch->embed_scale_sqrt_hidden) cfg->embed_scale = sqrt((double)cfg->hidden_size);
     if ((st = parse_family(c, root, arch, cfg)) != LT_OK) return st;
+    if ((st = parse_moe(c, root, arch, cfg)) != LT_OK) return st;
     if (arch->id == LT_ARCH_GEMMA2) { /* Gemma2Config defaults; null turns a soft-capping off */
         cfg->sandwich_norms = 1;
         cfg->query_pre_attn_scalar = 256;
@@ -783,6 +876,27 @@ lt_status lt_config_write(const lt_model_config *cfg, const char *path, lt_error
                         a, json_string(cfg->layer_sliding[l] ? "sliding_attention" : "full_attention"));
                 bad |= set_new(o, "layer_types", a);
             }
+        }
+        if (cfg->arch == LT_ARCH_QWEN3_MOE) {
+            bad |= set_new(o, "num_experts", json_integer(cfg->num_experts));
+            bad |= set_new(o, "num_experts_per_tok", json_integer(cfg->num_experts_per_tok));
+            bad |= set_new(o, "moe_intermediate_size", json_integer(cfg->moe_intermediate_size));
+            bad |= set_new(o, "decoder_sparse_step", json_integer(cfg->decoder_sparse_step));
+            bad |= set_new(o, "norm_topk_prob", json_boolean(cfg->norm_topk_prob));
+            bad |= set_new(o, "output_router_logits", json_boolean(cfg->output_router_logits));
+            bad |= set_new(o, "router_aux_loss_coef", json_real(reals[nreal++] = cfg->router_aux_loss_coef));
+            json_t *a = json_array(); /* the sparse-step layers that are dense */
+            for (int l = 0; a && l < cfg->num_hidden_layers; l++)
+                if (cfg->num_experts > 0 && (l + 1) % cfg->decoder_sparse_step == 0 && !cfg->layer_moe[l])
+                    bad |= json_array_append_new(a, json_integer(l));
+            bad |= set_new(o, "mlp_only_layers", a);
+        }
+        if (cfg->arch == LT_ARCH_MIXTRAL) {
+            bad |= set_new(o, "num_local_experts", json_integer(cfg->num_experts));
+            bad |= set_new(o, "num_experts_per_tok", json_integer(cfg->num_experts_per_tok));
+            bad |= set_new(o, "output_router_logits", json_boolean(cfg->output_router_logits));
+            bad |= set_new(o, "router_aux_loss_coef", json_real(reals[nreal++] = cfg->router_aux_loss_coef));
+            bad |= set_new(o, "router_jitter_noise", json_real(0.0));
         }
         bad |= set_new(o, "use_cache", json_true());
     }

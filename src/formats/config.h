@@ -20,7 +20,9 @@ typedef enum lt_arch_id {
     LT_ARCH_MISTRAL = 3,
     LT_ARCH_GEMMA = 4,
     LT_ARCH_GEMMA2 = 5,
-    LT_ARCH_PHI3 = 6
+    LT_ARCH_PHI3 = 6,
+    LT_ARCH_QWEN3_MOE = 20, /* mixture-of-experts families from 20 on */
+    LT_ARCH_MIXTRAL = 21
 } lt_arch_id;
 
 typedef enum lt_rope_type {
@@ -103,6 +105,16 @@ typedef struct lt_model_config {
     double rope_short_factor[LT_CONFIG_MAX_ROPE_FACTORS];
     double rope_long_factor[LT_CONFIG_MAX_ROPE_FACTORS];
     double rope_attention_factor; /* longrope: cos and sin are multiplied by this               */
+    /* mixture of experts (Qwen3-MoE, Mixtral); num_experts 0: every layer has the dense MLP */
+    int64_t num_experts;           /* E: "num_experts" / "num_local_experts"                    */
+    int64_t num_experts_per_tok;   /* K: experts each token is routed to (top-k)                */
+    int64_t moe_intermediate_size; /* each expert's MLP width                                   */
+    int norm_topk_prob;            /* 1: the K routing weights are renormalised to sum to 1      */
+    int64_t decoder_sparse_step;   /* layer l is sparse when (l + 1) % step == 0 ...              */
+    int output_router_logits;      /* 1: the load-balancing loss joins the training loss        */
+    double router_aux_loss_coef;   /* its coefficient                                           */
+    int n_moe_layers;
+    unsigned char layer_moe[LT_CONFIG_MAX_LAYERS]; /* ... and not in mlp_only_layers: 1 = MoE block */
 } lt_model_config;
 
 /* longrope: the inverse frequencies for sequences longer than original_max_position_embeddings

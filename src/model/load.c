@@ -518,6 +518,33 @@ static lt_status load_module(loader *ld, lt_layer *L, int l, const lt_module *mo
     return st;
 }
 
+/* The router (E,H) and the experts of MoE layer l, under the family's checkpoint names (lt_moe_parent).
+ * The experts are most of an MoE's bytes and are stored like the projections (sink_weight): quantized
+ * when the params ask for it (QLoRA on experts), else bf16 for a bf16 base, else f32. The router (small,
+ * and the top-k choice is sensitive to it) stays f32. */
+static lt_status load_moe(loader *ld, lt_layer *L, int l, lt_error *err) {
+    lt_model *m = ld->m;
+    const lt_model_config *c = &m->cfg;
+    const int E = (int)c->num_experts, H = (int)c->hidden_size, MI = (int)c->moe_intermediate_size;
+    const int quantize = ld->p->quantization != LT_QUANT_NONE;
+    char name[256];
+    snprintf(name, sizeof name, "model.layers.%d.%s.gate.weight", l, lt_moe_parent(c));
+    lt_status st = load_f32(ld, name, E, H, 0, &L->router, err);
+    if (st == LT_OK && !(L->experts = calloc((size_t)E * 3, sizeof *L->experts)))
+        st = lt_fail(err, LT_ERR_NOMEM, "out of memory");
+    for (int e = 0; st == LT_OK && e < E; e++)
+        for (int k = 0; st == LT_OK && k < 3; k++) {
+            const int out = k == 2 ? H : MI, in = k == 2 ? MI : H;
+            lt_weight *W = &L->experts[3 * e + k];
+            wsrc s;
+            snprintf(name, sizeof name, "model.layers.%d.%s.experts.%d.%s.weight", l, lt_moe_parent(c), e,
+                     lt_moe_proj_name(c, k));
+            if ((st = find_src(ld, name, out, in, 0, &s, err)) == LT_OK)
+                st = sink_weight(ld, &s, out, in, quantize, name, W, err);
+        }
+    return st;
+}
+
 /* Embeddings and LM head. A bf16 base keeps the embedding table in bf16 (the layout of the bf16
  * products: the lookup reads rows of it, a tied head multiplies by it); an untied head is stored like
  * the projections of that base, or quantized (quantize_lm_head), or as the checkpoint's bnb weight. */
@@ -580,11 +607,15 @@ static lt_status load_layer(loader *ld, int l, lt_error *err) {
     }
     lt_module mods[P_COUNT];
     const int n_mods = lt_model_modules(c, mods);
-    for (int k = 0; k < n_mods; k++)
+    for (int k = 0; k < n_mods; k++) {
+        if (c->layer_moe[l] && mods[k].first >= P_GATE) continue; /* the experts replace the MLP */
         if ((st = load_module(ld, L, l, &mods[k], err))) return st;
+    }
+    if (c->layer_moe[l] && (st = load_moe(ld, L, l, err))) return st;
     for (int q = 0; q < P_COUNT; q++) {
         int in, out;
         lt_proj_dims(c, (lt_proj)q, &in, &out);
+        if (c->layer_moe[l] && q >= P_GATE) continue;
         if ((c->bias_mask & (1u << q)) &&
             (st = load_f32(ld, NAME("model.layers.%d.%s.%s.bias", l, lt_proj_parent[q], lt_proj_names[q]), out, 0, 0,
                            &L->bias[q], err)))
@@ -808,7 +839,7 @@ LT_API lt_status lt_model_quantize(lt_model *m, const lt_quant_params *params) {
         for (int k = 0; st == LT_OK && k < n_mods; k++) {
             lt_layer *L = &m->layers[l];
             float *w = L->w[mods[k].first].f32; /* a fused module's first block starts its f32 weight */
-            if (L->w[mods[k].first].format != LT_WEIGHT_F32) continue;
+            if (L->w[mods[k].first].format != LT_WEIGHT_F32 || !w) continue; /* !w: an MoE layer's MLP */
             snprintf(name, sizeof name, "model.layers.%d.%s.%s.weight", l, mods[k].parent, mods[k].name);
             wsrc s = {.host = m->be->ops->host_memory ? w : NULL, .dev = m->be->ops->host_memory ? NULL : w};
             for (int q = mods[k].first; st == LT_OK && q < mods[k].first + mods[k].count; q++) {
@@ -822,6 +853,21 @@ LT_API lt_status lt_model_quantize(lt_model *m, const lt_quant_params *params) {
                 s.off += (int64_t)po * pi;
             }
             if (st == LT_OK) untrack_free(m, w); /* a no-op for weights used in place from the mapping */
+        }
+    for (int l = 0; st == LT_OK && l < m->cfg.num_hidden_layers; l++) /* the experts of MoE layers */
+        for (int i = 0; st == LT_OK && m->layers[l].experts && i < 3 * m->cfg.num_experts; i++) {
+            lt_weight *W = &m->layers[l].experts[i];
+            const int H = (int)m->cfg.hidden_size, MI = (int)m->cfg.moe_intermediate_size, down = i % 3 == 2;
+            const int out = down ? H : MI, in = down ? MI : H;
+            if (W->format != LT_WEIGHT_F32) continue;
+            float *w = W->f32;
+            snprintf(name, sizeof name, "model.layers.%d.%s.experts.%d.%s.weight", l, lt_moe_parent(&m->cfg), i / 3,
+                     lt_moe_proj_name(&m->cfg, i % 3));
+            wsrc s = {.host = m->be->ops->host_memory ? w : NULL, .dev = m->be->ops->host_memory ? NULL : w};
+            if ((st = sink_quant(&ld, &s, out, in, name, W, err)) != LT_OK) break;
+            m->weight_bytes -= (int64_t)out * in * (int64_t)sizeof(float);
+            m->n_params -= (int64_t)out * in;
+            untrack_free(m, w);
         }
     free(ld.buf);
     return st == LT_OK ? lt_backend_sync(m->be, err, "loading the model") : st;

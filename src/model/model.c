@@ -78,6 +78,7 @@ LT_API void lt_model_free(lt_model *m) {
     if (!m) return;
     for (int i = 0; i < m->n_owned; i++) m->be->ops->free(m->be, m->owned[i]);
     free(m->owned);
+    for (int l = 0; m->layers && l < m->cfg.num_hidden_layers; l++) free(m->layers[l].experts);
     free(m->layers);
     lt_st_set_close(m->st);
     free(m);

@@ -31,6 +31,11 @@ typedef struct lt_layer {
     /* Gemma 2 sandwich norms: mlp_norm is pre_feedforward_layernorm there, and these normalise the
      * attention output (post_attention_layernorm) and the MLP output (post_feedforward_layernorm) */
     float *post_attn_norm, *post_ff_norm, *post_attn_norm_file, *post_ff_norm_file;
+    /* a mixture-of-experts layer (cfg.layer_moe[l]; w[P_GATE .. P_DOWN] are then empty): the router
+     * (E,H) mlp.gate.weight and every expert's gate (MI,H), up (MI,H), down (H,MI) projections,
+     * expert e's at experts[3e + 0, 1, 2] (checkpoint: mlp.experts.{e}.{gate,up,down}_proj.weight) */
+    float *router;
+    lt_weight *experts;
 } lt_layer;
 
 struct lt_model {
@@ -81,6 +86,21 @@ static inline lt_weight lt_model_lm_head(const lt_model *m) {
  * clears and returns that record for model m.
  */
 lt_error *lt_model_error(const lt_model *m);
+
+/* The checkpoint names of an MoE layer: its parent module (Qwen3-MoE "mlp", Mixtral "block_sparse_moe")
+ * and the experts' gate, up, down ("gate_proj", "up_proj", "down_proj" / "w1", "w3", "w2"). */
+static inline const char *lt_moe_parent(const lt_model_config *c) {
+    return c->arch == LT_ARCH_MIXTRAL ? "block_sparse_moe" : "mlp";
+}
+static inline const char *lt_moe_proj_name(const lt_model_config *c, int k) {
+    static const char *const qwen[3] = {"gate_proj", "up_proj", "down_proj"}, *const mixtral[3] = {"w1", "w3", "w2"};
+    return c->arch == LT_ARCH_MIXTRAL ? mixtral[k] : qwen[k];
+}
+
+/* Expert e's projection p (P_GATE, P_UP, P_DOWN) of MoE layer L. */
+static inline const lt_weight *lt_expert_w(const lt_layer *L, int e, lt_proj p) {
+    return &L->experts[3 * e + (p - P_GATE)];
+}
 
 /* lt_model_load with a conversion buffer of `chunk` floats (0: the default, 1M): tests stream a
  * checkpoint through a small buffer to cut tensors at many places (model/load.c). */

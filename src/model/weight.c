@@ -36,6 +36,13 @@ size_t lt_weight_tile_floats(const lt_model *m) {
             size_t t = (size_t)tile_rows(m, (int)W->q.cols, (int)W->q.rows) * (size_t)W->q.cols;
             if (t > need) need = t;
         }
+    for (int l = 0; l < m->cfg.num_hidden_layers; l++) /* quantized experts (QLoRA on an MoE model) */
+        for (int i = 0; m->layers[l].experts && i < 3 * m->cfg.num_experts; i++) {
+            const lt_weight *W = &m->layers[l].experts[i];
+            if (W->format != LT_WEIGHT_QUANT) continue;
+            size_t t = (size_t)tile_rows(m, (int)W->q.cols, (int)W->q.rows) * (size_t)W->q.cols;
+            if (t > need) need = t;
+        }
     const lt_weight *h = &m->lm_head_q;
     if (h->format == LT_WEIGHT_QUANT) {
         size_t t = (size_t)tile_rows(m, (int)h->q.cols, (int)h->q.rows) * (size_t)h->q.cols;

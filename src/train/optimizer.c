@@ -79,10 +79,10 @@ static lt_status opt8_tensors(lt_optimizer *o, lt_error *err) {
     const int L = (int)c->num_hidden_layers, r = a->p.rank;
     lt_module mods[P_COUNT];
     const int n_mods = lt_model_modules(c, mods);
-    o->all = calloc((size_t)L * n_mods * 3 + (size_t)a->n_ptensors, sizeof *o->all);
-    o->tensors = calloc((size_t)L * n_mods * 3 + (size_t)a->n_ptensors, sizeof *o->tensors);
+    o->all = calloc((size_t)L * (n_mods * 3 + 4) + (size_t)a->n_ptensors, sizeof *o->all);
+    o->tensors = calloc((size_t)L * (n_mods * 3 + 4) + (size_t)a->n_ptensors, sizeof *o->tensors);
     if (!o->all || !o->tensors) return lt_fail(err, LT_ERR_NOMEM, "optimizer: out of memory");
-    for (int l = 0; l < L && !a->p.full_finetune; l++)
+    for (int l = 0; l < L && !a->p.full_finetune; l++) {
         for (int k = 0; k < n_mods; k++) {
             lt_lora *lo = lt_adapter_lora(a, l, (lt_proj)mods[k].first);
             if (!lo) continue;
@@ -92,6 +92,18 @@ static lt_status opt8_tensors(lt_optimizer *o, lt_error *err) {
             add_tensor(o, (size_t)(lo->B - a->params), (size_t)out * r, 1);
             if (lo->mag) add_tensor(o, (size_t)(lo->mag - a->params), (size_t)out, 1);
         }
+        /* expert LoRA (after the layer's modules in params): PEFT's lora_A and lora_B are one parameter each
+         * (B's blocks are taken in our (E, out, r) order, not PEFT's interleaved one: not bit for bit
+         * bitsandbytes' there) */
+        for (int k = 0; k < 2; k++) {
+            lt_lora *lo = lt_adapter_elora(a, l, k);
+            if (!lo) continue;
+            int in, out;
+            lt_elora_dims(c, k, &in, &out);
+            add_tensor(o, (size_t)(lo->A - a->params), (size_t)c->num_experts * r * in, 1);
+            add_tensor(o, (size_t)(lo->B - a->params), (size_t)c->num_experts * r * out, 1);
+        }
+    }
     /* trained base weights (full fine-tuning, modules_to_save): one bitsandbytes tensor each */
     for (int i = 0; i < a->n_ptensors; i++) add_tensor(o, a->ptensors[i].off, a->ptensors[i].n, a->ptensors[i].decay);
     size_t end = 0;

@@ -93,6 +93,9 @@ class Target(enum.IntFlag):
     UP = 1 << 5
     DOWN = 1 << 6
     ALL = 0x7F
+    EXPERTS_GATE_UP = 1 << 7  # mixture of experts: every expert's gate|up (PEFT target_parameters)
+    EXPERTS_DOWN = 1 << 8
+    EXPERTS = (1 << 7) | (1 << 8)
 
     @classmethod
     def parse(cls, value) -> "Target":
