@@ -59,18 +59,12 @@ lt_status lt_model_export(lt_model *m, const lt_adapter *a, const char *dir, uin
     ADD("%s", lt_view_embed(m, a), V, H, "model.embed_tokens.weight");
     for (int l = 0; l < L; l++) {
         const lt_layer *Ly = lt_view_layer(m, a, l); /* full fine-tuning: the trained weights */
-        ADD("model.layers.%d.input_layernorm.weight", Ly->attn_norm_file ? Ly->attn_norm_file : Ly->attn_norm, H, 0, l);
-        if (c->sandwich_norms) {
-            ADD("model.layers.%d.pre_feedforward_layernorm.weight", Ly->mlp_norm_file, H, 0, l);
-            ADD("model.layers.%d.post_attention_layernorm.weight", Ly->post_attn_norm_file, H, 0, l);
-            ADD("model.layers.%d.post_feedforward_layernorm.weight", Ly->post_ff_norm_file, H, 0, l);
-        } else {
-            ADD("model.layers.%d.post_attention_layernorm.weight", Ly->mlp_norm_file ? Ly->mlp_norm_file : Ly->mlp_norm,
-                H, 0, l);
-        }
-        if (Ly->q_norm) {
-            ADD("model.layers.%d.self_attn.q_norm.weight", Ly->q_norm_file, c->head_dim, 0, l);
-            ADD("model.layers.%d.self_attn.k_norm.weight", Ly->k_norm_file, c->head_dim, 0, l);
+        lt_layer_norm norms[LT_MAX_LAYER_NORMS];
+        const int n_norms = lt_layer_norms(c, norms);
+        for (int k = 0; k < n_norms; k++) { /* the checkpoint's values (Gemma: w, not 1 + w) */
+            const float *f = *lt_layer_norm_at(Ly, norms[k].file);
+            ADD("model.layers.%d.%s.weight", f ? f : *lt_layer_norm_at(Ly, norms[k].compute), norms[k].dim, 0, l,
+                norms[k].name);
         }
         for (int q = 0; q < P_COUNT; q++) {
             int in, o;

@@ -114,7 +114,7 @@ lt_status lt_workspace_create(lt_model *m, int B, int T, int rank, int mode, lt_
         CARVE(ws->dv, N * KD);
         CARVE(ws->datt, N * QD);
         if (c->qk_norm) CARVE(ws->dk_pre, N * KD);
-        if (c->sandwich_norms) CARVE(ws->dsand, N * H);
+        if (c->sandwich_norms || c->residual_multiplier != 1.0) CARVE(ws->dsand, N * H);
         if (rank > 0) {
             CARVE(ws->dr, N * rank);
             CARVE(ws->drop, N * (size_t)(H > I ? (H > QD ? H : QD) : (I > QD ? I : QD)));
@@ -294,8 +294,8 @@ lt_status lt_stage_cached(lt_model *m, lt_workspace *ws, lt_kv_cache *kv, lt_kv_
                           const int32_t *n, int B, int T, const float *inv_freq, lt_error *err) {
     if (B != kv->B || B > ws->B_cap || T <= 0 || (size_t)B * T > (size_t)ws->N_cap ||
         (mode == LT_KV_DECODE ? T != 1 : T > kv->T_cap))
-        return lt_fail(err, LT_ERR_INTERNAL, "generation: %d x %d tokens do not fit the planned %d x %d", B, T,
-                       kv->B, kv->T_cap);
+        return lt_fail(err, LT_ERR_INTERNAL, "generation: %d x %d tokens do not fit the planned %d x %d", B, T, kv->B,
+                       kv->T_cap);
     const int N = B * T;
     const int64_t window = m->cfg.sliding_window;
     int32_t *pos = ws->host_stage, *kvs = pos + N, *kvw = kvs + N, *slot = kvw + N, *aux = slot + N;

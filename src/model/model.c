@@ -64,6 +64,28 @@ int lt_model_modules(const lt_model_config *c, lt_module out[P_COUNT]) {
     return P_COUNT;
 }
 
+int lt_layer_norms(const lt_model_config *c, lt_layer_norm out[LT_MAX_LAYER_NORMS]) {
+#define NORM(nm, d, f) \
+    (lt_layer_norm) { nm, d, offsetof(lt_layer, f), offsetof(lt_layer, f##_file) }
+    const int64_t H = c->hidden_size, HD = c->head_dim;
+    int n = 0;
+    if (!c->no_pre_norms) out[n++] = NORM("input_layernorm", H, attn_norm);
+    if (c->sandwich_norms) { /* Gemma 2 / 3: pre and post norms around both sublayers; OLMo 2: post only */
+        if (!c->no_pre_norms) out[n++] = NORM("pre_feedforward_layernorm", H, mlp_norm);
+        out[n++] = NORM("post_attention_layernorm", H, post_attn_norm);
+        out[n++] = NORM("post_feedforward_layernorm", H, post_ff_norm);
+    } else {
+        out[n++] = NORM("post_attention_layernorm", H, mlp_norm);
+    }
+    if (c->qk_norm) { /* per head (HD), or OLMo 2's over the whole projection */
+        const int full = c->qk_norm == LT_QK_NORM_FULL;
+        out[n++] = NORM("self_attn.q_norm", full ? c->num_attention_heads * HD : HD, q_norm);
+        out[n++] = NORM("self_attn.k_norm", full ? c->num_key_value_heads * HD : HD, k_norm);
+    }
+#undef NORM
+    return n;
+}
+
 void lt_module_dims(const lt_model_config *c, const lt_module *mod, int *in, int *out) {
     int o = 0, i = 0;
     for (int p = mod->first; p < mod->first + mod->count; p++) {
@@ -428,6 +450,38 @@ LT_API void lt_model_params_init(lt_model_params *out, size_t size) {
     lt_fill_struct(out, size, p, sizeof *p);
 }
 
+/* The model's RoPE tables on the backend: inv_freq, longrope's long factors (and the attention factor),
+ * Gemma 3's local table. */
+static lt_status upload_rope_tables(lt_model *m, lt_error *err) {
+    const lt_model_config *c = &m->cfg;
+    m->rot_dim = c->rot_dim;
+    m->rope_mscale = c->rope_type == LT_ROPE_LONGROPE ? (float)c->rope_attention_factor : 1.0f;
+    if (m->rot_dim <= 0)
+        return lt_fail(err, LT_ERR_FORMAT, "%s: rotary dimension %d is not positive", m->dir, m->rot_dim);
+    const int half = m->rot_dim / 2;
+    float *inv = malloc((size_t)half * sizeof(float));
+    if (!inv) return lt_fail(err, LT_ERR_NOMEM, "out of memory");
+    const struct {
+        int (*fn)(const lt_model_config *, float *, int);
+        float **dst;
+        int wanted;
+    } tables[] = {{lt_rope_inv_freq, &m->inv_freq, 1},
+                  {lt_rope_inv_freq_long, &m->inv_freq_long, c->rope_type == LT_ROPE_LONGROPE},
+                  {lt_rope_inv_freq_local, &m->inv_freq_local, c->rope_local_theta > 0}};
+    lt_status st = LT_OK;
+    for (size_t i = 0; st == LT_OK && i < sizeof tables / sizeof tables[0]; i++) {
+        if (!tables[i].wanted) continue;
+        if (tables[i].fn(c, inv, half) != half)
+            st = lt_fail(err, LT_ERR_UNSUPPORTED, "%s: cannot compute the RoPE frequencies for this config", m->dir);
+        else if (!(*tables[i].dst = m->be->ops->alloc(m->be, (size_t)half * sizeof(float))))
+            st = lt_fail(err, LT_ERR_NOMEM, "out of memory");
+        else if ((st = track(m, *tables[i].dst, err)) == LT_OK)
+            m->be->ops->upload(m->be, *tables[i].dst, inv, (size_t)half * sizeof(float));
+    }
+    free(inv);
+    return st;
+}
+
 static lt_status model_load(lt_model *m, const lt_model_params *p, lt_error *err) {
     char path[4200];
     lt_path_join(path, sizeof path, m->dir, "config.json");
@@ -471,18 +525,13 @@ static lt_status model_load(lt_model *m, const lt_model_params *p, lt_error *err
     char name[256];
     for (int l = 0; l < c->num_hidden_layers; l++) {
         lt_layer *L = &m->layers[l];
-        snprintf(name, sizeof name, "model.layers.%d.input_layernorm.weight", l);
-        if ((st = load_norm(m, p->use_mmap, name, H, &L->attn_norm, &L->attn_norm_file, err))) return st;
-        if (c->sandwich_norms) {
-            snprintf(name, sizeof name, "model.layers.%d.pre_feedforward_layernorm.weight", l);
-            if ((st = load_norm(m, p->use_mmap, name, H, &L->mlp_norm, &L->mlp_norm_file, err))) return st;
-            snprintf(name, sizeof name, "model.layers.%d.post_attention_layernorm.weight", l);
-            if ((st = load_norm(m, p->use_mmap, name, H, &L->post_attn_norm, &L->post_attn_norm_file, err))) return st;
-            snprintf(name, sizeof name, "model.layers.%d.post_feedforward_layernorm.weight", l);
-            if ((st = load_norm(m, p->use_mmap, name, H, &L->post_ff_norm, &L->post_ff_norm_file, err))) return st;
-        } else {
-            snprintf(name, sizeof name, "model.layers.%d.post_attention_layernorm.weight", l);
-            if ((st = load_norm(m, p->use_mmap, name, H, &L->mlp_norm, &L->mlp_norm_file, err))) return st;
+        lt_layer_norm norms[LT_MAX_LAYER_NORMS];
+        const int n_norms = lt_layer_norms(c, norms);
+        for (int k = 0; k < n_norms; k++) {
+            snprintf(name, sizeof name, "model.layers.%d.%s.weight", l, norms[k].name);
+            if ((st = load_norm(m, p->use_mmap, name, norms[k].dim, lt_layer_norm_at(L, norms[k].compute),
+                                lt_layer_norm_at(L, norms[k].file), err)))
+                return st;
         }
         lt_module mods[P_COUNT];
         int n_mods = lt_model_modules(c, mods);
@@ -507,12 +556,6 @@ static lt_status model_load(lt_model *m, const lt_model_params *p, lt_error *err
                 if ((st = load_weight(m, p->use_mmap, name, out, 0, &L->bias[q], err))) return st;
             }
         }
-        if (c->qk_norm) {
-            snprintf(name, sizeof name, "model.layers.%d.self_attn.q_norm.weight", l);
-            if ((st = load_norm(m, p->use_mmap, name, c->head_dim, &L->q_norm, &L->q_norm_file, err))) return st;
-            snprintf(name, sizeof name, "model.layers.%d.self_attn.k_norm.weight", l);
-            if ((st = load_norm(m, p->use_mmap, name, c->head_dim, &L->k_norm, &L->k_norm_file, err))) return st;
-        }
         if (m->base_dtype == LT_BASE_BF16 && (st = pack_layer_bf16(m, L, err))) return st;
     }
     if (m->base_dtype == LT_BASE_BF16 && (st = pack_lm_head_bf16(m, err))) return st;
@@ -520,33 +563,7 @@ static lt_status model_load(lt_model *m, const lt_model_params *p, lt_error *err
     (void)KD;
     (void)I;
 
-    /* RoPE inverse frequencies */
-    m->rot_dim = c->rot_dim;
-    if (m->rot_dim <= 0)
-        return lt_fail(err, LT_ERR_FORMAT, "%s: rotary dimension %d is not positive", m->dir, m->rot_dim);
-    float *inv = malloc((size_t)m->rot_dim / 2 * sizeof(float));
-    if (!inv) return lt_fail(err, LT_ERR_NOMEM, "out of memory");
-    if (lt_rope_inv_freq(c, inv, m->rot_dim / 2) != m->rot_dim / 2) {
-        free(inv);
-        return lt_fail(err, LT_ERR_UNSUPPORTED, "%s: cannot compute the RoPE frequencies for this config", m->dir);
-    }
-    m->inv_freq = m->be->ops->alloc(m->be, (size_t)m->rot_dim / 2 * sizeof(float));
-    if (!m->inv_freq || (st = track(m, m->inv_freq, err)) != LT_OK) {
-        free(inv);
-        return lt_fail(err, LT_ERR_NOMEM, "out of memory");
-    }
-    m->be->ops->upload(m->be, m->inv_freq, inv, (size_t)m->rot_dim / 2 * sizeof(float));
-    m->rope_mscale = c->rope_type == LT_ROPE_LONGROPE ? (float)c->rope_attention_factor : 1.0f;
-    if (c->rope_type == LT_ROPE_LONGROPE) {
-        if (lt_rope_inv_freq_long(c, inv, m->rot_dim / 2) != m->rot_dim / 2 ||
-            !(m->inv_freq_long = m->be->ops->alloc(m->be, (size_t)m->rot_dim / 2 * sizeof(float))) ||
-            track(m, m->inv_freq_long, err) != LT_OK) {
-            free(inv);
-            return lt_fail(err, LT_ERR_NOMEM, "%s: cannot set up the longrope frequencies", m->dir);
-        }
-        m->be->ops->upload(m->be, m->inv_freq_long, inv, (size_t)m->rot_dim / 2 * sizeof(float));
-    }
-    free(inv);
+    if ((st = upload_rope_tables(m, err)) != LT_OK) return st;
     return m->be->ops->sync(m->be);
 }
 
@@ -948,7 +965,7 @@ LT_API lt_status lt_model_create_random_params(lt_context *ctx, const char *conf
     m->rope_mscale = 1.0f;
     if (st == LT_OK && (c->fused_proj || c->rope_type == LT_ROPE_LONGROPE))
         st = lt_fail(err, LT_ERR_UNSUPPORTED, "lt_model_create_random: %s is not supported here", c->architecture);
-    if (st == LT_OK && c->norm_offset != 0.0f)
+    if (st == LT_OK && (c->norm_offset != 0.0f || c->sandwich_norms || c->qk_norm == LT_QK_NORM_FULL))
         st = lt_fail(err, LT_ERR_UNSUPPORTED, "lt_model_create_random: %s is not supported here", c->architecture);
     if (st == LT_OK) st = random_weight(m, H, 0, 1.0f, &rng, &m->final_norm, err);
     m->final_norm_file = m->final_norm;
@@ -982,17 +999,7 @@ LT_API lt_status lt_model_create_random_params(lt_context *ctx, const char *conf
         Ly->k_norm_file = Ly->k_norm;
     }
     if (st == LT_OK && m->base_dtype == LT_BASE_BF16) st = pack_lm_head_bf16(m, err);
-    if (st == LT_OK) {
-        m->rot_dim = c->rot_dim;
-        float *inv = malloc((size_t)m->rot_dim / 2 * sizeof(float));
-        if (!inv || lt_rope_inv_freq(c, inv, m->rot_dim / 2) != m->rot_dim / 2)
-            st = lt_fail(err, LT_ERR_FORMAT, "bad RoPE config");
-        else if (!(m->inv_freq = m->be->ops->alloc(m->be, (size_t)m->rot_dim / 2 * sizeof(float))) ||
-                 (st = track(m, m->inv_freq, err)) != LT_OK)
-            st = lt_fail(err, LT_ERR_NOMEM, "out of memory");
-        else m->be->ops->upload(m->be, m->inv_freq, inv, (size_t)m->rot_dim / 2 * sizeof(float));
-        free(inv);
-    }
+    if (st == LT_OK) st = upload_rope_tables(m, err);
     if (st != LT_OK) {
         lt_model_free(m);
         return st;

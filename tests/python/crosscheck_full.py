@@ -6,7 +6,9 @@ save_pretrained.
 usage: crosscheck_full.py --lib build/libloratune.so.0 --workdir DIR [--only NAME,...] [--steps N (3)]
 
 Families: Llama untied and tied, Qwen2 (q/k/v biases), Qwen3 (q/k norms, explicit head_dim), Gemma (1 + w
-norms, sqrt(hidden) embedding scale, tied, GeGLU), Gemma 2 (sandwich norms, soft-capping). For each:
+norms, sqrt(hidden) embedding scale, tied, GeGLU), Gemma 2 (sandwich norms, soft-capping), Gemma 3 (+ per-head
+q/k norms, local / global RoPE), SmolLM3 (NoPE layers, MLP biases), OLMo 2 (post-norms only, q/k norms over
+the whole projection), Granite (embedding / residual / attention multipliers, logits scaling). For each:
 N AdamW updates (lr 2e-3, eps 1e-6, weight decay 0.1 in Hugging Face Trainer's groups: transformers'
 Trainer.get_decay_parameter_names, i.e. no decay on biases and norm weights; grad clipping at 1.0;
 gradient accumulation 2 with the token-level mean over the accumulated micro-batches) in the library and
