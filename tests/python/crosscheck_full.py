@@ -60,6 +60,13 @@ MODELS = {
                                     num_attention_heads=4, num_key_value_heads=2, head_dim=8, sliding_window=4,
                                     attn_logit_softcapping=50.0, final_logit_softcapping=30.0,
                                     query_pre_attn_scalar=8, hidden_activation="gelu_pytorch_tanh"), 9106),
+    "gemma3": ("Gemma3TextConfig", dict(vocab_size=85, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=2, head_dim=8, sliding_window=4,
+                                        sliding_window_pattern=2, query_pre_attn_scalar=8,
+                                        rope_parameters={"full_attention": {"rope_type": "linear", "factor": 2.0,
+                                                                            "rope_theta": 10000.0},
+                                                         "sliding_attention": {"rope_type": "default",
+                                                                               "rope_theta": 100.0}}), 9107),
 }
 B, T = 2, 9
 ACCUM = 2

@@ -92,6 +92,30 @@ MODELS = {
                                 num_attention_heads=4, num_key_value_heads=2, partial_rotary_factor=0.5,
                                 sliding_window=6, pad_token_id=0), 4007,
              dict(r=4, alpha=8, targets=["qkv_proj", "o_proj", "gate_up_proj", "down_proj"])),
+    # Gemma 3: Gemma 2's sandwich norms + per-head (1 + w) q/k norms; local layers (every layer but each
+    # 3rd here, sliding_window_pattern) rotate with rope_local_base_freq, global ones with rope_theta and a
+    # linear rope scaling; query_pre_attn_scalar != head_dim; no soft-capping; GQA
+    "gemma3": ("Gemma3TextConfig", dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                                        num_attention_heads=4, num_key_value_heads=2, head_dim=32,
+                                        query_pre_attn_scalar=24, sliding_window=5, sliding_window_pattern=3,
+                                        rope_parameters={"full_attention": {"rope_type": "linear", "factor": 4.0,
+                                                                            "rope_theta": 50000.0},
+                                                         "sliding_attention": {"rope_type": "default",
+                                                                               "rope_theta": 100.0}}),
+               4010, dict(r=4, alpha=8, targets=ALL_TARGETS)),
+    # Gemma 3 with a window longer than every sequence (the layer types still pick the RoPE; transformers
+    # cannot generate with sliding_window None), MQA, odd head count, 5 layers
+    "gemma3-nowin": ("Gemma3TextConfig", dict(vocab_size=250, hidden_size=48, intermediate_size=96,
+                                              num_hidden_layers=5, num_attention_heads=3, num_key_value_heads=1,
+                                              head_dim=16, query_pre_attn_scalar=16, sliding_window=512,
+                                              layer_types=["sliding_attention", "full_attention",
+                                                           "sliding_attention", "sliding_attention",
+                                                           "full_attention"],
+                                              rope_parameters={"full_attention": {"rope_type": "default",
+                                                                                  "rope_theta": 1000000.0},
+                                                               "sliding_attention": {"rope_type": "default",
+                                                                                     "rope_theta": 10.0}}),
+                     4011, dict(r=2, alpha=8, targets=["q_proj", "k_proj", "o_proj", "down_proj"])),
     # Llama
     "llama-dora": ("LlamaConfig", dict(vocab_size=257, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
                                        num_attention_heads=4, num_key_value_heads=2), 4009,
