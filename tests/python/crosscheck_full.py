@@ -67,6 +67,9 @@ MODELS = {
                                                                             "rope_theta": 10000.0},
                                                          "sliding_attention": {"rope_type": "default",
                                                                                "rope_theta": 100.0}}), 9107),
+    "smollm3": ("SmolLM3Config", dict(vocab_size=83, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, no_rope_layer_interval=2,
+                                      mlp_bias=True), 9108),
 }
 B, T = 2, 9
 ACCUM = 2

@@ -116,6 +116,17 @@ MODELS = {
                                                                "sliding_attention": {"rope_type": "default",
                                                                                      "rope_theta": 10.0}}),
                      4011, dict(r=2, alpha=8, targets=["q_proj", "k_proj", "o_proj", "down_proj"])),
+    # SmolLM3: NoPE layers (no_rope_layers: every 2nd layer here), tied, GQA, attention and MLP biases
+    "smollm3": ("SmolLM3Config", dict(vocab_size=259, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                                      num_attention_heads=4, num_key_value_heads=2, no_rope_layer_interval=2,
+                                      attention_bias=True, mlp_bias=True, rope_theta=5000.0, pad_token_id=0), 4012,
+                dict(r=4, alpha=8, targets=ALL_TARGETS)),
+    # SmolLM3 with a sliding window on its NoPE layers (use_sliding_window), untied, odd heads
+    "smollm3-swa": ("SmolLM3Config", dict(vocab_size=253, hidden_size=60, intermediate_size=96, num_hidden_layers=3,
+                                          num_attention_heads=5, num_key_value_heads=5, no_rope_layers=[1, 0, 1],
+                                          use_sliding_window=True, sliding_window=4, tie_word_embeddings=False,
+                                          pad_token_id=0), 4013,
+                    dict(r=2, alpha=4, targets=["q_proj", "v_proj", "gate_proj"])),
     # Llama
     "llama-dora": ("LlamaConfig", dict(vocab_size=257, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
                                        num_attention_heads=4, num_key_value_heads=2), 4009,
