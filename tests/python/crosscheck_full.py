@@ -70,6 +70,8 @@ MODELS = {
     "smollm3": ("SmolLM3Config", dict(vocab_size=83, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                       num_attention_heads=4, num_key_value_heads=2, no_rope_layer_interval=2,
                                       mlp_bias=True), 9108),
+    "olmo2": ("Olmo2Config", dict(vocab_size=81, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                  num_attention_heads=4, num_key_value_heads=2, attention_bias=True), 9109),
 }
 B, T = 2, 9
 ACCUM = 2

@@ -127,6 +127,12 @@ MODELS = {
                                           use_sliding_window=True, sliding_window=4, tie_word_embeddings=False,
                                           pad_token_id=0), 4013,
                     dict(r=2, alpha=4, targets=["q_proj", "v_proj", "gate_proj"])),
+    # OLMo 2: no pre-norms, post-attention / post-feedforward norms, q/k RMSNorm over the whole projection
+    # (NH*HD, NKV*HD), GQA, attention biases
+    "olmo2": ("Olmo2Config", dict(vocab_size=257, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                  num_attention_heads=4, num_key_value_heads=2, attention_bias=True,
+                                  pad_token_id=0), 4014,
+              dict(r=4, alpha=8, targets=ALL_TARGETS)),
     # Llama
     "llama-dora": ("LlamaConfig", dict(vocab_size=257, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
                                        num_attention_heads=4, num_key_value_heads=2), 4009,
