@@ -72,6 +72,9 @@ MODELS = {
                                       mlp_bias=True), 9108),
     "olmo2": ("Olmo2Config", dict(vocab_size=81, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                   num_attention_heads=4, num_key_value_heads=2, attention_bias=True), 9109),
+    "granite": ("GraniteConfig", dict(vocab_size=79, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, embedding_multiplier=4.0,
+                                      residual_multiplier=0.5, attention_multiplier=0.2, logits_scaling=3.0), 9110),
 }
 B, T = 2, 9
 ACCUM = 2

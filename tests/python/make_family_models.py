@@ -133,6 +133,12 @@ MODELS = {
                                   num_attention_heads=4, num_key_value_heads=2, attention_bias=True,
                                   pad_token_id=0), 4014,
               dict(r=4, alpha=8, targets=ALL_TARGETS)),
+    # Granite: embedding / residual / attention multipliers and logits scaling, all far from 1; GQA, MLP bias
+    "granite": ("GraniteConfig", dict(vocab_size=255, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, embedding_multiplier=6.0,
+                                      residual_multiplier=0.4, attention_multiplier=0.09, logits_scaling=2.5,
+                                      mlp_bias=True), 4015,
+                dict(r=4, alpha=8, targets=ALL_TARGETS)),
     # Llama
     "llama-dora": ("LlamaConfig", dict(vocab_size=257, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
                                        num_attention_heads=4, num_key_value_heads=2), 4009,
