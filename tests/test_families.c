@@ -29,7 +29,7 @@ static const family_case cases[] = {
     {"qwen3", "Qwen3ForCausalLM"},         {"gemma", "GemmaForCausalLM"},        {"gemma2", "Gemma2ForCausalLM"},
     {"phi3", "Phi3ForCausalLM"},           {"phi3-longrope", "Phi3ForCausalLM"}, {"gemma3", "Gemma3ForCausalLM"},
     {"gemma3-nowin", "Gemma3ForCausalLM"}, {"smollm3", "SmolLM3ForCausalLM"},    {"smollm3-swa", "SmolLM3ForCausalLM"},
-    {"olmo2", "Olmo2ForCausalLM"},         {"granite", "GraniteForCausalLM"},
+    {"olmo2", "Olmo2ForCausalLM"},         {"granite", "GraniteForCausalLM"},    {"phi4-mini", "Phi3ForCausalLM"},
 };
 #define N_CASES ((int)(sizeof cases / sizeof *cases))
 
@@ -38,7 +38,7 @@ static const family_case cases[] = {
 static const family_case dora_cases[] = {{"llama-dora", "LlamaForCausalLM"}, {"qwen2-swa", "Qwen2ForCausalLM"},
                                          {"phi3", "Phi3ForCausalLM"},        {"gemma3", "Gemma3ForCausalLM"},
                                          {"smollm3", "SmolLM3ForCausalLM"},  {"olmo2", "Olmo2ForCausalLM"},
-                                         {"granite", "GraniteForCausalLM"}};
+                                         {"granite", "GraniteForCausalLM"},  {"phi4-mini", "Phi3ForCausalLM"}};
 #define N_DORA ((int)(sizeof dora_cases / sizeof *dora_cases))
 
 static void model_dir(char *buf, size_t len, const char *name) {
@@ -218,9 +218,9 @@ END_TEST
  * time. */
 
 /* every model of make_family_models.py; each has a lora/ and a dora/ adapter */
-static const char *const gen_models[] = {"llama-dora",   "qwen2-swa", "qwen2-tied",  "mistral-swa",   "qwen3",
-                                         "gemma",        "gemma2",    "phi3",        "phi3-longrope", "gemma3",
-                                         "gemma3-nowin", "smollm3",   "smollm3-swa", "olmo2",         "granite"};
+static const char *const gen_models[] = {
+    "llama-dora",    "qwen2-swa", "qwen2-tied",   "mistral-swa", "qwen3",       "gemma", "gemma2",  "phi3",
+    "phi3-longrope", "gemma3",    "gemma3-nowin", "smollm3",     "smollm3-swa", "olmo2", "granite", "phi4-mini"};
 #define N_GEN ((int)(sizeof gen_models / sizeof *gen_models))
 
 static lt_adapter *load_adapter(lt_model *m, const char *name, const char *sub) {

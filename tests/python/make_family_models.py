@@ -139,6 +139,11 @@ MODELS = {
                                       residual_multiplier=0.4, attention_multiplier=0.09, logits_scaling=2.5,
                                       mlp_bias=True), 4015,
                 dict(r=4, alpha=8, targets=ALL_TARGETS)),
+    # Phi-4-mini's shape of Phi-3: partial_rotary_factor 0.75, tied embeddings, GQA (3 query heads per kv)
+    "phi4-mini": ("Phi3Config", dict(vocab_size=254, hidden_size=96, intermediate_size=128, num_hidden_layers=2,
+                                     num_attention_heads=6, num_key_value_heads=2, partial_rotary_factor=0.75,
+                                     tie_word_embeddings=True, pad_token_id=0), 4016,
+                  dict(r=4, alpha=8, targets=["qkv_proj", "o_proj", "gate_up_proj", "down_proj"])),
     # Llama
     "llama-dora": ("LlamaConfig", dict(vocab_size=257, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
                                        num_attention_heads=4, num_key_value_heads=2), 4009,
