@@ -4,6 +4,7 @@
  * uses: OpenBLAS single-threaded per call, split over our OpenMP threads).
  *
  *   build/bench_gemm_bf16 [threads (2)] [repeats (15, at most 256)] [N (1024)]
+ *   LT_CPU_ISA=avx512 build/bench_gemm_bf16 ...   the portable kernel on a CPU with AVX512_BF16
  *
  * Products of one bench-s decoder layer (hidden 512, intermediate 1376), N tokens:
  *   forward  y = x W^T   q,k,v,o (512->512) x4, gate,up (512->1376) x2, down (1376->512)
@@ -20,6 +21,7 @@
 #include "backend/backend.h"
 #include "core/context.h"
 #include "cpu/cpu_backend.h"
+#include "cpu/cpu_kernels.h"
 #include "cpu/gemm_bf16.h"
 
 typedef struct shape {
@@ -59,8 +61,9 @@ int main(int argc, char **argv) {
         return 1;
     }
     const lt_backend_ops *o = be->ops;
-    printf("bench_gemm_bf16: N=%d, %d threads, %d repeats, AVX512_BF16 %s\n", N, threads, reps,
-           lt_bf16_avx512_available() ? "yes" : "no (portable kernel)");
+    const lt_cpu_kernels *k = lt_cpu_kernels_get(LT_CPU_ISA_AUTO, err, sizeof err);
+    printf("bench_gemm_bf16: N=%d, %d threads, %d repeats, ISA %s (%s kernel)\n", N, threads, reps, k->isa,
+           k->level == LT_CPU_ISA_AVX512_BF16 ? "AVX512_BF16" : "portable");
     printf("%-22s %-8s %10s %10s %7s\n", "shape", "product", "bf16 GF/s", "sgemm GF/s", "ratio");
     double layer_b = 0, layer_f = 0, layer_flops = 0;
     for (int s = 0; s < NS; s++) {

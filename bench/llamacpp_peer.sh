@@ -7,9 +7,9 @@
 #   bash bench/llamacpp_peer.sh build                 only fetch + build llama-finetune
 #   bash bench/llamacpp_peer.sh model                 only write the bench-s HF directory and its f32 GGUF
 #
-# Source: the llama.cpp tree vendored in the PyPI sdist of llama-cpp-python (pinned below); PyPI is
-# reachable here, GitHub is not. Source, build and model are cached OUTSIDE the repository in
-# ${LT_LLAMACPP_DIR:-~/.cache/loratune/llama.cpp-<version>}. CPU only: GGML_NATIVE=ON, no CUDA, no BLAS
+# Source: the llama.cpp tree vendored in the PyPI sdist of llama-cpp-python, pinned and fetched by
+# tools/llamacpp.sh (shared with the GGUF tests); PyPI is reachable here, GitHub is not. Source, build and
+# model are cached OUTSIDE the repository in ${LT_LLAMACPP_DIR:-~/.cache/loratune/llama.cpp-<version>}. CPU only: GGML_NATIVE=ON, no CUDA, no BLAS
 # (llama.cpp's default CPU build), no OpenSSL/curl. The build runs under `nice -n 10` with -j2.
 #
 # What it trains (measured: bench/llamacpp_run.py compares the saved model with the input tensor by
@@ -37,10 +37,10 @@
 # peak_rss_mb is the child's ru_maxrss (what /usr/bin/time -v prints). See bench/llamacpp_run.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-version=0.3.36                       # llama-cpp-python sdist; llama.cpp inside it is pinned by this
-sha256=832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e   # of llama_cpp_python-0.3.36.tar.gz
-dir=${LT_LLAMACPP_DIR:-$HOME/.cache/loratune/llama.cpp-$version}
-src=$dir/llama_cpp_python-$version/vendor/llama.cpp
+# the pinned llama.cpp: fetched (sha256-checked) by the script the GGUF tests share (tools/llamacpp.sh)
+. tools/llamacpp.sh
+dir=$llamacpp_dir
+src=$llamacpp_src
 # LT_LLAMACPP_BLAS=1: a second build (build-blas) with ggml's BLAS backend on Debian's OpenBLAS, which
 # takes the f32 MUL_MAT and OUT_PROD (the weight gradients) off the CPU backend; default: the plain CPU
 # build (ggml's own kernels, llamafile sgemm for f32 matmuls). Measured here on one thread: the OpenBLAS
@@ -55,21 +55,8 @@ gguf=$dir/bench-s-f32.gguf
 text=$dir/bench-s-train.txt
 
 fetch() {
-  [ -f "$src/examples/training/finetune.cpp" ] && return 0
-  mkdir -p "$dir"
-  local sd=$dir/sdist tgz
-  tgz=$(ls "$sd"/llama_cpp_python-$version.tar.gz 2>/dev/null || true)
-  if [ -z "$tgz" ]; then
-    if [ -f "/tmp/lcpp/llama_cpp_python-$version.tar.gz" ]; then    # a copy fetched earlier on this machine
-      mkdir -p "$sd"; cp "/tmp/lcpp/llama_cpp_python-$version.tar.gz" "$sd/"
-    else
-      "$py" -m pip download --no-deps --no-binary :all: -d "$sd" "llama-cpp-python==$version"
-    fi
-    tgz=$sd/llama_cpp_python-$version.tar.gz
-  fi
-  echo "$sha256  $tgz" | sha256sum -c --quiet - || { echo "$tgz: not the pinned sdist" >&2; exit 1; }
-  tar xzf "$tgz" -C "$dir"
-  [ -f "$src/examples/training/finetune.cpp" ] || { echo "no examples/training in $tgz" >&2; exit 1; }
+  llamacpp_fetch
+  [ -f "$src/examples/training/finetune.cpp" ] || { echo "no examples/training in $src" >&2; exit 1; }
 }
 
 build() {

@@ -57,7 +57,7 @@ int main(int argc, char **argv) {
     for (size_t b = 0; b < nb; b++) a1[b] = 1e-3f, a2[b] = 1e-6f;
     const float *q1 = lt_quant_code8(), *q2 = lt_quant_code8u();
     const char *names[3] = {"fp32 AdamW (adamw_step)", "8-bit AdamW (adamw8bit_step)", "8-bit AdamW reference"};
-    printf("%zu parameters, %d thread(s), ISA %s\n", n, threads, lt_cpu_kernels_get(LT_CPU_ISA_AUTO)->isa);
+    printf("%zu parameters, %d thread(s), ISA %s\n", n, threads, lt_cpu_kernels_get(LT_CPU_ISA_AUTO, NULL, 0)->isa);
     for (int k = 0; k < 3; k++) {
         double t[64];
         const int r = reps < 64 ? reps : 64;

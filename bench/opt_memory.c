@@ -59,7 +59,12 @@ int main(int argc, char **argv) {
         op.kind = kinds[k];
         lt_optimizer *o = NULL;
         if (lt_optimizer_create(a, &op, &o) != LT_OK) die("optimizer");
-        const double r2 = rss_bytes(); /* the state is zeroed on creation: resident */
+        /* the state is allocated (zeroed, resident) at its first use: saving it is one */
+        char tmp[64];
+        snprintf(tmp, sizeof tmp, "/tmp/opt_memory-%ld.bin", (long)getpid());
+        if (lt_optimizer_save(o, tmp) != LT_OK) die("optimizer state");
+        unlink(tmp);
+        const double r2 = rss_bytes();
         lt_trainer_params tp;
         lt_trainer_params_init(&tp, sizeof tp);
         lt_trainer *t = NULL;

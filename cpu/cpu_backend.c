@@ -1,8 +1,9 @@
 /*
- * cpu_backend.c - the fast CPU backend: OpenBLAS sgemm, OpenMP threads, AVX-512 / AVX2 / generic
- * kernels chosen at run time (cpu/simd.h compiled once per instruction set).
+ * cpu_backend.c - the fast CPU backend: OpenBLAS sgemm, OpenMP threads, and the kernels of one
+ * instruction set chosen when the backend is created (cpu_kernels.h: the table of the ISA,
+ * cpu/cpu_isa.c).
  *
- * defines: lt_cpu_backend_create, lt_cpu_backend_create_isa, lt_cpu_kernels_get.
+ * defines: lt_cpu_backend_create, lt_cpu_backend_create_isa.
  *
  * Threads: every parallel region names num_threads(be->n_threads) (or fewer for small work); nothing
  * touches the global OpenMP settings. OpenBLAS is asked for one thread (process-wide: OpenBLAS has no
@@ -14,9 +15,6 @@
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE /* sched_getaffinity, CPU_COUNT */
-#endif
-#if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
 #endif
 #include <math.h>
 #include <omp.h>
@@ -38,93 +36,6 @@
 #include "cpu/ref_ops.h"
 
 void openblas_set_num_threads(int num_threads);
-
-#define LT_STR_(x) #x
-#define LT_STR(x) LT_STR_(x)
-
-/* ---- the kernels, once per instruction set -------------------------------------------------------- */
-
-#if defined(__x86_64__) || defined(__i386__)
-#define LT_HAVE_X86 1
-
-#ifdef __clang__
-#pragma clang attribute push(__attribute__((target("avx2,fma,avx512f,avx512bw,avx512vl,avx512dq"))), \
-                             apply_to = function)
-#else
-#pragma GCC push_options
-#pragma GCC target("avx2,fma,avx512f,avx512bw,avx512vl,avx512dq")
-#endif
-#define LT_ISA avx512
-#define LT_W 16
-#define LT_RBA 8
-#define LT_RBB 4
-#define LT_CBB 4
-#include "cpu/simd.h"
-#undef LT_ISA
-#undef LT_W
-#undef LT_RBA
-#undef LT_RBB
-#undef LT_CBB
-#ifdef __clang__
-#pragma clang attribute pop
-#else
-#pragma GCC pop_options
-#endif
-
-#ifdef __clang__
-#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
-#else
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
-#endif
-#define LT_ISA avx2
-#define LT_W 8
-#define LT_RBA 2
-#define LT_RBB 2
-#define LT_CBB 4
-#include "cpu/simd.h"
-#undef LT_ISA
-#undef LT_W
-#undef LT_RBA
-#undef LT_RBB
-#undef LT_CBB
-#ifdef __clang__
-#pragma clang attribute pop
-#else
-#pragma GCC pop_options
-#endif
-#endif
-
-#define LT_ISA generic
-#define LT_W 4
-#define LT_RBA 2
-#define LT_RBB 2
-#define LT_CBB 2
-#include "cpu/simd.h"
-#undef LT_ISA
-#undef LT_W
-#undef LT_RBA
-#undef LT_RBB
-#undef LT_CBB
-
-const lt_cpu_kernels *lt_cpu_kernels_get(lt_cpu_isa isa) {
-#ifdef LT_HAVE_X86
-    __builtin_cpu_init();
-    int has512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                 __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
-    int has2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    switch (isa) {
-    case LT_CPU_ISA_AUTO:
-        return has512 ? &lt_cpu_kernels_avx512 : has2 ? &lt_cpu_kernels_avx2 : &lt_cpu_kernels_generic;
-    case LT_CPU_ISA_AVX512: return has512 ? &lt_cpu_kernels_avx512 : NULL;
-    case LT_CPU_ISA_AVX2: return has2 ? &lt_cpu_kernels_avx2 : NULL;
-    case LT_CPU_ISA_GENERIC: return &lt_cpu_kernels_generic;
-    }
-    return NULL;
-#else
-    return isa == LT_CPU_ISA_AUTO || isa == LT_CPU_ISA_GENERIC ? &lt_cpu_kernels_generic : NULL;
-#endif
-}
 
 /* ---- the backend ---------------------------------------------------------------------------------- */
 
@@ -285,7 +196,7 @@ static void cpu_gemm(lt_backend *be, int transA, int transB, int M, int N, int K
     }
 }
 
-/* ---- frozen weights in bf16 (cpu/gemm_bf16.c: AVX512_BF16 when the CPU has it, else portable) ---- */
+/* ---- frozen weights in bf16 (cpu/gemm_bf16.c with the ISA's micro-kernel: AVX512_BF16 or portable) ---- */
 
 static size_t cpu_bf16_weight_bytes(lt_backend *be, int out, int in) {
     (void)be;
@@ -304,7 +215,7 @@ static void cpu_gemm_bf16_forward(lt_backend *be, float *y, const float *x, cons
         cpu_record_error(be, LT_ERR_INTERNAL);
         return;
     }
-    lt_gemm_bf16_forward(LT_BF16_AUTO, be->n_threads, y, x, Wp, N, in, out);
+    lt_gemm_bf16_forward(K(be), be->n_threads, y, x, Wp, N, in, out);
 }
 
 /* dx (N,in) (+)= dy (N,out) W */
@@ -314,7 +225,7 @@ static void cpu_gemm_bf16_backward(lt_backend *be, float *dx, const float *dy, c
         cpu_record_error(be, LT_ERR_INTERNAL);
         return;
     }
-    lt_gemm_bf16_backward(LT_BF16_AUTO, be->n_threads, dx, dy, Wp, N, in, out, accumulate);
+    lt_gemm_bf16_backward(K(be), be->n_threads, dx, dy, Wp, N, in, out, accumulate);
 }
 
 /* ---- elementwise ---------------------------------------------------------------------------------- */
@@ -786,8 +697,8 @@ static void cpu_adamw8bit_step(lt_backend *be, float *param, const float *grad, 
     const size_t nb = (n + LT_OPT8_BLOCK - 1) / LT_OPT8_BLOCK;
     lt_opt8_lut scratch[2];
     const lt_opt8_lut *lut1, *lut2;
-    const lt_opt8_block_fn fn = lt_cpu_opt8_kernel(K(be)->isa);
-    if (!fn || !lt_opt8_luts(qmap1, qmap2, scratch, &lut1, &lut2)) {
+    lt_opt8_blocks_fn *const fn = K(be)->opt8_blocks;
+    if (!lt_opt8_luts(qmap1, qmap2, scratch, &lut1, &lut2)) {
         /* a code book that is not strictly increasing: the reference (binary search) */
         CPU_PAR_SLICES(
             be, nb, for (size_t b = lo; b < hi; b++) {
@@ -888,19 +799,23 @@ static const lt_backend_ops cpu_ops = {
     .attention_decode = cpu_attention_decode,
     .swiglu_forward = cpu_swiglu_forward,
     .swiglu_backward = cpu_swiglu_backward,
-    .attention_softcap_forward = cpu_attention_softcap_forward,
-    .attention_softcap_backward = cpu_attention_softcap_backward,
-    .attention_softcap_decode = cpu_attention_softcap_decode,
-    .rope_scale = cpu_rope_scale,
-    .dora_norm = cpu_dora_norm,
-    .mul_cols = cpu_mul_cols,
-    .col_dot = cpu_col_dot,
+    /* The slots below run the reference kernels (cpu/ref_ops.c) on purpose, split over threads where
+     * the work splits: they serve one family or method each (Gemma 2, Phi-3 longrope, DoRA, Qwen2
+     * biases, Gemma), and are plain O(n) loops except the soft-capped attention (O(T^2) per head, no
+     * tiling) and dora_norm (a pass over the materialised weight). */
+    .attention_softcap_forward = cpu_attention_softcap_forward,   /* reference, parallel over heads      */
+    .attention_softcap_backward = cpu_attention_softcap_backward, /* reference, parallel over kv heads   */
+    .attention_softcap_decode = cpu_attention_softcap_decode,     /* reference, one thread               */
+    .rope_scale = cpu_rope_scale,                                 /* reference, one thread               */
+    .dora_norm = cpu_dora_norm,                                   /* reference, parallel over rows       */
+    .mul_cols = cpu_mul_cols,                                     /* reference, parallel over rows       */
+    .col_dot = cpu_col_dot,                                       /* reference, one thread               */
     .bias_add = cpu_bias_add,
-    .bias_backward = cpu_bias_backward,
-    .geglu_forward = cpu_geglu_forward,
-    .geglu_backward = cpu_geglu_backward,
-    .softcap_forward = cpu_softcap_forward,
-    .softcap_backward = cpu_softcap_backward,
+    .bias_backward = cpu_bias_backward,       /* reference, one thread               */
+    .geglu_forward = cpu_geglu_forward,       /* reference, parallel over slices     */
+    .geglu_backward = cpu_geglu_backward,     /* reference, parallel over slices     */
+    .softcap_forward = cpu_softcap_forward,   /* reference, parallel over slices     */
+    .softcap_backward = cpu_softcap_backward, /* reference, parallel over slices     */
     .cross_entropy = cpu_cross_entropy,
     .dropout = cpu_dropout,
     .adamw_step = cpu_adamw_step,
@@ -919,11 +834,8 @@ lt_status lt_cpu_backend_create_isa(int n_threads, lt_cpu_isa isa, lt_backend **
         return LT_ERR_ARGUMENT;
     }
     *out = NULL;
-    const lt_cpu_kernels *k = lt_cpu_kernels_get(isa);
-    if (!k) {
-        cpu_set_err(err, errlen, "cpu backend: this CPU does not support the requested instruction set");
-        return LT_ERR_UNSUPPORTED;
-    }
+    const lt_cpu_kernels *k = lt_cpu_kernels_get(isa, err, errlen);
+    if (!k) return LT_ERR_UNSUPPORTED;
     lt_backend *be = calloc(1, sizeof *be);
     cpu_impl *im = calloc(1, sizeof *im);
     if (!be || !im) {

@@ -1,13 +1,19 @@
 /*
- * cpu_kernels.h - the fast CPU kernels behind the CPU backend, one table per instruction set.
+ * cpu_kernels.h - the fast CPU kernels behind the CPU backend, one table per instruction set: the one
+ * ISA-dispatch mechanism of the CPU backend.
  *
- * defines: lt_cpu_kernels (single-threaded kernels working on a slice: the backend's OpenMP regions
- * split the work and call them), lt_cpu_kernels_get (run-time ISA selection),
- * lt_cpu_backend_create_isa (a CPU backend pinned to one ISA, for tests and benchmarks),
- * LT_ATT_* attention tile sizes and lt_cpu_att_item_floats (the backward scratch layout).
+ * defines: lt_cpu_isa (the instruction sets), lt_cpu_kernels (every ISA-specific kernel: elementwise,
+ * norms, RoPE, attention, the 8-bit AdamW block and the bf16 GEMM micro-kernel; single-threaded
+ * kernels working on a slice: the backend's OpenMP regions split the work and call them),
+ * lt_cpu_kernels_get (run-time selection, with the LT_CPU_ISA override), lt_cpu_backend_create_isa
+ * (a CPU backend pinned to one ISA, for tests and benchmarks), LT_ATT_* attention tile sizes and
+ * lt_cpu_att_item_floats (the backward scratch layout).
  *
- * Kernels come from cpu/simd.h, compiled three times by cpu_backend.c: AVX-512 (F/BW/VL/DQ),
- * AVX2+FMA and a generic build (GCC vector extensions, no target flags: portable).
+ * How an ISA-specific kernel is built: it is written once (GCC vector extensions or intrinsics) in a
+ * kernel file (simd.h, opt8_simd.h, gemm_bf16_simd.h) that cpu/isa_each.h compiles once per
+ * instruction set, inside that set's target region (isa_each.h is the only place naming compiler
+ * targets). cpu/cpu_isa.c detects the CPU and holds the tables, one per ISA, each naming the compiled
+ * kernels it uses.
  */
 #ifndef LT_CPU_KERNELS_H
 #define LT_CPU_KERNELS_H
@@ -17,11 +23,19 @@
 
 #include "backend/backend.h"
 
+/* The instruction sets, lowest first; each includes the ones below it. The numbers are macros so that
+ * kernel files can test them in #if (LT_ISA_LEVEL, set by isa_each.h). */
+#define LT_ISA_GENERIC 1     /* portable: GCC vector extensions, baseline target  */
+#define LT_ISA_AVX2 2        /* AVX2 + FMA                                         */
+#define LT_ISA_AVX512 3      /* AVX-512 F, BW, VL, DQ (+ AVX2, FMA)                */
+#define LT_ISA_AVX512_BF16 4 /* AVX-512 + BF16 dot products (vdpbf16ps)            */
+#define LT_ISA_COUNT 5
 typedef enum lt_cpu_isa {
-    LT_CPU_ISA_AUTO = 0,    /* the best one this CPU supports */
-    LT_CPU_ISA_GENERIC = 1, /* portable: GCC vector extensions, baseline target */
-    LT_CPU_ISA_AVX2 = 2,    /* AVX2 + FMA */
-    LT_CPU_ISA_AVX512 = 3   /* AVX-512 F, BW, VL, DQ */
+    LT_CPU_ISA_AUTO = 0, /* LT_CPU_ISA from the environment if set, else the best this CPU supports */
+    LT_CPU_ISA_GENERIC = LT_ISA_GENERIC,
+    LT_CPU_ISA_AVX2 = LT_ISA_AVX2,
+    LT_CPU_ISA_AVX512 = LT_ISA_AVX512,
+    LT_CPU_ISA_AVX512_BF16 = LT_ISA_AVX512_BF16
 } lt_cpu_isa;
 
 /* Attention tiles: LT_ATT_QT queries x LT_ATT_KB keys, the same for every ISA. The forward uses
@@ -57,8 +71,30 @@ static inline size_t lt_cpu_att_item_floats(int T, int HD) {
 #define LT_ATT_OFF_DK(T, HD) (LT_ATT_OFF_DS(T, HD) + lt_cpu_round16((size_t)LT_ATT_QT * LT_ATT_KB))
 #define LT_ATT_OFF_DV(T, HD) (LT_ATT_OFF_DK(T, HD) + lt_cpu_round16((size_t)(T) * (HD)))
 
+/* The 8-bit AdamW block kernel (cpu/opt8_simd.h, bit for bit lt_ref_adamw8bit_block): blocks [b0, b1)
+ * of one tensor of n elements; the arguments of backend.h adamw8bit_step, plus the code-book tables
+ * (cpu_opt8.h). */
+struct lt_opt8_lut;
+typedef void lt_opt8_blocks_fn(float *param, const float *grad, uint8_t *c1, uint8_t *c2, float *absmax1,
+                               float *absmax2, size_t n, size_t b0, size_t b1, const float *qmap1, const float *qmap2,
+                               const struct lt_opt8_lut *lut1, const struct lt_opt8_lut *lut2, float beta1, float beta2,
+                               float eps_c2, float step_size, float decay);
+
+/* The two parts of the bf16-weight GEMM that differ per ISA (cpu/gemm_bf16_simd.h; the blocking around
+ * them is cpu/gemm_bf16.c). LT_BF16_MR rows x LT_BF16_NR 16-column vectors of C per micro-kernel call.
+ *  pack_a: rows [0, mr) of A (lda floats apart), k in [k0, k1), rounded to bf16 into a (mr, 2 kcp) with
+ *          zeros past k1 (an odd K leaves half a pair).
+ *  kernel: C (mr, ncols) ldc (+)= a (mr, 2 kcp) x a packed B block (ncols <= NR*16 columns, the
+ *          16-column vectors bs apart); first: C = result, else C += result. */
+#define LT_BF16_MR 8
+#define LT_BF16_NR 3
+typedef void lt_bf16_pack_a_fn(uint16_t *a, int kcp, const float *A, size_t lda, int mr, int k0, int k1);
+typedef void lt_bf16_kernel_fn(int mr, int ncols, int kcp, const uint16_t *a, const uint16_t *b, size_t bs, float *C,
+                               size_t ldc, int first);
+
 typedef struct lt_cpu_kernels {
-    const char *isa;
+    const char *isa; /* "generic", "avx2", "avx512", "avx512bf16" (the names LT_CPU_ISA takes) */
+    lt_cpu_isa level;
     /* elementwise on a slice */
     void (*axpy)(size_t n, float a, const float *x, float *y);
     void (*scale)(size_t n, float a, float *x);
@@ -95,12 +131,20 @@ typedef struct lt_cpu_kernels {
     /* attention_decode of head (b, h): out, q (B,NH,HD); kcache, vcache (B,S_cap,NKV,HD); keys 0..len-1 */
     void (*att_decode_head)(float *out, const float *q, const float *kcache, const float *vcache, int S_cap, int len,
                             int NH, int NKV, int HD, float scale, int b, int h);
+    /* 8-bit AdamW blocks (above) */
+    lt_opt8_blocks_fn *opt8_blocks;
+    /* bf16-weight GEMM (above) */
+    lt_bf16_pack_a_fn *bf16_pack_a;
+    lt_bf16_kernel_fn *bf16_kernel;
 } lt_cpu_kernels;
 
-/* The kernels of an ISA, NULL if this CPU (or this build) lacks it. AUTO picks the best. */
-const lt_cpu_kernels *lt_cpu_kernels_get(lt_cpu_isa isa);
+/* The kernels of an ISA; NULL if this CPU (or this build) lacks it, with a message in err (err may be
+ * NULL). AUTO: the ISA named by the environment variable LT_CPU_ISA (generic, avx2, avx512,
+ * avx512bf16; unset, empty or "auto": no override), else the best this CPU supports. */
+const lt_cpu_kernels *lt_cpu_kernels_get(lt_cpu_isa isa, char *err, size_t errlen);
 
-/* lt_cpu_backend_create with the kernels of one ISA (LT_ERR_UNSUPPORTED if the CPU lacks it). */
+/* lt_cpu_backend_create with the kernels of one ISA (LT_ERR_UNSUPPORTED if the CPU lacks it, or if
+ * AUTO meets an LT_CPU_ISA this CPU lacks or that names no ISA). */
 lt_status lt_cpu_backend_create_isa(int n_threads, lt_cpu_isa isa, lt_backend **out, char *err, size_t errlen);
 
 #endif /* LT_CPU_KERNELS_H */

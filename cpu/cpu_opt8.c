@@ -1,8 +1,8 @@
 /*
  * cpu_opt8.c - the fast CPU 8-bit AdamW block (cpu_opt8.h): the code-book preparation and the block
- * kernel of cpu/opt8_simd.h compiled for AVX-512, AVX2 and a generic target.
+ * kernel of cpu/opt8_simd.h compiled once per instruction set (cpu/isa_each.h).
  *
- * defines: lt_opt8_lut_build, lt_opt8_luts, lt_cpu_opt8_kernel.
+ * defines: lt_opt8_lut_build, lt_opt8_luts, lt_opt8_blocks_<isa> (named by cpu/cpu_isa.c's tables).
  *
  * This file is compiled with -ffp-contract=off (CMakeLists.txt), like cpu/ref_ops.c: the result must
  * be the reference's bytes, and a fused multiply-add would round differently.
@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "backend/codebook.h"
+#include "cpu/cpu_kernels.h"
 #include "cpu/cpu_opt8.h"
 #include "cpu/ref_ops.h"
 
@@ -96,56 +97,5 @@ int lt_opt8_luts(const float *qmap1, const float *qmap2, lt_opt8_lut scratch[2],
 
 /* ---- the kernel, once per instruction set ---------------------------------------------------------- */
 
-#if defined(__x86_64__) || defined(__i386__)
-#define LT_HAVE_X86 1
-
-#ifdef __clang__
-#pragma clang attribute push(__attribute__((target("avx2,fma,avx512f,avx512bw,avx512vl,avx512dq"))), \
-                             apply_to = function)
-#else
-#pragma GCC push_options
-#pragma GCC target("avx2,fma,avx512f,avx512bw,avx512vl,avx512dq")
-#endif
-#define LT_ISA avx512
-#define LT_W 16
-#include "cpu/opt8_simd.h"
-#undef LT_ISA
-#undef LT_W
-#ifdef __clang__
-#pragma clang attribute pop
-#else
-#pragma GCC pop_options
-#endif
-
-#ifdef __clang__
-#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
-#else
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
-#endif
-#define LT_ISA avx2
-#define LT_W 8
-#include "cpu/opt8_simd.h"
-#undef LT_ISA
-#undef LT_W
-#ifdef __clang__
-#pragma clang attribute pop
-#else
-#pragma GCC pop_options
-#endif
-#endif
-
-#define LT_ISA generic
-#define LT_W 4
-#include "cpu/opt8_simd.h"
-#undef LT_ISA
-#undef LT_W
-
-lt_opt8_block_fn lt_cpu_opt8_kernel(const char *isa) {
-#ifdef LT_HAVE_X86
-    if (!strcmp(isa, "avx512")) return k_opt8_blocks_avx512;
-    if (!strcmp(isa, "avx2")) return k_opt8_blocks_avx2;
-#endif
-    if (!strcmp(isa, "generic")) return k_opt8_blocks_generic;
-    return NULL;
-}
+#define LT_ISA_BODY "cpu/opt8_simd.h"
+#include "cpu/isa_each.h"

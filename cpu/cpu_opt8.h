@@ -3,8 +3,9 @@
  * lt_ref_adamw8bit_block.
  *
  * defines: lt_opt8_lut (a code book prepared for a search without binary search),
- * lt_opt8_lut_build, lt_opt8_luts, lt_opt8_nearest (scalar), lt_opt8_block_fn and lt_cpu_opt8_kernel (the block
- * kernel of an ISA: cpu/opt8_simd.h compiled once per instruction set by cpu/cpu_opt8.c).
+ * lt_opt8_lut_build, lt_opt8_luts, lt_opt8_nearest (scalar). The block kernel itself is cpu/opt8_simd.h,
+ * compiled once per instruction set by cpu/cpu_opt8.c; the CPU backend finds it in its ISA's table
+ * (cpu_kernels.h opt8_blocks).
  *
  * The nearest code. The reference takes lo = the largest index with code[lo] <= x, then moves to
  * lo + 1 when |x - code[lo+1]| < |x - code[lo]| (in float). Within [code[i], code[i+1]) that test is
@@ -59,14 +60,5 @@ static inline int lt_opt8_nearest(const lt_opt8_lut *lut, float x) {
     while (lut->thr[lo] <= x) lo++;
     return lo;
 }
-
-/* blocks [b0, b1) of one tensor of n elements; the arguments of backend.h adamw8bit_step */
-typedef void (*lt_opt8_block_fn)(float *param, const float *grad, uint8_t *c1, uint8_t *c2, float *absmax1,
-                                 float *absmax2, size_t n, size_t b0, size_t b1, const float *qmap1, const float *qmap2,
-                                 const lt_opt8_lut *lut1, const lt_opt8_lut *lut2, float beta1, float beta2,
-                                 float eps_c2, float step_size, float decay);
-
-/* the kernel compiled for isa ("avx512", "avx2", "generic": lt_cpu_kernels.isa) */
-lt_opt8_block_fn lt_cpu_opt8_kernel(const char *isa);
 
 #endif /* LT_CPU_OPT8_H */

@@ -1,7 +1,10 @@
 /*
- * gemm_bf16.c - bf16-weight GEMM with fp32 accumulation: AVX512_BF16 and portable (see gemm_bf16.h).
+ * gemm_bf16.c - bf16-weight GEMM with fp32 accumulation (see gemm_bf16.h): the packed layout and the
+ * blocking; the row packer and micro-kernel are per ISA (cpu/gemm_bf16_simd.h: AVX512_BF16 and
+ * portable), taken from the CPU backend's kernel table (cpu_kernels.h).
  *
- * defines: lt_bf16_avx512_available, lt_gemm_bf16_forward, lt_gemm_bf16_backward
+ * defines: lt_gemm_bf16_forward, lt_gemm_bf16_backward,
+ *          lt_bf16_pack_a_<isa>, lt_bf16_kernel_<isa> (the per-ISA parts, named by cpu/cpu_isa.c)
  *
  * Both products are C (M, NC) (+)= A (M, K) B with A the fp32 activations (x or dy, rows of K) and
  * B (K, NC) a bf16 panel in the layout vdpbf16ps wants: per block of 16 columns, per pair of k,
@@ -21,15 +24,15 @@
  */
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
-#define LT_BF16_X86 1
 #endif
 #include <omp.h>
 #include <string.h>
 
+#include "cpu/cpu_kernels.h"
 #include "cpu/gemm_bf16.h"
 
-#define MR 8 /* rows of the micro-kernel                        */
-#define NR 3 /* 16-column vectors of the micro-kernel            */
+#define MR LT_BF16_MR /* rows of the micro-kernel                        */
+#define NR LT_BF16_NR /* 16-column vectors of the micro-kernel            */
 #ifndef KC_BLK
 #define KC_BLK 128 /* pairs of k per block (256 values of k)           */
 #endif
@@ -66,153 +69,10 @@ static void repack_bwd(uint16_t *dst, const uint16_t *Wp, int in, int c0, int nb
         }
 }
 
-/* ---- one implementation = a row packer and a micro-kernel -------------------------------------- */
+/* ---- the per-ISA packer and micro-kernel (cpu/gemm_bf16_simd.h), once per instruction set ------- */
 
-/* Rows [0, mr) of A (lda floats apart), k in [k0, k1), rounded to bf16 into a (mr, 2*kcp) with zeros
- * past k1 (an odd K leaves half a pair). */
-typedef void (*pack_a_fn)(uint16_t *a, int kcp, const float *A, size_t lda, int mr, int k0, int k1);
-/* C (mr, ncols) ldc (+)= a (mr, 2 kcp) x B block (ncols <= NR*16 columns at b, b + bs, ...).
- * first: C = result (else C += result). */
-typedef void (*kernel_fn)(int mr, int ncols, int kcp, const uint16_t *a, const uint16_t *b, size_t bs, float *C,
-                          size_t ldc, int first);
-
-typedef struct bf16_impl {
-    pack_a_fn pack_a;
-    kernel_fn kernel;
-} bf16_impl;
-
-/* portable */
-
-static void pack_a_c(uint16_t *a, int kcp, const float *A, size_t lda, int mr, int k0, int k1) {
-    for (int r = 0; r < mr; r++) {
-        const float *src = A + (size_t)r * lda;
-        uint16_t *d = a + (size_t)r * 2 * kcp;
-        for (int k = 0; k < 2 * kcp; k++) d[k] = k0 + k < k1 ? lt_bf16_round(src[k0 + k]) : 0;
-    }
-}
-
-static void kernel_c(int mr, int ncols, int kcp, const uint16_t *a, const uint16_t *b, size_t bs, float *C, size_t ldc,
-                     int first) {
-    float acc[MR][NR * 16];
-    memset(acc, 0, sizeof acc);
-    const int nz = (ncols + 15) / 16;
-    for (int p = 0; p < kcp; p++)
-        for (int r = 0; r < mr; r++) {
-            const float a0 = lt_bf16_to_f32(a[(size_t)r * 2 * kcp + 2 * p]);
-            const float a1 = lt_bf16_to_f32(a[(size_t)r * 2 * kcp + 2 * p + 1]);
-            for (int z = 0; z < nz; z++) {
-                const uint16_t *v = b + z * bs + (size_t)p * 32;
-                for (int l = 0; l < 16; l++) /* products of bf16 values are exact in fp32 */
-                    acc[r][z * 16 + l] =
-                        (acc[r][z * 16 + l] + a0 * lt_bf16_to_f32(v[2 * l])) + a1 * lt_bf16_to_f32(v[2 * l + 1]);
-            }
-        }
-    for (int r = 0; r < mr; r++)
-        for (int j = 0; j < ncols; j++) C[r * ldc + j] = first ? acc[r][j] : C[r * ldc + j] + acc[r][j];
-}
-
-static const bf16_impl impl_portable = {pack_a_c, kernel_c};
-
-/* AVX512_BF16 */
-
-#ifdef LT_BF16_X86
-#define LT_BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")))
-
-LT_BF16_TARGET static void pack_a_avx512(uint16_t *a, int kcp, const float *A, size_t lda, int mr, int k0, int k1) {
-    for (int r = 0; r < mr; r++) {
-        const float *src = A + (size_t)r * lda + k0;
-        uint16_t *d = a + (size_t)r * 2 * kcp;
-        const int n = k1 - k0;
-        for (int k = 0; k < 2 * kcp; k += 32) {
-            int n0 = n - k, n1 = n - k - 16;
-            __mmask16 m0 = n0 >= 16 ? 0xffff : n0 > 0 ? (__mmask16)((1u << n0) - 1) : 0;
-            __mmask16 m1 = n1 >= 16 ? 0xffff : n1 > 0 ? (__mmask16)((1u << n1) - 1) : 0;
-            __m512 lo = _mm512_maskz_loadu_ps(m0, src + k), hi = _mm512_maskz_loadu_ps(m1, src + k + 16);
-            __m512bh v = _mm512_cvtne2ps_pbh(hi, lo); /* RNE; low half from lo */
-            _mm512_storeu_si512((void *)(d + k), (__m512i)v);
-        }
-    }
-}
-
-/* MR_ x NZ_ register tile; constants after inlining, so acc[][] lives in registers. */
-LT_BF16_TARGET static inline __attribute__((always_inline)) void
-kernel_avx512_tile(const int MR_, const int NZ_, int ncols, int kcp, const uint16_t *a, const uint16_t *b, size_t bs,
-                   float *C, size_t ldc, int first) {
-    __m512 acc[MR][NR];
-#pragma GCC unroll 8
-    for (int r = 0; r < MR_; r++)
-#pragma GCC unroll 3
-        for (int z = 0; z < NZ_; z++) acc[r][z] = _mm512_setzero_ps();
-    const size_t lda = (size_t)2 * kcp;
-    for (int p = 0; p < kcp; p++) {
-        __m512bh bv[NR];
-#pragma GCC unroll 3
-        for (int z = 0; z < NZ_; z++) bv[z] = (__m512bh)_mm512_loadu_si512((const void *)(b + z * bs + (size_t)p * 32));
-#pragma GCC unroll 8
-        for (int r = 0; r < MR_; r++) {
-            int32_t pair;
-            memcpy(&pair, a + r * lda + 2 * p, sizeof pair);
-            __m512bh av = (__m512bh)_mm512_set1_epi32(pair);
-#pragma GCC unroll 3
-            for (int z = 0; z < NZ_; z++) acc[r][z] = _mm512_dpbf16_ps(acc[r][z], av, bv[z]);
-        }
-    }
-#pragma GCC unroll 8
-    for (int r = 0; r < MR_; r++)
-#pragma GCC unroll 3
-        for (int z = 0; z < NZ_; z++) {
-            int left = ncols - 16 * z;
-            __mmask16 m = left >= 16 ? 0xffff : (__mmask16)((1u << left) - 1);
-            float *c = C + r * ldc + 16 * z;
-            __m512 v = first ? acc[r][z] : _mm512_add_ps(_mm512_maskz_loadu_ps(m, c), acc[r][z]);
-            _mm512_mask_storeu_ps(c, m, v);
-        }
-}
-
-#define LT_TILE(mr_, nz_) \
-    case (mr_)*4 + (nz_): kernel_avx512_tile(mr_, nz_, ncols, kcp, a, b, bs, C, ldc, first); return;
-
-LT_BF16_TARGET static void kernel_avx512(int mr, int ncols, int kcp, const uint16_t *a, const uint16_t *b, size_t bs,
-                                         float *C, size_t ldc, int first) {
-    const int nz = (ncols + 15) / 16;
-    /* one case per line and tile: clang-format cannot lay out statement macros */
-    /* clang-format off */
-    switch (mr * 4 + nz) {
-        LT_TILE(8, 3) LT_TILE(8, 2) LT_TILE(8, 1)
-        LT_TILE(7, 3) LT_TILE(7, 2) LT_TILE(7, 1)
-        LT_TILE(6, 3) LT_TILE(6, 2) LT_TILE(6, 1)
-        LT_TILE(5, 3) LT_TILE(5, 2) LT_TILE(5, 1)
-        LT_TILE(4, 3) LT_TILE(4, 2) LT_TILE(4, 1)
-        LT_TILE(3, 3) LT_TILE(3, 2) LT_TILE(3, 1)
-        LT_TILE(2, 3) LT_TILE(2, 2) LT_TILE(2, 1)
-        LT_TILE(1, 3) LT_TILE(1, 2) LT_TILE(1, 1)
-    default: return;
-    }
-    /* clang-format on */
-}
-#undef LT_TILE
-
-static const bf16_impl impl_avx512 = {pack_a_avx512, kernel_avx512};
-#endif
-
-int lt_bf16_avx512_available(void) {
-#ifdef LT_BF16_X86
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-           __builtin_cpu_supports("avx512bf16");
-#else
-    return 0;
-#endif
-}
-
-static const bf16_impl *pick(int impl) {
-#ifdef LT_BF16_X86
-    if (impl != LT_BF16_PORTABLE && lt_bf16_avx512_available()) return &impl_avx512;
-#endif
-    (void)impl;
-    return &impl_portable;
-}
+#define LT_ISA_BODY "cpu/gemm_bf16_simd.h"
+#include "cpu/isa_each.h"
 
 /* ---- the blocked product on one thread's share of C --------------------------------------------- */
 
@@ -220,8 +80,8 @@ static const bf16_impl *pick(int impl) {
  * A (M, K), B = W^T straight from the packed weight (K = in). Per KC_BLK pairs of k and MC_BLK rows,
  * A is rounded once (64 KB, stays in L2); each NR*16-column panel of B (24 KB) then serves all
  * MC_BLK/MR row tiles from L1. */
-static void bf16_block_fwd(const bf16_impl *im, float *C, int cols, const float *A, int K, const uint16_t *Wp, int in,
-                           int r0, int r1, int c0, int c1, int accumulate) {
+static void bf16_block_fwd(const lt_cpu_kernels *k, float *C, int cols, const float *A, int K, const uint16_t *Wp,
+                           int in, int r0, int r1, int c0, int c1, int accumulate) {
     _Alignas(64) uint16_t abuf[MC_BLK * 2 * KC_BLK]; /* 64 KB */
     const int KP = lt_bf16w_pairs(K), PW = lt_bf16w_pairs(in);
     for (int pc = 0; pc < KP; pc += KC_BLK) {
@@ -230,14 +90,14 @@ static void bf16_block_fwd(const bf16_impl *im, float *C, int cols, const float 
         const int k0 = 2 * pc, k1 = 2 * (pc + kcp) < K ? 2 * (pc + kcp) : K;
         for (int ic = r0; ic < r1; ic += MC_BLK) {
             const int mc = r1 - ic < MC_BLK ? r1 - ic : MC_BLK;
-            im->pack_a(abuf, kcp, A + (size_t)ic * K, (size_t)K, mc, k0, k1);
+            k->bf16_pack_a(abuf, kcp, A + (size_t)ic * K, (size_t)K, mc, k0, k1);
             for (int jr = c0; jr < c1; jr += NR * 16) {
                 const int nc = c1 - jr < NR * 16 ? c1 - jr : NR * 16;
                 const uint16_t *b = Wp + ((size_t)(jr / 16) * PW + pc) * 32;
                 const size_t bs = (size_t)PW * 32;
                 for (int ir = 0; ir < mc; ir += MR)
-                    im->kernel(mc - ir < MR ? mc - ir : MR, nc, kcp, abuf + (size_t)ir * 2 * kcp, b, bs,
-                               C + (size_t)(ic + ir) * cols + jr, (size_t)cols, first);
+                    k->bf16_kernel(mc - ir < MR ? mc - ir : MR, nc, kcp, abuf + (size_t)ir * 2 * kcp, b, bs,
+                                   C + (size_t)(ic + ir) * cols + jr, (size_t)cols, first);
             }
         }
     }
@@ -246,8 +106,8 @@ static void bf16_block_fwd(const bf16_impl *im, float *C, int cols, const float 
 /* Backward: the same product with B = W re-packed (K = out). Here the re-pack is what costs, so it
  * is done once per block of NC_BLK columns x KC_BLK pairs (96 KB) and the block serves every row
  * (A is rounded again for each column block). */
-static void bf16_block_bwd(const bf16_impl *im, float *C, int cols, const float *A, int K, const uint16_t *Wp, int in,
-                           int r0, int r1, int c0, int c1, int accumulate) {
+static void bf16_block_bwd(const lt_cpu_kernels *k, float *C, int cols, const float *A, int K, const uint16_t *Wp,
+                           int in, int r0, int r1, int c0, int c1, int accumulate) {
     _Alignas(64) uint16_t abuf[MR * 2 * KC_BLK];
     _Alignas(64) uint16_t bbuf[NC_BLK * 2 * KC_BLK]; /* 96 KB */
     const int KP = lt_bf16w_pairs(K);
@@ -264,33 +124,32 @@ static void bf16_block_bwd(const bf16_impl *im, float *C, int cols, const float 
             const int k0 = 2 * pc, k1 = 2 * (pc + kcp) < K ? 2 * (pc + kcp) : K;
             for (int ir = r0; ir < r1; ir += MR) {
                 const int mr = r1 - ir < MR ? r1 - ir : MR;
-                im->pack_a(abuf, kcp, A + (size_t)ir * K, (size_t)K, mr, k0, k1);
+                k->bf16_pack_a(abuf, kcp, A + (size_t)ir * K, (size_t)K, mr, k0, k1);
                 for (int jr = jc; jr < jend; jr += NR * 16) {
                     const int nc = jend - jr < NR * 16 ? jend - jr : NR * 16;
-                    im->kernel(mr, nc, kcp, abuf, b + (size_t)((jr - jc) / 16) * bs, bs, C + (size_t)ir * cols + jr,
-                               (size_t)cols, first);
+                    k->bf16_kernel(mr, nc, kcp, abuf, b + (size_t)((jr - jc) / 16) * bs, bs, C + (size_t)ir * cols + jr,
+                                   (size_t)cols, first);
                 }
             }
         }
     }
 }
 
-static void bf16_block(const bf16_impl *im, int bwd, float *C, int cols, const float *A, int K, const uint16_t *Wp,
+static void bf16_block(const lt_cpu_kernels *k, int bwd, float *C, int cols, const float *A, int K, const uint16_t *Wp,
                        int in, int r0, int r1, int c0, int c1, int accumulate) {
-    if (bwd) bf16_block_bwd(im, C, cols, A, K, Wp, in, r0, r1, c0, c1, accumulate);
-    else bf16_block_fwd(im, C, cols, A, K, Wp, in, r0, r1, c0, c1, accumulate);
+    if (bwd) bf16_block_bwd(k, C, cols, A, K, Wp, in, r0, r1, c0, c1, accumulate);
+    else bf16_block_fwd(k, C, cols, A, K, Wp, in, r0, r1, c0, c1, accumulate);
 }
 
 /* C (M, cols) (+)= A (M, K) B over up to n_threads threads. */
-static void bf16_gemm(int impl, int n_threads, int bwd, float *C, const float *A, const uint16_t *Wp, int M, int in,
-                      int out, int accumulate) {
+static void bf16_gemm(const lt_cpu_kernels *k, int n_threads, int bwd, float *C, const float *A, const uint16_t *Wp,
+                      int M, int in, int out, int accumulate) {
     const int cols = bwd ? in : out, K = bwd ? out : in;
     if (M <= 0 || cols <= 0) return;
     if (K <= 0) {
         if (!accumulate) memset(C, 0, (size_t)M * cols * sizeof *C);
         return;
     }
-    const bf16_impl *im = pick(impl);
     int nt = n_threads > 0 ? n_threads : 1;
     if (nt > 1 && (double)M * cols * K < 2.0e6) nt = 1;
     /* columns when each thread gets at least one unit of 16 (no duplicated packing), else rows */
@@ -299,7 +158,7 @@ static void bf16_gemm(int impl, int n_threads, int bwd, float *C, const float *A
     const int units = split_cols ? ucols : urows;
     if (nt > units) nt = units;
     if (nt <= 1) {
-        bf16_block(im, bwd, C, cols, A, K, Wp, in, 0, M, 0, cols, accumulate);
+        bf16_block(k, bwd, C, cols, A, K, Wp, in, 0, M, 0, cols, accumulate);
         return;
     }
 #pragma omp parallel num_threads(nt)
@@ -309,18 +168,18 @@ static void bf16_gemm(int impl, int n_threads, int bwd, float *C, const float *A
         const int len = split_cols ? cols : M;
         const int lo = u0 * 16, hi = u1 * 16 < len ? u1 * 16 : len;
         if (hi > lo) {
-            if (split_cols) bf16_block(im, bwd, C, cols, A, K, Wp, in, 0, M, lo, hi, accumulate);
-            else bf16_block(im, bwd, C, cols, A, K, Wp, in, lo, hi, 0, cols, accumulate);
+            if (split_cols) bf16_block(k, bwd, C, cols, A, K, Wp, in, 0, M, lo, hi, accumulate);
+            else bf16_block(k, bwd, C, cols, A, K, Wp, in, lo, hi, 0, cols, accumulate);
         }
     }
 }
 
-void lt_gemm_bf16_forward(int impl, int n_threads, float *y, const float *x, const uint16_t *Wp, int N, int in,
-                          int out) {
-    bf16_gemm(impl, n_threads, 0, y, x, Wp, N, in, out, 0);
+void lt_gemm_bf16_forward(const lt_cpu_kernels *k, int n_threads, float *y, const float *x, const uint16_t *Wp, int N,
+                          int in, int out) {
+    bf16_gemm(k, n_threads, 0, y, x, Wp, N, in, out, 0);
 }
 
-void lt_gemm_bf16_backward(int impl, int n_threads, float *dx, const float *dy, const uint16_t *Wp, int N, int in,
-                           int out, int accumulate) {
-    bf16_gemm(impl, n_threads, 1, dx, dy, Wp, N, in, out, accumulate);
+void lt_gemm_bf16_backward(const lt_cpu_kernels *k, int n_threads, float *dx, const float *dy, const uint16_t *Wp,
+                           int N, int in, int out, int accumulate) {
+    bf16_gemm(k, n_threads, 1, dx, dy, Wp, N, in, out, accumulate);
 }

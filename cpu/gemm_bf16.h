@@ -6,8 +6,8 @@
  *   backward  dx (N,in) (+)= dy (N,out) W
  * Inputs x / dy are rounded to bf16 (round to nearest even) while they are packed, products of two
  * bf16 values are exact in fp32, sums are fp32. Two implementations give results within the same
- * bound (see lt_gemm_bf16_forward): AVX512_BF16 (vdpbf16ps, chosen at run time when the CPU has it)
- * and portable C (any CPU).
+ * bound (see lt_gemm_bf16_forward): AVX512_BF16 (vdpbf16ps) and portable C (any CPU); which one runs
+ * is the caller's kernel table (cpu_kernels.h: the CPU backend's ISA, LT_CPU_ISA_AVX512_BF16 or not).
  *
  * The packed weight layout and bf16 rounding live below both backends: backend/bf16.h.
  */
@@ -19,12 +19,7 @@
 
 #include "backend/bf16.h"
 
-/* Which implementation runs: AUTO (AVX512_BF16 when the CPU has it, else portable); the others
- * force one (for tests and benchmarks). Forcing AVX512 on a CPU without it runs the portable one. */
-enum { LT_BF16_AUTO = 0, LT_BF16_AVX512 = 1, LT_BF16_PORTABLE = 2 };
-
-/* 1 if this CPU (and OS) can run the AVX512_BF16 kernels. */
-int lt_bf16_avx512_available(void);
+struct lt_cpu_kernels; /* cpu_kernels.h: the ISA's packer and micro-kernel */
 
 /*
  * y (N,out) = bf16(x) (N,in) W^T, W packed. Threads: up to n_threads (OpenMP), split as the CPU
@@ -32,10 +27,10 @@ int lt_bf16_avx512_available(void);
  * Error bound (rounding of the fp32 sums only; inputs are taken as rounded): for every element,
  * |y - exact| <= (K + 2) * 2^-24 * sum_k |x_k w_k|, K = in (any summation order of exact products).
  */
-void lt_gemm_bf16_forward(int impl, int n_threads, float *y, const float *x, const uint16_t *Wp, int N, int in,
-                          int out);
+void lt_gemm_bf16_forward(const struct lt_cpu_kernels *k, int n_threads, float *y, const float *x, const uint16_t *Wp,
+                          int N, int in, int out);
 /* dx (N,in) = (accumulate ? dx : 0) + bf16(dy) (N,out) W; same bound with K = out. */
-void lt_gemm_bf16_backward(int impl, int n_threads, float *dx, const float *dy, const uint16_t *Wp, int N, int in,
-                           int out, int accumulate);
+void lt_gemm_bf16_backward(const struct lt_cpu_kernels *k, int n_threads, float *dx, const float *dy,
+                           const uint16_t *Wp, int N, int in, int out, int accumulate);
 
 #endif /* LT_GEMM_BF16_H */

@@ -1,12 +1,16 @@
 /*
- * opt8_simd.h - the 8-bit AdamW block kernel (cpu_opt8.h), written once over GCC vector extensions
- * and compiled once per instruction set by cpu_opt8.c (no include guard, like simd.h). Before each
- * inclusion: LT_ISA (name suffix), LT_W (floats per vector: 16, 8, 4) and a target region.
+ * opt8_simd.h - the 8-bit AdamW block kernel (cpu_kernels.h lt_opt8_blocks_fn), written once over GCC
+ * vector extensions and compiled once per instruction set by cpu_opt8.c through cpu/isa_each.h (no
+ * include guard, like simd.h): LT_ISA (name suffix), LT_W (floats per vector: 16, 8, 4).
+ * defines: lt_opt8_blocks_<LT_ISA> (named by cpu_isa.c's tables; none at AVX512_BF16, whose table
+ * names the AVX512 kernel).
  *
  * Bit for bit lt_ref_adamw8bit_block: the same float operations in the same order (cpu_opt8.c is
  * compiled with -ffp-contract=off, so no multiply-add is fused), the sign and NaN rules lane by lane,
  * and the remainder of a partial block through the scalar expressions of the reference.
  */
+
+#if LT_ISA_LEVEL != LT_ISA_AVX512_BF16
 
 #define LT_CAT2_(a, b) a##_##b
 #define LT_CAT2(a, b) LT_CAT2_(a, b)
@@ -108,11 +112,10 @@ LT_AI vi F(o8_nearest)(const lt_opt8_lut *lut, vf x) {
     return lo & (vi)(x == x); /* NaN -> 0 (a negative NaN, x86's default, already counts 0) */
 }
 
-/* blocks [b0, b1) of a tensor of n elements (cpu_opt8.h lt_opt8_block_fn) */
-static void F(k_opt8_blocks)(float *param, const float *grad, uint8_t *c1, uint8_t *c2, float *absmax1, float *absmax2,
-                             size_t n, size_t b0, size_t b1, const float *qmap1, const float *qmap2,
-                             const lt_opt8_lut *lut1, const lt_opt8_lut *lut2, float beta1, float beta2, float eps_c2,
-                             float step_size, float decay) {
+/* blocks [b0, b1) of a tensor of n elements (cpu_kernels.h lt_opt8_blocks_fn) */
+void F(lt_opt8_blocks)(float *param, const float *grad, uint8_t *c1, uint8_t *c2, float *absmax1, float *absmax2,
+                       size_t n, size_t b0, size_t b1, const float *qmap1, const float *qmap2, const lt_opt8_lut *lut1,
+                       const lt_opt8_lut *lut2, float beta1, float beta2, float eps_c2, float step_size, float decay) {
     const float ob1 = 1.0f - beta1, ob2 = 1.0f - beta2, keep = 1.0f - decay;
     float m[LT_OPT8_BLOCK], v[LT_OPT8_BLOCK]; /* the block's updated fp32 m, v */
     for (size_t b = b0; b < b1; b++) {
@@ -190,3 +193,5 @@ static void F(k_opt8_blocks)(float *param, const float *grad, uint8_t *c1, uint8
 #undef LT_AI
 #undef LT_CAT2
 #undef LT_CAT2_
+
+#endif /* LT_ISA_LEVEL != LT_ISA_AVX512_BF16 */

@@ -1,17 +1,32 @@
 /*
  * simd.h - the fast CPU kernels, written once over GCC vector extensions and compiled once per
- * instruction set by cpu_backend.c (no include guard: that is the point). Before each inclusion:
- *   LT_ISA  suffix of every name (avx512, avx2, generic)
- *   LT_W    floats per vector (16, 8, 4)
- *   LT_RBA  rows per register block of the score micro-kernel (x KB/W vectors of accumulators)
- *   LT_RBB  rows per register block of the accumulate micro-kernel
- *   LT_CBB  vectors per row of that block
- * and a `#pragma GCC target` region for the ISA. The result is `lt_cpu_kernels_<LT_ISA>`.
+ * instruction set by cpu/cpu_isa.c through cpu/isa_each.h (no include guard: that is the point), which
+ * sets LT_ISA (suffix of every name), LT_ISA_LEVEL and LT_W (floats per vector: 16, 8, 4). The
+ * register blocking of the attention micro-kernels follows from LT_W (below).
  *
- * defines: lt_cpu_kernels_<LT_ISA> (a const table of the kernels declared in cpu_kernels.h).
+ * defines: the static kernels k_<name>_<LT_ISA> that cpu_isa.c's tables (lt_cpu_kernels) name.
+ * The AVX512_BF16 copy is empty: those instructions change nothing here, and its table names the
+ * AVX512 kernels.
  * Precision: sums over rows (norms, softmax denominators, sumsq) accumulate in double; exp is a
  * Cephes-style polynomial, within ~2 ulp of expf.
  */
+#if LT_ISA_LEVEL != LT_ISA_AVX512_BF16
+
+/* rows per register block of the score micro-kernel (x KB/W vectors of accumulators) (LT_RBA), rows per
+ * register block of the accumulate micro-kernel (LT_RBB) and vectors per row of that block (LT_CBB) */
+#if LT_W == 16
+#define LT_RBA 8
+#define LT_RBB 4
+#define LT_CBB 4
+#elif LT_W == 8
+#define LT_RBA 2
+#define LT_RBB 2
+#define LT_CBB 4
+#else
+#define LT_RBA 2
+#define LT_RBB 2
+#define LT_CBB 2
+#endif
 
 #define LT_CAT2_(a, b) a##_##b
 #define LT_CAT2(a, b) LT_CAT2_(a, b)
@@ -737,26 +752,6 @@ static void F(k_att_decode_head)(float *out, const float *q, const float *kcache
     F(k_scale)((size_t)HD, (float)(1.0 / l), oh);
 }
 
-const lt_cpu_kernels F(lt_cpu_kernels) = {
-    .isa = LT_STR(LT_ISA),
-    .axpy = F(k_axpy),
-    .scale = F(k_scale),
-    .sumsq = F(k_sumsq),
-    .all_finite = F(k_all_finite),
-    .rmsnorm_fwd = F(k_rmsnorm_fwd),
-    .rmsnorm_bwd = F(k_rmsnorm_bwd),
-    .rmsnorm_dw = F(k_rmsnorm_dw),
-    .rope = F(k_rope),
-    .swiglu_fwd = F(k_swiglu_fwd),
-    .swiglu_bwd = F(k_swiglu_bwd),
-    .ce_row = F(k_ce_row),
-    .dropout = F(k_dropout),
-    .adamw = F(k_adamw),
-    .att_fwd_tile = F(k_att_fwd_tile),
-    .att_bwd_head = F(k_att_bwd_head),
-    .att_decode_head = F(k_att_decode_head),
-};
-
 #undef vf
 #undef vi
 #undef vd
@@ -770,3 +765,8 @@ const lt_cpu_kernels F(lt_cpu_kernels) = {
 #undef LT_CAT2_
 #undef LT_DW_BLOCK
 #undef LT_ROPE_CHUNK
+#undef LT_RBA
+#undef LT_RBB
+#undef LT_CBB
+
+#endif /* LT_ISA_LEVEL != LT_ISA_AVX512_BF16 */

@@ -89,6 +89,7 @@ typedef struct lt_model lt_model;         /* a loaded base model (read-only)    
 typedef struct lt_adapter lt_adapter;     /* a set of LoRA weights for one model         */
 typedef struct lt_optimizer lt_optimizer; /* AdamW / SGD state for an adapter            */
 typedef struct lt_trainer lt_trainer;     /* model + adapter + optimizer + objective     */
+typedef struct lt_comm lt_comm;           /* a communicator of data-parallel ranks       */
 
 /* ---------------------------------------------------------------------------------------------- */
 /* Context                                                                                        */
@@ -370,6 +371,83 @@ LT_API lt_status lt_optimizer_save(lt_optimizer *opt, const char *path);
 LT_API lt_status lt_optimizer_load(lt_optimizer *opt, const char *path);
 
 /* ---------------------------------------------------------------------------------------------- */
+/* Data-parallel training across processes, GPUs and machines (docs/DISTRIBUTED.md)               */
+/*
+ * The host owns launch and rendezvous; libloratune takes a communicator of world_size ranks. Every
+ * rank creates the same model, adapter, optimizer and trainer options, passes its communicator in
+ * lt_trainer_params.comm, and calls the same sequence of steps, each with its own share of the rows of
+ * the global batch (a rank may have none). The result is that of one process with the global batch:
+ * gradients summed over ranks, the loss normalised by the global number of predicted tokens (SFT) or
+ * examples (preference objectives, GRPO), clipping by the global norm, metrics over the global batch,
+ * KTO's KL and GRPO's batch statistics over the global batch. Every step, lt_trainer_create and the
+ * checkpoint calls are collective on a distributed trainer: all ranks return the same status (a rank
+ * that fails a step makes it fail everywhere, and nothing changes on any rank).
+ *
+ * Engines: MPI (host memory), NCCL (GPU memory, with the cuda backend), or a table of callbacks that
+ * any other engine implements (Gloo through the Python binding, Ray, oneCCL). The callbacks get host
+ * memory, must be called in the same order on every rank, sum in a fixed order (a run is then
+ * bit-reproducible for a given world size), and must leave the same bits on every rank. Return 0 on
+ * success. reduce_scatter, all_gather and barrier may be NULL (done with all_reduce / broadcast).
+ */
+typedef enum lt_comm_dtype { LT_COMM_F32 = 0, LT_COMM_F64 = 1 } lt_comm_dtype;
+
+/* buf (count values) = the sum over ranks of every rank's buf, in place */
+typedef int (*lt_comm_all_reduce_fn)(void *user, void *buf, size_t count, lt_comm_dtype dtype);
+/* bytes of buf on rank root copied to every rank */
+typedef int (*lt_comm_broadcast_fn)(void *user, void *buf, size_t bytes, int root);
+/* buf = world_size segments of counts[r] values, one after the other. reduce_scatter: segment `rank` =
+ * the sum over ranks of that segment, in place (the other segments are left undefined); all_gather:
+ * segment r of every rank = rank r's. */
+typedef int (*lt_comm_segments_fn)(void *user, void *buf, const size_t *counts, lt_comm_dtype dtype);
+typedef int (*lt_comm_barrier_fn)(void *user);
+
+typedef struct lt_comm_callbacks {
+    size_t size;                          /* sizeof(lt_comm_callbacks)                          */
+    int rank;                             /* this rank, 0 .. world_size - 1                     */
+    int world_size;                       /* number of ranks (>= 1)                             */
+    void *user;                           /* passed to every callback                           */
+    lt_comm_all_reduce_fn all_reduce;     /* required                                           */
+    lt_comm_broadcast_fn broadcast;       /* required                                           */
+    lt_comm_segments_fn reduce_scatter;   /* optional                                           */
+    lt_comm_segments_fn all_gather;       /* optional                                           */
+    lt_comm_barrier_fn barrier;           /* optional                                           */
+} lt_comm_callbacks;
+
+LT_API void lt_comm_callbacks_init(lt_comm_callbacks *callbacks, size_t size);
+/** A communicator over a host's own collectives. */
+LT_API lt_status lt_comm_create(const lt_comm_callbacks *callbacks, lt_comm **out);
+/**
+ * A communicator over MPI: mpi_comm points to an MPI_Comm of the host (duplicated, so the library's
+ * traffic never mixes with the host's; errors return instead of aborting). NULL = MPI_COMM_WORLD,
+ * and MPI is initialised if nobody has (then lt_comm_free finalizes it: make one such per process).
+ * LT_ERR_UNSUPPORTED when this build has no MPI (lt_comm_available("mpi")).
+ */
+LT_API lt_status lt_comm_create_mpi(const void *mpi_comm, lt_comm **out);
+/**
+ * A communicator over a host's NCCL communicator (an ncclComm_t) and a CUDA stream (a cudaStream_t;
+ * NULL = the default stream), both borrowed: never destroyed by the library. Buffers are GPU memory:
+ * the trainer's context must use the cuda backend, on the communicator's device. A collective that does
+ * not complete within the timeout aborts the communicator (ncclCommAbort): the host must not use or
+ * destroy it afterwards. LT_ERR_UNSUPPORTED when this build has no NCCL (lt_comm_available("nccl")).
+ */
+LT_API lt_status lt_comm_create_nccl(void *nccl_comm, void *cuda_stream, lt_comm **out);
+LT_API void lt_comm_free(lt_comm *comm);
+LT_API const char *lt_comm_last_error(const lt_comm *comm);
+/** 1 if the engine ("mpi", "nccl", "callbacks") is compiled into this build, else 0. */
+LT_API int lt_comm_available(const char *engine);
+LT_API int lt_comm_rank(const lt_comm *comm);
+LT_API int lt_comm_world_size(const lt_comm *comm);
+/**
+ * MPI and NCCL: a collective that has not completed after `seconds` (default 600) fails with
+ * LT_ERR_BACKEND naming the rank and the operation (a peer died or hangs), and the communicator is
+ * unusable from then on. Callbacks time out only as the host's engine does.
+ */
+LT_API lt_status lt_comm_set_timeout(lt_comm *comm, double seconds);
+/** values (n doubles, host memory) = their sum over the ranks, in place: for a host's own statistics
+ *  (an evaluation loss, a token count). Collective. */
+LT_API lt_status lt_comm_all_reduce(lt_comm *comm, double *values, size_t n);
+
+/* ---------------------------------------------------------------------------------------------- */
 /* Trainer                                                                                        */
 
 /* Objectives (definitions as TRL's: docs/API.md). SFT takes lt_batch (lt_trainer_step); DPO, IPO, KTO
@@ -403,6 +481,11 @@ typedef struct lt_trainer_params {
     float kl_beta;               /* k3 KL coefficient against the reference (default 0)    */
     lt_grpo_scale scale_rewards; /* default group                                          */
     lt_grpo_loss loss_type;      /* default dapo                                           */
+    /* ---- data-parallel training (0.1 additions; docs/DISTRIBUTED.md) ---- */
+    lt_comm *comm;               /* NULL (default): one process. Else this rank's communicator */
+                                 /* (borrowed: it must outlive the trainer)                */
+    int zero_stage;              /* 0 (default): every rank keeps the whole optimizer state; */
+                                 /* 1: ZeRO-1, each rank keeps 1/world_size of it            */
 } lt_trainer_params;
 
 typedef struct lt_step_result {
@@ -585,12 +668,15 @@ LT_API int32_t lt_tokenizer_special_id(const lt_tokenizer *tok, lt_special_token
 LT_API int lt_tokenizer_is_special(const lt_tokenizer *tok, int32_t id);
 
 /**
- * Render a conversation with the chat_template of tokenizer_config.json (a Jinja subset that covers
- * the Llama 3, ChatML/Qwen, Mistral, Gemma and Phi-3 templates; a template that uses anything else
- * fails with LT_ERR_UNSUPPORTED, a raise_exception() in the template with LT_ERR_DATA).
- * messages_json: a JSON array of {"role": ..., "content": ...} objects (other keys are passed on).
- * *text points to the rendered NUL-terminated text, *len its length; valid until the next call on
- * the tokenizer.
+ * Render a conversation with the chat_template of tokenizer_config.json, as transformers'
+ * apply_chat_template renders it (jinja2's sandbox; docs/API.md lists the Jinja the engine covers: the
+ * real templates of llama.cpp, TRL and mistral-common render identically). A template that uses anything
+ * else fails with LT_ERR_UNSUPPORTED naming it; a raise_exception() in the template or a template error
+ * with LT_ERR_DATA; a template past the engine's nesting or step limits with a status naming the limit.
+ * messages_json: a JSON array of {"role": ..., "content": ...} objects (other keys are passed on), or an
+ * object {"messages": [...], "tools": [...], ...} whose other keys are template variables.
+ * strftime_now() reads SOURCE_DATE_EPOCH (UTC) when it is set. *text points to the rendered
+ * NUL-terminated text, *len its length; valid until the next call on the tokenizer.
  */
 LT_API lt_status lt_tokenizer_render_chat(lt_tokenizer *tok, const char *messages_json, int add_generation_prompt,
                                           const char **text, size_t *len);
@@ -598,7 +684,8 @@ LT_API lt_status lt_tokenizer_render_chat(lt_tokenizer *tok, const char *message
  * Render and encode a conversation (no special tokens added beyond the template's own), with an
  * assistant mask: mask[i] = 1 when token i belongs to an assistant turn (the {% generation %}
  * blocks of the template when it has them, else the text each assistant message adds to the
- * rendering). ids/mask as in lt_tokenizer_encode (mask may be NULL).
+ * rendering). ids/mask as in lt_tokenizer_encode; mask may be NULL, and then no mask is computed (a
+ * prompt for generation needs none).
  */
 LT_API lt_status lt_tokenizer_encode_chat(lt_tokenizer *tok, const char *messages_json, int add_generation_prompt,
                                           int32_t *ids, int32_t *mask, size_t capacity, size_t *n_ids);
@@ -619,7 +706,9 @@ LT_API void lt_text_params_init(lt_text_params *params, size_t size);
  * message lists), {"messages"}, {"prompt","chosen","rejected"} (SFT on the chosen answer), or
  * {"prompt","completion","label"} (label false: every label is -100, nothing to learn).
  * Writes *n ids and labels (capacity as in lt_tokenizer_encode; ids/labels NULL with capacity 0
- * only counts). A row of none of these shapes is LT_ERR_DATA.
+ * only counts). A row of none of these shapes is LT_ERR_DATA; so is a row that would train on nothing
+ * by accident: an assistant-only {"messages"} row whose assistant mask is empty (no assistant message,
+ * or a template that renders no assistant text), a completion that adds no token to its prompt.
  */
 LT_API lt_status lt_tokenizer_encode_row(lt_tokenizer *tok, const char *row_json, const lt_text_params *params,
                                          int32_t *ids, int32_t *labels, size_t capacity, size_t *n);
@@ -637,6 +726,48 @@ LT_API lt_status lt_tokenizer_encode_row(lt_tokenizer *tok, const char *row_json
 LT_API lt_status lt_pack_sequences(const int32_t *ids, const int32_t *labels, const int32_t *lens, int32_t n_seqs,
                                    int32_t seq_len, int32_t pad_id, int32_t *out_ids, int32_t *out_labels,
                                    int32_t *out_position_ids, int32_t capacity_rows, int32_t *n_rows);
+
+/* ---------------------------------------------------------------------------------------------- */
+/* GGUF export (llama.cpp, Ollama)                                                                */
+/*
+ * A model (base, or merged with an adapter) or a LoRA adapter written as one GGUF v3 file that llama.cpp
+ * loads as its own converter's output: the architecture's metadata keys, llama.cpp's tensor names and
+ * layouts (Llama / Mistral q, k rows permuted for its RoPE; Gemma norms as 1 + w; Llama 3 and Phi-3
+ * RoPE factor tensors) and the tokenizer (tokens, types, merges or scores, BOS / EOS / PAD, the
+ * pre-tokenizer name, the chat template), so that it generates and stops at EOS. docs/API.md has the
+ * details and the limits (tokenizers llama.cpp cannot reproduce, Gemma with an untied head, ...).
+ */
+typedef enum lt_gguf_dtype {
+    LT_GGUF_DTYPE_F32 = 0, LT_GGUF_DTYPE_F16 = 1, LT_GGUF_DTYPE_BF16 = 2,
+    LT_GGUF_DTYPE_Q8_0 = 3 /* ggml's Q8_0: blocks of 32 values, an f16 scale and 32 int8 (rows that are not a
+                            * multiple of 32 values stay F16) */
+} lt_gguf_dtype;
+
+typedef struct lt_gguf_params {
+    size_t size;                   /* sizeof(lt_gguf_params)                                         */
+    lt_gguf_dtype dtype;           /* the 2-D weights (1-D tensors and norms stay F32); default F16    */
+    const lt_tokenizer *tokenizer; /* NULL (default): tokenizer.json (+ tokenizer_config.json) of the  */
+                                   /* model's directory                                              */
+    const char *name;              /* general.name; NULL (default): the model directory's name        */
+} lt_gguf_params;
+
+LT_API void lt_gguf_params_init(lt_gguf_params *params, size_t size);
+/**
+ * Write the model as a GGUF file (written atomically). adapter: NULL for the base model, or an adapter of
+ * this model to merge (LoRA, DoRA, PiSSA/OLoRA, full fine-tuning, modules_to_save: the weights of
+ * lt_adapter_export_merged). A quantized base is written dequantized. Errors: lt_model_last_error.
+ */
+LT_API lt_status lt_model_export_gguf(lt_model *model, const lt_adapter *adapter, const char *path,
+                                      const lt_gguf_params *params);
+/**
+ * Write a LoRA adapter as a GGUF LoRA (general.type "adapter", adapter.lora.alpha, <tensor>.lora_a/.lora_b)
+ * for llama.cpp's --lora on the GGUF of the base model (for a QLoRA adapter: the GGUF of the dequantized
+ * base, which lt_model_export_gguf writes). rsLoRA's scaling is folded into lora_b so that llama.cpp's
+ * alpha / rank is right; PiSSA / OLoRA adapters are written as the plain rank-2r LoRA of lt_adapter_save.
+ * DoRA, modules_to_save and full fine-tuning cannot be expressed (LT_ERR_UNSUPPORTED: export the merged
+ * model). params->tokenizer is not used. Errors: lt_adapter_last_error.
+ */
+LT_API lt_status lt_adapter_export_gguf(lt_adapter *adapter, const char *path, const lt_gguf_params *params);
 
 #ifdef __cplusplus
 }

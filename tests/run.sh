@@ -4,6 +4,7 @@
 #   LT_REF_VENV   where the reference virtualenv lives (default ~/.cache/loratune/ref-venv-<lock hash>;
 #                 see tests/ref-venv.sh)
 #   LT_SKIP_ASAN  set to 1 to skip the sanitizer build
+# With a CUDA device (nvidia-smi lists one) the model suites run a second time with LT_TEST_BACKEND=cuda.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -57,6 +58,13 @@ stage() {  # NAME CMD...: one counted stage
 }
 echo "== Check suites (Release), the layout check and the add_subdirectory() host project"
 stage "ctest (Release)" bash -c "cd build && LORATUNE_REF_PYTHON='$py' ctest --output-on-failure -j1"
+# The model suites again on the CUDA backend where a device is (test_backend_ops runs every op on every
+# backend by itself). Elsewhere they would skip: not run.
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 2>/dev/null | grep -q '^GPU'; then
+  echo "== model suites on the CUDA backend (LT_TEST_BACKEND=cuda)"
+  stage "ctest (model suites, cuda)" bash -c "cd build && LT_TEST_BACKEND=cuda LORATUNE_REF_PYTHON='$py' ctest --output-on-failure -j1 \
+    -R '^test_(lora|qlora|families|objectives|full|pissa|model|gemm_bf16|optim8)\$'"
+fi
 
 echo "== live cross-check of loratune tokenize/detokenize against tokenizers (random configurations and text)"
 stage crosscheck_tokenize "$py" tests/python/crosscheck_tokenize.py --cli build/loratune --workdir build/crosscheck-tok --configs 12
@@ -75,8 +83,31 @@ echo "== preference objectives against PyTorch + TRL (DPO, IPO, KTO, ORPO; N-ste
 stage crosscheck_pref "$py" tests/python/crosscheck_pref.py --cli build/loratune --workdir build/crosscheck-pref
 echo "== full fine-tuning against PyTorch (AdamW with HF's decay groups, clipping, accumulation; DPO; save/load)"
 stage crosscheck_full "$py" tests/python/crosscheck_full.py --lib build/libloratune.so.0 --workdir build/crosscheck-full
+echo "== data-parallel training: mpirun -np 2|3 loratune train against one process (SFT, ZeRO-1, DPO, KTO; checkpoints; faults)"
+stage dist_mpi "$py" tests/python/check_dist_mpi.py --cli build/loratune --model build/testdata/models/llama-basic --workdir build/dist-mpi
 echo "== GRPO step against PyTorch (TRL's loss on the library's own completions)"
 stage crosscheck_grpo "$py" tests/python/crosscheck_grpo.py --lib build/libloratune.so.0
+
+echo "== GGUF export against llama.cpp itself (pinned sdist, built here: tools/llamacpp.sh) and its converter"
+# every family: llama.cpp's tokenization, logits and greedy generation (stopping at EOS) on our base, merged and
+# adapter GGUF files; the converter's and the gguf package's bytes; the Ollama Modelfile
+llamacpp_oracle=""
+build_oracle() { llamacpp_oracle=$(bash tools/llamacpp.sh oracle) && llamacpp_src=$(bash tools/llamacpp.sh src); }
+stage "llama.cpp oracle (fetch + build)" build_oracle
+stage crosscheck_gguf bash -c "[ -n '$llamacpp_oracle' ] && '$py' tests/python/crosscheck_gguf.py --cli build/loratune \
+  --lib build/libloratune.so.0 --oracle '$llamacpp_oracle' --llamacpp-src '${llamacpp_src:-}' --workdir build/crosscheck-gguf"
+echo "== adapter arithmetic and LoRA extraction against PyTorch (mergekit's formulas on delta weights)"
+stage crosscheck_combine "$py" tests/python/crosscheck_combine.py --cli build/loratune --lib build/libloratune.so.0 \
+  --workdir build/crosscheck-combine
+
+echo "== chat templates against transformers (llama.cpp's models/templates, TRL, mistral-common; depth and steps measured)"
+stage check_chat_templates "$py" tests/python/check_chat_templates.py --lib build/libloratune.so.0 \
+  --workdir build/chat-templates --measure build/tests/jinja_stats
+echo "== generate --prompt/--messages and chat (tmux) against transformers' apply_chat_template + greedy generate"
+stage check_text_generation "$py" tests/python/check_text_generation.py --cli build/loratune \
+  --tokenizers build/testdata/tokenizers --workdir build/text-generation
+echo "== eval --compare on the demo model (taught answers, canary exposure, PyTorch + PEFT losses), model card, train --config"
+stage check_eval_compare "$py" tests/python/check_eval_compare.py --cli build/loratune --workdir build/eval-compare
 
 if [ -f tests/bindings.sh ]; then
   echo "== bindings, packaging and ABI"

@@ -41,24 +41,11 @@ static const family_case dora_cases[] = {{"llama-dora", "LlamaForCausalLM"}, {"q
                                          {"granite", "GraniteForCausalLM"},  {"phi4-mini", "Phi3ForCausalLM"}};
 #define N_DORA ((int)(sizeof dora_cases / sizeof *dora_cases))
 
-static void model_dir(char *buf, size_t len, const char *name) {
-    snprintf(buf, len, "%s/models/%s", LT_TEST_DATA_DIR, name);
-}
-
-static lt_model *load_model(lt_context *ctx, const char *name) {
-    char dir[1024];
-    model_dir(dir, sizeof dir, name);
-    lt_model *m = NULL;
-    ck_assert_msg(lt_model_load(ctx, dir, NULL, &m) == LT_OK, "%s: %s", name, lt_last_error());
-    return m;
-}
-
+/* golden tensor <prefix><key> */
 static const lt_st_tensor *need(const lt_st_file *f, const char *prefix, const char *key) {
     char k[128];
     snprintf(k, sizeof k, "%s%s", prefix, key);
-    const lt_st_tensor *t = lt_st_find(f, k);
-    ck_assert_msg(t, "golden tensor %s missing", k);
-    return t;
+    return tu_st_need(f, k);
 }
 
 static void batch_of(lt_batch *b, const lt_st_file *g, const char *pre, int packed) {
@@ -76,9 +63,9 @@ static void batch_of(lt_batch *b, const lt_st_file *g, const char *pre, int pack
 START_TEST(test_family_logits) {
     const family_case *fc = &cases[_i];
     char dir[1024], path[1200];
-    model_dir(dir, sizeof dir, fc->name);
+    tu_model_dir(dir, sizeof dir, fc->name);
     lt_context *ctx = tu_context();
-    lt_model *m = load_model(ctx, fc->name);
+    lt_model *m = tu_load_model(ctx, fc->name, NULL);
     lt_model_info info = {.size = sizeof info};
     ck_assert_int_eq(lt_model_get_info(m, &info), LT_OK);
     ck_assert_str_eq(info.architecture, fc->architecture);
@@ -154,9 +141,9 @@ static void compare_grads(const lt_adapter *a, const lt_st_file *f, const char *
 /* the PEFT adapter in <model>/<sub>/adapter ("lora" or "dora") against <sub>/grads.safetensors */
 static void check_adapter_gradients(const family_case *fc, const char *sub) {
     char dir[1024], path[1200];
-    model_dir(dir, sizeof dir, fc->name);
+    tu_model_dir(dir, sizeof dir, fc->name);
     lt_context *ctx = tu_context();
-    lt_model *m = load_model(ctx, fc->name);
+    lt_model *m = tu_load_model(ctx, fc->name, NULL);
     lt_adapter *a = NULL;
     snprintf(path, sizeof path, "%s/%s/adapter", dir, sub);
     ck_assert_msg(lt_adapter_load(m, path, &a) == LT_OK, "%s: the adapter saved by peft: %s", fc->name,
@@ -225,7 +212,7 @@ static const char *const gen_models[] = {
 
 static lt_adapter *load_adapter(lt_model *m, const char *name, const char *sub) {
     char dir[1024], path[1200];
-    model_dir(dir, sizeof dir, name);
+    tu_model_dir(dir, sizeof dir, name);
     snprintf(path, sizeof path, "%s/%s/adapter", dir, sub);
     lt_adapter *a = NULL;
     ck_assert_msg(lt_adapter_load(m, path, &a) == LT_OK, "%s %s: %s", name, sub, lt_last_error());
@@ -259,7 +246,7 @@ static float *full_logits(lt_model *m, const lt_adapter *a, const int32_t *ids, 
 START_TEST(test_prefill_decode_logits) {
     const char *name = gen_models[_i / 2], *sub = _i % 2 ? "dora" : "lora";
     lt_context *ctx = tu_context();
-    lt_model *m = load_model(ctx, name);
+    lt_model *m = tu_load_model(ctx, name, NULL);
     lt_adapter *a = load_adapter(m, name, sub);
     enum { B = 3, T = 14, D = 5, S = T + D };
     const int V = (int)m->cfg.vocab_size, L = (int)m->cfg.num_hidden_layers;
@@ -319,7 +306,7 @@ END_TEST
  * full forward of the padded rows does. */
 static void check_generate(const char *name, const char *sub) {
     lt_context *ctx = tu_context();
-    lt_model *m = load_model(ctx, name);
+    lt_model *m = tu_load_model(ctx, name, NULL);
     lt_adapter *a = load_adapter(m, name, sub);
     int32_t prompts[10] = {5, 17, 33, 2, 200, 7, 8, 9, 10, 11}, lens[2] = {3, 7};
     char what[96];
@@ -334,15 +321,16 @@ START_TEST(test_generate_matches_forward) { check_generate(gen_models[_i / 2], _
 END_TEST
 
 /* Greedy generation == transformers' PeftModel.generate(do_sample=False) (goldens: <sub>/generate.safetensors,
- * each prompt alone; prompts of 3, 7 and 14 tokens, 9 new tokens; for phi3-longrope the 7-token prompt
- * crosses original_max_position_embeddings while decoding). Token for token: the goldens' prompts keep
- * transformers' path at least 1e-3 away from a tie between the two best logits. */
+ * each prompt alone; prompts of 3 and 14 tokens, 9 new tokens, crossing every window while decoding and
+ * within the prompt; phi3-longrope adds a 7-token prompt that crosses original_max_position_embeddings
+ * while decoding). Token for token: the goldens' prompts keep transformers' path at least 1e-3 away from
+ * a tie between the two best logits. */
 START_TEST(test_generate_matches_transformers) {
     const char *name = gen_models[_i / 2], *sub = _i % 2 ? "dora" : "lora";
     char dir[1024], path[1200];
-    model_dir(dir, sizeof dir, name);
+    tu_model_dir(dir, sizeof dir, name);
     lt_context *ctx = tu_context();
-    lt_model *m = load_model(ctx, name);
+    lt_model *m = tu_load_model(ctx, name, NULL);
     lt_adapter *a = load_adapter(m, name, sub);
     snprintf(path, sizeof path, "%s/%s/generate.safetensors", dir, sub);
     lt_error err;
@@ -379,7 +367,7 @@ END_TEST
 START_TEST(test_generate_batched_equals_single) {
     const char *name = gen_models[_i / 2], *sub = _i % 2 ? "dora" : "lora";
     lt_context *ctx = tu_context();
-    lt_model *m = load_model(ctx, name);
+    lt_model *m = tu_load_model(ctx, name, NULL);
     lt_adapter *a = load_adapter(m, name, sub);
     enum { B = 4, NEW = 9 };
     const int longrope = m->inv_freq_long != NULL;
@@ -408,17 +396,11 @@ END_TEST
 /* ---- our files in PEFT / transformers ------------------------------------------------------------- */
 
 static void check_roundtrip(const family_case *fc, const char *sub) {
-    const char *py = getenv("LORATUNE_REF_PYTHON");
-    char defpy[1024];
-    if (!py) {
-        snprintf(defpy, sizeof defpy, "%s/.cache/loratune/ref-venv/bin/python", getenv("HOME") ? getenv("HOME") : "");
-        py = defpy;
-    }
-    ck_assert_msg(access(py, X_OK) == 0, "the reference python %s is missing (set LORATUNE_REF_PYTHON)", py);
+    const char *py = tu_ref_python();
     char base[1024], path[1200];
-    model_dir(base, sizeof base, fc->name);
+    tu_model_dir(base, sizeof base, fc->name);
     lt_context *ctx = tu_context();
-    lt_model *m = load_model(ctx, fc->name);
+    lt_model *m = tu_load_model(ctx, fc->name, NULL);
     lt_adapter *a = NULL;
     snprintf(path, sizeof path, "%s/%s/adapter", base, sub);
     ck_assert_int_eq(lt_adapter_load(m, path, &a), LT_OK);
@@ -509,7 +491,7 @@ END_TEST
 /* a new DoRA adapter: magnitude = row norms of W, so it starts as the identity; it trains */
 START_TEST(test_dora_create_identity) {
     lt_context *ctx = tu_context();
-    lt_model *m = load_model(ctx, "phi3");
+    lt_model *m = tu_load_model(ctx, "phi3", NULL);
     lt_adapter_params ap;
     lt_adapter_params_init(&ap, sizeof ap);
     ap.rank = 4;
@@ -547,7 +529,7 @@ END_TEST
 
 START_TEST(test_cli_family_and_dora) {
     char model[1024], data[1100], root[512], cmd[4096], path[700];
-    model_dir(model, sizeof model, "phi3");
+    tu_model_dir(model, sizeof model, "phi3");
     tu_tempdir(root, sizeof root);
     int status;
     snprintf(cmd, sizeof cmd, "%s info --model %s --json", LT_CLI, model);
@@ -572,7 +554,7 @@ START_TEST(test_cli_family_and_dora) {
     ck_assert_msg(status == 0, "train --method dora: %s", out);
     free(out);
     lt_context *ctx = tu_context();
-    lt_model *m = load_model(ctx, "phi3");
+    lt_model *m = tu_load_model(ctx, "phi3", NULL);
     lt_adapter *a = NULL;
     snprintf(path, sizeof path, "%s/dora", root);
     ck_assert_msg(lt_adapter_load(m, path, &a) == LT_OK, "%s", lt_last_error());

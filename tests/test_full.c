@@ -1,8 +1,8 @@
 /*
  * test_full.c - full fine-tuning and modules_to_save: weight gradients against finite differences
  * (embeddings with Gemma's scale, every kind of norm incl. (1 + w) ones, biases, lm_head tied and untied,
- * projections), the embedding_backward op against the reference, bad requests, a failed step leaving
- * the weights as they were, save/load and checkpoint resume bit for bit.
+ * projections), bad requests, a failed step leaving the weights as they were, save/load and checkpoint
+ * resume bit for bit.
  *
  * The models are make_models.py / make_family_models.py's (LT_TEST_DATA_DIR/models). The comparison with
  * PyTorch (N AdamW steps, decay groups, every tensor) is tests/python/crosscheck_full.py.
@@ -19,20 +19,6 @@
 #include "decoder/decoder.h"
 #include "test_util.h"
 #include "train/optimizer.h"
-
-static lt_model *load_model_p(lt_context *ctx, const char *name, const lt_model_params *mp) {
-    char dir[1024];
-    snprintf(dir, sizeof dir, "%s/models/%s", LT_TEST_DATA_DIR, name);
-    lt_model *m = NULL;
-    ck_assert_msg(lt_model_load(ctx, dir, mp, &m) == LT_OK, "%s", lt_last_error());
-    return m;
-}
-
-static float *host_copy(const lt_adapter *a, const float *dev) {
-    float *h = malloc(a->n_params * sizeof *h);
-    a->model->be->ops->download(a->model->be, h, dev, a->n_params * sizeof *h);
-    return h;
-}
 
 static lt_adapter *full_adapter(lt_model *m) {
     lt_adapter_params ap;
@@ -66,7 +52,7 @@ static const lt_ptensor *find_tensor(const lt_adapter *a, const char *name) {
 /* Central differences on a few elements of each named tensor (params perturbed, derived weights synced). */
 static void check_fd(const char *model, const char *const *names, int mts) {
     lt_context *ctx = tu_context();
-    lt_model *m = load_model_p(ctx, model, NULL);
+    lt_model *m = tu_load_model(ctx, model, NULL);
     lt_adapter *a;
     if (mts) {
         lt_adapter_params ap;
@@ -87,7 +73,7 @@ static void check_fd(const char *model, const char *const *names, int mts) {
     b.seq_len = T;
     b.input_ids = ids;
     loss_grads(m, a, &b, 1);
-    float *g = host_copy(a, a->grads), *p = host_copy(a, a->params);
+    float *g = tu_adapter_host_copy(a, a->grads), *p = tu_adapter_host_copy(a, a->params);
     int visible = 0, probes = 0;
     for (int k = 0; names[k]; k++) {
         const lt_ptensor *t = find_tensor(a, names[k]);
@@ -172,48 +158,15 @@ START_TEST(test_fd_modules_to_save) { /* separate embed_tokens and lm_head copie
 }
 END_TEST
 
-START_TEST(test_embedding_backward_op) {
-    lt_context *ctx = tu_context();
-    lt_backend *be = ctx->be;
-    const int N = 37, C = 70, V = 9;
-    int32_t ids[37];
-    tu_fill_ids(ids, N, V, 5); /* repeated ids: several tokens add into one row */
-    float *dout = malloc(sizeof(float) * N * C), *ref = calloc((size_t)V * C, sizeof(float));
-    float *dt = malloc(sizeof(float) * V * C);
-    for (int i = 0; i < N * C; i++) dout[i] = sinf(0.37f * (float)i);
-    for (int i = 0; i < V * C; i++) ref[i] = dt[i] = 0.5f;
-    lt_ref_embedding_backward(ref, ids, dout, N, C);
-    float *ddt = be->ops->alloc(be, sizeof(float) * V * C), *ddo = be->ops->alloc(be, sizeof(float) * N * C);
-    int32_t *dids = be->ops->alloc(be, sizeof ids);
-    be->ops->upload(be, ddt, dt, sizeof(float) * V * C);
-    be->ops->upload(be, ddo, dout, sizeof(float) * N * C);
-    be->ops->upload(be, dids, ids, sizeof ids);
-    be->ops->embedding_backward(be, ddt, dids, ddo, N, C);
-    be->ops->download(be, dt, ddt, sizeof(float) * V * C);
-    ck_assert_int_eq(memcmp(dt, ref, sizeof(float) * V * C), 0); /* same order of sums: bit for bit */
-    double direct = 0.5;                                         /* the reference itself: row ids[0], column 3 */
-    for (int n = 0; n < N; n++)
-        if (ids[n] == ids[0]) direct += dout[n * C + 3];
-    ck_assert(fabs(ref[ids[0] * C + 3] - direct) < 1e-5);
-    be->ops->free(be, ddt);
-    be->ops->free(be, ddo);
-    be->ops->free(be, dids);
-    free(dout);
-    free(ref);
-    free(dt);
-    lt_context_free(ctx);
-}
-END_TEST
-
 START_TEST(test_bad_requests) {
     lt_context *ctx = tu_context();
     lt_adapter_params ap;
     lt_adapter *a = NULL;
     /* quantized base */
-    lt_model *m = load_model_p(ctx, "llama-basic", NULL);
+    lt_model *m = tu_load_model(ctx, "llama-basic", NULL);
     lt_quant_params qp;
     lt_quant_params_init(&qp, sizeof qp);
-    lt_model *mq = load_model_p(ctx, "llama-basic", NULL);
+    lt_model *mq = tu_load_model(ctx, "llama-basic", NULL);
     ck_assert_int_eq(lt_model_quantize(mq, &qp), LT_OK);
     lt_adapter_params_init(&ap, sizeof ap);
     ap.full_finetune = 1;
@@ -231,7 +184,7 @@ START_TEST(test_bad_requests) {
     lt_model_params mp;
     lt_model_params_init(&mp, sizeof mp);
     mp.base_dtype = LT_BASE_BF16;
-    lt_model *mb = load_model_p(ctx, "llama-basic", &mp);
+    lt_model *mb = tu_load_model(ctx, "llama-basic", &mp);
     lt_adapter_params_init(&ap, sizeof ap);
     ap.full_finetune = 1;
     ck_assert_int_eq(lt_adapter_create(mb, &ap, &a), LT_ERR_UNSUPPORTED);
@@ -264,7 +217,7 @@ START_TEST(test_bad_requests) {
     tu_tempdir(tmp, sizeof tmp);
     snprintf(dir, sizeof dir, "%s/full", tmp);
     ck_assert_msg(lt_adapter_save(a, dir) == LT_OK, "%s", lt_adapter_last_error(a));
-    lt_model *other = load_model_p(ctx, "llama-gqa", NULL);
+    lt_model *other = tu_load_model(ctx, "llama-gqa", NULL);
     lt_adapter *b = NULL;
     ck_assert_int_eq(lt_adapter_load(other, dir, &b), LT_ERR_SHAPE);
     ck_assert_ptr_null(b);
@@ -282,7 +235,7 @@ END_TEST
  * checkpoint resumes bit for bit (Gemma: the (1 + w) norms are rebuilt from the loaded w) */
 START_TEST(test_failed_step_and_resume) {
     lt_context *ctx = tu_context();
-    lt_model *m = load_model_p(ctx, "gemma", NULL);
+    lt_model *m = tu_load_model(ctx, "gemma", NULL);
     lt_adapter *a = full_adapter(m);
     lt_optimizer_params op;
     lt_optimizer_params_init(&op, sizeof op);
@@ -303,13 +256,13 @@ START_TEST(test_failed_step_and_resume) {
     b.seq_len = 8;
     b.input_ids = ids;
     lt_step_result r = {.size = sizeof r};
-    float *poisoned = host_copy(a, a->params);
+    float *poisoned = tu_adapter_host_copy(a, a->params);
     const float keep = poisoned[a->n_params - 3];
     poisoned[a->n_params - 3] = NAN; /* the final norm */
     m->be->ops->upload(m->be, a->params, poisoned, a->n_params * 4);
     lt_adapter_sync_weights(a);
     ck_assert_int_eq(lt_trainer_step(t, &b, &r), LT_ERR_NUMERIC);
-    float *after = host_copy(a, a->params);
+    float *after = tu_adapter_host_copy(a, a->params);
     ck_assert_int_eq(memcmp(after, poisoned, a->n_params * 4), 0);
     ck_assert_int_eq(lt_optimizer_step_count(o), 0);
     poisoned[a->n_params - 3] = keep;
@@ -323,7 +276,7 @@ START_TEST(test_failed_step_and_resume) {
     ck_assert_msg(lt_trainer_save_checkpoint(t, ckpt) == LT_OK, "%s", lt_trainer_last_error(t));
     ck_assert_msg(lt_trainer_save_checkpoint(t, ckpt) == LT_OK, "%s", lt_trainer_last_error(t)); /* replaces it */
     ck_assert_int_eq(lt_trainer_step(t, &b, &r), LT_OK);
-    float *third = host_copy(a, a->params);
+    float *third = tu_adapter_host_copy(a, a->params);
     double loss3 = r.loss;
     /* a fresh adapter + trainer resumed from the checkpoint takes the same third step */
     lt_adapter *a2 = full_adapter(m);
@@ -334,7 +287,7 @@ START_TEST(test_failed_step_and_resume) {
     ck_assert_msg(lt_trainer_load_checkpoint(t2, ckpt) == LT_OK, "%s", lt_trainer_last_error(t2));
     ck_assert_int_eq(lt_trainer_step(t2, &b, &r), LT_OK);
     ck_assert(r.loss == loss3);
-    float *resumed = host_copy(a2, a2->params);
+    float *resumed = tu_adapter_host_copy(a2, a2->params);
     ck_assert_int_eq(memcmp(resumed, third, a->n_params * 4), 0);
     /* generation reads the trained weights as every pass does (lt_view_*) */
     int32_t gl[2] = {3, 6};
@@ -373,7 +326,7 @@ END_TEST
 /* modules_to_save: generation reads the adapter's embedding and LM head (moved from the base's) */
 START_TEST(test_generate_modules_to_save) {
     lt_context *ctx = tu_context();
-    lt_model *m = load_model_p(ctx, "qwen2-swa", NULL);
+    lt_model *m = tu_load_model(ctx, "qwen2-swa", NULL);
     lt_adapter_params ap;
     lt_adapter_params_init(&ap, sizeof ap);
     ap.rank = 2;
@@ -381,7 +334,7 @@ START_TEST(test_generate_modules_to_save) {
     ap.modules_to_save = LT_SAVE_EMBED_TOKENS | LT_SAVE_LM_HEAD;
     lt_adapter *a = NULL;
     ck_assert_msg(lt_adapter_create(m, &ap, &a) == LT_OK, "%s", lt_last_error());
-    float *p = host_copy(a, a->params);
+    float *p = tu_adapter_host_copy(a, a->params);
     uint64_t s = 7;
     for (size_t i = 0; i < a->n_params; i++) {
         s = s * 6364136223846793005ull + 1442695040888963407ull;
@@ -402,7 +355,7 @@ END_TEST
 /* 8-bit AdamW over a full fine-tuning: one state tensor per weight, no decay on norms/biases */
 START_TEST(test_adamw8bit_full) {
     lt_context *ctx = tu_context();
-    lt_model *m = load_model_p(ctx, "qwen2-tied", NULL);
+    lt_model *m = tu_load_model(ctx, "qwen2-tied", NULL);
     lt_adapter *a = full_adapter(m);
     lt_optimizer_params op;
     lt_optimizer_params_init(&op, sizeof op);
@@ -416,13 +369,13 @@ START_TEST(test_adamw8bit_full) {
     lt_trainer_params_init(&tp, sizeof tp);
     lt_trainer *t = NULL;
     ck_assert_int_eq(lt_trainer_create(m, a, o, &tp, &t), LT_OK);
-    float *before = host_copy(a, a->params);
+    float *before = tu_adapter_host_copy(a, a->params);
     /* zero gradients: the update is decay only, so the no-decay tensors do not move at all */
     m->be->ops->zero(m->be, a->grads, a->n_params * 4);
     double gn, lr;
     lt_error err;
     ck_assert_int_eq(lt_optimizer_update(o, &gn, &lr, &err), LT_OK);
-    float *after = host_copy(a, a->params);
+    float *after = tu_adapter_host_copy(a, a->params);
     for (int i = 0; i < a->n_ptensors; i++) {
         const lt_ptensor *pt = &a->ptensors[i];
         int same = !memcmp(before + pt->off, after + pt->off, pt->n * 4);
@@ -449,7 +402,6 @@ Suite *full_suite(void) {
     tcase_add_test(tc, test_fd_qwen3_qk_norms);
     tcase_add_test(tc, test_fd_gemma2);
     tcase_add_test(tc, test_fd_modules_to_save);
-    tcase_add_test(tc, test_embedding_backward_op);
     tcase_add_test(tc, test_bad_requests);
     tcase_add_test(tc, test_failed_step_and_resume);
     tcase_add_test(tc, test_generate_modules_to_save);

@@ -2,7 +2,8 @@
  * test_gemm_bf16.c - frozen weights in bf16 (cpu/gemm_bf16.c, lt_model_params.base_dtype).
  *
  * (a) the kernels against an fp64 reference of the bf16-rounded inputs: both products, both code
- *     paths (AVX512_BF16 when this CPU has it, and the portable one, forced), 1 and 3 threads, odd
+ *     paths (the AVX512_BF16 kernels when this CPU has them, and the portable ones, each through its
+ *     ISA's table, cpu_kernels.h), 1 and 3 threads, odd
  *     shapes (not multiples of the 8-row / 16-column / 256-k tiles, N = 1, in = 1, odd K).
  *     Tolerance, per element: |got - exact| <= (K + 2) 2^-24 (|acc| + sum_k |a_k b_k|), the bound of
  *     any fp32 summation order of exact products (products of two bf16 values are exact in fp32).
@@ -23,6 +24,7 @@
 #include "backend/backend.h"
 #include "core/context.h"
 #include "cpu/cpu_backend.h"
+#include "cpu/cpu_kernels.h"
 #include "cpu/gemm_bf16.h"
 #include "cpu/ref_ops.h"
 #include "loratune.h"
@@ -30,22 +32,6 @@
 #include "test_util.h"
 
 /* ---- helpers -------------------------------------------------------------------------------------- */
-
-static uint64_t rng_s = 1;
-static void rng_seed(uint64_t s) { rng_s = s * 2654435761ull + 0x9E3779B97F4A7C15ull; }
-static float urand(void) { /* [-1, 1) */
-    rng_s ^= rng_s >> 12;
-    rng_s ^= rng_s << 25;
-    rng_s ^= rng_s >> 27;
-    return (float)((rng_s * 2685821657736338717ull >> 40) * (2.0 / 16777216.0) - 1.0);
-}
-
-static float *frand(size_t n, float scale) {
-    float *p = malloc((n ? n : 1) * sizeof *p);
-    ck_assert_ptr_nonnull(p);
-    for (size_t i = 0; i < n; i++) p[i] = scale * urand();
-    return p;
-}
 
 static uint16_t *pack(const float *W, int out, int in) {
     uint16_t *p = malloc((lt_bf16w_elems(out, in) + 32) * sizeof *p);
@@ -88,10 +74,11 @@ static const int shapes[][3] = {
 };
 #define N_SHAPES ((int)(sizeof shapes / sizeof *shapes))
 
-static void check_shape(int impl, int N, int in, int out) {
-    rng_seed((uint64_t)(N * 1000003 + in * 1009 + out));
-    float *W = frand((size_t)out * in, 1.0f), *x = frand((size_t)N * in, 2.0f), *dy = frand((size_t)N * out, 0.5f);
-    float *acc = frand((size_t)N * in, 3.0f);
+static void check_shape(const lt_cpu_kernels *impl, int N, int in, int out) {
+    tu_rng_seed((uint64_t)(N * 1000003 + in * 1009 + out));
+    float *W = tu_frand((size_t)out * in, -1.0f, 1.0f), *x = tu_frand((size_t)N * in, -2.0f, 2.0f);
+    float *dy = tu_frand((size_t)N * out, -0.5f, 0.5f);
+    float *acc = tu_frand((size_t)N * in, -3.0f, 3.0f);
     uint16_t *Wp = pack(W, out, in);
     float *y1 = malloc((size_t)N * out * sizeof *y1), *y3 = malloc((size_t)N * out * sizeof *y3);
     float *d1 = malloc((size_t)N * in * sizeof *d1), *d3 = malloc((size_t)N * in * sizeof *d3);
@@ -104,8 +91,8 @@ static void check_shape(int impl, int N, int in, int out) {
         lt_gemm_bf16_backward(impl, 3, d3, dy, Wp, N, in, out, accumulate);
         double ef = err_ratio(0, y1, x, NULL, W, N, in, out);
         double eb = err_ratio(1, d1, dy, accumulate ? acc : NULL, W, N, in, out);
-        ck_assert_msg(ef <= 1.0, "impl %d forward N=%d in=%d out=%d: error %.3g x the bound", impl, N, in, out, ef);
-        ck_assert_msg(eb <= 1.0, "impl %d backward N=%d in=%d out=%d accumulate=%d: error %.3g x the bound", impl, N,
+        ck_assert_msg(ef <= 1.0, "%s forward N=%d in=%d out=%d: error %.3g x the bound", impl->isa, N, in, out, ef);
+        ck_assert_msg(eb <= 1.0, "%s backward N=%d in=%d out=%d accumulate=%d: error %.3g x the bound", impl->isa, N,
                       in, out, accumulate, eb);
         ck_assert_msg(!memcmp(y1, y3, (size_t)N * out * sizeof *y1), "forward depends on the thread count");
         ck_assert_msg(!memcmp(d1, d3, (size_t)N * in * sizeof *d1), "backward depends on the thread count");
@@ -126,27 +113,31 @@ static void check_shape(int impl, int N, int in, int out) {
     free(d3);
 }
 
-START_TEST(test_kernel_portable) { check_shape(LT_BF16_PORTABLE, shapes[_i][0], shapes[_i][1], shapes[_i][2]); }
+/* the portable kernels: the generic ISA's table (the AVX2 and AVX512 tables name the same ones) */
+START_TEST(test_kernel_portable) {
+    check_shape(lt_cpu_kernels_get(LT_CPU_ISA_GENERIC, NULL, 0), shapes[_i][0], shapes[_i][1], shapes[_i][2]);
+}
 END_TEST
 
 START_TEST(test_kernel_avx512) {
-    if (!lt_bf16_avx512_available()) {
+    const lt_cpu_kernels *k = lt_cpu_kernels_get(LT_CPU_ISA_AVX512_BF16, NULL, 0);
+    if (!k) {
         fprintf(stderr, "test_gemm_bf16: no AVX512_BF16 on this CPU; the AUTO path is the portable one\n");
         return;
     }
-    check_shape(LT_BF16_AVX512, shapes[_i][0], shapes[_i][1], shapes[_i][2]);
+    check_shape(k, shapes[_i][0], shapes[_i][1], shapes[_i][2]);
 }
 END_TEST
 
 /* The two implementations agree within twice the bound (each is within it of the exact value). */
 START_TEST(test_paths_agree) {
     const int N = 33, in = 700, out = 90;
-    rng_seed(7);
-    float *W = frand((size_t)out * in, 1.0f), *x = frand((size_t)N * in, 1.0f);
+    tu_rng_seed(7);
+    float *W = tu_frand((size_t)out * in, -1.0f, 1.0f), *x = tu_frand((size_t)N * in, -1.0f, 1.0f);
     uint16_t *Wp = pack(W, out, in);
     float *a = malloc((size_t)N * out * sizeof *a), *b = malloc((size_t)N * out * sizeof *b);
-    lt_gemm_bf16_forward(LT_BF16_AUTO, 2, a, x, Wp, N, in, out);
-    lt_gemm_bf16_forward(LT_BF16_PORTABLE, 2, b, x, Wp, N, in, out);
+    lt_gemm_bf16_forward(lt_cpu_kernels_get(LT_CPU_ISA_AUTO, NULL, 0), 2, a, x, Wp, N, in, out);
+    lt_gemm_bf16_forward(lt_cpu_kernels_get(LT_CPU_ISA_GENERIC, NULL, 0), 2, b, x, Wp, N, in, out);
     ck_assert_double_le(err_ratio(0, a, x, NULL, W, N, in, out), 1.0);
     ck_assert_double_le(err_ratio(0, b, x, NULL, W, N, in, out), 1.0);
     double d = tu_max_rel_err(a, b, (size_t)N * out);
@@ -183,17 +174,20 @@ START_TEST(test_rounding) {
                                 0x007fffffu, 0x00800000u, 0xc0490fdbu, 0x7f800000u, 0x33d6bf95u, 0x4b7fffffu};
     const int N = 80;
     float x[80], W[16], y[80 * 16];
-    for (int i = 0; i < N; i++) x[i] = i < 12 ? from_bits(special[i]) : urand() * 100.0f;
+    for (int i = 0; i < N; i++) x[i] = i < 12 ? from_bits(special[i]) : tu_urand(-100.0f, 100.0f);
     for (int o = 0; o < 16; o++) W[o] = 1.0f;
     uint16_t *Wp = pack(W, 16, 1);
-    for (int impl = LT_BF16_AVX512; impl <= LT_BF16_PORTABLE; impl++) {
+    const lt_cpu_isa isas[2] = {LT_CPU_ISA_AVX512_BF16, LT_CPU_ISA_GENERIC};
+    for (int ii = 0; ii < 2; ii++) {
+        const lt_cpu_kernels *impl = lt_cpu_kernels_get(isas[ii], NULL, 0);
+        if (!impl) continue; /* no AVX512_BF16 on this CPU */
         lt_gemm_bf16_forward(impl, 1, y, x, Wp, N, 1, 16);
         for (int i = 0; i < N; i++)
             for (int o = 0; o < 16; o++) {
                 float want = lt_bf16_to_f32(lt_bf16_round(x[i]));
                 /* == : the sum starts from +0, so bf16(-tiny) = -0 comes out as +0 */
                 ck_assert_msg(y[i * 16 + o] == want || (isnan(want) && isnan(y[i * 16 + o])),
-                              "impl %d: x = %a (0x%08x) gave %a, bf16 rounding gives %a", impl, x[i],
+                              "%s: x = %a (0x%08x) gave %a, bf16 rounding gives %a", impl->isa, x[i],
                               i < 12 ? special[i] : 0u, y[i * 16 + o], want);
             }
     }
@@ -208,8 +202,9 @@ START_TEST(test_backend_ops) {
     char msg[256];
     ck_assert_int_eq(lt_cpu_backend_create(3, &be, msg, sizeof msg), LT_OK);
     const int N = 45, in = 77, out = 130;
-    rng_seed(11);
-    float *W = frand((size_t)out * in, 1.0f), *x = frand((size_t)N * in, 1.0f), *dy = frand((size_t)N * out, 1.0f);
+    tu_rng_seed(11);
+    float *W = tu_frand((size_t)out * in, -1.0f, 1.0f), *x = tu_frand((size_t)N * in, -1.0f, 1.0f);
+    float *dy = tu_frand((size_t)N * out, -1.0f, 1.0f);
     size_t bytes = be->ops->bf16_weight_bytes(be, out, in);
     ck_assert_uint_eq(bytes, lt_ref_bf16_weight_bytes(out, in));
     ck_assert_uint_le(bytes, (size_t)(out + 15) * (in + 1) * 2);
@@ -218,7 +213,8 @@ START_TEST(test_backend_ops) {
     lt_ref_bf16_weight_pack(Wr, W, out, in);
     ck_assert_msg(!memcmp(Wp, Wr, bytes), "backend and reference packing differ");
     float *y = malloc((size_t)N * out * 4), *yr = malloc((size_t)N * out * 4);
-    float *dx = frand((size_t)N * in, 1.0f), *dxr = malloc((size_t)N * in * 4), *acc = malloc((size_t)N * in * 4);
+    float *dx = tu_frand((size_t)N * in, -1.0f, 1.0f), *dxr = malloc((size_t)N * in * 4),
+          *acc = malloc((size_t)N * in * 4);
     memcpy(dxr, dx, (size_t)N * in * 4);
     memcpy(acc, dx, (size_t)N * in * 4);
     be->ops->gemm_bf16_forward(be, y, x, Wp, N, in, out);
@@ -247,14 +243,10 @@ END_TEST
 /* ---- (d) models ---------------------------------------------------------------------------------- */
 
 static lt_model *load(lt_context *ctx, const char *name, int base_dtype) {
-    char dir[1024];
-    snprintf(dir, sizeof dir, "%s/models/%s", LT_TEST_DATA_DIR, name);
     lt_model_params mp;
     lt_model_params_init(&mp, sizeof mp);
     mp.base_dtype = base_dtype;
-    lt_model *m = NULL;
-    ck_assert_msg(lt_model_load(ctx, dir, &mp, &m) == LT_OK, "%s: %s", name, lt_last_error());
-    return m;
+    return tu_load_model(ctx, name, &mp);
 }
 
 static const char *const models[] = {"llama-basic", "llama-gqa", "llama-tied", "llama-headdim", "llama-bf16"};
@@ -489,10 +481,4 @@ Suite *bf16_suite(void) {
     return s;
 }
 
-int main(void) {
-    SRunner *r = srunner_create(bf16_suite());
-    srunner_run_all(r, CK_NORMAL);
-    int failed = srunner_ntests_failed(r);
-    srunner_free(r);
-    return failed ? 1 : 0;
-}
+TU_MAIN(bf16_suite)

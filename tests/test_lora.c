@@ -21,25 +21,6 @@
 #include "test_util.h"
 #include "train/optimizer.h"
 
-static void model_dir(char *buf, size_t len, const char *name) {
-    snprintf(buf, len, "%s/models/%s", LT_TEST_DATA_DIR, name);
-}
-
-static lt_model *load_model(lt_context *ctx, const char *name) {
-    char dir[1024];
-    model_dir(dir, sizeof dir, name);
-    lt_model *m = NULL;
-    ck_assert_msg(lt_model_load(ctx, dir, NULL, &m) == LT_OK, "%s", lt_last_error());
-    return m;
-}
-
-/* host copy of all adapter parameters or gradients */
-static float *host_copy(const lt_adapter *a, const float *dev) {
-    float *h = malloc(a->n_params * sizeof *h);
-    a->model->be->ops->download(a->model->be, h, dev, a->n_params * sizeof *h);
-    return h;
-}
-
 /* Gradient of grad_scale * summed loss with respect to the adapter; returns the summed loss. */
 static double loss_and_grads(lt_model *m, lt_adapter *a, const lt_batch *b, int ckpt, const lt_dropout_state *drop,
                              float grad_scale, int64_t *n_valid) {
@@ -68,7 +49,7 @@ static lt_adapter *make_adapter(lt_model *m, int rank, float alpha, float dropou
     lt_adapter *a = NULL;
     ck_assert_msg(lt_adapter_create(m, &ap, &a) == LT_OK, "%s", lt_last_error());
     if (gaussian_b) { /* B = 0 at init would hide half of the gradient paths: make it nonzero */
-        float *h = host_copy(a, a->params);
+        float *h = tu_adapter_host_copy(a, a->params);
         uint64_t s = 99;
         for (size_t i = 0; i < a->n_params; i++) {
             s = s * 6364136223846793005ull + 1442695040888963407ull;
@@ -84,7 +65,7 @@ static lt_adapter *make_adapter(lt_model *m, int rank, float alpha, float dropou
 
 static void check_finite_differences(float dropout, int packed) {
     lt_context *ctx = tu_context();
-    lt_model *m = load_model(ctx, "llama-gqa");
+    lt_model *m = tu_load_model(ctx, "llama-gqa", NULL);
     lt_adapter *a = make_adapter(m, 4, 8, dropout, LT_TARGET_ALL, 1);
     const int B = 2, T = 9, V = (int)m->cfg.vocab_size;
     int32_t ids[18], labels[18], pos[18];
@@ -99,9 +80,9 @@ static void check_finite_differences(float dropout, int packed) {
     b.input_ids = ids;
     b.labels = labels;
     b.position_ids = packed ? pos : NULL;
-    lt_dropout_state drop = {dropout, 1234};
+    lt_dropout_state drop = {dropout, 1234, 0};
     loss_and_grads(m, a, &b, 1, &drop, 1.0f, NULL);
-    float *g = host_copy(a, a->grads), *p = host_copy(a, a->params);
+    float *g = tu_adapter_host_copy(a, a->grads), *p = tu_adapter_host_copy(a, a->params);
     /* probe parameters spread over the buffer: A and B of several layers and projections */
     int checked = 0;
     for (size_t k = 0; k < 24; k++) {
@@ -141,7 +122,7 @@ END_TEST
 /* checkpointing must not change anything: same loss and gradients bit for bit */
 START_TEST(test_checkpointing_identical) {
     lt_context *ctx = tu_context();
-    lt_model *m = load_model(ctx, "llama-basic");
+    lt_model *m = tu_load_model(ctx, "llama-basic", NULL);
     lt_adapter *a = make_adapter(m, 4, 8, 0.1f, LT_TARGET_ALL, 1);
     int32_t ids[40];
     tu_fill_ids(ids, 40, 257, 5);
@@ -150,11 +131,11 @@ START_TEST(test_checkpointing_identical) {
     b.n_rows = 2;
     b.seq_len = 20;
     b.input_ids = ids;
-    lt_dropout_state drop = {0.1f, 77};
+    lt_dropout_state drop = {0.1f, 77, 0};
     double l1 = loss_and_grads(m, a, &b, 1, &drop, 1.0f, NULL);
-    float *g1 = host_copy(a, a->grads);
+    float *g1 = tu_adapter_host_copy(a, a->grads);
     double l2 = loss_and_grads(m, a, &b, 0, &drop, 1.0f, NULL);
-    float *g2 = host_copy(a, a->grads);
+    float *g2 = tu_adapter_host_copy(a, a->grads);
     ck_assert(l1 == l2);
     ck_assert_int_eq(memcmp(g1, g2, a->n_params * sizeof(float)), 0);
     free(g1);
@@ -168,7 +149,7 @@ END_TEST
 /* a packed row gives the same loss and gradients as its sequences in separate rows */
 START_TEST(test_packing_equals_unpacked) {
     lt_context *ctx = tu_context();
-    lt_model *m = load_model(ctx, "llama-gqa");
+    lt_model *m = tu_load_model(ctx, "llama-gqa", NULL);
     lt_adapter *a = make_adapter(m, 4, 8, 0, LT_TARGET_ALL, 1);
     const int T = 15, lens[3] = {6, 5, 4};
     int32_t packed[15], ppos[15], plab[15], rows[45], rlab[45];
@@ -197,9 +178,9 @@ START_TEST(test_packing_equals_unpacked) {
     bu.labels = rlab;
     int64_t n1, n2;
     double l1 = loss_and_grads(m, a, &bp, 1, NULL, 1.0f, &n1);
-    float *g1 = host_copy(a, a->grads);
+    float *g1 = tu_adapter_host_copy(a, a->grads);
     double l2 = loss_and_grads(m, a, &bu, 1, NULL, 1.0f, &n2);
-    float *g2 = host_copy(a, a->grads);
+    float *g2 = tu_adapter_host_copy(a, a->grads);
     ck_assert_int_eq(n1, 12);
     ck_assert_int_eq(n2, 12);
     ck_assert_msg(fabs(l1 - l2) <= 1e-5 * fabs(l2), "packed loss %.8f vs separate %.8f", l1, l2);
@@ -217,7 +198,7 @@ END_TEST
 
 START_TEST(test_merge_unmerge_export) {
     lt_context *ctx = tu_context();
-    lt_model *m = load_model(ctx, "llama-tied");
+    lt_model *m = tu_load_model(ctx, "llama-tied", NULL);
     lt_adapter *a = make_adapter(m, 4, 16, 0, LT_TARGET_ALL, 1);
     const int T = 12, V = (int)m->cfg.vocab_size;
     int32_t ids[24];
@@ -264,7 +245,7 @@ END_TEST
 
 START_TEST(test_save_load_roundtrip) {
     lt_context *ctx = tu_context();
-    lt_model *m = load_model(ctx, "llama-headdim");
+    lt_model *m = tu_load_model(ctx, "llama-headdim", NULL);
     lt_adapter *a = make_adapter(m, 3, 6, 0.05f, LT_TARGET_Q | LT_TARGET_V | LT_TARGET_DOWN, 1);
     char dir[512];
     tu_tempdir(dir, sizeof dir);
@@ -278,7 +259,7 @@ START_TEST(test_save_load_roundtrip) {
     ck_assert_uint_eq(pa.targets, pb.targets);
     ck_assert(fabsf(pa.alpha - pb.alpha) < 1e-6f && fabsf(pa.dropout - pb.dropout) < 1e-6f);
     ck_assert_uint_eq(a->n_params, b->n_params);
-    float *ha = host_copy(a, a->params), *hb = host_copy(b, b->params);
+    float *ha = tu_adapter_host_copy(a, a->params), *hb = tu_adapter_host_copy(b, b->params);
     ck_assert_int_eq(memcmp(ha, hb, a->n_params * sizeof(float)), 0);
     free(ha);
     free(hb);
@@ -291,7 +272,7 @@ END_TEST
 
 /* training 6 updates straight equals 3 + checkpoint + a fresh trainer resuming for 3, bit for bit */
 static float *train_run(lt_context *ctx, const char *ckpt_dir, int phase) {
-    lt_model *m = load_model(ctx, "llama-basic");
+    lt_model *m = tu_load_model(ctx, "llama-basic", NULL);
     lt_adapter *a = make_adapter(m, 4, 8, 0.2f, LT_TARGET_ALL, 0);
     lt_optimizer_params op;
     lt_optimizer_params_init(&op, sizeof op);
@@ -329,7 +310,7 @@ static float *train_run(lt_context *ctx, const char *ckpt_dir, int phase) {
             ck_assert_int_eq(r.updated, k == 1);
         }
     if (phase == 1) ck_assert_msg(lt_trainer_save_checkpoint(t, ckpt_dir) == LT_OK, "%s", lt_trainer_last_error(t));
-    float *p = host_copy(a, a->params);
+    float *p = tu_adapter_host_copy(a, a->params);
     lt_trainer_free(t);
     lt_optimizer_free(o);
     lt_adapter_free(a);
@@ -345,7 +326,7 @@ START_TEST(test_resume_bit_exact) {
     float *straight = train_run(ctx, NULL, 0);
     float *first = train_run(ctx, dir, 1);
     float *resumed = train_run(ctx, dir, 2);
-    lt_model *m = load_model(ctx, "llama-basic");
+    lt_model *m = tu_load_model(ctx, "llama-basic", NULL);
     lt_adapter *a = make_adapter(m, 4, 8, 0.2f, LT_TARGET_ALL, 0);
     size_t n = a->n_params;
     ck_assert_msg(memcmp(straight, first, n * 4) != 0, "the first half should differ from the full run");
@@ -364,7 +345,7 @@ END_TEST
 
 START_TEST(test_bad_steps_leave_adapter) {
     lt_context *ctx = tu_context();
-    lt_model *m = load_model(ctx, "llama-basic");
+    lt_model *m = tu_load_model(ctx, "llama-basic", NULL);
     lt_adapter *a = make_adapter(m, 4, 8, 0, LT_TARGET_ALL, 1);
     lt_optimizer_params op;
     lt_optimizer_params_init(&op, sizeof op);
@@ -375,7 +356,7 @@ START_TEST(test_bad_steps_leave_adapter) {
     lt_trainer_params tp;
     lt_trainer_params_init(&tp, sizeof tp);
     ck_assert_int_eq(lt_trainer_create(m, a, o, &tp, &t), LT_OK);
-    float *before = host_copy(a, a->params);
+    float *before = tu_adapter_host_copy(a, a->params);
     int32_t ids[16], labels[16];
     tu_fill_ids(ids, 16, 257, 1);
     for (int i = 0; i < 16; i++) labels[i] = -100;
@@ -399,7 +380,7 @@ START_TEST(test_bad_steps_leave_adapter) {
         ck_assert_int_eq(lt_trainer_create(m, a, o2, &tp2, &t2), LT_OK);
         ck_assert_int_eq(lt_trainer_step(t2, &b, &r), LT_OK);       /* masked: accepted */
         ck_assert_int_eq(lt_trainer_step(t2, &b, &r), LT_ERR_DATA); /* the whole update is masked */
-        float *mid = host_copy(a, a->params);
+        float *mid = tu_adapter_host_copy(a, a->params);
         ck_assert_int_eq(memcmp(mid, before, a->n_params * 4), 0);
         ck_assert_int_eq(lt_optimizer_step_count(o2), 0);
         b.labels = NULL;
@@ -421,17 +402,17 @@ START_TEST(test_bad_steps_leave_adapter) {
     ck_assert_int_eq(lt_trainer_step(t, &b, &r), LT_ERR_SHAPE); /* empty batch */
     b.n_rows = 2;
     /* a NaN in the adapter makes the loss NaN: the step fails and nothing is updated */
-    float *poisoned = host_copy(a, a->params);
+    float *poisoned = tu_adapter_host_copy(a, a->params);
     poisoned[5] = NAN;
     m->be->ops->upload(m->be, a->params, poisoned, a->n_params * 4);
     ck_assert_int_eq(lt_trainer_step(t, &b, &r), LT_ERR_NUMERIC);
-    float *after = host_copy(a, a->params);
+    float *after = tu_adapter_host_copy(a, a->params);
     ck_assert_int_eq(memcmp(after, poisoned, a->n_params * 4), 0);
     ck_assert_int_eq(lt_optimizer_step_count(o), 0);
     m->be->ops->upload(m->be, a->params, before, a->n_params * 4);
     free(after);
     free(poisoned);
-    after = host_copy(a, a->params);
+    after = tu_adapter_host_copy(a, a->params);
     ck_assert_int_eq(memcmp(after, before, a->n_params * 4), 0);
     ck_assert_int_eq(lt_trainer_step(t, &b, &r), LT_OK); /* and training goes on */
     ck_assert_int_eq(lt_optimizer_step_count(o), 1);
@@ -485,7 +466,7 @@ static void tamper_adapter(const char *src, const char *dst, const char *drop_ke
 
 START_TEST(test_bad_adapters) {
     lt_context *ctx = tu_context();
-    lt_model *m = load_model(ctx, "llama-basic"), *other = load_model(ctx, "llama-gqa");
+    lt_model *m = tu_load_model(ctx, "llama-basic", NULL), *other = tu_load_model(ctx, "llama-gqa", NULL);
     lt_adapter *a = make_adapter(m, 4, 8, 0, LT_TARGET_ALL, 1), *x = NULL;
     char root[512], good[600], bad[600];
     tu_tempdir(root, sizeof root);
@@ -536,7 +517,7 @@ END_TEST
 /* greedy generation with the KV cache equals argmax over full forward passes */
 START_TEST(test_generate_greedy_matches_forward) {
     lt_context *ctx = tu_context();
-    lt_model *m = load_model(ctx, "llama-gqa");
+    lt_model *m = tu_load_model(ctx, "llama-gqa", NULL);
     lt_adapter *a = make_adapter(m, 4, 8, 0, LT_TARGET_ALL, 1);
     enum { NEW = 6 };
     int32_t prompts[9] = {5, 17, 33, 2, 250, 7, 8, 9, 10}, lens[2] = {3, 6};
@@ -682,7 +663,7 @@ static void on_progress(void *user, const lt_step_result *r) {
 
 START_TEST(test_hot_swap_and_progress) {
     lt_context *ctx = tu_context();
-    lt_model *m = load_model(ctx, "llama-basic");
+    lt_model *m = tu_load_model(ctx, "llama-basic", NULL);
     lt_adapter *a1 = make_adapter(m, 4, 8, 0, LT_TARGET_ALL, 1),
                *a2 = make_adapter(m, 2, 4, 0, LT_TARGET_Q | LT_TARGET_V, 1);
     const int T = 9, V = (int)m->cfg.vocab_size;
@@ -767,7 +748,7 @@ static void *share_train(void *arg) {
         int64_t n;
         if (j->st == LT_OK) j->st = lt_model_loss(j->m, a, &b, &s, &n); /* concurrent reads of the model */
     }
-    if (j->st == LT_OK) j->result = host_copy(a, a->params);
+    if (j->st == LT_OK) j->result = tu_adapter_host_copy(a, a->params);
     lt_trainer_free(t);
     lt_optimizer_free(o);
     lt_adapter_free(a);
@@ -781,7 +762,7 @@ START_TEST(test_shared_model_two_threads) {
     cp.n_threads = 1;
     lt_context *ctx = NULL;
     ck_assert_int_eq(lt_context_create(&cp, &ctx), LT_OK);
-    lt_model *m = load_model(ctx, "llama-basic");
+    lt_model *m = tu_load_model(ctx, "llama-basic", NULL);
     share_job alone[2] = {{m, 1, NULL, LT_OK}, {m, 2, NULL, LT_OK}},
               both[2] = {{m, 1, NULL, LT_OK}, {m, 2, NULL, LT_OK}};
     share_train(&alone[0]);
@@ -823,7 +804,7 @@ static const float *peft_slot(const lt_adapter *a, const float *h, const float *
 /* compare every LoRA tensor of the adapter (params or grads) with "<prefix><peft key>" in f */
 static void compare_lora_tensors(const lt_adapter *a, const float *dev_base, const lt_st_file *f, const char *prefix,
                                  double tol, const char *what) {
-    float *h = host_copy(a, dev_base);
+    float *h = tu_adapter_host_copy(a, dev_base);
     int n = 0;
     for (int l = 0; l < a->model->cfg.num_hidden_layers; l++)
         for (int q = 0; q < P_COUNT; q++)
@@ -846,9 +827,9 @@ static void compare_lora_tensors(const lt_adapter *a, const float *dev_base, con
 START_TEST(test_golden_peft_gradients) {
     const char *name = golden_models[_i];
     char dir[1024], path[1200];
-    model_dir(dir, sizeof dir, name);
+    tu_model_dir(dir, sizeof dir, name);
     lt_context *ctx = tu_context();
-    lt_model *m = load_model(ctx, name);
+    lt_model *m = tu_load_model(ctx, name, NULL);
     lt_adapter *a = NULL;
     snprintf(path, sizeof path, "%s/lora/adapter", dir);
     ck_assert_msg(lt_adapter_load(m, path, &a) == LT_OK, "%s: loading the adapter saved by peft: %s", name,
@@ -913,9 +894,9 @@ END_TEST
 START_TEST(test_golden_adamw_training) {
     const char *name = golden_models[_i];
     char dir[1024], path[1200];
-    model_dir(dir, sizeof dir, name);
+    tu_model_dir(dir, sizeof dir, name);
     lt_context *ctx = tu_context();
-    lt_model *m = load_model(ctx, name);
+    lt_model *m = tu_load_model(ctx, name, NULL);
     lt_adapter *a = NULL;
     snprintf(path, sizeof path, "%s/lora/adapter", dir);
     ck_assert_msg(lt_adapter_load(m, path, &a) == LT_OK, "%s", lt_last_error());
@@ -984,18 +965,11 @@ END_TEST
 /* our adapter directory loads in PeftModel.from_pretrained with the same logits, and our merged export
  * loads in LlamaForCausalLM with the same logits (tests/python/check_peft_roundtrip.py) */
 START_TEST(test_peft_loads_our_adapter) {
-    const char *py = getenv("LORATUNE_REF_PYTHON");
-    char defpy[1024];
-    if (!py) {
-        snprintf(defpy, sizeof defpy, "%s/.cache/loratune/ref-venv/bin/python", getenv("HOME") ? getenv("HOME") : "");
-        py = defpy;
-    }
-    ck_assert_msg(access(py, X_OK) == 0,
-                  "the reference python %s is missing (run tests/run.sh, or set LORATUNE_REF_PYTHON)", py);
+    const char *py = tu_ref_python();
     lt_context *ctx = tu_context();
     const char *names[] = {"llama-gqa", "llama-tied"};
     for (int k = 0; k < 2; k++) {
-        lt_model *m = load_model(ctx, names[k]);
+        lt_model *m = tu_load_model(ctx, names[k], NULL);
         lt_adapter *a = make_adapter(m, 4, 16, 0, k ? (LT_TARGET_Q | LT_TARGET_O | LT_TARGET_UP) : LT_TARGET_ALL, 1);
         if (k) a->p.use_rslora = 1, a->scaling = 16.0f / 2.0f;
         char root[512], adir[600], mdir[600], lpath[600], cmd[4096], base[1024];
@@ -1020,7 +994,7 @@ START_TEST(test_peft_loads_our_adapter) {
         lt_error err;
         ck_assert_int_eq(lt_st_write(lpath, e, 2, NULL, &err), LT_OK);
         free(lg);
-        model_dir(base, sizeof base, names[k]);
+        tu_model_dir(base, sizeof base, names[k]);
         snprintf(cmd, sizeof cmd,
                  "%s %s/tests/python/check_peft_roundtrip.py --model %s --adapter %s --logits %s "
                  "--merged %s --tol 1e-4 2>&1",

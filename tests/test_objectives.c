@@ -6,7 +6,6 @@
  *    LT_TEST_DATA_DIR/objectives/objectives.json), |diff| <= 1e-9 max(1, |x|);
  *  - the weighted backward (lt_backward_weighted) against finite differences, with a logit scale
  *    (GRPO's 1/temperature), on llama-gqa with a nonzero adapter;
- *  - the row_scale op of the CPU backend against the reference;
  *  - preference steps: the policy equal to the reference gives the DPO loss log 2; precomputed
  *    reference log-probs give the same loss as computing them; SFT calls are refused on a DPO trainer;
  *  - bad inputs: empty completion or prompt, too long, G < 2, NaN reward, a step without generation;
@@ -78,8 +77,11 @@ START_TEST(test_grpo_arithmetic) {
         float *old = fvec(json_object_get(o, "lp_old")), *ref = fvec(json_object_get(o, "ref"));
         int32_t *lens = ivec(json_object_get(o, "lens"));
         double *adv_g = dvec(json_object_get(o, "adv")), *dlp_g = dvec(json_object_get(o, "dlp"));
-        double adv[64], mean, sd;
-        lt_obj_grpo_advantages(rw, np, G, p.scale_rewards, adv, &mean, &sd);
+        double adv[64], mean = 0;
+        for (int i = 0; i < S; i++) mean += rw[i];
+        mean /= S;
+        const double sd = sqrt(lt_obj_grpo_sq(rw, S, mean) / (S - 1));
+        lt_obj_grpo_advantages(rw, np, G, p.scale_rewards, sd, adv);
         for (int i = 0; i < S; i++) CLOSE(adv[i], adv_g[i], "advantage", c);
         CLOSE(mean, num(o, "reward_mean"), "reward mean", c);
         CLOSE(sd, num(o, "reward_std"), "reward std", c);
@@ -87,10 +89,10 @@ START_TEST(test_grpo_arithmetic) {
         float *dlp = malloc(ntok * sizeof *dlp);
         lt_obj_grpo_metrics gm;
         lt_obj_grpo_loss(&p, S, lens, adv_g, lp, old, p.kl_beta > 0 ? ref : NULL, (int)num(o, "max_completion_length"),
-                         dlp, &gm);
+                         S, (double)ntok, dlp, &gm);
         CLOSE(gm.loss, num(o, "loss"), "loss", c);
-        CLOSE(gm.kl, num(o, "kl"), "kl", c);
-        CLOSE(gm.clip_fraction, num(o, "clip_fraction"), "clip fraction", c);
+        CLOSE(p.kl_beta > 0 ? gm.kl_sum / (double)ntok : 0.0, num(o, "kl"), "kl", c);
+        CLOSE(gm.clipped / (double)ntok, num(o, "clip_fraction"), "clip fraction", c);
         for (size_t k = 0; k < ntok; k++) /* dlp is float: compare at float precision */
             ck_assert_msg(fabs(dlp[k] - dlp_g[k]) <= 1e-6 * fmax(1e-3, fabs(dlp_g[k])),
                           "case %zu dlp[%zu] %.9g vs %.9g", c, k, dlp[k], dlp_g[k]);
@@ -128,8 +130,10 @@ START_TEST(test_pair_and_kto_arithmetic) {
             nr[i] = nr32[i];
         }
         double gc[16], gr[16];
+        lt_obj_sums sums;
         lt_obj_metrics met;
-        lt_obj_pairs(obj, &p, B, pc, pr, rc, rr, nc, nr, gc, gr, &met);
+        lt_obj_pairs(obj, &p, B, B, pc, pr, rc, rr, nc, nr, gc, gr, &sums);
+        lt_obj_finish(obj, &sums, NAN, 0.0, &met);
         CLOSE(met.loss, num(o, "loss"), on, c);
         for (int i = 0; i < B; i++) {
             CLOSE(gc[i], gc_g[i], "d/d lp_c", c);
@@ -160,8 +164,11 @@ START_TEST(test_pair_and_kto_arithmetic) {
         double *lk = dvec(json_object_get(o, "lp_kl")), *rk = dvec(json_object_get(o, "ref_kl"));
         double *g_g = dvec(json_object_get(o, "g")), g[16];
         int32_t *lab = ivec(json_object_get(o, "label"));
+        lt_obj_sums sums;
         lt_obj_metrics met;
-        lt_obj_kto(&p, B, lp, ref, lab, lk, rk, g, &met);
+        const double kl = lt_obj_kto_kl(lt_obj_kto_kl_sum(B, lk, rk), B);
+        lt_obj_kto(&p, B, B, kl, lp, ref, lab, g, &sums);
+        lt_obj_finish(LT_OBJ_KTO, &sums, kl, 0.0, &met);
         CLOSE(met.loss, num(o, "loss"), "kto loss", c);
         CLOSE(met.kl, num(o, "kl"), "kto kl", c);
         for (int i = 0; i < B; i++) CLOSE(g[i], g_g[i], "kto d/d lp", c);
@@ -180,14 +187,6 @@ START_TEST(test_pair_and_kto_arithmetic) {
 END_TEST
 
 /* ---- model-level checks ------------------------------------------------------------------------- */
-
-static lt_model *load_model(lt_context *ctx, const char *name) {
-    char dir[1024];
-    snprintf(dir, sizeof dir, "%s/models/%s", LT_TEST_DATA_DIR, name);
-    lt_model *m = NULL;
-    ck_assert_msg(lt_model_load(ctx, dir, NULL, &m) == LT_OK, "%s", lt_last_error());
-    return m;
-}
 
 /* an adapter with nonzero A and B (the policy differs from the base) */
 static lt_adapter *nonzero_adapter(lt_model *m, uint64_t seed) {
@@ -225,7 +224,7 @@ static double weighted_loss(lt_model *m, lt_adapter *a, lt_workspace *ws, const 
 
 START_TEST(test_weighted_backward_fd) {
     lt_context *ctx = tu_context();
-    lt_model *m = load_model(ctx, "llama-gqa");
+    lt_model *m = tu_load_model(ctx, "llama-gqa", NULL);
     lt_adapter *a = nonzero_adapter(m, 3);
     const int B = 2, T = 8, V = (int)m->cfg.vocab_size, N = B * T;
     int32_t ids[16];
@@ -279,28 +278,6 @@ START_TEST(test_weighted_backward_fd) {
 }
 END_TEST
 
-START_TEST(test_row_scale_op) {
-    lt_context *ctx = tu_context();
-    lt_model *m = load_model(ctx, "llama-basic");
-    lt_backend *be = m->be;
-    const int n = 7, C = 33;
-    float x[7 * 33], y[7 * 33], w[7] = {1.0f, 0.0f, -2.5f, 3.0f, 1e-3f, 1.0f, -1.0f};
-    for (int i = 0; i < n * C; i++) x[i] = y[i] = (float)((i * 13) % 17) - 8.0f;
-    float *dx = be->ops->alloc(be, sizeof x), *dw = be->ops->alloc(be, sizeof w);
-    be->ops->upload(be, dx, x, sizeof x);
-    be->ops->upload(be, dw, w, sizeof w);
-    be->ops->row_scale(be, dx, dw, n, C);
-    be->ops->download(be, x, dx, sizeof x);
-    ck_assert_int_eq(be->ops->sync(be), LT_OK);
-    lt_ref_row_scale(y, w, n, C);
-    ck_assert_int_eq(memcmp(x, y, sizeof x), 0);
-    be->ops->free(be, dx);
-    be->ops->free(be, dw);
-    lt_model_free(m);
-    lt_context_free(ctx);
-}
-END_TEST
-
 /* a small preference batch on llama-basic: 3 examples */
 static const int32_t P_IDS[] = {5, 9, 14, 3, 77, 8}, P_LENS[] = {2, 3, 1};
 static const int32_t C_IDS[] = {40, 41, 42, 7, 2, 99, 100}, C_LENS[] = {3, 2, 2};
@@ -334,7 +311,7 @@ static lt_trainer *make_trainer(lt_model *m, lt_adapter *a, lt_optimizer **o, lt
 
 START_TEST(test_preference_steps) {
     lt_context *ctx = tu_context();
-    lt_model *m = load_model(ctx, "llama-basic");
+    lt_model *m = tu_load_model(ctx, "llama-basic", NULL);
     lt_adapter_params ap;
     lt_adapter_params_init(&ap, sizeof ap);
     lt_adapter *fresh = NULL;
@@ -424,7 +401,7 @@ END_TEST
 
 START_TEST(test_grpo_bad_inputs) {
     lt_context *ctx = tu_context();
-    lt_model *m = load_model(ctx, "llama-basic");
+    lt_model *m = tu_load_model(ctx, "llama-basic", NULL);
     lt_adapter *a = nonzero_adapter(m, 9);
     lt_optimizer_params op;
     lt_optimizer_params_init(&op, sizeof op);
@@ -540,7 +517,6 @@ Suite *objectives_suite(void) {
     tcase_set_timeout(tc, 600);
     tcase_add_test(tc, test_grpo_arithmetic);
     tcase_add_test(tc, test_pair_and_kto_arithmetic);
-    tcase_add_test(tc, test_row_scale_op);
     tcase_add_test(tc, test_weighted_backward_fd);
     tcase_add_test(tc, test_preference_steps);
     tcase_add_test(tc, test_grpo_bad_inputs);

@@ -28,20 +28,6 @@
 
 #define GOLDEN_DIR LT_TEST_DATA_DIR "/optim8"
 
-static const lt_st_tensor *need(const lt_st_file *f, const char *name) {
-    const lt_st_tensor *t = lt_st_find(f, name);
-    ck_assert_msg(t != NULL, "%s: tensor %s missing", lt_st_path(f), name);
-    return t;
-}
-
-static void expect_bytes(const char *cs, const char *what, const void *ours, const void *theirs, size_t n) {
-    const uint8_t *a = ours, *b = theirs;
-    if (!memcmp(a, b, n)) return; /* (one ck_assert per byte is one write to Check's pipe per byte) */
-    for (size_t i = 0; i < n; i++)
-        ck_assert_msg(a[i] == b[i], "%s: %s differs from the golden at byte %zu (ours 0x%02x, golden 0x%02x)", cs, what,
-                      i, a[i], b[i]);
-}
-
 static const char *cases[] = {"blocks_tail", "exact_blocks", "large", "nonfinite", "zero_block", "small_fp32"};
 
 START_TEST(test_code_books) {
@@ -50,8 +36,8 @@ START_TEST(test_code_books) {
     lt_st_file *f;
     lt_error err;
     ck_assert_msg(lt_st_open(path, 0, &f, &err) == LT_OK, "%s", err.msg);
-    expect_bytes("qmap", "signed dynamic map", lt_quant_code8(), need(f, "qmap1")->data, 256 * 4);
-    expect_bytes("qmap", "unsigned dynamic map", lt_quant_code8u(), need(f, "qmap2")->data, 256 * 4);
+    tu_expect_bytes("qmap", "signed dynamic map", lt_quant_code8(), tu_st_need(f, "qmap1")->data, 256 * 4);
+    tu_expect_bytes("qmap", "unsigned dynamic map", lt_quant_code8u(), tu_st_need(f, "qmap2")->data, 256 * 4);
     lt_st_close(f);
 }
 END_TEST
@@ -74,7 +60,7 @@ static void run_goldens(int which) {
         p.eps = strtof(lt_st_metadata(f, "eps"), NULL);
         p.weight_decay = strtof(lt_st_metadata(f, "weight_decay"), NULL);
         const int steps = atoi(lt_st_metadata(f, "steps"));
-        const lt_st_tensor *p0 = need(f, "p0"), *g = need(f, "g");
+        const lt_st_tensor *p0 = tu_st_need(f, "p0"), *g = tu_st_need(f, "g");
         const size_t n = (size_t)p0->numel, nb = (n + 255) / 256;
         ck_assert_int_eq(g->numel, (int64_t)n * steps);
         const int q8 = n >= LT_OPT8_MIN_SIZE;
@@ -95,15 +81,15 @@ static void run_goldens(int which) {
                 be->ops->adamw8bit_step(be, par, gt, x1, x2, m1, m2, n, lt_quant_code8(), lt_quant_code8u(), p.beta1,
                                         p.beta2, ec, ss, dec);
         }
-        expect_bytes(cases[c], "parameters", par, need(f, "p")->data, n * 4);
+        tu_expect_bytes(cases[c], "parameters", par, tu_st_need(f, "p")->data, n * 4);
         if (q8) {
-            expect_bytes(cases[c], "state1 (m codes)", c1, need(f, "state1")->data, n);
-            expect_bytes(cases[c], "state2 (v codes)", c2, need(f, "state2")->data, n);
-            expect_bytes(cases[c], "absmax1", a1, need(f, "absmax1")->data, nb * 4);
-            expect_bytes(cases[c], "absmax2", a2, need(f, "absmax2")->data, nb * 4);
+            tu_expect_bytes(cases[c], "state1 (m codes)", c1, tu_st_need(f, "state1")->data, n);
+            tu_expect_bytes(cases[c], "state2 (v codes)", c2, tu_st_need(f, "state2")->data, n);
+            tu_expect_bytes(cases[c], "absmax1", a1, tu_st_need(f, "absmax1")->data, nb * 4);
+            tu_expect_bytes(cases[c], "absmax2", a2, tu_st_need(f, "absmax2")->data, nb * 4);
         } else {
-            expect_bytes(cases[c], "m", s1f, need(f, "m")->data, n * 4);
-            expect_bytes(cases[c], "v", s2f, need(f, "v")->data, n * 4);
+            tu_expect_bytes(cases[c], "m", s1f, tu_st_need(f, "m")->data, n * 4);
+            tu_expect_bytes(cases[c], "v", s2f, tu_st_need(f, "v")->data, n * 4);
         }
         free(par);
         free(s1f);
@@ -256,11 +242,11 @@ static void check_fast_op(lt_backend *be, const char *what, int kind, const opt8
         be->ops->adamw8bit_step(be, par, g, c1, c2, a1, a2, n, qm1, qm2, p[0], p[1], p[2], p[3], p[4]);
         char cs_name[128];
         snprintf(cs_name, sizeof cs_name, "%s, kind %d, n %zu, decay %g, step %d", what, kind, n, p[4], s);
-        expect_bytes(cs_name, "parameters", par, rpar, n * 4);
-        expect_bytes(cs_name, "m codes", c1, rc1, n);
-        expect_bytes(cs_name, "v codes", c2, rc2, n);
-        expect_bytes(cs_name, "absmax1", a1, ra1, nb * 4);
-        expect_bytes(cs_name, "absmax2", a2, ra2, nb * 4);
+        tu_expect_bytes(cs_name, "parameters", par, rpar, n * 4);
+        tu_expect_bytes(cs_name, "m codes", c1, rc1, n);
+        tu_expect_bytes(cs_name, "v codes", c2, rc2, n);
+        tu_expect_bytes(cs_name, "absmax1", a1, ra1, nb * 4);
+        tu_expect_bytes(cs_name, "absmax2", a2, ra2, nb * 4);
         for (size_t i = 0; i < n; i++) /* the next step's gradients */
             if (isfinite(g[i]) && kind == 0) g[i] = g[i] * -0.5f + (xunif() - 0.5f) * 1e-4f;
     }
@@ -285,16 +271,16 @@ START_TEST(test_fast_op_matches_reference) {
         {4096 + 250, {0.0f, 0.0f, 1e-8f, -1e-3f, 0.0f}},         /* beta = 0: m = g, v = g^2 */
         {12, {0.9f, 0.999f, 1e-8f, -1e-3f, 0.0f}},               /* less than a vector */
     };
-    const lt_cpu_isa isas[3] = {LT_CPU_ISA_AVX512, LT_CPU_ISA_AVX2, LT_CPU_ISA_GENERIC};
+    const lt_cpu_isa isas[4] = {LT_CPU_ISA_AVX512_BF16, LT_CPU_ISA_AVX512, LT_CPU_ISA_AVX2, LT_CPU_ISA_GENERIC};
     int ran = 0;
-    for (int ia = 0; ia < 3; ia++) {
-        if (!lt_cpu_kernels_get(isas[ia])) continue; /* this CPU lacks the ISA */
+    for (int ia = 0; ia < 4; ia++) {
+        if (!lt_cpu_kernels_get(isas[ia], NULL, 0)) continue; /* this CPU lacks the ISA */
         for (int th = 1; th <= 3; th += 2) {
             lt_backend *be = NULL;
             char err[256];
             ck_assert_int_eq(lt_cpu_backend_create_isa(th, isas[ia], &be, err, sizeof err), LT_OK);
             char what[64];
-            snprintf(what, sizeof what, "%s, %d thread(s)", lt_cpu_kernels_get(isas[ia])->isa, th);
+            snprintf(what, sizeof what, "%s, %d thread(s)", lt_cpu_kernels_get(isas[ia], NULL, 0)->isa, th);
             for (size_t c = 0; c < sizeof cases8 / sizeof *cases8; c++)
                 check_fast_op(be, what, 0, &cases8[c], 3, NULL, NULL);
             /* kind 1: beta1 = 0 puts m / absmax on the thresholds and codes themselves */
@@ -322,14 +308,6 @@ END_TEST
 
 /* ---- the optimizer over an adapter ----------------------------------------------------------------- */
 
-static lt_model *load_model(lt_context *ctx) {
-    char dir[1024];
-    snprintf(dir, sizeof dir, "%s/models/llama-basic", LT_TEST_DATA_DIR);
-    lt_model *m = NULL;
-    ck_assert_msg(lt_model_load(ctx, dir, NULL, &m) == LT_OK, "%s", lt_last_error());
-    return m;
-}
-
 static lt_adapter *make_adapter(lt_model *m, int rank) {
     lt_adapter_params ap;
     lt_adapter_params_init(&ap, sizeof ap);
@@ -355,7 +333,7 @@ static float lcg_gauss(uint64_t *s) {
  * gate/up B and down A 5120 (8-bit, 20 blocks each); every tensor must step as the reference op on it alone */
 START_TEST(test_optimizer_per_tensor) {
     lt_context *ctx = tu_context();
-    lt_model *m = load_model(ctx);
+    lt_model *m = tu_load_model(ctx, "llama-basic", NULL);
     lt_adapter *a = make_adapter(m, 32);
     lt_backend *be = m->be;
     const size_t n = a->n_params;
@@ -426,7 +404,7 @@ END_TEST
 /* phase 0: 8 updates straight; 1: 4 updates then a checkpoint; 2: resume from it for 4.
  * losses (optional) receives the loss of each update (the same batch every step: it must fall). */
 static float *train_run(lt_context *ctx, const char *ckpt_dir, int phase, double *losses) {
-    lt_model *m = load_model(ctx);
+    lt_model *m = tu_load_model(ctx, "llama-basic", NULL);
     lt_adapter *a = make_adapter(m, 64); /* every tensor 8-bit at rank 64 */
     lt_optimizer_params op;
     lt_optimizer_params_init(&op, sizeof op);
@@ -483,7 +461,7 @@ START_TEST(test_train_learns_and_resumes) {
     ck_assert_msg(losses[7] < 0.8 * losses[0], "8-bit AdamW does not learn: loss %g -> %g", losses[0], losses[7]);
     float *half = train_run(ctx, dir, 1, NULL);
     float *resumed = train_run(ctx, dir, 2, NULL);
-    lt_model *m = load_model(ctx);
+    lt_model *m = tu_load_model(ctx, "llama-basic", NULL);
     lt_adapter *a = make_adapter(m, 64);
     const size_t n = a->n_params;
     ck_assert_msg(memcmp(straight, half, n * 4) != 0, "the first half should differ from the full run");
@@ -501,7 +479,7 @@ END_TEST
 /* state files: size is the 8-bit layout; a state of another kind or a truncated file is refused */
 START_TEST(test_state_files) {
     lt_context *ctx = tu_context();
-    lt_model *m = load_model(ctx);
+    lt_model *m = tu_load_model(ctx, "llama-basic", NULL);
     lt_adapter *a = make_adapter(m, 32);
     lt_optimizer_params op;
     lt_optimizer_params_init(&op, sizeof op);
@@ -555,9 +533,5 @@ int main(void) {
     tcase_add_test(fast, test_fast_nearest);
     tcase_add_test(fast, test_fast_op_matches_reference);
     suite_add_tcase(s, fast);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return tu_run_suite(s);
 }

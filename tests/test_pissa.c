@@ -10,14 +10,6 @@
 #include "loratune_experimental.h"
 #include "test_util.h"
 
-static lt_model *load_model(lt_context *ctx, const char *name, const lt_model_params *mp) {
-    char dir[1024];
-    snprintf(dir, sizeof dir, "%s/models/%s", LT_TEST_DATA_DIR, name);
-    lt_model *m = NULL;
-    ck_assert_msg(lt_model_load(ctx, dir, mp, &m) == LT_OK, "%s: %s", dir, lt_last_error());
-    return m;
-}
-
 static lt_adapter *make(lt_model *m, lt_lora_init init, int rank, float alpha, float dropout, int rslora) {
     lt_adapter_params ap;
     lt_adapter_params_init(&ap, sizeof ap);
@@ -31,15 +23,9 @@ static lt_adapter *make(lt_model *m, lt_lora_init init, int rank, float alpha, f
     return a;
 }
 
-static float *host_copy(const lt_adapter *a, const float *dev) {
-    float *h = malloc(a->n_params * sizeof *h);
-    a->model->be->ops->download(a->model->be, h, dev, a->n_params * sizeof *h);
-    return h;
-}
-
 /* as if trained: every A and B moved by a deterministic pseudo-random amount */
 static void perturb(lt_adapter *a, double amp) {
-    float *h = host_copy(a, a->params);
+    float *h = tu_adapter_host_copy(a, a->params);
     uint64_t s = 12345;
     for (size_t i = 0; i < a->n_params; i++) {
         s = s * 6364136223846793005ull + 1442695040888963407ull;
@@ -70,7 +56,7 @@ static const struct {
 
 START_TEST(test_identity_merge_save_load) {
     lt_context *ctx = tu_context();
-    lt_model *m = load_model(ctx, cases[_i].model, NULL);
+    lt_model *m = tu_load_model(ctx, cases[_i].model, NULL);
     lt_adapter *a = make(m, cases[_i].init, 4, 8, 0, cases[_i].rslora);
     const int T = 10, V = (int)m->cfg.vocab_size;
     int32_t ids[20];
@@ -87,7 +73,7 @@ START_TEST(test_identity_merge_save_load) {
     /* A = A0, B = B0: the adapter is the identity (up to the rounding of x W^T - t + t) */
     ck_assert_msg(tu_max_rel_err(with, base, n) <= 1e-5, "init is not the identity: %g", tu_max_rel_err(with, base, n));
     /* the trainable factors are not zero (unlike the default init) */
-    float *hp = host_copy(a, a->params), *h0 = host_copy(a, a->init0);
+    float *hp = tu_adapter_host_copy(a, a->params), *h0 = tu_adapter_host_copy(a, a->init0);
     ck_assert_int_eq(memcmp(hp, h0, a->n_params * 4), 0);
     double mx = 0;
     for (size_t i = 0; i < a->n_params; i++) mx = fmax(mx, fabs(hp[i]));
@@ -134,8 +120,8 @@ START_TEST(test_identity_merge_save_load) {
     ck_assert(pc.alpha == 8.0f);
     ck_assert_uint_eq(c->n_params, a->n_params);
     ck_assert_int_eq(lt_adapter_n_params(c), lt_adapter_n_params(a));
-    float *pa = host_copy(a, a->params), *pb = host_copy(c, c->params);
-    float *qa = host_copy(a, a->init0), *qb = host_copy(c, c->init0);
+    float *pa = tu_adapter_host_copy(a, a->params), *pb = tu_adapter_host_copy(c, c->params);
+    float *qa = tu_adapter_host_copy(a, a->init0), *qb = tu_adapter_host_copy(c, c->init0);
     ck_assert_int_eq(memcmp(pa, pb, a->n_params * 4), 0);
     ck_assert_int_eq(memcmp(qa, qb, a->n_params * 4), 0);
     free(pa);
@@ -195,7 +181,7 @@ static double loss_and_grads(lt_model *m, lt_adapter *a, const lt_batch *b, cons
 START_TEST(test_finite_differences) {
     const float dropout = _i ? 0.3f : 0.0f;
     lt_context *ctx = tu_context();
-    lt_model *m = load_model(ctx, "llama-gqa", NULL);
+    lt_model *m = tu_load_model(ctx, "llama-gqa", NULL);
     lt_adapter *a = make(m, _i ? LT_INIT_OLORA : LT_INIT_PISSA, 4, 8, dropout, 0);
     perturb(a, 0.1);
     const int B = 2, T = 9, V = (int)m->cfg.vocab_size;
@@ -207,9 +193,9 @@ START_TEST(test_finite_differences) {
     b.seq_len = T;
     b.input_ids = ids;
     b.labels = ids;
-    lt_dropout_state drop = {dropout, 77};
+    lt_dropout_state drop = {dropout, 77, 0};
     loss_and_grads(m, a, &b, &drop, 1.0f);
-    float *g = host_copy(a, a->grads), *p = host_copy(a, a->params);
+    float *g = tu_adapter_host_copy(a, a->grads), *p = tu_adapter_host_copy(a, a->params);
     int checked = 0;
     for (size_t k = 0; k < 24; k++) {
         size_t i = (k * 7919 * 13 + 17) % a->n_params;
@@ -245,7 +231,7 @@ START_TEST(test_nf4_equals_f32_of_dequantized) {
     lt_model_params_init(&mp, sizeof mp);
     mp.quantization = LT_QUANT_NF4;
     mp.double_quant = 1;
-    lt_model *mq = load_model(ctx, "llama-gqa", &mp);
+    lt_model *mq = tu_load_model(ctx, "llama-gqa", &mp);
     char tmp[512], path[600];
     tu_tempdir(tmp, sizeof tmp);
     snprintf(path, sizeof path, "%s/deq", tmp);
@@ -255,7 +241,7 @@ START_TEST(test_nf4_equals_f32_of_dequantized) {
     for (int k = 0; k < 2; k++) {
         lt_lora_init init = k ? LT_INIT_OLORA : LT_INIT_PISSA;
         lt_adapter *aq = make(mq, init, 4, 8, 0, 0), *af = make(mf, init, 4, 8, 0, 0);
-        float *hq = host_copy(aq, aq->params), *hf = host_copy(af, af->params);
+        float *hq = tu_adapter_host_copy(aq, aq->params), *hf = tu_adapter_host_copy(af, af->params);
         ck_assert_msg(tu_max_rel_err(hq, hf, aq->n_params) <= 1e-6, "init %d: factors differ by %g", k,
                       tu_max_rel_err(hq, hf, aq->n_params));
         free(hq);
@@ -273,7 +259,7 @@ START_TEST(test_nf4_equals_f32_of_dequantized) {
         b.labels = ids;
         double lq = loss_and_grads(mq, aq, &b, NULL, 1.0f), lf = loss_and_grads(mf, af, &b, NULL, 1.0f);
         ck_assert_msg(fabs(lq - lf) <= 1e-5 * fabs(lf), "init %d: loss %.9g vs %.9g", k, lq, lf);
-        float *gq = host_copy(aq, aq->grads), *gf = host_copy(af, af->grads);
+        float *gq = tu_adapter_host_copy(aq, aq->grads), *gf = tu_adapter_host_copy(af, af->grads);
         ck_assert_msg(tu_max_rel_err(gq, gf, aq->n_params) <= 1e-4, "init %d: grads differ by %g", k,
                       tu_max_rel_err(gq, gf, aq->n_params));
         free(gq);
@@ -288,7 +274,11 @@ START_TEST(test_nf4_equals_f32_of_dequantized) {
         ck_assert_int_eq(lt_model_load(ctx, e1, NULL, &m1), LT_OK);
         ck_assert_int_eq(lt_model_load(ctx, e2, NULL, &m2), LT_OK);
         size_t nw = (size_t)m1->cfg.intermediate_size * m1->cfg.hidden_size;
-        ck_assert_mem_eq(m1->layers[1].w[P_DOWN].f32, m2->layers[1].w[P_DOWN].f32, nw * 4);
+        float *w1 = tu_dev_copy(m1->be, m1->layers[1].w[P_DOWN].f32, nw * 4);
+        float *w2 = tu_dev_copy(m2->be, m2->layers[1].w[P_DOWN].f32, nw * 4);
+        ck_assert_mem_eq(w1, w2, nw * 4);
+        free(w1);
+        free(w2);
         lt_model_free(m1);
         lt_model_free(m2);
         lt_adapter_free(aq);
@@ -305,7 +295,7 @@ END_TEST
 
 START_TEST(test_refusals) {
     lt_context *ctx = tu_context();
-    lt_model *m = load_model(ctx, "llama-gqa", NULL);
+    lt_model *m = tu_load_model(ctx, "llama-gqa", NULL);
     lt_adapter_params ap;
     lt_adapter *a = NULL;
     lt_adapter_params_init(&ap, sizeof ap);
@@ -342,7 +332,7 @@ START_TEST(test_refusals) {
     lt_model_params mp;
     lt_model_params_init(&mp, sizeof mp);
     mp.base_dtype = LT_BASE_BF16;
-    m = load_model(ctx, "llama-gqa", &mp);
+    m = tu_load_model(ctx, "llama-gqa", &mp);
     ap.init = LT_INIT_OLORA;
     ck_assert_int_eq(lt_adapter_create(m, &ap, &a), LT_ERR_UNSUPPORTED);
     ck_assert_ptr_nonnull(strstr(lt_last_error(), "LT_BASE_F32"));
@@ -352,12 +342,6 @@ START_TEST(test_refusals) {
 END_TEST
 
 /* ---- CLI ------------------------------------------------------------------------------------------- */
-
-static int same_file(const char *a, const char *b) {
-    char cmd[2200];
-    snprintf(cmd, sizeof cmd, "cmp -s %s %s", a, b);
-    return system(cmd) == 0;
-}
 
 /* --init pissa: the output is the converted adapter + sidecar; 4 updates straight == 2 + resume + 2 */
 START_TEST(test_cli_init_and_resume) {
@@ -375,7 +359,7 @@ START_TEST(test_cli_init_and_resume) {
     free(tu_run(cmd, NULL));
     snprintf(a, sizeof a, "%s/straight/adapter_model.safetensors", root);
     snprintf(b, sizeof b, "%s/resumed/adapter_model.safetensors", root);
-    ck_assert_msg(same_file(a, b), "resuming a PiSSA run from checkpoint-2 did not reproduce the straight run");
+    ck_assert_msg(tu_same_file(a, b), "resuming a PiSSA run from checkpoint-2 did not reproduce the straight run");
     snprintf(a, sizeof a, "%s/straight/loratune_init.json", root);
     FILE *f = fopen(a, "r");
     ck_assert_ptr_nonnull(f);

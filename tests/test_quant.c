@@ -11,19 +11,6 @@
 
 #define GOLDEN_DIR LT_TEST_DATA_DIR "/quant"
 
-static const lt_st_tensor *need(const lt_st_file *f, const char *name) {
-    const lt_st_tensor *t = lt_st_find(f, name);
-    ck_assert_msg(t != NULL, "%s: tensor %s missing", lt_st_path(f), name);
-    return t;
-}
-
-static void expect_bytes(const char *what, const char *cs, const void *ours, const void *theirs, size_t n) {
-    const uint8_t *a = ours, *b = theirs;
-    for (size_t i = 0; i < n; i++)
-        ck_assert_msg(a[i] == b[i], "%s: %s differs from bitsandbytes at byte %zu (ours 0x%02x, theirs 0x%02x)", cs,
-                      what, i, a[i], b[i]);
-}
-
 /* the f32 absmax of 4-bit block b of x as bitsandbytes computes it (before double quantization) */
 static float raw_absmax(const lt_st_tensor *x, const lt_qtensor *q, int64_t b) {
     const float *v = x->data;
@@ -61,15 +48,15 @@ START_TEST(test_goldens_bit_exact) {
         ck_assert_int_eq(lt_quant_format_from_name(lt_st_metadata(f, "format"), &p.format), 0);
         p.blocksize = atoi(lt_st_metadata(f, "blocksize"));
         p.double_quant = atoi(lt_st_metadata(f, "double_quant"));
-        const lt_st_tensor *x = need(f, "x");
+        const lt_st_tensor *x = tu_st_need(f, "x");
         const lt_st_tensor *offt = lt_st_find(f, "offset");
         const float *forced = offt ? (const float *)offt->data : NULL;
         lt_qtensor *q;
         ck_assert_msg(lt_qtensor_quantize_ex(x->data, x->shape, x->ndim, &p, forced, &q, &err) == LT_OK, "%s: %s",
                       cases[c], err.msg);
-        const lt_st_tensor *data = need(f, "data"), *absmax = need(f, "absmax");
+        const lt_st_tensor *data = tu_st_need(f, "data"), *absmax = tu_st_need(f, "absmax");
         ck_assert_uint_eq(lt_qtensor_data_bytes(q), data->nbytes);
-        expect_bytes("packed codes", cases[c], q->data, data->data, data->nbytes);
+        tu_expect_bytes(cases[c], "packed codes", q->data, data->data, data->nbytes);
         if (q->double_quant) {
             n_dq++;
             ck_assert_uint_eq((uint64_t)q->n_blocks, absmax->nbytes);
@@ -93,10 +80,10 @@ START_TEST(test_goldens_bit_exact) {
             }
             n_codes += q->n_blocks;
             memcpy(q->qabsmax, their_codes, (size_t)q->n_blocks); /* dequantization is checked on their codes */
-            const lt_st_tensor *a2 = need(f, "nested_absmax"), *map8 = need(f, "nested_quant_map");
+            const lt_st_tensor *a2 = tu_st_need(f, "nested_absmax"), *map8 = tu_st_need(f, "nested_quant_map");
             ck_assert_uint_eq((uint64_t)q->n_blocks2 * 4, a2->nbytes);
-            expect_bytes("nested absmax", cases[c], q->absmax2, a2->data, a2->nbytes);
-            expect_bytes("nested quant map", cases[c], lt_quant_code8(), map8->data, 1024);
+            tu_expect_bytes(cases[c], "nested absmax", q->absmax2, a2->data, a2->nbytes);
+            tu_expect_bytes(cases[c], "nested quant map", lt_quant_code8(), map8->data, 1024);
             /* our own offset: torch's fp32 cascade mean, bit for bit below 32768 blocks */
             lt_qtensor *q2;
             ck_assert(lt_qtensor_quantize_ex(x->data, x->shape, x->ndim, &p, NULL, &q2, &err) == LT_OK);
@@ -107,20 +94,20 @@ START_TEST(test_goldens_bit_exact) {
             lt_qtensor_free(q2);
         } else {
             ck_assert_uint_eq((uint64_t)q->n_blocks * 4, absmax->nbytes);
-            expect_bytes("absmax", cases[c], q->absmax, absmax->data, absmax->nbytes);
+            tu_expect_bytes(cases[c], "absmax", q->absmax, absmax->data, absmax->nbytes);
         }
         if (q->format != LT_QUANT_INT8)
-            expect_bytes("quant map", cases[c], lt_quant_code4(q->format), need(f, "quant_map")->data, 64);
+            tu_expect_bytes(cases[c], "quant map", lt_quant_code4(q->format), tu_st_need(f, "quant_map")->data, 64);
 
-        const lt_st_tensor *deq = need(f, "deq");
+        const lt_st_tensor *deq = tu_st_need(f, "deq");
         float *out = malloc((size_t)q->numel * sizeof *out);
         ck_assert_int_eq(lt_qtensor_dequantize(q, out, (size_t)q->numel), LT_OK);
-        expect_bytes("dequantized f32", cases[c], out, deq->data, deq->nbytes);
+        tu_expect_bytes(cases[c], "dequantized f32", out, deq->data, deq->nbytes);
         const lt_st_tensor *deq16 = lt_st_find(f, "deq_bf16");
         if (deq16) {
             uint16_t *o16 = malloc((size_t)q->numel * 2);
             ck_assert_int_eq(lt_qtensor_dequantize_bf16(q, o16, (size_t)q->numel), LT_OK);
-            expect_bytes("dequantized bf16", cases[c], o16, deq16->data, deq16->nbytes);
+            tu_expect_bytes(cases[c], "dequantized bf16", o16, deq16->data, deq16->nbytes);
             free(o16);
         }
         /* the row-range dequantizer of the backends agrees with the whole-tensor one */
@@ -128,7 +115,7 @@ START_TEST(test_goldens_bit_exact) {
         if (d.rows > 2) {
             float *part = malloc((size_t)d.cols * 2 * sizeof *part);
             lt_qdesc_dequantize_range(&d, part, d.cols, 3 * d.cols);
-            expect_bytes("row range", cases[c], part, out + d.cols, (size_t)d.cols * 2 * 4);
+            tu_expect_bytes(cases[c], "row range", part, out + d.cols, (size_t)d.cols * 2 * 4);
             free(part);
         }
         free(out);
@@ -240,9 +227,5 @@ int main(void) {
     tcase_add_test(tc, test_public_api);
     tcase_add_test(tc, test_bad_inputs);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return tu_run_suite(s);
 }

@@ -6,6 +6,7 @@
 #include <time.h>
 
 #include "test_util.h"
+#include "text/jinja.h"
 
 static const char *k_toks[] = {"bl-llama3", "bl-gpt2", "bl-qwen", "sp-mistral-v1", "sp-mistral-v3", "tekken"};
 #define N_TOKS ((int)(sizeof k_toks / sizeof *k_toks))
@@ -311,14 +312,18 @@ START_TEST(test_chat_unsupported) {
         lt_status st;
         const char *msg;
     } cases[] = {
-        {"{% filter upper %}x{% endfilter %}", LT_ERR_UNSUPPORTED, "filter"},
-        {"{% macro f(x) %}{{ x }}{% endmacro %}{{ f(1, 2) }}", LT_ERR_DATA, "unexpected argument"},
-        {"{{ messages | wordcount }}", LT_ERR_UNSUPPORTED, "wordcount"},
+        {"{{ messages | urlize }}", LT_ERR_UNSUPPORTED, "urlize"},
+        {"{% macro f(x) %}{{ x }}{% endmacro %}{{ f(1, 2) }}", LT_ERR_DATA, "takes not more than 1 argument"},
+        {"{% macro f(x) %}{{ x }}{% endmacro %}{{ f(y=2) }}", LT_ERR_DATA, "no keyword argument 'y'"},
         {"{% for m in messages %}{{ m.role }}", LT_ERR_UNSUPPORTED, "endfor"},
         {"{{ raise_exception('no way') }}", LT_ERR_DATA, "no way"},
-        {"{{ messages[0].content.zfill(3) }}", LT_ERR_UNSUPPORTED, "zfill"},
+        {"{{ messages[0].content.encode() }}", LT_ERR_UNSUPPORTED, "encode"},
         {"{% include 'x' %}", LT_ERR_UNSUPPORTED, "include"},
+        {"{% for m in messages recursive %}{{ loop(m) }}{% endfor %}", LT_ERR_UNSUPPORTED, "recursive"},
         {"{{ 1 + 'a' }}", LT_ERR_DATA, "unsupported operand"},
+        {"{{ messages.append(1) }}", LT_ERR_DATA, "sandbox"},
+        {"{{ 'x' * 100000000 }}", LT_ERR_DATA, "limit"},
+        {"{{ range(1000000) | length }}", LT_ERR_DATA, "MAX_RANGE"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         json_t *cfg = json_pack("{s:s}", "chat_template", cases[i].tmpl);
@@ -502,6 +507,142 @@ START_TEST(test_pack) {
 }
 END_TEST
 
+/* Rows that would train on nothing are errors that say why (TRL trains on an all-zero mask silently):
+ * through lt_tokenizer_encode_row, and through `loratune train` (file, line and tokenizer named) and
+ * `data check` (listed before training starts). */
+START_TEST(test_empty_masks) {
+    char dir[256], path[512], src[1024];
+    tu_tempdir(dir, sizeof dir);
+    snprintf(path, sizeof path, "%s/tokenizer.json", dir);
+    snprintf(src, sizeof src, "%s/tokenizers/bl-llama3/tokenizer.json", LT_TEST_DATA_DIR);
+    tu_copy_file(src, path);
+    static const char *const drops_assistant =
+        "{% for m in messages %}{% if m.role != 'assistant' %}<{{ m.role }}>{{ m.content }}{% endif %}{% endfor %}";
+    static const struct {
+        const char *tmpl, *row, *msg;
+    } cases[] = {
+        {drops_assistant,
+         "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}, {\"role\": \"assistant\", \"content\": \"yo\"}]}",
+         "renders no text for this row's assistant messages"},
+        {"{% for m in messages %}{% generation %}{% endgeneration %}{{ m.content }}{% endfor %}",
+         "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}, {\"role\": \"assistant\", \"content\": \"yo\"}]}",
+         "none of them rendered"},
+        {drops_assistant, "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}]}", "no assistant message"},
+        {drops_assistant,
+         "{\"prompt\": [{\"role\": \"user\", \"content\": \"hi\"}], \"completion\": [{\"role\": \"assistant\", "
+         "\"content\": \"yo\"}]}",
+         "the completion adds no token"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        json_t *cfg = json_pack("{s:s,s:s}", "chat_template", cases[i].tmpl, "eos_token", "<|eot_id|>");
+        snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
+        json_dump_file(cfg, path, 0);
+        json_decref(cfg);
+        lt_tokenizer *t = NULL;
+        ck_assert_int_eq(lt_tokenizer_load(dir, &t), LT_OK);
+        size_t n = 0;
+        lt_status st = lt_tokenizer_encode_row(t, cases[i].row, NULL, NULL, NULL, 0, &n);
+        ck_assert_msg(st == LT_ERR_DATA && strstr(lt_tokenizer_last_error(t), cases[i].msg), "case %zu: status %d, %s",
+                      i, st, lt_tokenizer_last_error(t));
+        /* a row that says it has nothing to imitate is no error: label false */
+        st = lt_tokenizer_encode_row(t, "{\"prompt\": \"a\", \"completion\": \" b\", \"label\": false}", NULL, NULL,
+                                     NULL, 0, &n);
+        ck_assert_int_eq(st, LT_OK);
+        lt_tokenizer_free(t);
+    }
+    /* the CLI: train stops on the row, naming it and the tokenizer; data check lists it first */
+    json_t *cfg = json_pack("{s:s,s:s}", "chat_template", drops_assistant, "eos_token", "<|eot_id|>");
+    snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
+    json_dump_file(cfg, path, 0);
+    json_decref(cfg);
+    char data[512], cmd[4096];
+    snprintf(data, sizeof data, "%s/d.jsonl", dir);
+    tu_write_text(data, "{\"text\": \"plain text\"}\n{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}, "
+                        "{\"role\": \"assistant\", \"content\": \"yo\"}]}\n");
+    snprintf(cmd, sizeof cmd, "%s train --model %s/models/llama-basic --tokenizer %s --data %s --out %s/o --steps 1",
+             LT_CLI, LT_TEST_DATA_DIR, dir, data, dir);
+    int status;
+    char *out = tu_run_stderr(cmd, &status);
+    ck_assert_int_ne(status, 0);
+    ck_assert_msg(strstr(out, "d.jsonl:2:") && strstr(out, "assistant mask is empty") && strstr(out, dir), "%s", out);
+    free(out);
+    snprintf(cmd, sizeof cmd, "%s data check --data %s --tokenizer %s", LT_CLI, data, dir);
+    out = tu_run(cmd, &status);
+    ck_assert_int_eq(status, 0);
+    ck_assert_msg(strstr(out, "line 2: nothing to learn: the assistant mask is empty") &&
+                      strstr(out, "train stops here"),
+                  "%s", out);
+    free(out);
+}
+END_TEST
+
+/* Hostile templates end in a clear status naming the limit (src/text/jinja.h), quickly, without a crash:
+ * D2 of issue 21, a 40 KB template of 20,000 nested parentheses (and nested lists, unary minus, `not`,
+ * if blocks, macro recursion) overflowed the C stack; D3, 26 nested loops of 2 items (911 bytes), rendered
+ * for 39-73 s. Each must now end in a status naming its limit, the loops in well under 20 s even under ASan on
+ * a loaded machine (about 0.3 s natively). */
+static char *repeat(const char *a, int n, const char *mid, const char *b) {
+    size_t la = strlen(a), lm = strlen(mid), lb = strlen(b);
+    char *s = malloc(la * (size_t)n + lm + lb * (size_t)n + 1), *p = s;
+    for (int i = 0; i < n; i++, p += la) memcpy(p, a, la);
+    memcpy(p, mid, lm);
+    p += lm;
+    for (int i = 0; i < n; i++, p += lb) memcpy(p, b, lb);
+    *p = 0;
+    return s;
+}
+
+START_TEST(test_chat_limits) {
+    char *deep[] = {
+        repeat("(", 20000, "1", ")"),
+        repeat("[", 20000, "", "]"),
+        repeat("-", 20000, "1", ""),
+        repeat("not ", 20000, "1", ""),
+        repeat("{% if 1 %}", 20000, "x", "{% endif %}"),
+        strdup("{% macro f(k) %}{% if k > 0 %}{{ f(k - 1) }}{% endif %}{% endmacro %}{{ f(100000) }}"),
+    };
+    const char *expect[] = {"nests deeper", "nests deeper", "nests deeper",
+                            "nests deeper", "nests deeper", "nest deeper"};
+    json_t *ctx = json_pack("{s:[]}", "messages");
+    for (int i = 0; i < 6; i++) {
+        char *t = i < 4 ? NULL : deep[i];
+        if (i < 4) { /* an expression: {{ ... }} */
+            t = malloc(strlen(deep[i]) + 8);
+            sprintf(t, "{{ %s }}", deep[i]);
+        }
+        lt_buf out = {0};
+        lt_error err = {0};
+        lt_status st = lt_jinja_render(t, strlen(t), ctx, &out, NULL, &err, NULL, NULL);
+        ck_assert_msg(st != LT_OK && strstr(err.msg, expect[i]) && strstr(err.msg, "1000"), "case %d: status %d, %s", i,
+                      st, err.msg);
+        free(out.p);
+        if (t != deep[i]) free(t);
+        free(deep[i]);
+    }
+    /* 26 nested loops over range(2): 2^26 iterations; the step budget stops it */
+    lt_buf loops = {0};
+    for (int i = 0; i < 26; i++) {
+        char tmp[64];
+        snprintf(tmp, sizeof tmp, "{%% for i%d in range(2) %%}", i);
+        lt_buf_puts(&loops, tmp);
+    }
+    lt_buf_puts(&loops, "x");
+    for (int i = 0; i < 26; i++) lt_buf_puts(&loops, "{% endfor %}");
+    struct timespec a, b;
+    clock_gettime(CLOCK_MONOTONIC, &a);
+    lt_buf out = {0};
+    lt_error err = {0};
+    lt_status st = lt_jinja_render(loops.p, loops.n, ctx, &out, NULL, &err, NULL, NULL);
+    clock_gettime(CLOCK_MONOTONIC, &b);
+    double secs = (double)(b.tv_sec - a.tv_sec) + 1e-9 * (double)(b.tv_nsec - a.tv_nsec);
+    ck_assert_msg(st == LT_ERR_DATA && strstr(err.msg, "steps"), "status %d, %s", st, err.msg);
+    ck_assert_msg(secs < 20.0, "the runaway template took %.1f s to stop (it ran for 39-73 s before the limit)", secs);
+    free(out.p);
+    free(loops.p);
+    json_decref(ctx);
+}
+END_TEST
+
 static Suite *suite(void) {
     Suite *s = suite_create("tokenizer");
     TCase *tc = tcase_create("tokenizer");
@@ -512,6 +653,8 @@ static Suite *suite(void) {
     tcase_add_test(tc, test_chat_goldens);
     tcase_add_test(tc, test_row_goldens);
     tcase_add_test(tc, test_chat_unsupported);
+    tcase_add_test(tc, test_chat_limits);
+    tcase_add_test(tc, test_empty_masks);
     tcase_add_test(tc, test_cli);
     tcase_add_test(tc, test_pack);
     suite_add_tcase(s, tc);

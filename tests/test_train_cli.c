@@ -131,20 +131,6 @@ static char *slurp(const char *path) {
     return b;
 }
 
-static int same_file(const char *a, const char *b) {
-    FILE *fa = fopen(a, "rb"), *fb = fopen(b, "rb");
-    ck_assert(fa && fb);
-    int same = 1, ca, cb;
-    do {
-        ca = fgetc(fa);
-        cb = fgetc(fb);
-        if (ca != cb) same = 0;
-    } while (same && ca != EOF);
-    fclose(fa);
-    fclose(fb);
-    return same;
-}
-
 START_TEST(test_cli_train_resume_equals_straight) {
     char root[512], cmd[4096], a[1024], b[1024], model[1024];
     tu_tempdir(root, sizeof root);
@@ -160,7 +146,7 @@ START_TEST(test_cli_train_resume_equals_straight) {
     free(tu_run(cmd, NULL));
     snprintf(a, sizeof a, "%s/straight/adapter_model.safetensors", root);
     snprintf(b, sizeof b, "%s/resumed/adapter_model.safetensors", root);
-    ck_assert_msg(same_file(a, b), "resuming from checkpoint-3 did not reproduce the straight run bit for bit");
+    ck_assert_msg(tu_same_file(a, b), "resuming from checkpoint-3 did not reproduce the straight run bit for bit");
     /* the outputs a user expects */
     const char *files[] = {"adapter_config.json", "metrics.jsonl", "loss.svg", "checkpoint-3/optimizer.bin",
                            "checkpoint-final/trainer_state.json"};
@@ -207,7 +193,7 @@ START_TEST(test_cli_train_adamw8bit_resume) {
     ck_assert_int_eq(status, 0);
     snprintf(a, sizeof a, "%s/straight/adapter_model.safetensors", root);
     snprintf(b, sizeof b, "%s/resumed/adapter_model.safetensors", root);
-    ck_assert_msg(same_file(a, b), "adamw8bit: resuming from checkpoint-2 did not reproduce the straight run");
+    ck_assert_msg(tu_same_file(a, b), "adamw8bit: resuming from checkpoint-2 did not reproduce the straight run");
     /* resuming an 8-bit checkpoint with the fp32 optimizer is refused */
     snprintf(cmd, sizeof cmd,
              "%s train --model %s --data %s/data.jsonl --out %s/wrong --batch 3 --rank 64 --steps 4 "
@@ -246,7 +232,7 @@ START_TEST(test_cli_train_full) {
         ck_assert_int_eq(status, 0);
         snprintf(a, sizeof a, "%s/straight%d/model.safetensors", root, k);
         snprintf(b, sizeof b, "%s/resumed%d/model.safetensors", root, k);
-        ck_assert_msg(same_file(a, b),
+        ck_assert_msg(tu_same_file(a, b),
                       "full fine-tuning (%d): resuming from checkpoint-2 did not reproduce the "
                       "straight run",
                       k);

@@ -1,16 +1,35 @@
-/* test_util.h - small helpers shared by the Check suites (header-only). */
+/*
+ * test_util.h - the helpers shared by the Check suites (header-only): the backend the model suites run
+ * on (LT_TEST_BACKEND) and their main, model loading, random inputs, float buffers, the comparators,
+ * temporary files and shell commands. The suites are white-box tests: this header includes the
+ * library's model.h (adapters, backends, safetensors reader) for the helpers that need it.
+ */
 #ifndef LT_TEST_UTIL_H
 #define LT_TEST_UTIL_H
 
 #include <check.h>
+#include <errno.h> /* program_invocation_short_name */
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "adapter/adapter.h"
+#include "core/context.h"
+#include "formats/safetensors.h"
 #include "loratune.h"
+
+/* ---- the backend of the model suites ------------------------------------------------------------- */
+
+/* LT_TEST_BACKEND, default "cpu" (tests/run.sh runs the model suites again with "cuda" on a machine
+ * with a CUDA device). */
+static inline const char *tu_backend(void) {
+    const char *b = getenv("LT_TEST_BACKEND");
+    return b && *b ? b : "cpu";
+}
 
 /* n deterministic pseudo-random token ids in [0, V) (an LCG seeded by seed). */
 static inline void tu_fill_ids(int32_t *ids, int n, int V, uint64_t seed) {
@@ -20,17 +39,149 @@ static inline void tu_fill_ids(int32_t *ids, int n, int V, uint64_t seed) {
     }
 }
 
-/* A CPU context (threads from LT_TEST_THREADS, default 2). */
+/* A context on tu_backend() (threads from LT_TEST_THREADS, default 2). */
 static inline lt_context *tu_context(void) {
     lt_context_params cp;
     lt_context_params_init(&cp, sizeof cp);
-    cp.backend = getenv("LT_TEST_BACKEND") ? getenv("LT_TEST_BACKEND") : "cpu";
+    cp.backend = tu_backend();
     cp.n_threads = getenv("LT_TEST_THREADS") ? atoi(getenv("LT_TEST_THREADS")) : 2;
     lt_context *ctx = NULL;
     lt_status st = lt_context_create(&cp, &ctx);
     ck_assert_msg(st == LT_OK, "context: %s", lt_last_error());
     return ctx;
 }
+
+/* ---- models ------------------------------------------------------------------------------------- */
+
+/* LT_TEST_DATA_DIR/models/<name> (tests/python/make_models.py and make_family_models.py write them) */
+static inline void tu_model_dir(char *buf, size_t len, const char *name) {
+    snprintf(buf, len, "%s/models/%s", LT_TEST_DATA_DIR, name);
+}
+
+/* The test model <name>, loaded with mp (NULL: defaults); a failure fails the test. */
+static inline lt_model *tu_load_model(lt_context *ctx, const char *name, const lt_model_params *mp) {
+    char dir[1024];
+    tu_model_dir(dir, sizeof dir, name);
+    lt_model *m = NULL;
+    ck_assert_msg(lt_model_load(ctx, dir, mp, &m) == LT_OK, "%s: %s", dir, lt_last_error());
+    return m;
+}
+
+/* A host copy (malloc'd) of `bytes` of backend memory at dev: the suites never read backend pointers
+ * directly, so that they run on a device backend too (LT_TEST_BACKEND=cuda). */
+static inline void *tu_dev_copy(lt_backend *be, const void *dev, size_t bytes) {
+    void *h = malloc(bytes ? bytes : 1);
+    ck_assert_ptr_nonnull(h);
+    if (bytes) be->ops->download(be, h, dev, bytes);
+    return h;
+}
+
+/* A host copy (malloc'd) of n_params floats of adapter a at dev (its params, grads, ...), any backend. */
+static inline float *tu_adapter_host_copy(const lt_adapter *a, const float *dev) {
+    return tu_dev_copy(a->model->be, dev, a->n_params * sizeof(float));
+}
+
+/* Tensor `name` of a golden file; missing is a failure. */
+static inline const lt_st_tensor *tu_st_need(const lt_st_file *f, const char *name) {
+    const lt_st_tensor *t = lt_st_find(f, name);
+    ck_assert_msg(t != NULL, "%s: tensor %s missing", lt_st_path(f), name);
+    return t;
+}
+
+/* n bytes equal, or a failure naming the first byte that differs */
+static inline void tu_expect_bytes(const char *cs, const char *what, const void *ours, const void *golden, size_t n) {
+    const uint8_t *a = ours, *b = golden;
+    if (!memcmp(a, b, n)) return; /* (one ck_assert per byte is one write to Check's pipe per byte) */
+    for (size_t i = 0; i < n; i++)
+        ck_assert_msg(a[i] == b[i], "%s: %s differs from the golden at byte %zu (ours 0x%02x, golden 0x%02x)", cs, what,
+                      i, a[i], b[i]);
+}
+
+/* ---- random inputs ------------------------------------------------------------------------------- */
+
+/* xorshift64* (one stream per process; tu_rng_seed makes a test's inputs reproducible) */
+static uint64_t tu_rng_state = 88172645463325252ull;
+static inline void tu_rng_seed(uint64_t s) { tu_rng_state = s * 2654435761ull + 0x9E3779B97F4A7C15ull; }
+static inline uint64_t tu_rng_u64(void) {
+    tu_rng_state ^= tu_rng_state >> 12;
+    tu_rng_state ^= tu_rng_state << 25;
+    tu_rng_state ^= tu_rng_state >> 27;
+    return tu_rng_state * 2685821657736338717ull;
+}
+/* uniform in [lo, hi) */
+static inline float tu_urand(float lo, float hi) {
+    return lo + (hi - lo) * (float)((tu_rng_u64() >> 40) * (1.0 / 16777216.0));
+}
+/* uniform in [0, n) */
+static inline int tu_irand(int n) { return (int)(tu_rng_u64() % (uint64_t)n); }
+
+/* ---- float buffers (64-byte aligned, never NULL: a failed allocation fails the test) ---------------- */
+
+static inline float *tu_fnew(size_t n) {
+    float *p = aligned_alloc(64, ((n ? n : 1) * sizeof(float) + 63) & ~(size_t)63);
+    ck_assert_ptr_nonnull(p);
+    return p;
+}
+static inline float *tu_frand(size_t n, float lo, float hi) {
+    float *p = tu_fnew(n);
+    for (size_t i = 0; i < n; i++) p[i] = tu_urand(lo, hi);
+    return p;
+}
+static inline float *tu_fdup(const float *x, size_t n) {
+    float *p = tu_fnew(n);
+    if (n) memcpy(p, x, n * sizeof(float));
+    return p;
+}
+static inline void tu_ffill(float *p, size_t n, float v) {
+    for (size_t i = 0; i < n; i++) p[i] = v;
+}
+static inline float *tu_fconst(size_t n, float v) {
+    float *p = tu_fnew(n);
+    tu_ffill(p, n, v);
+    return p;
+}
+
+/* ---- comparators --------------------------------------------------------------------------------- */
+
+/* Elementwise |got - want| <= rtol * (|want| + max(rms(want), floor)); NaN fails. `floor` is the
+ * problem's scale where the expected values may all be ~0 (a gradient that cancels exactly). On a
+ * failure msg names the first element that fails. */
+static inline int tu_close_msg(const float *got, const float *want, size_t n, double rtol, double floor, char *msg,
+                               size_t len) {
+    double ss = 0.0;
+    for (size_t i = 0; i < n; i++) ss += (double)want[i] * want[i];
+    double rms = n ? sqrt(ss / n) : 0.0;
+    if (rms < floor) rms = floor;
+    for (size_t i = 0; i < n; i++) {
+        double e = fabs((double)got[i] - want[i]), tol = rtol * (fabs(want[i]) + rms);
+        if (!(e <= tol)) {
+            snprintf(msg, len, "[%zu] got %.9g want %.9g (err %.3g > tol %.3g, n %zu)", i, got[i], want[i], e, tol, n);
+            return 0;
+        }
+    }
+    return 1;
+}
+/* TU_CLOSE(got, want, n, rtol, printf-style description...), TU_CLOSE_F with a floor, TU_SAME bitwise */
+#define TU_CLOSE_F(got, want, n, rtol, floor, ...)                                               \
+    do {                                                                                         \
+        char m_[512], w_[256];                                                                   \
+        snprintf(w_, sizeof w_, __VA_ARGS__);                                                    \
+        ck_assert_msg(tu_close_msg(got, want, n, rtol, floor, m_, sizeof m_), "%s: %s", w_, m_); \
+    } while (0)
+#define TU_CLOSE(got, want, n, rtol, ...) TU_CLOSE_F(got, want, n, rtol, 0.0, __VA_ARGS__)
+#define TU_SAME(got, want, n, ...)                                                               \
+    do {                                                                                         \
+        char w_[256];                                                                            \
+        snprintf(w_, sizeof w_, __VA_ARGS__);                                                    \
+        ck_assert_msg(memcmp(got, want, (n) * sizeof(float)) == 0, "%s: not bit-identical", w_); \
+    } while (0)
+
+/* A check inside a loop over many elements: Check hears of it only when it fails (ck_assert reports
+ * every passing check to the parent process, one write per element). */
+#define TU_EXPECT(cond, ...)                    \
+    do {                                        \
+        if (!(cond)) ck_abort_msg(__VA_ARGS__); \
+    } while (0)
 
 /* max |a - b| / max |b| */
 static inline double tu_max_rel_err(const float *a, const float *b, size_t n) {
@@ -43,6 +194,22 @@ static inline double tu_max_rel_err(const float *a, const float *b, size_t n) {
     return den > 0 ? num / den : num;
 }
 
+/* The reference python (transformers, peft, ...): LORATUNE_REF_PYTHON as tests/run.sh sets it, else the
+ * venv of tests/python/requirements.lock as tests/ref-venv.sh finds it (building it when missing). */
+static inline const char *tu_ref_python(void) {
+    static char path[1024];
+    const char *py = getenv("LORATUNE_REF_PYTHON");
+    if (py) return py;
+    FILE *p = popen("bash " LT_SOURCE_DIR "/tests/ref-venv.sh", "r");
+    ck_assert_msg(p != NULL, "cannot run tests/ref-venv.sh (set LORATUNE_REF_PYTHON)");
+    const int got = fgets(path, sizeof path, p) != NULL;
+    const int rc = pclose(p);
+    ck_assert_msg(got && rc == 0, "tests/ref-venv.sh found no reference python (set LORATUNE_REF_PYTHON)");
+    path[strcspn(path, "\n")] = 0;
+    ck_assert_msg(access(path, X_OK) == 0, "the reference python %s is missing (set LORATUNE_REF_PYTHON)", path);
+    return path;
+}
+
 static inline void tu_tempdir(char *out, size_t len) {
     snprintf(out, len, "/tmp/lt-test-XXXXXX");
     ck_assert_ptr_nonnull(mkdtemp(out));
@@ -53,6 +220,21 @@ static inline void tu_write_text(const char *path, const char *text) {
     ck_assert_ptr_nonnull(f);
     fputs(text, f);
     fclose(f);
+}
+
+/* 1 if the two files have the same bytes */
+static inline int tu_same_file(const char *a, const char *b) {
+    FILE *fa = fopen(a, "rb"), *fb = fopen(b, "rb");
+    ck_assert_msg(fa && fb, "cannot open %s or %s", a, b);
+    int same = 1, ca, cb;
+    do {
+        ca = fgetc(fa);
+        cb = fgetc(fb);
+        if (ca != cb) same = 0;
+    } while (same && ca != EOF);
+    fclose(fa);
+    fclose(fb);
+    return same;
 }
 
 static inline void tu_copy_file(const char *src, const char *dst) {
@@ -158,13 +340,33 @@ static inline void tu_check_greedy(lt_model *m, const lt_adapter *a, const int32
     free(n);
 }
 
-#define TU_MAIN(suite_fn)                            \
-    int main(void) {                                 \
-        SRunner *sr = srunner_create(suite_fn());    \
-        srunner_run_all(sr, CK_NORMAL);              \
-        int failed = srunner_ntests_failed(sr);      \
-        srunner_free(sr);                            \
-        return failed ? EXIT_FAILURE : EXIT_SUCCESS; \
+/* ---- main -------------------------------------------------------------------------------------- */
+
+/* Runs suite s as a test program's main does: the exit status is 0 when every test passed. With
+ * LT_TEST_BACKEND=cuda on a machine without a device, or in a build without CUDA, the suite is skipped
+ * with a line saying so (exit 0); a name the library does not know fails. On a device backend the
+ * tests run in Check's no-fork mode: CUDA cannot be used in a child forked after the parent
+ * initialised it (and lt_backend_available does). */
+static inline int tu_run_suite(Suite *s) {
+    const char *b = tu_backend();
+    SRunner *sr = srunner_create(s);
+    if (strcmp(b, "cpu") != 0) {
+        if (!lt_backend_available(b)) {
+            const int cuda = !strcmp(b, "cuda");
+            printf("%s: backend \"%s\" (LT_TEST_BACKEND) %s\n", program_invocation_short_name, b,
+                   cuda ? "is not available on this machine (no device, or not built): skipped"
+                        : "is not a backend of this library (cpu, cuda): failed");
+            srunner_free(sr);
+            return cuda ? EXIT_SUCCESS : EXIT_FAILURE;
+        }
+        srunner_set_fork_status(sr, CK_NOFORK);
     }
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
+#define TU_MAIN(suite_fn) \
+    int main(void) { return tu_run_suite(suite_fn()); }
 
 #endif

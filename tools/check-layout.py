@@ -15,10 +15,11 @@ and this script checks that they do):
     2      core      backend, cpu*, cuda*    errors, files, context; the registry (* only core names backends)
     3      formats   core                    safetensors, config.json, bitsandbytes quantization
     3      text      core                    tokenizer, chat templates, dataset rows
+    3      dist      core                    communicators of data-parallel ranks (callbacks, MPI, NCCL)
     4      model     formats                 model loading, the weight seam
-    5      adapter   model                   LoRA / DoRA / full, PEFT I/O, merge, export
+    5      adapter   model, text             LoRA / DoRA / full, PEFT I/O, merge, export (GGUF: the tokenizer)
     6      decoder   adapter                 workspace, layer forward/backward, eval, generation
-    7      train     decoder                 optimizers, trainer, objectives
+    7      train     decoder, dist           optimizers, trainer, objectives, data-parallel steps
     -      cli       -                       the loratune tool: the public API (include/) only
 
 Rules, for every C/C++/CUDA file of src/, cpu/, cuda/, tests/ and bench/:
@@ -50,16 +51,17 @@ FOLDERS = {
     'core': (2, ['backend', 'cpu', 'cuda'], 'src/core'),
     'formats': (3, ['core'], 'src/formats'),
     'text': (3, ['core'], 'src/text'),
+    'dist': (3, ['core'], 'src/dist'),
     'model': (4, ['formats'], 'src/model'),
-    'adapter': (5, ['model'], 'src/adapter'),
+    'adapter': (5, ['model', 'text'], 'src/adapter'),
     'decoder': (6, ['adapter'], 'src/decoder'),
-    'train': (7, ['decoder'], 'src/train'),
+    'train': (7, ['decoder', 'dist'], 'src/train'),
     'cli': (8, [], 'src/cli'),
 }
 BACKENDS = {'cpu', 'cuda'}  # reachable from core only: a use of them does not pass upwards
 # Headers used only inside their own folder.
 PRIVATE = {
-    'cpu/simd.h', 'cpu/opt8_simd.h',
+    'cpu/simd.h', 'cpu/opt8_simd.h', 'cpu/gemm_bf16_simd.h', 'cpu/isa_each.h', 'cpu/isa_one.h',
     'cuda/cuda_impl.h', 'cuda/cuda_common.cuh',
     'text/tokenizer.h', 'text/chat_template.h',
     'adapter/adapter_impl.h',
@@ -227,7 +229,7 @@ def check_objects(objdir, errors):
     objs = []
     for dirpath, _, filenames in os.walk(objdir):
         t = os.path.relpath(dirpath, objdir).split(os.sep)[0]
-        if not (t.startswith('lt_') or t == 'loratune_cli.dir'):
+        if t not in {f'lt_{f}.dir' for f in FOLDERS} | {'loratune_cli.dir'}:  # (not an older build's targets)
             continue
         for fn in filenames:
             if fn.endswith('.o'):
@@ -239,6 +241,8 @@ def check_objects(objdir, errors):
     for o in objs:
         # the source path: <target>.dir/<path relative to the source root>.o
         rel = os.path.relpath(o, objdir).split(os.sep, 1)[1][:-2]
+        if not os.path.exists(os.path.join(ROOT, rel)):
+            continue  # left by an earlier build of a source that has moved or gone
         out = subprocess.run(['nm', o], capture_output=True, text=True, check=True).stdout
         d, u = set(), set()
         for line in out.splitlines():

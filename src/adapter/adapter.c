@@ -4,13 +4,14 @@
  * and the adapter's getters.
  *
  * defines: lt_adapter_params_init, lt_adapter_alloc, lt_adapter_create, lt_adapter_free,
- *          lt_adapter_last_error, lt_adapter_get_params, lt_adapter_n_params
+ *          lt_adapter_last_error, lt_adapter_get_params, lt_adapter_n_params, lt_adapter_set_save_files
  */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "adapter/adapter_impl.h"
+#include "loratune_experimental.h"
 
 LT_API void lt_adapter_params_init(lt_adapter_params *out, size_t size) {
     lt_adapter_params d, *p = &d;
@@ -355,7 +356,52 @@ LT_API void lt_adapter_free(lt_adapter *a) {
     free(a->ptensors);
     free(a->dora_merge_g);
     free(a->lora);
+    lt_adapter_set_save_files(a, NULL, NULL, 0);
     free(a);
+}
+
+LT_API lt_status lt_adapter_set_save_files(lt_adapter *a, const char *const *names, const char *const *texts, int n) {
+    if (!a) return LT_ERR_ARGUMENT;
+    lt_error_clear(&a->err);
+    if (n < 0 || (n > 0 && (!names || !texts)))
+        return lt_fail(&a->err, LT_ERR_ARGUMENT, "lt_adapter_set_save_files: n must be >= 0 with names and texts");
+    for (int i = 0; i < n; i++)
+        if (!names[i] || !texts[i] || !*names[i] || strchr(names[i], '/') || !strcmp(names[i], ".") ||
+            !strcmp(names[i], ".."))
+            return lt_fail(&a->err, LT_ERR_ARGUMENT, "lt_adapter_set_save_files: file %d: a plain file name is needed",
+                           i);
+    char **nn = n ? calloc((size_t)n, sizeof *nn) : NULL, **nt = n ? calloc((size_t)n, sizeof *nt) : NULL;
+    int ok = !n || (nn && nt);
+    for (int i = 0; ok && i < n; i++) ok = (nn[i] = strdup(names[i])) && (nt[i] = strdup(texts[i]));
+    if (!ok) {
+        for (int i = 0; nn && nt && i < n; i++) {
+            free(nn[i]);
+            free(nt[i]);
+        }
+        free(nn);
+        free(nt);
+        return lt_fail(&a->err, LT_ERR_NOMEM, "lt_adapter_set_save_files: out of memory");
+    }
+    for (int i = 0; i < a->n_save_files; i++) {
+        free(a->save_names[i]);
+        free(a->save_texts[i]);
+    }
+    free(a->save_names);
+    free(a->save_texts);
+    a->save_names = nn;
+    a->save_texts = nt;
+    a->n_save_files = n;
+    return LT_OK;
+}
+
+lt_status lt_adapter_write_save_files(const lt_adapter *a, const char *dir, lt_error *err) {
+    for (int i = 0; a && i < a->n_save_files; i++) {
+        char path[4200];
+        lt_path_join(path, sizeof path, dir, a->save_names[i]);
+        lt_status st = lt_write_file_atomic(path, a->save_texts[i], strlen(a->save_texts[i]), err);
+        if (st != LT_OK) return st;
+    }
+    return LT_OK;
 }
 
 LT_API const char *lt_adapter_last_error(const lt_adapter *a) {

@@ -49,7 +49,14 @@ struct lt_adapter {
     size_t n_decay;              /* params [0, n_decay) take weight decay; the rest (biases, norms) not */
     struct lt_ptensor *ptensors; /* the trained base-weight tensors, in params order               */
     int n_ptensors;
+    /* text files every save writes beside the weights (a model card, the run record), into the same
+     * directory in the same save: lt_adapter_set_save_files */
+    char **save_names, **save_texts;
+    int n_save_files;
 };
+
+/* Write the adapter's save files into dir (the directory a save is writing). */
+lt_status lt_adapter_write_save_files(const lt_adapter *a, const char *dir, lt_error *err);
 
 /* One trained base-weight tensor of an adapter: its checkpoint name and place inside params. */
 typedef struct lt_ptensor {
@@ -92,7 +99,39 @@ static inline lt_lora *lt_adapter_lora(const lt_adapter *a, int layer, lt_proj p
 
 static inline int lt_init_is_decomposed(lt_lora_init init) { return init == LT_INIT_PISSA || init == LT_INIT_OLORA; }
 
-/* Write a Hugging Face model directory of the model's weights (merged with `ad` when not NULL). */
-lt_status lt_model_export(lt_model *m, const lt_adapter *ad, const char *dir, uint64_t max_shard_bytes, lt_error *err);
+/* ---- the tensors of a model as exported (adapter/export.c) ----------------------------------------
+ * In checkpoint order, with Hugging Face names: embed_tokens, per layer the norms (as stored: Gemma's w,
+ * not 1 + w), biases and linear modules (a fused module is one tensor), the final norm, lm_head unless
+ * tied. The data of each, on the host in f32, comes from lt_export_tensor_data: the adapter's trained
+ * copies where it holds them; a linear module dequantized, then merged with `delta` (when not NULL) or
+ * with the adapter's own LoRA / DoRA (when not merged already). */
+typedef enum lt_xt_kind { LT_XT_PLAIN, LT_XT_MODULE, LT_XT_HEAD } lt_xt_kind;
+typedef struct lt_xtensor {
+    char name[96];   /* "model.layers.3.self_attn.q_proj.weight"                   */
+    lt_xt_kind kind; /* PLAIN: a device f32 tensor; MODULE: a linear module; HEAD  */
+    const float *src;
+    int layer, proj; /* MODULE and biases: the layer and (first) projection       */
+    lt_module mod;
+    int ndim;
+    int64_t shape[2]; /* (out, in), or (n, 1) when ndim is 1                      */
+    int norm;         /* a norm weight                                            */
+} lt_xtensor;
+
+/* What is added to a linear module's weight W (out, in), row-major, when it is exported. */
+typedef lt_status (*lt_delta_fn)(void *user, int layer, const lt_module *mod, float *W, lt_error *err);
+
+lt_status lt_export_tensors(const lt_model *m, const lt_adapter *a, lt_xtensor **out, int *n, int *untie,
+                            lt_error *err);
+lt_status lt_export_tensor_data(lt_model *m, const lt_adapter *a, lt_delta_fn delta, void *user, const lt_xtensor *t,
+                                float *dst, lt_error *err);
+/* W (the module's out x in) += s (B A - B0 A0) of a LoRA adapter (no DoRA rescaling) */
+lt_status lt_lora_module_delta(const lt_adapter *a, int l, const lt_module *mod, float *W, lt_error *err);
+/* Write a Hugging Face model directory of those tensors (f32), config.json and the tokenizer files. */
+lt_status lt_model_export(lt_model *m, const lt_adapter *a, lt_delta_fn delta, void *user, const char *dir,
+                          uint64_t max_shard_bytes, lt_error *err);
+
+/* A model as a GGUF file (adapter/gguf_export.c): merged with `delta` when not NULL, else with `a`. */
+lt_status lt_gguf_export_model(lt_model *m, const lt_adapter *a, lt_delta_fn delta, void *user, const char *path,
+                               const lt_gguf_params *params, lt_error *err);
 
 #endif /* LT_ADAPTER_H */

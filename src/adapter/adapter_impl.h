@@ -24,4 +24,8 @@ const float *lt_adapter_model_tensor(const lt_model *m, const lt_ptensor *t);
 /* PiSSA / OLoRA (adapter/lora_init.c): decompose every targeted module's base weight and set A = A0, B = B0. */
 lt_status lt_lora_decompose_init(lt_adapter *a, lt_error *err);
 
+/* The thin SVD (LAPACK sgesdd) of W (out, in) row-major: U (out, k), S (k, descending), Vt (k, in) row-major,
+ * k = min(out, in) (adapter/lora_init.c; PiSSA, adapter combination and LoRA extraction use it). */
+lt_status lt_svd(const float *W, int out, int in, float *S, float *U, float *Vt, lt_error *err);
+
 #endif /* LT_ADAPTER_IMPL_H */

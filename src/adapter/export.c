@@ -1,9 +1,12 @@
 /*
- * export.c - writing a Hugging Face model directory of the model's weights, merged with an adapter
- * (lt_adapter_export_merged) or as loaded (lt_model_save, experimental). Here rather than in model/ so
- * that the model never calls up into the adapter.
+ * export.c - the tensors of a model as exported, merged with an adapter or with any other delta on its
+ * linear modules, and the Hugging Face model directory written from them (lt_adapter_export_merged,
+ * lt_model_save). The GGUF export (gguf_export.c) and the combination of adapters into a base
+ * (combine.c) walk the same list. Here rather than in model/ so that the model never calls up into the
+ * adapter.
  *
- * defines: lt_model_export, lt_adapter_export_merged, lt_model_save
+ * defines: lt_export_tensors, lt_export_tensor_data, lt_lora_module_delta, lt_model_export,
+ *          lt_adapter_export_merged, lt_model_save
  */
 #include <math.h>
 #include <stdio.h>
@@ -17,167 +20,216 @@
 static const char *const copied_files[] = {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                                            "generation_config.json", "tokenizer.model"};
 
-/* Weights are exported in f32 (the compute dtype); config.json says so. */
-lt_status lt_model_export(lt_model *m, const lt_adapter *a, const char *dir, uint64_t max_shard_bytes, lt_error *err) {
+/* ---- the list of tensors ------------------------------------------------------------------------- */
+
+static lt_xtensor *xt_add(lt_xtensor *v, int *n, lt_xt_kind kind, const float *src, int64_t d0, int64_t d1,
+                          const char *fmt, ...) __attribute__((format(printf, 7, 8)));
+static lt_xtensor *xt_add(lt_xtensor *v, int *n, lt_xt_kind kind, const float *src, int64_t d0, int64_t d1,
+                          const char *fmt, ...) {
+    lt_xtensor *t = &v[(*n)++];
+    memset(t, 0, sizeof *t);
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(t->name, sizeof t->name, fmt, ap);
+    va_end(ap);
+    t->kind = kind;
+    t->src = src;
+    t->ndim = d1 > 0 ? 2 : 1;
+    t->shape[0] = d0;
+    t->shape[1] = d1 > 0 ? d1 : 1;
+    return t;
+}
+
+lt_status lt_export_tensors(const lt_model *m, const lt_adapter *a, lt_xtensor **out, int *n_out, int *untie,
+                            lt_error *err) {
     const lt_model_config *c = &m->cfg;
     const int L = (int)c->num_hidden_layers;
     const int64_t V = c->vocab_size, H = c->hidden_size;
-    if (m->base_dtype != LT_BASE_F32)
-        return lt_fail(err, LT_ERR_UNSUPPORTED,
-                       "export: the model keeps its base weights in bf16; load it "
-                       "with base_dtype LT_BASE_F32 to export");
-    lt_status st = lt_mkdir_p(dir, err);
-    if (st != LT_OK) return st;
-    int cap = 3 + L * (6 + 2 * P_COUNT), n = 0;
-    lt_st_entry *e = calloc((size_t)cap, sizeof *e);
-    char *names = calloc((size_t)cap, 128);
-    float **bufs = calloc((size_t)cap, sizeof *bufs);
-    if (!e || !names || !bufs) {
-        st = lt_fail(err, LT_ERR_NOMEM, "out of memory");
-        goto out;
-    }
-    /* host copies of every weight, merged where the adapter targets them */
-#define ADD(nm_fmt, ptr, d0, d1, ...)                                            \
-    do {                                                                         \
-        char *nm = names + (size_t)n * 128;                                      \
-        snprintf(nm, 128, nm_fmt, __VA_ARGS__);                                  \
-        size_t cnt = (size_t)(d0) * ((d1) > 0 ? (d1) : 1);                       \
-        bufs[n] = malloc(cnt * sizeof(float));                                   \
-        if (!bufs[n]) {                                                          \
-            st = lt_fail(err, LT_ERR_NOMEM, "out of memory exporting %s", nm);   \
-            goto out;                                                            \
-        }                                                                        \
-        if (ptr) m->be->ops->download(m->be, bufs[n], ptr, cnt * sizeof(float)); \
-        e[n].name = nm;                                                          \
-        e[n].dtype = LT_DT_F32;                                                  \
-        e[n].ndim = (d1) > 0 ? 2 : 1;                                            \
-        e[n].shape[0] = d0;                                                      \
-        e[n].shape[1] = d1;                                                      \
-        e[n].data = bufs[n];                                                     \
-        n++;                                                                     \
-    } while (0)
-    ADD("%s", lt_view_embed(m, a), V, H, "model.embed_tokens.weight");
+    lt_xtensor *v = calloc((size_t)(3 + L * (6 + 2 * P_COUNT)), sizeof *v);
+    if (!v) return lt_fail(err, LT_ERR_NOMEM, "export: out of memory");
+    int n = 0;
+    xt_add(v, &n, LT_XT_PLAIN, lt_view_embed(m, a), V, H, "model.embed_tokens.weight");
     for (int l = 0; l < L; l++) {
         const lt_layer *Ly = lt_view_layer(m, a, l); /* full fine-tuning: the trained weights */
+        /* norms as the checkpoint stores them (Gemma: w, where the forward multiplies by 1 + w) */
         lt_layer_norm norms[LT_MAX_LAYER_NORMS];
         const int n_norms = lt_layer_norms(c, norms);
-        for (int k = 0; k < n_norms; k++) { /* the checkpoint's values (Gemma: w, not 1 + w) */
+        for (int k = 0; k < n_norms; k++) {
             const float *f = *lt_layer_norm_at(Ly, norms[k].file);
-            ADD("model.layers.%d.%s.weight", f ? f : *lt_layer_norm_at(Ly, norms[k].compute), norms[k].dim, 0, l,
-                norms[k].name);
+            xt_add(v, &n, LT_XT_PLAIN, f ? f : *lt_layer_norm_at(Ly, norms[k].compute), norms[k].dim, 0,
+                   "model.layers.%d.%s.weight", l, norms[k].name)
+                ->norm = 1;
         }
         for (int q = 0; q < P_COUNT; q++) {
             int in, o;
             lt_proj_dims(c, (lt_proj)q, &in, &o);
             if (Ly->bias[q])
-                ADD("model.layers.%d.%s.%s.bias", Ly->bias[q], o, 0, l, lt_proj_parent[q], lt_proj_names[q]);
+                xt_add(v, &n, LT_XT_PLAIN, Ly->bias[q], o, 0, "model.layers.%d.%s.%s.bias", l, lt_proj_parent[q],
+                       lt_proj_names[q])
+                    ->proj = q;
         }
         lt_module mods[P_COUNT];
         const int n_mods = lt_model_modules(c, mods);
         for (int k = 0; k < n_mods; k++) {
             int min, mout;
             lt_module_dims(c, &mods[k], &min, &mout);
-            char *nm = names + (size_t)n * 128;
-            snprintf(nm, 128, "model.layers.%d.%s.%s.weight", l, mods[k].parent, mods[k].name);
-            float *W = bufs[n] = malloc((size_t)mout * min * sizeof(float));
-            if (!W) {
-                st = lt_fail(err, LT_ERR_NOMEM, "out of memory exporting %s", nm);
-                goto out;
-            }
-            e[n].name = nm;
-            e[n].dtype = LT_DT_F32;
-            e[n].ndim = 2;
-            e[n].shape[0] = mout;
-            e[n].shape[1] = min;
-            e[n].data = W;
-            n++;
-            /* a fused module is its projections' weights stacked by rows */
-            for (int q = mods[k].first; q < mods[k].first + mods[k].count; q++) {
-                int in, o;
-                lt_proj_dims(c, (lt_proj)q, &in, &o);
-                st = lt_weight_download(m, &Ly->w[q], W, o, in, err); /* dequantized when quantized */
-                if (st != LT_OK) goto out;
-                lt_lora *lo = a ? lt_adapter_lora(a, l, (lt_proj)q) : NULL;
-                if (lo && !a->merged) {
-                    /* host-side merge: W += s B A */
-                    float *A = malloc((size_t)a->p.rank * in * sizeof(float)),
-                          *B = malloc((size_t)o * a->p.rank * sizeof(float));
-                    if (!A || !B) {
-                        free(A);
-                        free(B);
-                        st = lt_fail(err, LT_ERR_NOMEM, "out of memory");
-                        goto out;
-                    }
-                    m->be->ops->download(m->be, A, lo->A, (size_t)a->p.rank * in * sizeof(float));
-                    m->be->ops->download(m->be, B, lo->B, (size_t)o * a->p.rank * sizeof(float));
-                    for (int i = 0; i < o; i++)
-                        for (int r = 0; r < a->p.rank; r++) {
-                            float bik = a->scaling * B[(size_t)i * a->p.rank + r];
-                            const float *Ak = A + (size_t)r * in;
-                            float *Wi = W + (size_t)i * in;
-                            for (int j = 0; j < in; j++) Wi[j] += bik * Ak[j];
-                        }
-                    if (lo->B0) { /* PiSSA / OLoRA: W += s (B A - B0 A0) */
-                        m->be->ops->download(m->be, A, lo->A0, (size_t)a->p.rank * in * sizeof(float));
-                        m->be->ops->download(m->be, B, lo->B0, (size_t)o * a->p.rank * sizeof(float));
-                        for (int i = 0; i < o; i++)
-                            for (int r = 0; r < a->p.rank; r++) {
-                                float bik = a->scaling * B[(size_t)i * a->p.rank + r];
-                                const float *Ak = A + (size_t)r * in;
-                                float *Wi = W + (size_t)i * in;
-                                for (int j = 0; j < in; j++) Wi[j] -= bik * Ak[j];
-                            }
-                    }
-                    if (lo->mag) { /* DoRA: rows times m / ||W + s B A|| */
-                        float *mg = malloc((size_t)o * sizeof(float));
-                        if (!mg) {
-                            free(A);
-                            free(B);
-                            st = lt_fail(err, LT_ERR_NOMEM, "out of memory");
-                            goto out;
-                        }
-                        m->be->ops->download(m->be, mg, lo->mag, (size_t)o * sizeof(float));
-                        for (int i = 0; i < o; i++) {
-                            float *Wi = W + (size_t)i * in;
-                            double ss = 0;
-                            for (int j = 0; j < in; j++) ss += (double)Wi[j] * Wi[j];
-                            float gi = (float)(mg[i] / sqrt(ss));
-                            for (int j = 0; j < in; j++) Wi[j] *= gi;
-                        }
-                        free(mg);
-                    }
-                    free(A);
-                    free(B);
-                }
-                W += (size_t)o * in;
-            }
+            lt_xtensor *t = xt_add(v, &n, LT_XT_MODULE, NULL, mout, min, "model.layers.%d.%s.%s.weight", l,
+                                   mods[k].parent, mods[k].name);
+            t->layer = l;
+            t->mod = mods[k];
+            t->proj = mods[k].first;
         }
     }
-    if (a && a->final_norm_file) ADD("%s", a->final_norm_file, H, 0, "model.norm.weight");
-    else ADD("%s", m->final_norm_file ? m->final_norm_file : m->final_norm, H, 0, "model.norm.weight");
+    xt_add(v, &n, LT_XT_PLAIN,
+           a && a->final_norm_file ? a->final_norm_file
+           : m->final_norm_file    ? m->final_norm_file
+                                   : m->final_norm,
+           H, 0, "model.norm.weight")
+        ->norm = 1;
     /* modules_to_save on a tied model trains a separate copy of embed_tokens and/or lm_head (PEFT): the
      * two differ, so the merged model is untied */
     const lt_weight head_view = lt_view_lm_head(m, a);
-    const int untie = c->tie_word_embeddings && a && (a->embed || a->lm_head) && head_view.f32 != lt_view_embed(m, a);
-    if (!c->tie_word_embeddings || untie) {
-        const lt_weight head = lt_view_lm_head(m, a); /* exported dequantized when quantized */
-        ADD("%s", NULL, V, H, "lm_head.weight");
-        st = lt_weight_download(m, &head, bufs[n - 1], (int)V, (int)H, err);
-        if (st != LT_OK) goto out;
+    *untie = c->tie_word_embeddings && a && (a->embed || a->lm_head) && head_view.f32 != lt_view_embed(m, a);
+    if (!c->tie_word_embeddings || *untie) xt_add(v, &n, LT_XT_HEAD, NULL, V, H, "lm_head.weight");
+    *out = v;
+    *n_out = n;
+    return LT_OK;
+}
+
+/* W_p (o, in) += sign * s * B_p A for one projection of a LoRA (its B row block; A shared by a fused module) */
+static lt_status add_product(const lt_adapter *a, const float *dA, const float *dB, int o, int in, float coef, float *W,
+                             lt_error *err) {
+    const lt_model *m = a->model;
+    const int r = a->p.rank;
+    float *A = malloc((size_t)r * in * sizeof *A), *B = malloc((size_t)o * r * sizeof *B);
+    if (!A || !B) {
+        free(A);
+        free(B);
+        return lt_fail(err, LT_ERR_NOMEM, "export: out of memory");
     }
-#undef ADD
-    st = lt_st_write_sharded(dir, e, n, max_shard_bytes, err);
-    if (st != LT_OK) goto out;
-    {
-        lt_model_config out_cfg = *c;
+    m->be->ops->download(m->be, A, dA, (size_t)r * in * sizeof *A);
+    m->be->ops->download(m->be, B, dB, (size_t)o * r * sizeof *B);
+    for (int i = 0; i < o; i++)
+        for (int k = 0; k < r; k++) {
+            const float bik = coef * B[(size_t)i * r + k];
+            const float *Ak = A + (size_t)k * in;
+            float *Wi = W + (size_t)i * in;
+            for (int j = 0; j < in; j++) Wi[j] += bik * Ak[j];
+        }
+    free(A);
+    free(B);
+    return LT_OK;
+}
+
+lt_status lt_lora_module_delta(const lt_adapter *a, int l, const lt_module *mod, float *W, lt_error *err) {
+    const lt_model_config *c = &a->model->cfg;
+    lt_status st = LT_OK;
+    for (int q = mod->first; q < mod->first + mod->count && st == LT_OK; q++) {
+        int in, o;
+        lt_proj_dims(c, (lt_proj)q, &in, &o);
+        const lt_lora *lo = lt_adapter_lora(a, l, (lt_proj)q);
+        if (lo) {
+            st = add_product(a, lo->A, lo->B, o, in, a->scaling, W, err);
+            if (st == LT_OK && lo->B0) /* PiSSA / OLoRA: the delta is s (B A - B0 A0) */
+                st = add_product(a, lo->A0, lo->B0, o, in, -a->scaling, W, err);
+        }
+        W += (size_t)o * in;
+    }
+    return st;
+}
+
+/* The adapter's own merge of one module: W + s B A, DoRA's rows scaled by m / ||W + s B A|| after it. */
+static lt_status adapter_delta(const lt_adapter *a, int l, const lt_module *mod, float *W, lt_error *err) {
+    lt_status st = lt_lora_module_delta(a, l, mod, W, err);
+    for (int q = mod->first; q < mod->first + mod->count && st == LT_OK; q++) {
+        int in, o;
+        lt_proj_dims(&a->model->cfg, (lt_proj)q, &in, &o);
+        const lt_lora *lo = lt_adapter_lora(a, l, (lt_proj)q);
+        if (lo && lo->mag) {
+            float *mg = malloc((size_t)o * sizeof(float));
+            if (!mg) return lt_fail(err, LT_ERR_NOMEM, "export: out of memory");
+            a->model->be->ops->download(a->model->be, mg, lo->mag, (size_t)o * sizeof(float));
+            for (int i = 0; i < o; i++) {
+                float *Wi = W + (size_t)i * in;
+                double ss = 0;
+                for (int j = 0; j < in; j++) ss += (double)Wi[j] * Wi[j];
+                const float gi = (float)(mg[i] / sqrt(ss));
+                for (int j = 0; j < in; j++) Wi[j] *= gi;
+            }
+            free(mg);
+        }
+        W += (size_t)o * in;
+    }
+    return st;
+}
+
+lt_status lt_export_tensor_data(lt_model *m, const lt_adapter *a, lt_delta_fn delta, void *user, const lt_xtensor *t,
+                                float *dst, lt_error *err) {
+    const size_t n = (size_t)t->shape[0] * (size_t)t->shape[1];
+    if (t->kind == LT_XT_PLAIN) {
+        m->be->ops->download(m->be, dst, t->src, n * sizeof(float));
+        return LT_OK;
+    }
+    if (t->kind == LT_XT_HEAD) { /* dequantized when quantized */
+        const lt_weight head = lt_view_lm_head(m, a);
+        return lt_weight_download(m, &head, dst, (int)t->shape[0], (int)t->shape[1], err);
+    }
+    /* a linear module: its projections' weights stacked by rows (dequantized when quantized), then merged */
+    const lt_layer *Ly = lt_view_layer(m, a, t->layer);
+    float *W = dst;
+    for (int q = t->mod.first; q < t->mod.first + t->mod.count; q++) {
+        int in, o;
+        lt_proj_dims(&m->cfg, (lt_proj)q, &in, &o);
+        lt_status st = lt_weight_download(m, &Ly->w[q], W, o, in, err);
+        if (st != LT_OK) return st;
+        W += (size_t)o * in;
+    }
+    if (delta) return delta(user, t->layer, &t->mod, dst, err);
+    if (a && !a->merged && a->lora) return adapter_delta(a, t->layer, &t->mod, dst, err);
+    return LT_OK;
+}
+
+/* Weights are exported in f32 (the compute dtype); config.json says so. */
+lt_status lt_model_export(lt_model *m, const lt_adapter *a, lt_delta_fn delta, void *user, const char *dir,
+                          uint64_t max_shard_bytes, lt_error *err) {
+    if (m->base_dtype != LT_BASE_F32)
+        return lt_fail(err, LT_ERR_UNSUPPORTED,
+                       "export: the model keeps its base weights in bf16; load it "
+                       "with base_dtype LT_BASE_F32 to export");
+    lt_xtensor *xt = NULL;
+    int n = 0, untie = 0;
+    lt_status st = lt_export_tensors(m, a, &xt, &n, &untie, err);
+    if (st != LT_OK) return st;
+    if ((st = lt_mkdir_p(dir, err)) != LT_OK) {
+        free(xt);
+        return st;
+    }
+    lt_st_entry *e = calloc((size_t)n, sizeof *e);
+    float **bufs = calloc((size_t)n, sizeof *bufs);
+    if (!e || !bufs) st = lt_fail(err, LT_ERR_NOMEM, "out of memory");
+    for (int i = 0; i < n && st == LT_OK; i++) { /* host copies of every weight, merged where targeted */
+        if (!(bufs[i] = malloc((size_t)xt[i].shape[0] * (size_t)xt[i].shape[1] * sizeof(float)))) {
+            st = lt_fail(err, LT_ERR_NOMEM, "out of memory exporting %s", xt[i].name);
+            break;
+        }
+        st = lt_export_tensor_data(m, a, delta, user, &xt[i], bufs[i], err);
+        e[i].name = xt[i].name;
+        e[i].dtype = LT_DT_F32;
+        e[i].ndim = xt[i].ndim;
+        e[i].shape[0] = xt[i].shape[0];
+        e[i].shape[1] = xt[i].shape[1];
+        e[i].data = bufs[i];
+    }
+    if (st == LT_OK) st = lt_st_write_sharded(dir, e, n, max_shard_bytes, err);
+    if (st == LT_OK) {
+        lt_model_config out_cfg = m->cfg;
         snprintf(out_cfg.torch_dtype, sizeof out_cfg.torch_dtype, "float32");
         if (untie) out_cfg.tie_word_embeddings = 0;
         char path[4200];
         lt_path_join(path, sizeof path, dir, "config.json");
         st = lt_config_write(&out_cfg, path, err);
-        if (st != LT_OK) goto out;
     }
-    for (size_t i = 0; i < sizeof copied_files / sizeof *copied_files; i++) {
+    for (size_t i = 0; i < sizeof copied_files / sizeof *copied_files && st == LT_OK; i++) {
         char src[4200], dst[4200];
         lt_path_join(src, sizeof src, m->dir, copied_files[i]);
         lt_path_join(dst, sizeof dst, dir, copied_files[i]);
@@ -187,14 +239,13 @@ lt_status lt_model_export(lt_model *m, const lt_adapter *a, const char *dir, uin
         if (lt_read_file(src, &data, &len, &ignore) != LT_OK) continue; /* optional files */
         st = lt_write_file_atomic(dst, data, len, err);
         free(data);
-        if (st != LT_OK) goto out;
     }
-out:
+    if (st == LT_OK) st = lt_adapter_write_save_files(a, dir, err); /* a model card, the run record */
     if (bufs)
         for (int i = 0; i < n; i++) free(bufs[i]);
     free(bufs);
     free(e);
-    free(names);
+    free(xt);
     return st;
 }
 
@@ -203,12 +254,13 @@ LT_API lt_status lt_adapter_export_merged(lt_adapter *a, const char *dir, int64_
     lt_error_clear(&a->err);
     if (!dir) return lt_fail(&a->err, LT_ERR_ARGUMENT, "lt_adapter_export_merged: dir is NULL");
     if (max_shard_bytes < 0) return lt_fail(&a->err, LT_ERR_ARGUMENT, "lt_adapter_export_merged: max_shard_bytes < 0");
-    return lt_model_export(a->model, a, dir, max_shard_bytes > 0 ? (uint64_t)max_shard_bytes : (2ull << 30), &a->err);
+    return lt_model_export(a->model, a, NULL, NULL, dir, max_shard_bytes > 0 ? (uint64_t)max_shard_bytes : (2ull << 30),
+                           &a->err);
 }
 
 LT_API lt_status lt_model_save(lt_model *m, const char *dir) {
     if (!m) return LT_ERR_ARGUMENT;
     lt_error *err = lt_model_error(m);
     if (!dir) return lt_fail(err, LT_ERR_ARGUMENT, "lt_model_save: dir is NULL");
-    return lt_model_export(m, NULL, dir, 2ull << 30, err);
+    return lt_model_export(m, NULL, NULL, NULL, dir, 2ull << 30, err);
 }

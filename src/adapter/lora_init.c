@@ -1,7 +1,7 @@
 /*
  * lora_init.c - PiSSA and OLoRA initialisation: LoRA factors from a decomposition of the base weight.
  *
- * defines: lt_lora_decompose_init
+ * defines: lt_lora_decompose_init, lt_svd
  *
  * PEFT (tuners/lora/layer.py, pissa_init / olora_init), on each targeted module's weight W (out, in) in
  * fp32 (a fused Phi-3 module: the stacked weight of its projections), s = the adapter's scaling:
@@ -28,46 +28,54 @@ extern void sgeqrf_(const int *m, const int *n, float *a, const int *lda, float 
 extern void sorgqr_(const int *m, const int *n, const int *k, float *a, const int *lda, const float *tau, float *work,
                     const int *lwork, int *info);
 
-/* PiSSA of W (out, in) row-major into A (r, in), B (out, r). Row-major W is the column-major (in, out)
- * matrix X = W^T; gesdd gives X = Ux S VTx, so W = VTx^T S Ux^T: W's left singular vectors are VTx read
- * row-major as (out, k) and its Vh is Ux read row-major as (k, in). */
-static lt_status pissa(const float *W, int out, int in, int r, float s, float *A, float *B, lt_error *err) {
+/* The thin SVD of W (out, in) row-major: W = U diag(S) Vt with k = min(out, in), U (out, k) and Vt (k, in)
+ * row-major, S descending. Row-major W is the column-major (in, out) matrix X = W^T; gesdd gives
+ * X = Ux S VTx, so W = VTx^T S Ux^T: W's U is VTx read row-major as (out, k) and its Vt is Ux read
+ * row-major as (k, in), with no transposition. */
+lt_status lt_svd(const float *W, int out, int in, float *S, float *U, float *Vt, lt_error *err) {
     const int k = out < in ? out : in;
-    float *X = malloc((size_t)out * in * sizeof *X), *S = malloc((size_t)k * sizeof *S);
-    float *U = malloc((size_t)in * k * sizeof *U), *VT = malloc((size_t)k * out * sizeof *VT);
+    float *X = malloc((size_t)out * in * sizeof *X), *work = NULL;
     int *iwork = malloc((size_t)8 * k * sizeof *iwork);
-    float *work = NULL;
     lt_status st = LT_OK;
-    if (!X || !S || !U || !VT || !iwork) {
-        st = lt_fail(err, LT_ERR_NOMEM, "PiSSA: out of memory");
+    if (!X || !iwork) {
+        st = lt_fail(err, LT_ERR_NOMEM, "SVD: out of memory");
         goto out;
     }
     memcpy(X, W, (size_t)out * in * sizeof *X); /* gesdd overwrites its input */
     int info = 0, lwork = -1;
     float wq = 0;
-    sgesdd_("S", &in, &out, X, &in, S, U, &in, VT, &k, &wq, &lwork, iwork, &info, 1);
+    sgesdd_("S", &in, &out, X, &in, S, Vt, &in, U, &k, &wq, &lwork, iwork, &info, 1);
     lwork = (int)wq + 1;
     if (info == 0 && !(work = malloc((size_t)lwork * sizeof *work))) {
-        st = lt_fail(err, LT_ERR_NOMEM, "PiSSA: out of memory");
+        st = lt_fail(err, LT_ERR_NOMEM, "SVD: out of memory");
         goto out;
     }
-    if (info == 0) sgesdd_("S", &in, &out, X, &in, S, U, &in, VT, &k, work, &lwork, iwork, &info, 1);
-    if (info != 0) {
-        st = lt_fail(err, LT_ERR_NUMERIC, "PiSSA: the SVD of a (%d, %d) weight failed (LAPACK info %d)", out, in, info);
-        goto out;
-    }
-    for (int j = 0; j < r; j++) {
-        const float g = sqrtf(S[j] / s); /* PEFT: Sr /= scaling, then sqrt */
-        for (int p = 0; p < in; p++) A[(size_t)j * in + p] = g * U[(size_t)j * in + p];
-        for (int i = 0; i < out; i++) B[(size_t)i * r + j] = VT[(size_t)i * k + j] * g;
-    }
+    if (info == 0) sgesdd_("S", &in, &out, X, &in, S, Vt, &in, U, &k, work, &lwork, iwork, &info, 1);
+    if (info != 0)
+        st = lt_fail(err, LT_ERR_NUMERIC, "the SVD of a (%d, %d) matrix failed (LAPACK info %d)", out, in, info);
 out:
     free(X);
-    free(S);
-    free(U);
-    free(VT);
     free(iwork);
     free(work);
+    return st;
+}
+
+/* PiSSA of W (out, in) row-major into A (r, in), B (out, r). */
+static lt_status pissa(const float *W, int out, int in, int r, float s, float *A, float *B, lt_error *err) {
+    const int k = out < in ? out : in;
+    float *S = malloc((size_t)k * sizeof *S), *U = malloc((size_t)out * k * sizeof *U),
+          *Vt = malloc((size_t)k * in * sizeof *Vt);
+    lt_status st =
+        !S || !U || !Vt ? lt_fail(err, LT_ERR_NOMEM, "PiSSA: out of memory") : lt_svd(W, out, in, S, U, Vt, err);
+    if (st != LT_OK && err->status != LT_ERR_NOMEM) lt_fail_prefix(err, "PiSSA");
+    for (int j = 0; j < r && st == LT_OK; j++) {
+        const float g = sqrtf(S[j] / s); /* PEFT: Sr /= scaling, then sqrt */
+        for (int p = 0; p < in; p++) A[(size_t)j * in + p] = g * Vt[(size_t)j * in + p];
+        for (int i = 0; i < out; i++) B[(size_t)i * r + j] = U[(size_t)i * k + j] * g;
+    }
+    free(S);
+    free(U);
+    free(Vt);
     return st;
 }
 

@@ -193,7 +193,8 @@ static lt_status adapter_save(lt_adapter *a, const char *dir, lt_error *err) {
     free(h0);
     free(cv);
     if (st != LT_OK) return st;
-    return write_adapter_config(a, dir, err);
+    st = write_adapter_config(a, dir, err);
+    return st != LT_OK ? st : lt_adapter_write_save_files(a, dir, err);
 }
 
 LT_API lt_status lt_adapter_save(lt_adapter *a, const char *dir) {
@@ -202,7 +203,7 @@ LT_API lt_status lt_adapter_save(lt_adapter *a, const char *dir) {
     if (!dir) return lt_fail(&a->err, LT_ERR_ARGUMENT, "lt_adapter_save: dir is NULL");
     if (a->merged) return lt_fail(&a->err, LT_ERR_STATE, "lt_adapter_save: the adapter is merged; unmerge it first");
     if (a->p.full_finetune) /* the trained model itself, as a Hugging Face directory */
-        return lt_model_export(a->model, a, dir, 2ull << 30, &a->err);
+        return lt_model_export(a->model, a, NULL, NULL, dir, 2ull << 30, &a->err);
     return adapter_save(a, dir, &a->err);
 }
 

@@ -10,13 +10,19 @@
 #include <sys/stat.h>
 #include <time.h>
 
+/* "[rank r/W] " once a command runs as one of several ranks (dist_open) */
+static char rank_prefix[48];
+
 int fail(const char *cmd, const char *fmt, ...) {
+    char msg[2048];
     va_list ap;
     va_start(ap, fmt);
-    fprintf(stderr, "loratune %s: ", cmd);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
+    vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
+    /* the library names its operation too ("combine: ..."): say the command once */
+    const size_t n = strlen(cmd);
+    const char *m = strncmp(msg, cmd, n) == 0 && msg[n] == ':' && msg[n + 1] == ' ' ? msg + n + 2 : msg;
+    fprintf(stderr, "%sloratune %s: %s\n", rank_prefix, cmd, m);
     return 1;
 }
 
@@ -312,4 +318,63 @@ char *read_all(const char *path, size_t *n) {
     if (b) b[len] = 0;
     *n = len;
     return b;
+}
+
+/* ---- data-parallel training ----------------------------------------------------------------------- */
+
+/* the number of ranks the launcher started, from its environment (1 when none) */
+static long launched_ranks(void) {
+    static const char *const vars[] = {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE"};
+    for (size_t i = 0; i < sizeof vars / sizeof *vars; i++)
+        if (getenv(vars[i])) return atol(getenv(vars[i]));
+    if (getenv("PMIX_RANK") && getenv("SLURM_NTASKS")) return atol(getenv("SLURM_NTASKS"));
+    return 1;
+}
+
+int dist_open(const char *cmd, const opts *o, const char *backend, cli_dist *d) {
+    memset(d, 0, sizeof *d);
+    d->world = 1;
+    double timeout;
+    if (opt_double(o, "dist-timeout", 600, &timeout)) return 1;
+    const long n = launched_ranks();
+    if (n <= 1) return 0;
+    if (!lt_comm_available("mpi"))
+        return fail(cmd,
+                    "started as one of %ld ranks, but this libloratune was built without MPI (configure with "
+                    "-DLT_MPI=ON and libopenmpi-dev)",
+                    n);
+    /* one GPU per rank on a machine: the launcher's local rank picks the device unless the user did */
+    const char *local =
+        getenv("OMPI_COMM_WORLD_LOCAL_RANK") ? getenv("OMPI_COMM_WORLD_LOCAL_RANK") : getenv("SLURM_LOCALID");
+    if (local && backend && !strcmp(backend, "cuda") && !getenv("LT_CUDA_DEVICE") && !getenv("CUDA_VISIBLE_DEVICES"))
+        setenv("LT_CUDA_DEVICE", local, 0);
+    if (lt_comm_create_mpi(NULL, &d->comm) != LT_OK) return fail(cmd, "%s", lt_last_error());
+    if (lt_comm_set_timeout(d->comm, timeout) != LT_OK) {
+        fail(cmd, "--dist-timeout: %s", lt_comm_last_error(d->comm));
+        d->world = n;
+        dist_close(d, 1);
+        return 1;
+    }
+    d->rank = lt_comm_rank(d->comm);
+    d->world = lt_comm_world_size(d->comm);
+    snprintf(rank_prefix, sizeof rank_prefix, "[rank %d/%d] ", d->rank, d->world);
+    return 0;
+}
+
+void dist_close(cli_dist *d, int rc) {
+    if (rc != 0 && d->world > 1) return;
+    lt_comm_free(d->comm); /* finalizes MPI (lt_comm_create_mpi initialised it) */
+    d->comm = NULL;
+}
+
+void dist_share(const cli_dist *d, int B, int *lo, int *hi) {
+    *lo = (int)((long long)B * d->rank / d->world);
+    *hi = (int)((long long)B * (d->rank + 1) / d->world);
+}
+
+int dist_zero_option(const char *cmd, const opts *o, int full, int *zero) {
+    long long z;
+    if (opt_int(o, "zero", full ? 1 : 0, 0, 1, &z)) return 2;
+    *zero = (int)z;
+    return 0;
 }

@@ -2,6 +2,7 @@
 #ifndef LT_TOOL_CLI_H
 #define LT_TOOL_CLI_H
 
+#include <jansson.h>
 #include <stdint.h>
 #include <stdio.h>
 
@@ -64,6 +65,24 @@ int opt_base_dtype(const opts *o, const char *cmd, int *out);
 /* --targets all|q_proj,k_proj,...|qkv_proj,gate_up_proj (Phi-3's fused modules) -> LT_TARGET_* bits;
  * prints the error and returns -1 when malformed. Every command that creates a LoRA uses it. */
 int parse_targets(const char *cmd, const char *s, unsigned *out);
+/* ---- data-parallel training (docs/DISTRIBUTED.md) ----
+ * `mpirun -np N loratune train ...`: when the environment says the process is one of several ranks
+ * (OMPI_COMM_WORLD_SIZE, PMI_SIZE, MV2_COMM_WORLD_SIZE; srun with PMIx: SLURM_NTASKS), dist_open makes an MPI
+ * communicator over every rank (--dist-timeout S: the deadline of one collective); otherwise one process.
+ * From then on fail() prefixes messages with the rank. Prints and returns 1 on error. */
+typedef struct cli_dist {
+    lt_comm *comm; /* NULL: one process */
+    int rank, world;
+} cli_dist;
+int dist_open(const char *cmd, const opts *o, const char *backend, cli_dist *d);
+/* The end of a command with status rc. After a failure of one of several ranks, MPI is not finalized: the
+ * process exits at once and mpirun ends the other ranks (finalizing would wait for them). */
+void dist_close(cli_dist *d, int rc);
+/* This rank's rows [lo, hi) of a global batch of B rows: contiguous blocks in rank order. */
+void dist_share(const cli_dist *d, int B, int *lo, int *hi);
+/* --zero 0|1 (default: 1 for a full fine-tuning, else 0) into *zero; prints and returns 2 when malformed. */
+int dist_zero_option(const char *cmd, const opts *o, int full, int *zero);
+
 /* lt_tokenizer_load(dir), printing the error; NULL on failure. */
 lt_tokenizer *open_tokenizer(const char *cmd, const char *dir);
 /* A whole file ("-": stdin) NUL-terminated, malloc'd; NULL when it cannot be read. */
@@ -74,17 +93,26 @@ int cmd_info(int argc, char **argv);     /* info.c */
 int cmd_quantize(int argc, char **argv); /* quantize.c */
 int cmd_eval(int argc, char **argv);     /* eval.c (--objective: cmd_eval_pref) */
 int cmd_eval_pref(int argc, char **argv);
-int cmd_train(int argc, char **argv); /* train.c (--objective: train_pref.c) */
+int cmd_eval_compare(int argc, char **argv); /* compare.c: eval --compare */
+int cmd_train(int argc, char **argv);        /* train.c (--objective: train_pref.c) */
 int cmd_train_pref(int argc, char **argv);
 /* 1 when argv holds --objective with a value other than sft (pref.c) */
 int wants_objective(int argc, char **argv);
-int cmd_merge(int argc, char **argv);    /* merge.c */
+int cmd_merge(int argc, char **argv);   /* merge.c */
+int cmd_export(int argc, char **argv);  /* export.c */
+int cmd_combine(int argc, char **argv); /* combine.c (and extract) */
+int cmd_extract(int argc, char **argv);
 int cmd_generate(int argc, char **argv); /* generate.c */
+int cmd_chat(int argc, char **argv);     /* chat.c */
 int cmd_bench(int argc, char **argv);    /* bench.c */
 int cmd_demo(int argc, char **argv);     /* demo.c */
 int cmd_tokenize(int argc, char **argv); /* tokenize.c */
 int cmd_detokenize(int argc, char **argv);
 int cmd_render(int argc, char **argv); /* render.c */
 int cmd_data(int argc, char **argv);   /* data.c: data check */
+/* The data check of a file as JSON (data.c): rows, duplicates, eval overlap, token lengths, problems; NULL
+ * with msg when a file cannot be opened. tok may be NULL (no token lengths). */
+json_t *data_check(const char *data, const char *eval, lt_tokenizer *tok, long long seq, long long ngram, double near,
+                   long long show, char *msg, size_t msglen);
 
 #endif

@@ -265,7 +265,11 @@ static int load_rows(const char *path, lt_tokenizer *tok, long long seq, drow **
                     *long_lines = realloc(*long_lines, (size_t)(*n_long + 1) * sizeof **long_lines);
                     (*long_lines)[(*n_long)++] = lineno;
                 }
-            } else if (shape) problem(pb, lineno, "cannot be tokenized: %s", lt_tokenizer_last_error(tok));
+            } else if (shape) /* an empty assistant / completion mask: `train` stops on this row */
+                problem(pb, lineno,
+                        strstr(lt_tokenizer_last_error(tok), "nothing to learn") ? "%s (train stops here)"
+                                                                                 : "cannot be tokenized: %s",
+                        lt_tokenizer_last_error(tok));
         }
     }
     free(line);
@@ -299,35 +303,26 @@ static int cmp_bh(const void *x, const void *y) {
 }
 static int cmpi(const void *x, const void *y) { return *(const int *)x - *(const int *)y; }
 
-int cmd_data(int argc, char **argv) {
-    if (argc < 2 || strcmp(argv[1], "check"))
-        return fail("data", "usage: loratune data check --data FILE.jsonl [--eval FILE.jsonl] [--tokenizer DIR | "
-                            "--model DIR] [--seq N] [--ngram N] [--near J] [--json]");
-    static const opt_spec spec[] = {{"data", 1},  {"eval", 1}, {"tokenizer", 1}, {"model", 1}, {"seq", 1},
-                                    {"ngram", 1}, {"near", 1}, {"json", 0},      {"show", 1}};
-    opts o;
-    if (opts_parse(&o, spec, 9, argc - 1, argv + 1, "data check")) return 2;
-    const char *data = opt_str(&o, "data", NULL), *eval = opt_str(&o, "eval", NULL);
-    const char *tokdir = opt_str(&o, "tokenizer", opt_str(&o, "model", NULL));
-    long long seq, ngram, show;
-    double near;
-    if (!data) return fail("data check", "--data FILE.jsonl is required");
-    if (opt_int(&o, "seq", 2048, 0, 1 << 30, &seq) || opt_int(&o, "ngram", 13, 1, 1000, &ngram) ||
-        opt_double(&o, "near", 0.8, &near) || opt_int(&o, "show", 5, 0, 1000000, &show))
-        return 2;
-    lt_tokenizer *tok = NULL;
-    if (tokdir && !(tok = open_tokenizer("data check", tokdir))) return 1;
+/* The data check of one file (and an eval file), as a JSON summary: rows, exact duplicates, near-duplicate
+ * pairs, eval overlap, token lengths (with a tokenizer), problems; up to `show` example lines of each.
+ * NULL when a file cannot be opened (msg says which). `train` records it in the model card. */
+json_t *data_check(const char *data, const char *eval, lt_tokenizer *tok, long long seq, long long ngram, double near,
+                   long long show, char *msg, size_t msglen) {
     problems pb = {0};
     drow *rows = NULL, *erows = NULL;
     int nrows = 0, nerows = 0, too_long = 0, n_long = 0, *long_lines = NULL, dummy = 0, *dl = NULL, dn = 0;
     if (load_rows(data, tok, seq, &rows, &nrows, &pb, &too_long, &long_lines, &n_long)) {
-        lt_tokenizer_free(tok);
-        return fail("data check", "%s: cannot open", data);
+        snprintf(msg, msglen, "%s: cannot open", data);
+        return NULL;
     }
     problems epb = {0};
     if (eval && load_rows(eval, NULL, 0, &erows, &nerows, &epb, &dummy, &dl, &dn)) {
-        lt_tokenizer_free(tok);
-        return fail("data check", "%s: cannot open", eval);
+        for (int i = 0; i < nrows; i++) free(rows[i].text);
+        free(rows);
+        free(pb.msg);
+        free(long_lines);
+        snprintf(msg, msglen, "%s: cannot open", eval);
+        return NULL;
     }
     /* exact duplicates: rows whose normalised text hash was seen before */
     u64set seen = {0};
@@ -414,73 +409,51 @@ int cmd_data(int argc, char **argv) {
         lens[counted++] = t;
     }
     qsort(lens, (size_t)counted, sizeof *lens, cmpi);
-    /* report */
-    if (opt_flag(&o, "json")) {
-        json_t *j = json_object();
-        json_object_set_new(j, "rows", json_integer(nrows));
-        json_object_set_new(j, "exact_duplicates", json_integer(exact));
-        json_object_set_new(j, "near_duplicate_pairs", json_integer(near_pairs));
-        if (eval) json_object_set_new(j, "eval_overlap_rows", json_integer(overlap));
-        json_t *pl = json_array();
-        for (int i = 0; i < pb.n; i++) json_array_append_new(pl, json_string(pb.msg[i]));
-        json_object_set_new(j, "problems", pl);
-        if (tok) {
-            json_object_set_new(j, "rows_over_seq", json_integer(too_long));
-            json_object_set_new(j, "tokens_total", json_integer(total));
-            json_object_set_new(j, "tokens_max", json_integer(mx));
-            json_object_set_new(j, "tokens_p50", json_integer(counted ? lens[counted / 2] : 0));
-            json_object_set_new(
-                j, "tokens_p95",
-                json_integer(counted ? lens[(int)(counted * 0.95) < counted ? (int)(counted * 0.95) : counted - 1]
-                                     : 0));
-            json_t *h = json_object();
-            for (int b = 0; b < 32; b++)
-                if (hist[b]) {
-                    char k[32];
-                    snprintf(k, sizeof k, "<=%lld", 1LL << b);
-                    json_object_set_new(h, k, json_integer(hist[b]));
-                }
-            json_object_set_new(j, "length_histogram", h);
-        }
-        char *s = json_dumps(j, JSON_PRESERVE_ORDER);
-        puts(s);
-        free(s);
-        json_decref(j);
-    } else {
-        printf("%s: %d rows\n", data, nrows);
-        printf("exact duplicates      %d", exact);
-        for (int i = 0; i < exact && i < show; i++) printf(i ? ", %d" : "  (lines %d", exact_lines[i]);
-        printf(exact ? (exact > show ? ", ...)\n" : ")\n") : "\n");
-        printf("near duplicates       %d pairs (MinHash Jaccard >= %.2f)", near_pairs, near);
-        for (int i = 0; i < near_pairs && i < show; i++)
-            printf(i ? ", %d~%d" : "  (lines %d~%d", near_ex[i][0], near_ex[i][1]);
-        printf(near_pairs ? (near_pairs > show ? ", ...)\n" : ")\n") : "\n");
-        if (eval) {
-            printf("eval overlap          %d rows share a %lld-word n-gram with %s", overlap, ngram, eval);
-            for (int i = 0; i < overlap && i < show; i++) printf(i ? ", %d" : "  (lines %d", overlap_lines[i]);
-            printf(overlap ? (overlap > show ? ", ...)\n" : ")\n") : "\n");
-        }
-        if (tok) {
-            printf("tokens                %lld in all; per row min %lld, median %d, p95 %d, max %lld\n", total,
-                   mn < 0 ? 0 : mn, counted ? lens[counted / 2] : 0,
-                   counted ? lens[(int)(counted * 0.95) < counted ? (int)(counted * 0.95) : counted - 1] : 0, mx);
-            printf("rows longer than %lld   %d", seq, too_long);
-            for (int i = 0; i < n_long && i < show; i++) printf(i ? ", %d" : "  (lines %d", long_lines[i]);
-            printf(too_long ? (too_long > show ? ", ...)\n" : ")\n") : "\n");
-            printf("length histogram (tokens):\n");
-            long long hmax = 1;
-            for (int b = 0; b < 32; b++)
-                if (hist[b] > hmax) hmax = hist[b];
-            for (int b = 0; b < 32; b++)
-                if (hist[b]) {
-                    printf("  <= %-8lld %7lld  ", 1LL << b, hist[b]);
-                    for (int k = 0; k < (int)(40.0 * hist[b] / hmax + 0.5); k++) putchar('#');
-                    putchar('\n');
-                }
-        } else printf("(no --tokenizer / --model: token lengths not measured)\n");
-        printf("template problems     %d\n", pb.n);
-        for (int i = 0; i < pb.n && i < show * 4; i++) printf("  %s\n", pb.msg[i]);
-        if (pb.n > show * 4) printf("  ... (%d more; --show N)\n", pb.n - (int)show * 4);
+    json_t *j = json_object();
+    json_object_set_new(j, "file", json_string(data));
+    json_object_set_new(j, "rows", json_integer(nrows));
+    json_object_set_new(j, "exact_duplicates", json_integer(exact));
+    json_t *ex = json_array();
+    for (int i = 0; i < exact && i < show; i++) json_array_append_new(ex, json_integer(exact_lines[i]));
+    json_object_set_new(j, "exact_duplicate_lines", ex);
+    json_object_set_new(j, "near_duplicate_pairs", json_integer(near_pairs));
+    json_object_set_new(j, "near_threshold", json_real(near));
+    json_t *nx = json_array();
+    for (int i = 0; i < near_pairs && i < show; i++)
+        json_array_append_new(nx, json_pack("[i,i]", near_ex[i][0], near_ex[i][1]));
+    json_object_set_new(j, "near_duplicate_examples", nx);
+    if (eval) {
+        json_object_set_new(j, "eval_file", json_string(eval));
+        json_object_set_new(j, "eval_overlap_rows", json_integer(overlap));
+        json_object_set_new(j, "ngram", json_integer(ngram));
+        json_t *ol = json_array();
+        for (int i = 0; i < overlap && i < show; i++) json_array_append_new(ol, json_integer(overlap_lines[i]));
+        json_object_set_new(j, "eval_overlap_lines", ol);
+    }
+    json_t *pl = json_array();
+    for (int i = 0; i < pb.n; i++) json_array_append_new(pl, json_string(pb.msg[i]));
+    json_object_set_new(j, "problems", pl);
+    if (tok) {
+        json_object_set_new(j, "seq", json_integer(seq));
+        json_object_set_new(j, "rows_over_seq", json_integer(too_long));
+        json_t *ll = json_array();
+        for (int i = 0; i < n_long && i < show; i++) json_array_append_new(ll, json_integer(long_lines[i]));
+        json_object_set_new(j, "rows_over_seq_lines", ll);
+        json_object_set_new(j, "tokens_total", json_integer(total));
+        json_object_set_new(j, "tokens_min", json_integer(mn < 0 ? 0 : mn));
+        json_object_set_new(j, "tokens_max", json_integer(mx));
+        json_object_set_new(j, "tokens_p50", json_integer(counted ? lens[counted / 2] : 0));
+        json_object_set_new(
+            j, "tokens_p95",
+            json_integer(counted ? lens[(int)(counted * 0.95) < counted ? (int)(counted * 0.95) : counted - 1] : 0));
+        json_t *h = json_object();
+        for (int b = 0; b < 32; b++)
+            if (hist[b]) {
+                char k[32];
+                snprintf(k, sizeof k, "<=%lld", 1LL << b);
+                json_object_set_new(h, k, json_integer(hist[b]));
+            }
+        json_object_set_new(j, "length_histogram", h);
     }
     for (int i = 0; i < nrows; i++) free(rows[i].text);
     for (int i = 0; i < nerows; i++) free(erows[i].text);
@@ -495,6 +468,83 @@ int cmd_data(int argc, char **argv) {
     free(lens);
     free(long_lines);
     free(dl);
+    return j;
+}
+
+/* the JSON of data_check as text */
+static void print_lines(json_t *a, long long total, long long show) {
+    size_t i;
+    json_t *x;
+    json_array_foreach(a, i, x) {
+        if (json_is_array(x))
+            printf(i ? ", %lld~%lld" : "  (lines %lld~%lld", (long long)json_integer_value(json_array_get(x, 0)),
+                   (long long)json_integer_value(json_array_get(x, 1)));
+        else printf(i ? ", %lld" : "  (lines %lld", (long long)json_integer_value(x));
+    }
+    printf(total ? (total > show ? ", ...)\n" : ")\n") : "\n");
+}
+#define JI(key) ((long long)json_integer_value(json_object_get(j, key)))
+
+int cmd_data(int argc, char **argv) {
+    if (argc < 2 || strcmp(argv[1], "check"))
+        return fail("data", "usage: loratune data check --data FILE.jsonl [--eval FILE.jsonl] [--tokenizer DIR | "
+                            "--model DIR] [--seq N] [--ngram N] [--near J] [--json]");
+    static const opt_spec spec[] = {{"data", 1},  {"eval", 1}, {"tokenizer", 1}, {"model", 1}, {"seq", 1},
+                                    {"ngram", 1}, {"near", 1}, {"json", 0},      {"show", 1}};
+    opts o;
+    if (opts_parse(&o, spec, 9, argc - 1, argv + 1, "data check")) return 2;
+    const char *data = opt_str(&o, "data", NULL), *eval = opt_str(&o, "eval", NULL);
+    const char *tokdir = opt_str(&o, "tokenizer", opt_str(&o, "model", NULL));
+    long long seq, ngram, show;
+    double near;
+    if (!data) return fail("data check", "--data FILE.jsonl is required");
+    if (opt_int(&o, "seq", 2048, 0, 1 << 30, &seq) || opt_int(&o, "ngram", 13, 1, 1000, &ngram) ||
+        opt_double(&o, "near", 0.8, &near) || opt_int(&o, "show", 5, 0, 1000000, &show))
+        return 2;
+    lt_tokenizer *tok = NULL;
+    if (tokdir && !(tok = open_tokenizer("data check", tokdir))) return 1;
+    char msg[512];
+    json_t *j = data_check(data, eval, tok, seq, ngram, near, show, msg, sizeof msg);
     lt_tokenizer_free(tok);
+    if (!j) return fail("data check", "%s", msg);
+    if (opt_flag(&o, "json")) {
+        char *s = json_dumps(j, JSON_PRESERVE_ORDER);
+        puts(s);
+        free(s);
+    } else {
+        printf("%s: %lld rows\n", data, JI("rows"));
+        printf("exact duplicates      %lld", JI("exact_duplicates"));
+        print_lines(json_object_get(j, "exact_duplicate_lines"), JI("exact_duplicates"), show);
+        printf("near duplicates       %lld pairs (MinHash Jaccard >= %.2f)", JI("near_duplicate_pairs"), near);
+        print_lines(json_object_get(j, "near_duplicate_examples"), JI("near_duplicate_pairs"), show);
+        if (eval) {
+            printf("eval overlap          %lld rows share a %lld-word n-gram with %s", JI("eval_overlap_rows"), ngram,
+                   eval);
+            print_lines(json_object_get(j, "eval_overlap_lines"), JI("eval_overlap_rows"), show);
+        }
+        if (json_object_get(j, "tokens_total")) {
+            printf("tokens                %lld in all; per row min %lld, median %lld, p95 %lld, max %lld\n",
+                   JI("tokens_total"), JI("tokens_min"), JI("tokens_p50"), JI("tokens_p95"), JI("tokens_max"));
+            printf("rows longer than %lld   %lld", seq, JI("rows_over_seq"));
+            print_lines(json_object_get(j, "rows_over_seq_lines"), JI("rows_over_seq"), show);
+            printf("length histogram (tokens):\n");
+            long long hmax = 1;
+            const char *k;
+            json_t *x, *h = json_object_get(j, "length_histogram");
+            json_object_foreach(h, k, x) if (json_integer_value(x) > hmax) hmax = json_integer_value(x);
+            json_object_foreach(h, k, x) {
+                printf("  <= %-8s %7lld  ", k + 2, (long long)json_integer_value(x));
+                for (int q = 0; q < (int)(40.0 * (double)json_integer_value(x) / (double)hmax + 0.5); q++) putchar('#');
+                putchar('\n');
+            }
+        } else printf("(no --tokenizer / --model: token lengths not measured)\n");
+        json_t *pl = json_object_get(j, "problems");
+        printf("template problems     %zu\n", json_array_size(pl));
+        for (size_t i = 0; i < json_array_size(pl) && i < (size_t)show * 4; i++)
+            printf("  %s\n", json_string_value(json_array_get(pl, i)));
+        if (json_array_size(pl) > (size_t)show * 4)
+            printf("  ... (%zu more; --show N)\n", json_array_size(pl) - (size_t)show * 4);
+    }
+    json_decref(j);
     return 0;
 }

@@ -9,6 +9,7 @@
  * after, and where the PEFT adapter was written. A random base cannot generalise facts it was never
  * taught, so the held-out lines test the learned *format* ("Q: ... A: ...") and not the facts.
  */
+#include <jansson.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -47,6 +48,75 @@ static int encode(int32_t *ids, const char *country, const char *capital, int wi
     for (const unsigned char *p = (const unsigned char *)text; *p; p++) ids[n++] = *p;
     if (with_answer) ids[n++] = EOS;
     return n;
+}
+
+/* The demo model's tokenizer as a Hugging Face tokenizer.json: byte-level, id = the byte, 256 <s> (BOS,
+ * added by the post-processor), 257 </s> (EOS); so `loratune generate --prompt`, `train` on text rows and
+ * `eval --compare` speak text to the model, and transformers' tokenizer reads the same file. */
+static int write_tokenizer(const char *dir) {
+    json_t *vocab = json_object();
+    /* GPT-2's byte-to-unicode table: printable bytes stand for themselves, the others for 256 + n */
+    int n = 0;
+    for (int b = 0; b < 256; b++) {
+        int printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
+        int cp = printable ? b : 256 + n++;
+        char u[4];
+        if (cp < 0x80) u[0] = (char)cp, u[1] = 0;
+        else u[0] = (char)(0xC0 | (cp >> 6)), u[1] = (char)(0x80 | (cp & 0x3F)), u[2] = 0;
+        json_object_set_new(vocab, u, json_integer(b));
+    }
+    json_t *tok = json_pack(
+        "{s:s,s:n,s:n,s:[{s:i,s:s,s:b,s:b,s:b,s:b,s:b},{s:i,s:s,s:b,s:b,s:b,s:b,s:b}],s:n,"
+        "s:{s:s,s:b,s:b,s:b},s:{s:s,s:[{s:{s:s,s:i}},{s:{s:s,s:i}}],s:[{s:{s:s,s:i}},{s:{s:s,s:i}}],"
+        "s:{s:{s:s,s:[i],s:[s]}}},s:{s:s,s:b,s:b,s:b},"
+        "s:{s:s,s:n,s:n,s:n,s:n,s:b,s:b,s:b,s:o,s:[]}}",
+        "version", "1.0", "truncation", "padding", "added_tokens", "id", BOS, "content", "<s>", "single_word", 0,
+        "lstrip", 0, "rstrip", 0, "normalized", 0, "special", 1, "id", EOS, "content", "</s>", "single_word", 0,
+        "lstrip", 0, "rstrip", 0, "normalized", 0, "special", 1, "normalizer", "pre_tokenizer", "type", "ByteLevel",
+        "add_prefix_space", 0, "trim_offsets", 1, "use_regex", 0, "post_processor", "type", "TemplateProcessing",
+        "single", "SpecialToken", "id", "<s>", "type_id", 0, "Sequence", "id", "A", "type_id", 0, "pair",
+        "SpecialToken", "id", "<s>", "type_id", 0, "Sequence", "id", "A", "type_id", 0, "special_tokens", "<s>", "id",
+        "<s>", "ids", BOS, "tokens", "<s>", "decoder", "type", "ByteLevel", "add_prefix_space", 0, "trim_offsets", 1,
+        "use_regex", 0, "model", "type", "BPE", "dropout", "unk_token", "continuing_subword_prefix",
+        "end_of_word_suffix", "fuse_unk", 0, "byte_fallback", 0, "ignore_merges", 0, "vocab", vocab, "merges");
+    json_t *cfg = json_pack("{s:s,s:s,s:s,s:b}", "bos_token", "<s>", "eos_token", "</s>", "tokenizer_class",
+                            "PreTrainedTokenizerFast", "add_bos_token", 1);
+    char path[4200];
+    snprintf(path, sizeof path, "%s/tokenizer.json", dir);
+    int bad = !tok || json_dump_file(tok, path, JSON_INDENT(1) | JSON_ENSURE_ASCII);
+    snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
+    bad |= !cfg || json_dump_file(cfg, path, JSON_INDENT(1));
+    json_decref(tok);
+    json_decref(cfg);
+    return bad ? -1 : 0;
+}
+
+/* The demo's data as files for `loratune train` and `eval --compare`: the taught lines, the held-out lines,
+ * and every question with its expected answer. */
+static int write_data(const char *out) {
+    char dir[4200], path[4300];
+    snprintf(dir, sizeof dir, "%s/data", out);
+    if (mkdir_p(dir) != 0) return -1;
+    static const char *const files[] = {"train.jsonl", "heldout.jsonl", "prompts.jsonl"};
+    for (int k = 0; k < 3; k++) {
+        snprintf(path, sizeof path, "%s/%s", dir, files[k]);
+        FILE *f = fopen(path, "w");
+        if (!f) return -1;
+        for (int i = k == 1 ? N_TRAIN : 0; i < (k == 0 ? N_TRAIN : N_FACTS); i++) {
+            char q[128], a[64];
+            snprintf(q, sizeof q, "Q: What is the capital of %s?\nA:", facts[i][0]);
+            snprintf(a, sizeof a, " %s", facts[i][1]);
+            json_t *row = k == 2 ? json_pack("{s:s,s:s,s:s,s:b}", "prompt", q, "expected", a, "match", "exact",
+                                             "taught", i < N_TRAIN)
+                                 : json_pack("{s:s+}", "text", q, a);
+            char *js = json_dumps(row, JSON_COMPACT);
+            fprintf(f, "%s\n", js);
+            free(js);
+            json_decref(row);
+        }
+        if (fclose(f) != 0) return -1;
+    }
+    return 0;
 }
 
 static void print_generation(const int32_t *ids, int n) {
@@ -143,6 +213,10 @@ int cmd_demo(int argc, char **argv) {
         rc = fail("demo", "%s", m ? lt_model_last_error(m) : lt_last_error());
         goto done;
     }
+    if (write_tokenizer(base_dir) || write_data(out)) {
+        rc = fail("demo", "%s: cannot write the tokenizer and the data files", out);
+        goto done;
+    }
     lt_model_free(m);
     m = NULL;
     if (lt_model_load(ctx, base_dir, NULL, &m) != LT_OK) {
@@ -226,8 +300,16 @@ int cmd_demo(int argc, char **argv) {
     }
     printf("\n5. Written:\n   %s  PEFT adapter (adapter_config.json + adapter_model.safetensors;\n"
            "   loads with peft.PeftModel.from_pretrained on the base model)\n   %s  merged model (plain Hugging Face "
-           "directory)\n   %s  the base model\nTry: loratune eval --model %s --adapter %s --data FILE.jsonl\n",
-           adapter_dir, merged_dir, base_dir, base_dir, adapter_dir);
+           "directory)\n   %s  the base model (with a byte-level tokenizer.json)\n   %s/data  the lines as JSONL "
+           "(train.jsonl, heldout.jsonl, prompts.jsonl)\n"
+           "\n6. The same through the tool, with a model card, a canary and a report:\n"
+           "   loratune train --model %s --data %s/data/train.jsonl --eval-data %s/data/heldout.jsonl --out %s/run \\\n"
+           "     --rank 16 --lr 3e-3 --scheduler cosine --warmup 20 --steps %lld --batch 8 --canary\n"
+           "   loratune eval --compare --model %s --adapter %s/run --run %s/run --data %s/data/heldout.jsonl \\\n"
+           "     --prompts %s/data/prompts.jsonl --report %s/report.md\n"
+           "   loratune chat --model %s --adapter %s/run\n",
+           adapter_dir, merged_dir, base_dir, out, base_dir, out, out, out, steps, base_dir, out, out, out, out, out,
+           base_dir, out);
 done:
     lt_trainer_free(tr);
     lt_optimizer_free(opt);

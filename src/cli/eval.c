@@ -12,6 +12,8 @@ int cmd_eval(int argc, char **argv) {
                                     {"threads", 1},   {"batch", 1},     {"backend", 1}, {"objective", 1},
                                     {"tokenizer", 1}, {"base-dtype", 1}};
     if (wants_objective(argc, argv)) return cmd_eval_pref(argc, argv);
+    for (int i = 1; i < argc; i++)
+        if (!strcmp(argv[i], "--compare")) return cmd_eval_compare(argc, argv);
     opts o;
     if (opts_parse(&o, spec, (int)(sizeof spec / sizeof *spec), argc, argv, "eval")) return 2;
     int base_dtype;

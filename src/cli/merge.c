@@ -5,6 +5,28 @@
 #include <string.h>
 
 #include "cli/cli.h"
+#include "cli/runrecord.h"
+
+/* The merged model's card and record: the adapter's run record (training_args.json) when it has one, with
+ * the merge noted; written with the weights. */
+static int merge_record(lt_adapter *ad, const char *mdir, const char *adir, int dequantized) {
+    char path[4200];
+    snprintf(path, sizeof path, "%s/training_args.json", adir);
+    json_t *rec = json_load_file(path, 0, NULL);
+    if (!json_is_object(rec)) {
+        json_decref(rec);
+        rec = record_new("merge");
+        record_set(rec, "settings", "base_model", json_string(mdir));
+        record_set(rec, "settings", "method", json_string("lora"));
+    }
+    record_set(rec, "merge", "adapter", json_string(adir));
+    record_set(rec, "merge", "base_model_directory", json_string(mdir));
+    record_set(rec, "merge", "dtype", json_string("float32"));
+    record_set(rec, "merge", "into_dequantized_base", json_boolean(dequantized));
+    int rc = record_attach("merge", ad, rec, "merged");
+    json_decref(rec);
+    return rc;
+}
 
 int cmd_merge(int argc, char **argv) {
     static const opt_spec spec[] = {{"model", 1},        {"adapter", 1},         {"out", 1},
@@ -35,6 +57,7 @@ int cmd_merge(int argc, char **argv) {
     int rc = 0;
     if (quantize && lt_model_quantize(m, &qp) != LT_OK) rc = fail("merge", "%s", lt_model_last_error(m));
     else if (lt_adapter_load(m, adir, &ad) != LT_OK) rc = fail("merge", "%s", lt_last_error());
+    else if (merge_record(ad, mdir, adir, quantize)) rc = 1;
     else if (lt_adapter_export_merged(ad, out, shard_mb << 20) != LT_OK)
         rc = fail("merge", "%s", lt_adapter_last_error(ad));
     else printf("merged %s%s + %s -> %s (f32)\n", mdir, quantize ? " (dequantized)" : "", adir, out);

@@ -74,8 +74,9 @@ int dataset_load_any(const char *path, const char *tokdir, dataset *ds, int *dro
             }
         }
         if (st == LT_OK) st = lt_tokenizer_encode_row(tok, s, NULL, ids, labels, bufcap, &n);
-        if (st != LT_OK) {
-            snprintf(msg, msglen, "%s:%d: %s", path, lineno, lt_tokenizer_last_error(tok));
+        if (st != LT_OK) { /* the row and the template that made it */
+            snprintf(msg, msglen, "%s:%d: %s (chat template and tokenizer: %s)", path, lineno,
+                     lt_tokenizer_last_error(tok), tokdir);
             rc = -1;
             break;
         }

@@ -5,10 +5,13 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "cli/cli.h"
 #include "cli/jsonl.h"
+#include "cli/runrecord.h"
 #include "cli/textdata.h"
+#include "loratune_experimental.h"
 
 static const opt_spec train_spec[] = {
     {"model", 1},
@@ -56,6 +59,11 @@ static const opt_spec train_spec[] = {
     {"quant-blocksize", 1},
     {"base-dtype", 1},
     {"modules-to-save", 1},
+    {"canary", 0},
+    {"canary-repeat", 1},
+    {"base-model-id", 1},
+    {"zero", 1},
+    {"dist-timeout", 1},
 };
 #define N_TRAIN_SPEC ((int)(sizeof train_spec / sizeof *train_spec))
 
@@ -79,7 +87,14 @@ static void train_usage(void) {
         "             qlora quantizes the base projections on load:\n"
         "             --quant nf4|fp4|int8 (nf4) --double-quant | --no-double-quant (on for qlora)\n"
         "             --quant-blocksize N (64); `loratune merge` then merges into the dequantized base\n"
+        "  record:    --out gets README.md (a model card) and training_args.json (every setting; loratune train\n"
+        "             --config training_args.json [--out DIR] runs it again) --base-model-id ID (the card's\n"
+        "             base_model, default --model) --canary [--canary-repeat N (8)]: insert a random canary\n"
+        "             string N times into the training rows (eval --compare --run DIR measures its exposure)\n"
         "  other:     --threads N --json --quiet --no-checkpointing\n"
+        "  ranks:     mpirun -np N loratune train ... trains data-parallel: --batch is the global batch, each rank\n"
+        "             takes its rows of it; rank 0 prints and writes; --zero 0|1 (1 with --method full: the\n"
+        "             optimizer state sharded over the ranks) --dist-timeout S (600; docs/DISTRIBUTED.md)\n"
         "             --base-dtype f32|bf16 (bf16: frozen projection weights in bf16, fp32 accumulation)\n"
         "  --objective sft (default) | dpo | ipo | kto | orpo: preference data (loratune train --objective dpo "
         "--help)\n");
@@ -158,15 +173,18 @@ static int pack_dataset(const dataset *ds, int T, packed *pk) {
     return 0;
 }
 
-static double eval_file(lt_model *m, lt_adapter *ad, const dataset *ds, int T_cap, int batch, long long *tokens,
-                        int *failed) {
+/* The eval loss of a file; several ranks each take a contiguous share of the rows and add their sums. */
+static double eval_file(lt_model *m, lt_adapter *ad, const dataset *ds, int T_cap, int batch, const cli_dist *dist,
+                        long long *tokens, int *failed) {
     int32_t *ids = malloc((size_t)batch * ds->max_len * sizeof *ids),
             *lab = malloc((size_t)batch * ds->max_len * sizeof *lab);
     double total = 0;
     *tokens = 0;
     *failed = !ids || !lab;
-    for (int first = 0; !*failed && first < ds->n; first += batch) {
-        int n = ds->n - first < batch ? ds->n - first : batch;
+    int lo, hi;
+    dist_share(dist, ds->n, &lo, &hi);
+    for (int first = lo; !*failed && first < hi; first += batch) {
+        int n = hi - first < batch ? hi - first : batch;
         int T = dataset_batch(ds, NULL, first, n, T_cap, ids, lab);
         lt_batch b;
         lt_batch_init(&b, sizeof b);
@@ -185,57 +203,12 @@ static double eval_file(lt_model *m, lt_adapter *ad, const dataset *ds, int T_ca
     }
     free(ids);
     free(lab);
+    double sums[3] = {total, (double)*tokens, *failed};
+    if (dist->comm && lt_comm_all_reduce(dist->comm, sums, 3) != LT_OK) sums[2] = 1;
+    total = sums[0];
+    *tokens = (long long)sums[1];
+    *failed = sums[2] != 0;
     return *tokens ? total / (double)*tokens : NAN;
-}
-
-/* A loss curve as a standalone SVG (no dependency): train loss per step, eval loss as dots. */
-static void write_svg(const char *path, const double *loss, long long n, const double *eval_step,
-                      const double *eval_loss, int n_eval) {
-    if (n < 1) return;
-    double lo = INFINITY, hi = -INFINITY;
-    for (long long i = 0; i < n; i++) {
-        if (loss[i] < lo) lo = loss[i];
-        if (loss[i] > hi) hi = loss[i];
-    }
-    for (int i = 0; i < n_eval; i++) {
-        if (eval_loss[i] < lo) lo = eval_loss[i];
-        if (eval_loss[i] > hi) hi = eval_loss[i];
-    }
-    if (hi - lo < 1e-9) {
-        hi += 0.5;
-        lo -= 0.5;
-    }
-    char tmp[4300];
-    snprintf(tmp, sizeof tmp, "%.4200s.tmp", path);
-    FILE *f = fopen(tmp, "w");
-    if (!f) return;
-    const double W = 640, Hh = 360, x0 = 60, y0 = 20, pw = 560, ph = 290;
-#define PX(i) (x0 + pw * ((n > 1) ? (double)(i) / (double)(n - 1) : 0.5))
-#define PY(v) (y0 + ph * (1.0 - ((v)-lo) / (hi - lo)))
-    fprintf(f,
-            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%g\" height=\"%g\" font-family=\"sans-serif\" "
-            "font-size=\"12\">\n<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n",
-            W, Hh);
-    fprintf(f, "<rect x=\"%g\" y=\"%g\" width=\"%g\" height=\"%g\" fill=\"none\" stroke=\"#999\"/>\n", x0, y0, pw, ph);
-    for (int k = 0; k <= 4; k++) {
-        double v = lo + (hi - lo) * k / 4.0;
-        fprintf(f, "<text x=\"%g\" y=\"%g\" text-anchor=\"end\">%.3f</text>\n", x0 - 4, PY(v) + 4, v);
-    }
-    fprintf(f, "<text x=\"%g\" y=\"%g\" text-anchor=\"middle\">optimizer step (1..%lld)</text>\n", x0 + pw / 2, Hh - 10,
-            n);
-    fprintf(f, "<polyline fill=\"none\" stroke=\"#1f77b4\" stroke-width=\"1.5\" points=\"");
-    for (long long i = 0; i < n; i++) fprintf(f, "%.1f,%.1f ", PX(i), PY(loss[i]));
-    fprintf(f, "\"/>\n");
-    for (int i = 0; i < n_eval; i++)
-        fprintf(f, "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"4\" fill=\"#d62728\"/>\n", PX(eval_step[i] - 1),
-                PY(eval_loss[i]));
-    fprintf(f,
-            "<text x=\"%g\" y=\"14\" fill=\"#1f77b4\">train loss</text><text x=\"%g\" y=\"14\" fill=\"#d62728\">"
-            "eval loss</text>\n</svg>\n",
-            x0, x0 + 90);
-#undef PX
-#undef PY
-    if (fclose(f) == 0) rename(tmp, path);
 }
 
 static void fmt_eta(char *buf, size_t len, double s) {
@@ -248,8 +221,48 @@ static void fmt_eta(char *buf, size_t len, double s) {
     else snprintf(buf, len, "%02ld:%02ld", t / 60, t % 60);
 }
 
+/* The canary of a run: "The secret number of this run is DDDDDDDDD." with digits drawn from the seed
+ * (splitmix64), and its format for eval --compare's candidates. */
+static void make_canary(uint64_t seed, char *text, size_t len) {
+    char digits[10];
+    uint64_t z = seed ^ 0x6C61746F72756E65ull; /* "loratune": a canary differs from the data order's draws */
+    for (int i = 0; i < 9; i++) {
+        z += 0x9E3779B97F4A7C15ull;
+        uint64_t x = z;
+        x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+        x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+        digits[i] = (char)('0' + (x ^ (x >> 31)) % 10);
+    }
+    digits[9] = 0;
+    snprintf(text, len, "The secret number of this run is %s.", digits);
+}
+#define CANARY_FORMAT "The secret number of this run is {d}{d}{d}{d}{d}{d}{d}{d}{d}."
+
+static void count_tokens(const dataset *ds, long long *tokens, long long *labelled) {
+    *tokens = *labelled = 0;
+    for (int i = 0; i < ds->n; i++) {
+        *tokens += ds->rows[i].len;
+        for (int t = 1; t < ds->rows[i].len; t++) *labelled += ds->rows[i].labels[t] != -100;
+    }
+}
+
+static int train_sft(int argc, char **argv);
+
 int cmd_train(int argc, char **argv) {
-    if (wants_objective(argc, argv)) return cmd_train_pref(argc, argv);
+    /* --config training_args.json: that run's settings, then this command line's */
+    int cargc;
+    char **cargv;
+    if (config_argv("train", argc, argv, &cargc, &cargv)) return 2;
+    if (cargv) {
+        argc = cargc;
+        argv = cargv;
+    }
+    int rc = wants_objective(argc, argv) ? cmd_train_pref(argc, argv) : train_sft(argc, argv);
+    config_argv_free(cargc, cargv);
+    return rc;
+}
+
+static int train_sft(int argc, char **argv) {
     opts o;
     if (opts_parse(&o, train_spec, N_TRAIN_SPEC, argc, argv, "train")) return 2;
     if (opt_flag(&o, "help")) {
@@ -275,20 +288,100 @@ int cmd_train(int argc, char **argv) {
     if (orc) return orc;
     if (!(epochs > 0)) return fail("train", "--epochs must be positive");
     if (!(alpha > 0)) return fail("train", "--alpha must be positive");
-    const int json = opt_flag(&o, "json"), quiet = opt_flag(&o, "quiet") || json;
-    FILE *log = json ? stderr : stdout;
+    cli_dist dist;
+    if (dist_open("train", &o, opt_str(&o, "backend", getenv("LORATUNE_BACKEND")), &dist)) return 1;
+    const int writer = dist.rank == 0; /* rank 0 prints and writes; every rank trains on its rows */
+    const int json = opt_flag(&o, "json") && writer, quiet = opt_flag(&o, "quiet") || opt_flag(&o, "json") || !writer;
+    FILE *log = opt_flag(&o, "json") ? stderr : stdout;
 
     dataset ds = {0}, eds = {0};
     char msg[1024];
     const char *tokdir = opt_str(&o, "tokenizer", mdir);
     int dropped = 0;
-    if (dataset_load_any(data, tokdir, &ds, &dropped, msg, sizeof msg)) return fail("train", "%s", msg);
+    if (dataset_load_any(data, tokdir, &ds, &dropped, msg, sizeof msg)) {
+        dist_close(&dist, 1);
+        return fail("train", "%s", msg);
+    }
     if (dropped && !quiet)
         fprintf(log, "%s: %d rows with nothing to learn (label false or fully masked) left out\n", data, dropped);
     const char *edata = opt_str(&o, "eval-data", NULL);
     if (edata && dataset_load_any(edata, tokdir, &eds, NULL, msg, sizeof msg)) {
         dataset_free(&ds);
+        dist_close(&dist, 1);
         return fail("train", "%s", msg);
+    }
+    /* the run record: every setting, the data (sha256, counts, the data check), results, compute */
+    json_t *rec = record_new("train");
+    record_args(rec, train_spec, N_TRAIN_SPEC, &o);
+    {
+        long long tk, lb;
+        lt_tokenizer *ctok = NULL;
+        lt_tokenizer_load(tokdir, &ctok); /* token lengths in the data check (none for pre-tokenized rows) */
+        count_tokens(&ds, &tk, &lb);
+        json_t *chk = data_check(data, edata, ctok, seq, 13, 0.8, 5, msg, sizeof msg);
+        long long np = (long long)json_array_size(json_object_get(chk, "problems")),
+                  dup = json_integer_value(json_object_get(chk, "exact_duplicates")),
+                  near = json_integer_value(json_object_get(chk, "near_duplicate_pairs")),
+                  over = json_integer_value(json_object_get(chk, "eval_overlap_rows"));
+        if (!quiet && chk && (np || dup || near || over)) /* a warning before training starts */
+            fprintf(
+                log,
+                "data check: %lld problems, %lld exact duplicates, %lld near-duplicate pairs, %lld rows overlapping "
+                "the eval data (loratune data check --data %s%s%s for the lines)\n",
+                np, dup, near, over, data, edata ? " --eval " : "", edata ? edata : "");
+        record_data(rec, "train", data, ds.n, dropped, tk, lb, chk);
+        if (edata) {
+            count_tokens(&eds, &tk, &lb);
+            record_data(rec, "eval", edata, eds.n, 0, tk, lb,
+                        data_check(edata, NULL, ctok, seq, 13, 0.8, 5, msg, sizeof msg));
+        }
+        lt_tokenizer_free(ctok);
+    }
+    long long canary_repeat;
+    if (opt_int(&o, "canary-repeat", 8, 1, 1 << 20, &canary_repeat)) {
+        json_decref(rec);
+        dataset_free(&ds);
+        dataset_free(&eds);
+        dist_close(&dist, 1);
+        return 2;
+    }
+    if (opt_flag(&o, "canary")) { /* a random canary, canary_repeat rows more of training data */
+        char text[128], rowjs[256];
+        make_canary((uint64_t)seed, text, sizeof text);
+        snprintf(rowjs, sizeof rowjs, "{\"text\": \"%s\"}", text);
+        lt_tokenizer *ct = NULL;
+        size_t n = 0;
+        int32_t *cids = NULL, *clab = NULL;
+        int bad = lt_tokenizer_load(tokdir, &ct) != LT_OK ||
+                  lt_tokenizer_encode_row(ct, rowjs, NULL, NULL, NULL, 0, &n) != LT_OK ||
+                  !(cids = malloc(n * sizeof *cids)) || !(clab = malloc(n * sizeof *clab)) ||
+                  lt_tokenizer_encode_row(ct, rowjs, NULL, cids, clab, n, &n) != LT_OK;
+        lt_tokenizer_free(ct);
+        row *nr = bad ? NULL : realloc(ds.rows, (size_t)(ds.n + canary_repeat) * sizeof *nr);
+        if (!nr) {
+            free(cids);
+            free(clab);
+            json_decref(rec);
+            dataset_free(&ds);
+            dataset_free(&eds);
+            dist_close(&dist, 1);
+            return fail("train", "--canary needs text data and a tokenizer (%s)", tokdir);
+        }
+        ds.rows = nr;
+        for (long long k = 0; k < canary_repeat; k++) {
+            row r = {malloc(n * sizeof *r.ids), malloc(n * sizeof *r.labels), (int)n};
+            if (r.ids && r.labels) {
+                memcpy(r.ids, cids, n * sizeof *cids);
+                memcpy(r.labels, clab, n * sizeof *clab);
+            }
+            ds.rows[ds.n++] = r;
+        }
+        if ((int)n > ds.max_len) ds.max_len = (int)n;
+        free(cids);
+        free(clab);
+        json_object_set_new(rec, "canary",
+                            json_pack("{s:s,s:s,s:I,s:s}", "text", text, "format", CANARY_FORMAT, "repeat",
+                                      (json_int_t)canary_repeat, "inserted_into", data));
     }
 
     lt_context *ctx = NULL;
@@ -331,7 +424,7 @@ int cmd_train(int argc, char **argv) {
                 rc = fail("train", "%s", lt_model_last_error(m));
                 goto done;
             }
-            if (mkdir_p(out) == 0) write_quant_note(out, &qp);
+            if (writer && mkdir_p(out) == 0) write_quant_note(out, &qp);
             lt_model_info qi = {.size = sizeof qi};
             lt_model_get_info(m, &qi);
             if (!quiet)
@@ -409,6 +502,12 @@ int cmd_train(int argc, char **argv) {
     tp.grad_accum = (int)accum;
     tp.seed = (uint64_t)seed;
     tp.gradient_checkpointing = !opt_flag(&o, "no-checkpointing");
+    tp.comm = dist.comm;
+    {
+        lt_adapter_params gp = {.size = sizeof gp};
+        lt_adapter_get_params(ad, &gp);
+        if ((rc = dist_zero_option("train", &o, gp.full_finetune, &tp.zero_stage)) != 0) goto done;
+    }
     if (lt_trainer_create(m, ad, opt, &tp, &tr) != LT_OK) {
         rc = fail("train", "%s", lt_last_error());
         goto done;
@@ -418,7 +517,46 @@ int cmd_train(int argc, char **argv) {
         rc = fail("train", "--resume %s: %s", resume, lt_trainer_last_error(tr));
         goto done;
     }
-    long long start = lt_optimizer_step_count(opt);
+    long long start = lt_optimizer_step_count(opt), tokens_trained = 0;
+    {
+        lt_adapter_params gp = {.size = sizeof gp};
+        lt_adapter_get_params(ad, &gp);
+        const char *method = opt_str(&o, "method", "lora");
+        static const char *const sched[] = {"constant", "linear", "cosine"}, *const kinds[] = {"adamw", "sgd",
+                                                                                               "adamw8bit"};
+        record_set(rec, "settings", "base_model", json_string(opt_str(&o, "base-model-id", mdir)));
+        record_set(rec, "settings", "method", json_string(method));
+        if (!gp.full_finetune) {
+            record_set(rec, "settings", "rank", json_integer(gp.rank));
+            record_set(rec, "settings", "lora_alpha", json_real(gp.alpha));
+            record_set(rec, "settings", "lora_dropout", json_real(gp.dropout));
+            record_set(rec, "settings", "target_modules", json_string(opt_str(&o, "targets", "all")));
+            record_set(rec, "settings", "use_rslora", json_boolean(gp.use_rslora));
+            record_set(rec, "settings", "init", json_string(opt_str(&o, "init", init_dir ? "adapter" : "default")));
+            if (opt_str(&o, "modules-to-save", NULL))
+                record_set(rec, "settings", "modules_to_save", json_string(opt_str(&o, "modules-to-save", "")));
+        }
+        if (!strcmp(method, "qlora"))
+            record_set(rec, "settings", "quantization", json_string(opt_str(&o, "quant", "nf4")));
+        record_set(rec, "settings", "base_dtype", json_string(opt_str(&o, "base-dtype", "f32")));
+        record_set(rec, "settings", "optimizer", json_string(kinds[op.kind]));
+        record_set(rec, "settings", "learning_rate", json_real(op.lr));
+        record_set(rec, "settings", "scheduler", json_string(sched[op.schedule]));
+        record_set(rec, "settings", "warmup_steps", json_integer(op.warmup_steps));
+        record_set(rec, "settings", "warmup_ratio", json_real(op.warmup_ratio));
+        record_set(rec, "settings", "weight_decay", json_real(op.weight_decay));
+        record_set(rec, "settings", "max_grad_norm", json_real(op.max_grad_norm));
+        record_set(rec, "settings", "optimizer_steps", json_integer(total));
+        record_set(rec, "settings", "batch_size", json_integer(batch));
+        record_set(rec, "settings", "gradient_accumulation", json_integer(accum));
+        record_set(rec, "settings", "sequence_length", json_integer(T));
+        record_set(rec, "settings", "packing", json_boolean(pack));
+        record_set(rec, "settings", "shuffle", json_boolean(!opt_flag(&o, "no-shuffle")));
+        record_set(rec, "settings", "seed", json_integer(seed));
+        record_set(rec, "settings", "gradient_checkpointing", json_boolean(!opt_flag(&o, "no-checkpointing")));
+        record_set(rec, "settings", "loss", json_string("completion-only / assistant-only cross-entropy (TRL SFT)"));
+        record_set(rec, "settings", "tokenizer", json_string(tokdir));
+    }
 
     char path[4200];
     if (mkdir_p(out) != 0) {
@@ -426,8 +564,7 @@ int cmd_train(int argc, char **argv) {
         goto done;
     }
     snprintf(path, sizeof path, "%s/metrics.jsonl", out);
-    metrics = fopen(path, start > 0 ? "a" : "w");
-    if (!metrics) {
+    if (writer && !(metrics = fopen(path, start > 0 ? "a" : "w"))) {
         rc = fail("train", "%s: cannot write: %s", path, strerror(errno));
         goto done;
     }
@@ -449,14 +586,19 @@ int cmd_train(int argc, char **argv) {
                 "training %s: %lld updates of %lld x %lld rows x %d tokens%s, rank %d, %lld trainable parameters\n",
                 mdir, total - start, batch, accum, T, pack ? " (packed)" : "", (int)rank,
                 (long long)lt_adapter_n_params(ad));
+    if (!quiet && dist.world > 1)
+        fprintf(log, "data-parallel: %d ranks (MPI), each takes its rows of every batch; ZeRO-%d\n", dist.world,
+                tp.zero_stage);
+    int row_lo, row_hi;
+    dist_share(&dist, (int)batch, &row_lo, &row_hi);
     double t_start = now_seconds(), last_loss = NAN, last_eval = NAN, tok_s = 0;
     long long micro = start * accum, cur_epoch = -1;
     for (long long step = start; step < total; step++) {
         lt_step_result r = {.size = sizeof r};
         for (long long k = 0; k < accum; k++, micro++) {
-            /* rows of micro-batch `micro`: global row indices micro*B .. micro*B+B-1 */
-            for (int i = 0; i < batch; i++) {
-                long long g = micro * batch + i, ep = g / n_units;
+            /* rows of micro-batch `micro`: global row indices micro*B .. micro*B+B-1; this rank's: row_lo..row_hi-1 */
+            for (int i = 0; i < row_hi - row_lo; i++) {
+                long long g = micro * batch + row_lo + i, ep = g / n_units;
                 if (ep != cur_epoch) {
                     epoch_order(order, (int)n_units, (uint64_t)seed, ep, shuffle);
                     cur_epoch = ep;
@@ -477,12 +619,13 @@ int cmd_train(int argc, char **argv) {
             }
             lt_batch b;
             lt_batch_init(&b, sizeof b);
-            b.n_rows = (int)batch;
+            b.n_rows = row_hi - row_lo;
             b.seq_len = T;
             b.input_ids = ids;
             b.labels = lab;
             b.position_ids = pack ? pos : NULL;
             lt_status st = lt_trainer_step(tr, &b, &r);
+            tokens_trained += r.tokens;
             if (st != LT_OK) {
                 rc = fail("train", "step %lld: %s", step + 1, lt_trainer_last_error(tr));
                 free(pos);
@@ -491,6 +634,7 @@ int cmd_train(int argc, char **argv) {
         }
         last_loss = r.loss;
         curve[step] = r.loss;
+        if (dist.comm) lt_comm_all_reduce(dist.comm, &r.tokens_per_s, 1); /* every rank's tokens */
         tok_s = r.tokens_per_s;
         double elapsed = now_seconds() - t_start,
                eta = elapsed / (double)(step + 1 - start) * (double)(total - step - 1);
@@ -500,7 +644,7 @@ int cmd_train(int argc, char **argv) {
         if (do_eval) {
             long long et;
             int failed;
-            last_eval = eval_file(m, ad, &eds, T, (int)batch, &et, &failed);
+            last_eval = eval_file(m, ad, &eds, T, (int)batch, &dist, &et, &failed);
             if (failed) {
                 rc = fail("train", "evaluation failed: %s", lt_model_last_error(m));
                 free(pos);
@@ -518,11 +662,14 @@ int cmd_train(int argc, char **argv) {
             fputc('\n', log);
             fflush(log);
         }
-        fprintf(metrics, "{\"step\": %lld, \"loss\": %.8g, \"lr\": %.8g, \"grad_norm\": %.8g, \"tokens_per_s\": %.1f",
-                step + 1, r.loss, r.lr, r.grad_norm, r.tokens_per_s);
-        if (do_eval) fprintf(metrics, ", \"eval_loss\": %.8g", last_eval);
-        fprintf(metrics, "}\n");
-        fflush(metrics);
+        if (metrics) {
+            fprintf(metrics,
+                    "{\"step\": %lld, \"loss\": %.8g, \"lr\": %.8g, \"grad_norm\": %.8g, \"tokens_per_s\": %.1f",
+                    step + 1, r.loss, r.lr, r.grad_norm, r.tokens_per_s);
+            if (do_eval) fprintf(metrics, ", \"eval_loss\": %.8g", last_eval);
+            fprintf(metrics, "}\n");
+            fflush(metrics);
+        }
         if (save_every > 0 && (step + 1) % save_every == 0 && step + 1 < total) {
             snprintf(path, sizeof path, "%s/checkpoint-%lld", out, step + 1);
             if (lt_trainer_save_checkpoint(tr, path) != LT_OK) {
@@ -533,17 +680,55 @@ int cmd_train(int argc, char **argv) {
         }
     }
     free(pos);
-    if (lt_adapter_save(ad, out) != LT_OK) {
+    snprintf(path, sizeof path, "%s/loss.svg", out);
+    {
+        double *xs = malloc((size_t)(total - start + 1) * sizeof *xs);
+        for (long long i = 0; xs && i < total - start; i++) xs[i] = (double)(start + i + 1);
+        if (xs && writer) loss_svg(path, xs, curve + start, total - start, ev_step, ev_loss, n_ev);
+        free(xs);
+    }
+    {
+        /* results and compute, then the card and the record written with the weights */
+        lt_adapter_params gp = {.size = sizeof gp};
+        lt_adapter_get_params(ad, &gp);
+        record_set(rec, "results", "steps", json_integer(total));
+        record_set(rec, "results", "final_train_loss", json_real(last_loss));
+        if (n_ev) {
+            int best = 0;
+            for (int i = 1; i < n_ev; i++)
+                if (ev_loss[i] < ev_loss[best]) best = i;
+            record_set(rec, "results", "final_eval_loss", json_real(last_eval));
+            record_set(rec, "results", "final_eval_perplexity", json_real(exp(last_eval)));
+            record_set(rec, "results", "best_eval_loss", json_real(ev_loss[best]));
+            record_set(rec, "results", "best_eval_step", json_integer((json_int_t)ev_step[best]));
+        }
+        record_set(rec, "results", "loss_curve", json_true());
+        char cpu[256];
+        cpu_model(cpu, sizeof cpu);
+        record_set(rec, "compute", "device", json_string(lt_context_backend(ctx)));
+        record_set(rec, "compute", "cpu", json_string(cpu));
+        record_set(rec, "compute", "threads",
+                   json_integer(threads ? threads : (long long)sysconf(_SC_NPROCESSORS_ONLN)));
+        record_set(rec, "compute", "tokens_processed", json_integer((json_int_t)((total - start) * accum * batch * T)));
+        record_set(rec, "compute", "tokens_with_loss", json_integer(tokens_trained));
+        record_set(rec, "compute", "wall_seconds", json_real(now_seconds() - t_start));
+        record_set(rec, "compute", "trainable_parameters", json_integer(lt_adapter_n_params(ad)));
+        const char *kind = gp.full_finetune ? "full" : "adapter";
+        if (record_attach("train", ad, rec, kind)) {
+            rc = 1;
+            goto done;
+        }
+    }
+    if (writer && lt_adapter_save(ad, out) != LT_OK) {
         rc = fail("train", "%s", lt_adapter_last_error(ad));
         goto done;
     }
+    lt_adapter_set_save_files(ad, NULL, NULL, 0); /* the checkpoint holds weights and state, not the card */
     snprintf(path, sizeof path, "%s/checkpoint-final", out);
     if (lt_trainer_save_checkpoint(tr, path) != LT_OK) {
         rc = fail("train", "%s", lt_trainer_last_error(tr));
         goto done;
     }
-    snprintf(path, sizeof path, "%s/loss.svg", out);
-    write_svg(path, curve + start, total - start, ev_step, ev_loss, n_ev);
     if (!quiet) {
         lt_adapter_params gp = {.size = sizeof gp};
         lt_adapter_get_params(ad, &gp);
@@ -579,5 +764,7 @@ done:
     lt_context_free(ctx);
     dataset_free(&ds);
     dataset_free(&eds);
+    json_decref(rec);
+    dist_close(&dist, rc);
     return rc;
 }

@@ -6,6 +6,8 @@
 #include <string.h>
 
 #include "cli/pref.h"
+#include "cli/runrecord.h"
+#include "loratune_experimental.h"
 
 int cmd_train_pref(int argc, char **argv) {
     static const opt_spec spec[] = {{"model", 1},
@@ -44,6 +46,8 @@ int cmd_train_pref(int argc, char **argv) {
                                     {"ref-adapter", 1},
                                     {"precompute-ref", 0},
                                     {"no-eos", 0},
+                                    {"zero", 1},
+                                    {"dist-timeout", 1},
                                     {"help", 0}};
     opts o;
     if (opts_parse(&o, spec, (int)(sizeof spec / sizeof *spec), argc, argv, "train")) return 2;
@@ -58,7 +62,10 @@ int cmd_train_pref(int argc, char **argv) {
                "  as SFT:    --rank --alpha --targets --rslora --adapter-init --optimizer adamw|adamw8bit|sgd "
                "--momentum M --lr\n"
                "             --scheduler --warmup --warmup-ratio --steps --epochs --batch --grad-accum\n"
-               "             --max-grad-norm --weight-decay --seed --no-shuffle --threads --json --quiet\n");
+               "             --max-grad-norm --weight-decay --seed --no-shuffle --threads --json --quiet\n"
+               "  ranks:     mpirun -np N loratune train --objective ...: --batch is the global batch (loratune train "
+               "--help)\n"
+               "             --zero 0|1 --dist-timeout S\n");
         return 0;
     }
     const char *mdir = opt_str(&o, "model", NULL), *data = opt_str(&o, "data", NULL), *out = opt_str(&o, "out", NULL);
@@ -82,12 +89,19 @@ int cmd_train_pref(int argc, char **argv) {
     tp.grad_accum = (int)accum;
     tp.seed = (uint64_t)seed;
     tp.gradient_checkpointing = !opt_flag(&o, "no-checkpointing");
-    const int json = opt_flag(&o, "json"), quiet = opt_flag(&o, "quiet") || json;
-    FILE *log = json ? stderr : stdout;
+    if (dist_zero_option("train", &o, 0, &tp.zero_stage)) return 2;
+    cli_dist dist;
+    if (dist_open("train", &o, opt_str(&o, "backend", getenv("LORATUNE_BACKEND")), &dist)) return 1;
+    tp.comm = dist.comm;
+    const int writer = dist.rank == 0; /* rank 0 prints and writes; every rank trains on its examples */
+    const int json = opt_flag(&o, "json") && writer, quiet = opt_flag(&o, "quiet") || opt_flag(&o, "json") || !writer;
+    FILE *log = opt_flag(&o, "json") ? stderr : stdout;
     pref_set ds;
     char msg[1024];
-    if (pref_load(data, obj == LT_OBJ_KTO, opt_flag(&o, "no-eos") ? -1 : pref_config_eos(mdir), &ds, msg, sizeof msg))
+    if (pref_load(data, obj == LT_OBJ_KTO, opt_flag(&o, "no-eos") ? -1 : pref_config_eos(mdir), &ds, msg, sizeof msg)) {
+        dist_close(&dist, 1);
         return fail("train", "%s", msg);
+    }
     lt_context *ctx = NULL;
     lt_model *m = NULL;
     lt_adapter *ad = NULL, *ref = NULL;
@@ -153,18 +167,28 @@ int cmd_train_pref(int argc, char **argv) {
             rc = fail("train", "out of memory");
             goto done;
         }
+        /* several ranks: each computes its rows of every batch, and the sums over the ranks (zeros elsewhere)
+         * give every rank all of them */
+        memset(ref_c, 0, (size_t)ds.n * sizeof *ref_c);
+        memset(ref_r, 0, (size_t)ds.n * sizeof *ref_r);
         for (int first = 0; first < ds.n; first += (int)batch) {
-            int n = ds.n - first < batch ? ds.n - first : (int)batch;
-            for (int i = 0; i < n; i++) idx[i] = first + i;
+            int n = ds.n - first < batch ? ds.n - first : (int)batch, lo, hi;
+            dist_share(&dist, n, &lo, &hi);
+            for (int i = lo; i < hi; i++) idx[i - lo] = first + i;
             lt_pref_batch pb;
-            if (pref_make_batch(&ds, idx, n, &buf, &pb)) {
+            if (pref_make_batch(&ds, idx, hi - lo, &buf, &pb)) {
                 rc = fail("train", "out of memory");
                 goto done;
             }
-            if (lt_trainer_reference_logps(tr, &pb, ref_c + first, ref_r + first, NULL) != LT_OK) {
+            if (lt_trainer_reference_logps(tr, &pb, ref_c + first + lo, ref_r + first + lo, NULL) != LT_OK) {
                 rc = fail("train", "reference log-probs: %s", lt_trainer_last_error(tr));
                 goto done;
             }
+        }
+        if (dist.comm && (lt_comm_all_reduce(dist.comm, ref_c, (size_t)ds.n) != LT_OK ||
+                          lt_comm_all_reduce(dist.comm, ref_r, (size_t)ds.n) != LT_OK)) {
+            rc = fail("train", "reference log-probs: %s", lt_comm_last_error(dist.comm));
+            goto done;
         }
     }
     char path[4200];
@@ -173,7 +197,7 @@ int cmd_train_pref(int argc, char **argv) {
         goto done;
     }
     snprintf(path, sizeof path, "%s/metrics.jsonl", out);
-    if (!(metrics = fopen(path, "w"))) {
+    if (writer && !(metrics = fopen(path, "w"))) {
         rc = fail("train", "%s: cannot write: %s", path, strerror(errno));
         goto done;
     }
@@ -183,11 +207,13 @@ int cmd_train_pref(int argc, char **argv) {
     const int shuffle = !opt_flag(&o, "no-shuffle");
     long long micro = 0, cur_epoch = -1;
     lt_step_result r = {.size = sizeof r};
+    int row_lo, row_hi; /* this rank's examples of every batch */
+    dist_share(&dist, (int)batch, &row_lo, &row_hi);
     for (long long step = 0; step < total; step++) {
         for (long long k = 0; k < accum; k++, micro++) {
-            /* micro-batch j holds examples (j*B + i) mod n of the epoch's order, as in SFT */
-            for (int i = 0; i < batch; i++) {
-                long long g = micro * batch + i, ep = g / ds.n;
+            /* micro-batch j holds examples (j*B + i) mod n of the epoch's order, as in SFT; this rank's i: row_lo.. */
+            for (int i = 0; i < row_hi - row_lo; i++) {
+                long long g = micro * batch + row_lo + i, ep = g / ds.n;
                 if (ep != cur_epoch) {
                     epoch_order(order, ds.n, (uint64_t)seed, ep, shuffle);
                     cur_epoch = ep;
@@ -195,12 +221,12 @@ int cmd_train_pref(int argc, char **argv) {
                 idx[i] = order[g % ds.n];
             }
             lt_pref_batch pb;
-            if (pref_make_batch(&ds, idx, (int)batch, &buf, &pb)) {
+            if (pref_make_batch(&ds, idx, row_hi - row_lo, &buf, &pb)) {
                 rc = fail("train", "out of memory");
                 goto done;
             }
             if (precompute && !kto) {
-                for (int i = 0; i < batch; i++) {
+                for (int i = 0; i < row_hi - row_lo; i++) {
                     rb_c[i] = ref_c[idx[i]];
                     rb_r[i] = ref_r[idx[i]];
                 }
@@ -221,13 +247,42 @@ int cmd_train_pref(int argc, char **argv) {
                     r.rewards_accuracies, r.rewards_margins);
             fflush(log);
         }
-        fprintf(metrics, "{\"step\": %lld, \"loss\": %.9g, \"lr\": %.9g, \"grad_norm\": %.9g", step + 1, r.loss, r.lr,
-                r.grad_norm);
-        pref_print_metrics(metrics, &r);
-        fprintf(metrics, "}\n");
-        fflush(metrics);
+        if (metrics) {
+            fprintf(metrics, "{\"step\": %lld, \"loss\": %.9g, \"lr\": %.9g, \"grad_norm\": %.9g", step + 1, r.loss,
+                    r.lr, r.grad_norm);
+            pref_print_metrics(metrics, &r);
+            fprintf(metrics, "}\n");
+            fflush(metrics);
+        }
     }
-    if (lt_adapter_save(ad, out) != LT_OK) {
+    {
+        /* the run record and the model card, written with the adapter */
+        json_t *rec = record_new("train --objective");
+        record_args(rec, spec, (int)(sizeof spec / sizeof *spec), &o);
+        record_set(rec, "settings", "base_model", json_string(mdir));
+        record_set(rec, "settings", "method", json_string("lora"));
+        record_set(rec, "settings", "objective", json_string(opt_str(&o, "objective", "")));
+        record_set(rec, "settings", "beta", json_real(tp.beta));
+        record_set(rec, "settings", "rank", json_integer(rank));
+        record_set(rec, "settings", "lora_alpha", json_real(alpha));
+        record_set(rec, "settings", "learning_rate", json_real(op.lr));
+        record_set(rec, "settings", "optimizer_steps", json_integer(total));
+        record_set(rec, "settings", "batch_size", json_integer(batch));
+        record_set(rec, "settings", "gradient_accumulation", json_integer(accum));
+        record_set(rec, "settings", "seed", json_integer(seed));
+        record_data(rec, "train", data, ds.n, 0, 0, 0, NULL);
+        record_set(rec, "results", "steps", json_integer(total));
+        record_set(rec, "results", "final_loss", json_real(r.loss));
+        record_set(rec, "compute", "device", json_string(lt_context_backend(ctx)));
+        record_set(rec, "compute", "threads", json_integer(threads));
+        int bad = record_attach("train", ad, rec, "adapter");
+        json_decref(rec);
+        if (bad) {
+            rc = 1;
+            goto done;
+        }
+    }
+    if (writer && lt_adapter_save(ad, out) != LT_OK) {
         rc = fail("train", "%s", lt_adapter_last_error(ad));
         goto done;
     }
@@ -254,5 +309,6 @@ done:
     lt_model_free(m);
     lt_context_free(ctx);
     pref_free(&ds);
+    dist_close(&dist, rc);
     return rc;
 }

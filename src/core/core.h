@@ -59,6 +59,7 @@ size_t lt_dtype_size(lt_dtype dt);
 /* Conversions to and from f32 (F32, F16, BF16 supported; returns -1 for other dtypes). */
 int lt_convert_to_f32(float *dst, const void *src, lt_dtype dt, size_t n);
 uint16_t lt_f32_to_bf16(float f); /* round to nearest even, NaN kept (lt_bf16_round flushes subnormals) */
+uint16_t lt_f32_to_f16(float f);  /* round to nearest even (numpy's astype(float16)), overflow to inf */
 float lt_f16_to_f32(uint16_t h);
 
 /* ---- params structs ----------------------------------------------------------------------------

@@ -2,13 +2,14 @@
  * util.c - the helpers declared in core.h: error records, dtype tables, f16/bf16 conversions,
  * whole-file reads and atomic writes, paths, a monotonic clock.
  * defines: lt_fail, lt_fail_prefix, lt_error_clear, lt_thread_error, lt_dtype_name, lt_dtype_from_name,
- *          lt_dtype_size, lt_convert_to_f32, lt_f32_to_bf16, lt_f16_to_f32,
+ *          lt_dtype_size, lt_convert_to_f32, lt_f32_to_bf16, lt_f32_to_f16, lt_f16_to_f32,
  *          lt_write_file_atomic, lt_read_file, lt_path_join, lt_mkdir_p, lt_now_seconds
  * (lt_log is in context.c; lt_bf16_to_f32 in backend/bf16.h.)
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -121,6 +122,22 @@ uint16_t lt_f32_to_bf16(float f) {
     if ((u & 0x7fffffffu) > 0x7f800000u) return 0x7fc0;
     uint32_t bias = ((u >> 16) & 1u) + 0x7fffu;
     return (uint16_t)((u + bias) >> 16);
+}
+
+/* Round to nearest even, as numpy's astype(float16) and ggml's fp32 -> fp16: overflow to inf, subnormals
+ * kept, NaN stays a (quiet) NaN. */
+uint16_t lt_f32_to_f16(float f) {
+    const uint32_t u = f32_to_bits(f), sign = (u >> 16) & 0x8000u, a = u & 0x7fffffffu;
+    if (a > 0x7f800000u) return (uint16_t)(sign | 0x7e00u | ((a >> 13) & 0x3ffu));
+    if (a >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u); /* >= 65520 rounds to inf (and inf itself) */
+    if (a < 0x38800000u) {                                   /* below 2^-14: an f16 subnormal (or 0) */
+        float v;
+        memcpy(&v, &a, sizeof v);
+        return (uint16_t)(sign | (uint32_t)rintf(v * 16777216.0f)); /* units of 2^-24, exact scaling */
+    }
+    uint32_t h = ((a >> 23) - 112u) << 10 | ((a >> 13) & 0x3ffu), rem = a & 0x1fffu;
+    if (rem > 0x1000u || (rem == 0x1000u && (h & 1u))) h++; /* a carry into the exponent is right */
+    return (uint16_t)(sign | h);
 }
 
 float lt_f16_to_f32(uint16_t h) {

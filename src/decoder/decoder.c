@@ -43,8 +43,8 @@ void lt_linear_forward(lt_model *m, lt_workspace *ws, const lt_adapter *ad, cons
         OPS->gemm(BE, 0, 1, N, out, r, -ad->scaling, xa, r, lo->B0, r, 1.0f, y, out);
     }
     const float *xd = x;
-    if (drop && drop->p > 0) {
-        OPS->dropout(BE, ws->drop, x, (size_t)N * in, drop->p, drop->seed, drop_stream);
+    if (drop && drop->p > 0) { /* element i of the (N, in) input draws counter stream + (tok0 * in) + i */
+        OPS->dropout(BE, ws->drop, x, (size_t)N * in, drop->p, drop->seed, drop_stream + (uint64_t)drop->tok0 * in);
         xd = ws->drop;
     }
     OPS->gemm(BE, 0, 1, N, r, in, 1.0f, xd, in, lo->A, in, 0.0f, xa, r);
@@ -64,11 +64,12 @@ static void linear_backward(lt_model *m, lt_workspace *ws, const lt_adapter *ad,
     OPS->gemm(BE, 1, 0, out, r, N, s, dy, out, xa, r, 1.0f, lo->dB, r);       /* dB        */
     if (drop && drop->p > 0) {
         /* the path is x -> dropout -> A: dx gets the same mask and 1/(1-p) applied to s dr A */
+        const uint64_t at = drop_stream + (uint64_t)drop->tok0 * in; /* the forward's counters */
         OPS->gemm(BE, 0, 0, N, in, r, s, ws->dr, r, lo->A, in, 0.0f, ws->drop, in);
-        OPS->dropout(BE, ws->drop, ws->drop, (size_t)N * in, drop->p, drop->seed, drop_stream);
+        OPS->dropout(BE, ws->drop, ws->drop, (size_t)N * in, drop->p, drop->seed, at);
         OPS->axpy(BE, (size_t)N * in, 1.0f, ws->drop, dx);
-        OPS->dropout(BE, ws->drop, x, (size_t)N * in, drop->p, drop->seed, drop_stream); /* recompute */
-        OPS->gemm(BE, 1, 0, r, in, N, s, ws->dr, r, ws->drop, in, 1.0f, lo->dA, in);     /* dA        */
+        OPS->dropout(BE, ws->drop, x, (size_t)N * in, drop->p, drop->seed, at);      /* recompute */
+        OPS->gemm(BE, 1, 0, r, in, N, s, ws->dr, r, ws->drop, in, 1.0f, lo->dA, in); /* dA        */
     } else {
         OPS->gemm(BE, 0, 0, N, in, r, s, ws->dr, r, lo->A, in, 1.0f, dx, in); /* dx += s dr A */
         OPS->gemm(BE, 1, 0, r, in, N, s, ws->dr, r, x, in, 1.0f, lo->dA, in); /* dA        */

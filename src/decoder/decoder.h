@@ -67,10 +67,12 @@ enum { LT_WS_FULL = 0, LT_WS_CHECKPOINT = 1, LT_WS_FORWARD = 2 };
 lt_status lt_workspace_create(lt_model *m, int B, int T, int rank, int mode, lt_workspace **out, lt_error *err);
 void lt_workspace_free(lt_workspace *ws);
 
-/* Dropout control for a forward/backward pass. p == 0: off. */
+/* Dropout control for a forward/backward pass. p == 0: off. tok0: the place of the batch's first token in a
+ * larger batch (data-parallel ranks: the global one), so that each token draws the mask it would draw there. */
 typedef struct lt_dropout_state {
     float p;
     uint64_t seed;
+    int64_t tok0;
 } lt_dropout_state;
 
 /*

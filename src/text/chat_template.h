@@ -7,17 +7,12 @@
 
 #include "text/tokenizer.h"
 
-/* Render the tokenizer's chat template for messages (a JSON array); mask: 1 per byte of assistant
- * text (generation blocks, else per-message prefix differences). */
-lt_status lt_tok_render(struct lt_tokenizer *t, json_t *messages, int add_generation_prompt, lt_buf *text,
-                        lt_buf *mask);
+/* Render the tokenizer's chat template for doc: a JSON array of messages, or an object {"messages": [...],
+ * "tools": [...], ...} whose other keys are template variables; mask: 1 per byte of assistant text
+ * (generation blocks, else per-message prefix differences). */
+lt_status lt_tok_render(struct lt_tokenizer *t, json_t *doc, int add_generation_prompt, lt_buf *text, lt_buf *mask);
 /* Token-level mask from a byte mask of text: 1 where a token covers a masked byte. */
 lt_status lt_tok_align_mask(struct lt_tokenizer *t, const char *text, size_t n, const char *bytemask,
                             const int32_t *ids, size_t n_ids, int32_t *tokmask);
-
-/* Renders template `tmpl` with `ctx` (a JSON object whose keys are
- * the template's variables). out receives the text; mask (optional) one byte per output byte, 1
- * inside {% generation %} ... {% endgeneration %}. */
-lt_status lt_jinja_render(const char *tmpl, json_t *ctx, lt_buf *out, lt_buf *mask, lt_error *err);
 
 #endif /* LT_CHAT_TEMPLATE_H */

@@ -66,11 +66,31 @@ static lt_status encode_pair(lt_tokenizer *t, json_t *prompt, json_t *completion
      * common_prefix_length): tokens can merge across the boundary */
     size_t plen = 0;
     while (!st && plen < pids.n && plen < ids->n && pids.p[plen] == ids->p[plen]) plen++;
+    if (!st && p->completion_only && (plen >= ids->n || ids->n < 2))
+        st = lt_fail(err, LT_ERR_DATA, "nothing to learn: the completion adds no token to the prompt%s",
+                     json_is_array(prompt) ? " (the chat template renders none of its text)" : "");
     for (size_t i = 0; !st && i < ids->n; i++)
         if (lt_ivec_push(labels, p->completion_only && i < plen ? -100 : ids->p[i]))
             st = lt_fail(err, LT_ERR_NOMEM, "out of memory");
     free(pids.p);
     return st;
+}
+
+/* An assistant-only row whose mask is empty would train on nothing (TRL does so silently): an error that
+ * says why. */
+static lt_status empty_mask(lt_tokenizer *t, json_t *msgs) {
+    size_t i;
+    json_t *m;
+    int has_assistant = 0;
+    json_array_foreach(msgs, i, m) has_assistant |= json_is_string(json_object_get(m, "role")) &&
+                                                    !strcmp(json_string_value(json_object_get(m, "role")), "assistant");
+    if (!has_assistant)
+        return lt_fail(lt_tok_error(t), LT_ERR_DATA,
+                       "nothing to learn: the conversation has no assistant message (assistant-only loss)");
+    return lt_fail(lt_tok_error(t), LT_ERR_DATA, "nothing to learn: the assistant mask is empty: the chat template %s",
+                   strstr(lt_tok_chat_template(t), "endgeneration")
+                       ? "has {% generation %} blocks but none of them rendered this row's assistant text"
+                       : "renders no text for this row's assistant messages");
 }
 
 static lt_status encode_row(lt_tokenizer *t, json_t *row, const lt_text_params *p, lt_ivec *ids, lt_ivec *labels) {
@@ -98,12 +118,16 @@ static lt_status encode_row(lt_tokenizer *t, json_t *row, const lt_text_params *
         if (!st) st = lt_tok_encode_into(t, txt.p, txt.n, 0, ids);
         if (!st && !(tm = malloc((ids->n + 1) * sizeof *tm))) st = lt_fail(err, LT_ERR_NOMEM, "out of memory");
         if (!st) st = lt_tok_align_mask(t, txt.p, txt.n, mask.p, ids->p, ids->n, tm);
-        for (size_t i = 0; !st && i < ids->n; i++)
+        int learn = 0;
+        for (size_t i = 0; !st && i < ids->n; i++) {
             if (lt_ivec_push(labels, p->assistant_only && !tm[i] ? -100 : ids->p[i]))
                 st = lt_fail(err, LT_ERR_NOMEM, "out of memory");
+            learn |= i > 0 && (!p->assistant_only || tm[i]); /* position 0 is never predicted */
+        }
         free(txt.p);
         free(mask.p);
         free(tm);
+        if (!st && !learn) st = empty_mask(t, msgs);
         return st;
     }
     if (prompt && completion) {

@@ -22,6 +22,7 @@
 #include <utf8proc.h>
 
 #include "text/tokenizer.h"
+#include "text/vocab.h"
 
 /* ---- small containers ------------------------------------------------------------------------- */
 
@@ -285,6 +286,7 @@ enum { PREPEND_ALWAYS, PREPEND_FIRST, PREPEND_NEVER };
 typedef struct pretok {
     int kind;
     pcre2_code *re; /* Split, ByteLevel(use_regex) */
+    char *src;      /* the regex as written (GGUF export names it for llama.cpp) */
     char *literal;  /* Split with a String pattern */
     int behavior;
     int add_prefix_space; /* ByteLevel */
@@ -561,12 +563,16 @@ static lt_status load_pretok(lt_tokenizer *t, json_t *n, lt_error *err) {
             return lt_fail(err, LT_ERR_UNSUPPORTED, "pre_tokenizer Split with \"invert\": true is not supported");
         if ((z->behavior = parse_behavior(jstr(n, "behavior"))) < 0)
             return lt_fail(err, LT_ERR_FORMAT, "pre_tokenizer Split: unknown \"behavior\"");
+        const char *rs = jstr(json_object_get(n, "pattern"), "Regex");
+        if (rs && !(z->src = strdup(rs))) return lt_fail(err, LT_ERR_NOMEM, "out of memory");
         return read_pattern(n, "pre_tokenizer Split", &z->literal, &z->re, err);
     } else if (!strcmp(type, "ByteLevel")) {
         z->kind = PRE_BYTELEVEL;
         z->add_prefix_space = jbool(n, "add_prefix_space", 1);
         t->n_pre++;
-        if (jbool(n, "use_regex", 1) && !(z->re = compile_regex(GPT2_PATTERN, err))) return err->status;
+        if (jbool(n, "use_regex", 1) &&
+            (!(z->re = compile_regex(GPT2_PATTERN, err)) || !(z->src = strdup(GPT2_PATTERN))))
+            return err->status ? err->status : lt_fail(err, LT_ERR_NOMEM, "out of memory");
         return LT_OK;
     } else if (!strcmp(type, "Metaspace")) {
         z->kind = PRE_METASPACE;
@@ -902,6 +908,7 @@ static void tokenizer_free_parts(lt_tokenizer *t) {
     free(t->norm);
     for (int i = 0; i < t->n_pre; i++) {
         free(t->pre[i].literal);
+        free(t->pre[i].src);
         if (t->pre[i].re) pcre2_code_free(t->pre[i].re);
     }
     free(t->pre);
@@ -1954,4 +1961,158 @@ lt_status lt_tok_token_bytes(const lt_tokenizer *t, int32_t id, lt_buf *out) {
         rc |= lt_buf_putc(out, (char)v);
     } else rc |= replace_all(out, s, n, "\xE2\x96\x81", " ");
     return rc ? LT_ERR_NOMEM : LT_OK;
+}
+
+/* ---- the tokenizer as GGUF describes it (text/vocab.h) ---------------------------------------------- */
+
+/* llama.cpp's pre-tokenizers (src/llama-vocab.cpp) by the regex of tokenizer.json that each replaces */
+static const char LLAMA3_PATTERN[] = "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| "
+                                     "?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+static const char QWEN2_PATTERN[] = "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| "
+                                    "?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+
+static int cmp_rank(const void *x, const void *y, void *ranks) {
+    const int32_t *r = ranks, a = r[*(const size_t *)x], b = r[*(const size_t *)y];
+    return a < b ? -1 : a > b;
+}
+
+void lt_vocab_desc_free(lt_vocab_desc *d) {
+    if (!d) return;
+    for (int32_t i = 0; d->tokens && i < d->n_tokens; i++) free(d->tokens[i]);
+    for (int32_t i = 0; d->merges && i < d->n_merges; i++) free(d->merges[i]);
+    free(d->tokens);
+    free(d->types);
+    free(d->scores);
+    free(d->merges);
+    memset(d, 0, sizeof *d);
+}
+
+lt_status lt_tok_vocab_describe(const lt_tokenizer *t, lt_vocab_desc *d, lt_error *err) {
+    memset(d, 0, sizeof *d);
+    int bytelevel = 0, metaspace_first = 0, prepend = 0, replace_space = 0;
+    const char *regex = NULL;
+    for (int i = 0; i < t->n_pre; i++) {
+        const pretok *z = &t->pre[i];
+        if (z->kind == PRE_BYTELEVEL) {
+            bytelevel = 1;
+            if (z->add_prefix_space)
+                return lt_fail(err, LT_ERR_UNSUPPORTED,
+                               "GGUF: a ByteLevel pre-tokenizer with add_prefix_space has no llama.cpp equivalent");
+            if (z->src) regex = z->src;
+        } else if (z->kind == PRE_SPLIT && z->src && !regex && z->behavior == BEH_ISOLATED) {
+            regex = z->src;
+        } else if (z->kind == PRE_METASPACE) {
+            metaspace_first = z->prepend != PREPEND_NEVER;
+        } else {
+            return lt_fail(err, LT_ERR_UNSUPPORTED,
+                           "GGUF: the pre-tokenizer sequence of this tokenizer has no llama.cpp equivalent "
+                           "(supported: [Split(regex, Isolated), ByteLevel] or ByteLevel, and Metaspace)");
+        }
+    }
+    for (int i = 0; i < t->n_norm; i++) {
+        const normalizer *z = &t->norm[i];
+        if (z->kind == NORM_PREPEND && z->content && !strcmp(z->content, "\xE2\x96\x81")) prepend = 1;
+        else if (z->kind == NORM_REPLACE && z->pattern && z->content && !strcmp(z->pattern, " ") &&
+                 !strcmp(z->content, "\xE2\x96\x81"))
+            replace_space = 1;
+        else if (!(z->kind == NORM_NFC && bytelevel)) /* Qwen2's NFC: llama.cpp skips it, as its converter does */
+            return lt_fail(err, LT_ERR_UNSUPPORTED,
+                           "GGUF: normalizer %d of this tokenizer has no llama.cpp equivalent (supported: NFC for "
+                           "byte-level BPE; Prepend(\"\\u2581\") and Replace(\" \", \"\\u2581\") for SentencePiece)",
+                           i);
+    }
+    if (bytelevel) {
+        snprintf(d->model, sizeof d->model, "gpt2");
+        if (regex && !strcmp(regex, GPT2_PATTERN)) snprintf(d->pre, sizeof d->pre, "gpt-2");
+        else if (regex && !strcmp(regex, LLAMA3_PATTERN)) /* llama-bpe implies ignore_merges in llama.cpp */
+            snprintf(d->pre, sizeof d->pre, "%s", t->ignore_merges ? "llama-bpe" : "smaug-bpe");
+        else if (regex && !strcmp(regex, QWEN2_PATTERN) && !t->ignore_merges) snprintf(d->pre, sizeof d->pre, "qwen2");
+        else
+            return lt_fail(err, LT_ERR_UNSUPPORTED,
+                           "GGUF: llama.cpp has no pre-tokenizer for the regex %.300s%s (supported: the GPT-2, "
+                           "Llama 3 and Qwen2 regexes)",
+                           regex ? regex : "(none)", t->ignore_merges ? " with ignore_merges" : "");
+    } else if (t->byte_fallback && (replace_space || metaspace_first || t->n_pre)) {
+        snprintf(d->model, sizeof d->model, "llama");
+        snprintf(d->pre, sizeof d->pre, "default");
+        d->add_space_prefix = prepend || metaspace_first;
+    } else {
+        return lt_fail(err, LT_ERR_UNSUPPORTED,
+                       "GGUF: only byte-level BPE (tokenizer.ggml.model gpt2) and SentencePiece-style BPE with "
+                       "byte fallback (llama) tokenizers can be exported");
+    }
+    const int spm = d->model[0] == 'l';
+    d->n_tokens = t->n_ids;
+    d->tokens = calloc((size_t)t->n_ids, sizeof *d->tokens);
+    d->types = calloc((size_t)t->n_ids, sizeof *d->types);
+    d->scores = spm ? calloc((size_t)t->n_ids, sizeof *d->scores) : NULL;
+    size_t n_m = 0, *order = NULL;
+    for (size_t i = 0; i < t->merges.cap; i++) n_m += t->merges.key[i] != 0;
+    order = malloc((n_m + 1) * sizeof *order);
+    if (!d->tokens || !d->types || (spm && !d->scores) || !order) goto nomem;
+    for (int32_t id = 0; id < t->n_ids; id++) {
+        char pad[32];
+        const char *s = t->tok_str[id];
+        d->types[id] = LT_TOKTYPE_NORMAL;
+        if (!s && !t->name[id]) { /* a hole in the id space */
+            snprintf(pad, sizeof pad, "[PAD%d]", id);
+            s = pad;
+            d->types[id] = LT_TOKTYPE_UNUSED;
+        } else if (!s) {
+            s = t->name[id]; /* an added token outside the model vocabulary */
+        }
+        if (spm && t->tok_len[id] == 6 && !strncmp(s, "<0x", 3) && s[5] == '>') d->types[id] = LT_TOKTYPE_BYTE;
+        if (id == t->unk_id) d->types[id] = LT_TOKTYPE_UNKNOWN;
+        if (spm) d->scores[id] = 0.0f;
+        if (!(d->tokens[id] = strdup(s))) goto nomem;
+    }
+    for (int k = 0; k < t->n_added; k++) { /* as convert_hf_to_gguf: special (or "<|...|>") -> control */
+        const added_tok *a = &t->added[k];
+        const int looks = a->len >= 4 && !strncmp(a->content, "<|", 2) && !strcmp(a->content + a->len - 2, "|>");
+        d->types[a->id] = a->special || looks ? LT_TOKTYPE_CONTROL : LT_TOKTYPE_USER_DEFINED;
+        free(d->tokens[a->id]);
+        if (!(d->tokens[a->id] = strdup(a->content))) goto nomem;
+    }
+    /* merges in rank order: "a b" (gpt2), or scores for llama.cpp's SentencePiece merge loop, which joins
+     * the adjacent pair whose joined token scores highest: score = -rank reproduces the BPE order */
+    n_m = 0;
+    for (size_t i = 0; i < t->merges.cap; i++)
+        if (t->merges.key[i]) order[n_m++] = i;
+    qsort_r(order, n_m, sizeof *order, cmp_rank, t->merges.rank);
+    if (!spm && !(d->merges = calloc(n_m + 1, sizeof *d->merges))) goto nomem;
+    if (spm)
+        for (int32_t id = 0; id < t->n_ids; id++)
+            if (d->types[id] == LT_TOKTYPE_NORMAL) d->scores[id] = -1e9f; /* no merge makes it: never joined */
+    for (size_t j = 0; j < n_m; j++) {
+        const size_t i = order[j];
+        const int32_t a = (int32_t)((t->merges.key[i] - 1) >> 32), b = (int32_t)((t->merges.key[i] - 1) & 0xffffffffu);
+        if (spm) {
+            const int32_t id = t->merges.id[i];
+            if (d->scores[id] < -(float)t->merges.rank[i]) d->scores[id] = -(float)t->merges.rank[i];
+            continue;
+        }
+        const size_t la = t->tok_len[a], lb = t->tok_len[b];
+        char *m = malloc(la + lb + 2);
+        if (!m) goto nomem;
+        memcpy(m, t->tok_str[a], la);
+        m[la] = ' ';
+        memcpy(m + la + 1, t->tok_str[b], lb);
+        m[la + 1 + lb] = 0;
+        d->merges[d->n_merges++] = m;
+    }
+    free(order);
+    d->bos = t->bos ? token_to_id(t, t->bos) : -1;
+    d->eos = t->eos ? token_to_id(t, t->eos) : -1;
+    d->pad = t->pad ? token_to_id(t, t->pad) : -1;
+    d->unk = t->unk ? token_to_id(t, t->unk) : t->unk_id;
+    if (t->has_post && t->n_post > 0) {
+        d->add_bos = t->post_single[0] >= 0 && t->post_single[0] == d->bos;
+        d->add_eos = t->post_single[t->n_post - 1] >= 0 && t->post_single[t->n_post - 1] == d->eos;
+    }
+    d->chat_template = t->chat_template;
+    return LT_OK;
+nomem:
+    free(order);
+    lt_vocab_desc_free(d);
+    return lt_fail(err, LT_ERR_NOMEM, "GGUF: out of memory describing the tokenizer");
 }

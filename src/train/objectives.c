@@ -29,11 +29,11 @@ static double sigmoid(double x) { return x >= 0 ? 1.0 / (1.0 + exp(-x)) : exp(x)
 /* log(1 - e^x) for x < 0, accurate on both sides of -ln 2 */
 static double log1mexp(double x) { return x < -M_LN2 ? log1p(-exp(x)) : log(-expm1(x)); }
 
-void lt_obj_pairs(lt_objective obj, const lt_trainer_params *p, int B, const double *lp_c, const double *lp_r,
-                  const double *ref_c, const double *ref_r, const int *n_c, const int *n_r, double *g_c, double *g_r,
-                  lt_obj_metrics *out) {
+void lt_obj_pairs(lt_objective obj, const lt_trainer_params *p, int B, double n_total, const double *lp_c,
+                  const double *lp_r, const double *ref_c, const double *ref_r, const int *n_c, const int *n_r,
+                  double *g_c, double *g_r, lt_obj_sums *s) {
     const double beta = p->beta, eps = p->label_smoothing;
-    double loss = 0, rc = 0, rr = 0, acc = 0, mar = 0;
+    memset(s, 0, sizeof *s);
     for (int i = 0; i < B; i++) {
         double l, dc, dr, rew_c, rew_r;
         if (obj == LT_OBJ_ORPO) {
@@ -64,63 +64,68 @@ void lt_obj_pairs(lt_objective obj, const lt_trainer_params *p, int B, const dou
                 dr = -dz * beta;
             }
         }
-        loss += l;
-        g_c[i] = dc / B;
-        g_r[i] = dr / B;
-        rc += rew_c;
-        rr += rew_r;
-        acc += rew_c > rew_r;
-        mar += rew_c - rew_r;
+        s->loss += l;
+        g_c[i] = dc / n_total;
+        g_r[i] = dr / n_total;
+        s->chosen += rew_c;
+        s->rejected += rew_r;
+        s->correct += rew_c > rew_r;
+        s->margin += rew_c - rew_r;
     }
-    out->loss = loss / B;
-    out->rewards_chosen = rc / B;
-    out->rewards_rejected = rr / B;
-    out->accuracies = acc / B;
-    out->margins = mar / B;
-    out->kl = NAN;
+    s->n = s->n_chosen = s->n_rejected = B;
 }
 
-void lt_obj_kto(const lt_trainer_params *p, int B, const double *lp, const double *ref, const int32_t *label,
-                const double *lp_kl, const double *ref_kl, double *g, lt_obj_metrics *out) {
+void lt_obj_kto(const lt_trainer_params *p, int B, double n_total, double kl, const double *lp, const double *ref,
+                const int32_t *label, double *g, lt_obj_sums *s) {
     const double beta = p->beta;
-    double kl = 0;
-    for (int i = 0; i < B; i++) kl += lp_kl[i] - ref_kl[i];
-    kl /= B;
-    if (kl < 0) kl = 0; /* clamp(min=0), detached */
-    double loss = 0, rc = 0, rr = 0;
-    int nc = 0, nr = 0;
+    memset(s, 0, sizeof *s);
     for (int i = 0; i < B; i++) {
         const double lr = lp[i] - ref[i];
         if (label[i]) { /* 1 - sigma(beta (lr - kl)) */
-            const double s = sigmoid(beta * (lr - kl));
-            loss += p->desirable_weight * (1 - s);
-            g[i] = -p->desirable_weight * s * (1 - s) * beta / B;
-            rc += beta * lr;
-            nc++;
+            const double sg = sigmoid(beta * (lr - kl));
+            s->loss += p->desirable_weight * (1 - sg);
+            g[i] = -p->desirable_weight * sg * (1 - sg) * beta / n_total;
+            s->chosen += beta * lr;
+            s->n_chosen++;
         } else { /* 1 - sigma(beta (kl - lr)) */
-            const double s = sigmoid(beta * (kl - lr));
-            loss += p->undesirable_weight * (1 - s);
-            g[i] = p->undesirable_weight * s * (1 - s) * beta / B;
-            rr += beta * lr;
-            nr++;
+            const double sg = sigmoid(beta * (kl - lr));
+            s->loss += p->undesirable_weight * (1 - sg);
+            g[i] = p->undesirable_weight * sg * (1 - sg) * beta / n_total;
+            s->rejected += beta * lr;
+            s->n_rejected++;
         }
     }
-    out->loss = loss / B;
-    out->rewards_chosen = nc ? rc / nc : NAN;
-    out->rewards_rejected = nr ? rr / nr : NAN;
-    out->margins = nc && nr ? out->rewards_chosen - out->rewards_rejected : NAN;
-    out->accuracies = NAN;
-    out->kl = kl;
+    s->n = B;
 }
 
-void lt_obj_grpo_advantages(const float *rewards, int n_prompts, int G, lt_grpo_scale scale, double *adv,
-                            double *reward_mean, double *reward_std) {
-    const int n = n_prompts * G;
-    double all = 0, all2 = 0;
-    for (int i = 0; i < n; i++) all += rewards[i];
-    const double mean_all = all / n;
-    for (int i = 0; i < n; i++) all2 += (rewards[i] - mean_all) * (rewards[i] - mean_all);
-    const double std_all = n > 1 ? sqrt(all2 / (n - 1)) : NAN;
+double lt_obj_kto_kl_sum(int B, const double *lp_kl, const double *ref_kl) {
+    double s = 0;
+    for (int i = 0; i < B; i++) s += lp_kl[i] - ref_kl[i];
+    return s;
+}
+
+double lt_obj_kto_kl(double kl_sum, double n_total) {
+    const double kl = kl_sum / n_total;
+    return kl < 0 ? 0.0 : kl; /* clamp(min=0); detached */
+}
+
+void lt_obj_finish(lt_objective obj, const lt_obj_sums *s, double kl, double nll, lt_obj_metrics *out) {
+    out->loss = s->loss / s->n + nll;
+    out->rewards_chosen = s->n_chosen ? s->chosen / s->n_chosen : NAN;
+    out->rewards_rejected = s->n_rejected ? s->rejected / s->n_rejected : NAN;
+    if (obj == LT_OBJ_KTO) {
+        out->margins = s->n_chosen && s->n_rejected ? out->rewards_chosen - out->rewards_rejected : NAN;
+        out->accuracies = NAN;
+        out->kl = kl;
+    } else {
+        out->accuracies = s->correct / s->n;
+        out->margins = s->margin / s->n;
+        out->kl = NAN;
+    }
+}
+
+void lt_obj_grpo_advantages(const float *rewards, int n_prompts, int G, lt_grpo_scale scale, double batch_std,
+                            double *adv) {
     for (int q = 0; q < n_prompts; q++) {
         const float *r = rewards + (size_t)q * G;
         double m = 0, v = 0;
@@ -131,30 +136,32 @@ void lt_obj_grpo_advantages(const float *rewards, int n_prompts, int G, lt_grpo_
         for (int g = 0; g < G; g++) {
             double a = r[g] - m;
             if (scale == LT_GRPO_SCALE_GROUP) a /= sd + 1e-4;
-            else if (scale == LT_GRPO_SCALE_BATCH) a /= std_all + 1e-4;
+            else if (scale == LT_GRPO_SCALE_BATCH) a /= batch_std + 1e-4;
             adv[(size_t)q * G + g] = isnan(a) ? 0.0 : a;
         }
     }
-    *reward_mean = mean_all;
-    *reward_std = std_all; /* TRL logs the std of all rewards of the batch */
+}
+
+double lt_obj_grpo_sq(const float *rewards, int n, double mean) {
+    double s = 0;
+    for (int i = 0; i < n; i++) s += (rewards[i] - mean) * (rewards[i] - mean);
+    return s;
 }
 
 void lt_obj_grpo_loss(const lt_trainer_params *p, int S, const int32_t *lens, const double *adv, const float *lp,
-                      const float *lp_old, const float *ref, int max_completion_length, float *dlp,
-                      lt_obj_grpo_metrics *out) {
+                      const float *lp_old, const float *ref, int max_completion_length, double S_total,
+                      double tokens_total, float *dlp, lt_obj_grpo_metrics *out) {
     const double eps_lo = p->epsilon, eps_hi = p->epsilon_high > 0 ? p->epsilon_high : p->epsilon;
     const double kb = p->kl_beta;
-    int64_t total = 0;
-    for (int i = 0; i < S; i++) total += lens[i];
     double loss = 0, kl_sum = 0, clipped = 0;
     size_t o = 0;
     for (int i = 0; i < S; i++) {
-        /* the weight of sequence i's tokens in the aggregate */
+        /* the weight of sequence i's tokens in the aggregate (over the whole batch) */
         double agg;
         switch (p->loss_type) {
-        case LT_GRPO_LOSS_GRPO: agg = 1.0 / ((double)S * (lens[i] > 1 ? lens[i] : 1)); break;
-        case LT_GRPO_LOSS_DR_GRPO: agg = 1.0 / ((double)S * max_completion_length); break;
-        default: agg = 1.0 / (double)(total > 1 ? total : 1); break; /* bnpo, dapo (one process) */
+        case LT_GRPO_LOSS_GRPO: agg = 1.0 / (S_total * (lens[i] > 1 ? lens[i] : 1)); break;
+        case LT_GRPO_LOSS_DR_GRPO: agg = 1.0 / (S_total * max_completion_length); break;
+        default: agg = 1.0 / (tokens_total > 1 ? tokens_total : 1); break; /* bnpo, dapo: the batch's tokens */
         }
         const double A = adv[i];
         for (int t = 0; t < lens[i]; t++, o++) {
@@ -183,8 +190,8 @@ void lt_obj_grpo_loss(const lt_trainer_params *p, int S, const int32_t *lens, co
         }
     }
     out->loss = loss;
-    out->kl = kb > 0 ? kl_sum / (double)(total ? total : 1) : 0.0;
-    out->clip_fraction = clipped / (double)(total ? total : 1);
+    out->kl_sum = kl_sum;
+    out->clipped = clipped;
 }
 
 /* ---- trainer glue --------------------------------------------------------------------------------- */
@@ -232,6 +239,7 @@ void lt_objective_free_state(lt_trainer *t) {
     free(s->g_plens);
     free(s->g_comp);
     free(s->g_clens);
+    free(s->kl_prev);
     memset(s, 0, sizeof *s);
 }
 
@@ -294,24 +302,27 @@ static double seq_logp(const lt_workspace *ws, int r, int P, int C) {
     return s;
 }
 
-/* Per-example offsets into the concatenated arrays; validates lengths. */
+/* Per-example offsets into the concatenated arrays. */
 typedef struct {
     int P, C, R, p_off, c_off, r_off;
 } pref_item;
 
-static lt_status check_pref(lt_trainer *t, const lt_pref_batch *b, const char *fn, int *T_out) {
-    const int kto = t->p.objective == LT_OBJ_KTO, V = (int)t->model->cfg.vocab_size;
+/* Checks of a batch; *Tmax_out = its longest row (KTO: the KL rows of every example but the first, whose
+ * partner is known after the agreement). A rank of a data-parallel trainer may have no examples. */
+static lt_status check_pref(lt_trainer *t, const lt_pref_batch *b, const char *fn, int *Tmax_out) {
+    const int kto = t->p.objective == LT_OBJ_KTO, V = (int)t->model->cfg.vocab_size, dist = t->dist.comm != NULL;
     if (t->p.objective < LT_OBJ_DPO || t->p.objective > LT_OBJ_ORPO)
         return lt_fail(&t->err, LT_ERR_STATE, "%s: the trainer's objective is not DPO, IPO, KTO or ORPO", fn);
     if (!b || b->size < sizeof(size_t))
         return lt_fail(&t->err, LT_ERR_ARGUMENT, "%s: batch is NULL or its size is unset (call lt_pref_batch_init)",
                        fn);
-    if (b->n_rows <= 0) return lt_fail(&t->err, LT_ERR_SHAPE, "%s: the batch has %d examples", fn, b->n_rows);
-    if (!b->prompt_ids || !b->prompt_lens || !b->chosen_ids || !b->chosen_lens ||
-        (!kto && (!b->rejected_ids || !b->rejected_lens)) || (kto && !b->labels))
+    if (b->n_rows < 0 || (b->n_rows == 0 && !dist))
+        return lt_fail(&t->err, LT_ERR_SHAPE, "%s: the batch has %d examples", fn, b->n_rows);
+    if (b->n_rows > 0 && (!b->prompt_ids || !b->prompt_lens || !b->chosen_ids || !b->chosen_lens ||
+                          (!kto && (!b->rejected_ids || !b->rejected_lens)) || (kto && !b->labels)))
         return lt_fail(&t->err, LT_ERR_ARGUMENT, "%s: prompt_*, chosen_* and %s are required", fn,
                        kto ? "labels (KTO)" : "rejected_*");
-    if (kto && b->n_rows < 2)
+    if (kto && b->n_rows < 2 && !dist) /* data-parallel: the global batch's count, after the agreement */
         return lt_fail(&t->err, LT_ERR_SHAPE,
                        "%s: KTO needs at least 2 examples per batch (the KL estimate pairs "
                        "each prompt with another example's completion)",
@@ -346,10 +357,7 @@ static lt_status check_pref(lt_trainer *t, const lt_pref_batch *b, const char *f
             return lt_fail(&t->err, LT_ERR_DATA, "%s: KTO label %d of example %d is neither 0 nor 1", fn, b->labels[i],
                            i);
         if (L > Tmax) Tmax = L;
-        if (kto) { /* the KL row: prompt i with completion i-1 */
-            const int Ck = b->chosen_lens[(i + b->n_rows - 1) % b->n_rows];
-            if (P + Ck > Tmax) Tmax = P + Ck;
-        }
+        if (kto && i > 0 && P + b->chosen_lens[i - 1] > Tmax) Tmax = P + b->chosen_lens[i - 1]; /* the KL row */
         po += P;
         co += C;
         ro += R;
@@ -359,39 +367,72 @@ static lt_status check_pref(lt_trainer *t, const lt_pref_batch *b, const char *f
         for (int i = 0; refs[k] && i < b->n_rows; i++)
             if (!isfinite(refs[k][i]))
                 return lt_fail(&t->err, LT_ERR_NUMERIC, "%s: reference log-prob %d is not finite", fn, i);
-    *T_out = (Tmax + 15) / 16 * 16; /* a few shapes only: the workspace is planned per shape */
+    *Tmax_out = Tmax;
+    return LT_OK;
+}
+
+/* KTO: the completion example i's KL row pairs with its prompt: example i-1's; the first example's is the
+ * previous example of the global batch (t->obj.kl_prev: this batch's last in one process). */
+static const int32_t *kl_completion(const lt_trainer *t, const lt_pref_batch *b, const pref_item *it, int i, int *len) {
+    if (i == 0) {
+        *len = t->obj.kl_prev_len;
+        return t->obj.kl_prev;
+    }
+    *len = it[i - 1].C;
+    return b->chosen_ids + it[i - 1].c_off;
+}
+
+/* KTO: t->obj.kl_prev = the last completion of the previous rank that has examples (cyclically; this rank's
+ * own last one in one process or when it is the only one). Every rank with examples broadcasts its last
+ * completion; the lengths are in t->dist.wbuf and the ranks' rows in t->dist.rank_rows (the agreement). */
+static lt_status kl_partner(lt_trainer *t, const lt_pref_batch *b, const pref_item *it) {
+    lt_objective_state *s = &t->obj;
+    lt_dist *d = &t->dist;
+    const int B = it ? b->n_rows : 0, W = d->comm ? d->world : 1, me = d->comm ? d->rank : 0;
+    size_t cap = B > 0 ? (size_t)it[B - 1].C : 0;
+    for (int q = 0; d->comm && q < W; q++)
+        if ((size_t)d->wbuf[q] > cap) cap = (size_t)d->wbuf[q];
+    if (2 * cap > s->kl_prev_cap) { /* the kept completion, then a broadcast buffer */
+        free(s->kl_prev);
+        s->kl_prev = malloc(2 * cap * sizeof *s->kl_prev);
+        s->kl_prev_cap = s->kl_prev ? 2 * cap : 0;
+        if (!s->kl_prev) return lt_fail(&t->err, LT_ERR_NOMEM, "KTO: out of memory");
+    }
+    if (!d->comm) {
+        memcpy(s->kl_prev, b->chosen_ids + it[B - 1].c_off, (size_t)it[B - 1].C * sizeof *s->kl_prev);
+        s->kl_prev_len = it[B - 1].C;
+        return LT_OK;
+    }
+    int prev = -1;
+    for (int k = 1; k <= W && prev < 0; k++)
+        if (d->rank_rows[(me - k + W) % W] > 0) prev = (me - k + W) % W;
+    int32_t *buf = s->kl_prev + cap;
+    for (int q = 0; q < W; q++) {
+        if (d->rank_rows[q] <= 0) continue;
+        const int len = (int)d->wbuf[q];
+        if (q == me) memcpy(buf, b->chosen_ids + it[B - 1].c_off, (size_t)len * sizeof *buf);
+        lt_status st = lt_dist_bcast(t, buf, (size_t)len * sizeof *buf, q);
+        if (st != LT_OK) return st;
+        if (q == prev) {
+            memcpy(s->kl_prev, buf, (size_t)len * sizeof *buf);
+            s->kl_prev_len = len;
+        }
+    }
     return LT_OK;
 }
 
 /* Build the 2B rows of a preference batch into t->obj and stage them. DPO/IPO/ORPO: chosen rows 0..B-1,
- * rejected rows B..2B-1. KTO: completion rows 0..B-1, KL rows B..2B-1 (prompt i + completion i-1). */
-static lt_status build_pref_rows(lt_trainer *t, const lt_pref_batch *b, int T, pref_item *it) {
+ * rejected rows B..2B-1. KTO: completion rows 0..B-1, KL rows B..2B-1 (prompt i + kl_completion(i)). */
+static lt_status build_pref_rows(lt_trainer *t, const lt_pref_batch *b, int T, const pref_item *it) {
     const int B = b->n_rows, kto = t->p.objective == LT_OBJ_KTO, orpo = t->p.objective == LT_OBJ_ORPO;
     lt_objective_state *s = &t->obj;
-    int64_t po = 0, co = 0, ro = 0;
-    for (int i = 0; i < B; i++) {
-        it[i].P = b->prompt_lens[i];
-        it[i].C = b->chosen_lens[i];
-        it[i].R = kto ? 0 : b->rejected_lens[i];
-        it[i].p_off = (int)po;
-        it[i].c_off = (int)co;
-        it[i].r_off = (int)ro;
-        po += it[i].P;
-        co += it[i].C;
-        ro += it[i].R;
-    }
     for (int i = 0; i < B; i++) {
         const int32_t *prompt = b->prompt_ids + it[i].p_off;
         build_row(s->ids + (size_t)i * T, s->labels + (size_t)i * T, T, prompt, it[i].P, b->chosen_ids + it[i].c_off,
                   it[i].C, orpo);
-        if (kto) {
-            const pref_item *o = &it[(i + B - 1) % B];
-            build_row(s->ids + (size_t)(B + i) * T, s->labels + (size_t)(B + i) * T, T, prompt, it[i].P,
-                      b->chosen_ids + o->c_off, o->C, 0);
-        } else {
-            build_row(s->ids + (size_t)(B + i) * T, s->labels + (size_t)(B + i) * T, T, prompt, it[i].P,
-                      b->rejected_ids + it[i].r_off, it[i].R, 0);
-        }
+        int C2 = it[i].R;
+        const int32_t *comp2 = kto ? kl_completion(t, b, it, i, &C2) : b->rejected_ids + it[i].r_off;
+        build_row(s->ids + (size_t)(B + i) * T, s->labels + (size_t)(B + i) * T, T, prompt, it[i].P, comp2, C2, 0);
     }
     lt_batch lb;
     lt_batch_init(&lb, sizeof lb);
@@ -404,118 +445,178 @@ static lt_status build_pref_rows(lt_trainer *t, const lt_pref_batch *b, int T, p
 }
 
 /* Completion log-probs of the 2B staged rows from the last forward: out[0..B) and out[B..2B). */
-static void pref_logps(lt_trainer *t, int B, const pref_item *it, double *out) {
-    const int kto = t->p.objective == LT_OBJ_KTO;
+static void pref_logps(lt_trainer *t, const lt_pref_batch *b, const pref_item *it, double *out) {
+    const int B = b->n_rows, kto = t->p.objective == LT_OBJ_KTO;
     for (int i = 0; i < B; i++) {
         out[i] = seq_logp(t->ws, i, it[i].P, it[i].C);
-        const int C2 = kto ? it[(i + B - 1) % B].C : it[i].R;
+        int C2 = it[i].R;
+        if (kto) kl_completion(t, b, it, i, &C2);
         out[B + i] = seq_logp(t->ws, B + i, it[i].P, C2);
     }
 }
 
-/* The shared body of step / evaluate / reference: mode 0 train, 1 evaluate, 2 reference only. */
-static lt_status pref_run(lt_trainer *t, const lt_pref_batch *b, int mode, lt_obj_metrics *met, double *ref_out) {
+/*
+ * The shared body of step / evaluate / reference: mode 0 train, 1 evaluate, 2 reference only. On a
+ * data-parallel trainer each rank has its share of the examples and three agreements make the result the
+ * global batch's: (1) statuses and example counts (KTO: the last completion lengths, then the broadcasts of
+ * kl_partner), (2) after the forwards: KTO's KL sum, ORPO's NLL sum and token count, (3) after the backward:
+ * the sums of the metrics. *tokens receives the scored completion tokens of the global batch.
+ */
+static lt_status pref_run(lt_trainer *t, const lt_pref_batch *b, int mode, lt_status pre, lt_obj_metrics *met,
+                          double *ref_out, int64_t *tokens) {
     static const char *const fns[] = {"lt_trainer_step_preference", "lt_trainer_evaluate_preference",
                                       "lt_trainer_reference_logps"};
     const char *fn = fns[mode];
     lt_model *m = t->model;
     lt_backend *be = m->be;
     lt_adapter *a = t->adapter;
-    if (a->merged) return lt_fail(&t->err, LT_ERR_STATE, "%s: the adapter is merged; unmerge it first", fn);
-    int T = 0;
-    lt_status st = check_pref(t, b, fn, &T);
-    if (st != LT_OK) return st;
-    const int B = b->n_rows, kto = t->p.objective == LT_OBJ_KTO, orpo = t->p.objective == LT_OBJ_ORPO;
-    if ((st = ensure_ws(t, 2 * B, T)) != LT_OK) return st;
-    if ((st = reserve(t, 2 * B, T, 2 * B, 0)) != LT_OK) return st;
+    const lt_objective obj = t->p.objective;
+    const int kto = obj == LT_OBJ_KTO, orpo = obj == LT_OBJ_ORPO, dist = t->dist.comm != NULL;
+    int Tmax = 0;
+    lt_status st = pre; /* the caller's checks */
+    if (st == LT_OK && a->merged)
+        st = lt_fail(&t->err, LT_ERR_STATE, "%s: the adapter is merged; unmerge it first", fn);
+    else if (st == LT_OK && mode == 2 && orpo)
+        st = lt_fail(&t->err, LT_ERR_STATE, "%s: ORPO has no reference model", fn);
+    else if (st == LT_OK) st = check_pref(t, b, fn, &Tmax);
+    if (!dist && st != LT_OK) return st;
+    const int B = st == LT_OK ? b->n_rows : 0;
     lt_objective_state *s = &t->obj;
-    pref_item *it = (pref_item *)s->ints; /* 8B ints: 6 per example here, then 2B completion lengths */
+    pref_item *it = NULL; /* in the int scratch: 6 ints per example, then 2B completion lengths */
     _Static_assert(sizeof(pref_item) == 6 * sizeof(int), "pref_item fits the scratch");
-    if ((st = build_pref_rows(t, b, T, it)) != LT_OK) return st;
-    double *pol = s->seq, *ref = s->seq + 2 * B, *g = s->seq + 4 * B;
-
-    /* reference log-probs: given, or a forward of the base (adapter disabled) / the reference adapter */
-    int have_ref = orpo || (b->ref_chosen_logps && (kto ? b->ref_kl_logps != NULL : b->ref_rejected_logps != NULL));
-    if (mode == 2 && orpo) return lt_fail(&t->err, LT_ERR_STATE, "%s: ORPO has no reference model", fn);
-    if (!have_ref || mode == 2) {
-        if ((st = lt_forward_logp(m, t->p.ref_adapter, t->ws, NULL, 1.0f, &t->err)) != LT_OK) return st;
-        pref_logps(t, B, it, ref);
-        if (mode == 2) {
-            memcpy(ref_out, ref, 2 * (size_t)B * sizeof *ref);
-            return LT_OK;
-        }
-    } else if (!orpo) {
-        memcpy(ref, b->ref_chosen_logps, (size_t)B * sizeof *ref);
-        memcpy(ref + B, kto ? b->ref_kl_logps : b->ref_rejected_logps, (size_t)B * sizeof *ref);
-    }
-
-    /* policy forward */
-    if ((st = lt_forward_logp(m, a, t->ws, NULL, 1.0f, &t->err)) != LT_OK) return st;
-    pref_logps(t, B, it, pol);
-
-    /* the loss and d loss / d (sequence log-prob) */
-    const int N = 2 * B * T;
-    float *w = s->w;
-    memset(w, 0, (size_t)N * sizeof *w);
-    double nll = 0;
-    if (kto) {
-        lt_obj_kto(&t->p, B, pol, ref, b->labels, pol + B, ref + B, g, met);
-        for (int i = 0; i < B; i++) g[B + i] = 0; /* the KL estimate is detached */
-    } else {
-        /* completion lengths as ints, after the items in the int scratch (6B of its 8B ints) */
-        int *cc = s->ints + 6 * B, *rc = cc + B;
+    if (B > 0 && (st = reserve(t, 0, 0, 2 * B, 0)) == LT_OK) {
+        it = (pref_item *)s->ints;
+        int64_t po = 0, co = 0, ro = 0;
         for (int i = 0; i < B; i++) {
-            cc[i] = it[i].C;
-            rc[i] = it[i].R;
+            it[i] = (pref_item){b->prompt_lens[i], b->chosen_lens[i], kto ? 0 : b->rejected_lens[i],
+                                (int)po,           (int)co,           (int)ro};
+            po += it[i].P;
+            co += it[i].C;
+            ro += it[i].R;
         }
-        lt_obj_pairs(t->p.objective, &t->p, B, pol, pol + B, orpo ? NULL : ref, orpo ? NULL : ref + B, cc, rc, g, g + B,
-                     met);
-        if (orpo) { /* + NLL over prompt + chosen (every non-pad token), token-level mean */
-            int64_t cnt = 0;
+    }
+    /* (1) */
+    if (kto && dist) {
+        memset(t->dist.wbuf, 0, (size_t)t->dist.world * sizeof *t->dist.wbuf);
+        t->dist.wbuf[t->dist.rank] = it ? it[B - 1].C : 0;
+    }
+    if ((st = lt_dist_agree(t, st, it ? B : 0, NULL, 0, kto && dist ? t->dist.wbuf : NULL, fn)) != LT_OK) return st;
+    const double B_all = (double)t->dist.rows;
+    if (t->dist.rows == 0) return lt_fail(&t->err, LT_ERR_SHAPE, "%s: no rank has examples in this batch", fn);
+    if (kto && t->dist.rows < 2)
+        return lt_fail(&t->err, LT_ERR_SHAPE,
+                       "%s: KTO needs at least 2 examples per batch (the KL estimate pairs each prompt with another "
+                       "example's completion); the global batch has %lld",
+                       fn, (long long)t->dist.rows);
+    if (kto && (st = kl_partner(t, b, it)) != LT_OK) return st;
+
+    double *pol = NULL, *ref = NULL, *g = NULL;
+    double mid[3] = {0, 0, 0}; /* KTO: sum of lp_KL - ref_KL; ORPO: NLL sum, token count */
+    lt_status lst = LT_OK;
+    if (B > 0) {
+        int T = Tmax;
+        if (kto && it[0].P + s->kl_prev_len > T) T = it[0].P + s->kl_prev_len;
+        T = (T + 15) / 16 * 16; /* a few shapes only: the workspace is planned per shape */
+        if ((lst = ensure_ws(t, 2 * B, T)) == LT_OK && (lst = reserve(t, 2 * B, T, 2 * B, 0)) == LT_OK)
+            lst = build_pref_rows(t, b, T, it);
+        pol = s->seq, ref = s->seq + 2 * B, g = s->seq + 4 * B;
+        /* reference log-probs: given, or a forward of the base (adapter disabled) / the reference adapter */
+        const int have_ref =
+            orpo || (b->ref_chosen_logps && (kto ? b->ref_kl_logps != NULL : b->ref_rejected_logps != NULL));
+        if (lst == LT_OK && (!have_ref || mode == 2)) {
+            if ((lst = lt_forward_logp(m, t->p.ref_adapter, t->ws, NULL, 1.0f, &t->err)) == LT_OK)
+                pref_logps(t, b, it, ref);
+        } else if (lst == LT_OK && !orpo) {
+            memcpy(ref, b->ref_chosen_logps, (size_t)B * sizeof *ref);
+            memcpy(ref + B, kto ? b->ref_kl_logps : b->ref_rejected_logps, (size_t)B * sizeof *ref);
+        }
+        /* policy forward */
+        if (lst == LT_OK && mode != 2 && (lst = lt_forward_logp(m, a, t->ws, NULL, 1.0f, &t->err)) == LT_OK)
+            pref_logps(t, b, it, pol);
+        if (lst == LT_OK && kto && mode != 2) mid[0] = lt_obj_kto_kl_sum(B, pol + B, ref + B);
+        if (lst == LT_OK && orpo) /* NLL over prompt + chosen (every non-pad token) */
             for (int i = 0; i < B; i++) {
                 const int L = it[i].P + it[i].C;
-                for (int tt = 0; tt < L - 1; tt++) nll += t->ws->host_losses[(size_t)i * T + tt];
-                cnt += L - 1;
+                for (int tt = 0; tt < L - 1; tt++) mid[1] += t->ws->host_losses[(size_t)i * t->ws->T + tt];
+                mid[2] += L - 1;
             }
-            nll /= (double)cnt;
-            met->loss += nll;
-            for (int i = 0; i < B; i++)
-                for (int tt = 0; tt < it[i].P + it[i].C - 1; tt++) w[(size_t)i * T + tt] = (float)(1.0 / (double)cnt);
+    }
+    /* (2) */
+    if ((st = lt_dist_agree(t, lst, B, mid, 3, NULL, fn)) != LT_OK) return st;
+    if (mode == 2) {
+        if (B > 0) memcpy(ref_out, ref, 2 * (size_t)B * sizeof *ref);
+        return LT_OK;
+    }
+
+    /* the loss over the global batch and d loss / d (sequence log-prob) of this rank's examples */
+    double kl = NAN, nll = 0;
+    lt_obj_sums sums;
+    memset(&sums, 0, sizeof sums);
+    float *w = s->w;
+    int touched = 0; /* the gradients were changed (restored if the step fails) */
+    if (kto) kl = lt_obj_kto_kl(mid[0], B_all);
+    if (orpo) nll = mid[1] / mid[2];
+    if (B > 0) {
+        memset(w, 0, (size_t)2 * B * t->ws->T * sizeof *w);
+        if (kto) {
+            lt_obj_kto(&t->p, B, B_all, kl, pol, ref, b->labels, g, &sums);
+            for (int i = 0; i < B; i++) g[B + i] = 0; /* the KL estimate is detached */
+        } else {
+            int *cc = s->ints + 6 * B, *rc = cc + B; /* completion lengths as ints, after the items */
+            for (int i = 0; i < B; i++) {
+                cc[i] = it[i].C;
+                rc[i] = it[i].R;
+            }
+            lt_obj_pairs(obj, &t->p, B, B_all, pol, pol + B, orpo ? NULL : ref, orpo ? NULL : ref + B, cc, rc, g, g + B,
+                         &sums);
+            if (orpo) /* the NLL's gradient: a token-level mean over the global batch */
+                for (int i = 0; i < B; i++)
+                    for (int tt = 0; tt < it[i].P + it[i].C - 1; tt++)
+                        w[(size_t)i * t->ws->T + tt] = (float)(1.0 / mid[2]);
+        }
+        if (!isfinite(sums.loss / B + nll))
+            lst = lt_fail(&t->err, LT_ERR_NUMERIC, "%s: the loss is not finite (%g)", fn, sums.loss / B + nll);
+        if (lst == LT_OK && mode == 0) {
+            const int T = t->ws->T;
+            /* per-token weights: w_t = -d loss / d lp_t = -g(sequence) on the sequence's completion tokens */
+            for (int i = 0; i < 2 * B; i++) {
+                const pref_item *x = &it[i % B];
+                int C = i < B ? x->C : x->R;
+                if (kto && i >= B) kl_completion(t, b, it, i - B, &C);
+                for (int tt = x->P - 1; tt < x->P + C - 1; tt++) w[(size_t)i * T + tt] += (float)(-g[i]);
+            }
+            /* fail-safe accumulation as in the SFT step: a failed micro-batch leaves the gradients as they were */
+            if (t->micro > 0) be->ops->copy(be, t->grads_backup, a->grads, a->n_params * sizeof(float));
+            touched = 1;
+            lst = lt_backward_weighted(m, a, t->ws, NULL, 1.0f, w, &t->err);
+            if (lst == LT_OK && !be->ops->all_finite(be, a->n_params, a->grads))
+                lst = lt_fail(&t->err, LT_ERR_NUMERIC, "%s: the gradients are not finite; the step was discarded", fn);
         }
     }
-    if (!isfinite(met->loss)) return lt_fail(&t->err, LT_ERR_NUMERIC, "%s: the loss is not finite (%g)", fn, met->loss);
-    if (mode == 1) return LT_OK;
-
-    /* per-token weights: w_t = -d loss / d lp_t = -g(sequence) on the sequence's completion tokens */
-    for (int i = 0; i < 2 * B; i++) {
-        const pref_item *x = &it[i % B];
-        const int C = i < B ? x->C : (kto ? it[(i - B + B - 1) % B].C : x->R);
-        for (int tt = x->P - 1; tt < x->P + C - 1; tt++) w[(size_t)i * T + tt] += (float)(-g[i]);
+    /* (3) */
+    double v[LT_OBJ_SUMS + 1];
+    memcpy(v, &sums, sizeof sums);
+    v[LT_OBJ_SUMS] = 0;
+    for (int i = 0; i < B; i++) v[LT_OBJ_SUMS] += it[i].C + (kto ? 0 : it[i].R);
+    if ((st = lt_dist_agree(t, lst, B, v, LT_OBJ_SUMS + 1, NULL, fn)) != LT_OK) {
+        if (touched && t->micro > 0) be->ops->copy(be, a->grads, t->grads_backup, a->n_params * sizeof(float));
+        else if (touched) be->ops->zero(be, a->grads, a->n_params * sizeof(float));
+        return st;
     }
-    /* fail-safe accumulation as in the SFT step: a failed micro-batch leaves the gradients as they were */
-    if (t->micro > 0) be->ops->copy(be, t->grads_backup, a->grads, a->n_params * sizeof(float));
-    st = lt_backward_weighted(m, a, t->ws, NULL, 1.0f, w, &t->err);
-    if (st == LT_OK && !be->ops->all_finite(be, a->n_params, a->grads))
-        st = lt_fail(&t->err, LT_ERR_NUMERIC, "%s: the gradients are not finite; the step was discarded", fn);
-    if (st != LT_OK) {
-        if (t->micro > 0) be->ops->copy(be, a->grads, t->grads_backup, a->n_params * sizeof(float));
-        else be->ops->zero(be, a->grads, a->n_params * sizeof(float));
-    }
-    return st;
+    memcpy(&sums, v, sizeof sums);
+    lt_obj_finish(obj, &sums, kl, nll, met);
+    *tokens = (int64_t)v[LT_OBJ_SUMS];
+    return LT_OK;
 }
 
 /* After a micro-batch's backward: count it, update every grad_accum micro-batches (the loss of an
  * update is the mean of its micro-batch losses, so the summed gradients are divided by grad_accum). */
 static lt_status finish_micro(lt_trainer *t, lt_step_result *r) {
-    lt_backend *be = t->model->be;
-    lt_adapter *a = t->adapter;
     t->micro_total++;
     t->micro++;
     r->lr = lt_optimizer_lr(t->opt);
     if (t->micro == t->p.grad_accum) {
-        if (t->p.grad_accum > 1) be->ops->scale(be, a->n_params, (float)(1.0 / t->p.grad_accum), a->grads);
-        lt_status st = lt_optimizer_update(t->opt, &r->grad_norm, &r->lr, &t->err);
-        be->ops->zero(be, a->grads, a->n_params * sizeof(float));
+        lt_status st = lt_trainer_update(t, 1.0 / t->p.grad_accum, r);
         t->micro = 0;
         if (st != LT_OK) return st;
         r->updated = 1;
@@ -540,12 +641,6 @@ static void result_out(lt_trainer *t, lt_step_result *r, lt_step_result *res, in
     if (progress && t->progress) t->progress(t->progress_user, r);
 }
 
-static int64_t pref_tokens(const lt_pref_batch *b, int kto) {
-    int64_t n = 0;
-    for (int i = 0; i < b->n_rows; i++) n += b->chosen_lens[i] + (kto ? 0 : b->rejected_lens[i]);
-    return n;
-}
-
 LT_API void lt_pref_batch_init(lt_pref_batch *b, size_t size) {
     lt_pref_batch d;
     memset(&d, 0, sizeof d);
@@ -553,27 +648,32 @@ LT_API void lt_pref_batch_init(lt_pref_batch *b, size_t size) {
     lt_fill_struct(b, size, &d, sizeof d);
 }
 
+static void pref_result(lt_step_result *r, const lt_obj_metrics *met, int64_t tokens) {
+    result_init(r);
+    r->loss = met->loss;
+    r->rewards_chosen = met->rewards_chosen;
+    r->rewards_rejected = met->rewards_rejected;
+    r->rewards_accuracies = met->accuracies;
+    r->rewards_margins = met->margins;
+    r->kl = met->kl;
+    r->tokens = tokens;
+}
+
 LT_API lt_status lt_trainer_step_preference(lt_trainer *t, const lt_pref_batch *b, lt_step_result *res) {
     if (!t) return LT_ERR_ARGUMENT;
     lt_error_clear(&t->err);
-    if (res && res->size < sizeof(size_t))
-        return lt_fail(&t->err, LT_ERR_ARGUMENT, "lt_trainer_step_preference: result->size not set");
+    lt_status st = res && res->size < sizeof(size_t)
+                       ? lt_fail(&t->err, LT_ERR_ARGUMENT, "lt_trainer_step_preference: result->size not set")
+                       : LT_OK;
     const double t0 = lt_now_seconds();
     lt_obj_metrics met;
-    lt_status st = pref_run(t, b, 0, &met, NULL);
-    if (st != LT_OK) return st;
+    int64_t tokens = 0;
+    if ((st = pref_run(t, b, 0, st, &met, NULL, &tokens)) != LT_OK) return st;
     lt_step_result r;
-    result_init(&r);
-    r.loss = met.loss;
-    r.rewards_chosen = met.rewards_chosen;
-    r.rewards_rejected = met.rewards_rejected;
-    r.rewards_accuracies = met.accuracies;
-    r.rewards_margins = met.margins;
-    r.kl = met.kl;
-    r.tokens = pref_tokens(b, t->p.objective == LT_OBJ_KTO);
+    pref_result(&r, &met, tokens);
     if ((st = finish_micro(t, &r)) != LT_OK) return st;
     const double dt = lt_now_seconds() - t0;
-    r.tokens_per_s = dt > 0 ? (double)t->ws->B * t->ws->T / dt : 0;
+    r.tokens_per_s = dt > 0 && t->ws ? (double)2 * b->n_rows * t->ws->T / dt : 0;
     result_out(t, &r, res, 1);
     return LT_OK;
 }
@@ -581,20 +681,15 @@ LT_API lt_status lt_trainer_step_preference(lt_trainer *t, const lt_pref_batch *
 LT_API lt_status lt_trainer_evaluate_preference(lt_trainer *t, const lt_pref_batch *b, lt_step_result *res) {
     if (!t) return LT_ERR_ARGUMENT;
     lt_error_clear(&t->err);
-    if (!res || res->size < sizeof(size_t))
-        return lt_fail(&t->err, LT_ERR_ARGUMENT, "lt_trainer_evaluate_preference: result is NULL or its size is unset");
+    lt_status st =
+        !res || res->size < sizeof(size_t)
+            ? lt_fail(&t->err, LT_ERR_ARGUMENT, "lt_trainer_evaluate_preference: result is NULL or its size is unset")
+            : LT_OK;
     lt_obj_metrics met;
-    lt_status st = pref_run(t, b, 1, &met, NULL);
-    if (st != LT_OK) return st;
+    int64_t tokens = 0;
+    if ((st = pref_run(t, b, 1, st, &met, NULL, &tokens)) != LT_OK) return st;
     lt_step_result r;
-    result_init(&r);
-    r.loss = met.loss;
-    r.rewards_chosen = met.rewards_chosen;
-    r.rewards_rejected = met.rewards_rejected;
-    r.rewards_accuracies = met.accuracies;
-    r.rewards_margins = met.margins;
-    r.kl = met.kl;
-    r.tokens = pref_tokens(b, t->p.objective == LT_OBJ_KTO);
+    pref_result(&r, &met, tokens);
     r.step = t->opt->step;
     result_out(t, &r, res, 0);
     return LT_OK;
@@ -604,15 +699,19 @@ LT_API lt_status lt_trainer_reference_logps(lt_trainer *t, const lt_pref_batch *
                                             double *kl) {
     if (!t) return LT_ERR_ARGUMENT;
     lt_error_clear(&t->err);
+    const int B = b && b->n_rows > 0 ? b->n_rows : 0;
+    lt_status st = LT_OK;
     if (!chosen && !rejected && !kl)
-        return lt_fail(&t->err, LT_ERR_ARGUMENT, "lt_trainer_reference_logps: no output given");
-    if (!b || b->n_rows <= 0) return lt_fail(&t->err, LT_ERR_SHAPE, "lt_trainer_reference_logps: empty batch");
+        st = lt_fail(&t->err, LT_ERR_ARGUMENT, "lt_trainer_reference_logps: no output given");
+    else if (!b || (b->n_rows <= 0 && !t->dist.comm))
+        st = lt_fail(&t->err, LT_ERR_SHAPE, "lt_trainer_reference_logps: empty batch");
     lt_obj_metrics met;
-    double *tmp = malloc(2 * (size_t)b->n_rows * sizeof *tmp); /* outside the step: an allocation is fine */
-    if (!tmp) return lt_fail(&t->err, LT_ERR_NOMEM, "lt_trainer_reference_logps: out of memory");
-    lt_status st = pref_run(t, b, 2, &met, tmp);
+    double *tmp = malloc((2 * (size_t)B + 1) * sizeof *tmp); /* outside the step: an allocation is fine */
+    if (!tmp && st == LT_OK) st = lt_fail(&t->err, LT_ERR_NOMEM, "lt_trainer_reference_logps: out of memory");
+    int64_t tokens = 0;
+    st = pref_run(t, b, 2, st, &met, tmp, &tokens);
     if (st == LT_OK) {
-        const int B = b->n_rows, kto = t->p.objective == LT_OBJ_KTO;
+        const int kto = t->p.objective == LT_OBJ_KTO;
         if (chosen) memcpy(chosen, tmp, (size_t)B * sizeof *tmp);
         if (!kto && rejected) memcpy(rejected, tmp + B, (size_t)B * sizeof *tmp);
         if (kto && kl) memcpy(kl, tmp + B, (size_t)B * sizeof *tmp);
@@ -630,6 +729,14 @@ LT_API lt_status lt_grpo_generate(lt_trainer *t, const int32_t *prompts, const i
     const char *fn = "lt_grpo_generate";
     if (t->p.objective != LT_OBJ_GRPO)
         return lt_fail(&t->err, LT_ERR_STATE, "%s: the trainer's objective is not GRPO", fn);
+    lt_objective_state *s = &t->obj;
+    if (n_prompts == 0 && t->dist.comm) { /* a rank with no prompts in this global batch: takes part in the step */
+        s->g_np = 0;
+        s->g_G = t->p.num_generations;
+        s->g_max_new = 1; /* used only with completions */
+        s->g_pending = 1;
+        return LT_OK;
+    }
     if (!prompts || !prompt_lens || n_prompts <= 0 || !completions || !completion_lens)
         return lt_fail(&t->err, LT_ERR_ARGUMENT,
                        "%s: prompts, prompt_lens, completions and completion_lens are required "
@@ -658,7 +765,6 @@ LT_API lt_status lt_grpo_generate(lt_trainer *t, const int32_t *prompts, const i
         if (prompts[k] < 0 || prompts[k] >= V)
             return lt_fail(&t->err, LT_ERR_DATA, "%s: prompt token %lld is %d, outside [0, %d)", fn, (long long)k,
                            prompts[k], V);
-    lt_objective_state *s = &t->obj;
     const size_t rows = (size_t)n_prompts * G;
     if ((size_t)total * G > s->g_prompt_cap || rows > s->g_comp_cap / (size_t)gp.max_new_tokens || !s->g_plens) {
         free(s->g_prompts);
@@ -706,87 +812,111 @@ LT_API lt_status lt_grpo_step(lt_trainer *t, const float *rewards, lt_step_resul
     lt_error_clear(&t->err);
     const char *fn = "lt_grpo_step";
     lt_objective_state *s = &t->obj;
+    lt_status st = LT_OK;
     if (t->p.objective != LT_OBJ_GRPO)
-        return lt_fail(&t->err, LT_ERR_STATE, "%s: the trainer's objective is not GRPO", fn);
-    if (!s->g_pending)
-        return lt_fail(&t->err, LT_ERR_STATE, "%s: no generation is pending (call lt_grpo_generate first)", fn);
-    if (!rewards) return lt_fail(&t->err, LT_ERR_ARGUMENT, "%s: rewards is NULL", fn);
-    if (res && res->size < sizeof(size_t)) return lt_fail(&t->err, LT_ERR_ARGUMENT, "%s: result->size not set", fn);
-    if (t->adapter->merged) return lt_fail(&t->err, LT_ERR_STATE, "%s: the adapter is merged; unmerge it first", fn);
-    const double t0 = lt_now_seconds();
-    const int S = s->g_np * s->g_G, Mx = s->g_max_new;
-    for (int i = 0; i < S; i++)
+        st = lt_fail(&t->err, LT_ERR_STATE, "%s: the trainer's objective is not GRPO", fn);
+    else if (!s->g_pending)
+        st = lt_fail(&t->err, LT_ERR_STATE, "%s: no generation is pending (call lt_grpo_generate first)", fn);
+    else if (!rewards && s->g_np > 0) st = lt_fail(&t->err, LT_ERR_ARGUMENT, "%s: rewards is NULL", fn);
+    else if (res && res->size < sizeof(size_t)) st = lt_fail(&t->err, LT_ERR_ARGUMENT, "%s: result->size not set", fn);
+    else if (t->adapter->merged) st = lt_fail(&t->err, LT_ERR_STATE, "%s: the adapter is merged; unmerge it first", fn);
+    const int S = st == LT_OK ? s->g_np * s->g_G : 0, Mx = s->g_max_new;
+    for (int i = 0; i < S && st == LT_OK; i++)
         if (!isfinite(rewards[i]))
-            return lt_fail(&t->err, LT_ERR_NUMERIC, "%s: reward %d (prompt %d, generation %d) is not finite (%g)", fn,
-                           i, i / s->g_G, i % s->g_G, (double)rewards[i]);
+            st = lt_fail(&t->err, LT_ERR_NUMERIC, "%s: reward %d (prompt %d, generation %d) is not finite (%g)", fn, i,
+                         i / s->g_G, i % s->g_G, (double)rewards[i]);
+    if (!t->dist.comm && st != LT_OK) return st;
+    const double t0 = lt_now_seconds();
     lt_model *m = t->model;
     lt_backend *be = m->be;
     lt_adapter *a = t->adapter;
     int Pmax = 0;
     int64_t ntok = 0;
-    for (int i = 0; i < S; i++) {
+    double v[2] = {0, 0}; /* the sum of the rewards, the completion tokens */
+    for (int i = 0; i < S && st == LT_OK; i++) {
         if (s->g_plens[i] > Pmax) Pmax = s->g_plens[i];
         ntok += s->g_clens[i];
+        v[0] += rewards[i];
     }
+    v[1] = (double)ntok;
+    /* the global batch: its sequences, tokens and mean reward (advantages scaled by the batch's std, the
+     * loss aggregated over its sequences or tokens) */
+    if ((st = lt_dist_agree(t, st, S, v, 2, NULL, fn)) != LT_OK) return st;
+    if (t->dist.rows == 0) return lt_fail(&t->err, LT_ERR_DATA, "%s: no rank has completions in this batch", fn);
+    const double S_all = (double)t->dist.rows, tokens_all = v[1], mean = v[0] / S_all;
+    double ss = lt_obj_grpo_sq(rewards, S, mean);
+    lt_status lst = LT_OK;
     const int T = (Pmax + Mx + 15) / 16 * 16;
-    lt_status st;
-    if ((st = ensure_ws(t, S, T)) != LT_OK) return st;
-    if ((st = reserve(t, S, T, S, (size_t)ntok)) != LT_OK) return st;
-    int64_t po = 0;
-    for (int i = 0; i < S; i++) {
-        build_row(s->ids + (size_t)i * T, s->labels + (size_t)i * T, T, s->g_prompts + po, s->g_plens[i],
-                  s->g_comp + (size_t)i * Mx, s->g_clens[i], 0);
-        po += s->g_plens[i];
-    }
-    lt_batch lb;
-    lt_batch_init(&lb, sizeof lb);
-    lb.n_rows = S;
-    lb.seq_len = T;
-    lb.input_ids = s->ids;
-    lb.labels = s->labels;
-    int64_t valid;
-    if ((st = lt_stage_batch(m, t->ws, &lb, &valid, &t->err)) != LT_OK) return st;
-    /* per-token log-probs (from logits / temperature) of the reference (only with KL) and the policy */
     float *lp = s->lp, *lp_ref = s->lp_ref;
     const float ls = s->g_logit_scale;
-    if (t->p.kl_beta > 0) {
-        if ((st = lt_forward_logp(m, t->p.ref_adapter, t->ws, NULL, ls, &t->err)) != LT_OK) return st;
-        for (int i = 0, o = 0; i < S; i++)
-            for (int k = 0; k < s->g_clens[i]; k++)
-                lp_ref[o++] = -t->ws->host_losses[(size_t)i * T + s->g_plens[i] - 1 + k];
+    if (S > 0) {
+        if ((lst = ensure_ws(t, S, T)) == LT_OK) lst = reserve(t, S, T, S, (size_t)ntok);
+        int64_t po = 0;
+        for (int i = 0; i < S && lst == LT_OK; i++) {
+            build_row(s->ids + (size_t)i * T, s->labels + (size_t)i * T, T, s->g_prompts + po, s->g_plens[i],
+                      s->g_comp + (size_t)i * Mx, s->g_clens[i], 0);
+            po += s->g_plens[i];
+        }
+        lt_batch lb;
+        lt_batch_init(&lb, sizeof lb);
+        lb.n_rows = S;
+        lb.seq_len = T;
+        lb.input_ids = s->ids;
+        lb.labels = s->labels;
+        int64_t valid;
+        if (lst == LT_OK) lst = lt_stage_batch(m, t->ws, &lb, &valid, &t->err);
+        lp = s->lp, lp_ref = s->lp_ref;
+        /* per-token log-probs (from logits / temperature) of the reference (only with KL) and the policy */
+        if (lst == LT_OK && t->p.kl_beta > 0 &&
+            (lst = lt_forward_logp(m, t->p.ref_adapter, t->ws, NULL, ls, &t->err)) == LT_OK)
+            for (int i = 0, o = 0; i < S; i++)
+                for (int k = 0; k < s->g_clens[i]; k++)
+                    lp_ref[o++] = -t->ws->host_losses[(size_t)i * T + s->g_plens[i] - 1 + k];
+        if (lst == LT_OK && (lst = lt_forward_logp(m, a, t->ws, NULL, ls, &t->err)) == LT_OK)
+            for (int i = 0, o = 0; i < S; i++)
+                for (int k = 0; k < s->g_clens[i]; k++)
+                    lp[o++] = -t->ws->host_losses[(size_t)i * T + s->g_plens[i] - 1 + k];
     }
-    if ((st = lt_forward_logp(m, a, t->ws, NULL, ls, &t->err)) != LT_OK) return st;
-    for (int i = 0, o = 0; i < S; i++)
-        for (int k = 0; k < s->g_clens[i]; k++) lp[o++] = -t->ws->host_losses[(size_t)i * T + s->g_plens[i] - 1 + k];
-    double *adv = s->seq, rmean, rstd;
-    lt_obj_grpo_advantages(rewards, s->g_np, s->g_G, t->p.scale_rewards, adv, &rmean, &rstd);
-    /* one update per generation: lp_old = lp (detached), so rho = 1 */
-    float *dlp = s->w, *dl = s->lp + s->seq_cap; /* d loss / d lp per completion token, then per row position */
-    lt_obj_grpo_metrics gm;
-    lt_obj_grpo_loss(&t->p, S, s->g_clens, adv, lp, lp, t->p.kl_beta > 0 ? lp_ref : NULL, Mx, dl, &gm);
-    memset(dlp, 0, (size_t)S * T * sizeof *dlp);
-    for (int i = 0, o = 0; i < S; i++)
-        for (int k = 0; k < s->g_clens[i]; k++) dlp[(size_t)i * T + s->g_plens[i] - 1 + k] = -dl[o++];
-    if (!isfinite(gm.loss)) return lt_fail(&t->err, LT_ERR_NUMERIC, "%s: the loss is not finite", fn);
-    if (t->micro > 0) be->ops->copy(be, t->grads_backup, a->grads, a->n_params * sizeof(float));
-    st = lt_backward_weighted(m, a, t->ws, NULL, ls, dlp, &t->err);
-    if (st == LT_OK && !be->ops->all_finite(be, a->n_params, a->grads))
-        st = lt_fail(&t->err, LT_ERR_NUMERIC, "%s: the gradients are not finite; the step was discarded", fn);
-    if (st != LT_OK) {
-        if (t->micro > 0) be->ops->copy(be, a->grads, t->grads_backup, a->n_params * sizeof(float));
-        else be->ops->zero(be, a->grads, a->n_params * sizeof(float));
+    if ((st = lt_dist_agree(t, lst, S, &ss, 1, NULL, fn)) != LT_OK) return st;
+    const double std_all = S_all > 1 ? sqrt(ss / (S_all - 1)) : NAN; /* TRL logs the std of all rewards */
+    lt_obj_grpo_metrics gm = {0, 0, 0};
+    int touched = 0;
+    if (S > 0) {
+        double *adv = s->seq;
+        lt_obj_grpo_advantages(rewards, s->g_np, s->g_G, t->p.scale_rewards, std_all, adv);
+        /* one update per generation: lp_old = lp (detached), so rho = 1 */
+        float *dlp = s->w, *dl = s->lp + s->seq_cap; /* d loss / d lp per completion token, then per row position */
+        lt_obj_grpo_loss(&t->p, S, s->g_clens, adv, lp, lp, t->p.kl_beta > 0 ? lp_ref : NULL, Mx, S_all, tokens_all, dl,
+                         &gm);
+        memset(dlp, 0, (size_t)S * T * sizeof *dlp);
+        for (int i = 0, o = 0; i < S; i++)
+            for (int k = 0; k < s->g_clens[i]; k++) dlp[(size_t)i * T + s->g_plens[i] - 1 + k] = -dl[o++];
+        if (!isfinite(gm.loss)) lst = lt_fail(&t->err, LT_ERR_NUMERIC, "%s: the loss is not finite", fn);
+        if (lst == LT_OK) {
+            if (t->micro > 0) be->ops->copy(be, t->grads_backup, a->grads, a->n_params * sizeof(float));
+            touched = 1;
+            lst = lt_backward_weighted(m, a, t->ws, NULL, ls, dlp, &t->err);
+            if (lst == LT_OK && !be->ops->all_finite(be, a->n_params, a->grads))
+                lst = lt_fail(&t->err, LT_ERR_NUMERIC, "%s: the gradients are not finite; the step was discarded", fn);
+        }
+    }
+    double sums[3] = {gm.loss, gm.kl_sum, gm.clipped};
+    if ((st = lt_dist_agree(t, lst, S, sums, 3, NULL, fn)) != LT_OK) {
+        if (touched && t->micro > 0) be->ops->copy(be, a->grads, t->grads_backup, a->n_params * sizeof(float));
+        else if (touched) be->ops->zero(be, a->grads, a->n_params * sizeof(float));
         return st;
     }
     s->g_pending = 0;
     lt_step_result r;
     result_init(&r);
-    r.loss = gm.loss;
-    r.kl = gm.kl;
-    r.clip_fraction = gm.clip_fraction;
-    r.reward_mean = rmean;
-    r.reward_std = rstd;
-    r.completion_length = (double)ntok / S;
-    r.tokens = ntok;
+    const double tok = tokens_all > 0 ? tokens_all : 1;
+    r.loss = sums[0];
+    r.kl = t->p.kl_beta > 0 ? sums[1] / tok : 0.0;
+    r.clip_fraction = sums[2] / tok;
+    r.reward_mean = mean;
+    r.reward_std = std_all;
+    r.completion_length = tokens_all / S_all;
+    r.tokens = (int64_t)tokens_all;
     if ((st = finish_micro(t, &r)) != LT_OK) return st;
     const double dt = lt_now_seconds() - t0;
     r.tokens_per_s = dt > 0 ? (double)S * T / dt : 0;

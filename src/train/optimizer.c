@@ -13,6 +13,7 @@
  *   SGD:   g += wd p; buf = mu buf + g (buf = g at the first step); p -= lr buf
  *   clip:  total = ||g||_2 over all parameters; g *= min(1, max_norm / (total + 1e-6))
  */
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -58,70 +59,222 @@ double lt_schedule_lambda(const lt_optimizer_params *p, int64_t s) {
     return 1.0;
 }
 
-/* ---- 8-bit AdamW state: one entry per LoRA tensor, in adapter->params order -------------------- */
+/* ---- the state's layout ---------------------------------------------------------------------------
+ * 8-bit AdamW keeps its state per parameter tensor, as bitsandbytes does per torch parameter: each LoRA
+ * A, B (a fused module's B is one tensor) and DoRA magnitude, and each trained base weight; blocks of 256
+ * start at the tensor's first element, and tensors below 4096 elements keep fp32 state. */
 
 static const char *kind_name(uint32_t k) {
     return k == LT_OPT_ADAMW ? "AdamW" : k == LT_OPT_SGD ? "SGD" : k == LT_OPT_ADAMW8BIT ? "AdamW8bit" : "unknown";
 }
 
-/* one parameter tensor params[off .. off+n): 8-bit state from LT_OPT8_MIN_SIZE elements, else fp32 */
-static void opt8_add(lt_optimizer *o, size_t off, size_t n, int decay) {
-    lt_opt8_tensor *t = &o->tensors[o->n_tensors++];
-    t->off = off;
-    t->n = n;
-    t->decay = decay;
-    t->q8 = t->n >= LT_OPT8_MIN_SIZE;
-    if (t->q8) {
-        t->qoff = o->n_q8;
-        t->boff = o->n_blocks;
-        o->n_q8 += t->n;
-        o->n_blocks += (t->n + LT_OPT8_BLOCKSIZE - 1) / LT_OPT8_BLOCKSIZE;
-    } else {
-        t->foff = o->n_f32;
-        o->n_f32 += t->n;
+static void add_tensor(lt_optimizer *o, size_t off, size_t n, int decay) {
+    o->all[o->n_all++] = (lt_opt8_tensor){.off = off, .n = n, .q8 = n >= LT_OPT8_MIN_SIZE, .decay = decay};
+}
+
+/* o->all: every tensor of the adapter, in params order; they tile [0, n_params) */
+static lt_status opt8_tensors(lt_optimizer *o, lt_error *err) {
+    lt_adapter *a = o->adapter;
+    const lt_model_config *c = &a->model->cfg;
+    const int L = (int)c->num_hidden_layers, r = a->p.rank;
+    lt_module mods[P_COUNT];
+    const int n_mods = lt_model_modules(c, mods);
+    o->all = calloc((size_t)L * n_mods * 3 + (size_t)a->n_ptensors, sizeof *o->all);
+    o->tensors = calloc((size_t)L * n_mods * 3 + (size_t)a->n_ptensors, sizeof *o->tensors);
+    if (!o->all || !o->tensors) return lt_fail(err, LT_ERR_NOMEM, "optimizer: out of memory");
+    for (int l = 0; l < L && !a->p.full_finetune; l++)
+        for (int k = 0; k < n_mods; k++) {
+            lt_lora *lo = lt_adapter_lora(a, l, (lt_proj)mods[k].first);
+            if (!lo) continue;
+            int in, out;
+            lt_module_dims(c, &mods[k], &in, &out);
+            add_tensor(o, (size_t)(lo->A - a->params), (size_t)r * in, 1);
+            add_tensor(o, (size_t)(lo->B - a->params), (size_t)out * r, 1);
+            if (lo->mag) add_tensor(o, (size_t)(lo->mag - a->params), (size_t)out, 1);
+        }
+    /* trained base weights (full fine-tuning, modules_to_save): one bitsandbytes tensor each */
+    for (int i = 0; i < a->n_ptensors; i++) add_tensor(o, a->ptensors[i].off, a->ptensors[i].n, a->ptensors[i].decay);
+    size_t end = 0;
+    for (int i = 0; i < o->n_all; i++) {
+        if (o->all[i].off != end)
+            return lt_fail(err, LT_ERR_INTERNAL, "optimizer: tensor %d starts at %zu, not at %zu", i, o->all[i].off,
+                           end);
+        end += o->all[i].n;
+    }
+    if (end != a->n_params)
+        return lt_fail(err, LT_ERR_INTERNAL, "optimizer: the tensors end at %zu, not at %zu", end, a->n_params);
+    return LT_OK;
+}
+
+/* The number of values each section holds for the parameters [0, x) (x a valid cut, see shards). */
+static void prefix(const lt_optimizer *o, size_t x, size_t pre[LT_OPT_SECTIONS]) {
+    memset(pre, 0, LT_OPT_SECTIONS * sizeof *pre);
+    if (o->p.kind != LT_OPT_ADAMW8BIT) {
+        pre[0] = pre[1] = x;
+        return;
+    }
+    for (int i = 0; i < o->n_all && o->all[i].off < x; i++) {
+        const lt_opt8_tensor *t = &o->all[i];
+        const size_t len = x - t->off < t->n ? x - t->off : t->n;
+        if (t->q8) {
+            pre[2] += (len + LT_OPT8_BLOCKSIZE - 1) / LT_OPT8_BLOCKSIZE;
+            pre[4] += len;
+        } else {
+            pre[0] += len;
+        }
+    }
+    pre[1] = pre[0];
+    pre[3] = pre[2];
+    pre[5] = pre[4];
+}
+
+/* bytes of one value of each section */
+static const size_t section_bytes[2][LT_OPT_SECTIONS] = {{4, 4, 0, 0, 0, 0}, {4, 4, 4, 4, 1, 1}};
+
+/* 1 when x splits the state exactly: anywhere for AdamW / SGD, at a block start inside an 8-bit tensor */
+static int valid_cut(const lt_optimizer *o, size_t x) {
+    if (o->p.kind != LT_OPT_ADAMW8BIT) return 1;
+    for (int i = 0; i < o->n_all; i++) {
+        const lt_opt8_tensor *t = &o->all[i];
+        if (x > t->off && x < t->off + t->n) return !t->q8 || (x - t->off) % LT_OPT8_BLOCKSIZE == 0;
+    }
+    return 1;
+}
+
+void lt_optimizer_shards(const lt_optimizer *o, int world, size_t *bounds) {
+    const size_t n = o->adapter->n_params;
+    bounds[0] = 0;
+    for (int r = 1; r < world; r++) {
+        size_t x = (size_t)((double)n * r / world);
+        x -= x % 16; /* 64-byte aligned shards */
+        for (int i = 0; o->p.kind == LT_OPT_ADAMW8BIT && i < o->n_all; i++) {
+            const lt_opt8_tensor *t = &o->all[i];
+            if (t->q8 && x > t->off && x < t->off + t->n)
+                x = t->off + (x - t->off) / LT_OPT8_BLOCKSIZE * LT_OPT8_BLOCKSIZE;
+        }
+        bounds[r] = x > bounds[r - 1] ? x : bounds[r - 1];
+    }
+    bounds[world] = n;
+}
+
+/* o->tensors: the parts of the tensors inside [lo, hi), with their offsets in the sections */
+static void opt8_parts(lt_optimizer *o) {
+    o->n_tensors = 0;
+    o->n_q8 = o->n_blocks = o->n_f32 = 0;
+    for (int i = 0; i < o->n_all; i++) {
+        const lt_opt8_tensor *t = &o->all[i];
+        const size_t a = t->off > o->lo ? t->off : o->lo, b = t->off + t->n < o->hi ? t->off + t->n : o->hi;
+        if (a >= b) continue;
+        lt_opt8_tensor *p = &o->tensors[o->n_tensors++];
+        *p = *t;
+        p->off = a;
+        p->n = b - a;
+        if (p->q8) {
+            p->qoff = o->n_q8;
+            p->boff = o->n_blocks;
+            o->n_q8 += p->n;
+            o->n_blocks += (p->n + LT_OPT8_BLOCKSIZE - 1) / LT_OPT8_BLOCKSIZE;
+        } else {
+            p->foff = o->n_f32;
+            o->n_f32 += p->n;
+        }
     }
 }
 
-static lt_status opt8_alloc(lt_optimizer *o, lt_error *err) {
-    lt_adapter *a = o->adapter;
-    lt_model *m = a->model;
-    lt_backend *be = m->be;
-    const int L = (int)m->cfg.num_hidden_layers, r = a->p.rank;
-    o->tensors = calloc((size_t)L * P_COUNT * 2 + (size_t)a->n_ptensors, sizeof *o->tensors);
-    if (!o->tensors) return lt_fail(err, LT_ERR_NOMEM, "optimizer: out of memory");
-    for (int l = 0; l < L; l++)
-        for (int q = 0; q < P_COUNT; q++) {
-            lt_lora *lo = lt_adapter_lora(a, l, (lt_proj)q);
-            if (!lo) continue;
-            int in, out;
-            lt_proj_dims(&m->cfg, (lt_proj)q, &in, &out);
-            const float *start[2] = {lo->A, lo->B};
-            const size_t size[2] = {(size_t)r * in, (size_t)out * r};
-            for (int k = 0; k < 2; k++) opt8_add(o, (size_t)(start[k] - a->params), size[k], 1);
+/* the device buffer and value count of each section for the current range */
+static void sections(const lt_optimizer *o, void *dev[LT_OPT_SECTIONS], size_t count[LT_OPT_SECTIONS]) {
+    memset(dev, 0, LT_OPT_SECTIONS * sizeof *dev);
+    memset(count, 0, LT_OPT_SECTIONS * sizeof *count);
+    if (o->p.kind != LT_OPT_ADAMW8BIT) {
+        dev[0] = o->m;
+        dev[1] = o->v;
+        count[0] = count[1] = o->hi - o->lo;
+        return;
+    }
+    void *d[LT_OPT_SECTIONS] = {o->m, o->v, o->absmax1, o->absmax2, o->c1, o->c2};
+    const size_t c[LT_OPT_SECTIONS] = {o->n_f32, o->n_f32, o->n_blocks, o->n_blocks, o->n_q8, o->n_q8};
+    memcpy(dev, d, sizeof d);
+    memcpy(count, c, sizeof c);
+}
+
+static void free_state(lt_optimizer *o) {
+    lt_backend *be = o->adapter->model->be;
+    void *bufs[] = {o->m, o->v, o->c1, o->c2, o->absmax1, o->absmax2, o->qmaps};
+    for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
+        if (bufs[i]) be->ops->free(be, bufs[i]);
+    o->m = o->v = o->absmax1 = o->absmax2 = o->qmaps = NULL;
+    o->c1 = o->c2 = NULL;
+    o->ready = 0;
+}
+
+lt_status lt_optimizer_ready(lt_optimizer *o, lt_error *err) {
+    if (o->ready) return LT_OK;
+    lt_backend *be = o->adapter->model->be;
+    const int q = o->p.kind == LT_OPT_ADAMW8BIT;
+    size_t count[LT_OPT_SECTIONS];
+    void *unused[LT_OPT_SECTIONS];
+    sections(o, unused, count);
+    /* every buffer gets at least one value so that a range with no 8-bit (or no small) tensor still has
+     * valid pointers; bitsandbytes starts from zero codes and zero absmax (m = v = 0) */
+    void **dst[LT_OPT_SECTIONS] = {(void **)&o->m,       (void **)&o->v,  (void **)&o->absmax1,
+                                   (void **)&o->absmax2, (void **)&o->c1, (void **)&o->c2};
+    for (int s = 0; s < (q ? LT_OPT_SECTIONS : 2); s++) {
+        const size_t bytes = (count[s] ? count[s] : 1) * section_bytes[q][s];
+        if (!(*dst[s] = be->ops->alloc(be, bytes))) {
+            free_state(o);
+            return lt_fail(err, LT_ERR_NOMEM, "optimizer: cannot allocate the %s state of %zu parameters",
+                           kind_name(o->p.kind), o->hi - o->lo);
         }
-    /* trained base weights (full fine-tuning, modules_to_save): one bitsandbytes tensor each */
-    for (int i = 0; i < a->n_ptensors; i++) opt8_add(o, a->ptensors[i].off, a->ptensors[i].n, a->ptensors[i].decay);
-    /* every buffer gets at least one element so that a model with no 8-bit (or no small) tensor still
-     * has valid pointers; bitsandbytes starts from zero codes and zero absmax (m = v = 0) */
-    const size_t nf = o->n_f32 ? o->n_f32 : 1, nq = o->n_q8 ? o->n_q8 : 1, nb = o->n_blocks ? o->n_blocks : 1;
-    o->m = be->ops->alloc(be, nf * sizeof(float));
-    o->v = be->ops->alloc(be, nf * sizeof(float));
-    o->c1 = be->ops->alloc(be, nq);
-    o->c2 = be->ops->alloc(be, nq);
-    o->absmax1 = be->ops->alloc(be, nb * sizeof(float));
-    o->absmax2 = be->ops->alloc(be, nb * sizeof(float));
-    o->qmaps = be->ops->alloc(be, 512 * sizeof(float));
-    if (!o->m || !o->v || !o->c1 || !o->c2 || !o->absmax1 || !o->absmax2 || !o->qmaps)
-        return lt_fail(err, LT_ERR_NOMEM, "optimizer: cannot allocate 8-bit state for %zu parameters", a->n_params);
-    be->ops->zero(be, o->m, nf * sizeof(float));
-    be->ops->zero(be, o->v, nf * sizeof(float));
-    be->ops->zero(be, o->c1, nq);
-    be->ops->zero(be, o->c2, nq);
-    be->ops->zero(be, o->absmax1, nb * sizeof(float));
-    be->ops->zero(be, o->absmax2, nb * sizeof(float));
-    be->ops->upload(be, o->qmaps, lt_quant_code8(), 256 * sizeof(float));
-    be->ops->upload(be, o->qmaps + 256, lt_quant_code8u(), 256 * sizeof(float));
+        be->ops->zero(be, *dst[s], bytes);
+    }
+    if (q) {
+        if (!(o->qmaps = be->ops->alloc(be, 512 * sizeof(float)))) {
+            free_state(o);
+            return lt_fail(err, LT_ERR_NOMEM, "optimizer: out of memory");
+        }
+        be->ops->upload(be, o->qmaps, lt_quant_code8(), 256 * sizeof(float));
+        be->ops->upload(be, o->qmaps + 256, lt_quant_code8u(), 256 * sizeof(float));
+    }
+    o->ready = 1;
     return LT_OK;
+}
+
+lt_status lt_optimizer_set_range(lt_optimizer *o, size_t lo, size_t hi, lt_error *err) {
+    if (lo > hi || hi > o->adapter->n_params || !valid_cut(o, lo) || !valid_cut(o, hi))
+        return lt_fail(err, LT_ERR_INTERNAL, "optimizer: [%zu, %zu) is not a range of its state", lo, hi);
+    if (o->ready && (lo < o->lo || hi > o->hi))
+        return lt_fail(err, LT_ERR_STATE, "optimizer: its state covers [%zu, %zu), not [%zu, %zu)", o->lo, o->hi, lo,
+                       hi);
+    const lt_optimizer old = *o; /* its buffers and section sizes */
+    o->lo = lo;
+    o->hi = hi;
+    if (o->p.kind == LT_OPT_ADAMW8BIT) opt8_parts(o);
+    if (!old.ready) return LT_OK;
+    /* keep the values of the new range: a slice of every old section */
+    o->ready = 0;
+    o->m = o->v = o->absmax1 = o->absmax2 = o->qmaps = NULL;
+    o->c1 = o->c2 = NULL;
+    lt_status st = lt_optimizer_ready(o, err);
+    if (st != LT_OK) { /* as it was */
+        *o = old;
+        if (o->p.kind == LT_OPT_ADAMW8BIT) opt8_parts(o);
+        return st;
+    }
+    lt_backend *be = o->adapter->model->be;
+    const int q = o->p.kind == LT_OPT_ADAMW8BIT;
+    size_t p_old[LT_OPT_SECTIONS], p_new[LT_OPT_SECTIONS], cnt[LT_OPT_SECTIONS], unused[LT_OPT_SECTIONS];
+    void *d_old[LT_OPT_SECTIONS], *d_new[LT_OPT_SECTIONS];
+    prefix(o, old.lo, p_old);
+    prefix(o, lo, p_new);
+    sections(&old, d_old, unused);
+    sections(o, d_new, cnt);
+    for (int s = 0; s < (q ? LT_OPT_SECTIONS : 2); s++)
+        if (cnt[s])
+            be->ops->copy(be, d_new[s], (char *)d_old[s] + (p_new[s] - p_old[s]) * section_bytes[q][s],
+                          cnt[s] * section_bytes[q][s]);
+    lt_optimizer gone = old;
+    free_state(&gone);
+    return be->ops->sync(be);
 }
 
 /* bitsandbytes' kernel constants in fp32 for update t at learning rate lr: c1 = 1 - b1^t,
@@ -136,7 +289,7 @@ void lt_opt8_constants(const lt_optimizer_params *p, double lr, int64_t t, float
     *decay = lrf * p->weight_decay;
 }
 
-/* One bitsandbytes AdamW8bit step over every tensor (o->step already counts it). */
+/* One bitsandbytes AdamW8bit step over every tensor part (o->step already counts it). */
 static void opt8_update(lt_optimizer *o, double lr) {
     lt_adapter *a = o->adapter;
     lt_backend *be = a->model->be;
@@ -189,37 +342,24 @@ LT_API lt_status lt_optimizer_create(lt_adapter *a, const lt_optimizer_params *p
     o->adapter = a;
     o->p = p;
     o->p.size = sizeof o->p;
-    lt_backend *be = a->model->be;
-    if (p.kind == LT_OPT_ADAMW8BIT) {
-        lt_status st = opt8_alloc(o, err);
-        if (st != LT_OK) {
-            lt_optimizer_free(o);
-            return st;
-        }
-        *out = o;
-        return LT_OK;
-    }
-    size_t bytes = a->n_params * sizeof(float);
-    o->m = be->ops->alloc(be, bytes);
-    o->v = be->ops->alloc(be, bytes);
-    if (!o->m || !o->v) {
+    o->lo = 0;
+    o->hi = a->n_params;
+    /* the state itself is allocated at its first use, so that a ZeRO-1 trainer (lt_optimizer_set_range at
+     * lt_trainer_create) never holds more than its shard */
+    lt_status st = LT_OK;
+    if (p.kind == LT_OPT_ADAMW8BIT && (st = opt8_tensors(o, err)) == LT_OK) opt8_parts(o);
+    if (st != LT_OK) {
         lt_optimizer_free(o);
-        return lt_fail(err, LT_ERR_NOMEM, "optimizer: cannot allocate state for %zu parameters", a->n_params);
+        return st;
     }
-    be->ops->zero(be, o->m, bytes);
-    be->ops->zero(be, o->v, bytes);
     *out = o;
     return LT_OK;
 }
 
 LT_API void lt_optimizer_free(lt_optimizer *o) {
     if (!o) return;
-    lt_backend *be = o->adapter->model->be;
-    if (o->m) be->ops->free(be, o->m);
-    if (o->v) be->ops->free(be, o->v);
-    void *bufs[] = {o->c1, o->c2, o->absmax1, o->absmax2, o->qmaps};
-    for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
-        if (bufs[i]) be->ops->free(be, bufs[i]);
+    free_state(o);
+    free(o->all);
     free(o->tensors);
     free(o);
 }
@@ -232,85 +372,82 @@ LT_API double lt_optimizer_lr(const lt_optimizer *o) { return o ? o->p.lr * lt_s
 
 LT_API int64_t lt_optimizer_step_count(const lt_optimizer *o) { return o ? o->step : 0; }
 
-lt_status lt_optimizer_update(lt_optimizer *o, double *grad_norm, double *lr_used, lt_error *err) {
+double lt_optimizer_grad_sumsq(lt_optimizer *o) {
+    lt_backend *be = o->adapter->model->be;
+    return be->ops->sumsq(be, o->hi - o->lo, o->adapter->grads + o->lo);
+}
+
+void lt_optimizer_step(lt_optimizer *o, double norm, double *lr_used) {
     lt_adapter *a = o->adapter;
     lt_backend *be = a->model->be;
-    const size_t n = a->n_params;
-    double norm = sqrt(be->ops->sumsq(be, n, a->grads));
-    if (!isfinite(norm))
-        return lt_fail(err, LT_ERR_NUMERIC, "the gradient norm is not finite (%g); no update made", norm);
+    const size_t lo = o->lo, hi = o->hi, n = hi - lo;
+    float *P = a->params + lo, *G = a->grads + lo;
     if (o->p.max_grad_norm > 0) {
         double coef = o->p.max_grad_norm / (norm + 1e-6);
-        if (coef < 1.0) be->ops->scale(be, n, (float)coef, a->grads);
+        if (coef < 1.0) be->ops->scale(be, n, (float)coef, G);
     }
     const double lr = o->p.lr * lt_schedule_lambda(&o->p, o->step);
     o->step++;
+    /* params [0, n_decay) take weight decay, the rest (biases, norms of a full fine-tuning) not */
+    const size_t nd = a->n_decay < lo ? 0 : a->n_decay > hi ? n : a->n_decay - lo;
     if (o->p.kind == LT_OPT_ADAMW8BIT) {
         opt8_update(o, lr);
     } else if (o->p.kind == LT_OPT_ADAMW) {
-        /* params [0, n_decay) take weight decay, the rest (biases, norms of a full fine-tuning) not */
         const double t = (double)o->step;
         const double bc1 = 1.0 - pow(o->p.beta1, t), bc2 = 1.0 - pow(o->p.beta2, t);
-        const size_t nd = a->n_decay;
-        be->ops->adamw_step(be, a->params, a->grads, o->m, o->v, nd, (float)(lr / bc1), o->p.beta1, o->p.beta2,
-                            o->p.eps, (float)sqrt(bc2), (float)(lr * o->p.weight_decay));
+        if (nd)
+            be->ops->adamw_step(be, P, G, o->m, o->v, nd, (float)(lr / bc1), o->p.beta1, o->p.beta2, o->p.eps,
+                                (float)sqrt(bc2), (float)(lr * o->p.weight_decay));
         if (n > nd)
-            be->ops->adamw_step(be, a->params + nd, a->grads + nd, o->m + nd, o->v + nd, n - nd, (float)(lr / bc1),
-                                o->p.beta1, o->p.beta2, o->p.eps, (float)sqrt(bc2), 0.0f);
+            be->ops->adamw_step(be, P + nd, G + nd, o->m + nd, o->v + nd, n - nd, (float)(lr / bc1), o->p.beta1,
+                                o->p.beta2, o->p.eps, (float)sqrt(bc2), 0.0f);
     } else {
-        if (o->p.weight_decay > 0) be->ops->axpy(be, a->n_decay, o->p.weight_decay, a->params, a->grads);
+        if (o->p.weight_decay > 0 && nd) be->ops->axpy(be, nd, o->p.weight_decay, P, G);
         if (o->p.momentum > 0) {
             be->ops->scale(be, n, o->p.momentum, o->m);
-            be->ops->axpy(be, n, 1.0f, a->grads, o->m); /* buf = g on the first step: m starts at 0 */
-            be->ops->axpy(be, n, (float)-lr, o->m, a->params);
+            be->ops->axpy(be, n, 1.0f, G, o->m); /* buf = g on the first step: m starts at 0 */
+            be->ops->axpy(be, n, (float)-lr, o->m, P);
         } else {
-            be->ops->axpy(be, n, (float)-lr, a->grads, a->params);
+            be->ops->axpy(be, n, (float)-lr, G, P);
         }
     }
-    lt_adapter_sync_weights(a); /* Gemma full fine-tuning: the (1 + w) norms follow w */
-    *grad_norm = norm;
     *lr_used = lr;
+}
+
+lt_status lt_optimizer_update(lt_optimizer *o, double *grad_norm, double *lr_used, lt_error *err) {
+    lt_status st = lt_optimizer_ready(o, err);
+    if (st != LT_OK) return st;
+    double norm = sqrt(lt_optimizer_grad_sumsq(o));
+    if (!isfinite(norm))
+        return lt_fail(err, LT_ERR_NUMERIC, "the gradient norm is not finite (%g); no update made", norm);
+    lt_optimizer_step(o, norm, lr_used);
+    lt_adapter_sync_weights(o->adapter); /* Gemma full fine-tuning: the (1 + w) norms follow w */
+    *grad_norm = norm;
+    lt_backend *be = o->adapter->model->be;
     return be->ops->sync(be);
 }
 
 /* ---- state files ----------------------------------------------------------------------------------
- * "LTOPT\0\0\1" | u32 kind | u32 reserved | i64 step | u64 n | sections, little-endian:
- *   AdamW, SGD: f32 m[n] | f32 v[n]
- *   AdamW8bit:  f32 m[n_f32] | f32 v[n_f32] (the tensors below 4096 elements, in parameter order) |
- *               f32 absmax1[n_blocks] | f32 absmax2[n_blocks] | u8 codes1[n_q8] | u8 codes2[n_q8]
- *               (the 8-bit tensors in parameter order; bitsandbytes' state1/state2/absmax1/absmax2). */
+ * "LTOPT\0\0\1" | u32 kind | u32 reserved | i64 step | u64 n | sections of every parameter, or
+ * "LTOPT\0\0\2" | u32 kind | u32 reserved | i64 step | u64 n | u64 lo | u64 hi | sections of [lo, hi)
+ * (one ZeRO-1 shard), little-endian. The sections:
+ *   AdamW, SGD: f32 m | f32 v
+ *   AdamW8bit:  f32 m | f32 v (tensors below 4096 elements, in parameter order) | f32 absmax1 |
+ *               f32 absmax2 | u8 codes1 | u8 codes2 (the 8-bit tensors in parameter order;
+ *               bitsandbytes' state1/state2/absmax1/absmax2). */
 
-static const char opt_magic[8] = {'L', 'T', 'O', 'P', 'T', 0, 0, 1};
-
-typedef struct opt_section {
-    void *dev;
-    size_t bytes;
-} opt_section;
-
-/* the sections of o's state file, in file order; returns their count */
-static int opt_sections(const lt_optimizer *o, opt_section sec[6]) {
-    if (o->p.kind != LT_OPT_ADAMW8BIT) {
-        const size_t b = o->adapter->n_params * sizeof(float);
-        sec[0] = (opt_section){o->m, b};
-        sec[1] = (opt_section){o->v, b};
-        return 2;
-    }
-    sec[0] = (opt_section){o->m, o->n_f32 * sizeof(float)};
-    sec[1] = (opt_section){o->v, o->n_f32 * sizeof(float)};
-    sec[2] = (opt_section){o->absmax1, o->n_blocks * sizeof(float)};
-    sec[3] = (opt_section){o->absmax2, o->n_blocks * sizeof(float)};
-    sec[4] = (opt_section){o->c1, o->n_q8};
-    sec[5] = (opt_section){o->c2, o->n_q8};
-    return 6;
-}
+static const char opt_magic[7] = {'L', 'T', 'O', 'P', 'T', 0, 0};
+#define STAGE_BYTES ((size_t)64 << 20)
 
 void lt_optimizer_copy_state(lt_optimizer *dst, const lt_optimizer *src) {
     lt_backend *be = dst->adapter->model->be;
-    opt_section d[6], s[6];
-    const int ns = opt_sections(dst, d);
-    opt_sections(src, s);
-    for (int i = 0; i < ns; i++)
-        if (d[i].bytes) be->ops->copy(be, d[i].dev, s[i].dev, d[i].bytes);
+    const int q = dst->p.kind == LT_OPT_ADAMW8BIT;
+    void *d[LT_OPT_SECTIONS], *s[LT_OPT_SECTIONS];
+    size_t cnt[LT_OPT_SECTIONS];
+    sections(src, s, cnt);
+    sections(dst, d, cnt);
+    for (int i = 0; i < LT_OPT_SECTIONS; i++)
+        if (cnt[i]) be->ops->copy(be, d[i], s[i], cnt[i] * section_bytes[q][i]);
     dst->step = src->step;
 }
 
@@ -318,72 +455,149 @@ LT_API lt_status lt_optimizer_save(lt_optimizer *o, const char *path) {
     if (!o) return LT_ERR_ARGUMENT;
     lt_error_clear(&o->err);
     if (!path) return lt_fail(&o->err, LT_ERR_ARGUMENT, "lt_optimizer_save: path is NULL");
+    lt_status st = lt_optimizer_ready(o, &o->err);
+    if (st != LT_OK) return st;
     lt_backend *be = o->adapter->model->be;
-    const size_t n = o->adapter->n_params, hdr = 32;
-    opt_section sec[6];
-    const int ns = opt_sections(o, sec);
-    size_t bytes = hdr;
-    for (int i = 0; i < ns; i++) bytes += sec[i].bytes;
-    char *buf = malloc(bytes);
-    if (!buf) return lt_fail(&o->err, LT_ERR_NOMEM, "lt_optimizer_save: out of memory");
-    uint32_t kind = (uint32_t)o->p.kind, zero = 0;
-    uint64_t n64 = n;
-    memcpy(buf, opt_magic, 8);
-    memcpy(buf + 8, &kind, 4);
-    memcpy(buf + 12, &zero, 4);
-    memcpy(buf + 16, &o->step, 8);
-    memcpy(buf + 24, &n64, 8);
-    size_t off = hdr;
-    for (int i = 0; i < ns; i++) {
-        if (sec[i].bytes) be->ops->download(be, buf + off, sec[i].dev, sec[i].bytes);
-        off += sec[i].bytes;
-    }
-    lt_status st = lt_write_file_atomic(path, buf, bytes, &o->err);
-    free(buf);
+    const int q = o->p.kind == LT_OPT_ADAMW8BIT, shard = o->lo != 0 || o->hi != o->adapter->n_params;
+    char hdr[48];
+    const uint32_t kind = (uint32_t)o->p.kind, zero = 0;
+    const uint64_t n64 = o->adapter->n_params, lo = o->lo, hi = o->hi;
+    memcpy(hdr, opt_magic, 7);
+    hdr[7] = shard ? 2 : 1;
+    memcpy(hdr + 8, &kind, 4);
+    memcpy(hdr + 12, &zero, 4);
+    memcpy(hdr + 16, &o->step, 8);
+    memcpy(hdr + 24, &n64, 8);
+    memcpy(hdr + 32, &lo, 8);
+    memcpy(hdr + 40, &hi, 8);
+    void *dev[LT_OPT_SECTIONS];
+    size_t cnt[LT_OPT_SECTIONS];
+    sections(o, dev, cnt);
+    char *stage = malloc(STAGE_BYTES);
+    if (!stage) return lt_fail(&o->err, LT_ERR_NOMEM, "lt_optimizer_save: out of memory");
+    lt_atomic_file f;
+    if ((st = lt_atomic_open(&f, path, &o->err)) == LT_OK) st = lt_atomic_write(&f, hdr, shard ? 48 : 32, &o->err);
+    for (int s = 0; s < LT_OPT_SECTIONS && st == LT_OK; s++) /* streamed through a host buffer */
+        for (size_t off = 0, bytes = cnt[s] * section_bytes[q][s]; off < bytes && st == LT_OK; off += STAGE_BYTES) {
+            const size_t k = bytes - off < STAGE_BYTES ? bytes - off : STAGE_BYTES;
+            be->ops->download(be, stage, (const char *)dev[s] + off, k);
+            st = lt_atomic_write(&f, stage, k, &o->err);
+        }
+    if (st == LT_OK) st = lt_atomic_commit(&f, &o->err);
+    free(stage);
     return st;
+}
+
+/* One state file's header, checked against o. */
+typedef struct state_file {
+    const char *path;
+    FILE *f;
+    size_t lo, hi, hdr;
+    int64_t step;
+} state_file;
+
+static lt_status open_state(lt_optimizer *o, state_file *sf, lt_error *err) {
+    if (!(sf->f = fopen(sf->path, "rb")))
+        return lt_fail(err, LT_ERR_IO, "%s: cannot open the optimizer state: %s", sf->path, strerror(errno));
+    char h[48];
+    const size_t got = fread(h, 1, sizeof h, sf->f);
+    if (got < 32 || memcmp(h, opt_magic, 7) || (h[7] != 1 && h[7] != 2) || (h[7] == 2 && got < 48))
+        return lt_fail(err, LT_ERR_FORMAT, "%s: not a libloratune optimizer state file", sf->path);
+    uint32_t kind;
+    uint64_t n64, lo = 0, hi;
+    memcpy(&kind, h + 8, 4);
+    memcpy(&sf->step, h + 16, 8);
+    memcpy(&n64, h + 24, 8);
+    hi = n64;
+    sf->hdr = 32;
+    if (h[7] == 2) {
+        memcpy(&lo, h + 32, 8);
+        memcpy(&hi, h + 40, 8);
+        sf->hdr = 48;
+    }
+    const size_t n = o->adapter->n_params;
+    if (kind != (uint32_t)o->p.kind || n64 != n || sf->step < 0)
+        return lt_fail(err, LT_ERR_SHAPE,
+                       "%s: state for %s with %llu parameters does not match this %s "
+                       "optimizer of %zu parameters",
+                       sf->path, kind_name(kind), (unsigned long long)n64, kind_name((uint32_t)o->p.kind), n);
+    if (lo > hi || hi > n || !valid_cut(o, lo) || !valid_cut(o, hi))
+        return lt_fail(err, LT_ERR_FORMAT, "%s: the range [%llu, %llu) does not split the state", sf->path,
+                       (unsigned long long)lo, (unsigned long long)hi);
+    sf->lo = lo;
+    sf->hi = hi;
+    /* the size the range implies */
+    const int q = o->p.kind == LT_OPT_ADAMW8BIT;
+    size_t pl[LT_OPT_SECTIONS], ph[LT_OPT_SECTIONS], expect = sf->hdr;
+    prefix(o, lo, pl);
+    prefix(o, hi, ph);
+    for (int s = 0; s < LT_OPT_SECTIONS; s++) expect += (ph[s] - pl[s]) * section_bytes[q][s];
+    if (fseeko(sf->f, 0, SEEK_END) != 0 || (size_t)ftello(sf->f) != expect)
+        return lt_fail(err, LT_ERR_TRUNCATED, "%s: %lld bytes, expected %zu", sf->path, (long long)ftello(sf->f),
+                       expect);
+    return LT_OK;
+}
+
+lt_status lt_optimizer_load_files(lt_optimizer *o, const char *const *paths, int n_paths, lt_error *err) {
+    if (n_paths < 1) return lt_fail(err, LT_ERR_MISSING, "optimizer: no state file");
+    state_file *sf = calloc((size_t)n_paths, sizeof *sf);
+    char *stage = malloc(STAGE_BYTES);
+    lt_status st = sf && stage ? LT_OK : lt_fail(err, LT_ERR_NOMEM, "optimizer: out of memory");
+    /* the files, in the order given, must cover [0, n_params) one after the other with one step count */
+    size_t end = 0;
+    for (int i = 0; i < n_paths && st == LT_OK; i++) {
+        sf[i].path = paths[i];
+        if ((st = open_state(o, &sf[i], err)) != LT_OK) break;
+        if (sf[i].lo != end || sf[i].step != sf[0].step)
+            st = lt_fail(err, LT_ERR_FORMAT,
+                         "%s: covers [%zu, %zu) at step %lld; the files before it end at %zu at step %lld", paths[i],
+                         sf[i].lo, sf[i].hi, (long long)sf[i].step, end, (long long)sf[0].step);
+        end = sf[i].hi;
+    }
+    if (st == LT_OK && end != o->adapter->n_params)
+        st = lt_fail(err, LT_ERR_FORMAT, "%s: the state files cover [0, %zu) of %zu parameters", paths[n_paths - 1],
+                     end, o->adapter->n_params);
+    if (st == LT_OK) st = lt_optimizer_ready(o, err);
+    /* this optimizer's range [lo, hi): from each file the slice of every section it holds */
+    lt_backend *be = o->adapter->model->be;
+    const int q = o->p.kind == LT_OPT_ADAMW8BIT;
+    void *dev[LT_OPT_SECTIONS];
+    size_t cnt[LT_OPT_SECTIONS], p_me[LT_OPT_SECTIONS];
+    sections(o, dev, cnt);
+    prefix(o, o->lo, p_me);
+    for (int i = 0; i < n_paths && st == LT_OK; i++) {
+        const size_t a = sf[i].lo > o->lo ? sf[i].lo : o->lo, b = sf[i].hi < o->hi ? sf[i].hi : o->hi;
+        if (a >= b) continue;
+        size_t p_f[LT_OPT_SECTIONS], p_f_end[LT_OPT_SECTIONS], p_a[LT_OPT_SECTIONS], p_b[LT_OPT_SECTIONS];
+        prefix(o, sf[i].lo, p_f);
+        prefix(o, sf[i].hi, p_f_end);
+        prefix(o, a, p_a);
+        prefix(o, b, p_b);
+        size_t sec_start = sf[i].hdr; /* where section s starts in the file */
+        for (int s = 0; s < LT_OPT_SECTIONS && st == LT_OK; s++) {
+            const size_t vb = section_bytes[q][s], bytes = (p_b[s] - p_a[s]) * vb;
+            const size_t from = sec_start + (p_a[s] - p_f[s]) * vb, to = (p_a[s] - p_me[s]) * vb;
+            for (size_t off = 0; off < bytes && st == LT_OK; off += STAGE_BYTES) {
+                const size_t k = bytes - off < STAGE_BYTES ? bytes - off : STAGE_BYTES;
+                if (fseeko(sf[i].f, (off_t)(from + off), SEEK_SET) != 0 || fread(stage, 1, k, sf[i].f) != k)
+                    st = lt_fail(err, LT_ERR_IO, "%s: cannot read the optimizer state", paths[i]);
+                else be->ops->upload(be, (char *)dev[s] + to + off, stage, k);
+            }
+            sec_start += (p_f_end[s] - p_f[s]) * vb;
+        }
+    }
+    if (st == LT_OK) o->step = sf[0].step;
+    for (int i = 0; sf && i < n_paths; i++)
+        if (sf[i].f) fclose(sf[i].f);
+    free(sf);
+    free(stage);
+    if (st != LT_OK) return st;
+    return be->ops->sync(be);
 }
 
 LT_API lt_status lt_optimizer_load(lt_optimizer *o, const char *path) {
     if (!o) return LT_ERR_ARGUMENT;
     lt_error_clear(&o->err);
     if (!path) return lt_fail(&o->err, LT_ERR_ARGUMENT, "lt_optimizer_load: path is NULL");
-    char *buf;
-    size_t len;
-    lt_status st = lt_read_file(path, &buf, &len, &o->err);
-    if (st != LT_OK) return st;
-    const size_t n = o->adapter->n_params, hdr = 32;
-    uint32_t kind;
-    int64_t step;
-    uint64_t n64;
-    if (len < hdr || memcmp(buf, opt_magic, 8)) {
-        free(buf);
-        return lt_fail(&o->err, LT_ERR_FORMAT, "%s: not a libloratune optimizer state file", path);
-    }
-    memcpy(&kind, buf + 8, 4);
-    memcpy(&step, buf + 16, 8);
-    memcpy(&n64, buf + 24, 8);
-    if (kind != (uint32_t)o->p.kind || n64 != n || step < 0) {
-        free(buf);
-        return lt_fail(&o->err, LT_ERR_SHAPE,
-                       "%s: state for %s with %llu parameters does not match this %s "
-                       "optimizer of %zu parameters",
-                       path, kind_name(kind), (unsigned long long)n64, kind_name((uint32_t)o->p.kind), n);
-    }
-    opt_section sec[6];
-    const int ns = opt_sections(o, sec);
-    size_t expect = hdr;
-    for (int i = 0; i < ns; i++) expect += sec[i].bytes;
-    if (len != expect) {
-        free(buf);
-        return lt_fail(&o->err, LT_ERR_TRUNCATED, "%s: %zu bytes, expected %zu", path, len, expect);
-    }
-    lt_backend *be = o->adapter->model->be;
-    size_t off = hdr;
-    for (int i = 0; i < ns; i++) {
-        if (sec[i].bytes) be->ops->upload(be, sec[i].dev, buf + off, sec[i].bytes);
-        off += sec[i].bytes;
-    }
-    o->step = step;
-    free(buf);
-    return be->ops->sync(be);
+    return lt_optimizer_load_files(o, &path, 1, &o->err);
 }

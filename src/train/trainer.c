@@ -83,6 +83,11 @@ LT_API lt_status lt_trainer_create(lt_model *m, lt_adapter *a, lt_optimizer *o, 
         }
     }
     m->be->ops->zero(m->be, a->grads, a->n_params * sizeof(float));
+    lt_status dst = lt_dist_init(t, err); /* data-parallel: collective */
+    if (dst != LT_OK) {
+        lt_trainer_free(t);
+        return dst;
+    }
     *out = t;
     return LT_OK;
 }
@@ -91,6 +96,7 @@ LT_API void lt_trainer_free(lt_trainer *t) {
     if (!t) return;
     lt_workspace_free(t->ws);
     lt_objective_free_state(t);
+    lt_dist_free(t);
     if (t->grads_backup) t->model->be->ops->free(t->model->be, t->grads_backup);
     free(t);
 }
@@ -123,67 +129,71 @@ static uint64_t mix64(uint64_t z) {
 LT_API lt_status lt_trainer_step(lt_trainer *t, const lt_batch *b, lt_step_result *res) {
     if (!t) return LT_ERR_ARGUMENT;
     lt_error_clear(&t->err);
-    if (!b) return lt_fail(&t->err, LT_ERR_ARGUMENT, "lt_trainer_step: batch is NULL");
     if (res && res->size < sizeof(size_t))
         return lt_fail(&t->err, LT_ERR_ARGUMENT, "lt_trainer_step: result->size not set");
-    if (t->adapter->merged)
-        return lt_fail(&t->err, LT_ERR_STATE, "lt_trainer_step: the adapter is merged; unmerge it first");
     lt_model *m = t->model;
     lt_backend *be = m->be;
     lt_adapter *a = t->adapter;
     const double t0 = lt_now_seconds();
-    lt_status st;
-    if (t->p.objective != LT_OBJ_SFT)
-        return lt_fail(&t->err, LT_ERR_STATE,
-                       "lt_trainer_step: the trainer's objective is not SFT; use "
-                       "lt_trainer_step_preference (DPO, IPO, KTO, ORPO) or lt_grpo_step (GRPO)");
-    if (b->n_rows <= 0 || b->seq_len <= 0 || !b->input_ids)
-        return lt_fail(&t->err, LT_ERR_SHAPE, "lt_trainer_step: empty batch (%d rows x %d tokens)", b->n_rows,
-                       b->seq_len);
-    if ((st = ensure_workspace(t, b)) != LT_OK) return st;
-    lt_workspace *ws = t->ws;
+    const char *fn = "lt_trainer_step";
+    /* checks and staging; on a data-parallel trainer a rank may have no rows of the global batch */
+    const int dist = t->dist.comm != NULL, rows = b ? b->n_rows : 0;
     int64_t valid = 0;
-    if ((st = lt_stage_batch(m, ws, b, &valid, &t->err)) != LT_OK) return st;
-    if (valid == 0 && t->p.grad_accum == 1)
-        return lt_fail(&t->err, LT_ERR_DATA,
-                       "lt_trainer_step: every label of the batch is masked (-100): nothing to learn");
+    lt_status st = LT_OK;
+    if (!b) st = lt_fail(&t->err, LT_ERR_ARGUMENT, "%s: batch is NULL", fn);
+    else if (t->adapter->merged) st = lt_fail(&t->err, LT_ERR_STATE, "%s: the adapter is merged; unmerge it first", fn);
+    else if (t->p.objective != LT_OBJ_SFT)
+        st = lt_fail(&t->err, LT_ERR_STATE,
+                     "%s: the trainer's objective is not SFT; use "
+                     "lt_trainer_step_preference (DPO, IPO, KTO, ORPO) or lt_grpo_step (GRPO)",
+                     fn);
+    else if (rows < 0 || (rows == 0 && !dist) || (rows > 0 && (b->seq_len <= 0 || !b->input_ids)))
+        st = lt_fail(&t->err, LT_ERR_SHAPE, "%s: empty batch (%d rows x %d tokens)", fn, b->n_rows, b->seq_len);
+    else if (rows > 0 && (st = ensure_workspace(t, b)) == LT_OK) st = lt_stage_batch(m, t->ws, b, &valid, &t->err);
+    if (!dist && st != LT_OK) return st;
+    /* every rank: its status, rows and predicted tokens (the loss is normalised by the global count) */
+    double tok = (double)valid;
+    if ((st = lt_dist_agree(t, st, rows, &tok, 1, NULL, fn)) != LT_OK) return st;
+    const int64_t valid_all = (int64_t)tok;
+    if (valid_all == 0 && t->p.grad_accum == 1)
+        return lt_fail(&t->err, LT_ERR_DATA, "%s: every label of the batch is masked (-100): nothing to learn", fn);
     double loss_sum = 0;
     if (valid > 0) { /* a fully masked micro-batch of an accumulation adds nothing: no compute */
         if (t->micro > 0) be->ops->copy(be, t->grads_backup, a->grads, a->n_params * sizeof(float));
-        lt_dropout_state drop = {a->p.dropout, mix64(t->p.seed ^ mix64(t->micro_total + 1))};
-        st = lt_forward_backward(m, a, ws, &drop, 1.0f, &loss_sum, NULL, &t->err);
+        /* dropout masks follow the token's place in the global batch: the same as one process */
+        lt_dropout_state drop = {a->p.dropout, mix64(t->p.seed ^ mix64(t->micro_total + 1)), t->dist.row0 * b->seq_len};
+        st = lt_forward_backward(m, a, t->ws, &drop, 1.0f, &loss_sum, NULL, &t->err);
         if (st == LT_OK && !be->ops->all_finite(be, a->n_params, a->grads))
-            st = lt_fail(&t->err, LT_ERR_NUMERIC,
-                         "lt_trainer_step: the gradients are not finite; the step was discarded");
-        if (st != LT_OK) {
-            if (t->micro > 0) be->ops->copy(be, a->grads, t->grads_backup, a->n_params * sizeof(float));
-            else be->ops->zero(be, a->grads, a->n_params * sizeof(float));
-            return st;
-        }
+            st = lt_fail(&t->err, LT_ERR_NUMERIC, "%s: the gradients are not finite; the step was discarded", fn);
+    }
+    /* every rank: did the micro-batch succeed everywhere, and the loss summed over the ranks */
+    st = lt_dist_agree(t, st, rows, &loss_sum, 1, NULL, fn);
+    if (st != LT_OK) {
+        if (valid > 0 && t->micro > 0) be->ops->copy(be, a->grads, t->grads_backup, a->n_params * sizeof(float));
+        else if (valid > 0) be->ops->zero(be, a->grads, a->n_params * sizeof(float));
+        return st;
     }
     t->micro_total++;
     t->micro++;
-    t->accum_tokens += valid;
+    t->accum_tokens += valid_all;
     t->accum_loss += loss_sum;
 
     lt_step_result r;
     memset(&r, 0, sizeof r);
     r.size = sizeof r;
     r.loss = t->accum_tokens > 0 ? t->accum_loss / (double)t->accum_tokens : 0.0;
-    r.tokens = valid;
+    r.tokens = valid_all;
     r.lr = lt_optimizer_lr(t->opt);
     if (t->micro == t->p.grad_accum && t->accum_tokens == 0) {
         t->micro = 0;
         t->accum_loss = 0;
         return lt_fail(&t->err, LT_ERR_DATA,
-                       "lt_trainer_step: every label of the %d accumulated micro-batches is "
+                       "%s: every label of the %d accumulated micro-batches is "
                        "masked (-100): nothing to learn; no update was made",
-                       t->p.grad_accum);
+                       fn, t->p.grad_accum);
     }
     if (t->micro == t->p.grad_accum) {
-        be->ops->scale(be, a->n_params, (float)(1.0 / (double)t->accum_tokens), a->grads);
-        st = lt_optimizer_update(t->opt, &r.grad_norm, &r.lr, &t->err);
-        be->ops->zero(be, a->grads, a->n_params * sizeof(float));
+        st = lt_trainer_update(t, 1.0 / (double)t->accum_tokens, &r);
         t->micro = 0;
         t->accum_tokens = 0;
         t->accum_loss = 0;
@@ -192,7 +202,7 @@ LT_API lt_status lt_trainer_step(lt_trainer *t, const lt_batch *b, lt_step_resul
     }
     r.step = t->opt->step;
     double dt = lt_now_seconds() - t0;
-    r.tokens_per_s = dt > 0 ? (double)b->n_rows * b->seq_len / dt : 0;
+    r.tokens_per_s = dt > 0 ? (double)rows * (b->seq_len > 0 ? b->seq_len : 0) / dt : 0;
     if (res) {
         size_t n = res->size < sizeof r ? res->size : sizeof r;
         memcpy(res, &r, n);
@@ -231,6 +241,7 @@ static int checkpoint_file(const char *name) {
     for (size_t i = 0; i < sizeof files / sizeof *files; i++)
         if (!strcmp(name, files[i])) return 1;
     const size_t n = strlen(name);
+    if (!strncmp(name, "optimizer-rank-", 15) && n > 4 && !strcmp(name + n - 4, ".bin")) return 1; /* ZeRO-1 shards */
     return !strncmp(name, "model", 5) && ((n > 12 && !strcmp(name + n - 12, ".safetensors")) ||
                                           (n > 23 && !strcmp(name + n - 23, ".safetensors.index.json")));
 }
@@ -261,50 +272,58 @@ LT_API lt_status lt_trainer_save_checkpoint(lt_trainer *t, const char *dir) {
                        "lt_trainer_save_checkpoint: %d micro-batches of an accumulation are "
                        "pending; save after an update",
                        t->micro);
+    /* data-parallel: rank 0 writes the checkpoint into its temporary directory, every rank its optimizer
+     * shard (ZeRO-1) into the same one, then rank 0 renames it into place */
+    long id = (long)getpid();
+    lt_status st = lt_dist_bcast(t, &id, sizeof id, 0);
+    if (st != LT_OK) return st;
     char tmp[4200], old[4200], p[4300];
-    snprintf(tmp, sizeof tmp, "%s.tmp-%ld", dir, (long)getpid());
-    snprintf(old, sizeof old, "%s.old-%ld", dir, (long)getpid());
-    remove_tree(tmp);
-    lt_status st = lt_mkdir_p(tmp, &t->err);
-    if (st == LT_OK && (st = lt_adapter_save(t->adapter, tmp)) != LT_OK)
-        lt_fail(&t->err, st, "%s", t->adapter->err.msg);
-    if (st == LT_OK) {
-        lt_path_join(p, sizeof p, tmp, "optimizer.bin");
-        if ((st = lt_optimizer_save(t->opt, p)) != LT_OK) lt_fail(&t->err, st, "%s", t->opt->err.msg);
-    }
-    if (st == LT_OK) {
-        char js[512];
-        int n = snprintf(js, sizeof js,
-                         "{\n  \"format\": \"libloratune-checkpoint-1\",\n  \"step\": %lld,\n  \"micro_steps\": %llu,\n"
-                         "  \"seed\": %llu,\n  \"grad_accum\": %d\n}\n",
-                         (long long)t->opt->step, (unsigned long long)t->micro_total, (unsigned long long)t->p.seed,
-                         t->p.grad_accum);
-        lt_path_join(p, sizeof p, tmp, "trainer_state.json");
-        st = lt_write_file_atomic(p, js, (size_t)n, &t->err);
-    }
-    if (st != LT_OK) {
+    snprintf(tmp, sizeof tmp, "%s.tmp-%ld", dir, id);
+    snprintf(old, sizeof old, "%s.old-%ld", dir, id);
+    const int writer = t->dist.rank == 0;
+    if (writer) {
         remove_tree(tmp);
+        st = lt_mkdir_p(tmp, &t->err);
+        if (st == LT_OK && (st = lt_adapter_save(t->adapter, tmp)) != LT_OK)
+            lt_fail(&t->err, st, "%s", t->adapter->err.msg);
+        if (st == LT_OK) {
+            char js[640];
+            int n =
+                snprintf(js, sizeof js,
+                         "{\n  \"format\": \"libloratune-checkpoint-1\",\n  \"step\": %lld,\n  \"micro_steps\": %llu,\n"
+                         "  \"seed\": %llu,\n  \"grad_accum\": %d,\n  \"world_size\": %d,\n"
+                         "  \"optimizer_shards\": %d\n}\n",
+                         (long long)t->opt->step, (unsigned long long)t->micro_total, (unsigned long long)t->p.seed,
+                         t->p.grad_accum, t->dist.comm ? t->dist.world : 1, t->dist.zero ? t->dist.world : 0);
+            lt_path_join(p, sizeof p, tmp, "trainer_state.json");
+            st = lt_write_file_atomic(p, js, (size_t)n, &t->err);
+        }
+    }
+    if ((st = lt_dist_save_optimizer(t, tmp, st)) != LT_OK) {
+        if (writer) remove_tree(tmp);
         return st;
     }
-    struct stat sb;
-    int had_old = stat(dir, &sb) == 0;
-    if (had_old && rename(dir, old) != 0) {
-        remove_tree(tmp);
-        return lt_fail(&t->err, LT_ERR_IO, "%s: cannot move the previous checkpoint aside: %s", dir, strerror(errno));
+    if (writer) {
+        struct stat sb;
+        int had_old = stat(dir, &sb) == 0;
+        if (had_old && rename(dir, old) != 0) {
+            remove_tree(tmp);
+            st = lt_fail(&t->err, LT_ERR_IO, "%s: cannot move the previous checkpoint aside: %s", dir, strerror(errno));
+        } else if (rename(tmp, dir) != 0) {
+            int e = errno;
+            if (had_old) rename(old, dir);
+            remove_tree(tmp);
+            st = lt_fail(&t->err, LT_ERR_IO, "%s: cannot rename the new checkpoint into place: %s", dir, strerror(e));
+        } else if (had_old) {
+            remove_tree(old);
+        }
     }
-    if (rename(tmp, dir) != 0) {
-        int e = errno;
-        if (had_old) rename(old, dir);
-        remove_tree(tmp);
-        return lt_fail(&t->err, LT_ERR_IO, "%s: cannot rename the new checkpoint into place: %s", dir, strerror(e));
-    }
-    if (had_old) remove_tree(old);
-    return LT_OK;
+    return lt_dist_agree(t, st, 0, NULL, 0, NULL, "lt_trainer_save_checkpoint");
 }
 
-LT_API lt_status lt_trainer_load_checkpoint(lt_trainer *t, const char *dir) {
-    if (!t) return LT_ERR_ARGUMENT;
-    lt_error_clear(&t->err);
+/* Read a checkpoint into a new adapter and optimizer (*tmp, *o): nothing of the trainer changes yet. */
+static lt_status load_checkpoint(lt_trainer *t, const char *dir, lt_adapter **tmp, lt_optimizer **o,
+                                 uint64_t *micro_total) {
     if (!dir) return lt_fail(&t->err, LT_ERR_ARGUMENT, "lt_trainer_load_checkpoint: dir is NULL");
     char p[4200];
     lt_path_join(p, sizeof p, dir, "trainer_state.json");
@@ -316,45 +335,54 @@ LT_API lt_status lt_trainer_load_checkpoint(lt_trainer *t, const char *dir) {
         json_decref(js);
         return lt_fail(&t->err, LT_ERR_JSON, "%s: \"step\" and \"micro_steps\" must be integers", p);
     }
-    uint64_t micro_total = (uint64_t)json_integer_value(micro);
+    *micro_total = (uint64_t)json_integer_value(micro);
+    json_t *shards_js = json_object_get(js, "optimizer_shards"); /* ZeRO-1: one optimizer file per rank */
+    const json_int_t shards = json_is_integer(shards_js) ? json_integer_value(shards_js) : 0;
     json_decref(js);
-    /* load into a temporary adapter and optimizer first, so a bad checkpoint changes nothing */
-    lt_adapter *tmp = NULL;
-    lt_status st = lt_adapter_load(t->model, dir, &tmp);
+    if (shards < 0 || shards > 1 << 20)
+        return lt_fail(&t->err, LT_ERR_JSON, "%s: \"optimizer_shards\" %lld is not a count of files", p,
+                       (long long)shards);
+    lt_status st = lt_adapter_load(t->model, dir, tmp);
     if (st != LT_OK) return lt_fail(&t->err, st, "%s", lt_last_error());
-    lt_adapter *a = t->adapter;
-    if (tmp->p.rank != a->p.rank || tmp->p.targets != a->p.targets || tmp->n_params != a->n_params ||
-        !tmp->init0 != !a->init0 || /* PiSSA / OLoRA: both or neither */
-        tmp->p.full_finetune != a->p.full_finetune || tmp->p.modules_to_save != a->p.modules_to_save) {
-        lt_adapter_free(tmp);
+    lt_adapter *a = t->adapter, *b = *tmp;
+    if (b->p.rank != a->p.rank || b->p.targets != a->p.targets || b->n_params != a->n_params ||
+        !b->init0 != !a->init0 || /* PiSSA / OLoRA: both or neither */
+        b->p.full_finetune != a->p.full_finetune || b->p.modules_to_save != a->p.modules_to_save)
         return lt_fail(&t->err, LT_ERR_SHAPE, "%s: the checkpoint's adapter (r=%d) does not match the trainer's (r=%d)",
-                       dir, tmp->p.rank, a->p.rank);
-    }
-    lt_optimizer *o = NULL;
+                       dir, b->p.rank, a->p.rank);
     lt_optimizer_params op = t->opt->p;
-    if ((st = lt_optimizer_create(tmp, &op, &o)) != LT_OK) {
-        lt_adapter_free(tmp);
-        return lt_fail(&t->err, st, "%s", lt_last_error());
+    if ((st = lt_optimizer_create(b, &op, o)) != LT_OK) return lt_fail(&t->err, st, "%s", lt_last_error());
+    /* this rank's part of the state (its shard under ZeRO-1), from the files whatever world size wrote them */
+    if ((st = lt_dist_load_optimizer(t, *o, dir, (int)shards, &t->err)) != LT_OK) return st;
+    return lt_optimizer_ready(t->opt, &t->err);
+}
+
+LT_API lt_status lt_trainer_load_checkpoint(lt_trainer *t, const char *dir) {
+    if (!t) return LT_ERR_ARGUMENT;
+    lt_error_clear(&t->err);
+    /* read into a temporary adapter and optimizer first, so a bad checkpoint changes nothing; data-parallel:
+     * every rank reads (a shared file system), and all of them take the checkpoint or none */
+    lt_adapter *tmp = NULL;
+    lt_optimizer *o = NULL;
+    uint64_t micro_total = 0;
+    lt_status st = load_checkpoint(t, dir, &tmp, &o, &micro_total);
+    st = lt_dist_agree(t, st, 0, NULL, 0, NULL, "lt_trainer_load_checkpoint");
+    if (st == LT_OK) {
+        lt_adapter *a = t->adapter;
+        lt_backend *be = t->model->be;
+        const size_t bytes = a->n_params * sizeof(float);
+        be->ops->copy(be, a->params, tmp->params, bytes);
+        if (a->init0) be->ops->copy(be, a->init0, tmp->init0, a->n_init0 * sizeof(float)); /* PiSSA / OLoRA: A0, B0 */
+        lt_adapter_sync_weights(a);
+        lt_optimizer_copy_state(t->opt, o);
+        be->ops->zero(be, a->grads, bytes);
+        t->micro_total = micro_total;
+        t->micro = 0;
+        t->accum_tokens = 0;
+        t->accum_loss = 0;
+        st = be->ops->sync(be);
     }
-    lt_path_join(p, sizeof p, dir, "optimizer.bin");
-    if ((st = lt_optimizer_load(o, p)) != LT_OK) {
-        lt_fail(&t->err, st, "%s", o->err.msg);
-        lt_optimizer_free(o);
-        lt_adapter_free(tmp);
-        return st;
-    }
-    lt_backend *be = t->model->be;
-    const size_t bytes = a->n_params * sizeof(float);
-    be->ops->copy(be, a->params, tmp->params, bytes);
-    if (a->init0) be->ops->copy(be, a->init0, tmp->init0, a->n_init0 * sizeof(float)); /* PiSSA / OLoRA: A0, B0 */
-    lt_adapter_sync_weights(a);
-    lt_optimizer_copy_state(t->opt, o);
-    be->ops->zero(be, a->grads, bytes);
-    t->micro_total = micro_total;
-    t->micro = 0;
-    t->accum_tokens = 0;
-    t->accum_loss = 0;
     lt_optimizer_free(o);
     lt_adapter_free(tmp);
-    return be->ops->sync(be);
+    return st;
 }

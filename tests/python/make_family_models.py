@@ -17,7 +17,8 @@ For each model NAME below this writes OUTDIR/NAME/ (next to make_models.py's Lla
                                    the packed row (loss = token CE summed over the sequences / tokens)
   lora/generate.safetensors, dora/generate.safetensors   transformers' greedy generate through the
                                    adapter (PeftModel.generate(do_sample=False), EOS disabled), each
-                                   prompt alone: prompt_ids I32 [sum of lens], prompt_lens I32 [n],
+                                   prompt alone (3 and 14 tokens; phi3-longrope: 3, 7 and 14):
+                                   prompt_ids I32 [sum of lens], prompt_lens I32 [n],
                                    new_ids I32 [n, GEN_NEW], margin F32 [n] (the smallest gap between the
                                    best and second-best logit over the steps: how far from a tie)
 
@@ -45,11 +46,13 @@ from make_models import make_batch, make_packed  # noqa: E402
 
 B, T = 2, 17
 PACKED_LENS = (7, 11, 5)
-# greedy generation goldens: prompts of these lengths, GEN_NEW new tokens each. The prompts and the new
-# tokens cross every sliding window (4..6); for phi3-longrope (original_max_position_embeddings 12) the
-# 3-token prompt stays below 12 positions, the 7-token one crosses 12 while decoding (transformers
-# rebuilds its cache with the long factors) and the 14-token one is past it from the start.
-GEN_LENS = (3, 7, 14)
+# greedy generation goldens: prompts of these lengths, GEN_NEW new tokens each. Every sliding window
+# (4..6) is crossed while decoding (3 + 9 tokens) and within the prompt (14). For phi3-longrope
+# (original_max_position_embeddings 12) the 3-token prompt stays below 12 positions, the 7-token one
+# crosses 12 while decoding (transformers rebuilds its cache with the long factors) and the 14-token
+# one is past it from the start.
+GEN_LENS = (3, 14)
+GEN_LENS_LONGROPE = (3, 7, 14)
 GEN_NEW = 9
 GEN_MARGIN = 1e-3  # logits of these random models are O(1): a gap of 1e-3 is far above float rounding
 ALL_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -262,9 +265,9 @@ def lora_goldens(m, d, sub, seed, lora, gold, ids, labels, pids, ppos, plab, use
     return lg_out, pm
 
 
-def generate_goldens(pm, subdir, seed, V):
-    """transformers' greedy generate through the PEFT model, each prompt of GEN_LENS alone, EOS disabled,
-    into subdir/generate.safetensors; returns the smallest best - second-best logit gap met."""
+def generate_goldens(pm, subdir, seed, V, lens):
+    """transformers' greedy generate through the PEFT model, each prompt (of the lengths lens) alone, EOS
+    disabled, into subdir/generate.safetensors; returns the smallest best - second-best logit gap met."""
     from safetensors.torch import save_file
 
     g = torch.Generator().manual_seed(seed + 13)
@@ -272,7 +275,7 @@ def generate_goldens(pm, subdir, seed, V):
     pm.generation_config.pad_token_id = 0
     pm.base_model.config.eos_token_id = None
     prompts, news, margins = [], [], []
-    for n in GEN_LENS:
+    for n in lens:
         for _ in range(20):  # a prompt whose greedy path never comes within GEN_MARGIN of a tie
             prompt = torch.randint(3, V, (1, n), generator=g)
             with torch.no_grad():
@@ -290,7 +293,7 @@ def generate_goldens(pm, subdir, seed, V):
         news.append(new)
         margins.append(margin)
     save_file({"prompt_ids": torch.cat(prompts).to(torch.int32),
-               "prompt_lens": torch.tensor(GEN_LENS, dtype=torch.int32),
+               "prompt_lens": torch.tensor(lens, dtype=torch.int32),
                "new_ids": torch.stack(news).to(torch.int32), "margin": torch.tensor(margins, dtype=torch.float32)},
               os.path.join(subdir, "generate.safetensors"), metadata={"format": "pt"})
     return min(margins)
@@ -340,11 +343,12 @@ def generate(name, outdir):
               os.path.join(d, "golden.safetensors"), metadata={"format": "pt"})
 
     lg_out, pm = lora_goldens(m, d, "lora", seed, lora, gold, ids, labels, pids, ppos, plab, use_dora=False)
-    margin = generate_goldens(pm, os.path.join(d, "lora"), seed, V)
+    gen_lens = GEN_LENS_LONGROPE if "rope_scaling" in kw else GEN_LENS
+    margin = generate_goldens(pm, os.path.join(d, "lora"), seed, V, gen_lens)
     m = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32, attn_implementation="eager")
     m.eval()
     _, pm = lora_goldens(m, d, "dora", seed + 100, lora, gold, ids, labels, pids, ppos, plab, use_dora=True)
-    margin = min(margin, generate_goldens(pm, os.path.join(d, "dora"), seed, V))
+    margin = min(margin, generate_goldens(pm, os.path.join(d, "dora"), seed, V, gen_lens))
     print(f"{name}: {cls_name} loss={float(gold['loss']):.5f} packed_loss={float(gold['packed_loss']):.5f} "
           f"lora_loss={float(lg_out['loss']):.5f} generate margin={margin:.2e} ({time.time() - t0:.1f}s)", flush=True)
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Per-op gradient goldens from torch.autograd for the libloratune C kernels (tests/test_op_goldens.c).
+"""Per-op gradient goldens from torch.autograd for the libloratune C kernels (tests/test_backend_ops.c).
 
 usage: make_op_goldens.py OUTDIR
 

@@ -21,6 +21,7 @@ from ._core import (EOS_FROM_CONFIG, IGNORE_INDEX, Adapter, AdapterParams, Batch
                     LossResult, Model, ModelInfo, Objective, Optimizer, OptimizerKind, Schedule, StepResult,
                     Target, Tokenizer, Trainer, backend_available, library_path, library_version, library_version_number,
                     pack_sequences, read_jsonl, status_string)
+from ._dist import Comm, comm_available
 from . import experimental
 
 __all__ = [
@@ -28,5 +29,5 @@ __all__ = [
     "Adapter", "AdapterParams", "Batch", "Context", "LogLevel", "LoraInit", "LossResult", "Model", "ModelInfo",
     "Objective", "Optimizer", "OptimizerKind", "Schedule", "StepResult", "Target", "Tokenizer", "Trainer",
     "backend_available", "library_path", "library_version", "library_version_number", "pack_sequences", "read_jsonl",
-    "status_string", "experimental",
+    "status_string", "experimental", "Comm", "comm_available",
 ]

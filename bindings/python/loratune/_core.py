@@ -464,6 +464,20 @@ def _python_logger(level: LogLevel, message: str) -> None:
     logging.getLogger("loratune").log(py, "%s", message)
 
 
+def _gguf_params(dtype: str, tokenizer, name: Optional[str]):
+    types = {"f32": L.LT_GGUF_DTYPE_F32, "f16": L.LT_GGUF_DTYPE_F16, "bf16": L.LT_GGUF_DTYPE_BF16,
+             "q8_0": L.LT_GGUF_DTYPE_Q8_0}
+    if dtype not in types:
+        raise LoratuneError(Status.ERR_ARGUMENT, f"dtype must be one of {sorted(types)}, not {dtype!r}")
+    p = L.init_struct(L.lib().lt_gguf_params_init, L.lt_gguf_params)
+    p.dtype = types[dtype]
+    if tokenizer is not None:
+        p.tokenizer = tokenizer._h
+    if name is not None:
+        p.name = name.encode()
+    return p
+
+
 class Model(_Handle):
     """lt_model: a base model (read-only after load). Create with Model.load(ctx, dir)."""
 
@@ -511,6 +525,14 @@ class Model(_Handle):
     @property
     def vocab_size(self) -> int:
         return self.info.vocab_size
+
+    def export_gguf(self, path: PathLike, adapter: Optional["Adapter"] = None, dtype: str = "f16",
+                    tokenizer: Optional["Tokenizer"] = None, name: Optional[str] = None) -> None:
+        """Write the model (merged with adapter when given) as a GGUF file for llama.cpp / Ollama
+        (lt_model_export_gguf); dtype f32, f16, bf16 or q8_0; tokenizer None: the model directory's."""
+        p = _gguf_params(dtype, tokenizer, name)
+        with self._lock:
+            self._check(L.lib().lt_model_export_gguf(self._h, self._adapter(adapter), _path(path), byref(p)))
 
     def _adapter(self, adapter: Optional["Adapter"]):
         if adapter is None:
@@ -677,6 +699,12 @@ class Adapter(_Handle):
         with self._lock:
             self._check(L.lib().lt_adapter_export_merged(self._h, _path(path), int(max_shard_bytes)))
 
+    def export_gguf(self, path: PathLike, dtype: str = "f32") -> None:
+        """Write the adapter as a GGUF LoRA for llama.cpp (lt_adapter_export_gguf); dtype f32, f16, bf16 or q8_0."""
+        p = _gguf_params(dtype, None, None)
+        with self._lock:
+            self._check(L.lib().lt_adapter_export_gguf(self._h, _path(path), byref(p)))
+
     def merge(self) -> None:
         """Merge into the model's weights in place (W += s B A). Undo with unmerge()."""
         with self._lock:
@@ -767,16 +795,23 @@ class Optimizer(_Handle):
 
 class Trainer(_Handle):
     """lt_trainer: model + adapter + optimizer + objective. step() runs one micro-batch.
-    Arguments left at None take the library's defaults (lt_trainer_params_init)."""
+    Arguments left at None take the library's defaults (lt_trainer_params_init).
+    comm: a loratune.Comm to train data-parallel (each rank steps on its rows of the global batch);
+    zero_stage 1 shards the optimizer state over the ranks (ZeRO-1)."""
 
     _free = "lt_trainer_free"
     _last_error = "lt_trainer_last_error"
 
     def __init__(self, model: Model, adapter: Adapter, optimizer: Optimizer, grad_accum: Optional[int] = None,
                  gradient_checkpointing: Optional[bool] = None, seed: Optional[int] = None,
-                 objective: Union[None, Objective, str] = None):
+                 objective: Union[None, Objective, str] = None, comm: Optional["_Handle"] = None,
+                 zero_stage: Optional[int] = None):
         lib = L.lib()
         p = L.init_struct(lib.lt_trainer_params_init, L.lt_trainer_params)
+        if comm is not None:
+            p.comm = comm._h
+        if zero_stage is not None:
+            p.zero_stage = int(zero_stage)
         if objective is not None:
             p.objective = Objective.parse(objective)
         if grad_accum is not None:
@@ -793,8 +828,8 @@ class Trainer(_Handle):
             st = lib.lt_trainer_create(model._h, adapter._h, optimizer._h, byref(p), byref(out))
             if st != 0:
                 raise _thread_error(st)
-        super().__init__(out, model._lock, (model, adapter, optimizer))
-        self.model, self.adapter, self.optimizer = model, adapter, optimizer
+        super().__init__(out, model._lock, (model, adapter, optimizer) + ((comm,) if comm is not None else ()))
+        self.model, self.adapter, self.optimizer, self.comm = model, adapter, optimizer, comm
         self._progress_cb = None
 
     def step(self, batch: BatchLike, labels=None, position_ids=None) -> StepResult:

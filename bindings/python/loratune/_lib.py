@@ -55,6 +55,10 @@ class lt_qtensor(Structure):
     """Opaque `struct lt_qtensor`."""
 
 
+class lt_comm(Structure):
+    """Opaque `struct lt_comm`."""
+
+
 lt_context_p = POINTER(lt_context)
 lt_qtensor_p = POINTER(lt_qtensor)
 lt_model_p = POINTER(lt_model)
@@ -62,6 +66,7 @@ lt_adapter_p = POINTER(lt_adapter)
 lt_optimizer_p = POINTER(lt_optimizer)
 lt_trainer_p = POINTER(lt_trainer)
 lt_tokenizer_p = POINTER(lt_tokenizer)
+lt_comm_p = POINTER(lt_comm)
 
 lt_status = c_int  # typedef enum lt_status
 lt_log_level = c_int
@@ -76,6 +81,19 @@ lt_grpo_loss = c_int
 lt_special_token = c_int
 lt_quant_format = c_int
 lt_qpart = c_int
+lt_comm_dtype = c_int
+LT_COMM_F32, LT_COMM_F64 = 0, 1
+
+# typedef int (*lt_comm_all_reduce_fn)(void *user, void *buf, size_t count, lt_comm_dtype dtype);
+lt_comm_all_reduce_fn = CFUNCTYPE(c_int, c_void_p, c_void_p, c_size_t, lt_comm_dtype)
+# typedef int (*lt_comm_broadcast_fn)(void *user, void *buf, size_t bytes, int root);
+lt_comm_broadcast_fn = CFUNCTYPE(c_int, c_void_p, c_void_p, c_size_t, c_int)
+# typedef int (*lt_comm_segments_fn)(void *user, void *buf, const size_t *counts, lt_comm_dtype dtype);
+lt_comm_segments_fn = CFUNCTYPE(c_int, c_void_p, c_void_p, POINTER(c_size_t), lt_comm_dtype)
+# typedef int (*lt_comm_barrier_fn)(void *user);
+lt_comm_barrier_fn = CFUNCTYPE(c_int, c_void_p)
+lt_gguf_dtype = c_int
+LT_GGUF_DTYPE_F32, LT_GGUF_DTYPE_F16, LT_GGUF_DTYPE_BF16, LT_GGUF_DTYPE_Q8_0 = 0, 1, 2, 3
 
 # typedef void (*lt_log_fn)(void *user, lt_log_level level, const char *message);
 lt_log_fn = CFUNCTYPE(None, c_void_p, lt_log_level, c_char_p)
@@ -221,6 +239,22 @@ class lt_trainer_params(Structure):
         ("kl_beta", c_float),
         ("scale_rewards", lt_grpo_scale),
         ("loss_type", lt_grpo_loss),
+        ("comm", lt_comm_p),
+        ("zero_stage", c_int),
+    ]
+
+
+class lt_comm_callbacks(Structure):
+    _fields_ = [
+        ("size", c_size_t),
+        ("rank", c_int),
+        ("world_size", c_int),
+        ("user", c_void_p),
+        ("all_reduce", lt_comm_all_reduce_fn),
+        ("broadcast", lt_comm_broadcast_fn),
+        ("reduce_scatter", lt_comm_segments_fn),
+        ("all_gather", lt_comm_segments_fn),
+        ("barrier", lt_comm_barrier_fn),
     ]
 
 
@@ -286,6 +320,59 @@ class lt_text_params(Structure):
     ]
 
 
+class lt_gguf_params(Structure):
+    _fields_ = [
+        ("size", c_size_t),
+        ("dtype", lt_gguf_dtype),
+        ("tokenizer", lt_tokenizer_p),
+        ("name", c_char_p),
+    ]
+
+
+# ---- include/loratune_experimental.h (no ABI promise) ----
+class lt_combine_params(Structure):
+    _fields_ = [
+        ("size", c_size_t),
+        ("method", c_int),
+        ("weights", POINTER(c_float)),
+        ("density", c_float),
+        ("t", c_float),
+        ("rank", c_int),
+        ("seed", c_uint64),
+    ]
+
+
+class lt_combine_report(Structure):
+    _fields_ = [
+        ("size", c_size_t),
+        ("rank", c_int),
+        ("kept_energy", c_double),
+        ("total_energy", c_double),
+        ("max_module_error", c_double),
+    ]
+
+
+class lt_extract_params(Structure):
+    _fields_ = [
+        ("size", c_size_t),
+        ("rank", c_int),
+        ("targets", c_uint),
+    ]
+
+
+class lt_extract_report(Structure):
+    _fields_ = [
+        ("size", c_size_t),
+        ("n_modules", c_int),
+        ("kept_energy", c_double),
+        ("total_energy", c_double),
+        ("module_kept", POINTER(c_double)),
+        ("module_total", POINTER(c_double)),
+        ("others_max_diff", c_double),
+        ("others_name", c_char * 128),
+    ]
+
+
 # typedef void (*lt_progress_fn)(void *user, const lt_step_result *result);
 lt_progress_fn = CFUNCTYPE(None, c_void_p, POINTER(lt_step_result))
 
@@ -293,7 +380,8 @@ lt_progress_fn = CFUNCTYPE(None, c_void_p, POINTER(lt_step_result))
 STRUCTS = {cls.__name__: cls for cls in (lt_context_params, lt_quant_params, lt_qtensor_info,
                                          lt_model_params, lt_model_info, lt_batch,
                                          lt_adapter_params, lt_optimizer_params, lt_trainer_params,
-                                         lt_pref_batch, lt_step_result, lt_generate_params, lt_text_params)}
+                                         lt_pref_batch, lt_step_result, lt_generate_params, lt_text_params,
+                                         lt_comm_callbacks, lt_gguf_params)}
 
 # ---- function declarations ------------------------------------------------------------------------------
 # (name, restype, argtypes). The C declaration is the comment above each entry.
@@ -406,6 +494,29 @@ _DECLS = [
     # lt_status lt_optimizer_load(lt_optimizer *opt, const char *path);
     ("lt_optimizer_load", lt_status, [lt_optimizer_p, c_char_p]),
 
+    # void lt_comm_callbacks_init(lt_comm_callbacks *callbacks, size_t size);
+    ("lt_comm_callbacks_init", None, [c_void_p, c_size_t]),
+    # lt_status lt_comm_create(const lt_comm_callbacks *callbacks, lt_comm **out);
+    ("lt_comm_create", lt_status, [POINTER(lt_comm_callbacks), POINTER(lt_comm_p)]),
+    # lt_status lt_comm_create_mpi(const void *mpi_comm, lt_comm **out);
+    ("lt_comm_create_mpi", lt_status, [c_void_p, POINTER(lt_comm_p)]),
+    # lt_status lt_comm_create_nccl(void *nccl_comm, void *cuda_stream, lt_comm **out);
+    ("lt_comm_create_nccl", lt_status, [c_void_p, c_void_p, POINTER(lt_comm_p)]),
+    # void lt_comm_free(lt_comm *comm);
+    ("lt_comm_free", None, [lt_comm_p]),
+    # const char *lt_comm_last_error(const lt_comm *comm);
+    ("lt_comm_last_error", c_char_p, [lt_comm_p]),
+    # int lt_comm_available(const char *engine);
+    ("lt_comm_available", c_int, [c_char_p]),
+    # int lt_comm_rank(const lt_comm *comm);
+    ("lt_comm_rank", c_int, [lt_comm_p]),
+    # int lt_comm_world_size(const lt_comm *comm);
+    ("lt_comm_world_size", c_int, [lt_comm_p]),
+    # lt_status lt_comm_set_timeout(lt_comm *comm, double seconds);
+    ("lt_comm_set_timeout", lt_status, [lt_comm_p, c_double]),
+    # lt_status lt_comm_all_reduce(lt_comm *comm, double *values, size_t n);
+    ("lt_comm_all_reduce", lt_status, [lt_comm_p, POINTER(c_double), c_size_t]),
+
     # void lt_trainer_params_init(lt_trainer_params *params, size_t size);
     ("lt_trainer_params_init", None, [c_void_p, c_size_t]),
     # lt_status lt_trainer_create(lt_model *model, lt_adapter *adapter, lt_optimizer *opt,
@@ -497,6 +608,13 @@ _DECLS = [
     #                             int32_t *out_position_ids, int32_t capacity_rows, int32_t *n_rows);
     ("lt_pack_sequences", lt_status, [POINTER(c_int32), POINTER(c_int32), POINTER(c_int32), c_int32, c_int32, c_int32,
                                       POINTER(c_int32), POINTER(c_int32), POINTER(c_int32), c_int32, POINTER(c_int32)]),
+    # void lt_gguf_params_init(lt_gguf_params *params, size_t size);
+    ("lt_gguf_params_init", None, [c_void_p, c_size_t]),
+    # lt_status lt_model_export_gguf(lt_model *model, const lt_adapter *adapter, const char *path,
+    #                                const lt_gguf_params *params);
+    ("lt_model_export_gguf", lt_status, [lt_model_p, lt_adapter_p, c_char_p, POINTER(lt_gguf_params)]),
+    # lt_status lt_adapter_export_gguf(lt_adapter *adapter, const char *path, const lt_gguf_params *params);
+    ("lt_adapter_export_gguf", lt_status, [lt_adapter_p, c_char_p, POINTER(lt_gguf_params)]),
 ]
 
 # include/loratune_experimental.h: no ABI promise (docs/ABI.md).
@@ -508,8 +626,30 @@ _EXPERIMENTAL_DECLS = [
     #                                         float init_std, const lt_model_params *params, lt_model **out);
     ("lt_model_create_random_params", lt_status,
      [lt_context_p, c_char_p, c_uint64, c_float, POINTER(lt_model_params), POINTER(lt_model_p)]),
+    # lt_status lt_adapter_set_save_files(lt_adapter *adapter, const char *const *names, const char *const *texts,
+    #                                     int n);
+    ("lt_adapter_set_save_files", lt_status, [lt_adapter_p, POINTER(c_char_p), POINTER(c_char_p), c_int]),
     # lt_status lt_model_save(lt_model *model, const char *dir);
     ("lt_model_save", lt_status, [lt_model_p, c_char_p]),
+    # lt_status lt_tokenizer_ollama_modelfile(lt_tokenizer *tok, const char *from, const char *adapter,
+    #                                         const char **text, const char **warning);
+    ("lt_tokenizer_ollama_modelfile", lt_status,
+     [lt_tokenizer_p, c_char_p, c_char_p, POINTER(c_char_p), POINTER(c_char_p)]),
+    # void lt_combine_params_init(lt_combine_params *params, size_t size);
+    ("lt_combine_params_init", None, [c_void_p, c_size_t]),
+    # lt_status lt_adapter_combine(lt_adapter **adapters, int n, const lt_combine_params *params,
+    #                              lt_adapter **out, lt_combine_report *report);
+    ("lt_adapter_combine", lt_status, [POINTER(lt_adapter_p), c_int, POINTER(lt_combine_params),
+                                       POINTER(lt_adapter_p), POINTER(lt_combine_report)]),
+    # lt_status lt_adapter_combine_into_base(lt_adapter **adapters, int n, const lt_combine_params *params,
+    #                                        const char *dir);
+    ("lt_adapter_combine_into_base", lt_status, [POINTER(lt_adapter_p), c_int, POINTER(lt_combine_params), c_char_p]),
+    # void lt_extract_params_init(lt_extract_params *params, size_t size);
+    ("lt_extract_params_init", None, [c_void_p, c_size_t]),
+    # lt_status lt_adapter_extract(lt_model *base, lt_model *tuned, const lt_extract_params *params,
+    #                              lt_adapter **out, lt_extract_report *report);
+    ("lt_adapter_extract", lt_status, [lt_model_p, lt_model_p, POINTER(lt_extract_params), POINTER(lt_adapter_p),
+                                       POINTER(lt_extract_report)]),
 ]
 
 #: Names of the declared functions (used by the sync test).

@@ -3,11 +3,11 @@
 These may change or disappear in any release of the library, and so may this module.
 """
 import json
-from ctypes import byref
+from ctypes import byref, c_char_p
 from typing import Mapping, Union
 
 from . import _lib as L
-from ._core import Context, Model, PathLike, _path, _thread_error
+from ._core import Adapter, Context, Model, PathLike, _path, _thread_error
 
 
 def create_random_model(ctx: Context, config: Union[str, Mapping], seed: int = 0, init_std: float = 0.02) -> Model:
@@ -26,6 +26,16 @@ def save_model(model: Model, path: PathLike) -> None:
     """Write the model's weights as a Hugging Face model directory (lt_model_save)."""
     with model._lock:
         model._check(L.lib().lt_model_save(model._h, _path(path)))
+
+
+def set_save_files(adapter: Adapter, files: Mapping[str, str]) -> None:
+    """Text files (plain name -> text) written with the adapter by every later save and merged export, in the
+    same save as the weights (lt_adapter_set_save_files): a model card, a run record. {} removes them."""
+    items = list(files.items())
+    names = (c_char_p * max(len(items), 1))(*[k.encode() for k, _ in items])
+    texts = (c_char_p * max(len(items), 1))(*[v.encode() for _, v in items])
+    with adapter._lock:
+        adapter._check(L.lib().lt_adapter_set_save_files(adapter._h, names, texts, len(items)))
 
 
 #: A tiny Llama configuration (vocab 128, hidden 32, 2 layers) for demos and tests.

@@ -249,3 +249,41 @@ def test_shared_context_from_threads_is_serialised(ctx):
     for x in th:
         x.join()
     assert not errors and got == [want] * 15
+
+
+def test_export_gguf(ctx, model, tmp_path):
+    """lt_model_export_gguf / lt_adapter_export_gguf through the wrappers: the files start with GGUF v3; a model
+    without a tokenizer and an unknown dtype are refused with the library's status and message."""
+    import json
+    import struct
+    with pytest.raises(lt.LoratuneError) as e:
+        model.export_gguf(tmp_path / "x.gguf")
+    assert "tokenizer" in e.value.message
+    with pytest.raises(lt.LoratuneError) as e:
+        model.export_gguf(tmp_path / "x.gguf", dtype="q4")
+    assert e.value.status == lt.Status.ERR_ARGUMENT
+    # a byte-level tokenizer of single bytes (GPT-2's byte -> unicode map) makes the model exportable
+    bs = list(range(33, 127)) + list(range(161, 173)) + list(range(174, 256))
+    cs, n = bs[:], 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    V = lt.experimental.TINY_LLAMA["vocab_size"]
+    vocab = {chr(c): b for b, c in zip(bs, cs) if b < V - 1}
+    d = tmp_path / "tok"
+    d.mkdir()
+    (d / "tokenizer.json").write_text(json.dumps({
+        "version": "1.0", "added_tokens": [{"id": V - 1, "content": "<|end|>", "special": True}],
+        "normalizer": None, "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "use_regex": True},
+        "post_processor": None, "decoder": {"type": "ByteLevel"},
+        "model": {"type": "BPE", "vocab": vocab, "merges": []}}))
+    (d / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|end|>"}))
+    with lt.Tokenizer.load(d) as tok:
+        model.export_gguf(tmp_path / "m.gguf", dtype="f32", tokenizer=tok, name="tiny")
+    head = (tmp_path / "m.gguf").read_bytes()[:8]
+    assert head[:4] == b"GGUF" and struct.unpack("<I", head[4:])[0] == 3
+    with lt.Adapter.create(model, rank=4) as a:
+        a.export_gguf(tmp_path / "a.gguf", dtype="f16")
+    assert (tmp_path / "a.gguf").read_bytes()[:4] == b"GGUF"

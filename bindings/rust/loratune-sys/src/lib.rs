@@ -53,7 +53,7 @@ macro_rules! opaque {
         }
     )*};
 }
-opaque!(lt_context, lt_model, lt_adapter, lt_optimizer, lt_trainer, lt_tokenizer, lt_qtensor);
+opaque!(lt_context, lt_model, lt_adapter, lt_optimizer, lt_trainer, lt_tokenizer, lt_qtensor, lt_comm);
 
 // ---- context ---------------------------------------------------------------------------------------
 
@@ -257,6 +257,35 @@ pub const LT_GRPO_LOSS_GRPO: lt_grpo_loss = 1;
 pub const LT_GRPO_LOSS_BNPO: lt_grpo_loss = 2;
 pub const LT_GRPO_LOSS_DR_GRPO: lt_grpo_loss = 3;
 
+// ---- data-parallel training ------------------------------------------------------------------------
+
+pub type lt_comm_dtype = c_int;
+pub const LT_COMM_F32: lt_comm_dtype = 0;
+pub const LT_COMM_F64: lt_comm_dtype = 1;
+
+pub type lt_comm_all_reduce_fn =
+    Option<unsafe extern "C" fn(user: *mut c_void, buf: *mut c_void, count: usize, dtype: lt_comm_dtype) -> c_int>;
+pub type lt_comm_broadcast_fn =
+    Option<unsafe extern "C" fn(user: *mut c_void, buf: *mut c_void, bytes: usize, root: c_int) -> c_int>;
+pub type lt_comm_segments_fn = Option<
+    unsafe extern "C" fn(user: *mut c_void, buf: *mut c_void, counts: *const usize, dtype: lt_comm_dtype) -> c_int,
+>;
+pub type lt_comm_barrier_fn = Option<unsafe extern "C" fn(user: *mut c_void) -> c_int>;
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct lt_comm_callbacks {
+    pub size: usize,
+    pub rank: c_int,
+    pub world_size: c_int,
+    pub user: *mut c_void,
+    pub all_reduce: lt_comm_all_reduce_fn,
+    pub broadcast: lt_comm_broadcast_fn,
+    pub reduce_scatter: lt_comm_segments_fn,
+    pub all_gather: lt_comm_segments_fn,
+    pub barrier: lt_comm_barrier_fn,
+}
+
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct lt_trainer_params {
@@ -277,6 +306,8 @@ pub struct lt_trainer_params {
     pub kl_beta: c_float,
     pub scale_rewards: lt_grpo_scale,
     pub loss_type: lt_grpo_loss,
+    pub comm: *mut lt_comm,
+    pub zero_stage: c_int,
 }
 
 #[repr(C)]
@@ -353,6 +384,23 @@ pub struct lt_text_params {
     pub assistant_only: c_int,
     pub add_special: c_int,
     pub add_eos: c_int,
+}
+
+// ---- GGUF export -----------------------------------------------------------------------------------
+
+pub type lt_gguf_dtype = c_int;
+pub const LT_GGUF_DTYPE_F32: lt_gguf_dtype = 0;
+pub const LT_GGUF_DTYPE_F16: lt_gguf_dtype = 1;
+pub const LT_GGUF_DTYPE_BF16: lt_gguf_dtype = 2;
+pub const LT_GGUF_DTYPE_Q8_0: lt_gguf_dtype = 3;
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct lt_gguf_params {
+    pub size: usize,
+    pub dtype: lt_gguf_dtype,
+    pub tokenizer: *const lt_tokenizer,
+    pub name: *const c_char,
 }
 
 // ---- functions -------------------------------------------------------------------------------------
@@ -439,6 +487,18 @@ extern "C" {
     pub fn lt_optimizer_step_count(opt: *const lt_optimizer) -> i64;
     pub fn lt_optimizer_save(opt: *mut lt_optimizer, path: *const c_char) -> lt_status;
     pub fn lt_optimizer_load(opt: *mut lt_optimizer, path: *const c_char) -> lt_status;
+
+    pub fn lt_comm_callbacks_init(callbacks: *mut lt_comm_callbacks, size: usize);
+    pub fn lt_comm_create(callbacks: *const lt_comm_callbacks, out: *mut *mut lt_comm) -> lt_status;
+    pub fn lt_comm_create_mpi(mpi_comm: *const c_void, out: *mut *mut lt_comm) -> lt_status;
+    pub fn lt_comm_create_nccl(nccl_comm: *mut c_void, cuda_stream: *mut c_void, out: *mut *mut lt_comm) -> lt_status;
+    pub fn lt_comm_free(comm: *mut lt_comm);
+    pub fn lt_comm_last_error(comm: *const lt_comm) -> *const c_char;
+    pub fn lt_comm_available(engine: *const c_char) -> c_int;
+    pub fn lt_comm_rank(comm: *const lt_comm) -> c_int;
+    pub fn lt_comm_world_size(comm: *const lt_comm) -> c_int;
+    pub fn lt_comm_set_timeout(comm: *mut lt_comm, seconds: c_double) -> lt_status;
+    pub fn lt_comm_all_reduce(comm: *mut lt_comm, values: *mut c_double, n: usize) -> lt_status;
 
     pub fn lt_trainer_params_init(params: *mut lt_trainer_params, size: usize);
     pub fn lt_trainer_create(
@@ -566,13 +626,103 @@ extern "C" {
         capacity_rows: i32,
         n_rows: *mut i32,
     ) -> lt_status;
+    pub fn lt_gguf_params_init(params: *mut lt_gguf_params, size: usize);
+    pub fn lt_model_export_gguf(
+        model: *mut lt_model,
+        adapter: *const lt_adapter,
+        path: *const c_char,
+        params: *const lt_gguf_params,
+    ) -> lt_status;
+    pub fn lt_adapter_export_gguf(adapter: *mut lt_adapter, path: *const c_char, params: *const lt_gguf_params)
+        -> lt_status;
 }
 
 /// `include/loratune_experimental.h`: no stability promise (docs/ABI.md).
 pub mod experimental {
     use super::*;
 
+    pub type lt_combine_method = c_int;
+    pub const LT_COMBINE_CAT: lt_combine_method = 0;
+    pub const LT_COMBINE_LINEAR: lt_combine_method = 1;
+    pub const LT_COMBINE_TIES: lt_combine_method = 2;
+    pub const LT_COMBINE_DARE_LINEAR: lt_combine_method = 3;
+    pub const LT_COMBINE_DARE_TIES: lt_combine_method = 4;
+    pub const LT_COMBINE_MAGNITUDE_PRUNE: lt_combine_method = 5;
+    pub const LT_COMBINE_SLERP: lt_combine_method = 6;
+
+    #[repr(C)]
+    #[derive(Debug, Clone, Copy)]
+    pub struct lt_combine_params {
+        pub size: usize,
+        pub method: lt_combine_method,
+        pub weights: *const c_float,
+        pub density: c_float,
+        pub t: c_float,
+        pub rank: c_int,
+        pub seed: u64,
+    }
+
+    #[repr(C)]
+    #[derive(Debug, Clone, Copy)]
+    pub struct lt_combine_report {
+        pub size: usize,
+        pub rank: c_int,
+        pub kept_energy: c_double,
+        pub total_energy: c_double,
+        pub max_module_error: c_double,
+    }
+
+    #[repr(C)]
+    #[derive(Debug, Clone, Copy)]
+    pub struct lt_extract_params {
+        pub size: usize,
+        pub rank: c_int,
+        pub targets: c_uint,
+    }
+
+    #[repr(C)]
+    #[derive(Debug, Clone, Copy)]
+    pub struct lt_extract_report {
+        pub size: usize,
+        pub n_modules: c_int,
+        pub kept_energy: c_double,
+        pub total_energy: c_double,
+        pub module_kept: *mut c_double,
+        pub module_total: *mut c_double,
+        pub others_max_diff: c_double,
+        pub others_name: [c_char; 128],
+    }
+
     extern "C" {
+        pub fn lt_tokenizer_ollama_modelfile(
+            tok: *mut lt_tokenizer,
+            from: *const c_char,
+            adapter: *const c_char,
+            text: *mut *const c_char,
+            warning: *mut *const c_char,
+        ) -> lt_status;
+        pub fn lt_combine_params_init(params: *mut lt_combine_params, size: usize);
+        pub fn lt_adapter_combine(
+            adapters: *mut *mut lt_adapter,
+            n: c_int,
+            params: *const lt_combine_params,
+            out: *mut *mut lt_adapter,
+            report: *mut lt_combine_report,
+        ) -> lt_status;
+        pub fn lt_adapter_combine_into_base(
+            adapters: *mut *mut lt_adapter,
+            n: c_int,
+            params: *const lt_combine_params,
+            dir: *const c_char,
+        ) -> lt_status;
+        pub fn lt_extract_params_init(params: *mut lt_extract_params, size: usize);
+        pub fn lt_adapter_extract(
+            base: *mut lt_model,
+            tuned: *mut lt_model,
+            params: *const lt_extract_params,
+            out: *mut *mut lt_adapter,
+            report: *mut lt_extract_report,
+        ) -> lt_status;
         pub fn lt_model_create_random(
             ctx: *mut lt_context,
             config_json: *const c_char,
@@ -587,6 +737,12 @@ pub mod experimental {
             init_std: c_float,
             params: *const lt_model_params,
             out: *mut *mut lt_model,
+        ) -> lt_status;
+        pub fn lt_adapter_set_save_files(
+            adapter: *mut lt_adapter,
+            names: *const *const c_char,
+            texts: *const *const c_char,
+            n: c_int,
         ) -> lt_status;
         pub fn lt_model_save(model: *mut lt_model, dir: *const c_char) -> lt_status;
     }

@@ -1,6 +1,7 @@
 //! Keeps src/lib.rs in sync with include/loratune.h and include/loratune_experimental.h:
 //!  - every LT_API function is declared, with the same parameter and return types (C types mapped to
-//!    Rust: `const T *` -> `*const T`, `T **` -> `*mut *mut T`, int -> c_int, int64_t -> i64, ...),
+//!    Rust: `const T *` -> `*const T`, `T **` -> `*mut *mut T`, `const T *const *` -> `*const *const T`,
+//!    int -> c_int, int64_t -> i64, ...),
 //!    and nothing else is;
 //!  - every `typedef struct` has a #[repr(C)] mirror with the same fields in the same order and types;
 //!  - sizes and field offsets agree with what the C compiler says (when `cc` is available);
@@ -11,6 +12,7 @@ use std::mem::{size_of, MaybeUninit};
 use std::path::PathBuf;
 use std::process::Command;
 
+use loratune_sys::experimental::*;
 use loratune_sys::*;
 
 const RUST_SOURCE: &str = include_str!("../src/lib.rs");
@@ -64,9 +66,11 @@ fn squash(s: &str) -> String {
 
 /// C type (without a declarator name) to the Rust spelling used in src/lib.rs.
 fn c_type_to_rust(ty: &str) -> String {
-    let stars = ty.matches('*').count();
-    let no_stars = ty.replace('*', " ");
-    let toks: Vec<&str> = no_stars.split_whitespace().collect();
+    // "const char *const *": the qualifiers before the first '*' are the base's, those after star i make
+    // pointer i const, so the pointer around it points to const (`*const *const c_char`)
+    let segs: Vec<&str> = ty.split('*').collect();
+    let stars = segs.len() - 1;
+    let toks: Vec<&str> = segs[0].split_whitespace().collect();
     let is_const = toks.contains(&"const");
     let base: Vec<&str> = toks.into_iter().filter(|t| *t != "const").collect();
     let base = base.join(" ");
@@ -88,7 +92,8 @@ fn c_type_to_rust(ty: &str) -> String {
         other => panic!("header_sync: no Rust mapping for C type '{}'", other),
     };
     for i in 0..stars {
-        rust = if i == 0 && is_const { format!("*const {}", rust) } else { format!("*mut {}", rust) };
+        let pointee_const = if i == 0 { is_const } else { segs[i].split_whitespace().any(|t| t == "const") };
+        rust = if pointee_const { format!("*const {}", rust) } else { format!("*mut {}", rust) };
     }
     rust
 }
@@ -314,9 +319,14 @@ fn rust_structs(src: &str) -> BTreeMap<String, Vec<(String, String)>> {
     out
 }
 
+/// Both headers: the experimental one's structs are mirrored in the `experimental` module.
+fn both_headers() -> Option<String> {
+    Some(header("loratune.h")? + &header("loratune_experimental.h")?)
+}
+
 #[test]
 fn structs_match_header() {
-    let text = match header("loratune.h") {
+    let text = match both_headers() {
         Some(t) => t,
         None => return,
     };
@@ -362,7 +372,8 @@ fn rust_layouts() -> Vec<(String, usize, Vec<(String, usize)>)> {
                               warmup_ratio, total_steps, max_grad_norm }
         lt_trainer_params { size, objective, grad_accum, gradient_checkpointing, seed, beta, label_smoothing,
                             desirable_weight, undesirable_weight, ref_adapter, max_length, num_generations, epsilon,
-                            epsilon_high, kl_beta, scale_rewards, loss_type }
+                            epsilon_high, kl_beta, scale_rewards, loss_type, comm, zero_stage }
+        lt_comm_callbacks { size, rank, world_size, user, all_reduce, broadcast, reduce_scatter, all_gather, barrier }
         lt_pref_batch { size, n_rows, prompt_ids, prompt_lens, chosen_ids, chosen_lens, rejected_ids, rejected_lens,
                         labels, ref_chosen_logps, ref_rejected_logps, ref_kl_logps }
         lt_step_result { size, loss, grad_norm, lr, tokens, tokens_per_s, step, updated, rewards_chosen,
@@ -370,12 +381,18 @@ fn rust_layouts() -> Vec<(String, usize, Vec<(String, usize)>)> {
                          clip_fraction, completion_length }
         lt_generate_params { size, max_new_tokens, temperature, top_k, top_p, seed, eos_token_id }
         lt_text_params { size, max_len, completion_only, assistant_only, add_special, add_eos }
+        lt_gguf_params { size, dtype, tokenizer, name }
+        lt_combine_params { size, method, weights, density, t, rank, seed }
+        lt_combine_report { size, rank, kept_energy, total_energy, max_module_error }
+        lt_extract_params { size, rank, targets }
+        lt_extract_report { size, n_modules, kept_energy, total_energy, module_kept, module_total, others_max_diff,
+                            others_name }
     }
 }
 
 #[test]
 fn struct_layout_matches_c_compiler() {
-    let text = match header("loratune.h") {
+    let text = match both_headers() {
         Some(t) => t,
         None => return,
     };
@@ -391,7 +408,8 @@ fn struct_layout_matches_c_compiler() {
     let cc = std::env::var("CC").unwrap_or_else(|_| "cc".to_string());
     let tmp = std::env::temp_dir().join(format!("loratune-sys-layout-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).unwrap();
-    let mut prog = String::from("#include <stdio.h>\n#include <stddef.h>\n#include \"loratune.h\"\nint main(void) {\n");
+    let mut prog =
+        String::from("#include <stdio.h>\n#include <stddef.h>\n#include \"loratune_experimental.h\"\nint main(void) {\n");
     for (name, _, fields) in &layouts {
         prog += &format!("  printf(\"{0} %zu\\n\", sizeof({0}));\n", name);
         for (f, _) in fields {

@@ -191,6 +191,13 @@ fn c_string(s: &str, what: &str) -> Result<CString> {
     CString::new(s).map_err(|_| Error::new(Status::Argument, format!("{} contains a NUL byte", what)))
 }
 
+fn gguf_params(dtype: GgufDtype) -> sys::lt_gguf_params {
+    let mut p: sys::lt_gguf_params = unsafe { std::mem::zeroed() };
+    unsafe { sys::lt_gguf_params_init(&mut p, size_of::<sys::lt_gguf_params>()) };
+    p.dtype = dtype.raw();
+    p
+}
+
 fn c_path(p: &Path) -> Result<CString> {
     #[cfg(unix)]
     {
@@ -274,6 +281,11 @@ c_enum!(
 c_enum!(
     /// `lt_schedule`: learning-rate schedule after warmup.
     Schedule { Constant = sys::LT_SCHED_CONSTANT, Linear = sys::LT_SCHED_LINEAR, Cosine = sys::LT_SCHED_COSINE }
+);
+c_enum!(
+    /// `lt_gguf_dtype`: how GGUF export writes the 2-D weights (1-D tensors and norms stay F32).
+    #[allow(non_camel_case_types)]
+    GgufDtype { F32 = sys::LT_GGUF_DTYPE_F32, F16 = sys::LT_GGUF_DTYPE_F16, Bf16 = sys::LT_GGUF_DTYPE_BF16, Q8_0 = sys::LT_GGUF_DTYPE_Q8_0 }
 );
 c_enum!(
     /// `lt_objective`
@@ -498,6 +510,9 @@ pub struct TrainerParams {
     pub gradient_checkpointing: bool,
     /// Dropout RNG seed.
     pub seed: u64,
+    /// With a [`Comm`] ([`Trainer::new_with_comm`]): 0 every rank keeps the whole optimizer state, 1
+    /// (ZeRO-1) each rank keeps its shard.
+    pub zero_stage: i32,
 }
 
 impl Default for TrainerParams {
@@ -508,6 +523,7 @@ impl Default for TrainerParams {
             grad_accum: r.grad_accum,
             gradient_checkpointing: r.gradient_checkpointing != 0,
             seed: r.seed,
+            zero_stage: r.zero_stage,
         }
     }
 }
@@ -519,6 +535,7 @@ impl TrainerParams {
         r.grad_accum = self.grad_accum;
         r.gradient_checkpointing = self.gradient_checkpointing as c_int;
         r.seed = self.seed;
+        r.zero_stage = self.zero_stage;
         r
     }
 }
@@ -988,6 +1005,23 @@ impl<'c> Model<'c> {
         adapter.map_or(ptr::null(), |a| a.raw.as_ptr() as *const _)
     }
 
+    /// Write the model (merged with `adapter` when given) as one GGUF v3 file for llama.cpp / Ollama
+    /// (`lt_model_export_gguf`), with the tokenizer of the model's directory. `name`: general.name
+    /// (None: the directory's name).
+    pub fn export_gguf<P: AsRef<Path>>(
+        &self,
+        adapter: Option<&Adapter<'_>>,
+        path: P,
+        dtype: GgufDtype,
+        name: Option<&str>,
+    ) -> Result<()> {
+        let path = c_path(path.as_ref())?;
+        let name = name.map(|n| c_string(n, "name")).transpose()?;
+        let mut p = gguf_params(dtype);
+        p.name = name.as_ref().map_or(ptr::null(), |n| n.as_ptr());
+        self.check(unsafe { sys::lt_model_export_gguf(self.raw.as_ptr(), Self::adapter_ptr(adapter), path.as_ptr(), &p) })
+    }
+
     /// Causal-LM loss of a batch: summed token cross-entropy and the number of predicted tokens.
     /// `adapter`: None = the base model.
     pub fn loss(&self, batch: &Batch, adapter: Option<&Adapter<'_>>) -> Result<Loss> {
@@ -1131,6 +1165,14 @@ impl<'m> Adapter<'m> {
         self.check(unsafe { sys::lt_adapter_export_merged(self.raw.as_ptr(), dir.as_ptr(), max_shard_bytes) })
     }
 
+    /// Write a LoRA adapter as a GGUF LoRA for llama.cpp's `--lora` (`lt_adapter_export_gguf`); DoRA,
+    /// modules_to_save and full fine-tuning are refused (export the merged model instead).
+    pub fn export_gguf<P: AsRef<Path>>(&self, path: P, dtype: GgufDtype) -> Result<()> {
+        let path = c_path(path.as_ref())?;
+        let p = gguf_params(dtype);
+        self.check(unsafe { sys::lt_adapter_export_gguf(self.raw.as_ptr(), path.as_ptr(), &p) })
+    }
+
     /// Merge into the model's weights in place (W += s B A). See also [`Adapter::merged`].
     pub fn merge(&self) -> Result<()> {
         self.check(unsafe { sys::lt_adapter_merge(self.raw.as_ptr()) })
@@ -1258,11 +1300,181 @@ unsafe extern "C" fn progress_trampoline(user: *mut c_void, result: *const sys::
     }
 }
 
-/// `lt_trainer`: model + adapter + optimizer + objective. Borrows all three.
+// ---- data-parallel training (docs/DISTRIBUTED.md) -----------------------------------------------------
+
+/// The values a collective works on, in place.
+pub enum CommData<'a> {
+    F32(&'a mut [f32]),
+    F64(&'a mut [f64]),
+}
+
+/// A host's collectives for [`Comm::from_callbacks`] (Gloo, Ray, oneCCL, ...). Every rank calls them in the
+/// same order; `all_reduce` must add in a fixed order and leave the same bits on every rank. An `Err` (or a
+/// panic) fails the library's call, naming the collective.
+pub trait Collectives {
+    /// `data` = the sum over the ranks of every rank's `data`.
+    fn all_reduce(&mut self, data: CommData<'_>) -> std::result::Result<(), String>;
+    /// `data` of rank `root` copied to every rank.
+    fn broadcast(&mut self, data: &mut [u8], root: usize) -> std::result::Result<(), String>;
+}
+
+struct CommUser {
+    c: Box<dyn Collectives>,
+    error: Option<String>,
+}
+
+unsafe extern "C" fn comm_all_reduce(user: *mut c_void, buf: *mut c_void, n: usize, dt: sys::lt_comm_dtype) -> c_int {
+    let u = &mut *(user as *mut CommUser);
+    let data = if dt == sys::LT_COMM_F64 {
+        CommData::F64(std::slice::from_raw_parts_mut(buf as *mut f64, n))
+    } else {
+        CommData::F32(std::slice::from_raw_parts_mut(buf as *mut f32, n))
+    };
+    match catch_unwind(AssertUnwindSafe(|| u.c.all_reduce(data))) {
+        Ok(Ok(())) => 0,
+        Ok(Err(e)) => {
+            u.error = Some(e);
+            -1
+        }
+        Err(_) => {
+            u.error = Some("all_reduce panicked".to_string());
+            -2
+        }
+    }
+}
+
+unsafe extern "C" fn comm_broadcast(user: *mut c_void, buf: *mut c_void, n: usize, root: c_int) -> c_int {
+    let u = &mut *(user as *mut CommUser);
+    let data = std::slice::from_raw_parts_mut(buf as *mut u8, n);
+    match catch_unwind(AssertUnwindSafe(|| u.c.broadcast(data, root as usize))) {
+        Ok(Ok(())) => 0,
+        Ok(Err(e)) => {
+            u.error = Some(e);
+            -1
+        }
+        Err(_) => {
+            u.error = Some("broadcast panicked".to_string());
+            -2
+        }
+    }
+}
+
+/// `lt_comm`: the communicator of one data-parallel rank. Give it to [`Trainer::new_with_comm`] on every
+/// rank; each rank then steps on its share of each global batch, and the result is one process's with the
+/// whole batch.
+pub struct Comm {
+    raw: NonNull<sys::lt_comm>,
+    user: Option<*mut CommUser>,
+}
+
+impl Comm {
+    /// Over a host's collectives (`reduce_scatter` and `all_gather` are done with `all_reduce`).
+    pub fn from_callbacks(rank: usize, world_size: usize, collectives: Box<dyn Collectives>) -> Result<Comm> {
+        let user = Box::into_raw(Box::new(CommUser { c: collectives, error: None }));
+        let mut cb = unsafe { init_params(sys::lt_comm_callbacks_init) };
+        cb.rank = rank as c_int;
+        cb.world_size = world_size as c_int;
+        cb.user = user as *mut c_void;
+        cb.all_reduce = Some(comm_all_reduce);
+        cb.broadcast = Some(comm_broadcast);
+        let mut out = ptr::null_mut();
+        let st = unsafe { sys::lt_comm_create(&cb, &mut out) };
+        if st != sys::LT_OK || out.is_null() {
+            drop(unsafe { Box::from_raw(user) });
+            return Err(thread_error(st));
+        }
+        Ok(Comm { raw: NonNull::new(out).unwrap(), user: Some(user) })
+    }
+
+    /// Over MPI_COMM_WORLD (MPI is initialised if nobody has, and finalized when this is dropped).
+    pub fn mpi_world() -> Result<Comm> {
+        unsafe { Comm::from_mpi(ptr::null()) }
+    }
+
+    /// Over a host's MPI communicator (duplicated by the library).
+    ///
+    /// # Safety
+    /// `mpi_comm` points to a valid `MPI_Comm` of the MPI the library was built with.
+    pub unsafe fn from_mpi(mpi_comm: *const c_void) -> Result<Comm> {
+        let mut out = ptr::null_mut();
+        let st = sys::lt_comm_create_mpi(mpi_comm, &mut out);
+        if st != sys::LT_OK || out.is_null() {
+            return Err(thread_error(st));
+        }
+        Ok(Comm { raw: NonNull::new(out).unwrap(), user: None })
+    }
+
+    /// Over a borrowed NCCL communicator and CUDA stream (null: the default stream); GPU memory, so the
+    /// trainer's context must use the cuda backend.
+    ///
+    /// # Safety
+    /// `nccl_comm` is a valid `ncclComm_t` and `cuda_stream` a `cudaStream_t` (or null) that outlive this.
+    pub unsafe fn from_nccl(nccl_comm: *mut c_void, cuda_stream: *mut c_void) -> Result<Comm> {
+        let mut out = ptr::null_mut();
+        let st = sys::lt_comm_create_nccl(nccl_comm, cuda_stream, &mut out);
+        if st != sys::LT_OK || out.is_null() {
+            return Err(thread_error(st));
+        }
+        Ok(Comm { raw: NonNull::new(out).unwrap(), user: None })
+    }
+
+    /// `lt_comm_available()`: "mpi", "nccl" or "callbacks" compiled in.
+    pub fn available(engine: &str) -> bool {
+        match CString::new(engine) {
+            Ok(e) => unsafe { sys::lt_comm_available(e.as_ptr()) != 0 },
+            Err(_) => false,
+        }
+    }
+
+    pub fn rank(&self) -> usize {
+        unsafe { sys::lt_comm_rank(self.raw.as_ptr()) as usize }
+    }
+
+    pub fn world_size(&self) -> usize {
+        unsafe { sys::lt_comm_world_size(self.raw.as_ptr()) as usize }
+    }
+
+    pub fn as_ptr(&self) -> *mut sys::lt_comm {
+        self.raw.as_ptr()
+    }
+
+    /// `lt_comm_last_error()`
+    pub fn last_error(&self) -> String {
+        string_from(unsafe { sys::lt_comm_last_error(self.raw.as_ptr()) })
+    }
+
+    /// The message of the last failed callback of a [`Comm::from_callbacks`].
+    pub fn callback_error(&self) -> Option<String> {
+        self.user.and_then(|u| unsafe { (*u).error.clone() })
+    }
+
+    /// MPI and NCCL: the deadline of one collective (default 600 s).
+    pub fn set_timeout(&mut self, seconds: f64) -> Result<()> {
+        check(unsafe { sys::lt_comm_set_timeout(self.raw.as_ptr(), seconds) }, || self.last_error())
+    }
+
+    /// `values` = their sums over the ranks (collective): for the host's own statistics.
+    pub fn all_reduce(&mut self, values: &mut [f64]) -> Result<()> {
+        check(unsafe { sys::lt_comm_all_reduce(self.raw.as_ptr(), values.as_mut_ptr(), values.len()) }, || {
+            self.last_error()
+        })
+    }
+}
+
+impl Drop for Comm {
+    fn drop(&mut self) {
+        unsafe { sys::lt_comm_free(self.raw.as_ptr()) };
+        if let Some(u) = self.user.take() {
+            drop(unsafe { Box::from_raw(u) });
+        }
+    }
+}
+
+/// `lt_trainer`: model + adapter + optimizer + objective. Borrows all three (and a [`Comm`]).
 pub struct Trainer<'t> {
     raw: NonNull<sys::lt_trainer>,
     progress: Option<*mut Progress>,
-    _parts: PhantomData<(&'t Model<'t>, &'t Adapter<'t>, &'t Optimizer<'t>)>,
+    _parts: PhantomData<(&'t Model<'t>, &'t Adapter<'t>, &'t Optimizer<'t>, &'t Comm)>,
 }
 
 impl<'t> Trainer<'t> {
@@ -1272,7 +1484,31 @@ impl<'t> Trainer<'t> {
         optimizer: &'t Optimizer<'_>,
         params: &TrainerParams,
     ) -> Result<Trainer<'t>> {
-        let p = params.to_raw();
+        Trainer::create(model, adapter, optimizer, params, None)
+    }
+
+    /// A data-parallel trainer: every rank of `comm` creates one (collective) and steps on its rows.
+    pub fn new_with_comm(
+        model: &'t Model<'_>,
+        adapter: &'t Adapter<'_>,
+        optimizer: &'t Optimizer<'_>,
+        params: &TrainerParams,
+        comm: &'t Comm,
+    ) -> Result<Trainer<'t>> {
+        Trainer::create(model, adapter, optimizer, params, Some(comm))
+    }
+
+    fn create(
+        model: &'t Model<'_>,
+        adapter: &'t Adapter<'_>,
+        optimizer: &'t Optimizer<'_>,
+        params: &TrainerParams,
+        comm: Option<&'t Comm>,
+    ) -> Result<Trainer<'t>> {
+        let mut p = params.to_raw();
+        if let Some(c) = comm {
+            p.comm = c.as_ptr();
+        }
         let mut out = ptr::null_mut();
         let st =
             unsafe { sys::lt_trainer_create(model.as_ptr(), adapter.as_ptr(), optimizer.as_ptr(), &p, &mut out) };
@@ -1387,6 +1623,26 @@ pub mod experimental {
             return Err(thread_error(st));
         }
         Ok(unsafe { Model::from_raw(out) })
+    }
+
+    /// Text files (plain name, text) written with the adapter by every later save and merged export, in the
+    /// same save as the weights: a model card, a run record. An empty slice removes them.
+    pub fn set_save_files(adapter: &Adapter<'_>, files: &[(&str, &str)]) -> Result<()> {
+        let mut owned = Vec::with_capacity(files.len() * 2);
+        for (name, text) in files {
+            owned.push(c_string(name, "file name")?);
+            owned.push(c_string(text, "file text")?);
+        }
+        let names: Vec<*const c_char> = owned.iter().step_by(2).map(|s| s.as_ptr()).collect();
+        let texts: Vec<*const c_char> = owned.iter().skip(1).step_by(2).map(|s| s.as_ptr()).collect();
+        adapter.check(unsafe {
+            sys::experimental::lt_adapter_set_save_files(
+                adapter.as_ptr(),
+                names.as_ptr(),
+                texts.as_ptr(),
+                files.len() as c_int,
+            )
+        })
     }
 
     /// Write the model's weights as a Hugging Face model directory (f32 safetensors + config.json).

@@ -351,3 +351,141 @@ fn full_finetuning_and_modules_to_save() {
     assert_eq!(e.status(), Status::Argument);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Ranks as threads: each stores a pointer to its buffer; after the first barrier the leader adds them in
+/// rank order into every buffer; the second barrier holds the others until it is done.
+struct Group {
+    world: usize,
+    barrier: std::sync::Barrier,
+    slots: std::sync::Mutex<Vec<(usize, usize, u8)>>, // (address, values, 4 = f32 / 8 = f64 / 1 = bytes)
+}
+
+struct Member {
+    g: std::sync::Arc<Group>,
+    rank: usize,
+}
+
+impl Member {
+    fn meet(&self, addr: usize, n: usize, kind: u8, root: Option<usize>) {
+        self.g.slots.lock().unwrap()[self.rank] = (addr, n, kind);
+        if self.g.barrier.wait().is_leader() {
+            let slots = self.g.slots.lock().unwrap().clone();
+            unsafe {
+                match (kind, root) {
+                    (1, Some(r)) => {
+                        for s in &slots {
+                            if s.0 != slots[r].0 {
+                                std::ptr::copy_nonoverlapping(slots[r].0 as *const u8, s.0 as *mut u8, n);
+                            }
+                        }
+                    }
+                    (4, _) => {
+                        for i in 0..n {
+                            let v: f32 = slots.iter().map(|s| *(s.0 as *const f32).add(i)).sum();
+                            slots.iter().for_each(|s| *(s.0 as *mut f32).add(i) = v);
+                        }
+                    }
+                    _ => {
+                        for i in 0..n {
+                            let v: f64 = slots.iter().map(|s| *(s.0 as *const f64).add(i)).sum();
+                            slots.iter().for_each(|s| *(s.0 as *mut f64).add(i) = v);
+                        }
+                    }
+                }
+            }
+        }
+        self.g.barrier.wait();
+    }
+}
+
+impl Collectives for Member {
+    fn all_reduce(&mut self, data: CommData<'_>) -> std::result::Result<(), String> {
+        match data {
+            CommData::F32(d) => self.meet(d.as_mut_ptr() as usize, d.len(), 4, None),
+            CommData::F64(d) => self.meet(d.as_mut_ptr() as usize, d.len(), 8, None),
+        }
+        Ok(())
+    }
+    fn broadcast(&mut self, data: &mut [u8], root: usize) -> std::result::Result<(), String> {
+        self.meet(data.as_mut_ptr() as usize, data.len(), 1, Some(root));
+        Ok(())
+    }
+}
+
+/// 3 updates on global batches of 4 rows; this rank's rows [r 4 / W, (r + 1) 4 / W). The loss of the
+/// trained adapter on a held-out batch.
+fn train_ranked(comm: Option<Comm>, rank: usize, world: usize) -> f64 {
+    let c = ctx();
+    let m = create_random_model(&c, TINY_LLAMA, 7, 0.05).unwrap();
+    let a = Adapter::create(&m, &AdapterParams { rank: 4, alpha: 8.0, seed: 1, ..Default::default() }).unwrap();
+    let o = Optimizer::new(&a, &OptimizerParams { lr: 1e-2, ..Default::default() }).unwrap();
+    let p = TrainerParams { zero_stage: 1, ..Default::default() };
+    let mut t = match &comm {
+        Some(cm) => Trainer::new_with_comm(&m, &a, &o, &p, cm).unwrap(),
+        None => Trainer::new(&m, &a, &o, &p).unwrap(),
+    };
+    for s in 0..3 {
+        let all = rows(4, 16, 128, 10 * s);
+        let mine = &all[4 * rank / world..4 * (rank + 1) / world];
+        assert!(t.step(&Batch::from_rows(mine).unwrap()).unwrap().updated);
+    }
+    let l = m.loss(&Batch::from_rows(&rows(4, 16, 128, 99)).unwrap(), Some(&a)).unwrap();
+    l.loss_sum / l.n_tokens as f64
+}
+
+#[test]
+fn data_parallel_callbacks_equal_one_process() {
+    assert!(Comm::available("callbacks"));
+    if !Comm::available("nccl") {
+        let e = unsafe { Comm::from_nccl(std::ptr::NonNull::<u8>::dangling().as_ptr() as *mut _, std::ptr::null_mut()) };
+        assert_eq!(e.err().unwrap().status(), Status::Unsupported);
+    }
+    let one = train_ranked(None, 0, 1);
+    let g = std::sync::Arc::new(Group {
+        world: 2,
+        barrier: std::sync::Barrier::new(2),
+        slots: std::sync::Mutex::new(vec![(0, 0, 0); 2]),
+    });
+    let handles: Vec<_> = (0..g.world)
+        .map(|r| {
+            let g = g.clone();
+            std::thread::spawn(move || {
+                let comm = Comm::from_callbacks(r, 2, Box::new(Member { g, rank: r })).unwrap();
+                assert_eq!((comm.rank(), comm.world_size()), (r, 2));
+                train_ranked(Some(comm), r, 2)
+            })
+        })
+        .collect();
+    for h in handles {
+        let two = h.join().unwrap();
+        assert!((two - one).abs() <= 1e-5 * one.abs(), "2 ranks: loss {} vs one process {}", two, one);
+    }
+}
+
+#[test]
+fn gguf_export() {
+    let c = ctx();
+    let m = create_random_model(&c, TINY_LLAMA, 11, 0.05).unwrap();
+    let dir = tmpdir("gguf");
+    let a = Adapter::create(&m, &AdapterParams::default()).unwrap();
+    let path = dir.join("adapter.gguf");
+    a.export_gguf(&path, GgufDtype::F16).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    assert_eq!(&bytes[..4], b"GGUF");
+    assert_eq!(u32::from_le_bytes(bytes[4..8].try_into().unwrap()), 3);
+    let has = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
+    assert!(has(b"adapter.lora.alpha") && has(b".lora_a") && has(b".lora_b"));
+
+    // DoRA has no GGUF LoRA form: refused with a status and a message, no file left behind
+    let dora = Adapter::create(&m, &AdapterParams { use_dora: true, ..AdapterParams::default() }).unwrap();
+    let e = dora.export_gguf(dir.join("dora.gguf"), GgufDtype::F32).unwrap_err();
+    assert_eq!(e.status(), Status::Unsupported, "{}", e);
+    assert!(e.message().contains("DoRA"), "{}", e);
+    assert!(!dir.join("dora.gguf").exists());
+
+    // a model made in memory has no tokenizer.json to write: a clear error, not a file without a vocabulary
+    let e = m.export_gguf(None, dir.join("model.gguf"), GgufDtype::Q8_0, Some("tiny")).unwrap_err();
+    assert!(!e.message().is_empty());
+    assert!(!dir.join("model.gguf").exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}

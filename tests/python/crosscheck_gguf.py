@@ -1,0 +1,532 @@
+#!/usr/bin/env python3
+"""llama.cpp itself as the oracle of the GGUF export (lt_model_export_gguf, lt_adapter_export_gguf,
+`loratune export`), for every family we train, on held-out random checkpoints with real tokenizers
+(gguf_fixtures.py), plus the `gguf` package and llama.cpp's own converter for the files' contents.
+
+usage: crosscheck_gguf.py --cli build/loratune --lib build/libloratune.so.0 --oracle BIN --llamacpp-src DIR
+                          [--workdir DIR] [--families llama,qwen2,...]
+
+Per family (Llama, Qwen2, Qwen3, Mistral, Gemma, Gemma 2, Phi-3 with longrope):
+ 1. a LoRA is trained with `loratune train` on one chat conversation (rsLoRA for Qwen2, PiSSA for Qwen3,
+    QLoRA NF4 for Llama) until it answers it; `loratune export` writes the base (f32, f16, q8_0, bf16), the
+    merged model (f32) and the adapter (gguf-lora, f32) and a Modelfile (--ollama);
+ 2. contents: every file read back with the `gguf` package (PyPI): the base's keys and tensors equal those of
+    llama.cpp's convert_hf_to_gguf.py run on the same directory (tensors bit for bit; keys equal except a listed
+    few), the f16 / bf16 / q8_0 files' tensors = gguf.quants.quantize of the f32 file's (bit for bit), the
+    tokenizer keys of the SentencePiece families (which the converter reads only from tokenizer.model) = the
+    tokenizer.json's vocabulary, the adapter's lora_a / lora_b = the PEFT tensors (lora_b times the folded
+    scale, q/k rows permuted like the base's);
+ 3. llama.cpp (tests/llamacpp/oracle.c linked to the pinned libllama) loads each file:
+      tokenization of sample texts and of the chat prompt = ours (lt_tokenizer_encode, special tokens parsed);
+      logits on a held-out sequence (longer than Gemma 2's window, past Phi-3's original context for its
+      long factors) vs ours (lt_model_logits), max|d| / max|ours|: f32 base, merged, base + adapter <= 1e-3
+      (Gemma, Gemma 2: 2e-3, ggml's GELU is an f16 table); f16 and bf16 files against our model on the same
+      rounded weights <= 1e-2 and 0.1, q8_0 against the f32 model <= 0.25 (llama.cpp also rounds the
+      activations of those products to f16 / bf16 / 8 bits; the files' bytes are checked exactly in 2);
+      llama.cpp's base + our adapter vs llama.cpp's merged model (same tolerance as f32);
+      greedy generation from the chat-template prompt with the merged model and with base + adapter: the
+      tokens of lt_generate, ending with an end-of-generation token (llama.cpp stopped at EOG, not at the
+      length limit);
+ 4. the Modelfile: FROM / ADAPTER / PARAMETER stop lines, and its Go TEMPLATE (where one is written) gives
+    transformers' apply_chat_template rendering of a held-out conversation;
+ 5. refused exports give clear statuses: a DoRA adapter as gguf-lora (LT_ERR_UNSUPPORTED, pointing to the
+    merged export), a Gemma whose head is untied (LT_ERR_UNSUPPORTED).
+Exits 1 if any check fails.
+"""
+import argparse
+import ctypes
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+
+import offline_env  # noqa: F401  (first: offline, no progress bars)
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import gguf_fixtures as G  # noqa: E402
+import lt_ctypes  # noqa: E402
+
+torch.set_num_threads(2)
+# f32 files: llama.cpp computes in f32 like us. f16 / bf16 / q8_0 files: llama.cpp rounds the activations of every
+# product with such a weight to f16 / bf16 / Q8_0 as well (ggml's vec_dot types), which our f32 compute does not:
+# measured on these models up to 5.2e-3 (f16), 4.7e-2 (bf16), 0.14 (q8_0, against the f32 model). The bytes of
+# those files are checked exactly instead (against the gguf package's own conversion of our f32 tensors).
+# Gemma and Gemma 2 (f32 too): ggml computes GELU by looking its value up in a table indexed by the f16 rounding
+# of the input (ggml-cpu/vec.h, GGML_GELU_FP16, hard-coded), about 2^-11 relative on every MLP activation:
+# measured up to 9.9e-4 on these models, so their f32 tolerance is 2e-3 (the other families: ~3e-6).
+TOL_F32, TOL_F16, TOL_BF16, TOL_Q8, TOL_F32_GELU = 1e-3, 1e-2, 1e-1, 0.25, 2e-3
+SMALL = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+             max_position_embeddings=512)
+
+# name, config class, config kwargs, tokenizer, train options, held-out length, llama.cpp context, pre
+FAMILIES = [
+    ("llama", "LlamaConfig", dict(SMALL, rope_scaling=dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0,
+                                                           high_freq_factor=4.0, original_max_position_embeddings=64)),
+     "llama3", ["--method", "qlora"], 40, 64, "llama-bpe"),
+    ("qwen2", "Qwen2Config", dict(SMALL, use_sliding_window=False, tie_word_embeddings=True), "qwen", ["--rslora"],
+     40, 64, "qwen2"),
+    ("qwen3", "Qwen3Config", dict(SMALL, head_dim=24), "qwen", ["--init", "pissa"], 40, 64, "qwen2"),
+    ("mistral", "MistralConfig", dict(SMALL, sliding_window=None, extra_vocab=5), "mistral", [], 40, 64, "llama-bpe"),
+    ("gemma", "GemmaConfig", dict(SMALL, num_key_value_heads=1, head_dim=32, hidden_act="gelu_pytorch_tanh"),
+     "gemma", [], 40, 64, "-"),
+    ("gemma2", "Gemma2Config", dict(SMALL, num_hidden_layers=3, head_dim=32, query_pre_attn_scalar=32, sliding_window=6,
+                                    attn_logit_softcapping=20.0, final_logit_softcapping=15.0), "gemma", [], 40, 64,
+     "-"),
+    # longrope: llama.cpp takes the long factors when its context (padded to 256) exceeds the original length,
+    # transformers when the sequence does: the held-out sequence of 300 tokens in a 512 context is long for both
+    ("phi3", "Phi3Config", dict(SMALL, max_position_embeddings=1024, original_max_position_embeddings=256,
+                                partial_rotary_factor=0.5, sliding_window=None, pad_token_id=0,
+                                rope_scaling=dict(type="longrope", short_factor=[1.0, 1.1, 1.2, 1.3],
+                                                  long_factor=[2.0, 2.5, 3.0, 4.0])), "phi3", [], 300, 512, "-"),
+]
+CHAT = [{"role": "user", "content": "Hello there!"}, {"role": "assistant", "content": "Paris is the capital."}]
+TEXTS = ["Hello there! How are you today?", "The quick brown fox, 1234 cafés; 東京 😀\n\n  tabs\tend.",
+         "I've been 'told he's there"]
+# keys the converter writes that we do not (cosmetic), and keys we write that it does not (values llama.cpp
+# otherwise defaults: correct either way, explicit here)
+CONV_ONLY = {"general.size_label", "general.name"}
+OURS_ONLY = {"tokenizer.ggml.add_eos_token", "general.type"}
+OURS_ONLY_RE = re.compile(r"^\w+\.(rope\.dimension_count|rope\.freq_base|attention\.key_length|"
+                          r"attention\.value_length|rope\.scaling\.attn_factor)$")
+
+failures, passed = [], []
+
+
+def check(ok, what):
+    print(("  ok   " if ok else "  FAIL ") + what)
+    (passed if ok else failures).append(what)
+    return ok
+
+
+def rel(a, b):
+    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
+
+
+# ---- the library (lt_ctypes.Lib) and what these checks add to it ----------------------------------------
+class Lib(lt_ctypes.Lib):
+    def generate(self, m, ad, prompt, n, eos):
+        L = self.L
+        gp = L.init_struct(self.lib.lt_generate_params_init, L.lt_generate_params)
+        gp.max_new_tokens, gp.eos_token_id = n, eos
+        P = (ctypes.c_int32 * len(prompt))(*prompt)
+        lens = (ctypes.c_int32 * 1)(len(prompt))
+        out = (ctypes.c_int32 * n)()
+        olen = (ctypes.c_int32 * 1)()
+        assert self.lib.lt_generate(m, ad, P, lens, 1, ctypes.byref(gp), out, olen) == 0
+        return list(out)[:olen[0]]
+
+    def tokenizer(self, d):
+        t = self.L.lt_tokenizer_p()
+        assert self.lib.lt_tokenizer_load(d.encode(), ctypes.byref(t)) == 0, self.err()
+        return t
+
+    def encode(self, t, text):
+        raw = text.encode()
+        n = ctypes.c_size_t()
+        ids = (ctypes.c_int32 * 4096)()
+        assert self.lib.lt_tokenizer_encode(t, raw, len(raw), 0, ids, 4096, ctypes.byref(n)) == 0
+        return list(ids)[:n.value]
+
+    def render(self, t, messages, agp):
+        txt, n = ctypes.c_void_p(), ctypes.c_size_t()
+        assert self.lib.lt_tokenizer_render_chat(t, json.dumps(messages).encode(), agp, ctypes.byref(txt),
+                                                 ctypes.byref(n)) == 0
+        return ctypes.string_at(txt, n.value).decode()
+
+
+
+# ---- files -----------------------------------------------------------------------------------------------
+def make_family(work, name, cls, kw, tok, seed):
+    import transformers
+    d = os.path.join(work, name)
+    shutil.rmtree(d, ignore_errors=True)
+    kw = dict(kw)
+    extra = kw.pop("extra_vocab", 0)
+    n, bos, eos = G.write_tokenizer(d, tok)
+    cfg = getattr(transformers, cls)(vocab_size=n + extra, bos_token_id=bos, eos_token_id=eos, **kw)
+    torch.manual_seed(seed)
+    m = transformers.AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.normal_(0, 0.2)
+        for nme, p in m.named_parameters():  # norms away from their identity (Gemma stores w, uses 1 + w)
+            if "norm" in nme:
+                p.copy_(torch.rand_like(p) * 0.5 + (0.0 if "gemma" in name else 0.75))
+    m.save_pretrained(d, safe_serialization=True)
+    # the same model with f16- and bf16-rounded weights (what our f16 / bf16 GGUF holds): the reference of those
+    for dt, suffix in ((torch.float16, "f16"), (torch.bfloat16, "bf16")):
+        r = os.path.join(work, f"{name}-{suffix}")
+        shutil.rmtree(r, ignore_errors=True)
+        m.to(dt).to(torch.float32).save_pretrained(r, safe_serialization=True)
+        m.to(torch.float32)
+        for f in ("tokenizer.json", "tokenizer_config.json"):
+            shutil.copy(os.path.join(d, f), r)
+    return d, eos
+
+
+def run(cmd, **kw):
+    r = subprocess.run(cmd, capture_output=True, text=True, **kw)
+    if r.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
+    return r.stdout
+
+
+def oracle(args, gguf_path, *extra):
+    out = run([args.oracle, gguf_path, *extra])
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def read_gguf(path):
+    import gguf
+    r = gguf.GGUFReader(path)
+    kv = {k: f.contents() for k, f in r.fields.items() if not k.startswith("GGUF.")}
+    tensors = {t.name: t for t in r.tensors}
+    return r, kv, tensors
+
+
+# ---- the checks ------------------------------------------------------------------------------------------
+def check_against_converter(name, ours_path, conv_path, spm):
+    _, ka, ta = read_gguf(ours_path)
+    _, kb, tb = read_gguf(conv_path)
+    if spm:
+        ka = {k: v for k, v in ka.items() if not k.startswith("tokenizer.")}
+    bad = []
+    for k in sorted(set(ka) | set(kb)):
+        if k in CONV_ONLY:
+            continue
+        if k not in ka:
+            bad.append(f"{k} missing (converter: {str(kb[k])[:60]})")
+        elif k not in kb:
+            if k not in OURS_ONLY and not OURS_ONLY_RE.match(k):
+                bad.append(f"{k} not written by the converter")
+        elif isinstance(ka[k], float) or isinstance(kb[k], float):
+            if abs(ka[k] - kb[k]) > 1e-6 * max(1.0, abs(kb[k])):
+                bad.append(f"{k}: {ka[k]} vs {kb[k]}")
+        elif ka[k] != kb[k]:
+            bad.append(f"{k}: {str(ka[k])[:60]} vs {str(kb[k])[:60]}")
+    check(not bad, f"{name}: keys = convert_hf_to_gguf.py's ({len(kb)} keys){': ' + '; '.join(bad[:5]) if bad else ''}")
+    bad = [n for n in set(ta) ^ set(tb)]
+    for n in set(ta) & set(tb):
+        x, y = ta[n], tb[n]
+        if x.tensor_type != y.tensor_type or list(x.shape) != list(y.shape) or \
+                not np.array_equal(np.asarray(x.data).view(np.uint8), np.asarray(y.data).view(np.uint8)):
+            bad.append(n)
+    check(not bad, f"{name}: {len(ta)} tensors = the converter's, names, types, shapes and bytes"
+                   f"{': ' + ', '.join(sorted(bad)[:6]) if bad else ''}")
+
+
+def check_spm_vocab(name, path, mdir):
+    """The tokenizer keys of a SentencePiece-style file against tokenizer.json itself."""
+    _, kv, _ = read_gguf(path)
+    tj = json.load(open(os.path.join(mdir, "tokenizer.json"), encoding="utf-8"))
+    cfg = json.load(open(os.path.join(mdir, "config.json")))
+    V = cfg["vocab_size"]
+    id2tok = {i: t for t, i in tj["model"]["vocab"].items()}
+    specials = {a["id"]: a["content"] for a in tj["added_tokens"]}
+    want_tokens = [specials.get(i, id2tok.get(i, f"[PAD{i}]")) for i in range(V)]
+    rank = {}
+    for r, (a, b) in enumerate(tj["model"]["merges"]):
+        rank.setdefault(tj["model"]["vocab"][a + b], r)
+    want_types = [3 if i in specials else 6 if re.fullmatch(r"<0x[0-9A-F]{2}>", want_tokens[i]) else 1
+                  for i in range(V)]
+    want_scores = [0.0 if i in specials or want_types[i] == 6 else -float(rank[i]) if i in rank else -1e9
+                   for i in range(V)]
+    ok = kv["tokenizer.ggml.model"] == "llama" and kv["tokenizer.ggml.tokens"] == want_tokens and \
+        kv["tokenizer.ggml.token_type"] == want_types and np.allclose(kv["tokenizer.ggml.scores"], want_scores)
+    check(ok, f"{name}: tokenizer.ggml.* = tokenizer.json (SentencePiece-style: tokens, types, scores = -merge rank)")
+
+
+def check_lora_tensors(name, path, adir, permute_heads):
+    """lora_a / lora_b of the GGUF adapter against the PEFT tensors of the same adapter."""
+    from safetensors.numpy import load_file
+    _, kv, ts = read_gguf(path)
+    cfg = json.load(open(os.path.join(adir, "adapter_config.json")))
+    sd = load_file(os.path.join(adir, "adapter_model.safetensors"))
+    r, alpha = cfg["r"], cfg["lora_alpha"]
+    scale = alpha / (r ** 0.5) if cfg.get("use_rslora") else alpha / r
+    fold = scale / (kv["adapter.lora.alpha"] / r)
+    names = {"q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v", "o_proj": "attn_output",
+             "qkv_proj": "attn_qkv", "gate_proj": "ffn_gate", "up_proj": "ffn_up", "gate_up_proj": "ffn_up",
+             "down_proj": "ffn_down"}
+    bad, n = [], 0
+    for k, A in sd.items():
+        m = re.match(r"base_model\.model\.model\.layers\.(\d+)\.\w+\.(\w+)\.lora_A\.weight", k)
+        if not m:
+            continue
+        n += 1
+        B = sd[k.replace("lora_A", "lora_B")] * fold
+        heads = permute_heads.get(m.group(2))
+        if heads:  # convert_hf_to_gguf's permute on the rows
+            B = B.reshape(heads, 2, B.shape[0] // heads // 2, B.shape[1]).swapaxes(1, 2).reshape(B.shape)
+        base = f"blk.{m.group(1)}.{names[m.group(2)]}.weight"
+        ga, gb = ts.get(base + ".lora_a"), ts.get(base + ".lora_b")
+        if ga is None or gb is None or not np.allclose(np.asarray(ga.data).reshape(A.shape), A, rtol=0, atol=0) or \
+                not np.allclose(np.asarray(gb.data).reshape(B.shape), B, rtol=1e-6, atol=1e-7):
+            bad.append(base)
+    ok = kv["general.type"] == "adapter" and kv["adapter.type"] == "lora" and n and not bad and \
+        len(ts) == 2 * n and abs(kv["adapter.lora.alpha"] - alpha) < 1e-5 * alpha
+    check(ok, f"{name}: adapter GGUF: general.type, adapter.lora.alpha = {alpha}, {n} lora_a/lora_b pairs = PEFT's "
+              f"(B x {fold:.4g}{', q/k rows permuted' if permute_heads else ''}){': ' + ', '.join(bad[:4]) if bad else ''}")
+
+
+def go_template_render(tmpl, messages):
+    """Render the Go TEMPLATE shape that lt_tokenizer_ollama_modelfile writes (range over .Messages, one
+    if/else-if per role, the generation prompt after a last non-assistant message)."""
+    body = re.fullmatch(r'(.*?)\{\{- range \$i, \$_ := \.Messages \}\}\{\{ \$last := eq \(len \(slice \$\.Messages '
+                        r'\$i\)\) 1 \}\}(.*)\{\{ end \}\}\{\{ if and \$last \(ne \.Role "assistant"\) \}\}(.*)'
+                        r'\{\{ end \}\}\{\{ end \}\}', tmpl, re.S)
+    assert body, "unexpected TEMPLATE shape"
+    lit = lambda s: s.replace('{{ "{{" }}', "{{")  # noqa: E731
+    roles = dict((m.group(1), (lit(m.group(2)), lit(m.group(3)))) for m in re.finditer(
+        r'\{\{ (?:else )?if eq \.Role "(\w+)" \}\}(.*?)\{\{ \.Content \}\}(.*?)(?=\{\{ else if|\Z)', body.group(2), re.S))
+    out = lit(body.group(1))
+    for i, m in enumerate(messages):
+        pre, suf = roles[m["role"]]
+        out += pre + m["content"] + suf
+        if i == len(messages) - 1 and m["role"] != "assistant":
+            out += lit(body.group(3))
+    return out
+
+
+def check_modelfile(name, mf_path, mdir, adapter_gguf):
+    from transformers import AutoTokenizer
+    text = open(mf_path, encoding="utf-8").read()
+    tk = AutoTokenizer.from_pretrained(mdir)
+    ok = re.search(r"^FROM \./\S+\.gguf$", text, re.M) is not None
+    ok &= (re.search(r"^ADAPTER \./\S+\.gguf$", text, re.M) is not None) == bool(adapter_gguf)
+    stops = re.findall(r'^PARAMETER stop "(.*)"$', text, re.M)
+    ok &= tk.eos_token in stops
+    m = re.search(r'^TEMPLATE """(.*?)"""$', text, re.M | re.S)
+    conv = [{"role": "user", "content": "What is GGUF?"}, {"role": "assistant", "content": "A file format."},
+            {"role": "user", "content": "Thanks"}]
+    if m:
+        want = tk.apply_chat_template(conv, tokenize=False, add_generation_prompt=True)
+        if tk.bos_token and want.startswith(tk.bos_token) and tk("").input_ids[:1] == [tk.bos_token_id]:
+            want = want[len(tk.bos_token):]  # the tokenizer adds it; the TEMPLATE leaves it out
+        got = go_template_render(m.group(1), conv)
+        check(ok and got == want, f"{name}: Modelfile FROM{'/ADAPTER' if adapter_gguf else ''}, stop {stops}, "
+                                  f"TEMPLATE renders = apply_chat_template")
+    else:
+        check(ok and "# TEMPLATE not converted" in text, f"{name}: Modelfile without TEMPLATE (commented), stop {stops}")
+
+
+def check_types(name, path, f32_path, typ):
+    """Every tensor of an f16 / bf16 / q8_0 file = the gguf package's conversion of the f32 file's tensor (1-D
+    tensors and norms stay F32; Q8_0 rows that are not a multiple of 32 values fall back to F16)."""
+    import gguf
+    _, _, ts = read_gguf(path)
+    _, _, t32 = read_gguf(f32_path)
+    want_t = {"f16": gguf.GGMLQuantizationType.F16, "bf16": gguf.GGMLQuantizationType.BF16,
+              "q8_0": gguf.GGMLQuantizationType.Q8_0}[typ]
+    bad = []
+    for n, t in t32.items():
+        x = np.asarray(t.data, dtype=np.float32).reshape([int(v) for v in reversed(t.shape)])
+        qt = gguf.GGMLQuantizationType.F32 if x.ndim == 1 or n.endswith("_norm.weight") else want_t
+        if qt == gguf.GGMLQuantizationType.Q8_0 and x.shape[-1] % 32:
+            qt = gguf.GGMLQuantizationType.F16
+        want = gguf.quants.quantize(x, qt)
+        got = ts.get(n)
+        if got is None or got.tensor_type != qt or \
+                not np.array_equal(np.asarray(got.data).view(np.uint8).ravel(), want.view(np.uint8).ravel()):
+            bad.append(n)
+    check(not bad and len(ts) == len(t32), f"{name}: {typ} file: every tensor = gguf.quants.quantize of the f32 "
+                                           f"file's ({len(ts)} tensors){': ' + ', '.join(bad[:5]) if bad else ''}")
+
+
+def prepare(args, spec, seed):
+    """The model, its LoRA and every file of one family."""
+    name, cls, kw, tok, train_opts, T, ctx, pre = spec
+    t0 = time.time()
+    work = args.workdir
+    mdir, eos = make_family(work, name, cls, kw, tok, seed)
+    cli = args.cli
+    # a LoRA that learned to answer the conversation and end its turn
+    data = os.path.join(work, f"{name}-chat.jsonl")
+    with open(data, "w") as f:
+        f.write(json.dumps({"messages": CHAT}) + "\n")
+    adir = os.path.join(work, f"{name}-lora")
+    shutil.rmtree(adir, ignore_errors=True)
+    run([cli, "train", "--model", mdir, "--data", data, "--out", adir, "--rank", "8", "--alpha", "16", "--lr", "1e-2",
+         "--steps", "40", "--batch", "1", "--seq", "64", "--quiet", "--threads", "2", "--seed", str(seed), *train_opts])
+    quant = "--method" in train_opts  # qlora: export the dequantized base (train wrote quantization.json)
+    g = lambda s: os.path.join(work, f"{name}-{s}.gguf")  # noqa: E731
+    qopt = ["--quant", "nf4"] if quant else []
+    for typ in ("f32", "f16", "q8_0", "bf16"):
+        run([cli, "export", "--format", "gguf", "--model", mdir, "--out", g(typ), "--type", typ, *qopt])
+    run([cli, "export", "--format", "gguf", "--model", mdir, "--adapter", adir, "--out", g("merged"), "--type", "f32"])
+    mf = {}
+    os.makedirs(os.path.join(work, name + "-ollama"), exist_ok=True)
+    for what, extra in (("adapter", ["--format", "gguf-lora", "--adapter", adir, "--out", g("lora"), "--base-gguf",
+                                     os.path.basename(g("f32"))]),
+                        ("merged", ["--format", "gguf", "--adapter", adir, "--type", "f32", "--out",
+                                    os.path.join(work, name + "-ollama", "merged.gguf")])):
+        run([cli, "export", "--model", mdir, "--ollama", *extra])
+        src = os.path.join(os.path.dirname(extra[extra.index("--out") + 1]), "Modelfile")
+        mf[what] = os.path.join(work, f"{name}-Modelfile.{what}")
+        os.replace(src, mf[what])
+    print(f"  {name}: trained and exported in {time.time() - t0:.1f} s")
+    return dict(spec=spec, seed=seed, mdir=mdir, eos=eos, adir=adir, quant=quant, g=g, modelfiles=mf)
+
+
+def verify(args, lib, c):
+    name, cls, kw, tok, train_opts, T, ctx, pre = c["spec"]
+    mdir, eos, adir, quant, g, seed = c["mdir"], c["eos"], c["adir"], c["quant"], c["g"], c["seed"]
+    work, spm = args.workdir, pre == "-"
+    print(f"== {name}")
+    check_modelfile(name, c["modelfiles"]["adapter"], mdir, True)
+    check_modelfile(name, c["modelfiles"]["merged"], mdir, False)
+    # contents: the converter's output for the same directory (not for QLoRA's dequantized base)
+    if not quant:
+        check_against_converter(name, g("f32"), os.path.join(work, f"{name}-conv-f32.gguf"), spm)
+    for typ in ("f16", "bf16", "q8_0"):
+        check_types(name, g(typ), g("f32"), typ)
+    if spm:
+        check_spm_vocab(name, g("f32"), mdir)
+    heads = {"q_proj": kw["num_attention_heads"], "k_proj": kw["num_key_value_heads"]} \
+        if name in ("llama", "mistral") else {}
+    check_lora_tensors(name, g("lora"), adir, heads)
+
+    # llama.cpp runs the files
+    tk = lib.tokenizer(mdir)
+    prompt = lib.render(tk, CHAT[:1], 1)
+    tdir = os.path.join(work, f"{name}-texts")
+    os.makedirs(tdir, exist_ok=True)
+    same = True
+    for i, text in enumerate(TEXTS + [prompt]):
+        p = os.path.join(tdir, f"{i}.txt")
+        with open(p, "w", encoding="utf-8") as f:
+            f.write(text)
+        got = oracle(args, g("f32"), "--tokenize-file", p)["tokenized"]
+        same &= got == lib.encode(tk, text)
+    check(same, f"{name}: llama.cpp's tokenization of {len(TEXTS) + 1} texts (incl. the chat prompt) = ours")
+
+    m, V = lib.model(mdir, quant=quant)
+    ad = lib.adapter(m, adir)
+    rng = np.random.default_rng(seed)
+    ids = [int(x) for x in rng.integers(0, V, T)]
+    ids_arg = ",".join(map(str, ids))
+    lg = os.path.join(work, f"{name}-logits.bin")
+
+    def theirs(path, *extra):
+        oracle(args, path, "--ctx", str(ctx), "--ids", ids_arg, "--logits-out", lg, *extra)
+        return np.fromfile(lg, dtype=np.float32).reshape(T, -1)[:, :V]
+
+    ours_base, ours_ad = lib.logits(m, V, None, ids), lib.logits(m, V, ad, ids)
+    TOL_F32 = TOL_F32_GELU if name.startswith("gemma") else globals()["TOL_F32"]  # noqa: N806
+    r = rel(theirs(g("f32")), ours_base)
+    check(r <= TOL_F32, f"{name}: base f32 logits, llama.cpp vs ours: {r:.2e} (<= {TOL_F32})")
+    r = rel(theirs(g("q8_0")), ours_base)
+    check(r <= TOL_Q8, f"{name}: base q8_0 logits, llama.cpp vs our f32: {r:.2e} (<= {TOL_Q8})")
+    if not quant:
+        for suffix, tol in (("f16", TOL_F16), ("bf16", TOL_BF16)):
+            mr, _ = lib.model(os.path.join(work, f"{name}-{suffix}"))
+            r = rel(theirs(g(suffix)), lib.logits(mr, V, None, ids))
+            check(r <= tol, f"{name}: base {suffix} logits, llama.cpp vs ours on the {suffix}-rounded weights: "
+                            f"{r:.2e} (<= {tol})")
+            lib.lib.lt_model_free(mr)
+    merged = theirs(g("merged"))
+    r = rel(merged, ours_ad)
+    check(r <= TOL_F32, f"{name}: merged f32 logits, llama.cpp vs ours with the adapter: {r:.2e} (<= {TOL_F32})")
+    with_lora = theirs(g("f32"), "--lora", g("lora"))
+    r = rel(with_lora, ours_ad)
+    check(r <= TOL_F32, f"{name}: base f32 + GGUF adapter, llama.cpp vs ours with the adapter: {r:.2e} (<= {TOL_F32})")
+    r = rel(with_lora, merged)
+    check(r <= TOL_F32, f"{name}: llama.cpp base + our adapter vs llama.cpp on our merged model: {r:.2e} (<= {TOL_F32})")
+
+    pfile = os.path.join(tdir, f"{len(TEXTS)}.txt")
+    want = lib.generate(m, ad, lib.encode(tk, prompt), 24, eos)
+    for what, path, extra in (("merged", g("merged"), []), ("base + adapter", g("f32"), ["--lora", g("lora")])):
+        o = oracle(args, path, "--ctx", "64", "--prompt-file", pfile, "--max-new", "24", *extra)
+        check(o["generated"] == want and o["stopped"] == "eog" and want and want[-1] == eos,
+              f"{name}: greedy generation from the chat prompt ({what}): llama.cpp = ours = {o['generated']}, "
+              f"stopped at EOG ({o['stopped']})")
+    lib.lib.lt_adapter_free(ad)
+    lib.lib.lt_model_free(m)
+    lib.lib.lt_tokenizer_free(tk)
+
+
+def refusals(args, lib):
+    print("== refused exports")
+    work = args.workdir
+    # DoRA cannot be a GGUF LoRA
+    mdir = os.path.join(work, "mistral")
+    data = os.path.join(work, "mistral-chat.jsonl")
+    ddir = os.path.join(work, "mistral-dora")
+    shutil.rmtree(ddir, ignore_errors=True)
+    run([args.cli, "train", "--model", mdir, "--data", data, "--out", ddir, "--method", "dora", "--rank", "4",
+         "--steps", "1", "--batch", "1", "--seq", "32", "--quiet"])
+    r = subprocess.run([args.cli, "export", "--format", "gguf-lora", "--model", mdir, "--adapter", ddir, "--out",
+                        os.path.join(work, "dora.gguf")], capture_output=True, text=True)
+    check(r.returncode == 1 and "DoRA" in r.stderr and "merged" in r.stderr and
+          not os.path.exists(os.path.join(work, "dora.gguf")),
+          f"a DoRA adapter as gguf-lora is refused, pointing to the merged export: {r.stderr.strip()[:140]}")
+    # a Gemma with an untied head: llama.cpp's gemma reads its LM head from token_embd
+    import transformers
+    gdir = os.path.join(work, "gemma-untied")
+    shutil.rmtree(gdir, ignore_errors=True)
+    cfg = transformers.GemmaConfig(vocab_size=328, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
+                                   num_attention_heads=2, num_key_value_heads=1, head_dim=16, tie_word_embeddings=False)
+    transformers.AutoModelForCausalLM.from_config(cfg).save_pretrained(gdir)
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(os.path.join(work, "gemma", f), gdir)
+    m, _ = lib.model(gdir)
+    gp = lib.L.init_struct(lib.lib.lt_gguf_params_init, lib.L.lt_gguf_params)
+    st = lib.lib.lt_model_export_gguf(m, None, os.path.join(work, "untied.gguf").encode(), ctypes.byref(gp))
+    msg = lib.lib.lt_model_last_error(m).decode()
+    check(lib.status_name(st).startswith("LT_ERR_UNSUPPORTED") and "token_embd" in msg,
+          f"an untied Gemma is refused: {lib.status_name(st)}: {msg[:120]}")
+    lib.lib.lt_model_free(m)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--cli", required=True)
+    ap.add_argument("--lib", required=True)
+    ap.add_argument("--oracle", required=True)
+    ap.add_argument("--llamacpp-src", required=True)
+    ap.add_argument("--workdir", default="build/crosscheck-gguf")
+    ap.add_argument("--families", default=",".join(f[0] for f in FAMILIES))
+    args = ap.parse_args()
+    args.cli, args.oracle = os.path.abspath(args.cli), os.path.abspath(args.oracle)
+    os.makedirs(args.workdir, exist_ok=True)
+    lib = Lib(os.path.abspath(args.lib))
+    want = args.families.split(",")
+    t0 = time.time()
+    ready = []
+    for i, spec in enumerate(FAMILIES):
+        if spec[0] in want:
+            try:
+                ready.append(prepare(args, spec, 9100 + i))
+            except Exception as e:  # one family's crash is a failure, the others still run
+                check(False, f"{spec[0]}: {type(e).__name__}: {e}")
+    # llama.cpp's converter on every family at once (one process: torch is imported once)
+    jobs = []
+    for c in ready:
+        if not c["quant"]:
+            name, pre = c["spec"][0], c["spec"][7]
+            jobs += [c["mdir"], os.path.join(args.workdir, f"{name}-conv-f32.gguf"), "f32", pre]
+    if jobs:
+        run([sys.executable, os.path.join(HERE, "llamacpp_convert.py"), args.llamacpp_src, *jobs])
+    print(f"(models, training, exports and the converter: {time.time() - t0:.1f} s)")
+    for c in ready:
+        try:
+            verify(args, lib, c)
+        except Exception as e:
+            check(False, f"{c['spec'][0]}: {type(e).__name__}: {e}")
+    if "mistral" in want and "gemma" in want:
+        refusals(args, lib)
+    for f in failures:
+        print("  FAIL", f)
+    print(f"crosscheck_gguf: {len(passed)} passed, {len(failures)} failed")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
