@@ -107,12 +107,11 @@ MODELS = {
                                                                                "rope_theta": 100.0}}),
                4010, dict(r=4, alpha=8, targets=ALL_TARGETS)),
     # Gemma 3 with a window longer than every sequence (the layer types still pick the RoPE; transformers
-    # cannot generate with sliding_window None), MQA, odd head count, 5 layers
+    # cannot generate with sliding_window None), MQA, odd head count, Gemma 3's head_dim 256
     "gemma3-nowin": ("Gemma3TextConfig", dict(vocab_size=250, hidden_size=48, intermediate_size=96,
-                                              num_hidden_layers=5, num_attention_heads=3, num_key_value_heads=1,
-                                              head_dim=16, query_pre_attn_scalar=16, sliding_window=512,
-                                              layer_types=["sliding_attention", "full_attention",
-                                                           "sliding_attention", "sliding_attention",
+                                              num_hidden_layers=3, num_attention_heads=3, num_key_value_heads=1,
+                                              head_dim=256, query_pre_attn_scalar=256, sliding_window=512,
+                                              layer_types=["full_attention", "sliding_attention",
                                                            "full_attention"],
                                               rope_parameters={"full_attention": {"rope_type": "default",
                                                                                   "rope_theta": 1000000.0},
