@@ -25,21 +25,35 @@ typedef struct family_case {
 } family_case;
 
 static const family_case cases[] = {
-    {"qwen2-swa", "Qwen2ForCausalLM"},     {"qwen2-tied", "Qwen2ForCausalLM"},   {"mistral-swa", "MistralForCausalLM"},
-    {"qwen3", "Qwen3ForCausalLM"},         {"gemma", "GemmaForCausalLM"},        {"gemma2", "Gemma2ForCausalLM"},
-    {"phi3", "Phi3ForCausalLM"},           {"phi3-longrope", "Phi3ForCausalLM"}, {"gemma3", "Gemma3ForCausalLM"},
-    {"gemma3-nowin", "Gemma3ForCausalLM"}, {"smollm3", "SmolLM3ForCausalLM"},    {"smollm3-swa", "SmolLM3ForCausalLM"},
-    {"olmo2", "Olmo2ForCausalLM"},         {"granite", "GraniteForCausalLM"},    {"phi4-mini", "Phi3ForCausalLM"},
+    {"qwen2-swa", "Qwen2ForCausalLM"},
+    {"qwen2-tied", "Qwen2ForCausalLM"},
+    {"mistral-swa", "MistralForCausalLM"},
+    {"qwen3", "Qwen3ForCausalLM"},
+    {"gemma", "GemmaForCausalLM"},
+    {"gemma2", "Gemma2ForCausalLM"},
+    {"phi3", "Phi3ForCausalLM"},
+    {"phi3-longrope", "Phi3ForCausalLM"},
+    {"gemma3", "Gemma3ForCausalLM"},
+    {"smollm3", "SmolLM3ForCausalLM"},
+    {"olmo2", "Olmo2ForCausalLM"},
+    {"granite", "GraniteForCausalLM"},
+    /* second shapes of families above: no PEFT / transformers round trip (the files are written by the
+     * same code as the first shape's; each round trip starts a Python, which CI time pays for) */
+    {"gemma3-nowin", "Gemma3ForCausalLM"},
+    {"smollm3-swa", "SmolLM3ForCausalLM"},
+    {"phi4-mini", "Phi3ForCausalLM"},
 };
 #define N_CASES ((int)(sizeof cases / sizeof *cases))
+#define N_ROUNDTRIP (N_CASES - 3)
 
 /* models with a DoRA golden (<model>/dora/): Llama, Qwen2 with biases and a window, Phi-3's fused modules,
- * and each family of issue 19's dense part */
+ * and each family of issue 19's dense part (the last three: no round trip, as above) */
 static const family_case dora_cases[] = {{"llama-dora", "LlamaForCausalLM"}, {"qwen2-swa", "Qwen2ForCausalLM"},
                                          {"phi3", "Phi3ForCausalLM"},        {"gemma3", "Gemma3ForCausalLM"},
-                                         {"smollm3", "SmolLM3ForCausalLM"},  {"olmo2", "Olmo2ForCausalLM"},
+                                         {"olmo2", "Olmo2ForCausalLM"},      {"smollm3", "SmolLM3ForCausalLM"},
                                          {"granite", "GraniteForCausalLM"},  {"phi4-mini", "Phi3ForCausalLM"}};
 #define N_DORA ((int)(sizeof dora_cases / sizeof *dora_cases))
+#define N_DORA_ROUNDTRIP (N_DORA - 3)
 
 /* golden tensor <prefix><key> */
 static const lt_st_tensor *need(const lt_st_file *f, const char *prefix, const char *key) {
@@ -690,9 +704,9 @@ Suite *families_suite(void) {
     tcase_add_loop_test(tc, test_generate_matches_forward, 0, 2 * N_GEN);
     tcase_add_loop_test(tc, test_generate_matches_transformers, 0, 2 * N_GEN);
     tcase_add_loop_test(tc, test_generate_batched_equals_single, 0, 2 * N_GEN);
-    tcase_add_loop_test(tc, test_family_peft_roundtrip, 0, N_CASES);
+    tcase_add_loop_test(tc, test_family_peft_roundtrip, 0, N_ROUNDTRIP);
     tcase_add_loop_test(tc, test_dora_gradients, 0, N_DORA);
-    tcase_add_loop_test(tc, test_dora_peft_roundtrip, 0, N_DORA);
+    tcase_add_loop_test(tc, test_dora_peft_roundtrip, 0, N_DORA_ROUNDTRIP);
     tcase_add_test(tc, test_dora_create_identity);
     tcase_add_test(tc, test_cli_family_and_dora);
     tcase_add_test(tc, test_unknown_architecture);
