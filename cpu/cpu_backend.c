@@ -205,8 +205,7 @@ static size_t cpu_bf16_weight_bytes(lt_backend *be, int out, int in) {
 
 /* dst (packed) <- W (out,in) f32 */
 static void cpu_bf16_weight_pack(lt_backend *be, void *dst, const float *W, int out, int in) {
-    (void)be;
-    lt_bf16w_pack(dst, W, out, in);
+    lt_bf16_pack(K(be), dst, W, out, in);
 }
 
 /* y (N,out) = x (N,in) W^T */
@@ -226,6 +225,49 @@ static void cpu_gemm_bf16_backward(lt_backend *be, float *dx, const float *dy, c
         return;
     }
     lt_gemm_bf16_backward(K(be), be->n_threads, dx, dy, Wp, N, in, out, accumulate);
+}
+
+/* out (N,C) = rows ids of the packed bf16 table (vocab,C): row o of the layout is lane o % 16 of its
+ * block of 16 rows, one (c, c+1) pair per 64-byte vector */
+static void cpu_embedding_forward_bf16(lt_backend *be, float *out, const int32_t *ids, const void *table, int N,
+                                       int C) {
+    const uint16_t *Wp = table;
+    const int P = lt_bf16w_pairs(C);
+    int nt = cpu_threads_for(be, (size_t)N * C, LT_GRAIN);
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+    for (int n = 0; n < N; n++) {
+        const uint16_t *row = Wp + (size_t)(ids[n] / 16) * P * 32 + (ids[n] % 16) * 2;
+        float *o = out + (size_t)n * C;
+        for (int p = 0; p < P; p++) {
+            o[2 * p] = lt_bf16_to_f32(row[(size_t)p * 32]);
+            if (2 * p + 1 < C) o[2 * p + 1] = lt_bf16_to_f32(row[(size_t)p * 32 + 1]);
+        }
+    }
+}
+
+/* the shapes a 4-bit product may take: q (out,in), NF4 or FP4 */
+static int q4_args_ok(lt_backend *be, const lt_qdesc *q, int N, int in, int out) {
+    if (N >= 0 && in >= 0 && out >= 0 && q->rows == out && q->cols == in &&
+        (q->format == LT_QF_NF4 || q->format == LT_QF_FP4))
+        return 1;
+    cpu_record_error(be, LT_ERR_INTERNAL);
+    return 0;
+}
+
+/* y (N,out) = x (N,in) W^T, W a 4-bit weight dequantized into the bf16 kernel's panels (no tile) */
+static void cpu_gemm_q4_forward(lt_backend *be, float *y, const float *x, const lt_qdesc *q, int N, int in, int out,
+                                float *tile, int tile_rows) {
+    (void)tile;
+    (void)tile_rows;
+    if (q4_args_ok(be, q, N, in, out)) lt_gemm_q4_forward(K(be), be->n_threads, y, x, q, N, in, out);
+}
+
+/* dx (N,in) (+)= dy (N,out) W */
+static void cpu_gemm_q4_backward(lt_backend *be, float *dx, const float *dy, const lt_qdesc *q, int N, int in, int out,
+                                 int accumulate, float *tile, int tile_rows) {
+    (void)tile;
+    (void)tile_rows;
+    if (q4_args_ok(be, q, N, in, out)) lt_gemm_q4_backward(K(be), be->n_threads, dx, dy, q, N, in, out, accumulate);
 }
 
 /* ---- elementwise ---------------------------------------------------------------------------------- */
@@ -782,6 +824,9 @@ static const lt_backend_ops cpu_ops = {
     .bf16_weight_pack = cpu_bf16_weight_pack,
     .gemm_bf16_forward = cpu_gemm_bf16_forward,
     .gemm_bf16_backward = cpu_gemm_bf16_backward,
+    .embedding_forward_bf16 = cpu_embedding_forward_bf16,
+    .gemm_q4_forward = cpu_gemm_q4_forward,
+    .gemm_q4_backward = cpu_gemm_q4_backward,
     .axpy = cpu_axpy,
     .scale = cpu_scale,
     .sumsq = cpu_sumsq,

@@ -30,10 +30,14 @@
 extern lt_opt8_blocks_fn lt_opt8_blocks_generic;
 extern lt_bf16_pack_a_fn lt_bf16_pack_a_generic;
 extern lt_bf16_kernel_fn lt_bf16_kernel_generic;
+extern lt_bf16_pack_b_fn lt_bf16_repack_bwd_generic, lt_bf16_q4_pack_fwd_generic, lt_bf16_q4_pack_bwd_generic;
+extern lt_bf16_pack_w16_fn lt_bf16_pack_w16_generic;
 #ifdef LT_HAVE_X86
 extern lt_opt8_blocks_fn lt_opt8_blocks_avx2, lt_opt8_blocks_avx512;
 extern lt_bf16_pack_a_fn lt_bf16_pack_a_avx512bf16;
 extern lt_bf16_kernel_fn lt_bf16_kernel_avx512bf16;
+extern lt_bf16_pack_b_fn lt_bf16_repack_bwd_avx512bf16, lt_bf16_q4_pack_fwd_avx512bf16, lt_bf16_q4_pack_bwd_avx512bf16;
+extern lt_bf16_pack_w16_fn lt_bf16_pack_w16_avx512bf16;
 #endif
 
 /* ---- the tables ------------------------------------------------------------------------------------ */
@@ -48,7 +52,9 @@ extern lt_bf16_kernel_fn lt_bf16_kernel_avx512bf16;
         .swiglu_bwd = k_swiglu_bwd_##vec, .ce_row = k_ce_row_##vec, .dropout = k_dropout_##vec,                   \
         .adamw = k_adamw_##vec, .att_fwd_tile = k_att_fwd_tile_##vec, .att_bwd_head = k_att_bwd_head_##vec,       \
         .att_decode_head = k_att_decode_head_##vec, .opt8_blocks = lt_opt8_blocks_##vec,                          \
-        .bf16_pack_a = lt_bf16_pack_a_##bf16, .bf16_kernel = lt_bf16_kernel_##bf16                                \
+        .bf16_pack_a = lt_bf16_pack_a_##bf16, .bf16_kernel = lt_bf16_kernel_##bf16,                               \
+        .bf16_repack_bwd = lt_bf16_repack_bwd_##bf16, .bf16_q4_pack_fwd = lt_bf16_q4_pack_fwd_##bf16,             \
+        .bf16_q4_pack_bwd = lt_bf16_q4_pack_bwd_##bf16, .bf16_pack_w16 = lt_bf16_pack_w16_##bf16                  \
     }
 
 /* Indexed by lt_cpu_isa; an ISA this build does not compile has no entry (isa == NULL). */

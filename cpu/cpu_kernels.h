@@ -91,6 +91,15 @@ typedef void lt_opt8_blocks_fn(float *param, const float *grad, uint8_t *c1, uin
 typedef void lt_bf16_pack_a_fn(uint16_t *a, int kcp, const float *A, size_t lda, int mr, int k0, int k1);
 typedef void lt_bf16_kernel_fn(int mr, int ncols, int kcp, const uint16_t *a, const uint16_t *b, size_t bs, float *C,
                                size_t ldc, int first);
+/*  pack_b: a B block of the products whose B is packed per block (the backward of a packed bf16
+ *          weight; both products of a 4-bit weight, dequantized): columns [c0, c0 + 16 nb) and pairs
+ *          [q0, q0 + kcp) of k of B into dst[cb][q][16][2] (the kernel's layout), zero past the edges
+ *          of B. W: the packed bf16 weight or an lt_qdesc; in, out: the weight's shape. The AVX512_BF16
+ *          4-bit packers need a shape condition that gemm_bf16.c checks (else it takes the portable one).
+ *  pack_w16: 16 rows x 16 pairs of an f32 weight (rows `in` floats apart), rounded to bf16, into the
+ *          16 vectors (dstride apart) of the packed layout (backend/bf16.h). */
+typedef void lt_bf16_pack_b_fn(uint16_t *dst, const void *W, int in, int out, int c0, int nb, int q0, int kcp);
+typedef void lt_bf16_pack_w16_fn(uint16_t *dst, size_t dstride, const float *W, size_t in);
 
 typedef struct lt_cpu_kernels {
     const char *isa; /* "generic", "avx2", "avx512", "avx512bf16" (the names LT_CPU_ISA takes) */
@@ -136,6 +145,8 @@ typedef struct lt_cpu_kernels {
     /* bf16-weight GEMM (above) */
     lt_bf16_pack_a_fn *bf16_pack_a;
     lt_bf16_kernel_fn *bf16_kernel;
+    lt_bf16_pack_b_fn *bf16_repack_bwd, *bf16_q4_pack_fwd, *bf16_q4_pack_bwd;
+    lt_bf16_pack_w16_fn *bf16_pack_w16;
 } lt_cpu_kernels;
 
 /* The kernels of an ISA; NULL if this CPU (or this build) lacks it, with a message in err (err may be

@@ -17,9 +17,14 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "backend/backend.h" /* lt_qdesc */
 #include "backend/bf16.h"
 
 struct lt_cpu_kernels; /* cpu_kernels.h: the ISA's packer and micro-kernel */
+
+/* dst = W (out,in) in the packed layout of backend/bf16.h, the same bytes as lt_bf16w_pack (whole
+ * blocks of 16 rows x 16 pairs through the ISA's transposer: AVX-512 registers on AVX512_BF16). */
+void lt_bf16_pack(const struct lt_cpu_kernels *k, uint16_t *dst, const float *W, int out, int in);
 
 /*
  * y (N,out) = bf16(x) (N,in) W^T, W packed. Threads: up to n_threads (OpenMP), split as the CPU
@@ -32,5 +37,15 @@ void lt_gemm_bf16_forward(const struct lt_cpu_kernels *k, int n_threads, float *
 /* dx (N,in) = (accumulate ? dx : 0) + bf16(dy) (N,out) W; same bound with K = out. */
 void lt_gemm_bf16_backward(const struct lt_cpu_kernels *k, int n_threads, float *dx, const float *dy,
                            const uint16_t *Wp, int N, int in, int out, int accumulate);
+
+/*
+ * The same two products with a 4-bit quantized weight W (NF4 / FP4, + double quantization; q->rows =
+ * out, q->cols = in): each value of W is bitsandbytes' dequantized fp32 value (code * absmax) rounded
+ * to bf16 (lt_bf16_round), produced while the kernel's panels are packed; then as above (same bound).
+ */
+void lt_gemm_q4_forward(const struct lt_cpu_kernels *k, int n_threads, float *y, const float *x, const lt_qdesc *q,
+                        int N, int in, int out);
+void lt_gemm_q4_backward(const struct lt_cpu_kernels *k, int n_threads, float *dx, const float *dy, const lt_qdesc *q,
+                         int N, int in, int out, int accumulate);
 
 #endif /* LT_GEMM_BF16_H */

@@ -104,6 +104,12 @@ void lt_ref_embedding_forward(float *out, const int32_t *ids, const float *table
     for (int n = 0; n < N; n++) memcpy(out + (size_t)n * C, table + (size_t)ids[n] * C, (size_t)C * sizeof(float));
 }
 
+/* out (N,C) = rows ids of the packed bf16 table (vocab,C), as f32 */
+void lt_ref_embedding_forward_bf16(float *out, const int32_t *ids, const void *table, int N, int C) {
+    for (int n = 0; n < N; n++)
+        for (int c = 0; c < C; c++) out[(size_t)n * C + c] = lt_bf16w_get(table, 0, C, ids[n], c);
+}
+
 /* dtable (vocab,C) += scatter of dout (N,C) by ids (N), tokens in order */
 void lt_ref_embedding_backward(float *dtable, const int32_t *ids, const float *dout, int N, int C) {
     for (int n = 0; n < N; n++) {
@@ -723,17 +729,39 @@ void lt_ref_adamw8bit_step(float *param, const float *grad, void *s1, void *s2, 
 
 /* ---- quantized weights ---------------------------------------------------------------------------- */
 
-void lt_ref_dequantize_rows(float *out, const lt_qdesc *q, int64_t r0, int64_t r1) {
+/* element i (row-major) of a quantized weight, dequantized */
+static float ref_dequant(const lt_qdesc *q, int64_t i) {
+    const float am = lt_qdesc_absmax(q, i / q->blocksize);
+    if (q->format == LT_QF_INT8) return ((float)(int8_t)q->data[i] * am) * LT_INT8_INV127;
     const float *code = q->format == LT_QF_NF4 ? lt_nf4_code : lt_fp4_code;
-    for (int64_t i = r0 * q->cols; i < r1 * q->cols; i++) {
-        const float am = lt_qdesc_absmax(q, i / q->blocksize);
-        float v;
-        if (q->format == LT_QF_INT8) {
-            v = ((float)(int8_t)q->data[i] * am) * LT_INT8_INV127;
-        } else {
-            const int nibble = (i % 2 == 0) ? q->data[i / 2] >> 4 : q->data[i / 2] & 0x0f;
-            v = code[nibble] * am;
+    const int nibble = (i % 2 == 0) ? q->data[i / 2] >> 4 : q->data[i / 2] & 0x0f;
+    return code[nibble] * am;
+}
+
+void lt_ref_dequantize_rows(float *out, const lt_qdesc *q, int64_t r0, int64_t r1) {
+    for (int64_t i = r0 * q->cols; i < r1 * q->cols; i++) out[i - r0 * q->cols] = ref_dequant(q, i);
+}
+
+/* y (N,out) = bf16(x) (N,in) bf16(W)^T, W (out,in) the dequantized 4-bit weight */
+void lt_ref_gemm_q4_forward(float *y, const float *x, const lt_qdesc *q, int N, int in, int out) {
+    for (int n = 0; n < N; n++)
+        for (int o = 0; o < out; o++) {
+            double sum = 0.0;
+            for (int i = 0; i < in; i++)
+                sum += (double)lt_bf16_to_f32(lt_bf16_round(x[(size_t)n * in + i])) *
+                       (double)lt_bf16_to_f32(lt_bf16_round(ref_dequant(q, (int64_t)o * in + i)));
+            y[(size_t)n * out + o] = (float)sum;
         }
-        out[i - r0 * q->cols] = v;
-    }
+}
+
+/* dx (N,in) (+)= bf16(dy) (N,out) bf16(W) */
+void lt_ref_gemm_q4_backward(float *dx, const float *dy, const lt_qdesc *q, int N, int in, int out, int accumulate) {
+    for (int n = 0; n < N; n++)
+        for (int i = 0; i < in; i++) {
+            double sum = accumulate ? (double)dx[(size_t)n * in + i] : 0.0;
+            for (int o = 0; o < out; o++)
+                sum += (double)lt_bf16_to_f32(lt_bf16_round(dy[(size_t)n * out + o])) *
+                       (double)lt_bf16_to_f32(lt_bf16_round(ref_dequant(q, (int64_t)o * in + i)));
+            dx[(size_t)n * in + i] = (float)sum;
+        }
 }

@@ -50,6 +50,8 @@ void lt_ref_embedding_forward(float *out, const int32_t *ids, const float *table
 void lt_ref_embedding_backward(float *dtable, const int32_t *ids, const float *dout, int N, int C);
 /* dst[idx[i]] (C) = src[i] (C) for i < n: src (n,C), idx (n) distinct rows of dst */
 void lt_ref_scatter_rows(float *dst, const int32_t *idx, const float *src, int n, int C);
+/* out (N,C) = rows of a table (vocab,C) in the packed bf16 layout of backend/bf16.h */
+void lt_ref_embedding_forward_bf16(float *out, const int32_t *ids, const void *table, int N, int C);
 
 /* ---- RMSNorm ---- */
 void lt_ref_rmsnorm_forward(float *out, float *rstd, const float *inp, const float *weight, int N, int C, float eps);
@@ -159,5 +161,10 @@ void lt_ref_adamw32bnb_step(float *param, const float *grad, float *m, float *v,
 /* out (r1-r0, q->cols): element by element, absmax decoded for every element (backend.h lt_qdesc). */
 struct lt_qdesc;
 void lt_ref_dequantize_rows(float *out, const struct lt_qdesc *q, int64_t r0, int64_t r1);
+/* products with a 4-bit weight computed in bf16 (backend.h gemm_q4_*): the dequantized values and the
+ * activations rounded to bf16 (lt_bf16_round), sums in fp64 */
+void lt_ref_gemm_q4_forward(float *y, const float *x, const struct lt_qdesc *q, int N, int in, int out);
+void lt_ref_gemm_q4_backward(float *dx, const float *dy, const struct lt_qdesc *q, int N, int in, int out,
+                             int accumulate);
 
 #endif /* LT_REF_OPS_H */

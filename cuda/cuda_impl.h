@@ -95,6 +95,11 @@ void lt_cuda_bf16_weight_pack(lt_backend *be, void *dst, const float *W_host, in
 void lt_cuda_gemm_bf16_forward(lt_backend *be, float *y, const float *x, const void *Wp, int N, int in, int out);
 void lt_cuda_gemm_bf16_backward(lt_backend *be, float *dx, const float *dy, const void *Wp, int N, int in, int out,
                                 int accumulate);
+void lt_cuda_embedding_forward_bf16(lt_backend *be, float *out, const int32_t *ids, const void *table, int N, int C);
+void lt_cuda_gemm_q4_forward(lt_backend *be, float *y, const float *x, const lt_qdesc *q, int N, int in, int out,
+                             float *tile, int tile_rows);
+void lt_cuda_gemm_q4_backward(lt_backend *be, float *dx, const float *dy, const lt_qdesc *q, int N, int in, int out,
+                              int accumulate, float *tile, int tile_rows);
 
 /* ---- elementwise.cu --------------------------------------------------------------------------- */
 void lt_cuda_axpy(lt_backend *be, size_t n, float a, const float *x, float *y);

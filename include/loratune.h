@@ -178,18 +178,22 @@ LT_API lt_status lt_qtensor_part(const lt_qtensor *q, lt_qpart part, const void 
 /* ---------------------------------------------------------------------------------------------- */
 /* Model                                                                                          */
 
-/** How the frozen base weights of the 7 decoder projections (q,k,v,o,gate,up,down) and the LM head are
- *  stored and multiplied. LT_BASE_BF16: stored in bf16 (half the memory; a head tied to the embeddings
- *  gets a bf16 copy), products with bf16-rounded inputs and fp32 accumulation (AVX512_BF16 on CPUs that
- *  have it), as torch.autocast(bfloat16) computes them; embeddings, norms, attention, LoRA and the
- *  optimizer stay f32. A BF16 model cannot merge adapters or export weights (LT_ERR_UNSUPPORTED). */
+/** How the frozen base weights of the 7 decoder projections (q,k,v,o,gate,up,down), the embedding table
+ *  and the LM head are stored and multiplied. LT_BASE_BF16: stored in bf16 (half the memory; a tied
+ *  head multiplies by the bf16 table), products with bf16-rounded inputs and fp32 accumulation
+ *  (AVX512_BF16 on CPUs that have it), as torch.autocast(bfloat16) computes them; with NF4/FP4
+ *  quantization the 4-bit projections are computed in bf16 (bnb_4bit_compute_dtype bfloat16). Norms,
+ *  attention, activations, LoRA and the optimizer stay f32. A BF16 model cannot merge adapters or
+ *  export weights (LT_ERR_UNSUPPORTED). */
 typedef enum lt_base_dtype { LT_BASE_F32 = 0, LT_BASE_BF16 = 1 } lt_base_dtype;
 
 typedef struct lt_model_params {
     size_t size;         /* sizeof(lt_model_params)                                       */
-    int use_mmap;        /* 1 (default): map safetensors files, use f32 weights in place  */
-    /* quantization on load (QLoRA): the 7 linear projections of every block; embeddings and norms
-     * stay f32. A pre-quantized bitsandbytes checkpoint is read as it is stored whatever these say. */
+    int use_mmap;        /* 1 (default): f32 weights of an f32 file used in place from   */
+                         /* the mapping; 0: copied. Files are read a tensor at a time.    */
+    /* quantization on load (QLoRA): the 7 linear projections of every block, one tensor at a time;
+     * embeddings and norms stay unquantized. A pre-quantized bitsandbytes checkpoint is read as it is
+     * stored whatever these say. */
     lt_quant_format quantization; /* default LT_QUANT_NONE                                  */
     int double_quant;    /* 4-bit: also quantize the absmax values (default 1)            */
     int quant_blocksize; /* default 64                                                     */
@@ -486,6 +490,10 @@ typedef struct lt_trainer_params {
                                  /* (borrowed: it must outlive the trainer)                */
     int zero_stage;              /* 0 (default): every rank keeps the whole optimizer state; */
                                  /* 1: ZeRO-1, each rank keeps 1/world_size of it            */
+    /* ---- memory (0.1 additions) ---- */
+    int64_t activation_memory;   /* with gradient_checkpointing: bytes the step may spend   */
+                                 /* keeping whole layers' activations instead of recomputing */
+                                 /* them (the first layers that fit; 0, the default: none)   */
 } lt_trainer_params;
 
 typedef struct lt_step_result {

@@ -286,6 +286,20 @@ static void rb_dequantize_rows(lt_backend *be, float *out, const lt_qdesc *q, in
     (void)be;
     lt_ref_dequantize_rows(out, q, r0, r1);
 }
+static void rb_embedding_forward_bf16(lt_backend *be, float *out, const int32_t *ids, const void *table, int N, int C) {
+    (void)be;
+    lt_ref_embedding_forward_bf16(out, ids, table, N, C);
+}
+static void rb_gemm_q4_forward(lt_backend *be, float *y, const float *x, const lt_qdesc *q, int N, int in, int out,
+                               float *tile, int tile_rows) {
+    (void)be, (void)tile, (void)tile_rows;
+    lt_ref_gemm_q4_forward(y, x, q, N, in, out);
+}
+static void rb_gemm_q4_backward(lt_backend *be, float *dx, const float *dy, const lt_qdesc *q, int N, int in, int out,
+                                int accumulate, float *tile, int tile_rows) {
+    (void)be, (void)tile, (void)tile_rows;
+    lt_ref_gemm_q4_backward(dx, dy, q, N, in, out, accumulate);
+}
 
 static const lt_backend_ops rb_ops = {
     .name = "reference",
@@ -304,6 +318,9 @@ static const lt_backend_ops rb_ops = {
     .bf16_weight_pack = rb_bf16_weight_pack,
     .gemm_bf16_forward = rb_gemm_bf16_forward,
     .gemm_bf16_backward = rb_gemm_bf16_backward,
+    .embedding_forward_bf16 = rb_embedding_forward_bf16,
+    .gemm_q4_forward = rb_gemm_q4_forward,
+    .gemm_q4_backward = rb_gemm_q4_backward,
     .axpy = rb_axpy,
     .scale = rb_scale,
     .sumsq = rb_sumsq,

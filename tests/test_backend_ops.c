@@ -1721,6 +1721,28 @@ END_TEST
 
 /* ---- quantized weights ---------------------------------------------------------------------------------------- */
 
+/* a backend descriptor of host tensor q (free with q_free) */
+static lt_qdesc q_upload(const lt_qtensor *q) {
+    lt_qdesc d = lt_qtensor_desc(q);
+    const size_t nd = lt_qtensor_data_bytes(q);
+    d.data = dalloc(nd);
+    OPS->upload(BE, (void *)d.data, q->data, nd);
+    if (q->double_quant) {
+        d.qabsmax = dalloc((size_t)q->n_blocks);
+        OPS->upload(BE, (void *)d.qabsmax, q->qabsmax, (size_t)q->n_blocks);
+        d.absmax2 = dput(q->absmax2, (size_t)q->n_blocks2);
+        d.code8 = dput(lt_quant_code8(), 256);
+    } else {
+        d.absmax = dput(q->absmax, (size_t)q->n_blocks);
+    }
+    return d;
+}
+static void q_free(const lt_qdesc *d) {
+    dfree((void *)d->data);
+    if (d->qabsmax) dfree((void *)d->qabsmax), dfree((void *)d->absmax2), dfree((void *)d->code8);
+    else dfree((void *)d->absmax);
+}
+
 /* dequantize_rows: bit for bit the reference (NF4/FP4/int8, with and without double quantization,
  * blocksizes 64 and 128, uniform inputs and inputs with a wide range of block maxima; row ranges: all,
  * one row, the middle, the last row) */
@@ -1742,18 +1764,7 @@ START_TEST(test_dequantize_rows) {
                 const lt_qdesc h = lt_qtensor_desc(q);
                 float *ref = tu_fnew(n);
                 FOR_BE {
-                    lt_qdesc d = h;
-                    const size_t nd = lt_qtensor_data_bytes(q);
-                    d.data = dalloc(nd);
-                    OPS->upload(BE, (void *)d.data, q->data, nd);
-                    if (q->double_quant) {
-                        d.qabsmax = dalloc((size_t)q->n_blocks);
-                        OPS->upload(BE, (void *)d.qabsmax, q->qabsmax, (size_t)q->n_blocks);
-                        d.absmax2 = dput(q->absmax2, (size_t)q->n_blocks2);
-                        d.code8 = dput(lt_quant_code8(), 256);
-                    } else {
-                        d.absmax = dput(q->absmax, (size_t)q->n_blocks);
-                    }
+                    const lt_qdesc d = q_upload(q);
                     for (size_t r = 0; r < sizeof ranges / sizeof *ranges; r++) {
                         const int r0 = ranges[r][0], r1 = ranges[r][1];
                         const size_t nout = (size_t)(r1 - r0) * cols;
@@ -1767,15 +1778,132 @@ START_TEST(test_dequantize_rows) {
                         dfree(dout);
                     }
                     SYNC_OK("dequantize_rows");
-                    dfree((void *)d.data);
-                    if (q->double_quant) dfree((void *)d.qabsmax), dfree((void *)d.absmax2), dfree((void *)d.code8);
-                    else dfree((void *)d.absmax);
+                    q_free(&d);
                 }
                 free(ref);
                 lt_qtensor_free(q);
             }
     free(xs[0]);
     free(xs[1]);
+}
+END_TEST
+
+/* gemm_q4_forward / backward (4-bit weights computed in bf16) vs the reference: test_gemm_bf16's bound
+ * with W = the dequantized weight rounded to bf16. Odd shapes, M beyond one tile of rows, rows that are
+ * not whole blocks (the CPU's portable packer) and rows that are (its AVX-512 one), NF4 and FP4 with and
+ * without double quantization. */
+START_TEST(test_gemm_q4) {
+    static const int shapes[][3] = {{1, 64, 1}, {37, 192, 53}, {300, 128, 260}, {9, 200, 33}};
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
+        for (int v = 0; v < 4; v++) {
+            const int N = shapes[s][0], in = shapes[s][1], out = shapes[s][2], step = N > 100 ? 13 : 1;
+            float *W = tu_frand((size_t)out * in, -1, 1), *x = tu_frand((size_t)N * in, -2, 2);
+            float *dy = tu_frand((size_t)N * out, -1, 1), *acc = tu_frand((size_t)N * in, -1, 1);
+            lt_quant_params p = {.size = sizeof p,
+                                 .format = v & 1 ? LT_QUANT_FP4 : LT_QUANT_NF4,
+                                 .blocksize = 64,
+                                 .double_quant = v >> 1};
+            const int64_t shape[2] = {out, in};
+            lt_qtensor *q;
+            lt_error e = {0};
+            ck_assert_int_eq(lt_qtensor_quantize_ex(W, shape, 2, &p, NULL, &q, &e), LT_OK);
+            const lt_qdesc h = lt_qtensor_desc(q);
+            float *Wd = tu_fnew((size_t)out * in);
+            lt_qdesc_dequantize_range(&h, Wd, 0, (int64_t)out * in);
+            /* the reference and the sums of |products| of the rows checked: fwd (N,out), bwd (N,in) */
+            float *yr = tu_fnew((size_t)N * out), *dxr[2] = {tu_fnew((size_t)N * in), tu_fdup(acc, (size_t)N * in)};
+            double *sf = calloc((size_t)N * out, sizeof *sf), *sb = calloc((size_t)N * in, sizeof *sb);
+            lt_ref_gemm_q4_forward(yr, x, &h, N, in, out);
+            for (int a = 0; a < 2; a++) lt_ref_gemm_q4_backward(dxr[a], dy, &h, N, in, out, a);
+            for (int n = 0; n < N; n += step)
+                for (int o = 0; o < out; o++)
+                    for (int i = 0; i < in; i++) {
+                        const double w = bf16_of(Wd[(size_t)o * in + i]);
+                        sf[(size_t)n * out + o] += fabs(bf16_of(x[(size_t)n * in + i]) * w);
+                        sb[(size_t)n * in + i] += fabs(bf16_of(dy[(size_t)n * out + o]) * w);
+                    }
+            FOR_BE {
+                const lt_qdesc d = q_upload(q);
+                const int tile_rows = 7; /* several tiles per weight, a partial last one */
+                float *tile = dnan((size_t)tile_rows * in);
+                float *dx_ = dput(x, (size_t)N * in), *ddy = dput(dy, (size_t)N * out), *dyv = dnan((size_t)N * out);
+                for (int accumulate = 0; accumulate < 2; accumulate++) {
+                    float *ddx = accumulate ? dput(acc, (size_t)N * in) : dnan((size_t)N * in);
+                    OPS->gemm_q4_forward(BE, dyv, dx_, &d, N, in, out, tile, tile_rows);
+                    OPS->gemm_q4_backward(BE, ddx, ddy, &d, N, in, out, accumulate, tile, tile_rows);
+                    SYNC_OK("gemm_q4");
+                    float *y = hget(dyv, (size_t)N * out), *dx = hget(ddx, (size_t)N * in);
+                    const float *xr = dxr[accumulate];
+                    for (int n = 0; n < N; n += step) {
+                        for (int o = 0; o < out; o++) {
+                            const size_t j = (size_t)n * out + o;
+                            const double tol = cur->bf16_bound * (in + 2) * ldexp(1.0, -24) * sf[j] + 1e-30;
+                            TU_EXPECT(fabs((double)y[j] - yr[j]) <= tol + 1e-7 * fabs(yr[j]),
+                                      "%s gemm_q4_forward v%d %dx%dx%d [%d,%d]: %.9g vs %.9g", NM, v, N, in, out, n, o,
+                                      y[j], yr[j]);
+                        }
+                        for (int i = 0; i < in; i++) {
+                            const size_t j = (size_t)n * in + i;
+                            const double sa = sb[j] + (accumulate ? fabs(acc[j]) : 0.0);
+                            const double tol = cur->bf16_bound * (out + 3) * ldexp(1.0, -24) * sa + 1e-30;
+                            TU_EXPECT(fabs((double)dx[j] - xr[j]) <= tol + 1e-7 * fabs(xr[j]),
+                                      "%s gemm_q4_backward v%d %dx%dx%d acc %d [%d,%d]: %.9g vs %.9g", NM, v, N, in,
+                                      out, accumulate, n, i, dx[j], xr[j]);
+                        }
+                    }
+                    free(y);
+                    free(dx);
+                    dfree(ddx);
+                }
+                dfree(tile);
+                dfree(dx_);
+                dfree(ddy);
+                dfree(dyv);
+                q_free(&d);
+            }
+            lt_qtensor_free(q);
+            free(Wd);
+            free(W);
+            free(x);
+            free(dy);
+            free(acc);
+            free(yr);
+            free(dxr[0]);
+            free(dxr[1]);
+            free(sf);
+            free(sb);
+        }
+}
+END_TEST
+
+/* embedding_forward_bf16: rows of a table packed by the backend's bf16_weight_pack, as f32: bit for bit
+ * the reference's reading of its own packing of the same table (a row in the last, partial block) */
+START_TEST(test_embedding_bf16) {
+    const int V = 70, C = 45, N = 33;
+    float *table = tu_frand((size_t)V * C, -3, 3), *ref = tu_fnew((size_t)N * C);
+    void *rt = malloc(lt_ref_bf16_weight_bytes(V, C));
+    lt_ref_bf16_weight_pack(rt, table, V, C);
+    int32_t ids[33];
+    for (int i = 0; i < N; i++) ids[i] = tu_irand(V);
+    ids[0] = V - 1;
+    lt_ref_embedding_forward_bf16(ref, ids, rt, N, C);
+    FOR_BE {
+        void *dt = dalloc(OPS->bf16_weight_bytes(BE, V, C));
+        OPS->bf16_weight_pack(BE, dt, table, V, C);
+        int32_t *did = dputi(ids, (size_t)N);
+        float *dout = dnan((size_t)N * C);
+        OPS->embedding_forward_bf16(BE, dout, did, dt, N, C);
+        float *got = hget(dout, (size_t)N * C);
+        SYNC_OK("embedding_forward_bf16");
+        SAME(got, ref, (size_t)N * C, "embedding_forward_bf16");
+        free(got);
+        dfree(dt);
+        dfree(did);
+        dfree(dout);
+    }
+    free(table);
+    free(ref);
+    free(rt);
 }
 END_TEST
 
@@ -2630,6 +2758,9 @@ static const struct {
     SLOT(bf16_weight_pack),
     SLOT(gemm_bf16_forward),
     SLOT(gemm_bf16_backward),
+    SLOT(embedding_forward_bf16),
+    SLOT(gemm_q4_forward),
+    SLOT(gemm_q4_backward),
     SLOT(axpy),
     SLOT(scale),
     SLOT(sumsq),
@@ -2728,6 +2859,8 @@ static Suite *backend_ops_suite(void) {
     CASE(ops, test_gemm, 1, S(gemm));
     CASE(ops, test_gemm_bf16, 1, S(bf16_weight_bytes), S(bf16_weight_pack), S(gemm_bf16_forward),
          S(gemm_bf16_backward));
+    CASE(ops, test_embedding_bf16, 1, S(bf16_weight_bytes), S(bf16_weight_pack), S(embedding_forward_bf16));
+    CASE(ops, test_gemm_q4, 1, S(gemm_q4_forward), S(gemm_q4_backward));
     CASE(ops, test_elementwise, 1, S(axpy), S(scale), S(sumsq), S(all_finite));
     CASE(ops, test_row_scale, 1, S(row_scale));
     CASE(ops, test_embedding, 1, S(embedding_forward), S(embedding_backward));

@@ -14,6 +14,11 @@
  * (d) models: logits of a base_dtype BF16 model vs the F32 model (tolerance below), LoRA gradients
  *     flow, a short training run learns, memory of the projections and the LM head halves, merge and
  *     export refuse.
+ * (e) 4-bit weights (NF4 / FP4, with and without double quantization) computed in bf16
+ *     (lt_gemm_q4_*, the backend's gemm_q4_*): the same bound as (a) with W = the dequantized weight
+ *     rounded to bf16, both code paths (and, on AVX-512, the fast B-block packers and the portable
+ *     fallbacks their conditions select: rows of whole blocks, in % 16), 1 and 3 threads, odd shapes,
+ *     and a weight that differs in one code is caught; the backend ops against the reference ops.
  */
 #include <check.h>
 #include <math.h>
@@ -27,6 +32,7 @@
 #include "cpu/cpu_kernels.h"
 #include "cpu/gemm_bf16.h"
 #include "cpu/ref_ops.h"
+#include "formats/quant.h"
 #include "loratune.h"
 #include "loratune_experimental.h"
 #include "test_util.h"
@@ -195,6 +201,36 @@ START_TEST(test_rounding) {
 }
 END_TEST
 
+/* lt_bf16_pack (the CPU backend's bf16_weight_pack) gives lt_bf16w_pack's bytes: whole 16 x 16 blocks
+ * transposed in AVX-512 registers, the edges in C; special values round alike */
+START_TEST(test_pack) {
+    static const int shapes_p[][2] = {{16, 32}, {1, 1}, {33, 70}, {130, 77}, {48, 512}, {17, 33}, {64, 2048}};
+    for (size_t k = 0; k < sizeof shapes_p / sizeof *shapes_p; k++) {
+        const int out = shapes_p[k][0], in = shapes_p[k][1];
+        tu_rng_seed((uint64_t)k + 100);
+        float *W = tu_frand((size_t)out * in, -3.0f, 3.0f);
+        const uint32_t special[] = {0x3f808000u, 0x3f818000u, 0x7f7fffffu, 0x00400000u,
+                                    0x80000001u, 0x7fc00001u, 0xff800000u};
+        for (size_t i = 0; i < 7 && i < (size_t)out * in; i++)
+            W[(i * 7919) % ((size_t)out * in)] = from_bits(special[i]);
+        const size_t n = lt_bf16w_elems(out, in);
+        uint16_t *want = malloc(n * 2), *got = malloc(n * 2);
+        lt_bf16w_pack(want, W, out, in);
+        const lt_cpu_isa isas[2] = {LT_CPU_ISA_AVX512_BF16, LT_CPU_ISA_GENERIC};
+        for (int ii = 0; ii < 2; ii++) {
+            const lt_cpu_kernels *impl = lt_cpu_kernels_get(isas[ii], NULL, 0);
+            if (!impl) continue; /* no AVX512_BF16 on this CPU */
+            memset(got, 0xab, n * 2);
+            lt_bf16_pack(impl, got, W, out, in);
+            ck_assert_msg(!memcmp(got, want, n * 2), "%s pack %d x %d differs from lt_bf16w_pack", impl->isa, out, in);
+        }
+        free(W);
+        free(want);
+        free(got);
+    }
+}
+END_TEST
+
 /* ---- (c) backend ops ---------------------------------------------------------------------------- */
 
 START_TEST(test_backend_ops) {
@@ -240,6 +276,149 @@ START_TEST(test_backend_ops) {
 }
 END_TEST
 
+/* ---- (e) 4-bit weights computed in bf16 ----------------------------------------------------------- */
+
+/* W (out,in) random, quantized: *q (free with lt_qtensor_free), *Wd its dequantized f32 values */
+static lt_qtensor *quant_w(int out, int in, lt_quant_format f, int bs, int dq, float **Wd) {
+    float *W = tu_frand((size_t)out * in, -1.0f, 1.0f);
+    for (int o = 0; o < out; o++) /* rows of different scales: the absmax of each block matters */
+        for (int i = 0; i < in; i++) W[(size_t)o * in + i] *= 0.01f + (float)((o * 7 + i / 64) % 11);
+    lt_quant_params p = {.size = sizeof p, .format = f, .blocksize = bs, .double_quant = dq};
+    const int64_t shape[2] = {out, in};
+    lt_qtensor *q = NULL;
+    lt_error err = {0};
+    ck_assert_msg(lt_qtensor_quantize_ex(W, shape, 2, &p, NULL, &q, &err) == LT_OK, "%s", err.msg);
+    *Wd = malloc((size_t)out * in * sizeof **Wd);
+    ck_assert_int_eq(lt_qtensor_dequantize(q, *Wd, (size_t)out * in), LT_OK);
+    free(W);
+    return q;
+}
+
+static const int q4_shapes[][4] = {
+    /* N, in, out, blocksize: in % blocksize == 0 and in % 16 == 0 take the AVX-512 packers */
+    {1, 64, 1, 64},    {3, 64, 17, 64}, {9, 128, 49, 64},  {37, 256, 53, 128}, {65, 512, 193, 64},
+    {16, 320, 31, 64}, {8, 96, 48, 64}, {5, 1376, 20, 64}, {19, 64, 1376, 64}, {7, 48, 33, 64},
+    {4, 2, 3, 64},     {6, 33, 47, 64}, {3, 80, 21, 128},  {2, 4096, 3, 4096}, {130, 192, 260, 64},
+};
+#define N_Q4 ((int)(sizeof q4_shapes / sizeof *q4_shapes))
+
+static void check_q4(const lt_cpu_kernels *impl, int N, int in, int out, int bs) {
+    for (int v = 0; v < 4; v++) { /* NF4 / FP4, with and without double quantization */
+        tu_rng_seed((uint64_t)(N * 1000003 + in * 1009 + out * 7 + v));
+        float *Wd;
+        lt_qtensor *qt = quant_w(out, in, v & 1 ? LT_QUANT_FP4 : LT_QUANT_NF4, bs, v >> 1, &Wd);
+        const lt_qdesc q = lt_qtensor_desc(qt);
+        float *x = tu_frand((size_t)N * in, -2.0f, 2.0f), *dy = tu_frand((size_t)N * out, -0.5f, 0.5f),
+              *acc = tu_frand((size_t)N * in, -3.0f, 3.0f);
+        float *y1 = malloc((size_t)N * out * sizeof *y1), *y3 = malloc((size_t)N * out * sizeof *y3);
+        float *d1 = malloc((size_t)N * in * sizeof *d1), *d3 = malloc((size_t)N * in * sizeof *d3);
+        for (int accumulate = 0; accumulate < 2; accumulate++) {
+            for (size_t i = 0; i < (size_t)N * out; i++) y1[i] = y3[i] = NAN;
+            for (size_t i = 0; i < (size_t)N * in; i++) d1[i] = d3[i] = accumulate ? acc[i] : NAN;
+            lt_gemm_q4_forward(impl, 1, y1, x, &q, N, in, out);
+            lt_gemm_q4_forward(impl, 3, y3, x, &q, N, in, out);
+            lt_gemm_q4_backward(impl, 1, d1, dy, &q, N, in, out, accumulate);
+            lt_gemm_q4_backward(impl, 3, d3, dy, &q, N, in, out, accumulate);
+            double ef = err_ratio(0, y1, x, NULL, Wd, N, in, out);
+            double eb = err_ratio(1, d1, dy, accumulate ? acc : NULL, Wd, N, in, out);
+            ck_assert_msg(ef <= 1.0, "%s q4 variant %d forward N=%d in=%d out=%d bs=%d: error %.3g x the bound",
+                          impl->isa, v, N, in, out, bs, ef);
+            ck_assert_msg(eb <= 1.0, "%s q4 variant %d backward N=%d in=%d out=%d bs=%d acc=%d: %.3g x the bound",
+                          impl->isa, v, N, in, out, bs, accumulate, eb);
+            ck_assert_msg(!memcmp(y1, y3, (size_t)N * out * sizeof *y1), "q4 forward depends on the thread count");
+            ck_assert_msg(!memcmp(d1, d3, (size_t)N * in * sizeof *d1), "q4 backward depends on the thread count");
+        }
+        /* the check can fail: one code changed (the last element of the first row) is caught */
+        qt->data[(in - 1) / 2] ^= (in - 1) % 2 ? 0x03 : 0x30;
+        lt_gemm_q4_forward(impl, 1, y1, x, &q, N, in, out);
+        lt_gemm_q4_backward(impl, 1, d1, dy, &q, N, in, out, 0);
+        ck_assert_msg(err_ratio(0, y1, x, NULL, Wd, N, in, out) > 1.0 ||
+                          err_ratio(1, d1, dy, NULL, Wd, N, in, out) > 1.0,
+                      "a weight with a changed code passed the check");
+        lt_qtensor_free(qt);
+        free(Wd);
+        free(x);
+        free(dy);
+        free(acc);
+        free(y1);
+        free(y3);
+        free(d1);
+        free(d3);
+    }
+}
+
+START_TEST(test_q4_portable) {
+    check_q4(lt_cpu_kernels_get(LT_CPU_ISA_GENERIC, NULL, 0), q4_shapes[_i][0], q4_shapes[_i][1], q4_shapes[_i][2],
+             q4_shapes[_i][3]);
+}
+END_TEST
+
+START_TEST(test_q4_avx512) {
+    const lt_cpu_kernels *k = lt_cpu_kernels_get(LT_CPU_ISA_AVX512_BF16, NULL, 0);
+    if (!k) return; /* no AVX512_BF16 on this CPU */
+    check_q4(k, q4_shapes[_i][0], q4_shapes[_i][1], q4_shapes[_i][2], q4_shapes[_i][3]);
+}
+END_TEST
+
+/* the backend's ops (gemm_q4_*, embedding_forward_bf16) against the reference ops */
+START_TEST(test_q4_backend_ops) {
+    lt_backend *be = NULL;
+    char msg[256];
+    ck_assert_int_eq(lt_cpu_backend_create(3, &be, msg, sizeof msg), LT_OK);
+    const int N = 21, in = 192, out = 70;
+    tu_rng_seed(5);
+    float *Wd;
+    lt_qtensor *qt = quant_w(out, in, LT_QUANT_NF4, 64, 1, &Wd);
+    const lt_qdesc q = lt_qtensor_desc(qt);
+    float *x = tu_frand((size_t)N * in, -1.0f, 1.0f), *dy = tu_frand((size_t)N * out, -1.0f, 1.0f),
+          *acc = tu_frand((size_t)N * in, -1.0f, 1.0f);
+    float *y = malloc((size_t)N * out * 4), *yr = malloc((size_t)N * out * 4);
+    float *dx = malloc((size_t)N * in * 4), *dxr = malloc((size_t)N * in * 4);
+    memcpy(dx, acc, (size_t)N * in * 4);
+    memcpy(dxr, acc, (size_t)N * in * 4);
+    be->ops->gemm_q4_forward(be, y, x, &q, N, in, out, NULL, 0);
+    be->ops->gemm_q4_backward(be, dx, dy, &q, N, in, out, 1, NULL, 0);
+    lt_ref_gemm_q4_forward(yr, x, &q, N, in, out);
+    lt_ref_gemm_q4_backward(dxr, dy, &q, N, in, out, 1);
+    ck_assert_int_eq(be->ops->sync(be), LT_OK);
+    ck_assert_double_le(err_ratio(0, y, x, NULL, Wd, N, in, out), 1.0);
+    ck_assert_double_le(err_ratio(0, yr, x, NULL, Wd, N, in, out), 1.0);
+    ck_assert_double_le(err_ratio(1, dx, dy, acc, Wd, N, in, out), 1.0);
+    ck_assert_double_le(err_ratio(1, dxr, dy, acc, Wd, N, in, out), 1.0);
+    /* a weight of another shape is an internal error reported by sync, nothing written */
+    be->ops->gemm_q4_forward(be, y, x, &q, N, in, out + 1, NULL, 0);
+    ck_assert_int_eq(be->ops->sync(be), LT_ERR_INTERNAL);
+    /* the bf16 embedding table: rows of the packed layout, as the reference reads them */
+    const int V = 37, C = 45;
+    float *table = tu_frand((size_t)V * C, -1.0f, 1.0f), *e = malloc((size_t)N * C * 4),
+          *er = malloc((size_t)N * C * 4);
+    void *tp = be->ops->alloc(be, be->ops->bf16_weight_bytes(be, V, C));
+    be->ops->bf16_weight_pack(be, tp, table, V, C);
+    int32_t ids[21];
+    for (int i = 0; i < N; i++) ids[i] = (i * 11 + 3) % V;
+    ids[0] = V - 1;
+    be->ops->embedding_forward_bf16(be, e, ids, tp, N, C);
+    lt_ref_embedding_forward_bf16(er, ids, tp, N, C);
+    ck_assert_int_eq(be->ops->sync(be), LT_OK);
+    ck_assert_mem_eq(e, er, (size_t)N * C * 4);
+    for (int c = 0; c < C; c++) ck_assert(e[c] == r16(table[(size_t)(V - 1) * C + c]));
+    be->ops->free(be, tp);
+    free(table);
+    free(e);
+    free(er);
+    lt_qtensor_free(qt);
+    free(Wd);
+    free(x);
+    free(dy);
+    free(acc);
+    free(y);
+    free(yr);
+    free(dx);
+    free(dxr);
+    lt_backend_destroy(be);
+}
+END_TEST
+
 /* ---- (d) models ---------------------------------------------------------------------------------- */
 
 static lt_model *load(lt_context *ctx, const char *name, int base_dtype) {
@@ -265,16 +444,16 @@ START_TEST(test_logits_vs_f32) {
     ck_assert_int_eq(lt_model_get_info(mf, &fi), LT_OK);
     ck_assert_int_eq(lt_model_get_info(mb, &bi), LT_OK);
     ck_assert_int_eq(fi.n_params, bi.n_params);
-    /* the 7 projections and the LM head take half the bytes (up to the padding of the packed layout);
-     * a tied head keeps the f32 embedding table it shares and adds its bf16 copy */
+    /* the 7 projections, the embedding table and an untied LM head take half the bytes (up to the padding
+     * of the packed layout); a tied head is the bf16 table itself */
     int64_t proj = 0, head = fi.vocab_size * fi.hidden_size;
     {
         const int64_t H = fi.hidden_size, I = fi.intermediate_size, QD = fi.n_heads * fi.head_dim,
                       KD = fi.n_kv_heads * fi.head_dim;
         proj = fi.n_layers * (H * QD + 2 * H * KD + QD * H + 3 * H * I);
     }
-    const int64_t expect = fi.weight_bytes - proj * 2 + (fi.tied_embeddings ? 2 * head : -2 * head);
-    ck_assert_int_le(bi.weight_bytes, expect + (fi.n_layers * 7 + 1) * 16 * 1024);
+    const int64_t expect = fi.weight_bytes - proj * 2 - 2 * head - (fi.tied_embeddings ? 0 : 2 * head);
+    ck_assert_int_le(bi.weight_bytes, expect + (fi.n_layers * 7 + 2) * 16 * 1024);
     ck_assert_int_ge(bi.weight_bytes, expect);
 
     const int B = 2, T = 24, V = (int)fi.vocab_size;
@@ -469,7 +648,11 @@ Suite *bf16_suite(void) {
     tcase_add_loop_test(k, test_kernel_avx512, 0, N_SHAPES);
     tcase_add_test(k, test_paths_agree);
     tcase_add_test(k, test_rounding);
+    tcase_add_test(k, test_pack);
     tcase_add_test(k, test_backend_ops);
+    tcase_add_loop_test(k, test_q4_portable, 0, N_Q4);
+    tcase_add_loop_test(k, test_q4_avx512, 0, N_Q4);
+    tcase_add_test(k, test_q4_backend_ops);
     suite_add_tcase(s, k);
     TCase *m = tcase_create("models");
     tcase_set_timeout(m, 600);

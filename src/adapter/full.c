@@ -163,6 +163,10 @@ lt_status lt_adapter_full_check(const lt_model *m, const lt_adapter_params *p, l
                        "adapter: modules_to_save 0x%x names a module other than embed_tokens "
                        "(LT_SAVE_EMBED_TOKENS) and lm_head (LT_SAVE_LM_HEAD)",
                        p->modules_to_save);
+    if ((p->modules_to_save & LT_SAVE_EMBED_TOKENS) && !m->embed)
+        return lt_fail(err, LT_ERR_UNSUPPORTED,
+                       "adapter: modules_to_save embed_tokens needs the embeddings in f32; this model "
+                       "keeps them in bf16 (base_dtype LT_BASE_BF16; load it with LT_BASE_F32)");
     if ((p->modules_to_save & LT_SAVE_LM_HEAD) && !m->lm_head && m->lm_head_q.format == LT_WEIGHT_BF16)
         return lt_fail(err, LT_ERR_UNSUPPORTED,
                        "adapter: modules_to_save lm_head needs the LM head in f32; this model "

@@ -95,6 +95,23 @@ typedef struct lt_backend_ops {
     void (*gemm_bf16_forward)(lt_backend *be, float *y, const float *x, const void *Wp, int N, int in, int out);
     void (*gemm_bf16_backward)(lt_backend *be, float *dx, const float *dy, const void *Wp, int N, int in, int out,
                                int accumulate);
+    /* The embedding table (V,C) of a bf16 base in that packed layout (what a tied LM head multiplies by):
+     * out (N,C) f32 = table[ids[n]] (ids already validated by the core). */
+    void (*embedding_forward_bf16)(lt_backend *be, float *out, const int32_t *ids, const void *table, int N, int C);
+
+    /* ---- frozen 4-bit weights computed in bf16 (NF4 / FP4 with base_dtype LT_BASE_BF16: QLoRA with
+     * bitsandbytes' bnb_4bit_compute_dtype = bfloat16) ---------------------------------------------
+     * q (rows = out, cols = in) as for dequantize_rows. Each weight value is the fp32 value
+     * dequantize_rows gives, rounded to bf16 as bf16_weight_pack rounds; the activation input is rounded
+     * the same way and products accumulate in fp32, as gemm_bf16_*:
+     *   forward   y  (N,out) = x (N,in) W^T                  (assigned)
+     *   backward  dx (N,in)  = (accumulate ? dx : 0) + dy (N,out) W
+     * tile: scratch of tile_rows * in floats (>= 1 row), for a backend that dequantizes rows of W first;
+     * the CPU dequantizes straight into the panels of its kernel and does not touch it. */
+    void (*gemm_q4_forward)(lt_backend *be, float *y, const float *x, const lt_qdesc *q, int N, int in, int out,
+                            float *tile, int tile_rows);
+    void (*gemm_q4_backward)(lt_backend *be, float *dx, const float *dy, const lt_qdesc *q, int N, int in, int out,
+                             int accumulate, float *tile, int tile_rows);
 
     /* ---- elementwise ------------------------------------------------------------------------- */
     /* y (n) += a * x (n) */

@@ -191,16 +191,21 @@ int open_model(const char *cmd, const char *dir, int threads, const char *backen
 
 int open_model_dtype(const char *cmd, const char *dir, int threads, const char *backend, int base_dtype,
                      lt_context **ctx, lt_model **model) {
+    lt_model_params mp;
+    lt_model_params_init(&mp, sizeof mp);
+    mp.base_dtype = base_dtype;
+    return open_model_params(cmd, dir, threads, backend, &mp, ctx, model);
+}
+
+int open_model_params(const char *cmd, const char *dir, int threads, const char *backend, const lt_model_params *mp,
+                      lt_context **ctx, lt_model **model) {
     lt_context_params cp;
     lt_context_params_init(&cp, sizeof cp);
     cp.backend = backend ? backend : (getenv("LORATUNE_BACKEND") ? getenv("LORATUNE_BACKEND") : "cpu");
     cp.n_threads = threads;
     lt_status st = lt_context_create(&cp, ctx);
     if (st != LT_OK) return fail(cmd, "%s", lt_last_error());
-    lt_model_params mp;
-    lt_model_params_init(&mp, sizeof mp);
-    mp.base_dtype = base_dtype;
-    st = lt_model_load(*ctx, dir, &mp, model);
+    st = lt_model_load(*ctx, dir, mp, model);
     if (st != LT_OK) {
         fail(cmd, "%s", lt_last_error());
         lt_context_free(*ctx);
@@ -228,6 +233,12 @@ int quant_options(const char *cmd, const opts *o, lt_quant_params *qp) {
     if (opt_int(o, bname, 64, 64, 4096, &bs)) return -1;
     qp->blocksize = (int)bs;
     return 0;
+}
+
+void quant_model_params(const lt_quant_params *qp, lt_model_params *mp) {
+    mp->quantization = qp->format;
+    mp->double_quant = qp->double_quant;
+    mp->quant_blocksize = qp->blocksize;
 }
 
 void write_quant_note(const char *dir, const lt_quant_params *qp) {

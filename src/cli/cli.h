@@ -43,6 +43,8 @@ int open_model(const char *cmd, const char *dir, int threads, const char *backen
  * prints an error and returns -1 when malformed. */
 int quant_options(const char *cmd, const opts *o, lt_quant_params *qp);
 /* <dir>/quantization.json records how the base was quantized for training (read back by merge) */
+/* mp's quantization fields from qp (quantize while loading) */
+void quant_model_params(const lt_quant_params *qp, lt_model_params *mp);
 void write_quant_note(const char *dir, const lt_quant_params *qp);
 int read_quant_note(const char *dir, lt_quant_params *qp); /* 1 if found */
 /* The order of n data rows in an epoch: a permutation that is a pure function of (seed, epoch), or
@@ -59,6 +61,10 @@ long long total_updates(long long steps, double epochs, long long units, long lo
 /* The same with lt_model_params.base_dtype. */
 int open_model_dtype(const char *cmd, const char *dir, int threads, const char *backend, int base_dtype,
                      lt_context **ctx, lt_model **model);
+/* The same with every lt_model_params field (quantization on load: the streamed loader quantizes one
+ * tensor at a time, so the f32 model never exists). */
+int open_model_params(const char *cmd, const char *dir, int threads, const char *backend, const lt_model_params *mp,
+                      lt_context **ctx, lt_model **model);
 /* --base-dtype f32|bf16 (default f32) -> LT_BASE_*; prints the error and returns 1 if malformed. */
 int opt_base_dtype(const opts *o, const char *cmd, int *out);
 

@@ -52,11 +52,13 @@ int cmd_merge(int argc, char **argv) {
     } else {
         quantize = read_quant_note(adir, &qp);
     }
-    if (open_model("merge", mdir, (int)threads, NULL, &ctx, &m)) return 1;
+    lt_model_params mp;
+    lt_model_params_init(&mp, sizeof mp);
+    if (quantize) quant_model_params(&qp, &mp);
+    if (open_model_params("merge", mdir, (int)threads, NULL, &mp, &ctx, &m)) return 1;
     lt_adapter *ad = NULL;
     int rc = 0;
-    if (quantize && lt_model_quantize(m, &qp) != LT_OK) rc = fail("merge", "%s", lt_model_last_error(m));
-    else if (lt_adapter_load(m, adir, &ad) != LT_OK) rc = fail("merge", "%s", lt_last_error());
+    if (lt_adapter_load(m, adir, &ad) != LT_OK) rc = fail("merge", "%s", lt_last_error());
     else if (merge_record(ad, mdir, adir, quantize)) rc = 1;
     else if (lt_adapter_export_merged(ad, out, shard_mb << 20) != LT_OK)
         rc = fail("merge", "%s", lt_adapter_last_error(ad));

@@ -20,10 +20,13 @@ int cmd_quantize(int argc, char **argv) {
     if (opt_int(&o, "threads", 0, 0, 1024, &threads)) return 2;
     lt_context *ctx;
     lt_model *m;
-    if (open_model("quantize", mdir, (int)threads, NULL, &ctx, &m)) return 1;
+    lt_model_params mp;
+    lt_model_params_init(&mp, sizeof mp);
+    quant_model_params(&qp, &mp); /* quantized while loading, one tensor at a time */
+    if (open_model_params("quantize", mdir, (int)threads, NULL, &mp, &ctx, &m)) return 1;
     int rc = 0;
     lt_model_info info = {.size = sizeof info};
-    if (lt_model_quantize(m, &qp) != LT_OK || lt_model_save_quantized(m, out) != LT_OK) {
+    if (lt_model_save_quantized(m, out) != LT_OK) {
         rc = fail("quantize", "%s", lt_model_last_error(m));
     } else {
         lt_model_get_info(m, &info);

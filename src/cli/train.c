@@ -95,7 +95,8 @@ static void train_usage(void) {
         "  ranks:     mpirun -np N loratune train ... trains data-parallel: --batch is the global batch, each rank\n"
         "             takes its rows of it; rank 0 prints and writes; --zero 0|1 (1 with --method full: the\n"
         "             optimizer state sharded over the ranks) --dist-timeout S (600; docs/DISTRIBUTED.md)\n"
-        "             --base-dtype f32|bf16 (bf16: frozen projection weights in bf16, fp32 accumulation)\n"
+        "             --base-dtype f32|bf16 (bf16: frozen projection weights, embeddings and LM head in bf16,\n"
+        "             fp32 accumulation; with qlora: the 4-bit weights multiplied in bf16)\n"
         "  --objective sft (default) | dpo | ipo | kto | orpo: preference data (loratune train --objective dpo "
         "--help)\n");
 }
@@ -395,12 +396,9 @@ static int train_sft(int argc, char **argv) {
     double *curve = NULL, ev_step[4096], ev_loss[4096];
     int n_ev = 0, rc = 0;
     FILE *metrics = NULL;
-    if (open_model_dtype("train", mdir, (int)threads, opt_str(&o, "backend", NULL), base_dtype, &ctx, &m)) {
-        rc = 1;
-        goto done;
-    }
     {
-        /* QLoRA: the frozen base projections are quantized (NF4 + double quantization by default) */
+        /* QLoRA: the frozen base projections are quantized (NF4 + double quantization by default) while
+         * the model loads, one tensor at a time */
         const char *method = opt_str(&o, "method", "lora");
         lt_quant_params qp;
         if (strcmp(method, "lora") && strcmp(method, "dora") && strcmp(method, "qlora") && strcmp(method, "full")) {
@@ -419,18 +417,23 @@ static int train_sft(int argc, char **argv) {
             rc = 2;
             goto done;
         }
+        lt_model_params mp;
+        lt_model_params_init(&mp, sizeof mp);
+        mp.base_dtype = base_dtype;
+        if (!strcmp(method, "qlora")) quant_model_params(&qp, &mp);
+        if (open_model_params("train", mdir, (int)threads, opt_str(&o, "backend", NULL), &mp, &ctx, &m)) {
+            rc = 1;
+            goto done;
+        }
         if (!strcmp(method, "qlora")) {
-            if (lt_model_quantize(m, &qp) != LT_OK) {
-                rc = fail("train", "%s", lt_model_last_error(m));
-                goto done;
-            }
             if (writer && mkdir_p(out) == 0) write_quant_note(out, &qp);
             lt_model_info qi = {.size = sizeof qi};
             lt_model_get_info(m, &qi);
             if (!quiet)
-                fprintf(log, "qlora: base projections in %s%s, %.3f bits/parameter (%.1f MiB)\n",
+                fprintf(log, "qlora: base projections in %s%s, %.3f bits/parameter (%.1f MiB)%s\n",
                         opt_str(&o, "quant", "nf4"), qp.double_quant ? " + double quantization" : "",
-                        8.0 * (double)qi.quantized_bytes / (double)qi.quantized_params, qi.quantized_bytes / 1048576.0);
+                        8.0 * (double)qi.quantized_bytes / (double)qi.quantized_params, qi.quantized_bytes / 1048576.0,
+                        base_dtype == LT_BASE_BF16 ? ", computed in bf16" : "");
         }
     }
 

@@ -420,6 +420,13 @@ static void layer_backward(lt_model *m, lt_workspace *ws, const lt_adapter *ad, 
 
 /* ---- the whole model ---------------------------------------------------------------------------- */
 
+void lt_embed_lookup(lt_model *m, const lt_adapter *ad, float *out, const int32_t *ids, int N) {
+    const int H = (int)m->cfg.hidden_size;
+    const float *table = lt_view_embed(m, ad);
+    if (table) OPS->embedding_forward(BE, out, ids, table, N, H);
+    else OPS->embedding_forward_bf16(BE, out, ids, m->embed_bf16, N, H); /* a bf16 base keeps its table in bf16 */
+}
+
 /* From ws->dln = d loss / d final_ln back through the final norm and every layer (reverse order);
  * adapter grads accumulate. */
 static lt_status backward_layers(lt_model *m, const lt_adapter *ad, lt_workspace *ws, const lt_dropout_state *drop,
@@ -429,8 +436,8 @@ static lt_status backward_layers(lt_model *m, const lt_adapter *ad, lt_workspace
     OPS->rmsnorm_backward(BE, ws->dres, ad ? ad->d_final_norm : NULL, ws->dln, ws->x_saved[L],
                           lt_view_final_norm(m, ad), ws->final_rstd, N, H);
     for (int l = L - 1; l >= 0; l--) {
-        lt_layer_acts *A = &ws->acts[ws->checkpointing ? 0 : l];
-        if (ws->checkpointing) /* recompute this layer's activations; its output goes to a scratch */
+        lt_layer_acts *A = lt_workspace_acts(ws, l);
+        if (l >= ws->n_kept) /* recompute this layer's activations; its output goes to a scratch */
             layer_forward(m, ws, ad, drop, NULL, l, ws->x_saved[l], A, ws->dln);
         layer_backward(m, ws, ad, drop, l, ws->x_saved[l], A);
     }
@@ -458,11 +465,11 @@ static lt_status forward_layers(lt_model *m, const lt_adapter *ad, lt_workspace 
         return lt_fail(err, LT_ERR_STATE,
                        "the model was quantized after this trainer planned its memory; "
                        "quantize the model before creating trainers");
-    OPS->embedding_forward(BE, ws->x_saved[0], ws->ids, lt_view_embed(m, ad), N, H);
+    lt_embed_lookup(m, ad, ws->x_saved[0], ws->ids, N);
     if (c->embed_scale != 1.0) /* Gemma: times sqrt(hidden) rounded to the activation dtype (fp32) */
         OPS->scale(BE, (size_t)N * H, (float)c->embed_scale, ws->x_saved[0]);
     for (int l = 0; l < L; l++) {
-        lt_layer_acts *A = &ws->acts[ws->checkpointing ? 0 : l];
+        lt_layer_acts *A = lt_workspace_acts(ws, l);
         layer_forward(m, ws, ad, drop, kv, l, ws->x_saved[l], A, ws->x_saved[l + 1]);
     }
     OPS->rmsnorm_forward(BE, ws->final_ln, ws->final_rstd, ws->x_saved[L], lt_view_final_norm(m, ad), N, H,

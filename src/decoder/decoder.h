@@ -30,9 +30,10 @@ typedef struct lt_workspace {
     int B_cap;         /* rows planned for; a smaller batch reuses the workspace */
     int N_cap;         /* tokens planned for (B_cap * the planned T): generation stages fewer */
     int rank;          /* LoRA rank it was planned for (0: none) */
-    int checkpointing; /* 1: recompute each layer in backward */
+    int checkpointing; /* 1: some layers are recomputed in backward (those from n_kept on) */
     int forward_only;  /* no backward buffers were planned */
-    int n_acts;        /* L without checkpointing, 1 with */
+    int n_kept;        /* layers 0 .. n_kept-1 keep their activations (acts[l]); L without checkpointing */
+    int n_acts;        /* n_kept, + 1 shared set (acts[n_kept]) for the recomputed layers */
     lt_layer_acts *acts;
     float **x_saved;                         /* (L) layer inputs (N,H) kept by checkpointing; x_saved[L] = final */
     float *final_ln, *final_rstd;            /* (N,H), (N) */
@@ -65,6 +66,20 @@ typedef struct lt_workspace {
  * recomputes in backward, LT_WS_FORWARD plans no backward at all (evaluation, logits). */
 enum { LT_WS_FULL = 0, LT_WS_CHECKPOINT = 1, LT_WS_FORWARD = 2 };
 lt_status lt_workspace_create(lt_model *m, int B, int T, int rank, int mode, lt_workspace **out, lt_error *err);
+/* The same with the first n_kept layers keeping their activations (mode LT_WS_CHECKPOINT; clamped to
+ * 0 .. L; L is LT_WS_FULL): gradient checkpointing that spends memory to skip recomputation. */
+lt_status lt_workspace_create_kept(lt_model *m, int B, int T, int rank, int mode, int n_kept, lt_workspace **out,
+                                   lt_error *err);
+/* A training workspace: without checkpointing every layer keeps its activations; with it, as many
+ * layers as keep_bytes pays for (lt_trainer_params.activation_memory), the others recomputed. */
+lt_status lt_workspace_create_train(lt_model *m, int B, int T, int rank, int checkpointing, int64_t keep_bytes,
+                                    lt_workspace **out, lt_error *err);
+/* Bytes of one layer's activation set for a B x T batch (what keeping one more layer costs). */
+size_t lt_workspace_layer_bytes(const lt_model *m, int B, int T, int rank);
+/* the activation set of layer l */
+static inline lt_layer_acts *lt_workspace_acts(lt_workspace *ws, int l) {
+    return &ws->acts[l < ws->n_kept ? l : ws->n_kept];
+}
 void lt_workspace_free(lt_workspace *ws);
 
 /* Dropout control for a forward/backward pass. p == 0: off. tok0: the place of the batch's first token in a
@@ -169,6 +184,10 @@ lt_status lt_backward_weighted(lt_model *m, const lt_adapter *ad, lt_workspace *
 void lt_linear_forward(lt_model *m, lt_workspace *ws, const lt_adapter *ad, const lt_lora *lo,
                        const lt_dropout_state *drop, uint64_t drop_stream, float *y, const float *x, const lt_weight *W,
                        float *xa, int N, int in, int out);
+
+/* out (N,H) = the embeddings of ids (N, on the backend): the adapter's trained table where it holds one,
+ * else the model's f32 table, or its bf16 table (base_dtype BF16) read into f32. */
+void lt_embed_lookup(lt_model *m, const lt_adapter *ad, float *out, const int32_t *ids, int N);
 
 /* DoRA: g and inv_n of one projection (lo->dora_g, lo->dora_inv_n) for the current A, B, m. */
 void lt_dora_prepare(lt_model *m, const lt_adapter *ad, int layer, lt_proj p);

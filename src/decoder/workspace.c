@@ -28,7 +28,67 @@ static void relocate(void **slot, char *base) {
 
 #define CARVE(ptr, n) carve(&total, (void **)&(ptr), (size_t)(n))
 
+/* Carve one layer's activation buffers (the set the forward fills and the backward reads). */
+static void carve_acts(size_t *tp, lt_layer_acts *A, const lt_model_config *c, size_t N, int B, int T, int rank) {
+    size_t total = *tp;
+    const int H = (int)c->hidden_size, I = (int)c->intermediate_size, NH = (int)c->num_attention_heads;
+    const int QD = (int)(c->num_attention_heads * c->head_dim), KD = (int)(c->num_key_value_heads * c->head_dim);
+    CARVE(A->ln1, N * H);
+    CARVE(A->rstd1, N);
+    CARVE(A->q, N * QD);
+    CARVE(A->k, N * KD);
+    CARVE(A->v, N * KD);
+    if (c->sandwich_norms) {
+        CARVE(A->o_raw, N * H);
+        CARVE(A->rstd_pa, N);
+        CARVE(A->d_raw, N * H);
+        CARVE(A->rstd_pf, N);
+    }
+    if (c->qk_norm) {
+        CARVE(A->q_pre, N * QD);
+        CARVE(A->k_pre, N * KD);
+        CARVE(A->rstd_q, N * NH);
+        CARVE(A->rstd_k, N * c->num_key_value_heads);
+    }
+    CARVE(A->att, N * QD);
+    CARVE(A->lse, (size_t)B * NH * T);
+    CARVE(A->x_mid, N * H);
+    CARVE(A->ln2, N * H);
+    CARVE(A->rstd2, N);
+    CARVE(A->gate, N * I);
+    CARVE(A->up, N * I);
+    CARVE(A->act, N * I);
+    if (rank > 0)
+        for (int p = 0; p < P_COUNT; p++) CARVE(A->xa[p], N * rank);
+    *tp = total;
+}
+
+size_t lt_workspace_layer_bytes(const lt_model *m, int B, int T, int rank) {
+    lt_layer_acts A;
+    size_t total = 0;
+    carve_acts(&total, &A, &m->cfg, (size_t)B * T, B, T, rank);
+    return total;
+}
+
 lt_status lt_workspace_create(lt_model *m, int B, int T, int rank, int mode, lt_workspace **out, lt_error *err) {
+    return lt_workspace_create_kept(m, B, T, rank, mode, mode == LT_WS_FULL ? (int)m->cfg.num_hidden_layers : 0, out,
+                                    err);
+}
+
+lt_status lt_workspace_create_train(lt_model *m, int B, int T, int rank, int checkpointing, int64_t keep_bytes,
+                                    lt_workspace **out, lt_error *err) {
+    const int L = (int)m->cfg.num_hidden_layers;
+    int kept = L;
+    if (checkpointing) {
+        const size_t per = lt_workspace_layer_bytes(m, B, T, rank);
+        const int64_t k = keep_bytes > 0 && per ? keep_bytes / (int64_t)per : 0;
+        kept = k > L ? L : (int)k;
+    }
+    return lt_workspace_create_kept(m, B, T, rank, LT_WS_CHECKPOINT, kept, out, err);
+}
+
+lt_status lt_workspace_create_kept(lt_model *m, int B, int T, int rank, int mode, int n_kept, lt_workspace **out,
+                                   lt_error *err) {
     const lt_model_config *c = &m->cfg;
     *out = NULL;
     if (B <= 0 || T <= 0) return lt_fail(err, LT_ERR_ARGUMENT, "workspace: batch %d x %d is empty", B, T);
@@ -44,9 +104,11 @@ lt_status lt_workspace_create(lt_model *m, int B, int T, int rank, int mode, lt_
     ws->T = T;
     ws->N = ws->N_cap = (int)N;
     ws->rank = rank;
-    ws->checkpointing = mode != LT_WS_FULL;
     ws->forward_only = mode == LT_WS_FORWARD;
-    ws->n_acts = mode == LT_WS_FULL ? L : 1;
+    /* layers 0 .. n_kept-1 keep their activations; the others share one set, recomputed in backward */
+    ws->n_kept = ws->forward_only ? 0 : n_kept < 0 ? 0 : n_kept > L ? L : n_kept;
+    ws->checkpointing = ws->n_kept < L;
+    ws->n_acts = ws->n_kept + (ws->checkpointing ? 1 : 0);
     ws->acts = calloc((size_t)ws->n_acts, sizeof *ws->acts);
     ws->x_saved = calloc((size_t)L + 1, sizeof *ws->x_saved);
     if (!ws->acts || !ws->x_saved) {
@@ -54,45 +116,18 @@ lt_status lt_workspace_create(lt_model *m, int B, int T, int rank, int mode, lt_
         return lt_fail(err, LT_ERR_NOMEM, "workspace: out of memory");
     }
 
-    /* logits chunk: bound the (chunk, V) buffer to ~16 MiB but keep at least 16 rows */
+    /* logits chunk: bound the (chunk, V) buffer to ~16 MiB but keep at least 128 rows: each chunk
+     * streams the whole LM head (Llama 3's 128256 x 4096 is 1 GB in bf16) through both of its products,
+     * so fewer, taller chunks read it fewer times (64 MiB of logits at that vocabulary) */
     int chunk = (int)((4u << 20) / (unsigned)V);
-    if (chunk < 16) chunk = 16;
+    if (chunk < 128) chunk = 128;
     if ((size_t)chunk > N) chunk = (int)N;
     ws->chunk = chunk;
 
     size_t total = 0;
     /* forward only: the residual stream ping-pongs between two buffers */
     for (int l = 0; l <= (ws->forward_only ? 1 : L); l++) CARVE(ws->x_saved[l], N * H);
-    for (int a = 0; a < ws->n_acts; a++) {
-        lt_layer_acts *A = &ws->acts[a];
-        CARVE(A->ln1, N * H);
-        CARVE(A->rstd1, N);
-        CARVE(A->q, N * QD);
-        CARVE(A->k, N * KD);
-        CARVE(A->v, N * KD);
-        if (c->sandwich_norms) {
-            CARVE(A->o_raw, N * H);
-            CARVE(A->rstd_pa, N);
-            CARVE(A->d_raw, N * H);
-            CARVE(A->rstd_pf, N);
-        }
-        if (c->qk_norm) {
-            CARVE(A->q_pre, N * QD);
-            CARVE(A->k_pre, N * KD);
-            CARVE(A->rstd_q, N * NH);
-            CARVE(A->rstd_k, N * c->num_key_value_heads);
-        }
-        CARVE(A->att, N * QD);
-        CARVE(A->lse, (size_t)B * NH * T);
-        CARVE(A->x_mid, N * H);
-        CARVE(A->ln2, N * H);
-        CARVE(A->rstd2, N);
-        CARVE(A->gate, N * I);
-        CARVE(A->up, N * I);
-        CARVE(A->act, N * I);
-        if (rank > 0)
-            for (int p = 0; p < P_COUNT; p++) CARVE(A->xa[p], N * rank);
-    }
+    for (int a = 0; a < ws->n_acts; a++) carve_acts(&total, &ws->acts[a], c, N, B, T, rank);
     CARVE(ws->final_ln, N * H);
     CARVE(ws->final_rstd, N);
     CARVE(ws->ids, N);

@@ -216,16 +216,72 @@ LT_API void lt_qtensor_free(lt_qtensor *q) {
 
 /* ---- quantization ------------------------------------------------------------------------------ */
 
-/* 4-bit codes and f32 absmax of every block (quantize_4bit, CPU = bitsandbytes' torch kernel) */
+/* One full block of a 4-bit format with AVX-512: the same fp32 operations as the scalar loop of
+ * quantize_4bit (max of |x|, x * (1 / absmax), clamp to [-1, 1], the count of midpoints below the value
+ * by a binary search over the sorted midpoints, the code index of that count), so the same bytes. */
+#if defined(__x86_64__)
+#include <immintrin.h>
+#define LT_Q4_AVX512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl")))
+LT_Q4_AVX512 static void q4_block_avx512(const float *x, int bs, const code4_bounds *cb, uint8_t *data, float *absmax) {
+    const __m512 sign = _mm512_set1_ps(-0.0f);
+    __m512 m = _mm512_setzero_ps();
+    for (int i = 0; i < bs; i += 16) m = _mm512_max_ps(m, _mm512_andnot_ps(sign, _mm512_loadu_ps(x + i)));
+    const float am = _mm512_reduce_max_ps(m); /* exact: a max does not round */
+    const float amc = am < 1e-38f ? 1e-38f : am, inv = 1.0f / amc;
+    *absmax = am;
+    float mids[16];
+    memcpy(mids, cb->mid, sizeof cb->mid);
+    mids[15] = INFINITY; /* never below a clamped value: the search stays within the 15 midpoints */
+    int32_t order[16];
+    for (int i = 0; i < 16; i++) order[i] = cb->order[i];
+    const __m512 vmid = _mm512_loadu_ps(mids), vinv = _mm512_set1_ps(inv);
+    const __m512 one = _mm512_set1_ps(1.0f), mone = _mm512_set1_ps(-1.0f);
+    const __m512i vorder = _mm512_loadu_si512(order);
+    for (int i = 0; i < bs; i += 16) {
+        __m512 v = _mm512_mul_ps(_mm512_loadu_ps(x + i), vinv);
+        v = _mm512_min_ps(_mm512_max_ps(v, mone), one);
+        __m512i k = _mm512_setzero_si512(); /* number of midpoints strictly below v: k += s while mid[k+s-1] < v */
+        for (int s = 8; s >= 1; s /= 2) {
+            const __m512i j = _mm512_add_epi32(k, _mm512_set1_epi32(s - 1));
+            const __mmask16 lt = _mm512_cmp_ps_mask(_mm512_permutexvar_ps(j, vmid), v, _CMP_LT_OQ);
+            k = _mm512_mask_add_epi32(k, lt, k, _mm512_set1_epi32(s));
+        }
+        const __m512i c = _mm512_permutexvar_epi32(k, vorder);
+        /* element 2j in the high nibble of byte j: per 64-bit lane (c_even | c_odd << 32) */
+        const __m512i byte = _mm512_or_si512(_mm512_slli_epi64(c, 4), _mm512_srli_epi64(c, 32));
+        _mm_storel_epi64((__m128i *)(data + i / 2), _mm512_cvtepi64_epi8(byte));
+    }
+}
+static int q4_avx512_available(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
+}
+#endif
+
+/* 4-bit codes and f32 absmax of every block of x (n values starting a block: a whole tensor, or a
+ * chunk of one; quantize_4bit, CPU = bitsandbytes' torch kernel) */
 static void quantize_4bit(const float *x, int64_t n, int bs, lt_quant_format f, uint8_t *data, float *absmax) {
     code4_bounds cb;
     code4_bounds_make(lt_quant_code4(f), &cb);
     const int64_t nb = (n + bs - 1) / bs;
     const uint8_t pad = code4_index(&cb, 0.0f); /* the padding value of an odd count is 0.0 */
+#if defined(__x86_64__)
+    const int fast = q4_avx512_available();
+#else
+    const int fast = 0;
+#endif
 #pragma omp parallel for schedule(static) if (nb > 64)
     for (int64_t b = 0; b < nb; b++) {
         const int64_t s = b * bs, e = s + bs < n ? s + bs : n;
         const int full = e - s == bs;
+#if defined(__x86_64__)
+        if (fast && full) {
+            q4_block_avx512(x + s, bs, &cb, data + s / 2, absmax + b);
+            continue;
+        }
+#endif
+        (void)fast;
         float am = 0.0f;
         for (int64_t i = s; i < e; i++) am = fmaxf(am, fabsf(x[i]));
         const float amc = am < 1e-38f ? 1e-38f : am; /* absmax.clamp(min=1e-38) */
@@ -252,6 +308,7 @@ static void quantize_4bit(const float *x, int64_t n, int bs, lt_quant_format f, 
 static void quantize_blockwise8(const float *a, int64_t n, int bs, uint8_t *codes, float *absmax) {
     const float *code = lt_quant_code8();
     const int64_t nb = (n + bs - 1) / bs;
+#pragma omp parallel for schedule(static) if (nb > 256)
     for (int64_t b = 0; b < nb; b++) {
         const int64_t s = b * bs, e = s + bs < n ? s + bs : n;
         float am = -FLT_MAX;
@@ -266,13 +323,10 @@ static void quantize_blockwise8(const float *a, int64_t n, int bs, uint8_t *code
             if (v != v) {
                 idx = 0; /* 0 * inf (an all-zero block): bitsandbytes stores code 0 (decodes to -0.99 * 0) */
             } else {
-                int lo = 0, hi = 255; /* the largest idx with code[idx] <= v, or 0 below code[0] */
-                while (lo < hi) {
-                    int mid = (lo + hi + 1) / 2;
-                    if (code[mid] <= v) lo = mid;
-                    else hi = mid - 1;
-                }
-                idx = lo;
+                /* the largest idx with code[idx] <= v, or 0 below code[0]: a binary search without
+                 * branches (the comparisons of consecutive values are unpredictable) */
+                idx = 0;
+                for (int s = 128; s >= 1; s /= 2) idx += code[idx + s] <= v ? s : 0;
                 if (idx < 255 && fabsf(v - code[idx + 1]) < fabsf(v - code[idx])) idx++;
             }
             codes[i] = (uint8_t)idx;
@@ -294,6 +348,39 @@ static void quantize_int8(const float *x, int64_t n, int bs, int8_t *data, float
     }
 }
 
+/* index of the first non-finite value of x (n), or -1: a branch-free pass the compiler vectorizes
+ * (x - x is 0 for a finite x and NaN otherwise) and a scan only when there is one */
+static int64_t first_non_finite(const float *x, int64_t n) {
+    int bad = 0;
+    for (int64_t i = 0; i < n; i++) bad |= !(x[i] - x[i] == 0.0f);
+    if (!bad) return -1;
+    for (int64_t i = 0; i < n; i++)
+        if (!isfinite(x[i])) return i;
+    return -1;
+}
+
+lt_status lt_qtensor_quantize_part(lt_qtensor *q, const float *x, int64_t i0, int64_t n, float *absmax, lt_error *err) {
+    if (i0 < 0 || n < 0 || i0 % q->blocksize || i0 + n > q->numel || (i0 + n < q->numel && n % q->blocksize))
+        return lt_fail(err, LT_ERR_INTERNAL, "quantize: part [%lld, %lld) of %lld values does not cut whole blocks",
+                       (long long)i0, (long long)(i0 + n), (long long)q->numel);
+    const int64_t bad = first_non_finite(x, n);
+    if (bad >= 0)
+        return lt_fail(err, LT_ERR_NUMERIC, "quantize: element %lld is %s; only finite values can be quantized",
+                       (long long)(i0 + bad), isnan(x[bad]) ? "NaN" : "infinite");
+    const int64_t b0 = i0 / q->blocksize;
+    if (q->format == LT_QUANT_INT8) quantize_int8(x, n, q->blocksize, (int8_t *)q->data + i0, q->absmax + b0);
+    else quantize_4bit(x, n, q->blocksize, q->format, q->data + i0 / 2, absmax + b0);
+    return LT_OK;
+}
+
+void lt_qtensor_quantize_finish(lt_qtensor *q, float *absmax, const float *forced_offset) {
+    if (!q->double_quant) return;
+    /* offset = mean(absmax) as torch computes it (fp32 cascade sum / n) */
+    q->offset = forced_offset ? *forced_offset : torch_sum_f32(absmax, q->n_blocks) / (float)q->n_blocks;
+    for (int64_t b = 0; b < q->n_blocks; b++) absmax[b] -= q->offset;
+    quantize_blockwise8(absmax, q->n_blocks, LT_NESTED_BLOCK, q->qabsmax, q->absmax2);
+}
+
 lt_status lt_qtensor_quantize_ex(const float *x, const int64_t *shape, int ndim, const lt_quant_params *p,
                                  const float *forced_offset, lt_qtensor **out, lt_error *err) {
     *out = NULL;
@@ -301,31 +388,14 @@ lt_status lt_qtensor_quantize_ex(const float *x, const int64_t *shape, int ndim,
     lt_qtensor *q;
     lt_status st = lt_qtensor_alloc(shape, ndim, p->format, p->blocksize, p->double_quant, &q, err);
     if (st != LT_OK) return st;
-    const int64_t n = q->numel;
-    for (int64_t i = 0; i < n; i++) {
-        if (!isfinite(x[i])) {
-            lt_qtensor_free(q);
-            return lt_fail(err, LT_ERR_NUMERIC, "quantize: element %lld is %s; only finite values can be quantized",
-                           (long long)i, isnan(x[i]) ? "NaN" : "infinite");
-        }
-    }
-    if (q->format == LT_QUANT_INT8) {
-        quantize_int8(x, n, q->blocksize, (int8_t *)q->data, q->absmax);
-        *out = q;
-        return LT_OK;
-    }
     float *am = q->double_quant ? malloc((size_t)q->n_blocks * sizeof(float)) : q->absmax;
-    if (!am) {
+    if (!am) st = lt_fail(err, LT_ERR_NOMEM, "quantize: out of memory");
+    if (st == LT_OK) st = lt_qtensor_quantize_part(q, x, 0, q->numel, am, err);
+    if (st == LT_OK) lt_qtensor_quantize_finish(q, am, forced_offset);
+    if (q->double_quant) free(am);
+    if (st != LT_OK) {
         lt_qtensor_free(q);
-        return lt_fail(err, LT_ERR_NOMEM, "quantize: out of memory");
-    }
-    quantize_4bit(x, n, q->blocksize, q->format, q->data, am);
-    if (q->double_quant) {
-        /* offset = mean(absmax) as torch computes it (fp32 cascade sum / n) */
-        q->offset = forced_offset ? *forced_offset : torch_sum_f32(am, q->n_blocks) / (float)q->n_blocks;
-        for (int64_t b = 0; b < q->n_blocks; b++) am[b] -= q->offset;
-        quantize_blockwise8(am, q->n_blocks, LT_NESTED_BLOCK, q->qabsmax, q->absmax2);
-        free(am);
+        return st;
     }
     *out = q;
     return LT_OK;

@@ -51,6 +51,17 @@ lt_status lt_quant_check_params(const lt_quant_params *p, lt_error *err);
 lt_status lt_qtensor_quantize_ex(const float *x, const int64_t *shape, int ndim, const lt_quant_params *p,
                                  const float *forced_offset, lt_qtensor **out, lt_error *err);
 
+/*
+ * The same a part at a time (a checkpoint streamed through a small buffer): quantize elements
+ * [i0, i0 + n) of q (allocated by lt_qtensor_alloc) from x (n values). i0 is a multiple of the blocksize,
+ * and n too unless the part ends the tensor. absmax receives the f32 absmax of the part's blocks at
+ * [i0 / blocksize, ...): q->absmax without double quantization (int8: always q->absmax), else a
+ * caller's array of q->n_blocks floats, which lt_qtensor_quantize_finish then double-quantizes once
+ * every part is in (it overwrites it). The bytes equal lt_qtensor_quantize_ex's for the whole tensor.
+ */
+lt_status lt_qtensor_quantize_part(lt_qtensor *q, const float *x, int64_t i0, int64_t n, float *absmax, lt_error *err);
+void lt_qtensor_quantize_finish(lt_qtensor *q, float *absmax, const float *forced_offset);
+
 /* Allocate an empty tensor (parts zeroed) to be filled by a reader. */
 lt_status lt_qtensor_alloc(const int64_t *shape, int ndim, lt_quant_format f, int blocksize, int double_quant,
                            lt_qtensor **out, lt_error *err);

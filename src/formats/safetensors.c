@@ -686,6 +686,23 @@ void lt_st_set_release_pages(const lt_st_set *set) {
     }
 }
 
+void lt_st_set_advise(const lt_st_set *set, const lt_st_tensor *t, uint64_t off, uint64_t len, int release) {
+    if (!set || !t || off >= t->nbytes || !len) return;
+    if (len > t->nbytes - off) len = t->nbytes - off;
+    const uintptr_t p = (uintptr_t)t->data + off;
+    for (int i = 0; i < set->n_files; i++) {
+        const lt_st_file *f = set->files[i];
+        const uintptr_t m0 = (uintptr_t)f->map, m1 = m0 + f->map_len;
+        if (!f->map || p < m0 || p + len > m1) continue; /* not in this mapping (or a private copy) */
+        /* whole pages around the range: a page shared with a neighbour is read again from the file
+         * if the neighbour needs it (the mapping is read-only, so a dropped page is never lost) */
+        const uintptr_t pg = (uintptr_t)sysconf(_SC_PAGESIZE);
+        const uintptr_t a = p & ~(pg - 1), b = (p + len + pg - 1) & ~(pg - 1);
+        (void)madvise((void *)a, (b < m1 ? b : m1) - a, release ? MADV_DONTNEED : MADV_WILLNEED); /* a hint */
+        return;
+    }
+}
+
 lt_status lt_st_set_open_dir(const char *dir, int use_mmap, lt_st_set **out, lt_error *err) {
     if (!dir || !out) return lt_fail(err, LT_ERR_ARGUMENT, "lt_st_set_open_dir: NULL argument");
     *out = NULL;

@@ -58,6 +58,12 @@ lt_status lt_st_set_open_dir(const char *dir, int use_mmap, lt_st_set **out, lt_
  * stays valid and is read from the file again on the next access. For a model whose weights were copied
  * (full fine-tuning), so that memory does not hold the base twice. */
 void lt_st_set_release_pages(const lt_st_set *set);
+/* Reading a tensor once, front to back (the streamed loader, model/model.c): bytes [off, off + len) of
+ * tensor t of the set are requested ahead from the file (release 0: MADV_WILLNEED, so the kernel reads
+ * them while the caller works on the previous part) or their pages dropped (release 1: MADV_DONTNEED,
+ * so a consumed tensor stops counting in the process's memory; read again from the file if touched).
+ * A no-op when t is not in a file mapping (use_mmap 0, or a misaligned tensor's private copy). */
+void lt_st_set_advise(const lt_st_set *set, const lt_st_tensor *t, uint64_t off, uint64_t len, int release);
 void lt_st_set_close(lt_st_set *set);                                       /* accepts NULL */
 const lt_st_tensor *lt_st_set_find(const lt_st_set *set, const char *name); /* NULL if absent */
 /* The file holding a tensor (for messages), or NULL. */

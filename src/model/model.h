@@ -56,8 +56,11 @@ struct lt_model {
     lt_backend *be;
     lt_model_config cfg;
     char dir[4096];
-    lt_st_set *st;          /* kept open while weights point into its mapping     */
-    float *embed;           /* (V, H)                                             */
+    lt_st_set *st;          /* kept open while f32 weights point into its mapping (else NULL after the load) */
+    char file_dtype[16];    /* dtype of the checkpoint's embeddings ("F32" for a random model) */
+    float *embed;           /* (V, H) f32; NULL when kept in bf16 (embed_bf16)    */
+    void *embed_bf16;       /* (V, H) in the backend's packed bf16 layout (base_dtype BF16): rows are looked up
+                             * by embedding_forward_bf16; a tied LM head (lm_head_q) multiplies by it */
     float *final_norm;      /* (H)                                                */
     float *final_norm_file; /* (H) as stored (differs from final_norm for Gemma)  */
     float *lm_head;         /* (V, H); == embed when tied                         */
@@ -75,10 +78,12 @@ struct lt_model {
     float *code8;                      /* (256) backend copy of the 8-bit map (double quant)  */
     int64_t quant_bytes, quant_params; /* bytes and elements of quantized weights */
     size_t tile_floats;                /* dequantization tile size (0: the default, ~1 MiB); tests shrink it */
-    lt_weight lm_head_q;               /* the LM head when not f32: quantized (quantize_lm_head) or packed bf16
-                                        * (base_dtype BF16); lm_head is then NULL unless tied to embed */
-    int base_dtype;                    /* lt_base_dtype of the projection weights layers[].w (BF16: LT_WEIGHT_BF16) */
-    float *inv_freq_local;             /* (rot_dim/2) Gemma 3's local layers' RoPE table (NULL: none) */
+    lt_weight lm_head_q;               /* the LM head when not f32: quantized (quantize_lm_head, a bitsandbytes
+                                        * checkpoint) or packed bf16 (base_dtype BF16: a tied head is embed_bf16);
+                                        * lm_head is then NULL */
+    int base_dtype;        /* lt_base_dtype: BF16 keeps the projections (LT_WEIGHT_BF16, or quantized ones computed
+                            * in bf16), the embeddings and the LM head in bf16 */
+    float *inv_freq_local; /* (rot_dim/2) Gemma 3's local layers' RoPE table (NULL: none) */
 };
 
 /* The RoPE table layer l rotates with (NULL: none, a SmolLM3 NoPE layer); `global` is the pass's table of
@@ -101,6 +106,11 @@ static inline lt_weight lt_model_lm_head(const lt_model *m) {
  * clears and returns that record for model m.
  */
 lt_error *lt_model_error(const lt_model *m);
+
+/* lt_model_load with a conversion buffer of `chunk` floats (0: the default, 1M): tests stream a
+ * checkpoint through a small buffer to cut tensors at many places (model/load.c). */
+lt_status lt_model_load_chunked(lt_context *ctx, const char *dir, const lt_model_params *params, size_t chunk,
+                                lt_model **out);
 
 /* Input and output width of projection p. */
 void lt_proj_dims(const lt_model_config *cfg, lt_proj p, int *in, int *out);

@@ -10,6 +10,9 @@
  *   backward  dx          += dy[:, r0:r1] W[r0:r1, :]  (N, in)    = (N, r1-r0) (r1-r0, in)
  * The dequantized values are exactly bitsandbytes' (backend.h dequantize_rows), so the products, and
  * the LoRA gradients that flow through them, are those of the dequantized weight.
+ * A 4-bit weight of a bf16 base (QLoRA with bitsandbytes' compute dtype bfloat16) instead goes to the
+ * backend's gemm_q4_* in one call: the CPU dequantizes it straight into the panels of its bf16 kernel
+ * (cpu/gemm_bf16.c), each value rounded to bf16, so it runs at the speed of a bf16 weight.
  */
 #include <stdlib.h>
 
@@ -41,9 +44,18 @@ size_t lt_weight_tile_floats(const lt_model *m) {
     return need;
 }
 
+/* a 4-bit weight multiplied in bf16 (base_dtype BF16), not through f32 tiles */
+static int q4_in_bf16(const lt_model *m, const lt_weight *W) {
+    return m->base_dtype == LT_BASE_BF16 && (W->q.format == LT_QF_NF4 || W->q.format == LT_QF_FP4);
+}
+
 void lt_weight_forward(lt_model *m, float *tile, const lt_weight *W, float *y, const float *x, int N, int in, int out,
                        float beta) {
     const lt_backend_ops *ops = m->be->ops;
+    if (W->format == LT_WEIGHT_QUANT && q4_in_bf16(m, W)) { /* every caller assigns y (beta 0), as for bf16 */
+        ops->gemm_q4_forward(m->be, y, x, &W->q, N, in, out, tile, tile_rows(m, in, out));
+        return;
+    }
     switch (W->format) {
     case LT_WEIGHT_F32: ops->gemm(m->be, 0, 1, N, out, in, 1.0f, x, in, W->f32, in, beta, y, out); return;
     case LT_WEIGHT_BF16: /* x rounded to bf16, fp32 accumulation (cpu/gemm_bf16.c); every caller assigns y
@@ -65,6 +77,10 @@ void lt_weight_forward(lt_model *m, float *tile, const lt_weight *W, float *y, c
 void lt_weight_backward(lt_model *m, float *tile, const lt_weight *W, float *dx, const float *dy, int N, int in,
                         int out, float beta) {
     const lt_backend_ops *ops = m->be->ops;
+    if (W->format == LT_WEIGHT_QUANT && q4_in_bf16(m, W)) {
+        ops->gemm_q4_backward(m->be, dx, dy, &W->q, N, in, out, beta != 0.0f, tile, tile_rows(m, in, out));
+        return;
+    }
     switch (W->format) {
     case LT_WEIGHT_F32: ops->gemm(m->be, 0, 0, N, in, out, 1.0f, dy, out, W->f32, in, beta, dx, in); return;
     case LT_WEIGHT_BF16: /* dy rounded to bf16; beta is 0 (assign) or 1 (accumulate) */

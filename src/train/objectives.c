@@ -281,7 +281,8 @@ static lt_status ensure_ws(lt_trainer *t, int B, int T) {
     if (t->ws && B <= t->ws->B_cap && T == t->ws->T && t->ws->rank >= rank) return LT_OK;
     lt_workspace_free(t->ws);
     t->ws = NULL;
-    return lt_workspace_create(t->model, B, T, rank, t->p.gradient_checkpointing, &t->ws, &t->err);
+    return lt_workspace_create_train(t->model, B, T, rank, t->p.gradient_checkpointing, t->p.activation_memory, &t->ws,
+                                     &t->err);
 }
 
 /* One row: prompt ++ completion, right-padded with id 0 to T; labels on the completion (and, with

@@ -63,6 +63,9 @@ LT_API lt_status lt_trainer_create(lt_model *m, lt_adapter *a, lt_optimizer *o, 
     }
     if ((int)p.objective < LT_OBJ_SFT || p.objective > LT_OBJ_GRPO)
         return lt_fail(err, LT_ERR_UNSUPPORTED, "lt_trainer_create: unknown objective %d", (int)p.objective);
+    if (p.activation_memory < 0)
+        return lt_fail(err, LT_ERR_ARGUMENT, "lt_trainer_create: activation_memory %lld is negative",
+                       (long long)p.activation_memory);
     lt_status pst = lt_objective_check_params(m, a, &p, err);
     if (pst != LT_OK) return pst;
     if (p.grad_accum < 1) return lt_fail(err, LT_ERR_ARGUMENT, "lt_trainer_create: grad_accum %d < 1", p.grad_accum);
@@ -117,7 +120,8 @@ static lt_status ensure_workspace(lt_trainer *t, const lt_batch *b) {
     lt_workspace_free(t->ws);
     t->ws = NULL;
     int B = b->n_rows > 0 ? b->n_rows : 1, T = b->seq_len > 0 ? b->seq_len : 1;
-    return lt_workspace_create(t->model, B, T, t->adapter->p.rank, t->p.gradient_checkpointing, &t->ws, &t->err);
+    return lt_workspace_create_train(t->model, B, T, t->adapter->p.rank, t->p.gradient_checkpointing,
+                                     t->p.activation_memory, &t->ws, &t->err);
 }
 
 static uint64_t mix64(uint64_t z) {

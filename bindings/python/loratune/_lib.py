@@ -241,6 +241,7 @@ class lt_trainer_params(Structure):
         ("loss_type", lt_grpo_loss),
         ("comm", lt_comm_p),
         ("zero_stage", c_int),
+        ("activation_memory", c_int64),
     ]
 
 

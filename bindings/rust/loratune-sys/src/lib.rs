@@ -308,6 +308,7 @@ pub struct lt_trainer_params {
     pub loss_type: lt_grpo_loss,
     pub comm: *mut lt_comm,
     pub zero_stage: c_int,
+    pub activation_memory: i64,
 }
 
 #[repr(C)]

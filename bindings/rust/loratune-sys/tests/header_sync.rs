@@ -372,7 +372,8 @@ fn rust_layouts() -> Vec<(String, usize, Vec<(String, usize)>)> {
                               warmup_ratio, total_steps, max_grad_norm }
         lt_trainer_params { size, objective, grad_accum, gradient_checkpointing, seed, beta, label_smoothing,
                             desirable_weight, undesirable_weight, ref_adapter, max_length, num_generations, epsilon,
-                            epsilon_high, kl_beta, scale_rewards, loss_type, comm, zero_stage }
+                            epsilon_high, kl_beta, scale_rewards, loss_type, comm, zero_stage,
+                            activation_memory }
         lt_comm_callbacks { size, rank, world_size, user, all_reduce, broadcast, reduce_scatter, all_gather, barrier }
         lt_pref_batch { size, n_rows, prompt_ids, prompt_lens, chosen_ids, chosen_lens, rejected_ids, rejected_lens,
                         labels, ref_chosen_logps, ref_rejected_logps, ref_kl_logps }

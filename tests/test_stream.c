@@ -1,0 +1,509 @@
+/*
+ * test_stream.c - the streamed loader (model/load.c), the activation budget of gradient checkpointing.
+ *
+ * (a) Bit-identical weights: every tensor a model loads (f32 in place or copied, f32 from a bf16 file,
+ *     the packed bf16 layout of a bf16 base, NF4 / FP4 with and without double quantization, a fused
+ *     Phi-3 module, a sharded checkpoint, a pre-quantized bitsandbytes directory) equals what is
+ *     computed independently from the checkpoint's whole tensor: the file's values, lt_bf16w_pack of
+ *     them, lt_qtensor_quantize_ex of them (whose bytes test_quant checks against bitsandbytes). Each
+ *     load streams through a 1000-float buffer (tensors cut at many places, blocks and 16-row groups
+ *     across chunk ends) and through the default one. Tolerance: 0 (bytes).
+ * (b) Malformed tensors met mid-stream (after earlier layers were loaded and quantized): a wrong dtype,
+ *     a wrong shape, a NaN in a tensor being quantized, a bitsandbytes part of the wrong size, a
+ *     truncated shard: a clear status naming the tensor, no model, nothing leaked (the ASan stage).
+ * (c) Memory: the peak resident memory of loading a 192 MiB f32 checkpoint quantized to NF4 stays
+ *     under the model's own size plus 32 MiB (the file's pages are dropped as they are consumed);
+ *     without dropping them it would hold the whole file.
+ * (d) Random models: deterministic for a seed, and quantized while they are made = quantizing the
+ *     f32 model made with the same seed.
+ * (e) The activation budget: keeping 0, 1 or all layers' activations gives the same loss and gradients
+ *     bit for bit; the budget buys whole layers.
+ */
+#include "core/context.h"
+#include "decoder/decoder.h"
+#include "formats/quant.h"
+#include "formats/safetensors.h"
+#include "loratune_experimental.h"
+#include "test_util.h"
+
+#define MODELS LT_TEST_DATA_DIR "/models"
+#define SMALL_CHUNK 1000
+
+static lt_model *load_ex(lt_context *ctx, const char *dir, size_t chunk, lt_quant_format q, int dq, int base_dtype,
+                         int use_mmap) {
+    lt_model_params mp;
+    lt_model_params_init(&mp, sizeof mp);
+    mp.quantization = q;
+    mp.double_quant = dq;
+    mp.base_dtype = base_dtype;
+    mp.use_mmap = use_mmap;
+    lt_model *m = NULL;
+    ck_assert_msg(lt_model_load_chunked(ctx, dir, &mp, chunk, &m) == LT_OK, "%s: %s", dir, lt_last_error());
+    return m;
+}
+
+/* the f32 values of checkpoint tensor `name` (n of them) */
+static float *file_values(const lt_st_set *set, const char *name, size_t *n) {
+    const lt_st_tensor *t = lt_st_set_find(set, name);
+    ck_assert_msg(t != NULL, "%s missing", name);
+    float *v = malloc((size_t)t->numel * sizeof *v);
+    ck_assert_int_eq(lt_convert_to_f32(v, t->data, t->dtype, (size_t)t->numel), 0);
+    *n = (size_t)t->numel;
+    return v;
+}
+
+/* W (rows x cols at f, row block `row0` of the file tensor) as the model must hold it */
+static void expect_weight(const lt_model *m, const lt_weight *W, const float *f, int rows, int cols,
+                          const lt_model_params *p, const char *what) {
+    const size_t n = (size_t)rows * cols;
+    if (W->format == LT_WEIGHT_F32) {
+        ck_assert_msg(!memcmp(W->f32, f, n * 4), "%s: f32 values differ from the file", what);
+    } else if (W->format == LT_WEIGHT_BF16) {
+        uint16_t *pk = malloc(lt_bf16w_elems(rows, cols) * 2);
+        lt_bf16w_pack(pk, f, rows, cols);
+        ck_assert_msg(!memcmp(W->bf16, pk, lt_bf16w_elems(rows, cols) * 2), "%s: packed bf16 differs", what);
+        free(pk);
+    } else {
+        lt_quant_params qp = {.size = sizeof qp,
+                              .format = p->quantization,
+                              .blocksize = p->quant_blocksize,
+                              .double_quant = p->double_quant};
+        const int64_t shape[2] = {rows, cols};
+        lt_qtensor *q;
+        lt_error err = {0};
+        ck_assert_int_eq(lt_qtensor_quantize_ex(f, shape, 2, &qp, NULL, &q, &err), LT_OK);
+        ck_assert_int_eq(W->q.format, (int)q->format);
+        ck_assert_int_eq(W->double_quant, q->double_quant);
+        ck_assert_msg(!memcmp(W->q.data, q->data, lt_qtensor_data_bytes(q)), "%s: codes differ", what);
+        if (q->double_quant) {
+            ck_assert_msg(!memcmp(W->q.qabsmax, q->qabsmax, (size_t)q->n_blocks), "%s: absmax codes differ", what);
+            ck_assert_msg(!memcmp(W->q.absmax2, q->absmax2, (size_t)q->n_blocks2 * 4), "%s: nested absmax", what);
+            ck_assert_msg(W->q.offset == q->offset, "%s: offset %.9g vs %.9g", what, W->q.offset, q->offset);
+        } else {
+            ck_assert_msg(!memcmp(W->q.absmax, q->absmax, (size_t)q->n_blocks * 4), "%s: absmax differs", what);
+        }
+        lt_qtensor_free(q);
+    }
+    (void)m;
+}
+
+/* every tensor of m against the checkpoint in dir */
+static void expect_model(const lt_model *m, const char *dir, const lt_model_params *p) {
+    lt_st_set *set;
+    lt_error err = {0};
+    ck_assert_int_eq(lt_st_set_open_dir(dir, 0, &set, &err), LT_OK);
+    const lt_model_config *c = &m->cfg;
+    const int V = (int)c->vocab_size, H = (int)c->hidden_size;
+    size_t n;
+    float *e = file_values(set, "model.embed_tokens.weight", &n);
+    if (m->embed) ck_assert_msg(!memcmp(m->embed, e, n * 4), "embeddings differ");
+    else {
+        const lt_weight ew = {.format = LT_WEIGHT_BF16, .bf16 = m->embed_bf16};
+        expect_weight(m, &ew, e, V, H, p, "embed_tokens (bf16)");
+    }
+    if (!c->tie_word_embeddings) {
+        float *h = file_values(set, "lm_head.weight", &n);
+        const lt_weight hw = lt_model_lm_head(m);
+        expect_weight(m, &hw, h, V, H, p, "lm_head");
+        free(h);
+    }
+    free(e);
+    char name[256];
+    for (int l = 0; l < c->num_hidden_layers; l++) {
+        snprintf(name, sizeof name, "model.layers.%d.input_layernorm.weight", l);
+        float *nv = file_values(set, name, &n);
+        ck_assert(!memcmp(m->layers[l].attn_norm_file, nv, n * 4));
+        free(nv);
+        lt_module mods[P_COUNT];
+        const int nm = lt_model_modules(c, mods);
+        for (int k = 0; k < nm; k++) {
+            snprintf(name, sizeof name, "model.layers.%d.%s.%s.weight", l, mods[k].parent, mods[k].name);
+            float *w = file_values(set, name, &n), *wp = w;
+            for (int q = mods[k].first; q < mods[k].first + mods[k].count; q++) {
+                int in, out;
+                lt_proj_dims(c, (lt_proj)q, &in, &out);
+                char what[300];
+                snprintf(what, sizeof what, "%s (%s)", name, lt_proj_names[q]);
+                expect_weight(m, &m->layers[l].w[q], wp, out, in, p, what);
+                wp += (size_t)out * in;
+            }
+            free(w);
+        }
+    }
+    lt_st_set_close(set);
+}
+
+/* ---- (a) bit-identical weights ------------------------------------------------------------------- */
+
+static const struct {
+    const char *model;
+    lt_quant_format q;
+    int dq, base_dtype, use_mmap;
+} cases[] = {
+    {"llama-basic", LT_QUANT_NONE, 0, LT_BASE_F32, 1},   /* f32 used in place */
+    {"llama-basic", LT_QUANT_NONE, 0, LT_BASE_F32, 0},   /* f32 copied */
+    {"llama-bf16", LT_QUANT_NONE, 0, LT_BASE_F32, 1},    /* bf16 file -> f32 */
+    {"llama-gqa", LT_QUANT_NONE, 0, LT_BASE_BF16, 1},    /* packed bf16, untied head */
+    {"llama-tied", LT_QUANT_NONE, 0, LT_BASE_BF16, 1},   /* packed bf16, the head is the table */
+    {"llama-gqa", LT_QUANT_NF4, 0, LT_BASE_F32, 1},      /* NF4 */
+    {"llama-bf16", LT_QUANT_NF4, 1, LT_BASE_F32, 1},     /* NF4 + double quantization from bf16 */
+    {"llama-basic", LT_QUANT_FP4, 1, LT_BASE_BF16, 1},   /* FP4 + DQ, computed in bf16 */
+    {"llama-headdim", LT_QUANT_INT8, 0, LT_BASE_F32, 1}, /* int8 */
+    {"llama-sharded", LT_QUANT_NF4, 1, LT_BASE_BF16, 1}, /* a sharded checkpoint */
+    {"phi3", LT_QUANT_NF4, 1, LT_BASE_F32, 1},           /* fused qkv / gate_up: row blocks quantized apart */
+    {"phi3", LT_QUANT_NONE, 0, LT_BASE_BF16, 1},         /* fused, packed */
+};
+#define N_CASES ((int)(sizeof cases / sizeof *cases))
+
+START_TEST(test_bit_identical) {
+    lt_context *ctx = tu_context();
+    char dir[512];
+    snprintf(dir, sizeof dir, "%s/%s", MODELS, cases[_i].model);
+    lt_model_params mp;
+    lt_model_params_init(&mp, sizeof mp);
+    mp.quantization = cases[_i].q;
+    mp.double_quant = cases[_i].dq;
+    mp.base_dtype = cases[_i].base_dtype;
+    for (int pass = 0; pass < 2; pass++) {
+        lt_model *m = load_ex(ctx, dir, pass ? SMALL_CHUNK : 0, cases[_i].q, cases[_i].dq, cases[_i].base_dtype,
+                              cases[_i].use_mmap);
+        expect_model(m, dir, &mp);
+        /* the files stay open only while f32 weights point into them (the f32 norms of an f32 file) */
+        if (!cases[_i].use_mmap || !strcmp(cases[_i].model, "llama-bf16")) ck_assert_ptr_null(m->st);
+        lt_model_free(m);
+    }
+    lt_context_free(ctx);
+}
+END_TEST
+
+/* a pre-quantized bitsandbytes directory (written by lt_model_save_quantized) loads its parts as they
+ * are stored, through the small buffer too; and the same directory again gives the same bytes */
+START_TEST(test_prequantized) {
+    lt_context *ctx = tu_context();
+    char dir[512], tmp[64], out[600];
+    snprintf(dir, sizeof dir, "%s/llama-gqa", MODELS);
+    tu_tempdir(tmp, sizeof tmp);
+    lt_model *mq = load_ex(ctx, dir, 0, LT_QUANT_NF4, 1, LT_BASE_F32, 1);
+    snprintf(out, sizeof out, "%s/bnb", tmp);
+    ck_assert_int_eq(lt_model_save_quantized(mq, out), LT_OK);
+    lt_model *mb = load_ex(ctx, out, SMALL_CHUNK, LT_QUANT_NONE, 0, LT_BASE_BF16, 1); /* stored NF4 stays NF4 */
+    for (int l = 0; l < mq->cfg.num_hidden_layers; l++)
+        for (int p = 0; p < P_COUNT; p++) {
+            const lt_weight *a = &mq->layers[l].w[p], *b = &mb->layers[l].w[p];
+            ck_assert_int_eq(b->format, LT_WEIGHT_QUANT);
+            const int64_t nb = (a->q.rows * a->q.cols + 63) / 64;
+            ck_assert(!memcmp(a->q.data, b->q.data, (size_t)(a->q.rows * a->q.cols + 1) / 2));
+            ck_assert(!memcmp(a->q.qabsmax, b->q.qabsmax, (size_t)nb));
+            ck_assert(!memcmp(a->q.absmax2, b->q.absmax2, (size_t)((nb + 255) / 256) * 4));
+            ck_assert(a->q.offset == b->q.offset);
+        }
+    lt_model_free(mb);
+    lt_model_free(mq);
+    snprintf(out, sizeof out, "rm -rf %s", tmp);
+    ck_assert_int_eq(system(out), 0);
+    lt_context_free(ctx);
+}
+END_TEST
+
+/* ---- (b) malformed tensors met mid-stream --------------------------------------------------------- */
+
+/* dir/ = llama-basic's tensors in 3 shards, tensor `bad` replaced by (dt, shape, data) */
+static void write_broken(const char *dir, const char *bad, lt_dtype dt, int ndim, const int64_t *shape,
+                         const void *data) {
+    char src[512];
+    snprintf(src, sizeof src, "%s/llama-basic", MODELS);
+    lt_st_set *set;
+    lt_error err = {0};
+    ck_assert_int_eq(lt_st_set_open_dir(src, 0, &set, &err), LT_OK);
+    const int n = lt_st_set_count(set);
+    lt_st_entry *e = calloc((size_t)n, sizeof *e);
+    for (int i = 0; i < n; i++) {
+        const lt_st_tensor *t = lt_st_set_tensor_at(set, i);
+        e[i] = (lt_st_entry){.name = t->name, .dtype = t->dtype, .ndim = t->ndim, .data = t->data};
+        memcpy(e[i].shape, t->shape, sizeof t->shape);
+        if (bad && !strcmp(t->name, bad)) {
+            e[i].dtype = dt;
+            e[i].ndim = ndim;
+            memset(e[i].shape, 0, sizeof e[i].shape);
+            memcpy(e[i].shape, shape, (size_t)ndim * sizeof *shape);
+            e[i].data = data;
+        }
+    }
+    ck_assert_msg(lt_st_write_sharded(dir, e, n, 200000, &err) == LT_OK, "%s", err.msg);
+    free(e);
+    lt_st_set_close(set);
+    char s[700];
+    snprintf(s, sizeof s, "cp %s/config.json %s/", src, dir);
+    ck_assert_int_eq(system(s), 0);
+}
+
+static void expect_failure(const char *dir, lt_quant_format q, lt_status want, const char *needle) {
+    lt_context *ctx = tu_context();
+    for (int pass = 0; pass < 2; pass++) {
+        lt_model_params mp;
+        lt_model_params_init(&mp, sizeof mp);
+        mp.quantization = q;
+        mp.base_dtype = pass ? LT_BASE_BF16 : LT_BASE_F32;
+        lt_model *m = (lt_model *)&mp; /* must be reset to NULL */
+        lt_status st = lt_model_load_chunked(ctx, dir, &mp, SMALL_CHUNK, &m);
+        ck_assert_msg(st == want, "status %d, want %d (%s)", st, want, lt_last_error());
+        ck_assert_ptr_null(m);
+        ck_assert_msg(strstr(lt_last_error(), needle), "message \"%s\" does not name %s", lt_last_error(), needle);
+    }
+    lt_context_free(ctx);
+}
+
+START_TEST(test_malformed_midstream) {
+    char tmp[64], dir[256], cmd[1024];
+    tu_tempdir(tmp, sizeof tmp);
+    const char *late = "model.layers.1.mlp.down_proj.weight"; /* layer 1: after layer 0 was loaded */
+    char src[512];
+    snprintf(src, sizeof src, "%s/llama-basic", MODELS);
+    lt_st_set *set;
+    lt_error err = {0};
+    ck_assert_int_eq(lt_st_set_open_dir(src, 0, &set, &err), LT_OK);
+    const lt_st_tensor *t = lt_st_set_find(set, late);
+    ck_assert_ptr_nonnull(t);
+    const int64_t rows = t->shape[0], cols = t->shape[1];
+    float *w = malloc((size_t)(rows * cols) * 4);
+    memcpy(w, t->data, (size_t)(rows * cols) * 4);
+    lt_st_set_close(set);
+
+    /* a wrong dtype */
+    snprintf(dir, sizeof dir, "%s/dtype", tmp);
+    const int64_t shape[2] = {rows, cols};
+    write_broken(dir, late, LT_DT_I32, 2, shape, w);
+    expect_failure(dir, LT_QUANT_NF4, LT_ERR_DTYPE, late);
+    /* a wrong shape */
+    snprintf(dir, sizeof dir, "%s/shape", tmp);
+    const int64_t flat[2] = {rows * cols / 2, 2};
+    write_broken(dir, late, LT_DT_F32, 2, flat, w);
+    expect_failure(dir, LT_QUANT_NF4, LT_ERR_SHAPE, late);
+    /* a NaN in the last chunk of a tensor being quantized */
+    snprintf(dir, sizeof dir, "%s/nan", tmp);
+    w[rows * cols - 3] = NAN;
+    write_broken(dir, late, LT_DT_F32, 2, shape, w);
+    expect_failure(dir, LT_QUANT_NF4, LT_ERR_NUMERIC, late);
+    /* a truncated last shard: refused when the directory is opened, before any tensor is read */
+    snprintf(dir, sizeof dir, "%s/trunc", tmp);
+    w[rows * cols - 3] = 0.5f;
+    write_broken(dir, NULL, LT_DT_F32, 0, NULL, NULL);
+    snprintf(cmd, sizeof cmd, "f=$(ls %s/model-*.safetensors | tail -1); truncate -s -100 $f", dir);
+    ck_assert_int_eq(system(cmd), 0);
+    expect_failure(dir, LT_QUANT_NF4, LT_ERR_TRUNCATED, "truncated");
+    free(w);
+
+    /* a bitsandbytes part of the wrong size in a late layer of a pre-quantized directory */
+    lt_context *ctx = tu_context();
+    lt_model *mq = load_ex(ctx, src, 0, LT_QUANT_NF4, 1, LT_BASE_F32, 1);
+    snprintf(dir, sizeof dir, "%s/bnb", tmp);
+    ck_assert_int_eq(lt_model_save_quantized(mq, dir), LT_OK);
+    lt_model_free(mq);
+    lt_context_free(ctx);
+    ck_assert_int_eq(lt_st_set_open_dir(dir, 0, &set, &err), LT_OK);
+    const int n = lt_st_set_count(set);
+    lt_st_entry *e = calloc((size_t)n, sizeof *e);
+    const char *part = "model.layers.1.mlp.up_proj.weight.absmax";
+    for (int i = 0; i < n; i++) {
+        const lt_st_tensor *ti = lt_st_set_tensor_at(set, i);
+        e[i] = (lt_st_entry){.name = ti->name, .dtype = ti->dtype, .ndim = ti->ndim, .data = ti->data};
+        memcpy(e[i].shape, ti->shape, sizeof ti->shape);
+        if (!strcmp(ti->name, part)) e[i].shape[0] -= 1; /* one code short */
+    }
+    char dir2[256];
+    snprintf(dir2, sizeof dir2, "%s/bnb2", tmp);
+    ck_assert_int_eq(lt_st_write_sharded(dir2, e, n, 0, &err), LT_OK);
+    free(e);
+    lt_st_set_close(set);
+    snprintf(cmd, sizeof cmd, "cp %s/config.json %s/", dir, dir2);
+    ck_assert_int_eq(system(cmd), 0);
+    expect_failure(dir2, LT_QUANT_NONE, LT_ERR_SHAPE, part);
+    snprintf(cmd, sizeof cmd, "rm -rf %s", tmp);
+    ck_assert_int_eq(system(cmd), 0);
+}
+END_TEST
+
+/* ---- (c) memory ------------------------------------------------------------------------------------ */
+
+/* the process's peak resident KiB since the last reset (VmHWM), and a reset of it */
+static long vm_kib(const char *key) {
+    FILE *f = fopen("/proc/self/status", "r");
+    ck_assert_ptr_nonnull(f);
+    char line[256];
+    long v = -1;
+    while (fgets(line, sizeof line, f))
+        if (!strncmp(line, key, strlen(key))) v = atol(line + strlen(key));
+    fclose(f);
+    return v;
+}
+static int reset_peak(void) {
+    FILE *f = fopen("/proc/self/clear_refs", "w");
+    if (!f) return 0;
+    int ok = fputs("5", f) >= 0;
+    return fclose(f) == 0 && ok;
+}
+
+START_TEST(test_load_memory) {
+    lt_context *ctx = tu_context();
+    /* a 192 MiB f32 checkpoint: 48M parameters, 4 layers of 2048 x 5632 */
+    static const char cfg[] =
+        "{\"architectures\": [\"LlamaForCausalLM\"], \"model_type\": \"llama\", \"vocab_size\": 1024,"
+        " \"hidden_size\": 1024, \"intermediate_size\": 3584, \"num_hidden_layers\": 4,"
+        " \"num_attention_heads\": 8, \"num_key_value_heads\": 8, \"tie_word_embeddings\": true}";
+    char tmp[64], dir[128];
+    tu_tempdir(tmp, sizeof tmp);
+    snprintf(dir, sizeof dir, "%s/m", tmp);
+    lt_model *m = NULL;
+    ck_assert_int_eq(lt_model_create_random(ctx, cfg, 3, 0.02f, &m), LT_OK);
+    ck_assert_int_eq(lt_model_save(m, dir), LT_OK);
+    const double file_mib = (double)m->weight_bytes / 1048576.0;
+    lt_model_free(m);
+    m = NULL;
+    if (!reset_peak()) {
+        fprintf(stderr, "test_stream: cannot reset the peak RSS (/proc/self/clear_refs); skipped\n");
+    } else {
+        const long before = vm_kib("VmRSS:");
+        lt_model_params mp;
+        lt_model_params_init(&mp, sizeof mp);
+        mp.quantization = LT_QUANT_NF4;
+        ck_assert_int_eq(lt_model_load(ctx, dir, &mp, &m), LT_OK);
+        const double peak = (vm_kib("VmHWM:") - before) / 1024.0, after = (vm_kib("VmRSS:") - before) / 1024.0;
+        const double kept = (double)m->weight_bytes / 1048576.0;
+        fprintf(stderr,
+                "test_stream: NF4 load of a %.0f MiB f32 checkpoint: peak +%.1f MiB, after +%.1f MiB, model %.1f MiB\n",
+                file_mib, peak, after, kept);
+        ck_assert_msg(peak <= kept + 32.0, "loading peaked at +%.1f MiB for a %.1f MiB model (file %.0f MiB)", peak,
+                      kept, file_mib);
+        lt_model_free(m);
+    }
+    char cmd[200];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", tmp);
+    ck_assert_int_eq(system(cmd), 0);
+    lt_context_free(ctx);
+}
+END_TEST
+
+/* ---- (d) random models ------------------------------------------------------------------------------ */
+
+START_TEST(test_random_models) {
+    lt_context *ctx = tu_context();
+    static const char cfg[] =
+        "{\"architectures\": [\"LlamaForCausalLM\"], \"model_type\": \"llama\", \"vocab_size\": 300,"
+        " \"hidden_size\": 64, \"intermediate_size\": 192, \"num_hidden_layers\": 2,"
+        " \"num_attention_heads\": 4, \"num_key_value_heads\": 2, \"tie_word_embeddings\": false}";
+    lt_model *a, *b, *q;
+    ck_assert_int_eq(lt_model_create_random(ctx, cfg, 7, 0.02f, &a), LT_OK);
+    ck_assert_int_eq(lt_model_create_random(ctx, cfg, 7, 0.02f, &b), LT_OK);
+    lt_model_params mp;
+    lt_model_params_init(&mp, sizeof mp);
+    mp.quantization = LT_QUANT_NF4;
+    ck_assert_int_eq(lt_model_create_random_params(ctx, cfg, 7, 0.02f, &mp, &q), LT_OK);
+    const size_t ne = (size_t)300 * 64;
+    ck_assert(!memcmp(a->embed, b->embed, ne * 4));
+    double ss = 0;
+    for (size_t i = 0; i < ne; i++) ss += (double)a->embed[i] * a->embed[i];
+    ck_assert_msg(fabs(sqrt(ss / ne) - 0.02) < 0.001, "std %.5f, want 0.02", sqrt(ss / ne));
+    ck_assert(a->embed[0] != a->embed[1] && a->embed[1] != a->lm_head[1]);
+    ck_assert_msg(!memcmp(a->embed, q->embed, ne * 4), "quantizing the projections changed the embeddings");
+    for (int l = 0; l < 2; l++)
+        for (int p = 0; p < P_COUNT; p++) {
+            int in, out;
+            lt_proj_dims(&a->cfg, (lt_proj)p, &in, &out);
+            ck_assert(!memcmp(a->layers[l].w[p].f32, b->layers[l].w[p].f32, (size_t)in * out * 4));
+            expect_weight(q, &q->layers[l].w[p], a->layers[l].w[p].f32, out, in, &mp, lt_proj_names[p]);
+        }
+    lt_model_free(a);
+    lt_model_free(b);
+    lt_model_free(q);
+    lt_context_free(ctx);
+}
+END_TEST
+
+/* ---- (e) the activation budget ---------------------------------------------------------------------- */
+
+START_TEST(test_activation_budget) {
+    lt_context *ctx = tu_context();
+    char dir[512];
+    snprintf(dir, sizeof dir, "%s/llama-gqa", MODELS);
+    lt_model *m = load_ex(ctx, dir, 0, LT_QUANT_NONE, 0, LT_BASE_F32, 1);
+    const int L = (int)m->cfg.num_hidden_layers, B = 2, T = 16, V = (int)m->cfg.vocab_size;
+    ck_assert_int_ge(L, 2);
+    char path[600];
+    snprintf(path, sizeof path, "%s/lora/adapter", dir);
+    lt_adapter *ad;
+    ck_assert_int_eq(lt_adapter_load(m, path, &ad), LT_OK);
+    int32_t ids[32];
+    tu_fill_ids(ids, B * T, V, 9);
+    lt_batch b;
+    lt_batch_init(&b, sizeof b);
+    b.n_rows = B;
+    b.seq_len = T;
+    b.input_ids = ids;
+    const size_t per = lt_workspace_layer_bytes(m, B, T, ad->p.rank);
+    float *g0 = NULL;
+    double l0 = 0;
+    size_t bytes0 = 0;
+    const int keeps[] = {0, 1, L};
+    for (int k = 0; k < 3; k++) {
+        lt_workspace *ws;
+        lt_error err = {0};
+        ck_assert_int_eq(
+            lt_workspace_create_train(m, B, T, ad->p.rank, 1, (int64_t)(keeps[k] * per + per / 2), &ws, &err), LT_OK);
+        ck_assert_int_eq(ws->n_kept, keeps[k]);
+        ck_assert_int_eq(ws->checkpointing, keeps[k] < L);
+        if (k == 0) bytes0 = ws->block_bytes;
+        else ck_assert_uint_eq(ws->block_bytes, bytes0 + (keeps[k] - (keeps[k] == L ? 1 : 0)) * per);
+        int64_t nv;
+        ck_assert_int_eq(lt_stage_batch(m, ws, &b, &nv, &err), LT_OK);
+        m->be->ops->zero(m->be, ad->grads, ad->n_params * sizeof(float));
+        double sum;
+        ck_assert_int_eq(lt_forward_backward(m, ad, ws, NULL, 1.0f, &sum, NULL, &err), LT_OK);
+        if (!g0) {
+            g0 = malloc(ad->n_params * sizeof *g0);
+            memcpy(g0, ad->grads, ad->n_params * sizeof *g0);
+            l0 = sum;
+        } else {
+            ck_assert(sum == l0);
+            ck_assert_msg(!memcmp(g0, ad->grads, ad->n_params * sizeof *g0), "keeping %d layers changed the gradients",
+                          keeps[k]);
+        }
+        lt_workspace_free(ws);
+    }
+    free(g0);
+    /* the trainer's parameter: negative is refused */
+    lt_optimizer_params op;
+    lt_optimizer_params_init(&op, sizeof op);
+    lt_optimizer *opt;
+    ck_assert_int_eq(lt_optimizer_create(ad, &op, &opt), LT_OK);
+    lt_trainer_params tp;
+    lt_trainer_params_init(&tp, sizeof tp);
+    ck_assert_int_eq(tp.activation_memory, 0);
+    tp.activation_memory = -1;
+    lt_trainer *tr = NULL;
+    ck_assert_int_eq(lt_trainer_create(m, ad, opt, &tp, &tr), LT_ERR_ARGUMENT);
+    ck_assert_ptr_nonnull(strstr(lt_last_error(), "activation_memory"));
+    lt_optimizer_free(opt);
+    lt_adapter_free(ad);
+    lt_model_free(m);
+    lt_context_free(ctx);
+}
+END_TEST
+
+static Suite *stream_suite(void) {
+    Suite *s = suite_create("stream");
+    TCase *a = tcase_create("loader");
+    tcase_set_timeout(a, 600);
+    tcase_add_loop_test(a, test_bit_identical, 0, N_CASES);
+    tcase_add_test(a, test_prequantized);
+    tcase_add_test(a, test_malformed_midstream);
+    tcase_add_test(a, test_load_memory);
+    tcase_add_test(a, test_random_models);
+    suite_add_tcase(s, a);
+    TCase *b = tcase_create("budget");
+    tcase_set_timeout(b, 600);
+    tcase_add_test(b, test_activation_budget);
+    suite_add_tcase(s, b);
+    return s;
+}
+
+TU_MAIN(stream_suite)
