@@ -42,6 +42,7 @@ void openblas_set_num_threads(int num_threads);
 typedef struct cpu_impl {
     const lt_cpu_kernels *k;
     _Atomic int first_error; /* lt_status since the last sync; atomic: threads sharing a model share it */
+    _Atomic int reported;    /* what the last sync returned */
 } cpu_impl;
 
 static inline const lt_cpu_kernels *K(const lt_backend *be) { return ((const cpu_impl *)be->impl)->k; }
@@ -141,7 +142,16 @@ static void cpu_zero(lt_backend *be, void *dst, size_t bytes) {
 static lt_status cpu_sync(lt_backend *be) {
     cpu_impl *im = be->impl;
     lt_status st = (lt_status)atomic_exchange(&im->first_error, LT_OK);
+    atomic_store(&im->reported, (int)st);
     return st;
+}
+
+/* The CPU backend keeps statuses only: its one error is an op called with arguments it cannot take. */
+static const char *cpu_error_message(lt_backend *be) {
+    return atomic_load(&((cpu_impl *)be->impl)->reported) == LT_OK
+               ? ""
+               : "cpu backend: an op was called with arguments it cannot take (a dimension or leading dimension out "
+                 "of range, NH not a multiple of NKV, len > S_cap)";
 }
 
 /* ---- gemm ----------------------------------------------------------------------------------------- */
@@ -819,6 +829,7 @@ static const lt_backend_ops cpu_ops = {
     .copy = cpu_copy,
     .zero = cpu_zero,
     .sync = cpu_sync,
+    .error_message = cpu_error_message,
     .gemm = cpu_gemm,
     .bf16_weight_bytes = cpu_bf16_weight_bytes,
     .bf16_weight_pack = cpu_bf16_weight_pack,

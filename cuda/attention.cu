@@ -662,7 +662,7 @@ static cudaError_t att_allow(const lt_cuda_impl *im, K kernel, size_t floats) {
 }
 
 extern "C" cudaError_t lt_cuda_attention_setup(lt_backend *be) {
-    const lt_cuda_impl *im = lt_cuda(be);
+    const lt_cuda_impl *im = lt_cuda_enter(be);
     cudaError_t e;
     if ((e = att_allow(im, att_fwd_kernel<64>, att_fwd_floats(64))) != cudaSuccess) return e;
     if ((e = att_allow(im, att_fwd_kernel<128>, att_fwd_floats(128))) != cudaSuccess) return e;
@@ -675,20 +675,6 @@ extern "C" cudaError_t lt_cuda_attention_setup(lt_backend *be) {
 
 /* Shapes the kernels accept: empty problems are no-ops; NKV must divide NH (else LT_ERR_INTERNAL, as
  * the CPU backend); the grid's y and z limits bound NH and B. */
-static bool att_args_ok(lt_backend *be, int B, int T, int NH, int NKV, int HD, const char *what) {
-    if (B <= 0 || T <= 0 || NH <= 0 || HD <= 0) return false;
-    if (NKV <= 0 || NH % NKV != 0) {
-        char msg[96];
-        snprintf(msg, sizeof msg, "%s: NH %d is not a multiple of NKV %d", what, NH, NKV);
-        lt_cuda_record(be, LT_ERR_INTERNAL, msg, 0);
-        return false;
-    }
-    if (B > 65535 || NH > 65535) {
-        lt_cuda_record(be, LT_ERR_UNSUPPORTED, "attention: B or NH above 65535", 0);
-        return false;
-    }
-    return true;
-}
 
 /* Warps per block of a row-wise kernel needing `vecs` vectors of HD floats per warp in 48 KiB of
  * shared memory (at most 8); 0 if even one warp does not fit. */
@@ -701,8 +687,8 @@ static int att_rowwise_warps(int HD, int vecs, int extra_floats_per_warp) {
 extern "C" void lt_cuda_attention_forward(lt_backend *be, float *out, float *lse, const float *q, const float *k,
                                           const float *v, const int32_t *kv_start, int B, int T, int NH, int NKV,
                                           int HD, float scale) {
-    lt_cuda_impl *im = lt_cuda(be);
-    if (!att_args_ok(be, B, T, NH, NKV, HD, "attention_forward")) return;
+    lt_cuda_impl *im = lt_cuda_enter(be);
+    if (!lt_cuda_att_args_ok(be, B, T, NH, NKV, HD, "attention_forward")) return;
     dim3 grid((unsigned)((T + ATT_TILE - 1) / ATT_TILE), (unsigned)NH, (unsigned)B);
     if (HD <= 64 && att_fits(im, att_fwd_floats(64))) {
         att_fwd_kernel<64><<<grid, ATT_THREADS, att_fwd_floats(64) * sizeof(float), im->stream>>>(
@@ -735,8 +721,8 @@ extern "C" void lt_cuda_attention_backward(lt_backend *be, float *dq, float *dk,
                                            const float *q, const float *k, const float *v, const float *out,
                                            const float *lse, const int32_t *kv_start, int B, int T, int NH, int NKV,
                                            int HD, float scale, float *scratch) {
-    lt_cuda_impl *im = lt_cuda(be);
-    if (!att_args_ok(be, B, T, NH, NKV, HD, "attention_backward")) return;
+    lt_cuda_impl *im = lt_cuda_enter(be);
+    if (!lt_cuda_att_args_ok(be, B, T, NH, NKV, HD, "attention_backward")) return;
     float *D = scratch;
     const size_t qrows = (size_t)B * T * NH;
     att_bwd_D_kernel<<<(unsigned)((qrows + 7) / 8), 256, 0, im->stream>>>(D, dout, out, B, T, NH, HD);
@@ -771,8 +757,9 @@ extern "C" void lt_cuda_attention_backward(lt_backend *be, float *dq, float *dk,
 extern "C" void lt_cuda_attention_decode(lt_backend *be, float *out, const float *q, const float *kcache,
                                          const float *vcache, const int32_t *kv_start, const int32_t *kv_len, int B,
                                          int S_cap, int NH, int NKV, int HD, float scale) {
-    lt_cuda_impl *im = lt_cuda(be);
-    if (!att_args_ok(be, B, 1, NH, NKV, HD, "attention_decode")) return;
+    lt_cuda_impl *im = lt_cuda_enter(be);
+    if (!lt_cuda_att_args_ok(be, B, 1, NH, NKV, HD, "attention_decode")) return;
+    if (!lt_cuda_decode_ranges_ok(be, kv_start, kv_len, B, S_cap, "attention_decode")) return;
     /* W warps: qv (HD) + W * (acc (HD) + m + l) floats in 48 KiB */
     int W = 8;
     while (W > 0 && ((size_t)HD + (size_t)W * (HD + 2)) * sizeof(float) > 48u * 1024u) W--;
@@ -781,7 +768,7 @@ extern "C" void lt_cuda_attention_decode(lt_backend *be, float *out, const float
         return;
     }
     const size_t smem = ((size_t)HD + (size_t)W * (HD + 2)) * sizeof(float);
-    att_decode_kernel<<<dim3((unsigned)NH, (unsigned)B), 32 * W, smem, im->stream>>>(
-        out, q, kcache, vcache, kv_start, kv_len, S_cap, NH, NKV, HD, scale);
+    att_decode_kernel<<<dim3((unsigned)NH, (unsigned)B), 32 * W, smem, im->stream>>>(out, q, kcache, vcache, kv_start,
+                                                                                     kv_len, S_cap, NH, NKV, HD, scale);
     lt_cuda_check(be, "attention_decode");
 }

@@ -123,8 +123,9 @@ static unsigned sc_blocks(long n) { return (unsigned)((n + SC_THREADS - 1) / SC_
 extern "C" void lt_cuda_attention_softcap_forward(lt_backend *be, float *out, float *lse, const float *q,
                                                   const float *k, const float *v, const int32_t *kv_start, int B, int T,
                                                   int NH, int NKV, int HD, float scale, float softcap) {
+    lt_cuda_enter(be);
+    if (!lt_cuda_att_args_ok(be, B, T, NH, NKV, HD, "attention_softcap_forward")) return;
     long n = (long)B * T * NH;
-    if (n <= 0 || NKV <= 0) return;
     att_softcap_fwd_kernel<<<sc_blocks(n), SC_THREADS, 0, lt_cuda(be)->stream>>>(out, lse, q, k, v, kv_start, B, T, NH,
                                                                                  NKV, HD, scale, softcap);
     lt_cuda_check(be, "attention_softcap_forward");
@@ -134,8 +135,9 @@ extern "C" void lt_cuda_attention_softcap_backward(lt_backend *be, float *dq, fl
                                                    const float *q, const float *k, const float *v, const float *out,
                                                    const float *lse, const int32_t *kv_start, int B, int T, int NH,
                                                    int NKV, int HD, float scale, float softcap) {
+    lt_cuda_enter(be);
+    if (!lt_cuda_att_args_ok(be, B, T, NH, NKV, HD, "attention_softcap_backward")) return;
     long n = (long)B * T * NH, nk = (long)B * T * NKV;
-    if (n <= 0 || NKV <= 0) return;
     att_softcap_dq_kernel<<<sc_blocks(n), SC_THREADS, 0, lt_cuda(be)->stream>>>(dq, dout, q, k, v, out, lse, kv_start,
                                                                                 B, T, NH, NKV, HD, scale, softcap);
     att_softcap_dkv_kernel<<<sc_blocks(nk), SC_THREADS, 0, lt_cuda(be)->stream>>>(
@@ -147,9 +149,12 @@ extern "C" void lt_cuda_attention_softcap_decode(lt_backend *be, float *out, con
                                                  const float *vcache, const int32_t *kv_start, const int32_t *kv_len,
                                                  int B, int S_cap, int NH, int NKV, int HD, float scale,
                                                  float softcap) {
-    long n = (long)B * NH;
-    if (n <= 0 || NKV <= 0) return;
-    att_softcap_decode_kernel<<<sc_blocks(n), SC_THREADS, 0, lt_cuda(be)->stream>>>(
-        out, q, kcache, vcache, kv_start, kv_len, B, S_cap, NH, NKV, HD, scale, softcap);
+    lt_cuda_impl *im = lt_cuda_enter(be);
+    if (!lt_cuda_att_args_ok(be, B, 1, NH, NKV, HD, "attention_softcap_decode")) return;
+    if (!lt_cuda_decode_ranges_ok(be, kv_start, kv_len, B, S_cap, "attention_softcap_decode")) return;
+    /* an empty range of a row gives out = 0 there (the kernel zeroes before accumulating) */
+    const long n = (long)B * NH;
+    att_softcap_decode_kernel<<<sc_blocks(n), SC_THREADS, 0, im->stream>>>(out, q, kcache, vcache, kv_start, kv_len, B,
+                                                                           S_cap, NH, NKV, HD, scale, softcap);
     lt_cuda_check(be, "attention_softcap_decode");
 }

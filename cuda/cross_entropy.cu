@@ -68,6 +68,7 @@ __global__ void cross_entropy_kernel(float *logits, float *losses, const int32_t
 
 extern "C" void lt_cuda_cross_entropy(lt_backend *be, float *logits, float *losses, const int32_t *targets, int n,
                                       int V, float grad_scale) {
+    lt_cuda_enter(be);
     if (n <= 0 || V <= 0) return;
     const int threads = V >= CE_THREADS ? CE_THREADS : 32 * ((V + 31) / 32);
     cross_entropy_kernel<<<n, threads, 0, lt_cuda(be)->stream>>>(logits, losses, targets, V, grad_scale);

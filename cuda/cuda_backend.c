@@ -8,10 +8,12 @@
  * with CUDA still loads and runs its CPU backend on a machine without a GPU or driver; asking for
  * "cuda" there is LT_ERR_BACKEND.
  *
- * Memory: device memory (host_memory = 0). alloc/free are stream-ordered (cudaMallocAsync /
- * cudaFreeAsync on the backend's stream) where the device supports memory pools, else
- * cudaMalloc/cudaFree. upload/copy/zero are queued on the stream; download waits for it (the host
- * reads the data right after).
+ * Memory: device memory (host_memory = 0). alloc/free are stream-ordered (cudaMallocFromPoolAsync /
+ * cudaFreeAsync on the backend's stream) from a memory pool of the backend's own where the device
+ * supports pools, else cudaMalloc/cudaFree. The pool keeps what is freed (release threshold: no
+ * limit) instead of handing it back to the driver at every synchronisation, so that the allocations
+ * of a step cost nothing after the first; it is released with the backend. upload/copy/zero are
+ * queued on the stream; download waits for it (the host reads the data right after).
  *
  * Environment (read at creation): LT_CUDA_DEVICE=<i> picks the device (default: the current one,
  * 0 unless the application chose another); LT_CUDA_SYNC=1 synchronises after every op (errors are
@@ -46,13 +48,18 @@ static int env_flag(const char *name) {
 
 static void cuda_release(lt_cuda_impl *im) {
     if (!im) return;
+    int prev = -1;
+    if (cudaGetDevice(&prev) == cudaSuccess && prev != im->device) cudaSetDevice(im->device);
     if (im->stream) cudaStreamSynchronize(im->stream);
     if (im->ws) cudaFree(im->ws);
     if (im->red) cudaFree(im->red);
     if (im->flag) cudaFree(im->flag);
     if (im->cublas) cublasDestroy(im->cublas);
     if (im->stream) cudaStreamDestroy(im->stream);
+    if (im->pool) cudaMemPoolDestroy(im->pool);
     cudaGetLastError();
+    if (prev >= 0 && prev != im->device) cudaSetDevice(prev);
+    lt_cuda_errors_release(im);
     pthread_mutex_destroy(&im->lock);
     free(im);
 }
@@ -70,13 +77,15 @@ static void cuda_set_threads(lt_backend *be, int n_threads) { be->n_threads = n_
 
 /* cudaMalloc memory is aligned to at least 256 bytes; pool allocations are checked. */
 static void *cuda_alloc(lt_backend *be, size_t bytes) {
-    lt_cuda_impl *im = lt_cuda(be);
+    lt_cuda_impl *im = lt_cuda_enter(be);
     if (bytes > SIZE_MAX - 255) return NULL;
     size_t n = bytes ? (bytes + 255) & ~(size_t)255 : 256;
     void *p = NULL;
-    cudaError_t e = im->use_pool ? cudaMallocAsync(&p, n, im->stream) : cudaMalloc(&p, n);
+    cudaError_t e = im->use_pool ? cudaMallocFromPoolAsync(&p, n, im->pool, im->stream) : cudaMalloc(&p, n);
     if (e != cudaSuccess) {
         cudaGetLastError(); /* out of memory is not sticky: clear it so the next op's check passes */
+        /* anything else (a device that faulted earlier) is not out of memory: sync says what it was */
+        if (e != cudaErrorMemoryAllocation) lt_cuda_record(be, LT_ERR_BACKEND, "alloc", (int)e);
         return NULL;
     }
     if ((uintptr_t)p % 64 != 0) { /* never seen; the contract promises 64 */
@@ -89,7 +98,7 @@ static void *cuda_alloc(lt_backend *be, size_t bytes) {
 }
 
 static void cuda_free(lt_backend *be, void *ptr) {
-    lt_cuda_impl *im = lt_cuda(be);
+    lt_cuda_impl *im = lt_cuda_enter(be);
     if (!ptr) return;
     cudaError_t e = im->use_pool ? cudaFreeAsync(ptr, im->stream) : cudaFree(ptr);
     if (e != cudaSuccess) lt_cuda_record(be, LT_ERR_BACKEND, "free", (int)e);
@@ -98,7 +107,7 @@ static void cuda_free(lt_backend *be, void *ptr) {
 /* The source may be reused as soon as this returns: a copy from pageable memory is staged before
  * cudaMemcpyAsync returns; from page-locked memory it is truly asynchronous, so then we wait. */
 static void cuda_upload(lt_backend *be, void *dst, const void *src, size_t bytes) {
-    lt_cuda_impl *im = lt_cuda(be);
+    lt_cuda_impl *im = lt_cuda_enter(be);
     if (!bytes) return;
     struct cudaPointerAttributes at;
     int pinned = 0;
@@ -111,7 +120,7 @@ static void cuda_upload(lt_backend *be, void *dst, const void *src, size_t bytes
 }
 
 static void cuda_download(lt_backend *be, void *dst, const void *src, size_t bytes) {
-    lt_cuda_impl *im = lt_cuda(be);
+    lt_cuda_impl *im = lt_cuda_enter(be);
     if (!bytes) return;
     cudaError_t e = cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, im->stream);
     if (e == cudaSuccess) e = cudaStreamSynchronize(im->stream);
@@ -121,7 +130,7 @@ static void cuda_download(lt_backend *be, void *dst, const void *src, size_t byt
 /* memmove semantics: overlapping ranges go through the workspace, one chunk at a time, in the
  * direction that never reads a byte already overwritten. */
 static void cuda_copy(lt_backend *be, void *dst, const void *src, size_t bytes) {
-    lt_cuda_impl *im = lt_cuda(be);
+    lt_cuda_impl *im = lt_cuda_enter(be);
     if (!bytes || dst == src) return;
     char *d = dst;
     const char *s = src;
@@ -145,20 +154,22 @@ static void cuda_copy(lt_backend *be, void *dst, const void *src, size_t bytes) 
 }
 
 static void cuda_zero(lt_backend *be, void *dst, size_t bytes) {
-    lt_cuda_impl *im = lt_cuda(be);
+    lt_cuda_impl *im = lt_cuda_enter(be);
     if (!bytes) return;
     cudaError_t e = cudaMemsetAsync(dst, 0, bytes, im->stream);
     if (e != cudaSuccess) lt_cuda_record(be, LT_ERR_BACKEND, "zero", (int)e);
     lt_cuda_check(be, "zero");
 }
 
+/* this thread's first error since its last sync; a device fault is reported to every thread, at every
+ * sync, from the moment it happens */
 static lt_status cuda_sync(lt_backend *be) {
-    lt_cuda_impl *im = lt_cuda(be);
+    lt_cuda_impl *im = lt_cuda_enter(be);
     cudaError_t e = cudaStreamSynchronize(im->stream);
     if (e != cudaSuccess) lt_cuda_record(be, LT_ERR_BACKEND, "sync (an earlier op failed on the device)", (int)e);
     e = cudaGetLastError();
     if (e != cudaSuccess) lt_cuda_record(be, LT_ERR_BACKEND, "sync", (int)e);
-    return (lt_status)__atomic_exchange_n(&im->first_error, (int)LT_OK, __ATOMIC_SEQ_CST);
+    return lt_cuda_take_error(be);
 }
 
 /* ---- the table -------------------------------------------------------------------------------- */
@@ -175,6 +186,7 @@ static const lt_backend_ops cuda_ops = {
     .copy = cuda_copy,
     .zero = cuda_zero,
     .sync = cuda_sync,
+    .error_message = lt_cuda_error_message,
     .gemm = lt_cuda_gemm,
     .bf16_weight_bytes = lt_cuda_bf16_weight_bytes,
     .bf16_weight_pack = lt_cuda_bf16_weight_pack,
@@ -232,7 +244,7 @@ static lt_status create_fail(lt_cuda_impl *im, lt_backend *be, char *err, size_t
     return e == cudaErrorMemoryAllocation ? LT_ERR_NOMEM : LT_ERR_BACKEND;
 }
 
-lt_status lt_cuda_backend_create(int n_threads, lt_backend **out, char *err, size_t errlen) {
+static lt_status cuda_create(int n_threads, lt_backend **out, char *err, size_t errlen) {
     if (!out) {
         if (err && errlen) snprintf(err, errlen, "backend \"cuda\": NULL output pointer");
         return LT_ERR_ARGUMENT;
@@ -257,8 +269,8 @@ lt_status lt_cuda_backend_create(int n_threads, lt_backend **out, char *err, siz
     }
     be->impl = im;
     be->ops = &cuda_ops;
-    im->first_error = LT_OK;
     pthread_mutex_init(&im->lock, NULL);
+    if (lt_cuda_errors_init(im) != 0) return create_fail(im, be, err, errlen, "pthread_key_create", cudaSuccess);
     im->debug_sync = env_flag("LT_CUDA_SYNC");
     im->debug_print = env_flag("LT_CUDA_DEBUG");
 
@@ -288,6 +300,21 @@ lt_status lt_cuda_backend_create(int n_threads, lt_backend **out, char *err, siz
 
     if ((e = cudaStreamCreateWithFlags(&im->stream, cudaStreamNonBlocking)) != cudaSuccess)
         return create_fail(im, be, err, errlen, "cudaStreamCreate", e);
+    if (im->use_pool) { /* the backend's own pool, keeping what is freed (see Memory above) */
+        struct cudaMemPoolProps pp;
+        memset(&pp, 0, sizeof pp);
+        pp.allocType = cudaMemAllocationTypePinned;
+        pp.handleTypes = cudaMemHandleTypeNone;
+        pp.location.type = cudaMemLocationTypeDevice;
+        pp.location.id = dev;
+        unsigned long long keep = UINT64_MAX;
+        if ((e = cudaMemPoolCreate(&im->pool, &pp)) != cudaSuccess) {
+            im->pool = NULL;
+            return create_fail(im, be, err, errlen, "cudaMemPoolCreate", e);
+        }
+        if ((e = cudaMemPoolSetAttribute(im->pool, cudaMemPoolAttrReleaseThreshold, &keep)) != cudaSuccess)
+            return create_fail(im, be, err, errlen, "cudaMemPoolSetAttribute", e);
+    }
     cublasStatus_t cs = cublasCreate(&im->cublas);
     if (cs != CUBLAS_STATUS_SUCCESS) {
         im->cublas = NULL;
@@ -308,4 +335,15 @@ lt_status lt_cuda_backend_create(int n_threads, lt_backend **out, char *err, siz
     cuda_set_threads(be, n_threads);
     *out = be;
     return LT_OK;
+}
+
+/* The caller's current device is left as it was (the ops bind the backend's device themselves). */
+lt_status lt_cuda_backend_create(int n_threads, lt_backend **out, char *err, size_t errlen) {
+    int caller = -1;
+    if (cudaGetDevice(&caller) != cudaSuccess) caller = -1;
+    cudaGetLastError();
+    lt_status st = cuda_create(n_threads, out, err, errlen);
+    if (caller >= 0) cudaSetDevice(caller);
+    cudaGetLastError();
+    return st;
 }

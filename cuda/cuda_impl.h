@@ -6,11 +6,19 @@
  * lt_backend_ops slot (backend.h), with C linkage, so the table can point at them directly.
  *
  * Errors: every op returns void. A launch or API failure is recorded with lt_cuda_record (the first
- * one since the last sync wins) and sync() returns it: LT_ERR_BACKEND for CUDA/cuBLAS failures,
- * LT_ERR_INTERNAL for arguments no caller should pass (as the CPU backend does), LT_ERR_UNSUPPORTED
- * for a shape this backend has no kernel for. The message is kept in error_msg (and printed to
- * stderr when LT_CUDA_DEBUG is set). With LT_CUDA_SYNC=1 every op synchronises, so that an error
- * inside a kernel is reported against the op that caused it.
+ * one since the calling thread's last sync wins) and that thread's sync() returns it: LT_ERR_BACKEND for
+ * CUDA/cuBLAS failures (the message names the op and the CUDA error: error_message), LT_ERR_INTERNAL
+ * for arguments no caller should pass (as the CPU backend does), LT_ERR_UNSUPPORTED for a shape this
+ * backend has no kernel for. Errors are kept per host thread (lt_cuda_errslot): a thread's sync never
+ * returns, nor clears, another thread's error. A fault inside a kernel (an illegal address) is sticky
+ * in CUDA: from then on every sync of every thread reports it, and alloc records it rather than
+ * passing for out of memory; only a new process recovers. With LT_CUDA_SYNC=1 every op synchronises,
+ * so that an error inside a kernel is reported against the op that caused it. LT_CUDA_DEBUG=1 prints
+ * every recorded error to stderr.
+ *
+ * Devices: the backend's device is bound to the calling thread at the entry of every op
+ * (lt_cuda_enter), so that threads other than the creating one, or an application that switches its
+ * current device, work on the right device.
  *
  * Streams: one non-blocking stream per backend; every copy, kernel and cuBLAS call goes on it, so
  * the ops are ordered exactly as they are called. Nothing here may be touched at library load time.
@@ -18,7 +26,7 @@
  * Threads: several host threads may call the ops of one backend at once (threads sharing a model,
  * docs/API.md). Launching onto the shared stream is thread-safe; what is not (the cuBLAS handle, the
  * workspace, the reduction buffers) is used under `lock`, for the whole sequence of launches that
- * shares it. The first error is kept with atomic operations.
+ * shares it.
  */
 #ifndef LT_CUDA_IMPL_H
 #define LT_CUDA_IMPL_H
@@ -38,6 +46,16 @@
 /* Doubles for the partial sums of sumsq (one per block of its first pass) plus the result. */
 #define LT_CUDA_RED_BLOCKS 1024
 
+/* The error record of one host thread (created at its first error or sync; freed when it exits or with
+ * the backend). */
+typedef struct lt_cuda_errslot {
+    int first_error;    /* lt_status since this thread's last sync */
+    char msg[256];      /* its message */
+    char reported[256]; /* the message of the error this thread's last sync returned */
+    struct lt_cuda_impl *im;
+    struct lt_cuda_errslot *next;
+} lt_cuda_errslot;
+
 typedef struct lt_cuda_impl {
     int device;
     int sm_count;
@@ -46,13 +64,16 @@ typedef struct lt_cuda_impl {
     int debug_sync;    /* LT_CUDA_SYNC=1: synchronise after every op */
     int debug_print;   /* LT_CUDA_DEBUG=1: print recorded errors to stderr */
     cudaStream_t stream;
+    cudaMemPool_t pool; /* use_pool: the backend's own (release threshold: keep everything) */
     cublasHandle_t cublas;
-    float *ws;            /* LT_CUDA_WS_FLOATS floats */
-    double *red;          /* LT_CUDA_RED_BLOCKS + 1 doubles */
-    int *flag;            /* one int (all_finite) */
-    pthread_mutex_t lock; /* guards cublas, ws, red, flag (see Threads above) */
-    int first_error;      /* lt_status since the last sync; __atomic builtins only */
-    char error_msg[256];  /* written by the thread that recorded first_error */
+    float *ws;             /* LT_CUDA_WS_FLOATS floats */
+    double *red;           /* LT_CUDA_RED_BLOCKS + 1 doubles */
+    int *flag;             /* one int (all_finite) */
+    pthread_mutex_t lock;  /* guards cublas, ws, red, flag (see Threads above) and `slots` */
+    pthread_key_t err_key; /* this thread's lt_cuda_errslot */
+    int err_key_made;
+    lt_cuda_errslot *slots;   /* every thread's, to free them with the backend */
+    lt_cuda_errslot fallback; /* shared by threads whose own could not be allocated */
 } lt_cuda_impl;
 
 #ifdef __cplusplus
@@ -63,12 +84,29 @@ static inline lt_cuda_impl *lt_cuda(const lt_backend *be) { return (lt_cuda_impl
 static inline void lt_cuda_lock(const lt_backend *be) { pthread_mutex_lock(&lt_cuda(be)->lock); }
 static inline void lt_cuda_unlock(const lt_backend *be) { pthread_mutex_unlock(&lt_cuda(be)->lock); }
 
-/* ---- cuda_errors.c ---- */
-/* Record st (with what and, when cuda_err != 0, the CUDA error string) unless an error is pending. */
+/* Bind this backend's device to the calling thread (a no-op when it is current); every op starts so. */
+static inline lt_cuda_impl *lt_cuda_enter(lt_backend *be) {
+    lt_cuda_impl *im = lt_cuda(be);
+    int d = -1;
+    if (cudaGetDevice(&d) != cudaSuccess || d != im->device) cudaSetDevice(im->device);
+    return im;
+}
+
+/* ---- cuda_errors.c ---------------------------------------------------------------------------- */
+/* Make the per-thread records (at creation); -1 on failure. */
+int lt_cuda_errors_init(lt_cuda_impl *im);
+/* Record st (with what and, when cuda_err != 0, the CUDA error string) unless an error of this thread
+ * is pending. */
 void lt_cuda_record(lt_backend *be, lt_status st, const char *what, int cuda_err);
 /* Call after queueing work: records a launch error (cudaGetLastError) and, with LT_CUDA_SYNC,
  * waits for the stream and records an execution error. */
 void lt_cuda_check(lt_backend *be, const char *what);
+/* sync's end: this thread's first error since its last sync (LT_OK if none), cleared; its message is
+ * kept for lt_cuda_error_message. */
+lt_status lt_cuda_take_error(lt_backend *be);
+const char *lt_cuda_error_message(lt_backend *be);
+/* Free every thread's record (at destroy). */
+void lt_cuda_errors_release(lt_cuda_impl *im);
 
 /* ---- attention.cu: raise the dynamic shared memory limits of the tiled kernels (at creation) -- */
 cudaError_t lt_cuda_attention_setup(lt_backend *be);

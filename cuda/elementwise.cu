@@ -24,12 +24,14 @@ __global__ void scale_kernel(size_t n, float a, float *x) {
 }
 
 extern "C" void lt_cuda_axpy(lt_backend *be, size_t n, float a, const float *x, float *y) {
+    lt_cuda_enter(be);
     if (!n) return;
     axpy_kernel<<<lt_grid_1d(n, EW_THREADS), EW_THREADS, 0, lt_cuda(be)->stream>>>(n, a, x, y);
     lt_cuda_check(be, "axpy");
 }
 
 extern "C" void lt_cuda_scale(lt_backend *be, size_t n, float a, float *x) {
+    lt_cuda_enter(be);
     if (!n) return;
     scale_kernel<<<lt_grid_1d(n, EW_THREADS), EW_THREADS, 0, lt_cuda(be)->stream>>>(n, a, x);
     lt_cuda_check(be, "scale");
@@ -42,6 +44,7 @@ __global__ void row_scale_kernel(float *x, const float *w, size_t total, int C) 
 }
 
 extern "C" void lt_cuda_row_scale(lt_backend *be, float *x, const float *w, int n, int C) {
+    lt_cuda_enter(be);
     const size_t total = (size_t)n * C;
     if (!total) return;
     row_scale_kernel<<<lt_grid_1d(total, EW_THREADS), EW_THREADS, 0, lt_cuda(be)->stream>>>(x, w, total, C);
@@ -69,7 +72,7 @@ __global__ void sumsq_final_kernel(const double *part, int nb, double *result) {
 
 /* Synchronising; NaN if the device failed (the error is recorded for sync). */
 extern "C" double lt_cuda_sumsq(lt_backend *be, size_t n, const float *x) {
-    lt_cuda_impl *im = lt_cuda(be);
+    lt_cuda_impl *im = lt_cuda_enter(be);
     size_t nb = (n + (size_t)EW_THREADS * 8 - 1) / ((size_t)EW_THREADS * 8);
     if (nb < 1) nb = 1;
     if (nb > LT_CUDA_RED_BLOCKS) nb = LT_CUDA_RED_BLOCKS;
@@ -97,7 +100,7 @@ __global__ void all_finite_kernel(const float *x, size_t n, int *flag) {
 
 /* Synchronising; 0 if the device failed (the error is recorded for sync). */
 extern "C" int lt_cuda_all_finite(lt_backend *be, size_t n, const float *x) {
-    lt_cuda_impl *im = lt_cuda(be);
+    lt_cuda_impl *im = lt_cuda_enter(be);
     if (!n) return 1;
     int bad = 1;
     lt_cuda_lock(be); /* the flag, until it is read */
@@ -128,6 +131,7 @@ __global__ void embedding_forward_kernel(float *out, const int32_t *ids, const f
 
 extern "C" void lt_cuda_embedding_forward(lt_backend *be, float *out, const int32_t *ids, const float *table, int N,
                                           int C) {
+    lt_cuda_enter(be);
     if (N <= 0 || C <= 0) return;
     embedding_forward_kernel<<<N, (C < EW_THREADS ? 32 * ((C + 31) / 32) : EW_THREADS), 0, lt_cuda(be)->stream>>>(
         out, ids, table, C);
@@ -143,9 +147,9 @@ __global__ void scatter_rows_kernel(float *dst, const int32_t *idx, const float 
 }
 
 extern "C" void lt_cuda_scatter_rows(lt_backend *be, float *dst, const int32_t *idx, const float *src, int n, int C) {
+    lt_cuda_impl *im = lt_cuda_enter(be);
     if (n <= 0 || C <= 0) return;
-    scatter_rows_kernel<<<n, (C < EW_THREADS ? 32 * ((C + 31) / 32) : EW_THREADS), 0, lt_cuda(be)->stream>>>(dst, idx,
-                                                                                                           src, C);
+    scatter_rows_kernel<<<n, (C < EW_THREADS ? 32 * ((C + 31) / 32) : EW_THREADS), 0, im->stream>>>(dst, idx, src, C);
     lt_cuda_check(be, "scatter_rows");
 }
 
@@ -159,6 +163,7 @@ __global__ void embedding_backward_kernel(float *dtable, const int32_t *ids, con
 
 extern "C" void lt_cuda_embedding_backward(lt_backend *be, float *dtable, const int32_t *ids, const float *dout, int N,
                                            int C) {
+    lt_cuda_enter(be);
     if (N <= 0 || C <= 0) return;
     embedding_backward_kernel<<<(C + EW_THREADS - 1) / EW_THREADS, EW_THREADS, 0, lt_cuda(be)->stream>>>(dtable, ids,
                                                                                                          dout, N, C);
@@ -189,6 +194,7 @@ __global__ void swiglu_backward_kernel(float *dgate, float *dup, const float *do
 }
 
 extern "C" void lt_cuda_swiglu_forward(lt_backend *be, float *out, const float *gate, const float *up, size_t n) {
+    lt_cuda_enter(be);
     if (!n) return;
     swiglu_forward_kernel<<<lt_grid_1d(n, EW_THREADS), EW_THREADS, 0, lt_cuda(be)->stream>>>(out, gate, up, n);
     lt_cuda_check(be, "swiglu_forward");
@@ -196,6 +202,7 @@ extern "C" void lt_cuda_swiglu_forward(lt_backend *be, float *out, const float *
 
 extern "C" void lt_cuda_swiglu_backward(lt_backend *be, float *dgate, float *dup, const float *dout, const float *gate,
                                         const float *up, size_t n) {
+    lt_cuda_enter(be);
     if (!n) return;
     swiglu_backward_kernel<<<lt_grid_1d(n, EW_THREADS), EW_THREADS, 0, lt_cuda(be)->stream>>>(dgate, dup, dout, gate,
                                                                                               up, n);
@@ -216,6 +223,7 @@ __global__ void dropout_kernel(float *out, const float *inp, size_t n, float p, 
 
 extern "C" void lt_cuda_dropout(lt_backend *be, float *out, const float *inp, size_t n, float p, uint64_t seed,
                                 uint64_t offset) {
+    lt_cuda_enter(be);
     if (!n) return;
     float keep_scale = p < 1.0f ? 1.0f / (1.0f - p) : 0.0f;
     dropout_kernel<<<lt_grid_1d(n, EW_THREADS), EW_THREADS, 0, lt_cuda(be)->stream>>>(out, inp, n, p, keep_scale, seed,
@@ -241,6 +249,7 @@ __global__ void bias_backward_kernel(float *db, const float *dy, int N, int C) {
 }
 
 extern "C" void lt_cuda_bias_add(lt_backend *be, float *y, const float *b, int N, int C) {
+    lt_cuda_enter(be);
     size_t n = (size_t)N * C;
     if (!n) return;
     bias_add_kernel<<<lt_grid_1d(n, EW_THREADS), EW_THREADS, 0, lt_cuda(be)->stream>>>(y, b, n, C);
@@ -248,6 +257,7 @@ extern "C" void lt_cuda_bias_add(lt_backend *be, float *y, const float *b, int N
 }
 
 extern "C" void lt_cuda_bias_backward(lt_backend *be, float *db, const float *dy, int N, int C) {
+    lt_cuda_enter(be);
     if (N <= 0 || C <= 0) return;
     bias_backward_kernel<<<(C + EW_THREADS - 1) / EW_THREADS, EW_THREADS, 0, lt_cuda(be)->stream>>>(db, dy, N, C);
     lt_cuda_check(be, "bias_backward");
@@ -281,6 +291,7 @@ __global__ void geglu_backward_kernel(float *dgate, float *dup, const float *dou
 }
 
 extern "C" void lt_cuda_geglu_forward(lt_backend *be, float *out, const float *gate, const float *up, size_t n) {
+    lt_cuda_enter(be);
     if (!n) return;
     geglu_forward_kernel<<<lt_grid_1d(n, EW_THREADS), EW_THREADS, 0, lt_cuda(be)->stream>>>(out, gate, up, n);
     lt_cuda_check(be, "geglu_forward");
@@ -288,6 +299,7 @@ extern "C" void lt_cuda_geglu_forward(lt_backend *be, float *out, const float *g
 
 extern "C" void lt_cuda_geglu_backward(lt_backend *be, float *dgate, float *dup, const float *dout, const float *gate,
                                        const float *up, size_t n) {
+    lt_cuda_enter(be);
     if (!n) return;
     geglu_backward_kernel<<<lt_grid_1d(n, EW_THREADS), EW_THREADS, 0, lt_cuda(be)->stream>>>(dgate, dup, dout, gate, up,
                                                                                              n);
@@ -311,12 +323,14 @@ __global__ void softcap_backward_kernel(float *dx, const float *y, size_t n, flo
 }
 
 extern "C" void lt_cuda_softcap_forward(lt_backend *be, float *x, size_t n, float cap) {
+    lt_cuda_enter(be);
     if (!n) return;
     softcap_forward_kernel<<<lt_grid_1d(n, EW_THREADS), EW_THREADS, 0, lt_cuda(be)->stream>>>(x, n, cap);
     lt_cuda_check(be, "softcap_forward");
 }
 
 extern "C" void lt_cuda_softcap_backward(lt_backend *be, float *dx, const float *y, size_t n, float cap) {
+    lt_cuda_enter(be);
     if (!n) return;
     softcap_backward_kernel<<<lt_grid_1d(n, EW_THREADS), EW_THREADS, 0, lt_cuda(be)->stream>>>(dx, y, n, cap);
     lt_cuda_check(be, "softcap_backward");
@@ -330,6 +344,7 @@ __global__ void rope_scale_kernel(float *x, size_t rows, int head_dim, int rot_d
 }
 
 extern "C" void lt_cuda_rope_scale(lt_backend *be, float *x, int N, int n_heads, int head_dim, int rot_dim, float a) {
+    lt_cuda_enter(be);
     size_t rows = (size_t)N * n_heads;
     if (!rows || rot_dim <= 0) return;
     rope_scale_kernel<<<lt_grid_1d(rows * rot_dim, EW_THREADS), EW_THREADS, 0, lt_cuda(be)->stream>>>(x, rows, head_dim,
@@ -368,12 +383,14 @@ __global__ void col_dot_kernel(float *out, const float *a, const float *b, const
 
 extern "C" void lt_cuda_dora_norm(lt_backend *be, float *g, float *inv_n, const float *m, const float *w, int rows,
                                   int cols) {
+    lt_cuda_enter(be);
     if (rows <= 0 || cols <= 0) return;
     dora_norm_kernel<<<rows, EW_THREADS, 0, lt_cuda(be)->stream>>>(g, inv_n, m, w, cols);
     lt_cuda_check(be, "dora_norm");
 }
 
 extern "C" void lt_cuda_mul_cols(lt_backend *be, float *y, const float *g, int N, int C) {
+    lt_cuda_enter(be);
     size_t n = (size_t)N * C;
     if (!n) return;
     mul_cols_kernel<<<lt_grid_1d(n, EW_THREADS), EW_THREADS, 0, lt_cuda(be)->stream>>>(y, g, n, C);
@@ -382,6 +399,7 @@ extern "C" void lt_cuda_mul_cols(lt_backend *be, float *y, const float *g, int N
 
 extern "C" void lt_cuda_col_dot(lt_backend *be, float *out, const float *a, const float *b, const float *w, int N,
                                 int C) {
+    lt_cuda_enter(be);
     if (N <= 0 || C <= 0) return;
     col_dot_kernel<<<(C + EW_THREADS - 1) / EW_THREADS, EW_THREADS, 0, lt_cuda(be)->stream>>>(out, a, b, w, N, C);
     lt_cuda_check(be, "col_dot");

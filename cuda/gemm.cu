@@ -24,7 +24,7 @@ __global__ void gemm_scale_c_kernel(float *C, int M, int N, int ldc, float beta)
 
 extern "C" void lt_cuda_gemm(lt_backend *be, int transA, int transB, int M, int N, int K, float alpha, const float *A,
                              int lda, const float *B, int ldb, float beta, float *C, int ldc) {
-    lt_cuda_impl *im = lt_cuda(be);
+    lt_cuda_impl *im = lt_cuda_enter(be);
     /* the argument checks of the CPU backend (BLAS rules for row-major storage) */
     int rowsA = transA ? M : K, rowsB = transB ? K : N; /* minimum leading dimensions */
     if (M < 0 || N < 0 || K < 0 || ldc < (N > 1 ? N : 1) ||

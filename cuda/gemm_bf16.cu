@@ -3,9 +3,12 @@
  * bf16"): cuBLAS bf16 GEMM (cublasGemmEx, bf16 inputs, fp32 output, CUBLAS_COMPUTE_32F).
  *
  * Packed layout on CUDA: plain row-major bf16 (out,in), what cuBLAS reads directly. The activation
- * operand (x or dy, f32) is rounded to bf16 into the backend workspace, a slice of rows at a time
- * (the workspace holds LT_CUDA_WS_FLOATS floats = 2x as many bf16), under the backend lock, with the
- * same rounding as the CPU (round to nearest even, subnormals to zero, NaN kept).
+ * operand (x or dy, f32) is rounded to bf16 (the same rounding as the CPU: round to nearest even,
+ * subnormals to zero, NaN kept) into a scratch buffer of up to BF16_SCRATCH bytes taken from the
+ * backend's memory pool for the call, a slice of rows at a time: 256 MiB holds 9362 rows of K = 14336
+ * (down_proj), so a 64K-token call is 8 GEMMs instead of the 450 that the 4 MiB backend workspace
+ * allowed (docs/CUDA.md, R5). The call holds the backend lock (the cuBLAS handle; the work is on the
+ * one stream anyway). Without a pool, or when the pool is out of memory, the workspace is the scratch.
  * Row-major to cuBLAS: as in gemm.cu, C = op(A) op(B) is computed as C^T = op(B)^T op(A)^T.
  * 4-bit weights computed in bf16 (gemm_q4_*): a tile of rows of W is dequantized into bf16 in the
  * caller's tile (the same fp32 value as dequantize_rows, rounded as the activations are) and each tile
@@ -21,6 +24,9 @@
 #include "backend/codebook.h"
 #include "cuda/cuda_common.cuh"
 
+/* the most bytes of bf16 activations one call takes from the pool (see above) */
+#define BF16_SCRATCH ((size_t)256 << 20)
+
 /* dst (rows, K) contiguous = bf16 of src (rows, K) with leading dimension ld */
 __global__ void bf16_round_kernel(uint16_t *dst, const float *src, size_t rows, int K, int ld) {
     const size_t n = rows * (size_t)K;
@@ -35,7 +41,7 @@ extern "C" size_t lt_cuda_bf16_weight_bytes(lt_backend *be, int out, int in) {
 
 /* dst (out,in) bf16 on the device <- W (out,in) f32 on the host (rounded on the host) */
 extern "C" void lt_cuda_bf16_weight_pack(lt_backend *be, void *dst, const float *W, int out, int in) {
-    lt_cuda_impl *im = lt_cuda(be);
+    lt_cuda_impl *im = lt_cuda_enter(be);
     const size_t n = (size_t)out * in;
     uint16_t *h = (uint16_t *)malloc(n * sizeof *h);
     if (!h) {
@@ -60,15 +66,36 @@ static void bf16_gemm(lt_backend *be, int bwd, float *C, int ldc, const float *A
         return;
     }
     if (M == 0 || cols == 0) return;
+    if (K == 0) { /* an empty contraction: C = 0, or C as it is when accumulating (and no division by K) */
+        if (!accumulate) {
+            cudaError_t e = cudaMemset2DAsync(C, (size_t)ldc * sizeof(float), 0, (size_t)cols * sizeof(float),
+                                              (size_t)M, im->stream);
+            if (e != cudaSuccess) lt_cuda_record(be, LT_ERR_BACKEND, "gemm_bf16", (int)e);
+        }
+        lt_cuda_check(be, "gemm_bf16");
+        return;
+    }
     const size_t cap = LT_CUDA_WS_FLOATS * sizeof(float) / sizeof(uint16_t); /* bf16 in the workspace */
     if ((size_t)K > cap) {
         lt_cuda_record(be, LT_ERR_UNSUPPORTED, "gemm_bf16: rows longer than the workspace", 0);
         return;
     }
-    const int rows_per = (int)(cap / (size_t)K < (size_t)M ? cap / (size_t)K : (size_t)M);
-    const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
-    uint16_t *ab = (uint16_t *)im->ws;
+    /* the scratch: from the pool (up to BF16_SCRATCH bytes), else the workspace under the lock */
+    size_t rows_fit = cap / (size_t)K;
+    uint16_t *ab = NULL;
+    if (im->use_pool) {
+        size_t want = (size_t)M * K * sizeof(uint16_t);
+        if (want > BF16_SCRATCH) want = BF16_SCRATCH / ((size_t)K * sizeof(uint16_t)) * K * sizeof(uint16_t);
+        if (want >= cap * sizeof(uint16_t) &&
+            cudaMallocFromPoolAsync((void **)&ab, want, im->pool, im->stream) == cudaSuccess)
+            rows_fit = want / ((size_t)K * sizeof(uint16_t));
+        else ab = NULL, cudaGetLastError(); /* out of memory is not sticky; the workspace will do */
+    }
+    const int own = ab != NULL;
+    if (!own) ab = (uint16_t *)im->ws;
     lt_cuda_lock(be);
+    const int rows_per = (int)(rows_fit < (size_t)M ? rows_fit : (size_t)M);
+    const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
     for (int r0 = 0; r0 < M; r0 += rows_per) {
         const int rows = M - r0 < rows_per ? M - r0 : rows_per;
         const size_t n = (size_t)rows * K;
@@ -90,16 +117,22 @@ static void bf16_gemm(lt_backend *be, int bwd, float *C, int ldc, const float *A
         }
     }
     lt_cuda_unlock(be);
+    if (own) {
+        cudaError_t e = cudaFreeAsync(ab, im->stream);
+        if (e != cudaSuccess) lt_cuda_record(be, LT_ERR_BACKEND, "gemm_bf16: scratch free", (int)e);
+    }
     lt_cuda_check(be, "gemm_bf16");
 }
 
 extern "C" void lt_cuda_gemm_bf16_forward(lt_backend *be, float *y, const float *x, const void *Wp, int N, int in,
                                           int out) {
+    lt_cuda_enter(be);
     bf16_gemm(be, 0, y, out, x, in, Wp, N, in, out, 0);
 }
 
 extern "C" void lt_cuda_gemm_bf16_backward(lt_backend *be, float *dx, const float *dy, const void *Wp, int N, int in,
                                            int out, int accumulate) {
+    lt_cuda_enter(be);
     bf16_gemm(be, 1, dx, in, dy, out, Wp, N, in, out, accumulate);
 }
 
@@ -114,9 +147,10 @@ __global__ void embedding_bf16_kernel(float *out, const int32_t *ids, const uint
 
 extern "C" void lt_cuda_embedding_forward_bf16(lt_backend *be, float *out, const int32_t *ids, const void *table, int N,
                                                int C) {
+    lt_cuda_impl *im = lt_cuda_enter(be);
     if (N <= 0 || C <= 0) return;
     const int threads = C < 256 ? 32 * ((C + 31) / 32) : 256;
-    embedding_bf16_kernel<<<N, threads, 0, lt_cuda(be)->stream>>>(out, ids, (const uint16_t *)table, C);
+    embedding_bf16_kernel<<<N, threads, 0, im->stream>>>(out, ids, (const uint16_t *)table, C);
     lt_cuda_check(be, "embedding_forward_bf16");
 }
 
@@ -151,6 +185,7 @@ static int q4_tile(lt_backend *be, const lt_qdesc *q, float *tile, int tile_rows
 
 extern "C" void lt_cuda_gemm_q4_forward(lt_backend *be, float *y, const float *x, const lt_qdesc *q, int N, int in,
                                         int out, float *tile, int tile_rows) {
+    lt_cuda_enter(be);
     if (!tile || tile_rows < 1 || q->rows != out || q->cols != in) {
         lt_cuda_record(be, LT_ERR_INTERNAL, "gemm_q4_forward: no tile or a weight of another shape", 0);
         return;
@@ -164,8 +199,13 @@ extern "C" void lt_cuda_gemm_q4_forward(lt_backend *be, float *y, const float *x
 
 extern "C" void lt_cuda_gemm_q4_backward(lt_backend *be, float *dx, const float *dy, const lt_qdesc *q, int N, int in,
                                          int out, int accumulate, float *tile, int tile_rows) {
+    lt_cuda_enter(be);
     if (!tile || tile_rows < 1 || q->rows != out || q->cols != in) {
         lt_cuda_record(be, LT_ERR_INTERNAL, "gemm_q4_backward: no tile or a weight of another shape", 0);
+        return;
+    }
+    if (out == 0) { /* no rows of W: an empty contraction, dx = 0 unless accumulating */
+        bf16_gemm(be, 1, dx, in, dy, out, tile, N, in, 0, accumulate);
         return;
     }
     for (int r0 = 0; r0 < out;) { /* dx (+)= dy[:, r0 : r0 + rows] W[r0 : r0 + rows] */

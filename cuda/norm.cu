@@ -73,6 +73,7 @@ __global__ void rmsnorm_dweight_final_kernel(float *dweight, const float *part, 
 
 extern "C" void lt_cuda_rmsnorm_forward(lt_backend *be, float *out, float *rstd, const float *inp, const float *weight,
                                         int N, int C, float eps) {
+    lt_cuda_enter(be);
     if (N <= 0 || C <= 0) return;
     rmsnorm_forward_kernel<<<N, row_threads(C), 0, lt_cuda(be)->stream>>>(out, rstd, inp, weight, C, eps);
     lt_cuda_check(be, "rmsnorm_forward");
@@ -80,7 +81,7 @@ extern "C" void lt_cuda_rmsnorm_forward(lt_backend *be, float *out, float *rstd,
 
 extern "C" void lt_cuda_rmsnorm_backward(lt_backend *be, float *dinp, float *dweight, const float *dout,
                                          const float *inp, const float *weight, const float *rstd, int N, int C) {
-    lt_cuda_impl *im = lt_cuda(be);
+    lt_cuda_impl *im = lt_cuda_enter(be);
     if (N <= 0 || C <= 0) return;
     rmsnorm_backward_dinp_kernel<<<N, row_threads(C), 0, im->stream>>>(dinp, dout, inp, weight, rstd, C);
     lt_cuda_check(be, "rmsnorm_backward (dinp)");

@@ -24,6 +24,7 @@ __global__ void adamw_kernel(float *param, const float *grad, float *m, float *v
 
 extern "C" void lt_cuda_adamw_step(lt_backend *be, float *param, const float *grad, float *m, float *v, size_t n,
                                    float step_size, float beta1, float beta2, float eps, float bc2_sqrt, float decay) {
+    lt_cuda_enter(be);
     if (!n) return;
     adamw_kernel<<<lt_grid_1d(n, 256), 256, 0, lt_cuda(be)->stream>>>(param, grad, m, v, n, step_size, beta1, beta2,
                                                                       eps, bc2_sqrt, decay);
@@ -114,6 +115,7 @@ __global__ void adamw32bnb_kernel(float *param, const float *grad, float *m, flo
 extern "C" void lt_cuda_adamw8bit_step(lt_backend *be, float *param, const float *grad, void *s1, void *s2,
                                        float *absmax1, float *absmax2, size_t n, const float *qmap1, const float *qmap2,
                                        float beta1, float beta2, float eps_c2, float step_size, float decay) {
+    lt_cuda_enter(be);
     if (!n) return;
     cudaStream_t st = lt_cuda(be)->stream;
     if (!absmax1) {

@@ -32,6 +32,7 @@ __global__ void dequantize_kernel(float *out, lt_qdesc q, int64_t i0, int64_t n)
 }
 
 extern "C" void lt_cuda_dequantize_rows(lt_backend *be, float *out, const lt_qdesc *q, int64_t r0, int64_t r1) {
+    lt_cuda_enter(be);
     const int64_t n = (r1 - r0) * q->cols;
     if (n <= 0) return;
     dequantize_kernel<<<lt_grid_1d((size_t)n, 256), 256, 0, lt_cuda(be)->stream>>>(out, *q, r0 * q->cols, n);

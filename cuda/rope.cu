@@ -46,10 +46,12 @@ static void rope(lt_backend *be, float *x, const int32_t *pos, const float *inv_
 
 extern "C" void lt_cuda_rope_forward(lt_backend *be, float *x, const int32_t *pos, const float *inv_freq, int N,
                                      int n_heads, int head_dim, int rot_dim) {
+    lt_cuda_enter(be);
     rope(be, x, pos, inv_freq, N, n_heads, head_dim, rot_dim, 1.0f, "rope_forward");
 }
 
 extern "C" void lt_cuda_rope_backward(lt_backend *be, float *dx, const int32_t *pos, const float *inv_freq, int N,
                                       int n_heads, int head_dim, int rot_dim) {
+    lt_cuda_enter(be);
     rope(be, dx, pos, inv_freq, N, n_heads, head_dim, rot_dim, -1.0f, "rope_backward");
 }

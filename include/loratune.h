@@ -199,6 +199,11 @@ typedef struct lt_model_params {
     int quant_blocksize; /* default 64                                                     */
     int quantize_lm_head;/* 1: quantize lm_head too (untied models only; default 0)       */
     int base_dtype;      /* lt_base_dtype (default LT_BASE_F32)                           */
+    /* since 0.2 (hardening) */
+    int skip_finite_check; /* 0 (default): a NaN or Inf weight fails the load with LT_ERR_NUMERIC naming
+                            * the tensor (checked as each chunk is converted, packed or quantized, or
+                            * read once when mapped in place); 1: load without looking (a weight
+                            * quantized while loading must still be finite)                      */
 } lt_model_params;
 
 typedef struct lt_model_info {
@@ -320,9 +325,21 @@ enum { LT_SAVE_EMBED_TOKENS = 1 << 0, LT_SAVE_LM_HEAD = 1 << 1 };
 
 LT_API void lt_adapter_params_init(lt_adapter_params *params, size_t size);
 LT_API lt_status lt_adapter_create(lt_model *model, const lt_adapter_params *params, lt_adapter **out);
-/** Load a PEFT adapter directory (adapter_config.json + adapter_model.safetensors). */
+/** Load a PEFT adapter directory (adapter_config.json + adapter_model.safetensors). As
+ *  lt_trainer_load_checkpoint, it finds the data of a save interrupted between the two renames of the
+ *  fallback (see lt_adapter_save) and logs which directory it used. */
 LT_API lt_status lt_adapter_load(lt_model *model, const char *dir, lt_adapter **out);
-/** Save as a PEFT adapter directory (written atomically: temp files + rename). */
+/**
+ * Save as a PEFT adapter directory (a full fine-tuning: a Hugging Face model directory).
+ * Every save of the library (adapter, checkpoint, merged or quantized model) is one directory written
+ * whole: the files go into a staging directory beside dir, which then replaces dir in one atomic step
+ * (renameat2 RENAME_EXCHANGE), so a reader or a killed process sees the previous save or the new one,
+ * never a mix and never nothing. dir must be absent, an empty directory, or an earlier save of this
+ * library holding only what that save wrote (its marker file .loratune-save lists it); anything else
+ * (a file, a link, a directory with other entries) is refused with LT_ERR_IO and left untouched.
+ * Files attached with lt_adapter_set_save_files (experimental: a model card, a run record) are written
+ * into the same directory and published with it.
+ */
 LT_API lt_status lt_adapter_save(lt_adapter *adapter, const char *dir);
 LT_API void lt_adapter_free(lt_adapter *adapter);
 LT_API const char *lt_adapter_last_error(const lt_adapter *adapter);
@@ -575,7 +592,13 @@ LT_API lt_status lt_trainer_evaluate_preference(lt_trainer *trainer, const lt_pr
 LT_API lt_status lt_trainer_reference_logps(lt_trainer *trainer, const lt_pref_batch *batch, double *chosen,
                                             double *rejected, double *kl);
 
-/** Checkpoint: adapter (PEFT layout) + optimizer + trainer state, written atomically into dir. */
+/**
+ * Checkpoint: adapter (PEFT layout) + optimizer + trainer state, one save of dir (see lt_adapter_save).
+ * Loading checks every state for NaN / Inf (adapter tensors, optimizer moments, scheduler step) and
+ * changes nothing on failure. When dir is absent because a save on a file system without atomic
+ * exchange was killed between its two renames, the load uses the newest complete save of this library
+ * beside it (dir.tmp-* / dir.old-*) and says so through the log callback (LT_LOG_WARN).
+ */
 LT_API lt_status lt_trainer_save_checkpoint(lt_trainer *trainer, const char *dir);
 LT_API lt_status lt_trainer_load_checkpoint(lt_trainer *trainer, const char *dir);
 

@@ -25,8 +25,11 @@ LT_API lt_status lt_model_create_random_params(lt_context *ctx, const char *conf
 /**
  * Text files written with the adapter by every later lt_adapter_save and lt_adapter_export_merged (a model
  * card README.md, the run record training_args.json, ...), into the same directory in the same save, so the
- * files and the weights they describe are written together. names are plain file names (no '/'); names
- * and texts are copied. n = 0 removes them.
+ * files and the weights they describe are written together (lt_trainer_save_checkpoint writes them too).
+ * A name is one plain path component with no leading '.', no control character, under 256 bytes, given
+ * once (else LT_ERR_ARGUMENT, nothing changed); a name the save itself writes (adapter_config.json, ...)
+ * makes that save fail with LT_ERR_ARGUMENT, leaving DIR as it was. Names and texts are copied and
+ * replace those of an earlier call; n = 0 removes them.
  */
 LT_API lt_status lt_adapter_set_save_files(lt_adapter *adapter, const char *const *names, const char *const *texts,
                                            int n);

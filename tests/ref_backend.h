@@ -22,6 +22,7 @@
 
 typedef struct rb_impl {
     _Atomic int first_error; /* lt_status since the last sync */
+    _Atomic int reported;    /* what the last sync returned */
 } rb_impl;
 
 static void rb_error(lt_backend *be, lt_status st) {
@@ -62,7 +63,13 @@ static void rb_zero(lt_backend *be, void *dst, size_t bytes) {
     if (bytes) memset(dst, 0, bytes);
 }
 static lt_status rb_sync(lt_backend *be) {
-    return (lt_status)atomic_exchange(&((rb_impl *)be->impl)->first_error, LT_OK);
+    rb_impl *im = be->impl;
+    lt_status st = (lt_status)atomic_exchange(&im->first_error, LT_OK);
+    atomic_store(&im->reported, (int)st);
+    return st;
+}
+static const char *rb_error_message(lt_backend *be) {
+    return atomic_load(&((rb_impl *)be->impl)->reported) == LT_OK ? "" : "reference backend: bad arguments";
 }
 
 /* ---- dense linear algebra ---- */
@@ -313,6 +320,7 @@ static const lt_backend_ops rb_ops = {
     .copy = rb_copy,
     .zero = rb_zero,
     .sync = rb_sync,
+    .error_message = rb_error_message,
     .gemm = rb_gemm,
     .bf16_weight_bytes = rb_bf16_weight_bytes,
     .bf16_weight_pack = rb_bf16_weight_pack,

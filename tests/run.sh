@@ -57,7 +57,12 @@ stage() {  # NAME CMD...: one counted stage
   echo "-- ${times[-1]}"
 }
 echo "== Check suites (Release), the layout check and the add_subdirectory() host project"
-stage "ctest (Release)" bash -c "cd build && LORATUNE_REF_PYTHON='$py' ctest --output-on-failure -j1"
+stage "ctest (Release)" bash -c "cd build && LORATUNE_REF_PYTHON='$py' ctest --output-on-failure -j1 -LE cuda_emu"
+# The CUDA backend's real kernels under CPU emulation (docs/CUDA.md): every slot, under ASan; and the
+# plan of the one-command GPU run (tests/gpu.sh), whose own prerequisites are checked here.
+echo "== the CUDA kernels under CPU emulation; tests/gpu.sh --dry-run"
+stage "cuda emulation (test_backend_ops_cuda_emu)" bash -c "cd build && ctest --output-on-failure -L '^cuda_emu$'"
+stage "tests/gpu.sh --dry-run" bash tests/gpu.sh --dry-run build/gpu-dry-run
 # The model suites again on the CUDA backend where a device is (test_backend_ops runs every op on every
 # backend by itself). Elsewhere they would skip: not run.
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 2>/dev/null | grep -q '^GPU'; then
@@ -114,14 +119,20 @@ if [ -f tests/bindings.sh ]; then
   stage bindings.sh bash tests/bindings.sh "$py"
 fi
 
+echo "== hardening: the libFuzzer harnesses briefly (ASan + UBSan; docs/HARDENING.md has the long runs)"
+stage fuzz bash tests/fuzz/run.sh --time 10 --jobs 2
+echo "== hardening: the thread and generation tests under ThreadSanitizer"
+stage tsan bash tests/tsan.sh
+
 if [ "${LT_SKIP_ASAN:-0}" != 1 ]; then
   echo "== Check suites under AddressSanitizer + UBSan"
-  cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DLT_SANITIZE=ON -DLT_CUDA=OFF -DLT_TESTS=ON >/dev/null
+  cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DLT_SANITIZE=ON -DLT_CUDA=OFF -DLT_CUDA_EMU=OFF -DLT_TESTS=ON >/dev/null
   cmake --build build-asan -j"$jobs"
   lap "build (ASan+UBSan)" setup
   rm -rf build-asan/testdata && ln -s "$root/build/testdata" build-asan/testdata
   # the build checks (check_layout, host_project: label "build") ran in the Release stage
-  stage "ctest (ASan+UBSan)" bash -c "cd build-asan && ASAN_OPTIONS=detect_leaks=1 LORATUNE_REF_PYTHON='$py' ctest --output-on-failure -j1 -LE build"
+  # (the kill test, label kill, ran in the Release stage: it checks crash consistency, not memory)
+  stage "ctest (ASan+UBSan)" bash -c "cd build-asan && ASAN_OPTIONS=detect_leaks=1 LORATUNE_REF_PYTHON='$py' ctest --output-on-failure -j1 -LE 'build|kill'"
 fi
 
 echo "== times"

@@ -61,12 +61,13 @@ typedef struct hb hb;
 struct hb {
     const char *name; /* in messages */
     lt_status (*create)(const hb *h, int n_threads, lt_backend **out, char *err, size_t errlen);
-    int isa;              /* create_cpu: the lt_cpu_isa */
+    int isa;              /* create_cpu: the lt_cpu_isa; create_cuda_emu: the emulated device */
     const char *ops_name; /* the lt_backend_ops.name it reports (and its registry name for create_registry) */
     int host_memory;      /* the lt_backend_ops.host_memory it reports */
     double slack;         /* TOL(t) = slack t: ops whose sums or libm calls run in another order */
     double bf16_bound;    /* gemm_bf16: this many times the fp32 summation bound */
     double sumsq_rtol;    /* sumsq vs the reference's double sum (the CPU squares in float) */
+    int partial;          /* 1: only the cases written with FOR_BE_ALL (attention, memory) run on it */
     int available;        /* set by main */
     lt_backend *be;       /* the instance of the running test (NULL where not available) */
 };
@@ -75,6 +76,7 @@ static lt_status create_ref(const hb *h, int nt, lt_backend **out, char *err, si
     (void)h;
     return lt_ref_backend_create(nt, out, err, len);
 }
+#ifndef LT_TEST_CUDA_EMU
 static lt_status create_cpu(const hb *h, int nt, lt_backend **out, char *err, size_t len) {
     return lt_cpu_backend_create_isa(nt, (lt_cpu_isa)h->isa, out, err, len);
 }
@@ -89,18 +91,54 @@ static lt_status create_registry(const hb *h, int nt, lt_backend **out, char *er
 }
 
 static hb backends[] = {
-    {"ref", create_ref, 0, "reference", 1, 1.0, 2.0, 1e-9, 0, NULL},
-    {"cpu-generic", create_cpu, LT_CPU_ISA_GENERIC, "cpu", 1, 1.0, 2.0, 1e-6, 0, NULL},
-    {"cpu-avx2", create_cpu, LT_CPU_ISA_AVX2, "cpu", 1, 1.0, 2.0, 1e-6, 0, NULL},
-    {"cpu-avx512", create_cpu, LT_CPU_ISA_AVX512, "cpu", 1, 1.0, 2.0, 1e-6, 0, NULL},
-    {"cpu-avx512bf16", create_cpu, LT_CPU_ISA_AVX512_BF16, "cpu", 1, 1.0, 2.0, 1e-6, 0, NULL},
+    {"ref", create_ref, 0, "reference", 1, 1.0, 2.0, 1e-9, 0, 0, NULL},
+    {"cpu-generic", create_cpu, LT_CPU_ISA_GENERIC, "cpu", 1, 1.0, 2.0, 1e-6, 0, 0, NULL},
+    {"cpu-avx2", create_cpu, LT_CPU_ISA_AVX2, "cpu", 1, 1.0, 2.0, 1e-6, 0, 0, NULL},
+    {"cpu-avx512", create_cpu, LT_CPU_ISA_AVX512, "cpu", 1, 1.0, 2.0, 1e-6, 0, 0, NULL},
+    {"cpu-avx512bf16", create_cpu, LT_CPU_ISA_AVX512_BF16, "cpu", 1, 1.0, 2.0, 1e-6, 0, 0, NULL},
     /* device kernels: float sums in other orders (trees, tensor cores), fast intrinsics */
-    {"cuda", create_registry, 0, "cuda", 0, 10.0, 4.0, 1e-9, 0, NULL},
+    {"cuda", create_registry, 0, "cuda", 0, 10.0, 4.0, 1e-9, 0, 0, NULL},
 };
+#else
+/* The CUDA backend's real kernels under CPU emulation (tests/cuda_emu, docs/CUDA.md), on an emulated
+ * device picked as on real hardware, through LT_CUDA_DEVICE: the H100 profile runs every case; the
+ * 99 KiB part (the attention backward of head_dim 65-128 on the row-wise kernels) and the 48 KiB one
+ * without memory pools (every attention op row-wise; cudaMalloc / cudaFree) run the attention and
+ * memory cases. The tolerances are the real device's: the emulation must pass what the GPU will be
+ * asked to. */
+#include "cuda/cuda_backend.h"
+#include "cuda_emu/cuda_emu_control.h"
+static lt_status create_cuda_emu(const hb *h, int nt, lt_backend **out, char *err, size_t len) {
+    char dev[16];
+    snprintf(dev, sizeof dev, "%d", h->isa);
+    setenv("LT_CUDA_DEVICE", dev, 1);
+    lt_status st = lt_cuda_backend_create(nt, out, err, len);
+    unsetenv("LT_CUDA_DEVICE");
+    return st;
+}
+
+static hb backends[] = {
+    {"ref", create_ref, 0, "reference", 1, 1.0, 2.0, 1e-9, 0, 0, NULL},
+    {"cuda-emu", create_cuda_emu, 0, "cuda", 0, 10.0, 4.0, 1e-9, 0, 0, NULL},
+    {"cuda-emu-99k", create_cuda_emu, 2, "cuda", 0, 10.0, 4.0, 1e-9, 1, 0, NULL},
+    {"cuda-emu-rowwise", create_cuda_emu, 3, "cuda", 0, 10.0, 4.0, 1e-9, 1, 0, NULL},
+};
+#endif
 #define N_BACKENDS ((int)(sizeof backends / sizeof *backends))
 
+/* LT_TEST_QUICK=1 (the emulated CUDA backend's CI stage, where every thread is a fiber): the largest
+ * shapes of a few cases are left to the full run (docs/CUDA.md) */
+static int quick(void) {
+    const char *q = getenv("LT_TEST_QUICK");
+    return q && *q && strcmp(q, "0") != 0;
+}
+
 static hb *cur; /* the backend FOR_BE is at */
+/* every backend of the list, except the partial ones; FOR_BE_ALL: every one */
 #define FOR_BE                                 \
+    for (int bi_ = 0; bi_ < N_BACKENDS; bi_++) \
+        if ((cur = &backends[bi_])->be && !cur->partial)
+#define FOR_BE_ALL                             \
     for (int bi_ = 0; bi_ < N_BACKENDS; bi_++) \
         if ((cur = &backends[bi_])->be)
 #define BE (cur->be)
@@ -172,7 +210,7 @@ static void dfree(void *d) { OPS->free(BE, d); }
 
 START_TEST(test_table_and_memory) {
     ck_assert_msg(backends[0].be && backends[1].be, "the reference and the generic CPU kernels run everywhere");
-    FOR_BE {
+    FOR_BE_ALL {
         const lt_backend_ops *o = OPS;
         ck_assert_str_eq(o->name, cur->ops_name);
         ck_assert_int_eq(o->host_memory, cur->host_memory);
@@ -246,13 +284,19 @@ START_TEST(test_table_and_memory) {
 }
 END_TEST
 
-/* A failing op is reported once by sync, then sync is clean again; empty problems are no-ops. */
+/* A failing op is reported once by sync, with a message (error_message) that names it on a device
+ * backend, then sync is clean again and the message empty; empty problems are no-ops. */
 START_TEST(test_errors) {
-    FOR_BE {
+    FOR_BE_ALL {
         float *d = dalloc(64 * sizeof(float));
         OPS->gemm(BE, 0, 0, 2, 3, 4, 1.0f, d, 1, d, 3, 0.0f, d, 3); /* lda 1 < K 4 */
         ck_assert_msg(OPS->sync(BE) != LT_OK, "%s: gemm with lda < K is not reported", NM);
+        const char *msg = OPS->error_message(BE);
+        ck_assert_msg(msg && *msg, "%s: no message for the failed gemm", NM);
+        if (!cur->host_memory)
+            ck_assert_msg(strstr(msg, "gemm") != NULL, "%s: the message \"%s\" names no op", NM, msg);
         ck_assert_int_eq(OPS->sync(BE), LT_OK);
+        ck_assert_str_eq(OPS->error_message(BE), "");
         int32_t ks[4] = {0, 0, 0, 0};
         int32_t *dks = dputi(ks, 4);
         OPS->attention_forward(BE, d, d, d, d, d, dks, 1, 4, 3, 2, 2, 1.0f); /* NH 3 not a multiple of NKV 2 */
@@ -421,12 +465,82 @@ START_TEST(test_gemm_bf16) {
 }
 END_TEST
 
+/* The edges of the review of the CUDA backend (docs/CUDA.md, B1-B3), on every backend:
+ * B1 softcap decode of an empty key range writes out = 0 (it left it unwritten), kv_len > S_cap is an error;
+ * B2 the softcap ops check NH % NKV (they read outside k / v);
+ * B3 gemm_bf16 with an empty contraction gives y = 0, dx = 0 or dx unchanged (it divided by zero). */
+START_TEST(test_review_edges) {
+    FOR_BE_ALL {
+        const int B = 1, T = 5, NH = 6, HD = 8, S = 16;
+        float *big = tu_frand(4096, -1, 1);
+        float *d = dput(big, 4096), *o = dnan(4096);
+        int32_t ks[5] = {0, 0, 0, 0, 0};
+        int32_t *dks = dputi(ks, 5);
+        /* B2: NH 6 is not a multiple of NKV 4 (the buffers are large enough for any reading) */
+        OPS->attention_softcap_forward(BE, o, o + 2048, d, d, d, dks, B, T, NH, 4, HD, 0.3f, 30.0f);
+        ck_assert_msg(OPS->sync(BE) != LT_OK, "%s: softcap forward with NH %% NKV != 0 is not reported", NM);
+        OPS->attention_softcap_backward(BE, o, o + 1024, o + 2048, d, d, d, d, d, d, dks, B, T, NH, 4, HD, 0.3f, 30.0f);
+        ck_assert_msg(OPS->sync(BE) != LT_OK, "%s: softcap backward with NH %% NKV != 0 is not reported", NM);
+        int32_t r3[2] = {0, 3}, rbad[2] = {0, S + 1}, rempty[4] = {0, 5, 0, 2}; /* {kv_start}, {kv_len} */
+        int32_t *d3 = dputi(r3, 2), *dbad = dputi(rbad, 2), *dempty = dputi(rempty, 4);
+        OPS->attention_softcap_decode(BE, o, d, d, d, d3, d3 + 1, B, S, NH, 4, HD, 0.3f, 30.0f);
+        ck_assert_msg(OPS->sync(BE) != LT_OK, "%s: softcap decode with NH %% NKV != 0 is not reported", NM);
+        OPS->attention_softcap_decode(BE, o, d, d, d, dbad, dbad + 1, B, S, NH, 2, HD, 0.3f, 30.0f);
+        ck_assert_msg(OPS->sync(BE) != LT_OK, "%s: softcap decode with kv_len > S_cap is not reported", NM);
+        /* B1: no key (row 0: kv_len 0; row 1: kv_len < kv_start) */
+        const int B2 = 2;
+        float *od = dnan((size_t)B2 * NH * HD);
+        OPS->attention_softcap_decode(BE, od, d, d, d, dempty, dempty + 2, B2, S, NH, 2, HD, 0.3f, 30.0f);
+        SYNC_OK("softcap decode of empty ranges");
+        float *h = hget(od, (size_t)B2 * NH * HD);
+        for (int i = 0; i < B2 * NH * HD; i++)
+            TU_EXPECT(h[i] == 0.0f, "%s softcap decode of an empty range: out[%d] = %g", NM, i, h[i]);
+        free(h);
+        dfree(d3);
+        dfree(dbad);
+        dfree(dempty);
+        /* B3: in = 0 (forward), out = 0 (backward) */
+        const int N = 4;
+        void *dW = dalloc(OPS->bf16_weight_bytes(BE, 3, 1) + 64);
+        float *y = dnan((size_t)N * 3);
+        OPS->gemm_bf16_forward(BE, y, d, dW, N, 0, 3);
+        SYNC_OK("gemm_bf16_forward in 0");
+        h = hget(y, (size_t)N * 3);
+        for (int i = 0; i < N * 3; i++) TU_EXPECT(h[i] == 0.0f, "%s gemm_bf16_forward in 0: y[%d] = %g", NM, i, h[i]);
+        free(h);
+        float *dx = dnan((size_t)N * 3);
+        OPS->gemm_bf16_backward(BE, dx, d, dW, N, 3, 0, 0);
+        SYNC_OK("gemm_bf16_backward out 0");
+        h = hget(dx, (size_t)N * 3);
+        for (int i = 0; i < N * 3; i++)
+            TU_EXPECT(h[i] == 0.0f, "%s gemm_bf16_backward out 0: dx[%d] = %g", NM, i, h[i]);
+        free(h);
+        dfree(dx);
+        dx = dput(big, (size_t)N * 3);
+        OPS->gemm_bf16_backward(BE, dx, d, dW, N, 3, 0, 1);
+        SYNC_OK("gemm_bf16_backward out 0 accumulate");
+        h = hget(dx, (size_t)N * 3);
+        SAME(h, big, (size_t)N * 3, "gemm_bf16_backward out 0 accumulate");
+        free(h);
+        dfree(dx);
+        dfree(y);
+        dfree(dW);
+        dfree(od);
+        dfree(dks);
+        dfree(o);
+        dfree(d);
+        free(big);
+    }
+}
+END_TEST
+
 /* ---- elementwise ---------------------------------------------------------------------------------------- */
 
 START_TEST(test_elementwise) {
     static const size_t sizes[] = {0, 1, 17, 100003, (1u << 20) + 5, (size_t)40000000 + 3};
     for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++) {
         const size_t n = sizes[s];
+        if (quick() && n > (2u << 20)) continue; /* 40M: the grid-stride loops' cap, in the full run */
         float *x = tu_frand(n, -3, 3), *y0 = tu_frand(n, -3, 3);
         float *yr = tu_fdup(y0, n), *zr;
         lt_ref_axpy(n, -0.37f, x, yr);
@@ -809,6 +923,7 @@ static const att_case att_cases[] = {
 START_TEST(test_attention) {
     const att_case *c = &att_cases[_i];
     const int B = c->B, T = c->T, NH = c->NH, NKV = c->NKV, HD = c->HD;
+    if (quick() && (double)B * NH * T * T * HD > 3e6) return; /* 14 of the 25 shapes; every kernel path */
     const size_t nq = (size_t)B * T * NH * HD, nkv = (size_t)B * T * NKV * HD, nl = (size_t)B * NH * T;
     const float scale = 1.0f / sqrtf((float)HD);
     float *q = tu_frand(nq, -2, 2), *k = tu_frand(nkv, -2, 2), *v = tu_frand(nkv, -1, 1), *dout = tu_frand(nq, -1, 1);
@@ -819,7 +934,7 @@ START_TEST(test_attention) {
     float *orf = tu_fnew(nq), *lr = tu_fnew(nl), *dqr = tu_fnew(nq), *dkr = tu_fnew(nkv), *dvr = tu_fnew(nkv);
     lt_ref_attention_forward(orf, lr, q, k, v, ks, B, T, NH, NKV, HD, scale);
     lt_ref_attention_backward(dqr, dkr, dvr, dout, q, k, v, orf, lr, ks, B, T, NH, NKV, HD, scale, NULL);
-    FOR_BE {
+    FOR_BE_ALL {
         float *dq_ = dput(q, nq), *dk_ = dput(k, nkv), *dv_ = dput(v, nkv), *ddo = dput(dout, nq);
         int32_t *dks = dputi(ks, (size_t)B * T);
         float *dout_o = dnan(nq), *dlse = dnan(nl);
@@ -898,7 +1013,7 @@ static void packed_semantics(int T, int NH, int NKV, int HD, const int starts[5]
     for (int s = 0; s < 4; s++)
         for (int t = starts[s]; t < starts[s + 1]; t++) ks[t] = starts[s];
     float *o1 = tu_fnew(nq), *l1 = tu_fnew((size_t)NH * T);
-    FOR_BE {
+    FOR_BE_ALL {
         float *dq_ = dput(q, nq), *dk_ = dput(k, nkv), *dv_ = dput(v, nkv), *dout = dnan(nq),
               *dlse = dnan((size_t)NH * T);
         int32_t *dks = dputi(ks, (size_t)T);
@@ -983,7 +1098,7 @@ static void decode_row_forward(float *want, const float *ql, const float *kc, co
 
 /* decode (plain and soft-capped, Gemma 2) with per-row key ranges kv_start[b] .. kv_len[b]-1: vs the
  * reference, and each row vs the last row of a causal forward over its own keys (S <= 300); an empty
- * range gives 0; on a host backend a range past the cache is refused (LT_ERR_INTERNAL at sync). */
+ * range gives 0; on every backend a range past the cache is refused (LT_ERR_INTERNAL at sync). */
 START_TEST(test_attention_decode) {
     static const int shapes[][6] = {{1, 1, 1, 1, 1, 8},         {2, 50, 37, 4, 2, 16}, {3, 100, 100, 6, 2, 64},
                                     {1, 300, 257, 8, 2, 128},   {2, 20, 5, 3, 3, 20},  {1, 10, 3, 2, 1, 260},
@@ -991,6 +1106,7 @@ START_TEST(test_attention_decode) {
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
         const int B = shapes[s][0], S = shapes[s][1], L = shapes[s][2], NH = shapes[s][3], NKV = shapes[s][4];
         const int HD = shapes[s][5];
+        if (quick() && S > 300) continue; /* the 4096-slot cache: in the full run */
         const float scale = 1.0f / sqrtf((float)HD), cap = 1.5f;
         const size_t nq = (size_t)B * NH * HD, nc = (size_t)B * S * NKV * HD;
         int32_t ks[8], kl[8], bad[8];
@@ -1010,7 +1126,7 @@ START_TEST(test_attention_decode) {
                                    cap);
             }
         }
-        FOR_BE {
+        FOR_BE_ALL {
             float *dql = dput(ql, nq), *dkc = dput(kc, nc), *dvc = dput(vc, nc), *dof = dnan(nq);
             int32_t *dks = dputi(ks, (size_t)B), *dkl = dputi(kl, (size_t)B);
             for (int c = 0; c < 2; c++) {
@@ -1033,7 +1149,7 @@ START_TEST(test_attention_decode) {
                 SYNC_OK(op);
                 free(of);
             }
-            if (cur->host_memory) { /* the ranges are host memory here: the backend checks them */
+            { /* a range past the cache is refused (the CUDA backend copies the ranges to the host to check) */
                 int32_t *dbad = dputi(bad, (size_t)B);
                 OPS->attention_decode(BE, dof, dql, dkc, dvc, dks, dbad, B, S, NH, NKV, HD, scale);
                 TU_EXPECT(OPS->sync(BE) == LT_ERR_INTERNAL, "%s decode: a range past the cache is not refused", NM);
@@ -1108,7 +1224,7 @@ static void softcap_attention(int B, int T, int NH, int NKV, int HD, const int32
     lt_ref_attention_softcap_forward(oz, lz, q, k, v, z, B, T, NH, NKV, HD, scale, cap);
     for (int b = 0; b < B; b++)
         memcpy(ql + (size_t)b * NH * HD, q + ((size_t)b * T + T - 1) * NH * HD, (size_t)NH * HD * 4);
-    FOR_BE {
+    FOR_BE_ALL {
         float *dq_ = dput(q, nq), *dk_ = dput(k, nk), *dv_ = dput(v, nk), *ddo = dput(dout, nq);
         int32_t *dks = dputi(ks, (size_t)B * T);
         float *dof = dnan(nq), *dlf = dnan(nl), *gq = dnan(nq), *gk = dnan(nk), *gv = dnan(nk);
@@ -1913,7 +2029,7 @@ END_TEST
 START_TEST(test_stream_order) {
     const size_t n = 1u << 22;
     float *x = tu_frand(n, -1, 1);
-    FOR_BE {
+    FOR_BE_ALL {
         float *d = dput(x, n), *e = dalloc(n * sizeof(float));
         for (int i = 0; i < 20; i++) { /* allocate, use and free in a loop */
             float *t = dalloc(n * sizeof(float));
@@ -2046,7 +2162,7 @@ START_TEST(test_thread_invariance) {
     float *q = tu_frand(nq, -1, 1), *k = tu_frand(nkv, -1, 1), *v = tu_frand(nkv, -1, 1), *dout = tu_frand(nq, -1, 1);
     int32_t ks[154];
     make_kv_start(ks, B, T, 1);
-    FOR_BE {
+    FOR_BE_ALL {
         lt_backend *bs[2] = {NULL, NULL};
         const int nts[2] = {1, 5};
         float *r[2][8]; /* per instance: dinp, dweight, out, lse, dq, dk, dv */
@@ -2271,7 +2387,7 @@ START_TEST(test_golden_attention) {
     int packed = 0;
     for (int i = 0; i < AB * AT; i++) packed |= ks[i] > 0;
     ck_assert_msg(packed, "attention golden has no packed boundary (kv_start all 0)");
-    FOR_BE {
+    FOR_BE_ALL {
         float *dq_ = dput(q, nq), *dk_ = dput(k, nk), *dv_ = dput(v, nk), *ddo = dput(dout, nq);
         int32_t *dks = dputi(ks, AB * AT);
         float *out = dnan(nq), *lse = dnan(nl), *dq = dnan(nq), *dk = dnan(nk), *dv = dnan(nk);
@@ -2753,6 +2869,7 @@ static const struct {
     SLOT(copy),
     SLOT(zero),
     SLOT(sync),
+    SLOT(error_message),
     SLOT(gemm),
     SLOT(bf16_weight_bytes),
     SLOT(bf16_weight_pack),
@@ -2820,6 +2937,14 @@ static void add_case(TCase *tc, const TTest *t, int loops, const size_t *covers)
         exit(EXIT_FAILURE);
     }
     n_cases++;
+    /* LT_TEST_CASES=test_a,test_b runs only those (the slot coverage check still sees every case) */
+    const char *only = getenv("LT_TEST_CASES");
+    if (only && *only) {
+        size_t n = strlen(t->name);
+        const char *p = only;
+        while ((p = strstr(p, t->name)) && ((p != only && p[-1] != ',') || (p[n] && p[n] != ','))) p += n;
+        if (!p) return;
+    }
     tcase_add_loop_test(tc, t, 0, loops);
 }
 /* CASE(tcase, test, loops, S(slot), ...): the test runs every backend through these slots */
@@ -2855,8 +2980,10 @@ static Suite *backend_ops_suite(void) {
     tcase_set_timeout(ops, 900);
     CASE(ops, test_table_and_memory, 1, S(destroy), S(set_threads), S(alloc), S(free), S(upload), S(download), S(copy),
          S(zero));
-    CASE(ops, test_errors, 1, S(sync));
+    CASE(ops, test_errors, 1, S(sync), S(error_message));
     CASE(ops, test_gemm, 1, S(gemm));
+    CASE(ops, test_review_edges, 1, S(attention_softcap_forward), S(attention_softcap_backward),
+         S(attention_softcap_decode), S(gemm_bf16_forward), S(gemm_bf16_backward));
     CASE(ops, test_gemm_bf16, 1, S(bf16_weight_bytes), S(bf16_weight_pack), S(gemm_bf16_forward),
          S(gemm_bf16_backward));
     CASE(ops, test_embedding_bf16, 1, S(bf16_weight_bytes), S(bf16_weight_pack), S(embedding_forward_bf16));
@@ -2884,8 +3011,6 @@ static Suite *backend_ops_suite(void) {
     CASE(ops, test_adamw8bit, 1, S(adamw8bit_step));
     CASE(ops, test_dequantize_rows, 1, S(dequantize_rows));
     CASE(ops, test_stream_order, 1, S(copy), S(scale));
-    CASE(ops, test_concurrent_threads, 1, S(rmsnorm_backward), S(gemm), S(sumsq), S(all_finite));
-    CASE(ops, test_thread_invariance, 1, S(sumsq), S(rmsnorm_backward), S(attention_forward), S(attention_backward));
     /* against PyTorch */
     tcase_add_test(ops, test_goldens_present);
     CASE(ops, test_golden_rmsnorm, 1, S(rmsnorm_forward), S(rmsnorm_backward));
@@ -2895,6 +3020,14 @@ static Suite *backend_ops_suite(void) {
     CASE(ops, test_golden_cross_entropy, 1, S(cross_entropy));
     CASE(ops, test_golden_lora_linear, 1, S(gemm));
     suite_add_tcase(s, ops);
+
+    /* threads: also run under ThreadSanitizer (tests/tsan.sh runs CK_RUN_CASE=threads) */
+    TCase *th = tcase_create("threads");
+    tcase_add_checked_fixture(th, setup, teardown);
+    tcase_set_timeout(th, 900);
+    CASE(th, test_concurrent_threads, 1, S(rmsnorm_backward), S(gemm), S(sumsq), S(all_finite));
+    CASE(th, test_thread_invariance, 1, S(sumsq), S(rmsnorm_backward), S(attention_forward), S(attention_backward));
+    suite_add_tcase(s, th);
 
     TCase *ref = tcase_create("reference");
     tcase_set_timeout(ref, 300);

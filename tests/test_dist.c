@@ -17,6 +17,7 @@
  *     ranks with different options are refused at create.
  * The MPI engine is tested through the CLI under mpirun (tests/python/check_dist_mpi.py), the NCCL one needs a GPU (below).
  */
+#include <dirent.h>
 #include <pthread.h>
 #include <time.h>
 
@@ -668,6 +669,33 @@ START_TEST(test_checkpoints) {
     }
     snprintf(p, sizeof p, "%s/optimizer.bin", ck);
     ck_assert_msg(access(p, F_OK) != 0, "a ZeRO-1 checkpoint has no whole optimizer.bin");
+    /* the shards are part of the one save (core.h lt_save): its marker lists them, and saving the
+     * checkpoint again replaces it whole, leaving no staging directory behind */
+    for (int again = 0; again < 2; again++) {
+        snprintf(p, sizeof p, "%s/.loratune-save", ck);
+        FILE *f = fopen(p, "r");
+        ck_assert_msg(f != NULL, "no save marker in %s", ck);
+        char marker[4096];
+        marker[fread(marker, 1, sizeof marker - 1, f)] = 0;
+        fclose(f);
+        for (int r = 0; r < 2; r++) {
+            char line[64];
+            snprintf(line, sizeof line, "\noptimizer-rank-%05d-of-00002.bin\n", r);
+            ck_assert_msg(strstr(marker, "\ncomplete\n") && strstr(marker, line), "the save marker lacks %s: %s",
+                          line + 1, marker);
+        }
+        if (again) break;
+        run_out twice;
+        run(m, &c, &twice);
+        for (int r = 0; r < 2; r++) ck_assert_msg(twice.fail_st[r] == LT_OK, "%s", twice.fail_msg[r]);
+        run_free(&twice);
+    }
+    DIR *d = opendir(dir);
+    ck_assert_ptr_nonnull(d);
+    for (struct dirent *e; (e = readdir(d)) != NULL;)
+        ck_assert_msg(e->d_name[0] == '.' || !strcmp(e->d_name, "checkpoint-3"), "%s/%s left by a save", dir,
+                      e->d_name);
+    closedir(d);
     c.save_dir = NULL;
     c.resume = ck;
     run(m, &c, &same); /* the same world size: bit for bit */

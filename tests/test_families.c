@@ -573,7 +573,7 @@ START_TEST(test_cli_family_and_dora) {
     lt_context *ctx = tu_context();
     lt_model *m = tu_load_model(ctx, "phi3", NULL);
     lt_adapter *a = NULL;
-    snprintf(path, sizeof path, "%s/dora", root);
+    snprintf(path, sizeof path, "%s/dora/adapter", root);
     ck_assert_msg(lt_adapter_load(m, path, &a) == LT_OK, "%s", lt_last_error());
     ck_assert_int_eq(a->p.use_dora, 1);
     ck_assert_ptr_nonnull(lt_adapter_lora(a, 0, P_V)->mag);
@@ -704,7 +704,6 @@ Suite *families_suite(void) {
     tcase_add_loop_test(tc, test_family_logits, 0, N_CASES);
     tcase_add_loop_test(tc, test_family_lora_gradients, 0, N_CASES);
     tcase_add_loop_test(tc, test_prefill_decode_logits, 0, 2 * N_GEN);
-    tcase_add_loop_test(tc, test_generate_matches_forward, 0, 2 * N_GEN);
     tcase_add_loop_test(tc, test_generate_matches_transformers, 0, 2 * N_GEN);
     tcase_add_loop_test(tc, test_generate_batched_equals_single, 0, 2 * N_GEN);
     tcase_add_loop_test(tc, test_family_peft_roundtrip, 0, N_ROUNDTRIP);
@@ -714,6 +713,11 @@ Suite *families_suite(void) {
     tcase_add_test(tc, test_cli_family_and_dora);
     tcase_add_test(tc, test_unknown_architecture);
     tcase_add_test(tc, test_family_config_rules);
+    suite_add_tcase(s, tc);
+    /* generation: also run under ThreadSanitizer (tests/tsan.sh runs CK_RUN_CASE=generate) */
+    tc = tcase_create("generate");
+    tcase_set_timeout(tc, 600);
+    tcase_add_loop_test(tc, test_generate_matches_forward, 0, 2 * N_GEN);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -633,7 +633,7 @@ START_TEST(test_cli) {
              LT_CLI, LT_TEST_DATA_DIR, LT_TEST_DATA_DIR, dir);
     free(tu_run(cmd, &st));
     ck_assert_msg(st == 0, "%s", cmd);
-    snprintf(path, sizeof path, "%s/ad/adapter_model.safetensors", dir);
+    snprintf(path, sizeof path, "%s/ad/adapter/adapter_model.safetensors", dir);
     ck_assert_msg(access(path, F_OK) == 0, "%s missing", path);
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
     ck_assert_int_eq(system(cmd), 0);

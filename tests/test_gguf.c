@@ -428,7 +428,9 @@ START_TEST(test_export_llama) {
     ck_assert_int_eq(lt_adapter_create(m, &ap, &a), LT_OK);
     ck_assert_int_eq(lt_adapter_export_gguf(a, path, NULL), LT_ERR_UNSUPPORTED);
     ck_assert_ptr_nonnull(strstr(lt_adapter_last_error(a), "merged"));
-    lt_model *other = random_model(ctx, LLAMA_CFG, dir);
+    char odir[96]; /* a save of its own: dir holds the tokenizer and GGUF files beside m's save */
+    snprintf(odir, sizeof odir, "%s/other", dir);
+    lt_model *other = random_model(ctx, LLAMA_CFG, odir);
     ck_assert_int_eq(lt_model_export_gguf(other, a, path, NULL), LT_ERR_ARGUMENT);
     lt_adapter_free(a);
     lt_model_free(other);

@@ -788,6 +788,52 @@ START_TEST(test_shared_model_two_threads) {
 }
 END_TEST
 
+/* two threads generate with their own adapters from ONE shared model (and a 2-thread context: the
+ * kernels' OpenMP teams inside each call) at the same time: each result equals the same call alone */
+typedef struct {
+    lt_model *m;
+    lt_adapter *a;
+    int32_t out[2 * 8], lens[2];
+    lt_status st;
+} gen_job;
+
+static void *gen_run(void *arg) {
+    gen_job *j = arg;
+    static const int32_t prompts[7] = {5, 17, 33, 2, 250, 7, 8}, plens[2] = {3, 4};
+    lt_generate_params gp;
+    lt_generate_params_init(&gp, sizeof gp);
+    gp.max_new_tokens = 8;
+    gp.eos_token_id = -1;
+    gp.temperature = 0.7f;
+    gp.top_k = 20;
+    gp.seed = 11;
+    j->st = lt_generate(j->m, j->a, prompts, plens, 2, &gp, j->out, j->lens);
+    return NULL;
+}
+
+START_TEST(test_shared_model_generate_threads) {
+    lt_context *ctx = tu_context();
+    lt_model *m = tu_load_model(ctx, "llama-gqa", NULL);
+    lt_adapter *a[2] = {make_adapter(m, 4, 8, 0, LT_TARGET_ALL, 1), make_adapter(m, 2, 4, 0, LT_TARGET_Q, 1)};
+    gen_job alone[2] = {{.m = m, .a = a[0]}, {.m = m, .a = a[1]}}, both[2] = {{.m = m, .a = a[0]}, {.m = m, .a = a[1]}};
+    gen_run(&alone[0]);
+    gen_run(&alone[1]);
+    pthread_t th[2];
+    for (int k = 0; k < 2; k++) ck_assert_int_eq(pthread_create(&th[k], NULL, gen_run, &both[k]), 0);
+    for (int k = 0; k < 2; k++) pthread_join(th[k], NULL);
+    for (int k = 0; k < 2; k++) {
+        ck_assert_msg(alone[k].st == LT_OK && both[k].st == LT_OK, "%s", lt_status_string(both[k].st));
+        ck_assert_msg(!memcmp(alone[k].out, both[k].out, sizeof alone[k].out) &&
+                          !memcmp(alone[k].lens, both[k].lens, sizeof alone[k].lens),
+                      "thread %d: concurrent generation differs from the same call alone", k);
+    }
+    lt_adapter_free(a[0]);
+    lt_adapter_free(a[1]);
+    lt_model_free(m);
+    lt_context_free(ctx);
+}
+END_TEST
+
 /* ---- against PyTorch + PEFT (goldens from tests/python/make_lora_goldens.py) ------------------------ */
 
 static const char *const golden_models[] = {"llama-basic", "llama-gqa", "llama-headdim", "llama-tied"};
@@ -1026,10 +1072,15 @@ Suite *lora_suite(void) {
     tcase_add_test(tc, test_resume_bit_exact);
     tcase_add_test(tc, test_bad_steps_leave_adapter);
     tcase_add_test(tc, test_bad_adapters);
-    tcase_add_test(tc, test_generate_greedy_matches_forward);
     tcase_add_test(tc, test_sampler_matches_full_sort);
     tcase_add_test(tc, test_hot_swap_and_progress);
+    suite_add_tcase(s, tc);
+    /* generation and threads: also run under ThreadSanitizer (tests/tsan.sh runs CK_RUN_CASE=threads) */
+    tc = tcase_create("threads");
+    tcase_set_timeout(tc, 600);
+    tcase_add_test(tc, test_generate_greedy_matches_forward);
     tcase_add_test(tc, test_shared_model_two_threads);
+    tcase_add_test(tc, test_shared_model_generate_threads);
     suite_add_tcase(s, tc);
     TCase *gold = tcase_create("pytorch");
     tcase_set_timeout(gold, 600);

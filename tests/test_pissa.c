@@ -357,14 +357,14 @@ START_TEST(test_cli_init_and_resume) {
              "%s train --model %s --data %s/data.jsonl --out %s/resumed %s --resume %s/straight/checkpoint-2", LT_CLI,
              model, model, root, common, root);
     free(tu_run(cmd, NULL));
-    snprintf(a, sizeof a, "%s/straight/adapter_model.safetensors", root);
-    snprintf(b, sizeof b, "%s/resumed/adapter_model.safetensors", root);
+    snprintf(a, sizeof a, "%s/straight/adapter/adapter_model.safetensors", root);
+    snprintf(b, sizeof b, "%s/resumed/adapter/adapter_model.safetensors", root);
     ck_assert_msg(tu_same_file(a, b), "resuming a PiSSA run from checkpoint-2 did not reproduce the straight run");
-    snprintf(a, sizeof a, "%s/straight/loratune_init.json", root);
+    snprintf(a, sizeof a, "%s/straight/adapter/loratune_init.json", root);
     FILE *f = fopen(a, "r");
     ck_assert_ptr_nonnull(f);
     fclose(f);
-    snprintf(a, sizeof a, "%s/straight/adapter_config.json", root);
+    snprintf(a, sizeof a, "%s/straight/adapter/adapter_config.json", root);
     snprintf(cmd, sizeof cmd, "grep -q '\"r\": 8' %s", a);
     ck_assert_int_eq(system(cmd), 0);
     int st;

@@ -416,13 +416,13 @@ START_TEST(test_cli_qlora_train_merge) {
     char tmp[64], cmd[2048], dir[512], run[600], merged[600], ref[600];
     tu_tempdir(tmp, sizeof tmp);
     snprintf(dir, sizeof dir, "%s/llama-gqa", MODELS);
-    snprintf(run, sizeof run, "%s/run", tmp);
+    snprintf(run, sizeof run, "%s/run/adapter", tmp);
     snprintf(merged, sizeof merged, "%s/merged", tmp);
     snprintf(ref, sizeof ref, "%s/ref", tmp);
     snprintf(cmd, sizeof cmd,
-             "%s train --model %s --data %s/data.jsonl --out %s --method qlora --steps 2 --batch 2 "
+             "%s train --model %s --data %s/data.jsonl --out %s/run --method qlora --steps 2 --batch 2 "
              "--seq 32 --lr 1e-2 --quiet --threads 2",
-             LT_CLI, dir, dir, run);
+             LT_CLI, dir, dir, tmp);
     int st;
     free(tu_run(cmd, &st));
     ck_assert_int_eq(st, 0);

@@ -144,11 +144,11 @@ START_TEST(test_cli_train_resume_equals_straight) {
              "%s train --model %s --data %s/data.jsonl --out %s/resumed %s --resume %s/straight/checkpoint-3", LT_CLI,
              model, model, root, common, root);
     free(tu_run(cmd, NULL));
-    snprintf(a, sizeof a, "%s/straight/adapter_model.safetensors", root);
-    snprintf(b, sizeof b, "%s/resumed/adapter_model.safetensors", root);
+    snprintf(a, sizeof a, "%s/straight/adapter/adapter_model.safetensors", root);
+    snprintf(b, sizeof b, "%s/resumed/adapter/adapter_model.safetensors", root);
     ck_assert_msg(tu_same_file(a, b), "resuming from checkpoint-3 did not reproduce the straight run bit for bit");
     /* the outputs a user expects */
-    const char *files[] = {"adapter_config.json", "metrics.jsonl", "loss.svg", "checkpoint-3/optimizer.bin",
+    const char *files[] = {"adapter/adapter_config.json", "metrics.jsonl", "loss.svg", "checkpoint-3/optimizer.bin",
                            "checkpoint-final/trainer_state.json"};
     for (int i = 0; i < 5; i++) {
         snprintf(a, sizeof a, "%s/straight/%s", root, files[i]);
@@ -191,8 +191,8 @@ START_TEST(test_cli_train_adamw8bit_resume) {
              model, model, root, common, root);
     free(tu_run(cmd, &status));
     ck_assert_int_eq(status, 0);
-    snprintf(a, sizeof a, "%s/straight/adapter_model.safetensors", root);
-    snprintf(b, sizeof b, "%s/resumed/adapter_model.safetensors", root);
+    snprintf(a, sizeof a, "%s/straight/adapter/adapter_model.safetensors", root);
+    snprintf(b, sizeof b, "%s/resumed/adapter/adapter_model.safetensors", root);
     ck_assert_msg(tu_same_file(a, b), "adamw8bit: resuming from checkpoint-2 did not reproduce the straight run");
     /* resuming an 8-bit checkpoint with the fp32 optimizer is refused */
     snprintf(cmd, sizeof cmd,
@@ -230,20 +230,20 @@ START_TEST(test_cli_train_full) {
                  LT_CLI, model, model, root, k, common, root, k);
         free(tu_run(cmd, &status));
         ck_assert_int_eq(status, 0);
-        snprintf(a, sizeof a, "%s/straight%d/model.safetensors", root, k);
-        snprintf(b, sizeof b, "%s/resumed%d/model.safetensors", root, k);
+        snprintf(a, sizeof a, "%s/straight%d/model/model.safetensors", root, k);
+        snprintf(b, sizeof b, "%s/resumed%d/model/model.safetensors", root, k);
         ck_assert_msg(tu_same_file(a, b),
                       "full fine-tuning (%d): resuming from checkpoint-2 did not reproduce the "
                       "straight run",
                       k);
-        snprintf(a, sizeof a, "%s/straight%d/config.json", root, k);
+        snprintf(a, sizeof a, "%s/straight%d/model/config.json", root, k);
         ck_assert_msg(access(a, R_OK) == 0, "missing %s", a);
         snprintf(a, sizeof a, "%s/straight%d/checkpoint-2/optimizer.bin", root, k);
         ck_assert_msg(access(a, R_OK) == 0, "missing %s", a);
     }
     /* the trained directory is a model: eval on it differs from the base */
     int status;
-    snprintf(cmd, sizeof cmd, "%s eval --model %s/straight0 --data %s/data.jsonl --json", LT_CLI, root, model);
+    snprintf(cmd, sizeof cmd, "%s eval --model %s/straight0/model --data %s/data.jsonl --json", LT_CLI, root, model);
     char *o1 = tu_run(cmd, &status);
     ck_assert_int_eq(status, 0);
     snprintf(cmd, sizeof cmd, "%s eval --model %s --data %s/data.jsonl --json", LT_CLI, model, model);
@@ -259,7 +259,7 @@ START_TEST(test_cli_train_full) {
              LT_CLI, model, model, root);
     free(tu_run(cmd, &status));
     ck_assert_int_eq(status, 0);
-    snprintf(a, sizeof a, "%s/mts/adapter_config.json", root);
+    snprintf(a, sizeof a, "%s/mts/adapter/adapter_config.json", root);
     char *cfg = slurp(a);
     ck_assert_msg(strstr(cfg, "\"lm_head\"") && strstr(cfg, "\"embed_tokens\""), "%s", cfg);
     free(cfg);
@@ -316,8 +316,8 @@ START_TEST(test_cli_train_learns_packed_and_json) {
         free(out);
         ck_assert_msg(eval_loss < 0.5 * base, "pack=%d: eval loss %.3f did not fall well below the base %.3f", pack,
                       eval_loss, base);
-        snprintf(cmd, sizeof cmd, "%s eval --model %s --data %s/data.jsonl --adapter %s/run%d --json", LT_CLI, model,
-                 model, root, pack);
+        snprintf(cmd, sizeof cmd, "%s eval --model %s --data %s/data.jsonl --adapter %s/run%d/adapter --json", LT_CLI,
+                 model, model, root, pack);
         out = tu_run(cmd, NULL);
         j = json_loads(tu_last_line(out), 0, NULL);
         ck_assert_msg(fabs(json_number_value(json_object_get(j, "loss")) - eval_loss) <= 1e-5 * eval_loss,
@@ -365,8 +365,8 @@ START_TEST(test_cli_train_bad_inputs) {
              model, root);
     free(tu_run(cmd, NULL));
     snprintf(cmd, sizeof cmd,
-             "%s train --model %s/models/llama-gqa --data %s/data.jsonl --out %s/o2 --adapter-init %s/o", LT_CLI,
-             LT_TEST_DATA_DIR, model, root, root);
+             "%s train --model %s/models/llama-gqa --data %s/data.jsonl --out %s/o2 --adapter-init %s/o/adapter",
+             LT_CLI, LT_TEST_DATA_DIR, model, root, root);
     err = tu_run_stderr(cmd, &status);
     ck_assert_int_ne(status, 0);
     ck_assert_msg(strstr(err, "adapter_model.safetensors"), "%s", err);
@@ -398,7 +398,7 @@ START_TEST(test_cli_targets_every_objective) {
         char *err = tu_run_stderr(cmd, &status);
         ck_assert_msg(status == 0, "%s: %s", cmd, err);
         free(err);
-        snprintf(path, sizeof path, "%s/%s/adapter_config.json", root, objectives[i]);
+        snprintf(path, sizeof path, "%s/%s/adapter/adapter_config.json", root, objectives[i]);
         char *conf = slurp(path);
         ck_assert_msg(strstr(conf, "\"qkv_proj\"") && !strstr(conf, "\"o_proj\"") && !strstr(conf, "gate_up_proj"),
                       "%s", conf);

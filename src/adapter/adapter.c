@@ -9,6 +9,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "adapter/adapter_impl.h"
 #include "loratune_experimental.h"
@@ -360,16 +361,30 @@ LT_API void lt_adapter_free(lt_adapter *a) {
     free(a);
 }
 
+/* A file name a save may hold: one plain component, not hidden (the save's marker .loratune-save is), with
+ * no control character and short enough for a line of that marker, which lists the entries one a line. */
+static int plain_file_name(const char *name) {
+    if (!name || !name[0] || name[0] == '.') return 0;
+    for (const char *c = name; *c; c++)
+        if (*c == '/' || (unsigned char)*c < 0x20) return 0;
+    return strlen(name) < 256;
+}
+
 LT_API lt_status lt_adapter_set_save_files(lt_adapter *a, const char *const *names, const char *const *texts, int n) {
     if (!a) return LT_ERR_ARGUMENT;
     lt_error_clear(&a->err);
     if (n < 0 || (n > 0 && (!names || !texts)))
         return lt_fail(&a->err, LT_ERR_ARGUMENT, "lt_adapter_set_save_files: n must be >= 0 with names and texts");
-    for (int i = 0; i < n; i++)
-        if (!names[i] || !texts[i] || !*names[i] || strchr(names[i], '/') || !strcmp(names[i], ".") ||
-            !strcmp(names[i], ".."))
-            return lt_fail(&a->err, LT_ERR_ARGUMENT, "lt_adapter_set_save_files: file %d: a plain file name is needed",
-                           i);
+    for (int i = 0; i < n; i++) {
+        if (!plain_file_name(names[i]) || !texts[i])
+            return lt_fail(&a->err, LT_ERR_ARGUMENT,
+                           "lt_adapter_set_save_files: file %d: \"%.100s\" is not a plain file name (one path "
+                           "component, no leading '.', no control character, under 256 bytes) with a text",
+                           i, names[i] ? names[i] : "(NULL)");
+        for (int j = 0; j < i; j++)
+            if (!strcmp(names[i], names[j]))
+                return lt_fail(&a->err, LT_ERR_ARGUMENT, "lt_adapter_set_save_files: \"%s\" is given twice", names[i]);
+    }
     char **nn = n ? calloc((size_t)n, sizeof *nn) : NULL, **nt = n ? calloc((size_t)n, sizeof *nt) : NULL;
     int ok = !n || (nn && nt);
     for (int i = 0; ok && i < n; i++) ok = (nn[i] = strdup(names[i])) && (nt[i] = strdup(texts[i]));
@@ -397,7 +412,13 @@ LT_API lt_status lt_adapter_set_save_files(lt_adapter *a, const char *const *nam
 lt_status lt_adapter_write_save_files(const lt_adapter *a, const char *dir, lt_error *err) {
     for (int i = 0; a && i < a->n_save_files; i++) {
         char path[4200];
-        lt_path_join(path, sizeof path, dir, a->save_names[i]);
+        if (lt_path_join(path, sizeof path, dir, a->save_names[i]))
+            return lt_fail(err, LT_ERR_ARGUMENT, "%s: path too long", dir);
+        /* written last, into the directory the save is filling: a name taken is one of the save's own */
+        if (access(path, F_OK) == 0)
+            return lt_fail(err, LT_ERR_ARGUMENT,
+                           "lt_adapter_set_save_files: \"%s\" is a file the save itself writes; choose another name",
+                           a->save_names[i]);
         lt_status st = lt_write_file_atomic(path, a->save_texts[i], strlen(a->save_texts[i]), err);
         if (st != LT_OK) return st;
     }

@@ -126,9 +126,17 @@ lt_status lt_export_tensor_data(lt_model *m, const lt_adapter *a, lt_delta_fn de
                                 float *dst, lt_error *err);
 /* W (the module's out x in) += s (B A - B0 A0) of a LoRA adapter (no DoRA rescaling) */
 lt_status lt_lora_module_delta(const lt_adapter *a, int l, const lt_module *mod, float *W, lt_error *err);
-/* Write a Hugging Face model directory of those tensors (f32), config.json and the tokenizer files. */
+/* Write the files of a Hugging Face model directory of those tensors (f32), config.json and the tokenizer
+ * files into dir, an existing directory (a save's staging directory: core.h lt_save). */
+lt_status lt_model_export_into(lt_model *m, const lt_adapter *a, lt_delta_fn delta, void *user, const char *dir,
+                               uint64_t max_shard_bytes, lt_error *err);
+/* The same as one save of dir (core.h lt_save: refuses a dir that is not ours, replaces ours atomically). */
 lt_status lt_model_export(lt_model *m, const lt_adapter *a, lt_delta_fn delta, void *user, const char *dir,
                           uint64_t max_shard_bytes, lt_error *err);
+/* Write the adapter's files into dir, an existing directory (a save's staging directory): PEFT's
+ * adapter_config.json + adapter_model.safetensors (+ loratune_init.json for PiSSA / OLoRA), or a full
+ * fine-tuning's model directory. (adapter/peft.c) */
+lt_status lt_adapter_write(lt_adapter *a, const char *dir, lt_error *err);
 
 /* A model as a GGUF file (adapter/gguf_export.c): merged with `delta` when not NULL, else with `a`. */
 lt_status lt_gguf_export_model(lt_model *m, const lt_adapter *a, lt_delta_fn delta, void *user, const char *path,

@@ -190,8 +190,8 @@ lt_status lt_export_tensor_data(lt_model *m, const lt_adapter *a, lt_delta_fn de
 }
 
 /* Weights are exported in f32 (the compute dtype); config.json says so. */
-lt_status lt_model_export(lt_model *m, const lt_adapter *a, lt_delta_fn delta, void *user, const char *dir,
-                          uint64_t max_shard_bytes, lt_error *err) {
+lt_status lt_model_export_into(lt_model *m, const lt_adapter *a, lt_delta_fn delta, void *user, const char *dir,
+                               uint64_t max_shard_bytes, lt_error *err) {
     if (m->base_dtype != LT_BASE_F32)
         return lt_fail(err, LT_ERR_UNSUPPORTED,
                        "export: the model keeps its base weights in bf16; load it "
@@ -200,10 +200,6 @@ lt_status lt_model_export(lt_model *m, const lt_adapter *a, lt_delta_fn delta, v
     int n = 0, untie = 0;
     lt_status st = lt_export_tensors(m, a, &xt, &n, &untie, err);
     if (st != LT_OK) return st;
-    if ((st = lt_mkdir_p(dir, err)) != LT_OK) {
-        free(xt);
-        return st;
-    }
     lt_st_entry *e = calloc((size_t)n, sizeof *e);
     float **bufs = calloc((size_t)n, sizeof *bufs);
     if (!e || !bufs) st = lt_fail(err, LT_ERR_NOMEM, "out of memory");
@@ -247,6 +243,21 @@ lt_status lt_model_export(lt_model *m, const lt_adapter *a, lt_delta_fn delta, v
     free(e);
     free(xt);
     return st;
+}
+
+lt_status lt_model_export(lt_model *m, const lt_adapter *a, lt_delta_fn delta, void *user, const char *dir,
+                          uint64_t max_shard_bytes, lt_error *err) {
+    if (m->base_dtype != LT_BASE_F32) /* its message, before anything is created */
+        return lt_model_export_into(m, a, delta, user, dir, max_shard_bytes, err);
+    lt_save sv;
+    lt_status st = lt_save_begin(&sv, dir, err);
+    if (st != LT_OK) return st;
+    if ((st = lt_model_export_into(m, a, delta, user, sv.stage, max_shard_bytes, err)) != LT_OK) {
+        lt_fail_prefix(err, "%s", dir);
+        lt_save_abort(&sv);
+        return st;
+    }
+    return lt_save_commit(&sv, err);
 }
 
 LT_API lt_status lt_adapter_export_merged(lt_adapter *a, const char *dir, int64_t max_shard_bytes) {

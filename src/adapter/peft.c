@@ -77,10 +77,6 @@ static lt_status write_adapter_config(const lt_adapter *a, const char *dir, lt_e
             json_decref(o);
             return st;
         }
-    } else { /* a plain adapter: a stale sidecar from an earlier save into this directory would mislead a load */
-        char sp[4200];
-        lt_path_join(sp, sizeof sp, dir, INIT_SIDECAR);
-        remove(sp);
     }
     if (a->p.modules_to_save) { /* PEFT: the module names (ModulesToSaveWrapper) */
         json_t *mts = json_array();
@@ -103,9 +99,9 @@ static lt_status write_adapter_config(const lt_adapter *a, const char *dir, lt_e
     return st;
 }
 
-static lt_status adapter_save(lt_adapter *a, const char *dir, lt_error *err) {
-    lt_status st = lt_mkdir_p(dir, err);
-    if (st != LT_OK) return st;
+/* The PEFT files of a (not full fine-tuning) adapter into the existing directory dir. */
+static lt_status adapter_write_peft(lt_adapter *a, const char *dir, lt_error *err) {
+    lt_status st;
     const int L = (int)a->model->cfg.num_hidden_layers;
     float *h = params_to_host(a);
     int n = 0;
@@ -197,14 +193,28 @@ static lt_status adapter_save(lt_adapter *a, const char *dir, lt_error *err) {
     return st != LT_OK ? st : lt_adapter_write_save_files(a, dir, err);
 }
 
+lt_status lt_adapter_write(lt_adapter *a, const char *dir, lt_error *err) {
+    if (a->merged) return lt_fail(err, LT_ERR_STATE, "the adapter is merged; unmerge it first");
+    if (a->p.full_finetune) /* the trained model itself, as a Hugging Face directory */
+        return lt_model_export_into(a->model, a, NULL, NULL, dir, 2ull << 30, err);
+    return adapter_write_peft(a, dir, err);
+}
+
 LT_API lt_status lt_adapter_save(lt_adapter *a, const char *dir) {
     if (!a) return LT_ERR_ARGUMENT;
     lt_error_clear(&a->err);
     if (!dir) return lt_fail(&a->err, LT_ERR_ARGUMENT, "lt_adapter_save: dir is NULL");
     if (a->merged) return lt_fail(&a->err, LT_ERR_STATE, "lt_adapter_save: the adapter is merged; unmerge it first");
-    if (a->p.full_finetune) /* the trained model itself, as a Hugging Face directory */
-        return lt_model_export(a->model, a, NULL, NULL, dir, 2ull << 30, &a->err);
-    return adapter_save(a, dir, &a->err);
+    lt_save sv;
+    lt_status st = lt_save_begin(&sv, dir, &a->err);
+    if (st != LT_OK) return st;
+    /* the weights and the files attached by lt_adapter_set_save_files, into the one staging directory */
+    if ((st = lt_adapter_write(a, sv.stage, &a->err)) != LT_OK) {
+        lt_fail_prefix(&a->err, "%s", dir);
+        lt_save_abort(&sv);
+        return st;
+    }
+    return lt_save_commit(&sv, &a->err);
 }
 
 /* ---- a saved full fine-tuning ---------------------------------------------------------------------- */
@@ -476,6 +486,12 @@ LT_API lt_status lt_adapter_load(lt_model *m, const char *dir, lt_adapter **out)
     if (!out) return lt_fail(err, LT_ERR_ARGUMENT, "lt_adapter_load: out is NULL");
     *out = NULL;
     if (!m || !dir) return lt_fail(err, LT_ERR_ARGUMENT, "lt_adapter_load: model and dir must not be NULL");
+    /* a save killed between the two renames of the fallback (core.h lt_save) leaves no dir: its data is in
+     * the newest complete save beside it */
+    char found[4200];
+    if (lt_save_resolve(m->ctx, dir, found, sizeof found) != LT_OK)
+        return lt_fail(err, LT_ERR_NOMEM, "lt_adapter_load: out of memory");
+    dir = found;
     char cfg_path[4200], acfg_path[4200];
     lt_path_join(cfg_path, sizeof cfg_path, dir, "config.json");
     lt_path_join(acfg_path, sizeof acfg_path, dir, "adapter_config.json");

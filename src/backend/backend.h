@@ -76,6 +76,9 @@ typedef struct lt_backend_ops {
     void (*zero)(lt_backend *be, void *dst, size_t bytes);
     /* Waits for queued work; returns the first error since the last sync, LT_OK if none. */
     lt_status (*sync)(lt_backend *be);
+    /* What the error the calling thread's last sync returned was ("" if it returned LT_OK): the op and
+     * the cause, for the message of the handle that reports it (a CUDA backend names the CUDA error). */
+    const char *(*error_message)(lt_backend *be);
 
     /* ---- dense linear algebra ---------------------------------------------------------------- */
     /* C (M,N) = alpha * op(A) @ op(B) + beta * C, row-major; op(A) is (M,K), op(B) is (K,N).

@@ -3,12 +3,14 @@
 #include "cli/cli.h"
 
 #include <errno.h>
+#include <jansson.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 /* "[rank r/W] " once a command runs as one of several ranks (dist_open) */
 static char rank_prefix[48];
@@ -241,17 +243,12 @@ void quant_model_params(const lt_quant_params *qp, lt_model_params *mp) {
     mp->quant_blocksize = qp->blocksize;
 }
 
-void write_quant_note(const char *dir, const lt_quant_params *qp) {
-    char path[4200];
-    snprintf(path, sizeof path, "%s/quantization.json", dir);
-    FILE *f = fopen(path, "w");
-    if (!f) return;
-    fprintf(f, "{\"format\": \"%s\", \"double_quant\": %s, \"blocksize\": %d}\n",
-            qp->format == LT_QUANT_FP4    ? "fp4"
-            : qp->format == LT_QUANT_INT8 ? "int8"
-                                          : "nf4",
-            qp->double_quant ? "true" : "false", qp->blocksize);
-    fclose(f);
+int quant_note(const lt_quant_params *qp, char *buf, size_t len) {
+    return snprintf(buf, len, "{\"format\": \"%s\", \"double_quant\": %s, \"blocksize\": %d}\n",
+                    qp->format == LT_QUANT_FP4    ? "fp4"
+                    : qp->format == LT_QUANT_INT8 ? "int8"
+                                                  : "nf4",
+                    qp->double_quant ? "true" : "false", qp->blocksize);
 }
 
 int read_quant_note(const char *dir, lt_quant_params *qp) {
@@ -329,6 +326,69 @@ char *read_all(const char *path, size_t *n) {
     if (b) b[len] = 0;
     *n = len;
     return b;
+}
+
+/* ---- metrics.jsonl of a run directory ------------------------------------------------------------ */
+
+void metrics_init(metrics_log *ml, const char *out, long long start) {
+    memset(ml, 0, sizeof *ml);
+    snprintf(ml->path, sizeof ml->path, "%s/metrics.jsonl", out);
+    ml->start = start;
+}
+
+/* The first line of this run: the new file is the earlier run's lines of steps 1..start (a resumed run
+ * continues them; any later step was written by a run that died after that checkpoint, and is run
+ * again now) and this line, written to a temporary file and renamed over the old one; then the file
+ * is kept open for appending. */
+static int metrics_begin(metrics_log *ml, const char *line) {
+    char tmp[4300];
+    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", ml->path, (long)getpid());
+    FILE *out = fopen(tmp, "w");
+    if (!out) return -1;
+    FILE *in = ml->start > 0 ? fopen(ml->path, "r") : NULL;
+    if (in) {
+        char *buf = NULL;
+        size_t cap = 0;
+        ssize_t n;
+        while ((n = getline(&buf, &cap, in)) > 0) {
+            json_t *js = json_loadb(buf, (size_t)n, 0, NULL);
+            json_t *step = json_object_get(js, "step");
+            /* a line cut short by a kill does not parse, and goes */
+            if (json_is_integer(step) && json_integer_value(step) >= 1 && json_integer_value(step) <= ml->start &&
+                buf[n - 1] == '\n')
+                fwrite(buf, 1, (size_t)n, out);
+            json_decref(js);
+        }
+        free(buf);
+        fclose(in);
+    }
+    fputs(line, out);
+    if (fflush(out) != 0 || fsync(fileno(out)) != 0) {
+        fclose(out);
+        unlink(tmp);
+        return -1;
+    }
+    if (fclose(out) != 0 || rename(tmp, ml->path) != 0) {
+        unlink(tmp);
+        return -1;
+    }
+    ml->f = fopen(ml->path, "a");
+    return ml->f ? 0 : -1;
+}
+
+int metrics_write(metrics_log *ml, const char *line) {
+    if (!ml->f) return metrics_begin(ml, line);
+    if (fputs(line, ml->f) < 0 || fflush(ml->f) != 0) return -1;
+    return 0;
+}
+
+void metrics_close(metrics_log *ml) {
+    if (ml->f) fclose(ml->f);
+    ml->f = NULL;
+}
+
+void run_result_dir(char *buf, size_t len, const char *out, int full_finetune) {
+    snprintf(buf, len, "%s/%s", out, full_finetune ? "model" : "adapter");
 }
 
 /* ---- data-parallel training ----------------------------------------------------------------------- */

@@ -42,11 +42,30 @@ int open_model(const char *cmd, const char *dir, int threads, const char *backen
 /* --quant nf4|fp4|int8 (nf4), --double-quant / --no-double-quant (on), --quant-blocksize N (64) into *qp;
  * prints an error and returns -1 when malformed. */
 int quant_options(const char *cmd, const opts *o, lt_quant_params *qp);
-/* <dir>/quantization.json records how the base was quantized for training (read back by merge) */
+/* quantization.json, saved with a QLoRA adapter, records how the base was quantized for training (read
+ * back by merge): its text into buf; returns its length */
+int quant_note(const lt_quant_params *qp, char *buf, size_t len);
 /* mp's quantization fields from qp (quantize while loading) */
 void quant_model_params(const lt_quant_params *qp, lt_model_params *mp);
-void write_quant_note(const char *dir, const lt_quant_params *qp);
 int read_quant_note(const char *dir, lt_quant_params *qp); /* 1 if found */
+
+/* metrics.jsonl of a run directory OUT, one JSON object per optimizer step ({"step": N, ...}). A run
+ * that starts at step `start` (a resume: the checkpoint's step; else 0) keeps the lines of steps
+ * 1..start of the file there and replaces the rest, but only when its first line is written, i.e.
+ * after its first step succeeded: a run that fails earlier leaves the file as it was, and a resumed
+ * run never repeats a step. */
+typedef struct metrics_log {
+    char path[4200];
+    long long start;
+    FILE *f; /* open for appending once the first line is written */
+} metrics_log;
+void metrics_init(metrics_log *ml, const char *out, long long start);
+int metrics_write(metrics_log *ml, const char *line); /* one line, '\n' included; -1 on an I/O error */
+void metrics_close(metrics_log *ml);
+/* Where a training run in OUT saves its result: OUT/adapter (LoRA methods) or OUT/model (full
+ * fine-tuning). OUT itself is the run directory: metrics.jsonl, loss.svg, checkpoint-N/. Saves
+ * replace only what a save wrote (lt_adapter_save), so the result is a directory of its own. */
+void run_result_dir(char *buf, size_t len, const char *out, int full_finetune);
 /* The order of n data rows in an epoch: a permutation that is a pure function of (seed, epoch), or
  * the file order without shuffle; SFT and preference training share it (resume is exact). */
 void epoch_order(int *order, int n, uint64_t seed, long long epoch, int shuffle);

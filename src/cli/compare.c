@@ -4,7 +4,7 @@
  *   expected answers         a greedy answer of each side to each prompt of --prompts, side by side,
  *   (--prompts)              scored by an exact or a contains match
  *   canaries                 the exposure of each canary (--canaries FILE, and the one `train --canary`
- *   (--canaries, --run)      inserted, from --run DIR/training_args.json)
+ *   (--canaries, --run)      inserted, from the run's training_args.json)
  *   the run (--run DIR)      its loss curve (metrics.jsonl) as an SVG, and its final and best losses
  * A markdown report (--report FILE.md, the SVG beside it), the same as JSON (--json), or a summary.
  *
@@ -19,6 +19,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cli/cli.h"
 #include "cli/runrecord.h"
@@ -277,6 +278,16 @@ static json_t *answers(lt_model *m, lt_tokenizer *tok, const side *sides, const 
     return res;
 }
 
+/* the run's record: training_args.json in the directory train saved (DIR/adapter or DIR/model, the
+ * run_result_dir), or in DIR itself when --run names that directory */
+static void run_record_path(char *path, size_t len, const char *rundir) {
+    static const char *const where[] = {"adapter/", "model/", ""};
+    for (size_t i = 0; i < sizeof where / sizeof *where; i++) {
+        snprintf(path, len, "%s/%straining_args.json", rundir, where[i]);
+        if (access(path, F_OK) == 0) return;
+    }
+}
+
 /* the run: metrics.jsonl as an SVG loss curve beside the report; the record's results */
 static json_t *run_summary(const char *rundir, const char *svg_path) {
     char path[4200];
@@ -325,7 +336,7 @@ static json_t *run_summary(const char *rundir, const char *svg_path) {
         free(es);
         free(el);
     }
-    snprintf(path, sizeof path, "%s/training_args.json", rundir);
+    run_record_path(path, sizeof path, rundir);
     json_t *rec = json_load_file(path, 0, NULL), *r = json_object_get(rec, "results");
     const char *k;
     json_t *v;
@@ -523,7 +534,7 @@ int cmd_eval_compare(int argc, char **argv) {
     json_object_set_new(j, "canaries", canaries);
     if (rundir) {
         char path[4200];
-        snprintf(path, sizeof path, "%s/training_args.json", rundir);
+        run_record_path(path, sizeof path, rundir);
         json_t *rec = json_load_file(path, 0, NULL), *cn = json_object_get(rec, "canary");
         if (cn) {
             json_t *e = exposure(m, tok, sides, V, json_string_value(json_object_get(cn, "text")),

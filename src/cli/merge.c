@@ -23,7 +23,7 @@ static int merge_record(lt_adapter *ad, const char *mdir, const char *adir, int 
     record_set(rec, "merge", "base_model_directory", json_string(mdir));
     record_set(rec, "merge", "dtype", json_string("float32"));
     record_set(rec, "merge", "into_dequantized_base", json_boolean(dequantized));
-    int rc = record_attach("merge", ad, rec, "merged");
+    int rc = record_attach("merge", ad, rec, "merged", NULL, NULL);
     json_decref(rec);
     return rc;
 }

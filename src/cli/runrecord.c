@@ -316,7 +316,9 @@ char *record_card(const json_t *rec, const char *kind) {
         sval(&b, v);
         sput(&b, " |\n");
     }
-    if (json_is_true(json_object_get(res, "loss_curve"))) sput(&b, "\n![loss curve](loss.svg)\n");
+    /* train's card is in the run's result directory (DIR/adapter, DIR/model); loss.svg is in DIR */
+    if (json_is_true(json_object_get(res, "loss_curve")) && strcmp(kind, "merged"))
+        sput(&b, "\n![loss curve](../loss.svg)\n");
     /* compute */
     sput(&b, "\n## Compute\n\n| | |\n|---|---|\n");
     json_object_foreach((json_t *)cmp, k, v) {
@@ -335,7 +337,8 @@ char *record_card(const json_t *rec, const char *kind) {
     return b.p;
 }
 
-int record_attach(const char *cmd, lt_adapter *ad, json_t *rec, const char *kind) {
+int record_attach(const char *cmd, lt_adapter *ad, json_t *rec, const char *kind, const char *extra_name,
+                  const char *extra_text) {
     char *card = record_card(rec, kind), *args = json_dumps(rec, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
     int rc = 0;
     if (!card || !args) rc = fail(cmd, "out of memory");
@@ -346,8 +349,9 @@ int record_attach(const char *cmd, lt_adapter *ad, json_t *rec, const char *kind
             args = a2;
             strcat(args, "\n");
         }
-        const char *names[] = {"README.md", "training_args.json"}, *texts[] = {card, args};
-        if (lt_adapter_set_save_files(ad, names, texts, 2) != LT_OK) rc = fail(cmd, "%s", lt_adapter_last_error(ad));
+        const char *names[] = {"README.md", "training_args.json", extra_name}, *texts[] = {card, args, extra_text};
+        if (lt_adapter_set_save_files(ad, names, texts, extra_name ? 3 : 2) != LT_OK)
+            rc = fail(cmd, "%s", lt_adapter_last_error(ad));
     }
     free(card);
     free(args);

@@ -27,9 +27,11 @@ void cpu_model(char *buf, size_t len);
 /* The model card of a record: kind "adapter" (PEFT LoRA / DoRA / QLoRA), "full" (a fully fine-tuned model)
  * or "merged" (an adapter merged into its base). malloc'd. */
 char *record_card(const json_t *rec, const char *kind);
-/* Attach README.md and training_args.json to the adapter's next save (lt_adapter_set_save_files): they are
+/* Attach README.md and training_args.json, and extra_name holding extra_text when extra_name is not NULL
+ * (quantization.json of a QLoRA run), to the adapter's next save (lt_adapter_set_save_files): they are
  * written with the weights, in the same save. Prints the error and returns 1 on failure. */
-int record_attach(const char *cmd, lt_adapter *ad, json_t *rec, const char *kind);
+int record_attach(const char *cmd, lt_adapter *ad, json_t *rec, const char *kind, const char *extra_name,
+                  const char *extra_text);
 
 /* train --config FILE: a new argv whose options are the record's "args" followed by those of argv (given
  * later, they win). *new_argv is malloc'd (free it with its strings: config_argv_free). Returns 0, or

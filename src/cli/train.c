@@ -70,6 +70,9 @@ static const opt_spec train_spec[] = {
 static void train_usage(void) {
     printf(
         "usage: loratune train --model DIR --data FILE.jsonl --out DIR [options]\n"
+        "  --out DIR: the run directory: DIR/adapter (the PEFT adapter; --method full: DIR/model), "
+        "DIR/metrics.jsonl,\n"
+        "             DIR/loss.svg, DIR/checkpoint-N (--save-every N) and DIR/checkpoint-final\n"
         "  adapter:   --rank R (16) --alpha A (2R) --dropout P (0) --targets q_proj,k_proj,... (all 7)\n"
         "             --rslora --init default|gaussian|pissa|olora --adapter-init DIR (start from a PEFT adapter)\n"
         "  optimizer: --optimizer adamw|adamw8bit|sgd --lr LR (2e-4) --weight-decay W (0) --max-grad-norm C (1, "
@@ -394,13 +397,13 @@ static int train_sft(int argc, char **argv) {
     int *order = NULL;
     int32_t *ids = NULL, *lab = NULL;
     double *curve = NULL, ev_step[4096], ev_loss[4096];
-    int n_ev = 0, rc = 0;
-    FILE *metrics = NULL;
+    int n_ev = 0, rc = 0, qlora = 0;
+    metrics_log metrics = {.f = NULL};
+    lt_quant_params qp;
     {
         /* QLoRA: the frozen base projections are quantized (NF4 + double quantization by default) while
          * the model loads, one tensor at a time */
         const char *method = opt_str(&o, "method", "lora");
-        lt_quant_params qp;
         if (strcmp(method, "lora") && strcmp(method, "dora") && strcmp(method, "qlora") && strcmp(method, "full")) {
             rc = fail("train", "--method must be lora, dora, qlora or full");
             goto done;
@@ -426,7 +429,7 @@ static int train_sft(int argc, char **argv) {
             goto done;
         }
         if (!strcmp(method, "qlora")) {
-            if (writer && mkdir_p(out) == 0) write_quant_note(out, &qp);
+            qlora = 1; /* quantization.json is saved with the adapter */
             lt_model_info qi = {.size = sizeof qi};
             lt_model_get_info(m, &qi);
             if (!quiet)
@@ -566,11 +569,7 @@ static int train_sft(int argc, char **argv) {
         rc = fail("train", "%s: cannot create: %s", out, strerror(errno));
         goto done;
     }
-    snprintf(path, sizeof path, "%s/metrics.jsonl", out);
-    if (writer && !(metrics = fopen(path, start > 0 ? "a" : "w"))) {
-        rc = fail("train", "%s: cannot write: %s", path, strerror(errno));
-        goto done;
-    }
+    metrics_init(&metrics, out, start);
 
     order = malloc(n_units * sizeof *order);
     ids = malloc((size_t)batch * T * sizeof *ids);
@@ -665,13 +664,16 @@ static int train_sft(int argc, char **argv) {
             fputc('\n', log);
             fflush(log);
         }
-        if (metrics) {
-            fprintf(metrics,
-                    "{\"step\": %lld, \"loss\": %.8g, \"lr\": %.8g, \"grad_norm\": %.8g, \"tokens_per_s\": %.1f",
-                    step + 1, r.loss, r.lr, r.grad_norm, r.tokens_per_s);
-            if (do_eval) fprintf(metrics, ", \"eval_loss\": %.8g", last_eval);
-            fprintf(metrics, "}\n");
-            fflush(metrics);
+        char line[512];
+        int ll = snprintf(line, sizeof line,
+                          "{\"step\": %lld, \"loss\": %.8g, \"lr\": %.8g, \"grad_norm\": %.8g, \"tokens_per_s\": %.1f",
+                          step + 1, r.loss, r.lr, r.grad_norm, r.tokens_per_s);
+        if (do_eval) ll += snprintf(line + ll, sizeof line - ll, ", \"eval_loss\": %.8g", last_eval);
+        snprintf(line + ll, sizeof line - ll, "}\n");
+        if (writer && metrics_write(&metrics, line) != 0) {
+            rc = fail("train", "%s: cannot write: %s", metrics.path, strerror(errno));
+            free(pos);
+            goto done;
         }
         if (save_every > 0 && (step + 1) % save_every == 0 && step + 1 < total) {
             snprintf(path, sizeof path, "%s/checkpoint-%lld", out, step + 1);
@@ -690,10 +692,13 @@ static int train_sft(int argc, char **argv) {
         if (xs && writer) loss_svg(path, xs, curve + start, total - start, ev_step, ev_loss, n_ev);
         free(xs);
     }
+    lt_adapter_params gp = {.size = sizeof gp};
+    lt_adapter_get_params(ad, &gp);
+    char result[4300];
+    run_result_dir(result, sizeof result, out, gp.full_finetune);
     {
-        /* results and compute, then the card and the record written with the weights */
-        lt_adapter_params gp = {.size = sizeof gp};
-        lt_adapter_get_params(ad, &gp);
+        /* results and compute, then the card and the record (and a QLoRA run's quantization.json, which
+         * `loratune merge` / `export` read back) written with the weights, in the one save */
         record_set(rec, "results", "steps", json_integer(total));
         record_set(rec, "results", "final_train_loss", json_real(last_loss));
         if (n_ev) {
@@ -717,12 +722,14 @@ static int train_sft(int argc, char **argv) {
         record_set(rec, "compute", "wall_seconds", json_real(now_seconds() - t_start));
         record_set(rec, "compute", "trainable_parameters", json_integer(lt_adapter_n_params(ad)));
         const char *kind = gp.full_finetune ? "full" : "adapter";
-        if (record_attach("train", ad, rec, kind)) {
+        char note[256];
+        quant_note(&qp, note, sizeof note);
+        if (record_attach("train", ad, rec, kind, qlora ? "quantization.json" : NULL, note)) {
             rc = 1;
             goto done;
         }
     }
-    if (writer && lt_adapter_save(ad, out) != LT_OK) {
+    if (writer && lt_adapter_save(ad, result) != LT_OK) {
         rc = fail("train", "%s", lt_adapter_last_error(ad));
         goto done;
     }
@@ -733,26 +740,24 @@ static int train_sft(int argc, char **argv) {
         goto done;
     }
     if (!quiet) {
-        lt_adapter_params gp = {.size = sizeof gp};
-        lt_adapter_get_params(ad, &gp);
         if (gp.full_finetune)
             fprintf(log,
                     "model written to %s (Hugging Face format: config.json + safetensors, f32); "
-                    "metrics.jsonl and loss.svg beside it\n",
-                    out);
+                    "metrics.jsonl, loss.svg and the checkpoints in %s\n",
+                    result, out);
         else
             fprintf(log,
                     "adapter written to %s (PEFT format: adapter_config.json + adapter_model.safetensors); "
-                    "metrics.jsonl and loss.svg beside it\n",
-                    out);
+                    "metrics.jsonl, loss.svg and the checkpoints in %s\n",
+                    result, out);
     }
     if (json)
         printf(
             "{\"loss\": %.8g, \"eval_loss\": %s%.8g%s, \"steps\": %lld, \"tokens_per_s\": %.1f, \"adapter\": \"%s\"}\n",
             last_loss, isnan(last_eval) ? "\"" : "", isnan(last_eval) ? 0.0 : last_eval, isnan(last_eval) ? "\"" : "",
-            total, tok_s, out);
+            total, tok_s, result);
 done:
-    if (metrics) fclose(metrics);
+    metrics_close(&metrics);
     free(order);
     free(ids);
     free(lab);

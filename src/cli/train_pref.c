@@ -110,7 +110,7 @@ int cmd_train_pref(int argc, char **argv) {
     pref_buf buf = {0};
     int *order = NULL, *idx = NULL, rc = 0;
     double *ref_c = NULL, *ref_r = NULL, *rb_c = NULL, *rb_r = NULL;
-    FILE *metrics = NULL;
+    metrics_log metrics = {.f = NULL};
     if (open_model("train", mdir, (int)threads, opt_str(&o, "backend", NULL), &ctx, &m)) {
         rc = 1;
         goto done;
@@ -196,11 +196,7 @@ int cmd_train_pref(int argc, char **argv) {
         rc = fail("train", "%s: cannot create: %s", out, strerror(errno));
         goto done;
     }
-    snprintf(path, sizeof path, "%s/metrics.jsonl", out);
-    if (writer && !(metrics = fopen(path, "w"))) {
-        rc = fail("train", "%s: cannot write: %s", path, strerror(errno));
-        goto done;
-    }
+    metrics_init(&metrics, out, 0);
     if (!quiet)
         fprintf(log, "training %s with %s: %lld updates of %lld x %lld examples, %lld trainable parameters\n", mdir,
                 opt_str(&o, "objective", ""), total, batch, accum, (long long)lt_adapter_n_params(ad));
@@ -247,12 +243,20 @@ int cmd_train_pref(int argc, char **argv) {
                     r.rewards_accuracies, r.rewards_margins);
             fflush(log);
         }
-        if (metrics) {
-            fprintf(metrics, "{\"step\": %lld, \"loss\": %.9g, \"lr\": %.9g, \"grad_norm\": %.9g", step + 1, r.loss,
-                    r.lr, r.grad_norm);
-            pref_print_metrics(metrics, &r);
-            fprintf(metrics, "}\n");
-            fflush(metrics);
+        char line[1024];
+        FILE *mem = fmemopen(line, sizeof line, "w");
+        if (!mem) {
+            rc = fail("train", "out of memory");
+            goto done;
+        }
+        fprintf(mem, "{\"step\": %lld, \"loss\": %.9g, \"lr\": %.9g, \"grad_norm\": %.9g", step + 1, r.loss, r.lr,
+                r.grad_norm);
+        pref_print_metrics(mem, &r);
+        fprintf(mem, "}\n");
+        fclose(mem);
+        if (writer && metrics_write(&metrics, line) != 0) {
+            rc = fail("train", "%s: cannot write: %s", metrics.path, strerror(errno));
+            goto done;
         }
     }
     {
@@ -275,26 +279,27 @@ int cmd_train_pref(int argc, char **argv) {
         record_set(rec, "results", "final_loss", json_real(r.loss));
         record_set(rec, "compute", "device", json_string(lt_context_backend(ctx)));
         record_set(rec, "compute", "threads", json_integer(threads));
-        int bad = record_attach("train", ad, rec, "adapter");
+        int bad = record_attach("train", ad, rec, "adapter", NULL, NULL);
         json_decref(rec);
         if (bad) {
             rc = 1;
             goto done;
         }
     }
-    if (writer && lt_adapter_save(ad, out) != LT_OK) {
+    run_result_dir(path, sizeof path, out, 0);
+    if (writer && lt_adapter_save(ad, path) != LT_OK) {
         rc = fail("train", "%s", lt_adapter_last_error(ad));
         goto done;
     }
     if (json) {
         printf("{\"loss\": %.9g", r.loss);
         pref_print_metrics(stdout, &r);
-        printf(", \"steps\": %lld, \"adapter\": \"%s\"}\n", total, out);
+        printf(", \"steps\": %lld, \"adapter\": \"%s\"}\n", total, path);
     } else if (!quiet) {
-        fprintf(log, "adapter written to %s; metrics.jsonl beside it\n", out);
+        fprintf(log, "adapter written to %s; metrics.jsonl in %s\n", path, out);
     }
 done:
-    if (metrics) fclose(metrics);
+    metrics_close(&metrics);
     free(order);
     free(idx);
     free(ref_c);

@@ -58,6 +58,11 @@ size_t lt_dtype_size(lt_dtype dt);
 
 /* Conversions to and from f32 (F32, F16, BF16 supported; returns -1 for other dtypes). */
 int lt_convert_to_f32(float *dst, const void *src, lt_dtype dt, size_t n);
+/* The index of the first element of x[0, n) that is NaN or Inf, or n when all are finite. */
+size_t lt_first_nonfinite(const float *x, size_t n);
+/* lt_convert_to_f32, checking the result as it is made (block by block, while in cache): returns the
+ * index of the first element that is not finite, n when all are, (size_t)-1 for an unsupported dtype. */
+size_t lt_convert_to_f32_finite(float *dst, const void *src, lt_dtype dt, size_t n);
 uint16_t lt_f32_to_bf16(float f); /* round to nearest even, NaN kept (lt_bf16_round flushes subnormals) */
 uint16_t lt_f32_to_f16(float f);  /* round to nearest even (numpy's astype(float16)), overflow to inf */
 float lt_f16_to_f32(uint16_t h);
@@ -96,6 +101,37 @@ lt_status lt_read_file(const char *path, char **data, size_t *n, lt_error *err);
 int lt_path_join(char *buf, size_t len, const char *dir, const char *name);
 /* mkdir -p */
 lt_status lt_mkdir_p(const char *dir, lt_error *err);
+
+/* ---- saves: a directory written whole -----------------------------------------------------------
+ * Every save (adapter, checkpoint, merged or quantized model) is one directory, published in one step
+ * so that a reader, or a process killed at any moment, sees the previous save or the new one, never a
+ * mix of the two and never nothing:
+ *   lt_save_begin(&s, DIR)  refuses (LT_ERR_IO, nothing touched) unless DIR is absent, an empty
+ *                           directory, or an earlier save of ours holding only what it wrote; then
+ *                           creates the staging directory s.stage = DIR.tmp-<pid>-<6 chars> beside DIR;
+ *   ... the caller writes its files (regular files only) into s.stage ...
+ *   lt_save_commit(&s)      records the entries in the marker s.stage/.loratune-save, fsyncs, then
+ *                           renames s.stage to DIR (DIR absent) or swaps the two atomically
+ *                           (renameat2 RENAME_EXCHANGE) and removes the previous save, which is ours.
+ *                           Where the file system cannot exchange, the previous save is first renamed
+ *                           to DIR.old-<pid>-<6 chars> (a crash between the two renames leaves no DIR:
+ *                           lt_save_resolve finds the data). Then the temporaries of our naming left
+ *                           beside DIR by processes that are gone are removed. On failure: as abort;
+ *   lt_save_abort(&s)       removes the staging directory.
+ * Nothing is ever removed that a save of ours did not write: a directory goes only when its marker
+ * lists every entry it holds, and only the listed entries are unlinked. (core/save.c) */
+typedef struct lt_save {
+    char *dir, *parent, *base; /* the target, the directory holding it, its last component */
+    char *stage;               /* where the caller writes */
+} lt_save;
+lt_status lt_save_begin(lt_save *s, const char *dir, lt_error *err);
+lt_status lt_save_commit(lt_save *s, lt_error *err);
+void lt_save_abort(lt_save *s);
+/* For a reader of a save: out = dir when it exists; when it does not (a crash between the two renames
+ * of the fallback), the newest complete save of ours among dir.tmp-* / dir.old-*, which it names in a
+ * LT_LOG_WARN message through ctx. LT_ERR_NOMEM is the only failure. */
+struct lt_context;
+lt_status lt_save_resolve(const struct lt_context *ctx, const char *dir, char *out, size_t len);
 
 /* ---- logging ------------------------------------------------------------------------------------ */
 struct lt_context;

@@ -189,6 +189,31 @@ int lt_convert_to_f32(float *dst, const void *src, lt_dtype dt, size_t n) {
     }
 }
 
+size_t lt_first_nonfinite(const float *x, size_t n) {
+    enum { BLOCK = 4096 };
+    for (size_t b = 0; b < n; b += BLOCK) {
+        const size_t e = n - b < BLOCK ? n : b + BLOCK;
+        uint32_t hit = 0; /* an exponent of all ones is Inf or NaN; or-ing the tests vectorizes */
+        for (size_t i = b; i < e; i++) hit |= (f32_to_bits(x[i]) & 0x7f800000u) == 0x7f800000u;
+        if (hit)
+            for (size_t i = b; i < e; i++)
+                if ((f32_to_bits(x[i]) & 0x7f800000u) == 0x7f800000u) return i;
+    }
+    return n;
+}
+
+size_t lt_convert_to_f32_finite(float *dst, const void *src, lt_dtype dt, size_t n) {
+    enum { BLOCK = 16384 };
+    const size_t es = lt_dtype_size(dt);
+    for (size_t b = 0; b < n; b += BLOCK) {
+        const size_t k = n - b < BLOCK ? n - b : BLOCK;
+        if (lt_convert_to_f32(dst + b, (const unsigned char *)src + b * es, dt, k) != 0) return (size_t)-1;
+        const size_t bad = lt_first_nonfinite(dst + b, k);
+        if (bad < k) return b + bad;
+    }
+    return n;
+}
+
 /* ---- files ------------------------------------------------------------------------------------- */
 
 static int write_all(int fd, const void *data, size_t n) {

@@ -446,7 +446,8 @@ static lt_status backward_layers(lt_model *m, const lt_adapter *ad, lt_workspace
         OPS->embedding_backward(BE, ad->d_embed, ws->ids, ws->dres, N, H);
     }
     lt_status st = OPS->sync(BE);
-    if (st != LT_OK) return lt_fail(err, st, "backend %s failed during the backward pass", OPS->name);
+    if (st != LT_OK)
+        return lt_fail(err, st, "backend %s failed during the backward pass: %s", OPS->name, OPS->error_message(BE));
     return LT_OK;
 }
 
@@ -539,7 +540,8 @@ lt_status lt_forward_backward(lt_model *m, const lt_adapter *ad, lt_workspace *w
     }
     OPS->download(BE, ws->host_losses, ws->losses, (size_t)N * sizeof(float));
     st = OPS->sync(BE);
-    if (st != LT_OK) return lt_fail(err, st, "backend %s failed during the forward pass", OPS->name);
+    if (st != LT_OK)
+        return lt_fail(err, st, "backend %s failed during the forward pass: %s", OPS->name, OPS->error_message(BE));
     for (int i = 0; i < N; i++) total += ws->host_losses[i];
     *loss_sum = total;
     if (!isfinite(total)) return lt_fail(err, LT_ERR_NUMERIC, "the loss is not finite (%g)", total);
@@ -573,7 +575,8 @@ lt_status lt_forward_cached(lt_model *m, const lt_adapter *ad, lt_workspace *ws,
         OPS->download(BE, logits + (size_t)r0 * V, ws->logits, (size_t)nc * V * sizeof(float));
     }
     st = OPS->sync(BE);
-    if (st != LT_OK) return lt_fail(err, st, "backend %s failed during generation", OPS->name);
+    if (st != LT_OK)
+        return lt_fail(err, st, "backend %s failed during generation: %s", OPS->name, OPS->error_message(BE));
     return LT_OK;
 }
 
@@ -592,7 +595,8 @@ lt_status lt_forward_logp(lt_model *m, const lt_adapter *ad, lt_workspace *ws, c
     }
     OPS->download(BE, ws->host_losses, ws->losses, (size_t)N * sizeof(float));
     st = OPS->sync(BE);
-    if (st != LT_OK) return lt_fail(err, st, "backend %s failed during the forward pass", OPS->name);
+    if (st != LT_OK)
+        return lt_fail(err, st, "backend %s failed during the forward pass: %s", OPS->name, OPS->error_message(BE));
     for (int i = 0; i < N; i++)
         if (!isfinite(ws->host_losses[i]))
             return lt_fail(err, LT_ERR_NUMERIC, "the log-probability of token %d of row %d is not finite", i % ws->T,

@@ -528,20 +528,25 @@ lt_status lt_config_validate(lt_model_config *cfg, const char *source, lt_error 
         {"head_dim", cfg->head_dim},
         {"max_position_embeddings", cfg->max_position_embeddings},
     };
+    /* Every size but the context length at most 2^24: 1000x the widest real model (hidden 16384) and
+     * 64x the largest vocabulary (262144), so that products of sizes (a layer's weight, a fused
+     * module's rows) stay far inside int64 and every per-dimension count inside int. */
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+        const int64_t limit = strcmp(sizes[i].name, "max_position_embeddings") ? LT_CONFIG_MAX_DIM : INT32_MAX;
         if (sizes[i].v <= 0)
             return lt_fail(err, LT_ERR_FORMAT, "%s: \"%s\" = %lld must be positive", src, sizes[i].name,
                            (long long)sizes[i].v);
-        if (sizes[i].v > INT32_MAX)
-            return lt_fail(err, LT_ERR_FORMAT, "%s: \"%s\" = %lld is too large", src, sizes[i].name,
-                           (long long)sizes[i].v);
+        if (sizes[i].v > limit)
+            return lt_fail(err, LT_ERR_FORMAT, "%s: \"%s\" = %lld is too large (the limit is %lld)", src, sizes[i].name,
+                           (long long)sizes[i].v, (long long)limit);
     }
     if (cfg->num_attention_heads % cfg->num_key_value_heads != 0)
         return lt_fail(err, LT_ERR_FORMAT,
                        "%s: \"num_attention_heads\" = %lld is not a multiple of \"num_key_value_heads\" = %lld", src,
                        (long long)cfg->num_attention_heads, (long long)cfg->num_key_value_heads);
-    if ((int64_t)cfg->num_attention_heads * cfg->head_dim > INT32_MAX)
-        return lt_fail(err, LT_ERR_FORMAT, "%s: num_attention_heads * head_dim is too large", src);
+    if ((int64_t)cfg->num_attention_heads * cfg->head_dim > LT_CONFIG_MAX_DIM)
+        return lt_fail(err, LT_ERR_FORMAT, "%s: num_attention_heads * head_dim is too large (the limit is %lld)", src,
+                       (long long)LT_CONFIG_MAX_DIM);
     if (!(cfg->rms_norm_eps > 0) || !isfinite(cfg->rms_norm_eps))
         return lt_fail(err, LT_ERR_FORMAT, "%s: \"rms_norm_eps\" = %g must be positive", src, cfg->rms_norm_eps);
     if (!(cfg->rope_theta > 0) || !isfinite(cfg->rope_theta))

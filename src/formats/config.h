@@ -57,6 +57,7 @@ typedef enum lt_activation {
 #define LT_CONFIG_MAX_EOS 16
 #define LT_CONFIG_MAX_ROPE_FACTORS 512 /* longrope short/long factors (rot_dim / 2 each) */
 #define LT_CONFIG_MAX_LAYERS 1024      /* per-layer attention types are kept up to this many layers */
+#define LT_CONFIG_MAX_DIM (1LL << 24)  /* every size of config.json but max_position_embeddings (config.c) */
 
 typedef struct lt_model_config {
     char architecture[64]; /* architectures[0], e.g. "LlamaForCausalLM"                  */

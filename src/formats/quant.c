@@ -348,23 +348,12 @@ static void quantize_int8(const float *x, int64_t n, int bs, int8_t *data, float
     }
 }
 
-/* index of the first non-finite value of x (n), or -1: a branch-free pass the compiler vectorizes
- * (x - x is 0 for a finite x and NaN otherwise) and a scan only when there is one */
-static int64_t first_non_finite(const float *x, int64_t n) {
-    int bad = 0;
-    for (int64_t i = 0; i < n; i++) bad |= !(x[i] - x[i] == 0.0f);
-    if (!bad) return -1;
-    for (int64_t i = 0; i < n; i++)
-        if (!isfinite(x[i])) return i;
-    return -1;
-}
-
 lt_status lt_qtensor_quantize_part(lt_qtensor *q, const float *x, int64_t i0, int64_t n, float *absmax, lt_error *err) {
     if (i0 < 0 || n < 0 || i0 % q->blocksize || i0 + n > q->numel || (i0 + n < q->numel && n % q->blocksize))
         return lt_fail(err, LT_ERR_INTERNAL, "quantize: part [%lld, %lld) of %lld values does not cut whole blocks",
                        (long long)i0, (long long)(i0 + n), (long long)q->numel);
-    const int64_t bad = first_non_finite(x, n);
-    if (bad >= 0)
+    const int64_t bad = (int64_t)lt_first_nonfinite(x, (size_t)n);
+    if (bad < n)
         return lt_fail(err, LT_ERR_NUMERIC, "quantize: element %lld is %s; only finite values can be quantized",
                        (long long)(i0 + bad), isnan(x[bad]) ? "NaN" : "infinite");
     const int64_t b0 = i0 / q->blocksize;

@@ -70,6 +70,15 @@ static void untrack_free(lt_model *m, void *p) {
         }
 }
 
+/* A NaN or Inf in a checkpoint tensor: refused at load (m->check_finite), naming it, rather than
+ * noticed as a non-finite loss at the first step. index: the element of the stored tensor. */
+static lt_status nonfinite_weight(const lt_model *m, const char *name, int64_t index, float value, lt_error *err) {
+    return lt_fail(err, LT_ERR_NUMERIC,
+                   "%s: tensor \"%s\" holds %g at element %lld: the checkpoint is corrupt (NaN / Inf weights give "
+                   "NaN losses); lt_model_params.skip_finite_check = 1 loads it anyway",
+                   m->dir, name, (double)value, (long long)index);
+}
+
 /* ---- sources: the values of one tensor, front to back ------------------------------------------- */
 
 /* Exactly one of t, host, dev is set, or none: random values. */
@@ -135,8 +144,11 @@ static void random_values(float *dst, uint64_t seed, const wsrc *s, int64_t i0, 
 }
 
 /* dst (n) = elements [i0, i0 + n) of the source as f32. A checkpoint tensor's pages of those elements
- * are dropped afterwards and the next LT_LOAD_AHEAD bytes requested. */
-static void src_read(loader *ld, const wsrc *s, float *dst, int64_t i0, int64_t n) {
+ * are dropped afterwards and the next LT_LOAD_AHEAD bytes requested; with m->check_finite its values
+ * are checked for NaN / Inf block by block as they are converted, while in cache (no second pass over
+ * the weights): LT_ERR_NUMERIC naming the tensor and the first such element. The other sources are
+ * finite by construction (random) or were checked when loaded (a loaded model's f32 weights). */
+static lt_status src_read(loader *ld, const wsrc *s, float *dst, int64_t i0, int64_t n, lt_error *err) {
     lt_model *m = ld->m;
     if (s->host) {
         memcpy(dst, s->host + s->off + i0, (size_t)n * sizeof(float));
@@ -149,14 +161,24 @@ static void src_read(loader *ld, const wsrc *s, float *dst, int64_t i0, int64_t 
         const uint64_t b0 = (uint64_t)(s->off + i0) * es, nb = (uint64_t)n * es;
         const unsigned char *p = (const unsigned char *)s->t->data + b0;
         lt_st_set_advise(m->st, s->t, b0 + nb, LT_LOAD_AHEAD, 0);
-        /* two threads share the page faults and the conversion */
-#pragma omp parallel for schedule(static) if (n > 65536)
+        const int check = m->check_finite;
+        int64_t bad = n; /* the first non-finite element of the chunk */
+                         /* two threads share the page faults and the conversion */
+#pragma omp parallel for schedule(static) reduction(min : bad) if (n > 65536)
         for (int64_t k = 0; k < n; k += 16384) {
             const int64_t e = k + 16384 < n ? k + 16384 : n;
-            lt_convert_to_f32(dst + k, p + (size_t)k * es, s->t->dtype, (size_t)(e - k));
+            if (!check) {
+                lt_convert_to_f32(dst + k, p + (size_t)k * es, s->t->dtype, (size_t)(e - k));
+                continue;
+            }
+            const int64_t b =
+                (int64_t)lt_convert_to_f32_finite(dst + k, p + (size_t)k * es, s->t->dtype, (size_t)(e - k));
+            if (b < e - k && k + b < bad) bad = k + b;
         }
         lt_st_set_advise(m->st, s->t, b0, nb, 1);
+        if (bad < n) return nonfinite_weight(m, s->t->name, s->off + i0 + bad, dst[bad], err);
     }
+    return LT_OK;
 }
 
 /* ---- sinks -------------------------------------------------------------------------------------- */
@@ -170,7 +192,12 @@ static lt_status sink_f32(loader *ld, const wsrc *s, int64_t n, const char *name
     m->weight_bytes += n * (int64_t)sizeof(float);
     if (s->t && ops->host_memory && ld->p->use_mmap && s->t->dtype == LT_DT_F32 && s->off == 0 && s->t->numel == n &&
         ((uintptr_t)s->t->data & 3) == 0) {
-        *out = (float *)(uintptr_t)s->t->data; /* read-only use: the mapping is private */
+        /* read-only use: the mapping is private. The scan is the first read of these pages; the forward
+         * then finds them in the page cache. */
+        const float *f = (const float *)s->t->data;
+        const size_t bad = m->check_finite ? lt_first_nonfinite(f, (size_t)n) : (size_t)n;
+        if (bad < (size_t)n) return nonfinite_weight(m, s->t->name, (int64_t)bad, f[bad], err);
+        *out = (float *)(uintptr_t)s->t->data;
         ld->in_place = 1;
         return LT_OK;
     }
@@ -178,17 +205,16 @@ static lt_status sink_f32(loader *ld, const wsrc *s, int64_t n, const char *name
     lt_status st = alloc_owned(m, (size_t)n * sizeof(float), name, (void **)&dst, err);
     if (st != LT_OK) return st;
     if (!ops->host_memory && (st = need_buf(ld, ld->chunk, err)) != LT_OK) return st;
-    for (int64_t i0 = 0; i0 < n; i0 += (int64_t)ld->chunk) {
+    for (int64_t i0 = 0; i0 < n && st == LT_OK; i0 += (int64_t)ld->chunk) {
         const int64_t k = n - i0 < (int64_t)ld->chunk ? n - i0 : (int64_t)ld->chunk;
         if (ops->host_memory) {
-            src_read(ld, s, dst + i0, i0, k); /* straight into place */
-        } else {
-            src_read(ld, s, ld->buf, i0, k);
+            st = src_read(ld, s, dst + i0, i0, k, err); /* straight into place */
+        } else if ((st = src_read(ld, s, ld->buf, i0, k, err)) == LT_OK) {
             ops->upload(m->be, dst + i0, ld->buf, (size_t)k * sizeof(float));
         }
     }
-    *out = dst;
-    return LT_OK;
+    if (st == LT_OK) *out = dst; /* else dst is freed with the model */
+    return st;
 }
 
 /* *W = the (out, in) source in the backend's packed bf16 layout, 16 rows (a block of the layout) at a
@@ -204,11 +230,12 @@ static lt_status sink_bf16(loader *ld, const wsrc *s, int out, int in, const cha
     lt_status st = need_buf(ld, (size_t)rows * in, err);
     if (st == LT_OK) st = alloc_owned(m, bytes, name, (void **)&dst, err);
     if (st != LT_OK) return st;
-    for (int r0 = 0; r0 < out; r0 += rows) {
+    for (int r0 = 0; r0 < out && st == LT_OK; r0 += rows) {
         const int k = out - r0 < rows ? out - r0 : rows;
-        src_read(ld, s, ld->buf, (int64_t)r0 * in, (int64_t)k * in);
-        ops->bf16_weight_pack(m->be, dst + ops->bf16_weight_bytes(m->be, r0, in), ld->buf, k, in);
+        if ((st = src_read(ld, s, ld->buf, (int64_t)r0 * in, (int64_t)k * in, err)) == LT_OK)
+            ops->bf16_weight_pack(m->be, dst + ops->bf16_weight_bytes(m->be, r0, in), ld->buf, k, in);
     }
+    if (st != LT_OK) return st; /* dst is freed with the model */
     *W = (lt_weight){.format = LT_WEIGHT_BF16, .bf16 = dst};
     m->n_params += (int64_t)out * in;
     m->weight_bytes += (int64_t)bytes;
@@ -262,6 +289,7 @@ static lt_status sink_quant(loader *ld, const wsrc *s, int out, int in, const ch
     const int64_t shape[2] = {out, in}, n = (int64_t)out * in;
     lt_qtensor *q = NULL;
     float *am = NULL;
+    int named = 0;
     lt_status st = lt_qtensor_alloc(shape, 2, p->quantization, p->quant_blocksize, p->double_quant, &q, err);
     const int64_t step = ld->chunk >= (size_t)p->quant_blocksize
                              ? (int64_t)ld->chunk / p->quant_blocksize * p->quant_blocksize
@@ -271,14 +299,17 @@ static lt_status sink_quant(loader *ld, const wsrc *s, int out, int in, const ch
         st = lt_fail(err, LT_ERR_NOMEM, "out of memory");
     for (int64_t i0 = 0; st == LT_OK && i0 < n; i0 += step) {
         const int64_t k = n - i0 < step ? n - i0 : step;
-        src_read(ld, s, ld->buf, i0, k);
+        if ((st = src_read(ld, s, ld->buf, i0, k, err)) != LT_OK) {
+            named = 1; /* a non-finite weight: the message names the checkpoint tensor */
+            break;
+        }
         st = lt_qtensor_quantize_part(q, ld->buf, i0, k, am, err);
     }
     if (st == LT_OK) {
         lt_qtensor_quantize_finish(q, am, NULL);
         st = weight_from_qtensor(m, W, q, err);
         if (st == LT_OK) m->n_params += n;
-    } else if (q) {
+    } else if (q && !named) {
         lt_fail_prefix(err, "%s: quantizing \"%s\"", m->dir, name);
     }
     if (q && q->double_quant) free(am);
@@ -419,6 +450,17 @@ static lt_status load_bnb_weight(loader *ld, const char *name, int out, int in, 
                          key, i == 2 ? qtype : "dynamic 8-bit");
         else if (parts[i].dst) memcpy(parts[i].dst, t->data, parts[i].bytes);
         if (t) lt_st_set_advise(m->st, t, 0, t->nbytes, 1);
+    }
+    if (st == LT_OK && m->check_finite) { /* the statistics: a NaN absmax makes its whole block NaN */
+        const float *f = dq ? q->absmax2 : q->absmax;
+        const size_t nf = dq ? (size_t)q->n_blocks2 : (size_t)q->n_blocks, bad = lt_first_nonfinite(f, nf);
+        snprintf(key, sizeof key, "%s%s", name, dq ? ".nested_absmax" : ".absmax");
+        if (bad < nf) st = nonfinite_weight(m, key, (int64_t)bad, f[bad], err);
+        else if (dq && !isfinite(q->offset))
+            st = lt_fail(err, LT_ERR_NUMERIC,
+                         "%s: the nested_offset of \"%s\" is %g: the checkpoint is corrupt; "
+                         "lt_model_params.skip_finite_check = 1 loads it anyway",
+                         m->dir, name, (double)q->offset);
     }
     if (st == LT_OK) {
         m->n_params += (int64_t)out * in;
@@ -654,6 +696,7 @@ static lt_status model_create(lt_context *ctx, const char *fn, const char *dir, 
     m->ctx = ctx;
     m->be = ctx->be;
     m->base_dtype = p.base_dtype;
+    m->check_finite = !p.skip_finite_check;
     snprintf(m->dir, sizeof m->dir, "%s", dir ? dir : "(random)");
     loader ld = {.m = m, .p = &p, .chunk = chunk ? chunk : LT_LOAD_CHUNK, .seed = seed, .init_std = init_std};
     const double t0 = lt_now_seconds();

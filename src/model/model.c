@@ -258,8 +258,11 @@ LT_API lt_status lt_model_save_quantized(lt_model *m, const char *dir) {
     L.e = calloc((size_t)L.cap, sizeof *L.e);
     L.names = calloc((size_t)L.cap, 160);
     L.bufs = calloc((size_t)L.cap, sizeof *L.bufs);
-    lt_status st = lt_mkdir_p(dir, err);
-    if (!L.e || !L.names || !L.bufs) st = lt_fail(err, LT_ERR_NOMEM, "lt_model_save_quantized: out of memory");
+    lt_save sv;
+    lt_status st = lt_save_begin(&sv, dir, err);
+    const int begun = st == LT_OK;
+    if (st == LT_OK && (!L.e || !L.names || !L.bufs))
+        st = lt_fail(err, LT_ERR_NOMEM, "lt_model_save_quantized: out of memory");
     if (st == LT_OK)
         st = save_add(m, &L, LT_DT_F32, 2, V, H, m->embed, NULL, (size_t)V * H * 4, err, "model.embed_tokens.weight");
     if (st == LT_OK)
@@ -286,9 +289,9 @@ LT_API lt_status lt_model_save_quantized(lt_model *m, const char *dir) {
     int n = L.n;
     void **bufs = L.bufs;
     char *names = L.names;
-    if (st == LT_OK) st = lt_st_write_sharded(dir, e, n, 2ull << 30, err);
+    if (st == LT_OK) st = lt_st_write_sharded(sv.stage, e, n, 2ull << 30, err);
     char path[4200];
-    lt_path_join(path, sizeof path, dir, "config.json");
+    if (begun) lt_path_join(path, sizeof path, sv.stage, "config.json");
     if (st == LT_OK) {
         lt_model_config oc = *c;
         snprintf(oc.torch_dtype, sizeof oc.torch_dtype, "float32");
@@ -328,5 +331,7 @@ LT_API lt_status lt_model_save_quantized(lt_model *m, const char *dir) {
     free(bufs);
     free(e);
     free(names);
+    if (begun && st != LT_OK) lt_save_abort(&sv);
+    else if (begun) st = lt_save_commit(&sv, err);
     return st;
 }

@@ -83,6 +83,7 @@ struct lt_model {
                                         * lm_head is then NULL */
     int base_dtype;        /* lt_base_dtype: BF16 keeps the projections (LT_WEIGHT_BF16, or quantized ones computed
                             * in bf16), the embeddings and the LM head in bf16 */
+    int check_finite;      /* load: refuse NaN / Inf weights (lt_model_params.skip_finite_check = 0) */
     float *inv_freq_local; /* (rot_dim/2) Gemma 3's local layers' RoPE table (NULL: none) */
 };
 

@@ -388,21 +388,25 @@ const char *lt_tok_special_str(const struct lt_tokenizer *t, const char *name) {
  * \S -> [^\s\x{85}]. */
 static char *translate_regex(const char *p) {
     lt_buf b = {0};
-    int in_class = 0;
+    int in_class = 0, bad = 0; /* bad: out of memory (a half-translated pattern must not be compiled) */
     for (size_t i = 0; p[i]; i++) {
         if (p[i] == '\\' && p[i + 1]) {
             char c = p[i + 1];
-            if (c == 's') lt_buf_puts(&b, in_class ? "\\s\\x{85}" : "[\\s\\x{85}]");
-            else if (c == 'S' && !in_class) lt_buf_puts(&b, "[^\\s\\x{85}]");
-            else lt_buf_put(&b, p + i, 2);
+            if (c == 's') bad |= lt_buf_puts(&b, in_class ? "\\s\\x{85}" : "[\\s\\x{85}]");
+            else if (c == 'S' && !in_class) bad |= lt_buf_puts(&b, "[^\\s\\x{85}]");
+            else bad |= lt_buf_put(&b, p + i, 2);
             i++;
             continue;
         }
         if (p[i] == '[' && !in_class) in_class = 1;
         else if (p[i] == ']' && in_class) in_class = 0;
-        lt_buf_putc(&b, p[i]);
+        bad |= lt_buf_putc(&b, p[i]);
     }
-    if (!b.p) lt_buf_puts(&b, "");
+    if (!b.p) bad |= lt_buf_puts(&b, "");
+    if (bad) {
+        free(b.p);
+        return NULL;
+    }
     return b.p;
 }
 
@@ -439,11 +443,14 @@ static void byte_tables(lt_tokenizer *t) {
     for (int b = 0; b < 256; b++) {
         int keep = (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174 && b <= 255);
         uint32_t cp = keep ? (uint32_t)b : (uint32_t)(256 + n++);
-        lt_buf tmp = {0};
-        utf8_put(&tmp, cp);
-        memcpy(t->b2u[b], tmp.p, tmp.n);
-        t->b2u_len[b] = (unsigned char)tmp.n;
-        free(tmp.p);
+        if (cp < 0x80) { /* UTF-8 of cp < 512, written here: nothing to allocate, nothing to fail */
+            t->b2u[b][0] = (char)cp;
+            t->b2u_len[b] = 1;
+        } else {
+            t->b2u[b][0] = (char)(0xC0 | (cp >> 6));
+            t->b2u[b][1] = (char)(0x80 | (cp & 0x3F));
+            t->b2u_len[b] = 2;
+        }
         t->u2b[cp] = (int16_t)b;
     }
 }
@@ -504,13 +511,13 @@ static lt_status load_normalizer(lt_tokenizer *t, json_t *n, lt_error *err) {
         const char *p = jstr(n, "prepend");
         if (!p) return lt_fail(err, LT_ERR_FORMAT, "normalizer Prepend without \"prepend\"");
         z->kind = NORM_PREPEND;
-        z->content = strdup(p);
+        if (!(z->content = strdup(p))) return lt_fail(err, LT_ERR_NOMEM, "out of memory");
     } else if (!strcmp(type, "Replace")) {
         const char *c = jstr(n, "content");
         if (!c) return lt_fail(err, LT_ERR_FORMAT, "normalizer Replace without \"content\"");
         z->kind = NORM_REPLACE;
-        z->content = strdup(c);
-        t->n_norm++;
+        t->n_norm++; /* owned from here: freed with the tokenizer */
+        if (!(z->content = strdup(c))) return lt_fail(err, LT_ERR_NOMEM, "out of memory");
         return read_pattern(n, "normalizer Replace", &z->pattern, &z->re, err);
     } else
         return lt_fail(err, LT_ERR_UNSUPPORTED,
@@ -619,7 +626,7 @@ static lt_status load_decoder(lt_tokenizer *t, json_t *n, lt_error *err) {
     else if (!strcmp(type, "Strip")) {
         z->kind = DEC_STRIP;
         const char *c = jstr(n, "content");
-        z->content = strdup(c ? c : " ");
+        if (!(z->content = strdup(c ? c : " "))) return lt_fail(err, LT_ERR_NOMEM, "out of memory");
         z->start = (int)json_integer_value(json_object_get(n, "start"));
         z->stop = (int)json_integer_value(json_object_get(n, "stop"));
     } else if (!strcmp(type, "Replace")) {
@@ -631,6 +638,10 @@ static lt_status load_decoder(lt_tokenizer *t, json_t *n, lt_error *err) {
             return lt_fail(err, LT_ERR_UNSUPPORTED, "decoder Replace: only {\"String\": ...} patterns are supported");
         z->pattern = strdup(s);
         z->content = strdup(c);
+        if (!z->pattern || !z->content) {
+            t->n_dec++; /* freed with the tokenizer */
+            return lt_fail(err, LT_ERR_NOMEM, "out of memory");
+        }
     } else if (!strcmp(type, "Metaspace")) {
         z->kind = DEC_METASPACE;
         const char *r = jstr(n, "replacement");
@@ -705,11 +716,12 @@ static lt_status load_post(lt_tokenizer *t, json_t *n, lt_error *err) {
                    type);
 }
 
-/* tokenizer_config.json: a token is "text" or {"content": "text", ...} */
-static char *config_token(json_t *cfg, const char *key) {
+/* tokenizer_config.json: a token is "text" or {"content": "text", ...}; *out NULL when absent */
+static lt_status config_token(json_t *cfg, const char *key, char **out, lt_error *err) {
     json_t *v = json_object_get(cfg, key);
     if (json_is_object(v)) v = json_object_get(v, "content");
-    return json_is_string(v) ? strdup(json_string_value(v)) : NULL;
+    *out = json_is_string(v) ? strdup(json_string_value(v)) : NULL;
+    return json_is_string(v) && !*out ? lt_fail(err, LT_ERR_NOMEM, "out of memory") : LT_OK;
 }
 
 static lt_status set_token(lt_tokenizer *t, int32_t id, const char *s, size_t n, lt_error *err) {
@@ -745,19 +757,34 @@ static lt_status load_model(lt_tokenizer *t, json_t *root, lt_error *err) {
     json_t *v, *x;
     size_t i;
     json_object_foreach(vocab, k, v) {
-        if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > (1 << 30))
-            return lt_fail(err, LT_ERR_FORMAT, "vocab entry \"%.100s\" has no valid id", k);
+        if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) >= LT_TOK_MAX_IDS)
+            return lt_fail(err, LT_ERR_FORMAT, "vocab entry \"%.100s\" has no valid id (0 <= id < %d)", k,
+                           LT_TOK_MAX_IDS);
         if (json_integer_value(v) > maxid) maxid = (int32_t)json_integer_value(v);
     }
     if (added && !json_is_array(added)) return lt_fail(err, LT_ERR_FORMAT, "\"added_tokens\" is not an array");
+    /* the matcher indexes added tokens with int16 (added_by_byte); real tokenizers have a few thousand */
+    if (json_array_size(added) > LT_TOK_MAX_ADDED)
+        return lt_fail(err, LT_ERR_UNSUPPORTED, "%zu added tokens: more than the %d this tokenizer supports",
+                       json_array_size(added), LT_TOK_MAX_ADDED);
     json_array_foreach(added, i, x) {
         json_t *id = json_object_get(x, "id");
-        if (!json_is_integer(id) || json_integer_value(id) < 0 || json_integer_value(id) > (1 << 30) ||
+        if (!json_is_integer(id) || json_integer_value(id) < 0 || json_integer_value(id) >= LT_TOK_MAX_IDS ||
             !jstr(x, "content"))
-            return lt_fail(err, LT_ERR_FORMAT, "added_tokens[%zu] needs an integer \"id\" and a string \"content\"", i);
+            return lt_fail(err, LT_ERR_FORMAT,
+                           "added_tokens[%zu] needs an integer \"id\" (0 <= id < %d) and a string \"content\"", i,
+                           LT_TOK_MAX_IDS);
         if (json_integer_value(id) > maxid) maxid = (int32_t)json_integer_value(id);
     }
     if (maxid < 0) return lt_fail(err, LT_ERR_FORMAT, "empty vocabulary");
+    /* ids index tables of maxid + 1 entries: a few entries with huge ids would make a tiny file allocate
+     * gigabytes. Real vocabularies are dense (every id below the largest is used). */
+    const size_t n_entries = json_object_size(vocab) + json_array_size(added);
+    if ((size_t)maxid + 1 > 4 * n_entries + 65536)
+        return lt_fail(err, LT_ERR_FORMAT,
+                       "the largest token id %d is far beyond the %zu tokens: the ids are not dense", maxid, n_entries);
+    if (json_array_size(merges) > (size_t)LT_TOK_MAX_IDS)
+        return lt_fail(err, LT_ERR_FORMAT, "%zu merges: more than %d", json_array_size(merges), LT_TOK_MAX_IDS);
     t->n_ids = maxid + 1;
     t->tok_str = calloc((size_t)t->n_ids, sizeof *t->tok_str);
     t->tok_len = calloc((size_t)t->n_ids, sizeof *t->tok_len);
@@ -864,7 +891,7 @@ static lt_status load_model(lt_tokenizer *t, json_t *root, lt_error *err) {
         if (!(t->added_by_byte[b] = malloc((size_t)(cnt + 1) * sizeof(int16_t))))
             return lt_fail(err, LT_ERR_NOMEM, "out of memory");
         cnt = 0;
-        for (int k = 0; k < t->n_added && k < 32767; k++)
+        for (int k = 0; k < t->n_added; k++) /* n_added <= LT_TOK_MAX_ADDED fits int16 */
             if ((unsigned char)t->added[k].content[0] == b) t->added_by_byte[b][cnt++] = (int16_t)k;
         t->added_by_byte[b][cnt] = -1;
     }
@@ -897,7 +924,7 @@ static void tokenizer_free_parts(lt_tokenizer *t) {
     free(t->merges.key);
     free(t->merges.rank);
     free(t->merges.id);
-    for (int i = 0; i < t->n_added; i++) free(t->added[i].content);
+    for (int i = 0; t->added && i < t->n_added; i++) free(t->added[i].content);
     free(t->added);
     for (int b = 0; b < 256; b++) free(t->added_by_byte[b]);
     for (int i = 0; i < t->n_norm; i++) {
@@ -944,7 +971,9 @@ static lt_status load_config(lt_tokenizer *t, const char *path, lt_error *err) {
     char *data;
     size_t n;
     lt_error quiet;
-    if (lt_read_file(path, &data, &n, &quiet) != LT_OK) return LT_OK; /* optional file */
+    const lt_status rst = lt_read_file(path, &data, &n, &quiet);
+    if (rst == LT_ERR_NOMEM) return lt_fail(err, LT_ERR_NOMEM, "%s: out of memory", path);
+    if (rst != LT_OK) return LT_OK; /* an optional file */
     json_error_t je;
     json_t *cfg = json_loadb(data, n, 0, &je);
     free(data);
@@ -953,18 +982,19 @@ static lt_status load_config(lt_tokenizer *t, const char *path, lt_error *err) {
         json_decref(cfg);
         return lt_fail(err, LT_ERR_JSON, "%s: not a JSON object", path);
     }
-    t->bos = config_token(cfg, "bos_token");
-    t->eos = config_token(cfg, "eos_token");
-    t->pad = config_token(cfg, "pad_token");
-    t->unk = config_token(cfg, "unk_token");
+    lt_status st = config_token(cfg, "bos_token", &t->bos, err);
+    if (!st) st = config_token(cfg, "eos_token", &t->eos, err);
+    if (!st) st = config_token(cfg, "pad_token", &t->pad, err);
+    if (!st) st = config_token(cfg, "unk_token", &t->unk, err);
     json_t *ct = json_object_get(cfg, "chat_template"), *x;
+    const char *tmpl = json_is_string(ct) ? json_string_value(ct) : NULL;
     size_t i;
-    if (json_is_string(ct)) t->chat_template = strdup(json_string_value(ct));
-    else if (json_is_array(ct)) /* [{"name": "default", "template": ...}, ...] */
-        json_array_foreach(ct, i, x) if (!strcmp(jstr(x, "name") ? jstr(x, "name") : "", "default") &&
-                                         jstr(x, "template")) t->chat_template = strdup(jstr(x, "template"));
+    if (json_is_array(ct)) /* [{"name": "default", "template": ...}, ...]: the first "default" */
+        json_array_foreach(ct, i, x) if (!tmpl && !strcmp(jstr(x, "name") ? jstr(x, "name") : "", "default")) tmpl =
+            jstr(x, "template");
+    if (!st && tmpl && !(t->chat_template = strdup(tmpl))) st = lt_fail(err, LT_ERR_NOMEM, "out of memory");
     json_decref(cfg);
-    return LT_OK;
+    return st;
 }
 
 LT_API lt_status lt_tokenizer_load(const char *path, lt_tokenizer **out) {

@@ -13,6 +13,12 @@
 #include "core/core.h"
 #include "text/textbuf.h"
 
+/* Bounds on a tokenizer.json, far beyond real ones (Gemma's 262144 ids; a few thousand added tokens):
+ * token ids below 2^24 and dense (the largest id at most 4 x the tokens + 65536: a table per id is
+ * allocated), at most 2^24 merges, at most 32767 added tokens (the matcher indexes them with int16). */
+#define LT_TOK_MAX_IDS (1 << 24)
+#define LT_TOK_MAX_ADDED 32767
+
 struct lt_tokenizer;
 /* Encode text[0..len) into ids (appended to out). add_special: post-processor BOS/EOS. */
 lt_status lt_tok_encode_into(struct lt_tokenizer *t, const char *text, size_t len, int add_special, lt_ivec *out);

@@ -565,27 +565,46 @@ lt_status lt_optimizer_load_files(lt_optimizer *o, const char *const *paths, int
     size_t cnt[LT_OPT_SECTIONS], p_me[LT_OPT_SECTIONS];
     sections(o, dev, cnt);
     prefix(o, o->lo, p_me);
-    for (int i = 0; i < n_paths && st == LT_OK; i++) {
-        const size_t a = sf[i].lo > o->lo ? sf[i].lo : o->lo, b = sf[i].hi < o->hi ? sf[i].hi : o->hi;
-        if (a >= b) continue;
-        size_t p_f[LT_OPT_SECTIONS], p_f_end[LT_OPT_SECTIONS], p_a[LT_OPT_SECTIONS], p_b[LT_OPT_SECTIONS];
-        prefix(o, sf[i].lo, p_f);
-        prefix(o, sf[i].hi, p_f_end);
-        prefix(o, a, p_a);
-        prefix(o, b, p_b);
-        size_t sec_start = sf[i].hdr; /* where section s starts in the file */
-        for (int s = 0; s < LT_OPT_SECTIONS && st == LT_OK; s++) {
-            const size_t vb = section_bytes[q][s], bytes = (p_b[s] - p_a[s]) * vb;
-            const size_t from = sec_start + (p_a[s] - p_f[s]) * vb, to = (p_a[s] - p_me[s]) * vb;
-            for (size_t off = 0; off < bytes && st == LT_OK; off += STAGE_BYTES) {
-                const size_t k = bytes - off < STAGE_BYTES ? bytes - off : STAGE_BYTES;
-                if (fseeko(sf[i].f, (off_t)(from + off), SEEK_SET) != 0 || fread(stage, 1, k, sf[i].f) != k)
-                    st = lt_fail(err, LT_ERR_IO, "%s: cannot read the optimizer state", paths[i]);
-                else be->ops->upload(be, (char *)dev[s] + to + off, stage, k);
+    /* pass 0 checks that the state is one an optimizer can reach (finite moments, v >= 0 as a square,
+     * absmax >= 0; the 8-bit codes index a 256-entry map, so any byte is valid), pass 1 uploads it: a
+     * rejected file leaves the optimizer as it was */
+    static const char *const sec_name[LT_OPT_SECTIONS] = {"m (first moment)", "v (second moment)", "absmax of m",
+                                                          "absmax of v",      "codes of m",        "codes of v"};
+    for (int pass = 0; pass < 2; pass++)
+        for (int i = 0; i < n_paths && st == LT_OK; i++) {
+            const size_t a = sf[i].lo > o->lo ? sf[i].lo : o->lo, b = sf[i].hi < o->hi ? sf[i].hi : o->hi;
+            if (a >= b) continue;
+            size_t p_f[LT_OPT_SECTIONS], p_f_end[LT_OPT_SECTIONS], p_a[LT_OPT_SECTIONS], p_b[LT_OPT_SECTIONS];
+            prefix(o, sf[i].lo, p_f);
+            prefix(o, sf[i].hi, p_f_end);
+            prefix(o, a, p_a);
+            prefix(o, b, p_b);
+            size_t sec_start = sf[i].hdr; /* where section s starts in the file */
+            for (int s = 0; s < LT_OPT_SECTIONS && st == LT_OK; s++) {
+                const size_t vb = section_bytes[q][s], bytes = (p_b[s] - p_a[s]) * vb;
+                const size_t from = sec_start + (p_a[s] - p_f[s]) * vb, to = (p_a[s] - p_me[s]) * vb;
+                for (size_t off = 0; off < bytes && st == LT_OK; off += STAGE_BYTES) {
+                    const size_t k = bytes - off < STAGE_BYTES ? bytes - off : STAGE_BYTES;
+                    if (fseeko(sf[i].f, (off_t)(from + off), SEEK_SET) != 0 || fread(stage, 1, k, sf[i].f) != k)
+                        st = lt_fail(err, LT_ERR_IO, "%s: cannot read the optimizer state", paths[i]);
+                    else if (pass == 1) be->ops->upload(be, (char *)dev[s] + to + off, stage, k);
+                    else if (vb == sizeof(float)) {
+                        const int nonneg = s >= 2 || (s == 1 && o->p.kind != LT_OPT_SGD);
+                        for (size_t j = 0; j < k / sizeof(float); j++) {
+                            float x;
+                            memcpy(&x, stage + j * sizeof(float), sizeof x);
+                            if (!isfinite(x) || (nonneg && x < 0)) {
+                                st = lt_fail(err, LT_ERR_NUMERIC, "%s: %s[%zu] = %g: %s; the state was not loaded",
+                                             paths[i], sec_name[s], p_a[s] + (off / sizeof(float)) + j, (double)x,
+                                             isfinite(x) ? "must not be negative" : "not finite");
+                                break;
+                            }
+                        }
+                    }
+                }
+                sec_start += (p_f_end[s] - p_f[s]) * vb;
             }
-            sec_start += (p_f_end[s] - p_f[s]) * vb;
         }
-    }
     if (st == LT_OK) o->step = sf[0].step;
     for (int i = 0; sf && i < n_paths; i++)
         if (sf[i].f) fclose(sf[i].f);

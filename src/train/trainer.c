@@ -10,7 +10,6 @@
  * Safety: a micro-batch that fails (bad ids, NaN loss, NaN gradients) restores the gradients it found,
  * and an update happens only with finite gradients, so the adapter and optimizer stay as they were.
  */
-#include <dirent.h>
 #include <errno.h>
 #include <jansson.h>
 #include <math.h>
@@ -225,47 +224,10 @@ LT_API lt_status lt_trainer_evaluate(lt_trainer *t, const lt_batch *b, double *l
 }
 
 /* ---- checkpoints --------------------------------------------------------------------------------
- * DIR/adapter_config.json + adapter_model.safetensors (a PEFT adapter), DIR/optimizer.bin,
- * DIR/trainer_state.json. Written into DIR.tmp-PID and renamed into place, so DIR is always either
- * the previous checkpoint or the new one. */
-
-/* A file a checkpoint consists of: the adapter, optimizer and trainer state, or (full fine-tuning) the
- * model directory lt_model_export writes: config, model*.safetensors shards and index, tokenizer files. */
-static int checkpoint_file(const char *name) {
-    static const char *const files[] = {"adapter_config.json",
-                                        "adapter_model.safetensors",
-                                        "optimizer.bin",
-                                        "trainer_state.json",
-                                        "config.json",
-                                        "tokenizer.json",
-                                        "tokenizer_config.json",
-                                        "special_tokens_map.json",
-                                        "generation_config.json",
-                                        "tokenizer.model"};
-    for (size_t i = 0; i < sizeof files / sizeof *files; i++)
-        if (!strcmp(name, files[i])) return 1;
-    const size_t n = strlen(name);
-    if (!strncmp(name, "optimizer-rank-", 15) && n > 4 && !strcmp(name + n - 4, ".bin")) return 1; /* ZeRO-1 shards */
-    return !strncmp(name, "model", 5) && ((n > 12 && !strcmp(name + n - 12, ".safetensors")) ||
-                                          (n > 23 && !strcmp(name + n - 23, ".safetensors.index.json")));
-}
-
-/* Remove a checkpoint directory this trainer wrote (its temporary or previous copy); anything else a user
- * put there stays, and then so does the directory. */
-static lt_status remove_tree(const char *dir) {
-    char p[4200];
-    DIR *d = opendir(dir);
-    if (d) {
-        struct dirent *e;
-        while ((e = readdir(d)) != NULL) {
-            if (!checkpoint_file(e->d_name)) continue;
-            lt_path_join(p, sizeof p, dir, e->d_name);
-            unlink(p);
-        }
-        closedir(d);
-    }
-    return rmdir(dir) == 0 ? LT_OK : LT_ERR_IO;
-}
+ * DIR/adapter_config.json + adapter_model.safetensors (a PEFT adapter; a full fine-tuning: its model
+ * directory), DIR/optimizer.bin (ZeRO-1: a shard per rank, train/distributed.c), DIR/trainer_state.json:
+ * one save of DIR (core.h lt_save), so DIR is always the previous checkpoint or the new one, and a DIR
+ * that is not ours is refused untouched. */
 
 LT_API lt_status lt_trainer_save_checkpoint(lt_trainer *t, const char *dir) {
     if (!t) return LT_ERR_ARGUMENT;
@@ -276,22 +238,19 @@ LT_API lt_status lt_trainer_save_checkpoint(lt_trainer *t, const char *dir) {
                        "lt_trainer_save_checkpoint: %d micro-batches of an accumulation are "
                        "pending; save after an update",
                        t->micro);
-    /* data-parallel: rank 0 writes the checkpoint into its temporary directory, every rank its optimizer
-     * shard (ZeRO-1) into the same one, then rank 0 renames it into place */
-    long id = (long)getpid();
-    lt_status st = lt_dist_bcast(t, &id, sizeof id, 0);
-    if (st != LT_OK) return st;
-    char tmp[4200], old[4200], p[4300];
-    snprintf(tmp, sizeof tmp, "%s.tmp-%ld", dir, id);
-    snprintf(old, sizeof old, "%s.old-%ld", dir, id);
+    /* data-parallel: rank 0 begins the save and writes the adapter and trainer state into its staging
+     * directory, every rank its optimizer shard (ZeRO-1) into the same one, then rank 0 commits it */
     const int writer = t->dist.rank == 0;
-    if (writer) {
-        remove_tree(tmp);
-        st = lt_mkdir_p(tmp, &t->err);
-        if (st == LT_OK && (st = lt_adapter_save(t->adapter, tmp)) != LT_OK)
-            lt_fail(&t->err, st, "%s", t->adapter->err.msg);
+    char stage[4300] = "";
+    lt_save sv;
+    int begun = 0;
+    lt_status st = LT_OK;
+    if (writer && (st = lt_save_begin(&sv, dir, &t->err)) == LT_OK) {
+        begun = 1;
+        snprintf(stage, sizeof stage, "%s", sv.stage);
+        st = lt_adapter_write(t->adapter, sv.stage, &t->err);
         if (st == LT_OK) {
-            char js[640];
+            char js[640], p[4300];
             int n =
                 snprintf(js, sizeof js,
                          "{\n  \"format\": \"libloratune-checkpoint-1\",\n  \"step\": %lld,\n  \"micro_steps\": %llu,\n"
@@ -299,28 +258,17 @@ LT_API lt_status lt_trainer_save_checkpoint(lt_trainer *t, const char *dir) {
                          "  \"optimizer_shards\": %d\n}\n",
                          (long long)t->opt->step, (unsigned long long)t->micro_total, (unsigned long long)t->p.seed,
                          t->p.grad_accum, t->dist.comm ? t->dist.world : 1, t->dist.zero ? t->dist.world : 0);
-            lt_path_join(p, sizeof p, tmp, "trainer_state.json");
+            lt_path_join(p, sizeof p, sv.stage, "trainer_state.json");
             st = lt_write_file_atomic(p, js, (size_t)n, &t->err);
         }
+        if (st != LT_OK) lt_fail_prefix(&t->err, "%s", dir);
     }
-    if ((st = lt_dist_save_optimizer(t, tmp, st)) != LT_OK) {
-        if (writer) remove_tree(tmp);
-        return st;
-    }
-    if (writer) {
-        struct stat sb;
-        int had_old = stat(dir, &sb) == 0;
-        if (had_old && rename(dir, old) != 0) {
-            remove_tree(tmp);
-            st = lt_fail(&t->err, LT_ERR_IO, "%s: cannot move the previous checkpoint aside: %s", dir, strerror(errno));
-        } else if (rename(tmp, dir) != 0) {
-            int e = errno;
-            if (had_old) rename(old, dir);
-            remove_tree(tmp);
-            st = lt_fail(&t->err, LT_ERR_IO, "%s: cannot rename the new checkpoint into place: %s", dir, strerror(e));
-        } else if (had_old) {
-            remove_tree(old);
-        }
+    lt_status bst = lt_dist_bcast(t, stage, sizeof stage, 0);
+    if (st == LT_OK) st = bst;
+    st = lt_dist_save_optimizer(t, stage, st);
+    if (begun) {
+        if (st == LT_OK) st = lt_save_commit(&sv, &t->err);
+        else lt_save_abort(&sv);
     }
     return lt_dist_agree(t, st, 0, NULL, 0, NULL, "lt_trainer_save_checkpoint");
 }
@@ -329,16 +277,24 @@ LT_API lt_status lt_trainer_save_checkpoint(lt_trainer *t, const char *dir) {
 static lt_status load_checkpoint(lt_trainer *t, const char *dir, lt_adapter **tmp, lt_optimizer **o,
                                  uint64_t *micro_total) {
     if (!dir) return lt_fail(&t->err, LT_ERR_ARGUMENT, "lt_trainer_load_checkpoint: dir is NULL");
-    char p[4200];
+    /* a save killed between the two renames of the fallback (core.h lt_save) leaves no dir: its data is in
+     * the newest complete save beside it */
+    char found[4200];
+    if (lt_save_resolve(t->model->ctx, dir, found, sizeof found) != LT_OK)
+        return lt_fail(&t->err, LT_ERR_NOMEM, "lt_trainer_load_checkpoint: out of memory");
+    dir = found;
+    char p[4300];
     lt_path_join(p, sizeof p, dir, "trainer_state.json");
     json_error_t je;
     json_t *js = json_load_file(p, 0, &je);
     if (!js) return lt_fail(&t->err, LT_ERR_MISSING, "%s: cannot read the checkpoint state: %s", p, je.text);
     json_t *step = json_object_get(js, "step"), *micro = json_object_get(js, "micro_steps");
-    if (!json_is_integer(step) || !json_is_integer(micro)) {
+    if (!json_is_integer(step) || !json_is_integer(micro) || json_integer_value(step) < 0 ||
+        json_integer_value(micro) < 0) {
         json_decref(js);
-        return lt_fail(&t->err, LT_ERR_JSON, "%s: \"step\" and \"micro_steps\" must be integers", p);
+        return lt_fail(&t->err, LT_ERR_FORMAT, "%s: \"step\" and \"micro_steps\" must be integers >= 0", p);
     }
+    const int64_t state_step = (int64_t)json_integer_value(step);
     *micro_total = (uint64_t)json_integer_value(micro);
     json_t *shards_js = json_object_get(js, "optimizer_shards"); /* ZeRO-1: one optimizer file per rank */
     const json_int_t shards = json_is_integer(shards_js) ? json_integer_value(shards_js) : 0;
@@ -358,6 +314,9 @@ static lt_status load_checkpoint(lt_trainer *t, const char *dir, lt_adapter **tm
     if ((st = lt_optimizer_create(b, &op, o)) != LT_OK) return lt_fail(&t->err, st, "%s", lt_last_error());
     /* this rank's part of the state (its shard under ZeRO-1), from the files whatever world size wrote them */
     if ((st = lt_dist_load_optimizer(t, *o, dir, (int)shards, &t->err)) != LT_OK) return st;
+    if ((*o)->step != state_step)
+        return lt_fail(&t->err, LT_ERR_FORMAT, "%s: trainer_state.json says step %lld, the optimizer state step %lld",
+                       dir, (long long)state_step, (long long)(*o)->step);
     return lt_optimizer_ready(t->opt, &t->err);
 }
 

@@ -50,8 +50,10 @@ def run(cmd, **kw):
 
 
 def tensors(d):
+    """the tensors a run directory d holds: its adapter/ (LoRA) or model/ (full fine-tuning)"""
     out = {}
-    for f in sorted(glob.glob(os.path.join(d, '*.safetensors'))):
+    sub = os.path.join(d, 'model' if os.path.isdir(os.path.join(d, 'model')) else 'adapter')
+    for f in sorted(glob.glob(os.path.join(sub, '*.safetensors'))):
         out.update(load_file(f))
     return out
 
@@ -184,7 +186,7 @@ def main():
     res = os.path.join(work, 'killed-resumed')
     run(mpirun_cmd(2) + [cli, 'train', '--data', data, '--out', res, '--resume', last] + base +
         ['--steps', str(step + 2)])
-    assert os.path.exists(os.path.join(res, 'adapter_model.safetensors'))
+    assert os.path.exists(os.path.join(res, 'adapter', 'adapter_model.safetensors'))
     print(f'  resumed from {os.path.basename(last)} on 2 ranks: trained to step {step + 2}')
 
     # a rank that hangs: the others stop at the communicator's deadline with its message

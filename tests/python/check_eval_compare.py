@@ -15,7 +15,7 @@
    - a markdown report with every section and the loss-curve SVG (well-formed XML) beside it.
 4. The model card: README.md is YAML front matter (PyYAML) + markdown with the Hub's keys (base_model,
    library_name: peft, tags, datasets) and every section; training_args.json holds the data's sha256.
-5. `loratune train --config run/training_args.json --out run2` (a short run with a canary): the adapter is
+5. `loratune train --config run/adapter/training_args.json --out run2` (a short run with a canary): the adapter is
    identical byte for byte; `loratune merge` writes a card with library_name: transformers.
 """
 import argparse
@@ -102,7 +102,7 @@ def main():
              "--canary-repeat", "4", "--threads", "1", "--quiet", "--eval-every", "20"]
     run(args, *train, "--out", f"{w}/run", "--steps", str(args.steps))
     report = f"{w}/report.md"
-    j = json.loads(run(args, "eval", "--compare", "--model", base, "--adapter", f"{w}/run", "--run", f"{w}/run", "--data",
+    j = json.loads(run(args, "eval", "--compare", "--model", base, "--adapter", f"{w}/run/adapter", "--run", f"{w}/run", "--data",
                        f"{data}/heldout.jsonl", "--prompts", f"{data}/prompts.jsonl", "--report", report, "--json",
                        "--candidates", "200", "--max-new-tokens", "12", "--threads", "1"))
     # held-out loss, per row, against PyTorch + PEFT
@@ -111,7 +111,7 @@ def main():
         bad.append(f"held-out: loss {h['loss']}, wins {h['wins']}/{h['rows']}")
     texts = [json.loads(l)["text"] for l in open(f"{data}/heldout.jsonl")]
     canary = j["canaries"][0]
-    ref = torch_nll(base, f"{w}/run", texts + [canary["canary"]])
+    ref = torch_nll(base, f"{w}/run/adapter", texts + [canary["canary"]])
     for s, name in enumerate(("base", "adapter")):
         for i, r in enumerate(h["per_row"]):
             want = ref[name][i] / r["tokens"]
@@ -143,8 +143,8 @@ def main():
     except Exception as e:
         bad.append(f"loss-curve.svg: {e}")
     # the model card and the record
-    front = check_card(f"{w}/run/README.md", "adapter", bad)
-    rec = json.load(open(f"{w}/run/training_args.json"))
+    front = check_card(f"{w}/run/adapter/README.md", "adapter", bad)
+    rec = json.load(open(f"{w}/run/adapter/training_args.json"))
     sha = hashlib.sha256(open(f"{data}/train.jsonl", "rb").read()).hexdigest()
     if rec["data"][0]["sha256"] != sha or rec["data"][0]["rows"] != 16:
         bad.append(f"training_args.json data: {rec['data'][0]} (sha256 {sha})")
@@ -152,11 +152,11 @@ def main():
         bad.append(f"card datasets {front.get('datasets')}")
     # re-run from the record: the same adapter, byte for byte
     run(args, *train, "--out", f"{w}/short", "--steps", "12")
-    run(args, "train", "--config", f"{w}/short/training_args.json", "--out", f"{w}/short2")
+    run(args, "train", "--config", f"{w}/short/adapter/training_args.json", "--out", f"{w}/short2")
     for f in ("adapter_model.safetensors", "adapter_config.json"):
-        if open(f"{w}/short/{f}", "rb").read() != open(f"{w}/short2/{f}", "rb").read():
+        if open(f"{w}/short/adapter/{f}", "rb").read() != open(f"{w}/short2/adapter/{f}", "rb").read():
             bad.append(f"train --config: {f} differs from the recorded run's")
-    run(args, "merge", "--model", base, "--adapter", f"{w}/short", "--out", f"{w}/merged")
+    run(args, "merge", "--model", base, "--adapter", f"{w}/short/adapter", "--out", f"{w}/merged")
     check_card(f"{w}/merged/README.md", "merged", bad)
     for b in bad:
         print("PROBLEM:", b)

@@ -355,6 +355,7 @@ def prepare(args, spec, seed):
     shutil.rmtree(adir, ignore_errors=True)
     run([cli, "train", "--model", mdir, "--data", data, "--out", adir, "--rank", "8", "--alpha", "16", "--lr", "1e-2",
          "--steps", "40", "--batch", "1", "--seq", "64", "--quiet", "--threads", "2", "--seed", str(seed), *train_opts])
+    adir = os.path.join(adir, "adapter")  # the run directory's adapter
     quant = "--method" in train_opts  # qlora: export the dequantized base (train wrote quantization.json)
     g = lambda s: os.path.join(work, f"{name}-{s}.gguf")  # noqa: E731
     qopt = ["--quant", "nf4"] if quant else []
@@ -462,7 +463,8 @@ def refusals(args, lib):
     shutil.rmtree(ddir, ignore_errors=True)
     run([args.cli, "train", "--model", mdir, "--data", data, "--out", ddir, "--method", "dora", "--rank", "4",
          "--steps", "1", "--batch", "1", "--seq", "32", "--quiet"])
-    r = subprocess.run([args.cli, "export", "--format", "gguf-lora", "--model", mdir, "--adapter", ddir, "--out",
+    r = subprocess.run([args.cli, "export", "--format", "gguf-lora", "--model", mdir, "--adapter",
+                        os.path.join(ddir, "adapter"), "--out",
                         os.path.join(work, "dora.gguf")], capture_output=True, text=True)
     check(r.returncode == 1 and "DoRA" in r.stderr and "merged" in r.stderr and
           not os.path.exists(os.path.join(work, "dora.gguf")),

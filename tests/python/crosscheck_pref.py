@@ -189,8 +189,9 @@ def obj_flags(obj, prm):
 
 
 def read_adapter(d):
+    """the adapter a `loratune train --out d` run wrote (d/adapter)"""
     from safetensors.torch import load_file
-    return {k: v.float() for k, v in load_file(os.path.join(d, "adapter_model.safetensors")).items()}
+    return {k: v.float() for k, v in load_file(os.path.join(d, "adapter", "adapter_model.safetensors")).items()}
 
 
 def close(a, b, tol):

@@ -27,9 +27,9 @@ modules, sometimes use_rslora; lora_A and lora_B random and nonzero). Then:
    (keeping its start) and right-padded to T with id 0 / label -100 (no packing). The loss of an
    update is sum of token CE over its K micro-batches / their predicted tokens (HF shift: position t
    predicts labels[t+1]); no dropout;
-3. O/adapter_model.safetensors vs the torch result, per tensor max|diff| / max|torch| <= 1e-4
+3. O/adapter/adapter_model.safetensors vs the torch result, per tensor max|diff| / max|torch| <= 1e-4
    (max-abs-normalised because Adam magnifies fp32 rounding on near-zero gradient entries),
-   same key set; O/adapter_config.json keeps r, lora_alpha, use_rslora and the targets;
+   same key set; O/adapter/adapter_config.json keeps r, lora_alpha, use_rslora and the targets;
    O/metrics.jsonl per step: "loss" (1e-4 relative), "lr" (1e-6 relative), "grad_norm" (1e-4
    relative: the pre-clip global norm, also when clipping is off). A value that misses its tolerance
    against the fp32 oracle gets a float64 fallback (not with --strict): it passes if it is within
@@ -38,12 +38,12 @@ modules, sometimes use_rslora; lora_A and lora_B random and nonzero). Then:
    rounding-level gradient entries redrawn) land from float64 -- some random runs are chaotic at
    fp32 precision (AdamW's eps 1e-8 turns gradient entries ~1e-7 of the largest into steps of up to
    ~lr). The case line then says "[fp64 fallback ...]" with the numbers;
-4. `PATH merge --model M --adapter O --out MERGED`; MERGED loads with LlamaForCausalLM.from_pretrained
+4. `PATH merge --model M --adapter O/adapter --out MERGED`; MERGED loads with LlamaForCausalLM.from_pretrained
    (no missing/unexpected keys, no lora tensors) and its logits on a random [2, 16] batch match
-   PeftModel(base, O) within 1e-4 (max|diff| / max|peft|);
-5. `PATH generate --model M --adapter O --prompt-ids "a,b;c,d,e" --max-new-tokens 12 --no-eos` (one
+   PeftModel(base, O/adapter) within 1e-4 (max|diff| / max|peft|);
+5. `PATH generate --model M --adapter O/adapter --prompt-ids "a,b;c,d,e" --max-new-tokens 12 --no-eos` (one
    line of comma-separated ids per prompt) must equal transformers' greedy
-   generate(do_sample=False, max_new_tokens=12) on PeftModel(base, O), each prompt run on its own with
+   generate(do_sample=False, max_new_tokens=12) on PeftModel(base, O/adapter), each prompt run on its own with
    EOS disabled. If the two first differ at a step where transformers' top-2 logit gap is < 1e-4, the
    case reports a TIE there instead of failing.
 
@@ -407,11 +407,11 @@ def run_case(cli, seed, cdir, timeout, edge_cases=False, strict=False):
         errs.append(f"train: {err}")
         return desc, meas, errs, ties, cmds
     from safetensors.torch import load_file
-    got = load_file(os.path.join(odir, "adapter_model.safetensors"))
+    got = load_file(os.path.join(odir, "adapter", "adapter_model.safetensors"))
     if set(got) != set(ref_w):
         errs.append(f"adapter keys differ: missing {sorted(set(ref_w) - set(got))[:3]}, "
                     f"extra {sorted(set(got) - set(ref_w))[:3]}")
-    with open(os.path.join(odir, "adapter_config.json")) as f:
+    with open(os.path.join(odir, "adapter", "adapter_config.json")) as f:
         ocfg = json.load(f)
     tm = ocfg.get("target_modules")
     tm = sorted(tm) if isinstance(tm, list) else tm
@@ -510,9 +510,9 @@ def run_case(cli, seed, cdir, timeout, edge_cases=False, strict=False):
                     f"spread {noise:.1e}{extra}]")
 
     # 4: merge
-    cmds.append([cli, "merge", "--model", mdir, "--adapter", odir, "--out", merged])
+    cmds.append([cli, "merge", "--model", mdir, "--adapter", os.path.join(odir, "adapter"), "--out", merged])
     _, err = run(cmds[-1], timeout)
-    pm = load_peft(mdir, odir)
+    pm = load_peft(mdir, os.path.join(odir, "adapter"))
     if err:
         errs.append(f"merge: {err}")
     else:
@@ -537,7 +537,7 @@ def run_case(cli, seed, cdir, timeout, edge_cases=False, strict=False):
 
     # 5: generate
     pstr = ";".join(",".join(str(t) for t in p) for p in prompts)
-    cmds.append([cli, "generate", "--model", mdir, "--adapter", odir, "--prompt-ids", pstr,
+    cmds.append([cli, "generate", "--model", mdir, "--adapter", os.path.join(odir, "adapter"), "--prompt-ids", pstr,
                  "--max-new-tokens", str(MAX_NEW), "--no-eos"])
     out, err = run(cmds[-1], timeout)
     if err:

@@ -675,7 +675,8 @@ class Adapter(_Handle):
         return cls(out, model)
 
     def save(self, path: PathLike) -> None:
-        """Save as a PEFT adapter directory (written atomically)."""
+        """Save as a PEFT adapter directory, one directory replaced atomically (lt_adapter_save), with the
+        files attached by loratune.experimental.set_save_files (a model card, a run record)."""
         with self._lock:
             self._check(L.lib().lt_adapter_save(self._h, _path(path)))
 

@@ -145,6 +145,7 @@ class lt_model_params(Structure):
         ("quant_blocksize", c_int),
         ("quantize_lm_head", c_int),
         ("base_dtype", c_int),
+        ("skip_finite_check", c_int),
     ]
 
 

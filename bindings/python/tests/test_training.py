@@ -124,6 +124,21 @@ def test_adapter_save_load_roundtrip(model, tmp_path):
     with pytest.raises(lt.LoratuneError) as e:
         lt.Adapter.load(model, tmp_path / "nope")
     assert e.value.message
+    # files saved with the adapter, in the same directory; a save never replaces what it did not write
+    lt.experimental.set_save_files(a, {"README.md": "# card\n"})
+    a.save(tmp_path / "adapter")
+    assert (tmp_path / "adapter" / "README.md").read_bytes() == b"# card\n"
+    with pytest.raises(lt.LoratuneError) as e:
+        lt.experimental.set_save_files(a, {".hidden": ""})
+    assert ".hidden" in e.value.message
+    lt.experimental.set_save_files(a, {})
+    a.save(tmp_path / "adapter")
+    assert not (tmp_path / "adapter" / "README.md").exists()
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    with pytest.raises(lt.LoratuneError) as e:
+        a.save(tmp_path / "mine")
+    assert "notes.txt" in e.value.message and (tmp_path / "mine" / "notes.txt").read_text() == "keep"
 
 
 def test_merge_unmerge_export(model, ctx, tmp_path):

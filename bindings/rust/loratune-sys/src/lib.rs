@@ -131,6 +131,7 @@ pub struct lt_model_params {
     pub quant_blocksize: c_int,
     pub quantize_lm_head: c_int,
     pub base_dtype: c_int,
+    pub skip_finite_check: c_int,
 }
 
 #[repr(C)]

@@ -361,7 +361,8 @@ fn rust_layouts() -> Vec<(String, usize, Vec<(String, usize)>)> {
         lt_context_params { size, backend, n_threads, log_fn, log_user, log_level }
         lt_quant_params { size, format, blocksize, double_quant }
         lt_qtensor_info { size, format, blocksize, double_quant, ndim, shape, numel, n_blocks, bytes, nested_offset }
-        lt_model_params { size, use_mmap, quantization, double_quant, quant_blocksize, quantize_lm_head, base_dtype }
+        lt_model_params { size, use_mmap, quantization, double_quant, quant_blocksize, quantize_lm_head, base_dtype,
+                          skip_finite_check }
         lt_model_info { size, architecture, dtype, vocab_size, hidden_size, intermediate_size, n_layers, n_heads,
                         n_kv_heads, head_dim, max_position_embeddings, rope_theta, rms_norm_eps, tied_embeddings,
                         n_params, weight_bytes, quantization, quantized_params, quantized_bytes, family,
