@@ -52,27 +52,12 @@ lt_status lt_export_tensors(const lt_model *m, const lt_adapter *a, lt_xtensor *
     for (int l = 0; l < L; l++) {
         const lt_layer *Ly = lt_view_layer(m, a, l); /* full fine-tuning: the trained weights */
         /* norms as the checkpoint stores them (Gemma: w, where the forward multiplies by 1 + w) */
-        xt_add(v, &n, LT_XT_PLAIN, Ly->attn_norm_file ? Ly->attn_norm_file : Ly->attn_norm, H, 0,
-               "model.layers.%d.input_layernorm.weight", l)
-            ->norm = 1;
-        if (c->sandwich_norms) {
-            xt_add(v, &n, LT_XT_PLAIN, Ly->mlp_norm_file, H, 0, "model.layers.%d.pre_feedforward_layernorm.weight", l)
-                ->norm = 1;
-            xt_add(v, &n, LT_XT_PLAIN, Ly->post_attn_norm_file, H, 0, "model.layers.%d.post_attention_layernorm.weight",
-                   l)
-                ->norm = 1;
-            xt_add(v, &n, LT_XT_PLAIN, Ly->post_ff_norm_file, H, 0, "model.layers.%d.post_feedforward_layernorm.weight",
-                   l)
-                ->norm = 1;
-        } else {
-            xt_add(v, &n, LT_XT_PLAIN, Ly->mlp_norm_file ? Ly->mlp_norm_file : Ly->mlp_norm, H, 0,
-                   "model.layers.%d.post_attention_layernorm.weight", l)
-                ->norm = 1;
-        }
-        if (Ly->q_norm) {
-            xt_add(v, &n, LT_XT_PLAIN, Ly->q_norm_file, c->head_dim, 0, "model.layers.%d.self_attn.q_norm.weight", l)
-                ->norm = 1;
-            xt_add(v, &n, LT_XT_PLAIN, Ly->k_norm_file, c->head_dim, 0, "model.layers.%d.self_attn.k_norm.weight", l)
+        lt_layer_norm norms[LT_MAX_LAYER_NORMS];
+        const int n_norms = lt_layer_norms(c, norms);
+        for (int k = 0; k < n_norms; k++) {
+            const float *f = *lt_layer_norm_at(Ly, norms[k].file);
+            xt_add(v, &n, LT_XT_PLAIN, f ? f : *lt_layer_norm_at(Ly, norms[k].compute), norms[k].dim, 0,
+                   "model.layers.%d.%s.weight", l, norms[k].name)
                 ->norm = 1;
         }
         for (int q = 0; q < P_COUNT; q++) {

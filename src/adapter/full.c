@@ -67,7 +67,7 @@ static void layout(layout_state *s, const lt_model *m) {
     lt_adapter *a = s->a;
     const lt_model_config *c = &m->cfg;
     const int L = (int)c->num_hidden_layers;
-    const size_t V = (size_t)c->vocab_size, H = (size_t)c->hidden_size, HD = (size_t)c->head_dim;
+    const size_t V = (size_t)c->vocab_size, H = (size_t)c->hidden_size;
     char nm[96];
     if (!a->p.full_finetune) { /* modules_to_save: separate copies even when tied (PEFT deep-copies) */
         if (a->p.modules_to_save & LT_SAVE_EMBED_TOKENS)
@@ -112,25 +112,12 @@ static void layout(layout_state *s, const lt_model *m) {
                 add(s, NAME("model.layers.%d.%s.%s.bias", l, lt_proj_parent[q], lt_proj_names[q]), (size_t)out, 0,
                     &W[l].bias[q], &G[l].bias[q], NULL);
             }
-        add(s, NAME("model.layers.%d.input_layernorm.weight", l), H, 0, &W[l].attn_norm_file, &G[l].attn_norm,
-            &W[l].attn_norm);
-        if (c->sandwich_norms) {
-            add(s, NAME("model.layers.%d.pre_feedforward_layernorm.weight", l), H, 0, &W[l].mlp_norm_file,
-                &G[l].mlp_norm, &W[l].mlp_norm);
-            add(s, NAME("model.layers.%d.post_attention_layernorm.weight", l), H, 0, &W[l].post_attn_norm_file,
-                &G[l].post_attn_norm, &W[l].post_attn_norm);
-            add(s, NAME("model.layers.%d.post_feedforward_layernorm.weight", l), H, 0, &W[l].post_ff_norm_file,
-                &G[l].post_ff_norm, &W[l].post_ff_norm);
-        } else {
-            add(s, NAME("model.layers.%d.post_attention_layernorm.weight", l), H, 0, &W[l].mlp_norm_file,
-                &G[l].mlp_norm, &W[l].mlp_norm);
-        }
-        if (Ml->q_norm) {
-            add(s, NAME("model.layers.%d.self_attn.q_norm.weight", l), HD, 0, &W[l].q_norm_file, &G[l].q_norm,
-                &W[l].q_norm);
-            add(s, NAME("model.layers.%d.self_attn.k_norm.weight", l), HD, 0, &W[l].k_norm_file, &G[l].k_norm,
-                &W[l].k_norm);
-        }
+        lt_layer_norm norms[LT_MAX_LAYER_NORMS];
+        const int n_norms = lt_layer_norms(c, norms);
+        for (int k = 0; k < n_norms; k++) /* params hold the checkpoint's values, compute the (1 + w) copy */
+            add(s, NAME("model.layers.%d.%s.weight", l, norms[k].name), (size_t)norms[k].dim, 0,
+                lt_layer_norm_at(&W[l], norms[k].file), lt_layer_norm_at(&G[l], norms[k].compute),
+                lt_layer_norm_at(&W[l], norms[k].compute));
     }
     add(s, "model.norm.weight", H, 0, &a->final_norm_file, &a->d_final_norm, &a->final_norm);
 }
@@ -145,15 +132,15 @@ const float *lt_adapter_model_tensor(const lt_model *m, const lt_ptensor *t) {
     char rest[96];
     if (sscanf(t->name, "model.layers.%d.%95s", &l, rest) != 2 || l < 0 || l >= c->num_hidden_layers) return NULL;
     const lt_layer *Ly = &m->layers[l];
-#define F(p) ((p##_file) ? (p##_file) : (p))
-    if (!strcmp(rest, "input_layernorm.weight")) return F(Ly->attn_norm);
-    if (!strcmp(rest, "pre_feedforward_layernorm.weight")) return F(Ly->mlp_norm);
-    if (!strcmp(rest, "post_attention_layernorm.weight"))
-        return c->sandwich_norms ? F(Ly->post_attn_norm) : F(Ly->mlp_norm);
-    if (!strcmp(rest, "post_feedforward_layernorm.weight")) return F(Ly->post_ff_norm);
-    if (!strcmp(rest, "self_attn.q_norm.weight")) return F(Ly->q_norm);
-    if (!strcmp(rest, "self_attn.k_norm.weight")) return F(Ly->k_norm);
-#undef F
+    lt_layer_norm norms[LT_MAX_LAYER_NORMS];
+    const int n_norms = lt_layer_norms(c, norms);
+    for (int k = 0; k < n_norms; k++) {
+        char b[96];
+        snprintf(b, sizeof b, "%s.weight", norms[k].name);
+        if (strcmp(rest, b)) continue;
+        const float *f = *lt_layer_norm_at(Ly, norms[k].file);
+        return f ? f : *lt_layer_norm_at(Ly, norms[k].compute);
+    }
     for (int q = 0; q < P_COUNT; q++) {
         char b[96];
         snprintf(b, sizeof b, "%s.%s.bias", lt_proj_parent[q], lt_proj_names[q]);

@@ -49,7 +49,11 @@ static const char *arch_name(const lt_model_config *c) {
     case LT_ARCH_GEMMA2: return "gemma2";
     case LT_ARCH_PHI3: return "phi3";
     case LT_ARCH_QWEN3_MOE: /* llama.cpp's expert tensors (ffn_*_exps) are not written yet */
-    case LT_ARCH_MIXTRAL: return NULL;
+    case LT_ARCH_MIXTRAL:
+    case LT_ARCH_GEMMA3: /* llama.cpp has these graphs; their GGUF keys and tensor names are not written here */
+    case LT_ARCH_SMOLLM3:
+    case LT_ARCH_OLMO2:
+    case LT_ARCH_GRANITE: return NULL;
     }
     return NULL;
 }

@@ -227,8 +227,52 @@ static void attend(const layer_pass *P, lt_layer_acts *A) {
     else OPS->attention_decode(BE, A->att, A->q, kc, vc, kv_start, kv->len, ws->B, kv->S_cap, NH, NKV, HD, scale);
 }
 
+/* The rows a q / k norm normalises: per head (Qwen3, Gemma 3: (N*heads, HD)) or over the whole
+ * projection (OLMo 2: (N, heads*HD)). */
+static void qk_norm_rows(const lt_model_config *c, int N, int heads, int *rows, int *width) {
+    const int full = c->qk_norm == LT_QK_NORM_FULL;
+    *rows = full ? N : N * heads;
+    *width = full ? heads * (int)c->head_dim : (int)c->head_dim;
+}
+
+/* The input of a sublayer: its pre-norm of x into ln, or x itself (OLMo 2 has no pre-norms). */
+static const float *pre_norm_forward(lt_model *m, float *ln, float *rstd, const float *x, const float *w, int N) {
+    const lt_model_config *c = &m->cfg;
+    if (c->no_pre_norms) return x;
+    OPS->rmsnorm_forward(BE, ln, rstd, x, w, N, (int)c->hidden_size, (float)c->rms_norm_eps);
+    return ln;
+}
+
+/* ws->dres += the gradient of the sublayer input ln = pre_norm(x) in ws->dln (dweight into dw). */
+static void pre_norm_backward(lt_model *m, lt_workspace *ws, float *dw, const float *x, const float *w,
+                              const float *rstd, int N) {
+    const int H = (int)m->cfg.hidden_size;
+    if (m->cfg.no_pre_norms) OPS->axpy(BE, (size_t)N * H, 1.0f, ws->dln, ws->dres);
+    else OPS->rmsnorm_backward(BE, ws->dres, dw, ws->dln, x, w, rstd, N, H);
+}
+
+/* out (N,H) = residual + residual_multiplier * out: the sublayer's output joins the stream (Granite
+ * scales it) */
+static void residual_add(lt_model *m, float *out, const float *residual, int N) {
+    const size_t n = (size_t)N * m->cfg.hidden_size;
+    if (m->cfg.residual_multiplier != 1.0) OPS->scale(BE, n, (float)m->cfg.residual_multiplier, out);
+    OPS->axpy(BE, n, 1.0f, residual, out);
+}
+
+/* d loss / d (sublayer output) from ws->dres = d loss / d (stream after it): dres itself, or Granite's
+ * residual_multiplier * dres in ws->dsand */
+static const float *residual_backward(lt_model *m, lt_workspace *ws, int N) {
+    if (m->cfg.residual_multiplier == 1.0) return ws->dres;
+    const size_t n = (size_t)N * m->cfg.hidden_size;
+    OPS->copy(BE, ws->dsand, ws->dres, n * sizeof(float));
+    OPS->scale(BE, n, (float)m->cfg.residual_multiplier, ws->dsand);
+    return ws->dsand;
+}
+
 /* attention sublayer: x_mid = x + o(attend(rope(q(ln1)), rope(k(ln1)), v(ln1))), ln1 = attn_norm(x).
- * Qwen3 normalises q and k per head before RoPE; Gemma 2 normalises o's output (a sandwich norm). */
+ * Qwen3 / Gemma 3 normalise q and k per head before RoPE, OLMo 2 over the whole projection; Gemma 2 / 3
+ * and OLMo 2 normalise o's output (a sandwich norm; OLMo 2 has no attn_norm); Gemma 3's sliding layers
+ * rotate with their own RoPE table, SmolLM3's NoPE layers not at all. */
 static void attention_forward_block(const layer_pass *P, const float *x, lt_layer_acts *A) {
     lt_model *m = P->m;
     const lt_model_config *c = &m->cfg;
@@ -236,19 +280,25 @@ static void attention_forward_block(const layer_pass *P, const float *x, lt_laye
     const int N = P->N, H = (int)c->hidden_size;
     const int NH = (int)c->num_attention_heads, NKV = (int)c->num_key_value_heads, HD = (int)c->head_dim;
     const float eps = (float)c->rms_norm_eps;
-    /* Qwen3: the q and k projections land in q_pre / k_pre, normalised over rows of head_dim into q, k */
+    /* q / k norm: the q and k projections land in q_pre / k_pre, normalised into q, k */
     float *qp = c->qk_norm ? A->q_pre : A->q, *kp = c->qk_norm ? A->k_pre : A->k;
-    OPS->rmsnorm_forward(BE, A->ln1, A->rstd1, x, W->attn_norm, N, H, eps);
-    proj_forward(P, P_Q, qp, A->ln1, A->xa[P_Q]);
-    proj_forward(P, P_K, kp, A->ln1, A->xa[P_K]);
-    proj_forward(P, P_V, A->v, A->ln1, A->xa[P_V]);
-    if (c->qk_norm) { /* (N*NH, HD) and (N*NKV, HD) */
-        OPS->rmsnorm_forward(BE, A->q, A->rstd_q, qp, W->q_norm, N * NH, HD, eps);
-        OPS->rmsnorm_forward(BE, A->k, A->rstd_k, kp, W->k_norm, N * NKV, HD, eps);
+    const float *ln1 = pre_norm_forward(m, A->ln1, A->rstd1, x, W->attn_norm, N);
+    proj_forward(P, P_Q, qp, ln1, A->xa[P_Q]);
+    proj_forward(P, P_K, kp, ln1, A->xa[P_K]);
+    proj_forward(P, P_V, A->v, ln1, A->xa[P_V]);
+    if (c->qk_norm) {
+        int rows, width;
+        qk_norm_rows(c, N, NH, &rows, &width);
+        OPS->rmsnorm_forward(BE, A->q, A->rstd_q, qp, W->q_norm, rows, width, eps);
+        qk_norm_rows(c, N, NKV, &rows, &width);
+        OPS->rmsnorm_forward(BE, A->k, A->rstd_k, kp, W->k_norm, rows, width, eps);
     }
-    OPS->rope_forward(BE, A->q, P->ws->pos, P->ws->inv_freq, N, NH, HD, m->rot_dim);
-    OPS->rope_forward(BE, A->k, P->ws->pos, P->ws->inv_freq, N, NKV, HD, m->rot_dim);
-    if (m->rope_mscale != 1.0f) { /* longrope: cos and sin times the attention factor */
+    const float *inv_freq = lt_layer_inv_freq(m, P->l, P->ws->inv_freq);
+    if (inv_freq) {
+        OPS->rope_forward(BE, A->q, P->ws->pos, inv_freq, N, NH, HD, m->rot_dim);
+        OPS->rope_forward(BE, A->k, P->ws->pos, inv_freq, N, NKV, HD, m->rot_dim);
+    }
+    if (inv_freq && m->rope_mscale != 1.0f) { /* longrope: cos and sin times the attention factor */
         OPS->rope_scale(BE, A->q, N, NH, HD, m->rot_dim, m->rope_mscale);
         OPS->rope_scale(BE, A->k, N, NKV, HD, m->rot_dim, m->rope_mscale);
     }
@@ -256,7 +306,7 @@ static void attention_forward_block(const layer_pass *P, const float *x, lt_laye
     float *o_out = c->sandwich_norms ? A->o_raw : A->x_mid;
     proj_forward(P, P_O, o_out, A->att, A->xa[P_O]);
     if (c->sandwich_norms) OPS->rmsnorm_forward(BE, A->x_mid, A->rstd_pa, A->o_raw, W->post_attn_norm, N, H, eps);
-    OPS->axpy(BE, (size_t)N * H, 1.0f, x, A->x_mid);
+    residual_add(m, A->x_mid, x, N);
 }
 
 /* MLP sublayer: x_out = x_mid + down(act(gate(ln2)) * up(ln2)), ln2 = mlp_norm(x_mid); act = silu
@@ -267,15 +317,15 @@ static void mlp_forward_block(const layer_pass *P, lt_layer_acts *A, float *x_ou
     const lt_layer *W = P->W;
     const int N = P->N, H = (int)c->hidden_size, I = (int)c->intermediate_size;
     const float eps = (float)c->rms_norm_eps;
-    OPS->rmsnorm_forward(BE, A->ln2, A->rstd2, A->x_mid, W->mlp_norm, N, H, eps);
-    proj_forward(P, P_GATE, A->gate, A->ln2, A->xa[P_GATE]);
-    proj_forward(P, P_UP, A->up, A->ln2, A->xa[P_UP]);
+    const float *ln2 = pre_norm_forward(m, A->ln2, A->rstd2, A->x_mid, W->mlp_norm, N);
+    proj_forward(P, P_GATE, A->gate, ln2, A->xa[P_GATE]);
+    proj_forward(P, P_UP, A->up, ln2, A->xa[P_UP]);
     if (c->activation == LT_ACT_GELU_TANH) OPS->geglu_forward(BE, A->act, A->gate, A->up, (size_t)N * I);
     else OPS->swiglu_forward(BE, A->act, A->gate, A->up, (size_t)N * I);
     float *d_out = c->sandwich_norms ? A->d_raw : x_out;
     proj_forward(P, P_DOWN, d_out, A->act, A->xa[P_DOWN]);
     if (c->sandwich_norms) OPS->rmsnorm_forward(BE, x_out, A->rstd_pf, A->d_raw, W->post_ff_norm, N, H, eps);
-    OPS->axpy(BE, (size_t)N * H, 1.0f, A->x_mid, x_out);
+    residual_add(m, x_out, A->x_mid, N);
 }
 
 /* MLP backward: ws->dres holds d loss / d x_out on entry, d loss / d x_mid on return. */
@@ -285,20 +335,21 @@ static void mlp_backward_block(const layer_pass *P, lt_layer_acts *A) {
     const lt_model_config *c = &m->cfg;
     const lt_layer *W = P->W, *G = P->G;
     const int N = P->N, H = (int)c->hidden_size, I = (int)c->intermediate_size;
-    const float *d_down = ws->dres;
-    if (c->sandwich_norms) { /* x_out = x_mid + post_ff_norm(down(...)) */
+    const float *d_down = residual_backward(m, ws, N);
+    if (c->sandwich_norms) { /* x_out = x_mid + post_ff_norm(down(...)) (no residual_multiplier here) */
         OPS->zero(BE, ws->dsand, (size_t)N * H * sizeof(float));
         OPS->rmsnorm_backward(BE, ws->dsand, G ? G->post_ff_norm : NULL, ws->dres, A->d_raw, W->post_ff_norm,
                               A->rstd_pf, N, H);
         d_down = ws->dsand;
     }
+    const float *ln2 = c->no_pre_norms ? A->x_mid : A->ln2;
     proj_backward(P, P_DOWN, ws->dI1, 0, d_down, A->act, A->xa[P_DOWN]);
     if (c->activation == LT_ACT_GELU_TANH)
         OPS->geglu_backward(BE, ws->dI2, ws->dI3, ws->dI1, A->gate, A->up, (size_t)N * I);
     else OPS->swiglu_backward(BE, ws->dI2, ws->dI3, ws->dI1, A->gate, A->up, (size_t)N * I);
-    proj_backward(P, P_GATE, ws->dln, 0, ws->dI2, A->ln2, A->xa[P_GATE]);
-    proj_backward(P, P_UP, ws->dln, 1, ws->dI3, A->ln2, A->xa[P_UP]);
-    OPS->rmsnorm_backward(BE, ws->dres, G ? G->mlp_norm : NULL, ws->dln, A->x_mid, W->mlp_norm, A->rstd2, N, H);
+    proj_backward(P, P_GATE, ws->dln, 0, ws->dI2, ln2, A->xa[P_GATE]);
+    proj_backward(P, P_UP, ws->dln, 1, ws->dI3, ln2, A->xa[P_UP]);
+    pre_norm_backward(m, ws, G ? G->mlp_norm : NULL, A->x_mid, W->mlp_norm, A->rstd2, N);
 }
 
 /* ---- mixture-of-experts sublayer (Qwen3-MoE; docs/spec/moe.md) --------------------------------------- *
@@ -507,8 +558,8 @@ static void attention_backward_block(const layer_pass *P, const float *x, lt_lay
     const int B = ws->B, T = ws->T, N = P->N, H = (int)c->hidden_size;
     const int NH = (int)c->num_attention_heads, NKV = (int)c->num_key_value_heads, HD = (int)c->head_dim;
     const int QD = NH * HD, KD = NKV * HD;
-    const float *d_o = ws->dres;
-    if (c->sandwich_norms) { /* x_mid = x + post_attn_norm(o(...)) */
+    const float *d_o = residual_backward(m, ws, N);
+    if (c->sandwich_norms) { /* x_mid = x + post_attn_norm(o(...)) (no residual_multiplier here) */
         OPS->zero(BE, ws->dsand, (size_t)N * H * sizeof(float));
         OPS->rmsnorm_backward(BE, ws->dsand, G ? G->post_attn_norm : NULL, ws->dres, A->o_raw, W->post_attn_norm,
                               A->rstd_pa, N, H);
@@ -523,25 +574,32 @@ static void attention_backward_block(const layer_pass *P, const float *x, lt_lay
     else
         OPS->attention_backward(BE, ws->dq, ws->dk, ws->dv, ws->datt, A->q, A->k, A->v, A->att, A->lse, kv_start, B, T,
                                 NH, NKV, HD, lt_config_attn_scale(c), ws->att_scratch);
-    if (m->rope_mscale != 1.0f) {
+    const float *inv_freq = lt_layer_inv_freq(m, P->l, ws->inv_freq);
+    if (inv_freq && m->rope_mscale != 1.0f) {
         OPS->rope_scale(BE, ws->dq, N, NH, HD, m->rot_dim, m->rope_mscale);
         OPS->rope_scale(BE, ws->dk, N, NKV, HD, m->rot_dim, m->rope_mscale);
     }
-    OPS->rope_backward(BE, ws->dq, ws->pos, ws->inv_freq, N, NH, HD, m->rot_dim);
-    OPS->rope_backward(BE, ws->dk, ws->pos, ws->inv_freq, N, NKV, HD, m->rot_dim);
+    if (inv_freq) {
+        OPS->rope_backward(BE, ws->dq, ws->pos, inv_freq, N, NH, HD, m->rot_dim);
+        OPS->rope_backward(BE, ws->dk, ws->pos, inv_freq, N, NKV, HD, m->rot_dim);
+    }
     float *dqp = ws->dq, *dkp = ws->dk;
-    if (c->qk_norm) { /* back through the per-head norms; datt is free again and holds d q_pre */
+    if (c->qk_norm) { /* back through the q / k norms; datt is free again and holds d q_pre */
         dqp = ws->datt;
         dkp = ws->dk_pre;
         OPS->zero(BE, dqp, (size_t)N * QD * sizeof(float));
         OPS->zero(BE, dkp, (size_t)N * KD * sizeof(float));
-        OPS->rmsnorm_backward(BE, dqp, G ? G->q_norm : NULL, ws->dq, A->q_pre, W->q_norm, A->rstd_q, N * NH, HD);
-        OPS->rmsnorm_backward(BE, dkp, G ? G->k_norm : NULL, ws->dk, A->k_pre, W->k_norm, A->rstd_k, N * NKV, HD);
+        int rows, width;
+        qk_norm_rows(c, N, NH, &rows, &width);
+        OPS->rmsnorm_backward(BE, dqp, G ? G->q_norm : NULL, ws->dq, A->q_pre, W->q_norm, A->rstd_q, rows, width);
+        qk_norm_rows(c, N, NKV, &rows, &width);
+        OPS->rmsnorm_backward(BE, dkp, G ? G->k_norm : NULL, ws->dk, A->k_pre, W->k_norm, A->rstd_k, rows, width);
     }
-    proj_backward(P, P_Q, ws->dln, 0, dqp, A->ln1, A->xa[P_Q]);
-    proj_backward(P, P_K, ws->dln, 1, dkp, A->ln1, A->xa[P_K]);
-    proj_backward(P, P_V, ws->dln, 1, ws->dv, A->ln1, A->xa[P_V]);
-    OPS->rmsnorm_backward(BE, ws->dres, G ? G->attn_norm : NULL, ws->dln, x, W->attn_norm, A->rstd1, N, H);
+    const float *ln1 = c->no_pre_norms ? x : A->ln1;
+    proj_backward(P, P_Q, ws->dln, 0, dqp, ln1, A->xa[P_Q]);
+    proj_backward(P, P_K, ws->dln, 1, dkp, ln1, A->xa[P_K]);
+    proj_backward(P, P_V, ws->dln, 1, ws->dv, ln1, A->xa[P_V]);
+    pre_norm_backward(m, ws, G ? G->attn_norm : NULL, x, W->attn_norm, A->rstd1, N);
 }
 
 /* x_out (N,H) = layer l of x (N,H); A receives the activations the backward needs. kv: how it attends. */
@@ -629,14 +687,21 @@ static lt_status forward_layers(lt_model *m, const lt_adapter *ad, lt_workspace 
     return LT_OK;
 }
 
-/* logits (n,V) = softcap(logit_scale * final_ln[r0 .. r0+n) W_lm^T); Gemma 2's final soft-capping
+/* The factor on the LM head's logits: the pass's logit_scale (GRPO: 1 / temperature) over the family's
+ * logits_scaling (Granite divides its logits by it; 1 for the others). */
+static float lm_head_scale(const lt_model *m, float logit_scale) {
+    return m->cfg.logits_scaling != 1.0 ? logit_scale / (float)m->cfg.logits_scaling : logit_scale;
+}
+
+/* logits (n,V) = softcap(lm_head_scale * final_ln[r0 .. r0+n) W_lm^T); Gemma 2's final soft-capping
  * cap tanh(z / cap) is kept in ws->logits_capped when a backward will need it. */
 static void lm_head_forward(lt_model *m, lt_workspace *ws, const lt_weight *head, int r0, int n, float logit_scale,
                             int backward) {
     const int H = (int)m->cfg.hidden_size, V = (int)m->cfg.vocab_size;
     const float fcap = (float)m->cfg.final_logit_softcapping;
+    const float s = lm_head_scale(m, logit_scale);
     lt_weight_forward(m, ws->wtile, head, ws->logits, ws->final_ln + (size_t)r0 * H, n, H, V, 0.0f);
-    if (logit_scale != 1.0f) OPS->scale(BE, (size_t)n * V, logit_scale, ws->logits);
+    if (s != 1.0f) OPS->scale(BE, (size_t)n * V, s, ws->logits);
     if (fcap > 0) {
         OPS->softcap_forward(BE, ws->logits, (size_t)n * V, fcap);
         if (backward) OPS->copy(BE, ws->logits_capped, ws->logits, (size_t)n * V * sizeof(float));
@@ -694,9 +759,11 @@ lt_status lt_forward_backward(lt_model *m, const lt_adapter *ad, lt_workspace *w
         if (logits_out) OPS->download(BE, logits_out + (size_t)r0 * V, ws->logits, (size_t)n * V * sizeof(float));
         OPS->cross_entropy(BE, ws->logits, ws->losses + r0, ws->targets + r0, n, V, backward ? grad_scale : 0.0f);
         if (backward) {
+            const float s = lm_head_scale(m, 1.0f);
             lm_head_softcap_backward(m, ws, n);
             lt_weight_backward(m, ws->wtile, &head, ws->dln + (size_t)r0 * H, ws->logits, n, H, V, 0.0f);
-            if (ad && ad->d_lm_head) lm_head_weight_grad(m, ad, ws, r0, n, 1.0f);
+            if (ad && ad->d_lm_head) lm_head_weight_grad(m, ad, ws, r0, n, s);
+            if (s != 1.0f) OPS->scale(BE, (size_t)n * H, s, ws->dln + (size_t)r0 * H);
         }
     }
     OPS->download(BE, ws->host_losses, ws->losses, (size_t)N * sizeof(float));
@@ -772,6 +839,7 @@ lt_status lt_backward_weighted(lt_model *m, const lt_adapter *ad, lt_workspace *
     /* d loss / d final_ln, chunk by chunk: logits again (one extra LM-head GEMM), softmax - onehot
      * scaled per row by w, then through the LM head (and the logit scale) */
     const lt_weight head = lt_view_lm_head(m, ad);
+    const float s = lm_head_scale(m, logit_scale);
     for (int r0 = 0; r0 < N; r0 += ws->chunk) {
         int n = N - r0 < ws->chunk ? N - r0 : ws->chunk;
         float *dln = ws->dln + (size_t)r0 * H;
@@ -780,8 +848,8 @@ lt_status lt_backward_weighted(lt_model *m, const lt_adapter *ad, lt_workspace *
         lm_head_softcap_backward(m, ws, n);
         OPS->row_scale(BE, ws->logits, ws->row_w + r0, n, V);
         lt_weight_backward(m, ws->wtile, &head, dln, ws->logits, n, H, V, 0.0f);
-        if (ad && ad->d_lm_head) lm_head_weight_grad(m, ad, ws, r0, n, logit_scale);
-        if (logit_scale != 1.0f) OPS->scale(BE, (size_t)n * H, logit_scale, dln);
+        if (ad && ad->d_lm_head) lm_head_weight_grad(m, ad, ws, r0, n, s);
+        if (s != 1.0f) OPS->scale(BE, (size_t)n * H, s, dln);
     }
     return backward_layers(m, ad, ws, drop, err);
 }

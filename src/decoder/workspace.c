@@ -166,7 +166,7 @@ lt_status lt_workspace_create_kept(lt_model *m, int B, int T, int rank, int mode
         CARVE(ws->dv, N * KD);
         CARVE(ws->datt, N * QD);
         if (c->qk_norm) CARVE(ws->dk_pre, N * KD);
-        if (c->sandwich_norms) CARVE(ws->dsand, N * H);
+        if (c->sandwich_norms || c->residual_multiplier != 1.0) CARVE(ws->dsand, N * H);
         if (rank > 0) {
             CARVE(ws->dr, NR * rank);
             CARVE(ws->drop, N * (size_t)(H > I ? (H > QD ? H : QD) : (I > QD ? I : QD)));

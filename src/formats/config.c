@@ -18,7 +18,7 @@
 #define ACT_BIT(a) (1u << (a))
 
 /* how a family decides which layers slide (config "layer_types" overrides every mode) */
-enum { SLIDE_NONE = 0, SLIDE_QWEN = 1, SLIDE_ALL = 2, SLIDE_ALTERNATE = 3 };
+enum { SLIDE_NONE = 0, SLIDE_QWEN = 1, SLIDE_ALL = 2, SLIDE_ALTERNATE = 3, SLIDE_GEMMA3 = 4, SLIDE_SMOLLM3 = 5 };
 /* which projections carry biases */
 enum { BIAS_LLAMA = 0, BIAS_QWEN2 = 1, BIAS_NONE = 2 };
 
@@ -52,9 +52,18 @@ static const lt_arch_desc k_archs[] = {
     {"Qwen3MoeForCausalLM", LT_ARCH_QWEN3_MOE, "qwen3_moe", ACT_BIT(LT_ACT_SILU), 1, 0.0f, 0, 0, 0, BIAS_LLAMA,
      SLIDE_NONE, 0},
     {"MixtralForCausalLM", LT_ARCH_MIXTRAL, "mixtral", ACT_BIT(LT_ACT_SILU), 0, 0.0f, 0, 0, 0, BIAS_NONE, SLIDE_ALL, 0},
+    {"Gemma3ForCausalLM", LT_ARCH_GEMMA3, "gemma3_text", ACT_BIT(LT_ACT_GELU_TANH), LT_QK_NORM_HEAD, 1.0f, 1, 256, 1,
+     BIAS_LLAMA, SLIDE_GEMMA3, 4096},
+    {"SmolLM3ForCausalLM", LT_ARCH_SMOLLM3, "smollm3", ACT_BIT(LT_ACT_SILU), 0, 0.0f, 0, 0, 1, BIAS_LLAMA,
+     SLIDE_SMOLLM3, 0},
+    {"Olmo2ForCausalLM", LT_ARCH_OLMO2, "olmo2", ACT_BIT(LT_ACT_SILU), LT_QK_NORM_FULL, 0.0f, 0, 0, 0, BIAS_LLAMA,
+     SLIDE_NONE, 0},
+    {"GraniteForCausalLM", LT_ARCH_GRANITE, "granite", ACT_BIT(LT_ACT_SILU), 0, 0.0f, 0, 0, 0, BIAS_LLAMA, SLIDE_NONE,
+     0},
 };
 
 float lt_config_attn_scale(const lt_model_config *cfg) {
+    if (cfg->attention_multiplier > 0) return (float)cfg->attention_multiplier; /* Granite: self.scaling as is */
     if (cfg->query_pre_attn_scalar > 0) return (float)pow(cfg->query_pre_attn_scalar, -0.5);
     return 1.0f / sqrtf((float)cfg->head_dim);
 }
@@ -63,7 +72,8 @@ float lt_config_attn_scale(const lt_model_config *cfg) {
 const char *lt_config_family(const lt_model_config *cfg) {
     if (cfg && cfg->arch == LT_ARCH_QWEN3_MOE) return "Qwen3MoE";
     if (cfg && cfg->arch == LT_ARCH_MIXTRAL) return "Mixtral";
-    static const char *const names[] = {"Llama", "Qwen2", "Qwen3", "Mistral", "Gemma", "Gemma2", "Phi3"};
+    static const char *const names[] = {"Llama", "Qwen2",  "Qwen3",   "Mistral", "Gemma",  "Gemma2",
+                                        "Phi3",  "Gemma3", "SmolLM3", "Olmo2",   "Granite"};
     return cfg && (unsigned)cfg->arch < sizeof names / sizeof *names ? names[cfg->arch] : "?";
 }
 
@@ -142,6 +152,13 @@ void lt_config_init_llama(lt_model_config *cfg) {
     cfg->query_pre_attn_scalar = 0;
     cfg->attn_logit_softcapping = 0;
     cfg->final_logit_softcapping = 0;
+    memset(cfg->layer_rope, LT_LAYER_ROPE_GLOBAL, sizeof cfg->layer_rope);
+    cfg->rope_local_theta = 0;
+    cfg->no_pre_norms = 0;
+    cfg->residual_multiplier = 1.0;
+    cfg->attention_multiplier = 0;
+    cfg->logits_scaling = 1.0;
+    cfg->has_no_rope_layers = 0;
 }
 
 /* ---- typed field readers (absent or null: keep the default) ----------------------------------- */
@@ -236,22 +253,11 @@ static lt_status parse_token_ids(parse_ctx *c, json_t *root, lt_model_config *cf
     return LT_OK;
 }
 
-static lt_status parse_rope(parse_ctx *c, json_t *root, lt_model_config *cfg) {
+/* One rope dict (rope_parameters, rope_scaling, or Gemma 3's rope_parameters.full_attention) named rname. */
+static lt_status parse_rope_dict(parse_ctx *c, json_t *root, json_t *rope, const char *rname, lt_model_config *cfg) {
     lt_status st;
-    if ((st = get_num(c, root, "", "rope_theta", &cfg->rope_theta)) != LT_OK) return st;
-    if ((st = get_num(c, root, "", "partial_rotary_factor", &cfg->partial_rotary_factor)) != LT_OK) return st;
-
-    /* the newer rope_parameters wins over the legacy rope_scaling */
-    const char *rname = "rope_parameters";
-    json_t *rope = field(root, rname);
-    if (!rope) {
-        rname = "rope_scaling";
-        rope = field(root, rname);
-    }
-    cfg->rope_type = LT_ROPE_DEFAULT;
-    if (!rope) return LT_OK;
     if (!json_is_object(rope)) return lt_fail(c->err, LT_ERR_JSON, "%s: field \"%s\" must be an object", c->src, rname);
-    char prefix[64];
+    char prefix[96];
     snprintf(prefix, sizeof prefix, "%s.", rname);
     if ((st = get_num(c, rope, prefix, "rope_theta", &cfg->rope_theta)) != LT_OK) return st;
     if ((st = get_num(c, rope, prefix, "partial_rotary_factor", &cfg->partial_rotary_factor)) != LT_OK) return st;
@@ -339,6 +345,56 @@ static lt_status parse_rope(parse_ctx *c, json_t *root, lt_model_config *cfg) {
     return LT_OK;
 }
 
+/* Gemma3TextConfig: transformers 5 writes rope_parameters {"full_attention": {...}, "sliding_attention":
+ * {...}}; older configs the global layers' rope_theta / rope_scaling and the local rope_local_base_freq.
+ * Defaults: global theta 1e6, local 1e4 (default_theta); the local layers are never scaled here (a
+ * sliding_attention dict with another rope_type is refused). */
+static lt_status parse_rope_gemma3(parse_ctx *c, json_t *root, lt_model_config *cfg) {
+    lt_status st;
+    cfg->rope_theta = 1000000.0;
+    cfg->rope_local_theta = 10000.0;
+    if ((st = get_num(c, root, "", "rope_theta", &cfg->rope_theta)) != LT_OK ||
+        (st = get_num(c, root, "", "rope_local_base_freq", &cfg->rope_local_theta)) != LT_OK)
+        return st;
+    json_t *rp = field(root, "rope_parameters");
+    if (!rp) {
+        json_t *rs = field(root, "rope_scaling");
+        return rs ? parse_rope_dict(c, root, rs, "rope_scaling", cfg) : LT_OK;
+    }
+    if (!json_is_object(rp))
+        return lt_fail(c->err, LT_ERR_JSON, "%s: field \"rope_parameters\" must be an object", c->src);
+    json_t *loc = field(rp, "sliding_attention"), *full = field(rp, "full_attention");
+    if (loc) {
+        if (!json_is_object(loc))
+            return lt_fail(c->err, LT_ERR_JSON, "%s: field \"rope_parameters.sliding_attention\" must be an object",
+                           c->src);
+        if ((st = get_num(c, loc, "rope_parameters.sliding_attention.", "rope_theta", &cfg->rope_local_theta)) != LT_OK)
+            return st;
+        json_t *t = field(loc, "rope_type");
+        if (t && (!json_is_string(t) || strcmp(json_string_value(t), "default") != 0))
+            return lt_fail(c->err, LT_ERR_UNSUPPORTED,
+                           "%s: rope_parameters.sliding_attention: only rope_type 'default' is supported", c->src);
+    }
+    return full ? parse_rope_dict(c, root, full, "rope_parameters.full_attention", cfg) : LT_OK;
+}
+
+static lt_status parse_rope(parse_ctx *c, json_t *root, lt_model_config *cfg) {
+    lt_status st;
+    cfg->rope_type = LT_ROPE_DEFAULT;
+    if ((st = get_num(c, root, "", "partial_rotary_factor", &cfg->partial_rotary_factor)) != LT_OK) return st;
+    if (cfg->arch == LT_ARCH_GEMMA3) return parse_rope_gemma3(c, root, cfg);
+    if (cfg->arch == LT_ARCH_SMOLLM3) cfg->rope_theta = 2000000.0; /* SmolLM3Config.default_theta */
+    if ((st = get_num(c, root, "", "rope_theta", &cfg->rope_theta)) != LT_OK) return st;
+    /* the newer rope_parameters wins over the legacy rope_scaling */
+    const char *rname = "rope_parameters";
+    json_t *rope = field(root, rname);
+    if (!rope) {
+        rname = "rope_scaling";
+        rope = field(root, rname);
+    }
+    return rope ? parse_rope_dict(c, root, rope, rname, cfg) : LT_OK;
+}
+
 /* Biases and sliding-window layers, the way each family's transformers config derives them. */
 static lt_status parse_family(parse_ctx *c, json_t *root, const lt_arch_desc *arch, lt_model_config *cfg) {
     lt_status st;
@@ -348,37 +404,72 @@ static lt_status parse_family(parse_ctx *c, json_t *root, const lt_arch_desc *ar
     else cfg->bias_mask = 0;
     if (arch->id == LT_ARCH_QWEN2 && cfg->mlp_bias)
         return lt_fail(c->err, LT_ERR_UNSUPPORTED, "%s: mlp_bias is not supported for %s", c->src, arch->name);
-    if (arch->id != LT_ARCH_LLAMA && arch->bias_mode == BIAS_LLAMA && cfg->mlp_bias)
-        cfg->bias_mask &= ~mlp; /* only Llama's MLP reads mlp_bias */
+    /* only Llama's, SmolLM3's and Granite's MLPs read mlp_bias */
+    const int mlp_reads_bias = arch->id == LT_ARCH_LLAMA || arch->id == LT_ARCH_SMOLLM3 || arch->id == LT_ARCH_GRANITE;
+    if (arch->bias_mode == BIAS_LLAMA && cfg->mlp_bias && !mlp_reads_bias) cfg->bias_mask &= ~mlp;
 
     /* sliding window: absent -> the class default, null -> none */
     cfg->sliding_window = 0;
     if (arch->slide_mode == SLIDE_NONE) return LT_OK;
+    const int L = (int)cfg->num_hidden_layers;
+    const int per_layer_rope = arch->slide_mode == SLIDE_GEMMA3 || arch->slide_mode == SLIDE_SMOLLM3;
+    if (per_layer_rope && L > LT_CONFIG_MAX_LAYERS)
+        return lt_fail(c->err, LT_ERR_UNSUPPORTED, "%s: %s with more than %d layers", c->src, arch->name,
+                       LT_CONFIG_MAX_LAYERS);
     json_t *sw = json_object_get(root, "sliding_window");
     int64_t window = arch->default_window;
     if (sw && json_is_null(sw)) window = 0;
     else if ((st = get_int(c, root, "", "sliding_window", &window)) != LT_OK) return st;
     if (window < 0) return lt_fail(c->err, LT_ERR_FORMAT, "%s: \"sliding_window\" must not be negative", c->src);
-    if (arch->slide_mode == SLIDE_QWEN) {
+    if (arch->slide_mode == SLIDE_QWEN || arch->slide_mode == SLIDE_SMOLLM3) {
         cfg->max_window_layers = 28;
         if ((st = get_bool(c, root, "use_sliding_window", &cfg->use_sliding_window)) != LT_OK) return st;
         if ((st = get_int(c, root, "", "max_window_layers", &cfg->max_window_layers)) != LT_OK) return st;
         if (!cfg->use_sliding_window) window = 0; /* Qwen2Config: sliding_window only with use_sliding_window */
     }
-    const int L = (int)cfg->num_hidden_layers;
+    if (arch->slide_mode == SLIDE_GEMMA3) {
+        int bidir = 0;
+        if ((st = get_bool(c, root, "use_bidirectional_attention", &bidir)) != LT_OK) return st;
+        if (bidir)
+            return lt_fail(c->err, LT_ERR_UNSUPPORTED, "%s: use_bidirectional_attention is not supported", c->src);
+    }
+    if (arch->slide_mode == SLIDE_SMOLLM3) { /* SmolLM3Config: no_rope_layers[l] = 0 marks a NoPE layer */
+        int64_t interval = 4;
+        if ((st = get_int(c, root, "", "no_rope_layer_interval", &interval)) != LT_OK) return st;
+        json_t *nr = field(root, "no_rope_layers");
+        if (nr && (!json_is_array(nr) || (int64_t)json_array_size(nr) != cfg->num_hidden_layers))
+            return lt_fail(c->err, LT_ERR_FORMAT, "%s: \"no_rope_layers\" must be a list of %lld integers", c->src,
+                           (long long)cfg->num_hidden_layers);
+        if (!nr && interval <= 0)
+            return lt_fail(c->err, LT_ERR_FORMAT, "%s: \"no_rope_layer_interval\" must be positive", c->src);
+        cfg->has_no_rope_layers = nr != NULL;
+        for (int l = 0; l < L; l++) {
+            int64_t rope = (l + 1) % interval != 0;
+            json_t *v = nr ? json_array_get(nr, (size_t)l) : NULL;
+            if (v && !json_is_integer(v))
+                return lt_fail(c->err, LT_ERR_JSON, "%s: \"no_rope_layers\"[%d] must be an integer", c->src, l);
+            if (v) rope = json_integer_value(v) != 0;
+            cfg->layer_rope[l] = rope ? LT_LAYER_ROPE_GLOBAL : LT_LAYER_ROPE_NONE;
+        }
+    }
     json_t *lt = field(root, "layer_types");
-    if (lt && (arch->slide_mode == SLIDE_QWEN || arch->slide_mode == SLIDE_ALTERNATE)) {
+    if (lt && arch->slide_mode != SLIDE_ALL) {
         if (!json_is_array(lt)) return lt_fail(c->err, LT_ERR_JSON, "%s: field \"layer_types\" must be a list", c->src);
         if ((int64_t)json_array_size(lt) != cfg->num_hidden_layers)
             return lt_fail(c->err, LT_ERR_FORMAT, "%s: \"layer_types\" has %zu entries for %lld layers", c->src,
                            json_array_size(lt), (long long)cfg->num_hidden_layers);
         cfg->has_layer_types = 1;
     }
-    if (window == 0) return LT_OK;
+    /* Gemma 3: a layer's type also picks its RoPE, window or not; Gemma3TextConfig's legacy pattern */
+    int64_t pattern = 6;
+    if (arch->slide_mode == SLIDE_GEMMA3 && (st = get_int(c, root, "", "sliding_window_pattern", &pattern)) != LT_OK)
+        return st;
+    if (arch->slide_mode == SLIDE_GEMMA3 && !cfg->has_layer_types && pattern <= 0)
+        return lt_fail(c->err, LT_ERR_FORMAT, "%s: \"sliding_window_pattern\" must be positive", c->src);
+    if (window == 0 && !per_layer_rope) return LT_OK;
     if (L > LT_CONFIG_MAX_LAYERS)
         return lt_fail(c->err, LT_ERR_UNSUPPORTED, "%s: sliding-window attention with more than %d layers", c->src,
                        LT_CONFIG_MAX_LAYERS);
-    cfg->sliding_window = window;
     for (int l = 0; l < L; l++) {
         int slide;
         if (cfg->has_layer_types) {
@@ -397,13 +488,20 @@ static lt_status parse_family(parse_ctx *c, json_t *root, const lt_arch_desc *ar
             slide = l >= cfg->max_window_layers;
         } else if (arch->slide_mode == SLIDE_ALTERNATE) {
             slide = (l + 1) % 2 != 0; /* Gemma 2: even layers slide */
+        } else if (arch->slide_mode == SLIDE_GEMMA3) {
+            slide = (l + 1) % pattern != 0; /* five local layers, then a global one */
+        } else if (arch->slide_mode == SLIDE_SMOLLM3) {
+            slide = cfg->layer_rope[l] == LT_LAYER_ROPE_NONE; /* the NoPE layers, when windowed at all */
         } else {
             slide = 1;
         }
+        if (arch->slide_mode == SLIDE_GEMMA3 && slide) cfg->layer_rope[l] = LT_LAYER_ROPE_LOCAL;
+        if (window == 0) slide = 0;
         cfg->layer_sliding[l] = (unsigned char)slide;
         cfg->n_sliding_layers += slide;
     }
     if (cfg->n_sliding_layers == 0) cfg->sliding_window = 0;
+    else cfg->sliding_window = window;
     return LT_OK;
 }
 
@@ -658,16 +756,16 @@ static lt_status parse_root(parse_ctx *c, json_t *root, lt_model_config *cfg) {
                            c->src, (long long)cfg->hidden_size, (long long)cfg->num_attention_heads);
         cfg->head_dim = cfg->hidden_size / cfg->num_attention_heads;
     }
+    if (arch->id == LT_ARCH_OLMO2) cfg->rms_norm_eps = 1e-5; /* Olmo2Config default */
     if ((st = get_num(c, root, "", "rms_norm_eps", &cfg->rms_norm_eps)) != LT_OK) return st;
     if ((st = get_bool(c, root, "tie_word_embeddings", &cfg->tie_word_embeddings)) != LT_OK) return st;
     if ((st = get_bool(c, root, "attention_bias", &cfg->attention_bias)) != LT_OK) return st;
     if ((st = get_bool(c, root, "mlp_bias", &cfg->mlp_bias)) != LT_OK) return st;
 
-    if (arch->id == LT_ARCH_GEMMA || arch->id == LT_ARCH_GEMMA2)
-        snprintf(cfg->hidden_act, sizeof cfg->hidden_act, "%s", "gelu_pytorch_tanh");
+    const int gemma = arch->id == LT_ARCH_GEMMA || arch->id == LT_ARCH_GEMMA2 || arch->id == LT_ARCH_GEMMA3;
+    if (gemma) snprintf(cfg->hidden_act, sizeof cfg->hidden_act, "%s", "gelu_pytorch_tanh");
     if ((st = get_str(c, root, "hidden_act", cfg->hidden_act, sizeof cfg->hidden_act)) != LT_OK ||
-        ((arch->id == LT_ARCH_GEMMA || arch->id == LT_ARCH_GEMMA2) &&
-         (st = get_str(c, root, "hidden_activation", cfg->hidden_act, sizeof cfg->hidden_act)) != LT_OK)) {
+        (gemma && (st = get_str(c, root, "hidden_activation", cfg->hidden_act, sizeof cfg->hidden_act)) != LT_OK)) {
         if (st == LT_ERR_FORMAT) return lt_fail(err, LT_ERR_UNSUPPORTED, "%s: hidden_act is not supported", c->src);
         return st;
     }
@@ -695,11 +793,33 @@ static lt_status parse_root(parse_ctx *c, json_t *root, lt_model_config *cfg) {
     if (arch->embed_scale_sqrt_hidden) cfg->embed_scale = sqrt((double)cfg->hidden_size);
     if ((st = parse_family(c, root, arch, cfg)) != LT_OK) return st;
     if ((st = parse_moe(c, root, arch, cfg)) != LT_OK) return st;
-    if (arch->id == LT_ARCH_GEMMA2) { /* Gemma2Config defaults; null turns a soft-capping off */
+    if (arch->id == LT_ARCH_OLMO2) { /* post-norms only */
+        cfg->sandwich_norms = 1;
+        cfg->no_pre_norms = 1;
+    }
+    if (arch->id == LT_ARCH_GRANITE) {
+        cfg->attention_multiplier = 1.0; /* GraniteConfig defaults */
+        const struct {
+            const char *key;
+            double *dst;
+        } mult[] = {{"embedding_multiplier", &cfg->embed_scale},
+                    {"residual_multiplier", &cfg->residual_multiplier},
+                    {"attention_multiplier", &cfg->attention_multiplier},
+                    {"logits_scaling", &cfg->logits_scaling}};
+        for (size_t i = 0; i < sizeof mult / sizeof mult[0]; i++) {
+            if ((st = get_num(c, root, "", mult[i].key, mult[i].dst)) != LT_OK) return st;
+            if (!(*mult[i].dst > 0) || !isfinite(*mult[i].dst))
+                return lt_fail(c->err, LT_ERR_FORMAT, "%s: \"%s\" = %g must be positive", c->src, mult[i].key,
+                               *mult[i].dst);
+        }
+    }
+    if (arch->id == LT_ARCH_GEMMA2 || arch->id == LT_ARCH_GEMMA3) {
+        /* Gemma2Config / Gemma3TextConfig defaults (Gemma 3: no soft-capping); null turns one off */
+        const int g2 = arch->id == LT_ARCH_GEMMA2;
         cfg->sandwich_norms = 1;
         cfg->query_pre_attn_scalar = 256;
-        cfg->attn_logit_softcapping = 50.0;
-        cfg->final_logit_softcapping = 30.0;
+        cfg->attn_logit_softcapping = g2 ? 50.0 : 0;
+        cfg->final_logit_softcapping = g2 ? 30.0 : 0;
         if ((st = get_num(c, root, "", "query_pre_attn_scalar", &cfg->query_pre_attn_scalar)) != LT_OK) return st;
         json_t *v = json_object_get(root, "attn_logit_softcapping");
         if (v && json_is_null(v)) cfg->attn_logit_softcapping = 0;
@@ -782,7 +902,7 @@ lt_status lt_config_write(const lt_model_config *cfg, const char *path, lt_error
     }
     json_t *o = json_object();
     int bad = !o;
-    double reals[12];
+    double reals[20];
     int nreal = 0;
     if (!bad) {
         bad |= set_new(o, "architectures", json_pack("[s]", cfg->architecture));
@@ -848,7 +968,21 @@ lt_status lt_config_write(const lt_model_config *cfg, const char *path, lt_error
             bad |= set_new(o, "eos_token_id", a);
         }
         if (cfg->torch_dtype[0]) bad |= set_new(o, "torch_dtype", json_string(cfg->torch_dtype));
-        if (arch->id == LT_ARCH_GEMMA2) {
+        if (arch->id == LT_ARCH_GEMMA3) /* the global layers' theta and scaling are rope_theta / rope_scaling */
+            bad |= set_new(o, "rope_local_base_freq", json_real(reals[nreal++] = cfg->rope_local_theta));
+        if (arch->id == LT_ARCH_GRANITE) {
+            bad |= set_new(o, "embedding_multiplier", json_real(reals[nreal++] = cfg->embed_scale));
+            bad |= set_new(o, "residual_multiplier", json_real(reals[nreal++] = cfg->residual_multiplier));
+            bad |= set_new(o, "attention_multiplier", json_real(reals[nreal++] = cfg->attention_multiplier));
+            bad |= set_new(o, "logits_scaling", json_real(reals[nreal++] = cfg->logits_scaling));
+        }
+        if (arch->id == LT_ARCH_SMOLLM3) {
+            json_t *a = json_array();
+            for (int l = 0; a && l < cfg->num_hidden_layers; l++)
+                bad |= json_array_append_new(a, json_integer(cfg->layer_rope[l] != LT_LAYER_ROPE_NONE));
+            bad |= set_new(o, "no_rope_layers", a);
+        }
+        if (arch->id == LT_ARCH_GEMMA2 || arch->id == LT_ARCH_GEMMA3) {
             bad |= set_new(o, "hidden_activation", json_string(cfg->hidden_act));
             double qs = cfg->query_pre_attn_scalar; /* Gemma2Config types it int */
             bad |=
@@ -865,15 +999,19 @@ lt_status lt_config_write(const lt_model_config *cfg, const char *path, lt_error
         if (arch->slide_mode != SLIDE_NONE) {
             bad |=
                 set_new(o, "sliding_window", cfg->sliding_window > 0 ? json_integer(cfg->sliding_window) : json_null());
-            if (arch->slide_mode == SLIDE_QWEN) {
+            if (arch->slide_mode == SLIDE_QWEN || arch->slide_mode == SLIDE_SMOLLM3)
                 bad |= set_new(o, "use_sliding_window", json_boolean(cfg->use_sliding_window));
+            if (arch->slide_mode == SLIDE_QWEN)
                 bad |= set_new(o, "max_window_layers", json_integer(cfg->max_window_layers));
-            }
-            if (cfg->sliding_window > 0 && (cfg->has_layer_types || arch->slide_mode == SLIDE_ALTERNATE)) {
+            /* Gemma 3: the types pick each layer's RoPE too, so they are written with or without a window */
+            const int gemma3 = arch->slide_mode == SLIDE_GEMMA3;
+            if (gemma3 || (cfg->sliding_window > 0 && (cfg->has_layer_types || arch->slide_mode == SLIDE_ALTERNATE ||
+                                                       arch->slide_mode == SLIDE_SMOLLM3))) {
                 json_t *a = json_array();
-                for (int l = 0; a && l < cfg->num_hidden_layers; l++)
-                    bad |= json_array_append_new(
-                        a, json_string(cfg->layer_sliding[l] ? "sliding_attention" : "full_attention"));
+                for (int l = 0; a && l < cfg->num_hidden_layers; l++) {
+                    int slide = gemma3 ? cfg->layer_rope[l] == LT_LAYER_ROPE_LOCAL : cfg->layer_sliding[l];
+                    bad |= json_array_append_new(a, json_string(slide ? "sliding_attention" : "full_attention"));
+                }
                 bad |= set_new(o, "layer_types", a);
             }
         }
@@ -985,6 +1123,14 @@ int lt_rope_inv_freq(const lt_model_config *cfg, float *inv_freq, int n) {
         return -1;
     }
     return half;
+}
+
+int lt_rope_inv_freq_local(const lt_model_config *cfg, float *inv_freq, int n) {
+    if (!cfg || !(cfg->rope_local_theta > 0)) return -1;
+    lt_model_config local = *cfg; /* the same default computation with the local theta, unscaled */
+    local.rope_theta = cfg->rope_local_theta;
+    local.rope_type = LT_ROPE_DEFAULT;
+    return lt_rope_inv_freq(&local, inv_freq, n);
 }
 
 #if defined(__GNUC__) && !defined(__clang__)

@@ -4,8 +4,8 @@
  *          lt_config_write, lt_rope_inv_freq
  *
  * Defaults are LlamaConfig's (docs/spec/formats.md). Supported architectures live in one table in
- * config.c (Llama, Qwen2, Qwen3, Mistral, Gemma, Gemma 2, Phi-3); a family is a set of knobs at the end
- * of the struct, each off for Llama.
+ * config.c (Llama, Qwen2, Qwen3, Mistral, Gemma, Gemma 2, Phi-3, Gemma 3, SmolLM3, OLMo 2, Granite); a
+ * family is a set of knobs at the end of the struct, each off for Llama.
  */
 #ifndef LT_CONFIG_H
 #define LT_CONFIG_H
@@ -21,9 +21,27 @@ typedef enum lt_arch_id {
     LT_ARCH_GEMMA = 4,
     LT_ARCH_GEMMA2 = 5,
     LT_ARCH_PHI3 = 6,
+    LT_ARCH_GEMMA3 = 7, /* Gemma3ForCausalLM (text)                                           */
+    LT_ARCH_SMOLLM3 = 8,
+    LT_ARCH_OLMO2 = 9,
+    LT_ARCH_GRANITE = 10,
     LT_ARCH_QWEN3_MOE = 20, /* mixture-of-experts families from 20 on */
     LT_ARCH_MIXTRAL = 21
 } lt_arch_id;
+
+/* how layer l applies RoPE (lt_model_config.layer_rope) */
+typedef enum lt_layer_rope {
+    LT_LAYER_ROPE_GLOBAL = 0, /* the model's table (rope_theta and its scaling)                   */
+    LT_LAYER_ROPE_LOCAL = 1,  /* Gemma 3 sliding layers: rope_local_base_freq, unscaled            */
+    LT_LAYER_ROPE_NONE = 2    /* SmolLM3 NoPE layers: no rotary embedding                          */
+} lt_layer_rope;
+
+/* qk_norm: where q_norm / k_norm normalise */
+enum {
+    LT_QK_NORM_NONE = 0,
+    LT_QK_NORM_HEAD = 1 /* rows of head_dim (Qwen3, Gemma 3) */,
+    LT_QK_NORM_FULL = 2 /* the whole projection, NH*HD / NKV*HD (OLMo 2) */
+};
 
 typedef enum lt_rope_type {
     LT_ROPE_DEFAULT = 0, /* rope_type "default" / absent / null                               */
@@ -80,7 +98,7 @@ typedef struct lt_model_config {
     int64_t rope_original_max_position_embeddings; /* llama3                              */
 
     /* family knobs (Llama values) */
-    int qk_norm;            /* 0: no q_norm/k_norm (Qwen3: 1)                                */
+    int qk_norm;            /* LT_QK_NORM_*: 0 none (Qwen3, Gemma 3: per head; OLMo 2: full)  */
     float norm_offset;      /* RMSNorm multiplies by (norm_offset + w): 0 (Gemma: 1)         */
     int64_t sliding_window; /* 0: full causal attention (Mistral: window)                   */
     double embed_scale;     /* embeddings are multiplied by this: 1 (Gemma: sqrt(hidden))   */
@@ -115,6 +133,20 @@ typedef struct lt_model_config {
     double router_aux_loss_coef;   /* its coefficient                                           */
     int n_moe_layers;
     unsigned char layer_moe[LT_CONFIG_MAX_LAYERS]; /* ... and not in mlp_only_layers: 1 = MoE block */
+    /* per-layer RoPE (Gemma 3 local / global, SmolLM3 NoPE); all LT_LAYER_ROPE_GLOBAL for the others */
+    unsigned char layer_rope[LT_CONFIG_MAX_LAYERS];
+    double rope_local_theta; /* Gemma 3 rope_local_base_freq (the local layers' theta); 0: none    */
+    /* OLMo 2: no input_layernorm / pre-MLP norm; the sublayer outputs are normalised (sandwich_norms'
+     * post_attention_layernorm / post_feedforward_layernorm) before the residual add */
+    int no_pre_norms;
+    /* Granite (1 for the others): x + residual_multiplier * sublayer(x); attention scale
+     * attention_multiplier (0: the family's); logits divided by logits_scaling; embed_scale above
+     * holds embedding_multiplier */
+    double residual_multiplier;
+    double attention_multiplier;
+    double logits_scaling;
+    /* SmolLM3 "no_rope_layers" / "use_sliding_window" as read (written back by lt_config_write) */
+    int has_no_rope_layers;
 } lt_model_config;
 
 /* longrope: the inverse frequencies for sequences longer than original_max_position_embeddings
@@ -122,7 +154,8 @@ typedef struct lt_model_config {
  * -1 when the config is not longrope. */
 int lt_rope_inv_freq_long(const lt_model_config *cfg, float *inv_freq, int n);
 
-/* The attention scale of a validated config: query_pre_attn_scalar^-0.5 (Gemma 2), else hd^-0.5. */
+/* The attention scale of a validated config: attention_multiplier (Granite), query_pre_attn_scalar^-0.5
+ * (Gemma 2, Gemma 3), else hd^-0.5. */
 float lt_config_attn_scale(const lt_model_config *cfg);
 
 /* The family's short name ("Llama", "Qwen2", ...) of a validated config. */
@@ -153,5 +186,7 @@ lt_status lt_config_write(const lt_model_config *cfg, const char *path, lt_error
  * with inv_freq == NULL only the count; -1 if n is too small or cfg is invalid.
  */
 int lt_rope_inv_freq(const lt_model_config *cfg, float *inv_freq, int n);
+/* Gemma 3: the local layers' table (rope_local_theta, default RoPE); -1 when the config has none. */
+int lt_rope_inv_freq_local(const lt_model_config *cfg, float *inv_freq, int n);
 
 #endif /* LT_CONFIG_H */

@@ -585,26 +585,16 @@ static lt_status load_embeddings(loader *ld, lt_error *err) {
 static lt_status load_layer(loader *ld, int l, lt_error *err) {
     lt_model *m = ld->m;
     const lt_model_config *c = &m->cfg;
-    const int64_t H = c->hidden_size;
     lt_layer *L = &m->layers[l];
     char name[256];
     lt_status st;
 #define NAME(...) (snprintf(name, sizeof name, __VA_ARGS__), name)
-    if ((st = load_norm(ld, NAME("model.layers.%d.input_layernorm.weight", l), H, &L->attn_norm, &L->attn_norm_file,
-                        err)))
-        return st;
-    if (c->sandwich_norms) {
-        if ((st = load_norm(ld, NAME("model.layers.%d.pre_feedforward_layernorm.weight", l), H, &L->mlp_norm,
-                            &L->mlp_norm_file, err)) ||
-            (st = load_norm(ld, NAME("model.layers.%d.post_attention_layernorm.weight", l), H, &L->post_attn_norm,
-                            &L->post_attn_norm_file, err)) ||
-            (st = load_norm(ld, NAME("model.layers.%d.post_feedforward_layernorm.weight", l), H, &L->post_ff_norm,
-                            &L->post_ff_norm_file, err)))
+    lt_layer_norm norms[LT_MAX_LAYER_NORMS];
+    const int n_norms = lt_layer_norms(c, norms);
+    for (int k = 0; k < n_norms; k++)
+        if ((st = load_norm(ld, NAME("model.layers.%d.%s.weight", l, norms[k].name), norms[k].dim,
+                            lt_layer_norm_at(L, norms[k].compute), lt_layer_norm_at(L, norms[k].file), err)))
             return st;
-    } else if ((st = load_norm(ld, NAME("model.layers.%d.post_attention_layernorm.weight", l), H, &L->mlp_norm,
-                               &L->mlp_norm_file, err))) {
-        return st;
-    }
     lt_module mods[P_COUNT];
     const int n_mods = lt_model_modules(c, mods);
     for (int k = 0; k < n_mods; k++) {
@@ -621,16 +611,12 @@ static lt_status load_layer(loader *ld, int l, lt_error *err) {
                            &L->bias[q], err)))
             return st;
     }
-    if (c->qk_norm && ((st = load_norm(ld, NAME("model.layers.%d.self_attn.q_norm.weight", l), c->head_dim, &L->q_norm,
-                                       &L->q_norm_file, err)) ||
-                       (st = load_norm(ld, NAME("model.layers.%d.self_attn.k_norm.weight", l), c->head_dim, &L->k_norm,
-                                       &L->k_norm_file, err))))
-        return st;
 #undef NAME
     return LT_OK;
 }
 
-/* RoPE inverse frequencies (and longrope's long factors) on the backend */
+/* The model's RoPE tables on the backend: inv_freq, longrope's long factors (and the attention factor),
+ * Gemma 3's local table. */
 static lt_status load_rope(lt_model *m, lt_error *err) {
     const lt_model_config *c = &m->cfg;
     m->rot_dim = c->rot_dim;
@@ -640,17 +626,21 @@ static lt_status load_rope(lt_model *m, lt_error *err) {
     const int n = m->rot_dim / 2;
     float *inv = malloc((size_t)n * sizeof(float));
     if (!inv) return lt_fail(err, LT_ERR_NOMEM, "out of memory");
+    const struct {
+        int (*fn)(const lt_model_config *, float *, int);
+        float **dst;
+        int wanted;
+    } tables[] = {{lt_rope_inv_freq, &m->inv_freq, 1},
+                  {lt_rope_inv_freq_long, &m->inv_freq_long, c->rope_type == LT_ROPE_LONGROPE},
+                  {lt_rope_inv_freq_local, &m->inv_freq_local, c->rope_local_theta > 0}};
     lt_status st = LT_OK;
-    if (lt_rope_inv_freq(c, inv, n) != n)
-        st = lt_fail(err, LT_ERR_UNSUPPORTED, "%s: cannot compute the RoPE frequencies for this config", m->dir);
-    if (st == LT_OK) st = alloc_owned(m, (size_t)n * sizeof(float), "RoPE frequencies", (void **)&m->inv_freq, err);
-    if (st == LT_OK) m->be->ops->upload(m->be, m->inv_freq, inv, (size_t)n * sizeof(float));
-    if (st == LT_OK && c->rope_type == LT_ROPE_LONGROPE) {
-        if (lt_rope_inv_freq_long(c, inv, n) != n)
-            st = lt_fail(err, LT_ERR_UNSUPPORTED, "%s: cannot set up the longrope frequencies", m->dir);
+    for (size_t i = 0; st == LT_OK && i < sizeof tables / sizeof tables[0]; i++) {
+        if (!tables[i].wanted) continue;
+        if (tables[i].fn(c, inv, n) != n)
+            st = lt_fail(err, LT_ERR_UNSUPPORTED, "%s: cannot compute the RoPE frequencies for this config", m->dir);
         if (st == LT_OK)
-            st = alloc_owned(m, (size_t)n * sizeof(float), "RoPE frequencies", (void **)&m->inv_freq_long, err);
-        if (st == LT_OK) m->be->ops->upload(m->be, m->inv_freq_long, inv, (size_t)n * sizeof(float));
+            st = alloc_owned(m, (size_t)n * sizeof(float), "RoPE frequencies", (void **)tables[i].dst, err);
+        if (st == LT_OK) m->be->ops->upload(m->be, *tables[i].dst, inv, (size_t)n * sizeof(float));
     }
     free(inv);
     return st;

@@ -62,6 +62,28 @@ int lt_model_modules(const lt_model_config *c, lt_module out[P_COUNT]) {
     return P_COUNT;
 }
 
+int lt_layer_norms(const lt_model_config *c, lt_layer_norm out[LT_MAX_LAYER_NORMS]) {
+#define NORM(nm, d, f) \
+    (lt_layer_norm) { nm, d, offsetof(lt_layer, f), offsetof(lt_layer, f##_file) }
+    const int64_t H = c->hidden_size, HD = c->head_dim;
+    int n = 0;
+    if (!c->no_pre_norms) out[n++] = NORM("input_layernorm", H, attn_norm);
+    if (c->sandwich_norms) { /* Gemma 2 / 3: pre and post norms around both sublayers; OLMo 2: post only */
+        if (!c->no_pre_norms) out[n++] = NORM("pre_feedforward_layernorm", H, mlp_norm);
+        out[n++] = NORM("post_attention_layernorm", H, post_attn_norm);
+        out[n++] = NORM("post_feedforward_layernorm", H, post_ff_norm);
+    } else {
+        out[n++] = NORM("post_attention_layernorm", H, mlp_norm);
+    }
+    if (c->qk_norm) { /* per head (HD), or OLMo 2's over the whole projection */
+        const int full = c->qk_norm == LT_QK_NORM_FULL;
+        out[n++] = NORM("self_attn.q_norm", full ? c->num_attention_heads * HD : HD, q_norm);
+        out[n++] = NORM("self_attn.k_norm", full ? c->num_key_value_heads * HD : HD, k_norm);
+    }
+#undef NORM
+    return n;
+}
+
 void lt_module_dims(const lt_model_config *c, const lt_module *mod, int *in, int *out) {
     int o = 0, i = 0;
     for (int p = mod->first; p < mod->first + mod->count; p++) {

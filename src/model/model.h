@@ -8,6 +8,9 @@
 #ifndef LT_MODEL_H
 #define LT_MODEL_H
 
+#include <stddef.h>
+#include <stdint.h>
+
 #include "core/context.h"
 #include "formats/config.h"
 #include "formats/safetensors.h"
@@ -37,6 +40,21 @@ typedef struct lt_layer {
     float *router;
     lt_weight *experts;
 } lt_layer;
+
+/* A norm weight of a layer as the checkpoint names it (model.layers.<l>.<name>.weight), with the lt_layer
+ * fields of its compute weight and of the checkpoint's values: loading, saving, full fine-tuning and
+ * export all walk this one list, so a family's norm layout is written once (model.c). */
+typedef struct lt_layer_norm {
+    const char *name; /* "input_layernorm", "self_attn.q_norm", ...       */
+    int64_t dim;
+    size_t compute, file; /* offsetof(lt_layer, ...)                       */
+} lt_layer_norm;
+#define LT_MAX_LAYER_NORMS 6
+/* The norms of a layer of this family; returns how many. */
+int lt_layer_norms(const lt_model_config *cfg, lt_layer_norm out[LT_MAX_LAYER_NORMS]);
+static inline float **lt_layer_norm_at(const lt_layer *L, size_t off) {
+    return (float **)(uintptr_t)((const char *)L + off);
+}
 
 struct lt_model {
     lt_context *ctx;
@@ -68,10 +86,18 @@ struct lt_model {
     lt_weight lm_head_q;               /* the LM head when not f32: quantized (quantize_lm_head, a bitsandbytes
                                         * checkpoint) or packed bf16 (base_dtype BF16: a tied head is embed_bf16);
                                         * lm_head is then NULL */
-    int base_dtype;   /* lt_base_dtype: BF16 keeps the projections (LT_WEIGHT_BF16, or quantized ones computed
-                       * in bf16), the embeddings and the LM head in bf16 */
-    int check_finite; /* load: refuse NaN / Inf weights (lt_model_params.skip_finite_check = 0) */
+    int base_dtype;        /* lt_base_dtype: BF16 keeps the projections (LT_WEIGHT_BF16, or quantized ones computed
+                            * in bf16), the embeddings and the LM head in bf16 */
+    int check_finite;      /* load: refuse NaN / Inf weights (lt_model_params.skip_finite_check = 0) */
+    float *inv_freq_local; /* (rot_dim/2) Gemma 3's local layers' RoPE table (NULL: none) */
 };
+
+/* The RoPE table layer l rotates with (NULL: none, a SmolLM3 NoPE layer); `global` is the pass's table of
+ * the global layers (longrope: short or long). */
+static inline const float *lt_layer_inv_freq(const lt_model *m, int l, const float *global) {
+    const int r = l < LT_CONFIG_MAX_LAYERS ? m->cfg.layer_rope[l] : LT_LAYER_ROPE_GLOBAL; /* kept for so many */
+    return r == LT_LAYER_ROPE_NONE ? NULL : r == LT_LAYER_ROPE_LOCAL ? m->inv_freq_local : global;
+}
 
 /* The LM head (V, H) as a weight of the seam: quantized, or the f32 lm_head. */
 static inline lt_weight lt_model_lm_head(const lt_model *m) {

@@ -6,7 +6,9 @@ save_pretrained.
 usage: crosscheck_full.py --lib build/libloratune.so.0 --workdir DIR [--only NAME,...] [--steps N (3)]
 
 Families: Llama untied and tied, Qwen2 (q/k/v biases), Qwen3 (q/k norms, explicit head_dim), Gemma (1 + w
-norms, sqrt(hidden) embedding scale, tied, GeGLU), Gemma 2 (sandwich norms, soft-capping). For each:
+norms, sqrt(hidden) embedding scale, tied, GeGLU), Gemma 2 (sandwich norms, soft-capping), Gemma 3 (+ per-head
+q/k norms, local / global RoPE), SmolLM3 (NoPE layers, MLP biases), OLMo 2 (post-norms only, q/k norms over
+the whole projection), Granite (embedding / residual / attention multipliers, logits scaling). For each:
 N AdamW updates (lr 2e-3, eps 1e-6, weight decay 0.1 in Hugging Face Trainer's groups: transformers'
 Trainer.get_decay_parameter_names, i.e. no decay on biases and norm weights; grad clipping at 1.0;
 gradient accumulation 2 with the token-level mean over the accumulated micro-batches) in the library and
@@ -58,6 +60,21 @@ MODELS = {
                                     num_attention_heads=4, num_key_value_heads=2, head_dim=8, sliding_window=4,
                                     attn_logit_softcapping=50.0, final_logit_softcapping=30.0,
                                     query_pre_attn_scalar=8, hidden_activation="gelu_pytorch_tanh"), 9106),
+    "gemma3": ("Gemma3TextConfig", dict(vocab_size=85, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=2, head_dim=8, sliding_window=4,
+                                        sliding_window_pattern=2, query_pre_attn_scalar=8,
+                                        rope_parameters={"full_attention": {"rope_type": "linear", "factor": 2.0,
+                                                                            "rope_theta": 10000.0},
+                                                         "sliding_attention": {"rope_type": "default",
+                                                                               "rope_theta": 100.0}}), 9107),
+    "smollm3": ("SmolLM3Config", dict(vocab_size=83, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, no_rope_layer_interval=2,
+                                      mlp_bias=True), 9108),
+    "olmo2": ("Olmo2Config", dict(vocab_size=81, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                  num_attention_heads=4, num_key_value_heads=2, attention_bias=True), 9109),
+    "granite": ("GraniteConfig", dict(vocab_size=79, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, embedding_multiplier=4.0,
+                                      residual_multiplier=0.5, attention_multiplier=0.2, logits_scaling=3.0), 9110),
 }
 B, T = 2, 9
 ACCUM = 2

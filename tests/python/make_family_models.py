@@ -21,6 +21,7 @@ For each model NAME below this writes OUTDIR/NAME/ (next to make_models.py's Lla
                                    prompt_ids I32 [sum of lens], prompt_lens I32 [n],
                                    new_ids I32 [n, GEN_NEW], margin F32 [n] (the smallest gap between the
                                    best and second-best logit over the steps: how far from a tie)
+  (phi4-mini, LOGITS_GRADS_ONLY: golden.safetensors and lora/ without generate.safetensors; no dora/)
 
 Every golden comes from transformers itself (AutoModelForCausalLM.from_pretrained of the directory just
 written, float32, attn_implementation="eager") and peft (get_peft_model). The configurations make the
@@ -95,6 +96,57 @@ MODELS = {
                                 num_attention_heads=4, num_key_value_heads=2, partial_rotary_factor=0.5,
                                 sliding_window=6, pad_token_id=0), 4007,
              dict(r=4, alpha=8, targets=["qkv_proj", "o_proj", "gate_up_proj", "down_proj"])),
+    # Gemma 3: Gemma 2's sandwich norms + per-head (1 + w) q/k norms; local layers (every layer but each
+    # 3rd here, sliding_window_pattern) rotate with rope_local_base_freq, global ones with rope_theta and a
+    # linear rope scaling; query_pre_attn_scalar != head_dim; no soft-capping; GQA
+    "gemma3": ("Gemma3TextConfig", dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                                        num_attention_heads=4, num_key_value_heads=2, head_dim=32,
+                                        query_pre_attn_scalar=24, sliding_window=5, sliding_window_pattern=3,
+                                        rope_parameters={"full_attention": {"rope_type": "linear", "factor": 4.0,
+                                                                            "rope_theta": 50000.0},
+                                                         "sliding_attention": {"rope_type": "default",
+                                                                               "rope_theta": 100.0}}),
+               4010, dict(r=4, alpha=8, targets=ALL_TARGETS)),
+    # Gemma 3 with a window longer than every sequence (the layer types still pick the RoPE; transformers
+    # cannot generate with sliding_window None), MQA, odd head count, Gemma 3's head_dim 256
+    "gemma3-nowin": ("Gemma3TextConfig", dict(vocab_size=250, hidden_size=48, intermediate_size=96,
+                                              num_hidden_layers=3, num_attention_heads=3, num_key_value_heads=1,
+                                              head_dim=256, query_pre_attn_scalar=256, sliding_window=512,
+                                              layer_types=["full_attention", "sliding_attention",
+                                                           "full_attention"],
+                                              rope_parameters={"full_attention": {"rope_type": "default",
+                                                                                  "rope_theta": 1000000.0},
+                                                               "sliding_attention": {"rope_type": "default",
+                                                                                     "rope_theta": 10.0}}),
+                     4011, dict(r=2, alpha=8, targets=["q_proj", "k_proj", "o_proj", "down_proj"])),
+    # SmolLM3: NoPE layers (no_rope_layers: every 2nd layer here), tied, GQA, attention and MLP biases
+    "smollm3": ("SmolLM3Config", dict(vocab_size=259, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                                      num_attention_heads=4, num_key_value_heads=2, no_rope_layer_interval=2,
+                                      attention_bias=True, mlp_bias=True, rope_theta=5000.0, pad_token_id=0), 4012,
+                dict(r=4, alpha=8, targets=ALL_TARGETS)),
+    # SmolLM3 with a sliding window on its NoPE layers (use_sliding_window), untied, odd heads
+    "smollm3-swa": ("SmolLM3Config", dict(vocab_size=253, hidden_size=60, intermediate_size=96, num_hidden_layers=3,
+                                          num_attention_heads=5, num_key_value_heads=5, no_rope_layers=[1, 0, 1],
+                                          use_sliding_window=True, sliding_window=4, tie_word_embeddings=False,
+                                          pad_token_id=0), 4013,
+                    dict(r=2, alpha=4, targets=["q_proj", "v_proj", "gate_proj"])),
+    # OLMo 2: no pre-norms, post-attention / post-feedforward norms, q/k RMSNorm over the whole projection
+    # (NH*HD, NKV*HD), GQA, attention biases
+    "olmo2": ("Olmo2Config", dict(vocab_size=257, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                  num_attention_heads=4, num_key_value_heads=2, attention_bias=True,
+                                  pad_token_id=0), 4014,
+              dict(r=4, alpha=8, targets=ALL_TARGETS)),
+    # Granite: embedding / residual / attention multipliers and logits scaling, all far from 1; GQA, MLP bias
+    "granite": ("GraniteConfig", dict(vocab_size=255, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, embedding_multiplier=6.0,
+                                      residual_multiplier=0.4, attention_multiplier=0.09, logits_scaling=2.5,
+                                      mlp_bias=True), 4015,
+                dict(r=4, alpha=8, targets=ALL_TARGETS)),
+    # Phi-4-mini's shape of Phi-3: partial_rotary_factor 0.75, tied embeddings, GQA (3 query heads per kv)
+    "phi4-mini": ("Phi3Config", dict(vocab_size=254, hidden_size=96, intermediate_size=128, num_hidden_layers=2,
+                                     num_attention_heads=6, num_key_value_heads=2, partial_rotary_factor=0.75,
+                                     tie_word_embeddings=True, pad_token_id=0), 4016,
+                  dict(r=4, alpha=8, targets=["qkv_proj", "o_proj", "gate_up_proj", "down_proj"])),
     # Llama
     "llama-dora": ("LlamaConfig", dict(vocab_size=257, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
                                        num_attention_heads=4, num_key_value_heads=2), 4009,
@@ -110,6 +162,11 @@ MODELS = {
                                                        "long_factor": [1.5 + 0.7 * i for i in range(6)]}),
                       4008, dict(r=4, alpha=8, targets=["qkv_proj", "gate_up_proj"])),
 }
+
+
+# logits and LoRA gradients only (no DoRA adapter, no generate goldens): phi4-mini's partial rotary 0.75
+# is generated by phi3-longrope's goldens too, and its fused modules by phi3's
+LOGITS_GRADS_ONLY = {"phi4-mini"}
 
 
 def randomize_(model, seed, family):
@@ -291,12 +348,14 @@ def generate(name, outdir):
               os.path.join(d, "golden.safetensors"), metadata={"format": "pt"})
 
     lg_out, pm = lora_goldens(m, d, "lora", seed, lora, gold, ids, labels, pids, ppos, plab, use_dora=False)
-    gen_lens = GEN_LENS_LONGROPE if "rope_scaling" in kw else GEN_LENS
-    margin = generate_goldens(pm, os.path.join(d, "lora"), seed, V, gen_lens)
-    m = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32, attn_implementation="eager")
-    m.eval()
-    _, pm = lora_goldens(m, d, "dora", seed + 100, lora, gold, ids, labels, pids, ppos, plab, use_dora=True)
-    margin = min(margin, generate_goldens(pm, os.path.join(d, "dora"), seed, V, gen_lens))
+    margin = float("nan")
+    if name not in LOGITS_GRADS_ONLY:
+        gen_lens = GEN_LENS_LONGROPE if "rope_scaling" in kw else GEN_LENS
+        margin = generate_goldens(pm, os.path.join(d, "lora"), seed, V, gen_lens)
+        m = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32, attn_implementation="eager")
+        m.eval()
+        _, pm = lora_goldens(m, d, "dora", seed + 100, lora, gold, ids, labels, pids, ppos, plab, use_dora=True)
+        margin = min(margin, generate_goldens(pm, os.path.join(d, "dora"), seed, V, gen_lens))
     print(f"{name}: {cls_name} loss={float(gold['loss']):.5f} packed_loss={float(gold['packed_loss']):.5f} "
           f"lora_loss={float(lg_out['loss']):.5f} generate margin={margin:.2e} ({time.time() - t0:.1f}s)", flush=True)
 
