@@ -15,7 +15,8 @@
  *   - faults: a rank with bad data makes the step fail on every rank with nothing changed; a rank that stops
  *     makes the others fail within the deadline, the communicator then refuses, and the last checkpoint resumes;
  *     ranks with different options are refused at create.
- * The MPI engine is tested through the CLI under mpirun (tests/python/check_dist_mpi.py), the NCCL one needs a GPU (below).
+ * The MPI engine is tested through the CLI under mpirun (tests/python/check_dist_mpi.py), the NCCL one needs a GPU
+ * (below).
  */
 #include <dirent.h>
 #include <pthread.h>
@@ -180,6 +181,7 @@ typedef struct run_cfg {
         bad_update; /* a rank with an out-of-vocabulary id in the first micro-batch of that update (-1: none) */
     int stop_rank, stop_update; /* a rank that stops before that update (-1: none) */
     double timeout_s;
+    double tol; /* the tolerance of expect_same_as_one_process; 0: TOL */
 } run_cfg;
 
 typedef struct run_out {
@@ -485,10 +487,10 @@ static void expect_same_as_one_process(lt_model *m, run_cfg c, const char *what)
     run(m, &c, &many);
     for (int r = 0; r < W; r++) ck_assert_msg(many.fail_st[r] == LT_OK, "%s: rank %d: %s", what, r, many.fail_msg[r]);
     ck_assert_uint_eq(one.n, many.n);
-    const double rel = tensor_rel(m, many.params[0], one.params[0], c.full);
-    printf("  %-52s %d ranks: max relative L2 difference per tensor %.2e (tolerance %.0e)\n", what, W, rel, TOL);
+    const double rel = tensor_rel(m, many.params[0], one.params[0], c.full), tol = c.tol > 0 ? c.tol : TOL;
+    printf("  %-52s %d ranks: max relative L2 difference per tensor %.2e (tolerance %.0e)\n", what, W, rel, tol);
     fflush(stdout);
-    ck_assert_msg(rel <= TOL, "%s: %d ranks differ from one process by %.3g (relative, per tensor)", what, W, rel);
+    ck_assert_msg(rel <= tol, "%s: %d ranks differ from one process by %.3g (relative, per tensor)", what, W, rel);
     /* the change itself is far larger than the tolerance: the runs trained */
     float *init = NULL;
     {
@@ -607,11 +609,16 @@ START_TEST(test_preference) {
     const char *names[4] = {"DPO", "IPO", "KTO (KL pairs across ranks)", "ORPO"};
     for (int k = 0; k < 4; k++) {
         c.obj = objs[k];
+        /* IPO's weight 2 h / len is linear in h (a difference of log-probability sums, each rounded differently
+         * when the batch is split) where DPO's sigmoid weight flattens it: after 5 steps the split's rounding shows
+         * more. Measured: IPO 2.7e-6 (Release), 1.35e-5 (the ASan build's other instruction choices); DPO 8.1e-6. */
+        c.tol = objs[k] == LT_OBJ_IPO ? 3e-5 : 0;
         c.W = 2;
         expect_same_as_one_process(m, c, names[k]);
         c.W = 3;
         expect_same_as_one_process(m, c, names[k]);
     }
+    c.tol = 0;
     c.obj = LT_OBJ_KTO; /* a global batch of 2 on 3 ranks: one rank has none, the others one example each */
     c.B = 2;
     expect_same_as_one_process(m, c, "KTO, one example per rank");
