@@ -287,6 +287,20 @@ static double rng_normal(rng_t *r) {
     return sqrt(-2.0 * log(u1)) * cos(2.0 * M_PI * u2);
 }
 
+/* n values of a LoRA A (in columns) into dst, drawn in order from rng (*host: a reused host buffer) */
+static lt_status init_A(lt_backend *be, const lt_adapter_params *p, rng_t *rng, float **host, float *dst, size_t n,
+                        int in, lt_error *err) {
+    float *h = realloc(*host, n * sizeof *h);
+    if (!h) return lt_fail(err, LT_ERR_NOMEM, "out of memory");
+    *host = h;
+    const double bound = 1.0 / sqrt((double)in);
+    for (size_t i = 0; i < n; i++)
+        h[i] = p->init == LT_INIT_GAUSSIAN ? (float)(rng_normal(rng) / p->rank)
+                                           : (float)((2.0 * rng_uniform(rng) - 1.0) * bound);
+    be->ops->upload(be, dst, h, n * sizeof *h);
+    return LT_OK;
+}
+
 LT_API lt_status lt_adapter_create(lt_model *m, const lt_adapter_params *params, lt_adapter **out) {
     lt_error *terr = lt_thread_error();
     lt_error_clear(terr);
@@ -323,46 +337,25 @@ LT_API lt_status lt_adapter_create(lt_model *m, const lt_adapter_params *params,
     float *host = NULL;
     lt_module mods[P_COUNT];
     const int n_mods = lt_model_modules(&m->cfg, mods);
-    for (int l = 0; l < m->cfg.num_hidden_layers; l++)
-        for (int q = 0; q < n_mods; q++) {
+    for (int l = 0; st == LT_OK && l < m->cfg.num_hidden_layers; l++)
+        for (int q = 0; st == LT_OK && q < n_mods; q++) {
             lt_lora *lo = lt_adapter_lora(a, l, (lt_proj)mods[q].first); /* fused: one shared A */
-            if (!lo) continue;
             int in, o;
             lt_module_dims(&m->cfg, &mods[q], &in, &o);
-            size_t n = (size_t)p.rank * in;
-            float *h = realloc(host, n * sizeof *h);
-            if (!h) {
-                free(host);
-                lt_adapter_free(a);
-                return lt_fail(terr, LT_ERR_NOMEM, "out of memory");
-            }
-            host = h;
-            double bound = 1.0 / sqrt((double)in);
-            for (size_t i = 0; i < n; i++)
-                h[i] = p.init == LT_INIT_GAUSSIAN ? (float)(rng_normal(&rng) / p.rank)
-                                                  : (float)((2.0 * rng_uniform(&rng) - 1.0) * bound);
-            m->be->ops->upload(m->be, lo->A, h, n * sizeof *h);
+            if (lo) st = init_A(m->be, &p, &rng, &host, lo->A, (size_t)p.rank * in, in, terr);
         }
-    for (int l = 0; l < m->cfg.num_hidden_layers; l++) /* expert LoRA: the same init on every expert's A */
-        for (int k = 0; k < 2; k++) {
+    for (int l = 0; st == LT_OK && l < m->cfg.num_hidden_layers; l++) /* expert LoRA: every expert's A */
+        for (int k = 0; st == LT_OK && k < 2; k++) {
             lt_lora *lo = lt_adapter_elora(a, l, k);
-            if (!lo) continue;
             int in, o;
             lt_elora_dims(&m->cfg, k, &in, &o);
-            size_t n = (size_t)m->cfg.num_experts * p.rank * in;
-            float *h = realloc(host, n * sizeof *h);
-            if (!h) {
-                free(host);
-                lt_adapter_free(a);
-                return lt_fail(terr, LT_ERR_NOMEM, "out of memory");
-            }
-            host = h;
-            double bound = 1.0 / sqrt((double)in);
-            for (size_t i = 0; i < n; i++)
-                h[i] = p.init == LT_INIT_GAUSSIAN ? (float)(rng_normal(&rng) / p.rank)
-                                                  : (float)((2.0 * rng_uniform(&rng) - 1.0) * bound);
-            m->be->ops->upload(m->be, lo->A, h, n * sizeof *h);
+            if (lo) st = init_A(m->be, &p, &rng, &host, lo->A, (size_t)m->cfg.num_experts * p.rank * in, in, terr);
         }
+    if (st != LT_OK) {
+        free(host);
+        lt_adapter_free(a);
+        return st;
+    }
     free(host);
     if (p.use_dora) { /* m = ||W + s B A||_row = ||W||_row since B = 0 (PEFT's DoRA init) */
         for (int l = 0; l < m->cfg.num_hidden_layers; l++)
