@@ -283,7 +283,7 @@ enum {
     /* mixture-of-experts layers (PEFT target_parameters "mlp.experts.gate_up_proj" / "mlp.experts.down_proj"):
      * a LoRA per expert on its gate|up and on its down projections; not part of LT_TARGET_ALL */
     LT_TARGET_EXPERTS_GATE_UP = 1 << 7, LT_TARGET_EXPERTS_DOWN = 1 << 8,
-    LT_TARGET_EXPERTS = (1 << 7) | (1 << 8)
+    LT_TARGET_EXPERTS = 0x180 /* both */
 };
 
 /* LoRA initialisation (PEFT's init_lora_weights). PISSA and OLORA decompose each targeted base

@@ -184,7 +184,7 @@ pub const LT_TARGET_DOWN: c_uint = 1 << 6;
 pub const LT_TARGET_ALL: c_uint = 0x7f;
 pub const LT_TARGET_EXPERTS_GATE_UP: c_uint = 1 << 7;
 pub const LT_TARGET_EXPERTS_DOWN: c_uint = 1 << 8;
-pub const LT_TARGET_EXPERTS: c_uint = (1 << 7) | (1 << 8);
+pub const LT_TARGET_EXPERTS: c_uint = 0x180;
 
 pub type lt_lora_init = c_int;
 pub const LT_INIT_DEFAULT: lt_lora_init = 0;
