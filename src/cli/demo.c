@@ -305,9 +305,9 @@ int cmd_demo(int argc, char **argv) {
            "\n6. The same through the tool, with a model card, a canary and a report:\n"
            "   loratune train --model %s --data %s/data/train.jsonl --eval-data %s/data/heldout.jsonl --out %s/run \\\n"
            "     --rank 16 --lr 3e-3 --scheduler cosine --warmup 20 --steps %lld --batch 8 --canary\n"
-           "   loratune eval --compare --model %s --adapter %s/run --run %s/run --data %s/data/heldout.jsonl \\\n"
+           "   loratune eval --compare --model %s --adapter %s/run/adapter --run %s/run --data %s/data/heldout.jsonl \\\n"
            "     --prompts %s/data/prompts.jsonl --report %s/report.md\n"
-           "   loratune chat --model %s --adapter %s/run\n",
+           "   loratune chat --model %s --adapter %s/run/adapter\n",
            adapter_dir, merged_dir, base_dir, out, base_dir, out, out, out, steps, base_dir, out, out, out, out, out,
            base_dir, out);
 done:
