@@ -589,6 +589,42 @@ static void cpu_attention_decode(lt_backend *be, float *out, const float *q, con
     }
 }
 
+/* gpt-oss's clamped SwiGLU: the reference loops in parallel slices (elementwise, memory-bound) */
+static void cpu_swiglu_clamp_forward(lt_backend *be, float *out, const float *gate, const float *up, size_t n,
+                                     float alpha, float limit) {
+    CPU_PAR_SLICES(be, n, lt_ref_swiglu_clamp_forward(out + lo, gate + lo, up + lo, hi - lo, alpha, limit));
+}
+
+static void cpu_swiglu_clamp_backward(lt_backend *be, float *dgate, float *dup, const float *dout, const float *gate,
+                                      const float *up, size_t n, float alpha, float limit) {
+    CPU_PAR_SLICES(
+        be, n,
+        lt_ref_swiglu_clamp_backward(dgate + lo, dup + lo, dout + lo, gate + lo, up + lo, hi - lo, alpha, limit));
+}
+
+/* ---- attention sinks (gpt-oss): the reference kernels, O(B T NH HD) beside the attention's O(T^2) ----- */
+
+static void cpu_attention_sink_forward(lt_backend *be, float *out, float *lse, const float *sinks, int B, int T, int NH,
+                                       int HD) {
+    if (!cpu_att_args_ok(be, B, T, NH, NH, HD)) return;
+    lt_ref_attention_sink_forward(out, lse, sinks, B, T, NH, HD);
+}
+
+static void cpu_attention_sink_backward(lt_backend *be, float *dsinks, float *dq, float *dk, const float *dout,
+                                        const float *q, const float *k, const float *out, const float *lse,
+                                        const float *sinks, const int32_t *kv_start, int B, int T, int NH, int NKV,
+                                        int HD, float scale) {
+    if (!cpu_att_args_ok(be, B, T, NH, NKV, HD)) return;
+    lt_ref_attention_sink_backward(dsinks, dq, dk, dout, q, k, out, lse, sinks, kv_start, B, T, NH, NKV, HD, scale);
+}
+
+static void cpu_attention_sink_decode(lt_backend *be, float *out, const float *q, const float *kcache,
+                                      const float *vcache, const int32_t *kv_start, const int32_t *kv_len,
+                                      const float *sinks, int B, int S_cap, int NH, int NKV, int HD, float scale) {
+    if (!cpu_att_args_ok(be, B, 1, NH, NKV, HD) || cpu_decode_ranges_ok(be, kv_start, kv_len, B, S_cap) < 0) return;
+    lt_ref_attention_sink_decode(out, q, kcache, vcache, kv_start, kv_len, sinks, B, S_cap, NH, NKV, HD, scale);
+}
+
 /* ---- SwiGLU --------------------------------------------------------------------------------------- */
 
 /* out, gate, up (n) */
@@ -855,6 +891,8 @@ static const lt_backend_ops cpu_ops = {
     .attention_decode = cpu_attention_decode,
     .swiglu_forward = cpu_swiglu_forward,
     .swiglu_backward = cpu_swiglu_backward,
+    .swiglu_clamp_forward = cpu_swiglu_clamp_forward,   /* reference, parallel slices */
+    .swiglu_clamp_backward = cpu_swiglu_clamp_backward, /* reference, parallel slices */
     /* The slots below run the reference kernels (cpu/ref_ops.c) on purpose, split over threads where
      * the work splits: they serve one family or method each (Gemma 2, Phi-3 longrope, DoRA, Qwen2
      * biases, Gemma), and are plain O(n) loops except the soft-capped attention (O(T^2) per head, no
@@ -862,6 +900,9 @@ static const lt_backend_ops cpu_ops = {
     .attention_softcap_forward = cpu_attention_softcap_forward,   /* reference, parallel over heads      */
     .attention_softcap_backward = cpu_attention_softcap_backward, /* reference, parallel over kv heads   */
     .attention_softcap_decode = cpu_attention_softcap_decode,     /* reference, one thread               */
+    .attention_sink_forward = cpu_attention_sink_forward,         /* reference, one thread               */
+    .attention_sink_backward = cpu_attention_sink_backward,       /* reference, one thread               */
+    .attention_sink_decode = cpu_attention_sink_decode,           /* reference, one thread               */
     .rope_scale = cpu_rope_scale,                                 /* reference, one thread               */
     .dora_norm = cpu_dora_norm,                                   /* reference, parallel over rows       */
     .mul_cols = cpu_mul_cols,                                     /* reference, parallel over rows       */

@@ -315,10 +315,11 @@ void lt_ref_attention_backward(float *dq, float *dk, float *dv, const float *dou
     }
 }
 
-/* out, q (B,NH,HD); kcache, vcache (B,S_cap,NKV,HD); row b: keys kv_start[b] .. kv_len[b]-1 */
-void lt_ref_attention_decode(float *out, const float *q, const float *kcache, const float *vcache,
-                             const int32_t *kv_start, const int32_t *kv_len, int B, int S_cap, int NH, int NKV, int HD,
-                             float scale) {
+/* out, q (B,NH,HD); kcache, vcache (B,S_cap,NKV,HD); row b: keys kv_start[b] .. kv_len[b]-1; sinks (NH)
+ * or NULL: one more logit per head in the denominator (gpt-oss) */
+void lt_ref_attention_sink_decode(float *out, const float *q, const float *kcache, const float *vcache,
+                                  const int32_t *kv_start, const int32_t *kv_len, const float *sinks, int B, int S_cap,
+                                  int NH, int NKV, int HD, float scale) {
     for (int b = 0; b < B; b++) {
         const int j0 = kv_start[b], len = kv_len[b];
         for (int h = 0; h < NH; h++) {
@@ -327,12 +328,13 @@ void lt_ref_attention_decode(float *out, const float *q, const float *kcache, co
             float *oh = out + ((size_t)b * NH + h) * HD;
 #define KC_(j) (kcache + (((size_t)b * S_cap + (j)) * NKV + kvh) * HD)
 #define VC_(j) (vcache + (((size_t)b * S_cap + (j)) * NKV + kvh) * HD)
-            double mx = -INFINITY, sum = 0.0;
+            double mx = sinks && j0 < len ? sinks[h] : -INFINITY, sum = 0.0;
             for (int j = j0; j < len; j++) {
                 double s = scale * ref_dot(qh, KC_(j), HD);
                 if (s > mx) mx = s;
             }
             for (int j = j0; j < len; j++) sum += exp(scale * ref_dot(qh, KC_(j), HD) - mx);
+            if (sinks && j0 < len) sum += exp(sinks[h] - mx);
             double acc[HD];
             for (int d = 0; d < HD; d++) acc[d] = 0.0;
             for (int j = j0; j < len; j++) {
@@ -343,6 +345,58 @@ void lt_ref_attention_decode(float *out, const float *q, const float *kcache, co
 #undef KC_
 #undef VC_
         }
+    }
+}
+
+void lt_ref_attention_decode(float *out, const float *q, const float *kcache, const float *vcache,
+                             const int32_t *kv_start, const int32_t *kv_len, int B, int S_cap, int NH, int NKV, int HD,
+                             float scale) {
+    lt_ref_attention_sink_decode(out, q, kcache, vcache, kv_start, kv_len, NULL, B, S_cap, NH, NKV, HD, scale);
+}
+
+/* ---- attention sinks (gpt-oss) ------------------------------------------------------------------ *
+ * With a sink logit z_h per head, lse' = log(exp(lse) + exp(z_h)) and every p_tj = exp(s_tj - lse'), so
+ * the sink attention is the plain one scaled by exp(lse - lse') per query; its backward is the plain
+ * backward of (out', lse') (p_tj and D_t = dout_t.out'_t are the sink softmax's) except that the sink
+ * is one more softmax entry with no value: its gradient is p_sink (0 - D_t) = -w_t, and a single-key
+ * query is no longer a constant softmax: ds = p (dP - D) = D (1 - p) = w_t. */
+
+/* out (B,T,NH,HD), lse (B,NH,T) in place; sinks (NH) */
+void lt_ref_attention_sink_forward(float *out, float *lse, const float *sinks, int B, int T, int NH, int HD) {
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < NH; h++)
+            for (int t = 0; t < T; t++) {
+                float *l = lse + ((size_t)b * NH + h) * T + t;
+                const double z = sinks[h], mx = *l > z ? *l : z;
+                const double l2 = mx + log(exp(*l - mx) + exp(z - mx));
+                const double f = exp(*l - l2);
+                float *o = out + (((size_t)b * T + t) * NH + h) * HD;
+                for (int d = 0; d < HD; d++) o[d] = (float)(o[d] * f);
+                *l = (float)l2;
+            }
+}
+
+/* dsinks (NH) accumulates (may be NULL); dq (B,T,NH,HD), dk (B,T,NKV,HD) accumulate the single-key
+ * queries' score gradients; dout, q, out (B,T,NH,HD); k (B,T,NKV,HD); lse (B,NH,T) of the sink forward */
+void lt_ref_attention_sink_backward(float *dsinks, float *dq, float *dk, const float *dout, const float *q,
+                                    const float *k, const float *out, const float *lse, const float *sinks,
+                                    const int32_t *kv_start, int B, int T, int NH, int NKV, int HD, float scale) {
+    for (int h = 0; h < NH; h++) {
+        const int kvh = h / (NH / NKV);
+        double ds_sink = 0.0;
+        for (int b = 0; b < B; b++)
+            for (int t = 0; t < T; t++) {
+                const size_t qi = (((size_t)b * T + t) * NH + h) * HD, ki = (((size_t)b * T + t) * NKV + kvh) * HD;
+                const double w =
+                    exp(sinks[h] - (double)lse[((size_t)b * NH + h) * T + t]) * ref_dot(dout + qi, out + qi, HD);
+                ds_sink -= w;
+                if (lt_att_kv_lo(kv_start + (size_t)b * T, t) != t) continue;
+                for (int d = 0; d < HD; d++) {
+                    dq[qi + d] += (float)(scale * w * k[ki + d]);
+                    dk[ki + d] += (float)(scale * w * q[qi + d]);
+                }
+            }
+        if (dsinks) dsinks[h] += (float)ds_sink;
     }
 }
 
@@ -502,6 +556,29 @@ void lt_ref_swiglu_backward(float *dgate, float *dup, const float *dout, const f
         double sig = 1.0 / (1.0 + exp(-g));
         dgate[i] = (float)(go * u * sig * (1.0 + g * (1.0 - sig)));
         dup[i] = (float)(go * g * sig);
+    }
+}
+
+/* gpt-oss: out = (u + 1) g sigmoid(alpha g), g = min(gate, limit), u = clamp(up, -limit, limit) */
+void lt_ref_swiglu_clamp_forward(float *out, const float *gate, const float *up, size_t n, float alpha, float limit) {
+    for (size_t i = 0; i < n; i++) {
+        const double g = gate[i] < limit ? gate[i] : limit;
+        const double u = up[i] < -limit ? -limit : up[i] > limit ? limit : up[i];
+        out[i] = (float)((u + 1.0) * g / (1.0 + exp(-(double)alpha * g)));
+    }
+}
+
+/* dgate, dup, dout, gate, up (n); dgate/dup may alias gate/up.
+ *   d (g sig(a g)) / dg = sig (1 + a g (1 - sig)); a clamp passes the gradient inside its bounds */
+void lt_ref_swiglu_clamp_backward(float *dgate, float *dup, const float *dout, const float *gate, const float *up,
+                                  size_t n, float alpha, float limit) {
+    for (size_t i = 0; i < n; i++) {
+        const double g = gate[i] < limit ? gate[i] : limit, go = dout[i];
+        const double u = up[i] < -limit ? -limit : up[i] > limit ? limit : up[i];
+        const double sig = 1.0 / (1.0 + exp(-(double)alpha * g));
+        const int g_in = gate[i] <= limit, u_in = up[i] >= -limit && up[i] <= limit;
+        dgate[i] = g_in ? (float)(go * (u + 1.0) * sig * (1.0 + alpha * g * (1.0 - sig))) : 0.0f;
+        dup[i] = u_in ? (float)(go * g * sig) : 0.0f;
     }
 }
 

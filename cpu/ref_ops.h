@@ -91,9 +91,25 @@ void lt_ref_attention_decode(float *out, const float *q, const float *kcache, co
                              const int32_t *kv_start, const int32_t *kv_len, int B, int S_cap, int NH, int NKV, int HD,
                              float scale);
 
+/* ---- attention sinks (gpt-oss; backend.h) ---- */
+/* The sink applied to a finished forward (lse, out in place), the rest of the backward after
+ * lt_ref_attention_backward of that out and lse, and the decode with the sink in the denominator
+ * (lt_ref_attention_decode is this with sinks NULL). */
+void lt_ref_attention_sink_forward(float *out, float *lse, const float *sinks, int B, int T, int NH, int HD);
+void lt_ref_attention_sink_backward(float *dsinks, float *dq, float *dk, const float *dout, const float *q,
+                                    const float *k, const float *out, const float *lse, const float *sinks,
+                                    const int32_t *kv_start, int B, int T, int NH, int NKV, int HD, float scale);
+void lt_ref_attention_sink_decode(float *out, const float *q, const float *kcache, const float *vcache,
+                                  const int32_t *kv_start, const int32_t *kv_len, const float *sinks, int B, int S_cap,
+                                  int NH, int NKV, int HD, float scale);
+
 /* ---- SwiGLU ---- */
 void lt_ref_swiglu_forward(float *out, const float *gate, const float *up, size_t n);
 void lt_ref_swiglu_backward(float *dgate, float *dup, const float *dout, const float *gate, const float *up, size_t n);
+
+void lt_ref_swiglu_clamp_forward(float *out, const float *gate, const float *up, size_t n, float alpha, float limit);
+void lt_ref_swiglu_clamp_backward(float *dgate, float *dup, const float *dout, const float *gate, const float *up,
+                                  size_t n, float alpha, float limit);
 
 /* ---- cross-entropy ---- */
 

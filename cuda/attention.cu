@@ -609,8 +609,8 @@ __global__ void att_bwd_kv_rowwise_kernel(float *dk, float *dv, const float *dou
  * (chunk = ceil(n/W), n keys); the W partial softmaxes are merged at the end. smem: qv (HD), acc (W, HD),
  * m (W), l (W). An empty range gives out = 0. */
 __global__ void att_decode_kernel(float *out, const float *q, const float *kcache, const float *vcache,
-                                  const int32_t *kv_start, const int32_t *kv_len, int S_cap, int NH, int NKV, int HD,
-                                  float scale) {
+                                  const int32_t *kv_start, const int32_t *kv_len, const float *sinks, int S_cap, int NH,
+                                  int NKV, int HD, float scale) {
     extern __shared__ float smem[];
     const int W = blockDim.x >> 5, w = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int h = blockIdx.x, b = blockIdx.y, kvh = h / (NH / NKV);
@@ -633,8 +633,12 @@ __global__ void att_decode_kernel(float *out, const float *q, const float *kcach
     float M = -INFINITY;
     for (int x = 0; x < W; x++) M = fmaxf(M, ms[x]);
     float L = 0.0f;
-    if (M != -INFINITY)
+    if (M != -INFINITY) {
+        const float z = sinks ? sinks[h] : -INFINITY; /* gpt-oss: one more logit in the denominator */
+        M = fmaxf(M, z);
         for (int x = 0; x < W; x++) L += ls[x] * expf(ms[x] - M);
+        if (sinks) L += expf(z - M);
+    }
     float *oh = out + ((size_t)b * NH + h) * HD;
     for (int d = threadIdx.x; d < HD; d += blockDim.x) {
         float o = 0.0f;
@@ -643,6 +647,71 @@ __global__ void att_decode_kernel(float *out, const float *q, const float *kcach
             o /= L;
         }
         oh[d] = o;
+    }
+}
+
+/* ================================================================================================ */
+/* attention sinks (gpt-oss; backend.h): a fix-up of the forward, the rest of the backward          */
+/* ================================================================================================ */
+
+/* out (B,T,NH,HD), lse (B,NH,T) in place: lse' = log(exp(lse) + exp(z_h)), out *= exp(lse - lse').
+ * One thread per query row r = (b*T + t)*NH + h. */
+__global__ void att_sink_fwd_kernel(float *out, float *lse, const float *sinks, int B, int T, int NH, int HD) {
+    const size_t r = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (r >= (size_t)B * T * NH) return;
+    const int h = (int)(r % NH), t = (int)((r / NH) % T), b = (int)(r / ((size_t)NH * T));
+    float *l = lse + ((size_t)b * NH + h) * T + t;
+    const float z = sinks[h], mx = fmaxf(*l, z);
+    const float l2 = mx + logf(expf(*l - mx) + expf(z - mx)), f = expf(*l - l2);
+    for (int d = 0; d < HD; d++) out[r * HD + d] *= f;
+    *l = l2;
+}
+
+/* w_t = exp(z_h - lse'_t) (dout_t . out'_t) of query row r, as in att_sink_fwd_kernel */
+__device__ float att_sink_w(const float *dout, const float *out, const float *lse, const float *sinks, int b, int t,
+                            int h, int T, int NH, int HD) {
+    const size_t r = ((size_t)b * T + t) * NH + h;
+    float D = 0.0f;
+    for (int d = 0; d < HD; d++) D += dout[r * HD + d] * out[r * HD + d];
+    return expf(sinks[h] - lse[((size_t)b * NH + h) * T + t]) * D;
+}
+
+/* dsinks[h] += -sum_{b,t} w_t: one block of 256 per head, a fixed-order tree (deterministic). */
+__global__ void att_sink_dz_kernel(float *dsinks, const float *dout, const float *out, const float *lse,
+                                   const float *sinks, int B, int T, int NH, int HD) {
+    __shared__ float part[256];
+    const int h = blockIdx.x;
+    float s = 0.0f;
+    for (int i = threadIdx.x; i < B * T; i += blockDim.x)
+        s += att_sink_w(dout, out, lse, sinks, i / T, i % T, h, T, NH, HD);
+    part[threadIdx.x] = s;
+    __syncthreads();
+    for (int w = 128; w > 0; w >>= 1) {
+        if ((int)threadIdx.x < w) part[threadIdx.x] += part[threadIdx.x + w];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) dsinks[h] -= part[0];
+}
+
+/* The single-key queries (lo(t) == t): ds = w_t, dq_t += scale w_t k_t, dk_t += scale w_t q_t. One thread
+ * per (b, t, kv head): it owns dk_t of its kv head and dq_t of the heads of its group. */
+__global__ void att_sink_single_kernel(float *dq, float *dk, const float *dout, const float *q, const float *k,
+                                       const float *out, const float *lse, const float *sinks, const int32_t *kv_start,
+                                       int B, int T, int NH, int NKV, int HD, float scale) {
+    const size_t r = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (r >= (size_t)B * T * NKV) return;
+    const int g = (int)(r % NKV), t = (int)((r / NKV) % T), b = (int)(r / ((size_t)NKV * T));
+    if (lt_att_lo(kv_start + (size_t)b * T, t) != t) return;
+    const int G = NH / NKV;
+    const float *kt = k + r * HD;
+    float *dkt = dk + r * HD;
+    for (int h = g * G; h < g * G + G; h++) {
+        const float sw = scale * att_sink_w(dout, out, lse, sinks, b, t, h, T, NH, HD);
+        const size_t qi = (((size_t)b * T + t) * NH + h) * HD;
+        for (int d = 0; d < HD; d++) {
+            dq[qi + d] += sw * kt[d];
+            dkt[d] += sw * q[qi + d];
+        }
     }
 }
 
@@ -754,21 +823,58 @@ extern "C" void lt_cuda_attention_backward(lt_backend *be, float *dq, float *dk,
     lt_cuda_check(be, "attention_backward");
 }
 
-extern "C" void lt_cuda_attention_decode(lt_backend *be, float *out, const float *q, const float *kcache,
-                                         const float *vcache, const int32_t *kv_start, const int32_t *kv_len, int B,
-                                         int S_cap, int NH, int NKV, int HD, float scale) {
+/* attention_decode, with sinks (NH) in the denominators or NULL; `what` names the op in errors */
+static void att_decode(lt_backend *be, float *out, const float *q, const float *kcache, const float *vcache,
+                       const int32_t *kv_start, const int32_t *kv_len, const float *sinks, int B, int S_cap, int NH,
+                       int NKV, int HD, float scale, const char *what) {
     lt_cuda_impl *im = lt_cuda_enter(be);
-    if (!lt_cuda_att_args_ok(be, B, 1, NH, NKV, HD, "attention_decode")) return;
-    if (!lt_cuda_decode_ranges_ok(be, kv_start, kv_len, B, S_cap, "attention_decode")) return;
+    if (!lt_cuda_att_args_ok(be, B, 1, NH, NKV, HD, what)) return;
+    if (!lt_cuda_decode_ranges_ok(be, kv_start, kv_len, B, S_cap, what)) return;
     /* W warps: qv (HD) + W * (acc (HD) + m + l) floats in 48 KiB */
     int W = 8;
     while (W > 0 && ((size_t)HD + (size_t)W * (HD + 2)) * sizeof(float) > 48u * 1024u) W--;
     if (W == 0) {
-        lt_cuda_record(be, LT_ERR_UNSUPPORTED, "attention_decode: head_dim too large", 0);
+        lt_cuda_record(be, LT_ERR_UNSUPPORTED, "attention decode: head_dim too large", 0);
         return;
     }
     const size_t smem = ((size_t)HD + (size_t)W * (HD + 2)) * sizeof(float);
-    att_decode_kernel<<<dim3((unsigned)NH, (unsigned)B), 32 * W, smem, im->stream>>>(out, q, kcache, vcache, kv_start,
-                                                                                     kv_len, S_cap, NH, NKV, HD, scale);
-    lt_cuda_check(be, "attention_decode");
+    att_decode_kernel<<<dim3((unsigned)NH, (unsigned)B), 32 * W, smem, im->stream>>>(
+        out, q, kcache, vcache, kv_start, kv_len, sinks, S_cap, NH, NKV, HD, scale);
+    lt_cuda_check(be, what);
+}
+
+extern "C" void lt_cuda_attention_decode(lt_backend *be, float *out, const float *q, const float *kcache,
+                                         const float *vcache, const int32_t *kv_start, const int32_t *kv_len, int B,
+                                         int S_cap, int NH, int NKV, int HD, float scale) {
+    att_decode(be, out, q, kcache, vcache, kv_start, kv_len, NULL, B, S_cap, NH, NKV, HD, scale, "attention_decode");
+}
+
+extern "C" void lt_cuda_attention_sink_decode(lt_backend *be, float *out, const float *q, const float *kcache,
+                                              const float *vcache, const int32_t *kv_start, const int32_t *kv_len,
+                                              const float *sinks, int B, int S_cap, int NH, int NKV, int HD,
+                                              float scale) {
+    att_decode(be, out, q, kcache, vcache, kv_start, kv_len, sinks, B, S_cap, NH, NKV, HD, scale,
+               "attention_sink_decode");
+}
+
+extern "C" void lt_cuda_attention_sink_forward(lt_backend *be, float *out, float *lse, const float *sinks, int B, int T,
+                                               int NH, int HD) {
+    lt_cuda_impl *im = lt_cuda_enter(be);
+    if (!lt_cuda_att_args_ok(be, B, T, NH, NH, HD, "attention_sink_forward")) return;
+    const size_t rows = (size_t)B * T * NH;
+    att_sink_fwd_kernel<<<lt_grid_1d(rows, 256), 256, 0, im->stream>>>(out, lse, sinks, B, T, NH, HD);
+    lt_cuda_check(be, "attention_sink_forward");
+}
+
+extern "C" void lt_cuda_attention_sink_backward(lt_backend *be, float *dsinks, float *dq, float *dk, const float *dout,
+                                                const float *q, const float *k, const float *out, const float *lse,
+                                                const float *sinks, const int32_t *kv_start, int B, int T, int NH,
+                                                int NKV, int HD, float scale) {
+    lt_cuda_impl *im = lt_cuda_enter(be);
+    if (!lt_cuda_att_args_ok(be, B, T, NH, NKV, HD, "attention_sink_backward")) return;
+    if (dsinks) att_sink_dz_kernel<<<(unsigned)NH, 256, 0, im->stream>>>(dsinks, dout, out, lse, sinks, B, T, NH, HD);
+    const size_t rows = (size_t)B * T * NKV;
+    att_sink_single_kernel<<<lt_grid_1d(rows, 256), 256, 0, im->stream>>>(dq, dk, dout, q, k, out, lse, sinks, kv_start,
+                                                                          B, T, NH, NKV, HD, scale);
+    lt_cuda_check(be, "attention_sink_backward");
 }

@@ -148,6 +148,10 @@ int lt_cuda_all_finite(lt_backend *be, size_t n, const float *x);
 void lt_cuda_embedding_backward(lt_backend *be, float *dtable, const int32_t *ids, const float *dout, int N, int C);
 void lt_cuda_embedding_forward(lt_backend *be, float *out, const int32_t *ids, const float *table, int N, int C);
 void lt_cuda_scatter_rows(lt_backend *be, float *dst, const int32_t *idx, const float *src, int n, int C);
+void lt_cuda_swiglu_clamp_forward(lt_backend *be, float *out, const float *gate, const float *up, size_t n, float alpha,
+                                  float limit);
+void lt_cuda_swiglu_clamp_backward(lt_backend *be, float *dgate, float *dup, const float *dout, const float *gate,
+                                   const float *up, size_t n, float alpha, float limit);
 void lt_cuda_swiglu_forward(lt_backend *be, float *out, const float *gate, const float *up, size_t n);
 void lt_cuda_swiglu_backward(lt_backend *be, float *dgate, float *dup, const float *dout, const float *gate,
                              const float *up, size_t n);
@@ -185,8 +189,17 @@ void lt_cuda_attention_backward(lt_backend *be, float *dq, float *dk, float *dv,
                                 const int32_t *kv_start, int B, int T, int NH, int NKV, int HD, float scale,
                                 float *scratch);
 void lt_cuda_attention_decode(lt_backend *be, float *out, const float *q, const float *kcache, const float *vcache,
-                              const int32_t *kv_start, const int32_t *kv_len, int B, int S_cap, int NH, int NKV,
-                              int HD, float scale);
+                              const int32_t *kv_start, const int32_t *kv_len, int B, int S_cap, int NH, int NKV, int HD,
+                              float scale);
+void lt_cuda_attention_sink_forward(lt_backend *be, float *out, float *lse, const float *sinks, int B, int T, int NH,
+                                    int HD);
+void lt_cuda_attention_sink_backward(lt_backend *be, float *dsinks, float *dq, float *dk, const float *dout,
+                                     const float *q, const float *k, const float *out, const float *lse,
+                                     const float *sinks, const int32_t *kv_start, int B, int T, int NH, int NKV, int HD,
+                                     float scale);
+void lt_cuda_attention_sink_decode(lt_backend *be, float *out, const float *q, const float *kcache, const float *vcache,
+                                   const int32_t *kv_start, const int32_t *kv_len, const float *sinks, int B, int S_cap,
+                                   int NH, int NKV, int HD, float scale);
 
 /* ---- cross_entropy.cu ------------------------------------------------------------------------- */
 void lt_cuda_cross_entropy(lt_backend *be, float *logits, float *losses, const int32_t *targets, int n, int V,

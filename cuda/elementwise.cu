@@ -209,6 +209,45 @@ extern "C" void lt_cuda_swiglu_backward(lt_backend *be, float *dgate, float *dup
     lt_cuda_check(be, "swiglu_backward");
 }
 
+/* gpt-oss: out = (u + 1) g sigmoid(alpha g), g = min(gate, limit), u = clamp(up, -limit, limit) */
+__global__ void swiglu_clamp_forward_kernel(float *out, const float *gate, const float *up, size_t n, float alpha,
+                                            float limit) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        const float g = fminf(gate[i], limit), u = fminf(fmaxf(up[i], -limit), limit);
+        out[i] = (u + 1.0f) * g / (1.0f + expf(-alpha * g));
+    }
+}
+
+/* as swiglu_backward_kernel; a clamp passes the gradient inside its bounds (ends included) */
+__global__ void swiglu_clamp_backward_kernel(float *dgate, float *dup, const float *dout, const float *gate,
+                                             const float *up, size_t n, float alpha, float limit) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        const float g0 = gate[i], u0 = up[i], go = dout[i];
+        const float g = fminf(g0, limit), u = fminf(fmaxf(u0, -limit), limit);
+        const float sig = 1.0f / (1.0f + expf(-alpha * g));
+        dgate[i] = g0 <= limit ? go * (u + 1.0f) * sig * (1.0f + alpha * g * (1.0f - sig)) : 0.0f;
+        dup[i] = u0 >= -limit && u0 <= limit ? go * g * sig : 0.0f;
+    }
+}
+
+extern "C" void lt_cuda_swiglu_clamp_forward(lt_backend *be, float *out, const float *gate, const float *up, size_t n,
+                                             float alpha, float limit) {
+    lt_cuda_enter(be);
+    if (!n) return;
+    swiglu_clamp_forward_kernel<<<lt_grid_1d(n, EW_THREADS), EW_THREADS, 0, lt_cuda(be)->stream>>>(out, gate, up, n,
+                                                                                                   alpha, limit);
+    lt_cuda_check(be, "swiglu_clamp_forward");
+}
+
+extern "C" void lt_cuda_swiglu_clamp_backward(lt_backend *be, float *dgate, float *dup, const float *dout,
+                                              const float *gate, const float *up, size_t n, float alpha, float limit) {
+    lt_cuda_enter(be);
+    if (!n) return;
+    swiglu_clamp_backward_kernel<<<lt_grid_1d(n, EW_THREADS), EW_THREADS, 0, lt_cuda(be)->stream>>>(
+        dgate, dup, dout, gate, up, n, alpha, limit);
+    lt_cuda_check(be, "swiglu_clamp_backward");
+}
+
 /* ---- dropout ---------------------------------------------------------------------------------- */
 
 /* out, inp (n); out may alias inp. keep(i) = hash(seed, offset + i) >= p (bit-identical to the CPU);

@@ -196,6 +196,24 @@ static void rb_attention_decode(lt_backend *be, float *out, const float *q, cons
     if (rb_att_ok(be, B, 1, NH, NKV, HD) && rb_ranges_ok(be, ks, kl, B, S))
         lt_ref_attention_decode(out, q, kc, vc, ks, kl, B, S, NH, NKV, HD, scale);
 }
+static void rb_attention_sink_forward(lt_backend *be, float *out, float *lse, const float *sinks, int B, int T, int NH,
+                                      int HD) {
+    (void)be;
+    lt_ref_attention_sink_forward(out, lse, sinks, B, T, NH, HD);
+}
+static void rb_attention_sink_backward(lt_backend *be, float *dsinks, float *dq, float *dk, const float *dout,
+                                       const float *q, const float *k, const float *out, const float *lse,
+                                       const float *sinks, const int32_t *ks, int B, int T, int NH, int NKV, int HD,
+                                       float scale) {
+    if (rb_att_ok(be, B, T, NH, NKV, HD))
+        lt_ref_attention_sink_backward(dsinks, dq, dk, dout, q, k, out, lse, sinks, ks, B, T, NH, NKV, HD, scale);
+}
+static void rb_attention_sink_decode(lt_backend *be, float *out, const float *q, const float *kc, const float *vc,
+                                     const int32_t *ks, const int32_t *kl, const float *sinks, int B, int S, int NH,
+                                     int NKV, int HD, float scale) {
+    if (rb_att_ok(be, B, 1, NH, NKV, HD) && rb_ranges_ok(be, ks, kl, B, S))
+        lt_ref_attention_sink_decode(out, q, kc, vc, ks, kl, sinks, B, S, NH, NKV, HD, scale);
+}
 static void rb_attention_softcap_forward(lt_backend *be, float *out, float *lse, const float *q, const float *k,
                                          const float *v, const int32_t *ks, int B, int T, int NH, int NKV, int HD,
                                          float scale, float cap) {
@@ -217,6 +235,16 @@ static void rb_attention_softcap_decode(lt_backend *be, float *out, const float 
 }
 
 /* ---- activations, bias, DoRA, soft-capping ---- */
+static void rb_swiglu_clamp_forward(lt_backend *be, float *out, const float *g, const float *u, size_t n, float a,
+                                    float lim) {
+    (void)be;
+    lt_ref_swiglu_clamp_forward(out, g, u, n, a, lim);
+}
+static void rb_swiglu_clamp_backward(lt_backend *be, float *dg, float *du, const float *dout, const float *g,
+                                     const float *u, size_t n, float a, float lim) {
+    (void)be;
+    lt_ref_swiglu_clamp_backward(dg, du, dout, g, u, n, a, lim);
+}
 static void rb_swiglu_forward(lt_backend *be, float *out, const float *g, const float *u, size_t n) {
     (void)be;
     lt_ref_swiglu_forward(out, g, u, n);
@@ -348,8 +376,13 @@ static const lt_backend_ops rb_ops = {
     .attention_softcap_forward = rb_attention_softcap_forward,
     .attention_softcap_backward = rb_attention_softcap_backward,
     .attention_softcap_decode = rb_attention_softcap_decode,
+    .attention_sink_forward = rb_attention_sink_forward,
+    .attention_sink_backward = rb_attention_sink_backward,
+    .attention_sink_decode = rb_attention_sink_decode,
     .swiglu_forward = rb_swiglu_forward,
     .swiglu_backward = rb_swiglu_backward,
+    .swiglu_clamp_forward = rb_swiglu_clamp_forward,
+    .swiglu_clamp_backward = rb_swiglu_clamp_backward,
     .bias_add = rb_bias_add,
     .bias_backward = rb_bias_backward,
     .dora_norm = rb_dora_norm,

@@ -2851,6 +2851,208 @@ END_TEST
 
 /* ---- every slot of the dispatch table has a case ---------------------------------------------------------------- */
 
+/* gpt-oss's clamped SwiGLU: the reference against finite differences away from the clamps' corners, and
+ * with values on both sides of each bound (and on them) every backend against the reference, in place too */
+typedef struct {
+    size_t n;
+    float *g, *u, *out, *wout;
+} swc_ctx;
+static double swc_loss(void *p) {
+    swc_ctx *c = p;
+    lt_ref_swiglu_clamp_forward(c->out, c->g, c->u, c->n, 1.702f, 2.5f);
+    return wsum(c->wout, c->out, c->n);
+}
+START_TEST(test_swiglu_clamp) {
+    const size_t nf = 24;
+    swc_ctx c = {nf, tu_frand(nf, -5, 5), tu_frand(nf, -4, 4), tu_fnew(nf), tu_frand(nf, -1, 1)};
+    for (size_t i = 0; i < nf; i++) { /* keep 0.05 away from the kinks, where a difference quotient straddles them */
+        if (fabsf(c.g[i] - 2.5f) < 0.05f) c.g[i] += 0.1f;
+        if (fabsf(fabsf(c.u[i]) - 2.5f) < 0.05f) c.u[i] += 0.1f;
+    }
+    float *dg = tu_fnew(nf), *du = tu_fnew(nf);
+    lt_ref_swiglu_clamp_backward(dg, du, c.wout, c.g, c.u, nf, 1.702f, 2.5f);
+    FD_CHECK(c.g, nf, dg, swc_loss, &c, "swiglu_clamp dgate");
+    FD_CHECK(c.u, nf, du, swc_loss, &c, "swiglu_clamp dup");
+    static const size_t sizes[] = {1, 17, 1000, 65540};
+    for (int s = 0; s < 4; s++) {
+        const size_t n = sizes[s];
+        float *g = tu_frand(n, -12, 12), *u = tu_frand(n, -12, 12), *go = tu_frand(n, -1, 1);
+        if (n > 4) g[1] = 7.0f, u[2] = -7.0f, u[3] = 7.0f; /* on the bounds: the gradient passes */
+        float *orf = tu_fnew(n), *dgr = tu_fnew(n), *dur = tu_fnew(n);
+        lt_ref_swiglu_clamp_forward(orf, g, u, n, 1.702f, 7.0f);
+        lt_ref_swiglu_clamp_backward(dgr, dur, go, g, u, n, 1.702f, 7.0f);
+        FOR_BE {
+            float *dgd = dput(g, n), *dud = dput(u, n), *dgo = dput(go, n), *dout = dnan(n), *ddg = dnan(n);
+            float *ddu = dnan(n);
+            OPS->swiglu_clamp_forward(BE, dout, dgd, dud, n, 1.702f, 7.0f);
+            float *of = hget(dout, n);
+            CLOSE_F(of, orf, n, 1e-5, 1e-7, "swiglu_clamp fwd n=%zu", n);
+            OPS->swiglu_clamp_backward(BE, ddg, ddu, dgo, dgd, dud, n, 1.702f, 7.0f);
+            float *dgf = hget(ddg, n), *duf = hget(ddu, n);
+            CLOSE_F(dgf, dgr, n, 1e-5, 1e-7, "swiglu_clamp dgate n=%zu", n);
+            CLOSE_F(duf, dur, n, 1e-5, 1e-7, "swiglu_clamp dup n=%zu", n);
+            OPS->swiglu_clamp_backward(BE, dgd, dud, dgo, dgd, dud, n, 1.702f, 7.0f); /* in place */
+            float *gi = hget(dgd, n), *ui = hget(dud, n);
+            SAME(gi, dgf, n, "swiglu_clamp dgate in place n=%zu", n);
+            SAME(ui, duf, n, "swiglu_clamp dup in place n=%zu", n);
+            SYNC_OK("swiglu_clamp");
+            float *hp[] = {of, dgf, duf, gi, ui};
+            for (int i = 0; i < 5; i++) free(hp[i]);
+            float *dp[] = {dgd, dud, dgo, dout, ddg, ddu};
+            for (int i = 0; i < 6; i++) dfree(dp[i]);
+        }
+        float *hp[] = {g, u, go, orf, dgr, dur};
+        for (int i = 0; i < 6; i++) free(hp[i]);
+    }
+    float *hp[] = {c.g, c.u, c.out, c.wout, dg, du};
+    for (int i = 0; i < 6; i++) free(hp[i]);
+}
+END_TEST
+
+/* attention sinks (gpt-oss): out_t = sum_j p_tj v_j with p_tj = exp(s_tj) / (sum_i exp(s_ti) + exp(z_h)),
+ * written here from that definition (double, no lse) as the oracle of the reference composition
+ * attention_forward + attention_sink_forward (out, lse) and of its decode. */
+static void naive_sink_attention(float *out, const float *q, const float *k, const float *v, const float *z,
+                                 const int32_t *ks, int B, int T, int NH, int NKV, int HD, float scale) {
+    double *s = malloc((size_t)T * sizeof *s);
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++)
+            for (int h = 0; h < NH; h++) {
+                const int kvh = h / (NH / NKV), lo = lt_att_kv_lo(ks + (size_t)b * T, t);
+                const float *qt = q + (((size_t)b * T + t) * NH + h) * HD;
+                double mx = z[h], den = 0.0;
+                for (int j = lo; j <= t; j++) {
+                    const float *kj = k + (((size_t)b * T + j) * NKV + kvh) * HD;
+                    s[j] = 0.0;
+                    for (int d = 0; d < HD; d++) s[j] += (double)qt[d] * kj[d];
+                    s[j] *= scale;
+                    if (s[j] > mx) mx = s[j];
+                }
+                for (int j = lo; j <= t; j++) den += exp(s[j] - mx);
+                den += exp(z[h] - mx);
+                float *ot = out + (((size_t)b * T + t) * NH + h) * HD;
+                for (int d = 0; d < HD; d++) {
+                    double a = 0.0;
+                    for (int j = lo; j <= t; j++)
+                        a += exp(s[j] - mx) / den * v[(((size_t)b * T + j) * NKV + kvh) * HD + d];
+                    ot[d] = (float)a;
+                }
+            }
+    free(s);
+}
+
+/* the oracle's L = sum(dout * out) */
+static double sink_loss(const float *dout, const float *q, const float *k, const float *v, const float *z,
+                        const int32_t *ks, int B, int T, int NH, int NKV, int HD, float scale, float *tmp) {
+    naive_sink_attention(tmp, q, k, v, z, ks, B, T, NH, NKV, HD, scale);
+    double L = 0.0;
+    for (size_t j = 0; j < (size_t)B * T * NH * HD; j++) L += (double)dout[j] * tmp[j];
+    return L;
+}
+
+/* The reference sink ops against the oracle (forward; finite differences of the backward for q, k, v and
+ * every sink, the single-key first queries of each row included; the decode of each row's last token),
+ * then every backend against the reference. */
+static void sink_attention(int B, int T, int NH, int NKV, int HD, const int32_t *ks, float scale) {
+    const size_t nq = (size_t)B * T * NH * HD, nk = (size_t)B * T * NKV * HD, nl = (size_t)B * NH * T;
+    float *q = tu_frand(nq, -2, 2), *k = tu_frand(nk, -2, 2), *v = tu_frand(nk, -1, 1), *dout = tu_frand(nq, -1, 1);
+    float *z = tu_frand((size_t)NH, -1, 3); /* sinks of the scores' size: each takes a real share */
+    float *want = tu_fnew(nq), *o = tu_fnew(nq), *l = tu_fnew(nl), *tmp = tu_fnew(nq);
+    float *dq = tu_fnew(nq), *dk = tu_fnew(nk), *dv = tu_fnew(nk), *dz = tu_fconst((size_t)NH, 0.0f);
+    naive_sink_attention(want, q, k, v, z, ks, B, T, NH, NKV, HD, scale);
+    lt_ref_attention_forward(o, l, q, k, v, ks, B, T, NH, NKV, HD, scale);
+    lt_ref_attention_sink_forward(o, l, z, B, T, NH, HD);
+    TU_CLOSE_F(o, want, nq, 1e-5, 1e-7, "reference sink attention vs its definition");
+    lt_ref_attention_backward(dq, dk, dv, dout, q, k, v, o, l, ks, B, T, NH, NKV, HD, scale, NULL);
+    lt_ref_attention_sink_backward(dz, dq, dk, dout, q, k, o, l, z, ks, B, T, NH, NKV, HD, scale);
+    struct {
+        float *x, *g;
+        size_t n, stride;
+        const char *name;
+    } probes[] = {{q, dq, nq, 37, "dq"},
+                  {k, dk, nk, 37, "dk"},
+                  {v, dv, nk, 37, "dv"},
+                  {z, dz, (size_t)NH, 1, "dsinks"},
+                  /* row 0, token 0 sees one key: its dq and dk come from the sink alone */
+                  {q, dq, (size_t)NH * HD, 3, "dq (single key)"},
+                  {k, dk, (size_t)NKV * HD, 3, "dk (single key)"}};
+    for (int pi = 0; pi < 6; pi++)
+        for (size_t i = 0; i < probes[pi].n; i += probes[pi].stride) {
+            const float orig = probes[pi].x[i], h = 1e-2f;
+            probes[pi].x[i] = orig + h;
+            const double lp = sink_loss(dout, q, k, v, z, ks, B, T, NH, NKV, HD, scale, tmp);
+            probes[pi].x[i] = orig - h;
+            const double lm = sink_loss(dout, q, k, v, z, ks, B, T, NH, NKV, HD, scale, tmp);
+            probes[pi].x[i] = orig;
+            const double fd = (lp - lm) / (2.0 * h);
+            ck_assert_msg(fabs(fd - probes[pi].g[i]) <= 2e-3 + 2e-2 * fabs(fd), "sink %s[%zu]: %g vs fd %g",
+                          probes[pi].name, i, probes[pi].g[i], fd);
+        }
+    /* decode of each row's last token over its keys kv_start .. T-1 == that row of the forward */
+    const size_t nd = (size_t)B * NH * HD;
+    int32_t *d0 = malloc((size_t)B * sizeof *d0), *dT = malloc((size_t)B * sizeof *dT);
+    float *ql = tu_fnew(nd), *od = tu_fnew(nd), *wl = tu_fnew(nd);
+    for (int b = 0; b < B; b++) {
+        d0[b] = lt_att_kv_lo(ks + (size_t)b * T, T - 1);
+        dT[b] = T;
+        memcpy(ql + (size_t)b * NH * HD, q + ((size_t)b * T + T - 1) * NH * HD, (size_t)NH * HD * 4);
+        memcpy(wl + (size_t)b * NH * HD, want + ((size_t)b * T + T - 1) * NH * HD, (size_t)NH * HD * 4);
+    }
+    lt_ref_attention_sink_decode(od, ql, k, v, d0, dT, z, B, T, NH, NKV, HD, scale);
+    TU_CLOSE_F(od, wl, nd, 1e-5, 1e-7, "reference sink decode vs its definition");
+    FOR_BE_ALL {
+        float *dq_ = dput(q, nq), *dk_ = dput(k, nk), *dv_ = dput(v, nk), *ddo = dput(dout, nq), *dzs = dput(z, NH);
+        int32_t *dks = dputi(ks, (size_t)B * T);
+        float *dof = dnan(nq), *dlf = dnan(nl), *gq = dnan(nq), *gk = dnan(nk), *gv = dnan(nk);
+        float *gz = dput(dz, NH); /* accumulates: starts from the reference's value, so doubles it */
+        float *scr = dnan(OPS->attention_backward_scratch(BE, B, T, NH, HD) + 1);
+        OPS->attention_forward(BE, dof, dlf, dq_, dk_, dv_, dks, B, T, NH, NKV, HD, scale);
+        OPS->attention_sink_forward(BE, dof, dlf, dzs, B, T, NH, HD);
+        float *of = hget(dof, nq), *lf = hget(dlf, nl);
+        CLOSE(of, o, nq, TOL(1e-5), "sink attention out T=%d", T);
+        CLOSE(lf, l, nl, TOL(1e-5), "sink attention lse T=%d", T);
+        OPS->attention_backward(BE, gq, gk, gv, ddo, dq_, dk_, dv_, dof, dlf, dks, B, T, NH, NKV, HD, scale, scr);
+        OPS->attention_sink_backward(BE, gz, gq, gk, ddo, dq_, dk_, dof, dlf, dzs, dks, B, T, NH, NKV, HD, scale);
+        float *dqf = hget(gq, nq), *dkf = hget(gk, nk), *dvf = hget(gv, nk), *dzf = hget(gz, NH);
+        for (int h = 0; h < NH; h++) dzf[h] *= 0.5f;
+        CLOSE_F(dqf, dq, nq, TOL(1e-5), 1e-6, "sink dq T=%d", T);
+        CLOSE_F(dkf, dk, nk, TOL(1e-5), 1e-6, "sink dk T=%d", T);
+        CLOSE_F(dvf, dv, nk, TOL(1e-5), 1e-6, "sink dv T=%d", T);
+        CLOSE_F(dzf, dz, NH, TOL(1e-5), 1e-6, "sink dsinks T=%d", T);
+        float *dql = dput(ql, nd), *dod = dnan(nd);
+        int32_t *dd0 = dputi(d0, (size_t)B), *ddT = dputi(dT, (size_t)B);
+        OPS->attention_sink_decode(BE, dod, dql, dk_, dv_, dd0, ddT, dzs, B, T, NH, NKV, HD, scale);
+        float *odf = hget(dod, nd);
+        CLOSE(odf, od, nd, TOL(1e-5), "sink decode T=%d", T);
+        SYNC_OK("sink attention");
+        free(of);
+        free(lf);
+        free(dqf);
+        free(dkf);
+        free(dvf);
+        free(dzf);
+        free(odf);
+        float *dp[] = {dq_, dk_, dv_, ddo, dzs, dof, dlf, gq, gk, gv, gz, scr, dql, dod};
+        for (size_t i = 0; i < sizeof dp / sizeof *dp; i++) dfree(dp[i]);
+        dfree(dks);
+        dfree(dd0);
+        dfree(ddT);
+    }
+    float *hp[] = {q, k, v, dout, z, want, o, l, tmp, dq, dk, dv, dz, ql, od, wl};
+    for (size_t i = 0; i < sizeof hp / sizeof *hp; i++) free(hp[i]);
+    free(d0);
+    free(dT);
+}
+START_TEST(test_attention_sink) {
+    int32_t ks[14]; /* row 0: a window of 3; row 1: two packed sequences */
+    for (int i = 0; i < 14; i++) ks[i] = i < 7 ? (i % 7 > 2 ? i % 7 - 2 : 0) : (i % 7 >= 4 ? 4 : 0);
+    sink_attention(2, 7, 4, 2, 8, ks, 0.4f);
+    int32_t ks2[40];
+    make_kv_start(ks2, 1, 40, 2);
+    sink_attention(1, 40, 4, 1, 64, ks2, 0.125f);
+}
+END_TEST
+
 /* The function-pointer slots of lt_backend_ops, in declaration order. The static assertion fails the
  * build when backend.h gains or loses a slot and this list does not; test_every_slot_has_a_case then
  * fails until a case covers the new slot. */
@@ -2897,8 +3099,13 @@ static const struct {
     SLOT(attention_softcap_forward),
     SLOT(attention_softcap_backward),
     SLOT(attention_softcap_decode),
+    SLOT(attention_sink_forward),
+    SLOT(attention_sink_backward),
+    SLOT(attention_sink_decode),
     SLOT(swiglu_forward),
     SLOT(swiglu_backward),
+    SLOT(swiglu_clamp_forward),
+    SLOT(swiglu_clamp_backward),
     SLOT(bias_add),
     SLOT(bias_backward),
     SLOT(dora_norm),
@@ -3039,7 +3246,10 @@ static Suite *backend_ops_suite(void) {
     CASE(ops, test_attention_decode, 1, S(attention_decode), S(attention_softcap_decode));
     CASE(ops, test_attention_softcap, 1, S(attention_softcap_forward), S(attention_softcap_backward),
          S(attention_softcap_decode));
+    CASE(ops, test_attention_sink, 1, S(attention_sink_forward), S(attention_sink_backward), S(attention_sink_decode),
+         S(attention_forward), S(attention_backward));
     CASE(ops, test_swiglu, 1, S(swiglu_forward), S(swiglu_backward));
+    CASE(ops, test_swiglu_clamp, 1, S(swiglu_clamp_forward), S(swiglu_clamp_backward));
     CASE(ops, test_geglu, 1, S(geglu_forward), S(geglu_backward));
     CASE(ops, test_bias, 1, S(bias_add), S(bias_backward));
     CASE(ops, test_softcap, 1, S(softcap_forward), S(softcap_backward));

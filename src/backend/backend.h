@@ -201,12 +201,43 @@ typedef struct lt_backend_ops {
                                      const float *vcache, const int32_t *kv_start, const int32_t *kv_len, int B,
                                      int S_cap, int NH, int NKV, int HD, float scale, float softcap);
 
+    /* ---- attention sinks (gpt-oss) ------------------------------------------------------------- */
+    /* A sink is one learned logit per head that joins the softmax denominator and is attended to by
+     * nothing: p_tj = exp(s_tj) / (sum_i exp(s_ti) + exp(sinks[h])). It is applied to a finished
+     * attention_forward, in place: lse' = log(exp(lse) + exp(sinks[h])), out *= exp(lse - lse'), lse = lse'.
+     * out (B,T,NH,HD), lse (B,NH,T), sinks (NH). */
+    void (*attention_sink_forward)(lt_backend *be, float *out, float *lse, const float *sinks, int B, int T, int NH,
+                                   int HD);
+    /* attention_backward given out', lse' of attention_sink_forward is the gradient of the sink attention
+     * for every query that sees two keys or more (its p and D come from them); this op runs after it and
+     * adds the rest. With w_t = exp(sinks[h] - lse'_t) (dout_t . out'_t) per query t and head h:
+     * dsinks[h] ACCUMULATES -sum_{b,t} w_t (NULL: not wanted); a query that sees a single key (to which
+     * attention_backward gave exactly 0) gets its score gradient ds = w_t: dq_t += scale w_t k_t,
+     * dk_t += scale w_t q_t (its kv head). dq, dout, q, out (B,T,NH,HD); dk, k (B,T,NKV,HD). */
+    void (*attention_sink_backward)(lt_backend *be, float *dsinks, float *dq, float *dk, const float *dout,
+                                    const float *q, const float *k, const float *out, const float *lse,
+                                    const float *sinks, const int32_t *kv_start, int B, int T, int NH, int NKV, int HD,
+                                    float scale);
+    /* attention_decode with sinks[h] in each head's denominator (the same shapes and ranges; an empty
+     * range gives out 0). */
+    void (*attention_sink_decode)(lt_backend *be, float *out, const float *q, const float *kcache, const float *vcache,
+                                  const int32_t *kv_start, const int32_t *kv_len, const float *sinks, int B, int S_cap,
+                                  int NH, int NKV, int HD, float scale);
+
     /* ---- SwiGLU: out = silu(gate) * up -------------------------------------------------------- */
     /* out, gate, up (N,I) */
     void (*swiglu_forward)(lt_backend *be, float *out, const float *gate, const float *up, size_t n);
     /* dgate, dup (N,I) assigned; dout (N,I). dgate/dup may alias gate/up (in place). */
     void (*swiglu_backward)(lt_backend *be, float *dgate, float *dup, const float *dout, const float *gate,
                             const float *up, size_t n);
+
+    /* ---- gpt-oss's clamped SwiGLU: out = (u + 1) g sigmoid(alpha g), g = min(gate, limit), u = up
+     * clamped to [-limit, limit] (transformers' GptOssExperts._apply_gate); the gradient passes a clamp
+     * where its input lies inside the bounds, ends included (torch.clamp). Shapes and aliasing as SwiGLU. */
+    void (*swiglu_clamp_forward)(lt_backend *be, float *out, const float *gate, const float *up, size_t n, float alpha,
+                                 float limit);
+    void (*swiglu_clamp_backward)(lt_backend *be, float *dgate, float *dup, const float *dout, const float *gate,
+                                  const float *up, size_t n, float alpha, float limit);
 
     /* ---- bias of a linear layer (Qwen2 q/k/v, attention_bias / mlp_bias) ----------------------- */
     /* y (N,C) += b (C) broadcast over rows */
