@@ -197,6 +197,77 @@ START_TEST(test_no_weights) {
 }
 END_TEST
 
+/* gptoss-mxfp4 (make_moe_models.py: experts as MXFP4 blocks / scales) copied to a temp dir with layer 0's
+ * gate_up_proj MXFP4 tensors altered: `drop` one of them left out, or `name` replaced by (dtype, shape, data),
+ * or (scale_byte >= 0) its first scale set to that byte. */
+static void copy_mxfp4(char *out, size_t len, const char *drop, const lt_st_entry *repl, int scale_byte) {
+    char src[1024], a[1200], b[1200];
+    snprintf(src, sizeof src, "%s/models/gptoss-mxfp4", LT_TEST_DATA_DIR);
+    tu_tempdir(out, len);
+    snprintf(a, sizeof a, "%s/config.json", src);
+    snprintf(b, sizeof b, "%s/config.json", out);
+    tu_copy_file(a, b);
+    snprintf(a, sizeof a, "%s/model.safetensors", src);
+    snprintf(b, sizeof b, "%s/model.safetensors", out);
+    lt_error err;
+    lt_st_file *f = NULL;
+    ck_assert_int_eq(lt_st_open(a, 1, &f, &err), LT_OK);
+    const int n = lt_st_count(f);
+    lt_st_entry *e = calloc((size_t)n, sizeof *e);
+    void *patched = NULL;
+    int k = 0;
+    for (int i = 0; i < n; i++) {
+        const lt_st_tensor *t = &lt_st_tensors(f)[i];
+        if (drop && !strcmp(t->name, drop)) continue;
+        e[k] = (lt_st_entry){.name = t->name, .dtype = t->dtype, .ndim = t->ndim, .data = t->data};
+        memcpy(e[k].shape, t->shape, sizeof t->shape);
+        if (repl && !strcmp(t->name, repl->name)) e[k] = *repl;
+        if (scale_byte >= 0 && !strcmp(t->name, "model.layers.0.mlp.experts.gate_up_proj_scales")) {
+            patched = malloc((size_t)t->nbytes);
+            memcpy(patched, t->data, (size_t)t->nbytes);
+            ((unsigned char *)patched)[0] = (unsigned char)scale_byte;
+            e[k].data = patched;
+        }
+        k++;
+    }
+    ck_assert_int_eq(lt_st_write(b, e, k, NULL, &err), LT_OK);
+    free(patched);
+    free(e);
+    lt_st_close(f);
+}
+
+/* Hostile MXFP4 expert tensors (gpt-oss) give a clear status naming the tensor: a missing half of a pair, a
+ * wrong dtype or shape, a scale past the float range (Inf weights), a truncated file. The intact copy loads. */
+START_TEST(test_malformed_mxfp4) {
+    char dir[512], msg[1024], p[600];
+    static const char *const blocks = "model.layers.0.mlp.experts.gate_up_proj_blocks";
+    copy_mxfp4(dir, sizeof dir, NULL, NULL, -1);
+    ck_assert_msg(load_status(dir, msg, sizeof msg) == LT_OK, "%s", msg);
+    copy_mxfp4(dir, sizeof dir, "model.layers.0.mlp.experts.gate_up_proj_scales", NULL, -1);
+    ck_assert_int_eq(load_status(dir, msg, sizeof msg), LT_ERR_MISSING);
+    ck_assert_msg(strstr(msg, "model.layers.0.mlp.experts.gate_up_proj") && strstr(msg, "_scales"), "%s", msg);
+    static const float f[16] = {0};
+    lt_st_entry wrong = {.name = blocks, .dtype = LT_DT_F32, .ndim = 1, .shape = {16}, .data = f};
+    copy_mxfp4(dir, sizeof dir, NULL, &wrong, -1);
+    ck_assert_int_eq(load_status(dir, msg, sizeof msg), LT_ERR_SHAPE);
+    ck_assert_msg(strstr(msg, "gate_up_proj") && strstr(msg, "MXFP4"), "%s", msg);
+    static const unsigned char u[3 * 64 * 2 * 8] = {0}; /* half the groups per row: (3, 64, 2, 8) for (3, 64, 2, 16) */
+    lt_st_entry narrow = {.name = blocks, .dtype = LT_DT_U8, .ndim = 4, .shape = {3, 64, 2, 8}, .data = u};
+    copy_mxfp4(dir, sizeof dir, NULL, &narrow, -1);
+    ck_assert_int_eq(load_status(dir, msg, sizeof msg), LT_ERR_SHAPE);
+    ck_assert_msg(strstr(msg, "gate_up_proj_blocks"), "%s", msg);
+    copy_mxfp4(dir, sizeof dir, NULL, NULL, 255); /* 2^128: Inf */
+    ck_assert_int_eq(load_status(dir, msg, sizeof msg), LT_ERR_NUMERIC);
+    ck_assert_msg(strstr(msg, "gate_up_proj"), "%s", msg);
+    copy_mxfp4(dir, sizeof dir, NULL, NULL, -1);
+    snprintf(p, sizeof p, "%s/model.safetensors", dir);
+    struct stat sb;
+    ck_assert_int_eq(stat(p, &sb), 0);
+    ck_assert_int_eq(truncate(p, sb.st_size - 100), 0);
+    ck_assert_int_eq(load_status(dir, msg, sizeof msg), LT_ERR_TRUNCATED);
+}
+END_TEST
+
 START_TEST(test_bad_token_ids) {
     char dir[1024];
     snprintf(dir, sizeof dir, "%s/models/llama-basic", LT_TEST_DATA_DIR);
@@ -320,6 +391,7 @@ static Suite *suite(void) {
     tcase_add_test(bad, test_missing_tensor);
     tcase_add_test(bad, test_truncated_weights);
     tcase_add_test(bad, test_no_weights);
+    tcase_add_test(bad, test_malformed_mxfp4);
     tcase_add_test(bad, test_bad_token_ids);
     tcase_add_test(bad, test_api_basics);
     suite_add_tcase(s, bad);

@@ -6,8 +6,9 @@
  *
  * Goldens: tests/python/make_moe_models.py writes LT_TEST_DATA_DIR/models/<name>/ (random checkpoints saved
  * by transformers: 5 / 7 / 9 experts, top-2 / top-1 / top-4, norm_topk_prob off and on, dense layers by
- * mlp_only_layers and decoder_sparse_step, skewed routers leaving experts without a token). Tolerance 1e-4
- * relative (max abs error over max abs reference), as in test_families.c.
+ * mlp_only_layers and decoder_sparse_step, skewed routers leaving experts without a token; gpt-oss with
+ * attention sinks, alternating sliding / full layers, YaRN, biased router and experts, clamped SwiGLU).
+ * Tolerance 1e-4 relative (max abs error over max abs reference), as in test_families.c.
  */
 #include <check.h>
 #include <math.h>
@@ -19,8 +20,11 @@
 #include "loratune_experimental.h"
 #include "test_util.h"
 
-static const char *const models[] = {"qwen3moe-e5k2", "qwen3moe-e7k1", "qwen3moe-e9k4", "mixtral-e3k2", "mixtral-e6k1"};
+static const char *const models[] = {"qwen3moe-e5k2", "qwen3moe-e7k1", "qwen3moe-e9k4", "mixtral-e3k2",
+                                     "mixtral-e6k1",  "gptoss-e5k2",   "gptoss-e3k1",   "gptoss-e7k4"};
 #define N_MODELS ((int)(sizeof models / sizeof *models))
+/* the models before this index are Qwen3-MoE and Mixtral (tcase "qwen3moe"), the others gpt-oss ("gptoss") */
+#define N_QWEN_MIXTRAL 5
 
 static lt_model *load_model(lt_context *ctx, const char *name, char *dir, size_t len) {
     snprintf(dir, len, "%s/models/%s", LT_TEST_DATA_DIR, name);
@@ -101,6 +105,17 @@ START_TEST(test_moe_logits_loss_aux) {
     ck_assert_msg(fabs(loss - want) <= 1e-4 * fabs(want), "%s loss %.8f vs transformers %.8f", models[_i], loss, want);
     ck_assert_msg(fabs(aux - want_aux) <= 1e-4 * fabs(want_aux), "%s aux_loss %.8f vs transformers %.8f", models[_i],
                   aux, want_aux);
+    /* the RoPE table (YaRN for gpt-oss) as transformers computes it in float32, and the factor on cos / sin */
+    const lt_st_tensor *inv = need(g, "inv_freq");
+    ck_assert_int_eq(inv->numel, m->rot_dim / 2);
+    float *mine = malloc((size_t)inv->numel * sizeof *mine);
+    m->be->ops->download(m->be, mine, m->inv_freq, (size_t)inv->numel * sizeof *mine);
+    const double rel_f = tu_max_rel_err(mine, inv->data, (size_t)inv->numel);
+    ck_assert_msg(rel_f <= 1e-6, "%s inv_freq differs from transformers' by %.3g relative", models[_i], rel_f);
+    const float want_s = *(const float *)need(g, "attention_scaling")->data;
+    ck_assert_msg(fabsf(m->rope_mscale - want_s) <= 1e-6f * want_s, "%s attention scaling %.8f vs transformers %.8f",
+                  models[_i], m->rope_mscale, want_s);
+    free(mine);
     lt_st_close(g);
     lt_model_free(m);
     lt_context_free(ctx);
@@ -108,11 +123,14 @@ START_TEST(test_moe_logits_loss_aux) {
 END_TEST
 
 /* ours (E, out, r) -> PEFT's (out, r * E), expert e's column j at j * E + e (written independently of
- * peft.c's conversion) */
-static void to_peft_b(float *dst, const float *src, int E, int out, int r) {
+ * peft.c's conversion); interleaved (gpt-oss's gate_up): PEFT's row 2i is our gate row i, 2i + 1 our up row i */
+static void to_peft_b(float *dst, const float *src, int E, int out, int r, int interleaved) {
     for (int e = 0; e < E; e++)
-        for (int o = 0; o < out; o++)
-            for (int j = 0; j < r; j++) dst[(size_t)o * r * E + (size_t)j * E + e] = src[((size_t)e * out + o) * r + j];
+        for (int o = 0; o < out; o++) {
+            const int po = interleaved ? (o < out / 2 ? 2 * o : 2 * (o - out / 2) + 1) : o;
+            for (int j = 0; j < r; j++)
+                dst[(size_t)po * r * E + (size_t)j * E + e] = src[((size_t)e * out + o) * r + j];
+        }
 }
 
 static int compare_grads(const lt_adapter *a, const lt_st_file *f, const char *what) {
@@ -146,7 +164,8 @@ static int compare_grads(const lt_adapter *a, const lt_st_file *f, const char *w
                 const lt_st_tensor *t = need(f, key);
                 const float *mine = h + (lo->dA - a->grads);
                 if (isB) {
-                    to_peft_b(tmp, h + (lo->dB - a->grads), (int)c->num_experts, o, a->p.rank);
+                    to_peft_b(tmp, h + (lo->dB - a->grads), (int)c->num_experts, o, a->p.rank,
+                              k == 0 && c->arch == LT_ARCH_GPT_OSS);
                     mine = tmp;
                 }
                 ck_assert_int_eq(t->numel, (int64_t)c->num_experts * a->p.rank * (isB ? o : in));
@@ -239,8 +258,9 @@ END_TEST
 /* A LoRA we create on attention and experts, trained two steps, saved: PeftModel loads it and gives our
  * logits, and the merged export loads in transformers with the same logits
  * (tests/python/check_peft_roundtrip.py, 1e-4); the adapter loads back here bit for bit. */
-/* one Python round trip per case (the CI budget): Qwen3-MoE both expert kinds, down only; Mixtral both */
-static const int roundtrip_models[] = {0, 1, 3};
+/* one Python round trip per case (the CI budget): Qwen3-MoE both expert kinds, down only; Mixtral both;
+ * gpt-oss both (fused (in, out) experts in the merged export, gate / up alternating) */
+static const int roundtrip_models[] = {0, 1, 3, 5};
 
 START_TEST(test_moe_peft_roundtrip) {
     const char *py = getenv("LORATUNE_REF_PYTHON");
@@ -486,32 +506,103 @@ START_TEST(test_moe_adapter_rules) {
 }
 END_TEST
 
-/* Families not supported yet fail with a message naming the architecture (gpt-oss: issue 19, open). */
-START_TEST(test_moe_unsupported_arch) {
-    static const char cfg[] = "{\"architectures\": [\"GptOssForCausalLM\"], \"model_type\": \"gpt_oss\"}";
+/* gpt-oss with MXFP4 experts (the release checkpoints' layout), dequantized on load: logits and loss of
+ * transformers loading the same file with Mxfp4Config(dequantize=True), 1e-4. */
+START_TEST(test_gptoss_mxfp4) {
+    char dir[1024];
+    lt_context *ctx = tu_context();
+    lt_model *m = load_model(ctx, "gptoss-mxfp4", dir, sizeof dir);
+    lt_st_file *g = open_golden(dir, "golden.safetensors");
+    lt_batch b;
+    batch_of(&b, g);
+    const size_t n = (size_t)b.n_rows * b.seq_len * m->cfg.vocab_size;
+    float *out = malloc(n * sizeof *out);
+    ck_assert_msg(lt_model_logits(m, NULL, &b, out, n) == LT_OK, "%s", lt_model_last_error(m));
+    const double rel = tu_max_rel_err(out, need(g, "logits")->data, n);
+    ck_assert_msg(rel <= 1e-4, "gptoss-mxfp4 logits: max error %.3g relative (tolerance 1e-4)", rel);
+    free(out);
+    double aux, loss = run(m, NULL, &b, 0, 0, &aux), want = *(const float *)need(g, "loss")->data;
+    ck_assert_msg(fabs(loss - want) <= 1e-4 * fabs(want), "gptoss-mxfp4 loss %.8f vs transformers %.8f", loss, want);
+    lt_st_close(g);
+    lt_model_free(m);
+    lt_context_free(ctx);
+}
+END_TEST
+
+/* GptOssConfig's defaults (configuration_gpt_oss.py) from a config.json that gives only the sizes */
+START_TEST(test_gptoss_config_defaults) {
+    static const char cfg[] = "{\"architectures\": [\"GptOssForCausalLM\"], \"vocab_size\": 10, \"hidden_size\": 64, "
+                              "\"intermediate_size\": 16, \"num_hidden_layers\": 4, \"num_attention_heads\": 4, "
+                              "\"num_key_value_heads\": 2}";
     lt_model_config c;
     lt_error err;
     lt_error_clear(&err);
-    ck_assert_int_eq(lt_config_parse(cfg, sizeof cfg - 1, "config.json", &c, &err), LT_ERR_ARCH);
-    ck_assert_msg(strstr(err.msg, "GptOssForCausalLM") && strstr(err.msg, "Qwen3MoeForCausalLM") &&
-                      strstr(err.msg, "MixtralForCausalLM"),
-                  "%s", err.msg);
+    ck_assert_msg(lt_config_parse(cfg, sizeof cfg - 1, "config.json", &c, &err) == LT_OK, "%s", err.msg);
+    ck_assert_int_eq(c.arch, LT_ARCH_GPT_OSS);
+    ck_assert_int_eq(c.head_dim, 64);
+    ck_assert(c.attn_sinks && c.moe_bias && c.num_experts == 128 && c.num_experts_per_tok == 4 && c.norm_topk_prob);
+    ck_assert_int_eq(c.moe_intermediate_size, 16);
+    ck_assert_int_eq(c.n_moe_layers, 4);
+    ck_assert_uint_eq(c.bias_mask, 0xFu); /* attention_bias true: q, k, v, o */
+    ck_assert(c.swiglu_alpha == 1.702 && c.swiglu_limit == 7.0 && c.rms_norm_eps == 1e-5);
+    ck_assert(c.rope_theta == 150000.0 && c.rope_type == LT_ROPE_YARN && c.rope_factor == 32.0);
+    ck_assert(c.rope_beta_fast == 32.0 && c.rope_beta_slow == 1.0 && !c.rope_truncate);
+    ck_assert_int_eq(c.rope_original_max_position_embeddings, 4096);
+    ck_assert(fabs(c.rope_attention_factor - (0.1 * log(32.0) + 1.0)) < 1e-12);
+    ck_assert_int_eq(c.sliding_window, 128);
+    for (int l = 0; l < 4; l++) ck_assert_int_eq(c.layer_sliding[l], l % 2 == 0); /* sliding, full, ... */
+}
+END_TEST
+
+/* gpt-oss: GGUF export refuses with a message naming the architecture (llama.cpp's gpt-oss graph is not
+ * written); rope_type yarn is refused on another family. */
+START_TEST(test_gptoss_refusals) {
+    char dir[1024], root[512], out[700];
+    lt_context *ctx = tu_context();
+    lt_model *m = load_model(ctx, "gptoss-e5k2", dir, sizeof dir);
+    ck_assert_int_eq(m->cfg.arch, LT_ARCH_GPT_OSS);
+    tu_tempdir(root, sizeof root);
+    snprintf(out, sizeof out, "%s/model.gguf", root);
+    lt_gguf_params gp;
+    lt_gguf_params_init(&gp, sizeof gp);
+    ck_assert_int_ne(lt_model_export_gguf(m, NULL, out, &gp), LT_OK);
+    ck_assert_msg(strstr(lt_model_last_error(m), "GptOssForCausalLM"), "%s", lt_model_last_error(m));
+    lt_model_free(m);
+    static const char cfg[] = "{\"architectures\": [\"LlamaForCausalLM\"], \"rope_scaling\": {\"rope_type\": \"yarn\", "
+                              "\"factor\": 4, \"original_max_position_embeddings\": 64}}";
+    lt_model_config c;
+    lt_error err;
+    lt_error_clear(&err);
+    ck_assert_int_eq(lt_config_parse(cfg, sizeof cfg - 1, "config.json", &c, &err), LT_ERR_UNSUPPORTED);
+    ck_assert_msg(strstr(err.msg, "yarn"), "%s", err.msg);
+    lt_context_free(ctx);
 }
 END_TEST
 
 Suite *moe_suite(void) {
     Suite *s = suite_create("moe");
-    TCase *tc = tcase_create("qwen3moe");
+    TCase *tc = tcase_create("qwen3moe"); /* Qwen3-MoE and Mixtral */
     tcase_set_timeout(tc, 600);
-    tcase_add_loop_test(tc, test_moe_logits_loss_aux, 0, N_MODELS);
-    tcase_add_loop_test(tc, test_moe_lora_gradients, 0, N_MODELS);
-    tcase_add_loop_test(tc, test_moe_generate_matches_transformers, 0, N_MODELS);
-    tcase_add_loop_test(tc, test_moe_peft_roundtrip, 0, (int)(sizeof roundtrip_models / sizeof *roundtrip_models));
-    tcase_add_loop_test(tc, test_moe_qlora_experts, 0, N_MODELS);
-    tcase_add_loop_test(tc, test_moe_bf16_base, 0, N_MODELS);
+    tcase_add_loop_test(tc, test_moe_logits_loss_aux, 0, N_QWEN_MIXTRAL);
+    tcase_add_loop_test(tc, test_moe_lora_gradients, 0, N_QWEN_MIXTRAL);
+    tcase_add_loop_test(tc, test_moe_generate_matches_transformers, 0, N_QWEN_MIXTRAL);
+    tcase_add_loop_test(tc, test_moe_peft_roundtrip, 0, 3);
+    tcase_add_loop_test(tc, test_moe_qlora_experts, 0, N_QWEN_MIXTRAL);
+    tcase_add_loop_test(tc, test_moe_bf16_base, 0, N_QWEN_MIXTRAL);
     tcase_add_test(tc, test_moe_adapter_rules);
-    tcase_add_test(tc, test_moe_unsupported_arch);
     suite_add_tcase(s, tc);
+    TCase *go = tcase_create("gptoss"); /* gpt-oss (CK_RUN_CASE=gptoss runs these alone) */
+    tcase_set_timeout(go, 600);
+    tcase_add_loop_test(go, test_moe_logits_loss_aux, N_QWEN_MIXTRAL, N_MODELS);
+    tcase_add_loop_test(go, test_moe_lora_gradients, N_QWEN_MIXTRAL, N_MODELS);
+    tcase_add_loop_test(go, test_moe_generate_matches_transformers, N_QWEN_MIXTRAL, N_MODELS);
+    tcase_add_loop_test(go, test_moe_peft_roundtrip, 3, 4);
+    tcase_add_loop_test(go, test_moe_qlora_experts, N_QWEN_MIXTRAL, N_MODELS);
+    tcase_add_loop_test(go, test_moe_bf16_base, N_QWEN_MIXTRAL, N_MODELS);
+    tcase_add_test(go, test_gptoss_mxfp4);
+    tcase_add_test(go, test_gptoss_refusals);
+    tcase_add_test(go, test_gptoss_config_defaults);
+    suite_add_tcase(s, go);
     return s;
 }
 

@@ -121,7 +121,18 @@ static inline int lt_init_is_decomposed(lt_lora_init init) { return init == LT_I
  * tied. The data of each, on the host in f32, comes from lt_export_tensor_data: the adapter's trained
  * copies where it holds them; a linear module dequantized, then merged with `delta` (when not NULL) or
  * with the adapter's own LoRA / DoRA (when not merged already). */
-typedef enum lt_xt_kind { LT_XT_PLAIN, LT_XT_MODULE, LT_XT_HEAD, LT_XT_EXPERT } lt_xt_kind;
+/* LT_XT_FUSED (gpt-oss): the experts' gate_up_proj (E, H, 2I) / down_proj (E, I, H) as transformers stores
+ * them, (in, out) with gate / up in alternate columns, made of the LT_XT_EXPERT weights; LT_XT_FUSED_BIAS:
+ * gate_up_proj_bias (E, 2I) alternating likewise. Their shape here is (E, in * out) / (E, 2I); dims3 is the
+ * stored 3-D shape. */
+typedef enum lt_xt_kind {
+    LT_XT_PLAIN,
+    LT_XT_MODULE,
+    LT_XT_HEAD,
+    LT_XT_EXPERT,
+    LT_XT_FUSED,
+    LT_XT_FUSED_BIAS
+} lt_xt_kind;
 typedef struct lt_xtensor {
     char name[96];   /* "model.layers.3.self_attn.q_proj.weight"                   */
     lt_xt_kind kind; /* PLAIN: a device f32 tensor; MODULE: a linear module; HEAD  */
@@ -132,6 +143,7 @@ typedef struct lt_xtensor {
     int64_t shape[2]; /* (out, in), or (n, 1) when ndim is 1                      */
     int norm;         /* a norm weight                                            */
     int expert;       /* EXPERT: expert e's projection proj (P_GATE, P_UP, P_DOWN) of an MoE layer */
+    int64_t dims3[3]; /* FUSED: (E, in, out) as stored (ndim 3)                    */
 } lt_xtensor;
 
 /* What is added to a linear module's weight W (out, in), row-major, when it is exported. */

@@ -465,6 +465,7 @@ LT_API lt_status lt_adapter_extract(lt_model *base, lt_model *tuned, const lt_ex
     size_t maxn = 0, maxd = 0;
     for (int i = 0; i < nb && st == LT_OK; i++) {
         if ((size_t)(xb[i].shape[0] * xb[i].shape[1]) > maxn) maxn = (size_t)(xb[i].shape[0] * xb[i].shape[1]);
+        if (xb[i].kind != LT_XT_MODULE) continue; /* A, B: only modules are refactored */
         if ((size_t)xb[i].shape[0] > maxd) maxd = (size_t)xb[i].shape[0];
         if ((size_t)xb[i].shape[1] > maxd) maxd = (size_t)xb[i].shape[1];
     }

@@ -45,7 +45,7 @@ lt_status lt_export_tensors(const lt_model *m, const lt_adapter *a, lt_xtensor *
     const lt_model_config *c = &m->cfg;
     const int L = (int)c->num_hidden_layers;
     const int64_t V = c->vocab_size, H = c->hidden_size;
-    lt_xtensor *v = calloc((size_t)(3 + L * (6 + 2 * P_COUNT) + c->n_moe_layers * (1 + 3 * c->num_experts)), sizeof *v);
+    lt_xtensor *v = calloc((size_t)(3 + L * (7 + 2 * P_COUNT) + c->n_moe_layers * (1 + 3 * c->num_experts)), sizeof *v);
     if (!v) return lt_fail(err, LT_ERR_NOMEM, "export: out of memory");
     int n = 0;
     xt_add(v, &n, LT_XT_PLAIN, lt_view_embed(m, a), V, H, "model.embed_tokens.weight");
@@ -68,7 +68,26 @@ lt_status lt_export_tensors(const lt_model *m, const lt_adapter *a, lt_xtensor *
                        lt_proj_names[q])
                     ->proj = q;
         }
-        if (c->layer_moe[l]) { /* the router and every expert's gate, up, down (checkpoint names) */
+        if (Ly->sinks)
+            xt_add(v, &n, LT_XT_PLAIN, Ly->sinks, c->num_attention_heads, 0, "model.layers.%d.self_attn.sinks", l);
+        if (c->layer_moe[l] && c->arch == LT_ARCH_GPT_OSS) { /* fused (in, out) experts (docs/spec/gpt_oss.md) */
+            const int64_t E = c->num_experts, MI = c->moe_intermediate_size;
+            xt_add(v, &n, LT_XT_PLAIN, Ly->router, E, H, "model.layers.%d.mlp.router.weight", l);
+            xt_add(v, &n, LT_XT_PLAIN, Ly->router_bias, E, 0, "model.layers.%d.mlp.router.bias", l);
+            for (int k = 0; k < 2; k++) {
+                const int64_t in = k ? MI : H, out = k ? H : 2 * MI;
+                lt_xtensor *t = xt_add(v, &n, LT_XT_FUSED, NULL, E, in * out, "model.layers.%d.mlp.experts.%s", l,
+                                       k ? "down_proj" : "gate_up_proj");
+                t->layer = l;
+                t->proj = k ? P_DOWN : P_GATE;
+                t->ndim = 3;
+                t->dims3[0] = E, t->dims3[1] = in, t->dims3[2] = out;
+            }
+            xt_add(v, &n, LT_XT_FUSED_BIAS, Ly->expert_bias, E, 2 * MI, "model.layers.%d.mlp.experts.gate_up_proj_bias",
+                   l);
+            xt_add(v, &n, LT_XT_PLAIN, Ly->expert_bias + (size_t)E * 2 * MI, E, H,
+                   "model.layers.%d.mlp.experts.down_proj_bias", l);
+        } else if (c->layer_moe[l]) { /* the router and every expert's gate, up, down (checkpoint names) */
             const int64_t MI = c->moe_intermediate_size;
             xt_add(v, &n, LT_XT_PLAIN, Ly->router, c->num_experts, H, "model.layers.%d.%s.gate.weight", l,
                    lt_moe_parent(c));
@@ -199,6 +218,39 @@ lt_status lt_export_tensor_data(lt_model *m, const lt_adapter *a, lt_delta_fn de
             (size_t)t->expert * lout * r + (t->proj == P_UP ? (size_t)c->moe_intermediate_size * r : 0);
         return add_product(a, lo->A + (size_t)t->expert * r * lin, lo->B + b_off, o, in, a->scaling, dst, err);
     }
+    if (t->kind == LT_XT_FUSED_BIAS) { /* ours: gate (MI) then up (MI) per expert; stored alternating */
+        const int64_t E = t->shape[0], MI = t->shape[1] / 2;
+        float *h = malloc(n * sizeof *h);
+        if (!h) return lt_fail(err, LT_ERR_NOMEM, "export: out of memory");
+        m->be->ops->download(m->be, h, t->src, n * sizeof(float));
+        for (int64_t e = 0; e < E; e++)
+            for (int64_t o = 0; o < 2 * MI; o++) dst[e * 2 * MI + o] = h[e * 2 * MI + (o % 2) * MI + o / 2];
+        free(h);
+        return LT_OK;
+    }
+    if (t->kind == LT_XT_FUSED) { /* each expert's (out, in) weight(s), merged, into the stored (in, out) slice */
+        const int64_t E = t->dims3[0], in = t->dims3[1], out = t->dims3[2];
+        float *w = malloc((size_t)in * out * sizeof *w);
+        if (!w) return lt_fail(err, LT_ERR_NOMEM, "export: out of memory");
+        lt_status st = LT_OK;
+        for (int64_t e = 0; e < E && st == LT_OK; e++) {
+            const int gate_up = t->proj != P_DOWN, half = (int)(gate_up ? out / 2 : out);
+            for (int part = 0; part < (gate_up ? 2 : 1) && st == LT_OK; part++) {
+                lt_xtensor x = {.kind = LT_XT_EXPERT, .layer = t->layer, .expert = (int)e, .ndim = 2};
+                x.proj = gate_up ? P_GATE + part : P_DOWN;
+                x.shape[0] = half, x.shape[1] = in;
+                st = lt_export_tensor_data(m, a, delta, user, &x, w + (size_t)part * half * in, err);
+            }
+            /* (out, in) rows, gate rows then up rows -> (in, out), gate_up's column 2i gate i, 2i + 1 up i */
+            float *d = dst + (size_t)e * in * out;
+            for (int64_t o = 0; o < out && st == LT_OK; o++) {
+                const int64_t row = gate_up ? (o % 2) * (out / 2) + o / 2 : o;
+                for (int64_t i = 0; i < in; i++) d[i * out + o] = w[row * in + i];
+            }
+        }
+        free(w);
+        return st;
+    }
     if (t->kind == LT_XT_HEAD) { /* dequantized when quantized */
         const lt_weight head = lt_view_lm_head(m, a);
         return lt_weight_download(m, &head, dst, (int)t->shape[0], (int)t->shape[1], err);
@@ -243,6 +295,7 @@ lt_status lt_model_export_into(lt_model *m, const lt_adapter *a, lt_delta_fn del
         e[i].ndim = xt[i].ndim;
         e[i].shape[0] = xt[i].shape[0];
         e[i].shape[1] = xt[i].shape[1];
+        if (xt[i].ndim == 3) memcpy(e[i].shape, xt[i].dims3, sizeof xt[i].dims3); /* gpt-oss's fused experts */
         e[i].data = bufs[i];
     }
     if (st == LT_OK) st = lt_st_write_sharded(dir, e, n, max_shard_bytes, err);

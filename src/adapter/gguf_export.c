@@ -53,7 +53,8 @@ static const char *arch_name(const lt_model_config *c) {
     case LT_ARCH_GEMMA3: /* llama.cpp has these graphs; their GGUF keys and tensor names are not written here */
     case LT_ARCH_SMOLLM3:
     case LT_ARCH_OLMO2:
-    case LT_ARCH_GRANITE: return NULL;
+    case LT_ARCH_GRANITE:
+    case LT_ARCH_GPT_OSS: return NULL;
     }
     return NULL;
 }

@@ -38,16 +38,22 @@ static void ekey_of(char *buf, size_t len, unsigned targets, int inner, int l, i
 }
 
 /* PEFT's lora_B of a 3-D expert parameter is (out, r * E) with expert e's column j at j * E + e; ours
- * is (E, out, r). to_peft 1: ours -> PEFT's. */
-static void expert_b_convert(float *dst, const float *src, int E, int out, int r, int to_peft) {
+ * is (E, out, r). to_peft 1: ours -> PEFT's. interleaved (gpt-oss's gate_up_proj, docs/spec/gpt_oss.md):
+ * PEFT's output row o is the parameter's column o, gate row o / 2 for even o and up row o / 2 for odd o,
+ * ours gate rows then up rows. */
+static void expert_b_convert(float *dst, const float *src, int E, int out, int r, int to_peft, int interleaved) {
     for (int e = 0; e < E; e++)
         for (int o = 0; o < out; o++)
             for (int j = 0; j < r; j++) {
-                size_t ours = ((size_t)e * out + o) * r + j, peft = (size_t)o * r * E + (size_t)j * E + e;
+                const int oo = interleaved ? (o % 2) * (out / 2) + o / 2 : o;
+                size_t ours = ((size_t)e * out + oo) * r + j, peft = (size_t)o * r * E + (size_t)j * E + e;
                 if (to_peft) dst[peft] = src[ours];
                 else dst[ours] = src[peft];
             }
 }
+
+/* expert LoRA k of this model has gate and up in alternate output rows (gpt-oss's gate_up_proj) */
+static int gate_up_interleaved(const lt_model *m, int k) { return k == 0 && m->cfg.arch == LT_ARCH_GPT_OSS; }
 
 /* Download all adapter parameters to a host buffer. */
 static float *params_to_host(const lt_adapter *a) {
@@ -214,7 +220,7 @@ static lt_status adapter_write_peft(lt_adapter *a, const char *dir, lt_error *er
                 e[n].shape[1] = ab ? (int64_t)r * E : in;
                 e[n].data = h + (lo->A - a->params);
                 if (ab) {
-                    expert_b_convert(ebp, h + (lo->B - a->params), E, o, r, 1);
+                    expert_b_convert(ebp, h + (lo->B - a->params), E, o, r, 1, gate_up_interleaved(a->model, k));
                     e[n].data = ebp;
                     ebp += (size_t)E * o * r;
                 }
@@ -765,7 +771,7 @@ LT_API lt_status lt_adapter_load(lt_model *m, const char *dir, lt_adapter **out)
                              lt_dtype_name(t->dtype));
                 goto fail;
             }
-            if (isB) expert_b_convert(dst, tmp, E, o, r, 0);
+            if (isB) expert_b_convert(dst, tmp, E, o, r, 0, gate_up_interleaved(m, k / 2));
             free(tmp);
         }
     for (int k = 0; k < a->n_ptensors; k++) { /* modules_to_save copies */

@@ -198,7 +198,8 @@ static const int32_t *layer_kv_start(const lt_model *m, const lt_workspace *ws, 
 
 /* att (N,NH*HD) = attention of layer l over q (N,NH*HD), k, v (N,NKV*HD) after RoPE: the one step in
  * which a pass over whole rows (training, evaluation; prefill, which also fills the cache) and a decode
- * against the KV cache differ (decoder.h, lt_kv_cache). Gemma 2 soft-caps the scores. */
+ * against the KV cache differ (decoder.h, lt_kv_cache). Gemma 2 soft-caps the scores; gpt-oss adds a
+ * sink logit per head to each softmax denominator (attention_sink_forward on the finished pass). */
 static void attend(const layer_pass *P, lt_layer_acts *A) {
     lt_model *m = P->m;
     const lt_model_config *c = &m->cfg;
@@ -213,6 +214,7 @@ static void attend(const layer_pass *P, lt_layer_acts *A) {
             OPS->attention_softcap_forward(BE, A->att, A->lse, A->q, A->k, A->v, kv_start, ws->B, ws->T, NH, NKV, HD,
                                            scale, cap);
         else OPS->attention_forward(BE, A->att, A->lse, A->q, A->k, A->v, kv_start, ws->B, ws->T, NH, NKV, HD, scale);
+        if (P->W->sinks) OPS->attention_sink_forward(BE, A->att, A->lse, P->W->sinks, ws->B, ws->T, NH, HD);
     }
     if (!kv) return;
     /* every staged token's k and v to its slot; a decode then attends over the row's cached keys */
@@ -224,6 +226,9 @@ static void attend(const layer_pass *P, lt_layer_acts *A) {
     if (cap > 0)
         OPS->attention_softcap_decode(BE, A->att, A->q, kc, vc, kv_start, kv->len, ws->B, kv->S_cap, NH, NKV, HD, scale,
                                       cap);
+    else if (P->W->sinks)
+        OPS->attention_sink_decode(BE, A->att, A->q, kc, vc, kv_start, kv->len, P->W->sinks, ws->B, kv->S_cap, NH, NKV,
+                                   HD, scale);
     else OPS->attention_decode(BE, A->att, A->q, kc, vc, kv_start, kv->len, ws->B, kv->S_cap, NH, NKV, HD, scale);
 }
 
@@ -417,12 +422,32 @@ static lt_lora expert_lora(const layer_pass *P, int k, int e, int part) {
     return v;
 }
 
-/* y (n,out) = rows x (n,in) through expert e's projection p and its LoRA; xa (n,r). */
+/* y (n,out) = rows x (n,in) through expert e's projection p, its LoRA and its bias (gpt-oss; frozen);
+ * xa (n,r). */
 static void expert_forward(const layer_pass *P, int e, lt_proj p, float *y, const float *x, float *xa, int n) {
-    const int H = (int)P->m->cfg.hidden_size, MI = (int)P->m->cfg.moe_intermediate_size;
+    lt_model *m = P->m;
+    const int H = (int)m->cfg.hidden_size, MI = (int)m->cfg.moe_intermediate_size;
     lt_lora lo = expert_lora(P, p == P_DOWN, e, p == P_UP);
-    lt_linear_forward(P->m, P->ws, P->ad, lo.A ? &lo : NULL, NULL, 0, y, x, lt_expert_w(P->W, e, p), xa, n,
+    lt_linear_forward(m, P->ws, P->ad, lo.A ? &lo : NULL, NULL, 0, y, x, lt_expert_w(P->W, e, p), xa, n,
                       p == P_DOWN ? MI : H, p == P_DOWN ? H : MI);
+    const float *b = lt_expert_bias(&m->cfg, P->W, e, p);
+    if (b) OPS->bias_add(BE, y, b, n, p == P_DOWN ? H : MI);
+}
+
+/* act (M,MI) = the experts' gated activation: SwiGLU, or gpt-oss's clamped SwiGLU (swiglu_limit > 0) */
+static void expert_act_forward(lt_model *m, float *act, const float *gate, const float *up, size_t n) {
+    const lt_model_config *c = &m->cfg;
+    if (c->swiglu_limit > 0)
+        OPS->swiglu_clamp_forward(BE, act, gate, up, n, (float)c->swiglu_alpha, (float)c->swiglu_limit);
+    else OPS->swiglu_forward(BE, act, gate, up, n);
+}
+
+static void expert_act_backward(lt_model *m, float *dgate, float *dup, const float *dact, const float *gate,
+                                const float *up, size_t n) {
+    const lt_model_config *c = &m->cfg;
+    if (c->swiglu_limit > 0)
+        OPS->swiglu_clamp_backward(BE, dgate, dup, dact, gate, up, n, (float)c->swiglu_alpha, (float)c->swiglu_limit);
+    else OPS->swiglu_backward(BE, dgate, dup, dact, gate, up, n);
 }
 
 /* dx (n,in) (= or += by accumulate) through expert e's projection p; its LoRA grads accumulate. */
@@ -444,6 +469,7 @@ static void moe_forward_block(const layer_pass *P, lt_layer_acts *A, float *x_ou
     const int M = N * (int)c->num_experts_per_tok, r = P->ad ? P->ad->p.rank : 0;
     OPS->rmsnorm_forward(BE, A->ln2, A->rstd2, A->x_mid, W->mlp_norm, N, H, (float)c->rms_norm_eps);
     OPS->gemm(BE, 0, 1, N, E, H, 1.0f, A->ln2, H, W->router, H, 0.0f, ws->r_logits, E);
+    if (W->router_bias) OPS->bias_add(BE, ws->r_logits, W->router_bias, N, E); /* gpt-oss */
     OPS->download(BE, ws->h_moe, ws->r_logits, (size_t)N * E * sizeof(float));
     moe_route(c, R, ws->h_moe, N);
     OPS->upload(BE, A->e_tok, R->tok, (size_t)M * sizeof(int32_t));
@@ -463,7 +489,7 @@ static void moe_forward_block(const layer_pass *P, lt_layer_acts *A, float *x_ou
         expert_forward(P, e, P_GATE, A->gate + (size_t)o * MI, xe, xa, n);
         expert_forward(P, e, P_UP, A->up + (size_t)o * MI, xe, xa, n); /* the same xa: A is shared */
     }
-    OPS->swiglu_forward(BE, A->act, A->gate, A->up, (size_t)M * MI);
+    expert_act_forward(m, A->act, A->gate, A->up, (size_t)M * MI);
     for (int e = 0; e < E; e++) {
         const int o = R->off[e], n = R->off[e + 1] - o;
         if (n == 0) continue;
@@ -530,7 +556,7 @@ static void moe_backward_block(const layer_pass *P, lt_layer_acts *A) {
         expert_backward(P, e, P_DOWN, ws->dI1 + (size_t)o * MI, 0, ws->e_dx + (size_t)o * H, A->act + (size_t)o * MI,
                         xa_d ? xa_d + (size_t)o * r : NULL, n);
     }
-    OPS->swiglu_backward(BE, ws->dI2, ws->dI3, ws->dI1, A->gate, A->up, (size_t)M * MI);
+    expert_act_backward(m, ws->dI2, ws->dI3, ws->dI1, A->gate, A->up, (size_t)M * MI);
     OPS->embedding_forward(BE, ws->e_x, A->e_tok, A->ln2, M, H); /* the pairs' inputs again */
     for (int e = 0; e < E; e++) { /* e_dx (free now) receives each pair's input gradient */
         const int o = R->off[e], n = R->off[e + 1] - o;
@@ -574,6 +600,9 @@ static void attention_backward_block(const layer_pass *P, const float *x, lt_lay
     else
         OPS->attention_backward(BE, ws->dq, ws->dk, ws->dv, ws->datt, A->q, A->k, A->v, A->att, A->lse, kv_start, B, T,
                                 NH, NKV, HD, lt_config_attn_scale(c), ws->att_scratch);
+    if (W->sinks) /* the sink's share: its own gradient (trained sinks) and the single-key queries' */
+        OPS->attention_sink_backward(BE, G ? G->sinks : NULL, ws->dq, ws->dk, ws->datt, A->q, A->k, A->att, A->lse,
+                                     W->sinks, kv_start, B, T, NH, NKV, HD, lt_config_attn_scale(c));
     const float *inv_freq = lt_layer_inv_freq(m, P->l, ws->inv_freq);
     if (inv_freq && m->rope_mscale != 1.0f) {
         OPS->rope_scale(BE, ws->dq, N, NH, HD, m->rot_dim, m->rope_mscale);

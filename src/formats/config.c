@@ -60,6 +60,8 @@ static const lt_arch_desc k_archs[] = {
      SLIDE_NONE, 0},
     {"GraniteForCausalLM", LT_ARCH_GRANITE, "granite", ACT_BIT(LT_ACT_SILU), 0, 0.0f, 0, 0, 0, BIAS_LLAMA, SLIDE_NONE,
      0},
+    {"GptOssForCausalLM", LT_ARCH_GPT_OSS, "gpt_oss", ACT_BIT(LT_ACT_SILU), 0, 0.0f, 0, 64, 0, BIAS_LLAMA,
+     SLIDE_ALTERNATE, 128},
 };
 
 float lt_config_attn_scale(const lt_model_config *cfg) {
@@ -72,6 +74,7 @@ float lt_config_attn_scale(const lt_model_config *cfg) {
 const char *lt_config_family(const lt_model_config *cfg) {
     if (cfg && cfg->arch == LT_ARCH_QWEN3_MOE) return "Qwen3MoE";
     if (cfg && cfg->arch == LT_ARCH_MIXTRAL) return "Mixtral";
+    if (cfg && cfg->arch == LT_ARCH_GPT_OSS) return "GptOss";
     static const char *const names[] = {"Llama", "Qwen2",  "Qwen3",   "Mistral", "Gemma",  "Gemma2",
                                         "Phi3",  "Gemma3", "SmolLM3", "Olmo2",   "Granite"};
     return cfg && (unsigned)cfg->arch < sizeof names / sizeof *names ? names[cfg->arch] : "?";
@@ -159,6 +162,13 @@ void lt_config_init_llama(lt_model_config *cfg) {
     cfg->attention_multiplier = 0;
     cfg->logits_scaling = 1.0;
     cfg->has_no_rope_layers = 0;
+    cfg->rope_beta_fast = 32.0;
+    cfg->rope_beta_slow = 1.0;
+    cfg->rope_truncate = 1;
+    cfg->attn_sinks = 0;
+    cfg->moe_bias = 0;
+    cfg->swiglu_alpha = 0;
+    cfg->swiglu_limit = 0;
 }
 
 /* ---- typed field readers (absent or null: keep the default) ----------------------------------- */
@@ -337,10 +347,35 @@ static lt_status parse_rope_dict(parse_ctx *c, json_t *root, json_t *rope, const
         if ((st = get_num(c, rope, prefix, "attention_factor", &af)) != LT_OK) return st;
         cfg->rope_factor = factor; /* < 0: max_position_embeddings / original, derived in validate */
         cfg->rope_attention_factor = af;
+    } else if (strcmp(type, "yarn") == 0 && cfg->arch == LT_ARCH_GPT_OSS) {
+        /* _compute_yarn_parameters; mscale / mscale_all_dim (DeepSeek) are refused, not ignored */
+        cfg->rope_type = LT_ROPE_YARN;
+        double orig = (double)cfg->max_position_embeddings, af = -1, bf = 0, bs = 0;
+        cfg->rope_factor = -1;  /* absent: max_position_embeddings / original (validate) */
+        cfg->rope_truncate = 1; /* config.rope_parameters.get("truncate", True) */
+        if ((st = get_num(c, rope, prefix, "factor", &cfg->rope_factor)) != LT_OK ||
+            (st = get_num(c, rope, prefix, "attention_factor", &af)) != LT_OK ||
+            (st = get_num(c, rope, prefix, "beta_fast", &bf)) != LT_OK ||
+            (st = get_num(c, rope, prefix, "beta_slow", &bs)) != LT_OK ||
+            (st = get_num(c, rope, prefix, "original_max_position_embeddings", &orig)) != LT_OK ||
+            (st = get_bool(c, rope, "truncate", &cfg->rope_truncate)) != LT_OK)
+            return st;
+        if (field(rope, "mscale") || field(rope, "mscale_all_dim"))
+            return lt_fail(c->err, LT_ERR_UNSUPPORTED, "%s: \"%s\": yarn with mscale / mscale_all_dim is not supported",
+                           c->src, rname);
+        if (!(orig >= 1 && orig <= 9.0e15) || orig != floor(orig))
+            return lt_fail(c->err, LT_ERR_FORMAT,
+                           "%s: \"%s.original_max_position_embeddings\" = %g is not a positive integer", c->src, rname,
+                           orig);
+        cfg->rope_original_max_position_embeddings = (int64_t)orig;
+        cfg->rope_attention_factor = af;           /* < 0: from factor (validate) */
+        cfg->rope_beta_fast = bf != 0 ? bf : 32.0; /* `or 32`: 0 and null mean the default */
+        cfg->rope_beta_slow = bs != 0 ? bs : 1.0;
     } else {
         return lt_fail(c->err, LT_ERR_UNSUPPORTED,
-                       "%s: %s.%s '%s' is not supported (supported: default, linear, llama3, longrope)", c->src, rname,
-                       tkey, type);
+                       "%s: %s.%s '%s' is not supported (supported: default, linear, llama3, longrope; yarn for "
+                       "GptOssForCausalLM)",
+                       c->src, rname, tkey, type);
     }
     return LT_OK;
 }
@@ -384,6 +419,14 @@ static lt_status parse_rope(parse_ctx *c, json_t *root, lt_model_config *cfg) {
     if ((st = get_num(c, root, "", "partial_rotary_factor", &cfg->partial_rotary_factor)) != LT_OK) return st;
     if (cfg->arch == LT_ARCH_GEMMA3) return parse_rope_gemma3(c, root, cfg);
     if (cfg->arch == LT_ARCH_SMOLLM3) cfg->rope_theta = 2000000.0; /* SmolLM3Config.default_theta */
+    if (cfg->arch == LT_ARCH_GPT_OSS) { /* GptOssConfig: default_theta and its rope_parameters default */
+        cfg->rope_theta = 150000.0;
+        cfg->rope_type = LT_ROPE_YARN;
+        cfg->rope_factor = 32.0;
+        cfg->rope_original_max_position_embeddings = 4096;
+        cfg->rope_attention_factor = -1;
+        cfg->rope_truncate = 0;
+    }
     if ((st = get_num(c, root, "", "rope_theta", &cfg->rope_theta)) != LT_OK) return st;
     /* the newer rope_parameters wins over the legacy rope_scaling */
     const char *rname = "rope_parameters";
@@ -526,6 +569,35 @@ static lt_status parse_moe(parse_ctx *c, json_t *root, const lt_arch_desc *arch,
         if (jitter != 0) /* transformers multiplies the hidden states by training-time noise */
             return lt_fail(c->err, LT_ERR_UNSUPPORTED, "%s: router_jitter_noise %g is not supported for %s (use 0)",
                            c->src, jitter, arch->name);
+    }
+    if (arch->id == LT_ARCH_GPT_OSS) { /* GptOssConfig: every layer sparse, experts of intermediate_size */
+        cfg->num_experts = 128;
+        cfg->num_experts_per_tok = 4;
+        cfg->norm_topk_prob = 1; /* softmax over the top-k logits == the top-k probabilities renormalised */
+        cfg->decoder_sparse_step = 1;
+        cfg->router_aux_loss_coef = 0.001;
+        cfg->attn_sinks = 1;
+        cfg->moe_bias = 1;
+        cfg->swiglu_alpha = 1.702;
+        cfg->swiglu_limit = 7.0;
+        if ((st = get_int(c, root, "", "num_local_experts", &cfg->num_experts)) != LT_OK ||
+            (st = get_int(c, root, "", "num_experts", &cfg->num_experts)) != LT_OK ||
+            (st = get_int(c, root, "", "num_experts_per_tok", &cfg->num_experts_per_tok)) != LT_OK ||
+            (st = get_bool(c, root, "output_router_logits", &cfg->output_router_logits)) != LT_OK ||
+            (st = get_num(c, root, "", "router_aux_loss_coef", &cfg->router_aux_loss_coef)) != LT_OK ||
+            (st = get_num(c, root, "", "swiglu_alpha", &cfg->swiglu_alpha)) != LT_OK ||
+            (st = get_num(c, root, "", "swiglu_limit", &cfg->swiglu_limit)) != LT_OK)
+            return st;
+        if (!(cfg->swiglu_alpha > 0) || !(cfg->swiglu_limit > 0) || !isfinite(cfg->swiglu_alpha) ||
+            !isfinite(cfg->swiglu_limit))
+            return lt_fail(c->err, LT_ERR_FORMAT, "%s: swiglu_alpha and swiglu_limit must be positive numbers", c->src);
+        double drop = 0;
+        if ((st = get_num(c, root, "", "attention_dropout", &drop)) != LT_OK) return st;
+        if (drop != 0)
+            return lt_fail(c->err, LT_ERR_UNSUPPORTED, "%s: attention_dropout %g is not supported for %s (use 0)",
+                           c->src, drop, arch->name);
+    }
+    if (arch->id == LT_ARCH_MIXTRAL || arch->id == LT_ARCH_GPT_OSS) {
         cfg->moe_intermediate_size = cfg->intermediate_size;
         if (cfg->num_hidden_layers > LT_CONFIG_MAX_LAYERS)
             return lt_fail(c->err, LT_ERR_UNSUPPORTED, "%s: %s with more than %d layers", c->src, arch->name,
@@ -674,6 +746,18 @@ lt_status lt_config_validate(lt_model_config *cfg, const char *source, lt_error 
                 cfg->rope_factor <= 1.0
                     ? 1.0
                     : sqrt(1 + log(cfg->rope_factor) / log((double)cfg->rope_original_max_position_embeddings));
+    } else if (cfg->rope_type == LT_ROPE_YARN) {
+        if (cfg->rope_original_max_position_embeddings <= 0)
+            return lt_fail(err, LT_ERR_FORMAT, "%s: yarn needs original_max_position_embeddings > 0", src);
+        if (cfg->rope_factor < 0) /* factor None: max_position_embeddings / original */
+            cfg->rope_factor =
+                (double)cfg->max_position_embeddings / (double)cfg->rope_original_max_position_embeddings;
+        if (!(cfg->rope_factor > 0) || !isfinite(cfg->rope_factor) || !isfinite(cfg->rope_beta_fast) ||
+            !isfinite(cfg->rope_beta_slow) || !(cfg->rope_beta_fast > 0) || !(cfg->rope_beta_slow > 0))
+            return lt_fail(err, LT_ERR_FORMAT, "%s: yarn factor (%g), beta_fast and beta_slow must be positive", src,
+                           cfg->rope_factor);
+        if (cfg->rope_attention_factor < 0) /* yarn_get_mscale(factor) */
+            cfg->rope_attention_factor = cfg->rope_factor <= 1.0 ? 1.0 : 0.1 * log(cfg->rope_factor) + 1.0;
     } else if (cfg->rope_type != LT_ROPE_DEFAULT && cfg->rope_type != LT_ROPE_LINEAR) {
         return lt_fail(err, LT_ERR_UNSUPPORTED, "%s: rope type %d is not supported", src, (int)cfg->rope_type);
     }
@@ -756,9 +840,10 @@ static lt_status parse_root(parse_ctx *c, json_t *root, lt_model_config *cfg) {
                            c->src, (long long)cfg->hidden_size, (long long)cfg->num_attention_heads);
         cfg->head_dim = cfg->hidden_size / cfg->num_attention_heads;
     }
-    if (arch->id == LT_ARCH_OLMO2) cfg->rms_norm_eps = 1e-5; /* Olmo2Config default */
+    if (arch->id == LT_ARCH_OLMO2 || arch->id == LT_ARCH_GPT_OSS) cfg->rms_norm_eps = 1e-5; /* the configs' default */
     if ((st = get_num(c, root, "", "rms_norm_eps", &cfg->rms_norm_eps)) != LT_OK) return st;
     if ((st = get_bool(c, root, "tie_word_embeddings", &cfg->tie_word_embeddings)) != LT_OK) return st;
+    if (arch->id == LT_ARCH_GPT_OSS) cfg->attention_bias = 1; /* GptOssConfig default */
     if ((st = get_bool(c, root, "attention_bias", &cfg->attention_bias)) != LT_OK) return st;
     if ((st = get_bool(c, root, "mlp_bias", &cfg->mlp_bias)) != LT_OK) return st;
 
@@ -933,6 +1018,17 @@ lt_status lt_config_write(const lt_model_config *cfg, const char *path, lt_error
                                      "low_freq_factor", cfg->rope_low_freq_factor, "high_freq_factor",
                                      cfg->rope_high_freq_factor, "original_max_position_embeddings",
                                      (json_int_t)cfg->rope_original_max_position_embeddings));
+        } else if (cfg->rope_type == LT_ROPE_YARN) { /* transformers 5's rope_parameters (gpt-oss) */
+            reals[nreal++] = cfg->rope_factor;
+            reals[nreal++] = cfg->rope_beta_fast;
+            reals[nreal++] = cfg->rope_beta_slow;
+            reals[nreal++] = cfg->rope_attention_factor;
+            bad |= set_new(o, "rope_parameters",
+                           json_pack("{s:s, s:f, s:f, s:f, s:f, s:f, s:b, s:I}", "rope_type", "yarn", "rope_theta",
+                                     cfg->rope_theta, "factor", cfg->rope_factor, "beta_fast", cfg->rope_beta_fast,
+                                     "beta_slow", cfg->rope_beta_slow, "attention_factor", cfg->rope_attention_factor,
+                                     "truncate", cfg->rope_truncate, "original_max_position_embeddings",
+                                     (json_int_t)cfg->rope_original_max_position_embeddings));
         } else if (cfg->rope_type == LT_ROPE_LONGROPE) {
             json_t *r = json_object(), *sf = json_array(), *lf = json_array();
             for (int i = 0; r && sf && lf && i < cfg->n_rope_factors; i++) {
@@ -1036,6 +1132,14 @@ lt_status lt_config_write(const lt_model_config *cfg, const char *path, lt_error
             bad |= set_new(o, "router_aux_loss_coef", json_real(reals[nreal++] = cfg->router_aux_loss_coef));
             bad |= set_new(o, "router_jitter_noise", json_real(0.0));
         }
+        if (cfg->arch == LT_ARCH_GPT_OSS) {
+            bad |= set_new(o, "num_local_experts", json_integer(cfg->num_experts));
+            bad |= set_new(o, "num_experts_per_tok", json_integer(cfg->num_experts_per_tok));
+            bad |= set_new(o, "output_router_logits", json_boolean(cfg->output_router_logits));
+            bad |= set_new(o, "router_aux_loss_coef", json_real(reals[nreal++] = cfg->router_aux_loss_coef));
+            bad |= set_new(o, "swiglu_alpha", json_real(reals[nreal++] = cfg->swiglu_alpha));
+            bad |= set_new(o, "swiglu_limit", json_real(reals[nreal++] = cfg->swiglu_limit));
+        }
         bad |= set_new(o, "use_cache", json_true());
     }
     int prec = 1;
@@ -1118,6 +1222,29 @@ int lt_rope_inv_freq(const lt_model_config *cfg, float *inv_freq, int n) {
             float e = (float)(2 * i) / (float)dim;
             float p = (float)pow((double)base, (double)e);
             inv_freq[i] = 1.0f / ((float)cfg->rope_short_factor[i] * p);
+        }
+    } else if (cfg->rope_type == LT_ROPE_YARN) {
+        /* _compute_yarn_parameters: the correction range in double (python), the rest in float32 */
+        const double pi = 3.14159265358979323846, lb = 2.0 * log(cfg->rope_theta);
+        const double orig = (double)cfg->rope_original_max_position_embeddings;
+        double low = dim * log(orig / (cfg->rope_beta_fast * 2 * pi)) / lb;
+        double high = dim * log(orig / (cfg->rope_beta_slow * 2 * pi)) / lb;
+        if (cfg->rope_truncate) {
+            low = floor(low);
+            high = ceil(high);
+        }
+        low = low > 0 ? low : 0;
+        high = high < dim - 1 ? high : dim - 1;
+        if (low == high) high += 0.001; /* linear_ramp_factor: no singularity */
+        const float factor = (float)cfg->rope_factor, lo = (float)low, span = (float)(high - low);
+        for (int i = 0; i < half; i++) {
+            const float p = (float)pow((double)base, (double)((float)(2 * i) / (float)dim)); /* pos_freqs */
+            const float extra = inv_freq[i], inter = 1.0f / (factor * p);
+            float ramp = ((float)i - lo) / span;
+            ramp = ramp < 0.0f ? 0.0f : ramp > 1.0f ? 1.0f : ramp;
+            const float ef = 1.0f - ramp; /* the share of extrapolation */
+            const float a = inter * (1.0f - ef), b = extra * ef;
+            inv_freq[i] = a + b;
         }
     } else if (cfg->rope_type != LT_ROPE_DEFAULT) {
         return -1;

@@ -26,7 +26,8 @@ typedef enum lt_arch_id {
     LT_ARCH_OLMO2 = 9,
     LT_ARCH_GRANITE = 10,
     LT_ARCH_QWEN3_MOE = 20, /* mixture-of-experts families from 20 on */
-    LT_ARCH_MIXTRAL = 21
+    LT_ARCH_MIXTRAL = 21,
+    LT_ARCH_GPT_OSS = 22 /* GptOssForCausalLM                                                  */
 } lt_arch_id;
 
 /* how layer l applies RoPE (lt_model_config.layer_rope) */
@@ -44,10 +45,11 @@ enum {
 };
 
 typedef enum lt_rope_type {
-    LT_ROPE_DEFAULT = 0, /* rope_type "default" / absent / null                               */
-    LT_ROPE_LINEAR = 1,  /* inv_freq / factor                                                 */
-    LT_ROPE_LLAMA3 = 2,  /* Llama 3.1 frequency-dependent scaling                             */
-    LT_ROPE_LONGROPE = 3 /* Phi-3: per-frequency short/long factors and an attention factor    */
+    LT_ROPE_DEFAULT = 0,  /* rope_type "default" / absent / null                               */
+    LT_ROPE_LINEAR = 1,   /* inv_freq / factor                                                 */
+    LT_ROPE_LLAMA3 = 2,   /* Llama 3.1 frequency-dependent scaling                             */
+    LT_ROPE_LONGROPE = 3, /* Phi-3: per-frequency short/long factors and an attention factor   */
+    LT_ROPE_YARN = 4      /* gpt-oss: NTK-by-parts interpolation, cos/sin times attention_factor */
 } lt_rope_type;
 
 typedef enum lt_activation {
@@ -147,6 +149,15 @@ typedef struct lt_model_config {
     double logits_scaling;
     /* SmolLM3 "no_rope_layers" / "use_sliding_window" as read (written back by lt_config_write) */
     int has_no_rope_layers;
+    /* YaRN (rope_type "yarn"; factor, original_max_position_embeddings and rope_attention_factor above) */
+    double rope_beta_fast, rope_beta_slow; /* the correction range's rotations (defaults 32, 1)        */
+    int rope_truncate;                     /* floor / ceil the correction range (default true)         */
+    /* gpt-oss (docs/spec/gpt_oss.md): a learned sink logit per attention head; the router's bias; the
+     * experts' biases and their clamped SwiGLU (up + 1) * g sigmoid(alpha g), g = min(gate, limit),
+     * up clamped to [-limit, limit]; swiglu_limit 0: the plain SwiGLU */
+    int attn_sinks;
+    int moe_bias; /* router and expert biases                                                     */
+    double swiglu_alpha, swiglu_limit;
 } lt_model_config;
 
 /* longrope: the inverse frequencies for sequences longer than original_max_position_embeddings

@@ -319,9 +319,10 @@ static lt_status sink_quant(loader *ld, const wsrc *s, int out, int in, const ch
 
 /* ---- tensors of a checkpoint (or of a random model) ---------------------------------------------- */
 
-/* *s = the source of tensor `name` of shape (d0[, d1]): checked against the checkpoint (present, that
+/* *s = the source of tensor `name` of shape sh (ndim <= 3): checked against the checkpoint (present, that
  * shape, a float dtype), or random values (norm: all 1) */
-static lt_status find_src(loader *ld, const char *name, int64_t d0, int64_t d1, int norm, wsrc *s, lt_error *err) {
+static lt_status find_src_nd(loader *ld, const char *name, int ndim, const int64_t *sh, int norm, wsrc *s,
+                             lt_error *err) {
     lt_model *m = ld->m;
     memset(s, 0, sizeof *s);
     if (ld->init_std > 0) {
@@ -332,24 +333,27 @@ static lt_status find_src(loader *ld, const char *name, int64_t d0, int64_t d1, 
     }
     const lt_st_tensor *t = lt_st_set_find(m->st, name);
     if (!t) return lt_fail(err, LT_ERR_MISSING, "%s: tensor \"%s\" is missing from the checkpoint", m->dir, name);
-    int ndim = d1 > 0 ? 2 : 1;
-    int ok = t->ndim == ndim && t->shape[0] == d0 && (ndim == 1 || t->shape[1] == d1);
+    int ok = t->ndim == ndim;
+    for (int i = 0; ok && i < ndim; i++) ok = t->shape[i] == sh[i];
     if (!ok) {
-        char got[128] = "", *g = got;
+        char got[128] = "", want[128] = "", *g = got, *w = want;
         for (int i = 0; i < t->ndim && g < got + sizeof got - 24; i++)
             g += sprintf(g, "%s%lld", i ? ", " : "", (long long)t->shape[i]);
-        if (ndim == 2)
-            return lt_fail(err, LT_ERR_SHAPE,
-                           "%s: tensor \"%s\" has shape [%s], expected [%lld, %lld] from config.json", m->dir, name,
-                           got, (long long)d0, (long long)d1);
-        return lt_fail(err, LT_ERR_SHAPE, "%s: tensor \"%s\" has shape [%s], expected [%lld] from config.json", m->dir,
-                       name, got, (long long)d0);
+        for (int i = 0; i < ndim; i++) w += sprintf(w, "%s%lld", i ? ", " : "", (long long)sh[i]);
+        return lt_fail(err, LT_ERR_SHAPE, "%s: tensor \"%s\" has shape [%s], expected [%s] from config.json", m->dir,
+                       name, got, want);
     }
     if (t->dtype != LT_DT_F32 && t->dtype != LT_DT_F16 && t->dtype != LT_DT_BF16)
         return lt_fail(err, LT_ERR_DTYPE, "%s: tensor \"%s\" has dtype %s; weights must be F32, F16 or BF16", m->dir,
                        name, lt_dtype_name(t->dtype));
     s->t = t;
     return LT_OK;
+}
+
+/* find_src_nd of shape (d0) or (d0, d1) (d1 > 0) */
+static lt_status find_src(loader *ld, const char *name, int64_t d0, int64_t d1, int norm, wsrc *s, lt_error *err) {
+    const int64_t sh[2] = {d0, d1};
+    return find_src_nd(ld, name, d1 > 0 ? 2 : 1, sh, norm, s, err);
 }
 
 /* an f32 tensor (embeddings of an f32 base, norms, biases, f32 projections) */
@@ -545,6 +549,143 @@ static lt_status load_moe(loader *ld, lt_layer *L, int l, lt_error *err) {
     return st;
 }
 
+/* ---- gpt-oss's experts (docs/spec/gpt_oss.md) ------------------------------------------------------- */
+
+/* The value of each 4-bit MXFP4 code (e2m1: sign, 2 exponent bits, 1 mantissa bit), transformers'
+ * FP4_VALUES (integrations/mxfp4.py). */
+static const float k_mxfp4[16] = {+0.0f, +0.5f, +1.0f, +1.5f, +2.0f, +3.0f, +4.0f, +6.0f,
+                                  -0.0f, -0.5f, -1.0f, -1.5f, -2.0f, -3.0f, -4.0f, -6.0f};
+
+/* An expert tensor `name` of gpt-oss stored as MXFP4 (the release checkpoints): name_blocks U8 (E, out,
+ * in/32, 16), two codes a byte (the low nibble first), and name_scales U8 (E, out, in/32), the power of two
+ * of each group of 32 as exponent + 127. LT_OK with *blocks, *scales set, or NULL when neither is stored;
+ * anything else malformed: a status naming the tensor. */
+static lt_status find_mxfp4(loader *ld, const char *name, int64_t E, int64_t out, int64_t in,
+                            const lt_st_tensor **blocks, const lt_st_tensor **scales, lt_error *err) {
+    lt_model *m = ld->m;
+    char key[300];
+    *blocks = *scales = NULL;
+    if (ld->init_std > 0) return LT_OK;
+    snprintf(key, sizeof key, "%s_blocks", name);
+    const lt_st_tensor *b = lt_st_set_find(m->st, key);
+    snprintf(key, sizeof key, "%s_scales", name);
+    const lt_st_tensor *sc = lt_st_set_find(m->st, key);
+    if (!b && !sc) return LT_OK;
+    if (in % 32 != 0)
+        return lt_fail(err, LT_ERR_SHAPE, "%s: MXFP4 tensor \"%s\": its input size %lld is not a multiple of 32",
+                       m->dir, name, (long long)in);
+    const int64_t G = in / 32;
+    if (!b || !sc)
+        return lt_fail(err, LT_ERR_MISSING, "%s: MXFP4 tensor \"%s\" has %s but no %s", m->dir, name,
+                       b ? "_blocks" : "_scales", b ? "_scales" : "_blocks");
+    const int ok_b = b->dtype == LT_DT_U8 && b->ndim == 4 && b->shape[0] == E && b->shape[1] == out &&
+                     b->shape[2] == G && b->shape[3] == 16;
+    const int ok_s =
+        sc->dtype == LT_DT_U8 && sc->ndim == 3 && sc->shape[0] == E && sc->shape[1] == out && sc->shape[2] == G;
+    if (!ok_b || !ok_s)
+        return lt_fail(err, LT_ERR_SHAPE,
+                       "%s: MXFP4 tensor \"%s\": expected %s_blocks U8 [%lld, %lld, %lld, 16] and %s_scales U8 "
+                       "[%lld, %lld, %lld] from config.json (got %s with %d dimensions, %s with %d)",
+                       m->dir, name, name, (long long)E, (long long)out, (long long)G, name, (long long)E,
+                       (long long)out, (long long)G, lt_dtype_name(b->dtype), b->ndim, lt_dtype_name(sc->dtype),
+                       sc->ndim);
+    *blocks = b;
+    *scales = sc;
+    return LT_OK;
+}
+
+/* w (out, in) = expert e of an MXFP4 tensor: code * 2^(scale - 127) (transformers' ldexp, exact in f32;
+ * a scale past the float range gives Inf, refused by the finite check when it is on). */
+static lt_status mxfp4_expert(loader *ld, const char *name, const lt_st_tensor *blocks, const lt_st_tensor *scales,
+                              int64_t e, int64_t out, int64_t in, float *w, lt_error *err) {
+    const int64_t G = in / 32;
+    const unsigned char *bp = (const unsigned char *)blocks->data + (size_t)e * out * G * 16;
+    const unsigned char *sp = (const unsigned char *)scales->data + (size_t)e * out * G;
+    for (int64_t r = 0; r < out; r++)
+        for (int64_t g = 0; g < G; g++) {
+            const float f = ldexpf(1.0f, (int)sp[r * G + g] - 127);
+            const unsigned char *q = bp + (r * G + g) * 16;
+            float *o = w + r * in + g * 32;
+            for (int j = 0; j < 16; j++) {
+                o[2 * j] = k_mxfp4[q[j] & 15] * f;
+                o[2 * j + 1] = k_mxfp4[q[j] >> 4] * f;
+            }
+        }
+    if (ld->m->check_finite) {
+        const size_t bad = lt_first_nonfinite(w, (size_t)out * in);
+        if (bad < (size_t)out * in) return nonfinite_weight(ld->m, name, e * out * in + (int64_t)bad, w[bad], err);
+    }
+    return LT_OK;
+}
+
+/* gpt-oss: the experts of layer l are fused 3-D tensors stored (in, out),
+ *   mlp.experts.gate_up_proj (E, H, 2 MI)  gate and up in alternate columns (gate_up[..., ::2], [..., 1::2])
+ *   mlp.experts.down_proj    (E, MI, H)
+ * or as MXFP4 (find_mxfp4: (out, in) blocks, dequantized on load), with biases gate_up_proj_bias (E, 2 MI)
+ * (alternating too) and down_proj_bias (E, H); the router is mlp.router.weight (E, H) and .bias (E).
+ * Expert e's slice is read whole into host memory as (out, in), its gate / up rows split, and stored like
+ * any expert projection (sink_weight of a host source): quantizing on load and a bf16 base work as for
+ * the other families. */
+static lt_status load_moe_gpt_oss(loader *ld, lt_layer *L, int l, lt_error *err) {
+    lt_model *m = ld->m;
+    const lt_model_config *c = &m->cfg;
+    const int64_t E = c->num_experts, H = c->hidden_size, MI = c->moe_intermediate_size;
+    const int quantize = ld->p->quantization != LT_QUANT_NONE;
+    char name[256], bname[272];
+    lt_status st;
+    snprintf(name, sizeof name, "model.layers.%d.mlp.router.weight", l);
+    if ((st = load_f32(ld, name, E, H, 0, &L->router, err)) != LT_OK) return st;
+    snprintf(name, sizeof name, "model.layers.%d.mlp.router.bias", l);
+    if ((st = load_f32(ld, name, E, 0, 0, &L->router_bias, err)) != LT_OK) return st;
+    if (!(L->experts = calloc((size_t)E * 3, sizeof *L->experts))) return lt_fail(err, LT_ERR_NOMEM, "out of memory");
+    const size_t slice = (size_t)H * 2 * MI; /* the larger of the two slices */
+    float *raw = malloc(slice * sizeof *raw), *w = malloc(slice * sizeof *w);
+    float *hb = malloc((size_t)E * (2 * MI + H) * sizeof *hb); /* the biases in lt_layer.expert_bias order */
+    if (!raw || !w || !hb) st = lt_fail(err, LT_ERR_NOMEM, "%s: out of memory for the experts of layer %d", m->dir, l);
+    for (int k = 0; st == LT_OK && k < 2; k++) { /* 0: gate_up, 1: down */
+        const int64_t in = k == 0 ? H : MI, out = k == 0 ? 2 * MI : H;
+        const int64_t sh[3] = {E, in, out}, bsh[2] = {E, out};
+        snprintf(name, sizeof name, "model.layers.%d.mlp.experts.%s", l, k == 0 ? "gate_up_proj" : "down_proj");
+        snprintf(bname, sizeof bname, "%s_bias", name);
+        const lt_st_tensor *qb = NULL, *qs = NULL;
+        wsrc s, sb;
+        st = find_mxfp4(ld, name, E, out, in, &qb, &qs, err);
+        if (st == LT_OK && !qb) st = find_src_nd(ld, name, 3, sh, 0, &s, err);
+        if (st == LT_OK) st = find_src_nd(ld, bname, 2, bsh, 0, &sb, err);
+        for (int64_t e = 0; st == LT_OK && e < E; e++) {
+            if (qb) { /* (out, in) already */
+                if ((st = mxfp4_expert(ld, name, qb, qs, e, out, in, raw, err)) != LT_OK) break;
+            } else {
+                if ((st = src_read(ld, &s, w, e * in * out, in * out, err)) != LT_OK) break;
+                for (int64_t o = 0; o < out; o++) /* (in, out) -> (out, in) */
+                    for (int64_t i = 0; i < in; i++) raw[o * in + i] = w[i * out + o];
+            }
+            /* gate_up's output 2i is gate row i, 2i + 1 up row i */
+            for (int64_t o = 0; o < out; o++)
+                memcpy(w + (k == 1 ? o : (o % 2) * MI + o / 2) * in, raw + o * in, (size_t)in * sizeof *w);
+            for (int part = 0; st == LT_OK && part < (k == 0 ? 2 : 1); part++) {
+                const wsrc hs = {.host = w + (size_t)part * MI * H};
+                st = sink_weight(ld, &hs, (int)(k == 0 ? MI : H), (int)in, quantize, name,
+                                 &L->experts[3 * e + (k == 0 ? part : 2)], err);
+            }
+            if (st == LT_OK) st = src_read(ld, &sb, raw, e * out, out, err);
+            for (int64_t o = 0; st == LT_OK && o < out; o++)
+                if (k == 0) hb[e * 2 * MI + (o % 2) * MI + o / 2] = raw[o];
+                else hb[E * 2 * MI + e * H + o] = raw[o];
+        }
+        if (qb) { /* the pages of the codes are not needed again */
+            lt_st_set_advise(m->st, qb, 0, qb->nbytes, 1);
+            lt_st_set_advise(m->st, qs, 0, qs->nbytes, 1);
+        }
+    }
+    const wsrc bs = {.host = hb};
+    if (st == LT_OK) st = sink_f32(ld, &bs, E * (2 * MI + H), "the experts' biases", &L->expert_bias, err);
+    free(raw);
+    free(w);
+    free(hb);
+    return st;
+}
+
 /* Embeddings and LM head. A bf16 base keeps the embedding table in bf16 (the layout of the bf16
  * products: the lookup reads rows of it, a tied head multiplies by it); an untied head is stored like
  * the projections of that base, or quantized (quantize_lm_head), or as the checkpoint's bnb weight. */
@@ -601,7 +742,12 @@ static lt_status load_layer(loader *ld, int l, lt_error *err) {
         if (c->layer_moe[l] && mods[k].first >= P_GATE) continue; /* the experts replace the MLP */
         if ((st = load_module(ld, L, l, &mods[k], err))) return st;
     }
-    if (c->layer_moe[l] && (st = load_moe(ld, L, l, err))) return st;
+    if (c->layer_moe[l] &&
+        (st = c->arch == LT_ARCH_GPT_OSS ? load_moe_gpt_oss(ld, L, l, err) : load_moe(ld, L, l, err)))
+        return st;
+    if (c->attn_sinks &&
+        (st = load_f32(ld, NAME("model.layers.%d.self_attn.sinks", l), c->num_attention_heads, 0, 0, &L->sinks, err)))
+        return st;
     for (int q = 0; q < P_COUNT; q++) {
         int in, out;
         lt_proj_dims(c, (lt_proj)q, &in, &out);
@@ -620,7 +766,8 @@ static lt_status load_layer(loader *ld, int l, lt_error *err) {
 static lt_status load_rope(lt_model *m, lt_error *err) {
     const lt_model_config *c = &m->cfg;
     m->rot_dim = c->rot_dim;
-    m->rope_mscale = c->rope_type == LT_ROPE_LONGROPE ? (float)c->rope_attention_factor : 1.0f;
+    m->rope_mscale =
+        c->rope_type == LT_ROPE_LONGROPE || c->rope_type == LT_ROPE_YARN ? (float)c->rope_attention_factor : 1.0f;
     if (m->rot_dim <= 0)
         return lt_fail(err, LT_ERR_FORMAT, "%s: rotary dimension %d is not positive", m->dir, m->rot_dim);
     const int n = m->rot_dim / 2;

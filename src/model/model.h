@@ -39,6 +39,9 @@ typedef struct lt_layer {
      * expert e's at experts[3e + 0, 1, 2] (checkpoint: mlp.experts.{e}.{gate,up,down}_proj.weight) */
     float *router;
     lt_weight *experts;
+    /* gpt-oss (cfg.attn_sinks, cfg.moe_bias): self_attn.sinks (NH); the router's bias (E); the experts'
+     * biases (E (2 MI + H)): expert e's gate at e 2MI, its up at e 2MI + MI, its down at E 2MI + e H */
+    float *sinks, *router_bias, *expert_bias;
 } lt_layer;
 
 /* A norm weight of a layer as the checkpoint names it (model.layers.<l>.<name>.weight), with the lt_layer
@@ -115,6 +118,13 @@ lt_error *lt_model_error(const lt_model *m);
 
 /* The checkpoint names of an MoE layer: its parent module (Qwen3-MoE "mlp", Mixtral "block_sparse_moe")
  * and the experts' gate, up, down ("gate_proj", "up_proj", "down_proj" / "w1", "w3", "w2"). */
+/* Expert e's bias of projection p (NULL: the family has none). */
+static inline const float *lt_expert_bias(const lt_model_config *c, const lt_layer *L, int e, lt_proj p) {
+    if (!L->expert_bias) return NULL;
+    const size_t MI = (size_t)c->moe_intermediate_size;
+    return p == P_DOWN ? L->expert_bias + (size_t)c->num_experts * 2 * MI + (size_t)e * c->hidden_size
+                       : L->expert_bias + (size_t)e * 2 * MI + (p == P_UP ? MI : 0);
+}
 static inline const char *lt_moe_parent(const lt_model_config *c) {
     return c->arch == LT_ARCH_MIXTRAL ? "block_sparse_moe" : "mlp";
 }

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Tiny random mixture-of-experts checkpoints (Qwen3-MoE, Mixtral) plus goldens from transformers' and peft's own classes.
+"""Tiny random mixture-of-experts checkpoints (Qwen3-MoE, Mixtral, gpt-oss) plus goldens from transformers' and peft's own classes.
 
 usage: make_moe_models.py OUTDIR [--only NAME[,NAME...]]
 
@@ -10,13 +10,26 @@ For each model NAME below this writes OUTDIR/NAME/ (the layout of make_family_mo
                                    output_router_logits true: mean CE + router_aux_loss_coef * aux_loss),
                                    aux_loss F32 [] (transformers' load_balancing_loss_func), n_tokens I32 [],
                                    counts I32 [L_moe, E] (tokens routed to each expert: an expert with none
-                                   is part of each shape)
+                                   is part of each shape), inv_freq F32 [rot_dim/2] and attention_scaling
+                                   F32 [] of the model's rotary embedding (gpt-oss: YaRN's)
   lora/adapter/                    a PEFT adapter saved by peft: target_modules (attention, and the dense
                                    MLP of mlp_only_layers) and target_parameters mlp.experts.gate_up_proj /
                                    mlp.experts.down_proj, random nonzero lora_A and lora_B
   lora/grads.safetensors           with the adapter: input_ids, labels, logits, loss, aux_loss, n_tokens and
                                    grad.<PEFT key> (d loss / d LoRA weight)
   lora/generate.safetensors        PeftModel.generate(do_sample=False) of each prompt alone (EOS disabled)
+
+gpt-oss (GptOssForCausalLM, stored as transformers 5 saves it: fused mlp.experts.gate_up_proj (E, H, 2I) with
+gate / up in alternate columns, down_proj (E, I, H), their biases, mlp.router.weight / .bias, self_attn.sinks):
+attention sinks drawn N(0, 1) (large enough to matter), sliding and full layers alternating with a window
+shorter than the sequence, YaRN on (truncate off and on), a swiglu_limit small enough that the clamps act on
+part of the values, top-1 / 2 / 4 with an odd expert count; its LoRA targets attention and the experts
+(PEFT's target_parameters on the (in, out) tensors: lora_B's gate_up rows alternate gate / up).
+
+gptoss-mxfp4/ is a gpt-oss checkpoint whose experts are stored as the openai/gpt-oss releases store them
+(mlp.experts.{gate_up,down}_proj_blocks U8 (E, out, in/32, 16) and _scales U8 (E, out, in/32), transformers'
+integrations/mxfp4.py layout; quantization_config quant_method mxfp4), made from a random model by quantizing its
+experts here; golden.safetensors holds the logits of transformers loading it with Mxfp4Config(dequantize=True).
 
 The shapes: an odd number of experts, top-1, top-2 and top-4, norm_topk_prob on and off, a dense layer
 (mlp_only_layers / decoder_sparse_step), a router biased so that tokens route unevenly and some expert
@@ -75,6 +88,35 @@ MODELS = {
                                            router_aux_loss_coef=0.2), 5004,
                      dict(r=4, alpha=8, targets=ATTN, params=EXPERTS, skew=0.0)),
     # Mixtral: 6 experts, top-1 (weight 1), skewed router, no window
+    # gpt-oss: 5 experts top-2, GQA, layers sliding / full / sliding (window 6 < T), YaRN (factor 4, not truncated),
+    # clamps active (swiglu_limit 0.4), aux loss in the loss
+    "gptoss-e5k2": ("GptOssConfig", dict(vocab_size=211, hidden_size=48, intermediate_size=24, num_hidden_layers=3,
+                                         num_attention_heads=4, num_key_value_heads=2, head_dim=16, num_local_experts=5,
+                                         num_experts_per_tok=2, sliding_window=6, swiglu_limit=0.4,
+                                         rope_parameters=dict(rope_type="yarn", rope_theta=10000.0, factor=4.0,
+                                                              beta_fast=8.0, beta_slow=1.0, truncate=False,
+                                                              original_max_position_embeddings=64),
+                                         output_router_logits=True, router_aux_loss_coef=0.3), 5006,
+                    dict(r=4, alpha=8, targets=ATTN, params=EXPERTS, skew=0.0)),
+    # gpt-oss: 3 experts top-1, no GQA, layer_types full then sliding (window 5), YaRN truncated, default clamp 7
+    # with alpha 1.2, skewed router
+    "gptoss-e3k1": ("GptOssConfig", dict(vocab_size=199, hidden_size=32, intermediate_size=40, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=4, head_dim=8, num_local_experts=3,
+                                         num_experts_per_tok=1, sliding_window=5, swiglu_alpha=1.2,
+                                         layer_types=["full_attention", "sliding_attention"],
+                                         rope_parameters=dict(rope_type="yarn", rope_theta=150000.0, factor=8.0,
+                                                              beta_fast=16.0, beta_slow=1.0, truncate=True,
+                                                              original_max_position_embeddings=32)), 5007,
+                    dict(r=2, alpha=4, targets=["q_proj", "v_proj"], params=EXPERTS[:1], skew=2.0)),
+    # gpt-oss: 7 experts top-4, GQA 4:1, window 4, YaRN, clamps active
+    "gptoss-e7k4": ("GptOssConfig", dict(vocab_size=203, hidden_size=40, intermediate_size=16, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=1, head_dim=12, num_local_experts=7,
+                                         num_experts_per_tok=4, sliding_window=4, swiglu_limit=0.6,
+                                         rope_parameters=dict(rope_type="yarn", rope_theta=10000.0, factor=2.0,
+                                                              beta_fast=32.0, beta_slow=2.0, truncate=False,
+                                                              original_max_position_embeddings=128),
+                                         output_router_logits=True, router_aux_loss_coef=0.05), 5008,
+                    dict(r=4, alpha=16, targets=ATTN, params=EXPERTS[1:], skew=1.0)),
     "mixtral-e6k1": ("MixtralConfig", dict(vocab_size=193, hidden_size=48, intermediate_size=32, num_hidden_layers=2,
                                            num_attention_heads=4, num_key_value_heads=4, num_local_experts=6,
                                            num_experts_per_tok=1), 5005,
@@ -117,9 +159,11 @@ def generate(name, outdir):
     g = torch.Generator().manual_seed(seed + 3)
     with torch.no_grad():  # a router far from uniform; with skew, the last experts are rarely chosen
         for n_, p in model.named_parameters():
-            if n_.endswith("mlp.gate.weight"):
+            if n_.endswith("mlp.gate.weight") or n_.endswith("mlp.router.weight"):
                 p.copy_(0.5 * torch.randn(p.shape, generator=g))
                 p.add_(-lora["skew"] * torch.linspace(0, 1, p.shape[0])[:, None] * torch.sign(p))
+            if n_.endswith("self_attn.sinks"):  # gpt-oss: sinks that take a real share of each softmax
+                p.copy_(torch.randn(p.shape, generator=g))
     model.save_pretrained(d, safe_serialization=True)
     del model
 
@@ -135,6 +179,9 @@ def generate(name, outdir):
         gold.update(input_ids=ids, labels=labels, logits=out.logits.float(), loss=out.loss.float().reshape(()),
                     aux_loss=aux.float().reshape(()),
                     n_tokens=torch.tensor(int((labels[:, 1:] != -100).sum())), counts=route_counts(m, ids))
+        if hasattr(m.model, "rotary_emb"):  # the RoPE table and the factor on cos / sin (YaRN's attention factor)
+            gold.update(inv_freq=m.model.rotary_emb.inv_freq.float().clone(),
+                        attention_scaling=torch.tensor(float(m.model.rotary_emb.attention_scaling)))
     save_file({k: (v.to(torch.int32) if v.dtype == torch.int64 else v).contiguous() for k, v in gold.items()},
               os.path.join(d, "golden.safetensors"), metadata={"format": "pt"})
 
@@ -178,13 +225,95 @@ def generate(name, outdir):
           f"generate margin={margin:.2e} ({time.time() - t0:.1f}s)", flush=True)
 
 
+FP4 = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0]
+
+
+def mxfp4_quantize(w):
+    """(E, out, in) float -> blocks U8 (E, out, in/32, 16), scales U8 (E, out, in/32): per group of 32 inputs the
+    power of two 2^s with max|x| / 2^s <= 6 (scale byte s + 127), each value the nearest e2m1 code, two codes a
+    byte, the even column in the low nibble (the inverse of transformers' _convert_moe_packed_tensors)."""
+    E, O, I = w.shape
+    g = w.reshape(E, O, I // 32, 32)
+    amax = g.abs().amax(-1).clamp_min(1e-30)
+    s = torch.ceil(torch.log2(amax / 6.0)).clamp(-127, 127)
+    x = g / torch.pow(2.0, s)[..., None]
+    lut = torch.tensor(FP4, dtype=torch.float32)
+    code = (x[..., None] - lut).abs().argmin(-1).to(torch.uint8)  # ties: the first (the +0 / positive) code
+    blocks = (code[..., 0::2] | (code[..., 1::2] << 4)).contiguous()
+    return blocks, (s + 127).to(torch.uint8).contiguous()
+
+
+def generate_mxfp4(outdir):
+    """gptoss-mxfp4: a random gpt-oss model saved with MXFP4 experts; the logits transformers gives for it."""
+    import json
+
+    import transformers
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM
+
+    t0 = time.time()
+    seed = 5009
+    d = os.path.join(outdir, "gptoss-mxfp4")
+    shutil.rmtree(d, ignore_errors=True)
+    os.makedirs(d)
+    cfg = transformers.GptOssConfig(**{**COMMON, **dict(
+        vocab_size=101, hidden_size=64, intermediate_size=32, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, num_local_experts=3, num_experts_per_tok=2, sliding_window=6,
+        swiglu_limit=0.5, rope_parameters=dict(rope_type="yarn", rope_theta=10000.0, factor=4.0, beta_fast=8.0,
+                                               beta_slow=1.0, truncate=False, original_max_position_embeddings=64))})
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(cfg)
+    randomize_(model, seed, "GptOssConfig")
+    model.save_pretrained(d, safe_serialization=True)  # config.json (and the float weights, replaced below)
+    sd = {}
+    for k, v in model.state_dict().items():
+        if k.endswith("mlp.experts.gate_up_proj") or k.endswith("mlp.experts.down_proj"):
+            blocks, scales = mxfp4_quantize(v.transpose(1, 2).float())  # the parameter is (in, out)
+            sd[k + "_blocks"], sd[k + "_scales"] = blocks, scales
+        else:
+            sd[k] = v.contiguous()
+    for f in os.listdir(d):
+        if f.endswith(".safetensors") or f.endswith(".index.json"):
+            os.remove(os.path.join(d, f))
+    save_file(sd, os.path.join(d, "model.safetensors"), metadata={"format": "pt"})
+    with open(os.path.join(d, "config.json")) as f:
+        cj = json.load(f)
+    cj["quantization_config"] = {"quant_method": "mxfp4", "modules_to_not_convert": [
+        "model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens", "lm_head"]}
+    with open(os.path.join(d, "config.json"), "w") as f:
+        json.dump(cj, f, indent=2)
+    del model
+    m = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32, attn_implementation="eager",
+                                             quantization_config=transformers.Mxfp4Config(dequantize=True))
+    m.eval()
+    # the layout, checked independently: the loaded expert weights are our codes times our scales
+    lut = torch.tensor(FP4, dtype=torch.float32)
+    blocks, scales = sd["model.layers.0.mlp.experts.gate_up_proj_blocks"], sd["model.layers.0.mlp.experts.gate_up_proj_scales"]
+    codes = torch.stack([blocks & 15, blocks >> 4], -1).reshape(*blocks.shape[:-2], -1).long()
+    want = (lut[codes].reshape(*scales.shape, 32) * torch.pow(2.0, scales.float() - 127)[..., None]).reshape(
+        blocks.shape[0], blocks.shape[1], -1).transpose(1, 2)
+    got = m.model.layers[0].mlp.experts.gate_up_proj.detach().float()
+    assert torch.equal(got, want), float((got - want).abs().max())
+    g = torch.Generator().manual_seed(seed + 7)
+    ids, labels = make_batch(g, m.config.vocab_size, T)
+    with torch.no_grad():
+        out = m(input_ids=ids, labels=labels)
+    gold = dict(input_ids=ids, labels=labels, logits=out.logits.float(), loss=out.loss.float().reshape(()))
+    save_file({k: (v.to(torch.int32) if v.dtype == torch.int64 else v).contiguous() for k, v in gold.items()},
+              os.path.join(d, "golden.safetensors"), metadata={"format": "pt"})
+    print(f"gptoss-mxfp4: loss={float(gold['loss']):.5f} ({time.time() - t0:.1f}s)", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("outdir")
     ap.add_argument("--only", default="")
     a = ap.parse_args()
-    for name in [n for n in a.only.split(",") if n] or list(MODELS):
-        generate(name, a.outdir)
+    for name in [n for n in a.only.split(",") if n] or list(MODELS) + ["gptoss-mxfp4"]:
+        if name == "gptoss-mxfp4":
+            generate_mxfp4(a.outdir)
+        else:
+            generate(name, a.outdir)
 
 
 if __name__ == "__main__":
