@@ -349,6 +349,15 @@ static lt_gguf_file *read_gguf(const char *path, char **buf) {
     return f;
 }
 
+/* m exported as a GGUF of dtype at path, read back */
+static lt_gguf_file *export_read(lt_model *m, lt_gguf_dtype dtype, const char *path, char **buf) {
+    lt_gguf_params gp;
+    lt_gguf_params_init(&gp, sizeof gp);
+    gp.dtype = dtype;
+    ck_assert_msg(lt_model_export_gguf(m, NULL, path, &gp) == LT_OK, "%s", lt_model_last_error(m));
+    return read_gguf(path, buf);
+}
+
 START_TEST(test_export_llama) {
     lt_context *ctx = tu_context();
     char dir[64], path[128];
@@ -452,12 +461,8 @@ START_TEST(test_export_gemma_norms) {
     tu_tempdir(dir, sizeof dir);
     lt_model *m = random_model(ctx, GEMMA_CFG, dir);
     snprintf(path, sizeof path, "%s/g.gguf", dir);
-    lt_gguf_params gp;
-    lt_gguf_params_init(&gp, sizeof gp);
-    gp.dtype = LT_GGUF_DTYPE_Q8_0;
-    ck_assert_msg(lt_model_export_gguf(m, NULL, path, &gp) == LT_OK, "%s", lt_model_last_error(m));
     char *buf;
-    lt_gguf_file *f = read_gguf(path, &buf);
+    lt_gguf_file *f = export_read(m, LT_GGUF_DTYPE_Q8_0, path, &buf);
     const lt_gguf_tensor *t = lt_gguf_find_tensor(f, "blk.0.attn_norm.weight");
     ck_assert_int_eq(t->type, LT_GGML_F32);
     float w[32];
@@ -487,13 +492,9 @@ START_TEST(test_export_moe) {
     tu_tempdir(dir, sizeof dir);
     lt_model *m = random_model(ctx, QWEN3MOE_CFG, dir);
     enum { E = 3, H = 32, MI = 16, R = 2 };
-    lt_gguf_params gp;
-    lt_gguf_params_init(&gp, sizeof gp);
-    gp.dtype = LT_GGUF_DTYPE_F32;
     snprintf(path, sizeof path, "%s/m.gguf", dir);
-    ck_assert_msg(lt_model_export_gguf(m, NULL, path, &gp) == LT_OK, "%s", lt_model_last_error(m));
     char *buf;
-    lt_gguf_file *f = read_gguf(path, &buf);
+    lt_gguf_file *f = export_read(m, LT_GGUF_DTYPE_F32, path, &buf);
     ck_assert_str_eq(lt_gguf_find_kv(f, "general.architecture")->strs[0], "qwen3moe");
     uint32_t v;
     memcpy(&v, lt_gguf_find_kv(f, "qwen3moe.expert_count")->data, 4);
@@ -520,9 +521,7 @@ START_TEST(test_export_moe) {
     lt_gguf_file_free(f);
     free(buf);
     /* q8_0: the router stays F32, rows of 16 values (down) fall back to F16 */
-    gp.dtype = LT_GGUF_DTYPE_Q8_0;
-    ck_assert_msg(lt_model_export_gguf(m, NULL, path, &gp) == LT_OK, "%s", lt_model_last_error(m));
-    f = read_gguf(path, &buf);
+    f = export_read(m, LT_GGUF_DTYPE_Q8_0, path, &buf);
     ck_assert_int_eq(lt_gguf_find_tensor(f, "blk.0.ffn_gate_inp.weight")->type, LT_GGML_F32);
     ck_assert_int_eq(lt_gguf_find_tensor(f, "blk.0.ffn_gate_exps.weight")->type, LT_GGML_Q8_0);
     ck_assert_int_eq(lt_gguf_find_tensor(f, "blk.0.ffn_down_exps.weight")->type, LT_GGML_F16);
@@ -542,6 +541,8 @@ START_TEST(test_export_moe) {
     for (int i = 0; i < E * 2 * MI * R; i++) B[i] = (float)(i % 13) * 0.01f - 0.06f;
     m->be->ops->upload(m->be, lo->B, B, sizeof B);
     m->be->ops->download(m->be, A, lo->A, sizeof A);
+    lt_gguf_params gp;
+    lt_gguf_params_init(&gp, sizeof gp);
     gp.dtype = LT_GGUF_DTYPE_F32;
     snprintf(path, sizeof path, "%s/a.gguf", dir);
     ck_assert_msg(lt_adapter_export_gguf(a, path, &gp) == LT_OK, "%s", lt_adapter_last_error(a));
