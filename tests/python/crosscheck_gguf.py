@@ -32,7 +32,8 @@ SmolLM3, OLMo 2, Granite; the mixtures of experts with a LoRA on every expert as
     transformers' apply_chat_template rendering of a held-out conversation;
  5. refused exports give clear statuses: a DoRA adapter as gguf-lora (LT_ERR_UNSUPPORTED, pointing to the
     merged export), a Gemma whose head is untied, a Qwen3-MoE with a dense layer (mlp_only_layers), a SmolLM3
-    whose NoPE layers are not every 4th (LT_ERR_UNSUPPORTED: what llama.cpp hard-codes).
+    whose NoPE layers are not every 4th (LT_ERR_UNSUPPORTED: what llama.cpp hard-codes);
+ 6. a Gemma 3 whose layer types are not llama.cpp's default: the sliding_window_pattern array, f32 logits.
 Exits 1 if any check fails.
 """
 import argparse
@@ -569,6 +570,49 @@ def refusals_new_families(args, lib):
         lib.lib.lt_model_free(m)
 
 
+def gemma3_layout(args, lib):
+    """Gemma 3 layer types other than llama.cpp's default (layer l slides when l % 6 < 5): written as the bool
+    array gemma3.attention.sliding_window_pattern (the converter writes none); base f32 logits only."""
+    print("== Gemma 3 with its own layer types")
+    import transformers
+    work = args.workdir
+    src = os.path.join(work, "gemma3")
+    d = os.path.join(work, "gemma3-layout")
+    shutil.rmtree(d, ignore_errors=True)
+    sc = json.load(open(os.path.join(src, "config.json")))
+    cfg = transformers.Gemma3TextConfig(
+        vocab_size=sc["vocab_size"], bos_token_id=sc["bos_token_id"], eos_token_id=sc["eos_token_id"],
+        hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+        head_dim=32, query_pre_attn_scalar=32, sliding_window=6, max_position_embeddings=512,
+        layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+        rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                         "sliding_attention": {"rope_type": "default", "rope_theta": 100.0}})
+    torch.manual_seed(9200)
+    mt = transformers.AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    with torch.no_grad():
+        for nme, p in mt.named_parameters():
+            p.copy_(torch.rand_like(p) * 0.5 if "norm" in nme else torch.randn_like(p) * 0.2)
+    mt.save_pretrained(d, safe_serialization=True)
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(os.path.join(src, f), d)
+    m, V = lib.model(d)
+    gp = lib.L.init_struct(lib.lib.lt_gguf_params_init, lib.L.lt_gguf_params)
+    gp.dtype = 0  # LT_GGUF_DTYPE_F32
+    path = os.path.join(work, "gemma3-layout.gguf")
+    st = lib.lib.lt_model_export_gguf(m, None, path.encode(), ctypes.byref(gp))
+    if not check(st == 0, f"gemma3 layout: exported ({lib.status_name(st)})"):
+        return
+    _, kv, _ = read_gguf(path)
+    pattern = [bool(x) for x in kv.get("gemma3.attention.sliding_window_pattern", [])]
+    check(pattern == [True, False, True], f"gemma3 layout: gemma3.attention.sliding_window_pattern = {pattern}")
+    ids = [int(x) for x in np.random.default_rng(9200).integers(0, V, 40)]
+    lg = os.path.join(work, "gemma3-layout-logits.bin")
+    oracle(args, path, "--ctx", "64", "--ids", ",".join(map(str, ids)), "--logits-out", lg)
+    r = rel(np.fromfile(lg, dtype=np.float32).reshape(40, -1)[:, :V], lib.logits(m, V, None, ids))
+    check(r <= TOL_F32_GELU, f"gemma3 layout: base f32 logits, llama.cpp vs ours: {r:.2e} (<= {TOL_F32_GELU})")
+    lib.lib.lt_model_free(m)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cli", required=True)
@@ -607,6 +651,8 @@ def main():
     if "mistral" in want and "gemma" in want:
         refusals(args, lib)
     refusals_new_families(args, lib)
+    if "gemma3" in want:
+        gemma3_layout(args, lib)
     for f in failures:
         print("  FAIL", f)
     print(f"crosscheck_gguf: {len(passed)} passed, {len(failures)} failed")
