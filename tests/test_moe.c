@@ -302,6 +302,36 @@ START_TEST(test_moe_generate_matches_transformers) {
 }
 END_TEST
 
+/* b = rows x T tokens ids (filled: (i * 7919 + 13) mod V) */
+static void id_batch(lt_batch *b, int32_t *ids, int rows, int T, int V) {
+    for (int i = 0; i < rows * T; i++) ids[i] = (int32_t)((i * 7919 + 13) % V);
+    lt_batch_init(b, sizeof *b);
+    b->n_rows = rows;
+    b->seq_len = T;
+    b->input_ids = ids;
+}
+
+/* `steps` SFT updates of a on b with an optimizer of `kind` (lr 1e-2); returns the optimizer (its state). */
+static lt_optimizer *train_steps(lt_model *m, lt_adapter *a, lt_optimizer_kind kind, const lt_batch *b, int steps) {
+    lt_optimizer_params op;
+    lt_optimizer_params_init(&op, sizeof op);
+    op.kind = kind;
+    op.lr = 1e-2f;
+    lt_optimizer *o = NULL;
+    ck_assert_int_eq(lt_optimizer_create(a, &op, &o), LT_OK);
+    lt_trainer_params tp;
+    lt_trainer_params_init(&tp, sizeof tp);
+    lt_trainer *tr = NULL;
+    ck_assert_int_eq(lt_trainer_create(m, a, o, &tp, &tr), LT_OK);
+    for (int k = 0; k < steps; k++) {
+        lt_step_result r = {.size = sizeof r};
+        ck_assert_msg(lt_trainer_step(tr, b, &r) == LT_OK, "%s", lt_trainer_last_error(tr));
+        ck_assert(r.updated);
+    }
+    lt_trainer_free(tr);
+    return o;
+}
+
 /* A LoRA we create on attention and experts, trained two steps, saved: PeftModel loads it and gives our
  * logits, and the merged export loads in transformers with the same logits
  * (tests/python/check_peft_roundtrip.py, 1e-4); the adapter loads back here bit for bit. */
@@ -334,27 +364,9 @@ START_TEST(test_moe_peft_roundtrip) {
     enum { B = 2, T = 12 };
     const int V = (int)m->cfg.vocab_size;
     int32_t ids[B * T];
-    for (int i = 0; i < B * T; i++) ids[i] = (int32_t)((i * 7919 + 13) % V);
     lt_batch b;
-    lt_batch_init(&b, sizeof b);
-    b.n_rows = B;
-    b.seq_len = T;
-    b.input_ids = ids;
-    lt_optimizer_params op;
-    lt_optimizer_params_init(&op, sizeof op);
-    op.lr = 1e-2f;
-    lt_optimizer *o = NULL;
-    ck_assert_int_eq(lt_optimizer_create(a, &op, &o), LT_OK);
-    lt_trainer_params tp;
-    lt_trainer_params_init(&tp, sizeof tp);
-    lt_trainer *tr = NULL;
-    ck_assert_int_eq(lt_trainer_create(m, a, o, &tp, &tr), LT_OK);
-    for (int k = 0; k < 2; k++) {
-        lt_step_result r = {.size = sizeof r};
-        ck_assert_msg(lt_trainer_step(tr, &b, &r) == LT_OK, "%s", lt_trainer_last_error(tr));
-    }
-    lt_trainer_free(tr);
-    lt_optimizer_free(o);
+    id_batch(&b, ids, B, T, V);
+    lt_optimizer_free(train_steps(m, a, LT_OPT_ADAMW, &b, 2));
     ck_assert_int_eq(lt_adapter_save(a, adir), LT_OK);
     ck_assert_msg(lt_adapter_export_merged(a, mdir, 0) == LT_OK, "%s", lt_adapter_last_error(a));
     float *lg = malloc((size_t)B * T * V * 4);
@@ -588,25 +600,10 @@ START_TEST(test_moe_full_finetune_layout) {
     ap.full_finetune = 1;
     lt_adapter *a = NULL;
     ck_assert_msg(lt_adapter_create(m, &ap, &a) == LT_OK, "%s", lt_last_error());
-    lt_optimizer_params op;
-    lt_optimizer_params_init(&op, sizeof op);
-    op.kind = LT_OPT_ADAMW8BIT;
-    lt_optimizer *o = NULL;
-    ck_assert_int_eq(lt_optimizer_create(a, &op, &o), LT_OK);
-    lt_trainer_params tp;
-    lt_trainer_params_init(&tp, sizeof tp);
-    lt_trainer *tr = NULL;
-    ck_assert_int_eq(lt_trainer_create(m, a, o, &tp, &tr), LT_OK);
     int32_t ids[2 * 8];
-    for (int i = 0; i < 16; i++) ids[i] = (int32_t)((i * 31 + 5) % c->vocab_size);
     lt_batch b;
-    lt_batch_init(&b, sizeof b);
-    b.n_rows = 2;
-    b.seq_len = 8;
-    b.input_ids = ids;
-    lt_step_result r = {.size = sizeof r};
-    ck_assert_msg(lt_trainer_step(tr, &b, &r) == LT_OK, "%s", lt_trainer_last_error(tr));
-    ck_assert(r.updated);
+    id_batch(&b, ids, 2, 8, (int)c->vocab_size);
+    lt_optimizer *o = train_steps(m, a, LT_OPT_ADAMW8BIT, &b, 1); /* the 8-bit state exists after an update */
     const size_t E = (size_t)c->num_experts, H = (size_t)c->hidden_size, MI = (size_t)c->moe_intermediate_size;
     int n_checked = 0;
     for (int l = 0; l < c->num_hidden_layers; l++) {
@@ -632,7 +629,6 @@ START_TEST(test_moe_full_finetune_layout) {
         }
     }
     ck_assert_int_eq(n_checked, 3 * c->n_moe_layers);
-    lt_trainer_free(tr);
     lt_optimizer_free(o);
     lt_adapter_free(a);
     lt_model_free(m);
