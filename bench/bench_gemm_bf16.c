@@ -15,6 +15,9 @@
  * shared with other jobs the fastest is the least disturbed), so background load hits all three; the
  * last line is the whole layer: its bf16 figure is the rate "the kernel reaches alone" that a training
  * step's GEMMs are measured against (docs/BENCHMARKS.md).
+ * On a CPU with AVX512_BF16 the first line is the single-core issue rate of vdpbf16ps and of
+ * vfmadd231ps on 512 bits (24 independent accumulators, so throughput, not latency): why the kernel
+ * widens B and uses FMAs (cpu/gemm_bf16.c).
  */
 #include <omp.h>
 #include <stdio.h>
@@ -42,6 +45,39 @@ static const shape bench_8b[] = {{"q,o 4096->4096", 4096, 4096, 2},
                                  {"k,v 4096->1024", 4096, 1024, 2},
                                  {"gate,up 4096->14336", 4096, 14336, 2},
                                  {"down 14336->4096", 14336, 4096, 1}};
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+/* G instructions per second of one 512-bit op on 24 independent accumulators, one core */
+#define RATE_LOOP(op)                                                          \
+    do {                                                                       \
+        const long n = 20000000;                                               \
+        double t0 = omp_get_wtime();                                           \
+        for (long i = 0; i < n; i++) {                                         \
+            _Pragma("GCC unroll 24") for (int j = 0; j < 24; j++) acc[j] = op; \
+            __asm__ volatile("" : "+v"(x));                                    \
+        }                                                                      \
+        double t = omp_get_wtime() - t0;                                       \
+        float s = 0;                                                           \
+        for (int j = 0; j < 24; j++) s += _mm512_reduce_add_ps(acc[j]);        \
+        keep = s; /* the sums are used: the loop stays */                      \
+        rate = 24.0 * n / t / 1e9;                                             \
+    } while (0)
+__attribute__((target("avx512f,avx512bf16"))) static void isa_rates(void) {
+    __m512 acc[24];
+    __m512 x = _mm512_set1_ps(1e-9f), y = _mm512_set1_ps(1.0f);
+    double rate;
+    volatile float keep;
+    for (int j = 0; j < 24; j++) acc[j] = _mm512_setzero_ps();
+    RATE_LOOP(_mm512_dpbf16_ps(acc[j], (__m512bh)x, (__m512bh)y));
+    const double dp = rate;
+    RATE_LOOP(_mm512_fmadd_ps(x, y, acc[j]));
+    printf("one core: vdpbf16ps %.2f G/s = %.0f GF/s, vfmadd231ps %.2f G/s = %.0f GF/s (fp32 FMAs / bf16 dot "
+           "products: %.2fx the FLOPs)\n",
+           dp, 64 * dp, rate, 32 * rate, 32 * rate / (64 * dp));
+    (void)keep;
+}
+#endif
 
 static int cmp(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
@@ -84,6 +120,9 @@ int main(int argc, char **argv) {
     const lt_cpu_kernels *k = lt_cpu_kernels_get(LT_CPU_ISA_AUTO, err, sizeof err);
     printf("bench_gemm_bf16: %s, N=%d, %d threads, %d repeats, ISA %s (%s kernel)\n", cfg, N, threads, reps, k->isa,
            k->level == LT_CPU_ISA_AVX512_BF16 ? "AVX512_BF16" : "portable");
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (k->level == LT_CPU_ISA_AVX512_BF16) isa_rates();
+#endif
     printf("%-22s %-8s %10s %10s %10s %8s %8s\n", "shape", "product", "bf16 GF/s", "nf4 GF/s", "sgemm GF/s", "nf4/bf16",
            "bf16/f32");
     double layer_b = 0, layer_q = 0, layer_f = 0, layer_flops = 0;

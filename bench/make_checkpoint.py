@@ -3,8 +3,8 @@
 at most 5 GB, model.safetensors.index.json), to time `loratune bench --model DIR` (loading a real-size
 checkpoint from disk, docs/BENCHMARKS.md):
 
-    python3 bench/make_checkpoint.py bench-8b /tmp/bench-8b     # 16.1 GB, about 2 minutes
-    python3 bench/make_checkpoint.py bench-1b /tmp/bench-1b     #  2.5 GB
+    $(bash tests/ref-venv.sh) bench/make_checkpoint.py bench-8b /tmp/bench-8b   # 16.1 GB, about 2 minutes idle
+    $(bash tests/ref-venv.sh) bench/make_checkpoint.py bench-1b /tmp/bench-1b   #  2.5 GB (numpy: the reference venv)
 
 Weights N(0, 0.02^2) rounded to bf16 (norms 1), made and written a slice at a time (numpy only, about
 64 MB of memory). Delete the directory when done: nothing else removes it.

@@ -28,7 +28,7 @@
 #define LT_ISA_GENERIC 1     /* portable: GCC vector extensions, baseline target  */
 #define LT_ISA_AVX2 2        /* AVX2 + FMA                                         */
 #define LT_ISA_AVX512 3      /* AVX-512 F, BW, VL, DQ (+ AVX2, FMA)                */
-#define LT_ISA_AVX512_BF16 4 /* AVX-512 + BF16 dot products (vdpbf16ps)            */
+#define LT_ISA_AVX512_BF16 4 /* AVX-512 + BF16 conversions (vcvtneps2bf16)         */
 #define LT_ISA_COUNT 5
 typedef enum lt_cpu_isa {
     LT_CPU_ISA_AUTO = 0, /* LT_CPU_ISA from the environment if set, else the best this CPU supports */
@@ -82,14 +82,17 @@ typedef void lt_opt8_blocks_fn(float *param, const float *grad, uint8_t *c1, uin
 
 /* The two parts of the bf16-weight GEMM that differ per ISA (cpu/gemm_bf16_simd.h; the blocking around
  * them is cpu/gemm_bf16.c). LT_BF16_MR rows x LT_BF16_NR 16-column vectors of C per micro-kernel call.
- *  pack_a: rows [0, mr) of A (lda floats apart), k in [k0, k1), rounded to bf16 into a (mr, 2 kcp) with
- *          zeros past k1 (an odd K leaves half a pair).
+ *  pack_a: rows [0, mr) of A (lda floats apart), k in [k0, k1), rounded to bf16 and kept as fp32 values
+ *          into a (mr, 2 kcp), with zeros past k1 (an odd K leaves half a pair). fp32, not bf16 bits:
+ *          the kernel broadcasts them straight into fp32 FMAs.
  *  kernel: C (mr, ncols) ldc (+)= a (mr, 2 kcp) x a packed B block (ncols <= NR*16 columns, the
- *          16-column vectors bs apart); first: C = result, else C += result. */
+ *          16-column vectors bs apart); first: C = result, else C += result. Per pair of k the sum is
+ *          (c + a[2p] b[2p]) + a[2p+1] b[2p+1], each product exact in fp32 (two bf16 values): every
+ *          ISA gives the same bits. */
 #define LT_BF16_MR 8
 #define LT_BF16_NR 3
-typedef void lt_bf16_pack_a_fn(uint16_t *a, int kcp, const float *A, size_t lda, int mr, int k0, int k1);
-typedef void lt_bf16_kernel_fn(int mr, int ncols, int kcp, const uint16_t *a, const uint16_t *b, size_t bs, float *C,
+typedef void lt_bf16_pack_a_fn(float *a, int kcp, const float *A, size_t lda, int mr, int k0, int k1);
+typedef void lt_bf16_kernel_fn(int mr, int ncols, int kcp, const float *a, const uint16_t *b, size_t bs, float *C,
                                size_t ldc, int first);
 /*  pack_b: a B block of the products whose B is packed per block (the backward of a packed bf16
  *          weight; both products of a 4-bit weight, dequantized): columns [c0, c0 + 16 nb) and pairs

@@ -8,16 +8,20 @@
  *          lt_bf16_kernel_<isa>, lt_bf16_repack_bwd_<isa>, lt_bf16_q4_pack_fwd/bwd_<isa>, lt_bf16_pack_w16_<isa>)
  *
  * Both products are C (M, NC) (+)= A (M, K) B with A the fp32 activations (x or dy, rows of K) and
- * B (K, NC) a bf16 panel in the layout vdpbf16ps wants: per block of 16 columns, per pair of k,
- * 16 columns x 2 k = one 64-byte vector. The micro-kernel keeps MR x NR = 8 x 3 fp32 vectors of C in
- * registers; each step is 3 vector loads of B and 8 broadcasts of a bf16 pair of A folded into 24
- * vdpbf16ps. Blocking (GotoBLAS-style, one thread's share of C, stack buffers only):
+ * B (K, NC) a bf16 panel: per block of 16 columns, per pair of k, 16 columns x 2 k = one 64-byte
+ * vector (the layout of vdpbf16ps). A is rounded to bf16 (kept as fp32 values) when it is packed.
+ * The micro-kernel keeps MR x NR = 8 x 3 fp32 vectors of C in registers; each step loads 3 vectors of
+ * B, widens each to its even-k and odd-k halves in fp32 (a shift and a mask), and folds in 16
+ * broadcasts of A with 48 fp32 FMAs. Not vdpbf16ps: on the Xeons we measured it retires half an
+ * instruction per cycle against two FMAs (docs/BENCHMARKS.md), so two FMAs per pair are 2x its rate;
+ * both products are exact in fp32, so the bits are those of the portable kernel.
+ * Blocking (GotoBLAS-style, one thread's share of C, stack buffers only):
  *   forward (B = W^T is the packed weight itself, nothing to pack per call):
- *     for KC_BLK pairs of k, for MC_BLK rows: round A once (64 KB, L2);
+ *     for KC_BLK pairs of k, for MC_BLK rows: round A once (128 KB, L2);
  *       for each NR*16-column panel of B (24 KB, L1): every MR-row tile of the block
  *   backward (B = W, re-packed from the packed weight: 2x2 transposes):
  *     for NC_BLK columns, for KC_BLK pairs: re-pack the B block once (96 KB, L2);
- *       for MR rows: round that slice of A (4 KB, L1); every NR*16-column tile
+ *       for MR rows: round that slice of A (8 KB, L1); every NR*16-column tile
  * C tiles are loaded and stored once per KC_BLK pairs of k.
  * A 4-bit quantized weight (NF4 / FP4, + double quantization: lt_qdesc) goes through the backward's
  * blocking in both products: its B block is dequantized straight into the kernel's bf16 layout while
@@ -132,11 +136,11 @@ static void pack_pairs_c(uint16_t *dst, const float *W, int out, int in, int ob,
 
 /* Forward: C rows [r0, r1) x columns [c0, c1) (c0 a multiple of 16) of C (M, cols) row-major,
  * A (M, K), B = W^T straight from the packed weight (K = in). Per KC_BLK pairs of k and MC_BLK rows,
- * A is rounded once (64 KB, stays in L2); each NR*16-column panel of B (24 KB) then serves all
+ * A is rounded once (128 KB, stays in L2); each NR*16-column panel of B (24 KB) then serves all
  * MC_BLK/MR row tiles from L1. */
 static void bf16_block_fwd(const lt_cpu_kernels *k, float *C, int cols, const float *A, int K, const uint16_t *Wp,
                            int in, int r0, int r1, int c0, int c1, int accumulate) {
-    _Alignas(64) uint16_t abuf[MC_BLK * 2 * KC_BLK]; /* 64 KB */
+    _Alignas(64) float abuf[MC_BLK * 2 * KC_BLK]; /* 128 KB */
     const int KP = lt_bf16w_pairs(K), PW = lt_bf16w_pairs(in);
     for (int pc = 0; pc < KP; pc += KC_BLK) {
         const int kcp = KP - pc < KC_BLK ? KP - pc : KC_BLK;
@@ -163,7 +167,7 @@ static void bf16_block_fwd(const lt_cpu_kernels *k, float *C, int cols, const fl
  * rounded again for each column block). K: the contraction (out for the backward, in for the forward). */
 static void bf16_block_packed(const lt_cpu_kernels *k, lt_bf16_pack_b_fn *pack_b, float *C, int cols, const float *A,
                               int K, const void *W, int in, int out, int r0, int r1, int c0, int c1, int accumulate) {
-    _Alignas(64) uint16_t abuf[MR * 2 * KC_BLK];
+    _Alignas(64) float abuf[MR * 2 * KC_BLK];
     _Alignas(64) uint16_t bbuf[NC_BLK * 2 * KC_BLK]; /* 96 KB */
     const int KP = lt_bf16w_pairs(K);
     for (int jc = c0; jc < c1; jc += NC_BLK) {

@@ -4,8 +4,10 @@
  * cpu/isa_each.h (no include guard). Two copies:
  *   generic      portable C (any CPU; the AVX2 and AVX512 tables name it too: without BF16 dot
  *                products there is nothing faster to do here than this)
- *   avx512bf16   vcvtne2ps2bf16 to round the activations, vdpbf16ps for the products
- * Both round the activations like lt_bf16_round and sum exact products (of two bf16 values) in fp32.
+ *   avx512bf16   vcvtneps2bf16 to round the activations; the products in fp32 FMAs on the B vectors
+ *                widened in registers (cpu/gemm_bf16.c says why not vdpbf16ps)
+ * Both round the activations like lt_bf16_round and sum exact products (of two bf16 values) in fp32, in
+ * the same order: the same bits.
  * The B-block packers (4-bit weights dequantized into bf16 panels, the backward's re-pack of a bf16
  * weight) and the whole-block weight packer: in the generic copy, gemm_bf16.c's portable C; in the
  * avx512bf16 copy, gathers, byte shuffles and register transposes (vcvtneps2bf16 rounds as
@@ -20,23 +22,22 @@
 
 #if LT_ISA_LEVEL == LT_ISA_GENERIC
 
-void F(lt_bf16_pack_a)(uint16_t *a, int kcp, const float *A, size_t lda, int mr, int k0, int k1) {
+void F(lt_bf16_pack_a)(float *a, int kcp, const float *A, size_t lda, int mr, int k0, int k1) {
     for (int r = 0; r < mr; r++) {
         const float *src = A + (size_t)r * lda;
-        uint16_t *d = a + (size_t)r * 2 * kcp;
-        for (int k = 0; k < 2 * kcp; k++) d[k] = k0 + k < k1 ? lt_bf16_round(src[k0 + k]) : 0;
+        float *d = a + (size_t)r * 2 * kcp;
+        for (int k = 0; k < 2 * kcp; k++) d[k] = k0 + k < k1 ? lt_bf16_to_f32(lt_bf16_round(src[k0 + k])) : 0.0f;
     }
 }
 
-void F(lt_bf16_kernel)(int mr, int ncols, int kcp, const uint16_t *a, const uint16_t *b, size_t bs, float *C,
-                       size_t ldc, int first) {
+void F(lt_bf16_kernel)(int mr, int ncols, int kcp, const float *a, const uint16_t *b, size_t bs, float *C, size_t ldc,
+                       int first) {
     float acc[LT_BF16_MR][LT_BF16_NR * 16];
     memset(acc, 0, sizeof acc);
     const int nz = (ncols + 15) / 16;
     for (int p = 0; p < kcp; p++)
         for (int r = 0; r < mr; r++) {
-            const float a0 = lt_bf16_to_f32(a[(size_t)r * 2 * kcp + 2 * p]);
-            const float a1 = lt_bf16_to_f32(a[(size_t)r * 2 * kcp + 2 * p + 1]);
+            const float a0 = a[(size_t)r * 2 * kcp + 2 * p], a1 = a[(size_t)r * 2 * kcp + 2 * p + 1];
             for (int z = 0; z < nz; z++) {
                 const uint16_t *v = b + z * bs + (size_t)p * 32;
                 for (int l = 0; l < 16; l++) /* products of bf16 values are exact in fp32 */
@@ -69,25 +70,23 @@ void F(lt_bf16_pack_w16)(uint16_t *dst, size_t dstride, const float *W, size_t i
 
 #elif LT_ISA_LEVEL == LT_ISA_AVX512_BF16
 
-void F(lt_bf16_pack_a)(uint16_t *a, int kcp, const float *A, size_t lda, int mr, int k0, int k1) {
+void F(lt_bf16_pack_a)(float *a, int kcp, const float *A, size_t lda, int mr, int k0, int k1) {
     for (int r = 0; r < mr; r++) {
         const float *src = A + (size_t)r * lda + k0;
-        uint16_t *d = a + (size_t)r * 2 * kcp;
+        float *d = a + (size_t)r * 2 * kcp;
         const int n = k1 - k0;
-        for (int k = 0; k < 2 * kcp; k += 32) {
-            int n0 = n - k, n1 = n - k - 16;
-            __mmask16 m0 = n0 >= 16 ? 0xffff : n0 > 0 ? (__mmask16)((1u << n0) - 1) : 0;
-            __mmask16 m1 = n1 >= 16 ? 0xffff : n1 > 0 ? (__mmask16)((1u << n1) - 1) : 0;
-            __m512 lo = _mm512_maskz_loadu_ps(m0, src + k), hi = _mm512_maskz_loadu_ps(m1, src + k + 16);
-            __m512bh v = _mm512_cvtne2ps_pbh(hi, lo); /* RNE; low half from lo */
-            _mm512_storeu_si512((void *)(d + k), (__m512i)v);
+        for (int k = 0; k < 2 * kcp; k += 16) {
+            const int left = n - k;
+            const __mmask16 m = left >= 16 ? 0xffff : left > 0 ? (__mmask16)((1u << left) - 1) : 0;
+            const __m256i h = (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, src + k)); /* RNE */
+            _mm512_storeu_ps(d + k, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)));
         }
     }
 }
 
 /* MR_ x NZ_ register tile; constants after inlining, so acc[][] lives in registers. */
 static inline __attribute__((always_inline)) void bf16_kernel_tile(const int MR_, const int NZ_, int ncols, int kcp,
-                                                                   const uint16_t *a, const uint16_t *b, size_t bs,
+                                                                   const float *a, const uint16_t *b, size_t bs,
                                                                    float *C, size_t ldc, int first) {
     __m512 acc[LT_BF16_MR][LT_BF16_NR];
 #pragma GCC unroll 8
@@ -95,17 +94,22 @@ static inline __attribute__((always_inline)) void bf16_kernel_tile(const int MR_
 #pragma GCC unroll 3
         for (int z = 0; z < NZ_; z++) acc[r][z] = _mm512_setzero_ps();
     const size_t lda = (size_t)2 * kcp;
+    const __m512i hi_half = _mm512_set1_epi32((int)0xffff0000u);
     for (int p = 0; p < kcp; p++) {
-        __m512bh bv[LT_BF16_NR];
+        __m512 b_even[LT_BF16_NR], b_odd[LT_BF16_NR]; /* B's k = 2p and 2p+1 rows, widened to fp32 */
 #pragma GCC unroll 3
-        for (int z = 0; z < NZ_; z++) bv[z] = (__m512bh)_mm512_loadu_si512((const void *)(b + z * bs + (size_t)p * 32));
+        for (int z = 0; z < NZ_; z++) {
+            const __m512i v = _mm512_loadu_si512((const void *)(b + z * bs + (size_t)p * 32));
+            b_even[z] = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
+            b_odd[z] = _mm512_castsi512_ps(_mm512_and_si512(v, hi_half));
+        }
 #pragma GCC unroll 8
         for (int r = 0; r < MR_; r++) {
-            int32_t pair;
-            memcpy(&pair, a + r * lda + 2 * p, sizeof pair);
-            __m512bh av = (__m512bh)_mm512_set1_epi32(pair);
+            const __m512 a_even = _mm512_set1_ps(a[r * lda + 2 * p]), a_odd = _mm512_set1_ps(a[r * lda + 2 * p + 1]);
 #pragma GCC unroll 3
-            for (int z = 0; z < NZ_; z++) acc[r][z] = _mm512_dpbf16_ps(acc[r][z], av, bv[z]);
+            for (int z = 0; z < NZ_; z++) acc[r][z] = _mm512_fmadd_ps(a_even, b_even[z], acc[r][z]);
+#pragma GCC unroll 3
+            for (int z = 0; z < NZ_; z++) acc[r][z] = _mm512_fmadd_ps(a_odd, b_odd[z], acc[r][z]);
         }
     }
 #pragma GCC unroll 8
@@ -125,7 +129,7 @@ static inline __attribute__((always_inline)) void bf16_kernel_tile(const int MR_
 #define LT_TILE(mr_, nz_) \
     case (mr_)*4 + (nz_): bf16_kernel_tile(mr_, nz_, ncols, kcp, a, b, bs, C, ldc, first); return;
 
-void F(lt_bf16_kernel)(int mr, int ncols, int kcp, const uint16_t *a, const uint16_t *b, size_t bs, float *C,
+void F(lt_bf16_kernel)(int mr, int ncols, int kcp, const float *a, const uint16_t *b, size_t bs, float *C,
                        size_t ldc, int first) {
     const int nz = (ncols + 15) / 16;
     switch (mr * 4 + nz) {

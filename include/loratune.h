@@ -324,8 +324,9 @@ typedef struct lt_adapter_params {
                          /* next to a LoRA (PEFT modules_to_save; default 0)               */
 } lt_adapter_params;
 
-/* modules_to_save bits (PEFT's module names "embed_tokens", "lm_head") */
-enum { LT_SAVE_EMBED_TOKENS = 1 << 0, LT_SAVE_LM_HEAD = 1 << 1 };
+/* modules_to_save bits (PEFT's module names "embed_tokens", "lm_head", "gate": the router (E, H) of every
+ * mixture-of-experts layer, frozen unless named here; a full fine-tuning always trains it) */
+enum { LT_SAVE_EMBED_TOKENS = 1 << 0, LT_SAVE_LM_HEAD = 1 << 1, LT_SAVE_ROUTER = 1 << 2 };
 
 LT_API void lt_adapter_params_init(lt_adapter_params *params, size_t size);
 LT_API lt_status lt_adapter_create(lt_model *model, const lt_adapter_params *params, lt_adapter **out);

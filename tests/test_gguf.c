@@ -2,8 +2,9 @@
  * test_gguf.c - GGUF: f32 -> f16 rounding, the writer read back by the reader (every value type, F32 / F16 /
  * BF16 / Q8_0 tensors, alignment), hostile files (every truncation, huge counts, nested arrays, overlapping,
  * misaligned or out-of-file tensors) giving statuses, and lt_model_export_gguf / lt_adapter_export_gguf on
- * random models: llama.cpp's names and layouts (q/k rows permuted for Llama, Gemma norms as 1 + w), the
- * tokenizer keys, the adapter's tensors and scale folding, and the refusals. llama.cpp itself checks the files
+ * random models: llama.cpp's names and layouts (q/k rows permuted for Llama, Gemma norms as 1 + w, a
+ * Qwen3-MoE's stacked experts and their LoRA), the tokenizer keys, the adapter's tensors and scale folding,
+ * and the refusals. llama.cpp itself checks the files
  * in tests/python/crosscheck_gguf.py.
  */
 #ifndef _GNU_SOURCE
@@ -348,6 +349,15 @@ static lt_gguf_file *read_gguf(const char *path, char **buf) {
     return f;
 }
 
+/* m exported as a GGUF of dtype at path, read back */
+static lt_gguf_file *export_read(lt_model *m, lt_gguf_dtype dtype, const char *path, char **buf) {
+    lt_gguf_params gp;
+    lt_gguf_params_init(&gp, sizeof gp);
+    gp.dtype = dtype;
+    ck_assert_msg(lt_model_export_gguf(m, NULL, path, &gp) == LT_OK, "%s", lt_model_last_error(m));
+    return read_gguf(path, buf);
+}
+
 START_TEST(test_export_llama) {
     lt_context *ctx = tu_context();
     char dir[64], path[128];
@@ -451,12 +461,8 @@ START_TEST(test_export_gemma_norms) {
     tu_tempdir(dir, sizeof dir);
     lt_model *m = random_model(ctx, GEMMA_CFG, dir);
     snprintf(path, sizeof path, "%s/g.gguf", dir);
-    lt_gguf_params gp;
-    lt_gguf_params_init(&gp, sizeof gp);
-    gp.dtype = LT_GGUF_DTYPE_Q8_0;
-    ck_assert_msg(lt_model_export_gguf(m, NULL, path, &gp) == LT_OK, "%s", lt_model_last_error(m));
     char *buf;
-    lt_gguf_file *f = read_gguf(path, &buf);
+    lt_gguf_file *f = export_read(m, LT_GGUF_DTYPE_Q8_0, path, &buf);
     const lt_gguf_tensor *t = lt_gguf_find_tensor(f, "blk.0.attn_norm.weight");
     ck_assert_int_eq(t->type, LT_GGML_F32);
     float w[32];
@@ -471,6 +477,112 @@ START_TEST(test_export_gemma_norms) {
 }
 END_TEST
 
+/* Qwen3-MoE: each projection of all experts stacked as ffn_*_exps (E, out, in), the router in F32, the
+ * expert LoRA as 3-D lora_a / lora_b (gate_up_proj's A twice, its B split), and the refused layouts. */
+static const char *const QWEN3MOE_CFG =
+    "{\"architectures\": [\"Qwen3MoeForCausalLM\"], \"vocab_size\": 260, \"hidden_size\": 32, "
+    "\"intermediate_size\": 48, \"moe_intermediate_size\": 16, \"num_experts\": 3, \"num_experts_per_tok\": 2, "
+    "\"norm_topk_prob\": true, \"num_hidden_layers\": 2, \"num_attention_heads\": 4, \"num_key_value_heads\": 2, "
+    "\"head_dim\": 8, \"max_position_embeddings\": 64, \"rms_norm_eps\": 1e-6, \"bos_token_id\": 256, "
+    "\"eos_token_id\": 257}";
+
+START_TEST(test_export_moe) {
+    lt_context *ctx = tu_context();
+    char dir[64], path[128];
+    tu_tempdir(dir, sizeof dir);
+    lt_model *m = random_model(ctx, QWEN3MOE_CFG, dir);
+    enum { E = 3, H = 32, MI = 16, R = 2 };
+    snprintf(path, sizeof path, "%s/m.gguf", dir);
+    char *buf;
+    lt_gguf_file *f = export_read(m, LT_GGUF_DTYPE_F32, path, &buf);
+    ck_assert_str_eq(lt_gguf_find_kv(f, "general.architecture")->strs[0], "qwen3moe");
+    uint32_t v;
+    memcpy(&v, lt_gguf_find_kv(f, "qwen3moe.expert_count")->data, 4);
+    ck_assert_uint_eq(v, E);
+    memcpy(&v, lt_gguf_find_kv(f, "qwen3moe.expert_used_count")->data, 4);
+    ck_assert_uint_eq(v, 2);
+    memcpy(&v, lt_gguf_find_kv(f, "qwen3moe.expert_feed_forward_length")->data, 4);
+    ck_assert_uint_eq(v, MI);
+    const lt_gguf_tensor *t = lt_gguf_find_tensor(f, "blk.1.ffn_up_exps.weight");
+    ck_assert_ptr_nonnull(t);
+    ck_assert_int_eq(t->n_dims, 3);
+    ck_assert(t->ne[0] == H && t->ne[1] == MI && t->ne[2] == E);
+    float W[MI * H];
+    lt_error err = {0};
+    for (int e = 0; e < E; e++) { /* expert e's (out, in) matrix at index e of ne[2] */
+        ck_assert_int_eq(lt_weight_download(m, lt_expert_w(&m->layers[1], e, P_UP), W, MI, H, &err), LT_OK);
+        ck_assert(!memcmp((const float *)t->data + (size_t)e * MI * H, W, sizeof W));
+    }
+    t = lt_gguf_find_tensor(f, "blk.0.ffn_down_exps.weight");
+    ck_assert(t && t->ne[0] == MI && t->ne[1] == H && t->ne[2] == E);
+    t = lt_gguf_find_tensor(f, "blk.0.ffn_gate_inp.weight");
+    ck_assert(t && t->ne[0] == H && t->ne[1] == E);
+    ck_assert_ptr_null(lt_gguf_find_tensor(f, "blk.0.ffn_gate.weight")); /* no dense MLP */
+    lt_gguf_file_free(f);
+    free(buf);
+    /* q8_0: the router stays F32, rows of 16 values (down) fall back to F16 */
+    f = export_read(m, LT_GGUF_DTYPE_Q8_0, path, &buf);
+    ck_assert_int_eq(lt_gguf_find_tensor(f, "blk.0.ffn_gate_inp.weight")->type, LT_GGML_F32);
+    ck_assert_int_eq(lt_gguf_find_tensor(f, "blk.0.ffn_gate_exps.weight")->type, LT_GGML_Q8_0);
+    ck_assert_int_eq(lt_gguf_find_tensor(f, "blk.0.ffn_down_exps.weight")->type, LT_GGML_F16);
+    lt_gguf_file_free(f);
+    free(buf);
+    /* the adapter: q and every expert; B of layer 1's gate|up set through the seam */
+    lt_adapter_params ap;
+    lt_adapter_params_init(&ap, sizeof ap);
+    ap.rank = R;
+    ap.alpha = 4;
+    ap.targets = LT_TARGET_Q | LT_TARGET_EXPERTS;
+    lt_adapter *a = NULL;
+    ck_assert_msg(lt_adapter_create(m, &ap, &a) == LT_OK, "%s", lt_model_last_error(m));
+    const lt_lora *lo = lt_adapter_elora(a, 1, 0);
+    ck_assert_ptr_nonnull(lo);
+    float B[E * 2 * MI * R], A[E * R * H];
+    for (int i = 0; i < E * 2 * MI * R; i++) B[i] = (float)(i % 13) * 0.01f - 0.06f;
+    m->be->ops->upload(m->be, lo->B, B, sizeof B);
+    m->be->ops->download(m->be, A, lo->A, sizeof A);
+    lt_gguf_params gp;
+    lt_gguf_params_init(&gp, sizeof gp);
+    gp.dtype = LT_GGUF_DTYPE_F32;
+    snprintf(path, sizeof path, "%s/a.gguf", dir);
+    ck_assert_msg(lt_adapter_export_gguf(a, path, &gp) == LT_OK, "%s", lt_adapter_last_error(a));
+    f = read_gguf(path, &buf);
+    ck_assert_int_eq(f->n_tensors, 2 * 2 * 4); /* per layer: q, gate, up, down */
+    for (int p = 0; p < 2; p++) {              /* gate and up: the shared A */
+        t = lt_gguf_find_tensor(f, p ? "blk.1.ffn_up_exps.weight.lora_a" : "blk.1.ffn_gate_exps.weight.lora_a");
+        ck_assert(t && t->n_dims == 3 && t->ne[0] == H && t->ne[1] == R && t->ne[2] == E);
+        ck_assert(!memcmp(t->data, A, sizeof A));
+    }
+    t = lt_gguf_find_tensor(f, "blk.1.ffn_up_exps.weight.lora_b");
+    ck_assert(t && t->ne[0] == R && t->ne[1] == MI && t->ne[2] == E);
+    for (int e = 0; e < E; e++) /* expert e's up rows: B rows MI..2MI (alpha / r: nothing folded) */
+        for (int i = 0; i < MI; i++)
+            for (int j = 0; j < R; j++)
+                ck_assert(((const float *)t->data)[(e * MI + i) * R + j] == B[(e * 2 * MI + MI + i) * R + j]);
+    t = lt_gguf_find_tensor(f, "blk.0.ffn_down_exps.weight.lora_b");
+    ck_assert(t && t->ne[0] == R && t->ne[1] == H && t->ne[2] == E);
+    lt_gguf_file_free(f);
+    free(buf);
+    lt_adapter_free(a);
+    lt_model_free(m);
+    /* llama.cpp's qwen3moe: experts in every layer, top-k renormalised */
+    const char *bad[][2] = {{"\"norm_topk_prob\": true", "\"norm_topk_prob\": true, \"mlp_only_layers\": [1]"},
+                            {"\"norm_topk_prob\": true", "\"norm_topk_prob\": false"}};
+    for (int i = 0; i < 2; i++) {
+        char cfg[1024], d2[96];
+        const char *at = strstr(QWEN3MOE_CFG, bad[i][0]);
+        snprintf(cfg, sizeof cfg, "%.*s%s%s", (int)(at - QWEN3MOE_CFG), QWEN3MOE_CFG, bad[i][1],
+                 at + strlen(bad[i][0]));
+        snprintf(d2, sizeof d2, "%s/bad%d", dir, i);
+        m = random_model(ctx, cfg, d2);
+        ck_assert_int_eq(lt_model_export_gguf(m, NULL, path, NULL), LT_ERR_UNSUPPORTED);
+        ck_assert_ptr_nonnull(strstr(lt_model_last_error(m), i ? "norm_topk_prob" : "every layer"));
+        lt_model_free(m);
+    }
+    lt_context_free(ctx);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("gguf");
     TCase *tc = tcase_create("gguf");
@@ -481,6 +593,7 @@ int main(void) {
     tcase_add_test(tc, test_hostile);
     tcase_add_test(tc, test_export_llama);
     tcase_add_test(tc, test_export_gemma_norms);
+    tcase_add_test(tc, test_export_moe);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

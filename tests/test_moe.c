@@ -19,6 +19,7 @@
 #include "decoder/decoder.h"
 #include "loratune_experimental.h"
 #include "test_util.h"
+#include "train/optimizer.h"
 
 static const char *const models[] = {"qwen3moe-e5k2", "qwen3moe-e7k1", "qwen3moe-e9k4", "mixtral-e3k2",
                                      "mixtral-e6k1",  "gptoss-e5k2",   "gptoss-e3k1",   "gptoss-e7k4"};
@@ -221,6 +222,71 @@ START_TEST(test_moe_lora_gradients) {
 }
 END_TEST
 
+/* The router trained on request (PEFT modules_to_save ["gate"], next to the LoRA): the adapter saved by peft
+ * (its router copies differ from the base's) gives PEFT's logits, loss and aux loss, and every gradient, the
+ * routers' included (softmax, top-k, renormalisation and, with output_router_logits, the aux loss), within
+ * 1e-4, with and without checkpointing. Models e5k2 (top-2, no renormalisation) and Mixtral e3k2, each with
+ * the aux loss in the loss (their config) and without (output_router_logits off: grads_noaux). */
+static const int router_models[] = {0, 3};
+
+START_TEST(test_moe_router_gradients) {
+    char dir[1024], path[1200], key[256];
+    lt_context *ctx = tu_context();
+    const char *name = models[router_models[_i / 2]];
+    const int with_aux = _i % 2 == 0;
+    lt_model *m = load_model(ctx, name, dir, sizeof dir);
+    lt_model_config *c = &m->cfg;
+    ck_assert(c->output_router_logits && c->router_aux_loss_coef > 0);
+    c->output_router_logits = with_aux;
+    lt_adapter *a = NULL;
+    snprintf(path, sizeof path, "%s/router/adapter", dir);
+    ck_assert_msg(lt_adapter_load(m, path, &a) == LT_OK, "%s: %s", name, lt_last_error());
+    ck_assert_uint_eq(a->p.modules_to_save, LT_SAVE_ROUTER);
+    snprintf(path, sizeof path, "%s/router", dir);
+    lt_st_file *g = open_golden(path, with_aux ? "grads.safetensors" : "grads_noaux.safetensors");
+    lt_batch b;
+    batch_of(&b, g);
+    const size_t n = (size_t)b.n_rows * b.seq_len * c->vocab_size;
+    float *out = malloc(n * 4);
+    ck_assert_int_eq(lt_model_logits(m, a, &b, out, n), LT_OK);
+    double rel = tu_max_rel_err(out, need(g, "logits")->data, n);
+    ck_assert_msg(rel <= 1e-4, "%s: logits with the trained routers differ by %.3g", name, rel);
+    free(out);
+    float *h = malloc((size_t)c->num_experts * c->hidden_size * 4);
+    for (int ckpt = 0; ckpt < 3; ckpt++) {
+        m->be->ops->zero(m->be, a->grads, a->n_params * 4);
+        double aux, loss = run(m, a, &b, ckpt, 1, &aux);
+        double want = *(const float *)need(g, "loss")->data, want_aux = *(const float *)need(g, "aux_loss")->data;
+        ck_assert_msg(fabs(loss - want) <= 1e-4 * fabs(want), "%s: loss %.8f vs torch %.8f", name, loss, want);
+        ck_assert_msg(fabs(aux - want_aux) <= 1e-4 * fabs(want_aux), "%s: aux %.8f vs torch %.8f", name, aux, want_aux);
+        char what[160];
+        snprintf(what, sizeof what, "%s gradients (%s aux loss, checkpointing %d)", name, with_aux ? "with" : "without",
+                 ckpt);
+        ck_assert_int_gt(compare_grads(a, g, what), 0);
+        int n_router = 0;
+        for (int l = 0; l < c->num_hidden_layers; l++) {
+            if (!c->layer_moe[l]) {
+                ck_assert_ptr_null(a->router[l]);
+                continue;
+            }
+            snprintf(key, sizeof key, "grad.base_model.model.model.layers.%d.mlp.gate.weight", l);
+            const lt_st_tensor *t = need(g, key);
+            ck_assert_int_eq(t->numel, (int64_t)c->num_experts * c->hidden_size);
+            m->be->ops->download(m->be, h, a->d_router[l], (size_t)t->numel * 4);
+            rel = tu_max_rel_err(h, t->data, (size_t)t->numel);
+            ck_assert_msg(rel <= 1e-4, "%s: %s differs by %.3g (tolerance 1e-4)", what, key, rel);
+            n_router++;
+        }
+        ck_assert_int_eq(n_router, c->n_moe_layers);
+    }
+    free(h);
+    lt_st_close(g);
+    lt_adapter_free(a);
+    lt_model_free(m);
+    lt_context_free(ctx);
+}
+END_TEST
+
 /* Greedy generation (KV cache, one token per row per pass, each pass routed) == PeftModel.generate. */
 START_TEST(test_moe_generate_matches_transformers) {
     char dir[1024], path[1200];
@@ -255,6 +321,36 @@ START_TEST(test_moe_generate_matches_transformers) {
 }
 END_TEST
 
+/* b = rows x T tokens ids (filled: (i * 7919 + 13) mod V) */
+static void id_batch(lt_batch *b, int32_t *ids, int rows, int T, int V) {
+    for (int i = 0; i < rows * T; i++) ids[i] = (int32_t)((i * 7919 + 13) % V);
+    lt_batch_init(b, sizeof *b);
+    b->n_rows = rows;
+    b->seq_len = T;
+    b->input_ids = ids;
+}
+
+/* `steps` SFT updates of a on b with an optimizer of `kind` (lr 1e-2); returns the optimizer (its state). */
+static lt_optimizer *train_steps(lt_model *m, lt_adapter *a, lt_optimizer_kind kind, const lt_batch *b, int steps) {
+    lt_optimizer_params op;
+    lt_optimizer_params_init(&op, sizeof op);
+    op.kind = kind;
+    op.lr = 1e-2f;
+    lt_optimizer *o = NULL;
+    ck_assert_int_eq(lt_optimizer_create(a, &op, &o), LT_OK);
+    lt_trainer_params tp;
+    lt_trainer_params_init(&tp, sizeof tp);
+    lt_trainer *tr = NULL;
+    ck_assert_int_eq(lt_trainer_create(m, a, o, &tp, &tr), LT_OK);
+    for (int k = 0; k < steps; k++) {
+        lt_step_result r = {.size = sizeof r};
+        ck_assert_msg(lt_trainer_step(tr, b, &r) == LT_OK, "%s", lt_trainer_last_error(tr));
+        ck_assert(r.updated);
+    }
+    lt_trainer_free(tr);
+    return o;
+}
+
 /* A LoRA we create on attention and experts, trained two steps, saved: PeftModel loads it and gives our
  * logits, and the merged export loads in transformers with the same logits
  * (tests/python/check_peft_roundtrip.py, 1e-4); the adapter loads back here bit for bit. */
@@ -277,6 +373,8 @@ START_TEST(test_moe_peft_roundtrip) {
     ap.rank = 4;
     ap.alpha = 8;
     ap.targets = LT_TARGET_Q | LT_TARGET_V | LT_TARGET_O | (i == 1 ? LT_TARGET_EXPERTS_DOWN : LT_TARGET_EXPERTS);
+    /* the routers trained too (PEFT modules_to_save "gate"); not on gpt-oss (refused, test_gptoss_refusals) */
+    ap.modules_to_save = i == 1 || i >= N_QWEN_MIXTRAL ? 0 : LT_SAVE_ROUTER;
     ap.seed = 7;
     lt_adapter *a = NULL;
     ck_assert_msg(lt_adapter_create(m, &ap, &a) == LT_OK, "%s", lt_last_error());
@@ -287,32 +385,24 @@ START_TEST(test_moe_peft_roundtrip) {
     enum { B = 2, T = 12 };
     const int V = (int)m->cfg.vocab_size;
     int32_t ids[B * T];
-    for (int i = 0; i < B * T; i++) ids[i] = (int32_t)((i * 7919 + 13) % V);
     lt_batch b;
-    lt_batch_init(&b, sizeof b);
-    b.n_rows = B;
-    b.seq_len = T;
-    b.input_ids = ids;
-    lt_optimizer_params op;
-    lt_optimizer_params_init(&op, sizeof op);
-    op.lr = 1e-2f;
-    lt_optimizer *o = NULL;
-    ck_assert_int_eq(lt_optimizer_create(a, &op, &o), LT_OK);
-    lt_trainer_params tp;
-    lt_trainer_params_init(&tp, sizeof tp);
-    lt_trainer *tr = NULL;
-    ck_assert_int_eq(lt_trainer_create(m, a, o, &tp, &tr), LT_OK);
-    for (int k = 0; k < 2; k++) {
-        lt_step_result r = {.size = sizeof r};
-        ck_assert_msg(lt_trainer_step(tr, &b, &r) == LT_OK, "%s", lt_trainer_last_error(tr));
-    }
-    lt_trainer_free(tr);
-    lt_optimizer_free(o);
+    id_batch(&b, ids, B, T, V);
+    lt_optimizer_free(train_steps(m, a, LT_OPT_ADAMW, &b, 2));
     ck_assert_int_eq(lt_adapter_save(a, adir), LT_OK);
     ck_assert_msg(lt_adapter_export_merged(a, mdir, 0) == LT_OK, "%s", lt_adapter_last_error(a));
-    ck_assert_int_eq(lt_adapter_merge(a), LT_ERR_UNSUPPORTED); /* in place: not yet (export instead) */
     float *lg = malloc((size_t)B * T * V * 4);
     ck_assert_int_eq(lt_model_logits(m, a, &b, lg, (size_t)B * T * V), LT_OK);
+    if (!ap.modules_to_save) { /* merged in place (experts too), the model alone gives the adapter's logits */
+        ck_assert_msg(lt_adapter_merge(a) == LT_OK, "%s", lt_adapter_last_error(a));
+        float *lm = malloc((size_t)B * T * V * 4);
+        ck_assert_int_eq(lt_model_logits(m, NULL, &b, lm, (size_t)B * T * V), LT_OK);
+        double rel = tu_max_rel_err(lm, lg, (size_t)B * T * V);
+        ck_assert_msg(rel <= 1e-5, "%s: logits of the model merged in place differ by %.3g", models[i], rel);
+        free(lm);
+        ck_assert_int_eq(lt_adapter_unmerge(a), LT_OK);
+    } else {
+        ck_assert_int_eq(lt_adapter_merge(a), LT_ERR_UNSUPPORTED); /* a trained router: export instead */
+    }
     lt_st_entry e[2] = {{.name = "input_ids", .dtype = LT_DT_I32, .ndim = 2, .shape = {B, T}, .data = ids},
                         {.name = "logits", .dtype = LT_DT_F32, .ndim = 3, .shape = {B, T, V}, .data = lg}};
     lt_error err;
@@ -483,7 +573,8 @@ START_TEST(test_moe_bf16_base) {
 }
 END_TEST
 
-/* What a LoRA on experts refuses: a model without experts, DoRA, dropout (PEFT's target_parameters neither). */
+/* What a LoRA on experts refuses: a model without experts, DoRA, dropout (PEFT's target_parameters neither);
+ * modules_to_save gate (the router) on a model without experts. */
 START_TEST(test_moe_adapter_rules) {
     char dir[1024];
     lt_context *ctx = tu_context();
@@ -497,10 +588,70 @@ START_TEST(test_moe_adapter_rules) {
     ap.use_dora = 0;
     ap.dropout = 0.1f;
     ck_assert_int_eq(lt_adapter_create(m, &ap, &a), LT_ERR_UNSUPPORTED);
-    ap.dropout = 0;
-    ap.full_finetune = 1;
-    ck_assert_int_eq(lt_adapter_create(m, &ap, &a), LT_ERR_UNSUPPORTED);
     ck_assert_ptr_null(a);
+    ck_assert_msg(strstr(lt_last_error(), "DoRA") || strstr(lt_last_error(), "dropout"), "%s", lt_last_error());
+    lt_model_free(m);
+    /* a dense model has no router to train */
+    lt_model_params mp;
+    lt_model_params_init(&mp, sizeof mp);
+    char path[1200];
+    snprintf(path, sizeof path, "%s/models/llama-basic", LT_TEST_DATA_DIR);
+    ck_assert_msg(lt_model_load(ctx, path, &mp, &m) == LT_OK, "%s", lt_last_error());
+    lt_adapter_params_init(&ap, sizeof ap);
+    ap.modules_to_save = LT_SAVE_ROUTER;
+    ck_assert_int_eq(lt_adapter_create(m, &ap, &a), LT_ERR_ARGUMENT);
+    ck_assert_msg(strstr(lt_last_error(), "gate"), "%s", lt_last_error());
+    ck_assert_ptr_null(a);
+    lt_model_free(m);
+    lt_context_free(ctx);
+}
+END_TEST
+
+/* Full fine-tuning of an MoE model (router and every expert trained; PyTorch: tests/python/crosscheck_full.py):
+ * the trained tensors are named as the checkpoint names them, and 8-bit AdamW takes each layer's experts as
+ * bitsandbytes takes torch's fused parameters: one tensor of E x 2 MI x H (gate_up_proj, expert-major) and
+ * one of E x H x MI (down_proj), blocks of 256 running across the experts; the router (E x H) its own. */
+START_TEST(test_moe_full_finetune_layout) {
+    char dir[1024];
+    lt_context *ctx = tu_context();
+    lt_model *m = load_model(ctx, models[0], dir, sizeof dir);
+    const lt_model_config *c = &m->cfg;
+    lt_adapter_params ap;
+    lt_adapter_params_init(&ap, sizeof ap);
+    ap.full_finetune = 1;
+    lt_adapter *a = NULL;
+    ck_assert_msg(lt_adapter_create(m, &ap, &a) == LT_OK, "%s", lt_last_error());
+    int32_t ids[2 * 8];
+    lt_batch b;
+    id_batch(&b, ids, 2, 8, (int)c->vocab_size);
+    lt_optimizer *o = train_steps(m, a, LT_OPT_ADAMW8BIT, &b, 1); /* the 8-bit state exists after an update */
+    const size_t E = (size_t)c->num_experts, H = (size_t)c->hidden_size, MI = (size_t)c->moe_intermediate_size;
+    int n_checked = 0;
+    for (int l = 0; l < c->num_hidden_layers; l++) {
+        if (!c->layer_moe[l]) continue;
+        char nm[3][96];
+        snprintf(nm[0], sizeof nm[0], "model.layers.%d.mlp.gate.weight", l);
+        snprintf(nm[1], sizeof nm[1], "model.layers.%d.mlp.experts.0.gate_proj.weight", l);
+        snprintf(nm[2], sizeof nm[2], "model.layers.%d.mlp.experts.0.down_proj.weight", l);
+        const size_t want[3] = {E * H, E * 2 * MI * H, E * H * MI};
+        for (int k = 0; k < 3; k++) {
+            const lt_ptensor *t = NULL;
+            for (int i = 0; i < a->n_ptensors && !t; i++)
+                if (!strcmp(a->ptensors[i].name, nm[k])) t = &a->ptensors[i];
+            ck_assert_msg(t, "no trained tensor %s", nm[k]);
+            const lt_opt8_tensor *q = NULL;
+            for (int i = 0; i < o->n_all && !q; i++)
+                if (o->all[i].off == t->off) q = &o->all[i];
+            ck_assert_msg(q, "%s starts no optimizer tensor", nm[k]);
+            ck_assert_msg(q->n == want[k], "%s: optimizer tensor of %zu elements, torch's parameter has %zu", nm[k],
+                          q->n, want[k]);
+            ck_assert_int_eq(q->q8, want[k] >= 4096);
+            n_checked++;
+        }
+    }
+    ck_assert_int_eq(n_checked, 3 * c->n_moe_layers);
+    lt_optimizer_free(o);
+    lt_adapter_free(a);
     lt_model_free(m);
     lt_context_free(ctx);
 }
@@ -555,7 +706,8 @@ START_TEST(test_gptoss_config_defaults) {
 END_TEST
 
 /* gpt-oss: GGUF export refuses with a message naming the architecture (llama.cpp's gpt-oss graph is not
- * written); rope_type yarn is refused on another family. */
+ * written), so do full fine-tuning and a trained router (biases and sinks have no gradient yet); rope_type yarn is
+ * refused on another family. */
 START_TEST(test_gptoss_refusals) {
     char dir[1024], root[512], out[700];
     lt_context *ctx = tu_context();
@@ -567,6 +719,19 @@ START_TEST(test_gptoss_refusals) {
     lt_gguf_params_init(&gp, sizeof gp);
     ck_assert_int_ne(lt_model_export_gguf(m, NULL, out, &gp), LT_OK);
     ck_assert_msg(strstr(lt_model_last_error(m), "GptOssForCausalLM"), "%s", lt_model_last_error(m));
+    for (int k = 0; k < 2; k++) { /* full fine-tuning, the router as modules_to_save: refused, naming what */
+        lt_adapter_params ap;
+        lt_adapter_params_init(&ap, sizeof ap);
+        ap.targets = LT_TARGET_Q | LT_TARGET_EXPERTS;
+        ap.full_finetune = k == 0;
+        ap.modules_to_save = k == 1 ? LT_SAVE_ROUTER : 0;
+        lt_adapter *a = NULL;
+        ck_assert_int_eq(lt_adapter_create(m, &ap, &a), LT_ERR_UNSUPPORTED);
+        ck_assert_ptr_null(a);
+        ck_assert_msg(strstr(lt_last_error(), "GptOssForCausalLM") && strstr(lt_last_error(), "sinks") &&
+                          strstr(lt_last_error(), k ? "LT_SAVE_ROUTER" : "full fine-tuning"),
+                      "%s", lt_last_error());
+    }
     lt_model_free(m);
     static const char cfg[] = "{\"architectures\": [\"LlamaForCausalLM\"], \"rope_scaling\": {\"rope_type\": \"yarn\", "
                               "\"factor\": 4, \"original_max_position_embeddings\": 64}}";
@@ -585,11 +750,13 @@ Suite *moe_suite(void) {
     tcase_set_timeout(tc, 600);
     tcase_add_loop_test(tc, test_moe_logits_loss_aux, 0, N_QWEN_MIXTRAL);
     tcase_add_loop_test(tc, test_moe_lora_gradients, 0, N_QWEN_MIXTRAL);
+    tcase_add_loop_test(tc, test_moe_router_gradients, 0, 2 * (int)(sizeof router_models / sizeof *router_models));
     tcase_add_loop_test(tc, test_moe_generate_matches_transformers, 0, N_QWEN_MIXTRAL);
     tcase_add_loop_test(tc, test_moe_peft_roundtrip, 0, 3);
     tcase_add_loop_test(tc, test_moe_qlora_experts, 0, N_QWEN_MIXTRAL);
     tcase_add_loop_test(tc, test_moe_bf16_base, 0, N_QWEN_MIXTRAL);
     tcase_add_test(tc, test_moe_adapter_rules);
+    tcase_add_test(tc, test_moe_full_finetune_layout);
     suite_add_tcase(s, tc);
     TCase *go = tcase_create("gptoss"); /* gpt-oss (CK_RUN_CASE=gptoss runs these alone) */
     tcase_set_timeout(go, 600);

@@ -398,8 +398,14 @@ LT_API void lt_adapter_free(lt_adapter *a) {
     if (a->init0) be->ops->free(be, a->init0);
     if (a->norm_compute) be->ops->free(be, a->norm_compute);
     if (a->norm_ones) be->ops->free(be, a->norm_ones);
+    for (int l = 0; a->full_layers && l < a->model->cfg.num_hidden_layers; l++) { /* MoE full FT: adapter/full.c */
+        free(a->full_layers[l].experts);
+        if (a->full_grads) free(a->full_grads[l].experts);
+    }
     free(a->full_layers);
     free(a->full_grads);
+    free(a->router);
+    free(a->d_router);
     free(a->ptensors);
     free(a->dora_merge_g);
     free(a->lora);

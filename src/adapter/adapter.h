@@ -49,6 +49,8 @@ struct lt_adapter {
     float *embed, *d_embed;     /* (V,H) trained embed_tokens and its gradient (NULL: frozen)        */
     float *lm_head, *d_lm_head; /* (V,H) trained lm_head (== embed for a tied full FT)             */
     float *final_norm, *final_norm_file, *d_final_norm; /* full FT: model.norm                       */
+    float **router, **d_router;  /* (L) trained routers (E,H) of the MoE layers (full FT, modules_to_save */
+                                 /* "gate") and their gradients; NULL (or a NULL entry): frozen          */
     float *norm_compute;         /* Gemma full FT: the (1 + w) copies of every norm (device), refreshed */
     float *norm_ones;            /* after each update by lt_adapter_sync_weights; ones (max(H,HD))    */
     size_t n_decay;              /* params [0, n_decay) take weight decay; the rest (biases, norms) not */
@@ -67,6 +69,8 @@ lt_status lt_adapter_write_save_files(const lt_adapter *a, const char *dir, lt_e
 typedef struct lt_ptensor {
     char name[96]; /* "model.layers.3.self_attn.q_proj.weight", "lm_head.weight"        */
     size_t off, n;
+    int join;       /* 1: one optimizer tensor with the tensor before (an expert's share of torch's fused */
+                    /* experts.gate_up_proj / down_proj parameter: bitsandbytes' blocks run across them)  */
     int decay;      /* 0: a bias or a norm (Hugging Face Trainer's no-decay group)       */
     float *compute; /* Gemma norms: the (1 + w) copy the forward reads (NULL otherwise)  */
 } lt_ptensor;
@@ -81,6 +85,12 @@ static inline const lt_layer *lt_view_layer_grads(const lt_adapter *ad, int l) {
 }
 static inline const float *lt_view_embed(const lt_model *m, const lt_adapter *ad) {
     return ad && ad->embed ? ad->embed : m->embed;
+}
+/* layer l's router (E,H); *grad its gradient (NULL: frozen) */
+static inline const float *lt_view_router(const lt_model *m, const lt_adapter *ad, int l, float **grad) {
+    const int trained = ad && ad->router && ad->router[l];
+    *grad = trained ? ad->d_router[l] : NULL;
+    return trained ? ad->router[l] : m->layers[l].router;
 }
 static inline const float *lt_view_final_norm(const lt_model *m, const lt_adapter *ad) {
     return ad && ad->final_norm ? ad->final_norm : m->final_norm;

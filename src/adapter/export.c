@@ -89,8 +89,9 @@ lt_status lt_export_tensors(const lt_model *m, const lt_adapter *a, lt_xtensor *
                    "model.layers.%d.mlp.experts.down_proj_bias", l);
         } else if (c->layer_moe[l]) { /* the router and every expert's gate, up, down (checkpoint names) */
             const int64_t MI = c->moe_intermediate_size;
-            xt_add(v, &n, LT_XT_PLAIN, Ly->router, c->num_experts, H, "model.layers.%d.%s.gate.weight", l,
-                   lt_moe_parent(c));
+            float *d_router;
+            xt_add(v, &n, LT_XT_PLAIN, lt_view_router(m, a, l, &d_router), c->num_experts, H,
+                   "model.layers.%d.%s.gate.weight", l, lt_moe_parent(c));
             for (int e = 0; e < c->num_experts; e++)
                 for (int k = 0; k < 3; k++) {
                     lt_xtensor *t = xt_add(v, &n, LT_XT_EXPERT, NULL, k == 2 ? H : MI, k == 2 ? MI : H,
@@ -206,8 +207,8 @@ lt_status lt_export_tensor_data(lt_model *m, const lt_adapter *a, lt_delta_fn de
     }
     if (t->kind == LT_XT_EXPERT) { /* dequantized when quantized; W_e += s B_e A_e of the expert LoRA */
         const lt_model_config *c = &m->cfg;
-        lt_status st = lt_weight_download(m, lt_expert_w(&m->layers[t->layer], t->expert, (lt_proj)t->proj), dst,
-                                          (int)t->shape[0], (int)t->shape[1], err);
+        lt_status st = lt_weight_download(m, lt_expert_w(lt_view_layer(m, a, t->layer), t->expert, (lt_proj)t->proj),
+                                          dst, (int)t->shape[0], (int)t->shape[1], err);
         const int k = t->proj == P_DOWN; /* which expert LoRA: gate|up or down */
         const lt_lora *lo = a && !a->merged && !delta ? lt_adapter_elora(a, t->layer, k) : NULL;
         if (st != LT_OK || !lo) return st;

@@ -63,6 +63,39 @@ static void add(layout_state *s, const char *name, size_t n, int decay, float **
 
 #define NAME(...) (snprintf(nm, sizeof nm, __VA_ARGS__), nm)
 
+/* The trained router of MoE layer l, named `parent`.gate (PEFT's modules_to_save key: the module "mlp";
+ * a full fine-tuning: the checkpoint's name, lt_moe_parent). */
+static void add_router(layout_state *s, const lt_model_config *c, int l, const char *parent) {
+    lt_adapter *a = s->a;
+    char nm[96];
+    add(s, NAME("model.layers.%d.%s.gate.weight", l, parent), (size_t)c->num_experts * c->hidden_size, 1,
+        s->bind ? &a->router[l] : NULL, s->bind ? &a->d_router[l] : NULL, NULL);
+}
+
+/* Full fine-tuning of MoE layer l: the router, then every expert's gate and up (expert-major: torch's one
+ * parameter experts.gate_up_proj (E, 2 MI, H)), then every expert's down (experts.down_proj (E, H, MI)).
+ * Each expert projection is a tensor of its own under its checkpoint name; `join` makes the optimizer
+ * take each fused parameter as one tensor, as bitsandbytes does. */
+static void layout_experts(layout_state *s, const lt_model_config *c, int l) {
+    lt_adapter *a = s->a;
+    const size_t H = (size_t)c->hidden_size, MI = (size_t)c->moe_intermediate_size;
+    char nm[96];
+    add_router(s, c, l, lt_moe_parent(c));
+    if (s->bind) a->full_layers[l].router = a->router[l];
+    if (s->bind) a->full_grads[l].router = a->d_router[l];
+    for (int fused = 0; fused < 2; fused++)
+        for (int e = 0; e < c->num_experts; e++)
+            for (int k = fused ? 2 : 0; k < (fused ? 3 : 2); k++) {
+                float *wp = NULL, *gp = NULL;
+                add(s, NAME("model.layers.%d.%s.experts.%d.%s.weight", l, lt_moe_parent(c), e, lt_moe_proj_name(c, k)),
+                    MI * H, 1, &wp, &gp, NULL);
+                if (!s->bind) continue;
+                a->ptensors[s->n - 1].join = e > 0 || k == 1;
+                a->full_layers[l].experts[3 * e + k] = (lt_weight){.format = LT_WEIGHT_F32, .f32 = wp};
+                a->full_grads[l].experts[3 * e + k] = (lt_weight){.format = LT_WEIGHT_F32, .f32 = gp};
+            }
+}
+
 static void layout(layout_state *s, const lt_model *m) {
     lt_adapter *a = s->a;
     const lt_model_config *c = &m->cfg;
@@ -74,6 +107,8 @@ static void layout(layout_state *s, const lt_model *m) {
             add(s, "model.embed_tokens.weight", V * H, 1, &a->embed, &a->d_embed, NULL);
         if (a->p.modules_to_save & LT_SAVE_LM_HEAD)
             add(s, "lm_head.weight", V * H, 1, &a->lm_head, &a->d_lm_head, NULL);
+        for (int l = 0; l < L && (a->p.modules_to_save & LT_SAVE_ROUTER); l++)
+            if (c->layer_moe[l]) add_router(s, c, l, "mlp");
         return;
     }
     lt_layer *W = a->full_layers, *G = a->full_grads;
@@ -86,8 +121,10 @@ static void layout(layout_state *s, const lt_model *m) {
     }
     lt_module mods[P_COUNT];
     const int n_mods = lt_model_modules(c, mods);
-    for (int l = 0; l < L; l++)
+    for (int l = 0; l < L; l++) {
+        if (c->layer_moe[l]) layout_experts(s, c, l);
         for (int k = 0; k < n_mods; k++) { /* a fused module is one tensor: its projections' row blocks */
+            if (c->layer_moe[l] && mods[k].first >= P_GATE) continue; /* the experts replace the MLP */
             int in, out;
             lt_module_dims(c, &mods[k], &in, &out);
             float *wp = NULL, *gp = NULL;
@@ -103,6 +140,7 @@ static void layout(layout_state *s, const lt_model *m) {
                 gp += (size_t)pi * po;
             }
         }
+    }
     for (int l = 0; l < L; l++) {
         const lt_layer *Ml = &m->layers[l];
         for (int q = 0; q < P_COUNT; q++)
@@ -146,6 +184,18 @@ const float *lt_adapter_model_tensor(const lt_model *m, const lt_ptensor *t) {
         snprintf(b, sizeof b, "%s.%s.bias", lt_proj_parent[q], lt_proj_names[q]);
         if (!strcmp(rest, b)) return Ly->bias[q];
     }
+    if (c->layer_moe[l]) { /* the router (either name: add_router) and the experts, by checkpoint name */
+        const char *parent = lt_moe_parent(c);
+        const size_t np = strlen(parent);
+        if (!strcmp(rest, "mlp.gate.weight") || (!strncmp(rest, parent, np) && !strcmp(rest + np, ".gate.weight")))
+            return Ly->router;
+        char proj[32];
+        int e, used = 0;
+        if (!strncmp(rest, parent, np) && sscanf(rest + np, ".experts.%d.%31[^.].weight%n", &e, proj, &used) == 2 &&
+            !rest[np + used] && e >= 0 && e < c->num_experts)
+            for (int k = 0; k < 3; k++)
+                if (!strcmp(proj, lt_moe_proj_name(c, k))) return Ly->experts[3 * e + k].f32;
+    }
     lt_module mods[P_COUNT];
     const int n_mods = lt_model_modules(c, mods);
     for (int k = 0; k < n_mods; k++) {
@@ -158,11 +208,24 @@ const float *lt_adapter_model_tensor(const lt_model *m, const lt_ptensor *t) {
 }
 
 lt_status lt_adapter_full_check(const lt_model *m, const lt_adapter_params *p, lt_error *err) {
-    if (p->modules_to_save & ~(unsigned)(LT_SAVE_EMBED_TOKENS | LT_SAVE_LM_HEAD))
+    if (p->modules_to_save & ~(unsigned)(LT_SAVE_EMBED_TOKENS | LT_SAVE_LM_HEAD | LT_SAVE_ROUTER))
         return lt_fail(err, LT_ERR_ARGUMENT,
                        "adapter: modules_to_save 0x%x names a module other than embed_tokens "
-                       "(LT_SAVE_EMBED_TOKENS) and lm_head (LT_SAVE_LM_HEAD)",
+                       "(LT_SAVE_EMBED_TOKENS), lm_head (LT_SAVE_LM_HEAD) and gate (LT_SAVE_ROUTER)",
                        p->modules_to_save);
+    if ((p->modules_to_save & LT_SAVE_ROUTER) && m->cfg.n_moe_layers == 0)
+        return lt_fail(err, LT_ERR_ARGUMENT,
+                       "adapter: modules_to_save gate (LT_SAVE_ROUTER) trains the router of "
+                       "mixture-of-experts layers; %s has none",
+                       m->cfg.architecture);
+    /* gpt-oss's router bias, expert biases and attention sinks have no gradient yet: training its router or
+     * every weight would leave them frozen while PyTorch trains them */
+    if (m->cfg.arch == LT_ARCH_GPT_OSS && (p->full_finetune || (p->modules_to_save & LT_SAVE_ROUTER)))
+        return lt_fail(err, LT_ERR_UNSUPPORTED,
+                       "adapter: %s of %s is not supported yet: the router bias, the expert biases and the "
+                       "attention sinks are not trained (a LoRA on attention and experts is)",
+                       p->full_finetune ? "full fine-tuning" : "modules_to_save gate (LT_SAVE_ROUTER)",
+                       m->cfg.architecture);
     if ((p->modules_to_save & LT_SAVE_EMBED_TOKENS) && !m->embed)
         return lt_fail(err, LT_ERR_UNSUPPORTED,
                        "adapter: modules_to_save embed_tokens needs the embeddings in f32; this model "
@@ -172,9 +235,6 @@ lt_status lt_adapter_full_check(const lt_model *m, const lt_adapter_params *p, l
                        "adapter: modules_to_save lm_head needs the LM head in f32; this model "
                        "keeps it in bf16 (base_dtype LT_BASE_BF16; load it with LT_BASE_F32)");
     if (!p->full_finetune) return LT_OK;
-    if (m->cfg.n_moe_layers > 0)
-        return lt_fail(err, LT_ERR_UNSUPPORTED, "adapter: full fine-tuning of %s (experts) is not supported yet",
-                       m->cfg.architecture);
     if (p->modules_to_save)
         return lt_fail(err, LT_ERR_ARGUMENT,
                        "adapter: modules_to_save is for a LoRA; full fine-tuning already "
@@ -201,6 +261,13 @@ lt_status lt_adapter_full_check(const lt_model *m, const lt_adapter_params *p, l
                                "adapter: full fine-tuning needs f32 base weights; layer %d's "
                                "%s is stored quantized",
                                l, lt_proj_names[q]);
+    for (int l = 0; l < m->cfg.num_hidden_layers; l++)
+        for (int i = 0; m->layers[l].experts && i < 3 * m->cfg.num_experts; i++)
+            if (m->layers[l].experts[i].format != LT_WEIGHT_F32)
+                return lt_fail(err, LT_ERR_UNSUPPORTED,
+                               "adapter: full fine-tuning needs f32 base weights; layer %d's expert %d "
+                               "is stored quantized",
+                               l, i / 3);
     if (m->n_merged)
         return lt_fail(err, LT_ERR_STATE,
                        "adapter: %d adapter(s) are merged into the model; unmerge them before "
@@ -225,6 +292,19 @@ size_t lt_adapter_extra_count(lt_adapter *a, size_t *norm_floats) {
 /* Pass 1: bind every view pointer for the tensors at params[base ..) and copy the model's values there. */
 lt_status lt_adapter_extra_bind(lt_adapter *a, size_t base, lt_error *err) {
     lt_model *m = a->model;
+    const lt_model_config *c = &m->cfg;
+    const int L = (int)c->num_hidden_layers;
+    if (c->n_moe_layers && (a->p.full_finetune || (a->p.modules_to_save & LT_SAVE_ROUTER))) {
+        /* the trained routers; a full fine-tuning's layers also get their experts' weight fields */
+        if (!(a->router = calloc((size_t)L, sizeof *a->router)) ||
+            !(a->d_router = calloc((size_t)L, sizeof *a->d_router)))
+            return lt_fail(err, LT_ERR_NOMEM, "adapter: out of memory");
+        for (int l = 0; l < L && a->p.full_finetune; l++)
+            if (c->layer_moe[l] &&
+                (!(a->full_layers[l].experts = calloc((size_t)3 * c->num_experts, sizeof(lt_weight))) ||
+                 !(a->full_grads[l].experts = calloc((size_t)3 * c->num_experts, sizeof(lt_weight)))))
+                return lt_fail(err, LT_ERR_NOMEM, "adapter: out of memory");
+    }
     layout_state s = {.a = a, .bind = 1, .off = base};
     layout(&s, m);
     for (int i = 0; i < a->n_ptensors; i++) {

@@ -8,13 +8,16 @@
  * llama.cpp (docs/spec/gguf.md lists them per family), checked by tests/python/crosscheck_gguf.py
  * against the converter's own output and against llama.cpp running the files:
  *  - names: token_embd, blk.N.{attn_norm, attn_q|k|v|output (attn_qkv: Phi-3), attn_q_norm, attn_k_norm,
- *    ffn_norm, ffn_gate|up|down (ffn_up = gate|up: Phi-3), post_attention_norm, post_ffw_norm (Gemma 2)},
- *    output_norm, output (absent when tied);
- *  - Llama / Mistral: q_proj and k_proj rows permuted for llama.cpp's RoPE (pairs (i, i + d/2) of each
- *    head become adjacent); Qwen2/3, Gemma, Phi-3 use NeoX-style RoPE and are written as they are;
- *  - Gemma, Gemma 2: every norm weight is written as 1 + w (llama.cpp's RMSNorm multiplies by the weight);
- *  - 1-D tensors and norms stay F32 whatever the requested type; Q8_0 falls back to F16 for a tensor whose
- *    rows are not a multiple of 32 values (as the converter does);
+ *    ffn_norm, ffn_gate|up|down (ffn_up = gate|up: Phi-3), post_attention_norm, post_ffw_norm (Gemma 2 / 3,
+ *    OLMo 2), ffn_gate_inp (the router), ffn_gate|up|down_exps (every expert's projection stacked,
+ *    (E, out, in))}, output_norm, output (absent when tied);
+ *  - Llama / Mistral / Mixtral / SmolLM3 / Granite: q_proj and k_proj rows permuted for llama.cpp's RoPE (pairs
+ *    (i, i + d/2) of each head become adjacent); the others use NeoX-style RoPE and are written as they are;
+ *  - Gemma, Gemma 2, Gemma 3: every norm weight is written as 1 + w (llama.cpp's RMSNorm multiplies by it);
+ *  - 1-D tensors, norms and the router stay F32 whatever the requested type; Q8_0 falls back to F16 for a
+ *    tensor whose rows are not a multiple of 32 values (as the converter does);
+ *  - what llama.cpp hard-codes and a model may not match (SmolLM3's NoPE every 4th layer, experts in every
+ *    layer, Gemma's query scale) is checked and refused with LT_ERR_UNSUPPORTED naming it;
  *  - Llama 3 RoPE: the rope_freqs tensor of frequency divisors; Phi-3 longrope: rope_factors_long/short.
  */
 #include <math.h>
@@ -48,19 +51,31 @@ static const char *arch_name(const lt_model_config *c) {
     case LT_ARCH_GEMMA: return "gemma";
     case LT_ARCH_GEMMA2: return "gemma2";
     case LT_ARCH_PHI3: return "phi3";
-    case LT_ARCH_QWEN3_MOE: /* llama.cpp's expert tensors (ffn_*_exps) are not written yet */
-    case LT_ARCH_MIXTRAL:
-    case LT_ARCH_GEMMA3: /* llama.cpp has these graphs; their GGUF keys and tensor names are not written here */
-    case LT_ARCH_SMOLLM3:
-    case LT_ARCH_OLMO2:
-    case LT_ARCH_GRANITE:
-    case LT_ARCH_GPT_OSS: return NULL;
+    case LT_ARCH_QWEN3_MOE: return "qwen3moe";
+    case LT_ARCH_MIXTRAL: return "llama"; /* llama.cpp's llama graph with experts (llama.expert_count) */
+    case LT_ARCH_GEMMA3: return "gemma3";
+    case LT_ARCH_SMOLLM3: return "smollm3";
+    case LT_ARCH_OLMO2: return "olmo2";
+    case LT_ARCH_GRANITE: return "granite";
+    case LT_ARCH_GPT_OSS: return NULL; /* sinks, biases, clamped SwiGLU: not written yet */
     }
     return NULL;
 }
 
-/* llama.cpp's "llama" graph uses GPT-J style RoPE on (2i, 2i+1): the converter permutes q, k rows */
-static int permutes_qk(const lt_model_config *c) { return c->arch == LT_ARCH_LLAMA || c->arch == LT_ARCH_MISTRAL; }
+/* llama.cpp's llama, smollm3 and granite graphs use GPT-J style RoPE on (2i, 2i+1): the converter
+ * (LlamaModel and its subclasses) permutes q, k rows; the others use NeoX-style RoPE as transformers */
+static int permutes_qk(const lt_model_config *c) {
+    return c->arch == LT_ARCH_LLAMA || c->arch == LT_ARCH_MISTRAL || c->arch == LT_ARCH_MIXTRAL ||
+           c->arch == LT_ARCH_SMOLLM3 || c->arch == LT_ARCH_GRANITE;
+}
+
+/* Gemma 3: llama.cpp's default sliding-window layout (load_swa_pattern(ml, 6): layer l slides when l % 6 < 5,
+ * transformers' default layer_types); another layout is written as the per-layer bool array */
+static int gemma3_default_pattern(const lt_model_config *c) {
+    for (int l = 0; l < c->num_hidden_layers && l < LT_CONFIG_MAX_LAYERS; l++)
+        if (c->layer_sliding[l] != (l % 6 < 5)) return 0;
+    return 1;
+}
 
 /* What llama.cpp cannot express for this model (LT_ERR_UNSUPPORTED with the reason). */
 static lt_status check_family(const lt_model_config *c, int untie, lt_error *err) {
@@ -70,16 +85,47 @@ static lt_status check_family(const lt_model_config *c, int untie, lt_error *err
                        "GGUF: llama.cpp's %s reads the LM head from token_embd; a model with its own lm_head "
                        "(untied, or a modules_to_save copy) cannot be written",
                        arch_name(c));
-    if (c->arch == LT_ARCH_GEMMA2) { /* llama.cpp derives the query scale from the shapes (gemma2.cpp) */
-        const double want =
-            c->num_hidden_layers == 46 ? (double)c->hidden_size / c->num_attention_heads : (double)c->head_dim;
+    if (c->arch == LT_ARCH_GEMMA2 || c->arch == LT_ARCH_GEMMA3) {
+        /* llama.cpp derives the query scale from the shapes (gemma2.cpp, gemma3.cpp: the 27B models by their
+         * layer count) */
+        const int big = c->num_hidden_layers == (c->arch == LT_ARCH_GEMMA2 ? 46 : 62);
+        const double want = big ? (double)c->hidden_size / c->num_attention_heads : (double)c->head_dim;
         const double have = c->query_pre_attn_scalar > 0 ? c->query_pre_attn_scalar : (double)c->head_dim;
         if (fabs(have - want) > 1e-9 * want)
             return lt_fail(err, LT_ERR_UNSUPPORTED,
-                           "GGUF: llama.cpp's gemma2 scales queries by %g^-0.5, this model by "
+                           "GGUF: llama.cpp's %s scales queries by %g^-0.5, this model by "
                            "query_pre_attn_scalar^-0.5 = %g^-0.5",
-                           want, have);
+                           arch_name(c), want, have);
     }
+    if (c->arch == LT_ARCH_GEMMA3 && c->attn_logit_softcapping > 0)
+        return lt_fail(err, LT_ERR_UNSUPPORTED, "GGUF: llama.cpp's gemma3 has no attention logit softcapping");
+    if (c->num_experts > 0) { /* qwen3moe and llama create the experts of every layer, renormalise the top k */
+        if (c->n_moe_layers != c->num_hidden_layers)
+            return lt_fail(err, LT_ERR_UNSUPPORTED,
+                           "GGUF: llama.cpp's %s has experts in every layer; this model has %d MoE layers of %lld "
+                           "(decoder_sparse_step / mlp_only_layers)",
+                           arch_name(c), c->n_moe_layers, (long long)c->num_hidden_layers);
+        if (!c->norm_topk_prob)
+            return lt_fail(err, LT_ERR_UNSUPPORTED,
+                           "GGUF: llama.cpp's %s renormalises the top-k routing weights; this model has "
+                           "norm_topk_prob false",
+                           arch_name(c));
+        if (c->arch == LT_ARCH_MIXTRAL && c->moe_intermediate_size != c->intermediate_size)
+            return lt_fail(err, LT_ERR_UNSUPPORTED, "GGUF: llama.cpp's llama experts are feed_forward_length wide");
+    }
+    /* llama.cpp's smollm3, granite, qwen3moe and llama-with-experts graphs attend fully (Mistral's window, which
+     * it ignores too, is accepted as before: identical below the window) */
+    if (c->n_sliding_layers > 0 && (c->arch == LT_ARCH_SMOLLM3 || c->arch == LT_ARCH_GRANITE || c->num_experts > 0))
+        return lt_fail(err, LT_ERR_UNSUPPORTED, "GGUF: llama.cpp's %s has no sliding-window attention", arch_name(c));
+    if (c->arch == LT_ARCH_SMOLLM3) /* llama.cpp: n_no_rope_layer_step = 4, hard-coded (smollm3.cpp) */
+        for (int l = 0; l < c->num_hidden_layers; l++)
+            if ((c->layer_rope[l] == LT_LAYER_ROPE_NONE) != ((l + 1) % 4 == 0))
+                return lt_fail(err, LT_ERR_UNSUPPORTED,
+                               "GGUF: llama.cpp's smollm3 skips RoPE in every 4th layer; this model's layer %d %s", l,
+                               c->layer_rope[l] == LT_LAYER_ROPE_NONE ? "skips it" : "applies it");
+    if (c->arch == LT_ARCH_GRANITE && c->head_dim * c->num_attention_heads != c->hidden_size)
+        return lt_fail(err, LT_ERR_UNSUPPORTED,
+                       "GGUF: llama.cpp's granite derives head_dim from hidden_size / num_attention_heads");
     if (c->bias_mask & ~(c->arch == LT_ARCH_QWEN2 ? 7u : 0u))
         return lt_fail(err, LT_ERR_UNSUPPORTED, "GGUF: projection biases other than Qwen2's q/k/v are not written");
     if (c->rope_type == LT_ROPE_LONGROPE && c->arch != LT_ARCH_PHI3)
@@ -92,7 +138,7 @@ static int gguf_name(const lt_model_config *c, const lt_xtensor *t, char *out, s
     static const char *const hf[][2] = {
         {"input_layernorm.weight", "attn_norm.weight"},
         {"pre_feedforward_layernorm.weight", "ffn_norm.weight"},
-        {"post_feedforward_layernorm.weight", "post_ffw_norm.weight"},
+        {"post_feedforward_layernorm.weight", "post_ffw_norm.weight"}, /* Gemma 2 / 3, OLMo 2 */
         {"self_attn.q_norm.weight", "attn_q_norm.weight"},
         {"self_attn.k_norm.weight", "attn_k_norm.weight"},
         {"self_attn.q_proj.weight", "attn_q.weight"},
@@ -107,6 +153,8 @@ static int gguf_name(const lt_model_config *c, const lt_xtensor *t, char *out, s
         {"mlp.up_proj.weight", "ffn_up.weight"},
         {"mlp.gate_up_proj.weight", "ffn_up.weight"},
         {"mlp.down_proj.weight", "ffn_down.weight"},
+        {"mlp.gate.weight", "ffn_gate_inp.weight"}, /* the router: Qwen3-MoE, Mixtral */
+        {"block_sparse_moe.gate.weight", "ffn_gate_inp.weight"},
     };
     if (!strcmp(t->name, "model.embed_tokens.weight")) return snprintf(out, len, "token_embd.weight") < 0;
     if (!strcmp(t->name, "model.norm.weight")) return snprintf(out, len, "output_norm.weight") < 0;
@@ -114,7 +162,12 @@ static int gguf_name(const lt_model_config *c, const lt_xtensor *t, char *out, s
     int l, at = 0;
     if (sscanf(t->name, "model.layers.%d.%n", &l, &at) != 1 || !at) return -1;
     const char *rest = t->name + at;
-    if (!strcmp(rest, "post_attention_layernorm.weight")) /* Gemma 2's is a sandwich norm, elsewhere the MLP's */
+    if (t->kind == LT_XT_EXPERT) { /* one tensor per projection of all the experts, stacked (E, out, in) */
+        static const char *const exps[3] = {"ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"};
+        return snprintf(out, len, "blk.%d.%s.weight", l, exps[t->proj - P_GATE]) < 0;
+    }
+    /* Gemma 2 / 3's and OLMo 2's is a sandwich norm, elsewhere the MLP's */
+    if (!strcmp(rest, "post_attention_layernorm.weight"))
         return snprintf(out, len, "blk.%d.%s", l,
                         c->sandwich_norms ? "post_attention_norm.weight" : "ffn_norm.weight") < 0;
     for (size_t i = 0; i < sizeof hf / sizeof *hf; i++)
@@ -234,7 +287,7 @@ static lt_status write_hparams(lt_gguf_writer *w, const lt_model_config *c, lt_e
     if (st == LT_OK) snprintf(k, sizeof k, "%s." key, a), st = lt_gguf_set_u32(w, k, (uint32_t)(v), err)
 #define F32(key, v) \
     if (st == LT_OK) snprintf(k, sizeof k, "%s." key, a), st = lt_gguf_set_f32(w, k, (float)(v), err)
-    if (!strcmp(a, "llama")) U32("vocab_size", c->vocab_size); /* LlamaModel only */
+    if (permutes_qk(c)) U32("vocab_size", c->vocab_size); /* LlamaModel and its subclasses only */
     U32("context_length", c->max_position_embeddings);
     U32("embedding_length", c->hidden_size);
     U32("block_count", c->num_hidden_layers);
@@ -260,6 +313,28 @@ static lt_status write_hparams(lt_gguf_writer *w, const lt_model_config *c, lt_e
         U32("attention.sliding_window", c->sliding_window);
     }
     if (c->arch == LT_ARCH_PHI3) U32("attention.sliding_window", c->sliding_window); /* 0: none */
+    if (c->num_experts > 0) {
+        U32("expert_count", c->num_experts);
+        U32("expert_used_count", c->num_experts_per_tok);
+        if (c->arch == LT_ARCH_QWEN3_MOE) U32("expert_feed_forward_length", c->moe_intermediate_size);
+    }
+    if (c->arch == LT_ARCH_GEMMA3) {
+        if (c->final_logit_softcapping > 0) F32("final_logit_softcapping", c->final_logit_softcapping);
+        if (c->rope_local_theta > 0) F32("rope.freq_base_swa", c->rope_local_theta);
+        if (c->n_sliding_layers > 0) U32("attention.sliding_window", c->sliding_window); /* absent: none */
+        if (c->n_sliding_layers > 0 && !gemma3_default_pattern(c) && st == LT_OK) {
+            uint8_t pattern[LT_CONFIG_MAX_LAYERS];
+            for (int l = 0; l < c->num_hidden_layers; l++) pattern[l] = c->layer_sliding[l];
+            snprintf(k, sizeof k, "%s.attention.sliding_window_pattern", a);
+            st = lt_gguf_set_arr(w, k, LT_GGUF_BOOL, pattern, (size_t)c->num_hidden_layers, err);
+        }
+    }
+    if (c->arch == LT_ARCH_GRANITE) { /* the multipliers under llama.cpp's names (granite.py) */
+        F32("attention.scale", lt_config_attn_scale(c));
+        F32("embedding_scale", c->embed_scale);
+        F32("residual_scale", c->residual_multiplier);
+        F32("logit_scale", c->logits_scaling);
+    }
 #undef U32
 #undef F32
     return st;
@@ -275,6 +350,7 @@ typedef struct gtensor {
     int64_t heads; /* rows to permute for llama.cpp's RoPE (0: none) */
     int plus_one;  /* Gemma norm: 1 + w */
     int64_t rows, cols;
+    int n_exp; /* > 0: the projection of n_exp experts stacked, expert e's at export list xt + 3 e */
 } gtensor;
 
 typedef struct gexport {
@@ -313,6 +389,13 @@ static lt_status fill_model(void *user, int index, float *dst, size_t n, lt_erro
         const double *f = g->extra == EXTRA_ROPE_LONG ? c->rope_long_factor : c->rope_short_factor;
         for (size_t i = 0; i < n; i++) dst[i] = (float)f[i];
         return LT_OK;
+    }
+    if (g->n_exp) { /* (E, out, in): the experts' matrices one after another, as the converter's torch.stack */
+        lt_status st = LT_OK;
+        for (int e = 0; e < g->n_exp && st == LT_OK; e++)
+            st = lt_export_tensor_data(x->m, x->a, x->delta, x->user, &x->xt[g->xt + 3 * e],
+                                       dst + (size_t)e * g->rows * g->cols, err);
+        return st;
     }
     lt_status st = lt_export_tensor_data(x->m, x->a, x->delta, x->user, &x->xt[g->xt], dst, err);
     if (st != LT_OK) return st;
@@ -380,6 +463,7 @@ lt_status lt_gguf_export_model(lt_model *m, const lt_adapter *a, lt_delta_fn del
     const lt_ggml_type wt = ggml_type_of(p.dtype);
     for (int i = 0; i < n_xt && st == LT_OK; i++) {
         const lt_xtensor *t = &x.xt[i];
+        if (t->kind == LT_XT_EXPERT && t->expert) continue; /* stacked into expert 0's tensor */
         char gname[112];
         if (gguf_name(c, t, gname, sizeof gname)) {
             st = lt_fail(err, LT_ERR_INTERNAL, "GGUF: no name for %s", t->name);
@@ -392,9 +476,23 @@ lt_status lt_gguf_export_model(lt_model *m, const lt_adapter *a, lt_delta_fn del
         g->plus_one = t->norm && c->norm_offset == 1.0f;
         if (t->kind == LT_XT_MODULE || (t->kind == LT_XT_PLAIN && strstr(t->name, "proj.bias")))
             g->heads = permute_heads(c, t->proj);
-        lt_ggml_type type = t->ndim == 1 || t->norm ? LT_GGML_F32 : wt;
+        int ndim = t->ndim;
+        int64_t shape[3] = {t->shape[0], t->shape[1], 0};
+        if (t->kind == LT_XT_EXPERT) { /* the list holds expert e's gate, up, down at 3 e + 0, 1, 2 */
+            g->n_exp = (int)c->num_experts;
+            for (int e = 0; e < g->n_exp && st == LT_OK; e++) {
+                const lt_xtensor *te = i + 3 * e < n_xt ? &x.xt[i + 3 * e] : NULL;
+                if (!te || te->kind != LT_XT_EXPERT || te->expert != e || te->layer != t->layer || te->proj != t->proj)
+                    st = lt_fail(err, LT_ERR_INTERNAL, "GGUF: the experts of %s are not in their order", t->name);
+            }
+            ndim = 3;
+            shape[0] = g->n_exp, shape[1] = t->shape[0], shape[2] = t->shape[1];
+        }
+        /* llama.cpp keeps the router in f32 (the converter's list of f32 tensors) */
+        const int f32 = t->ndim == 1 || t->norm || strstr(gname, "ffn_gate_inp");
+        lt_ggml_type type = f32 ? LT_GGML_F32 : wt;
         if (type == LT_GGML_Q8_0 && t->shape[1] % LT_Q8_0_BLOCK) type = LT_GGML_F16;
-        st = lt_gguf_add_tensor(w, gname, t->ndim, t->shape, type, err);
+        if (st == LT_OK) st = lt_gguf_add_tensor(w, gname, ndim, shape, type, err);
         if ((size_t)(g->rows * g->cols) > max_floats) max_floats = (size_t)(g->rows * g->cols);
     }
     if (st == LT_OK && c->rope_type == LT_ROPE_LLAMA3) {
@@ -433,22 +531,51 @@ LT_API lt_status lt_model_export_gguf(lt_model *m, const lt_adapter *a, const ch
 
 typedef struct lexport {
     const lt_adapter *a;
-    int n;      /* tensors: lora_a, lora_b of each targeted module */
+    int n;      /* tensors: lora_a, lora_b of each targeted module or expert projection */
     int *layer; /* per module */
     lt_module *mod;
+    int *exp;   /* per module: -1 a linear module; P_GATE, P_UP, P_DOWN: that projection of every expert */
     float fold; /* into B: the adapter's scaling over llama.cpp's alpha / rank */
     int r_w;    /* rank written: r, or 2r for a converted PiSSA / OLoRA ([A; A0], [B, -B0]) */
     float *tmp;
 } lexport;
 
+/* The experts' LoRA of projection p as llama.cpp's LoRA of ffn_*_exps (build_lora_mm_id: expert e's
+ * lora_a (r, in) and lora_b (out, r) at index e of the third dimension): lora_a (E, r_w, in) = A, lora_b
+ * (E, out, r_w) = fold times p's row block of B (gate and up share one A and stack their B, as the
+ * checkpoint's gate_up_proj); the ranks beyond r (a PiSSA / OLoRA adapter's written 2r) are zero. */
+static lt_status fill_lora_experts(lexport *x, int l, int p, int is_b, float *dst, size_t n) {
+    const lt_adapter *a = x->a;
+    const lt_model *m = a->model;
+    const lt_model_config *c = &m->cfg;
+    const int r = a->p.rank, k = p == P_DOWN, E = (int)c->num_experts;
+    int in, lout;
+    lt_elora_dims(c, k, &in, &lout);
+    const lt_lora *lo = lt_adapter_elora(a, l, k);
+    memset(dst, 0, n * sizeof *dst);
+    if (!is_b) {
+        for (int e = 0; e < E; e++)
+            m->be->ops->download(m->be, dst + (size_t)e * x->r_w * in, lo->A + (size_t)e * r * in,
+                                 (size_t)r * in * sizeof(float));
+        return LT_OK;
+    }
+    const int out = k ? lout : lout / 2, row0 = p == P_UP ? out : 0;
+    m->be->ops->download(m->be, x->tmp, lo->B, (size_t)E * lout * r * sizeof(float));
+    for (int e = 0; e < E; e++)
+        for (int i = 0; i < out; i++)
+            for (int j = 0; j < r; j++)
+                dst[((size_t)e * out + i) * x->r_w + j] = x->fold * x->tmp[((size_t)e * lout + row0 + i) * r + j];
+    return LT_OK;
+}
+
 /* lora_a (r_w, in) as PEFT's lora_A; lora_b (out, r_w) as PEFT's lora_B times fold, rows permuted like
  * the base tensor's */
 static lt_status fill_lora(void *user, int index, float *dst, size_t n, lt_error *err) {
-    (void)n;
     lexport *x = user;
     const lt_adapter *a = x->a;
     const lt_model *m = a->model;
     const int k = index / 2, is_b = index % 2, r = a->p.rank, l = x->layer[k];
+    if (x->exp[k] >= 0) return fill_lora_experts(x, l, x->exp[k], is_b, dst, n);
     const lt_module *mod = &x->mod[k];
     int in, out;
     lt_module_dims(&m->cfg, mod, &in, &out);
@@ -469,6 +596,22 @@ static lt_status fill_lora(void *user, int index, float *dst, size_t n, lt_error
     if (heads && mod->count == 1) permute_rows(dst, out, x->r_w, heads, x->tmp);
     (void)err;
     return LT_OK;
+}
+
+/* one lora_a / lora_b pair of base tensor `base` (lora_a (E, r_w, in), lora_b (E, out, r_w); E = 0: 2-D) */
+static lt_status add_lora_pair(lt_gguf_writer *w, const char *base, int64_t E, int64_t r_w, int64_t in, int64_t out,
+                               lt_ggml_type wt, lt_error *err) {
+    const int nd = E ? 3 : 2, o = E ? 0 : 1; /* 2-D: the shapes without their first entry */
+    int64_t sa[3] = {E, r_w, in}, sb[3] = {E, out, r_w};
+    lt_ggml_type ta = wt, tb = wt;
+    if (ta == LT_GGML_Q8_0 && in % LT_Q8_0_BLOCK) ta = LT_GGML_F16;
+    if (tb == LT_GGML_Q8_0 && r_w % LT_Q8_0_BLOCK) tb = LT_GGML_F16;
+    char tn[128];
+    snprintf(tn, sizeof tn, "%s.lora_a", base);
+    lt_status st = lt_gguf_add_tensor(w, tn, nd, sa + o, ta, err);
+    snprintf(tn, sizeof tn, "%s.lora_b", base);
+    if (st == LT_OK) st = lt_gguf_add_tensor(w, tn, nd, sb + o, tb, err);
+    return st;
 }
 
 LT_API lt_status lt_adapter_export_gguf(lt_adapter *a, const char *path, const lt_gguf_params *params) {
@@ -503,10 +646,12 @@ LT_API lt_status lt_adapter_export_gguf(lt_adapter *a, const char *path, const l
     const int L = (int)c->num_hidden_layers;
     lt_module mods[P_COUNT];
     const int n_mods = lt_model_modules(c, mods);
-    x.layer = calloc((size_t)L * n_mods + 1, sizeof *x.layer);
-    x.mod = calloc((size_t)L * n_mods + 1, sizeof *x.mod);
+    const int per_layer = n_mods + 3; /* the linear modules, the experts' gate, up, down */
+    x.layer = calloc((size_t)L * per_layer + 1, sizeof *x.layer);
+    x.mod = calloc((size_t)L * per_layer + 1, sizeof *x.mod);
+    x.exp = calloc((size_t)L * per_layer + 1, sizeof *x.exp);
     lt_gguf_writer *w = lt_gguf_writer_new();
-    if (!x.layer || !x.mod || !w) st = lt_fail(err, LT_ERR_NOMEM, "GGUF: out of memory");
+    if (!x.layer || !x.mod || !x.exp || !w) st = lt_fail(err, LT_ERR_NOMEM, "GGUF: out of memory");
     char name[256];
     default_name(m, &p, name, sizeof name);
     if (st == LT_OK) st = lt_gguf_set_str(w, "general.architecture", arch_name(c), err);
@@ -514,35 +659,46 @@ LT_API lt_status lt_adapter_export_gguf(lt_adapter *a, const char *path, const l
     if (st == LT_OK) st = lt_gguf_set_str(w, "general.name", name, err);
     if (st == LT_OK) st = lt_gguf_set_str(w, "adapter.type", "lora", err);
     if (st == LT_OK) st = lt_gguf_set_f32(w, "adapter.lora.alpha", alpha_w, err);
-    size_t max_out = 0;
+    size_t max_tmp = 0;
     const lt_ggml_type wt = ggml_type_of(p.dtype);
-    for (int l = 0; l < L && st == LT_OK; l++)
+    for (int l = 0; l < L && st == LT_OK; l++) {
         for (int q = 0; q < n_mods && st == LT_OK; q++) {
             if (!lt_adapter_lora(a, l, (lt_proj)mods[q].first)) continue;
             lt_xtensor t = {.kind = LT_XT_MODULE, .layer = l, .mod = mods[q], .ndim = 2};
             snprintf(t.name, sizeof t.name, "model.layers.%d.%s.%s.weight", l, mods[q].parent, mods[q].name);
-            char base[112], tn[128];
+            char base[112];
             gguf_name(c, &t, base, sizeof base);
             int in, out;
             lt_module_dims(c, &mods[q], &in, &out);
-            const int64_t sa[2] = {x.r_w, in}, sb[2] = {out, x.r_w};
-            lt_ggml_type ta = wt, tb = wt;
-            if (ta == LT_GGML_Q8_0 && in % LT_Q8_0_BLOCK) ta = LT_GGML_F16;
-            if (tb == LT_GGML_Q8_0 && x.r_w % LT_Q8_0_BLOCK) tb = LT_GGML_F16;
-            snprintf(tn, sizeof tn, "%s.lora_a", base);
-            st = lt_gguf_add_tensor(w, tn, 2, sa, ta, err);
-            snprintf(tn, sizeof tn, "%s.lora_b", base);
-            if (st == LT_OK) st = lt_gguf_add_tensor(w, tn, 2, sb, tb, err);
+            st = add_lora_pair(w, base, 0, x.r_w, in, out, wt, err);
             x.layer[x.n] = l;
+            x.exp[x.n] = -1;
             x.mod[x.n++] = mods[q];
-            if ((size_t)out > max_out) max_out = (size_t)out;
+            if (2 * (size_t)out * x.r_w > max_tmp) max_tmp = 2 * (size_t)out * x.r_w;
         }
-    if (st == LT_OK && !(x.tmp = malloc(2 * max_out * (size_t)x.r_w * sizeof(float) + 1)))
+        for (int e = P_GATE; e <= P_DOWN && st == LT_OK; e++) {
+            const int k = e == P_DOWN;
+            if (!lt_adapter_elora(a, l, k)) continue;
+            lt_xtensor t = {.kind = LT_XT_EXPERT, .layer = l, .proj = e, .ndim = 2};
+            snprintf(t.name, sizeof t.name, "model.layers.%d.%s.experts", l, lt_moe_parent(c));
+            char base[112];
+            gguf_name(c, &t, base, sizeof base);
+            int in, lout;
+            lt_elora_dims(c, k, &in, &lout);
+            st = add_lora_pair(w, base, c->num_experts, x.r_w, in, k ? lout : lout / 2, wt, err);
+            x.layer[x.n] = l;
+            x.exp[x.n++] = e;
+            if ((size_t)c->num_experts * lout * a->p.rank > max_tmp)
+                max_tmp = (size_t)c->num_experts * lout * a->p.rank;
+        }
+    }
+    if (st == LT_OK && !(x.tmp = malloc(max_tmp * sizeof(float) + 1)))
         st = lt_fail(err, LT_ERR_NOMEM, "GGUF: out of memory");
     if (st == LT_OK) st = lt_gguf_write(w, path, fill_lora, &x, err);
     lt_gguf_writer_free(w);
     free(x.layer);
     free(x.mod);
+    free(x.exp);
     free(x.tmp);
     return st;
 }

@@ -106,11 +106,42 @@ static lt_status dora_merge_sign(lt_adapter *a, float sign) {
     return lt_backend_sync(m->be, &a->err, "merging the adapter");
 }
 
-/* W (out,in) += sign * s * B (out,r) @ A (r,in) for every targeted projection */
+/* The experts' LoRA of MoE layer l: W_e (out,in) += sign * s * B_e A_e for every expert of each targeted
+ * kind (gate|up: B_e's row blocks are gate's then up's, A_e shared; docs/spec/moe.md). */
+static lt_status merge_experts(lt_adapter *a, int l, float sign) {
+    lt_model *m = a->model;
+    const lt_model_config *c = &m->cfg;
+    const int r = a->p.rank, MI = (int)c->moe_intermediate_size;
+    for (int k = 0; k < 2; k++) {
+        const lt_lora *lo = lt_adapter_elora(a, l, k);
+        if (!lo) continue;
+        int in, out;
+        lt_elora_dims(c, k, &in, &out);
+        const int o = k ? out : MI; /* the rows of one expert projection */
+        for (int e = 0; e < c->num_experts; e++)
+            for (int part = 0; part < (k ? 1 : 2); part++) {
+                lt_weight *W = &m->layers[l].experts[3 * e + (k ? 2 : part)];
+                if (W->format != LT_WEIGHT_F32)
+                    return lt_fail(&a->err, LT_ERR_UNSUPPORTED,
+                                   "merge: the experts are quantized (%s); merging in place needs f32 weights: "
+                                   "export a merged model instead (lt_adapter_export_merged)",
+                                   lt_quant_format_name(m->quant));
+                lt_status st = weight_writable(m, &W->f32, (size_t)o * in, &a->err);
+                if (st != LT_OK) return st;
+                m->be->ops->gemm(m->be, 0, 0, o, in, r, sign * a->scaling, lo->B + ((size_t)e * out + part * MI) * r, r,
+                                 lo->A + (size_t)e * r * in, in, 1.0f, W->f32, in);
+            }
+    }
+    return LT_OK;
+}
+
+/* W (out,in) += sign * s * B (out,r) @ A (r,in) for every targeted projection (and expert) */
 static lt_status merge_sign(lt_adapter *a, float sign) {
     lt_model *m = a->model;
     if (a->p.use_dora) return dora_merge_sign(a, sign);
-    for (int l = 0; l < m->cfg.num_hidden_layers; l++)
+    for (int l = 0; l < m->cfg.num_hidden_layers; l++) {
+        lt_status est = merge_experts(a, l, sign);
+        if (est != LT_OK) return est;
         for (int q = 0; q < P_COUNT; q++) {
             lt_lora *lo = lt_adapter_lora(a, l, (lt_proj)q);
             if (!lo) continue;
@@ -124,6 +155,7 @@ static lt_status merge_sign(lt_adapter *a, float sign) {
                 m->be->ops->gemm(m->be, 0, 0, o, in, a->p.rank, -sign * a->scaling, lo->B0, a->p.rank, lo->A0, in, 1.0f,
                                  m->layers[l].w[q].f32, in);
         }
+    }
     return lt_backend_sync(m->be, &a->err, "merging the adapter");
 }
 
@@ -136,10 +168,6 @@ LT_API lt_status lt_adapter_merge(lt_adapter *a) {
                        "lt_adapter_merge: the adapter holds trained copies of base "
                        "weights (%s); export the merged model instead (lt_adapter_export_merged)",
                        a->p.full_finetune ? "full fine-tuning" : "modules_to_save");
-    if (a->elora)
-        return lt_fail(&a->err, LT_ERR_UNSUPPORTED,
-                       "lt_adapter_merge: merging a LoRA on experts in place is not supported; export the "
-                       "merged model instead (lt_adapter_export_merged)");
     if (a->model->base_dtype != LT_BASE_F32)
         return lt_fail(&a->err, LT_ERR_UNSUPPORTED,
                        "lt_adapter_merge: the model keeps its base weights in "

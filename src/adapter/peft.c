@@ -115,6 +115,7 @@ static lt_status write_adapter_config(const lt_adapter *a, const char *dir, lt_e
         json_t *mts = json_array();
         if (a->p.modules_to_save & LT_SAVE_EMBED_TOKENS) json_array_append_new(mts, json_string("embed_tokens"));
         if (a->p.modules_to_save & LT_SAVE_LM_HEAD) json_array_append_new(mts, json_string("lm_head"));
+        if (a->p.modules_to_save & LT_SAVE_ROUTER) json_array_append_new(mts, json_string("gate"));
         json_object_set_new(o, "modules_to_save", mts);
     } else {
         json_object_set_new(o, "modules_to_save", json_null());
@@ -233,8 +234,8 @@ static lt_status adapter_write_peft(lt_adapter *a, const char *dir, lt_error *er
         snprintf(nm, 160, "base_model.model.%s", t->name);
         e[n].name = nm;
         e[n].dtype = LT_DT_F32;
-        e[n].ndim = 2;
-        e[n].shape[0] = a->model->cfg.vocab_size;
+        e[n].ndim = 2; /* (V,H) embed_tokens / lm_head, (E,H) a router */
+        e[n].shape[0] = (int64_t)(t->n / (size_t)a->model->cfg.hidden_size);
         e[n].shape[1] = a->model->cfg.hidden_size;
         e[n].data = h + t->off;
         n++;
@@ -298,7 +299,9 @@ static lt_status load_full(lt_model *m, const char *dir, lt_adapter **out, lt_er
         a->hidden_size != b->hidden_size || a->intermediate_size != b->intermediate_size ||
         a->vocab_size != b->vocab_size || a->num_attention_heads != b->num_attention_heads ||
         a->num_key_value_heads != b->num_key_value_heads || a->head_dim != b->head_dim ||
-        a->tie_word_embeddings != b->tie_word_embeddings || a->bias_mask != b->bias_mask) {
+        a->tie_word_embeddings != b->tie_word_embeddings || a->bias_mask != b->bias_mask ||
+        a->num_experts != b->num_experts || a->moe_intermediate_size != b->moe_intermediate_size ||
+        a->n_moe_layers != b->n_moe_layers || memcmp(a->layer_moe, b->layer_moe, sizeof a->layer_moe)) {
         lt_fail(err, LT_ERR_SHAPE,
                 "%s: a %s with %lld layers, hidden %lld, vocab %lld is not a fine-tuned copy of "
                 "this %s (%lld layers, hidden %lld, vocab %lld)",
@@ -496,10 +499,11 @@ static lt_status read_adapter_config(const char *dir, const lt_model *m, lt_adap
             const char *nm = json_is_string(s) ? json_string_value(s) : "";
             if (!strcmp(nm, "embed_tokens")) p->modules_to_save |= LT_SAVE_EMBED_TOKENS;
             else if (!strcmp(nm, "lm_head")) p->modules_to_save |= LT_SAVE_LM_HEAD;
+            else if (!strcmp(nm, "gate") && m->cfg.n_moe_layers) p->modules_to_save |= LT_SAVE_ROUTER;
             else {
                 st = lt_fail(err, LT_ERR_UNSUPPORTED,
                              "%s: modules_to_save entry \"%s\" is not supported (only "
-                             "embed_tokens and lm_head)",
+                             "embed_tokens, lm_head and, on a mixture-of-experts model, gate: the router)",
                              path, nm);
                 goto out;
             }
@@ -782,9 +786,10 @@ LT_API lt_status lt_adapter_load(lt_model *m, const char *dir, lt_adapter **out)
             st = lt_fail(err, LT_ERR_MISSING, "%s: tensor \"%s\" (modules_to_save) is missing", path, key);
             goto fail;
         }
-        if (t->ndim != 2 || t->shape[0] != m->cfg.vocab_size || t->shape[1] != m->cfg.hidden_size) {
+        const int64_t rows = (int64_t)(a->ptensors[k].n / (size_t)m->cfg.hidden_size); /* V, or E for a router */
+        if (t->ndim != 2 || t->shape[0] != rows || t->shape[1] != m->cfg.hidden_size) {
             st = lt_fail(err, LT_ERR_SHAPE, "%s: tensor \"%s\" must have shape [%lld, %lld]", path, key,
-                         (long long)m->cfg.vocab_size, (long long)m->cfg.hidden_size);
+                         (long long)rows, (long long)m->cfg.hidden_size);
             goto fail;
         }
         if (lt_convert_to_f32(host + a->ptensors[k].off, t->data, t->dtype, (size_t)t->numel) != 0) {

@@ -7,11 +7,10 @@
  * Packed layout (prepared once, at load): W is cut into blocks of 16 output rows; inside a block,
  * for each pair of input columns (2p, 2p+1), 16 rows x 2 columns = 32 bf16 = one 64-byte vector:
  *   Wp[((o/16) * P + i/2) * 32 + (o%16) * 2 + (i%2)] = bf16(W[o][i]),   P = ceil(in/2)
- * zero-padded to whole blocks and pairs. That is exactly the B panel vdpbf16ps wants for the forward
- * (16 output columns per vector, pairs along the contraction). The backward contracts over o, so it
- * re-packs a cache-sized panel at a time (each 2x2 block (o,o+1)x(i,i+1) is 8 contiguous bytes of
- * Wp: the re-pack is a 2x2 transpose per block) into a stack buffer; W is stored once (half the
- * memory of f32).
+ * zero-padded to whole blocks and pairs. That is exactly the B panel of the CPU kernel (cpu/gemm_bf16.c) for the
+ * forward (16 output columns per vector, pairs along the contraction). The backward contracts over o, so it re-packs a
+ * cache-sized panel at a time (each 2x2 block (o,o+1)x(i,i+1) is 8 contiguous bytes of Wp: the re-pack is a 2x2
+ * transpose per block) into a stack buffer; W is stored once (half the memory of f32).
  */
 #ifndef LT_BF16_H
 #define LT_BF16_H

@@ -34,6 +34,21 @@ double now_seconds(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+FILE *atomic_fopen(const char *path, char *tmp, size_t len) {
+    if (snprintf(tmp, len, "%s.tmp.%ld", path, (long)getpid()) >= (int)len) return NULL;
+    return fopen(tmp, "w");
+}
+
+int atomic_fclose(FILE *f, const char *tmp, const char *path) {
+    int bad = fflush(f) != 0 || fsync(fileno(f)) != 0;
+    bad |= fclose(f) != 0;
+    if (bad || rename(tmp, path) != 0) {
+        unlink(tmp);
+        return -1;
+    }
+    return 0;
+}
+
 int mkdir_p(const char *dir) {
     char buf[4096];
     if (snprintf(buf, sizeof buf, "%s", dir) >= (int)sizeof buf) {

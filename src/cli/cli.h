@@ -32,6 +32,10 @@ int opt_double(const opts *o, const char *name, double def, double *out);
 double now_seconds(void);
 /* mkdir -p; 0 on success, -1 with errno set. */
 int mkdir_p(const char *dir);
+/* A file replaced whole or never half-written: atomic_fopen opens PATH.tmp.PID (its name into tmp);
+ * atomic_fclose flushes it to the disk and renames it over path, or removes it (-1) on any failure. */
+FILE *atomic_fopen(const char *path, char *tmp, size_t len);
+int atomic_fclose(FILE *f, const char *tmp, const char *path);
 
 /* Print "loratune CMD: message" to stderr and return 1. */
 int fail(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

@@ -593,14 +593,13 @@ int cmd_eval_compare(int argc, char **argv) {
     }
     if (report) {
         char tmp[4300];
-        snprintf(tmp, sizeof tmp, "%s.tmp", report);
-        FILE *f = fopen(tmp, "w");
+        FILE *f = atomic_fopen(report, tmp, sizeof tmp);
         if (!f) {
             rc = fail("eval --compare", "%s: cannot write", report);
             goto done;
         }
         write_markdown(f, j);
-        if (fclose(f) != 0 || rename(tmp, report) != 0) {
+        if (atomic_fclose(f, tmp, report)) {
             rc = fail("eval --compare", "%s: cannot write", report);
             goto done;
         }

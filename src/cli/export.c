@@ -2,6 +2,7 @@
  * llama.cpp and Ollama, and with --ollama a Modelfile beside it. */
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cli/cli.h"
 #include "loratune_experimental.h"
@@ -24,8 +25,15 @@ static int write_modelfile(const lt_tokenizer *tok, const char *from, const char
     char path[4200];
     const char *slash = strrchr(gguf_path, '/');
     snprintf(path, sizeof path, "%.*sModelfile", slash ? (int)(slash - gguf_path + 1) : 0, gguf_path);
-    FILE *f = fopen(path, "w");
-    if (!f || fputs(text, f) < 0 || fclose(f)) return fail("export", "cannot write %s", path);
+    char tmp[4300];
+    FILE *f = atomic_fopen(path, tmp, sizeof tmp);
+    if (!f) return fail("export", "cannot write %s", path);
+    if (fputs(text, f) < 0) {
+        fclose(f);
+        unlink(tmp);
+        return fail("export", "cannot write %s", path);
+    }
+    if (atomic_fclose(f, tmp, path)) return fail("export", "cannot write %s", path);
     if (warning) fprintf(stderr, "loratune export: warning: %s\n", warning);
     printf("wrote %s\n", path);
     return 0;

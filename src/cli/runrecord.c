@@ -434,8 +434,7 @@ void loss_svg(const char *path, const double *steps, const double *loss, long lo
     if (hi - lo < 1e-9) hi += 0.5, lo -= 0.5;
     if (s1 - s0 < 1e-9) s1 = s0 + 1;
     char tmp[4300];
-    snprintf(tmp, sizeof tmp, "%.4200s.tmp", path);
-    FILE *f = fopen(tmp, "w");
+    FILE *f = atomic_fopen(path, tmp, sizeof tmp);
     if (!f) return;
     const double W = 640, Hh = 360, x0 = 60, y0 = 20, pw = 560, ph = 290;
 #define PX(s) (x0 + pw * (((s)-s0) / (s1 - s0)))
@@ -467,5 +466,5 @@ void loss_svg(const char *path, const double *steps, const double *loss, long lo
             x0, x0 + 90);
 #undef PX
 #undef PY
-    if (fclose(f) == 0) rename(tmp, path);
+    (void)atomic_fclose(f, tmp, path); /* the plot is a convenience: a run goes on without it */
 }

@@ -85,8 +85,9 @@ static void train_usage(void) {
         "  eval/save: --eval-data FILE --eval-every N --save-every N --resume DIR\n"
         "  method:    --method lora|dora|qlora|full (lora); dora: PEFT's weight-decomposed LoRA (needs --dropout 0);\n"
         "             full: every weight trainable (fp32 weights, gradients and optimizer state); --out is then a\n"
-        "             Hugging Face model directory. --modules-to-save embed_tokens,lm_head (lora/dora/qlora):\n"
-        "             train full copies of those modules next to the adapter (PEFT modules_to_save)\n"
+        "             Hugging Face model directory. --modules-to-save embed_tokens,lm_head,gate (lora/dora/\n"
+        "             qlora): train full copies of those modules next to the adapter (PEFT modules_to_save;\n"
+        "             gate: the router of a mixture-of-experts model)\n"
         "             qlora quantizes the base projections on load:\n"
         "             --quant nf4|fp4|int8 (nf4) --double-quant | --no-double-quant (on for qlora)\n"
         "             --quant-blocksize N (64); `loratune merge` then merges into the dequantized base\n"
@@ -104,7 +105,7 @@ static void train_usage(void) {
         "--help)\n");
 }
 
-/* "embed_tokens,lm_head" -> LT_SAVE_* bits; -1 on an unknown name */
+/* "embed_tokens,lm_head,gate" -> LT_SAVE_* bits; -1 on an unknown name */
 static int parse_modules_to_save(const char *s, unsigned *out) {
     *out = 0;
     char buf[256];
@@ -112,6 +113,7 @@ static int parse_modules_to_save(const char *s, unsigned *out) {
     for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
         if (!strcmp(tok, "embed_tokens")) *out |= LT_SAVE_EMBED_TOKENS;
         else if (!strcmp(tok, "lm_head")) *out |= LT_SAVE_LM_HEAD;
+        else if (!strcmp(tok, "gate")) *out |= LT_SAVE_ROUTER;
         else return -1;
     }
     return *out ? 0 : -1;
@@ -460,7 +462,7 @@ static int train_sft(int argc, char **argv) {
         ap.seed = (uint64_t)seed;
         const char *mts = opt_str(&o, "modules-to-save", NULL);
         if (mts && parse_modules_to_save(mts, &ap.modules_to_save)) {
-            rc = fail("train", "--modules-to-save: expected a comma-separated list of embed_tokens,lm_head");
+            rc = fail("train", "--modules-to-save: expected a comma-separated list of embed_tokens,lm_head,gate");
             goto done;
         }
         const char *init = opt_str(&o, "init", "default");

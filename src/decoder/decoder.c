@@ -147,14 +147,17 @@ typedef struct layer_pass {
     const lt_layer *G;     /* full fine-tuning: their gradients (NULL: the weights are frozen) */
     lt_lora *lo[P_COUNT];  /* each projection's LoRA (NULL: none)                          */
     lt_lora *elo[2];       /* MoE layer: the experts' LoRA on gate|up and on down (NULL: none) */
+    const float *router;   /* MoE layer: the router (E,H) the pass reads (lt_view_router)  */
+    float *d_router;       /* its gradient (NULL: frozen)                                  */
 } layer_pass;
 
 static layer_pass layer_pass_of(lt_model *m, lt_workspace *ws, const lt_adapter *ad, const lt_dropout_state *drop,
                                 const lt_kv_cache *kv, int l) {
-    layer_pass P = {m,   ws, ad, drop, kv, l, ws->B * ws->T, lt_view_layer(m, ad, l), lt_view_layer_grads(ad, l),
-                    {0}, {0}};
+    layer_pass P = {m,   ws,  ad,   drop, kv, l, ws->B * ws->T, lt_view_layer(m, ad, l), lt_view_layer_grads(ad, l),
+                    {0}, {0}, NULL, NULL};
     for (int p = 0; p < P_COUNT; p++) P.lo[p] = ad ? lt_adapter_lora(ad, l, (lt_proj)p) : NULL;
     for (int k = 0; k < 2; k++) P.elo[k] = ad ? lt_adapter_elora(ad, l, k) : NULL;
+    P.router = lt_view_router(m, ad, l, &P.d_router);
     return P;
 }
 
@@ -450,13 +453,17 @@ static void expert_act_backward(lt_model *m, float *dgate, float *dup, const flo
     else OPS->swiglu_backward(BE, dgate, dup, dact, gate, up, n);
 }
 
-/* dx (n,in) (= or += by accumulate) through expert e's projection p; its LoRA grads accumulate. */
+/* dx (n,in) (= or += by accumulate) through expert e's projection p; its LoRA grads accumulate; full
+ * fine-tuning: dW_e (out,in) += dy^T x over the expert's rows. */
 static void expert_backward(const layer_pass *P, int e, lt_proj p, float *dx, int accumulate, const float *dy,
                             const float *x, const float *xa, int n) {
     const int H = (int)P->m->cfg.hidden_size, MI = (int)P->m->cfg.moe_intermediate_size;
+    const int in = p == P_DOWN ? MI : H, out = p == P_DOWN ? H : MI;
+    lt_model *m = P->m;
     lt_lora lo = expert_lora(P, p == P_DOWN, e, p == P_UP);
     linear_backward(P->m, P->ws, P->ad, lo.A ? &lo : NULL, NULL, 0, dx, accumulate, dy, x, lt_expert_w(P->W, e, p), xa,
-                    n, p == P_DOWN ? MI : H, p == P_DOWN ? H : MI);
+                    n, in, out);
+    if (P->G) OPS->gemm(BE, 1, 0, out, in, n, 1.0f, dy, out, x, in, 1.0f, lt_expert_w(P->G, e, p)->f32, in);
 }
 
 static void moe_forward_block(const layer_pass *P, lt_layer_acts *A, float *x_out) {
@@ -468,17 +475,20 @@ static void moe_forward_block(const layer_pass *P, lt_layer_acts *A, float *x_ou
     const int N = P->N, H = (int)c->hidden_size, E = (int)c->num_experts, MI = (int)c->moe_intermediate_size;
     const int M = N * (int)c->num_experts_per_tok, r = P->ad ? P->ad->p.rank : 0;
     OPS->rmsnorm_forward(BE, A->ln2, A->rstd2, A->x_mid, W->mlp_norm, N, H, (float)c->rms_norm_eps);
-    OPS->gemm(BE, 0, 1, N, E, H, 1.0f, A->ln2, H, W->router, H, 0.0f, ws->r_logits, E);
+    OPS->gemm(BE, 0, 1, N, E, H, 1.0f, A->ln2, H, P->router, H, 0.0f, ws->r_logits, E);
     if (W->router_bias) OPS->bias_add(BE, ws->r_logits, W->router_bias, N, E); /* gpt-oss */
     OPS->download(BE, ws->h_moe, ws->r_logits, (size_t)N * E * sizeof(float));
     moe_route(c, R, ws->h_moe, N);
     OPS->upload(BE, A->e_tok, R->tok, (size_t)M * sizeof(int32_t));
     OPS->upload(BE, A->e_w, R->w, (size_t)M * sizeof(float));
-    if (!ws->moe_recompute) { /* the load-balancing loss's statistics (load_balancing_loss_func) */
-        for (int e = 0; e < E; e++) ws->aux_cnt[e] += R->off[e + 1] - R->off[e];
-        for (size_t i = 0; i < (size_t)N * E; i++) ws->aux_psum[i % E] += R->prob[i];
-        ws->aux_rows += N;
-    }
+    if (!ws->moe_recompute) /* the load-balancing loss's statistics (load_balancing_loss_func) */
+        for (int t = 0; t < N; t++) {
+            if (ws->aux_masked && !ws->aux_mask[t]) continue; /* padding: out of the attention mask */
+            for (int k = 0; k < (int)c->num_experts_per_tok; k++)
+                ws->aux_cnt[R->sel[(size_t)t * c->num_experts_per_tok + k]]++;
+            for (int e = 0; e < E; e++) ws->aux_psum[e] += R->prob[(size_t)t * E + e];
+            ws->aux_rows++;
+        }
     OPS->embedding_forward(BE, ws->e_x, A->e_tok, A->ln2, M, H); /* the pairs' inputs, by expert */
     float *xa_gu = A->xa[P_GATE], *xa_d = A->xa[P_DOWN];
     for (int e = 0; e < E; e++) {
@@ -512,9 +522,9 @@ static void moe_router_backward(const lt_model_config *c, const lt_workspace *ws
         const float *p = R->prob + (size_t)t * E;
         const int32_t *sel = R->sel + (size_t)t * K, *pair = R->pair + (size_t)t * K;
         float *d = dz + (size_t)t * E; /* first d loss / d p */
+        const int in_aux = ws->aux_weight != 0 && (!ws->aux_masked || ws->aux_mask[t]);
         for (int e = 0; e < E; e++)
-            d[e] = ws->aux_weight != 0 ? (float)(ws->aux_weight * E * (ws->aux_cnt[e] / ws->aux_rows) / ws->aux_rows)
-                                       : 0.0f;
+            d[e] = in_aux ? (float)(ws->aux_weight * E * (ws->aux_cnt[e] / ws->aux_rows) / ws->aux_rows) : 0.0f;
         if (c->norm_topk_prob) { /* w_k = p_k / S: dp_k = (dw_k - sum_j dw_j w_j) / S */
             float S = 0.0f, dot = 0.0f;
             for (int k = 0; k < K; k++) S += p[sel[k]];
@@ -567,12 +577,13 @@ static void moe_backward_block(const layer_pass *P, lt_layer_acts *A) {
     }
     OPS->zero(BE, ws->dln, (size_t)N * H * sizeof(float));
     OPS->embedding_backward(BE, ws->dln, A->e_tok, ws->e_dx, M, H);
-    /* the router: d z on the host, then d ln2 += d z W_router */
+    /* the router: d z on the host, then d ln2 += d z W_router; a trained router: dW_router += d z^T ln2 */
     float *dz = ws->h_moe + (size_t)M; /* after the M row dots */
     moe_router_backward(c, ws, R, hdy, dz, N);
     OPS->upload(BE, ws->r_logits, dz, (size_t)N * E * sizeof(float));
-    OPS->gemm(BE, 0, 0, N, H, E, 1.0f, ws->r_logits, E, W->router, H, 1.0f, ws->dln, H);
-    OPS->rmsnorm_backward(BE, ws->dres, NULL, ws->dln, A->x_mid, W->mlp_norm, A->rstd2, N, H);
+    OPS->gemm(BE, 0, 0, N, H, E, 1.0f, ws->r_logits, E, P->router, H, 1.0f, ws->dln, H);
+    if (P->d_router) OPS->gemm(BE, 1, 0, E, H, N, 1.0f, ws->r_logits, E, A->ln2, H, 1.0f, P->d_router, H);
+    OPS->rmsnorm_backward(BE, ws->dres, P->G ? P->G->mlp_norm : NULL, ws->dln, A->x_mid, W->mlp_norm, A->rstd2, N, H);
 }
 
 /* attention backward: ws->dres holds d loss / d x_mid on entry, d loss / d x on return. */
@@ -750,17 +761,22 @@ static void lm_head_softcap_backward(lt_model *m, lt_workspace *ws, int n) {
     if (fcap > 0) OPS->softcap_backward(BE, ws->logits, ws->logits_capped, (size_t)n * (size_t)m->cfg.vocab_size, fcap);
 }
 
-/* The load-balancing loss of the last forward (transformers' load_balancing_loss_func without an
- * attention mask): aux = E * sum_e f_e P_e, f_e = pairs of expert e / tokens, P_e = mean probability of
- * e, both over the tokens of every MoE layer. With output_router_logits the training loss is
- * mean CE + router_aux_loss_coef * aux, so the summed loss gains n_valid * coef * aux and the backward
- * weighs d aux by grad_scale * n_valid * coef (ws->aux_weight). Returns the summed loss's term. */
-static double moe_aux_loss(lt_model *m, lt_workspace *ws, float grad_scale) {
-    const lt_model_config *c = &m->cfg;
-    if (!c->n_moe_layers || !(ws->aux_rows > 0)) return 0.0;
+/* The load-balancing loss of the last forward into ws->aux_loss (transformers' load_balancing_loss_func;
+ * its attention mask is ws->aux_mask): aux = E * sum_e f_e P_e, f_e = pairs of expert e / tokens, P_e =
+ * mean probability of e, both over the counted tokens of every MoE layer. */
+static void moe_aux_value(const lt_model_config *c, lt_workspace *ws) {
     double aux = 0;
     for (int e = 0; e < c->num_experts; e++) aux += ws->aux_cnt[e] * ws->aux_psum[e];
     ws->aux_loss = aux * (double)c->num_experts / (ws->aux_rows * ws->aux_rows);
+}
+
+/* SFT: with output_router_logits the training loss is mean CE + router_aux_loss_coef * aux, so the summed
+ * loss gains n_valid * coef * aux and the backward weighs d aux by grad_scale * n_valid * coef
+ * (ws->aux_weight). Returns the summed loss's term. */
+static double moe_aux_loss(lt_model *m, lt_workspace *ws, float grad_scale) {
+    const lt_model_config *c = &m->cfg;
+    if (!c->n_moe_layers || !(ws->aux_rows > 0)) return 0.0;
+    moe_aux_value(c, ws);
     if (!c->output_router_logits || c->router_aux_loss_coef == 0) return 0.0;
     int64_t n_valid = 0;
     const int32_t *tg = ws->host_stage + ws->B * ws->T; /* the staged targets (lt_stage_batch) */
@@ -856,6 +872,7 @@ lt_status lt_forward_logp(lt_model *m, const lt_adapter *ad, lt_workspace *ws, c
         if (!isfinite(ws->host_losses[i]))
             return lt_fail(err, LT_ERR_NUMERIC, "the log-probability of token %d of row %d is not finite", i % ws->T,
                            i / ws->T);
+    if (m->cfg.n_moe_layers && ws->aux_rows > 0) moe_aux_value(&m->cfg, ws); /* the objective may add it */
     return LT_OK;
 }
 

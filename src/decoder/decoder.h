@@ -88,6 +88,8 @@ typedef struct lt_workspace {
     double aux_rows;   /* tokens routed, summed over the MoE layers                             */
     double aux_loss;   /* the load-balancing loss of the last forward (transformers' aux_loss)  */
     double aux_weight; /* its weight in the backward's loss (0: none)                           */
+    uint8_t *aux_mask; /* host (N): with aux_masked, the tokens the statistics count (1; 0: padding */
+    int aux_masked;    /* of a preference row, as transformers' attention_mask excludes it); 0: all */
     int moe_recompute; /* 1 while checkpointing recomputes a layer: routing statistics not counted */
 } lt_workspace;
 
@@ -200,6 +202,9 @@ lt_status lt_forward_backward(lt_model *m, const lt_adapter *ad, lt_workspace *w
  * 1/temperature; 1 otherwise). lt_backward_weighted then accumulates into the adapter grads the
  * gradient of sum_t w[t] * CE_t, w = host_w (N) (= -d loss / d log p_t), recomputing the LM-head
  * logits chunk by chunk. The adapter, dropout and logit_scale must be those of the forward.
+ * An MoE model: lt_forward_logp also leaves the load-balancing loss of the tokens it counted (every
+ * token, or ws->aux_mask's) in ws->aux_loss; an objective that adds coef * aux_loss to its loss sets
+ * ws->aux_weight = coef (times the loss's scale) between the two, and the backward adds its gradient.
  */
 lt_status lt_forward_logp(lt_model *m, const lt_adapter *ad, lt_workspace *ws, const lt_dropout_state *drop,
                           float logit_scale, lt_error *err);

@@ -187,7 +187,8 @@ lt_status lt_workspace_create_kept(lt_model *m, int B, int T, int rank, int mode
         ws->h_route = malloc((size_t)ws->n_acts * per * 4);
         ws->h_moe = malloc(hm * sizeof(float));
         ws->aux_cnt = calloc(2 * E, sizeof(double));
-        if (!ws->h_route || !ws->h_moe || !ws->aux_cnt) {
+        ws->aux_mask = calloc(N, 1);
+        if (!ws->h_route || !ws->h_moe || !ws->aux_cnt || !ws->aux_mask) {
             lt_workspace_free(ws);
             return lt_fail(err, LT_ERR_NOMEM, "workspace: out of memory");
         }
@@ -255,6 +256,7 @@ void lt_workspace_free(lt_workspace *ws) {
     free(ws->h_route);
     free(ws->h_moe);
     free(ws->aux_cnt);
+    free(ws->aux_mask);
     free(ws->acts);
     free(ws->x_saved);
     free(ws);
@@ -277,6 +279,7 @@ lt_status lt_stage_batch(lt_model *m, lt_workspace *ws, const lt_batch *b, int64
         return lt_fail(err, LT_ERR_SHAPE, "batch: %d x %d does not fit the planned %d x %d", b->n_rows, b->seq_len,
                        ws->B_cap, ws->T);
     const int B = b->n_rows, T = b->seq_len, N = B * T, V = (int)m->cfg.vocab_size;
+    ws->aux_masked = 0; /* a new batch: the load-balancing statistics count every token until told otherwise */
     int32_t *tmp = ws->host_stage; /* planned with the workspace: no allocation per step */
     int32_t *ids = tmp, *tg = tmp + N, *pos = tmp + 2 * N, *kvs = tmp + 3 * N, *kvw = tmp + 4 * N;
     const int64_t window = m->cfg.sliding_window; /* > 0: keys t - window + 1 .. t in sliding layers */

@@ -445,6 +445,32 @@ static lt_status build_pref_rows(lt_trainer *t, const lt_pref_batch *b, int T, c
     return lt_stage_batch(t->model, t->ws, &lb, &valid, &t->err);
 }
 
+/* The weight of an MoE model's load-balancing loss in an objective's loss, as TRL 1.16 adds it (loss +
+ * router_aux_loss_coef * aux_loss of the policy forward; docs/spec/moe.md): DPOTrainer (DPO, IPO),
+ * KTOTrainer and GRPOTrainer whenever the config has a nonzero router_aux_loss_coef, trl.experimental's
+ * ORPOTrainer only with output_router_logits true; 0: none (a dense model). */
+static double obj_aux_coef(const lt_model_config *c, lt_objective obj) {
+    if (!c->n_moe_layers || (obj == LT_OBJ_ORPO && !c->output_router_logits)) return 0.0;
+    return c->router_aux_loss_coef;
+}
+
+/* Staged row i's first n tokens are the ones the load-balancing statistics count: those under TRL's
+ * attention mask in its policy forward (prompt + completion), not the padding. */
+static void aux_mask_row(lt_workspace *ws, int i, int n) {
+    for (int tt = 0; tt < ws->T; tt++) ws->aux_mask[(size_t)i * ws->T + tt] = tt < n;
+    ws->aux_masked = 1;
+}
+
+/* The preference rows' mask: the chosen and the rejected rows (KTO: the completion rows; its KL rows are a
+ * separate forward there, without the term). */
+static void pref_aux_mask(lt_trainer *t, const pref_item *it, int B) {
+    const int kto = t->p.objective == LT_OBJ_KTO;
+    for (int i = 0; i < 2 * B; i++) {
+        const pref_item *x = &it[i % B];
+        aux_mask_row(t->ws, i, i < B ? x->P + x->C : kto ? 0 : x->P + x->R);
+    }
+}
+
 /* Completion log-probs of the 2B staged rows from the last forward: out[0..B) and out[B..2B). */
 static void pref_logps(lt_trainer *t, const lt_pref_batch *b, const pref_item *it, double *out) {
     const int B = b->n_rows, kto = t->p.objective == LT_OBJ_KTO;
@@ -513,6 +539,8 @@ static lt_status pref_run(lt_trainer *t, const lt_pref_batch *b, int mode, lt_st
 
     double *pol = NULL, *ref = NULL, *g = NULL;
     double mid[3] = {0, 0, 0}; /* KTO: sum of lp_KL - ref_KL; ORPO: NLL sum, token count */
+    const double aux_coef = obj_aux_coef(&m->cfg, obj);
+    double aux = 0; /* the policy forward's load-balancing loss (with aux_coef) */
     lt_status lst = LT_OK;
     if (B > 0) {
         int T = Tmax;
@@ -520,6 +548,7 @@ static lt_status pref_run(lt_trainer *t, const lt_pref_batch *b, int mode, lt_st
         T = (T + 15) / 16 * 16; /* a few shapes only: the workspace is planned per shape */
         if ((lst = ensure_ws(t, 2 * B, T)) == LT_OK && (lst = reserve(t, 2 * B, T, 2 * B, 0)) == LT_OK)
             lst = build_pref_rows(t, b, T, it);
+        if (lst == LT_OK && aux_coef != 0) pref_aux_mask(t, it, B);
         pol = s->seq, ref = s->seq + 2 * B, g = s->seq + 4 * B;
         /* reference log-probs: given, or a forward of the base (adapter disabled) / the reference adapter */
         const int have_ref =
@@ -532,8 +561,10 @@ static lt_status pref_run(lt_trainer *t, const lt_pref_batch *b, int mode, lt_st
             memcpy(ref + B, kto ? b->ref_kl_logps : b->ref_rejected_logps, (size_t)B * sizeof *ref);
         }
         /* policy forward */
-        if (lst == LT_OK && mode != 2 && (lst = lt_forward_logp(m, a, t->ws, NULL, 1.0f, &t->err)) == LT_OK)
+        if (lst == LT_OK && mode != 2 && (lst = lt_forward_logp(m, a, t->ws, NULL, 1.0f, &t->err)) == LT_OK) {
             pref_logps(t, b, it, pol);
+            if (aux_coef != 0) aux = t->ws->aux_loss;
+        }
         if (lst == LT_OK && kto && mode != 2) mid[0] = lt_obj_kto_kl_sum(B, pol + B, ref + B);
         if (lst == LT_OK && orpo) /* NLL over prompt + chosen (every non-pad token) */
             for (int i = 0; i < B; i++) {
@@ -575,8 +606,9 @@ static lt_status pref_run(lt_trainer *t, const lt_pref_batch *b, int mode, lt_st
                     for (int tt = 0; tt < it[i].P + it[i].C - 1; tt++)
                         w[(size_t)i * t->ws->T + tt] = (float)(1.0 / mid[2]);
         }
-        if (!isfinite(sums.loss / B + nll))
-            lst = lt_fail(&t->err, LT_ERR_NUMERIC, "%s: the loss is not finite (%g)", fn, sums.loss / B + nll);
+        if (!isfinite(sums.loss / B + nll + aux_coef * aux))
+            lst = lt_fail(&t->err, LT_ERR_NUMERIC, "%s: the loss is not finite (%g)", fn,
+                          sums.loss / B + nll + aux_coef * aux);
         if (lst == LT_OK && mode == 0) {
             const int T = t->ws->T;
             /* per-token weights: w_t = -d loss / d lp_t = -g(sequence) on the sequence's completion tokens */
@@ -589,23 +621,27 @@ static lt_status pref_run(lt_trainer *t, const lt_pref_batch *b, int mode, lt_st
             /* fail-safe accumulation as in the SFT step: a failed micro-batch leaves the gradients as they were */
             if (t->micro > 0) be->ops->copy(be, t->grads_backup, a->grads, a->n_params * sizeof(float));
             touched = 1;
+            /* the aux loss of this rank's rows, weighted by their share of the global batch (one process: coef) */
+            t->ws->aux_weight = aux_coef * B / B_all;
             lst = lt_backward_weighted(m, a, t->ws, NULL, 1.0f, w, &t->err);
             if (lst == LT_OK && !be->ops->all_finite(be, a->n_params, a->grads))
                 lst = lt_fail(&t->err, LT_ERR_NUMERIC, "%s: the gradients are not finite; the step was discarded", fn);
         }
     }
     /* (3) */
-    double v[LT_OBJ_SUMS + 1];
+    double v[LT_OBJ_SUMS + 2];
     memcpy(v, &sums, sizeof sums);
     v[LT_OBJ_SUMS] = 0;
+    v[LT_OBJ_SUMS + 1] = aux_coef * aux * B; /* the ranks' aux losses, weighted as in the backward */
     for (int i = 0; i < B; i++) v[LT_OBJ_SUMS] += it[i].C + (kto ? 0 : it[i].R);
-    if ((st = lt_dist_agree(t, lst, B, v, LT_OBJ_SUMS + 1, NULL, fn)) != LT_OK) {
+    if ((st = lt_dist_agree(t, lst, B, v, LT_OBJ_SUMS + 2, NULL, fn)) != LT_OK) {
         if (touched && t->micro > 0) be->ops->copy(be, a->grads, t->grads_backup, a->n_params * sizeof(float));
         else if (touched) be->ops->zero(be, a->grads, a->n_params * sizeof(float));
         return st;
     }
     memcpy(&sums, v, sizeof sums);
     lt_obj_finish(obj, &sums, kl, nll, met);
+    met->loss += v[LT_OBJ_SUMS + 1] / B_all;
     *tokens = (int64_t)v[LT_OBJ_SUMS];
     return LT_OK;
 }
@@ -848,6 +884,8 @@ LT_API lt_status lt_grpo_step(lt_trainer *t, const float *rewards, lt_step_resul
     double ss = lt_obj_grpo_sq(rewards, S, mean);
     lt_status lst = LT_OK;
     const int T = (Pmax + Mx + 15) / 16 * 16;
+    const double aux_coef = obj_aux_coef(&m->cfg, LT_OBJ_GRPO);
+    double aux = 0; /* the policy forward's load-balancing loss (with aux_coef) */
     float *lp = s->lp, *lp_ref = s->lp_ref;
     const float ls = s->g_logit_scale;
     if (S > 0) {
@@ -866,6 +904,8 @@ LT_API lt_status lt_grpo_step(lt_trainer *t, const float *rewards, lt_step_resul
         lb.labels = s->labels;
         int64_t valid;
         if (lst == LT_OK) lst = lt_stage_batch(m, t->ws, &lb, &valid, &t->err);
+        for (int i = 0; i < S && lst == LT_OK && aux_coef != 0; i++)
+            aux_mask_row(t->ws, i, s->g_plens[i] + s->g_clens[i]);
         lp = s->lp, lp_ref = s->lp_ref;
         /* per-token log-probs (from logits / temperature) of the reference (only with KL) and the policy */
         if (lst == LT_OK && t->p.kl_beta > 0 &&
@@ -873,10 +913,12 @@ LT_API lt_status lt_grpo_step(lt_trainer *t, const float *rewards, lt_step_resul
             for (int i = 0, o = 0; i < S; i++)
                 for (int k = 0; k < s->g_clens[i]; k++)
                     lp_ref[o++] = -t->ws->host_losses[(size_t)i * T + s->g_plens[i] - 1 + k];
-        if (lst == LT_OK && (lst = lt_forward_logp(m, a, t->ws, NULL, ls, &t->err)) == LT_OK)
+        if (lst == LT_OK && (lst = lt_forward_logp(m, a, t->ws, NULL, ls, &t->err)) == LT_OK) {
             for (int i = 0, o = 0; i < S; i++)
                 for (int k = 0; k < s->g_clens[i]; k++)
                     lp[o++] = -t->ws->host_losses[(size_t)i * T + s->g_plens[i] - 1 + k];
+            if (aux_coef != 0) aux = t->ws->aux_loss;
+        }
     }
     if ((st = lt_dist_agree(t, lst, S, &ss, 1, NULL, fn)) != LT_OK) return st;
     const double std_all = S_all > 1 ? sqrt(ss / (S_all - 1)) : NAN; /* TRL logs the std of all rewards */
@@ -892,10 +934,12 @@ LT_API lt_status lt_grpo_step(lt_trainer *t, const float *rewards, lt_step_resul
         memset(dlp, 0, (size_t)S * T * sizeof *dlp);
         for (int i = 0, o = 0; i < S; i++)
             for (int k = 0; k < s->g_clens[i]; k++) dlp[(size_t)i * T + s->g_plens[i] - 1 + k] = -dl[o++];
+        gm.loss += aux_coef * aux * S / S_all; /* this rank's share of the aux term (one process: coef * aux) */
         if (!isfinite(gm.loss)) lst = lt_fail(&t->err, LT_ERR_NUMERIC, "%s: the loss is not finite", fn);
         if (lst == LT_OK) {
             if (t->micro > 0) be->ops->copy(be, t->grads_backup, a->grads, a->n_params * sizeof(float));
             touched = 1;
+            t->ws->aux_weight = aux_coef * S / S_all;
             lst = lt_backward_weighted(m, a, t->ws, NULL, ls, dlp, &t->err);
             if (lst == LT_OK && !be->ops->all_finite(be, a->n_params, a->grads))
                 lst = lt_fail(&t->err, LT_ERR_NUMERIC, "%s: the gradients are not finite; the step was discarded", fn);

@@ -104,8 +104,17 @@ static lt_status opt8_tensors(lt_optimizer *o, lt_error *err) {
             add_tensor(o, (size_t)(lo->B - a->params), (size_t)c->num_experts * r * out, 1);
         }
     }
-    /* trained base weights (full fine-tuning, modules_to_save): one bitsandbytes tensor each */
-    for (int i = 0; i < a->n_ptensors; i++) add_tensor(o, a->ptensors[i].off, a->ptensors[i].n, a->ptensors[i].decay);
+    /* trained base weights (full fine-tuning, modules_to_save): one bitsandbytes tensor each, or with the one
+     * before when it joins it (the experts of torch's fused gate_up_proj / down_proj parameters) */
+    for (int i = 0; i < a->n_ptensors; i++) {
+        const lt_ptensor *t = &a->ptensors[i];
+        if (t->join && o->n_all > 0) {
+            const lt_opt8_tensor prev = o->all[--o->n_all];
+            add_tensor(o, prev.off, prev.n + t->n, t->decay);
+        } else {
+            add_tensor(o, t->off, t->n, t->decay);
+        }
+    }
     size_t end = 0;
     for (int i = 0; i < o->n_all; i++) {
         if (o->all[i].off != end)

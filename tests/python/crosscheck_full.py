@@ -75,6 +75,17 @@ MODELS = {
     "granite": ("GraniteConfig", dict(vocab_size=79, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                       num_attention_heads=4, num_key_value_heads=2, embedding_multiplier=4.0,
                                       residual_multiplier=0.5, attention_multiplier=0.2, logits_scaling=3.0), 9110),
+    # mixture of experts: the router and every expert trained (torch: the fused experts.gate_up_proj /
+    # down_proj parameters); Qwen3-MoE with a dense layer (mlp_only_layers) and the load-balancing loss in the
+    # loss, Mixtral without it
+    "qwen3moe": ("Qwen3MoeConfig", dict(vocab_size=77, hidden_size=32, intermediate_size=48, moe_intermediate_size=16,
+                                        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                                        num_experts=5, num_experts_per_tok=2, norm_topk_prob=True, mlp_only_layers=[1],
+                                        output_router_logits=True, router_aux_loss_coef=0.1,
+                                        tie_word_embeddings=False), 9111),
+    "mixtral": ("MixtralConfig", dict(vocab_size=75, hidden_size=32, intermediate_size=24, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, num_local_experts=3,
+                                      num_experts_per_tok=2, tie_word_embeddings=False), 9112),
 }
 B, T = 2, 9
 ACCUM = 2
@@ -121,6 +132,37 @@ def ce_sum(logits, labels):
     return torch.nn.functional.cross_entropy(lg, lb, ignore_index=-100, reduction="sum"), int((lb != -100).sum())
 
 
+def aux_term(model, out, n_valid):
+    """The load-balancing loss the library adds to a micro-batch's summed loss when the config asks for it
+    (output_router_logits): n_valid * router_aux_loss_coef * aux_loss (transformers' load_balancing_loss_func)."""
+    if not getattr(model.config, "output_router_logits", False):
+        return 0.0
+    return n_valid * model.config.router_aux_loss_coef * out.aux_loss
+
+
+def module_names(tensors, cfg):
+    """A checkpoint's tensors (one per expert projection; Mixtral: block_sparse_moe, w1 / w3 / w2) under the
+    names of the model's own parameters (mlp.gate, the fused mlp.experts.gate_up_proj (E, 2 MI, H) and
+    down_proj (E, H, MI)), as state_dict() gives them."""
+    if cfg.model_type not in ("qwen3_moe", "mixtral"):
+        return tensors
+    mix = cfg.model_type == "mixtral"
+    parent, (g, u, d) = ("block_sparse_moe", ("w1", "w3", "w2")) if mix else ("mlp", ("gate_proj", "up_proj",
+                                                                                       "down_proj"))
+    E = cfg.num_local_experts if mix else cfg.num_experts
+    out = dict(tensors)
+    for l in range(cfg.num_hidden_layers):
+        pre = f"model.layers.{l}.{parent}"
+        if f"{pre}.gate.weight" not in out:
+            continue
+        out[f"model.layers.{l}.mlp.gate.weight"] = out.pop(f"{pre}.gate.weight")
+        ex = lambda e, n: out.pop(f"{pre}.experts.{e}.{n}.weight")  # noqa: E731
+        out[f"model.layers.{l}.mlp.experts.gate_up_proj"] = torch.stack([torch.cat([ex(e, g), ex(e, u)])
+                                                                         for e in range(E)])
+        out[f"model.layers.{l}.mlp.experts.down_proj"] = torch.stack([ex(e, d) for e in range(E)])
+    return out
+
+
 def torch_train(mdir, batches, steps):
     from transformers import Trainer
     model = load_hf(mdir)
@@ -136,7 +178,9 @@ def torch_train(mdir, batches, steps):
         n_tok = sum(int((lb[:, 1:] != -100).sum()) for _, lb in mbs)
         tot = 0.0
         for ids, lb in mbs:
-            loss, _ = ce_sum(model(input_ids=ids).logits.float(), lb)
+            out = model(input_ids=ids)
+            loss, nv = ce_sum(out.logits.float(), lb)
+            loss = loss + aux_term(model, out, nv)
             (loss / n_tok).backward()
             tot += float(loss.detach())
         torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP)
@@ -259,7 +303,7 @@ def check_sft(lib_path, name, work, steps):
         if abs(a - b) > 1e-5 * abs(b):
             fails.append(f"update {s + 1}: loss {a:.8f} vs torch {b:.8f}")
     sd = {k: v for k, v in model.state_dict().items()}
-    mine = read_dir(odir)
+    mine = module_names(read_dir(odir), model.config)
     worst = (0.0, "")
     for k, v in sd.items():
         if k == "lm_head.weight" and model.config.tie_word_embeddings:
@@ -299,11 +343,27 @@ def check_sft(lib_path, name, work, steps):
     return fails
 
 
-def check_dpo(lib_path, name, work):
-    """One DPO update (TRL sigmoid loss, beta 0.1, reference = the frozen base) with SGD lr 1: the change
-    of every weight is its gradient."""
+def trl_aux(model, seqs):
+    """The load-balancing loss TRL 1.16 adds to a preference loss on an MoE model (DPOTrainer / KTOTrainer:
+    router_aux_loss_coef * outputs.aux_loss of the policy forward): one forward of the sequences right-padded
+    as one batch (DPO: chosen rows then rejected rows; KTO: the completion rows) with their attention_mask and
+    output_router_logits=True, so transformers' load_balancing_loss_func leaves out the padding. 0 for a
+    dense model."""
+    if not hasattr(model.config, "output_router_logits") or not model.config.router_aux_loss_coef:
+        return 0.0
+    T = max(len(s) for s in seqs)
+    ids = torch.tensor([s + [0] * (T - len(s)) for s in seqs])
+    mask = torch.tensor([[1] * len(s) + [0] * (T - len(s)) for s in seqs])
+    out = model(input_ids=ids, attention_mask=mask, output_router_logits=True)
+    return model.config.router_aux_loss_coef * out.aux_loss
+
+
+def check_dpo(lib_path, name, work, obj="dpo"):
+    """One DPO (or KTO) update (TRL sigmoid loss, beta 0.1, reference = the frozen base; an MoE model: plus
+    TRL's load-balancing term, trl_aux) with SGD lr 1: the change of every weight is its gradient."""
+    kto = obj == "kto"
     mdir = os.path.join(work, name, "model")
-    odir = os.path.join(work, name, "dpo-out")
+    odir = os.path.join(work, name, f"{obj}-out")
     V = MODELS[name][1]["vocab_size"]
     gen = torch.Generator().manual_seed(MODELS[name][2] + 7)
     rows = []
@@ -315,14 +375,19 @@ def check_dpo(lib_path, name, work):
     lb = Lib(lib_path, mdir)
     L = lb.L
     ad = lb.full_adapter()
-    opt, tr = lb.trainer(ad, kind=1, lr=1.0, wd=0.0, clip=0.0, accum=1, objective=1)
+    opt, tr = lb.trainer(ad, kind=1, lr=1.0, wd=0.0, clip=0.0, accum=1, objective=3 if kto else 1)
     pb = L.init_struct(lb.lib.lt_pref_batch_init, L.lt_pref_batch)
     cat = lambda k: [t for row in rows for t in row[k]]  # noqa: E731
     arr = lambda xs: (ctypes.c_int32 * len(xs))(*xs)  # noqa: E731
     keep = [arr(cat(0)), arr([len(r[0]) for r in rows]), arr(cat(1)), arr([len(r[1]) for r in rows]),
             arr(cat(2)), arr([len(r[2]) for r in rows])]
     pb.n_rows = len(rows)
-    pb.prompt_ids, pb.prompt_lens, pb.chosen_ids, pb.chosen_lens, pb.rejected_ids, pb.rejected_lens = keep
+    pb.prompt_ids, pb.prompt_lens, pb.chosen_ids, pb.chosen_lens = keep[:4]
+    if kto:  # example 0 desirable, example 1 undesirable
+        keep.append(arr([1, 0]))
+        pb.labels = keep[-1]
+    else:
+        pb.rejected_ids, pb.rejected_lens = keep[4:]
     res = L.lt_step_result()
     res.size = ctypes.sizeof(res)
     ck(lb.lib.lt_trainer_step_preference(tr, ctypes.byref(pb), ctypes.byref(res)), "dpo step", L,
@@ -340,18 +405,30 @@ def check_dpo(lib_path, name, work):
         return lp.gather(1, torch.tensor(c)[:, None]).sum()
 
     losses = []
-    for p, c, r in rows:
+    if kto:  # TRL's KTOTrainer: KL rows pair prompt i with completion i - 1 (cyclically), detached
         with torch.no_grad():
-            rc, rr = logp(ref, p, c), logp(ref, p, r)
-        margin = 0.1 * ((logp(model, p, c) - rc) - (logp(model, p, r) - rr))
-        losses.append(-torch.nn.functional.logsigmoid(margin))
-    loss = torch.stack(losses).mean()
+            kl = torch.stack([logp(model, p, rows[i - 1][1]) - logp(ref, p, rows[i - 1][1])
+                              for i, (p, _, _) in enumerate(rows)]).mean().clamp(min=0)
+        for i, (p, c, _) in enumerate(rows):
+            with torch.no_grad():
+                rc = logp(ref, p, c)
+            lr = logp(model, p, c) - rc
+            losses.append(1 - torch.sigmoid(0.1 * (lr - kl)) if i == 0 else 1 - torch.sigmoid(0.1 * (kl - lr)))
+        seqs = [p + c for p, c, _ in rows]
+    else:
+        for p, c, r in rows:
+            with torch.no_grad():
+                rc, rr = logp(ref, p, c), logp(ref, p, r)
+            margin = 0.1 * ((logp(model, p, c) - rc) - (logp(model, p, r) - rr))
+            losses.append(-torch.nn.functional.logsigmoid(margin))
+        seqs = [p + c for p, c, _ in rows] + [p + r for p, _, r in rows]
+    loss = torch.stack(losses).mean() + trl_aux(model, seqs)
     loss.backward()
     fails = []
     lv = float(loss.detach())
     if abs(res.loss - lv) > 1e-5 * abs(lv):
-        fails.append(f"DPO loss {res.loss:.8f} vs torch {lv:.8f}")
-    before, after = read_dir(mdir), read_dir(odir)
+        fails.append(f"{obj} loss {res.loss:.8f} vs torch {lv:.8f}")
+    before, after = module_names(read_dir(mdir), model.config), module_names(read_dir(odir), model.config)
     worst = 0.0
     for k, prm in model.named_parameters():
         g = prm.grad
@@ -359,15 +436,84 @@ def check_dpo(lib_path, name, work):
         e = float((d.double() - g.double()).abs().max() / max(g.double().abs().max(), 1e-30))
         worst = max(worst, e)
         if e > 2e-4:
-            fails.append(f"DPO gradient of {k}: max diff {e:.2e} of max|grad| > 2e-4")
-    print(f"  {name}: DPO loss {res.loss:.8f} torch {lv:.8f}; worst gradient diff {worst:.1e}")
+            fails.append(f"{obj} gradient of {k}: max diff {e:.2e} of max|grad| > 2e-4")
+    print(f"  {name}: {obj} loss {res.loss:.8f} torch {lv:.8f}; worst gradient diff {worst:.1e}")
     return fails
 
 
-def check_mts(lib_path, name, work, steps, modules=("embed_tokens", "lm_head")):
+def check_grpo(lib_path, name, work):
+    """One GRPO step (G = 2 completions sampled by the library for one prompt, rewards 1 and 0, group
+    scaling, loss dapo, no KL, temperature 1) with SGD lr 1, against TRL's formulas on the same completions:
+    sum over tokens of -rho A / tokens, plus on an MoE model TRL's load-balancing term (trl_aux over the
+    prompt + completion rows); every weight's change is its gradient (2e-4 of max|grad|)."""
+    mdir, odir = os.path.join(work, name, "model"), os.path.join(work, name, "grpo-out")
+    V = MODELS[name][1]["vocab_size"]
+    gen = torch.Generator().manual_seed(MODELS[name][2] + 13)
+    prompt = torch.randint(3, V, (4,), generator=gen).tolist()
+    G, new = 2, 5
+    lb = Lib(lib_path, mdir)
+    L = lb.L
+    ad = lb.full_adapter()
+    op = L.init_struct(lb.lib.lt_optimizer_params_init, L.lt_optimizer_params)
+    op.kind, op.lr, op.momentum, op.max_grad_norm, op.weight_decay = 1, 1.0, 0.0, 0.0, 0.0  # SGD: W -= grad
+    opt = L.lt_optimizer_p()
+    ck(lb.lib.lt_optimizer_create(ad, ctypes.byref(op), ctypes.byref(opt)), "optimizer", L)
+    tp = L.init_struct(lb.lib.lt_trainer_params_init, L.lt_trainer_params)
+    tp.objective, tp.num_generations, tp.kl_beta, tp.scale_rewards, tp.loss_type = 5, G, 0.0, 0, 0
+    tr = L.lt_trainer_p()
+    ck(lb.lib.lt_trainer_create(lb.model, ad, opt, ctypes.byref(tp), ctypes.byref(tr)), "trainer", L)
+    gp = L.init_struct(lb.lib.lt_generate_params_init, L.lt_generate_params)
+    gp.max_new_tokens, gp.temperature, gp.seed = new, 1.0, MODELS[name][2] + 1
+    comp, clens = (ctypes.c_int32 * (G * new))(), (ctypes.c_int32 * G)()
+    terr = lambda: lb.lib.lt_trainer_last_error(tr)  # noqa: E731
+    ck(lb.lib.lt_grpo_generate(tr, (ctypes.c_int32 * len(prompt))(*prompt), (ctypes.c_int32 * 1)(len(prompt)), 1,
+                               ctypes.byref(gp), comp, clens), "generate", L, terr)
+    rewards = [1.0, 0.0]
+    res = L.lt_step_result()
+    res.size = ctypes.sizeof(res)
+    ck(lb.lib.lt_grpo_step(tr, (ctypes.c_float * G)(*rewards), ctypes.byref(res)), "grpo step", L, terr)
+    ck(lb.lib.lt_adapter_save(ad, odir.encode()), "save", L)
+    for f, h in ((lb.lib.lt_trainer_free, tr), (lb.lib.lt_optimizer_free, opt), (lb.lib.lt_adapter_free, ad),
+                 (lb.lib.lt_model_free, lb.model), (lb.lib.lt_context_free, lb.ctx)):
+        f(h)
+
+    model = load_hf(mdir)
+    comps = [list(comp[i * new:i * new + clens[i]]) for i in range(G)]
+    # torch never trains the pad token's embedding row (nn.Embedding padding_idx), the library does: a sampled
+    # pad id would make the embedding's gradients differ for that reason alone (the seed avoids it)
+    if any(COMMON["pad_token_id"] in c for c in comps):
+        return [f"GRPO: a completion holds the pad id {COMMON['pad_token_id']} ({comps}): choose another seed"]
+    adv = torch.tensor(rewards) - 0.5
+    adv = adv / (torch.tensor(rewards).std() + 1e-4)
+    terms, total = [], sum(len(c) for c in comps)
+    for i, c in enumerate(comps):
+        lg = model(input_ids=torch.tensor([prompt + c])).logits[0].float()
+        lp = torch.log_softmax(lg, -1)[len(prompt) - 1:len(prompt) + len(c) - 1].gather(1, torch.tensor(c)[:, None])
+        terms.append((-torch.exp(lp - lp.detach()) * adv[i]).sum())
+    loss = sum(terms) / total + trl_aux(model, [prompt + c for c in comps])
+    loss.backward()
+    fails = []
+    lv = float(loss.detach())
+    if abs(res.loss - lv) > 1e-5 * max(abs(lv), 1e-3):
+        fails.append(f"GRPO loss {res.loss:.8f} vs torch {lv:.8f}")
+    before, after = module_names(read_dir(mdir), model.config), module_names(read_dir(odir), model.config)
+    worst = 0.0
+    for k, prm in model.named_parameters():
+        g = prm.grad if prm.grad is not None else torch.zeros_like(prm)
+        e = float(((before[k] - after[k]).double() - g.double()).abs().max() / max(g.double().abs().max(), 1e-30))
+        worst = max(worst, e)
+        if e > 2e-4:
+            fails.append(f"GRPO gradient of {k}: max diff {e:.2e} of max|grad| > 2e-4")
+    print(f"  {name}: GRPO completions {comps} loss {res.loss:.8f} torch {lv:.8f}; worst gradient diff {worst:.1e}")
+    return fails
+
+
+def check_mts(lib_path, name, work, steps, modules=("embed_tokens", "lm_head"),
+              targets=("q_proj", "v_proj", "down_proj"), params=None):
     """LoRA + modules_to_save=[embed_tokens, lm_head] (PEFT's ModulesToSaveWrapper: separate trainable copies,
-    also on a tied model): the library loads PEFT's adapter, trains N AdamW updates like PEFT + torch.optim,
-    saves PEFT's keys; PeftModel.from_pretrained loads ours with the same logits; the merged export equals
+    also on a tied model; on an MoE model ["gate"], the routers, next to a LoRA on experts: target_parameters
+    params): the library loads PEFT's adapter, trains N AdamW updates like PEFT + torch.optim, saves PEFT's
+    keys; PeftModel.from_pretrained loads ours with the same logits; the merged export equals
     merge_and_unload's logits."""
     from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import Trainer
@@ -378,7 +524,7 @@ def check_mts(lib_path, name, work, steps, modules=("embed_tokens", "lm_head")):
     gen = torch.Generator().manual_seed(MODELS[name][2] + 11)
     torch.manual_seed(MODELS[name][2] + 12)
     pm = get_peft_model(load_hf(mdir), LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, init_lora_weights=False,
-                                                  target_modules=["q_proj", "v_proj", "down_proj"],
+                                                  target_modules=list(targets), target_parameters=params,
                                                   modules_to_save=list(modules)))
     pm.save_pretrained(idir)
     batches = draw_batches(gen, V, steps * ACCUM)
@@ -409,7 +555,9 @@ def check_mts(lib_path, name, work, steps, modules=("embed_tokens", "lm_head")):
         n_tok = sum(int((lab[:, 1:] != -100).sum()) for _, lab in mbs)
         tot = 0.0
         for ids, lab in mbs:
-            loss, _ = ce_sum(pm(input_ids=ids).logits.float(), lab)
+            out = pm(input_ids=ids)
+            loss, nv = ce_sum(out.logits.float(), lab)
+            loss = loss + aux_term(pm, out, nv)
             (loss / n_tok).backward()
             tot += float(loss.detach())
         torch.nn.utils.clip_grad_norm_([p for _, p in named], CLIP)
@@ -464,6 +612,12 @@ def main():
         f += check_dpo(os.path.abspath(args.lib), name, args.workdir)
         if name in ("llama", "llama-tied"):
             f += check_mts(os.path.abspath(args.lib), name, args.workdir, args.steps)
+        if name == "qwen3moe":  # KTO and GRPO with the aux loss
+            f += check_dpo(os.path.abspath(args.lib), name, args.workdir, "kto")
+            f += check_grpo(os.path.abspath(args.lib), name, args.workdir)
+        if name == "qwen3moe":  # the routers trained next to a LoRA on attention and the experts' down
+            f += check_mts(os.path.abspath(args.lib), name, args.workdir, 2, ("gate",), ("q_proj", "v_proj"),
+                           ["mlp.experts.down_proj"])
         if name == "llama-tied":  # one trained copy: the merged model must be untied
             f += check_mts(os.path.abspath(args.lib), name, args.workdir, 2, ("embed_tokens",))
         fails += [f"{name}: {x}" for x in f]

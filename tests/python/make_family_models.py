@@ -169,6 +169,22 @@ MODELS = {
 LOGITS_GRADS_ONLY = {"phi4-mini"}
 
 
+def randomize_peft_(pm, seed):
+    """A PEFT model's trainable tensors away from their init, in name order: nonzero lora_A and lora_B, a
+    perturbed DoRA magnitude, modules_to_save copies moved off the base's values."""
+    gl = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for n_, p in sorted(pm.named_parameters(), key=lambda kv: kv[0]):
+            if "lora_A" in n_:
+                p.copy_(0.1 * torch.randn(p.shape, generator=gl))
+            elif "lora_B" in n_:
+                p.copy_(0.05 * torch.randn(p.shape, generator=gl))
+            elif "lora_magnitude_vector" in n_:
+                p.mul_(1.0 + 0.2 * torch.randn(p.shape, generator=gl))
+            elif "modules_to_save" in n_:
+                p.add_(0.3 * torch.randn(p.shape, generator=gl))
+
+
 def randomize_(model, seed, family):
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -218,15 +234,7 @@ def lora_goldens(m, d, sub, seed, lora, gold, ids, labels, pids, ppos, plab, use
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         pm = get_peft_model(m, lc)
-    gl = torch.Generator().manual_seed(seed + 11)
-    with torch.no_grad():
-        for n_, p in sorted(pm.named_parameters(), key=lambda kv: kv[0]):
-            if "lora_A" in n_:
-                p.copy_(0.1 * torch.randn(p.shape, generator=gl))
-            elif "lora_B" in n_:
-                p.copy_(0.05 * torch.randn(p.shape, generator=gl))
-            elif "lora_magnitude_vector" in n_:
-                p.mul_(1.0 + 0.2 * torch.randn(p.shape, generator=gl))
+    randomize_peft_(pm, seed + 11)
     pm.eval()
     adir = os.path.join(d, sub, "adapter")
     pm.save_pretrained(adir, safe_serialization=True)

@@ -18,6 +18,11 @@ For each model NAME below this writes OUTDIR/NAME/ (the layout of make_family_mo
   lora/grads.safetensors           with the adapter: input_ids, labels, logits, loss, aux_loss, n_tokens and
                                    grad.<PEFT key> (d loss / d LoRA weight)
   lora/generate.safetensors        PeftModel.generate(do_sample=False) of each prompt alone (EOS disabled)
+  router/adapter/, router/grads.safetensors (the models of ROUTER only): the same LoRA plus
+                                   modules_to_save=["gate"] (PEFT's trainable copy of every MoE layer's router,
+                                   moved away from the base), its gradients too: grad.<PEFT's saved key>;
+                                   router/grads_noaux.safetensors the same with output_router_logits false
+                                   (the loss without the load-balancing term)
 
 gpt-oss (GptOssForCausalLM, stored as transformers 5 saves it: fused mlp.experts.gate_up_proj (E, H, 2I) with
 gate / up in alternate columns, down_proj (E, I, H), their biases, mlp.router.weight / .bias, self_attn.sinks):
@@ -51,7 +56,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 from make_models import make_batch  # noqa: E402
-from make_family_models import GEN_LENS, generate_goldens, randomize_  # noqa: E402
+from make_family_models import GEN_LENS, generate_goldens, randomize_, randomize_peft_  # noqa: E402
 
 B, T = 2, 17
 COMMON = dict(rms_norm_eps=1e-5, max_position_embeddings=256, bos_token_id=1, eos_token_id=2)
@@ -124,6 +129,11 @@ MODELS = {
 }
 
 
+# the models whose router is trained too (modules_to_save "gate"), each with and without the aux loss in the
+# loss (top-1 renormalised models are left out: their routing weights are 1, the router's gradient 0)
+ROUTER = ("qwen3moe-e5k2", "mixtral-e3k2")
+
+
 def route_counts(m, ids):
     """Tokens routed to each expert in each MoE layer (router hooks)."""
     counts = []
@@ -190,13 +200,7 @@ def generate(name, outdir):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         pm = get_peft_model(m, lc)
-    gl = torch.Generator().manual_seed(seed + 11)
-    with torch.no_grad():
-        for n_, p in sorted(pm.named_parameters(), key=lambda kv: kv[0]):
-            if "lora_A" in n_:
-                p.copy_(0.1 * torch.randn(p.shape, generator=gl))
-            elif "lora_B" in n_:
-                p.copy_(0.05 * torch.randn(p.shape, generator=gl))
+    randomize_peft_(pm, seed + 11)
     pm.eval()
     pm.save_pretrained(os.path.join(d, "lora", "adapter"), safe_serialization=True)
     names = {id(p): n_ for n_, p in pm.named_parameters() if p.requires_grad}
@@ -220,9 +224,53 @@ def generate(name, outdir):
     save_file({k: (v.to(torch.int32) if v.dtype == torch.int64 else v).contiguous() for k, v in lg_out.items()},
               os.path.join(d, "lora", "grads.safetensors"), metadata={"format": "pt"})
     margin = generate_goldens(pm, os.path.join(d, "lora"), seed, V, GEN_LENS)
+    if name in ROUTER:
+        router_goldens(d, lc, seed, ids, labels, gold["n_tokens"])
     print(f"{name}: loss={float(gold['loss']):.5f} aux={float(gold['aux_loss']):.5f} "
           f"lora_loss={float(lg_out['loss']):.5f} unused experts={int((gold['counts'] == 0).sum())} "
           f"generate margin={margin:.2e} ({time.time() - t0:.1f}s)", flush=True)
+
+
+def router_goldens(d, lc, seed, ids, labels, n_tokens):
+    """PEFT's LoRA of lc plus modules_to_save=["gate"]: the routers are trainable copies (moved off the base so
+    that a loader reading the base's router fails), saved by peft; the gradients of every trainable tensor
+    (LoRA and routers) under PEFT's saved keys."""
+    import copy
+    from peft import get_peft_model
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM
+
+    m = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32, attn_implementation="eager")
+    lc = copy.deepcopy(lc)
+    lc.modules_to_save = ["gate"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pm = get_peft_model(m, lc)
+    randomize_peft_(pm, seed + 17)  # the routers' copies moved off the base's
+    pm.eval()
+    out_dir = os.path.join(d, "router")
+    pm.save_pretrained(os.path.join(out_dir, "adapter"), safe_serialization=True)
+    # PEFT's saved key of each trainable parameter: its name without the adapter name and the wrapper's
+    sd = get_peft_model_state_dict(pm)
+    train = [(n_, p) for n_, p in pm.named_parameters() if p.requires_grad]
+    keys = {n_: n_.replace(".default", "").replace(".modules_to_save", "") for n_, _ in train}
+    assert all(k in sd for k in keys.values()), sorted(set(keys.values()) - set(sd))
+    assert any(".mlp.gate." in k for k in keys.values())
+    assert pm.config.output_router_logits
+    with torch.no_grad():
+        aux = pm(input_ids=ids, output_router_logits=True).aux_loss
+    for file, with_aux in (("grads.safetensors", True), ("grads_noaux.safetensors", False)):
+        pm.config.output_router_logits = with_aux  # the model's loss: CE + coef * aux, or CE
+        pm.zero_grad()
+        out = pm(input_ids=ids, labels=labels)
+        out.loss.backward()
+        g_out = dict(input_ids=ids, labels=labels, logits=out.logits.detach().float(),
+                     loss=out.loss.detach().float().reshape(()), aux_loss=aux.detach().float().reshape(()),
+                     n_tokens=n_tokens)
+        g_out.update({"grad." + keys[n_]: p.grad.detach().float().clone() for n_, p in train})
+        save_file({k: (v.to(torch.int32) if v.dtype == torch.int64 else v).contiguous() for k, v in g_out.items()},
+                  os.path.join(out_dir, file), metadata={"format": "pt"})
 
 
 FP4 = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0]

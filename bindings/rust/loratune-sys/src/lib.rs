@@ -194,6 +194,7 @@ pub const LT_INIT_OLORA: lt_lora_init = 3;
 
 pub const LT_SAVE_EMBED_TOKENS: c_uint = 1 << 0;
 pub const LT_SAVE_LM_HEAD: c_uint = 1 << 1;
+pub const LT_SAVE_ROUTER: c_uint = 1 << 2;
 
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]

@@ -392,6 +392,8 @@ impl ModulesToSave {
     pub const NONE: ModulesToSave = ModulesToSave(0);
     pub const EMBED_TOKENS: ModulesToSave = ModulesToSave(sys::LT_SAVE_EMBED_TOKENS);
     pub const LM_HEAD: ModulesToSave = ModulesToSave(sys::LT_SAVE_LM_HEAD);
+    /// "gate": the router of every mixture-of-experts layer
+    pub const ROUTER: ModulesToSave = ModulesToSave(sys::LT_SAVE_ROUTER);
 }
 
 impl std::ops::BitOr for ModulesToSave {
