@@ -5,10 +5,11 @@
  *
  * defines: lt_cpu_backend_create, lt_cpu_backend_create_isa.
  *
- * Threads: every parallel region names num_threads(be->n_threads) (or fewer for small work); nothing
- * touches the global OpenMP settings. OpenBLAS is asked for one thread (process-wide: OpenBLAS has no
- * per-call setting) and cpu_gemm splits each GEMM over our own threads: with one pool of workers
- * instead of two, idle spinning of one pool no longer starves the other (3.8x on bench-s).
+ * Threads: every parallel region names num_threads(be->n_threads) (or fewer for small work; one inside
+ * run_groups, whose groups already occupy the threads: cpu_nt); nothing touches the global OpenMP
+ * settings. OpenBLAS is asked for one thread (process-wide: OpenBLAS has no per-call setting) and
+ * cpu_gemm splits each GEMM over our own threads: with one pool of workers instead of two, idle
+ * spinning of one pool no longer starves the other (3.8x on bench-s).
  * Results do not depend on the thread count: reductions split work into fixed pieces summed in order.
  * Errors: the only failure an op can meet here is a bad gemm argument (which OpenBLAS would print
  * about); it is recorded and returned by sync().
@@ -66,11 +67,15 @@ static int cpu_default_threads(void) {
     return n > 0 ? (int)n : 1;
 }
 
+/* The threads an op may use: all of the backend's, or only the calling one inside run_groups (or any
+ * other active parallel region), whose groups already keep every thread busy. */
+static inline int cpu_nt(const lt_backend *be) { return omp_in_parallel() ? 1 : be->n_threads; }
+
 /* Threads worth using for `work` units when each thread should get at least `grain` of them. */
 static int cpu_threads_for(const lt_backend *be, size_t work, size_t grain) {
     size_t t = grain ? work / grain : work;
     if (t < 1) t = 1;
-    return t < (size_t)be->n_threads ? (int)t : be->n_threads;
+    return t < (size_t)cpu_nt(be) ? (int)t : cpu_nt(be);
 }
 
 /* Slice i of nt over [0, n), boundaries on multiples of 16 elements (64 bytes). */
@@ -82,7 +87,7 @@ static inline void cpu_slice(size_t n, int i, int nt, size_t *lo, size_t *hi) {
     *hi = b < n ? b : n;
 }
 
-/* Run STMT over [lo, hi) slices of n elements on up to be->n_threads threads. */
+/* Run STMT over [lo, hi) slices of n elements on up to cpu_nt(be) threads. */
 #define LT_GRAIN 16384
 #define CPU_PAR_SLICES(be, n, STMT)                                                  \
     do {                                                                             \
@@ -179,7 +184,7 @@ static void cpu_gemm(lt_backend *be, int transA, int transB, int M, int N, int K
      * per thread, along its longer side, so our OpenMP team is the only pool of worker threads. Two
      * pools (OpenBLAS pthreads + OpenMP) spin against each other on a small machine. */
     const CBLAS_TRANSPOSE ta = transA ? CblasTrans : CblasNoTrans, tb = transB ? CblasTrans : CblasNoTrans;
-    int nt = be->n_threads;
+    int nt = cpu_nt(be);
     const double work = (double)M * N * K_;
     if (nt > 1 && work < 2.0e6) nt = 1;
     if (nt <= 1) {
@@ -224,7 +229,7 @@ static void cpu_gemm_bf16_forward(lt_backend *be, float *y, const float *x, cons
         cpu_record_error(be, LT_ERR_INTERNAL);
         return;
     }
-    lt_gemm_bf16_forward(K(be), be->n_threads, y, x, Wp, N, in, out);
+    lt_gemm_bf16_forward(K(be), cpu_nt(be), y, x, Wp, N, in, out);
 }
 
 /* dx (N,in) (+)= dy (N,out) W */
@@ -234,7 +239,7 @@ static void cpu_gemm_bf16_backward(lt_backend *be, float *dx, const float *dy, c
         cpu_record_error(be, LT_ERR_INTERNAL);
         return;
     }
-    lt_gemm_bf16_backward(K(be), be->n_threads, dx, dy, Wp, N, in, out, accumulate);
+    lt_gemm_bf16_backward(K(be), cpu_nt(be), dx, dy, Wp, N, in, out, accumulate);
 }
 
 /* out (N,C) = rows ids of the packed bf16 table (vocab,C): row o of the layout is lane o % 16 of its
@@ -269,7 +274,7 @@ static void cpu_gemm_q4_forward(lt_backend *be, float *y, const float *x, const 
                                 float *tile, int tile_rows) {
     (void)tile;
     (void)tile_rows;
-    if (q4_args_ok(be, q, N, in, out)) lt_gemm_q4_forward(K(be), be->n_threads, y, x, q, N, in, out);
+    if (q4_args_ok(be, q, N, in, out)) lt_gemm_q4_forward(K(be), cpu_nt(be), y, x, q, N, in, out);
 }
 
 /* dx (N,in) (+)= dy (N,out) W */
@@ -277,7 +282,7 @@ static void cpu_gemm_q4_backward(lt_backend *be, float *dx, const float *dy, con
                                  int accumulate, float *tile, int tile_rows) {
     (void)tile;
     (void)tile_rows;
-    if (q4_args_ok(be, q, N, in, out)) lt_gemm_q4_backward(K(be), be->n_threads, dx, dy, q, N, in, out, accumulate);
+    if (q4_args_ok(be, q, N, in, out)) lt_gemm_q4_backward(K(be), cpu_nt(be), dx, dy, q, N, in, out, accumulate);
 }
 
 /* ---- elementwise ---------------------------------------------------------------------------------- */
@@ -469,7 +474,7 @@ static void cpu_attention_forward(lt_backend *be, float *out, float *lse, const 
     const lt_cpu_kernels *kk = K(be);
     long nbh = (long)B * NH;
     if (HD > LT_ATT_MAX_HD) {
-        int nt = nbh < be->n_threads ? (int)nbh : be->n_threads;
+        int nt = nbh < cpu_nt(be) ? (int)nbh : cpu_nt(be);
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
         for (long it = 0; it < nbh; it++)
             lt_ref_attention_forward_head(out, lse, q, k, v, kv_start, B, T, NH, NKV, HD, scale, (int)(it / NH),
@@ -477,7 +482,7 @@ static void cpu_attention_forward(lt_backend *be, float *out, float *lse, const 
         return;
     }
     long ntile = (T + LT_ATT_QT_FWD - 1) / LT_ATT_QT_FWD, items = nbh * ntile;
-    int nt = items < be->n_threads ? (int)items : be->n_threads;
+    int nt = items < cpu_nt(be) ? (int)items : cpu_nt(be);
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (nt > 1)
     for (long it = 0; it < items; it++) {
         long tile = ntile - 1 - it / nbh, bh = it % nbh;
@@ -507,7 +512,7 @@ static void cpu_attention_backward(lt_backend *be, float *dq, float *dk, float *
     const size_t item = lt_cpu_att_item_floats(T, HD);
     const int gqa = NKV != NH;
     long nbh = (long)B * NH;
-    int nt = nbh < be->n_threads ? (int)nbh : be->n_threads;
+    int nt = nbh < cpu_nt(be) ? (int)nbh : cpu_nt(be);
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (nt > 1)
     for (long it = 0; it < nbh; it++) {
         int b = (int)(it / NH), h = (int)(it % NH);
@@ -809,6 +814,17 @@ static void cpu_adamw8bit_step(lt_backend *be, float *param, const float *grad, 
     }
 }
 
+/* ---- groups of independent work --------------------------------------------------------------------- */
+
+/* fn(ctx, g) for g < n: one parallel region, groups handed out one at a time (experts differ in size);
+ * the ops a call issues see omp_in_parallel() and run on its thread alone (cpu_nt), so every result is
+ * the one a single thread computes, whichever thread it lands on. */
+static void cpu_run_groups(lt_backend *be, int n, void (*fn)(void *ctx, int g), void *ctx) {
+    const int nt = n < cpu_nt(be) ? n : cpu_nt(be);
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (nt > 1)
+    for (int g = 0; g < n; g++) fn(ctx, g);
+}
+
 /* ---- quantized weights ------------------------------------------------------------------------------ */
 
 /* out (r1-r0, cols): rows split over the threads; per block the 16 codes are scaled once (the same
@@ -919,6 +935,7 @@ static const lt_backend_ops cpu_ops = {
     .adamw8bit_step = cpu_adamw8bit_step,
     .row_scale = cpu_row_scale,
     .dequantize_rows = cpu_dequantize_rows,
+    .run_groups = cpu_run_groups,
 };
 
 static void cpu_set_err(char *err, size_t errlen, const char *msg) {

@@ -842,3 +842,9 @@ void lt_ref_gemm_q4_backward(float *dx, const float *dy, const lt_qdesc *q, int 
             dx[(size_t)n * in + i] = (float)sum;
         }
 }
+
+/* ---- groups of independent work ---------------------------------------------------------------- */
+
+void lt_ref_run_groups(int n, void (*fn)(void *ctx, int g), void *ctx) {
+    for (int g = 0; g < n; g++) fn(ctx, g);
+}

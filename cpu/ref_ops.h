@@ -183,4 +183,8 @@ void lt_ref_gemm_q4_forward(float *y, const float *x, const struct lt_qdesc *q, 
 void lt_ref_gemm_q4_backward(float *dx, const float *dy, const struct lt_qdesc *q, int N, int in, int out,
                              int accumulate);
 
+/* ---- groups of independent work ---- */
+/* fn(ctx, g) for g = 0, 1, ..., n-1 in order, on the calling thread */
+void lt_ref_run_groups(int n, void (*fn)(void *ctx, int g), void *ctx);
+
 #endif /* LT_REF_OPS_H */

@@ -172,6 +172,13 @@ static lt_status cuda_sync(lt_backend *be) {
     return lt_cuda_take_error(be);
 }
 
+/* The groups in order: their ops queue on this thread's stream one after the other (grouping them
+ * into one launch is the device's version of the CPU's one parallel region, not done yet). */
+static void cuda_run_groups(lt_backend *be, int n, void (*fn)(void *ctx, int g), void *ctx) {
+    (void)be;
+    for (int g = 0; g < n; g++) fn(ctx, g);
+}
+
 /* ---- the table -------------------------------------------------------------------------------- */
 
 static const lt_backend_ops cuda_ops = {
@@ -236,6 +243,7 @@ static const lt_backend_ops cuda_ops = {
     .adamw8bit_step = lt_cuda_adamw8bit_step,
     .row_scale = lt_cuda_row_scale,
     .dequantize_rows = lt_cuda_dequantize_rows,
+    .run_groups = cuda_run_groups,
 };
 
 static lt_status create_fail(lt_cuda_impl *im, lt_backend *be, char *err, size_t errlen, const char *what,

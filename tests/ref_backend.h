@@ -321,6 +321,10 @@ static void rb_dequantize_rows(lt_backend *be, float *out, const lt_qdesc *q, in
     (void)be;
     lt_ref_dequantize_rows(out, q, r0, r1);
 }
+static void rb_run_groups(lt_backend *be, int n, void (*fn)(void *ctx, int g), void *ctx) {
+    (void)be;
+    lt_ref_run_groups(n, fn, ctx);
+}
 static void rb_embedding_forward_bf16(lt_backend *be, float *out, const int32_t *ids, const void *table, int N, int C) {
     (void)be;
     lt_ref_embedding_forward_bf16(out, ids, table, N, C);
@@ -398,6 +402,7 @@ static const lt_backend_ops rb_ops = {
     .adamw8bit_step = rb_adamw8bit_step,
     .row_scale = rb_row_scale,
     .dequantize_rows = rb_dequantize_rows,
+    .run_groups = rb_run_groups,
 };
 
 /* The reference backend (n_threads is recorded, the kernels run on the calling thread). */

@@ -9,7 +9,8 @@
  * buffers the backend allocated (inputs uploaded, results downloaded), and compares with lt_ref_* on
  * the host:
  *   - bit for bit where the contract is exact: embedding, scatter_rows, dropout, bias_add, mul_cols, rope_scale,
- *     row_scale, dequantize_rows, 8-bit AdamW, in-place vs out-of-place, repeated runs;
+ *     row_scale, dequantize_rows, 8-bit AdamW, in-place vs out-of-place, repeated runs, run_groups (every
+ *     group once, 1 thread vs several);
  *   - else a relative tolerance with a floor of the same fraction of the reference's RMS (tu_close_msg):
  *     1e-5 for plain elementwise ops and AdamW, 1e-4 for gemm, and for ops whose sums or libm calls may
  *     run in another order than the reference's `TOL(t)`: t on the host backends (1e-5 for norms, RoPE,
@@ -2217,6 +2218,93 @@ START_TEST(test_thread_invariance) {
 }
 END_TEST
 
+/* ---- run_groups: groups of independent work (the experts of an MoE layer) ------------------------------------
+ * Group g owns rows off[g] .. off[g+1] of x (rows, C) and its own weight W_g (C, C) and gradient dW_g, as an
+ * expert does: y_g = x_g W_g^T (assigned), y_g += 0.5 x_g, dW_g += y_g^T x_g (accumulated). Some groups are
+ * empty, some large enough that a GEMM alone would be split over the threads (work > 2e6). Every group must
+ * run exactly once; results within gemm's 1e-4 of the reference, and bit for bit the same with 1 thread as
+ * with N_THREADS (a group's ops run on one thread whichever it is). */
+#define RG_G 29
+typedef struct rg_ctx {
+    lt_backend *be;
+    const int *off;
+    int C;
+    const float *x, *W;
+    float *y, *dW;
+    int calls[RG_G]; /* counted atomically: groups may run at the same time */
+} rg_ctx;
+
+static void rg_group(void *ctx, int g) {
+    rg_ctx *c = ctx;
+    if (g < 0 || g >= RG_G) return; /* counted as missing below */
+    __atomic_fetch_add(&c->calls[g], 1, __ATOMIC_RELAXED);
+    lt_backend *be = c->be;
+    const int C = c->C, o = c->off[g], n = c->off[g + 1] - o;
+    if (n == 0) return;
+    const float *xg = c->x + (size_t)o * C, *Wg = c->W + (size_t)g * C * C;
+    float *yg = c->y + (size_t)o * C, *dWg = c->dW + (size_t)g * C * C;
+    be->ops->gemm(be, 0, 1, n, C, C, 1.0f, xg, C, Wg, C, 0.0f, yg, C);
+    be->ops->axpy(be, (size_t)n * C, 0.5f, xg, yg);
+    be->ops->gemm(be, 1, 0, C, C, n, 1.0f, yg, C, xg, C, 1.0f, dWg, C);
+}
+
+START_TEST(test_run_groups) {
+    const int C = quick() ? 48 : 128;
+    int off[RG_G + 1] = {0};
+    for (int g = 0; g < RG_G; g++) off[g + 1] = off[g] + (g % 5 == 3 ? 0 : 1 + (g * 53) % 300);
+    const int rows = off[RG_G];
+    const size_t nx = (size_t)rows * C, nw = (size_t)RG_G * C * C;
+    float *x = tu_frand(nx, -1, 1), *W = tu_frand(nw, -0.2f, 0.2f), *dW0 = tu_frand(nw, -1, 1);
+    float *yr = tu_fnew(nx), *dWr = tu_fdup(dW0, nw);
+    for (int g = 0; g < RG_G; g++) { /* the reference, group by group */
+        const int o = off[g], n = off[g + 1] - o;
+        float *yg = yr + (size_t)o * C;
+        const float *xg = x + (size_t)o * C;
+        lt_ref_gemm(0, 1, n, C, C, 1.0f, xg, C, W + (size_t)g * C * C, C, 0.0f, yg, C);
+        for (size_t i = 0; i < (size_t)n * C; i++) yg[i] += 0.5f * xg[i];
+        lt_ref_gemm(1, 0, C, C, n, 1.0f, yg, C, xg, C, 1.0f, dWr + (size_t)g * C * C, C);
+    }
+    FOR_BE {
+        float *got[2][2];
+        const int nts[2] = {N_THREADS, 1};
+        for (int j = 0; j < 2; j++) {
+            lt_backend *b = BE;
+            char err[256] = "";
+            if (j == 1) ck_assert_msg(cur->create(cur, 1, &b, err, sizeof err) == LT_OK, "%s: %s", NM, err);
+            rg_ctx c = {b, off, C, bput(b, x, nx), bput(b, W, nw), NULL, bput(b, dW0, nw), {0}};
+            float *nan = tu_fconst(nx, NAN);
+            c.y = bput(b, nan, nx);
+            free(nan);
+            b->ops->run_groups(b, 0, rg_group, &c); /* no group: nothing runs */
+            for (int g = 0; g < RG_G; g++) ck_assert_msg(c.calls[g] == 0, "%s: run_groups of 0 ran group %d", NM, g);
+            b->ops->run_groups(b, RG_G, rg_group, &c);
+            for (int g = 0; g < RG_G; g++)
+                ck_assert_msg(c.calls[g] == 1, "%s (%d threads): group %d ran %d times", NM, nts[j], g, c.calls[g]);
+            got[j][0] = bget(b, c.y, nx);
+            got[j][1] = bget(b, c.dW, nw);
+            ck_assert_msg(b->ops->sync(b) == LT_OK, "%s (%d threads): run_groups: sync", NM, nts[j]);
+            b->ops->free(b, (void *)c.x);
+            b->ops->free(b, (void *)c.W);
+            b->ops->free(b, c.y);
+            b->ops->free(b, c.dW);
+            if (j == 1) b->ops->destroy(b);
+        }
+        for (int i = 0; i < rows; i++)
+            CLOSE(got[0][0] + (size_t)i * C, yr + (size_t)i * C, C, 1e-4, "run_groups y row %d", i);
+        for (int i = 0; i < RG_G * C; i++)
+            CLOSE(got[0][1] + (size_t)i * C, dWr + (size_t)i * C, C, 1e-4, "run_groups dW row %d", i);
+        SAME(got[1][0], got[0][0], nx, "run_groups y 1 vs %d threads", N_THREADS);
+        SAME(got[1][1], got[0][1], nw, "run_groups dW 1 vs %d threads", N_THREADS);
+        for (int j = 0; j < 2; j++) free(got[j][0]), free(got[j][1]);
+    }
+    free(x);
+    free(W);
+    free(dW0);
+    free(yr);
+    free(dWr);
+}
+END_TEST
+
 /* ---- against PyTorch (goldens from tests/python/make_op_goldens.py) ------------------------------------------
  * float32 inputs, a random upstream gradient, forward outputs and gradients from torch autograd in float64
  * (stored as float32); every backend must give max|got - torch| / max|torch| <= 1e-4 for each output and
@@ -3121,6 +3209,7 @@ static const struct {
     SLOT(adamw8bit_step),
     SLOT(row_scale),
     SLOT(dequantize_rows),
+    SLOT(run_groups),
 };
 #define N_SLOTS ((int)(sizeof slots / sizeof *slots))
 _Static_assert(sizeof slots / sizeof *slots ==
@@ -3276,6 +3365,7 @@ static Suite *backend_ops_suite(void) {
     tcase_set_timeout(th, 900);
     CASE(th, test_concurrent_threads, 1, S(rmsnorm_backward), S(gemm), S(sumsq), S(all_finite));
     CASE(th, test_thread_invariance, 1, S(sumsq), S(rmsnorm_backward), S(attention_forward), S(attention_backward));
+    CASE(th, test_run_groups, 1, S(run_groups), S(gemm), S(axpy));
     suite_add_tcase(s, th);
 
     TCase *ref = tcase_create("reference");

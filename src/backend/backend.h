@@ -303,6 +303,14 @@ typedef struct lt_backend_ops {
     /* out (r1-r0, cols) = the dequantized rows r0 .. r1-1 of q (lt_qdesc above), bit for bit the
      * values bitsandbytes' dequantization gives. q is a host struct holding backend pointers. */
     void (*dequantize_rows)(lt_backend *be, float *out, const lt_qdesc *q, int64_t r0, int64_t r1);
+
+    /* ---- groups of independent work (the experts of an MoE layer) ------------------------------- */
+    /* fn(ctx, g) once for every g in [0, n). The calls issue ops of this backend on disjoint memory and
+     * share no scratch, so they may run in any order and at the same time: the CPU spreads the groups
+     * over its threads (one parallel region instead of one per op: hundreds of small GEMMs per layer)
+     * and runs every op a call issues on the calling thread alone; a device backend runs them in order
+     * on its stream. Each call's results are the ones it gives when run alone (deterministic). */
+    void (*run_groups)(lt_backend *be, int n, void (*fn)(void *ctx, int g), void *ctx);
 } lt_backend_ops;
 
 struct lt_backend {

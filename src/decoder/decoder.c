@@ -51,32 +51,33 @@ void lt_linear_forward(lt_model *m, lt_workspace *ws, const lt_adapter *ad, cons
     OPS->gemm(BE, 0, 1, N, out, r, ad->scaling, xa, r, lo->B, r, 1.0f, y, out);
 }
 
-/* dx (N,in) = (accumulate ? dx : 0) + dy W + s (dy B) A ;  dB += s dy^T xa ; dA += s (dy B)^T dropout(x) */
+/* dx (N,in) = (accumulate ? dx : 0) + dy W + s (dy B) A ;  dB += s dy^T xa ; dA += s (dy B)^T dropout(x)
+ * dr (N,r): scratch for dy B (ws->dr, or an expert's rows of it: experts run side by side) */
 static void linear_backward(lt_model *m, lt_workspace *ws, const lt_adapter *ad, const lt_lora *lo,
                             const lt_dropout_state *drop, uint64_t drop_stream, float *dx, int accumulate,
-                            const float *dy, const float *x, const lt_weight *W, const float *xa, int N, int in,
-                            int out) {
+                            const float *dy, const float *x, const lt_weight *W, const float *xa, float *dr, int N,
+                            int in, int out) {
     lt_weight_backward(m, ws->wtile, W, dx, dy, N, in, out, accumulate ? 1.0f : 0.0f);
     if (!lo) return;
     const int r = ad->p.rank;
     const float s = ad->scaling;
-    OPS->gemm(BE, 0, 0, N, r, out, 1.0f, dy, out, lo->B, r, 0.0f, ws->dr, r); /* dr = dy B */
-    OPS->gemm(BE, 1, 0, out, r, N, s, dy, out, xa, r, 1.0f, lo->dB, r);       /* dB        */
+    OPS->gemm(BE, 0, 0, N, r, out, 1.0f, dy, out, lo->B, r, 0.0f, dr, r); /* dr = dy B */
+    OPS->gemm(BE, 1, 0, out, r, N, s, dy, out, xa, r, 1.0f, lo->dB, r);   /* dB        */
     if (drop && drop->p > 0) {
         /* the path is x -> dropout -> A: dx gets the same mask and 1/(1-p) applied to s dr A */
         const uint64_t at = drop_stream + (uint64_t)drop->tok0 * in; /* the forward's counters */
-        OPS->gemm(BE, 0, 0, N, in, r, s, ws->dr, r, lo->A, in, 0.0f, ws->drop, in);
+        OPS->gemm(BE, 0, 0, N, in, r, s, dr, r, lo->A, in, 0.0f, ws->drop, in);
         OPS->dropout(BE, ws->drop, ws->drop, (size_t)N * in, drop->p, drop->seed, at);
         OPS->axpy(BE, (size_t)N * in, 1.0f, ws->drop, dx);
-        OPS->dropout(BE, ws->drop, x, (size_t)N * in, drop->p, drop->seed, at);      /* recompute */
-        OPS->gemm(BE, 1, 0, r, in, N, s, ws->dr, r, ws->drop, in, 1.0f, lo->dA, in); /* dA        */
+        OPS->dropout(BE, ws->drop, x, (size_t)N * in, drop->p, drop->seed, at);  /* recompute */
+        OPS->gemm(BE, 1, 0, r, in, N, s, dr, r, ws->drop, in, 1.0f, lo->dA, in); /* dA        */
     } else {
-        OPS->gemm(BE, 0, 0, N, in, r, s, ws->dr, r, lo->A, in, 1.0f, dx, in); /* dx += s dr A */
-        OPS->gemm(BE, 1, 0, r, in, N, s, ws->dr, r, x, in, 1.0f, lo->dA, in); /* dA        */
+        OPS->gemm(BE, 0, 0, N, in, r, s, dr, r, lo->A, in, 1.0f, dx, in); /* dx += s dr A */
+        OPS->gemm(BE, 1, 0, r, in, N, s, dr, r, x, in, 1.0f, lo->dA, in); /* dA        */
     }
     if (lo->B0) { /* PiSSA / OLoRA: dx -= s (dy B0) A0 (the frozen part of the residual base) */
-        OPS->gemm(BE, 0, 0, N, r, out, 1.0f, dy, out, lo->B0, r, 0.0f, ws->dr, r);
-        OPS->gemm(BE, 0, 0, N, in, r, -s, ws->dr, r, lo->A0, in, 1.0f, dx, in);
+        OPS->gemm(BE, 0, 0, N, r, out, 1.0f, dy, out, lo->B0, r, 0.0f, dr, r);
+        OPS->gemm(BE, 0, 0, N, in, r, -s, dr, r, lo->A0, in, 1.0f, dx, in);
     }
 }
 
@@ -119,14 +120,14 @@ static void lora_linear_backward(lt_model *m, lt_workspace *ws, const lt_adapter
                                  const float *dy, const float *x, const lt_weight *W, const float *xa, int N, int in,
                                  int out) {
     if (!lo || !lo->mag) {
-        linear_backward(m, ws, ad, lo, drop, drop_stream, dx, accumulate, dy, x, W, xa, N, in, out);
+        linear_backward(m, ws, ad, lo, drop, drop_stream, dx, accumulate, dy, x, W, xa, ws->dr, N, in, out);
         return;
     }
     lt_linear_forward(m, ws, ad, lo, NULL, 0, ws->drop, x, W, (float *)(uintptr_t)xa, N, in, out); /* xa: same bits */
     OPS->col_dot(BE, lo->dmag, dy, ws->drop, lo->dora_inv_n, N, out);
     OPS->copy(BE, ws->drop, dy, (size_t)N * out * sizeof(float));
     OPS->mul_cols(BE, ws->drop, lo->dora_g, N, out);
-    linear_backward(m, ws, ad, lo, drop, drop_stream, dx, accumulate, ws->drop, x, W, xa, N, in, out);
+    linear_backward(m, ws, ad, lo, drop, drop_stream, dx, accumulate, ws->drop, x, W, xa, ws->dr, N, in, out);
 }
 
 /* ---- one layer ------------------------------------------------------------------------------------ *
@@ -365,8 +366,9 @@ static void mlp_backward_block(const layer_pass *P, lt_layer_acts *A) {
  * ln2 = mlp_norm(x_mid), z = ln2 W_router^T (N,E), p = softmax(z), the K largest p (w = p, or p / their sum
  * with norm_topk_prob). Routing runs on the host (one (N,E) download per layer); the N*K (token, expert)
  * pairs are sorted by expert, so each expert is one GEMM per projection over its rows (gathered with
- * embedding_forward, an expert with no token skipped), and the weighted rows are summed back with
- * embedding_backward's deterministic scatter-add. No loop over tokens on the device. */
+ * embedding_forward, an expert with no token skipped), the experts of a projection side by side in one
+ * run_groups (moe_experts), and the weighted rows are summed back with embedding_backward's
+ * deterministic scatter-add. No loop over tokens on the device. */
 
 /* Host routing of N tokens from their router logits z (N,E) into R (lt_moe_route). Ties between equal
  * probabilities go to the lower expert. The pairs of one expert keep token order. */
@@ -426,15 +428,21 @@ static lt_lora expert_lora(const layer_pass *P, int k, int e, int part) {
 }
 
 /* y (n,out) = rows x (n,in) through expert e's projection p, its LoRA and its bias (gpt-oss; frozen);
- * xa (n,r). */
+ * xa (n,r). gate and up share their LoRA A: gate's call leaves xa = x A^T, up's only adds its own
+ * s xa B_up^T (x A^T once, not twice). */
 static void expert_forward(const layer_pass *P, int e, lt_proj p, float *y, const float *x, float *xa, int n) {
     lt_model *m = P->m;
     const int H = (int)m->cfg.hidden_size, MI = (int)m->cfg.moe_intermediate_size;
+    const int in = p == P_DOWN ? MI : H, out = p == P_DOWN ? H : MI;
     lt_lora lo = expert_lora(P, p == P_DOWN, e, p == P_UP);
-    lt_linear_forward(m, P->ws, P->ad, lo.A ? &lo : NULL, NULL, 0, y, x, lt_expert_w(P->W, e, p), xa, n,
-                      p == P_DOWN ? MI : H, p == P_DOWN ? H : MI);
+    const lt_weight *W = lt_expert_w(P->W, e, p);
+    if (p == P_UP && lo.A) {
+        const int r = P->ad->p.rank;
+        lt_weight_forward(m, P->ws->wtile, W, y, x, n, in, out, 0.0f);
+        OPS->gemm(BE, 0, 1, n, out, r, P->ad->scaling, xa, r, lo.B, r, 1.0f, y, out);
+    } else lt_linear_forward(m, P->ws, P->ad, lo.A ? &lo : NULL, NULL, 0, y, x, W, xa, n, in, out);
     const float *b = lt_expert_bias(&m->cfg, P->W, e, p);
-    if (b) OPS->bias_add(BE, y, b, n, p == P_DOWN ? H : MI);
+    if (b) OPS->bias_add(BE, y, b, n, out);
 }
 
 /* act (M,MI) = the experts' gated activation: SwiGLU, or gpt-oss's clamped SwiGLU (swiglu_limit > 0) */
@@ -453,17 +461,108 @@ static void expert_act_backward(lt_model *m, float *dgate, float *dup, const flo
     else OPS->swiglu_backward(BE, dgate, dup, dact, gate, up, n);
 }
 
-/* dx (n,in) (= or += by accumulate) through expert e's projection p; its LoRA grads accumulate; full
- * fine-tuning: dW_e (out,in) += dy^T x over the expert's rows. */
+/* dx (n,in) (= or += by accumulate) through expert e's projection p; its LoRA grads accumulate; dr (n,r)
+ * scratch of the expert's own rows; full fine-tuning: dW_e (out,in) += dy^T x over the expert's rows. */
 static void expert_backward(const layer_pass *P, int e, lt_proj p, float *dx, int accumulate, const float *dy,
-                            const float *x, const float *xa, int n) {
+                            const float *x, const float *xa, float *dr, int n) {
     const int H = (int)P->m->cfg.hidden_size, MI = (int)P->m->cfg.moe_intermediate_size;
     const int in = p == P_DOWN ? MI : H, out = p == P_DOWN ? H : MI;
     lt_model *m = P->m;
     lt_lora lo = expert_lora(P, p == P_DOWN, e, p == P_UP);
     linear_backward(P->m, P->ws, P->ad, lo.A ? &lo : NULL, NULL, 0, dx, accumulate, dy, x, lt_expert_w(P->W, e, p), xa,
-                    n, in, out);
+                    dr, n, in, out);
     if (P->G) OPS->gemm(BE, 1, 0, out, in, n, 1.0f, dy, out, x, in, 1.0f, lt_expert_w(P->G, e, p)->f32, in);
+}
+
+/* The experts of one MoE pass as groups of the backend's run_groups: expert e owns the pair rows
+ * off[e] .. off[e+1] of every pair buffer (e_x, e_dx, gate, up, act, e_y, dI*, xa, ws->dr) and its own
+ * slices of the LoRA grads, so the experts run side by side, each op on one thread: one parallel region
+ * per projection instead of one per GEMM (moe-s: ~6,000 GEMMs of ~128 rows per step). */
+typedef struct moe_experts {
+    const layer_pass *P;
+    lt_layer_acts *A;
+} moe_experts;
+
+/* What expert e's group works on: its pair rows o .. o+n, the widths of the pair buffers. */
+typedef struct expert_rows {
+    const layer_pass *P;
+    lt_layer_acts *A;
+    lt_workspace *ws;
+    int o, n, H, MI, r;
+} expert_rows;
+
+static expert_rows expert_rows_of(const void *ctx, int e) {
+    const moe_experts *X = ctx;
+    const lt_model_config *c = &X->P->m->cfg;
+    const int *off = X->A->route.off;
+    return (expert_rows){X->P,
+                         X->A,
+                         X->P->ws,
+                         off[e],
+                         off[e + 1] - off[e],
+                         (int)c->hidden_size,
+                         (int)c->moe_intermediate_size,
+                         X->P->ad ? X->P->ad->p.rank : 0};
+}
+
+/* row o of a (rows, w) buffer; NULL stays NULL (no LoRA: no xa) */
+static float *row_of(float *buf, int o, int w) { return buf ? buf + (size_t)o * w : NULL; }
+
+/* 1 if the experts of a pass may run side by side: nothing they do touches scratch shared by all of
+ * them. Not so where a weight of the experts is dequantized through the workspace's one tile (NF4 / FP4 /
+ * int8 computed in f32: weight.h lt_weight_uses_tile); other per-pass scratch (ws->drop, the adapter's
+ * DoRA matrix) would count here too. */
+static int experts_side_by_side(const layer_pass *P) {
+    for (int i = 0; i < 3 * (int)P->m->cfg.num_experts; i++)
+        if (lt_weight_uses_tile(P->m, &P->W->experts[i])) return 0;
+    return 1;
+}
+
+/* fn(e) for every expert: in one run_groups, else one after the other (each op then on every thread). */
+static void run_experts(const layer_pass *P, lt_layer_acts *A, void (*fn)(void *ctx, int e)) {
+    lt_model *m = P->m;
+    moe_experts X = {P, A};
+    if (experts_side_by_side(P)) {
+        OPS->run_groups(BE, (int)m->cfg.num_experts, fn, &X);
+        return;
+    }
+    for (int e = 0; e < m->cfg.num_experts; e++) fn(&X, e);
+}
+
+/* gate, up (pairs, MI) of expert e's rows of ws->e_x (the pairs' inputs) */
+static void experts_gate_up_forward(void *ctx, int e) {
+    const expert_rows X = expert_rows_of(ctx, e);
+    if (X.n == 0) return;
+    const float *xe = row_of(X.ws->e_x, X.o, X.H);
+    float *xa = row_of(X.A->xa[P_GATE], X.o, X.r);
+    expert_forward(X.P, e, P_GATE, row_of(X.A->gate, X.o, X.MI), xe, xa, X.n);
+    expert_forward(X.P, e, P_UP, row_of(X.A->up, X.o, X.MI), xe, xa, X.n); /* after gate: its xa */
+}
+
+/* e_y (pairs, H) of expert e's rows of act */
+static void experts_down_forward(void *ctx, int e) {
+    const expert_rows X = expert_rows_of(ctx, e);
+    if (X.n == 0) return;
+    expert_forward(X.P, e, P_DOWN, row_of(X.A->e_y, X.o, X.H), row_of(X.A->act, X.o, X.MI),
+                   row_of(X.A->xa[P_DOWN], X.o, X.r), X.n);
+}
+
+/* dI1 (pairs, MI) = d act of expert e's rows, from d y in ws->e_dx */
+static void experts_down_backward(void *ctx, int e) {
+    const expert_rows X = expert_rows_of(ctx, e);
+    if (X.n == 0) return;
+    expert_backward(X.P, e, P_DOWN, row_of(X.ws->dI1, X.o, X.MI), 0, row_of(X.ws->e_dx, X.o, X.H),
+                    row_of(X.A->act, X.o, X.MI), row_of(X.A->xa[P_DOWN], X.o, X.r), row_of(X.ws->dr, X.o, X.r), X.n);
+}
+
+/* ws->e_dx (pairs, H) = d input of expert e's rows, from d gate, d up in dI2, dI3 (the inputs again in e_x) */
+static void experts_gate_up_backward(void *ctx, int e) {
+    const expert_rows X = expert_rows_of(ctx, e);
+    if (X.n == 0) return;
+    const float *xe = row_of(X.ws->e_x, X.o, X.H), *xa = row_of(X.A->xa[P_GATE], X.o, X.r);
+    float *dx = row_of(X.ws->e_dx, X.o, X.H), *dr = row_of(X.ws->dr, X.o, X.r);
+    expert_backward(X.P, e, P_GATE, dx, 0, row_of(X.ws->dI2, X.o, X.MI), xe, xa, dr, X.n);
+    expert_backward(X.P, e, P_UP, dx, 1, row_of(X.ws->dI3, X.o, X.MI), xe, xa, dr, X.n);
 }
 
 static void moe_forward_block(const layer_pass *P, lt_layer_acts *A, float *x_out) {
@@ -473,7 +572,7 @@ static void moe_forward_block(const layer_pass *P, lt_layer_acts *A, float *x_ou
     const lt_layer *W = P->W;
     lt_moe_route *R = &A->route;
     const int N = P->N, H = (int)c->hidden_size, E = (int)c->num_experts, MI = (int)c->moe_intermediate_size;
-    const int M = N * (int)c->num_experts_per_tok, r = P->ad ? P->ad->p.rank : 0;
+    const int M = N * (int)c->num_experts_per_tok;
     OPS->rmsnorm_forward(BE, A->ln2, A->rstd2, A->x_mid, W->mlp_norm, N, H, (float)c->rms_norm_eps);
     OPS->gemm(BE, 0, 1, N, E, H, 1.0f, A->ln2, H, P->router, H, 0.0f, ws->r_logits, E);
     if (W->router_bias) OPS->bias_add(BE, ws->r_logits, W->router_bias, N, E); /* gpt-oss */
@@ -490,22 +589,9 @@ static void moe_forward_block(const layer_pass *P, lt_layer_acts *A, float *x_ou
             ws->aux_rows++;
         }
     OPS->embedding_forward(BE, ws->e_x, A->e_tok, A->ln2, M, H); /* the pairs' inputs, by expert */
-    float *xa_gu = A->xa[P_GATE], *xa_d = A->xa[P_DOWN];
-    for (int e = 0; e < E; e++) {
-        const int o = R->off[e], n = R->off[e + 1] - o;
-        if (n == 0) continue;
-        const float *xe = ws->e_x + (size_t)o * H;
-        float *xa = xa_gu ? xa_gu + (size_t)o * r : NULL;
-        expert_forward(P, e, P_GATE, A->gate + (size_t)o * MI, xe, xa, n);
-        expert_forward(P, e, P_UP, A->up + (size_t)o * MI, xe, xa, n); /* the same xa: A is shared */
-    }
+    run_experts(P, A, experts_gate_up_forward);
     expert_act_forward(m, A->act, A->gate, A->up, (size_t)M * MI);
-    for (int e = 0; e < E; e++) {
-        const int o = R->off[e], n = R->off[e + 1] - o;
-        if (n == 0) continue;
-        expert_forward(P, e, P_DOWN, A->e_y + (size_t)o * H, A->act + (size_t)o * MI,
-                       xa_d ? xa_d + (size_t)o * r : NULL, n);
-    }
+    run_experts(P, A, experts_down_forward);
     OPS->copy(BE, ws->e_x, A->e_y, (size_t)M * H * sizeof(float));
     OPS->row_scale(BE, ws->e_x, A->e_w, M, H);
     OPS->copy(BE, x_out, A->x_mid, (size_t)N * H * sizeof(float));
@@ -547,8 +633,7 @@ static void moe_backward_block(const layer_pass *P, lt_layer_acts *A) {
     const lt_layer *W = P->W;
     const lt_moe_route *R = &A->route;
     const int N = P->N, H = (int)c->hidden_size, E = (int)c->num_experts, MI = (int)c->moe_intermediate_size;
-    const int M = N * (int)c->num_experts_per_tok, r = P->ad ? P->ad->p.rank : 0;
-    float *xa_gu = A->xa[P_GATE], *xa_d = A->xa[P_DOWN];
+    const int M = N * (int)c->num_experts_per_tok;
     OPS->embedding_forward(BE, ws->e_dx, A->e_tok, ws->dres, M, H); /* d loss / d (w y) of each pair */
     /* dw_a = dy_a . y_a on the host (a row dot per pair) */
     float *hdy = ws->h_moe, *hy = ws->h_moe + (size_t)M * H;
@@ -560,21 +645,10 @@ static void moe_backward_block(const layer_pass *P, lt_layer_acts *A) {
         hdy[a] = (float)d; /* row a is read before hdy[a] is written (a <= a * H) */
     }
     OPS->row_scale(BE, ws->e_dx, A->e_w, M, H); /* d y = w dy */
-    for (int e = 0; e < E; e++) {
-        const int o = R->off[e], n = R->off[e + 1] - o;
-        if (n == 0) continue;
-        expert_backward(P, e, P_DOWN, ws->dI1 + (size_t)o * MI, 0, ws->e_dx + (size_t)o * H, A->act + (size_t)o * MI,
-                        xa_d ? xa_d + (size_t)o * r : NULL, n);
-    }
+    run_experts(P, A, experts_down_backward);
     expert_act_backward(m, ws->dI2, ws->dI3, ws->dI1, A->gate, A->up, (size_t)M * MI);
     OPS->embedding_forward(BE, ws->e_x, A->e_tok, A->ln2, M, H); /* the pairs' inputs again */
-    for (int e = 0; e < E; e++) { /* e_dx (free now) receives each pair's input gradient */
-        const int o = R->off[e], n = R->off[e + 1] - o;
-        if (n == 0) continue;
-        const float *xe = ws->e_x + (size_t)o * H, *xa = xa_gu ? xa_gu + (size_t)o * r : NULL;
-        expert_backward(P, e, P_GATE, ws->e_dx + (size_t)o * H, 0, ws->dI2 + (size_t)o * MI, xe, xa, n);
-        expert_backward(P, e, P_UP, ws->e_dx + (size_t)o * H, 1, ws->dI3 + (size_t)o * MI, xe, xa, n);
-    }
+    run_experts(P, A, experts_gate_up_backward);                 /* e_dx (free now): the pairs' d input */
     OPS->zero(BE, ws->dln, (size_t)N * H * sizeof(float));
     OPS->embedding_backward(BE, ws->dln, A->e_tok, ws->e_dx, M, H);
     /* the router: d z on the host, then d ln2 += d z W_router; a trained router: dW_router += d z^T ln2 */

@@ -1,7 +1,7 @@
 /*
  * weight.c - the weight seam: products with a frozen base weight in any storage format.
  *
- * defines: lt_weight_tile_floats, lt_weight_forward, lt_weight_backward, lt_weight_download
+ * defines: lt_weight_tile_floats, lt_weight_uses_tile, lt_weight_forward, lt_weight_backward, lt_weight_download
  *
  * f32 weights are one GEMM. Quantized weights (NF4 / FP4 / int8) are dequantized a tile of output rows
  * at a time into a small scratch planned with the workspace (about 1 MiB, never a whole layer) and
@@ -54,6 +54,10 @@ size_t lt_weight_tile_floats(const lt_model *m) {
 /* a 4-bit weight multiplied in bf16 (base_dtype BF16), not through f32 tiles */
 static int q4_in_bf16(const lt_model *m, const lt_weight *W) {
     return m->base_dtype == LT_BASE_BF16 && (W->q.format == LT_QF_NF4 || W->q.format == LT_QF_FP4);
+}
+
+int lt_weight_uses_tile(const lt_model *m, const lt_weight *W) {
+    return W->format == LT_WEIGHT_QUANT && !q4_in_bf16(m, W);
 }
 
 void lt_weight_forward(lt_model *m, float *tile, const lt_weight *W, float *y, const float *x, int N, int in, int out,

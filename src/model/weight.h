@@ -28,6 +28,9 @@ typedef struct lt_weight {
 
 /* Floats of dequantization scratch a workspace must plan for this model (0: nothing quantized). */
 size_t lt_weight_tile_floats(const lt_model *m);
+/* 1 if products with W go through the dequantization tile (a quantized weight computed in f32): two
+ * threads must not run them at once with the same tile. */
+int lt_weight_uses_tile(const lt_model *m, const lt_weight *W);
 /* y (N,out) = x (N,in) W^T + beta * y.  tile: ws->wtile (unused for f32 weights). */
 void lt_weight_forward(lt_model *m, float *tile, const lt_weight *W, float *y, const float *x, int N, int in, int out,
                        float beta);
