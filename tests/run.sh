@@ -64,6 +64,7 @@ stage "ctest (Release)" bash -c "cd build && LORATUNE_REF_PYTHON='$py' ctest --o
 echo "== the CUDA kernels under CPU emulation; tests/gpu.sh --dry-run"
 stage "cuda emulation (test_backend_ops_cuda_emu)" bash -c "cd build && ctest --output-on-failure -L '^cuda_emu$'"
 stage "tests/gpu.sh --dry-run" bash tests/gpu.sh --dry-run build/gpu-dry-run
+stage "cli OpenBLAS core" bash tests/cli_openblas.sh build/loratune
 # The model suites again on the CUDA backend where a device is (test_backend_ops runs every op on every
 # backend by itself). Elsewhere they would skip: not run.
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 2>/dev/null | grep -q '^GPU'; then
