@@ -5,8 +5,8 @@
  *   forward   y  (N,out)  = x  (N,in)  W^T
  *   backward  dx (N,in) (+)= dy (N,out) W
  * Inputs x / dy are rounded to bf16 (round to nearest even) while they are packed, products of two
- * bf16 values are exact in fp32, sums are fp32. Two implementations give results within the same
- * bound (see lt_gemm_bf16_forward): AVX512_BF16 (vdpbf16ps) and portable C (any CPU); which one runs
+ * bf16 values are exact in fp32, sums are fp32. Two implementations give the same bits: AVX-512 FMAs on
+ * the bf16 weight widened in registers (CPUs with AVX512_BF16) and portable C (any CPU); which one runs
  * is the caller's kernel table (cpu_kernels.h: the CPU backend's ISA, LT_CPU_ISA_AVX512_BF16 or not).
  *
  * The packed weight layout and bf16 rounding live below both backends: backend/bf16.h.

@@ -40,7 +40,7 @@ FILE *atomic_fopen(const char *path, char *tmp, size_t len) {
 }
 
 int atomic_fclose(FILE *f, const char *tmp, const char *path) {
-    int bad = fflush(f) != 0 || fsync(fileno(f)) != 0;
+    int bad = ferror(f) || fflush(f) != 0 || fsync(fileno(f)) != 0; /* ferror: a failed write before */
     bad |= fclose(f) != 0;
     if (bad || rename(tmp, path) != 0) {
         unlink(tmp);

@@ -33,7 +33,8 @@ double now_seconds(void);
 /* mkdir -p; 0 on success, -1 with errno set. */
 int mkdir_p(const char *dir);
 /* A file replaced whole or never half-written: atomic_fopen opens PATH.tmp.PID (its name into tmp);
- * atomic_fclose flushes it to the disk and renames it over path, or removes it (-1) on any failure. */
+ * atomic_fclose flushes it to the disk and renames it over path, or removes it (-1) on any failure,
+ * an earlier failed write on f included. */
 FILE *atomic_fopen(const char *path, char *tmp, size_t len);
 int atomic_fclose(FILE *f, const char *tmp, const char *path);
 

@@ -2,7 +2,6 @@
  * llama.cpp and Ollama, and with --ollama a Modelfile beside it. */
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "cli/cli.h"
 #include "loratune_experimental.h"
@@ -28,11 +27,7 @@ static int write_modelfile(const lt_tokenizer *tok, const char *from, const char
     char tmp[4300];
     FILE *f = atomic_fopen(path, tmp, sizeof tmp);
     if (!f) return fail("export", "cannot write %s", path);
-    if (fputs(text, f) < 0) {
-        fclose(f);
-        unlink(tmp);
-        return fail("export", "cannot write %s", path);
-    }
+    fputs(text, f); /* a failed write shows in atomic_fclose */
     if (atomic_fclose(f, tmp, path)) return fail("export", "cannot write %s", path);
     if (warning) fprintf(stderr, "loratune export: warning: %s\n", warning);
     printf("wrote %s\n", path);
