@@ -121,6 +121,17 @@ LT_API void lt_extract_params_init(lt_extract_params *params, size_t size);
 LT_API lt_status lt_adapter_extract(lt_model *base, lt_model *tuned, const lt_extract_params *params,
                                     lt_adapter **out, lt_extract_report *report);
 
+/* ---- profiling ---------------------------------------------------------------------------------------- */
+
+/**
+ * The products with frozen weights (the projections' x W^T and dy W, the LM head's, recomputation included)
+ * of every step and evaluation this trainer has run: their wall time in seconds (summed over the threads
+ * that call at once where the experts of an MoE layer run side by side) and their GFLOP (2 multiply-adds
+ * each). Benchmarks divide one by the other for the GEMM rate inside a step. Counted on host-memory backends
+ * (the CPU) only: 0 on a device. LT_ERR_ARGUMENT on a NULL argument.
+ */
+LT_API lt_status lt_trainer_frozen_gemm_stats(const lt_trainer *trainer, double *seconds, double *gflop);
+
 #ifdef __cplusplus
 }
 #endif

@@ -458,6 +458,16 @@ START_TEST(test_activation_budget) {
         m->be->ops->zero(m->be, ad->grads, ad->n_params * sizeof(float));
         double sum;
         ck_assert_int_eq(lt_forward_backward(m, ad, ws, NULL, 1.0f, &sum, NULL, &err), LT_OK);
+        /* every product with a frozen weight was counted (lt_trainer_frozen_gemm_stats): each layer's 7
+         * projections forward and backward, the recomputed layers' forward again, the LM head both ways */
+        const uint64_t N = (uint64_t)B * T, H = m->cfg.hidden_size, I = m->cfg.intermediate_size;
+        const uint64_t QD = (uint64_t)m->cfg.num_attention_heads * m->cfg.head_dim,
+                       KD = (uint64_t)m->cfg.num_key_value_heads * m->cfg.head_dim;
+        const uint64_t layer = N * H * (2 * QD + 2 * KD + 3 * I);
+        const uint64_t want = (uint64_t)(2 * L + (L - keeps[k])) * layer + 2 * N * H * (uint64_t)V;
+        ck_assert_msg(atomic_load(&ws->frozen_madds) == want, "keeping %d layers: %llu multiply-adds counted, not %llu",
+                      keeps[k], (unsigned long long)atomic_load(&ws->frozen_madds), (unsigned long long)want);
+        ck_assert_uint_gt(atomic_load(&ws->frozen_ns), 0);
         if (!g0) {
             g0 = malloc(ad->n_params * sizeof *g0);
             memcpy(g0, ad->grads, ad->n_params * sizeof *g0);
@@ -482,6 +492,26 @@ START_TEST(test_activation_budget) {
     lt_trainer *tr = NULL;
     ck_assert_int_eq(lt_trainer_create(m, ad, opt, &tp, &tr), LT_ERR_ARGUMENT);
     ck_assert_ptr_nonnull(strstr(lt_last_error(), "activation_memory"));
+    /* the trainer's count of its products with frozen weights: two steps (checkpointing every layer), the
+     * second on a new batch shape (a new workspace: the first one's counts are kept) */
+    tp.activation_memory = 0;
+    ck_assert_int_eq(lt_trainer_create(m, ad, opt, &tp, &tr), LT_OK);
+    double secs = -1, gflop = -1;
+    ck_assert_int_eq(lt_trainer_frozen_gemm_stats(tr, &secs, &gflop), LT_OK);
+    ck_assert(secs == 0 && gflop == 0);
+    lt_step_result r = {.size = sizeof r};
+    ck_assert_int_eq(lt_trainer_step(tr, &b, &r), LT_OK);
+    b.seq_len = T / 2;
+    ck_assert_int_eq(lt_trainer_step(tr, &b, &r), LT_OK);
+    ck_assert_int_eq(lt_trainer_frozen_gemm_stats(tr, &secs, &gflop), LT_OK);
+    const double H = (double)m->cfg.hidden_size, I = (double)m->cfg.intermediate_size,
+                 QD = (double)m->cfg.num_attention_heads * m->cfg.head_dim,
+                 KD = (double)m->cfg.num_key_value_heads * m->cfg.head_dim;
+    const double per_token = 3.0 * L * H * (2 * QD + 2 * KD + 3 * I) + 2.0 * H * V; /* multiply-adds */
+    ck_assert_double_eq_tol(gflop, 2.0 * per_token * (B * T + B * T / 2) * 1e-9, 1e-12);
+    ck_assert(secs > 0);
+    ck_assert_int_eq(lt_trainer_frozen_gemm_stats(NULL, &secs, &gflop), LT_ERR_ARGUMENT);
+    lt_trainer_free(tr);
     lt_optimizer_free(opt);
     lt_adapter_free(ad);
     lt_model_free(m);

@@ -303,11 +303,13 @@ int cmd_bench(int argc, char **argv) {
     b.n_rows = (int)B;
     b.seq_len = (int)T;
     b.input_ids = ids;
-    double t0 = now_seconds(), c0 = cpu_seconds(), loss = 0;
+    double t0 = now_seconds(), c0 = cpu_seconds(), loss = 0, g0_s = 0, g0_gflop = 0, g1_s = 0, g1_gflop = 0;
+    if (!steps) warm = 0; /* --steps 0 measures the load and the memory before any step: no warm-up either */
     for (long long i = 0; i < warm + steps; i++) {
         if (i == warm) {
             t0 = now_seconds();
             c0 = cpu_seconds();
+            lt_trainer_frozen_gemm_stats(tr, &g0_s, &g0_gflop);
         }
         lt_step_result r = {.size = sizeof r};
         if (lt_trainer_step(tr, &b, &r) != LT_OK) {
@@ -316,6 +318,10 @@ int cmd_bench(int argc, char **argv) {
         }
         loss = r.loss;
     }
+    /* the frozen-weight products as the library timed them inside the timed steps (recomputation included):
+     * their share of the step's time and their rate while they run (the kernel's rate in the step) */
+    lt_trainer_frozen_gemm_stats(tr, &g1_s, &g1_gflop);
+    const double gemm_s = g1_s - g0_s, gemm_gflop = g1_gflop - g0_gflop;
     /* --steps 0: the load (or the making) and the memory of the model, adapter and optimizer only */
     const double dt = steps ? now_seconds() - t0 : 1, dc = steps ? cpu_seconds() - c0 : 1,
                  tok = (double)steps * (double)(B * T);
@@ -340,12 +346,13 @@ int cmd_bench(int argc, char **argv) {
                "\"load_s\": %.2f, \"read_s\": %.2f, \"file_mb\": %.1f, \"weight_bytes\": %lld, "
                "\"projection_bits_per_param\": %.4f, \"optimizer\": \"%s\", \"trainable_params\": %.0f, "
                "\"bytes_per_trainable_param\": %.2f, \"frozen_gemm_gflop_per_step\": %.1f, "
-               "\"frozen_gemm_gflop_per_s\": %.1f}\n",
+               "\"frozen_gemm_gflop_per_s\": %.1f, \"gemm_time_share\": %.3f, \"gemm_gflop_per_s_in_gemm\": %.1f}\n",
                cfg->name, method, (int)threads, ck, keep_mb >= 1LL << 40 ? -1LL : keep_mb,
                base_dtype == LT_BASE_BF16 ? "bf16" : "f32", B, T, steps, loss, tok / dt, tok / dc, peak / MiB,
                load_peak / MiB, r0 / MiB, w / MiB, (double)info.weight_bytes / MiB, state / MiB, step / MiB, load_s,
                read_s, file_bytes / MiB, (long long)info.weight_bytes, qbits, optname, n_train, state / n_train,
-               frozen_gflop, steps ? frozen_gflop * (double)steps / dt : 0.0);
+               frozen_gflop, steps ? frozen_gflop * (double)steps / dt : 0.0, steps ? gemm_s / dt : 0.0,
+               gemm_s > 0 ? gemm_gflop / gemm_s : 0.0);
     else
         printf("%s (%s, base %s, %lld x %lld tokens, checkpointing %s): %.2f training tokens/s (%.2f s/step)\n"
                "  peak RSS %.1f MiB = process %.1f + weights %.1f (the library counts %.1f) + adapter and "
@@ -355,6 +362,9 @@ int cmd_bench(int argc, char **argv) {
                steps ? dt / steps : 0.0, peak / MiB, r0 / MiB, w / MiB, (double)info.weight_bytes / MiB, state / MiB,
                step / MiB, load_peak / MiB, mdir ? "loaded in" : "made in", load_s, qbits, n_train, state / n_train,
                optname);
+    if (steps && gemm_s > 0 && !opt_flag(&o, "json"))
+        printf("  products with frozen weights: %.0f%% of the step's time, at %.1f GFLOP/s while they run\n",
+               100.0 * gemm_s / dt, gemm_gflop / gemm_s);
     if (mdir && !opt_flag(&o, "json"))
         printf("  reading the %.1f MiB of weight files took %.2f s: loading took %.2fx that\n", file_bytes / MiB,
                read_s, load_s / read_s);

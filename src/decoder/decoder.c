@@ -29,13 +29,41 @@
 #define OPS (m->be->ops)
 #define BE (m->be)
 
+/* ---- the frozen weight's product, timed ------------------------------------------------------------ *
+ * Every product with a frozen weight goes through these two: lt_weight_forward / _backward, plus the
+ * time and multiply-adds counted into the workspace (a benchmark's GEMM rate inside the step). */
+
+static double frozen_start(const lt_model *m, const lt_workspace *ws) {
+    return ws && OPS->host_memory ? lt_now_seconds() : 0.0;
+}
+static void frozen_count(lt_workspace *ws, double t0, int N, int in, int out) {
+    if (t0 <= 0.0) return;
+    atomic_fetch_add_explicit(&ws->frozen_ns, (uint64_t)((lt_now_seconds() - t0) * 1e9), memory_order_relaxed);
+    atomic_fetch_add_explicit(&ws->frozen_madds, (uint64_t)N * (uint64_t)in * (uint64_t)out, memory_order_relaxed);
+}
+
+/* y (N,out) = x (N,in) W^T */
+static void frozen_forward(lt_model *m, lt_workspace *ws, const lt_weight *W, float *y, const float *x, int N, int in,
+                           int out) {
+    const double t0 = frozen_start(m, ws);
+    lt_weight_forward(m, ws ? ws->wtile : NULL, W, y, x, N, in, out, 0.0f);
+    frozen_count(ws, t0, N, in, out);
+}
+/* dx (N,in) = (accumulate ? dx : 0) + dy (N,out) W */
+static void frozen_backward(lt_model *m, lt_workspace *ws, const lt_weight *W, float *dx, const float *dy, int N,
+                            int in, int out, int accumulate) {
+    const double t0 = frozen_start(m, ws);
+    lt_weight_backward(m, ws->wtile, W, dx, dy, N, in, out, accumulate ? 1.0f : 0.0f);
+    frozen_count(ws, t0, N, in, out);
+}
+
 /* ---- linear with LoRA ----------------------------------------------------------------------------- */
 
 /* y (N,out) = x (N,in) W^T + s * (dropout(x) A^T) B^T ; xa (N,r) keeps dropout(x) A^T for backward. */
 void lt_linear_forward(lt_model *m, lt_workspace *ws, const lt_adapter *ad, const lt_lora *lo,
                        const lt_dropout_state *drop, uint64_t drop_stream, float *y, const float *x, const lt_weight *W,
                        float *xa, int N, int in, int out) {
-    lt_weight_forward(m, ws ? ws->wtile : NULL, W, y, x, N, in, out, 0.0f);
+    frozen_forward(m, ws, W, y, x, N, in, out);
     if (!lo) return;
     const int r = ad->p.rank;
     if (lo->B0) { /* PiSSA / OLoRA: PEFT's residual base W - s B0 A0 (on x, not dropout(x)); xa as scratch */
@@ -57,7 +85,7 @@ static void linear_backward(lt_model *m, lt_workspace *ws, const lt_adapter *ad,
                             const lt_dropout_state *drop, uint64_t drop_stream, float *dx, int accumulate,
                             const float *dy, const float *x, const lt_weight *W, const float *xa, float *dr, int N,
                             int in, int out) {
-    lt_weight_backward(m, ws->wtile, W, dx, dy, N, in, out, accumulate ? 1.0f : 0.0f);
+    frozen_backward(m, ws, W, dx, dy, N, in, out, accumulate);
     if (!lo) return;
     const int r = ad->p.rank;
     const float s = ad->scaling;
@@ -438,7 +466,7 @@ static void expert_forward(const layer_pass *P, int e, lt_proj p, float *y, cons
     const lt_weight *W = lt_expert_w(P->W, e, p);
     if (p == P_UP && lo.A) {
         const int r = P->ad->p.rank;
-        lt_weight_forward(m, P->ws->wtile, W, y, x, n, in, out, 0.0f);
+        frozen_forward(m, P->ws, W, y, x, n, in, out);
         OPS->gemm(BE, 0, 1, n, out, r, P->ad->scaling, xa, r, lo.B, r, 1.0f, y, out);
     } else lt_linear_forward(m, P->ws, P->ad, lo.A ? &lo : NULL, NULL, 0, y, x, W, xa, n, in, out);
     const float *b = lt_expert_bias(&m->cfg, P->W, e, p);
@@ -814,7 +842,7 @@ static void lm_head_forward(lt_model *m, lt_workspace *ws, const lt_weight *head
     const int H = (int)m->cfg.hidden_size, V = (int)m->cfg.vocab_size;
     const float fcap = (float)m->cfg.final_logit_softcapping;
     const float s = lm_head_scale(m, logit_scale);
-    lt_weight_forward(m, ws->wtile, head, ws->logits, ws->final_ln + (size_t)r0 * H, n, H, V, 0.0f);
+    frozen_forward(m, ws, head, ws->logits, ws->final_ln + (size_t)r0 * H, n, H, V);
     if (s != 1.0f) OPS->scale(BE, (size_t)n * V, s, ws->logits);
     if (fcap > 0) {
         OPS->softcap_forward(BE, ws->logits, (size_t)n * V, fcap);
@@ -880,7 +908,7 @@ lt_status lt_forward_backward(lt_model *m, const lt_adapter *ad, lt_workspace *w
         if (backward) {
             const float s = lm_head_scale(m, 1.0f);
             lm_head_softcap_backward(m, ws, n);
-            lt_weight_backward(m, ws->wtile, &head, ws->dln + (size_t)r0 * H, ws->logits, n, H, V, 0.0f);
+            frozen_backward(m, ws, &head, ws->dln + (size_t)r0 * H, ws->logits, n, H, V, 0);
             if (ad && ad->d_lm_head) lm_head_weight_grad(m, ad, ws, r0, n, s);
             if (s != 1.0f) OPS->scale(BE, (size_t)n * H, s, ws->dln + (size_t)r0 * H);
         }
@@ -967,7 +995,7 @@ lt_status lt_backward_weighted(lt_model *m, const lt_adapter *ad, lt_workspace *
         OPS->cross_entropy(BE, ws->logits, ws->losses + r0, ws->targets + r0, n, V, 1.0f);
         lm_head_softcap_backward(m, ws, n);
         OPS->row_scale(BE, ws->logits, ws->row_w + r0, n, V);
-        lt_weight_backward(m, ws->wtile, &head, dln, ws->logits, n, H, V, 0.0f);
+        frozen_backward(m, ws, &head, dln, ws->logits, n, H, V, 0);
         if (ad && ad->d_lm_head) lm_head_weight_grad(m, ad, ws, r0, n, s);
         if (s != 1.0f) OPS->scale(BE, (size_t)n * H, s, dln);
     }

@@ -6,6 +6,8 @@
 #ifndef LT_DECODER_H
 #define LT_DECODER_H
 
+#include <stdatomic.h>
+
 #include "adapter/adapter.h"
 
 /* ---- workspace: everything a forward + backward of one (B, T) shape needs, planned once ------- */
@@ -91,6 +93,11 @@ typedef struct lt_workspace {
     uint8_t *aux_mask; /* host (N): with aux_masked, the tokens the statistics count (1; 0: padding */
     int aux_masked;    /* of a preference row, as transformers' attention_mask excludes it); 0: all */
     int moe_recompute; /* 1 while checkpointing recomputes a layer: routing statistics not counted */
+    /* the products with frozen weights (the weight seam) of every pass run with this workspace, for the
+     * benchmarks' GEMM rate (lt_trainer_frozen_gemm_stats): wall time of the calls, summed over the threads
+     * that call at once (experts side by side), and multiply-adds. Host-memory backends only: a device's
+     * calls return before their work is done. Atomic: experts call from several threads. */
+    _Atomic uint64_t frozen_ns, frozen_madds;
 } lt_workspace;
 
 /* mode: LT_WS_FULL keeps every layer's activations, LT_WS_CHECKPOINT keeps layer inputs and

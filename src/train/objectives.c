@@ -279,8 +279,7 @@ static lt_status ensure_ws(lt_trainer *t, int B, int T) {
     int rank = t->adapter->p.rank;
     if (t->p.ref_adapter && t->p.ref_adapter->p.rank > rank) rank = t->p.ref_adapter->p.rank;
     if (t->ws && B <= t->ws->B_cap && T == t->ws->T && t->ws->rank >= rank) return LT_OK;
-    lt_workspace_free(t->ws);
-    t->ws = NULL;
+    lt_trainer_drop_workspace(t);
     return lt_workspace_create_train(t->model, B, T, rank, t->p.gradient_checkpointing, t->p.activation_memory, &t->ws,
                                      &t->err);
 }

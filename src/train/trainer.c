@@ -96,7 +96,7 @@ LT_API lt_status lt_trainer_create(lt_model *m, lt_adapter *a, lt_optimizer *o, 
 
 LT_API void lt_trainer_free(lt_trainer *t) {
     if (!t) return;
-    lt_workspace_free(t->ws);
+    lt_trainer_drop_workspace(t);
     lt_objective_free_state(t);
     lt_dist_free(t);
     if (t->grads_backup) t->model->be->ops->free(t->model->be, t->grads_backup);
@@ -113,11 +113,19 @@ LT_API void lt_trainer_set_progress(lt_trainer *t, lt_progress_fn fn, void *user
     t->progress_user = user;
 }
 
+LT_API lt_status lt_trainer_frozen_gemm_stats(const lt_trainer *t, double *seconds, double *gflop) {
+    if (!t || !seconds || !gflop) return LT_ERR_ARGUMENT;
+    const uint64_t ns = t->frozen_ns + (t->ws ? atomic_load(&t->ws->frozen_ns) : 0);
+    const uint64_t madds = t->frozen_madds + (t->ws ? atomic_load(&t->ws->frozen_madds) : 0);
+    *seconds = (double)ns * 1e-9;
+    *gflop = 2.0 * (double)madds * 1e-9;
+    return LT_OK;
+}
+
 /* The workspace is planned once per batch shape; a new shape re-plans (outside the steady state). */
 static lt_status ensure_workspace(lt_trainer *t, const lt_batch *b) {
     if (t->ws && b->n_rows <= t->ws->B_cap && b->seq_len == t->ws->T) return LT_OK;
-    lt_workspace_free(t->ws);
-    t->ws = NULL;
+    lt_trainer_drop_workspace(t);
     int B = b->n_rows > 0 ? b->n_rows : 1, T = b->seq_len > 0 ? b->seq_len : 1;
     return lt_workspace_create_train(t->model, B, T, t->adapter->p.rank, t->p.gradient_checkpointing,
                                      t->p.activation_memory, &t->ws, &t->err);

@@ -57,9 +57,19 @@ struct lt_trainer {
     uint64_t micro_total; /* micro-batches ever run: the dropout stream counter */
     lt_progress_fn progress;
     void *progress_user;
-    lt_objective_state obj; /* objectives.c */
-    lt_dist dist;           /* distributed.c */
+    lt_objective_state obj;           /* objectives.c */
+    lt_dist dist;                     /* distributed.c */
+    uint64_t frozen_ns, frozen_madds; /* the frozen-weight products of workspaces already dropped */
 };
+
+/* Free the workspace, keeping its frozen-weight product counts (lt_trainer_frozen_gemm_stats). */
+static inline void lt_trainer_drop_workspace(lt_trainer *t) {
+    if (!t->ws) return;
+    t->frozen_ns += atomic_load(&t->ws->frozen_ns);
+    t->frozen_madds += atomic_load(&t->ws->frozen_madds);
+    lt_workspace_free(t->ws);
+    t->ws = NULL;
+}
 
 /* ---- distributed.c: what a step of a data-parallel trainer adds; each is a no-op (or the plain single-process
  * action) when t->dist.comm is NULL, so the steps have one code path. */
