@@ -789,6 +789,7 @@ static lt_status backward_layers(lt_model *m, const lt_adapter *ad, lt_workspace
     ws->moe_recompute = 0;
     if (ad && ad->d_embed) { /* x_0 = embed_scale * E[ids]: dE[ids] += embed_scale * dx_0 (dres is free after) */
         if (m->cfg.embed_scale != 1.0) OPS->scale(BE, (size_t)N * H, (float)m->cfg.embed_scale, ws->dres);
+        if (ws->embed_keep) OPS->row_scale(BE, ws->dres, ws->embed_keep, N, H); /* no gradient to the pad row */
         OPS->embedding_backward(BE, ad->d_embed, ws->ids, ws->dres, N, H);
     }
     lt_status st = lt_backend_sync(BE, err, "during the backward pass");

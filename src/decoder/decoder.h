@@ -79,7 +79,10 @@ typedef struct lt_workspace {
                           * cache slots (generation) */
     void *block;         /* the one allocation everything above lives in */
     size_t block_bytes;
-    float *row_w; /* (N) per-token CE-gradient weights of lt_backward_weighted */
+    float *row_w;      /* (N) per-token CE-gradient weights of lt_backward_weighted */
+    float *embed_keep; /* (N) 0 where the input is pad_token_id, else 1 (NULL: the config has no pad id, or
+                        * no backward): PyTorch's nn.Embedding(padding_idx) gives the pad row no gradient
+                        * from the lookup (a tied LM head's gradient still reaches it) */
     /* mixture of experts (NULL / 0 without MoE layers) */
     float *e_x, *e_dx; /* (M,H) the pairs' inputs; their output gradients, then input gradients */
     float *r_logits;   /* (N,E) router logits, in the backward their gradient                   */

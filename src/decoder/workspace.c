@@ -173,6 +173,7 @@ lt_status lt_workspace_create_kept(lt_model *m, int B, int T, int rank, int mode
         }
         CARVE(ws->att_scratch, OPS->attention_backward_scratch(BE, B, T, NH, (int)c->head_dim));
         CARVE(ws->row_w, N);
+        if (c->pad_token_id >= 0 && c->pad_token_id < c->vocab_size) CARVE(ws->embed_keep, N);
     }
     const size_t wtile = lt_weight_tile_floats(m); /* quantized weights: dequantization scratch */
     if (wtile) CARVE(ws->wtile, wtile);
@@ -234,14 +235,20 @@ lt_status lt_workspace_create_kept(lt_model *m, int B, int T, int rank, int mode
     relocate((void **)&ws->e_x, base);
     relocate((void **)&ws->e_dx, base);
     relocate((void **)&ws->r_logits, base);
-    void **g[] = {
-        (void **)&ws->final_ln, (void **)&ws->final_rstd,   (void **)&ws->ids,          (void **)&ws->targets,
-        (void **)&ws->pos,      (void **)&ws->kv_start,     (void **)&ws->logits,       (void **)&ws->losses,
-        (void **)&ws->dres,     (void **)&ws->dln,          (void **)&ws->dI1,          (void **)&ws->dI2,
-        (void **)&ws->dI3,      (void **)&ws->dq,           (void **)&ws->dk,           (void **)&ws->dv,
-        (void **)&ws->datt,     (void **)&ws->dr,           (void **)&ws->drop,         (void **)&ws->att_scratch,
-        (void **)&ws->row_w,    (void **)&ws->wtile,        (void **)&ws->kv_start_swa, (void **)&ws->dk_pre,
-        (void **)&ws->dsand,    (void **)&ws->logits_capped};
+    void **g[] = {(void **)&ws->final_ln,     (void **)&ws->final_rstd,
+                  (void **)&ws->ids,          (void **)&ws->targets,
+                  (void **)&ws->pos,          (void **)&ws->kv_start,
+                  (void **)&ws->logits,       (void **)&ws->losses,
+                  (void **)&ws->dres,         (void **)&ws->dln,
+                  (void **)&ws->dI1,          (void **)&ws->dI2,
+                  (void **)&ws->dI3,          (void **)&ws->dq,
+                  (void **)&ws->dk,           (void **)&ws->dv,
+                  (void **)&ws->datt,         (void **)&ws->dr,
+                  (void **)&ws->drop,         (void **)&ws->att_scratch,
+                  (void **)&ws->row_w,        (void **)&ws->wtile,
+                  (void **)&ws->kv_start_swa, (void **)&ws->dk_pre,
+                  (void **)&ws->dsand,        (void **)&ws->logits_capped,
+                  (void **)&ws->embed_keep};
     for (size_t i = 0; i < sizeof g / sizeof *g; i++) relocate(g[i], base);
     /* every layer's activations alias x_in to the saved input of that layer */
     *out = ws;
@@ -329,6 +336,11 @@ lt_status lt_stage_batch(lt_model *m, lt_workspace *ws, const lt_batch *b, int64
     OPS->upload(BE, ws->pos, pos, (size_t)N * 4);
     OPS->upload(BE, ws->kv_start, kvs, (size_t)N * 4);
     if (window > 0) OPS->upload(BE, ws->kv_start_swa, kvw, (size_t)N * 4);
+    if (ws->embed_keep) { /* the last N of the staging area (generation's cache slots) */
+        float *keep = (float *)(tmp + 5 * N);
+        for (int i = 0; i < N; i++) keep[i] = ids[i] == m->cfg.pad_token_id ? 0.0f : 1.0f;
+        OPS->upload(BE, ws->embed_keep, keep, (size_t)N * sizeof(float));
+    }
     ws->B = B;
     ws->N = N;
     /* longrope: transformers switches to the long factors when max(position_ids) + 1 exceeds

@@ -121,6 +121,9 @@ def draw_batches(gen, V, n):
     out = []
     for _ in range(n):
         ids = torch.randint(3, V, (B, T), generator=gen)
+        # the pad id as an input in every batch (a packed document separator, a left pad): PyTorch's
+        # nn.Embedding(padding_idx=pad_token_id) gives its row no gradient from the lookup
+        ids[0, T // 3] = ids[-1, 2 * T // 3] = COMMON["pad_token_id"]
         labels = ids.clone()
         labels[torch.rand(B, T, generator=gen) < 0.2] = -100
         out.append((ids, labels))
