@@ -665,7 +665,8 @@ END_TEST
 /* Full fine-tuning of gpt-oss (its training against PyTorch: tests/python/crosscheck_full.py): every weight of the
  * model is a trained tensor (their sizes add up to the model's parameter count), the sinks, the router's bias and
  * the experts' biases among them, in Hugging Face Trainer's weight-decay groups (get_decay_parameter_names: a name
- * with "bias" or a norm takes none; the sinks, the router's and the experts' weights do), the decayed first. */
+ * with "bias" or a norm takes none; the sinks, the router's and the experts' weights do), the decayed first;
+ * 8-bit AdamW's state per torch parameter (its size, 8-bit or not). */
 START_TEST(test_gptoss_full_finetune_layout) {
     char dir[1024];
     lt_context *ctx = tu_context();
@@ -694,6 +695,37 @@ START_TEST(test_gptoss_full_finetune_layout) {
     ck_assert_int_eq(n_router_bias, L);
     ck_assert_int_eq(n_expert_bias, 2 * L);
     ck_assert_int_eq(total, m->n_params);
+    /* 8-bit AdamW keeps one state per torch parameter of layer 0's MLP: its size, 8-bit from 4096 elements
+     * (bitsandbytes' min_8bit_size) (the order of the experts' elements inside is ours: docs/spec/gpt_oss.md) */
+    int32_t ids[2 * 8];
+    lt_batch b;
+    id_batch(&b, ids, 2, 8, (int)m->cfg.vocab_size);
+    lt_optimizer *o = train_steps(m, a, LT_OPT_ADAMW8BIT, &b, 1);
+    const size_t E = (size_t)m->cfg.num_experts, H = (size_t)m->cfg.hidden_size,
+                 MI = (size_t)m->cfg.moe_intermediate_size;
+    static const char *const names[] = {"mlp.router.weight",
+                                        "mlp.router.bias",
+                                        "mlp.experts.0.gate_proj.weight",
+                                        "mlp.experts.0.down_proj.weight",
+                                        "mlp.experts.gate_up_proj_bias",
+                                        "mlp.experts.down_proj_bias",
+                                        "self_attn.sinks"};
+    const size_t want[] = {E * H, E, E * 2 * MI * H, E * MI * H, E * 2 * MI, E * H, (size_t)m->cfg.num_attention_heads};
+    for (int k = 0; k < 7; k++) {
+        char nm[96];
+        snprintf(nm, sizeof nm, "model.layers.0.%s", names[k]);
+        const lt_ptensor *t = NULL;
+        for (int i = 0; i < a->n_ptensors && !t; i++)
+            if (!strcmp(a->ptensors[i].name, nm)) t = &a->ptensors[i];
+        ck_assert_msg(t, "no trained tensor %s", nm);
+        const lt_opt8_tensor *q = NULL;
+        for (int i = 0; i < o->n_all && !q; i++)
+            if (o->all[i].off == t->off) q = &o->all[i];
+        ck_assert_msg(q && q->n == want[k], "%s: optimizer tensor of %zu elements, torch's parameter has %zu", nm,
+                      q ? q->n : 0, want[k]);
+        ck_assert_int_eq(q->q8, want[k] >= 4096);
+    }
+    lt_optimizer_free(o);
     lt_adapter_free(a);
     lt_model_free(m);
     lt_context_free(ctx);
