@@ -325,7 +325,8 @@ typedef struct lt_adapter_params {
 } lt_adapter_params;
 
 /* modules_to_save bits (PEFT's module names "embed_tokens", "lm_head", "gate": the router (E, H) of every
- * mixture-of-experts layer, frozen unless named here; a full fine-tuning always trains it) */
+ * mixture-of-experts layer (gpt-oss: "router", its weight and bias (E)), frozen unless named here; a full
+ * fine-tuning always trains it) */
 enum { LT_SAVE_EMBED_TOKENS = 1 << 0, LT_SAVE_LM_HEAD = 1 << 1, LT_SAVE_ROUTER = 1 << 2 };
 
 LT_API void lt_adapter_params_init(lt_adapter_params *params, size_t size);

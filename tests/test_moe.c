@@ -222,12 +222,13 @@ START_TEST(test_moe_lora_gradients) {
 }
 END_TEST
 
-/* The router trained on request (PEFT modules_to_save ["gate"], next to the LoRA): the adapter saved by peft
- * (its router copies differ from the base's) gives PEFT's logits, loss and aux loss, and every gradient, the
- * routers' included (softmax, top-k, renormalisation and, with output_router_logits, the aux loss), within
- * 1e-4, with and without checkpointing. Models e5k2 (top-2, no renormalisation) and Mixtral e3k2, each with
- * the aux loss in the loss (their config) and without (output_router_logits off: grads_noaux). */
-static const int router_models[] = {0, 3};
+/* The router trained on request (PEFT modules_to_save ["gate"], gpt-oss ["router"], next to the LoRA): the
+ * adapter saved by peft (its router copies differ from the base's) gives PEFT's logits, loss and aux loss, and
+ * every gradient, the routers' included (softmax, top-k, renormalisation and, with output_router_logits, the
+ * aux loss; gpt-oss: the router's bias too), within 1e-4, with and without checkpointing. Models e5k2 (top-2,
+ * no renormalisation), Mixtral e3k2 and gpt-oss e5k2 (top-2 renormalised, biased router), each with the aux
+ * loss in the loss (their config) and without (output_router_logits off: grads_noaux). */
+static const int router_models[] = {0, 3, 5};
 
 START_TEST(test_moe_router_gradients) {
     char dir[1024], path[1200], key[256];
@@ -253,6 +254,7 @@ START_TEST(test_moe_router_gradients) {
     ck_assert_msg(rel <= 1e-4, "%s: logits with the trained routers differ by %.3g", name, rel);
     free(out);
     float *h = malloc((size_t)c->num_experts * c->hidden_size * 4);
+    ck_assert((a->router_bias != NULL) == (c->arch == LT_ARCH_GPT_OSS));
     for (int ckpt = 0; ckpt < 3; ckpt++) {
         m->be->ops->zero(m->be, a->grads, a->n_params * 4);
         double aux, loss = run(m, a, &b, ckpt, 1, &aux);
@@ -269,15 +271,18 @@ START_TEST(test_moe_router_gradients) {
                 ck_assert_ptr_null(a->router[l]);
                 continue;
             }
-            snprintf(key, sizeof key, "grad.base_model.model.model.layers.%d.mlp.gate.weight", l);
-            const lt_st_tensor *t = need(g, key);
-            ck_assert_int_eq(t->numel, (int64_t)c->num_experts * c->hidden_size);
-            m->be->ops->download(m->be, h, a->d_router[l], (size_t)t->numel * 4);
-            rel = tu_max_rel_err(h, t->data, (size_t)t->numel);
-            ck_assert_msg(rel <= 1e-4, "%s: %s differs by %.3g (tolerance 1e-4)", what, key, rel);
-            n_router++;
+            for (int bias = 0; bias < (a->router_bias ? 2 : 1); bias++) { /* the weight; gpt-oss: its bias */
+                snprintf(key, sizeof key, "grad.base_model.model.model.layers.%d.mlp.%s.%s", l, lt_moe_router_name(c),
+                         bias ? "bias" : "weight");
+                const lt_st_tensor *t = need(g, key);
+                ck_assert_int_eq(t->numel, (int64_t)c->num_experts * (bias ? 1 : c->hidden_size));
+                m->be->ops->download(m->be, h, bias ? a->d_router_bias[l] : a->d_router[l], (size_t)t->numel * 4);
+                rel = tu_max_rel_err(h, t->data, (size_t)t->numel);
+                ck_assert_msg(rel <= 1e-4, "%s: %s differs by %.3g (tolerance 1e-4)", what, key, rel);
+                n_router++;
+            }
         }
-        ck_assert_int_eq(n_router, c->n_moe_layers);
+        ck_assert_int_eq(n_router, (a->router_bias ? 2 : 1) * c->n_moe_layers);
     }
     free(h);
     lt_st_close(g);
@@ -373,8 +378,8 @@ START_TEST(test_moe_peft_roundtrip) {
     ap.rank = 4;
     ap.alpha = 8;
     ap.targets = LT_TARGET_Q | LT_TARGET_V | LT_TARGET_O | (i == 1 ? LT_TARGET_EXPERTS_DOWN : LT_TARGET_EXPERTS);
-    /* the routers trained too (PEFT modules_to_save "gate"); not on gpt-oss (refused, test_gptoss_refusals) */
-    ap.modules_to_save = i == 1 || i >= N_QWEN_MIXTRAL ? 0 : LT_SAVE_ROUTER;
+    /* the routers trained too (PEFT modules_to_save "gate", gpt-oss "router": weight and bias) */
+    ap.modules_to_save = i == 1 ? 0 : LT_SAVE_ROUTER;
     ap.seed = 7;
     lt_adapter *a = NULL;
     ck_assert_msg(lt_adapter_create(m, &ap, &a) == LT_OK, "%s", lt_last_error());
@@ -657,6 +662,76 @@ START_TEST(test_moe_full_finetune_layout) {
 }
 END_TEST
 
+/* Full fine-tuning of gpt-oss (its training against PyTorch: tests/python/crosscheck_full.py): every weight of the
+ * model is a trained tensor (their sizes add up to the model's parameter count), the sinks, the router's bias and
+ * the experts' biases among them, in Hugging Face Trainer's weight-decay groups (get_decay_parameter_names: a name
+ * with "bias" or a norm takes none; the sinks, the router's and the experts' weights do), the decayed first;
+ * 8-bit AdamW's state per torch parameter (its size, 8-bit or not). */
+START_TEST(test_gptoss_full_finetune_layout) {
+    char dir[1024];
+    lt_context *ctx = tu_context();
+    lt_model *m = load_model(ctx, "gptoss-e5k2", dir, sizeof dir);
+    const int L = (int)m->cfg.num_hidden_layers;
+    lt_adapter_params ap;
+    lt_adapter_params_init(&ap, sizeof ap);
+    ap.full_finetune = 1;
+    lt_adapter *a = NULL;
+    ck_assert_msg(lt_adapter_create(m, &ap, &a) == LT_OK, "%s", lt_last_error());
+    int64_t total = 0;
+    int n_sinks = 0, n_router_bias = 0, n_expert_bias = 0;
+    for (int i = 0; i < a->n_ptensors; i++) {
+        const lt_ptensor *t = &a->ptensors[i];
+        const int decay = !strstr(t->name, "bias") && !strstr(t->name, "norm");
+        ck_assert_msg(t->decay == decay, "%s: weight decay %d, Hugging Face's Trainer: %d", t->name, t->decay, decay);
+        ck_assert_msg(decay ? t->off + t->n <= a->n_decay : t->off >= a->n_decay, "%s on the wrong side of n_decay",
+                      t->name);
+        n_sinks += strstr(t->name, "self_attn.sinks") != NULL;
+        n_router_bias += strstr(t->name, "mlp.router.bias") != NULL;
+        n_expert_bias +=
+            strstr(t->name, "mlp.experts.gate_up_proj_bias") || strstr(t->name, "mlp.experts.down_proj_bias");
+        total += (int64_t)t->n;
+    }
+    ck_assert_int_eq(n_sinks, L);
+    ck_assert_int_eq(n_router_bias, L);
+    ck_assert_int_eq(n_expert_bias, 2 * L);
+    ck_assert_int_eq(total, m->n_params);
+    /* 8-bit AdamW keeps one state per torch parameter of layer 0's MLP: its size, 8-bit from 4096 elements
+     * (bitsandbytes' min_8bit_size) (the order of the experts' elements inside is ours: docs/spec/gpt_oss.md) */
+    int32_t ids[2 * 8];
+    lt_batch b;
+    id_batch(&b, ids, 2, 8, (int)m->cfg.vocab_size);
+    lt_optimizer *o = train_steps(m, a, LT_OPT_ADAMW8BIT, &b, 1);
+    const size_t E = (size_t)m->cfg.num_experts, H = (size_t)m->cfg.hidden_size,
+                 MI = (size_t)m->cfg.moe_intermediate_size;
+    static const char *const names[] = {"mlp.router.weight",
+                                        "mlp.router.bias",
+                                        "mlp.experts.0.gate_proj.weight",
+                                        "mlp.experts.0.down_proj.weight",
+                                        "mlp.experts.gate_up_proj_bias",
+                                        "mlp.experts.down_proj_bias",
+                                        "self_attn.sinks"};
+    const size_t want[] = {E * H, E, E * 2 * MI * H, E * MI * H, E * 2 * MI, E * H, (size_t)m->cfg.num_attention_heads};
+    for (int k = 0; k < 7; k++) {
+        char nm[96];
+        snprintf(nm, sizeof nm, "model.layers.0.%s", names[k]);
+        const lt_ptensor *t = NULL;
+        for (int i = 0; i < a->n_ptensors && !t; i++)
+            if (!strcmp(a->ptensors[i].name, nm)) t = &a->ptensors[i];
+        ck_assert_msg(t, "no trained tensor %s", nm);
+        const lt_opt8_tensor *q = NULL;
+        for (int i = 0; i < o->n_all && !q; i++)
+            if (o->all[i].off == t->off) q = &o->all[i];
+        ck_assert_msg(q && q->n == want[k], "%s: optimizer tensor of %zu elements, torch's parameter has %zu", nm,
+                      q ? q->n : 0, want[k]);
+        ck_assert_int_eq(q->q8, want[k] >= 4096);
+    }
+    lt_optimizer_free(o);
+    lt_adapter_free(a);
+    lt_model_free(m);
+    lt_context_free(ctx);
+}
+END_TEST
+
 /* gpt-oss with MXFP4 experts (the release checkpoints' layout), dequantized on load: logits and loss of
  * transformers loading the same file with Mxfp4Config(dequantize=True), 1e-4. */
 START_TEST(test_gptoss_mxfp4) {
@@ -706,8 +781,7 @@ START_TEST(test_gptoss_config_defaults) {
 END_TEST
 
 /* gpt-oss: GGUF export refuses with a message naming the architecture (llama.cpp's gpt-oss graph is not
- * written), so do full fine-tuning and a trained router (biases and sinks have no gradient yet); rope_type yarn is
- * refused on another family. */
+ * written); rope_type yarn is refused on another family. */
 START_TEST(test_gptoss_refusals) {
     char dir[1024], root[512], out[700];
     lt_context *ctx = tu_context();
@@ -719,19 +793,6 @@ START_TEST(test_gptoss_refusals) {
     lt_gguf_params_init(&gp, sizeof gp);
     ck_assert_int_ne(lt_model_export_gguf(m, NULL, out, &gp), LT_OK);
     ck_assert_msg(strstr(lt_model_last_error(m), "GptOssForCausalLM"), "%s", lt_model_last_error(m));
-    for (int k = 0; k < 2; k++) { /* full fine-tuning, the router as modules_to_save: refused, naming what */
-        lt_adapter_params ap;
-        lt_adapter_params_init(&ap, sizeof ap);
-        ap.targets = LT_TARGET_Q | LT_TARGET_EXPERTS;
-        ap.full_finetune = k == 0;
-        ap.modules_to_save = k == 1 ? LT_SAVE_ROUTER : 0;
-        lt_adapter *a = NULL;
-        ck_assert_int_eq(lt_adapter_create(m, &ap, &a), LT_ERR_UNSUPPORTED);
-        ck_assert_ptr_null(a);
-        ck_assert_msg(strstr(lt_last_error(), "GptOssForCausalLM") && strstr(lt_last_error(), "sinks") &&
-                          strstr(lt_last_error(), k ? "LT_SAVE_ROUTER" : "full fine-tuning"),
-                      "%s", lt_last_error());
-    }
     lt_model_free(m);
     static const char cfg[] = "{\"architectures\": [\"LlamaForCausalLM\"], \"rope_scaling\": {\"rope_type\": \"yarn\", "
                               "\"factor\": 4, \"original_max_position_embeddings\": 64}}";
@@ -750,7 +811,7 @@ Suite *moe_suite(void) {
     tcase_set_timeout(tc, 600);
     tcase_add_loop_test(tc, test_moe_logits_loss_aux, 0, N_QWEN_MIXTRAL);
     tcase_add_loop_test(tc, test_moe_lora_gradients, 0, N_QWEN_MIXTRAL);
-    tcase_add_loop_test(tc, test_moe_router_gradients, 0, 2 * (int)(sizeof router_models / sizeof *router_models));
+    tcase_add_loop_test(tc, test_moe_router_gradients, 0, 4); /* router_models 0, 1: Qwen3-MoE, Mixtral */
     tcase_add_loop_test(tc, test_moe_generate_matches_transformers, 0, N_QWEN_MIXTRAL);
     tcase_add_loop_test(tc, test_moe_peft_roundtrip, 0, 3);
     tcase_add_loop_test(tc, test_moe_qlora_experts, 0, N_QWEN_MIXTRAL);
@@ -764,10 +825,12 @@ Suite *moe_suite(void) {
     tcase_add_loop_test(go, test_moe_lora_gradients, N_QWEN_MIXTRAL, N_MODELS);
     tcase_add_loop_test(go, test_moe_generate_matches_transformers, N_QWEN_MIXTRAL, N_MODELS);
     tcase_add_loop_test(go, test_moe_peft_roundtrip, 3, 4);
+    tcase_add_loop_test(go, test_moe_router_gradients, 4, 6); /* router_models 2: gpt-oss */
     tcase_add_loop_test(go, test_moe_qlora_experts, N_QWEN_MIXTRAL, N_MODELS);
     tcase_add_loop_test(go, test_moe_bf16_base, N_QWEN_MIXTRAL, N_MODELS);
     tcase_add_test(go, test_gptoss_mxfp4);
     tcase_add_test(go, test_gptoss_refusals);
+    tcase_add_test(go, test_gptoss_full_finetune_layout);
     tcase_add_test(go, test_gptoss_config_defaults);
     suite_add_tcase(s, go);
     return s;

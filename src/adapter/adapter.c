@@ -244,14 +244,13 @@ lt_status lt_adapter_alloc(lt_model *m, const lt_adapter_params *p, lt_adapter *
                 }
             }
         }
-    a->n_decay = n; /* LoRA tensors and modules_to_save copies all take weight decay */
-    if (a->n_ptensors) {
+    a->n_decay = n;      /* LoRA tensors and modules_to_save copies take weight decay, but gpt-oss's router bias */
+    if (a->n_ptensors) { /* (extra_bind sets the boundary before it) */
         lt_status st = lt_adapter_extra_bind(a, n_lora, err);
         if (st != LT_OK) {
             lt_adapter_free(a);
             return st;
         }
-        a->n_decay = n;
     }
     *out = a;
     return LT_OK;
@@ -406,6 +405,8 @@ LT_API void lt_adapter_free(lt_adapter *a) {
     free(a->full_grads);
     free(a->router);
     free(a->d_router);
+    free(a->router_bias);
+    free(a->d_router_bias);
     free(a->ptensors);
     free(a->dora_merge_g);
     free(a->lora);

@@ -49,12 +49,13 @@ struct lt_adapter {
     float *embed, *d_embed;     /* (V,H) trained embed_tokens and its gradient (NULL: frozen)        */
     float *lm_head, *d_lm_head; /* (V,H) trained lm_head (== embed for a tied full FT)             */
     float *final_norm, *final_norm_file, *d_final_norm; /* full FT: model.norm                       */
-    float **router, **d_router;  /* (L) trained routers (E,H) of the MoE layers (full FT, modules_to_save */
-                                 /* "gate") and their gradients; NULL (or a NULL entry): frozen          */
-    float *norm_compute;         /* Gemma full FT: the (1 + w) copies of every norm (device), refreshed */
-    float *norm_ones;            /* after each update by lt_adapter_sync_weights; ones (max(H,HD))    */
-    size_t n_decay;              /* params [0, n_decay) take weight decay; the rest (biases, norms) not */
-    struct lt_ptensor *ptensors; /* the trained base-weight tensors, in params order               */
+    float **router, **d_router;           /* (L) trained routers (E,H) of the MoE layers (full FT, modules_to_save */
+                                          /* "gate" / "router") and their gradients; NULL (or a NULL entry): frozen */
+    float **router_bias, **d_router_bias; /* (L) gpt-oss: those routers' biases (E) and their gradients     */
+    float *norm_compute;                  /* Gemma full FT: the (1 + w) copies of every norm (device), refreshed */
+    float *norm_ones;                     /* after each update by lt_adapter_sync_weights; ones (max(H,HD))    */
+    size_t n_decay;                       /* params [0, n_decay) take weight decay; the rest (biases, norms) not */
+    struct lt_ptensor *ptensors;          /* the trained base-weight tensors, in params order               */
     int n_ptensors;
     /* text files every save writes beside the weights (a model card, the run record), into the same
      * directory in the same save: lt_adapter_set_save_files */
@@ -69,10 +70,11 @@ lt_status lt_adapter_write_save_files(const lt_adapter *a, const char *dir, lt_e
 typedef struct lt_ptensor {
     char name[96]; /* "model.layers.3.self_attn.q_proj.weight", "lm_head.weight"        */
     size_t off, n;
-    int join;       /* 1: one optimizer tensor with the tensor before (an expert's share of torch's fused */
-                    /* experts.gate_up_proj / down_proj parameter: bitsandbytes' blocks run across them)  */
-    int decay;      /* 0: a bias or a norm (Hugging Face Trainer's no-decay group)       */
-    float *compute; /* Gemma norms: the (1 + w) copy the forward reads (NULL otherwise)  */
+    int join;           /* 1: one optimizer tensor with the tensor before (an expert's share of torch's fused */
+                        /* experts.gate_up_proj / down_proj parameter: bitsandbytes' blocks run across them)  */
+    int decay;          /* 0: a bias or a norm (Hugging Face Trainer's no-decay group)       */
+    float *compute;     /* Gemma norms: the (1 + w) copy the forward reads (NULL otherwise)  */
+    int64_t rows, cols; /* its shape as saved: (rows, cols), or (rows) when cols is 0 (a bias, sinks) */
 } lt_ptensor;
 
 /* ---- the weights a pass reads: the adapter's trained copies where it holds them, else the model's */
@@ -91,6 +93,12 @@ static inline const float *lt_view_router(const lt_model *m, const lt_adapter *a
     const int trained = ad && ad->router && ad->router[l];
     *grad = trained ? ad->d_router[l] : NULL;
     return trained ? ad->router[l] : m->layers[l].router;
+}
+/* layer l's router bias (E) (NULL: none, not gpt-oss); *grad its gradient (NULL: frozen) */
+static inline const float *lt_view_router_bias(const lt_model *m, const lt_adapter *ad, int l, float **grad) {
+    const int trained = ad && ad->router_bias && ad->router_bias[l];
+    *grad = trained ? ad->d_router_bias[l] : NULL;
+    return trained ? ad->router_bias[l] : m->layers[l].router_bias;
 }
 static inline const float *lt_view_final_norm(const lt_model *m, const lt_adapter *ad) {
     return ad && ad->final_norm ? ad->final_norm : m->final_norm;

@@ -72,8 +72,11 @@ lt_status lt_export_tensors(const lt_model *m, const lt_adapter *a, lt_xtensor *
             xt_add(v, &n, LT_XT_PLAIN, Ly->sinks, c->num_attention_heads, 0, "model.layers.%d.self_attn.sinks", l);
         if (c->layer_moe[l] && c->arch == LT_ARCH_GPT_OSS) { /* fused (in, out) experts (docs/spec/gpt_oss.md) */
             const int64_t E = c->num_experts, MI = c->moe_intermediate_size;
-            xt_add(v, &n, LT_XT_PLAIN, Ly->router, E, H, "model.layers.%d.mlp.router.weight", l);
-            xt_add(v, &n, LT_XT_PLAIN, Ly->router_bias, E, 0, "model.layers.%d.mlp.router.bias", l);
+            float *d_router; /* the router trained as modules_to_save "router" is the adapter's (lt_view_router) */
+            xt_add(v, &n, LT_XT_PLAIN, lt_view_router(m, a, l, &d_router), E, H, "model.layers.%d.mlp.router.weight",
+                   l);
+            xt_add(v, &n, LT_XT_PLAIN, lt_view_router_bias(m, a, l, &d_router), E, 0, "model.layers.%d.mlp.router.bias",
+                   l);
             for (int k = 0; k < 2; k++) {
                 const int64_t in = k ? MI : H, out = k ? H : 2 * MI;
                 lt_xtensor *t = xt_add(v, &n, LT_XT_FUSED, NULL, E, in * out, "model.layers.%d.mlp.experts.%s", l,

@@ -1,6 +1,6 @@
 /*
  * full.c - trained copies of base weights inside an adapter: full fine-tuning (every weight)
- * and PEFT's modules_to_save (embed_tokens, lm_head next to a LoRA).
+ * and PEFT's modules_to_save (embed_tokens, lm_head, the routers of an MoE model next to a LoRA).
  *
  * defines: lt_adapter_full_check, lt_adapter_extra_count, lt_adapter_extra_bind, lt_adapter_model_tensor,
  *          lt_adapter_sync_weights
@@ -11,8 +11,9 @@
  * lt_view_* helpers of adapter.h.
  *
  * params order (Hugging Face Trainer's weight-decay groups, get_decay_parameter_names): every tensor
- * that takes weight decay first (LoRA A/B/magnitude, embeddings, lm_head, projections), then those that
- * do not (biases, norm weights); adapter->n_decay is the boundary.
+ * that takes weight decay first (LoRA A/B/magnitude, embeddings, lm_head, projections, routers, experts,
+ * gpt-oss's sinks), then those that do not (biases, gpt-oss's router and expert biases included, norm
+ * weights); adapter->n_decay is the boundary.
  *
  * Gemma norms: the checkpoint holds w and the forward multiplies by (1 + w). The trained parameter is w
  * (what is saved); the gradient is the same for both; lt_adapter_sync_weights rewrites the (1 + w) copies
@@ -35,14 +36,19 @@ typedef struct layout_state {
     int n;       /* tensors so far                      */
 } layout_state;
 
-/* one tensor: *param / *grad receive its place (when binding); a norm also gets a compute pointer */
-static void add(layout_state *s, const char *name, size_t n, int decay, float **param, float **grad, float **compute) {
+/* one tensor of shape (rows, cols), or (rows) when cols is 0: *param / *grad receive its place (when
+ * binding); a norm also gets a compute pointer */
+static void add(layout_state *s, const char *name, int64_t rows, int64_t cols, int decay, float **param, float **grad,
+                float **compute) {
     lt_adapter *a = s->a;
+    const size_t n = (size_t)rows * (size_t)(cols ? cols : 1);
     if (s->bind) {
         lt_ptensor *t = &a->ptensors[s->n];
         snprintf(t->name, sizeof t->name, "%s", name);
         t->off = s->off;
         t->n = n;
+        t->rows = rows;
+        t->cols = cols;
         t->decay = decay;
         t->compute = NULL;
         if (param) *param = a->params + s->off;
@@ -63,13 +69,21 @@ static void add(layout_state *s, const char *name, size_t n, int decay, float **
 
 #define NAME(...) (snprintf(nm, sizeof nm, __VA_ARGS__), nm)
 
-/* The trained router of MoE layer l, named `parent`.gate (PEFT's modules_to_save key: the module "mlp";
- * a full fine-tuning: the checkpoint's name, lt_moe_parent). */
+/* The trained router of MoE layer l, named `parent`.gate (gpt-oss: .router; PEFT's modules_to_save key: the
+ * module "mlp"; a full fine-tuning: the checkpoint's name, lt_moe_parent). Its bias (gpt-oss) is a tensor of
+ * its own among those without weight decay (add_router_bias), as Hugging Face's Trainer groups "bias". */
 static void add_router(layout_state *s, const lt_model_config *c, int l, const char *parent) {
     lt_adapter *a = s->a;
     char nm[96];
-    add(s, NAME("model.layers.%d.%s.gate.weight", l, parent), (size_t)c->num_experts * c->hidden_size, 1,
+    add(s, NAME("model.layers.%d.%s.%s.weight", l, parent, lt_moe_router_name(c)), c->num_experts, c->hidden_size, 1,
         s->bind ? &a->router[l] : NULL, s->bind ? &a->d_router[l] : NULL, NULL);
+}
+static void add_router_bias(layout_state *s, const lt_model_config *c, int l, const char *parent) {
+    lt_adapter *a = s->a;
+    char nm[96];
+    if (c->moe_bias)
+        add(s, NAME("model.layers.%d.%s.%s.bias", l, parent, lt_moe_router_name(c)), c->num_experts, 0, 0,
+            s->bind ? &a->router_bias[l] : NULL, s->bind ? &a->d_router_bias[l] : NULL, NULL);
 }
 
 /* Full fine-tuning of MoE layer l: the router, then every expert's gate and up (expert-major: torch's one
@@ -88,7 +102,7 @@ static void layout_experts(layout_state *s, const lt_model_config *c, int l) {
             for (int k = fused ? 2 : 0; k < (fused ? 3 : 2); k++) {
                 float *wp = NULL, *gp = NULL;
                 add(s, NAME("model.layers.%d.%s.experts.%d.%s.weight", l, lt_moe_parent(c), e, lt_moe_proj_name(c, k)),
-                    MI * H, 1, &wp, &gp, NULL);
+                    k == 2 ? H : MI, k == 2 ? MI : H, 1, &wp, &gp, NULL);
                 if (!s->bind) continue;
                 a->ptensors[s->n - 1].join = e > 0 || k == 1;
                 a->full_layers[l].experts[3 * e + k] = (lt_weight){.format = LT_WEIGHT_F32, .f32 = wp};
@@ -104,32 +118,35 @@ static void layout(layout_state *s, const lt_model *m) {
     char nm[96];
     if (!a->p.full_finetune) { /* modules_to_save: separate copies even when tied (PEFT deep-copies) */
         if (a->p.modules_to_save & LT_SAVE_EMBED_TOKENS)
-            add(s, "model.embed_tokens.weight", V * H, 1, &a->embed, &a->d_embed, NULL);
-        if (a->p.modules_to_save & LT_SAVE_LM_HEAD)
-            add(s, "lm_head.weight", V * H, 1, &a->lm_head, &a->d_lm_head, NULL);
+            add(s, "model.embed_tokens.weight", V, H, 1, &a->embed, &a->d_embed, NULL);
+        if (a->p.modules_to_save & LT_SAVE_LM_HEAD) add(s, "lm_head.weight", V, H, 1, &a->lm_head, &a->d_lm_head, NULL);
         for (int l = 0; l < L && (a->p.modules_to_save & LT_SAVE_ROUTER); l++)
             if (c->layer_moe[l]) add_router(s, c, l, "mlp");
+        for (int l = 0; l < L && (a->p.modules_to_save & LT_SAVE_ROUTER); l++) /* after: no weight decay */
+            if (c->layer_moe[l]) add_router_bias(s, c, l, "mlp");
         return;
     }
     lt_layer *W = a->full_layers, *G = a->full_grads;
-    add(s, "model.embed_tokens.weight", V * H, 1, &a->embed, &a->d_embed, NULL);
+    add(s, "model.embed_tokens.weight", V, H, 1, &a->embed, &a->d_embed, NULL);
     if (c->tie_word_embeddings) { /* one tensor, both gradients */
         a->lm_head = a->embed;
         a->d_lm_head = a->d_embed;
     } else {
-        add(s, "lm_head.weight", V * H, 1, &a->lm_head, &a->d_lm_head, NULL);
+        add(s, "lm_head.weight", V, H, 1, &a->lm_head, &a->d_lm_head, NULL);
     }
     lt_module mods[P_COUNT];
     const int n_mods = lt_model_modules(c, mods);
     for (int l = 0; l < L; l++) {
         if (c->layer_moe[l]) layout_experts(s, c, l);
+        if (m->layers[l].sinks) /* gpt-oss: one logit per head; weight decay (no "bias" or "norm" in its name) */
+            add(s, NAME("model.layers.%d.self_attn.sinks", l), c->num_attention_heads, 0, 1, &W[l].sinks, &G[l].sinks,
+                NULL);
         for (int k = 0; k < n_mods; k++) { /* a fused module is one tensor: its projections' row blocks */
             if (c->layer_moe[l] && mods[k].first >= P_GATE) continue; /* the experts replace the MLP */
             int in, out;
             lt_module_dims(c, &mods[k], &in, &out);
             float *wp = NULL, *gp = NULL;
-            add(s, NAME("model.layers.%d.%s.%s.weight", l, mods[k].parent, mods[k].name), (size_t)in * out, 1, &wp, &gp,
-                NULL);
+            add(s, NAME("model.layers.%d.%s.%s.weight", l, mods[k].parent, mods[k].name), out, in, 1, &wp, &gp, NULL);
             if (!s->bind) continue;
             for (int q = mods[k].first; q < mods[k].first + mods[k].count; q++) {
                 int pi, po;
@@ -147,17 +164,25 @@ static void layout(layout_state *s, const lt_model *m) {
             if (Ml->bias[q]) {
                 int in, out;
                 lt_proj_dims(c, (lt_proj)q, &in, &out);
-                add(s, NAME("model.layers.%d.%s.%s.bias", l, lt_proj_parent[q], lt_proj_names[q]), (size_t)out, 0,
+                add(s, NAME("model.layers.%d.%s.%s.bias", l, lt_proj_parent[q], lt_proj_names[q]), out, 0, 0,
                     &W[l].bias[q], &G[l].bias[q], NULL);
             }
+        if (c->layer_moe[l] && c->moe_bias) { /* gpt-oss: the router's bias, the experts' (one allocation: */
+            const int64_t E = c->num_experts, MI = c->moe_intermediate_size; /* gate|up of every expert, then down) */
+            add_router_bias(s, c, l, lt_moe_parent(c));
+            if (s->bind) W[l].router_bias = a->router_bias[l], G[l].router_bias = a->d_router_bias[l];
+            add(s, NAME("model.layers.%d.mlp.experts.gate_up_proj_bias", l), E, 2 * MI, 0, &W[l].expert_bias,
+                &G[l].expert_bias, NULL);
+            add(s, NAME("model.layers.%d.mlp.experts.down_proj_bias", l), E, H, 0, NULL, NULL, NULL);
+        }
         lt_layer_norm norms[LT_MAX_LAYER_NORMS];
         const int n_norms = lt_layer_norms(c, norms);
         for (int k = 0; k < n_norms; k++) /* params hold the checkpoint's values, compute the (1 + w) copy */
-            add(s, NAME("model.layers.%d.%s.weight", l, norms[k].name), (size_t)norms[k].dim, 0,
+            add(s, NAME("model.layers.%d.%s.weight", l, norms[k].name), norms[k].dim, 0, 0,
                 lt_layer_norm_at(&W[l], norms[k].file), lt_layer_norm_at(&G[l], norms[k].compute),
                 lt_layer_norm_at(&W[l], norms[k].compute));
     }
-    add(s, "model.norm.weight", H, 0, &a->final_norm_file, &a->d_final_norm, &a->final_norm);
+    add(s, "model.norm.weight", H, 0, 0, &a->final_norm_file, &a->d_final_norm, &a->final_norm);
 }
 
 /* The source of tensor `name` in model m (the checkpoint's values: Gemma norms as w, not 1 + w). */
@@ -184,11 +209,21 @@ const float *lt_adapter_model_tensor(const lt_model *m, const lt_ptensor *t) {
         snprintf(b, sizeof b, "%s.%s.bias", lt_proj_parent[q], lt_proj_names[q]);
         if (!strcmp(rest, b)) return Ly->bias[q];
     }
-    if (c->layer_moe[l]) { /* the router (either name: add_router) and the experts, by checkpoint name */
+    if (!strcmp(rest, "self_attn.sinks")) return Ly->sinks;
+    if (c->layer_moe[l]) { /* the router (either parent: add_router) and the experts, by checkpoint name */
         const char *parent = lt_moe_parent(c);
         const size_t np = strlen(parent);
-        if (!strcmp(rest, "mlp.gate.weight") || (!strncmp(rest, parent, np) && !strcmp(rest + np, ".gate.weight")))
-            return Ly->router;
+        for (int bias = 0; bias < 2; bias++) {
+            char b[64];
+            snprintf(b, sizeof b, ".%s.%s", lt_moe_router_name(c), bias ? "bias" : "weight");
+            if ((!strncmp(rest, "mlp", 3) && !strcmp(rest + 3, b)) ||
+                (!strncmp(rest, parent, np) && !strcmp(rest + np, b)))
+                return bias ? Ly->router_bias : Ly->router;
+        }
+        /* gpt-oss's expert biases: ours (lt_expert_bias), gate_up_proj_bias in our order (gate, up per expert) */
+        if (Ly->expert_bias && !strcmp(rest, "mlp.experts.gate_up_proj_bias")) return Ly->expert_bias;
+        if (Ly->expert_bias && !strcmp(rest, "mlp.experts.down_proj_bias"))
+            return Ly->expert_bias + (size_t)c->num_experts * 2 * c->moe_intermediate_size;
         char proj[32];
         int e, used = 0;
         if (!strncmp(rest, parent, np) && sscanf(rest + np, ".experts.%d.%31[^.].weight%n", &e, proj, &used) == 2 &&
@@ -209,22 +244,16 @@ const float *lt_adapter_model_tensor(const lt_model *m, const lt_ptensor *t) {
 
 lt_status lt_adapter_full_check(const lt_model *m, const lt_adapter_params *p, lt_error *err) {
     if (p->modules_to_save & ~(unsigned)(LT_SAVE_EMBED_TOKENS | LT_SAVE_LM_HEAD | LT_SAVE_ROUTER))
-        return lt_fail(err, LT_ERR_ARGUMENT,
-                       "adapter: modules_to_save 0x%x names a module other than embed_tokens "
-                       "(LT_SAVE_EMBED_TOKENS), lm_head (LT_SAVE_LM_HEAD) and gate (LT_SAVE_ROUTER)",
-                       p->modules_to_save);
+        return lt_fail(
+            err, LT_ERR_ARGUMENT,
+            "adapter: modules_to_save 0x%x names a module other than embed_tokens "
+            "(LT_SAVE_EMBED_TOKENS), lm_head (LT_SAVE_LM_HEAD) and the router (LT_SAVE_ROUTER: gate, gpt-oss's "
+            "router)",
+            p->modules_to_save);
     if ((p->modules_to_save & LT_SAVE_ROUTER) && m->cfg.n_moe_layers == 0)
         return lt_fail(err, LT_ERR_ARGUMENT,
                        "adapter: modules_to_save gate (LT_SAVE_ROUTER) trains the router of "
                        "mixture-of-experts layers; %s has none",
-                       m->cfg.architecture);
-    /* gpt-oss's router bias, expert biases and attention sinks have no gradient yet: training its router or
-     * every weight would leave them frozen while PyTorch trains them */
-    if (m->cfg.arch == LT_ARCH_GPT_OSS && (p->full_finetune || (p->modules_to_save & LT_SAVE_ROUTER)))
-        return lt_fail(err, LT_ERR_UNSUPPORTED,
-                       "adapter: %s of %s is not supported yet: the router bias, the expert biases and the "
-                       "attention sinks are not trained (a LoRA on attention and experts is)",
-                       p->full_finetune ? "full fine-tuning" : "modules_to_save gate (LT_SAVE_ROUTER)",
                        m->cfg.architecture);
     if ((p->modules_to_save & LT_SAVE_EMBED_TOKENS) && !m->embed)
         return lt_fail(err, LT_ERR_UNSUPPORTED,
@@ -298,6 +327,9 @@ lt_status lt_adapter_extra_bind(lt_adapter *a, size_t base, lt_error *err) {
         /* the trained routers; a full fine-tuning's layers also get their experts' weight fields */
         if (!(a->router = calloc((size_t)L, sizeof *a->router)) ||
             !(a->d_router = calloc((size_t)L, sizeof *a->d_router)))
+            return lt_fail(err, LT_ERR_NOMEM, "adapter: out of memory");
+        if (c->moe_bias && (!(a->router_bias = calloc((size_t)L, sizeof *a->router_bias)) ||
+                            !(a->d_router_bias = calloc((size_t)L, sizeof *a->d_router_bias))))
             return lt_fail(err, LT_ERR_NOMEM, "adapter: out of memory");
         for (int l = 0; l < L && a->p.full_finetune; l++)
             if (c->layer_moe[l] &&

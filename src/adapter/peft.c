@@ -115,7 +115,8 @@ static lt_status write_adapter_config(const lt_adapter *a, const char *dir, lt_e
         json_t *mts = json_array();
         if (a->p.modules_to_save & LT_SAVE_EMBED_TOKENS) json_array_append_new(mts, json_string("embed_tokens"));
         if (a->p.modules_to_save & LT_SAVE_LM_HEAD) json_array_append_new(mts, json_string("lm_head"));
-        if (a->p.modules_to_save & LT_SAVE_ROUTER) json_array_append_new(mts, json_string("gate"));
+        if (a->p.modules_to_save & LT_SAVE_ROUTER)
+            json_array_append_new(mts, json_string(lt_moe_router_name(&a->model->cfg)));
         json_object_set_new(o, "modules_to_save", mts);
     } else {
         json_object_set_new(o, "modules_to_save", json_null());
@@ -139,8 +140,8 @@ static lt_status adapter_write_peft(lt_adapter *a, const char *dir, lt_error *er
     const int L = (int)a->model->cfg.num_hidden_layers;
     float *h = params_to_host(a);
     int n = 0;
-    lt_st_entry *e = calloc((size_t)L * (P_COUNT * 3 + 4) + 2, sizeof *e);
-    char *names = calloc((size_t)L * (P_COUNT * 3 + 4) + 2, 160);
+    lt_st_entry *e = calloc((size_t)L * (P_COUNT * 3 + 6) + 2, sizeof *e);
+    char *names = calloc((size_t)L * (P_COUNT * 3 + 6) + 2, 160);
     /* expert LoRA: lora_B in PEFT's interleaved layout (expert_b_convert) */
     float *eb = a->elora ? malloc(a->n_params * sizeof(float)) : NULL, *ebp = eb;
     /* PiSSA / OLoRA: the converted rank-2r tensors A' = [A; A0] (2r, in), B' = [B, -B0] (out, 2r) */
@@ -234,9 +235,9 @@ static lt_status adapter_write_peft(lt_adapter *a, const char *dir, lt_error *er
         snprintf(nm, 160, "base_model.model.%s", t->name);
         e[n].name = nm;
         e[n].dtype = LT_DT_F32;
-        e[n].ndim = 2; /* (V,H) embed_tokens / lm_head, (E,H) a router */
-        e[n].shape[0] = (int64_t)(t->n / (size_t)a->model->cfg.hidden_size);
-        e[n].shape[1] = a->model->cfg.hidden_size;
+        e[n].ndim = t->cols ? 2 : 1; /* (V,H) embed_tokens / lm_head, (E,H) a router, (E) gpt-oss's router bias */
+        e[n].shape[0] = t->rows;
+        e[n].shape[1] = t->cols;
         e[n].data = h + t->off;
         n++;
     }
@@ -499,11 +500,13 @@ static lt_status read_adapter_config(const char *dir, const lt_model *m, lt_adap
             const char *nm = json_is_string(s) ? json_string_value(s) : "";
             if (!strcmp(nm, "embed_tokens")) p->modules_to_save |= LT_SAVE_EMBED_TOKENS;
             else if (!strcmp(nm, "lm_head")) p->modules_to_save |= LT_SAVE_LM_HEAD;
-            else if (!strcmp(nm, "gate") && m->cfg.n_moe_layers) p->modules_to_save |= LT_SAVE_ROUTER;
+            else if (m->cfg.n_moe_layers && !strcmp(nm, lt_moe_router_name(&m->cfg)))
+                p->modules_to_save |= LT_SAVE_ROUTER;
             else {
                 st = lt_fail(err, LT_ERR_UNSUPPORTED,
                              "%s: modules_to_save entry \"%s\" is not supported (only "
-                             "embed_tokens, lm_head and, on a mixture-of-experts model, gate: the router)",
+                             "embed_tokens, lm_head and, on a mixture-of-experts model, the router: gate, "
+                             "gpt-oss's router)",
                              path, nm);
                 goto out;
             }
@@ -786,10 +789,12 @@ LT_API lt_status lt_adapter_load(lt_model *m, const char *dir, lt_adapter **out)
             st = lt_fail(err, LT_ERR_MISSING, "%s: tensor \"%s\" (modules_to_save) is missing", path, key);
             goto fail;
         }
-        const int64_t rows = (int64_t)(a->ptensors[k].n / (size_t)m->cfg.hidden_size); /* V, or E for a router */
-        if (t->ndim != 2 || t->shape[0] != rows || t->shape[1] != m->cfg.hidden_size) {
-            st = lt_fail(err, LT_ERR_SHAPE, "%s: tensor \"%s\" must have shape [%lld, %lld]", path, key,
-                         (long long)rows, (long long)m->cfg.hidden_size);
+        const lt_ptensor *pt = &a->ptensors[k]; /* (V,H), (E,H) a router, (E) its bias */
+        if (t->ndim != (pt->cols ? 2 : 1) || t->shape[0] != pt->rows || (pt->cols && t->shape[1] != pt->cols)) {
+            st = pt->cols ? lt_fail(err, LT_ERR_SHAPE, "%s: tensor \"%s\" must have shape [%lld, %lld]", path, key,
+                                    (long long)pt->rows, (long long)pt->cols)
+                          : lt_fail(err, LT_ERR_SHAPE, "%s: tensor \"%s\" must have shape [%lld]", path, key,
+                                    (long long)pt->rows);
             goto fail;
         }
         if (lt_convert_to_f32(host + a->ptensors[k].off, t->data, t->dtype, (size_t)t->numel) != 0) {

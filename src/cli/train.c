@@ -87,7 +87,7 @@ static void train_usage(void) {
         "             full: every weight trainable (fp32 weights, gradients and optimizer state); --out is then a\n"
         "             Hugging Face model directory. --modules-to-save embed_tokens,lm_head,gate (lora/dora/\n"
         "             qlora): train full copies of those modules next to the adapter (PEFT modules_to_save;\n"
-        "             gate: the router of a mixture-of-experts model)\n"
+        "             gate (or router, gpt-oss's name): the router of a mixture-of-experts model)\n"
         "             qlora quantizes the base projections on load:\n"
         "             --quant nf4|fp4|int8 (nf4) --double-quant | --no-double-quant (on for qlora)\n"
         "             --quant-blocksize N (64); `loratune merge` then merges into the dequantized base\n"
@@ -105,7 +105,7 @@ static void train_usage(void) {
         "--help)\n");
 }
 
-/* "embed_tokens,lm_head,gate" -> LT_SAVE_* bits; -1 on an unknown name */
+/* "embed_tokens,lm_head,gate" -> LT_SAVE_* bits ("router", gpt-oss's name, is "gate"); -1 on an unknown name */
 static int parse_modules_to_save(const char *s, unsigned *out) {
     *out = 0;
     char buf[256];
@@ -113,7 +113,7 @@ static int parse_modules_to_save(const char *s, unsigned *out) {
     for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
         if (!strcmp(tok, "embed_tokens")) *out |= LT_SAVE_EMBED_TOKENS;
         else if (!strcmp(tok, "lm_head")) *out |= LT_SAVE_LM_HEAD;
-        else if (!strcmp(tok, "gate")) *out |= LT_SAVE_ROUTER;
+        else if (!strcmp(tok, "gate") || !strcmp(tok, "router")) *out |= LT_SAVE_ROUTER;
         else return -1;
     }
     return *out ? 0 : -1;

@@ -178,15 +178,18 @@ typedef struct layer_pass {
     lt_lora *elo[2];       /* MoE layer: the experts' LoRA on gate|up and on down (NULL: none) */
     const float *router;   /* MoE layer: the router (E,H) the pass reads (lt_view_router)  */
     float *d_router;       /* its gradient (NULL: frozen)                                  */
+    const float *router_b; /* gpt-oss: the router's bias (E) (NULL: none)                  */
+    float *d_router_b;     /* its gradient (NULL: frozen)                                  */
 } layer_pass;
 
 static layer_pass layer_pass_of(lt_model *m, lt_workspace *ws, const lt_adapter *ad, const lt_dropout_state *drop,
                                 const lt_kv_cache *kv, int l) {
-    layer_pass P = {m,   ws,  ad,   drop, kv, l, ws->B * ws->T, lt_view_layer(m, ad, l), lt_view_layer_grads(ad, l),
-                    {0}, {0}, NULL, NULL};
+    layer_pass P = {m,   ws,  ad,   drop, kv,   l,   ws->B * ws->T, lt_view_layer(m, ad, l), lt_view_layer_grads(ad, l),
+                    {0}, {0}, NULL, NULL, NULL, NULL};
     for (int p = 0; p < P_COUNT; p++) P.lo[p] = ad ? lt_adapter_lora(ad, l, (lt_proj)p) : NULL;
     for (int k = 0; k < 2; k++) P.elo[k] = ad ? lt_adapter_elora(ad, l, k) : NULL;
     P.router = lt_view_router(m, ad, l, &P.d_router);
+    P.router_b = lt_view_router_bias(m, ad, l, &P.d_router_b);
     return P;
 }
 
@@ -455,9 +458,9 @@ static lt_lora expert_lora(const layer_pass *P, int k, int e, int part) {
     return v;
 }
 
-/* y (n,out) = rows x (n,in) through expert e's projection p, its LoRA and its bias (gpt-oss; frozen);
- * xa (n,r). gate and up share their LoRA A: gate's call leaves xa = x A^T, up's only adds its own
- * s xa B_up^T (x A^T once, not twice). */
+/* y (n,out) = rows x (n,in) through expert e's projection p, its LoRA and its bias (gpt-oss; trained by a full
+ * fine-tuning: expert_backward); xa (n,r). gate and up share their LoRA A: gate's call leaves xa = x A^T, up's only
+ * adds its own s xa B_up^T (x A^T once, not twice). */
 static void expert_forward(const layer_pass *P, int e, lt_proj p, float *y, const float *x, float *xa, int n) {
     lt_model *m = P->m;
     const int H = (int)m->cfg.hidden_size, MI = (int)m->cfg.moe_intermediate_size;
@@ -490,7 +493,8 @@ static void expert_act_backward(lt_model *m, float *dgate, float *dup, const flo
 }
 
 /* dx (n,in) (= or += by accumulate) through expert e's projection p; its LoRA grads accumulate; dr (n,r)
- * scratch of the expert's own rows; full fine-tuning: dW_e (out,in) += dy^T x over the expert's rows. */
+ * scratch of the expert's own rows; full fine-tuning: dW_e (out,in) += dy^T x over the expert's rows and,
+ * gpt-oss, its bias's db_e (out) += colsum(dy) (expert e's own slice: experts run side by side). */
 static void expert_backward(const layer_pass *P, int e, lt_proj p, float *dx, int accumulate, const float *dy,
                             const float *x, const float *xa, float *dr, int n) {
     const int H = (int)P->m->cfg.hidden_size, MI = (int)P->m->cfg.moe_intermediate_size;
@@ -499,7 +503,10 @@ static void expert_backward(const layer_pass *P, int e, lt_proj p, float *dx, in
     lt_lora lo = expert_lora(P, p == P_DOWN, e, p == P_UP);
     linear_backward(P->m, P->ws, P->ad, lo.A ? &lo : NULL, NULL, 0, dx, accumulate, dy, x, lt_expert_w(P->W, e, p), xa,
                     dr, n, in, out);
-    if (P->G) OPS->gemm(BE, 1, 0, out, in, n, 1.0f, dy, out, x, in, 1.0f, lt_expert_w(P->G, e, p)->f32, in);
+    if (!P->G) return;
+    OPS->gemm(BE, 1, 0, out, in, n, 1.0f, dy, out, x, in, 1.0f, lt_expert_w(P->G, e, p)->f32, in);
+    float *db = (float *)lt_expert_bias(&m->cfg, P->G, e, p); /* the gradient fields: writable adapter grads */
+    if (db) OPS->bias_backward(BE, db, dy, n, out);
 }
 
 /* The experts of one MoE pass as groups of the backend's run_groups: expert e owns the pair rows
@@ -603,7 +610,7 @@ static void moe_forward_block(const layer_pass *P, lt_layer_acts *A, float *x_ou
     const int M = N * (int)c->num_experts_per_tok;
     OPS->rmsnorm_forward(BE, A->ln2, A->rstd2, A->x_mid, W->mlp_norm, N, H, (float)c->rms_norm_eps);
     OPS->gemm(BE, 0, 1, N, E, H, 1.0f, A->ln2, H, P->router, H, 0.0f, ws->r_logits, E);
-    if (W->router_bias) OPS->bias_add(BE, ws->r_logits, W->router_bias, N, E); /* gpt-oss */
+    if (P->router_b) OPS->bias_add(BE, ws->r_logits, P->router_b, N, E); /* gpt-oss */
     OPS->download(BE, ws->h_moe, ws->r_logits, (size_t)N * E * sizeof(float));
     moe_route(c, R, ws->h_moe, N);
     OPS->upload(BE, A->e_tok, R->tok, (size_t)M * sizeof(int32_t));
@@ -685,6 +692,7 @@ static void moe_backward_block(const layer_pass *P, lt_layer_acts *A) {
     OPS->upload(BE, ws->r_logits, dz, (size_t)N * E * sizeof(float));
     OPS->gemm(BE, 0, 0, N, H, E, 1.0f, ws->r_logits, E, P->router, H, 1.0f, ws->dln, H);
     if (P->d_router) OPS->gemm(BE, 1, 0, E, H, N, 1.0f, ws->r_logits, E, A->ln2, H, 1.0f, P->d_router, H);
+    if (P->d_router_b) OPS->bias_backward(BE, P->d_router_b, ws->r_logits, N, E); /* z = ln2 W^T + b */
     OPS->rmsnorm_backward(BE, ws->dres, P->G ? P->G->mlp_norm : NULL, ws->dln, A->x_mid, W->mlp_norm, A->rstd2, N, H);
 }
 

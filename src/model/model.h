@@ -128,6 +128,11 @@ static inline const float *lt_expert_bias(const lt_model_config *c, const lt_lay
 static inline const char *lt_moe_parent(const lt_model_config *c) {
     return c->arch == LT_ARCH_MIXTRAL ? "block_sparse_moe" : "mlp";
 }
+/* The router's module under the parent: "gate" (Qwen3-MoE, Mixtral), "router" (gpt-oss: weight and bias); PEFT's
+ * modules_to_save name for it (LT_SAVE_ROUTER). */
+static inline const char *lt_moe_router_name(const lt_model_config *c) {
+    return c->arch == LT_ARCH_GPT_OSS ? "router" : "gate";
+}
 static inline const char *lt_moe_proj_name(const lt_model_config *c, int k) {
     static const char *const qwen[3] = {"gate_proj", "up_proj", "down_proj"}, *const mixtral[3] = {"w1", "w3", "w2"};
     return c->arch == LT_ARCH_MIXTRAL ? mixtral[k] : qwen[k];

@@ -8,12 +8,15 @@ usage: crosscheck_full.py --lib build/libloratune.so.0 --workdir DIR [--only NAM
 Families: Llama untied and tied, Qwen2 (q/k/v biases), Qwen3 (q/k norms, explicit head_dim), Gemma (1 + w
 norms, sqrt(hidden) embedding scale, tied, GeGLU), Gemma 2 (sandwich norms, soft-capping), Gemma 3 (+ per-head
 q/k norms, local / global RoPE), SmolLM3 (NoPE layers, MLP biases), OLMo 2 (post-norms only, q/k norms over
-the whole projection), Granite (embedding / residual / attention multipliers, logits scaling). For each:
+the whole projection), Granite (embedding / residual / attention multipliers, logits scaling), Qwen3-MoE and
+Mixtral (router, experts), gpt-oss (two models of make_moe_models.py, load-balancing loss on and off: sinks,
+attention biases, the router's weight and bias, the fused experts and their biases). For each:
 N AdamW updates (lr 2e-3, eps 1e-6, weight decay 0.1 in Hugging Face Trainer's groups: transformers'
 Trainer.get_decay_parameter_names, i.e. no decay on biases and norm weights; grad clipping at 1.0;
 gradient accumulation 2 with the token-level mean over the accumulated micro-batches) in the library and
 in torch.optim.AdamW on the transformers model (float32, eager attention).
-modules_to_save (Llama untied and tied; tied with embed_tokens only too): N AdamW updates of a LoRA with
+modules_to_save (Llama untied and tied; tied with embed_tokens only too; the routers of Qwen3-MoE ["gate"] and
+gpt-oss ["router"], weight and bias, next to a LoRA on attention and the experts' down): N AdamW updates of a LoRA with
 PEFT's ModulesToSaveWrapper copies equal PEFT + torch.optim (losses 1e-5, every saved tensor 1e-4, PEFT's
 keys and config), PeftModel.from_pretrained loads ours with the same logits, the library loads PEFT's
 adapter, and the merged export equals PEFT's model in transformers (1e-4).
@@ -23,7 +26,8 @@ max|ours - torch| / max|torch| <= 1e-4; the directory loads in AutoModelForCausa
 model's logits (1e-4 relative to max|logit|); lt_adapter_load of it reproduces the saved tensors (the
 library's logits with the reloaded adapter equal torch's, 1e-4). One DPO update per family (SGD, lr 1,
 no clipping: the weight change is the gradient) against TRL's sigmoid loss with the frozen base as the
-reference: every tensor's change within 2e-4 of max|torch grad|.
+reference: every tensor's change within 2e-4 of max|torch grad|; on Qwen3-MoE and gpt-oss e5k2 also one KTO
+update and one GRPO step, each with TRL's load-balancing term.
 """
 import argparse
 import ctypes
@@ -38,7 +42,9 @@ import torch  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "..", "bindings", "python"))
+sys.path.insert(0, HERE)
 torch.set_num_threads(2)
+from make_moe_models import MODELS as MOE_MODELS  # noqa: E402  (the gpt-oss test models' configs)
 
 COMMON = dict(rms_norm_eps=1e-5, max_position_embeddings=128, bos_token_id=1, eos_token_id=2, pad_token_id=0)
 # name -> (config class, kwargs, seed); small enough for seconds per case, shapes that make mistakes show
@@ -86,6 +92,12 @@ MODELS = {
     "mixtral": ("MixtralConfig", dict(vocab_size=75, hidden_size=32, intermediate_size=24, num_hidden_layers=2,
                                       num_attention_heads=4, num_key_value_heads=2, num_local_experts=3,
                                       num_experts_per_tok=2, tie_word_embeddings=False), 9112),
+    # gpt-oss, the configs of two test models of make_moe_models.py: every parameter trained, the attention sinks,
+    # the q / k / v / o biases, the router's weight and bias and the experts' biases included (torch: the fused
+    # (in, out) experts.gate_up_proj with gate / up in alternate columns); e5k2 with the load-balancing loss in
+    # the loss (coefficient 0.3), e7k4 without it (output_router_logits off; TRL's objectives still add it)
+    "gptoss-e5k2": ("GptOssConfig", MOE_MODELS["gptoss-e5k2"][1], 9113),
+    "gptoss-e7k4": ("GptOssConfig", {**MOE_MODELS["gptoss-e7k4"][1], "output_router_logits": False}, 9114),
 }
 B, T = 2, 9
 ACCUM = 2
@@ -615,12 +627,12 @@ def main():
         f += check_dpo(os.path.abspath(args.lib), name, args.workdir)
         if name in ("llama", "llama-tied"):
             f += check_mts(os.path.abspath(args.lib), name, args.workdir, args.steps)
-        if name == "qwen3moe":  # KTO and GRPO with the aux loss
+        if name in ("qwen3moe", "gptoss-e5k2"):  # KTO and GRPO with the aux loss
             f += check_dpo(os.path.abspath(args.lib), name, args.workdir, "kto")
             f += check_grpo(os.path.abspath(args.lib), name, args.workdir)
-        if name == "qwen3moe":  # the routers trained next to a LoRA on attention and the experts' down
-            f += check_mts(os.path.abspath(args.lib), name, args.workdir, 2, ("gate",), ("q_proj", "v_proj"),
-                           ["mlp.experts.down_proj"])
+        if name in ("qwen3moe", "gptoss-e5k2"):  # the routers trained next to a LoRA on attention and experts' down
+            f += check_mts(os.path.abspath(args.lib), name, args.workdir, 2, ("router" if "gptoss" in name else "gate",),
+                           ("q_proj", "v_proj"), ["mlp.experts.down_proj"])
         if name == "llama-tied":  # one trained copy: the merged model must be untied
             f += check_mts(os.path.abspath(args.lib), name, args.workdir, 2, ("embed_tokens",))
         fails += [f"{name}: {x}" for x in f]

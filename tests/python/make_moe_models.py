@@ -19,8 +19,9 @@ For each model NAME below this writes OUTDIR/NAME/ (the layout of make_family_mo
                                    grad.<PEFT key> (d loss / d LoRA weight)
   lora/generate.safetensors        PeftModel.generate(do_sample=False) of each prompt alone (EOS disabled)
   router/adapter/, router/grads.safetensors (the models of ROUTER only): the same LoRA plus
-                                   modules_to_save=["gate"] (PEFT's trainable copy of every MoE layer's router,
-                                   moved away from the base), its gradients too: grad.<PEFT's saved key>;
+                                   modules_to_save=["gate"] (gpt-oss: ["router"], a GptOssTopKRouter: weight
+                                   and bias) (PEFT's trainable copy of every MoE layer's router, moved away
+                                   from the base), its gradients too: grad.<PEFT's saved key>;
                                    router/grads_noaux.safetensors the same with output_router_logits false
                                    (the loss without the load-balancing term)
 
@@ -129,9 +130,9 @@ MODELS = {
 }
 
 
-# the models whose router is trained too (modules_to_save "gate"), each with and without the aux loss in the
-# loss (top-1 renormalised models are left out: their routing weights are 1, the router's gradient 0)
-ROUTER = ("qwen3moe-e5k2", "mixtral-e3k2")
+# the models whose router is trained too (modules_to_save "gate", gpt-oss "router"), each with and without the aux
+# loss in the loss (top-1 renormalised models are left out: their routing weights are 1, the router's gradient 0)
+ROUTER = ("qwen3moe-e5k2", "mixtral-e3k2", "gptoss-e5k2")
 
 
 def route_counts(m, ids):
@@ -227,14 +228,15 @@ def generate(name, outdir):
     if name in ROUTER:
         router_goldens(d, lc, seed, ids, labels, gold["n_tokens"])
     print(f"{name}: loss={float(gold['loss']):.5f} aux={float(gold['aux_loss']):.5f} "
-          f"lora_loss={float(lg_out['loss']):.5f} unused experts={int((gold['counts'] == 0).sum())} "
+          f"lora_loss={float(lg_out['loss']):.5f} (layer, expert) pairs without a token="
+          f"{int((gold['counts'] == 0).sum())}/{gold['counts'].numel()} "
           f"generate margin={margin:.2e} ({time.time() - t0:.1f}s)", flush=True)
 
 
 def router_goldens(d, lc, seed, ids, labels, n_tokens):
-    """PEFT's LoRA of lc plus modules_to_save=["gate"]: the routers are trainable copies (moved off the base so
-    that a loader reading the base's router fails), saved by peft; the gradients of every trainable tensor
-    (LoRA and routers) under PEFT's saved keys."""
+    """PEFT's LoRA of lc plus modules_to_save=["gate"] (gpt-oss: ["router"], weight and bias): the routers are
+    trainable copies (moved off the base so that a loader reading the base's router fails), saved by peft; the
+    gradients of every trainable tensor (LoRA and routers) under PEFT's saved keys."""
     import copy
     from peft import get_peft_model
     from peft.utils import get_peft_model_state_dict
@@ -243,7 +245,8 @@ def router_goldens(d, lc, seed, ids, labels, n_tokens):
 
     m = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32, attn_implementation="eager")
     lc = copy.deepcopy(lc)
-    lc.modules_to_save = ["gate"]
+    router = "router" if m.config.model_type == "gpt_oss" else "gate"
+    lc.modules_to_save = [router]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         pm = get_peft_model(m, lc)
@@ -256,7 +259,7 @@ def router_goldens(d, lc, seed, ids, labels, n_tokens):
     train = [(n_, p) for n_, p in pm.named_parameters() if p.requires_grad]
     keys = {n_: n_.replace(".default", "").replace(".modules_to_save", "") for n_, _ in train}
     assert all(k in sd for k in keys.values()), sorted(set(keys.values()) - set(sd))
-    assert any(".mlp.gate." in k for k in keys.values())
+    assert any(f".mlp.{router}." in k for k in keys.values())
     assert pm.config.output_router_logits
     with torch.no_grad():
         aux = pm(input_ids=ids, output_router_logits=True).aux_loss

@@ -637,8 +637,8 @@ class Adapter(_Handle):
                modules_to_save: Iterable[str] = ()) -> "Adapter":
         """A new adapter; arguments left at None take the library's defaults (lt_adapter_params_init).
         full_finetune=True trains every base weight (a Hugging Face model directory on save);
-        modules_to_save: trainable copies of "embed_tokens", "lm_head" and/or "gate" (the routers of an MoE model)
-        next to the LoRA (PEFT)."""
+        modules_to_save: trainable copies of "embed_tokens", "lm_head" and/or "gate" (the routers of an MoE model;
+        "router", gpt-oss's name for it, is the same) next to the LoRA (PEFT)."""
         lib = L.lib()
         p = L.init_struct(lib.lt_adapter_params_init, L.lt_adapter_params)
         if rank is not None:
@@ -656,7 +656,8 @@ class Adapter(_Handle):
         if seed is not None:
             p.seed = int(seed)
         p.full_finetune = int(bool(full_finetune))
-        bits = {"embed_tokens": 1, "lm_head": 2, "gate": 4}  # LT_SAVE_EMBED_TOKENS, LT_SAVE_LM_HEAD, LT_SAVE_ROUTER
+        # LT_SAVE_EMBED_TOKENS, LT_SAVE_LM_HEAD, LT_SAVE_ROUTER (PEFT's module name: gate; gpt-oss: router)
+        bits = {"embed_tokens": 1, "lm_head": 2, "gate": 4, "router": 4}
         for name in modules_to_save:
             if name not in bits:
                 raise ValueError(f"modules_to_save: {name!r} is not one of {sorted(bits)}")

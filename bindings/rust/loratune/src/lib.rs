@@ -392,7 +392,7 @@ impl ModulesToSave {
     pub const NONE: ModulesToSave = ModulesToSave(0);
     pub const EMBED_TOKENS: ModulesToSave = ModulesToSave(sys::LT_SAVE_EMBED_TOKENS);
     pub const LM_HEAD: ModulesToSave = ModulesToSave(sys::LT_SAVE_LM_HEAD);
-    /// "gate": the router of every mixture-of-experts layer
+    /// "gate": the router of every mixture-of-experts layer (gpt-oss's "router": weight and bias)
     pub const ROUTER: ModulesToSave = ModulesToSave(sys::LT_SAVE_ROUTER);
 }
 
