@@ -675,21 +675,30 @@ def gemma3_layout(args, lib):
     for f in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(os.path.join(src, f), d)
     m, V = lib.model(d)
+    path = os.path.join(work, "gemma3-layout.gguf")
+    if export_f32(lib, m, path, "gemma3 layout"):
+        _, kv, _ = read_gguf(path)
+        pattern = [bool(x) for x in kv.get("gemma3.attention.sliding_window_pattern", [])]
+        check(pattern == [True, False, True], f"gemma3 layout: gemma3.attention.sliding_window_pattern = {pattern}")
+        check_f32_logits(args, lib, m, V, path, "gemma3 layout", 9200, TOL_F32_GELU)
+    lib.lib.lt_model_free(m)
+
+
+def export_f32(lib, m, path, what):
+    """lt_model_export_gguf of m (no adapter) as an f32 file; a check that it succeeded"""
     gp = lib.L.init_struct(lib.lib.lt_gguf_params_init, lib.L.lt_gguf_params)
     gp.dtype = 0  # LT_GGUF_DTYPE_F32
-    path = os.path.join(work, "gemma3-layout.gguf")
     st = lib.lib.lt_model_export_gguf(m, None, path.encode(), ctypes.byref(gp))
-    if not check(st == 0, f"gemma3 layout: exported ({lib.status_name(st)})"):
-        return
-    _, kv, _ = read_gguf(path)
-    pattern = [bool(x) for x in kv.get("gemma3.attention.sliding_window_pattern", [])]
-    check(pattern == [True, False, True], f"gemma3 layout: gemma3.attention.sliding_window_pattern = {pattern}")
-    ids = [int(x) for x in np.random.default_rng(9200).integers(0, V, 40)]
-    lg = os.path.join(work, "gemma3-layout-logits.bin")
+    return check(st == 0, f"{what}: exported ({lib.status_name(st)}: {lib.lib.lt_model_last_error(m).decode()})")
+
+
+def check_f32_logits(args, lib, m, V, path, what, seed, tol):
+    """llama.cpp's logits of the f32 file at path vs ours (m) on 40 random ids"""
+    ids = [int(x) for x in np.random.default_rng(seed).integers(0, V, 40)]
+    lg = path + ".logits.bin"
     oracle(args, path, "--ctx", "64", "--ids", ",".join(map(str, ids)), "--logits-out", lg)
     r = rel(np.fromfile(lg, dtype=np.float32).reshape(40, -1)[:, :V], lib.logits(m, V, None, ids))
-    check(r <= TOL_F32_GELU, f"gemma3 layout: base f32 logits, llama.cpp vs ours: {r:.2e} (<= {TOL_F32_GELU})")
-    lib.lib.lt_model_free(m)
+    check(r <= tol, f"{what}: base f32 logits, llama.cpp vs ours: {r:.2e} (<= {tol})")
 
 
 def gptoss_mxfp4(args, lib):
@@ -718,11 +727,8 @@ def gptoss_mxfp4(args, lib):
     for f in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(os.path.join(src, f), d)
     m, V = lib.model(d)
-    gp = lib.L.init_struct(lib.lib.lt_gguf_params_init, lib.L.lt_gguf_params)
-    gp.dtype = 0  # LT_GGUF_DTYPE_F32
     path = os.path.join(work, "gptoss-mxfp4.gguf")
-    st = lib.lib.lt_model_export_gguf(m, None, path.encode(), ctypes.byref(gp))
-    if not check(st == 0, f"gptoss-mxfp4: exported ({lib.status_name(st)}: {lib.lib.lt_model_last_error(m).decode()})"):
+    if not export_f32(lib, m, path, "gptoss-mxfp4"):
         return
     _, _, ts = read_gguf(path)
     lut = torch.tensor(FP4, dtype=torch.float32)
@@ -740,11 +746,7 @@ def gptoss_mxfp4(args, lib):
                 bad.append(f"blk.{lyr}.{nm}")
     check(not bad, f"gptoss-mxfp4: f32 expert tensors = the MXFP4 blocks dequantized, gate / up rows split"
                    f"{': ' + ', '.join(bad) if bad else ''}")
-    ids = [int(x) for x in np.random.default_rng(9300).integers(0, V, 40)]
-    lg = os.path.join(work, "gptoss-mxfp4-logits.bin")
-    oracle(args, path, "--ctx", "64", "--ids", ",".join(map(str, ids)), "--logits-out", lg)
-    r = rel(np.fromfile(lg, dtype=np.float32).reshape(40, -1)[:, :V], lib.logits(m, V, None, ids))
-    check(r <= TOL_F32, f"gptoss-mxfp4: base f32 logits, llama.cpp vs ours: {r:.2e} (<= {TOL_F32})")
+    check_f32_logits(args, lib, m, V, path, "gptoss-mxfp4", 9300, TOL_F32)
     lib.lib.lt_model_free(m)
 
 
