@@ -133,7 +133,7 @@ FAMILIES = [
                                     rope_parameters=dict(rope_type="yarn", rope_theta=10000.0, factor=4.0,
                                                          beta_fast=32.0, beta_slow=1.0, truncate=True,
                                                          original_max_position_embeddings=16)),
-     "qwen", ["--targets", "q_proj,k_proj,v_proj,o_proj"], 40, 64, "qwen2"),
+     "o200k", ["--targets", "q_proj,k_proj,v_proj,o_proj"], 40, 64, "gpt-4o"),
     # 5 experts top-4, GQA 4:1, layer types full / sliding (window 5: the bool array), YaRN with its own
     # attention_factor; the LoRA on q, v and every expert: merged only (llama.cpp's LoRA converter has no gpt-oss
     # expert LoRA, the gguf-lora export is refused)
@@ -144,7 +144,7 @@ FAMILIES = [
                                                             beta_fast=32.0, beta_slow=1.0, truncate=True,
                                                             attention_factor=1.3,
                                                             original_max_position_embeddings=32)),
-     "qwen", ["--targets", "q_proj,v_proj,experts"], 40, 64, "qwen2"),
+     "o200k", ["--targets", "q_proj,v_proj,experts"], 40, 64, "gpt-4o"),
 ]
 NO_GGUF_LORA = ("gptoss-k4",)  # its adapter trains the experts: refused as gguf-lora (checked), merged only
 PERMUTED = ("llama", "mistral", "mixtral", "smollm3", "granite")  # LlamaModel's q/k permutation in the converter
