@@ -226,7 +226,7 @@ def make_family(work, name, cls, kw, tok, seed):
                 p.copy_(torch.rand_like(p) * 0.5 + (0.0 if "gemma" in name else 0.75))
             if nme.endswith("self_attn.sinks"):  # gpt-oss: sinks that take a real share of each softmax
                 p.normal_(0, 1)
-            if nme.endswith("mlp.experts.gate_up_proj"):  # gpt-oss: gate / up beyond the clamps at 7
+            if cls == "GptOssConfig" and nme.endswith("mlp.experts.gate_up_proj"):  # beyond the clamps at 7
                 p.mul_(3)
     m.save_pretrained(d, safe_serialization=True)
     # the same model with f16- and bf16-rounded weights (what our f16 / bf16 GGUF holds): the reference of those
