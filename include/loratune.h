@@ -786,6 +786,12 @@ typedef struct lt_gguf_params {
     const lt_tokenizer *tokenizer; /* NULL (default): tokenizer.json (+ tokenizer_config.json) of the  */
                                    /* model's directory                                              */
     const char *name;              /* general.name; NULL (default): the model directory's name        */
+    /* appended in 0.1 (after name): 1 also writes a model that llama.cpp computes only approximately, as
+     * llama.cpp's converter writes it. Today one case: YaRN with rope_parameters truncate false (gpt-oss's
+     * released checkpoints), whose correction range llama.cpp rounds to whole dimensions (gpt-oss-20b: 9 of
+     * its 32 RoPE frequencies differ from transformers', as in llama.cpp's own GGUF of it). 0 (default):
+     * LT_ERR_UNSUPPORTED naming it. */
+    int allow_approximate;
 } lt_gguf_params;
 
 LT_API void lt_gguf_params_init(lt_gguf_params *params, size_t size);

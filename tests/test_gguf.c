@@ -477,6 +477,21 @@ START_TEST(test_export_gemma_norms) {
 }
 END_TEST
 
+static uint32_t kv_u32(const lt_gguf_file *f, const char *key) {
+    const lt_gguf_kv *kv = lt_gguf_find_kv(f, key);
+    ck_assert_msg(kv != NULL, "%s missing", key);
+    uint32_t v;
+    memcpy(&v, kv->data, 4);
+    return v;
+}
+
+/* cfg with the first `from` replaced by `to` */
+static void cfg_with(char *out, size_t len, const char *cfg, const char *from, const char *to) {
+    const char *at = strstr(cfg, from);
+    ck_assert_ptr_nonnull(at);
+    snprintf(out, len, "%.*s%s%s", (int)(at - cfg), cfg, to, at + strlen(from));
+}
+
 /* Qwen3-MoE: each projection of all experts stacked as ffn_*_exps (E, out, in), the router in F32, the
  * expert LoRA as 3-D lora_a / lora_b (gate_up_proj's A twice, its B split), and the refused layouts. */
 static const char *const QWEN3MOE_CFG =
@@ -496,13 +511,9 @@ START_TEST(test_export_moe) {
     char *buf;
     lt_gguf_file *f = export_read(m, LT_GGUF_DTYPE_F32, path, &buf);
     ck_assert_str_eq(lt_gguf_find_kv(f, "general.architecture")->strs[0], "qwen3moe");
-    uint32_t v;
-    memcpy(&v, lt_gguf_find_kv(f, "qwen3moe.expert_count")->data, 4);
-    ck_assert_uint_eq(v, E);
-    memcpy(&v, lt_gguf_find_kv(f, "qwen3moe.expert_used_count")->data, 4);
-    ck_assert_uint_eq(v, 2);
-    memcpy(&v, lt_gguf_find_kv(f, "qwen3moe.expert_feed_forward_length")->data, 4);
-    ck_assert_uint_eq(v, MI);
+    ck_assert_uint_eq(kv_u32(f, "qwen3moe.expert_count"), E);
+    ck_assert_uint_eq(kv_u32(f, "qwen3moe.expert_used_count"), 2);
+    ck_assert_uint_eq(kv_u32(f, "qwen3moe.expert_feed_forward_length"), MI);
     const lt_gguf_tensor *t = lt_gguf_find_tensor(f, "blk.1.ffn_up_exps.weight");
     ck_assert_ptr_nonnull(t);
     ck_assert_int_eq(t->n_dims, 3);
@@ -570,13 +581,147 @@ START_TEST(test_export_moe) {
                             {"\"norm_topk_prob\": true", "\"norm_topk_prob\": false"}};
     for (int i = 0; i < 2; i++) {
         char cfg[1024], d2[96];
-        const char *at = strstr(QWEN3MOE_CFG, bad[i][0]);
-        snprintf(cfg, sizeof cfg, "%.*s%s%s", (int)(at - QWEN3MOE_CFG), QWEN3MOE_CFG, bad[i][1],
-                 at + strlen(bad[i][0]));
+        cfg_with(cfg, sizeof cfg, QWEN3MOE_CFG, bad[i][0], bad[i][1]);
         snprintf(d2, sizeof d2, "%s/bad%d", dir, i);
         m = random_model(ctx, cfg, d2);
         ck_assert_int_eq(lt_model_export_gguf(m, NULL, path, NULL), LT_ERR_UNSUPPORTED);
         ck_assert_ptr_nonnull(strstr(lt_model_last_error(m), i ? "norm_topk_prob" : "every layer"));
+        lt_model_free(m);
+    }
+    lt_context_free(ctx);
+}
+END_TEST
+
+/* gpt-oss: the fused (in, out) gate_up_proj as ffn_gate_exps / ffn_up_exps (E, I, H) of each expert's gate and up
+ * rows, its bias split likewise (the converter's even / odd columns), the sinks, the biases in F32, the YaRN and
+ * sliding-window keys; the refused constants and the refused expert LoRA. */
+static const char *const GPTOSS_CFG =
+    "{\"architectures\": [\"GptOssForCausalLM\"], \"vocab_size\": 260, \"hidden_size\": 32, "
+    "\"intermediate_size\": 16, \"num_local_experts\": 3, \"num_experts_per_tok\": 2, \"num_hidden_layers\": 3, "
+    "\"num_attention_heads\": 4, \"num_key_value_heads\": 2, \"head_dim\": 8, \"sliding_window\": 4, "
+    "\"max_position_embeddings\": 64, \"rope_parameters\": {\"rope_type\": \"yarn\", \"rope_theta\": 10000.0, "
+    "\"factor\": 4.0, \"beta_fast\": 32.0, \"beta_slow\": 1.0, \"truncate\": true, "
+    "\"original_max_position_embeddings\": 16}, \"bos_token_id\": 256, \"eos_token_id\": 257}";
+
+START_TEST(test_export_gptoss) {
+    lt_context *ctx = tu_context();
+    char dir[64], path[128];
+    tu_tempdir(dir, sizeof dir);
+    lt_model *m = random_model(ctx, GPTOSS_CFG, dir);
+    enum { E = 3, H = 32, MI = 16, NH = 4 };
+    snprintf(path, sizeof path, "%s/m.gguf", dir);
+    char *buf;
+    lt_gguf_file *f = export_read(m, LT_GGUF_DTYPE_F32, path, &buf);
+    ck_assert_str_eq(lt_gguf_find_kv(f, "general.architecture")->strs[0], "gpt-oss");
+    ck_assert_uint_eq(kv_u32(f, "gpt-oss.expert_count"), E);
+    ck_assert_uint_eq(kv_u32(f, "gpt-oss.expert_feed_forward_length"), MI);
+    ck_assert_uint_eq(kv_u32(f, "gpt-oss.attention.sliding_window"), 4);
+    ck_assert_uint_eq(kv_u32(f, "gpt-oss.rope.scaling.original_context_length"), 16);
+    ck_assert_str_eq(lt_gguf_find_kv(f, "gpt-oss.rope.scaling.type")->strs[0], "yarn");
+    ck_assert_ptr_null(lt_gguf_find_kv(f, "gpt-oss.attention.sliding_window_pattern")); /* sliding, full, sliding */
+    ck_assert_ptr_null(lt_gguf_find_kv(f, "gpt-oss.rope.scaling.attn_factor"));         /* the default */
+    float W[MI * H], bias[E * 2 * MI + E * H];
+    lt_error err = {0};
+    m->be->ops->download(m->be, bias, m->layers[2].expert_bias, sizeof bias);
+    for (int p = P_GATE; p <= P_DOWN; p++) {
+        static const char *const names[] = {"blk.2.ffn_gate_exps", "blk.2.ffn_up_exps", "blk.2.ffn_down_exps"};
+        char tn[64];
+        snprintf(tn, sizeof tn, "%s.weight", names[p - P_GATE]);
+        const lt_gguf_tensor *t = lt_gguf_find_tensor(f, tn);
+        const int out = p == P_DOWN ? H : MI, in = p == P_DOWN ? MI : H;
+        ck_assert_msg(t && t->n_dims == 3 && t->ne[0] == in && t->ne[1] == out && t->ne[2] == E, "%s", tn);
+        for (int e = 0; e < E; e++) { /* expert e's (out, in) matrix at index e of ne[2] */
+            ck_assert_int_eq(lt_weight_download(m, lt_expert_w(&m->layers[2], e, (lt_proj)p), W, out, in, &err), LT_OK);
+            ck_assert(!memcmp((const float *)t->data + (size_t)e * out * in, W, (size_t)out * in * sizeof *W));
+        }
+        snprintf(tn, sizeof tn, "%s.bias", names[p - P_GATE]);
+        t = lt_gguf_find_tensor(f, tn);
+        ck_assert_msg(t && t->n_dims == 2 && t->ne[0] == out && t->ne[1] == E && t->type == LT_GGML_F32, "%s", tn);
+        for (int e = 0; e < E; e++) {
+            const float *want =
+                bias + (lt_expert_bias(&m->cfg, &m->layers[2], e, (lt_proj)p) - m->layers[2].expert_bias);
+            ck_assert(!memcmp((const float *)t->data + (size_t)e * out, want, (size_t)out * sizeof(float)));
+        }
+    }
+    const lt_gguf_tensor *t = lt_gguf_find_tensor(f, "blk.1.attn_sinks.weight");
+    ck_assert(t && t->n_dims == 1 && t->ne[0] == NH);
+    float sinks[NH];
+    m->be->ops->download(m->be, sinks, m->layers[1].sinks, sizeof sinks);
+    ck_assert(!memcmp(t->data, sinks, sizeof sinks));
+    static const char *const present[] = {"blk.0.attn_output.bias",           "blk.0.attn_q.bias",
+                                          "blk.0.ffn_gate_inp.bias",          "blk.0.ffn_gate_inp.weight",
+                                          "blk.0.post_attention_norm.weight", "output.weight"};
+    for (size_t i = 0; i < sizeof present / sizeof *present; i++)
+        ck_assert_msg(lt_gguf_find_tensor(f, present[i]) != NULL, "%s", present[i]);
+    ck_assert_ptr_null(lt_gguf_find_tensor(f, "blk.0.ffn_norm.weight"));
+    lt_gguf_file_free(f);
+    free(buf);
+    /* f16: biases (2-D too), sinks, the router stay F32 */
+    f = export_read(m, LT_GGUF_DTYPE_F16, path, &buf);
+    ck_assert_int_eq(lt_gguf_find_tensor(f, "blk.0.ffn_up_exps.bias")->type, LT_GGML_F32);
+    ck_assert_int_eq(lt_gguf_find_tensor(f, "blk.0.ffn_gate_inp.weight")->type, LT_GGML_F32);
+    ck_assert_int_eq(lt_gguf_find_tensor(f, "blk.0.ffn_up_exps.weight")->type, LT_GGML_F16);
+    lt_gguf_file_free(f);
+    free(buf);
+    /* the adapter: attention only is written, a LoRA on the experts refused (no llama.cpp converter for it) */
+    lt_adapter_params ap;
+    lt_adapter_params_init(&ap, sizeof ap);
+    ap.rank = 2;
+    ap.alpha = 4;
+    ap.targets = LT_TARGET_Q | LT_TARGET_V;
+    lt_adapter *a = NULL;
+    ck_assert_msg(lt_adapter_create(m, &ap, &a) == LT_OK, "%s", lt_model_last_error(m));
+    snprintf(path, sizeof path, "%s/a.gguf", dir);
+    ck_assert_msg(lt_adapter_export_gguf(a, path, NULL) == LT_OK, "%s", lt_adapter_last_error(a));
+    f = read_gguf(path, &buf);
+    ck_assert_int_eq(f->n_tensors, 3 * 2 * 2);
+    ck_assert_ptr_nonnull(lt_gguf_find_tensor(f, "blk.2.attn_v.weight.lora_b"));
+    lt_gguf_file_free(f);
+    free(buf);
+    lt_adapter_free(a);
+    ap.targets = LT_TARGET_Q | LT_TARGET_EXPERTS;
+    ck_assert_msg(lt_adapter_create(m, &ap, &a) == LT_OK, "%s", lt_model_last_error(m));
+    ck_assert_int_eq(lt_adapter_export_gguf(a, path, NULL), LT_ERR_UNSUPPORTED);
+    ck_assert_ptr_nonnull(strstr(lt_adapter_last_error(a), "convert_lora_to_gguf"));
+    lt_adapter_free(a);
+    lt_model_free(m);
+    /* layer types other than llama.cpp's default: the bool array */
+    char cfg[1024], d2[96];
+    cfg_with(cfg, sizeof cfg, GPTOSS_CFG, "\"sliding_window\": 4, ",
+             "\"sliding_window\": 4, \"layer_types\": [\"full_attention\", \"sliding_attention\", "
+             "\"sliding_attention\"], ");
+    snprintf(d2, sizeof d2, "%s/layout", dir);
+    m = random_model(ctx, cfg, d2);
+    f = export_read(m, LT_GGUF_DTYPE_F32, path, &buf);
+    const lt_gguf_kv *kv = lt_gguf_find_kv(f, "gpt-oss.attention.sliding_window_pattern");
+    ck_assert(kv && kv->n == 3 && !memcmp(kv->data, "\0\1\1", 3));
+    lt_gguf_file_free(f);
+    free(buf);
+    lt_model_free(m);
+    /* what llama.cpp hard-codes */
+    const char *bad[][3] = {
+        {"\"sliding_window\": 4, ", "\"sliding_window\": 4, \"swiglu_limit\": 0.5, ", "swiglu_limit 7"},
+        {"\"truncate\": true", "\"truncate\": false", "truncate false"},
+        {"\"beta_fast\": 32.0", "\"beta_fast\": 8.0", "beta_fast 32"}};
+    for (int i = 0; i < 3; i++) {
+        cfg_with(cfg, sizeof cfg, GPTOSS_CFG, bad[i][0], bad[i][1]);
+        snprintf(d2, sizeof d2, "%s/bad%d", dir, i);
+        m = random_model(ctx, cfg, d2);
+        ck_assert_int_eq(lt_model_export_gguf(m, NULL, path, NULL), LT_ERR_UNSUPPORTED);
+        ck_assert_msg(strstr(lt_model_last_error(m), bad[i][2]) != NULL, "%s", lt_model_last_error(m));
+        /* allow_approximate writes only what llama.cpp computes approximately: YaRN's rounded range */
+        lt_gguf_params gp;
+        lt_gguf_params_init(&gp, sizeof gp);
+        gp.allow_approximate = 1;
+        ck_assert_int_eq(lt_model_export_gguf(m, NULL, path, &gp), i == 1 ? LT_OK : LT_ERR_UNSUPPORTED);
+        if (i == 1) {
+            buf = NULL;
+            f = read_gguf(path, &buf);
+            const lt_gguf_kv *y = lt_gguf_find_kv(f, "gpt-oss.rope.scaling.type");
+            ck_assert(y && y->strs && !strcmp(y->strs[0], "yarn"));
+            lt_gguf_file_free(f);
+            free(buf);
+        }
         lt_model_free(m);
     }
     lt_context_free(ctx);
@@ -594,6 +739,7 @@ int main(void) {
     tcase_add_test(tc, test_export_llama);
     tcase_add_test(tc, test_export_gemma_norms);
     tcase_add_test(tc, test_export_moe);
+    tcase_add_test(tc, test_export_gptoss);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

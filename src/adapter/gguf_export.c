@@ -9,15 +9,21 @@
  * against the converter's own output and against llama.cpp running the files:
  *  - names: token_embd, blk.N.{attn_norm, attn_q|k|v|output (attn_qkv: Phi-3), attn_q_norm, attn_k_norm,
  *    ffn_norm, ffn_gate|up|down (ffn_up = gate|up: Phi-3), post_attention_norm, post_ffw_norm (Gemma 2 / 3,
- *    OLMo 2), ffn_gate_inp (the router), ffn_gate|up|down_exps (every expert's projection stacked,
- *    (E, out, in))}, output_norm, output (absent when tied);
+ *    OLMo 2; gpt-oss: the MLP's norm), ffn_gate_inp (the router), ffn_gate|up|down_exps (every expert's
+ *    projection stacked, (E, out, in)), gpt-oss's attn_sinks, attn_output.bias, ffn_gate_inp.bias and
+ *    ffn_*_exps.bias (its (in, out) gate_up_proj transposed and split: gate the even, up the odd columns)},
+ *    output_norm, output (absent when tied);
  *  - Llama / Mistral / Mixtral / SmolLM3 / Granite: q_proj and k_proj rows permuted for llama.cpp's RoPE (pairs
  *    (i, i + d/2) of each head become adjacent); the others use NeoX-style RoPE and are written as they are;
  *  - Gemma, Gemma 2, Gemma 3: every norm weight is written as 1 + w (llama.cpp's RMSNorm multiplies by it);
- *  - 1-D tensors, norms and the router stay F32 whatever the requested type; Q8_0 falls back to F16 for a
+ *  - 1-D tensors, norms, biases and the router stay F32 whatever the requested type; Q8_0 falls back to F16 for a
  *    tensor whose rows are not a multiple of 32 values (as the converter does);
  *  - what llama.cpp hard-codes and a model may not match (SmolLM3's NoPE every 4th layer, experts in every
- *    layer, Gemma's query scale) is checked and refused with LT_ERR_UNSUPPORTED naming it;
+ *    layer, Gemma's query scale, gpt-oss's SwiGLU constants and YaRN betas / rounding) is checked and refused
+ *    with LT_ERR_UNSUPPORTED naming it; a sliding-window layout other than llama.cpp's default is written as
+ *    the per-layer bool array (Gemma 3, gpt-oss);
+ *  - gpt-oss YaRN: rope.scaling.{type, factor, original_context_length} (and attn_factor when the model's
+ *    attention_factor is not the default);
  *  - Llama 3 RoPE: the rope_freqs tensor of frequency divisors; Phi-3 longrope: rope_factors_long/short.
  */
 #include <math.h>
@@ -57,7 +63,7 @@ static const char *arch_name(const lt_model_config *c) {
     case LT_ARCH_SMOLLM3: return "smollm3";
     case LT_ARCH_OLMO2: return "olmo2";
     case LT_ARCH_GRANITE: return "granite";
-    case LT_ARCH_GPT_OSS: return NULL; /* sinks, biases, clamped SwiGLU: not written yet */
+    case LT_ARCH_GPT_OSS: return "gpt-oss"; /* llama.cpp's LLM_ARCH_OPENAI_MOE */
     }
     return NULL;
 }
@@ -69,16 +75,17 @@ static int permutes_qk(const lt_model_config *c) {
            c->arch == LT_ARCH_SMOLLM3 || c->arch == LT_ARCH_GRANITE;
 }
 
-/* Gemma 3: llama.cpp's default sliding-window layout (load_swa_pattern(ml, 6): layer l slides when l % 6 < 5,
- * transformers' default layer_types); another layout is written as the per-layer bool array */
-static int gemma3_default_pattern(const lt_model_config *c) {
+/* llama.cpp's default sliding-window layout of a period (load_swa_pattern(ml, period): layer l slides when
+ * l % period < period - 1; transformers' default layer_types of Gemma 3 (6) and gpt-oss (2)); another layout is
+ * written as the per-layer bool array */
+static int default_swa_pattern(const lt_model_config *c, int period) {
     for (int l = 0; l < c->num_hidden_layers && l < LT_CONFIG_MAX_LAYERS; l++)
-        if (c->layer_sliding[l] != (l % 6 < 5)) return 0;
+        if (c->layer_sliding[l] != (l % period < period - 1)) return 0;
     return 1;
 }
 
 /* What llama.cpp cannot express for this model (LT_ERR_UNSUPPORTED with the reason). */
-static lt_status check_family(const lt_model_config *c, int untie, lt_error *err) {
+static lt_status check_family(const lt_model_config *c, int untie, int approximate, lt_error *err) {
     if (!arch_name(c)) return lt_fail(err, LT_ERR_ARCH, "GGUF: no llama.cpp architecture for %s", c->architecture);
     if ((c->arch == LT_ARCH_GEMMA || c->arch == LT_ARCH_GEMMA2) && (!c->tie_word_embeddings || untie))
         return lt_fail(err, LT_ERR_UNSUPPORTED,
@@ -99,6 +106,39 @@ static lt_status check_family(const lt_model_config *c, int untie, lt_error *err
     }
     if (c->arch == LT_ARCH_GEMMA3 && c->attn_logit_softcapping > 0)
         return lt_fail(err, LT_ERR_UNSUPPORTED, "GGUF: llama.cpp's gemma3 has no attention logit softcapping");
+    if (c->arch == LT_ARCH_GPT_OSS) { /* what openai-moe.cpp, build_moe_ffn and ggml's YaRN hard-code */
+        if (fabs(c->swiglu_alpha - 1.702) > 1e-9 || fabs(c->swiglu_limit - 7.0) > 1e-9)
+            return lt_fail(err, LT_ERR_UNSUPPORTED,
+                           "GGUF: llama.cpp's gpt-oss hard-codes swiglu_alpha 1.702 and swiglu_limit 7; this model "
+                           "has %g and %g",
+                           c->swiglu_alpha, c->swiglu_limit);
+        if (c->rope_type != LT_ROPE_DEFAULT && c->rope_type != LT_ROPE_YARN)
+            return lt_fail(err, LT_ERR_UNSUPPORTED, "GGUF: llama.cpp's gpt-oss scales RoPE by YaRN or not at all");
+        if (c->rope_type == LT_ROPE_YARN && !c->rope_truncate && !approximate)
+            return lt_fail(err, LT_ERR_UNSUPPORTED,
+                           "GGUF: llama.cpp's YaRN rounds the correction range to whole dimensions (floor / ceil: "
+                           "rope_parameters truncate true); this model's YaRN has truncate false, so a few RoPE "
+                           "frequencies would differ (lt_gguf_params.allow_approximate / loratune export "
+                           "--allow-approximate writes it anyway, as llama.cpp's converter does)");
+        if (c->rope_type == LT_ROPE_YARN && (c->rope_beta_fast != 32 || c->rope_beta_slow != 1))
+            return lt_fail(err, LT_ERR_UNSUPPORTED,
+                           "GGUF: llama.cpp's gpt-oss YaRN uses beta_fast 32 and beta_slow 1 (it reads neither from "
+                           "the file); this model has %g and %g",
+                           c->rope_beta_fast, c->rope_beta_slow);
+        if (c->rot_dim != c->head_dim)
+            return lt_fail(err, LT_ERR_UNSUPPORTED,
+                           "GGUF: llama.cpp's gpt-oss rotates the whole head (partial_rotary_factor 1)");
+        if (c->bias_mask != 0xFu || !c->moe_bias || !c->attn_sinks)
+            return lt_fail(err, LT_ERR_UNSUPPORTED,
+                           "GGUF: llama.cpp's gpt-oss needs the q, k, v, o biases (attention_bias true), the router "
+                           "and expert biases and the sinks");
+        if (c->n_sliding_layers == 0)
+            return lt_fail(err, LT_ERR_UNSUPPORTED,
+                           "GGUF: llama.cpp's gpt-oss interleaves sliding-window layers; this model has none");
+        if (c->tie_word_embeddings && !untie)
+            return lt_fail(err, LT_ERR_UNSUPPORTED,
+                           "GGUF: llama.cpp's gpt-oss reads its own output.weight; a tied model cannot be written");
+    }
     if (c->num_experts > 0) { /* qwen3moe and llama create the experts of every layer, renormalise the top k */
         if (c->n_moe_layers != c->num_hidden_layers)
             return lt_fail(err, LT_ERR_UNSUPPORTED,
@@ -115,7 +155,8 @@ static lt_status check_family(const lt_model_config *c, int untie, lt_error *err
     }
     /* llama.cpp's smollm3, granite, qwen3moe and llama-with-experts graphs attend fully (Mistral's window, which
      * it ignores too, is accepted as before: identical below the window) */
-    if (c->n_sliding_layers > 0 && (c->arch == LT_ARCH_SMOLLM3 || c->arch == LT_ARCH_GRANITE || c->num_experts > 0))
+    if (c->n_sliding_layers > 0 && (c->arch == LT_ARCH_SMOLLM3 || c->arch == LT_ARCH_GRANITE ||
+                                    (c->num_experts > 0 && c->arch != LT_ARCH_GPT_OSS)))
         return lt_fail(err, LT_ERR_UNSUPPORTED, "GGUF: llama.cpp's %s has no sliding-window attention", arch_name(c));
     if (c->arch == LT_ARCH_SMOLLM3) /* llama.cpp: n_no_rope_layer_step = 4, hard-coded (smollm3.cpp) */
         for (int l = 0; l < c->num_hidden_layers; l++)
@@ -126,15 +167,17 @@ static lt_status check_family(const lt_model_config *c, int untie, lt_error *err
     if (c->arch == LT_ARCH_GRANITE && c->head_dim * c->num_attention_heads != c->hidden_size)
         return lt_fail(err, LT_ERR_UNSUPPORTED,
                        "GGUF: llama.cpp's granite derives head_dim from hidden_size / num_attention_heads");
-    if (c->bias_mask & ~(c->arch == LT_ARCH_QWEN2 ? 7u : 0u))
-        return lt_fail(err, LT_ERR_UNSUPPORTED, "GGUF: projection biases other than Qwen2's q/k/v are not written");
+    if (c->bias_mask & ~(c->arch == LT_ARCH_QWEN2 ? 7u : c->arch == LT_ARCH_GPT_OSS ? 15u : 0u))
+        return lt_fail(err, LT_ERR_UNSUPPORTED,
+                       "GGUF: projection biases other than Qwen2's q/k/v and gpt-oss's attention are not written");
     if (c->rope_type == LT_ROPE_LONGROPE && c->arch != LT_ARCH_PHI3)
         return lt_fail(err, LT_ERR_UNSUPPORTED, "GGUF: longrope outside Phi-3");
     return LT_OK;
 }
 
-/* The GGUF name of a checkpoint tensor ("model.layers.3.self_attn.q_proj.weight" -> "blk.3.attn_q.weight"). */
-static int gguf_name(const lt_model_config *c, const lt_xtensor *t, char *out, size_t len) {
+/* The GGUF name of a checkpoint tensor ("model.layers.3.self_attn.q_proj.weight" -> "blk.3.attn_q.weight");
+ * part 0 / 1: the gate / up half of gpt-oss's fused gate_up_proj (weight or bias). */
+static int gguf_name(const lt_model_config *c, const lt_xtensor *t, int part, char *out, size_t len) {
     static const char *const hf[][2] = {
         {"input_layernorm.weight", "attn_norm.weight"},
         {"pre_feedforward_layernorm.weight", "ffn_norm.weight"},
@@ -149,12 +192,17 @@ static int gguf_name(const lt_model_config *c, const lt_xtensor *t, char *out, s
         {"self_attn.q_proj.bias", "attn_q.bias"},
         {"self_attn.k_proj.bias", "attn_k.bias"},
         {"self_attn.v_proj.bias", "attn_v.bias"},
+        {"self_attn.o_proj.bias", "attn_output.bias"}, /* gpt-oss */
+        {"self_attn.sinks", "attn_sinks.weight"},
         {"mlp.gate_proj.weight", "ffn_gate.weight"},
         {"mlp.up_proj.weight", "ffn_up.weight"},
         {"mlp.gate_up_proj.weight", "ffn_up.weight"},
         {"mlp.down_proj.weight", "ffn_down.weight"},
         {"mlp.gate.weight", "ffn_gate_inp.weight"}, /* the router: Qwen3-MoE, Mixtral */
         {"block_sparse_moe.gate.weight", "ffn_gate_inp.weight"},
+        {"mlp.router.weight", "ffn_gate_inp.weight"}, /* gpt-oss: the router and its bias */
+        {"mlp.router.bias", "ffn_gate_inp.bias"},
+        {"mlp.experts.down_proj_bias", "ffn_down_exps.bias"},
     };
     if (!strcmp(t->name, "model.embed_tokens.weight")) return snprintf(out, len, "token_embd.weight") < 0;
     if (!strcmp(t->name, "model.norm.weight")) return snprintf(out, len, "output_norm.weight") < 0;
@@ -162,14 +210,17 @@ static int gguf_name(const lt_model_config *c, const lt_xtensor *t, char *out, s
     int l, at = 0;
     if (sscanf(t->name, "model.layers.%d.%n", &l, &at) != 1 || !at) return -1;
     const char *rest = t->name + at;
-    if (t->kind == LT_XT_EXPERT) { /* one tensor per projection of all the experts, stacked (E, out, in) */
-        static const char *const exps[3] = {"ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"};
-        return snprintf(out, len, "blk.%d.%s.weight", l, exps[t->proj - P_GATE]) < 0;
+    static const char *const exps[3] = {"ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"};
+    if (t->kind == LT_XT_EXPERT || t->kind == LT_XT_FUSED) { /* each projection of all the experts (E, out, in) */
+        const int p = t->kind == LT_XT_FUSED && t->proj != P_DOWN ? P_GATE + part : t->proj;
+        return snprintf(out, len, "blk.%d.%s.weight", l, exps[p - P_GATE]) < 0;
     }
-    /* Gemma 2 / 3's and OLMo 2's is a sandwich norm, elsewhere the MLP's */
+    if (t->kind == LT_XT_FUSED_BIAS) return snprintf(out, len, "blk.%d.%s.bias", l, exps[part]) < 0;
+    /* Gemma 2 / 3's and OLMo 2's is a sandwich norm, gpt-oss's the MLP's under that name, elsewhere ffn_norm */
     if (!strcmp(rest, "post_attention_layernorm.weight"))
         return snprintf(out, len, "blk.%d.%s", l,
-                        c->sandwich_norms ? "post_attention_norm.weight" : "ffn_norm.weight") < 0;
+                        c->sandwich_norms || c->arch == LT_ARCH_GPT_OSS ? "post_attention_norm.weight"
+                                                                        : "ffn_norm.weight") < 0;
     for (size_t i = 0; i < sizeof hf / sizeof *hf; i++)
         if (!strcmp(rest, hf[i][0])) return snprintf(out, len, "blk.%d.%s", l, hf[i][1]) < 0;
     return -1;
@@ -279,6 +330,15 @@ out:
 
 /* ---- hyperparameters ------------------------------------------------------------------------------- */
 
+/* the per-layer bool array <arch>.attention.sliding_window_pattern (llama.cpp's load_swa_pattern reads it first) */
+static lt_status write_swa_pattern(lt_gguf_writer *w, const lt_model_config *c, lt_error *err) {
+    uint8_t pattern[LT_CONFIG_MAX_LAYERS];
+    for (int l = 0; l < c->num_hidden_layers; l++) pattern[l] = c->layer_sliding[l];
+    char k[128];
+    snprintf(k, sizeof k, "%s.attention.sliding_window_pattern", arch_name(c));
+    return lt_gguf_set_arr(w, k, LT_GGUF_BOOL, pattern, (size_t)c->num_hidden_layers, err);
+}
+
 static lt_status write_hparams(lt_gguf_writer *w, const lt_model_config *c, lt_error *err) {
     const char *a = arch_name(c);
     char k[128];
@@ -322,12 +382,25 @@ static lt_status write_hparams(lt_gguf_writer *w, const lt_model_config *c, lt_e
         if (c->final_logit_softcapping > 0) F32("final_logit_softcapping", c->final_logit_softcapping);
         if (c->rope_local_theta > 0) F32("rope.freq_base_swa", c->rope_local_theta);
         if (c->n_sliding_layers > 0) U32("attention.sliding_window", c->sliding_window); /* absent: none */
-        if (c->n_sliding_layers > 0 && !gemma3_default_pattern(c) && st == LT_OK) {
-            uint8_t pattern[LT_CONFIG_MAX_LAYERS];
-            for (int l = 0; l < c->num_hidden_layers; l++) pattern[l] = c->layer_sliding[l];
-            snprintf(k, sizeof k, "%s.attention.sliding_window_pattern", a);
-            st = lt_gguf_set_arr(w, k, LT_GGUF_BOOL, pattern, (size_t)c->num_hidden_layers, err);
-        }
+        if (c->n_sliding_layers > 0 && !default_swa_pattern(c, 6) && st == LT_OK) st = write_swa_pattern(w, c, err);
+    }
+    if (c->arch == LT_ARCH_GPT_OSS) { /* gpt_oss.py: the window, the experts' width; the layout when not l % 2 */
+        U32("expert_feed_forward_length", c->moe_intermediate_size);
+        U32("attention.sliding_window", c->sliding_window);
+        if (!default_swa_pattern(c, 2) && st == LT_OK) st = write_swa_pattern(w, c, err);
+    }
+    if (c->rope_type == LT_ROPE_YARN) { /* the converter's keys (llama.cpp reads type, factor and context) */
+        if (st == LT_OK) snprintf(k, sizeof k, "%s.rope.scaling.type", a), st = lt_gguf_set_str(w, k, "yarn", err);
+        F32("rope.scaling.factor", c->rope_factor);
+        U32("rope.scaling.original_context_length", c->rope_original_max_position_embeddings);
+        F32("rope.scaling.yarn_beta_fast", c->rope_beta_fast);
+        F32("rope.scaling.yarn_beta_slow", c->rope_beta_slow);
+        /* llama.cpp multiplies cos and sin by attn_factor * mscale(factor) (llama-context.cpp cancels its own
+         * mscale, ggml's rope_yarn applies 1 + 0.1 ln factor): written only when the model's attention_factor is
+         * not transformers' default mscale(factor) */
+        const double ms = c->rope_factor <= 1 ? 1.0 : 0.1 * log(c->rope_factor) + 1.0;
+        if (fabs(c->rope_attention_factor / ms - 1) > 1e-7)
+            F32("rope.scaling.attn_factor", c->rope_attention_factor / ms);
     }
     if (c->arch == LT_ARCH_GRANITE) { /* the multipliers under llama.cpp's names (granite.py) */
         F32("attention.scale", lt_config_attn_scale(c));
@@ -350,7 +423,8 @@ typedef struct gtensor {
     int64_t heads; /* rows to permute for llama.cpp's RoPE (0: none) */
     int plus_one;  /* Gemma norm: 1 + w */
     int64_t rows, cols;
-    int n_exp; /* > 0: the projection of n_exp experts stacked, expert e's at export list xt + 3 e */
+    int n_exp, layer, proj; /* n_exp > 0: projection proj of layer's n_exp experts stacked (n_exp, rows, cols) */
+    int half;               /* 1 / 2: the gate / up columns of gpt-oss's gate_up_proj_bias (E, 2I) (alternating) */
 } gtensor;
 
 typedef struct gexport {
@@ -360,7 +434,7 @@ typedef struct gexport {
     void *user;
     lt_xtensor *xt;
     gtensor *g;
-    float *tmp; /* permutation scratch */
+    float *tmp; /* permutation / gate_up bias scratch */
 } gexport;
 
 static lt_status fill_model(void *user, int index, float *dst, size_t n, lt_error *err) {
@@ -392,9 +466,20 @@ static lt_status fill_model(void *user, int index, float *dst, size_t n, lt_erro
     }
     if (g->n_exp) { /* (E, out, in): the experts' matrices one after another, as the converter's torch.stack */
         lt_status st = LT_OK;
-        for (int e = 0; e < g->n_exp && st == LT_OK; e++)
-            st = lt_export_tensor_data(x->m, x->a, x->delta, x->user, &x->xt[g->xt + 3 * e],
-                                       dst + (size_t)e * g->rows * g->cols, err);
+        for (int e = 0; e < g->n_exp && st == LT_OK; e++) {
+            const lt_xtensor t = {.kind = LT_XT_EXPERT,
+                                  .layer = g->layer,
+                                  .proj = g->proj,
+                                  .expert = e,
+                                  .ndim = 2,
+                                  .shape = {g->rows, g->cols}};
+            st = lt_export_tensor_data(x->m, x->a, x->delta, x->user, &t, dst + (size_t)e * g->rows * g->cols, err);
+        }
+        return st;
+    }
+    if (g->half) { /* gate_up_proj_bias as stored, (E, 2I): gate = [..., ::2], up = [..., 1::2] (gpt_oss.py) */
+        lt_status st = lt_export_tensor_data(x->m, x->a, x->delta, x->user, &x->xt[g->xt], x->tmp, err);
+        for (size_t i = 0; i < n && st == LT_OK; i++) dst[i] = x->tmp[2 * i + (size_t)(g->half - 1)];
         return st;
     }
     lt_status st = lt_export_tensor_data(x->m, x->a, x->delta, x->user, &x->xt[g->xt], dst, err);
@@ -444,9 +529,9 @@ lt_status lt_gguf_export_model(lt_model *m, const lt_adapter *a, lt_delta_fn del
     const lt_tokenizer *tok = NULL;
     lt_gguf_writer *w = NULL;
     lt_status st = lt_export_tensors(m, a, &x.xt, &n_xt, &untie, err);
-    if (st == LT_OK) st = check_family(c, untie, err);
+    if (st == LT_OK) st = check_family(c, untie, p.allow_approximate, err);
     if (st == LT_OK) st = load_tokenizer(m, &p, &own_tok, &tok, err);
-    if (st == LT_OK && (!(w = lt_gguf_writer_new()) || !(x.g = calloc((size_t)n_xt + 3, sizeof *x.g))))
+    if (st == LT_OK && (!(w = lt_gguf_writer_new()) || !(x.g = calloc(2 * (size_t)n_xt + 3, sizeof *x.g))))
         st = lt_fail(err, LT_ERR_NOMEM, "GGUF: out of memory");
     char name[256];
     default_name(m, &p, name, sizeof name);
@@ -464,36 +549,49 @@ lt_status lt_gguf_export_model(lt_model *m, const lt_adapter *a, lt_delta_fn del
     for (int i = 0; i < n_xt && st == LT_OK; i++) {
         const lt_xtensor *t = &x.xt[i];
         if (t->kind == LT_XT_EXPERT && t->expert) continue; /* stacked into expert 0's tensor */
-        char gname[112];
-        if (gguf_name(c, t, gname, sizeof gname)) {
-            st = lt_fail(err, LT_ERR_INTERNAL, "GGUF: no name for %s", t->name);
-            break;
-        }
-        gtensor *g = &x.g[n_g++];
-        g->xt = i;
-        g->rows = t->shape[0];
-        g->cols = t->shape[1];
-        g->plus_one = t->norm && c->norm_offset == 1.0f;
-        if (t->kind == LT_XT_MODULE || (t->kind == LT_XT_PLAIN && strstr(t->name, "proj.bias")))
-            g->heads = permute_heads(c, t->proj);
-        int ndim = t->ndim;
-        int64_t shape[3] = {t->shape[0], t->shape[1], 0};
-        if (t->kind == LT_XT_EXPERT) { /* the list holds expert e's gate, up, down at 3 e + 0, 1, 2 */
-            g->n_exp = (int)c->num_experts;
-            for (int e = 0; e < g->n_exp && st == LT_OK; e++) {
-                const lt_xtensor *te = i + 3 * e < n_xt ? &x.xt[i + 3 * e] : NULL;
-                if (!te || te->kind != LT_XT_EXPERT || te->expert != e || te->layer != t->layer || te->proj != t->proj)
-                    st = lt_fail(err, LT_ERR_INTERNAL, "GGUF: the experts of %s are not in their order", t->name);
+        /* gpt-oss's fused gate_up_proj (weight and bias) is two tensors, gate and up (the converter's split) */
+        const int parts = t->kind == LT_XT_FUSED_BIAS || (t->kind == LT_XT_FUSED && t->proj != P_DOWN) ? 2 : 1;
+        for (int part = 0; part < parts && st == LT_OK; part++) {
+            char gname[112];
+            if (gguf_name(c, t, part, gname, sizeof gname)) {
+                st = lt_fail(err, LT_ERR_INTERNAL, "GGUF: no name for %s", t->name);
+                break;
             }
-            ndim = 3;
-            shape[0] = g->n_exp, shape[1] = t->shape[0], shape[2] = t->shape[1];
+            gtensor *g = &x.g[n_g++];
+            g->xt = i;
+            g->rows = t->shape[0];
+            g->cols = t->shape[1];
+            g->plus_one = t->norm && c->norm_offset == 1.0f;
+            if (t->kind == LT_XT_MODULE || (t->kind == LT_XT_PLAIN && strstr(t->name, "proj.bias")))
+                g->heads = permute_heads(c, t->proj);
+            int ndim = t->ndim;
+            int64_t shape[3] = {t->shape[0], t->shape[1], 0};
+            if (t->kind == LT_XT_EXPERT || t->kind == LT_XT_FUSED) { /* (E, out, in) of expert e's (out, in) */
+                g->n_exp = (int)c->num_experts;
+                g->layer = t->layer;
+                g->proj = t->kind == LT_XT_FUSED && t->proj != P_DOWN ? P_GATE + part : t->proj;
+                if (t->kind == LT_XT_FUSED) {
+                    const int64_t H = c->hidden_size, MI = c->moe_intermediate_size;
+                    g->rows = g->proj == P_DOWN ? H : MI;
+                    g->cols = g->proj == P_DOWN ? MI : H;
+                }
+                ndim = 3;
+                shape[0] = g->n_exp, shape[1] = g->rows, shape[2] = g->cols;
+            }
+            if (t->kind == LT_XT_FUSED_BIAS) { /* (E, 2I) -> (E, I) each */
+                g->half = 1 + part;
+                shape[1] = g->cols = t->shape[1] / 2;
+                if ((size_t)(t->shape[0] * t->shape[1]) > max_floats) max_floats = (size_t)(t->shape[0] * t->shape[1]);
+            }
+            /* the converter keeps 1-D tensors, norms, the router and every bias in f32 */
+            const size_t gl = strlen(gname);
+            const int f32 = t->ndim == 1 || t->norm || strstr(gname, "ffn_gate_inp") ||
+                            (gl > 5 && !strcmp(gname + gl - 5, ".bias"));
+            lt_ggml_type type = f32 ? LT_GGML_F32 : wt;
+            if (type == LT_GGML_Q8_0 && g->cols % LT_Q8_0_BLOCK) type = LT_GGML_F16;
+            st = lt_gguf_add_tensor(w, gname, ndim, shape, type, err);
+            if ((size_t)(g->rows * g->cols) > max_floats) max_floats = (size_t)(g->rows * g->cols);
         }
-        /* llama.cpp keeps the router in f32 (the converter's list of f32 tensors) */
-        const int f32 = t->ndim == 1 || t->norm || strstr(gname, "ffn_gate_inp");
-        lt_ggml_type type = f32 ? LT_GGML_F32 : wt;
-        if (type == LT_GGML_Q8_0 && t->shape[1] % LT_Q8_0_BLOCK) type = LT_GGML_F16;
-        if (st == LT_OK) st = lt_gguf_add_tensor(w, gname, ndim, shape, type, err);
-        if ((size_t)(g->rows * g->cols) > max_floats) max_floats = (size_t)(g->rows * g->cols);
     }
     if (st == LT_OK && c->rope_type == LT_ROPE_LLAMA3) {
         const int64_t half = c->rot_dim / 2;
@@ -635,8 +733,16 @@ LT_API lt_status lt_adapter_export_gguf(lt_adapter *a, const char *path, const l
                                             "embed_tokens / lm_head)");
     if (a->merged)
         return lt_fail(err, LT_ERR_STATE, "GGUF adapter: the adapter is merged into the model; unmerge it first");
-    lt_status st = check_family(c, 0, err);
+    lt_status st = check_family(c, 0, p.allow_approximate, err);
     if (st != LT_OK) return st;
+    /* convert_lora_to_gguf.py cannot name a gpt-oss expert LoRA (PEFT's mlp.experts lora_A / lora_B: its gpt-oss
+     * class splits only the base's gate_up_proj), so no llama.cpp file of one exists to match */
+    for (int l = 0; l < c->num_hidden_layers && c->arch == LT_ARCH_GPT_OSS; l++)
+        if (lt_adapter_elora(a, l, 0) || lt_adapter_elora(a, l, 1))
+            return lt_fail(err, LT_ERR_UNSUPPORTED,
+                           "GGUF adapter: llama.cpp's convert_lora_to_gguf.py has no gpt-oss expert LoRA (PEFT "
+                           "target_parameters mlp.experts.gate_up_proj / down_proj); export the merged model instead "
+                           "(lt_model_export_gguf with the adapter, loratune export --format gguf --adapter DIR)");
     lexport x = {.a = a, .r_w = a->init0 ? 2 * a->p.rank : a->p.rank};
     /* llama.cpp scales by alpha / rank (rank = lora_b's ne[0]); alpha written as PEFT's save does (doubled for
      * a converted PiSSA / OLoRA), and whatever differs from the adapter's scaling (rsLoRA's alpha / sqrt(r))
@@ -667,7 +773,7 @@ LT_API lt_status lt_adapter_export_gguf(lt_adapter *a, const char *path, const l
             lt_xtensor t = {.kind = LT_XT_MODULE, .layer = l, .mod = mods[q], .ndim = 2};
             snprintf(t.name, sizeof t.name, "model.layers.%d.%s.%s.weight", l, mods[q].parent, mods[q].name);
             char base[112];
-            gguf_name(c, &t, base, sizeof base);
+            gguf_name(c, &t, 0, base, sizeof base);
             int in, out;
             lt_module_dims(c, &mods[q], &in, &out);
             st = add_lora_pair(w, base, 0, x.r_w, in, out, wt, err);
@@ -682,7 +788,7 @@ LT_API lt_status lt_adapter_export_gguf(lt_adapter *a, const char *path, const l
             lt_xtensor t = {.kind = LT_XT_EXPERT, .layer = l, .proj = e, .ndim = 2};
             snprintf(t.name, sizeof t.name, "model.layers.%d.%s.experts", l, lt_moe_parent(c));
             char base[112];
-            gguf_name(c, &t, base, sizeof base);
+            gguf_name(c, &t, 0, base, sizeof base);
             int in, lout;
             lt_elora_dims(c, k, &in, &lout);
             st = add_lora_pair(w, base, c->num_experts, x.r_w, in, k ? lout : lout / 2, wt, err);

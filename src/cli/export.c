@@ -48,9 +48,10 @@ int cmd_export(int argc, char **argv) {
                                     {"double-quant", 0},
                                     {"no-double-quant", 0},
                                     {"quant-blocksize", 1},
-                                    {"base-gguf", 1}};
+                                    {"base-gguf", 1},
+                                    {"allow-approximate", 0}};
     opts o;
-    if (opts_parse(&o, spec, 14, argc, argv, "export")) return 2;
+    if (opts_parse(&o, spec, 15, argc, argv, "export")) return 2;
     const char *format = opt_str(&o, "format", "gguf"), *mdir = opt_str(&o, "model", NULL),
                *adir = opt_str(&o, "adapter", NULL), *out = opt_str(&o, "out", NULL);
     const int lora = !strcmp(format, "gguf-lora");
@@ -62,6 +63,7 @@ int cmd_export(int argc, char **argv) {
     if (parse_type(opt_str(&o, "type", lora ? "f32" : "f16"), &gp.dtype))
         return fail("export", "--type must be f32, f16, bf16 or q8_0");
     gp.name = opt_str(&o, "name", NULL);
+    gp.allow_approximate = opt_flag(&o, "allow-approximate");
     long long threads;
     if (opt_int(&o, "threads", 0, 0, 1024, &threads)) return 2;
     /* a QLoRA adapter was trained on the quantized base: export the same dequantized weights (see merge) */

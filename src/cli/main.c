@@ -57,6 +57,7 @@ static void usage(FILE *f) {
         "  merge     --model DIR --adapter DIR --out DIR [--quant nf4|fp4|int8 [--no-double-quant]]\n"
         "  export    --format gguf|gguf-lora --model DIR [--adapter DIR] --out FILE.gguf\n"
         "            [--type f32|f16|bf16|q8_0] [--tokenizer DIR] [--name NAME] [--ollama [--base-gguf F]]\n"
+        "            [--allow-approximate]   (gpt-oss's YaRN, which llama.cpp rounds: docs/API.md)\n"
         "  combine   --model DIR --adapters A,B,... --out DIR [--method cat|linear|ties|dare_linear|dare_ties|\n"
         "            magnitude_prune|slerp] [--weights W,...] [--density D] [--t T] [--rank R] [--seed S]\n"
         "            [--into-base] [--json]\n"

@@ -2000,6 +2000,12 @@ static const char LLAMA3_PATTERN[] = "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L
                                      "?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
 static const char QWEN2_PATTERN[] = "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| "
                                     "?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+/* o200k (gpt-oss, GPT-4o): llama.cpp's "gpt-4o" (LLAMA_VOCAB_PRE_TYPE_GPT4O, the same regex) */
+static const char GPT4O_PATTERN[] = "[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]*[\\p{Ll}\\p{Lm}\\p{Lo}"
+                                    "\\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?|"
+                                    "[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]+[\\p{Ll}\\p{Lm}\\p{Lo}"
+                                    "\\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|"
+                                    "\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n/]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
 
 static int cmp_rank(const void *x, const void *y, void *ranks) {
     const int32_t *r = ranks, a = r[*(const size_t *)x], b = r[*(const size_t *)y];
@@ -2057,10 +2063,11 @@ lt_status lt_tok_vocab_describe(const lt_tokenizer *t, lt_vocab_desc *d, lt_erro
         else if (regex && !strcmp(regex, LLAMA3_PATTERN)) /* llama-bpe implies ignore_merges in llama.cpp */
             snprintf(d->pre, sizeof d->pre, "%s", t->ignore_merges ? "llama-bpe" : "smaug-bpe");
         else if (regex && !strcmp(regex, QWEN2_PATTERN) && !t->ignore_merges) snprintf(d->pre, sizeof d->pre, "qwen2");
+        else if (regex && !strcmp(regex, GPT4O_PATTERN) && !t->ignore_merges) snprintf(d->pre, sizeof d->pre, "gpt-4o");
         else
             return lt_fail(err, LT_ERR_UNSUPPORTED,
                            "GGUF: llama.cpp has no pre-tokenizer for the regex %.300s%s (supported: the GPT-2, "
-                           "Llama 3 and Qwen2 regexes)",
+                           "Llama 3, Qwen2 and o200k regexes)",
                            regex ? regex : "(none)", t->ignore_merges ? " with ignore_merges" : "");
     } else if (t->byte_fallback && (replace_space || metaspace_first || t->n_pre)) {
         snprintf(d->model, sizeof d->model, "llama");

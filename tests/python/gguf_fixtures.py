@@ -3,7 +3,7 @@
 Every family we train gets a random transformers checkpoint (save_pretrained, f32) and a tokenizer of the
 kind its real checkpoints use, trained here with `tokenizers` on a small corpus:
   byte-level BPE (llama.cpp "gpt2"): Llama 3's regex + ignore_merges (Llama, Mistral), Qwen2's regex + NFC
-    (Qwen2, Qwen3);
+    (Qwen2, Qwen3), o200k's regex (gpt-oss, llama.cpp's "gpt-4o");
   SentencePiece-style BPE with byte fallback (llama.cpp "llama"): Prepend("▁") + Replace(" ", "▁") like
     Llama 2 / Phi-3, or Replace only like Gemma;
 and the family's chat template shape (Llama 3 headers, ChatML, [INST], Gemma turns, Phi-3 tags).
@@ -17,6 +17,11 @@ LLAMA3_RE = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|
              r"\s*[\r\n]+|\s+(?!\S)|\s+")
 QWEN2_RE = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
             r"\s*[\r\n]+|\s+(?!\S)|\s+")
+
+# o200k (gpt-oss): llama.cpp's "gpt-4o" pre-tokenizer
+O200K_RE = (r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?|"
+            r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|"
+            r"\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 
 CORPUS = [
     "The quick brown fox jumps over the lazy dog.", "Hello there! How are you today?",
@@ -40,6 +45,8 @@ TEMPLATES = {
               "{% set role = 'model' %}{% else %}{% set role = message['role'] %}{% endif %}"
               "{{ '<start_of_turn>' + role + '\n' + message['content'] | trim + '<end_of_turn>\n' }}{% endfor %}"
               "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"),
+    "harmony": ("{% for message in messages %}{{ '<|start|>' + message['role'] + '<|message|>' + message['content'] + "
+                "'<|end|>' }}{% endfor %}{% if add_generation_prompt %}{{ '<|start|>assistant<|message|>' }}{% endif %}"),
     "phi3": ("{% for message in messages %}{{ '<|' + message['role'] + '|>' + '\n' + message['content'] + "
              "'<|end|>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"),
 }
@@ -52,6 +59,9 @@ TOKENIZERS = {
                              "<|eot_id|>"]),
     "qwen": dict(kind="bytelevel", regex=QWEN2_RE, ignore_merges=False, nfc=True, template="chatml", bos=None,
                  eos="<|im_end|>", specials=["<|endoftext|>", "<|im_start|>", "<|im_end|>"]),
+    # gpt-oss's o200k_harmony shape (its turns end with <|end|>)
+    "o200k": dict(kind="bytelevel", regex=O200K_RE, ignore_merges=False, template="harmony", bos=None, eos="<|end|>",
+                  specials=["<|startoftext|>", "<|endoftext|>", "<|start|>", "<|message|>", "<|end|>"]),
     "mistral": dict(kind="bytelevel", regex=LLAMA3_RE, ignore_merges=True, template="inst", bos="<s>", eos="</s>",
                     specials=["<unk>", "<s>", "</s>", "[INST]", "[/INST]"]),
     "gemma": dict(kind="spm", prepend=False, template="gemma", bos="<bos>", eos="<end_of_turn>",

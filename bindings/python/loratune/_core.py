@@ -467,7 +467,7 @@ def _python_logger(level: LogLevel, message: str) -> None:
     logging.getLogger("loratune").log(py, "%s", message)
 
 
-def _gguf_params(dtype: str, tokenizer, name: Optional[str]):
+def _gguf_params(dtype: str, tokenizer, name: Optional[str], allow_approximate: bool = False):
     types = {"f32": L.LT_GGUF_DTYPE_F32, "f16": L.LT_GGUF_DTYPE_F16, "bf16": L.LT_GGUF_DTYPE_BF16,
              "q8_0": L.LT_GGUF_DTYPE_Q8_0}
     if dtype not in types:
@@ -478,6 +478,7 @@ def _gguf_params(dtype: str, tokenizer, name: Optional[str]):
         p.tokenizer = tokenizer._h
     if name is not None:
         p.name = name.encode()
+    p.allow_approximate = int(allow_approximate)
     return p
 
 
@@ -530,10 +531,12 @@ class Model(_Handle):
         return self.info.vocab_size
 
     def export_gguf(self, path: PathLike, adapter: Optional["Adapter"] = None, dtype: str = "f16",
-                    tokenizer: Optional["Tokenizer"] = None, name: Optional[str] = None) -> None:
+                    tokenizer: Optional["Tokenizer"] = None, name: Optional[str] = None,
+                    allow_approximate: bool = False) -> None:
         """Write the model (merged with adapter when given) as a GGUF file for llama.cpp / Ollama
-        (lt_model_export_gguf); dtype f32, f16, bf16 or q8_0; tokenizer None: the model directory's."""
-        p = _gguf_params(dtype, tokenizer, name)
+        (lt_model_export_gguf); dtype f32, f16, bf16 or q8_0; tokenizer None: the model directory's;
+        allow_approximate: also a model llama.cpp computes approximately (gpt-oss's YaRN, docs/API.md)."""
+        p = _gguf_params(dtype, tokenizer, name, allow_approximate)
         with self._lock:
             self._check(L.lib().lt_model_export_gguf(self._h, self._adapter(adapter), _path(path), byref(p)))
 

@@ -328,6 +328,7 @@ class lt_gguf_params(Structure):
         ("dtype", lt_gguf_dtype),
         ("tokenizer", lt_tokenizer_p),
         ("name", c_char_p),
+        ("allow_approximate", c_int),
     ]
 
 

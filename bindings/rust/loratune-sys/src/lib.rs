@@ -407,6 +407,7 @@ pub struct lt_gguf_params {
     pub dtype: lt_gguf_dtype,
     pub tokenizer: *const lt_tokenizer,
     pub name: *const c_char,
+    pub allow_approximate: c_int,
 }
 
 // ---- functions -------------------------------------------------------------------------------------

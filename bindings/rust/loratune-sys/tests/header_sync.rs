@@ -383,7 +383,7 @@ fn rust_layouts() -> Vec<(String, usize, Vec<(String, usize)>)> {
                          clip_fraction, completion_length }
         lt_generate_params { size, max_new_tokens, temperature, top_k, top_p, seed, eos_token_id }
         lt_text_params { size, max_len, completion_only, assistant_only, add_special, add_eos }
-        lt_gguf_params { size, dtype, tokenizer, name }
+        lt_gguf_params { size, dtype, tokenizer, name, allow_approximate }
         lt_combine_params { size, method, weights, density, t, rank, seed }
         lt_combine_report { size, rank, kept_energy, total_energy, max_module_error }
         lt_extract_params { size, rank, targets }
