@@ -397,8 +397,8 @@ static void mlp_backward_block(const layer_pass *P, lt_layer_acts *A) {
  * ln2 = mlp_norm(x_mid), z = ln2 W_router^T (N,E), p = softmax(z), the K largest p (w = p, or p / their sum
  * with norm_topk_prob). Routing runs on the host (one (N,E) download per layer); the N*K (token, expert)
  * pairs are sorted by expert, so each expert is one GEMM per projection over its rows (gathered with
- * embedding_forward, an expert with no token skipped), the experts of a projection side by side in one
- * run_groups (moe_experts), and the weighted rows are summed back with embedding_backward's
+ * embedding_forward, an expert with no token skipped), the experts side by side in one run_groups per
+ * pass (moe_experts), and the weighted rows are summed back with embedding_backward's
  * deterministic scatter-add. No loop over tokens on the device. */
 
 /* Host routing of N tokens from their router logits z (N,E) into R (lt_moe_route). Ties between equal
@@ -440,6 +440,12 @@ static void moe_route(const lt_model_config *c, lt_moe_route *R, const float *z,
     }
     for (int e = E; e > 0; e--) R->off[e] = R->off[e - 1];
     R->off[0] = 0;
+    for (int e = 0; e < E; e++) { /* insertion sort: E is small, and it keeps the ties in expert order */
+        const int n = R->off[e + 1] - R->off[e];
+        int i = e;
+        for (; i > 0 && R->off[R->order[i - 1] + 1] - R->off[R->order[i - 1]] < n; i--) R->order[i] = R->order[i - 1];
+        R->order[i] = e;
+    }
 }
 
 /* Expert e's view of the layer's expert LoRA k (0: gate|up, part 0 gate / 1 up; 1: down); A == NULL: none. */
@@ -509,30 +515,65 @@ static void expert_backward(const layer_pass *P, int e, lt_proj p, float *dx, in
     if (db) OPS->bias_backward(BE, db, dy, n, out);
 }
 
+/* dx (n,H) = the d input of expert e's gate and up from dgate, dup (n,MI); x (n,H) its rows, xa (n,r) their
+ * x A^T, dr (n,r) scratch. Gate and up share their LoRA A (PEFT's gate_up_proj), so their LoRA paths meet
+ * in dr = dgate B_gate + dup B_up: dx += s dr A and dA += s dr^T x once, not once per projection (two
+ * skinny GEMMs fewer per expert). dB_gate, dB_up, dA accumulate; full fine-tuning: dW += dy^T x each. */
+static void expert_gate_up_backward(const layer_pass *P, int e, float *dx, const float *dgate, const float *dup,
+                                    const float *x, const float *xa, float *dr, int n) {
+    lt_model *m = P->m;
+    const int H = (int)m->cfg.hidden_size, MI = (int)m->cfg.moe_intermediate_size;
+    const lt_proj proj[2] = {P_GATE, P_UP};
+    const float *dy[2] = {dgate, dup};
+    for (int k = 0; k < 2; k++)
+        lt_weight_backward(m, P->ws->wtile, lt_expert_w(P->W, e, proj[k]), dx, dy[k], n, H, MI, k ? 1.0f : 0.0f);
+    if (P->elo[0]) {
+        const int r = P->ad->p.rank;
+        const float s = P->ad->scaling;
+        for (int k = 0; k < 2; k++) {
+            const lt_lora lo = expert_lora(P, 0, e, k);
+            OPS->gemm(BE, 0, 0, n, r, MI, 1.0f, dy[k], MI, lo.B, r, k ? 1.0f : 0.0f, dr, r); /* dr (+)= dy B */
+            OPS->gemm(BE, 1, 0, MI, r, n, s, dy[k], MI, xa, r, 1.0f, lo.dB, r);              /* dB          */
+        }
+        const lt_lora lo = expert_lora(P, 0, e, 0);                   /* A, dA: gate's and up's */
+        OPS->gemm(BE, 0, 0, n, H, r, s, dr, r, lo.A, H, 1.0f, dx, H); /* dx += s dr A */
+        OPS->gemm(BE, 1, 0, r, H, n, s, dr, r, x, H, 1.0f, lo.dA, H); /* dA          */
+    }
+    if (P->G)
+        for (int k = 0; k < 2; k++)
+            OPS->gemm(BE, 1, 0, MI, H, n, 1.0f, dy[k], MI, x, H, 1.0f, lt_expert_w(P->G, e, proj[k])->f32, H);
+}
+
 /* The experts of one MoE pass as groups of the backend's run_groups: expert e owns the pair rows
- * off[e] .. off[e+1] of every pair buffer (e_x, e_dx, gate, up, act, e_y, dI*, xa, ws->dr) and its own
- * slices of the LoRA grads, so the experts run side by side, each op on one thread: one parallel region
- * per projection instead of one per GEMM (moe-s: ~6,000 GEMMs of ~128 rows per step). */
+ * off[e] .. off[e+1] of every pair buffer (e_x, e_dx, gate, up, act, e_y, dI*, xa, ws->dr, dw) and its own
+ * slices of the LoRA grads, so the experts run side by side, each op on one thread. An expert's whole pass
+ * (gather, gate|up, activation, down, weighting; in the backward also its routing weights' row dots) is one
+ * group: one parallel region per MoE pass instead of one per projection, elementwise op or host loop
+ * (moe-s: ~6,000 GEMMs of ~128 rows per step), and its rows stay in cache from one op to the next. */
 typedef struct moe_experts {
     const layer_pass *P;
     lt_layer_acts *A;
+    float *host; /* backward, device backends: (M,2H) host copies of the rows the row dots read */
+    float *dw;   /* backward: host (M) d loss / d w of each pair                              */
 } moe_experts;
 
-/* What expert e's group works on: its pair rows o .. o+n, the widths of the pair buffers. */
+/* What group g works on: expert e (the g-th largest: route.order), its pair rows o .. o+n, the widths of
+ * the pair buffers. */
 typedef struct expert_rows {
     const layer_pass *P;
     lt_layer_acts *A;
     lt_workspace *ws;
-    int o, n, H, MI, r;
+    int e, o, n, H, MI, r;
 } expert_rows;
 
-static expert_rows expert_rows_of(const void *ctx, int e) {
+static expert_rows expert_rows_of(const void *ctx, int g) {
     const moe_experts *X = ctx;
     const lt_model_config *c = &X->P->m->cfg;
-    const int *off = X->A->route.off;
+    const int *off = X->A->route.off, e = X->A->route.order[g];
     return (expert_rows){X->P,
                          X->A,
                          X->P->ws,
+                         e,
                          off[e],
                          off[e + 1] - off[e],
                          (int)c->hidden_size,
@@ -553,51 +594,69 @@ static int experts_side_by_side(const layer_pass *P) {
     return 1;
 }
 
-/* fn(e) for every expert: in one run_groups, else one after the other (each op then on every thread). */
-static void run_experts(const layer_pass *P, lt_layer_acts *A, void (*fn)(void *ctx, int e)) {
-    lt_model *m = P->m;
-    moe_experts X = {P, A};
-    if (experts_side_by_side(P)) {
-        OPS->run_groups(BE, (int)m->cfg.num_experts, fn, &X);
+/* fn(g) for every expert, the largest first (expert_rows_of): in one run_groups, so that no thread is left
+ * with a large expert at the end; else one after the other (each op then on every thread). */
+static void run_experts(const moe_experts *X, void (*fn)(void *ctx, int g)) {
+    lt_model *m = X->P->m;
+    if (experts_side_by_side(X->P)) {
+        OPS->run_groups(BE, (int)m->cfg.num_experts, fn, (void *)X);
         return;
     }
-    for (int e = 0; e < m->cfg.num_experts; e++) fn(&X, e);
+    for (int g = 0; g < m->cfg.num_experts; g++) fn((void *)X, g);
 }
 
-/* gate, up (pairs, MI) of expert e's rows of ws->e_x (the pairs' inputs) */
-static void experts_gate_up_forward(void *ctx, int e) {
-    const expert_rows X = expert_rows_of(ctx, e);
+/* Expert e's forward over its pair rows: e_x = its pairs' inputs (rows of ln2), gate, up, act, e_y = the
+ * expert's output y; then e_x = w y (its inputs are not needed any more), what the scatter-add sums. */
+static void experts_forward(void *ctx, int g) {
+    const expert_rows X = expert_rows_of(ctx, g);
+    const int e = X.e;
     if (X.n == 0) return;
-    const float *xe = row_of(X.ws->e_x, X.o, X.H);
+    lt_model *m = X.P->m;
+    float *xe = row_of(X.ws->e_x, X.o, X.H), *y = row_of(X.A->e_y, X.o, X.H);
+    float *gate = row_of(X.A->gate, X.o, X.MI), *up = row_of(X.A->up, X.o, X.MI), *act = row_of(X.A->act, X.o, X.MI);
     float *xa = row_of(X.A->xa[P_GATE], X.o, X.r);
-    expert_forward(X.P, e, P_GATE, row_of(X.A->gate, X.o, X.MI), xe, xa, X.n);
-    expert_forward(X.P, e, P_UP, row_of(X.A->up, X.o, X.MI), xe, xa, X.n); /* after gate: its xa */
+    OPS->embedding_forward(BE, xe, X.A->e_tok + X.o, X.A->ln2, X.n, X.H);
+    expert_forward(X.P, e, P_GATE, gate, xe, xa, X.n);
+    expert_forward(X.P, e, P_UP, up, xe, xa, X.n); /* after gate: its xa */
+    expert_act_forward(m, act, gate, up, (size_t)X.n * X.MI);
+    expert_forward(X.P, e, P_DOWN, y, act, row_of(X.A->xa[P_DOWN], X.o, X.r), X.n);
+    OPS->copy(BE, xe, y, (size_t)X.n * X.H * sizeof(float));
+    OPS->row_scale(BE, xe, X.A->e_w + X.o, X.n, X.H);
 }
 
-/* e_y (pairs, H) of expert e's rows of act */
-static void experts_down_forward(void *ctx, int e) {
-    const expert_rows X = expert_rows_of(ctx, e);
+/* Expert e's backward over its pair rows: e_dx = d loss / d (w y) of its pairs (rows of ws->dres), the
+ * routing weights' gradient dw_a = dy_a . y_a (host, in double, in order; a device backend's rows are
+ * downloaded first), d y = w dy, back through down (dI1), the activation (dI2, dI3) and gate|up (the
+ * inputs gathered again into e_x) into e_dx = the pairs' d input. */
+static void experts_backward(void *ctx, int g) {
+    const moe_experts *pass = ctx;
+    const expert_rows X = expert_rows_of(ctx, g);
+    const int e = X.e;
     if (X.n == 0) return;
-    expert_forward(X.P, e, P_DOWN, row_of(X.A->e_y, X.o, X.H), row_of(X.A->act, X.o, X.MI),
-                   row_of(X.A->xa[P_DOWN], X.o, X.r), X.n);
-}
-
-/* dI1 (pairs, MI) = d act of expert e's rows, from d y in ws->e_dx */
-static void experts_down_backward(void *ctx, int e) {
-    const expert_rows X = expert_rows_of(ctx, e);
-    if (X.n == 0) return;
-    expert_backward(X.P, e, P_DOWN, row_of(X.ws->dI1, X.o, X.MI), 0, row_of(X.ws->e_dx, X.o, X.H),
-                    row_of(X.A->act, X.o, X.MI), row_of(X.A->xa[P_DOWN], X.o, X.r), row_of(X.ws->dr, X.o, X.r), X.n);
-}
-
-/* ws->e_dx (pairs, H) = d input of expert e's rows, from d gate, d up in dI2, dI3 (the inputs again in e_x) */
-static void experts_gate_up_backward(void *ctx, int e) {
-    const expert_rows X = expert_rows_of(ctx, e);
-    if (X.n == 0) return;
-    const float *xe = row_of(X.ws->e_x, X.o, X.H), *xa = row_of(X.A->xa[P_GATE], X.o, X.r);
-    float *dx = row_of(X.ws->e_dx, X.o, X.H), *dr = row_of(X.ws->dr, X.o, X.r);
-    expert_backward(X.P, e, P_GATE, dx, 0, row_of(X.ws->dI2, X.o, X.MI), xe, xa, dr, X.n);
-    expert_backward(X.P, e, P_UP, dx, 1, row_of(X.ws->dI3, X.o, X.MI), xe, xa, dr, X.n);
+    lt_model *m = X.P->m;
+    float *xe = row_of(X.ws->e_x, X.o, X.H), *dx = row_of(X.ws->e_dx, X.o, X.H), *dr = row_of(X.ws->dr, X.o, X.r);
+    float *dI1 = row_of(X.ws->dI1, X.o, X.MI), *dI2 = row_of(X.ws->dI2, X.o, X.MI), *dI3 = row_of(X.ws->dI3, X.o, X.MI);
+    const float *y = row_of(X.A->e_y, X.o, X.H), *xa = row_of(X.A->xa[P_GATE], X.o, X.r);
+    OPS->embedding_forward(BE, dx, X.A->e_tok + X.o, X.ws->dres, X.n, X.H);
+    const float *hdy = dx, *hy = y;
+    if (!OPS->host_memory) {
+        float *h = pass->host + (size_t)X.o * 2 * X.H;
+        OPS->download(BE, h, dx, (size_t)X.n * X.H * sizeof(float));
+        OPS->download(BE, h + (size_t)X.n * X.H, y, (size_t)X.n * X.H * sizeof(float));
+        hdy = h;
+        hy = h + (size_t)X.n * X.H;
+    }
+    for (int i = 0; i < X.n; i++) {
+        double d = 0;
+        for (int h = 0; h < X.H; h++) d += (double)hdy[(size_t)i * X.H + h] * hy[(size_t)i * X.H + h];
+        pass->dw[X.o + i] = (float)d;
+    }
+    OPS->row_scale(BE, dx, X.A->e_w + X.o, X.n, X.H); /* d y = w dy */
+    expert_backward(X.P, e, P_DOWN, dI1, 0, dx, row_of(X.A->act, X.o, X.MI), row_of(X.A->xa[P_DOWN], X.o, X.r), dr,
+                    X.n);
+    expert_act_backward(m, dI2, dI3, dI1, row_of(X.A->gate, X.o, X.MI), row_of(X.A->up, X.o, X.MI), (size_t)X.n * X.MI);
+    OPS->embedding_forward(BE, xe, X.A->e_tok + X.o, X.A->ln2, X.n, X.H); /* the pairs' inputs again */
+    expert_gate_up_backward(X.P, e, dx, dI2, dI3, xe, xa, dr, X.n);       /* e_dx (free now): d input */
 }
 
 static void moe_forward_block(const layer_pass *P, lt_layer_acts *A, float *x_out) {
@@ -606,7 +665,7 @@ static void moe_forward_block(const layer_pass *P, lt_layer_acts *A, float *x_ou
     const lt_model_config *c = &m->cfg;
     const lt_layer *W = P->W;
     lt_moe_route *R = &A->route;
-    const int N = P->N, H = (int)c->hidden_size, E = (int)c->num_experts, MI = (int)c->moe_intermediate_size;
+    const int N = P->N, H = (int)c->hidden_size, E = (int)c->num_experts;
     const int M = N * (int)c->num_experts_per_tok;
     OPS->rmsnorm_forward(BE, A->ln2, A->rstd2, A->x_mid, W->mlp_norm, N, H, (float)c->rms_norm_eps);
     OPS->gemm(BE, 0, 1, N, E, H, 1.0f, A->ln2, H, P->router, H, 0.0f, ws->r_logits, E);
@@ -623,12 +682,8 @@ static void moe_forward_block(const layer_pass *P, lt_layer_acts *A, float *x_ou
             for (int e = 0; e < E; e++) ws->aux_psum[e] += R->prob[(size_t)t * E + e];
             ws->aux_rows++;
         }
-    OPS->embedding_forward(BE, ws->e_x, A->e_tok, A->ln2, M, H); /* the pairs' inputs, by expert */
-    run_experts(P, A, experts_gate_up_forward);
-    expert_act_forward(m, A->act, A->gate, A->up, (size_t)M * MI);
-    run_experts(P, A, experts_down_forward);
-    OPS->copy(BE, ws->e_x, A->e_y, (size_t)M * H * sizeof(float));
-    OPS->row_scale(BE, ws->e_x, A->e_w, M, H);
+    const moe_experts X = {P, A, NULL, NULL};
+    run_experts(&X, experts_forward); /* e_x = w y of each pair */
     OPS->copy(BE, x_out, A->x_mid, (size_t)N * H * sizeof(float));
     OPS->embedding_backward(BE, x_out, A->e_tok, ws->e_x, M, H); /* x_out[tok] += w y, pair by pair */
 }
@@ -667,28 +722,16 @@ static void moe_backward_block(const layer_pass *P, lt_layer_acts *A) {
     const lt_model_config *c = &m->cfg;
     const lt_layer *W = P->W;
     const lt_moe_route *R = &A->route;
-    const int N = P->N, H = (int)c->hidden_size, E = (int)c->num_experts, MI = (int)c->moe_intermediate_size;
+    const int N = P->N, H = (int)c->hidden_size, E = (int)c->num_experts;
     const int M = N * (int)c->num_experts_per_tok;
-    OPS->embedding_forward(BE, ws->e_dx, A->e_tok, ws->dres, M, H); /* d loss / d (w y) of each pair */
-    /* dw_a = dy_a . y_a on the host (a row dot per pair) */
-    float *hdy = ws->h_moe, *hy = ws->h_moe + (size_t)M * H;
-    OPS->download(BE, hdy, ws->e_dx, (size_t)M * H * sizeof(float));
-    OPS->download(BE, hy, A->e_y, (size_t)M * H * sizeof(float));
-    for (int a = 0; a < M; a++) {
-        double d = 0;
-        for (int h = 0; h < H; h++) d += (double)hdy[(size_t)a * H + h] * hy[(size_t)a * H + h];
-        hdy[a] = (float)d; /* row a is read before hdy[a] is written (a <= a * H) */
-    }
-    OPS->row_scale(BE, ws->e_dx, A->e_w, M, H); /* d y = w dy */
-    run_experts(P, A, experts_down_backward);
-    expert_act_backward(m, ws->dI2, ws->dI3, ws->dI1, A->gate, A->up, (size_t)M * MI);
-    OPS->embedding_forward(BE, ws->e_x, A->e_tok, A->ln2, M, H); /* the pairs' inputs again */
-    run_experts(P, A, experts_gate_up_backward);                 /* e_dx (free now): the pairs' d input */
+    /* host (workspace.c): dw (M), dz (N,E), and for a device backend its rows of d (w y) and y (M,2H) */
+    float *dw = ws->h_moe, *dz = ws->h_moe + M;
+    const moe_experts X = {P, A, dz + (size_t)N * E, dw};
+    run_experts(&X, experts_backward); /* e_dx: the pairs' d input, dw */
     OPS->zero(BE, ws->dln, (size_t)N * H * sizeof(float));
     OPS->embedding_backward(BE, ws->dln, A->e_tok, ws->e_dx, M, H);
     /* the router: d z on the host, then d ln2 += d z W_router; a trained router: dW_router += d z^T ln2 */
-    float *dz = ws->h_moe + (size_t)M; /* after the M row dots */
-    moe_router_backward(c, ws, R, hdy, dz, N);
+    moe_router_backward(c, ws, R, dw, dz, N);
     OPS->upload(BE, ws->r_logits, dz, (size_t)N * E * sizeof(float));
     OPS->gemm(BE, 0, 0, N, H, E, 1.0f, ws->r_logits, E, P->router, H, 1.0f, ws->dln, H);
     if (P->d_router) OPS->gemm(BE, 1, 0, E, H, N, 1.0f, ws->r_logits, E, A->ln2, H, 1.0f, P->d_router, H);

@@ -15,12 +15,13 @@
 /* The routing of one MoE layer's pass (host memory; decoder.c moe_route): the N tokens' K choices
  * as M = N * K (token, expert) pairs sorted by expert, so that each expert runs one GEMM over its rows. */
 typedef struct lt_moe_route {
-    float *prob;   /* (N,E) softmax of the router logits                                   */
-    int32_t *sel;  /* (N,K) the chosen experts, by decreasing probability                  */
-    int32_t *pair; /* (N,K) the pair of each choice                                       */
-    int32_t *tok;  /* (M) the token of each pair (uploaded to e_tok)                        */
-    float *w;      /* (M) its routing weight (uploaded to e_w)                              */
-    int32_t *off;  /* (E+1) expert e's pairs are off[e] .. off[e+1]-1                      */
+    float *prob;    /* (N,E) softmax of the router logits                                   */
+    int32_t *sel;   /* (N,K) the chosen experts, by decreasing probability                  */
+    int32_t *pair;  /* (N,K) the pair of each choice                                       */
+    int32_t *tok;   /* (M) the token of each pair (uploaded to e_tok)                        */
+    float *w;       /* (M) its routing weight (uploaded to e_w)                              */
+    int32_t *off;   /* (E+1) expert e's pairs are off[e] .. off[e+1]-1                      */
+    int32_t *order; /* (E) the experts by decreasing pair count (ties: lower expert first)  */
 } lt_moe_route;
 
 typedef struct lt_layer_acts {
@@ -86,7 +87,8 @@ typedef struct lt_workspace {
     /* mixture of experts (NULL / 0 without MoE layers) */
     float *e_x, *e_dx; /* (M,H) the pairs' inputs; their output gradients, then input gradients */
     float *r_logits;   /* (N,E) router logits, in the backward their gradient                   */
-    float *h_moe;      /* host (2 M H + N E): the backward's row dots and router gradient   */
+    float *h_moe;      /* host (M + N E + 2 M H): the router logits; the backward's row dots, router
+                        * gradient and (device backends) the rows the dots read */
     void *h_route;     /* host: the routes of every acts entry                                  */
     double *aux_cnt;   /* host (E): pairs per expert, summed over the MoE layers of the forward */
     double *aux_psum;  /* host (E): router probabilities per expert, summed likewise            */

@@ -183,8 +183,8 @@ lt_status lt_workspace_create_kept(lt_model *m, int B, int T, int rank, int mode
     ws->host_losses = malloc(N * sizeof(float));
     ws->host_stage = malloc(6 * N * sizeof(int32_t));
     if (M) { /* host: the routes of every acts entry, the backward's scratch, the aux-loss statistics */
-        const size_t per = N * E + 2 * N * (size_t)c->num_experts_per_tok + 2 * M + E + 1;
-        const size_t hm = 2 * M * H + N * E;
+        const size_t per = N * E + 2 * N * (size_t)c->num_experts_per_tok + 2 * M + 2 * E + 1;
+        const size_t hm = M + N * E + 2 * M * H; /* decoder.c moe_backward_block */
         ws->h_route = malloc((size_t)ws->n_acts * per * 4);
         ws->h_moe = malloc(hm * sizeof(float));
         ws->aux_cnt = calloc(2 * E, sizeof(double));
@@ -203,6 +203,7 @@ lt_status lt_workspace_create_kept(lt_model *m, int B, int T, int rank, int mode
             R->tok = R->pair + N * c->num_experts_per_tok;
             R->w = (float *)(R->tok + M);
             R->off = (int32_t *)(R->w + M);
+            R->order = R->off + E + 1;
         }
     }
     if (!ws->block || !ws->host_losses || !ws->host_stage) {
