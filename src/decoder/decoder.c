@@ -518,15 +518,15 @@ static void expert_backward(const layer_pass *P, int e, lt_proj p, float *dx, in
 /* dx (n,H) = the d input of expert e's gate and up from dgate, dup (n,MI); x (n,H) its rows, xa (n,r) their
  * x A^T, dr (n,r) scratch. Gate and up share their LoRA A (PEFT's gate_up_proj), so their LoRA paths meet
  * in dr = dgate B_gate + dup B_up: dx += s dr A and dA += s dr^T x once, not once per projection (two
- * skinny GEMMs fewer per expert). dB_gate, dB_up, dA accumulate; full fine-tuning: dW += dy^T x each. */
+ * skinny GEMMs fewer per expert). dB_gate, dB_up, dA accumulate; full fine-tuning: dW += dy^T x each and,
+ * gpt-oss, db += colsum(dy) each. */
 static void expert_gate_up_backward(const layer_pass *P, int e, float *dx, const float *dgate, const float *dup,
                                     const float *x, const float *xa, float *dr, int n) {
     lt_model *m = P->m;
     const int H = (int)m->cfg.hidden_size, MI = (int)m->cfg.moe_intermediate_size;
     const lt_proj proj[2] = {P_GATE, P_UP};
     const float *dy[2] = {dgate, dup};
-    for (int k = 0; k < 2; k++)
-        lt_weight_backward(m, P->ws->wtile, lt_expert_w(P->W, e, proj[k]), dx, dy[k], n, H, MI, k ? 1.0f : 0.0f);
+    for (int k = 0; k < 2; k++) frozen_backward(m, P->ws, lt_expert_w(P->W, e, proj[k]), dx, dy[k], n, H, MI, k);
     if (P->elo[0]) {
         const int r = P->ad->p.rank;
         const float s = P->ad->scaling;
@@ -540,8 +540,11 @@ static void expert_gate_up_backward(const layer_pass *P, int e, float *dx, const
         OPS->gemm(BE, 1, 0, r, H, n, s, dr, r, x, H, 1.0f, lo.dA, H); /* dA          */
     }
     if (P->G)
-        for (int k = 0; k < 2; k++)
+        for (int k = 0; k < 2; k++) {
             OPS->gemm(BE, 1, 0, MI, H, n, 1.0f, dy[k], MI, x, H, 1.0f, lt_expert_w(P->G, e, proj[k])->f32, H);
+            float *db = (float *)lt_expert_bias(&m->cfg, P->G, e, proj[k]); /* gpt-oss: its own slice */
+            if (db) OPS->bias_backward(BE, db, dy[k], n, MI);
+        }
 }
 
 /* The experts of one MoE pass as groups of the backend's run_groups: expert e owns the pair rows
