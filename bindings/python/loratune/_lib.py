@@ -653,6 +653,8 @@ _EXPERIMENTAL_DECLS = [
     #                              lt_adapter **out, lt_extract_report *report);
     ("lt_adapter_extract", lt_status, [lt_model_p, lt_model_p, POINTER(lt_extract_params), POINTER(lt_adapter_p),
                                        POINTER(lt_extract_report)]),
+    # lt_status lt_trainer_frozen_gemm_stats(const lt_trainer *trainer, double *seconds, double *gflop);
+    ("lt_trainer_frozen_gemm_stats", lt_status, [lt_trainer_p, POINTER(c_double), POINTER(c_double)]),
 ]
 
 #: Names of the declared functions (used by the sync test).

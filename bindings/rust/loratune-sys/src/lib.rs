@@ -730,6 +730,8 @@ pub mod experimental {
             out: *mut *mut lt_adapter,
             report: *mut lt_extract_report,
         ) -> lt_status;
+        pub fn lt_trainer_frozen_gemm_stats(trainer: *const lt_trainer, seconds: *mut c_double, gflop: *mut c_double)
+            -> lt_status;
         pub fn lt_model_create_random(
             ctx: *mut lt_context,
             config_json: *const c_char,
