@@ -250,20 +250,20 @@ static lt_status model_code8(lt_model *m, lt_error *err) {
     return st;
 }
 
-/* Point W at a backend copy of the parts of host tensor q (rows = out): one allocation per weight,
- * statistics first (their f32 parts stay aligned), then the codes. */
-static lt_status weight_from_qtensor(lt_model *m, lt_weight *W, const lt_qtensor *q, lt_error *err) {
+/* The bytes of the one backend allocation of a quantized weight: its f32 part first (absmax, or absmax2
+ * with double quantization: aligned at the start), then the u8 codes of the absmax (double quantization),
+ * then the codes of the weights. */
+static void qweight_parts(const lt_qtensor *q, size_t *na, size_t *nq, size_t *nd) {
+    *na = q->double_quant ? (size_t)q->n_blocks2 * 4 : (size_t)q->n_blocks * 4;
+    *nq = q->double_quant ? (size_t)q->n_blocks : 0;
+    *nd = lt_qtensor_data_bytes(q);
+}
+
+/* W = the quantized weight of shape and format q whose parts are in backend block blk (qweight_parts) */
+static void set_qweight(lt_model *m, lt_weight *W, const lt_qtensor *q, char *blk) {
+    size_t na, nq, nd;
+    qweight_parts(q, &na, &nq, &nd);
     lt_qdesc d = lt_qtensor_desc(q);
-    const size_t nd = lt_qtensor_data_bytes(q);
-    const size_t na = q->double_quant ? (size_t)q->n_blocks2 * 4 : (size_t)q->n_blocks * 4; /* f32 part */
-    const size_t nq = q->double_quant ? (size_t)q->n_blocks : 0;                            /* u8 codes  */
-    char *blk = NULL;
-    lt_status st = q->double_quant ? model_code8(m, err) : LT_OK;
-    if (st == LT_OK) st = alloc_owned(m, na + nq + nd, "quantized weights", (void **)&blk, err);
-    if (st != LT_OK) return st;
-    m->be->ops->upload(m->be, blk, q->double_quant ? (const void *)q->absmax2 : (const void *)q->absmax, na);
-    if (nq) m->be->ops->upload(m->be, blk + na, q->qabsmax, nq);
-    m->be->ops->upload(m->be, blk + na + nq, q->data, nd);
     d.data = (const uint8_t *)(blk + na + nq);
     if (q->double_quant) {
         d.absmax2 = (const float *)blk;
@@ -279,18 +279,61 @@ static lt_status weight_from_qtensor(lt_model *m, lt_weight *W, const lt_qtensor
     m->quant = q->format;
     m->quant_blocksize = q->blocksize;
     m->quant_double = q->double_quant;
+}
+
+/* a tracked backend block for quantized weight q (and the 8-bit map of double quantization) */
+static lt_status alloc_qweight(lt_model *m, const lt_qtensor *q, char **blk, lt_error *err) {
+    size_t na, nq, nd;
+    qweight_parts(q, &na, &nq, &nd);
+    lt_status st = q->double_quant ? model_code8(m, err) : LT_OK;
+    return st != LT_OK ? st : alloc_owned(m, na + nq + nd, "quantized weights", (void **)blk, err);
+}
+
+/* Point W at a backend copy of the parts of host tensor q (rows = out) */
+static lt_status weight_from_qtensor(lt_model *m, lt_weight *W, const lt_qtensor *q, lt_error *err) {
+    size_t na, nq, nd;
+    qweight_parts(q, &na, &nq, &nd);
+    char *blk = NULL;
+    lt_status st = alloc_qweight(m, q, &blk, err);
+    if (st != LT_OK) return st;
+    m->be->ops->upload(m->be, blk, q->double_quant ? (const void *)q->absmax2 : (const void *)q->absmax, na);
+    if (nq) m->be->ops->upload(m->be, blk + na, q->qabsmax, nq);
+    m->be->ops->upload(m->be, blk + na + nq, q->data, nd);
+    set_qweight(m, W, q, blk);
     return LT_OK;
 }
 
-/* *W = the (out, in) source quantized as ld->p says, whole blocks at a time through the buffer */
+/* *W = the (out, in) source quantized as ld->p says, whole blocks at a time through the buffer. On a
+ * backend in host memory the codes are written straight into the model's allocation (a view: q's parts
+ * point into it): no host copy to move over, and its pages are first touched once, by the quantizer. */
 static lt_status sink_quant(loader *ld, const wsrc *s, int out, int in, const char *name, lt_weight *W, lt_error *err) {
     lt_model *m = ld->m;
     const lt_model_params *p = ld->p;
     const int64_t shape[2] = {out, in}, n = (int64_t)out * in;
-    lt_qtensor *q = NULL;
+    const int direct = m->be->ops->host_memory;
+    lt_qtensor view, *q = NULL;
+    char *blk = NULL; /* direct: the model's block (freed with the model on failure) */
     float *am = NULL;
     int named = 0;
-    lt_status st = lt_qtensor_alloc(shape, 2, p->quantization, p->quant_blocksize, p->double_quant, &q, err);
+    lt_status st;
+    if (direct) {
+        st = lt_qtensor_layout(&view, shape, 2, p->quantization, p->quant_blocksize, p->double_quant, err);
+        if (st == LT_OK) st = alloc_qweight(m, &view, &blk, err);
+        if (st == LT_OK) {
+            size_t na, nq, nd;
+            qweight_parts(&view, &na, &nq, &nd);
+            q = &view;
+            q->data = (uint8_t *)(blk + na + nq);
+            if (q->double_quant) {
+                q->absmax2 = (float *)blk;
+                q->qabsmax = (uint8_t *)(blk + na);
+            } else {
+                q->absmax = (float *)blk;
+            }
+        }
+    } else {
+        st = lt_qtensor_alloc(shape, 2, p->quantization, p->quant_blocksize, p->double_quant, &q, err);
+    }
     const int64_t step = ld->chunk >= (size_t)p->quant_blocksize
                              ? (int64_t)ld->chunk / p->quant_blocksize * p->quant_blocksize
                              : p->quant_blocksize;
@@ -307,13 +350,14 @@ static lt_status sink_quant(loader *ld, const wsrc *s, int out, int in, const ch
     }
     if (st == LT_OK) {
         lt_qtensor_quantize_finish(q, am, NULL);
-        st = weight_from_qtensor(m, W, q, err);
+        if (direct) set_qweight(m, W, q, blk);
+        else st = weight_from_qtensor(m, W, q, err);
         if (st == LT_OK) m->n_params += n;
     } else if (q && !named) {
         lt_fail_prefix(err, "%s: quantizing \"%s\"", m->dir, name);
     }
     if (q && q->double_quant) free(am);
-    lt_qtensor_free(q);
+    if (!direct) lt_qtensor_free(q);
     return st;
 }
 
