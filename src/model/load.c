@@ -6,8 +6,9 @@
  *          lt_model_quantize
  *
  * Every frozen tensor goes from a source to a sink through one small f32 buffer (LT_LOAD_CHUNK floats):
- *   sources  a checkpoint tensor (F32 / F16 / BF16, converted; the pages of the mapped file that held a
- *            chunk are dropped once it is consumed and the next chunk's are requested ahead), random
+ *   sources  a checkpoint tensor (F32 / F16 / BF16, copied out of its file with pread() a block at a time
+ *            and converted; the file's next chunk is requested ahead, the mapping's pages of a consumed
+ *            chunk dropped), random
  *            values (lt_model_create_random), or f32 weights already loaded (lt_model_quantize);
  *   sinks    f32 backend memory (or the mapped f32 bytes themselves, used in place), the packed bf16
  *            layout (base_dtype LT_BASE_BF16: a block of 16 rows at a time), or a blockwise-quantized
@@ -19,6 +20,7 @@
  * tensor first (conversion and packing work element by element; quantization block by block, and
  * formats/quant.c's lt_qtensor_quantize_part gives the whole-tensor bytes): tests/test_stream.c.
  */
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,6 +34,7 @@
 
 #define LT_LOAD_CHUNK ((size_t)1 << 20)    /* floats of the conversion buffer: 4 MiB */
 #define LT_LOAD_AHEAD ((uint64_t)64 << 20) /* bytes of the file requested ahead of the chunk being read */
+#define LT_LOAD_BLOCK 16384                /* elements a thread reads and converts at a time: 64 KiB of f32 */
 
 /* ---- owned backend memory ----------------------------------------------------------------------- */
 
@@ -163,19 +166,33 @@ static lt_status src_read(loader *ld, const wsrc *s, float *dst, int64_t i0, int
         lt_st_set_advise(m->st, s->t, b0 + nb, LT_LOAD_AHEAD, 0);
         const int check = m->check_finite;
         int64_t bad = n; /* the first non-finite element of the chunk */
-                         /* two threads share the page faults and the conversion */
-#pragma omp parallel for schedule(static) reduction(min : bad) if (n > 65536)
-        for (int64_t k = 0; k < n; k += 16384) {
-            const int64_t e = k + 16384 < n ? k + 16384 : n;
-            if (!check) {
-                lt_convert_to_f32(dst + k, p + (size_t)k * es, s->t->dtype, (size_t)(e - k));
+        int ioerr = 0;   /* errno of a failed read */
+                         /* Two threads, each copying its blocks out of the file with pread() into a small staging area
+                          * (hot in L1/L2) and converting them from there: the kernel's copy first-touches the fresh
+                          * page-cache pages at about half the CPU cost of faulting them into the mapping. A tensor that is
+                          * not in a mapping (a private copy) is converted from memory. */
+#pragma omp parallel for schedule(static) reduction(min : bad) reduction(max : ioerr) if (n > 65536)
+        for (int64_t k = 0; k < n; k += LT_LOAD_BLOCK) {
+            const int64_t e = k + LT_LOAD_BLOCK < n ? k + LT_LOAD_BLOCK : n;
+            _Alignas(64) unsigned char stage[LT_LOAD_BLOCK * 4]; /* es <= 4 */
+            const unsigned char *src = p + (size_t)k * es;
+            const int r = lt_st_set_read(m->st, s->t, b0 + (uint64_t)k * es, (uint64_t)(e - k) * es, stage);
+            if (r < 0) {
+                ioerr = errno ? errno : EIO;
                 continue;
             }
-            const int64_t b =
-                (int64_t)lt_convert_to_f32_finite(dst + k, p + (size_t)k * es, s->t->dtype, (size_t)(e - k));
+            if (r > 0) src = stage;
+            if (!check) {
+                lt_convert_to_f32(dst + k, src, s->t->dtype, (size_t)(e - k));
+                continue;
+            }
+            const int64_t b = (int64_t)lt_convert_to_f32_finite(dst + k, src, s->t->dtype, (size_t)(e - k));
             if (b < e - k && k + b < bad) bad = k + b;
         }
         lt_st_set_advise(m->st, s->t, b0, nb, 1);
+        if (ioerr)
+            return lt_fail(err, LT_ERR_IO, "%s: tensor \"%s\": reading its file failed: %s", m->dir, s->t->name,
+                           strerror(ioerr));
         if (bad < n) return nonfinite_weight(m, s->t->name, s->off + i0 + bad, dst[bad], err);
     }
     return LT_OK;
