@@ -163,9 +163,9 @@ int64_t lt_qtensor_bytes(const lt_qtensor *q) {
     return b;
 }
 
-lt_status lt_qtensor_alloc(const int64_t *shape, int ndim, lt_quant_format f, int blocksize, int double_quant,
-                           lt_qtensor **out, lt_error *err) {
-    *out = NULL;
+lt_status lt_qtensor_layout(lt_qtensor *q, const int64_t *shape, int ndim, lt_quant_format f, int blocksize,
+                            int double_quant, lt_error *err) {
+    memset(q, 0, sizeof *q);
     if (!shape || ndim < 1 || ndim > LT_QMAX_DIMS)
         return lt_fail(err, LT_ERR_SHAPE, "quantize: ndim %d is not in 1..%d", ndim, LT_QMAX_DIMS);
     uint64_t n = 1;
@@ -180,8 +180,6 @@ lt_status lt_qtensor_alloc(const int64_t *shape, int ndim, lt_quant_format f, in
     lt_quant_params p = {.size = sizeof p, .format = f, .blocksize = blocksize, .double_quant = double_quant};
     lt_status st = lt_quant_check_params(&p, err);
     if (st != LT_OK) return st;
-    lt_qtensor *q = calloc(1, sizeof *q);
-    if (!q) return lt_fail(err, LT_ERR_NOMEM, "quantize: out of memory");
     q->format = f;
     q->blocksize = blocksize;
     q->double_quant = f != LT_QUANT_INT8 && double_quant;
@@ -190,6 +188,19 @@ lt_status lt_qtensor_alloc(const int64_t *shape, int ndim, lt_quant_format f, in
     q->numel = (int64_t)n;
     q->n_blocks = (q->numel + blocksize - 1) / blocksize;
     q->n_blocks2 = q->double_quant ? (q->n_blocks + LT_NESTED_BLOCK - 1) / LT_NESTED_BLOCK : 0;
+    return LT_OK;
+}
+
+lt_status lt_qtensor_alloc(const int64_t *shape, int ndim, lt_quant_format f, int blocksize, int double_quant,
+                           lt_qtensor **out, lt_error *err) {
+    *out = NULL;
+    lt_qtensor *q = calloc(1, sizeof *q);
+    if (!q) return lt_fail(err, LT_ERR_NOMEM, "quantize: out of memory");
+    lt_status st = lt_qtensor_layout(q, shape, ndim, f, blocksize, double_quant, err);
+    if (st != LT_OK) {
+        free(q);
+        return st;
+    }
     q->data = calloc(lt_qtensor_data_bytes(q), 1);
     if (q->double_quant) {
         q->qabsmax = calloc((size_t)q->n_blocks, 1);
@@ -198,8 +209,9 @@ lt_status lt_qtensor_alloc(const int64_t *shape, int ndim, lt_quant_format f, in
         q->absmax = calloc((size_t)q->n_blocks, sizeof(float));
     }
     if (!q->data || (q->double_quant ? !q->qabsmax || !q->absmax2 : !q->absmax)) {
+        const long long bytes = (long long)lt_qtensor_bytes(q);
         lt_qtensor_free(q);
-        return lt_fail(err, LT_ERR_NOMEM, "quantize: cannot allocate %lld bytes", (long long)(n / 2));
+        return lt_fail(err, LT_ERR_NOMEM, "quantize: cannot allocate %lld bytes", bytes);
     }
     *out = q;
     return LT_OK;

@@ -62,6 +62,12 @@ lt_status lt_qtensor_quantize_ex(const float *x, const int64_t *shape, int ndim,
 lt_status lt_qtensor_quantize_part(lt_qtensor *q, const float *x, int64_t i0, int64_t n, float *absmax, lt_error *err);
 void lt_qtensor_quantize_finish(lt_qtensor *q, float *absmax, const float *forced_offset);
 
+/* *q = the shape, format and block counts of a tensor, with no parts (all NULL): the caller points
+ * them at memory of its own (the streamed loader quantizes straight into the model's allocation) and
+ * never passes q to lt_qtensor_free. */
+lt_status lt_qtensor_layout(lt_qtensor *q, const int64_t *shape, int ndim, lt_quant_format f, int blocksize,
+                            int double_quant, lt_error *err);
+
 /* Allocate an empty tensor (parts zeroed) to be filled by a reader. */
 lt_status lt_qtensor_alloc(const int64_t *shape, int ndim, lt_quant_format f, int blocksize, int double_quant,
                            lt_qtensor **out, lt_error *err);

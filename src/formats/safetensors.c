@@ -83,6 +83,7 @@ struct lt_st_file {
     char *path;
     void *map; /* the whole file (use_mmap) */
     size_t map_len;
+    int fd;    /* use_mmap: the file, kept open for lt_st_set_read; else -1 */
     void *buf; /* the data buffer (no mmap) */
     int n;
     lt_st_tensor *tensors; /* sorted by name */
@@ -119,6 +120,7 @@ void lt_st_close(lt_st_file *f) {
     }
     free(f->meta);
     if (f->map) munmap(f->map, f->map_len);
+    if (f->fd >= 0) close(f->fd);
     free(f->buf);
     free(f->path);
     free(f);
@@ -357,6 +359,7 @@ lt_status lt_st_open(const char *path, int use_mmap, lt_st_file **out, lt_error 
         free(f);
         return lt_fail(err, LT_ERR_NOMEM, "%s: out of memory", path);
     }
+    f->fd = -1;
     lt_status st = LT_OK;
     char *hbuf = NULL;
     uint64_t *offsets = NULL;
@@ -467,7 +470,8 @@ lt_status lt_st_open(const char *path, int use_mmap, lt_st_file **out, lt_error 
     }
     free(offsets);
     free(hbuf);
-    close(fd);
+    if (f->map) f->fd = fd; /* lt_st_set_read copies from it */
+    else close(fd);
     *out = f;
     return LT_OK;
 
@@ -701,6 +705,18 @@ void lt_st_set_advise(const lt_st_set *set, const lt_st_tensor *t, uint64_t off,
         (void)madvise((void *)a, (b < m1 ? b : m1) - a, release ? MADV_DONTNEED : MADV_WILLNEED); /* a hint */
         return;
     }
+}
+
+int lt_st_set_read(const lt_st_set *set, const lt_st_tensor *t, uint64_t off, uint64_t len, void *dst) {
+    if (!set || !t || off > t->nbytes || len > t->nbytes - off) return 0;
+    const uintptr_t p = (uintptr_t)t->data + off;
+    for (int i = 0; i < set->n_files; i++) {
+        const lt_st_file *f = set->files[i];
+        const uintptr_t m0 = (uintptr_t)f->map, m1 = m0 + f->map_len;
+        if (!f->map || f->fd < 0 || p < m0 || p + len > m1) continue;
+        return pread_all(f->fd, dst, (size_t)len, (uint64_t)(p - m0)) == 0 ? 1 : -1;
+    }
+    return 0; /* not in a mapping: a private copy, or use_mmap 0 */
 }
 
 lt_status lt_st_set_open_dir(const char *dir, int use_mmap, lt_st_set **out, lt_error *err) {

@@ -64,6 +64,11 @@ void lt_st_set_release_pages(const lt_st_set *set);
  * so a consumed tensor stops counting in the process's memory; read again from the file if touched).
  * A no-op when t is not in a file mapping (use_mmap 0, or a misaligned tensor's private copy). */
 void lt_st_set_advise(const lt_st_set *set, const lt_st_tensor *t, uint64_t off, uint64_t len, int release);
+/* dst = bytes [off, off + len) of tensor t of the set read from its file with pread(): 1 when done, 0 when
+ * t is not in a file mapping (the caller reads t->data), -1 on a read error (errno set). A copy through
+ * the kernel first-touches fresh page-cache pages at about half the CPU cost of faulting them into the
+ * mapping, and many threads may read at once. */
+int lt_st_set_read(const lt_st_set *set, const lt_st_tensor *t, uint64_t off, uint64_t len, void *dst);
 void lt_st_set_close(lt_st_set *set);                                       /* accepts NULL */
 const lt_st_tensor *lt_st_set_find(const lt_st_set *set, const char *name); /* NULL if absent */
 /* The file holding a tensor (for messages), or NULL. */

@@ -6,8 +6,9 @@
  *          lt_model_quantize
  *
  * Every frozen tensor goes from a source to a sink through one small f32 buffer (LT_LOAD_CHUNK floats):
- *   sources  a checkpoint tensor (F32 / F16 / BF16, converted; the pages of the mapped file that held a
- *            chunk are dropped once it is consumed and the next chunk's are requested ahead), random
+ *   sources  a checkpoint tensor (F32 / F16 / BF16, copied out of its file with pread() a block at a time
+ *            and converted; the file's next chunk is requested ahead, the mapping's pages of a consumed
+ *            chunk dropped), random
  *            values (lt_model_create_random), or f32 weights already loaded (lt_model_quantize);
  *   sinks    f32 backend memory (or the mapped f32 bytes themselves, used in place), the packed bf16
  *            layout (base_dtype LT_BASE_BF16: a block of 16 rows at a time), or a blockwise-quantized
@@ -19,6 +20,7 @@
  * tensor first (conversion and packing work element by element; quantization block by block, and
  * formats/quant.c's lt_qtensor_quantize_part gives the whole-tensor bytes): tests/test_stream.c.
  */
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,6 +34,7 @@
 
 #define LT_LOAD_CHUNK ((size_t)1 << 20)    /* floats of the conversion buffer: 4 MiB */
 #define LT_LOAD_AHEAD ((uint64_t)64 << 20) /* bytes of the file requested ahead of the chunk being read */
+#define LT_LOAD_BLOCK 16384                /* elements a thread reads and converts at a time: 64 KiB of f32 */
 
 /* ---- owned backend memory ----------------------------------------------------------------------- */
 
@@ -163,19 +166,33 @@ static lt_status src_read(loader *ld, const wsrc *s, float *dst, int64_t i0, int
         lt_st_set_advise(m->st, s->t, b0 + nb, LT_LOAD_AHEAD, 0);
         const int check = m->check_finite;
         int64_t bad = n; /* the first non-finite element of the chunk */
-                         /* two threads share the page faults and the conversion */
-#pragma omp parallel for schedule(static) reduction(min : bad) if (n > 65536)
-        for (int64_t k = 0; k < n; k += 16384) {
-            const int64_t e = k + 16384 < n ? k + 16384 : n;
-            if (!check) {
-                lt_convert_to_f32(dst + k, p + (size_t)k * es, s->t->dtype, (size_t)(e - k));
+        int ioerr = 0;   /* errno of a failed read */
+                         /* Two threads, each copying its blocks out of the file with pread() into a small staging area
+                          * (hot in L1/L2) and converting them from there: the kernel's copy first-touches the fresh
+                          * page-cache pages at about half the CPU cost of faulting them into the mapping. A tensor that is
+                          * not in a mapping (a private copy) is converted from memory. */
+#pragma omp parallel for schedule(static) reduction(min : bad) reduction(max : ioerr) if (n > 65536)
+        for (int64_t k = 0; k < n; k += LT_LOAD_BLOCK) {
+            const int64_t e = k + LT_LOAD_BLOCK < n ? k + LT_LOAD_BLOCK : n;
+            _Alignas(64) unsigned char stage[LT_LOAD_BLOCK * 4]; /* es <= 4 */
+            const unsigned char *src = p + (size_t)k * es;
+            const int r = lt_st_set_read(m->st, s->t, b0 + (uint64_t)k * es, (uint64_t)(e - k) * es, stage);
+            if (r < 0) {
+                ioerr = errno ? errno : EIO;
                 continue;
             }
-            const int64_t b =
-                (int64_t)lt_convert_to_f32_finite(dst + k, p + (size_t)k * es, s->t->dtype, (size_t)(e - k));
+            if (r > 0) src = stage;
+            if (!check) {
+                lt_convert_to_f32(dst + k, src, s->t->dtype, (size_t)(e - k));
+                continue;
+            }
+            const int64_t b = (int64_t)lt_convert_to_f32_finite(dst + k, src, s->t->dtype, (size_t)(e - k));
             if (b < e - k && k + b < bad) bad = k + b;
         }
         lt_st_set_advise(m->st, s->t, b0, nb, 1);
+        if (ioerr)
+            return lt_fail(err, LT_ERR_IO, "%s: tensor \"%s\": reading its file failed: %s", m->dir, s->t->name,
+                           strerror(ioerr));
         if (bad < n) return nonfinite_weight(m, s->t->name, s->off + i0 + bad, dst[bad], err);
     }
     return LT_OK;
@@ -250,20 +267,20 @@ static lt_status model_code8(lt_model *m, lt_error *err) {
     return st;
 }
 
-/* Point W at a backend copy of the parts of host tensor q (rows = out): one allocation per weight,
- * statistics first (their f32 parts stay aligned), then the codes. */
-static lt_status weight_from_qtensor(lt_model *m, lt_weight *W, const lt_qtensor *q, lt_error *err) {
+/* The bytes of the one backend allocation of a quantized weight: its f32 part first (absmax, or absmax2
+ * with double quantization: aligned at the start), then the u8 codes of the absmax (double quantization),
+ * then the codes of the weights. */
+static void qweight_parts(const lt_qtensor *q, size_t *na, size_t *nq, size_t *nd) {
+    *na = q->double_quant ? (size_t)q->n_blocks2 * 4 : (size_t)q->n_blocks * 4;
+    *nq = q->double_quant ? (size_t)q->n_blocks : 0;
+    *nd = lt_qtensor_data_bytes(q);
+}
+
+/* W = the quantized weight of shape and format q whose parts are in backend block blk (qweight_parts) */
+static void set_qweight(lt_model *m, lt_weight *W, const lt_qtensor *q, char *blk) {
+    size_t na, nq, nd;
+    qweight_parts(q, &na, &nq, &nd);
     lt_qdesc d = lt_qtensor_desc(q);
-    const size_t nd = lt_qtensor_data_bytes(q);
-    const size_t na = q->double_quant ? (size_t)q->n_blocks2 * 4 : (size_t)q->n_blocks * 4; /* f32 part */
-    const size_t nq = q->double_quant ? (size_t)q->n_blocks : 0;                            /* u8 codes  */
-    char *blk = NULL;
-    lt_status st = q->double_quant ? model_code8(m, err) : LT_OK;
-    if (st == LT_OK) st = alloc_owned(m, na + nq + nd, "quantized weights", (void **)&blk, err);
-    if (st != LT_OK) return st;
-    m->be->ops->upload(m->be, blk, q->double_quant ? (const void *)q->absmax2 : (const void *)q->absmax, na);
-    if (nq) m->be->ops->upload(m->be, blk + na, q->qabsmax, nq);
-    m->be->ops->upload(m->be, blk + na + nq, q->data, nd);
     d.data = (const uint8_t *)(blk + na + nq);
     if (q->double_quant) {
         d.absmax2 = (const float *)blk;
@@ -279,18 +296,61 @@ static lt_status weight_from_qtensor(lt_model *m, lt_weight *W, const lt_qtensor
     m->quant = q->format;
     m->quant_blocksize = q->blocksize;
     m->quant_double = q->double_quant;
+}
+
+/* a tracked backend block for quantized weight q (and the 8-bit map of double quantization) */
+static lt_status alloc_qweight(lt_model *m, const lt_qtensor *q, char **blk, lt_error *err) {
+    size_t na, nq, nd;
+    qweight_parts(q, &na, &nq, &nd);
+    lt_status st = q->double_quant ? model_code8(m, err) : LT_OK;
+    return st != LT_OK ? st : alloc_owned(m, na + nq + nd, "quantized weights", (void **)blk, err);
+}
+
+/* Point W at a backend copy of the parts of host tensor q (rows = out) */
+static lt_status weight_from_qtensor(lt_model *m, lt_weight *W, const lt_qtensor *q, lt_error *err) {
+    size_t na, nq, nd;
+    qweight_parts(q, &na, &nq, &nd);
+    char *blk = NULL;
+    lt_status st = alloc_qweight(m, q, &blk, err);
+    if (st != LT_OK) return st;
+    m->be->ops->upload(m->be, blk, q->double_quant ? (const void *)q->absmax2 : (const void *)q->absmax, na);
+    if (nq) m->be->ops->upload(m->be, blk + na, q->qabsmax, nq);
+    m->be->ops->upload(m->be, blk + na + nq, q->data, nd);
+    set_qweight(m, W, q, blk);
     return LT_OK;
 }
 
-/* *W = the (out, in) source quantized as ld->p says, whole blocks at a time through the buffer */
+/* *W = the (out, in) source quantized as ld->p says, whole blocks at a time through the buffer. On a
+ * backend in host memory the codes are written straight into the model's allocation (a view: q's parts
+ * point into it): no host copy to move over, and its pages are first touched once, by the quantizer. */
 static lt_status sink_quant(loader *ld, const wsrc *s, int out, int in, const char *name, lt_weight *W, lt_error *err) {
     lt_model *m = ld->m;
     const lt_model_params *p = ld->p;
     const int64_t shape[2] = {out, in}, n = (int64_t)out * in;
-    lt_qtensor *q = NULL;
+    const int direct = m->be->ops->host_memory;
+    lt_qtensor view, *q = NULL;
+    char *blk = NULL; /* direct: the model's block (freed with the model on failure) */
     float *am = NULL;
     int named = 0;
-    lt_status st = lt_qtensor_alloc(shape, 2, p->quantization, p->quant_blocksize, p->double_quant, &q, err);
+    lt_status st;
+    if (direct) {
+        st = lt_qtensor_layout(&view, shape, 2, p->quantization, p->quant_blocksize, p->double_quant, err);
+        if (st == LT_OK) st = alloc_qweight(m, &view, &blk, err);
+        if (st == LT_OK) {
+            size_t na, nq, nd;
+            qweight_parts(&view, &na, &nq, &nd);
+            q = &view;
+            q->data = (uint8_t *)(blk + na + nq);
+            if (q->double_quant) {
+                q->absmax2 = (float *)blk;
+                q->qabsmax = (uint8_t *)(blk + na);
+            } else {
+                q->absmax = (float *)blk;
+            }
+        }
+    } else {
+        st = lt_qtensor_alloc(shape, 2, p->quantization, p->quant_blocksize, p->double_quant, &q, err);
+    }
     const int64_t step = ld->chunk >= (size_t)p->quant_blocksize
                              ? (int64_t)ld->chunk / p->quant_blocksize * p->quant_blocksize
                              : p->quant_blocksize;
@@ -307,13 +367,14 @@ static lt_status sink_quant(loader *ld, const wsrc *s, int out, int in, const ch
     }
     if (st == LT_OK) {
         lt_qtensor_quantize_finish(q, am, NULL);
-        st = weight_from_qtensor(m, W, q, err);
+        if (direct) set_qweight(m, W, q, blk);
+        else st = weight_from_qtensor(m, W, q, err);
         if (st == LT_OK) m->n_params += n;
     } else if (q && !named) {
         lt_fail_prefix(err, "%s: quantizing \"%s\"", m->dir, name);
     }
     if (q && q->double_quant) free(am);
-    lt_qtensor_free(q);
+    if (!direct) lt_qtensor_free(q);
     return st;
 }
 
