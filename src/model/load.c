@@ -165,12 +165,12 @@ static lt_status src_read(loader *ld, const wsrc *s, float *dst, int64_t i0, int
         const unsigned char *p = (const unsigned char *)s->t->data + b0;
         lt_st_set_advise(m->st, s->t, b0 + nb, LT_LOAD_AHEAD, 0);
         const int check = m->check_finite;
+        /* Two threads, each copying its blocks out of the file with pread() into a small staging area (hot
+         * in L1/L2) and converting them from there: the kernel's copy first-touches the fresh page-cache pages
+         * at about half the CPU cost of faulting them into the mapping. A tensor that is not in a mapping (a
+         * private copy) is converted from memory. */
         int64_t bad = n; /* the first non-finite element of the chunk */
         int ioerr = 0;   /* errno of a failed read */
-                         /* Two threads, each copying its blocks out of the file with pread() into a small staging area
-                          * (hot in L1/L2) and converting them from there: the kernel's copy first-touches the fresh
-                          * page-cache pages at about half the CPU cost of faulting them into the mapping. A tensor that is
-                          * not in a mapping (a private copy) is converted from memory. */
 #pragma omp parallel for schedule(static) reduction(min : bad) reduction(max : ioerr) if (n > 65536)
         for (int64_t k = 0; k < n; k += LT_LOAD_BLOCK) {
             const int64_t e = k + LT_LOAD_BLOCK < n ? k + LT_LOAD_BLOCK : n;
