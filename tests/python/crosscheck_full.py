@@ -515,7 +515,7 @@ def check_dpo(lib_path, name, work, obj="dpo", lora=False):
         before, after, grads = read_dir(idir), read_dir(odir), read_dir(gdir)
     else:
         before, after = module_names(read_dir(mdir), model.config), module_names(read_dir(odir), model.config)
-        grads = {k: (prm.grad if prm.grad is not None else torch.zeros_like(prm)) for k, prm in model.named_parameters()}
+        grads = {k: prm.grad if prm.grad is not None else torch.zeros_like(prm) for k, prm in model.named_parameters()}
     if lora and set(grads) != set(after):
         fails.append(f"{tag}: saved tensors differ from torch's: {sorted(set(grads) ^ set(after))[:4]}")
     worst = 0.0
