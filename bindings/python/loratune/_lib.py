@@ -746,8 +746,8 @@ def _openblas_hint(cand: str) -> Optional[str]:
     if "OPENBLAS_CORETYPE" in os.environ or not sys.platform.startswith("linux") or not sys.executable:
         return None
     import platform
-    if platform.machine() not in ("x86_64", "AMD64"):
-        return None
+    if platform.machine() not in ("x86_64", "AMD64") or (os.sep in cand and not os.path.exists(cand)):
+        return None  # (a path that is not there: the load fails anyway)
     import subprocess
     try:
         p = subprocess.run([sys.executable, "-I", "-S", "-c", _HINT_PROBE, cand], capture_output=True, text=True,
