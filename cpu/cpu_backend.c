@@ -37,6 +37,25 @@
 #include "cpu/ref_ops.h"
 
 void openblas_set_num_threads(int num_threads);
+char *openblas_get_corename(void);
+
+/* OpenBLAS picks its kernels once, when it loads, from its CPU detection or OPENBLAS_CORETYPE. Debian 12's
+ * OpenBLAS 0.3.21 does not recognise the newest Xeons and falls back to its SSE3 kernels ("Prescott"): every
+ * f32 GEMM 3x slower (docs/BENCHMARKS.md, moe-s). The library cannot change that for its host (it sets no
+ * process-wide state, and the choice is made before any of its code runs); it tells the host which core to
+ * ask for in a new process: the AVX-512 or AVX2 one this CPU runs (the detection of the backend's own
+ * kernels), only when OpenBLAS reports a pre-AVX2 core and the host left OPENBLAS_CORETYPE unset. */
+const char *lt_cpu_openblas_coretype_hint(void) {
+    if (getenv("OPENBLAS_CORETYPE")) return NULL;
+    static const char *const pre_avx2[] = {"Prescott", "Core2", "Penryn", "Dunnington", "Nehalem", "Atom"};
+    const char *core = openblas_get_corename();
+    int old = 0;
+    for (size_t i = 0; core && i < sizeof pre_avx2 / sizeof *pre_avx2; i++) old |= !strcmp(core, pre_avx2[i]);
+    if (!old) return NULL;
+    if (lt_cpu_kernels_get(LT_CPU_ISA_AVX512, NULL, 0)) return "SkylakeX";
+    if (lt_cpu_kernels_get(LT_CPU_ISA_AVX2, NULL, 0)) return "Haswell";
+    return NULL;
+}
 
 /* ---- the backend ---------------------------------------------------------------------------------- */
 

@@ -132,6 +132,18 @@ LT_API lt_status lt_adapter_extract(lt_model *base, lt_model *tuned, const lt_ex
  */
 LT_API lt_status lt_trainer_frozen_gemm_stats(const lt_trainer *trainer, double *seconds, double *gflop);
 
+/* ---- the host process ----------------------------------------------------------------------------------- */
+
+/**
+ * The OPENBLAS_CORETYPE value a host should start with: "SkylakeX" (AVX-512) or "Haswell" (AVX2 + FMA) when
+ * the OpenBLAS loaded in this process runs pre-AVX2 kernels on a CPU that has them (Debian 12's OpenBLAS
+ * 0.3.21 does not know the newest Xeons: f32 GEMMs about 3x slower) and OPENBLAS_CORETYPE is unset; NULL
+ * otherwise (also off x86). It changes nothing: OpenBLAS reads the variable only when it loads, so the
+ * value is for a new process (the loratune CLI runs itself again with it; the Python binding asks a child
+ * process before it loads the library). A static string.
+ */
+LT_API const char *lt_openblas_coretype_hint(void);
+
 #ifdef __cplusplus
 }
 #endif

@@ -3,40 +3,22 @@
  * It uses only the public API (include/loratune.h). Errors: one line on stderr, exit status 1
  * (2 for usage errors).
  */
-#include <dlfcn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "cli/cli.h"
+#include "loratune_experimental.h"
 
-/* OpenBLAS picks its kernels once, when it loads, from its CPU detection or OPENBLAS_CORETYPE. Debian 12's
- * OpenBLAS 0.3.21 does not recognise the newest Xeons and falls back to its SSE3 kernels ("Prescott"): every
- * f32 GEMM 3x slower (docs/BENCHMARKS.md, moe-s). The library cannot change that for its host (it sets no
- * process-wide state); the CLI is a program of its own, so it runs itself again with the core this CPU
- * supports. Only when OPENBLAS_CORETYPE is unset and OpenBLAS reports a pre-AVX2 core. */
+/* The library cannot choose OpenBLAS's kernels for its host (OpenBLAS reads OPENBLAS_CORETYPE when it loads);
+ * the CLI is a program of its own, so it runs itself again with the core the library suggests (a pre-AVX2
+ * core on an AVX2 CPU, OPENBLAS_CORETYPE unset: lt_openblas_coretype_hint). */
 static void openblas_core_for_this_cpu(char **argv) {
-#if defined(__x86_64__) && defined(__GNUC__)
-    if (getenv("OPENBLAS_CORETYPE")) return;
-    char *(*corename)(void) = (char *(*)(void))dlsym(RTLD_DEFAULT, "openblas_get_corename");
-    const char *core = corename ? corename() : NULL;
-    static const char *const pre_avx2[] = {"Prescott", "Core2", "Penryn", "Dunnington", "Nehalem", "Atom"};
-    int old = 0;
-    for (size_t i = 0; core && i < sizeof pre_avx2 / sizeof *pre_avx2; i++) old |= !strcmp(core, pre_avx2[i]);
-    if (!old) return;
-    __builtin_cpu_init();
-    const char *want = NULL;
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
-        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512cd"))
-        want = "SkylakeX";
-    else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) want = "Haswell";
+    const char *want = lt_openblas_coretype_hint();
     if (!want || setenv("OPENBLAS_CORETYPE", want, 1) != 0) return;
     execv("/proc/self/exe", argv); /* returns only on failure: go on with the kernels OpenBLAS chose */
     unsetenv("OPENBLAS_CORETYPE");
-#else
-    (void)argv;
-#endif
 }
 
 static void usage(FILE *f) {

@@ -1,7 +1,7 @@
 /*
  * registry.c - the backend registry: the only place in the library that names its backends (cpu/,
  * cuda/). Everything else reaches a backend through the dispatch table of backend/backend.h.
- * defines: lt_backend_available, lt_backend_create, lt_backend_destroy
+ * defines: lt_backend_available, lt_backend_create, lt_backend_destroy, lt_openblas_coretype_hint
  */
 #include <stdio.h>
 #include <string.h>
@@ -42,6 +42,8 @@ lt_status lt_backend_create(const char *name, int n_threads, lt_backend **out, c
     snprintf(err, errlen, "unknown backend \"%s\" (known: cpu, cuda, auto)", name);
     return LT_ERR_BACKEND;
 }
+
+LT_API const char *lt_openblas_coretype_hint(void) { return lt_cpu_openblas_coretype_hint(); }
 
 void lt_backend_destroy(lt_backend *be) {
     if (be) be->ops->destroy(be);

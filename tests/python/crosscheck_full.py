@@ -27,7 +27,12 @@ model's logits (1e-4 relative to max|logit|); lt_adapter_load of it reproduces t
 library's logits with the reloaded adapter equal torch's, 1e-4). One DPO update per family (SGD, lr 1,
 no clipping: the weight change is the gradient) against TRL's sigmoid loss with the frozen base as the
 reference: every tensor's change within 2e-4 of max|torch grad|; on Qwen3-MoE and gpt-oss e5k2 also one KTO
-update and one GRPO step, each with TRL's load-balancing term.
+update and one GRPO step, each with TRL's load-balancing term. On gpt-oss one IPO (DPOTrainer loss_type "ipo")
+and one ORPO (trl.experimental's ORPOTrainer, its odds_ratio_loss called as is) update the same way: ORPO with
+a PEFT LoRA on attention and the experts (make_moe_models' config, random A and B; every LoRA tensor's change
+against PEFT's gradient) on both models, IPO with full fine-tuning on e5k2 and that LoRA on e7k4 (reference:
+the adapter disabled). TRL's load-balancing term is in IPO on both models (e7k4 has output_router_logits false:
+TRL adds it all the same), in ORPO only on e5k2 (output_router_logits true), not on e7k4.
 """
 import argparse
 import ctypes
@@ -38,6 +43,7 @@ import sys
 
 import offline_env  # noqa: E402,F401  (first: offline, no progress bars, no hub-kernel notices)
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 import torch  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -358,13 +364,16 @@ def check_sft(lib_path, name, work, steps):
     return fails
 
 
-def trl_aux(model, seqs):
+def trl_aux(model, seqs, orpo=False):
     """The load-balancing loss TRL 1.16 adds to a preference loss on an MoE model (DPOTrainer / KTOTrainer:
-    router_aux_loss_coef * outputs.aux_loss of the policy forward): one forward of the sequences right-padded
-    as one batch (DPO: chosen rows then rejected rows; KTO: the completion rows) with their attention_mask and
+    router_aux_loss_coef * outputs.aux_loss of the policy forward; trl.experimental's ORPOTrainer only when
+    the config's output_router_logits is true): one forward of the sequences right-padded as one batch (DPO,
+    IPO, ORPO: chosen rows then rejected rows; KTO: the completion rows) with their attention_mask and
     output_router_logits=True, so transformers' load_balancing_loss_func leaves out the padding. 0 for a
     dense model."""
     if not hasattr(model.config, "output_router_logits") or not model.config.router_aux_loss_coef:
+        return 0.0
+    if orpo and not model.config.output_router_logits:
         return 0.0
     T = max(len(s) for s in seqs)
     ids = torch.tensor([s + [0] * (T - len(s)) for s in seqs])
@@ -373,12 +382,66 @@ def trl_aux(model, seqs):
     return model.config.router_aux_loss_coef * out.aux_loss
 
 
-def check_dpo(lib_path, name, work, obj="dpo"):
-    """One DPO (or KTO) update (TRL sigmoid loss, beta 0.1, reference = the frozen base; an MoE model: plus
-    TRL's load-balancing term, trl_aux) with SGD lr 1: the change of every weight is its gradient."""
+OBJECTIVES = {"dpo": 1, "ipo": 2, "kto": 3, "orpo": 4}  # lt_objective
+
+
+def trl_pref_loss(model, ref, rows, obj, beta=0.1):
+    """TRL's loss of one batch of (prompt, chosen, rejected) rows (KTO: row 0 desirable, row 1 undesirable, the
+    rejected completions unused), log-probs summed over the completion of each unpadded row; ref: the frozen
+    reference model (a context manager giving it). DPO sigmoid -log s(b D); IPO (DPOTrainer loss_type "ipo",
+    log-probs per completion token) ((pc - rc) / nc - (pr - rr) / nr - 1 / (2 b))^2; KTO as KTOTrainer (KL rows
+    pair prompt i with completion i - 1, detached); ORPO (ORPOTrainer.get_batch_loss_metrics) the NLL of every
+    token of prompt + chosen (a token mean) minus the mean of TRL's own odds_ratio_loss on the mean per-token
+    log-probs. Plus trl_aux on an MoE model."""
+    def logp(m, p, c, tokens=False):
+        lg = m(input_ids=torch.tensor([p + c])).logits[0].float()
+        lp = torch.log_softmax(lg, -1)[:-1].gather(1, torch.tensor(p + c)[1:, None])[:, 0]
+        return lp if tokens else lp[len(p) - 1:].sum()
+
+    losses = []
+    if obj == "kto":
+        with torch.no_grad():
+            pkl = [logp(model, p, rows[i - 1][1]) for i, (p, _, _) in enumerate(rows)]
+            with ref() as rm:
+                rkl = [logp(rm, p, rows[i - 1][1]) for i, (p, _, _) in enumerate(rows)]
+                rcs = [logp(rm, p, c) for p, c, _ in rows]
+        kl = torch.stack([a - b for a, b in zip(pkl, rkl)]).mean().clamp(min=0)
+        for i, (p, c, _) in enumerate(rows):
+            lr = logp(model, p, c) - rcs[i]
+            losses.append(1 - torch.sigmoid(beta * (lr - kl)) if i == 0 else 1 - torch.sigmoid(beta * (kl - lr)))
+        return torch.stack(losses).mean() + trl_aux(model, [p + c for p, c, _ in rows])
+    seqs = [p + c for p, c, _ in rows] + [p + r for p, _, r in rows]
+    if obj == "orpo":
+        from trl.experimental.orpo.orpo_trainer import ORPOTrainer
+        import types
+        tok = [logp(model, p, c, tokens=True) for p, c, _ in rows]
+        nll = -torch.cat(tok).sum() / sum(len(t) for t in tok)
+        pc = torch.stack([t[len(p) - 1:].mean() for t, (p, _, _) in zip(tok, rows)])
+        pr = torch.stack([logp(model, p, r) / len(r) for p, _, r in rows])
+        fake = types.SimpleNamespace(beta=beta, accelerator=types.SimpleNamespace(device="cpu"))
+        return nll - ORPOTrainer.odds_ratio_loss(fake, pc, pr)[0].mean() + trl_aux(model, seqs, orpo=True)
+    for p, c, r in rows:
+        with torch.no_grad(), ref() as rm:
+            rc, rr = logp(rm, p, c), logp(rm, p, r)
+        dc, dr = logp(model, p, c) - rc, logp(model, p, r) - rr
+        if obj == "ipo":
+            losses.append((dc / len(c) - dr / len(r) - 1 / (2 * beta)) ** 2)
+        else:
+            losses.append(-torch.nn.functional.logsigmoid(beta * (dc - dr)))
+    return torch.stack(losses).mean() + trl_aux(model, seqs)
+
+
+def check_dpo(lib_path, name, work, obj="dpo", lora=False):
+    """One DPO, IPO, KTO or ORPO update (trl_pref_loss, beta 0.1; reference = the frozen base) with SGD lr 1: the
+    change of every weight is its gradient. Full fine-tuning, or (lora) a PEFT LoRA with random A and B of the
+    make_moe_models config of an MoE model (attention and the experts' target_parameters): the reference is
+    then the policy with its adapter disabled, as TRL does for a PEFT model without a reference adapter, and
+    every LoRA tensor's change is compared with PEFT's gradient."""
+    import contextlib
     kto = obj == "kto"
+    tag = f"{obj}-lora" if lora else obj
     mdir = os.path.join(work, name, "model")
-    odir = os.path.join(work, name, f"{obj}-out")
+    idir, odir, gdir = (os.path.join(work, name, f"{tag}-{x}") for x in ("init", "out", "torch-grad"))
     V = MODELS[name][1]["vocab_size"]
     gen = torch.Generator().manual_seed(MODELS[name][2] + 7)
     rows = []
@@ -387,10 +450,22 @@ def check_dpo(lib_path, name, work, obj="dpo"):
         c = torch.randint(3, V, (4,), generator=gen).tolist()
         r = torch.randint(3, V, (3,), generator=gen).tolist()
         rows.append((p, c, r))
+    if lora:
+        from peft import LoraConfig, get_peft_model
+        from make_family_models import randomize_peft_
+        lc = MOE_MODELS[name][3]
+        pm = get_peft_model(load_hf(mdir), LoraConfig(r=lc["r"], lora_alpha=lc["alpha"], lora_dropout=0.0,
+                                                      target_modules=lc["targets"], target_parameters=lc["params"]))
+        randomize_peft_(pm, MODELS[name][2] + 17)
+        pm.save_pretrained(idir)
     lb = Lib(lib_path, mdir)
     L = lb.L
-    ad = lb.full_adapter()
-    opt, tr = lb.trainer(ad, kind=1, lr=1.0, wd=0.0, clip=0.0, accum=1, objective=3 if kto else 1)
+    if lora:
+        ad = L.lt_adapter_p()
+        ck(lb.lib.lt_adapter_load(lb.model, idir.encode(), ctypes.byref(ad)), "load PEFT adapter", L)
+    else:
+        ad = lb.full_adapter()
+    opt, tr = lb.trainer(ad, kind=1, lr=1.0, wd=0.0, clip=0.0, accum=1, objective=OBJECTIVES[obj])
     pb = L.init_struct(lb.lib.lt_pref_batch_init, L.lt_pref_batch)
     cat = lambda k: [t for row in rows for t in row[k]]  # noqa: E731
     arr = lambda xs: (ctypes.c_int32 * len(xs))(*xs)  # noqa: E731
@@ -405,54 +480,52 @@ def check_dpo(lib_path, name, work, obj="dpo"):
         pb.rejected_ids, pb.rejected_lens = keep[4:]
     res = L.lt_step_result()
     res.size = ctypes.sizeof(res)
-    ck(lb.lib.lt_trainer_step_preference(tr, ctypes.byref(pb), ctypes.byref(res)), "dpo step", L,
+    ck(lb.lib.lt_trainer_step_preference(tr, ctypes.byref(pb), ctypes.byref(res)), f"{obj} step", L,
        lambda: lb.lib.lt_trainer_last_error(tr))
     ck(lb.lib.lt_adapter_save(ad, odir.encode()), "save", L)
     for f, h in ((lb.lib.lt_trainer_free, tr), (lb.lib.lt_optimizer_free, opt), (lb.lib.lt_adapter_free, ad),
                  (lb.lib.lt_model_free, lb.model), (lb.lib.lt_context_free, lb.ctx)):
         f(h)
 
-    model, ref = load_hf(mdir), load_hf(mdir)
+    if lora:
+        model = pm  # the adapter the library loaded
 
-    def logp(m, p, c):
-        lg = m(input_ids=torch.tensor([p + c])).logits[0].float()
-        lp = torch.log_softmax(lg, -1)[len(p) - 1:len(p) + len(c) - 1]
-        return lp.gather(1, torch.tensor(c)[:, None]).sum()
-
-    losses = []
-    if kto:  # TRL's KTOTrainer: KL rows pair prompt i with completion i - 1 (cyclically), detached
-        with torch.no_grad():
-            kl = torch.stack([logp(model, p, rows[i - 1][1]) - logp(ref, p, rows[i - 1][1])
-                              for i, (p, _, _) in enumerate(rows)]).mean().clamp(min=0)
-        for i, (p, c, _) in enumerate(rows):
-            with torch.no_grad():
-                rc = logp(ref, p, c)
-            lr = logp(model, p, c) - rc
-            losses.append(1 - torch.sigmoid(0.1 * (lr - kl)) if i == 0 else 1 - torch.sigmoid(0.1 * (kl - lr)))
-        seqs = [p + c for p, c, _ in rows]
+        @contextlib.contextmanager
+        def ref():
+            with model.disable_adapter():
+                yield model
     else:
-        for p, c, r in rows:
-            with torch.no_grad():
-                rc, rr = logp(ref, p, c), logp(ref, p, r)
-            margin = 0.1 * ((logp(model, p, c) - rc) - (logp(model, p, r) - rr))
-            losses.append(-torch.nn.functional.logsigmoid(margin))
-        seqs = [p + c for p, c, _ in rows] + [p + r for p, _, r in rows]
-    loss = torch.stack(losses).mean() + trl_aux(model, seqs)
+        model, base = load_hf(mdir), (load_hf(mdir) if obj != "orpo" else None)  # ORPO has no reference
+        ref = lambda: contextlib.nullcontext(base)  # noqa: E731
+    loss = trl_pref_loss(model, ref, rows, obj)
     loss.backward()
     fails = []
     lv = float(loss.detach())
     if abs(res.loss - lv) > 1e-5 * abs(lv):
-        fails.append(f"{obj} loss {res.loss:.8f} vs torch {lv:.8f}")
-    before, after = module_names(read_dir(mdir), model.config), module_names(read_dir(odir), model.config)
+        fails.append(f"{tag} loss {res.loss:.8f} vs torch {lv:.8f}")
+    if lora:  # PEFT's gradients under the keys of its saved adapter: the parameters set to them, saved
+        with torch.no_grad():
+            for n_, prm in model.named_parameters():
+                if prm.requires_grad:
+                    if prm.grad is None or not prm.grad.abs().max() > 0:
+                        fails.append(f"{tag}: PEFT gives {n_} no gradient (the check would be vacuous)")
+                    else:
+                        prm.copy_(prm.grad)
+        model.save_pretrained(gdir)
+        before, after, grads = read_dir(idir), read_dir(odir), read_dir(gdir)
+    else:
+        before, after = module_names(read_dir(mdir), model.config), module_names(read_dir(odir), model.config)
+        grads = {k: prm.grad if prm.grad is not None else torch.zeros_like(prm) for k, prm in model.named_parameters()}
+    if lora and set(grads) != set(after):
+        fails.append(f"{tag}: saved tensors differ from torch's: {sorted(set(grads) ^ set(after))[:4]}")
     worst = 0.0
-    for k, prm in model.named_parameters():
-        g = prm.grad
-        d = before[k] - after[k]
+    for k in sorted(set(grads) & set(after)) if lora else grads:
+        g, d = grads[k], before[k] - after[k]
         e = float((d.double() - g.double()).abs().max() / max(g.double().abs().max(), 1e-30))
         worst = max(worst, e)
         if e > 2e-4:
-            fails.append(f"{obj} gradient of {k}: max diff {e:.2e} of max|grad| > 2e-4")
-    print(f"  {name}: {obj} loss {res.loss:.8f} torch {lv:.8f}; worst gradient diff {worst:.1e}")
+            fails.append(f"{tag} gradient of {k}: max diff {e:.2e} of max|grad| > 2e-4")
+    print(f"  {name}: {tag} loss {res.loss:.8f} torch {lv:.8f}; {len(grads)} tensors, worst gradient diff {worst:.1e}")
     return fails
 
 
@@ -627,6 +700,10 @@ def main():
         f += check_dpo(os.path.abspath(args.lib), name, args.workdir)
         if name in ("llama", "llama-tied"):
             f += check_mts(os.path.abspath(args.lib), name, args.workdir, args.steps)
+        if name.startswith("gptoss"):  # IPO and ORPO with TRL's aux term: in IPO on both (e7k4: output_router_logits
+            # false, TRL adds it all the same), in ORPO only on e5k2 (output_router_logits true)
+            f += check_dpo(os.path.abspath(args.lib), name, args.workdir, "orpo", lora=True)
+            f += check_dpo(os.path.abspath(args.lib), name, args.workdir, "ipo", lora=name == "gptoss-e7k4")
         if name in ("qwen3moe", "gptoss-e5k2"):  # KTO and GRPO with the aux loss
             f += check_dpo(os.path.abspath(args.lib), name, args.workdir, "kto")
             f += check_grpo(os.path.abspath(args.lib), name, args.workdir)

@@ -9,7 +9,9 @@ Finding the library, in this order:
      when it is set, no other place is tried;
   2. the package directory (a wheel built with LORATUNE_BUNDLE_LIBRARY carries the library there);
   3. the system loader: libloratune.so.0, then ctypes.util.find_library("loratune").
-The library is loaded on first use, so `import loratune` works without it.
+The library is loaded on first use, so `import loratune` works without it. OpenBLAS chooses its kernels
+when it loads with the library: when OPENBLAS_CORETYPE is unset and it would run pre-AVX2 kernels on an AVX2
+CPU, the load sets the core the library suggests for its duration (_load; docs/API.md).
 """
 import ctypes
 import ctypes.util
@@ -655,6 +657,8 @@ _EXPERIMENTAL_DECLS = [
                                        POINTER(lt_extract_report)]),
     # lt_status lt_trainer_frozen_gemm_stats(const lt_trainer *trainer, double *seconds, double *gflop);
     ("lt_trainer_frozen_gemm_stats", lt_status, [lt_trainer_p, POINTER(c_double), POINTER(c_double)]),
+    # const char *lt_openblas_coretype_hint(void);
+    ("lt_openblas_coretype_hint", c_char_p, []),
 ]
 
 #: Names of the declared functions (used by the sync test).
@@ -724,6 +728,48 @@ class _Lib:
             setattr(self, name, fn)
 
 
+# A child interpreter loads the library and prints lt_openblas_coretype_hint() ("" for none).
+_HINT_PROBE = ("import ctypes, sys\n"
+               "f = ctypes.CDLL(sys.argv[1]).lt_openblas_coretype_hint\n"
+               "f.restype = ctypes.c_char_p\n"
+               "sys.stdout.write((f() or b'').decode())\n")
+
+
+def _openblas_hint(cand: str) -> Optional[str]:
+    """The OPENBLAS_CORETYPE to load `cand` with, or None to leave OpenBLAS's own choice.
+
+    OpenBLAS picks its kernels when it loads, which here is when the library loads; the library knows
+    which core to ask for (lt_openblas_coretype_hint: a pre-AVX2 core on an AVX2 CPU, as the loratune CLI
+    runs itself again with), but only once OpenBLAS has loaded: so a child interpreter loads the library
+    and asks. Only on Linux x86-64 and when OPENBLAS_CORETYPE is unset (a user's value is never replaced,
+    and setting it skips this child); any failure of the child leaves OpenBLAS's choice."""
+    if "OPENBLAS_CORETYPE" in os.environ or not sys.platform.startswith("linux") or not sys.executable:
+        return None
+    import platform
+    if platform.machine() not in ("x86_64", "AMD64") or (os.sep in cand and not os.path.exists(cand)):
+        return None  # (a path that is not there: the load fails anyway)
+    import subprocess
+    try:
+        p = subprocess.run([sys.executable, "-I", "-S", "-c", _HINT_PROBE, cand], capture_output=True, text=True,
+                           timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    want = p.stdout.strip()
+    return want if p.returncode == 0 and want.isalnum() else None
+
+
+def _load(cand: str) -> ctypes.CDLL:
+    """ctypes.CDLL(cand), with OPENBLAS_CORETYPE set for the load only when _openblas_hint says so."""
+    want = _openblas_hint(cand)
+    if not want:
+        return ctypes.CDLL(cand)
+    os.environ["OPENBLAS_CORETYPE"] = want  # read by OpenBLAS's constructor, during the load
+    try:
+        return ctypes.CDLL(cand)
+    finally:
+        del os.environ["OPENBLAS_CORETYPE"]  # the user's environment as it was
+
+
 _loaded = None  # type: Optional[_Lib]
 _load_lock = threading.Lock()
 
@@ -739,7 +785,7 @@ def lib() -> _Lib:
         errors = []
         for cand in _candidates():
             try:
-                cdll = ctypes.CDLL(cand)
+                cdll = _load(cand)
             except OSError as e:
                 errors.append(f"  {cand}: {e}")
                 continue

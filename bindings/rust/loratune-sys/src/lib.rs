@@ -754,5 +754,6 @@ pub mod experimental {
             n: c_int,
         ) -> lt_status;
         pub fn lt_model_save(model: *mut lt_model, dir: *const c_char) -> lt_status;
+        pub fn lt_openblas_coretype_hint() -> *const c_char;
     }
 }
