@@ -167,8 +167,30 @@ dist.destroy_process_group()
 """
 
 
+def run_python(code):
+    """(returncode, output) of a fresh interpreter running code, with this binding on its path."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(HERE)] + sys.path))
+    p = subprocess.run([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                       text=True, timeout=300)
+    return p.returncode, p.stdout
+
+
+def test_torch_imports_after_the_library():
+    """A host that loads the library first can still import torch: the library must not bring its own NCCL (or
+    anything else torch also ships) into the process, or torch's newer one fails to load ("undefined symbol:
+    ncclCommResume"). Judged in fresh interpreters: this one has loaded the library already."""
+    if run_python("import torch")[0] != 0:
+        pytest.skip("torch does not import here even alone")
+    rc, out = run_python("import loratune as lt\n"
+                         "with lt.Context(backend='cpu', n_threads=1):\n"
+                         "    import torch\n"
+                         "    print(torch.ones(2).sum().item())")
+    assert rc == 0, out
+    assert out.strip().endswith("2.0"), out
+
+
 def test_torch_gloo_two_processes(model, tmp_path):
-    pytest.importorskip("torch")
+    pytest.importorskip("torch")  # this process loaded the library first: the test above covers that case
     train(model, str(tmp_path / "one"))
     script = tmp_path / "rank.py"
     script.write_text(TORCH_RANK)
