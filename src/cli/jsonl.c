@@ -37,6 +37,16 @@ static int read_ids(json_t *arr, const char *key, int32_t **out, int *len, int a
     return 0;
 }
 
+char *jsonl_next_line(FILE *f, char **line, size_t *cap, int *lineno) {
+    while (getline(line, cap, f) >= 0) {
+        if (lineno) ++*lineno;
+        char *s = *line;
+        while (*s == ' ' || *s == '\t' || *s == '\r' || *s == '\n') s++;
+        if (*s) return s;
+    }
+    return NULL;
+}
+
 int dataset_load(const char *path, dataset *ds, char *msg, size_t msglen) {
     memset(ds, 0, sizeof *ds);
     FILE *f = fopen(path, "r");
@@ -46,13 +56,8 @@ int dataset_load(const char *path, dataset *ds, char *msg, size_t msglen) {
     }
     char *line = NULL;
     size_t cap = 0;
-    ssize_t got;
     int lineno = 0, capn = 0;
-    while ((got = getline(&line, &cap, f)) >= 0) {
-        lineno++;
-        char *s = line;
-        while (*s == ' ' || *s == '\t' || *s == '\r' || *s == '\n') s++;
-        if (!*s) continue;
+    for (char *s; (s = jsonl_next_line(f, &line, &cap, &lineno));) {
         json_error_t je;
         json_t *o = json_loads(s, 0, &je);
         char why[256] = "";

@@ -16,6 +16,11 @@ typedef struct dataset {
     int max_len;
 } dataset;
 
+/* The next line of f that is not blank, from its first non-blank character (in getline's buffer *line of *cap
+ * bytes, which the caller frees); *lineno (when not NULL) counts every line read, blank or not. NULL at the
+ * end of the file. */
+char *jsonl_next_line(FILE *f, char **line, size_t *cap, int *lineno);
+
 /* Reads FILE: each line {"input_ids":[...], "labels":[...]} (labels optional). Blank lines skipped.
  * On failure prints nothing, fills msg ("FILE:LINE: problem") and returns -1. */
 int dataset_load(const char *path, dataset *ds, char *msg, size_t msglen);

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cli/jsonl.h"
 #include "cli/pref.h"
 
 /* ---- data --------------------------------------------------------------------------------------- */
@@ -62,11 +63,7 @@ int pref_load(const char *path, int kto, int32_t eos, pref_set *s, char *msg, si
     char *line = NULL;
     size_t cap = 0;
     int lineno = 0, capn = 0;
-    while (getline(&line, &cap, f) >= 0) {
-        lineno++;
-        char *q = line;
-        while (*q == ' ' || *q == '\t' || *q == '\r' || *q == '\n') q++;
-        if (!*q) continue;
+    for (char *q; (q = jsonl_next_line(f, &line, &cap, &lineno));) {
         json_error_t je;
         json_t *o = json_loads(q, 0, &je);
         char why[256] = "";
