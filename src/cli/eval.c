@@ -39,38 +39,15 @@ int cmd_eval(int argc, char **argv) {
         rc = fail("eval", "%s", lt_last_error());
         goto done;
     }
-    int32_t *ids = malloc((size_t)batch * ds.max_len * sizeof *ids);
-    int32_t *labels = malloc((size_t)batch * ds.max_len * sizeof *labels);
-    if (!ids || !labels) {
-        rc = fail("eval", "out of memory");
-        free(ids);
-        free(labels);
-        goto done;
-    }
     /* Rows are batched in file order and padded (label -100) to the batch's longest row; padding
      * at the end of a row cannot influence the real tokens under causal attention. */
-    double total = 0;
-    long long tokens = 0;
-    for (int first = 0; first < ds.n; first += (int)batch) {
-        int n = ds.n - first < batch ? ds.n - first : (int)batch;
-        int T = dataset_batch(&ds, NULL, first, n, 0, ids, labels);
-        lt_batch b;
-        lt_batch_init(&b, sizeof b);
-        b.n_rows = n;
-        b.seq_len = T;
-        b.input_ids = ids;
-        b.labels = labels;
-        double s;
-        int64_t k;
-        if (lt_model_loss(m, ad, &b, &s, &k) != LT_OK) {
-            rc = fail("eval", "%s: rows %d..%d: %s", data, first + 1, first + n, lt_model_last_error(m));
-            break;
-        }
-        total += s;
-        tokens += k;
-    }
-    free(ids);
-    free(labels);
+    double total;
+    long long tokens;
+    int bad, lrc = dataset_loss(m, ad, &ds, 0, ds.n, 0, (int)batch, &total, &tokens, &bad);
+    if (lrc < 0) rc = fail("eval", "out of memory");
+    else if (lrc)
+        rc = fail("eval", "%s: rows %d..%d: %s", data, bad + 1, ds.n - bad < batch ? ds.n : bad + (int)batch,
+                  lt_model_last_error(m));
     if (rc == 0) {
         if (tokens == 0) {
             rc = fail("eval", "%s: every label is masked (-100): there is no token to evaluate", data);

@@ -140,3 +140,34 @@ int dataset_batch(const dataset *ds, const int *order, int first, int n, int max
     }
     return T;
 }
+
+int dataset_loss(lt_model *m, lt_adapter *ad, const dataset *ds, int lo, int hi, int max_T, int batch, double *sum,
+                 long long *tokens, int *bad) {
+    *sum = 0;
+    *tokens = 0;
+    int32_t *ids = malloc((size_t)batch * ds->max_len * sizeof *ids),
+            *labels = malloc((size_t)batch * ds->max_len * sizeof *labels);
+    int rc = !ids || !labels ? -1 : 0;
+    for (int first = lo; !rc && first < hi; first += batch) {
+        int n = hi - first < batch ? hi - first : batch;
+        int T = dataset_batch(ds, NULL, first, n, max_T, ids, labels);
+        lt_batch b;
+        lt_batch_init(&b, sizeof b);
+        b.n_rows = n;
+        b.seq_len = T;
+        b.input_ids = ids;
+        b.labels = labels;
+        double s;
+        int64_t k;
+        if (lt_model_loss(m, ad, &b, &s, &k) != LT_OK) {
+            *bad = first;
+            rc = 1;
+            break;
+        }
+        *sum += s;
+        *tokens += k;
+    }
+    free(ids);
+    free(labels);
+    return rc;
+}

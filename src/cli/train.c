@@ -182,33 +182,10 @@ static int pack_dataset(const dataset *ds, int T, packed *pk) {
 /* The eval loss of a file; several ranks each take a contiguous share of the rows and add their sums. */
 static double eval_file(lt_model *m, lt_adapter *ad, const dataset *ds, int T_cap, int batch, const cli_dist *dist,
                         long long *tokens, int *failed) {
-    int32_t *ids = malloc((size_t)batch * ds->max_len * sizeof *ids),
-            *lab = malloc((size_t)batch * ds->max_len * sizeof *lab);
-    double total = 0;
-    *tokens = 0;
-    *failed = !ids || !lab;
-    int lo, hi;
+    int lo, hi, bad;
     dist_share(dist, ds->n, &lo, &hi);
-    for (int first = lo; !*failed && first < hi; first += batch) {
-        int n = hi - first < batch ? hi - first : batch;
-        int T = dataset_batch(ds, NULL, first, n, T_cap, ids, lab);
-        lt_batch b;
-        lt_batch_init(&b, sizeof b);
-        b.n_rows = n;
-        b.seq_len = T;
-        b.input_ids = ids;
-        b.labels = lab;
-        double s;
-        int64_t k;
-        if (lt_model_loss(m, ad, &b, &s, &k) != LT_OK) {
-            *failed = 1;
-            break;
-        }
-        total += s;
-        *tokens += k;
-    }
-    free(ids);
-    free(lab);
+    double total;
+    *failed = dataset_loss(m, ad, ds, lo, hi, T_cap, batch, &total, tokens, &bad) != 0;
     double sums[3] = {total, (double)*tokens, *failed};
     if (dist->comm && lt_comm_all_reduce(dist->comm, sums, 3) != LT_OK) sums[2] = 1;
     total = sums[0];
