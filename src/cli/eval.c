@@ -110,29 +110,13 @@ int cmd_eval_pref(int argc, char **argv) {
         rc = 1;
         goto done;
     }
-    const char *adir = opt_str(&o, "adapter", NULL), *rdir = opt_str(&o, "ref-adapter", NULL);
-    if (adir) {
-        if (lt_adapter_load(m, adir, &ad) != LT_OK) {
-            rc = fail("eval", "%s", lt_last_error());
-            goto done;
-        }
-    } else { /* no adapter: a fresh LoRA (B = 0), i.e. the base model */
-        lt_adapter_params ap;
-        lt_adapter_params_init(&ap, sizeof ap);
-        if (lt_adapter_create(m, &ap, &ad) != LT_OK) {
-            rc = fail("eval", "%s", lt_last_error());
-            goto done;
-        }
-    }
-    if (rdir && lt_adapter_load(m, rdir, &ref) != LT_OK) {
-        rc = fail("eval", "%s", lt_last_error());
-        goto done;
-    }
-    tp.ref_adapter = ref;
+    lt_adapter_params ap; /* no --adapter: a fresh LoRA (B = 0), i.e. the base model */
+    lt_adapter_params_init(&ap, sizeof ap);
     lt_optimizer_params op;
     lt_optimizer_params_init(&op, sizeof op);
-    if (lt_optimizer_create(ad, &op, &opt) != LT_OK || lt_trainer_create(m, ad, opt, &tp, &tr) != LT_OK) {
-        rc = fail("eval", "%s", lt_last_error());
+    if (pref_open_trainer("eval", m, opt_str(&o, "adapter", NULL), &ap, opt_str(&o, "ref-adapter", NULL), &op, &tp, &ad,
+                          &ref, &opt, &tr)) {
+        rc = 1;
         goto done;
     }
     idx = malloc((size_t)batch * sizeof *idx);

@@ -245,6 +245,18 @@ int pref_trainer_params(const opts *o, lt_objective obj, lt_trainer_params *tp) 
     return 0;
 }
 
+int pref_open_trainer(const char *cmd, lt_model *m, const char *adir, const lt_adapter_params *ap, const char *rdir,
+                      const lt_optimizer_params *op, lt_trainer_params *tp, lt_adapter **ad, lt_adapter **ref,
+                      lt_optimizer **opt, lt_trainer **tr) {
+    if ((adir ? lt_adapter_load(m, adir, ad) : lt_adapter_create(m, ap, ad)) != LT_OK ||
+        (rdir && lt_adapter_load(m, rdir, ref) != LT_OK))
+        return fail(cmd, "%s", lt_last_error());
+    tp->ref_adapter = *ref;
+    if (lt_optimizer_create(*ad, op, opt) != LT_OK || lt_trainer_create(m, *ad, *opt, tp, tr) != LT_OK)
+        return fail(cmd, "%s", lt_last_error());
+    return 0;
+}
+
 int wants_objective(int argc, char **argv) {
     for (int i = 1; i + 1 < argc; i++)
         if (!strcmp(argv[i], "--objective")) return strcmp(argv[i + 1], "sft") != 0;

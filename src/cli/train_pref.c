@@ -115,37 +115,22 @@ int cmd_train_pref(int argc, char **argv) {
         rc = 1;
         goto done;
     }
-    const char *init_dir = opt_str(&o, "adapter-init", NULL), *rdir = opt_str(&o, "ref-adapter", NULL);
-    if (init_dir) {
-        if (lt_adapter_load(m, init_dir, &ad) != LT_OK) {
-            rc = fail("train", "%s", lt_last_error());
-            goto done;
-        }
-    } else {
-        lt_adapter_params ap;
-        lt_adapter_params_init(&ap, sizeof ap);
-        ap.rank = (int)rank;
-        ap.alpha = (float)alpha;
-        ap.use_rslora = opt_flag(&o, "rslora");
-        ap.seed = (uint64_t)seed;
-        if (parse_targets("train", opt_str(&o, "targets", "all"), &ap.targets)) {
-            rc = 1;
-            goto done;
-        }
-        if (lt_adapter_create(m, &ap, &ad) != LT_OK) {
-            rc = fail("train", "%s", lt_last_error());
-            goto done;
-        }
-    }
-    if (rdir && lt_adapter_load(m, rdir, &ref) != LT_OK) {
-        rc = fail("train", "%s", lt_last_error());
+    const char *init_dir = opt_str(&o, "adapter-init", NULL);
+    lt_adapter_params ap; /* without --adapter-init */
+    lt_adapter_params_init(&ap, sizeof ap);
+    ap.rank = (int)rank;
+    ap.alpha = (float)alpha;
+    ap.use_rslora = opt_flag(&o, "rslora");
+    ap.seed = (uint64_t)seed;
+    if (!init_dir && parse_targets("train", opt_str(&o, "targets", "all"), &ap.targets)) {
+        rc = 1;
         goto done;
     }
-    tp.ref_adapter = ref;
     const long long total = total_updates(steps, epochs, ds.n, batch, accum);
     op.total_steps = total;
-    if (lt_optimizer_create(ad, &op, &opt) != LT_OK || lt_trainer_create(m, ad, opt, &tp, &tr) != LT_OK) {
-        rc = fail("train", "%s", lt_last_error());
+    if (pref_open_trainer("train", m, init_dir, &ap, opt_str(&o, "ref-adapter", NULL), &op, &tp, &ad, &ref, &opt,
+                          &tr)) {
+        rc = 1;
         goto done;
     }
     order = malloc((size_t)ds.n * sizeof *order);
