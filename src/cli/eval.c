@@ -69,21 +69,8 @@ done:
 /* ---- eval --objective dpo|ipo|kto|orpo ----------------------------------------------------------- */
 
 int cmd_eval_pref(int argc, char **argv) {
-    static const opt_spec spec[] = {{"model", 1},
-                                    {"data", 1},
-                                    {"adapter", 1},
-                                    {"json", 0},
-                                    {"threads", 1},
-                                    {"batch", 1},
-                                    {"backend", 1},
-                                    {"objective", 1},
-                                    {"beta", 1},
-                                    {"label-smoothing", 1},
-                                    {"desirable-weight", 1},
-                                    {"undesirable-weight", 1},
-                                    {"max-length", 1},
-                                    {"ref-adapter", 1},
-                                    {"no-eos", 0}};
+    static const opt_spec spec[] = {{"model", 1}, {"data", 1},    {"adapter", 1},   {"json", 0},   {"threads", 1},
+                                    {"batch", 1}, {"backend", 1}, {"objective", 1}, PREF_OPT_SPECS};
     opts o;
     if (opts_parse(&o, spec, (int)(sizeof spec / sizeof *spec), argc, argv, "eval")) return 2;
     const char *mdir = opt_str(&o, "model", NULL), *data = opt_str(&o, "data", NULL);

@@ -10,45 +10,7 @@
 #include "loratune_experimental.h"
 
 int cmd_train_pref(int argc, char **argv) {
-    static const opt_spec spec[] = {{"model", 1},
-                                    {"data", 1},
-                                    {"out", 1},
-                                    {"adapter-init", 1},
-                                    {"rank", 1},
-                                    {"alpha", 1},
-                                    {"targets", 1},
-                                    {"rslora", 0},
-                                    {"lr", 1},
-                                    {"scheduler", 1},
-                                    {"warmup", 1},
-                                    {"warmup-ratio", 1},
-                                    {"steps", 1},
-                                    {"epochs", 1},
-                                    {"batch", 1},
-                                    {"grad-accum", 1},
-                                    {"max-grad-norm", 1},
-                                    {"weight-decay", 1},
-                                    {"optimizer", 1},
-                                    {"momentum", 1},
-                                    {"seed", 1},
-                                    {"no-shuffle", 0},
-                                    {"threads", 1},
-                                    {"json", 0},
-                                    {"quiet", 0},
-                                    {"no-checkpointing", 0},
-                                    {"backend", 1},
-                                    {"objective", 1},
-                                    {"beta", 1},
-                                    {"label-smoothing", 1},
-                                    {"desirable-weight", 1},
-                                    {"undesirable-weight", 1},
-                                    {"max-length", 1},
-                                    {"ref-adapter", 1},
-                                    {"precompute-ref", 0},
-                                    {"no-eos", 0},
-                                    {"zero", 1},
-                                    {"dist-timeout", 1},
-                                    {"help", 0}};
+    static const opt_spec spec[] = {TRAIN_OPT_SPECS, PREF_OPT_SPECS, {"precompute-ref", 0}};
     opts o;
     if (opts_parse(&o, spec, (int)(sizeof spec / sizeof *spec), argc, argv, "train")) return 2;
     if (opt_flag(&o, "help")) {
