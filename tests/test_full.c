@@ -67,11 +67,7 @@ static void check_fd(const char *model, const char *const *names, int mts) {
     const int B = 2, T = 7, V = (int)m->cfg.vocab_size, H = (int)m->cfg.hidden_size;
     int32_t ids[14];
     tu_fill_ids(ids, B * T, V, 11);
-    lt_batch b;
-    lt_batch_init(&b, sizeof b);
-    b.n_rows = B;
-    b.seq_len = T;
-    b.input_ids = ids;
+    lt_batch b = tu_batch(ids, NULL, B, T);
     loss_grads(m, a, &b, 1);
     float *g = tu_adapter_host_copy(a, a->grads), *p = tu_adapter_host_copy(a, a->params);
     int visible = 0, probes = 0;
@@ -250,11 +246,7 @@ START_TEST(test_failed_step_and_resume) {
     const int V = (int)m->cfg.vocab_size;
     int32_t ids[16];
     tu_fill_ids(ids, 16, V, 2);
-    lt_batch b;
-    lt_batch_init(&b, sizeof b);
-    b.n_rows = 2;
-    b.seq_len = 8;
-    b.input_ids = ids;
+    lt_batch b = tu_batch(ids, NULL, 2, 8);
     lt_step_result r = {.size = sizeof r};
     float *poisoned = tu_adapter_host_copy(a, a->params);
     const float keep = poisoned[a->n_params - 3];

@@ -78,12 +78,7 @@ static void free_run(run *r) {
 static void step(run *r, int k) {
     int32_t ids[2 * 16];
     tu_fill_ids(ids, 32, 64, 100 + (uint64_t)k);
-    lt_batch b;
-    lt_batch_init(&b, sizeof b);
-    b.n_rows = 2;
-    b.seq_len = 16;
-    b.input_ids = ids;
-    b.labels = ids;
+    lt_batch b = tu_batch(ids, ids, 2, 16);
     lt_step_result res = {.size = sizeof res};
     ck_assert_msg(lt_trainer_step(r->t, &b, &res) == LT_OK, "%s", lt_trainer_last_error(r->t));
 }

@@ -73,12 +73,7 @@ static void check_finite_differences(float dropout, int packed) {
     memcpy(labels, ids, sizeof ids);
     labels[4] = -100;
     for (int i = 0; i < B * T; i++) pos[i] = packed ? (i % T < 4 ? i % T : i % T - 4) : i % T;
-    lt_batch b;
-    lt_batch_init(&b, sizeof b);
-    b.n_rows = B;
-    b.seq_len = T;
-    b.input_ids = ids;
-    b.labels = labels;
+    lt_batch b = tu_batch(ids, labels, B, T);
     b.position_ids = packed ? pos : NULL;
     lt_dropout_state drop = {dropout, 1234, 0};
     loss_and_grads(m, a, &b, 1, &drop, 1.0f, NULL);
@@ -126,11 +121,7 @@ START_TEST(test_checkpointing_identical) {
     lt_adapter *a = make_adapter(m, 4, 8, 0.1f, LT_TARGET_ALL, 1);
     int32_t ids[40];
     tu_fill_ids(ids, 40, 257, 5);
-    lt_batch b;
-    lt_batch_init(&b, sizeof b);
-    b.n_rows = 2;
-    b.seq_len = 20;
-    b.input_ids = ids;
+    lt_batch b = tu_batch(ids, NULL, 2, 20);
     lt_dropout_state drop = {0.1f, 77, 0};
     double l1 = loss_and_grads(m, a, &b, 1, &drop, 1.0f, NULL);
     float *g1 = tu_adapter_host_copy(a, a->grads);
@@ -164,18 +155,8 @@ START_TEST(test_packing_equals_unpacked) {
             rows[s * T + t] = t < lens[s] ? packed[o + t] : 0;
             rlab[s * T + t] = t < lens[s] ? packed[o + t] : -100;
         }
-    lt_batch bp, bu;
-    lt_batch_init(&bp, sizeof bp);
-    bp.n_rows = 1;
-    bp.seq_len = T;
-    bp.input_ids = packed;
-    bp.labels = plab;
+    lt_batch bp = tu_batch(packed, plab, 1, T), bu = tu_batch(rows, rlab, 3, T);
     bp.position_ids = ppos;
-    lt_batch_init(&bu, sizeof bu);
-    bu.n_rows = 3;
-    bu.seq_len = T;
-    bu.input_ids = rows;
-    bu.labels = rlab;
     int64_t n1, n2;
     double l1 = loss_and_grads(m, a, &bp, 1, NULL, 1.0f, &n1);
     float *g1 = tu_adapter_host_copy(a, a->grads);
@@ -203,11 +184,7 @@ START_TEST(test_merge_unmerge_export) {
     const int T = 12, V = (int)m->cfg.vocab_size;
     int32_t ids[24];
     tu_fill_ids(ids, 24, V, 21);
-    lt_batch b;
-    lt_batch_init(&b, sizeof b);
-    b.n_rows = 2;
-    b.seq_len = T;
-    b.input_ids = ids;
+    lt_batch b = tu_batch(ids, NULL, 2, T);
     size_t n = (size_t)2 * T * V;
     float *base = malloc(n * 4), *with = malloc(n * 4), *merged = malloc(n * 4), *after = malloc(n * 4);
     ck_assert_int_eq(lt_model_logits(m, NULL, &b, base, n), LT_OK);
@@ -300,11 +277,7 @@ static float *train_run(lt_context *ctx, const char *ckpt_dir, int phase) {
     for (int step = first; step < last; step++)
         for (int k = 0; k < 2; k++) {
             tu_fill_ids(ids, 3 * 16, 257, (uint64_t)(100 + step * 2 + k));
-            lt_batch b;
-            lt_batch_init(&b, sizeof b);
-            b.n_rows = 3;
-            b.seq_len = 16;
-            b.input_ids = ids;
+            lt_batch b = tu_batch(ids, NULL, 3, 16);
             lt_step_result r = {.size = sizeof r};
             ck_assert_msg(lt_trainer_step(t, &b, &r) == LT_OK, "%s", lt_trainer_last_error(t));
             ck_assert_int_eq(r.updated, k == 1);
@@ -360,12 +333,7 @@ START_TEST(test_bad_steps_leave_adapter) {
     int32_t ids[16], labels[16];
     tu_fill_ids(ids, 16, 257, 1);
     for (int i = 0; i < 16; i++) labels[i] = -100;
-    lt_batch b;
-    lt_batch_init(&b, sizeof b);
-    b.n_rows = 2;
-    b.seq_len = 8;
-    b.input_ids = ids;
-    b.labels = labels;
+    lt_batch b = tu_batch(ids, labels, 2, 8);
     lt_step_result r = {.size = sizeof r};
     ck_assert_int_eq(lt_trainer_step(t, &b, &r), LT_ERR_DATA); /* all labels masked */
     ck_assert_ptr_nonnull(strstr(lt_trainer_last_error(t), "masked"));
@@ -669,11 +637,7 @@ START_TEST(test_hot_swap_and_progress) {
     const int T = 9, V = (int)m->cfg.vocab_size;
     int32_t ids[9];
     tu_fill_ids(ids, T, V, 4);
-    lt_batch b;
-    lt_batch_init(&b, sizeof b);
-    b.n_rows = 1;
-    b.seq_len = T;
-    b.input_ids = ids;
+    lt_batch b = tu_batch(ids, NULL, 1, T);
     size_t n = (size_t)T * V;
     float *l0 = malloc(n * 4), *l1 = malloc(n * 4), *l2 = malloc(n * 4), *again = malloc(n * 4);
     ck_assert_int_eq(lt_model_logits(m, NULL, &b, l0, n), LT_OK);
@@ -738,11 +702,7 @@ static void *share_train(void *arg) {
     int32_t ids[2 * 12];
     for (int step = 0; j->st == LT_OK && step < 4; step++) {
         tu_fill_ids(ids, 24, 257, (uint64_t)(j->seed * 100 + step));
-        lt_batch b;
-        lt_batch_init(&b, sizeof b);
-        b.n_rows = 2;
-        b.seq_len = 12;
-        b.input_ids = ids;
+        lt_batch b = tu_batch(ids, NULL, 2, 12);
         j->st = lt_trainer_step(t, &b, NULL);
         double s;
         int64_t n;
@@ -897,11 +857,7 @@ START_TEST(test_golden_peft_gradients) {
         snprintf(k, sizeof k, "%sloss", pre);
         const lt_st_tensor *loss = lt_st_find(g, k);
         ck_assert(ids && lab && loss && (!packed || pos));
-        lt_batch b;
-        lt_batch_init(&b, sizeof b);
-        b.n_rows = (int)ids->shape[0];
-        b.seq_len = (int)ids->shape[1];
-        b.input_ids = ids->data;
+        lt_batch b = tu_batch(ids->data, NULL, (int)ids->shape[0], (int)ids->shape[1]);
         b.position_ids = packed ? pos->data : NULL;
         if (!packed) {
             const lt_st_tensor *ref = lt_st_find(g, "logits");
@@ -977,12 +933,8 @@ START_TEST(test_golden_adamw_training) {
     const int n_micro = (int)mi->shape[0], B = (int)mi->shape[1], T = (int)mi->shape[2];
     int upd = 0;
     for (int k = 0; k < n_micro; k++) {
-        lt_batch b;
-        lt_batch_init(&b, sizeof b);
-        b.n_rows = B;
-        b.seq_len = T;
-        b.input_ids = (const int32_t *)mi->data + (size_t)k * B * T;
-        b.labels = (const int32_t *)ml->data + (size_t)k * B * T;
+        lt_batch b = tu_batch((const int32_t *)mi->data + (size_t)k * B * T,
+                              (const int32_t *)ml->data + (size_t)k * B * T, B, T);
         lt_step_result r = {.size = sizeof r};
         ck_assert_msg(lt_trainer_step(t, &b, &r) == LT_OK, "%s", lt_trainer_last_error(t));
         if (!r.updated) continue;
@@ -1028,11 +980,7 @@ START_TEST(test_peft_loads_our_adapter) {
         const int B = 2, T = 10, V = (int)m->cfg.vocab_size;
         int32_t ids[20];
         tu_fill_ids(ids, B * T, V, 77);
-        lt_batch b;
-        lt_batch_init(&b, sizeof b);
-        b.n_rows = B;
-        b.seq_len = T;
-        b.input_ids = ids;
+        lt_batch b = tu_batch(ids, NULL, B, T);
         float *lg = malloc((size_t)B * T * V * 4);
         ck_assert_int_eq(lt_model_logits(m, a, &b, lg, (size_t)B * T * V), LT_OK);
         lt_st_entry e[2] = {{.name = "input_ids", .dtype = LT_DT_I32, .ndim = 2, .shape = {B, T}, .data = ids},

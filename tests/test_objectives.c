@@ -233,11 +233,7 @@ START_TEST(test_weighted_backward_fd) {
         ids[i] = (int32_t)((i * 37 + 11) % V);
         w[i] = (i % T == T - 1) ? 0.0f : (float)((i % 5) - 2) * 0.7f; /* signed weights, like -d loss / d lp */
     }
-    lt_batch b;
-    lt_batch_init(&b, sizeof b);
-    b.n_rows = B;
-    b.seq_len = T;
-    b.input_ids = ids;
+    lt_batch b = tu_batch(ids, NULL, B, T);
     lt_workspace *ws = NULL;
     lt_error err;
     for (int ckpt = 0; ckpt < 2; ckpt++) {
@@ -326,11 +322,7 @@ START_TEST(test_preference_steps) {
     ck_assert_msg(fabs(r.loss - log(2.0)) < 1e-7, "loss %.9g", r.loss);
     ck_assert(r.rewards_chosen == 0 && r.rewards_rejected == 0 && r.rewards_margins == 0);
     /* an SFT batch is refused */
-    lt_batch sb;
-    lt_batch_init(&sb, sizeof sb);
-    sb.n_rows = 1;
-    sb.seq_len = 2;
-    sb.input_ids = P_IDS;
+    lt_batch sb = tu_batch(P_IDS, NULL, 1, 2);
     ck_assert_int_eq(lt_trainer_step(t, &sb, &r), LT_ERR_STATE);
     /* a step moves the rewards apart; precomputed reference log-probs give the same loss */
     ck_assert_msg(lt_trainer_step_preference(t, &b, &r) == LT_OK, "%s", lt_trainer_last_error(t));

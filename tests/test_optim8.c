@@ -432,11 +432,7 @@ static float *train_run(lt_context *ctx, const char *ckpt_dir, int phase, double
     int32_t ids[4 * 16];
     tu_fill_ids(ids, 4 * 16, 257, 11);
     for (int step = first; step < last; step++) {
-        lt_batch b;
-        lt_batch_init(&b, sizeof b);
-        b.n_rows = 4;
-        b.seq_len = 16;
-        b.input_ids = ids;
+        lt_batch b = tu_batch(ids, NULL, 4, 16);
         lt_step_result r = {.size = sizeof r};
         ck_assert_msg(lt_trainer_step(t, &b, &r) == LT_OK, "%s", lt_trainer_last_error(t));
         if (losses) losses[step] = r.loss;

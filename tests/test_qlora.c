@@ -31,12 +31,7 @@ static double loss_and_grads(lt_model *m, lt_adapter *ad, const int32_t *ids, co
     lt_workspace *ws;
     lt_error err = {0};
     ck_assert_int_eq(lt_workspace_create(m, B, T, ad->p.rank, LT_WS_CHECKPOINT, &ws, &err), LT_OK);
-    lt_batch b;
-    lt_batch_init(&b, sizeof b);
-    b.n_rows = B;
-    b.seq_len = T;
-    b.input_ids = ids;
-    b.labels = labels;
+    lt_batch b = tu_batch(ids, labels, B, T);
     int64_t nv = 0;
     ck_assert_int_eq(lt_stage_batch(m, ws, &b, &nv, &err), LT_OK);
     m->be->ops->zero(m->be, ad->grads, ad->n_params * sizeof(float));
@@ -316,11 +311,7 @@ START_TEST(test_save_quantized_roundtrip) {
             }
         const int V = (int)m->cfg.vocab_size, T = 7;
         int32_t ids[7] = {1, 5, 9, 2, 7, 3, 0};
-        lt_batch bt;
-        lt_batch_init(&bt, sizeof bt);
-        bt.n_rows = 1;
-        bt.seq_len = T;
-        bt.input_ids = ids;
+        lt_batch bt = tu_batch(ids, NULL, 1, T);
         float *la = malloc((size_t)T * V * 4), *lb = malloc((size_t)T * V * 4);
         ck_assert_int_eq(lt_model_logits(m, NULL, &bt, la, (size_t)T * V), LT_OK);
         ck_assert_int_eq(lt_model_logits(r, NULL, &bt, lb, (size_t)T * V), LT_OK);
@@ -383,11 +374,7 @@ START_TEST(test_qlora_learns) {
     const int B = 4, T = 16, V = (int)m->cfg.vocab_size;
     int32_t train[4 * 16], held[4 * 16];
     rule_rows(held, B, T, V, 999);
-    lt_batch hb;
-    lt_batch_init(&hb, sizeof hb);
-    hb.n_rows = B;
-    hb.seq_len = T;
-    hb.input_ids = held;
+    lt_batch hb = tu_batch(held, NULL, B, T);
     double s0, s1;
     int64_t n0, n1;
     ck_assert_int_eq(lt_trainer_evaluate(tr, &hb, &s0, &n0), LT_OK);
@@ -483,11 +470,7 @@ START_TEST(test_quantize_after_trainer) {
     ck_assert_int_eq(lt_trainer_create(m, ad, opt, NULL, &tr), LT_OK);
     int32_t ids[16];
     for (int i = 0; i < 16; i++) ids[i] = i * 5 % (int)m->cfg.vocab_size;
-    lt_batch b;
-    lt_batch_init(&b, sizeof b);
-    b.n_rows = 2;
-    b.seq_len = 8;
-    b.input_ids = ids;
+    lt_batch b = tu_batch(ids, NULL, 2, 8);
     lt_step_result r = {.size = sizeof r};
     ck_assert_int_eq(lt_trainer_step(tr, &b, &r), LT_OK);
     ck_assert_int_eq(lt_model_quantize(m, NULL), LT_OK);
@@ -534,11 +517,7 @@ START_TEST(test_quantized_lm_head) {
     ck_assert_int_eq(r->lm_head_q.format, LT_WEIGHT_QUANT);
     const int V = (int)m->cfg.vocab_size, T = 9;
     int32_t ids[9] = {3, 1, 4, 1, 5, 9, 2, 6, 5};
-    lt_batch bt;
-    lt_batch_init(&bt, sizeof bt);
-    bt.n_rows = 1;
-    bt.seq_len = T;
-    bt.input_ids = ids;
+    lt_batch bt = tu_batch(ids, NULL, 1, T);
     float *a = malloc((size_t)T * V * 4), *b = malloc((size_t)T * V * 4), *c = malloc((size_t)T * V * 4);
     ck_assert_int_eq(lt_model_logits(m, NULL, &bt, a, (size_t)T * V), LT_OK);
     ck_assert_int_eq(lt_model_logits(f, NULL, &bt, b, (size_t)T * V), LT_OK);

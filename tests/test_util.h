@@ -97,6 +97,17 @@ static inline void tu_expect_bytes(const char *cs, const char *what, const void 
                       i, a[i], b[i]);
 }
 
+/* A batch of n_rows rows of seq_len tokens: ids and labels (NULL: the ids; -100 = no loss). */
+static inline lt_batch tu_batch(const int32_t *ids, const int32_t *labels, int n_rows, int seq_len) {
+    lt_batch b;
+    lt_batch_init(&b, sizeof b);
+    b.n_rows = n_rows;
+    b.seq_len = seq_len;
+    b.input_ids = ids;
+    b.labels = labels;
+    return b;
+}
+
 /* ---- random inputs ------------------------------------------------------------------------------- */
 
 /* xorshift64* (one stream per process; tu_rng_seed makes a test's inputs reproducible) */
