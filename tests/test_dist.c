@@ -717,9 +717,7 @@ START_TEST(test_checkpoints) {
     run_free(&same);
     run_free(&other);
     run_free(&one);
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-    ck_assert_int_eq(system(cmd), 0);
+    tu_rm_rf(dir);
     lt_model_free(m);
     lt_context_free(ctx);
 }
@@ -849,9 +847,7 @@ START_TEST(test_faults) {
     ck_assert_msg(!memcmp(again.params[0], whole.params[0], whole.n * 4), "the resumed run is not the whole run");
     run_free(&again);
     run_free(&whole);
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-    ck_assert_int_eq(system(cmd), 0);
+    tu_rm_rf(dir);
     lt_model_free(m);
     lt_context_free(ctx);
 }

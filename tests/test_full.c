@@ -217,9 +217,7 @@ START_TEST(test_bad_requests) {
     lt_adapter *b = NULL;
     ck_assert_int_eq(lt_adapter_load(other, dir, &b), LT_ERR_SHAPE);
     ck_assert_ptr_null(b);
-    char cmd[600];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp);
-    ck_assert_int_eq(system(cmd), 0);
+    tu_rm_rf(tmp);
     lt_model_free(other);
     lt_adapter_free(a);
     lt_model_free(m);
@@ -262,7 +260,7 @@ START_TEST(test_failed_step_and_resume) {
     lt_adapter_sync_weights(a);
     for (int s = 0; s < 2; s++) ck_assert_msg(lt_trainer_step(t, &b, &r) == LT_OK, "%s", lt_trainer_last_error(t));
     ck_assert_int_eq(lt_optimizer_step_count(o), 2);
-    char tmp[256], ckpt[512], cmd[600];
+    char tmp[256], ckpt[512];
     tu_tempdir(tmp, sizeof tmp);
     snprintf(ckpt, sizeof ckpt, "%s/ckpt", tmp);
     ck_assert_msg(lt_trainer_save_checkpoint(t, ckpt) == LT_OK, "%s", lt_trainer_last_error(t));
@@ -298,8 +296,7 @@ START_TEST(test_failed_step_and_resume) {
     ck_assert_msg(fabs(l_saved - l_ad) <= 1e-5 * fabs(l_ad), "saved %.9g vs adapter %.9g", l_saved, l_ad);
     ck_assert_msg(fabs(l_base - l_ad) > 1e-4 * fabs(l_ad), "training did not change the loss");
     lt_model_free(ms);
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp);
-    ck_assert_int_eq(system(cmd), 0);
+    tu_rm_rf(tmp);
     free(resumed);
     free(third);
     free(after);

@@ -89,12 +89,6 @@ static float *params_of(const lt_adapter *a) {
     return h;
 }
 
-static void rm_rf(const char *p) {
-    char cmd[1200];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", p);
-    ck_assert_int_eq(system(cmd), 0);
-}
-
 static int exists(const char *p) {
     struct stat sb;
     return lstat(p, &sb) == 0;
@@ -109,19 +103,6 @@ static int count_entries(const char *dir, const char *part) {
     while ((e = readdir(d)) != NULL) n += strstr(e->d_name, part) != NULL;
     closedir(d);
     return n;
-}
-
-static char *read_text(const char *path) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *b = malloc((size_t)n + 1);
-    ck_assert_int_eq(fread(b, 1, (size_t)n, f), (size_t)n);
-    b[n] = 0;
-    fclose(f);
-    return b;
 }
 
 /* ---- D1 --------------------------------------------------------------------------------------------- */
@@ -167,7 +148,7 @@ START_TEST(test_d1_prequantized_bf16) {
     }
     ck_assert_msg(isfinite(loss[1]) && fabs(loss[1] - loss[0]) < 2e-2, "bf16 %.6f, f32 %.6f", loss[1], loss[0]);
     lt_context_free(ctx);
-    rm_rf(root);
+    tu_rm_rf(root);
 }
 END_TEST
 
@@ -185,7 +166,7 @@ START_TEST(test_d4_save_refuses_foreign) {
     tu_write_text(p, "precious\n");
     ck_assert_int_eq(lt_trainer_save_checkpoint(r.t, p), LT_ERR_IO);
     ck_assert_msg(strstr(lt_trainer_last_error(r.t), "not a directory"), "%s", lt_trainer_last_error(r.t));
-    char *text = read_text(p);
+    char *text = tu_read_file(p, NULL);
     ck_assert_str_eq(text, "precious\n");
     free(text);
     ck_assert_int_eq(lt_adapter_save(r.a, p), LT_ERR_IO);
@@ -204,11 +185,11 @@ START_TEST(test_d4_save_refuses_foreign) {
     ck_assert_msg(strstr(lt_trainer_last_error(r.t), "nothing was changed"), "%s", lt_trainer_last_error(r.t));
     ck_assert_int_eq(lt_adapter_save(r.a, p), LT_ERR_IO);
     snprintf(p, sizeof p, "%s/tree/sub/notes.txt", root);
-    text = read_text(p);
+    text = tu_read_file(p, NULL);
     ck_assert_str_eq(text, "mine\n");
     free(text);
     snprintf(p, sizeof p, "%s/tree/adapter_config.json", root);
-    text = read_text(p);
+    text = tu_read_file(p, NULL);
     ck_assert_str_eq(text, "{}\n");
     free(text);
     ck_assert_int_eq(count_entries(root, ".tmp-"), 0); /* a refused save leaves nothing behind */
@@ -232,7 +213,7 @@ START_TEST(test_d4_save_refuses_foreign) {
     free_run(&r);
     lt_model_free(m);
     lt_context_free(ctx);
-    rm_rf(root);
+    tu_rm_rf(root);
 }
 END_TEST
 
@@ -250,11 +231,11 @@ START_TEST(test_save_files) {
     ck_assert_int_eq(lt_adapter_set_save_files(r.a, names, texts, 2), LT_OK);
     ck_assert_int_eq(lt_adapter_save(r.a, p), LT_OK);
     snprintf(p, sizeof p, "%s/ad/README.md", root);
-    char *text = read_text(p);
+    char *text = tu_read_file(p, NULL);
     ck_assert_str_eq(text, "# card\n");
     free(text);
     snprintf(p, sizeof p, "%s/ad/training_args.json", root);
-    text = read_text(p);
+    text = tu_read_file(p, NULL);
     ck_assert_str_eq(text, "{}");
     free(text);
     /* refused names: nothing attached changes (the next save still writes the card) */
@@ -280,7 +261,7 @@ START_TEST(test_save_files) {
     snprintf(p, sizeof p, "%s/merged", root);
     ck_assert_int_eq(lt_adapter_export_merged(r.a, p, 0), LT_OK);
     snprintf(p, sizeof p, "%s/merged/README.md", root);
-    text = read_text(p);
+    text = tu_read_file(p, NULL);
     ck_assert_str_eq(text, "# card\n");
     free(text);
     /* a name the adapter save writes: the save fails, the previous save is untouched, nothing is left */
@@ -292,7 +273,7 @@ START_TEST(test_save_files) {
     snprintf(p, sizeof p, "%s/ad/README.md", root);
     ck_assert(exists(p));
     snprintf(p, sizeof p, "%s/ad/adapter_config.json", root);
-    text = read_text(p);
+    text = tu_read_file(p, NULL);
     ck_assert(strcmp(text, "junk") != 0);
     free(text);
     ck_assert_int_eq(count_entries(root, ".tmp-"), 0);
@@ -307,7 +288,7 @@ START_TEST(test_save_files) {
     free_run(&r);
     lt_model_free(m);
     lt_context_free(ctx);
-    rm_rf(root);
+    tu_rm_rf(root);
 }
 END_TEST
 #endif
@@ -349,7 +330,7 @@ START_TEST(test_d5_replace_never_absent) {
     free_run(&r);
     lt_model_free(m);
     lt_context_free(ctx);
-    rm_rf(root);
+    tu_rm_rf(root);
 }
 END_TEST
 
@@ -414,7 +395,7 @@ START_TEST(test_resume_finds_interrupted_save) {
     free_run(&r);
     lt_model_free(m);
     lt_context_free(ctx);
-    rm_rf(root);
+    tu_rm_rf(root);
 }
 END_TEST
 
@@ -502,7 +483,7 @@ START_TEST(test_d6_nonfinite_state_refused) {
     free_run(&r);
     lt_model_free(m);
     lt_context_free(ctx);
-    rm_rf(root);
+    tu_rm_rf(root);
 }
 END_TEST
 
@@ -613,7 +594,7 @@ START_TEST(test_nonfinite_base_weight) {
         }
     }
     lt_context_free(ctx);
-    rm_rf(root);
+    tu_rm_rf(root);
 }
 END_TEST
 #endif
@@ -666,7 +647,7 @@ START_TEST(test_d9_adapter_save_killed) {
     free_run(&r[1]);
     lt_model_free(m);
     lt_context_free(ctx);
-    rm_rf(root);
+    tu_rm_rf(root);
 }
 END_TEST
 
@@ -710,14 +691,14 @@ START_TEST(test_d8_stale_temporaries) {
     free_run(&r);
     lt_model_free(m);
     lt_context_free(ctx);
-    rm_rf(root);
+    tu_rm_rf(root);
 }
 END_TEST
 
 /* ---- D7, D8: metrics.jsonl of the command line ------------------------------------------------------ */
 
 static void steps_of(const char *path, int *steps, int *n, double *loss) {
-    char *text = read_text(path);
+    char *text = tu_read_file(path, NULL);
     ck_assert_msg(text != NULL, "%s missing", path);
     *n = 0;
     for (char *line = text, *nl; (nl = strchr(line, '\n')); line = nl + 1) {
@@ -784,7 +765,7 @@ START_TEST(test_d8_cli_metrics_resume) {
     ck_assert_int_eq(n, 6);
     ck_assert_int_eq(steps[5], 6);
     snprintf(p, sizeof p, "%s/run/checkpoint-final/trainer_state.json", root);
-    char *st = read_text(p);
+    char *st = tu_read_file(p, NULL);
     ck_assert_msg(strstr(st, "\"step\": 6"), "%s", st);
     free(st);
     /* the run directory layout */
@@ -792,7 +773,7 @@ START_TEST(test_d8_cli_metrics_resume) {
     ck_assert(exists(p));
     snprintf(p, sizeof p, "%s/run/loss.svg", root);
     ck_assert(exists(p));
-    rm_rf(root);
+    tu_rm_rf(root);
 }
 END_TEST
 
@@ -804,7 +785,7 @@ START_TEST(test_d7_cli_failed_run_keeps_metrics) {
              k_common);
     free(tu_run(cmd, NULL));
     snprintf(p, sizeof p, "%s/run/metrics.jsonl", root);
-    char *before = read_text(p);
+    char *before = tu_read_file(p, NULL);
     ck_assert_ptr_nonnull(before);
     snprintf(p, sizeof p, "%s/bad.jsonl", root);
     tu_write_text(p, "{\"input_ids\": [1, 2, 999]}\n");
@@ -815,12 +796,12 @@ START_TEST(test_d7_cli_failed_run_keeps_metrics) {
     ck_assert_msg(status != 0 && strstr(err, "999"), "status %d: %s", status, err);
     free(err);
     snprintf(p, sizeof p, "%s/run/metrics.jsonl", root);
-    char *after = read_text(p);
+    char *after = tu_read_file(p, NULL);
     ck_assert_msg(after && !strcmp(before, after), "a failed run changed metrics.jsonl:\n%s\n->\n%s", before,
                   after ? after : "(gone)");
     free(before);
     free(after);
-    rm_rf(root);
+    tu_rm_rf(root);
 }
 END_TEST
 
@@ -874,7 +855,7 @@ START_TEST(test_bounded_parsers) {
     ck_assert_int_eq(lt_tokenizer_load(root, &tok), LT_ERR_UNSUPPORTED);
     ck_assert_msg(strstr(lt_last_error(), "added"), "%s", lt_last_error());
     lt_context_free(ctx);
-    rm_rf(root);
+    tu_rm_rf(root);
 }
 END_TEST
 

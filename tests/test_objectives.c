@@ -496,8 +496,7 @@ START_TEST(test_cli_objectives) {
     ck_assert_int_eq(st, 1);
     ck_assert_msg(strstr(err, "--objective"), "%s", err);
     free(err);
-    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-    ck_assert_int_eq(system(cmd), 0);
+    tu_rm_rf(dir);
 }
 END_TEST
 

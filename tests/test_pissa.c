@@ -35,12 +35,6 @@ static void perturb(lt_adapter *a, double amp) {
     free(h);
 }
 
-static void rm_rf(const char *dir) {
-    char cmd[700];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-    ck_assert_int_eq(system(cmd), 0);
-}
-
 /* ---- identity at init; merge, export, save / load (with and without the sidecar) ------------------ */
 
 static const struct {
@@ -146,7 +140,7 @@ START_TEST(test_identity_merge_save_load) {
         side, "{\"format\": \"libloratune-init-1\", \"init_lora_weights\": \"pissa\", \"r\": 3, \"lora_alpha\": 8}");
     ck_assert_int_eq(lt_adapter_load(m, dir, &c), LT_ERR_FORMAT);
     ck_assert_ptr_nonnull(strstr(lt_last_error(), "half"));
-    rm_rf(tmp);
+    tu_rm_rf(tmp);
     free(base);
     free(with);
     free(got);
@@ -272,7 +266,7 @@ START_TEST(test_nf4_equals_f32_of_dequantized) {
     }
     lt_model_free(mq);
     lt_model_free(mf);
-    rm_rf(tmp);
+    tu_rm_rf(tmp);
     lt_context_free(ctx);
 }
 END_TEST
@@ -311,7 +305,7 @@ START_TEST(test_refusals) {
     lt_adapter *c = NULL;
     ck_assert_int_eq(lt_adapter_load(m, tmp, &c), LT_ERR_UNSUPPORTED);
     ck_assert_ptr_nonnull(strstr(lt_last_error(), "pissa_niter_4"));
-    rm_rf(tmp);
+    tu_rm_rf(tmp);
     lt_adapter_free(a);
     lt_model_free(m);
     /* a bf16 base is not read back: refused with the way out */
@@ -360,7 +354,7 @@ START_TEST(test_cli_init_and_resume) {
     ck_assert_int_ne(st, 0);
     ck_assert_ptr_nonnull(strstr(err, "pissa"));
     free(err);
-    rm_rf(root);
+    tu_rm_rf(root);
 }
 END_TEST
 

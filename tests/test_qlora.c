@@ -175,9 +175,7 @@ START_TEST(test_double_quant_and_export) {
     lt_adapter_free(af);
     lt_model_free(mq);
     lt_model_free(mf);
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", tmp);
-    ck_assert_int_eq(system(cmd), 0);
+    tu_rm_rf(tmp);
     lt_context_free(ctx);
 }
 END_TEST
@@ -210,9 +208,7 @@ START_TEST(test_qdora_equals_dora_on_dequantized) {
     lt_model_free(mq);
     lt_model_free(mf);
     lt_context_free(ctx);
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", tmp);
-    ck_assert_int_eq(system(cmd), 0);
+    tu_rm_rf(tmp);
 }
 END_TEST
 
@@ -326,9 +322,7 @@ START_TEST(test_save_quantized_roundtrip) {
     snprintf(out, sizeof out, "%s/q8", tmp);
     ck_assert_int_eq(lt_model_save_quantized(m8, out), LT_ERR_UNSUPPORTED);
     lt_model_free(m8);
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", tmp);
-    ck_assert_int_eq(system(cmd), 0);
+    tu_rm_rf(tmp);
     lt_context_free(ctx);
 }
 END_TEST
@@ -450,8 +444,7 @@ START_TEST(test_cli_qlora_train_merge) {
     lt_adapter_free(ad);
     lt_model_free(mq);
     lt_context_free(ctx);
-    snprintf(cmd, sizeof cmd, "rm -rf %s", tmp);
-    ck_assert_int_eq(system(cmd), 0);
+    tu_rm_rf(tmp);
 }
 END_TEST
 
@@ -538,9 +531,7 @@ START_TEST(test_quantized_lm_head) {
     lt_model_free(m);
     lt_model_free(f);
     lt_model_free(r);
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", tmp);
-    ck_assert_int_eq(system(cmd), 0);
+    tu_rm_rf(tmp);
     lt_context_free(ctx);
 }
 END_TEST
@@ -651,9 +642,7 @@ START_TEST(test_qlora_bf16_compute) {
         lt_adapter_free(ab);
         lt_model_free(mq);
         lt_model_free(mb);
-        char cmd[128];
-        snprintf(cmd, sizeof cmd, "rm -rf %s", tmp);
-        ck_assert_int_eq(system(cmd), 0);
+        tu_rm_rf(tmp);
     }
     lt_context_free(ctx);
 }

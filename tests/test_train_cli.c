@@ -118,19 +118,6 @@ END_TEST
 
 /* ---- the CLI ------------------------------------------------------------------------------------- */
 
-static char *slurp(const char *path) {
-    FILE *f = fopen(path, "rb");
-    ck_assert_msg(f != NULL, "cannot open %s", path);
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *b = malloc((size_t)n + 1);
-    ck_assert_int_eq(fread(b, 1, (size_t)n, f), (size_t)n);
-    b[n] = 0;
-    fclose(f);
-    return b;
-}
-
 START_TEST(test_cli_train_resume_equals_straight) {
     char root[512], cmd[4096], a[1024], b[1024], model[1024];
     tu_tempdir(root, sizeof root);
@@ -155,7 +142,7 @@ START_TEST(test_cli_train_resume_equals_straight) {
         ck_assert_msg(access(a, R_OK) == 0, "missing %s", a);
     }
     snprintf(a, sizeof a, "%s/straight/metrics.jsonl", root);
-    char *metrics = slurp(a), *line = metrics;
+    char *metrics = tu_slurp(a, NULL), *line = metrics;
     int lines = 0;
     for (char *nl; (nl = strchr(line, '\n')); line = nl + 1, lines++) {
         *nl = 0;
@@ -166,7 +153,7 @@ START_TEST(test_cli_train_resume_equals_straight) {
     ck_assert_int_eq(lines, 6);
     free(metrics);
     snprintf(a, sizeof a, "%s/straight/loss.svg", root);
-    char *svg = slurp(a);
+    char *svg = tu_slurp(a, NULL);
     ck_assert_ptr_nonnull(strstr(svg, "<svg"));
     ck_assert_ptr_nonnull(strstr(svg, "<polyline"));
     free(svg);
@@ -260,7 +247,7 @@ START_TEST(test_cli_train_full) {
     free(tu_run(cmd, &status));
     ck_assert_int_eq(status, 0);
     snprintf(a, sizeof a, "%s/mts/adapter/adapter_config.json", root);
-    char *cfg = slurp(a);
+    char *cfg = tu_slurp(a, NULL);
     ck_assert_msg(strstr(cfg, "\"lm_head\"") && strstr(cfg, "\"embed_tokens\""), "%s", cfg);
     free(cfg);
     /* refused */
@@ -287,8 +274,7 @@ START_TEST(test_cli_train_full) {
     err = tu_run_stderr(cmd, &status);
     ck_assert_int_ne(status, 0);
     free(err);
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", root);
-    ck_assert_int_eq(system(cmd), 0);
+    tu_rm_rf(root);
 }
 END_TEST
 
@@ -399,7 +385,7 @@ START_TEST(test_cli_targets_every_objective) {
         ck_assert_msg(status == 0, "%s: %s", cmd, err);
         free(err);
         snprintf(path, sizeof path, "%s/%s/adapter/adapter_config.json", root, objectives[i]);
-        char *conf = slurp(path);
+        char *conf = tu_slurp(path, NULL);
         ck_assert_msg(strstr(conf, "\"qkv_proj\"") && !strstr(conf, "\"o_proj\"") && !strstr(conf, "gate_up_proj"),
                       "%s", conf);
         free(conf);

@@ -226,6 +226,36 @@ static inline void tu_tempdir(char *out, size_t len) {
     ck_assert_ptr_nonnull(mkdtemp(out));
 }
 
+/* rm -rf dir (a tu_tempdir when a test is done with it) */
+static inline void tu_rm_rf(const char *dir) {
+    char cmd[1200];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    ck_assert_int_eq(system(cmd), 0);
+}
+
+/* A whole file, NUL-terminated (malloc'd; its length into *n when n is not NULL); NULL when it cannot
+ * be opened. */
+static inline char *tu_read_file(const char *path, size_t *n) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    long len = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *b = malloc((size_t)len + 1);
+    ck_assert_ptr_nonnull(b);
+    ck_assert_int_eq(fread(b, 1, (size_t)len, f), (size_t)len);
+    b[len] = 0;
+    fclose(f);
+    if (n) *n = (size_t)len;
+    return b;
+}
+/* tu_read_file of a file that must be there */
+static inline char *tu_slurp(const char *path, size_t *n) {
+    char *b = tu_read_file(path, n);
+    ck_assert_msg(b != NULL, "cannot open %s", path);
+    return b;
+}
+
 static inline void tu_write_text(const char *path, const char *text) {
     FILE *f = fopen(path, "w");
     ck_assert_ptr_nonnull(f);
