@@ -29,20 +29,6 @@ static lt_adapter *full_adapter(lt_model *m) {
     return a;
 }
 
-/* summed loss; with grad != 0 the adapter's gradients of it (zeroed first) */
-static double loss_grads(lt_model *m, lt_adapter *a, const lt_batch *b, int grad) {
-    lt_workspace *ws = NULL;
-    lt_error err;
-    ck_assert_int_eq(lt_workspace_create(m, b->n_rows, b->seq_len, a->p.rank, LT_WS_CHECKPOINT, &ws, &err), LT_OK);
-    int64_t nv;
-    ck_assert_msg(lt_stage_batch(m, ws, b, &nv, &err) == LT_OK, "%s", err.msg);
-    m->be->ops->zero(m->be, a->grads, a->n_params * sizeof(float));
-    double loss;
-    ck_assert_msg(lt_forward_backward(m, a, ws, NULL, grad ? 1.0f : 0.0f, &loss, NULL, &err) == LT_OK, "%s", err.msg);
-    lt_workspace_free(ws);
-    return loss;
-}
-
 static const lt_ptensor *find_tensor(const lt_adapter *a, const char *name) {
     for (int i = 0; i < a->n_ptensors; i++)
         if (!strcmp(a->ptensors[i].name, name)) return &a->ptensors[i];
@@ -68,7 +54,7 @@ static void check_fd(const char *model, const char *const *names, int mts) {
     int32_t ids[14];
     tu_fill_ids(ids, B * T, V, 11);
     lt_batch b = tu_batch(ids, NULL, B, T);
-    loss_grads(m, a, &b, 1);
+    tu_loss_and_grads(m, a, &b, LT_WS_CHECKPOINT, NULL, 1.0f, NULL);
     float *g = tu_adapter_host_copy(a, a->grads), *p = tu_adapter_host_copy(a, a->params);
     int visible = 0, probes = 0;
     for (int k = 0; names[k]; k++) {
@@ -78,22 +64,9 @@ static void check_fd(const char *model, const char *const *names, int mts) {
             size_t e = (size_t)(j * 7919 + 13) % t->n;
             if (strstr(names[k], "embed_tokens")) e = (size_t)ids[3 * j + 1] * H + (size_t)(j * 5) % H; /* a used row */
             const size_t i = t->off + e;
-            const float orig = p[i];
             /* the embedding enters times embed_scale (Gemma: sqrt(hidden)): a step of the same effect */
             const double h = strstr(names[k], "embed_tokens") ? 1e-2 / m->cfg.embed_scale : 1e-2;
-            double lp, lm;
-            p[i] = orig + (float)h;
-            m->be->ops->upload(m->be, a->params, p, a->n_params * sizeof *p);
-            lt_adapter_sync_weights(a);
-            lp = loss_grads(m, a, &b, 0);
-            p[i] = orig - (float)h;
-            m->be->ops->upload(m->be, a->params, p, a->n_params * sizeof *p);
-            lt_adapter_sync_weights(a);
-            lm = loss_grads(m, a, &b, 0);
-            p[i] = orig;
-            m->be->ops->upload(m->be, a->params, p, a->n_params * sizeof *p);
-            lt_adapter_sync_weights(a);
-            const double fd = (lp - lm) / (2 * h), tol = 2e-2 * fabs(fd) + 2e-3;
+            const double fd = tu_central_difference(m, a, &b, NULL, p, i, h), tol = 2e-2 * fabs(fd) + 2e-3;
             ck_assert_msg(fabs(fd - g[i]) <= tol, "%s %s[%zu]: analytic %.6g vs finite difference %.6g", model,
                           names[k], e, g[i], fd);
             visible += fabs(fd) > 1e-2;

@@ -83,12 +83,6 @@ static void step(run *r, int k) {
     ck_assert_msg(lt_trainer_step(r->t, &b, &res) == LT_OK, "%s", lt_trainer_last_error(r->t));
 }
 
-static float *params_of(const lt_adapter *a) {
-    float *h = malloc(a->n_params * sizeof *h);
-    a->model->be->ops->download(a->model->be, h, a->params, a->n_params * sizeof *h);
-    return h;
-}
-
 static int exists(const char *p) {
     struct stat sb;
     return lstat(p, &sb) == 0;
@@ -357,7 +351,7 @@ START_TEST(test_resume_finds_interrupted_save) {
     step(&r, 0);
     snprintf(ck, sizeof ck, "%s/checkpoint-1", root);
     ck_assert_int_eq(lt_trainer_save_checkpoint(r.t, ck), LT_OK);
-    float *saved = params_of(r.a);
+    float *saved = tu_adapter_host_copy(r.a, r.a->params);
     /* the state after the fallback's first rename, by a process that is gone (pid 2^22 + 12345 > pid_max
      * on most systems; kill() says ESRCH) */
     snprintf(p, sizeof p, "%s/checkpoint-1.old-4206649-aB3dE9", root);
@@ -365,7 +359,7 @@ START_TEST(test_resume_finds_interrupted_save) {
     run r2 = new_run(m, 8, 2);
     ck_assert_msg(lt_trainer_load_checkpoint(r2.t, ck) == LT_OK, "%s", lt_trainer_last_error(r2.t));
     ck_assert_msg(strstr(warned, "checkpoint-1.old-4206649-aB3dE9"), "warning: \"%s\"", warned);
-    float *loaded = params_of(r2.a);
+    float *loaded = tu_adapter_host_copy(r2.a, r2.a->params);
     ck_assert_int_eq(memcmp(saved, loaded, r.a->n_params * sizeof *saved), 0);
     ck_assert_int_eq(lt_optimizer_step_count(r2.o), 1);
     /* the next save of that name publishes a new checkpoint-1 and removes the stale temporary */
@@ -384,7 +378,7 @@ START_TEST(test_resume_finds_interrupted_save) {
     lt_adapter *got = NULL;
     ck_assert_msg(lt_adapter_load(m, ad, &got) == LT_OK, "%s", lt_last_error());
     ck_assert_msg(strstr(warned, "adapter.tmp-4206649-bbbbbb"), "warning: \"%s\"", warned);
-    float *gp = params_of(got), *want = params_of(r2.a);
+    float *gp = tu_adapter_host_copy(got, got->params), *want = tu_adapter_host_copy(r2.a, r2.a->params);
     ck_assert_int_eq(memcmp(gp, want, r.a->n_params * sizeof *gp), 0);
     free(gp);
     free(want);
@@ -422,7 +416,7 @@ START_TEST(test_d6_nonfinite_state_refused) {
     const size_t n = r.a->n_params;
     run r2 = new_run(m, 8, 2);
     step(&r2, 5);
-    float *before = params_of(r2.a);
+    float *before = tu_adapter_host_copy(r2.a, r2.a->params);
     snprintf(p, sizeof p, "%s/ck/optimizer.bin", root);
     /* header 32 bytes, then m[n], v[n] */
     const struct {
@@ -440,7 +434,7 @@ START_TEST(test_d6_nonfinite_state_refused) {
         ck_assert_msg(strstr(lt_trainer_last_error(r2.t), i == 2 ? "negative" : "not finite"), "%s",
                       lt_trainer_last_error(r2.t));
         /* nothing changed: the next step runs from the state before the failed load */
-        float *now = params_of(r2.a);
+        float *now = tu_adapter_host_copy(r2.a, r2.a->params);
         ck_assert_int_eq(memcmp(before, now, n * sizeof *now), 0);
         ck_assert_int_eq(lt_optimizer_step_count(r2.o), 1);
         free(now);
@@ -608,7 +602,7 @@ START_TEST(test_d9_adapter_save_killed) {
     lt_model *m = saved_model(ctx, root, dir, sizeof dir);
     /* two adapters with different alphas and tensors, saved in turn by a child until it is killed */
     run r[2] = {new_run(m, 8, 1), new_run(m, 16, 2)};
-    float *ref[2] = {params_of(r[0].a), params_of(r[1].a)};
+    float *ref[2] = {tu_adapter_host_copy(r[0].a, r[0].a->params), tu_adapter_host_copy(r[1].a, r[1].a->params)};
     const size_t n = r[0].a->n_params;
     snprintf(ad, sizeof ad, "%s/adapter", root);
     ck_assert_int_eq(lt_adapter_save(r[0].a, ad), LT_OK);
@@ -631,7 +625,7 @@ START_TEST(test_d9_adapter_save_killed) {
                       status);
         lt_adapter *got = NULL;
         ck_assert_msg(lt_adapter_load(m, ad, &got) == LT_OK, "after kill %d: %s", kill_i, lt_last_error());
-        float *h = params_of(got);
+        float *h = tu_adapter_host_copy(got, got->params);
         const int which = memcmp(h, ref[0], n * sizeof *h) == 0 ? 0 : memcmp(h, ref[1], n * sizeof *h) == 0 ? 1 : -1;
         ck_assert_msg(which >= 0, "after kill %d: the tensors are neither save's", kill_i);
         ck_assert_msg(got->p.alpha == (which ? 16.0f : 8.0f), "after kill %d: tensors of save %d with alpha %g", kill_i,

@@ -197,15 +197,7 @@ static lt_adapter *nonzero_adapter(lt_model *m, uint64_t seed) {
     ap.seed = seed;
     lt_adapter *a = NULL;
     ck_assert_msg(lt_adapter_create(m, &ap, &a) == LT_OK, "%s", lt_last_error());
-    float *h = malloc(a->n_params * sizeof *h);
-    m->be->ops->download(m->be, h, a->params, a->n_params * sizeof *h);
-    uint64_t s = seed * 7 + 1;
-    for (size_t i = 0; i < a->n_params; i++) {
-        s = s * 6364136223846793005ull + 1442695040888963407ull;
-        h[i] += (float)(((double)(s >> 40) / 16777216.0 - 0.5) * 0.2);
-    }
-    m->be->ops->upload(m->be, a->params, h, a->n_params * sizeof *h);
-    free(h);
+    tu_perturb(a, seed * 7 + 1, 0.2);
     return a;
 }
 
@@ -455,7 +447,7 @@ END_TEST
 START_TEST(test_cli_objectives) {
     char dir[256], path[512], cmd[4096], mdir[1024];
     tu_tempdir(dir, sizeof dir);
-    snprintf(mdir, sizeof mdir, "%s/models/llama-basic", LT_TEST_DATA_DIR);
+    tu_model_dir(mdir, sizeof mdir, "llama-basic");
     snprintf(path, sizeof path, "%s/pref.jsonl", dir);
     tu_write_text(path, "{\"prompt_ids\": [5, 9], \"chosen_ids\": [40, 41], \"rejected_ids\": [12]}\n"
                         "{\"prompt_ids\": [3], \"chosen_ids\": [7, 2], \"rejected_ids\": [60, 61, 62]}\n");

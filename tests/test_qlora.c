@@ -161,13 +161,7 @@ START_TEST(test_double_quant_and_export) {
     lt_model *m1, *m2;
     ck_assert_int_eq(lt_model_load(ctx, merged_q, NULL, &m1), LT_OK);
     ck_assert_int_eq(lt_model_load(ctx, merged_f, NULL, &m2), LT_OK);
-    ck_assert_int_eq(m1->layers[0].w[P_Q].format, LT_WEIGHT_F32);
-    size_t nw = (size_t)m1->cfg.hidden_size * m1->cfg.num_attention_heads * m1->cfg.head_dim;
-    float *w1 = tu_dev_copy(m1->be, m1->layers[0].w[P_Q].f32, nw * 4);
-    float *w2 = tu_dev_copy(m2->be, m2->layers[0].w[P_Q].f32, nw * 4);
-    ck_assert_mem_eq(w1, w2, nw * 4);
-    free(w1);
-    free(w2);
+    tu_expect_same_weight(m1, m2, 0, P_Q);
     lt_model_free(m1);
     lt_model_free(m2);
 
@@ -428,17 +422,7 @@ START_TEST(test_cli_qlora_train_merge) {
     lt_model *mr;
     ck_assert_int_eq(lt_model_load(ctx, ref, NULL, &mr), LT_OK);
     for (int l = 0; l < mm->cfg.num_hidden_layers; l++)
-        for (int p = 0; p < P_COUNT; p++) {
-            int in, out;
-            lt_proj_dims(&mm->cfg, (lt_proj)p, &in, &out);
-            ck_assert_int_eq(mm->layers[l].w[p].format, LT_WEIGHT_F32);
-            const size_t bytes = (size_t)in * out * 4;
-            float *w1 = tu_dev_copy(mm->be, mm->layers[l].w[p].f32, bytes);
-            float *w2 = tu_dev_copy(mr->be, mr->layers[l].w[p].f32, bytes);
-            ck_assert_mem_eq(w1, w2, bytes);
-            free(w1);
-            free(w2);
-        }
+        for (int p = 0; p < P_COUNT; p++) tu_expect_same_weight(mm, mr, l, (lt_proj)p);
     lt_model_free(mr);
     lt_model_free(mm);
     lt_adapter_free(ad);
