@@ -247,12 +247,7 @@ static lt_status one_micro(rank_job *j, lt_trainer *tr, long long micro, int bad
         int32_t ids[16 * 12], lab[16 * 12];
         for (int i = 0; i < n; i++) sft_row(micro * c->B + lo + i, ids + i * T_SFT, lab + i * T_SFT);
         if (bad && n > 0) ids[1] = V + 5;
-        lt_batch b;
-        lt_batch_init(&b, sizeof b);
-        b.n_rows = n;
-        b.seq_len = T_SFT;
-        b.input_ids = n ? ids : NULL;
-        b.labels = n ? lab : NULL;
+        lt_batch b = tu_batch(n ? ids : NULL, n ? lab : NULL, n, T_SFT);
         return lt_trainer_step(tr, &b, r);
     }
     if (c->obj == LT_OBJ_GRPO) {
@@ -722,9 +717,7 @@ START_TEST(test_checkpoints) {
     run_free(&same);
     run_free(&other);
     run_free(&one);
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-    ck_assert_int_eq(system(cmd), 0);
+    tu_rm_rf(dir);
     lt_model_free(m);
     lt_context_free(ctx);
 }
@@ -854,9 +847,7 @@ START_TEST(test_faults) {
     ck_assert_msg(!memcmp(again.params[0], whole.params[0], whole.n * 4), "the resumed run is not the whole run");
     run_free(&again);
     run_free(&whole);
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-    ck_assert_int_eq(system(cmd), 0);
+    tu_rm_rf(dir);
     lt_model_free(m);
     lt_context_free(ctx);
 }
@@ -964,12 +955,7 @@ static void *nccl_rank(void *arg) {
         int32_t ids[4 * 12], lab[4 * 12];
         const int lo = 4 * r / W, hi = 4 * (r + 1) / W;
         for (int i = lo; i < hi; i++) sft_row((long long)s * 4 + i, ids + (i - lo) * T_SFT, lab + (i - lo) * T_SFT);
-        lt_batch b;
-        lt_batch_init(&b, sizeof b);
-        b.n_rows = hi - lo;
-        b.seq_len = T_SFT;
-        b.input_ids = ids;
-        b.labels = lab;
+        lt_batch b = tu_batch(ids, lab, hi - lo, T_SFT);
         lt_step_result res = {.size = sizeof res};
         if ((j->st = lt_trainer_step(t, &b, &res)) != LT_OK)
             snprintf(j->msg, sizeof j->msg, "%s", lt_trainer_last_error(t));

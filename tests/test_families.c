@@ -66,12 +66,8 @@ static const lt_st_tensor *need(const lt_st_file *f, const char *prefix, const c
 
 static void batch_of(lt_batch *b, const lt_st_file *g, const char *pre, int packed) {
     const lt_st_tensor *ids = need(g, pre, "input_ids");
-    lt_batch_init(b, sizeof *b);
-    b->n_rows = (int)ids->shape[0];
-    b->seq_len = (int)ids->shape[1];
-    b->input_ids = ids->data;
+    *b = tu_batch(ids->data, need(g, pre, "labels")->data, (int)ids->shape[0], (int)ids->shape[1]);
     b->position_ids = packed ? need(g, pre, "position_ids")->data : NULL;
-    b->labels = need(g, pre, "labels")->data;
 }
 
 /* ---- forward against transformers --------------------------------------------------------------- */
@@ -246,11 +242,7 @@ static void pad_rows(int32_t *ids, const int32_t *rows, int S, const int32_t *n,
 static float *full_logits(lt_model *m, const lt_adapter *a, const int32_t *ids, int B, int T) {
     const size_t n = (size_t)B * T * m->cfg.vocab_size;
     float *lg = malloc(n * sizeof *lg);
-    lt_batch b;
-    lt_batch_init(&b, sizeof b);
-    b.n_rows = B;
-    b.seq_len = T;
-    b.input_ids = ids;
+    lt_batch b = tu_batch(ids, NULL, B, T);
     ck_assert_msg(lt_model_logits(m, a, &b, lg, n) == LT_OK, "%s", lt_model_last_error(m));
     return lg;
 }
@@ -430,11 +422,7 @@ static void check_roundtrip(const family_case *fc, const char *sub) {
     const int V = (int)m->cfg.vocab_size;
     int32_t ids[B * T];
     for (int i = 0; i < B * T; i++) ids[i] = (int32_t)((i * 7919 + 13) % V);
-    lt_batch b;
-    lt_batch_init(&b, sizeof b);
-    b.n_rows = B;
-    b.seq_len = T;
-    b.input_ids = ids;
+    lt_batch b = tu_batch(ids, NULL, B, T);
     /* train it a little first: the files are those of an adapter trained here (every tensor moves) */
     lt_optimizer_params op;
     lt_optimizer_params_init(&op, sizeof op);
@@ -520,11 +508,7 @@ START_TEST(test_dora_create_identity) {
     const int V = (int)m->cfg.vocab_size;
     int32_t ids[B * T];
     for (int i = 0; i < B * T; i++) ids[i] = (int32_t)((i * 31 + 7) % V);
-    lt_batch b;
-    lt_batch_init(&b, sizeof b);
-    b.n_rows = B;
-    b.seq_len = T;
-    b.input_ids = ids;
+    lt_batch b = tu_batch(ids, NULL, B, T);
     float *l0 = malloc((size_t)T * V * 4), *l1 = malloc((size_t)T * V * 4);
     ck_assert_int_eq(lt_model_logits(m, NULL, &b, l0, (size_t)T * V), LT_OK);
     ck_assert_int_eq(lt_model_logits(m, a, &b, l1, (size_t)T * V), LT_OK);

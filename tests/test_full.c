@@ -29,20 +29,6 @@ static lt_adapter *full_adapter(lt_model *m) {
     return a;
 }
 
-/* summed loss; with grad != 0 the adapter's gradients of it (zeroed first) */
-static double loss_grads(lt_model *m, lt_adapter *a, const lt_batch *b, int grad) {
-    lt_workspace *ws = NULL;
-    lt_error err;
-    ck_assert_int_eq(lt_workspace_create(m, b->n_rows, b->seq_len, a->p.rank, LT_WS_CHECKPOINT, &ws, &err), LT_OK);
-    int64_t nv;
-    ck_assert_msg(lt_stage_batch(m, ws, b, &nv, &err) == LT_OK, "%s", err.msg);
-    m->be->ops->zero(m->be, a->grads, a->n_params * sizeof(float));
-    double loss;
-    ck_assert_msg(lt_forward_backward(m, a, ws, NULL, grad ? 1.0f : 0.0f, &loss, NULL, &err) == LT_OK, "%s", err.msg);
-    lt_workspace_free(ws);
-    return loss;
-}
-
 static const lt_ptensor *find_tensor(const lt_adapter *a, const char *name) {
     for (int i = 0; i < a->n_ptensors; i++)
         if (!strcmp(a->ptensors[i].name, name)) return &a->ptensors[i];
@@ -67,12 +53,8 @@ static void check_fd(const char *model, const char *const *names, int mts) {
     const int B = 2, T = 7, V = (int)m->cfg.vocab_size, H = (int)m->cfg.hidden_size;
     int32_t ids[14];
     tu_fill_ids(ids, B * T, V, 11);
-    lt_batch b;
-    lt_batch_init(&b, sizeof b);
-    b.n_rows = B;
-    b.seq_len = T;
-    b.input_ids = ids;
-    loss_grads(m, a, &b, 1);
+    lt_batch b = tu_batch(ids, NULL, B, T);
+    tu_loss_and_grads(m, a, &b, LT_WS_CHECKPOINT, NULL, 1.0f, NULL);
     float *g = tu_adapter_host_copy(a, a->grads), *p = tu_adapter_host_copy(a, a->params);
     int visible = 0, probes = 0;
     for (int k = 0; names[k]; k++) {
@@ -82,22 +64,9 @@ static void check_fd(const char *model, const char *const *names, int mts) {
             size_t e = (size_t)(j * 7919 + 13) % t->n;
             if (strstr(names[k], "embed_tokens")) e = (size_t)ids[3 * j + 1] * H + (size_t)(j * 5) % H; /* a used row */
             const size_t i = t->off + e;
-            const float orig = p[i];
             /* the embedding enters times embed_scale (Gemma: sqrt(hidden)): a step of the same effect */
             const double h = strstr(names[k], "embed_tokens") ? 1e-2 / m->cfg.embed_scale : 1e-2;
-            double lp, lm;
-            p[i] = orig + (float)h;
-            m->be->ops->upload(m->be, a->params, p, a->n_params * sizeof *p);
-            lt_adapter_sync_weights(a);
-            lp = loss_grads(m, a, &b, 0);
-            p[i] = orig - (float)h;
-            m->be->ops->upload(m->be, a->params, p, a->n_params * sizeof *p);
-            lt_adapter_sync_weights(a);
-            lm = loss_grads(m, a, &b, 0);
-            p[i] = orig;
-            m->be->ops->upload(m->be, a->params, p, a->n_params * sizeof *p);
-            lt_adapter_sync_weights(a);
-            const double fd = (lp - lm) / (2 * h), tol = 2e-2 * fabs(fd) + 2e-3;
+            const double fd = tu_central_difference(m, a, &b, NULL, p, i, h), tol = 2e-2 * fabs(fd) + 2e-3;
             ck_assert_msg(fabs(fd - g[i]) <= tol, "%s %s[%zu]: analytic %.6g vs finite difference %.6g", model,
                           names[k], e, g[i], fd);
             visible += fabs(fd) > 1e-2;
@@ -221,9 +190,7 @@ START_TEST(test_bad_requests) {
     lt_adapter *b = NULL;
     ck_assert_int_eq(lt_adapter_load(other, dir, &b), LT_ERR_SHAPE);
     ck_assert_ptr_null(b);
-    char cmd[600];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp);
-    ck_assert_int_eq(system(cmd), 0);
+    tu_rm_rf(tmp);
     lt_model_free(other);
     lt_adapter_free(a);
     lt_model_free(m);
@@ -250,11 +217,7 @@ START_TEST(test_failed_step_and_resume) {
     const int V = (int)m->cfg.vocab_size;
     int32_t ids[16];
     tu_fill_ids(ids, 16, V, 2);
-    lt_batch b;
-    lt_batch_init(&b, sizeof b);
-    b.n_rows = 2;
-    b.seq_len = 8;
-    b.input_ids = ids;
+    lt_batch b = tu_batch(ids, NULL, 2, 8);
     lt_step_result r = {.size = sizeof r};
     float *poisoned = tu_adapter_host_copy(a, a->params);
     const float keep = poisoned[a->n_params - 3];
@@ -270,7 +233,7 @@ START_TEST(test_failed_step_and_resume) {
     lt_adapter_sync_weights(a);
     for (int s = 0; s < 2; s++) ck_assert_msg(lt_trainer_step(t, &b, &r) == LT_OK, "%s", lt_trainer_last_error(t));
     ck_assert_int_eq(lt_optimizer_step_count(o), 2);
-    char tmp[256], ckpt[512], cmd[600];
+    char tmp[256], ckpt[512];
     tu_tempdir(tmp, sizeof tmp);
     snprintf(ckpt, sizeof ckpt, "%s/ckpt", tmp);
     ck_assert_msg(lt_trainer_save_checkpoint(t, ckpt) == LT_OK, "%s", lt_trainer_last_error(t));
@@ -306,8 +269,7 @@ START_TEST(test_failed_step_and_resume) {
     ck_assert_msg(fabs(l_saved - l_ad) <= 1e-5 * fabs(l_ad), "saved %.9g vs adapter %.9g", l_saved, l_ad);
     ck_assert_msg(fabs(l_base - l_ad) > 1e-4 * fabs(l_ad), "training did not change the loss");
     lt_model_free(ms);
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp);
-    ck_assert_int_eq(system(cmd), 0);
+    tu_rm_rf(tmp);
     free(resumed);
     free(third);
     free(after);

@@ -21,18 +21,6 @@
 #include "loratune_experimental.h"
 #include "test_util.h"
 
-static char *slurp(const char *path, size_t *n) {
-    FILE *f = fopen(path, "rb");
-    ck_assert_ptr_nonnull(f);
-    fseek(f, 0, SEEK_END);
-    *n = (size_t)ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *b = malloc(*n + 1);
-    ck_assert_uint_eq(fread(b, 1, *n, f), *n);
-    fclose(f);
-    return b;
-}
-
 /* ---- f16 ------------------------------------------------------------------------------------------ */
 
 START_TEST(test_f16_rounding) {
@@ -110,7 +98,7 @@ static char *sample_bytes(size_t *n) {
     tu_tempdir(dir, sizeof dir);
     snprintf(path, sizeof path, "%s/x.gguf", dir);
     write_sample(path);
-    return slurp(path, n);
+    return tu_slurp(path, n);
 }
 
 START_TEST(test_write_read) {
@@ -342,7 +330,7 @@ static lt_model *random_model(lt_context *ctx, const char *cfg, const char *dir)
 
 static lt_gguf_file *read_gguf(const char *path, char **buf) {
     size_t n;
-    *buf = slurp(path, &n);
+    *buf = tu_slurp(path, &n);
     lt_gguf_file *f = NULL;
     lt_error err = {0};
     ck_assert_msg(lt_gguf_parse(*buf, n, &f, &err) == LT_OK, "%s", err.msg);

@@ -78,26 +78,9 @@ static void free_run(run *r) {
 static void step(run *r, int k) {
     int32_t ids[2 * 16];
     tu_fill_ids(ids, 32, 64, 100 + (uint64_t)k);
-    lt_batch b;
-    lt_batch_init(&b, sizeof b);
-    b.n_rows = 2;
-    b.seq_len = 16;
-    b.input_ids = ids;
-    b.labels = ids;
+    lt_batch b = tu_batch(ids, ids, 2, 16);
     lt_step_result res = {.size = sizeof res};
     ck_assert_msg(lt_trainer_step(r->t, &b, &res) == LT_OK, "%s", lt_trainer_last_error(r->t));
-}
-
-static float *params_of(const lt_adapter *a) {
-    float *h = malloc(a->n_params * sizeof *h);
-    a->model->be->ops->download(a->model->be, h, a->params, a->n_params * sizeof *h);
-    return h;
-}
-
-static void rm_rf(const char *p) {
-    char cmd[1200];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", p);
-    ck_assert_int_eq(system(cmd), 0);
 }
 
 static int exists(const char *p) {
@@ -114,19 +97,6 @@ static int count_entries(const char *dir, const char *part) {
     while ((e = readdir(d)) != NULL) n += strstr(e->d_name, part) != NULL;
     closedir(d);
     return n;
-}
-
-static char *read_text(const char *path) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *b = malloc((size_t)n + 1);
-    ck_assert_int_eq(fread(b, 1, (size_t)n, f), (size_t)n);
-    b[n] = 0;
-    fclose(f);
-    return b;
 }
 
 /* ---- D1 --------------------------------------------------------------------------------------------- */
@@ -172,7 +142,7 @@ START_TEST(test_d1_prequantized_bf16) {
     }
     ck_assert_msg(isfinite(loss[1]) && fabs(loss[1] - loss[0]) < 2e-2, "bf16 %.6f, f32 %.6f", loss[1], loss[0]);
     lt_context_free(ctx);
-    rm_rf(root);
+    tu_rm_rf(root);
 }
 END_TEST
 
@@ -190,7 +160,7 @@ START_TEST(test_d4_save_refuses_foreign) {
     tu_write_text(p, "precious\n");
     ck_assert_int_eq(lt_trainer_save_checkpoint(r.t, p), LT_ERR_IO);
     ck_assert_msg(strstr(lt_trainer_last_error(r.t), "not a directory"), "%s", lt_trainer_last_error(r.t));
-    char *text = read_text(p);
+    char *text = tu_read_file(p, NULL);
     ck_assert_str_eq(text, "precious\n");
     free(text);
     ck_assert_int_eq(lt_adapter_save(r.a, p), LT_ERR_IO);
@@ -209,11 +179,11 @@ START_TEST(test_d4_save_refuses_foreign) {
     ck_assert_msg(strstr(lt_trainer_last_error(r.t), "nothing was changed"), "%s", lt_trainer_last_error(r.t));
     ck_assert_int_eq(lt_adapter_save(r.a, p), LT_ERR_IO);
     snprintf(p, sizeof p, "%s/tree/sub/notes.txt", root);
-    text = read_text(p);
+    text = tu_read_file(p, NULL);
     ck_assert_str_eq(text, "mine\n");
     free(text);
     snprintf(p, sizeof p, "%s/tree/adapter_config.json", root);
-    text = read_text(p);
+    text = tu_read_file(p, NULL);
     ck_assert_str_eq(text, "{}\n");
     free(text);
     ck_assert_int_eq(count_entries(root, ".tmp-"), 0); /* a refused save leaves nothing behind */
@@ -237,7 +207,7 @@ START_TEST(test_d4_save_refuses_foreign) {
     free_run(&r);
     lt_model_free(m);
     lt_context_free(ctx);
-    rm_rf(root);
+    tu_rm_rf(root);
 }
 END_TEST
 
@@ -255,11 +225,11 @@ START_TEST(test_save_files) {
     ck_assert_int_eq(lt_adapter_set_save_files(r.a, names, texts, 2), LT_OK);
     ck_assert_int_eq(lt_adapter_save(r.a, p), LT_OK);
     snprintf(p, sizeof p, "%s/ad/README.md", root);
-    char *text = read_text(p);
+    char *text = tu_read_file(p, NULL);
     ck_assert_str_eq(text, "# card\n");
     free(text);
     snprintf(p, sizeof p, "%s/ad/training_args.json", root);
-    text = read_text(p);
+    text = tu_read_file(p, NULL);
     ck_assert_str_eq(text, "{}");
     free(text);
     /* refused names: nothing attached changes (the next save still writes the card) */
@@ -285,7 +255,7 @@ START_TEST(test_save_files) {
     snprintf(p, sizeof p, "%s/merged", root);
     ck_assert_int_eq(lt_adapter_export_merged(r.a, p, 0), LT_OK);
     snprintf(p, sizeof p, "%s/merged/README.md", root);
-    text = read_text(p);
+    text = tu_read_file(p, NULL);
     ck_assert_str_eq(text, "# card\n");
     free(text);
     /* a name the adapter save writes: the save fails, the previous save is untouched, nothing is left */
@@ -297,7 +267,7 @@ START_TEST(test_save_files) {
     snprintf(p, sizeof p, "%s/ad/README.md", root);
     ck_assert(exists(p));
     snprintf(p, sizeof p, "%s/ad/adapter_config.json", root);
-    text = read_text(p);
+    text = tu_read_file(p, NULL);
     ck_assert(strcmp(text, "junk") != 0);
     free(text);
     ck_assert_int_eq(count_entries(root, ".tmp-"), 0);
@@ -312,7 +282,7 @@ START_TEST(test_save_files) {
     free_run(&r);
     lt_model_free(m);
     lt_context_free(ctx);
-    rm_rf(root);
+    tu_rm_rf(root);
 }
 END_TEST
 #endif
@@ -354,7 +324,7 @@ START_TEST(test_d5_replace_never_absent) {
     free_run(&r);
     lt_model_free(m);
     lt_context_free(ctx);
-    rm_rf(root);
+    tu_rm_rf(root);
 }
 END_TEST
 
@@ -381,7 +351,7 @@ START_TEST(test_resume_finds_interrupted_save) {
     step(&r, 0);
     snprintf(ck, sizeof ck, "%s/checkpoint-1", root);
     ck_assert_int_eq(lt_trainer_save_checkpoint(r.t, ck), LT_OK);
-    float *saved = params_of(r.a);
+    float *saved = tu_adapter_host_copy(r.a, r.a->params);
     /* the state after the fallback's first rename, by a process that is gone (pid 2^22 + 12345 > pid_max
      * on most systems; kill() says ESRCH) */
     snprintf(p, sizeof p, "%s/checkpoint-1.old-4206649-aB3dE9", root);
@@ -389,7 +359,7 @@ START_TEST(test_resume_finds_interrupted_save) {
     run r2 = new_run(m, 8, 2);
     ck_assert_msg(lt_trainer_load_checkpoint(r2.t, ck) == LT_OK, "%s", lt_trainer_last_error(r2.t));
     ck_assert_msg(strstr(warned, "checkpoint-1.old-4206649-aB3dE9"), "warning: \"%s\"", warned);
-    float *loaded = params_of(r2.a);
+    float *loaded = tu_adapter_host_copy(r2.a, r2.a->params);
     ck_assert_int_eq(memcmp(saved, loaded, r.a->n_params * sizeof *saved), 0);
     ck_assert_int_eq(lt_optimizer_step_count(r2.o), 1);
     /* the next save of that name publishes a new checkpoint-1 and removes the stale temporary */
@@ -408,7 +378,7 @@ START_TEST(test_resume_finds_interrupted_save) {
     lt_adapter *got = NULL;
     ck_assert_msg(lt_adapter_load(m, ad, &got) == LT_OK, "%s", lt_last_error());
     ck_assert_msg(strstr(warned, "adapter.tmp-4206649-bbbbbb"), "warning: \"%s\"", warned);
-    float *gp = params_of(got), *want = params_of(r2.a);
+    float *gp = tu_adapter_host_copy(got, got->params), *want = tu_adapter_host_copy(r2.a, r2.a->params);
     ck_assert_int_eq(memcmp(gp, want, r.a->n_params * sizeof *gp), 0);
     free(gp);
     free(want);
@@ -419,7 +389,7 @@ START_TEST(test_resume_finds_interrupted_save) {
     free_run(&r);
     lt_model_free(m);
     lt_context_free(ctx);
-    rm_rf(root);
+    tu_rm_rf(root);
 }
 END_TEST
 
@@ -446,7 +416,7 @@ START_TEST(test_d6_nonfinite_state_refused) {
     const size_t n = r.a->n_params;
     run r2 = new_run(m, 8, 2);
     step(&r2, 5);
-    float *before = params_of(r2.a);
+    float *before = tu_adapter_host_copy(r2.a, r2.a->params);
     snprintf(p, sizeof p, "%s/ck/optimizer.bin", root);
     /* header 32 bytes, then m[n], v[n] */
     const struct {
@@ -464,7 +434,7 @@ START_TEST(test_d6_nonfinite_state_refused) {
         ck_assert_msg(strstr(lt_trainer_last_error(r2.t), i == 2 ? "negative" : "not finite"), "%s",
                       lt_trainer_last_error(r2.t));
         /* nothing changed: the next step runs from the state before the failed load */
-        float *now = params_of(r2.a);
+        float *now = tu_adapter_host_copy(r2.a, r2.a->params);
         ck_assert_int_eq(memcmp(before, now, n * sizeof *now), 0);
         ck_assert_int_eq(lt_optimizer_step_count(r2.o), 1);
         free(now);
@@ -507,7 +477,7 @@ START_TEST(test_d6_nonfinite_state_refused) {
     free_run(&r);
     lt_model_free(m);
     lt_context_free(ctx);
-    rm_rf(root);
+    tu_rm_rf(root);
 }
 END_TEST
 
@@ -618,7 +588,7 @@ START_TEST(test_nonfinite_base_weight) {
         }
     }
     lt_context_free(ctx);
-    rm_rf(root);
+    tu_rm_rf(root);
 }
 END_TEST
 #endif
@@ -632,7 +602,7 @@ START_TEST(test_d9_adapter_save_killed) {
     lt_model *m = saved_model(ctx, root, dir, sizeof dir);
     /* two adapters with different alphas and tensors, saved in turn by a child until it is killed */
     run r[2] = {new_run(m, 8, 1), new_run(m, 16, 2)};
-    float *ref[2] = {params_of(r[0].a), params_of(r[1].a)};
+    float *ref[2] = {tu_adapter_host_copy(r[0].a, r[0].a->params), tu_adapter_host_copy(r[1].a, r[1].a->params)};
     const size_t n = r[0].a->n_params;
     snprintf(ad, sizeof ad, "%s/adapter", root);
     ck_assert_int_eq(lt_adapter_save(r[0].a, ad), LT_OK);
@@ -655,7 +625,7 @@ START_TEST(test_d9_adapter_save_killed) {
                       status);
         lt_adapter *got = NULL;
         ck_assert_msg(lt_adapter_load(m, ad, &got) == LT_OK, "after kill %d: %s", kill_i, lt_last_error());
-        float *h = params_of(got);
+        float *h = tu_adapter_host_copy(got, got->params);
         const int which = memcmp(h, ref[0], n * sizeof *h) == 0 ? 0 : memcmp(h, ref[1], n * sizeof *h) == 0 ? 1 : -1;
         ck_assert_msg(which >= 0, "after kill %d: the tensors are neither save's", kill_i);
         ck_assert_msg(got->p.alpha == (which ? 16.0f : 8.0f), "after kill %d: tensors of save %d with alpha %g", kill_i,
@@ -671,7 +641,7 @@ START_TEST(test_d9_adapter_save_killed) {
     free_run(&r[1]);
     lt_model_free(m);
     lt_context_free(ctx);
-    rm_rf(root);
+    tu_rm_rf(root);
 }
 END_TEST
 
@@ -715,14 +685,14 @@ START_TEST(test_d8_stale_temporaries) {
     free_run(&r);
     lt_model_free(m);
     lt_context_free(ctx);
-    rm_rf(root);
+    tu_rm_rf(root);
 }
 END_TEST
 
 /* ---- D7, D8: metrics.jsonl of the command line ------------------------------------------------------ */
 
 static void steps_of(const char *path, int *steps, int *n, double *loss) {
-    char *text = read_text(path);
+    char *text = tu_read_file(path, NULL);
     ck_assert_msg(text != NULL, "%s missing", path);
     *n = 0;
     for (char *line = text, *nl; (nl = strchr(line, '\n')); line = nl + 1) {
@@ -789,7 +759,7 @@ START_TEST(test_d8_cli_metrics_resume) {
     ck_assert_int_eq(n, 6);
     ck_assert_int_eq(steps[5], 6);
     snprintf(p, sizeof p, "%s/run/checkpoint-final/trainer_state.json", root);
-    char *st = read_text(p);
+    char *st = tu_read_file(p, NULL);
     ck_assert_msg(strstr(st, "\"step\": 6"), "%s", st);
     free(st);
     /* the run directory layout */
@@ -797,7 +767,7 @@ START_TEST(test_d8_cli_metrics_resume) {
     ck_assert(exists(p));
     snprintf(p, sizeof p, "%s/run/loss.svg", root);
     ck_assert(exists(p));
-    rm_rf(root);
+    tu_rm_rf(root);
 }
 END_TEST
 
@@ -809,7 +779,7 @@ START_TEST(test_d7_cli_failed_run_keeps_metrics) {
              k_common);
     free(tu_run(cmd, NULL));
     snprintf(p, sizeof p, "%s/run/metrics.jsonl", root);
-    char *before = read_text(p);
+    char *before = tu_read_file(p, NULL);
     ck_assert_ptr_nonnull(before);
     snprintf(p, sizeof p, "%s/bad.jsonl", root);
     tu_write_text(p, "{\"input_ids\": [1, 2, 999]}\n");
@@ -820,12 +790,12 @@ START_TEST(test_d7_cli_failed_run_keeps_metrics) {
     ck_assert_msg(status != 0 && strstr(err, "999"), "status %d: %s", status, err);
     free(err);
     snprintf(p, sizeof p, "%s/run/metrics.jsonl", root);
-    char *after = read_text(p);
+    char *after = tu_read_file(p, NULL);
     ck_assert_msg(after && !strcmp(before, after), "a failed run changed metrics.jsonl:\n%s\n->\n%s", before,
                   after ? after : "(gone)");
     free(before);
     free(after);
-    rm_rf(root);
+    tu_rm_rf(root);
 }
 END_TEST
 
@@ -879,7 +849,7 @@ START_TEST(test_bounded_parsers) {
     ck_assert_int_eq(lt_tokenizer_load(root, &tok), LT_ERR_UNSUPPORTED);
     ck_assert_msg(strstr(lt_last_error(), "added"), "%s", lt_last_error());
     lt_context_free(ctx);
-    rm_rf(root);
+    tu_rm_rf(root);
 }
 END_TEST
 

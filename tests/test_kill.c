@@ -78,20 +78,6 @@ static int wait_status(pid_t pid) {
     return st;
 }
 
-static char *slurp(const char *path, size_t *n) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long len = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *b = malloc((size_t)len + 1);
-    ck_assert_int_eq(fread(b, 1, (size_t)len, f), (size_t)len);
-    b[len] = 0;
-    fclose(f);
-    if (n) *n = (size_t)len;
-    return b;
-}
-
 static void same_file(const char *a, const char *b, const char *what) {
     ck_assert_msg(tu_same_file(a, b), "%s: %s differs from %s", what, b, a);
 }
@@ -100,8 +86,7 @@ static void same_file(const char *a, const char *b, const char *what) {
 static void losses(const char *out, double *loss) {
     char p[700];
     snprintf(p, sizeof p, "%s/metrics.jsonl", out);
-    char *text = slurp(p, NULL);
-    ck_assert_msg(text != NULL, "%s missing", p);
+    char *text = tu_slurp(p, NULL);
     int seen[STEPS + 1] = {0}, n = 0;
     for (char *line = text, *nl; (nl = strchr(line, '\n')); line = nl + 1, n++) {
         *nl = 0;
@@ -227,8 +212,7 @@ START_TEST(test_train_killed_at_random) {
                   killed_with_checkpoints, runs);
     lt_model_free(m);
     lt_context_free(ctx);
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", root);
-    ck_assert_int_eq(system(cmd), 0);
+    tu_rm_rf(root);
 }
 END_TEST
 

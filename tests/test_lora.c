@@ -21,23 +21,6 @@
 #include "test_util.h"
 #include "train/optimizer.h"
 
-/* Gradient of grad_scale * summed loss with respect to the adapter; returns the summed loss. */
-static double loss_and_grads(lt_model *m, lt_adapter *a, const lt_batch *b, int ckpt, const lt_dropout_state *drop,
-                             float grad_scale, int64_t *n_valid) {
-    lt_workspace *ws = NULL;
-    lt_error err;
-    ck_assert_int_eq(lt_workspace_create(m, b->n_rows, b->seq_len, a->p.rank, ckpt, &ws, &err), LT_OK);
-    int64_t nv;
-    ck_assert_msg(lt_stage_batch(m, ws, b, &nv, &err) == LT_OK, "%s", err.msg);
-    m->be->ops->zero(m->be, a->grads, a->n_params * sizeof(float));
-    double loss;
-    lt_status st = lt_forward_backward(m, a, ws, drop, grad_scale, &loss, NULL, &err);
-    ck_assert_msg(st == LT_OK, "%s", err.msg);
-    lt_workspace_free(ws);
-    if (n_valid) *n_valid = nv;
-    return loss;
-}
-
 static lt_adapter *make_adapter(lt_model *m, int rank, float alpha, float dropout, unsigned targets, int gaussian_b) {
     lt_adapter_params ap;
     lt_adapter_params_init(&ap, sizeof ap);
@@ -48,16 +31,7 @@ static lt_adapter *make_adapter(lt_model *m, int rank, float alpha, float dropou
     ap.seed = 7;
     lt_adapter *a = NULL;
     ck_assert_msg(lt_adapter_create(m, &ap, &a) == LT_OK, "%s", lt_last_error());
-    if (gaussian_b) { /* B = 0 at init would hide half of the gradient paths: make it nonzero */
-        float *h = tu_adapter_host_copy(a, a->params);
-        uint64_t s = 99;
-        for (size_t i = 0; i < a->n_params; i++) {
-            s = s * 6364136223846793005ull + 1442695040888963407ull;
-            h[i] += (float)(((double)(s >> 40) / 16777216.0 - 0.5) * 0.2);
-        }
-        m->be->ops->upload(m->be, a->params, h, a->n_params * sizeof *h);
-        free(h);
-    }
+    if (gaussian_b) tu_perturb(a, 99, 0.2); /* B = 0 at init would hide half of the gradient paths */
     return a;
 }
 
@@ -73,40 +47,12 @@ static void check_finite_differences(float dropout, int packed) {
     memcpy(labels, ids, sizeof ids);
     labels[4] = -100;
     for (int i = 0; i < B * T; i++) pos[i] = packed ? (i % T < 4 ? i % T : i % T - 4) : i % T;
-    lt_batch b;
-    lt_batch_init(&b, sizeof b);
-    b.n_rows = B;
-    b.seq_len = T;
-    b.input_ids = ids;
-    b.labels = labels;
+    lt_batch b = tu_batch(ids, labels, B, T);
     b.position_ids = packed ? pos : NULL;
     lt_dropout_state drop = {dropout, 1234, 0};
-    loss_and_grads(m, a, &b, 1, &drop, 1.0f, NULL);
-    float *g = tu_adapter_host_copy(a, a->grads), *p = tu_adapter_host_copy(a, a->params);
-    /* probe parameters spread over the buffer: A and B of several layers and projections */
-    int checked = 0;
-    for (size_t k = 0; k < 24; k++) {
-        size_t i = (k * 7919 * 13 + 17) % a->n_params;
-        const double h = 1e-2;
-        double lp, lm;
-        float orig = p[i];
-        p[i] = orig + (float)h;
-        m->be->ops->upload(m->be, a->params, p, a->n_params * sizeof *p);
-        lp = loss_and_grads(m, a, &b, 1, &drop, 0.0f, NULL);
-        p[i] = orig - (float)h;
-        m->be->ops->upload(m->be, a->params, p, a->n_params * sizeof *p);
-        lm = loss_and_grads(m, a, &b, 1, &drop, 0.0f, NULL);
-        p[i] = orig;
-        m->be->ops->upload(m->be, a->params, p, a->n_params * sizeof *p);
-        double fd = (lp - lm) / (2 * h);
-        double tol = 2e-2 * fabs(fd) + 2e-3;
-        ck_assert_msg(fabs(fd - g[i]) <= tol, "param %zu: analytic %.6g vs finite difference %.6g (dropout %g)", i,
-                      g[i], fd, dropout);
-        checked += fabs(fd) > 1e-3;
-    }
-    ck_assert_msg(checked >= 8, "too few probes with a visible gradient (%d)", checked);
-    free(g);
-    free(p);
+    char what[64];
+    snprintf(what, sizeof what, "dropout %g%s", dropout, packed ? ", packed" : "");
+    tu_check_finite_differences(m, a, &b, &drop, what);
     lt_adapter_free(a);
     lt_model_free(m);
     lt_context_free(ctx);
@@ -126,15 +72,11 @@ START_TEST(test_checkpointing_identical) {
     lt_adapter *a = make_adapter(m, 4, 8, 0.1f, LT_TARGET_ALL, 1);
     int32_t ids[40];
     tu_fill_ids(ids, 40, 257, 5);
-    lt_batch b;
-    lt_batch_init(&b, sizeof b);
-    b.n_rows = 2;
-    b.seq_len = 20;
-    b.input_ids = ids;
+    lt_batch b = tu_batch(ids, NULL, 2, 20);
     lt_dropout_state drop = {0.1f, 77, 0};
-    double l1 = loss_and_grads(m, a, &b, 1, &drop, 1.0f, NULL);
+    double l1 = tu_loss_and_grads(m, a, &b, LT_WS_CHECKPOINT, &drop, 1.0f, NULL);
     float *g1 = tu_adapter_host_copy(a, a->grads);
-    double l2 = loss_and_grads(m, a, &b, 0, &drop, 1.0f, NULL);
+    double l2 = tu_loss_and_grads(m, a, &b, LT_WS_FULL, &drop, 1.0f, NULL);
     float *g2 = tu_adapter_host_copy(a, a->grads);
     ck_assert(l1 == l2);
     ck_assert_int_eq(memcmp(g1, g2, a->n_params * sizeof(float)), 0);
@@ -164,22 +106,12 @@ START_TEST(test_packing_equals_unpacked) {
             rows[s * T + t] = t < lens[s] ? packed[o + t] : 0;
             rlab[s * T + t] = t < lens[s] ? packed[o + t] : -100;
         }
-    lt_batch bp, bu;
-    lt_batch_init(&bp, sizeof bp);
-    bp.n_rows = 1;
-    bp.seq_len = T;
-    bp.input_ids = packed;
-    bp.labels = plab;
+    lt_batch bp = tu_batch(packed, plab, 1, T), bu = tu_batch(rows, rlab, 3, T);
     bp.position_ids = ppos;
-    lt_batch_init(&bu, sizeof bu);
-    bu.n_rows = 3;
-    bu.seq_len = T;
-    bu.input_ids = rows;
-    bu.labels = rlab;
     int64_t n1, n2;
-    double l1 = loss_and_grads(m, a, &bp, 1, NULL, 1.0f, &n1);
+    double l1 = tu_loss_and_grads(m, a, &bp, LT_WS_CHECKPOINT, NULL, 1.0f, &n1);
     float *g1 = tu_adapter_host_copy(a, a->grads);
-    double l2 = loss_and_grads(m, a, &bu, 1, NULL, 1.0f, &n2);
+    double l2 = tu_loss_and_grads(m, a, &bu, LT_WS_CHECKPOINT, NULL, 1.0f, &n2);
     float *g2 = tu_adapter_host_copy(a, a->grads);
     ck_assert_int_eq(n1, 12);
     ck_assert_int_eq(n2, 12);
@@ -203,11 +135,7 @@ START_TEST(test_merge_unmerge_export) {
     const int T = 12, V = (int)m->cfg.vocab_size;
     int32_t ids[24];
     tu_fill_ids(ids, 24, V, 21);
-    lt_batch b;
-    lt_batch_init(&b, sizeof b);
-    b.n_rows = 2;
-    b.seq_len = T;
-    b.input_ids = ids;
+    lt_batch b = tu_batch(ids, NULL, 2, T);
     size_t n = (size_t)2 * T * V;
     float *base = malloc(n * 4), *with = malloc(n * 4), *merged = malloc(n * 4), *after = malloc(n * 4);
     ck_assert_int_eq(lt_model_logits(m, NULL, &b, base, n), LT_OK);
@@ -289,27 +217,18 @@ static float *train_run(lt_context *ctx, const char *ckpt_dir, int phase) {
     tp.seed = 5;
     lt_trainer *t = NULL;
     ck_assert_int_eq(lt_trainer_create(m, a, o, &tp, &t), LT_OK);
-    int first = 0, last = 6;
-    if (phase == 1) last = 3;
-    if (phase == 2) {
-        first = 3;
-        ck_assert_msg(lt_trainer_load_checkpoint(t, ckpt_dir) == LT_OK, "%s", lt_trainer_last_error(t));
-        ck_assert_int_eq(lt_optimizer_step_count(o), 3);
-    }
+    int first, last;
+    tu_resume_begin(t, o, ckpt_dir, phase, 6, &first, &last);
     int32_t ids[3 * 16];
     for (int step = first; step < last; step++)
         for (int k = 0; k < 2; k++) {
             tu_fill_ids(ids, 3 * 16, 257, (uint64_t)(100 + step * 2 + k));
-            lt_batch b;
-            lt_batch_init(&b, sizeof b);
-            b.n_rows = 3;
-            b.seq_len = 16;
-            b.input_ids = ids;
+            lt_batch b = tu_batch(ids, NULL, 3, 16);
             lt_step_result r = {.size = sizeof r};
             ck_assert_msg(lt_trainer_step(t, &b, &r) == LT_OK, "%s", lt_trainer_last_error(t));
             ck_assert_int_eq(r.updated, k == 1);
         }
-    if (phase == 1) ck_assert_msg(lt_trainer_save_checkpoint(t, ckpt_dir) == LT_OK, "%s", lt_trainer_last_error(t));
+    tu_resume_end(t, ckpt_dir, phase);
     float *p = tu_adapter_host_copy(a, a->params);
     lt_trainer_free(t);
     lt_optimizer_free(o);
@@ -360,12 +279,7 @@ START_TEST(test_bad_steps_leave_adapter) {
     int32_t ids[16], labels[16];
     tu_fill_ids(ids, 16, 257, 1);
     for (int i = 0; i < 16; i++) labels[i] = -100;
-    lt_batch b;
-    lt_batch_init(&b, sizeof b);
-    b.n_rows = 2;
-    b.seq_len = 8;
-    b.input_ids = ids;
-    b.labels = labels;
+    lt_batch b = tu_batch(ids, labels, 2, 8);
     lt_step_result r = {.size = sizeof r};
     ck_assert_int_eq(lt_trainer_step(t, &b, &r), LT_ERR_DATA); /* all labels masked */
     ck_assert_ptr_nonnull(strstr(lt_trainer_last_error(t), "masked"));
@@ -669,11 +583,7 @@ START_TEST(test_hot_swap_and_progress) {
     const int T = 9, V = (int)m->cfg.vocab_size;
     int32_t ids[9];
     tu_fill_ids(ids, T, V, 4);
-    lt_batch b;
-    lt_batch_init(&b, sizeof b);
-    b.n_rows = 1;
-    b.seq_len = T;
-    b.input_ids = ids;
+    lt_batch b = tu_batch(ids, NULL, 1, T);
     size_t n = (size_t)T * V;
     float *l0 = malloc(n * 4), *l1 = malloc(n * 4), *l2 = malloc(n * 4), *again = malloc(n * 4);
     ck_assert_int_eq(lt_model_logits(m, NULL, &b, l0, n), LT_OK);
@@ -738,11 +648,7 @@ static void *share_train(void *arg) {
     int32_t ids[2 * 12];
     for (int step = 0; j->st == LT_OK && step < 4; step++) {
         tu_fill_ids(ids, 24, 257, (uint64_t)(j->seed * 100 + step));
-        lt_batch b;
-        lt_batch_init(&b, sizeof b);
-        b.n_rows = 2;
-        b.seq_len = 12;
-        b.input_ids = ids;
+        lt_batch b = tu_batch(ids, NULL, 2, 12);
         j->st = lt_trainer_step(t, &b, NULL);
         double s;
         int64_t n;
@@ -897,11 +803,7 @@ START_TEST(test_golden_peft_gradients) {
         snprintf(k, sizeof k, "%sloss", pre);
         const lt_st_tensor *loss = lt_st_find(g, k);
         ck_assert(ids && lab && loss && (!packed || pos));
-        lt_batch b;
-        lt_batch_init(&b, sizeof b);
-        b.n_rows = (int)ids->shape[0];
-        b.seq_len = (int)ids->shape[1];
-        b.input_ids = ids->data;
+        lt_batch b = tu_batch(ids->data, NULL, (int)ids->shape[0], (int)ids->shape[1]);
         b.position_ids = packed ? pos->data : NULL;
         if (!packed) {
             const lt_st_tensor *ref = lt_st_find(g, "logits");
@@ -977,12 +879,8 @@ START_TEST(test_golden_adamw_training) {
     const int n_micro = (int)mi->shape[0], B = (int)mi->shape[1], T = (int)mi->shape[2];
     int upd = 0;
     for (int k = 0; k < n_micro; k++) {
-        lt_batch b;
-        lt_batch_init(&b, sizeof b);
-        b.n_rows = B;
-        b.seq_len = T;
-        b.input_ids = (const int32_t *)mi->data + (size_t)k * B * T;
-        b.labels = (const int32_t *)ml->data + (size_t)k * B * T;
+        lt_batch b = tu_batch((const int32_t *)mi->data + (size_t)k * B * T,
+                              (const int32_t *)ml->data + (size_t)k * B * T, B, T);
         lt_step_result r = {.size = sizeof r};
         ck_assert_msg(lt_trainer_step(t, &b, &r) == LT_OK, "%s", lt_trainer_last_error(t));
         if (!r.updated) continue;
@@ -1028,11 +926,7 @@ START_TEST(test_peft_loads_our_adapter) {
         const int B = 2, T = 10, V = (int)m->cfg.vocab_size;
         int32_t ids[20];
         tu_fill_ids(ids, B * T, V, 77);
-        lt_batch b;
-        lt_batch_init(&b, sizeof b);
-        b.n_rows = B;
-        b.seq_len = T;
-        b.input_ids = ids;
+        lt_batch b = tu_batch(ids, NULL, B, T);
         float *lg = malloc((size_t)B * T * V * 4);
         ck_assert_int_eq(lt_model_logits(m, a, &b, lg, (size_t)B * T * V), LT_OK);
         lt_st_entry e[2] = {{.name = "input_ids", .dtype = LT_DT_I32, .ndim = 2, .shape = {B, T}, .data = ids},

@@ -197,15 +197,7 @@ static lt_adapter *nonzero_adapter(lt_model *m, uint64_t seed) {
     ap.seed = seed;
     lt_adapter *a = NULL;
     ck_assert_msg(lt_adapter_create(m, &ap, &a) == LT_OK, "%s", lt_last_error());
-    float *h = malloc(a->n_params * sizeof *h);
-    m->be->ops->download(m->be, h, a->params, a->n_params * sizeof *h);
-    uint64_t s = seed * 7 + 1;
-    for (size_t i = 0; i < a->n_params; i++) {
-        s = s * 6364136223846793005ull + 1442695040888963407ull;
-        h[i] += (float)(((double)(s >> 40) / 16777216.0 - 0.5) * 0.2);
-    }
-    m->be->ops->upload(m->be, a->params, h, a->n_params * sizeof *h);
-    free(h);
+    tu_perturb(a, seed * 7 + 1, 0.2);
     return a;
 }
 
@@ -233,11 +225,7 @@ START_TEST(test_weighted_backward_fd) {
         ids[i] = (int32_t)((i * 37 + 11) % V);
         w[i] = (i % T == T - 1) ? 0.0f : (float)((i % 5) - 2) * 0.7f; /* signed weights, like -d loss / d lp */
     }
-    lt_batch b;
-    lt_batch_init(&b, sizeof b);
-    b.n_rows = B;
-    b.seq_len = T;
-    b.input_ids = ids;
+    lt_batch b = tu_batch(ids, NULL, B, T);
     lt_workspace *ws = NULL;
     lt_error err;
     for (int ckpt = 0; ckpt < 2; ckpt++) {
@@ -326,11 +314,7 @@ START_TEST(test_preference_steps) {
     ck_assert_msg(fabs(r.loss - log(2.0)) < 1e-7, "loss %.9g", r.loss);
     ck_assert(r.rewards_chosen == 0 && r.rewards_rejected == 0 && r.rewards_margins == 0);
     /* an SFT batch is refused */
-    lt_batch sb;
-    lt_batch_init(&sb, sizeof sb);
-    sb.n_rows = 1;
-    sb.seq_len = 2;
-    sb.input_ids = P_IDS;
+    lt_batch sb = tu_batch(P_IDS, NULL, 1, 2);
     ck_assert_int_eq(lt_trainer_step(t, &sb, &r), LT_ERR_STATE);
     /* a step moves the rewards apart; precomputed reference log-probs give the same loss */
     ck_assert_msg(lt_trainer_step_preference(t, &b, &r) == LT_OK, "%s", lt_trainer_last_error(t));
@@ -463,7 +447,7 @@ END_TEST
 START_TEST(test_cli_objectives) {
     char dir[256], path[512], cmd[4096], mdir[1024];
     tu_tempdir(dir, sizeof dir);
-    snprintf(mdir, sizeof mdir, "%s/models/llama-basic", LT_TEST_DATA_DIR);
+    tu_model_dir(mdir, sizeof mdir, "llama-basic");
     snprintf(path, sizeof path, "%s/pref.jsonl", dir);
     tu_write_text(path, "{\"prompt_ids\": [5, 9], \"chosen_ids\": [40, 41], \"rejected_ids\": [12]}\n"
                         "{\"prompt_ids\": [3], \"chosen_ids\": [7, 2], \"rejected_ids\": [60, 61, 62]}\n");
@@ -504,8 +488,7 @@ START_TEST(test_cli_objectives) {
     ck_assert_int_eq(st, 1);
     ck_assert_msg(strstr(err, "--objective"), "%s", err);
     free(err);
-    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-    ck_assert_int_eq(system(cmd), 0);
+    tu_rm_rf(dir);
 }
 END_TEST
 

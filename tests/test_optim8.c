@@ -422,28 +422,18 @@ static float *train_run(lt_context *ctx, const char *ckpt_dir, int phase, double
     tp.seed = 5;
     lt_trainer *t = NULL;
     ck_assert_int_eq(lt_trainer_create(m, a, o, &tp, &t), LT_OK);
-    int first = 0, last = 8;
-    if (phase == 1) last = 4;
-    if (phase == 2) {
-        first = 4;
-        ck_assert_msg(lt_trainer_load_checkpoint(t, ckpt_dir) == LT_OK, "%s", lt_trainer_last_error(t));
-        ck_assert_int_eq(lt_optimizer_step_count(o), 4);
-    }
+    int first, last;
+    tu_resume_begin(t, o, ckpt_dir, phase, 8, &first, &last);
     int32_t ids[4 * 16];
     tu_fill_ids(ids, 4 * 16, 257, 11);
     for (int step = first; step < last; step++) {
-        lt_batch b;
-        lt_batch_init(&b, sizeof b);
-        b.n_rows = 4;
-        b.seq_len = 16;
-        b.input_ids = ids;
+        lt_batch b = tu_batch(ids, NULL, 4, 16);
         lt_step_result r = {.size = sizeof r};
         ck_assert_msg(lt_trainer_step(t, &b, &r) == LT_OK, "%s", lt_trainer_last_error(t));
         if (losses) losses[step] = r.loss;
     }
-    if (phase == 1) ck_assert_msg(lt_trainer_save_checkpoint(t, ckpt_dir) == LT_OK, "%s", lt_trainer_last_error(t));
-    float *p = malloc(a->n_params * 4);
-    m->be->ops->download(m->be, p, a->params, a->n_params * 4);
+    tu_resume_end(t, ckpt_dir, phase);
+    float *p = tu_adapter_host_copy(a, a->params);
     lt_trainer_free(t);
     lt_optimizer_free(o);
     lt_adapter_free(a);

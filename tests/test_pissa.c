@@ -23,24 +23,6 @@ static lt_adapter *make(lt_model *m, lt_lora_init init, int rank, float alpha, f
     return a;
 }
 
-/* as if trained: every A and B moved by a deterministic pseudo-random amount */
-static void perturb(lt_adapter *a, double amp) {
-    float *h = tu_adapter_host_copy(a, a->params);
-    uint64_t s = 12345;
-    for (size_t i = 0; i < a->n_params; i++) {
-        s = s * 6364136223846793005ull + 1442695040888963407ull;
-        h[i] += (float)(((double)(s >> 40) / 16777216.0 - 0.5) * amp);
-    }
-    a->model->be->ops->upload(a->model->be, a->params, h, a->n_params * sizeof *h);
-    free(h);
-}
-
-static void rm_rf(const char *dir) {
-    char cmd[700];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-    ck_assert_int_eq(system(cmd), 0);
-}
-
 /* ---- identity at init; merge, export, save / load (with and without the sidecar) ------------------ */
 
 static const struct {
@@ -61,11 +43,7 @@ START_TEST(test_identity_merge_save_load) {
     const int T = 10, V = (int)m->cfg.vocab_size;
     int32_t ids[20];
     tu_fill_ids(ids, 20, V, 5);
-    lt_batch b;
-    lt_batch_init(&b, sizeof b);
-    b.n_rows = 2;
-    b.seq_len = T;
-    b.input_ids = ids;
+    lt_batch b = tu_batch(ids, NULL, 2, T);
     size_t n = (size_t)2 * T * V;
     float *base = malloc(n * 4), *with = malloc(n * 4), *got = malloc(n * 4);
     ck_assert_int_eq(lt_model_logits(m, NULL, &b, base, n), LT_OK);
@@ -81,7 +59,7 @@ START_TEST(test_identity_merge_save_load) {
     free(hp);
     free(h0);
 
-    perturb(a, 0.05);
+    tu_perturb(a, 12345, 0.05);
     ck_assert_int_eq(lt_model_logits(m, a, &b, with, n), LT_OK);
     ck_assert_msg(tu_max_rel_err(with, base, n) > 1e-3, "the perturbed adapter should change the logits");
     /* generation runs the same projections (the residual base W - s B0 A0 included) */
@@ -150,7 +128,7 @@ START_TEST(test_identity_merge_save_load) {
         side, "{\"format\": \"libloratune-init-1\", \"init_lora_weights\": \"pissa\", \"r\": 3, \"lora_alpha\": 8}");
     ck_assert_int_eq(lt_adapter_load(m, dir, &c), LT_ERR_FORMAT);
     ck_assert_ptr_nonnull(strstr(lt_last_error(), "half"));
-    rm_rf(tmp);
+    tu_rm_rf(tmp);
     free(base);
     free(with);
     free(got);
@@ -162,19 +140,6 @@ END_TEST
 
 /* ---- gradients through the frozen term ----------------------------------------------------------- */
 
-static double loss_and_grads(lt_model *m, lt_adapter *a, const lt_batch *b, const lt_dropout_state *drop, float gs) {
-    lt_workspace *ws = NULL;
-    lt_error err;
-    ck_assert_int_eq(lt_workspace_create(m, b->n_rows, b->seq_len, a->p.rank, LT_WS_CHECKPOINT, &ws, &err), LT_OK);
-    int64_t nv;
-    ck_assert_msg(lt_stage_batch(m, ws, b, &nv, &err) == LT_OK, "%s", err.msg);
-    m->be->ops->zero(m->be, a->grads, a->n_params * sizeof(float));
-    double loss;
-    ck_assert_msg(lt_forward_backward(m, a, ws, drop, gs, &loss, NULL, &err) == LT_OK, "%s", err.msg);
-    lt_workspace_free(ws);
-    return loss;
-}
-
 /* central differences of the summed loss against the analytic gradient of A and B (A0, B0 fixed); the
  * second layer's frozen term carries the first layer's gradient (dx), and dropout only masks the
  * trainable path */
@@ -183,40 +148,13 @@ START_TEST(test_finite_differences) {
     lt_context *ctx = tu_context();
     lt_model *m = tu_load_model(ctx, "llama-gqa", NULL);
     lt_adapter *a = make(m, _i ? LT_INIT_OLORA : LT_INIT_PISSA, 4, 8, dropout, 0);
-    perturb(a, 0.1);
+    tu_perturb(a, 12345, 0.1);
     const int B = 2, T = 9, V = (int)m->cfg.vocab_size;
     int32_t ids[18];
     tu_fill_ids(ids, B * T, V, 3);
-    lt_batch b;
-    lt_batch_init(&b, sizeof b);
-    b.n_rows = B;
-    b.seq_len = T;
-    b.input_ids = ids;
-    b.labels = ids;
+    lt_batch b = tu_batch(ids, ids, B, T);
     lt_dropout_state drop = {dropout, 77, 0};
-    loss_and_grads(m, a, &b, &drop, 1.0f);
-    float *g = tu_adapter_host_copy(a, a->grads), *p = tu_adapter_host_copy(a, a->params);
-    int checked = 0;
-    for (size_t k = 0; k < 24; k++) {
-        size_t i = (k * 7919 * 13 + 17) % a->n_params;
-        const double h = 1e-2;
-        float orig = p[i];
-        p[i] = orig + (float)h;
-        m->be->ops->upload(m->be, a->params, p, a->n_params * sizeof *p);
-        double lp = loss_and_grads(m, a, &b, &drop, 0.0f);
-        p[i] = orig - (float)h;
-        m->be->ops->upload(m->be, a->params, p, a->n_params * sizeof *p);
-        double lm = loss_and_grads(m, a, &b, &drop, 0.0f);
-        p[i] = orig;
-        m->be->ops->upload(m->be, a->params, p, a->n_params * sizeof *p);
-        double fd = (lp - lm) / (2 * h);
-        ck_assert_msg(fabs(fd - g[i]) <= 2e-2 * fabs(fd) + 2e-3, "param %zu: analytic %.6g vs finite difference %.6g",
-                      i, g[i], fd);
-        checked += fabs(fd) > 1e-3;
-    }
-    ck_assert_msg(checked >= 8, "too few probes with a visible gradient (%d)", checked);
-    free(g);
-    free(p);
+    tu_check_finite_differences(m, a, &b, &drop, _i ? "OLoRA" : "PiSSA");
     lt_adapter_free(a);
     lt_model_free(m);
     lt_context_free(ctx);
@@ -246,18 +184,14 @@ START_TEST(test_nf4_equals_f32_of_dequantized) {
                       tu_max_rel_err(hq, hf, aq->n_params));
         free(hq);
         free(hf);
-        perturb(aq, 0.05);
-        perturb(af, 0.05);
+        tu_perturb(aq, 12345, 0.05);
+        tu_perturb(af, 12345, 0.05);
         const int B = 2, T = 9, V = (int)mq->cfg.vocab_size;
         int32_t ids[18];
         tu_fill_ids(ids, B * T, V, 11);
-        lt_batch b;
-        lt_batch_init(&b, sizeof b);
-        b.n_rows = B;
-        b.seq_len = T;
-        b.input_ids = ids;
-        b.labels = ids;
-        double lq = loss_and_grads(mq, aq, &b, NULL, 1.0f), lf = loss_and_grads(mf, af, &b, NULL, 1.0f);
+        lt_batch b = tu_batch(ids, ids, B, T);
+        double lq = tu_loss_and_grads(mq, aq, &b, LT_WS_CHECKPOINT, NULL, 1.0f, NULL),
+               lf = tu_loss_and_grads(mf, af, &b, LT_WS_CHECKPOINT, NULL, 1.0f, NULL);
         ck_assert_msg(fabs(lq - lf) <= 1e-5 * fabs(lf), "init %d: loss %.9g vs %.9g", k, lq, lf);
         float *gq = tu_adapter_host_copy(aq, aq->grads), *gf = tu_adapter_host_copy(af, af->grads);
         ck_assert_msg(tu_max_rel_err(gq, gf, aq->n_params) <= 1e-4, "init %d: grads differ by %g", k,
@@ -273,12 +207,7 @@ START_TEST(test_nf4_equals_f32_of_dequantized) {
         lt_model *m1, *m2;
         ck_assert_int_eq(lt_model_load(ctx, e1, NULL, &m1), LT_OK);
         ck_assert_int_eq(lt_model_load(ctx, e2, NULL, &m2), LT_OK);
-        size_t nw = (size_t)m1->cfg.intermediate_size * m1->cfg.hidden_size;
-        float *w1 = tu_dev_copy(m1->be, m1->layers[1].w[P_DOWN].f32, nw * 4);
-        float *w2 = tu_dev_copy(m2->be, m2->layers[1].w[P_DOWN].f32, nw * 4);
-        ck_assert_mem_eq(w1, w2, nw * 4);
-        free(w1);
-        free(w2);
+        tu_expect_same_weight(m1, m2, 1, P_DOWN);
         lt_model_free(m1);
         lt_model_free(m2);
         lt_adapter_free(aq);
@@ -286,7 +215,7 @@ START_TEST(test_nf4_equals_f32_of_dequantized) {
     }
     lt_model_free(mq);
     lt_model_free(mf);
-    rm_rf(tmp);
+    tu_rm_rf(tmp);
     lt_context_free(ctx);
 }
 END_TEST
@@ -325,7 +254,7 @@ START_TEST(test_refusals) {
     lt_adapter *c = NULL;
     ck_assert_int_eq(lt_adapter_load(m, tmp, &c), LT_ERR_UNSUPPORTED);
     ck_assert_ptr_nonnull(strstr(lt_last_error(), "pissa_niter_4"));
-    rm_rf(tmp);
+    tu_rm_rf(tmp);
     lt_adapter_free(a);
     lt_model_free(m);
     /* a bf16 base is not read back: refused with the way out */
@@ -345,21 +274,12 @@ END_TEST
 
 /* --init pissa: the output is the converted adapter + sidecar; 4 updates straight == 2 + resume + 2 */
 START_TEST(test_cli_init_and_resume) {
-    char root[512], cmd[4096], a[1024], b[1024], model[1024];
+    char root[512], cmd[4096], a[1024], model[1024];
     tu_tempdir(root, sizeof root);
-    snprintf(model, sizeof model, "%s/models/llama-basic", LT_TEST_DATA_DIR);
+    tu_model_dir(model, sizeof model, "llama-basic");
     const char *common = "--init pissa --batch 2 --lr 5e-3 --rank 4 --alpha 8 --dropout 0.1 --seed 3 --steps 4 "
                          "--threads 2 --quiet";
-    snprintf(cmd, sizeof cmd, "%s train --model %s --data %s/data.jsonl --out %s/straight %s --save-every 2", LT_CLI,
-             model, model, root, common);
-    free(tu_run(cmd, NULL));
-    snprintf(cmd, sizeof cmd,
-             "%s train --model %s --data %s/data.jsonl --out %s/resumed %s --resume %s/straight/checkpoint-2", LT_CLI,
-             model, model, root, common, root);
-    free(tu_run(cmd, NULL));
-    snprintf(a, sizeof a, "%s/straight/adapter/adapter_model.safetensors", root);
-    snprintf(b, sizeof b, "%s/resumed/adapter/adapter_model.safetensors", root);
-    ck_assert_msg(tu_same_file(a, b), "resuming a PiSSA run from checkpoint-2 did not reproduce the straight run");
+    tu_cli_resume_equals_straight(root, model, common, 2);
     snprintf(a, sizeof a, "%s/straight/adapter/loratune_init.json", root);
     FILE *f = fopen(a, "r");
     ck_assert_ptr_nonnull(f);
@@ -374,7 +294,7 @@ START_TEST(test_cli_init_and_resume) {
     ck_assert_int_ne(st, 0);
     ck_assert_ptr_nonnull(strstr(err, "pissa"));
     free(err);
-    rm_rf(root);
+    tu_rm_rf(root);
 }
 END_TEST
 

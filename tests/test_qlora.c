@@ -31,12 +31,7 @@ static double loss_and_grads(lt_model *m, lt_adapter *ad, const int32_t *ids, co
     lt_workspace *ws;
     lt_error err = {0};
     ck_assert_int_eq(lt_workspace_create(m, B, T, ad->p.rank, LT_WS_CHECKPOINT, &ws, &err), LT_OK);
-    lt_batch b;
-    lt_batch_init(&b, sizeof b);
-    b.n_rows = B;
-    b.seq_len = T;
-    b.input_ids = ids;
-    b.labels = labels;
+    lt_batch b = tu_batch(ids, labels, B, T);
     int64_t nv = 0;
     ck_assert_int_eq(lt_stage_batch(m, ws, &b, &nv, &err), LT_OK);
     m->be->ops->zero(m->be, ad->grads, ad->n_params * sizeof(float));
@@ -166,13 +161,7 @@ START_TEST(test_double_quant_and_export) {
     lt_model *m1, *m2;
     ck_assert_int_eq(lt_model_load(ctx, merged_q, NULL, &m1), LT_OK);
     ck_assert_int_eq(lt_model_load(ctx, merged_f, NULL, &m2), LT_OK);
-    ck_assert_int_eq(m1->layers[0].w[P_Q].format, LT_WEIGHT_F32);
-    size_t nw = (size_t)m1->cfg.hidden_size * m1->cfg.num_attention_heads * m1->cfg.head_dim;
-    float *w1 = tu_dev_copy(m1->be, m1->layers[0].w[P_Q].f32, nw * 4);
-    float *w2 = tu_dev_copy(m2->be, m2->layers[0].w[P_Q].f32, nw * 4);
-    ck_assert_mem_eq(w1, w2, nw * 4);
-    free(w1);
-    free(w2);
+    tu_expect_same_weight(m1, m2, 0, P_Q);
     lt_model_free(m1);
     lt_model_free(m2);
 
@@ -180,9 +169,7 @@ START_TEST(test_double_quant_and_export) {
     lt_adapter_free(af);
     lt_model_free(mq);
     lt_model_free(mf);
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", tmp);
-    ck_assert_int_eq(system(cmd), 0);
+    tu_rm_rf(tmp);
     lt_context_free(ctx);
 }
 END_TEST
@@ -215,9 +202,7 @@ START_TEST(test_qdora_equals_dora_on_dequantized) {
     lt_model_free(mq);
     lt_model_free(mf);
     lt_context_free(ctx);
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", tmp);
-    ck_assert_int_eq(system(cmd), 0);
+    tu_rm_rf(tmp);
 }
 END_TEST
 
@@ -316,11 +301,7 @@ START_TEST(test_save_quantized_roundtrip) {
             }
         const int V = (int)m->cfg.vocab_size, T = 7;
         int32_t ids[7] = {1, 5, 9, 2, 7, 3, 0};
-        lt_batch bt;
-        lt_batch_init(&bt, sizeof bt);
-        bt.n_rows = 1;
-        bt.seq_len = T;
-        bt.input_ids = ids;
+        lt_batch bt = tu_batch(ids, NULL, 1, T);
         float *la = malloc((size_t)T * V * 4), *lb = malloc((size_t)T * V * 4);
         ck_assert_int_eq(lt_model_logits(m, NULL, &bt, la, (size_t)T * V), LT_OK);
         ck_assert_int_eq(lt_model_logits(r, NULL, &bt, lb, (size_t)T * V), LT_OK);
@@ -335,9 +316,7 @@ START_TEST(test_save_quantized_roundtrip) {
     snprintf(out, sizeof out, "%s/q8", tmp);
     ck_assert_int_eq(lt_model_save_quantized(m8, out), LT_ERR_UNSUPPORTED);
     lt_model_free(m8);
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", tmp);
-    ck_assert_int_eq(system(cmd), 0);
+    tu_rm_rf(tmp);
     lt_context_free(ctx);
 }
 END_TEST
@@ -383,11 +362,7 @@ START_TEST(test_qlora_learns) {
     const int B = 4, T = 16, V = (int)m->cfg.vocab_size;
     int32_t train[4 * 16], held[4 * 16];
     rule_rows(held, B, T, V, 999);
-    lt_batch hb;
-    lt_batch_init(&hb, sizeof hb);
-    hb.n_rows = B;
-    hb.seq_len = T;
-    hb.input_ids = held;
+    lt_batch hb = tu_batch(held, NULL, B, T);
     double s0, s1;
     int64_t n0, n1;
     ck_assert_int_eq(lt_trainer_evaluate(tr, &hb, &s0, &n0), LT_OK);
@@ -447,24 +422,13 @@ START_TEST(test_cli_qlora_train_merge) {
     lt_model *mr;
     ck_assert_int_eq(lt_model_load(ctx, ref, NULL, &mr), LT_OK);
     for (int l = 0; l < mm->cfg.num_hidden_layers; l++)
-        for (int p = 0; p < P_COUNT; p++) {
-            int in, out;
-            lt_proj_dims(&mm->cfg, (lt_proj)p, &in, &out);
-            ck_assert_int_eq(mm->layers[l].w[p].format, LT_WEIGHT_F32);
-            const size_t bytes = (size_t)in * out * 4;
-            float *w1 = tu_dev_copy(mm->be, mm->layers[l].w[p].f32, bytes);
-            float *w2 = tu_dev_copy(mr->be, mr->layers[l].w[p].f32, bytes);
-            ck_assert_mem_eq(w1, w2, bytes);
-            free(w1);
-            free(w2);
-        }
+        for (int p = 0; p < P_COUNT; p++) tu_expect_same_weight(mm, mr, l, (lt_proj)p);
     lt_model_free(mr);
     lt_model_free(mm);
     lt_adapter_free(ad);
     lt_model_free(mq);
     lt_context_free(ctx);
-    snprintf(cmd, sizeof cmd, "rm -rf %s", tmp);
-    ck_assert_int_eq(system(cmd), 0);
+    tu_rm_rf(tmp);
 }
 END_TEST
 
@@ -483,11 +447,7 @@ START_TEST(test_quantize_after_trainer) {
     ck_assert_int_eq(lt_trainer_create(m, ad, opt, NULL, &tr), LT_OK);
     int32_t ids[16];
     for (int i = 0; i < 16; i++) ids[i] = i * 5 % (int)m->cfg.vocab_size;
-    lt_batch b;
-    lt_batch_init(&b, sizeof b);
-    b.n_rows = 2;
-    b.seq_len = 8;
-    b.input_ids = ids;
+    lt_batch b = tu_batch(ids, NULL, 2, 8);
     lt_step_result r = {.size = sizeof r};
     ck_assert_int_eq(lt_trainer_step(tr, &b, &r), LT_OK);
     ck_assert_int_eq(lt_model_quantize(m, NULL), LT_OK);
@@ -534,11 +494,7 @@ START_TEST(test_quantized_lm_head) {
     ck_assert_int_eq(r->lm_head_q.format, LT_WEIGHT_QUANT);
     const int V = (int)m->cfg.vocab_size, T = 9;
     int32_t ids[9] = {3, 1, 4, 1, 5, 9, 2, 6, 5};
-    lt_batch bt;
-    lt_batch_init(&bt, sizeof bt);
-    bt.n_rows = 1;
-    bt.seq_len = T;
-    bt.input_ids = ids;
+    lt_batch bt = tu_batch(ids, NULL, 1, T);
     float *a = malloc((size_t)T * V * 4), *b = malloc((size_t)T * V * 4), *c = malloc((size_t)T * V * 4);
     ck_assert_int_eq(lt_model_logits(m, NULL, &bt, a, (size_t)T * V), LT_OK);
     ck_assert_int_eq(lt_model_logits(f, NULL, &bt, b, (size_t)T * V), LT_OK);
@@ -559,9 +515,7 @@ START_TEST(test_quantized_lm_head) {
     lt_model_free(m);
     lt_model_free(f);
     lt_model_free(r);
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", tmp);
-    ck_assert_int_eq(system(cmd), 0);
+    tu_rm_rf(tmp);
     lt_context_free(ctx);
 }
 END_TEST
@@ -672,9 +626,7 @@ START_TEST(test_qlora_bf16_compute) {
         lt_adapter_free(ab);
         lt_model_free(mq);
         lt_model_free(mb);
-        char cmd[128];
-        snprintf(cmd, sizeof cmd, "rm -rf %s", tmp);
-        ck_assert_int_eq(system(cmd), 0);
+        tu_rm_rf(tmp);
     }
     lt_context_free(ctx);
 }

@@ -51,7 +51,7 @@ END_TEST
 START_TEST(test_sgd_momentum) {
     lt_context *ctx = tu_context();
     char dir[1024];
-    snprintf(dir, sizeof dir, "%s/models/llama-basic", LT_TEST_DATA_DIR);
+    tu_model_dir(dir, sizeof dir, "llama-basic");
     lt_model *m = NULL;
     ck_assert_int_eq(lt_model_load(ctx, dir, NULL, &m), LT_OK);
     lt_adapter_params ap;
@@ -118,35 +118,13 @@ END_TEST
 
 /* ---- the CLI ------------------------------------------------------------------------------------- */
 
-static char *slurp(const char *path) {
-    FILE *f = fopen(path, "rb");
-    ck_assert_msg(f != NULL, "cannot open %s", path);
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *b = malloc((size_t)n + 1);
-    ck_assert_int_eq(fread(b, 1, (size_t)n, f), (size_t)n);
-    b[n] = 0;
-    fclose(f);
-    return b;
-}
-
 START_TEST(test_cli_train_resume_equals_straight) {
-    char root[512], cmd[4096], a[1024], b[1024], model[1024];
+    char root[512], a[1024], model[1024];
     tu_tempdir(root, sizeof root);
-    snprintf(model, sizeof model, "%s/models/llama-basic", LT_TEST_DATA_DIR);
+    tu_model_dir(model, sizeof model, "llama-basic");
     const char *common = "--batch 3 --grad-accum 2 --lr 5e-3 --scheduler cosine --warmup 2 --rank 4 --dropout 0.1 "
                          "--seed 9 --steps 6 --threads 2 --quiet";
-    snprintf(cmd, sizeof cmd, "%s train --model %s --data %s/data.jsonl --out %s/straight %s --save-every 3", LT_CLI,
-             model, model, root, common);
-    free(tu_run(cmd, NULL));
-    snprintf(cmd, sizeof cmd,
-             "%s train --model %s --data %s/data.jsonl --out %s/resumed %s --resume %s/straight/checkpoint-3", LT_CLI,
-             model, model, root, common, root);
-    free(tu_run(cmd, NULL));
-    snprintf(a, sizeof a, "%s/straight/adapter/adapter_model.safetensors", root);
-    snprintf(b, sizeof b, "%s/resumed/adapter/adapter_model.safetensors", root);
-    ck_assert_msg(tu_same_file(a, b), "resuming from checkpoint-3 did not reproduce the straight run bit for bit");
+    tu_cli_resume_equals_straight(root, model, common, 3);
     /* the outputs a user expects */
     const char *files[] = {"adapter/adapter_config.json", "metrics.jsonl", "loss.svg", "checkpoint-3/optimizer.bin",
                            "checkpoint-final/trainer_state.json"};
@@ -155,7 +133,7 @@ START_TEST(test_cli_train_resume_equals_straight) {
         ck_assert_msg(access(a, R_OK) == 0, "missing %s", a);
     }
     snprintf(a, sizeof a, "%s/straight/metrics.jsonl", root);
-    char *metrics = slurp(a), *line = metrics;
+    char *metrics = tu_slurp(a, NULL), *line = metrics;
     int lines = 0;
     for (char *nl; (nl = strchr(line, '\n')); line = nl + 1, lines++) {
         *nl = 0;
@@ -166,7 +144,7 @@ START_TEST(test_cli_train_resume_equals_straight) {
     ck_assert_int_eq(lines, 6);
     free(metrics);
     snprintf(a, sizeof a, "%s/straight/loss.svg", root);
-    char *svg = slurp(a);
+    char *svg = tu_slurp(a, NULL);
     ck_assert_ptr_nonnull(strstr(svg, "<svg"));
     ck_assert_ptr_nonnull(strstr(svg, "<polyline"));
     free(svg);
@@ -176,24 +154,13 @@ END_TEST
 /* --optimizer adamw8bit: rank 64 puts every LoRA tensor of llama-basic above bitsandbytes' 4096-element
  * threshold (8-bit state); the checkpoint carries the codes, so resuming is bit for bit */
 START_TEST(test_cli_train_adamw8bit_resume) {
-    char root[512], cmd[4096], a[1024], b[1024], model[1024];
+    char root[512], cmd[4096], model[1024];
     tu_tempdir(root, sizeof root);
-    snprintf(model, sizeof model, "%s/models/llama-basic", LT_TEST_DATA_DIR);
+    tu_model_dir(model, sizeof model, "llama-basic");
     const char *common = "--optimizer adamw8bit --batch 3 --lr 5e-3 --weight-decay 0.01 --scheduler cosine "
                          "--warmup 1 --rank 64 --seed 9 --steps 4 --threads 2 --quiet";
+    tu_cli_resume_equals_straight(root, model, common, 2);
     int status;
-    snprintf(cmd, sizeof cmd, "%s train --model %s --data %s/data.jsonl --out %s/straight %s --save-every 2", LT_CLI,
-             model, model, root, common);
-    free(tu_run(cmd, &status));
-    ck_assert_int_eq(status, 0);
-    snprintf(cmd, sizeof cmd,
-             "%s train --model %s --data %s/data.jsonl --out %s/resumed %s --resume %s/straight/checkpoint-2", LT_CLI,
-             model, model, root, common, root);
-    free(tu_run(cmd, &status));
-    ck_assert_int_eq(status, 0);
-    snprintf(a, sizeof a, "%s/straight/adapter/adapter_model.safetensors", root);
-    snprintf(b, sizeof b, "%s/resumed/adapter/adapter_model.safetensors", root);
-    ck_assert_msg(tu_same_file(a, b), "adamw8bit: resuming from checkpoint-2 did not reproduce the straight run");
     /* resuming an 8-bit checkpoint with the fp32 optimizer is refused */
     snprintf(cmd, sizeof cmd,
              "%s train --model %s --data %s/data.jsonl --out %s/wrong --batch 3 --rank 64 --steps 4 "
@@ -212,7 +179,7 @@ END_TEST
 START_TEST(test_cli_train_full) {
     char root[512], cmd[4096], a[1024], b[1024], model[1024];
     tu_tempdir(root, sizeof root);
-    snprintf(model, sizeof model, "%s/models/llama-basic", LT_TEST_DATA_DIR);
+    tu_model_dir(model, sizeof model, "llama-basic");
     for (int k = 0; k < 2; k++) {
         char common[512];
         snprintf(common, sizeof common,
@@ -260,7 +227,7 @@ START_TEST(test_cli_train_full) {
     free(tu_run(cmd, &status));
     ck_assert_int_eq(status, 0);
     snprintf(a, sizeof a, "%s/mts/adapter/adapter_config.json", root);
-    char *cfg = slurp(a);
+    char *cfg = tu_slurp(a, NULL);
     ck_assert_msg(strstr(cfg, "\"lm_head\"") && strstr(cfg, "\"embed_tokens\""), "%s", cfg);
     free(cfg);
     /* refused */
@@ -287,15 +254,14 @@ START_TEST(test_cli_train_full) {
     err = tu_run_stderr(cmd, &status);
     ck_assert_int_ne(status, 0);
     free(err);
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", root);
-    ck_assert_int_eq(system(cmd), 0);
+    tu_rm_rf(root);
 }
 END_TEST
 
 START_TEST(test_cli_train_learns_packed_and_json) {
     char root[512], cmd[4096], model[1024];
     tu_tempdir(root, sizeof root);
-    snprintf(model, sizeof model, "%s/models/llama-gqa", LT_TEST_DATA_DIR);
+    tu_model_dir(model, sizeof model, "llama-gqa");
     for (int pack = 0; pack < 2; pack++) {
         snprintf(cmd, sizeof cmd,
                  "%s train --model %s --data %s/data.jsonl --eval-data %s/data.jsonl --out %s/run%d "
@@ -332,7 +298,7 @@ START_TEST(test_cli_train_bad_inputs) {
     char root[512], cmd[4096], p[600], model[1024];
     int status;
     tu_tempdir(root, sizeof root);
-    snprintf(model, sizeof model, "%s/models/llama-basic", LT_TEST_DATA_DIR);
+    tu_model_dir(model, sizeof model, "llama-basic");
     snprintf(p, sizeof p, "%s/empty.jsonl", root);
     tu_write_text(p, "\n\n");
     snprintf(cmd, sizeof cmd, "%s train --model %s --data %s --out %s/o", LT_CLI, model, p, root);
@@ -382,7 +348,7 @@ START_TEST(test_cli_targets_every_objective) {
     char root[512], cmd[4096], sft[600], pref[600], model[1024], path[700];
     int status;
     tu_tempdir(root, sizeof root);
-    snprintf(model, sizeof model, "%s/models/phi3", LT_TEST_DATA_DIR);
+    tu_model_dir(model, sizeof model, "phi3");
     snprintf(sft, sizeof sft, "%s/sft.jsonl", root);
     tu_write_text(sft, "{\"input_ids\": [5, 9, 40, 41, 12]}\n{\"input_ids\": [3, 7, 2, 60]}\n");
     snprintf(pref, sizeof pref, "%s/pref.jsonl", root);
@@ -399,7 +365,7 @@ START_TEST(test_cli_targets_every_objective) {
         ck_assert_msg(status == 0, "%s: %s", cmd, err);
         free(err);
         snprintf(path, sizeof path, "%s/%s/adapter/adapter_config.json", root, objectives[i]);
-        char *conf = slurp(path);
+        char *conf = tu_slurp(path, NULL);
         ck_assert_msg(strstr(conf, "\"qkv_proj\"") && !strstr(conf, "\"o_proj\"") && !strstr(conf, "gate_up_proj"),
                       "%s", conf);
         free(conf);

@@ -1,8 +1,9 @@
 /*
  * test_util.h - the helpers shared by the Check suites (header-only): the backend the model suites run
- * on (LT_TEST_BACKEND) and their main, model loading, random inputs, float buffers, the comparators,
- * temporary files and shell commands. The suites are white-box tests: this header includes the
- * library's model.h (adapters, backends, safetensors reader) for the helpers that need it.
+ * on (LT_TEST_BACKEND) and their main, model loading, batches, the decoder's training pass and finite
+ * differences, resume tests, random inputs, float buffers, the comparators, temporary files, shell commands
+ * and the CLI. The suites are white-box tests: this header includes the library's decoder.h (models,
+ * adapters, backends, workspaces) and safetensors reader for the helpers that need them.
  */
 #ifndef LT_TEST_UTIL_H
 #define LT_TEST_UTIL_H
@@ -19,6 +20,7 @@
 
 #include "adapter/adapter.h"
 #include "core/context.h"
+#include "decoder/decoder.h"
 #include "formats/safetensors.h"
 #include "loratune.h"
 
@@ -81,6 +83,102 @@ static inline float *tu_adapter_host_copy(const lt_adapter *a, const float *dev)
     return tu_dev_copy(a->model->be, dev, a->n_params * sizeof(float));
 }
 
+/* As if trained: every parameter of a moved by amp * (u - 0.5), u uniform in [0, 1) from an LCG seeded by
+ * seed (a B of zeros at init would hide half of the gradient paths). */
+static inline void tu_perturb(lt_adapter *a, uint64_t seed, double amp) {
+    float *h = tu_adapter_host_copy(a, a->params);
+    for (size_t i = 0; i < a->n_params; i++) {
+        seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+        h[i] += (float)(((double)(seed >> 40) / 16777216.0 - 0.5) * amp);
+    }
+    a->model->be->ops->upload(a->model->be, a->params, h, a->n_params * sizeof *h);
+    free(h);
+}
+
+/* The summed loss of batch b, and grad_scale times its gradient in a's gradients (zeroed first): the decoder's
+ * training pass alone, in a workspace of mode ws_mode (LT_WS_FULL, LT_WS_CHECKPOINT); drop NULL: no dropout.
+ * *n_valid, when not NULL: the tokens predicted. */
+static inline double tu_loss_and_grads(lt_model *m, lt_adapter *a, const lt_batch *b, int ws_mode,
+                                       const lt_dropout_state *drop, float grad_scale, int64_t *n_valid) {
+    lt_workspace *ws = NULL;
+    lt_error err;
+    ck_assert_int_eq(lt_workspace_create(m, b->n_rows, b->seq_len, a->p.rank, ws_mode, &ws, &err), LT_OK);
+    int64_t nv;
+    ck_assert_msg(lt_stage_batch(m, ws, b, &nv, &err) == LT_OK, "%s", err.msg);
+    m->be->ops->zero(m->be, a->grads, a->n_params * sizeof(float));
+    double loss;
+    ck_assert_msg(lt_forward_backward(m, a, ws, drop, grad_scale, &loss, NULL, &err) == LT_OK, "%s", err.msg);
+    lt_workspace_free(ws);
+    if (n_valid) *n_valid = nv;
+    return loss;
+}
+
+/* The central difference (L(p_i + h) - L(p_i - h)) / 2h of the summed loss L of batch b (tu_loss_and_grads,
+ * checkpointed) in parameter i of a; p is the host copy of a's parameters, left as it was (and so is a). */
+static inline double tu_central_difference(lt_model *m, lt_adapter *a, const lt_batch *b, const lt_dropout_state *drop,
+                                           float *p, size_t i, double h) {
+    const float orig = p[i];
+    double l[2];
+    for (int s = 0; s < 3; s++) {
+        p[i] = s == 0 ? orig + (float)h : s == 1 ? orig - (float)h : orig;
+        m->be->ops->upload(m->be, a->params, p, a->n_params * sizeof *p);
+        lt_adapter_sync_weights(a); /* the (1 + w) copies of full fine-tuning's norms */
+        if (s < 2) l[s] = tu_loss_and_grads(m, a, b, LT_WS_CHECKPOINT, drop, 0.0f, NULL);
+    }
+    return (l[0] - l[1]) / (2 * h);
+}
+
+/* The gradient of the summed loss of batch b in a's parameters against central differences (step 1e-2) at 24
+ * parameters spread over the buffer (A and B of several layers and projections): |fd - g| <= 2e-2 |fd| + 2e-3
+ * (the step's truncation error and fp32 rounding of the loss), and at least 8 probes with a visible gradient
+ * (|fd| > 1e-3), so that a gradient of zeros cannot pass. */
+static inline void tu_check_finite_differences(lt_model *m, lt_adapter *a, const lt_batch *b,
+                                               const lt_dropout_state *drop, const char *what) {
+    tu_loss_and_grads(m, a, b, LT_WS_CHECKPOINT, drop, 1.0f, NULL);
+    float *g = tu_adapter_host_copy(a, a->grads), *p = tu_adapter_host_copy(a, a->params);
+    int checked = 0;
+    for (size_t k = 0; k < 24; k++) {
+        const size_t i = (k * 7919 * 13 + 17) % a->n_params;
+        const double fd = tu_central_difference(m, a, b, drop, p, i, 1e-2);
+        ck_assert_msg(fabs(fd - g[i]) <= 2e-2 * fabs(fd) + 2e-3,
+                      "%s: param %zu: analytic %.6g vs finite difference %.6g", what, i, g[i], fd);
+        checked += fabs(fd) > 1e-3;
+    }
+    ck_assert_msg(checked >= 8, "%s: too few probes with a visible gradient (%d)", what, checked);
+    free(g);
+    free(p);
+}
+
+/* Resume tests: a run of `total` updates straight (phase 0) equals its first half (phase 1, which ends with a
+ * checkpoint into ckpt_dir: tu_resume_end) and a fresh trainer that loads that checkpoint and runs the second
+ * half (phase 2). tu_resume_begin: the updates [*first, *last) of the phase; phase 2 loads the checkpoint into
+ * t, whose optimizer o must then count the first half's updates. */
+static inline void tu_resume_begin(lt_trainer *t, const lt_optimizer *o, const char *ckpt_dir, int phase, int total,
+                                   int *first, int *last) {
+    *first = phase == 2 ? total / 2 : 0;
+    *last = phase == 1 ? total / 2 : total;
+    if (phase != 2) return;
+    ck_assert_msg(lt_trainer_load_checkpoint(t, ckpt_dir) == LT_OK, "%s", lt_trainer_last_error(t));
+    ck_assert_int_eq(lt_optimizer_step_count(o), total / 2);
+}
+static inline void tu_resume_end(lt_trainer *t, const char *ckpt_dir, int phase) {
+    if (phase == 1) ck_assert_msg(lt_trainer_save_checkpoint(t, ckpt_dir) == LT_OK, "%s", lt_trainer_last_error(t));
+}
+
+/* Projection p of layer l is an f32 weight of the same bytes in models m1 and m2 (two exports of a merge). */
+static inline void tu_expect_same_weight(const lt_model *m1, const lt_model *m2, int l, lt_proj p) {
+    ck_assert_int_eq(m1->layers[l].w[p].format, LT_WEIGHT_F32);
+    ck_assert_int_eq(m2->layers[l].w[p].format, LT_WEIGHT_F32);
+    int in, out;
+    lt_proj_dims(&m1->cfg, p, &in, &out);
+    const size_t bytes = (size_t)in * out * sizeof(float);
+    float *w1 = tu_dev_copy(m1->be, m1->layers[l].w[p].f32, bytes),
+          *w2 = tu_dev_copy(m2->be, m2->layers[l].w[p].f32, bytes);
+    ck_assert_mem_eq(w1, w2, bytes);
+    free(w1);
+    free(w2);
+}
+
 /* Tensor `name` of a golden file; missing is a failure. */
 static inline const lt_st_tensor *tu_st_need(const lt_st_file *f, const char *name) {
     const lt_st_tensor *t = lt_st_find(f, name);
@@ -95,6 +193,17 @@ static inline void tu_expect_bytes(const char *cs, const char *what, const void 
     for (size_t i = 0; i < n; i++)
         ck_assert_msg(a[i] == b[i], "%s: %s differs from the golden at byte %zu (ours 0x%02x, golden 0x%02x)", cs, what,
                       i, a[i], b[i]);
+}
+
+/* A batch of n_rows rows of seq_len tokens: ids and labels (NULL: the ids; -100 = no loss). */
+static inline lt_batch tu_batch(const int32_t *ids, const int32_t *labels, int n_rows, int seq_len) {
+    lt_batch b;
+    lt_batch_init(&b, sizeof b);
+    b.n_rows = n_rows;
+    b.seq_len = seq_len;
+    b.input_ids = ids;
+    b.labels = labels;
+    return b;
 }
 
 /* ---- random inputs ------------------------------------------------------------------------------- */
@@ -215,6 +324,36 @@ static inline void tu_tempdir(char *out, size_t len) {
     ck_assert_ptr_nonnull(mkdtemp(out));
 }
 
+/* rm -rf dir (a tu_tempdir when a test is done with it) */
+static inline void tu_rm_rf(const char *dir) {
+    char cmd[1200];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    ck_assert_int_eq(system(cmd), 0);
+}
+
+/* A whole file, NUL-terminated (malloc'd; its length into *n when n is not NULL); NULL when it cannot
+ * be opened. */
+static inline char *tu_read_file(const char *path, size_t *n) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    long len = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *b = malloc((size_t)len + 1);
+    ck_assert_ptr_nonnull(b);
+    ck_assert_int_eq(fread(b, 1, (size_t)len, f), (size_t)len);
+    b[len] = 0;
+    fclose(f);
+    if (n) *n = (size_t)len;
+    return b;
+}
+/* tu_read_file of a file that must be there */
+static inline char *tu_slurp(const char *path, size_t *n) {
+    char *b = tu_read_file(path, n);
+    ck_assert_msg(b != NULL, "cannot open %s", path);
+    return b;
+}
+
 static inline void tu_write_text(const char *path, const char *text) {
     FILE *f = fopen(path, "w");
     ck_assert_ptr_nonnull(f);
@@ -274,6 +413,26 @@ static inline char *tu_run(const char *cmd, int *status) {
     return out;
 }
 static inline char *tu_run_stderr(const char *cmd, int *status) { return tu_run_capture(cmd, status, 1); }
+
+#ifdef LT_CLI
+/* `loratune train` on the model directory mdir (its data.jsonl) with the options `common`, straight into
+ * ROOT/straight (a checkpoint every k updates), and again from ROOT/straight/checkpoint-k into ROOT/resumed:
+ * the two adapters must be the same bytes (a resume is exact). */
+static inline void tu_cli_resume_equals_straight(const char *root, const char *mdir, const char *common, int k) {
+    char cmd[4096], a[1024], b[1024];
+    snprintf(cmd, sizeof cmd, "%s train --model %s --data %s/data.jsonl --out %s/straight %s --save-every %d", LT_CLI,
+             mdir, mdir, root, common, k);
+    free(tu_run(cmd, NULL));
+    snprintf(cmd, sizeof cmd,
+             "%s train --model %s --data %s/data.jsonl --out %s/resumed %s --resume %s/straight/checkpoint-%d", LT_CLI,
+             mdir, mdir, root, common, root, k);
+    free(tu_run(cmd, NULL));
+    snprintf(a, sizeof a, "%s/straight/adapter/adapter_model.safetensors", root);
+    snprintf(b, sizeof b, "%s/resumed/adapter/adapter_model.safetensors", root);
+    ck_assert_msg(tu_same_file(a, b), "%s: resuming from checkpoint-%d did not reproduce the straight run bit for bit",
+                  common, k);
+}
+#endif
 
 /* The last non-empty line of a text (modifies it). */
 static inline const char *tu_last_line(char *s) {

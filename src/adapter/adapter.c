@@ -308,18 +308,13 @@ LT_API lt_status lt_adapter_create(lt_model *m, const lt_adapter_params *params,
     if (!m) return lt_fail(terr, LT_ERR_ARGUMENT, "lt_adapter_create: model is NULL");
     lt_adapter_params p;
     lt_adapter_params_init(&p, sizeof p);
-    if (params) {
-        if (params->size < offsetof(lt_adapter_params, seed) || params->size > sizeof p)
-            return lt_fail(terr, LT_ERR_ARGUMENT,
-                           "lt_adapter_create: params->size %zu is not a size this "
-                           "library knows (call lt_adapter_params_init)",
-                           params->size);
-        memcpy(&p, params, params->size);
-    }
+    lt_status st = lt_read_struct(&p, sizeof p, params, offsetof(lt_adapter_params, seed), "lt_adapter_create",
+                                  "lt_adapter_params_init", terr);
+    if (st) return st;
     if (p.init != LT_INIT_DEFAULT && p.init != LT_INIT_GAUSSIAN && !lt_init_is_decomposed(p.init))
         return lt_fail(terr, LT_ERR_ARGUMENT, "lt_adapter_create: unknown init %d", (int)p.init);
     lt_adapter *a;
-    lt_status st = lt_adapter_alloc(m, &p, &a, terr);
+    st = lt_adapter_alloc(m, &p, &a, terr);
     if (st != LT_OK) return st;
     if (lt_init_is_decomposed(p.init)) { /* PiSSA / OLoRA: A, B (and A0, B0) from the base weights */
         if ((st = lt_lora_decompose_init(a, terr)) != LT_OK) {

@@ -80,6 +80,17 @@ void epoch_order(int *order, int n, uint64_t seed, long long epoch, int shuffle)
  * 0.9), --warmup N, --warmup-ratio F. Prints the error; returns 1 for a bad choice, 2 for a malformed
  * number, 0 otherwise. */
 int optimizer_options(const char *cmd, const opts *o, double lr, lt_optimizer_params *op);
+/* The options every training command takes (train, train --objective), as opt_spec entries its spec begins
+ * with: the model, data, run directory, adapter, length, optimizer (optimizer_options), output and
+ * data-parallel (dist_open, dist_zero_option) options. */
+// clang-format off
+#define TRAIN_OPT_SPECS                                                                                                \
+    {"model", 1}, {"data", 1}, {"out", 1}, {"adapter-init", 1}, {"rank", 1}, {"alpha", 1}, {"targets", 1},             \
+    {"rslora", 0}, {"lr", 1}, {"scheduler", 1}, {"warmup", 1}, {"warmup-ratio", 1}, {"steps", 1}, {"epochs", 1},       \
+    {"batch", 1}, {"grad-accum", 1}, {"max-grad-norm", 1}, {"weight-decay", 1}, {"optimizer", 1}, {"momentum", 1},     \
+    {"seed", 1}, {"no-shuffle", 0}, {"threads", 1}, {"json", 0}, {"quiet", 0}, {"no-checkpointing", 0},                \
+    {"backend", 1}, {"objective", 1}, {"zero", 1}, {"dist-timeout", 1}, {"help", 0}
+// clang-format on
 /* Updates of a run: steps when > 0, else ceil(epochs * ceil(units / batch) / accum); at least 1. */
 long long total_updates(long long steps, double epochs, long long units, long long batch, long long accum);
 /* The same with lt_model_params.base_dtype. */

@@ -209,11 +209,7 @@ static json_t *answers(lt_model *m, lt_tokenizer *tok, const side *sides, const 
     char *line = NULL;
     size_t cap = 0;
     int lineno = 0;
-    while (getline(&line, &cap, f) >= 0) {
-        lineno++;
-        char *s = line;
-        while (*s == ' ' || *s == '\t' || *s == '\r' || *s == '\n') s++;
-        if (!*s) continue;
+    for (char *s; (s = jsonl_next_line(f, &line, &cap, &lineno));) {
         json_t *o = json_loads(s, 0, NULL), *exp_ = json_object_get(o, "expected");
         const char *prompt = json_string_value(json_object_get(o, "prompt")),
                    *match = json_string_value(json_object_get(o, "match"));

@@ -6,6 +6,7 @@
 #include <time.h>
 
 #include "cli/cli.h"
+#include "cli/jsonl.h"
 
 /* ---- data check ---------------------------------------------------------------------------------------
  * The hygiene fine-tuning guides ask for, in one pass:
@@ -171,11 +172,7 @@ static int load_rows(const char *path, lt_tokenizer *tok, long long seq, drow **
     int lineno = 0, cr = 0;
     *nrows = 0;
     *rows = NULL;
-    while (getline(&line, &cap, f) >= 0) {
-        lineno++;
-        char *s = line;
-        while (*s == ' ' || *s == '\t' || *s == '\r' || *s == '\n') s++;
-        if (!*s) continue;
+    for (char *s; (s = jsonl_next_line(f, &line, &cap, &lineno));) {
         json_error_t je;
         json_t *o = json_loads(s, 0, &je);
         if (!json_is_object(o)) {

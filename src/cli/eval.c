@@ -39,38 +39,15 @@ int cmd_eval(int argc, char **argv) {
         rc = fail("eval", "%s", lt_last_error());
         goto done;
     }
-    int32_t *ids = malloc((size_t)batch * ds.max_len * sizeof *ids);
-    int32_t *labels = malloc((size_t)batch * ds.max_len * sizeof *labels);
-    if (!ids || !labels) {
-        rc = fail("eval", "out of memory");
-        free(ids);
-        free(labels);
-        goto done;
-    }
     /* Rows are batched in file order and padded (label -100) to the batch's longest row; padding
      * at the end of a row cannot influence the real tokens under causal attention. */
-    double total = 0;
-    long long tokens = 0;
-    for (int first = 0; first < ds.n; first += (int)batch) {
-        int n = ds.n - first < batch ? ds.n - first : (int)batch;
-        int T = dataset_batch(&ds, NULL, first, n, 0, ids, labels);
-        lt_batch b;
-        lt_batch_init(&b, sizeof b);
-        b.n_rows = n;
-        b.seq_len = T;
-        b.input_ids = ids;
-        b.labels = labels;
-        double s;
-        int64_t k;
-        if (lt_model_loss(m, ad, &b, &s, &k) != LT_OK) {
-            rc = fail("eval", "%s: rows %d..%d: %s", data, first + 1, first + n, lt_model_last_error(m));
-            break;
-        }
-        total += s;
-        tokens += k;
-    }
-    free(ids);
-    free(labels);
+    double total;
+    long long tokens;
+    int bad, lrc = dataset_loss(m, ad, &ds, 0, ds.n, 0, (int)batch, &total, &tokens, &bad);
+    if (lrc < 0) rc = fail("eval", "out of memory");
+    else if (lrc)
+        rc = fail("eval", "%s: rows %d..%d: %s", data, bad + 1, ds.n - bad < batch ? ds.n : bad + (int)batch,
+                  lt_model_last_error(m));
     if (rc == 0) {
         if (tokens == 0) {
             rc = fail("eval", "%s: every label is masked (-100): there is no token to evaluate", data);
@@ -92,21 +69,8 @@ done:
 /* ---- eval --objective dpo|ipo|kto|orpo ----------------------------------------------------------- */
 
 int cmd_eval_pref(int argc, char **argv) {
-    static const opt_spec spec[] = {{"model", 1},
-                                    {"data", 1},
-                                    {"adapter", 1},
-                                    {"json", 0},
-                                    {"threads", 1},
-                                    {"batch", 1},
-                                    {"backend", 1},
-                                    {"objective", 1},
-                                    {"beta", 1},
-                                    {"label-smoothing", 1},
-                                    {"desirable-weight", 1},
-                                    {"undesirable-weight", 1},
-                                    {"max-length", 1},
-                                    {"ref-adapter", 1},
-                                    {"no-eos", 0}};
+    static const opt_spec spec[] = {{"model", 1}, {"data", 1},    {"adapter", 1},   {"json", 0},   {"threads", 1},
+                                    {"batch", 1}, {"backend", 1}, {"objective", 1}, PREF_OPT_SPECS};
     opts o;
     if (opts_parse(&o, spec, (int)(sizeof spec / sizeof *spec), argc, argv, "eval")) return 2;
     const char *mdir = opt_str(&o, "model", NULL), *data = opt_str(&o, "data", NULL);
@@ -133,29 +97,13 @@ int cmd_eval_pref(int argc, char **argv) {
         rc = 1;
         goto done;
     }
-    const char *adir = opt_str(&o, "adapter", NULL), *rdir = opt_str(&o, "ref-adapter", NULL);
-    if (adir) {
-        if (lt_adapter_load(m, adir, &ad) != LT_OK) {
-            rc = fail("eval", "%s", lt_last_error());
-            goto done;
-        }
-    } else { /* no adapter: a fresh LoRA (B = 0), i.e. the base model */
-        lt_adapter_params ap;
-        lt_adapter_params_init(&ap, sizeof ap);
-        if (lt_adapter_create(m, &ap, &ad) != LT_OK) {
-            rc = fail("eval", "%s", lt_last_error());
-            goto done;
-        }
-    }
-    if (rdir && lt_adapter_load(m, rdir, &ref) != LT_OK) {
-        rc = fail("eval", "%s", lt_last_error());
-        goto done;
-    }
-    tp.ref_adapter = ref;
+    lt_adapter_params ap; /* no --adapter: a fresh LoRA (B = 0), i.e. the base model */
+    lt_adapter_params_init(&ap, sizeof ap);
     lt_optimizer_params op;
     lt_optimizer_params_init(&op, sizeof op);
-    if (lt_optimizer_create(ad, &op, &opt) != LT_OK || lt_trainer_create(m, ad, opt, &tp, &tr) != LT_OK) {
-        rc = fail("eval", "%s", lt_last_error());
+    if (pref_open_trainer("eval", m, opt_str(&o, "adapter", NULL), &ap, opt_str(&o, "ref-adapter", NULL), &op, &tp, &ad,
+                          &ref, &opt, &tr)) {
+        rc = 1;
         goto done;
     }
     idx = malloc((size_t)batch * sizeof *idx);

@@ -37,6 +37,16 @@ static int read_ids(json_t *arr, const char *key, int32_t **out, int *len, int a
     return 0;
 }
 
+char *jsonl_next_line(FILE *f, char **line, size_t *cap, int *lineno) {
+    while (getline(line, cap, f) >= 0) {
+        if (lineno) ++*lineno;
+        char *s = *line;
+        while (*s == ' ' || *s == '\t' || *s == '\r' || *s == '\n') s++;
+        if (*s) return s;
+    }
+    return NULL;
+}
+
 int dataset_load(const char *path, dataset *ds, char *msg, size_t msglen) {
     memset(ds, 0, sizeof *ds);
     FILE *f = fopen(path, "r");
@@ -46,13 +56,8 @@ int dataset_load(const char *path, dataset *ds, char *msg, size_t msglen) {
     }
     char *line = NULL;
     size_t cap = 0;
-    ssize_t got;
     int lineno = 0, capn = 0;
-    while ((got = getline(&line, &cap, f)) >= 0) {
-        lineno++;
-        char *s = line;
-        while (*s == ' ' || *s == '\t' || *s == '\r' || *s == '\n') s++;
-        if (!*s) continue;
+    for (char *s; (s = jsonl_next_line(f, &line, &cap, &lineno));) {
         json_error_t je;
         json_t *o = json_loads(s, 0, &je);
         char why[256] = "";
@@ -134,4 +139,35 @@ int dataset_batch(const dataset *ds, const int *order, int first, int n, int max
         }
     }
     return T;
+}
+
+int dataset_loss(lt_model *m, lt_adapter *ad, const dataset *ds, int lo, int hi, int max_T, int batch, double *sum,
+                 long long *tokens, int *bad) {
+    *sum = 0;
+    *tokens = 0;
+    int32_t *ids = malloc((size_t)batch * ds->max_len * sizeof *ids),
+            *labels = malloc((size_t)batch * ds->max_len * sizeof *labels);
+    int rc = !ids || !labels ? -1 : 0;
+    for (int first = lo; !rc && first < hi; first += batch) {
+        int n = hi - first < batch ? hi - first : batch;
+        int T = dataset_batch(ds, NULL, first, n, max_T, ids, labels);
+        lt_batch b;
+        lt_batch_init(&b, sizeof b);
+        b.n_rows = n;
+        b.seq_len = T;
+        b.input_ids = ids;
+        b.labels = labels;
+        double s;
+        int64_t k;
+        if (lt_model_loss(m, ad, &b, &s, &k) != LT_OK) {
+            *bad = first;
+            rc = 1;
+            break;
+        }
+        *sum += s;
+        *tokens += k;
+    }
+    free(ids);
+    free(labels);
+    return rc;
 }

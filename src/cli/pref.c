@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cli/jsonl.h"
 #include "cli/pref.h"
 
 /* ---- data --------------------------------------------------------------------------------------- */
@@ -62,11 +63,7 @@ int pref_load(const char *path, int kto, int32_t eos, pref_set *s, char *msg, si
     char *line = NULL;
     size_t cap = 0;
     int lineno = 0, capn = 0;
-    while (getline(&line, &cap, f) >= 0) {
-        lineno++;
-        char *q = line;
-        while (*q == ' ' || *q == '\t' || *q == '\r' || *q == '\n') q++;
-        if (!*q) continue;
+    for (char *q; (q = jsonl_next_line(f, &line, &cap, &lineno));) {
         json_error_t je;
         json_t *o = json_loads(q, 0, &je);
         char why[256] = "";
@@ -245,6 +242,18 @@ int pref_trainer_params(const opts *o, lt_objective obj, lt_trainer_params *tp) 
     tp->desirable_weight = (float)dw;
     tp->undesirable_weight = (float)uw;
     tp->max_length = (int32_t)maxlen;
+    return 0;
+}
+
+int pref_open_trainer(const char *cmd, lt_model *m, const char *adir, const lt_adapter_params *ap, const char *rdir,
+                      const lt_optimizer_params *op, lt_trainer_params *tp, lt_adapter **ad, lt_adapter **ref,
+                      lt_optimizer **opt, lt_trainer **tr) {
+    if ((adir ? lt_adapter_load(m, adir, ad) : lt_adapter_create(m, ap, ad)) != LT_OK ||
+        (rdir && lt_adapter_load(m, rdir, ref) != LT_OK))
+        return fail(cmd, "%s", lt_last_error());
+    tp->ref_adapter = *ref;
+    if (lt_optimizer_create(*ad, op, opt) != LT_OK || lt_trainer_create(m, *ad, *opt, tp, tr) != LT_OK)
+        return fail(cmd, "%s", lt_last_error());
     return 0;
 }
 

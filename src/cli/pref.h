@@ -39,5 +39,19 @@ int pref_parse_objective(const char *s, lt_objective *o);
 void pref_print_metrics(FILE *f, const lt_step_result *r);
 /* --beta, --label-smoothing, --desirable-weight, --undesirable-weight, --max-length into tp (train and eval). */
 int pref_trainer_params(const opts *o, lt_objective obj, lt_trainer_params *tp);
+/* The options of train and eval --objective that pref_trainer_params, pref_open_trainer (--ref-adapter) and
+ * pref_config_eos (--no-eos) serve, as opt_spec entries. */
+// clang-format off
+#define PREF_OPT_SPECS                                                                                                 \
+    {"beta", 1}, {"label-smoothing", 1}, {"desirable-weight", 1}, {"undesirable-weight", 1}, {"max-length", 1},        \
+    {"ref-adapter", 1}, {"no-eos", 0}
+// clang-format on
+/* The trainer of train and eval --objective: the policy adapter *ad loaded from adir or, without one, created
+ * from ap; the frozen reference *ref loaded from rdir when given (else the reference is the policy with its
+ * adapter disabled; tp->ref_adapter is set here); the optimizer from op. Prints the error as cmd and returns
+ * 1; what was created is in the outputs either way, for the caller to free. */
+int pref_open_trainer(const char *cmd, lt_model *m, const char *adir, const lt_adapter_params *ap, const char *rdir,
+                      const lt_optimizer_params *op, lt_trainer_params *tp, lt_adapter **ad, lt_adapter **ref,
+                      lt_optimizer **opt, lt_trainer **tr);
 
 #endif

@@ -14,10 +14,7 @@ static int is_pretokenized(const char *path) {
     char *line = NULL;
     size_t cap = 0;
     int res = 1;
-    while (getline(&line, &cap, f) >= 0) {
-        char *s = line;
-        while (*s == ' ' || *s == '\t' || *s == '\r' || *s == '\n') s++;
-        if (!*s) continue;
+    for (char *s; (s = jsonl_next_line(f, &line, &cap, NULL));) {
         json_t *o = json_loads(s, 0, NULL);
         res = !o || json_object_get(o, "input_ids") != NULL;
         json_decref(o);
@@ -54,11 +51,7 @@ int dataset_load_any(const char *path, const char *tokdir, dataset *ds, int *dro
     size_t cap = 0, bufcap = 0;
     int32_t *ids = NULL, *labels = NULL;
     int lineno = 0, capn = 0, rc = 0;
-    while (getline(&line, &cap, f) >= 0) {
-        lineno++;
-        char *s = line;
-        while (*s == ' ' || *s == '\t' || *s == '\r' || *s == '\n') s++;
-        if (!*s) continue;
+    for (char *s; (s = jsonl_next_line(f, &line, &cap, &lineno));) {
         size_t n = 0;
         lt_status st = lt_tokenizer_encode_row(tok, s, NULL, NULL, NULL, 0, &n);
         if (st == LT_OK && n > bufcap) {

@@ -14,43 +14,15 @@
 #include "loratune_experimental.h"
 
 static const opt_spec train_spec[] = {
-    {"model", 1},
-    {"data", 1},
-    {"out", 1},
-    {"adapter-init", 1},
-    {"rank", 1},
-    {"alpha", 1},
+    TRAIN_OPT_SPECS,
     {"dropout", 1},
-    {"targets", 1},
-    {"rslora", 0},
     {"init", 1},
-    {"lr", 1},
-    {"scheduler", 1},
-    {"warmup", 1},
-    {"warmup-ratio", 1},
-    {"steps", 1},
-    {"epochs", 1},
-    {"batch", 1},
-    {"grad-accum", 1},
-    {"max-grad-norm", 1},
-    {"weight-decay", 1},
-    {"momentum", 1},
-    {"optimizer", 1},
-    {"seed", 1},
-    {"no-shuffle", 0},
     {"seq", 1},
     {"pack", 0},
     {"eval-data", 1},
     {"eval-every", 1},
     {"save-every", 1},
     {"resume", 1},
-    {"threads", 1},
-    {"json", 0},
-    {"quiet", 0},
-    {"no-checkpointing", 0},
-    {"backend", 1},
-    {"help", 0},
-    {"objective", 1},
     {"tokenizer", 1},
     {"method", 1},
     {"quant", 1},
@@ -62,8 +34,6 @@ static const opt_spec train_spec[] = {
     {"canary", 0},
     {"canary-repeat", 1},
     {"base-model-id", 1},
-    {"zero", 1},
-    {"dist-timeout", 1},
 };
 #define N_TRAIN_SPEC ((int)(sizeof train_spec / sizeof *train_spec))
 
@@ -182,33 +152,10 @@ static int pack_dataset(const dataset *ds, int T, packed *pk) {
 /* The eval loss of a file; several ranks each take a contiguous share of the rows and add their sums. */
 static double eval_file(lt_model *m, lt_adapter *ad, const dataset *ds, int T_cap, int batch, const cli_dist *dist,
                         long long *tokens, int *failed) {
-    int32_t *ids = malloc((size_t)batch * ds->max_len * sizeof *ids),
-            *lab = malloc((size_t)batch * ds->max_len * sizeof *lab);
-    double total = 0;
-    *tokens = 0;
-    *failed = !ids || !lab;
-    int lo, hi;
+    int lo, hi, bad;
     dist_share(dist, ds->n, &lo, &hi);
-    for (int first = lo; !*failed && first < hi; first += batch) {
-        int n = hi - first < batch ? hi - first : batch;
-        int T = dataset_batch(ds, NULL, first, n, T_cap, ids, lab);
-        lt_batch b;
-        lt_batch_init(&b, sizeof b);
-        b.n_rows = n;
-        b.seq_len = T;
-        b.input_ids = ids;
-        b.labels = lab;
-        double s;
-        int64_t k;
-        if (lt_model_loss(m, ad, &b, &s, &k) != LT_OK) {
-            *failed = 1;
-            break;
-        }
-        total += s;
-        *tokens += k;
-    }
-    free(ids);
-    free(lab);
+    double total;
+    *failed = dataset_loss(m, ad, ds, lo, hi, T_cap, batch, &total, tokens, &bad) != 0;
     double sums[3] = {total, (double)*tokens, *failed};
     if (dist->comm && lt_comm_all_reduce(dist->comm, sums, 3) != LT_OK) sums[2] = 1;
     total = sums[0];

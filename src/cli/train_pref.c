@@ -10,45 +10,7 @@
 #include "loratune_experimental.h"
 
 int cmd_train_pref(int argc, char **argv) {
-    static const opt_spec spec[] = {{"model", 1},
-                                    {"data", 1},
-                                    {"out", 1},
-                                    {"adapter-init", 1},
-                                    {"rank", 1},
-                                    {"alpha", 1},
-                                    {"targets", 1},
-                                    {"rslora", 0},
-                                    {"lr", 1},
-                                    {"scheduler", 1},
-                                    {"warmup", 1},
-                                    {"warmup-ratio", 1},
-                                    {"steps", 1},
-                                    {"epochs", 1},
-                                    {"batch", 1},
-                                    {"grad-accum", 1},
-                                    {"max-grad-norm", 1},
-                                    {"weight-decay", 1},
-                                    {"optimizer", 1},
-                                    {"momentum", 1},
-                                    {"seed", 1},
-                                    {"no-shuffle", 0},
-                                    {"threads", 1},
-                                    {"json", 0},
-                                    {"quiet", 0},
-                                    {"no-checkpointing", 0},
-                                    {"backend", 1},
-                                    {"objective", 1},
-                                    {"beta", 1},
-                                    {"label-smoothing", 1},
-                                    {"desirable-weight", 1},
-                                    {"undesirable-weight", 1},
-                                    {"max-length", 1},
-                                    {"ref-adapter", 1},
-                                    {"precompute-ref", 0},
-                                    {"no-eos", 0},
-                                    {"zero", 1},
-                                    {"dist-timeout", 1},
-                                    {"help", 0}};
+    static const opt_spec spec[] = {TRAIN_OPT_SPECS, PREF_OPT_SPECS, {"precompute-ref", 0}};
     opts o;
     if (opts_parse(&o, spec, (int)(sizeof spec / sizeof *spec), argc, argv, "train")) return 2;
     if (opt_flag(&o, "help")) {
@@ -115,37 +77,22 @@ int cmd_train_pref(int argc, char **argv) {
         rc = 1;
         goto done;
     }
-    const char *init_dir = opt_str(&o, "adapter-init", NULL), *rdir = opt_str(&o, "ref-adapter", NULL);
-    if (init_dir) {
-        if (lt_adapter_load(m, init_dir, &ad) != LT_OK) {
-            rc = fail("train", "%s", lt_last_error());
-            goto done;
-        }
-    } else {
-        lt_adapter_params ap;
-        lt_adapter_params_init(&ap, sizeof ap);
-        ap.rank = (int)rank;
-        ap.alpha = (float)alpha;
-        ap.use_rslora = opt_flag(&o, "rslora");
-        ap.seed = (uint64_t)seed;
-        if (parse_targets("train", opt_str(&o, "targets", "all"), &ap.targets)) {
-            rc = 1;
-            goto done;
-        }
-        if (lt_adapter_create(m, &ap, &ad) != LT_OK) {
-            rc = fail("train", "%s", lt_last_error());
-            goto done;
-        }
-    }
-    if (rdir && lt_adapter_load(m, rdir, &ref) != LT_OK) {
-        rc = fail("train", "%s", lt_last_error());
+    const char *init_dir = opt_str(&o, "adapter-init", NULL);
+    lt_adapter_params ap; /* without --adapter-init */
+    lt_adapter_params_init(&ap, sizeof ap);
+    ap.rank = (int)rank;
+    ap.alpha = (float)alpha;
+    ap.use_rslora = opt_flag(&o, "rslora");
+    ap.seed = (uint64_t)seed;
+    if (!init_dir && parse_targets("train", opt_str(&o, "targets", "all"), &ap.targets)) {
+        rc = 1;
         goto done;
     }
-    tp.ref_adapter = ref;
     const long long total = total_updates(steps, epochs, ds.n, batch, accum);
     op.total_steps = total;
-    if (lt_optimizer_create(ad, &op, &opt) != LT_OK || lt_trainer_create(m, ad, opt, &tp, &tr) != LT_OK) {
-        rc = fail("train", "%s", lt_last_error());
+    if (pref_open_trainer("train", m, init_dir, &ap, opt_str(&o, "ref-adapter", NULL), &op, &tp, &ad, &ref, &opt,
+                          &tr)) {
+        rc = 1;
         goto done;
     }
     order = malloc((size_t)ds.n * sizeof *order);

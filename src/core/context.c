@@ -66,19 +66,14 @@ LT_API lt_status lt_context_create(const lt_context_params *params, lt_context *
     *out = NULL;
     lt_context_params p;
     lt_context_params_init(&p, sizeof p);
-    if (params) {
-        if (params->size < offsetof(lt_context_params, log_level) || params->size > sizeof p)
-            return lt_fail(terr, LT_ERR_ARGUMENT,
-                           "lt_context_create: params->size %zu is not a size this "
-                           "library knows (call lt_context_params_init)",
-                           params->size);
-        memcpy(&p, params, params->size);
-    }
+    lt_status st = lt_read_struct(&p, sizeof p, params, offsetof(lt_context_params, log_level), "lt_context_create",
+                                  "lt_context_params_init", terr);
+    if (st) return st;
     if (p.n_threads < 0) return lt_fail(terr, LT_ERR_ARGUMENT, "lt_context_create: n_threads %d < 0", p.n_threads);
     lt_context *ctx = calloc(1, sizeof *ctx);
     if (!ctx) return lt_fail(terr, LT_ERR_NOMEM, "lt_context_create: out of memory");
     char msg[512] = "";
-    lt_status st = lt_backend_create(p.backend, p.n_threads, &ctx->be, msg, sizeof msg);
+    st = lt_backend_create(p.backend, p.n_threads, &ctx->be, msg, sizeof msg);
     if (st != LT_OK) {
         free(ctx);
         return lt_fail(terr, st, "%s", msg);

@@ -77,6 +77,12 @@ float lt_f16_to_f32(uint16_t h);
  * size field is set to the number of bytes the library knows. An older, smaller caller struct is
  * never written past its end. */
 void lt_fill_struct(void *dst, size_t dst_size, const void *defaults, size_t def_size);
+/* The other way: a caller's params struct src (NULL: dst keeps its defaults) copied over dst, which holds the
+ * library's defaults in dst_size bytes. Any size from min_size (the struct's first released version) up to
+ * dst_size is taken, so a caller built with an older header gets the defaults of the fields it lacks; any
+ * other is LT_ERR_ARGUMENT naming fn and init, the _params_init function the caller should have called. */
+lt_status lt_read_struct(void *dst, size_t dst_size, const void *src, size_t min_size, const char *fn, const char *init,
+                         lt_error *err);
 
 /* ---- checked arithmetic ------------------------------------------------------------------------- */
 static inline int lt_mul_overflow_u64(uint64_t a, uint64_t b, uint64_t *out) {

@@ -250,6 +250,18 @@ void lt_fill_struct(void *dst, size_t dst_size, const void *defaults, size_t def
     memcpy(dst, &n, sizeof n);
 }
 
+lt_status lt_read_struct(void *dst, size_t dst_size, const void *src, size_t min_size, const char *fn, const char *init,
+                         lt_error *err) {
+    if (!src) return LT_OK;
+    size_t size;
+    memcpy(&size, src, sizeof size); /* every params struct begins with its size */
+    if (size < min_size || size > dst_size)
+        return lt_fail(err, LT_ERR_ARGUMENT, "%s: params->size %zu is not a size this library knows (call %s)", fn,
+                       size, init);
+    memcpy(dst, src, size);
+    return LT_OK;
+}
+
 void lt_fsync_dir(const char *dir) {
     int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fd >= 0) {

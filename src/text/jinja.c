@@ -644,6 +644,15 @@ static node *parse_primary(parser *ps) {
     return n;
 }
 
+/* n(args) after the "(": the call node that wraps n; NULL when out of memory (n left to the caller) */
+static node *parse_call(parser *ps, node *n) {
+    node *cl = mk(ps, E_CALL);
+    if (!cl) return NULL;
+    cl->a = n;
+    parse_call_args(ps, cl);
+    return cl;
+}
+
 /* .name, .0, [item], [a:b:c], (call) */
 static node *parse_postfix(parser *ps, node *n) {
     while (n && !ps->failed) {
@@ -682,11 +691,9 @@ static node *parse_postfix(parser *ps, node *n) {
             } else x->b = lo;
             expect(ps, "]");
         } else if (accept_op(ps, "(")) {
-            node *cl = mk(ps, E_CALL);
+            node *cl = parse_call(ps, n);
             if (!cl) break;
-            cl->a = n;
             n = cl;
-            parse_call_args(ps, cl);
         } else break;
     }
     return n;
@@ -735,11 +742,9 @@ static node *parse_filter_expr(parser *ps, node *n) {
                 }
             }
         } else if (accept_op(ps, "(")) {
-            node *cl = mk(ps, E_CALL);
+            node *cl = parse_call(ps, n);
             if (!cl) break;
-            cl->a = n;
             n = cl;
-            parse_call_args(ps, cl);
         } else break;
     }
     return n;

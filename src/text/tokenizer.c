@@ -479,25 +479,43 @@ static lt_status read_pattern(json_t *o, const char *where, char **lit, pcre2_co
     return lt_fail(err, LT_ERR_FORMAT, "%s: \"pattern\" must be {\"String\": ...} or {\"Regex\": ...}", where);
 }
 
+/* tokenizer.json's normalizer, pre_tokenizer, decoder and post_processor are each one component or a
+ * {"type": "Sequence", "<list>": [...]} of them. Reads n's "type" into *type; for a Sequence it loads
+ * every element of the list in order with `load` (a Sequence may nest) and sets *type to NULL. */
+typedef lt_status (*component_loader)(lt_tokenizer *t, json_t *n, lt_error *err);
+static lt_status component_type(lt_tokenizer *t, json_t *n, const char *what, const char *list, component_loader load,
+                                const char **type, lt_error *err) {
+    *type = jstr(n, "type");
+    if (!*type) return lt_fail(err, LT_ERR_FORMAT, "%s without a \"type\"", what);
+    if (strcmp(*type, "Sequence")) return LT_OK;
+    *type = NULL;
+    json_t *arr = json_object_get(n, list), *x;
+    size_t i;
+    if (!json_is_array(arr)) return lt_fail(err, LT_ERR_FORMAT, "%s Sequence without \"%s\"", what, list);
+    json_array_foreach(arr, i, x) {
+        lt_status st = load(t, x, err);
+        if (st) return st;
+    }
+    return LT_OK;
+}
+
+/* Grows the array a of n elements of `size` bytes by one zeroed element at its end; NULL when out of
+ * memory (a unchanged). The caller counts the element once it owns what must be freed with it. */
+static void *grow_by_one(void *a, int n, size_t size) {
+    char *g = realloc(a, (size_t)(n + 1) * size);
+    if (g) memset(g + (size_t)n * size, 0, size);
+    return g;
+}
+
 static lt_status load_normalizer(lt_tokenizer *t, json_t *n, lt_error *err) {
     if (!n || json_is_null(n)) return LT_OK;
-    const char *type = jstr(n, "type");
-    if (!type) return lt_fail(err, LT_ERR_FORMAT, "normalizer without a \"type\"");
-    if (!strcmp(type, "Sequence")) {
-        json_t *arr = json_object_get(n, "normalizers"), *x;
-        size_t i;
-        if (!json_is_array(arr)) return lt_fail(err, LT_ERR_FORMAT, "normalizer Sequence without \"normalizers\"");
-        json_array_foreach(arr, i, x) {
-            lt_status st = load_normalizer(t, x, err);
-            if (st) return st;
-        }
-        return LT_OK;
-    }
-    normalizer *nn = realloc(t->norm, (size_t)(t->n_norm + 1) * sizeof *nn);
+    const char *type;
+    lt_status st = component_type(t, n, "normalizer", "normalizers", load_normalizer, &type, err);
+    if (st || !type) return st;
+    normalizer *nn = grow_by_one(t->norm, t->n_norm, sizeof *nn);
     if (!nn) return lt_fail(err, LT_ERR_NOMEM, "out of memory");
     t->norm = nn;
     normalizer *z = &t->norm[t->n_norm];
-    memset(z, 0, sizeof *z);
     if (!strcmp(type, "NFC")) z->kind = NORM_NFC;
     else if (!strcmp(type, "NFKC")) z->kind = NORM_NFKC;
     else if (!strcmp(type, "NFD")) z->kind = NORM_NFD;
@@ -546,23 +564,13 @@ static int parse_prepend(json_t *o) {
 
 static lt_status load_pretok(lt_tokenizer *t, json_t *n, lt_error *err) {
     if (!n || json_is_null(n)) return LT_OK;
-    const char *type = jstr(n, "type");
-    if (!type) return lt_fail(err, LT_ERR_FORMAT, "pre_tokenizer without a \"type\"");
-    if (!strcmp(type, "Sequence")) {
-        json_t *arr = json_object_get(n, "pretokenizers"), *x;
-        size_t i;
-        if (!json_is_array(arr)) return lt_fail(err, LT_ERR_FORMAT, "pre_tokenizer Sequence without \"pretokenizers\"");
-        json_array_foreach(arr, i, x) {
-            lt_status st = load_pretok(t, x, err);
-            if (st) return st;
-        }
-        return LT_OK;
-    }
-    pretok *np = realloc(t->pre, (size_t)(t->n_pre + 1) * sizeof *np);
+    const char *type;
+    lt_status st = component_type(t, n, "pre_tokenizer", "pretokenizers", load_pretok, &type, err);
+    if (st || !type) return st;
+    pretok *np = grow_by_one(t->pre, t->n_pre, sizeof *np);
     if (!np) return lt_fail(err, LT_ERR_NOMEM, "out of memory");
     t->pre = np;
     pretok *z = &t->pre[t->n_pre];
-    memset(z, 0, sizeof *z);
     if (!strcmp(type, "Split")) {
         z->kind = PRE_SPLIT;
         t->n_pre++;
@@ -603,23 +611,13 @@ static lt_status load_pretok(lt_tokenizer *t, json_t *n, lt_error *err) {
 
 static lt_status load_decoder(lt_tokenizer *t, json_t *n, lt_error *err) {
     if (!n || json_is_null(n)) return LT_OK;
-    const char *type = jstr(n, "type");
-    if (!type) return lt_fail(err, LT_ERR_FORMAT, "decoder without a \"type\"");
-    if (!strcmp(type, "Sequence")) {
-        json_t *arr = json_object_get(n, "decoders"), *x;
-        size_t i;
-        if (!json_is_array(arr)) return lt_fail(err, LT_ERR_FORMAT, "decoder Sequence without \"decoders\"");
-        json_array_foreach(arr, i, x) {
-            lt_status st = load_decoder(t, x, err);
-            if (st) return st;
-        }
-        return LT_OK;
-    }
-    decoder *nd = realloc(t->dec, (size_t)(t->n_dec + 1) * sizeof *nd);
+    const char *type;
+    lt_status st = component_type(t, n, "decoder", "decoders", load_decoder, &type, err);
+    if (st || !type) return st;
+    decoder *nd = grow_by_one(t->dec, t->n_dec, sizeof *nd);
     if (!nd) return lt_fail(err, LT_ERR_NOMEM, "out of memory");
     t->dec = nd;
     decoder *z = &t->dec[t->n_dec];
-    memset(z, 0, sizeof *z);
     if (!strcmp(type, "ByteLevel")) z->kind = DEC_BYTELEVEL;
     else if (!strcmp(type, "ByteFallback")) z->kind = DEC_BYTEFALLBACK;
     else if (!strcmp(type, "Fuse")) z->kind = DEC_FUSE;
@@ -663,17 +661,9 @@ static int32_t token_to_id(const lt_tokenizer *t, const char *s) {
 
 static lt_status load_post(lt_tokenizer *t, json_t *n, lt_error *err) {
     if (!n || json_is_null(n)) return LT_OK;
-    const char *type = jstr(n, "type");
-    if (!type) return lt_fail(err, LT_ERR_FORMAT, "post_processor without a \"type\"");
-    if (!strcmp(type, "Sequence")) {
-        json_t *arr = json_object_get(n, "processors"), *x;
-        size_t i;
-        json_array_foreach(arr, i, x) {
-            lt_status st = load_post(t, x, err);
-            if (st) return st;
-        }
-        return LT_OK;
-    }
+    const char *type;
+    lt_status st = component_type(t, n, "post_processor", "processors", load_post, &type, err);
+    if (st || !type) return st;
     if (!strcmp(type, "ByteLevel")) return LT_OK; /* only moves offsets */
     if (!strcmp(type, "TemplateProcessing")) {
         json_t *single = json_object_get(n, "single"), *sp = json_object_get(n, "special_tokens"), *x;
@@ -1415,6 +1405,25 @@ static int split_spans(pieces *out, const char *s, size_t n, int at_start, const
     return rc;
 }
 
+/* Appends the span [a, b) to the list ms/me of *nm spans (room for *cap); 1 when out of memory, the list
+ * as it was. ms and me grow together, so one realloc that fails leaves both usable and freeable. */
+static int spans_add(size_t **ms, size_t **me, size_t *nm, size_t *cap, size_t a, size_t b) {
+    if (*nm == *cap) {
+        size_t c = *cap ? *cap * 2 : 64;
+        size_t *x = realloc(*ms, c * sizeof *x);
+        if (!x) return 1;
+        *ms = x;
+        size_t *y = realloc(*me, c * sizeof *y);
+        if (!y) return 1;
+        *me = y;
+        *cap = c;
+    }
+    (*ms)[*nm] = a;
+    (*me)[*nm] = b;
+    (*nm)++;
+    return 0;
+}
+
 static lt_status collect_matches(lt_tokenizer *t, const pretok *z, const char *s, size_t n, size_t **ms, size_t **me,
                                  size_t *nm, size_t *cap) {
     *nm = 0;
@@ -1443,17 +1452,7 @@ static lt_status collect_matches(lt_tokenizer *t, const pretok *z, const char *s
             i = a + (size_t)lt_utf8_next((const unsigned char *)s + a, n - a, &cp);
             continue;
         }
-        if (*nm == *cap) {
-            *cap = *cap ? *cap * 2 : 64;
-            size_t *x = realloc(*ms, *cap * sizeof *x), *y;
-            if (x) *ms = x;
-            y = realloc(*me, *cap * sizeof *y);
-            if (y) *me = y;
-            if (!x || !y) return lt_fail(&t->err, LT_ERR_NOMEM, "out of memory");
-        }
-        (*ms)[*nm] = a;
-        (*me)[*nm] = b;
-        (*nm)++;
+        if (spans_add(ms, me, nm, cap, a, b)) return lt_fail(&t->err, LT_ERR_NOMEM, "out of memory");
         i = b;
     }
     return LT_OK;
@@ -1513,18 +1512,10 @@ static lt_status pre_tokenize(lt_tokenizer *t, const char *s, size_t n, int at_s
                     nm = 0;
                     for (size_t q = 0; q + rl <= tmp.n;) {
                         if (!memcmp(tmp.p + q, z->repl, rl)) {
-                            if (nm == mcap) {
-                                mcap = mcap ? mcap * 2 : 64;
-                                ms = realloc(ms, mcap * sizeof *ms);
-                                me = realloc(me, mcap * sizeof *me);
-                                if (!ms || !me) {
-                                    rc = -1;
-                                    break;
-                                }
+                            if (spans_add(&ms, &me, &nm, &mcap, q, q + rl)) {
+                                rc = -1;
+                                break;
                             }
-                            ms[nm] = q;
-                            me[nm] = q + rl;
-                            nm++;
                             q += rl;
                         } else q++;
                     }
@@ -1548,18 +1539,10 @@ static lt_status pre_tokenize(lt_tokenizer *t, const char *s, size_t n, int at_s
                         if (!is_numeric(cp)) break;
                         e += (size_t)l2;
                     }
-                    if (nm == mcap) {
-                        mcap = mcap ? mcap * 2 : 64;
-                        ms = realloc(ms, mcap * sizeof *ms);
-                        me = realloc(me, mcap * sizeof *me);
-                        if (!ms || !me) {
-                            rc = -1;
-                            break;
-                        }
+                    if (spans_add(&ms, &me, &nm, &mcap, q, e)) {
+                        rc = -1;
+                        break;
                     }
-                    ms[nm] = q;
-                    me[nm] = e;
-                    nm++;
                     q = e;
                 }
                 if (!rc) rc |= split_spans(nxt, ps, pn, pst, ms, me, nm, BEH_ISOLATED);

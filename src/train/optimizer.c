@@ -337,14 +337,9 @@ LT_API lt_status lt_optimizer_create(lt_adapter *a, const lt_optimizer_params *p
     if (!a) return lt_fail(err, LT_ERR_ARGUMENT, "lt_optimizer_create: adapter is NULL");
     lt_optimizer_params p;
     lt_optimizer_params_init(&p, sizeof p);
-    if (params) {
-        if (params->size < offsetof(lt_optimizer_params, max_grad_norm) || params->size > sizeof p)
-            return lt_fail(err, LT_ERR_ARGUMENT,
-                           "lt_optimizer_create: params->size %zu is not a size this library "
-                           "knows (call lt_optimizer_params_init)",
-                           params->size);
-        memcpy(&p, params, params->size);
-    }
+    lt_status st = lt_read_struct(&p, sizeof p, params, offsetof(lt_optimizer_params, max_grad_norm),
+                                  "lt_optimizer_create", "lt_optimizer_params_init", err);
+    if (st) return st;
     if (p.kind != LT_OPT_ADAMW && p.kind != LT_OPT_SGD && p.kind != LT_OPT_ADAMW8BIT)
         return lt_fail(err, LT_ERR_ARGUMENT, "optimizer: unknown kind %d", (int)p.kind);
     if (!(p.lr >= 0) || !isfinite(p.lr)) return lt_fail(err, LT_ERR_ARGUMENT, "optimizer: lr %g must be >= 0", p.lr);
@@ -367,7 +362,7 @@ LT_API lt_status lt_optimizer_create(lt_adapter *a, const lt_optimizer_params *p
     o->hi = a->n_params;
     /* the state itself is allocated at its first use, so that a ZeRO-1 trainer (lt_optimizer_set_range at
      * lt_trainer_create) never holds more than its shard */
-    lt_status st = LT_OK;
+    st = LT_OK;
     if (p.kind == LT_OPT_ADAMW8BIT && (st = opt8_tensors(o, err)) == LT_OK) opt8_parts(o);
     if (st != LT_OK) {
         lt_optimizer_free(o);

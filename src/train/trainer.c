@@ -52,14 +52,9 @@ LT_API lt_status lt_trainer_create(lt_model *m, lt_adapter *a, lt_optimizer *o, 
                        "optimizer to the adapter");
     lt_trainer_params p;
     lt_trainer_params_init(&p, sizeof p);
-    if (params) {
-        if (params->size < offsetof(lt_trainer_params, seed) || params->size > sizeof p)
-            return lt_fail(err, LT_ERR_ARGUMENT,
-                           "lt_trainer_create: params->size %zu is not a size this library "
-                           "knows (call lt_trainer_params_init)",
-                           params->size);
-        memcpy(&p, params, params->size);
-    }
+    lt_status st = lt_read_struct(&p, sizeof p, params, offsetof(lt_trainer_params, seed), "lt_trainer_create",
+                                  "lt_trainer_params_init", err);
+    if (st) return st;
     if ((int)p.objective < LT_OBJ_SFT || p.objective > LT_OBJ_GRPO)
         return lt_fail(err, LT_ERR_UNSUPPORTED, "lt_trainer_create: unknown objective %d", (int)p.objective);
     if (p.activation_memory < 0)
