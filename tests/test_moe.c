@@ -439,11 +439,25 @@ START_TEST(test_moe_peft_roundtrip) {
 }
 END_TEST
 
+/* The adapter saved by peft in dir/lora/adapter loaded onto m0 and m1, and its golden batch; returns the goldens
+ * (dir/lora/grads.safetensors, which the batch points into). */
+static lt_st_file *adapters_and_batch(const char *dir, lt_model *m0, lt_adapter **a0, lt_model *m1, lt_adapter **a1,
+                                      lt_batch *b) {
+    char path[1200];
+    snprintf(path, sizeof path, "%s/lora/adapter", dir);
+    ck_assert_int_eq(lt_adapter_load(m0, path, a0), LT_OK);
+    ck_assert_int_eq(lt_adapter_load(m1, path, a1), LT_OK);
+    snprintf(path, sizeof path, "%s/lora", dir);
+    lt_st_file *g = open_golden(path, "grads.safetensors");
+    batch_of(b, g);
+    return g;
+}
+
 /* QLoRA on experts: loaded with NF4 + double quantization, every expert (and attention projection) is
  * quantized and multiplied through dequantized tiles; its logits and LoRA gradients equal those of the
  * f32 model made of the dequantized weights (lt_model_save writes them), within 1e-4. */
 START_TEST(test_moe_qlora_experts) {
-    char dir[1024], path[1200], root[512], fdir[700];
+    char dir[1024], root[512], fdir[700];
     lt_context *ctx = tu_context();
     snprintf(dir, sizeof dir, "%s/models/%s", LT_TEST_DATA_DIR, models[_i]);
     lt_model_params mp;
@@ -468,14 +482,9 @@ START_TEST(test_moe_qlora_experts) {
     snprintf(fdir, sizeof fdir, "%s/dequantized", root);
     ck_assert_msg(lt_model_save(mq, fdir) == LT_OK, "%s", lt_model_last_error(mq));
     ck_assert_msg(lt_model_load(ctx, fdir, NULL, &mf) == LT_OK, "%s", lt_last_error());
-    snprintf(path, sizeof path, "%s/lora/adapter", dir);
     lt_adapter *aq = NULL, *af = NULL;
-    ck_assert_int_eq(lt_adapter_load(mq, path, &aq), LT_OK);
-    ck_assert_int_eq(lt_adapter_load(mf, path, &af), LT_OK);
-    snprintf(path, sizeof path, "%s/lora", dir);
-    lt_st_file *g = open_golden(path, "grads.safetensors");
     lt_batch b;
-    batch_of(&b, g);
+    lt_st_file *g = adapters_and_batch(dir, mq, &aq, mf, &af, &b);
     double aux, lq = run(mq, aq, &b, 0, 1, &aux), lf = run(mf, af, &b, 0, 1, &aux);
     ck_assert_msg(fabs(lq - lf) <= 1e-4 * fabs(lf), "%s: QLoRA loss %.8f vs its dequantized f32 model %.8f", models[_i],
                   lq, lf);
@@ -516,7 +525,7 @@ static double rel_l2(const float *a, const float *b, size_t n) {
  * expert: the bf16 step repeated on 2 threads, and on 1 thread, gives the identical loss and gradients (an
  * expert's products never split over threads; the dense products split by whole columns). */
 START_TEST(test_moe_bf16_step) {
-    char dir[1024], path[1200];
+    char dir[1024];
     lt_context *ctx = tu_context();
     ck_assert_int_eq(lt_context_set_threads(ctx, 2), LT_OK);
     snprintf(dir, sizeof dir, "%s/models/%s", LT_TEST_DATA_DIR, models[_i]);
@@ -529,13 +538,8 @@ START_TEST(test_moe_bf16_step) {
     while (!m->cfg.layer_moe[l0]) l0++;
     ck_assert_int_eq(lt_expert_w(&m->layers[l0], 0, P_UP)->format, LT_WEIGHT_BF16);
     lt_adapter *a = NULL, *a32 = NULL;
-    snprintf(path, sizeof path, "%s/lora/adapter", dir);
-    ck_assert_int_eq(lt_adapter_load(m, path, &a), LT_OK);
-    ck_assert_int_eq(lt_adapter_load(m32, path, &a32), LT_OK);
-    snprintf(path, sizeof path, "%s/lora", dir);
-    lt_st_file *g = open_golden(path, "grads.safetensors");
     lt_batch b;
-    batch_of(&b, g);
+    lt_st_file *g = adapters_and_batch(dir, m, &a, m32, &a32, &b);
     const size_t n = a->n_params;
     ck_assert_int_eq(a32->n_params, n);
     float *g32 = malloc(n * 4), *g0 = malloc(n * 4), *g1 = malloc(n * 4);
@@ -610,14 +614,9 @@ START_TEST(test_moe_bf16_base) {
     while (!mq->cfg.layer_moe[l0]) l0++;
     ck_assert_int_eq(lt_expert_w(&mq->layers[l0], 0, P_DOWN)->format, LT_WEIGHT_QUANT);
     ck_assert_int_eq(lt_expert_w(&mb->layers[l0], 0, P_DOWN)->format, LT_WEIGHT_BF16);
-    snprintf(path, sizeof path, "%s/lora/adapter", dir);
     lt_adapter *aq = NULL, *ab = NULL;
-    ck_assert_int_eq(lt_adapter_load(mq, path, &aq), LT_OK);
-    ck_assert_int_eq(lt_adapter_load(mb, path, &ab), LT_OK);
-    snprintf(path, sizeof path, "%s/lora", dir);
-    lt_st_file *g = open_golden(path, "grads.safetensors");
     lt_batch b;
-    batch_of(&b, g);
+    lt_st_file *g = adapters_and_batch(dir, mq, &aq, mb, &ab, &b);
     double aux, lq = run(mq, aq, &b, 0, 1, &aux), lb = run(mb, ab, &b, 0, 1, &aux);
     const double ref = *(const float *)need(g, "loss")->data;
     ck_assert_msg(fabs(lq - lb) <= 1e-5 * fabs(lb), "%s: NF4 in bf16: loss %.8f vs the bf16 dequantized model %.8f",
