@@ -39,6 +39,9 @@ def main():
     ap.add_argument("--precision", choices=["fp32", "autocast-bf16", "bf16-weights"], default="fp32",
                     help="fp32 (default); autocast-bf16: fp32 model, matmuls under torch.autocast('cpu', "
                          "bfloat16); bf16-weights: the whole base model in bf16 (peft keeps LoRA in fp32)")
+    ap.add_argument("--experts", default=None,
+                    help="moe-s: transformers' experts_implementation (eager, batched_mm, grouped_mm; default: "
+                         "transformers' choice, grouped_mm where torch can run it); printed as experts_impl")
     a = ap.parse_args()
     big = a.config == "bench-1b"
     B = a.batch or (1 if big else 4)
@@ -57,13 +60,16 @@ def main():
                           num_attention_heads=8, num_key_value_heads=8, rope_theta=500000.0,
                           max_position_embeddings=2048, rms_norm_eps=1e-5, tie_word_embeddings=False)
     dtype = torch.bfloat16 if a.precision == "bf16-weights" else torch.float32
+    experts_impl = None
     if a.config == "moe-s":  # the model of `loratune bench --config moe-s` (src/cli/bench.c)
         from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
         cfg = Qwen3MoeConfig(vocab_size=32000, hidden_size=512, intermediate_size=1376, moe_intermediate_size=256,
                              num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=8, head_dim=64,
                              num_experts=32, num_experts_per_tok=4, norm_topk_prob=True, rope_theta=1e6,
                              rms_norm_eps=1e-6, max_position_embeddings=2048, tie_word_embeddings=False)
-        model = Qwen3MoeForCausalLM._from_config(cfg, attn_implementation=a.attn, torch_dtype=dtype)
+        kw = {"experts_implementation": a.experts} if a.experts else {}
+        model = Qwen3MoeForCausalLM._from_config(cfg, attn_implementation=a.attn, torch_dtype=dtype, **kw)
+        experts_impl = model.config._experts_implementation
     else:
         model = LlamaForCausalLM._from_config(cfg, attn_implementation=a.attn, torch_dtype=dtype)
     if a.checkpointing == "on":
@@ -101,6 +107,7 @@ def main():
                       "threads": a.threads, "batch": B, "seq": T,
                       "checkpointing": a.checkpointing, "attn": a.attn, "precision": a.precision,
                       "lora_dtype": str(next(p for p in model.parameters() if p.requires_grad).dtype),
+                      "experts_impl": experts_impl,
                       "steps": a.steps, "loss": loss,
                       "tokens_per_s": a.steps * B * T / dt, "tokens_per_cpu_s": a.steps * B * T / dc,
                       "peak_rss_mb": rss}))

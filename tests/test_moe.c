@@ -439,11 +439,25 @@ START_TEST(test_moe_peft_roundtrip) {
 }
 END_TEST
 
+/* The adapter saved by peft in dir/lora/adapter loaded onto m0 and m1, and its golden batch; returns the goldens
+ * (dir/lora/grads.safetensors, which the batch points into). */
+static lt_st_file *adapters_and_batch(const char *dir, lt_model *m0, lt_adapter **a0, lt_model *m1, lt_adapter **a1,
+                                      lt_batch *b) {
+    char path[1200];
+    snprintf(path, sizeof path, "%s/lora/adapter", dir);
+    ck_assert_int_eq(lt_adapter_load(m0, path, a0), LT_OK);
+    ck_assert_int_eq(lt_adapter_load(m1, path, a1), LT_OK);
+    snprintf(path, sizeof path, "%s/lora", dir);
+    lt_st_file *g = open_golden(path, "grads.safetensors");
+    batch_of(b, g);
+    return g;
+}
+
 /* QLoRA on experts: loaded with NF4 + double quantization, every expert (and attention projection) is
  * quantized and multiplied through dequantized tiles; its logits and LoRA gradients equal those of the
  * f32 model made of the dequantized weights (lt_model_save writes them), within 1e-4. */
 START_TEST(test_moe_qlora_experts) {
-    char dir[1024], path[1200], root[512], fdir[700];
+    char dir[1024], root[512], fdir[700];
     lt_context *ctx = tu_context();
     snprintf(dir, sizeof dir, "%s/models/%s", LT_TEST_DATA_DIR, models[_i]);
     lt_model_params mp;
@@ -468,14 +482,9 @@ START_TEST(test_moe_qlora_experts) {
     snprintf(fdir, sizeof fdir, "%s/dequantized", root);
     ck_assert_msg(lt_model_save(mq, fdir) == LT_OK, "%s", lt_model_last_error(mq));
     ck_assert_msg(lt_model_load(ctx, fdir, NULL, &mf) == LT_OK, "%s", lt_last_error());
-    snprintf(path, sizeof path, "%s/lora/adapter", dir);
     lt_adapter *aq = NULL, *af = NULL;
-    ck_assert_int_eq(lt_adapter_load(mq, path, &aq), LT_OK);
-    ck_assert_int_eq(lt_adapter_load(mf, path, &af), LT_OK);
-    snprintf(path, sizeof path, "%s/lora", dir);
-    lt_st_file *g = open_golden(path, "grads.safetensors");
     lt_batch b;
-    batch_of(&b, g);
+    lt_st_file *g = adapters_and_batch(dir, mq, &aq, mf, &af, &b);
     double aux, lq = run(mq, aq, &b, 0, 1, &aux), lf = run(mf, af, &b, 0, 1, &aux);
     ck_assert_msg(fabs(lq - lf) <= 1e-4 * fabs(lf), "%s: QLoRA loss %.8f vs its dequantized f32 model %.8f", models[_i],
                   lq, lf);
@@ -491,6 +500,83 @@ START_TEST(test_moe_qlora_experts) {
     lt_adapter_free(af);
     lt_model_free(mq);
     lt_model_free(mf);
+    lt_context_free(ctx);
+}
+END_TEST
+
+/* ||a - b|| / ||b|| over n values */
+static double rel_l2(const float *a, const float *b, size_t n) {
+    double d = 0, r = 0;
+    for (size_t i = 0; i < n; i++) {
+        d += ((double)a[i] - b[i]) * ((double)a[i] - b[i]);
+        r += (double)b[i] * b[i];
+    }
+    return sqrt(d / r);
+}
+
+/* A LoRA step on a bf16 base (attention, experts, embedding and LM head in bf16; the experts' bf16 products
+ * run side by side in run_groups, each on one thread) against the f32 step of the same checkpoint (which is
+ * PEFT's: test_moe_lora_gradients): the loss within 5e-3 relative and all the LoRA gradients together within
+ * 0.1 relative in the L2 norm. Measured: loss at most 3.6e-4, gradients at most 5.0e-2 (qwen3moe-e5k2, whose
+ * skewed router has near ties; the others at most 1.8e-2): the bf16 rounding of weights and activations, 2^-8
+ * each, through the layers. Element-wise it is larger (up to 0.2 of a tensor's largest value): a token whose
+ * top-k flips under the rounding moves its experts' gradients by O(1). A lost accumulation in the bf16
+ * backward gives 0.18-0.55. And the same bits whatever thread runs which
+ * expert: the bf16 step repeated on 2 threads, and on 1 thread, gives the identical loss and gradients (an
+ * expert's products never split over threads; the dense products split by whole columns). */
+START_TEST(test_moe_bf16_step) {
+    char dir[1024];
+    lt_context *ctx = tu_context();
+    ck_assert_int_eq(lt_context_set_threads(ctx, 2), LT_OK);
+    snprintf(dir, sizeof dir, "%s/models/%s", LT_TEST_DATA_DIR, models[_i]);
+    lt_model_params mp;
+    lt_model_params_init(&mp, sizeof mp);
+    mp.base_dtype = LT_BASE_BF16;
+    lt_model *m = NULL, *m32 = load_model(ctx, models[_i], dir, sizeof dir);
+    ck_assert_msg(lt_model_load(ctx, dir, &mp, &m) == LT_OK, "%s", lt_last_error());
+    int l0 = 0;
+    while (!m->cfg.layer_moe[l0]) l0++;
+    ck_assert_int_eq(lt_expert_w(&m->layers[l0], 0, P_UP)->format, LT_WEIGHT_BF16);
+    lt_adapter *a = NULL, *a32 = NULL;
+    lt_batch b;
+    lt_st_file *g = adapters_and_batch(dir, m, &a, m32, &a32, &b);
+    const size_t n = a->n_params;
+    ck_assert_int_eq(a32->n_params, n);
+    float *g32 = malloc(n * 4), *g0 = malloc(n * 4), *g1 = malloc(n * 4);
+    double aux;
+    const double l32 = run(m32, a32, &b, 0, 1, &aux);
+    m32->be->ops->download(m32->be, g32, a32->grads, n * 4);
+    double loss0 = 0;
+    for (int k = 0; k < 3; k++) { /* 2 threads, 2 threads again, 1 thread */
+        if (k == 2) ck_assert_int_eq(lt_context_set_threads(ctx, 1), LT_OK);
+        m->be->ops->zero(m->be, a->grads, n * 4);
+        const double loss = run(m, a, &b, 0, 1, &aux);
+        m->be->ops->download(m->be, k ? g1 : g0, a->grads, n * 4);
+        if (k == 0) {
+            const double rel = rel_l2(g0, g32, n);
+            fprintf(stderr, "test_moe: %s: bf16 base vs f32 step: loss rel err %.3g, gradients %.3g (L2)\n", models[_i],
+                    fabs(loss - l32) / fabs(l32), rel);
+            ck_assert_msg(fabs(loss - l32) <= 5e-3 * fabs(l32), "%s: bf16 base: loss %.6f vs f32 %.6f", models[_i],
+                          loss, l32);
+            ck_assert_msg(rel <= 0.1, "%s: bf16 base: LoRA gradients differ from the f32 step's by %.3g (L2)",
+                          models[_i], rel);
+            loss0 = loss;
+            continue;
+        }
+        ck_assert_msg(loss == loss0, "%s: bf16 base: loss %.9g, then %.9g (%d threads)", models[_i], loss0, loss,
+                      k == 1 ? 2 : 1);
+        ck_assert_msg(!memcmp(g0, g1, n * 4),
+                      "%s: bf16 base: the gradients change from one run to the next (%d threads)", models[_i],
+                      k == 1 ? 2 : 1);
+    }
+    free(g32);
+    free(g0);
+    free(g1);
+    lt_st_close(g);
+    lt_adapter_free(a);
+    lt_adapter_free(a32);
+    lt_model_free(m);
+    lt_model_free(m32);
     lt_context_free(ctx);
 }
 END_TEST
@@ -528,14 +614,9 @@ START_TEST(test_moe_bf16_base) {
     while (!mq->cfg.layer_moe[l0]) l0++;
     ck_assert_int_eq(lt_expert_w(&mq->layers[l0], 0, P_DOWN)->format, LT_WEIGHT_QUANT);
     ck_assert_int_eq(lt_expert_w(&mb->layers[l0], 0, P_DOWN)->format, LT_WEIGHT_BF16);
-    snprintf(path, sizeof path, "%s/lora/adapter", dir);
     lt_adapter *aq = NULL, *ab = NULL;
-    ck_assert_int_eq(lt_adapter_load(mq, path, &aq), LT_OK);
-    ck_assert_int_eq(lt_adapter_load(mb, path, &ab), LT_OK);
-    snprintf(path, sizeof path, "%s/lora", dir);
-    lt_st_file *g = open_golden(path, "grads.safetensors");
     lt_batch b;
-    batch_of(&b, g);
+    lt_st_file *g = adapters_and_batch(dir, mq, &aq, mb, &ab, &b);
     double aux, lq = run(mq, aq, &b, 0, 1, &aux), lb = run(mb, ab, &b, 0, 1, &aux);
     const double ref = *(const float *)need(g, "loss")->data;
     ck_assert_msg(fabs(lq - lb) <= 1e-5 * fabs(lb), "%s: NF4 in bf16: loss %.8f vs the bf16 dequantized model %.8f",
@@ -816,6 +897,7 @@ Suite *moe_suite(void) {
     tcase_add_loop_test(tc, test_moe_peft_roundtrip, 0, 3);
     tcase_add_loop_test(tc, test_moe_qlora_experts, 0, N_QWEN_MIXTRAL);
     tcase_add_loop_test(tc, test_moe_bf16_base, 0, N_QWEN_MIXTRAL);
+    tcase_add_loop_test(tc, test_moe_bf16_step, 0, N_QWEN_MIXTRAL);
     tcase_add_test(tc, test_moe_adapter_rules);
     tcase_add_test(tc, test_moe_full_finetune_layout);
     suite_add_tcase(s, tc);
@@ -828,6 +910,7 @@ Suite *moe_suite(void) {
     tcase_add_loop_test(go, test_moe_router_gradients, 4, 6); /* router_models 2: gpt-oss */
     tcase_add_loop_test(go, test_moe_qlora_experts, N_QWEN_MIXTRAL, N_MODELS);
     tcase_add_loop_test(go, test_moe_bf16_base, N_QWEN_MIXTRAL, N_MODELS);
+    tcase_add_loop_test(go, test_moe_bf16_step, N_QWEN_MIXTRAL, N_MODELS);
     tcase_add_test(go, test_gptoss_mxfp4);
     tcase_add_test(go, test_gptoss_refusals);
     tcase_add_test(go, test_gptoss_full_finetune_layout);
