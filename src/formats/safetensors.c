@@ -725,10 +725,10 @@ void lt_st_set_advise(const lt_st_set *set, const lt_st_tensor *t, uint64_t off,
  * The thread takes the oldest WANTED slot; the caller never reclaims a READING one. At most one slot is
  * READING (one thread), so a caller always finds a slot to name its piece in.
  */
-#define ST_PIECE ((uint64_t)8 << 20) /* bytes of one read */
-#define ST_SLOTS 3                   /* buffers: one the caller's, two read ahead (24 MiB) */
-#define ST_ALIGN 4096                /* O_DIRECT: offset, length and buffer aligned to this */
-#define ST_SHORT (-1)                /* a slot's err: the file ended early */
+#define ST_PIECE ((uint64_t)LT_ST_READ_PIECE)
+#define ST_SLOTS LT_ST_READ_SLOTS
+#define ST_ALIGN 4096 /* O_DIRECT: offset, length and buffer aligned to this */
+#define ST_SHORT (-1) /* a slot's err: the file ended early */
 
 enum { ST_FREE, ST_WANTED, ST_READING, ST_READY, ST_HELD };
 

@@ -71,6 +71,8 @@ void lt_st_set_advise(const lt_st_set *set, const lt_st_tensor *t, uint64_t off,
  * file's last partial block, buffered reads whose pages are dropped after. The set outlives the reader;
  * one caller thread at a time. Free joins the thread. */
 typedef struct lt_st_reader lt_st_reader;
+#define LT_ST_READ_PIECE ((size_t)8 << 20) /* bytes of one read */
+#define LT_ST_READ_SLOTS 3                 /* buffers: one the caller's, two read ahead */
 lt_status lt_st_reader_create(const lt_st_set *set, int direct, lt_st_reader **out, lt_error *err);
 void lt_st_reader_free(lt_st_reader *r); /* accepts NULL */
 /* *p = bytes [off, off + *n) of tensor t, 1 <= *n <= len (the rest: call again from off + *n), valid until the
