@@ -84,7 +84,7 @@ struct lt_st_file {
     char *path;
     void *map; /* the whole file (use_mmap) */
     size_t map_len;
-    int fd;    /* use_mmap: the file, kept open for lt_st_set_read; else -1 */
+    int fd;    /* use_mmap: the file, kept open for lt_st_reader; else -1 */
     void *buf; /* the data buffer (no mmap) */
     int n;
     lt_st_tensor *tensors; /* sorted by name */
@@ -471,7 +471,7 @@ lt_status lt_st_open(const char *path, int use_mmap, lt_st_file **out, lt_error 
     }
     free(offsets);
     free(hbuf);
-    if (f->map) f->fd = fd; /* lt_st_set_read copies from it */
+    if (f->map) f->fd = fd; /* lt_st_reader reads from it */
     else close(fd);
     *out = f;
     return LT_OK;
