@@ -5,6 +5,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -83,7 +84,7 @@ struct lt_st_file {
     char *path;
     void *map; /* the whole file (use_mmap) */
     size_t map_len;
-    int fd;    /* use_mmap: the file, kept open for lt_st_set_read; else -1 */
+    int fd;    /* use_mmap: the file, kept open for lt_st_reader; else -1 */
     void *buf; /* the data buffer (no mmap) */
     int n;
     lt_st_tensor *tensors; /* sorted by name */
@@ -470,7 +471,7 @@ lt_status lt_st_open(const char *path, int use_mmap, lt_st_file **out, lt_error 
     }
     free(offsets);
     free(hbuf);
-    if (f->map) f->fd = fd; /* lt_st_set_read copies from it */
+    if (f->map) f->fd = fd; /* lt_st_reader reads from it */
     else close(fd);
     *out = f;
     return LT_OK;
@@ -707,16 +708,235 @@ void lt_st_set_advise(const lt_st_set *set, const lt_st_tensor *t, uint64_t off,
     }
 }
 
-int lt_st_set_read(const lt_st_set *set, const lt_st_tensor *t, uint64_t off, uint64_t len, void *dst) {
-    if (!set || !t || off > t->nbytes || len > t->nbytes - off) return 0;
-    const uintptr_t p = (uintptr_t)t->data + off;
-    for (int i = 0; i < set->n_files; i++) {
-        const lt_st_file *f = set->files[i];
-        const uintptr_t m0 = (uintptr_t)f->map, m1 = m0 + f->map_len;
-        if (!f->map || f->fd < 0 || p < m0 || p + len > m1) continue;
-        return pread_all(f->fd, dst, (size_t)len, (uint64_t)(p - m0)) == 0 ? 1 : -1;
+/* ---- reading a set's tensors ahead (the streamed loader) ---------------------------------------- */
+
+/*
+ * The pipeline: one thread reads ahead, the caller converts what was read. A tensor's file bytes are read
+ * in pieces: the cells [k ST_PIECE, (k + 1) ST_PIECE) of its file, cut to the tensor's bytes widened to
+ * whole ST_ALIGN blocks (so O_DIRECT can read them) and to the file's end. lt_st_reader_get gives the
+ * caller the piece holding the bytes it asks for and names the next ST_SLOTS - 1 pieces of the same
+ * tensor to the thread, which reads them while the caller works on the current one. Each of the
+ * ST_SLOTS buffers is owned according to its slot's state, which changes only under the mutex:
+ *   FREE     nobody's
+ *   WANTED   named for reading; waits for the thread
+ *   READING  the thread's: it writes the buffer, holding no lock
+ *   READY    read (or failed: err); kept until reclaimed for another piece, the oldest first
+ *   HELD     the caller's: the pointer lt_st_reader_get returned stays valid until its next call
+ * The thread takes the oldest WANTED slot; the caller never reclaims a READING one. At most one slot is
+ * READING (one thread), so a caller always finds a slot to name its piece in.
+ */
+#define ST_PIECE ((uint64_t)LT_ST_READ_PIECE)
+#define ST_SLOTS LT_ST_READ_SLOTS
+#define ST_ALIGN 4096 /* O_DIRECT: offset, length and buffer aligned to this */
+#define ST_SHORT (-1) /* a slot's err: the file ended early */
+
+enum { ST_FREE, ST_WANTED, ST_READING, ST_READY, ST_HELD };
+
+typedef struct st_slot {
+    unsigned char *buf; /* ST_PIECE bytes, ST_ALIGN-aligned */
+    int state;          /* ST_FREE .. ST_HELD */
+    int file;           /* the piece: bytes [start, end) of set->files[file] */
+    uint64_t start, end;
+    uint64_t used; /* when last named (the caller's counter; 0: FREE): read and reclaimed oldest first */
+    int err;       /* READY: 0, an errno or ST_SHORT */
+} st_slot;
+
+struct lt_st_reader {
+    const lt_st_set *set;
+    int *dfd; /* per file: the file opened with O_DIRECT, or -1 (buffered reads); the thread's after create */
+    pthread_t thread;
+    pthread_mutex_t mu;
+    pthread_cond_t cv; /* a slot changed state, or quit: both sides wait on it */
+    int quit;
+    uint64_t clock; /* counts namings: st_slot.used */
+    st_slot *held;  /* the caller's slot, or NULL */
+    st_slot slot[ST_SLOTS];
+};
+
+/* buf = bytes [start, end) of file fi: its whole ST_ALIGN blocks with O_DIRECT (the device writes into
+ * buf: no page-cache pages to fill, copy and drop), the rest (the file's last partial block, or all of it
+ * when the file system refuses O_DIRECT: EINVAL, then never again for this file) with a buffered pread
+ * whose pages are dropped after. 0, an errno, or ST_SHORT. */
+static int read_failed(const lt_st_file *f, uint64_t end) {
+    struct stat sb;
+    const int e = errno;
+    return e == EIO && fstat(f->fd, &sb) == 0 && (uint64_t)sb.st_size < end ? ST_SHORT : e;
+}
+static int read_piece(lt_st_reader *r, int fi, uint64_t start, uint64_t end, unsigned char *buf) {
+    const lt_st_file *f = r->set->files[fi];
+    uint64_t done = 0;
+    const uint64_t whole = (end - start) & ~(uint64_t)(ST_ALIGN - 1);
+    if (r->dfd[fi] >= 0 && whole) {
+        if (pread_all(r->dfd[fi], buf, (size_t)whole, start) == 0) {
+            done = whole;
+        } else if (errno == EINVAL) {
+            close(r->dfd[fi]);
+            r->dfd[fi] = -1;
+        } else {
+            return read_failed(f, end);
+        }
     }
-    return 0; /* not in a mapping: a private copy, or use_mmap 0 */
+    if (done == end - start) return 0;
+    if (pread_all(f->fd, buf + done, (size_t)(end - start - done), start + done) != 0) return read_failed(f, end);
+    (void)posix_fadvise(f->fd, (off_t)(start + done), (off_t)(end - start - done), POSIX_FADV_DONTNEED); /* a hint */
+    return 0;
+}
+
+static void *reader_main(void *arg) {
+    lt_st_reader *r = arg;
+    pthread_mutex_lock(&r->mu);
+    while (!r->quit) {
+        st_slot *s = NULL;
+        for (int i = 0; i < ST_SLOTS; i++)
+            if (r->slot[i].state == ST_WANTED && (!s || r->slot[i].used < s->used)) s = &r->slot[i];
+        if (!s) {
+            pthread_cond_wait(&r->cv, &r->mu);
+            continue;
+        }
+        s->state = ST_READING;
+        const int fi = s->file;
+        const uint64_t a = s->start, b = s->end;
+        pthread_mutex_unlock(&r->mu);
+        const int e = read_piece(r, fi, a, b, s->buf);
+        pthread_mutex_lock(&r->mu);
+        s->err = e;
+        s->state = ST_READY;
+        pthread_cond_broadcast(&r->cv);
+    }
+    pthread_mutex_unlock(&r->mu);
+    return NULL;
+}
+
+/* the reader's buffers, descriptors and itself (its thread joined, or never started) */
+static void reader_release(lt_st_reader *r) {
+    for (int i = 0; i < ST_SLOTS; i++) free(r->slot[i].buf);
+    for (int i = 0; r->dfd && i < r->set->n_files; i++)
+        if (r->dfd[i] >= 0) close(r->dfd[i]);
+    free(r->dfd);
+    free(r);
+}
+
+void lt_st_reader_free(lt_st_reader *r) {
+    if (!r) return;
+    pthread_mutex_lock(&r->mu);
+    r->quit = 1;
+    pthread_cond_broadcast(&r->cv);
+    pthread_mutex_unlock(&r->mu);
+    pthread_join(r->thread, NULL); /* after the read it may be doing */
+    pthread_cond_destroy(&r->cv);
+    pthread_mutex_destroy(&r->mu);
+    reader_release(r);
+}
+
+lt_status lt_st_reader_create(const lt_st_set *set, int direct, lt_st_reader **out, lt_error *err) {
+    *out = NULL;
+    lt_st_reader *r = calloc(1, sizeof *r);
+    if (!r) return lt_fail(err, LT_ERR_NOMEM, "out of memory for a file reader");
+    r->set = set;
+    int ok = (r->dfd = malloc((size_t)(set->n_files ? set->n_files : 1) * sizeof *r->dfd)) != NULL;
+    for (int i = 0; ok && i < set->n_files; i++) /* a file system without O_DIRECT refuses the open: buffered */
+        r->dfd[i] = direct && set->files[i]->fd >= 0 ? open(set->files[i]->path, O_RDONLY | O_DIRECT | O_CLOEXEC) : -1;
+    for (int i = 0; ok && i < ST_SLOTS; i++)
+        ok = posix_memalign((void **)&r->slot[i].buf, ST_ALIGN, (size_t)ST_PIECE) == 0;
+    if (!ok) {
+        reader_release(r);
+        return lt_fail(err, LT_ERR_NOMEM, "out of memory for %d read buffers of %llu bytes", ST_SLOTS,
+                       (unsigned long long)ST_PIECE);
+    }
+    pthread_mutex_init(&r->mu, NULL);
+    pthread_cond_init(&r->cv, NULL);
+    const int e = pthread_create(&r->thread, NULL, reader_main, r);
+    if (e != 0) {
+        pthread_cond_destroy(&r->cv);
+        pthread_mutex_destroy(&r->mu);
+        reader_release(r);
+        return lt_fail(err, LT_ERR_NOMEM, "cannot start the file reading thread: %s", strerror(e));
+    }
+    *out = r;
+    return LT_OK;
+}
+
+/* [*start, *end) = the piece of file f holding byte `at` of a tensor whose bytes are [t0, t1) of f */
+static void piece_at(const lt_st_file *f, uint64_t at, uint64_t t0, uint64_t t1, uint64_t *start, uint64_t *end) {
+    const uint64_t lo = t0 & ~(uint64_t)(ST_ALIGN - 1), hi = (t1 + ST_ALIGN - 1) & ~(uint64_t)(ST_ALIGN - 1);
+    const uint64_t a = at / ST_PIECE * ST_PIECE, b = a + ST_PIECE;
+    *start = a > lo ? a : lo;
+    *end = b < hi ? b : hi;
+    if (*end > f->map_len) *end = f->map_len;
+}
+
+/* The slot of piece [start, end) of file fi, named now (under the mutex): the one holding it, or a slot
+ * reclaimed for it and WANTED: a FREE one (used 0) first, then the one named longest ago, but never a READING or HELD
+ * one nor one named since `since` (in this call). NULL when no slot can be reclaimed. */
+static st_slot *name_piece(lt_st_reader *r, int fi, uint64_t start, uint64_t end, uint64_t since) {
+    st_slot *s = NULL;
+    for (int i = 0; i < ST_SLOTS && !s; i++) {
+        st_slot *c = &r->slot[i];
+        if (c->state != ST_FREE && c->file == fi && c->start == start && c->end == end) s = c;
+    }
+    for (int i = 0; i < ST_SLOTS && !s; i++) {
+        st_slot *c = &r->slot[i];
+        if (c->state == ST_READING || c->state == ST_HELD || c->used >= since) continue;
+        if (!s || c->used < s->used) s = c;
+    }
+    if (!s) return NULL;
+    if (s->file != fi || s->start != start || s->end != end || s->state == ST_FREE)
+        *s = (st_slot){.buf = s->buf, .state = ST_WANTED, .file = fi, .start = start, .end = end};
+    s->used = ++r->clock;
+    return s;
+}
+
+lt_status lt_st_reader_get(lt_st_reader *r, const lt_st_tensor *t, uint64_t off, uint64_t len, const void **p,
+                           uint64_t *n, lt_error *err) {
+    *p = NULL;
+    *n = 0;
+    if (off > t->nbytes || len > t->nbytes - off)
+        return lt_fail(err, LT_ERR_INTERNAL, "tensor \"%s\": bytes [%llu, +%llu) are past its %llu", t->name,
+                       (unsigned long long)off, (unsigned long long)len, (unsigned long long)t->nbytes);
+    if (!len) return LT_OK;
+    int fi = -1;
+    const lt_st_file *f = NULL;
+    for (int i = 0; i < r->set->n_files && fi < 0; i++) {
+        f = r->set->files[i];
+        const uintptr_t m0 = (uintptr_t)f->map, d = (uintptr_t)t->data;
+        if (f->map && f->fd >= 0 && d >= m0 && d - m0 <= f->map_len && t->nbytes <= f->map_len - (d - m0)) fi = i;
+    }
+    if (fi < 0) return LT_OK; /* not in a mapping: a private copy, or use_mmap 0 */
+    const uint64_t t0 = (uint64_t)((uintptr_t)t->data - (uintptr_t)f->map), t1 = t0 + t->nbytes, at = t0 + off;
+    uint64_t a, b;
+    piece_at(f, at, t0, t1, &a, &b);
+    pthread_mutex_lock(&r->mu);
+    if (r->held) r->held->state = ST_READY; /* kept: the next chunk may start in it */
+    r->held = NULL;
+    for (int i = 0; i < ST_SLOTS; i++) /* not begun: named again below if still wanted, after this call's piece */
+        if (r->slot[i].state == ST_WANTED) r->slot[i] = (st_slot){.buf = r->slot[i].buf, .state = ST_FREE};
+    const uint64_t since = r->clock + 1;
+    st_slot *cur = name_piece(r, fi, a, b, since);                   /* never NULL: at most one slot is READING */
+    for (uint64_t next = b, k = 1; k < ST_SLOTS && next < t1; k++) { /* the next pieces of the tensor, read ahead */
+        uint64_t a2, b2;
+        piece_at(f, next, t0, t1, &a2, &b2);
+        if (!name_piece(r, fi, a2, b2, since)) break;
+        next = b2;
+    }
+    pthread_cond_broadcast(&r->cv);
+    while (cur->state != ST_READY) pthread_cond_wait(&r->cv, &r->mu);
+    const int e = cur->err;
+    if (e) {
+        *cur = (st_slot){.buf = cur->buf, .state = ST_FREE};
+    } else {
+        cur->state = ST_HELD;
+        r->held = cur;
+    }
+    pthread_mutex_unlock(&r->mu);
+    if (e == ST_SHORT)
+        return lt_fail(err, LT_ERR_IO, "%s: the file ends before byte %llu (was it truncated after it was opened?)",
+                       f->path, (unsigned long long)b);
+    if (e)
+        return lt_fail(err, LT_ERR_IO, "%s: reading bytes [%llu, %llu) failed: %s", f->path, (unsigned long long)a,
+                       (unsigned long long)b, strerror(e));
+    *p = cur->buf + (at - a);
+    *n = (b < at + len ? b : at + len) - at;
+    return LT_OK;
 }
 
 lt_status lt_st_set_open_dir(const char *dir, int use_mmap, lt_st_set **out, lt_error *err) {

@@ -64,11 +64,24 @@ void lt_st_set_release_pages(const lt_st_set *set);
  * so a consumed tensor stops counting in the process's memory; read again from the file if touched).
  * A no-op when t is not in a file mapping (use_mmap 0, or a misaligned tensor's private copy). */
 void lt_st_set_advise(const lt_st_set *set, const lt_st_tensor *t, uint64_t off, uint64_t len, int release);
-/* dst = bytes [off, off + len) of tensor t of the set read from its file with pread(): 1 when done, 0 when
- * t is not in a file mapping (the caller reads t->data), -1 on a read error (errno set). A copy through
- * the kernel first-touches fresh page-cache pages at about half the CPU cost of faulting them into the
- * mapping, and many threads may read at once. */
-int lt_st_set_read(const lt_st_set *set, const lt_st_tensor *t, uint64_t off, uint64_t len, void *dst);
+/* A reader of a set's tensors from their files, front to back (the streamed loader, model/load.c), with one
+ * thread that reads the next pieces of the tensor (8 MiB, 3 buffers: 24 MiB) while the caller converts the
+ * one it has (the pipeline: safetensors.c). direct 1: with O_DIRECT where the file system allows it (the
+ * device writes into the reader's buffer; no page cache filled, copied and dropped); else, and for a
+ * file's last partial block, buffered reads whose pages are dropped after. The set outlives the reader;
+ * one caller thread at a time. Free joins the thread. */
+typedef struct lt_st_reader lt_st_reader;
+#define LT_ST_READ_PIECE ((size_t)8 << 20) /* bytes of one read */
+#define LT_ST_READ_SLOTS 3                 /* buffers: one the caller's, two read ahead */
+lt_status lt_st_reader_create(const lt_st_set *set, int direct, lt_st_reader **out, lt_error *err);
+void lt_st_reader_free(lt_st_reader *r); /* accepts NULL */
+/* *p = bytes [off, off + *n) of tensor t, 1 <= *n <= len (the rest: call again from off + *n), valid until the
+ * next call; the following pieces of t are read meanwhile. LT_OK with *p NULL when t is not in a file mapping
+ * of the set (use_mmap 0, or a misaligned tensor's private copy: read t->data) or len is 0; LT_ERR_IO naming
+ * the file and the bytes on a read error (a file shortened since it was opened: "ends before byte");
+ * LT_ERR_INTERNAL for bytes past the tensor's. */
+lt_status lt_st_reader_get(lt_st_reader *r, const lt_st_tensor *t, uint64_t off, uint64_t len, const void **p,
+                           uint64_t *n, lt_error *err);
 void lt_st_set_close(lt_st_set *set);                                       /* accepts NULL */
 const lt_st_tensor *lt_st_set_find(const lt_st_set *set, const char *name); /* NULL if absent */
 /* The file holding a tensor (for messages), or NULL. */

@@ -6,21 +6,21 @@
  *          lt_model_quantize
  *
  * Every frozen tensor goes from a source to a sink through one small f32 buffer (LT_LOAD_CHUNK floats):
- *   sources  a checkpoint tensor (F32 / F16 / BF16, copied out of its file with pread() a block at a time
- *            and converted; the file's next chunk is requested ahead, the mapping's pages of a consumed
- *            chunk dropped), random
- *            values (lt_model_create_random), or f32 weights already loaded (lt_model_quantize);
+ *   sources  a checkpoint tensor (F32 / F16 / BF16: its file read by formats/safetensors.c's reader, whose
+ *            thread reads the next pieces while this one converts the last; O_DIRECT where the file system
+ *            allows it, so no page cache), random values (lt_model_create_random), or f32 weights already
+ *            loaded (lt_model_quantize);
  *   sinks    f32 backend memory (or the mapped f32 bytes themselves, used in place), the packed bf16
  *            layout (base_dtype LT_BASE_BF16: a block of 16 rows at a time), or a blockwise-quantized
  *            tensor (NF4 / FP4 / int8, + double quantization: whole blocks at a time, the double
  *            quantization once the tensor's absmax values are all in).
- * So the memory of a load is what the model keeps plus one chunk (and, for a quantized tensor, its
- * host codes until they are copied to the backend): a 16 GB bf16 checkpoint quantized to NF4 never
- * exists in f32, and its file pages do not stay resident. The bytes are those of converting the whole
- * tensor first (conversion and packing work element by element; quantization block by block, and
- * formats/quant.c's lt_qtensor_quantize_part gives the whole-tensor bytes): tests/test_stream.c.
+ * So the memory of a load is what the model keeps plus one chunk and the reader's buffers (24 MiB; and,
+ * for a quantized tensor on a backend not in host memory, its host codes until they are copied over): a
+ * 16 GB bf16 checkpoint quantized to NF4 never exists in f32, and its file pages do not stay resident.
+ * The bytes are those of converting the whole tensor first (conversion and packing work element by
+ * element; quantization block by block, and formats/quant.c's lt_qtensor_quantize_part gives the
+ * whole-tensor bytes): tests/test_stream.c.
  */
-#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,9 +32,8 @@
 #include "loratune_experimental.h"
 #include "model/model.h"
 
-#define LT_LOAD_CHUNK ((size_t)1 << 20)    /* floats of the conversion buffer: 4 MiB */
-#define LT_LOAD_AHEAD ((uint64_t)64 << 20) /* bytes of the file requested ahead of the chunk being read */
-#define LT_LOAD_BLOCK 16384                /* elements a thread reads and converts at a time: 64 KiB of f32 */
+#define LT_LOAD_CHUNK ((size_t)1 << 20) /* floats of the conversion buffer: 4 MiB */
+#define LT_LOAD_BLOCK 16384             /* elements a thread converts at a time: 64 KiB of f32 */
 
 /* ---- owned backend memory ----------------------------------------------------------------------- */
 
@@ -100,10 +99,11 @@ typedef struct loader {
     const lt_model_params *p;
     float *buf; /* conversion buffer, cap floats */
     size_t cap, chunk;
-    uint64_t seed;   /* random models */
-    float init_std;  /* random models; 0: a checkpoint */
-    uint64_t n_rand; /* random tensors so far (each gets its own stream) */
-    int in_place;    /* f32 tensors used from the mapping (the files stay open) */
+    uint64_t seed;    /* random models */
+    float init_std;   /* random models; 0: a checkpoint */
+    uint64_t n_rand;  /* random tensors so far (each gets its own stream) */
+    int in_place;     /* f32 tensors used from the mapping (the files stay open) */
+    lt_st_reader *rd; /* a checkpoint's files, read ahead (made at the first read, freed before they close) */
 } loader;
 
 /* the buffer holds at least n floats */
@@ -146,11 +146,11 @@ static void random_values(float *dst, uint64_t seed, const wsrc *s, int64_t i0, 
     }
 }
 
-/* dst (n) = elements [i0, i0 + n) of the source as f32. A checkpoint tensor's pages of those elements
- * are dropped afterwards and the next LT_LOAD_AHEAD bytes requested; with m->check_finite its values
- * are checked for NaN / Inf block by block as they are converted, while in cache (no second pass over
- * the weights): LT_ERR_NUMERIC naming the tensor and the first such element. The other sources are
- * finite by construction (random) or were checked when loaded (a loaded model's f32 weights). */
+/* dst (n) = elements [i0, i0 + n) of the source as f32. A checkpoint tensor's values, with m->check_finite,
+ * are checked for NaN / Inf block by block as they are converted, while in cache (no second pass over the
+ * weights): LT_ERR_NUMERIC naming the tensor and the first such element; a read error: LT_ERR_IO naming
+ * the tensor and its file. The other sources are finite by construction (random) or were checked when
+ * loaded (a loaded model's f32 weights). */
 static lt_status src_read(loader *ld, const wsrc *s, float *dst, int64_t i0, int64_t n, lt_error *err) {
     lt_model *m = ld->m;
     if (s->host) {
@@ -160,39 +160,40 @@ static lt_status src_read(loader *ld, const wsrc *s, float *dst, int64_t i0, int
     } else if (!s->t) {
         random_values(dst, ld->seed, s, s->off + i0, n);
     } else {
+        /* The file's bytes come from the reader (formats/safetensors.c: its thread reads the next pieces
+         * of the tensor while these are converted, here by the OpenMP team), a piece at a time. */
         const size_t es = lt_dtype_size(s->t->dtype);
-        const uint64_t b0 = (uint64_t)(s->off + i0) * es, nb = (uint64_t)n * es;
-        const unsigned char *p = (const unsigned char *)s->t->data + b0;
-        lt_st_set_advise(m->st, s->t, b0 + nb, LT_LOAD_AHEAD, 0);
+        const uint64_t b0 = (uint64_t)(s->off + i0) * es;
         const int check = m->check_finite;
-        /* Two threads, each copying its blocks out of the file with pread() into a small staging area (hot
-         * in L1/L2) and converting them from there: the kernel's copy first-touches the fresh page-cache pages
-         * at about half the CPU cost of faulting them into the mapping. A tensor that is not in a mapping (a
-         * private copy) is converted from memory. */
+        lt_status st = ld->rd ? LT_OK : lt_st_reader_create(m->st, 1, &ld->rd, err);
         int64_t bad = n; /* the first non-finite element of the chunk */
-        int ioerr = 0;   /* errno of a failed read */
-#pragma omp parallel for schedule(static) reduction(min : bad) reduction(max : ioerr) if (n > 65536)
-        for (int64_t k = 0; k < n; k += LT_LOAD_BLOCK) {
-            const int64_t e = k + LT_LOAD_BLOCK < n ? k + LT_LOAD_BLOCK : n;
-            _Alignas(64) unsigned char stage[LT_LOAD_BLOCK * 4]; /* es <= 4 */
-            const unsigned char *src = p + (size_t)k * es;
-            const int r = lt_st_set_read(m->st, s->t, b0 + (uint64_t)k * es, (uint64_t)(e - k) * es, stage);
-            if (r < 0) {
-                ioerr = errno ? errno : EIO;
-                continue;
+        for (int64_t k0 = 0; st == LT_OK && k0 < n && bad == n;) {
+            const void *piece;
+            uint64_t got;
+            if ((st = lt_st_reader_get(ld->rd, s->t, b0 + (uint64_t)k0 * es, (uint64_t)(n - k0) * es, &piece, &got,
+                                       err)) != LT_OK)
+                break;
+            if (!piece) { /* not in a file: a private copy in memory */
+                piece = (const unsigned char *)s->t->data + b0 + (uint64_t)k0 * es;
+                got = (uint64_t)(n - k0) * es;
             }
-            if (r > 0) src = stage;
-            if (!check) {
-                lt_convert_to_f32(dst + k, src, s->t->dtype, (size_t)(e - k));
-                continue;
+            const unsigned char *src = piece;
+            float *out = dst + k0;
+            const int64_t cnt = (int64_t)(got / es);
+#pragma omp parallel for schedule(static) reduction(min : bad) if (cnt > 65536)
+            for (int64_t k = 0; k < cnt; k += LT_LOAD_BLOCK) {
+                const int64_t e = k + LT_LOAD_BLOCK < cnt ? k + LT_LOAD_BLOCK : cnt;
+                if (!check) {
+                    lt_convert_to_f32(out + k, src + (size_t)k * es, s->t->dtype, (size_t)(e - k));
+                    continue;
+                }
+                const int64_t b =
+                    (int64_t)lt_convert_to_f32_finite(out + k, src + (size_t)k * es, s->t->dtype, (size_t)(e - k));
+                if (b < e - k && k0 + k + b < bad) bad = k0 + k + b;
             }
-            const int64_t b = (int64_t)lt_convert_to_f32_finite(dst + k, src, s->t->dtype, (size_t)(e - k));
-            if (b < e - k && k + b < bad) bad = k + b;
+            k0 += cnt;
         }
-        lt_st_set_advise(m->st, s->t, b0, nb, 1);
-        if (ioerr)
-            return lt_fail(err, LT_ERR_IO, "%s: tensor \"%s\": reading its file failed: %s", m->dir, s->t->name,
-                           strerror(ioerr));
+        if (st != LT_OK) return lt_fail_prefix(err, "%s: tensor \"%s\"", m->dir, s->t->name);
         if (bad < n) return nonfinite_weight(m, s->t->name, s->off + i0 + bad, dst[bad], err);
     }
     return LT_OK;
@@ -877,6 +878,8 @@ static lt_status load_all(loader *ld, lt_error *err) {
         st = lt_fail(err, LT_ERR_NOMEM, "out of memory");
     for (int l = 0; st == LT_OK && l < c->num_hidden_layers; l++) st = load_layer(ld, l, err);
     if (st == LT_OK) st = load_rope(m, err);
+    lt_st_reader_free(ld->rd);
+    ld->rd = NULL;
     if (st == LT_OK && m->st && !ld->in_place) { /* nothing points into the files any more */
         lt_st_set_close(m->st);
         m->st = NULL;
@@ -959,6 +962,7 @@ static lt_status model_create(lt_context *ctx, const char *fn, const char *dir, 
     }
     if (st == LT_OK) st = load_all(&ld, err);
     free(ld.buf);
+    lt_st_reader_free(ld.rd); /* load_all's early returns */
     if (st != LT_OK) {
         lt_model_free(m);
         return st;
