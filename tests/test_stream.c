@@ -22,7 +22,13 @@
  *     as mapped, buffered and with O_DIRECT, tensors starting and ending off the 4096-byte blocks, read
  *     in steps smaller and larger than its pieces, from the middle, two tensors in turn; a file cut short
  *     while it is read ahead gives LT_ERR_IO naming the file.
+ * (g) A read error in the middle of a whole lt_model_load (the device fails, the file is intact): LT_ERR_IO
+ *     naming the file, the tensor and the error, no model, nothing leaked (ASan), the reader's thread joined.
+ *     The error comes from pread, wrapped in this executable alone (-Wl,--wrap=pread,--wrap=pread64:
+ *     tests/CMakeLists.txt), which fails every read of a chosen file past a chosen byte.
  */
+#include <sys/stat.h>
+
 #include "core/context.h"
 #include "decoder/decoder.h"
 #include "formats/quant.h"
@@ -31,6 +37,33 @@
 #include "test_util.h"
 
 #define MODELS LT_TEST_DATA_DIR "/models"
+
+/* (g)'s fault: reads of the file whose path ends with `name` that reach byte `from` fail with EIO. Check
+ * runs each test in its own process, so a fault armed by one test stays in it. */
+static struct {
+    char name[64];
+    uint64_t from;
+    int hits;
+} fault;
+ssize_t __real_pread(int fd, void *buf, size_t n, off_t off);
+ssize_t __real_pread64(int fd, void *buf, size_t n, off_t off);
+static int read_fails(int fd, size_t n, off_t off) {
+    if (!fault.name[0] || (uint64_t)off + n <= fault.from) return 0;
+    char link[64], path[4096];
+    snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+    const ssize_t k = readlink(link, path, sizeof path - 1);
+    const size_t len = strlen(fault.name);
+    if (k < (ssize_t)len || memcmp(path + k - len, fault.name, len)) return 0;
+    __atomic_add_fetch(&fault.hits, 1, __ATOMIC_RELAXED); /* the reader's thread reads too */
+    errno = EIO;
+    return 1;
+}
+ssize_t __wrap_pread(int fd, void *buf, size_t n, off_t off) {
+    return read_fails(fd, n, off) ? -1 : __real_pread(fd, buf, n, off);
+}
+ssize_t __wrap_pread64(int fd, void *buf, size_t n, off_t off) {
+    return read_fails(fd, n, off) ? -1 : __real_pread64(fd, buf, n, off);
+}
 #define SMALL_CHUNK 1000
 
 static lt_model *load_ex(lt_context *ctx, const char *dir, size_t chunk, lt_quant_format q, int dq, int base_dtype,
@@ -475,6 +508,52 @@ START_TEST(test_reader) {
 }
 END_TEST
 
+/* ---- (g) a read error in a whole load ------------------------------------------------------------------ */
+
+START_TEST(test_read_error_in_load) {
+    char tmp[64], dir[256], cmd[1024], src[512];
+    tu_tempdir(tmp, sizeof tmp);
+    snprintf(src, sizeof src, "%s/llama-basic", MODELS);
+    snprintf(dir, sizeof dir, "%s/eio", tmp);
+    write_broken(dir, NULL, LT_DT_F32, 0, NULL, NULL); /* shards of 200 KB, nothing broken */
+    /* the last shard (late layers: earlier ones were loaded and quantized) fails past its middle */
+    snprintf(cmd, sizeof cmd, "ls %s/model-*.safetensors | tail -1", dir);
+    FILE *ls = popen(cmd, "r");
+    char shard[512] = "";
+    ck_assert_ptr_nonnull(fgets(shard, sizeof shard, ls));
+    pclose(ls);
+    shard[strcspn(shard, "\n")] = 0;
+    struct stat sb;
+    ck_assert_int_eq(stat(shard, &sb), 0);
+    const char *base = strrchr(shard, '/') + 1;
+    snprintf(fault.name, sizeof fault.name, "/%s", base);
+    fault.from = (uint64_t)sb.st_size / 2;
+    lt_context *ctx = tu_context();
+    for (int pass = 0; pass < 2; pass++) { /* NF4 computed in f32, then in bf16; the default and a small chunk */
+        lt_model_params mp;
+        lt_model_params_init(&mp, sizeof mp);
+        mp.quantization = LT_QUANT_NF4;
+        mp.base_dtype = pass ? LT_BASE_BF16 : LT_BASE_F32;
+        lt_model *m = (lt_model *)&mp; /* must be reset to NULL */
+        fault.hits = 0;
+        const lt_status st = lt_model_load_chunked(ctx, dir, &mp, pass ? SMALL_CHUNK : 0, &m);
+        ck_assert_msg(st == LT_ERR_IO, "a read error: status %d (%s)", st, lt_last_error());
+        ck_assert_ptr_null(m);
+        ck_assert_int_gt(fault.hits, 0);
+        const char *msg = lt_last_error();
+        ck_assert_msg(strstr(msg, base) && strstr(msg, "tensor \"") && strstr(msg, strerror(EIO)),
+                      "message \"%s\" does not name the file, the tensor and the error", msg);
+    }
+    /* disarmed, the same directory loads: the failure was the read's */
+    fault.name[0] = 0;
+    lt_model *m = load_ex(ctx, dir, 0, LT_QUANT_NF4, 1, LT_BASE_BF16, 1);
+    lt_model_free(m);
+    lt_context_free(ctx);
+    snprintf(cmd, sizeof cmd, "rm -rf %s", tmp);
+    ck_assert_int_eq(system(cmd), 0);
+}
+END_TEST
+
 /* ---- (d) random models ------------------------------------------------------------------------------ */
 
 START_TEST(test_random_models) {
@@ -621,6 +700,7 @@ static Suite *stream_suite(void) {
     tcase_add_test(a, test_load_memory);
     tcase_add_test(a, test_random_models);
     tcase_add_test(a, test_reader);
+    tcase_add_test(a, test_read_error_in_load);
     suite_add_tcase(s, a);
     TCase *b = tcase_create("budget");
     tcase_set_timeout(b, 600);
