@@ -360,11 +360,12 @@ static void quantize_int8(const float *x, int64_t n, int bs, int8_t *data, float
     }
 }
 
-lt_status lt_qtensor_quantize_part(lt_qtensor *q, const float *x, int64_t i0, int64_t n, float *absmax, lt_error *err) {
+lt_status lt_qtensor_quantize_part(lt_qtensor *q, const float *x, int64_t i0, int64_t n, int finite, float *absmax,
+                                   lt_error *err) {
     if (i0 < 0 || n < 0 || i0 % q->blocksize || i0 + n > q->numel || (i0 + n < q->numel && n % q->blocksize))
         return lt_fail(err, LT_ERR_INTERNAL, "quantize: part [%lld, %lld) of %lld values does not cut whole blocks",
                        (long long)i0, (long long)(i0 + n), (long long)q->numel);
-    const int64_t bad = (int64_t)lt_first_nonfinite(x, (size_t)n);
+    const int64_t bad = finite ? n : (int64_t)lt_first_nonfinite(x, (size_t)n);
     if (bad < n)
         return lt_fail(err, LT_ERR_NUMERIC, "quantize: element %lld is %s; only finite values can be quantized",
                        (long long)(i0 + bad), isnan(x[bad]) ? "NaN" : "infinite");
@@ -391,7 +392,7 @@ lt_status lt_qtensor_quantize_ex(const float *x, const int64_t *shape, int ndim,
     if (st != LT_OK) return st;
     float *am = q->double_quant ? malloc((size_t)q->n_blocks * sizeof(float)) : q->absmax;
     if (!am) st = lt_fail(err, LT_ERR_NOMEM, "quantize: out of memory");
-    if (st == LT_OK) st = lt_qtensor_quantize_part(q, x, 0, q->numel, am, err);
+    if (st == LT_OK) st = lt_qtensor_quantize_part(q, x, 0, q->numel, 0, am, err);
     if (st == LT_OK) lt_qtensor_quantize_finish(q, am, forced_offset);
     if (q->double_quant) free(am);
     if (st != LT_OK) {

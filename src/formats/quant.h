@@ -58,8 +58,11 @@ lt_status lt_qtensor_quantize_ex(const float *x, const int64_t *shape, int ndim,
  * [i0 / blocksize, ...): q->absmax without double quantization (int8: always q->absmax), else a
  * caller's array of q->n_blocks floats, which lt_qtensor_quantize_finish then double-quantizes once
  * every part is in (it overwrites it). The bytes equal lt_qtensor_quantize_ex's for the whole tensor.
+ * finite 1: the caller has checked x (the loader, as it converted it): not read a second time, serially;
+ * 0: a NaN or Inf gives LT_ERR_NUMERIC naming the element.
  */
-lt_status lt_qtensor_quantize_part(lt_qtensor *q, const float *x, int64_t i0, int64_t n, float *absmax, lt_error *err);
+lt_status lt_qtensor_quantize_part(lt_qtensor *q, const float *x, int64_t i0, int64_t n, int finite, float *absmax,
+                                   lt_error *err);
 void lt_qtensor_quantize_finish(lt_qtensor *q, float *absmax, const float *forced_offset);
 
 /* *q = the shape, format and block counts of a tensor, with no parts (all NULL): the caller points

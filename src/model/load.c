@@ -201,6 +201,11 @@ static lt_status src_read(loader *ld, const wsrc *s, float *dst, int64_t i0, int
 
 /* ---- sinks -------------------------------------------------------------------------------------- */
 
+/* 1 if what src_read gives is known to be finite: a checkpoint's values checked as they were converted
+ * (m->check_finite), or random values; a loaded model's weights (host, dev) are checked again by whoever
+ * needs them finite (the quantizer), as their model may have skipped the check. */
+static int src_finite(const lt_model *m, const wsrc *s) { return s->t ? m->check_finite : !s->host && !s->dev; }
+
 /* *out = n f32 values of the source in backend memory: the mapped bytes themselves when the backend
  * shares host memory, the tensor is f32 and aligned and use_mmap allows it; else a converted copy. */
 static lt_status sink_f32(loader *ld, const wsrc *s, int64_t n, const char *name, float **out, lt_error *err) {
@@ -364,7 +369,7 @@ static lt_status sink_quant(loader *ld, const wsrc *s, int out, int in, const ch
             named = 1; /* a non-finite weight: the message names the checkpoint tensor */
             break;
         }
-        st = lt_qtensor_quantize_part(q, ld->buf, i0, k, am, err);
+        st = lt_qtensor_quantize_part(q, ld->buf, i0, k, src_finite(m, s), am, err);
     }
     if (st == LT_OK) {
         lt_qtensor_quantize_finish(q, am, NULL);
