@@ -19,6 +19,7 @@
  * 0 unless the application chose another); LT_CUDA_SYNC=1 synchronises after every op (errors are
  * then reported against the op that caused them); LT_CUDA_DEBUG=1 prints recorded errors.
  */
+#include <dlfcn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -54,12 +55,13 @@ static void cuda_release(lt_cuda_impl *im) {
     if (im->ws) cudaFree(im->ws);
     if (im->red) cudaFree(im->red);
     if (im->flag) cudaFree(im->flag);
-    if (im->cublas) cublasDestroy(im->cublas);
+    if (im->cublas) im->blas.destroy(im->cublas);
     if (im->stream) cudaStreamDestroy(im->stream);
     if (im->pool) cudaMemPoolDestroy(im->pool);
     cudaGetLastError();
     if (prev >= 0 && prev != im->device) cudaSetDevice(prev);
     lt_cuda_errors_release(im);
+    if (im->blas.lib) dlclose(im->blas.lib);
     pthread_mutex_destroy(&im->lock);
     free(im);
 }
@@ -246,6 +248,59 @@ static const lt_backend_ops cuda_ops = {
     .run_groups = cuda_run_groups,
 };
 
+/* *api = cuBLAS's functions (lt_cublas_api): LT_CUBLAS_SONAME (libcublas.so.<the toolkit's major version>) opened and
+ * each resolved by its exported name (the cublas_v2.h spelling expanded: cublasCreate is cublasCreate_v2), or, where
+ * cuBLAS is linked in (the CUDA emulation's cublas_v2.h defines LT_CUBLAS_LINKED), their addresses. 0, or -1 with msg
+ * naming what is missing. A process that already holds it (a host such as PyTorch) gets that copy. */
+// clang-format off
+#define CUBLAS_FUNCTIONS(X)                                                                              \
+    X(create, cublasCreate) X(destroy, cublasDestroy) X(set_stream, cublasSetStream)                     \
+    X(set_math_mode, cublasSetMathMode) X(set_pointer_mode, cublasSetPointerMode)                        \
+    X(status_string, cublasGetStatusString) X(sgemm, cublasSgemm) X(gemm_ex, cublasGemmEx)
+// clang-format on
+#define CUBLAS_TYPE_CHECK(m, f) /* lt_cublas_api's hand-written types are the header's */ \
+    _Static_assert(__builtin_types_compatible_p(__typeof__(&f), __typeof__(((lt_cublas_api *)0)->m)), #f);
+CUBLAS_FUNCTIONS(CUBLAS_TYPE_CHECK)
+#undef CUBLAS_TYPE_CHECK
+#define CUBLAS_NAME(f) #f
+#define CUBLAS_SYMBOL(f) CUBLAS_NAME(f) /* expands cublas_v2.h's macros first */
+static int cublas_open(lt_cublas_api *api, char *msg, size_t cap) {
+#ifdef LT_CUBLAS_LINKED
+    (void)msg;
+    (void)cap;
+    api->lib = NULL;
+#define CUBLAS_TAKE(m, f) api->m = f;
+    CUBLAS_FUNCTIONS(CUBLAS_TAKE)
+#undef CUBLAS_TAKE
+    return 0;
+#else
+    api->lib = dlopen(LT_CUBLAS_SONAME, RTLD_NOW | RTLD_LOCAL);
+    if (!api->lib) /* the toolkit the library was built with, where the loader's path does not name it */
+        api->lib = dlopen(LT_CUDA_LIBDIR "/" LT_CUBLAS_SONAME, RTLD_NOW | RTLD_LOCAL);
+    if (!api->lib) {
+        snprintf(msg, cap, "cannot open %s (cuBLAS): %s", LT_CUBLAS_SONAME, dlerror());
+        return -1;
+    }
+#define CUBLAS_RESOLVE(m, f)                                                                     \
+    if (!(*(void **)&api->m = dlsym(api->lib, CUBLAS_SYMBOL(f)))) {                              \
+        snprintf(msg, cap, "%s has no %s (cuBLAS too old)", LT_CUBLAS_SONAME, CUBLAS_SYMBOL(f)); \
+        dlclose(api->lib);                                                                       \
+        api->lib = NULL;                                                                         \
+        return -1;                                                                               \
+    }
+    CUBLAS_FUNCTIONS(CUBLAS_RESOLVE)
+#undef CUBLAS_RESOLVE
+    return 0;
+#endif
+}
+
+int lt_cuda_cublas_probe(char *msg, size_t cap) {
+    lt_cublas_api api;
+    if (cublas_open(&api, msg, cap) != 0) return -1;
+    if (api.lib) dlclose(api.lib);
+    return 0;
+}
+
 static lt_status create_fail(lt_cuda_impl *im, lt_backend *be, char *err, size_t errlen, const char *what,
                              cudaError_t e) {
     if (err && errlen)
@@ -328,15 +383,17 @@ static lt_status cuda_create(int n_threads, lt_backend **out, char *err, size_t 
         if ((e = cudaMemPoolSetAttribute(im->pool, cudaMemPoolAttrReleaseThreshold, &keep)) != cudaSuccess)
             return create_fail(im, be, err, errlen, "cudaMemPoolSetAttribute", e);
     }
-    cublasStatus_t cs = cublasCreate(&im->cublas);
+    char msg[300];
+    if (cublas_open(&im->blas, msg, sizeof msg) != 0) return create_fail(im, be, err, errlen, msg, cudaSuccess);
+    cublasStatus_t cs = im->blas.create(&im->cublas);
     if (cs != CUBLAS_STATUS_SUCCESS) {
         im->cublas = NULL;
         return create_fail(im, be, err, errlen, "cublasCreate failed", cudaSuccess);
     }
     /* plain fp32 (no TF32) so that results agree with the CPU oracle */
-    if (cublasSetStream(im->cublas, im->stream) != CUBLAS_STATUS_SUCCESS ||
-        cublasSetMathMode(im->cublas, CUBLAS_DEFAULT_MATH) != CUBLAS_STATUS_SUCCESS ||
-        cublasSetPointerMode(im->cublas, CUBLAS_POINTER_MODE_HOST) != CUBLAS_STATUS_SUCCESS)
+    if (im->blas.set_stream(im->cublas, im->stream) != CUBLAS_STATUS_SUCCESS ||
+        im->blas.set_math_mode(im->cublas, CUBLAS_DEFAULT_MATH) != CUBLAS_STATUS_SUCCESS ||
+        im->blas.set_pointer_mode(im->cublas, CUBLAS_POINTER_MODE_HOST) != CUBLAS_STATUS_SUCCESS)
         return create_fail(im, be, err, errlen, "cuBLAS setup failed", cudaSuccess);
     if ((e = cudaMalloc((void **)&im->ws, LT_CUDA_WS_FLOATS * sizeof(float))) != cudaSuccess ||
         (e = cudaMalloc((void **)&im->red, (LT_CUDA_RED_BLOCKS + 1) * sizeof(double))) != cudaSuccess ||

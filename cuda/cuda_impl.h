@@ -56,6 +56,27 @@ typedef struct lt_cuda_errslot {
     struct lt_cuda_errslot *next;
 } lt_cuda_errslot;
 
+/* cuBLAS, opened when a CUDA backend is created (cuda_backend.c: dlopen of libcublas.so.13), not linked: loading
+ * libcublas and the libcublasLt it needs costs about 150 MiB of resident memory, which every process of a
+ * CUDA-enabled build would pay, also one that never makes a CUDA backend (a CPU-only machine). The types are
+ * cublas_v2.h's (checked against it where they are filled: C++ overloads cublasGemmEx, so no __typeof__ here). */
+typedef struct lt_cublas_api {
+    void *lib; /* the dlopen handle; NULL where cuBLAS is linked in (the CUDA emulation) */
+    cublasStatus_t (*create)(cublasHandle_t *handle);
+    cublasStatus_t (*destroy)(cublasHandle_t handle);
+    cublasStatus_t (*set_stream)(cublasHandle_t handle, cudaStream_t stream);
+    cublasStatus_t (*set_math_mode)(cublasHandle_t handle, cublasMath_t mode);
+    cublasStatus_t (*set_pointer_mode)(cublasHandle_t handle, cublasPointerMode_t mode);
+    const char *(*status_string)(cublasStatus_t status);
+    cublasStatus_t (*sgemm)(cublasHandle_t handle, cublasOperation_t transa, cublasOperation_t transb, int m, int n,
+                            int k, const float *alpha, const float *A, int lda, const float *B, int ldb,
+                            const float *beta, float *C, int ldc);
+    cublasStatus_t (*gemm_ex)(cublasHandle_t handle, cublasOperation_t transa, cublasOperation_t transb, int m, int n,
+                              int k, const void *alpha, const void *A, cudaDataType Atype, int lda, const void *B,
+                              cudaDataType Btype, int ldb, const void *beta, void *C, cudaDataType Ctype, int ldc,
+                              cublasComputeType_t computeType, cublasGemmAlgo_t algo);
+} lt_cublas_api;
+
 typedef struct lt_cuda_impl {
     int device;
     int sm_count;
@@ -65,6 +86,7 @@ typedef struct lt_cuda_impl {
     int debug_print;   /* LT_CUDA_DEBUG=1: print recorded errors to stderr */
     cudaStream_t stream;
     cudaMemPool_t pool; /* use_pool: the backend's own (release threshold: keep everything) */
+    lt_cublas_api blas; /* the functions; blas.lib closed with the backend */
     cublasHandle_t cublas;
     float *ws;             /* LT_CUDA_WS_FLOATS floats */
     double *red;           /* LT_CUDA_RED_BLOCKS + 1 doubles */

@@ -40,12 +40,13 @@ extern "C" void lt_cuda_gemm(lt_backend *be, int transA, int transB, int M, int 
         return;
     }
     lt_cuda_lock(be); /* a cuBLAS handle is not for concurrent use */
-    cublasStatus_t st = cublasSgemm(im->cublas, transB ? CUBLAS_OP_T : CUBLAS_OP_N, transA ? CUBLAS_OP_T : CUBLAS_OP_N,
-                                    N, M, K, &alpha, B, ldb, A, lda, &beta, C, ldc);
+    cublasStatus_t st =
+        im->blas.sgemm(im->cublas, transB ? CUBLAS_OP_T : CUBLAS_OP_N, transA ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K,
+                       &alpha, B, ldb, A, lda, &beta, C, ldc);
     lt_cuda_unlock(be);
     if (st != CUBLAS_STATUS_SUCCESS) {
         char msg[96];
-        snprintf(msg, sizeof msg, "gemm: cublasSgemm failed (%s)", cublasGetStatusString(st));
+        snprintf(msg, sizeof msg, "gemm: cublasSgemm failed (%s)", im->blas.status_string(st));
         lt_cuda_record(be, LT_ERR_BACKEND, msg, 0);
     }
     lt_cuda_check(be, "gemm");

@@ -102,16 +102,16 @@ static void bf16_gemm(lt_backend *be, int bwd, float *C, int ldc, const float *A
         bf16_round_kernel<<<lt_grid_1d(n, 256), 256, 0, im->stream>>>(ab, A + (size_t)r0 * lda, (size_t)rows, K, lda);
         cublasStatus_t st;
         if (!bwd) /* y (rows,out) = x W^T: column-major y^T (out,rows) = W (out,in) x^T */
-            st = cublasGemmEx(im->cublas, CUBLAS_OP_T, CUBLAS_OP_N, out, rows, in, &alpha, Wp, CUDA_R_16BF, in, ab,
-                              CUDA_R_16BF, in, &beta, C + (size_t)r0 * ldc, CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F,
-                              CUBLAS_GEMM_DEFAULT);
+            st = im->blas.gemm_ex(im->cublas, CUBLAS_OP_T, CUBLAS_OP_N, out, rows, in, &alpha, Wp, CUDA_R_16BF, in, ab,
+                                  CUDA_R_16BF, in, &beta, C + (size_t)r0 * ldc, CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F,
+                                  CUBLAS_GEMM_DEFAULT);
         else /* dx (rows,in) = dy W: column-major dx^T (in,rows) = W^T (in,out) dy^T */
-            st = cublasGemmEx(im->cublas, CUBLAS_OP_N, CUBLAS_OP_N, in, rows, out, &alpha, Wp, CUDA_R_16BF, in, ab,
-                              CUDA_R_16BF, out, &beta, C + (size_t)r0 * ldc, CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F,
-                              CUBLAS_GEMM_DEFAULT);
+            st = im->blas.gemm_ex(im->cublas, CUBLAS_OP_N, CUBLAS_OP_N, in, rows, out, &alpha, Wp, CUDA_R_16BF, in, ab,
+                                  CUDA_R_16BF, out, &beta, C + (size_t)r0 * ldc, CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F,
+                                  CUBLAS_GEMM_DEFAULT);
         if (st != CUBLAS_STATUS_SUCCESS) {
             char msg[96];
-            snprintf(msg, sizeof msg, "gemm_bf16: cublasGemmEx failed (%s)", cublasGetStatusString(st));
+            snprintf(msg, sizeof msg, "gemm_bf16: cublasGemmEx failed (%s)", im->blas.status_string(st));
             lt_cuda_record(be, LT_ERR_BACKEND, msg, 0);
             break;
         }

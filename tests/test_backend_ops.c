@@ -3308,6 +3308,35 @@ END_TEST
 
 /* ---- suite ------------------------------------------------------------------------------------------------------ */
 
+#ifndef LT_TEST_CUDA_EMU
+#ifdef LT_TEST_HAVE_CUDA
+#include "cuda/cuda_backend.h"
+#endif
+/* cuBLAS is opened when a CUDA backend is made, not when the library is loaded: a process of a CUDA-enabled
+ * build that only uses the CPU backend does not map libcublas (with the libcublasLt it loads: about 150 MiB
+ * resident); in a CUDA build, the probe resolves every cuBLAS function the backend calls (their exported
+ * names: cublasCreate_v2 ...) from the toolkit's libcublas, no device needed. Linked as before, libcublas is
+ * in the map and this fails. */
+START_TEST(test_cublas_on_demand) {
+    lt_backend *be = NULL;
+    char err[256] = "";
+    ck_assert_msg(lt_backend_create("cpu", 1, &be, err, sizeof err) == LT_OK, "%s", err);
+    be->ops->destroy(be);
+    FILE *maps = fopen("/proc/self/maps", "r");
+    ck_assert_ptr_nonnull(maps);
+    char line[1024];
+    int mapped = 0;
+    while (fgets(line, sizeof line, maps)) mapped |= strstr(line, "libcublas") != NULL;
+    fclose(maps);
+    ck_assert_msg(!mapped, "libcublas is mapped in a process that made no CUDA backend");
+#ifdef LT_TEST_HAVE_CUDA
+    char msg[300] = "";
+    ck_assert_msg(lt_cuda_cublas_probe(msg, sizeof msg) == 0, "%s", msg);
+#endif
+}
+END_TEST
+#endif
+
 static Suite *backend_ops_suite(void) {
     Suite *s = suite_create("backend_ops");
     TCase *ops = tcase_create("every_backend_vs_reference");
@@ -3378,6 +3407,9 @@ static Suite *backend_ops_suite(void) {
     tcase_add_test(ref, test_fd_swiglu);
     tcase_add_test(ref, test_fd_cross_entropy);
     tcase_add_test(ref, test_every_slot_has_a_case);
+#ifndef LT_TEST_CUDA_EMU
+    tcase_add_test(ref, test_cublas_on_demand);
+#endif
     suite_add_tcase(s, ref);
 #ifdef LT_TEST_CUDA_EMU
     TCase *fault = tcase_create("device_faults");

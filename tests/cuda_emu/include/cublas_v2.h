@@ -8,6 +8,7 @@
  */
 #ifndef LT_CUDA_EMU_CUBLAS_H
 #define LT_CUDA_EMU_CUBLAS_H
+#define LT_CUBLAS_LINKED 1 /* the backend takes these functions' addresses (no dlopen of libcublas: cuda/cuda_backend.c) */
 
 #include "cuda_runtime.h"
 
