@@ -890,7 +890,7 @@ START_TEST(test_gptoss_full_finetune_layout) {
     ck_assert_int_eq(n_expert_bias, 2 * L);
     ck_assert_int_eq(total, m->n_params);
     /* 8-bit AdamW keeps one state per torch parameter of layer 0's MLP: its size, 8-bit from 4096 elements
-     * (bitsandbytes' min_8bit_size) (the order of the experts' elements inside is ours: docs/spec/gpt_oss.md) */
+     * (bitsandbytes' min_8bit_size) (their order, torch's, is test_gptoss_adamw8bit_full's) */
     int32_t ids[2 * 8];
     lt_batch b;
     id_batch(&b, ids, 2, 8, (int)m->cfg.vocab_size);
