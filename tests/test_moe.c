@@ -743,6 +743,119 @@ START_TEST(test_moe_full_finetune_layout) {
 }
 END_TEST
 
+/* ---- 8-bit AdamW in bitsandbytes' blocks: tests/python/make_moe_models.py (optim8_goldens) steps each torch
+ * parameter (PEFT's lora_A / lora_B of the experts, gpt-oss's fused gate_up_proj (E, H, 2I) and down_proj
+ * (E, I, H) and their biases) with its float32 reference of bitsandbytes' kernel over the parameter's
+ * flattened storage. We load the same start, take each step's gradient saved as that start is saved (a PEFT
+ * adapter, a model directory: read into our layout by the loaders), step, and must land on the saved result
+ * bit for bit (tolerance 0, as the dense goldens of test_optim8.c): each 256-block holds bitsandbytes'
+ * elements only when our state runs in torch's order. */
+#define OPTIM8_STEPS 3 /* make_moe_models.py OPTIM8_STEPS: lr 2e-3, betas (0.9, 0.999), eps 1e-8, decay 0.01 */
+
+/* the trainable values of directory dir read into our layout: a PEFT adapter, or (full) a model directory
+ * as a full fine-tuning takes it; n floats into host */
+static void optim8_read(lt_context *ctx, lt_model *m, const char *dir, int full, float *host, size_t n) {
+    lt_model *gm = m;
+    lt_adapter *ga = NULL;
+    if (full) {
+        ck_assert_msg(lt_model_load(ctx, dir, NULL, &gm) == LT_OK, "%s: %s", dir, lt_last_error());
+        lt_adapter_params ap;
+        lt_adapter_params_init(&ap, sizeof ap);
+        ap.full_finetune = 1;
+        ck_assert_msg(lt_adapter_create(gm, &ap, &ga) == LT_OK, "%s", lt_last_error());
+    } else {
+        ck_assert_msg(lt_adapter_load(m, dir, &ga) == LT_OK, "%s: %s", dir, lt_last_error());
+    }
+    ck_assert_uint_eq(ga->n_params, n);
+    gm->be->ops->download(gm->be, host, ga->params, n * sizeof(float));
+    lt_adapter_free(ga);
+    if (gm != m) lt_model_free(gm);
+}
+
+static void optim8_case(const char *model, int full) {
+    char dir[1024], sub[1400];
+    lt_context *ctx = tu_context();
+    lt_model *m = load_model(ctx, model, dir, sizeof dir);
+    lt_adapter *a = NULL;
+    if (full) {
+        lt_adapter_params ap;
+        lt_adapter_params_init(&ap, sizeof ap);
+        ap.full_finetune = 1;
+        ck_assert_msg(lt_adapter_create(m, &ap, &a) == LT_OK, "%s", lt_last_error());
+    } else {
+        snprintf(sub, sizeof sub, "%s/optim8/lora/p0", dir);
+        ck_assert_msg(lt_adapter_load(m, sub, &a) == LT_OK, "%s: %s", sub, lt_last_error());
+        ck_assert(a->p.targets & LT_TARGET_EXPERTS);
+    }
+    lt_optimizer_params op;
+    lt_optimizer_params_init(&op, sizeof op);
+    op.kind = LT_OPT_ADAMW8BIT;
+    op.lr = 2e-3f;
+    op.weight_decay = 0.01f;
+    op.max_grad_norm = 0;
+    lt_optimizer *o = NULL;
+    ck_assert_int_eq(lt_optimizer_create(a, &op, &o), LT_OK);
+    int n_torch_order = 0; /* the case must have 8-bit tensors whose order is not ours */
+    for (int i = 0; i < o->n_all; i++) n_torch_order += o->all[i].q8 && o->all[i].order.nd > 0;
+    ck_assert_int_gt(n_torch_order, 0);
+    const size_t n = a->n_params;
+    float *host = malloc(n * sizeof *host), *want = malloc(n * sizeof *want);
+    lt_backend *be = m->be;
+    for (int t = 1; t <= OPTIM8_STEPS; t++) {
+        snprintf(sub, sizeof sub, "%s/optim8/%s/g%d", dir, full ? "full" : "lora", t);
+        optim8_read(ctx, m, sub, full, host, n);
+        be->ops->upload(be, a->grads, host, n * sizeof(float));
+        double gn, lr;
+        lt_error err;
+        ck_assert_msg(lt_optimizer_update(o, &gn, &lr, &err) == LT_OK, "%s", err.msg);
+    }
+    snprintf(sub, sizeof sub, "%s/optim8/%s/want", dir, full ? "full" : "lora");
+    optim8_read(ctx, m, sub, full, want, n);
+    be->ops->download(be, host, a->params, n * sizeof(float));
+    size_t n_bad = 0, worst = 0;
+    for (size_t i = 0; i < n; i++)
+        if (memcmp(&host[i], &want[i], sizeof(float)) != 0 && n_bad++ == 0) worst = i;
+    ck_assert_msg(n_bad == 0,
+                  "%s %s: %zu of %zu parameters differ from bitsandbytes' after %d steps (first: %zu, %.9g, "
+                  "want %.9g)",
+                  model, full ? "full" : "lora", n_bad, n, OPTIM8_STEPS, worst, (double)host[worst],
+                  (double)want[worst]);
+    /* its state file says the order: it loads back byte for byte; the same file marked as written before
+     * (flags 0: the state in our order) is refused, naming why, and leaves the state as it was */
+    char tmp[512], path[600];
+    tu_tempdir(tmp, sizeof tmp);
+    snprintf(path, sizeof path, "%s/opt8.bin", tmp);
+    ck_assert_int_eq(lt_optimizer_save(o, path), LT_OK);
+    uint8_t *c1 = malloc(o->n_q8), *c1_back = malloc(o->n_q8);
+    be->ops->download(be, c1, o->c1, o->n_q8);
+    ck_assert_int_eq(lt_optimizer_load(o, path), LT_OK);
+    be->ops->download(be, c1_back, o->c1, o->n_q8);
+    ck_assert(memcmp(c1, c1_back, o->n_q8) == 0);
+    FILE *f = fopen(path, "r+b");
+    const uint32_t zero = 0;
+    ck_assert(f && fseek(f, 12, SEEK_SET) == 0 && fwrite(&zero, 4, 1, f) == 1);
+    fclose(f);
+    ck_assert_int_eq(lt_optimizer_load(o, path), LT_ERR_FORMAT);
+    ck_assert_msg(strstr(lt_optimizer_last_error(o), "older libloratune"), "%s", lt_optimizer_last_error(o));
+    be->ops->download(be, c1_back, o->c1, o->n_q8);
+    ck_assert(memcmp(c1, c1_back, o->n_q8) == 0);
+    tu_rm_rf(tmp);
+    free(c1);
+    free(c1_back);
+    free(host);
+    free(want);
+    lt_optimizer_free(o);
+    lt_adapter_free(a);
+    lt_model_free(m);
+    lt_context_free(ctx);
+}
+
+START_TEST(test_moe_adamw8bit_lora_experts) { optim8_case(_i == 0 ? "qwen3moe-e5k2" : "gptoss-e5k2", 0); }
+END_TEST
+
+START_TEST(test_gptoss_adamw8bit_full) { optim8_case("gptoss-e5k2", 1); }
+END_TEST
+
 /* Full fine-tuning of gpt-oss (its training against PyTorch: tests/python/crosscheck_full.py): every weight of the
  * model is a trained tensor (their sizes add up to the model's parameter count), the sinks, the router's bias and
  * the experts' biases among them, in Hugging Face Trainer's weight-decay groups (get_decay_parameter_names: a name
@@ -777,7 +890,7 @@ START_TEST(test_gptoss_full_finetune_layout) {
     ck_assert_int_eq(n_expert_bias, 2 * L);
     ck_assert_int_eq(total, m->n_params);
     /* 8-bit AdamW keeps one state per torch parameter of layer 0's MLP: its size, 8-bit from 4096 elements
-     * (bitsandbytes' min_8bit_size) (the order of the experts' elements inside is ours: docs/spec/gpt_oss.md) */
+     * (bitsandbytes' min_8bit_size) (their order, torch's, is test_gptoss_adamw8bit_full's) */
     int32_t ids[2 * 8];
     lt_batch b;
     id_batch(&b, ids, 2, 8, (int)m->cfg.vocab_size);
@@ -900,6 +1013,7 @@ Suite *moe_suite(void) {
     tcase_add_loop_test(tc, test_moe_bf16_step, 0, N_QWEN_MIXTRAL);
     tcase_add_test(tc, test_moe_adapter_rules);
     tcase_add_test(tc, test_moe_full_finetune_layout);
+    tcase_add_loop_test(tc, test_moe_adamw8bit_lora_experts, 0, 1);
     suite_add_tcase(s, tc);
     TCase *go = tcase_create("gptoss"); /* gpt-oss (CK_RUN_CASE=gptoss runs these alone) */
     tcase_set_timeout(go, 600);
@@ -914,6 +1028,8 @@ Suite *moe_suite(void) {
     tcase_add_test(go, test_gptoss_mxfp4);
     tcase_add_test(go, test_gptoss_refusals);
     tcase_add_test(go, test_gptoss_full_finetune_layout);
+    tcase_add_loop_test(go, test_moe_adamw8bit_lora_experts, 1, 2);
+    tcase_add_test(go, test_gptoss_adamw8bit_full);
     tcase_add_test(go, test_gptoss_config_defaults);
     suite_add_tcase(s, go);
     return s;

@@ -492,6 +492,12 @@ START_TEST(test_state_files) {
     /* state per parameter: fp32 AdamW 8 B; 8-bit 2 B + 8 B / 256 where 8-bit, 8 B in the small tensors */
     ck_assert_int_lt(sz, (long)(32 + 8 * a->n_params));
     ck_assert_int_eq(lt_optimizer_load(o8, p8), LT_OK);
+    /* a file of the version before the flags (0: no tensor in torch's order here) loads as before */
+    fp = fopen(p8, "r+b");
+    const uint32_t flags0 = 0;
+    ck_assert(fp && fseek(fp, 12, SEEK_SET) == 0 && fwrite(&flags0, 4, 1, fp) == 1);
+    fclose(fp);
+    ck_assert_int_eq(lt_optimizer_load(o8, p8), LT_OK);
     ck_assert_int_eq(lt_optimizer_load(o8, p32), LT_ERR_SHAPE);
     ck_assert_ptr_nonnull(strstr(lt_optimizer_last_error(o8), "AdamW8bit"));
     ck_assert_int_eq(lt_optimizer_load(o32, p8), LT_ERR_SHAPE);

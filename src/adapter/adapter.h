@@ -66,15 +66,25 @@ struct lt_adapter {
 /* Write the adapter's save files into dir (the directory a save is writing). */
 lt_status lt_adapter_write_save_files(const lt_adapter *a, const char *dir, lt_error *err);
 
+/* The order of a tensor's elements in the torch parameter it is, where it differs from ours (bitsandbytes'
+ * 8-bit state runs in torch's order): element i of torch's flattened parameter,
+ * i = ((i0 dim1 + i1) dim2 + i2) dim3 + i3 (torch's shape (dim0, ..., dim[nd-1]), the last fastest), is our
+ * element i0 stride0 + i1 stride1 + ... from the tensor's start. nd = 0: the same order. */
+typedef struct lt_torch_order {
+    int nd;
+    size_t dim[4], stride[4];
+} lt_torch_order;
+
 /* One trained base-weight tensor of an adapter: its checkpoint name and place inside params. */
 typedef struct lt_ptensor {
     char name[96]; /* "model.layers.3.self_attn.q_proj.weight", "lm_head.weight"        */
     size_t off, n;
-    int join;           /* 1: one optimizer tensor with the tensor before (an expert's share of torch's fused */
-                        /* experts.gate_up_proj / down_proj parameter: bitsandbytes' blocks run across them)  */
-    int decay;          /* 0: a bias or a norm (Hugging Face Trainer's no-decay group)       */
-    float *compute;     /* Gemma norms: the (1 + w) copy the forward reads (NULL otherwise)  */
-    int64_t rows, cols; /* its shape as saved: (rows, cols), or (rows) when cols is 0 (a bias, sinks) */
+    int join;             /* 1: one optimizer tensor with the tensor before (an expert's share of torch's fused */
+                          /* experts.gate_up_proj / down_proj parameter: bitsandbytes' blocks run across them)  */
+    int decay;            /* 0: a bias or a norm (Hugging Face Trainer's no-decay group)       */
+    float *compute;       /* Gemma norms: the (1 + w) copy the forward reads (NULL otherwise)  */
+    int64_t rows, cols;   /* its shape as saved: (rows, cols), or (rows) when cols is 0 (a bias, sinks) */
+    lt_torch_order order; /* torch's order of this tensor (with the tensors joined to it) where not ours */
 } lt_ptensor;
 
 /* ---- the weights a pass reads: the adapter's trained copies where it holds them, else the model's */
@@ -130,6 +140,10 @@ static inline void lt_elora_dims(const lt_model_config *c, int k, int *in, int *
     *in = (int)(k ? c->moe_intermediate_size : c->hidden_size);
     *out = (int)(k ? c->hidden_size : 2 * c->moe_intermediate_size);
 }
+
+/* 1: expert LoRA k's output rows alternate gate and up in torch (gpt-oss's gate_up_proj), ours are gate rows
+ * then up rows */
+static inline int lt_elora_interleaved(const lt_model_config *c, int k) { return k == 0 && c->arch == LT_ARCH_GPT_OSS; }
 
 static inline int lt_init_is_decomposed(lt_lora_init init) { return init == LT_INIT_PISSA || init == LT_INIT_OLORA; }
 

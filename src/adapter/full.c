@@ -51,6 +51,7 @@ static void add(layout_state *s, const char *name, int64_t rows, int64_t cols, i
         t->cols = cols;
         t->decay = decay;
         t->compute = NULL;
+        t->order = (lt_torch_order){0};
         if (param) *param = a->params + s->off;
         if (grad) *grad = a->grads + s->off;
         if (compute) {
@@ -92,7 +93,7 @@ static void add_router_bias(layout_state *s, const lt_model_config *c, int l, co
  * take each fused parameter as one tensor, as bitsandbytes does. */
 static void layout_experts(layout_state *s, const lt_model_config *c, int l) {
     lt_adapter *a = s->a;
-    const size_t H = (size_t)c->hidden_size, MI = (size_t)c->moe_intermediate_size;
+    const size_t E = (size_t)c->num_experts, H = (size_t)c->hidden_size, MI = (size_t)c->moe_intermediate_size;
     char nm[96];
     add_router(s, c, l, lt_moe_parent(c));
     if (s->bind) a->full_layers[l].router = a->router[l];
@@ -105,6 +106,10 @@ static void layout_experts(layout_state *s, const lt_model_config *c, int l) {
                     k == 2 ? H : MI, k == 2 ? MI : H, 1, &wp, &gp, NULL);
                 if (!s->bind) continue;
                 a->ptensors[s->n - 1].join = e > 0 || k == 1;
+                if (c->arch == LT_ARCH_GPT_OSS && e == 0 && k != 1) /* torch: (E, H, MI, 2) / (E, MI, H) */
+                    a->ptensors[s->n - 1].order = k == 0
+                                                      ? (lt_torch_order){4, {E, H, MI, 2}, {2 * MI * H, 1, H, MI * H}}
+                                                      : (lt_torch_order){3, {E, MI, H}, {H * MI, 1, MI}};
                 a->full_layers[l].experts[3 * e + k] = (lt_weight){.format = LT_WEIGHT_F32, .f32 = wp};
                 a->full_grads[l].experts[3 * e + k] = (lt_weight){.format = LT_WEIGHT_F32, .f32 = gp};
             }
@@ -173,6 +178,9 @@ static void layout(layout_state *s, const lt_model *m) {
             if (s->bind) W[l].router_bias = a->router_bias[l], G[l].router_bias = a->d_router_bias[l];
             add(s, NAME("model.layers.%d.mlp.experts.gate_up_proj_bias", l), E, 2 * MI, 0, &W[l].expert_bias,
                 &G[l].expert_bias, NULL);
+            if (s->bind) /* torch (E, MI, 2): gate / up alternate; ours gate then up per expert */
+                a->ptensors[s->n - 1].order =
+                    (lt_torch_order){3, {(size_t)E, (size_t)MI, 2}, {2 * (size_t)MI, 1, (size_t)MI}};
             add(s, NAME("model.layers.%d.mlp.experts.down_proj_bias", l), E, H, 0, NULL, NULL, NULL);
         }
         lt_layer_norm norms[LT_MAX_LAYER_NORMS];

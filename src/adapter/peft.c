@@ -53,7 +53,7 @@ static void expert_b_convert(float *dst, const float *src, int E, int out, int r
 }
 
 /* expert LoRA k of this model has gate and up in alternate output rows (gpt-oss's gate_up_proj) */
-static int gate_up_interleaved(const lt_model *m, int k) { return k == 0 && m->cfg.arch == LT_ARCH_GPT_OSS; }
+static int gate_up_interleaved(const lt_model *m, int k) { return lt_elora_interleaved(&m->cfg, k); }
 
 /* Download all adapter parameters to a host buffer. */
 static float *params_to_host(const lt_adapter *a) {

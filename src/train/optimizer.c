@@ -62,14 +62,30 @@ double lt_schedule_lambda(const lt_optimizer_params *p, int64_t s) {
 /* ---- the state's layout ---------------------------------------------------------------------------
  * 8-bit AdamW keeps its state per parameter tensor, as bitsandbytes does per torch parameter: each LoRA
  * A, B (a fused module's B is one tensor) and DoRA magnitude, and each trained base weight; blocks of 256
- * start at the tensor's first element, and tensors below 4096 elements keep fp32 state. */
+ * start at the tensor's first element, and tensors below 4096 elements keep fp32 state. Where torch's
+ * parameter orders its elements otherwise than ours (PEFT's lora_B of experts, gpt-oss's fused experts:
+ * lt_torch_order), the 8-bit state runs in torch's order, so that each block holds bitsandbytes' elements. */
 
 static const char *kind_name(uint32_t k) {
     return k == LT_OPT_ADAMW ? "AdamW" : k == LT_OPT_SGD ? "SGD" : k == LT_OPT_ADAMW8BIT ? "AdamW8bit" : "unknown";
 }
 
-static void add_tensor(lt_optimizer *o, size_t off, size_t n, int decay) {
-    o->all[o->n_all++] = (lt_opt8_tensor){.off = off, .n = n, .q8 = n >= LT_OPT8_MIN_SIZE, .decay = decay};
+static void add_tensor(lt_optimizer *o, size_t off, size_t n, int decay, lt_torch_order order) {
+    o->all[o->n_all++] =
+        (lt_opt8_tensor){.off = off, .n = n, .q8 = n >= LT_OPT8_MIN_SIZE, .decay = decay, .order = order};
+}
+
+/* 1: tensor t's 8-bit state runs in torch's order (a gathered update; never cut by a range) */
+static int torch_ordered(const lt_opt8_tensor *t) { return t->q8 && t->order.nd > 0; }
+
+/* PEFT's lora_B (out, r E) of expert LoRA k, element [o, j E + e] = our (E, out, r) B[e, o, j]; its out rows
+ * alternate gate and up where torch's parameter does (gpt-oss), ours are gate rows then up rows */
+static lt_torch_order elora_b_order(const lt_model_config *c, int k, size_t r) {
+    int in, out;
+    lt_elora_dims(c, k, &in, &out);
+    const size_t E = (size_t)c->num_experts, O = (size_t)out, half = O / 2;
+    if (lt_elora_interleaved(c, k)) return (lt_torch_order){4, {half, 2, r, E}, {r, half * r, 1, O * r}};
+    return (lt_torch_order){3, {O, r, E}, {r, 1, O * r}};
 }
 
 /* o->all: every tensor of the adapter, in params order; they tile [0, n_params) */
@@ -88,39 +104,49 @@ static lt_status opt8_tensors(lt_optimizer *o, lt_error *err) {
             if (!lo) continue;
             int in, out;
             lt_module_dims(c, &mods[k], &in, &out);
-            add_tensor(o, (size_t)(lo->A - a->params), (size_t)r * in, 1);
-            add_tensor(o, (size_t)(lo->B - a->params), (size_t)out * r, 1);
-            if (lo->mag) add_tensor(o, (size_t)(lo->mag - a->params), (size_t)out, 1);
+            add_tensor(o, (size_t)(lo->A - a->params), (size_t)r * in, 1, (lt_torch_order){0});
+            add_tensor(o, (size_t)(lo->B - a->params), (size_t)out * r, 1, (lt_torch_order){0});
+            if (lo->mag) add_tensor(o, (size_t)(lo->mag - a->params), (size_t)out, 1, (lt_torch_order){0});
         }
-        /* expert LoRA (after the layer's modules in params): PEFT's lora_A and lora_B are one parameter each
-         * (B's blocks are taken in our (E, out, r) order, not PEFT's interleaved one: not bit for bit
-         * bitsandbytes' there) */
+        /* expert LoRA (after the layer's modules in params): PEFT's lora_A (E r, in) and lora_B (out, r E) are
+         * one parameter each; A's order is ours, B's interleaves the experts */
         for (int k = 0; k < 2; k++) {
             lt_lora *lo = lt_adapter_elora(a, l, k);
             if (!lo) continue;
             int in, out;
             lt_elora_dims(c, k, &in, &out);
-            add_tensor(o, (size_t)(lo->A - a->params), (size_t)c->num_experts * r * in, 1);
-            add_tensor(o, (size_t)(lo->B - a->params), (size_t)c->num_experts * r * out, 1);
+            add_tensor(o, (size_t)(lo->A - a->params), (size_t)c->num_experts * r * in, 1, (lt_torch_order){0});
+            add_tensor(o, (size_t)(lo->B - a->params), (size_t)c->num_experts * r * out, 1,
+                       elora_b_order(c, k, (size_t)r));
         }
     }
     /* trained base weights (full fine-tuning, modules_to_save): one bitsandbytes tensor each, or with the one
-     * before when it joins it (the experts of torch's fused gate_up_proj / down_proj parameters) */
+     * before when it joins it (the experts of torch's fused gate_up_proj / down_proj parameters; the first
+     * one's order is the fused parameter's) */
     for (int i = 0; i < a->n_ptensors; i++) {
         const lt_ptensor *t = &a->ptensors[i];
         if (t->join && o->n_all > 0) {
             const lt_opt8_tensor prev = o->all[--o->n_all];
-            add_tensor(o, prev.off, prev.n + t->n, t->decay);
+            add_tensor(o, prev.off, prev.n + t->n, t->decay, prev.order);
         } else {
-            add_tensor(o, t->off, t->n, t->decay);
+            add_tensor(o, t->off, t->n, t->decay, t->order);
         }
     }
     size_t end = 0;
     for (int i = 0; i < o->n_all; i++) {
-        if (o->all[i].off != end)
-            return lt_fail(err, LT_ERR_INTERNAL, "optimizer: tensor %d starts at %zu, not at %zu", i, o->all[i].off,
-                           end);
-        end += o->all[i].n;
+        const lt_opt8_tensor *t = &o->all[i];
+        if (t->off != end)
+            return lt_fail(err, LT_ERR_INTERNAL, "optimizer: tensor %d starts at %zu, not at %zu", i, t->off, end);
+        end += t->n;
+        size_t span = 1; /* a torch order must be a permutation of the tensor: its shape's size, in range */
+        for (int d = 0; d < t->order.nd; d++) span *= t->order.dim[d];
+        if (t->order.nd < 0 || t->order.nd > 4 || (t->order.nd > 0 && span != t->n))
+            return lt_fail(err, LT_ERR_INTERNAL, "optimizer: tensor %d's torch order covers %zu of %zu elements", i,
+                           span, t->n);
+        if (torch_ordered(t) && t->n > (size_t)INT32_MAX)
+            return lt_fail(err, LT_ERR_UNSUPPORTED,
+                           "optimizer: 8-bit AdamW gathers a tensor of %zu elements in torch's order; at most %d", t->n,
+                           INT32_MAX);
     }
     if (end != a->n_params)
         return lt_fail(err, LT_ERR_INTERNAL, "optimizer: the tensors end at %zu, not at %zu", end, a->n_params);
@@ -152,12 +178,14 @@ static void prefix(const lt_optimizer *o, size_t x, size_t pre[LT_OPT_SECTIONS])
 /* bytes of one value of each section */
 static const size_t section_bytes[2][LT_OPT_SECTIONS] = {{4, 4, 0, 0, 0, 0}, {4, 4, 4, 4, 1, 1}};
 
-/* 1 when x splits the state exactly: anywhere for AdamW / SGD, at a block start inside an 8-bit tensor */
+/* 1 when x splits the state exactly: anywhere for AdamW / SGD, at a block start inside an 8-bit tensor in
+ * our order (a block of one in torch's order holds elements from all over the tensor: never inside) */
 static int valid_cut(const lt_optimizer *o, size_t x) {
     if (o->p.kind != LT_OPT_ADAMW8BIT) return 1;
     for (int i = 0; i < o->n_all; i++) {
         const lt_opt8_tensor *t = &o->all[i];
-        if (x > t->off && x < t->off + t->n) return !t->q8 || (x - t->off) % LT_OPT8_BLOCKSIZE == 0;
+        if (x > t->off && x < t->off + t->n)
+            return !t->q8 || (!torch_ordered(t) && (x - t->off) % LT_OPT8_BLOCKSIZE == 0);
     }
     return 1;
 }
@@ -171,7 +199,7 @@ void lt_optimizer_shards(const lt_optimizer *o, int world, size_t *bounds) {
         for (int i = 0; o->p.kind == LT_OPT_ADAMW8BIT && i < o->n_all; i++) {
             const lt_opt8_tensor *t = &o->all[i];
             if (t->q8 && x > t->off && x < t->off + t->n)
-                x = t->off + (x - t->off) / LT_OPT8_BLOCKSIZE * LT_OPT8_BLOCKSIZE;
+                x = torch_ordered(t) ? t->off : t->off + (x - t->off) / LT_OPT8_BLOCKSIZE * LT_OPT8_BLOCKSIZE;
         }
         bounds[r] = x > bounds[r - 1] ? x : bounds[r - 1];
     }
@@ -220,11 +248,14 @@ static void sections(const lt_optimizer *o, void *dev[LT_OPT_SECTIONS], size_t c
 
 static void free_state(lt_optimizer *o) {
     lt_backend *be = o->adapter->model->be;
-    void *bufs[] = {o->m, o->v, o->c1, o->c2, o->absmax1, o->absmax2, o->qmaps};
+    void *bufs[] = {o->m,       o->v,     o->c1,       o->c2,       o->absmax1,
+                    o->absmax2, o->qmaps, o->gather_p, o->gather_g, o->gather_ids};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
         if (bufs[i]) be->ops->free(be, bufs[i]);
-    o->m = o->v = o->absmax1 = o->absmax2 = o->qmaps = NULL;
+    free(o->host_ids);
+    o->m = o->v = o->absmax1 = o->absmax2 = o->qmaps = o->gather_p = o->gather_g = NULL;
     o->c1 = o->c2 = NULL;
+    o->gather_ids = o->host_ids = NULL;
     o->ready = 0;
 }
 
@@ -255,6 +286,15 @@ lt_status lt_optimizer_ready(lt_optimizer *o, lt_error *err) {
         }
         be->ops->upload(be, o->qmaps, lt_quant_code8(), 256 * sizeof(float));
         be->ops->upload(be, o->qmaps + 256, lt_quant_code8u(), 256 * sizeof(float));
+        int gathered = 0;
+        for (int i = 0; i < o->n_tensors; i++) gathered |= torch_ordered(&o->tensors[i]);
+        if (gathered && (!(o->gather_p = be->ops->alloc(be, LT_OPT8_CHUNK * sizeof(float))) ||
+                         !(o->gather_g = be->ops->alloc(be, LT_OPT8_CHUNK * sizeof(float))) ||
+                         !(o->gather_ids = be->ops->alloc(be, LT_OPT8_CHUNK * sizeof(int32_t))) ||
+                         !(o->host_ids = malloc(LT_OPT8_CHUNK * sizeof(int32_t))))) {
+            free_state(o);
+            return lt_fail(err, LT_ERR_NOMEM, "optimizer: out of memory");
+        }
     }
     o->ready = 1;
     return LT_OK;
@@ -273,8 +313,9 @@ lt_status lt_optimizer_set_range(lt_optimizer *o, size_t lo, size_t hi, lt_error
     if (!old.ready) return LT_OK;
     /* keep the values of the new range: a slice of every old section */
     o->ready = 0;
-    o->m = o->v = o->absmax1 = o->absmax2 = o->qmaps = NULL;
+    o->m = o->v = o->absmax1 = o->absmax2 = o->qmaps = o->gather_p = o->gather_g = NULL;
     o->c1 = o->c2 = NULL;
+    o->gather_ids = o->host_ids = NULL;
     lt_status st = lt_optimizer_ready(o, err);
     if (st != LT_OK) { /* as it was */
         *o = old;
@@ -310,6 +351,47 @@ void lt_opt8_constants(const lt_optimizer_params *p, double lr, int64_t t, float
     *decay = lrf * p->weight_decay;
 }
 
+/* ids[k] = our place of element s + k of torch's flattened order (an odometer over torch's shape) */
+static void torch_order_ids(const lt_torch_order *t, size_t s, size_t len, int32_t *ids) {
+    size_t idx[4] = {0}, off = 0, rem = s;
+    for (int d = t->nd - 1; d >= 0; d--) {
+        idx[d] = rem % t->dim[d];
+        rem /= t->dim[d];
+        off += idx[d] * t->stride[d];
+    }
+    for (size_t k = 0; k < len; k++) {
+        ids[k] = (int32_t)off;
+        for (int d = t->nd - 1; d >= 0; d--) {
+            off += t->stride[d];
+            if (++idx[d] < t->dim[d]) break;
+            off -= t->dim[d] * t->stride[d];
+            idx[d] = 0;
+        }
+    }
+}
+
+/* The 8-bit step of a tensor in torch's order: chunk by chunk (whole blocks), its param and grad gathered in
+ * that order, stepped with the codes and absmax of those blocks, the param scattered back. */
+static void opt8_update_gathered(lt_optimizer *o, const lt_opt8_tensor *tn, float step_size, float eps_c2,
+                                 float decay) {
+    lt_adapter *a = o->adapter;
+    lt_backend *be = a->model->be;
+    float *P = a->params + tn->off;
+    const float *G = a->grads + tn->off;
+    for (size_t s = 0; s < tn->n; s += LT_OPT8_CHUNK) {
+        const size_t len = tn->n - s < LT_OPT8_CHUNK ? tn->n - s : LT_OPT8_CHUNK;
+        torch_order_ids(&tn->order, s, len, o->host_ids);
+        be->ops->upload(be, o->gather_ids, o->host_ids, len * sizeof(int32_t));
+        be->ops->embedding_forward(be, o->gather_p, o->gather_ids, P, (int)len, 1);
+        be->ops->embedding_forward(be, o->gather_g, o->gather_ids, G, (int)len, 1);
+        be->ops->adamw8bit_step(be, o->gather_p, o->gather_g, o->c1 + tn->qoff + s, o->c2 + tn->qoff + s,
+                                o->absmax1 + tn->boff + s / LT_OPT8_BLOCKSIZE,
+                                o->absmax2 + tn->boff + s / LT_OPT8_BLOCKSIZE, len, o->qmaps, o->qmaps + 256,
+                                o->p.beta1, o->p.beta2, eps_c2, step_size, decay);
+        be->ops->scatter_rows(be, P, o->gather_ids, o->gather_p, (int)len, 1);
+    }
+}
+
 /* One bitsandbytes AdamW8bit step over every tensor part (o->step already counts it). */
 static void opt8_update(lt_optimizer *o, double lr) {
     lt_adapter *a = o->adapter;
@@ -319,7 +401,8 @@ static void opt8_update(lt_optimizer *o, double lr) {
     for (int i = 0; i < o->n_tensors; i++) {
         const lt_opt8_tensor *tn = &o->tensors[i];
         const float d = tn->decay ? decay : 0.0f;
-        if (tn->q8)
+        if (torch_ordered(tn)) opt8_update_gathered(o, tn, step_size, eps_c2, d);
+        else if (tn->q8)
             be->ops->adamw8bit_step(be, a->params + tn->off, a->grads + tn->off, o->c1 + tn->qoff, o->c2 + tn->qoff,
                                     o->absmax1 + tn->boff, o->absmax2 + tn->boff, tn->n, o->qmaps, o->qmaps + 256,
                                     o->p.beta1, o->p.beta2, eps_c2, step_size, d);
@@ -444,13 +527,18 @@ lt_status lt_optimizer_update(lt_optimizer *o, double *grad_norm, double *lr_use
 }
 
 /* ---- state files ----------------------------------------------------------------------------------
- * "LTOPT\0\0\1" | u32 kind | u32 reserved | i64 step | u64 n | sections of every parameter, or
- * "LTOPT\0\0\2" | u32 kind | u32 reserved | i64 step | u64 n | u64 lo | u64 hi | sections of [lo, hi)
+ * "LTOPT\0\0\1" | u32 kind | u32 flags | i64 step | u64 n | sections of every parameter, or
+ * "LTOPT\0\0\2" | u32 kind | u32 flags | i64 step | u64 n | u64 lo | u64 hi | sections of [lo, hi)
  * (one ZeRO-1 shard), little-endian. The sections:
  *   AdamW, SGD: f32 m | f32 v
  *   AdamW8bit:  f32 m | f32 v (tensors below 4096 elements, in parameter order) | f32 absmax1 |
  *               f32 absmax2 | u8 codes1 | u8 codes2 (the 8-bit tensors in parameter order;
- *               bitsandbytes' state1/state2/absmax1/absmax2). */
+ *               bitsandbytes' state1/state2/absmax1/absmax2).
+ * flags bit 0 (STATE_TORCH_ORDER, every file this version writes): the 8-bit state of a tensor with a torch
+ * order runs in that order. Files without it (flags 0, written before) hold such tensors' state in our order,
+ * in blocks bitsandbytes does not have: refused for an optimizer that has such a tensor, loaded as before
+ * otherwise. */
+#define STATE_TORCH_ORDER 1u
 
 static const char opt_magic[7] = {'L', 'T', 'O', 'P', 'T', 0, 0};
 #define STAGE_BYTES ((size_t)64 << 20)
@@ -476,12 +564,12 @@ LT_API lt_status lt_optimizer_save(lt_optimizer *o, const char *path) {
     lt_backend *be = o->adapter->model->be;
     const int q = o->p.kind == LT_OPT_ADAMW8BIT, shard = o->lo != 0 || o->hi != o->adapter->n_params;
     char hdr[48];
-    const uint32_t kind = (uint32_t)o->p.kind, zero = 0;
+    const uint32_t kind = (uint32_t)o->p.kind, flags = STATE_TORCH_ORDER;
     const uint64_t n64 = o->adapter->n_params, lo = o->lo, hi = o->hi;
     memcpy(hdr, opt_magic, 7);
     hdr[7] = shard ? 2 : 1;
     memcpy(hdr + 8, &kind, 4);
-    memcpy(hdr + 12, &zero, 4);
+    memcpy(hdr + 12, &flags, 4);
     memcpy(hdr + 16, &o->step, 8);
     memcpy(hdr + 24, &n64, 8);
     memcpy(hdr + 32, &lo, 8);
@@ -519,9 +607,10 @@ static lt_status open_state(lt_optimizer *o, state_file *sf, lt_error *err) {
     const size_t got = fread(h, 1, sizeof h, sf->f);
     if (got < 32 || memcmp(h, opt_magic, 7) || (h[7] != 1 && h[7] != 2) || (h[7] == 2 && got < 48))
         return lt_fail(err, LT_ERR_FORMAT, "%s: not a libloratune optimizer state file", sf->path);
-    uint32_t kind;
+    uint32_t kind, flags;
     uint64_t n64, lo = 0, hi;
     memcpy(&kind, h + 8, 4);
+    memcpy(&flags, h + 12, 4);
     memcpy(&sf->step, h + 16, 8);
     memcpy(&n64, h + 24, 8);
     hi = n64;
@@ -537,6 +626,13 @@ static lt_status open_state(lt_optimizer *o, state_file *sf, lt_error *err) {
                        "%s: state for %s with %llu parameters does not match this %s "
                        "optimizer of %zu parameters",
                        sf->path, kind_name(kind), (unsigned long long)n64, kind_name((uint32_t)o->p.kind), n);
+    for (int i = 0; i < o->n_all && !(flags & STATE_TORCH_ORDER); i++)
+        if (torch_ordered(&o->all[i]))
+            return lt_fail(err, LT_ERR_FORMAT,
+                           "%s: 8-bit AdamW state saved by an older libloratune, which kept the expert tensors' "
+                           "state in its own order, not bitsandbytes' (torch's); it cannot be resumed exactly: "
+                           "start the optimizer afresh",
+                           sf->path);
     if (lo > hi || hi > n || !valid_cut(o, lo) || !valid_cut(o, hi))
         return lt_fail(err, LT_ERR_FORMAT, "%s: the range [%llu, %llu) does not split the state", sf->path,
                        (unsigned long long)lo, (unsigned long long)hi);

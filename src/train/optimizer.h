@@ -15,7 +15,12 @@ typedef struct lt_opt8_tensor {
                    /* (decided by the whole tensor's size, so a part of a big tensor is still 8-bit)       */
     int decay;     /* 0: no weight decay (a bias or norm of a full fine-tuning) */
     size_t qoff, boff, foff;
+    lt_torch_order order; /* nd > 0 with q8: the 8-bit state runs in torch's order (blocks of 256 of torch's
+                             flattened parameter, as bitsandbytes'), the tensor is one part (never cut) */
 } lt_opt8_tensor;
+
+/* elements a gathered 8-bit update takes at a time (a multiple of the block size) */
+#define LT_OPT8_CHUNK ((size_t)1 << 16)
 
 /*
  * The state covers the parameters [lo, hi) of the adapter: all of them, or this rank's shard under a
@@ -45,6 +50,10 @@ struct lt_optimizer {
     uint8_t *c1, *c2;             /* codes of m (signed map) and v (unsigned map), n_q8 each */
     float *absmax1, *absmax2;     /* n_blocks each */
     float *qmaps;                 /* 512: the signed then the unsigned dynamic map */
+    /* tensors in torch's order: one chunk of param / grad gathered in that order, and its places in ours */
+    float *gather_p, *gather_g; /* LT_OPT8_CHUNK each (backend memory) */
+    int32_t *gather_ids;        /* LT_OPT8_CHUNK (backend memory) */
+    int32_t *host_ids;          /* LT_OPT8_CHUNK (host) */
 };
 
 /* Allocate the state (zeros) if it is not yet. */

@@ -32,6 +32,15 @@ shorter than the sequence, YaRN on (truncate off and on), a swiglu_limit small e
 part of the values, top-1 / 2 / 4 with an odd expert count; its LoRA targets attention and the experts
 (PEFT's target_parameters on the (in, out) tensors: lora_B's gate_up rows alternate gate / up).
 
+optim8/lora/, optim8/full/ (the models of OPTIM8): bitsandbytes' blockwise 8-bit AdamW (tests/test_moe.c) on a
+LoRA of the experts (lora/: PEFT target_parameters, rank 32 so that every expert tensor is 8-bit) and on a full
+fine-tuning (full/, gpt-oss only: its fused experts are in another order than ours). p0/ (lora only: a PEFT
+adapter; full: the model itself), g1/ ... gT/ the gradient of each step and want/ the parameters after the T
+steps, each saved as its p0 is (a PEFT adapter, a model directory: the torch parameters' own shapes and
+orders), and steps.json (lr, betas, eps, weight decay, T). The update is make_optim8_goldens.py's float32
+reference of bitsandbytes' kernel over each torch parameter's flattened storage (blocks of 256 of torch's
+order); weight decay as Hugging Face's Trainer groups it (none for a name with "bias" or "norm").
+
 gptoss-mxfp4/ is a gpt-oss checkpoint whose experts are stored as the openai/gpt-oss releases store them
 (mlp.experts.{gate_up,down}_proj_blocks U8 (E, out, in/32, 16) and _scales U8 (E, out, in/32), transformers'
 integrations/mxfp4.py layout; quantization_config quant_method mxfp4), made from a random model by quantizing its
@@ -227,10 +236,87 @@ def generate(name, outdir):
     margin = generate_goldens(pm, os.path.join(d, "lora"), seed, V, GEN_LENS)
     if name in ROUTER:
         router_goldens(d, lc, seed, ids, labels, gold["n_tokens"])
+    if name in OPTIM8:
+        optim8_goldens(d, seed)
     print(f"{name}: loss={float(gold['loss']):.5f} aux={float(gold['aux_loss']):.5f} "
           f"lora_loss={float(lg_out['loss']):.5f} (layer, expert) pairs without a token="
           f"{int((gold['counts'] == 0).sum())}/{gold['counts'].numel()} "
           f"generate margin={margin:.2e} ({time.time() - t0:.1f}s)", flush=True)
+
+
+OPTIM8 = {"qwen3moe-e5k2": ("lora",), "gptoss-e5k2": ("lora", "full")}
+OPTIM8_STEPS = dict(lr=2e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01, steps=3)
+
+
+def optim8_goldens(d, seed):
+    """bitsandbytes' 8-bit AdamW over the torch parameters of a LoRA of the experts / a full fine-tuning"""
+    import json
+
+    import numpy as np
+    from peft import LoraConfig, get_peft_model
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModelForCausalLM
+
+    import bitsandbytes.functional as F
+    from make_optim8_goldens import MIN_8BIT, run_bnb_cpu, run_reference
+
+    f32 = np.float32
+    q1 = F.create_dynamic_map(signed=True).numpy().astype(f32)
+    q2 = F.create_dynamic_map(signed=False).numpy().astype(f32)
+    h = OPTIM8_STEPS
+    g = torch.Generator().manual_seed(seed + 23)
+    for kind in OPTIM8[os.path.basename(d)]:
+        out = os.path.join(d, "optim8", kind)
+        os.makedirs(out)
+        if kind == "lora":  # the PEFT adapter; its state dict's keys and shapes are the saved ones
+            m = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32)
+            lc = LoraConfig(r=32, lora_alpha=16, target_modules=["q_proj"], target_parameters=EXPERTS,
+                            lora_dropout=0.0, bias="none", task_type="CAUSAL_LM")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                pm = get_peft_model(m, lc)
+            randomize_peft_(pm, seed + 29)
+            pm.save_pretrained(os.path.join(out, "p0"), safe_serialization=True)
+            src = os.path.join(out, "p0")
+            fname = "adapter_model.safetensors"
+        else:  # the model directory itself
+            src, fname = d, "model.safetensors"
+        p0 = load_file(os.path.join(src, fname))
+        grads = [{k: (10.0 ** (-3 + 2 * torch.rand((), generator=g))) * torch.randn(v.shape, generator=g)
+                  for k, v in p0.items()} for _ in range(h["steps"])]
+        # bitsandbytes' own AdamW8bit (its CPU path) on each 8-bit parameter in its torch shape, one step without
+        # weight decay (where its algorithm and the kernel's coincide: make_optim8_goldens.py): the reference
+        # over the flattened storage must agree, as for the dense cases: parameters within 1e-5 of the update
+        # plus one float32 rounding of the parameter (these are up to 10x the dense cases' 0.05, where one ulp
+        # alone exceeds 1e-5 of an update of lr), and 99% of m's codes (the codes are what the blocks decide)
+        for k, v in p0.items():
+            if v.numel() < MIN_8BIT:
+                continue
+            p, g1 = v.numpy().astype(f32), grads[0][k].numpy().astype(f32)
+            r1 = run_reference(p.reshape(-1), [g1.reshape(-1)], q1, q2, f32(h["lr"]), f32(h["beta1"]),
+                               f32(h["beta2"]), f32(h["eps"]), f32(0))
+            bp, bs1, _ = run_bnb_cpu(p, [g1], f32(h["lr"]), f32(h["beta1"]), f32(h["beta2"]), f32(h["eps"]))
+            upd = np.max(np.abs(r1["p"] - p.reshape(-1)))
+            dp = np.max(np.maximum(np.abs(bp.reshape(-1) - r1["p"]) - np.spacing(np.abs(r1["p"])), 0)) / upd
+            same1 = np.mean(bs1.reshape(-1) == r1["state1"])
+            if not (dp < 1e-5 and same1 >= 0.99):
+                raise SystemExit(f"{d} {kind} {k}: the reference is not bitsandbytes' AdamW8bit over the torch "
+                                 f"parameter: params {dp:.2e} of the update, codes of m {same1:.4f} identical")
+        want = {}
+        for k, v in p0.items():  # each torch parameter alone, in its flattened (row-major) order
+            wd = 0.0 if ("bias" in k or "norm" in k) else h["weight_decay"]
+            r = run_reference(v.numpy().astype(f32).reshape(-1), [gr[k].numpy().astype(f32).reshape(-1) for gr in grads],
+                              q1, q2, f32(h["lr"]), f32(h["beta1"]), f32(h["beta2"]), f32(h["eps"]), f32(wd))
+            want[k] = torch.from_numpy(r["p"].reshape(tuple(v.shape)))
+        for sub, tensors in [(f"g{t + 1}", gr) for t, gr in enumerate(grads)] + [("want", want)]:
+            os.makedirs(os.path.join(out, sub))
+            for f in os.listdir(src):  # the configs beside the weights
+                if f.endswith(".json"):
+                    shutil.copy(os.path.join(src, f), os.path.join(out, sub, f))
+            save_file({k: v.float().contiguous() for k, v in tensors.items()}, os.path.join(out, sub, fname),
+                      metadata={"format": "pt"})
+        with open(os.path.join(out, "steps.json"), "w") as f:
+            json.dump(h, f)
 
 
 def router_goldens(d, lc, seed, ids, labels, n_tokens):
