@@ -4,11 +4,12 @@
  * (gemm_q4_*, QLoRA with a bf16 compute dtype), in the same run, through the CPU backend's ops (so with
  * the threading libloratune uses: OpenBLAS single-threaded per call, split over our OpenMP threads).
  *
- *   build/bench_gemm_bf16 [threads (2)] [repeats (15, at most 256)] [N (1024)] [bench-s|bench-1b|bench-8b]
+ *   build/bench_gemm_bf16 [threads (2)] [repeats (15, at most 256)] [N (1024)] [bench-s|bench-1b|bench-8b|moe-s]
  *   LT_CPU_ISA=avx512 build/bench_gemm_bf16 ...   the portable kernel on a CPU with AVX512_BF16
  *
  * Products of one decoder layer of the config (bench-s: hidden 512, intermediate 1376; bench-1b:
- * Llama-3.2-1B, 2048 / 8192, 32 / 8 heads; bench-8b: Llama-3-8B, 4096 / 14336, 32 / 8 heads), N tokens:
+ * Llama-3.2-1B, 2048 / 8192, 32 / 8 heads; bench-8b: Llama-3-8B, 4096 / 14336, 32 / 8 heads; moe-s: its LM
+ * head, vocab 32000, and one expert of 256, where N is a logits chunk's or an expert's rows), N tokens:
  *   forward  y = x W^T   q, k, v, o, gate, up, down
  *   backward dx = dy W   the same seven weights
  * Each line alternates bf16, 4-bit and sgemm runs and reports the fastest run of each (on a machine
@@ -41,6 +42,10 @@ static const shape bench_1b[] = {{"q,o 2048->2048", 2048, 2048, 2},
                                  {"k,v 2048->512", 2048, 512, 2},
                                  {"gate,up 2048->8192", 2048, 8192, 2},
                                  {"down 8192->2048", 8192, 2048, 1}};
+/* moe-s: the LM head (N = the logits chunk's rows) and one expert's gate or up and down (N ~ its 128 rows) */
+static const shape moe_s[] = {{"lm head 512->32000", 512, 32000, 1},
+                              {"expert gate,up 512->256", 512, 256, 2},
+                              {"expert down 256->512", 256, 512, 1}};
 static const shape bench_8b[] = {{"q,o 4096->4096", 4096, 4096, 2},
                                  {"k,v 4096->1024", 4096, 1024, 2},
                                  {"gate,up 4096->14336", 4096, 14336, 2},
@@ -106,8 +111,9 @@ int main(int argc, char **argv) {
     int ns = 3;
     if (!strcmp(cfg, "bench-1b")) shapes = bench_1b, ns = 4;
     else if (!strcmp(cfg, "bench-8b")) shapes = bench_8b, ns = 4;
+    else if (!strcmp(cfg, "moe-s")) shapes = moe_s, ns = 3;
     else if (strcmp(cfg, "bench-s")) {
-        fprintf(stderr, "bench_gemm_bf16: unknown config %s (bench-s, bench-1b, bench-8b)\n", cfg);
+        fprintf(stderr, "bench_gemm_bf16: unknown config %s (bench-s, bench-1b, bench-8b, moe-s)\n", cfg);
         return 2;
     }
     lt_backend *be = NULL;

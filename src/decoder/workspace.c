@@ -130,8 +130,10 @@ lt_status lt_workspace_create_kept(lt_model *m, int B, int T, int rank, int mode
 
     /* logits chunk: bound the (chunk, V) buffer to ~16 MiB but keep at least 128 rows: each chunk
      * streams the whole LM head (Llama 3's 128256 x 4096 is 1 GB in bf16) through both of its products,
-     * so fewer, taller chunks read it fewer times (64 MiB of logits at that vocabulary) */
-    int chunk = (int)((4u << 20) / (unsigned)V);
+     * so fewer, taller chunks read it fewer times (64 MiB of logits at that vocabulary). A multiple of
+     * 128 rows, the bf16 kernel's row block (cpu/gemm_bf16.c MC_BLK): 131 rows (vocab 32000) would be a
+     * block of 128 and one of 3, and each block streams the whole weight again */
+    int chunk = (int)((4u << 20) / (unsigned)V) / 128 * 128;
     if (chunk < 128) chunk = 128;
     if ((size_t)chunk > N) chunk = (int)N;
     ws->chunk = chunk;
